@@ -1,0 +1,61 @@
+"""Settings: one object per process, read from ``WARREN_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    if env := os.environ.get("WARREN_HOME"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/warren")
+    return Path.home() / ".local" / "share" / "warren"
+
+
+class Settings(BaseSettings):
+    """Control-plane settings. The agent has its own small settings in ``warren.agent``."""
+
+    model_config = SettingsConfigDict(env_prefix="WARREN_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str | None = None
+    # HS256 key for user and host JWTs; must be >= 32 chars. ``warren up`` generates and keeps
+    # one under ``home`` when it is not set.
+    jwt_secret: str = ""
+    public_url: str = "http://127.0.0.1:8000"
+    # Body cap for JSON requests (bytes). Uploads have their own limits.
+    max_json_body: int = 1 * 1024 * 1024
+    max_upload_bytes: int = 100 * 1024 * 1024
+
+    # GitHub OAuth. Base URLs are settings so tests can point them at a local server.
+    github_client_id: str = ""
+    github_client_secret: str = ""
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_api_url: str = "https://api.github.com"
+    oauth_redirect_url: str = ""  # where the callback sends the browser; default: dashboard
+
+    # mTLS CA for CP <-> agent. Default: generated under ``home/ca``.
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+
+    # Background workers.
+    monitor_interval_s: float = 30.0
+    heartbeat_stale_s: float = 90.0
+    run_workers: bool = True
+
+    def require_jwt_secret(self) -> str:
+        if len(self.jwt_secret) < 32:
+            raise RuntimeError("WARREN_JWT_SECRET must be at least 32 characters")
+        return self.jwt_secret
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,264 @@
+"""Table definitions (SQLAlchemy Core) for every table in SPEC §1, adjusted by DESIGN §4.
+
+Core tables rather than ORM classes: services write explicit SQL (conditional updates such as
+"set online WHERE status='pending'") and the shapes stay obvious. Alembic migrations under
+``migrations/`` create exactly this schema; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+TS = TIMESTAMP(timezone=True)
+NOW = text("now()")
+
+
+def _uuid_pk() -> Column:
+    return Column("id", UUID(as_uuid=True), primary_key=True)
+
+
+teams = Table(
+    "teams",
+    metadata,
+    _uuid_pk(),
+    Column("name", Text, nullable=False),
+    Column("slug", Text, nullable=False, unique=True),
+    Column("is_byoc", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("deleted_at", TS, nullable=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    _uuid_pk(),
+    Column("email", Text, nullable=False, unique=True),
+    Column("password_hash", Text, nullable=True),  # argon2id; NULL for OAuth-only users
+    Column("name", Text, nullable=False, server_default=text("''")),
+    Column("is_admin", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+)
+
+users_teams = Table(
+    "users_teams",
+    metadata,
+    Column("user_id", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False, index=True),
+    Column("team_id", UUID(as_uuid=True), ForeignKey("teams.id"), nullable=False),
+    Column("is_default", Boolean, nullable=False, server_default=text("false")),
+    Column("role", Text, nullable=False, server_default=text("'member'")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("team_id", "user_id"),
+)
+
+team_api_keys = Table(
+    "team_api_keys",
+    metadata,
+    _uuid_pk(),
+    Column("team_id", UUID(as_uuid=True), ForeignKey("teams.id"), nullable=False, index=True),
+    Column("name", Text, nullable=False, server_default=text("'Unnamed API Key'")),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("key_prefix", Text, nullable=False),
+    Column("created_by", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("last_used", TS, nullable=True),
+)
+
+oauth_providers = Table(
+    "oauth_providers",
+    metadata,
+    Column("provider", Text, nullable=False),
+    Column("provider_id", Text, nullable=False),
+    Column("user_id", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False, index=True),
+    Column("email", Text, nullable=False, server_default=text("''")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("provider", "provider_id"),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    _uuid_pk(),
+    Column("type", Text, nullable=False, server_default=text("'regular'"), index=True),
+    Column("team_id", UUID(as_uuid=True), ForeignKey("teams.id"), nullable=True, index=True),
+    Column("provider", Text, nullable=False, server_default=text("''")),
+    Column("availability_zone", Text, nullable=False, server_default=text("''")),
+    Column("arch", Text, nullable=False, server_default=text("''")),
+    Column("cpu_cores", Integer, nullable=False, server_default=text("0")),
+    Column("memory_mb", Integer, nullable=False, server_default=text("0")),
+    Column("disk_gb", Integer, nullable=False, server_default=text("0")),
+    Column("address", Text, nullable=False, server_default=text("''")),
+    Column("status", Text, nullable=False, server_default=text("'pending'"), index=True),
+    Column("last_heartbeat_at", TS, nullable=True),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_by", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    Column("cert_fingerprint", Text, nullable=False, server_default=text("''")),
+    Column("cert_expires_at", TS, nullable=True),
+)
+
+# One-time registration tokens (DESIGN §4: the hash lives here, no Redis).
+host_tokens = Table(
+    "host_tokens",
+    metadata,
+    _uuid_pk(),
+    Column(
+        "host_id", UUID(as_uuid=True), ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("created_by", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("expires_at", TS, nullable=False),
+    Column("used_at", TS, nullable=True),
+)
+
+host_tags = Table(
+    "host_tags",
+    metadata,
+    Column("host_id", UUID(as_uuid=True), ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("tag", Text, nullable=False, index=True),
+    PrimaryKeyConstraint("host_id", "tag"),
+)
+
+host_refresh_tokens = Table(
+    "host_refresh_tokens",
+    metadata,
+    _uuid_pk(),
+    Column(
+        "host_id", UUID(as_uuid=True), ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("expires_at", TS, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("revoked_at", TS, nullable=True),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    _uuid_pk(),
+    Column("name", Text, nullable=False),
+    Column("type", Text, nullable=False, server_default=text("'base'")),
+    Column("vcpus", Integer, nullable=False, server_default=text("1")),
+    Column("memory_mb", Integer, nullable=False, server_default=text("512")),
+    Column("size_bytes", BigInteger, nullable=False, server_default=text("0")),
+    # 'filesystem' (container runtime) or 'memory' (a runtime that checkpoints RAM too).
+    Column("snapshot_kind", Text, nullable=False, server_default=text("'filesystem'")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("team_id", UUID(as_uuid=True), nullable=False, index=True),  # no FK: zero = platform
+    UniqueConstraint("team_id", "name", name="uq_templates_team_id_name"),
+)
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    _uuid_pk(),
+    Column("team_id", UUID(as_uuid=True), ForeignKey("teams.id"), nullable=False, index=True),
+    Column("host_id", UUID(as_uuid=True), nullable=False),  # no FK: may outlive the host row
+    Column("template", Text, nullable=False, server_default=text("'minimal'")),
+    Column("status", Text, nullable=False, server_default=text("'pending'"), index=True),
+    Column("vcpus", Integer, nullable=False, server_default=text("1")),
+    Column("memory_mb", Integer, nullable=False, server_default=text("512")),
+    Column("timeout_sec", Integer, nullable=False, server_default=text("300")),
+    Column("disk_size_mb", Integer, nullable=False, server_default=text("5120")),
+    Column("internet", Boolean, nullable=False, server_default=text("true")),
+    Column("guest_ip", Text, nullable=False, server_default=text("''")),
+    Column("host_ip", Text, nullable=False, server_default=text("''")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("started_at", TS, nullable=True),
+    Column("last_active_at", TS, nullable=True),
+    Column("last_updated", TS, nullable=False, server_default=NOW),
+    Column("template_id", UUID(as_uuid=True), nullable=True),
+    Column("template_team_id", UUID(as_uuid=True), nullable=True),
+    Index("ix_sandboxes_host_id_status", "host_id", "status"),
+)
+
+audit_logs = Table(
+    "audit_logs",
+    metadata,
+    _uuid_pk(),
+    Column("team_id", UUID(as_uuid=True), nullable=True),
+    Column("actor_type", Text, nullable=False),  # user | api_key | system
+    Column("actor_id", Text, nullable=False, server_default=text("''")),
+    Column("actor_name", Text, nullable=False, server_default=text("''")),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False, server_default=text("''")),
+    Column("action", Text, nullable=False),
+    Column("scope", Text, nullable=False, server_default=text("'team'")),
+    Column("status", Text, nullable=False, server_default=text("'success'")),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Index("ix_audit_logs_team_id_created_at", "team_id", text("created_at DESC")),
+)
+
+# Metric points saved when a sandbox is paused (the agent only samples running ones).
+sandbox_metric_points = Table(
+    "sandbox_metric_points",
+    metadata,
+    Column("sandbox_id", UUID(as_uuid=True), nullable=False),
+    Column("ts", TS, nullable=False),
+    Column("cpu_pct", Integer, nullable=False, server_default=text("0")),
+    Column("mem_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("disk_bytes", BigInteger, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("sandbox_id", "ts"),
+)
+
+# SQL for the template reserved-name trigger (SPEC §1.10) and the `minimal` seed row; the
+# migration runs these, and tests assert the trigger fires.
+RESERVED_NAME_TRIGGER_SQL = [
+    """
+    CREATE OR REPLACE FUNCTION templates_reserved_name() RETURNS trigger AS $$
+    BEGIN
+        IF NEW.team_id <> '00000000-0000-0000-0000-000000000000'::uuid AND EXISTS (
+            SELECT 1 FROM templates
+            WHERE team_id = '00000000-0000-0000-0000-000000000000'::uuid AND name = NEW.name
+        ) THEN
+            RAISE EXCEPTION 'template name "%" is reserved by a platform template', NEW.name
+                USING ERRCODE = 'unique_violation';
+        END IF;
+        RETURN NEW;
+    END;
+    $$ LANGUAGE plpgsql
+    """,
+    """
+    CREATE TRIGGER templates_reserved_name_trg
+        BEFORE INSERT OR UPDATE ON templates
+        FOR EACH ROW EXECUTE FUNCTION templates_reserved_name()
+    """,
+]
+SEED_SQL = [
+    """
+    INSERT INTO templates (id, name, type, vcpus, memory_mb, size_bytes, team_id)
+    VALUES ('00000000-0000-0000-0000-000000000000', 'minimal', 'base', 1, 512, 0,
+            '00000000-0000-0000-0000-000000000000')
+    ON CONFLICT DO NOTHING
+    """,
+]
+DROP_TRIGGER_SQL = [
+    "DROP TRIGGER IF EXISTS templates_reserved_name_trg ON templates",
+    "DROP FUNCTION IF EXISTS templates_reserved_name()",
+]

@@ -1,0 +1,92 @@
+"""External IDs: a prefix plus the UUID written as 25 base36 digits (SPEC §0.2).
+
+Every primary key is a UUID. Outside the database it is shown as e.g. ``sb-0a1b…`` and parsing
+demands the exact prefix and exactly 25 characters of ``[0-9a-z]``; anything else raises
+:class:`warren.errors.InvalidRequest` (HTTP 400).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from enum import Enum
+
+from warren.errors import InvalidRequest
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+_WIDTH = 25
+_BODY = re.compile(r"^[0-9a-z]{25}$")
+_MAX = (1 << 128) - 1
+
+ZERO_UUID = uuid.UUID(int=0)
+PLATFORM_TEAM_ID = ZERO_UUID
+MINIMAL_TEMPLATE_ID = ZERO_UUID
+
+
+class Kind(str, Enum):
+    SANDBOX = "sb-"
+    USER = "usr-"
+    TEAM = "team-"
+    API_KEY = "key-"
+    HOST = "host-"
+    HOST_TOKEN = "htok-"
+    REFRESH_TOKEN = "hrt-"
+    AUDIT_LOG = "log-"
+
+
+def base36(u: uuid.UUID) -> str:
+    """The UUID as a 128-bit big-endian integer in base36, left-padded to 25 chars."""
+    n = u.int
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out)).rjust(_WIDTH, "0")
+
+
+def format_id(kind: Kind, u: uuid.UUID) -> str:
+    return kind.value + base36(u)
+
+
+def parse_id(kind: Kind, text: str, *, what: str | None = None) -> uuid.UUID:
+    """Parse ``text`` as an ID of ``kind``; a bad one is a 400 naming ``what``."""
+    label = what or f"{kind.name.lower().replace('_', ' ')} ID"
+    if not isinstance(text, str) or not text.startswith(kind.value):
+        raise InvalidRequest(f"invalid {label}")
+    body = text[len(kind.value) :]
+    if not _BODY.match(body):
+        raise InvalidRequest(f"invalid {label}")
+    n = int(body, 36)
+    if n > _MAX:
+        raise InvalidRequest(f"invalid {label}")
+    return uuid.UUID(int=n)
+
+
+def new_uuid() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def new_id(kind: Kind) -> tuple[uuid.UUID, str]:
+    u = new_uuid()
+    return u, format_id(kind, u)
+
+
+# Convenience wrappers used all over the code base.
+def sandbox_id(u: uuid.UUID) -> str:
+    return format_id(Kind.SANDBOX, u)
+
+
+def user_id(u: uuid.UUID) -> str:
+    return format_id(Kind.USER, u)
+
+
+def team_id(u: uuid.UUID) -> str:
+    return format_id(Kind.TEAM, u)
+
+
+def host_id(u: uuid.UUID) -> str:
+    return format_id(Kind.HOST, u)
+
+
+def api_key_id(u: uuid.UUID) -> str:
+    return format_id(Kind.API_KEY, u)
