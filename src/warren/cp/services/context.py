@@ -1,0 +1,29 @@
+"""Who is acting. Built by the REST auth dependencies and by the dashboard's session auth alike,
+after re-checking everything against the database, and passed to every service function."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    kind: Literal["jwt", "api_key", "session"]
+    # The live team this request acts for (membership and deleted_at verified in the DB), or
+    # None when a user has no team at all (e.g. after deleting their last one).
+    team_id: uuid.UUID | None
+    user_id: uuid.UUID | None = None
+    email: str = ""
+    name: str = ""
+    # The caller's role in team_id, read from the DB on this request; None for API keys.
+    role: str | None = None
+    # users.is_admin read from the DB on this request.
+    is_admin: bool = False
+    api_key_id: uuid.UUID | None = None
+    api_key_name: str = ""
+
+    @property
+    def is_manager(self) -> bool:
+        return self.role in ("owner", "admin")
