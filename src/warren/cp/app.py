@@ -1,0 +1,260 @@
+"""The control-plane ASGI app factory.
+
+``create_app(settings)`` wires: the database engine (``app.state.engine``, created in the
+lifespan), settings (``app.state.settings``), the error envelope (``http_errors``), a request
+body cap, the routers listed in ``warren.cp.api.ROUTERS``, lifespan hooks
+(``warren.cp.workers``), ``/healthz``, and the OpenAPI documents plus an offline Swagger UI.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import swagger_ui_bundle
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from warren.config import Settings, get_settings
+from warren.cp import http_errors
+from warren.cp.db.engine import make_engine
+from warren.cp.http_errors import ErrorEnvelope, error_response
+from warren.cp.workers import start_workers
+
+log = logging.getLogger("warren.cp")
+
+_UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
+
+
+class BodyCapMiddleware:
+    """Refuse request bodies over the cap with a 413 envelope before the app reads them.
+
+    JSON (and anything that is not an upload) is capped at ``max_json_body``; multipart and
+    octet-stream uploads at ``max_upload_bytes``. A declared Content-Length over the cap is
+    refused at once; a chunked body is counted as it streams in.
+    """
+
+    def __init__(self, app: ASGIApp, *, json_cap: int, upload_cap: int) -> None:
+        self.app = app
+        self.json_cap = json_cap
+        self.upload_cap = upload_cap
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        content_type = b""
+        content_length: int | None = None
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                content_type = v.lower()
+            elif k == b"content-length":
+                try:
+                    content_length = int(v)
+                except ValueError:
+                    content_length = None
+        is_upload = content_type.decode("latin-1").startswith(_UPLOAD_TYPES)
+        cap = self.upload_cap if is_upload else self.json_cap
+        if content_length is not None and content_length > cap:
+            await self._too_large(scope, receive, send, cap)
+            return
+
+        seen = 0
+        response_started = False
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise _BodyTooLarge(cap)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._too_large(scope, receive, send, cap)
+
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        resp = error_response(413, "too_large", f"request body exceeds {cap} bytes")
+        resp.headers["connection"] = "close"
+        await resp(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"request body exceeds {cap} bytes")
+        self.cap = cap
+
+
+def _downgrade_for_swagger(spec: dict[str, Any]) -> dict[str, Any]:
+    """The bundled Swagger UI (4.x) renders OpenAPI 3.0 only; FastAPI emits 3.1. Rewrite the
+    3.1-only constructs it uses (``anyOf [X, null]``, ``const``, ``examples``) for the viewer.
+    ``/openapi.json`` itself stays 3.1 and exact."""
+    out = copy.deepcopy(spec)
+    out["openapi"] = "3.0.3"
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            any_of = node.get("anyOf")
+            if isinstance(any_of, list) and any(o == {"type": "null"} for o in any_of):
+                rest = [o for o in any_of if o != {"type": "null"}]
+                node = {k: v for k, v in node.items() if k != "anyOf"}
+                if len(rest) == 1:
+                    node.update(rest[0])
+                else:
+                    node["anyOf"] = rest
+                node["nullable"] = True
+            if "const" in node:
+                node["enum"] = [node.pop("const")]
+            if "examples" in node and isinstance(node["examples"], list):
+                ex = node.pop("examples")
+                if ex:
+                    node["example"] = ex[0]
+            return {k: fix(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        return node
+
+    fixed: dict[str, Any] = fix(out)
+    return fixed
+
+
+def _postprocess_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every operation documents 400 with the error envelope instead of FastAPI's 422 (our
+    validation errors are 400s), and the FastAPI validation schemas go away."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    envelope_ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    if "ErrorEnvelope" not in schemas:
+        schemas.update(
+            {
+                name: schema
+                for name, schema in ErrorEnvelope.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+                .get("$defs", {})
+                .items()
+            }
+        )
+        env = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+        env.pop("$defs", None)
+        schemas["ErrorEnvelope"] = env
+    for path_item in spec.get("paths", {}).values():
+        for op in path_item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            responses = op["responses"]
+            responses.pop("422", None)
+            has_input = bool(op.get("parameters")) or "requestBody" in op
+            if has_input and "400" not in responses:
+                responses["400"] = {
+                    "description": "Invalid request",
+                    "content": {"application/json": {"schema": envelope_ref}},
+                }
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return spec
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def custom_openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = _postprocess_openapi(spec)
+        return app.openapi_schema
+
+    app.openapi = custom_openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.yaml", include_in_schema=False)
+    async def openapi_yaml() -> Response:
+        body = yaml.safe_dump(app.openapi(), sort_keys=False, allow_unicode=True)
+        return Response(body, media_type="application/yaml")
+
+    @app.get("/docs/openapi.json", include_in_schema=False)
+    async def openapi_for_docs() -> JSONResponse:
+        return JSONResponse(_downgrade_for_swagger(app.openapi()))
+
+    # Swagger UI assets come from the installed swagger_ui_bundle package: /docs works offline.
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/docs/openapi.json",
+            title="Warren API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    secret_ok = settings.require_jwt_secret()  # refuse to build an app that would sign with a weak key
+    del secret_ok
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.database_url:
+            raise RuntimeError("WARREN_DATABASE_URL is not set")
+        engine = make_engine(settings.database_url)
+        app.state.engine = engine
+        try:
+            async with start_workers(app):
+                yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Warren",
+        version="0.1.0",
+        description="Warren control plane: accounts, teams, API keys, sandboxes, snapshots and hosts.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.workers = []
+    http_errors.install_error_handlers(app)
+    app.add_middleware(
+        BodyCapMiddleware, json_cap=settings.max_json_body, upload_cap=settings.max_upload_bytes
+    )
+
+    from warren.cp.api import ROUTERS
+
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["misc"], responses=http_errors.error_responses(500))
+    async def healthz(request: Request) -> dict[str, str]:
+        """Liveness plus one database round trip."""
+        async with request.app.state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    _install_openapi(app)
+    return app

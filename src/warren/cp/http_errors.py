@@ -1,0 +1,171 @@
+"""THE one place where domain errors become HTTP responses (SPEC §0.4/§0.5, DESIGN §5).
+
+Every JSON error is ``{"error": {"code": ..., "message": ..., **extra}}``. Services raise
+``warren.errors`` types; FastAPI validation errors and Starlette HTTP exceptions (unknown route,
+wrong method) are reshaped into the same envelope. Anything unexpected is a 500
+``internal_error`` whose details go to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from warren import errors
+
+log = logging.getLogger("warren.cp.http")
+
+
+class ErrorBody(BaseModel):
+    # Extra keys (e.g. ``sandbox_ids`` on a refused host delete) ride along in the object.
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request (bad JSON, wrong types, unknown fields, invalid IDs)",
+    401: "Missing or invalid credentials",
+    403: "Authenticated but not allowed",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    500: "Internal error",
+    502: "A host agent failed",
+    503: "No capacity or host unreachable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` dict documenting error statuses with the shared envelope schema."""
+    return {s: {"model": ErrorEnvelope, "description": _DESCRIPTIONS.get(s, "Error")} for s in statuses}
+
+
+# Status for each domain error class; the most specific class wins (checked via the MRO).
+_STATUS: dict[type[errors.WarrenError], int] = {
+    errors.InvalidRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.InvalidState: 409,
+    errors.PayloadTooLarge: 413,
+    errors.ServiceUnavailable: 503,
+    errors.InternalError: 500,
+}
+
+_AGENT_RPC_MAP = {
+    "NOT_FOUND": (404, "not_found"),
+    "INVALID_ARGUMENT": (400, "invalid_request"),
+    "FAILED_PRECONDITION": (409, "conflict"),
+}
+
+
+def status_and_code(exc: errors.WarrenError) -> tuple[int, str]:
+    """The HTTP status and machine code for a domain error."""
+    if isinstance(exc, errors.AgentError):
+        # SPEC §0.5 rule 1: the RPC code decides; a raise site cannot override it.
+        return _AGENT_RPC_MAP.get(exc.rpc_code, (502, "agent_error"))
+    for cls in type(exc).__mro__:
+        status = _STATUS.get(cls)  # type: ignore[arg-type]
+        if status is not None:
+            return status, exc.code
+    return 500, "internal_error"
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    for k, v in extra.items():
+        if k not in body:
+            body[k] = v
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def response_for(exc: BaseException) -> JSONResponse:
+    """Map any exception to the envelope (used by handlers and by WebSocket/stream code)."""
+    if isinstance(exc, errors.WarrenError):
+        status, code = status_and_code(exc)
+        if status >= 500 and not isinstance(exc, errors.AgentError | errors.ServiceUnavailable):
+            log.error("internal error: %s", exc, exc_info=exc)
+            return error_response(500, "internal_error", "internal error")
+        return error_response(status, code, exc.message, **exc.extra)
+    log.error("unhandled error: %r", exc, exc_info=exc)
+    return error_response(500, "internal_error", "internal error")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    errs = exc.errors()
+    if not errs:
+        return "invalid request"
+    first = errs[0]
+    kind = str(first.get("type", ""))
+    if kind == "json_invalid":
+        return "invalid JSON body"
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    where = ".".join(loc)
+    if kind == "extra_forbidden":
+        return f"unknown field: {where}" if where else "unknown field"
+    if kind == "missing":
+        if where:
+            return f"{where} is required"
+        return "request body is required"
+    if kind in ("model_attributes_type", "dict_type") and not where:
+        return "invalid JSON body: expected an object"
+    msg = str(first.get("msg", "invalid value"))
+    return f"invalid {where}: {msg}" if where else f"invalid request: {msg}"
+
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_warren_error(_: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(400, "invalid_request", _validation_message(exc))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if status == 404 and message == "Not Found":
+            message = "route not found"
+        elif status == 405:
+            message = "method not allowed"
+        elif status >= 500:
+            message = "internal error"
+        resp = error_response(status, code, message)
+        if exc.headers:
+            resp.headers.update(exc.headers)
+        return resp
+
+    async def on_unhandled(_: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    app.add_exception_handler(errors.WarrenError, on_warren_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unhandled)

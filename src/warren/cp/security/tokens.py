@@ -1,0 +1,144 @@
+"""User and host JWTs (HS256) and opaque tokens.
+
+User JWT (SPEC §7.7): 6 h; claims ``sub`` (usr-…), ``team_id`` (team-…), ``role``, ``email``,
+``name``, ``is_admin`` (only when true), ``iat``, ``exp``; no ``typ``. Host JWT (SPEC §3.2):
+``typ: "host"``, ``host_id``, ``sub`` (both host-…), 7 d. Each verifier rejects the other kind.
+
+Expiry is checked against ``warren.clock`` rather than the wall clock so tests can move time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+
+from warren import clock, ids
+from warren.errors import InvalidRequest, Unauthorized
+
+USER_JWT_TTL = timedelta(hours=6)
+HOST_JWT_TTL = timedelta(days=7)
+_ALG = "HS256"
+# Signature and shape are verified by PyJWT; time is ours (fakeable clock).
+_DECODE_OPTIONS: Any = {
+    "verify_exp": False,
+    "verify_iat": False,
+    "verify_nbf": False,
+    "require": ["exp", "iat", "sub"],
+}
+
+
+def new_token_hex(nbytes: int = 32) -> str:
+    return secrets.token_hex(nbytes)
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def constant_time_equals(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class UserClaims:
+    user_id: uuid.UUID
+    team_id: uuid.UUID
+    role: str
+    email: str
+    name: str
+    is_admin: bool
+    issued_at: int
+    expires_at: int
+
+
+def issue_user_jwt(
+    secret: str,
+    *,
+    user_id: uuid.UUID,
+    team_id: uuid.UUID,
+    role: str,
+    email: str,
+    name: str,
+    is_admin: bool = False,
+) -> str:
+    now = int(clock.time_s())
+    claims: dict[str, Any] = {
+        "sub": ids.user_id(user_id),
+        "team_id": ids.team_id(team_id),
+        "role": role,
+        "email": email,
+        "name": name,
+        "iat": now,
+        "exp": now + int(USER_JWT_TTL.total_seconds()),
+    }
+    if is_admin:
+        claims["is_admin"] = True
+    return jwt.encode(claims, secret, algorithm=_ALG)
+
+
+def _decode(secret: str, token: str, message: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(token, secret, algorithms=[_ALG], options=_DECODE_OPTIONS)
+    except jwt.PyJWTError as e:
+        raise Unauthorized(message) from e
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= clock.time_s():
+        raise Unauthorized(message)
+    return claims
+
+
+def verify_user_jwt(secret: str, token: str) -> UserClaims:
+    """Signature, expiry and shape of a user JWT. Raises Unauthorized (401)."""
+    claims = _decode(secret, token, "invalid or expired token")
+    if claims.get("typ") == "host":
+        raise Unauthorized("invalid or expired token")
+    try:
+        team = ids.parse_id(ids.Kind.TEAM, claims.get("team_id", ""))
+    except InvalidRequest as e:
+        raise Unauthorized("invalid team ID in token") from e
+    try:
+        user = ids.parse_id(ids.Kind.USER, claims.get("sub", ""))
+    except InvalidRequest as e:
+        raise Unauthorized("invalid user ID in token") from e
+    return UserClaims(
+        user_id=user,
+        team_id=team,
+        role=str(claims.get("role", "")),
+        email=str(claims.get("email", "")),
+        name=str(claims.get("name", "")),
+        is_admin=claims.get("is_admin") is True,
+        issued_at=int(claims["iat"]),
+        expires_at=int(claims["exp"]),
+    )
+
+
+def issue_host_jwt(secret: str, host_id: uuid.UUID) -> str:
+    now = int(clock.time_s())
+    hid = ids.host_id(host_id)
+    claims = {
+        "typ": "host",
+        "host_id": hid,
+        "sub": hid,
+        "iat": now,
+        "exp": now + int(HOST_JWT_TTL.total_seconds()),
+    }
+    return jwt.encode(claims, secret, algorithm=_ALG)
+
+
+def verify_host_jwt(secret: str, token: str) -> uuid.UUID:
+    """Verify a host JWT and return the host's UUID. Raises Unauthorized (401)."""
+    message = "invalid or expired host token"
+    claims = _decode(secret, token, message)
+    if claims.get("typ") != "host":
+        raise Unauthorized(message)
+    try:
+        return ids.parse_id(ids.Kind.HOST, claims.get("host_id", ""))
+    except InvalidRequest as e:
+        raise Unauthorized(message) from e
