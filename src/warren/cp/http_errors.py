@@ -121,7 +121,7 @@ def _validation_message(exc: RequestValidationError) -> str:
             return f"{where} is required"
         return "request body is required"
     if kind in ("model_attributes_type", "dict_type") and not where:
-        return "invalid JSON body: expected an object"
+        return "invalid JSON body: expected a JSON object"
     msg = str(first.get("msg", "invalid value"))
     return f"invalid {where}: {msg}" if where else f"invalid request: {msg}"
 
@@ -151,7 +151,9 @@ def install_error_handlers(app: FastAPI) -> None:
         status = exc.status_code
         code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if status == 404 and message == "Not Found":
+        if status == 400 and message == "There was an error parsing the body":
+            message = "invalid JSON body"
+        elif status == 404 and message == "Not Found":
             message = "route not found"
         elif status == 405:
             message = "method not allowed"

@@ -4,4 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from warren.cp.api import admin, api_keys, auth, oauth, teams, users
+
+ROUTERS: list[APIRouter] = [
+    auth.router,
+    oauth.router,
+    api_keys.router,
+    users.router,
+    teams.router,
+    admin.router,
+]

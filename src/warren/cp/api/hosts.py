@@ -1,0 +1,175 @@
+"""Hosts REST API (SPEC §2.9, §3; DESIGN §4). Rules live in ``warren.cp.services.hosts``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict
+
+from warren.cp.api.deps import AUTH_ERRORS, CurrentUser, Db
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.http_errors import error_responses
+from warren.cp.security.ca import CertificateAuthority
+from warren.cp.security.tokens import verify_host_jwt
+from warren.cp.services import hosts as svc
+from warren.errors import Unauthorized
+
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+
+_host_token_scheme = APIKeyHeader(
+    name="X-Host-Token", auto_error=False, description="Host JWT from registration or refresh"
+)
+
+
+async def host_identity(
+    request: Request, token: Annotated[str | None, Depends(_host_token_scheme)]
+) -> uuid.UUID:
+    """The host a request comes from, proven by its host JWT (``X-Host-Token``); 401 otherwise."""
+    if not token:
+        raise Unauthorized("missing X-Host-Token header")
+    return verify_host_jwt(request.app.state.settings.jwt_secret, token)
+
+
+HostIdentity = Annotated[uuid.UUID, Depends(host_identity)]
+
+
+def _pool(request: Request) -> HostClientPool:
+    pool: HostClientPool = request.app.state.pool
+    return pool
+
+
+def _ca(request: Request) -> CertificateAuthority:
+    ca: CertificateAuthority = request.app.state.ca
+    return ca
+
+
+Pool = Annotated[HostClientPool, Depends(_pool)]
+CA = Annotated[CertificateAuthority, Depends(_ca)]
+
+
+class CreateHostRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["regular", "byoc"]
+    team_id: str | None = None
+    provider: str = ""
+    availability_zone: str = ""
+
+
+class RegisterRequest(BaseModel):
+    token: str = ""
+    address: str = ""
+    arch: str = ""
+    cpu_cores: int = 0
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str
+
+
+class TagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: str
+
+
+_X = dict(response_model_exclude_none=True)
+
+
+@router.post(
+    "", status_code=201, response_model=svc.HostWithToken, **_X,
+    responses=error_responses(400, *AUTH_ERRORS),
+)  # fmt: skip
+async def create_host(body: CreateHostRequest, ctx: CurrentUser, db: Db) -> svc.HostWithToken:
+    """Create a host (regular: platform admins; byoc: owner/admin of a BYOC team). The one-time
+    registration token (valid 1 h) is shown only in this answer."""
+    return await svc.create_host(
+        db, ctx, type=body.type, team_id=body.team_id, provider=body.provider,
+        availability_zone=body.availability_zone,
+    )  # fmt: skip
+
+
+@router.get("", response_model=list[svc.Host], **_X, responses=error_responses(*AUTH_ERRORS))
+async def list_hosts(ctx: CurrentUser, db: Db) -> list[svc.Host]:
+    return await svc.list_hosts(db, ctx)
+
+
+@router.post(
+    "/register", status_code=201, response_model=svc.HostCredentials, **_X,
+    responses=error_responses(400, 401, 404),
+)  # fmt: skip
+async def register(body: RegisterRequest, request: Request, db: Db, ca: CA) -> svc.HostCredentials:
+    """Agent registration with a one-time token (SPEC §3.1): returns the host JWT (7 d), a
+    refresh token (60 d) and the host's mTLS server certificate, key and the CA certificate."""
+    return await svc.register(
+        db, ca, request.app.state.settings.jwt_secret, token=body.token, address=body.address,
+        specs=svc.Specs(arch=body.arch, cpu_cores=body.cpu_cores, memory_mb=body.memory_mb,
+                        disk_gb=body.disk_gb),
+    )  # fmt: skip
+
+
+@router.post(
+    "/auth/refresh", response_model=svc.HostCredentials, **_X, responses=error_responses(400, 401, 404)
+)
+async def refresh(body: RefreshRequest, request: Request, db: Db, ca: CA) -> svc.HostCredentials:
+    """Rotate a host's credentials (issue-then-revoke). A bad or expired token is 401."""
+    return await svc.refresh(db, ca, request.app.state.settings.jwt_secret, body.refresh_token)
+
+
+@router.post("/{host_id}/heartbeat", status_code=204, responses=error_responses(400, 401, 403, 404))
+async def heartbeat(host_id: str, host: HostIdentity, db: Db) -> Response:
+    await svc.heartbeat(db, host, host_id)
+    return Response(status_code=204)
+
+
+@router.get("/{host_id}", response_model=svc.Host, **_X, responses=error_responses(400, *AUTH_ERRORS, 404))
+async def get_host(host_id: str, ctx: CurrentUser, db: Db) -> svc.Host:
+    return await svc.get_host(db, ctx, host_id)
+
+
+@router.get(
+    "/{host_id}/delete-preview", response_model=svc.DeletePreview, **_X,
+    responses=error_responses(400, *AUTH_ERRORS, 404),
+)  # fmt: skip
+async def delete_preview(host_id: str, ctx: CurrentUser, db: Db) -> svc.DeletePreview:
+    """The sandboxes a delete would affect (pending/starting/running/missing). No side effects."""
+    return await svc.delete_preview(db, ctx, host_id)
+
+
+@router.delete("/{host_id}", status_code=204, responses=error_responses(400, *AUTH_ERRORS, 404, 409))
+async def delete_host(
+    host_id: str, ctx: CurrentUser, db: Db, pool: Pool, force: Annotated[bool, Query()] = False
+) -> Response:
+    """Delete a host. With active sandboxes: 409 ``has_active_sandboxes`` listing them, unless
+    ``?force=true``, which destroys them, terminates the agent and revokes its credentials."""
+    await svc.delete_host(db, pool, ctx, host_id, force=force)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{host_id}/token", status_code=201, response_model=svc.HostWithToken, **_X,
+    responses=error_responses(400, *AUTH_ERRORS, 404, 409),
+)  # fmt: skip
+async def regenerate_token(host_id: str, ctx: CurrentUser, db: Db) -> svc.HostWithToken:
+    """A new registration token for a host that is still ``pending`` (else 409 ``invalid_state``)."""
+    return await svc.regenerate_token(db, ctx, host_id)
+
+
+@router.get("/{host_id}/tags", response_model=list[str], responses=error_responses(400, *AUTH_ERRORS, 404))
+async def list_tags(host_id: str, ctx: CurrentUser, db: Db) -> list[str]:
+    return await svc.list_tags(db, ctx, host_id)
+
+
+@router.post("/{host_id}/tags", status_code=204, responses=error_responses(400, *AUTH_ERRORS, 404))
+async def add_tag(host_id: str, body: TagRequest, ctx: CurrentUser, db: Db) -> Response:
+    await svc.add_tag(db, ctx, host_id, body.tag)
+    return Response(status_code=204)
+
+
+@router.delete("/{host_id}/tags/{tag}", status_code=204, responses=error_responses(400, *AUTH_ERRORS, 404))
+async def remove_tag(host_id: str, tag: str, ctx: CurrentUser, db: Db) -> Response:
+    await svc.remove_tag(db, ctx, host_id, tag)
+    return Response(status_code=204)

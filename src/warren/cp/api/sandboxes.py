@@ -1,0 +1,102 @@
+"""Sandbox lifecycle REST API (SPEC §2.5). Rules live in ``warren.cp.services.sandboxes``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from warren.cp.api.deps import AUTH_ERRORS, Db, TeamContext
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.scheduler import Scheduler
+from warren.cp.http_errors import error_responses
+from warren.cp.services import sandboxes as svc
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+
+
+def _pool(request: Request) -> HostClientPool:
+    pool: HostClientPool = request.app.state.pool
+    return pool
+
+
+def _scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+Pool = Annotated[HostClientPool, Depends(_pool)]
+Sched = Annotated[Scheduler, Depends(_scheduler)]
+
+
+class CreateSandboxRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template: str = "minimal"
+    vcpus: int = 0
+    memory_mb: int = 0
+    timeout_sec: int = Field(0, description="inactivity timeout in seconds; 0 = none")
+    internet: bool = Field(True, description="outbound network access")
+    env: dict[str, str] | None = Field(None, description="default environment of every process")
+
+
+_X = dict(response_model_exclude_none=True)
+_ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=svc.Sandbox,
+    **_X,
+    responses=error_responses(400, *AUTH_ERRORS, 404, 502, 503),
+)
+async def create_sandbox(
+    ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched,
+    body: Annotated[CreateSandboxRequest | None, Body()] = None,
+) -> svc.Sandbox:  # fmt: skip
+    """Create a sandbox on a host chosen by the scheduler. No eligible host → 503."""
+    b = body or CreateSandboxRequest()
+    params = svc.CreateParams(
+        template=b.template, vcpus=b.vcpus, memory_mb=b.memory_mb, timeout_sec=b.timeout_sec,
+        internet=b.internet, env=b.env,
+    )  # fmt: skip
+    return await svc.create_sandbox(db, pool, scheduler, ctx, params)
+
+
+@router.get("", response_model=list[svc.Sandbox], **_X, responses=error_responses(*AUTH_ERRORS))
+async def list_sandboxes(ctx: TeamContext, db: Db) -> list[svc.Sandbox]:
+    """The team's sandboxes except stopped and errored ones, newest first."""
+    return await svc.list_sandboxes(db, ctx)
+
+
+@router.get(
+    "/{sandbox_id}", response_model=svc.Sandbox, **_X, responses=error_responses(400, *AUTH_ERRORS, 404)
+)
+async def get_sandbox(sandbox_id: str, ctx: TeamContext, db: Db) -> svc.Sandbox:
+    return await svc.get_sandbox(db, ctx, sandbox_id)
+
+
+@router.delete("/{sandbox_id}", status_code=204, responses=error_responses(400, *_ERR, 500))
+async def destroy_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> Response:
+    """Destroy. Only NotFound from the agent is ignored; any other agent error is 502 and the
+    record stays as it was."""
+    await svc.destroy_sandbox(db, pool, ctx, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/pause", response_model=svc.Sandbox, **_X, responses=error_responses(400, *_ERR))
+async def pause_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.Sandbox:
+    return await svc.pause_sandbox(db, pool, ctx, sandbox_id)
+
+
+@router.post("/{sandbox_id}/resume", response_model=svc.Sandbox, **_X, responses=error_responses(400, *_ERR))
+async def resume_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.Sandbox:
+    return await svc.resume_sandbox(db, pool, ctx, sandbox_id)
+
+
+@router.post("/{sandbox_id}/ping", status_code=204, responses=error_responses(400, *_ERR))
+async def ping_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> Response:
+    """Reset the inactivity timer of a running sandbox."""
+    await svc.ping_sandbox(db, pool, ctx, sandbox_id)
+    return Response(status_code=204)

@@ -1,0 +1,20 @@
+"""User search (SPEC §2.3)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from warren.cp.api.deps import CurrentUser, Db
+from warren.cp.api.models import UserMatch
+from warren.cp.http_errors import error_responses
+from warren.cp.services import users as service
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+
+
+@router.get("/search", response_model=list[UserMatch], responses=error_responses(400, 401, 403))
+async def search_users(ctx: CurrentUser, engine: Db, email: Annotated[str, Query()] = "") -> list[UserMatch]:
+    """Up to 10 users whose email starts with `email` (≥ 3 chars, must contain `@`), by email."""
+    return await service.search_by_email_prefix(engine, ctx, email)

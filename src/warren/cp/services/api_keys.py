@@ -1,0 +1,133 @@
+"""Team API keys (SPEC §2.2, §7.8). Any member may manage the keys of the JWT's team."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import clock, ids
+from warren.cp.db.tables import team_api_keys, users
+from warren.cp.security.api_keys import generate_api_key
+from warren.cp.services import Timestamp, audit
+from warren.cp.services.context import AuthContext
+from warren.errors import Forbidden, InvalidRequest
+
+DEFAULT_NAME = "Unnamed API Key"
+MAX_NAME = 200
+
+
+class ApiKey(BaseModel):
+    id: str
+    team_id: str
+    name: str
+    key_prefix: str
+    created_by: str
+    creator_email: str | None = None
+    created_at: Timestamp
+    last_used: Timestamp | None = None
+    # The plaintext, present only in the create response.
+    key: str | None = None
+
+
+def _scope(ctx: AuthContext) -> tuple[uuid.UUID, uuid.UUID]:
+    if ctx.user_id is None or ctx.team_id is None:
+        raise Forbidden("API keys are managed with a user token for a team")
+    return ctx.user_id, ctx.team_id
+
+
+def parse_key_id(text: str) -> uuid.UUID:
+    return ids.parse_id(ids.Kind.API_KEY, text, what="API key ID")
+
+
+async def create_key(engine: AsyncEngine, ctx: AuthContext, name: str | None) -> ApiKey:
+    user_id, team_id = _scope(ctx)
+    clean = (name or "").strip() or DEFAULT_NAME
+    if len(clean) > MAX_NAME:
+        raise InvalidRequest(f"name must be at most {MAX_NAME} characters")
+    if "\x00" in clean:
+        raise InvalidRequest("invalid characters in name")
+    gen = generate_api_key()
+    key_uuid = ids.new_uuid()
+    now = clock.now()
+    async with engine.begin() as conn:
+        await conn.execute(
+            team_api_keys.insert().values(
+                id=key_uuid,
+                team_id=team_id,
+                name=clean,
+                key_hash=gen.key_hash,
+                key_prefix=gen.key_prefix,
+                created_by=user_id,
+                created_at=now,
+            )
+        )
+    out = ApiKey(
+        id=ids.api_key_id(key_uuid),
+        team_id=ids.team_id(team_id),
+        name=clean,
+        key_prefix=gen.key_prefix,
+        created_by=ids.user_id(user_id),
+        creator_email=ctx.email or None,
+        created_at=now,
+        key=gen.plaintext,
+    )
+    await audit.record(
+        engine,
+        ctx,
+        team_id=team_id,
+        action="create",
+        resource_type="api_key",
+        resource_id=out.id,
+        metadata={"name": clean, "key_prefix": gen.key_prefix},
+    )
+    return out
+
+
+async def list_keys(engine: AsyncEngine, ctx: AuthContext) -> list[ApiKey]:
+    _, team_id = _scope(ctx)
+    k = team_api_keys
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(k, users.c.email.label("creator_email"))
+            .outerjoin(users, users.c.id == k.c.created_by)
+            .where(k.c.team_id == team_id)
+            .order_by(k.c.created_at.desc(), k.c.id.desc())
+        )
+        return [
+            ApiKey(
+                id=ids.api_key_id(r.id),
+                team_id=ids.team_id(r.team_id),
+                name=r.name,
+                key_prefix=r.key_prefix,
+                created_by=ids.user_id(r.created_by),
+                creator_email=r.creator_email,
+                created_at=r.created_at,
+                last_used=r.last_used,
+            )
+            for r in rows
+        ]
+
+
+async def delete_key(engine: AsyncEngine, ctx: AuthContext, key_id: uuid.UUID) -> None:
+    """Delete a key of the caller's team. Deleting nothing is not an error (SPEC §2.2)."""
+    _, team_id = _scope(ctx)
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            delete(team_api_keys)
+            .where(team_api_keys.c.id == key_id, team_api_keys.c.team_id == team_id)
+            .returning(team_api_keys.c.name)
+        )
+        name = res.scalar()
+    if name is not None:
+        await audit.record(
+            engine,
+            ctx,
+            team_id=team_id,
+            action="revoke",
+            resource_type="api_key",
+            resource_id=ids.api_key_id(key_id),
+            metadata={"name": name},
+        )

@@ -1,0 +1,176 @@
+"""Signup, login and switch-team (SPEC §2.1, §7.6, §7.7, DESIGN §4).
+
+Passwords are hashed with argon2id in a worker thread (``security.passwords``); every JWT
+claim is read from the database when the token is issued.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import clock, ids
+from warren.cp.db.tables import teams, users, users_teams
+from warren.cp.security import passwords
+from warren.cp.security.tokens import issue_user_jwt
+from warren.cp.services.context import AuthContext
+from warren.cp.services.teams import insert_team, login_team
+from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+
+MIN_PASSWORD = 8
+# Far above any real password; stops megabyte "passwords" from reaching the hasher.
+MAX_PASSWORD = 1024
+MAX_EMAIL = 254
+MAX_NAME = 100
+
+
+class AuthResult(BaseModel):
+    token: str
+    user_id: str
+    team_id: str
+    email: str
+    name: str
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _validate_email(email: str) -> None:
+    if "@" not in email or len(email) < 3:
+        raise InvalidRequest("invalid email: it must contain '@' and be at least 3 characters")
+    if len(email) > MAX_EMAIL:
+        raise InvalidRequest(f"invalid email: at most {MAX_EMAIL} characters")
+
+
+def _token(
+    secret: str, *, user_id: uuid.UUID, team_id: uuid.UUID, role: str, email: str, name: str, is_admin: bool
+) -> AuthResult:
+    token = issue_user_jwt(
+        secret, user_id=user_id, team_id=team_id, role=role, email=email, name=name, is_admin=is_admin
+    )
+    return AuthResult(
+        token=token, user_id=ids.user_id(user_id), team_id=ids.team_id(team_id), email=email, name=name
+    )
+
+
+async def signup(engine: AsyncEngine, jwt_secret: str, *, email: str, password: str, name: str) -> AuthResult:
+    email = normalize_email(email)
+    name = name.strip()
+    _validate_email(email)
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRequest(f"password must be at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise InvalidRequest(f"password must be at most {MAX_PASSWORD} characters")
+    if not 1 <= len(name) <= MAX_NAME:
+        raise InvalidRequest(f"name must be 1-{MAX_NAME} characters")
+    if "\x00" in name or "\x00" in email:
+        raise InvalidRequest("invalid characters in name or email")
+
+    async with engine.connect() as conn:
+        taken = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
+    if taken is not None:  # cheap early answer; the unique index below is the real guard
+        raise Conflict("an account with this email already exists", code="email_taken")
+
+    password_hash = await passwords.hash_password(password)
+    user_uuid = ids.new_uuid()
+    now = clock.now()
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                users.insert().values(
+                    id=user_uuid,
+                    email=email,
+                    password_hash=password_hash,
+                    name=name,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            team = await insert_team(conn, name=f"{name}'s Team", owner_id=user_uuid, is_default=True)
+    except IntegrityError as e:
+        raise Conflict("an account with this email already exists", code="email_taken") from e
+    team_uuid = ids.parse_id(ids.Kind.TEAM, team.id)
+    return _token(
+        jwt_secret, user_id=user_uuid, team_id=team_uuid, role="owner", email=email, name=name, is_admin=False
+    )
+
+
+async def login(engine: AsyncEngine, jwt_secret: str, *, email: str, password: str) -> AuthResult:
+    email = normalize_email(email)
+    if not email or not password:
+        raise InvalidRequest("email and password are required")
+    failure = Unauthorized("invalid email or password")
+    if len(email) > MAX_EMAIL or len(password) > MAX_PASSWORD:
+        raise failure
+    async with engine.connect() as conn:
+        user = (
+            await conn.execute(
+                select(users.c.id, users.c.password_hash, users.c.name, users.c.is_admin).where(
+                    users.c.email == email
+                )
+            )
+        ).first()
+    # Unknown users are "verified" against a dummy hash so their timing matches a wrong password.
+    ok = await passwords.verify_password(user.password_hash if user else None, password)
+    if user is None or not ok:
+        raise failure
+    async with engine.connect() as conn:
+        found = await login_team(conn, user.id)
+    if found is None:
+        raise Forbidden("user is not a member of any team", code="no_team")
+    team_uuid, role = found
+    return _token(
+        jwt_secret,
+        user_id=user.id,
+        team_id=team_uuid,
+        role=role,
+        email=email,
+        name=user.name,
+        is_admin=bool(user.is_admin),
+    )
+
+
+async def switch_team(engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, team_id: str) -> AuthResult:
+    """A fresh JWT for another team. Role, name and is_admin are re-read from the DB."""
+    if ctx.user_id is None:
+        raise Unauthorized("this route requires a user token")
+    if not team_id:
+        raise InvalidRequest("team_id is required")
+    try:
+        team_uuid = ids.parse_id(ids.Kind.TEAM, team_id)
+    except InvalidRequest as e:
+        raise InvalidRequest("invalid team_id") from e
+    async with engine.connect() as conn:
+        team = (await conn.execute(select(teams.c.deleted_at).where(teams.c.id == team_uuid))).first()
+        if team is None or team.deleted_at is not None:
+            raise NotFound("team not found")
+        row = (
+            await conn.execute(
+                select(users.c.name, users.c.email, users.c.is_admin, users_teams.c.role)
+                .select_from(
+                    users.outerjoin(
+                        users_teams,
+                        (users_teams.c.user_id == users.c.id) & (users_teams.c.team_id == team_uuid),
+                    )
+                )
+                .where(users.c.id == ctx.user_id)
+            )
+        ).first()
+    if row is None:
+        raise Unauthorized("invalid or expired token")
+    if row.role is None:
+        raise Forbidden("not a member of this team")
+    return _token(
+        jwt_secret,
+        user_id=ctx.user_id,
+        team_id=team_uuid,
+        role=row.role,
+        email=row.email,
+        name=row.name,
+        is_admin=bool(row.is_admin),
+    )
