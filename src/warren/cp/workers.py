@@ -21,7 +21,9 @@ LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 def hooks() -> list[LifespanHook]:
     """The hooks, in start order. Imports are local so this module never creates import cycles."""
-    return []
+    from warren.cp.hosts import hosts_lifespan
+
+    return [hosts_lifespan]
 
 
 @asynccontextmanager

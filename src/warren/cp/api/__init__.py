@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from warren.cp.api import admin, api_keys, auth, oauth, teams, users
+from warren.cp.api import admin, api_keys, auth, hosts, oauth, sandboxes, teams, users
 
 ROUTERS: list[APIRouter] = [
     auth.router,
@@ -13,4 +13,6 @@ ROUTERS: list[APIRouter] = [
     users.router,
     teams.router,
     admin.router,
+    hosts.router,
+    sandboxes.router,
 ]

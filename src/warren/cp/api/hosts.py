@@ -76,11 +76,8 @@ class TagRequest(BaseModel):
     tag: str
 
 
-_X = dict(response_model_exclude_none=True)
-
-
 @router.post(
-    "", status_code=201, response_model=svc.HostWithToken, **_X,
+    "", status_code=201, response_model=svc.HostWithToken, response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS),
 )  # fmt: skip
 async def create_host(body: CreateHostRequest, ctx: CurrentUser, db: Db) -> svc.HostWithToken:
@@ -92,13 +89,18 @@ async def create_host(body: CreateHostRequest, ctx: CurrentUser, db: Db) -> svc.
     )  # fmt: skip
 
 
-@router.get("", response_model=list[svc.Host], **_X, responses=error_responses(*AUTH_ERRORS))
+@router.get(
+    "",
+    response_model=list[svc.Host],
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTH_ERRORS),
+)
 async def list_hosts(ctx: CurrentUser, db: Db) -> list[svc.Host]:
     return await svc.list_hosts(db, ctx)
 
 
 @router.post(
-    "/register", status_code=201, response_model=svc.HostCredentials, **_X,
+    "/register", status_code=201, response_model=svc.HostCredentials, response_model_exclude_none=True,
     responses=error_responses(400, 401, 404),
 )  # fmt: skip
 async def register(body: RegisterRequest, request: Request, db: Db, ca: CA) -> svc.HostCredentials:
@@ -112,7 +114,10 @@ async def register(body: RegisterRequest, request: Request, db: Db, ca: CA) -> s
 
 
 @router.post(
-    "/auth/refresh", response_model=svc.HostCredentials, **_X, responses=error_responses(400, 401, 404)
+    "/auth/refresh",
+    response_model=svc.HostCredentials,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 401, 404),
 )
 async def refresh(body: RefreshRequest, request: Request, db: Db, ca: CA) -> svc.HostCredentials:
     """Rotate a host's credentials (issue-then-revoke). A bad or expired token is 401."""
@@ -125,13 +130,18 @@ async def heartbeat(host_id: str, host: HostIdentity, db: Db) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{host_id}", response_model=svc.Host, **_X, responses=error_responses(400, *AUTH_ERRORS, 404))
+@router.get(
+    "/{host_id}",
+    response_model=svc.Host,
+    response_model_exclude_none=True,
+    responses=error_responses(400, *AUTH_ERRORS, 404),
+)
 async def get_host(host_id: str, ctx: CurrentUser, db: Db) -> svc.Host:
     return await svc.get_host(db, ctx, host_id)
 
 
 @router.get(
-    "/{host_id}/delete-preview", response_model=svc.DeletePreview, **_X,
+    "/{host_id}/delete-preview", response_model=svc.DeletePreview, response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS, 404),
 )  # fmt: skip
 async def delete_preview(host_id: str, ctx: CurrentUser, db: Db) -> svc.DeletePreview:
@@ -150,7 +160,7 @@ async def delete_host(
 
 
 @router.post(
-    "/{host_id}/token", status_code=201, response_model=svc.HostWithToken, **_X,
+    "/{host_id}/token", status_code=201, response_model=svc.HostWithToken, response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS, 404, 409),
 )  # fmt: skip
 async def regenerate_token(host_id: str, ctx: CurrentUser, db: Db) -> svc.HostWithToken:

@@ -35,12 +35,11 @@ class CreateSandboxRequest(BaseModel):
     template: str = "minimal"
     vcpus: int = 0
     memory_mb: int = 0
-    timeout_sec: int = Field(0, description="inactivity timeout in seconds; 0 = none")
-    internet: bool = Field(True, description="outbound network access")
-    env: dict[str, str] | None = Field(None, description="default environment of every process")
+    timeout_sec: int = Field(default=0, description="inactivity timeout in seconds; 0 = none")
+    internet: bool = Field(default=True, description="outbound network access")
+    env: dict[str, str] | None = Field(default=None, description="default environment of every process")
 
 
-_X = dict(response_model_exclude_none=True)
 _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
 
 
@@ -48,7 +47,7 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
     "",
     status_code=201,
     response_model=svc.Sandbox,
-    **_X,
+    response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS, 404, 502, 503),
 )
 async def create_sandbox(
@@ -64,14 +63,22 @@ async def create_sandbox(
     return await svc.create_sandbox(db, pool, scheduler, ctx, params)
 
 
-@router.get("", response_model=list[svc.Sandbox], **_X, responses=error_responses(*AUTH_ERRORS))
+@router.get(
+    "",
+    response_model=list[svc.Sandbox],
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTH_ERRORS),
+)
 async def list_sandboxes(ctx: TeamContext, db: Db) -> list[svc.Sandbox]:
     """The team's sandboxes except stopped and errored ones, newest first."""
     return await svc.list_sandboxes(db, ctx)
 
 
 @router.get(
-    "/{sandbox_id}", response_model=svc.Sandbox, **_X, responses=error_responses(400, *AUTH_ERRORS, 404)
+    "/{sandbox_id}",
+    response_model=svc.Sandbox,
+    response_model_exclude_none=True,
+    responses=error_responses(400, *AUTH_ERRORS, 404),
 )
 async def get_sandbox(sandbox_id: str, ctx: TeamContext, db: Db) -> svc.Sandbox:
     return await svc.get_sandbox(db, ctx, sandbox_id)
@@ -85,12 +92,22 @@ async def destroy_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool)
     return Response(status_code=204)
 
 
-@router.post("/{sandbox_id}/pause", response_model=svc.Sandbox, **_X, responses=error_responses(400, *_ERR))
+@router.post(
+    "/{sandbox_id}/pause",
+    response_model=svc.Sandbox,
+    response_model_exclude_none=True,
+    responses=error_responses(400, *_ERR),
+)
 async def pause_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.Sandbox:
     return await svc.pause_sandbox(db, pool, ctx, sandbox_id)
 
 
-@router.post("/{sandbox_id}/resume", response_model=svc.Sandbox, **_X, responses=error_responses(400, *_ERR))
+@router.post(
+    "/{sandbox_id}/resume",
+    response_model=svc.Sandbox,
+    response_model_exclude_none=True,
+    responses=error_responses(400, *_ERR),
+)
 async def resume_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.Sandbox:
     return await svc.resume_sandbox(db, pool, ctx, sandbox_id)
 

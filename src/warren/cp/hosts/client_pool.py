@@ -1,0 +1,164 @@
+"""Lazy, cached gRPC clients for host agents (SPEC §4.3), always over mutual TLS.
+
+Each client dials the host's ``address`` with the CP's client certificate and trusts only the
+CP's CA. The TLS target name is overridden to the host's id (``host-…``), which the host's
+server certificate carries as a DNS SAN: the normal hostname check then proves the peer holds
+the certificate issued to *that* host, not merely some certificate from our CA.
+
+RPC failures come out as :class:`warren.errors.AgentError` with the gRPC status name, so the one
+HTTP mapping (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, else 502)
+applies everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+from sqlalchemy.engine import RowMapping
+
+from warren import ids
+from warren.cp.security.ca import CertificateAuthority
+from warren.errors import AgentError, ServiceUnavailable
+from warren.rpc import hostagent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Generous default deadline (SPEC: one shared client with a 10-minute timeout); callers pass a
+# shorter one where they need it (the monitor's ListSandboxes, pings).
+DEFAULT_TIMEOUT_S = 600.0
+_MAX_MESSAGE = 128 * 1024 * 1024
+
+
+def translate(e: grpc.aio.AioRpcError, host_id: str) -> AgentError:
+    code = e.code()
+    name = code.name if code is not None else "UNKNOWN"
+    details = e.details() or name
+    # The host id stays out of the message: sandbox answers never reveal which host runs them.
+    unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    message = f"host agent unreachable: {details}" if unreachable else details
+    err = AgentError(message, rpc_code=name)
+    err.host_id = host_id  # type: ignore[attr-defined]  # for logs
+    return err
+
+
+@contextlib.contextmanager
+def agent_errors(host_id: str) -> Iterator[None]:
+    """Map gRPC errors raised inside the block to AgentError (for raw stub use)."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        raise translate(e, host_id) from e
+
+
+class HostClient:
+    """One agent: a channel plus the generated stub. ``call``/``stream`` map errors."""
+
+    def __init__(self, host_id: str, address: str, channel: grpc.aio.Channel, generation: int) -> None:
+        self.host_id = host_id
+        self.address = address
+        self.channel = channel
+        self.generation = generation
+        self.stub = hostagent_pb2_grpc.HostAgentStub(channel)
+
+    async def call(self, method: str, request: Any, *, deadline: float | None = DEFAULT_TIMEOUT_S) -> Any:
+        with agent_errors(self.host_id):
+            return await getattr(self.stub, method)(request, timeout=deadline)
+
+    async def stream(
+        self, method: str, request: Any, *, deadline: float | None = DEFAULT_TIMEOUT_S
+    ) -> AsyncIterator[Any]:
+        """A server-streaming call as an async iterator (errors mapped while iterating)."""
+        call = getattr(self.stub, method)(request, timeout=deadline)
+        try:
+            with agent_errors(self.host_id):
+                async for item in call:
+                    yield item
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+
+class HostClientPool:
+    def __init__(self, ca: CertificateAuthority) -> None:
+        self._ca = ca
+        self._clients: dict[str, HostClient] = {}
+        self._lock = threading.Lock()
+        self._retired: list[HostClient] = []
+
+    def _credentials(self) -> tuple[grpc.ChannelCredentials, int]:
+        cert = self._ca.client_cert()  # renews itself when half its life is gone
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self._ca.cert_pem.encode(),
+            private_key=cert.key_pem.encode(),
+            certificate_chain=cert.cert_pem.encode(),
+        )
+        return creds, self._ca.client_generation
+
+    def _connect(self, host_id: str, address: str) -> HostClient:
+        creds, generation = self._credentials()
+        channel = grpc.aio.secure_channel(
+            address,
+            creds,
+            options=[
+                ("grpc.ssl_target_name_override", host_id),
+                ("grpc.default_authority", host_id),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+            ],
+        )
+        return HostClient(host_id, address, channel, generation)
+
+    def _fresh(self, c: HostClient | None, address: str) -> bool:
+        if c is None or c.address != address:
+            return False
+        self._ca.client_cert()  # may renew, bumping the generation
+        return c.generation == self._ca.client_generation
+
+    def get(self, host: RowMapping | Mapping[str, Any]) -> HostClient:
+        """The client for a host row (``id`` UUID, ``address``). No address → 503."""
+        return self.get_for(host["id"], host["address"])
+
+    def get_for(self, host_uuid: uuid.UUID, address: str) -> HostClient:
+        if not address:
+            raise ServiceUnavailable("sandbox host is not reachable", code="host_unavailable")
+        hid = ids.host_id(host_uuid)
+        c = self._clients.get(hid)
+        if self._fresh(c, address):
+            assert c is not None
+            return c
+        with self._lock:
+            c = self._clients.get(hid)
+            if self._fresh(c, address):
+                assert c is not None
+                return c
+            if c is not None:
+                # In-flight calls on the old channel finish; it is closed with the pool.
+                self._retired.append(c)
+            c = self._clients[hid] = self._connect(hid, address)
+            return c
+
+    async def evict(self, host_uuid: uuid.UUID) -> None:
+        with self._lock:
+            c = self._clients.pop(ids.host_id(host_uuid), None)
+        if c is not None:
+            await c.close()
+
+    async def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values()) + self._retired
+            self._clients.clear()
+            self._retired.clear()
+        for c in clients:
+            with contextlib.suppress(Exception):
+                await c.close()

@@ -1,0 +1,268 @@
+"""HostMonitor (SPEC §4.1 with DESIGN §4's auto-paused rule): keeps host and sandbox records true.
+
+Each pass, per host whose status is not ``pending``/``offline``:
+
+* **passive** — heartbeat older than ``heartbeat_stale_s`` (90 s): host → ``unreachable``, its
+  ``pending``/``starting``/``running`` sandboxes → ``missing``; no active phase this pass;
+* **active** — only for ``online`` hosts with an address: ``ListSandboxes`` and reconcile:
+  ``missing`` & alive → ``running``; ``missing`` & auto-paused → ``paused``; ``missing`` & gone →
+  ``stopped``; ``running`` & gone → ``paused`` if auto-paused, else ``stopped``.
+
+Safe with several CP replicas running it at once:
+
+* the passive transition is one conditional UPDATE (``WHERE status = <old> AND heartbeat still
+  stale``), so exactly one replica wins and a heartbeat landing meanwhile is never undone;
+* the active phase for a host runs under ``pg_try_advisory_xact_lock`` held across the RPC *and*
+  the writes: the agent clears its auto-paused list on read, so a second replica reading the list
+  concurrently would see it empty and wrongly stop auto-paused sandboxes. A replica that does not
+  get the lock skips the host this pass;
+* sandbox updates are conditional on the status read and on ``last_updated`` being older than
+  the moment the agent was asked, so a sandbox created or resumed while ``ListSandboxes`` was in
+  flight is not mistaken for an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warren import clock, ids
+from warren.cp.db.tables import hosts, sandboxes
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.services import audit
+from warren.errors import WarrenError
+from warren.rpc import hostagent_pb2 as pb
+
+log = logging.getLogger("warren.monitor")
+
+LIST_DEADLINE_S = 10.0
+# Namespace for this monitor's advisory locks (first key of the two-int form).
+_LOCK_NS = 0x57524E  # "WRN"
+
+
+def _lock_key(host_uuid: uuid.UUID) -> int:
+    # A signed 32-bit int derived from the host id for pg_try_advisory_xact_lock(int, int).
+    return int.from_bytes(host_uuid.bytes[:4], "big", signed=True)
+
+
+class PassResult:
+    """What one pass changed (for logs and tests)."""
+
+    def __init__(self) -> None:
+        self.marked_down: list[str] = []
+        self.to_missing: list[str] = []
+        self.to_running: list[str] = []
+        self.to_paused: list[str] = []
+        self.to_stopped: list[str] = []
+        self.skipped_locked: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"PassResult({ {k: v for k, v in vars(self).items() if v} })"
+
+
+class HostMonitor:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        pool: HostClientPool,
+        *,
+        interval_s: float = 30.0,
+        stale_s: float = 90.0,
+    ) -> None:
+        self.engine = engine
+        self.pool = pool
+        self.interval_s = interval_s
+        self.stale_s = stale_s
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="host-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                result = await self.run_once()
+                if any(vars(result).values()):
+                    log.info("monitor pass: %r", result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitor pass failed")
+            await asyncio.sleep(self.interval_s)
+
+    # -- one pass ----------------------------------------------------------------------------
+    async def run_once(self) -> PassResult:
+        result = PassResult()
+        async with self.engine.connect() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        sa.select(hosts)
+                        .where(hosts.c.status.not_in(("pending", "offline")))
+                        .order_by(hosts.c.created_at, hosts.c.id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        now = clock.now()
+        cutoff = now - timedelta(seconds=self.stale_s)
+        active: list[RowMapping] = []
+        for h in rows:
+            hb = h["last_heartbeat_at"]
+            stale = hb is None or hb < cutoff
+            if stale:
+                if h["status"] != "unreachable":
+                    await self._mark_down(h, cutoff, result)
+                continue
+            if h["status"] == "online" and h["address"]:
+                active.append(h)
+        # Active checks talk to agents; do them concurrently so one slow host does not delay others.
+        await asyncio.gather(*(self._reconcile(h, result) for h in active))
+        return result
+
+    async def _mark_down(self, h: RowMapping, cutoff: datetime, result: PassResult) -> None:
+        hid = ids.host_id(h["id"])
+        now = clock.now()
+        async with self.engine.begin() as conn:
+            won = (
+                await conn.execute(
+                    hosts.update()
+                    .where(
+                        hosts.c.id == h["id"],
+                        hosts.c.status == h["status"],
+                        sa.or_(hosts.c.last_heartbeat_at.is_(None), hosts.c.last_heartbeat_at < cutoff),
+                    )
+                    .values(status="unreachable", updated_at=now)
+                    .returning(hosts.c.id)
+                )
+            ).first()
+            if won is None:
+                return  # another replica did it, or a heartbeat arrived meanwhile
+            missing = (
+                (
+                    await conn.execute(
+                        sandboxes.update()
+                        .where(
+                            sandboxes.c.host_id == h["id"],
+                            sandboxes.c.status.in_(("running", "starting", "pending")),
+                        )
+                        .values(status="missing", last_updated=now)
+                        .returning(sandboxes.c.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            await audit.record(
+                conn, None, team_id=h["team_id"], action="marked_down", resource_type="host",
+                resource_id=hid, status="warning", metadata={"missing": len(missing)},
+            )  # fmt: skip
+        result.marked_down.append(hid)
+        result.to_missing.extend(ids.sandbox_id(s) for s in missing)
+        log.warning("host marked unreachable host=%s sandboxes_missing=%d", hid, len(missing))
+
+    async def _reconcile(self, h: RowMapping, result: PassResult) -> None:
+        hid = ids.host_id(h["id"])
+        async with self.engine.begin() as conn:
+            got = (
+                await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(_LOCK_NS, _lock_key(h["id"]))))
+            ).scalar()
+            if not got:
+                result.skipped_locked.append(hid)
+                return
+            # Only for hosts still online: another replica may have marked it down meanwhile.
+            status = (await conn.execute(sa.select(hosts.c.status).where(hosts.c.id == h["id"]))).scalar()
+            if status != "online":
+                return
+            asked_at = clock.now()
+            try:
+                resp = await self.pool.get(h).call(
+                    "ListSandboxes", pb.ListSandboxesRequest(), deadline=LIST_DEADLINE_S
+                )
+            except WarrenError as e:
+                # Transient by assumption: the passive phase catches a truly dead host.
+                log.info("monitor: ListSandboxes on %s failed: %s", hid, e)
+                return
+            await self._apply(conn, h, resp, asked_at, result)
+
+    async def _apply(
+        self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult
+    ) -> None:
+        hid = ids.host_id(h["id"])
+        alive = {s.sandbox_id for s in resp.sandboxes}
+        auto_paused = set(resp.auto_paused_sandbox_ids)
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(sandboxes.c.id, sandboxes.c.status, sandboxes.c.team_id).where(
+                        sandboxes.c.host_id == h["id"],
+                        sandboxes.c.status.in_(("missing", "running")),
+                        sandboxes.c.last_updated < asked_at,
+                    )
+                )
+            )
+            .mappings()
+            .all()
+        )
+        to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": []}
+        for r in rows:
+            sid = ids.sandbox_id(r["id"])
+            if r["status"] == "missing":
+                if sid in alive:
+                    to["running"].append(r)
+                elif sid in auto_paused:
+                    to["paused"].append(r)
+                else:
+                    to["stopped"].append(r)
+            elif sid not in alive:
+                to["paused" if sid in auto_paused else "stopped"].append(r)
+        now = clock.now()
+        for new_status, items in to.items():
+            if not items:
+                continue
+            for old_status in ("missing", "running"):
+                batch = [r for r in items if r["status"] == old_status]
+                if not batch:
+                    continue
+                changed = (
+                    (
+                        await conn.execute(
+                            sandboxes.update()
+                            .where(
+                                sandboxes.c.id.in_([r["id"] for r in batch]),
+                                sandboxes.c.status == old_status,
+                                sandboxes.c.last_updated < asked_at,
+                            )
+                            .values(status=new_status, last_updated=now)
+                            .returning(sandboxes.c.id, sandboxes.c.team_id)
+                        )
+                    )
+                    .mappings()
+                    .all()
+                )
+                for c in changed:
+                    sid = ids.sandbox_id(c["id"])
+                    getattr(result, f"to_{new_status}").append(sid)
+                    if new_status == "paused":
+                        await audit.record(
+                            conn, None, team_id=c["team_id"], action="pause", resource_type="sandbox",
+                            resource_id=sid, status="info", metadata={"reason": "auto_paused"},
+                        )  # fmt: skip
+                    log.info("monitor: sandbox %s %s -> %s host=%s", sid, old_status, new_status, hid)

@@ -1,0 +1,445 @@
+"""Sandbox lifecycle (SPEC §2.5 as amended by DESIGN §4): create (scheduled onto a host), list,
+get, destroy, pause, resume, ping, plus the team-delete cleanup (SPEC §7.3).
+
+No database connection is held while an agent RPC runs: a create is one transaction to resolve,
+schedule and insert the ``pending`` row, the RPC, then one conditional UPDATE. Status changes
+are conditional (``WHERE status = <expected>``) so a concurrent monitor pass or a second request
+can never be overwritten by a stale decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warren import clock, ids
+from warren.cp.db.tables import hosts, sandboxes
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.hosts.scheduler import Scheduler
+from warren.cp.services import Timestamp, audit
+from warren.cp.services.context import AuthContext
+from warren.errors import (
+    AgentError,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    ServiceUnavailable,
+)
+from warren.rpc import hostagent_pb2 as pb
+
+log = logging.getLogger("warren.sandboxes")
+
+SAFE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+DISK_SIZE_MB = 5120
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MB = 512
+# Hidden from the list (SPEC §2.5).
+_HIDDEN = ("stopped", "error")
+
+
+class Sandbox(BaseModel):
+    id: str
+    status: str
+    template: str
+    vcpus: int
+    memory_mb: int
+    timeout_sec: int
+    internet: bool
+    guest_ip: str | None = None
+    host_ip: str | None = None
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    last_active_at: Timestamp | None = None
+    last_updated: Timestamp
+
+
+def sandbox_model(row: RowMapping | dict[str, Any]) -> Sandbox:
+    return Sandbox(
+        id=ids.sandbox_id(row["id"]),
+        status=row["status"],
+        template=row["template"],
+        vcpus=row["vcpus"],
+        memory_mb=row["memory_mb"],
+        timeout_sec=row["timeout_sec"],
+        internet=row["internet"],
+        guest_ip=row["guest_ip"] or None,
+        host_ip=row["host_ip"] or None,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        last_active_at=row["last_active_at"],
+        last_updated=row["last_updated"],
+    )
+
+
+@dataclass(frozen=True)
+class CreateParams:
+    template: str = "minimal"
+    vcpus: int = 0
+    memory_mb: int = 0
+    timeout_sec: int = 0
+    internet: bool = True
+    env: dict[str, str] | None = None
+
+
+def _team(ctx: AuthContext) -> uuid.UUID:
+    if ctx.team_id is None:
+        raise Forbidden("no active team context; re-authenticate", code="no_team")
+    return ctx.team_id
+
+
+def _ms(t0: float) -> float:
+    return (clock.monotonic() - t0) * 1000
+
+
+_RESOLVE = sa.text(
+    """
+    SELECT t.is_byoc,
+           tpl.id AS template_id, tpl.team_id AS template_team_id, tpl.type AS template_type,
+           tpl.vcpus AS template_vcpus, tpl.memory_mb AS template_memory_mb
+    FROM teams t
+    LEFT JOIN LATERAL (
+        SELECT id, team_id, type, vcpus, memory_mb FROM templates
+        WHERE name = :name AND team_id IN (:team_id, CAST('00000000-0000-0000-0000-000000000000' AS uuid))
+        -- the team's own template wins; naming rules keep the two from clashing anyway
+        ORDER BY (team_id = :team_id) DESC
+        LIMIT 1
+    ) tpl ON true
+    WHERE t.id = :team_id AND t.deleted_at IS NULL
+    """
+)
+
+
+async def create_sandbox(
+    engine: AsyncEngine, pool: HostClientPool, scheduler: Scheduler, ctx: AuthContext, params: CreateParams
+) -> Sandbox:
+    team_uuid = _team(ctx)
+    name = params.template or "minimal"
+    if not SAFE_NAME.match(name):
+        raise InvalidRequest("invalid template name")
+    if params.timeout_sec < 0:
+        raise InvalidRequest("timeout_sec must be >= 0")
+    vcpus = params.vcpus if params.vcpus > 0 else DEFAULT_VCPUS
+    memory = params.memory_mb if params.memory_mb > 0 else DEFAULT_MEMORY_MB
+
+    sb_uuid = ids.new_uuid()
+    sid = ids.sandbox_id(sb_uuid)
+    async with engine.begin() as conn:
+        r = (await conn.execute(_RESOLVE, {"name": name, "team_id": team_uuid})).mappings().first()
+        if r is None:
+            raise Forbidden("no active team context; re-authenticate", code="no_team")
+        if r["template_id"] is None:
+            raise NotFound(f'template "{name}" not found')
+        if r["template_type"] == "snapshot":
+            # A snapshot carries its source sandbox's shape (SPEC §2.5 step 4).
+            vcpus, memory = r["template_vcpus"], r["template_memory_mb"]
+        host = await scheduler.select_host(conn, team_uuid, bool(r["is_byoc"]))
+        client = pool.get(host)
+        now = clock.now()
+        await conn.execute(
+            sandboxes.insert().values(
+                id=sb_uuid,
+                team_id=team_uuid,
+                host_id=host["id"],
+                template=name,
+                status="pending",
+                vcpus=vcpus,
+                memory_mb=memory,
+                timeout_sec=params.timeout_sec,
+                disk_size_mb=DISK_SIZE_MB,
+                internet=params.internet,
+                created_at=now,
+                last_updated=now,
+                template_id=r["template_id"],
+                template_team_id=r["template_team_id"],
+            )
+        )
+
+    req = pb.CreateSandboxRequest(
+        sandbox_id=sid,
+        template=name,
+        vcpus=vcpus,
+        memory_mb=memory,
+        timeout_sec=params.timeout_sec,
+        disk_size_mb=DISK_SIZE_MB,
+        team_id=str(r["template_team_id"]),
+        template_id=str(r["template_id"]),
+        internet=params.internet,
+        env=params.env or {},
+    )
+    try:
+        resp = await client.call("CreateSandbox", req)
+    except AgentError as e:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "pending")
+                .values(status="error", last_updated=clock.now())
+            )
+        log.warning("sandbox create failed sandbox=%s host=%s: %s", sid, ids.host_id(host["id"]), e)
+        raise
+    now = clock.now()
+    async with engine.begin() as conn:
+        row = (
+            (
+                await conn.execute(
+                    sandboxes.update()
+                    .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "pending")
+                    .values(
+                        status="running",
+                        host_ip=resp.host_ip,
+                        started_at=now,
+                        last_active_at=now,
+                        last_updated=now,
+                    )
+                    .returning(*sandboxes.c)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            # Someone (a destroy, a monitor pass) moved it on while the agent was creating it.
+            row = (await conn.execute(sa.select(sandboxes).where(sandboxes.c.id == sb_uuid))).mappings().one()
+        await audit.record(
+            conn,
+            ctx,
+            team_id=team_uuid,
+            action="create",
+            resource_type="sandbox",
+            resource_id=sid,
+            metadata={"template": name},
+        )
+    log.info(
+        "sandbox created sandbox=%s host=%s team=%s", sid, ids.host_id(host["id"]), ids.team_id(team_uuid)
+    )
+    return sandbox_model(row)
+
+
+async def list_sandboxes(engine: AsyncEngine, ctx: AuthContext) -> list[Sandbox]:
+    team_uuid = _team(ctx)
+    async with engine.connect() as conn:
+        q = (
+            sa.select(sandboxes)
+            .where(sandboxes.c.team_id == team_uuid, sandboxes.c.status.not_in(_HIDDEN))
+            .order_by(sandboxes.c.created_at.desc(), sandboxes.c.id.desc())
+        )
+        return [sandbox_model(r) for r in (await conn.execute(q)).mappings().all()]
+
+
+async def _load(conn: AsyncConnection, team_uuid: uuid.UUID, sandbox_id: str) -> RowMapping:
+    sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
+    row = (
+        (
+            await conn.execute(
+                sa.select(sandboxes).where(sandboxes.c.id == sb_uuid, sandboxes.c.team_id == team_uuid)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound("sandbox not found")
+    return row
+
+
+async def get_sandbox(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> Sandbox:
+    team_uuid = _team(ctx)
+    async with engine.connect() as conn:
+        return sandbox_model(await _load(conn, team_uuid, sandbox_id))
+
+
+async def _host_for(conn: AsyncConnection, host_uuid: uuid.UUID) -> RowMapping:
+    host = (await conn.execute(sa.select(hosts).where(hosts.c.id == host_uuid))).mappings().first()
+    if host is None:
+        raise NotFound("host not found for sandbox")
+    return host
+
+
+async def sandbox_and_client(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> tuple[Sandbox, HostClient]:
+    """For exec, files and snapshots (SPEC §2.5 helper): the team's sandbox and its host's
+    client. A missing host or one without an address → 503 ``host_unavailable``; host status is
+    not checked (an RPC to a dead host is a 502)."""
+    team_uuid = _team(ctx)
+    async with engine.connect() as conn:
+        row = await _load(conn, team_uuid, sandbox_id)
+        host = (await conn.execute(sa.select(hosts).where(hosts.c.id == row["host_id"]))).mappings().first()
+    if host is None or not host["address"]:
+        raise ServiceUnavailable("sandbox host is not reachable", code="host_unavailable")
+    return sandbox_model(row), pool.get(host)
+
+
+async def destroy_sandbox(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> None:
+    team_uuid = _team(ctx)
+    async with engine.connect() as conn:
+        row = await _load(conn, team_uuid, sandbox_id)
+        if row["status"] == "stopped":
+            return
+        host = await _host_for(conn, row["host_id"])
+    if not host["address"]:
+        raise InternalError("sandbox host has no address")
+    sid = ids.sandbox_id(row["id"])
+    try:
+        await pool.get(host).call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60)
+    except AgentError as e:
+        # DESIGN §4: only NotFound (the agent knows nothing of it) is swallowed; anything else
+        # leaves the row as it is and surfaces as 502.
+        if not e.is_not_found:
+            raise
+    async with engine.begin() as conn:
+        await conn.execute(
+            sandboxes.update()
+            .where(sandboxes.c.id == row["id"])
+            .values(status="stopped", last_updated=clock.now())
+        )
+        await audit.record(
+            conn, ctx, team_id=team_uuid, action="destroy", resource_type="sandbox", resource_id=sid
+        )
+    log.info("sandbox destroyed sandbox=%s", sid)
+
+
+async def _status_conflict(conn: AsyncConnection, sb_uuid: uuid.UUID, want: str) -> InvalidState:
+    status = (await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == sb_uuid))).scalar()
+    return InvalidState(f"sandbox is not {want} (status: {status})")
+
+
+async def pause_sandbox(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> Sandbox:
+    team_uuid = _team(ctx)
+    async with engine.begin() as conn:
+        row = await _load(conn, team_uuid, sandbox_id)
+        host = await _host_for(conn, row["host_id"])
+        # Pre-mark paused (SPEC §2.5) so the monitor does not take the frozen sandbox for gone.
+        marked = (
+            await conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == row["id"], sandboxes.c.status == "running")
+                .values(status="paused", last_updated=clock.now())
+                .returning(sandboxes.c.id)
+            )
+        ).first()
+        if marked is None:
+            raise await _status_conflict(conn, row["id"], "running")
+    sid = ids.sandbox_id(row["id"])
+    try:
+        await pool.get(host).call("PauseSandbox", pb.PauseSandboxRequest(sandbox_id=sid), deadline=120)
+    except Exception:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == row["id"], sandboxes.c.status == "paused")
+                .values(status="running", last_updated=clock.now())
+            )
+        raise
+    async with engine.begin() as conn:
+        new = (await conn.execute(sa.select(sandboxes).where(sandboxes.c.id == row["id"]))).mappings().one()
+        await audit.record(
+            conn, ctx, team_id=team_uuid, action="pause", resource_type="sandbox", resource_id=sid
+        )
+    return sandbox_model(new)
+
+
+async def resume_sandbox(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> Sandbox:
+    team_uuid = _team(ctx)
+    async with engine.connect() as conn:
+        row = await _load(conn, team_uuid, sandbox_id)
+        if row["status"] != "paused":
+            raise InvalidState(f"sandbox is not paused (status: {row['status']})")
+        host = await _host_for(conn, row["host_id"])
+    sid = ids.sandbox_id(row["id"])
+    resp = await pool.get(host).call(
+        "ResumeSandbox", pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=row["timeout_sec"]), deadline=120
+    )
+    now = clock.now()
+    async with engine.begin() as conn:
+        new = (
+            (
+                await conn.execute(
+                    sandboxes.update()
+                    .where(sandboxes.c.id == row["id"], sandboxes.c.status == "paused")
+                    .values(
+                        status="running",
+                        host_ip=resp.host_ip or row["host_ip"],
+                        started_at=now,
+                        last_active_at=now,
+                        last_updated=now,
+                    )
+                    .returning(*sandboxes.c)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if new is None:
+            raise await _status_conflict(conn, row["id"], "paused")
+        await audit.record(
+            conn, ctx, team_id=team_uuid, action="resume", resource_type="sandbox", resource_id=sid
+        )
+    return sandbox_model(new)
+
+
+async def ping_sandbox(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str) -> None:
+    team_uuid = _team(ctx)
+    async with engine.connect() as conn:
+        row = await _load(conn, team_uuid, sandbox_id)
+        if row["status"] != "running":
+            raise InvalidState(f"sandbox is not running (status: {row['status']})")
+        host = await _host_for(conn, row["host_id"])
+    sid = ids.sandbox_id(row["id"])
+    await pool.get(host).call("PingSandbox", pb.PingSandboxRequest(sandbox_id=sid), deadline=30)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sandboxes.update()
+            .where(sandboxes.c.id == row["id"], sandboxes.c.status == "running")
+            .values(last_active_at=clock.now())
+        )
+
+
+# --------------------------------------------------------------------------- team soft delete
+
+
+async def destroy_on_hosts(
+    engine: AsyncEngine, pool: HostClientPool, sandbox_refs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> None:
+    """Team soft delete (SPEC §7.3 step 2): destroy each ``(sandbox_id, host_id)`` on its host,
+    concurrently. NotFound is ignored and other errors are logged: the delete goes on, and the
+    caller then marks the rows ``stopped`` in its own transaction."""
+    host_ids = {h for _, h in sandbox_refs}
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(sa.select(hosts.c.id, hosts.c.address).where(hosts.c.id.in_(host_ids)))
+        ).all()
+    addresses = {r.id: r.address for r in rows}
+
+    async def destroy(sb: uuid.UUID, host_uuid: uuid.UUID) -> None:
+        address = addresses.get(host_uuid)
+        if not address:
+            return
+        sid = ids.sandbox_id(sb)
+        try:
+            await pool.get_for(host_uuid, address).call(
+                "DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60
+            )
+        except AgentError as e:
+            if not e.is_not_found:
+                log.warning("team delete: destroy %s failed: %s", sid, e)
+
+    await asyncio.gather(*(destroy(sb, h) for sb, h in sandbox_refs))
