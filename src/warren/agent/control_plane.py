@@ -225,9 +225,9 @@ class TlsMaterial:
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Client certificates are required and must chain to the CP's CA."""
-        return grpc.dynamic_ssl_server_credentials(
-            self._config, self._fetch, require_client_authentication=True
-        )
+        # grpc-stubs say the fetcher returns a config; gRPC also takes None ("no change").
+        fetch: Any = self._fetch
+        return grpc.dynamic_ssl_server_credentials(self._config, fetch, require_client_authentication=True)
 
 
 # ------------------------------------------------------------------------------- heartbeat
