@@ -1,0 +1,213 @@
+"""HostMonitor logic against a real database with a fake clock and a fake agent."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import ids
+from warren.cp.db.engine import make_engine
+from warren.cp.db.tables import audit_logs, sandboxes
+from warren.cp.hosts.monitor import HostMonitor
+from warren.errors import AgentError
+from warren.rpc import hostagent_pb2 as pb
+
+from .conftest import Rows
+
+
+class FakeAgent:
+    """Answers ListSandboxes like the real agent: the auto-paused list is cleared on read."""
+
+    def __init__(self) -> None:
+        self.alive: set[str] = set()
+        self.auto_paused: set[str] = set()
+        self.fail = False
+        self.delay = 0.0
+        self.calls = 0
+
+    async def call(self, method: str, request: Any, *, deadline: float | None = None) -> Any:
+        assert method == "ListSandboxes"
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise AgentError("host agent unreachable", rpc_code="UNAVAILABLE")
+        auto, self.auto_paused = self.auto_paused, set()
+        return pb.ListSandboxesResponse(
+            sandboxes=[pb.SandboxInfo(sandbox_id=s, status="running") for s in sorted(self.alive)],
+            auto_paused_sandbox_ids=sorted(auto),
+        )
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.agents: dict[uuid.UUID, FakeAgent] = {}
+
+    def get(self, host: Mapping[str, Any]) -> FakeAgent:
+        return self.agents.setdefault(host["id"], FakeAgent())
+
+
+def monitor(engine: AsyncEngine, pool: FakePool) -> HostMonitor:
+    return HostMonitor(engine, pool, stale_s=90)  # type: ignore[arg-type]
+
+
+async def _audits(engine: AsyncEngine, action: str) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(
+            sa.select(sa.func.count()).select_from(audit_logs).where(audit_logs.c.action == action)
+        )).scalar_one())  # fmt: skip
+
+
+async def test_stale_heartbeat_marks_host_unreachable_and_sandboxes_missing(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h = await rows.host(admin)
+    fresh = await rows.host(admin)
+    sb = {st: await rows.sandbox(team, h, st) for st in ("running", "starting", "pending", "paused", "stopped")}
+    other = await rows.sandbox(team, fresh)
+    pool = FakePool()
+    pool.get({"id": fresh}).alive = {ids.sandbox_id(other)}
+    pool.get({"id": h}).alive = {ids.sandbox_id(sb["running"])}
+    m = monitor(engine, pool)
+
+    fake_clock.advance(89)
+    r = await m.run_once()
+    assert not r.marked_down and await rows.host_status(h) == "online"
+
+    fake_clock.advance(2)  # now 91 s since the last heartbeat
+    async with engine.begin() as conn:  # the other host keeps beating
+        await conn.execute(sa.text("UPDATE hosts SET last_heartbeat_at = :t WHERE id = :id"),
+                           {"t": fake_clock.now(), "id": fresh})  # fmt: skip
+    r = await m.run_once()
+    assert r.marked_down == [ids.host_id(h)]
+    assert await rows.host_status(h) == "unreachable"
+    assert await rows.host_status(fresh) == "online"
+    for st in ("running", "starting", "pending"):
+        assert await rows.status(sb[st]) == "missing"
+    assert await rows.status(sb["paused"]) == "paused"
+    assert await rows.status(sb["stopped"]) == "stopped"
+    assert await rows.status(other) == "running"
+    # No active phase for a stale host, and no second transition on the next pass.
+    calls = pool.get({"id": h}).calls
+    r = await m.run_once()
+    assert not r.marked_down and pool.get({"id": h}).calls == calls
+    assert await _audits(engine, "marked_down") == 1
+
+
+async def test_active_phase_reconciles_with_the_agent(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h = await rows.host(admin)
+    back = await rows.sandbox(team, h, "missing")
+    gone = await rows.sandbox(team, h, "missing")
+    missing_auto = await rows.sandbox(team, h, "missing")
+    alive = await rows.sandbox(team, h, "running")
+    orphan = await rows.sandbox(team, h, "running")
+    auto = await rows.sandbox(team, h, "running")
+    paused = await rows.sandbox(team, h, "paused")
+    pool = FakePool()
+    agent = pool.get({"id": h})
+    agent.alive = {ids.sandbox_id(back), ids.sandbox_id(alive)}
+    agent.auto_paused = {ids.sandbox_id(auto), ids.sandbox_id(missing_auto)}
+    fake_clock.advance(1)
+    await monitor(engine, pool).run_once()
+    assert await rows.status(back) == "running"
+    assert await rows.status(gone) == "stopped"
+    assert await rows.status(missing_auto) == "paused"  # DESIGN §4: never stopped
+    assert await rows.status(alive) == "running"
+    assert await rows.status(orphan) == "stopped"
+    assert await rows.status(auto) == "paused"
+    assert await rows.status(paused) == "paused"
+    assert await _audits(engine, "pause") == 2
+
+
+async def test_failed_list_changes_nothing(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h = await rows.host(admin)
+    s = await rows.sandbox(team, h, "running")
+    pool = FakePool()
+    pool.get({"id": h}).fail = True
+    fake_clock.advance(1)
+    await monitor(engine, pool).run_once()
+    assert await rows.status(s) == "running"
+    assert await rows.host_status(h) == "online"
+
+
+async def test_sandbox_changed_while_listing_is_left_alone(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h = await rows.host(admin)
+    s = await rows.sandbox(team, h, "pending")
+    pool = FakePool()
+    agent = pool.get({"id": h})
+    agent.delay = 0.3  # the agent has not seen the sandbox yet when it answers
+
+    async def create_finishes() -> None:
+        await asyncio.sleep(0.1)
+        fake_clock.advance(1)
+        async with engine.begin() as conn:
+            await conn.execute(sandboxes.update().where(sandboxes.c.id == s)
+                               .values(status="running", last_updated=fake_clock.now()))  # fmt: skip
+
+    await asyncio.gather(monitor(engine, pool).run_once(), create_finishes())
+    assert await rows.status(s) == "running"
+
+
+async def test_two_replicas_never_double_transition(db_url: str, engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+    """Two monitors on two engines (as two CP processes would be) run every pass concurrently."""
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    other = make_engine(db_url, pool_size=5)
+    try:
+        for round_ in range(5):
+            h = await rows.host(admin)
+            running = [await rows.sandbox(team, h, "running") for _ in range(3)]
+            pool_a, pool_b = FakePool(), FakePool()
+            # Both replicas reach the same agent (one shared fake), which clears its list on read.
+            shared = FakeAgent()
+            shared.delay = 0.05
+            pool_a.agents[h] = pool_b.agents[h] = shared
+            shared.alive = {ids.sandbox_id(running[0])}
+            shared.auto_paused = {ids.sandbox_id(running[1])}
+            fake_clock.advance(1)
+            a, b = monitor(engine, pool_a), monitor(other, pool_b)
+            await asyncio.gather(a.run_once(), b.run_once())
+            assert await rows.status(running[0]) == "running"
+            assert await rows.status(running[1]) == "paused", f"round {round_}"
+            assert await rows.status(running[2]) == "stopped"
+            assert await _audits(engine, "pause") == round_ + 1
+
+            # Then the host goes silent: exactly one replica marks it down.
+            fake_clock.advance(120)
+            ra, rb = await asyncio.gather(a.run_once(), b.run_once())
+            assert len(ra.marked_down) + len(rb.marked_down) >= 1
+            assert await rows.host_status(h) == "unreachable"
+            assert await rows.status(running[0]) == "missing"
+        marked = await _audits(engine, "marked_down")
+        async with engine.connect() as conn:
+            per_host = (await conn.execute(
+                sa.select(audit_logs.c.resource_id, sa.func.count())
+                .where(audit_logs.c.action == "marked_down").group_by(audit_logs.c.resource_id)
+            )).all()  # fmt: skip
+        assert all(n == 1 for _, n in per_host)
+        assert marked == len(per_host)
+    finally:
+        await other.dispose()
+
+
+@pytest.mark.parametrize("status", ["pending", "offline"])
+async def test_pending_and_offline_hosts_are_ignored(engine: AsyncEngine, rows: Rows, fake_clock: Any, status: str) -> None:
+    admin = await rows.user(admin=True)
+    h = await rows.host(admin, status=status, heartbeat_age_s=None)
+    fake_clock.advance(1000)
+    r = await monitor(engine, FakePool()).run_once()
+    assert not r.marked_down and await rows.host_status(h) == status
