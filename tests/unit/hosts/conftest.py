@@ -33,7 +33,9 @@ class Rows:
     async def user(self, *, admin: bool = False) -> uuid.UUID:
         u = ids.new_uuid()
         async with self.engine.begin() as conn:
-            await conn.execute(users.insert().values(id=u, email=f"{u.hex}@example.com", name="u", is_admin=admin))
+            await conn.execute(
+                users.insert().values(id=u, email=f"{u.hex}@example.com", name="u", is_admin=admin)
+            )
         return u
 
     async def team(self, *, byoc: bool = False, owner: uuid.UUID | None = None) -> uuid.UUID:
@@ -60,26 +62,39 @@ class Rows:
         async with self.engine.begin() as conn:
             await conn.execute(
                 hosts.insert().values(
-                    id=h, type=type, team_id=team_id, status=status, address=address, created_by=creator,
-                    created_at=now + timedelta(seconds=created_offset_s), updated_at=now,
-                    last_heartbeat_at=None if heartbeat_age_s is None else now - timedelta(seconds=heartbeat_age_s),
+                    id=h,
+                    type=type,
+                    team_id=team_id,
+                    status=status,
+                    address=address,
+                    created_by=creator,
+                    created_at=now + timedelta(seconds=created_offset_s),
+                    updated_at=now,
+                    last_heartbeat_at=None
+                    if heartbeat_age_s is None
+                    else now - timedelta(seconds=heartbeat_age_s),
                 )
-            )  # fmt: skip
+            )
         return h
 
-    async def sandbox(self, team: uuid.UUID, host: uuid.UUID, status: str = "running", **kw: Any) -> uuid.UUID:
+    async def sandbox(
+        self, team: uuid.UUID, host: uuid.UUID, status: str = "running", **kw: Any
+    ) -> uuid.UUID:
         s = ids.new_uuid()
         now = clock.now()
         async with self.engine.begin() as conn:
             await conn.execute(
-                sandboxes.insert().values(id=s, team_id=team, host_id=host, status=status, created_at=now,
-                                          last_updated=now, **kw)
-            )  # fmt: skip
+                sandboxes.insert().values(
+                    id=s, team_id=team, host_id=host, status=status, created_at=now, last_updated=now, **kw
+                )
+            )
         return s
 
     async def status(self, s: uuid.UUID) -> str:
         async with self.engine.connect() as conn:
-            return str((await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == s))).scalar())
+            return str(
+                (await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == s))).scalar()
+            )
 
     async def host_status(self, h: uuid.UUID) -> str:
         async with self.engine.connect() as conn:

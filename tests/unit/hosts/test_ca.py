@@ -75,8 +75,12 @@ def test_generated_ca_persists_with_private_modes(tmp_path: Path) -> None:
 
 def test_ca_from_settings_files(tmp_path: Path) -> None:
     CertificateAuthority.load_or_create(tmp_path / "x")
-    s = Settings(home=tmp_path / "other", jwt_secret="x" * 32, ca_cert=tmp_path / "x" / "ca.pem",
-                 ca_key=tmp_path / "x" / "ca.key")  # fmt: skip
+    s = Settings(
+        home=tmp_path / "other",
+        jwt_secret="x" * 32,
+        ca_cert=tmp_path / "x" / "ca.pem",
+        ca_key=tmp_path / "x" / "ca.key",
+    )
     ca = CertificateAuthority.from_settings(s)
     assert ca.cert_pem == (tmp_path / "x" / "ca.pem").read_text()
     assert not (tmp_path / "other").exists()

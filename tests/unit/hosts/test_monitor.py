@@ -59,9 +59,13 @@ def monitor(engine: AsyncEngine, pool: FakePool) -> HostMonitor:
 
 async def _audits(engine: AsyncEngine, action: str) -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(
-            sa.select(sa.func.count()).select_from(audit_logs).where(audit_logs.c.action == action)
-        )).scalar_one())  # fmt: skip
+        return int(
+            (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(audit_logs).where(audit_logs.c.action == action)
+                )
+            ).scalar_one()
+        )
 
 
 async def test_stale_heartbeat_marks_host_unreachable_and_sandboxes_missing(
@@ -71,7 +75,9 @@ async def test_stale_heartbeat_marks_host_unreachable_and_sandboxes_missing(
     team = await rows.team()
     h = await rows.host(admin)
     fresh = await rows.host(admin)
-    sb = {st: await rows.sandbox(team, h, st) for st in ("running", "starting", "pending", "paused", "stopped")}
+    sb = {
+        st: await rows.sandbox(team, h, st) for st in ("running", "starting", "pending", "paused", "stopped")
+    }
     other = await rows.sandbox(team, fresh)
     pool = FakePool()
     pool.get({"id": fresh}).alive = {ids.sandbox_id(other)}
@@ -84,8 +90,10 @@ async def test_stale_heartbeat_marks_host_unreachable_and_sandboxes_missing(
 
     fake_clock.advance(2)  # now 91 s since the last heartbeat
     async with engine.begin() as conn:  # the other host keeps beating
-        await conn.execute(sa.text("UPDATE hosts SET last_heartbeat_at = :t WHERE id = :id"),
-                           {"t": fake_clock.now(), "id": fresh})  # fmt: skip
+        await conn.execute(
+            sa.text("UPDATE hosts SET last_heartbeat_at = :t WHERE id = :id"),
+            {"t": fake_clock.now(), "id": fresh},
+        )
     r = await m.run_once()
     assert r.marked_down == [ids.host_id(h)]
     assert await rows.host_status(h) == "unreachable"
@@ -102,7 +110,9 @@ async def test_stale_heartbeat_marks_host_unreachable_and_sandboxes_missing(
     assert await _audits(engine, "marked_down") == 1
 
 
-async def test_active_phase_reconciles_with_the_agent(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+async def test_active_phase_reconciles_with_the_agent(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
     admin = await rows.user(admin=True)
     team = await rows.team()
     h = await rows.host(admin)
@@ -142,7 +152,9 @@ async def test_failed_list_changes_nothing(engine: AsyncEngine, rows: Rows, fake
     assert await rows.host_status(h) == "online"
 
 
-async def test_sandbox_changed_while_listing_is_left_alone(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+async def test_sandbox_changed_while_listing_is_left_alone(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
     admin = await rows.user(admin=True)
     team = await rows.team()
     h = await rows.host(admin)
@@ -155,14 +167,19 @@ async def test_sandbox_changed_while_listing_is_left_alone(engine: AsyncEngine, 
         await asyncio.sleep(0.1)
         fake_clock.advance(1)
         async with engine.begin() as conn:
-            await conn.execute(sandboxes.update().where(sandboxes.c.id == s)
-                               .values(status="running", last_updated=fake_clock.now()))  # fmt: skip
+            await conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == s)
+                .values(status="running", last_updated=fake_clock.now())
+            )
 
     await asyncio.gather(monitor(engine, pool).run_once(), create_finishes())
     assert await rows.status(s) == "running"
 
 
-async def test_two_replicas_never_double_transition(db_url: str, engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+async def test_two_replicas_never_double_transition(
+    db_url: str, engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
     """Two monitors on two engines (as two CP processes would be) run every pass concurrently."""
     admin = await rows.user(admin=True)
     team = await rows.team()
@@ -194,10 +211,13 @@ async def test_two_replicas_never_double_transition(db_url: str, engine: AsyncEn
             assert await rows.status(running[0]) == "missing"
         marked = await _audits(engine, "marked_down")
         async with engine.connect() as conn:
-            per_host = (await conn.execute(
-                sa.select(audit_logs.c.resource_id, sa.func.count())
-                .where(audit_logs.c.action == "marked_down").group_by(audit_logs.c.resource_id)
-            )).all()  # fmt: skip
+            per_host = (
+                await conn.execute(
+                    sa.select(audit_logs.c.resource_id, sa.func.count())
+                    .where(audit_logs.c.action == "marked_down")
+                    .group_by(audit_logs.c.resource_id)
+                )
+            ).all()
         assert all(n == 1 for _, n in per_host)
         assert marked == len(per_host)
     finally:
@@ -205,7 +225,9 @@ async def test_two_replicas_never_double_transition(db_url: str, engine: AsyncEn
 
 
 @pytest.mark.parametrize("status", ["pending", "offline"])
-async def test_pending_and_offline_hosts_are_ignored(engine: AsyncEngine, rows: Rows, fake_clock: Any, status: str) -> None:
+async def test_pending_and_offline_hosts_are_ignored(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any, status: str
+) -> None:
     admin = await rows.user(admin=True)
     h = await rows.host(admin, status=status, heartbeat_age_s=None)
     fake_clock.advance(1000)

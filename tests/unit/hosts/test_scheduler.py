@@ -39,7 +39,9 @@ async def test_only_online_hosts_with_an_address_are_eligible(engine: AsyncEngin
     assert {await _pick(engine, s, team) for _ in range(4)} == {good}
 
 
-async def test_byoc_team_uses_only_its_own_hosts_and_never_falls_back(engine: AsyncEngine, rows: Rows) -> None:
+async def test_byoc_team_uses_only_its_own_hosts_and_never_falls_back(
+    engine: AsyncEngine, rows: Rows
+) -> None:
     admin = await rows.user(admin=True)
     byoc, other_byoc, plain = await rows.team(byoc=True), await rows.team(byoc=True), await rows.team()
     platform = await rows.host(admin)
