@@ -1,0 +1,447 @@
+"""``sbx.commands``: run commands, stream their output, drive background processes.
+
+A command given as a string runs through ``/bin/sh -c`` (like E2B); a list runs as argv with no
+shell. A plain ``run`` is one HTTP request; output callbacks, interactive stdin, background
+processes and runs without a time limit use the exec WebSocket.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast, overload
+
+from warren.sdk._exceptions import (
+    CommandExitError,
+    NotFoundError,
+    StreamError,
+    TimeoutError,
+    WarrenError,
+    error_from_response,
+)
+from warren.sdk._models import CommandResult, ProcessInfo
+from warren.sdk._transport import DEFAULT, Call, Http, Op, WsClose, WsOpen, WsRecv, WsSend, awaiting, blocking
+
+if TYPE_CHECKING:
+    from warren.sdk._transport import AsyncTransport, SyncTransport
+
+__all__ = ["AsyncCommandHandle", "AsyncCommands", "CommandHandle", "Commands", "RunOptions"]
+
+# Used when `timeout` is not given, like E2B's default.
+DEFAULT_COMMAND_TIMEOUT = 60.0
+OutputCallback = Callable[[str], Any]
+Stdin = bool | str | bytes | None
+
+
+class RunOptions(TypedDict, total=False):
+    envs: Mapping[str, str] | None
+    cwd: str | None
+    # Seconds the process may run before it is killed; None = no limit.
+    timeout: float | None
+    on_stdout: OutputCallback | None
+    on_stderr: OutputCallback | None
+    # True keeps stdin open for send_stdin(); str/bytes are written then stdin is closed.
+    stdin: Stdin
+    tag: str | None
+    # Raise CommandExitError when the exit code is not 0.
+    check: bool
+    # Seconds for the HTTP request itself (stretched to cover `timeout`).
+    request_timeout: float | None
+
+
+def argv(cmd: str | Sequence[str]) -> tuple[str, list[str]]:
+    """A string is a shell command line; a sequence is argv as is."""
+    if isinstance(cmd, str):
+        return "/bin/sh", ["-c", cmd]
+    parts = list(cmd)
+    if not parts:
+        raise ValueError("cmd must not be empty")
+    return parts[0], parts[1:]
+
+
+def frame_bytes(frame: dict[str, Any]) -> bytes:
+    """Output bytes of a stdout/stderr frame (text in ``data`` or base64 in ``data_b64``)."""
+    if "data_b64" in frame:
+        return base64.b64decode(frame["data_b64"])
+    return str(frame.get("data", "")).encode()
+
+
+def stdin_frame(data: str | bytes) -> dict[str, Any]:
+    if isinstance(data, str):
+        return {"type": "stdin", "data": data}
+    try:
+        return {"type": "stdin", "data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"type": "stdin", "data_b64": base64.b64encode(data).decode()}
+
+
+def decode_exec_response(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    out, err = body.get("stdout", ""), body.get("stderr", "")
+    if body.get("encoding") == "base64":
+        return base64.b64decode(out), base64.b64decode(err)
+    return str(out).encode(), str(err).encode()
+
+
+def raise_frame_error(frame: dict[str, Any]) -> None:
+    """An ``error`` frame from the server becomes the matching typed error."""
+    status = frame.get("status")
+    code = str(frame.get("code") or "stream_error")
+    message = str(frame.get("data") or frame.get("message") or "exec stream failed")
+    if code == "timeout":
+        raise TimeoutError(message, code=code)
+    if isinstance(status, int):
+        import json
+
+        raise error_from_response(status, json.dumps({"error": {"code": code, "message": message}}).encode())
+    raise StreamError(message, code=code)
+
+
+class _HandleBase:
+    """A running command: its stream, the output so far and, at the end, its exit."""
+
+    def __init__(
+        self,
+        transport: Any,
+        sandbox_id: str,
+        conn: Any,
+        pid: int,
+        *,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        check: bool = False,
+    ) -> None:
+        self._transport = transport
+        self._sandbox_id = sandbox_id
+        self._conn = conn
+        self.pid = pid
+        self._on_stdout = on_stdout
+        self._on_stderr = on_stderr
+        self._check = check
+        self._out = bytearray()
+        self._err = bytearray()
+        self._result: CommandResult | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} pid={self.pid} sandbox={self._sandbox_id}>"
+
+    @property
+    def stdout(self) -> str:
+        """Output received so far."""
+        return self._out.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self._err.decode("utf-8", "replace")
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._result.exit_code if self._result else None
+
+    def _wait(self) -> Op[CommandResult]:
+        """Read the stream to the end; callbacks fire as output arrives."""
+        if self._result is None:
+            if self._conn is None:
+                raise StreamError(
+                    "this handle is disconnected; use commands.connect(pid)", code="disconnected"
+                )
+            while True:
+                frame = yield WsRecv(self._conn)
+                if frame is None:
+                    self._conn = None
+                    raise StreamError(
+                        "the exec stream closed before the command exited", code="stream_closed"
+                    )
+                kind = frame.get("type")
+                if kind in ("stdout", "stderr"):
+                    data = frame_bytes(frame)
+                    (self._out if kind == "stdout" else self._err).extend(data)
+                    cb = self._on_stdout if kind == "stdout" else self._on_stderr
+                    if cb is not None:
+                        yield Call(cb, (data.decode("utf-8", "replace"),))
+                elif kind == "exit":
+                    error = frame.get("error") or None
+                    self._result = CommandResult.from_bytes(
+                        bytes(self._out), bytes(self._err), int(frame.get("exit_code", -1)), error=error
+                    )
+                    yield WsClose(self._conn)
+                    self._conn = None
+                    if error and frame.get("reason") == "timeout":
+                        raise TimeoutError(f"command timed out: {error}", code="timeout")
+                    break
+                elif kind == "error":
+                    yield WsClose(self._conn)
+                    self._conn = None
+                    raise_frame_error(frame)
+        if self._check and self._result.exit_code != 0:
+            raise CommandExitError(self._result)
+        return self._result
+
+    def _send_stdin(self, data: str | bytes) -> Op[None]:
+        if self._conn is not None:
+            yield WsSend(self._conn, stdin_frame(data))
+            return
+        yield from _send_stdin_rest(self._sandbox_id, self.pid, data)
+
+    def _close_stdin(self) -> Op[None]:
+        if self._conn is not None:
+            yield WsSend(self._conn, {"type": "close_stdin"})
+            return
+        yield Http(
+            "POST", f"/v1/sandboxes/{self._sandbox_id}/processes/{self.pid}/stdin", json={"close": True}
+        )
+
+    def _kill(self) -> Op[bool]:
+        """SIGKILL the process. False when it had already exited."""
+        if self._result is not None:
+            return False
+        return (yield from _signal(self._sandbox_id, self.pid, 9))
+
+    def _disconnect(self) -> Op[None]:
+        """Stop receiving output; a background process keeps running."""
+        if self._conn is not None:
+            yield WsSend(self._conn, {"type": "stop"})
+            yield WsClose(self._conn)
+            self._conn = None
+
+
+def _send_stdin_rest(sandbox_id: str, pid: int | str, data: str | bytes) -> Op[None]:
+    frame = stdin_frame(data)
+    frame.pop("type")
+    yield Http("POST", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/stdin", json=frame)
+
+
+def _signal(sandbox_id: str, pid: int | str, signal: int) -> Op[bool]:
+    try:
+        yield Http("POST", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/signal", json={"signal": signal})
+    except NotFoundError:
+        return False
+    return True
+
+
+class CommandHandle(_HandleBase):
+    """A background (or attached) command. ``wait()`` returns its :class:`CommandResult`."""
+
+    _transport: SyncTransport
+    wait = blocking(_HandleBase._wait)
+    send_stdin = blocking(_HandleBase._send_stdin)
+    close_stdin = blocking(_HandleBase._close_stdin)
+    kill = blocking(_HandleBase._kill)
+    disconnect = blocking(_HandleBase._disconnect)
+
+
+class AsyncCommandHandle(_HandleBase):
+    _transport: AsyncTransport
+    wait = awaiting(_HandleBase._wait)
+    send_stdin = awaiting(_HandleBase._send_stdin)
+    close_stdin = awaiting(_HandleBase._close_stdin)
+    kill = awaiting(_HandleBase._kill)
+    disconnect = awaiting(_HandleBase._disconnect)
+
+
+class _CommandsBase:
+    _handle_cls: type[_HandleBase]
+
+    def __init__(self, transport: Any, sandbox_id: str) -> None:
+        self._transport = transport
+        self._sandbox_id = sandbox_id
+
+    def _run(
+        self, cmd: str | Sequence[str], background: bool = False, **opts: Unpack[RunOptions]
+    ) -> Op[CommandResult | _HandleBase]:
+        timeout = opts.get("timeout", DEFAULT_COMMAND_TIMEOUT)
+        stdin = opts.get("stdin")
+        streaming = (
+            background
+            or opts.get("on_stdout") is not None
+            or opts.get("on_stderr") is not None
+            or stdin is True
+            or timeout is None
+            or opts.get("tag") is not None
+        )
+        if not streaming:
+            return (yield from self._run_unary(cmd, timeout, opts))
+        handle = yield from self._start(cmd, background, opts)
+        if background:
+            return handle
+        return (yield from handle._wait())
+
+    def _run_unary(
+        self, cmd: str | Sequence[str], timeout: float | None, opts: RunOptions
+    ) -> Op[CommandResult]:
+        exe, args = argv(cmd)
+        body: dict[str, Any] = {"cmd": exe, "args": args}
+        if opts.get("envs"):
+            body["env"] = dict(opts["envs"] or {})
+        if opts.get("cwd"):
+            body["cwd"] = opts["cwd"]
+        timeout_sec = max(1, math.ceil(timeout)) if timeout else 0
+        body["timeout_sec"] = timeout_sec
+        stdin = opts.get("stdin")
+        if isinstance(stdin, (str, bytes)):
+            frame = stdin_frame(stdin)
+            frame.pop("type")
+            body.update({"stdin" if k == "data" else "stdin_b64": v for k, v in frame.items()})
+        res = yield Http(
+            "POST",
+            f"/v1/sandboxes/{self._sandbox_id}/exec",
+            json=body,
+            timeout=opts.get("request_timeout", DEFAULT),
+            # The HTTP deadline must outlast the command's own time limit.
+            min_timeout=timeout_sec + 10.0 if timeout_sec else None,
+        )
+        data = res.json()
+        out, err = decode_exec_response(data)
+        if data.get("timed_out"):
+            raise TimeoutError(f"command timed out after {timeout_sec}s", code="timeout")
+        result = CommandResult.from_bytes(
+            out, err, int(data["exit_code"]), duration_ms=data.get("duration_ms")
+        )
+        if opts.get("check") and result.exit_code != 0:
+            raise CommandExitError(result)
+        return result
+
+    def _start(self, cmd: str | Sequence[str], background: bool, opts: RunOptions) -> Op[_HandleBase]:
+        exe, args = argv(cmd)
+        timeout = opts.get("timeout", DEFAULT_COMMAND_TIMEOUT)
+        start: dict[str, Any] = {
+            "type": "start",
+            "cmd": exe,
+            "args": args,
+            "env": dict(opts.get("envs") or {}),
+            "cwd": opts.get("cwd") or "",
+            "timeout_sec": max(1, math.ceil(timeout)) if timeout else 0,
+            "tag": opts.get("tag") or "",
+            "background": background,
+        }
+        conn = yield from self._open({**start})
+        frame = yield WsRecv(conn)
+        pid = yield from _expect_start(conn, frame)
+        handle = self._handle_cls(
+            self._transport,
+            self._sandbox_id,
+            conn,
+            pid,
+            on_stdout=opts.get("on_stdout"),
+            on_stderr=opts.get("on_stderr"),
+            check=bool(opts.get("check")),
+        )
+        stdin = opts.get("stdin")
+        if isinstance(stdin, (str, bytes)):
+            yield WsSend(conn, stdin_frame(stdin))
+        if stdin is not True:
+            # No interactive stdin: close it so programs that read stdin see EOF, not a hang.
+            yield WsSend(conn, {"type": "close_stdin"})
+        return handle
+
+    def _open(self, first: dict[str, Any]) -> Op[Any]:
+        conn = yield WsOpen(f"/v1/sandboxes/{self._sandbox_id}/exec/stream")
+        try:
+            yield WsSend(conn, first)
+        except WarrenError:
+            yield WsClose(conn)
+            raise
+        return conn
+
+    def _connect(
+        self, pid: int, on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None
+    ) -> Op[_HandleBase]:
+        """Attach to a running process's output (from now on)."""
+        conn = yield from self._open({"type": "attach", "pid": pid})
+        frame = yield WsRecv(conn)
+        pid = yield from _expect_start(conn, frame)
+        return self._handle_cls(
+            self._transport, self._sandbox_id, conn, pid, on_stdout=on_stdout, on_stderr=on_stderr
+        )
+
+    def _list(self) -> Op[list[ProcessInfo]]:
+        res = yield Http("GET", f"/v1/sandboxes/{self._sandbox_id}/processes")
+        return [ProcessInfo.from_json(p) for p in res.json()]
+
+    def _kill(self, pid: int | str) -> Op[bool]:
+        """SIGKILL a process by pid or tag. False when there is no such process."""
+        return (yield from _signal(self._sandbox_id, pid, 9))
+
+    def _send_signal(self, pid: int | str, signal: int) -> Op[bool]:
+        return (yield from _signal(self._sandbox_id, pid, signal))
+
+    def _send_stdin(self, pid: int | str, data: str | bytes) -> Op[None]:
+        yield from _send_stdin_rest(self._sandbox_id, pid, data)
+
+
+def _expect_start(conn: Any, frame: dict[str, Any] | None) -> Op[int]:
+    if frame is None:
+        raise StreamError("the exec stream closed before the command started", code="stream_closed")
+    if frame.get("type") == "start":
+        return int(frame["pid"])
+    yield WsClose(conn)
+    if frame.get("type") == "error":
+        raise_frame_error(frame)
+    raise StreamError(f"unexpected first frame {frame.get('type')!r}", code="stream_error")
+
+
+class Commands(_CommandsBase):
+    """``sbx.commands`` of a :class:`~warren.Sandbox`."""
+
+    _transport: SyncTransport
+    _handle_cls = CommandHandle
+
+    @overload
+    def run(
+        self, cmd: str | Sequence[str], *, background: Literal[False] = False, **opts: Unpack[RunOptions]
+    ) -> CommandResult: ...
+    @overload
+    def run(
+        self, cmd: str | Sequence[str], *, background: Literal[True], **opts: Unpack[RunOptions]
+    ) -> CommandHandle: ...
+    def run(
+        self, cmd: str | Sequence[str], *, background: bool = False, **opts: Unpack[RunOptions]
+    ) -> CommandResult | CommandHandle:
+        """Run ``cmd`` and wait for it (or, with ``background=True``, return a handle).
+
+        ``timeout`` (seconds, default 60, None = no limit) bounds the process;
+        ``request_timeout`` bounds HTTP calls. Output callbacks get text as it arrives.
+        """
+        return cast("CommandResult | CommandHandle", self._transport.run(self._run(cmd, background, **opts)))
+
+    def connect(
+        self, pid: int, *, on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None
+    ) -> CommandHandle:
+        return cast(CommandHandle, self._transport.run(self._connect(pid, on_stdout, on_stderr)))
+
+    list = blocking(_CommandsBase._list)
+    kill = blocking(_CommandsBase._kill)
+    send_signal = blocking(_CommandsBase._send_signal)
+    send_stdin = blocking(_CommandsBase._send_stdin)
+
+
+class AsyncCommands(_CommandsBase):
+    """``sbx.commands`` of an :class:`~warren.AsyncSandbox`."""
+
+    _transport: AsyncTransport
+    _handle_cls = AsyncCommandHandle
+
+    @overload
+    async def run(
+        self, cmd: str | Sequence[str], *, background: Literal[False] = False, **opts: Unpack[RunOptions]
+    ) -> CommandResult: ...
+    @overload
+    async def run(
+        self, cmd: str | Sequence[str], *, background: Literal[True], **opts: Unpack[RunOptions]
+    ) -> AsyncCommandHandle: ...
+    async def run(
+        self, cmd: str | Sequence[str], *, background: bool = False, **opts: Unpack[RunOptions]
+    ) -> CommandResult | AsyncCommandHandle:
+        """See :meth:`Commands.run`."""
+        result = await self._transport.run(self._run(cmd, background, **opts))
+        return cast("CommandResult | AsyncCommandHandle", result)
+
+    async def connect(
+        self, pid: int, *, on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None
+    ) -> AsyncCommandHandle:
+        return cast(AsyncCommandHandle, await self._transport.run(self._connect(pid, on_stdout, on_stderr)))
+
+    list = awaiting(_CommandsBase._list)
+    kill = awaiting(_CommandsBase._kill)
+    send_signal = awaiting(_CommandsBase._send_signal)
+    send_stdin = awaiting(_CommandsBase._send_stdin)

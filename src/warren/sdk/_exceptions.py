@@ -1,0 +1,161 @@
+"""Exceptions raised by the Warren SDK.
+
+Every error the API answers carries the envelope ``{"error": {"code", "message"}}``; the SDK
+turns it into one of these, keeping ``code``, ``message`` and ``status``::
+
+    WarrenError
+    ├── InvalidArgumentError        400
+    ├── AuthenticationError         401
+    ├── PermissionDeniedError       403
+    ├── NotFoundError               404
+    ├── ConflictError               409
+    │   └── InvalidStateError       409 invalid_state (e.g. exec in a paused sandbox)
+    ├── PayloadTooLargeError        413
+    ├── ServerError                 5xx
+    │   └── SandboxUnavailableError 502/503 (the sandbox's host could not be reached)
+    ├── TimeoutError                a command or an HTTP request ran out of time
+    ├── StreamError                 a stream (file or exec) broke before its end
+    └── CommandExitError            ``commands.run(..., check=True)`` saw a non-zero exit code
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "CommandExitError",
+    "ConflictError",
+    "InvalidArgumentError",
+    "InvalidStateError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "SandboxUnavailableError",
+    "ServerError",
+    "StreamError",
+    "TimeoutError",
+    "WarrenError",
+    "error_from_response",
+]
+
+
+class WarrenError(Exception):
+    """Base class of every SDK error. ``code`` is the API's machine code (e.g. ``not_found``)."""
+
+    def __init__(self, message: str, *, code: str = "error", status: int | None = None, **extra: Any):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.extra: dict[str, Any] = extra
+
+    def __str__(self) -> str:
+        where = f"{self.status} " if self.status else ""
+        return f"[{where}{self.code}] {self.message}"
+
+
+class InvalidArgumentError(WarrenError):
+    pass
+
+
+class AuthenticationError(WarrenError):
+    pass
+
+
+class PermissionDeniedError(WarrenError):
+    pass
+
+
+class NotFoundError(WarrenError):
+    pass
+
+
+class ConflictError(WarrenError):
+    pass
+
+
+class InvalidStateError(ConflictError):
+    pass
+
+
+class PayloadTooLargeError(WarrenError):
+    pass
+
+
+class ServerError(WarrenError):
+    pass
+
+
+class SandboxUnavailableError(ServerError):
+    pass
+
+
+# Subclasses the builtin too, so ``except TimeoutError`` written against either still works.
+class TimeoutError(WarrenError, builtins.TimeoutError):
+    pass
+
+
+class StreamError(WarrenError):
+    pass
+
+
+class CommandExitError(WarrenError):
+    """A command run with ``check=True`` exited non-zero; the result is attached."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(
+            f"command exited with code {result.exit_code}: {result.stderr[-500:]!s}",
+            code="command_exit",
+        )
+        self.result = result
+        self.exit_code: int = result.exit_code
+        self.stdout: str = result.stdout
+        self.stderr: str = result.stderr
+
+
+_BY_STATUS: dict[int, type[WarrenError]] = {
+    400: InvalidArgumentError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+}
+
+
+def error_from_response(status: int, body: bytes) -> WarrenError:
+    """The typed error for an HTTP error answer (envelope or not)."""
+    code, message, extra = _parse_envelope(body)
+    if not code:
+        code = "http_error"
+    if not message:
+        message = f"HTTP {status}"
+    cls: type[WarrenError]
+    if status == 409 and code == "invalid_state":
+        cls = InvalidStateError
+    elif status in _BY_STATUS:
+        cls = _BY_STATUS[status]
+    elif status in (502, 503):
+        cls = SandboxUnavailableError
+    elif status == 504:
+        cls = TimeoutError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = WarrenError
+    return cls(message, code=code, status=status, **extra)
+
+
+def _parse_envelope(body: bytes) -> tuple[str, str, dict[str, Any]]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return "", body[:200].decode("utf-8", "replace").strip(), {}
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        return "", "", {}
+    extra = {k: v for k, v in err.items() if k not in ("code", "message")}
+    return str(err.get("code", "")), str(err.get("message", "")), extra
