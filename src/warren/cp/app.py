@@ -33,6 +33,8 @@ from warren.cp.workers import start_workers
 log = logging.getLogger("warren.cp")
 
 _UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
+# Streaming uploads have no size limit (SPEC §2.7): they are relayed, never buffered.
+_UNCAPPED_SUFFIXES = ("/files/stream/write",)
 
 
 class BodyCapMiddleware:
@@ -49,7 +51,11 @@ class BodyCapMiddleware:
         self.upload_cap = upload_cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD", "OPTIONS")
+            or scope["path"].endswith(_UNCAPPED_SUFFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         content_type = b""

@@ -96,7 +96,11 @@ def response_for(exc: BaseException) -> JSONResponse:
     """Map any exception to the envelope (used by handlers and by WebSocket/stream code)."""
     if isinstance(exc, errors.WarrenError):
         status, code = status_and_code(exc)
-        if status >= 500 and not isinstance(exc, errors.AgentError | errors.ServiceUnavailable):
+        # A 500 whose raise site chose a specific code (e.g. ``agent_error``, ``db_error``) has a
+        # message written for the client; only generic internal errors are masked.
+        if status >= 500 and code == "internal_error" and not isinstance(
+            exc, errors.AgentError | errors.ServiceUnavailable
+        ):
             log.error("internal error: %s", exc, exc_info=exc)
             return error_response(500, "internal_error", "internal error")
         return error_response(status, code, exc.message, **exc.extra)
