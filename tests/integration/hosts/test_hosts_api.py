@@ -1,0 +1,239 @@
+"""Hosts API against a real control plane and database, with registration done over HTTP the way
+an agent does it (the real-agent scenarios are in test_multihost.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+
+from warren.cp.security.ca import fingerprint_pem
+from warren.cp.services import hosts as host_service
+
+from .cpserver import CP, User, set_byoc, sql
+
+
+async def register(cp: CP, token: str, address: str = "127.0.0.9:50051") -> httpx.Response:
+    return await cp.http.post(
+        "/v1/hosts/register",
+        json={
+            "token": token,
+            "address": address,
+            "arch": "amd64",
+            "cpu_cores": 2,
+            "memory_mb": 1024,
+            "disk_gb": 10,
+        },
+    )
+
+
+async def test_create_requires_admin_for_regular_and_byoc_rights(cp: CP) -> None:
+    admin, owner, outsider = await cp.signup(admin=True), await cp.signup(), await cp.signup()
+    host_id, token = await admin.create_host()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    r = await owner.req("POST", "/v1/hosts", json={"type": "regular"})
+    assert r.status_code == 403
+    r = await owner.req("POST", "/v1/hosts", json={"type": "byoc", "team_id": owner.team_id})
+    assert r.status_code == 403 and "BYOC is not enabled" in r.json()["error"]["message"]
+    r = await owner.req("POST", "/v1/hosts", json={"type": "byoc"})
+    assert r.status_code == 400
+    r = await owner.req("POST", "/v1/hosts", json={"type": "weird"})
+    assert r.status_code == 400
+    await set_byoc(admin, owner.team_id)
+    byoc_id, _ = await owner.create_host("byoc", owner.team_id)
+    r = await outsider.req("POST", "/v1/hosts", json={"type": "byoc", "team_id": owner.team_id})
+    assert r.status_code == 403
+    # Only the hash is stored.
+    rows = await sql(cp, "SELECT token_hash FROM host_tokens")
+    assert all(row[0] != token for row in rows)
+
+    # Visibility: outsiders get 404 for every verb; the admin sees everything with team names.
+    for method, path in [
+        ("GET", f"/v1/hosts/{byoc_id}"),
+        ("DELETE", f"/v1/hosts/{byoc_id}"),
+        ("GET", f"/v1/hosts/{byoc_id}/tags"),
+        ("POST", f"/v1/hosts/{byoc_id}/token"),
+        ("GET", f"/v1/hosts/{byoc_id}/delete-preview"),
+        ("GET", f"/v1/hosts/{host_id}"),
+        ("DELETE", f"/v1/hosts/{host_id}"),
+    ]:
+        kw: dict[str, Any] = {}
+        r = await outsider.req(method, path, **kw)
+        assert r.status_code == 404, (method, path, r.text)
+    r = await outsider.req("POST", f"/v1/hosts/{byoc_id}/tags", json={"tag": "x"})
+    assert r.status_code == 404
+    assert (await outsider.req("GET", "/v1/hosts")).json() == []
+    owner_list = (await owner.req("GET", "/v1/hosts")).json()
+    assert [h["id"] for h in owner_list] == [byoc_id]
+    admin_list = (await admin.req("GET", "/v1/hosts")).json()
+    assert [h["id"] for h in admin_list][:2] == [byoc_id, host_id]  # newest first
+    assert admin_list[0]["team_name"] and "team_name" not in owner_list[0]
+    assert admin_list[1]["status"] == "pending" and "address" not in admin_list[1]
+    assert (await admin.req("GET", "/v1/hosts/nope")).status_code == 400
+
+
+async def test_tags(cp: CP) -> None:
+    admin = await cp.signup(admin=True)
+    host_id, _ = await admin.create_host()
+    for tag in ("gpu", "eu", "gpu"):
+        assert (await admin.req("POST", f"/v1/hosts/{host_id}/tags", json={"tag": tag})).status_code == 204
+    assert (await admin.req("GET", f"/v1/hosts/{host_id}/tags")).json() == ["eu", "gpu"]
+    assert (await admin.req("POST", f"/v1/hosts/{host_id}/tags", json={"tag": " "})).status_code == 400
+    assert (await admin.req("DELETE", f"/v1/hosts/{host_id}/tags/eu")).status_code == 204
+    assert (await admin.req("DELETE", f"/v1/hosts/{host_id}/tags/eu")).status_code == 204
+    assert (await admin.req("GET", f"/v1/hosts/{host_id}/tags")).json() == ["gpu"]
+
+
+async def test_registration_token_is_single_use(cp: CP) -> None:
+    admin = await cp.signup(admin=True)
+    host_id, token = await admin.create_host()
+    r = await register(cp, token)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["host"]["id"] == host_id and body["host"]["status"] == "online"
+    assert body["host"]["address"] == "127.0.0.9:50051" and body["host"]["cpu_cores"] == 2
+    cert = x509.load_pem_x509_certificate(body["cert_pem"].encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert host_id in san.get_values_for_type(x509.DNSName)
+    fp = await sql(
+        cp, "SELECT cert_fingerprint, cert_expires_at FROM hosts WHERE address = '127.0.0.9:50051'"
+    )
+    assert fp[0][0] == fingerprint_pem(body["cert_pem"]) and fp[0][1] is not None
+    r = await register(cp, token)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    # A registered host takes no new token.
+    r = await admin.req("POST", f"/v1/hosts/{host_id}/token")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_state"
+    assert (await register(cp, "")).status_code == 400
+    assert (await cp.http.post("/v1/hosts/register", json={"token": "x"})).status_code == 400
+
+
+async def test_registration_token_expires_after_one_hour(cp: CP, fake_clock: Any) -> None:
+    admin = await cp.signup(admin=True)
+    host_id, token = await admin.create_host()
+    fake_clock.advance(3601)
+    r = await register(cp, token)
+    assert r.status_code == 401
+    # A pending host can get a fresh token, which works; the old one stays dead.
+    r = await admin.req("POST", f"/v1/hosts/{host_id}/token")
+    assert r.status_code == 201
+    fresh = r.json()["registration_token"]
+    assert (await register(cp, token)).status_code == 401
+    assert (await register(cp, fresh)).status_code == 201
+
+
+async def test_regenerated_token_supersedes_the_old_one(cp: CP) -> None:
+    admin = await cp.signup(admin=True)
+    host_id, old = await admin.create_host()
+    new = (await admin.req("POST", f"/v1/hosts/{host_id}/token")).json()["registration_token"]
+    assert (await register(cp, old)).status_code == 401
+    assert (await register(cp, new)).status_code == 201
+
+
+async def _registered(cp: CP, admin: User, address: str) -> tuple[str, dict[str, Any]]:
+    host_id, token = await admin.create_host()
+    r = await register(cp, token, address)
+    assert r.status_code == 201
+    return host_id, r.json()
+
+
+async def test_heartbeat_identity(cp: CP) -> None:
+    admin = await cp.signup(admin=True)
+    a, creds_a = await _registered(cp, admin, "127.0.0.9:1")
+    b, creds_b = await _registered(cp, admin, "127.0.0.9:2")
+    ok = await cp.http.post(f"/v1/hosts/{a}/heartbeat", headers={"X-Host-Token": creds_a["token"]})
+    assert ok.status_code == 204
+    other = await cp.http.post(f"/v1/hosts/{a}/heartbeat", headers={"X-Host-Token": creds_b["token"]})
+    assert other.status_code == 403 and other.json()["error"]["message"] == "host ID mismatch"
+    assert (await cp.http.post(f"/v1/hosts/{a}/heartbeat")).status_code == 401
+    user_jwt = await cp.http.post(f"/v1/hosts/{a}/heartbeat", headers={"X-Host-Token": admin.token})
+    assert user_jwt.status_code == 401
+    # A user JWT is not a host JWT and vice versa.
+    assert (
+        await cp.http.get("/v1/hosts", headers={"Authorization": f"Bearer {creds_a['token']}"})
+    ).status_code == 401
+    # unreachable -> online on a beat
+    await sql(cp, "UPDATE hosts SET status = 'unreachable' WHERE address = '127.0.0.9:2'")
+    assert (
+        await cp.http.post(f"/v1/hosts/{b}/heartbeat", headers={"X-Host-Token": creds_b["token"]})
+    ).status_code == 204
+    assert (await admin.req("GET", f"/v1/hosts/{b}")).json()["status"] == "online"
+    # Deleted host -> 404.
+    assert (await admin.req("DELETE", f"/v1/hosts/{b}?force=true")).status_code == 204
+    gone = await cp.http.post(f"/v1/hosts/{b}/heartbeat", headers={"X-Host-Token": creds_b["token"]})
+    assert gone.status_code == 404
+
+
+async def test_refresh_rotates_issue_then_revoke(cp: CP, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = await cp.signup(admin=True)
+    host_id, creds = await _registered(cp, admin, "127.0.0.9:3")
+    r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": creds["refresh_token"]})
+    assert r.status_code == 200, r.text
+    new = r.json()
+    assert new["refresh_token"] != creds["refresh_token"] and new["host"]["id"] == host_id
+    assert new["cert_pem"] != creds["cert_pem"]
+    # The old token is revoked: 401, not 400.
+    r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": creds["refresh_token"]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert (await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": "0" * 64})).status_code == 401
+    assert (await cp.http.post("/v1/hosts/auth/refresh", json={})).status_code == 400
+
+    # A crash between issuing the new token and revoking the old one leaves the old one valid.
+    async def crash(*_: Any) -> None:
+        raise RuntimeError("injected crash between issue and revoke")
+
+    monkeypatch.setattr(host_service, "_revoke_refresh_token", crash)
+    r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": new["refresh_token"]})
+    assert r.status_code == 500
+    monkeypatch.undo()
+    r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": new["refresh_token"]})
+    assert r.status_code == 200
+    # Expired refresh tokens are refused.
+    await sql(cp, "UPDATE host_refresh_tokens SET expires_at = now() - interval '1 second'")
+    assert (
+        await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": r.json()["refresh_token"]})
+    ).status_code == 401
+
+
+async def test_delete_refuses_with_active_sandboxes_and_lists_exactly_them(cp: CP) -> None:
+    admin = await cp.signup(admin=True)
+    owner = await cp.signup()
+    await set_byoc(admin, owner.team_id)
+    host_id, token = await owner.create_host("byoc", owner.team_id)
+    # Never registered: no address, so a force delete has no agent to call.
+    hid = (await sql(cp, "SELECT id FROM hosts ORDER BY created_at DESC LIMIT 1"))[0][0]
+    tid = (await sql(cp, "SELECT team_id FROM hosts WHERE id = :id", id=hid))[0][0]
+    from warren import ids
+
+    made = {}
+    for status in ("pending", "starting", "running", "missing", "paused", "stopped", "error"):
+        u = ids.new_uuid()
+        await sql(
+            cp,
+            "INSERT INTO sandboxes (id, team_id, host_id, status) VALUES (:id, :t, :h, :s)",
+            id=u,
+            t=tid,
+            h=hid,
+            s=status,
+        )
+        made[status] = ids.sandbox_id(u)
+    active = sorted(made[s] for s in ("pending", "starting", "running", "missing"))
+    member = await cp.signup()
+    r = await owner.req("GET", f"/v1/hosts/{host_id}/delete-preview")
+    assert r.status_code == 200 and sorted(r.json()["sandbox_ids"]) == active
+    r = await owner.req("DELETE", f"/v1/hosts/{host_id}")
+    assert r.status_code == 409
+    err = r.json()["error"]
+    assert err["code"] == "has_active_sandboxes" and sorted(err["sandbox_ids"]) == active
+    assert (await member.req("DELETE", f"/v1/hosts/{host_id}?force=true")).status_code == 404
+    r = await owner.req("DELETE", f"/v1/hosts/{host_id}?force=true")
+    assert r.status_code == 204
+    statuses = dict(
+        await sql(cp, "SELECT status, count(*) FROM sandboxes WHERE host_id = :h GROUP BY status", h=hid)
+    )
+    assert statuses == {"stopped": 6, "error": 1}
+    assert (await owner.req("GET", f"/v1/hosts/{host_id}")).status_code == 404
+    assert token
