@@ -359,3 +359,50 @@ class HeartbeatLoop:
                 if not await self.beat_once(client):
                     return
                 await asyncio.sleep(self.interval_s)
+
+
+class ControlPlaneLink:
+    """Everything the agent's main needs: credentials (registering if told to), the mTLS server
+    credentials for the RPC port, and the heartbeat loop.
+
+    Usage in the agent's startup::
+
+        link = await ControlPlaneLink.connect(cp_url=..., data_dir=..., register_token=..., address=...)
+        server.add_secure_port(listen, link.server_credentials())
+        ...start the server...
+        link.start(AgentHooks(pause_all=manager.pause_all, shutdown=request_shutdown))
+        ...
+        await link.stop()
+    """
+
+    def __init__(self, cp_url: str, data_dir: Path, creds: HostCredentials) -> None:
+        self.cp_url = cp_url
+        self.data_dir = Path(data_dir)
+        self.creds = creds
+        self.tls = TlsMaterial(creds)
+        self.heartbeat: HeartbeatLoop | None = None
+
+    @classmethod
+    async def connect(
+        cls, *, cp_url: str, data_dir: Path, register_token: str | None = None, address: str | None = None
+    ) -> ControlPlaneLink:
+        creds = await obtain_credentials(
+            cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address
+        )
+        return cls(cp_url, data_dir, creds)
+
+    @property
+    def host_id(self) -> str:
+        return self.creds.host_id
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return self.tls.server_credentials()
+
+    def start(self, hooks: AgentHooks, *, interval_s: float = HEARTBEAT_INTERVAL_S) -> asyncio.Task[None]:
+        self.heartbeat = HeartbeatLoop(self.cp_url, self.data_dir, self.creds, hooks, tls=self.tls,
+                                       interval_s=interval_s)  # fmt: skip
+        return self.heartbeat.start()
+
+    async def stop(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
