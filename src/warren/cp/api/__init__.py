@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from warren.cp.api import admin, api_keys, auth, hosts, oauth, sandboxes, teams, users
+from warren.cp.api import (
+    admin,
+    api_keys,
+    auth,
+    files,
+    hosts,
+    metrics,
+    oauth,
+    sandboxes,
+    snapshots,
+    teams,
+    users,
+)
+from warren.cp.api import exec as exec_api
 
 ROUTERS: list[APIRouter] = [
     auth.router,
@@ -15,4 +28,8 @@ ROUTERS: list[APIRouter] = [
     admin.router,
     hosts.router,
     sandboxes.router,
+    exec_api.router,
+    files.router,
+    snapshots.router,
+    metrics.router,
 ]
