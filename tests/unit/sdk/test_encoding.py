@@ -8,7 +8,7 @@ import json
 import pytest
 
 from warren.cp.services.exec import OutputEncoder, encode_outputs, parse_signal, selector
-from warren.cp.services.files import FileData, FileStart, Field_, MultipartStream, PartEnd
+from warren.cp.services.files import Field_, FileData, FileStart, MultipartStream, PartEnd
 from warren.errors import InvalidRequest
 from warren.sdk import (
     AuthenticationError,
