@@ -26,6 +26,7 @@ class FakeAgent:
 
     def __init__(self) -> None:
         self.alive: set[str] = set()
+        self.paused: set[str] = set()
         self.auto_paused: set[str] = set()
         self.fail = False
         self.delay = 0.0
@@ -40,7 +41,8 @@ class FakeAgent:
             raise AgentError("host agent unreachable", rpc_code="UNAVAILABLE")
         auto, self.auto_paused = self.auto_paused, set()
         return pb.ListSandboxesResponse(
-            sandboxes=[pb.SandboxInfo(sandbox_id=s, status="running") for s in sorted(self.alive)],
+            sandboxes=[pb.SandboxInfo(sandbox_id=s, status="running") for s in sorted(self.alive)]
+            + [pb.SandboxInfo(sandbox_id=s, status="paused") for s in sorted(self.paused)],
             auto_paused_sandbox_ids=sorted(auto),
         )
 
@@ -123,10 +125,14 @@ async def test_active_phase_reconciles_with_the_agent(
     orphan = await rows.sandbox(team, h, "running")
     auto = await rows.sandbox(team, h, "running")
     paused = await rows.sandbox(team, h, "paused")
+    listed_paused = await rows.sandbox(team, h, "running")
+    listed_auto = await rows.sandbox(team, h, "running")
     pool = FakePool()
     agent = pool.get({"id": h})
     agent.alive = {ids.sandbox_id(back), ids.sandbox_id(alive)}
-    agent.auto_paused = {ids.sandbox_id(auto), ids.sandbox_id(missing_auto)}
+    # Our runtime keeps paused sandboxes listed; the auto-paused list may name them too.
+    agent.paused = {ids.sandbox_id(listed_paused), ids.sandbox_id(listed_auto)}
+    agent.auto_paused = {ids.sandbox_id(auto), ids.sandbox_id(missing_auto), ids.sandbox_id(listed_auto)}
     fake_clock.advance(1)
     await monitor(engine, pool).run_once()
     assert await rows.status(back) == "running"
@@ -136,7 +142,9 @@ async def test_active_phase_reconciles_with_the_agent(
     assert await rows.status(orphan) == "stopped"
     assert await rows.status(auto) == "paused"
     assert await rows.status(paused) == "paused"
-    assert await _audits(engine, "pause") == 2
+    assert await rows.status(listed_paused) == "paused"
+    assert await rows.status(listed_auto) == "paused"
+    assert await _audits(engine, "pause") == 4
 
 
 async def test_failed_list_changes_nothing(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:

@@ -4,9 +4,9 @@ Each pass, per host whose status is not ``pending``/``offline``:
 
 * **passive** — heartbeat older than ``heartbeat_stale_s`` (90 s): host → ``unreachable``, its
   ``pending``/``starting``/``running`` sandboxes → ``missing``; no active phase this pass;
-* **active** — only for ``online`` hosts with an address: ``ListSandboxes`` and reconcile:
-  ``missing`` & alive → ``running``; ``missing`` & auto-paused → ``paused``; ``missing`` & gone →
-  ``stopped``; ``running`` & gone → ``paused`` if auto-paused, else ``stopped``.
+* **active** — only for ``online`` hosts with an address: ``ListSandboxes`` and reconcile the
+  host's ``missing`` and ``running`` records: auto-paused (or listed as paused) → ``paused``;
+  listed as running → ``running``; not on the host at all → ``stopped``.
 
 Safe with several CP replicas running it at once:
 
@@ -206,7 +206,9 @@ class HostMonitor:
         self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult
     ) -> None:
         hid = ids.host_id(h["id"])
-        alive = {s.sandbox_id for s in resp.sandboxes}
+        # Our runtime keeps paused sandboxes listed (status "paused"); ids paused by the TTL reaper
+        # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
+        on_agent = {s.sandbox_id: s.status for s in resp.sandboxes}
         auto_paused = set(resp.auto_paused_sandbox_ids)
         rows = (
             (
@@ -224,15 +226,15 @@ class HostMonitor:
         to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": []}
         for r in rows:
             sid = ids.sandbox_id(r["id"])
-            if r["status"] == "missing":
-                if sid in alive:
-                    to["running"].append(r)
-                elif sid in auto_paused:
-                    to["paused"].append(r)
-                else:
-                    to["stopped"].append(r)
-            elif sid not in alive:
-                to["paused" if sid in auto_paused else "stopped"].append(r)
+            agent_status = on_agent.get(sid)
+            if sid in auto_paused or agent_status == "paused":
+                new = "paused"  # DESIGN §4: never stopped, its state still exists on the host
+            elif agent_status is None:
+                new = "stopped"  # gone from the host: an orphan record
+            else:
+                new = "running"
+            if new != r["status"]:
+                to[new].append(r)
         now = clock.now()
         for new_status, items in to.items():
             if not items:
