@@ -18,6 +18,7 @@ from warren.cp.api import (
     users,
 )
 from warren.cp.api import exec as exec_api
+from warren.cp.dashboard import router as dashboard_router
 
 ROUTERS: list[APIRouter] = [
     auth.router,
@@ -32,4 +33,5 @@ ROUTERS: list[APIRouter] = [
     files.router,
     snapshots.router,
     metrics.router,
+    dashboard_router,
 ]

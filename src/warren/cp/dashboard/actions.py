@@ -1,0 +1,278 @@
+"""The dashboard's state-changing endpoints: small JSON handlers behind the pages' dialogs and
+buttons, each a thin call into ``warren.cp.services`` (no rule is re-implemented here).
+
+Every POST depends on :func:`web.action_context`, which refuses the request unless it passes
+both CSRF checks (Origin/Referer is the CP, and the session's synchronizer token is in
+``X-CSRF-Token``) and the session's user is still valid in the database. Errors come back in the
+API's envelope ``{"error": {"code", "message"}}`` through the app's one error mapper; the pages
+show ``error.message`` or "Something went wrong".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from warren import ids
+from warren.cp.dashboard import session as sessions
+from warren.cp.dashboard.web import Action, action_context, reader_context
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.scheduler import Scheduler
+from warren.cp.services import api_keys as keys_svc
+from warren.cp.services import auth as auth_svc
+from warren.cp.services import hosts as hosts_svc
+from warren.cp.services import sandboxes as sandboxes_svc
+from warren.cp.services import snapshots as snapshots_svc
+from warren.cp.services import teams as teams_svc
+from warren.cp.services import users as users_svc
+from warren.cp.services.context import AuthContext
+from warren.errors import Forbidden
+
+router = APIRouter(prefix="/dashboard/actions", include_in_schema=False)
+
+Act = Annotated[Action, Depends(action_context)]
+Reader = Annotated[Action, Depends(reader_context)]
+
+NO_TEAMS_LEFT = "No teams remaining. Use the sidebar to create a new team."
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TeamIdBody(_Body):
+    team_id: str = ""
+
+
+class NameBody(_Body):
+    name: str = Field(default="", max_length=1024)
+
+
+class EmailBody(_Body):
+    email: str = Field(default="", max_length=1024)
+
+
+class RoleBody(_Body):
+    role: str = ""
+
+
+class LaunchBody(_Body):
+    template: str = "minimal"
+    vcpus: int = Field(default=1, ge=1, le=8)
+    memory_mb: int = Field(default=512, ge=128, le=8192, multiple_of=128)
+    timeout_sec: int = Field(default=0, ge=0)
+
+
+class HostBody(_Body):
+    type: str = "byoc"
+    team_id: str | None = None
+    provider: str = Field(default="", max_length=100)
+    availability_zone: str = Field(default="", max_length=100)
+
+
+class ForceBody(_Body):
+    force: bool = False
+
+
+def _team(ctx: AuthContext) -> Any:
+    if ctx.team_id is None:
+        raise Forbidden("no active team context; re-authenticate", code="no_team")
+    return ctx.team_id
+
+
+def _pool(request: Request) -> HostClientPool:
+    pool: HostClientPool = request.app.state.pool
+    return pool
+
+
+def _scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+def _use_token(act: Action, response: Response, token: str) -> None:
+    """Keep the browser session (and its CSRF token) but act with a new JWT from now on."""
+    sessions.write(response, act.request, act.settings.jwt_secret, sessions.with_token(act.session, token))
+
+
+async def _switch(act: Action, response: Response, team_id: str) -> auth_svc.AuthResult:
+    result = await auth_svc.switch_team(act.engine, act.settings.jwt_secret, act.ctx, team_id)
+    _use_token(act, response, result.token)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ teams
+
+
+@router.post("/switch-team")
+async def switch_team(act: Act, body: TeamIdBody, response: Response) -> dict[str, Any]:
+    result = await _switch(act, response, body.team_id)
+    return {"team_id": result.team_id}
+
+
+@router.post("/teams")
+async def create_team(act: Act, body: NameBody, response: Response) -> dict[str, Any]:
+    """Create a team, then switch to it (SPEC §8.2)."""
+    team = await teams_svc.create_team(act.engine, act.ctx, body.name)
+    await _switch(act, response, team.id)
+    return {"team_id": team.id, "name": team.name}
+
+
+@router.post("/team/rename")
+async def rename_team(act: Act, body: NameBody) -> dict[str, Any]:
+    await teams_svc.rename_team(act.engine, act.ctx, _team(act.ctx), body.name)
+    return {}
+
+
+@router.post("/team/members")
+async def add_member(act: Act, body: EmailBody) -> dict[str, Any]:
+    member = await teams_svc.add_member(act.engine, act.ctx, _team(act.ctx), body.email)
+    return member.model_dump(mode="json")
+
+
+@router.post("/team/members/{user_id}/role")
+async def set_role(act: Act, user_id: str, body: RoleBody) -> dict[str, Any]:
+    target = teams_svc.parse_user_id(user_id)
+    await teams_svc.set_member_role(act.engine, act.ctx, _team(act.ctx), target, body.role)
+    return {}
+
+
+@router.post("/team/members/{user_id}/remove")
+async def remove_member(act: Act, user_id: str) -> dict[str, Any]:
+    target = teams_svc.parse_user_id(user_id)
+    await teams_svc.remove_member(act.engine, act.ctx, _team(act.ctx), target)
+    return {}
+
+
+async def _after_departure(act: Act, response: Response, what: str) -> dict[str, Any]:
+    """SEED: after delete/leave, switch to the next team — or, with none left, say so. Never
+    sign the user out."""
+    remaining = await teams_svc.list_teams(act.engine, act.ctx)
+    if remaining:
+        nxt = remaining[0]
+        await _switch(act, response, nxt.id)
+        return {"next_team": nxt.name, "message": f"{what}. Switched to {nxt.name}."}
+    return {"next_team": None, "message": NO_TEAMS_LEFT}
+
+
+@router.post("/team/delete")
+async def delete_team(act: Act, response: Response) -> dict[str, Any]:
+    await teams_svc.delete_team(act.engine, act.ctx, _team(act.ctx))
+    return await _after_departure(act, response, "Team deleted")
+
+
+@router.post("/team/leave")
+async def leave_team(act: Act, response: Response) -> dict[str, Any]:
+    await teams_svc.leave_team(act.engine, act.ctx, _team(act.ctx))
+    return await _after_departure(act, response, "You left the team")
+
+
+@router.get("/users/search")
+async def search_users(act: Reader, email: str = "") -> list[dict[str, Any]]:
+    """The add-member typeahead (3+ chars, debounced in the page)."""
+    found = await users_svc.search_by_email_prefix(act.engine, act.ctx, email)
+    return [m.model_dump(mode="json") for m in found]
+
+
+# -------------------------------------------------------------------------------------- sandboxes
+
+
+@router.post("/sandboxes")
+async def launch(act: Act, body: LaunchBody) -> dict[str, Any]:
+    params = sandboxes_svc.CreateParams(
+        template=body.template or "minimal",
+        vcpus=body.vcpus,
+        memory_mb=body.memory_mb,
+        timeout_sec=body.timeout_sec,
+    )
+    sb = await sandboxes_svc.create_sandbox(
+        act.engine, _pool(act.request), _scheduler(act.request), act.ctx, params
+    )
+    return sb.model_dump(mode="json")
+
+
+@router.post("/sandboxes/{sandbox_id}/pause")
+async def pause(act: Act, sandbox_id: str) -> dict[str, Any]:
+    sb = await sandboxes_svc.pause_sandbox(act.engine, _pool(act.request), act.ctx, sandbox_id)
+    return sb.model_dump(mode="json")
+
+
+@router.post("/sandboxes/{sandbox_id}/resume")
+async def resume(act: Act, sandbox_id: str) -> dict[str, Any]:
+    sb = await sandboxes_svc.resume_sandbox(act.engine, _pool(act.request), act.ctx, sandbox_id)
+    return sb.model_dump(mode="json")
+
+
+@router.post("/sandboxes/{sandbox_id}/destroy")
+async def destroy(act: Act, sandbox_id: str) -> dict[str, Any]:
+    await sandboxes_svc.destroy_sandbox(act.engine, _pool(act.request), act.ctx, sandbox_id)
+    return {}
+
+
+@router.post("/sandboxes/{sandbox_id}/snapshot")
+async def snapshot(act: Act, sandbox_id: str, body: NameBody) -> dict[str, Any]:
+    raw = json.dumps({"sandbox_id": sandbox_id, "name": body.name.strip()}).encode()
+    tpl = await snapshots_svc.create_snapshot(act.engine, _pool(act.request), act.ctx, raw)
+    return tpl.model_dump(mode="json")
+
+
+@router.post("/templates/{name}/delete")
+async def delete_template(act: Act, name: str) -> dict[str, Any]:
+    await snapshots_svc.delete_snapshot(act.engine, _pool(act.request), act.ctx, name)
+    return {}
+
+
+# ------------------------------------------------------------------------------------------- keys
+
+
+@router.post("/keys")
+async def create_key(act: Act, body: NameBody) -> dict[str, Any]:
+    key = await keys_svc.create_key(act.engine, act.ctx, body.name)
+    return key.model_dump(mode="json")
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(act: Act, key_id: str) -> dict[str, Any]:
+    await keys_svc.delete_key(act.engine, act.ctx, keys_svc.parse_key_id(key_id))
+    return {}
+
+
+# ------------------------------------------------------------------------------------------ hosts
+
+
+@router.post("/hosts")
+async def create_host(act: Act, body: HostBody) -> dict[str, Any]:
+    created = await hosts_svc.create_host(
+        act.engine,
+        act.ctx,
+        type=body.type,
+        team_id=body.team_id or None,
+        provider=body.provider.strip(),
+        availability_zone=body.availability_zone.strip(),
+    )
+    return {"host_id": created.host.id, "registration_token": created.registration_token}
+
+
+@router.get("/hosts/{host_id}/delete-preview")
+async def host_delete_preview(act: Reader, host_id: str) -> dict[str, Any]:
+    preview = await hosts_svc.delete_preview(act.engine, act.ctx, host_id)
+    return {"host_id": preview.host.id, "sandbox_ids": preview.sandbox_ids}
+
+
+@router.post("/hosts/{host_id}/delete")
+async def delete_host(act: Act, host_id: str, body: ForceBody) -> dict[str, Any]:
+    await hosts_svc.delete_host(act.engine, _pool(act.request), act.ctx, host_id, force=body.force)
+    return {}
+
+
+# ------------------------------------------------------------------------------------------ admin
+
+
+@router.post("/admin/byoc")
+async def enable_byoc(act: Act, body: TeamIdBody) -> dict[str, Any]:
+    team_uuid = teams_svc.parse_team_id(body.team_id.strip())
+    await teams_svc.set_byoc(act.engine, act.ctx, team_uuid, True)
+    return {"team_id": ids.team_id(team_uuid)}

@@ -1,0 +1,199 @@
+"""Sign in, sign up, sign out and the GitHub sign-in landing page (SPEC §8.1, §8.3).
+
+These are plain HTML forms (they work without JavaScript), CSRF-protected like every other
+state-changing request: the login form carries the anonymous session's token. A successful
+login, signup or OAuth sign-in replaces the whole session (SEED: every login starts from a clean
+team list; the team list itself is always read fresh from the database).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from warren.cp.api.deps import authenticate
+from warren.cp.dashboard import csrf
+from warren.cp.dashboard import session as sessions
+from warren.cp.dashboard.web import (
+    apply_security_headers,
+    check_csrf,
+    engine_of,
+    render,
+    session_auth,
+    settings_of,
+)
+from warren.cp.services import auth as auth_svc
+from warren.cp.services import oauth as oauth_svc
+from warren.errors import Forbidden, Unauthorized, WarrenError
+
+router = APIRouter(include_in_schema=False)
+
+HOME = "/dashboard/sandboxes"
+
+# ``?error=`` codes from the OAuth callback (SPEC §2.1) and the landing page, in words.
+OAUTH_ERRORS = {
+    "access_denied": "GitHub sign-in was cancelled.",
+    "invalid_state": "The GitHub sign-in expired or did not match this browser. Please try again.",
+    "missing_code": "GitHub did not return an authorization code. Please try again.",
+    "exchange_failed": "Could not complete sign-in with GitHub. Please try again.",
+    "email_taken": "An account with this email already exists. Sign in with your password instead.",
+    "db_error": "Sign-in failed because of a server error. Please try again.",
+    "internal_error": "Something went wrong",
+    "missing_token": "GitHub sign-in did not complete. Please try again.",
+    "session_expired": "Your session has ended. Please sign in again.",
+}
+
+
+def _login_page(
+    request: Request,
+    sess: sessions.Session,
+    *,
+    mode: str,
+    error: str | None = None,
+    email: str = "",
+    name: str = "",
+    status_code: int = 200,
+    write_cookie: bool = False,
+) -> HTMLResponse:
+    resp = render(
+        request,
+        "login.html",
+        csrf_token=sess.csrf,
+        status_code=status_code,
+        mode="signup" if mode == "signup" else "login",
+        error=error,
+        form={"email": email, "name": name},
+    )
+    if write_cookie:
+        sessions.write(resp, request, settings_of(request).jwt_secret, sess)
+    return resp
+
+
+@router.get("/")
+async def root(request: Request) -> Response:
+    if await session_auth(request) is not None:
+        return RedirectResponse(HOME, status_code=303)
+    return RedirectResponse("/login", status_code=303)
+
+
+@router.get("/dashboard")
+async def dashboard_root() -> Response:
+    return RedirectResponse(HOME, status_code=303)
+
+
+@router.get("/login")
+async def login_page(request: Request, mode: str = "login", error: str | None = None) -> Response:
+    if await session_auth(request) is not None:
+        return RedirectResponse(HOME, status_code=303)
+    secret = settings_of(request).jwt_secret
+    sess = sessions.read(request, secret)
+    fresh = sess is None or sess.signed_in
+    if sess is None or sess.signed_in:
+        sess = sessions.anonymous()
+    message = OAUTH_ERRORS.get(error or "", "Something went wrong") if error else None
+    return _login_page(request, sess, mode=mode, error=message, write_cookie=fresh)
+
+
+@router.post("/login")
+async def login_submit(
+    request: Request,
+    mode: Annotated[str, Form()] = "login",
+    email: Annotated[str, Form(max_length=1024)] = "",
+    password: Annotated[str, Form(max_length=4096)] = "",
+    name: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    try:
+        await check_csrf(request)
+    except Forbidden:
+        # A stale tab (its anonymous session expired) fails the token check but passes the Origin
+        # check; give it a fresh form. A cross-site post gets a plain refusal.
+        try:
+            csrf.check_origin(request, settings_of(request).public_url)
+        except csrf.CsrfError:
+            return apply_security_headers(
+                HTMLResponse("Cross-site request refused.", status_code=403, media_type="text/plain")
+            )
+        return _login_page(
+            request,
+            sessions.anonymous(),
+            mode=mode,
+            error="Your sign-in form expired. Please try again.",
+            email=email,
+            name=name,
+            status_code=403,
+            write_cookie=True,
+        )
+
+    engine = engine_of(request)
+    secret = settings_of(request).jwt_secret
+    sess = sessions.read(request, secret) or sessions.anonymous()
+    try:
+        if mode == "signup":
+            result = await auth_svc.signup(engine, secret, email=email, password=password, name=name)
+        else:
+            result = await auth_svc.login(engine, secret, email=email, password=password)
+    except WarrenError as e:
+        status = 409 if e.code == "email_taken" else 401 if isinstance(e, Unauthorized) else 400
+        if isinstance(e, Forbidden):
+            status = 403
+        return _login_page(
+            request, sess, mode=mode, error=e.message, email=email, name=name, status_code=status
+        )
+    resp = RedirectResponse(HOME, status_code=303)
+    sessions.write(resp, request, secret, sessions.for_login(result.token))
+    return resp
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    try:
+        await check_csrf(request)
+    except Forbidden:
+        return apply_security_headers(
+            HTMLResponse("Cross-site request refused.", status_code=403, media_type="text/plain")
+        )
+    resp = RedirectResponse("/login", status_code=303)
+    # Not just cleared: replaced by a fresh anonymous session, so nothing of the old one remains.
+    sessions.write(resp, request, settings_of(request).jwt_secret, sessions.anonymous())
+    return resp
+
+
+@router.get("/auth/{provider}/callback")
+async def oauth_landing(request: Request, provider: str, error: str | None = None) -> Response:
+    """Where the OAuth callback sends the browser (SPEC §8.3): turn the short-lived
+    ``warren_oauth_*`` cookies into a dashboard session, or show the error on the login page."""
+    names = ("token", "user_id", "team_id", "email", "name")
+
+    def clear_oauth_cookies(resp: Response) -> Response:
+        for n in names:
+            resp.delete_cookie(oauth_svc.RESULT_COOKIE_PREFIX + n, path=oauth_svc.RESULT_COOKIE_PATH)
+        return resp
+
+    if provider not in oauth_svc.PROVIDERS:
+        return clear_oauth_cookies(RedirectResponse("/login?error=internal_error", status_code=303))
+    if error:
+        code = error if error in OAUTH_ERRORS else "internal_error"
+        return clear_oauth_cookies(RedirectResponse(f"/login?error={code}", status_code=303))
+    raw = request.cookies.get(oauth_svc.RESULT_COOKIE_PREFIX + "token")
+    if not raw:
+        return clear_oauth_cookies(RedirectResponse("/login?error=missing_token", status_code=303))
+    token = unquote(raw)
+    settings = settings_of(request)
+    try:
+        # The cookie is only a carrier: the token must be a valid JWT for a live user.
+        await authenticate(
+            engine_of(request),
+            api_key=None,
+            bearer=token,
+            require_user=True,
+            jwt_secret=settings.jwt_secret,
+            allow_teamless=True,
+        )
+    except (Unauthorized, Forbidden):
+        return clear_oauth_cookies(RedirectResponse("/login?error=missing_token", status_code=303))
+    resp = RedirectResponse(HOME, status_code=303)
+    sessions.write(resp, request, settings.jwt_secret, sessions.for_login(token))
+    return clear_oauth_cookies(resp)
