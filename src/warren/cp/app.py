@@ -74,6 +74,32 @@ class BodyCapMiddleware:
             await self._too_large(scope, receive, send, cap)
             return
 
+        if not is_upload:
+            # JSON bodies are small: read them whole (bounded by the cap) before the app runs, so
+            # a chunked body over the cap is a clean 413 instead of an error inside body parsing.
+            body = bytearray()
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # client went away
+                body += message.get("body", b"")
+                more = bool(message.get("more_body", False))
+                if len(body) > cap:
+                    await self._too_large(scope, receive, send, cap)
+                    return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+
         seen = 0
         response_started = False
 

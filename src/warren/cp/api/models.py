@@ -7,7 +7,9 @@ Response models are the services' own view models, re-exported for the routers.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, StrictBool
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, field_validator
 
 from warren.cp.http_errors import ErrorEnvelope
 from warren.cp.services.api_keys import ApiKey
@@ -37,9 +39,17 @@ __all__ = [
 
 
 class StrictRequest(BaseModel):
-    """Base for JSON request bodies: unknown fields are a 400, never silently ignored."""
+    """Base for JSON request bodies: unknown fields are a 400, never silently ignored, and no
+    string may contain NUL (PostgreSQL text cannot store it; it is never legitimate input)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class SignupRequest(StrictRequest):
