@@ -60,6 +60,7 @@ LOW_WATER = 64 << 10
 SUBSCRIBER_CAP = 8 << 20
 RING_BYTES = 1 << 20  # recent output kept per background process for late `attach`
 KEEP_EXITED = 64  # exited background processes kept for `list_processes` / `attach`
+LINGER = 10.0  # how long a finished connection waits for the client to hang up
 EXIT_GRACE = 0.1  # wait this long after exit for pipe EOF (a grandchild may hold the pipes)
 
 DEFAULT_ENV = {
@@ -268,9 +269,12 @@ class Loop:
 class Conn:
     """One client connection = one request. Non-blocking, buffered both ways."""
 
-    def __init__(self, guest: Guest, fd: int) -> None:
+    def __init__(self, guest: Guest, sock: _socket.socket) -> None:
         self.g = guest
-        self.fd = fd
+        self.sock = sock
+        self.fd = fd = sock.fileno()
+        self.draining = False
+        self.linger: list[Any] | None = None
         self.inbuf = bytearray()
         self.out = bytearray()
         self.op: Op | None = None
@@ -283,10 +287,16 @@ class Conn:
     def _update_mask(self) -> None:
         if self.closed:
             return
-        mask = (EPOLLIN if self.reading and not self.closing else 0) | (EPOLLOUT if self.out else 0)
+        if self.draining:
+            mask = EPOLLIN
+        else:
+            mask = (EPOLLIN if self.reading and not self.closing else 0) | (EPOLLOUT if self.out else 0)
         self.g.loop.set_mask(self.fd, mask)
 
     def on_event(self, ev: int) -> None:
+        if self.draining:
+            self._discard()
+            return
         if ev & EPOLLOUT:
             self.flush()
         if self.closed:
@@ -337,7 +347,12 @@ class Conn:
                 req = jload(payload)
                 if not isinstance(req, dict):
                     raise GuestFail("invalid_argument", "a request must be a JSON object")
-                self.op = self.g.start_op(self, req)
+                op = self.g.start_op(self, req)
+                if self.closed or self.draining:
+                    if op is not None:
+                        op.on_close()  # it completed (or its client vanished) while starting
+                else:
+                    self.op = op
             else:
                 self.op.on_frame(kind, payload)
         except GuestFail as e:
@@ -400,7 +415,7 @@ class Conn:
             del self.out[:n]
         if not self.out:
             if self.closing:
-                self.close()
+                self._half_close()
                 return
             self._update_mask()
         if len(self.out) < LOW_WATER and self.on_drain is not None:
@@ -412,25 +427,55 @@ class Conn:
         return len(self.out) >= HIGH_WATER
 
     def finish(self) -> None:
-        """The response is complete: close once everything queued has been sent."""
-        if self.closed:
+        """The response is complete: end the connection once everything queued has been sent."""
+        if self.closed or self.draining:
             return
         self.closing = True
         self.on_drain = None
         if not self.out:
-            self.close()
+            self._half_close()
         else:
             self._update_mask()
+
+    def _half_close(self) -> None:
+        # Closing a unix socket while client data sits unread in our receive queue makes the
+        # kernel fail the client's reads with ECONNRESET, and the client could lose our final
+        # frame (an upload refused early, stdin racing a process exit). So shut down our side
+        # only, discard whatever the client still sends, and close when it hangs up.
+        self.draining = True
+        self.inbuf = bytearray()
+        self._release_op()
+        try:
+            self.sock.shutdown(_socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self._update_mask()
+        self.linger = self.g.loop.call_later(LINGER, self.close)
+
+    def _discard(self) -> None:
+        try:
+            data = os.read(self.fd, 262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        Loop.cancel(self.linger)
         self.g.loop.unwatch(self.fd)
         try:
-            os.close(self.fd)
+            self.sock.close()
         except OSError:
             pass
+        self._release_op()
+
+    def _release_op(self) -> None:
         op = self.op
         self.op = None
         if op is not None:
@@ -1199,8 +1244,16 @@ class Guest:
         if d:
             os.makedirs(d, exist_ok=True)
         self.lsock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
-        self.lsock.bind(socket_path)
+        # Bind under a temporary name and rename once listening: the path then only ever
+        # appears ready, so a client never sees ECONNREFUSED in the bind-to-listen window.
+        tmp = f"{socket_path}.{os.getpid()}.tmp"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        self.lsock.bind(tmp)
         self.lsock.listen(512)
+        os.rename(tmp, socket_path)
         self.loop.watch(self.lsock.fileno(), EPOLLIN, self.on_accept)
         self.reap()  # children could predate us (exec'd into place by a wrapper)
 
@@ -1214,8 +1267,9 @@ class Guest:
                 # EMFILE and friends: log and keep serving the connections we have.
                 log(f"accept failed: {e}")
                 return
-            os.set_blocking(fd, False)
-            Conn(self, fd)
+            sock = _socket.socket(fileno=fd)
+            sock.setblocking(False)
+            Conn(self, sock)
 
     def start_op(self, conn: Conn, req: dict[str, Any]) -> Op | None:
         op = req.get("op")
