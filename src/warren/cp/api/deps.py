@@ -32,6 +32,7 @@ from warren import clock
 from warren.config import Settings
 from warren.cp.security.api_keys import hash_api_key, looks_like_api_key
 from warren.cp.security.tokens import verify_user_jwt
+from warren.cp.services import autocommit
 from warren.cp.services.context import AuthContext
 from warren.errors import Forbidden, Unauthorized
 
@@ -52,19 +53,6 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 # Declared through FastAPI's security classes so the OpenAPI document lists both schemes.
 _bearer_scheme = HTTPBearer(auto_error=False, description="User JWT from signup/login/switch-team")
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="Team API key (wrn_…)")
-
-_autocommit_engines: dict[int, AsyncEngine] = {}
-
-
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
-    """The same pool, without BEGIN/COMMIT around single read statements: one round trip."""
-    key = id(engine)
-    ac = _autocommit_engines.get(key)
-    if ac is None or ac.sync_engine.pool is not engine.sync_engine.pool:
-        ac = engine.execution_options(isolation_level="AUTOCOMMIT")
-        _autocommit_engines[key] = ac
-    return ac
-
 
 _JWT_CHECK = text(
     """
@@ -102,7 +90,7 @@ async def _authenticate_jwt(
     engine: AsyncEngine, token: str, *, jwt_secret: str, allow_teamless: bool
 ) -> AuthContext:
     claims = verify_user_jwt(jwt_secret, token)
-    async with _autocommit(engine).connect() as conn:
+    async with autocommit(engine).connect() as conn:
         row = (await conn.execute(_JWT_CHECK, {"user_id": claims.user_id, "team_id": claims.team_id})).first()
     if row is None:
         raise Unauthorized("invalid or expired token")

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock, ids
 from warren.cp.db.tables import team_api_keys, users
 from warren.cp.security.api_keys import generate_api_key
-from warren.cp.services import Timestamp, audit
+from warren.cp.services import Timestamp, audit, autocommit
 from warren.cp.services.context import AuthContext
 from warren.errors import Forbidden, InvalidRequest
 
@@ -89,7 +89,7 @@ async def create_key(engine: AsyncEngine, ctx: AuthContext, name: str | None) ->
 async def list_keys(engine: AsyncEngine, ctx: AuthContext) -> list[ApiKey]:
     _, team_id = _scope(ctx)
     k = team_api_keys
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         rows = await conn.execute(
             select(k, users.c.email.label("creator_email"))
             .outerjoin(users, users.c.id == k.c.created_by)

@@ -17,6 +17,7 @@ from warren import clock, ids
 from warren.cp.db.tables import teams, users, users_teams
 from warren.cp.security import passwords
 from warren.cp.security.tokens import issue_user_jwt
+from warren.cp.services import autocommit
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import insert_team, login_team
 from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -71,7 +72,7 @@ async def signup(engine: AsyncEngine, jwt_secret: str, *, email: str, password: 
     if "\x00" in name or "\x00" in email:
         raise InvalidRequest("invalid characters in name or email")
 
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         taken = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
     if taken is not None:  # cheap early answer; the unique index below is the real guard
         raise Conflict("an account with this email already exists", code="email_taken")
@@ -107,7 +108,7 @@ async def login(engine: AsyncEngine, jwt_secret: str, *, email: str, password: s
     failure = Unauthorized("invalid email or password")
     if len(email) > MAX_EMAIL or len(password) > MAX_PASSWORD:
         raise failure
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         user = (
             await conn.execute(
                 select(users.c.id, users.c.password_hash, users.c.name, users.c.is_admin).where(
@@ -119,7 +120,7 @@ async def login(engine: AsyncEngine, jwt_secret: str, *, email: str, password: s
     ok = await passwords.verify_password(user.password_hash if user else None, password)
     if user is None or not ok:
         raise failure
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         found = await login_team(conn, user.id)
     if found is None:
         raise Forbidden("user is not a member of any team", code="no_team")
@@ -145,7 +146,7 @@ async def switch_team(engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, te
         team_uuid = ids.parse_id(ids.Kind.TEAM, team_id)
     except InvalidRequest as e:
         raise InvalidRequest("invalid team_id") from e
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         team = (await conn.execute(select(teams.c.deleted_at).where(teams.c.id == team_uuid))).first()
         if team is None or team.deleted_at is not None:
             raise NotFound("team not found")

@@ -18,6 +18,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import delete, select, update
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
 from warren.cp.db.tables import sandboxes, teams, templates, users, users_teams
-from warren.cp.services import Timestamp, audit
+from warren.cp.services import Timestamp, audit, autocommit
 from warren.cp.services.context import AuthContext
 from warren.errors import Forbidden, InvalidRequest, NotFound
 
@@ -192,27 +193,35 @@ async def login_team(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[uuid.UU
     return (row.team_id, row.role) if row else None
 
 
+async def _team_and_role(
+    conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
+) -> tuple[Any, str]:
+    """The live team's row and the caller's role, in one query: 404 when the team is missing or
+    deleted, 403 when the caller is not a member. With ``lock`` the team row is locked
+    (``FOR UPDATE``) for the rest of the transaction, serialising changes to one team."""
+    q = (
+        select(teams, users_teams.c.role)
+        .select_from(
+            teams.outerjoin(
+                users_teams, (users_teams.c.team_id == teams.c.id) & (users_teams.c.user_id == user_id)
+            )
+        )
+        .where(teams.c.id == team_id)
+    )
+    if lock:
+        q = q.with_for_update(of=teams)
+    row = (await conn.execute(q)).first()
+    if row is None or row.deleted_at is not None:
+        raise NotFound("team not found")
+    if row.role is None:
+        raise Forbidden("not a member of this team")
+    return row, str(row.role)
+
+
 async def _lock_team_and_role(
     conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
 ) -> str:
-    """The caller's role in a live team: 404 when the team is missing or deleted, 403 when the
-    caller is not a member. With ``lock`` the team row is locked for this transaction."""
-    q = select(teams.c.deleted_at).where(teams.c.id == team_id)
-    if lock:
-        q = q.with_for_update()
-    team = (await conn.execute(q)).first()
-    if team is None or team.deleted_at is not None:
-        raise NotFound("team not found")
-    role = (
-        await conn.execute(
-            select(users_teams.c.role).where(
-                users_teams.c.team_id == team_id, users_teams.c.user_id == user_id
-            )
-        )
-    ).scalar()
-    if role is None:
-        raise Forbidden("not a member of this team")
-    return str(role)
+    return (await _team_and_role(conn, team_id, user_id, lock=lock))[1]
 
 
 def _require_manager(role: str) -> None:
@@ -243,7 +252,7 @@ async def _members(conn: AsyncConnection, team_id: uuid.UUID) -> list[Member]:
 async def list_teams(engine: AsyncEngine, ctx: AuthContext) -> list[TeamWithRole]:
     """The caller's live teams, in join order."""
     user_id = _user_of(ctx)
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         rows = await conn.execute(
             select(teams, users_teams.c.role)
             .join(users_teams, users_teams.c.team_id == teams.c.id)
@@ -255,15 +264,14 @@ async def list_teams(engine: AsyncEngine, ctx: AuthContext) -> list[TeamWithRole
 
 async def get_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> TeamDetail:
     user_id = _user_of(ctx)
-    async with engine.connect() as conn:
-        await _lock_team_and_role(conn, team_id, user_id, lock=False)
-        row = (await conn.execute(select(teams).where(teams.c.id == team_id))).one()
+    async with autocommit(engine).connect() as conn:
+        row, _ = await _team_and_role(conn, team_id, user_id, lock=False)
         return TeamDetail(team=_team_view(row), members=await _members(conn, team_id))
 
 
 async def list_members(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> list[Member]:
     user_id = _user_of(ctx)
-    async with engine.connect() as conn:
+    async with autocommit(engine).connect() as conn:
         await _lock_team_and_role(conn, team_id, user_id, lock=False)
         return await _members(conn, team_id)
 
