@@ -1,0 +1,287 @@
+"""Browser tests: Playwright driving Debian's headless Chromium against a live control plane —
+the real app served by uvicorn on a free loopback port, on a real PostgreSQL database.
+
+Everything runs on pytest-asyncio's session event loop: the CP is a uvicorn task on that loop
+(so tests can call services and SQL on the app's own engine), and the tests use Playwright's
+async API. (Playwright's sync API would install its own running loop in the main thread, which
+breaks async fixtures such as ``db_url``.)
+
+Every page a test opens goes through :class:`Web`: it records every request the browser makes
+and, when the test ends, asserts that each one went to the control plane's own origin (nothing
+from a CDN or anywhere else) and that no page raised a JavaScript error.
+``web.shot(page, name)`` saves a screenshot under ``tests/output/screenshots/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright, expect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import ids
+from warren.config import Settings
+from warren.cp.app import create_app
+from warren.cp.services import auth as auth_svc
+from warren.cp.services import teams as teams_svc
+from warren.cp.services import users as users_svc
+from warren.cp.services.context import AuthContext
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+JWT_SECRET = "e2e-secret-" + "d" * 40
+PASSWORD = "correct-horse-battery"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
+
+expect.set_options(timeout=10_000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+@dataclass
+class Account:
+    email: str
+    name: str
+    user_id: str
+    team_id: str
+    password: str = PASSWORD
+
+    @property
+    def user_uuid(self) -> uuid.UUID:
+        return ids.parse_id(ids.Kind.USER, self.user_id)
+
+    @property
+    def team_uuid(self) -> uuid.UUID:
+        return ids.parse_id(ids.Kind.TEAM, self.team_id)
+
+
+class LiveCP:
+    """The real control plane app served by uvicorn as a task on the test event loop."""
+
+    def __init__(self, db_url: str, home: Path, **overrides: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        values: dict[str, Any] = {
+            "home": home,
+            "database_url": db_url,
+            "jwt_secret": JWT_SECRET,
+            "public_url": self.url,
+            "run_workers": False,
+            "monitor_interval_s": 3600,
+        }
+        values.update(overrides)
+        self.settings = Settings(**values)
+        self.app: FastAPI = create_app(self.settings)
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> LiveCP:
+        self._task = asyncio.create_task(self.server.serve())
+        for _ in range(600):
+            if self.server.started:
+                return self
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.05)
+        raise RuntimeError("control plane did not start in time")
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 30)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        engine: AsyncEngine = self.app.state.engine
+        return engine
+
+    # -- helpers built on the services (the same ones the API and dashboard use) ----------
+    async def signup(self, name: str = "Test User", email: str | None = None, password: str = PASSWORD) -> Account:
+        email = email or unique_email()
+        result = await auth_svc.signup(self.engine, JWT_SECRET, email=email, password=password, name=name)
+        return Account(email=email, name=name, user_id=result.user_id, team_id=result.team_id, password=password)
+
+    def ctx(self, account: Account, team_id: str | None = None, role: str = "owner") -> AuthContext:
+        team = ids.parse_id(ids.Kind.TEAM, team_id or account.team_id)
+        return AuthContext(
+            kind="jwt", team_id=team, user_id=account.user_uuid, email=account.email, name=account.name, role=role
+        )
+
+    async def make_admin(self, account: Account) -> None:
+        await users_svc.set_platform_admin(self.engine, account.email, True)
+
+    async def enable_byoc(self, team_id: str) -> None:
+        admin = AuthContext(kind="jwt", team_id=None, is_admin=True)
+        await teams_svc.set_byoc(self.engine, admin, ids.parse_id(ids.Kind.TEAM, team_id), True)
+
+    async def create_team(self, account: Account, name: str) -> str:
+        team = await teams_svc.create_team(self.engine, self.ctx(account), name)
+        return team.id
+
+    async def add_member(self, owner: Account, team_id: str, email: str) -> None:
+        await teams_svc.add_member(
+            self.engine, self.ctx(owner, team_id), ids.parse_id(ids.Kind.TEAM, team_id), email
+        )
+
+    async def sql(self, statement: str, **params: Any) -> Any:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(sa.text(statement), params)
+            return result.all() if result.returns_rows else result.rowcount
+
+
+@pytest.fixture(scope="module")
+async def live(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveCP]:
+    server = await LiveCP(db_url, Path(tmp_path_factory.mktemp("cp-home"))).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def playwright_instance() -> AsyncIterator[Playwright]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make installs it)")
+    async with async_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+async def browser(playwright_instance: Playwright) -> AsyncIterator[Browser]:
+    b = await playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+class Web:
+    """Opens browser contexts for one test, records every request and takes screenshots."""
+
+    def __init__(self, browser: Browser, live: LiveCP, test_name: str) -> None:
+        self.browser = browser
+        self.live = live
+        self.test_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
+        self.requests: list[str] = []
+        self.page_errors: list[str] = []
+        self.contexts: list[BrowserContext] = []
+        self._shots = 0
+
+    @property
+    def origin(self) -> str:
+        return self.live.url
+
+    async def new_page(self, viewport: dict[str, int] | None = None) -> Page:
+        ctx = await self.browser.new_context(viewport=viewport or LAPTOP, base_url=self.live.url)  # type: ignore[arg-type]
+        ctx.on("request", lambda req: self.requests.append(req.url))
+        self.contexts.append(ctx)
+        page = await ctx.new_page()
+        page.on("pageerror", lambda err: self.page_errors.append(str(err)))
+        return page
+
+    async def shot(self, page: Page, name: str, *, full_page: bool = True) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self._shots += 1
+        path = SCREENSHOTS / f"{self.test_name}-{self._shots:02d}-{name}.png"
+        await page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    async def login(self, page: Page, account: Account) -> None:
+        await page.goto("/login")
+        await page.fill("#email", account.email)
+        await page.fill("#password", account.password)
+        await page.click("#login-submit")
+        await page.wait_for_url("**/dashboard/sandboxes")
+
+    async def signed_in_page(self, account: Account, viewport: dict[str, int] | None = None) -> Page:
+        page = await self.new_page(viewport)
+        await self.login(page, account)
+        return page
+
+    def foreign_requests(self) -> list[str]:
+        own = urlsplit(self.live.url)
+        bad = []
+        for url in self.requests:
+            parts = urlsplit(url)
+            if parts.scheme in ("data", "blob", "about"):
+                continue
+            if (parts.scheme, parts.hostname, parts.port) != (own.scheme, own.hostname, own.port):
+                bad.append(url)
+        return bad
+
+    async def close(self) -> None:
+        for ctx in self.contexts:
+            with contextlib.suppress(Exception):
+                await ctx.close()
+
+
+@pytest.fixture
+async def web(live: LiveCP, browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Web]:
+    w = Web(browser, live, request.node.name)
+    try:
+        yield w
+        # Every page of every test loads only from the control plane's own origin.
+        assert w.foreign_requests() == [], f"requests outside the control plane: {w.foreign_requests()}"
+        assert w.page_errors == [], f"JavaScript errors: {w.page_errors}"
+    finally:
+        await w.close()
+
+
+async def sandbox_row(
+    live: LiveCP,
+    team_id: str,
+    host_id: uuid.UUID,
+    *,
+    status: str = "running",
+    template: str = "minimal",
+    vcpus: int = 1,
+    memory_mb: int = 512,
+    timeout_sec: int = 0,
+) -> str:
+    """Insert a sandbox row directly (for list/preview rendering tests that need no agent)."""
+    sb = uuid.uuid4()
+    await live.sql(
+        """INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
+               started_at, last_active_at)
+           VALUES (:id, :team, :host, :tpl, :status, :vcpus, :mem, :timeout, now(), now())""",
+        id=sb, team=ids.parse_id(ids.Kind.TEAM, team_id), host=host_id, tpl=template, status=status,
+        vcpus=vcpus, mem=memory_mb, timeout=timeout_sec,
+    )  # fmt: skip
+    return ids.sandbox_id(sb)
+
