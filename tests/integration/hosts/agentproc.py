@@ -1,0 +1,113 @@
+"""Real ``warren agent`` processes on loopback addresses (127.0.0.2, .3, …), registered to a
+control plane through its API, the way an operator does it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from warren import ids
+from warren.agent.control_plane import load_credentials
+
+AGENT_PORT = 50561
+# Heartbeats every second so tests see recovery at once; every other rule keeps its real value.
+HEARTBEAT_S = "1"
+
+
+def minimal_cache_env() -> dict[str, str]:
+    """Where the agent engineer's tests cache the debootstrapped ``minimal`` template."""
+    env = {}
+    cache = os.environ.get("WARREN_TEST_MINIMAL_DIR")
+    if cache:
+        env["WARREN_MINIMAL_DIR"] = cache
+    return env
+
+
+class AgentProcess:
+    def __init__(self, ip: str, data_dir: Path, cp_url: str, *, port: int = AGENT_PORT) -> None:
+        self.ip = ip
+        self.address = f"{ip}:{port}"
+        self.data_dir = data_dir
+        self.cp_url = cp_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"agent-{ip}.log"
+        self.host_id = ""
+
+    def command(self, register_token: str | None) -> list[str]:
+        cmd = [sys.executable, "-m", "warren.cli.main", "agent", "--listen", self.address,
+               "--data-dir", str(self.data_dir), "--cp", self.cp_url, "--address", self.address]  # fmt: skip
+        if register_token:
+            cmd += ["--register", register_token]
+        return cmd
+
+    async def start(self, register_token: str | None = None, *, wait_online: Any = None) -> AgentProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "WARREN_HEARTBEAT_INTERVAL_S": HEARTBEAT_S, **minimal_cache_env()}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(self.command(register_token), env=env, stdout=log, stderr=log,
+                                     start_new_session=True)  # fmt: skip
+        log.close()
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent {self.address} exited {self.proc.returncode}:\n{self.log_tail()}")
+            creds = load_credentials(self.data_dir)
+            if creds is not None and await self._listening():
+                self.host_id = creds.host_id
+                return self
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"agent {self.address} did not come up:\n{self.log_tail()}")
+
+    async def _listening(self) -> bool:
+        try:
+            _, w = await asyncio.open_connection(self.ip, int(self.address.rsplit(":", 1)[1]))
+        except OSError:
+            return False
+        w.close()
+        with contextlib.suppress(Exception):
+            await w.wait_closed()
+        return True
+
+    @property
+    def host_uuid(self) -> Any:
+        return ids.parse_id(ids.Kind.HOST, self.host_id)
+
+    def credentials(self) -> dict[str, Any]:
+        return dict(json.loads((self.data_dir / "host-credentials.json").read_text()))
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    async def wait_exit(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        for _ in range(int(timeout * 10)):
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"agent {self.address} did not exit:\n{self.log_tail()}")
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            await self.wait_exit(45)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
