@@ -1,0 +1,226 @@
+"""Scheduling overhead: sandbox creates through the REST API vs. straight to the agents.
+
+    python bench/schedule.py                # PostgreSQL + one CP process + 3 agents (root)
+    python bench/schedule.py --n 100 --rounds 2
+
+Starts an embedded PostgreSQL, one control-plane process (uvicorn), and three real
+``warren agent`` processes on 127.0.0.2-.4 registered through the API. Then, per round:
+
+  direct  N concurrent CreateSandbox RPCs spread round-robin over the three agents, over the same
+          mTLS channels the CP uses (its CA, its client certificate);
+  via CP  N concurrent ``POST /v1/sandboxes`` (API key) — auth, template resolution, scheduling,
+          two DB transactions and the same RPC.
+
+Each sandbox is destroyed between phases. It prints p50/p99/mean end-to-end latency of each
+side by side and the CP's overhead (via CP minus direct). Target: overhead p50 <= 15 ms.
+Everything shares the machine, so absolute numbers include CPU contention between the agents,
+the CP, PostgreSQL and this load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.hosts.agentproc import AgentProcess  # noqa: E402
+from warren import ids  # noqa: E402
+from warren.cp.hosts.client_pool import HostClientPool  # noqa: E402
+from warren.cp.security.ca import CertificateAuthority  # noqa: E402
+from warren.rpc import hostagent_pb2 as pb  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def control_plane(home: Path) -> Iterator[tuple[str, str]]:
+    from warren.cp.db import migrate
+    from warren.cp.db.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(home, port=0, fast=True)
+    pg.start()
+    try:
+        migrate.upgrade(pg.url)
+        port = free_port()
+        env = {
+            **os.environ,
+            "WARREN_HOME": str(home),
+            "WARREN_DATABASE_URL": pg.url,
+            "WARREN_JWT_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
+            "WARREN_MONITOR_INTERVAL_S": "3600",
+            "WARREN_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        }
+        cmd = [sys.executable, "-m", "uvicorn", "warren.cp.app:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        with contextlib.suppress(ImportError):
+            import uvloop  # noqa: F401
+
+            cmd += ["--loop", "uvloop"]
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the control plane did not start")
+                time.sleep(0.1)
+            yield url, pg.url
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    finally:
+        pg.stop()
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+async def setup(url: str, database_url: str, root: Path) -> tuple[str, list[AgentProcess], str]:
+    import sqlalchemy as sa
+
+    from warren.cp.db.engine import make_engine
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+        r = await http.post(
+            "/v1/auth/signup", json={"email": email, "password": "bench-password-1", "name": "B"}
+        )
+        r.raise_for_status()
+        body = r.json()
+        engine = make_engine(database_url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE users SET is_admin = true WHERE id = :id"),
+                {"id": ids.parse_id(ids.Kind.USER, body["user_id"])},
+            )
+        await engine.dispose()
+        auth = {"Authorization": f"Bearer {body['token']}"}
+        agents = []
+        for i, ip in enumerate(["127.0.0.2", "127.0.0.3", "127.0.0.4"]):
+            r = await http.post("/v1/hosts", json={"type": "regular"}, headers=auth)
+            r.raise_for_status()
+            agents.append(
+                await AgentProcess(ip, root / f"agent{i}", url).start(r.json()["registration_token"])
+            )
+        r = await http.post("/v1/api-keys", json={"name": "bench"}, headers=auth)
+        r.raise_for_status()
+        return r.json()["key"], agents, body["team_id"]
+
+
+async def via_cp(url: str, key: str, n: int) -> tuple[list[float], list[str]]:
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=300, limits=limits, headers={"X-API-Key": key}
+    ) as http:
+        # Open the connections first so the measurement does not include TCP setup.
+        await asyncio.gather(*(http.get("/healthz") for _ in range(n)))
+
+        async def one() -> tuple[float, str]:
+            t0 = time.perf_counter()
+            r = await http.post("/v1/sandboxes", json={"timeout_sec": 0})
+            dt = time.perf_counter() - t0
+            r.raise_for_status()
+            return dt, r.json()["id"]
+
+        res = await asyncio.gather(*(one() for _ in range(n)))
+        lat = [d for d, _ in res]
+        made = [s for _, s in res]
+        await asyncio.gather(*(http.delete(f"/v1/sandboxes/{s}") for s in made))
+        return lat, made
+
+
+async def direct(pool: HostClientPool, agents: list[AgentProcess], n: int) -> list[float]:
+    clients = [pool.get_for(a.host_uuid, a.address) for a in agents]
+    for c in clients:  # connect first, as the CP's pool would already be connected
+        await c.call("ListSandboxes", pb.ListSandboxesRequest(), deadline=30)
+    zero = str(uuid.UUID(int=0))
+
+    async def one(i: int) -> tuple[float, str]:
+        sid = ids.sandbox_id(ids.new_uuid())
+        req = pb.CreateSandboxRequest(sandbox_id=sid, template="minimal", vcpus=1, memory_mb=512, timeout_sec=0,
+                                      disk_size_mb=5120, team_id=zero, template_id=zero, internet=True)  # fmt: skip
+        t0 = time.perf_counter()
+        await clients[i % len(clients)].call("CreateSandbox", req)
+        return time.perf_counter() - t0, sid
+
+    res = await asyncio.gather(*(one(i) for i in range(n)))
+    await asyncio.gather(
+        *(clients[i % len(clients)].call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=s))
+          for i, (_, s) in enumerate(res))
+    )  # fmt: skip
+    return [d for d, _ in res]
+
+
+def report(name: str, xs: list[float]) -> dict[str, float]:
+    return {"p50": pct(xs, 50) * 1000, "p99": pct(xs, 99) * 1000, "mean": statistics.fmean(xs) * 1000}
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="warren-bench-sched-") as d:
+        home = Path(d)
+        os.chmod(home, 0o755)
+        with control_plane(home) as (url, database_url):
+            key, agents, _ = await setup(url, database_url, home / "agents")
+            pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
+            try:
+                cp_lat: list[float] = []
+                direct_lat: list[float] = []
+                # Warm up both paths (template caches, DB pool, channels).
+                await via_cp(url, key, 6)
+                await direct(pool, agents, 6)
+                for r in range(args.rounds):
+                    direct_lat += await direct(pool, agents, args.n)
+                    lat, _ = await via_cp(url, key, args.n)
+                    cp_lat += lat
+                    print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+                a, b = report("direct", direct_lat), report("via CP", cp_lat)
+                print(f"\n{args.n} concurrent sandbox creates x {args.rounds} rounds, 3 agents")
+                print(f"{'':14}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+                print(f"{'direct RPC':14}{a['p50']:>10.1f}{a['p99']:>10.1f}{a['mean']:>10.1f}")
+                print(f"{'via CP (REST)':14}{b['p50']:>10.1f}{b['p99']:>10.1f}{b['mean']:>10.1f}")
+                print(
+                    f"{'CP overhead':14}{b['p50'] - a['p50']:>10.1f}{b['p99'] - a['p99']:>10.1f}"
+                    f"{b['mean'] - a['mean']:>10.1f}   (target: p50 <= 15 ms)"
+                )
+            finally:
+                await pool.close()
+                await asyncio.gather(*(a.stop() for a in agents))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100, help="concurrent creates per phase")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/schedule.py runs real agents: run it as root")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
