@@ -32,7 +32,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -70,8 +69,20 @@ def control_plane(home: Path) -> Iterator[tuple[str, str]]:
             "WARREN_MONITOR_INTERVAL_S": "3600",
             "WARREN_PUBLIC_URL": f"http://127.0.0.1:{port}",
         }
-        cmd = [sys.executable, "-m", "uvicorn", "warren.cp.app:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "warren.cp.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         with contextlib.suppress(ImportError):
             import uvloop  # noqa: F401
 
@@ -162,17 +173,28 @@ async def direct(pool: HostClientPool, agents: list[AgentProcess], n: int) -> li
 
     async def one(i: int) -> tuple[float, str]:
         sid = ids.sandbox_id(ids.new_uuid())
-        req = pb.CreateSandboxRequest(sandbox_id=sid, template="minimal", vcpus=1, memory_mb=512, timeout_sec=0,
-                                      disk_size_mb=5120, team_id=zero, template_id=zero, internet=True)  # fmt: skip
+        req = pb.CreateSandboxRequest(
+            sandbox_id=sid,
+            template="minimal",
+            vcpus=1,
+            memory_mb=512,
+            timeout_sec=0,
+            disk_size_mb=5120,
+            team_id=zero,
+            template_id=zero,
+            internet=True,
+        )
         t0 = time.perf_counter()
         await clients[i % len(clients)].call("CreateSandbox", req)
         return time.perf_counter() - t0, sid
 
     res = await asyncio.gather(*(one(i) for i in range(n)))
     await asyncio.gather(
-        *(clients[i % len(clients)].call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=s))
-          for i, (_, s) in enumerate(res))
-    )  # fmt: skip
+        *(
+            clients[i % len(clients)].call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=s))
+            for i, (_, s) in enumerate(res)
+        )
+    )
     return [d for d, _ in res]
 
 
