@@ -1,0 +1,216 @@
+"""Shared fixtures for the whole suite.
+
+Database: ONE PostgreSQL server per test run. ``WARREN_TEST_DATABASE_URL`` (an admin URL whose
+role may create databases) selects an existing server; otherwise an embedded server is started:
+ * under pytest-xdist, by the controller process in ``pytest_configure`` (it outlives every
+   worker), which hands the URL to the workers through the environment;
+ * without xdist, lazily by the first test that needs it.
+On that server, the schema is migrated once into a template database (named after a hash of
+the migration scripts, built under an advisory lock so concurrent workers build it once), and
+each test module gets its own ``CREATE DATABASE ... TEMPLATE`` copy: ~tens of ms, full isolation.
+
+Fixtures (a contract for the whole suite):
+ * ``pg_server_url`` (session): admin URL of the server;
+ * ``migrated_template_db`` (session): URL of the migrated template database (do not write to it,
+   and do not keep connections open to it: PostgreSQL refuses to copy a template in use);
+ * ``db_url`` (module): URL of a fresh, migrated database, dropped after the module;
+ * ``fake_clock`` (function): the ``warren.clock`` module, reset before and after the test.
+
+Markers: ``root`` tests fail in CI (``CI=true``, which runs as root) and skip locally when not
+root; ``serial`` tests run in a separate, non-parallel pytest invocation (see the Makefile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from warren import clock
+from warren.cp.db import migrate
+from warren.cp.db.embedded import EmbeddedPostgres
+
+T = TypeVar("T")
+
+ENV_URL = "WARREN_TEST_DATABASE_URL"
+# Set by the xdist controller for its workers; not meant to be set by hand.
+_SHARED_URL = "_WARREN_TEST_PG_URL"
+_TEMPLATE_LOCK_KEY = 0x77746D706C  # advisory lock serialising template builds across workers
+
+_server: EmbeddedPostgres | None = None
+_server_dir: Path | None = None
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, on a private loop in a helper thread, so
+    it never clashes with a loop pytest-asyncio may have running in this thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(lambda: asyncio.run(fn())).result()  # type: ignore[arg-type]
+
+
+def _with_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    u = make_url(url).set(drivername="postgresql")
+    return u.render_as_string(hide_password=False)
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _start_embedded() -> tuple[EmbeddedPostgres, Path]:
+    # /tmp itself is world-searchable and the dir is 0755, so the unprivileged postgres user
+    # (when we run as root) can reach its data dir.
+    d = Path(tempfile.mkdtemp(prefix="warren-testpg-"))
+    d.chmod(0o755)
+    pg = EmbeddedPostgres(d / "home", port=0, fast=True, max_connections=400)
+    try:
+        pg.start()
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return pg, d
+
+
+def _stop_embedded() -> None:
+    global _server, _server_dir
+    if _server is not None:
+        _server.stop()
+        _server = None
+    if _server_dir is not None:
+        shutil.rmtree(_server_dir, ignore_errors=True)
+        _server_dir = None
+
+
+def _migrations_digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted(migrate.MIGRATIONS_DIR.rglob("*.py")):
+        h.update(p.relative_to(migrate.MIGRATIONS_DIR).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ hooks
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server, _server_dir
+    config.addinivalue_line(
+        "markers", "serial: must not run alongside other tests; `make test` runs these in a serial pass"
+    )
+    if hasattr(config, "workerinput") or os.environ.get(ENV_URL) or os.environ.get(_SHARED_URL):
+        return
+    numprocesses = getattr(config.option, "numprocesses", None)
+    if numprocesses and config.getoption("dist", "no") != "no":
+        # xdist controller: start the one server now, before workers exist; they inherit env.
+        _server, _server_dir = _start_embedded()
+        os.environ[_SHARED_URL] = _server.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        if _server is not None:
+            os.environ.pop(_SHARED_URL, None)
+        _stop_embedded()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        reason = "needs root (namespaces, cgroups, overlayfs); run the suite as root"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            # CI runs as root: a root test that cannot run there is a broken CI, not a skip.
+            pytest.fail(f"CI=true but not root: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """Admin URL of the run's PostgreSQL server (a role allowed to create databases)."""
+    global _server, _server_dir
+    url = os.environ.get(ENV_URL) or os.environ.get(_SHARED_URL)
+    if url:
+        yield url
+        return
+    if _server is None:
+        _server, _server_dir = _start_embedded()
+    try:
+        yield _server.url
+    finally:
+        _stop_embedded()
+
+
+@pytest.fixture(scope="session")
+def migrated_template_db(pg_server_url: str) -> str:
+    """URL of a database migrated to head, used as the TEMPLATE of every ``db_url``."""
+    name = f"warren_tmpl_{_migrations_digest()}"
+    building = f"{name}_building"
+
+    async def build() -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(pg_server_url))
+        try:
+            # Session-level lock: concurrent workers wait here and then find the template ready.
+            await conn.execute(f"SELECT pg_advisory_lock({_TEMPLATE_LOCK_KEY})")
+            try:
+                if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    return
+                await conn.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+                await conn.execute(f'CREATE DATABASE "{building}"')
+                await asyncio.to_thread(migrate.upgrade, _with_database(pg_server_url, building))
+                # Renamed only once complete, so a half-built template is never used.
+                await conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+                await conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
+            finally:
+                await conn.execute(f"SELECT pg_advisory_unlock({_TEMPLATE_LOCK_KEY})")
+        finally:
+            await conn.close()
+
+    _run(build)
+    return _with_database(pg_server_url, name)
+
+
+@pytest.fixture(scope="module")
+def db_url(pg_server_url: str, migrated_template_db: str) -> Iterator[str]:
+    """A fresh database copied from the migrated template; dropped after the module."""
+    template = make_url(migrated_template_db).database
+    name = f"warren_test_{uuid.uuid4().hex[:12]}"
+    _run(lambda: _admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield _with_database(pg_server_url, name)
+    finally:
+        # FORCE: connections a test's engine left open must not keep the database alive.
+        _run(lambda: _admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[Any]:
+    """``warren.clock`` with a clean offset; ``fake_clock.advance(seconds)`` moves time."""
+    clock.reset()
+    try:
+        yield clock
+    finally:
+        clock.reset()
