@@ -1,0 +1,182 @@
+"""Sandbox lifecycle API against a real control plane and a scripted agent (a real gRPC server
+over the same mTLS as ``warren agent``), to pin exactly what the CP sends and how it maps agent
+errors. test_multihost.py runs the lifecycle on real agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from warren import ids
+from warren.agent import control_plane as link
+from warren.rpc import hostagent_pb2 as pb
+from warren.rpc import hostagent_pb2_grpc as pb_grpc
+
+from .cpserver import CP, User, free_port, sql
+
+
+@dataclass
+class ScriptedAgent(pb_grpc.HostAgentServicer):
+    created: list[Any] = field(default_factory=list)
+    destroy_error: grpc.StatusCode | None = None
+    create_error: grpc.StatusCode | None = None
+    calls: list[str] = field(default_factory=list)
+
+    async def CreateSandbox(self, request: Any, context: Any) -> Any:
+        self.calls.append("CreateSandbox")
+        if self.create_error is not None:
+            await context.abort(self.create_error, "create failed")
+        self.created.append(request)
+        return pb.CreateSandboxResponse(sandbox_id=request.sandbox_id, status="running", host_ip="10.11.0.2")
+
+    async def DestroySandbox(self, request: Any, context: Any) -> Any:
+        self.calls.append("DestroySandbox")
+        if self.destroy_error is not None:
+            await context.abort(self.destroy_error, "destroy failed")
+        return pb.DestroySandboxResponse()
+
+    async def PauseSandbox(self, request: Any, context: Any) -> Any:
+        self.calls.append("PauseSandbox")
+        return pb.PauseSandboxResponse()
+
+    async def ResumeSandbox(self, request: Any, context: Any) -> Any:
+        self.calls.append(f"ResumeSandbox:{request.timeout_sec}")
+        return pb.ResumeSandboxResponse(sandbox_id=request.sandbox_id, status="running", host_ip="10.11.0.3")
+
+    async def PingSandbox(self, request: Any, context: Any) -> Any:
+        self.calls.append("PingSandbox")
+        return pb.PingSandboxResponse()
+
+
+@dataclass
+class Env:
+    cp: CP
+    user: User
+    key: str
+    agent: ScriptedAgent
+
+    async def api(self, method: str, path: str, **kw: Any) -> Any:
+        return await self.cp.http.request(method, path, headers={"X-API-Key": self.key}, **kw)
+
+
+@pytest.fixture(scope="module")
+async def env(cp: CP, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    admin = await cp.signup(admin=True)
+    _, token = await admin.create_host()
+    address = f"127.0.0.1:{free_port()}"
+    creds = await link.obtain_credentials(
+        cp_url=cp.url,
+        data_dir=Path(tmp_path_factory.mktemp("scripted")),
+        register_token=token,
+        address=address,
+    )
+    agent = ScriptedAgent()
+    server = grpc.aio.server()
+    pb_grpc.add_HostAgentServicer_to_server(agent, server)
+    server.add_secure_port(address, link.TlsMaterial(creds).server_credentials())
+    await server.start()
+    user = await cp.signup()
+    try:
+        yield Env(cp, user, await user.api_key(), agent)
+    finally:
+        await server.stop(0)
+
+
+async def test_create_sends_the_resolved_template_and_options(env: Env) -> None:
+    r = await env.api("POST", "/v1/sandboxes", json={"vcpus": 0, "memory_mb": -1, "internet": False})
+    assert r.status_code == 201, r.text
+    sb = r.json()
+    assert sb["status"] == "running" and sb["host_ip"] == "10.11.0.2" and sb["internet"] is False
+    assert (sb["vcpus"], sb["memory_mb"], sb["timeout_sec"], sb["template"]) == (1, 512, 0, "minimal")
+    assert "host_id" not in sb and "team_id" not in sb and sb["started_at"]
+    req = env.agent.created[-1]
+    assert req.sandbox_id == sb["id"] and req.internet is False and req.disk_size_mb == 5120
+    assert req.template_id == str(ids.ZERO_UUID) and req.team_id == str(ids.ZERO_UUID)
+
+
+async def test_snapshot_template_overrides_shape(env: Env) -> None:
+    team = ids.parse_id(ids.Kind.TEAM, env.user.team_id)
+    tpl = ids.new_uuid()
+    await sql(env.cp, "INSERT INTO templates (id, name, type, vcpus, memory_mb, team_id) "
+                      "VALUES (:id, 'snap-1', 'snapshot', 2, 1024, :t)", id=tpl, t=team)  # fmt: skip
+    r = await env.api("POST", "/v1/sandboxes", json={"template": "snap-1", "vcpus": 4, "memory_mb": 4096})
+    assert r.status_code == 201, r.text
+    assert (r.json()["vcpus"], r.json()["memory_mb"]) == (2, 1024)
+    req = env.agent.created[-1]
+    assert (req.vcpus, req.memory_mb, req.template_id, req.team_id) == (2, 1024, str(tpl), str(team))
+    # Another team cannot use it.
+    other = await env.cp.signup()
+    r = await env.cp.http.post("/v1/sandboxes", json={"template": "snap-1"}, headers=other.h)
+    assert r.status_code == 404 and r.json()["error"]["message"] == 'template "snap-1" not found'
+
+
+async def test_create_failure_marks_error_and_maps_the_rpc_code(env: Env) -> None:
+    env.agent.create_error = grpc.StatusCode.INTERNAL
+    try:
+        r = await env.api("POST", "/v1/sandboxes", json={})
+    finally:
+        env.agent.create_error = None
+    assert r.status_code == 502 and r.json()["error"]["code"] == "agent_error"
+    rows = await sql(env.cp, "SELECT status FROM sandboxes ORDER BY created_at DESC LIMIT 1")
+    assert rows[0][0] == "error"
+    listed = (await env.api("GET", "/v1/sandboxes")).json()
+    assert all(s["status"] not in ("error", "stopped") for s in listed)
+
+
+async def test_destroy_swallows_only_not_found(env: Env) -> None:
+    sb = (await env.api("POST", "/v1/sandboxes", json={})).json()["id"]
+    for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
+        env.agent.destroy_error = code
+        r = await env.api("DELETE", f"/v1/sandboxes/{sb}")
+        assert r.status_code in (502, 409), (code, r.text)
+        assert (await env.api("GET", f"/v1/sandboxes/{sb}")).json()["status"] == "running"
+    env.agent.destroy_error = grpc.StatusCode.NOT_FOUND
+    try:
+        assert (await env.api("DELETE", f"/v1/sandboxes/{sb}")).status_code == 204
+    finally:
+        env.agent.destroy_error = None
+    assert (await env.api("GET", f"/v1/sandboxes/{sb}")).json()["status"] == "stopped"
+    calls = len(env.agent.calls)
+    assert (await env.api("DELETE", f"/v1/sandboxes/{sb}")).status_code == 204  # again: no RPC
+    assert len(env.agent.calls) == calls
+
+
+async def test_pause_resume_ping_rules(env: Env) -> None:
+    sb = (await env.api("POST", "/v1/sandboxes", json={"timeout_sec": 77})).json()["id"]
+    assert (await env.api("POST", f"/v1/sandboxes/{sb}/ping")).status_code == 204
+    r = await env.api("POST", f"/v1/sandboxes/{sb}/resume")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_state"
+    assert (await env.api("POST", f"/v1/sandboxes/{sb}/pause")).json()["status"] == "paused"
+    r = await env.api("POST", f"/v1/sandboxes/{sb}/pause")
+    assert r.status_code == 409 and "not running (status: paused)" in r.json()["error"]["message"]
+    assert (await env.api("POST", f"/v1/sandboxes/{sb}/ping")).status_code == 409
+    r = await env.api("POST", f"/v1/sandboxes/{sb}/resume")
+    assert r.status_code == 200 and r.json()["host_ip"] == "10.11.0.3"
+    assert "ResumeSandbox:77" in env.agent.calls
+    # A sandbox of another team is 404 for every verb.
+    other = await env.cp.signup()
+    for method, path in [
+        ("GET", ""),
+        ("DELETE", ""),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+        ("POST", "/ping"),
+    ]:
+        r = await env.cp.http.request(method, f"/v1/sandboxes/{sb}{path}", headers=other.h)
+        assert r.status_code == 404, (method, path)
+    assert (await env.api("GET", "/v1/sandboxes/cl-abc")).status_code == 400
+
+
+async def test_no_eligible_host_is_503(env: Env) -> None:
+    await sql(env.cp, "UPDATE hosts SET status = 'unreachable'")
+    try:
+        r = await env.api("POST", "/v1/sandboxes", json={})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_hosts_available"
+    finally:
+        await sql(env.cp, "UPDATE hosts SET status = 'online'")
