@@ -113,8 +113,10 @@ class HostClientPool:
                 ("grpc.default_authority", host_id),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
+                # A host back from an outage should be reachable on the next monitor pass, not
+                # after gRPC's default reconnect backoff (up to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 5_000),
             ],
         )
         return HostClient(host_id, address, channel, generation)
