@@ -128,15 +128,24 @@ class LiveCP:
         return engine
 
     # -- helpers built on the services (the same ones the API and dashboard use) ----------
-    async def signup(self, name: str = "Test User", email: str | None = None, password: str = PASSWORD) -> Account:
+    async def signup(
+        self, name: str = "Test User", email: str | None = None, password: str = PASSWORD
+    ) -> Account:
         email = email or unique_email()
         result = await auth_svc.signup(self.engine, JWT_SECRET, email=email, password=password, name=name)
-        return Account(email=email, name=name, user_id=result.user_id, team_id=result.team_id, password=password)
+        return Account(
+            email=email, name=name, user_id=result.user_id, team_id=result.team_id, password=password
+        )
 
     def ctx(self, account: Account, team_id: str | None = None, role: str = "owner") -> AuthContext:
         team = ids.parse_id(ids.Kind.TEAM, team_id or account.team_id)
         return AuthContext(
-            kind="jwt", team_id=team, user_id=account.user_uuid, email=account.email, name=account.name, role=role
+            kind="jwt",
+            team_id=team,
+            user_id=account.user_uuid,
+            email=account.email,
+            name=account.name,
+            role=role,
         )
 
     async def make_admin(self, account: Account) -> None:
@@ -284,4 +293,3 @@ async def sandbox_row(
         vcpus=vcpus, mem=memory_mb, timeout=timeout_sec,
     )  # fmt: skip
     return ids.sandbox_id(sb)
-

@@ -134,7 +134,9 @@ async def test_every_login_starts_from_a_clean_team_list(web: Web, live: LiveCP)
     await web.shot(page, "bob-teams")
 
 
-async def test_invited_user_without_a_default_team_lands_on_the_team_they_joined(web: Web, live: LiveCP) -> None:
+async def test_invited_user_without_a_default_team_lands_on_the_team_they_joined(
+    web: Web, live: LiveCP
+) -> None:
     """SEED loginTeam fix: a user with no live default membership logs in to their earliest
     active team instead of being refused."""
     owner = await live.signup("Olga Owner")
@@ -178,7 +180,10 @@ async def test_github_button_and_oauth_landing_page(web: Web, live: LiveCP) -> N
     values = {"token": result.token, "user_id": result.user_id, "team_id": result.team_id,
               "email": result.email, "name": result.name}  # fmt: skip
     await page.context.add_cookies(
-        [{"name": f"warren_oauth_{k}", "value": quote(v, safe=""), "url": live.url + "/auth/"} for k, v in values.items()]
+        [
+            {"name": f"warren_oauth_{k}", "value": quote(v, safe=""), "url": live.url + "/auth/"}
+            for k, v in values.items()
+        ]
     )
     await page.goto("/auth/github/callback")
     await page.wait_for_url("**/dashboard/sandboxes")

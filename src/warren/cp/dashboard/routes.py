@@ -259,7 +259,7 @@ async def admin_page(request: Request, tab: str = "platform", page: int = 1) -> 
     return _page(
         request, viewer, "admin.html", nav="admin", title="Admin",
         tab="byoc" if tab == "byoc" else "platform", platform_hosts=platform,
-        byoc_groups=paged[page - 1], byoc_count=len(byoc), page=page, pages=len(paged),
+        byoc_groups=paged[page - 1], byoc_count=len(byoc), page_no=page, pages=len(paged),
     )  # fmt: skip
 
 
