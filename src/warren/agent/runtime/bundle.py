@@ -1,0 +1,231 @@
+"""The OCI bundle (config.json) of one sandbox: namespaces, limits, and the hardening.
+
+Security layers, outermost first (docs/security.md explains each):
+
+* a user namespace: container uid 0..65535 is host uid MAPPED_BASE.. — root inside is nobody
+  outside;
+* pid, mount, ipc, uts, cgroup and network namespaces (the netns is prepared by network.py);
+* a Docker-like minimal capability set without CAP_SYS_ADMIN / NET_ADMIN / SYS_MODULE …;
+* no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation,
+  bpf, perf, keyring, ptrace of other processes' memory …);
+* masked and read-only /proc and /sys paths;
+* cgroup limits on CPU, memory (no swap) and pids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
+
+GUEST_MOUNT = "/.warren/guest"
+RUN_MOUNT = "/run/warren"
+GUEST_SOCKET = f"{RUN_MOUNT}/guest.sock"
+CGROUP_PARENT = "warren"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's default set minus NET_RAW (no raw sockets: no packet spoofing inside the sandbox
+# network) and MKNOD/AUDIT_WRITE, which a sandbox has no use for.
+CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+]
+
+MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/sysrq-trigger",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/sys/kernel",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
+
+# Syscalls no sandbox process may make. Most already need a capability we drop; denying them
+# here as well means a kernel bug in a capability check is not enough to reach them.
+DENIED_SYSCALLS = [
+    # filesystems and mounts
+    "mount", "umount", "umount2", "pivot_root",
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "open_by_handle_at", "name_to_handle_at", "quotactl", "quotactl_fd",
+    # kernel, modules, boot
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "reboot", "swapon", "swapoff", "syslog", "acct", "lookup_dcookie", "uselib",
+    "iopl", "ioperm", "vm86", "vm86old", "nfsservctl", "_sysctl", "sysfs",
+    # clocks
+    "settimeofday", "stime", "clock_settime", "clock_settime64", "clock_adjtime",
+    "clock_adjtime64", "adjtimex",
+    # namespaces: even a nested user namespace must not give mount/net admin powers
+    "unshare", "setns",
+    # tracing, bpf, perf, keyrings, userfaultfd, cross-process memory
+    "bpf", "perf_event_open", "add_key", "request_key", "keyctl", "userfaultfd",
+    "process_vm_readv", "process_vm_writev", "kcmp", "ptrace",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "fanotify_init", "get_kernel_syms", "query_module", "create_module",
+]  # fmt: skip
+
+# clone(2) with any CLONE_NEW* flag (namespace creation) is refused; plain fork/threads pass.
+# NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+EPERM = 1
+ENOSYS = 38
+
+
+def seccomp_profile() -> dict[str, Any]:
+    names = list(DENIED_SYSCALLS)
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
+            # One rule per namespace flag: the rules OR together, and libseccomp has no
+            # "masked not-equal" to test them all at once.
+            *(
+                {
+                    "names": ["clone"],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": EPERM,
+                    "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+                }
+                for flag in CLONE_NS_FLAGS
+            ),
+            # clone3 passes flags in a struct seccomp cannot read; ENOSYS makes libc fall back
+            # to clone(2), which the rule above filters (Docker does the same).
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+        ],
+    }
+
+
+@dataclass(slots=True)
+class BundleSpec:
+    sandbox_id: str
+    rootfs: Path
+    guest_dir: Path  # host dir bind-mounted read-only at /.warren/guest
+    run_dir: Path  # host dir bind-mounted at /run/warren (the guest's socket lives here)
+    netns_path: str
+    hostname: str
+    vcpus: int
+    memory_mb: int
+    pids_limit: int = 1024
+    env: dict[str, str] = field(default_factory=dict)
+    guest_argv: list[str] = field(default_factory=list)
+
+
+def cgroups_path(sandbox_id: str) -> str:
+    # Absolute, so runc does not nest it under the agent's own cgroup.
+    return f"/{CGROUP_PARENT}/{sandbox_id}"
+
+
+def oci_config(spec: BundleSpec) -> dict[str, Any]:
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **spec.env, "HOSTNAME": spec.hostname}
+    mem = spec.memory_mb * 1024 * 1024
+    period = 100_000
+    caps = list(CAPABILITIES)
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": spec.guest_argv,
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(spec.rootfs), "readonly": False},
+        "hostname": spec.hostname,
+        "mounts": [
+            {
+                "destination": "/proc",
+                "type": "proc",
+                "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            # sysfs cannot be mounted from a user namespace into a netns the host owns, and a
+            # bind of the host's /sys would show other sandboxes' veths: /sys is an empty,
+            # read-only tmpfs instead.
+            {
+                "destination": "/sys",
+                "type": "tmpfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro", "size=4k", "mode=555"],
+            },
+            {
+                "destination": GUEST_MOUNT,
+                "type": "bind",
+                "source": str(spec.guest_dir),
+                "options": ["rbind", "ro", "nosuid", "nodev"],
+            },
+            {
+                "destination": RUN_MOUNT,
+                "type": "bind",
+                "source": str(spec.run_dir),
+                "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
+            },
+        ],
+        "linux": {
+            "uidMappings": [{"containerID": 0, "hostID": MAPPED_BASE, "size": MAPPED_SIZE}],
+            "gidMappings": [{"containerID": 0, "hostID": MAPPED_BASE, "size": MAPPED_SIZE}],
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "user"},
+                {"type": "cgroup"},
+                {"type": "network", "path": spec.netns_path},
+            ],
+            "cgroupsPath": cgroups_path(spec.sandbox_id),
+            "resources": {
+                "devices": [{"allow": False, "access": "rwm"}],
+                "memory": {"limit": mem, "swap": mem},
+                "cpu": {"quota": spec.vcpus * period, "period": period},
+                "pids": {"limit": spec.pids_limit},
+            },
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp_profile(),
+        },
+    }

@@ -1,0 +1,246 @@
+"""Template store: the built-in `minimal` rootfs and filesystem snapshots.
+
+Layout under ``<data-dir>/templates``::
+
+    minimal/rootfs/                       Debian bookworm minbase + python3 (read-only lower)
+    minimal/template.json                 build info
+    teams/<team-uuid>/<template-uuid>/
+        layers/0 … layers/N               overlay lower layers, topmost last (N = the
+                                          snapshotted sandbox's upper dir)
+        config.json                       {"kind": "filesystem", "vcpus", "memory_mb", ...}
+
+Every file of a template is owned by the *mapped* uid range (container uid + MAPPED_BASE), so
+root inside a user-namespaced sandbox owns its files while being an unprivileged uid on the
+host. A snapshot copies the parent snapshot's layers with hard links (layers never change once
+written) so deleting one snapshot can never break another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from warren.agent.proc import run
+from warren.errors import InvalidRequest, NotFound
+
+log = logging.getLogger("warren.agent.templates")
+
+# Root in every sandbox is this host uid/gid; container uid N is MAPPED_BASE + N.
+MAPPED_BASE = 1_000_000_000
+MAPPED_SIZE = 65536
+MINIMAL = "minimal"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Directories the runtime mounts over; made at build time so no sandbox writes them to its upper.
+MOUNT_POINTS = (".warren/guest", "run/warren")
+
+
+def parse_uuid(text: str, what: str) -> uuid.UUID:
+    if not text:
+        return uuid.UUID(int=0)
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise InvalidRequest(f"invalid {what}: {text!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRef:
+    team_id: uuid.UUID
+    template_id: uuid.UUID
+
+    @property
+    def is_minimal(self) -> bool:
+        return self.template_id.int == 0
+
+    @classmethod
+    def parse(cls, team_id: str, template_id: str) -> TemplateRef:
+        return cls(parse_uuid(team_id, "team_id"), parse_uuid(template_id, "template_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    lower_layers: list[Path]  # topmost first, as overlayfs' lowerdir wants them
+    config: dict[str, object]
+
+
+def shift_ownership(root: Path, base: int = MAPPED_BASE) -> None:
+    """Re-own every file under ``root`` from uid N to ``base`` + N (idempotent for N < base).
+
+    chown(2) clears set-uid/set-gid bits, so the mode is put back afterwards.
+    """
+
+    def shift(path: str, st: os.stat_result, is_link: bool) -> None:
+        uid = st.st_uid if st.st_uid >= base else st.st_uid + base
+        gid = st.st_gid if st.st_gid >= base else st.st_gid + base
+        if (uid, gid) != (st.st_uid, st.st_gid):
+            os.lchown(path, uid, gid)
+            if not is_link and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    shift(str(root), os.lstat(root), False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            shift(p, st, stat.S_ISLNK(st.st_mode))
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+class TemplateStore:
+    def __init__(self, root: Path, *, minimal_dir: Path | None = None, mirror: str | None = None) -> None:
+        self.root = root
+        # Tests (and hosts with several agents) may keep `minimal` in a shared cache.
+        self.minimal_dir = minimal_dir or root / MINIMAL
+        self.mirror = mirror or os.environ.get("WARREN_DEBIAN_MIRROR", DEFAULT_MIRROR)
+        self._build_lock = asyncio.Lock()
+
+    @property
+    def minimal_rootfs(self) -> Path:
+        return self.minimal_dir / "rootfs"
+
+    def snapshot_dir(self, ref: TemplateRef) -> Path:
+        return self.root / "teams" / str(ref.team_id) / str(ref.template_id)
+
+    # ---------------------------------------------------------------------------- minimal
+
+    async def ensure_minimal(self) -> Path:
+        """Build `minimal` on first use. Concurrent callers (and other agents) wait for one build."""
+        if (self.minimal_dir / "template.json").exists():
+            return self.minimal_rootfs
+        async with self._build_lock:
+            self.minimal_dir.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = self.minimal_dir.parent / f".{self.minimal_dir.name}.lock"
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                if not (self.minimal_dir / "template.json").exists():
+                    await self._build_minimal()
+            finally:
+                os.close(fd)
+        return self.minimal_rootfs
+
+    async def _build_minimal(self) -> None:
+        # Build next to the destination and rename, so a crash never leaves a half template.
+        tmp = self.minimal_dir.parent / f".{self.minimal_dir.name}.build-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        started = time.monotonic()
+        log.info("event=template_build_start template=minimal mirror=%s", self.mirror)
+        proc = await asyncio.create_subprocess_exec(
+            "debootstrap", "--variant=minbase", "--include=python3", "bookworm",
+            str(tmp / "rootfs"), self.mirror,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        tail: list[str] = []
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail = [*tail[-20:], line]
+            # debootstrap's "I: Retrieving/Validating/Unpacking …" lines are the progress report.
+            log.info("event=template_build_progress template=minimal %s", line)
+        if await proc.wait() != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError("debootstrap failed: " + " | ".join(tail[-5:]))
+        rootfs = tmp / "rootfs"
+        await asyncio.to_thread(self._finish_rootfs, rootfs)
+        info = {"name": MINIMAL, "built_at": int(time.time()), "mapped_base": MAPPED_BASE}
+        (tmp / "template.json").write_text(json.dumps(info))
+        if self.minimal_dir.exists():
+            shutil.rmtree(self.minimal_dir)
+        os.rename(tmp, self.minimal_dir)
+        log.info("event=template_build_done template=minimal seconds=%.1f", time.monotonic() - started)
+
+    @staticmethod
+    def _finish_rootfs(rootfs: Path) -> None:
+        # The package cache is 30+ MB that no sandbox needs.
+        for p in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+            p.unlink()
+        for mp in MOUNT_POINTS:
+            (rootfs / mp).mkdir(parents=True, exist_ok=True)
+        shift_ownership(rootfs)
+
+    # --------------------------------------------------------------------------- lookups
+
+    async def resolve(self, ref: TemplateRef) -> Template:
+        if ref.is_minimal:
+            rootfs = await self.ensure_minimal()
+            return Template([rootfs], {"kind": "base", "name": MINIMAL})
+        d = self.snapshot_dir(ref)
+        try:
+            config = json.loads((d / "config.json").read_text())
+        except FileNotFoundError:
+            raise NotFound(
+                f"template {ref.template_id} of team {ref.team_id} not found on this host"
+            ) from None
+        rootfs = await self.ensure_minimal()
+        n = int(config["layer_count"])
+        layers = [d / "layers" / str(i) for i in reversed(range(n))]
+        return Template([*layers, rootfs], config)
+
+    # ------------------------------------------------------------------------- snapshots
+
+    async def create_snapshot(
+        self, ref: TemplateRef, *, upper: Path, snapshot_layers: list[Path], config: dict[str, object]
+    ) -> int:
+        """Store ``snapshot_layers`` (bottom first) + a copy of ``upper`` as template ``ref``.
+
+        Replaces an existing snapshot of the same ref only once the new one is complete.
+        Returns the size in bytes of the new template dir.
+        """
+        if ref.is_minimal:
+            raise InvalidRequest("cannot overwrite the built-in minimal template")
+        final = self.snapshot_dir(ref)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            (tmp / "layers").mkdir(parents=True)
+            for i, layer in enumerate(snapshot_layers):
+                # Layers are immutable once written: hard links share them at no cost.
+                await run("cp", "-al", str(layer), str(tmp / "layers" / str(i)))
+            # `cp -a` keeps owners, modes, xattrs (overlay opaque dirs) and whiteout devices.
+            await run("cp", "-a", str(upper), str(tmp / "layers" / str(len(snapshot_layers))))
+            cfg = {**config, "kind": "filesystem", "layer_count": len(snapshot_layers) + 1}
+            (tmp / "config.json").write_text(json.dumps(cfg))
+            old = None
+            if final.exists():
+                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(final, old)
+            os.rename(tmp, final)
+            if old is not None:
+                await asyncio.to_thread(shutil.rmtree, old, True)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            raise
+        return await asyncio.to_thread(dir_size, final)
+
+    async def delete_snapshot(self, ref: TemplateRef) -> bool:
+        """Remove the snapshot's files; False when there was nothing (not an error)."""
+        if ref.is_minimal:
+            raise InvalidRequest("the built-in minimal template cannot be deleted")
+        d = self.snapshot_dir(ref)
+        if not d.exists():
+            return False
+        # Rename first so a concurrent create never sees a half-deleted template.
+        doomed = d.parent / f".{d.name}.del-{uuid.uuid4().hex[:8]}"
+        os.rename(d, doomed)
+        await asyncio.to_thread(shutil.rmtree, doomed)
+        return True
