@@ -216,9 +216,13 @@ class Web:
     def origin(self) -> str:
         return self.live.url
 
-    async def new_page(self, viewport: dict[str, int] | None = None) -> Page:
+    async def new_page(self, viewport: dict[str, int] | None = None, *, record: bool = True) -> Page:
+        """A page in a fresh browser context. With ``record`` (the default) every request it makes
+        must go to the control plane; only the CSRF test, which visits an attacker's origin on
+        purpose, turns that off."""
         ctx = await self.browser.new_context(viewport=viewport or LAPTOP, base_url=self.live.url)  # type: ignore[arg-type]
-        ctx.on("request", lambda req: self.requests.append(req.url))
+        if record:
+            ctx.on("request", lambda req: self.requests.append(req.url))
         self.contexts.append(ctx)
         page = await ctx.new_page()
         page.on("pageerror", lambda err: self.page_errors.append(str(err)))
