@@ -20,18 +20,22 @@ from warren.cp.api import (
 from warren.cp.api import exec as exec_api
 from warren.cp.dashboard import router as dashboard_router
 
+# Order matters for speed, not meaning: FastAPI tries routers in this order, so the hot
+# API-key/JWT read paths (sandboxes, snapshots, teams) come first. Routers sharing a path
+# prefix keep their relative order (``/v1/sandboxes`` before its sub-routers); the dashboard,
+# which owns the non-API paths, stays last.
 ROUTERS: list[APIRouter] = [
-    auth.router,
-    oauth.router,
-    api_keys.router,
-    users.router,
-    teams.router,
-    admin.router,
-    hosts.router,
     sandboxes.router,
     exec_api.router,
     files.router,
-    snapshots.router,
     metrics.router,
+    snapshots.router,
+    teams.router,
+    api_keys.router,
+    auth.router,
+    oauth.router,
+    users.router,
+    admin.router,
+    hosts.router,
     dashboard_router,
 ]
