@@ -30,6 +30,19 @@ def agent_command(
         "/var/lib/warren/agent"
     ),
     runtime: Annotated[str, typer.Option(help="OCI runtime: runc or crun")] = "runc",
+    cp: Annotated[
+        str | None,
+        typer.Option(
+            envvar="WARREN_CP_URL",
+            help="control plane URL; when set the agent registers/heartbeats and serves ONLY mTLS",
+        ),
+    ] = None,
+    register: Annotated[
+        str | None, typer.Option(help="one-time registration token (always re-registers)")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="host:port the control plane dials (required with --register)")
+    ] = None,
 ) -> None:
     """Run the host agent: sandboxes on this machine, served over gRPC."""
     if os.geteuid() != 0:
@@ -51,7 +64,43 @@ def agent_command(
             err=True,
         )
         raise typer.Exit(code=1)
+    if (register or address) and not cp:
+        typer.echo("--register and --address need --cp (or WARREN_CP_URL)", err=True)
+        raise typer.Exit(code=2)
     setup_logging()
-    from warren.agent.main import serve
+    from warren.agent.control_plane import ControlPlaneError
 
-    asyncio.run(serve(listen, data_dir, runtime=runtime))
+    try:
+        asyncio.run(_run(listen, data_dir, runtime, cp, register, address))
+    except ControlPlaneError as e:
+        typer.echo(f"warren agent: {e}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+async def _run(
+    listen: str, data_dir: Path, runtime: str, cp: str | None, register: str | None, address: str | None
+) -> None:
+    from warren.agent.main import AgentHandle, ExtraTask, serve
+
+    if not cp:
+        await serve(listen, data_dir, runtime=runtime)
+        return
+    # Registered with a control plane (SPEC §3): credentials first, then serve only over mTLS
+    # with the certificate the CP issued, and keep the heartbeat running beside the server.
+    from warren.agent.control_plane import AgentHooks, ControlPlaneLink
+
+    link = await ControlPlaneLink.connect(
+        cp_url=cp, data_dir=data_dir, register_token=register, address=address
+    )
+
+    async def control_plane_task(handle: AgentHandle) -> None:
+        async def shutdown() -> None:
+            handle.terminate()  # the CP deleted this host: destroy every sandbox, then stop
+
+        try:
+            await link.start(AgentHooks(pause_all=handle.manager.pause_all, shutdown=shutdown))
+        finally:
+            await link.stop()
+
+    tasks: list[ExtraTask] = [control_plane_task]
+    await serve(listen, data_dir, runtime=runtime, tls=link.server_credentials(), extra_tasks=tasks)

@@ -22,12 +22,9 @@ HEARTBEAT_S = "1"
 
 
 def minimal_cache_env() -> dict[str, str]:
-    """Where the agent engineer's tests cache the debootstrapped ``minimal`` template."""
-    env = {}
-    cache = os.environ.get("WARREN_TEST_MINIMAL_DIR")
-    if cache:
-        env["WARREN_MINIMAL_DIR"] = cache
-    return env
+    """The debootstrapped ``minimal`` template cache the agent tests share (built once)."""
+    cache = os.environ.get("WARREN_TEST_MINIMAL_DIR", "/var/cache/warren-test/templates/minimal")
+    return {"WARREN_MINIMAL_DIR": cache}
 
 
 class AgentProcess:
@@ -41,7 +38,7 @@ class AgentProcess:
         self.host_id = ""
 
     def command(self, register_token: str | None) -> list[str]:
-        cmd = [sys.executable, "-m", "warren.cli.main", "agent", "--listen", self.address,
+        cmd = [sys.executable, "-m", "warren.agent", "--listen", self.address,
                "--data-dir", str(self.data_dir), "--cp", self.cp_url, "--address", self.address]  # fmt: skip
         if register_token:
             cmd += ["--register", register_token]
