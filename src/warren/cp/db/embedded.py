@@ -116,6 +116,8 @@ def _can_traverse(path: Path, uid: int, gid: int) -> bool:
 
 def _pid_is_our_postmaster(pid: int, data_dir: Path) -> bool:
     """Whether ``pid`` is a live ``postgres`` whose command line names ``data_dir``."""
+    if not _pid_alive(pid):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -363,31 +365,38 @@ class EmbeddedPostgres:
         tmp.rename(self.data_dir)  # atomic: a cluster dir with PG_VERSION is always complete
         log.info("initdb done in %.2fs", time.monotonic() - t0)
 
-    def _clear_stale_pidfile(self) -> None:
-        pidfile = self.data_dir / "postmaster.pid"
+    def running_postmaster(self) -> tuple[int, int] | None:
+        """(pid, port) of a live server on this cluster started by someone else (e.g. a
+        ``warren up`` in another process), or None."""
         try:
-            pid = int(pidfile.read_text().splitlines()[0])
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
-            pidfile.unlink(missing_ok=True)
-            return
-        if _pid_is_our_postmaster(pid, self.data_dir):
-            # A server from an earlier run that was not stopped (e.g. its supervisor was
-            # SIGKILLed while die_with_parent was off). We own this cluster: shut it down so
-            # that the running server is our child and stop() can account for it.
-            log.warning("stopping leftover postgres (pid %d) on %s", pid, self.data_dir)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)
-            deadline = time.monotonic() + 15
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                while _pid_alive(pid):
-                    time.sleep(0.02)
+            return None
+        if self.process is None and _pid_is_our_postmaster(pid, self.data_dir):
+            return pid, port
+        return None
+
+    def attach(self) -> bool:
+        """Use a server already running on this cluster (no process of ours); True if one is."""
+        found = self.running_postmaster()
+        if found is None or not self.password_file.exists():
+            return False
+        self.port = found[1]
+        self.password = self.password_file.read_text().strip()
+        return True
+
+    def _clear_stale_pidfile(self) -> None:
+        found = self.running_postmaster()
+        if found is not None:
+            # Never kill it: it may be serving a live ``warren up`` that uses the same home.
+            raise EmbeddedPostgresAlreadyRunning(
+                f"PostgreSQL is already running on {self.data_dir} (pid {found[0]}): is another "
+                f"`warren up` using this home? Stop it, or `kill -INT {found[0]}` if it is a leftover."
+            )
         # After a crash the file names a dead pid, or one reused by an unrelated process;
         # postgres refuses to start in the second case, so remove it ourselves.
-        pidfile.unlink(missing_ok=True)
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
         for lock in self.socket_dir.glob(".s.PGSQL.*"):
             lock.unlink(missing_ok=True)
 
@@ -526,6 +535,10 @@ class EmbeddedPostgres:
 
 
 class _PortInUse(EmbeddedPostgresError):
+    pass
+
+
+class EmbeddedPostgresAlreadyRunning(EmbeddedPostgresError):
     pass
 
 

@@ -1,0 +1,179 @@
+"""``warren up`` end to end: first and later starts, persistence, clean shutdown, no leftovers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from warren.cp.db.embedded import free_port
+
+pytestmark = pytest.mark.serial  # start-up times are asserted: keep other tests off the CPUs
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("WARREN_DATABASE_URL", "WARREN_JWT_SECRET", "WARREN_HOME", "WARREN_PUBLIC_URL"):
+        env.pop(k, None)
+    return env
+
+
+def _warren(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "warren.cli.main", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,
+    )
+
+
+def _processes_mentioning(text: str) -> list[tuple[int, str]]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append((int(d.name), cmd))
+    return found
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # 0755: when the suite runs as root, the database runs as the `warren` user and must reach it.
+    d = Path(tempfile.mkdtemp(prefix="warren-up-test-"))
+    d.chmod(0o755)
+    try:
+        yield d / "home"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Up:
+    def __init__(self, home: Path, port: int, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._logf = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli.main", "up", "--port", str(port), "--home", str(home)],
+            env=_env(),
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            assert self.proc.poll() is None, f"warren up exited early:\n{self.log.read_text()}"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self._logf.close()
+
+
+def _assert_nothing_left(home: Path, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        left = _processes_mentioning(str(home)) + _processes_mentioning(f"--port {port}")
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert left == [], f"processes left behind: {left}"
+
+
+def test_warren_up_first_and_second_start_persist_and_stop_cleanly(home: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "up.log"
+
+    # First start: initdb, migrations, JWT secret.
+    up = Up(home, port, log)
+    first = up.wait_ready(60)
+    assert first <= 60
+    r = httpx.get(f"{up.url}/openapi.json", timeout=10)
+    assert r.status_code == 200 and r.json()["info"]["title"] == "Warren"
+    creds = {"email": "up@example.com", "password": "correct-horse", "name": "Up Test"}
+    r = httpx.post(f"{up.url}/v1/auth/signup", json=creds, timeout=30)
+    assert r.status_code == 201, r.text
+
+    # Admin commands reach the database of the running `warren up`.
+    res = _warren("admin", "grant", "UP@example.com ", "--home", str(home))
+    assert res.returncode == 0, res.stderr + res.stdout
+    res = _warren("admin", "list", "--home", str(home))
+    assert "up@example.com" in res.stdout
+    res = _warren("admin", "grant", "nobody@example.com", "--home", str(home))
+    assert res.returncode == 1 and "No account" in res.stderr
+    res = _warren("migrate", "status", "--check", "--home", str(home))
+    assert res.returncode == 0 and "pending  none" in res.stdout
+
+    assert up.stop() == 0
+    _assert_nothing_left(home, port)
+    assert "Warren is up" in log.read_text()
+    secret = home / "jwt-secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert (home / "postgres" / "warren-password").stat().st_mode & 0o777 == 0o600
+
+    # Second start: fast, and the data is still there.
+    up = Up(home, port, log)
+    second = up.wait_ready(30)
+    assert second <= 5, f"second start took {second:.1f}s"
+    r = httpx.post(f"{up.url}/v1/auth/login", json={k: creds[k] for k in ("email", "password")}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert up.stop(signal.SIGINT) == 0  # Ctrl-C
+    _assert_nothing_left(home, port)
+
+    # A supervisor killed outright takes its children with it (parent-death signal).
+    up = Up(home, port, log)
+    up.wait_ready(30)
+    up.stop(signal.SIGKILL)
+    _assert_nothing_left(home, port)
+
+    # And the cluster it left behind (stale postmaster.pid) starts again.
+    up = Up(home, port, log)
+    up.wait_ready(30)
+    assert up.stop() == 0
+    _assert_nothing_left(home, port)
+
+
+def test_port_in_use_is_a_clear_error(home: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = _warren("up", "--port", str(port), "--home", str(home))
+    assert res.returncode == 1 and "already in use" in res.stderr
+
+
+def test_cp_requires_database_url_and_secret() -> None:
+    res = _warren("cp", "--port", str(free_port()))
+    assert res.returncode == 1 and "WARREN_DATABASE_URL" in res.stderr
+
+
+def test_admin_without_any_database_says_how_to_fix(home: Path) -> None:
+    res = _warren("admin", "grant", "x@example.com", "--home", str(home))
+    assert res.returncode == 1 and "warren up" in res.stderr
