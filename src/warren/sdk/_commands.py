@@ -292,8 +292,6 @@ class _CommandsBase:
         )
         data = res.json()
         out, err = decode_exec_response(data)
-        if data.get("timed_out"):
-            raise TimeoutError(f"command timed out after {timeout_sec}s", code="timeout")
         result = CommandResult.from_bytes(
             out, err, int(data["exit_code"]), duration_ms=data.get("duration_ms")
         )

@@ -134,7 +134,10 @@ def error_from_response(status: int, body: bytes) -> WarrenError:
     if not message:
         message = f"HTTP {status}"
     cls: type[WarrenError]
-    if status == 409 and code == "invalid_state":
+    if extra.get("reason") == "timeout":
+        # A command killed at its time limit (the API answers 502 with this marker).
+        cls = TimeoutError
+    elif status == 409 and code == "invalid_state":
         cls = InvalidStateError
     elif status in _BY_STATUS:
         cls = _BY_STATUS[status]

@@ -27,6 +27,7 @@ from warren.cp.db.engine import to_async_url
 
 JWT_SECRET = "sdk-test-secret-" + "s" * 40
 PASSWORD = "pw-" + "x" * 12
+MINIMAL_CACHE = Path(os.environ.get("WARREN_TEST_MINIMAL_DIR", "/var/cache/warren-test/templates/minimal"))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,6 +136,10 @@ class Platform:
         """Create a regular host through the API and start a real agent registered with its
         one-time token; returns once the host is online."""
         from hosts.agentproc import AgentProcess  # the hosts engineer's helper (tests/integration/hosts)
+
+        # Agents share the debootstrapped `minimal` the agent tests cache (else each builds it).
+        if MINIMAL_CACHE.joinpath("template.json").exists():
+            os.environ.setdefault("WARREN_TEST_MINIMAL_DIR", str(MINIMAL_CACHE))
 
         async with httpx.AsyncClient(base_url=self.url, headers=self.user_headers, timeout=60) as http:
             r = await http.post("/v1/hosts", json={"type": "regular"})

@@ -54,6 +54,10 @@ class FakeAgent(pb_grpc.HostAgentServicer):
     async def PauseSandbox(self, request: Any, context: Any) -> Any:
         return pb.PauseSandboxResponse()
 
+    async def ResumeSandbox(self, request: Any, context: Any) -> Any:
+        self.calls.append(("ResumeSandbox", request))
+        return pb.ResumeSandboxResponse(sandbox_id=request.sandbox_id, status="running", host_ip="10.0.0.2")
+
     async def Exec(self, request: Any, context: Any) -> Any:
         await self._maybe_fail("Exec", request, context)
         if request.cmd == "binary":
@@ -434,6 +438,10 @@ async def test_snapshot_rules_broadcast_and_overwrite(env: Env) -> None:
         assert r.status_code == 502
     finally:
         env.a.fail.clear()
+    # The agent pauses before it copies: a failed snapshot resumes it there, then says running.
+    assert ("ResumeSandbox", sid2) in [
+        (n, getattr(c, "sandbox_id", None)) for n, c in env.a.calls + env.b.calls
+    ]
     assert (await env.api("GET", f"/v1/sandboxes/{sid2}")).json()["status"] == "running"
     (old,) = await sql(env.cp, "SELECT id FROM templates WHERE name = 's1'")
     assert not [c for n, c in env.a.calls if n == "DeleteSnapshot" and c.template_id == str(old[0])]

@@ -71,7 +71,6 @@ class ExecResult(BaseModel):
     exit_code: int
     duration_ms: int
     encoding: str = Field(description='"utf-8", or "base64" when stdout or stderr is not UTF-8')
-    timed_out: bool = False
 
 
 class StartProcessBody(BaseModel):
@@ -253,7 +252,16 @@ async def exec_command(
         stdin=stdin,
     )
     limit = body.timeout_sec if body.timeout_sec > 0 else AGENT_DEFAULT_TIMEOUT_S
-    resp = await client.call("Exec", req, deadline=limit + _RPC_SLACK_S)
+    try:
+        resp = await client.call("Exec", req, deadline=limit + _RPC_SLACK_S)
+    except AgentError as e:
+        if e.rpc_code == "DEADLINE_EXCEEDED" and clock.monotonic() - t0 < limit + _RPC_SLACK_S:
+            # The agent killed the command at its time limit (our own deadline had not passed).
+            # Still a 502 (SPEC §2.6), marked so clients can tell it from a failing host.
+            raise AgentError(
+                f"command timed out after {limit}s", rpc_code="DEADLINE_EXCEEDED", reason="timeout"
+            ) from e
+        raise
     duration_ms = int((clock.monotonic() - t0) * 1000)
     await sandbox_access.touch(engine, tgt.uuid)
     out, err, encoding = encode_outputs(resp.stdout, resp.stderr)
@@ -265,7 +273,6 @@ async def exec_command(
         exit_code=resp.exit_code,
         duration_ms=duration_ms,
         encoding=encoding,
-        timed_out=bool(getattr(resp, "timed_out", False)),
     )
 
 

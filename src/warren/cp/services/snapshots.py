@@ -186,7 +186,7 @@ async def create_snapshot(
         resp = await _detached_create(client, tgt.sid, name, team_uuid, new_id)
     except BaseException:
         if was_running:
-            await _revert_running(engine, sb_uuid)
+            await asyncio.shield(_revert_running(engine, client, tgt.sid, sb_uuid))
         raise
 
     try:
@@ -213,16 +213,24 @@ async def _detached_create(
     return resp
 
 
-async def _revert_running(engine: AsyncEngine, sb_uuid: uuid.UUID) -> None:
-    async def revert() -> None:
-        async with engine.begin() as conn:
-            await conn.execute(
-                sa.update(sandboxes)
-                .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "paused")
-                .values(status="running", last_updated=clock.now())
-            )
-
-    await asyncio.shield(revert())
+async def _revert_running(engine: AsyncEngine, client: HostClient, sid: str, sb_uuid: uuid.UUID) -> None:
+    """Undo the pre-mark after a failed snapshot. The agent pauses a sandbox before it copies
+    anything, so it may be paused there now: resume it, and only then say ``running`` — if it
+    cannot be resumed, the row stays ``paused``, which is the truth."""
+    try:
+        await client.call(
+            "ResumeSandbox", pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=-1), deadline=60
+        )
+    except AgentError as e:
+        if e.rpc_code != "FAILED_PRECONDITION":  # FAILED_PRECONDITION: it was never paused
+            log.warning("snapshot failed and the sandbox could not be resumed sandbox=%s: %s", sid, e)
+            return
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(sandboxes)
+            .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "paused")
+            .values(status="running", last_updated=clock.now())
+        )
 
 
 async def _record(
