@@ -87,7 +87,7 @@ async def _run(
         return
     # Registered with a control plane (SPEC §3): credentials first, then serve only over mTLS
     # with the certificate the CP issued, and keep the heartbeat running beside the server.
-    from warren.agent.control_plane import AgentHooks, ControlPlaneLink
+    from warren.agent.control_plane import AgentHooks, ControlPlaneLink, delete_credentials
 
     link = await ControlPlaneLink.connect(
         cp_url=cp, data_dir=data_dir, register_token=register, address=address
@@ -101,6 +101,10 @@ async def _run(
             await link.start(AgentHooks(pause_all=handle.manager.pause_all, shutdown=shutdown))
         finally:
             await link.stop()
+            if handle.destroy_on_stop:
+                # Terminate comes only from the CP (mTLS), when it deletes this host: the
+                # credentials are dead, so a restart must not try them.
+                delete_credentials(data_dir)
 
     tasks: list[ExtraTask] = [control_plane_task]
     await serve(listen, data_dir, runtime=runtime, tls=link.server_credentials(), extra_tasks=tasks)

@@ -626,26 +626,42 @@ async def heartbeat(engine: AsyncEngine, authenticated_host: uuid.UUID, host_id:
             )
 
 
-async def create_system_host(
-    engine: AsyncEngine, *, created_by: uuid.UUID, provider: str = "local"
-) -> tuple[uuid.UUID, str]:
-    """A regular host plus its registration token, created without a request (``warren up``).
+SYSTEM_USER_EMAIL = "system@warren.local"
 
-    ``created_by`` must be an existing user (the column is a FK): the caller picks the platform
-    admin that owns the installation."""
+
+async def _system_user(conn: AsyncConnection) -> uuid.UUID:
+    """The user that records rows the platform makes itself (``created_by`` is NOT NULL). It has
+    no password and no team, so nobody can log in as it."""
+    from warren.cp.db.tables import users
+
+    existing = (await conn.execute(sa.select(users.c.id).where(users.c.email == SYSTEM_USER_EMAIL))).scalar()
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    uid = ids.new_uuid()
+    await conn.execute(
+        pg_insert(users)
+        .values(id=uid, email=SYSTEM_USER_EMAIL, name="Warren system", password_hash=None)
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+    return (await conn.execute(sa.select(users.c.id).where(users.c.email == SYSTEM_USER_EMAIL))).scalar_one()  # type: ignore[no-any-return]
+
+
+async def create_local_host(engine: AsyncEngine, *, provider: str = "local") -> tuple[str, str]:
+    """A regular host and its one-time registration token, made by the platform itself (no
+    request, no user): how ``warren up`` adds the machine it runs on. Returns (host id, token)."""
     async with engine.begin() as conn:
+        creator = await _system_user(conn)
         host_uuid = ids.new_uuid()
         now = clock.now()
         await conn.execute(
             hosts.insert().values(
-                id=host_uuid,
-                type="regular",
-                provider=provider,
-                status="pending",
-                created_by=created_by,
-                created_at=now,
-                updated_at=now,
+                id=host_uuid, type="regular", provider=provider, status="pending",
+                created_by=creator, created_at=now, updated_at=now,
             )
-        )
-        token = await _new_registration_token(conn, host_uuid, created_by)
-    return host_uuid, token
+        )  # fmt: skip
+        token = await _new_registration_token(conn, host_uuid, creator)
+        await audit.record(
+            conn, None, team_id=None, action="create", resource_type="host",
+            resource_id=ids.host_id(host_uuid), scope="admin", metadata={"type": "regular", "local": True},
+        )  # fmt: skip
+    return ids.host_id(host_uuid), token

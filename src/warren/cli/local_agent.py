@@ -1,0 +1,163 @@
+"""The local host agent of ``warren up``: one machine is a complete platform out of the box.
+
+On first start the control plane's database gets a regular host (created by the platform itself,
+see :func:`warren.cp.services.hosts.create_local_host`) and the agent registers with its one-time
+token; its credentials land in ``<home>/agent/host-credentials.json``. Later starts reuse them.
+If an admin deletes the local host, the agent removes its credentials and exits; ``warren up``
+then carries on without it (and the next ``warren up`` registers a fresh one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from warren.agent.control_plane import credentials_path
+
+if TYPE_CHECKING:
+    from warren.cli.up import Supervisor
+
+log = logging.getLogger("warren.up")
+
+DEFAULT_AGENT_PORT = 50051
+
+
+def local_agent_unavailable() -> str | None:
+    """Why this machine cannot run the local agent, or None."""
+    if os.geteuid() != 0:
+        return "the local host agent needs root (namespaces, cgroups, overlayfs): run `sudo warren up`"
+    missing = [b for b in ("ip", "iptables", "mount", "debootstrap", "unshare") if not shutil.which(b)]
+    if not (shutil.which("runc") or shutil.which("crun")):
+        missing.insert(0, "runc")
+    if missing:
+        hint = "apt install runc iptables debootstrap"
+        return f"missing host programs for the local agent: {', '.join(missing)} ({hint})"
+    return None
+
+
+def _pick_port(preferred: int) -> int:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+def _register_local_host(database_url: str) -> str:
+    from warren.cp.db.engine import make_engine
+    from warren.cp.services.hosts import create_local_host
+
+    async def go() -> str:
+        engine = make_engine(database_url, pool_size=1)
+        try:
+            host_id, token = await create_local_host(engine)
+            log.info("created local host %s", host_id)
+            return token
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+class LocalAgentChild:
+    """A ``warren up`` child: ``warren agent`` on 127.0.0.1, registered to the local CP."""
+
+    name = "agent"
+
+    def __init__(
+        self,
+        home: Path,
+        cp_url: str,
+        database_url: str,
+        env: dict[str, str],
+        *,
+        port: int = DEFAULT_AGENT_PORT,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.data_dir = home / "agent"
+        self.cp_url = cp_url
+        self.database_url = database_url
+        self.env = env
+        self.port = port
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.removed = False
+
+    def _argv(self, listen: str, token: str | None) -> list[str]:
+        argv = [sys.executable, "-m", "warren.cli.main", "agent", "--listen", listen,
+                "--data-dir", str(self.data_dir), "--cp", self.cp_url]  # fmt: skip
+        if token:
+            argv += ["--register", token, "--address", listen]
+        return argv
+
+    def start(self, supervisor: Supervisor) -> None:
+        from warren.cli.up import ChildFailed, Stopped, _set_pdeathsig
+
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        creds = credentials_path(self.data_dir)
+        token = None
+        listen_file = self.data_dir / "listen-address"
+        if creds.exists() and listen_file.exists():
+            listen = listen_file.read_text().strip()  # the address the CP knows this host by
+        else:
+            listen = f"127.0.0.1:{_pick_port(self.port)}"
+            token = _register_local_host(self.database_url)
+            listen_file.write_text(listen + "\n")
+        self.process = subprocess.Popen(
+            self._argv(listen, token), env=self.env, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_set_pdeathsig(signal.SIGTERM),
+        )  # fmt: skip
+        deadline = time.monotonic() + self.ready_timeout
+        host, port = listen.rsplit(":", 1)
+        while True:
+            if (code := self.process.poll()) is not None:
+                raise ChildFailed(f"the local agent exited with code {code} while starting")
+            if supervisor.stopping.is_set():
+                raise Stopped
+            if creds.exists():
+                with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+                    return
+            if time.monotonic() > deadline:
+                raise ChildFailed(f"the local agent was not ready after {self.ready_timeout:.0f}s")
+            supervisor.stopping.wait(0.1)
+
+    def poll(self) -> int | None:
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is not None and not credentials_path(self.data_dir).exists():
+            # The host was deleted on the CP: the agent cleaned up and left. Not a failure.
+            if not self.removed:
+                log.warning("the local host was removed from the control plane; its agent has stopped")
+                self.removed = True
+            return None
+        return code
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(45)  # the agent keeps sandboxes for re-adoption; give it its grace
+            except subprocess.TimeoutExpired:
+                log.warning("the local agent did not stop in 45s; killing it")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
