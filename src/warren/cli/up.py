@@ -5,8 +5,9 @@ reverse order:
 
     postgres   the embedded PostgreSQL (skipped when WARREN_DATABASE_URL is set)
     cp         ``warren cp`` as a child process, serving the API and the dashboard
+    agent      the local host agent, registered to that CP (``warren.cli.local_agent``)
 
-(later: ``agent``, the local host agent). Each child leads its own process group, so a
+Each child leads its own process group, so a
 terminal's Ctrl-C reaches only the supervisor, which then stops the children in order; and each
 child gets a parent-death signal, so even a SIGKILLed supervisor leaves nothing running. If a
 child dies on its own, the supervisor stops the others and exits non-zero.
@@ -321,8 +322,12 @@ def up_command(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     home: HomeOpt = None,
+    agent: Annotated[
+        bool, typer.Option("--agent/--no-agent", help="Also run a host agent on this machine (needs root).")
+    ] = True,
 ) -> None:
-    """Run Warren on this machine: embedded PostgreSQL, migrations and the control plane.
+    """Run Warren on this machine: embedded PostgreSQL, migrations, the control plane and a
+    local host agent registered to it.
 
     Data persists in --home. With WARREN_DATABASE_URL set, that PostgreSQL is used instead of
     the embedded one. Ctrl-C (or SIGTERM) stops everything.
@@ -358,6 +363,13 @@ def up_command(
         cp_argv = [sys.executable, "-m", "warren.cli.main", "cp", "--host", host, "--port", str(port)]
         # The cp child applies pending migrations before it serves (one Python start-up fewer).
         sup.start(ProcessChild("cp", [*cp_argv, "--migrate"], env=env, ready=_healthy(base_url)))
+        if agent:  # the local host agent (docs/hosts.md): this machine runs sandboxes too
+            from warren.cli.local_agent import LocalAgentChild, local_agent_unavailable
+
+            if (why := local_agent_unavailable()) is not None:
+                err.print(f"[yellow]No local host agent:[/yellow] {why}")
+            else:
+                sup.start(LocalAgentChild(home_dir, base_url, db_url, env))
 
         _print_banner(base_url, home_dir, embedded, time.monotonic() - t0)
         code = sup.wait()
