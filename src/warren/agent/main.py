@@ -97,7 +97,7 @@ async def serve(
     check_listen(listen, tls=tls is not None)
     data_dir = data_dir.resolve()  # noqa: ASYNC240
     lock_fd = _lock_data_dir(data_dir)
-    env_tpl = os.environ.get("WARREN_MINIMAL_TEMPLATE_DIR")
+    env_tpl = os.environ.get("WARREN_MINIMAL_DIR")
     templates = TemplateStore(
         data_dir / "templates", minimal_dir=minimal_template_dir or (Path(env_tpl) if env_tpl else None)
     )

@@ -128,7 +128,7 @@ class SandboxManager:
         self.sandboxes_dir = data_dir / "sandboxes"
         self.runtime = runtime
         self.templates = templates or TemplateStore(data_dir / "templates")
-        self.network = network or NetworkSlots()
+        self.network = network or NetworkSlots(owner=str(data_dir))
         import warren.guest
 
         self.guest_dir = guest_dir or Path(warren.guest.__file__).resolve().parent
@@ -146,6 +146,7 @@ class SandboxManager:
         with contextlib.suppress(OSError):
             _set_subreaper()
         self.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        self._check_traversable()
         await self.network.setup_host()
         await self._readopt()
         self._tasks = [
@@ -153,6 +154,17 @@ class SandboxManager:
             asyncio.create_task(self._loop(METRICS_INTERVAL, self._sample_all), name="metrics"),
             asyncio.create_task(self._loop(1.0, self._reap_zombies), name="zombies"),
         ]
+
+    def _check_traversable(self) -> None:
+        """Root in a sandbox is an unprivileged host uid: it must be able to walk down to its
+        rootfs, templates and the guest dir, or the runtime fails with a bare EACCES."""
+        for target in (self.sandboxes_dir, self.templates.minimal_dir.parent, self.guest_dir):
+            for p in [target, *target.parents]:
+                if p.exists() and not os.stat(p).st_mode & 0o001:
+                    raise SystemExit(
+                        f"{p} is not searchable by other users (mode {oct(os.stat(p).st_mode & 0o777)}); "
+                        f"sandbox root maps to an unprivileged host uid and must reach {target}: chmod o+x {p}"
+                    )
 
     async def stop(self) -> None:
         """Stop the loops. Sandboxes keep running: a restarted agent re-adopts them."""
@@ -747,20 +759,3 @@ class SandboxManager:
             except WarrenError as e:
                 log.error("event=leftover_cleanup_failed sandbox_id=%s error=%s", sb_id, e)
         await self.network.cleanup_leftovers(keep={sb.slot for sb in self._sandboxes.values()})
-        await self._cleanup_cgroups(adopted)
-
-    async def _cleanup_cgroups(self, keep: set[str]) -> None:
-        from warren.agent.runtime.oci import CGROUP_ROOT, CONTROLLERS
-
-        for ctrl in CONTROLLERS:
-            parent = CGROUP_ROOT / ctrl / "warren"
-            if not parent.is_dir():
-                continue
-            for d in parent.iterdir():
-                if d.is_dir() and d.name not in keep:
-                    with contextlib.suppress(OSError):
-                        for pid in (d / "cgroup.procs").read_text().split():
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(int(pid), 9)
-                        await asyncio.sleep(0.05)
-                        os.rmdir(d)

@@ -11,6 +11,10 @@ the sandbox end (``eth0`` inside netns ``warren-s<n>``) is ``.2`` and is the san
 * ``WARREN-NAT`` (nat POSTROUTING): MASQUERADE sandbox traffic that leaves 10.11.0.0/16.
 
 Keeping every rule in our own chains makes cleanup a flush, and a leftover is easy to spot.
+
+Several agents may share one machine (tests play several hosts on loopback addresses): a slot
+is claimed host-wide by creating ``/run/warren/netslots/<n>`` (O_EXCL) naming the owner's data
+dir, and an agent only ever cleans up slots it owns or that nobody claims.
 """
 
 # ruff: noqa: ASYNC230, ASYNC240
@@ -38,6 +42,7 @@ FWD_CHAIN = "WARREN-FWD"
 IN_CHAIN = "WARREN-IN"
 NAT_CHAIN = "WARREN-NAT"
 NETNS_DIR = Path("/run/netns")
+CLAIMS_DIR = Path("/run/warren/netslots")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,57 +84,61 @@ async def _iptables(*args: str, table: str = "filter", check: bool = True) -> bo
 class NetworkSlots:
     """Allocates slots and builds/tears down each slot's namespace, veth pair and rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str, claims_dir: Path = CLAIMS_DIR) -> None:
+        self.owner = owner
+        self.claims_dir = claims_dir
         self._used: set[int] = set()
         self._lock = asyncio.Lock()
+
+    def _claim(self, index: int) -> bool:
+        try:
+            fd = os.open(self.claims_dir / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(self.owner)
+        return True
+
+    def _claim_owner(self, index: int) -> str | None:
+        try:
+            return (self.claims_dir / str(index)).read_text()
+        except FileNotFoundError:
+            return None
+
+    def _unclaim(self, index: int) -> None:
+        if self._claim_owner(index) == self.owner:
+            (self.claims_dir / str(index)).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ host setup / cleanup
 
     async def setup_host(self) -> None:
-        """Enable forwarding and install our chains (idempotent: flushes and re-adds)."""
+        """Enable forwarding and install our chains and base rules (idempotent, never flushes:
+        other agents' per-slot rules on this machine stay)."""
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
-        for table, chain, parent, jump_args in (
-            ("filter", FWD_CHAIN, "FORWARD", ()),
-            ("filter", IN_CHAIN, "INPUT", ()),
-            ("nat", NAT_CHAIN, "POSTROUTING", ()),
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
+        for table, chain, parent in (
+            ("filter", FWD_CHAIN, "FORWARD"),
+            ("filter", IN_CHAIN, "INPUT"),
+            ("nat", NAT_CHAIN, "POSTROUTING"),
         ):
             await _iptables("-N", chain, table=table, check=False)
-            await _iptables("-F", chain, table=table)
-            if not await _iptables("-C", parent, *jump_args, "-j", chain, table=table, check=False):
+            if not await _iptables("-C", parent, "-j", chain, table=table, check=False):
                 await _iptables("-I", parent, "1", "-j", chain, table=table)
         sandboxes = f"{VETH_PREFIX}+"
+        established = ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
         # Per-slot DROP rules for internet=false are inserted at position 1, above these.
-        await _iptables("-A", FWD_CHAIN, "-i", sandboxes, "-o", sandboxes, "-j", "DROP")
-        await _iptables("-A", FWD_CHAIN, "-i", sandboxes, "-j", "ACCEPT")
-        await _iptables(
-            "-A",
-            FWD_CHAIN,
-            "-o",
-            sandboxes,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        )
-        await _iptables(
-            "-A",
-            IN_CHAIN,
-            "-i",
-            sandboxes,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        )
-        await _iptables("-A", IN_CHAIN, "-i", sandboxes, "-j", "DROP")
-        await _iptables(
-            "-A", NAT_CHAIN, "-s", str(SUBNET), "!", "-d", str(SUBNET), "-j", "MASQUERADE", table="nat"
-        )
+        base_rules: list[tuple[str, str, tuple[str, ...]]] = [
+            ("filter", FWD_CHAIN, ("-i", sandboxes, "-o", sandboxes, "-j", "DROP")),
+            ("filter", FWD_CHAIN, ("-i", sandboxes, "-j", "ACCEPT")),
+            ("filter", FWD_CHAIN, ("-o", sandboxes, *established)),
+            ("filter", IN_CHAIN, ("-i", sandboxes, *established)),
+            ("filter", IN_CHAIN, ("-i", sandboxes, "-j", "DROP")),
+            ("nat", NAT_CHAIN, ("-s", str(SUBNET), "!", "-d", str(SUBNET), "-j", "MASQUERADE")),
+        ]
+        for table, chain, rule in base_rules:
+            if not await _iptables("-C", chain, *rule, table=table, check=False):
+                await _iptables("-A", chain, *rule, table=table)
 
     async def cleanup_leftovers(self, keep: set[int]) -> list[int]:
         """Remove namespaces, veths and rules of slots not in ``keep`` (a crash's leftovers)."""
@@ -141,20 +150,30 @@ class NetworkSlots:
         for name in os.listdir("/sys/class/net"):
             if name.startswith(VETH_PREFIX) and name[len(VETH_PREFIX) :].isdigit():
                 found.add(int(name[len(VETH_PREFIX) :]))
+        found |= {int(n) for n in os.listdir(self.claims_dir) if n.isdigit()}
+        removed = []
         for idx in sorted(found - keep):
+            owner = self._claim_owner(idx)
+            if owner is not None and owner != self.owner and os.path.isdir(owner):
+                continue  # another agent's sandbox
             await self._teardown(Slot(idx))
-        return sorted(found - keep)
+            if owner is not None:
+                (self.claims_dir / str(idx)).unlink(missing_ok=True)
+            removed.append(idx)
+        return removed
 
     # ------------------------------------------------------------------------- allocation
 
     def mark_used(self, index: int) -> None:
         """Re-adoption: a recorded sandbox already owns this slot."""
         self._used.add(index)
+        if self._claim_owner(index) is None:
+            self._claim(index)
 
     async def acquire(self, *, internet: bool) -> Slot:
         """Allocate the lowest free slot and build its network; the slot is freed on failure."""
         async with self._lock:
-            idx = next((i for i in range(MAX_SLOTS) if i not in self._used), None)
+            idx = next((i for i in range(MAX_SLOTS) if i not in self._used and self._claim(i)), None)
             if idx is None:
                 raise NetworkError("no free network slot")
             self._used.add(idx)
@@ -171,6 +190,7 @@ class NetworkSlots:
         try:
             await self._teardown(slot)
         finally:
+            self._unclaim(slot.index)
             self._used.discard(slot.index)
 
     # ------------------------------------------------------------------------ build/teardown
