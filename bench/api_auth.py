@@ -175,31 +175,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def prepare_schema(database_url: str) -> None:
-    """Bring the database to the current schema: Alembic migrations when the project has them,
-    else the table definitions (the same schema; a test keeps the two in agreement)."""
-    from sqlalchemy import text
+def prepare_schema(database_url: str) -> None:
+    """Bring the database to the current schema with the project's migrations."""
+    from warren.cp.db import migrate
 
-    from warren.cp.db.engine import make_engine
-    from warren.cp.db.tables import RESERVED_NAME_TRIGGER_SQL, SEED_SQL, metadata
-
-    try:
-        from warren.cp.db import migrate  # type: ignore[attr-defined]
-    except ImportError:
-        migrate = None
-    if migrate is not None and hasattr(migrate, "upgrade"):
-        await asyncio.to_thread(migrate.upgrade, database_url)
-        return
-    engine = make_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            exists = (await conn.execute(text("SELECT to_regclass('public.users') IS NOT NULL"))).scalar()
-            if not exists:
-                await conn.run_sync(metadata.create_all)
-                for stmt in RESERVED_NAME_TRIGGER_SQL + SEED_SQL:
-                    await conn.execute(text(stmt))
-    finally:
-        await engine.dispose()
+    migrate.upgrade(database_url)
 
 
 @contextlib.contextmanager
@@ -215,7 +195,7 @@ def local_cp(database_url: str | None) -> Iterator[str]:
             pg.start()
             stack.callback(pg.stop)
             database_url = pg.url
-        asyncio.run(prepare_schema(database_url))
+        prepare_schema(database_url)
         port = free_port()
         env = {
             **os.environ,

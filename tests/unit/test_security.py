@@ -86,9 +86,9 @@ def test_user_jwt_rejections() -> None:
     none_alg = jwt.encode(claims, None, algorithm="none")
     with pytest.raises(Unauthorized):
         tokens.verify_user_jwt(SECRET, none_alg)
-    hs512 = jwt.encode(claims, SECRET, algorithm="HS512")
+    hs512 = jwt.encode(claims, SECRET * 2, algorithm="HS512")
     with pytest.raises(Unauthorized):
-        tokens.verify_user_jwt(SECRET, hs512)
+        tokens.verify_user_jwt(SECRET * 2, hs512)  # right key, wrong algorithm
     with pytest.raises(Unauthorized):
         tokens.verify_user_jwt(SECRET, "a.b.c")
 
