@@ -106,7 +106,10 @@ class LocalAgentChild:
     def start(self, supervisor: Supervisor) -> None:
         from warren.cli.up import ChildFailed, Stopped, _set_pdeathsig
 
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Searchable, not listable: sandbox root (an unprivileged host uid) must reach sandboxes/;
+        # the credentials file itself is 0600.
+        self.data_dir.chmod(0o711)
         creds = credentials_path(self.data_dir)
         token = None
         listen_file = self.data_dir / "listen-address"
