@@ -312,7 +312,14 @@ class _CommandsBase:
             "tag": opts.get("tag") or "",
             "background": background,
         }
-        conn = yield from self._open({**start})
+        stdin = opts.get("stdin")
+        if isinstance(stdin, (str, bytes)):
+            data = stdin_frame(stdin)
+            start["stdin" if "data" in data else "stdin_b64"] = data.get("data", data.get("data_b64"))
+        # Without interactive stdin it is closed at once (programs reading it see EOF, not a
+        # hang); saying so in the start frame means no race with a process that exits first.
+        start["close_stdin"] = stdin is not True
+        conn = yield from self._open(start)
         frame = yield WsRecv(conn)
         pid = yield from _expect_start(conn, frame)
         handle = self._handle_cls(
@@ -324,12 +331,6 @@ class _CommandsBase:
             on_stderr=opts.get("on_stderr"),
             check=bool(opts.get("check")),
         )
-        stdin = opts.get("stdin")
-        if isinstance(stdin, (str, bytes)):
-            yield WsSend(conn, stdin_frame(stdin))
-        if stdin is not True:
-            # No interactive stdin: close it so programs that read stdin see EOF, not a hang.
-            yield WsSend(conn, {"type": "close_stdin"})
         return handle
 
     def _open(self, first: dict[str, Any]) -> Op[Any]:

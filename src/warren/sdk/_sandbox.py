@@ -62,7 +62,7 @@ def _create_op(template: str, opts: CreateOptions) -> Op[SandboxInfo]:
     if opts.get("memory_mb"):
         body["memory_mb"] = opts["memory_mb"]
     if opts.get("envs"):
-        body["envs"] = dict(opts["envs"] or {})
+        body["env"] = dict(opts["envs"] or {})
     if "internet" in opts:
         body["internet"] = bool(opts["internet"])
     res = yield Http("POST", "/v1/sandboxes", json=body)

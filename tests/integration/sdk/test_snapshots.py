@@ -100,8 +100,8 @@ def test_create_and_launch_three_from_it(platform: Platform) -> None:
     assert "app-ready" not in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
 
 
-async def test_second_agent(platform: Platform, tmp_path: Path) -> None:
-    await platform.add_agent("127.0.0.22", tmp_path / "agent-b")
+async def test_second_agent(platform: Platform, platform_dir: Path) -> None:
+    await platform.add_agent("127.0.0.22", platform_dir / "agent-b")
 
 
 def test_delete_with_one_online_agent_failing_keeps_the_record(platform: Platform) -> None:

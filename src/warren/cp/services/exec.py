@@ -7,7 +7,8 @@ the WebSocket handler stays thin and the protocol can be tested without a socket
 Frames to the client: ``start{pid}``, ``stdout``/``stderr`` with ``data`` (text) or ``data_b64``
 (when the bytes are not UTF-8), ``exit{exit_code, error?, reason?}``, ``error{data, code,
 status}``. Frames from the client: ``start`` or ``attach`` first, then ``stdin{data | data_b64}``,
-``close_stdin``, ``signal{signal}`` and ``stop``.
+``close_stdin``, ``signal{signal}`` and ``stop``. A ``start`` frame may carry ``stdin`` (text) or
+``stdin_b64`` and ``close_stdin: true``, applied right after the process starts.
 """
 
 from __future__ import annotations
@@ -352,12 +353,13 @@ def _start_request(sid: str, f: Frame) -> pb.ExecStart:
 
 
 def _stdin_bytes(f: Frame) -> bytes:
-    if isinstance(f.get("data_b64"), str):
-        return decode_b64(f["data_b64"], "data_b64")
     data = f.get("data")
-    if not isinstance(data, str):
+    out = data.encode() if isinstance(data, str) else b""
+    if isinstance(f.get("data_b64"), str):
+        out += decode_b64(f["data_b64"], "data_b64")
+    elif not isinstance(data, str):
         raise InvalidRequest("stdin frame needs data or data_b64")
-    return data.encode()
+    return out
 
 
 async def _forward_events(call: Any, host_id: str, send: Send) -> None:
@@ -446,6 +448,18 @@ async def _run_start(client: HostClient, sid: str, first: Frame, recv: Recv, sen
         return
     queue: asyncio.Queue[pb.ExecStreamRequest | None] = asyncio.Queue()
     queue.put_nowait(pb.ExecStreamRequest(start=start))
+    # Stdin given with the start frame (and closing it) travels with the start itself, so a
+    # process that exits at once never races a client still sending its input.
+    try:
+        if first.get("stdin") is not None or first.get("stdin_b64") is not None:
+            queue.put_nowait(pb.ExecStreamRequest(stdin=_stdin_bytes(
+                {"data": first.get("stdin"), "data_b64": first.get("stdin_b64")}
+            )))  # fmt: skip
+    except InvalidRequest as e:
+        await send(error_frame(e))
+        return
+    if first.get("close_stdin"):
+        queue.put_nowait(pb.ExecStreamRequest(close_stdin=True))
 
     async def requests() -> AsyncIterator[pb.ExecStreamRequest]:
         while True:

@@ -27,7 +27,7 @@ from warren.cp.hosts.client_pool import HostClient, HostClientPool, agent_errors
 from warren.cp.services import Timestamp, sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import parse_body
-from warren.errors import InvalidRequest, PayloadTooLarge
+from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.files")
@@ -435,8 +435,17 @@ async def make_dir(
 ) -> MakeDirResult:
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
     path = _path(parse_body(PathBody, raw_body))
-    resp = await tgt.client().call("MakeDir", pb.MakeDirRequest(sandbox_id=tgt.sid, path=path), deadline=30)
-    return MakeDirResult(created=resp.created)
+    client = tgt.client()
+    # The agent's MakeDir is idempotent and cannot tell whether it created anything: look first.
+    try:
+        st = await client.call("Stat", pb.StatRequest(sandbox_id=tgt.sid, path=path), deadline=30)
+        if st.entry.type == "dir":
+            return MakeDirResult(created=False)
+    except AgentError as e:
+        if not e.is_not_found:
+            raise
+    await client.call("MakeDir", pb.MakeDirRequest(sandbox_id=tgt.sid, path=path), deadline=30)
+    return MakeDirResult(created=True)
 
 
 async def remove(
