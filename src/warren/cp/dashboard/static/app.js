@@ -533,9 +533,9 @@
   }
   function drawChart(svg, points, opts) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
-    var W = 600, H = 180, L = 44, R = 8, T = 10, B = 22;
+    // Drawn in the SVG's own pixel size, so text and strokes are never stretched.
+    var W = Math.max(Math.round(svg.getBoundingClientRect().width) || 600, 200), H = 180, L = 50, R = 8, T = 10, B = 22;
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("preserveAspectRatio", "none");
     var title = svgEl("title"); title.textContent = opts.label; svg.appendChild(title);
     var maxV = opts.max || niceMax(Math.max.apply(null, points.map(function (p) { return p.v; }).concat([0])) * 1.1);
     var now = opts.end, start = opts.start;
@@ -563,7 +563,9 @@
     var d = points.map(function (p, i) { return (i ? "L" : "M") + X(p.t).toFixed(1) + " " + Y(p.v).toFixed(1); }).join(" ");
     var area = d + " L" + X(points[points.length - 1].t).toFixed(1) + " " + Y(0) + " L" + X(points[0].t).toFixed(1) + " " + Y(0) + " Z";
     svg.appendChild(svgEl("path", { d: area, "class": "area " + (opts.cls || "") }));
-    svg.appendChild(svgEl("path", { d: d, "class": "line " + (opts.cls || ""), "vector-effect": "non-scaling-stroke" }));
+    svg.appendChild(svgEl("path", { d: d, "class": "line " + (opts.cls || "") }));
+    var lp = points[points.length - 1];
+    svg.appendChild(svgEl("circle", { cx: X(lp.t).toFixed(1), cy: Y(lp.v).toFixed(1), r: 3.5, "class": "point " + (opts.cls || "") }));
   }
   function initMetrics() {
     var root = $("#metrics");
@@ -574,19 +576,24 @@
     var memLimit = Number(root.getAttribute("data-memory-mb")) || 0;
     var range = root.getAttribute("data-range");
     var spans = { "5m": 300, "10m": 600, "1h": 3600, "2h": 7200, "6h": 21600, "12h": 43200, "24h": 86400 };
+    var last = null;
+    function draw(data) {
+      last = data;
+      var pts = data.points || [];
+      var end = Date.now(), start = end - (spans[range] || 600) * 1000;
+      var cpu = pts.map(function (p) { return { t: Date.parse(p.ts), v: p.cpu_pct }; });
+      var mem = pts.map(function (p) { return { t: Date.parse(p.ts), v: p.mem_mb }; });
+      drawChart(cpuSvg, cpu, { start: start, end: end, max: 100, label: "CPU usage (%)",
+        fmt: function (v) { return Math.round(v) + "%"; } });
+      drawChart(memSvg, mem, { start: start, end: end, cls: "mem", label: "Memory (MB)",
+        fmt: function (v) { return (v < 10 ? v.toFixed(1) : Math.round(v)) + " MB"; } });
+      var latest = pts[pts.length - 1];
+      cpuNow.textContent = latest ? latest.cpu_pct.toFixed(1) + "%" : "—";
+      memNow.textContent = latest ? Math.round(latest.mem_mb) + " MB" + (memLimit ? " of " + memLimit + " MB" : "") : "—";
+      root.setAttribute("data-loaded", String(pts.length));
+    }
     function load() {
-      api(url + "?range=" + encodeURIComponent(range)).then(function (data) {
-        var pts = data.points || [];
-        var end = Date.now(), start = end - (spans[range] || 600) * 1000;
-        var cpu = pts.map(function (p) { return { t: Date.parse(p.ts), v: p.cpu_pct }; });
-        var mem = pts.map(function (p) { return { t: Date.parse(p.ts), v: p.mem_mb }; });
-        drawChart(cpuSvg, cpu, { start: start, end: end, max: 100, fmt: function (v) { return Math.round(v) + "%"; }, label: "CPU usage (%)" });
-        drawChart(memSvg, mem, { start: start, end: end, max: memLimit || null, cls: "mem", fmt: function (v) { return Math.round(v) + " MB"; }, label: "Memory (MB)" });
-        var last = pts[pts.length - 1];
-        cpuNow.textContent = last ? last.cpu_pct.toFixed(1) + "%" : "—";
-        memNow.textContent = last ? Math.round(last.mem_mb) + " MB" : "—";
-        root.setAttribute("data-loaded", String(pts.length));
-      }, function (e) {
+      api(url + "?range=" + encodeURIComponent(range)).then(draw, function (e) {
         root.setAttribute("data-loaded", "error");
         var msg = $("#metrics-error");
         msg.textContent = e.message || GENERIC_ERROR;
@@ -595,6 +602,11 @@
     }
     load();
     setInterval(function () { if (!document.hidden) load(); }, 10000);
+    var resizeTimer = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(function () { if (last) draw(last); }, 150);
+    });
   }
 
   // ------------------------------------------------------------------ team page

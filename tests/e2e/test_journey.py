@@ -1,0 +1,205 @@
+"""The full journey on a live platform (issue 6 "Done when"), with a real ``warren agent`` running
+real sandboxes: sign up → create team → invite a second user → launch a sandbox (live CPU and
+memory charts, pause/resume) → snapshot it → launch from the snapshot → destroy → delete the
+team → land on the other team.
+
+Needs root (the agent uses namespaces, cgroups and overlayfs); CI runs as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, expect
+
+from warren import ids
+from warren.cp.services import hosts as hosts_svc
+from warren.cp.services.context import AuthContext
+
+from .conftest import PASSWORD, LiveCP, Web, unique_email
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+AGENT_IP = "127.0.0.41"
+# Not pytest's tmp_path: its base is 0700, while sandbox root (an unprivileged host uid) must
+# traverse down to its rootfs under the agent's data dir.
+BASE = Path(tempfile.gettempdir()) / "warren-e2e-tests"
+
+
+@pytest.fixture(scope="module")
+async def agent(live: LiveCP) -> AsyncIterator[object]:
+    """A real agent registered as a platform host with a one-time token (the hosts engineer's
+    AgentProcess helper), online before the test starts."""
+    if os.geteuid() != 0:
+        pytest.skip("a real agent needs root (namespaces, cgroups, overlayfs)")
+    from integration.hosts.agentproc import AgentProcess
+
+    operator = await live.signup("Platform Operator")
+    await live.make_admin(operator)
+    admin = AuthContext(kind="jwt", team_id=None, user_id=operator.user_uuid, is_admin=True)
+    created = await hosts_svc.create_host(live.engine, admin, type="regular")
+    BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=BASE))
+    run_dir.chmod(0o755)
+    data_dir = run_dir / "data"
+    proc = AgentProcess(AGENT_IP, data_dir, live.url, port=free_port_on(AGENT_IP))
+    await proc.start(created.registration_token)
+    try:
+        host_uuid = ids.parse_id(ids.Kind.HOST, created.host.id)
+        for _ in range(600):
+            rows = await live.sql("SELECT status FROM hosts WHERE id = :id", id=host_uuid)
+            if rows and rows[0][0] == "online":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"agent did not come online:\n{proc.log_tail()}")
+        yield proc
+    finally:
+        await proc.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def free_port_on(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 30) -> None:
+    """Open the detail page until its charts have data (the agent samples every 500 ms)."""
+    for _ in range(tries):
+        await page.goto(f"/dashboard/sandboxes/{sid}?range={range_}")
+        metrics = page.locator("#metrics")
+        await expect(metrics).to_have_attribute("data-loaded", re.compile(r"^\d+$"))
+        if int(await metrics.get_attribute("data-loaded") or 0) > 0:
+            return
+        await page.wait_for_timeout(1000)
+    raise AssertionError("no metric points arrived")
+
+
+async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
+    del agent
+    page = await web.new_page()
+    nav = page.get_by_role("navigation", name="Main")
+
+    # 1. Sign up (with a Full name).
+    await page.goto("/login?mode=signup")
+    await page.get_by_label("Full name").fill("Journey Owner")
+    await page.get_by_label("Email").fill(unique_email("journey"))
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
+    await page.click("#login-submit")
+    await page.wait_for_url("**/dashboard/sandboxes")
+    await expect(page.get_by_test_id("user-name")).to_have_text("Journey Owner")
+    await web.shot(page, "signed-up")
+
+    # 2. Create a team from the sidebar; it becomes the current team.
+    await page.click("#team-button")
+    await page.get_by_role("menuitem", name="Create team").click()
+    await page.locator("#create-team-dialog").get_by_label("Team name").fill("Journey Lab")
+    await page.locator("#create-team-dialog").get_by_role("button", name="Create team").click()
+    await expect(page.get_by_test_id("current-team")).to_have_text("Journey Lab")
+
+    # 3. Invite a second user through the typeahead.
+    guest = await live.signup("Guest Member")
+    await nav.get_by_role("link", name="Team").click()
+    box = page.get_by_role("combobox", name="Add member by email")
+    await box.press_sequentially(guest.email.split("@")[0] + "@", delay=30)
+    await page.get_by_role("option", name=guest.email).click()
+    await page.get_by_role("button", name="Add member").click()
+    row = page.locator(f'#members-table tr[data-email="{guest.email}"]')
+    await expect(row.locator(".member-name")).to_have_text("Guest Member")
+    await web.shot(page, "team-with-guest")
+
+    # 4. Launch a sandbox.
+    await nav.get_by_role("link", name="Sandboxes").click()
+    await page.get_by_role("button", name="Launch sandbox").first.click()
+    dialog = page.locator("#launch-dialog")
+    await dialog.get_by_label("vCPUs").fill("1")
+    await dialog.get_by_label("Memory (MB)").fill("256")
+    await dialog.get_by_label("Idle timeout (s)").fill("0")
+    await dialog.get_by_role("button", name="Launch").click()
+    await page.wait_for_load_state()
+    rows = page.locator("#sandbox-rows tr")
+    await expect(rows).to_have_count(1, timeout=60_000)
+    first = await rows.first.get_attribute("data-row-id")
+    assert first and first.startswith("sb-")
+    await expect(rows.first.locator(".badge")).to_have_text("Running")
+    await expect(rows.first).to_have_class(re.compile("flash"))
+    await expect(page.locator(".toast")).to_contain_text(f"Sandbox {first} launched")
+    await web.shot(page, "launched")
+
+    # Live CPU and memory charts on the detail page, drawn as inline SVG; ranges in ?range=.
+    await _wait_for_points(page, first, "5m")
+    await expect(page.locator("#cpu-chart path.line")).to_have_count(1)
+    await expect(page.locator("#mem-chart path.line")).to_have_count(1)
+    await expect(page.locator("#mem-now")).to_have_text(re.compile(r"^\d+ MB of 256 MB$"))
+    await expect(page.get_by_role("link", name="5m")).to_have_attribute("aria-current", "true")
+    await web.shot(page, "detail-charts")
+    await page.get_by_role("link", name="1h").click()
+    await page.wait_for_url(re.compile(r"range=1h"))
+    await expect(page.locator("#metrics")).to_have_attribute("data-range", "1h")
+    await expect(page.locator("#metrics")).to_have_attribute("data-loaded", re.compile(r"^[1-9]\d*$"))
+
+    # Pause and resume from the detail page.
+    await page.get_by_role("button", name="Pause").click()
+    await expect(page.locator(".sub .badge")).to_have_text("Paused", timeout=30_000)
+    await page.get_by_role("button", name="Resume").click()
+    await expect(page.locator(".sub .badge")).to_have_text("Running", timeout=30_000)
+
+    # 5. Snapshot it from the list (the sandbox stays paused afterwards).
+    await nav.get_by_role("link", name="Sandboxes").click()
+    await rows.first.get_by_role("button", name=f"Snapshot {first}").click()
+    snap = page.locator("#snapshot-dialog")
+    await expect(snap).to_contain_text(first)
+    await snap.get_by_label("Name").fill("journey-snap")
+    await web.shot(page, "snapshot-dialog")
+    await snap.get_by_role("button", name="Take snapshot").click()
+    await expect(page.locator(".toast")).to_contain_text("Snapshot created", timeout=120_000)
+    await expect(rows.filter(has_text=first).locator(".badge")).to_have_text("Paused")
+
+    # 6. Launch from the snapshot (Templates page, pre-filled launch dialog).
+    await nav.get_by_role("link", name="Templates").click()
+    trow = page.locator("tbody tr").filter(has_text="journey-snap")
+    await expect(trow).to_contain_text("Snapshot")
+    await web.shot(page, "templates")
+    await trow.get_by_role("button", name="Launch from journey-snap").click()
+    await expect(page.locator("#launch-dialog").get_by_label("Memory (MB)")).to_have_value("256")
+    await page.locator("#launch-dialog").get_by_role("button", name="Launch").click()
+    await page.wait_for_url("**/dashboard/sandboxes")
+    await expect(rows).to_have_count(2, timeout=60_000)
+    second_row = rows.filter(has_text="journey-snap")
+    await expect(second_row.locator(".badge")).to_have_text("Running")
+    second = await second_row.get_attribute("data-row-id")
+    assert second and second != first
+    await web.shot(page, "two-sandboxes")
+
+    # 7. Destroy both (with a confirmation).
+    for sid in (second, first):
+        await rows.filter(has_text=sid).get_by_role("button", name=f"Destroy {sid}").click()
+        confirm = page.locator("#confirm-dialog")
+        await expect(confirm).to_contain_text(sid)
+        await confirm.get_by_role("button", name="Destroy").click()
+        await expect(rows.filter(has_text=sid)).to_have_count(0, timeout=60_000)
+    await expect(page.get_by_role("heading", name="No sandboxes yet")).to_be_visible()
+
+    # 8. Delete the team and land on the other team, still signed in.
+    await nav.get_by_role("link", name="Team").click()
+    await page.get_by_role("button", name="Delete team").click()
+    await page.locator("#confirm-dialog").get_by_role("button", name="Delete team").click()
+    await expect(page.locator(".toast")).to_contain_text("Team deleted. Switched to Journey Owner's Team.")
+    await expect(page.get_by_test_id("current-team")).to_have_text("Journey Owner's Team")
+    await expect(page.get_by_test_id("user-name")).to_have_text("Journey Owner")
+    await web.shot(page, "landed-on-other-team")
+
+    # The guest no longer sees the deleted team.
+    gpage = await web.signed_in_page(guest)
+    await gpage.click("#team-button")
+    await expect(gpage.locator("#team-menu")).not_to_contain_text("Journey Lab")
