@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ def start_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     def start(*prefix: str, name: str = "guest.sock", extra: tuple[str, ...] = ()) -> RunningGuest:
         sock = str(sock_dir / name)
         cmd = [*prefix, guest_python(), "-I", "-S", str(GUEST_PY), "--socket", sock, *extra]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         started.append(proc)
         wait_for_socket(sock, proc)
         return RunningGuest(proc, sock, GuestClient(sock, op_timeout=10.0))
@@ -30,11 +31,17 @@ def start_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     died = [(p.args, p.returncode) for p in started if p.poll() is not None and p.returncode != 0]
     for proc in started:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+            # SIGTERM first: the guest forwards it to the processes it started (background ones
+            # live in their own process groups and would otherwise outlive the test). To the
+            # group, so that a guest wrapped in `unshare` gets it too.
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
     # A guest that crashed mid-test would otherwise only show up as confusing "unavailable"s.
     assert not died, f"guest process died unexpectedly: {died}"
-
 
 @pytest.fixture
 def guest(start_guest: Callable[..., RunningGuest]) -> RunningGuest:
