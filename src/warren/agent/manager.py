@@ -163,7 +163,7 @@ class SandboxManager:
                 if p.exists() and not os.stat(p).st_mode & 0o001:
                     raise SystemExit(
                         f"{p} is not searchable by other users (mode {oct(os.stat(p).st_mode & 0o777)}); "
-                        f"sandbox root maps to an unprivileged host uid and must reach {target}: chmod o+x {p}"
+                        f"sandbox root is an unprivileged host uid and must reach {target}: chmod o+x {p}"
                     )
 
     async def stop(self) -> None:

@@ -115,8 +115,8 @@ class Agent:
     def exec(self, sb_id: str, cmd: str, *args: str, **kw: object) -> pb.ExecResponse:
         return self.stub.Exec(pb.ExecRequest(sandbox_id=sb_id, cmd=cmd, args=list(args), **kw), timeout=120)  # type: ignore[arg-type]
 
-    def py(self, sb_id: str, code: str, **kw: object) -> pb.ExecResponse:
-        return self.exec(sb_id, "python3", "-c", code, **kw)
+    def py(self, sb_id: str, code: str, *args: str, **kw: object) -> pb.ExecResponse:
+        return self.exec(sb_id, "python3", "-c", code, *args, **kw)
 
     def destroy_all(self) -> None:
         for sb in self.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes:

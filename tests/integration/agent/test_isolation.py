@@ -1,0 +1,225 @@
+"""What a sandbox must not be able to do: see or touch the host and its neighbours."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from warren.rpc import hostagent_pb2 as pb
+
+from .agentlib import Agent, wait_no_leaks
+
+pytestmark = pytest.mark.root
+
+# A "remote" server for the internet tests: our own netns behind its own veth, so no packet
+# ever leaves this machine.
+INET_NS = "warren-test-inet"
+INET_HOST, INET_PEER = "10.12.77.1", "10.12.77.2"
+
+PROBE = """
+import socket, sys
+s = socket.socket(); s.settimeout(1.5)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print("open")
+except OSError as e:
+    print("blocked", type(e).__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def pair(agent: Agent) -> Iterator[tuple[pb.CreateSandboxResponse, pb.CreateSandboxResponse]]:
+    a = agent.create(memory_mb=128)
+    b = agent.create(memory_mb=128)
+    yield a, b
+    for x in (a, b):
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=x.sandbox_id))
+    for x in (a, b):
+        assert wait_no_leaks(agent, x.sandbox_id, x.host_ip) == []
+
+
+@pytest.fixture(scope="module")
+def fake_internet() -> Iterator[str]:
+    subprocess.run(["ip", "netns", "del", INET_NS], capture_output=True)
+    subprocess.run(["ip", "link", "del", "wtinet0"], capture_output=True)
+    for cmd in (
+        f"ip netns add {INET_NS}",
+        f"ip link add wtinet0 type veth peer name eth0 netns {INET_NS}",
+        f"ip addr add {INET_HOST}/30 dev wtinet0",
+        "ip link set wtinet0 up",
+        f"ip -n {INET_NS} addr add {INET_PEER}/30 dev eth0",
+        f"ip -n {INET_NS} link set eth0 up",
+        f"ip -n {INET_NS} link set lo up",
+    ):
+        subprocess.run(cmd.split(), check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", INET_NS, "python3", "-m", "http.server", "--bind", INET_PEER, "8080"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    yield f"http://{INET_PEER}:8080/"
+    server.kill()
+    server.wait()
+    subprocess.run(["ip", "netns", "del", INET_NS], check=True)
+
+
+def test_root_inside_is_an_unprivileged_uid_outside(agent: Agent, pair: tuple) -> None:
+    a, _ = pair
+    res = agent.exec(a.sandbox_id, "cat", "/proc/self/uid_map")
+    assert res.stdout.split() == [b"0", b"1000000000", b"65536"]
+    pid = int(agent.py(a.sandbox_id, "import os; print(os.getpid())").stdout)
+    assert pid > 1  # own pid namespace
+    guest_host_pid = int((agent.data_dir / "sandboxes" / a.sandbox_id / "init.pid").read_text())
+    assert os.stat(f"/proc/{guest_host_pid}").st_uid == 1_000_000_000
+
+
+def test_cannot_see_host_processes_or_files(agent: Agent, pair: tuple) -> None:
+    a, _ = pair
+    marker = Path(f"/tmp/warren-host-secret-{uuid.uuid4().hex}")
+    marker.write_text("host secret")
+    try:
+        pids = agent.py(
+            a.sandbox_id, "import os; print(' '.join(p for p in os.listdir('/proc') if p.isdigit()))"
+        )
+        visible = [int(p) for p in pids.stdout.split()]
+        assert 1 in visible and len(visible) < 10, visible  # the guest, python, nothing of the host
+        cmd1 = agent.exec(a.sandbox_id, "cat", "/proc/1/cmdline").stdout
+        assert b"guest.py" in cmd1
+        assert agent.exec(a.sandbox_id, "test", "-e", str(marker)).exit_code == 1
+        assert agent.exec(a.sandbox_id, "hostname").stdout.strip() == a.sandbox_id.encode()
+        # the host's /sys is not there; /proc's dangerous corners are masked
+        assert agent.exec(a.sandbox_id, "ls", "/sys").stdout == b""
+        assert agent.exec(a.sandbox_id, "cat", "/proc/kcore").stdout == b""
+    finally:
+        marker.unlink()
+
+
+def test_cannot_see_other_sandboxes_files_or_network(agent: Agent, pair: tuple) -> None:
+    a, b = pair
+    agent.exec(a.sandbox_id, "sh", "-c", "echo mine > /root/a-secret")
+    assert agent.exec(b.sandbox_id, "test", "-e", "/root/a-secret").exit_code == 1
+    # b serves on its own address; the host reaches it, a does not
+    start = pb.ExecStart(sandbox_id=b.sandbox_id, cmd="python3", args=["-m", "http.server", "8000"],
+                         tag="web", background=True)  # fmt: skip
+    ev = agent.stub.ExecStream(iter([pb.ExecStreamRequest(start=start)]))
+    next(ev)
+    ev.cancel()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (
+            subprocess.run(["python3", "-c", PROBE, b.host_ip, "8000"], capture_output=True).stdout
+            == b"open\n"
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("host cannot reach the sandbox's server at host_ip")
+    assert agent.py(a.sandbox_id, PROBE, b.host_ip, "8000").stdout.startswith(b"blocked")
+    # nor the host itself through its gateway (the agent, databases...)
+    gw = agent.exec(a.sandbox_id, "sh", "-c", "ip route 2>/dev/null || cat /proc/net/route").stdout
+    assert gw  # routing exists
+    gateway = a.host_ip.rsplit(".", 1)[0] + "." + str(int(a.host_ip.rsplit(".", 1)[1]) - 1)
+    port = agent.address.rsplit(":", 1)[1]
+    assert agent.py(a.sandbox_id, PROBE, gateway, port).stdout.startswith(b"blocked")
+
+
+def test_internet_on_and_off(agent: Agent, pair: tuple, fake_internet: str) -> None:
+    a, _ = pair
+    fetch = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
+    assert agent.py(a.sandbox_id, fetch, fake_internet).stdout == b"200\n"
+    off = agent.create(internet=False)
+    try:
+        res = agent.py(off.sandbox_id, fetch, fake_internet)
+        assert res.exit_code != 0 and res.stdout == b""
+    finally:
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=off.sandbox_id))
+    assert wait_no_leaks(agent, off.sandbox_id, off.host_ip) == []
+
+
+def test_root_cannot_mount_load_modules_or_write_proc_sys(agent: Agent, pair: tuple) -> None:
+    a, _ = pair
+    sb = a.sandbox_id
+    assert agent.exec(sb, "mount", "-t", "tmpfs", "none", "/mnt").exit_code != 0
+    assert agent.exec(sb, "sh", "-c", "echo 1 > /proc/sys/kernel/sysrq").exit_code != 0
+    assert agent.exec(sb, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward").exit_code != 0
+    assert agent.exec(sb, "unshare", "-r", "-m", "true").exit_code != 0  # no nested namespaces
+    syscalls = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+out = []
+for name, nr, args in (("mount", 165, (b"none", b"/mnt", b"tmpfs", 0, None)),
+                       ("finit_module", 313, (0, b"", 0)),
+                       ("init_module", 175, (None, 0, b"")),
+                       ("unshare", 272, (0x10000000,))):
+    rc = libc.syscall(nr, *args)
+    out.append(f"{name}={rc}:{ctypes.get_errno()}")
+print(" ".join(out))
+"""
+    res = agent.py(sb, syscalls).stdout.decode().split()
+    assert all(r.split("=")[1].startswith("-1:") for r in res), res
+
+
+def test_memory_hog_is_killed_inside_its_sandbox_only(agent: Agent, pair: tuple) -> None:
+    a, b = pair  # 128 MB each
+    res = agent.py(a.sandbox_id, "x = bytearray(400 * 1024 * 1024); print('survived')")
+    assert res.exit_code in (-9, 137) and b"survived" not in res.stdout
+    assert agent.exec(a.sandbox_id, "true").exit_code == 0  # its guest lives on
+    assert agent.exec(b.sandbox_id, "true").exit_code == 0
+
+
+def test_fork_bomb_hits_the_pids_limit_and_the_agent_stays_healthy(agent: Agent) -> None:
+    r = agent.create(memory_mb=512)
+    # Children exec a tiny `sleep` at once, so the pids limit is hit long before memory runs out.
+    bomb = """
+import os
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", "30"])
+        n += 1
+except OSError as e:
+    print(n, e.errno)
+"""
+    try:
+        res = agent.py(r.sandbox_id, bomb, timeout_sec=60)
+        forked, errno = map(int, res.stdout.split())
+        assert errno == 11 and 900 < forked < 1024  # EAGAIN at the pids limit (1024)
+        t = time.monotonic()
+        agent.stub.ListSandboxes(pb.ListSandboxesRequest(), timeout=5)
+        assert time.monotonic() - t < 2
+    finally:
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=60)
+    assert wait_no_leaks(agent, r.sandbox_id, r.host_ip, timeout=15) == []
+
+
+def test_file_paths_cannot_escape(agent: Agent, pair: tuple) -> None:
+    a, _ = pair
+    sb = a.sandbox_id
+    marker = Path(f"/tmp/warren-host-file-{uuid.uuid4().hex}")
+    marker.write_text("host only")
+    written = Path(f"/tmp/warren-escape-{uuid.uuid4().hex}")
+    try:
+        agent.exec(sb, "ln", "-sfn", "/../../../../../../..", "/tmp/up")
+        agent.exec(sb, "ln", "-sfn", str(marker), "/tmp/direct")
+        for path in (f"/../../../../..{marker}", f"/tmp/up{marker}", "/tmp/direct", f"../../..{marker}"):
+            with pytest.raises(grpc.RpcError) as ei:
+                agent.stub.ReadFile(pb.ReadFileRequest(sandbox_id=sb, path=path))
+            assert ei.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), path  # type: ignore[attr-defined]
+        for path in (f"/tmp/up{written}", f"/../../..{written}"):
+            with contextlib.suppress(grpc.RpcError):
+                agent.stub.WriteFile(pb.WriteFileRequest(sandbox_id=sb, path=path, content=b"x"))
+            assert not written.exists()
+        # the host's /etc/shadow is never what comes back for /etc/shadow
+        inside = agent.stub.ReadFile(pb.ReadFileRequest(sandbox_id=sb, path="/tmp/up/etc/hostname")).content
+        assert inside.strip() == sb.encode()
+    finally:
+        marker.unlink()
+        written.unlink(missing_ok=True)
