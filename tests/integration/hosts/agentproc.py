@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,16 @@ def minimal_cache_env() -> dict[str, str]:
     """The debootstrapped ``minimal`` template cache the agent tests share (built once)."""
     cache = os.environ.get("WARREN_TEST_MINIMAL_DIR", "/var/cache/warren-test/templates/minimal")
     return {"WARREN_MINIMAL_DIR": cache}
+
+
+def agent_root() -> Path:
+    """A fresh directory for agents' data dirs. Not pytest's tmp_path: its base is 0700, and a
+    sandbox's root is an unprivileged host uid that must traverse to its own directory."""
+    base = Path("/tmp/warren-hosts-tests")
+    base.mkdir(mode=0o755, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    root.chmod(0o755)
+    return root
 
 
 class AgentProcess:

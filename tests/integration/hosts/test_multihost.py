@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +31,7 @@ from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 
-from .agentproc import AgentProcess
+from .agentproc import AgentProcess, agent_root
 from .cpserver import CP, User, set_byoc, sql
 
 pytestmark = [
@@ -119,8 +120,8 @@ async def beaten_since(c: Cluster, agents: list[AgentProcess], since: Any) -> No
 
 
 @pytest.fixture(scope="module")
-async def cluster(cp: CP, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    root = Path(tmp_path_factory.mktemp("agents"))
+async def cluster(cp: CP) -> AsyncIterator[Cluster]:
+    root = agent_root()
     admin = await cp.signup(admin=True)
     user = await cp.signup()
     owner = await cp.signup()
@@ -139,6 +140,7 @@ async def cluster(cp: CP, tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         yield c
     finally:
         await asyncio.gather(*(a.stop() for a in agents))
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ scheduling
