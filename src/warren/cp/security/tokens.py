@@ -9,6 +9,7 @@ Expiry is checked against ``warren.clock`` rather than the wall clock so tests c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -83,9 +84,19 @@ def issue_user_jwt(
     return jwt.encode(claims, secret, algorithm=_ALG)
 
 
+@functools.lru_cache(maxsize=8192)
+def _verified_claims(secret: str, token: str) -> dict[str, Any]:
+    """Signature check and parse, memoised: a pure function of (secret, token), so caching it
+    skips ~0.1 ms of CPU per request for a token seen before. Nothing about the caller's rights
+    is cached — expiry is checked on every call below and the database on every request.
+    Failures raise and are therefore never cached."""
+    claims: dict[str, Any] = jwt.decode(token, secret, algorithms=[_ALG], options=_DECODE_OPTIONS)
+    return claims
+
+
 def _decode(secret: str, token: str, message: str) -> dict[str, Any]:
     try:
-        claims: dict[str, Any] = jwt.decode(token, secret, algorithms=[_ALG], options=_DECODE_OPTIONS)
+        claims = _verified_claims(secret, token)
     except jwt.PyJWTError as e:
         raise Unauthorized(message) from e
     exp = claims.get("exp")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -193,24 +193,41 @@ async def login_team(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[uuid.UU
     return (row.team_id, row.role) if row else None
 
 
+# Hot statements are built once: constructing a Core statement (and its cache key) per call
+# costs more CPU than the database round trip it describes.
+_TEAM_AND_ROLE = (
+    select(teams, users_teams.c.role)
+    .select_from(
+        teams.outerjoin(
+            users_teams,
+            (users_teams.c.team_id == teams.c.id) & (users_teams.c.user_id == bindparam("user_id")),
+        )
+    )
+    .where(teams.c.id == bindparam("team_id"))
+)
+_TEAM_AND_ROLE_FOR_UPDATE = _TEAM_AND_ROLE.with_for_update(of=teams)
+_MEMBERS = (
+    select(
+        users_teams.c.user_id,
+        users.c.name,
+        users.c.email,
+        users_teams.c.role,
+        users_teams.c.created_at.label("joined_at"),
+    )
+    .join(users, users.c.id == users_teams.c.user_id)
+    .where(users_teams.c.team_id == bindparam("team_id"))
+    .order_by(users_teams.c.created_at, users_teams.c.user_id)
+)
+
+
 async def _team_and_role(
     conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
 ) -> tuple[Any, str]:
     """The live team's row and the caller's role, in one query: 404 when the team is missing or
     deleted, 403 when the caller is not a member. With ``lock`` the team row is locked
     (``FOR UPDATE``) for the rest of the transaction, serialising changes to one team."""
-    q = (
-        select(teams, users_teams.c.role)
-        .select_from(
-            teams.outerjoin(
-                users_teams, (users_teams.c.team_id == teams.c.id) & (users_teams.c.user_id == user_id)
-            )
-        )
-        .where(teams.c.id == team_id)
-    )
-    if lock:
-        q = q.with_for_update(of=teams)
-    row = (await conn.execute(q)).first()
+    q = _TEAM_AND_ROLE_FOR_UPDATE if lock else _TEAM_AND_ROLE
+    row = (await conn.execute(q, {"team_id": team_id, "user_id": user_id})).first()
     if row is None or row.deleted_at is not None:
         raise NotFound("team not found")
     if row.role is None:
@@ -230,18 +247,7 @@ def _require_manager(role: str) -> None:
 
 
 async def _members(conn: AsyncConnection, team_id: uuid.UUID) -> list[Member]:
-    rows = await conn.execute(
-        select(
-            users_teams.c.user_id,
-            users.c.name,
-            users.c.email,
-            users_teams.c.role,
-            users_teams.c.created_at.label("joined_at"),
-        )
-        .join(users, users.c.id == users_teams.c.user_id)
-        .where(users_teams.c.team_id == team_id)
-        .order_by(users_teams.c.created_at, users_teams.c.user_id)
-    )
+    rows = await conn.execute(_MEMBERS, {"team_id": team_id})
     return [_member_view(r) for r in rows]
 
 
