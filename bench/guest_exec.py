@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+import warren.guest  # noqa: E402
 from warren.agent.guest_client import GuestClient  # noqa: E402
 
-GUEST_PY = ROOT / "src" / "warren" / "guest" / "guest.py"
+GUEST_PY = warren.guest.GUEST_SCRIPT
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -76,6 +77,7 @@ def spawn_floor(n: int) -> list[float]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    warren.guest.precompile()  # as the host agent does; the guest then loads bytecode
     proc = None
     tmp = None
     sock = args.socket

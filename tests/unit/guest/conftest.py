@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from guest_helpers import GUEST_PY, RunningGuest, guest_python, wait_for_socket
 
+import warren.guest
 from warren.agent.guest_client import GuestClient
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guest_bytecode() -> None:
+    # As the host agent does at startup: sandboxes see the guest directory read-only.
+    warren.guest.precompile()
 
 
 @pytest.fixture

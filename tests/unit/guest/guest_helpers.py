@@ -14,7 +14,7 @@ from pathlib import Path
 import warren.guest
 from warren.agent.guest_client import GuestClient
 
-GUEST_PY = Path(warren.guest.__file__).parent / "guest.py"
+GUEST_PY = warren.guest.GUEST_SCRIPT
 
 
 def guest_python() -> str:

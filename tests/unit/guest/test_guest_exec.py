@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from guest_helpers import RunningGuest, pid_gone, wait_until
+from guest_helpers import RunningGuest, guest_python, pid_gone, wait_until
 
+import warren.guest
 from warren.agent.guest_client import GuestClient, GuestError
 
 
@@ -205,3 +209,24 @@ async def test_sigterm_is_forwarded_and_guest_exits(guest: RunningGuest, tmp_pat
     assert await asyncio.to_thread(guest.proc.wait, 10) == 0
     assert marker.read_text() == "term\n"
     assert not os.path.exists(guest.socket)
+
+
+def test_guest_starts_from_precompiled_bytecode() -> None:
+    assert warren.guest.precompile()
+    pyc = Path(importlib.util.cache_from_source(str(warren.guest.GUEST_MODULE)))
+    assert pyc.exists()
+    py = guest_python()
+    tag = subprocess.run(
+        [py, "-I", "-S", "-c", "import sys; print(sys.implementation.cache_tag)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if tag != sys.implementation.cache_tag:
+        pytest.skip(f"guest interpreter {tag} cannot use {sys.implementation.cache_tag} bytecode")
+    r = subprocess.run(
+        [py, "-I", "-S", "-v", str(warren.guest.GUEST_SCRIPT), "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "usage" in r.stdout
+    # Loaded from the .pyc, not compiled from source on every sandbox start.
+    assert f"code object from '{pyc}'" in r.stderr
