@@ -13,6 +13,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,35 +101,6 @@ def test_create_and_launch_three_from_it(platform: Platform) -> None:
     assert "app-ready" not in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
 
 
-async def test_second_agent(platform: Platform, platform_dir: Path) -> None:
-    await platform.add_agent("127.0.0.22", platform_dir / "agent-b")
-
-
-def test_delete_with_one_online_agent_failing_keeps_the_record(platform: Platform) -> None:
-    assert len(platform.agents) == 2, "needs the second agent from test_second_agent"
-    a, b = platform.agents
-    with Sandbox.create(**platform.sdk()) as src:
-        src.files.write("/root/keep.txt", "precious")
-        src.snapshot("doomed")
-    tid = _template_id(platform, "doomed")
-    # Agent B has a copy of the template directory that is busy (a mount point): its delete fails.
-    busy = b.data_dir / "templates" / "teams" / str(_team_uuid(platform)) / str(tid)
-    busy.mkdir(parents=True)
-    with _mounted("-t", "tmpfs", "tmpfs", target=busy):
-        with pytest.raises(ServerError) as e:
-            Sandbox.delete_snapshot("doomed", **platform.sdk())
-        assert (e.value.status, e.value.code) == (500, "agent_error")
-        assert "doomed" in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
-        # The raw API says the same.
-        r = httpx.delete(f"{platform.url}/v1/snapshots/doomed", headers=platform.headers, timeout=60)
-        assert r.status_code == 500 and r.json()["error"]["code"] == "agent_error"
-    # Once the host can delete again, the delete goes through.
-    Sandbox.delete_snapshot("doomed", **platform.sdk())
-    assert "doomed" not in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
-    assert not busy.exists()
-    del a
-
-
 def test_overwrite_whose_new_snapshot_fails_keeps_the_old(platform: Platform) -> None:
     with Sandbox.create(**platform.sdk()) as src:
         src.files.write("/root/v.txt", "old")
@@ -158,7 +130,39 @@ def test_overwrite_whose_new_snapshot_fails_keeps_the_old(platform: Platform) ->
     Sandbox.delete_snapshot("stable", **platform.sdk())
 
 
-def _agent_of(platform: Platform, sandbox_id: str) -> object:
+async def test_second_agent(platform: Platform, platform_dir: Path) -> None:
+    # From here on sandboxes may land on either host; a snapshot's files live on the host that
+    # made it, so the tests above that launch copies run while there is one agent.
+    await platform.add_agent("127.0.0.22", platform_dir / "agent-b")
+
+
+def test_delete_with_one_online_agent_failing_keeps_the_record(platform: Platform) -> None:
+    assert len(platform.agents) == 2, "needs the second agent from test_second_agent"
+    with Sandbox.create(**platform.sdk()) as src:
+        src.files.write("/root/keep.txt", "precious")
+        src.snapshot("doomed")
+        maker = _agent_of(platform, src.id)
+    other = next(a for a in platform.agents if a is not maker)
+    tid = _template_id(platform, "doomed")
+    # The other agent has a copy of the template directory that is busy (a mount point), so its
+    # delete fails, while the agent that made the snapshot deletes its files fine.
+    busy = other.data_dir / "templates" / "teams" / str(_team_uuid(platform)) / str(tid)
+    busy.mkdir(parents=True)
+    with _mounted("-t", "tmpfs", "tmpfs", target=busy):
+        with pytest.raises(ServerError) as e:
+            Sandbox.delete_snapshot("doomed", **platform.sdk())
+        assert (e.value.status, e.value.code) == (500, "agent_error")
+        assert "doomed" in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
+        # The raw API says the same.
+        r = httpx.delete(f"{platform.url}/v1/snapshots/doomed", headers=platform.headers, timeout=60)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "agent_error"
+    # Once the host can delete again, the delete goes through.
+    Sandbox.delete_snapshot("doomed", **platform.sdk())
+    assert "doomed" not in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
+    assert not busy.exists()
+
+
+def _agent_of(platform: Platform, sandbox_id: str) -> Any:
     import asyncio
 
     rows = asyncio.run(
