@@ -1453,6 +1453,12 @@ def _ensure_stdio() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+    # Our stderr (log lines only; children get their own pipes) may be a pipe nobody drains:
+    # a full pipe must drop log lines, never block PID 1.
+    try:
+        os.set_blocking(2, False)
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:
