@@ -4,13 +4,21 @@ Every sub-command lives in its own module and is registered from the ``COMMANDS`
 To plug in a new one, add ONE line to that table: ``(name, "module:attribute", panel)``. A
 ``typer.Typer`` attribute becomes a command group (``warren NAME SUB ...``); a function becomes a
 single command whose ``--help`` text is its docstring.
+
+Modules are imported only when their command runs (or for ``warren --help``): ``warren up``
+does not pay for the client's imports, and a broken module breaks only its own command.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import typer
+
+# Typer vendors its own copy of click; commands and contexts are of those types.
+from typer import _click as click
+from typer.core import TyperGroup
 
 RUN = "Run Warren"
 USE = "Use Warren (talks to a control plane over its REST API)"
@@ -19,19 +27,53 @@ USE = "Use Warren (talks to a control plane over its REST API)"
 COMMANDS: list[tuple[str, str, str]] = [
     ("up", "warren.cli.up:up_command", RUN),
     ("cp", "warren.cli.up:cp_command", RUN),
+    ("agent", "warren.cli.agent:agent_command", RUN),
     ("migrate", "warren.cli.migrate:app", RUN),
     ("admin", "warren.cli.admin:app", RUN),
     ("login", "warren.cli.client:login", USE),
     ("sandbox", "warren.cli.client:sandbox_app", USE),
-    ("file", "warren.cli.client:file_app", USE),
+    ("files", "warren.cli.client:file_app", USE),
     ("snapshot", "warren.cli.client:snapshot_app", USE),
     ("host", "warren.cli.client:host_app", USE),
     ("key", "warren.cli.client:key_app", USE),
-    ("agent", "warren.cli.agent:agent_command", RUN),
 ]
+
+
+@functools.cache
+def load_command(name: str) -> click.Command | None:
+    """The click command registered as ``name`` in ``COMMANDS``, imported on first use."""
+    for cmd_name, target, panel in COMMANDS:
+        if cmd_name != name:
+            continue
+        module_name, _, attr = target.partition(":")
+        obj = getattr(importlib.import_module(module_name), attr)
+        if isinstance(obj, typer.Typer):
+            command = typer.main.get_command(obj)
+        else:
+            single = typer.Typer(add_completion=False)
+            single.command(name)(obj)
+            command = typer.main.get_command(single)
+        # Shell completion is a property of the whole `warren` program, not of each sub-command.
+        command.params = [
+            p for p in command.params if p.name not in ("install_completion", "show_completion")
+        ]
+        command.name = name
+        command.rich_help_panel = panel  # type: ignore[attr-defined]  # read by typer's help
+        return command
+    return None
+
+
+class LazyGroup(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, _, _ in COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name)
+
 
 app = typer.Typer(
     name="warren",
+    cls=LazyGroup,
     help=(
         "Warren: a self-hosted sandbox platform for untrusted code.\n\n"
         "Start everything on this machine with [bold]warren up[/bold], then sign up at the printed "
@@ -45,17 +87,10 @@ app = typer.Typer(
 )
 
 
-def _register(target_app: typer.Typer, name: str, target: str, panel: str) -> None:
-    module_name, _, attr = target.partition(":")
-    obj = getattr(importlib.import_module(module_name), attr)
-    if isinstance(obj, typer.Typer):
-        target_app.add_typer(obj, name=name, rich_help_panel=panel)
-    else:
-        target_app.command(name, rich_help_panel=panel)(obj)
-
-
-for _name, _target, _panel in COMMANDS:
-    _register(app, _name, _target, _panel)
+@app.callback()
+def _root() -> None:
+    # A callback makes `app` a command group even though its commands come from LazyGroup.
+    pass
 
 
 if __name__ == "__main__":  # `python -m warren.cli.main ...`: how `warren up` starts its children

@@ -326,9 +326,9 @@ def up_command(
         bool, typer.Option("--agent/--no-agent", help="Also run a host agent on this machine (needs root).")
     ] = True,
 ) -> None:
-    """Run Warren on this machine: embedded PostgreSQL, migrations, the control plane and a
-    local host agent registered to it.
+    """Run Warren on this machine: embedded PostgreSQL, migrations, control plane, host agent.
 
+    As root, a local host agent registered to this control plane runs sandboxes here too.
     Data persists in --home. With WARREN_DATABASE_URL set, that PostgreSQL is used instead of
     the embedded one. Ctrl-C (or SIGTERM) stops everything.
     """

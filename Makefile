@@ -1,0 +1,83 @@
+# Warren: `make up` runs it on this machine, `make test` is what CI runs (.ci/run).
+# Works on a fresh Debian/Ubuntu with only python3 and apt: system packages are installed
+# through apt when missing (as root), the Python side goes into .venv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.warren-setup-stamp
+
+# System packages the platform and its test suite need. One list: append to it.
+#   runc, crun: OCI runtimes for sandboxes; debootstrap: builds the base template rootfs;
+#   iptables, iproute2: per-sandbox network namespaces and NAT; uidmap: user-namespace id maps;
+#   chromium: the dashboard's browser tests (Playwright drives the Debian build).
+APT_PACKAGES := runc crun debootstrap iptables iproute2 chromium uidmap
+
+# Parallel where safe: test files are spread over workers (a file's tests stay together, as
+# they share module-scoped fixtures). Tests marked `serial` run afterwards, alone.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
+ARGS ?=
+
+.PHONY: help setup apt-packages up test lint typecheck pytest bench clean
+
+help:
+	@echo "make up      set up, then run Warren on this machine (warren up $(ARGS))"
+	@echo "make test    set up, then ruff, mypy and the whole pytest suite (what CI runs)"
+	@echo "make bench   run every benchmark in bench/ and print their tables"
+	@echo "make setup   apt packages (as root, when missing) and the .venv"
+
+setup: apt-packages $(STAMP)
+
+# Installs only what is missing, so a set-up machine pays one dpkg query, not an apt run.
+apt-packages:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt: installing$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -q && apt-get install -y -q $$missing; \
+	  else \
+	    echo "warning: missing system packages:$$missing (run 'make setup' as root to install them;"; \
+	    echo "         tests that need them are skipped locally)"; \
+	  fi; \
+	fi
+
+# Rebuilt only when pyproject.toml changes (or the venv is gone).
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+up: setup
+	$(VENV)/bin/warren up $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# Exit code 5 = "no tests collected": fine for a pass that may select nothing.
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test: setup
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory typecheck
+	$(MAKE) --no-print-directory pytest
+
+bench: setup
+	@set -e; for f in bench/*.py; do \
+	  echo "== $$f"; \
+	  $(VENV)/bin/python "$$f"; \
+	  echo; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
