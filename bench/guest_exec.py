@@ -6,6 +6,7 @@
 
 Prints p50/p99 of:
   startup        spawn `python3 -I -S guest.py` -> first answered `health` (host-side poll, 1 ms)
+  python floor   spawn `python3 -I -S -c pass` -> exited: the interpreter's own share of startup
   health         one `health` RPC over the unix socket (connect + request + reply)
   exec true      GuestClient.exec("true") round trip: connect, spawn, wait, stream exit
   spawn floor    posix_spawn + waitpid of /bin/true in this process, no guest (the floor)
@@ -66,6 +67,15 @@ async def measure_startup(python: str, rounds: int) -> list[float]:
     return out
 
 
+def python_floor(python: str, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-I", "-S", "-c", "pass"], check=True)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def spawn_floor(n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -90,6 +100,7 @@ async def run(args: argparse.Namespace) -> None:
         await client.wait_ready(10)
         if proc is not None:
             report("startup", await measure_startup(args.python, args.startup_rounds))
+            report("python floor", python_floor(args.python, args.startup_rounds))
         for _ in range(50):  # warm up both sides
             await client.exec("true", [])
         hs = []

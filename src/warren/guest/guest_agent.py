@@ -963,7 +963,9 @@ class Proc:
                 self.ring_size -= len(self.ring.popleft()[1])
         for c in list(self.subs):
             c.send(kind, data)
-            if c is not self.owner and len(c.out) > SUBSCRIBER_CAP:
+            # Only a foreground command waits for its client (below); a background one never
+            # does, so whoever lags too far behind it is cut off rather than buffered for.
+            if (c is not self.owner or self.background) and len(c.out) > SUBSCRIBER_CAP:
                 self.unsubscribe(c)
                 c.fail(GuestFail("internal", "attach client fell too far behind; detached"))
         owner = self.owner

@@ -180,3 +180,19 @@ async def test_slow_reader_gets_backpressure_not_guest_memory(guest: RunningGues
                 assert ev.exit_code == 0
     assert total == 64 << 20
     assert guest.rss_kib("VmHWM") - base < 16 * 1024
+
+
+async def test_background_never_waits_for_a_client_that_does_not_read(guest: RunningGuest) -> None:
+    base = guest.rss_kib()
+    s = await guest.client.exec_stream(
+        "head", ["-c", str(40 << 20), "/dev/zero"], background=True, tag="flood", stdin=False
+    )
+    # Nobody reads the session: the command still runs to completion...
+    assert await wait_until(lambda: pid_gone(s.pid), timeout=30)
+    procs = {p.tag: p for p in await guest.client.list_processes()}
+    assert procs["flood"].exit_code == 0
+    # ...and the guest buffered at most the per-client cap, not the 40 MiB.
+    assert guest.rss_kib("VmHWM") - base < 24 * 1024
+    kinds = [ev.kind async for ev in s]
+    assert kinds[-1] == "error"  # the lagging client was detached, and told so
+    await s.close()
