@@ -80,11 +80,24 @@ async def _admin(url: str, *statements: str) -> None:
         await conn.close()
 
 
+def _remove_stale_server_dirs() -> None:
+    """Dirs of earlier runs whose pytest was killed outright (its server died with it)."""
+    for d in Path(tempfile.gettempdir()).glob("warren-testpg-*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _start_embedded() -> tuple[EmbeddedPostgres, Path]:
+    _remove_stale_server_dirs()
     # /tmp itself is world-searchable and the dir is 0755, so the unprivileged postgres user
     # (when we run as root) can reach its data dir.
     d = Path(tempfile.mkdtemp(prefix="warren-testpg-"))
     d.chmod(0o755)
+    (d / "owner.pid").write_text(str(os.getpid()))
     pg = EmbeddedPostgres(d / "home", port=0, fast=True, max_connections=400)
     try:
         pg.start()

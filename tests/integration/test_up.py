@@ -64,7 +64,7 @@ def home() -> Iterator[Path]:
 
 
 class Up:
-    def __init__(self, home: Path, port: int, log: Path) -> None:
+    def __init__(self, home: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self._logf = open(log, "ab")  # noqa: SIM115
@@ -82,7 +82,7 @@ class Up:
                 "--home",
                 str(home),
             ],
-            env=_env(),
+            env={**_env(), **(env or {})},
             stdout=self._logf,
             stderr=subprocess.STDOUT,
         )
@@ -171,6 +171,18 @@ def test_warren_up_first_and_second_start_persist_and_stop_cleanly(home: Path, t
     # Later starts take <= 5 s. The best of three is asserted: on a 2-core machine shared with
     # other work, one start can be slowed by a neighbour, which says nothing about Warren.
     assert min(later) <= 5, f"later starts took {[round(t, 1) for t in later]} s"
+
+
+def test_warren_up_with_an_external_database(home: Path, tmp_path: Path, db_url: str) -> None:
+    # WARREN_DATABASE_URL set: no embedded PostgreSQL at all, the given database is used.
+    port = free_port()
+    up = Up(home, port, tmp_path / "up.log", env={"WARREN_DATABASE_URL": db_url})
+    up.wait_ready(60)
+    creds = {"email": "ext@example.com", "password": "correct-horse", "name": "Ext"}
+    assert httpx.post(f"{up.url}/v1/auth/signup", json=creds, timeout=30).status_code == 201
+    assert up.stop() == 0
+    assert not (home / "postgres").exists()
+    _assert_nothing_left(home, port)
 
 
 def test_port_in_use_is_a_clear_error(home: Path) -> None:
