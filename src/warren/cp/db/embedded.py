@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SUPERUSER = "warren"
 DATABASE = "warren"
 DEFAULT_PORT = 5432
+_MAX_LOG_BYTES = 20 * 1024 * 1024
 _MAX_SOCKET_DIR = 80  # leaves room for "/.s.PGSQL.65535" within sun_path
 _PR_SET_PDEATHSIG = 1
 
@@ -90,11 +91,16 @@ def ensure_service_user(name: str) -> tuple[int, int]:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-            check=True,
-            capture_output=True,
-        )
+        try:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            raise EmbeddedPostgresError(f"could not create the system user {name!r}: {detail}") from e
         pw = pwd.getpwnam(name)
     return pw.pw_uid, pw.pw_gid
 
@@ -439,6 +445,9 @@ class EmbeddedPostgres:
         extra: dict[str, object] = {}
         if os.geteuid() == 0:
             extra = {"user": self._uid, "group": self._gid, "extra_groups": []}
+        with contextlib.suppress(OSError):
+            if self.log_file.stat().st_size > _MAX_LOG_BYTES:  # keep one previous log, not all
+                self.log_file.replace(self.log_file.with_suffix(".log.1"))
         logf: IO[bytes] = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         offset = logf.tell()
         try:
