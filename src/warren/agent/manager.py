@@ -32,7 +32,7 @@ from typing import Any
 from warren import clock, ids
 from warren.agent.guest_client import EntryInfo, ExecResult, ExecSession, GuestClient, ProcessInfo
 from warren.agent.network import NetworkSlots, Slot
-from warren.agent.proc import CommandError, run
+from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, umount
 from warren.agent.runtime.base import ContainerStatus, Runtime
 from warren.agent.runtime.bundle import GUEST_SOCKET, BundleSpec, oci_config
 from warren.agent.templates import MAPPED_BASE, TemplateRef, TemplateStore
@@ -53,6 +53,7 @@ MAX_MEMORY_MB = 256 * 1024
 METRICS_INTERVAL = float(os.environ.get("WARREN_AGENT_METRICS_INTERVAL", "5"))
 METRIC_RANGES = {"10m": (600, 120), "2h": (7200, 120), "24h": (86400, 144)}
 PR_SET_CHILD_SUBREAPER = 36
+NET_POOL = int(os.environ.get("WARREN_AGENT_NET_POOL", "4"))
 
 
 class ExecTimeout(WarrenError):
@@ -103,6 +104,11 @@ def _set_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+async def _umount_lazy(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        umount(str(path), lazy=True)
+
+
 def _mounts_under(prefix: Path) -> list[str]:
     out = []
     with open("/proc/self/mountinfo") as f:
@@ -128,7 +134,7 @@ class SandboxManager:
         self.sandboxes_dir = data_dir / "sandboxes"
         self.runtime = runtime
         self.templates = templates or TemplateStore(data_dir / "templates")
-        self.network = network or NetworkSlots(owner=str(data_dir))
+        self.network = network or NetworkSlots(owner=str(data_dir), pool_size=NET_POOL)
         import warren.guest
 
         self.guest_dir = guest_dir or Path(warren.guest.__file__).resolve().parent
@@ -149,6 +155,7 @@ class SandboxManager:
         self._check_traversable()
         await self.network.setup_host()
         await self._readopt()
+        await self.network.start_pool()
         self._tasks = [
             asyncio.create_task(self._loop(REAPER_INTERVAL, self.reap_idle), name="ttl-reaper"),
             asyncio.create_task(self._loop(METRICS_INTERVAL, self._sample_all), name="metrics"),
@@ -174,6 +181,7 @@ class SandboxManager:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.network.drain_pool()
 
     async def destroy_all(self) -> None:
         """`Terminate`: the host is being taken out of service, so every sandbox goes."""
@@ -291,6 +299,7 @@ class SandboxManager:
         env: dict[str, str],
     ) -> Sandbox:
         d = self._dir(sb_id)
+        t0 = time.monotonic()
         undo: list[Callable[[], Awaitable[Any]]] = []
         try:
             d.mkdir(parents=True)
@@ -299,7 +308,7 @@ class SandboxManager:
                 (d / sub).mkdir()
             os.chown(d / "run", MAPPED_BASE, MAPPED_BASE)
             # Network first: it is independent of the mounts and slower, so start it now.
-            net_task = asyncio.create_task(self.network.acquire(internet=internet))
+            net_task = asyncio.create_task(self.network.acquire(sb_id, internet=internet))
 
             async def undo_net() -> None:
                 with contextlib.suppress(BaseException):
@@ -308,18 +317,20 @@ class SandboxManager:
 
             undo.append(undo_net)
             # The disk cap: the writable layer lives on a tmpfs of the requested size.
-            tmpfs_opts = f"size={disk_mb}m,mode=755,nosuid,nodev"
-            await run("mount", "-t", "tmpfs", "-o", tmpfs_opts, f"warren-{sb_id}", str(d / "disk"))
-            undo.append(lambda: run("umount", "-l", str(d / "disk"), check=False))
+            disk_opts = f"size={disk_mb}m,mode=755"
+            mount(f"warren-{sb_id}", str(d / "disk"), "tmpfs", disk_opts, MS_NOSUID | MS_NODEV)
+            undo.append(lambda: _umount_lazy(d / "disk"))
             (d / "disk" / "upper").mkdir()
             (d / "disk" / "work").mkdir()
             os.chown(d / "disk" / "upper", MAPPED_BASE, MAPPED_BASE)
             lowerdir = ":".join(str(p) for p in lower)
             opts = f"lowerdir={lowerdir},upperdir={d}/disk/upper,workdir={d}/disk/work"
-            await run("mount", "-t", "overlay", "-o", opts, f"warren-{sb_id}", str(d / "rootfs"))
-            undo.append(lambda: run("umount", "-l", str(d / "rootfs"), check=False))
+            mount(f"warren-{sb_id}", str(d / "rootfs"), "overlay", opts)
+            undo.append(lambda: _umount_lazy(d / "rootfs"))
             self._write_identity(d / "rootfs", sb_id)
+            t_mounts = time.monotonic()
             slot: Slot = await net_task
+            t_net = time.monotonic()
             spec = BundleSpec(
                 sandbox_id=sb_id,
                 rootfs=d / "rootfs",
@@ -354,9 +365,16 @@ class SandboxManager:
             # Record before starting the container: a crash from here on leaves a record that
             # startup either re-adopts or cleans up, never an unknown container.
             self._save(sb)
+            t_start = time.monotonic()
             sb.pid = await self.runtime.create(sb_id, d)
             undo.append(lambda: self.runtime.destroy(sb_id))
+            t_runtime = time.monotonic()
             await self._guest(sb).wait_ready(GUEST_READY_TIMEOUT)
+            log.debug(
+                "event=create_steps sandbox_id=%s mounts=%.1f net_wait=%.1f runtime=%.1f guest=%.1f (ms)",
+                sb_id, (t_mounts - t0) * 1000, (t_net - t_mounts) * 1000, (t_runtime - t_start) * 1000,
+                (time.monotonic() - t_runtime) * 1000,
+            )  # fmt: skip
             self._save(sb)
             self._sandboxes[sb_id] = sb
             self._sample(sb)
@@ -435,12 +453,13 @@ class SandboxManager:
         d = self._dir(sb_id)
         for mp in _mounts_under(d):
             try:
-                await run("umount", mp)
-            except CommandError:
+                umount(mp)
+            except OSError:
                 # Busy (a process still holds it): detach now, the kernel frees it later.
-                res = await run("umount", "-l", mp, check=False)
-                if res.returncode != 0:
-                    errors.append(f"umount {mp}: {res.stderr.strip()}")
+                try:
+                    umount(mp, lazy=True)
+                except OSError as e:
+                    errors.append(str(e))
         if slot is not None:
             try:
                 await self.network.release(Slot(slot))
@@ -741,7 +760,7 @@ class SandboxManager:
             sb.status = "paused" if state.status == ContainerStatus.PAUSED else "running"
             sb.pid = state.pid
             sb.last_active_at = clock.time_s()  # activity before the restart is unknown
-            self.network.mark_used(sb.slot)
+            self.network.mark_used(sb.slot, sb.id)
             if not sb.internet:
                 await self.network.block_internet(Slot(sb.slot))
             self._sandboxes[sb.id] = sb

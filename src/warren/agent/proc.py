@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 from dataclasses import dataclass
@@ -59,3 +60,22 @@ def write_file(path: str, data: str) -> None:
         os.write(fd, data.encode())
     finally:
         os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_NOSUID = 2
+MS_NODEV = 4
+MNT_DETACH = 2
+
+
+def mount(source: str, target: str, fstype: str, data: str, flags: int = 0) -> None:
+    """mount(2) directly: the `mount` program costs a fork+exec (~3 ms) per call."""
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def umount(target: str, *, lazy: bool = False) -> None:
+    if _libc.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")

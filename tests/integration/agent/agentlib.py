@@ -133,15 +133,21 @@ def leaks(agent: Agent, sb_id: str, host_ip: str) -> list[str]:
     slot = slot_of(host_ip)
     with open("/proc/self/mountinfo") as f:
         found += [f"mount {line.split()[4]}" for line in f if sb_id in line]
-    if os.path.exists(f"/run/netns/warren-s{slot}"):
-        found.append(f"netns warren-s{slot}")
-    if os.path.exists(f"/sys/class/net/wv{slot}"):
-        found.append(f"veth wv{slot}")
-    if os.path.exists(f"/run/warren/netslots/{slot}"):
-        found.append(f"slot claim {slot}")
-    for table in ("filter", "nat"):
-        dump = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
-        found += [f"iptables {line}" for line in dump.splitlines() if f"wv{slot} " in line + " "]
+    try:
+        holder = Path(f"/run/warren/netslots/{slot}").read_text().split("\n")[1]
+    except (OSError, IndexError):
+        holder = None
+    # A freed slot may already serve another sandbox or the agent's pool of ready slots.
+    if holder is None or holder == sb_id:
+        if holder is not None:
+            found.append(f"slot claim {slot}")
+        if os.path.exists(f"/run/netns/warren-s{slot}"):
+            found.append(f"netns warren-s{slot}")
+        if os.path.exists(f"/sys/class/net/wv{slot}"):
+            found.append(f"veth wv{slot}")
+        for table in ("filter", "nat"):
+            dump = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True)
+            found += [f"iptables {line}" for line in dump.stdout.splitlines() if f"wv{slot} " in line + " "]
     found += [f"cgroup {d}" for d in glob.glob(f"/sys/fs/cgroup/*/warren/{sb_id}")]
     for cg in glob.glob("/proc/[0-9]*/cgroup"):
         try:

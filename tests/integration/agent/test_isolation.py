@@ -63,7 +63,11 @@ def fake_internet() -> Iterator[str]:
         ["ip", "netns", "exec", INET_NS, "python3", "-m", "http.server", "--bind", INET_PEER, "8080"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    probe = ["python3", "-c", PROBE, INET_PEER, "8080"]
+    while subprocess.run(probe, capture_output=True).stdout != b"open\n":
+        assert time.monotonic() < deadline, "fake internet server did not start"
+        time.sleep(0.1)
     yield f"http://{INET_PEER}:8080/"
     server.kill()
     server.wait()
@@ -133,7 +137,8 @@ def test_cannot_see_other_sandboxes_files_or_network(agent: Agent, pair: tuple) 
 def test_internet_on_and_off(agent: Agent, pair: tuple, fake_internet: str) -> None:
     a, _ = pair
     fetch = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
-    assert agent.py(a.sandbox_id, fetch, fake_internet).stdout == b"200\n"
+    got = agent.py(a.sandbox_id, fetch, fake_internet)
+    assert got.stdout == b"200\n", got.stderr
     off = agent.create(internet=False)
     try:
         res = agent.py(off.sandbox_id, fetch, fake_internet)

@@ -52,10 +52,8 @@ def test_kill9_then_restart_readopts_running_and_paused(agent_root: Path) -> Non
         assert agent.exec(paused, "cat", "/root/me").stdout.strip() == paused.encode()
         assert wait_no_leaks(agent, dead.sandbox_id, dead.host_ip) == []
         assert not half_dir.exists()
-        # the freed slot is handed out again
         again = agent.create()
         made.append(again)
-        assert again.host_ip == dead.host_ip
 
         # a graceful stop (SIGTERM) keeps every sandbox as well
         agent.stop()
