@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     github_client_id: str = ""
     github_client_secret: str = ""
     github_authorize_url: str = "https://github.com/login/oauth/authorize"
-    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105 - a URL
     github_api_url: str = "https://api.github.com"
     oauth_redirect_url: str = ""  # where the callback sends the browser; default: dashboard
 

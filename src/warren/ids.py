@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from enum import Enum
+from enum import StrEnum
 
 from warren.errors import InvalidRequest
 
@@ -23,14 +23,14 @@ PLATFORM_TEAM_ID = ZERO_UUID
 MINIMAL_TEMPLATE_ID = ZERO_UUID
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     SANDBOX = "sb-"
     USER = "usr-"
     TEAM = "team-"
     API_KEY = "key-"
     HOST = "host-"
-    HOST_TOKEN = "htok-"
-    REFRESH_TOKEN = "hrt-"
+    HOST_TOKEN = "htok-"  # noqa: S105 - an ID prefix, not a secret
+    REFRESH_TOKEN = "hrt-"  # noqa: S105 - an ID prefix, not a secret
     AUDIT_LOG = "log-"
 
 
