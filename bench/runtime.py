@@ -33,14 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from agent.agentlib import Agent  # noqa: E402
+from agent.agentlib import Agent
 
-from warren.rpc import hostagent_pb2 as pb  # noqa: E402
+from warren.rpc import hostagent_pb2 as pb
 
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def timed(fn: Callable[[], object]) -> float:
