@@ -87,8 +87,8 @@ class Cluster:
         rows = await sql(self.cp, "SELECT id, host_id FROM sandboxes")
         return {ids.sandbox_id(r[0]): ids.host_id(r[1]) for r in rows}
 
-    async def status(self, sandbox_id: str) -> str:
-        r = await self.api("GET", f"/v1/sandboxes/{sandbox_id}")
+    async def status(self, sandbox_id: str, key: str | None = None) -> str:
+        r = await self.api("GET", f"/v1/sandboxes/{sandbox_id}", key=key)
         assert r.status_code == 200, r.text
         return str(r.json()["status"])
 
@@ -114,7 +114,8 @@ async def beaten_since(c: Cluster, agents: list[AgentProcess], since: Any) -> No
     """Wait until each agent's heartbeat was recorded at or after ``since`` (CP clock)."""
 
     async def ok() -> bool:
-        return all((await c.last_beat(a)) >= since for a in agents)
+        beats = [await c.last_beat(a) for a in agents]
+        return all(b is not None and b >= since for b in beats)
 
     await wait_for(ok, 20, "fresh heartbeats")
 
@@ -210,7 +211,7 @@ async def test_byoc_team_lands_only_on_its_host_and_gets_503_when_it_is_down(clu
         result = await c.monitor.run_once()
         assert result.marked_down == [c.d.host_id]
         assert await c.host_status(c.d) == "unreachable"
-        assert [await c.status(s) for s in made] == ["missing"] * 3
+        assert [await c.status(s, c.byoc_key) for s in made] == ["missing"] * 3
         for a in c.regular:
             assert await c.host_status(a) == "online"
         r = await c.create(key=c.byoc_key)
@@ -221,7 +222,7 @@ async def test_byoc_team_lands_only_on_its_host_and_gets_503_when_it_is_down(clu
     await wait_for(lambda: _is(c.host_status(c.d), "online"), 20, "host D back online")
     result = await c.monitor.run_once()
     assert sorted(result.to_running) == sorted(made)
-    assert [await c.status(s) for s in made] == ["running"] * 3
+    assert [await c.status(s, c.byoc_key) for s in made] == ["running"] * 3
     r = await c.create(key=c.byoc_key)
     assert r.status_code == 201 and (await c.host_of())[r.json()["id"]] == c.d.host_id
     made.append(r.json()["id"])
@@ -236,7 +237,8 @@ async def _is(aw: Awaitable[str], want: str) -> bool:
 async def test_sandbox_destroyed_behind_the_cps_back_ends_stopped(cluster: Cluster) -> None:
     c = cluster
     sb = (await c.create()).json()["id"]
-    agent = next(a for a in c.regular if a.host_id == (await c.host_of())[sb])
+    host_id = (await c.host_of())[sb]
+    agent = next(a for a in c.regular if a.host_id == host_id)
     await c.pool.get_for(agent.host_uuid, agent.address).call(
         "DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sb), deadline=60
     )
@@ -249,7 +251,8 @@ async def test_sandbox_destroyed_behind_the_cps_back_ends_stopped(cluster: Clust
 async def test_destroy_error_other_than_not_found_is_502_and_keeps_the_row(cluster: Cluster) -> None:
     c = cluster
     sb = (await c.create()).json()["id"]
-    agent = next(a for a in c.regular if a.host_id == (await c.host_of())[sb])
+    host_id = (await c.host_of())[sb]
+    agent = next(a for a in c.regular if a.host_id == host_id)
     await sql(c.cp, "UPDATE hosts SET address = '127.0.0.1:1' WHERE id = :id", id=agent.host_uuid)
     try:
         r = await c.api("DELETE", f"/v1/sandboxes/{sb}")
@@ -507,18 +510,15 @@ async def test_two_control_planes_on_one_database_never_double_transition(
         assert audits - audits_before == len(on_a) - 1
 
         # Host D goes silent; both replicas' monitors race to mark it down: one transition.
+        q = "SELECT count(*) FROM audit_logs WHERE action = 'marked_down' AND resource_id = :h"
+        downs_before = (await sql(c.cp, q, h=c.d.host_id))[0][0]
         c.d.signal(signal.SIGSTOP)
         try:
             clock.advance(91)
             await beaten_since(c, [c.a], clock.now() - timedelta(seconds=1))
             r1, r2 = await asyncio.gather(m1.run_once(), m2.run_once())
             assert r1.marked_down + r2.marked_down == [c.d.host_id]
-            downs = await sql(
-                c.cp,
-                "SELECT count(*) FROM audit_logs WHERE action = 'marked_down' AND resource_id = :h",
-                h=c.d.host_id,
-            )
-            assert downs[0][0] == 1
+            assert (await sql(c.cp, q, h=c.d.host_id))[0][0] == downs_before + 1
         finally:
             c.d.signal(signal.SIGCONT)
         await wait_for(lambda: _is(c.host_status(c.d), "online"), 20, "host D back online")
