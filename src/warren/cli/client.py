@@ -132,13 +132,26 @@ def _rest(method: str, path: str, *, user: bool = False, **kwargs: Any) -> Any:
 
 def _connect(sandbox_id: str) -> Sandbox:
     cfg = _api()
-    return Sandbox.connect(sandbox_id, url=cfg.url, api_key=cfg.api_key, access_token=cfg.access_token)
+    # The CLI never resumes behind the user's back: a paused sandbox answers 409.
+    return Sandbox.connect(
+        sandbox_id, resume=False, url=cfg.url, api_key=cfg.api_key, access_token=cfg.access_token
+    )
+
+
+def _table(*columns: str) -> Table:
+    """A borderless table whose ID / NAME columns are never cut, however narrow the terminal:
+    people copy them into the next command."""
+    t = Table(box=None, header_style="bold")
+    for col in columns:
+        if col in ("ID", "NAME", "PATH", "STATUS"):
+            t.add_column(col, no_wrap=True, min_width=28 if col == "ID" else None)
+        else:
+            t.add_column(col, justify="right" if col == "SIZE" else "left")
+    return t
 
 
 def _sandbox_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(box=None, header_style="bold")
-    for col in ("ID", "STATUS", "TEMPLATE", "VCPUS", "MEMORY", "TIMEOUT", "CREATED"):
-        t.add_column(col)
+    t = _table("ID", "STATUS", "TEMPLATE", "VCPUS", "MEMORY", "TIMEOUT", "CREATED")
     colors = {"running": "green", "paused": "yellow", "stopped": "dim", "error": "red", "missing": "red"}
     for r in rows:
         status = r.get("status", "")
@@ -542,9 +555,7 @@ def files_ls(
     if json_out:
         _print_json(entries)
         return
-    t = Table(box=None, header_style="bold")
-    for col in ("PERMISSIONS", "OWNER", "SIZE", "MODIFIED", "PATH"):
-        t.add_column(col, justify="right" if col == "SIZE" else "left")
+    t = _table("PERMISSIONS", "OWNER", "SIZE", "MODIFIED", "PATH")
     for e in entries:
         name = e.path + ("/" if e.is_dir else "") + (f" -> {e.symlink_target}" if e.symlink_target else "")
         t.add_row(e.permissions, e.owner, _size(e.size), _ts(e.modified_time), name)
@@ -591,9 +602,7 @@ def snapshot_list(
     if json_out:
         _print_json(rows)
         return
-    t = Table(box=None, header_style="bold")
-    for col in ("NAME", "TYPE", "KIND", "VCPUS", "MEMORY", "SIZE", "CREATED", ""):
-        t.add_column(col)
+    t = _table("NAME", "TYPE", "KIND", "VCPUS", "MEMORY", "SIZE", "CREATED", "")
     for r in rows:
         t.add_row(
             r["name"],
@@ -662,9 +671,7 @@ def host_list(json_out: JsonOpt = False) -> None:
     if json_out:
         _print_json(rows)
         return
-    t = Table(box=None, header_style="bold")
-    for col in ("ID", "TYPE", "STATUS", "ADDRESS", "CPU", "MEMORY", "LAST HEARTBEAT"):
-        t.add_column(col)
+    t = _table("ID", "TYPE", "STATUS", "ADDRESS", "CPU", "MEMORY", "LAST HEARTBEAT")
     for r in rows:
         t.add_row(
             r["id"],
@@ -721,9 +728,7 @@ def key_list(json_out: JsonOpt = False) -> None:
     if json_out:
         _print_json(rows)
         return
-    t = Table(box=None, header_style="bold")
-    for col in ("ID", "NAME", "PREFIX", "CREATED BY", "CREATED", "LAST USED"):
-        t.add_column(col)
+    t = _table("ID", "NAME", "PREFIX", "CREATED BY", "CREATED", "LAST USED")
     for r in rows:
         t.add_row(
             r["id"],

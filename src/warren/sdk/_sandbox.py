@@ -69,10 +69,10 @@ def _create_op(template: str, opts: CreateOptions) -> Op[SandboxInfo]:
     return SandboxInfo.from_json(res.json())
 
 
-def _connect_op(sandbox_id: str) -> Op[SandboxInfo]:
+def _connect_op(sandbox_id: str, resume: bool) -> Op[SandboxInfo]:
     res = yield Http("GET", f"/v1/sandboxes/{sandbox_id}")
     info = SandboxInfo.from_json(res.json())
-    if info.status == "paused":
+    if resume and info.status == "paused":
         # Like E2B: connecting to a paused sandbox resumes it.
         res = yield Http("POST", f"/v1/sandboxes/{sandbox_id}/resume")
         info = SandboxInfo.from_json(res.json())
@@ -193,11 +193,12 @@ class Sandbox(_SandboxBase):
             raise
 
     @classmethod
-    def connect(cls, sandbox_id: str, **opts: Unpack[ConnectOptions]) -> Sandbox:
-        """Attach to an existing sandbox (resuming it if it is paused)."""
+    def connect(cls, sandbox_id: str, *, resume: bool = True, **opts: Unpack[ConnectOptions]) -> Sandbox:
+        """Attach to an existing sandbox, resuming it if it is paused (``resume=False`` leaves
+        it as it is)."""
         transport = SyncTransport(_config(opts))
         try:
-            return cls(transport, transport.run(_connect_op(sandbox_id)))
+            return cls(transport, transport.run(_connect_op(sandbox_id, resume)))
         except BaseException:
             transport.close()
             raise
@@ -272,10 +273,12 @@ class AsyncSandbox(_SandboxBase):
             raise
 
     @classmethod
-    async def connect(cls, sandbox_id: str, **opts: Unpack[ConnectOptions]) -> AsyncSandbox:
+    async def connect(
+        cls, sandbox_id: str, *, resume: bool = True, **opts: Unpack[ConnectOptions]
+    ) -> AsyncSandbox:
         transport = AsyncTransport(_config(opts))
         try:
-            return cls(transport, await transport.run(_connect_op(sandbox_id)))
+            return cls(transport, await transport.run(_connect_op(sandbox_id, resume)))
         except BaseException:
             await transport.close()
             raise
