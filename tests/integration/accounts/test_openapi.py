@@ -161,6 +161,8 @@ def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: 
             except Exception as e:  # collect all, report together
                 failures.append(f"{op.label} [{mode.value}]: {e}")
     assert not failures, "\n\n".join(failures)
-    assert time.monotonic() - started < 60
+    # bounded by EXAMPLES_PER_MODE (about 10 s on an idle 2-core machine); this only catches a
+    # runaway, with room for a loaded CI machine
+    assert time.monotonic() - started < 240
     # the token still works: fuzzing never hit the caller's own team by accident
     assert httpx.get(f"{live}/v1/teams", headers=headers).status_code == 200
