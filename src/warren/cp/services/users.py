@@ -1,16 +1,16 @@
-"""User search (SPEC §2.3, §7.10) and platform-admin grants."""
+"""User search (SPEC §2.3, §7.10)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warren import clock, ids
+from warren import ids
 from warren.cp.db.tables import users
 from warren.cp.services import autocommit
 from warren.cp.services.context import AuthContext
-from warren.errors import InvalidRequest, NotFound
+from warren.errors import InvalidRequest
 
 SEARCH_LIMIT = 10
 MAX_PREFIX = 254
@@ -42,20 +42,3 @@ async def search_by_email_prefix(engine: AsyncEngine, ctx: AuthContext, prefix: 
             .limit(SEARCH_LIMIT)
         )
         return [UserMatch(user_id=ids.user_id(r.id), email=r.email) for r in rows]
-
-
-async def set_platform_admin(engine: AsyncEngine, email: str, is_admin: bool = True) -> str:
-    """Grant or revoke platform admin (``warren admin grant EMAIL``). Returns the user's ID."""
-    clean = email.strip().lower()
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                update(users)
-                .where(users.c.email == clean)
-                .values(is_admin=is_admin, updated_at=clock.now())
-                .returning(users.c.id)
-            )
-        ).first()
-    if row is None:
-        raise NotFound(f"no user with email {clean}")
-    return ids.user_id(row.id)
