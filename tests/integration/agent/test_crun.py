@@ -1,0 +1,39 @@
+"""The same agent with `--runtime crun` (it hides the hybrid cgroup2 mount per call)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from warren.rpc import hostagent_pb2 as pb
+
+from .agentlib import Agent, wait_no_leaks
+
+pytestmark = pytest.mark.root
+
+
+def test_crun_create_exec_pause_resume_destroy(agent_root: Path) -> None:
+    agent = Agent(agent_root / "crun", runtime="crun").start()
+    try:
+        r = agent.create(memory_mb=128)
+        sb = r.sandbox_id
+        assert agent.exec(sb, "cat", "/proc/self/uid_map").stdout.split()[:2] == [b"0", b"1000000000"]
+        agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sb))
+        assert {
+            s.sandbox_id: s.status for s in agent.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes
+        } == {sb: "paused"}
+        agent.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=sb))
+        assert agent.py(sb, "print(6 * 7)").stdout == b"42\n"
+        # re-adoption works the same with crun's state
+        agent.kill9()
+        agent.start()
+        assert agent.exec(sb, "true").exit_code == 0
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb))
+        time.sleep(0.1)
+        assert wait_no_leaks(agent, sb, r.host_ip) == []
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.destroy_all()
+            agent.stop()

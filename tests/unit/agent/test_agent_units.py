@@ -1,0 +1,127 @@
+"""Pure-logic parts of the agent: the OCI config's hardening, slot addressing, error mapping,
+template references and the ownership shift of a template rootfs."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from warren.agent.guest_client import GuestError
+from warren.agent.manager import ExecTimeout
+from warren.agent.network import MAX_SLOTS, Slot
+from warren.agent.runtime.bundle import CAPABILITIES, BundleSpec, cgroups_path, oci_config, seccomp_profile
+from warren.agent.server import status_for
+from warren.agent.templates import MAPPED_BASE, TemplateRef, shift_ownership
+from warren.errors import InternalError, InvalidRequest, InvalidState, NotFound
+
+
+def spec(**kw: object) -> BundleSpec:
+    base: dict[str, object] = dict(
+        sandbox_id="sb-x", rootfs=Path("/r"), guest_dir=Path("/g"), run_dir=Path("/run/x"),
+        netns_path="/run/netns/warren-s3", hostname="sb-x", vcpus=2, memory_mb=256,
+        guest_argv=["/usr/bin/python3"],
+    )  # fmt: skip
+    base.update(kw)
+    return BundleSpec(**base)  # type: ignore[arg-type]
+
+
+def test_oci_config_limits_namespaces_and_user_mapping() -> None:
+    cfg = oci_config(spec())
+    lin = cfg["linux"]
+    assert lin["resources"]["cpu"] == {"quota": 200_000, "period": 100_000}
+    assert lin["resources"]["memory"] == {"limit": 256 << 20, "swap": 256 << 20}
+    assert lin["resources"]["pids"]["limit"] == 1024
+    assert lin["uidMappings"] == [{"containerID": 0, "hostID": MAPPED_BASE, "size": 65536}]
+    ns = {n["type"]: n.get("path") for n in lin["namespaces"]}
+    assert set(ns) == {"pid", "ipc", "uts", "mount", "user", "cgroup", "network"}
+    assert ns["network"] == "/run/netns/warren-s3"
+    assert lin["cgroupsPath"] == cgroups_path("sb-x") == "/warren/sb-x"
+    assert cfg["process"]["noNewPrivileges"] is True
+    assert "/proc/kcore" in lin["maskedPaths"] and "/proc/sys" in lin["readonlyPaths"]
+    mounts = {m["destination"]: m for m in cfg["mounts"]}
+    assert "ro" in mounts["/.warren/guest"]["options"] and mounts["/.warren/guest"]["source"] == "/g"
+    assert mounts["/run/warren"]["source"] == "/run/x"
+    assert cfg["hostname"] == "sb-x"
+
+
+def test_capabilities_are_a_minimal_set() -> None:
+    cfg = oci_config(spec())
+    caps = cfg["process"]["capabilities"]
+    assert caps["bounding"] == CAPABILITIES
+    for dangerous in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_NET_RAW",
+                      "CAP_SYS_RAWIO", "CAP_SYS_TIME", "CAP_MAC_ADMIN", "CAP_BPF"):  # fmt: skip
+        assert dangerous not in caps["bounding"]
+
+
+def test_seccomp_denies_mounts_modules_namespaces_and_filters_clone() -> None:
+    prof = seccomp_profile()
+    denied = {n for rule in prof["syscalls"] if not rule.get("args") for n in rule["names"]}
+    for name in ("mount", "umount2", "init_module", "finit_module", "kexec_load", "unshare", "setns", "bpf",
+                 "open_by_handle_at", "fsopen", "clone3"):  # fmt: skip
+        assert name in denied
+    clone_rules = [r for r in prof["syscalls"] if r["names"] == ["clone"]]
+    flags = {r["args"][0]["value"] for r in clone_rules}
+    assert 0x10000000 in flags and 0x00020000 in flags  # CLONE_NEWUSER, CLONE_NEWNS
+    # every rule tests "flag set", never "flags == 0": plain fork/threads must pass
+    assert all(r["args"][0]["value"] == r["args"][0]["valueTwo"] != 0 for r in clone_rules)
+
+
+def test_slot_addresses_are_disjoint_30s() -> None:
+    assert (Slot(0).gateway, Slot(0).sandbox_ip) == ("10.11.0.1", "10.11.0.2")
+    assert (Slot(70).gateway, Slot(70).sandbox_ip) == ("10.11.1.25", "10.11.1.26")
+    last = Slot(MAX_SLOTS - 1)
+    assert last.sandbox_ip == "10.11.255.254"
+    assert len(Slot(MAX_SLOTS - 1).veth) <= 15  # IFNAMSIZ
+
+
+@pytest.mark.parametrize(
+    ("err", "code"),
+    [
+        (NotFound("sandbox x not found"), grpc.StatusCode.NOT_FOUND),
+        (InvalidRequest("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (InvalidState("not running"), grpc.StatusCode.FAILED_PRECONDITION),
+        (ExecTimeout("slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (GuestError("not_found", "/x"), grpc.StatusCode.NOT_FOUND),
+        (GuestError("invalid_argument", "x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (GuestError("unavailable", "x"), grpc.StatusCode.UNAVAILABLE),
+        (InternalError("boom"), grpc.StatusCode.INTERNAL),
+        (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_status_mapping(err: BaseException, code: grpc.StatusCode) -> None:
+    got, msg = status_for(err)
+    assert got == code and msg
+    if isinstance(err, GuestError) and err.kind == "not_found":
+        assert "not found" in msg
+
+
+def test_template_refs() -> None:
+    assert TemplateRef.parse("", "").is_minimal
+    assert TemplateRef.parse(str(uuid.UUID(int=0)), str(uuid.UUID(int=0))).is_minimal
+    t = uuid.uuid4()
+    assert not TemplateRef.parse(str(uuid.uuid4()), str(t)).is_minimal
+    with pytest.raises(InvalidRequest):
+        TemplateRef.parse("x", str(t))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_shift_ownership_maps_uids_and_keeps_setuid(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "usr/bin").mkdir(parents=True)
+    tool = root / "usr/bin/su"
+    tool.write_text("#!")
+    tool.chmod(0o4755)
+    os.chown(root / "usr", 100, 100)
+    (root / "link").symlink_to("usr/bin/su")
+    shift_ownership(root)
+    shift_ownership(root)  # idempotent
+    assert os.stat(root).st_uid == MAPPED_BASE
+    assert os.stat(root / "usr").st_uid == MAPPED_BASE + 100
+    assert os.lstat(root / "link").st_uid == MAPPED_BASE
+    st = os.stat(tool)
+    assert st.st_uid == MAPPED_BASE and stat.S_IMODE(st.st_mode) == 0o4755
