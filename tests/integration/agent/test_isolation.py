@@ -228,3 +228,14 @@ def test_file_paths_cannot_escape(agent: Agent, pair: tuple) -> None:
     finally:
         marker.unlink()
         written.unlink(missing_ok=True)
+
+
+def test_disk_cap(agent: Agent) -> None:
+    r = agent.create(memory_mb=256, disk_size_mb=16)
+    try:
+        res = agent.exec(r.sandbox_id, "sh", "-c", "dd if=/dev/zero of=/root/fill bs=1M count=40 2>&1")
+        assert res.exit_code != 0 and b"No space left" in res.stdout
+        assert agent.exec(r.sandbox_id, "rm", "/root/fill").exit_code == 0
+        assert agent.exec(r.sandbox_id, "true").exit_code == 0
+    finally:
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))
