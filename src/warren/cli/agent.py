@@ -22,6 +22,40 @@ def setup_logging() -> None:
     )
 
 
+async def run_agent(
+    listen: str,
+    data_dir: Path,
+    runtime: str,
+    *,
+    cp_url: str | None = None,
+    register_token: str | None = None,
+    address: str | None = None,
+) -> None:
+    """The agent, optionally linked to a control plane (registration, mTLS, heartbeats)."""
+    from warren.agent.main import AgentHandle, serve
+
+    if not cp_url:
+        await serve(listen, data_dir, runtime=runtime)
+        return
+    from warren.agent.control_plane import AgentHooks, ControlPlaneLink
+
+    link = await ControlPlaneLink.connect(
+        cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen
+    )
+
+    async def cp_link(handle: AgentHandle) -> None:
+        async def shutdown() -> None:
+            handle.terminate()
+
+        task = link.start(AgentHooks(pause_all=handle.manager.pause_all, shutdown=shutdown))
+        try:
+            await task
+        finally:
+            await link.stop()
+
+    await serve(listen, data_dir, runtime=runtime, tls=link.server_credentials(), extra_tasks=[cp_link])
+
+
 def agent_command(
     listen: Annotated[
         str, typer.Option(help="gRPC address: 127.0.0.1:50051 or unix:/path")
@@ -31,18 +65,10 @@ def agent_command(
     ),
     runtime: Annotated[str, typer.Option(help="OCI runtime: runc or crun")] = "runc",
     cp: Annotated[
-        str | None,
-        typer.Option(
-            envvar="WARREN_CP_URL",
-            help="control plane URL; when set the agent registers/heartbeats and serves ONLY mTLS",
-        ),
+        str | None, typer.Option("--cp", envvar="WARREN_CP_URL", help="control plane URL (enables mTLS)")
     ] = None,
-    register: Annotated[
-        str | None, typer.Option(help="one-time registration token (always re-registers)")
-    ] = None,
-    address: Annotated[
-        str | None, typer.Option(help="host:port the control plane dials (required with --register)")
-    ] = None,
+    register: Annotated[str | None, typer.Option(help="one-time host registration token")] = None,
+    address: Annotated[str | None, typer.Option(help="the ip:port the control plane dials")] = None,
 ) -> None:
     """Run the host agent: sandboxes on this machine, served over gRPC."""
     if os.geteuid() != 0:
@@ -55,56 +81,12 @@ def agent_command(
     if runtime not in ("runc", "crun"):
         typer.echo(f"unknown --runtime {runtime!r}: use runc or crun", err=True)
         raise typer.Exit(code=2)
-    missing = [
-        b for b in (runtime, "ip", "iptables", "mount", "debootstrap", "unshare") if not shutil.which(b)
-    ]
+    missing = [b for b in (runtime, "ip", "iptables", "debootstrap", "unshare", "cp") if not shutil.which(b)]
     if missing:
         typer.echo(
             f"missing host programs: {', '.join(missing)} (apt install runc crun iptables debootstrap)",
             err=True,
         )
         raise typer.Exit(code=1)
-    if (register or address) and not cp:
-        typer.echo("--register and --address need --cp (or WARREN_CP_URL)", err=True)
-        raise typer.Exit(code=2)
     setup_logging()
-    from warren.agent.control_plane import ControlPlaneError
-
-    try:
-        asyncio.run(_run(listen, data_dir, runtime, cp, register, address))
-    except ControlPlaneError as e:
-        typer.echo(f"warren agent: {e}", err=True)
-        raise typer.Exit(code=1) from None
-
-
-async def _run(
-    listen: str, data_dir: Path, runtime: str, cp: str | None, register: str | None, address: str | None
-) -> None:
-    from warren.agent.main import AgentHandle, ExtraTask, serve
-
-    if not cp:
-        await serve(listen, data_dir, runtime=runtime)
-        return
-    # Registered with a control plane (SPEC §3): credentials first, then serve only over mTLS
-    # with the certificate the CP issued, and keep the heartbeat running beside the server.
-    from warren.agent.control_plane import AgentHooks, ControlPlaneLink, delete_credentials
-
-    link = await ControlPlaneLink.connect(
-        cp_url=cp, data_dir=data_dir, register_token=register, address=address
-    )
-
-    async def control_plane_task(handle: AgentHandle) -> None:
-        async def shutdown() -> None:
-            handle.terminate()  # the CP deleted this host: destroy every sandbox, then stop
-
-        try:
-            await link.start(AgentHooks(pause_all=handle.manager.pause_all, shutdown=shutdown))
-        finally:
-            await link.stop()
-            if handle.destroy_on_stop:
-                # Terminate comes only from the CP (mTLS), when it deletes this host: the
-                # credentials are dead, so a restart must not try them.
-                delete_credentials(data_dir)
-
-    tasks: list[ExtraTask] = [control_plane_task]
-    await serve(listen, data_dir, runtime=runtime, tls=link.server_credentials(), extra_tasks=tasks)
+    asyncio.run(run_agent(listen, data_dir, runtime, cp_url=cp, register_token=register, address=address))

@@ -39,7 +39,10 @@ def generate(out_dir: Path) -> dict[str, str]:
     texts = {name: (out_dir / name).read_text() for name in OUTPUTS}
     # protoc emits an absolute `import hostagent_pb2`, which only works with rpc/ on sys.path.
     texts["hostagent_pb2_grpc.py"] = re.sub(
-        r"^import hostagent_pb2 as", "from . import hostagent_pb2 as", texts["hostagent_pb2_grpc.py"], flags=re.M
+        r"^import hostagent_pb2 as",
+        "from . import hostagent_pb2 as",
+        texts["hostagent_pb2_grpc.py"],
+        flags=re.M,
     )
     return texts
 

@@ -125,3 +125,28 @@ def test_shift_ownership_maps_uids_and_keeps_setuid(tmp_path: Path) -> None:
     assert os.lstat(root / "link").st_uid == MAPPED_BASE
     st = os.stat(tool)
     assert st.st_uid == MAPPED_BASE and stat.S_IMODE(st.st_mode) == 0o4755
+
+
+def test_agent_command_refuses_non_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from warren.cli.agent import agent_command
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(typer.Exit) as ei:
+        agent_command(listen="127.0.0.1:1", data_dir=Path("/nonexistent"), runtime="runc")
+    assert ei.value.exit_code == 1
+    assert "must run as root" in capsys.readouterr().err
+
+
+def test_listen_without_tls_is_loopback_only() -> None:
+    from warren.agent.main import check_listen
+
+    check_listen("127.0.0.2:50051", tls=False)
+    check_listen("[::1]:50051", tls=False)
+    check_listen("unix:/run/warren/agent.sock", tls=False)
+    check_listen("0.0.0.0:50051", tls=True)
+    with pytest.raises(SystemExit):
+        check_listen("0.0.0.0:50051", tls=False)
