@@ -264,7 +264,7 @@ async def exec_command(
             ) from e
         raise
     duration_ms = int((clock.monotonic() - t0) * 1000)
-    await sandbox_access.touch(engine, tgt.uuid)
+    sandbox_access.touch_later(engine, tgt.uuid)
     out, err, encoding = encode_outputs(resp.stdout, resp.stderr)
     return ExecResult(
         sandbox_id=tgt.sid,
@@ -304,20 +304,7 @@ async def stream_session(
             await send({"type": "error", "data": FIRST_FRAME_ERROR, "code": "invalid_request", "status": 400})
             return
     finally:
-        task = asyncio.create_task(_touch_detached(engine, sandbox_uuid))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-async def _touch_detached(engine: AsyncEngine, sandbox_uuid: Any) -> None:
-    try:
-        async with asyncio.timeout(5):
-            await sandbox_access.touch(engine, sandbox_uuid)
-    except Exception as e:  # best effort: the session itself already finished
-        log.warning("exec stream: last_active_at update failed: %s", e)
+        sandbox_access.touch_later(engine, sandbox_uuid)
 
 
 def _is_pid(v: Any) -> bool:
@@ -557,7 +544,7 @@ async def start_process(
     finally:
         done.set()
         call.cancel()
-    await sandbox_access.touch(engine, tgt.uuid)
+    sandbox_access.touch_later(engine, tgt.uuid)
     return ProcessInfo(pid=pid, tag=body.tag or None, cmd=body.cmd, args=body.args, cwd=body.cwd)
 
 
