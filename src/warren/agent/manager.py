@@ -104,6 +104,16 @@ def _set_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: never tear down on a guess
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 async def _umount_lazy(path: Path) -> None:
     with contextlib.suppress(OSError):
         umount(str(path), lazy=True)
@@ -729,6 +739,13 @@ class SandboxManager:
 
     async def _sample_all(self) -> None:
         for sb in list(self._sandboxes.values()):
+            if not _alive(sb.pid):
+                # The guest (PID 1) died, so did the container: free everything; the CP sees
+                # the sandbox missing from ListSandboxes.
+                log.error("event=sandbox_died sandbox_id=%s pid=%d", sb.id, sb.pid)
+                with contextlib.suppress(WarrenError):
+                    await self.destroy(sb.id)
+                continue
             self._sample(sb)
 
     def metrics(self, sb_id: str, range_: str) -> list[tuple[int, float, int, int]]:

@@ -244,3 +244,20 @@ def test_exec_stream_stdin_signal_and_attach(agent: Agent) -> None:
     finally:
         s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb))
     assert wait_no_leaks(agent, sb, r.host_ip) == []
+
+
+def test_a_sandbox_whose_guest_died_is_cleaned_up(agent: Agent) -> None:
+    import signal
+
+    r = agent.create(memory_mb=64)
+    pid = int((agent.data_dir / "sandboxes" / r.sandbox_id / "init.pid").read_text())
+    os.kill(pid, signal.SIGKILL)  # from the host: the sandbox's PID 1 is gone
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ids = {s.sandbox_id for s in agent.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes}
+        if r.sandbox_id not in ids:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("dead sandbox still listed")
+    assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
