@@ -8,8 +8,12 @@ body cap, the routers listed in ``warren.cp.api.ROUTERS``, lifespan hooks
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -243,8 +247,20 @@ def _install_openapi(app: FastAPI) -> None:
         )
 
 
+def _limit_malloc_arenas() -> None:
+    """glibc gives threads that allocate their own malloc arenas (up to 8 per core). gRPC's
+    threads then strand freed 64 KiB file-relay buffers in arenas of their own and the CP's RSS
+    climbs by tens of MiB during a large download; two arenas keep it flat. Same effect as
+    ``MALLOC_ARENA_MAX=2``, which wins when set."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # -8 = M_ARENA_MAX
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    _limit_malloc_arenas()
     secret_ok = settings.require_jwt_secret()  # refuse to build an app that would sign with a weak key
     del secret_ok
 
