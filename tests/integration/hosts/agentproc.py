@@ -66,7 +66,8 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent {self.address} exited {self.proc.returncode}:\n{self.log_tail()}")
             creds = load_credentials(self.data_dir)
-            if creds is not None and await self._listening():
+            # Its own "ready" line, not merely an open port: a stale agent could hold the port.
+            if creds is not None and "event=agent_ready" in self.log_tail(400) and await self._listening():
                 self.host_id = creds.host_id
                 return self
             await asyncio.sleep(0.1)
@@ -106,6 +107,22 @@ class AgentProcess:
                 return self.proc.returncode
             await asyncio.sleep(0.1)
         raise TimeoutError(f"agent {self.address} did not exit:\n{self.log_tail()}")
+
+    async def destroy_all(self, pool: Any) -> None:
+        """Destroy every sandbox this agent holds (over the CP's mTLS client ``pool``): a plain
+        stop keeps them for re-adoption, and test runs must not leave containers behind."""
+        if self.proc is None or self.proc.poll() is not None or not self.host_id:
+            return
+        from warren.rpc import hostagent_pb2 as pb
+
+        with contextlib.suppress(Exception):
+            os.kill(self.proc.pid, signal.SIGCONT)
+            client = pool.get_for(self.host_uuid, self.address)
+            listed = await client.call("ListSandboxes", pb.ListSandboxesRequest(), deadline=10)
+            reqs = [pb.DestroySandboxRequest(sandbox_id=s.sandbox_id) for s in listed.sandboxes]
+            await asyncio.gather(
+                *(client.call("DestroySandbox", r, deadline=60) for r in reqs), return_exceptions=True
+            )
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

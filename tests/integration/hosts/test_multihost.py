@@ -140,6 +140,8 @@ async def cluster(cp: CP) -> AsyncIterator[Cluster]:
             assert await c.host_status(a) == "online"
         yield c
     finally:
+        pool: HostClientPool = cp.app.state.pool
+        await asyncio.gather(*(a.destroy_all(pool) for a in agents))
         await asyncio.gather(*(a.stop() for a in agents))
         shutil.rmtree(root, ignore_errors=True)
 

@@ -51,16 +51,23 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
     responses=error_responses(400, *AUTH_ERRORS, 404, 502, 503),
 )
 async def create_sandbox(
-    ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched,
+    ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched, response: Response,
     body: Annotated[CreateSandboxRequest | None, Body()] = None,
 ) -> svc.Sandbox:  # fmt: skip
-    """Create a sandbox on a host chosen by the scheduler. No eligible host → 503."""
+    """Create a sandbox on a host chosen by the scheduler. No eligible host → 503.
+
+    ``Server-Timing: agent;dur=<ms>`` tells how long the host agent took (as seen by the CP), so
+    the control plane's own share of the latency is measurable from outside."""
     b = body or CreateSandboxRequest()
     params = svc.CreateParams(
         template=b.template, vcpus=b.vcpus, memory_mb=b.memory_mb, timeout_sec=b.timeout_sec,
         internet=b.internet, env=b.env,
     )  # fmt: skip
-    return await svc.create_sandbox(db, pool, scheduler, ctx, params)
+    timings: dict[str, float] = {}
+    sandbox = await svc.create_sandbox(db, pool, scheduler, ctx, params, timings=timings)
+    if "agent" in timings:
+        response.headers["Server-Timing"] = f"agent;dur={timings['agent']:.1f}"
+    return sandbox
 
 
 @router.get(
