@@ -59,7 +59,8 @@ def floor_runs(agent: Agent, runtime: str, sb_id: str, n: int) -> list[float]:
         cfg["process"]["args"] = ["/bin/true"]
         cfg["linux"]["cgroupsPath"] = f"/warren-bench/{cid}"
         (bundle / "config.json").write_text(json.dumps(cfg))
-        argv = [runtime, "--root", str(agent.root / f"floor-{runtime}"), "run", "--bundle", str(bundle), cid]
+        argv = [runtime, "--root", str(agent.root / f"floor-{runtime}"), "run", "--no-new-keyring",
+                "--bundle", str(bundle), cid]  # fmt: skip
         if runtime == "crun":
             argv = [
                 "unshare",

@@ -58,8 +58,11 @@ class OciRuntime:
         pid_file.unlink(missing_ok=True)
         # stdio goes to /dev/null: the container's init inherits it, and a pipe would keep us
         # waiting for EOF until the container exits. Errors land in --log.
-        argv = self._argv("--log", str(log_file), "run", "--detach", "--bundle", str(bundle),
-                          "--pid-file", str(pid_file), sandbox_id)  # fmt: skip
+        # --no-new-keyring: a fresh session keyring per container would count against the key
+        # quota of the one mapped uid every sandbox shares (200 keys) and fail the 200th create;
+        # the inherited keyring is unreachable anyway (seccomp denies keyctl/add_key).
+        argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring",
+                          "--bundle", str(bundle), "--pid-file", str(pid_file), sandbox_id)  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
