@@ -85,6 +85,10 @@ def control_plane(home: Path) -> Iterator[tuple[str, str]]:
             "--no-access-log",
             "--log-level",
             "warning",
+            # Connections sit idle while 100 creates queue on the agents; uvicorn's 5 s default
+            # would close them under the client's feet.
+            "--timeout-keep-alive",
+            "120",
         ]
         with contextlib.suppress(ImportError):
             import uvloop  # noqa: F401
