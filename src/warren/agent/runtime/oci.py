@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 from warren.agent.proc import CommandError, run, write_file
@@ -118,10 +119,13 @@ class OciRuntime:
         state = cgroup_dir("freezer", sandbox_id) / "freezer.state"
         try:
             write_file(str(state), "FROZEN")
-            for _ in range(400):
+            # v1 freezing is asynchronous (FREEZING → FROZEN), usually within a millisecond:
+            # poll finely rather than sleeping a fixed 5 ms like the runtimes do.
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
                 if state.read_text().strip() == "FROZEN":
                     return
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.0005)
         except OSError as e:
             raise RuntimeError_(f"freeze {sandbox_id}: {e}") from e
         write_file(str(state), "THAWED")
