@@ -98,6 +98,10 @@ async def test_create_sends_the_resolved_template_and_options(env: Env) -> None:
     req = env.agent.created[-1]
     assert req.sandbox_id == sb["id"] and req.internet is False and req.disk_size_mb == 5120
     assert req.template_id == str(ids.ZERO_UUID) and req.team_id == str(ids.ZERO_UUID)
+    audit = await sql(
+        env.cp, "SELECT actor_type, action, metadata FROM audit_logs WHERE resource_id = :s", s=sb["id"]
+    )
+    assert audit == [("api_key", "create", {"template": "minimal"})]
 
 
 async def test_snapshot_template_overrides_shape(env: Env) -> None:

@@ -10,6 +10,7 @@ can never be overwritten by a stale decision.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -118,6 +119,36 @@ _RESOLVE = sa.text(
 )
 
 
+_MARK_RUNNING = sa.text(
+    """
+    WITH u AS (
+        UPDATE sandboxes
+        SET status = 'running', host_ip = :host_ip, started_at = :now, last_active_at = :now,
+            last_updated = :now
+        WHERE id = :id AND status = 'pending'
+        RETURNING *
+    ), a AS (
+        INSERT INTO audit_logs (id, team_id, actor_type, actor_id, actor_name, resource_type,
+                                resource_id, action, scope, status, metadata, created_at)
+        SELECT :audit_id, :team_id, :actor_type, :actor_id, :actor_name, 'sandbox', :sid, 'create',
+               'team', 'success', CAST(:meta AS jsonb), :now
+        FROM u
+    )
+    SELECT * FROM u
+    """
+)
+
+_autocommit_engines: dict[int, AsyncEngine] = {}
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool without BEGIN/COMMIT around single statements."""
+    ac = _autocommit_engines.get(id(engine))
+    if ac is None or ac.sync_engine.pool is not engine.sync_engine.pool:
+        ac = _autocommit_engines[id(engine)] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return ac
+
+
 async def create_sandbox(
     engine: AsyncEngine,
     pool: HostClientPool,
@@ -140,7 +171,9 @@ async def create_sandbox(
 
     sb_uuid = ids.new_uuid()
     sid = ids.sandbox_id(sb_uuid)
-    async with engine.begin() as conn:
+    # Autocommit: three single statements (no BEGIN/COMMIT round trips); the insert is atomic
+    # on its own and the reads need no snapshot shared with it.
+    async with _autocommit(engine).connect() as conn:
         r = (await conn.execute(_RESOLVE, {"name": name, "team_id": team_uuid})).mappings().first()
         if r is None:
             raise Forbidden("no active team context; re-authenticate", code="no_team")
@@ -198,20 +231,25 @@ async def create_sandbox(
         log.warning("sandbox create failed sandbox=%s host=%s: %s", sid, ids.host_id(host["id"]), e)
         raise
     now = clock.now()
-    async with engine.begin() as conn:
+    actor_type, actor_id, actor_name = audit.actor_of(ctx)
+    async with _autocommit(engine).connect() as conn:
+        # One statement marks it running and writes the audit row (one round trip, atomic).
         row = (
             (
                 await conn.execute(
-                    sandboxes.update()
-                    .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "pending")
-                    .values(
-                        status="running",
-                        host_ip=resp.host_ip,
-                        started_at=now,
-                        last_active_at=now,
-                        last_updated=now,
-                    )
-                    .returning(*sandboxes.c)
+                    _MARK_RUNNING,
+                    {
+                        "id": sb_uuid,
+                        "host_ip": resp.host_ip,
+                        "now": now,
+                        "audit_id": ids.new_uuid(),
+                        "team_id": team_uuid,
+                        "actor_type": actor_type,
+                        "actor_id": actor_id,
+                        "actor_name": actor_name,
+                        "sid": sid,
+                        "meta": json.dumps({"template": name}),
+                    },
                 )
             )
             .mappings()
@@ -220,15 +258,15 @@ async def create_sandbox(
         if row is None:
             # Someone (a destroy, a monitor pass) moved it on while the agent was creating it.
             row = (await conn.execute(sa.select(sandboxes).where(sandboxes.c.id == sb_uuid))).mappings().one()
-        await audit.record(
-            conn,
-            ctx,
-            team_id=team_uuid,
-            action="create",
-            resource_type="sandbox",
-            resource_id=sid,
-            metadata={"template": name},
-        )
+            await audit.record(
+                engine,
+                ctx,
+                team_id=team_uuid,
+                action="create",
+                resource_type="sandbox",
+                resource_id=sid,
+                metadata={"template": name},
+            )
     log.info(
         "sandbox created sandbox=%s host=%s team=%s", sid, ids.host_id(host["id"]), ids.team_id(team_uuid)
     )
