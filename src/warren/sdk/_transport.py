@@ -373,6 +373,7 @@ class SyncTransport:
                     max_size=None,
                     compression=None,
                     proxy=None,
+                    legacy=True,  # a plain connection whose lifetime the op manages (no `with`)
                 )
             except (InvalidHandshake, OSError, builtins.TimeoutError) as exc:
                 raise _ws_error(exc) from exc
