@@ -33,11 +33,11 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import ids
+from warren.cli.admin import set_admin
 from warren.config import Settings
 from warren.cp.app import create_app
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import teams as teams_svc
-from warren.cp.services import users as users_svc
 from warren.cp.services.context import AuthContext
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,7 +54,8 @@ JWT_SECRET = "e2e-secret-" + "d" * 40
 PASSWORD = "correct-horse-battery"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
-expect.set_options(timeout=10_000)
+# Generous: CI runs these next to other suites on two shared cores.
+expect.set_options(timeout=20_000)
 
 
 def free_port() -> int:
@@ -149,7 +150,9 @@ class LiveCP:
         )
 
     async def make_admin(self, account: Account) -> None:
-        await users_svc.set_platform_admin(self.engine, account.email, True)
+        """What an operator does with ``warren admin grant EMAIL``."""
+        assert self.settings.database_url
+        assert await set_admin(self.settings.database_url, account.email, True)
 
     async def enable_byoc(self, team_id: str) -> None:
         admin = AuthContext(kind="jwt", team_id=None, is_admin=True)

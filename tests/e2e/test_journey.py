@@ -187,6 +187,12 @@ async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
         confirm = page.locator("#confirm-dialog")
         await expect(confirm).to_contain_text(sid)
         await confirm.get_by_role("button", name="Destroy").click()
+        try:
+            await expect(confirm).to_be_hidden(timeout=90_000)
+        except AssertionError:  # the dialog stays open and shows the error when destroy fails
+            raise AssertionError(
+                f"destroy {sid} failed: {await confirm.locator('.form-error').text_content()!r}"
+            ) from None
         await expect(rows.filter(has_text=sid)).to_have_count(0, timeout=60_000)
     await expect(page.get_by_role("heading", name="No sandboxes yet")).to_be_visible()
 

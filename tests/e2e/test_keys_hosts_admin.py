@@ -112,7 +112,7 @@ async def test_byoc_hosts_register_reveal_status_and_force_delete(web: Web, live
     on_row = rows.filter(has_text=ids.host_id(online))
     await expect(on_row).to_contain_text("Online")
     await expect(on_row).to_contain_text("8 vCPU · 16GB RAM · 100GB disk")
-    await expect(on_row).to_contain_text(re.compile(r"2\ds ago"))
+    await expect(on_row).to_contain_text(re.compile(r"[2-5]\ds ago"))
     await expect(page.locator(".pill").first).to_contain_text("1 online")
     await web.shot(page, "hosts-list")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.async_api import expect
@@ -51,6 +52,8 @@ async def test_list_search_refresh_and_auto_refresh(web: Web, live: LiveCP) -> N
     page = await web.new_page()
     await page.clock.install()
     await web.login(page, acct)
+    # From here on the page's timers only move when the test moves them.
+    await page.clock.pause_at(datetime.now(UTC) + timedelta(seconds=1))
     rows = page.locator("#sandbox-rows tr")
     await expect(rows).to_have_count(2)
     await expect(page.locator("#running-count")).to_have_text("1 running · 2 total")
