@@ -227,6 +227,8 @@ class Web:
         if record:
             ctx.on("request", lambda req: self.requests.append(req.url))
         self.contexts.append(ctx)
+        ctx.set_default_navigation_timeout(60_000)
+        ctx.set_default_timeout(45_000)
         page = await ctx.new_page()
         page.on("pageerror", lambda err: self.page_errors.append(str(err)))
         return page

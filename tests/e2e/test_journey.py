@@ -173,7 +173,7 @@ async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
     await trow.get_by_role("button", name="Launch from journey-snap").click()
     await expect(page.locator("#launch-dialog").get_by_label("Memory (MB)")).to_have_value("256")
     await page.locator("#launch-dialog").get_by_role("button", name="Launch").click()
-    await page.wait_for_url("**/dashboard/sandboxes")
+    await page.wait_for_url("**/dashboard/sandboxes", timeout=120_000)
     await expect(rows).to_have_count(2, timeout=60_000)
     second_row = rows.filter(has_text="journey-snap")
     await expect(second_row.locator(".badge")).to_have_text("Running")

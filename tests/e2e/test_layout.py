@@ -103,6 +103,7 @@ async def test_admin_link_only_for_platform_admins(web: Web, live: LiveCP) -> No
     await expect(page2.get_by_role("link", name="Admin")).to_have_count(0)
     await page2.goto("/admin")
     await expect(page2.get_by_test_id("error-message")).to_have_text("The admin area is for platform admins.")
+    await web.shot(page2, "admin-refused")
 
 
 async def test_dialogs_are_keyboard_usable(web: Web, live: LiveCP) -> None:
