@@ -49,6 +49,16 @@ class ScriptedAgent(pb_grpc.HostAgentServicer):
         self.calls.append(f"ResumeSandbox:{request.timeout_sec}")
         return pb.ResumeSandboxResponse(sandbox_id=request.sandbox_id, status="running", host_ip="10.11.0.3")
 
+    async def GetSandboxMetrics(self, request: Any, context: Any) -> Any:
+        base = 1_700_000_000
+        step = 1 if request.range == "10m" else 30
+        return pb.GetSandboxMetricsResponse(
+            points=[
+                pb.MetricPoint(timestamp_unix=base + i * step, cpu_pct=12.6, mem_bytes=1 << 20)
+                for i in range(3)
+            ]
+        )
+
     async def PingSandbox(self, request: Any, context: Any) -> Any:
         self.calls.append("PingSandbox")
         return pb.PingSandboxResponse()
@@ -184,3 +194,14 @@ async def test_no_eligible_host_is_503(env: Env) -> None:
         assert r.status_code == 503 and r.json()["error"]["code"] == "no_hosts_available"
     finally:
         await sql(env.cp, "UPDATE hosts SET status = 'online'")
+
+
+async def test_pause_keeps_metric_points_and_destroy_drops_them(env: Env) -> None:
+    sb = (await env.api("POST", "/v1/sandboxes", json={})).json()["id"]
+    assert (await env.api("POST", f"/v1/sandboxes/{sb}/pause")).status_code == 200
+    sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sb)
+    q = "SELECT count(*), max(cpu_pct) FROM sandbox_metric_points WHERE sandbox_id = :s"
+    # 10m points at +0,+1,+2 s and 2h points at +0,+30,+60 s: five distinct timestamps.
+    assert (await sql(env.cp, q, s=sb_uuid))[0] == (5, 13)
+    assert (await env.api("DELETE", f"/v1/sandboxes/{sb}")).status_code == 204
+    assert (await sql(env.cp, q, s=sb_uuid))[0][0] == 0

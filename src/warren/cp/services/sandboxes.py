@@ -17,15 +17,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db.tables import hosts, sandboxes
+from warren.cp.db.tables import hosts, sandbox_metric_points, sandboxes
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import Timestamp, audit
@@ -353,6 +355,10 @@ async def destroy_sandbox(
             .where(sandboxes.c.id == row["id"])
             .values(status="stopped", last_updated=clock.now())
         )
+        if row["status"] == "paused":  # its saved samples have no reader any more
+            await conn.execute(
+                sandbox_metric_points.delete().where(sandbox_metric_points.c.sandbox_id == row["id"])
+            )
         await audit.record(
             conn, ctx, team_id=team_uuid, action="destroy", resource_type="sandbox", resource_id=sid
         )
@@ -393,12 +399,36 @@ async def pause_sandbox(
                 .values(status="running", last_updated=clock.now())
             )
         raise
+    await _save_metric_points(engine, pool.get(host), row["id"], sid)
     async with engine.begin() as conn:
         new = (await conn.execute(sa.select(sandboxes).where(sandboxes.c.id == row["id"]))).mappings().one()
         await audit.record(
             conn, ctx, team_id=team_uuid, action="pause", resource_type="sandbox", resource_id=sid
         )
     return sandbox_model(new)
+
+
+async def _save_metric_points(engine: AsyncEngine, client: HostClient, sb_uuid: uuid.UUID, sid: str) -> None:
+    """Best effort (SPEC §2.5 pause, §9.4): keep the samples of a paused sandbox in the database,
+    so its metrics stay readable if the agent loses them. Failures are logged, never raised."""
+    try:
+        points: dict[int, Any] = {}
+        for tier in ("2h", "10m"):  # the finer tier wins where both have a timestamp
+            resp = await client.call(
+                "GetSandboxMetrics", pb.GetSandboxMetricsRequest(sandbox_id=sid, range=tier), deadline=10
+            )
+            points.update({p.timestamp_unix: p for p in resp.points})
+        if not points:
+            return
+        rows = [
+            {"sandbox_id": sb_uuid, "ts": datetime.fromtimestamp(ts, UTC), "cpu_pct": round(p.cpu_pct),
+             "mem_bytes": p.mem_bytes, "disk_bytes": p.disk_bytes}
+            for ts, p in sorted(points.items())
+        ]  # fmt: skip
+        async with engine.begin() as conn:
+            await conn.execute(pg_insert(sandbox_metric_points).values(rows).on_conflict_do_nothing())
+    except Exception as e:
+        log.info("pause: could not save metric points of %s: %s", sid, e)
 
 
 async def resume_sandbox(
