@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def control_plane(home: Path) -> Iterator[tuple[str, str]]:
+def control_plane(home: Path) -> Iterator[tuple[str, str, int]]:
     from warren.cp.db import migrate
     from warren.cp.db.embedded import EmbeddedPostgres
 
@@ -105,12 +105,18 @@ def control_plane(home: Path) -> Iterator[tuple[str, str]]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the control plane did not start")
                 time.sleep(0.1)
-            yield url, pg.url
+            yield url, pg.url, proc.pid
         finally:
             proc.terminate()
             proc.wait(30)
     finally:
         pg.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -225,7 +231,7 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="warren-bench-sched-", ignore_cleanup_errors=True) as d:
         home = Path(d)
         os.chmod(home, 0o755)
-        with control_plane(home) as (url, database_url):
+        with control_plane(home) as (url, database_url, cp_pid):
             key, agents, _ = await setup(url, database_url, home / "agents")
             pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
             try:
@@ -240,9 +246,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     cp_lat: list[float] = []
                     cp_own: list[float] = []
                     direct_lat: list[float] = []
+                    cpu = 0.0
                     for _ in range(rounds):
                         direct_lat += await direct(pool, agents, n, concurrent=concurrent)
+                        before = cpu_seconds(cp_pid)
                         lat, own = await via_cp(url, key, n, concurrent=concurrent)
+                        cpu += cpu_seconds(cp_pid) - before  # includes the n destroys
                         cp_lat += lat
                         cp_own += own
                     a, b, o = report(direct_lat), report(cp_lat), report(cp_own)
@@ -251,6 +260,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     print(row("  via CP (REST, end to end)", b))
                     print(row("  CP overhead (via CP - direct)", {k: b[k] - a[k] for k in a}))
                     print(row("  CP's own time per request", o) + "   (target p50 <= 15 ms)")
+                    print(f"  CP process CPU per create+destroy: {cpu / (n * rounds) * 1000:.1f} ms")
             finally:
                 await asyncio.gather(*(a.destroy_all(pool) for a in agents))
                 await pool.close()
