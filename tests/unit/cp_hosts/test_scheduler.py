@@ -75,3 +75,19 @@ async def test_counters_are_per_pool(engine: AsyncEngine, rows: Rows) -> None:
         got.append(await _pick(engine, s, byoc, True))
     # Interleaving a BYOC team's requests does not skew the platform rotation.
     assert got == [p[0], b[0], p[1], b[1]]
+
+
+async def test_snapshot_host_affinity_picks_only_the_host_holding_the_files(
+    engine: AsyncEngine, rows: Rows
+) -> None:
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    hs = [await rows.host(admin, created_offset_s=i) for i in range(3)]
+    down = await rows.host(admin, status="unreachable")
+    s = RoundRobinScheduler()
+    async with engine.connect() as conn:
+        picks = {(await s.select_host(conn, team, False, required_host=hs[1]))["id"] for _ in range(4)}
+        assert picks == {hs[1]}
+        with pytest.raises(ServiceUnavailable) as e:
+            await s.select_host(conn, team, False, required_host=down)
+    assert e.value.code == "snapshot_host_unavailable"

@@ -168,6 +168,10 @@ templates = Table(
     Column("size_bytes", BigInteger, nullable=False, server_default=text("0")),
     # 'filesystem' (container runtime) or 'memory' (a runtime that checkpoints RAM too).
     Column("snapshot_kind", Text, nullable=False, server_default=text("'filesystem'")),
+    # The host whose disk holds a snapshot's files (NULL for base templates, which every host
+    # builds itself). Sandboxes from a snapshot are scheduled onto this host only; no FK, so
+    # the row outlives a deleted host and creates from it answer 503 instead of vanishing.
+    Column("host_id", UUID(as_uuid=True), nullable=True),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("team_id", UUID(as_uuid=True), nullable=False, index=True),  # no FK: zero = platform
     UniqueConstraint("team_id", "name", name="uq_templates_team_id_name"),

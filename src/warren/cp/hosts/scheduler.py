@@ -22,8 +22,18 @@ from warren.errors import ServiceUnavailable
 
 
 class Scheduler(Protocol):
-    async def select_host(self, conn: AsyncConnection, team_id: uuid.UUID, is_byoc: bool) -> RowMapping:
-        """Pick the host for a new sandbox of ``team_id``; raise ServiceUnavailable if none."""
+    async def select_host(
+        self,
+        conn: AsyncConnection,
+        team_id: uuid.UUID,
+        is_byoc: bool,
+        *,
+        required_host: uuid.UUID | None = None,
+    ) -> RowMapping:
+        """Pick the host for a new sandbox of ``team_id``; raise ServiceUnavailable if none.
+
+        ``required_host`` narrows the choice to one host (the one holding a snapshot's files);
+        it must still be eligible for the team."""
         ...
 
 
@@ -44,8 +54,23 @@ class RoundRobinScheduler:
         # event loop each get their own slot.
         self._counters: dict[uuid.UUID | None, itertools.count[int]] = {}
 
-    async def select_host(self, conn: AsyncConnection, team_id: uuid.UUID, is_byoc: bool) -> RowMapping:
+    async def select_host(
+        self,
+        conn: AsyncConnection,
+        team_id: uuid.UUID,
+        is_byoc: bool,
+        *,
+        required_host: uuid.UUID | None = None,
+    ) -> RowMapping:
         candidates = await eligible_hosts(conn, team_id, is_byoc)
+        if required_host is not None:
+            candidates = [h for h in candidates if h["id"] == required_host]
+            if not candidates:
+                raise ServiceUnavailable(
+                    "the host holding this snapshot's files is not online; "
+                    "try again when it is back, or snapshot a sandbox on another host",
+                    code="snapshot_host_unavailable",
+                )
         if not candidates:
             msg = (
                 "no online BYOC hosts available for team" if is_byoc else "no online platform hosts available"

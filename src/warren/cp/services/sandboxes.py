@@ -107,10 +107,11 @@ _RESOLVE = sa.text(
     """
     SELECT t.is_byoc,
            tpl.id AS template_id, tpl.team_id AS template_team_id, tpl.type AS template_type,
-           tpl.vcpus AS template_vcpus, tpl.memory_mb AS template_memory_mb
+           tpl.vcpus AS template_vcpus, tpl.memory_mb AS template_memory_mb,
+           tpl.host_id AS template_host_id
     FROM teams t
     LEFT JOIN LATERAL (
-        SELECT id, team_id, type, vcpus, memory_mb FROM templates
+        SELECT id, team_id, type, vcpus, memory_mb, host_id FROM templates
         WHERE name = :name AND team_id IN (:team_id, CAST('00000000-0000-0000-0000-000000000000' AS uuid))
         -- the team's own template wins; naming rules keep the two from clashing anyway
         ORDER BY (team_id = :team_id) DESC
@@ -184,7 +185,10 @@ async def create_sandbox(
         if r["template_type"] == "snapshot":
             # A snapshot carries its source sandbox's shape (SPEC §2.5 step 4).
             vcpus, memory = r["template_vcpus"], r["template_memory_mb"]
-        host = await scheduler.select_host(conn, team_uuid, bool(r["is_byoc"]))
+        # A snapshot's files live on the host that took it: only that host can start it.
+        host = await scheduler.select_host(
+            conn, team_uuid, bool(r["is_byoc"]), required_host=r["template_host_id"]
+        )
         client = pool.get(host)
         now = clock.now()
         await conn.execute(

@@ -117,6 +117,7 @@ def upgrade() -> None:
         sa.Column("memory_mb", sa.Integer(), server_default=sa.text("512"), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
         sa.Column("snapshot_kind", sa.Text(), server_default=sa.text("'filesystem'"), nullable=False),
+        sa.Column("host_id", postgresql.UUID(as_uuid=True), nullable=True),
         sa.Column(
             "created_at", postgresql.TIMESTAMP(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
