@@ -34,6 +34,7 @@ class Target:
     uuid: uuid.UUID
     _client: HostClient | None
     _unavailable: ServiceUnavailable | None
+    host_id: uuid.UUID | None = None  # sandboxes.host_id (the row may outlive the host)
 
     @property
     def sid(self) -> str:
@@ -89,8 +90,8 @@ async def target(
         raise InvalidState(f"sandbox must be {' or '.join(allowed)} (status: {sb.status})")
     if row["h_id"] is None or not row["h_address"]:
         unavailable = ServiceUnavailable("sandbox host is not reachable", code="host_unavailable")
-        return Target(sb, sb_uuid, None, unavailable)
-    return Target(sb, sb_uuid, pool.get_for(row["h_id"], row["h_address"]), None)
+        return Target(sb, sb_uuid, None, unavailable, row["host_id"])
+    return Target(sb, sb_uuid, pool.get_for(row["h_id"], row["h_address"]), None, row["host_id"])
 
 
 async def touch(engine: AsyncEngine, sandbox_uuid: uuid.UUID) -> None:

@@ -260,7 +260,7 @@ async def _record(
                             memory_mb=tgt.sandbox.memory_mb,
                             size_bytes=resp.size_bytes,
                             snapshot_kind=kind,
-                            host_id=tgt.sandbox.host_id,
+                            host_id=tgt.host_id,
                             created_at=clock.now(),
                             team_id=team_uuid,
                         )
