@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,7 +35,7 @@ class Target:
     uuid: uuid.UUID
     _client: HostClient | None
     _unavailable: ServiceUnavailable | None
-    host_id: uuid.UUID | None = None  # sandboxes.host_id (the row may outlive the host)
+    host_id: UUID | None = None  # sandboxes.host_id (the row may outlive the host)
 
     @property
     def sid(self) -> str:
