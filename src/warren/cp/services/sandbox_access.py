@@ -1,8 +1,8 @@
 """Reaching a sandbox's agent for exec, files, snapshots and metrics (SPEC §2.5 helper).
 
-Same rules as :func:`warren.cp.services.sandboxes.sandbox_and_client` (team-scoped lookup →
-404; host row missing or without an address → 503 ``host_unavailable``; host status is not
-checked, an RPC to a dead host is a 502), plus the ORDER SPEC §2.6 demands: the sandbox's status
+The rules: team-scoped lookup → 404; host row missing or without an address → 503
+``host_unavailable``; host status is not checked (an RPC to a dead host is a 502); and the ORDER
+SPEC §2.6 demands: the sandbox's status
 (409) and the request body (400) are judged before the agent lookup (503). The sandbox and its
 host come from ONE autocommit query: this sits on the path of every exec and file call.
 """

@@ -319,21 +319,6 @@ async def _host_for(conn: AsyncConnection, host_uuid: uuid.UUID) -> RowMapping:
     return host
 
 
-async def sandbox_and_client(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
-) -> tuple[Sandbox, HostClient]:
-    """For exec, files and snapshots (SPEC §2.5 helper): the team's sandbox and its host's
-    client. A missing host or one without an address → 503 ``host_unavailable``; host status is
-    not checked (an RPC to a dead host is a 502)."""
-    team_uuid = _team(ctx)
-    async with engine.connect() as conn:
-        row = await _load(conn, team_uuid, sandbox_id)
-        host = (await conn.execute(sa.select(hosts).where(hosts.c.id == row["host_id"]))).mappings().first()
-    if host is None or not host["address"]:
-        raise ServiceUnavailable("sandbox host is not reachable", code="host_unavailable")
-    return sandbox_model(row), pool.get(host)
-
-
 async def destroy_sandbox(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
 ) -> None:
