@@ -39,7 +39,6 @@ from warren.errors import (
     InvalidRequest,
     InvalidState,
     NotFound,
-    ServiceUnavailable,
 )
 from warren.rpc import hostagent_pb2 as pb
 
