@@ -2,7 +2,7 @@
 
 ``create_app(settings)`` wires: the database engine (``app.state.engine``, created in the
 lifespan), settings (``app.state.settings``), the error envelope (``http_errors``), a request
-body cap, the routers listed in ``warren.cp.api.ROUTERS``, lifespan hooks
+body cap, the routers listed in ``warren.cp.api.ROUTERS`` then the dashboard, lifespan hooks
 (``warren.cp.workers``), ``/healthz``, and the OpenAPI documents plus an offline Swagger UI.
 """
 
@@ -293,8 +293,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     from warren.cp.api import ROUTERS
+    from warren.cp.dashboard import router as dashboard_router
 
-    for router in ROUTERS:
+    for router in [*ROUTERS, dashboard_router]:
         app.include_router(router)
 
     @app.get("/healthz", tags=["misc"], responses=http_errors.error_responses(500))

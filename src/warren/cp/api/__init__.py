@@ -18,12 +18,12 @@ from warren.cp.api import (
     users,
 )
 from warren.cp.api import exec as exec_api
-from warren.cp.dashboard import router as dashboard_router
 
 # Order matters for speed, not meaning: FastAPI tries routers in this order, so the hot
 # API-key/JWT read paths (sandboxes, snapshots, teams) come first. Routers sharing a path
-# prefix keep their relative order (``/v1/sandboxes`` before its sub-routers); the dashboard,
-# which owns the non-API paths, stays last.
+# prefix keep their relative order (``/v1/sandboxes`` before its sub-routers). The app adds
+# the dashboard (the non-API paths) after these; it imports ``deps`` from this package, so it
+# is not listed here.
 ROUTERS: list[APIRouter] = [
     sandboxes.router,
     exec_api.router,
@@ -37,5 +37,4 @@ ROUTERS: list[APIRouter] = [
     users.router,
     admin.router,
     hosts.router,
-    dashboard_router,
 ]

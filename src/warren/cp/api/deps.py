@@ -30,7 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
 from warren.config import Settings
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.security.api_keys import hash_api_key, looks_like_api_key
+from warren.cp.security.ca import CertificateAuthority
 from warren.cp.security.tokens import verify_user_jwt
 from warren.cp.services import autocommit
 from warren.cp.services.context import AuthContext
@@ -51,6 +54,28 @@ async def get_app_settings(request: Request) -> Settings:
 
 Db = Annotated[AsyncEngine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+# App-wide collaborators set up in the lifespan. Async so FastAPI resolves them on the event
+# loop instead of hopping to its thread pool on every request.
+async def get_pool(request: Request) -> HostClientPool:
+    pool: HostClientPool = request.app.state.pool
+    return pool
+
+
+async def get_scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+async def get_ca(request: Request) -> CertificateAuthority:
+    ca: CertificateAuthority = request.app.state.ca
+    return ca
+
+
+Pool = Annotated[HostClientPool, Depends(get_pool)]
+Sched = Annotated[Scheduler, Depends(get_scheduler)]
+CA = Annotated[CertificateAuthority, Depends(get_ca)]
 
 # Declared through FastAPI's security classes so the OpenAPI document lists both schemes.
 _bearer_scheme = HTTPBearer(auto_error=False, description="User JWT from signup/login/switch-team")

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response, WebSocket
+from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, TeamContext, authenticate
-from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext, authenticate
 from warren.cp.http_errors import error_responses, response_for
 from warren.cp.services import exec as svc
 from warren.cp.services import sandbox_access
@@ -20,12 +19,6 @@ from warren.cp.services import sandbox_access
 router = APIRouter(prefix="/v1/sandboxes", tags=["exec"])
 
 
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-Pool = Annotated[HostClientPool, Depends(_pool)]
 _ERR = error_responses(400, *AUTH_ERRORS, 404, 409, 502, 503)
 
 

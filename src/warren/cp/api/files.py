@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, TeamContext
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.api.exec import json_body
-from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.http_errors import error_responses
 from warren.cp.services import files as svc
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 
 
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-Pool = Annotated[HostClientPool, Depends(_pool)]
 _ERR = error_responses(400, *AUTH_ERRORS, 404, 409, 502, 503)
 _UPLOAD: dict[str, Any] = {
     "requestBody": {

@@ -9,10 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
-from warren.cp.api.deps import AUTH_ERRORS, CurrentUser, Db
-from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool
 from warren.cp.http_errors import error_responses
-from warren.cp.security.ca import CertificateAuthority
 from warren.cp.security.tokens import verify_host_jwt
 from warren.cp.services import hosts as svc
 from warren.errors import Unauthorized
@@ -36,18 +34,6 @@ async def host_identity(
 HostIdentity = Annotated[uuid.UUID, Depends(host_identity)]
 
 
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-def _ca(request: Request) -> CertificateAuthority:
-    ca: CertificateAuthority = request.app.state.ca
-    return ca
-
-
-Pool = Annotated[HostClientPool, Depends(_pool)]
-CA = Annotated[CertificateAuthority, Depends(_ca)]
 
 
 class CreateHostRequest(BaseModel):

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, TeamContext
-from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.http_errors import error_responses
 from warren.cp.services import metrics as svc
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-Pool = Annotated[HostClientPool, Depends(_pool)]
 
 
 @router.get(

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, TeamContext
-from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.hosts.scheduler import Scheduler
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, TeamContext
 from warren.cp.http_errors import error_responses
 from warren.cp.services import sandboxes as svc
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
-
-
-Pool = Annotated[HostClientPool, Depends(_pool)]
-Sched = Annotated[Scheduler, Depends(_scheduler)]
 
 
 class CreateSandboxRequest(BaseModel):

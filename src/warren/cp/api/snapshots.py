@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, TeamContext
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.api.exec import json_body
-from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.http_errors import error_responses
 from warren.cp.services import snapshots as svc
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
 
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-Pool = Annotated[HostClientPool, Depends(_pool)]
 
 
 @router.post(

@@ -28,8 +28,7 @@ from warren.cp.services import sandboxes as sandboxes_svc
 from warren.cp.services import snapshots as snapshots_svc
 from warren.cp.services import teams as teams_svc
 from warren.cp.services import users as users_svc
-from warren.cp.services.context import AuthContext
-from warren.errors import Forbidden
+from warren.cp.services.context import require_team
 
 router = APIRouter(prefix="/dashboard/actions", include_in_schema=False)
 
@@ -77,11 +76,6 @@ class ForceBody(_Body):
     force: bool = False
 
 
-def _team(ctx: AuthContext) -> Any:
-    if ctx.team_id is None:
-        raise Forbidden("no active team context; re-authenticate", code="no_team")
-    return ctx.team_id
-
 
 def _pool(request: Request) -> HostClientPool:
     pool: HostClientPool = request.app.state.pool
@@ -123,27 +117,27 @@ async def create_team(act: Act, body: NameBody, response: Response) -> dict[str,
 
 @router.post("/team/rename")
 async def rename_team(act: Act, body: NameBody) -> dict[str, Any]:
-    await teams_svc.rename_team(act.engine, act.ctx, _team(act.ctx), body.name)
+    await teams_svc.rename_team(act.engine, act.ctx, require_team(act.ctx), body.name)
     return {}
 
 
 @router.post("/team/members")
 async def add_member(act: Act, body: EmailBody) -> dict[str, Any]:
-    member = await teams_svc.add_member(act.engine, act.ctx, _team(act.ctx), body.email)
+    member = await teams_svc.add_member(act.engine, act.ctx, require_team(act.ctx), body.email)
     return member.model_dump(mode="json")
 
 
 @router.post("/team/members/{user_id}/role")
 async def set_role(act: Act, user_id: str, body: RoleBody) -> dict[str, Any]:
     target = teams_svc.parse_user_id(user_id)
-    await teams_svc.set_member_role(act.engine, act.ctx, _team(act.ctx), target, body.role)
+    await teams_svc.set_member_role(act.engine, act.ctx, require_team(act.ctx), target, body.role)
     return {}
 
 
 @router.post("/team/members/{user_id}/remove")
 async def remove_member(act: Act, user_id: str) -> dict[str, Any]:
     target = teams_svc.parse_user_id(user_id)
-    await teams_svc.remove_member(act.engine, act.ctx, _team(act.ctx), target)
+    await teams_svc.remove_member(act.engine, act.ctx, require_team(act.ctx), target)
     return {}
 
 
@@ -160,13 +154,13 @@ async def _after_departure(act: Act, response: Response, what: str) -> dict[str,
 
 @router.post("/team/delete")
 async def delete_team(act: Act, response: Response) -> dict[str, Any]:
-    await teams_svc.delete_team(act.engine, act.ctx, _team(act.ctx))
+    await teams_svc.delete_team(act.engine, act.ctx, require_team(act.ctx))
     return await _after_departure(act, response, "Team deleted")
 
 
 @router.post("/team/leave")
 async def leave_team(act: Act, response: Response) -> dict[str, Any]:
-    await teams_svc.leave_team(act.engine, act.ctx, _team(act.ctx))
+    await teams_svc.leave_team(act.engine, act.ctx, require_team(act.ctx))
     return await _after_departure(act, response, "You left the team")
 
 

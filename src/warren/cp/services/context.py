@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
+from warren.errors import Forbidden
+
 
 @dataclass(frozen=True)
 class AuthContext:
@@ -27,3 +29,10 @@ class AuthContext:
     @property
     def is_manager(self) -> bool:
         return self.role in ("owner", "admin")
+
+
+def require_team(ctx: AuthContext) -> uuid.UUID:
+    """The acting team, or 403 ``no_team`` for a caller without one (SPEC §2.5 step 2)."""
+    if ctx.team_id is None:
+        raise Forbidden("no active team context; re-authenticate", code="no_team")
+    return ctx.team_id

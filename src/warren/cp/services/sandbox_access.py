@@ -23,8 +23,8 @@ from warren import clock, ids
 from warren.cp.db.tables import hosts, sandboxes
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import sandboxes as sandbox_svc
-from warren.cp.services.context import AuthContext
-from warren.errors import Forbidden, InvalidState, NotFound, ServiceUnavailable
+from warren.cp.services.context import AuthContext, require_team
+from warren.errors import InvalidState, NotFound, ServiceUnavailable
 
 log = logging.getLogger("warren.sandbox_access")
 
@@ -76,11 +76,10 @@ async def target(
     states: Iterable[str] = ("running",),
 ) -> Target:
     """The team's sandbox (400 bad id, 404) in one of ``states`` (else 409 ``invalid_state``)."""
-    if ctx.team_id is None:
-        raise Forbidden("no active team context; re-authenticate", code="no_team")
+    team = require_team(ctx)
     sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
     async with autocommit(engine).connect() as conn:
-        row = (await conn.execute(_LOOKUP, {"sb": sb_uuid, "team": ctx.team_id})).mappings().first()
+        row = (await conn.execute(_LOOKUP, {"sb": sb_uuid, "team": team})).mappings().first()
     if row is None:
         raise NotFound("sandbox not found")
     sb = sandbox_svc.sandbox_model(row)

@@ -31,7 +31,7 @@ from warren.cp.db.tables import hosts, sandbox_metric_points, sandboxes
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import Timestamp, audit
-from warren.cp.services.context import AuthContext
+from warren.cp.services.context import AuthContext, require_team
 from warren.errors import (
     AgentError,
     Forbidden,
@@ -96,11 +96,6 @@ class CreateParams:
     env: dict[str, str] | None = None
 
 
-def _team(ctx: AuthContext) -> uuid.UUID:
-    if ctx.team_id is None:
-        raise Forbidden("no active team context; re-authenticate", code="no_team")
-    return ctx.team_id
-
 
 _RESOLVE = sa.text(
     """
@@ -162,7 +157,7 @@ async def create_sandbox(
 ) -> Sandbox:
     """``timings`` (if given) receives ``agent``: the CreateSandbox RPC's duration in ms, as
     seen from the CP — the API reports it in ``Server-Timing`` so the CP's own share is visible."""
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     name = params.template or "minimal"
     if not SAFE_NAME.match(name):
         raise InvalidRequest("invalid template name")
@@ -279,7 +274,7 @@ async def create_sandbox(
 
 
 async def list_sandboxes(engine: AsyncEngine, ctx: AuthContext) -> list[Sandbox]:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     async with engine.connect() as conn:
         q = (
             sa.select(sandboxes)
@@ -306,7 +301,7 @@ async def _load(conn: AsyncConnection, team_uuid: uuid.UUID, sandbox_id: str) ->
 
 
 async def get_sandbox(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> Sandbox:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     async with engine.connect() as conn:
         return sandbox_model(await _load(conn, team_uuid, sandbox_id))
 
@@ -321,7 +316,7 @@ async def _host_for(conn: AsyncConnection, host_uuid: uuid.UUID) -> RowMapping:
 async def destroy_sandbox(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
 ) -> None:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     async with engine.connect() as conn:
         row = await _load(conn, team_uuid, sandbox_id)
         if row["status"] == "stopped":
@@ -361,7 +356,7 @@ async def _status_conflict(conn: AsyncConnection, sb_uuid: uuid.UUID, want: str)
 async def pause_sandbox(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
 ) -> Sandbox:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     async with engine.begin() as conn:
         row = await _load(conn, team_uuid, sandbox_id)
         host = await _host_for(conn, row["host_id"])
@@ -422,7 +417,7 @@ async def _save_metric_points(engine: AsyncEngine, client: HostClient, sb_uuid: 
 async def resume_sandbox(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
 ) -> Sandbox:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     async with engine.connect() as conn:
         row = await _load(conn, team_uuid, sandbox_id)
         if row["status"] != "paused":
@@ -461,7 +456,7 @@ async def resume_sandbox(
 
 
 async def ping_sandbox(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str) -> None:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     async with engine.connect() as conn:
         row = await _load(conn, team_uuid, sandbox_id)
         if row["status"] != "running":

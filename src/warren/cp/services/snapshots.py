@@ -31,7 +31,7 @@ from warren import clock, ids
 from warren.cp.db.tables import hosts, sandboxes, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, audit, sandbox_access
-from warren.cp.services.context import AuthContext
+from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.exec import parse_body
 from warren.errors import AgentError, Conflict, Forbidden, InternalError, InvalidRequest, NotFound
 from warren.rpc import hostagent_pb2 as pb
@@ -75,11 +75,6 @@ def template_model(row: RowMapping) -> Template:
         platform=row["team_id"] == PLATFORM,
     )
 
-
-def _team(ctx: AuthContext) -> uuid.UUID:
-    if ctx.team_id is None:
-        raise Forbidden("no active team context; re-authenticate", code="no_team")
-    return ctx.team_id
 
 
 def check_name(name: str) -> str:
@@ -135,7 +130,7 @@ async def create_snapshot(
     *,
     overwrite: bool = False,
 ) -> Template:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     body = parse_body(CreateSnapshotBody, raw_body)
     if not body.sandbox_id:
         raise InvalidRequest("sandbox_id is required")
@@ -305,7 +300,7 @@ async def _forget_files(client: HostClient, team_uuid: uuid.UUID, template_id: u
 
 
 async def list_templates(engine: AsyncEngine, ctx: AuthContext, type_: str | None) -> list[Template]:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     if type_ not in (None, "", "base", "snapshot"):
         raise InvalidRequest("type must be base or snapshot")
     q = sa.select(templates).where(templates.c.team_id.in_([team_uuid, PLATFORM]))
@@ -317,7 +312,7 @@ async def list_templates(engine: AsyncEngine, ctx: AuthContext, type_: str | Non
 
 
 async def delete_snapshot(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, name: str) -> None:
-    team_uuid = _team(ctx)
+    team_uuid = require_team(ctx)
     check_name(name)
     async with engine.connect() as conn:
         rows = (
