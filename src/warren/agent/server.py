@@ -47,9 +47,8 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, e.message
     if isinstance(e, GuestError):
         code = _GUEST_CODES.get(e.kind, grpc.StatusCode.INTERNAL)
-        # "not found" in the message: the CP maps by code, people read the text.
-        msg = f"file not found: {e.message}" if e.kind == "not_found" else f"guest: {e}"
-        return code, msg
+        # The guest's own words say what is missing (a file, a command, a process).
+        return code, e.message if e.kind == "not_found" else f"guest: {e}"
     if isinstance(e, WarrenError):
         return grpc.StatusCode.INTERNAL, e.message
     return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
