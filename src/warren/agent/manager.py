@@ -32,7 +32,7 @@ from typing import Any
 from warren import clock, ids
 from warren.agent.guest_client import EntryInfo, ExecResult, ExecSession, GuestClient, ProcessInfo
 from warren.agent.network import NetworkSlots, Slot
-from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, umount
+from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, umount
 from warren.agent.runtime.base import ContainerStatus, Runtime
 from warren.agent.runtime.bundle import GUEST_SOCKET, BundleSpec, oci_config
 from warren.agent.templates import MAPPED_BASE, TemplateRef, TemplateStore
@@ -119,17 +119,6 @@ async def _umount_lazy(path: Path) -> None:
         umount(str(path), lazy=True)
 
 
-def _mounts_under(prefix: Path) -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp == str(prefix) or mp.startswith(str(prefix) + "/"):
-                out.append(mp)
-    # Deepest first, so nested mounts (rootfs over disk) come off in order.
-    return sorted(out, key=len, reverse=True)
-
-
 class SandboxManager:
     def __init__(
         self,
@@ -170,7 +159,16 @@ class SandboxManager:
             asyncio.create_task(self._loop(REAPER_INTERVAL, self.reap_idle), name="ttl-reaper"),
             asyncio.create_task(self._loop(METRICS_INTERVAL, self._sample_all), name="metrics"),
             asyncio.create_task(self._loop(1.0, self._reap_zombies), name="zombies"),
+            # Build `minimal` now rather than inside the first CreateSandbox (debootstrap takes
+            # 30-60 s); a create that comes earlier waits for this same build.
+            asyncio.create_task(self._prepare_minimal(), name="template-minimal"),
         ]
+
+    async def _prepare_minimal(self) -> None:
+        try:
+            await self.templates.ensure_minimal()
+        except Exception as e:  # the next create retries the build and reports the error
+            log.error("event=template_build_failed template=minimal error=%s", e)
 
     def _check_traversable(self) -> None:
         """Root in a sandbox is an unprivileged host uid: it must be able to walk down to its
@@ -461,7 +459,7 @@ class SandboxManager:
             self._zombies.add(pid)
             self._reap_pid(pid)
         d = self._dir(sb_id)
-        for mp in _mounts_under(d):
+        for mp in mounts_under(d):
             try:
                 umount(mp)
             except OSError:
@@ -475,7 +473,7 @@ class SandboxManager:
                 await self.network.release(Slot(slot))
             except Exception as e:
                 errors.append(f"network: {e}")
-        if not _mounts_under(d):
+        if not mounts_under(d):
             await asyncio.to_thread(shutil.rmtree, d, True)
             if d.exists():
                 errors.append(f"cannot remove {d}")

@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("warren.agent")
 
@@ -79,3 +80,14 @@ def umount(target: str, *, lazy: bool = False) -> None:
     if _libc.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    """Mount points at or below ``prefix``, deepest first so nested ones come off in order."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == str(prefix) or mp.startswith(str(prefix) + "/"):
+                out.append(mp)
+    return sorted(out, key=len, reverse=True)

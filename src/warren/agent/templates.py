@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from warren.agent.proc import run
+from warren.agent.proc import mounts_under, run, umount
 from warren.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("warren.agent.templates")
@@ -152,11 +152,23 @@ class TemplateStore:
         )  # fmt: skip
         assert proc.stdout is not None
         tail: list[str] = []
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            tail = [*tail[-20:], line]
-            # debootstrap's "I: Retrieving/Validating/Unpacking …" lines are the progress report.
-            log.info("event=template_build_progress template=minimal %s", line)
+        try:
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                tail = [*tail[-20:], line]
+                # debootstrap's "I: Retrieving/Validating/Unpacking …" lines are the progress report.
+                log.info("event=template_build_progress template=minimal %s", line)
+        except asyncio.CancelledError:
+            # Agent shutdown mid-build: stop debootstrap and leave no mount or half tree behind.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            for mp in mounts_under(tmp):
+                with contextlib.suppress(OSError):
+                    umount(mp, lazy=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("event=template_build_cancelled template=minimal")
+            raise
         if await proc.wait() != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError("debootstrap failed: " + " | ".join(tail[-5:]))

@@ -151,6 +151,8 @@ _ERRNO_KIND = {
 
 def os_fail(e: OSError, what: str) -> GuestFail:
     kind = _ERRNO_KIND.get(e.errno or 0, "internal")
+    if kind == "not_found":  # say it plainly: people (and logs) read "not found"
+        return GuestFail(kind, f"{what}: not found")
     return GuestFail(kind, f"{what}: {e.strerror or e}")
 
 

@@ -86,7 +86,7 @@ def test_slot_addresses_are_disjoint_30s() -> None:
         (InvalidRequest("bad"), grpc.StatusCode.INVALID_ARGUMENT),
         (InvalidState("not running"), grpc.StatusCode.FAILED_PRECONDITION),
         (ExecTimeout("slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
-        (GuestError("not_found", "/x"), grpc.StatusCode.NOT_FOUND),
+        (GuestError("not_found", "/x: not found"), grpc.StatusCode.NOT_FOUND),
         (GuestError("invalid_argument", "x"), grpc.StatusCode.INVALID_ARGUMENT),
         (GuestError("unavailable", "x"), grpc.StatusCode.UNAVAILABLE),
         (InternalError("boom"), grpc.StatusCode.INTERNAL),
@@ -97,7 +97,7 @@ def test_status_mapping(err: BaseException, code: grpc.StatusCode) -> None:
     got, msg = status_for(err)
     assert got == code and msg
     if isinstance(err, GuestError) and err.kind == "not_found":
-        assert "not found" in msg
+        assert msg == err.message  # the guest's own words, not re-prefixed
 
 
 def test_template_refs() -> None:
