@@ -20,6 +20,9 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: one line per heartbeat is noise; the agent logs
+    # heartbeat failures and recoveries itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def run_agent(
