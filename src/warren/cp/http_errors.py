@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from warren import errors
@@ -92,6 +93,18 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse({"error": body}, status_code=status)
 
 
+# SQLSTATEs (class 22, data exception) that only bad input can cause: 22000 is asyncpg refusing
+# to encode an argument (e.g. an int past int32), 22001 too long, 22003 numeric out of range,
+# 22021 NUL or invalid UTF-8 in text, 22P05 untranslatable character.
+_BAD_INPUT_SQLSTATES = frozenset({"22000", "22001", "22003", "22021", "22P05"})
+
+
+def _is_bad_input_data(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    return getattr(exc.orig, "sqlstate", None) in _BAD_INPUT_SQLSTATES
+
+
 def response_for(exc: BaseException) -> JSONResponse:
     """Map any exception to the envelope (used by handlers and by WebSocket/stream code)."""
     if isinstance(exc, errors.WarrenError):
@@ -104,6 +117,11 @@ def response_for(exc: BaseException) -> JSONResponse:
             log.error("internal error: %s", exc, exc_info=exc)
             return error_response(500, "internal_error", "internal error")
         return error_response(status, code, exc.message, **exc.extra)
+    if _is_bad_input_data(exc):
+        # A value PostgreSQL cannot hold (NUL in text, an integer past int32, ...) that no model
+        # caught, e.g. in a path parameter: the client's input is wrong, not the server.
+        log.warning("request data refused by the database: %s", exc)
+        return error_response(400, "invalid_request", "invalid value (out of range or bad characters)")
     log.error("unhandled error: %r", exc, exc_info=exc)
     return error_response(500, "internal_error", "internal error")
 

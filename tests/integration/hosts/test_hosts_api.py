@@ -189,6 +189,14 @@ async def test_refresh_rotates_issue_then_revoke(cp: CP, monkeypatch: pytest.Mon
     r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": new["refresh_token"]})
     assert r.status_code == 500
     monkeypatch.undo()
+    # Issue came first and was committed on its own: the host now holds TWO valid tokens (the
+    # one it still has, and the one it never received). Revoke-then-issue would leave one.
+    valid = await sql(
+        cp,
+        "SELECT count(*) FROM host_refresh_tokens t JOIN hosts h ON h.id = t.host_id "
+        "WHERE h.address = '127.0.0.9:3' AND t.revoked_at IS NULL AND t.expires_at > now()",
+    )
+    assert valid[0][0] == 2
     r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": new["refresh_token"]})
     assert r.status_code == 200
     # Expired refresh tokens are refused.
@@ -237,3 +245,134 @@ async def test_delete_refuses_with_active_sandboxes_and_lists_exactly_them(cp: C
     assert statuses == {"stopped": 6, "error": 1}
     assert (await owner.req("GET", f"/v1/hosts/{host_id}")).status_code == 404
     assert token
+
+
+async def _join(cp: CP, owner: User, role: str) -> User:
+    """A new user added to ``owner``'s team with ``role``, holding a JWT for that team."""
+    u = await cp.signup()
+    r = await owner.req("POST", f"/v1/teams/{owner.team_id}/members", json={"email": u.email})
+    assert r.status_code == 201, r.text
+    if role != "member":
+        r = await owner.req("PATCH", f"/v1/teams/{owner.team_id}/members/{u.id}", json={"role": role})
+        assert r.status_code == 204, r.text
+    r = await u.req("POST", "/v1/auth/switch-team", json={"team_id": owner.team_id})
+    assert r.status_code == 200, r.text
+    u.token, u.team_id = r.json()["token"], owner.team_id
+    return u
+
+
+async def test_byoc_host_rights_follow_the_team_role_read_from_the_db(cp: CP) -> None:
+    """SPEC §7.1: create/delete a BYOC host and regenerate its token: owner and admin, not member;
+    list/get/tag/delete-preview: every member. Roles are re-read on every request."""
+    platform_admin, owner = await cp.signup(admin=True), await cp.signup()
+    await set_byoc(platform_admin, owner.team_id)
+    team_admin = await _join(cp, owner, "admin")
+    member = await _join(cp, owner, "member")
+    byoc = {"type": "byoc", "team_id": owner.team_id}
+
+    r = await member.req("POST", "/v1/hosts", json=byoc)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    by_owner, _ = await owner.create_host("byoc", owner.team_id)
+    by_admin, _ = await team_admin.create_host("byoc", owner.team_id)
+
+    # Every member may look, tag and preview.
+    assert {h["id"] for h in (await member.req("GET", "/v1/hosts")).json()} == {by_owner, by_admin}
+    assert (await member.req("GET", f"/v1/hosts/{by_owner}")).status_code == 200
+    assert (await member.req("POST", f"/v1/hosts/{by_owner}/tags", json={"tag": "m"})).status_code == 204
+    assert (await member.req("GET", f"/v1/hosts/{by_owner}/tags")).json() == ["m"]
+    assert (await member.req("DELETE", f"/v1/hosts/{by_owner}/tags/m")).status_code == 204
+    r = await member.req("GET", f"/v1/hosts/{by_owner}/delete-preview")
+    assert r.status_code == 200 and r.json()["sandbox_ids"] == []
+    # ...but not regenerate a token or delete.
+    for method, path in [("POST", f"/v1/hosts/{by_owner}/token"), ("DELETE", f"/v1/hosts/{by_owner}")]:
+        r = await member.req(method, path)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (method, r.text)
+    assert (await team_admin.req("POST", f"/v1/hosts/{by_owner}/token")).status_code == 201
+    assert (await owner.req("POST", f"/v1/hosts/{by_admin}/token")).status_code == 201
+
+    # Demoted in the DB: the JWT still says "admin", the next request is refused.
+    r = await owner.req(
+        "PATCH", f"/v1/teams/{owner.team_id}/members/{team_admin.id}", json={"role": "member"}
+    )
+    assert r.status_code == 204
+    assert (await team_admin.req("DELETE", f"/v1/hosts/{by_admin}")).status_code == 403
+    assert (await team_admin.req("POST", "/v1/hosts", json=byoc)).status_code == 403
+    # Removed from the team: not even a look.
+    r = await owner.req("DELETE", f"/v1/teams/{owner.team_id}/members/{member.id}")
+    assert r.status_code == 204
+    assert (await member.req("GET", f"/v1/hosts/{by_owner}")).status_code == 403
+    # Owner and platform admin delete.
+    assert (await owner.req("DELETE", f"/v1/hosts/{by_admin}")).status_code == 204
+    assert (await platform_admin.req("DELETE", f"/v1/hosts/{by_owner}")).status_code == 204
+
+
+async def test_no_byoc_host_for_a_soft_deleted_team(cp: CP) -> None:
+    """SPEC §2.9 / §7.3: a soft-deleted team takes no new BYOC host, not even from its owner
+    acting from another team, nor from a platform admin."""
+    platform_admin, owner = await cp.signup(admin=True), await cp.signup()
+    await set_byoc(platform_admin, owner.team_id)
+    doomed = owner.team_id
+    r = await owner.req("POST", "/v1/teams", json={"name": "Other"})
+    assert r.status_code == 201
+    other = r.json()["id"]
+    assert (await owner.req("DELETE", f"/v1/teams/{doomed}")).status_code == 204
+    r = await owner.req("POST", "/v1/auth/switch-team", json={"team_id": other})
+    owner.token, owner.team_id = r.json()["token"], other
+    for who in (owner, platform_admin):
+        r = await who.req("POST", "/v1/hosts", json={"type": "byoc", "team_id": doomed})
+        assert r.status_code == 400 and r.json()["error"]["message"] == "team not found", r.text
+    assert await sql(cp, "SELECT count(*) FROM hosts WHERE team_id = :t", t=_team_uuid(doomed)) == [(0,)]
+
+
+def _team_uuid(team_id: str) -> Any:
+    from warren import ids
+
+    return ids.parse_id(ids.Kind.TEAM, team_id)
+
+
+def _is_400(r: httpx.Response) -> bool:
+    return r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_bad_input_is_a_400_envelope_never_a_500(cp: CP) -> None:
+    """NUL characters, integers past a PostgreSQL INT, unknown fields and wrong types on the
+    hosts routes, including the unauthenticated agent-facing ones, are 400s, and a refused
+    registration does not burn the one-time token."""
+    admin = await cp.signup(admin=True)
+    host_id, token = await admin.create_host()
+    for body in [
+        {"type": "regular", "provider": "nul\x00"},
+        {"type": "regular", "availability_zone": "\x00"},
+        {"type": "regular", "extra": 1},
+        {"type": 5},
+        {"type": "regular", "team_id": "team-\x00"},
+    ]:
+        r = await admin.req("POST", "/v1/hosts", json=body)
+        assert _is_400(r), (body, r.status_code, r.text)
+    for body in [{"tag": "a\x00b"}, {"tag": "ok", "x": 1}, {"tag": 7}]:
+        r = await admin.req("POST", f"/v1/hosts/{host_id}/tags", json=body)
+        assert _is_400(r), (body, r.status_code, r.text)
+    # A NUL in a path parameter reaches the database: still the client's fault.
+    r = await admin.req("DELETE", f"/v1/hosts/{host_id}/tags/a%00b")
+    assert _is_400(r), (r.status_code, r.text)
+
+    good = {"token": token, "address": "127.0.0.9:7"}
+    extras: list[dict[str, Any]] = [
+        {"cpu_cores": 2**31},
+        {"memory_mb": 2**40},
+        {"disk_gb": -1},
+        {"address": "a\x00:1"},
+        {"address": "x" * 300},
+        {"arch": "\x00"},
+        {"version": "1.0"},
+        {"cpu_cores": "two"},
+    ]
+    for extra in extras:
+        r = await cp.http.post("/v1/hosts/register", json={**good, **extra})
+        assert _is_400(r), (extra, r.status_code, r.text)
+    for body in [{"refresh_token": "\x00"}, {"refresh_token": 5}, {"refresh_token": "x", "host": 1}]:
+        r = await cp.http.post("/v1/hosts/auth/refresh", json=body)
+        assert _is_400(r), (body, r.status_code, r.text)
+    r = await register(cp, token, "127.0.0.9:7")
+    assert r.status_code == 201, r.text
+    assert (await admin.req("DELETE", f"/v1/hosts/{host_id}")).status_code == 204

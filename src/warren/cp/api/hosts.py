@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
 from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool
+from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.security.tokens import verify_host_jwt
 from warren.cp.services import hosts as svc
@@ -36,29 +37,28 @@ HostIdentity = Annotated[uuid.UUID, Depends(host_identity)]
 
 
 
-class CreateHostRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CreateHostRequest(StrictRequest):
     type: Literal["regular", "byoc"]
     team_id: str | None = None
     provider: str = ""
     availability_zone: str = ""
 
 
-class RegisterRequest(BaseModel):
+class RegisterRequest(StrictRequest):
     token: str = ""
-    address: str = ""
-    arch: str = ""
-    cpu_cores: int = 0
-    memory_mb: int = 0
-    disk_gb: int = 0
+    address: str = Field(default="", max_length=255)
+    arch: str = Field(default="", max_length=64)
+    # INT columns: bigger values cannot be stored.
+    cpu_cores: int = Field(default=0, ge=0, le=INT32_MAX)
+    memory_mb: int = Field(default=0, ge=0, le=INT32_MAX)
+    disk_gb: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
-class RefreshRequest(BaseModel):
+class RefreshRequest(StrictRequest):
     refresh_token: str
 
 
-class TagRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TagRequest(StrictRequest):
     tag: str
 
 

@@ -18,6 +18,7 @@ from warren.cp.services.teams import Member, Team, TeamDetail, TeamWithRole
 from warren.cp.services.users import UserMatch
 
 __all__ = [
+    "INT32_MAX",
     "AddMemberRequest",
     "ApiKey",
     "ApiKeyCreateRequest",
@@ -36,6 +37,10 @@ __all__ = [
     "TeamWithRole",
     "UserMatch",
 ]
+
+
+# Largest value of a PostgreSQL INT column (and of a protobuf int32).
+INT32_MAX = 2**31 - 1
 
 
 class StrictRequest(BaseModel):

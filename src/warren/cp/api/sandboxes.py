@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, TeamContext
+from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.services import sandboxes as svc
 
@@ -16,12 +17,12 @@ router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 
 
-class CreateSandboxRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CreateSandboxRequest(StrictRequest):
     template: str = "minimal"
-    vcpus: int = 0
-    memory_mb: int = 0
-    timeout_sec: int = Field(default=0, description="inactivity timeout in seconds; 0 = none")
+    # INT columns: values past int32 cannot be stored (<= 0 means the default).
+    vcpus: int = Field(default=0, le=INT32_MAX)
+    memory_mb: int = Field(default=0, le=INT32_MAX)
+    timeout_sec: int = Field(default=0, le=INT32_MAX, description="inactivity timeout in seconds; 0 = none")
     internet: bool = Field(default=True, description="outbound network access")
     env: dict[str, str] | None = Field(default=None, description="default environment of every process")
 
