@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import stat
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -135,11 +137,23 @@ class _Conn:
 
     @classmethod
     async def open(cls, path: str) -> _Conn:
+        # The socket's directory is the sandbox's /run/warren, writable by sandbox root: it can
+        # replace the socket with a symlink, which connect(2) would follow *on the host* (to
+        # another sandbox's guest, or any host socket). So pin the inode without following a
+        # symlink, check it is a socket, and connect through /proc/self/fd.
         try:
-            reader, writer = await asyncio.open_unix_connection(path, limit=_STREAM_LIMIT)
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise GuestError("unavailable", f"cannot connect to guest at {path}: not a socket")
+            reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=_STREAM_LIMIT)
         except OSError as e:
             # ENOENT (not yet started / gone), ECONNREFUSED (between bind and listen, or dead).
             raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
+        finally:
+            os.close(fd)
         return cls(reader, writer)
 
     def send(self, kind: int, payload: bytes = b"") -> None:

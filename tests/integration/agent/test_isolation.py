@@ -239,3 +239,30 @@ def test_disk_cap(agent: Agent) -> None:
         assert agent.exec(r.sandbox_id, "true").exit_code == 0
     finally:
         agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))
+
+
+def test_guest_socket_swapped_for_a_symlink_does_not_redirect_the_agent(agent: Agent, pair: tuple) -> None:
+    """Sandbox root owns /run/warren (the host dir holding its guest socket). Replacing the socket
+    with a symlink to another sandbox's socket must not make the agent run this sandbox's
+    commands in the other one: the agent never follows a symlink to reach a guest."""
+    _, victim = pair
+    evil = agent.create(memory_mb=128)
+    try:
+        victim_sock = agent.data_dir / "sandboxes" / victim.sandbox_id / "run" / "guest.sock"
+        assert victim_sock.exists()
+        swap = agent.exec(
+            evil.sandbox_id, "sh", "-c",
+            f"rm /run/warren/guest.sock && ln -s {victim_sock} /run/warren/guest.sock",
+        )  # fmt: skip
+        assert swap.exit_code == 0, swap.stderr
+        with pytest.raises(grpc.RpcError) as ei:
+            got = agent.exec(evil.sandbox_id, "hostname")
+            raise AssertionError(f"exec went through the symlink to {got.stdout!r}")
+        assert ei.value.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError):
+            agent.stub.ReadFile(pb.ReadFileRequest(sandbox_id=evil.sandbox_id, path="/etc/hostname"))
+        # the victim is untouched and still served
+        assert agent.exec(victim.sandbox_id, "hostname").stdout.strip() == victim.sandbox_id.encode()
+    finally:
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=evil.sandbox_id), timeout=60)
+    assert wait_no_leaks(agent, evil.sandbox_id, evil.host_ip) == []
