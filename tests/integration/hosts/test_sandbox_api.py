@@ -205,3 +205,54 @@ async def test_pause_keeps_metric_points_and_destroy_drops_them(env: Env) -> Non
     assert (await sql(env.cp, q, s=sb_uuid))[0] == (5, 13)
     assert (await env.api("DELETE", f"/v1/sandboxes/{sb}")).status_code == 204
     assert (await sql(env.cp, q, s=sb_uuid))[0][0] == 0
+
+
+async def test_out_of_range_and_malformed_create_is_400_and_writes_nothing(env: Env) -> None:
+    before = (await sql(env.cp, "SELECT count(*) FROM sandboxes"))[0][0]
+    calls = len(env.agent.calls)
+    bodies: list[dict[str, Any]] = [
+        {"vcpus": 2**31},
+        {"memory_mb": 2**40},
+        {"timeout_sec": 2**31},
+        {"timeout_sec": -1},
+        {"template": "mini\x00mal"},
+        {"template": "../etc"},
+        {"vcpus": "two"},
+        {"unknown": 1},
+    ]
+    for body in bodies:
+        r = await env.api("POST", "/v1/sandboxes", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", (body, r.text)
+    assert (await sql(env.cp, "SELECT count(*) FROM sandboxes"))[0][0] == before
+    assert len(env.agent.calls) == calls
+
+
+def _returning(ctx: Any) -> Any:
+    async def dependency() -> Any:
+        return ctx
+
+    return dependency
+
+
+async def test_create_without_a_live_team_is_403_no_team(env: Env) -> None:
+    """SPEC §2.5 step 2. A caller whose context has no team, or whose team was deleted after
+    authentication (the race the create's own team read closes), gets 403 ``no_team``."""
+    from warren.cp.api.deps import team_context
+    from warren.cp.services.context import AuthContext
+
+    deleted = await env.cp.signup()
+    team = ids.parse_id(ids.Kind.TEAM, deleted.team_id)
+    await sql(env.cp, "UPDATE teams SET deleted_at = now() WHERE id = :t", t=team)
+    before = (await sql(env.cp, "SELECT count(*) FROM sandboxes"))[0][0]
+    app = env.cp.app
+    for ctx in (AuthContext(kind="jwt", team_id=None), AuthContext(kind="api_key", team_id=team)):
+        app.dependency_overrides[team_context] = _returning(ctx)
+        try:
+            r = await env.cp.http.post("/v1/sandboxes", json={})
+        finally:
+            app.dependency_overrides.pop(team_context, None)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "no_team", r.text
+    assert (await sql(env.cp, "SELECT count(*) FROM sandboxes"))[0][0] == before
+    # Through the real auth, that team's credentials are refused outright.
+    r = await env.cp.http.post("/v1/sandboxes", json={}, headers=deleted.h)
+    assert r.status_code == 401
