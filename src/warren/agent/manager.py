@@ -426,6 +426,19 @@ class SandboxManager:
     # ========================================================================= destroy
 
     async def destroy(self, sb_id: str) -> None:
+        # Shielded: a caller that gives up (an RPC deadline, a cancelled request) must not stop
+        # a teardown halfway — the entry is gone by then, so nothing would ever finish it and
+        # its mounts, netns, cgroups and processes would stay behind.
+        task = asyncio.ensure_future(self._destroy(sb_id))
+        task.add_done_callback(self._log_detached_failure)
+        await asyncio.shield(task)
+
+    @staticmethod
+    def _log_detached_failure(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (e := task.exception()) is not None and not isinstance(e, NotFound):
+            log.error("event=destroy_failed error=%s", e)
+
+    async def _destroy(self, sb_id: str) -> None:
         sb = self._sandboxes.get(sb_id)
         if sb is None:
             if sb_id in self._creating:

@@ -261,3 +261,23 @@ def test_a_sandbox_whose_guest_died_is_cleaned_up(agent: Agent) -> None:
     else:
         raise AssertionError("dead sandbox still listed")
     assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
+
+
+@pytest.mark.parametrize("status", ["running", "paused"])
+def test_destroy_finishes_even_when_the_caller_gives_up(agent: Agent, status: str) -> None:
+    """A client deadline cancels the RPC's handler; the teardown it started must still finish
+    (else the sandbox is forgotten with its mounts, netns and cgroups left behind)."""
+    s = agent.stub
+    r = agent.create(memory_mb=128)
+    if status == "paused":
+        tpl = str(uuid.uuid4())
+        s.CreateSnapshot(pb.CreateSnapshotRequest(sandbox_id=r.sandbox_id, team_id=TEAM, template_id=tpl))
+        s.DeleteSnapshot(pb.DeleteSnapshotRequest(team_id=TEAM, template_id=tpl))
+    with pytest.raises(grpc.RpcError) as ei:
+        s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=0.03)
+    assert code_of(ei.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_no_leaks(agent, r.sandbox_id, r.host_ip, timeout=15) == []
+    assert r.sandbox_id not in {x.sandbox_id for x in s.ListSandboxes(pb.ListSandboxesRequest()).sandboxes}
+    with pytest.raises(grpc.RpcError) as ei:
+        s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))
+    assert code_of(ei.value) == grpc.StatusCode.NOT_FOUND
