@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import schemathesis
@@ -27,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy.engine import make_url
 
 from warren.cp.app import create_app
 
@@ -35,6 +37,7 @@ from .conftest import make_settings
 # The accounts surface this module owns; other subsystems fuzz their own routes.
 ACCOUNT_PATHS = r"^/(v1/(auth|api-keys|users|teams|admin)|healthz)"
 EXAMPLES_PER_MODE = 20
+HOSTS_EXAMPLES_PER_MODE = 12
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +169,72 @@ def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: 
     assert time.monotonic() - started < 240
     # the token still works: fuzzing never hit the caller's own team by accident
     assert httpx.get(f"{live}/v1/teams", headers=headers).status_code == 200
+
+
+# Hosts and sandboxes (issue 4's surface) through the same live app. No agent runs here, so a
+# create answers 503 no_hosts_available: the one 5xx allowed. A platform admin's token reaches
+# the most code (host create, tags, token, delete and the agent-facing register/refresh).
+HOST_SANDBOX_PATHS = (
+    r"^/v1/(hosts|sandboxes)(/\{[a-z_]+\})?(/(tags|token|delete-preview|heartbeat|pause|resume|ping))?$"
+    r"|^/v1/hosts/(register|auth/refresh)$"
+)
+
+
+@schemathesis.check
+def no_server_error_but_no_hosts(ctx: Any, response: Any, case: Any) -> None:
+    if response.status_code >= 500:
+        try:
+            code = response.json()["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = None
+        assert (response.status_code, code) == (503, "no_hosts_available"), (
+            f"{response.status_code} {response.text[:300]}"
+        )
+
+
+def test_schemathesis_hosts_and_sandboxes(live: str, db_url: str) -> None:
+    r = httpx.post(
+        f"{live}/v1/auth/signup",
+        json={"email": "fuzz-admin@example.test", "password": "password1", "name": "A"},
+    )
+    assert r.status_code == 201, r.text
+
+    async def grant() -> None:
+        conn = await asyncpg.connect(make_url(db_url).set(drivername="postgresql").render_as_string(False))
+        try:
+            await conn.execute("UPDATE users SET is_admin = true WHERE email = 'fuzz-admin@example.test'")
+        finally:
+            await conn.close()
+
+    asyncio.run(grant())
+    headers = {"Authorization": f"Bearer {r.json()['token']}"}
+    schema = schemathesis.openapi.from_url(f"{live}/openapi.json").include(path_regex=HOST_SANDBOX_PATHS)
+    operations = [res.ok() for res in schema.get_all_operations()]
+    assert len(operations) >= 15, [op.label for op in operations]
+    checks = [
+        no_server_error_but_no_hosts,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    failures: list[str] = []
+    for op in operations:
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @settings(
+                max_examples=HOSTS_EXAMPLES_PER_MODE,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=op.as_strategy(generation_mode=mode))
+            def run(case: Any) -> None:
+                case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=10)
+
+            try:
+                run()
+            except Unsatisfiable:
+                assert mode is schemathesis.GenerationMode.NEGATIVE, op.label
+            except Exception as e:
+                failures.append(f"{op.label} [{mode.value}]: {e}")
+    assert not failures, "\n\n".join(failures)
