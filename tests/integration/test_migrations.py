@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -181,3 +182,30 @@ def test_migrations_ship_inside_the_package() -> None:
     # Found next to the module (installed package), not relative to the cwd.
     assert (migrate.MIGRATIONS_DIR / "env.py").exists()
     assert migrate.head_revision()
+
+
+def test_warren_migrate_cli_up_status_down(empty_db: str, tmp_path: Path) -> None:
+    """``warren migrate up|down|status`` against WARREN_DATABASE_URL (no embedded server)."""
+    import os
+
+    env = {**os.environ, "WARREN_DATABASE_URL": empty_db, "WARREN_HOME": str(tmp_path)}
+
+    def warren(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "warren.cli.main", "migrate", *args],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    res = warren("status", "--check")
+    assert res.returncode == 1 and "none (empty database)" in res.stdout, res.stdout + res.stderr
+    res = warren("up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = migrate.status(empty_db)
+    assert st.up_to_date and st.current == st.head and st.head in res.stdout
+    res = warren("status", "--check")
+    assert res.returncode == 0 and "pending  none" in res.stdout
+    res = warren("down", "base")  # asks first; no answer → nothing happens
+    assert res.returncode != 0 and migrate.status(empty_db).up_to_date
+    res = warren("down", "base", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert migrate.status(empty_db).current is None and _schema(empty_db) == {}
