@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -12,8 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from warren.cp.db.embedded import free_port
 
@@ -182,6 +185,15 @@ def test_warren_up_with_an_external_database(home: Path, tmp_path: Path, db_url:
     assert httpx.post(f"{up.url}/v1/auth/signup", json=creds, timeout=30).status_code == 201
     assert up.stop() == 0
     assert not (home / "postgres").exists()
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(make_url(db_url).set(drivername="postgresql").render_as_string(False))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM users WHERE email = 'ext@example.com'"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(stored()) == 1  # the account landed in the given database
     _assert_nothing_left(home, port)
 
 
