@@ -86,7 +86,6 @@ async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 30) -
 
 
 async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
-    del agent
     page = await web.new_page()
     nav = page.get_by_role("navigation", name="Main")
 
@@ -191,9 +190,17 @@ async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
             await expect(confirm).to_be_hidden(timeout=90_000)
         except AssertionError:  # the dialog stays open and shows the error when destroy fails
             raise AssertionError(
-                f"destroy {sid} failed: {await confirm.locator('.form-error').text_content()!r}"
+                f"destroy {sid} failed: {await confirm.locator('.form-error').text_content()!r}\n"
+                f"agent log:\n{agent.log_tail(60)}"  # type: ignore[attr-defined]
             ) from None
-        await expect(rows.filter(has_text=sid)).to_have_count(0, timeout=60_000)
+        try:
+            await expect(rows.filter(has_text=sid)).to_have_count(0, timeout=60_000)
+        except AssertionError:
+            sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sid)
+            db = await live.sql("SELECT status FROM sandboxes WHERE id = :id", id=sb_uuid)
+            raise AssertionError(
+                f"row {sid} still listed; DB status {db!r}\nagent log:\n{agent.log_tail(60)}"  # type: ignore[attr-defined]
+            ) from None
     await expect(page.get_by_role("heading", name="No sandboxes yet")).to_be_visible()
 
     # 8. Delete the team and land on the other team, still signed in.

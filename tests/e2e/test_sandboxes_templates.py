@@ -97,6 +97,51 @@ async def test_list_search_refresh_and_auto_refresh(web: Web, live: LiveCP) -> N
     await expect(rows.filter(has_text=fourth)).to_have_count(0)
 
 
+async def test_an_older_refresh_answer_never_overwrites_a_newer_one(web: Web, live: LiveCP) -> None:
+    """The journey's flake: the 30 s auto-refresh read the list just before a destroy committed
+    and answered after the destroy's own refresh, drawing the destroyed row back."""
+    import asyncio
+
+    from playwright.async_api import Route
+
+    from warren import ids
+
+    acct = await live.signup("Racing Rita")
+    doomed = await sandbox_row(live, acct.team_id, uuid.uuid4(), status="paused")
+    page = await web.signed_in_page(acct)
+    rows = page.locator("#sandbox-rows tr")
+    await expect(rows.filter(has_text=doomed)).to_have_count(1)
+
+    stale_read, release, delivered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def hold_first(route: Route) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await route.continue_()
+            return
+        resp = await route.fetch()  # the list as it was before the destroy
+        stale_read.set()
+        await release.wait()
+        await route.fulfill(response=resp)
+        delivered.set()
+
+    await page.route("**/dashboard/sandboxes/rows", hold_first)
+    await page.evaluate("() => { window.warrenRefresh(); }")  # e.g. the auto-refresh timer
+    await asyncio.wait_for(stale_read.wait(), 20)
+    await live.sql("UPDATE sandboxes SET status = 'stopped' WHERE id = :id",
+                   id=ids.parse_id(ids.Kind.SANDBOX, doomed))  # fmt: skip
+    await page.evaluate("() => window.warrenRefresh()")  # the destroy action's refresh
+    await expect(rows.filter(has_text=doomed)).to_have_count(0)
+    release.set()
+    await asyncio.wait_for(delivered.wait(), 20)
+    await page.wait_for_timeout(300)  # let the late answer run through the page's handlers
+    await expect(rows.filter(has_text=doomed)).to_have_count(0)
+    await expect(page.get_by_role("heading", name="No sandboxes yet")).to_be_visible()
+    await page.unroute("**/dashboard/sandboxes/rows")
+
+
 async def test_launch_dialog_limits_and_error_message(web: Web, live: LiveCP) -> None:
     """Launch dialog: vCPUs 1 to 8, memory 128 to 8192 in steps of 128, timeout ≥ 0; a refused launch
     shows the server's error.message."""

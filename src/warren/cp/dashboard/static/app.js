@@ -454,7 +454,12 @@
       var none = $("#search-empty");
       if (none) none.hidden = !(q && shown === 0 && $$("tr[data-row-id]", body).length > 0);
     }
+    // Refreshes can overlap (the 30 s timer fires while an action's refresh is in flight); only
+    // the latest one may draw, or an older answer (read before a destroy committed) would put
+    // the destroyed row back until the next refresh.
+    var latest = 0;
     function refresh() {
+      var seq = ++latest;
       if (refreshBtn) refreshBtn.disabled = true;
       return fetch("/dashboard/sandboxes/rows", { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (r) {
@@ -463,6 +468,7 @@
           return r.text();
         })
         .then(function (html) {
+          if (seq !== latest) return;  // superseded by a newer refresh
           var tpl = document.createElement("template");
           tpl.innerHTML = html;
           var fresh = tpl.content.querySelector("#sandbox-list");
@@ -478,7 +484,7 @@
           if (stamp) stamp.textContent = "Updated " + new Date().toLocaleTimeString();
         })
         .catch(function (e) { if (e.message !== "signed out") toast(e.message || GENERIC_ERROR, "error"); })
-        .then(function () { if (refreshBtn) refreshBtn.disabled = false; left = PERIOD; tick(); });
+        .then(function () { if (seq === latest) { if (refreshBtn) refreshBtn.disabled = false; left = PERIOD; tick(); } });
     }
     window.warrenRefresh = refresh;
     function tick() {
