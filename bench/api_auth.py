@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,6 +42,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     elapsed: float = 0.0
+    cpu: float | None = None  # the CP process's CPU seconds during the scenario (local CP only)
 
     def row(self) -> str:
         lat = sorted(self.latencies)
@@ -51,7 +52,10 @@ class Result:
         p50 = lat[n // 2] * 1000
         p99 = lat[min(n - 1, int(n * 0.99))] * 1000
         rps = n / self.elapsed
-        return f"{self.name:<26} {rps:>9.0f} {p50:>8.2f}ms {p99:>8.2f}ms {n:>8} errors={self.errors}"
+        cpu = f"{self.cpu / n * 1000:>8.3f}ms" if self.cpu is not None else f"{'-':>10}"
+        return (
+            f"{self.name:<26} {rps:>9.0f} {p50:>8.2f}ms {p99:>8.2f}ms {cpu} {n:>8} errors={self.errors}"
+        )
 
 
 class Conn:
@@ -90,6 +94,14 @@ def build(method: str, path: str, host: str, headers: dict[str, str], body: byte
     if body or method in ("POST", "PUT", "PATCH"):
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time a (local) process has used so far."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def drive(
@@ -132,7 +144,17 @@ async def call(
     return json.loads(data) if data else None
 
 
-async def bench(url: str, clients: int, duration: float) -> list[Result]:
+async def timed(pid: int | None, coro: Awaitable[Result]) -> Result:
+    """Run one scenario and record the CP's CPU time it cost."""
+    before = cpu_seconds(pid)
+    res = await coro
+    after = cpu_seconds(pid)
+    if before is not None and after is not None:
+        res.cpu = after - before
+    return res
+
+
+async def bench(url: str, clients: int, duration: float, pid: int | None = None) -> list[Result]:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     hp = f"{host}:{port}"
@@ -158,9 +180,9 @@ async def bench(url: str, clients: int, duration: float) -> list[Result]:
     await drive(host, port, "warmup", jwt_read, 200, clients, 1.0)
 
     results = [
-        await drive(host, port, "api-key read", api_read, 200, clients, duration),
-        await drive(host, port, "jwt team read", jwt_read, 200, clients, duration),
-        await drive(host, port, "login", login, 200, clients, duration),
+        await timed(pid, drive(host, port, "api-key read", api_read, 200, clients, duration)),
+        await timed(pid, drive(host, port, "jwt team read", jwt_read, 200, clients, duration)),
+        await timed(pid, drive(host, port, "login", login, 200, clients, duration)),
     ]
     mixed_reads, mixed_logins = await asyncio.gather(
         drive(host, port, "api-key read during logins", api_read, 200, max(1, clients - 2), duration),
@@ -183,7 +205,7 @@ def prepare_schema(database_url: str) -> None:
 
 
 @contextlib.contextmanager
-def local_cp(database_url: str | None) -> Iterator[str]:
+def local_cp(database_url: str | None) -> Iterator[tuple[str, int]]:
     """A PostgreSQL (embedded unless a URL is given) and one CP process under uvicorn."""
     with contextlib.ExitStack() as stack:
         if database_url is None:
@@ -237,7 +259,7 @@ def local_cp(database_url: str | None) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the control plane did not start")
             time.sleep(0.1)
-        yield url
+        yield url, proc.pid
 
 
 def main() -> None:
@@ -248,25 +270,25 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0)
     args = ap.parse_args()
 
-    def run(url: str) -> list[Result]:
+    def run(url: str, pid: int | None = None) -> list[Result]:
         try:
             import uvloop
 
-            return uvloop.run(bench(url, args.clients, args.duration))
+            return uvloop.run(bench(url, args.clients, args.duration, pid))
         except ImportError:
-            return asyncio.run(bench(url, args.clients, args.duration))
+            return asyncio.run(bench(url, args.clients, args.duration, pid))
 
     if args.url:
         results = run(args.url)
     else:
-        with local_cp(args.database_url) as url:
-            results = run(url)
+        with local_cp(args.database_url) as (url, pid):
+            results = run(url, pid)
 
     print(
         f"\nwarren CP auth benchmark: {args.clients} clients, {args.duration:.0f} s per scenario, "
         f"{os.cpu_count()} CPUs"
     )
-    print(f"{'scenario':<26} {'req/s':>9} {'p50':>10} {'p99':>10} {'requests':>8}")
+    print(f"{'scenario':<26} {'req/s':>9} {'p50':>10} {'p99':>10} {'CP CPU/req':>10} {'requests':>8}")
     for r in results:
         print(r.row())
     reads = [r for r in results if r.name in ("api-key read", "jwt team read")]

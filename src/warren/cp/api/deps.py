@@ -25,17 +25,16 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
 from warren.config import Settings
+from warren.cp.db.engine import driver
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.security.api_keys import hash_api_key, looks_like_api_key
 from warren.cp.security.ca import CertificateAuthority
 from warren.cp.security.tokens import verify_user_jwt
-from warren.cp.services import autocommit
 from warren.cp.services.context import AuthContext
 from warren.errors import Forbidden, Unauthorized
 
@@ -81,44 +80,44 @@ CA = Annotated[CertificateAuthority, Depends(get_ca)]
 _bearer_scheme = HTTPBearer(auto_error=False, description="User JWT from signup/login/switch-team")
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="Team API key (wrn_…)")
 
-_JWT_CHECK = text(
-    """
+# The per-request checks below run on the raw driver connection (``warren.cp.db.engine.driver``):
+# they are the hottest statements of the CP, and SQLAlchemy's execution machinery would cost
+# several times their round trip in CPU.
+_JWT_CHECK = """
     SELECT u.email, u.name, u.is_admin, ut.role, (t.id IS NOT NULL AND t.deleted_at IS NULL) AS team_live
     FROM users u
-    LEFT JOIN users_teams ut ON ut.user_id = u.id AND ut.team_id = :team_id
-    LEFT JOIN teams t ON t.id = :team_id
-    WHERE u.id = :user_id
-    """
-)
+    LEFT JOIN users_teams ut ON ut.user_id = u.id AND ut.team_id = $2
+    LEFT JOIN teams t ON t.id = $2
+    WHERE u.id = $1
+"""
 
 # Looks the key up through the unique index on key_hash and bumps last_used in the same
 # statement. JSON timestamps have one-second precision, so last_used is written at most once a
 # second per key: a hot key's reads then stay read-only transactions (no WAL flush, no row lock
-# queue) while last_used remains exact at the precision anyone can observe.
-_API_KEY_CHECK = text(
-    """
+# queue) while last_used remains exact at the precision anyone can observe. One statement, so
+# it is atomic on its own (its own implicit transaction) without BEGIN/COMMIT round trips.
+_API_KEY_CHECK = """
     WITH k AS (
         SELECT k.id, k.team_id, k.name, k.last_used
         FROM team_api_keys k JOIN teams t ON t.id = k.team_id
-        WHERE k.key_hash = :key_hash AND t.deleted_at IS NULL
+        WHERE k.key_hash = $1 AND t.deleted_at IS NULL
     ), touched AS (
-        UPDATE team_api_keys SET last_used = :now
+        UPDATE team_api_keys SET last_used = $2
         FROM k
         WHERE team_api_keys.id = k.id
-          AND (k.last_used IS NULL OR k.last_used <= CAST(:now AS timestamptz) - interval '1 second')
+          AND (k.last_used IS NULL OR k.last_used <= $2::timestamptz - interval '1 second')
         RETURNING 1
     )
     SELECT id, team_id, name FROM k
-    """
-)
+"""
 
 
 async def _authenticate_jwt(
     engine: AsyncEngine, token: str, *, jwt_secret: str, allow_teamless: bool
 ) -> AuthContext:
     claims = verify_user_jwt(jwt_secret, token)
-    async with autocommit(engine).connect() as conn:
-        row = (await conn.execute(_JWT_CHECK, {"user_id": claims.user_id, "team_id": claims.team_id})).first()
+    async with driver(engine) as conn:
+        row = await conn.fetchrow(_JWT_CHECK, claims.user_id, claims.team_id)
     if row is None:
         raise Unauthorized("invalid or expired token")
     email, name, is_admin, role, team_live = row
@@ -150,12 +149,8 @@ async def _authenticate_jwt(
 async def _authenticate_api_key(engine: AsyncEngine, api_key: str) -> AuthContext:
     if not looks_like_api_key(api_key):
         raise Unauthorized("invalid API key")
-    # One statement, so autocommit is still atomic (its own implicit transaction) and saves the
-    # BEGIN/COMMIT round trips.
-    async with autocommit(engine).connect() as conn:
-        row = (
-            await conn.execute(_API_KEY_CHECK, {"key_hash": hash_api_key(api_key), "now": clock.now()})
-        ).first()
+    async with driver(engine) as conn:
+        row = await conn.fetchrow(_API_KEY_CHECK, hash_api_key(api_key), clock.now())
     if row is None:
         raise Unauthorized("invalid API key")
     key_id, team_id, key_name = row

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -27,6 +28,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db.engine import driver
 from warren.cp.db.tables import hosts, sandbox_metric_points, sandboxes
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
@@ -68,7 +70,7 @@ class Sandbox(BaseModel):
     last_updated: Timestamp
 
 
-def sandbox_model(row: RowMapping | dict[str, Any]) -> Sandbox:
+def sandbox_model(row: RowMapping | asyncpg.Record | dict[str, Any]) -> Sandbox:
     return Sandbox(
         id=ids.sandbox_id(row["id"]),
         status=row["status"],
@@ -273,15 +275,21 @@ async def create_sandbox(
     return sandbox_model(row)
 
 
+# The list is the busiest read of the API: one statement on the raw driver connection.
+_LIST = """
+    SELECT id, status, template, vcpus, memory_mb, timeout_sec, internet, guest_ip, host_ip,
+           created_at, started_at, last_active_at, last_updated
+    FROM sandboxes
+    WHERE team_id = $1 AND status <> ALL($2::text[])
+    ORDER BY created_at DESC, id DESC
+"""
+
+
 async def list_sandboxes(engine: AsyncEngine, ctx: AuthContext) -> list[Sandbox]:
     team_uuid = require_team(ctx)
-    async with engine.connect() as conn:
-        q = (
-            sa.select(sandboxes)
-            .where(sandboxes.c.team_id == team_uuid, sandboxes.c.status.not_in(_HIDDEN))
-            .order_by(sandboxes.c.created_at.desc(), sandboxes.c.id.desc())
-        )
-        return [sandbox_model(r) for r in (await conn.execute(q)).mappings().all()]
+    async with driver(engine) as conn:
+        rows = await conn.fetch(_LIST, team_uuid, _HIDDEN)
+    return [sandbox_model(r) for r in rows]
 
 
 async def _load(conn: AsyncConnection, team_uuid: uuid.UUID, sandbox_id: str) -> RowMapping:

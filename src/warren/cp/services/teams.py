@@ -16,16 +16,18 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from pydantic import BaseModel
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db.engine import driver
 from warren.cp.db.tables import sandboxes, teams, templates, users, users_teams
 from warren.cp.services import Timestamp, audit, autocommit
 from warren.cp.services.context import AuthContext
@@ -120,26 +122,26 @@ def parse_team_id(text: str) -> uuid.UUID:
     return ids.parse_id(ids.Kind.TEAM, text, what="team ID")
 
 
-def _team_view(row: object, role: str | None = None) -> Team | TeamWithRole:
+def _team_view(row: Mapping[Any, Any], role: str | None = None) -> Team | TeamWithRole:
     data = {
-        "id": ids.team_id(row.id),  # type: ignore[attr-defined]
-        "name": row.name,  # type: ignore[attr-defined]
-        "slug": row.slug,  # type: ignore[attr-defined]
-        "is_byoc": row.is_byoc,  # type: ignore[attr-defined]
-        "created_at": row.created_at,  # type: ignore[attr-defined]
+        "id": ids.team_id(row["id"]),
+        "name": row["name"],
+        "slug": row["slug"],
+        "is_byoc": row["is_byoc"],
+        "created_at": row["created_at"],
     }
     if role is None:
         return Team(**data)
     return TeamWithRole(**data, role=role)
 
 
-def _member_view(row: object) -> Member:
+def _member_view(row: Mapping[Any, Any]) -> Member:
     return Member(
-        user_id=ids.user_id(row.user_id),  # type: ignore[attr-defined]
-        name=row.name,  # type: ignore[attr-defined]
-        email=row.email,  # type: ignore[attr-defined]
-        role=row.role,  # type: ignore[attr-defined]
-        joined_at=row.joined_at,  # type: ignore[attr-defined]
+        user_id=ids.user_id(row["user_id"]),
+        name=row["name"],
+        email=row["email"],
+        role=row["role"],
+        joined_at=row["joined_at"],
     )
 
 
@@ -193,50 +195,47 @@ async def login_team(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[uuid.UU
     return (row.team_id, row.role) if row else None
 
 
-# Hot statements are built once: constructing a Core statement (and its cache key) per call
-# costs more CPU than the database round trip it describes.
-_TEAM_AND_ROLE = (
-    select(teams, users_teams.c.role)
-    .select_from(
-        teams.outerjoin(
-            users_teams,
-            (users_teams.c.team_id == teams.c.id) & (users_teams.c.user_id == bindparam("user_id")),
-        )
-    )
-    .where(teams.c.id == bindparam("team_id"))
-)
-_TEAM_AND_ROLE_FOR_UPDATE = _TEAM_AND_ROLE.with_for_update(of=teams)
-_MEMBERS = (
-    select(
-        users_teams.c.user_id,
-        users.c.name,
-        users.c.email,
-        users_teams.c.role,
-        users_teams.c.created_at.label("joined_at"),
-    )
-    .join(users, users.c.id == users_teams.c.user_id)
-    .where(users_teams.c.team_id == bindparam("team_id"))
-    .order_by(users_teams.c.created_at, users_teams.c.user_id)
-)
+# The team/role check and the member list are the statements of the hot team reads: plain SQL
+# run on the raw driver connection there (``warren.cp.db.engine.driver``), and the same text run
+# through SQLAlchemy inside the transactions of the mutations.
+_TEAM_AND_ROLE = """
+    SELECT t.id, t.name, t.slug, t.is_byoc, t.created_at, t.deleted_at, ut.role
+    FROM teams t
+    LEFT JOIN users_teams ut ON ut.team_id = t.id AND ut.user_id = $2
+    WHERE t.id = $1
+"""
+_MEMBERS = """
+    SELECT ut.user_id, u.name, u.email, ut.role, ut.created_at AS joined_at
+    FROM users_teams ut JOIN users u ON u.id = ut.user_id
+    WHERE ut.team_id = $1
+    ORDER BY ut.created_at, ut.user_id
+"""
 
 
 async def _team_and_role(
-    conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
-) -> tuple[Any, str]:
+    conn: AsyncConnection | asyncpg.Connection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
+) -> tuple[Mapping[Any, Any], str]:
     """The live team's row and the caller's role, in one query: 404 when the team is missing or
-    deleted, 403 when the caller is not a member. With ``lock`` the team row is locked
-    (``FOR UPDATE``) for the rest of the transaction, serialising changes to one team."""
-    q = _TEAM_AND_ROLE_FOR_UPDATE if lock else _TEAM_AND_ROLE
-    row = (await conn.execute(q, {"team_id": team_id, "user_id": user_id})).first()
-    if row is None or row.deleted_at is not None:
+    deleted, 403 when the caller is not a member. With ``lock`` (an SQLAlchemy connection in a
+    transaction) the team row is locked (``FOR UPDATE``) for the rest of the transaction,
+    serialising changes to one team."""
+    row: Mapping[Any, Any] | None
+    if isinstance(conn, AsyncConnection):
+        sql = _TEAM_AND_ROLE + " FOR UPDATE OF t" if lock else _TEAM_AND_ROLE
+        row = (await conn.exec_driver_sql(sql, (team_id, user_id))).mappings().first()
+    else:
+        if lock:
+            raise ValueError("locking the team row needs a transaction")
+        row = await conn.fetchrow(_TEAM_AND_ROLE, team_id, user_id)
+    if row is None or row["deleted_at"] is not None:
         raise NotFound("team not found")
-    if row.role is None:
+    if row["role"] is None:
         raise Forbidden("not a member of this team")
-    return row, str(row.role)
+    return row, str(row["role"])
 
 
 async def _lock_team_and_role(
-    conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
+    conn: AsyncConnection | asyncpg.Connection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
 ) -> str:
     return (await _team_and_role(conn, team_id, user_id, lock=lock))[1]
 
@@ -246,9 +245,8 @@ def _require_manager(role: str) -> None:
         raise Forbidden("admin or owner role required")
 
 
-async def _members(conn: AsyncConnection, team_id: uuid.UUID) -> list[Member]:
-    rows = await conn.execute(_MEMBERS, {"team_id": team_id})
-    return [_member_view(r) for r in rows]
+async def _members(conn: asyncpg.Connection, team_id: uuid.UUID) -> list[Member]:
+    return [_member_view(r) for r in await conn.fetch(_MEMBERS, team_id)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,19 +263,19 @@ async def list_teams(engine: AsyncEngine, ctx: AuthContext) -> list[TeamWithRole
             .where(users_teams.c.user_id == user_id, teams.c.deleted_at.is_(None))
             .order_by(users_teams.c.created_at, teams.c.id)
         )
-        return [_team_view(r, r.role) for r in rows]  # type: ignore[misc]
+        return [_team_view(r, r["role"]) for r in rows.mappings()]  # type: ignore[misc]
 
 
 async def get_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> TeamDetail:
     user_id = _user_of(ctx)
-    async with autocommit(engine).connect() as conn:
+    async with driver(engine) as conn:
         row, _ = await _team_and_role(conn, team_id, user_id, lock=False)
         return TeamDetail(team=_team_view(row), members=await _members(conn, team_id))
 
 
 async def list_members(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> list[Member]:
     user_id = _user_of(ctx)
-    async with autocommit(engine).connect() as conn:
+    async with driver(engine) as conn:
         await _lock_team_and_role(conn, team_id, user_id, lock=False)
         return await _members(conn, team_id)
 
