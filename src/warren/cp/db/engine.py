@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 
 def to_async_url(url: str) -> str:
@@ -38,6 +41,30 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+_CUT_SHORT = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError)
+
+# Either kind of connection: the raw driver one (``driver``) or an SQLAlchemy one, e.g. inside a
+# transaction. Statements written for :func:`fetch`/:func:`fetchrow` use ``$n`` parameters.
+Conn: TypeAlias = AsyncConnection | asyncpg.Connection
+
+
+async def fetch(conn: Conn, sql: str, *args: Any) -> list[Mapping[Any, Any]]:
+    """Run one ``$n`` statement on either kind of connection (on an SQLAlchemy connection it
+    runs in that connection's transaction) and return its rows as mappings."""
+    if isinstance(conn, AsyncConnection):
+        return list((await conn.exec_driver_sql(sql, args)).mappings())
+    rows: list[Mapping[Any, Any]] = await conn.fetch(sql, *args)
+    return rows
+
+
+async def fetchrow(conn: Conn, sql: str, *args: Any) -> Mapping[Any, Any] | None:
+    """The first row of :func:`fetch`, or None."""
+    if isinstance(conn, AsyncConnection):
+        return (await conn.exec_driver_sql(sql, args)).mappings().first()
+    row: Mapping[Any, Any] | None = await conn.fetchrow(sql, *args)
+    return row
+
+
 @asynccontextmanager
 async def driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """The pool's asyncpg connection itself, outside any transaction (each statement commits on
@@ -46,16 +73,15 @@ async def driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     (execution context, parameter processing, result wrapping); asyncpg runs ``$n`` SQL through
     its own per-connection prepared-statement cache.
 
-    Keep only the statements inside the block. A server-reported error leaves the connection in
-    sync; anything else (a cancelled request, a lost socket) may have cut a statement short, so
-    the connection is closed rather than handed to the next request."""
+    A server-reported error, or an error the caller raises between statements, leaves the
+    connection in sync; a cancelled request or a lost socket may have cut a statement short, so
+    then the connection is closed rather than handed to the next request."""
     raw = await engine.raw_connection()
     try:
         yield raw.driver_connection
-    except asyncpg.PostgresError:
-        raise
-    except BaseException:
-        raw.invalidate()
+    except _CUT_SHORT:
+        await greenlet_spawn(raw.invalidate)
         raise
     finally:
-        raw.close()
+        # In a greenlet: returning an overflow connection to a full pool closes it, which awaits.
+        await greenlet_spawn(raw.close)

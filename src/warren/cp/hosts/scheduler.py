@@ -11,25 +11,24 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-import sqlalchemy as sa
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from warren.cp.db.tables import hosts
+from warren.cp.db.engine import Conn, fetch
 from warren.errors import ServiceUnavailable
+
+Host = Mapping[Any, Any]
 
 
 class Scheduler(Protocol):
     async def select_host(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         team_id: uuid.UUID,
         is_byoc: bool,
         *,
         required_host: uuid.UUID | None = None,
-    ) -> RowMapping:
+    ) -> Host:
         """Pick the host for a new sandbox of ``team_id``; raise ServiceUnavailable if none.
 
         ``required_host`` narrows the choice to one host (the one holding a snapshot's files);
@@ -37,15 +36,18 @@ class Scheduler(Protocol):
         ...
 
 
-async def eligible_hosts(conn: AsyncConnection, team_id: uuid.UUID, is_byoc: bool) -> list[RowMapping]:
-    q = sa.select(hosts).where(hosts.c.status == "online", hosts.c.address != "")
-    if is_byoc:
-        q = q.where(hosts.c.type == "byoc", hosts.c.team_id == team_id)
-    else:
-        q = q.where(hosts.c.type == "regular")
-    # Ordered by age (ties by id) so the rotation is stable as hosts come and go.
-    rows = (await conn.execute(q.order_by(hosts.c.created_at, hosts.c.id))).mappings().all()
-    return list(rows)
+# Ordered by age (ties by id) so the rotation is stable as hosts come and go. Runs on every
+# create: plain SQL, on whichever connection the caller holds.
+_ELIGIBLE = """
+    SELECT * FROM hosts
+    WHERE status = 'online' AND address <> ''
+      AND CASE WHEN $2 THEN type = 'byoc' AND team_id = $1 ELSE type = 'regular' END
+    ORDER BY created_at, id
+"""
+
+
+async def eligible_hosts(conn: Conn, team_id: uuid.UUID, is_byoc: bool) -> list[Host]:
+    return await fetch(conn, _ELIGIBLE, team_id, is_byoc)
 
 
 class RoundRobinScheduler:
@@ -56,12 +58,12 @@ class RoundRobinScheduler:
 
     async def select_host(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         team_id: uuid.UUID,
         is_byoc: bool,
         *,
         required_host: uuid.UUID | None = None,
-    ) -> RowMapping:
+    ) -> Host:
         candidates = await eligible_hosts(conn, team_id, is_byoc)
         if required_host is not None:
             candidates = [h for h in candidates if h["id"] == required_host]

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db.engine import driver
+from warren.cp.db.engine import Conn, driver, fetchrow
 from warren.cp.db.tables import sandboxes, teams, templates, users, users_teams
 from warren.cp.services import Timestamp, audit, autocommit
 from warren.cp.services.context import AuthContext
@@ -213,20 +213,16 @@ _MEMBERS = """
 
 
 async def _team_and_role(
-    conn: AsyncConnection | asyncpg.Connection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
+    conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
 ) -> tuple[Mapping[Any, Any], str]:
     """The live team's row and the caller's role, in one query: 404 when the team is missing or
     deleted, 403 when the caller is not a member. With ``lock`` (an SQLAlchemy connection in a
     transaction) the team row is locked (``FOR UPDATE``) for the rest of the transaction,
     serialising changes to one team."""
-    row: Mapping[Any, Any] | None
-    if isinstance(conn, AsyncConnection):
-        sql = _TEAM_AND_ROLE + " FOR UPDATE OF t" if lock else _TEAM_AND_ROLE
-        row = (await conn.exec_driver_sql(sql, (team_id, user_id))).mappings().first()
-    else:
-        if lock:
-            raise ValueError("locking the team row needs a transaction")
-        row = await conn.fetchrow(_TEAM_AND_ROLE, team_id, user_id)
+    if lock and not isinstance(conn, AsyncConnection):
+        raise ValueError("locking the team row needs a transaction")
+    sql = _TEAM_AND_ROLE + " FOR UPDATE OF t" if lock else _TEAM_AND_ROLE
+    row = await fetchrow(conn, sql, team_id, user_id)
     if row is None or row["deleted_at"] is not None:
         raise NotFound("team not found")
     if row["role"] is None:
@@ -235,7 +231,7 @@ async def _team_and_role(
 
 
 async def _lock_team_and_role(
-    conn: AsyncConnection | asyncpg.Connection, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
+    conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
 ) -> str:
     return (await _team_and_role(conn, team_id, user_id, lock=lock))[1]
 
