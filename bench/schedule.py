@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -156,30 +157,86 @@ async def setup(url: str, database_url: str, root: Path) -> tuple[str, list[Agen
         return r.json()["key"], agents, body["team_id"]
 
 
-async def via_cp(url: str, key: str, n: int, *, concurrent: bool = True) -> tuple[list[float], list[float]]:
-    """End-to-end latencies, and per request the CP's own share: end-to-end minus the agent RPC
-    as the CP timed it (``Server-Timing: agent;dur=…``)."""
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=300, limits=limits, headers={"X-API-Key": key}
-    ) as http:
-        # Open the connections first so the measurement does not include TCP setup.
-        await asyncio.gather(*(http.get("/healthz") for _ in range(n)))
+class Conn:
+    """One keep-alive HTTP/1.1 connection to the CP. A raw asyncio client on purpose: with httpx,
+    100 concurrent requests queue for seconds in the client's own pool and parser before they
+    are even written, which the CP's overhead would otherwise be charged with."""
 
-        async def one() -> tuple[float, float, str]:
+    def __init__(self, host: str, port: int, key: str) -> None:
+        self.host, self.port, self.key = host, port, key
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        assert self.reader is not None and self.writer is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nX-API-Key: {self.key}\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        length = int(headers.get("content-length", "0"))
+        data = await self.reader.readexactly(length) if length else b""
+        return int(lines[0][9:12]), headers, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def via_cp(
+    url: str, key: str, n: int, *, cp_pid: int, concurrent: bool = True
+) -> tuple[list[float], list[float], float, float]:
+    """End-to-end latencies (from writing the request to reading the whole response), per
+    request the CP's own share (end-to-end minus the agent RPC as the CP timed it,
+    ``Server-Timing: agent;dur=…``), and the CP process's CPU seconds spent on the creates and on
+    the destroys."""
+    u = httpx.URL(url)
+    # Open the connections first so the measurement does not include TCP setup.
+    conns = [Conn(u.host, u.port or 80, key) for _ in range(n if concurrent else 1)]
+    await asyncio.gather(*(c.open() for c in conns))
+    try:
+        cpu0 = cpu_seconds(cp_pid)
+
+        async def one(c: Conn) -> tuple[float, float, str]:
             t0 = time.perf_counter()
-            r = await http.post("/v1/sandboxes", json={"timeout_sec": 0})
+            status, headers, data = await c.request("POST", "/v1/sandboxes", b'{"timeout_sec": 0}')
             dt = time.perf_counter() - t0
-            r.raise_for_status()
-            agent_ms = float(r.headers["server-timing"].split("dur=")[1])
-            return dt, dt - agent_ms / 1000, r.json()["id"]
+            if status != 201:
+                raise RuntimeError(f"create -> {status}: {data[:300]!r}")
+            agent_ms = float(headers["server-timing"].split("dur=")[1])
+            return dt, dt - agent_ms / 1000, json.loads(data)["id"]
 
         if concurrent:
-            res = await asyncio.gather(*(one() for _ in range(n)))
+            res = await asyncio.gather(*(one(c) for c in conns))
         else:
-            res = [await one() for _ in range(n)]
-        await asyncio.gather(*(http.delete(f"/v1/sandboxes/{s}") for _, _, s in res))
-        return [d for d, _, _ in res], [o for _, o, _ in res]
+            res = [await one(conns[0]) for _ in range(n)]
+        cpu1 = cpu_seconds(cp_pid)
+
+        async def destroy(c: Conn, sid: str) -> None:
+            status, _, data = await c.request("DELETE", f"/v1/sandboxes/{sid}")
+            if status != 204:
+                raise RuntimeError(f"destroy -> {status}: {data[:300]!r}")
+
+        if concurrent:
+            await asyncio.gather(*(destroy(c, s) for c, (_, _, s) in zip(conns, res, strict=True)))
+        else:
+            for _, _, s in res:
+                await destroy(conns[0], s)
+        cpu2 = cpu_seconds(cp_pid)
+    finally:
+        for c in conns:
+            c.close()
+    return [d for d, _, _ in res], [o for _, o, _ in res], cpu1 - cpu0, cpu2 - cpu1
 
 
 async def direct(
@@ -236,7 +293,7 @@ async def main_async(args: argparse.Namespace) -> None:
             pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
             try:
                 # Warm up both paths (template caches, DB pool, channels).
-                await via_cp(url, key, 6)
+                await via_cp(url, key, 6, cp_pid=cp_pid)
                 await direct(pool, agents, 6)
                 print(f"{'':34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
                 for label, n, rounds, concurrent in (
@@ -246,12 +303,14 @@ async def main_async(args: argparse.Namespace) -> None:
                     cp_lat: list[float] = []
                     cp_own: list[float] = []
                     direct_lat: list[float] = []
-                    cpu = 0.0
+                    cpu_create = cpu_destroy = 0.0
                     for _ in range(rounds):
                         direct_lat += await direct(pool, agents, n, concurrent=concurrent)
-                        before = cpu_seconds(cp_pid)
-                        lat, own = await via_cp(url, key, n, concurrent=concurrent)
-                        cpu += cpu_seconds(cp_pid) - before  # includes the n destroys
+                        lat, own, c_create, c_destroy = await via_cp(
+                            url, key, n, cp_pid=cp_pid, concurrent=concurrent
+                        )
+                        cpu_create += c_create
+                        cpu_destroy += c_destroy
                         cp_lat += lat
                         cp_own += own
                     a, b, o = report(direct_lat), report(cp_lat), report(cp_own)
@@ -260,7 +319,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     print(row("  via CP (REST, end to end)", b))
                     print(row("  CP overhead (via CP - direct)", {k: b[k] - a[k] for k in a}))
                     print(row("  CP's own time per request", o) + "   (target p50 <= 15 ms)")
-                    print(f"  CP process CPU per create+destroy: {cpu / (n * rounds) * 1000:.1f} ms")
+                    k = n * rounds
+                    print(
+                        f"  CP process CPU per create+destroy: {(cpu_create + cpu_destroy) / k * 1000:.1f} ms"
+                        f" (create {cpu_create / k * 1000:.1f}, destroy {cpu_destroy / k * 1000:.1f})"
+                    )
             finally:
                 await asyncio.gather(*(a.destroy_all(pool) for a in agents))
                 await pool.close()
