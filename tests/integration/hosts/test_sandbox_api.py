@@ -219,6 +219,11 @@ async def test_out_of_range_and_malformed_create_is_400_and_writes_nothing(env: 
         {"template": "../etc"},
         {"vcpus": "two"},
         {"unknown": 1},
+        {"env": {"": "x"}},
+        {"env": {"A=B": "x"}},
+        {"env": {"A": "x\x00y"}},
+        {"env": {"A": 1}},
+        {"env": {f"V{i}": "x" for i in range(300)}},
     ]
     for body in bodies:
         r = await env.api("POST", "/v1/sandboxes", json=body)

@@ -11,6 +11,7 @@ from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, TeamContext
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.services import sandboxes as svc
+from warren.cp.services.env import EnvVars
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -24,7 +25,7 @@ class CreateSandboxRequest(StrictRequest):
     memory_mb: int = Field(default=0, le=INT32_MAX)
     timeout_sec: int = Field(default=0, le=INT32_MAX, description="inactivity timeout in seconds; 0 = none")
     internet: bool = Field(default=True, description="outbound network access")
-    env: dict[str, str] | None = Field(default=None, description="default environment of every process")
+    env: EnvVars | None = Field(default=None, description="default environment of every process")
 
 
 _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)

@@ -33,6 +33,7 @@ from warren.cp.hosts.client_pool import HostClient, HostClientPool, agent_errors
 from warren.cp.http_errors import status_and_code
 from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
+from warren.cp.services.env import EnvVars, validate_env
 from warren.errors import AgentError, InvalidRequest, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -57,7 +58,7 @@ class ExecBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cmd: str = Field(default="", description="the executable (no shell); use /bin/sh -c for one")
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     cwd: str = ""
     timeout_sec: int = Field(default=0, description="seconds; <= 0 means the agent's default (30)")
     stdin: str | None = Field(default=None, description="text fed to the process's stdin")
@@ -78,7 +79,7 @@ class StartProcessBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cmd: str = ""
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     cwd: str = ""
     tag: str = ""
     timeout_sec: int = Field(default=0, description="seconds; 0 = no limit")
@@ -319,11 +320,7 @@ def _start_request(sid: str, f: Frame) -> pb.ExecStart:
             raise InvalidRequest("args must be a list of strings")
         return v
 
-    env = f.get("env") or {}
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise InvalidRequest("env must be an object of strings")
+    env = validate_env(f.get("env"))
     timeout = f.get("timeout_sec") or 0
     if not isinstance(timeout, int) or timeout < 0:
         raise InvalidRequest("timeout_sec must be a non-negative integer")
