@@ -168,8 +168,9 @@ async def authenticate(
 ) -> AuthContext:
     """Authenticate a request from its raw credentials (headers, or WebSocket query params).
 
-    ``bearer`` is the JWT itself (without "Bearer "). With ``require_user`` an API key is refused
-    (401) even when a valid JWT is also present; otherwise the API key wins when both are sent.
+    ``bearer`` is the JWT itself (without "Bearer "). With ``require_user`` the JWT is what counts
+    (an API key sent alongside it is ignored, one sent alone is a 401); otherwise the API key
+    wins when both are sent.
     """
     if api_key and not require_user:
         return await _authenticate_api_key(engine, api_key)
