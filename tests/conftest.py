@@ -133,6 +133,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "serial: must not run alongside other tests; `make test` runs these in a serial pass"
     )
+    if not hasattr(config, "workerinput"):
+        _prebuild_minimal_template()
     if hasattr(config, "workerinput") or os.environ.get(ENV_URL) or os.environ.get(_SHARED_URL):
         return
     numprocesses = getattr(config.option, "numprocesses", None)
@@ -140,6 +142,26 @@ def pytest_configure(config: pytest.Config) -> None:
         # xdist controller: start the one server now, before workers exist; they inherit env.
         _server, _server_dir = _start_embedded()
         os.environ[_SHARED_URL] = _server.url
+
+
+def _prebuild_minimal_template() -> None:
+    """Build the sandbox tests' shared ``minimal`` template once, before any test starts.
+
+    On a fresh machine debootstrap takes one to several minutes; done here (in the controller,
+    outside every test's timeout) no test's first sandbox waits for it. Agents started by the
+    tests find it through ``WARREN_TEST_MINIMAL_DIR`` and never build their own."""
+    cache = Path(os.environ.get("WARREN_TEST_MINIMAL_DIR", "/var/cache/warren-test/templates/minimal"))
+    if os.geteuid() != 0 or (cache / "template.json").exists() or shutil.which("debootstrap") is None:
+        return  # not root: the sandbox tests skip (or fail under CI) on their own
+    import time
+
+    from warren.agent.templates import TemplateStore
+
+    print(f"\nbuilding the minimal sandbox template into {cache} (once; debootstrap) ...", flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="warren-tpl-") as scratch:
+        asyncio.run(TemplateStore(Path(scratch), minimal_dir=cache).ensure_minimal())
+    print(f"minimal template ready in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
