@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from warren.agent.control_plane import credentials_path
+from warren.cli.up import stop_process
 
 if TYPE_CHECKING:
     from warren.cli.up import Supervisor
@@ -151,16 +152,6 @@ class LocalAgentChild:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(45)  # the agent keeps sandboxes for re-adoption; give it its grace
-            except subprocess.TimeoutExpired:
-                log.warning("the local agent did not stop in 45s; killing it")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.wait()
+        if proc is not None:
+            # The agent keeps its sandboxes for re-adoption; give it its grace period.
+            stop_process(proc, "the local agent", signal.SIGTERM, 45)

@@ -153,20 +153,24 @@ class ProcessChild:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(self.stop_signal)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs; killing it", self.name, self.stop_timeout)
-        # Whatever it started in its process group goes with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, self.name, self.stop_signal, self.stop_timeout)
+
+
+def stop_process(proc: subprocess.Popen[bytes], name: str, sig: int, timeout: float) -> None:
+    """Ask ``proc`` to stop with ``sig``, wait up to ``timeout`` s, then kill its process group
+    (whatever it started there goes with it) and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", name, timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait()
 
 
 class Supervisor:
