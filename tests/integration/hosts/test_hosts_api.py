@@ -90,6 +90,10 @@ async def test_tags(cp: CP) -> None:
 async def test_registration_token_is_single_use(cp: CP) -> None:
     admin = await cp.signup(admin=True)
     host_id, token = await admin.create_host()
+    # An address the CP could not dial is refused before the token is spent.
+    for bad in ("127.0.0.9", "127.0.0.9:0", "127.0.0.9:70000", "[::1", "[nope]:1", "a b:1", ":50051"):
+        r = await register(cp, token, bad)
+        assert r.status_code == 400 and "invalid address" in r.json()["error"]["message"], (bad, r.text)
     r = await register(cp, token)
     assert r.status_code == 201, r.text
     body = r.json()

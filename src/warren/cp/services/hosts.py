@@ -14,7 +14,9 @@ none.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -459,6 +461,26 @@ async def _issue_refresh_token(conn: AsyncConnection, host_uuid: uuid.UUID, now:
     return token
 
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def check_address(address: str) -> None:
+    """``address`` must be what the CP can dial: ``host:port`` or ``[v6]:port``, port 1-65535."""
+    bad = InvalidRequest(f"invalid address {address!r}: expected host:port (e.g. 10.0.0.5:50051)")
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+    else:
+        host, sep, port = address.rpartition(":")
+        if not _HOSTNAME.match(host):
+            raise bad
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise bad
+
+
 async def register(
     engine: AsyncEngine,
     ca: CertificateAuthority,
@@ -472,6 +494,7 @@ async def register(
         raise InvalidRequest("token is required")
     if not address:
         raise InvalidRequest("address is required")
+    check_address(address)  # before the token is consumed: a typo must not burn it
     now = clock.now()
     async with engine.begin() as conn:
         consumed = (
