@@ -240,6 +240,8 @@ async def test_delete_refuses_with_active_sandboxes_and_lists_exactly_them(cp: C
     assert r.status_code == 409
     err = r.json()["error"]
     assert err["code"] == "has_active_sandboxes" and sorted(err["sandbox_ids"]) == active
+    # The refused delete drained the host only for its check: its status is back as it was.
+    assert (await sql(cp, "SELECT status FROM hosts WHERE id = :id", id=hid))[0][0] == "pending"
     assert (await member.req("DELETE", f"/v1/hosts/{host_id}?force=true")).status_code == 404
     r = await owner.req("DELETE", f"/v1/hosts/{host_id}?force=true")
     assert r.status_code == 204

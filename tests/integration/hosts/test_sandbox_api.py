@@ -261,3 +261,32 @@ async def test_create_without_a_live_team_is_403_no_team(env: Env) -> None:
     # Through the real auth, that team's credentials are refused outright.
     r = await env.cp.http.post("/v1/sandboxes", json={}, headers=deleted.h)
     assert r.status_code == 401
+
+
+async def test_a_host_that_left_online_after_being_chosen_gets_no_sandbox(env: Env) -> None:
+    """A host delete first flips the host to ``draining`` (under the row lock creates share), so
+    a create whose scheduler read the host just before cannot land on it: the insert finds it
+    no longer online, reschedules, and answers 503 when nothing else is there."""
+    host_uuid, address = (
+        await sql(env.cp, "SELECT id, address FROM hosts WHERE status = 'online' AND address <> '' LIMIT 1")
+    )[0]
+    chosen = {"id": host_uuid, "address": address, "status": "online"}
+
+    class StaleScheduler:  # its answer was read just before the host started draining
+        async def select_host(self, conn: Any, team_id: Any, is_byoc: bool, **kw: Any) -> Any:
+            return chosen
+
+    real = env.cp.app.state.scheduler
+    before = (await sql(env.cp, "SELECT count(*) FROM sandboxes"))[0][0]
+    calls = len(env.agent.calls)
+    await sql(env.cp, "UPDATE hosts SET status = 'draining' WHERE id = :id", id=host_uuid)
+    env.cp.app.state.scheduler = StaleScheduler()
+    try:
+        r = await env.api("POST", "/v1/sandboxes", json={})
+    finally:
+        env.cp.app.state.scheduler = real
+        await sql(env.cp, "UPDATE hosts SET status = 'online' WHERE id = :id", id=host_uuid)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_hosts_available", r.text
+    assert (await sql(env.cp, "SELECT count(*) FROM sandboxes"))[0][0] == before
+    assert len(env.agent.calls) == calls
+

@@ -367,11 +367,23 @@ async def delete_host(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, host_id: str, *, force: bool = False
 ) -> None:
     host_uuid = ids.parse_id(ids.Kind.HOST, host_id)
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:
         row = await _load_visible(conn, ctx, host_uuid)
         _require_manager(ctx, "delete hosts")
+        # Out of scheduling first (committed, under the row lock that sandbox creates share):
+        # no create can land on the host between the count below and the delete.
+        await conn.execute(
+            hosts.update().where(hosts.c.id == host_uuid).values(status="draining", updated_at=clock.now())
+        )
+    async with engine.connect() as conn:
         active = await _active_sandbox_ids(conn, host_uuid)
         if active and not force:
+            await conn.execute(
+                hosts.update()
+                .where(hosts.c.id == host_uuid, hosts.c.status == "draining")
+                .values(status=row["status"], updated_at=clock.now())
+            )
+            await conn.commit()
             raise Conflict(
                 "host has active sandboxes; use ?force=true to destroy them and delete the host",
                 code="has_active_sandboxes",

@@ -41,6 +41,7 @@ from warren.errors import (
     InvalidRequest,
     InvalidState,
     NotFound,
+    ServiceUnavailable,
 )
 from warren.rpc import hostagent_pb2 as pb
 
@@ -118,12 +119,20 @@ _RESOLVE = """
     WHERE t.id = $2 AND t.deleted_at IS NULL
 """
 
+# Inserted only while the chosen host is still online, holding a share lock on its row: a host
+# delete first flips the host to `draining` under a row lock, so a create either lands before
+# the delete counts the host's sandboxes (and is counted) or finds the host gone (and picks
+# again) — never in between.
 _INSERT_PENDING = """
     INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
                            disk_size_mb, internet, created_at, last_updated, template_id,
                            template_team_id)
-    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $10, $11, $12)
+    SELECT $1::uuid, $2::uuid, h.id, $4::text, 'pending', $5::int, $6::int, $7::int, $8::int,
+           $9::bool, $10::timestamptz, $10::timestamptz, $11::uuid, $12::uuid
+    FROM hosts h WHERE h.id = $3::uuid AND h.status = 'online'
+    FOR SHARE
 """
+_CREATE_ATTEMPTS = 3
 
 # Marks it running and writes the audit row in one statement (one round trip, atomic).
 _MARK_RUNNING = """
@@ -190,17 +199,27 @@ async def create_sandbox(
         if r["template_type"] == "snapshot":
             # A snapshot carries its source sandbox's shape (SPEC §2.5 step 4).
             vcpus, memory = r["template_vcpus"], r["template_memory_mb"]
-        # A snapshot's files live on the host that took it: only that host can start it.
-        host = await scheduler.select_host(
-            conn, team_uuid, bool(r["is_byoc"]), required_host=r["template_host_id"]
-        )
+        for _attempt in range(_CREATE_ATTEMPTS):
+            # A snapshot's files live on the host that took it: only that host can start it.
+            host = await scheduler.select_host(
+                conn, team_uuid, bool(r["is_byoc"]), required_host=r["template_host_id"]
+            )
+            now = clock.now()
+            status = await conn.execute(
+                _INSERT_PENDING,
+                sb_uuid, team_uuid, host["id"], name, vcpus, memory, params.timeout_sec, DISK_SIZE_MB,
+                params.internet, now, r["template_id"], r["template_team_id"],
+            )  # fmt: skip
+            if status == "INSERT 0 1":
+                break
+            # The host left `online` (being deleted, or just marked unreachable) after it was
+            # chosen: choose again.
+            log.info("sandbox create: host %s went away, rescheduling", ids.host_id(host["id"]))
+        else:
+            raise ServiceUnavailable(
+                "no online host could take the sandbox; retry", code="no_hosts_available"
+            )
         client = pool.get(host)
-        now = clock.now()
-        await conn.execute(
-            _INSERT_PENDING,
-            sb_uuid, team_uuid, host["id"], name, vcpus, memory, params.timeout_sec, DISK_SIZE_MB,
-            params.internet, now, r["template_id"], r["template_team_id"],
-        )  # fmt: skip
 
     req = pb.CreateSandboxRequest(
         sandbox_id=sid,
