@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -59,6 +60,25 @@ async def _abort(context: grpc.aio.ServicerContext, e: BaseException, method: st
     if code == grpc.StatusCode.INTERNAL:
         log.error("event=rpc_error method=%s error=%s", method, msg, exc_info=not isinstance(e, WarrenError))
     await context.abort(code, msg)
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _mapped_errors(handler: _Handler) -> _Handler:
+    """For unary-response RPCs: any error of the call ends it with its mapped status code
+    (``status_for``), in one place instead of a try/except in every method."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise  # the handler aborted on purpose with its own status
+        except Exception as e:
+            await _abort(context, e, handler.__name__)
+
+    return cast(_Handler, wrapper)
 
 
 def _selector(sel: pb.ProcessSelector) -> int | str:
@@ -125,52 +145,42 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
 
     # -------------------------------------------------------------------------- lifecycle
 
+    @_mapped_errors
     async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Any) -> pb.CreateSandboxResponse:
-        try:
-            sb = await self.m.create(
-                sandbox_id=request.sandbox_id,
-                team_id=request.team_id,
-                template_id=request.template_id,
-                template=request.template,
-                vcpus=request.vcpus,
-                memory_mb=request.memory_mb,
-                disk_size_mb=request.disk_size_mb,
-                timeout_sec=request.timeout_sec,
-                internet=request.internet if request.HasField("internet") else True,
-                env=dict(request.env),
-            )
-        except Exception as e:
-            await _abort(context, e, "CreateSandbox")
+        sb = await self.m.create(
+            sandbox_id=request.sandbox_id,
+            team_id=request.team_id,
+            template_id=request.template_id,
+            template=request.template,
+            vcpus=request.vcpus,
+            memory_mb=request.memory_mb,
+            disk_size_mb=request.disk_size_mb,
+            timeout_sec=request.timeout_sec,
+            internet=request.internet if request.HasField("internet") else True,
+            env=dict(request.env),
+        )
         return pb.CreateSandboxResponse(sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip)
 
+    @_mapped_errors
     async def DestroySandbox(
         self, request: pb.DestroySandboxRequest, context: Any
     ) -> pb.DestroySandboxResponse:
-        try:
-            await self.m.destroy(request.sandbox_id)
-        except Exception as e:
-            await _abort(context, e, "DestroySandbox")
+        await self.m.destroy(request.sandbox_id)
         return pb.DestroySandboxResponse()
 
+    @_mapped_errors
     async def PauseSandbox(self, request: pb.PauseSandboxRequest, context: Any) -> pb.PauseSandboxResponse:
-        try:
-            await self.m.pause(request.sandbox_id)
-        except Exception as e:
-            await _abort(context, e, "PauseSandbox")
+        await self.m.pause(request.sandbox_id)
         return pb.PauseSandboxResponse()
 
+    @_mapped_errors
     async def ResumeSandbox(self, request: pb.ResumeSandboxRequest, context: Any) -> pb.ResumeSandboxResponse:
-        try:
-            sb = await self.m.resume(request.sandbox_id, request.timeout_sec)
-        except Exception as e:
-            await _abort(context, e, "ResumeSandbox")
+        sb = await self.m.resume(request.sandbox_id, request.timeout_sec)
         return pb.ResumeSandboxResponse(sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip)
 
+    @_mapped_errors
     async def PingSandbox(self, request: pb.PingSandboxRequest, context: Any) -> pb.PingSandboxResponse:
-        try:
-            await self.m.ping(request.sandbox_id)
-        except Exception as e:
-            await _abort(context, e, "PingSandbox")
+        await self.m.ping(request.sandbox_id)
         return pb.PingSandboxResponse()
 
     async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Any) -> pb.ListSandboxesResponse:
@@ -188,19 +198,17 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
 
     # -------------------------------------------------------------------------- processes
 
+    @_mapped_errors
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
-        try:
-            res = await self.m.exec(
-                request.sandbox_id,
-                request.cmd,
-                list(request.args),
-                env=dict(request.env),
-                cwd=request.cwd,
-                timeout_sec=request.timeout_sec,
-                stdin=request.stdin if request.stdin else None,
-            )
-        except Exception as e:
-            await _abort(context, e, "Exec")
+        res = await self.m.exec(
+            request.sandbox_id,
+            request.cmd,
+            list(request.args),
+            env=dict(request.env),
+            cwd=request.cwd,
+            timeout_sec=request.timeout_sec,
+            stdin=request.stdin if request.stdin else None,
+        )
         return pb.ExecResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
 
     async def ExecStream(
@@ -249,34 +257,26 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
                     await session.signal(msg.signal)
                 self.m.touch(sb_id)
 
+    @_mapped_errors
     async def ListProcesses(self, request: pb.ListProcessesRequest, context: Any) -> pb.ListProcessesResponse:
-        try:
-            procs = await self.m.list_processes(request.sandbox_id)
-        except Exception as e:
-            await _abort(context, e, "ListProcesses")
+        procs = await self.m.list_processes(request.sandbox_id)
         return pb.ListProcessesResponse(
             processes=[pb.ProcessInfo(pid=p.pid, tag=p.tag or "", cmd=p.cmd, args=p.args) for p in procs]
         )
 
+    @_mapped_errors
     async def SignalProcess(self, request: pb.SignalProcessRequest, context: Any) -> pb.SignalProcessResponse:
-        try:
-            await self.m.signal(request.sandbox_id, _selector(request.process), request.signal or 15)
-        except Exception as e:
-            await _abort(context, e, "SignalProcess")
+        await self.m.signal(request.sandbox_id, _selector(request.process), request.signal or 15)
         return pb.SignalProcessResponse()
 
+    @_mapped_errors
     async def SendStdin(self, request: pb.SendStdinRequest, context: Any) -> pb.SendStdinResponse:
-        try:
-            await self.m.send_stdin(request.sandbox_id, _selector(request.process), request.data)
-        except Exception as e:
-            await _abort(context, e, "SendStdin")
+        await self.m.send_stdin(request.sandbox_id, _selector(request.process), request.data)
         return pb.SendStdinResponse()
 
+    @_mapped_errors
     async def CloseStdin(self, request: pb.CloseStdinRequest, context: Any) -> pb.CloseStdinResponse:
-        try:
-            await self.m.close_stdin(request.sandbox_id, _selector(request.process))
-        except Exception as e:
-            await _abort(context, e, "CloseStdin")
+        await self.m.close_stdin(request.sandbox_id, _selector(request.process))
         return pb.CloseStdinResponse()
 
     async def AttachProcess(
@@ -299,43 +299,37 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
 
     # ------------------------------------------------------------------------------ files
 
+    @_mapped_errors
     async def WriteFile(self, request: pb.WriteFileRequest, context: Any) -> pb.WriteFileResponse:
         async def one() -> AsyncIterator[bytes]:
             yield request.content
 
-        try:
-            n = await self.m.write_file(request.sandbox_id, request.path, one(), request.mode)
-        except Exception as e:
-            await _abort(context, e, "WriteFile")
+        n = await self.m.write_file(request.sandbox_id, request.path, one(), request.mode)
         return pb.WriteFileResponse(bytes_written=n)
 
+    @_mapped_errors
     async def ReadFile(self, request: pb.ReadFileRequest, context: Any) -> pb.ReadFileResponse:
-        try:
-            content = b"".join([c async for c in self.m.read_file(request.sandbox_id, request.path)])
-        except Exception as e:
-            await _abort(context, e, "ReadFile")
+        content = b"".join([c async for c in self.m.read_file(request.sandbox_id, request.path)])
         return pb.ReadFileResponse(content=content)
 
+    @_mapped_errors
     async def WriteFileStream(
         self, request_iterator: AsyncIterator[pb.WriteFileStreamRequest], context: Any
     ) -> pb.WriteFileResponse:
-        try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None:
-                raise InvalidRequest("empty WriteFileStream")
-            if first.WhichOneof("msg") != "meta":
-                raise InvalidRequest("the first WriteFileStream message must be `meta`")
-            meta = first.meta
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise InvalidRequest("empty WriteFileStream")
+        if first.WhichOneof("msg") != "meta":
+            raise InvalidRequest("the first WriteFileStream message must be `meta`")
+        meta = first.meta
 
-            async def chunks() -> AsyncIterator[bytes]:
-                async for msg in request_iterator:
-                    if msg.WhichOneof("msg") != "chunk":
-                        raise InvalidRequest("only `chunk` messages may follow `meta`")
-                    yield msg.chunk
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.WhichOneof("msg") != "chunk":
+                    raise InvalidRequest("only `chunk` messages may follow `meta`")
+                yield msg.chunk
 
-            n = await self.m.write_file(meta.sandbox_id, meta.path, chunks(), meta.mode)
-        except Exception as e:
-            await _abort(context, e, "WriteFileStream")
+        n = await self.m.write_file(meta.sandbox_id, meta.path, chunks(), meta.mode)
         return pb.WriteFileResponse(bytes_written=n)
 
     async def ReadFileStream(
@@ -347,68 +341,52 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
         except Exception as e:
             await _abort(context, e, "ReadFileStream")
 
+    @_mapped_errors
     async def ListDir(self, request: pb.ListDirRequest, context: Any) -> pb.ListDirResponse:
-        try:
-            entries = await self.m.list_dir(request.sandbox_id, request.path, request.depth)
-        except Exception as e:
-            await _abort(context, e, "ListDir")
+        entries = await self.m.list_dir(request.sandbox_id, request.path, request.depth)
         return pb.ListDirResponse(entries=[_entry(e) for e in entries])
 
+    @_mapped_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
-        try:
-            entry = await self.m.stat(request.sandbox_id, request.path)
-        except Exception as e:
-            await _abort(context, e, "Stat")
+        entry = await self.m.stat(request.sandbox_id, request.path)
         return pb.StatResponse(entry=_entry(entry))
 
+    @_mapped_errors
     async def MakeDir(self, request: pb.MakeDirRequest, context: Any) -> pb.MakeDirResponse:
-        try:
-            await self.m.make_dir(request.sandbox_id, request.path)
-        except Exception as e:
-            await _abort(context, e, "MakeDir")
+        await self.m.make_dir(request.sandbox_id, request.path)
         return pb.MakeDirResponse(created=True)
 
+    @_mapped_errors
     async def Remove(self, request: pb.RemoveRequest, context: Any) -> pb.RemoveResponse:
-        try:
-            await self.m.remove(request.sandbox_id, request.path)
-        except Exception as e:
-            await _abort(context, e, "Remove")
+        await self.m.remove(request.sandbox_id, request.path)
         return pb.RemoveResponse()
 
+    @_mapped_errors
     async def Move(self, request: pb.MoveRequest, context: Any) -> pb.MoveResponse:
-        try:
-            await self.m.move(request.sandbox_id, request.source, request.destination)
-        except Exception as e:
-            await _abort(context, e, "Move")
+        await self.m.move(request.sandbox_id, request.source, request.destination)
         return pb.MoveResponse()
 
     # ------------------------------------------------------------------ snapshots, metrics
 
+    @_mapped_errors
     async def CreateSnapshot(
         self, request: pb.CreateSnapshotRequest, context: Any
     ) -> pb.CreateSnapshotResponse:
-        try:
-            size = await self.m.create_snapshot(request.sandbox_id, request.team_id, request.template_id)
-        except Exception as e:
-            await _abort(context, e, "CreateSnapshot")
+        size = await self.m.create_snapshot(request.sandbox_id, request.team_id, request.template_id)
         return pb.CreateSnapshotResponse(name=request.name, size_bytes=size, kind="filesystem")
 
+    @_mapped_errors
     async def DeleteSnapshot(
         self, request: pb.DeleteSnapshotRequest, context: Any
     ) -> pb.DeleteSnapshotResponse:
-        try:
-            await self.m.delete_snapshot(request.team_id, request.template_id)
-        except Exception as e:
-            await _abort(context, e, "DeleteSnapshot")
+        await self.m.delete_snapshot(request.team_id, request.template_id)
         return pb.DeleteSnapshotResponse()
 
+    @_mapped_errors
     async def GetSandboxMetrics(
         self, request: pb.GetSandboxMetricsRequest, context: Any
     ) -> pb.GetSandboxMetricsResponse:
-        try:
-            points = self.m.metrics(request.sandbox_id, request.range)
-        except Exception as e:
-            await _abort(context, e, "GetSandboxMetrics")
+        points = self.m.metrics(request.sandbox_id, request.range)
         return pb.GetSandboxMetricsResponse(
             points=[
                 pb.MetricPoint(timestamp_unix=t, cpu_pct=c, mem_bytes=m, disk_bytes=d)
