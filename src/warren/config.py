@@ -25,6 +25,14 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     database_url: str | None = None
+    # Database connections per CP process. A burst past the pool waits for a free connection
+    # (up to db_pool_timeout_s, then 503 database_busy) rather than opening more: an overflow
+    # connection is closed again as soon as it is returned, and opening one costs far more CPU
+    # than the statements it serves. Replicas x (pool + overflow) must fit the server's
+    # max_connections (100 by default on a stock PostgreSQL; 200 on the embedded one).
+    db_pool_size: int = Field(default=30, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0)
     # HS256 key for user and host JWTs; must be >= 32 chars. ``warren up`` generates and keeps
     # one under ``home`` when it is not set.
     jwt_secret: str = ""
@@ -47,6 +55,9 @@ class Settings(BaseSettings):
 
     # Background workers.
     monitor_interval_s: float = 30.0
+    # Hosts the monitor checks at once. Each check holds a database connection (and the host's
+    # advisory lock) across its ListSandboxes call, so this bounds the monitor's share of the pool.
+    monitor_concurrency: int = Field(default=8, ge=1)
     heartbeat_stale_s: float = 90.0
     run_workers: bool = True
 

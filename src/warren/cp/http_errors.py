@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from warren import errors
@@ -122,6 +123,12 @@ def response_for(exc: BaseException) -> JSONResponse:
         # caught, e.g. in a path parameter: the client's input is wrong, not the server.
         log.warning("request data refused by the database: %s", exc)
         return error_response(400, "invalid_request", "invalid value (out of range or bad characters)")
+    if isinstance(exc, PoolTimeout):
+        # Every pooled connection stayed busy for the whole pool timeout: overload, not a bug.
+        log.warning("no database connection free: %s", exc)
+        return error_response(
+            503, "database_busy", "the control plane's database connections are all busy; retry shortly"
+        )
     log.error("unhandled error: %r", exc, exc_info=exc)
     return error_response(500, "internal_error", "internal error")
 

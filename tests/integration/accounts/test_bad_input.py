@@ -181,3 +181,27 @@ async def test_unexpected_errors_do_not_leak(app: FastAPI, client: httpx.AsyncCl
     assert r.json() == {
         "error": {"code": "has_active_sandboxes", "message": "host has sandboxes", "sandbox_ids": ["sb-1"]}
     }
+
+
+async def test_exhausted_connection_pool_is_503_then_recovers(db_url: str) -> None:
+    """A burst past the pool waits for a connection (no overflow connections are opened); one
+    that waits longer than the pool timeout gets 503 ``database_busy``, not a 500."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from warren.cp.app import create_app
+
+    from .conftest import PUBLIC_URL, make_settings
+
+    application = create_app(make_settings(db_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.3))
+    async with application.router.lifespan_context(application):
+        engine: AsyncEngine = application.state.engine
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
+            user = await signup(c)
+            auth = {"Authorization": f"Bearer {user.token}"}
+            async with engine.connect():  # the pool's only connection, busy
+                r = await c.get("/v1/sandboxes", headers=auth)
+                assert_error(r, 503, "database_busy")
+                assert engine.pool.checkedout() == 1  # nothing opened past the pool
+            r = await c.get("/v1/sandboxes", headers=auth)
+            assert r.status_code == 200, r.text

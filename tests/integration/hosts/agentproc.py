@@ -39,8 +39,22 @@ def agent_root() -> Path:
 
 
 class AgentProcess:
-    def __init__(self, ip: str, data_dir: Path, cp_url: str, *, port: int = AGENT_PORT) -> None:
+    def __init__(
+        self,
+        ip: str,
+        data_dir: Path,
+        cp_url: str,
+        *,
+        port: int = AGENT_PORT,
+        cpus: set[int] | None = None,
+        heartbeat_s: str = HEARTBEAT_S,
+    ) -> None:
+        """``cpus`` pins the agent (and so every runtime process and sandbox it starts) to those
+        CPUs; the benchmarks use it, with the real heartbeat interval, to keep agents off the
+        control plane's cores."""
         self.ip = ip
+        self.cpus = cpus
+        self.heartbeat_s = heartbeat_s
         self.address = f"{ip}:{port}"
         self.data_dir = data_dir
         self.cp_url = cp_url
@@ -57,10 +71,13 @@ class AgentProcess:
 
     async def start(self, register_token: str | None = None, *, wait_online: Any = None) -> AgentProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "WARREN_HEARTBEAT_INTERVAL_S": HEARTBEAT_S, **minimal_cache_env()}
+        env = {**os.environ, "WARREN_HEARTBEAT_INTERVAL_S": self.heartbeat_s, **minimal_cache_env()}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        cpus = self.cpus
+        # Set in the child between fork and exec, so every thread the agent starts inherits it.
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen(self.command(register_token), env=env, stdout=log, stderr=log,
-                                     start_new_session=True)  # fmt: skip
+                                     start_new_session=True, preexec_fn=pin)  # fmt: skip
         log.close()
         for _ in range(600):
             if self.proc.poll() is not None:

@@ -241,3 +241,30 @@ async def test_pending_and_offline_hosts_are_ignored(
     fake_clock.advance(1000)
     r = await monitor(engine, FakePool()).run_once()
     assert not r.marked_down and await rows.host_status(h) == status
+
+
+async def test_active_checks_are_bounded(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
+    """Each check holds a database connection across its agent call: no more than
+    ``concurrency`` run at once, and every online host is still checked in the pass."""
+    admin = await rows.user(admin=True)
+    hosts = [await rows.host(admin) for _ in range(5)]
+    in_flight = peak = 0
+
+    class SlowAgent(FakeAgent):
+        async def call(self, method: str, request: Any, *, deadline: float | None = None) -> Any:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                await asyncio.sleep(0.05)
+                return await super().call(method, request, deadline=deadline)
+            finally:
+                in_flight -= 1
+
+    pool = FakePool()
+    for h in hosts:
+        pool.agents[h] = SlowAgent()
+    m = HostMonitor(engine, pool, stale_s=90, concurrency=2)  # type: ignore[arg-type]
+    await m.run_once()
+    assert all(pool.agents[h].calls == 1 for h in hosts)
+    assert peak == 2

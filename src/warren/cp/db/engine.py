@@ -20,15 +20,20 @@ def to_async_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
-    """A pool that holds enough connections for the CP's concurrency: an overflow connection is
-    closed again as soon as it is returned, so a pool that is too small turns every burst into
-    connection setups (TCP, SSL negotiation, authentication, a fresh prepared-statement cache),
-    which cost far more CPU than the queries themselves."""
+def make_engine(
+    url: str, *, pool_size: int = 20, max_overflow: int = 0, pool_timeout: float = 30.0
+) -> AsyncEngine:
+    """A fixed pool by default: under a burst past ``pool_size`` a request waits for a free
+    connection instead of opening another. An overflow connection is closed again as soon as it
+    is returned, so overflow turns every burst into connection setups (TCP, SSL negotiation,
+    authentication, a fresh prepared-statement cache), which cost far more CPU than the queries
+    themselves — measured in bench/schedule.py. No request path holds a connection across an
+    agent call (the monitor does, for a bounded number of hosts), so waits stay short."""
     return create_async_engine(
         to_async_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
         pool_pre_ping=False,
         pool_recycle=1800,
     )

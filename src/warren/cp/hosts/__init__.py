@@ -31,7 +31,11 @@ async def hosts_lifespan(app: FastAPI) -> AsyncIterator[None]:
     ca = CertificateAuthority.from_settings(settings)
     pool = HostClientPool(ca)
     monitor = HostMonitor(
-        engine, pool, interval_s=settings.monitor_interval_s, stale_s=settings.heartbeat_stale_s
+        engine,
+        pool,
+        interval_s=settings.monitor_interval_s,
+        stale_s=settings.heartbeat_stale_s,
+        concurrency=settings.monitor_concurrency,
     )
     app.state.ca = ca
     app.state.pool = pool

@@ -76,11 +76,13 @@ class HostMonitor:
         *,
         interval_s: float = 30.0,
         stale_s: float = 90.0,
+        concurrency: int = 8,
     ) -> None:
         self.engine = engine
         self.pool = pool
         self.interval_s = interval_s
         self.stale_s = stale_s
+        self.concurrency = concurrency
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -133,8 +135,15 @@ class HostMonitor:
                 continue
             if h["status"] == "online" and h["address"]:
                 active.append(h)
-        # Active checks talk to agents; do them concurrently so one slow host does not delay others.
-        await asyncio.gather(*(self._reconcile(h, result) for h in active))
+        # Active checks talk to agents; several at once so one slow host does not delay the
+        # others, but bounded: each holds a database connection across its agent call.
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def check(h: RowMapping) -> None:
+            async with slots:
+                await self._reconcile(h, result)
+
+        await asyncio.gather(*(check(h) for h in active))
         return result
 
     async def _mark_down(self, h: RowMapping, cutoff: datetime, result: PassResult) -> None:
