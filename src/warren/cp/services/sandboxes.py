@@ -304,7 +304,7 @@ async def _load(conn: Conn, team_uuid: uuid.UUID, sandbox_id: str) -> Mapping[An
 
 async def get_sandbox(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> Sandbox:
     team_uuid = require_team(ctx)
-    async with engine.connect() as conn:
+    async with driver(engine) as conn:
         return sandbox_model(await _load(conn, team_uuid, sandbox_id))
 
 
