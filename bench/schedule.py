@@ -315,11 +315,19 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
                     cp_own: list[float] = []
                     direct_lat: list[float] = []
                     cpu_create = cpu_destroy = 0.0
-                    for _ in range(rounds):
-                        direct_lat += await direct(pool, agents, n, concurrent=concurrent)
+                    per_round: list[float] = []
+                    for r in range(rounds):
+                        # Alternate which side goes first, so neither always meets a host
+                        # just warmed (or just cluttered) by the other.
+                        if r % 2 == 0:
+                            d_lat = await direct(pool, agents, n, concurrent=concurrent)
                         lat, own, c_create, c_destroy = await via_cp(
                             url, key, n, cp_pid=cp_pid, concurrent=concurrent
                         )
+                        if r % 2 == 1:
+                            d_lat = await direct(pool, agents, n, concurrent=concurrent)
+                        per_round.append((pct(lat, 50) - pct(d_lat, 50)) * 1000)
+                        direct_lat += d_lat
                         cpu_create += c_create
                         cpu_destroy += c_destroy
                         cp_lat += lat
@@ -331,6 +339,9 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
                     overhead = {k: b[k] - a[k] for k in a}
                     print(row("  CP overhead (via CP - direct)", overhead) + "   (target p50 <= 15 ms)")
                     print(row("  CP's own time per request", o))
+                    if rounds > 1:
+                        spread = ", ".join(f"{x:+.0f}" for x in per_round)
+                        print(f"  overhead p50 per round (ms): {spread}")
                     k = n * rounds
                     print(
                         f"  CP process CPU per create+destroy: {(cpu_create + cpu_destroy) / k * 1000:.1f} ms"
@@ -352,7 +363,7 @@ LAYOUTS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100, help="concurrent creates per phase")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4, help="bursts per side (alternating which goes first)")
     ap.add_argument("--sequential", type=int, default=30, help="creates one at a time (unloaded overhead)")
     ap.add_argument(
         "--layout",

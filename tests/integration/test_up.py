@@ -216,3 +216,42 @@ def test_cp_requires_database_url_and_secret() -> None:
 def test_admin_without_any_database_says_how_to_fix(home: Path) -> None:
     res = _warren("admin", "grant", "x@example.com", "--home", str(home))
     assert res.returncode == 1 and "warren up" in res.stderr
+
+
+def test_cp_with_several_workers_serves_and_stops_cleanly(tmp_path: Path, db_url: str) -> None:
+    """``warren cp --workers 2``: two serving processes on one port, each a full replica."""
+    port = free_port()
+    env = {**_env(), "WARREN_DATABASE_URL": db_url, "WARREN_JWT_SECRET": "w" * 40,
+           "WARREN_HOME": str(tmp_path / "home")}  # fmt: skip
+    log = tmp_path / "cp.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli.main", "cp", "--port", str(port), "--workers", "2"],
+            env=env, stdout=logf, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(workers) == 2, (children, log.read_text())
+        creds = {"email": "workers@example.com", "password": "correct-horse", "name": "W"}
+        r = httpx.post(f"{url}/v1/auth/signup", json=creds, timeout=30)
+        assert r.status_code == 201, r.text
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        # New connections each time: the kernel spreads them over both workers.
+        for _ in range(20):
+            assert httpx.get(f"{url}/v1/teams", headers=auth, timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    _assert_nothing_left(tmp_path / "home", port)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 import httpx
 import typer
@@ -404,6 +404,15 @@ def cp_command(
     proxy_headers: Annotated[
         bool, typer.Option(help="Trust X-Forwarded-* headers (behind a reverse proxy / load balancer).")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Serving processes on this port. One process is one event loop on one core (about "
+            "300 sandbox creates/s); each is a full replica with its own database pool "
+            "(WARREN_DB_POOL_SIZE) and host monitor.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the control plane alone (production: N replicas behind a load balancer).
 
@@ -424,12 +433,16 @@ def cp_command(
         from warren.cp.db import migrate
 
         migrate.upgrade(settings.database_url)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        proxy_headers=proxy_headers,
-        forwarded_allow_ips="*" if proxy_headers else None,
-        timeout_graceful_shutdown=10,  # open streams must not hold a shutdown forever
-        log_level="info",
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "proxy_headers": proxy_headers,
+        "forwarded_allow_ips": "*" if proxy_headers else None,
+        "timeout_graceful_shutdown": 10,  # open streams must not hold a shutdown forever
+        "log_level": "info",
+    }
+    if workers > 1:
+        # Each worker process builds its own app (and settings, from the same environment).
+        uvicorn.run("warren.cp.app:create_app", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
