@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     monitor_concurrency: int = Field(default=8, ge=1)
     heartbeat_stale_s: float = 90.0
     run_workers: bool = True
+
+    @model_validator(mode="after")
+    def _monitor_leaves_connections_for_requests(self) -> Settings:
+        if self.monitor_concurrency >= self.db_pool_size + self.db_max_overflow:
+            raise ValueError(
+                "WARREN_MONITOR_CONCURRENCY must be below WARREN_DB_POOL_SIZE + WARREN_DB_MAX_OVERFLOW: "
+                "each host check holds a database connection, and requests need some too"
+            )
+        return self
 
     def require_jwt_secret(self) -> str:
         if len(self.jwt_secret) < 32:

@@ -230,28 +230,38 @@ def test_cp_with_several_workers_serves_and_stops_cleanly(tmp_path: Path, db_url
             env=env, stdout=logf, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while log.read_text().count("Application startup complete") < 2:
             assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        workers = [int(c) for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(workers) == 2, (children, log.read_text())
         creds = {"email": "workers@example.com", "password": "correct-horse", "name": "W"}
         r = httpx.post(f"{url}/v1/auth/signup", json=creds, timeout=30)
         assert r.status_code == 201, r.text
         auth = {"Authorization": f"Bearer {r.json()['token']}"}
-        # New connections each time: the kernel spreads them over both workers.
-        for _ in range(20):
+        for _ in range(20):  # a new connection each time
             assert httpx.get(f"{url}/v1/teams", headers=auth, timeout=30).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
+    assert all(not Path(f"/proc/{w}").exists() for w in workers), "workers left running"
     _assert_nothing_left(tmp_path / "home", port)
+
+
+def test_cp_workers_that_cannot_start_fail_the_command(tmp_path: Path, db_url: str) -> None:
+    # A CA that cannot be read fails every worker's start-up: the command must fail too (so a
+    # service manager restarts it), not exit 0.
+    env = {**_env(), "WARREN_DATABASE_URL": db_url, "WARREN_JWT_SECRET": "w" * 40,
+           "WARREN_HOME": str(tmp_path / "home"), "WARREN_CA_CERT": str(tmp_path / "missing.pem"),
+           "WARREN_CA_KEY": str(tmp_path / "missing.key")}  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "warren.cli.main", "cp", "--port", str(free_port()), "--workers", "2"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "failed to start" in res.stderr

@@ -441,8 +441,17 @@ def cp_command(
         "timeout_graceful_shutdown": 10,  # open streams must not hold a shutdown forever
         "log_level": "info",
     }
-    if workers > 1:
-        # Each worker process builds its own app (and settings, from the same environment).
-        uvicorn.run("warren.cp.app:create_app", factory=True, workers=workers, **options)
-    else:
+    if workers == 1:
         uvicorn.run(create_app(settings), **options)
+        return
+    # Each worker builds its own app (and settings, from the same environment). Supervised here
+    # rather than through uvicorn.run, which exits 0 when the workers fail to start.
+    from uvicorn.main import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("warren.cp.app:create_app", factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        err.print("[red]The control plane workers failed to start[/red] (see the log above).")
+        raise typer.Exit(STARTUP_FAILURE)

@@ -198,5 +198,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(errors.WarrenError, on_warren_error)
     app.add_exception_handler(RequestValidationError, on_validation)
+    # Expected failures with an answer of their own (503 database_busy, 400 for data PostgreSQL
+    # refuses): handled here rather than by the catch-all below, which Starlette runs in its
+    # outermost layer and then re-raises, so the server would log a traceback for each.
+    app.add_exception_handler(PoolTimeout, on_unhandled)
+    app.add_exception_handler(DBAPIError, on_unhandled)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unhandled)

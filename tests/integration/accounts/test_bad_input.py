@@ -192,16 +192,29 @@ async def test_exhausted_connection_pool_is_503_then_recovers(db_url: str) -> No
 
     from .conftest import PUBLIC_URL, make_settings
 
-    application = create_app(make_settings(db_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=0.3))
+    settings = make_settings(
+        db_url, db_pool_size=2, db_max_overflow=0, db_pool_timeout_s=0.3, monitor_concurrency=1
+    )
+    application = create_app(settings)
     async with application.router.lifespan_context(application):
         engine: AsyncEngine = application.state.engine
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        # Errors the app re-raised would surface here: a 503 must be an answer, not a crash.
+        transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
             user = await signup(c)
             auth = {"Authorization": f"Bearer {user.token}"}
-            async with engine.connect():  # the pool's only connection, busy
+            async with engine.connect(), engine.connect():  # every pooled connection busy
                 r = await c.get("/v1/sandboxes", headers=auth)
                 assert_error(r, 503, "database_busy")
-                assert engine.pool.checkedout() == 1  # nothing opened past the pool
+                assert engine.pool.checkedout() == 2  # nothing opened past the pool
             r = await c.get("/v1/sandboxes", headers=auth)
             assert r.status_code == 200, r.text
+
+
+def test_monitor_concurrency_must_leave_connections_for_requests(db_url: str) -> None:
+    from pydantic import ValidationError
+
+    from .conftest import make_settings
+
+    with pytest.raises(ValidationError, match="WARREN_MONITOR_CONCURRENCY"):
+        make_settings(db_url, db_pool_size=8, monitor_concurrency=8)

@@ -73,11 +73,11 @@ class AgentProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "WARREN_HEARTBEAT_INTERVAL_S": self.heartbeat_s, **minimal_cache_env()}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        cpus = self.cpus
-        # Set in the child between fork and exec, so every thread the agent starts inherits it.
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        self.proc = subprocess.Popen(self.command(register_token), env=env, stdout=log, stderr=log,
-                                     start_new_session=True, preexec_fn=pin)  # fmt: skip
+        cmd = self.command(register_token)
+        if self.cpus:
+            # Pinned from its first instruction, so every thread and child inherits the mask.
+            cmd = ["taskset", "-c", ",".join(map(str, sorted(self.cpus))), *cmd]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
         log.close()
         for _ in range(600):
             if self.proc.poll() is not None:

@@ -143,6 +143,24 @@ async def test_create_failure_marks_error_and_maps_the_rpc_code(env: Env) -> Non
     assert all(s["status"] not in ("error", "stopped") for s in listed)
 
 
+async def test_a_create_whose_record_cannot_be_written_is_removed_from_its_host(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent made the sandbox, then marking it running failed: the client gets an error and
+    the container does not live on unrecorded."""
+    from warren.cp.services import sandboxes as service
+
+    failing = (
+        "SELECT 1 / 0 FROM (SELECT $1::uuid, $2::text, $3::timestamptz, $4::uuid, $5::uuid, $6::text,"
+        " $7::text, $8::text, $9::text, $10::jsonb) AS p"
+    )
+    monkeypatch.setattr(service, "_MARK_RUNNING", failing)
+    before = len(env.agent.calls)
+    r = await env.api("POST", "/v1/sandboxes", json={})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert env.agent.calls[before:] == ["CreateSandbox", "DestroySandbox"]
+
+
 async def test_destroy_swallows_only_not_found(env: Env) -> None:
     sb = (await env.api("POST", "/v1/sandboxes", json={})).json()["id"]
     for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):

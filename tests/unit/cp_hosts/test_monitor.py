@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -249,14 +250,21 @@ async def test_active_checks_are_bounded(engine: AsyncEngine, rows: Rows, fake_c
     admin = await rows.user(admin=True)
     hosts = [await rows.host(admin) for _ in range(5)]
     in_flight = peak = 0
+    two_in_flight = asyncio.Event()
 
     class SlowAgent(FakeAgent):
         async def call(self, method: str, request: Any, *, deadline: float | None = None) -> Any:
             nonlocal in_flight, peak
             in_flight += 1
             peak = max(peak, in_flight)
+            if in_flight >= 2:
+                two_in_flight.set()
             try:
-                await asyncio.sleep(0.05)
+                # Held until a second check is in flight (or 2 s, if the bound let only one
+                # run), so the peak does not depend on how fast the database answers.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(two_in_flight.wait(), 2)
+                await asyncio.sleep(0.01)
                 return await super().call(method, request, deadline=deadline)
             finally:
                 in_flight -= 1

@@ -202,9 +202,12 @@ class EmbeddedPostgres:
     def socket_url(self) -> str:
         """The ``warren`` database over the server's unix socket, for a process on this machine
         allowed into the socket directory (the service user, root). Cheaper per statement than
-        loopback TCP, and no password exchange when a connection opens (``--auth-local=trust``)."""
+        loopback TCP, and no password exchange when a connection opens (``--auth-local=trust``).
+        Falls back to the TCP URL for a socket path with a comma in it."""
         if self.port is None:
             raise EmbeddedPostgresError("the server is not started")
+        if "," in str(self.socket_dir):
+            return self.url  # a comma in ``host=`` would be read as a list of hosts
         return f"postgresql://{SUPERUSER}@/{DATABASE}?host={quote(str(self.socket_dir))}&port={self.port}"
 
     @property

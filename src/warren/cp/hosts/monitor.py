@@ -143,7 +143,14 @@ class HostMonitor:
             async with slots:
                 await self._reconcile(h, result)
 
-        await asyncio.gather(*(check(h) for h in active))
+        # Every check ends before the pass does (a failed one must not keep running into the
+        # next pass, past the bound); a failure is that host's alone.
+        outcomes = await asyncio.gather(*(check(h) for h in active), return_exceptions=True)
+        for h, outcome in zip(active, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                log.error("monitor: check of %s failed", ids.host_id(h["id"]), exc_info=outcome)
         return result
 
     async def _mark_down(self, h: RowMapping, cutoff: datetime, result: PassResult) -> None:

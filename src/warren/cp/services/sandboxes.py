@@ -249,16 +249,22 @@ async def create_sandbox(
         raise
     now = clock.now()
     actor_type, actor_id, actor_name = audit.actor_of(ctx)
-    async with driver(engine) as conn:
-        row = await conn.fetchrow(
-            _MARK_RUNNING,
-            sb_uuid, resp.host_ip, now, ids.new_uuid(), team_uuid, actor_type, actor_id, actor_name,
-            sid, json.dumps({"template": name}),
-        )  # fmt: skip
-        marked = row is not None
-        if row is None:
-            # Someone (a destroy, a monitor pass) moved it on while the agent was creating it.
-            row = await conn.fetchrow("SELECT * FROM sandboxes WHERE id = $1", sb_uuid)
+    try:
+        async with driver(engine) as conn:
+            row = await conn.fetchrow(
+                _MARK_RUNNING,
+                sb_uuid, resp.host_ip, now, ids.new_uuid(), team_uuid, actor_type, actor_id,
+                actor_name, sid, json.dumps({"template": name}),
+            )  # fmt: skip
+            marked = row is not None
+            if row is None:
+                # Someone (a destroy, a monitor pass) moved it on while the agent was creating it.
+                row = await conn.fetchrow("SELECT * FROM sandboxes WHERE id = $1", sb_uuid)
+    except BaseException:
+        # The caller is told the create failed (and may retry): the container must not live on
+        # unrecorded. Shielded, so a cancelled request still cleans up.
+        await asyncio.shield(_undo_create(client, sid))
+        raise
     if row is None:
         raise InternalError("sandbox record vanished during create")
     if not marked:
@@ -275,6 +281,16 @@ async def create_sandbox(
         "sandbox created sandbox=%s host=%s team=%s", sid, ids.host_id(host["id"]), ids.team_id(team_uuid)
     )
     return sandbox_model(row)
+
+
+async def _undo_create(client: HostClient, sid: str) -> None:
+    try:
+        await client.call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60)
+    except AgentError as e:
+        if not e.is_not_found:
+            log.warning("sandbox create: could not remove %s after a failed record: %s", sid, e)
+    else:
+        log.warning("sandbox create: %s removed from its host, its record could not be written", sid)
 
 
 # The list is the busiest read of the API: one statement on the raw driver connection.
