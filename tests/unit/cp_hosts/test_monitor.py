@@ -276,3 +276,37 @@ async def test_active_checks_are_bounded(engine: AsyncEngine, rows: Rows, fake_c
     await m.run_once()
     assert all(pool.agents[h].calls == 1 for h in hosts)
     assert peak == 2
+
+
+async def test_abandoned_pending_creates_are_settled(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
+    """A `pending` record older than any create can take (its CP died mid-create): on the host →
+    running, not there → error. A younger one may still be in flight and is left alone."""
+    from warren.cp.hosts.monitor import ABANDONED_PENDING_S
+
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h = await rows.host(admin)
+    made, lost = await rows.sandbox(team, h, "pending"), await rows.sandbox(team, h, "pending")
+    pool = FakePool()
+    pool.get({"id": h}).alive = {ids.sandbox_id(made)}
+
+    async def beat() -> None:  # the host stays healthy while the clock moves
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE hosts SET last_heartbeat_at = :t WHERE id = :id"),
+                {"t": fake_clock.now(), "id": h},
+            )
+
+    fake_clock.advance(ABANDONED_PENDING_S - 5)
+    await beat()
+    young = await rows.sandbox(team, h, "pending")
+    await monitor(engine, pool).run_once()
+    assert [await rows.status(s) for s in (made, lost, young)] == ["pending"] * 3
+
+    fake_clock.advance(10)
+    await beat()
+    r = await monitor(engine, pool).run_once()
+    assert r.to_running == [ids.sandbox_id(made)] and r.to_error == [ids.sandbox_id(lost)]
+    assert [await rows.status(s) for s in (made, lost, young)] == ["running", "error", "pending"]

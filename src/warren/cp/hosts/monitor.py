@@ -6,7 +6,11 @@ Each pass, per host whose status is not ``pending``/``offline``:
   ``pending``/``starting``/``running`` sandboxes → ``missing``; no active phase this pass;
 * **active** — only for ``online`` hosts with an address: ``ListSandboxes`` and reconcile the
   host's ``missing`` and ``running`` records: auto-paused (or listed as paused) → ``paused``;
-  listed as running → ``running``; not on the host at all → ``stopped``.
+  listed as running → ``running``; not on the host at all → ``stopped``. Also ``pending``
+  records older than any create can take (the create RPC's deadline plus a margin), which only a
+  control plane that died mid-create leaves behind (SPEC is silent): on the host → ``running``
+  (or ``paused``), so its owner sees and can destroy it; not there → ``error``, as a create that
+  failed.
 
 Safe with several CP replicas running it at once:
 
@@ -36,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
 from warren.cp.db.tables import hosts, sandboxes
-from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool
 from warren.cp.services import audit
 from warren.errors import WarrenError
 from warren.rpc import hostagent_pb2 as pb
@@ -44,6 +48,9 @@ from warren.rpc import hostagent_pb2 as pb
 log = logging.getLogger("warren.monitor")
 
 LIST_DEADLINE_S = 10.0
+# A `pending` record this old has outlived its create: the CP gives up on the RPC at its deadline
+# and then marks it `error` itself, unless that CP died first.
+ABANDONED_PENDING_S = DEFAULT_TIMEOUT_S + 60
 # Namespace for this monitor's advisory locks (first key of the two-int form).
 _LOCK_NS = 0x57524E  # "WRN"
 
@@ -62,6 +69,7 @@ class PassResult:
         self.to_running: list[str] = []
         self.to_paused: list[str] = []
         self.to_stopped: list[str] = []
+        self.to_error: list[str] = []
         self.skipped_locked: list[str] = []
 
     def __repr__(self) -> str:
@@ -231,7 +239,13 @@ class HostMonitor:
                 await conn.execute(
                     sa.select(sandboxes.c.id, sandboxes.c.status, sandboxes.c.team_id).where(
                         sandboxes.c.host_id == h["id"],
-                        sandboxes.c.status.in_(("missing", "running")),
+                        sa.or_(
+                            sandboxes.c.status.in_(("missing", "running")),
+                            sa.and_(
+                                sandboxes.c.status == "pending",
+                                sandboxes.c.last_updated < asked_at - timedelta(seconds=ABANDONED_PENDING_S),
+                            ),
+                        ),
                         sandboxes.c.last_updated < asked_at,
                     )
                 )
@@ -239,14 +253,15 @@ class HostMonitor:
             .mappings()
             .all()
         )
-        to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": []}
+        to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": [], "error": []}
         for r in rows:
             sid = ids.sandbox_id(r["id"])
             agent_status = on_agent.get(sid)
             if sid in auto_paused or agent_status == "paused":
                 new = "paused"  # DESIGN §4: never stopped, its state still exists on the host
             elif agent_status is None:
-                new = "stopped"  # gone from the host: an orphan record
+                # Gone from the host: an orphan record, or an abandoned create that never made it.
+                new = "error" if r["status"] == "pending" else "stopped"
             else:
                 new = "running"
             if new != r["status"]:
@@ -255,7 +270,7 @@ class HostMonitor:
         for new_status, items in to.items():
             if not items:
                 continue
-            for old_status in ("missing", "running"):
+            for old_status in ("missing", "running", "pending"):
                 batch = [r for r in items if r["status"] == old_status]
                 if not batch:
                     continue
