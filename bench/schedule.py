@@ -64,7 +64,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def control_plane(home: Path) -> Iterator[tuple[str, str, int]]:
+def control_plane(home: Path, workers: int = 1) -> Iterator[tuple[str, str, int]]:
     from warren.cp.db import migrate
     from warren.cp.db.embedded import EmbeddedPostgres
 
@@ -100,6 +100,8 @@ def control_plane(home: Path) -> Iterator[tuple[str, str, int]]:
             "--timeout-keep-alive",
             "120",
         ]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
         with contextlib.suppress(ImportError):
             import uvloop  # noqa: F401
 
@@ -124,9 +126,13 @@ def control_plane(home: Path) -> Iterator[tuple[str, str, int]]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process and its live children (uvicorn workers) have used."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for p in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -299,7 +305,7 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
     with tempfile.TemporaryDirectory(prefix="warren-bench-sched-", ignore_cleanup_errors=True) as d:
         home = Path(d)
         os.chmod(home, 0o755)
-        with control_plane(home) as (url, database_url, cp_pid):
+        with control_plane(home, args.cp_workers) as (url, database_url, cp_pid):
             key, agents, _ = await setup(url, database_url, home / "agents", agent_cpus)
             pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
             try:
@@ -366,6 +372,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="bursts per side (alternating which goes first)")
     ap.add_argument("--sequential", type=int, default=30, help="creates one at a time (unloaded overhead)")
     ap.add_argument(
+        "--cp-workers",
+        type=int,
+        default=1,
+        help="control-plane processes (as `warren cp --workers`); with 'separate' they share CPU 0",
+    )
+    ap.add_argument(
         "--layout",
         choices=[*LAYOUTS, "both"],
         default="both",
@@ -382,11 +394,13 @@ def main() -> None:
     for i, layout in enumerate(layouts):
         if i:
             print()
-        print(f"== layout {layout}: {LAYOUTS[layout]}")
+        workers = f", {args.cp_workers} CP processes" if args.cp_workers > 1 else ""
+        print(f"== layout {layout}{workers}: {LAYOUTS[layout]}")
         # Each layout in a fresh process: CPU affinity is per thread, and threads started by a
         # previous layout (gRPC's, asyncio's) would keep the old mask.
         cmd = [sys.executable, __file__, "--n", str(args.n), "--rounds", str(args.rounds),
-               "--sequential", str(args.sequential), "--run-layout", layout]  # fmt: skip
+               "--sequential", str(args.sequential), "--cp-workers", str(args.cp_workers),
+               "--run-layout", layout]  # fmt: skip
         subprocess.run(cmd, check=True)
 
 
@@ -395,6 +409,7 @@ def run_layout() -> None:
     ap.add_argument("--n", type=int)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--sequential", type=int)
+    ap.add_argument("--cp-workers", type=int)
     ap.add_argument("--run-layout", choices=list(LAYOUTS))
     args = ap.parse_args()
     agent_cpus = None
