@@ -2,6 +2,7 @@
 
     python bench/schedule.py                    # both layouts, one after the other (root)
     python bench/schedule.py --layout separate --n 100 --rounds 3
+    python bench/schedule.py --layout shared --cp-workers 2     # CP as `warren cp --workers 2`
 
 Starts an embedded PostgreSQL, one control-plane process (uvicorn), and three real
 ``warren agent`` processes on 127.0.0.2-.4 registered through the API. Then, per round:
