@@ -43,6 +43,7 @@ from warren.cp.security.ca import CertificateAuthority
 from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext
+from warren.cp.services.sandboxes import destroy_best_effort
 from warren.errors import (
     AgentError,
     Conflict,
@@ -405,17 +406,10 @@ async def delete_host(
     if row["address"]:
         client = pool.get(row)
 
-        async def destroy(sb: uuid.UUID) -> None:
-            try:
-                await client.call(
-                    "DestroySandbox", pb.DestroySandboxRequest(sandbox_id=ids.sandbox_id(sb)), deadline=60
-                )
-            except AgentError as e:
-                if not e.is_not_found:
-                    log.warning("host delete: destroy %s on %s failed: %s", ids.sandbox_id(sb), hid, e)
-
         # Best effort (SPEC §2.9 step 4): the agent may already be gone.
-        await asyncio.gather(*(destroy(sb) for sb in to_destroy))
+        await asyncio.gather(
+            *(destroy_best_effort(client, ids.sandbox_id(sb), why="host delete") for sb in to_destroy)
+        )
         try:
             await client.call("Terminate", pb.TerminateRequest(), deadline=10)
         except AgentError as e:

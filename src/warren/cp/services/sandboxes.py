@@ -263,7 +263,7 @@ async def create_sandbox(
     except BaseException:
         # The caller is told the create failed (and may retry): the container must not live on
         # unrecorded. Shielded, so a cancelled request still cleans up.
-        await asyncio.shield(_undo_create(client, sid))
+        await asyncio.shield(destroy_best_effort(client, sid, why="sandbox create (record not written)"))
         raise
     if row is None:
         raise InternalError("sandbox record vanished during create")
@@ -283,14 +283,14 @@ async def create_sandbox(
     return sandbox_model(row)
 
 
-async def _undo_create(client: HostClient, sid: str) -> None:
+async def destroy_best_effort(client: HostClient, sid: str, *, why: str) -> None:
+    """DestroySandbox for callers that go on whatever happens (clean-ups, host and team
+    deletes): NotFound means already gone; any other failure is logged, not raised."""
     try:
         await client.call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60)
     except AgentError as e:
         if not e.is_not_found:
-            log.warning("sandbox create: could not remove %s after a failed record: %s", sid, e)
-    else:
-        log.warning("sandbox create: %s removed from its host, its record could not be written", sid)
+            log.warning("%s: destroy %s on %s failed: %s", why, sid, client.host_id, e)
 
 
 # The list is the busiest read of the API: one statement on the raw driver connection.
@@ -501,16 +501,8 @@ async def destroy_on_hosts(
     addresses = {r.id: r.address for r in rows}
 
     async def destroy(sb: uuid.UUID, host_uuid: uuid.UUID) -> None:
-        address = addresses.get(host_uuid)
-        if not address:
-            return
-        sid = ids.sandbox_id(sb)
-        try:
-            await pool.get_for(host_uuid, address).call(
-                "DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60
-            )
-        except AgentError as e:
-            if not e.is_not_found:
-                log.warning("team delete: destroy %s failed: %s", sid, e)
+        if address := addresses.get(host_uuid):
+            client = pool.get_for(host_uuid, address)
+            await destroy_best_effort(client, ids.sandbox_id(sb), why="team delete")
 
     await asyncio.gather(*(destroy(sb, h) for sb, h in sandbox_refs))
