@@ -123,9 +123,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle.stop)
     tasks = [asyncio.create_task(t(handle), name=f"extra-{i}") for i, t in enumerate(extra_tasks)]
+    limit = manager.create_concurrency or "unlimited"
     log.info(
-        "event=agent_ready listen=%s data_dir=%s runtime=%s sandboxes=%d",
-        listen, data_dir, runtime, len(manager.list_sandboxes()[0]),
+        "event=agent_ready listen=%s data_dir=%s runtime=%s sandboxes=%d create_concurrency=%s",
+        listen, data_dir, runtime, len(manager.list_sandboxes()[0]), limit,
     )  # fmt: skip
     try:
         await handle.wait()

@@ -36,8 +36,9 @@ def free_port() -> int:
 class Agent:
     """One agent process on 127.0.0.1:<free port>, with its own data dir and fake clock file."""
 
-    def __init__(self, root: Path, runtime: str = "runc") -> None:
+    def __init__(self, root: Path, runtime: str = "runc", env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.extra_env = env or {}
         self.data_dir = root / "data"
         self.clock_file = root / "clock"
         self.log_path = root / "agent.log"
@@ -56,6 +57,7 @@ class Agent:
             "WARREN_MINIMAL_DIR": str(MINIMAL_CACHE),
             "WARREN_FAKE_CLOCK_FILE": str(self.clock_file),
             "WARREN_AGENT_METRICS_INTERVAL": "1",
+            **self.extra_env,
         }
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
