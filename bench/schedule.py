@@ -16,7 +16,11 @@ Each sandbox is destroyed between phases. It prints p50/p99/mean end-to-end late
 side by side and their difference — the CP's overhead, target p50 <= 15 ms — and the CP's own
 time per request (end to end minus the agent RPC as timed by the CP, from ``Server-Timing``,
 so it includes waiting behind the other requests in the CP's event loop). The same again one
-create at a time shows the unloaded overhead.
+create at a time shows the unloaded overhead. Per round it prints the p50 difference with the
+mean and standard deviation over rounds: the spread between identical bursts is the resolution
+of the end-to-end comparison on this machine. Last, the floor: a burst of N of the API's
+cheapest authenticated request (GET of an unknown sandbox: HTTP, the API-key check and one
+statement), which bounds from below what the CP's own time in a burst of creates can be.
 
 Two layouts, each in its own run of everything:
 
@@ -211,6 +215,33 @@ class Conn:
             self.writer.close()
 
 
+async def open_conns(u: httpx.URL, key: str, n: int) -> list[Conn]:
+    conns = [Conn(u.host, u.port or 80, key) for _ in range(n)]
+    await asyncio.gather(*(c.open() for c in conns))
+    # The kernel completes the handshakes; let the CP's loop accept them before the burst.
+    await asyncio.sleep(0.2)
+    return conns
+
+
+async def floor_burst(url: str, key: str, n: int, path: str, expect: int) -> list[float]:
+    """N concurrent GETs of ``path``: the same burst of a request that does next to nothing, to
+    show what any burst of N costs the CP on its CPU before a create's own work."""
+    conns = await open_conns(httpx.URL(url), key, n)
+
+    async def one(c: Conn) -> float:
+        t0 = time.perf_counter()
+        status, _, data = await c.request("GET", path)
+        if status != expect:
+            raise RuntimeError(f"GET {path} -> {status}: {data[:300]!r}")
+        return time.perf_counter() - t0
+
+    try:
+        return list(await asyncio.gather(*(one(c) for c in conns)))
+    finally:
+        for c in conns:
+            c.close()
+
+
 async def via_cp(
     url: str, key: str, n: int, *, cp_pid: int, concurrent: bool = True
 ) -> tuple[list[float], list[float], float, float]:
@@ -220,8 +251,7 @@ async def via_cp(
     the destroys."""
     u = httpx.URL(url)
     # Open the connections first so the measurement does not include TCP setup.
-    conns = [Conn(u.host, u.port or 80, key) for _ in range(n if concurrent else 1)]
-    await asyncio.gather(*(c.open() for c in conns))
+    conns = await open_conns(u, key, n if concurrent else 1)
     try:
         cpu0 = cpu_seconds(cp_pid)
 
@@ -348,12 +378,20 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
                     print(row("  CP's own time per request", o))
                     if rounds > 1:
                         spread = ", ".join(f"{x:+.0f}" for x in per_round)
-                        print(f"  overhead p50 per round (ms): {spread}")
+                        mean, sd = statistics.fmean(per_round), statistics.stdev(per_round)
+                        print(f"  overhead p50 per round (ms): {spread}  (mean {mean:+.0f}, sd {sd:.0f})")
                     k = n * rounds
                     print(
                         f"  CP process CPU per create+destroy: {(cpu_create + cpu_destroy) / k * 1000:.1f} ms"
                         f" (create {cpu_create / k * 1000:.1f}, destroy {cpu_destroy / k * 1000:.1f})"
                     )
+                # The floor: a burst of the API's cheapest authenticated request on the same CP.
+                missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
+                lat = []
+                for _ in range(args.rounds):
+                    lat += await floor_burst(url, key, args.n, missing, 404)
+                print(f"{args.n} concurrent GET of an unknown sandbox x {args.rounds} (the floor: HTTP, the")
+                print(row("  API-key check and one statement)", report(lat)))
             finally:
                 await asyncio.gather(*(a.destroy_all(pool) for a in agents))
                 await pool.close()
