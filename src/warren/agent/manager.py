@@ -159,6 +159,10 @@ class SandboxManager:
         self.guest_dir = guest_dir or Path(warren.guest.__file__).resolve().parent
         self._sandboxes: dict[str, Sandbox] = {}
         self._creating: set[str] = set()
+        # Cleared while any create (queued or under way) is in `_creating`.
+        self._no_creates = asyncio.Event()
+        self._no_creates.set()
+        self._accepting_creates = True
         self._auto_paused: list[str] = []
         self._zombies: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -216,7 +220,11 @@ class SandboxManager:
         await self.network.drain_pool()
 
     async def destroy_all(self) -> None:
-        """`Terminate`: the host is being taken out of service, so every sandbox goes."""
+        """`Terminate`: the host is being taken out of service, so every sandbox goes. Creates
+        stop first: queued ones are refused and those under way finish, so that no sandbox comes
+        up after the rest were destroyed and runs on unrecorded."""
+        self._accepting_creates = False
+        await self._no_creates.wait()
         for sb_id in list(self._sandboxes):
             try:
                 await self.destroy(sb_id)
@@ -298,13 +306,16 @@ class SandboxManager:
             if not k or "=" in k or "\0" in k:
                 raise InvalidRequest(f"invalid environment variable name {k!r}")
         ref = TemplateRef.parse(team_id, template_id)
+        self._check_accepting_creates()
         if sandbox_id in self._sandboxes or sandbox_id in self._creating or self._dir(sandbox_id).exists():
             raise InvalidState(f"sandbox {sandbox_id} already exists")
         self._creating.add(sandbox_id)
+        self._no_creates.clear()
         started = time.monotonic()
         try:
             tpl = await self.templates.resolve(ref)
             async with self._create_slots or contextlib.nullcontext():
+                self._check_accepting_creates()  # the agent may have begun terminating meanwhile
                 admitted = time.monotonic()
                 sb = await self._create(
                     sandbox_id, ref, template, tpl.lower_layers, tpl.config,
@@ -312,6 +323,8 @@ class SandboxManager:
                 )  # fmt: skip
         finally:
             self._creating.discard(sandbox_id)
+            if not self._creating:
+                self._no_creates.set()
         done = time.monotonic()
         log.info(
             "event=sandbox_created sandbox_id=%s team_id=%s template_id=%s host_ip=%s ms=%.1f "
@@ -320,6 +333,10 @@ class SandboxManager:
             (admitted - started) * 1000,
         )  # fmt: skip
         return sb
+
+    def _check_accepting_creates(self) -> None:
+        if not self._accepting_creates:
+            raise InvalidState("the agent is shutting down (host removed): it creates no more sandboxes")
 
     async def _create(
         self,
