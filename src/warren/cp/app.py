@@ -292,7 +292,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.workers = []
-    http_errors.install_error_handlers(app)
+    from warren.cp.dashboard.web import bare_error_page
+
+    http_errors.install_error_handlers(app, html_page=bare_error_page)
     app.add_middleware(
         BodyCapMiddleware, json_cap=settings.max_json_body, upload_cap=settings.max_upload_bytes
     )

@@ -3,17 +3,21 @@
 Every JSON error is ``{"error": {"code": ..., "message": ..., **extra}}``. Services raise
 ``warren.errors`` types; FastAPI validation errors and Starlette HTTP exceptions (unknown route,
 wrong method) are reshaped into the same envelope. Anything unexpected is a 500
-``internal_error`` whose details go to the log, never to the client.
+``internal_error`` whose details go to the log, never to the client. A browser navigating to a
+page outside the API (``Accept: text/html``) gets the same status and message as an HTML page
+instead, when the app was given one (the dashboard's).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -167,7 +171,37 @@ _HTTP_CODES = {
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
+# (request, status, message) -> the HTML page for a browser.
+HtmlErrorPage = Callable[[Request, int, str], Response]
+
+# Always JSON, whatever the client accepts.
+_API_PATHS = ("/v1/", "/v1", "/openapi", "/docs", "/healthz")
+
+
+def _wants_html(request: Request) -> bool:
+    return (
+        request.method in ("GET", "HEAD")
+        and "text/html" in request.headers.get("accept", "")
+        and not request.url.path.startswith(_API_PATHS)
+    )
+
+
+def install_error_handlers(app: FastAPI, *, html_page: HtmlErrorPage | None = None) -> None:
+    """``html_page`` renders errors for browsers navigating to pages (see the module doc)."""
+
+    def answer(
+        handler: Callable[[Request, Exception], Awaitable[JSONResponse]],
+    ) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(request: Request, exc: Exception) -> Response:
+            resp = await handler(request, exc)
+            if html_page is None or not _wants_html(request):
+                return resp
+            # The envelope is the one mapping; the page shows its status and message.
+            message = json.loads(bytes(resp.body))["error"]["message"]
+            return html_page(request, resp.status_code, message)
+
+        return handle
+
     async def on_warren_error(_: Request, exc: Exception) -> JSONResponse:
         return response_for(exc)
 
@@ -196,12 +230,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_unhandled(_: Request, exc: Exception) -> JSONResponse:
         return response_for(exc)
 
-    app.add_exception_handler(errors.WarrenError, on_warren_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(errors.WarrenError, answer(on_warren_error))
+    app.add_exception_handler(RequestValidationError, answer(on_validation))
     # Expected failures with an answer of their own (503 database_busy, 400 for data PostgreSQL
     # refuses): handled here rather than by the catch-all below, which Starlette runs in its
     # outermost layer and then re-raises, so the server would log a traceback for each.
-    app.add_exception_handler(PoolTimeout, on_unhandled)
-    app.add_exception_handler(DBAPIError, on_unhandled)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unhandled)
+    app.add_exception_handler(PoolTimeout, answer(on_unhandled))
+    app.add_exception_handler(DBAPIError, answer(on_unhandled))
+    app.add_exception_handler(StarletteHTTPException, answer(on_http))
+    app.add_exception_handler(Exception, answer(on_unhandled))

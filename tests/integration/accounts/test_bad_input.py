@@ -183,12 +183,24 @@ async def test_unexpected_errors_do_not_leak(app: FastAPI, client: httpx.AsyncCl
     }
 
 
+async def test_browsers_get_error_pages_outside_the_api(client: httpx.AsyncClient) -> None:
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    page = await client.get("/no-such-page", headers=html)
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'data-testid="error-message"' in page.text and "route not found" in page.text
+    # Scripts and API clients keep the envelope.
+    assert_error(await client.get("/no-such-page"), 404, "not_found")
+    assert_error(await client.get("/v1/no-such-route", headers=html), 404, "not_found")
+
+
 async def test_exhausted_connection_pool_is_503_then_recovers(db_url: str) -> None:
     """A burst past the pool waits for a connection (no overflow connections are opened); one
     that waits longer than the pool timeout gets 503 ``database_busy``, not a 500."""
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from warren.cp.app import create_app
+    from warren.cp.dashboard import session as sessions
 
     from .conftest import PUBLIC_URL, make_settings
 
@@ -207,6 +219,19 @@ async def test_exhausted_connection_pool_is_503_then_recovers(db_url: str) -> No
                 r = await c.get("/v1/sandboxes", headers=auth)
                 assert_error(r, 503, "database_busy")
                 assert engine.pool.checkedout() == 2  # nothing opened past the pool
+                # A signed-in browser on a dashboard page gets a page saying so, not the JSON
+                # envelope; the API stays JSON whatever the client accepts.
+                signed_in = sessions.Session(csrf="c" * 43, token=user.token)
+                cookie, _ = sessions.encode(settings.jwt_secret, signed_in)
+                page = await c.get(
+                    "/dashboard/sandboxes",
+                    headers={"Accept": "text/html,*/*;q=0.8", "Cookie": f"{sessions.COOKIE_NAME}={cookie}"},
+                )
+                assert page.status_code == 503
+                assert page.headers["content-type"].startswith("text/html")
+                assert "database connections are all busy" in page.text
+                r = await c.get("/v1/sandboxes", headers={**auth, "Accept": "text/html"})
+                assert_error(r, 503, "database_busy")
             r = await c.get("/v1/sandboxes", headers=auth)
             assert r.status_code == 200, r.text
 

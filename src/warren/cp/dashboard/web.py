@@ -201,6 +201,12 @@ def error_page(request: Request, viewer: Viewer | None, status_code: int, messag
     )
 
 
+def bare_error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
+    """The error page without the signed-in frame, for errors the app's handlers answer (an
+    overloaded database, an unknown page): it must not need the database itself."""
+    return error_page(request, None, status_code, message)
+
+
 # ------------------------------------------------------------------------------------- actions
 
 
