@@ -65,12 +65,17 @@ def create_concurrency_from_env() -> int:
     default of two per usable CPU; 0 means no limit."""
     raw = os.environ.get("WARREN_AGENT_CREATE_CONCURRENCY", "").strip()
     if not raw:
+        # CPUs this process may run on; a CPU quota on the agent's own cgroup is not looked at.
         return 2 * len(os.sched_getaffinity(0))
-    if not raw.isdigit():
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
         raise SystemExit(
             f"WARREN_AGENT_CREATE_CONCURRENCY={raw!r}: expected a whole number >= 0 (0 = no limit)"
         )
-    return int(raw)
+    return value
 
 
 class ExecTimeout(WarrenError):
@@ -163,6 +168,8 @@ class SandboxManager:
         self._no_creates = asyncio.Event()
         self._no_creates.set()
         self._accepting_creates = True
+        # Bumped by every PauseAll: a create that sees it change pauses its new sandbox too.
+        self._pause_all_epoch = 0
         self._auto_paused: list[str] = []
         self._zombies: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -221,15 +228,21 @@ class SandboxManager:
 
     async def destroy_all(self) -> None:
         """`Terminate`: the host is being taken out of service, so every sandbox goes. Creates
-        stop first: queued ones are refused and those under way finish, so that no sandbox comes
-        up after the rest were destroyed and runs on unrecorded."""
+        stop first: queued ones are refused, and those under way are destroyed once they finish,
+        so that no sandbox comes up after the rest were destroyed and runs on unrecorded. The
+        caller bounds the wait; creates still running then are cancelled with the server and
+        roll themselves back."""
         self._accepting_creates = False
-        await self._no_creates.wait()
-        for sb_id in list(self._sandboxes):
-            try:
-                await self.destroy(sb_id)
-            except WarrenError as e:
-                log.error("event=destroy_failed sandbox_id=%s error=%s", sb_id, e)
+        while True:
+            # The sandboxes there are first: a slow create must not hold them up.
+            for sb_id in list(self._sandboxes):
+                try:
+                    await self.destroy(sb_id)
+                except WarrenError as e:
+                    log.error("event=destroy_failed sandbox_id=%s error=%s", sb_id, e)
+            if self._no_creates.is_set():
+                return
+            await self._no_creates.wait()
 
     async def _loop(self, interval: float, fn: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -311,9 +324,11 @@ class SandboxManager:
             raise InvalidState(f"sandbox {sandbox_id} already exists")
         self._creating.add(sandbox_id)
         self._no_creates.clear()
-        started = time.monotonic()
+        pause_all_epoch = self._pause_all_epoch
         try:
             tpl = await self.templates.resolve(ref)
+            self._check_accepting_creates()
+            queued = time.monotonic()
             async with self._create_slots or contextlib.nullcontext():
                 self._check_accepting_creates()  # the agent may have begun terminating meanwhile
                 admitted = time.monotonic()
@@ -330,8 +345,11 @@ class SandboxManager:
             "event=sandbox_created sandbox_id=%s team_id=%s template_id=%s host_ip=%s ms=%.1f "
             "queued_ms=%.1f",
             sb.id, sb.team_id, sb.template_id, sb.host_ip, (done - admitted) * 1000,
-            (admitted - started) * 1000,
+            (admitted - queued) * 1000,
         )  # fmt: skip
+        if self._pause_all_epoch != pause_all_epoch:
+            # PauseAll ran while this create waited or ran: it is paused like the rest.
+            await self._pause_for_pause_all(sb.id)
         return sb
 
     def _check_accepting_creates(self) -> None:
@@ -420,8 +438,9 @@ class SandboxManager:
             # startup either re-adopts or cleans up, never an unknown container.
             self._save(sb)
             t_start = time.monotonic()
-            sb.pid = await self.runtime.create(sb_id, d)
+            # Undo first: a create cancelled inside the runtime call may leave a container.
             undo.append(lambda: self.runtime.destroy(sb_id))
+            sb.pid = await self.runtime.create(sb_id, d)
             t_runtime = time.monotonic()
             await self._guest(sb).wait_ready(GUEST_READY_TIMEOUT)
             log.debug(
@@ -589,17 +608,23 @@ class SandboxManager:
         self._touch(self._running(sb_id))
 
     async def pause_all(self) -> list[str]:
-        """Pause every running sandbox, best effort (the CP link calls this on lost contact)."""
+        """Pause every running sandbox, best effort (the CP link calls this on lost contact).
+        Creates under way or queued at this moment pause their sandbox as soon as it is up."""
+        self._pause_all_epoch += 1
         paused = []
         for sb_id in [s.id for s in self._sandboxes.values() if s.status == "running"]:
-            try:
-                await self.pause(sb_id, reason="pause_all")
-            except WarrenError as e:
-                log.error("event=pause_failed sandbox_id=%s reason=pause_all error=%s", sb_id, e)
-                continue
-            paused.append(sb_id)
-            self._auto_paused.append(sb_id)
+            if await self._pause_for_pause_all(sb_id):
+                paused.append(sb_id)
         return paused
+
+    async def _pause_for_pause_all(self, sb_id: str) -> bool:
+        try:
+            await self.pause(sb_id, reason="pause_all")
+        except WarrenError as e:
+            log.error("event=pause_failed sandbox_id=%s reason=pause_all error=%s", sb_id, e)
+            return False
+        self._auto_paused.append(sb_id)
+        return True
 
     async def reap_idle(self) -> None:
         """TTL reaper: auto-pause running sandboxes idle longer than their timeout."""

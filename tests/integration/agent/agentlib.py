@@ -52,8 +52,9 @@ class Agent:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.clock_file.exists():
             self.clock_file.write_text("0")
+        inherited = {k: v for k, v in os.environ.items() if k != "WARREN_AGENT_CREATE_CONCURRENCY"}
         env = {
-            **os.environ,
+            **inherited,
             "WARREN_MINIMAL_DIR": str(MINIMAL_CACHE),
             "WARREN_FAKE_CLOCK_FILE": str(self.clock_file),
             "WARREN_AGENT_METRICS_INTERVAL": "1",

@@ -4,12 +4,12 @@ every create sharing the CPU until the end."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -63,38 +63,66 @@ def test_default_limit_is_two_per_usable_cpu(agent: Agent) -> None:
     assert f"create_concurrency={2 * len(os.sched_getaffinity(0))}" in agent.log_path.read_text()
 
 
-def test_terminate_leaves_no_sandbox_from_creates_still_queued(agent_root: Path) -> None:
-    """Terminate (the host was force-deleted) while creates wait for their turn: none of them
-    may come up after the agent destroyed everything, or it would run on, unrecorded."""
-    agent = Agent(agent_root / "terminated", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}).start()
-    sids = [ids.sandbox_id(ids.new_uuid()) for _ in range(4)]
+def _burst_with_one_under_way(agent: Agent, n: int, then: Callable[[], object]) -> list[grpc.StatusCode]:
+    """Send ``n`` creates at once (the agent admits one at a time), call ``then`` while the first
+    is under way and the rest are queued, and return each create's status code."""
+    sids = [ids.sandbox_id(ids.new_uuid()) for _ in range(n)]
 
-    def create(sid: str) -> None:
-        with contextlib.suppress(grpc.RpcError):  # cut off by the shutdown: fine
+    def create(sid: str) -> grpc.StatusCode:
+        try:
             agent.create(sandbox_id=sid)
+        except grpc.RpcError as e:
+            return e.code()  # type: ignore[no-any-return]
+        return grpc.StatusCode.OK
 
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(create, s) for s in sids]
+        # A create's directory appears when its turn comes.
+        deadline = time.monotonic() + 30
+        while not any((agent.data_dir / "sandboxes").glob("sb-*")):
+            assert time.monotonic() < deadline, agent.log_tail()
+            time.sleep(0.002)
+        then()
+        return [f.result() for f in futures]
+
+
+def test_terminate_leaves_no_sandbox_from_creates_under_way_or_queued(agent_root: Path) -> None:
+    """Terminate (the host was force-deleted) while creates run and wait for their turn: the
+    queued ones are refused, the one under way is destroyed with the rest; none may come up
+    afterwards and run on, unrecorded."""
+    agent = Agent(agent_root / "terminated", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}).start()
     try:
-        with ThreadPoolExecutor(len(sids)) as pool:
-            futures = [pool.submit(create, s) for s in sids]
-            # Terminate once the first create is under way and the others are queued.
-            deadline = time.monotonic() + 30
-            while "event=sandbox_created" not in agent.log_path.read_text():
-                assert time.monotonic() < deadline, agent.log_tail()
-                time.sleep(0.005)
-            agent.stub.Terminate(pb.TerminateRequest(), timeout=30)
-            for f in futures:
-                f.result()
+        codes = _burst_with_one_under_way(
+            agent, 4, lambda: agent.stub.Terminate(pb.TerminateRequest(), timeout=30)
+        )
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}, codes
+        assert codes.count(grpc.StatusCode.FAILED_PRECONDITION) >= 2, codes
         assert agent.proc is not None
         assert agent.proc.wait(60) == 0
-        log = agent.log_path.read_text()
-        assert "event=agent_stopped" in log
+        assert "event=agent_stopped" in agent.log_path.read_text()
         left = [p.name for p in (agent.data_dir / "sandboxes").iterdir()]
         assert left == [], left
         containers = subprocess.run(
             ["runc", "--root", str(agent.data_dir / "runc"), "list", "-q"], capture_output=True, text=True
         ).stdout.split()
-        assert not set(containers) & set(sids), containers
+        assert containers == [], containers
         mounts = Path("/proc/self/mountinfo").read_text()
-        assert not [line for line in mounts.splitlines() if any(s in line for s in sids)]
+        assert str(agent.data_dir / "sandboxes") not in mounts
     finally:
+        agent.stop()
+
+
+def test_pause_all_also_pauses_creates_under_way_and_queued(agent_root: Path) -> None:
+    """PauseAll (the agent lost its credentials) pauses every sandbox, including those whose
+    create was running or waiting at that moment, and reports them all as auto-paused."""
+    agent = Agent(agent_root / "pause-all", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}).start()
+    try:
+        pause_all = lambda: agent.stub.PauseAll(pb.PauseAllRequest(), timeout=60)  # noqa: E731
+        codes = _burst_with_one_under_way(agent, 3, pause_all)
+        assert codes == [grpc.StatusCode.OK] * 3, codes
+        listed = agent.stub.ListSandboxes(pb.ListSandboxesRequest(), timeout=30)
+        assert {sb.status for sb in listed.sandboxes} == {"paused"}, listed
+        assert sorted(listed.auto_paused_sandbox_ids) == sorted(sb.sandbox_id for sb in listed.sandboxes)
+    finally:
+        agent.destroy_all()
         agent.stop()
