@@ -151,7 +151,9 @@ async def main() -> None:
             label = f"{size // MIB} MiB"
             up_s, down_s = statistics.median(up), statistics.median(down)
             speeds = f"upload {up_s:7.1f} MiB/s   download {down_s:7.1f} MiB/s"
-            print(f"files {label:>8}: {speeds}   (median of {reps}; target >= 100 MB/s)")
+            # The target is for 100 MiB; 1 MiB shows what the per-transfer overhead costs.
+            target = "; target >= 100 MB/s" if size >= 100 * MIB else ""
+            print(f"files {label:>8}: {speeds}   (median of {reps}{target})")
         sbx.kill()
         sbx.close()
     finally:
