@@ -3,6 +3,7 @@ an agent does it (the real-agent scenarios are in test_multihost.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -251,6 +252,38 @@ async def test_delete_refuses_with_active_sandboxes_and_lists_exactly_them(cp: C
     assert statuses == {"stopped": 6, "error": 1}
     assert (await owner.req("GET", f"/v1/hosts/{host_id}")).status_code == 404
     assert token
+
+
+async def test_refused_deletes_racing_each_other_leave_the_host_schedulable(cp: CP) -> None:
+    """Concurrent refused deletes each drain the host for their check; none may put back a
+    status another one set, and a `draining` left by a delete that died midway is undone by the
+    next one (the host would otherwise never get a sandbox again)."""
+    from warren import ids
+
+    admin, user = await cp.signup(admin=True), await cp.signup()
+    host_id, _ = await admin.create_host()
+    hid = ids.parse_id(ids.Kind.HOST, host_id)
+    await sql(cp, "UPDATE hosts SET status = 'online', address = '127.0.0.99:1' WHERE id = :h", h=hid)
+    sb = ids.new_uuid()
+    await sql(
+        cp,
+        "INSERT INTO sandboxes (id, team_id, host_id, status) VALUES (:id, :t, :h, 'running')",
+        id=sb,
+        t=ids.parse_id(ids.Kind.TEAM, user.team_id),
+        h=hid,
+    )
+    try:
+        for _ in range(5):
+            rs = await asyncio.gather(*(admin.req("DELETE", f"/v1/hosts/{host_id}") for _ in range(6)))
+            assert [r.status_code for r in rs] == [409] * 6, [r.text for r in rs]
+            assert {r.json()["error"]["code"] for r in rs} == {"has_active_sandboxes"}
+            assert (await sql(cp, "SELECT status FROM hosts WHERE id = :h", h=hid))[0][0] == "online"
+        await sql(cp, "UPDATE hosts SET status = 'draining' WHERE id = :h", h=hid)  # a delete died
+        assert (await admin.req("DELETE", f"/v1/hosts/{host_id}")).status_code == 409
+        assert (await sql(cp, "SELECT status FROM hosts WHERE id = :h", h=hid))[0][0] == "online"
+    finally:
+        await sql(cp, "DELETE FROM sandboxes WHERE id = :id", id=sb)
+        await sql(cp, "UPDATE hosts SET status = 'unreachable' WHERE id = :h", h=hid)
 
 
 async def _join(cp: CP, owner: User, role: str) -> User:

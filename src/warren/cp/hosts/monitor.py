@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +38,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db import locks
 from warren.cp.db.tables import hosts, sandboxes
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool
 from warren.cp.services import audit
@@ -51,13 +51,6 @@ LIST_DEADLINE_S = 10.0
 # A `pending` record this old has outlived its create: the CP gives up on the RPC at its deadline
 # and then marks it `error` itself, unless that CP died first.
 ABANDONED_PENDING_S = DEFAULT_TIMEOUT_S + 60
-# Namespace for this monitor's advisory locks (first key of the two-int form).
-_LOCK_NS = 0x57524E  # "WRN"
-
-
-def _lock_key(host_uuid: uuid.UUID) -> int:
-    # A signed 32-bit int derived from the host id for pg_try_advisory_xact_lock(int, int).
-    return int.from_bytes(host_uuid.bytes[:4], "big", signed=True)
 
 
 class PassResult:
@@ -205,9 +198,8 @@ class HostMonitor:
     async def _reconcile(self, h: RowMapping, result: PassResult) -> None:
         hid = ids.host_id(h["id"])
         async with self.engine.begin() as conn:
-            got = (
-                await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(_LOCK_NS, _lock_key(h["id"]))))
-            ).scalar()
+            try_lock = sa.func.pg_try_advisory_xact_lock(locks.MONITOR_NS, locks.key_of(h["id"]))
+            got = (await conn.execute(sa.select(try_lock))).scalar()
             if not got:
                 result.skipped_locked.append(hid)
                 return

@@ -29,6 +29,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db import locks
 from warren.cp.db.tables import (
     host_refresh_tokens,
     host_tags,
@@ -145,8 +146,11 @@ def _visible(ctx: AuthContext, row: RowMapping) -> bool:
     return row["type"] == "byoc" and ctx.team_id is not None and row["team_id"] == ctx.team_id
 
 
-async def _load_visible(conn: AsyncConnection, ctx: AuthContext, host_uuid: uuid.UUID) -> RowMapping:
-    row = (await conn.execute(sa.select(hosts).where(hosts.c.id == host_uuid))).mappings().first()
+async def _load_visible(
+    conn: AsyncConnection, ctx: AuthContext, host_uuid: uuid.UUID, *, for_update: bool = False
+) -> RowMapping:
+    q = sa.select(hosts).where(hosts.c.id == host_uuid)
+    row = (await conn.execute(q.with_for_update() if for_update else q)).mappings().first()
     if row is None or not _visible(ctx, row):
         raise NotFound("host not found")
     return row
@@ -368,39 +372,56 @@ async def delete_host(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, host_id: str, *, force: bool = False
 ) -> None:
     host_uuid = ids.parse_id(ids.Kind.HOST, host_id)
+    # One delete of a host at a time, across replicas: a second one waits, then finds the host
+    # gone (404) or decides afresh. So a `draining` status found here was left by a delete that
+    # died midway, and only the delete that drained the host puts it back.
+    async with locks.held(engine, locks.HOST_DELETE_NS, host_uuid):
+        await _delete_host_locked(engine, pool, ctx, host_uuid, force=force)
+
+
+async def _delete_host_locked(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, host_uuid: uuid.UUID, *, force: bool
+) -> None:
     async with engine.begin() as conn:
-        row = await _load_visible(conn, ctx, host_uuid)
+        row = await _load_visible(conn, ctx, host_uuid, for_update=True)
         _require_manager(ctx, "delete hosts")
+        # A leftover `draining` host was schedulable before; the monitor marks it down again if
+        # its heartbeats have stopped.
+        before = "online" if row["status"] == "draining" else row["status"]
         # Out of scheduling first (committed, under the row lock that sandbox creates share):
         # no create can land on the host between the count below and the delete.
         await conn.execute(
             hosts.update().where(hosts.c.id == host_uuid).values(status="draining", updated_at=clock.now())
         )
-    async with engine.connect() as conn:
-        active = await _active_sandbox_ids(conn, host_uuid)
-        if active and not force:
+    try:
+        async with engine.connect() as conn:
+            active = await _active_sandbox_ids(conn, host_uuid)
+            if active and not force:
+                raise Conflict(
+                    "host has active sandboxes; use ?force=true to destroy them and delete the host",
+                    code="has_active_sandboxes",
+                    sandbox_ids=active,
+                )
+            to_destroy = (
+                (
+                    await conn.execute(
+                        sa.select(sandboxes.c.id).where(
+                            sandboxes.c.host_id == host_uuid, sandboxes.c.status.in_(_DESTROY_ON_DELETE)
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+    except BaseException:
+        # Refused or failed before anything was destroyed: back into scheduling as it was.
+        async with engine.begin() as conn:
             await conn.execute(
                 hosts.update()
                 .where(hosts.c.id == host_uuid, hosts.c.status == "draining")
-                .values(status=row["status"], updated_at=clock.now())
+                .values(status=before, updated_at=clock.now())
             )
-            await conn.commit()
-            raise Conflict(
-                "host has active sandboxes; use ?force=true to destroy them and delete the host",
-                code="has_active_sandboxes",
-                sandbox_ids=active,
-            )
-        to_destroy = (
-            (
-                await conn.execute(
-                    sa.select(sandboxes.c.id).where(
-                        sandboxes.c.host_id == host_uuid, sandboxes.c.status.in_(_DESTROY_ON_DELETE)
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
+        raise
     hid = ids.host_id(host_uuid)
 
     if row["address"]:

@@ -1,0 +1,42 @@
+"""PostgreSQL advisory locks keyed on a row's UUID, so CP replicas coordinate without a row lock
+held across an agent call. Each use has its own namespace (the first of the two int keys)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# HostMonitor's per-host reconciliation (transaction-scoped, try-lock).
+MONITOR_NS = 0x57524E  # "WRN"
+# One host delete at a time per host (session-scoped, waits).
+HOST_DELETE_NS = 0x575244  # "WRD"
+
+
+def key_of(row_id: uuid.UUID) -> int:
+    """A signed 32-bit int from the id, the second key of ``pg_*advisory*lock(int, int)``.
+    Two ids may share a key: that only makes unrelated holders wait for each other."""
+    return int.from_bytes(row_id.bytes[:4], "big", signed=True)
+
+
+@asynccontextmanager
+async def held(engine: AsyncEngine, namespace: int, row_id: uuid.UUID) -> AsyncIterator[None]:
+    """Hold a session-level advisory lock for the block, on a connection of its own (so the
+    block may commit, roll back and call agents freely). PostgreSQL drops the lock if the
+    connection dies; if the unlock fails the connection is thrown away rather than pooled with
+    the lock still held."""
+    async with engine.connect() as conn:
+        await conn.execute(sa.select(sa.func.pg_advisory_lock(namespace, key_of(row_id))))
+        await conn.commit()
+        try:
+            yield
+        finally:
+            try:
+                await conn.execute(sa.select(sa.func.pg_advisory_unlock(namespace, key_of(row_id))))
+                await conn.commit()
+            except BaseException:
+                await conn.invalidate()
+                raise
