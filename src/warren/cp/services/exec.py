@@ -136,7 +136,7 @@ def parse_signal(value: int | str) -> int:
             return value
         raise InvalidRequest("signal must be in 1..64")
     name = value.strip().upper()
-    if name.isdigit():
+    if name.isascii() and name.isdigit():  # str.isdigit alone also accepts "²"
         return parse_signal(int(name))
     if not name.startswith("SIG"):
         name = "SIG" + name
@@ -146,12 +146,17 @@ def parse_signal(value: int | str) -> int:
         raise InvalidRequest(f"unknown signal {value!r}") from e
 
 
+_PID_MAX = 2**31 - 1  # the RPC's pid is an int32
+
+
 def selector(pid_or_tag: str) -> pb.ProcessSelector:
-    return (
-        pb.ProcessSelector(pid=int(pid_or_tag))
-        if pid_or_tag.isdigit()
-        else pb.ProcessSelector(tag=pid_or_tag)
-    )
+    """Digits select a pid, anything else a tag."""
+    if not (pid_or_tag.isascii() and pid_or_tag.isdigit()):  # str.isdigit alone accepts "²"
+        return pb.ProcessSelector(tag=pid_or_tag)
+    pid = int(pid_or_tag)
+    if not 0 < pid <= _PID_MAX:
+        raise InvalidRequest(f"pid must be in 1..{_PID_MAX}")
+    return pb.ProcessSelector(pid=pid)
 
 
 # ----------------------------------------------------------------------------------- encoding
