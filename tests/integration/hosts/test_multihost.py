@@ -69,6 +69,11 @@ class Cluster:
         return [self.a, self.b, self.c]
 
     @property
+    def regular_running(self) -> list[AgentProcess]:
+        """The regular agents still serving (a host delete test terminates one)."""
+        return [a for a in self.regular if a.proc is not None and a.proc.poll() is None]
+
+    @property
     def everyone(self) -> list[AgentProcess]:
         return [self.a, self.b, self.c, self.d]
 
@@ -479,6 +484,82 @@ async def test_team_soft_delete_destroys_the_teams_sandboxes_on_their_hosts(clus
     assert {r[0] for r in rows} == {"stopped"}
     assert await c.status(keep) == "running"
     await c.api("DELETE", f"/v1/sandboxes/{keep}")
+
+
+async def test_team_delete_races_a_create_and_removes_snapshot_files(cluster: Cluster) -> None:
+    """A create still in flight when its team is deleted must not leave a sandbox running for a
+    team nobody can use any more; the team's snapshot files go from their host (SPEC §7.3)."""
+    c = cluster
+    team_user = await c.cp.signup()
+    key = await team_user.api_key()
+    team_uuid = ids.parse_id(ids.Kind.TEAM, team_user.team_id)
+    first = (await c.create(key=key)).json()["id"]
+    r = await c.api("POST", "/v1/snapshots", key=key, json={"sandbox_id": first, "name": "before-delete"})
+    assert r.status_code == 201, r.text
+    files = [a.data_dir / "templates" / "teams" / str(team_uuid) for a in c.regular_running]
+    assert any(f.is_dir() and any(f.iterdir()) for f in files)
+
+    for a in c.regular_running:  # the next create reaches its agent only when the agents run again
+        a.signal(signal.SIGSTOP)
+    try:
+        creating = asyncio.create_task(c.create(key=key))
+
+        async def pending() -> bool:
+            q = "SELECT count(*) FROM sandboxes WHERE team_id = :t AND status = 'pending'"
+            return bool((await sql(c.cp, q, t=team_uuid))[0][0])
+
+        await wait_for(pending, 10, "the create's pending row")
+        deleting = asyncio.create_task(team_user.req("DELETE", f"/v1/teams/{team_user.team_id}"))
+        await asyncio.sleep(0.5)
+    finally:
+        for a in c.regular_running:
+            a.signal(signal.SIGCONT)
+    assert (await deleting).status_code == 204
+    r = await creating
+    # Depending on which came first it answers 201 (then the delete stopped it) or 409.
+    assert r.status_code in (201, 409), r.text
+
+    rows = await sql(c.cp, "SELECT id, status FROM sandboxes WHERE team_id = :t", t=team_uuid)
+    assert {status for _, status in rows} == {"stopped"}, rows
+    team_sandboxes = {ids.sandbox_id(u) for u, _ in rows}
+
+    async def none_left() -> bool:
+        on_hosts = set().union(*[set(await c.listed(a)) for a in c.regular_running])
+        return not (on_hosts & team_sandboxes)
+
+    await wait_for(none_left, 30, "the team's sandboxes to leave their hosts")
+    assert not any(f.exists() and any(f.iterdir()) for f in files)
+
+
+async def test_snapshot_overwrite_and_delete_touch_only_the_host_with_the_files(cluster: Cluster) -> None:
+    """A snapshot's files live on the host that took it: overwriting or deleting it asks that
+    host alone, so another host that is down cannot make the overwrite fail halfway (old files
+    already gone, old record kept) — the old snapshot stays whole until the new one is recorded."""
+    c = cluster
+    sb = (await c.create()).json()["id"]
+    r = await c.api("POST", "/v1/snapshots", json={"sandbox_id": sb, "name": "overwritten"})
+    assert r.status_code == 201, r.text
+    holder_id = (await sql(c.cp, "SELECT host_id FROM templates WHERE name = 'overwritten'"))[0][0]
+    holder = next(a for a in c.regular_running if a.host_uuid == holder_id)
+    other = next(a for a in c.regular_running if a is not holder)
+    old_id = (await sql(c.cp, "SELECT id FROM templates WHERE name = 'overwritten'"))[0][0]
+    team = ids.parse_id(ids.Kind.TEAM, c.user.team_id)
+    old_files = holder.data_dir / "templates" / "teams" / str(team) / str(old_id)
+    assert old_files.is_dir()
+    other.signal(signal.SIGSTOP)  # online in the database, answering nothing
+    try:
+        r = await c.api(
+            "POST", "/v1/snapshots?overwrite=true", json={"sandbox_id": sb, "name": "overwritten"}, timeout=30
+        )
+        assert r.status_code == 201, r.text
+        assert not old_files.exists()
+        made = await c.create(template="overwritten")
+        assert made.status_code == 201, made.text
+        assert (await c.api("DELETE", "/v1/snapshots/overwritten", timeout=30)).status_code == 204
+    finally:
+        other.signal(signal.SIGCONT)
+    for s in (sb, made.json()["id"]):
+        await c.api("DELETE", f"/v1/sandboxes/{s}")
 
 
 async def test_two_control_planes_on_one_database_never_double_transition(

@@ -119,27 +119,31 @@ _RESOLVE = """
     WHERE t.id = $2 AND t.deleted_at IS NULL
 """
 
-# Inserted only while the chosen host is still online, holding a share lock on its row: a host
-# delete first flips the host to `draining` under a row lock, so a create either lands before
-# the delete counts the host's sandboxes (and is counted) or finds the host gone (and picks
-# again) — never in between.
+# Inserted only while the chosen host is still online and the team live, holding share locks
+# on both rows: a host delete first flips the host to `draining` under a row lock, and a team
+# delete stops the team's sandboxes under the team's row lock, so a create either lands before
+# (and is counted and stopped) or finds the host or team gone — never in between.
 _INSERT_PENDING = """
     INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
                            disk_size_mb, internet, created_at, last_updated, template_id,
                            template_team_id)
-    SELECT $1::uuid, $2::uuid, h.id, $4::text, 'pending', $5::int, $6::int, $7::int, $8::int,
+    SELECT $1::uuid, t.id, h.id, $4::text, 'pending', $5::int, $6::int, $7::int, $8::int,
            $9::bool, $10::timestamptz, $10::timestamptz, $11::uuid, $12::uuid
-    FROM hosts h WHERE h.id = $3::uuid AND h.status = 'online'
+    FROM hosts h, teams t
+    WHERE h.id = $3::uuid AND h.status = 'online' AND t.id = $2::uuid AND t.deleted_at IS NULL
     FOR SHARE
 """
+_TEAM_LIVE = "SELECT deleted_at IS NULL FROM teams WHERE id = $1"
 _CREATE_ATTEMPTS = 3
 
-# Marks it running and writes the audit row in one statement (one round trip, atomic).
+# Marks it running and writes the audit row in one statement (one round trip, atomic) — only
+# while it is still `pending` and its team live.
 _MARK_RUNNING = """
     WITH u AS (
         UPDATE sandboxes
         SET status = 'running', host_ip = $2, started_at = $3, last_active_at = $3, last_updated = $3
         WHERE id = $1 AND status = 'pending'
+          AND EXISTS (SELECT 1 FROM teams WHERE id = $5 AND deleted_at IS NULL)
         RETURNING *
     ), a AS (
         INSERT INTO audit_logs (id, team_id, actor_type, actor_id, actor_name, resource_type,
@@ -212,6 +216,8 @@ async def create_sandbox(
             )  # fmt: skip
             if status == "INSERT 0 1":
                 break
+            if not await conn.fetchval(_TEAM_LIVE, team_uuid):
+                raise Forbidden("no active team context; re-authenticate", code="no_team")
             # The host left `online` (being deleted, or just marked unreachable) after it was
             # chosen: choose again.
             log.info("sandbox create: host %s went away, rescheduling", ids.host_id(host["id"]))
@@ -267,6 +273,13 @@ async def create_sandbox(
         raise
     if row is None:
         raise InternalError("sandbox record vanished during create")
+    if row["status"] in _HIDDEN:
+        # Destroyed, or its team deleted, while the agent was creating it: nobody may use it,
+        # so it must not run on.
+        await asyncio.shield(destroy_best_effort(client, sid, why="sandbox create (stopped meanwhile)"))
+        raise InvalidState(
+            "the sandbox was stopped while it was being created (destroyed, or its team deleted)"
+        )
     if not marked:
         await audit.record(
             engine,

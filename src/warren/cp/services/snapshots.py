@@ -33,7 +33,15 @@ from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, audit, sandbox_access
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.exec import parse_body
-from warren.errors import AgentError, Conflict, Forbidden, InternalError, InvalidRequest, NotFound
+from warren.errors import (
+    AgentError,
+    Conflict,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    WarrenError,
+)
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.snapshots")
@@ -119,6 +127,40 @@ async def broadcast_delete(
         raise InternalError(f"failed to delete snapshot files: {failures[0].message}", code="agent_error")
 
 
+async def delete_files(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    team_id: uuid.UUID,
+    template_id: uuid.UUID,
+    host_id: uuid.UUID | None,
+) -> None:
+    """``DeleteSnapshot`` where the files are: on the host that took the snapshot, the only one
+    that has them; for a template recorded without its host, on every online host. NotFound
+    (nothing there) is fine, and so is a host that no longer exists (its files went with it);
+    any other answer raises 500 ``agent_error``. One host means the files are either all gone
+    or all still there, never gone from one host while another refused."""
+    if host_id is None:
+        await broadcast_delete(engine, pool, team_id, template_id)
+        return
+    async with engine.connect() as conn:
+        host = (
+            (await conn.execute(sa.select(hosts.c.id, hosts.c.address).where(hosts.c.id == host_id)))
+            .mappings()
+            .first()
+        )
+    if host is None or not host["address"]:
+        return
+    req = pb.DeleteSnapshotRequest(team_id=str(team_id), template_id=str(template_id))
+    try:
+        await pool.get(host).call("DeleteSnapshot", req, deadline=DELETE_DEADLINE_S)
+    except AgentError as e:
+        if e.is_not_found:
+            return
+        hid = ids.host_id(host_id)
+        log.warning("snapshot files delete failed template=%s host=%s: %s", template_id, hid, e)
+        raise InternalError(f"failed to delete snapshot files: {e.message}", code="agent_error") from e
+
+
 # ------------------------------------------------------------------------------------ create
 
 
@@ -185,13 +227,19 @@ async def create_snapshot(
         raise
 
     try:
-        if old is not None:
-            await broadcast_delete(engine, pool, team_uuid, old["id"])
+        # One transaction swaps the old record for the new: until it commits, the old snapshot
+        # (record and files) is whole.
         row = await _record(engine, ctx, team_uuid, new_id, name, tgt, resp, old)
     except BaseException:
         # The old snapshot stays; the new one must not linger as unrecorded files.
         await _forget_files(client, team_uuid, new_id)
         raise
+    if old is not None:
+        # Replaced: its files go now. If that fails they only take disk space on their host.
+        try:
+            await delete_files(engine, pool, team_uuid, old["id"], old["host_id"])
+        except WarrenError as e:
+            log.warning("overwritten snapshot %s: its files stay on the host: %s", old["id"], e.message)
     log.info("snapshot created name=%s sandbox=%s team=%s", name, tgt.sid, ids.team_id(team_uuid))
     return template_model(row)
 
@@ -331,7 +379,7 @@ async def delete_snapshot(engine: AsyncEngine, pool: HostClientPool, ctx: AuthCo
         raise NotFound("template not found")
     if row["team_id"] == PLATFORM:
         raise Forbidden("platform templates cannot be deleted here")
-    await broadcast_delete(engine, pool, team_uuid, row["id"])
+    await delete_files(engine, pool, team_uuid, row["id"], row["host_id"])
     async with engine.begin() as conn:
         await conn.execute(sa.delete(templates).where(templates.c.id == row["id"]))
         await audit.record(

@@ -37,8 +37,9 @@ log = logging.getLogger("warren.teams")
 
 ROLES = ("owner", "admin", "member")
 _NAME_RE = re.compile(r"[A-Za-z0-9 _\-@']{1,128}")
-# Statuses a team delete stops (SPEC §1.11, §7.3).
-_STOP_ON_DELETE = ("running", "paused", "starting")
+# Statuses a team delete stops (SPEC §1.11, §7.3 names running, paused and starting; a create
+# still in flight and a sandbox on an unreachable host exist on their host just as well).
+_STOP_ON_DELETE = ("running", "paused", "starting", "pending", "missing")
 
 
 class Team(BaseModel):
@@ -78,6 +79,7 @@ class TemplateRef:
     id: uuid.UUID
     name: str
     type: str
+    host_id: uuid.UUID | None = None  # a snapshot's host: where its files are
 
 
 @dataclass
@@ -86,7 +88,8 @@ class TeamDeletionHooks:
 
     ``destroy_sandboxes(engine, team_id, sandboxes)`` runs BEFORE the rows are marked stopped
     (SPEC §7.3 step 2: NotFound ignored, other errors logged, the delete continues — the hook
-    should not raise; if it does, the error is logged and the delete goes on).
+    should not raise; if it does, the error is logged and the delete goes on), and again after
+    the delete for sandboxes whose create finished in between.
     ``delete_template_files(engine, team_id, templates)`` runs AFTER the team's template rows
     were deleted in the delete's transaction (§7.3 step 4), with the rows that were removed.
     """
@@ -342,20 +345,38 @@ async def delete_team(
         role = await _lock_team_and_role(conn, team_id, user_id, lock=True)
         if role != "owner":
             raise Forbidden("only the team owner can delete the team")
-        await conn.execute(
-            update(sandboxes)
-            .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE))
-            .values(status="stopped", last_updated=now)
-        )
+        # The team row is locked: no create can insert a sandbox for it until this commits, and
+        # none can after (creates insert only for a live team).
+        stopped = [
+            SandboxRef(id=r.id, host_id=r.host_id, status=r.status)
+            for r in await conn.execute(
+                update(sandboxes)
+                .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE))
+                .values(status="stopped", last_updated=now)
+                .returning(sandboxes.c.id, sandboxes.c.host_id, sandboxes.c.status)
+            )
+        ]
         removed = [
-            TemplateRef(id=r.id, name=r.name, type=r.type)
+            TemplateRef(id=r.id, name=r.name, type=r.type, host_id=r.host_id)
             for r in await conn.execute(
                 delete(templates)
                 .where(templates.c.team_id == team_id)
-                .returning(templates.c.id, templates.c.name, templates.c.type)
+                .returning(templates.c.id, templates.c.name, templates.c.type, templates.c.host_id)
             )
         ]
         await conn.execute(update(teams).where(teams.c.id == team_id).values(deleted_at=now))
+
+    # Sandboxes whose create finished between the first list and the stop above were not
+    # destroyed yet: those inserted since, and those listed while still `pending` (the agent
+    # refused to destroy them mid-create). A create still in flight now finds its row stopped
+    # and destroys its sandbox itself.
+    destroyed = {ref.id for ref in live if ref.status != "pending"}
+    late = [ref for ref in stopped if ref.id not in destroyed]
+    if late and hooks.destroy_sandboxes is not None:
+        try:
+            await hooks.destroy_sandboxes(engine, team_id, late)
+        except Exception:
+            log.exception("team %s delete: destroying sandboxes on hosts failed", ids.team_id(team_id))
 
     if removed and hooks.delete_template_files is not None:
         try:
