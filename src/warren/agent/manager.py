@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ctypes
 import json
 import logging
@@ -24,8 +25,8 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,9 @@ class Sandbox:
     guest: GuestClient | None = field(default=None, repr=False)
     metrics: dict[str, deque[tuple[int, float, int, int]]] = field(default_factory=dict, repr=False)
     last_cpu: tuple[float, int] | None = field(default=None, repr=False)
+    # Commands under way (unary exec, exec streams): the sandbox is in use, whatever the time
+    # since they started — the TTL reaper leaves it alone.
+    busy: int = field(default=0, repr=False)
 
     RECORD_FIELDS = (
         "id", "status", "team_id", "template_id", "template", "vcpus", "memory_mb", "disk_size_mb",
@@ -115,8 +119,9 @@ class Sandbox:
     )  # fmt: skip
 
     def record(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: d[k] for k in self.RECORD_FIELDS}
+        # Not dataclasses.asdict: it deep-copies every field, the lock (and the futures of any
+        # call waiting on it) included, which fails while another call waits for the sandbox.
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.RECORD_FIELDS}
 
 
 def _set_subreaper() -> None:
@@ -273,6 +278,25 @@ class SandboxManager:
 
     def _touch(self, sb: Sandbox) -> None:
         sb.last_active_at = clock.time_s()
+
+    @contextlib.contextmanager
+    def in_use(self, sb_id: str) -> Iterator[None]:
+        """Around a command (exec, exec stream, attach): activity at its start and end, and
+        never idle in between, however long it runs."""
+        sb = self._sandboxes.get(sb_id)
+        if sb is None:
+            yield
+            return
+        sb.busy += 1
+        self._touch(sb)
+        try:
+            yield
+        finally:
+            sb.busy -= 1
+            self._touch(sb)
+
+    def _idle(self, sb: Sandbox, now: float) -> bool:
+        return sb.busy == 0 and sb.timeout_sec > 0 and now - sb.last_active_at > sb.timeout_sec
 
     def _save(self, sb: Sandbox) -> None:
         path = self._dir(sb.id) / "record.json"
@@ -573,9 +597,19 @@ class SandboxManager:
 
     # ===================================================================== pause/resume
 
-    async def pause(self, sb_id: str, *, reason: str = "request") -> None:
+    async def pause(self, sb_id: str, *, reason: str = "request", only_if_idle: bool = False) -> bool:
+        """Freeze it. Shielded: a caller that gives up (deadline, cancel) must not leave the
+        cgroup frozen while the record says running. ``only_if_idle`` (the TTL reaper) decides
+        under the lock, so a command that started meanwhile keeps it running; returns whether
+        it paused."""
+        return await asyncio.shield(self._pause(sb_id, reason, only_if_idle))
+
+    async def _pause(self, sb_id: str, reason: str, only_if_idle: bool) -> bool:
         sb = self._get(sb_id)
         async with sb.lock:
+            self._still_there(sb)
+            if only_if_idle and (sb.status != "running" or not self._idle(sb, clock.time_s())):
+                return False
             if sb.status != "running":
                 raise InvalidState(f"sandbox {sb_id} is not running (status {sb.status})")
             try:
@@ -586,10 +620,21 @@ class SandboxManager:
             sb.last_cpu = None
             self._save(sb)
         log.info("event=sandbox_paused sandbox_id=%s reason=%s", sb_id, reason)
+        return True
+
+    def _still_there(self, sb: Sandbox) -> None:
+        """After waiting for a sandbox's lock: a destroy that held it may have removed it."""
+        if self._sandboxes.get(sb.id) is not sb:
+            raise NotFound(f"sandbox {sb.id} not found")
 
     async def resume(self, sb_id: str, timeout_sec: int | None = None) -> Sandbox:
+        """Thaw it; shielded like :meth:`pause`."""
+        return await asyncio.shield(self._resume(sb_id, timeout_sec))
+
+    async def _resume(self, sb_id: str, timeout_sec: int | None) -> Sandbox:
         sb = self._get(sb_id)
         async with sb.lock:
+            self._still_there(sb)
             if sb.status != "paused":
                 raise InvalidState(f"sandbox {sb_id} is not paused (status {sb.status})")
             try:
@@ -627,25 +672,20 @@ class SandboxManager:
         return True
 
     async def reap_idle(self) -> None:
-        """TTL reaper: auto-pause running sandboxes idle longer than their timeout."""
+        """TTL reaper: auto-pause running sandboxes idle longer than their timeout (no command
+        under way, no activity for ``timeout_sec``)."""
         now = clock.time_s()
-        idle = [
-            sb.id
-            for sb in self._sandboxes.values()
-            if sb.status == "running" and sb.timeout_sec > 0 and now - sb.last_active_at > sb.timeout_sec
-        ]
+        idle = [sb.id for sb in self._sandboxes.values() if sb.status == "running" and self._idle(sb, now)]
         for sb_id in idle:
-            sb = self._sandboxes.get(sb_id)
-            # Re-check: an exec may have touched it, or a destroy removed it, meanwhile.
-            if sb is None or sb.status != "running" or clock.time_s() - sb.last_active_at <= sb.timeout_sec:
-                continue
             try:
-                # Shielded: shutting the agent down must not leave a half-frozen sandbox.
-                await asyncio.shield(self.pause(sb_id, reason="idle"))
-                self._auto_paused.append(sb_id)
+                # Decided again under the sandbox's lock: a command, a pause or a destroy may
+                # have come first.
+                if await self.pause(sb_id, reason="idle", only_if_idle=True):
+                    self._auto_paused.append(sb_id)
             except NotFound:
                 continue
-            except WarrenError as e:
+            except InternalError as e:
+                # The freeze itself failed: an idle sandbox that cannot be paused is destroyed.
                 log.error("event=auto_pause_failed sandbox_id=%s error=%s; destroying", sb_id, e)
                 with contextlib.suppress(WarrenError):
                     await self.destroy(sb_id)
@@ -666,11 +706,10 @@ class SandboxManager:
         if not cmd:
             raise InvalidRequest("cmd is required")
         sb = self._running(sb_id)
-        self._touch(sb)
         timeout = timeout_sec if timeout_sec > 0 else DEFAULT_EXEC_TIMEOUT
-        res = await self._guest(sb).exec(cmd, list(args), env=env or None, cwd=cwd or None,
-                                         timeout=timeout, stdin=stdin)  # fmt: skip
-        self._touch(sb)
+        with self.in_use(sb_id):
+            res = await self._guest(sb).exec(cmd, list(args), env=env or None, cwd=cwd or None,
+                                             timeout=timeout, stdin=stdin)  # fmt: skip
         if res.timed_out:
             raise ExecTimeout(f"command timed out after {timeout}s")
         return res

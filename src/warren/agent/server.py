@@ -230,13 +230,13 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
         assert session is not None
         pump = asyncio.create_task(self._pump_input(request_iterator, session, st.sandbox_id))
         try:
-            async for ev in session:
-                out = _event(ev)
-                if out is not None:
-                    yield out
-                if ev.kind in ("exit", "error"):
-                    break
-            self.m.touch(st.sandbox_id)
+            with self.m.in_use(st.sandbox_id):
+                async for ev in session:
+                    out = _event(ev)
+                    if out is not None:
+                        yield out
+                    if ev.kind in ("exit", "error"):
+                        break
         finally:
             pump.cancel()
             with contextlib.suppress(BaseException):
@@ -288,12 +288,13 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
             await _abort(context, e, "AttachProcess")
             return
         try:
-            async for ev in session:
-                out = _event(ev)
-                if out is not None:
-                    yield out
-                if ev.kind in ("exit", "error"):
-                    break
+            with self.m.in_use(request.sandbox_id):
+                async for ev in session:
+                    out = _event(ev)
+                    if out is not None:
+                        yield out
+                    if ev.kind in ("exit", "error"):
+                        break
         finally:
             await session.close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
+import grpc
 import pytest
 
 from warren.rpc import hostagent_pb2 as pb
@@ -52,3 +54,60 @@ def test_idle_sandbox_is_auto_paused_and_reported_once(agent: Agent) -> None:
         agent.set_clock_offset(0)
         for x in (idle, busy, forever):
             s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=x.sandbox_id))
+
+
+def test_a_command_under_way_keeps_its_sandbox_running(agent: Agent) -> None:
+    """Activity is a command's start and end and everything in between: a long exec is not
+    paused under its own feet by the reaper."""
+    s = agent.stub
+    sb = agent.create(timeout_sec=60)
+    try:
+        s.ListSandboxes(pb.ListSandboxesRequest())  # drain earlier reports
+        result: list[pb.ExecResponse] = []
+        runner = threading.Thread(target=lambda: result.append(agent.exec(sb.sandbox_id, "sleep", "4")))
+        runner.start()
+        time.sleep(0.5)
+        agent.set_clock_offset(300)  # long past the timeout since the command started
+        time.sleep(2.5)  # at least one reaper round while it runs
+        status = {x.sandbox_id: x.status for x in s.ListSandboxes(pb.ListSandboxesRequest()).sandboxes}
+        assert status[sb.sandbox_id] == "running"
+        runner.join(30)
+        assert result and result[0].exit_code == 0
+        # Idle from the command's end on: paused once the timeout has passed since then.
+        agent.set_clock_offset(400)
+        deadline = time.monotonic() + 8
+        reported: list[str] = []
+        while time.monotonic() < deadline and not reported:
+            reported += s.ListSandboxes(pb.ListSandboxesRequest()).auto_paused_sandbox_ids
+            time.sleep(0.3)
+        assert reported == [sb.sandbox_id]
+    finally:
+        agent.set_clock_offset(0)
+        s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb.sandbox_id))
+
+
+def test_the_reaper_never_destroys_a_sandbox_paused_by_someone_else(agent: Agent) -> None:
+    """The reaper decides under the sandbox's lock: a pause that got there first is not a
+    failed auto-pause (which would destroy the sandbox)."""
+    s = agent.stub
+    sb = agent.create(timeout_sec=3).sandbox_id
+    try:
+        # Slow freezes widen the window in which the reaper waits behind a user's pause.
+        agent.exec(sb, "sh", "-c", "for i in $(seq 100); do (while :; do :; done) & done")
+        end, step = time.monotonic() + 10, 0
+        while time.monotonic() < end:
+            step += 1
+            agent.set_clock_offset(10 * step)  # idle again for the reaper, every round
+            for call, req in (
+                (s.PauseSandbox, pb.PauseSandboxRequest(sandbox_id=sb)),
+                (s.ResumeSandbox, pb.ResumeSandboxRequest(sandbox_id=sb, timeout_sec=-1)),
+            ):
+                try:
+                    call(req, timeout=30)
+                except grpc.RpcError as e:  # the reaper paused it first: fine
+                    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+        assert "auto_pause_failed" not in agent.log_path.read_text()
+        assert sb in {x.sandbox_id for x in s.ListSandboxes(pb.ListSandboxesRequest()).sandboxes}
+    finally:
+        agent.set_clock_offset(0)
+        s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb))

@@ -150,3 +150,27 @@ def test_listen_without_tls_is_loopback_only() -> None:
     check_listen("0.0.0.0:50051", tls=True)
     with pytest.raises(SystemExit):
         check_listen("0.0.0.0:50051", tls=False)
+
+
+async def test_a_record_can_be_saved_while_another_call_waits_for_the_sandbox() -> None:
+    """The record must not copy the sandbox's lock: with a waiter queued on it (a second pause
+    arriving during the first), copying failed and the first call's save with it."""
+    import asyncio
+
+    from warren.agent.manager import Sandbox
+
+    sb = Sandbox(
+        id="sb-x", status="running", team_id="t", template_id="tpl", template="minimal", vcpus=1,
+        memory_mb=512, disk_size_mb=1024, timeout_sec=0, internet=True, env={"A": "1"}, slot=3,
+        host_ip="10.11.0.14", created_at=1.0, last_active_at=2.0, lower_layers=["/l"],
+        snapshot_layers=[],
+    )  # fmt: skip
+    async with sb.lock:
+        waiter = asyncio.create_task(sb.lock.acquire())
+        await asyncio.sleep(0)  # the waiter's future is now queued on the lock
+        record = sb.record()
+    await waiter
+    sb.lock.release()
+    assert record["status"] == "running" and record["env"] == {"A": "1"} and "lock" not in record
+    record["env"]["A"] = "2"  # a copy: the live sandbox is not changed through it
+    assert sb.env == {"A": "1"}
