@@ -33,7 +33,7 @@ from typing import Any
 from warren import clock, ids
 from warren.agent.guest_client import EntryInfo, ExecResult, ExecSession, GuestClient, ProcessInfo
 from warren.agent.network import NetworkSlots, Slot
-from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, umount
+from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, run, umount
 from warren.agent.runtime.base import ContainerStatus, Runtime
 from warren.agent.runtime.bundle import GUEST_SOCKET, BundleSpec, oci_config
 from warren.agent.templates import MAPPED_BASE, TemplateRef, TemplateStore
@@ -194,6 +194,8 @@ class SandboxManager:
         self._check_traversable()
         await self.network.setup_host()
         await self._readopt()
+        for p in await self.templates.remove_leftovers():
+            log.info("event=template_leftover_removed path=%s", p)
         await self.network.start_pool()
         self._tasks = [
             asyncio.create_task(self._loop(REAPER_INTERVAL, self.reap_idle), name="ttl-reaper"),
@@ -402,6 +404,14 @@ class SandboxManager:
             undo.append(lambda: asyncio.to_thread(shutil.rmtree, d, True))
             for sub in ("disk", "rootfs", "run"):
                 (d / sub).mkdir()
+            # A snapshot's layers are hard-linked into the sandbox's own dir and mounted from
+            # there: deleting or overwriting the snapshot later must not pull files out from
+            # under a sandbox made from it. Layers are never written, so links cost no copy.
+            own = d / "layers"
+            for i, layer in enumerate(lower[:-1]):
+                own.mkdir(exist_ok=True)
+                await run("cp", "-al", str(layer), str(own / str(i)))
+            lower = [*(own / str(i) for i in range(len(lower) - 1)), lower[-1]]
             os.chown(d / "run", MAPPED_BASE, MAPPED_BASE)
             # Network first: it is independent of the mounts and slower, so start it now.
             net_task = asyncio.create_task(self.network.acquire(sb_id, internet=internet))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -48,6 +49,15 @@ async def run(
         proc.kill()
         await proc.wait()
         raise CommandError(list(argv), -9, f"timed out after {timeout}s") from None
+    except BaseException:
+        # The caller gave up (cancelled): the command must not run on behind its rollback, e.g.
+        # a `cp` still writing into a directory being removed, or an iptables rule landing
+        # after its slot was released.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(proc.wait())
+        raise
     res = Result(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and res.returncode != 0:
         raise CommandError(list(argv), res.returncode, res.stderr or res.stdout)

@@ -119,6 +119,18 @@ class TemplateStore:
     def snapshot_dir(self, ref: TemplateRef) -> Path:
         return self.root / "teams" / str(ref.team_id) / str(ref.template_id)
 
+    async def remove_leftovers(self) -> list[Path]:
+        """At startup: the temporary dirs of snapshot writes, replacements and deletes that a
+        crash interrupted (``.<id>.tmp-*``, ``.old-*``, ``.del-*``); nothing refers to them."""
+        found = [
+            p
+            for pattern in (".*.tmp-*", ".*.old-*", ".*.del-*")
+            for p in self.root.glob(f"teams/*/{pattern}")
+        ]
+        for p in found:
+            await asyncio.to_thread(shutil.rmtree, p, True)
+        return found
+
     # ---------------------------------------------------------------------------- minimal
 
     async def ensure_minimal(self) -> Path:

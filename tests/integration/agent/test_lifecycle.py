@@ -153,6 +153,14 @@ def test_create_exec_files_pause_resume_snapshot_destroy(agent: Agent) -> None:
     s.DeleteSnapshot(
         pb.DeleteSnapshotRequest(team_id=TEAM, template_id=tpl)
     )  # parent gone: child still works
+    # r2, made from the deleted snapshot, runs on with all its files, and can still be snapshotted.
+    s.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=r2.sandbox_id, timeout_sec=-1))
+    assert agent.exec(r2.sandbox_id, "sha256sum", "/data/big.bin").stdout.split()[0].decode() == (
+        hashlib.sha256(big).hexdigest()
+    )
+    tpl3 = str(uuid.uuid4())
+    s.CreateSnapshot(pb.CreateSnapshotRequest(sandbox_id=r2.sandbox_id, team_id=TEAM, template_id=tpl3))
+    s.DeleteSnapshot(pb.DeleteSnapshotRequest(team_id=TEAM, template_id=tpl3))
     r3 = agent.create(team_id=TEAM, template_id=tpl2)
     assert agent.exec(r3.sandbox_id, "cat", "/data/second", "/data/empty").stdout == b"two\n"
     assert (

@@ -77,3 +77,18 @@ def test_terminate_destroys_everything_and_stops(agent_root: Path) -> None:
     assert agent.proc.wait(60) == 0
     for m in made:
         assert wait_no_leaks(agent, m.sandbox_id, m.host_ip) == []
+
+
+def test_start_removes_the_temporary_dirs_of_interrupted_snapshot_writes(agent_root: Path) -> None:
+    team = agent_root / "leftovers" / "data" / "templates" / "teams" / "00000000-0000-0000-0000-00000000000a"
+    kept = team / "11111111-1111-1111-1111-111111111111"
+    doomed = [team / f".{kept.name}.tmp-1a2b3c4d", team / f".{kept.name}.old-5e6f7a8b", team / ".x.del-0"]
+    for d in (kept, *doomed):
+        (d / "layers").mkdir(parents=True)
+    agent = Agent(agent_root / "leftovers").start()
+    try:
+        assert kept.is_dir()
+        assert [d for d in doomed if d.exists()] == []
+        assert "event=template_leftover_removed" in agent.log_path.read_text()
+    finally:
+        agent.stop()

@@ -174,3 +174,29 @@ async def test_a_record_can_be_saved_while_another_call_waits_for_the_sandbox() 
     assert record["status"] == "running" and record["env"] == {"A": "1"} and "lock" not in record
     record["env"]["A"] = "2"  # a copy: the live sandbox is not changed through it
     assert sb.env == {"A": "1"}
+
+
+async def test_a_cancelled_command_does_not_outlive_its_caller() -> None:
+    """``proc.run`` kills and reaps its child when the caller is cancelled: a rollback must not
+    race a command that runs on (a `cp` into a dir being removed, a late iptables rule)."""
+    import asyncio
+    import contextlib
+    import subprocess
+
+    from warren.agent.proc import run
+
+    marker = "31.4159"  # an argument no other process has
+
+    def running() -> bool:
+        return subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0
+
+    task = asyncio.create_task(run("sleep", marker))
+    for _ in range(50):
+        if running():
+            break
+        await asyncio.sleep(0.02)
+    assert running()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert not running()
