@@ -32,6 +32,7 @@ class FakeAgent:
         self.fail = False
         self.delay = 0.0
         self.calls = 0
+        self.destroyed: list[str] = []
 
     async def call(self, method: str, request: Any, *, deadline: float | None = None) -> Any:
         assert method == "ListSandboxes"
@@ -46,6 +47,12 @@ class FakeAgent:
             + [pb.SandboxInfo(sandbox_id=s, status="paused") for s in sorted(self.paused)],
             auto_paused_sandbox_ids=sorted(auto),
         )
+
+
+    async def destroy_best_effort(self, sandbox_id: str, *, why: str) -> None:
+        self.destroyed.append(sandbox_id)
+        self.alive.discard(sandbox_id)
+        self.paused.discard(sandbox_id)
 
 
 class FakePool:
@@ -310,3 +317,29 @@ async def test_abandoned_pending_creates_are_settled(
     r = await monitor(engine, pool).run_once()
     assert r.to_running == [ids.sandbox_id(made)] and r.to_error == [ids.sandbox_id(lost)]
     assert [await rows.status(s) for s in (made, lost, young)] == ["running", "error", "pending"]
+
+
+async def test_sandboxes_a_host_runs_with_a_final_record_are_destroyed_there(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
+    """Destroyed (or their team deleted) while their host was unreachable, or a create the CP
+    gave up on: the host still runs them, nobody can reach them, so they go. A sandbox with no
+    record at all, or whose record names another host, is not this monitor's to destroy."""
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h, other = await rows.host(admin), await rows.host(admin)
+    stopped = await rows.sandbox(team, h, "stopped")
+    errored = await rows.sandbox(team, h, "error")
+    running = await rows.sandbox(team, h, "running")
+    elsewhere = await rows.sandbox(team, other, "stopped")
+    pool = FakePool()
+    agent = pool.get({"id": h})
+    unknown = ids.sandbox_id(uuid.uuid4())
+    agent.alive = {ids.sandbox_id(x) for x in (stopped, running, elsewhere)} | {unknown, "not-an-id"}
+    agent.paused = {ids.sandbox_id(errored)}
+    fake_clock.advance(1)
+    result = await monitor(engine, pool).run_once()
+    assert sorted(agent.destroyed) == sorted([ids.sandbox_id(stopped), ids.sandbox_id(errored)])
+    assert sorted(result.destroyed) == sorted(agent.destroyed)
+    assert await rows.status(running) == "running"
+    assert await rows.status(stopped) == "stopped" and await rows.status(errored) == "error"

@@ -26,7 +26,7 @@ from sqlalchemy.engine import RowMapping
 from warren import ids
 from warren.cp.security.ca import CertificateAuthority
 from warren.errors import AgentError, ServiceUnavailable
-from warren.rpc import hostagent_pb2_grpc
+from warren.rpc import hostagent_pb2, hostagent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,17 @@ class HostClient:
                     yield item
         finally:
             call.cancel()
+
+    async def destroy_best_effort(self, sandbox_id: str, *, why: str) -> None:
+        """DestroySandbox for callers that go on whatever happens (clean-ups, host and team
+        deletes, the monitor): NotFound means already gone; any other failure is logged."""
+        try:
+            await self.call(
+                "DestroySandbox", hostagent_pb2.DestroySandboxRequest(sandbox_id=sandbox_id), deadline=60
+            )
+        except AgentError as e:
+            if not e.is_not_found:
+                log.warning("%s: destroy %s on %s failed: %s", why, sandbox_id, self.host_id, e)
 
     async def close(self) -> None:
         await self.channel.close(None)

@@ -10,7 +10,10 @@ Each pass, per host whose status is not ``pending``/``offline``:
   records older than any create can take (the create RPC's deadline plus a margin), which only a
   control plane that died mid-create leaves behind (SPEC is silent): on the host → ``running``
   (or ``paused``), so its owner sees and can destroy it; not there → ``error``, as a create that
-  failed.
+  failed. Last, sandboxes the host still runs whose record is final (``stopped``, ``error``) are
+  destroyed there (SPEC is silent): destroyed or their team deleted while the host was
+  unreachable, or a create the CP gave up on after the agent had made it. Nobody can reach them
+  any more. A sandbox the database does not know at all is left alone and logged.
 
 Safe with several CP replicas running it at once:
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +67,7 @@ class PassResult:
         self.to_paused: list[str] = []
         self.to_stopped: list[str] = []
         self.to_error: list[str] = []
+        self.destroyed: list[str] = []
         self.skipped_locked: list[str] = []
 
     def __repr__(self) -> str:
@@ -216,11 +221,19 @@ class HostMonitor:
                 # Transient by assumption: the passive phase catches a truly dead host.
                 log.info("monitor: ListSandboxes on %s failed: %s", hid, e)
                 return
-            await self._apply(conn, h, resp, asked_at, result)
+            finished = await self._apply(conn, h, resp, asked_at, result)
+        # After the transaction: destroys can take a while, and need no lock (a final record
+        # stays final).
+        for sid in finished:
+            await self.pool.get(h).destroy_best_effort(sid, why="monitor (record is final)")
+            result.destroyed.append(sid)
+            log.warning("monitor: destroyed %s on %s: its record is final", sid, hid)
 
     async def _apply(
         self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult
-    ) -> None:
+    ) -> list[str]:
+        """Reconcile the records with the host's answer; returns the sandboxes the host runs
+        whose record is final, to destroy there."""
         hid = ids.host_id(h["id"])
         # Our runtime keeps paused sandboxes listed (status "paused"); ids paused by the TTL reaper
         # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
@@ -291,3 +304,26 @@ class HostMonitor:
                             resource_id=sid, status="info", metadata={"reason": "auto_paused"},
                         )  # fmt: skip
                     log.info("monitor: sandbox %s %s -> %s host=%s", sid, old_status, new_status, hid)
+        return await self._final_on_host(conn, h, on_agent)
+
+    async def _final_on_host(
+        self, conn: AsyncConnection, h: RowMapping, on_agent: dict[str, str]
+    ) -> list[str]:
+        listed: dict[uuid.UUID, str] = {}
+        for sid in on_agent:
+            with contextlib.suppress(WarrenError):  # not one of our ids: not ours to judge
+                listed[ids.parse_id(ids.Kind.SANDBOX, sid)] = sid
+        if not listed:
+            return []
+        q = sa.select(sandboxes.c.id, sandboxes.c.status, sandboxes.c.host_id).where(
+            sandboxes.c.id.in_(list(listed))
+        )
+        known = {r.id: r for r in (await conn.execute(q)).all()}
+        for u, sid in listed.items():
+            if u not in known:
+                log.warning("monitor: host %s runs %s, which has no record", ids.host_id(h["id"]), sid)
+        return [
+            listed[u]
+            for u, r in known.items()
+            if r.status in ("stopped", "error") and r.host_id == h["id"]
+        ]

@@ -44,7 +44,6 @@ from warren.cp.security.ca import CertificateAuthority
 from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext
-from warren.cp.services.sandboxes import destroy_best_effort
 from warren.errors import (
     AgentError,
     Conflict,
@@ -429,7 +428,7 @@ async def _delete_host_locked(
 
         # Best effort (SPEC §2.9 step 4): the agent may already be gone.
         await asyncio.gather(
-            *(destroy_best_effort(client, ids.sandbox_id(sb), why="host delete") for sb in to_destroy)
+            *(client.destroy_best_effort(ids.sandbox_id(sb), why="host delete") for sb in to_destroy)
         )
         try:
             await client.call("Terminate", pb.TerminateRequest(), deadline=10)

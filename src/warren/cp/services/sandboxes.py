@@ -269,14 +269,14 @@ async def create_sandbox(
     except BaseException:
         # The caller is told the create failed (and may retry): the container must not live on
         # unrecorded. Shielded, so a cancelled request still cleans up.
-        await asyncio.shield(destroy_best_effort(client, sid, why="sandbox create (record not written)"))
+        await asyncio.shield(client.destroy_best_effort(sid, why="sandbox create (record not written)"))
         raise
     if row is None:
         raise InternalError("sandbox record vanished during create")
     if row["status"] in _HIDDEN:
         # Destroyed, or its team deleted, while the agent was creating it: nobody may use it,
         # so it must not run on.
-        await asyncio.shield(destroy_best_effort(client, sid, why="sandbox create (stopped meanwhile)"))
+        await asyncio.shield(client.destroy_best_effort(sid, why="sandbox create (stopped meanwhile)"))
         raise InvalidState(
             "the sandbox was stopped while it was being created (destroyed, or its team deleted)"
         )
@@ -294,16 +294,6 @@ async def create_sandbox(
         "sandbox created sandbox=%s host=%s team=%s", sid, ids.host_id(host["id"]), ids.team_id(team_uuid)
     )
     return sandbox_model(row)
-
-
-async def destroy_best_effort(client: HostClient, sid: str, *, why: str) -> None:
-    """DestroySandbox for callers that go on whatever happens (clean-ups, host and team
-    deletes): NotFound means already gone; any other failure is logged, not raised."""
-    try:
-        await client.call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60)
-    except AgentError as e:
-        if not e.is_not_found:
-            log.warning("%s: destroy %s on %s failed: %s", why, sid, client.host_id, e)
 
 
 # The list is the busiest read of the API: one statement on the raw driver connection.
@@ -516,6 +506,6 @@ async def destroy_on_hosts(
     async def destroy(sb: uuid.UUID, host_uuid: uuid.UUID) -> None:
         if address := addresses.get(host_uuid):
             client = pool.get_for(host_uuid, address)
-            await destroy_best_effort(client, ids.sandbox_id(sb), why="team delete")
+            await client.destroy_best_effort(ids.sandbox_id(sb), why="team delete")
 
     await asyncio.gather(*(destroy(sb, h) for sb, h in sandbox_refs))
