@@ -55,6 +55,8 @@ METRICS_INTERVAL = float(os.environ.get("WARREN_AGENT_METRICS_INTERVAL", "5"))
 METRIC_RANGES = {"10m": (600, 120), "2h": (7200, 120), "24h": (86400, 144)}
 PR_SET_CHILD_SUBREAPER = 36
 NET_POOL = int(os.environ.get("WARREN_AGENT_NET_POOL", "4"))
+# How long stopping the agent waits for destroys under way.
+TEARDOWN_WAIT_S = 60.0
 
 
 def create_concurrency_from_env() -> int:
@@ -178,6 +180,7 @@ class SandboxManager:
         self._auto_paused: list[str] = []
         self._zombies: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._teardowns: set[asyncio.Task[None]] = set()
         self._stopping = False
         limit = create_concurrency_from_env() if create_concurrency is None else create_concurrency
         self.create_concurrency = limit
@@ -231,6 +234,11 @@ class SandboxManager:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self._teardowns:
+            # Destroys under way finish (they are not interruptible halfway); bounded, so a stuck
+            # one cannot keep the agent from exiting.
+            log.info("event=waiting_for_destroys count=%d", len(self._teardowns))
+            await asyncio.wait(set(self._teardowns), timeout=TEARDOWN_WAIT_S)
         await self.network.drain_pool()
 
     async def destroy_all(self) -> None:
@@ -240,13 +248,17 @@ class SandboxManager:
         caller bounds the wait; creates still running then are cancelled with the server and
         roll themselves back."""
         self._accepting_creates = False
+
+        async def destroy(sb_id: str) -> None:
+            try:
+                await self.destroy(sb_id)
+            except WarrenError as e:
+                log.error("event=destroy_failed sandbox_id=%s error=%s", sb_id, e)
+
         while True:
-            # The sandboxes there are first: a slow create must not hold them up.
-            for sb_id in list(self._sandboxes):
-                try:
-                    await self.destroy(sb_id)
-                except WarrenError as e:
-                    log.error("event=destroy_failed sandbox_id=%s error=%s", sb_id, e)
+            # The sandboxes there are first, all at once: a slow create, or one sandbox held by
+            # a long snapshot, must not hold up the rest.
+            await asyncio.gather(*(destroy(sb_id) for sb_id in list(self._sandboxes)))
             if self._no_creates.is_set():
                 return
             await self._no_creates.wait()
@@ -530,6 +542,10 @@ class SandboxManager:
         # its mounts, netns, cgroups and processes would stay behind.
         task = asyncio.ensure_future(self._destroy(sb_id))
         task.add_done_callback(self._log_detached_failure)
+        # Kept until done, so that stopping the agent waits for it instead of cancelling it
+        # halfway (asyncio.run cancels whatever is left when serve() returns).
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
         await asyncio.shield(task)
 
     @staticmethod
@@ -545,7 +561,7 @@ class SandboxManager:
             if not self._dir(sb_id).exists() and await self.runtime.state(sb_id) is None:
                 raise NotFound(f"sandbox {sb_id} not found")
             # Files (or a container) without a live entry: a crash's leftovers. Clean them.
-            await self._cleanup(sb_id, slot=self._slot_from_record(sb_id), pid=0)
+            await self._cleanup(sb_id, slot=self._leftover_slot(sb_id), pid=0)
             return
         async with sb.lock:
             if self._sandboxes.get(sb_id) is not sb:
@@ -559,6 +575,13 @@ class SandboxManager:
             return int(json.loads((self._dir(sb_id) / "record.json").read_text())["slot"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def _leftover_slot(self, sb_id: str) -> int | None:
+        """The slot a leftover's record names, if its claim still names this sandbox."""
+        slot = self._slot_from_record(sb_id)
+        if slot is None or not self.network.held_by(slot, sb_id):
+            return None
+        return slot
 
     async def _cleanup(self, sb_id: str, *, slot: int | None, pid: int) -> None:
         """Remove everything of one sandbox; try every step, then report what failed."""
@@ -922,7 +945,7 @@ class SandboxManager:
         for sb_id in sorted(leftovers):
             log.info("event=leftover_cleanup sandbox_id=%s", sb_id)
             try:
-                await self._cleanup(sb_id, slot=self._slot_from_record(sb_id), pid=0)
+                await self._cleanup(sb_id, slot=self._leftover_slot(sb_id), pid=0)
             except WarrenError as e:
                 log.error("event=leftover_cleanup_failed sandbox_id=%s error=%s", sb_id, e)
         await self.network.cleanup_leftovers(keep={sb.slot for sb in self._sandboxes.values()})

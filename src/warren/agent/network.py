@@ -238,6 +238,16 @@ class NetworkSlots:
             raise
         return slot
 
+    def held_by(self, index: int, holder: str) -> bool:
+        """Whether this agent's claim on slot ``index`` names ``holder``. A slot named in a
+        leftover record may have been freed and handed to another sandbox (of this agent or of
+        another on the machine) since: then it is not the leftover's to tear down."""
+        try:
+            owner, held, *_ = (self.claims_dir / str(index)).read_text().split("\n")
+        except (OSError, ValueError):
+            return False
+        return owner == self.owner and held == holder
+
     async def release(self, slot: Slot) -> None:
         """Tear the slot down and free it. Always frees the index, then reports failures."""
         try:

@@ -200,3 +200,19 @@ async def test_a_cancelled_command_does_not_outlive_its_caller() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert not running()
+
+
+def test_a_leftover_tears_down_its_slot_only_while_the_claim_still_names_it(tmp_path: Path) -> None:
+    """A record left by an interrupted destroy names a slot that may since serve another
+    sandbox, of this agent or of another agent on the machine."""
+    from warren.agent.network import NetworkSlots
+
+    mine = NetworkSlots(owner="/data/agent-x", claims_dir=tmp_path)
+    other = NetworkSlots(owner="/data/agent-y", claims_dir=tmp_path)
+    assert mine._claim(3, "sb-old")
+    assert mine.held_by(3, "sb-old")
+    assert not mine.held_by(3, "sb-new") and not other.held_by(3, "sb-old")
+    mine._unclaim(3)
+    assert not mine.held_by(3, "sb-old")  # freed
+    assert other._claim(3, "sb-old")  # same sandbox id, another agent's claim
+    assert not mine.held_by(3, "sb-old")
