@@ -367,6 +367,8 @@ class SandboxManager:
             tpl = await self.templates.resolve(ref)
             self._check_accepting_creates()
             queued = time.monotonic()
+            if self._create_slots is not None and self._create_slots.locked():
+                log.info("event=create_queued sandbox_id=%s", sandbox_id)
             async with self._create_slots or contextlib.nullcontext():
                 self._check_accepting_creates()  # the agent may have begun terminating meanwhile
                 admitted = time.monotonic()

@@ -77,9 +77,14 @@ def _burst_with_one_under_way(agent: Agent, n: int, then: Callable[[], object]) 
 
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(create, s) for s in sids]
-        # A create's directory appears when its turn comes.
+        # A create's directory appears when its turn comes; the others log that they wait.
+        def all_arrived() -> bool:
+            log = agent.log_path.read_text()
+            queued = sum(f"event=create_queued sandbox_id={s}" in log for s in sids)
+            return queued == n - 1 and any((agent.data_dir / "sandboxes").glob("sb-*"))
+
         deadline = time.monotonic() + 30
-        while not any((agent.data_dir / "sandboxes").glob("sb-*")):
+        while not all_arrived():
             assert time.monotonic() < deadline, agent.log_tail()
             time.sleep(0.002)
         then()

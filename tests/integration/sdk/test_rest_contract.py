@@ -407,7 +407,7 @@ async def test_downloads_404_first_and_midway_failure_is_visible(env: Env) -> No
 # ---------------------------------------------------------------------------------- snapshots
 
 
-async def test_snapshot_rules_broadcast_and_overwrite(env: Env) -> None:
+async def test_snapshot_rules_overwrite_and_delete(env: Env) -> None:
     sid = await env.sandbox()
     r = await env.api("POST", "/v1/snapshots", json={"sandbox_id": sid, "name": "minimal"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "name_reserved"
@@ -446,35 +446,46 @@ async def test_snapshot_rules_broadcast_and_overwrite(env: Env) -> None:
     (old,) = await sql(env.cp, "SELECT id FROM templates WHERE name = 's1'")
     assert not [c for n, c in env.a.calls if n == "DeleteSnapshot" and c.template_id == str(old[0])]
 
-    # Overwrite where deleting the old files fails on one online host: old kept, new files gone.
+    # A snapshot's files are on the host that took it (A): only A is asked to delete them, so
+    # another online host failing changes nothing. The overwrite swaps the record first and
+    # then deletes the old files, so no failure can leave the record without its files.
     await _all_online(env)
+
+    def deletes(agent: Any) -> list[str]:
+        return [c.template_id for n, c in agent.calls if n == "DeleteSnapshot"]
+
     env.b.fail["DeleteSnapshot"] = grpc.StatusCode.INTERNAL
     try:
-        before = len([1 for n, _ in env.a.calls if n == "DeleteSnapshot"])
         r = await env.api("POST", "/v1/snapshots?overwrite=true", json={"sandbox_id": sid2, "name": "s1"})
-        assert r.status_code == 500 and r.json()["error"]["code"] == "agent_error"
-        assert (await sql(env.cp, "SELECT id FROM templates WHERE name = 's1'"))[0][0] == old[0]
-        deletes = [c for n, c in env.a.calls if n == "DeleteSnapshot"][before:]
-        assert any(c.template_id != str(old[0]) for c in deletes)  # the new snapshot's files cleaned up
-
-        # Plain delete with that host failing: 500 and the record stays.
-        r = await env.api("DELETE", "/v1/snapshots/s1")
-        assert r.status_code == 500 and r.json()["error"]["code"] == "agent_error"
-        assert await sql(env.cp, "SELECT 1 FROM templates WHERE name = 's1'")
+        assert r.status_code == 201, r.text
+        (mid,) = await sql(env.cp, "SELECT id FROM templates WHERE name = 's1'")
+        assert mid[0] != old[0]
+        assert str(old[0]) in deletes(env.a) and deletes(env.b) == []
     finally:
         env.b.fail.clear()
 
-    # NotFound from a host is fine; a good overwrite swaps the record.
-    env.b.fail["DeleteSnapshot"] = grpc.StatusCode.NOT_FOUND
+    # The holder failing: an overwrite still completes (the old files stay behind as clutter);
+    # a plain delete is a hard error that keeps the record (DESIGN: files first, then the row).
+    env.a.fail["DeleteSnapshot"] = grpc.StatusCode.INTERNAL
     try:
         r = await env.api("POST", "/v1/snapshots?overwrite=true", json={"sandbox_id": sid2, "name": "s1"})
         assert r.status_code == 201, r.text
         (new,) = await sql(env.cp, "SELECT id FROM templates WHERE name = 's1'")
-        assert new[0] != old[0]
+        assert new[0] != mid[0]
+        r = await env.api("DELETE", "/v1/snapshots/s1")
+        assert r.status_code == 500 and r.json()["error"]["code"] == "agent_error"
+        assert await sql(env.cp, "SELECT 1 FROM templates WHERE name = 's1'")
+    finally:
+        env.a.fail.clear()
+
+    # NotFound from the holder is fine.
+    env.a.fail["DeleteSnapshot"] = grpc.StatusCode.NOT_FOUND
+    try:
         assert (await env.api("DELETE", "/v1/snapshots/s1")).status_code == 204
         assert not await sql(env.cp, "SELECT 1 FROM templates WHERE name = 's1'")
     finally:
-        env.b.fail.clear()
+        env.a.fail.clear()
+    assert deletes(env.b) == []
     assert (await env.api("DELETE", "/v1/snapshots/s1")).status_code == 404
     assert (await env.api("DELETE", "/v1/snapshots/minimal")).status_code == 403
 
