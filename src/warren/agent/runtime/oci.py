@@ -26,6 +26,9 @@ from warren.agent.runtime.bundle import CGROUP_PARENT
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd")
+# Hierarchies a destroy removes the sandbox's cgroup from: on a hybrid host also the cgroup v2
+# one (runc places the container there too; a container killed outside runc left it behind).
+_HIERARCHIES = (*CONTROLLERS, "unified")
 _HIDE_CGROUP2 = 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"'
 
 
@@ -93,7 +96,7 @@ class OciRuntime:
         await self._remove_cgroups(sandbox_id)
 
     async def _remove_cgroups(self, sandbox_id: str) -> None:
-        for ctrl in CONTROLLERS:
+        for ctrl in _HIERARCHIES:
             d = cgroup_dir(ctrl, sandbox_id)
             if not d.exists():
                 continue
