@@ -6,6 +6,7 @@ suites (test_sdk_*.py, test_snapshots.py) cover the same routes end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ import websockets.asyncio.client as wsc
 from hosts.cpserver import CP, User, free_port, sql
 from websockets.exceptions import InvalidStatus
 
-from warren import AsyncSandbox
+from warren import AsyncSandbox, ids
 from warren.agent import control_plane as link
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
@@ -38,6 +39,7 @@ class FakeAgent(pb_grpc.HostAgentServicer):
     calls: list[tuple[str, Any]] = field(default_factory=list)
     fail: dict[str, grpc.StatusCode] = field(default_factory=dict)
     break_read_after: int | None = None  # chunks sent before ReadFileStream fails
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)  # calls that wait to be let go
 
     async def _maybe_fail(self, name: str, request: Any, context: Any) -> None:
         self.calls.append((name, request))
@@ -116,6 +118,8 @@ class FakeAgent(pb_grpc.HostAgentServicer):
 
     async def CreateSnapshot(self, request: Any, context: Any) -> Any:
         await self._maybe_fail("CreateSnapshot", request, context)
+        if "CreateSnapshot" in self.hold:
+            await self.hold["CreateSnapshot"].wait()
         return pb.CreateSnapshotResponse(name=request.name, size_bytes=1234, kind="filesystem")
 
     async def DeleteSnapshot(self, request: Any, context: Any) -> Any:
@@ -488,6 +492,42 @@ async def test_snapshot_rules_overwrite_and_delete(env: Env) -> None:
     assert deletes(env.b) == []
     assert (await env.api("DELETE", "/v1/snapshots/s1")).status_code == 404
     assert (await env.api("DELETE", "/v1/snapshots/minimal")).status_code == 403
+
+
+async def test_a_snapshot_finishing_after_its_team_was_deleted_is_not_recorded(env: Env) -> None:
+    """Its record would outlive the team's template cleanup and its files would stay on the
+    host for good: it is refused (403 no_team) and its files deleted."""
+    user = await env.cp.signup()
+    key = await user.api_key()
+    headers = {"X-API-Key": key}
+    r = await env.cp.http.post("/v1/sandboxes", json={}, headers=headers)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    release = asyncio.Event()
+    for agent in (env.a, env.b):
+        agent.hold["CreateSnapshot"] = release
+    try:
+        snapping = asyncio.create_task(
+            env.cp.http.post("/v1/snapshots", json={"sandbox_id": sid, "name": "late"}, headers=headers)
+        )
+        for _ in range(100):  # until the agent has the request
+            if any(n == "CreateSnapshot" for a in (env.a, env.b) for n, _ in a.calls[-3:]):
+                break
+            await asyncio.sleep(0.02)
+        assert (await user.req("DELETE", f"/v1/teams/{user.team_id}")).status_code == 204
+        release.set()
+        r = await snapping
+    finally:
+        for agent in (env.a, env.b):
+            agent.hold.clear()
+    assert r.status_code == 403 and r.json()["error"]["code"] == "no_team", r.text
+    team = ids.parse_id(ids.Kind.TEAM, user.team_id)
+    assert not await sql(env.cp, "SELECT 1 FROM templates WHERE team_id = :t", t=team)
+    def of_team(method: str) -> list[str]:
+        calls = [c for a in (env.a, env.b) for n, c in a.calls if n == method]
+        return [c.template_id for c in calls if c.team_id == str(team)]
+
+    assert of_team("DeleteSnapshot") == of_team("CreateSnapshot") != []
 
 
 async def test_metrics_ranges_and_states(env: Env) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db.tables import hosts, sandboxes, templates
+from warren.cp.db.tables import hosts, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, audit, sandbox_access
 from warren.cp.services.context import AuthContext, require_team
@@ -289,6 +289,19 @@ async def _record(
     kind = resp.kind if resp.kind in ("filesystem", "memory") else "filesystem"
     try:
         async with engine.begin() as conn:
+            # Recorded only for a live team, under a share lock on its row: a team delete takes
+            # that row's lock to remove the team's templates, so a snapshot finishing during it
+            # is either removed with the rest (files included) or refused here (its files then
+            # deleted by the caller) — never recorded for a deleted team.
+            live = (
+                await conn.execute(
+                    sa.select(teams.c.id)
+                    .where(teams.c.id == team_uuid, teams.c.deleted_at.is_(None))
+                    .with_for_update(read=True)
+                )
+            ).first()
+            if live is None:
+                raise Forbidden("no active team context; re-authenticate", code="no_team")
             if old is not None:
                 await conn.execute(sa.delete(templates).where(templates.c.id == old["id"]))
             row = (
@@ -322,6 +335,8 @@ async def _record(
                 resource_id=name,
                 metadata={"sandbox_id": tgt.sid, "overwrite": old is not None},
             )
+    except WarrenError:
+        raise
     except IntegrityError as e:
         # A concurrent create took the name between our check and this insert.
         raise Conflict(
