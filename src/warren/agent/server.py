@@ -230,18 +230,23 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
         assert session is not None
         pump = asyncio.create_task(self._pump_input(request_iterator, session, st.sandbox_id))
         try:
-            with self.m.in_use(st.sandbox_id):
-                async for ev in session:
-                    out = _event(ev)
-                    if out is not None:
-                        yield out
-                    if ev.kind in ("exit", "error"):
-                        break
+            async for out in self._relay(st.sandbox_id, session):
+                yield out
         finally:
             pump.cancel()
             with contextlib.suppress(BaseException):
                 await pump
             await session.close()
+
+    async def _relay(self, sandbox_id: str, session: ExecSession) -> AsyncIterator[pb.ExecEvent]:
+        """A session's events as RPC events, up to its exit; the sandbox is in use meanwhile."""
+        with self.m.in_use(sandbox_id):
+            async for ev in session:
+                out = _event(ev)
+                if out is not None:
+                    yield out
+                if ev.kind in ("exit", "error"):
+                    break
 
     async def _pump_input(
         self, requests: AsyncIterator[pb.ExecStreamRequest], session: ExecSession, sb_id: str
@@ -288,13 +293,8 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
             await _abort(context, e, "AttachProcess")
             return
         try:
-            with self.m.in_use(request.sandbox_id):
-                async for ev in session:
-                    out = _event(ev)
-                    if out is not None:
-                        yield out
-                    if ev.kind in ("exit", "error"):
-                        break
+            async for out in self._relay(request.sandbox_id, session):
+                yield out
         finally:
             await session.close()
 
