@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from warren import clock, ids
 from warren.agent.guest_client import EntryInfo, ExecResult, ExecSession, GuestClient, ProcessInfo
@@ -79,6 +79,9 @@ def create_concurrency_from_env() -> int:
             f"WARREN_AGENT_CREATE_CONCURRENCY={raw!r}: expected a whole number >= 0 (0 = no limit)"
         )
     return value
+
+
+T = TypeVar("T")
 
 
 class ExecTimeout(WarrenError):
@@ -180,7 +183,11 @@ class SandboxManager:
         self._auto_paused: list[str] = []
         self._zombies: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._teardowns: set[asyncio.Task[None]] = set()
+        # Destroys under way, by sandbox: a second destroy of the same sandbox waits for the
+        # first instead of running the leftover clean-up against a slot the first just freed.
+        self._teardowns: dict[str, asyncio.Task[None]] = {}
+        # Shielded pauses and resumes under way: stopping the agent lets them finish.
+        self._shielded: set[asyncio.Task[Any]] = set()
         self._stopping = False
         limit = create_concurrency_from_env() if create_concurrency is None else create_concurrency
         self.create_concurrency = limit
@@ -234,11 +241,12 @@ class SandboxManager:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self._teardowns:
-            # Destroys under way finish (they are not interruptible halfway); bounded, so a stuck
-            # one cannot keep the agent from exiting.
-            log.info("event=waiting_for_destroys count=%d", len(self._teardowns))
-            await asyncio.wait(set(self._teardowns), timeout=TEARDOWN_WAIT_S)
+        pending = {*self._teardowns.values(), *self._shielded}
+        if pending:
+            # Destroys, pauses and resumes under way finish (they are not interruptible
+            # halfway); bounded, so a stuck one cannot keep the agent from exiting.
+            log.info("event=waiting_for_operations count=%d", len(pending))
+            await asyncio.wait(pending, timeout=TEARDOWN_WAIT_S)
         await self.network.drain_pool()
 
     async def destroy_all(self) -> None:
@@ -418,14 +426,6 @@ class SandboxManager:
             undo.append(lambda: asyncio.to_thread(shutil.rmtree, d, True))
             for sub in ("disk", "rootfs", "run"):
                 (d / sub).mkdir()
-            # A snapshot's layers are hard-linked into the sandbox's own dir and mounted from
-            # there: deleting or overwriting the snapshot later must not pull files out from
-            # under a sandbox made from it. Layers are never written, so links cost no copy.
-            own = d / "layers"
-            for i, layer in enumerate(lower[:-1]):
-                own.mkdir(exist_ok=True)
-                await run("cp", "-al", str(layer), str(own / str(i)))
-            lower = [*(own / str(i) for i in range(len(lower) - 1)), lower[-1]]
             os.chown(d / "run", MAPPED_BASE, MAPPED_BASE)
             # Network first: it is independent of the mounts and slower, so start it now.
             net_task = asyncio.create_task(self.network.acquire(sb_id, internet=internet))
@@ -436,6 +436,14 @@ class SandboxManager:
                     await self.network.release(slot)
 
             undo.append(undo_net)
+            # A snapshot's layers are hard-linked into the sandbox's own dir and mounted from
+            # there: deleting or overwriting the snapshot later must not pull files out from
+            # under a sandbox made from it. Layers are never written, so links cost no copy.
+            own = d / "layers"
+            for i, layer in enumerate(lower[:-1]):
+                own.mkdir(exist_ok=True)
+                await run("cp", "-al", str(layer), str(own / str(i)))
+            lower = [*(own / str(i) for i in range(len(lower) - 1)), lower[-1]]
             # The disk cap: the writable layer lives on a tmpfs of the requested size.
             disk_opts = f"size={disk_mb}m,mode=755"
             mount(f"warren-{sb_id}", str(d / "disk"), "tmpfs", disk_opts, MS_NOSUID | MS_NODEV)
@@ -542,12 +550,14 @@ class SandboxManager:
         # Shielded: a caller that gives up (an RPC deadline, a cancelled request) must not stop
         # a teardown halfway — the entry is gone by then, so nothing would ever finish it and
         # its mounts, netns, cgroups and processes would stay behind.
-        task = asyncio.ensure_future(self._destroy(sb_id))
-        task.add_done_callback(self._log_detached_failure)
-        # Kept until done, so that stopping the agent waits for it instead of cancelling it
-        # halfway (asyncio.run cancels whatever is left when serve() returns).
-        self._teardowns.add(task)
-        task.add_done_callback(self._teardowns.discard)
+        task = self._teardowns.get(sb_id)
+        if task is None:
+            task = asyncio.ensure_future(self._destroy(sb_id))
+            task.add_done_callback(self._log_detached_failure)
+            # Kept until done, so that a second destroy joins it and stopping the agent waits
+            # for it instead of cancelling it halfway (asyncio.run cancels what is left).
+            self._teardowns[sb_id] = task
+            task.add_done_callback(lambda _t: self._teardowns.pop(sb_id, None))
         await asyncio.shield(task)
 
     @staticmethod
@@ -637,7 +647,7 @@ class SandboxManager:
         cgroup frozen while the record says running. ``only_if_idle`` (the TTL reaper) decides
         under the lock, so a command that started meanwhile keeps it running; returns whether
         it paused."""
-        return await asyncio.shield(self._pause(sb_id, reason, only_if_idle))
+        return await self._shield(self._pause(sb_id, reason, only_if_idle))
 
     async def _pause(self, sb_id: str, reason: str, only_if_idle: bool) -> bool:
         sb = self._get(sb_id)
@@ -657,6 +667,13 @@ class SandboxManager:
         log.info("event=sandbox_paused sandbox_id=%s reason=%s", sb_id, reason)
         return True
 
+    async def _shield(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` to completion even if the caller is cancelled; stop() waits for it."""
+        task = asyncio.ensure_future(coro)
+        self._shielded.add(task)
+        task.add_done_callback(self._shielded.discard)
+        return await asyncio.shield(task)
+
     def _still_there(self, sb: Sandbox) -> None:
         """After waiting for a sandbox's lock: a destroy that held it may have removed it."""
         if self._sandboxes.get(sb.id) is not sb:
@@ -664,7 +681,7 @@ class SandboxManager:
 
     async def resume(self, sb_id: str, timeout_sec: int | None = None) -> Sandbox:
         """Thaw it; shielded like :meth:`pause`."""
-        return await asyncio.shield(self._resume(sb_id, timeout_sec))
+        return await self._shield(self._resume(sb_id, timeout_sec))
 
     async def _resume(self, sb_id: str, timeout_sec: int | None) -> Sandbox:
         sb = self._get(sb_id)

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ async def run(
         # a `cp` still writing into a directory being removed, or an iptables rule landing
         # after its slot was released.
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session): children too
         with contextlib.suppress(BaseException):
             await asyncio.shield(proc.wait())
         raise

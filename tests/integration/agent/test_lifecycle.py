@@ -289,3 +289,16 @@ def test_destroy_finishes_even_when_the_caller_gives_up(agent: Agent, status: st
     with pytest.raises(grpc.RpcError) as ei:
         s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))
     assert code_of(ei.value) == grpc.StatusCode.NOT_FOUND
+
+
+def test_two_destroys_of_one_sandbox_at_once_are_one_teardown(agent: Agent) -> None:
+    """The second joins the first (both answer OK) instead of cleaning up "leftovers" whose
+    network slot the first may already have handed to a new sandbox."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sb = agent.create()
+    req = pb.DestroySandboxRequest(sandbox_id=sb.sandbox_id)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: agent.stub.DestroySandbox(req, timeout=60), range(2)))
+    assert len(results) == 2
+    assert wait_no_leaks(agent, sb.sandbox_id, sb.host_ip) == []

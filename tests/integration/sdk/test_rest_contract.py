@@ -530,6 +530,23 @@ async def test_a_snapshot_finishing_after_its_team_was_deleted_is_not_recorded(e
     assert of_team("DeleteSnapshot") == of_team("CreateSnapshot") != []
 
 
+async def test_deleting_a_snapshot_whose_host_is_not_online_skips_its_files(env: Env) -> None:
+    """SPEC asks online hosts only: a snapshot on a host that is down can still be deleted (its
+    files stay on that host)."""
+    sid = await env.sandbox()
+    r = await env.api("POST", "/v1/snapshots", json={"sandbox_id": sid, "name": "on-a-down-host"})
+    assert r.status_code == 201, r.text
+    (tid, host), *_ = await sql(env.cp, "SELECT id, host_id FROM templates WHERE name = 'on-a-down-host'")
+    (status,), *_ = await sql(env.cp, "SELECT status FROM hosts WHERE id = :h", h=host)
+    await sql(env.cp, "UPDATE hosts SET status = 'unreachable' WHERE id = :h", h=host)
+    try:
+        assert (await env.api("DELETE", "/v1/snapshots/on-a-down-host")).status_code == 204
+    finally:
+        await sql(env.cp, "UPDATE hosts SET status = :s WHERE id = :h", s=status, h=host)
+    asked = [c.template_id for a in (env.a, env.b) for n, c in a.calls if n == "DeleteSnapshot"]
+    assert str(tid) not in asked
+
+
 async def test_metrics_ranges_and_states(env: Env) -> None:
     sid = await env.sandbox()
     r = await env.api("GET", f"/v1/sandboxes/{sid}/metrics?range=5m")

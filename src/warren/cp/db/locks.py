@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 # HostMonitor's per-host reconciliation (transaction-scoped, try-lock).
 MONITOR_NS = 0x57524E  # "WRN"
-# One host delete at a time per host (session-scoped, waits).
+# One host delete at a time per host (session-scoped, try-lock).
 HOST_DELETE_NS = 0x575244  # "WRD"
 
 
@@ -23,19 +23,28 @@ def key_of(row_id: uuid.UUID) -> int:
 
 
 @asynccontextmanager
-async def held(engine: AsyncEngine, namespace: int, row_id: uuid.UUID) -> AsyncIterator[None]:
-    """Hold a session-level advisory lock for the block, on a connection of its own (so the
-    block may commit, roll back and call agents freely). PostgreSQL drops the lock if the
-    connection dies; if the unlock fails the connection is thrown away rather than pooled with
-    the lock still held."""
+async def held(engine: AsyncEngine, namespace: int, row_id: uuid.UUID) -> AsyncIterator[bool]:
+    """Try to take a session-level advisory lock for the block, on a connection of its own (so
+    the block may commit, roll back and call agents freely); yields whether it was taken — a
+    caller that did not get it must not do the work. Never waits, so callers do not pile up on
+    pool connections. PostgreSQL drops the lock if the connection dies; if anything fails while
+    the lock may be held, the connection is thrown away rather than pooled with it."""
+    key = key_of(row_id)
     async with engine.connect() as conn:
-        await conn.execute(sa.select(sa.func.pg_advisory_lock(namespace, key_of(row_id))))
-        await conn.commit()
         try:
-            yield
+            got = bool((await conn.execute(sa.select(sa.func.pg_try_advisory_lock(namespace, key)))).scalar())
+            await conn.commit()
+        except BaseException:
+            await conn.invalidate()
+            raise
+        if not got:
+            yield False
+            return
+        try:
+            yield True
         finally:
             try:
-                await conn.execute(sa.select(sa.func.pg_advisory_unlock(namespace, key_of(row_id))))
+                await conn.execute(sa.select(sa.func.pg_advisory_unlock(namespace, key)))
                 await conn.commit()
             except BaseException:
                 await conn.invalidate()

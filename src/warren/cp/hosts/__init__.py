@@ -7,6 +7,7 @@ and wires team soft delete to destroy the team's sandboxes and snapshot files on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -56,13 +57,13 @@ async def hosts_lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine: AsyncEngine, team_id: uuid.UUID, refs: list[team_service.TemplateRef]
     ) -> None:
         # Best effort, like the sandboxes: the team is deleted either way (SPEC §7.3 step 4).
-        for ref in refs:
-            if ref.type != "snapshot":
-                continue
+        async def one(ref: team_service.TemplateRef) -> None:
             try:
                 await snapshot_service.delete_files(engine, pool, team_id, ref.id, ref.host_id)
             except WarrenError as e:
                 log.warning("team %s delete: files of template %s stay: %s", team_id, ref.id, e.message)
+
+        await asyncio.gather(*(one(ref) for ref in refs if ref.type == "snapshot"))
 
     # Module-level hooks: with several apps in one process (tests), any live pool does the job.
     team_service.team_deletion_hooks.destroy_sandboxes = destroy_team_sandboxes

@@ -55,6 +55,8 @@ LIST_DEADLINE_S = 10.0
 # A `pending` record this old has outlived its create: the CP gives up on the RPC at its deadline
 # and then marks it `error` itself, unless that CP died first.
 ABANDONED_PENDING_S = DEFAULT_TIMEOUT_S + 60
+# Destroys of sandboxes with a final record, at once per host.
+FINAL_DESTROY_CONCURRENCY = 8
 
 
 class PassResult:
@@ -223,11 +225,16 @@ class HostMonitor:
                 return
             finished = await self._apply(conn, h, resp, asked_at, result)
         # After the transaction: destroys can take a while, and need no lock (a final record
-        # stays final).
-        for sid in finished:
-            await self.pool.get(h).destroy_best_effort(sid, why="monitor (record is final)")
+        # stays final). A few at a time, so hundreds after a long outage do not take long.
+        gate = asyncio.Semaphore(FINAL_DESTROY_CONCURRENCY)
+
+        async def destroy(sid: str) -> None:
+            async with gate:
+                await self.pool.get(h).destroy_best_effort(sid, why="monitor (record is final)")
             result.destroyed.append(sid)
             log.warning("monitor: destroyed %s on %s: its record is final", sid, hid)
+
+        await asyncio.gather(*(destroy(sid) for sid in finished))
 
     async def _apply(
         self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult

@@ -371,10 +371,14 @@ async def delete_host(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, host_id: str, *, force: bool = False
 ) -> None:
     host_uuid = ids.parse_id(ids.Kind.HOST, host_id)
-    # One delete of a host at a time, across replicas: a second one waits, then finds the host
-    # gone (404) or decides afresh. So a `draining` status found here was left by a delete that
-    # died midway, and only the delete that drained the host puts it back.
-    async with locks.held(engine, locks.HOST_DELETE_NS, host_uuid):
+    # One delete of a host at a time, across replicas: another one meanwhile is a 409. So a
+    # `draining` status found here was left by a delete that died midway, and only the delete
+    # that drained the host puts it back.
+    async with locks.held(engine, locks.HOST_DELETE_NS, host_uuid) as got:
+        if not got:
+            async with engine.connect() as conn:
+                await _load_visible(conn, ctx, host_uuid)  # 404 for a host the caller cannot see
+            raise Conflict("this host is already being deleted; retry shortly", code="delete_in_progress")
         await _delete_host_locked(engine, pool, ctx, host_uuid, force=force)
 
 

@@ -277,9 +277,11 @@ async def create_sandbox(
         # Destroyed, or its team deleted, while the agent was creating it: nobody may use it,
         # so it must not run on.
         await asyncio.shield(client.destroy_best_effort(sid, why="sandbox create (stopped meanwhile)"))
-        raise InvalidState(
-            "the sandbox was stopped while it was being created (destroyed, or its team deleted)"
-        )
+        async with driver(engine) as conn:
+            team_live = await conn.fetchval(_TEAM_LIVE, team_uuid)
+        if not team_live:
+            raise Forbidden("no active team context; re-authenticate", code="no_team")
+        raise InvalidState("the sandbox was destroyed while it was being created")
     if not marked:
         await audit.record(
             engine,

@@ -135,20 +135,27 @@ async def delete_files(
     host_id: uuid.UUID | None,
 ) -> None:
     """``DeleteSnapshot`` where the files are: on the host that took the snapshot, the only one
-    that has them; for a template recorded without its host, on every online host. NotFound
-    (nothing there) is fine, and so is a host that no longer exists (its files went with it);
-    any other answer raises 500 ``agent_error``. One host means the files are either all gone
-    or all still there, never gone from one host while another refused."""
+    that has them, if it is online (as SPEC asks of every delete); for a template recorded
+    without its host, on every online host. NotFound (nothing there) is fine, and so is a host
+    that is not online or no longer exists; any other answer raises 500 ``agent_error``. One
+    host means the files are either all gone or all still there, never gone from one host
+    while another refused."""
     if host_id is None:
         await broadcast_delete(engine, pool, team_id, template_id)
         return
     async with engine.connect() as conn:
         host = (
-            (await conn.execute(sa.select(hosts.c.id, hosts.c.address).where(hosts.c.id == host_id)))
+            (
+                await conn.execute(
+                    sa.select(hosts.c.id, hosts.c.address).where(
+                        hosts.c.id == host_id, hosts.c.status == "online", hosts.c.address != ""
+                    )
+                )
+            )
             .mappings()
             .first()
         )
-    if host is None or not host["address"]:
+    if host is None:
         return
     req = pb.DeleteSnapshotRequest(team_id=str(team_id), template_id=str(template_id))
     try:
