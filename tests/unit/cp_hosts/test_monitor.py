@@ -33,6 +33,7 @@ class FakeAgent:
         self.delay = 0.0
         self.calls = 0
         self.destroyed: list[str] = []
+        self.late: set[str] = set()  # listed from the second ListSandboxes on
 
     async def call(self, method: str, request: Any, *, deadline: float | None = None) -> Any:
         assert method == "ListSandboxes"
@@ -42,8 +43,9 @@ class FakeAgent:
         if self.fail:
             raise AgentError("host agent unreachable", rpc_code="UNAVAILABLE")
         auto, self.auto_paused = self.auto_paused, set()
+        alive, self.alive = self.alive, self.alive | self.late  # the late ones: next answer on
         return pb.ListSandboxesResponse(
-            sandboxes=[pb.SandboxInfo(sandbox_id=s, status="running") for s in sorted(self.alive)]
+            sandboxes=[pb.SandboxInfo(sandbox_id=s, status="running") for s in sorted(alive)]
             + [pb.SandboxInfo(sandbox_id=s, status="paused") for s in sorted(self.paused)],
             auto_paused_sandbox_ids=sorted(auto),
         )
@@ -343,3 +345,24 @@ async def test_sandboxes_a_host_runs_with_a_final_record_are_destroyed_there(
     assert sorted(result.destroyed) == sorted(agent.destroyed)
     assert await rows.status(running) == "running"
     assert await rows.status(stopped) == "stopped" and await rows.status(errored) == "error"
+
+
+async def test_a_sandbox_missing_from_the_first_answer_is_asked_about_again(
+    engine: AsyncEngine, rows: Rows, fake_clock: Any
+) -> None:
+    """Replicas' clocks differ: a create that finished just after the host answered can look
+    older than the answer. Before a record is stopped the host is asked once more."""
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    h = await rows.host(admin)
+    just_made = await rows.sandbox(team, h, "running")
+    gone = await rows.sandbox(team, h, "running")
+    pool = FakePool()
+    agent = pool.get({"id": h})
+    agent.late = {ids.sandbox_id(just_made)}
+    fake_clock.advance(1)
+    result = await monitor(engine, pool).run_once()
+    assert agent.calls == 2
+    assert await rows.status(just_made) == "running"
+    assert await rows.status(gone) == "stopped"
+    assert result.to_stopped == [ids.sandbox_id(gone)]

@@ -25,7 +25,9 @@ Safe with several CP replicas running it at once:
   get the lock skips the host this pass;
 * sandbox updates are conditional on the status read and on ``last_updated`` being older than
   the moment the agent was asked, so a sandbox created or resumed while ``ListSandboxes`` was in
-  flight is not mistaken for an orphan.
+  flight is not mistaken for an orphan; and since that compares two replicas' clocks, a record
+  is only stopped (or errored) if a second ``ListSandboxes``, asked after the records were
+  read, still lacks it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,6 +60,26 @@ LIST_DEADLINE_S = 10.0
 ABANDONED_PENDING_S = DEFAULT_TIMEOUT_S + 60
 # Destroys of sandboxes with a final record, at once per host.
 FINAL_DESTROY_CONCURRENCY = 8
+
+
+def _classify(
+    rows: Sequence[RowMapping], on_agent: Mapping[str, str], auto_paused: set[str]
+) -> dict[str, list[RowMapping]]:
+    """The records whose status the host's answer changes, by their new status."""
+    to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": [], "error": []}
+    for r in rows:
+        sid = ids.sandbox_id(r["id"])
+        agent_status = on_agent.get(sid)
+        if sid in auto_paused or agent_status == "paused":
+            new = "paused"  # DESIGN §4: never stopped, its state still exists on the host
+        elif agent_status is None:
+            # Gone from the host: an orphan record, or an abandoned create that never made it.
+            new = "error" if r["status"] == "pending" else "stopped"
+        else:
+            new = "running"
+        if new != r["status"]:
+            to[new].append(r)
+    return to
 
 
 class PassResult:
@@ -216,14 +239,12 @@ class HostMonitor:
                 return
             asked_at = clock.now()
             try:
-                resp = await self.pool.get(h).call(
-                    "ListSandboxes", pb.ListSandboxesRequest(), deadline=LIST_DEADLINE_S
-                )
+                resp = await self._list(h)
             except WarrenError as e:
                 # Transient by assumption: the passive phase catches a truly dead host.
                 log.info("monitor: ListSandboxes on %s failed: %s", hid, e)
                 return
-            finished = await self._apply(conn, h, resp, asked_at, result)
+            finished = await self._apply(conn, h, resp, asked_at, result, relist=lambda: self._list(h))
         # After the transaction: destroys can take a while, and need no lock (a final record
         # stays final). A few at a time, so hundreds after a long outage do not take long.
         gate = asyncio.Semaphore(FINAL_DESTROY_CONCURRENCY)
@@ -236,11 +257,22 @@ class HostMonitor:
 
         await asyncio.gather(*(destroy(sid) for sid in finished))
 
+    async def _list(self, h: RowMapping) -> Any:
+        req = pb.ListSandboxesRequest()
+        return await self.pool.get(h).call("ListSandboxes", req, deadline=LIST_DEADLINE_S)
+
     async def _apply(
-        self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult
+        self,
+        conn: AsyncConnection,
+        h: RowMapping,
+        resp: Any,
+        asked_at: datetime,
+        result: PassResult,
+        *,
+        relist: Callable[[], Awaitable[Any]],
     ) -> list[str]:
         """Reconcile the records with the host's answer; returns the sandboxes the host runs
-        whose record is final, to destroy there."""
+        whose record is final, to destroy there. ``relist`` asks the host again."""
         hid = ids.host_id(h["id"])
         # Our runtime keeps paused sandboxes listed (status "paused"); ids paused by the TTL reaper
         # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
@@ -265,19 +297,18 @@ class HostMonitor:
             .mappings()
             .all()
         )
-        to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": [], "error": []}
-        for r in rows:
-            sid = ids.sandbox_id(r["id"])
-            agent_status = on_agent.get(sid)
-            if sid in auto_paused or agent_status == "paused":
-                new = "paused"  # DESIGN §4: never stopped, its state still exists on the host
-            elif agent_status is None:
-                # Gone from the host: an orphan record, or an abandoned create that never made it.
-                new = "error" if r["status"] == "pending" else "stopped"
-            else:
-                new = "running"
-            if new != r["status"]:
-                to[new].append(r)
+        listed = dict(on_agent)
+        to = _classify(rows, listed, auto_paused)
+        if to["stopped"] or to["error"]:
+            # Gone from the host? Ask again before saying so: `last_updated < asked_at` compares
+            # two replicas' clocks, so a create that finished just after the first answer could
+            # pass for older. A sandbox whose record we have read as running exists on its host
+            # by now if it exists at all. (We hold the host's lock: the auto-paused ids this
+            # answer reports are ours to apply.)
+            again = await relist()
+            listed.update({s.sandbox_id: s.status for s in again.sandboxes})
+            auto_paused |= set(again.auto_paused_sandbox_ids)
+            to = _classify(rows, listed, auto_paused)
         now = clock.now()
         for new_status, items in to.items():
             if not items:
@@ -311,7 +342,7 @@ class HostMonitor:
                             resource_id=sid, status="info", metadata={"reason": "auto_paused"},
                         )  # fmt: skip
                     log.info("monitor: sandbox %s %s -> %s host=%s", sid, old_status, new_status, hid)
-        return await self._final_on_host(conn, h, on_agent)
+        return await self._final_on_host(conn, h, listed)
 
     async def _final_on_host(
         self, conn: AsyncConnection, h: RowMapping, on_agent: dict[str, str]
