@@ -3,6 +3,7 @@
     python bench/schedule.py                    # both layouts, one after the other (root)
     python bench/schedule.py --layout separate --n 100 --rounds 3
     python bench/schedule.py --layout shared --cp-workers 2     # CP as `warren cp --workers 2`
+    python bench/schedule.py --layout separate --cp-cpus 4 --cp-workers 4   # on a bigger machine
 
 Starts an embedded PostgreSQL, one control-plane process (uvicorn), and three real
 ``warren agent`` processes on 127.0.0.2-.4 registered through the API. Then, per round:
@@ -387,6 +388,7 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
                     )
                 # The floor: a burst of the API's cheapest authenticated request on the same CP.
                 missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
+                await floor_burst(url, key, args.n, missing, 404)  # warm-up, not measured
                 lat = []
                 for _ in range(args.rounds):
                     lat += await floor_burst(url, key, args.n, missing, 404)
@@ -399,8 +401,8 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
 
 
 LAYOUTS = {
-    "separate": "control plane, PostgreSQL and load generator on CPU 0, the agents and their "
-    "sandboxes on the other CPUs (as deployed: agents run on their own machines)",
+    "separate": "control plane, PostgreSQL and load generator on the first --cp-cpus CPUs, the "
+    "agents and their sandboxes on the others (as deployed: agents run on their own machines)",
     "shared": "everything on every CPU (one machine running the whole platform, as `warren up`)",
 }
 
@@ -414,7 +416,14 @@ def main() -> None:
         "--cp-workers",
         type=int,
         default=1,
-        help="control-plane processes (as `warren cp --workers`); with 'separate' they share CPU 0",
+        help="control-plane processes (as `warren cp --workers`); with 'separate' they share the CP's CPUs",
+    )
+    ap.add_argument(
+        "--cp-cpus",
+        type=int,
+        default=1,
+        help="with 'separate': CPUs for the CP, PostgreSQL and the load generator (the rest go to "
+        "the agents); give it the cores a real control-plane machine would have",
     )
     ap.add_argument(
         "--layout",
@@ -427,18 +436,23 @@ def main() -> None:
         sys.exit("bench/schedule.py runs real agents: run it as root")
     cpus = sorted(os.sched_getaffinity(0))
     layouts = list(LAYOUTS) if args.layout == "both" else [args.layout]
-    if "separate" in layouts and len(cpus) < 2:
-        print("layout 'separate' needs at least 2 CPUs; running 'shared' only")
+    if args.cp_cpus < 1:
+        sys.exit("--cp-cpus must be at least 1")
+    if "separate" in layouts and len(cpus) <= args.cp_cpus:
+        print(f"layout 'separate' needs more than --cp-cpus ({args.cp_cpus}) CPUs; running 'shared' only")
         layouts = ["shared"]
     for i, layout in enumerate(layouts):
         if i:
             print()
         workers = f", {args.cp_workers} CP processes" if args.cp_workers > 1 else ""
+        if layout == "separate" and args.cp_cpus > 1:
+            workers += f", {args.cp_cpus} CPUs for the CP side"
         print(f"== layout {layout}{workers}: {LAYOUTS[layout]}")
         # Each layout in a fresh process: CPU affinity is per thread, and threads started by a
         # previous layout (gRPC's, asyncio's) would keep the old mask.
         cmd = [sys.executable, __file__, "--n", str(args.n), "--rounds", str(args.rounds),
                "--sequential", str(args.sequential), "--cp-workers", str(args.cp_workers),
+               "--cp-cpus", str(args.cp_cpus),
                "--run-layout", layout]  # fmt: skip
         subprocess.run(cmd, check=True)
 
@@ -449,14 +463,15 @@ def run_layout() -> None:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--sequential", type=int)
     ap.add_argument("--cp-workers", type=int)
+    ap.add_argument("--cp-cpus", type=int)
     ap.add_argument("--run-layout", choices=list(LAYOUTS))
     args = ap.parse_args()
     agent_cpus = None
     if args.run_layout == "separate":
         cpus = sorted(os.sched_getaffinity(0))
         # Before anything starts a thread or a child: PostgreSQL and the CP inherit this mask.
-        os.sched_setaffinity(0, {cpus[0]})
-        agent_cpus = set(cpus[1:])
+        os.sched_setaffinity(0, set(cpus[: args.cp_cpus]))
+        agent_cpus = set(cpus[args.cp_cpus :])
     asyncio.run(main_async(args, agent_cpus))
 
 
