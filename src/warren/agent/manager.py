@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,11 +183,12 @@ class SandboxManager:
         self._auto_paused: list[str] = []
         self._zombies: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        # Destroys under way, by sandbox: a second destroy of the same sandbox waits for the
+        # Destroys, pauses and resumes under way, run to completion whatever their caller does
+        # (see _shield); stopping the agent lets them finish.
+        self._shielded: set[asyncio.Task[Any]] = set()
+        # The destroys among them, by sandbox: a second destroy of the same sandbox joins the
         # first instead of running the leftover clean-up against a slot the first just freed.
         self._teardowns: dict[str, asyncio.Task[None]] = {}
-        # Shielded pauses and resumes under way: stopping the agent lets them finish.
-        self._shielded: set[asyncio.Task[Any]] = set()
         self._stopping = False
         limit = create_concurrency_from_env() if create_concurrency is None else create_concurrency
         self.create_concurrency = limit
@@ -241,12 +242,11 @@ class SandboxManager:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        pending = {*self._teardowns.values(), *self._shielded}
-        if pending:
+        if self._shielded:
             # Destroys, pauses and resumes under way finish (they are not interruptible
             # halfway); bounded, so a stuck one cannot keep the agent from exiting.
-            log.info("event=waiting_for_operations count=%d", len(pending))
-            await asyncio.wait(pending, timeout=TEARDOWN_WAIT_S)
+            log.info("event=waiting_for_operations count=%d", len(self._shielded))
+            await asyncio.wait(set(self._shielded), timeout=TEARDOWN_WAIT_S)
         await self.network.drain_pool()
 
     async def destroy_all(self) -> None:
@@ -552,10 +552,8 @@ class SandboxManager:
         # its mounts, netns, cgroups and processes would stay behind.
         task = self._teardowns.get(sb_id)
         if task is None:
-            task = asyncio.ensure_future(self._destroy(sb_id))
+            task = self._detach(self._destroy(sb_id))  # tracked for stop() too
             task.add_done_callback(self._log_detached_failure)
-            # Kept until done, so that a second destroy joins it and stopping the agent waits
-            # for it instead of cancelling it halfway (asyncio.run cancels what is left).
             self._teardowns[sb_id] = task
             task.add_done_callback(lambda _t: self._teardowns.pop(sb_id, None))
         await asyncio.shield(task)
@@ -667,12 +665,16 @@ class SandboxManager:
         log.info("event=sandbox_paused sandbox_id=%s reason=%s", sb_id, reason)
         return True
 
-    async def _shield(self, coro: Awaitable[T]) -> T:
-        """Run ``coro`` to completion even if the caller is cancelled; stop() waits for it."""
-        task = asyncio.ensure_future(coro)
+    def _detach(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task that runs to completion even if whoever awaits it is cancelled; stop() waits
+        for it (asyncio.run would otherwise cancel it halfway at exit)."""
+        task = asyncio.create_task(coro)
         self._shielded.add(task)
         task.add_done_callback(self._shielded.discard)
-        return await asyncio.shield(task)
+        return task
+
+    async def _shield(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.shield(self._detach(coro))
 
     def _still_there(self, sb: Sandbox) -> None:
         """After waiting for a sandbox's lock: a destroy that held it may have removed it."""

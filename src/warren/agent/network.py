@@ -110,11 +110,17 @@ class NetworkSlots:
         tmp.write_text(f"{self.owner}\n{holder}\n")
         os.replace(tmp, self.claims_dir / str(index))
 
-    def _claim_owner(self, index: int) -> str | None:
+    def _read_claim(self, index: int) -> tuple[str, str] | None:
+        """(owner, holder) of slot ``index``'s claim file, or None when unclaimed."""
         try:
-            return (self.claims_dir / str(index)).read_text().split("\n", 1)[0]
+            owner, _, rest = (self.claims_dir / str(index)).read_text().partition("\n")
         except FileNotFoundError:
             return None
+        return owner, rest.split("\n", 1)[0]
+
+    def _claim_owner(self, index: int) -> str | None:
+        claim = self._read_claim(index)
+        return claim[0] if claim else None
 
     def _unclaim(self, index: int) -> None:
         if self._claim_owner(index) == self.owner:
@@ -242,11 +248,7 @@ class NetworkSlots:
         """Whether this agent's claim on slot ``index`` names ``holder``. A slot named in a
         leftover record may have been freed and handed to another sandbox (of this agent or of
         another on the machine) since: then it is not the leftover's to tear down."""
-        try:
-            owner, held, *_ = (self.claims_dir / str(index)).read_text().split("\n")
-        except (OSError, ValueError):
-            return False
-        return owner == self.owner and held == holder
+        return self._read_claim(index) == (self.owner, holder)
 
     async def release(self, slot: Slot) -> None:
         """Tear the slot down and free it. Always frees the index, then reports failures."""

@@ -46,18 +46,17 @@ async def run(
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise CommandError(list(argv), -9, f"timed out after {timeout}s") from None
-    except BaseException:
-        # The caller gave up (cancelled): the command must not run on behind its rollback, e.g.
-        # a `cp` still writing into a directory being removed, or an iptables rule landing
-        # after its slot was released.
+    except BaseException as e:
+        # Timed out, or the caller gave up (cancelled): the command must not run on behind its
+        # rollback, e.g. a `cp` still writing into a directory being removed, or an iptables
+        # rule landing after its slot was released. Its own group (start_new_session): children
+        # go too.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session): children too
+            os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(BaseException):
             await asyncio.shield(proc.wait())
+        if isinstance(e, TimeoutError):
+            raise CommandError(list(argv), -9, f"timed out after {timeout}s") from None
         raise
     res = Result(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and res.returncode != 0:
