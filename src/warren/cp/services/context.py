@@ -31,8 +31,13 @@ class AuthContext:
         return self.role in ("owner", "admin")
 
 
+def no_team() -> Forbidden:
+    """403 ``no_team``: the caller has no team to act for, or it was deleted meanwhile."""
+    return Forbidden("no active team context; re-authenticate", code="no_team")
+
+
 def require_team(ctx: AuthContext) -> uuid.UUID:
     """The acting team, or 403 ``no_team`` for a caller without one (SPEC §2.5 step 2)."""
     if ctx.team_id is None:
-        raise Forbidden("no active team context; re-authenticate", code="no_team")
+        raise no_team()
     return ctx.team_id

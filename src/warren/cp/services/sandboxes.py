@@ -33,10 +33,9 @@ from warren.cp.db.tables import hosts, sandbox_metric_points, sandboxes
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import Timestamp, audit
-from warren.cp.services.context import AuthContext, require_team
+from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.errors import (
     AgentError,
-    Forbidden,
     InternalError,
     InvalidRequest,
     InvalidState,
@@ -197,7 +196,7 @@ async def create_sandbox(
     async with driver(engine) as conn:
         r = await conn.fetchrow(_RESOLVE, name, team_uuid)
         if r is None:
-            raise Forbidden("no active team context; re-authenticate", code="no_team")
+            raise no_team()
         if r["template_id"] is None:
             raise NotFound(f'template "{name}" not found')
         if r["template_type"] == "snapshot":
@@ -217,7 +216,7 @@ async def create_sandbox(
             if status == "INSERT 0 1":
                 break
             if not await conn.fetchval(_TEAM_LIVE, team_uuid):
-                raise Forbidden("no active team context; re-authenticate", code="no_team")
+                raise no_team()
             # The host left `online` (being deleted, or just marked unreachable) after it was
             # chosen: choose again.
             log.info("sandbox create: host %s went away, rescheduling", ids.host_id(host["id"]))
@@ -280,7 +279,7 @@ async def create_sandbox(
         async with driver(engine) as conn:
             team_live = await conn.fetchval(_TEAM_LIVE, team_uuid)
         if not team_live:
-            raise Forbidden("no active team context; re-authenticate", code="no_team")
+            raise no_team()
         raise InvalidState("the sandbox was destroyed while it was being created")
     if not marked:
         await audit.record(

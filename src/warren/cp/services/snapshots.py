@@ -31,7 +31,7 @@ from warren import clock, ids
 from warren.cp.db.tables import hosts, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, audit, sandbox_access
-from warren.cp.services.context import AuthContext, require_team
+from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
 from warren.errors import (
     AgentError,
@@ -308,7 +308,7 @@ async def _record(
                 )
             ).first()
             if live is None:
-                raise Forbidden("no active team context; re-authenticate", code="no_team")
+                raise no_team()
             if old is not None:
                 await conn.execute(sa.delete(templates).where(templates.c.id == old["id"]))
             row = (

@@ -333,11 +333,15 @@ async def delete_team(
             )
         ]
 
-    if live and hooks.destroy_sandboxes is not None:
-        try:
-            await hooks.destroy_sandboxes(engine, team_id, live)
-        except Exception:
-            log.exception("team %s delete: destroying sandboxes on hosts failed", ids.team_id(team_id))
+    async def best_effort(what: str, hook: Callable[..., Awaitable[None]] | None, refs: list[Any]) -> None:
+        # SPEC §7.3: host-side clean-up failures are logged; the delete goes on.
+        if refs and hook is not None:
+            try:
+                await hook(engine, team_id, refs)
+            except Exception:
+                log.exception("team %s delete: %s failed", ids.team_id(team_id), what)
+
+    await best_effort("destroying sandboxes on hosts", hooks.destroy_sandboxes, live)
 
     now = clock.now()
     # One transaction: if stopping the rows fails, the team is not deleted (§7.3 step 3).
@@ -372,17 +376,8 @@ async def delete_team(
     # and destroys its sandbox itself.
     destroyed = {ref.id for ref in live if ref.status != "pending"}
     late = [ref for ref in stopped if ref.id not in destroyed]
-    if late and hooks.destroy_sandboxes is not None:
-        try:
-            await hooks.destroy_sandboxes(engine, team_id, late)
-        except Exception:
-            log.exception("team %s delete: destroying sandboxes on hosts failed", ids.team_id(team_id))
-
-    if removed and hooks.delete_template_files is not None:
-        try:
-            await hooks.delete_template_files(engine, team_id, removed)
-        except Exception:
-            log.exception("team %s delete: deleting template files failed", ids.team_id(team_id))
+    await best_effort("destroying sandboxes on hosts", hooks.destroy_sandboxes, late)
+    await best_effort("deleting template files", hooks.delete_template_files, removed)
 
 
 async def add_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, email: str) -> Member:
