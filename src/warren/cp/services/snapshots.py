@@ -94,10 +94,36 @@ def check_name(name: str) -> str:
 # --------------------------------------------------------------------------------- broadcast
 
 
-async def _online_hosts(engine: AsyncEngine) -> list[RowMapping]:
+async def _online_hosts(engine: AsyncEngine, only: uuid.UUID | None = None) -> list[RowMapping]:
+    """The online hosts with an address (or just ``only``, if it is one of them)."""
     async with engine.connect() as conn:
         q = sa.select(hosts.c.id, hosts.c.address).where(hosts.c.status == "online", hosts.c.address != "")
+        if only is not None:
+            q = q.where(hosts.c.id == only)
         return list((await conn.execute(q)).mappings().all())
+
+
+async def _delete_on(
+    pool: HostClientPool, host: RowMapping, team_id: uuid.UUID, template_id: uuid.UUID
+) -> AgentError | None:
+    """``DeleteSnapshot`` on one host: None when done or nothing was there (NotFound), else
+    the (logged) error."""
+    req = pb.DeleteSnapshotRequest(team_id=str(team_id), template_id=str(template_id))
+    try:
+        await pool.get(host).call("DeleteSnapshot", req, deadline=DELETE_DEADLINE_S)
+    except AgentError as e:
+        if e.is_not_found:
+            return None
+        hid = ids.host_id(host["id"])
+        log.warning("snapshot files delete failed template=%s host=%s: %s", template_id, hid, e)
+        return e
+    return None
+
+
+def _raise_first(failures: list[AgentError | None]) -> None:
+    for e in failures:
+        if e is not None:
+            raise InternalError(f"failed to delete snapshot files: {e.message}", code="agent_error") from e
 
 
 async def broadcast_delete(
@@ -105,26 +131,8 @@ async def broadcast_delete(
 ) -> None:
     """``DeleteSnapshot`` on every online host, concurrently. NotFound (nothing there) is fine;
     any other answer from any host raises 500 ``agent_error`` after all hosts have been asked."""
-    req = pb.DeleteSnapshotRequest(team_id=str(team_id), template_id=str(template_id))
-
-    async def one(host: RowMapping) -> AgentError | None:
-        try:
-            await pool.get(host).call("DeleteSnapshot", req, deadline=DELETE_DEADLINE_S)
-        except AgentError as e:
-            if e.is_not_found:
-                return None
-            log.warning(
-                "snapshot files delete failed template=%s host=%s: %s",
-                template_id,
-                ids.host_id(host["id"]),
-                e,
-            )
-            return e
-        return None
-
-    failures = [e for e in await asyncio.gather(*(one(h) for h in await _online_hosts(engine))) if e]
-    if failures:
-        raise InternalError(f"failed to delete snapshot files: {failures[0].message}", code="agent_error")
+    hosts_ = await _online_hosts(engine)
+    _raise_first(await asyncio.gather(*(_delete_on(pool, h, team_id, template_id) for h in hosts_)))
 
 
 async def delete_files(
@@ -143,29 +151,8 @@ async def delete_files(
     if host_id is None:
         await broadcast_delete(engine, pool, team_id, template_id)
         return
-    async with engine.connect() as conn:
-        host = (
-            (
-                await conn.execute(
-                    sa.select(hosts.c.id, hosts.c.address).where(
-                        hosts.c.id == host_id, hosts.c.status == "online", hosts.c.address != ""
-                    )
-                )
-            )
-            .mappings()
-            .first()
-        )
-    if host is None:
-        return
-    req = pb.DeleteSnapshotRequest(team_id=str(team_id), template_id=str(template_id))
-    try:
-        await pool.get(host).call("DeleteSnapshot", req, deadline=DELETE_DEADLINE_S)
-    except AgentError as e:
-        if e.is_not_found:
-            return
-        hid = ids.host_id(host_id)
-        log.warning("snapshot files delete failed template=%s host=%s: %s", template_id, hid, e)
-        raise InternalError(f"failed to delete snapshot files: {e.message}", code="agent_error") from e
+    holder = await _online_hosts(engine, only=host_id)
+    _raise_first([await _delete_on(pool, h, team_id, template_id) for h in holder])
 
 
 # ------------------------------------------------------------------------------------ create
