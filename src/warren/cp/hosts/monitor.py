@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -244,7 +244,7 @@ class HostMonitor:
                 # Transient by assumption: the passive phase catches a truly dead host.
                 log.info("monitor: ListSandboxes on %s failed: %s", hid, e)
                 return
-            finished = await self._apply(conn, h, resp, asked_at, result, relist=lambda: self._list(h))
+            finished = await self._apply(conn, h, resp, asked_at, result)
         # After the transaction: destroys can take a while, and need no lock (a final record
         # stays final). A few at a time, so hundreds after a long outage do not take long.
         gate = asyncio.Semaphore(FINAL_DESTROY_CONCURRENCY)
@@ -262,17 +262,10 @@ class HostMonitor:
         return await self.pool.get(h).call("ListSandboxes", req, deadline=LIST_DEADLINE_S)
 
     async def _apply(
-        self,
-        conn: AsyncConnection,
-        h: RowMapping,
-        resp: Any,
-        asked_at: datetime,
-        result: PassResult,
-        *,
-        relist: Callable[[], Awaitable[Any]],
+        self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult
     ) -> list[str]:
         """Reconcile the records with the host's answer; returns the sandboxes the host runs
-        whose record is final, to destroy there. ``relist`` asks the host again."""
+        whose record is final, to destroy there."""
         hid = ids.host_id(h["id"])
         # Our runtime keeps paused sandboxes listed (status "paused"); ids paused by the TTL reaper
         # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
@@ -305,7 +298,7 @@ class HostMonitor:
             # pass for older. A sandbox whose record we have read as running exists on its host
             # by now if it exists at all. (We hold the host's lock: the auto-paused ids this
             # answer reports are ours to apply.)
-            again = await relist()
+            again = await self._list(h)
             listed.update({s.sandbox_id: s.status for s in again.sandboxes})
             auto_paused |= set(again.auto_paused_sandbox_ids)
             to = _classify(rows, listed, auto_paused)
