@@ -175,7 +175,7 @@ _HTTP_CODES = {
 HtmlErrorPage = Callable[[Request, int, str], Response]
 
 # Always JSON, whatever the client accepts.
-_API_PATHS = ("/v1/", "/v1", "/openapi", "/docs", "/healthz")
+_API_PATHS = ("/v1", "/openapi", "/docs", "/healthz")
 
 
 def _wants_html(request: Request) -> bool:
@@ -202,9 +202,6 @@ def install_error_handlers(app: FastAPI, *, html_page: HtmlErrorPage | None = No
 
         return handle
 
-    async def on_warren_error(_: Request, exc: Exception) -> JSONResponse:
-        return response_for(exc)
-
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return error_response(400, "invalid_request", _validation_message(exc))
@@ -227,15 +224,15 @@ def install_error_handlers(app: FastAPI, *, html_page: HtmlErrorPage | None = No
             resp.headers.update(exc.headers)
         return resp
 
-    async def on_unhandled(_: Request, exc: Exception) -> JSONResponse:
+    async def on_exception(_: Request, exc: Exception) -> JSONResponse:
         return response_for(exc)
 
-    app.add_exception_handler(errors.WarrenError, answer(on_warren_error))
+    app.add_exception_handler(errors.WarrenError, answer(on_exception))
     app.add_exception_handler(RequestValidationError, answer(on_validation))
     # Expected failures with an answer of their own (503 database_busy, 400 for data PostgreSQL
     # refuses): handled here rather than by the catch-all below, which Starlette runs in its
     # outermost layer and then re-raises, so the server would log a traceback for each.
-    app.add_exception_handler(PoolTimeout, answer(on_unhandled))
-    app.add_exception_handler(DBAPIError, answer(on_unhandled))
+    app.add_exception_handler(PoolTimeout, answer(on_exception))
+    app.add_exception_handler(DBAPIError, answer(on_exception))
     app.add_exception_handler(StarletteHTTPException, answer(on_http))
-    app.add_exception_handler(Exception, answer(on_unhandled))
+    app.add_exception_handler(Exception, answer(on_exception))
