@@ -25,8 +25,9 @@ statement), which bounds from below what the CP's own time in a burst of creates
 
 Two layouts, each in its own run of everything:
 
-  separate  the CP, PostgreSQL and this load generator pinned to CPU 0, the agents (and every
-            runc and sandbox process they start) to the other CPUs. This is the deployed shape —
+  separate  the CP, PostgreSQL and this load generator pinned to the first --cp-cpus CPUs (CPU
+            0 by default), the agents (and every runc and sandbox process they start) to the
+            other CPUs. This is the deployed shape —
             hosts are other machines — and what the target is about: the agents get the same
             CPUs with and without the CP in front of them.
   shared    everything on every CPU, as one machine running the whole platform (`warren up`).
