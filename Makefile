@@ -23,7 +23,7 @@ ARGS ?=
 
 help:
 	@echo "make up      set up, then run Warren on this machine (warren up $(ARGS))"
-	@echo "make test    set up, then ruff, mypy and the whole pytest suite (what CI runs)"
+	@echo "make test    set up, then ruff (lint, format), import-linter, mypy and the whole pytest suite (what CI runs)"
 	@echo "make bench   run every benchmark in bench/ and print their tables"
 	@echo "make setup   apt packages (as root, when missing) and the .venv"
 
@@ -58,6 +58,8 @@ up: setup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -73,7 +75,7 @@ test: setup
 	$(MAKE) --no-print-directory pytest
 
 bench: setup
-	@set -e; for f in bench/*.py; do \
+	@set -e; for f in bench/[!_]*.py; do \
 	  echo "== $$f"; \
 	  $(VENV)/bin/python "$$f"; \
 	  echo; \

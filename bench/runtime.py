@@ -31,10 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.agentlib import Agent
-
+from tests.harness.agent import AgentProcess
 from warren.rpc import hostagent_pb2 as pb
 
 
@@ -49,7 +48,7 @@ def timed(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def floor_runs(agent: Agent, runtime: str, sb_id: str, n: int) -> list[float]:
+def floor_runs(agent: AgentProcess, runtime: str, sb_id: str, n: int) -> list[float]:
     """`runtime run` of a copy of a live sandbox's bundle (same rootfs, netns, limits), `true`."""
     cfg = json.loads((agent.data_dir / "sandboxes" / sb_id / "config.json").read_text())
     out = []
@@ -83,7 +82,7 @@ def floor_runs(agent: Agent, runtime: str, sb_id: str, n: int) -> list[float]:
     return out
 
 
-def latency(agent: Agent, n: int) -> dict[str, list[float]]:
+def latency(agent: AgentProcess, n: int) -> dict[str, list[float]]:
     s = agent.stub
     res: dict[str, list[float]] = {"create→exec": [], "exec RTT": [], "pause": [], "resume": []}
     made = []
@@ -126,7 +125,7 @@ def mem_available_kib() -> int:
     return 0
 
 
-def density(agent: Agent, count: int) -> dict[str, float]:
+def density(agent: AgentProcess, count: int) -> dict[str, float]:
     assert agent.proc is not None
     subprocess.run(["sync"])
     agent_before = pss_kib(agent.proc.pid)
@@ -180,7 +179,7 @@ def main() -> int:
     dens: dict[str, float] = {}
     try:
         for i, rt in enumerate(args.runtimes.split(",")):
-            agent = Agent(root / rt, runtime=rt).start()
+            agent = AgentProcess.standalone(root / rt, runtime=rt).start()
             try:
                 agent.exec(agent.create().sandbox_id, "true")  # template + caches warm
                 agent.destroy_all()

@@ -57,9 +57,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.hosts.agentproc import AgentProcess  # noqa: E402
+from tests.harness.agent import AgentProcess  # noqa: E402
 from warren import ids  # noqa: E402
-from warren.cp.hosts.client_pool import HostClientPool  # noqa: E402
+from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool  # noqa: E402
 from warren.cp.security.ca import CertificateAuthority  # noqa: E402
 from warren.rpc import hostagent_pb2 as pb  # noqa: E402
 
@@ -88,6 +88,15 @@ def control_plane(home: Path, workers: int = 1) -> Iterator[tuple[str, str, int]
             "WARREN_JWT_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
             "WARREN_MONITOR_INTERVAL_S": "3600",
             "WARREN_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            # One team drives the whole load: the per-team request limit is policy, not capacity.
+            "WARREN_TEAM_RATE_LIMIT_PER_S": os.environ.get("WARREN_TEAM_RATE_LIMIT_PER_S", "0"),
+            # Nor are its quotas, and the three agents share one machine that each reports whole:
+            # the capacity check runs (its cost is measured) with room for every burst.
+            "WARREN_QUOTA_SANDBOXES": "100000",
+            "WARREN_QUOTA_VCPUS": "100000",
+            "WARREN_QUOTA_MEMORY_MB": "100000000",
+            "WARREN_OVERCOMMIT_CPU": "1000",
+            "WARREN_OVERCOMMIT_MEMORY": "100",
         }
         cmd = [
             sys.executable,
@@ -174,8 +183,8 @@ async def setup(
             r = await http.post("/v1/hosts", json={"type": "regular"}, headers=auth)
             r.raise_for_status()
             # The real heartbeat interval: the tests' 1 s would charge the CP 3 beats a second.
-            agent = AgentProcess(ip, root / f"agent{i}", url, cpus=agent_cpus, heartbeat_s="30")
-            agents.append(await agent.start(r.json()["registration_token"]))
+            agent = AgentProcess.registered(ip, root / f"agent{i}", url, cpus=agent_cpus, heartbeat_s="30")
+            agents.append(await agent.astart(r.json()["registration_token"]))
         r = await http.post("/v1/api-keys", json={"name": "bench"}, headers=auth)
         r.raise_for_status()
         return r.json()["key"], agents, body["team_id"]
@@ -294,7 +303,7 @@ async def direct(
 ) -> list[float]:
     clients = [pool.get_for(a.host_uuid, a.address) for a in agents]
     for c in clients:  # connect first, as the CP's pool would already be connected
-        await c.call("ListSandboxes", pb.ListSandboxesRequest(), deadline=30)
+        await c.stub.ListSandboxes(pb.ListSandboxesRequest(), timeout=30)
     zero = str(uuid.UUID(int=0))
 
     async def one(i: int) -> tuple[float, str]:
@@ -311,7 +320,7 @@ async def direct(
             internet=True,
         )
         t0 = time.perf_counter()
-        await clients[i % len(clients)].call("CreateSandbox", req)
+        await clients[i % len(clients)].stub.CreateSandbox(req, timeout=DEFAULT_TIMEOUT_S)
         return time.perf_counter() - t0, sid
 
     res = (
@@ -319,7 +328,9 @@ async def direct(
     )
     await asyncio.gather(
         *(
-            clients[i % len(clients)].call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=s))
+            clients[i % len(clients)].stub.DestroySandbox(
+                pb.DestroySandboxRequest(sandbox_id=s), timeout=DEFAULT_TIMEOUT_S
+            )
             for i, (_, s) in enumerate(res)
         )
     )
@@ -396,9 +407,9 @@ async def main_async(args: argparse.Namespace, agent_cpus: set[int] | None) -> N
                 print(f"{args.n} concurrent GET of an unknown sandbox x {args.rounds} (the floor: HTTP, the")
                 print(row("  API-key check and one statement)", report(lat)))
             finally:
-                await asyncio.gather(*(a.destroy_all(pool) for a in agents))
+                await asyncio.gather(*(a.destroy_all_over(pool) for a in agents))
                 await pool.close()
-                await asyncio.gather(*(a.stop() for a in agents))
+                await asyncio.gather(*(a.astop() for a in agents))
 
 
 LAYOUTS = {

@@ -3,7 +3,7 @@
     python bench/sdk.py                    # embedded PostgreSQL + a CP process + 1 agent (root)
     python bench/sdk.py --n 300 --creates 30
 
-Starts the platform the SDK tests use (``tests/integration/sdk/platform.py``): an embedded
+Starts the platform the SDK tests use (``tests/harness/platform.py``): an embedded
 PostgreSQL, the control plane in its own uvicorn process, and one real ``warren agent`` on
 127.0.0.31 registered through the API (mTLS). Then it measures, with the blocking SDK:
 
@@ -22,24 +22,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
 
-from sdk.platform import Platform, start_platform  # noqa: E402
-
+from bench._platform import require_root, running_platform  # noqa: E402
+from tests.harness.platform import Platform  # noqa: E402
 from warren import Sandbox  # noqa: E402
 from warren.config import Settings  # noqa: E402
-from warren.cp.db import migrate  # noqa: E402
-from warren.cp.db.embedded import EmbeddedPostgres  # noqa: E402
 from warren.cp.hosts.client_pool import HostClientPool  # noqa: E402
 from warren.cp.security.ca import CertificateAuthority  # noqa: E402
 from warren.rpc import hostagent_pb2 as pb  # noqa: E402
@@ -79,11 +75,11 @@ async def direct_exec(platform: Platform, sandbox_id: str, n: int) -> list[float
     req = pb.ExecRequest(sandbox_id=sandbox_id, cmd="/bin/sh", args=["-c", "true"], timeout_sec=10)
     try:
         for _ in range(5):
-            await client.call("Exec", req, deadline=30)
+            await client.stub.Exec(req, timeout=30)
         out = []
         for _ in range(n):
             t0 = time.perf_counter()
-            await client.call("Exec", req, deadline=30)
+            await client.stub.Exec(req, timeout=30)
             out.append((time.perf_counter() - t0) * 1000)
         return out
     finally:
@@ -115,17 +111,9 @@ async def main() -> None:
     ap.add_argument("--creates", type=int, default=20, help="create → first command samples")
     ap.add_argument("--reps", type=int, default=3, help="transfers per file size")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench/sdk.py needs root (real agents: namespaces, cgroups, overlayfs)")
+    require_root("bench/sdk.py")
 
-    base = Path(tempfile.mkdtemp(prefix="warren-bench-sdk-"))
-    base.chmod(0o755)
-    pg = EmbeddedPostgres(base / "pg", port=0, fast=True)
-    platform: Platform | None = None
-    try:
-        pg.start()
-        await asyncio.to_thread(migrate.upgrade, pg.url)
-        platform = await start_platform(pg.url, base, agent_ips=("127.0.0.31",))
+    async with running_platform("warren-bench-sdk-", ("127.0.0.31",)) as (platform, _):
         kw = platform.sdk()
         print(f"platform up: CP {platform.url} (pid {platform.cp.pid}), agent {platform.agents[0].address}\n")
 
@@ -156,11 +144,6 @@ async def main() -> None:
             print(f"files {label:>8}: {speeds}   (median of {reps}{target})")
         sbx.kill()
         sbx.close()
-    finally:
-        if platform is not None:
-            await platform.stop()
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ Fixtures (a contract for the whole suite):
  * ``migrated_template_db`` (session): URL of the migrated template database (do not write to it,
    and do not keep connections open to it: PostgreSQL refuses to copy a template in use);
  * ``db_url`` (module): URL of a fresh, migrated database, dropped after the module;
- * ``fake_clock`` (function): the ``warren.clock`` module, reset before and after the test.
+ * ``fake_clock`` (function): the ``warren.clock`` module, reset before and after the test;
+ * ``cp``, ``platform_dir``, ``platform`` (module): see ``tests/harness/fixtures.py``.
+
+Everything that starts Warren's parts for a test lives in ``tests/harness/`` (one package, used
+by every suite and by ``bench/``). In the xdist controller, ``pytest_configure`` also builds the
+shared debootstrapped ``minimal`` template once (``tests/harness/machine.py``).
 
 Markers: ``root`` tests fail in CI (``CI=true``, which runs as root) and skip locally when not
 root; ``serial`` tests run in a separate, non-parallel pytest invocation (see the Makefile).
@@ -37,11 +42,15 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.harness.machine import prebuild_minimal_template
 from warren import clock
 from warren.cp.db import migrate
 from warren.cp.db.embedded import EmbeddedPostgres
 
 T = TypeVar("T")
+
+# The harness's fixtures (``cp``, ``platform_dir``, ``platform``) for every suite.
+pytest_plugins = ["tests.harness.fixtures"]
 
 ENV_URL = "WARREN_TEST_DATABASE_URL"
 # Set by the xdist controller for its workers; not meant to be set by hand.
@@ -134,7 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "serial: must not run alongside other tests; `make test` runs these in a serial pass"
     )
     if not hasattr(config, "workerinput"):
-        _prebuild_minimal_template()
+        prebuild_minimal_template()
     if hasattr(config, "workerinput") or os.environ.get(ENV_URL) or os.environ.get(_SHARED_URL):
         return
     numprocesses = getattr(config.option, "numprocesses", None)
@@ -142,26 +151,6 @@ def pytest_configure(config: pytest.Config) -> None:
         # xdist controller: start the one server now, before workers exist; they inherit env.
         _server, _server_dir = _start_embedded()
         os.environ[_SHARED_URL] = _server.url
-
-
-def _prebuild_minimal_template() -> None:
-    """Build the sandbox tests' shared ``minimal`` template once, before any test starts.
-
-    On a fresh machine debootstrap takes one to several minutes; done here (in the controller,
-    outside every test's timeout) no test's first sandbox waits for it. Agents started by the
-    tests find it through ``WARREN_TEST_MINIMAL_DIR`` and never build their own."""
-    cache = Path(os.environ.get("WARREN_TEST_MINIMAL_DIR", "/var/cache/warren-test/templates/minimal"))
-    if os.geteuid() != 0 or (cache / "template.json").exists() or shutil.which("debootstrap") is None:
-        return  # not root: the sandbox tests skip (or fail under CI) on their own
-    import time
-
-    from warren.agent.templates import TemplateStore
-
-    print(f"\nbuilding the minimal sandbox template into {cache} (once; debootstrap) ...", flush=True)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="warren-tpl-") as scratch:
-        asyncio.run(TemplateStore(Path(scratch), minimal_dir=cache).ensure_minimal())
-    print(f"minimal template ready in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -249,3 +238,17 @@ def fake_clock() -> Iterator[Any]:
         yield clock
     finally:
         clock.reset()
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """What a test writes into ``os.environ`` (itself, or through the code it runs, such as
+    ``config_file.apply``) is undone after it: later tests of the same worker start agents and
+    control planes that copy the environment (a leaked WARREN_LOG_FORMAT once made an agent
+    log JSON under a test that reads its text log). Module fixtures that set variables for
+    their module are set before this snapshot and so survive it."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from warren.sdk import (
         AsyncSandbox,
+        AsyncTemplate,
         AuthenticationError,
         CommandExitError,
         ConflictError,
@@ -27,17 +28,21 @@ if TYPE_CHECKING:
         NotFoundError,
         PayloadTooLargeError,
         PermissionDeniedError,
+        RateLimitedError,
         Sandbox,
         SandboxUnavailableError,
         ServerError,
         StreamError,
-        TimeoutError,
+        Template,
+        TemplateBuildError,
         WarrenError,
+        WarrenTimeoutError,
     )
 
 
 __all__ = [
     "AsyncSandbox",
+    "AsyncTemplate",
     "AuthenticationError",
     "CommandExitError",
     "ConflictError",
@@ -46,13 +51,21 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "Sandbox",
     "SandboxUnavailableError",
     "ServerError",
     "StreamError",
-    "TimeoutError",
+    "Template",
+    "TemplateBuildError",
     "WarrenError",
+    "WarrenTimeoutError",
 ]
+
+
+# Old SDK names kept for one release, with a DeprecationWarning (warren.sdk.DEPRECATED_ALIASES).
+# Listed here too: asking warren.sdk would load it on every `from warren import <submodule>`.
+_DEPRECATED = ("TimeoutError",)
 
 
 def __getattr__(name: str) -> Any:
@@ -61,4 +74,6 @@ def __getattr__(name: str) -> Any:
     # very function for `sdk` again.
     if name in __all__:
         return getattr(importlib.import_module("warren.sdk"), name)
+    if name in _DEPRECATED:
+        return importlib.import_module("warren.sdk").deprecated_alias("warren", name)
     raise AttributeError(f"module 'warren' has no attribute {name!r}")

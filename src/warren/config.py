@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from warren import egress_ranges
 
 
 def default_home() -> Path:
@@ -19,7 +23,7 @@ def default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    """Control-plane settings. The agent has its own small settings in ``warren.agent``."""
+    """Control-plane settings. The agent has its own: ``warren.agent.settings.AgentSettings``."""
 
     model_config = SettingsConfigDict(env_prefix="WARREN_", extra="ignore")
 
@@ -39,7 +43,16 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     # Body cap for JSON requests (bytes). Uploads have their own limits.
     max_json_body: int = 1 * 1024 * 1024
+    # The file part of a unary upload (files/write) and a unary download (files/read).
     max_upload_bytes: int = 100 * 1024 * 1024
+    # Longest `timeout_sec` an exec or a process may ask for (400 above; docs/api.md).
+    max_exec_timeout_s: int = Field(default=3600, ge=1, le=2**31 - 1)
+    # Output (stdout + stderr) a unary exec answers; past it the command is killed, 413
+    # output_too_large (the streaming exec has no cap).
+    max_exec_output: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # MiB of unary exec output and buffered upload data one CP process holds at once; past it
+    # requests wait (then 503 server_busy). See services/budget.py.
+    unary_budget_mb: int = Field(default=128, ge=16)
 
     # GitHub OAuth. Base URLs are settings so tests can point them at a local server.
     github_client_id: str = ""
@@ -49,9 +62,38 @@ class Settings(BaseSettings):
     github_api_url: str = "https://api.github.com"
     oauth_redirect_url: str = ""  # where the callback sends the browser; default: dashboard
 
+    # Named private ranges a platform admin may open for a team (services/egress.py, PUT
+    # /v1/admin/teams/{id}/egress): "corp=10.20.0.0/16,10.21.0.0/16;db=192.168.5.10/32".
+    # Otherwise sandboxes reach no private, link-local, CGNAT or loopback address.
+    egress_ranges: str = ""
+
     # mTLS CA for CP <-> agent. Default: generated under ``home/ca``.
     ca_cert: Path | None = None
     ca_key: Path | None = None
+
+    # Tenant limits (services/limits.py; docs/api.md "Limits and quotas"). Built-in values a
+    # platform admin may override at run time (PUT /v1/admin/limits, kept in platform_limits).
+    # Per-sandbox maxima: a create past one is a 400 naming it. 8 vCPUs / 16 GiB / 20 GiB disk /
+    # 24 h idle is a generous "large" sandbox that still leaves a typical 32-64 GiB host room for
+    # several; the disk is a tmpfs charged to the sandbox's memory, so it never exceeds memory.
+    max_sandbox_vcpus: int = Field(default=8, ge=1)
+    max_sandbox_memory_mb: int = Field(default=16384, ge=16)
+    max_sandbox_disk_mb: int = Field(default=20480, ge=16)
+    max_sandbox_timeout_sec: int = Field(default=86400, ge=1)
+    # Default per-team quotas (a NULL teams.quota_* column means these): concurrent sandboxes,
+    # their total vCPUs and memory, snapshot count and total snapshot size.
+    quota_sandboxes: int = Field(default=20, ge=0)
+    quota_vcpus: int = Field(default=40, ge=0)
+    quota_memory_mb: int = Field(default=40960, ge=0)
+    quota_snapshots: int = Field(default=20, ge=0)
+    quota_snapshot_mb: int = Field(default=20480, ge=0)
+    # Capacity-aware scheduling: a host takes a sandbox only while its sandboxes' reservations fit
+    # its reported capacity times these ratios. CPU overcommit only costs speed (CFS shares the
+    # cores); memory overcommit ends in OOM kills, so it is 1.0. Sandbox disks are tmpfs inside
+    # each sandbox's memory limit (counted there); the disk ratio bounds snapshot files on a host.
+    overcommit_cpu: float = Field(default=4.0, gt=0)
+    overcommit_memory: float = Field(default=1.0, gt=0)
+    overcommit_disk: float = Field(default=1.0, gt=0)
 
     # Background workers.
     monitor_interval_s: float = 30.0
@@ -60,6 +102,101 @@ class Settings(BaseSettings):
     monitor_concurrency: int = Field(default=8, ge=1)
     heartbeat_stale_s: float = 90.0
     run_workers: bool = True
+    # A `pending` record older than this whose host neither has the sandbox nor is creating it is
+    # settled (a CP died mid-create). Twice a slow create; in-flight creates are never settled.
+    pending_grace_s: float = Field(default=60.0, gt=0)
+
+    # Abuse limits (services/rate_limits.py, docs/auth.md); 0 turns one off. Sign-in counters live
+    # in PostgreSQL, shared by every replica. Logins per account per minute (from any address),
+    # sign-in attempts (password logins and OAuth callbacks) per client address per minute (across
+    # accounts), and signups per client address per hour.
+    login_limit_per_account: int = Field(default=60, ge=0)
+    login_limit_per_address: int = Field(default=300, ge=0)
+    signup_limit_per_address: int = Field(default=60, ge=0)
+    # Authenticated API requests per team per second, with a burst; an in-process token bucket,
+    # so the limit holds per CP replica.
+    team_rate_limit_per_s: float = Field(default=200.0, ge=0)
+    team_rate_burst: int = Field(default=400, ge=1)
+    # Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For names the
+    # client. Empty: the socket peer is the client (X-Forwarded-For is never believed).
+    trusted_proxies: str = ""
+
+    # The template store (docs/templates.md §3): empty for <home>/store, a directory, or
+    # s3://bucket/prefix (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; the
+    # region from here, else AWS_REGION).
+    template_store: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    # Layer GC: how often one replica looks for layers nothing references, and how old a layer
+    # must be before it may go (a build in flight records its layers only when it ends).
+    layer_gc_interval_s: float = Field(default=600.0, gt=0)
+    layer_gc_grace_s: float = Field(default=3600.0, ge=0)
+    # A build cache entry unused (no build hit it) this long is dropped by the GC pass; its
+    # layer then ages out like any unreferenced layer.
+    build_cache_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+    # Template builds and imports (docs/templates.md §4): a build's wall time, one layer's and
+    # the template's size, the uploaded context and image, concurrent builds per team (429 past
+    # it), the build sandbox's shape, the log kept per build, and the heartbeat a running build
+    # moves (one whose heartbeat is older than build_stale_s is failed by the sweep: its
+    # replica died).
+    build_timeout_s: int = Field(default=1800, ge=1)
+    build_max_layer_mb: int = Field(default=4096, ge=1)
+    build_max_template_mb: int = Field(default=8192, ge=1)
+    build_max_context_mb: int = Field(default=512, ge=1)
+    import_max_image_mb: int = Field(default=8192, ge=1)
+    # Imports a team runs at once, upload included (429 past it); counted per CP replica.
+    import_max_per_team: int = Field(default=2, ge=1)
+    build_max_per_team: int = Field(default=2, ge=1)
+    build_vcpus: int = Field(default=2, ge=1)
+    build_memory_mb: int = Field(default=2048, ge=128)
+    build_disk_mb: int = Field(default=4096, ge=64)
+    build_max_log_mb: int = Field(default=16, ge=1)
+    build_heartbeat_s: float = Field(default=5.0, gt=0)
+    build_stale_s: float = Field(default=60.0, gt=0)
+    # The `base` platform template (services/platform_templates.py): built in the background
+    # once a host is online when set (`warren up` sets it), from this Warrenfile (empty: the one
+    # in the package, cp/templates/base.Warrenfile); skipped when the newest `base` is that spec.
+    build_base_template: bool = False
+    base_template_spec: str = ""
+    # The `code-interpreter-v1` platform template (docs/e2b.md §4), built the same way when set;
+    # off by default: its build context holds ~55 MB of wheels this process's pip downloads.
+    build_interpreter_template: bool = False
+
+    # Preview URLs (docs/networking.md §3): the wildcard domain of host-name routing
+    # ({port}-{sandbox_id}.<domain>; empty: path routing only), where `warren proxy` listens,
+    # proxied connections open at once per sandbox in one CP/proxy process (429 past it),
+    # the longest a signed preview URL may live, and how long a proxy trusts what it read
+    # about a sandbox (token hash, public ports, status) before reading it again.
+    preview_domain: str = ""
+    # Path routing (/v1/sandboxes/{id}/ports/{port}/…) serves tenant pages on the CP's own
+    # origin; production with a preview domain may turn it off (docs/security.md).
+    proxy_path_routing: bool = True
+    proxy_listen: str = "127.0.0.1:8001"
+    proxy_max_conns_per_sandbox: int = Field(default=128, ge=1)
+    preview_url_max_expires_s: int = Field(default=7 * 24 * 3600, ge=60)
+    proxy_cache_s: float = Field(default=1.0, ge=0)
+
+    # The E2B-compatible listener (docs/e2b.md): its TCP port on the CP's address (0: off;
+    # `warren cp`/`warren up --e2b-port` set it, 3000 by default).
+    e2b_port: int = Field(default=0, ge=0, le=65535)
+    # The longest absolute lifetime (E2B's `timeout`, docs/e2b.md §2) a create, set_timeout or
+    # connect may ask for; past it is a 400. And how often each replica's lifetime sweeper looks
+    # for sandboxes whose lifetime has ended.
+    e2b_max_lifetime_s: int = Field(default=86400, ge=1)
+    lifetime_sweep_interval_s: float = Field(default=1.0, gt=0)
+    # Observability (docs/operations.md): the scrape token that reads /metrics besides platform
+    # admins' JWTs (empty: admins only), and the log format of `warren cp`/`up`/`proxy`.
+    metrics_token: str = ""
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad one
+        return value
 
     @model_validator(mode="after")
     def _monitor_leaves_connections_for_requests(self) -> Settings:
@@ -67,6 +204,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "WARREN_MONITOR_CONCURRENCY must be below WARREN_DB_POOL_SIZE + WARREN_DB_MAX_OVERFLOW: "
                 "each host check holds a database connection, and requests need some too"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _egress_ranges_valid(self) -> Settings:
+        if self.egress_ranges:  # checked once, when the CP reads its settings
+            egress_ranges.check_platform_outside(
+                egress_ranges.parse_ranges(self.egress_ranges),
+                [("the database", self.database_url), ("the control plane", self.public_url)],
             )
         return self
 

@@ -51,6 +51,19 @@ class PayloadTooLarge(WarrenError):
     code = "too_large"
 
 
+class TooManyRequests(WarrenError):
+    """A quota or a rate limit says no (429). ``retry_after`` (seconds), when given, becomes
+    the ``Retry-After`` header: rate limits pass it, quotas do not (waiting does not help)."""
+
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, code: str | None = None, **extra: Any
+    ):
+        super().__init__(message, code=code, **extra)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(WarrenError):
     """No host can take the work, or the sandbox's host is not reachable (503)."""
 
@@ -60,7 +73,7 @@ class ServiceUnavailable(WarrenError):
 class AgentError(WarrenError):
     """A host agent RPC failed. ``rpc_code`` is the gRPC status name (e.g. ``NOT_FOUND``).
 
-    Mapped per SPEC §0.5: NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409,
+    Mapped per docs/spec.md §0.5: NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409,
     anything else (transport, INTERNAL, UNAVAILABLE, …) → 502 ``agent_error``.
     """
 

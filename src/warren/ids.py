@@ -1,4 +1,4 @@
-"""External IDs: a prefix plus the UUID written as 25 base36 digits (SPEC §0.2).
+"""External IDs: a prefix plus the UUID written as 25 base36 digits (docs/spec.md §0.2).
 
 Every primary key is a UUID. Outside the database it is shown as e.g. ``sb-0a1b…`` and parsing
 demands the exact prefix and exactly 25 characters of ``[0-9a-z]``; anything else raises
@@ -32,6 +32,8 @@ class Kind(StrEnum):
     HOST_TOKEN = "htok-"  # noqa: S105 - an ID prefix, not a secret
     REFRESH_TOKEN = "hrt-"  # noqa: S105 - an ID prefix, not a secret
     AUDIT_LOG = "log-"
+    BUILD = "bld-"  # a template build (docs/templates.md §4)
+    WATCHER = "wch-"  # a polling directory watcher, scoped to its sandbox (docs/networking.md §4)
 
 
 def base36(u: uuid.UUID) -> str:

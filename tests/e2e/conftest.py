@@ -14,10 +14,8 @@ from a CDN or anywhere else) and that no page raised a JavaScript error.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,16 +24,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import sqlalchemy as sa
-import uvicorn
-from fastapi import FastAPI
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright, expect
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.cp import JWT_SECRET, InProcessCP
 from warren import ids
 from warren.cli.admin import set_admin
-from warren.config import Settings
-from warren.cp.app import create_app
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import teams as teams_svc
 from warren.cp.services.context import AuthContext
@@ -50,18 +43,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-JWT_SECRET = "e2e-secret-" + "d" * 40
 PASSWORD = "correct-horse-battery"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 # Generous: CI runs these next to other suites on two shared cores.
 expect.set_options(timeout=20_000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique_email(prefix: str = "user") -> str:
@@ -85,51 +71,15 @@ class Account:
         return ids.parse_id(ids.Kind.TEAM, self.team_id)
 
 
-class LiveCP:
-    """The real control plane app served by uvicorn as a task on the test event loop."""
+class LiveCP(InProcessCP):
+    """The real control plane served on the test event loop (no background workers), with the
+    account helpers the browser tests need, built on the services the API and dashboard use."""
 
     def __init__(self, db_url: str, home: Path, **overrides: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        values: dict[str, Any] = {
-            "home": home,
-            "database_url": db_url,
-            "jwt_secret": JWT_SECRET,
-            "public_url": self.url,
-            "run_workers": False,
-            "monitor_interval_s": 3600,
-        }
-        values.update(overrides)
-        self.settings = Settings(**values)
-        self.app: FastAPI = create_app(self.settings)
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> LiveCP:
-        self._task = asyncio.create_task(self.server.serve())
-        for _ in range(600):
-            if self.server.started:
-                return self
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.05)
-        raise RuntimeError("control plane did not start in time")
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 30)
-
-    @property
-    def engine(self) -> AsyncEngine:
-        engine: AsyncEngine = self.app.state.engine
-        return engine
+        super().__init__(db_url, home, run_workers=False, **overrides)
 
     # -- helpers built on the services (the same ones the API and dashboard use) ----------
-    async def signup(
+    async def signup(  # type: ignore[override]  # an Account made by the service, not a JWT User
         self, name: str = "Test User", email: str | None = None, password: str = PASSWORD
     ) -> Account:
         email = email or unique_email()
@@ -166,11 +116,6 @@ class LiveCP:
         await teams_svc.add_member(
             self.engine, self.ctx(owner, team_id), ids.parse_id(ids.Kind.TEAM, team_id), email
         )
-
-    async def sql(self, statement: str, **params: Any) -> Any:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(sa.text(statement), params)
-            return result.all() if result.returns_rows else result.rowcount
 
 
 @pytest.fixture(scope="module")

@@ -143,7 +143,7 @@ async def test_invited_user_without_a_default_team_lands_on_the_team_they_joined
     invited = await live.signup("Ivan Invited")
     await live.add_member(owner, owner.team_id, invited.email)
     # Ivan's own (default) team goes away; only the team he was invited to remains.
-    await teams_svc.delete_team(live.engine, live.ctx(invited), invited.team_uuid)
+    await teams_svc.delete_team(live.engine, live.pool, live.ctx(invited), invited.team_uuid)
     page = await web.new_page()
     await web.login(page, invited)
     await expect(page.get_by_test_id("current-team")).to_have_text("Olga Owner's Team")

@@ -21,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from .conftest import LiveCP, Web, free_port
+from tests.harness.machine import free_port
+
+from .conftest import LiveCP, Web
 
 pytestmark = pytest.mark.e2e
 

@@ -12,14 +12,13 @@ import asyncio
 import os
 import re
 import shutil
-import socket
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
 
+from tests.harness.agent import AgentProcess
+from tests.harness.machine import free_port, scratch_dir
 from warren import ids
 from warren.cp.services import hosts as hosts_svc
 from warren.cp.services.context import AuthContext
@@ -29,29 +28,21 @@ from .conftest import PASSWORD, LiveCP, Web, unique_email
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 AGENT_IP = "127.0.0.41"
-# Not pytest's tmp_path: its base is 0700, while sandbox root (an unprivileged host uid) must
-# traverse down to its rootfs under the agent's data dir.
-BASE = Path(tempfile.gettempdir()) / "warren-e2e-tests"
 
 
 @pytest.fixture(scope="module")
-async def agent(live: LiveCP) -> AsyncIterator[object]:
-    """A real agent registered as a platform host with a one-time token (the hosts engineer's
-    AgentProcess helper), online before the test starts."""
+async def agent(live: LiveCP) -> AsyncIterator[AgentProcess]:
+    """A real agent registered as a platform host with a one-time token, online before the
+    test starts."""
     if os.geteuid() != 0:
         pytest.skip("a real agent needs root (namespaces, cgroups, overlayfs)")
-    from integration.hosts.agentproc import AgentProcess
-
     operator = await live.signup("Platform Operator")
     await live.make_admin(operator)
     admin = AuthContext(kind="jwt", team_id=None, user_id=operator.user_uuid, is_admin=True)
     created = await hosts_svc.create_host(live.engine, admin, type="regular")
-    BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=BASE))
-    run_dir.chmod(0o755)
-    data_dir = run_dir / "data"
-    proc = AgentProcess(AGENT_IP, data_dir, live.url, port=free_port_on(AGENT_IP))
-    await proc.start(created.registration_token)
+    run_dir = scratch_dir("e2e")
+    proc = AgentProcess.registered(AGENT_IP, run_dir / "data", live.url, port=free_port(AGENT_IP))
+    await proc.astart(created.registration_token)
     try:
         host_uuid = ids.parse_id(ids.Kind.HOST, created.host.id)
         for _ in range(600):
@@ -63,14 +54,8 @@ async def agent(live: LiveCP) -> AsyncIterator[object]:
             raise RuntimeError(f"agent did not come online:\n{proc.log_tail()}")
         yield proc
     finally:
-        await proc.stop()
+        await proc.astop()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def free_port_on(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 30) -> None:

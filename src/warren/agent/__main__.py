@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from warren.cli.agent import agent_command
+from warren.agent.entry import agent_command
 
 if __name__ == "__main__":
     typer.run(agent_command)

@@ -1,4 +1,4 @@
-"""The agent's side of the control-plane link (SPEC §3): register, credentials, refresh, heartbeat.
+"""The agent's side of the control-plane link (docs/spec.md §3): register, credentials, refresh, heartbeat.
 
 * ``--register TOKEN --address HOST:PORT --cp URL`` registers (always, ignoring saved
   credentials) and stores ``host-credentials.json`` (0600) under the data dir: host JWT, refresh
@@ -36,7 +36,8 @@ import httpx
 log = logging.getLogger("warren.agent.cp")
 
 CREDENTIALS_FILE = "host-credentials.json"
-HEARTBEAT_INTERVAL_S = float(os.environ.get("WARREN_HEARTBEAT_INTERVAL_S", "30"))
+# The agent's own value is WARREN_HEARTBEAT_INTERVAL_S (AgentSettings.heartbeat_interval_s).
+HEARTBEAT_INTERVAL_S = 30.0
 REGISTER_TIMEOUT_S = 30.0
 REFRESH_TIMEOUT_S = 15.0
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -68,7 +69,7 @@ class HostCredentials:
 
 
 def _jwt_host_id(token: str) -> str:
-    """The ``host_id`` claim read WITHOUT verifying (SPEC §3.1 step 6: the agent cannot)."""
+    """The ``host_id`` claim read WITHOUT verifying (docs/spec.md §3.1 step 6: the agent cannot)."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -182,7 +183,7 @@ async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Hos
 async def obtain_credentials(
     *, cp_url: str, data_dir: Path, register_token: str | None, address: str | None
 ) -> HostCredentials:
-    """SPEC §3.1 step 2: with a token always (re-)register; otherwise the saved file."""
+    """docs/spec.md §3.1 step 2: with a token always (re-)register; otherwise the saved file."""
     if register_token:
         if not address:
             raise ControlPlaneError("--address is required with --register")
@@ -280,7 +281,7 @@ class HeartbeatLoop:
         self.paused = True
         log.warning("pausing every sandbox: %s", why)
         try:
-            # SPEC §3.4: PauseAll has a 2-minute budget.
+            # docs/spec.md §3.4: PauseAll has a 2-minute budget.
             await asyncio.wait_for(self.hooks.pause_all(), timeout=120)
         except Exception:
             log.exception("PauseAll failed")

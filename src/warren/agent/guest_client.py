@@ -1,52 +1,51 @@
 """Host-side asyncio client for the in-sandbox guest agent (``warren/guest/guest.py``).
 
 One request per unix-socket connection; the framing is described in
-``warren/guest/PROTOCOL.md``. Every failure surfaces as :class:`GuestError` with a machine
+``warren/guest/PROTOCOL.md`` and implemented in guest_wire.py (frames, connections, exec
+sessions). Every failure surfaces as :class:`GuestError` with a machine
 ``kind``: the guest's own kinds (``not_found``, ``invalid_argument``, ``is_a_directory``,
 ``not_a_directory``, ``exists``, ``permission``, ``no_space``, ``internal``) plus ``unavailable``
-(cannot connect, or the guest hung up) and ``timeout`` (the client gave up waiting).
+(cannot connect, or the guest hung up), ``timeout`` (the client gave up waiting),
+``output_too_large`` (a unary exec printed more than the cap; the command was killed) and
+``too_large`` (the guest sent a frame larger than any legitimate one).
+
+The guest runs inside the sandbox, and sandbox root can rewrite its memory (``/proc/1/mem``) or
+replace its socket: every frame size and JSON field it sends is treated as hostile. Nothing it
+sends is buffered past a fixed bound: frames are capped by kind, unary exec output by
+``MAX_EXEC_OUTPUT``, listings come in pages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import json
-import os
-import stat
 import time
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# Frame kinds, see PROTOCOL.md. A frame is a 4-byte big-endian payload length, a kind byte,
-# and the payload.
-K_REQ = 1
-K_DATA = 2
-K_END = 3
-K_RESULT = 4
-K_ERROR = 5
-K_EVENT = 6
-K_STDOUT = 7
-K_STDERR = 8
-K_SIGNAL = 9
+from warren.agent.guest_wire import (
+    K_DATA,
+    K_END,
+    K_ERROR,
+    K_EVENT,
+    K_REQ,
+    Conn,
+    ExecEvent,
+    ExecSession,
+    GuestError,
+    error_from,
+    jdump,
+    json_object,
+    open_started,
+)
 
-_HDR = 5
-# The guest refuses inbound frames over 8 MiB; stay well below so big writes stream smoothly.
-_MAX_OUT_CHUNK = 1 << 20
-_MAX_IN_FRAME = 256 << 20  # a huge `list` result is the largest legitimate frame
-_STREAM_LIMIT = 1 << 20  # asyncio StreamReader buffer: bounds memory while reading a file
-
-GuestErrorKind = str
-
-
-class GuestError(Exception):
-    """An error reported by the guest, or the guest being unreachable."""
-
-    def __init__(self, kind: GuestErrorKind, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
+# Output (stdout + stderr) a unary exec may collect for its one reply; past it the command is
+# killed and the call fails with ``output_too_large``. Well under the 64 MiB gRPC message cap;
+# a command that prints more belongs on the streaming exec, which never buffers. The agent's
+# value is ``WARREN_AGENT_MAX_EXEC_OUTPUT`` (AgentSettings.max_exec_output).
+MAX_EXEC_OUTPUT = 16 << 20
 
 
 @dataclass
@@ -55,16 +54,6 @@ class ExecResult:
     stderr: bytes
     exit_code: int
     timed_out: bool
-
-
-@dataclass
-class ExecEvent:
-    kind: Literal["start", "stdout", "stderr", "exit", "error"]
-    pid: int = 0
-    data: bytes = b""
-    exit_code: int = 0
-    error: str = ""
-    timed_out: bool = False
 
 
 @dataclass
@@ -79,21 +68,135 @@ class EntryInfo:
     group: str
     modified_time: float
     symlink_target: str | None = None
+    # E2B's file metadata (``user.e2b.*`` xattrs) and, for a symlink, what it resolves to.
+    metadata: dict[str, str] = field(default_factory=dict)
+    target_type: str = ""
+    target_mode: int = 0
+    resolved_target: str = ""
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> EntryInfo:
+    def from_wire(cls, d: Any) -> EntryInfo:
+        """An entry as the guest sent it, checked field by field (a hostile guest gets an
+        error, never a crash or a value the RPC cannot carry)."""
+        if not isinstance(d, dict) or d.get("type") not in ("file", "dir", "symlink", "other"):
+            raise GuestError("internal", "the guest sent a malformed entry")
+        target = d.get("symlink_target")
+        if d.get("target_type", "") not in ("", "file", "dir", "other"):
+            raise GuestError("internal", "the guest sent a malformed entry")
         return cls(
-            name=d["name"],
-            path=d["path"],
+            name=_text(d.get("name")),
+            path=_text(d.get("path")),
             type=d["type"],
-            size=d["size"],
-            mode=d["mode"],
-            permissions=d["permissions"],
-            owner=d["owner"],
-            group=d["group"],
-            modified_time=d["modified_time"],
-            symlink_target=d.get("symlink_target"),
+            size=_int(d.get("size"), 1 << 63),
+            mode=_int(d.get("mode"), 1 << 31),
+            permissions=_text(d.get("permissions")),
+            owner=_text(d.get("owner")),
+            group=_text(d.get("group")),
+            modified_time=_float(d.get("modified_time")),
+            symlink_target=None if target is None else _text(target),
+            metadata=_metadata(d.get("metadata")),
+            target_type=str(d.get("target_type", "")),
+            target_mode=_int(d.get("target_mode", 0), 1 << 31),
+            resolved_target=_text(d.get("resolved_target", "")),
         )
+
+
+# The guest's own bounds on E2B's file metadata (guest_agent/xattrs.py), checked again here.
+_MAX_METADATA_KEYS = 32
+_MAX_METADATA_TEXT = 4096
+
+
+def _metadata(v: Any) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or len(v) > _MAX_METADATA_KEYS:
+        raise GuestError("internal", "the guest sent a malformed entry")
+    out = {}
+    for k, val in v.items():
+        if (
+            not isinstance(k, str)
+            or not isinstance(val, str)
+            or len(k) > 128
+            or len(val) > _MAX_METADATA_TEXT
+        ):
+            raise GuestError("internal", "the guest sent a malformed entry")
+        out[_text(k)] = _text(val)
+    return out
+
+
+_WATCH_TYPES = frozenset({"create", "write", "remove", "rename", "chmod"})
+
+
+@dataclass
+class WatchEvent:
+    """One change the guest's ``watch`` reported (``old_path``: a rename's former name)."""
+
+    type: str
+    path: str
+    timestamp_ns: int
+    entry: EntryInfo | None = None
+    old_path: str = ""
+
+    @classmethod
+    def from_wire(cls, d: Any) -> WatchEvent:
+        if not isinstance(d, dict) or d.get("type") not in _WATCH_TYPES:
+            raise GuestError("internal", "the guest sent a malformed watch event")
+        entry = d.get("entry")
+        old = d.get("old_path")
+        return cls(
+            type=d["type"],
+            path=_text(d.get("path")),
+            timestamp_ns=_int(d.get("ts_ns"), 1 << 63),
+            entry=None if entry is None else EntryInfo.from_wire(entry),
+            old_path="" if old is None else _text(old),
+        )
+
+
+@dataclass
+class WatchBatch:
+    events: list[WatchEvent]
+    overflowed: bool
+
+
+@dataclass
+class ListPage:
+    """One page of a listing. ``next_cursor`` is opaque (ASCII), for the next call."""
+
+    entries: list[EntryInfo]
+    next_cursor: str
+    has_more: bool
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise GuestError("internal", "the guest sent a malformed entry")
+    # Names that are not UTF-8 arrive as lone surrogates, which no RPC string can carry.
+    return v.encode("utf-8", "replace").decode("utf-8") if not v.isascii() else v
+
+
+def _int(v: Any, bound: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not -bound <= v < bound:
+        raise GuestError("internal", "the guest sent a malformed entry")
+    return v
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not -(1 << 62) < v < 1 << 62:
+        raise GuestError("internal", "the guest sent a malformed entry")
+    return float(v)
+
+
+def encode_cursor(path: str) -> str:
+    """A guest path as an opaque ASCII cursor (paths may hold any byte, headers may not)."""
+    return base64.urlsafe_b64encode(path.encode("utf-8", "surrogatepass")).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True)
+        return raw.decode("utf-8", "surrogatepass")
+    except (ValueError, UnicodeError) as e:
+        raise GuestError("invalid_argument", "invalid cursor") from e
 
 
 @dataclass
@@ -106,12 +209,10 @@ class ProcessInfo:
     exit_code: int | None
 
 
-def _frame(kind: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(4, "big") + bytes((kind,)) + payload
-
-
-def _jdump(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+def _as(user: str) -> dict[str, str]:
+    """A request's ``user`` field: absent for the default (the guest's own user, root), so the
+    default request is exactly what it always was."""
+    return {"user": user} if user else {}
 
 
 def _selector(selector: int | str) -> dict[str, Any]:
@@ -120,172 +221,14 @@ def _selector(selector: int | str) -> dict[str, Any]:
     return {"pid": selector} if isinstance(selector, int) else {"tag": selector}
 
 
-def _error_from(payload: bytes) -> GuestError:
-    try:
-        d = json.loads(payload)
-        return GuestError(str(d.get("kind", "internal")), str(d.get("message", "")))
-    except (ValueError, AttributeError):
-        return GuestError("internal", f"malformed error frame: {payload[:200]!r}")
-
-
-class _Conn:
-    """One connection = one request."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, path: str) -> _Conn:
-        # The socket's directory is the sandbox's /run/warren, writable by sandbox root: it can
-        # replace the socket with a symlink, which connect(2) would follow *on the host* (to
-        # another sandbox's guest, or any host socket). So pin the inode without following a
-        # symlink, check it is a socket, and connect through /proc/self/fd.
-        try:
-            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                raise GuestError("unavailable", f"cannot connect to guest at {path}: not a socket")
-            reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=_STREAM_LIMIT)
-        except OSError as e:
-            # ENOENT (not yet started / gone), ECONNREFUSED (between bind and listen, or dead).
-            raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
-        finally:
-            os.close(fd)
-        return cls(reader, writer)
-
-    def send(self, kind: int, payload: bytes = b"") -> None:
-        self.writer.write(_frame(kind, payload))
-
-    def send_data(self, data: bytes) -> None:
-        for i in range(0, len(data), _MAX_OUT_CHUNK):
-            self.send(K_DATA, data[i : i + _MAX_OUT_CHUNK])
-
-    async def drain(self) -> None:
-        try:
-            await self.writer.drain()
-        except (ConnectionError, OSError) as e:
-            raise GuestError("unavailable", f"guest connection lost: {e}") from e
-
-    async def recv(self) -> tuple[int, bytes]:
-        try:
-            hdr = await self.reader.readexactly(_HDR)
-            n = int.from_bytes(hdr[:4], "big")
-            if n > _MAX_IN_FRAME:
-                raise GuestError("internal", f"guest sent an oversized frame ({n} bytes)")
-            payload = await self.reader.readexactly(n) if n else b""
-        except asyncio.IncompleteReadError as e:
-            raise GuestError("unavailable", "guest closed the connection mid-response") from e
-        except (ConnectionError, OSError) as e:
-            raise GuestError("unavailable", f"guest connection lost: {e}") from e
-        return hdr[4], payload
-
-    async def result(self) -> dict[str, Any]:
-        kind, payload = await self.recv()
-        if kind == K_RESULT:
-            out: dict[str, Any] = json.loads(payload)
-            return out
-        if kind == K_ERROR:
-            raise _error_from(payload)
-        raise GuestError("internal", f"unexpected frame kind {kind} (wanted a result)")
-
-    def close(self) -> None:
-        # The guest treats EOF as "client gone"; no need to wait for the close handshake.
-        self.writer.close()
-
-
-class ExecSession:
-    """A running command's event stream plus its stdin / signal controls.
-
-    Iterate it for :class:`ExecEvent` s: ``start`` first, then ``stdout``/``stderr`` as they
-    arrive, then ``exit`` (or ``error`` if the guest connection broke). Closing the session of a
-    foreground command kills it; a background command keeps running.
-    """
-
-    def __init__(self, conn: _Conn, start: ExecEvent) -> None:
-        self._conn = conn
-        self._pending: ExecEvent | None = start
-        self._done = False
-        self.pid = start.pid
-
-    def __aiter__(self) -> ExecSession:
-        return self
-
-    async def __anext__(self) -> ExecEvent:
-        if self._pending is not None:
-            ev, self._pending = self._pending, None
-            return ev
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            kind, payload = await self._conn.recv()
-        except GuestError as e:
-            self._finish()
-            return ExecEvent(kind="error", error=e.message)
-        if kind == K_STDOUT:
-            return ExecEvent(kind="stdout", pid=self.pid, data=payload)
-        if kind == K_STDERR:
-            return ExecEvent(kind="stderr", pid=self.pid, data=payload)
-        if kind == K_EVENT:
-            d = json.loads(payload)
-            if d.get("type") == "exit":
-                self._finish()
-                return ExecEvent(
-                    kind="exit",
-                    pid=self.pid,
-                    exit_code=int(d["exit_code"]),
-                    error=str(d.get("error") or ""),
-                    timed_out=bool(d.get("timed_out")),
-                )
-            return ExecEvent(kind="start", pid=int(d.get("pid", self.pid)))
-        self._finish()
-        if kind == K_ERROR:
-            err = _error_from(payload)
-            return ExecEvent(kind="error", pid=self.pid, error=f"{err.kind}: {err.message}")
-        return ExecEvent(kind="error", pid=self.pid, error=f"unexpected frame kind {kind}")
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn.close()
-
-    async def send_stdin(self, data: bytes) -> None:
-        self._check_open()
-        self._conn.send_data(data)
-        await self._conn.drain()
-
-    async def close_stdin(self) -> None:
-        self._check_open()
-        self._conn.send(K_END)
-        await self._conn.drain()
-
-    async def signal(self, sig: int) -> None:
-        self._check_open()
-        self._conn.send(K_SIGNAL, str(int(sig)).encode())
-        await self._conn.drain()
-
-    async def close(self) -> None:
-        self._done = True
-        self._pending = None
-        self._conn.close()
-
-    def _check_open(self) -> None:
-        if self._done:
-            raise GuestError("invalid_argument", "the exec session has ended")
-
-    async def __aenter__(self) -> ExecSession:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
 class GuestClient:
-    def __init__(self, socket_path: str, *, op_timeout: float = 30.0) -> None:
+    def __init__(
+        self, socket_path: str, *, op_timeout: float = 30.0, max_output: int = MAX_EXEC_OUTPUT
+    ) -> None:
         self.socket_path = socket_path
         # Upper bound for unary operations, so a frozen or wedged guest cannot hang a caller.
         self.op_timeout = op_timeout
+        self.max_output = max_output
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -294,9 +237,9 @@ class GuestClient:
     ) -> dict[str, Any]:
         try:
             async with asyncio.timeout(limit if limit is not None else self.op_timeout):
-                conn = await _Conn.open(self.socket_path)
+                conn = await Conn.open(self.socket_path)
                 try:
-                    conn.send(K_REQ, _jdump(req))
+                    conn.send(K_REQ, jdump(req))
                     if body is not None:
                         conn.send_data(body)
                         conn.send(K_END)
@@ -307,24 +250,8 @@ class GuestClient:
             raise GuestError("timeout", f"guest did not answer {req.get('op')!r} in time") from e
 
     async def _open_session(self, req: dict[str, Any], stdin: bytes | None = None) -> ExecSession:
-        conn = await _Conn.open(self.socket_path)
-        try:
-            conn.send(K_REQ, _jdump(req))
-            if stdin is not None:
-                # Not drained here: the guest reads stdin and we read output concurrently, so
-                # waiting for stdin to be consumed first could deadlock on a chatty process.
-                conn.send_data(stdin)
-                conn.send(K_END)
-            kind, payload = await conn.recv()
-            if kind == K_ERROR:
-                raise _error_from(payload)
-            if kind != K_EVENT:
-                raise GuestError("internal", f"unexpected frame kind {kind} (wanted start)")
-            d = json.loads(payload)
-            return ExecSession(conn, ExecEvent(kind="start", pid=int(d["pid"])))
-        except BaseException:
-            conn.close()
-            raise
+        conn, pid = await open_started(self.socket_path, req, stdin)
+        return ExecSession(conn, ExecEvent(kind="start", pid=pid))
 
     # --- health ----------------------------------------------------------------------------
 
@@ -361,12 +288,18 @@ class GuestClient:
         cwd: str | None = None,
         timeout: float | None = 30.0,  # noqa: ASYNC109
         stdin: bytes | None = None,
+        max_output: int | None = None,
+        user: str = "",
     ) -> ExecResult:
         """Run a command to completion and collect its output.
 
         ``timeout`` is enforced by the guest (it kills the process group and reports
-        ``timed_out``); the client only adds a safety margin on top for a wedged guest.
+        ``timed_out``); the client only adds a safety margin on top for a wedged guest. At most
+        ``max_output`` bytes (default: the client's ``max_output``) of stdout and stderr together are
+        collected: past that the session is closed, which makes the guest kill the command, and
+        the call fails with ``output_too_large``.
         """
+        cap = self.max_output if max_output is None else max_output
         req = {
             "op": "exec",
             "cmd": cmd,
@@ -375,24 +308,34 @@ class GuestClient:
             "cwd": cwd,
             "timeout": timeout,
             "stdin": stdin is not None,
+            **_as(user),
         }
         out: list[bytes] = []
         err: list[bytes] = []
+        size = 0
         guard = None if not timeout else timeout + 10.0
         try:
             async with asyncio.timeout(guard):
                 session = await self._open_session(req, stdin)
                 try:
                     async for ev in session:
-                        if ev.kind == "stdout":
-                            out.append(ev.data)
-                        elif ev.kind == "stderr":
-                            err.append(ev.data)
+                        if ev.kind in ("stdout", "stderr"):
+                            size += len(ev.data)
+                            if size > cap:
+                                raise GuestError(
+                                    "output_too_large",
+                                    f"the command printed more than {cap} bytes (stdout and stderr "
+                                    "together), the most a unary exec collects; it was killed. "
+                                    "Use the streaming exec for large output.",
+                                )
+                            (out if ev.kind == "stdout" else err).append(ev.data)
                         elif ev.kind == "exit":
                             return ExecResult(b"".join(out), b"".join(err), ev.exit_code, ev.timed_out)
                         elif ev.kind == "error":
                             raise GuestError("unavailable", ev.error)
                 finally:
+                    # A foreground command dies with its session: this is also what kills it when
+                    # the output is too large or the caller went away (cancellation).
                     await session.close()
         except TimeoutError as e:
             raise GuestError("timeout", f"guest did not finish {cmd!r} in time") from e
@@ -409,6 +352,8 @@ class GuestClient:
         tag: str | None = None,
         background: bool = False,
         stdin: bool = True,
+        user: str = "",
+        backpressure: bool = False,
     ) -> ExecSession:
         """Start a command and return its live session (after the guest reported ``start``).
 
@@ -426,7 +371,10 @@ class GuestClient:
             "stdin": stdin,
             "tag": tag,
             "background": background,
+            **_as(user),
         }
+        if backpressure:  # the guest waits for this session's reader even in the background
+            req["backpressure"] = True
         return await self._open_session(req)
 
     async def attach(self, selector: int | str) -> ExecSession:
@@ -457,14 +405,23 @@ class GuestClient:
     async def close_stdin(self, selector: int | str) -> None:
         await self._call({"op": "close_stdin", **_selector(selector)})
 
+    async def pty_input(self, pid: int, data: bytes) -> None:
+        await self._call({"op": "pty_input", "pid": pid}, body=data)
+
+    async def pty_resize(self, pid: int, cols: int, rows: int) -> None:
+        await self._call({"op": "pty_resize", "pid": pid, "cols": cols, "rows": rows})
+
+    async def pty_signal(self, pid: int, sig: int) -> None:
+        await self._call({"op": "pty_signal", "pid": pid, "signal": int(sig)})
+
     # --- files -----------------------------------------------------------------------------
 
-    async def read_file(self, path: str, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+    async def read_file(self, path: str, chunk_size: int = 65536, *, user: str = "") -> AsyncIterator[bytes]:
         """Stream a file's content. Raises GuestError (e.g. ``not_found``) before the first
         chunk. Memory stays bounded: the guest only reads ahead what the socket can hold."""
-        conn = await _Conn.open(self.socket_path)
+        conn = await Conn.open(self.socket_path)
         try:
-            conn.send(K_REQ, _jdump({"op": "read", "path": path, "chunk_size": chunk_size}))
+            conn.send(K_REQ, jdump({"op": "read", "path": path, "chunk_size": chunk_size, **_as(user)}))
             try:
                 async with asyncio.timeout(self.op_timeout):
                     await conn.result()
@@ -477,21 +434,27 @@ class GuestClient:
                 elif kind == K_END:
                     return
                 elif kind == K_ERROR:
-                    raise _error_from(payload)
+                    raise error_from(payload)
                 else:
                     raise GuestError("internal", f"unexpected frame kind {kind} in file read")
         finally:
             conn.close()
 
-    async def write_file(self, path: str, chunks: AsyncIterable[bytes], mode: int | None = None) -> int:
-        """Stream ``chunks`` into ``path`` (parents created, replaced atomically on success).
-        Returns the number of bytes written."""
-        conn = await _Conn.open(self.socket_path)
+    async def write_file(
+        self, path: str, chunks: AsyncIterable[bytes], mode: int | None = None, *, user: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> int:  # fmt: skip
+        """Stream ``chunks`` into ``path`` (parents created, replaced atomically on success),
+        with ``metadata`` as the new file's ``user.e2b.*`` xattrs. Returns the bytes written."""
+        conn = await Conn.open(self.socket_path)
         # The guest may refuse early (bad path, parent is a file...): watch for its answer while
         # uploading so a refused 1 GiB upload stops at once instead of being sent in full.
         answer = asyncio.ensure_future(conn.result())
         try:
-            conn.send(K_REQ, _jdump({"op": "write", "path": path, "mode": mode}))
+            req: dict[str, Any] = {"op": "write", "path": path, "mode": mode, **_as(user)}
+            if metadata:
+                req["metadata"] = metadata
+            conn.send(K_REQ, jdump(req))
             try:
                 async for chunk in chunks:
                     if answer.done():
@@ -519,19 +482,72 @@ class GuestClient:
                     await answer
             conn.close()
 
-    async def list_dir(self, path: str, depth: int = 1) -> list[EntryInfo]:
-        res = await self._call({"op": "list", "path": path, "depth": depth})
-        return [EntryInfo.from_wire(e) for e in res["entries"]]
+    async def list_dir(
+        self, path: str, depth: int = 1, *, limit: int = 0, cursor: str = "", user: str = ""
+    ) -> ListPage:
+        """One page of ``path``'s entries sorted by path (``limit`` 0: the guest's default);
+        ``cursor`` is the previous page's ``next_cursor``."""
+        req: dict[str, Any] = {"op": "list", "path": path, "depth": depth, **_as(user)}
+        if limit:
+            req["limit"] = limit
+        if cursor:
+            req["cursor"] = decode_cursor(cursor)
+        res = await self._call(req)
+        entries, nxt = res.get("entries"), res.get("next_cursor")
+        if not isinstance(entries, list) or not (nxt is None or isinstance(nxt, str)):
+            raise GuestError("internal", "the guest sent a malformed listing")
+        if limit and len(entries) > limit:
+            raise GuestError("internal", "the guest sent more entries than asked for")
+        page = [EntryInfo.from_wire(e) for e in entries]
+        if res.get("has_more") is True and nxt:
+            return ListPage(page, encode_cursor(nxt), True)
+        return ListPage(page, "", False)
 
-    async def stat(self, path: str) -> EntryInfo:
-        res = await self._call({"op": "stat", "path": path})
-        return EntryInfo.from_wire(res["entry"])
+    async def stat(self, path: str, *, follow: bool = False, user: str = "") -> EntryInfo:
+        req: dict[str, Any] = {"op": "stat", "path": path, **_as(user)}
+        if follow:
+            req["follow"] = True
+        return EntryInfo.from_wire((await self._call(req)).get("entry"))
 
-    async def make_dir(self, path: str) -> None:
-        await self._call({"op": "mkdir", "path": path})
+    async def make_dir(self, path: str, *, user: str = "") -> None:
+        await self._call({"op": "mkdir", "path": path, **_as(user)})
 
-    async def remove(self, path: str) -> None:
-        await self._call({"op": "remove", "path": path})
+    async def remove(self, path: str, *, user: str = "") -> None:
+        await self._call({"op": "remove", "path": path, **_as(user)})
 
-    async def move(self, src: str, dst: str) -> None:
-        await self._call({"op": "move", "src": src, "dst": dst})
+    async def move(self, src: str, dst: str, *, user: str = "") -> None:
+        await self._call({"op": "move", "src": src, "dst": dst, **_as(user)})
+
+    # --- watch -----------------------------------------------------------------------------
+
+    async def watch(
+        self, path: str, *, recursive: bool = True, user: str = ""
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """A directory's changes, batch by batch, until the caller stops (closing the connection
+        ends the guest's watch) or the directory itself goes. Errors (``not_found``,
+        ``too_large`` past the watch cap, ``permission``) are raised before the first batch;
+        the first item is an empty batch once every watch is in place."""
+        conn = await Conn.open(self.socket_path)
+        try:
+            conn.send(K_REQ, jdump({"op": "watch", "path": path, "recursive": recursive, **_as(user)}))
+            try:
+                async with asyncio.timeout(self.op_timeout):
+                    await conn.result()
+            except TimeoutError as e:
+                raise GuestError("timeout", f"guest did not start watching {path!r} in time") from e
+            yield WatchBatch([], False)
+            while True:
+                kind, payload = await conn.recv()
+                if kind == K_END:
+                    return
+                if kind == K_ERROR:
+                    raise error_from(payload)
+                if kind != K_EVENT:
+                    raise GuestError("internal", f"unexpected frame kind {kind} in a watch")
+                d = json_object(payload)
+                events = d.get("events")
+                if not isinstance(events, list):
+                    raise GuestError("internal", "the guest sent a malformed watch batch")
+                yield WatchBatch([WatchEvent.from_wire(e) for e in events], d.get("overflow") is True)
+        finally:
+            conn.close()

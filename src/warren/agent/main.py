@@ -4,7 +4,7 @@
 (the control-plane link plugs in here, with its TLS credential). Shutdown has two flavours:
 
 * SIGTERM/SIGINT (a restart, an upgrade): stop serving, **keep** every sandbox. The next agent
-  re-adopts them from their records — DESIGN's re-adoption requirement wins over SPEC §3.5,
+  re-adopts them from their records — DESIGN's re-adoption requirement wins over docs/spec.md §3.5,
   whose "destroy everything" made sense only for VMs that die with their agent anyway.
 * ``Terminate`` RPC or :meth:`AgentHandle.terminate` (the host is being removed, or the CP
   said it no longer knows this host): destroy every sandbox, then stop.
@@ -25,9 +25,12 @@ from typing import Any
 
 import grpc
 
+from warren.agent import dial_data, egress, telemetry
 from warren.agent.manager import SandboxManager
+from warren.agent.network import NetworkSlots
 from warren.agent.runtime.oci import OciRuntime
 from warren.agent.server import HostAgentServicer
+from warren.agent.settings import AgentSettings
 from warren.agent.templates import TemplateStore
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 
@@ -85,32 +88,17 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-async def serve(
-    listen: str,
-    data_dir: Path,
-    *,
-    runtime: str = "runc",
-    tls: grpc.ServerCredentials | None = None,
-    extra_tasks: Sequence[ExtraTask] = (),
-    minimal_template_dir: Path | None = None,
-) -> None:
-    check_listen(listen, tls=tls is not None)
-    data_dir = data_dir.resolve()  # noqa: ASYNC240
-    lock_fd = _lock_data_dir(data_dir)
-    env_tpl = os.environ.get("WARREN_MINIMAL_DIR")
-    templates = TemplateStore(
-        data_dir / "templates", minimal_dir=minimal_template_dir or (Path(env_tpl) if env_tpl else None)
-    )
-    manager = SandboxManager(data_dir, OciRuntime(runtime, data_dir / runtime), templates=templates)
-    handle = AgentHandle(manager)
-    await manager.start()
-
+async def _grpc_server(
+    manager: SandboxManager, handle: AgentHandle, listen: str, tls: grpc.ServerCredentials | None
+) -> grpc.aio.Server:
+    """The agent's gRPC server on ``listen`` (mTLS with ``tls``), started."""
     server = grpc.aio.server(
+        interceptors=[telemetry.RpcInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_HostAgentServicer_to_server(HostAgentServicer(manager, on_terminate=handle.terminate), server)
     if tls is not None:
@@ -118,6 +106,49 @@ async def serve(
     else:
         server.add_insecure_port(listen)
     await server.start()
+    return server
+
+
+async def serve(
+    listen: str,
+    data_dir: Path,
+    settings: AgentSettings,
+    *,
+    runtime: str = "runc",
+    tls: grpc.ServerCredentials | None = None,
+    extra_tasks: Sequence[ExtraTask] = (),
+    minimal_template_dir: Path | None = None,
+    cp_url: str | None = None,
+) -> None:
+    """``cp_url``: the control plane's URL; its addresses are closed to sandboxes."""
+    check_listen(listen, tls=tls is not None)
+    data_dir = data_dir.resolve()  # noqa: ASYNC240
+    lock_fd = _lock_data_dir(data_dir)
+    templates = TemplateStore(
+        data_dir / "templates",
+        minimal_dir=minimal_template_dir or settings.minimal_dir,
+        mirror=settings.debian_mirror,
+    )
+    deny = await egress.platform_deny(cp_url, settings.egress_deny)
+    network = NetworkSlots(
+        str(data_dir), pool_size=settings.net_pool, platform_deny=deny, dns_upstream=settings.dns_upstream
+    )
+    manager = SandboxManager(
+        data_dir,
+        OciRuntime(runtime, data_dir / runtime),
+        settings=settings,
+        templates=templates,
+        network=network,
+    )
+    handle = AgentHandle(manager)
+    await manager.start()
+
+    server = await _grpc_server(manager, handle, listen, tls)
+    metrics_server = await telemetry.serve_metrics(settings.metrics_listen, manager)
+    data_port = await dial_data.start(
+        manager, listen, settings.dial_data_port, ticket_ttl_s=settings.dial_ticket_ttl_s,
+        data_dir=data_dir if tls is not None else None, tls_on_loopback=settings.dial_data_tls_on_loopback,
+    )  # fmt: skip
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,6 +172,10 @@ async def serve(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(GRACE_SECONDS):
                     await manager.destroy_all()
+        if data_port is not None:
+            await data_port.close()
+        if metrics_server is not None:
+            metrics_server.close()
         await server.stop(grace=2.0)
         await manager.stop()
         os.close(lock_fd)

@@ -4,11 +4,17 @@ Slot ``n`` owns the /30 ``10.11.0.0/16 + 4n``: the host end of the veth (``wv<n>
 the sandbox end (``eth0`` inside netns ``warren-s<n>``) is ``.2`` and is the sandbox's
 ``host_ip``. Every sandbox is routed through the host, where our own chains decide:
 
-* ``WARREN-FWD`` (from FORWARD): sandbox↔sandbox traffic is dropped; a sandbox created with
-  ``internet=false`` gets a per-slot DROP rule; everything else from a sandbox is accepted.
+* ``WARREN-FWD`` (from FORWARD): first the egress policy (``WARREN-EGRESS``, see egress.py:
+  private, link-local, CGNAT, loopback, reserved ranges and the platform's addresses are
+  closed unless an operator opened a range for the team); a sandbox created with
+  ``internet=false`` gets a per-slot DROP rule; sandbox↔sandbox traffic is dropped; everything
+  else from a sandbox (the public internet) is accepted.
 * ``WARREN-IN`` (from INPUT): a sandbox may not open connections to the host itself (the agent,
-  a database, ...); replies to connections the host opened are accepted.
+  a database, ... on any of the host's addresses); replies to connections the host opened are
+  accepted.
 * ``WARREN-NAT`` (nat POSTROUTING): MASQUERADE sandbox traffic that leaves 10.11.0.0/16.
+
+IPv6 is off on both ends of every veth, and ip6tables drops whatever crosses ``wv+`` anyway.
 
 Keeping every rule in our own chains makes cleanup a flush, and a leftover is easy to spot.
 
@@ -28,9 +34,12 @@ import ipaddress
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from warren.agent import egress
+from warren.agent.egress_rules import SandboxEgress
 from warren.agent.proc import CommandError, run
 
 log = logging.getLogger("warren.agent.network")
@@ -85,9 +94,22 @@ async def _iptables(*args: str, table: str = "filter", check: bool = True) -> bo
 class NetworkSlots:
     """Allocates slots and builds/tears down each slot's namespace, veth pair and rules."""
 
-    def __init__(self, owner: str, claims_dir: Path = CLAIMS_DIR, *, pool_size: int = 0) -> None:
+    def __init__(
+        self,
+        owner: str,
+        claims_dir: Path = CLAIMS_DIR,
+        *,
+        pool_size: int = 0,
+        platform_deny: Sequence[ipaddress.IPv4Network] = (),
+        dns_upstream: str = "",
+    ) -> None:
         self.owner = owner
         self.claims_dir = claims_dir
+        # The platform's own addresses (the CP's, WARREN_AGENT_EGRESS_DENY): closed to every
+        # sandbox, whatever ranges its team has opened.
+        self.platform_deny = list(platform_deny)
+        # Each sandbox's own egress rules and resolver (issue 14), by slot.
+        self.rules = SandboxEgress(claims_dir.parent / "egress-rules", dns_upstream)
         self._used: set[int] = set()
         self._lock = asyncio.Lock()
         # Slots built ahead of time (internet on): a create takes one instead of spending
@@ -96,19 +118,30 @@ class NetworkSlots:
         self._pool: list[Slot] = []
         self._refill: asyncio.Task[None] | None = None
 
-    def _claim(self, index: int, holder: str) -> bool:
+    # A claim file is "<owner>\n<holder>\n<allowed CIDRs, comma-separated>\n": the CIDRs are
+    # written before their rules are installed, so whoever tears the slot down (this agent,
+    # or the next one after a crash) knows which rules to remove.
+
+    def _claim(self, index: int, holder: str, allow: Sequence[str] = ()) -> bool:
         try:
             fd = os.open(self.claims_dir / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            f.write(f"{self.owner}\n{holder}\n")
+            f.write(f"{self.owner}\n{holder}\n{','.join(allow)}\n")
         return True
 
-    def _set_holder(self, index: int, holder: str) -> None:
+    def _set_holder(self, index: int, holder: str, allow: Sequence[str] = ()) -> None:
         tmp = self.claims_dir / f".{index}.tmp"
-        tmp.write_text(f"{self.owner}\n{holder}\n")
+        tmp.write_text(f"{self.owner}\n{holder}\n{','.join(allow)}\n")
         os.replace(tmp, self.claims_dir / str(index))
+
+    def _claim_allow(self, index: int) -> list[str]:
+        try:
+            lines = (self.claims_dir / str(index)).read_text().split("\n")
+        except FileNotFoundError:
+            return []
+        return [c for c in lines[2].split(",") if c] if len(lines) > 2 else []
 
     def _read_claim(self, index: int) -> tuple[str, str] | None:
         """(owner, holder) of slot ``index``'s claim file, or None when unclaimed."""
@@ -156,6 +189,11 @@ class NetworkSlots:
         for table, chain, rule in base_rules:
             if not await _iptables("-C", chain, *rule, table=table, check=False):
                 await _iptables("-A", chain, *rule, table=table)
+        # Inserted at the top of WARREN-FWD, so it holds above the final ACCEPT (also on a host
+        # whose chains an older agent built).
+        await egress.setup(
+            FWD_CHAIN, self.platform_deny, owner=self.owner, state_dir=self.claims_dir.parent / "egress-deny"
+        )
 
     async def cleanup_leftovers(self, keep: set[int]) -> list[int]:
         """Remove namespaces, veths and rules of slots not in ``keep`` (a crash's leftovers)."""
@@ -168,12 +206,16 @@ class NetworkSlots:
             if name.startswith(VETH_PREFIX) and name[len(VETH_PREFIX) :].isdigit():
                 found.add(int(name[len(VETH_PREFIX) :]))
         found |= {int(n) for n in os.listdir(self.claims_dir) if n.isdigit()}
+        stale_allow = await egress.allow_rules_by_slot(VETH_PREFIX)
+        found |= set(stale_allow)
+        await self.rules.restore_slots({i: Slot(i) for i in keep})
+        found |= self.rules.mark_stale(await egress.user_rule_slots() - keep)
         removed = []
         for idx in sorted(found - keep):
             owner = self._claim_owner(idx)
             if owner is not None and owner != self.owner and os.path.isdir(owner):
                 continue  # another agent's sandbox
-            await self._teardown(Slot(idx))
+            await self._teardown(Slot(idx), extra_allow=stale_allow.get(idx, ()))
             if owner is not None:
                 (self.claims_dir / str(idx)).unlink(missing_ok=True)
             removed.append(idx)
@@ -187,22 +229,24 @@ class NetworkSlots:
         if self._claim_owner(index) is None:
             self._claim(index, holder)
 
-    async def acquire(self, holder: str, *, internet: bool) -> Slot:
+    async def acquire(self, holder: str, *, internet: bool, allow: Sequence[str] = ()) -> Slot:
         """A ready slot from the pool, or the lowest free slot built now; freed on failure.
-        ``holder`` (the sandbox id) is written into the claim file for operators and checks."""
+        ``holder`` (the sandbox id) is written into the claim file for operators and checks.
+        ``allow``: CIDRs (validated by :func:`egress.parse_allow`) opened for this sandbox on
+        top of the default policy; none when ``internet`` is off (nothing leaves the slot)."""
+        allow = list(allow) if internet else []
         if self._pool:
             slot = self._pool.pop(0)
-            self._set_holder(slot.index, holder)
+            self._set_holder(slot.index, holder, allow)
             self._start_refill()
-            if not internet:
-                try:
-                    await self.block_internet(slot)
-                except BaseException:
-                    await self.release(slot)
-                    raise
+            try:
+                await self._slot_rules(slot, internet=internet, allow=allow)
+            except BaseException:
+                await self.release(slot)
+                raise
             return slot
         self._start_refill()
-        return await self._new_slot(holder, internet=internet)
+        return await self._new_slot(holder, internet=internet, allow=allow)
 
     def _start_refill(self) -> None:
         if self.pool_size > 0 and (self._refill is None or self._refill.done()):
@@ -229,16 +273,18 @@ class NetworkSlots:
         for slot in pool:
             with contextlib.suppress(Exception):
                 await self.release(slot)
+        await self.rules.close()  # the resolvers' sockets; the rules stay for the next agent
 
-    async def _new_slot(self, holder: str, *, internet: bool) -> Slot:
+    async def _new_slot(self, holder: str, *, internet: bool, allow: Sequence[str] = ()) -> Slot:
         async with self._lock:
-            idx = next((i for i in range(MAX_SLOTS) if i not in self._used and self._claim(i, holder)), None)
+            free = (i for i in range(MAX_SLOTS) if i not in self._used and self._claim(i, holder, allow))
+            idx = next(free, None)
             if idx is None:
                 raise NetworkError("no free network slot")
             self._used.add(idx)
         slot = Slot(idx)
         try:
-            await self._build(slot, internet=internet)
+            await self._build(slot, internet=internet, allow=allow)
         except BaseException:
             await self.release(slot)
             raise
@@ -260,7 +306,7 @@ class NetworkSlots:
 
     # ------------------------------------------------------------------------ build/teardown
 
-    async def _build(self, slot: Slot, *, internet: bool) -> None:
+    async def _build(self, slot: Slot, *, internet: bool, allow: Sequence[str] = ()) -> None:
         # Two batches instead of ~8 separate `ip` runs: each fork+exec of ip costs ~2-3 ms.
         host_side = (
             f"netns add {slot.netns}\n"
@@ -274,17 +320,24 @@ class NetworkSlots:
             "link set lo up\n"
             f"route add default via {slot.gateway}\n"
         )
+        await self._slot_rules(slot, internet=internet, allow=allow)
+        await run("ip", "-batch", "-", input=host_side.encode())
+        await egress.disable_ipv6(slot.veth, slot.netns_path, "eth0")
+        await run("ip", "-n", slot.netns, "-batch", "-", input=ns_side.encode())
+
+    async def _slot_rules(self, slot: Slot, *, internet: bool, allow: Sequence[str]) -> None:
         if not internet:
             await self.block_internet(slot)
-        await run("ip", "-batch", "-", input=host_side.encode())
-        await run("ip", "-n", slot.netns, "-batch", "-", input=ns_side.encode())
+        else:
+            await egress.install_allow(slot.veth, allow)
 
     async def block_internet(self, slot: Slot) -> None:
         """Drop everything the sandbox would send through the host (it stays reachable from it)."""
         await _iptables("-I", FWD_CHAIN, "1", "-i", slot.veth, "-j", "DROP")
 
-    async def _teardown(self, slot: Slot) -> None:
+    async def _teardown(self, slot: Slot, *, extra_allow: Sequence[str] = ()) -> None:
         errors: list[str] = []
+        allow = list(dict.fromkeys([*self._claim_allow(slot.index), *extra_allow]))
         # Deleting the namespace destroys eth0 and with it the host end of the pair.
         if os.path.exists(slot.netns_path):
             try:
@@ -297,6 +350,8 @@ class NetworkSlots:
                 errors.append(res.stderr.strip())
         while await _iptables("-D", FWD_CHAIN, "-i", slot.veth, "-j", "DROP", check=False):
             pass
+        await egress.remove_allow(slot.veth, allow)
+        await self.rules.remove(slot)
         if errors:
             raise NetworkError(f"network slot {slot.index} cleanup: {'; '.join(errors)}")
 
@@ -311,6 +366,7 @@ class NetworkSlots:
                 pass
             await _iptables("-F", chain, table=table, check=False)
             await _iptables("-X", chain, table=table, check=False)
+        await egress.remove()
 
 
 def slot_rules(dump: str) -> list[str]:

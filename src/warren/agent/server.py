@@ -1,84 +1,41 @@
 """The HostAgent gRPC servicer: thin. Each method converts messages and calls SandboxManager.
 
-Errors become gRPC status codes in one place (:func:`status_for`), per SPEC §0.5 / §5.3:
-NotFound → NOT_FOUND, InvalidRequest → INVALID_ARGUMENT, InvalidState/Conflict →
-FAILED_PRECONDITION, an exec timeout → DEADLINE_EXCEEDED, anything else → INTERNAL.
+Errors become gRPC status codes in one place, ``rpc_errors.status_for`` (docs/spec.md §0.5,
+docs/spec.md §5.3). The template-store RPCs are the ``server_store.TemplateStoreRpcs`` mixin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
-from warren.agent.guest_client import EntryInfo, ExecSession, GuestError
-from warren.agent.manager import ExecTimeout, Sandbox, SandboxManager
-from warren.errors import Conflict, InvalidRequest, NotFound, WarrenError
+from warren import egress_rules
+from warren.agent import dial, dial_data, pty_rpc, watch_rpc
+from warren.agent.egress_update import update_network
+from warren.agent.guest_client import EntryInfo
+from warren.agent.guest_wire import ExecSession, GuestError
+from warren.agent.manager import SandboxManager
+from warren.agent.record import HostSandbox
+from warren.agent.rpc_errors import ExecTimeout, abort, mapped_errors, relay
+from warren.agent.server_store import TemplateStoreRpcs, chain_of
+from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 
 log = logging.getLogger("warren.agent.rpc")
 
-_GUEST_CODES = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
-    "is_a_directory": grpc.StatusCode.INVALID_ARGUMENT,
-    "not_a_directory": grpc.StatusCode.INVALID_ARGUMENT,
-    "exists": grpc.StatusCode.INVALID_ARGUMENT,
-    "permission": grpc.StatusCode.PERMISSION_DENIED,
-    "no_space": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-}
+DEFAULT_EXEC_TIMEOUT = 30
+# A POSIX user name is at most 32 characters (the guest checks the name itself).
+MAX_USER_NAME = 32
 
 
-def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(e, NotFound):
-        return grpc.StatusCode.NOT_FOUND, e.message
-    if isinstance(e, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, e.message
-    if isinstance(e, Conflict):
-        return grpc.StatusCode.FAILED_PRECONDITION, e.message
-    if isinstance(e, ExecTimeout):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, e.message
-    if isinstance(e, GuestError):
-        code = _GUEST_CODES.get(e.kind, grpc.StatusCode.INTERNAL)
-        # The guest's own words say what is missing (a file, a command, a process).
-        return code, e.message if e.kind == "not_found" else f"guest: {e}"
-    if isinstance(e, WarrenError):
-        return grpc.StatusCode.INTERNAL, e.message
-    return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
-
-
-async def _abort(context: grpc.aio.ServicerContext, e: BaseException, method: str) -> None:
-    code, msg = status_for(e)
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("event=rpc_error method=%s error=%s", method, msg, exc_info=not isinstance(e, WarrenError))
-    await context.abort(code, msg)
-
-
-_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
-
-
-def _mapped_errors(handler: _Handler) -> _Handler:
-    """For unary-response RPCs: any error of the call ends it with its mapped status code
-    (``status_for``), in one place instead of a try/except in every method."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except grpc.aio.AbortError:
-            raise  # the handler aborted on purpose with its own status
-        except Exception as e:
-            await _abort(context, e, handler.__name__)
-
-    return cast(_Handler, wrapper)
+# A unary ReadFile answers one message: well under the 64 MiB gRPC cap (ReadFileStream: any size).
+_MAX_UNARY_READ = 32 << 20
 
 
 def _selector(sel: pb.ProcessSelector) -> int | str:
@@ -90,7 +47,7 @@ def _selector(sel: pb.ProcessSelector) -> int | str:
     raise InvalidRequest("process selector (pid or tag) is required")
 
 
-def _info(sb: Sandbox) -> pb.SandboxInfo:
+def _info(sb: HostSandbox) -> pb.SandboxInfo:
     return pb.SandboxInfo(
         sandbox_id=sb.id,
         status=sb.status,
@@ -108,6 +65,10 @@ def _info(sb: Sandbox) -> pb.SandboxInfo:
     )
 
 
+def _egress(e: pb.EgressRules) -> egress_rules.EgressRules:
+    return egress_rules.parse(list(e.allow_out), list(e.deny_out))
+
+
 def _entry(e: EntryInfo) -> pb.EntryInfo:
     return pb.EntryInfo(
         name=e.name,
@@ -120,7 +81,25 @@ def _entry(e: EntryInfo) -> pb.EntryInfo:
         group=e.group,
         modified_time_unix=int(e.modified_time),
         symlink_target=e.symlink_target or "",
+        metadata=e.metadata,
+        target_type=e.target_type,
+        target_mode=e.target_mode,
+        resolved_target=e.resolved_target,
     )
+
+
+def _path(path: str) -> str:
+    # The guest resolves paths inside the sandbox's own mount namespace, so `..` and symlinks
+    # cannot leave its rootfs; here we only refuse what is malformed.
+    if not path or "\0" in path:
+        raise InvalidRequest("path is required")
+    return path
+
+
+def _cmd(cmd: str) -> str:
+    if not cmd:
+        raise InvalidRequest("cmd is required")
+    return cmd
 
 
 def _event(ev: Any) -> pb.ExecEvent | None:
@@ -138,15 +117,16 @@ def _event(ev: Any) -> pb.ExecEvent | None:
     return None
 
 
-class HostAgentServicer(pb_grpc.HostAgentServicer):
+class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     def __init__(self, manager: SandboxManager, *, on_terminate: Callable[[], None] | None = None) -> None:
         self.m = manager
         self._on_terminate = on_terminate
 
     # -------------------------------------------------------------------------- lifecycle
 
-    @_mapped_errors
+    @mapped_errors
     async def CreateSandbox(self, request: pb.CreateSandboxRequest, context: Any) -> pb.CreateSandboxResponse:
+        chain, config = chain_of(request.chain) if request.HasField("chain") else (None, None)
         sb = await self.m.create(
             sandbox_id=request.sandbox_id,
             team_id=request.team_id,
@@ -158,57 +138,71 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
             timeout_sec=request.timeout_sec,
             internet=request.internet if request.HasField("internet") else True,
             env=dict(request.env),
+            egress_allow=list(request.egress_allow),
+            chain=chain,
+            config=config,
+            egress=_egress(request.egress),
         )
-        return pb.CreateSandboxResponse(sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip)
+        return pb.CreateSandboxResponse(
+            sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip, disk_size_mb=sb.disk_size_mb
+        )
 
-    @_mapped_errors
+    @mapped_errors
+    async def UpdateNetwork(self, request: pb.UpdateNetworkRequest, context: Any) -> pb.UpdateNetworkResponse:
+        await update_network(self.m, request.sandbox_id, _egress(request.egress))
+        return pb.UpdateNetworkResponse()
+
+    @mapped_errors
     async def DestroySandbox(
         self, request: pb.DestroySandboxRequest, context: Any
     ) -> pb.DestroySandboxResponse:
         await self.m.destroy(request.sandbox_id)
         return pb.DestroySandboxResponse()
 
-    @_mapped_errors
+    @mapped_errors
     async def PauseSandbox(self, request: pb.PauseSandboxRequest, context: Any) -> pb.PauseSandboxResponse:
         await self.m.pause(request.sandbox_id)
         return pb.PauseSandboxResponse()
 
-    @_mapped_errors
+    @mapped_errors
     async def ResumeSandbox(self, request: pb.ResumeSandboxRequest, context: Any) -> pb.ResumeSandboxResponse:
         sb = await self.m.resume(request.sandbox_id, request.timeout_sec)
         return pb.ResumeSandboxResponse(sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip)
 
-    @_mapped_errors
+    @mapped_errors
     async def PingSandbox(self, request: pb.PingSandboxRequest, context: Any) -> pb.PingSandboxResponse:
         await self.m.ping(request.sandbox_id)
         return pb.PingSandboxResponse()
 
     async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Any) -> pb.ListSandboxesResponse:
         sandboxes, auto = self.m.list_sandboxes()
-        return pb.ListSandboxesResponse(sandboxes=[_info(s) for s in sandboxes], auto_paused_sandbox_ids=auto)
+        return pb.ListSandboxesResponse(
+            sandboxes=[_info(s) for s in sandboxes], auto_paused_sandbox_ids=auto,
+            creating_sandbox_ids=self.m.creating(), reports_creating=True,
+        )  # fmt: skip
 
     async def PauseAll(self, request: pb.PauseAllRequest, context: Any) -> pb.PauseAllResponse:
         return pb.PauseAllResponse(sandbox_ids=await self.m.pause_all())
 
     async def Terminate(self, request: pb.TerminateRequest, context: Any) -> pb.TerminateResponse:
-        # Asynchronous (SPEC §3.5): answer first, then destroy everything and stop.
+        # Asynchronous (docs/spec.md §3.5): answer first, then destroy everything and stop.
         if self._on_terminate is not None:
             asyncio.get_running_loop().call_soon(self._on_terminate)
         return pb.TerminateResponse()
 
     # -------------------------------------------------------------------------- processes
 
-    @_mapped_errors
+    @mapped_errors
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
-        res = await self.m.exec(
-            request.sandbox_id,
-            request.cmd,
-            list(request.args),
-            env=dict(request.env),
-            cwd=request.cwd,
-            timeout_sec=request.timeout_sec,
-            stdin=request.stdin if request.stdin else None,
-        )
+        r = request
+        cmd, guest = _cmd(r.cmd), self.m.guest(r.sandbox_id)
+        timeout = r.timeout_sec if r.timeout_sec > 0 else DEFAULT_EXEC_TIMEOUT
+        user, cwd = self._exec_as(r.sandbox_id, r.user, r.cwd)
+        with self.m.in_use(r.sandbox_id):
+            res = await guest.exec(cmd, list(r.args), env=dict(r.env) or None, cwd=cwd,
+                                   timeout=timeout, stdin=r.stdin or None, user=user)  # fmt: skip
+        if res.timed_out:
+            raise ExecTimeout(f"command timed out after {timeout}s")
         return pb.ExecResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
 
     async def ExecStream(
@@ -220,12 +214,16 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
             if first is None or first.WhichOneof("msg") != "start":
                 raise InvalidRequest("the first ExecStream message must be `start`")
             st = first.start
-            session = await self.m.exec_stream(
-                st.sandbox_id, st.cmd, list(st.args), env=dict(st.env), cwd=st.cwd,
-                timeout_sec=st.timeout_sec, tag=st.tag, background=st.background,
+            cmd, guest = _cmd(st.cmd), self.m.guest(st.sandbox_id)
+            self.m.touch(st.sandbox_id)
+            user, cwd = self._exec_as(st.sandbox_id, st.user, st.cwd)
+            session = await guest.exec_stream(
+                cmd, list(st.args), env=dict(st.env) or None, cwd=cwd,
+                timeout=st.timeout_sec or None, tag=st.tag or None, background=st.background, user=user,
+                backpressure=st.backpressure,
             )  # fmt: skip
         except Exception as e:
-            await _abort(context, e, "ExecStream")
+            await abort(context, e, "ExecStream")
             return
         assert session is not None
         pump = asyncio.create_task(self._pump_input(request_iterator, session, st.sandbox_id))
@@ -237,6 +235,17 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
             with contextlib.suppress(BaseException):
                 await pump
             await session.close()
+
+    def _as(self, sandbox_id: str, user: str) -> str:
+        """The user a call runs as: its own, else the template's (``""``: the guest's, root)."""
+        if len(user) > MAX_USER_NAME:
+            raise InvalidRequest(f"user: at most {MAX_USER_NAME} characters")
+        return user or self.m.template_config(sandbox_id).user
+
+    def _exec_as(self, sandbox_id: str, user: str, cwd: str) -> tuple[str, str | None]:
+        """An exec's user and cwd: the request's, else the template's user and workdir (no
+        workdir: the guest starts in the user's home)."""
+        return self._as(sandbox_id, user), cwd or self.m.template_config(sandbox_id).workdir or None
 
     async def _relay(self, sandbox_id: str, session: ExecSession) -> AsyncIterator[pb.ExecEvent]:
         """A session's events as RPC events, up to its exit; the sandbox is in use meanwhile."""
@@ -262,35 +271,63 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
                     await session.signal(msg.signal)
                 self.m.touch(sb_id)
 
-    @_mapped_errors
+    async def PtyStream(
+        self, request_iterator: AsyncIterator[pb.PtyRequest], context: Any
+    ) -> AsyncIterator[pb.PtyEvent]:
+        # Errors up to the first event (bad start, unknown pid, guest refusals) end the call
+        # with their mapped status, like ExecStream; the relay itself is in pty_rpc.
+        try:
+            first = await anext(aiter(request_iterator), None)
+            sid = pty_rpc.sandbox_of(first)
+            assert first is not None
+            st = first.start
+            user, cwd = self._exec_as(sid, st.user, st.cwd) if first.HasField("start") else ("", None)
+            events = pty_rpc.pty_stream(self.m, first, request_iterator, user=user, cwd=cwd)
+            started = await anext(events)
+        except Exception as e:
+            await abort(context, e, "PtyStream")
+            return
+        async with contextlib.aclosing(relay(context, events, "PtyStream", first=started)) as msgs:
+            async for msg in msgs:
+                yield msg
+
+    @mapped_errors
+    async def PtyControl(self, request: pb.PtyControlRequest, context: Any) -> pb.PtyControlResponse:
+        await pty_rpc.control(self.m.guest(request.sandbox_id), request)
+        return pb.PtyControlResponse()
+
+    @mapped_errors
     async def ListProcesses(self, request: pb.ListProcessesRequest, context: Any) -> pb.ListProcessesResponse:
-        procs = await self.m.list_processes(request.sandbox_id)
+        procs = await self.m.guest(request.sandbox_id).list_processes()
         return pb.ListProcessesResponse(
-            processes=[pb.ProcessInfo(pid=p.pid, tag=p.tag or "", cmd=p.cmd, args=p.args) for p in procs]
+            processes=[
+                pb.ProcessInfo(pid=p.pid, tag=p.tag or "", cmd=p.cmd, args=p.args, running=p.running)
+                for p in procs
+            ]
         )
 
-    @_mapped_errors
+    @mapped_errors
     async def SignalProcess(self, request: pb.SignalProcessRequest, context: Any) -> pb.SignalProcessResponse:
-        await self.m.signal(request.sandbox_id, _selector(request.process), request.signal or 15)
+        await self.m.guest(request.sandbox_id).signal(_selector(request.process), request.signal or 15)
         return pb.SignalProcessResponse()
 
-    @_mapped_errors
+    @mapped_errors
     async def SendStdin(self, request: pb.SendStdinRequest, context: Any) -> pb.SendStdinResponse:
-        await self.m.send_stdin(request.sandbox_id, _selector(request.process), request.data)
+        await self.m.guest(request.sandbox_id).send_stdin(_selector(request.process), request.data)
         return pb.SendStdinResponse()
 
-    @_mapped_errors
+    @mapped_errors
     async def CloseStdin(self, request: pb.CloseStdinRequest, context: Any) -> pb.CloseStdinResponse:
-        await self.m.close_stdin(request.sandbox_id, _selector(request.process))
+        await self.m.guest(request.sandbox_id).close_stdin(_selector(request.process))
         return pb.CloseStdinResponse()
 
     async def AttachProcess(
         self, request: pb.AttachProcessRequest, context: Any
     ) -> AsyncIterator[pb.ExecEvent]:
         try:
-            session = await self.m.attach(request.sandbox_id, _selector(request.process))
+            session = await self.m.guest(request.sandbox_id).attach(_selector(request.process))
         except Exception as e:
-            await _abort(context, e, "AttachProcess")
+            await abort(context, e, "AttachProcess")
             return
         try:
             async for out in self._relay(request.sandbox_id, session):
@@ -300,20 +337,28 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
 
     # ------------------------------------------------------------------------------ files
 
-    @_mapped_errors
+    @mapped_errors
     async def WriteFile(self, request: pb.WriteFileRequest, context: Any) -> pb.WriteFileResponse:
         async def one() -> AsyncIterator[bytes]:
             yield request.content
 
-        n = await self.m.write_file(request.sandbox_id, request.path, one(), request.mode)
+        guest, user = self.m.guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
+        n = await guest.write_file(_path(request.path), one(), request.mode or None, user=user)
         return pb.WriteFileResponse(bytes_written=n)
 
-    @_mapped_errors
+    @mapped_errors
     async def ReadFile(self, request: pb.ReadFileRequest, context: Any) -> pb.ReadFileResponse:
-        content = b"".join([c async for c in self.m.read_file(request.sandbox_id, request.path)])
-        return pb.ReadFileResponse(content=content)
+        content = bytearray()
+        user = self._as(request.sandbox_id, request.user)
+        async for chunk in self.m.guest(request.sandbox_id).read_file(_path(request.path), user=user):
+            content += chunk
+            if len(content) > _MAX_UNARY_READ:
+                raise GuestError(
+                    "too_large", f"file is larger than {_MAX_UNARY_READ} bytes; use ReadFileStream"
+                )
+        return pb.ReadFileResponse(content=bytes(content))
 
-    @_mapped_errors
+    @mapped_errors
     async def WriteFileStream(
         self, request_iterator: AsyncIterator[pb.WriteFileStreamRequest], context: Any
     ) -> pb.WriteFileResponse:
@@ -325,65 +370,104 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
         meta = first.meta
 
         async def chunks() -> AsyncIterator[bytes]:
+            committed = False
             async for msg in request_iterator:
-                if msg.WhichOneof("msg") != "chunk":
-                    raise InvalidRequest("only `chunk` messages may follow `meta`")
-                yield msg.chunk
+                kind = msg.WhichOneof("msg")
+                if kind == "commit" and meta.explicit_commit and not committed:
+                    committed = True
+                elif kind != "chunk" or committed:
+                    raise InvalidRequest("only `chunk` messages, then one `commit`, may follow `meta`")
+                else:
+                    yield msg.chunk
+            # A client that cancels (a broken or oversize upload) ends the request stream too,
+            # and may do so before the cancel is seen here: only a `commit` proves the upload
+            # whole. Never commit a truncated file.
+            if (meta.explicit_commit and not committed) or context.cancelled() or context.done():
+                raise InvalidRequest("the upload was cancelled")
 
-        n = await self.m.write_file(meta.sandbox_id, meta.path, chunks(), meta.mode)
+        guest, user = self.m.guest(meta.sandbox_id), self._as(meta.sandbox_id, meta.user)
+        metadata = dict(meta.metadata)
+        n = await guest.write_file(
+            _path(meta.path), chunks(), meta.mode or None, user=user, metadata=metadata
+        )
         return pb.WriteFileResponse(bytes_written=n)
 
     async def ReadFileStream(
         self, request: pb.ReadFileRequest, context: Any
     ) -> AsyncIterator[pb.ReadFileStreamResponse]:
         try:
-            async for chunk in self.m.read_file(request.sandbox_id, request.path):
+            guest, user = self.m.guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
+            async for chunk in guest.read_file(_path(request.path), user=user):
                 yield pb.ReadFileStreamResponse(chunk=chunk)
         except Exception as e:
-            await _abort(context, e, "ReadFileStream")
+            await abort(context, e, "ReadFileStream")
 
-    @_mapped_errors
+    @mapped_errors
     async def ListDir(self, request: pb.ListDirRequest, context: Any) -> pb.ListDirResponse:
-        entries = await self.m.list_dir(request.sandbox_id, request.path, request.depth)
-        return pb.ListDirResponse(entries=[_entry(e) for e in entries])
+        r = request
+        guest, user = self.m.guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
+        page = await guest.list_dir(_path(r.path), max(1, r.depth), limit=r.limit, cursor=r.cursor, user=user)
+        return pb.ListDirResponse(
+            entries=[_entry(e) for e in page.entries], next_cursor=page.next_cursor, has_more=page.has_more
+        )
 
-    @_mapped_errors
+    @mapped_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
-        entry = await self.m.stat(request.sandbox_id, request.path)
+        guest, user = self.m.guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
+        entry = await guest.stat(_path(request.path), follow=request.follow_symlinks, user=user)
         return pb.StatResponse(entry=_entry(entry))
 
-    @_mapped_errors
+    @mapped_errors
     async def MakeDir(self, request: pb.MakeDirRequest, context: Any) -> pb.MakeDirResponse:
-        await self.m.make_dir(request.sandbox_id, request.path)
+        user = self._as(request.sandbox_id, request.user)
+        await self.m.guest(request.sandbox_id).make_dir(_path(request.path), user=user)
         return pb.MakeDirResponse(created=True)
 
-    @_mapped_errors
+    @mapped_errors
     async def Remove(self, request: pb.RemoveRequest, context: Any) -> pb.RemoveResponse:
-        await self.m.remove(request.sandbox_id, request.path)
+        user = self._as(request.sandbox_id, request.user)
+        await self.m.guest(request.sandbox_id).remove(_path(request.path), user=user)
         return pb.RemoveResponse()
 
-    @_mapped_errors
+    @mapped_errors
     async def Move(self, request: pb.MoveRequest, context: Any) -> pb.MoveResponse:
-        await self.m.move(request.sandbox_id, request.source, request.destination)
+        user = self._as(request.sandbox_id, request.user)
+        src, dst = _path(request.source), _path(request.destination)
+        await self.m.guest(request.sandbox_id).move(src, dst, user=user)
         return pb.MoveResponse()
 
-    # ------------------------------------------------------------------ snapshots, metrics
+    # ------------------------------------------------------------------------------ watch
 
-    @_mapped_errors
-    async def CreateSnapshot(
-        self, request: pb.CreateSnapshotRequest, context: Any
-    ) -> pb.CreateSnapshotResponse:
-        size = await self.m.create_snapshot(request.sandbox_id, request.team_id, request.template_id)
-        return pb.CreateSnapshotResponse(name=request.name, size_bytes=size, kind="filesystem")
+    async def WatchDir(self, request: pb.WatchDirRequest, context: Any) -> AsyncIterator[pb.WatchEvent]:
+        # A refusal (missing path, too many dirs, the user may not read it) ends the call with
+        # its mapped status before the first message; then `started` and the events.
+        try:
+            it = await watch_rpc.start(self.m, request, self._as(request.sandbox_id, request.user))
+        except Exception as e:
+            await abort(context, e, "WatchDir")
+            return
+        async with contextlib.aclosing(relay(context, watch_rpc.stream(it), "WatchDir")) as msgs:
+            async for msg in msgs:
+                yield msg
 
-    @_mapped_errors
-    async def DeleteSnapshot(
-        self, request: pb.DeleteSnapshotRequest, context: Any
-    ) -> pb.DeleteSnapshotResponse:
-        await self.m.delete_snapshot(request.team_id, request.template_id)
-        return pb.DeleteSnapshotResponse()
+    @mapped_errors
+    async def CreateWatcher(self, request: pb.WatchDirRequest, context: Any) -> pb.CreateWatcherResponse:
+        user = self._as(request.sandbox_id, request.user)
+        return pb.CreateWatcherResponse(watcher_id=await watch_rpc.watchers_of(self.m).create(request, user))
 
-    @_mapped_errors
+    @mapped_errors
+    async def PollWatcher(self, request: pb.PollWatcherRequest, context: Any) -> pb.PollWatcherResponse:
+        events, overflowed = watch_rpc.watchers_of(self.m).poll(request.sandbox_id, request.watcher_id)
+        return pb.PollWatcherResponse(events=events, overflowed=overflowed)
+
+    @mapped_errors
+    async def RemoveWatcher(self, request: pb.RemoveWatcherRequest, context: Any) -> pb.RemoveWatcherResponse:
+        await watch_rpc.watchers_of(self.m).remove(request.sandbox_id, request.watcher_id)
+        return pb.RemoveWatcherResponse()
+
+    # ------------------------------------------------------------------------- metrics
+
+    @mapped_errors
     async def GetSandboxMetrics(
         self, request: pb.GetSandboxMetricsRequest, context: Any
     ) -> pb.GetSandboxMetricsResponse:
@@ -394,3 +478,42 @@ class HostAgentServicer(pb_grpc.HostAgentServicer):
                 for t, c, m, d in points
             ]
         )
+
+    # ------------------------------------------------------------- ports (preview URLs)
+
+    async def DialPort(
+        self, request_iterator: AsyncIterator[pb.DialRequest], context: Any
+    ) -> AsyncIterator[pb.DialEvent]:
+        d = dial.dialer_for(self.m)
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("msg") != "open":
+                raise InvalidRequest("the first DialPort message must be `open`")
+            sb_id, port = first.open.sandbox_id, first.open.port
+            if not 1 <= port <= 65535:
+                raise InvalidRequest("port must be 1..65535")
+            with d.slot_for(sb_id):
+                reader, writer = await d.connect(sb_id, port)
+                async for ev in d.relay(sb_id, reader, writer, request_iterator):
+                    yield ev
+        except dial.PortNotOpen as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"port_not_open: {e.message}")
+        except dial.TooManyDials as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message)
+        except Exception as e:
+            await abort(context, e, "DialPort")
+
+    async def OpenDialTicket(self, request: pb.DialOpen, context: Any) -> pb.DialTicket:
+        dp = dial_data.data_port_for(self.m)
+        if dp is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this agent has no dial data port")
+        assert dp is not None  # (abort raises)
+        try:
+            return await dp.issue(request.sandbox_id, request.port)
+        except dial.PortNotOpen as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"port_not_open: {e.message}")
+        except dial.TooManyDials as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message)
+        except Exception as e:
+            await abort(context, e, "OpenDialTicket")
+        raise AssertionError("unreachable: abort raises")

@@ -11,8 +11,12 @@ Layout under ``<data-dir>/templates``::
 
 Every file of a template is owned by the *mapped* uid range (container uid + MAPPED_BASE), so
 root inside a user-namespaced sandbox owns its files while being an unprivileged uid on the
-host. A snapshot copies the parent snapshot's layers with hard links (layers never change once
-written) so deleting one snapshot can never break another.
+host. A template's set-uid files are therefore set-uid *sandbox root* on the host: the store
+(and `minimal`, wherever it lives) is 0700, so no host user can reach and run one. Overlayfs
+reads the layers with the credentials of its mounter (the agent), so sandboxes need no access
+either; tenant content in a layer (symlinks included) is only ever copied or hard-linked with
+`cp -a`, which follows nothing. A snapshot copies the parent snapshot's layers with hard
+links (layers never change once written) so deleting one snapshot can never break another.
 """
 
 from __future__ import annotations
@@ -109,12 +113,19 @@ class TemplateStore:
         self.root = root
         # Tests (and hosts with several agents) may keep `minimal` in a shared cache.
         self.minimal_dir = minimal_dir or root / MINIMAL
-        self.mirror = mirror or os.environ.get("WARREN_DEBIAN_MIRROR", DEFAULT_MIRROR)
+        self.mirror = mirror or DEFAULT_MIRROR
         self._build_lock = asyncio.Lock()
 
     @property
     def minimal_rootfs(self) -> Path:
         return self.minimal_dir / "rootfs"
+
+    def make_private(self) -> None:
+        """At startup: the store and `minimal` are for root only (see the module docstring)."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (self.root, self.minimal_dir):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(d, 0o700)
 
     def snapshot_dir(self, ref: TemplateRef) -> Path:
         return self.root / "teams" / str(ref.team_id) / str(ref.template_id)
@@ -186,6 +197,7 @@ class TemplateStore:
             raise RuntimeError("debootstrap failed: " + " | ".join(tail[-5:]))
         rootfs = tmp / "rootfs"
         await asyncio.to_thread(self._finish_rootfs, rootfs)
+        tmp.chmod(0o700)
         info = {"name": MINIMAL, "built_at": int(time.time()), "mapped_base": MAPPED_BASE}
         (tmp / "template.json").write_text(json.dumps(info))
         if self.minimal_dir.exists():

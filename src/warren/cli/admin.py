@@ -1,26 +1,39 @@
-"""``warren admin grant|revoke EMAIL``: platform administrators (``users.is_admin``).
+"""``warren admin grant|revoke EMAIL``: platform administrators (``users.is_admin``);
+``warren admin backup|restore DIR``: the installation's backups (``warren.cp.backup``).
 
-No API sets this flag (SPEC §1.2); an operator with access to the database does. The database
+No API sets this flag (docs/spec.md §1.2); an operator with access to the database does. The database
 is WARREN_DATABASE_URL, else the embedded one under --home.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import func, select, update
 
-from warren.cli.up import HomeOpt, database_url
+from warren.cli.groups import command_group
+from warren.cli.home import HomeOpt, database_url, prepare_home
+from warren.config import Settings, default_home
+from warren.cp.backup import BackupError, make_backup, restore_backup
+from warren.cp.db.embedded import EmbeddedPostgres
 from warren.cp.db.engine import make_engine
 from warren.cp.db.tables import users
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+# Backup and restore lines name long paths: never wrapped, so logs and scripts can grep them.
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-app = typer.Typer(name="admin", help="Grant or revoke platform-admin rights.", no_args_is_help=True)
+app = command_group("admin", "Platform-admin rights, backups and restores.")
 
 EmailArg = Annotated[str, typer.Argument(help="Email of an existing account.", show_default=False)]
 
@@ -79,3 +92,111 @@ def list_command(home: HomeOpt = None) -> None:
         emails = asyncio.run(list_admins(url))
     for e in emails:
         out.print(e)
+
+
+DirArg = Annotated[Path, typer.Argument(help="The backup directory.", show_default=False)]
+PgBinOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pg-bin",
+        envvar="WARREN_PG_BIN",
+        help="Directory of the pg_dump/pg_restore to use.",
+        show_default="found by the server's version",
+    ),
+]
+
+
+def _settings(home: Path | None) -> Settings:
+    return Settings(home=prepare_home(home)) if home is not None else Settings()
+
+
+def _say(message: str) -> None:
+    _out.print(f"  {message}", markup=False)
+
+
+@app.command("backup")
+def backup(
+    directory: DirArg,
+    with_layers: Annotated[
+        bool,
+        typer.Option("--with-layers", help="Also copy every referenced layer out of the template store."),
+    ] = False,
+    without_secrets: Annotated[
+        bool, typer.Option("--without-secrets", help="Leave out the home's JWT secret and CA.")
+    ] = False,
+    pg_bin: PgBinOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Back up the database (pg_dump), the template store's manifest and the home's secrets into
+    DIR, a new or empty directory (docs/operations.md, "Backups")."""
+    settings = _settings(home)
+    _out.print(f"backing up to {directory}", markup=False)
+    try:
+        with database_url(home) as url:
+            result = make_backup(
+                url, settings, directory, with_layers=with_layers, with_secrets=not without_secrets,
+                pg_bin=pg_bin, say=_say,
+            )  # fmt: skip
+    except BackupError as e:
+        _err.print(f"[red]Backup failed:[/red] {escape(str(e))}")
+        raise typer.Exit(1) from None
+    m = result.manifest
+    size = sum(f.size for f in m.files.values())
+    _out.print(
+        f"[green]backup complete[/green]: {escape(str(result.path))} "
+        f"({len(m.files)} files, {size / 2**20:.1f} MiB), "
+        f"revision {m.migration_head}, {len(result.layers)} referenced layers"
+        + (" copied" if with_layers else " listed")
+    )
+    for ref in result.missing_layers:
+        _err.print(f"[yellow]warning:[/yellow] layer {ref.digest} is referenced but not in the store")
+
+
+@contextlib.contextmanager
+def _target_database(home: Path | None) -> Iterator[str]:
+    """WARREN_DATABASE_URL, else the embedded database of ``home``: the running one, or one
+    started (and on a fresh home created) for the duration of the restore."""
+    if url := os.environ.get("WARREN_DATABASE_URL"):
+        yield url
+        return
+    pg = EmbeddedPostgres(prepare_home(home or default_home()))
+    if pg.attach():
+        yield pg.url
+        return
+    with pg:
+        yield pg.url
+
+
+@app.command("restore")
+def restore(
+    directory: DirArg,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Restore into a database that holds tables (they are dropped first)."),
+    ] = False,
+    pg_bin: PgBinOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Restore the backup in DIR into an empty database (WARREN_DATABASE_URL, else the embedded
+    one of --home, created when the home is new), then check the template store."""
+    settings = _settings(home)
+    _out.print(f"restoring {directory}", markup=False)
+    try:
+        with _target_database(home) as url:
+            result = restore_backup(url, settings, directory, force=force, pg_bin=pg_bin, say=_say)
+    except BackupError as e:
+        _err.print(f"[red]Restore failed:[/red] {escape(str(e))}")
+        raise typer.Exit(1) from None
+    moved = f" (migrated from {result.migrated_from})" if result.migrated_from else ""
+    _out.print(f"[green]database restored[/green] at revision {result.revision}{moved}")
+    if result.missing:
+        _err.print(f"[red]{len(result.missing)} referenced layers are missing from the template store[/red]:")
+        for digest, size, by_template in result.missing:
+            what = "template layer" if by_template else "build cache layer"
+            _err.print(f"  {digest}  {size if size is not None else '?'} bytes  ({what})")
+        _err.print(
+            "Copy them into the store (layers/sha256/<digest>.tar) or rebuild their templates: "
+            "creates that need them fail with 500 layer_missing."
+        )
+        raise typer.Exit(2)
+    _out.print(f"template store complete: {result.layers_referenced} referenced layers present")

@@ -5,6 +5,11 @@ see :func:`warren.cp.services.hosts.create_local_host`) and the agent registers 
 token; its credentials land in ``<home>/agent/host-credentials.json``. Later starts reuse them.
 If an admin deletes the local host, the agent removes its credentials and exits; ``warren up``
 then carries on without it (and the next ``warren up`` registers a fresh one).
+
+An agent that crashes is started again by the supervisor (``RestartPolicy``): with its saved
+credentials, so no new registration, and it re-adopts the sandboxes that outlived it. The
+one-time registration token travels in the agent's environment (``WARREN_REGISTRATION_TOKEN``,
+readable by root only), never on its command line, which every local user can read in ``ps``.
 """
 
 from __future__ import annotations
@@ -20,17 +25,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from warren.agent.control_plane import credentials_path
-from warren.cli.up import stop_process
-
-if TYPE_CHECKING:
-    from warren.cli.up import Supervisor
+from warren.cli.supervisor import ChildFailed, RestartPolicy, Stopped, Supervisor, set_pdeathsig, stop_process
 
 log = logging.getLogger("warren.up")
 
 DEFAULT_AGENT_PORT = 50051
+# `warren agent` reads its one-time registration token from here (cli/agent.py).
+TOKEN_ENV = "WARREN_REGISTRATION_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def local_agent_unavailable() -> str | None:
@@ -96,17 +99,16 @@ class LocalAgentChild:
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.removed = False
+        self.restart_policy = RestartPolicy()
 
-    def _argv(self, listen: str, token: str | None) -> list[str]:
+    def _argv(self, listen: str, register: bool) -> list[str]:
         argv = [sys.executable, "-m", "warren.cli.main", "agent", "--listen", listen,
                 "--data-dir", str(self.data_dir), "--cp", self.cp_url]  # fmt: skip
-        if token:
-            argv += ["--register", token, "--address", listen]
+        if register:
+            argv += ["--address", listen]
         return argv
 
     def start(self, supervisor: Supervisor) -> None:
-        from warren.cli.up import ChildFailed, Stopped, _set_pdeathsig
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Searchable, not listable: sandbox root (an unprivileged host uid) must reach sandboxes/;
         # the credentials file itself is 0600.
@@ -120,9 +122,12 @@ class LocalAgentChild:
             listen = f"127.0.0.1:{_pick_port(self.port)}"
             token = _register_local_host(self.database_url)
             listen_file.write_text(listen + "\n")
+        env = {k: v for k, v in self.env.items() if k != TOKEN_ENV}
+        if token:
+            env[TOKEN_ENV] = token
         self.process = subprocess.Popen(
-            self._argv(listen, token), env=self.env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_set_pdeathsig(signal.SIGTERM),
+            self._argv(listen, token is not None), env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=set_pdeathsig(signal.SIGTERM),
         )  # fmt: skip
         deadline = time.monotonic() + self.ready_timeout
         host, port = listen.rsplit(":", 1)

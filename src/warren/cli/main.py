@@ -28,14 +28,19 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("up", "warren.cli.up:up_command", RUN),
     ("cp", "warren.cli.up:cp_command", RUN),
     ("agent", "warren.cli.agent:agent_command", RUN),
+    # Two words: `warren agent install …` (LazyGroup.resolve_command); `warren agent …` runs it.
+    ("agent install", "warren.cli.agent_install:install_command", RUN),
+    ("doctor", "warren.cli.doctor:doctor_command", RUN),
+    ("proxy", "warren.cli.proxy:proxy_command", RUN),
     ("migrate", "warren.cli.migrate:app", RUN),
     ("admin", "warren.cli.admin:app", RUN),
-    ("login", "warren.cli.client:login", USE),
-    ("sandbox", "warren.cli.client:sandbox_app", USE),
-    ("files", "warren.cli.client:file_app", USE),
-    ("snapshot", "warren.cli.client:snapshot_app", USE),
-    ("host", "warren.cli.client:host_app", USE),
-    ("key", "warren.cli.client:key_app", USE),
+    ("login", "warren.cli.client.login:login", USE),
+    ("sandbox", "warren.cli.client.sandbox:app", USE),
+    ("files", "warren.cli.client.files:app", USE),
+    ("snapshot", "warren.cli.client.snapshot:app", USE),
+    ("host", "warren.cli.client.host:app", USE),
+    ("key", "warren.cli.client.key:app", USE),
+    ("template", "warren.cli.client.template:app", USE),
 ]
 
 
@@ -58,6 +63,9 @@ def load_command(name: str) -> click.Command | None:
             p for p in command.params if p.name not in ("install_completion", "show_completion")
         ]
         command.name = name
+        from warren.cli import config_option  # `--config FILE` of `warren agent` and `warren cp`
+
+        config_option.attach(name, command)
         command.rich_help_panel = panel  # type: ignore[attr-defined]  # read by typer's help
         return command
     return None
@@ -69,6 +77,14 @@ class LazyGroup(TyperGroup):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return load_command(cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # A two-word name (`agent install`) before the one-word command it starts with.
+        if len(args) >= 2 and (command := load_command(f"{args[0]} {args[1]}")) is not None:
+            return command.name, command, args[2:]
+        return super().resolve_command(ctx, args)
 
 
 app = typer.Typer(

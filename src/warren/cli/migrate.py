@@ -11,16 +11,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from warren.cli.up import HomeOpt, database_url
+from warren.cli.groups import command_group
+from warren.cli.home import HomeOpt, database_url
 from warren.cp.db import migrate
 
 out = Console(highlight=False)
 
-app = typer.Typer(
-    name="migrate",
-    help="Apply, revert and inspect database schema migrations.",
-    no_args_is_help=True,
-)
+app = command_group("migrate", "Apply, revert and inspect database schema migrations.")
 
 
 @app.command("up")

@@ -1,90 +1,64 @@
 """``warren up`` (everything on one machine) and ``warren cp`` (the control plane alone).
 
-``warren up`` is a small supervisor with named children, started in order and stopped in
-reverse order:
+``warren up`` runs named children under a :class:`~warren.cli.supervisor.Supervisor`, started
+in order and stopped in reverse order:
 
     postgres   the embedded PostgreSQL (skipped when WARREN_DATABASE_URL is set)
     cp         ``warren cp`` as a child process, serving the API and the dashboard
     agent      the local host agent, registered to that CP (``warren.cli.local_agent``)
 
-Each child leads its own process group, so a
-terminal's Ctrl-C reaches only the supervisor, which then stops the children in order; and each
-child gets a parent-death signal, so even a SIGKILLed supervisor leaves nothing running. If a
-child dies on its own, the supervisor stops the others and exits non-zero.
+The agent has a restart policy: when it crashes it is started again after a growing delay
+(``event=agent_restarted exit_code=… attempt=…``), so the platform outlives an agent crash and
+the agent re-adopts its sandboxes; after repeated crashes soon after starting the supervisor
+gives up on it (``event=agent_gave_up``) and keeps the rest running. Any other child dying on
+its own stops the others, and ``warren up`` exits non-zero.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import ipaddress
 import logging
 import os
-import secrets
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 
+from warren import logs
+from warren.cli.home import HomeOpt, load_or_create_secret, prepare_home
+from warren.cli.supervisor import ChildFailed, ProcessChild, Stopped, Supervisor
 from warren.config import Settings, default_home
 from warren.cp.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from warren.logs import LogFormat
 
 log = logging.getLogger("warren.up")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-_PR_SET_PDEATHSIG = 1
-
 HostOpt = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(envvar="WARREN_LOG_FORMAT", help="Log lines as text, or json (one object per line)."),
+]
 PortOpt = Annotated[int, typer.Option(help="TCP port of the HTTP API and dashboard.")]
-HomeOpt = Annotated[
-    Path | None,
+E2BPortOpt = Annotated[
+    int,
     typer.Option(
-        help="Data directory (database, JWT secret).",
-        show_default="$WARREN_HOME, else /var/lib/warren as root, else ~/.local/share/warren",
+        min=0,
+        max=65535,
+        help="TCP port of the E2B-compatible API (docs/e2b.md; E2B's SDK with E2B_API_URL and "
+        "E2B_SANDBOX_URL set to http://HOST:PORT). 0 turns it off.",
     ),
 ]
 
 
-class Stopped(Exception):
-    """Startup was interrupted by SIGINT/SIGTERM."""
-
-
-class ChildFailed(Exception):
-    pass
-
-
-# ------------------------------------------------------------------------------- supervisor
-
-
-class Child(Protocol):
-    name: str
-
-    def start(self, supervisor: Supervisor) -> None:
-        """Start and return once ready; raise ``Stopped`` if the supervisor is stopping."""
-
-    def poll(self) -> int | None:
-        """None while running, else its exit code."""
-
-    def stop(self) -> None:
-        """Stop it and everything it started; idempotent."""
-
-
-def _set_pdeathsig(sig: int) -> Callable[[], None]:
-    def preexec() -> None:
-        # If the supervisor dies without stopping us (SIGKILL, OOM), we get `sig`.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-
-    return preexec
+# ------------------------------------------------------------------------------- children
 
 
 class PostgresChild:
@@ -103,120 +77,6 @@ class PostgresChild:
 
     def stop(self) -> None:
         self.pg.stop()
-
-
-class ProcessChild:
-    """A child process, ready once ``ready()`` returns True; stopped with ``stop_signal``."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        ready: Callable[[], bool] | None = None,
-        ready_timeout: float = 60.0,
-        stop_signal: int = signal.SIGTERM,
-        stop_timeout: float = 15.0,
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.ready = ready
-        self.ready_timeout = ready_timeout
-        self.stop_signal = stop_signal
-        self.stop_timeout = stop_timeout
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, supervisor: Supervisor) -> None:
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C goes to the supervisor only; it stops us in order
-            preexec_fn=_set_pdeathsig(self.stop_signal),
-        )
-        if self.ready is None:
-            return
-        deadline = time.monotonic() + self.ready_timeout
-        while not self.ready():
-            if (code := self.process.poll()) is not None:
-                raise ChildFailed(f"{self.name} exited with code {code} while starting")
-            if supervisor.stopping.is_set():
-                raise Stopped
-            if time.monotonic() > deadline:
-                raise ChildFailed(f"{self.name} was not ready after {self.ready_timeout:.0f}s")
-            supervisor.stopping.wait(0.05)
-
-    def poll(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None:
-            stop_process(proc, self.name, self.stop_signal, self.stop_timeout)
-
-
-def stop_process(proc: subprocess.Popen[bytes], name: str, sig: int, timeout: float) -> None:
-    """Ask ``proc`` to stop with ``sig``, wait up to ``timeout`` s, then kill its process group
-    (whatever it started there goes with it) and reap it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs; killing it", name, timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.wait()
-
-
-class Supervisor:
-    """Named children started in order, watched, and stopped in reverse order."""
-
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-        self.stopping = threading.Event()
-        self.signal_received: int | None = None
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.signal_received = signum
-            self.stopping.set()
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGHUP, handler)
-
-    def start(self, child: Child) -> None:
-        if self.stopping.is_set():
-            raise Stopped
-        self.children.append(child)  # appended first: a half-started child is stopped too
-        t0 = time.monotonic()
-        child.start(self)
-        log.info("%s started in %.2fs", child.name, time.monotonic() - t0)
-        if self.stopping.is_set():
-            raise Stopped
-
-    def wait(self) -> int:
-        """Block until a signal (returns 0) or until a child dies (returns 1)."""
-        while not self.stopping.wait(0.25):
-            for child in self.children:
-                code = child.poll()
-                if code is not None:
-                    err.print(f"[red]{child.name} exited unexpectedly (code {code}); stopping[/red]")
-                    return 1
-        return 0
-
-    def shutdown(self) -> None:
-        for child in reversed(self.children):
-            try:
-                child.stop()
-            except Exception:  # one failing child must not keep the others running
-                log.exception("stopping %s failed", child.name)
-        self.children.clear()
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -257,50 +117,9 @@ def _healthy(base_url: str) -> Callable[[], bool]:
     return check
 
 
-def load_or_create_secret(path: Path) -> str:
-    """A random secret kept in a 0600 file, created on first use."""
-    try:
-        value = path.read_text().strip()
-        if len(value) >= 32:
-            return value
-    except FileNotFoundError:
-        pass
-    value = secrets.token_urlsafe(48)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    tmp.replace(path)
-    return value
-
-
-def _prepare_home(home: Path) -> Path:
-    home = home.expanduser().absolute()
-    # Searchable (not readable) by others: as root the database runs as the `warren` user and
-    # must reach <home>/postgres. Secrets inside are 0600.
-    home.mkdir(parents=True, exist_ok=True, mode=0o755)
-    return home
-
-
-@contextlib.contextmanager
-def database_url(home: Path | None) -> Iterator[str]:
-    """URL of Warren's database: WARREN_DATABASE_URL, else the embedded server of ``home``
-    (the running one if a ``warren up`` is up, otherwise started just for the duration)."""
-    if url := os.environ.get("WARREN_DATABASE_URL"):
-        yield url
-        return
-    pg = EmbeddedPostgres(_prepare_home(home or default_home()))
-    if not (pg.data_dir / "PG_VERSION").exists():
-        err.print(f"[red]No database in {pg.home}[/red]: run `warren up` first, or set WARREN_DATABASE_URL.")
-        raise typer.Exit(1)
-    if pg.attach():
-        yield pg.url
-        return
-    with pg:
-        yield pg.url
-
-
-def _print_banner(base_url: str, home: Path | None, embedded: bool, elapsed: float) -> None:
+def _print_banner(
+    base_url: str, e2b_url: str | None, home: Path | None, embedded: bool, elapsed: float
+) -> None:
     body = '\'{"email":"you@example.com","password":"correct-horse","name":"You"}\''
     json_h = "-H 'content-type: application/json'"
     lines = [
@@ -312,6 +131,8 @@ def _print_banner(base_url: str, home: Path | None, embedded: bool, elapsed: flo
         f'  Log in      curl -s {base_url}/v1/auth/login {json_h} -d \'{{"email":"…","password":"…"}}\'',
         "  Make admin  warren admin grant you@example.com",
     ]
+    if e2b_url is not None:
+        lines.append(f"  E2B SDK     E2B_API_URL={e2b_url} E2B_SANDBOX_URL={e2b_url} E2B_API_KEY=wrn_…")
     if embedded and home is not None:
         lines.append(f"  Data        {home}")
     lines += ["", "Press Ctrl-C to stop."]
@@ -325,10 +146,12 @@ def _print_banner(base_url: str, home: Path | None, embedded: bool, elapsed: flo
 def up_command(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    e2b_port: E2BPortOpt = 3000,
     home: HomeOpt = None,
     agent: Annotated[
         bool, typer.Option("--agent/--no-agent", help="Also run a host agent on this machine (needs root).")
     ] = True,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run Warren on this machine: embedded PostgreSQL, migrations, control plane, host agent.
 
@@ -336,13 +159,14 @@ def up_command(
     Data persists in --home. With WARREN_DATABASE_URL set, that PostgreSQL is used instead of
     the embedded one. Ctrl-C (or SIGTERM) stops everything.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness probe
+    logs.setup_logging(logging.INFO, log_format)  # httpx quiet: not one line per readiness probe
+    os.environ["WARREN_LOG_FORMAT"] = log_format  # the children (cp, agent) log the same way
     t0 = time.monotonic()
-    home_dir = _prepare_home(home or default_home())
-    if not _port_free(host, port):
-        err.print(f"[red]Port {port} on {host} is already in use[/red]; choose another with --port.")
-        raise typer.Exit(1)
+    home_dir = prepare_home(home or default_home())
+    for p, flag in ((port, "--port"), (e2b_port, "--e2b-port")):
+        if p and not _port_free(host, p):
+            err.print(f"[red]Port {p} on {host} is already in use[/red]; choose another with {flag}.")
+            raise typer.Exit(1)
 
     sup = Supervisor()
     sup.install_signal_handlers()
@@ -365,10 +189,14 @@ def up_command(
             home_dir / "jwt-secret"
         )
         env.setdefault("WARREN_PUBLIC_URL", base_url)
+        # The `base` platform template, built in the background once the agent is online.
+        env.setdefault("WARREN_BUILD_BASE_TEMPLATE", "1")
         cp_argv = [sys.executable, "-m", "warren.cli.main", "cp", "--host", host, "--port", str(port)]
+        cp_argv += ["--e2b-port", str(e2b_port)]
         # The cp child applies pending migrations before it serves (one Python start-up fewer).
         sup.start(ProcessChild("cp", [*cp_argv, "--migrate"], env=env, ready=_healthy(base_url)))
         if agent:  # the local host agent (docs/hosts.md): this machine runs sandboxes too
+            # Imported here: `warren cp` (this module too) need not load the agent's packages.
             from warren.cli.local_agent import LocalAgentChild, local_agent_unavailable
 
             if (why := local_agent_unavailable()) is not None:
@@ -376,7 +204,8 @@ def up_command(
             else:
                 sup.start(LocalAgentChild(home_dir, base_url, db_url, env))
 
-        _print_banner(base_url, home_dir, embedded, time.monotonic() - t0)
+        e2b_url = _base_url(host, e2b_port) if e2b_port else None
+        _print_banner(base_url, e2b_url, home_dir, embedded, time.monotonic() - t0)
         code = sup.wait()
     except Stopped:
         code = 0
@@ -390,9 +219,46 @@ def up_command(
     raise typer.Exit(code)
 
 
+def _bind(config: Any, e2b_port: int) -> list[socket.socket]:
+    """The main port's socket, and the E2B port's on the same address when it is on."""
+    import uvicorn
+
+    sockets = [config.bind_socket()]
+    if e2b_port:
+        sockets.append(uvicorn.Config(config.app, host=config.host, port=e2b_port).bind_socket())
+    return sockets
+
+
+def _forwarded_allow_ips(settings: Settings) -> str:
+    """Whose X-Forwarded-For uvicorn believes. Anyone's ("*", as before) unless
+    WARREN_TRUSTED_PROXIES names the proxies: a client that reaches the CP directly could
+    otherwise pick the address the per-address rate limits count."""
+    if not settings.trusted_proxies:
+        log.warning(
+            "--proxy-headers without WARREN_TRUSTED_PROXIES: X-Forwarded-For is believed from any "
+            "peer, so the CP must be reachable only through the proxy"
+        )
+        return "*"
+    nets = (item.strip() for item in settings.trusted_proxies.split(","))
+    return ",".join(str(ipaddress.ip_network(n, strict=False)) for n in nets if n)
+
+
+def _platform_template_log() -> None:
+    """The background build of the `base` template reports its progress (uvicorn configures
+    only its own loggers, so the control plane's INFO lines would go nowhere)."""
+    logger = logging.getLogger("warren.platform_templates")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def cp_command(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
+    e2b_port: E2BPortOpt = 3000,
     migrate_db: Annotated[
         bool,
         typer.Option(
@@ -402,7 +268,11 @@ def cp_command(
         ),
     ] = True,
     proxy_headers: Annotated[
-        bool, typer.Option(help="Trust X-Forwarded-* headers (behind a reverse proxy / load balancer).")
+        bool,
+        typer.Option(
+            help="Trust X-Forwarded-* headers (behind a reverse proxy / load balancer): from the "
+            "addresses in WARREN_TRUSTED_PROXIES, else from any peer."
+        ),
     ] = False,
     workers: Annotated[
         int,
@@ -413,15 +283,14 @@ def cp_command(
             "(WARREN_DB_POOL_SIZE) and host monitor.",
         ),
     ] = 1,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run the control plane alone (production: N replicas behind a load balancer).
 
     Needs WARREN_DATABASE_URL and WARREN_JWT_SECRET (>= 32 chars, the same on every replica).
     """
-    import uvicorn
-
-    from warren.cp.app import create_app
-
+    os.environ["WARREN_E2B_PORT"] = str(e2b_port)  # the workers' settings read it too
+    os.environ["WARREN_LOG_FORMAT"] = log_format
     settings = Settings()
     if not settings.database_url:
         err.print("[red]WARREN_DATABASE_URL is not set[/red] (postgresql://user:password@host:5432/db).")
@@ -429,6 +298,10 @@ def cp_command(
     if len(settings.jwt_secret) < 32:
         err.print("[red]WARREN_JWT_SECRET must be set to at least 32 characters.[/red]")
         raise typer.Exit(1)
+    if log_format == "json":
+        logs.setup_logging(logging.INFO, "json")  # uvicorn's config below routes its loggers here too
+    else:
+        _platform_template_log()
     if migrate_db:
         from warren.cp.db import migrate
 
@@ -437,20 +310,34 @@ def cp_command(
         "host": host,
         "port": port,
         "proxy_headers": proxy_headers,
-        "forwarded_allow_ips": "*" if proxy_headers else None,
+        "forwarded_allow_ips": _forwarded_allow_ips(settings) if proxy_headers else None,
         "timeout_graceful_shutdown": 10,  # open streams must not hold a shutdown forever
         "log_level": "info",
     }
+    if (log_config := logs.uvicorn_log_config(log_format)) is not None:
+        options["log_config"] = log_config
+    _serve(settings, options, workers, e2b_port)
+
+
+def _serve(settings: Settings, options: dict[str, Any], workers: int, e2b_port: int) -> None:
+    """One server, one or two listening sockets (the E2B app answers what arrives on its
+    port), in this process or in ``workers`` processes."""
+    import uvicorn
+
+    from warren.cp.app import create_server_app
+
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        config = uvicorn.Config(create_server_app(settings), **options)
+        sockets = _bind(config, e2b_port)
+        uvicorn.Server(config).run(sockets=sockets)
         return
     # Each worker builds its own app (and settings, from the same environment). Supervised here
     # rather than through uvicorn.run, which exits 0 when the workers fail to start.
     from uvicorn.main import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config("warren.cp.app:create_app", factory=True, workers=workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    config = uvicorn.Config("warren.cp.app:create_server_app", factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=_bind(config, e2b_port))
     supervisor.run()
     if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         err.print("[red]The control plane workers failed to start[/red] (see the log above).")

@@ -1,9 +1,12 @@
 """The control-plane ASGI app factory.
 
-``create_app(settings)`` wires: the database engine (``app.state.engine``, created in the
-lifespan), settings (``app.state.settings``), the error envelope (``http_errors``), a request
-body cap, the routers listed in ``warren.cp.api.ROUTERS`` then the dashboard, lifespan hooks
-(``warren.cp.workers``), ``/healthz``, and the OpenAPI documents plus an offline Swagger UI.
+``create_app(settings)`` wires: the typed app state (``warren.cp.state.AppState``), the error
+envelope (``http_errors``), a request body cap, the routers listed in ``warren.cp.api.ROUTERS``
+(the dashboard last), ``/healthz``, and the OpenAPI documents plus an offline Swagger UI.
+
+Its lifespan is the one composition root: it builds the database engine, the CA, the host
+client pool, the scheduler and the host monitor into the app state, starts the monitor loop
+(unless ``settings.run_workers`` is off) and takes them down in reverse order.
 """
 
 from __future__ import annotations
@@ -30,15 +33,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from warren.config import Settings, get_settings
 from warren.cp import http_errors
-from warren.cp.db.engine import make_engine
+from warren.cp.db.engine import autocommit, make_engine
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.monitor import HostMonitor
+from warren.cp.hosts.scheduler import RoundRobinScheduler
 from warren.cp.http_errors import ErrorEnvelope, error_response
-from warren.cp.workers import start_workers
+from warren.cp.observe import ObserveMiddleware
+from warren.cp.proxy.app import PreviewMiddleware
+from warren.cp.security.ca import CertificateAuthority
+from warren.cp.services import audit
+from warren.cp.services.interpreter_template import interpreter_template
+from warren.cp.services.layer_gc import LayerGC
+from warren.cp.services.lifetime_sweeper import LifetimeSweeper
+from warren.cp.services.platform_templates import base_template
+from warren.cp.services.template_builds import BuildRunner
+from warren.cp.state import AppState, state_of
+from warren.cp.store import make_store
 
 log = logging.getLogger("warren.cp")
 
 _UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
-# Streaming uploads have no size limit (SPEC §2.7): they are relayed, never buffered.
-_UNCAPPED_SUFFIXES = ("/files/stream/write",)
+# Streaming uploads have no size limit (docs/spec.md §2.7): they are relayed, never buffered. The unary
+# upload caps its file part itself (services/files.py), not the form around it (D18).
+# Template builds and imports cap their own uploads (context and image, services/template_context.py).
+_UNCAPPED_SUFFIXES = ("/files/stream/write", "/files/write", "/v1/templates", "/v1/templates/import")
 
 
 class BodyCapMiddleware:
@@ -258,28 +276,72 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # -8 = M_ARENA_MAX
 
 
+@asynccontextmanager
+async def _hosts(state: AppState) -> AsyncIterator[None]:
+    """The hosts subsystem: the mTLS client pool, the scheduler and the monitor (its loop only
+    with ``settings.run_workers``)."""
+    settings = state.settings
+    state.ca = CertificateAuthority.from_settings(settings)
+    state.pool = HostClientPool(state.ca)
+    state.scheduler = RoundRobinScheduler()
+    state.store = make_store(settings)
+    state.layer_gc = LayerGC(state.engine, state.store, state.pool, settings)
+    state.builds = BuildRunner(state.engine, state.pool, state.scheduler, state.store, settings)
+    state.monitor = HostMonitor(
+        state.engine,
+        state.pool,
+        audit.record,
+        interval_s=settings.monitor_interval_s,
+        stale_s=settings.heartbeat_stale_s,
+        concurrency=settings.monitor_concurrency,
+        pending_grace_s=settings.pending_grace_s,
+    )
+    lifetimes = LifetimeSweeper(state.engine, state.pool, settings)
+    if settings.run_workers:
+        state.monitor.start()  # the first pass runs at once, then every monitor_interval_s
+        lifetimes.start()  # every lifetime_sweep_interval_s, on every replica (docs/e2b.md §2)
+        state.layer_gc.start()  # every layer_gc_interval_s, one replica at a time
+        state.builds.start_sweeper()  # fails builds whose replica died (stale heartbeat)
+    base = base_template(state.engine, state.builds, settings.base_template_spec)
+    if settings.run_workers and settings.build_base_template:
+        base.start()  # `base` built in the background once a host is online (warren up)
+    interpreter = interpreter_template(state.engine, state.builds)
+    if settings.run_workers and settings.build_interpreter_template:
+        interpreter.start()  # the same for `code-interpreter-v1` (docs/e2b.md §4), opt-in
+    try:
+        yield
+    finally:
+        await interpreter.stop()
+        await base.stop()
+        await lifetimes.stop()
+        await state.builds.stop()  # this replica's builds end as failed: "control plane stopped"
+        await state.layer_gc.stop()
+        await state.monitor.stop()
+        await state.pool.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _limit_malloc_arenas()
     secret_ok = settings.require_jwt_secret()  # refuse to build an app that would sign with a weak key
     del secret_ok
+    state = AppState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.database_url:
             raise RuntimeError("WARREN_DATABASE_URL is not set")
-        engine = make_engine(
+        state.engine = make_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_s,
         )
-        app.state.engine = engine
         try:
-            async with start_workers(app):
+            async with _hosts(state):
                 yield
         finally:
-            await engine.dispose()
+            await state.engine.dispose()
 
     app = FastAPI(
         title="Warren",
@@ -290,27 +352,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.state.settings = settings
-    app.state.workers = []
+    app.state = state
     from warren.cp.dashboard.web import bare_error_page
 
     http_errors.install_error_handlers(app, html_page=bare_error_page)
     app.add_middleware(
         BodyCapMiddleware, json_cap=settings.max_json_body, upload_cap=settings.max_upload_bytes
     )
+    # Outermost: proxied sandbox ports (docs/networking.md §3) stream past the body cap.
+    app.add_middleware(PreviewMiddleware, settings=settings, deps=lambda scope: (state.engine, state.pool))
+    # Outermost of all: every request's id, client address and latency (cp/observe.py).
+    app.add_middleware(ObserveMiddleware)
 
     from warren.cp.api import ROUTERS
-    from warren.cp.dashboard import router as dashboard_router
 
-    for router in [*ROUTERS, dashboard_router]:
+    for router in ROUTERS:
         app.include_router(router)
 
     @app.get("/healthz", tags=["misc"], responses=http_errors.error_responses(500))
     async def healthz(request: Request) -> dict[str, str]:
         """Liveness plus one database round trip."""
-        async with request.app.state.engine.connect() as conn:
+        async with autocommit(state_of(request).engine) as conn:
             await conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 
     _install_openapi(app)
     return app
+
+
+def state_of_app(app: FastAPI) -> AppState:
+    """The typed state ``create_app`` put on ``app``."""
+    state = app.state
+    assert isinstance(state, AppState)
+    return state
+
+
+def create_server_app(settings: Settings | None = None) -> ASGIApp:
+    """What ``warren cp`` serves: :func:`create_app`, plus the E2B-compatible app for requests
+    that arrive on ``settings.e2b_port`` when it is set (docs/e2b.md §1)."""
+    settings = settings or get_settings()
+    app = create_app(settings)
+    if not settings.e2b_port:
+        return app
+    from warren.cp.e2b import with_e2b_listener
+
+    return with_e2b_listener(app, state_of_app(app), settings.e2b_port)

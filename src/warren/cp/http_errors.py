@@ -1,4 +1,4 @@
-"""THE one place where domain errors become HTTP responses (SPEC §0.4/§0.5, DESIGN §5).
+"""THE one place where domain errors become HTTP responses (docs/spec.md §0.4/§0.5, docs/design.md §5).
 
 Every JSON error is ``{"error": {"code": ..., "message": ..., **extra}}``. Services raise
 ``warren.errors`` types; FastAPI validation errors and Starlette HTTP exceptions (unknown route,
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -46,10 +48,11 @@ _DESCRIPTIONS = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict with the current state",
-    413: "Request body too large",
+    413: "Request body or result too large",
+    429: "A quota (quota_exceeded) or a rate limit (rate_limited, with Retry-After) refused it",
     500: "Internal error",
     502: "A host agent failed",
-    503: "No capacity or host unreachable",
+    503: "No host with room (no_capacity, no_hosts_available), host unreachable, or busy",
 }
 
 
@@ -67,6 +70,7 @@ _STATUS: dict[type[errors.WarrenError], int] = {
     errors.Conflict: 409,
     errors.InvalidState: 409,
     errors.PayloadTooLarge: 413,
+    errors.TooManyRequests: 429,
     errors.ServiceUnavailable: 503,
     errors.InternalError: 500,
 }
@@ -75,13 +79,18 @@ _AGENT_RPC_MAP = {
     "NOT_FOUND": (404, "not_found"),
     "INVALID_ARGUMENT": (400, "invalid_request"),
     "FAILED_PRECONDITION": (409, "conflict"),
+    # The sandbox's own filesystem refused (read-only path, EACCES, EPERM): the client asked
+    # for something the sandbox does not allow, not a host failure.
+    "PERMISSION_DENIED": (403, "permission_denied"),
+    # A bound: a guest answer past the agent's caps, or a full sandbox disk.
+    "RESOURCE_EXHAUSTED": (413, "too_large"),
 }
 
 
 def status_and_code(exc: errors.WarrenError) -> tuple[int, str]:
     """The HTTP status and machine code for a domain error."""
     if isinstance(exc, errors.AgentError):
-        # SPEC §0.5 rule 1: the RPC code decides; a raise site cannot override it.
+        # docs/spec.md §0.5 rule 1: the RPC code decides; a raise site cannot override it.
         return _AGENT_RPC_MAP.get(exc.rpc_code, (502, "agent_error"))
     for cls in type(exc).__mro__:
         status = _STATUS.get(cls)  # type: ignore[arg-type]
@@ -110,23 +119,61 @@ def _is_bad_input_data(exc: BaseException) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _BAD_INPUT_SQLSTATES
 
 
+# The database went away (restarted, failed over, shut down): its connections refused, reset or
+# closed under the statement. Like an exhausted pool, a passing condition: 503 database_busy.
+_DB_GONE = (
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def _is_database_gone(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(5):  # the driver's error, as SQLAlchemy wrapped it
+        if seen is None:
+            return False
+        if isinstance(seen, _DB_GONE):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError) and "connection" in str(seen) and "closed" in str(seen):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
 def response_for(exc: BaseException) -> JSONResponse:
     """Map any exception to the envelope (used by handlers and by WebSocket/stream code)."""
     if isinstance(exc, errors.WarrenError):
         status, code = status_and_code(exc)
         # A 500 whose raise site chose a specific code (e.g. ``agent_error``, ``db_error``) has a
         # message written for the client; only generic internal errors are masked.
-        if status >= 500 and code == "internal_error" and not isinstance(
-            exc, errors.AgentError | errors.ServiceUnavailable
+        if (
+            status >= 500
+            and code == "internal_error"
+            and not isinstance(exc, errors.AgentError | errors.ServiceUnavailable)
         ):
             log.error("internal error: %s", exc, exc_info=exc)
             return error_response(500, "internal_error", "internal error")
-        return error_response(status, code, exc.message, **exc.extra)
+        resp = error_response(status, code, exc.message, **exc.extra)
+        retry_after = getattr(exc, "retry_after", None)  # TooManyRequests, a busy 503
+        if retry_after is not None:
+            # Whole seconds, rounded up: a client that waits exactly this long gets through.
+            resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return resp
     if _is_bad_input_data(exc):
         # A value PostgreSQL cannot hold (NUL in text, an integer past int32, ...) that no model
         # caught, e.g. in a path parameter: the client's input is wrong, not the server.
         log.warning("request data refused by the database: %s", exc)
         return error_response(400, "invalid_request", "invalid value (out of range or bad characters)")
+    if _is_database_gone(exc):
+        log.warning("database unavailable: %r", exc)
+        return error_response(
+            503, "database_busy", "the control plane's database is unavailable; retry shortly"
+        )
     if isinstance(exc, PoolTimeout):
         # Every pooled connection stayed busy for the whole pool timeout: overload, not a bug.
         log.warning("no database connection free: %s", exc)
@@ -234,5 +281,9 @@ def install_error_handlers(app: FastAPI, *, html_page: HtmlErrorPage | None = No
     # outermost layer and then re-raises, so the server would log a traceback for each.
     app.add_exception_handler(PoolTimeout, answer(on_exception))
     app.add_exception_handler(DBAPIError, answer(on_exception))
+    # The database gone (raw driver errors, not wrapped by SQLAlchemy): 503, and the
+    # connection kept (the catch-all's re-raise makes the server drop it).
+    for gone in (*_DB_GONE, asyncpg.InterfaceError):
+        app.add_exception_handler(gone, answer(on_exception))
     app.add_exception_handler(StarletteHTTPException, answer(on_http))
     app.add_exception_handler(Exception, answer(on_exception))

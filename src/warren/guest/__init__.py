@@ -1,8 +1,9 @@
 """The in-sandbox guest agent (stdlib only) and what the host needs to run it.
 
 This directory is bind-mounted read-only into every sandbox at ``/.warren/guest`` and started
-as ``python3 -I -S /.warren/guest/guest.py --socket /run/warren/guest.sock``. Nothing in it may
-import ``warren`` or third-party code: the sandbox has only the template's Python.
+as ``python3 -I -S /.warren/guest/guest.py --socket /run/warren/guest.sock``; ``guest.py``
+puts this directory on ``sys.path`` and imports the ``guest_agent`` package from it. Nothing
+in it may import ``warren`` or third-party code: the sandbox has only the template's Python.
 This ``__init__`` is host-side only; the guest never imports it.
 """
 
@@ -13,11 +14,16 @@ from pathlib import Path
 
 GUEST_DIR = Path(__file__).resolve().parent
 GUEST_SCRIPT = GUEST_DIR / "guest.py"
-GUEST_MODULE = GUEST_DIR / "guest_agent.py"
+GUEST_PACKAGE = GUEST_DIR / "guest_agent"
+
+
+def guest_modules() -> list[Path]:
+    """The source files the guest imports (every module of its package)."""
+    return sorted(GUEST_PACKAGE.glob("*.py"))
 
 
 def precompile() -> bool:
-    """Write ``__pycache__/guest_agent.cpython-3XX.pyc`` next to the source.
+    """Write ``__pycache__/<module>.cpython-3XX.pyc`` next to each guest module.
 
     The sandbox sees this directory read-only and so cannot cache its own bytecode; without a
     ready .pyc every guest start compiles the agent again, which doubles its startup time. The
@@ -27,7 +33,8 @@ def precompile() -> bool:
     startup time.
     """
     try:
-        py_compile.compile(str(GUEST_MODULE), doraise=True)
+        for module in guest_modules():
+            py_compile.compile(str(module), doraise=True)
     except (OSError, py_compile.PyCompileError):
         return False
     return True

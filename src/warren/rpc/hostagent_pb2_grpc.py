@@ -169,6 +169,81 @@ class HostAgentStub:
                 request_serializer=hostagent__pb2.GetSandboxMetricsRequest.SerializeToString,
                 response_deserializer=hostagent__pb2.GetSandboxMetricsResponse.FromString,
                 _registered_method=True)
+        self.HasLayers = channel.unary_unary(
+                '/hostagent.v1.HostAgent/HasLayers',
+                request_serializer=hostagent__pb2.HasLayersRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.HasLayersResponse.FromString,
+                _registered_method=True)
+        self.PutLayer = channel.stream_unary(
+                '/hostagent.v1.HostAgent/PutLayer',
+                request_serializer=hostagent__pb2.PutLayerRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.PutLayerResponse.FromString,
+                _registered_method=True)
+        self.ListLayers = channel.unary_unary(
+                '/hostagent.v1.HostAgent/ListLayers',
+                request_serializer=hostagent__pb2.ListLayersRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.ListLayersResponse.FromString,
+                _registered_method=True)
+        self.DeleteLayers = channel.unary_unary(
+                '/hostagent.v1.HostAgent/DeleteLayers',
+                request_serializer=hostagent__pb2.DeleteLayersRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.DeleteLayersResponse.FromString,
+                _registered_method=True)
+        self.RunBuildStep = channel.unary_stream(
+                '/hostagent.v1.HostAgent/RunBuildStep',
+                request_serializer=hostagent__pb2.RunBuildStepRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.BuildStepEvent.FromString,
+                _registered_method=True)
+        self.ExportSnapshot = channel.unary_stream(
+                '/hostagent.v1.HostAgent/ExportSnapshot',
+                request_serializer=hostagent__pb2.ExportSnapshotRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.LayerChunk.FromString,
+                _registered_method=True)
+        self.PtyStream = channel.stream_stream(
+                '/hostagent.v1.HostAgent/PtyStream',
+                request_serializer=hostagent__pb2.PtyRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.PtyEvent.FromString,
+                _registered_method=True)
+        self.PtyControl = channel.unary_unary(
+                '/hostagent.v1.HostAgent/PtyControl',
+                request_serializer=hostagent__pb2.PtyControlRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.PtyControlResponse.FromString,
+                _registered_method=True)
+        self.DialPort = channel.stream_stream(
+                '/hostagent.v1.HostAgent/DialPort',
+                request_serializer=hostagent__pb2.DialRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.DialEvent.FromString,
+                _registered_method=True)
+        self.OpenDialTicket = channel.unary_unary(
+                '/hostagent.v1.HostAgent/OpenDialTicket',
+                request_serializer=hostagent__pb2.DialOpen.SerializeToString,
+                response_deserializer=hostagent__pb2.DialTicket.FromString,
+                _registered_method=True)
+        self.WatchDir = channel.unary_stream(
+                '/hostagent.v1.HostAgent/WatchDir',
+                request_serializer=hostagent__pb2.WatchDirRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.WatchEvent.FromString,
+                _registered_method=True)
+        self.CreateWatcher = channel.unary_unary(
+                '/hostagent.v1.HostAgent/CreateWatcher',
+                request_serializer=hostagent__pb2.WatchDirRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.CreateWatcherResponse.FromString,
+                _registered_method=True)
+        self.PollWatcher = channel.unary_unary(
+                '/hostagent.v1.HostAgent/PollWatcher',
+                request_serializer=hostagent__pb2.PollWatcherRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.PollWatcherResponse.FromString,
+                _registered_method=True)
+        self.RemoveWatcher = channel.unary_unary(
+                '/hostagent.v1.HostAgent/RemoveWatcher',
+                request_serializer=hostagent__pb2.RemoveWatcherRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.RemoveWatcherResponse.FromString,
+                _registered_method=True)
+        self.UpdateNetwork = channel.unary_unary(
+                '/hostagent.v1.HostAgent/UpdateNetwork',
+                request_serializer=hostagent__pb2.UpdateNetworkRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.UpdateNetworkResponse.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -338,6 +413,118 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HasLayers(self, request, context):
+        """Template store layers on this host (docs/templates.md). Layers are OCI layer tars named by
+        the sha256 of their bytes; the agent checks every byte it receives against that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutLayer(self, request_iterator, context):
+        """First message must be `meta`; the agent installs the layer only if its bytes hash to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLayers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLayers(self, request, context):
+        """Removes layers no sandbox on this host uses; the ones in use are kept and named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunBuildStep(self, request, context):
+        """One RUN step of a template build in a transient sandbox: its output, its exit code, then
+        (only on exit 0) the step's layer as chunks and its digest. The layer stays installed here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSnapshot(self, request, context):
+        """A snapshot: the (paused) sandbox's writable layer as a store layer, streamed; the layer
+        stays installed here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PtyStream(self, request_iterator, context):
+        """Interactive and networked sandboxes (issue 14).
+        A process on a pseudo-terminal. First client message: `start` (a new one) or `connect`
+        (to a running one by pid); later ones: input, resize, signal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PtyControl(self, request, context):
+        """One input, resize or signal to a running terminal by pid, without attaching to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DialPort(self, request_iterator, context):
+        """Raw bytes to and from a TCP port inside the sandbox, dialled from inside its network
+        namespace (so a server bound to 127.0.0.1 there answers). First message: `open`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenDialTicket(self, request, context):
+        """The same connection over the agent's data port instead (docs/networking.md §3): the agent
+        dials the port now and holds the socket for a single-use ticket, which the proxy presents
+        on a (mutual TLS) connection to `data_port`; from then on length-framed raw bytes flow.
+        Errors as DialPort's. Counts against the same per-sandbox dial limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDir(self, request, context):
+        """Filesystem events under a path, streamed while the call lasts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWatcher(self, request, context):
+        """Polling watchers for clients that cannot hold a stream: the agent keeps the events
+        (bounded) until the next poll.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PollWatcher(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveWatcher(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateNetwork(self, request, context):
+        """Replace a running sandbox's egress rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -475,6 +662,81 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.GetSandboxMetrics,
                     request_deserializer=hostagent__pb2.GetSandboxMetricsRequest.FromString,
                     response_serializer=hostagent__pb2.GetSandboxMetricsResponse.SerializeToString,
+            ),
+            'HasLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasLayers,
+                    request_deserializer=hostagent__pb2.HasLayersRequest.FromString,
+                    response_serializer=hostagent__pb2.HasLayersResponse.SerializeToString,
+            ),
+            'PutLayer': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutLayer,
+                    request_deserializer=hostagent__pb2.PutLayerRequest.FromString,
+                    response_serializer=hostagent__pb2.PutLayerResponse.SerializeToString,
+            ),
+            'ListLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLayers,
+                    request_deserializer=hostagent__pb2.ListLayersRequest.FromString,
+                    response_serializer=hostagent__pb2.ListLayersResponse.SerializeToString,
+            ),
+            'DeleteLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLayers,
+                    request_deserializer=hostagent__pb2.DeleteLayersRequest.FromString,
+                    response_serializer=hostagent__pb2.DeleteLayersResponse.SerializeToString,
+            ),
+            'RunBuildStep': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunBuildStep,
+                    request_deserializer=hostagent__pb2.RunBuildStepRequest.FromString,
+                    response_serializer=hostagent__pb2.BuildStepEvent.SerializeToString,
+            ),
+            'ExportSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSnapshot,
+                    request_deserializer=hostagent__pb2.ExportSnapshotRequest.FromString,
+                    response_serializer=hostagent__pb2.LayerChunk.SerializeToString,
+            ),
+            'PtyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PtyStream,
+                    request_deserializer=hostagent__pb2.PtyRequest.FromString,
+                    response_serializer=hostagent__pb2.PtyEvent.SerializeToString,
+            ),
+            'PtyControl': grpc.unary_unary_rpc_method_handler(
+                    servicer.PtyControl,
+                    request_deserializer=hostagent__pb2.PtyControlRequest.FromString,
+                    response_serializer=hostagent__pb2.PtyControlResponse.SerializeToString,
+            ),
+            'DialPort': grpc.stream_stream_rpc_method_handler(
+                    servicer.DialPort,
+                    request_deserializer=hostagent__pb2.DialRequest.FromString,
+                    response_serializer=hostagent__pb2.DialEvent.SerializeToString,
+            ),
+            'OpenDialTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenDialTicket,
+                    request_deserializer=hostagent__pb2.DialOpen.FromString,
+                    response_serializer=hostagent__pb2.DialTicket.SerializeToString,
+            ),
+            'WatchDir': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDir,
+                    request_deserializer=hostagent__pb2.WatchDirRequest.FromString,
+                    response_serializer=hostagent__pb2.WatchEvent.SerializeToString,
+            ),
+            'CreateWatcher': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWatcher,
+                    request_deserializer=hostagent__pb2.WatchDirRequest.FromString,
+                    response_serializer=hostagent__pb2.CreateWatcherResponse.SerializeToString,
+            ),
+            'PollWatcher': grpc.unary_unary_rpc_method_handler(
+                    servicer.PollWatcher,
+                    request_deserializer=hostagent__pb2.PollWatcherRequest.FromString,
+                    response_serializer=hostagent__pb2.PollWatcherResponse.SerializeToString,
+            ),
+            'RemoveWatcher': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveWatcher,
+                    request_deserializer=hostagent__pb2.RemoveWatcherRequest.FromString,
+                    response_serializer=hostagent__pb2.RemoveWatcherResponse.SerializeToString,
+            ),
+            'UpdateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNetwork,
+                    request_deserializer=hostagent__pb2.UpdateNetworkRequest.FromString,
+                    response_serializer=hostagent__pb2.UpdateNetworkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1206,6 +1468,411 @@ class HostAgent:
             '/hostagent.v1.HostAgent/GetSandboxMetrics',
             hostagent__pb2.GetSandboxMetricsRequest.SerializeToString,
             hostagent__pb2.GetSandboxMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HasLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/HasLayers',
+            hostagent__pb2.HasLayersRequest.SerializeToString,
+            hostagent__pb2.HasLayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutLayer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hostagent.v1.HostAgent/PutLayer',
+            hostagent__pb2.PutLayerRequest.SerializeToString,
+            hostagent__pb2.PutLayerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/ListLayers',
+            hostagent__pb2.ListLayersRequest.SerializeToString,
+            hostagent__pb2.ListLayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/DeleteLayers',
+            hostagent__pb2.DeleteLayersRequest.SerializeToString,
+            hostagent__pb2.DeleteLayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunBuildStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/RunBuildStep',
+            hostagent__pb2.RunBuildStepRequest.SerializeToString,
+            hostagent__pb2.BuildStepEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/ExportSnapshot',
+            hostagent__pb2.ExportSnapshotRequest.SerializeToString,
+            hostagent__pb2.LayerChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PtyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hostagent.v1.HostAgent/PtyStream',
+            hostagent__pb2.PtyRequest.SerializeToString,
+            hostagent__pb2.PtyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PtyControl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/PtyControl',
+            hostagent__pb2.PtyControlRequest.SerializeToString,
+            hostagent__pb2.PtyControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DialPort(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hostagent.v1.HostAgent/DialPort',
+            hostagent__pb2.DialRequest.SerializeToString,
+            hostagent__pb2.DialEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDialTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/OpenDialTicket',
+            hostagent__pb2.DialOpen.SerializeToString,
+            hostagent__pb2.DialTicket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDir(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/WatchDir',
+            hostagent__pb2.WatchDirRequest.SerializeToString,
+            hostagent__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWatcher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/CreateWatcher',
+            hostagent__pb2.WatchDirRequest.SerializeToString,
+            hostagent__pb2.CreateWatcherResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PollWatcher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/PollWatcher',
+            hostagent__pb2.PollWatcherRequest.SerializeToString,
+            hostagent__pb2.PollWatcherResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveWatcher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/RemoveWatcher',
+            hostagent__pb2.RemoveWatcherRequest.SerializeToString,
+            hostagent__pb2.RemoveWatcherResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/UpdateNetwork',
+            hostagent__pb2.UpdateNetworkRequest.SerializeToString,
+            hostagent__pb2.UpdateNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

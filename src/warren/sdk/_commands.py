@@ -16,8 +16,8 @@ from warren.sdk._exceptions import (
     CommandExitError,
     NotFoundError,
     StreamError,
-    TimeoutError,
     WarrenError,
+    WarrenTimeoutError,
     error_from_response,
 )
 from warren.sdk._models import CommandResult, ProcessInfo
@@ -44,6 +44,9 @@ class RunOptions(TypedDict, total=False):
     # True keeps stdin open for send_stdin(); str/bytes are written then stdin is closed.
     stdin: Stdin
     tag: str | None
+    # A user of the sandbox (its /etc/passwd) to run as; None: the template's user (root unless
+    # the template says otherwise).
+    user: str | None
     # Raise CommandExitError when the exit code is not 0.
     check: bool
     # Seconds for the HTTP request itself (stretched to cover `timeout`).
@@ -89,7 +92,7 @@ def raise_frame_error(frame: dict[str, Any]) -> None:
     code = str(frame.get("code") or "stream_error")
     message = str(frame.get("data") or frame.get("message") or "exec stream failed")
     if code == "timeout":
-        raise TimeoutError(message, code=code)
+        raise WarrenTimeoutError(message, code=code)
     if isinstance(status, int):
         import json
 
@@ -132,14 +135,24 @@ class _HandleBase:
 
     @property
     def stderr(self) -> str:
+        """Error output received so far."""
         return self._err.decode("utf-8", "replace")
 
     @property
     def exit_code(self) -> int | None:
+        """The exit code once ``wait()`` has seen the command end; None before."""
         return self._result.exit_code if self._result else None
 
     def _wait(self) -> Op[CommandResult]:
-        """Read the stream to the end; callbacks fire as output arrives."""
+        """Wait for the command to end and return its result; output callbacks fire as the
+        output arrives. Raises WarrenTimeoutError at its time limit, CommandExitError for a
+        non-zero exit when it was started with ``check=True``.
+
+        Example::
+
+            h = sbx.commands.run("sleep 1; echo done", background=True)
+            print(h.wait().stdout)   # 'done\\n'
+        """
         if self._result is None:
             if self._conn is None:
                 raise StreamError(
@@ -167,7 +180,7 @@ class _HandleBase:
                     yield WsClose(self._conn)
                     self._conn = None
                     if error and frame.get("reason") == "timeout":
-                        raise TimeoutError(f"command timed out: {error}", code="timeout")
+                        raise WarrenTimeoutError(f"command timed out: {error}", code="timeout")
                     break
                 elif kind == "error":
                     yield WsClose(self._conn)
@@ -178,12 +191,27 @@ class _HandleBase:
         return self._result
 
     def _send_stdin(self, data: str | bytes) -> Op[None]:
+        """Write ``data`` (text or bytes) to the command's stdin; it must have been started
+        with ``stdin=True``.
+
+        Example::
+
+            h = sbx.commands.run("cat", background=True, stdin=True)
+            h.send_stdin("ping\\n")
+        """
         if self._conn is not None:
             yield WsSend(self._conn, stdin_frame(data))
             return
         yield from _send_stdin_rest(self._sandbox_id, self.pid, data)
 
     def _close_stdin(self) -> Op[None]:
+        """Close the command's stdin: it reads end-of-file.
+
+        Example::
+
+            h.close_stdin()
+            print(h.wait().stdout)
+        """
         if self._conn is not None:
             yield WsSend(self._conn, {"type": "close_stdin"})
             return
@@ -192,13 +220,25 @@ class _HandleBase:
         )
 
     def _kill(self) -> Op[bool]:
-        """SIGKILL the process. False when it had already exited."""
+        """SIGKILL the process. False when it had already exited.
+
+        Example::
+
+            h.kill()
+        """
         if self._result is not None:
             return False
         return (yield from _signal(self._sandbox_id, self.pid, 9))
 
     def _disconnect(self) -> Op[None]:
-        """Stop receiving output; a background process keeps running."""
+        """Stop receiving output; a background process keeps running (``commands.connect(pid)``
+        attaches again).
+
+        Example::
+
+            pid = h.pid
+            h.disconnect()
+        """
         if self._conn is not None:
             yield WsSend(self._conn, {"type": "stop"})
             yield WsClose(self._conn)
@@ -231,6 +271,9 @@ class CommandHandle(_HandleBase):
 
 
 class AsyncCommandHandle(_HandleBase):
+    """A background (or attached) command of an :class:`~warren.AsyncSandbox`:
+    ``await h.wait()`` returns its :class:`CommandResult`."""
+
     _transport: AsyncTransport
     wait = awaiting(_HandleBase._wait)
     send_stdin = awaiting(_HandleBase._send_stdin)
@@ -275,6 +318,8 @@ class _CommandsBase:
             body["env"] = dict(opts["envs"] or {})
         if opts.get("cwd"):
             body["cwd"] = opts["cwd"]
+        if opts.get("user"):
+            body["user"] = opts["user"]
         timeout_sec = max(1, math.ceil(timeout)) if timeout else 0
         body["timeout_sec"] = timeout_sec
         stdin = opts.get("stdin")
@@ -312,6 +357,8 @@ class _CommandsBase:
             "tag": opts.get("tag") or "",
             "background": background,
         }
+        if opts.get("user"):
+            start["user"] = opts["user"]
         stdin = opts.get("stdin")
         if isinstance(stdin, (str, bytes)):
             data = stdin_frame(stdin)
@@ -354,17 +401,42 @@ class _CommandsBase:
         )
 
     def _list(self) -> Op[list[ProcessInfo]]:
+        """The processes running in the sandbox (pid, tag, command).
+
+        Example::
+
+            for p in sbx.commands.list():
+                print(p.pid, p.tag, p.cmd)
+        """
         res = yield Http("GET", f"/v1/sandboxes/{self._sandbox_id}/processes")
         return [ProcessInfo.from_json(p) for p in res.json()]
 
     def _kill(self, pid: int | str) -> Op[bool]:
-        """SIGKILL a process by pid or tag. False when there is no such process."""
+        """SIGKILL a process by pid or tag. False when there is no such process.
+
+        Example::
+
+            sbx.commands.kill("web")
+        """
         return (yield from _signal(self._sandbox_id, pid, 9))
 
     def _send_signal(self, pid: int | str, signal: int) -> Op[bool]:
+        """Send ``signal`` (a number, e.g. ``signal.SIGTERM``) to a process by pid or tag.
+        False when there is no such process.
+
+        Example::
+
+            sbx.commands.send_signal("web", signal.SIGTERM)
+        """
         return (yield from _signal(self._sandbox_id, pid, signal))
 
     def _send_stdin(self, pid: int | str, data: str | bytes) -> Op[None]:
+        """Write ``data`` to the stdin of a process (by pid or tag) started with ``stdin=True``.
+
+        Example::
+
+            sbx.commands.send_stdin(pid, "quit\\n")
+        """
         yield from _send_stdin_rest(self._sandbox_id, pid, data)
 
 
@@ -398,14 +470,46 @@ class Commands(_CommandsBase):
     ) -> CommandResult | CommandHandle:
         """Run ``cmd`` and wait for it (or, with ``background=True``, return a handle).
 
-        ``timeout`` (seconds, default 60, None = no limit) bounds the process;
-        ``request_timeout`` bounds HTTP calls. Output callbacks get text as it arrives.
+        Args:
+            cmd: a string runs through ``/bin/sh -c``; a list runs as argv, without a shell.
+            background: return a :class:`CommandHandle` at once instead of waiting.
+            timeout: seconds the process may run before it is killed (default 60); None = no
+                limit.
+            envs: extra environment variables; cwd: its working directory (default: the
+                template's workdir, else the user's home).
+            user: run as this user of the sandbox (``"user"`` on the ``base`` template); its
+                uid, groups, ``HOME``, ``USER`` and ``LOGNAME``. Default: the template's user.
+            on_stdout, on_stderr: called with text as it arrives.
+            stdin: str/bytes are written then stdin is closed; True keeps it open for
+                ``send_stdin``.
+            tag: a name for the process (``commands.kill(tag)``).
+            check: raise CommandExitError when the exit code is not 0.
+            request_timeout: seconds for the HTTP request itself (stretched to cover
+                ``timeout``).
+
+        Example::
+
+            r = sbx.commands.run("echo hi && exit 3")
+            print(r.exit_code, r.stdout)   # 3 'hi\\n'
+            web = sbx.commands.run(["python3", "-m", "http.server"], background=True, tag="web")
+            sbx.commands.run("whoami", user="user").stdout   # 'user\n'
         """
         return cast("CommandResult | CommandHandle", self._transport.run(self._run(cmd, background, **opts)))
 
     def connect(
         self, pid: int, *, on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None
     ) -> CommandHandle:
+        """Attach to a running process's output (from now on).
+
+        Args:
+            pid: the process's pid (``commands.list()`` shows them).
+            on_stdout, on_stderr: called with text as it arrives.
+
+        Example::
+
+            h = sbx.commands.connect(pid, on_stdout=print)
+            h.wait()
+        """
         return cast(CommandHandle, self._transport.run(self._connect(pid, on_stdout, on_stderr)))
 
     list = blocking(_CommandsBase._list)
@@ -431,13 +535,25 @@ class AsyncCommands(_CommandsBase):
     async def run(
         self, cmd: str | Sequence[str], *, background: bool = False, **opts: Unpack[RunOptions]
     ) -> CommandResult | AsyncCommandHandle:
-        """See :meth:`Commands.run`."""
+        """Run ``cmd``; the arguments are those of :meth:`Commands.run`.
+
+        Example::
+
+            r = await sbx.commands.run("echo hi")
+            h = await sbx.commands.run("sleep 5", background=True)
+        """
         result = await self._transport.run(self._run(cmd, background, **opts))
         return cast("CommandResult | AsyncCommandHandle", result)
 
     async def connect(
         self, pid: int, *, on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None
     ) -> AsyncCommandHandle:
+        """Attach to a running process's output (see :meth:`Commands.connect`).
+
+        Example::
+
+            h = await sbx.commands.connect(pid, on_stdout=print)
+        """
         return cast(AsyncCommandHandle, await self._transport.run(self._connect(pid, on_stdout, on_stderr)))
 
     list = awaiting(_CommandsBase._list)

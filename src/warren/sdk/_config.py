@@ -23,6 +23,7 @@ def config_path() -> Path:
 
 
 def load_config_file() -> dict[str, Any]:
+    """What ``warren login`` saved (``url``, ``api_key``, ``token``…); {} when there is none."""
     try:
         data = json.loads(config_path().read_text())
     except (OSError, ValueError):
@@ -32,6 +33,8 @@ def load_config_file() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ConnectionConfig:
+    """Where the API is and how to authenticate; :meth:`resolve` fills in what is not given."""
+
     url: str
     api_key: str | None = None
     # A user JWT (``Authorization: Bearer``); used when no API key is given.
@@ -47,6 +50,14 @@ class ConnectionConfig:
         access_token: str | None = None,
         request_timeout: float | None = None,
     ) -> ConnectionConfig:
+        """An explicit argument wins; then ``WARREN_URL`` / ``WARREN_API_KEY`` /
+        ``WARREN_ACCESS_TOKEN``; then the file ``warren login`` writes.
+
+        Example::
+
+            cfg = ConnectionConfig.resolve(url="http://127.0.0.1:8000")
+            print(cfg.url, cfg.auth_headers())
+        """
         file: dict[str, Any] | None = None
 
         def from_file(key: str) -> Any:
@@ -71,6 +82,7 @@ class ConnectionConfig:
         )
 
     def auth_headers(self) -> dict[str, str]:
+        """The header that authenticates a request: ``X-API-Key``, else a bearer token."""
         if self.api_key:
             return {"X-API-Key": self.api_key}
         if self.access_token:

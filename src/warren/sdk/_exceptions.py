@@ -10,17 +10,20 @@ turns it into one of these, keeping ``code``, ``message`` and ``status``::
     ├── NotFoundError               404
     ├── ConflictError               409
     │   └── InvalidStateError       409 invalid_state (e.g. exec in a paused sandbox)
-    ├── PayloadTooLargeError        413
-    ├── ServerError                 5xx
+    ├── PayloadTooLargeError        413 (``too_large``; ``output_too_large``: a ``commands.run``
+    │                               printed more than the unary cap, use ``on_stdout`` streaming)
+    ├── ServerError                 5xx (also 503 ``server_busy``: the control plane is holding
+    │   │                           as much unary data as it may; retry after ``Retry-After``)
     │   └── SandboxUnavailableError 502/503 (the sandbox's host could not be reached)
-    ├── TimeoutError                a command or an HTTP request ran out of time
+    ├── WarrenTimeoutError          a command or an HTTP request ran out of time (also a
+    │                               builtin ``TimeoutError``; ``warren.TimeoutError`` is its
+    │                               deprecated old name)
     ├── StreamError                 a stream (file or exec) broke before its end
     └── CommandExitError            ``commands.run(..., check=True)`` saw a non-zero exit code
 """
 
 from __future__ import annotations
 
-import builtins
 import json
 from typing import Any
 
@@ -33,11 +36,12 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "SandboxUnavailableError",
     "ServerError",
     "StreamError",
-    "TimeoutError",
     "WarrenError",
+    "WarrenTimeoutError",
     "error_from_response",
 ]
 
@@ -85,6 +89,12 @@ class PayloadTooLargeError(WarrenError):
     pass
 
 
+class RateLimitedError(WarrenError):
+    """429: a rate limit (``code == "rate_limited"``: retry later) or a team quota
+    (``code == "quota_exceeded"``, with ``quota``, ``limit`` and ``in_use``: free something or
+    ask an admin to raise it)."""
+
+
 class ServerError(WarrenError):
     pass
 
@@ -93,9 +103,10 @@ class SandboxUnavailableError(ServerError):
     pass
 
 
-# Subclasses the builtin too, so ``except TimeoutError`` written against either still works.
-class TimeoutError(WarrenError, builtins.TimeoutError):
-    pass
+# Not called TimeoutError: that would shadow the builtin wherever it is imported. It subclasses
+# the builtin, so a plain ``except TimeoutError`` catches it too.
+class WarrenTimeoutError(WarrenError, TimeoutError):
+    """A command's ``timeout`` or an HTTP ``request_timeout`` ran out."""
 
 
 class StreamError(WarrenError):
@@ -123,6 +134,7 @@ _BY_STATUS: dict[int, type[WarrenError]] = {
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
+    429: RateLimitedError,
 }
 
 
@@ -136,15 +148,17 @@ def error_from_response(status: int, body: bytes) -> WarrenError:
     cls: type[WarrenError]
     if extra.get("reason") == "timeout":
         # A command killed at its time limit (the API answers 502 with this marker).
-        cls = TimeoutError
+        cls = WarrenTimeoutError
     elif status == 409 and code == "invalid_state":
         cls = InvalidStateError
+    elif status == 503 and code == "server_busy":
+        cls = ServerError  # the control plane, not the sandbox's host
     elif status in _BY_STATUS:
         cls = _BY_STATUS[status]
     elif status in (502, 503):
         cls = SandboxUnavailableError
     elif status == 504:
-        cls = TimeoutError
+        cls = WarrenTimeoutError
     elif status >= 500:
         cls = ServerError
     else:

@@ -29,6 +29,9 @@ def _ts(value: Any) -> datetime | None:
 
 @dataclass(frozen=True)
 class SandboxInfo:
+    """A sandbox as the API describes it (``sbx.info``, ``Sandbox.list()``): ``status`` is
+    ``running``, ``paused``, ``stopped`` or ``error``; ``raw`` is the whole JSON answer."""
+
     id: str
     status: str
     template: str
@@ -94,6 +97,8 @@ class CommandResult:
 
 @dataclass(frozen=True)
 class ProcessInfo:
+    """A process running in a sandbox (``sbx.commands.list()``)."""
+
     pid: int
     tag: str | None
     cmd: str
@@ -113,6 +118,8 @@ class ProcessInfo:
 
 @dataclass(frozen=True)
 class EntryInfo:
+    """A file, directory or symlink in a sandbox (``sbx.files.list()``, ``get_info()``)."""
+
     name: str
     type: str  # file | dir | symlink | other
     path: str
@@ -174,6 +181,8 @@ class SnapshotInfo:
 
 @dataclass(frozen=True)
 class MetricPoint:
+    """One sample of ``sbx.metrics()``: CPU percent, memory and disk bytes at ``timestamp``."""
+
     timestamp: datetime
     cpu_pct: float
     mem_bytes: int

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeVar, Unpack
 
+from warren.sdk import _preview
 from warren.sdk._commands import AsyncCommands, Commands
 from warren.sdk._config import ConnectionConfig
 from warren.sdk._exceptions import NotFoundError
 from warren.sdk._files import AsyncFiles, Files
 from warren.sdk._models import MetricPoint, SandboxInfo, SnapshotInfo
+from warren.sdk._pty import AsyncPty, Pty
 from warren.sdk._transport import AsyncTransport, Http, Op, SyncTransport, awaiting, blocking
 
 __all__ = ["AsyncSandbox", "ConnectOptions", "CreateOptions", "Sandbox"]
@@ -19,6 +21,7 @@ __all__ = ["AsyncSandbox", "ConnectOptions", "CreateOptions", "Sandbox"]
 # Aliases, because inside the classes `list` names the method.
 SandboxInfos = list[SandboxInfo]
 SnapshotInfos = list[SnapshotInfo]
+R = TypeVar("R")
 
 
 class ConnectOptions(TypedDict, total=False):
@@ -41,6 +44,9 @@ class CreateOptions(ConnectOptions, total=False):
     envs: Mapping[str, str] | None
     # Outbound network access.
     internet: bool
+    # Egress rules: {"allow_out": [...], "deny_out": [...]} of IPv4 addresses, CIDRs and domain
+    # names (example.com, *.example.com); allow_out entries are exceptions to deny_out.
+    network: Mapping[str, Sequence[str]] | None
 
 
 def _config(opts: Mapping[str, Any]) -> ConnectionConfig:
@@ -50,6 +56,45 @@ def _config(opts: Mapping[str, Any]) -> ConnectionConfig:
         access_token=opts.get("access_token"),
         request_timeout=opts.get("request_timeout"),
     )
+
+
+# How every class-level call of the SDK (Sandbox, Template) uses a transport: `run_once` for a
+# call that returns a value (its own connections, closed after); `open_handle` for one that
+# returns a handle holding the connections (closed only if the call fails).
+
+
+def run_once(op: Op[R], opts: Mapping[str, Any]) -> R:
+    transport = SyncTransport(_config(opts))
+    try:
+        return transport.run(op)
+    finally:
+        transport.close()
+
+
+async def run_once_async(op: Op[R], opts: Mapping[str, Any]) -> R:
+    transport = AsyncTransport(_config(opts))
+    try:
+        return await transport.run(op)
+    finally:
+        await transport.close()
+
+
+def open_handle(op: Op[R], opts: Mapping[str, Any]) -> tuple[SyncTransport, R]:
+    transport = SyncTransport(_config(opts))
+    try:
+        return transport, transport.run(op)
+    except BaseException:
+        transport.close()
+        raise
+
+
+async def open_handle_async(op: Op[R], opts: Mapping[str, Any]) -> tuple[AsyncTransport, R]:
+    transport = AsyncTransport(_config(opts))
+    try:
+        return transport, await transport.run(op)
+    except BaseException:
+        await transport.close()
+        raise
 
 
 def _create_op(template: str, opts: CreateOptions) -> Op[SandboxInfo]:
@@ -65,6 +110,8 @@ def _create_op(template: str, opts: CreateOptions) -> Op[SandboxInfo]:
         body["env"] = dict(opts["envs"] or {})
     if "internet" in opts:
         body["internet"] = bool(opts["internet"])
+    if opts.get("network") is not None:
+        body["network"] = {k: list(v) for k, v in (opts["network"] or {}).items()}
     res = yield Http("POST", "/v1/sandboxes", json=body)
     return SandboxInfo.from_json(res.json())
 
@@ -105,6 +152,7 @@ class _SandboxBase:
 
     @property
     def id(self) -> str:
+        """The sandbox's ID (``sb-…``)."""
         return self._info.id
 
     @property
@@ -117,13 +165,31 @@ class _SandboxBase:
         """What the API said about this sandbox last; :meth:`get_info` refreshes it."""
         return self._info
 
+    @property
+    def traffic_token(self) -> str | None:
+        """The token that opens its private ports through the preview proxy (header
+        ``X-Warren-Traffic-Token``): known to the object that created the sandbox or rotated it."""
+        token = getattr(self, "_traffic_token", None) or self._info.raw.get("traffic_token")
+        return str(token) if token else None
+
     def _get_info(self) -> Op[SandboxInfo]:
+        """Ask the API for the sandbox's current state (and refresh :attr:`info`).
+
+        Example::
+
+            print(sbx.get_info().status)   # running | paused | stopped | error
+        """
         res = yield Http("GET", f"/v1/sandboxes/{self.id}")
         self._info = SandboxInfo.from_json(res.json())
         return self._info
 
     def _kill(self) -> Op[bool]:
-        """Destroy the sandbox. False when it did not exist."""
+        """Destroy the sandbox and everything in it. False when it did not exist.
+
+        Example::
+
+            sbx.kill()
+        """
         try:
             yield Http("DELETE", f"/v1/sandboxes/{self.id}")
         except NotFoundError:
@@ -131,22 +197,53 @@ class _SandboxBase:
         return True
 
     def _pause(self) -> Op[SandboxInfo]:
+        """Freeze every process in the sandbox; memory and files are kept. Returns the new info.
+
+        Example::
+
+            sbx.pause()
+            sbx.resume()
+        """
         res = yield Http("POST", f"/v1/sandboxes/{self.id}/pause")
         self._info = SandboxInfo.from_json(res.json())
         return self._info
 
     def _resume(self) -> Op[SandboxInfo]:
+        """Continue a paused sandbox where it stopped. Returns the new info.
+
+        Example::
+
+            sbx.resume()
+        """
         res = yield Http("POST", f"/v1/sandboxes/{self.id}/resume")
         self._info = SandboxInfo.from_json(res.json())
         return self._info
 
     def _ping(self) -> Op[None]:
-        """Reset the inactivity timer."""
+        """Reset the inactivity timer (the ``timeout`` given to ``create``) without running
+        anything.
+
+        Example::
+
+            sbx.ping()
+        """
         yield Http("POST", f"/v1/sandboxes/{self.id}/ping")
 
     def _snapshot(self, name: str | None = None, *, overwrite: bool = False) -> Op[SnapshotInfo]:
         """Save the sandbox as a template other sandboxes can start from. The sandbox is
-        paused by this and stays paused (``resume()`` continues it)."""
+        paused by this and stays paused (``resume()`` continues it).
+
+        Args:
+            name: the snapshot's name (default ``template-<hex>``); ``create(name)`` starts
+                from it.
+            overwrite: replace an existing snapshot of that name instead of failing with 409.
+
+        Example::
+
+            snap = sbx.snapshot("py-ready", overwrite=True)
+            sbx.resume()
+            copy = Sandbox.create(snap.name)
+        """
         body: dict[str, Any] = {"sandbox_id": self.id}
         if name:
             body["name"] = name
@@ -160,8 +257,50 @@ class _SandboxBase:
         self._info = SandboxInfo.from_json({**self._info.raw, "status": "paused"})
         return SnapshotInfo.from_json(res.json())
 
+    def _get_network(self) -> Op[dict[str, list[str]]]:
+        """The sandbox's egress rules, normalized: ``{"allow_out": [...], "deny_out": [...]}``.
+
+        Example::
+
+            print(sbx.get_network()["allow_out"])
+        """
+        res = yield Http("GET", f"/v1/sandboxes/{self.id}/network")
+        return dict(res.json())
+
+    def _set_network(
+        self, *, allow_out: Sequence[str] | None = None, deny_out: Sequence[str] | None = None
+    ) -> Op[dict[str, list[str]]]:
+        """Change the egress rules while the sandbox runs (or is paused); new connections
+        follow them at once. A list left as None stays as it is; ``[]`` empties it.
+
+        Args:
+            allow_out: IPv4 addresses, CIDRs or names (``example.com``, ``*.example.com``)
+                that are exceptions to ``deny_out``.
+            deny_out: IPv4 addresses, CIDRs (``0.0.0.0/0``: everything) or names.
+
+        Example::
+
+            sbx.set_network(allow_out=["pypi.org", "*.pythonhosted.org"], deny_out=["0.0.0.0/0"])
+        """
+        body: dict[str, list[str]] = {}
+        if allow_out is not None:
+            body["allow_out"] = list(allow_out)
+        if deny_out is not None:
+            body["deny_out"] = list(deny_out)
+        res = yield Http("PATCH", f"/v1/sandboxes/{self.id}/network", json=body)
+        return dict(res.json())
+
     def _metrics(self, range: str = "10m") -> Op[list[MetricPoint]]:
-        """CPU, memory and disk samples: ``range`` is 5m, 10m, 1h, 2h, 6h, 12h or 24h."""
+        """CPU, memory and disk samples of the sandbox, oldest first.
+
+        Args:
+            range: how far back: ``5m``, ``10m``, ``1h``, ``2h``, ``6h``, ``12h`` or ``24h``.
+
+        Example::
+
+            last = sbx.metrics("5m")[-1]
+            print(last.cpu_pct, last.mem_bytes)
+        """
         res = yield Http("GET", f"/v1/sandboxes/{self.id}/metrics", params={"range": range})
         body = res.json()
         points = body.get("points", []) if isinstance(body, dict) else body
@@ -181,52 +320,103 @@ class Sandbox(_SandboxBase):
         super().__init__(transport, info)
         self.commands = Commands(transport, info.id)
         self.files = Files(transport, info.id)
+        self.pty = Pty(transport, info.id)
 
     @classmethod
     def create(cls, template: str = "minimal", **opts: Unpack[CreateOptions]) -> Sandbox:
-        """Start a sandbox from ``template`` (``minimal`` or a snapshot's name)."""
-        transport = SyncTransport(_config(opts))
-        try:
-            return cls(transport, transport.run(_create_op(template, opts)))
-        except BaseException:
-            transport.close()
-            raise
+        """Start a sandbox and return once it runs.
+
+        Args:
+            template: ``minimal`` (the default), another platform template, or a snapshot's name.
+            timeout: seconds of inactivity after which the sandbox is paused; None/0 = never.
+            vcpus, memory_mb: its size (a snapshot keeps its own); the platform's defaults
+                otherwise.
+            envs: environment variables every command in the sandbox sees.
+            internet: allow outbound network access (default True).
+            network: egress rules, ``{"allow_out": [...], "deny_out": [...]}`` (IPv4 addresses,
+                CIDRs and domain names such as ``example.com`` or ``*.example.com``; ``allow_out``
+                entries are exceptions to ``deny_out``).
+            api_key, url, access_token, request_timeout: where and how to reach Warren
+                (default: ``WARREN_API_KEY`` / ``WARREN_URL`` / ``WARREN_ACCESS_TOKEN``, then the
+                file ``warren login`` writes).
+
+        Example::
+
+            with Sandbox.create("minimal", timeout=600, envs={"APP_ENV": "dev"}) as sbx:
+                print(sbx.commands.run("uname -a").stdout)
+        """
+        return cls(*open_handle(_create_op(template, opts), opts))
 
     @classmethod
     def connect(cls, sandbox_id: str, *, resume: bool = True, **opts: Unpack[ConnectOptions]) -> Sandbox:
-        """Attach to an existing sandbox, resuming it if it is paused (``resume=False`` leaves
-        it as it is)."""
-        transport = SyncTransport(_config(opts))
-        try:
-            return cls(transport, transport.run(_connect_op(sandbox_id, resume)))
-        except BaseException:
-            transport.close()
-            raise
+        """Attach to an existing sandbox, resuming it if it is paused.
+
+        Args:
+            sandbox_id: the sandbox's ID (``sb-…``).
+            resume: resume a paused sandbox (default); False leaves it as it is.
+            api_key, url, access_token, request_timeout: as for :meth:`create`.
+
+        Example::
+
+            sbx = Sandbox.connect("sb-…")
+            sbx.close()   # releases the connection; the sandbox keeps running
+        """
+        return cls(*open_handle(_connect_op(sandbox_id, resume), opts))
 
     @classmethod
     def list(cls, **opts: Unpack[ConnectOptions]) -> SandboxInfos:
-        """The team's sandboxes that are not stopped, newest first."""
-        return cls._oneshot(_list_op(), opts)
+        """The team's sandboxes that are not stopped, newest first.
+
+        Args:
+            api_key, url, access_token, request_timeout: as for :meth:`create`.
+
+        Example::
+
+            for info in Sandbox.list():
+                print(info.id, info.status)
+        """
+        return run_once(_list_op(), opts)
 
     @classmethod
     def list_snapshots(cls, type: str | None = None, **opts: Unpack[ConnectOptions]) -> SnapshotInfos:
-        """Templates usable by ``create``: the team's snapshots and the platform's templates."""
-        return cls._oneshot(_list_snapshots_op(type), opts)
+        """Templates usable by ``create``: the team's snapshots and the platform's templates.
+
+        Args:
+            type: ``base`` (platform templates) or ``snapshot`` (the team's); None = both.
+            api_key, url, access_token, request_timeout: as for :meth:`create`.
+
+        Example::
+
+            names = [t.name for t in Sandbox.list_snapshots(type="snapshot")]
+        """
+        return run_once(_list_snapshots_op(type), opts)
 
     @classmethod
     def delete_snapshot(cls, name: str, **opts: Unpack[ConnectOptions]) -> None:
-        cls._oneshot(_delete_snapshot_op(name), opts)
+        """Delete one of the team's snapshots (its files on every host, then its record).
 
-    @staticmethod
-    def _oneshot(op: Op[Any], opts: Mapping[str, Any]) -> Any:
-        transport = SyncTransport(_config(opts))
-        try:
-            return transport.run(op)
-        finally:
-            transport.close()
+        Args:
+            name: the snapshot's name.
+            api_key, url, access_token, request_timeout: as for :meth:`create`.
+
+        Example::
+
+            Sandbox.delete_snapshot("py-ready")
+        """
+        run_once(_delete_snapshot_op(name), opts)
 
     def close(self) -> None:
-        """Release the HTTP connections (the sandbox keeps running)."""
+        """Release the HTTP connections; the sandbox keeps running (``kill`` ends it).
+        Leaving a ``with Sandbox.create() as sbx:`` block kills and closes.
+
+        Example::
+
+            sbx = Sandbox.connect("sb-…")
+            try:
+                sbx.commands.run("true")
+            finally:
+                sbx.close()
+        """
         self._transport.close()
 
     def __enter__(self) -> Sandbox:
@@ -247,6 +437,12 @@ class Sandbox(_SandboxBase):
     ping = blocking(_SandboxBase._ping)
     snapshot = blocking(_SandboxBase._snapshot)
     metrics = blocking(_SandboxBase._metrics)
+    get_host = blocking(_preview.get_host)
+    get_url = blocking(_preview.get_url)
+    set_preview = blocking(_preview.set_preview)
+    rotate_traffic_token = blocking(_preview.rotate_traffic_token)
+    get_network = blocking(_SandboxBase._get_network)
+    set_network = blocking(_SandboxBase._set_network)
 
 
 class AsyncSandbox(_SandboxBase):
@@ -262,50 +458,68 @@ class AsyncSandbox(_SandboxBase):
         super().__init__(transport, info)
         self.commands = AsyncCommands(transport, info.id)
         self.files = AsyncFiles(transport, info.id)
+        self.pty = AsyncPty(transport, info.id)
 
     @classmethod
     async def create(cls, template: str = "minimal", **opts: Unpack[CreateOptions]) -> AsyncSandbox:
-        transport = AsyncTransport(_config(opts))
-        try:
-            return cls(transport, await transport.run(_create_op(template, opts)))
-        except BaseException:
-            await transport.close()
-            raise
+        """Start a sandbox; the arguments are those of :meth:`Sandbox.create`.
+
+        Example::
+
+            async with await AsyncSandbox.create(timeout=600) as sbx:
+                print((await sbx.commands.run("uname -a")).stdout)
+        """
+        return cls(*await open_handle_async(_create_op(template, opts), opts))
 
     @classmethod
     async def connect(
         cls, sandbox_id: str, *, resume: bool = True, **opts: Unpack[ConnectOptions]
     ) -> AsyncSandbox:
-        transport = AsyncTransport(_config(opts))
-        try:
-            return cls(transport, await transport.run(_connect_op(sandbox_id, resume)))
-        except BaseException:
-            await transport.close()
-            raise
+        """Attach to an existing sandbox; the arguments are those of :meth:`Sandbox.connect`.
+
+        Example::
+
+            sbx = await AsyncSandbox.connect("sb-…", resume=False)
+        """
+        return cls(*await open_handle_async(_connect_op(sandbox_id, resume), opts))
 
     @classmethod
     async def list(cls, **opts: Unpack[ConnectOptions]) -> SandboxInfos:
-        result: SandboxInfos = await cls._oneshot(_list_op(), opts)
-        return result
+        """The team's sandboxes that are not stopped, newest first (see :meth:`Sandbox.list`).
+
+        Example::
+
+            infos = await AsyncSandbox.list()
+        """
+        return await run_once_async(_list_op(), opts)
 
     @classmethod
     async def list_snapshots(cls, type: str | None = None, **opts: Unpack[ConnectOptions]) -> SnapshotInfos:
-        result: SnapshotInfos = await cls._oneshot(_list_snapshots_op(type), opts)
-        return result
+        """Templates usable by ``create`` (see :meth:`Sandbox.list_snapshots`).
+
+        Example::
+
+            templates = await AsyncSandbox.list_snapshots(type="base")
+        """
+        return await run_once_async(_list_snapshots_op(type), opts)
 
     @classmethod
     async def delete_snapshot(cls, name: str, **opts: Unpack[ConnectOptions]) -> None:
-        await cls._oneshot(_delete_snapshot_op(name), opts)
+        """Delete one of the team's snapshots (see :meth:`Sandbox.delete_snapshot`).
 
-    @staticmethod
-    async def _oneshot(op: Op[Any], opts: Mapping[str, Any]) -> Any:
-        transport = AsyncTransport(_config(opts))
-        try:
-            return await transport.run(op)
-        finally:
-            await transport.close()
+        Example::
+
+            await AsyncSandbox.delete_snapshot("py-ready")
+        """
+        await run_once_async(_delete_snapshot_op(name), opts)
 
     async def close(self) -> None:
+        """Release the HTTP connections; the sandbox keeps running (see :meth:`Sandbox.close`).
+
+        Example::
+
+            await sbx.close()
+        """
         await self._transport.close()
 
     async def __aenter__(self) -> AsyncSandbox:
@@ -326,3 +540,9 @@ class AsyncSandbox(_SandboxBase):
     ping = awaiting(_SandboxBase._ping)
     snapshot = awaiting(_SandboxBase._snapshot)
     metrics = awaiting(_SandboxBase._metrics)
+    get_host = awaiting(_preview.get_host)
+    get_url = awaiting(_preview.get_url)
+    set_preview = awaiting(_preview.set_preview)
+    rotate_traffic_token = awaiting(_preview.rotate_traffic_token)
+    get_network = awaiting(_SandboxBase._get_network)
+    set_network = awaiting(_SandboxBase._set_network)

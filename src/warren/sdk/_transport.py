@@ -12,7 +12,6 @@ so the sync SDK blocks without a hidden event loop or thread, and the async SDK 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import functools
 import inspect
 import json
@@ -29,7 +28,7 @@ import websockets.sync.client
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from warren.sdk._config import ConnectionConfig
-from warren.sdk._exceptions import StreamError, TimeoutError, WarrenError, error_from_response
+from warren.sdk._exceptions import StreamError, WarrenError, WarrenTimeoutError, error_from_response
 
 __all__ = [
     "AsyncTransport",
@@ -206,7 +205,7 @@ def _decode_frame(raw: str | bytes) -> dict[str, Any]:
 
 def _http_error(exc: httpx.HTTPError, cfg: ConnectionConfig) -> WarrenError:
     if isinstance(exc, httpx.TimeoutException):
-        return TimeoutError(f"request timed out: {exc}", code="request_timeout")
+        return WarrenTimeoutError(f"request timed out: {exc}", code="request_timeout")
     if isinstance(exc, httpx.ConnectError):
         return WarrenError(f"cannot reach Warren at {cfg.url}: {exc}", code="connection_error")
     # A body that stops before its declared end (connection cut, chunked encoding not finished)
@@ -375,7 +374,7 @@ class SyncTransport:
                     proxy=None,
                     legacy=True,  # a plain connection whose lifetime the op manages (no `with`)
                 )
-            except (InvalidHandshake, OSError, builtins.TimeoutError) as exc:
+            except (InvalidHandshake, OSError, TimeoutError) as exc:
                 raise _ws_error(exc) from exc
         if isinstance(e, WsSend):
             try:
@@ -388,8 +387,8 @@ class SyncTransport:
                 raw = e.conn.recv(timeout=e.timeout)
             except ConnectionClosed:
                 return None
-            except builtins.TimeoutError as exc:
-                raise TimeoutError("timed out waiting for the command", code="timeout") from exc
+            except TimeoutError as exc:
+                raise WarrenTimeoutError("timed out waiting for the command", code="timeout") from exc
             return _decode_frame(raw)
         if isinstance(e, WsClose):
             e.conn.close()
@@ -485,7 +484,7 @@ class AsyncTransport:
                     compression=None,
                     proxy=None,
                 )
-            except (InvalidHandshake, OSError, builtins.TimeoutError) as exc:
+            except (InvalidHandshake, OSError, TimeoutError) as exc:
                 raise _ws_error(exc) from exc
         if isinstance(e, WsSend):
             try:
@@ -498,8 +497,8 @@ class AsyncTransport:
                 raw = await asyncio.wait_for(e.conn.recv(), e.timeout)
             except ConnectionClosed:
                 return None
-            except builtins.TimeoutError as exc:
-                raise TimeoutError("timed out waiting for the command", code="timeout") from exc
+            except TimeoutError as exc:
+                raise WarrenTimeoutError("timed out waiting for the command", code="timeout") from exc
             return _decode_frame(raw)
         if isinstance(e, WsClose):
             await e.conn.close()

@@ -1,18 +1,16 @@
-"""Fixtures for the agent's integration tests: one real agent process per test module."""
+"""Fixtures for the agent's integration tests: one real standalone agent process per module."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .agentlib import Agent
-
-BASE = Path("/tmp/warren-agent-tests")
+from tests.harness.agent import AgentProcess
+from tests.harness.machine import scratch_dir
 
 
 def require_root() -> None:
@@ -22,22 +20,16 @@ def require_root() -> None:
 
 @pytest.fixture(scope="module")
 def agent_root() -> Iterator[Path]:
-    """A fresh directory for one module's agent(s), removed afterwards.
-
-    Not pytest's tmp_path: its base dir is 0700 (and other pytest runs reset it to 0700 at any
-    moment), while sandbox root — an unprivileged host uid — must traverse down to its rootfs.
-    """
+    """A fresh directory for one module's agent(s), removed afterwards."""
     require_root()
-    BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="run-", dir=BASE))
-    root.chmod(0o755)
+    root = scratch_dir("agent")
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def agent(agent_root: Path) -> Iterator[Agent]:
-    a = Agent(agent_root / "agent").start()
+def agent(agent_root: Path) -> Iterator[AgentProcess]:
+    a = AgentProcess.standalone(agent_root / "agent").start()
     try:
         yield a
     finally:

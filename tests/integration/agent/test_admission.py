@@ -16,10 +16,9 @@ from pathlib import Path
 
 import grpc
 
+from tests.harness.agent import AgentProcess
 from warren import ids
 from warren.rpc import hostagent_pb2 as pb
-
-from .agentlib import Agent
 
 # "2026-11-29 11:20:00,123 INFO warren.agent event=sandbox_created sandbox_id=… ms=61.2 queued_ms=0.4"
 _CREATED = re.compile(
@@ -39,7 +38,9 @@ def _created(log: str, wanted: set[str]) -> dict[str, tuple[float, float, float]
 
 
 def test_creates_past_the_limit_wait_their_turn(agent_root: Path) -> None:
-    agent = Agent(agent_root / "limited", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}).start()
+    agent = AgentProcess.standalone(
+        agent_root / "limited", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}
+    ).start()
     try:
         assert "create_concurrency=1" in agent.log_tail(200)
         sids = [ids.sandbox_id(ids.new_uuid()) for _ in range(3)]
@@ -59,11 +60,13 @@ def test_creates_past_the_limit_wait_their_turn(agent_root: Path) -> None:
         agent.stop()
 
 
-def test_default_limit_is_two_per_usable_cpu(agent: Agent) -> None:
+def test_default_limit_is_two_per_usable_cpu(agent: AgentProcess) -> None:
     assert f"create_concurrency={2 * len(os.sched_getaffinity(0))}" in agent.log_path.read_text()
 
 
-def _burst_with_one_under_way(agent: Agent, n: int, then: Callable[[], object]) -> list[grpc.StatusCode]:
+def _burst_with_one_under_way(
+    agent: AgentProcess, n: int, then: Callable[[], object]
+) -> list[grpc.StatusCode]:
     """Send ``n`` creates at once (the agent admits one at a time), call ``then`` while the first
     is under way and the rest are queued, and return each create's status code."""
     sids = [ids.sandbox_id(ids.new_uuid()) for _ in range(n)]
@@ -77,6 +80,7 @@ def _burst_with_one_under_way(agent: Agent, n: int, then: Callable[[], object]) 
 
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(create, s) for s in sids]
+
         # A create's directory appears when its turn comes; the others log that they wait.
         def all_arrived() -> bool:
             log = agent.log_path.read_text()
@@ -95,7 +99,9 @@ def test_terminate_leaves_no_sandbox_from_creates_under_way_or_queued(agent_root
     """Terminate (the host was force-deleted) while creates run and wait for their turn: the
     queued ones are refused, the one under way is destroyed with the rest; none may come up
     afterwards and run on, unrecorded."""
-    agent = Agent(agent_root / "terminated", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}).start()
+    agent = AgentProcess.standalone(
+        agent_root / "terminated", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}
+    ).start()
     try:
         codes = _burst_with_one_under_way(
             agent, 4, lambda: agent.stub.Terminate(pb.TerminateRequest(), timeout=30)
@@ -120,7 +126,9 @@ def test_terminate_leaves_no_sandbox_from_creates_under_way_or_queued(agent_root
 def test_pause_all_also_pauses_creates_under_way_and_queued(agent_root: Path) -> None:
     """PauseAll (the agent lost its credentials) pauses every sandbox, including those whose
     create was running or waiting at that moment, and reports them all as auto-paused."""
-    agent = Agent(agent_root / "pause-all", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}).start()
+    agent = AgentProcess.standalone(
+        agent_root / "pause-all", env={"WARREN_AGENT_CREATE_CONCURRENCY": "1"}
+    ).start()
     try:
         pause_all = lambda: agent.stub.PauseAll(pb.PauseAllRequest(), timeout=60)  # noqa: E731
         codes = _burst_with_one_under_way(agent, 3, pause_all)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.agent import AgentProcess
+from tests.harness.leaks import wait_no_leaks
 from warren.rpc import hostagent_pb2 as pb
-
-from .agentlib import Agent, wait_no_leaks
 
 pytestmark = pytest.mark.root
 
 
 def test_crun_create_exec_pause_resume_destroy(agent_root: Path) -> None:
-    agent = Agent(agent_root / "crun", runtime="crun").start()
+    agent = AgentProcess.standalone(agent_root / "crun", runtime="crun").start()
     try:
         r = agent.create(memory_mb=128)
         sb = r.sandbox_id

@@ -13,16 +13,17 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.harness.agent import AgentProcess
+from tests.harness.leaks import slot_of, wait_no_leaks
 from warren.rpc import hostagent_pb2 as pb
-
-from .agentlib import Agent, wait_no_leaks
 
 pytestmark = pytest.mark.root
 
 # A "remote" server for the internet tests: our own netns behind its own veth, so no packet
-# ever leaves this machine.
+# ever leaves this machine. At a documentation address (TEST-NET-3), which is not private:
+# sandboxes may reach the public internet, never a private range.
 INET_NS = "warren-test-inet"
-INET_HOST, INET_PEER = "10.12.77.1", "10.12.77.2"
+INET_HOST, INET_PEER = "203.0.113.77", "203.0.113.78"
 
 PROBE = """
 import socket, sys
@@ -35,7 +36,7 @@ except OSError as e:
 
 
 @pytest.fixture(scope="module")
-def pair(agent: Agent) -> Iterator[tuple[pb.CreateSandboxResponse, pb.CreateSandboxResponse]]:
+def pair(agent: AgentProcess) -> Iterator[tuple[pb.CreateSandboxResponse, pb.CreateSandboxResponse]]:
     a = agent.create(memory_mb=128)
     b = agent.create(memory_mb=128)
     yield a, b
@@ -74,7 +75,7 @@ def fake_internet() -> Iterator[str]:
     subprocess.run(["ip", "netns", "del", INET_NS], check=True)
 
 
-def test_root_inside_is_an_unprivileged_uid_outside(agent: Agent, pair: tuple) -> None:
+def test_root_inside_is_an_unprivileged_uid_outside(agent: AgentProcess, pair: tuple) -> None:
     a, _ = pair
     res = agent.exec(a.sandbox_id, "cat", "/proc/self/uid_map")
     assert res.stdout.split() == [b"0", b"1000000000", b"65536"]
@@ -84,7 +85,7 @@ def test_root_inside_is_an_unprivileged_uid_outside(agent: Agent, pair: tuple) -
     assert os.stat(f"/proc/{guest_host_pid}").st_uid == 1_000_000_000
 
 
-def test_cannot_see_host_processes_or_files(agent: Agent, pair: tuple) -> None:
+def test_cannot_see_host_processes_or_files(agent: AgentProcess, pair: tuple) -> None:
     a, _ = pair
     marker = Path(f"/tmp/warren-host-secret-{uuid.uuid4().hex}")
     marker.write_text("host secret")
@@ -105,7 +106,7 @@ def test_cannot_see_host_processes_or_files(agent: Agent, pair: tuple) -> None:
         marker.unlink()
 
 
-def test_cannot_see_other_sandboxes_files_or_network(agent: Agent, pair: tuple) -> None:
+def test_cannot_see_other_sandboxes_files_or_network(agent: AgentProcess, pair: tuple) -> None:
     a, b = pair
     agent.exec(a.sandbox_id, "sh", "-c", "echo mine > /root/a-secret")
     assert agent.exec(b.sandbox_id, "test", "-e", "/root/a-secret").exit_code == 1
@@ -134,7 +135,7 @@ def test_cannot_see_other_sandboxes_files_or_network(agent: Agent, pair: tuple) 
     assert agent.py(a.sandbox_id, PROBE, gateway, port).stdout.startswith(b"blocked")
 
 
-def test_internet_on_and_off(agent: Agent, pair: tuple, fake_internet: str) -> None:
+def test_internet_on_and_off(agent: AgentProcess, pair: tuple, fake_internet: str) -> None:
     a, _ = pair
     fetch = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=3).status)"
     got = agent.py(a.sandbox_id, fetch, fake_internet)
@@ -148,7 +149,46 @@ def test_internet_on_and_off(agent: Agent, pair: tuple, fake_internet: str) -> N
     assert wait_no_leaks(agent, off.sandbox_id, off.host_ip) == []
 
 
-def test_root_cannot_mount_load_modules_or_write_proc_sys(agent: Agent, pair: tuple) -> None:
+def test_ipv6_is_off_on_both_ends_of_the_link(agent: AgentProcess, pair: tuple) -> None:
+    """D4: the veth kept IPv6 on, so sandbox and host shared a link-local link (tests/security/
+    test_network.py attacks it); now neither end has an IPv6 address, whatever the slot."""
+    for r in pair:
+        slot = slot_of(r.host_ip)
+        assert Path(f"/proc/sys/net/ipv6/conf/wv{slot}/disable_ipv6").read_text() == "1\n"
+        inside = agent.exec(r.sandbox_id, "cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+        assert inside.stdout == b"1\n"
+        # Only lo's ::1 is left inside (/proc/net/if_inet6: one line per address).
+        addrs = agent.exec(r.sandbox_id, "cat", "/proc/net/if_inet6").stdout.decode().splitlines()
+        assert [line.split()[-1] for line in addrs] == ["lo"], addrs
+    v6 = subprocess.run(["ip6tables", "-w", "-S"], capture_output=True, text=True, check=True).stdout
+    assert "-A WARREN-IN -i wv+ -j DROP" in v6 and "-A WARREN-FWD -i wv+ -j DROP" in v6
+
+
+def test_egress_allow_is_validated_installed_and_removed_with_the_slot(agent: AgentProcess) -> None:
+    """CreateSandboxRequest.egress_allow: CIDRs or INVALID_ARGUMENT, one ACCEPT each in the
+    host's WARREN-ALLOW chain, gone with the sandbox (tests/security/test_network.py checks
+    what they open)."""
+    for bad in (["garbage"], ["10.0.0.1/8"], ["fd00::/8"], [f"10.9.{i}.0/24" for i in range(65)]):
+        with pytest.raises(grpc.RpcError) as ei:
+            agent.create(egress_allow=bad)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad  # type: ignore[attr-defined]
+    r = agent.create(memory_mb=128, egress_allow=["10.213.8.0/30", "192.168.213.0/30"])
+    off = agent.create(memory_mb=128, internet=False, egress_allow=["10.213.8.0/30"])
+    try:
+        dump = subprocess.run(["iptables", "-w", "-S", "WARREN-ALLOW"], capture_output=True, text=True).stdout
+        assert sorted(line for line in dump.splitlines() if f" -i wv{slot_of(r.host_ip)} " in line) == [
+            f"-A WARREN-ALLOW -d 10.213.8.0/30 -i wv{slot_of(r.host_ip)} -j ACCEPT",
+            f"-A WARREN-ALLOW -d 192.168.213.0/30 -i wv{slot_of(r.host_ip)} -j ACCEPT",
+        ]
+        assert f" -i wv{slot_of(off.host_ip)} " not in dump  # internet=false: nothing is opened
+    finally:
+        for x in (r, off):
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=x.sandbox_id), timeout=60)
+    for x in (r, off):
+        assert wait_no_leaks(agent, x.sandbox_id, x.host_ip) == []
+
+
+def test_root_cannot_mount_load_modules_or_write_proc_sys(agent: AgentProcess, pair: tuple) -> None:
     a, _ = pair
     sb = a.sandbox_id
     assert agent.exec(sb, "mount", "-t", "tmpfs", "none", "/mnt").exit_code != 0
@@ -171,7 +211,7 @@ print(" ".join(out))
     assert all(r.split("=")[1].startswith("-1:") for r in res), res
 
 
-def test_memory_hog_is_killed_inside_its_sandbox_only(agent: Agent, pair: tuple) -> None:
+def test_memory_hog_is_killed_inside_its_sandbox_only(agent: AgentProcess, pair: tuple) -> None:
     a, b = pair  # 128 MB each
     res = agent.py(a.sandbox_id, "x = bytearray(400 * 1024 * 1024); print('survived')")
     assert res.exit_code in (-9, 137) and b"survived" not in res.stdout
@@ -179,7 +219,7 @@ def test_memory_hog_is_killed_inside_its_sandbox_only(agent: Agent, pair: tuple)
     assert agent.exec(b.sandbox_id, "true").exit_code == 0
 
 
-def test_fork_bomb_hits_the_pids_limit_and_the_agent_stays_healthy(agent: Agent) -> None:
+def test_fork_bomb_hits_the_pids_limit_and_the_agent_stays_healthy(agent: AgentProcess) -> None:
     r = agent.create(memory_mb=512)
     # Children exec a tiny `sleep` at once, so the pids limit is hit long before memory runs out.
     bomb = """
@@ -205,7 +245,7 @@ except OSError as e:
     assert wait_no_leaks(agent, r.sandbox_id, r.host_ip, timeout=15) == []
 
 
-def test_file_paths_cannot_escape(agent: Agent, pair: tuple) -> None:
+def test_file_paths_cannot_escape(agent: AgentProcess, pair: tuple) -> None:
     a, _ = pair
     sb = a.sandbox_id
     marker = Path(f"/tmp/warren-host-file-{uuid.uuid4().hex}")
@@ -230,7 +270,7 @@ def test_file_paths_cannot_escape(agent: Agent, pair: tuple) -> None:
         written.unlink(missing_ok=True)
 
 
-def test_disk_cap(agent: Agent) -> None:
+def test_disk_cap(agent: AgentProcess) -> None:
     r = agent.create(memory_mb=256, disk_size_mb=16)
     try:
         res = agent.exec(r.sandbox_id, "sh", "-c", "dd if=/dev/zero of=/root/fill bs=1M count=40 2>&1")
@@ -241,7 +281,9 @@ def test_disk_cap(agent: Agent) -> None:
         agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))
 
 
-def test_guest_socket_swapped_for_a_symlink_does_not_redirect_the_agent(agent: Agent, pair: tuple) -> None:
+def test_guest_socket_swapped_for_a_symlink_does_not_redirect_the_agent(
+    agent: AgentProcess, pair: tuple
+) -> None:
     """Sandbox root owns /run/warren (the host dir holding its guest socket). Replacing the socket
     with a symlink to another sandbox's socket must not make the agent run this sandbox's
     commands in the other one: the agent never follows a symlink to reach a guest."""

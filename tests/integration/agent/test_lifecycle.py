@@ -11,15 +11,18 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from tests.harness.agent import AgentProcess
+from tests.harness.leaks import wait_no_leaks
 from warren.rpc import hostagent_pb2 as pb
-
-from .agentlib import Agent, wait_no_leaks
 
 pytestmark = pytest.mark.root
 
 TEAM = str(uuid.uuid4())
+# Written by rename, so a reader never sees the file truncated and not yet rewritten.
 COUNTER = (
-    "import time\ni = 0\nwhile True:\n    open('/tmp/counter', 'w').write(str(i)); i += 1; time.sleep(0.01)\n"
+    "import os, time\ni = 0\nwhile True:\n"
+    "    open('/tmp/counter.new', 'w').write(str(i)); os.replace('/tmp/counter.new', '/tmp/counter')\n"
+    "    i += 1; time.sleep(0.01)\n"
 )
 
 
@@ -27,7 +30,7 @@ def code_of(e: grpc.RpcError) -> grpc.StatusCode:
     return e.code()  # type: ignore[attr-defined, no-any-return]
 
 
-def test_create_exec_files_pause_resume_snapshot_destroy(agent: Agent) -> None:
+def test_create_exec_files_pause_resume_snapshot_destroy(agent: AgentProcess) -> None:
     s = agent.stub
     r = agent.create(memory_mb=256, env={"GREETING": "hello"})
     sb = r.sandbox_id
@@ -71,6 +74,21 @@ def test_create_exec_files_pause_resume_snapshot_destroy(agent: Agent) -> None:
     with pytest.raises(grpc.RpcError) as ei:
         s.WriteFileStream(iter([]))
     assert code_of(ei.value) == grpc.StatusCode.INVALID_ARGUMENT
+    # An explicit-commit upload is written only once its `commit` arrives: a stream that ends
+    # without one (a client that gave up, however its cancel raced the half-close) leaves nothing.
+    explicit = pb.WriteFileMeta(sandbox_id=sb, path="/data/committed", explicit_commit=True)
+    first = [pb.WriteFileStreamRequest(meta=explicit), pb.WriteFileStreamRequest(chunk=b"whole")]
+    assert s.WriteFileStream(iter([*first, pb.WriteFileStreamRequest(commit=True)])).bytes_written == 5
+    explicit.path = "/data/uncommitted"
+    first[0] = pb.WriteFileStreamRequest(meta=explicit)
+    with pytest.raises(grpc.RpcError) as ei:
+        s.WriteFileStream(iter(first))
+    assert code_of(ei.value) == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as ei:  # nothing may follow the commit
+        s.WriteFileStream(iter([*first, pb.WriteFileStreamRequest(commit=True), first[1]]))
+    assert code_of(ei.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert agent.exec(sb, "ls", "/data").stdout.split().count(b"committed") == 1
+    assert b"uncommitted" not in agent.exec(sb, "ls", "-a", "/data").stdout
 
     # filesystem operations
     s.MakeDir(pb.MakeDirRequest(sandbox_id=sb, path="/data/sub/deeper"))
@@ -96,7 +114,7 @@ def test_create_exec_files_pause_resume_snapshot_destroy(agent: Agent) -> None:
     def count() -> int:
         for _ in range(100):
             try:
-                return int(counter.read_text() or "-1")
+                return int(counter.read_text())
             except (OSError, ValueError):
                 time.sleep(0.02)
         raise AssertionError("counter never written")
@@ -181,7 +199,7 @@ def test_create_exec_files_pause_resume_snapshot_destroy(agent: Agent) -> None:
     assert not (agent.data_dir / "templates" / "teams" / TEAM / tpl2).exists()
 
 
-def test_errors_for_unknown_sandboxes_and_bad_input(agent: Agent) -> None:
+def test_errors_for_unknown_sandboxes_and_bad_input(agent: AgentProcess) -> None:
     s = agent.stub
     ghost = "sb-" + "0" * 24 + "1"
     for call in (
@@ -210,7 +228,7 @@ def test_errors_for_unknown_sandboxes_and_bad_input(agent: Agent) -> None:
     assert code_of(ei.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_exec_stream_stdin_signal_and_attach(agent: Agent) -> None:
+def test_exec_stream_stdin_signal_and_attach(agent: AgentProcess) -> None:
     s = agent.stub
     r = agent.create()
     sb = r.sandbox_id
@@ -254,7 +272,7 @@ def test_exec_stream_stdin_signal_and_attach(agent: Agent) -> None:
     assert wait_no_leaks(agent, sb, r.host_ip) == []
 
 
-def test_a_sandbox_whose_guest_died_is_cleaned_up(agent: Agent) -> None:
+def test_a_sandbox_whose_guest_died_is_cleaned_up(agent: AgentProcess) -> None:
     import signal
 
     r = agent.create(memory_mb=64)
@@ -272,7 +290,7 @@ def test_a_sandbox_whose_guest_died_is_cleaned_up(agent: Agent) -> None:
 
 
 @pytest.mark.parametrize("status", ["running", "paused"])
-def test_destroy_finishes_even_when_the_caller_gives_up(agent: Agent, status: str) -> None:
+def test_destroy_finishes_even_when_the_caller_gives_up(agent: AgentProcess, status: str) -> None:
     """A client deadline cancels the RPC's handler; the teardown it started must still finish
     (else the sandbox is forgotten with its mounts, netns and cgroups left behind)."""
     s = agent.stub
@@ -291,7 +309,7 @@ def test_destroy_finishes_even_when_the_caller_gives_up(agent: Agent, status: st
     assert code_of(ei.value) == grpc.StatusCode.NOT_FOUND
 
 
-def test_two_destroys_of_one_sandbox_at_once_are_one_teardown(agent: Agent) -> None:
+def test_two_destroys_of_one_sandbox_at_once_are_one_teardown(agent: AgentProcess) -> None:
     """The second joins the first (both answer OK) instead of cleaning up "leftovers" whose
     network slot the first may already have handed to a new sandbox."""
     from concurrent.futures import ThreadPoolExecutor

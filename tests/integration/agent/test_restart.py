@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.agent import AgentProcess
+from tests.harness.leaks import wait_no_leaks
 from warren import ids
 from warren.rpc import hostagent_pb2 as pb
-
-from .agentlib import Agent, wait_no_leaks
 
 pytestmark = pytest.mark.root
 
 
 def test_kill9_then_restart_readopts_running_and_paused(agent_root: Path) -> None:
-    agent = Agent(agent_root / "restart").start()
+    agent = AgentProcess.standalone(agent_root / "restart").start()
     made: list[pb.CreateSandboxResponse] = []
     try:
         made = [agent.create(memory_mb=128, internet=(i != 1)) for i in range(5)]
@@ -69,7 +69,7 @@ def test_kill9_then_restart_readopts_running_and_paused(agent_root: Path) -> Non
 
 
 def test_terminate_destroys_everything_and_stops(agent_root: Path) -> None:
-    agent = Agent(agent_root / "terminate").start()
+    agent = AgentProcess.standalone(agent_root / "terminate").start()
     made = [agent.create(memory_mb=64) for _ in range(2)]
     agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=made[0].sandbox_id))
     agent.stub.Terminate(pb.TerminateRequest())
@@ -85,7 +85,7 @@ def test_start_removes_the_temporary_dirs_of_interrupted_snapshot_writes(agent_r
     doomed = [team / f".{kept.name}.tmp-1a2b3c4d", team / f".{kept.name}.old-5e6f7a8b", team / ".x.del-0"]
     for d in (kept, *doomed):
         (d / "layers").mkdir(parents=True)
-    agent = Agent(agent_root / "leftovers").start()
+    agent = AgentProcess.standalone(agent_root / "leftovers").start()
     try:
         assert kept.is_dir()
         assert [d for d in doomed if d.exists()] == []

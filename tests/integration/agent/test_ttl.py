@@ -8,14 +8,13 @@ import time
 import grpc
 import pytest
 
+from tests.harness.agent import AgentProcess
 from warren.rpc import hostagent_pb2 as pb
-
-from .agentlib import Agent
 
 pytestmark = pytest.mark.root
 
 
-def test_idle_sandbox_is_auto_paused_and_reported_once(agent: Agent) -> None:
+def test_idle_sandbox_is_auto_paused_and_reported_once(agent: AgentProcess) -> None:
     s = agent.stub
     idle = agent.create(timeout_sec=60)
     busy = agent.create(timeout_sec=60)
@@ -56,7 +55,7 @@ def test_idle_sandbox_is_auto_paused_and_reported_once(agent: Agent) -> None:
             s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=x.sandbox_id))
 
 
-def test_a_command_under_way_keeps_its_sandbox_running(agent: Agent) -> None:
+def test_a_command_under_way_keeps_its_sandbox_running(agent: AgentProcess) -> None:
     """Activity is a command's start and end and everything in between: a long exec is not
     paused under its own feet by the reaper."""
     s = agent.stub
@@ -86,7 +85,7 @@ def test_a_command_under_way_keeps_its_sandbox_running(agent: Agent) -> None:
         s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb.sandbox_id))
 
 
-def test_the_reaper_never_destroys_a_sandbox_paused_by_someone_else(agent: Agent) -> None:
+def test_the_reaper_never_destroys_a_sandbox_paused_by_someone_else(agent: AgentProcess) -> None:
     """The reaper decides under the sandbox's lock: a pause that got there first is not a
     failed auto-pause (which would destroy the sandbox)."""
     s = agent.stub

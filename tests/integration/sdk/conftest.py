@@ -1,45 +1,14 @@
-"""Fixtures: one live platform (CP process + one real agent) per test module."""
+"""Fixtures: one live platform (``platform`` from tests/harness/fixtures.py: a CP process and
+one real agent) per test module, and a fresh sandbox on it per test."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
+from tests.harness.platform import Platform
 from warren import Sandbox
-
-from .platform import Platform, start_platform
-
-pytestmark = pytest.mark.root
-
-
-# Not pytest's tmp_path: its base is 0700, while sandbox root (an unprivileged host uid) must
-# traverse down to its rootfs under the agent's data dir.
-BASE = Path(tempfile.gettempdir()) / "warren-sdk-tests"
-
-
-@pytest.fixture(scope="module")
-def platform_dir() -> Iterator[Path]:
-    BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix="run-", dir=BASE))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    if os.geteuid() != 0:
-        pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
-    p = await start_platform(db_url, platform_dir)
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture

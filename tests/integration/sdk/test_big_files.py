@@ -11,10 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.harness.platform import Platform
 from warren import Sandbox
 from warren.sdk import StreamError
-
-from .platform import Platform
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 

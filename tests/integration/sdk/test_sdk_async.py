@@ -8,6 +8,7 @@ import io
 
 import pytest
 
+from tests.harness.platform import Platform
 from warren import AsyncSandbox
 from warren.sdk import (
     AsyncCommandHandle,
@@ -16,10 +17,8 @@ from warren.sdk import (
     InvalidStateError,
     NotFoundError,
     SnapshotInfo,
-    TimeoutError,
+    WarrenTimeoutError,
 )
-
-from .platform import Platform
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -54,7 +53,7 @@ async def test_commands(platform: Platform) -> None:
         assert (await sbx.commands.run("cat", stdin="in")).stdout == "in"
         with pytest.raises(CommandExitError):
             await sbx.commands.run("exit 1", check=True)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(WarrenTimeoutError):
             await sbx.commands.run("sleep 20", timeout=1)
 
         got: list[str] = []

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.harness.platform import Platform
 from warren import Sandbox
 from warren.sdk import (
     AuthenticationError,
@@ -18,11 +19,9 @@ from warren.sdk import (
     InvalidStateError,
     NotFoundError,
     SandboxInfo,
-    TimeoutError,
     WarrenError,
+    WarrenTimeoutError,
 )
-
-from .platform import Platform
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -132,10 +131,10 @@ def test_run_with_stdin_text_and_bytes(sbx: Sandbox) -> None:
 
 def test_timeout_kills_the_command(sbx: Sandbox) -> None:
     t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(WarrenTimeoutError):
         sbx.commands.run("sleep 30", timeout=1)
     assert time.monotonic() - t0 < 15
-    with pytest.raises(TimeoutError):  # the streaming path too
+    with pytest.raises(WarrenTimeoutError):  # the streaming path too
         sbx.commands.run("sleep 30", timeout=1, on_stdout=lambda s: None)
     # still usable afterwards
     assert sbx.commands.run("echo alive").stdout == "alive\n"

@@ -1,10 +1,9 @@
-"""Snapshots on real agents: create → 3 sandboxes see the files; delete with one online agent
-failing → 500 and the record kept; an overwrite whose new snapshot fails keeps the old one.
+"""Snapshots on real agents, through the template store: create → 3 sandboxes see the files;
+an overwrite whose new snapshot fails keeps the old one; with a second agent, a snapshot starts
+on either host, and delete removes the record while sandboxes of it run on.
 
-Failures are real, not mocked: agent B holds a copy of the template directory that is a busy
-mount point (it cannot be renamed away: EBUSY → INTERNAL), and agent A's team template
-directory is bind-mounted read-only while the overwrite runs (the new snapshot cannot be
-written: EROFS → INTERNAL)."""
+Failures are real, not mocked: the control plane's store directory is bind-mounted read-only
+while the overwrite runs (the new layer cannot be spooled: EROFS → 500)."""
 
 from __future__ import annotations
 
@@ -15,19 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.harness.platform import Platform
 from warren import Sandbox, ids
 from warren.sdk import (
     ConflictError,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
-    SandboxUnavailableError,
     ServerError,
 )
-
-from .platform import Platform
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -108,13 +105,12 @@ def test_overwrite_whose_new_snapshot_fails_keeps_the_old(platform: Platform) ->
         old_id = _template_id(platform, "stable")
         src.resume()
         src.files.write("/root/v.txt", "new")
-        host_of_src = _agent_of(platform, src.id)
-        team_dir = host_of_src.data_dir / "templates" / "teams" / str(_team_uuid(platform))
-        with _mounted("--bind", "-o", "ro", str(team_dir), target=team_dir):
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(team_dir)], check=True)
-            with pytest.raises(SandboxUnavailableError) as e:  # the agent's INTERNAL → 502
+        spool = platform.cp.home / "store" / "tmp"
+        with _mounted("--bind", str(spool), target=spool):
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(spool)], check=True)
+            with pytest.raises(ServerError) as e:  # the store cannot take the layer → 500
                 src.snapshot("stable", overwrite=True)
-            assert e.value.status == 502
+            assert e.value.status == 500
         # Nothing changed: same record, same files, and the source is running again.
         assert _template_id(platform, "stable") == old_id
         assert src.get_info().status == "running"
@@ -125,40 +121,47 @@ def test_overwrite_whose_new_snapshot_fails_keeps_the_old(platform: Platform) ->
         assert _template_id(platform, "stable") != old_id and new.name == old.name
         with Sandbox.create("stable", **platform.sdk()) as copy:
             assert copy.files.read("/root/v.txt") == "new"
-        # The old generation's files are gone from the host.
-        assert not (team_dir / str(old_id)).exists()
     Sandbox.delete_snapshot("stable", **platform.sdk())
 
 
 async def test_second_agent(platform: Platform, platform_dir: Path) -> None:
-    # From here on sandboxes may land on either host; a snapshot's files live on the host that
-    # made it, so the tests above that launch copies run while there is one agent.
     await platform.add_agent("127.0.0.22", platform_dir / "agent-b")
 
 
-def test_delete_failing_on_the_host_with_the_files_keeps_the_record(platform: Platform) -> None:
+def test_a_snapshot_starts_on_either_host_and_delete_keeps_its_sandboxes(platform: Platform) -> None:
     assert len(platform.agents) == 2, "needs the second agent from test_second_agent"
     with Sandbox.create(**platform.sdk()) as src:
         src.files.write("/root/keep.txt", "precious")
-        src.snapshot("doomed")
+        src.snapshot("portable")
         maker = _agent_of(platform, src.id)
-    tid = _template_id(platform, "doomed")
-    # Only the host that made the snapshot has its files, and only it is asked to delete them.
-    # Its template directory is busy (a mount point), so its delete fails: a hard error.
-    busy = maker.data_dir / "templates" / "teams" / str(_team_uuid(platform)) / str(tid)
-    assert busy.is_dir()
-    with _mounted("-t", "tmpfs", "tmpfs", target=busy):
-        with pytest.raises(ServerError) as e:
-            Sandbox.delete_snapshot("doomed", **platform.sdk())
-        assert (e.value.status, e.value.code) == (500, "agent_error")
-        assert "doomed" in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
-        # The raw API says the same.
-        r = httpx.delete(f"{platform.url}/v1/snapshots/doomed", headers=platform.headers, timeout=60)
-        assert r.status_code == 500 and r.json()["error"]["code"] == "agent_error"
-    # Once the host can delete again, the delete goes through.
-    Sandbox.delete_snapshot("doomed", **platform.sdk())
-    assert "doomed" not in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
-    assert not busy.exists()
+    # Its maker holds the layer and is preferred; while it is draining, the other host fetches
+    # the layer from the store.
+    other = next(a for a in platform.agents if a is not maker)
+    with Sandbox.create("portable", **platform.sdk()) as near:
+        assert _agent_of(platform, near.id) is maker
+    _set_status(platform, maker, "draining")
+    try:
+        far = Sandbox.create("portable", **platform.sdk())
+    finally:
+        _set_status(platform, maker, "online")
+    try:
+        assert _agent_of(platform, far.id) is other
+        assert far.files.read("/root/keep.txt") == "precious"
+        # Delete is the record: the sandbox runs on, new ones cannot start from it.
+        Sandbox.delete_snapshot("portable", **platform.sdk())
+        assert "portable" not in [s.name for s in Sandbox.list_snapshots(**platform.sdk())]
+        assert far.files.read("/root/keep.txt") == "precious"
+        with pytest.raises(NotFoundError):
+            Sandbox.create("portable", **platform.sdk())
+    finally:
+        far.kill()
+        far.close()
+
+
+def _set_status(platform: Platform, agent: Any, status: str) -> None:
+    import asyncio
+
+    asyncio.run(platform.sql("UPDATE hosts SET status = :s WHERE address = :a", s=status, a=agent.address))
 
 
 def _agent_of(platform: Platform, sandbox_id: str) -> Any:

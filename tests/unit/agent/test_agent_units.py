@@ -12,10 +12,9 @@ import grpc
 import pytest
 
 from warren.agent.guest_client import GuestError
-from warren.agent.manager import ExecTimeout
 from warren.agent.network import MAX_SLOTS, Slot
+from warren.agent.rpc_errors import ExecTimeout, status_for
 from warren.agent.runtime.bundle import CAPABILITIES, BundleSpec, cgroups_path, oci_config, seccomp_profile
-from warren.agent.server import status_for
 from warren.agent.templates import MAPPED_BASE, TemplateRef, shift_ownership
 from warren.errors import InternalError, InvalidRequest, InvalidState, NotFound
 
@@ -132,7 +131,7 @@ def test_agent_command_refuses_non_root(
 ) -> None:
     import typer
 
-    from warren.cli.agent import agent_command
+    from warren.agent.entry import agent_command
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(typer.Exit) as ei:
@@ -157,9 +156,9 @@ async def test_a_record_can_be_saved_while_another_call_waits_for_the_sandbox() 
     arriving during the first), copying failed and the first call's save with it."""
     import asyncio
 
-    from warren.agent.manager import Sandbox
+    from warren.agent.record import HostSandbox
 
-    sb = Sandbox(
+    sb = HostSandbox(
         id="sb-x", status="running", team_id="t", template_id="tpl", template="minimal", vcpus=1,
         memory_mb=512, disk_size_mb=1024, timeout_sec=0, internet=True, env={"A": "1"}, slot=3,
         host_ip="10.11.0.14", created_at=1.0, last_active_at=2.0, lower_layers=["/l"],

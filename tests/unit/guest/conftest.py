@@ -8,9 +8,9 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from guest_helpers import GUEST_PY, RunningGuest, guest_python, wait_for_socket
 
 import warren.guest
+from tests.unit.guest.guest_helpers import GUEST_PY, RunningGuest, guest_python, wait_for_socket
 from warren.agent.guest_client import GuestClient
 
 
@@ -49,6 +49,7 @@ def start_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
                 proc.wait(timeout=10)
     # A guest that crashed mid-test would otherwise only show up as confusing "unavailable"s.
     assert not died, f"guest process died unexpectedly: {died}"
+
 
 @pytest.fixture
 def guest(start_guest: Callable[..., RunningGuest]) -> RunningGuest:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from guest_helpers import RunningGuest, guest_python, pid_gone, wait_until
 
 import warren.guest
+from tests.unit.guest.guest_helpers import RunningGuest, guest_python, pid_gone, wait_until
 from warren.agent.guest_client import GuestClient, GuestError
 
 
@@ -213,8 +213,8 @@ async def test_sigterm_is_forwarded_and_guest_exits(guest: RunningGuest, tmp_pat
 
 def test_guest_starts_from_precompiled_bytecode() -> None:
     assert warren.guest.precompile()
-    pyc = Path(importlib.util.cache_from_source(str(warren.guest.GUEST_MODULE)))
-    assert pyc.exists()
+    pycs = [Path(importlib.util.cache_from_source(str(m))) for m in warren.guest.guest_modules()]
+    assert len(pycs) > 1 and all(pyc.exists() for pyc in pycs)
     py = guest_python()
     tag = subprocess.run(
         [py, "-I", "-S", "-c", "import sys; print(sys.implementation.cache_tag)"],
@@ -228,5 +228,9 @@ def test_guest_starts_from_precompiled_bytecode() -> None:
         [py, "-I", "-S", "-v", str(warren.guest.GUEST_SCRIPT), "--help"], capture_output=True, text=True
     )
     assert r.returncode == 0 and "usage" in r.stdout
-    # Loaded from the .pyc, not compiled from source on every sandbox start.
-    assert f"code object from '{pyc}'" in r.stderr
+    # Loaded from the .pyc, not compiled from source on every sandbox start (files is only
+    # imported by the first file operation).
+    server = warren.guest.GUEST_PACKAGE / "server.py"
+    assert f"code object from '{importlib.util.cache_from_source(str(server))}'" in r.stderr
+    for module in warren.guest.guest_modules():
+        assert f"code object from {module}" not in r.stderr

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
-from guest_helpers import RunningGuest
 
+from tests.unit.guest.guest_helpers import RunningGuest
 from warren.agent.guest_client import GuestClient, GuestError
 
 
@@ -176,13 +176,13 @@ async def test_list_dir_depth(client: GuestClient, tmp_path: Path) -> None:
     (tmp_path / "a" / "one.txt").write_text("1")
     (tmp_path / "top.txt").write_text("t")
     (tmp_path / "link").symlink_to(tmp_path / "a")
-    names1 = [(e.path, e.type) for e in await client.list_dir(str(tmp_path))]
+    names1 = [(e.path, e.type) for e in (await client.list_dir(str(tmp_path))).entries]
     assert names1 == [
         (str(tmp_path / "a"), "dir"),
         (str(tmp_path / "link"), "symlink"),
         (str(tmp_path / "top.txt"), "file"),
     ]
-    names3 = {e.path for e in await client.list_dir(str(tmp_path), depth=3)}
+    names3 = {e.path for e in (await client.list_dir(str(tmp_path), depth=3)).entries}
     assert names3 == {
         str(tmp_path / p) for p in ["a", "a/b", "a/b/deep.txt", "a/one.txt", "link", "top.txt"]
     }  # the symlinked directory is not descended into

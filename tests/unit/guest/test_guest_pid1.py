@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from guest_helpers import RunningGuest
+
+from tests.unit.guest.guest_helpers import RunningGuest
 
 pytestmark = pytest.mark.root
 

@@ -6,8 +6,8 @@ import asyncio
 import signal
 
 import pytest
-from guest_helpers import RunningGuest, pid_gone, wait_until
 
+from tests.unit.guest.guest_helpers import RunningGuest, pid_gone, wait_until
 from warren.agent.guest_client import ExecEvent, ExecSession, GuestClient, GuestError
 
 

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from warren.cp.services.exec import OutputEncoder, encode_outputs, parse_signal, selector
-from warren.cp.services.files import Field_, FileData, FileStart, MultipartStream, PartEnd
+from warren.cp.multipart import Field_, FileData, FileStart, MultipartStream, PartEnd
+from warren.cp.services.exec import parse_signal, selector
+from warren.cp.services.exec_stream import OutputEncoder
+from warren.cp.services.exec_unary import Output, render
 from warren.errors import InvalidRequest
 from warren.sdk import (
     AuthenticationError,
@@ -18,6 +20,7 @@ from warren.sdk import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RateLimitedError,
     SandboxUnavailableError,
     ServerError,
     WarrenError,
@@ -30,15 +33,31 @@ from warren.sdk._transport import _iter_upload
 # ------------------------------------------------------------------------------- unary exec
 
 
-def test_encode_outputs_utf8() -> None:
-    assert encode_outputs("héllo".encode(), b"err") == ("héllo", "err", "utf-8")
+async def rendered(stdout: list[bytes], stderr: list[bytes]) -> dict[str, object]:
+    released: list[bool] = []
+    out = Output(list(stdout), list(stderr), 3, 7)
+    body = b"".join([p async for p in render("sb-x", "c", out, lambda: released.append(True))])
+    assert released == [True]
+    result: dict[str, object] = json.loads(body)
+    return result
 
 
-def test_encode_outputs_either_invalid_makes_both_base64() -> None:
-    out, err, enc = encode_outputs(b"ok", b"\xff\xfe")
-    assert enc == "base64"
-    assert base64.b64decode(out) == b"ok"
-    assert base64.b64decode(err) == b"\xff\xfe"
+async def test_unary_answer_is_text_when_both_are_utf8() -> None:
+    # A character split between chunks, control characters and quotes JSON must escape.
+    euro = "€".encode()
+    r = await rendered([b"h\xc3", b"\xa9llo ", euro[:1], euro[1:], b'"\x00\n\\'], [b"err"])
+    assert r == {"sandbox_id": "sb-x", "cmd": "c", "stdout": 'héllo €"\x00\n\\', "stderr": "err",
+                 "exit_code": 3, "duration_ms": 7, "encoding": "utf-8"}  # fmt: skip
+
+
+async def test_unary_answer_either_invalid_makes_both_base64() -> None:
+    # Chunks whose sizes are not multiples of 3 still make one valid base64 string.
+    stdout = [b"o", b"k!", b"abcd", bytes(range(256)) * 300]
+    r = await rendered(stdout, [b"\xff", b"\xfe"])
+    assert r["encoding"] == "base64"
+    assert base64.b64decode(str(r["stdout"])) == b"".join(stdout)
+    assert base64.b64decode(str(r["stderr"])) == b"\xff\xfe"
+    assert (await rendered([], []))["stdout"] == ""
 
 
 def test_sdk_decodes_both_encodings() -> None:
@@ -195,13 +214,18 @@ def _env(code: str, message: str = "m", **extra: object) -> bytes:
         (400, "invalid_request", InvalidArgumentError),
         (401, "unauthorized", AuthenticationError),
         (403, "forbidden", PermissionDeniedError),
+        (403, "permission_denied", PermissionDeniedError),
         (404, "not_found", NotFoundError),
         (409, "conflict", ConflictError),
         (409, "invalid_state", InvalidStateError),
         (413, "too_large", PayloadTooLargeError),
+        (413, "output_too_large", PayloadTooLargeError),
+        (429, "quota_exceeded", RateLimitedError),
+        (429, "rate_limited", RateLimitedError),
         (500, "agent_error", ServerError),
         (502, "agent_error", SandboxUnavailableError),
         (503, "host_unavailable", SandboxUnavailableError),
+        (503, "server_busy", ServerError),
     ],
 )
 def test_error_mapping(status: int, code: str, cls: type[WarrenError]) -> None:

@@ -9,7 +9,8 @@ Security layers, outermost first (docs/security.md explains each):
 * no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation,
   bpf, perf, keyring, ptrace of other processes' memory …);
 * masked and read-only /proc and /sys paths;
-* cgroup limits on CPU, memory (no swap) and pids.
+* cgroup limits on CPU, memory (no swap) and pids; RLIMIT_NOFILE;
+* every mount nosuid and nodev; what a sandbox can write is a capped tmpfs (sandbox_fs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ RUN_MOUNT = "/run/warren"
 GUEST_SOCKET = f"{RUN_MOUNT}/guest.sock"
 CGROUP_PARENT = "warren"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Each open file costs the host ~0.4 KB of its file table; with the inherited 20000 one sandbox
+# could hold a large share of it. The guest's children inherit the limit.
+DEFAULT_MAX_OPEN_FILES = 4096
+# The guest's own oom_score_adj, written by the runtime as host root. 0, not lower: a privileged
+# write also sets oom_score_adj_min, the floor every process of the sandbox may lower itself to,
+# and a negative floor would let tenant processes hide from the host's OOM killer. Explicit, so
+# the agent's own value never leaks in. The guest starts its children at 1000
+# (guest_agent/process.py), so inside the sandbox's memory cgroup they are always chosen first.
+GUEST_OOM_SCORE_ADJ = 0
+IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")  # bound over /etc/<name>
+# /dev holds device nodes and symlinks the runtime makes; charged to the sandbox's memory.
+DEV_TMPFS_OPTS = ["nosuid", "strictatime", "mode=755", "size=256k", "nr_inodes=1024"]
 
 # Docker's default set minus NET_RAW (no raw sockets: no packet spoofing inside the sandbox
 # network) and MKNOD/AUDIT_WRITE, which a sandbox has no use for.
@@ -119,7 +132,7 @@ class BundleSpec:
     sandbox_id: str
     rootfs: Path
     guest_dir: Path  # host dir bind-mounted read-only at /.warren/guest
-    run_dir: Path  # host dir bind-mounted at /run/warren (the guest's socket lives here)
+    run_dir: Path  # a tiny tmpfs bound at /run/warren (the guest's socket lives here)
     netns_path: str
     hostname: str
     vcpus: int
@@ -127,6 +140,9 @@ class BundleSpec:
     pids_limit: int = 1024
     env: dict[str, str] = field(default_factory=dict)
     guest_argv: list[str] = field(default_factory=list)
+    identity_dir: Path | None = None  # agent-written hostname/hosts/resolv.conf, bound over /etc
+    shm_dir: Path | None = None  # bound at /dev/shm (on the disk tmpfs); None: its own tmpfs
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -134,11 +150,35 @@ def cgroups_path(sandbox_id: str) -> str:
     return f"/{CGROUP_PARENT}/{sandbox_id}"
 
 
+def _sandbox_mounts(spec: BundleSpec) -> list[dict[str, Any]]:
+    """Mounts of agent-owned host paths. The runtime resolves each destination inside the
+    container's root, so a tenant's symlinked /etc (from a snapshot) leads nowhere else."""
+    out: list[dict[str, Any]] = []
+    if spec.shm_dir is not None:
+        shm_opts = ["rbind", "rw", "nosuid", "noexec", "nodev"]
+        out.append(
+            {"destination": "/dev/shm", "type": "bind", "source": str(spec.shm_dir), "options": shm_opts}
+        )
+    else:
+        shm_opts = ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+        out.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": shm_opts})
+    if spec.identity_dir is not None:
+        for name in IDENTITY_FILES:
+            out.append({
+                "destination": f"/etc/{name}",
+                "type": "bind",
+                "source": str(spec.identity_dir / name),
+                "options": ["bind", "rw", "nosuid", "nodev", "noexec"],
+            })  # fmt: skip
+    return out
+
+
 def oci_config(spec: BundleSpec) -> dict[str, Any]:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **spec.env, "HOSTNAME": spec.hostname}
     mem = spec.memory_mb * 1024 * 1024
     period = 100_000
     caps = list(CAPABILITIES)
+    nofile = spec.max_open_files
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -149,6 +189,8 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "oomScoreAdj": GUEST_OOM_SCORE_ADJ,
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
@@ -163,19 +205,13 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
                 "destination": "/dev",
                 "type": "tmpfs",
                 "source": "tmpfs",
-                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+                "options": DEV_TMPFS_OPTS,
             },
             {
                 "destination": "/dev/pts",
                 "type": "devpts",
                 "source": "devpts",
                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-            },
-            {
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
             },
             {
                 "destination": "/dev/mqueue",
@@ -204,6 +240,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
                 "source": str(spec.run_dir),
                 "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
             },
+            *_sandbox_mounts(spec),
         ],
         "linux": {
             "uidMappings": [{"containerID": 0, "hostID": MAPPED_BASE, "size": MAPPED_SIZE}],
@@ -227,5 +264,8 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "seccomp": seccomp_profile(),
+            # SysV shared memory lives on with no process attached, charged to the sandbox's
+            # memory where the OOM killer cannot free it: have it go with its last user.
+            "sysctl": {"kernel.shm_rmid_forced": "1"},
         },
     }

@@ -1,4 +1,4 @@
-"""Platform-admin routes (SPEC §2.10): JWT plus ``users.is_admin`` from the DB."""
+"""Platform-admin routes (docs/spec.md §2.10): JWT plus ``users.is_admin`` from the DB."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API key routes (SPEC §2.2): JWT only, scoped to the JWT's team, any role."""
+"""API key routes (docs/spec.md §2.2): JWT only, scoped to the JWT's team, any role."""
 
 from __future__ import annotations
 

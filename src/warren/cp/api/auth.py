@@ -1,10 +1,10 @@
-"""Auth routes: signup, login, switch-team (SPEC §2.1). OAuth lives in ``oauth.py``."""
+"""Auth routes: signup, login, switch-team (docs/spec.md §2.1). OAuth lives in ``oauth.py``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from warren.cp.api.deps import Db, SettingsDep, UserSession
+from warren.cp.api.deps import Db, SettingsDep, UserSession, sign_in_attempt
 from warren.cp.api.models import AuthResult, LoginRequest, SignupRequest, SwitchTeamRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.services import auth as auth_service
@@ -12,18 +12,26 @@ from warren.cp.services import auth as auth_service
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
-@router.post("/signup", status_code=201, response_model=AuthResult, responses=error_responses(400, 409, 413))
-async def signup(body: SignupRequest, engine: Db, settings: SettingsDep) -> AuthResult:
-    """Create an account and its default team; answers with a JWT for that team."""
+@router.post(
+    "/signup", status_code=201, response_model=AuthResult, responses=error_responses(400, 409, 413, 429)
+)
+async def signup(body: SignupRequest, request: Request, engine: Db, settings: SettingsDep) -> AuthResult:
+    """Create an account and its default team; answers with a JWT for that team. Signups per
+    client address are rate limited (429 ``rate_limited`` with ``Retry-After``)."""
     return await auth_service.signup(
-        engine, settings.jwt_secret, email=body.email, password=body.password, name=body.name
-    )
+        engine, settings.jwt_secret, email=body.email, password=body.password, name=body.name,
+        attempt=sign_in_attempt(request),
+    )  # fmt: skip
 
 
-@router.post("/login", response_model=AuthResult, responses=error_responses(400, 401, 403, 413))
-async def login(body: LoginRequest, engine: Db, settings: SettingsDep) -> AuthResult:
-    """Password login. The token's team is the default team, else the earliest-joined one."""
-    return await auth_service.login(engine, settings.jwt_secret, email=body.email, password=body.password)
+@router.post("/login", response_model=AuthResult, responses=error_responses(400, 401, 403, 413, 429))
+async def login(body: LoginRequest, request: Request, engine: Db, settings: SettingsDep) -> AuthResult:
+    """Password login. The token's team is the default team, else the earliest-joined one.
+    Attempts per account and per client address are rate limited (429 with ``Retry-After``)."""
+    return await auth_service.login(
+        engine, settings.jwt_secret, email=body.email, password=body.password,
+        attempt=sign_in_attempt(request),
+    )  # fmt: skip
 
 
 @router.post("/switch-team", response_model=AuthResult, responses=error_responses(400, 401, 403, 404, 413))

@@ -1,22 +1,33 @@
-"""Exec REST and WebSocket routes (SPEC §2.6, DESIGN §4). Rules live in
-``warren.cp.services.exec``; these handlers only move bytes in and out."""
+"""Exec REST and WebSocket routes (docs/spec.md §2.6, docs/design.md §4). Rules live in
+``warren.cp.services.exec`` (``exec_unary``, ``exec_stream``); these handlers only move bytes in
+and out, and turn errors into HTTP answers and the stream's error frames."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response, WebSocket
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.background import BackgroundTask
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext, authenticate
-from warren.cp.http_errors import error_responses, response_for
+from warren.cp import ws
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
+from warren.cp.http_errors import error_responses
+from warren.cp.security import credentials
 from warren.cp.services import exec as svc
+from warren.cp.services import exec_stream as stream
+from warren.cp.services import exec_unary as unary
 from warren.cp.services import sandbox_access
+from warren.cp.services.authn import authenticate
+from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["exec"])
+T = TypeVar("T")
 
 
 _ERR = error_responses(400, *AUTH_ERRORS, 404, 409, 502, 503)
@@ -37,15 +48,58 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work`` unless the HTTP client goes away first: then it is cancelled (for an exec,
+    that cancels the RPC and the agent kills the command) and the answer is None. Once the body
+    has been read, the next ASGI message is the client's disconnect."""
+    task = asyncio.ensure_future(work)
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
+
+
 @router.post(
-    "/{sandbox_id}/exec", response_model=svc.ExecResult, responses=_ERR, openapi_extra=json_body(svc.ExecBody)
+    "/{sandbox_id}/exec",
+    response_model=svc.ExecResult,
+    responses=error_responses(400, *AUTH_ERRORS, 404, 409, 413, 502, 503),
+    openapi_extra=json_body(svc.ExecBody),
 )
-async def exec_command(
-    sandbox_id: str, request: Request, ctx: TeamContext, db: Db, pool: Pool
-) -> svc.ExecResult:
+async def exec_command(sandbox_id: str, request: Request, ctx: TeamContext, db: Db, pool: Pool) -> Response:
     """Run ``cmd`` with ``args`` (no shell) and wait for it. Output is UTF-8 text, or base64 for
-    both streams when either is not UTF-8 (``encoding``). ``timeout_sec`` <= 0 means 30 s."""
-    return await svc.exec_command(db, pool, ctx, sandbox_id, await request.body())
+    both streams when either is not UTF-8 (``encoding``). ``timeout_sec`` <= 0 means 30 s, and
+    may not exceed the platform's maximum (default 3600). More than the unary output cap
+    (16 MiB of stdout and stderr together by default) is 413 ``output_too_large``: the command
+    is killed; use the exec stream. A client that disconnects cancels the command."""
+    raw = await request.body()
+    settings = request.app.state.settings
+    work = unary.exec_command(db, pool, ctx, sandbox_id, raw, max_timeout=settings.max_exec_timeout_s,
+                              max_output=settings.max_exec_output)  # fmt: skip
+    answer = await until_disconnected(request, work)
+    if answer is None:
+        return Response(status_code=499)  # nobody is listening any more
+    return StreamingResponse(
+        answer.body, media_type="application/json", background=BackgroundTask(answer.release)
+    )
+
+
+def _max_timeout(request: Request | WebSocket) -> int:
+    return int(request.app.state.settings.max_exec_timeout_s)
 
 
 @router.websocket("/{sandbox_id}/exec/stream")
@@ -53,60 +107,51 @@ async def exec_stream(websocket: WebSocket, sandbox_id: str) -> None:
     """Interactive exec. Auth: ``X-API-Key`` / ``Authorization: Bearer`` headers, or the
     ``api_key`` / ``token`` query parameters (browsers cannot set WebSocket headers). Errors
     before the upgrade are plain JSON answers (400/401/404/409/503)."""
-    app = websocket.app
-    engine, pool = app.state.engine, app.state.pool
-    headers, query = websocket.headers, websocket.query_params
-    auth = headers.get("authorization", "")
-    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    state = state_of(websocket)
+    engine, pool = state.engine, state.pool
+    creds = credentials.from_websocket(websocket.headers, websocket.query_params)
     try:
-        ctx = await authenticate(
-            engine,
-            api_key=headers.get("x-api-key") or query.get("api_key"),
-            bearer=bearer or query.get("token"),
-            require_user=False,
-            jwt_secret=app.state.settings.jwt_secret,
-        )
+        ctx = await authenticate(engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret)
         tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
         client = tgt.client()
     except Exception as e:
-        await _deny(websocket, e)
+        await ws.deny(websocket, e)
         return
     await websocket.accept()
+    try:
+        await stream.stream_session(
+            engine, client, tgt.uuid, tgt.sid, _peer(websocket), max_timeout=_max_timeout(websocket)
+        )
+    finally:
+        await ws.close(websocket)
 
-    async def recv() -> svc.Frame | None:
-        try:
-            msg = await websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if msg["type"] == "websocket.disconnect":
-            return None
-        raw = msg.get("text")
+
+def _peer(websocket: WebSocket) -> stream.Peer:
+    """The accepted WebSocket as the stream protocol's client: JSON text frames both ways."""
+
+    async def recv() -> stream.Frame | None:
+        raw = await ws.receive(websocket)
         if raw is None:
-            raw = (msg.get("bytes") or b"").decode("utf-8", "replace")
+            return None
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
         try:
             frame = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {"type": "<invalid JSON>"}
         return frame if isinstance(frame, dict) else {"type": "<not an object>"}
 
-    async def send(frame: svc.Frame) -> None:
+    async def send(frame: stream.Frame) -> None:
         await websocket.send_text(json.dumps(frame, separators=(",", ":")))
 
-    try:
-        await svc.stream_session(engine, client, tgt.uuid, tgt.sid, recv, send)
-    finally:
-        if websocket.application_state != WebSocketState.DISCONNECTED:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close()
+    return stream.Peer(recv, send, error_frame)
 
 
-async def _deny(websocket: WebSocket, exc: BaseException) -> None:
-    resp = response_for(exc)
-    try:
-        await websocket.send_denial_response(resp)
-    except RuntimeError:
-        # A server without the denial-response extension: close with 4000 + the HTTP status.
-        await websocket.close(code=4000 + resp.status_code, reason=bytes(resp.body).decode()[:120])
+def error_frame(exc: BaseException) -> stream.Frame:
+    """An error as the stream's ``error`` frame, with the HTTP status and code the same error
+    answers on the REST routes; its text is ``data``, as the stream's output frames carry theirs."""
+    status, code, message = ws.error_parts(exc)
+    return {"type": "error", "data": message, "code": code, "status": status}
 
 
 @router.post(
@@ -122,7 +167,9 @@ async def start_process(
 ) -> svc.ProcessInfo:
     """Start a background process (no shell) that keeps running after this request. Attach to
     its output with the exec WebSocket: first frame ``{"type": "attach", "pid": N}``."""
-    return await svc.start_process(db, pool, ctx, sandbox_id, await request.body())
+    return await svc.start_process(
+        db, pool, ctx, sandbox_id, await request.body(), max_timeout=_max_timeout(request)
+    )
 
 
 @router.get(

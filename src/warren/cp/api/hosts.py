@@ -1,19 +1,21 @@
-"""Hosts REST API (SPEC §2.9, §3; DESIGN §4). Rules live in ``warren.cp.services.hosts``."""
+"""Hosts REST API (docs/spec.md §2.9, §3; docs/design.md §4). Rules live in
+``warren.cp.services.hosts`` (admin)
+and ``warren.cp.services.host_link`` (the agent's register, refresh and heartbeat)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader
-from pydantic import Field
 
-from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool
-from warren.cp.api.models import INT32_MAX, StrictRequest
+from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool, SettingsDep
 from warren.cp.http_errors import error_responses
 from warren.cp.security.tokens import verify_host_jwt
+from warren.cp.services import host_link
 from warren.cp.services import hosts as svc
+from warren.cp.state import state_of
 from warren.errors import Unauthorized
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
@@ -29,44 +31,17 @@ async def host_identity(
     """The host a request comes from, proven by its host JWT (``X-Host-Token``); 401 otherwise."""
     if not token:
         raise Unauthorized("missing X-Host-Token header")
-    return verify_host_jwt(request.app.state.settings.jwt_secret, token)
+    return verify_host_jwt(state_of(request).settings.jwt_secret, token)
 
 
 HostIdentity = Annotated[uuid.UUID, Depends(host_identity)]
-
-
-
-
-class CreateHostRequest(StrictRequest):
-    type: Literal["regular", "byoc"]
-    team_id: str | None = None
-    provider: str = ""
-    availability_zone: str = ""
-
-
-class RegisterRequest(StrictRequest):
-    token: str = ""
-    address: str = Field(default="", max_length=255)
-    arch: str = Field(default="", max_length=64)
-    # INT columns: bigger values cannot be stored.
-    cpu_cores: int = Field(default=0, ge=0, le=INT32_MAX)
-    memory_mb: int = Field(default=0, ge=0, le=INT32_MAX)
-    disk_gb: int = Field(default=0, ge=0, le=INT32_MAX)
-
-
-class RefreshRequest(StrictRequest):
-    refresh_token: str
-
-
-class TagRequest(StrictRequest):
-    tag: str
 
 
 @router.post(
     "", status_code=201, response_model=svc.HostWithToken, response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS),
 )  # fmt: skip
-async def create_host(body: CreateHostRequest, ctx: CurrentUser, db: Db) -> svc.HostWithToken:
+async def create_host(body: svc.CreateHostRequest, ctx: CurrentUser, db: Db) -> svc.HostWithToken:
     """Create a host (regular: platform admins; byoc: owner/admin of a BYOC team). The one-time
     registration token (valid 1 h) is shown only in this answer."""
     return await svc.create_host(
@@ -89,14 +64,12 @@ async def list_hosts(ctx: CurrentUser, db: Db) -> list[svc.Host]:
     "/register", status_code=201, response_model=svc.HostCredentials, response_model_exclude_none=True,
     responses=error_responses(400, 401, 404),
 )  # fmt: skip
-async def register(body: RegisterRequest, request: Request, db: Db, ca: CA) -> svc.HostCredentials:
-    """Agent registration with a one-time token (SPEC §3.1): returns the host JWT (7 d), a
+async def register(
+    body: host_link.RegisterRequest, db: Db, ca: CA, settings: SettingsDep
+) -> svc.HostCredentials:
+    """Agent registration with a one-time token (docs/spec.md §3.1): returns the host JWT (7 d), a
     refresh token (60 d) and the host's mTLS server certificate, key and the CA certificate."""
-    return await svc.register(
-        db, ca, request.app.state.settings.jwt_secret, token=body.token, address=body.address,
-        specs=svc.Specs(arch=body.arch, cpu_cores=body.cpu_cores, memory_mb=body.memory_mb,
-                        disk_gb=body.disk_gb),
-    )  # fmt: skip
+    return await host_link.register(db, ca, settings.jwt_secret, body)
 
 
 @router.post(
@@ -105,14 +78,16 @@ async def register(body: RegisterRequest, request: Request, db: Db, ca: CA) -> s
     response_model_exclude_none=True,
     responses=error_responses(400, 401, 404),
 )
-async def refresh(body: RefreshRequest, request: Request, db: Db, ca: CA) -> svc.HostCredentials:
+async def refresh(
+    body: host_link.RefreshRequest, db: Db, ca: CA, settings: SettingsDep
+) -> svc.HostCredentials:
     """Rotate a host's credentials (issue-then-revoke). A bad or expired token is 401."""
-    return await svc.refresh(db, ca, request.app.state.settings.jwt_secret, body.refresh_token)
+    return await host_link.refresh(db, ca, settings.jwt_secret, body.refresh_token)
 
 
 @router.post("/{host_id}/heartbeat", status_code=204, responses=error_responses(400, 401, 403, 404))
 async def heartbeat(host_id: str, host: HostIdentity, db: Db) -> Response:
-    await svc.heartbeat(db, host, host_id)
+    await host_link.heartbeat(db, host, host_id)
     return Response(status_code=204)
 
 
@@ -160,7 +135,7 @@ async def list_tags(host_id: str, ctx: CurrentUser, db: Db) -> list[str]:
 
 
 @router.post("/{host_id}/tags", status_code=204, responses=error_responses(400, *AUTH_ERRORS, 404))
-async def add_tag(host_id: str, body: TagRequest, ctx: CurrentUser, db: Db) -> Response:
+async def add_tag(host_id: str, body: svc.TagRequest, ctx: CurrentUser, db: Db) -> Response:
     await svc.add_tag(db, ctx, host_id, body.tag)
     return Response(status_code=204)
 

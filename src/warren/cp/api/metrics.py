@@ -1,4 +1,4 @@
-"""Sandbox metrics route (SPEC §9.4). Rules live in ``warren.cp.services.metrics``."""
+"""Sandbox metrics route (docs/spec.md §9.4). Rules live in ``warren.cp.services.metrics``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from warren.cp.http_errors import error_responses
 from warren.cp.services import metrics as svc
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
-
-
 
 
 @router.get(

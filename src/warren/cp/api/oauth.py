@@ -1,4 +1,4 @@
-"""GitHub OAuth routes (SPEC §2.1; DESIGN §4 mounts them under /v1)."""
+"""GitHub OAuth routes (docs/spec.md §2.1; docs/design.md §4 mounts them under /v1)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
 
-from warren.cp.api.deps import Db, SettingsDep
+from warren.cp.api.deps import Db, SettingsDep, sign_in_attempt
 from warren.cp.http_errors import error_responses
 from warren.cp.services import oauth as oauth_service
+from warren.cp.services import rate_limits
 
 router = APIRouter(prefix="/v1/auth/oauth", tags=["auth"])
 
@@ -55,7 +56,7 @@ async def oauth_start(provider: str, request: Request, settings: SettingsDep) ->
     "/{provider}/callback",
     status_code=302,
     response_class=RedirectResponse,
-    responses={**_REDIRECT, **error_responses(404)},
+    responses={**_REDIRECT, **error_responses(404, 429)},
 )
 async def oauth_callback(
     provider: str,
@@ -66,7 +67,9 @@ async def oauth_callback(
     state: Annotated[str | None, Query(max_length=512)] = None,
     error: Annotated[str | None, Query(max_length=512)] = None,
 ) -> RedirectResponse:
-    """The provider's redirect back. Always redirects to the dashboard's callback page."""
+    """The provider's redirect back. Redirects to the dashboard's callback page, unless the client
+    address is past its sign-in rate limit (429): each callback costs calls to the provider."""
+    await rate_limits.count_sign_in(engine, sign_in_attempt(request))
     result = await oauth_service.complete(
         engine,
         settings,

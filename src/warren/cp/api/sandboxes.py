@@ -1,4 +1,4 @@
-"""Sandbox lifecycle REST API (SPEC §2.5). Rules live in ``warren.cp.services.sandboxes``."""
+"""Sandbox lifecycle REST API (docs/spec.md §2.5). Rules live in ``warren.cp.services.sandboxes``."""
 
 from __future__ import annotations
 
@@ -7,25 +7,37 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 from pydantic import Field
 
-from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, TeamContext
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, SettingsDep, Store, TeamContext
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
+from warren.cp.services import egress_rules, sandbox_power
 from warren.cp.services import sandboxes as svc
+from warren.cp.services.egress_rules import NetworkRules
 from warren.cp.services.env import EnvVars
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 
-
-
 class CreateSandboxRequest(StrictRequest):
     template: str = "minimal"
-    # INT columns: values past int32 cannot be stored (<= 0 means the default).
-    vcpus: int = Field(default=0, le=INT32_MAX)
-    memory_mb: int = Field(default=0, le=INT32_MAX)
-    timeout_sec: int = Field(default=0, le=INT32_MAX, description="inactivity timeout in seconds; 0 = none")
+    # INT columns: values past int32 cannot be stored. 0 means the default; above the platform
+    # maximum is a 400 (services/limits.py).
+    vcpus: int = Field(default=0, le=INT32_MAX, description="0 = 1")
+    memory_mb: int = Field(default=0, le=INT32_MAX, description="0 = 512")
+    disk_size_mb: int = Field(
+        default=0, le=INT32_MAX,
+        description="writable disk, MiB (a tmpfs inside the memory limit; the sandbox reports the real "
+        "size); 0 = 5120",
+    )  # fmt: skip
+    timeout_sec: int = Field(
+        default=0, le=INT32_MAX,
+        description="inactivity timeout in seconds (idle that long: paused); 0 = the platform maximum",
+    )  # fmt: skip
     internet: bool = Field(default=True, description="outbound network access")
     env: EnvVars | None = Field(default=None, description="default environment of every process")
+    network: NetworkRules | None = Field(
+        default=None, description="egress rules: allow_out entries are exceptions to deny_out"
+    )
 
 
 _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
@@ -34,25 +46,30 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
 @router.post(
     "",
     status_code=201,
-    response_model=svc.Sandbox,
+    response_model=svc.SandboxView,
     response_model_exclude_none=True,
-    responses=error_responses(400, *AUTH_ERRORS, 404, 502, 503),
+    responses=error_responses(400, *AUTH_ERRORS, 404, 429, 502, 503),
 )
 async def create_sandbox(
-    ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched, response: Response,
-    body: Annotated[CreateSandboxRequest | None, Body()] = None,
-) -> svc.Sandbox:  # fmt: skip
-    """Create a sandbox on a host chosen by the scheduler. No eligible host → 503.
+    ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched, settings: SettingsDep, store: Store,
+    response: Response, body: Annotated[CreateSandboxRequest | None, Body()] = None,
+) -> svc.SandboxView:  # fmt: skip
+    """Create a sandbox on a host chosen by the scheduler. A size past a platform maximum → 400;
+    past a team quota → 429 `quota_exceeded`; no eligible host → 503 `no_hosts_available`; no
+    host with room → 503 `no_capacity`.
 
     ``Server-Timing: agent;dur=<ms>`` tells how long the host agent took (as seen by the CP), so
     the control plane's own share of the latency is measurable from outside."""
     b = body or CreateSandboxRequest()
     params = svc.CreateParams(
-        template=b.template, vcpus=b.vcpus, memory_mb=b.memory_mb, timeout_sec=b.timeout_sec,
-        internet=b.internet, env=b.env,
+        template=b.template, vcpus=b.vcpus, memory_mb=b.memory_mb, disk_size_mb=b.disk_size_mb,
+        timeout_sec=b.timeout_sec, internet=b.internet, env=b.env,
+        network=egress_rules.checked(b.network, internet=b.internet),
     )  # fmt: skip
     timings: dict[str, float] = {}
-    sandbox = await svc.create_sandbox(db, pool, scheduler, ctx, params, timings=timings)
+    sandbox = await svc.create_sandbox(
+        db, pool, scheduler, ctx, params, settings=settings, store=store, timings=timings
+    )
     if "agent" in timings:
         response.headers["Server-Timing"] = f"agent;dur={timings['agent']:.1f}"
     return sandbox
@@ -60,22 +77,22 @@ async def create_sandbox(
 
 @router.get(
     "",
-    response_model=list[svc.Sandbox],
+    response_model=list[svc.SandboxView],
     response_model_exclude_none=True,
     responses=error_responses(*AUTH_ERRORS),
 )
-async def list_sandboxes(ctx: TeamContext, db: Db) -> list[svc.Sandbox]:
+async def list_sandboxes(ctx: TeamContext, db: Db) -> list[svc.SandboxView]:
     """The team's sandboxes except stopped and errored ones, newest first."""
     return await svc.list_sandboxes(db, ctx)
 
 
 @router.get(
     "/{sandbox_id}",
-    response_model=svc.Sandbox,
+    response_model=svc.SandboxView,
     response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS, 404),
 )
-async def get_sandbox(sandbox_id: str, ctx: TeamContext, db: Db) -> svc.Sandbox:
+async def get_sandbox(sandbox_id: str, ctx: TeamContext, db: Db) -> svc.SandboxView:
     return await svc.get_sandbox(db, ctx, sandbox_id)
 
 
@@ -89,26 +106,26 @@ async def destroy_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool)
 
 @router.post(
     "/{sandbox_id}/pause",
-    response_model=svc.Sandbox,
+    response_model=svc.SandboxView,
     response_model_exclude_none=True,
     responses=error_responses(400, *_ERR),
 )
-async def pause_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.Sandbox:
-    return await svc.pause_sandbox(db, pool, ctx, sandbox_id)
+async def pause_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.SandboxView:
+    return await sandbox_power.pause_sandbox(db, pool, ctx, sandbox_id)
 
 
 @router.post(
     "/{sandbox_id}/resume",
-    response_model=svc.Sandbox,
+    response_model=svc.SandboxView,
     response_model_exclude_none=True,
     responses=error_responses(400, *_ERR),
 )
-async def resume_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.Sandbox:
-    return await svc.resume_sandbox(db, pool, ctx, sandbox_id)
+async def resume_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> svc.SandboxView:
+    return await sandbox_power.resume_sandbox(db, pool, ctx, sandbox_id)
 
 
 @router.post("/{sandbox_id}/ping", status_code=204, responses=error_responses(400, *_ERR))
 async def ping_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) -> Response:
     """Reset the inactivity timer of a running sandbox."""
-    await svc.ping_sandbox(db, pool, ctx, sandbox_id)
+    await sandbox_power.ping_sandbox(db, pool, ctx, sandbox_id)
     return Response(status_code=204)

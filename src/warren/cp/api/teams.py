@@ -1,4 +1,4 @@
-"""Team routes (SPEC §2.4, §7). Every ``/v1/teams/{id}`` route requires ``{id}`` to be the
+"""Team routes (docs/spec.md §2.4, §7). Every ``/v1/teams/{id}`` route requires ``{id}`` to be the
 JWT's team (403 otherwise, before any team lookup); the service then re-checks the team and the
 caller's role in the database."""
 
@@ -8,7 +8,7 @@ import uuid
 
 from fastapi import APIRouter, Response
 
-from warren.cp.api.deps import Db, JwtSession, UserSession
+from warren.cp.api.deps import Db, JwtSession, Pool, UserSession
 from warren.cp.api.models import (
     AddMemberRequest,
     Member,
@@ -64,10 +64,10 @@ async def rename_team(team_id: str, body: TeamNameRequest, session: UserSession,
 @router.delete(
     "/{team_id}", status_code=204, response_class=Response, responses=error_responses(400, *_AUTH, 404)
 )
-async def delete_team(team_id: str, session: UserSession, engine: Db) -> Response:
+async def delete_team(team_id: str, session: UserSession, engine: Db, pool: Pool) -> Response:
     """Soft delete (owner only): stops the team's sandboxes, removes its templates; its API keys
     and JWTs stop working."""
-    await service.delete_team(engine, session.ctx, _jwt_team(session, team_id))
+    await service.delete_team(engine, pool, session.ctx, _jwt_team(session, team_id))
     return Response(status_code=204)
 
 
@@ -100,7 +100,7 @@ async def set_member_role(
 ) -> Response:
     """Change a member's role between `admin` and `member` (owner or admin; never the owner)."""
     tid = _jwt_team(session, team_id)
-    # The service checks the new role before the caller's role, as SPEC §2.4 orders.
+    # The service checks the new role before the caller's role, as docs/spec.md §2.4 orders.
     await service.set_member_role(engine, session.ctx, tid, service.parse_user_id(user_id), body.role or "")
     return Response(status_code=204)
 

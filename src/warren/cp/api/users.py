@@ -1,4 +1,4 @@
-"""User search (SPEC §2.3)."""
+"""User search (docs/spec.md §2.3)."""
 
 from __future__ import annotations
 

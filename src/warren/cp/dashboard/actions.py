@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from warren import ids
 from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.web import Action, action_context, reader_context
-from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import api_keys as keys_svc
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import hosts as hosts_svc
+from warren.cp.services import limits as limits_svc
+from warren.cp.services import preview as preview_svc
+from warren.cp.services import sandbox_power
 from warren.cp.services import sandboxes as sandboxes_svc
 from warren.cp.services import snapshots as snapshots_svc
 from warren.cp.services import teams as teams_svc
@@ -42,20 +43,17 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# The dashboard's own bodies, for actions the REST API has no body for (or a different one).
+# The others are the resource's request models, shared with the API (``services/teams.py``,
+# ``services/hosts.py``).
+
+
 class TeamIdBody(_Body):
     team_id: str = ""
 
 
 class NameBody(_Body):
     name: str = Field(default="", max_length=1024)
-
-
-class EmailBody(_Body):
-    email: str = Field(default="", max_length=1024)
-
-
-class RoleBody(_Body):
-    role: str = ""
 
 
 class LaunchBody(_Body):
@@ -65,26 +63,19 @@ class LaunchBody(_Body):
     timeout_sec: int = Field(default=0, ge=0)
 
 
-class HostBody(_Body):
-    type: str = "byoc"
-    team_id: str | None = None
-    provider: str = Field(default="", max_length=100)
-    availability_zone: str = Field(default="", max_length=100)
-
-
 class ForceBody(_Body):
     force: bool = False
 
 
-
-def _pool(request: Request) -> HostClientPool:
-    pool: HostClientPool = request.app.state.pool
-    return pool
-
-
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
+class TeamQuotasBody(_Body):
+    team_id: str = ""
+    # An empty field (null) leaves that quota as it is. JSON integers only (the dialog sends
+    # Number()s): a lax int would read true as 1, as the REST route's strict body refuses.
+    sandboxes: StrictInt | None = None
+    vcpus: StrictInt | None = None
+    memory_mb: StrictInt | None = None
+    snapshots: StrictInt | None = None
+    snapshot_mb: StrictInt | None = None
 
 
 def _use_token(act: Action, response: Response, token: str) -> None:
@@ -102,35 +93,35 @@ async def _switch(act: Action, response: Response, team_id: str) -> auth_svc.Aut
 
 
 @router.post("/switch-team")
-async def switch_team(act: Act, body: TeamIdBody, response: Response) -> dict[str, Any]:
-    result = await _switch(act, response, body.team_id)
+async def switch_team(act: Act, body: teams_svc.SwitchTeamRequest, response: Response) -> dict[str, Any]:
+    result = await _switch(act, response, body.team_id or "")
     return {"team_id": result.team_id}
 
 
 @router.post("/teams")
-async def create_team(act: Act, body: NameBody, response: Response) -> dict[str, Any]:
-    """Create a team, then switch to it (SPEC §8.2)."""
+async def create_team(act: Act, body: teams_svc.TeamNameRequest, response: Response) -> dict[str, Any]:
+    """Create a team, then switch to it (docs/spec.md §8.2)."""
     team = await teams_svc.create_team(act.engine, act.ctx, body.name)
     await _switch(act, response, team.id)
     return {"team_id": team.id, "name": team.name}
 
 
 @router.post("/team/rename")
-async def rename_team(act: Act, body: NameBody) -> dict[str, Any]:
+async def rename_team(act: Act, body: teams_svc.TeamNameRequest) -> dict[str, Any]:
     await teams_svc.rename_team(act.engine, act.ctx, require_team(act.ctx), body.name)
     return {}
 
 
 @router.post("/team/members")
-async def add_member(act: Act, body: EmailBody) -> dict[str, Any]:
-    member = await teams_svc.add_member(act.engine, act.ctx, require_team(act.ctx), body.email)
+async def add_member(act: Act, body: teams_svc.AddMemberRequest) -> dict[str, Any]:
+    member = await teams_svc.add_member(act.engine, act.ctx, require_team(act.ctx), body.email or "")
     return member.model_dump(mode="json")
 
 
 @router.post("/team/members/{user_id}/role")
-async def set_role(act: Act, user_id: str, body: RoleBody) -> dict[str, Any]:
+async def set_role(act: Act, user_id: str, body: teams_svc.RoleRequest) -> dict[str, Any]:
     target = teams_svc.parse_user_id(user_id)
-    await teams_svc.set_member_role(act.engine, act.ctx, require_team(act.ctx), target, body.role)
+    await teams_svc.set_member_role(act.engine, act.ctx, require_team(act.ctx), target, body.role or "")
     return {}
 
 
@@ -154,7 +145,7 @@ async def _after_departure(act: Act, response: Response, what: str) -> dict[str,
 
 @router.post("/team/delete")
 async def delete_team(act: Act, response: Response) -> dict[str, Any]:
-    await teams_svc.delete_team(act.engine, act.ctx, require_team(act.ctx))
+    await teams_svc.delete_team(act.engine, act.state.pool, act.ctx, require_team(act.ctx))
     return await _after_departure(act, response, "Team deleted")
 
 
@@ -183,39 +174,56 @@ async def launch(act: Act, body: LaunchBody) -> dict[str, Any]:
         timeout_sec=body.timeout_sec,
     )
     sb = await sandboxes_svc.create_sandbox(
-        act.engine, _pool(act.request), _scheduler(act.request), act.ctx, params
-    )
+        act.engine, act.state.pool, act.state.scheduler, act.ctx, params,
+        settings=act.settings, store=act.state.store,
+    )  # fmt: skip
     return sb.model_dump(mode="json")
 
 
 @router.post("/sandboxes/{sandbox_id}/pause")
 async def pause(act: Act, sandbox_id: str) -> dict[str, Any]:
-    sb = await sandboxes_svc.pause_sandbox(act.engine, _pool(act.request), act.ctx, sandbox_id)
+    sb = await sandbox_power.pause_sandbox(act.engine, act.state.pool, act.ctx, sandbox_id)
     return sb.model_dump(mode="json")
 
 
 @router.post("/sandboxes/{sandbox_id}/resume")
 async def resume(act: Act, sandbox_id: str) -> dict[str, Any]:
-    sb = await sandboxes_svc.resume_sandbox(act.engine, _pool(act.request), act.ctx, sandbox_id)
+    sb = await sandbox_power.resume_sandbox(act.engine, act.state.pool, act.ctx, sandbox_id)
     return sb.model_dump(mode="json")
 
 
 @router.post("/sandboxes/{sandbox_id}/destroy")
 async def destroy(act: Act, sandbox_id: str) -> dict[str, Any]:
-    await sandboxes_svc.destroy_sandbox(act.engine, _pool(act.request), act.ctx, sandbox_id)
+    await sandboxes_svc.destroy_sandbox(act.engine, act.state.pool, act.ctx, sandbox_id)
     return {}
 
 
 @router.post("/sandboxes/{sandbox_id}/snapshot")
 async def snapshot(act: Act, sandbox_id: str, body: NameBody) -> dict[str, Any]:
     raw = json.dumps({"sandbox_id": sandbox_id, "name": body.name.strip()}).encode()
-    tpl = await snapshots_svc.create_snapshot(act.engine, _pool(act.request), act.ctx, raw)
+    settings = act.settings
+    tpl = await snapshots_svc.create_snapshot(
+        act.engine, act.state.pool, act.ctx, raw, settings=settings, store=act.state.store
+    )
     return tpl.model_dump(mode="json")
+
+
+class OpenPortBody(_Body):
+    port: StrictInt = Field(ge=1, le=65535)
+
+
+@router.post("/sandboxes/{sandbox_id}/open-port")
+async def open_port(act: Act, sandbox_id: str, body: OpenPortBody) -> dict[str, Any]:
+    """A signed preview link of the port (docs/networking.md §3); the page opens it."""
+    url, _ = await preview_svc.signed_url(
+        act.engine, act.ctx, act.settings, sandbox_id, body.port, expires=3600, path="/"
+    )
+    return {"redirect": url, "url": url}
 
 
 @router.post("/templates/{name}/delete")
 async def delete_template(act: Act, name: str) -> dict[str, Any]:
-    await snapshots_svc.delete_snapshot(act.engine, _pool(act.request), act.ctx, name)
+    await snapshots_svc.delete_snapshot(act.engine, act.state.pool, act.ctx, name)
     return {}
 
 
@@ -238,7 +246,7 @@ async def revoke_key(act: Act, key_id: str) -> dict[str, Any]:
 
 
 @router.post("/hosts")
-async def create_host(act: Act, body: HostBody) -> dict[str, Any]:
+async def create_host(act: Act, body: hosts_svc.CreateHostRequest) -> dict[str, Any]:
     created = await hosts_svc.create_host(
         act.engine,
         act.ctx,
@@ -258,7 +266,7 @@ async def host_delete_preview(act: Reader, host_id: str) -> dict[str, Any]:
 
 @router.post("/hosts/{host_id}/delete")
 async def delete_host(act: Act, host_id: str, body: ForceBody) -> dict[str, Any]:
-    await hosts_svc.delete_host(act.engine, _pool(act.request), act.ctx, host_id, force=body.force)
+    await hosts_svc.delete_host(act.engine, act.state.pool, act.ctx, host_id, force=body.force)
     return {}
 
 
@@ -270,3 +278,12 @@ async def enable_byoc(act: Act, body: TeamIdBody) -> dict[str, Any]:
     team_uuid = teams_svc.parse_team_id(body.team_id.strip())
     await teams_svc.set_byoc(act.engine, act.ctx, team_uuid, True)
     return {"team_id": ids.team_id(team_uuid)}
+
+
+@router.post("/admin/quotas")
+async def set_team_quotas(act: Act, body: TeamQuotasBody) -> dict[str, Any]:
+    team_uuid = teams_svc.parse_team_id(body.team_id.strip())
+    changes = {q: v for q in limits_svc.QUOTAS if (v := getattr(body, q)) is not None}
+    settings = act.settings
+    report = await limits_svc.set_team_quotas(act.engine, settings, act.ctx, team_uuid, changes)
+    return report.model_dump(mode="json")

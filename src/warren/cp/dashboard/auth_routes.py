@@ -1,4 +1,4 @@
-"""Sign in, sign up, sign out and the GitHub sign-in landing page (SPEC §8.1, §8.3).
+"""Sign in, sign up, sign out and the GitHub sign-in landing page (docs/spec.md §8.1, §8.3).
 
 These are plain HTML forms (they work without JavaScript), CSRF-protected like every other
 state-changing request: the login form carries the anonymous session's token. A successful
@@ -8,32 +8,33 @@ team list; the team list itself is always read fresh from the database).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from warren.cp.api.deps import authenticate
 from warren.cp.dashboard import csrf
 from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.web import (
     apply_security_headers,
     check_csrf,
-    engine_of,
     render,
     session_auth,
-    settings_of,
 )
+from warren.cp.security.credentials import Credentials
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import oauth as oauth_svc
-from warren.errors import Forbidden, Unauthorized, WarrenError
+from warren.cp.services.authn import authenticate
+from warren.cp.state import sign_in_attempt, state_of
+from warren.errors import Forbidden, TooManyRequests, Unauthorized, WarrenError
 
 router = APIRouter(include_in_schema=False)
 
 HOME = "/dashboard/sandboxes"
 
-# ``?error=`` codes from the OAuth callback (SPEC §2.1) and the landing page, in words.
+# ``?error=`` codes from the OAuth callback (docs/spec.md §2.1) and the landing page, in words.
 OAUTH_ERRORS = {
     "access_denied": "GitHub sign-in was cancelled.",
     "invalid_state": "The GitHub sign-in expired or did not match this browser. Please try again.",
@@ -68,7 +69,7 @@ def _login_page(
         form={"email": email, "name": name},
     )
     if write_cookie:
-        sessions.write(resp, request, settings_of(request).jwt_secret, sess)
+        sessions.write(resp, request, state_of(request).settings.jwt_secret, sess)
     return resp
 
 
@@ -88,7 +89,7 @@ async def dashboard_root() -> Response:
 async def login_page(request: Request, mode: str = "login", error: str | None = None) -> Response:
     if await session_auth(request) is not None:
         return RedirectResponse(HOME, status_code=303)
-    secret = settings_of(request).jwt_secret
+    secret = state_of(request).settings.jwt_secret
     sess = sessions.read(request, secret)
     fresh = sess is None or sess.signed_in
     if sess is None or sess.signed_in:
@@ -111,7 +112,7 @@ async def login_submit(
         # A stale tab (its anonymous session expired) fails the token check but passes the Origin
         # check; give it a fresh form. A cross-site post gets a plain refusal.
         try:
-            csrf.check_origin(request, settings_of(request).public_url)
+            csrf.check_origin(request, state_of(request).settings.public_url)
         except csrf.CsrfError:
             return apply_security_headers(
                 HTMLResponse("Cross-site request refused.", status_code=403, media_type="text/plain")
@@ -127,21 +128,30 @@ async def login_submit(
             write_cookie=True,
         )
 
-    engine = engine_of(request)
-    secret = settings_of(request).jwt_secret
+    engine = state_of(request).engine
+    secret = state_of(request).settings.jwt_secret
     sess = sessions.read(request, secret) or sessions.anonymous()
+    # The same sign-in rate limits as the API's routes: the form is another door to them.
+    attempt = sign_in_attempt(request)
     try:
         if mode == "signup":
-            result = await auth_svc.signup(engine, secret, email=email, password=password, name=name)
+            result = await auth_svc.signup(
+                engine, secret, email=email, password=password, name=name, attempt=attempt
+            )
         else:
-            result = await auth_svc.login(engine, secret, email=email, password=password)
+            result = await auth_svc.login(engine, secret, email=email, password=password, attempt=attempt)
     except WarrenError as e:
         status = 409 if e.code == "email_taken" else 401 if isinstance(e, Unauthorized) else 400
         if isinstance(e, Forbidden):
             status = 403
-        return _login_page(
+        if isinstance(e, TooManyRequests):
+            status = 429
+        page = _login_page(
             request, sess, mode=mode, error=e.message, email=email, name=name, status_code=status
         )
+        if isinstance(e, TooManyRequests) and e.retry_after is not None:
+            page.headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
+        return page
     resp = RedirectResponse(HOME, status_code=303)
     sessions.write(resp, request, secret, sessions.for_login(result.token))
     return resp
@@ -157,13 +167,13 @@ async def logout(request: Request) -> Response:
         )
     resp = RedirectResponse("/login", status_code=303)
     # Not just cleared: replaced by a fresh anonymous session, so nothing of the old one remains.
-    sessions.write(resp, request, settings_of(request).jwt_secret, sessions.anonymous())
+    sessions.write(resp, request, state_of(request).settings.jwt_secret, sessions.anonymous())
     return resp
 
 
 @router.get("/auth/{provider}/callback")
 async def oauth_landing(request: Request, provider: str, error: str | None = None) -> Response:
-    """Where the OAuth callback sends the browser (SPEC §8.3): turn the short-lived
+    """Where the OAuth callback sends the browser (docs/spec.md §8.3): turn the short-lived
     ``warren_oauth_*`` cookies into a dashboard session, or show the error on the login page."""
     names = ("token", "user_id", "team_id", "email", "name")
 
@@ -181,13 +191,12 @@ async def oauth_landing(request: Request, provider: str, error: str | None = Non
     if not raw:
         return clear_oauth_cookies(RedirectResponse("/login?error=missing_token", status_code=303))
     token = unquote(raw)
-    settings = settings_of(request)
+    settings = state_of(request).settings
     try:
         # The cookie is only a carrier: the token must be a valid JWT for a live user.
         await authenticate(
-            engine_of(request),
-            api_key=None,
-            bearer=token,
+            state_of(request).engine,
+            Credentials(bearer=token),
             require_user=True,
             jwt_secret=settings.jwt_secret,
             allow_teamless=True,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from warren.cp.dashboard.session import Session, is_https
 
@@ -52,7 +52,7 @@ def normalize_origin(url: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
-def own_origins(request: Request, public_url: str = "") -> set[str]:
+def own_origins(request: HTTPConnection, public_url: str = "") -> set[str]:
     """The origins this control plane answers as: the one in use, and the configured one."""
     out: set[str] = set()
     host = request.headers.get("host")

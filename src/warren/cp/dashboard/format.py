@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from warren import clock
 
-# Status → badge colour (SPEC §8.5: running green, paused amber, error red, others muted;
-# §8.7 hosts: online green, pending amber, offline/unreachable red, draining blue).
+# Status → badge colour (docs/spec.md §8.5: running green, paused amber, error red, others muted;
+# docs/spec.md §8.7 hosts: online green, pending amber, offline/unreachable red, draining blue).
 _STATUS_TONE = {
     "running": "ok",
     "online": "ok",
@@ -67,7 +67,7 @@ def iso(value: datetime | str | None) -> str:
 
 
 def idle_timeout(seconds: int | None) -> str:
-    """SPEC §8.4: 'None' / 'Ns' / 'Nm' / 'Nh'."""
+    """docs/spec.md §8.4: 'None' / 'Ns' / 'Nm' / 'Nh'."""
     if not seconds or seconds <= 0:
         return "None"
     if seconds % 3600 == 0:
@@ -78,7 +78,7 @@ def idle_timeout(seconds: int | None) -> str:
 
 
 def size(num_bytes: int | None) -> str:
-    """B / KB / MB / GB (SPEC §8.8)."""
+    """B / KB / MB / GB (docs/spec.md §8.8)."""
     n = float(num_bytes or 0)
     for unit in ("B", "KB", "MB"):
         if n < 1024:
@@ -98,7 +98,7 @@ def memory(mb: int | None) -> str:
 
 
 def host_specs(cpu: int | None, memory_mb: int | None, disk_gb: int | None) -> str:
-    """SPEC §8.7: 'N vCPU · XGB RAM · YGB disk' (parts that are unknown are left out)."""
+    """docs/spec.md §8.7: 'N vCPU · XGB RAM · YGB disk' (parts that are unknown are left out)."""
     parts = []
     if cpu:
         parts.append(f"{cpu} vCPU")

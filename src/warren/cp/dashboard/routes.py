@@ -20,13 +20,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from warren import ids
-from warren.cp.dashboard import actions, auth_routes
+from warren.cp.dashboard import actions, audit_page, auth_routes, template_pages, terminal
 from warren.cp.dashboard.format import iso
 from warren.cp.dashboard.web import (
     STATIC_DIR,
     Viewer,
     apply_security_headers,
-    engine_of,
     error_page,
     load_viewer,
     reader_context,
@@ -36,10 +35,12 @@ from warren.cp.dashboard.web import (
 )
 from warren.cp.services import api_keys as keys_svc
 from warren.cp.services import hosts as hosts_svc
+from warren.cp.services import limits as limits_svc
 from warren.cp.services import metrics as metrics_svc
 from warren.cp.services import sandboxes as sandboxes_svc
 from warren.cp.services import snapshots as snapshots_svc
 from warren.cp.services import teams as teams_svc
+from warren.cp.state import state_of
 from warren.errors import WarrenError
 
 pages = APIRouter(include_in_schema=False)
@@ -57,7 +58,7 @@ def _page(
 
 
 async def _team_templates(request: Request, viewer: Viewer) -> list[Any]:
-    return list(await snapshots_svc.list_templates(engine_of(request), viewer.ctx, None))
+    return list(await snapshots_svc.list_templates(state_of(request).engine, viewer.ctx, None))
 
 
 # ------------------------------------------------------------------------------------- sandboxes
@@ -73,7 +74,7 @@ async def sandboxes_page(request: Request) -> Response:
             request, viewer, "sandboxes.html", nav="sandboxes", title="Sandboxes",
             sandboxes=[], running=0, templates=[], no_team_hint=NO_TEAM_HINT,
         )  # fmt: skip
-    engine = engine_of(request)
+    engine = state_of(request).engine
     sbs, templates = await asyncio.gather(
         sandboxes_svc.list_sandboxes(engine, viewer.ctx), _team_templates(request, viewer)
     )
@@ -102,7 +103,7 @@ async def sandbox_detail(request: Request, sandbox_id: str, range: str = "10m") 
     if viewer.ctx.team_id is None:
         return error_page(request, viewer, 404, NO_TEAM_GENERIC)
     try:
-        sb = await sandboxes_svc.get_sandbox(engine_of(request), viewer.ctx, sandbox_id)
+        sb = await sandboxes_svc.get_sandbox(state_of(request).engine, viewer.ctx, sandbox_id)
     except WarrenError as e:
         return error_page(request, viewer, 404, e.message)
     chosen = range if range in METRIC_RANGES else "10m"
@@ -117,7 +118,7 @@ async def sandbox_metrics(request: Request, sandbox_id: str, range: str = "10m")
     """CPU % and memory MB points for the detail page's charts (polled every 10 s)."""
     act = await reader_context(request)
     chosen = range if range in METRIC_RANGES else "10m"
-    data = await metrics_svc.get_metrics(act.engine, request.app.state.pool, act.ctx, sandbox_id, chosen)
+    data = await metrics_svc.get_metrics(act.engine, state_of(request).pool, act.ctx, sandbox_id, chosen)
     points = [
         {
             "ts": iso(p.timestamp),
@@ -129,25 +130,6 @@ async def sandbox_metrics(request: Request, sandbox_id: str, range: str = "10m")
     return JSONResponse({"sandbox_id": sandbox_id, "range": data.range, "points": points})
 
 
-# ------------------------------------------------------------------------------------- templates
-
-
-@pages.get("/dashboard/templates")
-async def templates_page(request: Request, type: str = "all") -> Response:
-    viewer = await load_viewer(request)
-    if viewer is None:
-        return to_login(request)
-    type_filter = type if type in ("all", "snapshot", "base") else "all"
-    templates: list[Any] = []
-    if viewer.ctx.team_id is not None:
-        templates = await _team_templates(request, viewer)
-    shown = [t for t in templates if type_filter == "all" or t.type == type_filter]
-    return _page(
-        request, viewer, "templates.html", nav="templates", title="Templates",
-        templates=templates, shown=shown, type_filter=type_filter, no_team_hint=NO_TEAM_HINT,
-    )  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------ keys
 
 
@@ -156,7 +138,7 @@ async def keys_page(request: Request) -> Response:
     viewer = await load_viewer(request)
     if viewer is None:
         return to_login(request)
-    keys = await keys_svc.list_keys(engine_of(request), viewer.ctx) if viewer.ctx.team_id else []
+    keys = await keys_svc.list_keys(state_of(request).engine, viewer.ctx) if viewer.ctx.team_id else []
     return _page(
         request, viewer, "keys.html", nav="keys", title="API keys", keys=keys, no_team_hint=NO_TEAM_GENERIC
     )
@@ -171,27 +153,47 @@ async def team_page(request: Request) -> Response:
     if found is None:
         return to_login(request)
     sess, ctx = found
-    engine = engine_of(request)
+    engine = state_of(request).engine
     detail: teams_svc.TeamDetail | None = None
     if ctx.team_id is None:
         team_list = await teams_svc.list_teams(engine, ctx)
     else:
-        # SPEC §8.6: the team detail is fetched in parallel with the full team list, which
+        # docs/spec.md §8.6: the team detail is fetched in parallel with the full team list, which
         # powers the "only team" guard on delete/leave.
-        team_list, detail = await asyncio.gather(
-            teams_svc.list_teams(engine, ctx), teams_svc.get_team(engine, ctx, ctx.team_id)
+        team_list, detail, quotas = await asyncio.gather(
+            teams_svc.list_teams(engine, ctx),
+            teams_svc.get_team(engine, ctx, ctx.team_id),
+            limits_svc.team_report(engine, state_of(request).settings, ctx.team_id),
         )
     viewer = Viewer(session=sess, ctx=ctx, teams=team_list)
     if detail is None or viewer.team is None:
         return _page(request, viewer, "team.html", nav="team", title="Team")
     me = ids.user_id(ctx.user_id) if ctx.user_id else ""
-    # "My role" comes from the member list, not from the token (SPEC §8.6).
+    # "My role" comes from the member list, not from the token (docs/spec.md §8.6).
     my_role = next((m.role for m in detail.members if m.user_id == me), viewer.role)
     return _page(
         request, viewer, "team.html", nav="team", title="Team",
         team=detail.team, members=detail.members, me=me, my_role=my_role,
         can_manage=my_role in ("owner", "admin"), is_last_team=len(team_list) <= 1,
+        quota_rows=_quota_rows(quotas),
     )  # fmt: skip
+
+
+# What the team page's "Usage and quotas" card lists: (label, used, quota, unit).
+_QUOTA_LABELS = (
+    ("sandboxes", "Active sandboxes", ""),
+    ("vcpus", "vCPUs", ""),
+    ("memory_mb", "Memory", "MB"),
+    ("snapshots", "Snapshots", ""),
+    ("snapshot_mb", "Snapshot storage", "MB"),
+)
+
+
+def _quota_rows(report: limits_svc.TeamQuotaReport) -> list[tuple[str, str, int, int, str]]:
+    return [
+        (key, label, getattr(report.usage, key), getattr(report.quotas, key), unit)
+        for key, label, unit in _QUOTA_LABELS
+    ]
 
 
 # ----------------------------------------------------------------------------------------- hosts
@@ -207,7 +209,7 @@ async def hosts_page(request: Request) -> Response:
         return error_page(
             request, viewer, 404, "Hosts are available to teams with BYOC (bring your own compute) enabled."
         )
-    all_hosts = await hosts_svc.list_hosts(engine_of(request), viewer.ctx)
+    all_hosts = await hosts_svc.list_hosts(state_of(request).engine, viewer.ctx)
     # A platform admin sees every host; this page is about the team's own.
     team_hosts = [h for h in all_hosts if h.type == "byoc" and h.team_id == team.id]
     online = sum(1 for h in team_hosts if h.status == "online")
@@ -235,7 +237,7 @@ async def admin_page(request: Request, tab: str = "platform", page: int = 1) -> 
         return to_login(request)
     if not viewer.is_admin:
         return error_page(request, viewer, 403, "The admin area is for platform admins.")
-    all_hosts = await hosts_svc.list_hosts(engine_of(request), viewer.ctx)
+    all_hosts = await hosts_svc.list_hosts(state_of(request).engine, viewer.ctx)
     platform = [h for h in all_hosts if h.type == "regular"]
     byoc = [h for h in all_hosts if h.type == "byoc"]
     grouped: dict[str, list[hosts_svc.Host]] = defaultdict(list)
@@ -246,7 +248,7 @@ async def admin_page(request: Request, tab: str = "platform", page: int = 1) -> 
         names[key] = h.team_name
     groups = [_TeamHosts(team_id=k, team_name=names[k], hosts=v) for k, v in grouped.items()]
     groups.sort(key=lambda g: (g.team_name or "").lower())
-    # 50 BYOC hosts per page, whole teams kept together where possible (SPEC §8.10).
+    # 50 BYOC hosts per page, whole teams kept together where possible (docs/spec.md §8.10).
     paged: list[list[_TeamHosts]] = [[]]
     count = 0
     for g in groups:
@@ -256,8 +258,9 @@ async def admin_page(request: Request, tab: str = "platform", page: int = 1) -> 
         paged[-1].append(g)
         count += len(g.hosts)
     page = min(max(page, 1), len(paged))
+    limits = await limits_svc.get_platform_limits(state_of(request).engine, state_of(request).settings)
     return _page(
-        request, viewer, "admin.html", nav="admin", title="Admin",
+        request, viewer, "admin.html", nav="admin", title="Admin", limits=limits,
         tab="byoc" if tab == "byoc" else "platform", platform_hosts=platform,
         byoc_groups=paged[page - 1], byoc_count=len(byoc), page_no=page, pages=len(paged),
     )  # fmt: skip
@@ -281,4 +284,7 @@ async def static(path: str) -> Response:
 router = APIRouter(include_in_schema=False)
 router.include_router(auth_routes.router)
 router.include_router(pages)
+router.include_router(template_pages.pages)
+router.include_router(audit_page.pages)
 router.include_router(actions.router)
+router.include_router(terminal.router)

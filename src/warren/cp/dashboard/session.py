@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from warren import clock
@@ -124,13 +124,13 @@ def decode(jwt_secret: str, token: str) -> Session | None:
     return Session(csrf=csrf, token=user_jwt, expires_at=exp)
 
 
-def is_https(request: Request) -> bool:
+def is_https(request: HTTPConnection) -> bool:
     """TLS at the CP itself, or at a proxy that says so with ``X-Forwarded-Proto: https``."""
     proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return request.url.scheme == "https" or proto == "https"
+    return request.url.scheme in ("https", "wss") or proto == "https"
 
 
-def read(request: Request, jwt_secret: str) -> Session | None:
+def read(request: HTTPConnection, jwt_secret: str) -> Session | None:
     token = request.cookies.get(COOKIE_NAME)
     if not token:
         return None

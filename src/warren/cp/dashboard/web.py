@@ -1,9 +1,9 @@
 """Plumbing shared by the dashboard's pages and actions: templates, the signed-in viewer,
 CSRF-checked action contexts and response helpers.
 
-Authentication reuses the REST API's own :func:`warren.cp.api.deps.authenticate` on the user JWT
-held in the session cookie, so the dashboard re-checks the user, the membership and the team's
-``deleted_at`` in the database on every request exactly as the API does. Like the API's
+Authentication is the REST API's own :func:`warren.cp.services.authn.authenticate`, on the user
+JWT held in the session cookie, so the dashboard re-checks the user, the membership and the
+team's ``deleted_at`` in the database on every request exactly as the API does. Like the API's
 team-finding routes it runs with ``allow_teamless``: a user whose team was deleted (or who left
 it) stays signed in with no active team and can still switch to or create one.
 """
@@ -20,16 +20,19 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import HTTPConnection
 
 from warren import ids
 from warren.config import Settings
-from warren.cp.api.deps import authenticate
 from warren.cp.dashboard import csrf, format
 from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.session import Session
+from warren.cp.security.credentials import Credentials
 from warren.cp.services import teams as teams_svc
+from warren.cp.services.authn import authenticate
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import TeamWithRole
+from warren.cp.state import AppState, state_of
 from warren.errors import Forbidden, Unauthorized
 
 log = logging.getLogger("warren.dashboard")
@@ -47,9 +50,21 @@ env.filters.update(format.FILTERS)
 env.globals["host_specs"] = format.host_specs
 
 
+# The static files a page names with ``?v={{ asset_version }}``: a change to any gives new URLs.
+VERSIONED_ASSETS = (
+    "app.css",
+    "app.js",
+    "build_log.js",
+    "terminal.js",
+    "vendor/xterm/xterm.js",
+    "vendor/xterm/xterm.css",
+    "vendor/xterm/addon-fit.js",
+)
+
+
 def _asset_version() -> str:
     h = hashlib.sha256()
-    for name in ("app.css", "app.js"):
+    for name in VERSIONED_ASSETS:
         p = STATIC_DIR / name
         if p.exists():
             h.update(p.read_bytes())
@@ -70,16 +85,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-def engine_of(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
-
-
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 @dataclass(frozen=True)
@@ -123,17 +128,16 @@ class Viewer:
         return self.ctx.name.strip() or self.ctx.email
 
 
-async def session_auth(request: Request) -> tuple[Session, AuthContext] | None:
+async def session_auth(request: HTTPConnection) -> tuple[Session, AuthContext] | None:
     """The session and a DB-verified auth context, or None when nobody is signed in."""
-    settings = settings_of(request)
+    settings = state_of(request).settings
     sess = sessions.read(request, settings.jwt_secret)
     if sess is None or sess.token is None:
         return None
     try:
         ctx = await authenticate(
-            engine_of(request),
-            api_key=None,
-            bearer=sess.token,
+            state_of(request).engine,
+            Credentials(bearer=sess.token),
             require_user=True,
             jwt_secret=settings.jwt_secret,
             allow_teamless=True,
@@ -148,7 +152,7 @@ async def load_viewer(request: Request) -> Viewer | None:
     if found is None:
         return None
     sess, ctx = found
-    teams = await teams_svc.list_teams(engine_of(request), ctx)
+    teams = await teams_svc.list_teams(state_of(request).engine, ctx)
     return Viewer(session=sess, ctx=ctx, teams=teams)
 
 
@@ -219,17 +223,21 @@ class Action:
     ctx: AuthContext
 
     @property
+    def state(self) -> AppState:
+        return state_of(self.request)
+
+    @property
     def engine(self) -> AsyncEngine:
-        return engine_of(self.request)
+        return self.state.engine
 
     @property
     def settings(self) -> Settings:
-        return settings_of(self.request)
+        return self.state.settings
 
 
 async def check_csrf(request: Request) -> Session | None:
     """Run both CSRF checks for an unsafe request; a failure is a 403 ``csrf_failed``."""
-    settings = settings_of(request)
+    settings = state_of(request).settings
     sess = sessions.read(request, settings.jwt_secret)
     try:
         await csrf.verify(request, sess, settings.public_url)

@@ -39,17 +39,42 @@ def make_engine(
     )
 
 
+# The connection helpers. Hot-path statements (SQL constants in ``warren.cp.db.queries``) run
+# on :func:`driver`; everything else is SQLAlchemy Core on :func:`autocommit` or
+# :func:`transaction` (docs/architecture.md, "Database conventions").
+
+
 @asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """One connection in one transaction; committed on success, rolled back on error."""
+    """One connection in one transaction, for statements that must commit together or hold row
+    locks: committed on success, rolled back on error."""
     async with engine.begin() as conn:
+        yield conn
+
+
+_autocommit_engines: dict[int, AsyncEngine] = {}
+
+
+@asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One connection on which each statement commits on its own (no BEGIN/ROLLBACK around
+    it), for reads and single-statement writes: one round trip per statement instead of three,
+    which is most of the cost of a short request."""
+    # The engine copy with the option shares the pool; made once per engine, as creating it
+    # costs more than the connect.
+    ac = _autocommit_engines.get(id(engine))
+    if ac is None or ac.sync_engine.pool is not engine.sync_engine.pool:
+        ac = _autocommit_engines[id(engine)] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with ac.connect() as conn:
         yield conn
 
 
 _CUT_SHORT = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError)
 
 # Either kind of connection: the raw driver one (``driver``) or an SQLAlchemy one, e.g. inside a
-# transaction. Statements written for :func:`fetch`/:func:`fetchrow` use ``$n`` parameters.
+# transaction. :func:`fetch`/:func:`fetchrow` run a ``queries`` constant on either, for the few
+# hot statements that a transaction must also run (the team/role check under ``FOR UPDATE``)
+# and for callers that may hold either kind (the scheduler).
 Conn: TypeAlias = AsyncConnection | asyncpg.Connection
 
 

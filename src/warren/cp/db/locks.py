@@ -14,6 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 MONITOR_NS = 0x57524E  # "WRN"
 # One host delete at a time per host (session-scoped, try-lock).
 HOST_DELETE_NS = 0x575244  # "WRD"
+# One layer garbage collection at a time across replicas (session-scoped, try-lock).
+LAYER_GC_NS = 0x57524C  # "WRL"
+# A layer's record against its collection (transaction-scoped; keyed on the digest).
+LAYER_NS = 0x57524B  # "WRK"
+# One change of a sandbox's egress rules at a time (session-scoped, try-lock).
+EGRESS_NS = 0x575245  # "WRE"
 
 
 def key_of(row_id: uuid.UUID) -> int:

@@ -1,4 +1,4 @@
-"""Table definitions (SQLAlchemy Core) for every table in SPEC §1, adjusted by DESIGN §4.
+"""Table definitions (SQLAlchemy Core) for every table in docs/spec.md §1, adjusted by docs/design.md §4.
 
 Core tables rather than ORM classes: services write explicit SQL (conditional updates such as
 "set online WHERE status='pending'") and the shapes stay obvious. Alembic migrations under
@@ -8,12 +8,14 @@ Core tables rather than ORM classes: services write explicit SQL (conditional up
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Column,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -49,6 +51,36 @@ teams = Table(
     Column("is_byoc", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("deleted_at", TS, nullable=True),
+    # Per-team quotas; NULL means the platform default (platform_limits). Raised per team by a
+    # platform admin.
+    Column("quota_sandboxes", Integer, nullable=True),
+    Column("quota_vcpus", Integer, nullable=True),
+    Column("quota_memory_mb", Integer, nullable=True),
+    Column("quota_snapshots", Integer, nullable=True),
+    Column("quota_snapshot_mb", Integer, nullable=True),
+    # Names of operator-defined egress ranges (private networks a sandbox may reach) opened
+    # for this team; everything private is closed by default.
+    Column("egress_allow", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+)
+
+# Platform-wide limits and default quotas set by platform admins (key -> value); a key absent
+# here takes its built-in default (services/limits.py).
+platform_limits = Table(
+    "platform_limits",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+)
+
+# Fixed-window counters for the abuse limits (login, signup, token endpoints), shared by every
+# CP replica: one row per key (e.g. "login:acct:<email>"), reset when its window has passed.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("window_start", TS, nullable=False),
+    Column("count", Integer, nullable=False),
 )
 
 users = Table(
@@ -121,7 +153,7 @@ hosts = Table(
     Column("cert_expires_at", TS, nullable=True),
 )
 
-# One-time registration tokens (DESIGN §4: the hash lives here, no Redis).
+# One-time registration tokens (docs/design.md §4: the hash lives here, no Redis).
 host_tokens = Table(
     "host_tokens",
     metadata,
@@ -174,7 +206,89 @@ templates = Table(
     Column("host_id", UUID(as_uuid=True), nullable=True),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("team_id", UUID(as_uuid=True), nullable=False, index=True),  # no FK: zero = platform
-    UniqueConstraint("team_id", "name", name="uq_templates_team_id_name"),
+    # A row is one version of a named template (docs/templates.md): a host-local base
+    # ('minimal' or 'scratch') plus store layers (sha256 hex, bottom first) and the defaults
+    # every sandbox of it gets (env, workdir, user, start_cmd, ready_cmd).
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("base", Text, nullable=False, server_default=text("'minimal'")),
+    Column("layers", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("tags", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("source", Text, nullable=False, server_default=text("''")),  # build | import | snapshot
+    Column("build_id", UUID(as_uuid=True), nullable=True),
+    UniqueConstraint("team_id", "name", "version", name="uq_templates_team_id"),
+)
+
+# The template store's index: every layer it holds (docs/templates.md).
+layers = Table(
+    "layers",
+    metadata,
+    Column("digest", Text, primary_key=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+)
+
+# Which host has which layer installed (for scheduling near the layers and for host GC).
+host_layers = Table(
+    "host_layers",
+    metadata,
+    Column("host_id", UUID(as_uuid=True), nullable=False),
+    Column("digest", Text, nullable=False),
+    Column("fetched_at", TS, nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("host_id", "digest", name="pk_host_layers"),
+)
+
+template_builds = Table(
+    "template_builds",
+    metadata,
+    _uuid_pk(),
+    Column("team_id", UUID(as_uuid=True), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("tags", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    # queued | running | ready | failed
+    Column("status", Text, nullable=False, server_default=text("'queued'")),
+    Column("spec", Text, nullable=False),
+    Column("context_digest", Text, nullable=True),
+    Column("step", Integer, nullable=False, server_default=text("0")),
+    Column("steps", Integer, nullable=False, server_default=text("0")),
+    Column("cached_steps", Integer, nullable=False, server_default=text("0")),
+    Column("error", Text, nullable=False, server_default=text("''")),
+    Column("failed_step", Integer, nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("template_id", UUID(as_uuid=True), nullable=True),
+    Column("host_id", UUID(as_uuid=True), nullable=True),
+    Column("created_by", Text, nullable=False, server_default=text("''")),
+    Column("log_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("started_at", TS, nullable=True),
+    Column("finished_at", TS, nullable=True),
+    # Moved on by the replica running the build; a stale one means that replica died.
+    Column("heartbeat_at", TS, nullable=True),
+    Index("ix_template_builds_team_id", "team_id", text("created_at DESC")),
+)
+
+# A build's log in appended chunks; a reader asks for the bytes from an offset.
+template_build_logs = Table(
+    "template_build_logs",
+    metadata,
+    Column(
+        "build_id", UUID(as_uuid=True), ForeignKey("template_builds.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("start_offset", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("build_id", "start_offset", name="pk_template_build_logs"),
+)
+
+# Per team (a layer is only reused by the team whose build made it): cache key → layer.
+build_cache = Table(
+    "build_cache",
+    metadata,
+    Column("team_id", UUID(as_uuid=True), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("layer", Text, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("used_at", TS, nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("team_id", "key", name="pk_build_cache"),
 )
 
 sandboxes = Table(
@@ -190,8 +304,23 @@ sandboxes = Table(
     Column("timeout_sec", Integer, nullable=False, server_default=text("300")),
     Column("disk_size_mb", Integer, nullable=False, server_default=text("5120")),
     Column("internet", Boolean, nullable=False, server_default=text("true")),
+    # Preview ports (docs/networking.md): the sha256 of the sandbox's traffic token, the ports
+    # open without it, and whether proxied traffic resumes a paused sandbox.
+    Column("traffic_token_hash", Text, nullable=False, server_default=text("''")),
+    Column("public_ports", ARRAY(Integer), nullable=False, server_default=text("'{}'::int[]")),
+    Column("auto_resume", Boolean, nullable=False, server_default=text("false")),
+    # Egress rules: {"allow_out": [...], "deny_out": [...]}, CIDRs or domain names.
+    Column(
+        "egress", JSONB, nullable=False, server_default=text("""'{"allow_out": [], "deny_out": []}'::jsonb""")
+    ),
     Column("guest_ip", Text, nullable=False, server_default=text("''")),
     Column("host_ip", Text, nullable=False, server_default=text("''")),
+    # E2B compatibility (docs/e2b.md §2): client metadata, and an absolute lifetime (NULL: none)
+    # that ends in a kill, or a pause when on_end is 'pause'.
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("end_at", TS, nullable=True),
+    Column("on_end", Text, nullable=False, server_default=text("'kill'")),
+    Column("all_ports_public", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("started_at", TS, nullable=True),
     Column("last_active_at", TS, nullable=True),
@@ -199,6 +328,11 @@ sandboxes = Table(
     Column("template_id", UUID(as_uuid=True), nullable=True),
     Column("template_team_id", UUID(as_uuid=True), nullable=True),
     Index("ix_sandboxes_host_id_status", "host_id", "status"),
+    Index(
+        "ix_sandboxes_end_at",
+        "end_at",
+        postgresql_where=text("end_at IS NOT NULL AND status IN ('running', 'paused')"),
+    ),
 )
 
 audit_logs = Table(
@@ -231,7 +365,7 @@ sandbox_metric_points = Table(
     PrimaryKeyConstraint("sandbox_id", "ts"),
 )
 
-# SQL for the template reserved-name trigger (SPEC §1.10) and the `minimal` seed row; the
+# SQL for the template reserved-name trigger (docs/spec.md §1.10) and the `minimal` seed row; the
 # migration runs these, and tests assert the trigger fires.
 RESERVED_NAME_TRIGGER_SQL = [
     """

@@ -1,13 +1,14 @@
-"""Lazy, cached gRPC clients for host agents (SPEC §4.3), always over mutual TLS.
+"""Lazy, cached gRPC clients for host agents (docs/spec.md §4.3), always over mutual TLS.
 
 Each client dials the host's ``address`` with the CP's client certificate and trusts only the
 CP's CA. The TLS target name is overridden to the host's id (``host-…``), which the host's
 server certificate carries as a DNS SAN: the normal hostname check then proves the peer holds
 the certificate issued to *that* host, not merely some certificate from our CA.
 
-RPC failures come out as :class:`warren.errors.AgentError` with the gRPC status name, so the one
-HTTP mapping (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, else 502)
-applies everywhere.
+Every channel carries the interceptor of ``agent_client``: RPC failures come out as
+:class:`warren.errors.AgentError` with the gRPC status name, so the one HTTP mapping
+(NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, else 502) applies
+everywhere. Call sites use the typed stub: ``await client.stub.PauseSandbox(req, timeout=120)``.
 """
 
 from __future__ import annotations
@@ -16,79 +17,57 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 from sqlalchemy.engine import RowMapping
 
 from warren import ids
+from warren.cp.hosts.agent_client import agent_errors
 from warren.cp.security.ca import CertificateAuthority
 from warren.errors import AgentError, ServiceUnavailable
 from warren.rpc import hostagent_pb2, hostagent_pb2_grpc
 
+if TYPE_CHECKING:
+    from warren.rpc.hostagent_pb2_grpc import HostAgentAsyncStub  # a type in the .pyi only
+
 log = logging.getLogger(__name__)
 
-# Generous default deadline (SPEC: one shared client with a 10-minute timeout); callers pass a
-# shorter one where they need it (the monitor's ListSandboxes, pings).
+# Generous default deadline (one shared client with a 10-minute timeout) for the calls that
+# take as long as the work (create, snapshot); callers pass a shorter one where they need it
+# (the monitor's ListSandboxes, pings).
 DEFAULT_TIMEOUT_S = 600.0
 _MAX_MESSAGE = 128 * 1024 * 1024
 
 
-def translate(e: grpc.aio.AioRpcError, host_id: str) -> AgentError:
-    code = e.code()
-    name = code.name if code is not None else "UNKNOWN"
-    details = e.details() or name
-    # The host id stays out of the message: sandbox answers never reveal which host runs them.
-    unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-    message = f"host agent unreachable: {details}" if unreachable else details
-    err = AgentError(message, rpc_code=name)
-    err.host_id = host_id  # type: ignore[attr-defined]  # for logs
-    return err
-
-
-@contextlib.contextmanager
-def agent_errors(host_id: str) -> Iterator[None]:
-    """Map gRPC errors raised inside the block to AgentError (for raw stub use)."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as e:
-        raise translate(e, host_id) from e
-
-
 class HostClient:
-    """One agent: a channel plus the generated stub. ``call``/``stream`` map errors."""
+    """One agent: a channel (errors mapped by its interceptor) plus the typed stub."""
 
-    def __init__(self, host_id: str, address: str, channel: grpc.aio.Channel, generation: int) -> None:
+    def __init__(
+        self,
+        host_id: str,
+        address: str,
+        channel: grpc.aio.Channel,
+        generation: int,
+        *,
+        ca: CertificateAuthority | None = None,
+    ) -> None:
         self.host_id = host_id
         self.address = address
         self.channel = channel
         self.generation = generation
-        self.stub = hostagent_pb2_grpc.HostAgentStub(channel)
-
-    async def call(self, method: str, request: Any, *, deadline: float | None = DEFAULT_TIMEOUT_S) -> Any:
-        with agent_errors(self.host_id):
-            return await getattr(self.stub, method)(request, timeout=deadline)
-
-    async def stream(
-        self, method: str, request: Any, *, deadline: float | None = DEFAULT_TIMEOUT_S
-    ) -> AsyncIterator[Any]:
-        """A server-streaming call as an async iterator (errors mapped while iterating)."""
-        call = getattr(self.stub, method)(request, timeout=deadline)
-        try:
-            with agent_errors(self.host_id):
-                async for item in call:
-                    yield item
-        finally:
-            call.cancel()
+        # The CP's CA (its client certificate): for the agent's dial data port (cp/proxy/data.py).
+        self.ca = ca
+        self.stub: HostAgentAsyncStub = hostagent_pb2_grpc.HostAgentStub(channel)
 
     async def destroy_best_effort(self, sandbox_id: str, *, why: str) -> None:
         """DestroySandbox for callers that go on whatever happens (clean-ups, host and team
         deletes, the monitor): NotFound means already gone; any other failure is logged."""
         try:
-            await self.call(
-                "DestroySandbox", hostagent_pb2.DestroySandboxRequest(sandbox_id=sandbox_id), deadline=60
+            await self.stub.DestroySandbox(
+                hostagent_pb2.DestroySandboxRequest(sandbox_id=sandbox_id), timeout=60
             )
         except AgentError as e:
             if not e.is_not_found:
@@ -129,8 +108,9 @@ class HostClientPool:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 5_000),
             ],
+            interceptors=agent_errors(host_id),
         )
-        return HostClient(host_id, address, channel, generation)
+        return HostClient(host_id, address, channel, generation, ca=self._ca)
 
     def _fresh(self, c: HostClient | None, address: str) -> bool:
         if c is None or c.address != address:

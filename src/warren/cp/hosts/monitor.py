@@ -1,4 +1,5 @@
-"""HostMonitor (SPEC §4.1 with DESIGN §4's auto-paused rule): keeps host and sandbox records true.
+"""HostMonitor (docs/spec.md §4.1 with docs/design.md §4's auto-paused rule): keeps host and sandbox
+records true.
 
 Each pass, per host whose status is not ``pending``/``offline``:
 
@@ -7,13 +8,15 @@ Each pass, per host whose status is not ``pending``/``offline``:
 * **active** — only for ``online`` hosts with an address: ``ListSandboxes`` and reconcile the
   host's ``missing`` and ``running`` records: auto-paused (or listed as paused) → ``paused``;
   listed as running → ``running``; not on the host at all → ``stopped``. Also ``pending``
-  records older than any create can take (the create RPC's deadline plus a margin), which only a
-  control plane that died mid-create leaves behind (SPEC is silent): on the host → ``running``
-  (or ``paused``), so its owner sees and can destroy it; not there → ``error``, as a create that
-  failed. Last, sandboxes the host still runs whose record is final (``stopped``, ``error``) are
-  destroyed there (SPEC is silent): destroyed or their team deleted while the host was
-  unreachable, or a create the CP gave up on after the agent had made it. Nobody can reach them
-  any more. A sandbox the database does not know at all is left alone and logged.
+  records that only a control plane that died mid-create leaves behind (SPEC is silent; D19):
+  older than ``pending_grace_s`` (60 s) and not among the creates the host reports in flight —
+  or, from an agent that does not report those, older than any create can take (the create RPC's
+  deadline plus a margin). On the host → ``running`` (or ``paused``), so its owner sees and can
+  destroy it; not there → ``error``, as a create that failed. Last, sandboxes the host still
+  runs whose record is final (``stopped``, ``error``) are destroyed there (SPEC is silent):
+  destroyed or their team deleted while the host was unreachable, or a create the CP gave up on
+  after the agent had made it (an agent killed mid-create re-adopts it on restart). Nobody can
+  reach them any more. A sandbox the database does not know at all is left alone and logged.
 
 Safe with several CP replicas running it at once:
 
@@ -38,17 +41,18 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.cp.background import Worker
 from warren.cp.db import locks
+from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, sandboxes
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool
-from warren.cp.services import audit
 from warren.errors import WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -63,15 +67,17 @@ FINAL_DESTROY_CONCURRENCY = 8
 
 
 def _classify(
-    rows: Sequence[RowMapping], on_agent: Mapping[str, str], auto_paused: set[str]
+    rows: Sequence[RowMapping], on_agent: Mapping[str, str], auto_paused: set[str], creating: set[str]
 ) -> dict[str, list[RowMapping]]:
     """The records whose status the host's answer changes, by their new status."""
     to: dict[str, list[RowMapping]] = {"running": [], "paused": [], "stopped": [], "error": []}
     for r in rows:
         sid = ids.sandbox_id(r["id"])
         agent_status = on_agent.get(sid)
+        if r["status"] == "pending" and sid in creating and agent_status is None:
+            continue  # its create is still under way on the host: the CP that asked may be alive
         if sid in auto_paused or agent_status == "paused":
-            new = "paused"  # DESIGN §4: never stopped, its state still exists on the host
+            new = "paused"  # docs/design.md §4: never stopped, its state still exists on the host
         elif agent_status is None:
             # Gone from the host: an orphan record, or an abandoned create that never made it.
             new = "error" if r["status"] == "pending" else "stopped"
@@ -99,34 +105,47 @@ class PassResult:
         return f"PassResult({ {k: v for k, v in vars(self).items() if v} })"
 
 
-class HostMonitor:
+class AuditWriter(Protocol):
+    """Records a system audit event inside the caller's transaction: ``services.audit.record``,
+    passed in by the app's composition root (``cp/app.py``) so this package imports no service."""
+
+    async def __call__(
+        self,
+        db: AsyncConnection,
+        ctx: None,
+        *,
+        team_id: uuid.UUID | None,
+        action: str,
+        resource_type: str,
+        resource_id: str = "",
+        status: Literal["success", "info", "warning", "error"] = "success",
+        metadata: dict[str, Any] | None = None,
+    ) -> None: ...
+
+
+class HostMonitor(Worker):
+    task_name = "host-monitor"
+
     def __init__(
         self,
         engine: AsyncEngine,
         pool: HostClientPool,
+        audit: AuditWriter,
         *,
         interval_s: float = 30.0,
         stale_s: float = 90.0,
         concurrency: int = 8,
+        pending_grace_s: float = 60.0,
     ) -> None:
         self.engine = engine
         self.pool = pool
+        self.audit = audit
         self.interval_s = interval_s
         self.stale_s = stale_s
         self.concurrency = concurrency
-        self._task: asyncio.Task[None] | None = None
+        self.pending_grace_s = pending_grace_s
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="host-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
+    # -- lifecycle (start and stop: Worker) ---------------------------------------------------
     async def _loop(self) -> None:
         while True:
             try:
@@ -142,7 +161,7 @@ class HostMonitor:
     # -- one pass ----------------------------------------------------------------------------
     async def run_once(self) -> PassResult:
         result = PassResult()
-        async with self.engine.connect() as conn:
+        async with autocommit(self.engine) as conn:
             rows = (
                 (
                     await conn.execute(
@@ -187,7 +206,7 @@ class HostMonitor:
     async def _mark_down(self, h: RowMapping, cutoff: datetime, result: PassResult) -> None:
         hid = ids.host_id(h["id"])
         now = clock.now()
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine) as conn:
             won = (
                 await conn.execute(
                     hosts.update()
@@ -217,7 +236,7 @@ class HostMonitor:
                 .scalars()
                 .all()
             )
-            await audit.record(
+            await self.audit(
                 conn, None, team_id=h["team_id"], action="marked_down", resource_type="host",
                 resource_id=hid, status="warning", metadata={"missing": len(missing)},
             )  # fmt: skip
@@ -227,7 +246,7 @@ class HostMonitor:
 
     async def _reconcile(self, h: RowMapping, result: PassResult) -> None:
         hid = ids.host_id(h["id"])
-        async with self.engine.begin() as conn:
+        async with transaction(self.engine) as conn:
             try_lock = sa.func.pg_try_advisory_xact_lock(locks.MONITOR_NS, locks.key_of(h["id"]))
             got = (await conn.execute(sa.select(try_lock))).scalar()
             if not got:
@@ -259,7 +278,7 @@ class HostMonitor:
 
     async def _list(self, h: RowMapping) -> Any:
         req = pb.ListSandboxesRequest()
-        return await self.pool.get(h).call("ListSandboxes", req, deadline=LIST_DEADLINE_S)
+        return await self.pool.get(h).stub.ListSandboxes(req, timeout=LIST_DEADLINE_S)
 
     async def _apply(
         self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult
@@ -271,27 +290,14 @@ class HostMonitor:
         # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
         on_agent = {s.sandbox_id: s.status for s in resp.sandboxes}
         auto_paused = set(resp.auto_paused_sandbox_ids)
-        rows = (
-            (
-                await conn.execute(
-                    sa.select(sandboxes.c.id, sandboxes.c.status, sandboxes.c.team_id).where(
-                        sandboxes.c.host_id == h["id"],
-                        sa.or_(
-                            sandboxes.c.status.in_(("missing", "running")),
-                            sa.and_(
-                                sandboxes.c.status == "pending",
-                                sandboxes.c.last_updated < asked_at - timedelta(seconds=ABANDONED_PENDING_S),
-                            ),
-                        ),
-                        sandboxes.c.last_updated < asked_at,
-                    )
-                )
-            )
-            .mappings()
-            .all()
-        )
+        # A host that says which creates it has in flight lets a dead CP's `pending` records
+        # settle after a short grace; without that, only once no create can still be running.
+        creating = set(resp.creating_sandbox_ids)
+        pending_s = self.pending_grace_s if resp.reports_creating else ABANDONED_PENDING_S
+        rows = await self._candidates(conn, h, asked_at, pending_s)
         listed = dict(on_agent)
-        to = _classify(rows, listed, auto_paused)
+        host_ips = {s.sandbox_id: s.host_ip for s in resp.sandboxes}
+        to = _classify(rows, listed, auto_paused, creating)
         if to["stopped"] or to["error"]:
             # Gone from the host? Ask again before saying so: `last_updated < asked_at` compares
             # two replicas' clocks, so a create that finished just after the first answer could
@@ -300,9 +306,12 @@ class HostMonitor:
             # answer reports are ours to apply.)
             again = await self._list(h)
             listed.update({s.sandbox_id: s.status for s in again.sandboxes})
+            host_ips.update({s.sandbox_id: s.host_ip for s in again.sandboxes})
             auto_paused |= set(again.auto_paused_sandbox_ids)
-            to = _classify(rows, listed, auto_paused)
+            creating |= set(again.creating_sandbox_ids)  # a create that arrived meanwhile
+            to = _classify(rows, listed, auto_paused, creating)
         now = clock.now()
+        created: list[uuid.UUID] = []  # abandoned creates the host did make
         for new_status, items in to.items():
             if not items:
                 continue
@@ -329,13 +338,51 @@ class HostMonitor:
                 for c in changed:
                     sid = ids.sandbox_id(c["id"])
                     getattr(result, f"to_{new_status}").append(sid)
+                    if old_status == "pending" and new_status in ("running", "paused"):
+                        created.append(c["id"])
                     if new_status == "paused":
-                        await audit.record(
+                        await self.audit(
                             conn, None, team_id=c["team_id"], action="pause", resource_type="sandbox",
                             resource_id=sid, status="info", metadata={"reason": "auto_paused"},
                         )  # fmt: skip
                     log.info("monitor: sandbox %s %s -> %s host=%s", sid, old_status, new_status, hid)
+        for u in created:
+            # What the dead CP would have written had it seen the create answered.
+            await conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == u)
+                .values(
+                    host_ip=host_ips.get(ids.sandbox_id(u), ""),
+                    started_at=sa.func.coalesce(sandboxes.c.started_at, now),
+                )
+            )
         return await self._final_on_host(conn, h, listed)
+
+    @staticmethod
+    async def _candidates(
+        conn: AsyncConnection, h: RowMapping, asked_at: datetime, pending_s: float
+    ) -> Sequence[RowMapping]:
+        """The host's records the answer may change: `missing` and `running` ones, and `pending`
+        ones older than ``pending_s``; none changed since the host was asked."""
+        return (
+            (
+                await conn.execute(
+                    sa.select(sandboxes.c.id, sandboxes.c.status, sandboxes.c.team_id).where(
+                        sandboxes.c.host_id == h["id"],
+                        sa.or_(
+                            sandboxes.c.status.in_(("missing", "running")),
+                            sa.and_(
+                                sandboxes.c.status == "pending",
+                                sandboxes.c.last_updated < asked_at - timedelta(seconds=pending_s),
+                            ),
+                        ),
+                        sandboxes.c.last_updated < asked_at,
+                    )
+                )
+            )
+            .mappings()
+            .all()
+        )
 
     async def _final_on_host(
         self, conn: AsyncConnection, h: RowMapping, on_agent: dict[str, str]
@@ -354,7 +401,5 @@ class HostMonitor:
             if u not in known:
                 log.warning("monitor: host %s runs %s, which has no record", ids.host_id(h["id"]), sid)
         return [
-            listed[u]
-            for u, r in known.items()
-            if r.status in ("stopped", "error") and r.host_id == h["id"]
+            listed[u] for u, r in known.items() if r.status in ("stopped", "error") and r.host_id == h["id"]
         ]

@@ -1,4 +1,4 @@
-"""Team API keys (SPEC §7.8): ``wrn_`` + 32 lowercase hex, SHA-256 hex at rest, 10-char prefix.
+"""Team API keys (docs/spec.md §7.8): ``wrn_`` + 32 lowercase hex, SHA-256 hex at rest, 10-char prefix.
 
 A presented key is looked up by the SHA-256 of the whole plaintext through a unique index, so
 the secret itself is never compared byte by byte: equal hashes are found by the index, and the

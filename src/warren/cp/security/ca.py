@@ -1,4 +1,5 @@
-"""The control plane's own certificate authority for CP <-> agent mutual TLS (SPEC §9.7, DESIGN §4).
+"""The control plane's own certificate authority for CP <-> agent mutual TLS (docs/spec.md §9.7,
+docs/design.md §4).
 
 * The CA is an ECDSA P-256 key and a self-signed certificate, either given as settings
   (``ca_cert`` / ``ca_key``: what several CP replicas share) or generated once under

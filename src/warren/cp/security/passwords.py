@@ -1,4 +1,4 @@
-"""argon2id password hashing, run off the event loop (DESIGN §4).
+"""argon2id password hashing, run off the event loop (docs/design.md §4).
 
 Hashing costs tens of milliseconds of CPU by design. argon2-cffi releases the GIL while it
 hashes, so running it in a worker thread keeps the event loop free to serve other requests.

@@ -1,7 +1,7 @@
 """User and host JWTs (HS256) and opaque tokens.
 
-User JWT (SPEC §7.7): 6 h; claims ``sub`` (usr-…), ``team_id`` (team-…), ``role``, ``email``,
-``name``, ``is_admin`` (only when true), ``iat``, ``exp``; no ``typ``. Host JWT (SPEC §3.2):
+User JWT (docs/spec.md §7.7): 6 h; claims ``sub`` (usr-…), ``team_id`` (team-…), ``role``, ``email``,
+``name``, ``is_admin`` (only when true), ``iat``, ``exp``; no ``typ``. Host JWT (docs/spec.md §3.2):
 ``typ: "host"``, ``host_id``, ``sub`` (both host-…), 7 d. Each verifier rejects the other kind.
 
 Expiry is checked against ``warren.clock`` rather than the wall clock so tests can move time.

@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import PlainSerializer, WithJsonSchema
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def format_timestamp(value: datetime) -> str:
-    """RFC 3339 at one-second precision, UTC (SPEC §0.3): ``2026-04-09T19:24:49Z``."""
+    """RFC 3339 at one-second precision, UTC (docs/spec.md §0.3): ``2026-04-09T19:24:49Z``."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -26,20 +25,3 @@ Timestamp = Annotated[
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
-
-
-_autocommit_engines: dict[int, AsyncEngine] = {}
-
-
-def autocommit(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine and pool, but statements run without BEGIN/ROLLBACK around them.
-
-    For reads that need no multi-statement snapshot (auth checks, list pages): each statement
-    is one round trip instead of three, which is most of the cost of a hot authenticated read.
-    """
-    key = id(engine)
-    ac = _autocommit_engines.get(key)
-    if ac is None or ac.sync_engine.pool is not engine.sync_engine.pool:
-        ac = engine.execution_options(isolation_level="AUTOCOMMIT")
-        _autocommit_engines[key] = ac
-    return ac

@@ -1,4 +1,4 @@
-"""Team API keys (SPEC §2.2, §7.8). Any member may manage the keys of the JWT's team."""
+"""Team API keys (docs/spec.md §2.2, §7.8). Any member may manage the keys of the JWT's team."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import team_api_keys, users
 from warren.cp.security.api_keys import generate_api_key
-from warren.cp.services import Timestamp, audit, autocommit
+from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext
 from warren.errors import Forbidden, InvalidRequest
 
@@ -52,7 +53,7 @@ async def create_key(engine: AsyncEngine, ctx: AuthContext, name: str | None) ->
     gen = generate_api_key()
     key_uuid = ids.new_uuid()
     now = clock.now()
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         await conn.execute(
             team_api_keys.insert().values(
                 id=key_uuid,
@@ -89,7 +90,7 @@ async def create_key(engine: AsyncEngine, ctx: AuthContext, name: str | None) ->
 async def list_keys(engine: AsyncEngine, ctx: AuthContext) -> list[ApiKey]:
     _, team_id = _scope(ctx)
     k = team_api_keys
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         rows = await conn.execute(
             select(k, users.c.email.label("creator_email"))
             .outerjoin(users, users.c.id == k.c.created_by)
@@ -112,9 +113,9 @@ async def list_keys(engine: AsyncEngine, ctx: AuthContext) -> list[ApiKey]:
 
 
 async def delete_key(engine: AsyncEngine, ctx: AuthContext, key_id: uuid.UUID) -> None:
-    """Delete a key of the caller's team. Deleting nothing is not an error (SPEC §2.2)."""
+    """Delete a key of the caller's team. Deleting nothing is not an error (docs/spec.md §2.2)."""
     _, team_id = _scope(ctx)
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         res = await conn.execute(
             delete(team_api_keys)
             .where(team_api_keys.c.id == key_id, team_api_keys.c.team_id == team_id)

@@ -1,5 +1,9 @@
-"""Audit log writes (SPEC §9.1). Best effort: a failed write is logged and never fails the
-request that caused it, because the action it describes has already happened."""
+"""Audit log writes (docs/spec.md §9.1). Best effort: a failed write is logged and never fails the
+request that caused it, because the action it describes has already happened.
+
+Every record made inside a request also carries the client's address (``metadata.ip``) and the
+request's id (``metadata.request_id``), from ``warren.request_context``; reads are
+``services/audit_log.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warren import clock, ids
 from warren.cp.db.tables import audit_logs
 from warren.cp.services.context import AuthContext
+from warren.request_context import client_ip, request_id
 
 log = logging.getLogger("warren.audit")
 
@@ -20,11 +25,62 @@ def actor_of(ctx: AuthContext | None) -> tuple[str, str, str]:
     """(actor_type, actor_id, actor_name) for an auth context; None is the system."""
     if ctx is None:
         return "system", "", "system"
+    if ctx.kind == "sandbox_token" and ctx.only_sandbox is not None:
+        return "sandbox_token", ctx.only_sandbox, ctx.only_sandbox
     if ctx.kind == "api_key" and ctx.api_key_id is not None:
         return "api_key", ids.api_key_id(ctx.api_key_id), ctx.api_key_name
     if ctx.user_id is not None:
         return "user", ids.user_id(ctx.user_id), ctx.name or ctx.email
     return "system", "", "system"
+
+
+# A state-changing call that fails is recorded too (result `warning` for 4xx, `error` for 5xx),
+# when its caller authenticated: on the API and the dashboard's actions, except the sandbox data
+# plane (commands, files, watchers, terminals, ports: no success record either), sign-in, 429s
+# (a flood would only grow the table) and 503s (a busy database must not get more writes).
+_CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+_AUDITED_PREFIXES = ("/v1/", "/dashboard/actions/")
+_NOT_AUDITED = (
+    "/v1/auth/",
+    "/exec",
+    "/processes",
+    "/files",
+    "/watchers",
+    "/pty",
+    "/ping",
+    "/ports/",
+    "/signed",
+)
+MAX_RESOURCE_ID = 200
+
+
+def audits_failure(method: str, route: str, status: int) -> bool:
+    """Whether a call that ended with ``status`` on ``route`` (its template) gets a failure record."""
+    if method not in _CHANGES or status < 400 or status in (429, 503):
+        return False
+    return route.startswith(_AUDITED_PREFIXES) and not any(part in route for part in _NOT_AUDITED)
+
+
+async def record_failure(
+    engine: AsyncEngine, ctx: AuthContext, *, method: str, route: str, status: int, resource_id: str
+) -> None:
+    """The record of a failed change: what was asked (method and route) and the HTTP status."""
+    await record(
+        engine, ctx, team_id=ctx.team_id, action="failed", resource_type="request",
+        resource_id=resource_id[:MAX_RESOURCE_ID], status="error" if status >= 500 else "warning",
+        metadata={"method": method, "route": route, "http_status": status},
+    )  # fmt: skip
+
+
+def request_metadata() -> dict[str, str]:
+    """The current request's ``ip`` and ``request_id`` (none outside a request), for audit rows
+    written by SQL of their own (``cp/db/queries/sandboxes.py``'s create and destroy)."""
+    out: dict[str, str] = {}
+    if (ip := client_ip.get()) is not None:
+        out["ip"] = ip
+    if (rid := request_id.get()) is not None:
+        out["request_id"] = rid
+    return out
 
 
 async def record(
@@ -40,6 +96,7 @@ async def record(
     metadata: dict[str, Any] | None = None,
 ) -> None:
     actor_type, actor_id, actor_name = actor_of(ctx)
+    meta = {**request_metadata(), **(metadata or {})}
     stmt = audit_logs.insert().values(
         id=ids.new_uuid(),
         team_id=team_id,
@@ -51,7 +108,7 @@ async def record(
         action=action,
         scope=scope,
         status=status,
-        metadata=metadata or {},
+        metadata=meta,
         created_at=clock.now(),
     )
     try:

@@ -1,4 +1,4 @@
-"""Signup, login and switch-team (SPEC §2.1, §7.6, §7.7, DESIGN §4).
+"""Signup, login and switch-team (docs/spec.md §2.1, §7.6, §7.7, docs/design.md §4).
 
 Passwords are hashed with argon2id in a worker thread (``security.passwords``); every JWT
 claim is read from the database when the token is issued.
@@ -14,10 +14,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import teams, users, users_teams
 from warren.cp.security import passwords
 from warren.cp.security.tokens import issue_user_jwt
-from warren.cp.services import autocommit
+from warren.cp.services import audit, rate_limits
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import insert_team, login_team
 from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -59,7 +60,17 @@ def _token(
     )
 
 
-async def signup(engine: AsyncEngine, jwt_secret: str, *, email: str, password: str, name: str) -> AuthResult:
+async def signup(
+    engine: AsyncEngine,
+    jwt_secret: str,
+    *,
+    email: str,
+    password: str,
+    name: str,
+    attempt: rate_limits.Attempt | None = None,
+) -> AuthResult:
+    """``attempt``: the HTTP client's address and limits (every HTTP route passes it; in-process
+    callers such as the CLI and test fixtures are not rate limited)."""
     email = normalize_email(email)
     name = name.strip()
     _validate_email(email)
@@ -71,8 +82,11 @@ async def signup(engine: AsyncEngine, jwt_secret: str, *, email: str, password: 
         raise InvalidRequest(f"name must be 1-{MAX_NAME} characters")
     if "\x00" in name or "\x00" in email:
         raise InvalidRequest("invalid characters in name or email")
+    if attempt is not None:
+        # Before the existence check: probing which emails are registered is counted too.
+        await rate_limits.count_signup(engine, attempt)
 
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         taken = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
     if taken is not None:  # cheap early answer; the unique index below is the real guard
         raise Conflict("an account with this email already exists", code="email_taken")
@@ -81,7 +95,7 @@ async def signup(engine: AsyncEngine, jwt_secret: str, *, email: str, password: 
     user_uuid = ids.new_uuid()
     now = clock.now()
     try:
-        async with engine.begin() as conn:
+        async with transaction(engine) as conn:
             await conn.execute(
                 users.insert().values(
                     id=user_uuid,
@@ -93,22 +107,40 @@ async def signup(engine: AsyncEngine, jwt_secret: str, *, email: str, password: 
                 )
             )
             team = await insert_team(conn, name=f"{name}'s Team", owner_id=user_uuid, is_default=True)
+            team_uuid = ids.parse_id(ids.Kind.TEAM, team.id)
+            who = AuthContext(
+                kind="jwt", team_id=team_uuid, user_id=user_uuid, email=email, name=name, role="owner"
+            )
+            await audit.record(
+                conn, who, team_id=team_uuid, action="signup", resource_type="user",
+                resource_id=ids.user_id(user_uuid),
+            )  # fmt: skip
     except IntegrityError as e:
         raise Conflict("an account with this email already exists", code="email_taken") from e
-    team_uuid = ids.parse_id(ids.Kind.TEAM, team.id)
     return _token(
         jwt_secret, user_id=user_uuid, team_id=team_uuid, role="owner", email=email, name=name, is_admin=False
     )
 
 
-async def login(engine: AsyncEngine, jwt_secret: str, *, email: str, password: str) -> AuthResult:
+async def login(
+    engine: AsyncEngine,
+    jwt_secret: str,
+    *,
+    email: str,
+    password: str,
+    attempt: rate_limits.Attempt | None = None,
+) -> AuthResult:
+    """``attempt`` as for :func:`signup`. The attempt is counted before the password is checked,
+    successful or not (see ``rate_limits``)."""
     email = normalize_email(email)
     if not email or not password:
         raise InvalidRequest("email and password are required")
+    if attempt is not None:
+        await rate_limits.count_login(engine, attempt, email[:MAX_EMAIL])
     failure = Unauthorized("invalid email or password")
     if len(email) > MAX_EMAIL or len(password) > MAX_PASSWORD:
         raise failure
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         user = (
             await conn.execute(
                 select(users.c.id, users.c.password_hash, users.c.name, users.c.is_admin).where(
@@ -120,7 +152,7 @@ async def login(engine: AsyncEngine, jwt_secret: str, *, email: str, password: s
     ok = await passwords.verify_password(user.password_hash if user else None, password)
     if user is None or not ok:
         raise failure
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         found = await login_team(conn, user.id)
     if found is None:
         raise Forbidden("user is not a member of any team", code="no_team")
@@ -146,7 +178,7 @@ async def switch_team(engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, te
         team_uuid = ids.parse_id(ids.Kind.TEAM, team_id)
     except InvalidRequest as e:
         raise InvalidRequest("invalid team_id") from e
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         team = (await conn.execute(select(teams.c.deleted_at).where(teams.c.id == team_uuid))).first()
         if team is None or team.deleted_at is not None:
             raise NotFound("team not found")

@@ -1,5 +1,6 @@
-"""Who is acting. Built by the REST auth dependencies and by the dashboard's session auth alike,
-after re-checking everything against the database, and passed to every service function."""
+"""Who is acting. Built by :func:`warren.cp.services.authn.authenticate` (for the REST API, the
+exec WebSocket and the dashboard alike) after re-checking everything against the database, and
+passed to every service function."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from warren.errors import Forbidden
 
 @dataclass(frozen=True)
 class AuthContext:
-    kind: Literal["jwt", "api_key", "session"]
+    kind: Literal["jwt", "api_key", "session", "sandbox_token"]
     # The live team this request acts for (membership and deleted_at verified in the DB), or
     # None when a user has no team at all (e.g. after deleting their last one).
     team_id: uuid.UUID | None
@@ -25,6 +26,9 @@ class AuthContext:
     is_admin: bool = False
     api_key_id: uuid.UUID | None = None
     api_key_name: str = ""
+    # A sandbox's own access token (E2B's envd plane, docs/e2b.md §1.2) reaches that one
+    # sandbox of team_id and nothing else: `sandboxes.find` refuses any other id.
+    only_sandbox: str | None = None
 
     @property
     def is_manager(self) -> bool:
@@ -37,7 +41,7 @@ def no_team() -> Forbidden:
 
 
 def require_team(ctx: AuthContext) -> uuid.UUID:
-    """The acting team, or 403 ``no_team`` for a caller without one (SPEC §2.5 step 2)."""
+    """The acting team, or 403 ``no_team`` for a caller without one (docs/spec.md §2.5 step 2)."""
     if ctx.team_id is None:
         raise no_team()
     return ctx.team_id

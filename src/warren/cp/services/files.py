@@ -1,10 +1,11 @@
-"""Files in a sandbox (SPEC §2.7 + DESIGN §4): unary and streaming read/write, list, stat,
+"""Files in a sandbox (docs/spec.md §2.7 + docs/design.md §4): unary and streaming read/write, list, stat,
 mkdir, remove, move.
 
-Memory use never grows with the file size on the streaming routes: the upload is parsed
-incrementally (python-multipart's push parser fed from the request stream) and forwarded to the
-agent in 64 KiB messages as it arrives, with gRPC flow control pushing back on the client; a
-download is relayed chunk by chunk with the ASGI server's write backpressure. A missing file is
+An upload arrives here as its path and an async iterator of the file's bytes (the API layer
+reads the multipart form, ``warren.cp.multipart``). Memory use never grows with the file
+size on the streaming routes: the bytes are forwarded to the agent in 64 KiB messages as they
+arrive, with gRPC flow control pushing back on the client; a download is relayed chunk by chunk
+with the ASGI server's write backpressure. A missing file is
 404 before any byte is sent (the first chunk is fetched before the response starts), and a
 download that fails midway aborts the HTTP response, so the client sees an error rather than a
 short file.
@@ -12,30 +13,33 @@ short file.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc.aio
-from pydantic import BaseModel, ConfigDict, Field
-from python_multipart.multipart import MultipartParser, parse_options_header
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warren.cp.hosts.client_pool import HostClient, HostClientPool, agent_errors, translate
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, sandbox_access
+from warren.cp.services.budget import unary_budget
 from warren.cp.services.context import AuthContext
-from warren.cp.services.exec import parse_body
+from warren.cp.services.exec import UserName, check_user, parse_body
+from warren.cp.services.strict import StrictBody
 from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.files")
 
 CHUNK = 64 * 1024
-# Text fields of an upload form are tiny; anything bigger is not a path.
-MAX_FIELD_BYTES = 4096
 MAX_UNARY_BYTES = 100 * 1024 * 1024
+# Listing pages (the guest's own bounds): entries per page by default and at most.
+LIST_DEFAULT = 1000
+LIST_MAX = 10000
 # What a grpc.aio stream's read() returns at the end (missing from the type stubs).
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -43,19 +47,23 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 # ------------------------------------------------------------------------------------- models
 
 
-class PathBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = ""
+class PathBody(StrictBody):
+    path: str = Field(default="", description="absolute, or relative to the user's home")
+    user: UserName = ""
 
 
 class ListBody(PathBody):
     depth: int = Field(default=1, ge=1, le=32, description="1 = the directory's own entries")
+    limit: int = Field(
+        default=LIST_DEFAULT, ge=1, le=LIST_MAX, description="entries per page (a page also stops at ~1 MiB)"
+    )
+    cursor: str = Field(default="", max_length=16384, description="the previous page's X-Next-Cursor")
 
 
-class MoveBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MoveBody(StrictBody):
     source: str = ""
     destination: str = ""
+    user: UserName = ""
 
 
 class EntryInfo(BaseModel):
@@ -96,237 +104,119 @@ def _path(body: PathBody) -> str:
     return body.path
 
 
-# ------------------------------------------------------------------------ streaming multipart
-
-
-@dataclass
-class Field_:
-    name: str
-    value: str
-
-
-@dataclass
-class FileStart:
-    name: str
-
-
-@dataclass
-class FileData:
-    data: bytes
-
-
-@dataclass
-class PartEnd:
-    pass
-
-
-Event = Field_ | FileStart | FileData | PartEnd
-
-
-def boundary_of(content_type: str) -> bytes:
-    ctype, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise InvalidRequest("expected multipart/form-data with boundary")
-    return boundary
-
-
-class MultipartStream:
-    """Incremental multipart/form-data parsing: feed body chunks, take events out.
-
-    Text parts become one :class:`Field_` (capped at ``MAX_FIELD_BYTES``); a part with a filename
-    (or named ``file``) becomes ``FileStart``, ``FileData``… and ``PartEnd`` — its bytes are never
-    gathered, so memory stays flat however big the file is.
-    """
-
-    def __init__(self, content_type: str) -> None:
-        self._events: list[Event] = []
-        self._header_field = bytearray()
-        self._header_value = bytearray()
-        self._headers: dict[bytes, bytes] = {}
-        self._name = ""
-        self._is_file = False
-        self._field = bytearray()
-        self.finished = False
-        self._parser = MultipartParser(
-            boundary_of(content_type),
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-                "on_end": self._on_end,
-            },
-        )
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        try:
-            self._parser.write(chunk)
-        except InvalidRequest:
-            raise
-        except Exception as e:  # python-multipart raises its own parse errors
-            raise InvalidRequest(f"invalid multipart body: {e}") from e
-        events, self._events = self._events, []
-        return events
-
-    def _on_part_begin(self) -> None:
-        self._headers = {}
-        self._name = ""
-        self._is_file = False
-        self._field = bytearray()
-
-    def _on_header_end(self) -> None:
-        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
-        self._header_field.clear()
-        self._header_value.clear()
-
-    def _on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        self._is_file = b"filename" in params or self._name == "file"
-        if self._is_file:
-            self._events.append(FileStart(self._name))
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._is_file:
-            if end > start:
-                self._events.append(FileData(bytes(data[start:end])))
-            return
-        if len(self._field) + (end - start) > MAX_FIELD_BYTES:
-            raise InvalidRequest(f"form field {self._name!r} is too long")
-        self._field.extend(data[start:end])
-
-    def _on_part_end(self) -> None:
-        if self._is_file:
-            self._events.append(PartEnd())
-        else:
-            self._events.append(Field_(self._name, self._field.decode("utf-8", "replace")))
-
-    def _on_end(self) -> None:
-        self.finished = True
-
-
 # -------------------------------------------------------------------------------------- write
 
 
-async def _write_to_agent(client: HostClient, sid: str, path: str, chunks: AsyncIterator[bytes]) -> None:
+async def _write_to_agent(
+    client: HostClient, sid: str, path: str, chunks: AsyncIterator[bytes], user: str,
+    metadata: Mapping[str, str] | None = None,
+) -> None:  # fmt: skip
     """WriteFileStream: meta, then ≤ 64 KiB chunks. If ``chunks`` fails (a truncated or broken
-    upload), the RPC is cancelled so the agent discards the partial file."""
-    call = client.stub.WriteFileStream(timeout=None)
+    upload), the RPC is cancelled so the agent discards the partial file. ``metadata``: the new
+    file's ``user.e2b.*`` extended attributes (E2B's file metadata, docs/e2b.md §3.2)."""
+    call = client.stub.WriteFileStream(None, timeout=None)  # None: requests go by call.write()
     try:
-        with agent_errors(client.host_id):
-            await call.write(pb.WriteFileStreamRequest(meta=pb.WriteFileMeta(sandbox_id=sid, path=path)))
-            async for data in chunks:
-                view = memoryview(data)
-                for i in range(0, len(view), CHUNK):
-                    await call.write(pb.WriteFileStreamRequest(chunk=bytes(view[i : i + CHUNK])))
-            await call.done_writing()
-            await call
+        meta = pb.WriteFileMeta(
+            sandbox_id=sid, path=path, explicit_commit=True, user=user, metadata=metadata or {}
+        )
+        await _send(call, pb.WriteFileStreamRequest(meta=meta))
+        async for data in chunks:
+            view = memoryview(data)
+            for i in range(0, len(view), CHUNK):
+                await _send(call, pb.WriteFileStreamRequest(chunk=bytes(view[i : i + CHUNK])))
+        # Only now is the upload whole: the agent discards a file that ends without this.
+        await _send(call, pb.WriteFileStreamRequest(commit=True))
+        await call.done_writing()
+        await call
     except BaseException:
         call.cancel()
         raise
 
 
+async def _send(call: Any, request: pb.WriteFileStreamRequest) -> None:
+    """One upload message. When the agent has already ended the call (it refused the path, say,
+    while the file was still on its way) grpc.aio raises InvalidStateError: the call's own status
+    (an AgentError) is the answer, not that."""
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:
+        await call
+        raise
+
+
+@dataclass
+class UploadTarget:
+    """The sandbox an upload goes to and the user it is written as (``""``: the template's)."""
+
+    sandbox: sandbox_access.Target
+    user: str
+
+    def client(self) -> HostClient:
+        return self.sandbox.client()
+
+    @property
+    def sid(self) -> str:
+        return self.sandbox.sid
+
+
+async def upload_target(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, user: str = ""
+) -> UploadTarget:
+    """The sandbox an upload goes to, and its user, judged before any of the upload is read."""
+    check_user(user)
+    return UploadTarget(await sandbox_access.target(engine, pool, ctx, sandbox_id), user)
+
+
 async def write_stream(
-    engine: AsyncEngine,
-    pool: HostClientPool,
-    ctx: AuthContext,
-    sandbox_id: str,
-    content_type: str,
-    body: AsyncIterator[bytes],
+    tgt: UploadTarget, path: str, chunks: AsyncIterator[bytes], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Streaming upload: ``path`` must come before ``file`` (DESIGN §4); no size limit."""
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    parser = MultipartStream(content_type)
-    path: str | None = None
-    pending: list[Event] = []
-    async for chunk in body:
-        for i, ev in enumerate(events := parser.feed(chunk)):
-            if isinstance(ev, Field_) and ev.name == "path":
-                path = ev.value
-            elif isinstance(ev, FileStart):
-                if ev.name != "file":
-                    raise InvalidRequest(f"unexpected file part {ev.name!r}; the file field is 'file'")
-                if path is None:
-                    raise InvalidRequest("the 'path' field must come before the 'file' part")
-                pending = events[i + 1 :]
-                break
-        else:
-            continue
-        break
-    else:
-        if path is None:
-            raise InvalidRequest("path is required")
-        raise InvalidRequest("file is required")
-    if not path:
-        raise InvalidRequest("path is required")
-    client = tgt.client()
-
-    async def file_bytes() -> AsyncIterator[bytes]:
-        events = pending
-        ended = False
-        source = body.__aiter__()
-        while True:
-            for ev in events:
-                if isinstance(ev, FileData):
-                    if not ended:
-                        yield ev.data
-                elif isinstance(ev, PartEnd):
-                    ended = True
-            if parser.finished:
-                break
-            try:
-                chunk = await source.__anext__()
-            except StopAsyncIteration:
-                break
-            events = parser.feed(chunk)
-        if not ended:
-            raise InvalidRequest("the upload ended before the file part was complete")
-
-    await _write_to_agent(client, tgt.sid, path, file_bytes())
+    """Streaming upload: the file's bytes flow on to the agent as they arrive; no size limit."""
+    await _write_to_agent(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata)
 
 
 async def write_unary(
-    engine: AsyncEngine,
-    pool: HostClientPool,
-    ctx: AuthContext,
-    sandbox_id: str,
-    content_type: str,
-    body: AsyncIterator[bytes],
+    tgt: UploadTarget, path: str, chunks: AsyncIterator[bytes], *, cap: int = MAX_UNARY_BYTES,
+    metadata: Mapping[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Unary upload whose path is known before its bytes (as the SDK, curl -F and browsers send
+    it): streamed through, ``cap`` bytes at most (413 above). The guest writes a temporary file
+    and renames it only once the upload is complete, so an oversize or broken upload never
+    leaves a partial file."""
+    await _write_to_agent(tgt.client(), tgt.sid, path, _capped_upload(chunks, cap), tgt.user, metadata)
+
+
+async def write_unary_held(
+    tgt: UploadTarget,
+    chunks: AsyncIterator[bytes],
+    path_after: Callable[[], str | None],
     *,
     cap: int = MAX_UNARY_BYTES,
 ) -> None:
-    """Unary upload (parts in any order), capped at ``cap`` bytes of file content → 413. The
-    file is held in memory (never more than the cap) until the body has been read whole, so an
-    oversize or broken upload never leaves a partial file in the sandbox."""
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    parser = MultipartStream(content_type)
-    path: str | None = None
-    data = bytearray()
-    have_file = False
-    in_file = False
-    async for chunk in body:
-        for ev in parser.feed(chunk):
-            if isinstance(ev, Field_) and ev.name == "path":
-                path = ev.value
-            elif isinstance(ev, FileStart) and ev.name == "file" and not have_file:
-                have_file = in_file = True
-            elif isinstance(ev, FileData) and in_file:
-                if len(data) + len(ev.data) > cap:
-                    raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream upload")
-                data.extend(ev.data)
-            elif isinstance(ev, PartEnd):
-                in_file = False
-    if not parser.finished:
-        raise InvalidRequest("incomplete multipart body")
-    if not path:
-        raise InvalidRequest("path is required")
-    if not have_file:
-        raise InvalidRequest("file is required")
-    await _write_to_agent(tgt.client(), tgt.sid, path, _slices(data))
+    """Unary upload whose bytes come before its path (``path_after()`` names it once ``chunks``
+    is exhausted): the file is held until then, bounded by ``cap`` and counted in the replica's
+    unary budget."""
+    budget, held = unary_budget(), 0
+    try:
+        data = bytearray()
+        async for chunk in _capped_upload(chunks, cap):
+            await budget.acquire(len(chunk))
+            held += len(chunk)
+            data.extend(chunk)
+        path = path_after()
+        if not path:
+            raise InvalidRequest("path is required")
+        await _write_to_agent(tgt.client(), tgt.sid, path, _slices(data), tgt.user)
+    finally:
+        budget.release(held)
+
+
+async def _capped_upload(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream upload")
+        yield chunk
 
 
 async def _slices(data: bytearray) -> AsyncIterator[bytes]:
@@ -344,19 +234,19 @@ async def open_read(
     """Start a streaming download: the first chunk is fetched here, so a missing file (or any
     agent error before data flows) raises now and becomes a proper error response."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    path = _path(parse_body(PathBody, raw_body))
-    client = tgt.client()
-    call = client.stub.ReadFileStream(pb.ReadFileRequest(sandbox_id=tgt.sid, path=path), timeout=None)
+    body = parse_body(PathBody, raw_body)
+    path, client = _path(body), tgt.client()
+    req = pb.ReadFileRequest(sandbox_id=tgt.sid, path=path, user=body.user)
+    call = client.stub.ReadFileStream(req, timeout=None)
     try:
-        with agent_errors(client.host_id):
-            first = await call.read()
+        first = await call.read()
     except BaseException:
         call.cancel()
         raise
-    return _relay(call, client.host_id, first, tgt.sid, path)
+    return _relay(call, first, tgt.sid, path)
 
 
-async def _relay(call: Any, host_id: str, first: Any, sid: str, path: str) -> AsyncIterator[bytes]:
+async def _relay(call: Any, first: Any, sid: str, path: str) -> AsyncGenerator[bytes]:
     try:
         msg = first
         while msg is not _EOF:
@@ -365,12 +255,11 @@ async def _relay(call: Any, host_id: str, first: Any, sid: str, path: str) -> As
                 yield chunk
             try:
                 msg = await call.read()
-            except grpc.aio.AioRpcError as e:
-                err = translate(e, host_id)
-                log.warning("file stream read failed midway sandbox=%s path=%s: %s", sid, path, err)
+            except AgentError as e:
+                log.warning("file stream read failed midway sandbox=%s path=%s: %s", sid, path, e)
                 # Raising here makes the server abort the response (no final chunk): the client
                 # sees a broken transfer, never a silently short file.
-                raise StreamAborted(err.message) from e
+                raise StreamAborted(e.message) from e
     finally:
         call.cancel()
 
@@ -387,46 +276,77 @@ async def read_unary(
     raw_body: bytes,
     *,
     cap: int = MAX_UNARY_BYTES,
-) -> tuple[int, AsyncIterator[bytes]]:
-    """Unary download: the size is checked first (404 missing, 413 over the cap), then the bytes
-    are relayed with a Content-Length, so even a 100 MiB read is never buffered."""
+) -> AsyncIterator[bytes]:
+    """Unary download: 404 missing, 400 a directory, 413 when the file (a symlink's target, not
+    the link) is over the cap, all before the first byte; then the bytes are relayed chunked.
+    No Content-Length: a size from stat is not the size of what is read (``/proc`` files stat
+    as empty, a file may grow), so the cap is enforced again while relaying and a file that
+    grows past it mid-way is cut off (a broken transfer, never a silently short file)."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    path = _path(parse_body(PathBody, raw_body))
-    client = tgt.client()
-    st = await client.call("Stat", pb.StatRequest(sandbox_id=tgt.sid, path=path), deadline=30)
+    body = parse_body(PathBody, raw_body)
+    path, user, client = _path(body), body.user, tgt.client()
+    st = await client.stub.Stat(
+        pb.StatRequest(sandbox_id=tgt.sid, path=path, follow_symlinks=True, user=user), timeout=30
+    )
     if st.entry.type == "dir":
         raise InvalidRequest(f"{path} is a directory")
     if st.entry.size > cap:
         raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
-    call = client.stub.ReadFileStream(pb.ReadFileRequest(sandbox_id=tgt.sid, path=path), timeout=None)
+    req = pb.ReadFileRequest(sandbox_id=tgt.sid, path=path, user=user)
+    call = client.stub.ReadFileStream(req, timeout=None)
     try:
-        with agent_errors(client.host_id):
-            first = await call.read()
+        first = await call.read()
     except BaseException:
         call.cancel()
         raise
-    return st.entry.size, _relay(call, client.host_id, first, tgt.sid, path)
+    return _capped(_relay(call, first, tgt.sid, path), cap)
+
+
+async def _capped(chunks: AsyncGenerator[bytes], cap: int) -> AsyncIterator[bytes]:
+    seen = 0
+    try:
+        async for chunk in chunks:
+            seen += len(chunk)
+            if seen > cap:
+                raise StreamAborted(f"the file grew past {cap} bytes while it was read")
+            yield chunk
+    finally:
+        await chunks.aclose()  # cancels the agent's read at once
 
 
 # ---------------------------------------------------------------------------- filesystem ops
 
 
+@dataclass
+class ListPage:
+    entries: list[EntryInfo]
+    next_cursor: str  # "" on the last page
+    has_more: bool
+
+
 async def list_dir(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
-) -> list[EntryInfo]:
+) -> ListPage:
+    """One page of a listing, sorted by path: ``limit`` entries (default 1000, at most 10000,
+    and about 1 MiB) after ``cursor``. Paging keeps every listing bounded on the guest, the agent
+    and here, however large the directory."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
     body = parse_body(ListBody, raw_body)
-    req = pb.ListDirRequest(sandbox_id=tgt.sid, path=_path(body), depth=body.depth)
-    resp = await tgt.client().call("ListDir", req, deadline=60)
-    return [entry_model(e) for e in resp.entries]
+    req = pb.ListDirRequest(
+        sandbox_id=tgt.sid, path=_path(body), depth=body.depth, limit=body.limit, cursor=body.cursor,
+        user=body.user,
+    )  # fmt: skip
+    resp = await tgt.client().stub.ListDir(req, timeout=60)
+    return ListPage([entry_model(e) for e in resp.entries], resp.next_cursor, resp.has_more)
 
 
 async def stat(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> EntryInfo:
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    path = _path(parse_body(PathBody, raw_body))
-    resp = await tgt.client().call("Stat", pb.StatRequest(sandbox_id=tgt.sid, path=path), deadline=30)
+    body = parse_body(PathBody, raw_body)
+    req = pb.StatRequest(sandbox_id=tgt.sid, path=_path(body), user=body.user)
+    resp = await tgt.client().stub.Stat(req, timeout=30)
     return entry_model(resp.entry)
 
 
@@ -434,17 +354,17 @@ async def make_dir(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> MakeDirResult:
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    path = _path(parse_body(PathBody, raw_body))
-    client = tgt.client()
+    body = parse_body(PathBody, raw_body)
+    path, user, client = _path(body), body.user, tgt.client()
     # The agent's MakeDir is idempotent and cannot tell whether it created anything: look first.
     try:
-        st = await client.call("Stat", pb.StatRequest(sandbox_id=tgt.sid, path=path), deadline=30)
+        st = await client.stub.Stat(pb.StatRequest(sandbox_id=tgt.sid, path=path, user=user), timeout=30)
         if st.entry.type == "dir":
             return MakeDirResult(created=False)
     except AgentError as e:
         if not e.is_not_found:
             raise
-    await client.call("MakeDir", pb.MakeDirRequest(sandbox_id=tgt.sid, path=path), deadline=30)
+    await client.stub.MakeDir(pb.MakeDirRequest(sandbox_id=tgt.sid, path=path, user=user), timeout=30)
     return MakeDirResult(created=True)
 
 
@@ -452,8 +372,9 @@ async def remove(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> None:
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    path = _path(parse_body(PathBody, raw_body))
-    await tgt.client().call("Remove", pb.RemoveRequest(sandbox_id=tgt.sid, path=path), deadline=120)
+    body = parse_body(PathBody, raw_body)
+    req = pb.RemoveRequest(sandbox_id=tgt.sid, path=_path(body), user=body.user)
+    await tgt.client().stub.Remove(req, timeout=120)
 
 
 async def move(
@@ -464,19 +385,20 @@ async def move(
     if not body.source or not body.destination:
         raise InvalidRequest("source and destination are required")
     client = tgt.client()
-    await client.call(
-        "Move",
-        pb.MoveRequest(sandbox_id=tgt.sid, source=body.source, destination=body.destination),
-        deadline=120,
+    move_req = pb.MoveRequest(
+        sandbox_id=tgt.sid, source=body.source, destination=body.destination, user=body.user
     )
-    resp = await client.call("Stat", pb.StatRequest(sandbox_id=tgt.sid, path=body.destination), deadline=30)
+    await client.stub.Move(move_req, timeout=120)
+    stat_req = pb.StatRequest(sandbox_id=tgt.sid, path=body.destination, user=body.user)
+    resp = await client.stub.Stat(stat_req, timeout=30)
     return entry_model(resp.entry)
 
 
 __all__ = [
     "EntryInfo",
-    "MultipartStream",
+    "ListPage",
     "StreamAborted",
+    "UploadTarget",
     "list_dir",
     "make_dir",
     "move",
@@ -484,6 +406,8 @@ __all__ = [
     "read_unary",
     "remove",
     "stat",
+    "upload_target",
     "write_stream",
     "write_unary",
+    "write_unary_held",
 ]

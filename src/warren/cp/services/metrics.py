@@ -1,4 +1,4 @@
-"""Sandbox metrics (SPEC §9.4): CPU, memory and disk samples from the agent's ring tiers.
+"""Sandbox metrics (docs/spec.md §9.4): CPU, memory and disk samples from the agent's ring tiers.
 
 The agent keeps three tiers — 10m (raw samples), 2h (30 s averages), 24h (5 min averages). A
 requested range reads the smallest tier that covers it and trims it to the range. A running
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
+from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import sandbox_metric_points
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import Timestamp, sandbox_access
@@ -72,8 +73,8 @@ async def get_metrics(
     since = int(clock.time_s()) - seconds
     points: list[MetricPoint] = []
     try:
-        resp = await tgt.client().call(
-            "GetSandboxMetrics", pb.GetSandboxMetricsRequest(sandbox_id=tgt.sid, range=tier), deadline=15
+        resp = await tgt.client().stub.GetSandboxMetrics(
+            pb.GetSandboxMetricsRequest(sandbox_id=tgt.sid, range=tier), timeout=15
         )
         points = [
             _point(p.timestamp_unix, p.cpu_pct, p.mem_bytes, p.disk_bytes)
@@ -95,6 +96,6 @@ async def _saved_points(engine: AsyncEngine, sb_uuid: uuid.UUID, since: int) -> 
         .where(t.c.sandbox_id == sb_uuid, t.c.ts >= datetime.fromtimestamp(since, UTC))
         .order_by(t.c.ts)
     )
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         rows = (await conn.execute(q)).all()
     return [_point(int(r.ts.timestamp()), float(r.cpu_pct), r.mem_bytes, r.disk_bytes) for r in rows]

@@ -1,4 +1,4 @@
-"""GitHub OAuth sign-in (SPEC §2.1, DESIGN §4: served at ``/v1/auth/oauth/{provider}``).
+"""GitHub OAuth sign-in (docs/spec.md §2.1, docs/design.md §4: served at ``/v1/auth/oauth/{provider}``).
 
 The flow keeps no server state: the ``state`` nonce travels to GitHub and back, and a cookie
 holds ``nonce:HMAC-SHA256(jwt_secret, nonce)`` so the callback can check that the browser that
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
 from warren.config import Settings
+from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import oauth_providers, users
 from warren.cp.security.tokens import constant_time_equals, issue_user_jwt
 from warren.cp.services.teams import insert_team, login_team
@@ -170,7 +171,7 @@ async def _github_identity(settings: Settings, code: str) -> _Identity:
 
 
 async def _login_existing(engine: AsyncEngine, secret: str, user_id: uuid.UUID) -> dict[str, str]:
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         user = (
             await conn.execute(
                 select(users.c.email, users.c.name, users.c.is_admin).where(users.c.id == user_id)
@@ -199,7 +200,7 @@ def _result(
 
 
 async def _find_identity(engine: AsyncEngine, provider: str, provider_id: str) -> uuid.UUID | None:
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         uid = (
             await conn.execute(
                 select(oauth_providers.c.user_id).where(
@@ -214,7 +215,7 @@ async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Iden
     existing = await _find_identity(engine, provider, ident.provider_id)
     if existing is not None:
         return await _login_existing(engine, secret, existing)
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         taken = (await conn.execute(select(users.c.id).where(users.c.email == ident.email))).first()
     if taken is not None:
         # Accounts are never linked automatically: whoever controls the GitHub account may not
@@ -223,7 +224,7 @@ async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Iden
     user_id = ids.new_uuid()
     now = clock.now()
     try:
-        async with engine.begin() as conn:
+        async with transaction(engine) as conn:
             await conn.execute(
                 users.insert().values(
                     id=user_id,

@@ -1,39 +1,48 @@
-"""Sandbox lifecycle (SPEC §2.5 as amended by DESIGN §4): create (scheduled onto a host), list,
-get, destroy, pause, resume, ping, plus the team-delete cleanup (SPEC §7.3).
+"""Sandbox lifecycle (docs/spec.md §2.5 as amended by docs/design.md §4): create (scheduled onto a
+host), list,
+get, destroy, pause, resume, ping, plus the team-delete cleanup (docs/spec.md §7.3); and :func:`find`,
+the one lookup of a team's sandbox and its host behind every per-sandbox verb (exec, files,
+metrics and snapshots reach it through ``sandbox_access``).
 
-No database connection is held while an agent RPC runs: a create is one transaction to resolve,
-schedule and insert the ``pending`` row, the RPC, then one conditional UPDATE. Status changes
-are conditional (``WHERE status = <expected>``) so a concurrent monitor pass or a second request
-can never be overwritten by a stale decision.
+No database connection is held while an agent RPC runs: a create resolves, schedules and
+inserts the ``pending`` row in single statements (each commits on its own), calls the agent,
+then marks the row ``running`` in one statement. Status changes are conditional
+(``WHERE status = <expected>``) so a concurrent monitor pass or a second request can never be
+overwritten by a stale decision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
 from pydantic import BaseModel
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db.engine import Conn, driver, fetchrow
-from warren.cp.db.tables import hosts, sandbox_metric_points, sandboxes
-from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.hosts.scheduler import Scheduler
-from warren.cp.services import Timestamp, audit
+from warren.config import Settings
+from warren.cp.db.engine import autocommit, driver
+from warren.cp.db.queries import sandboxes as q
+from warren.cp.db.tables import hosts
+from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
+from warren.cp.hosts.scheduler import Host, Overcommit, Reservation, Scheduler, no_capacity
+from warren.cp.services import Timestamp, audit, egress, egress_rules, layers, limits
 from warren.cp.services.context import AuthContext, no_team, require_team
+from warren.cp.services.traffic_tokens import new_traffic_token
+from warren.cp.store import LayerStore
+from warren.egress_rules import EgressRules
 from warren.errors import (
     AgentError,
     InternalError,
@@ -41,25 +50,41 @@ from warren.errors import (
     InvalidState,
     NotFound,
     ServiceUnavailable,
+    WarrenError,
 )
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.sandboxes")
 
 SAFE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-DISK_SIZE_MB = 5120
-DEFAULT_VCPUS = 1
-DEFAULT_MEMORY_MB = 512
-# Hidden from the list (SPEC §2.5).
+# A template reference: `name` (its newest version) or `name:tag` (`v<N>` names version N).
+TEMPLATE_REF = re.compile(r"^([a-zA-Z0-9][a-zA-Z0-9._-]{0,63})(?::([a-zA-Z0-9][a-zA-Z0-9._-]{0,63}))?$")
+# Hidden from the list (docs/spec.md §2.5).
 _HIDDEN = ("stopped", "error")
+_CREATE_ATTEMPTS = 3
+# Hosts a create tries when the chosen one cannot be reached (connection never made).
+_HOST_ATTEMPTS = 3
+# gRPC's words for a call that never left the CP: no connection to the host could be made.
+_NOT_CONNECTED = ("failed to connect", "connection refused", "no route to host")
 
 
-class Sandbox(BaseModel):
+def never_reached(e: AgentError) -> bool:
+    """Whether the agent cannot have received the call: UNAVAILABLE before any connection."""
+    return e.rpc_code == "UNAVAILABLE" and any(w in e.message.lower() for w in _NOT_CONNECTED)
+
+
+class SandboxView(BaseModel):
+    """A sandbox as the API and the dashboard show it (the services' view of a ``sandboxes`` row)."""
+
+    # The OpenAPI document keeps the public schema name ``Sandbox`` (the SDK has its own class).
+    __qualname__ = "Sandbox"
+
     id: str
     status: str
     template: str
     vcpus: int
     memory_mb: int
+    disk_size_mb: int
     timeout_sec: int
     internet: bool
     guest_ip: str | None = None
@@ -68,15 +93,20 @@ class Sandbox(BaseModel):
     started_at: Timestamp | None = None
     last_active_at: Timestamp | None = None
     last_updated: Timestamp
+    # Preview URLs (docs/networking.md §3): the traffic token is in the create response only.
+    traffic_token: str | None = None
+    public_ports: list[int] | None = None
+    auto_resume: bool | None = None
 
 
-def sandbox_model(row: RowMapping | asyncpg.Record | dict[str, Any]) -> Sandbox:
-    return Sandbox(
+def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> SandboxView:
+    return SandboxView(
         id=ids.sandbox_id(row["id"]),
         status=row["status"],
         template=row["template"],
         vcpus=row["vcpus"],
         memory_mb=row["memory_mb"],
+        disk_size_mb=row["disk_size_mb"],
         timeout_sec=row["timeout_sec"],
         internet=row["internet"],
         guest_ip=row["guest_ip"] or None,
@@ -85,6 +115,8 @@ def sandbox_model(row: RowMapping | asyncpg.Record | dict[str, Any]) -> Sandbox:
         started_at=row["started_at"],
         last_active_at=row["last_active_at"],
         last_updated=row["last_updated"],
+        public_ports=row.get("public_ports"),
+        auto_resume=row.get("auto_resume"),
     )
 
 
@@ -93,80 +125,108 @@ class CreateParams:
     template: str = "minimal"
     vcpus: int = 0
     memory_mb: int = 0
+    disk_size_mb: int = 0
     timeout_sec: int = 0
     internet: bool = True
     env: dict[str, str] | None = None
+    network: EgressRules = field(default_factory=EgressRules)  # checked (services/egress_rules.py)
+    # E2B's create (docs/e2b.md §2): client metadata (checked by services/sandbox_metadata.py),
+    # an absolute lifetime in seconds (then no inactivity timeout: timeout_sec is 0) ending in
+    # `on_end` ('kill' | 'pause'), and every port public without the traffic token.
+    metadata: dict[str, str] | None = None
+    lifetime_s: int | None = None
+    on_end: str = "kill"
+    all_ports_public: bool = False
 
 
+# ------------------------------------------------------------------------------------ lookup
 
-# The create and destroy statements run on the raw driver connection (``db.engine.driver``):
-# a create is three statements before its RPC and one after, a destroy two and one, and through
-# SQLAlchemy each would cost several times its round trip in CPU.
-_RESOLVE = """
-    SELECT t.is_byoc,
-           tpl.id AS template_id, tpl.team_id AS template_team_id, tpl.type AS template_type,
-           tpl.vcpus AS template_vcpus, tpl.memory_mb AS template_memory_mb,
-           tpl.host_id AS template_host_id
-    FROM teams t
-    LEFT JOIN LATERAL (
-        SELECT id, team_id, type, vcpus, memory_mb, host_id FROM templates
-        WHERE name = $1 AND team_id IN ($2, '00000000-0000-0000-0000-000000000000'::uuid)
-        -- the team's own template wins; naming rules keep the two from clashing anyway
-        ORDER BY (team_id = $2) DESC
-        LIMIT 1
-    ) tpl ON true
-    WHERE t.id = $2 AND t.deleted_at IS NULL
-"""
 
-# Inserted only while the chosen host is still online and the team live, holding share locks
-# on both rows: a host delete first flips the host to `draining` under a row lock, and a team
-# delete stops the team's sandboxes under the team's row lock, so a create either lands before
-# (and is counted and stopped) or finds the host or team gone — never in between.
-_INSERT_PENDING = """
-    INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, timeout_sec,
-                           disk_size_mb, internet, created_at, last_updated, template_id,
-                           template_team_id)
-    SELECT $1::uuid, t.id, h.id, $4::text, 'pending', $5::int, $6::int, $7::int, $8::int,
-           $9::bool, $10::timestamptz, $10::timestamptz, $11::uuid, $12::uuid
-    FROM hosts h, teams t
-    WHERE h.id = $3::uuid AND h.status = 'online' AND t.id = $2::uuid AND t.deleted_at IS NULL
-    FOR SHARE
-"""
-_TEAM_LIVE = "SELECT deleted_at IS NULL FROM teams WHERE id = $1"
-_CREATE_ATTEMPTS = 3
+@dataclass(frozen=True)
+class Found:
+    """A team's sandbox as :func:`find` read it, with its host's row id and address."""
 
-# Marks it running and writes the audit row in one statement (one round trip, atomic) — only
-# while it is still `pending` and its team live.
-_MARK_RUNNING = """
-    WITH u AS (
-        UPDATE sandboxes
-        SET status = 'running', host_ip = $2, started_at = $3, last_active_at = $3, last_updated = $3
-        WHERE id = $1 AND status = 'pending'
-          AND EXISTS (SELECT 1 FROM teams WHERE id = $5 AND deleted_at IS NULL)
-        RETURNING *
-    ), a AS (
-        INSERT INTO audit_logs (id, team_id, actor_type, actor_id, actor_name, resource_type,
-                                resource_id, action, scope, status, metadata, created_at)
-        SELECT $4, $5, $6, $7, $8, 'sandbox', $9, 'create', 'team', 'success', $10::jsonb, $3
-        FROM u
-    )
-    SELECT * FROM u
-"""
+    row: Mapping[str, Any]
+    sandbox: SandboxView
 
-# Marks it stopped, drops the saved samples of a paused one (they have no reader any more) and
-# writes the audit row, in one statement.
-_MARK_DESTROYED = """
-    WITH u AS (
-        UPDATE sandboxes SET status = 'stopped', last_updated = $2 WHERE id = $1 RETURNING id
-    ), m AS (
-        DELETE FROM sandbox_metric_points WHERE $3 AND sandbox_id IN (SELECT id FROM u)
-    ), a AS (
-        INSERT INTO audit_logs (id, team_id, actor_type, actor_id, actor_name, resource_type,
-                                resource_id, action, scope, status, metadata, created_at)
-        VALUES ($4, $5, $6, $7, $8, 'sandbox', $9, 'destroy', 'team', 'success', '{}'::jsonb, $2)
-    )
-    SELECT count(*) FROM u
-"""
+    @property
+    def sb_uuid(self) -> uuid.UUID:
+        sb_uuid: uuid.UUID = self.row["id"]
+        return sb_uuid
+
+    @property
+    def host_id(self) -> uuid.UUID | None:
+        """``sandboxes.host_id`` (the row may outlive its host)."""
+        host_uuid: uuid.UUID | None = self.row["host_id"]
+        return host_uuid
+
+    @property
+    def host_known(self) -> bool:
+        """Whether the host's row still exists."""
+        return self.row["h_id"] is not None
+
+    @property
+    def host_address(self) -> str:
+        return str(self.row["h_address"] or "")
+
+    def host_client(self, pool: HostClientPool) -> HostClient:
+        """The host's agent client (503 ``host_unavailable`` without an address)."""
+        return pool.get_for(self.row["h_id"], self.host_address)
+
+    def require_host(self) -> None:
+        if not self.host_known:
+            raise NotFound("host not found for sandbox")
+
+
+def check_state(status: str, states: Iterable[str]) -> None:
+    """409 ``invalid_state`` unless ``status`` is one of ``states``."""
+    allowed = tuple(states)
+    if status not in allowed:
+        if len(allowed) == 1:
+            raise InvalidState(f"sandbox is not {allowed[0]} (status: {status})")
+        raise InvalidState(f"sandbox must be {' or '.join(allowed)} (status: {status})")
+
+
+async def find(
+    engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, *, states: Iterable[str] | None = None
+) -> Found:
+    """The caller's team's sandbox and its host, in one statement: 403 ``no_team``, 400 for a
+    malformed id, 404 for an unknown id or another team's sandbox (the same answer), then 409
+    unless its status is one of ``states`` (any status when None)."""
+    team_uuid = require_team(ctx)
+    sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
+    if ctx.only_sandbox is not None and ctx.only_sandbox != sandbox_id:
+        raise NotFound("sandbox not found")  # a sandbox's token reaches that sandbox only
+    async with driver(engine) as conn:
+        row = await conn.fetchrow(q.LOOKUP, sb_uuid, team_uuid)
+    if row is None:
+        raise NotFound("sandbox not found")
+    if states is not None:
+        check_state(row["status"], states)
+    return Found(row, sandbox_model(row))
+
+
+async def touch(engine: AsyncEngine, sb_uuid: uuid.UUID) -> None:
+    """Activity moves ``last_active_at`` of a running sandbox (exec and ping; file operations do
+    not, docs/spec.md §2.7)."""
+    async with driver(engine) as conn:
+        await conn.execute(q.TOUCH, sb_uuid, clock.now())
+
+
+# ------------------------------------------------------------------------------------ create
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a create settled before choosing a host: the template, the size, the quotas."""
+
+    template: str
+    resolved: asyncpg.Record  # q.RESOLVE's row: the team, its limits and the template
+    shape: limits.Shape
+    quotas: limits.Quotas
+    # The template as store layers; None for plain `minimal` and pre-store snapshots, which
+    # hosts hold themselves.
+    chain: pb.TemplateChain | None = None
 
 
 async def create_sandbox(
@@ -176,95 +236,263 @@ async def create_sandbox(
     ctx: AuthContext,
     params: CreateParams,
     *,
+    settings: Settings,
+    store: LayerStore | None = None,
     timings: dict[str, float] | None = None,
-) -> Sandbox:
-    """``timings`` (if given) receives ``agent``: the CreateSandbox RPC's duration in ms, as
-    seen from the CP — the API reports it in ``Server-Timing`` so the CP's own share is visible."""
+) -> SandboxView:
+    """Resolve the template and the size, reserve a host, bring the template's layers there
+    from ``store`` if it lacks some, have its agent create the sandbox, record it ``running``
+    (undoing what was done when a step fails). ``timings`` (if given) receives ``agent``: the
+    CreateSandbox RPC's duration in ms, as seen from the CP — the API reports it in
+    ``Server-Timing`` so the CP's own share is visible."""
     team_uuid = require_team(ctx)
-    name = params.template or "minimal"
-    if not SAFE_NAME.match(name):
-        raise InvalidRequest("invalid template name")
-    if params.timeout_sec < 0:
-        raise InvalidRequest("timeout_sec must be >= 0")
-    vcpus = params.vcpus if params.vcpus > 0 else DEFAULT_VCPUS
-    memory = params.memory_mb if params.memory_mb > 0 else DEFAULT_MEMORY_MB
-
-    sb_uuid = ids.new_uuid()
-    sid = ids.sandbox_id(sb_uuid)
+    ref = params.template or "minimal"
+    m = TEMPLATE_REF.match(ref)
+    if m is None:
+        raise InvalidRequest("invalid template name (want name or name:tag)")
     # Single statements outside a transaction (no BEGIN/COMMIT round trips): the insert is
     # atomic on its own and the reads need no snapshot shared with it.
     async with driver(engine) as conn:
-        r = await conn.fetchrow(_RESOLVE, name, team_uuid)
-        if r is None:
-            raise no_team()
-        if r["template_id"] is None:
-            raise NotFound(f'template "{name}" not found')
-        if r["template_type"] == "snapshot":
-            # A snapshot carries its source sandbox's shape (SPEC §2.5 step 4).
-            vcpus, memory = r["template_vcpus"], r["template_memory_mb"]
-        for _attempt in range(_CREATE_ATTEMPTS):
-            # A snapshot's files live on the host that took it: only that host can start it.
-            host = await scheduler.select_host(
-                conn, team_uuid, bool(r["is_byoc"]), required_host=r["template_host_id"]
-            )
-            now = clock.now()
-            status = await conn.execute(
-                _INSERT_PENDING,
-                sb_uuid, team_uuid, host["id"], name, vcpus, memory, params.timeout_sec, DISK_SIZE_MB,
-                params.internet, now, r["template_id"], r["template_team_id"],
-            )  # fmt: skip
-            if status == "INSERT 0 1":
-                break
-            if not await conn.fetchval(_TEAM_LIVE, team_uuid):
-                raise no_team()
-            # The host left `online` (being deleted, or just marked unreachable) after it was
-            # chosen: choose again.
-            log.info("sandbox create: host %s went away, rescheduling", ids.host_id(host["id"]))
-        else:
-            raise ServiceUnavailable(
-                "no online host could take the sandbox; retry", code="no_hosts_available"
-            )
-        client = pool.get(host)
+        plan = await _resolve(conn, settings, team_uuid, ref, m.group(1), m.group(2) or "", params)
+    placed = await _place(engine, pool, scheduler, settings, team_uuid, plan, params, store, timings)
+    host, client, sb_uuid, req, resp = placed
+    token, token_digest = new_traffic_token()
+    row = await _record_running(engine, client, ctx, team_uuid, sb_uuid, plan, resp, token_digest, params)
+    log.info(
+        "sandbox created sandbox=%s host=%s team=%s",
+        req.sandbox_id,
+        ids.host_id(host["id"]),
+        ids.team_id(team_uuid),
+    )
+    view = sandbox_model(row)
+    view.traffic_token = token
+    return view
 
-    req = pb.CreateSandboxRequest(
-        sandbox_id=sid,
-        template=name,
-        vcpus=vcpus,
-        memory_mb=memory,
+
+_Placed = tuple[Host, HostClient, uuid.UUID, pb.CreateSandboxRequest, pb.CreateSandboxResponse]
+
+
+async def _place(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    scheduler: Scheduler,
+    settings: Settings,
+    team_uuid: uuid.UUID,
+    plan: _Plan,
+    params: CreateParams,
+    store: LayerStore | None,
+    timings: dict[str, float] | None,
+) -> _Placed:
+    """Reserve a host and have its agent make the sandbox. A host that cannot be reached at
+    all (no connection made) is left for another eligible one, with a new pending row; up to
+    ``_HOST_ATTEMPTS`` hosts. When no other host is left, the client hears the first failure."""
+    avoid: list[uuid.UUID] = []
+    unreached: AgentError | None = None
+    while True:
+        sb_uuid = ids.new_uuid()
+        try:
+            async with driver(engine) as conn:
+                host = await _reserve(
+                    conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet, avoid
+                )
+        except ServiceUnavailable:
+            if unreached is None:
+                raise
+            raise unreached from None
+        client = pool.get(host)
+        req = _create_request(settings, sb_uuid, plan, params)
+        await egress_rules.record_created(engine, sb_uuid, params.network)
+        fetch = layers.HostFetch(engine, store, client, host["id"], plan.chain, host.get("missing"))
+        try:
+            resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
+        except AgentError as e:
+            # The row is `error` already. Only a connection never made is tried elsewhere: once
+            # the agent may have the request it may make the sandbox, and a second one must not
+            # be made for the same create (the monitor destroys a sandbox whose record is final).
+            if not never_reached(e) or len(avoid) + 1 >= _HOST_ATTEMPTS:
+                raise
+            unreached = e
+            avoid.append(host["id"])
+            log.warning("sandbox create: host %s unreachable, trying another: %s", ids.host_id(host["id"]), e)
+            continue
+        return host, client, sb_uuid, req, resp
+
+
+async def _resolve(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    team_uuid: uuid.UUID,
+    ref: str,
+    name: str,
+    tag: str,
+    params: CreateParams,
+) -> _Plan:
+    """The live team (403 ``no_team``), the template version (404) and the size within the
+    platform's maxima (400), in one statement."""
+    r = await conn.fetchrow(q.RESOLVE, name, team_uuid, tag)
+    if r is None:
+        raise no_team()
+    if r["template_id"] is None:
+        raise NotFound(f'template "{ref}" not found')
+    lim = limits.PlatformLimits.from_settings(settings).with_overrides(r["limit_keys"], r["limit_values"])
+    # A snapshot carries its source sandbox's shape (docs/spec.md §2.5 step 4); the maxima hold for it
+    # too (an admin may have lowered them since).
+    from_snapshot = r["template_type"] == "snapshot"
+    shape = limits.sandbox_shape(
+        lim,
+        vcpus=r["template_vcpus"] if from_snapshot else params.vcpus,
+        memory_mb=r["template_memory_mb"] if from_snapshot else params.memory_mb,
+        disk_size_mb=params.disk_size_mb,
         timeout_sec=params.timeout_sec,
-        disk_size_mb=DISK_SIZE_MB,
+    )
+    if params.lifetime_s is not None:
+        # An absolute lifetime replaces the inactivity pause (0: none, on the agent too).
+        shape = dataclasses.replace(shape, timeout_sec=0)
+    chain = layers.chain_of(r["template_base"], r["template_layers"], r["template_config"])
+    return _Plan(ref, r, shape, limits.team_quotas(lim, r), chain)
+
+
+async def _reserve(
+    conn: asyncpg.Connection,
+    scheduler: Scheduler,
+    settings: Settings,
+    team_uuid: uuid.UUID,
+    plan: _Plan,
+    sb_uuid: uuid.UUID,
+    internet: bool,
+    avoid: Sequence[uuid.UUID] = (),
+) -> Host:
+    """Choose a host with room (not one of ``avoid``) and insert the pending row there (quotas
+    and capacity checked under row locks); 429 past a quota, 503 when no host has room."""
+    r, shape, quotas = plan.resolved, plan.shape, plan.quotas
+    oc = Overcommit(settings.overcommit_cpu, settings.overcommit_memory, settings.overcommit_disk)
+    need = Reservation(shape.vcpus, shape.memory_mb, oc)
+    outcome = ""
+    # A snapshot taken before the template store lives on the host that took it: only that
+    # host can start it. One made of store layers starts anywhere, preferably near its layers.
+    pinned = r["template_host_id"] if plan.chain is None and r["template_type"] == "snapshot" else None
+    chain_layers = list(plan.chain.layers) if plan.chain is not None else []
+    for _attempt in range(_CREATE_ATTEMPTS):
+        host = await scheduler.select_host(
+            conn,
+            team_uuid,
+            bool(r["is_byoc"]),
+            required_host=pinned,
+            need=need,
+            layers=chain_layers,
+            avoid=avoid,
+        )
+        res = await conn.fetchrow(
+            q.RESERVE,
+            sb_uuid, team_uuid, host["id"], plan.template, shape.vcpus, shape.memory_mb,
+            shape.timeout_sec, shape.disk_size_mb, internet, clock.now(), r["template_id"],
+            r["template_team_id"], quotas.sandboxes, quotas.vcpus, quotas.memory_mb, oc.cpu, oc.memory,
+        )  # fmt: skip
+        outcome = res["outcome"]
+        if outcome == "ok":
+            return host
+        if outcome == "no_team":
+            raise no_team()
+        if outcome.startswith("quota_"):
+            raise limits.reserve_refusal(outcome, quotas, res, shape)
+        # The host left `online` (being deleted, or just marked unreachable), or filled up, after
+        # it was chosen: choose again.
+        log.info("sandbox create: host %s %s, rescheduling", ids.host_id(host["id"]), outcome)
+    if outcome == "no_capacity":
+        raise no_capacity(need)
+    raise ServiceUnavailable("no online host could take the sandbox; retry", code="no_hosts_available")
+
+
+def _create_request(
+    settings: Settings, sb_uuid: uuid.UUID, plan: _Plan, params: CreateParams
+) -> pb.CreateSandboxRequest:
+    r, shape = plan.resolved, plan.shape
+    return pb.CreateSandboxRequest(
+        sandbox_id=ids.sandbox_id(sb_uuid),
+        template=plan.template,
+        vcpus=shape.vcpus,
+        memory_mb=shape.memory_mb,
+        timeout_sec=shape.timeout_sec,
+        disk_size_mb=shape.disk_size_mb,
         team_id=str(r["template_team_id"]),
         template_id=str(r["template_id"]),
         internet=params.internet,
         env=params.env or {},
+        egress_allow=egress.team_cidrs(egress.catalog_of(settings), r["egress_allow"]),
+        chain=plan.chain,
+        egress=egress_rules.to_pb(params.network) if not params.network.empty else None,
     )
+
+
+async def _call_agent(
+    engine: AsyncEngine,
+    client: HostClient,
+    req: pb.CreateSandboxRequest,
+    sb_uuid: uuid.UUID,
+    host: Host,
+    timings: dict[str, float] | None,
+    fetch: layers.HostFetch,
+) -> pb.CreateSandboxResponse:
+    """The template's missing layers pushed to the host, then the CreateSandbox RPC; when either
+    fails, the pending row becomes ``error``."""
     try:
+        if fetch.missing:
+            await fetch.bring(fetch.missing)
         t_rpc = time.perf_counter()
-        resp = await client.call("CreateSandbox", req)
+        try:
+            resp: pb.CreateSandboxResponse = await client.stub.CreateSandbox(req, timeout=DEFAULT_TIMEOUT_S)
+        except AgentError as e:
+            if not fetch.wants_retry(e):
+                raise
+            # host_layers said it had them, the host disagrees: push and try once more.
+            log.info("sandbox create: host %s lacks layers: %s", ids.host_id(host["id"]), e.message)
+            await fetch.bring(list(req.chain.layers))
+            t_rpc = time.perf_counter()
+            resp = await client.stub.CreateSandbox(req, timeout=DEFAULT_TIMEOUT_S)
         if timings is not None:
             timings["agent"] = (time.perf_counter() - t_rpc) * 1000
-    except AgentError as e:
-        async with engine.begin() as conn:
-            await conn.execute(
-                sandboxes.update()
-                .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "pending")
-                .values(status="error", last_updated=clock.now())
-            )
-        log.warning("sandbox create failed sandbox=%s host=%s: %s", sid, ids.host_id(host["id"]), e)
+    except WarrenError as e:
+        async with driver(engine) as conn:
+            await conn.execute(q.MARK_FAILED, sb_uuid, clock.now())
+        log.warning(
+            "sandbox create failed sandbox=%s host=%s: %s", req.sandbox_id, ids.host_id(host["id"]), e
+        )
         raise
-    now = clock.now()
+    return resp
+
+
+async def _record_running(
+    engine: AsyncEngine,
+    client: HostClient,
+    ctx: AuthContext,
+    team_uuid: uuid.UUID,
+    sb_uuid: uuid.UUID,
+    plan: _Plan,
+    resp: pb.CreateSandboxResponse,
+    token_digest: str,
+    params: CreateParams,
+) -> Mapping[str, Any]:
+    """Mark the new sandbox ``running`` with its audit row. A container whose record cannot be
+    written, or whose sandbox was destroyed (or team deleted) meanwhile, is destroyed again."""
+    sid = ids.sandbox_id(sb_uuid)
     actor_type, actor_id, actor_name = audit.actor_of(ctx)
+    now = clock.now()
+    end_at = now + timedelta(seconds=params.lifetime_s) if params.lifetime_s is not None else None
     try:
         async with driver(engine) as conn:
             row = await conn.fetchrow(
-                _MARK_RUNNING,
+                q.MARK_RUNNING,
                 sb_uuid, resp.host_ip, now, ids.new_uuid(), team_uuid, actor_type, actor_id,
-                actor_name, sid, json.dumps({"template": name}),
+                actor_name, sid, json.dumps({**audit.request_metadata(), "template": plan.template}),
+                # The agent sizes the disk to fit the memory limit and says what it made.
+                resp.disk_size_mb or plan.shape.disk_size_mb,  # 0 from an agent that does not say
+                token_digest, json.dumps(params.metadata or {}), end_at, params.on_end,
+                params.all_ports_public,
             )  # fmt: skip
             marked = row is not None
             if row is None:
                 # Someone (a destroy, a monitor pass) moved it on while the agent was creating it.
-                row = await conn.fetchrow("SELECT * FROM sandboxes WHERE id = $1", sb_uuid)
+                row = await conn.fetchrow(q.BY_ID, sb_uuid)
     except BaseException:
         # The caller is told the create failed (and may retry): the container must not live on
         # unrecorded. Shielded, so a cancelled request still cleans up.
@@ -277,215 +505,60 @@ async def create_sandbox(
         # so it must not run on.
         await asyncio.shield(client.destroy_best_effort(sid, why="sandbox create (stopped meanwhile)"))
         async with driver(engine) as conn:
-            team_live = await conn.fetchval(_TEAM_LIVE, team_uuid)
+            team_live = await conn.fetchval(q.TEAM_LIVE, team_uuid)
         if not team_live:
             raise no_team()
         raise InvalidState("the sandbox was destroyed while it was being created")
     if not marked:
         await audit.record(
-            engine,
-            ctx,
-            team_id=team_uuid,
-            action="create",
-            resource_type="sandbox",
-            resource_id=sid,
-            metadata={"template": name},
-        )
-    log.info(
-        "sandbox created sandbox=%s host=%s team=%s", sid, ids.host_id(host["id"]), ids.team_id(team_uuid)
-    )
-    return sandbox_model(row)
-
-
-# The list is the busiest read of the API: one statement on the raw driver connection.
-_LIST = """
-    SELECT id, status, template, vcpus, memory_mb, timeout_sec, internet, guest_ip, host_ip,
-           created_at, started_at, last_active_at, last_updated
-    FROM sandboxes
-    WHERE team_id = $1 AND status <> ALL($2::text[])
-    ORDER BY created_at DESC, id DESC
-"""
-
-
-async def list_sandboxes(engine: AsyncEngine, ctx: AuthContext) -> list[Sandbox]:
-    team_uuid = require_team(ctx)
-    async with driver(engine) as conn:
-        rows = await conn.fetch(_LIST, team_uuid, _HIDDEN)
-    return [sandbox_model(r) for r in rows]
-
-
-async def _load(conn: Conn, team_uuid: uuid.UUID, sandbox_id: str) -> Mapping[Any, Any]:
-    sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
-    row = await fetchrow(conn, "SELECT * FROM sandboxes WHERE id = $1 AND team_id = $2", sb_uuid, team_uuid)
-    if row is None:
-        raise NotFound("sandbox not found")
+            engine, ctx, team_id=team_uuid, action="create", resource_type="sandbox", resource_id=sid,
+            metadata={"template": plan.template},
+        )  # fmt: skip
     return row
 
 
-async def get_sandbox(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> Sandbox:
+# ------------------------------------------------------------------------------ read, destroy
+
+
+async def list_sandboxes(engine: AsyncEngine, ctx: AuthContext) -> list[SandboxView]:
     team_uuid = require_team(ctx)
     async with driver(engine) as conn:
-        return sandbox_model(await _load(conn, team_uuid, sandbox_id))
+        rows = await conn.fetch(q.LIST, team_uuid, _HIDDEN)
+    return [sandbox_model(r) for r in rows]
 
 
-async def _host_for(conn: Conn, host_uuid: uuid.UUID) -> Mapping[Any, Any]:
-    host = await fetchrow(conn, "SELECT * FROM hosts WHERE id = $1", host_uuid)
-    if host is None:
-        raise NotFound("host not found for sandbox")
-    return host
+async def get_sandbox(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> SandboxView:
+    return (await find(engine, ctx, sandbox_id)).sandbox
 
 
 async def destroy_sandbox(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
 ) -> None:
-    team_uuid = require_team(ctx)
-    async with driver(engine) as conn:
-        row = await _load(conn, team_uuid, sandbox_id)
-        if row["status"] == "stopped":
-            return
-        host = await _host_for(conn, row["host_id"])
-    if not host["address"]:
+    found = await find(engine, ctx, sandbox_id)
+    if found.sandbox.status == "stopped":
+        return
+    found.require_host()
+    if not found.host_address:
         raise InternalError("sandbox host has no address")
-    sid = ids.sandbox_id(row["id"])
+    sid = found.sandbox.id
     try:
-        await pool.get(host).call("DestroySandbox", pb.DestroySandboxRequest(sandbox_id=sid), deadline=60)
+        await found.host_client(pool).stub.DestroySandbox(
+            pb.DestroySandboxRequest(sandbox_id=sid), timeout=60
+        )
     except AgentError as e:
-        # DESIGN §4: only NotFound (the agent knows nothing of it) is swallowed; anything else
+        # docs/design.md §4: only NotFound (the agent knows nothing of it) is swallowed; anything else
         # leaves the row as it is and surfaces as 502.
         if not e.is_not_found:
             raise
     actor_type, actor_id, actor_name = audit.actor_of(ctx)
     async with driver(engine) as conn:
         await conn.fetchval(
-            _MARK_DESTROYED,
-            row["id"], clock.now(), row["status"] == "paused", ids.new_uuid(), team_uuid, actor_type,
-            actor_id, actor_name, sid,
+            q.MARK_DESTROYED,
+            found.sb_uuid, clock.now(), found.sandbox.status == "paused", ids.new_uuid(),
+            found.row["team_id"], actor_type, actor_id, actor_name, sid,
+            json.dumps(audit.request_metadata()),
         )  # fmt: skip
     log.info("sandbox destroyed sandbox=%s", sid)
-
-
-async def _status_conflict(conn: AsyncConnection, sb_uuid: uuid.UUID, want: str) -> InvalidState:
-    status = (await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == sb_uuid))).scalar()
-    return InvalidState(f"sandbox is not {want} (status: {status})")
-
-
-async def pause_sandbox(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
-) -> Sandbox:
-    team_uuid = require_team(ctx)
-    async with engine.begin() as conn:
-        row = await _load(conn, team_uuid, sandbox_id)
-        host = await _host_for(conn, row["host_id"])
-        # Pre-mark paused (SPEC §2.5) so the monitor does not take the frozen sandbox for gone.
-        marked = (
-            await conn.execute(
-                sandboxes.update()
-                .where(sandboxes.c.id == row["id"], sandboxes.c.status == "running")
-                .values(status="paused", last_updated=clock.now())
-                .returning(sandboxes.c.id)
-            )
-        ).first()
-        if marked is None:
-            raise await _status_conflict(conn, row["id"], "running")
-    sid = ids.sandbox_id(row["id"])
-    try:
-        await pool.get(host).call("PauseSandbox", pb.PauseSandboxRequest(sandbox_id=sid), deadline=120)
-    except Exception:
-        async with engine.begin() as conn:
-            await conn.execute(
-                sandboxes.update()
-                .where(sandboxes.c.id == row["id"], sandboxes.c.status == "paused")
-                .values(status="running", last_updated=clock.now())
-            )
-        raise
-    await _save_metric_points(engine, pool.get(host), row["id"], sid)
-    async with engine.begin() as conn:
-        new = (await conn.execute(sa.select(sandboxes).where(sandboxes.c.id == row["id"]))).mappings().one()
-        await audit.record(
-            conn, ctx, team_id=team_uuid, action="pause", resource_type="sandbox", resource_id=sid
-        )
-    return sandbox_model(new)
-
-
-async def _save_metric_points(engine: AsyncEngine, client: HostClient, sb_uuid: uuid.UUID, sid: str) -> None:
-    """Best effort (SPEC §2.5 pause, §9.4): keep the samples of a paused sandbox in the database,
-    so its metrics stay readable if the agent loses them. Failures are logged, never raised."""
-    try:
-        points: dict[int, Any] = {}
-        for tier in ("2h", "10m"):  # the finer tier wins where both have a timestamp
-            resp = await client.call(
-                "GetSandboxMetrics", pb.GetSandboxMetricsRequest(sandbox_id=sid, range=tier), deadline=10
-            )
-            points.update({p.timestamp_unix: p for p in resp.points})
-        if not points:
-            return
-        rows = [
-            {"sandbox_id": sb_uuid, "ts": datetime.fromtimestamp(ts, UTC), "cpu_pct": round(p.cpu_pct),
-             "mem_bytes": p.mem_bytes, "disk_bytes": p.disk_bytes}
-            for ts, p in sorted(points.items())
-        ]  # fmt: skip
-        async with engine.begin() as conn:
-            await conn.execute(pg_insert(sandbox_metric_points).values(rows).on_conflict_do_nothing())
-    except Exception as e:
-        log.info("pause: could not save metric points of %s: %s", sid, e)
-
-
-async def resume_sandbox(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
-) -> Sandbox:
-    team_uuid = require_team(ctx)
-    async with engine.connect() as conn:
-        row = await _load(conn, team_uuid, sandbox_id)
-        if row["status"] != "paused":
-            raise InvalidState(f"sandbox is not paused (status: {row['status']})")
-        host = await _host_for(conn, row["host_id"])
-    sid = ids.sandbox_id(row["id"])
-    resp = await pool.get(host).call(
-        "ResumeSandbox", pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=row["timeout_sec"]), deadline=120
-    )
-    now = clock.now()
-    async with engine.begin() as conn:
-        new = (
-            (
-                await conn.execute(
-                    sandboxes.update()
-                    .where(sandboxes.c.id == row["id"], sandboxes.c.status == "paused")
-                    .values(
-                        status="running",
-                        host_ip=resp.host_ip or row["host_ip"],
-                        started_at=now,
-                        last_active_at=now,
-                        last_updated=now,
-                    )
-                    .returning(*sandboxes.c)
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if new is None:
-            raise await _status_conflict(conn, row["id"], "paused")
-        await audit.record(
-            conn, ctx, team_id=team_uuid, action="resume", resource_type="sandbox", resource_id=sid
-        )
-    return sandbox_model(new)
-
-
-async def ping_sandbox(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str) -> None:
-    team_uuid = require_team(ctx)
-    async with engine.connect() as conn:
-        row = await _load(conn, team_uuid, sandbox_id)
-        if row["status"] != "running":
-            raise InvalidState(f"sandbox is not running (status: {row['status']})")
-        host = await _host_for(conn, row["host_id"])
-    sid = ids.sandbox_id(row["id"])
-    await pool.get(host).call("PingSandbox", pb.PingSandboxRequest(sandbox_id=sid), deadline=30)
-    async with engine.begin() as conn:
-        await conn.execute(
-            sandboxes.update()
-            .where(sandboxes.c.id == row["id"], sandboxes.c.status == "running")
-            .values(last_active_at=clock.now())
-        )
 
 
 # --------------------------------------------------------------------------- team soft delete
@@ -494,11 +567,11 @@ async def ping_sandbox(engine: AsyncEngine, pool: HostClientPool, ctx: AuthConte
 async def destroy_on_hosts(
     engine: AsyncEngine, pool: HostClientPool, sandbox_refs: Sequence[tuple[uuid.UUID, uuid.UUID]]
 ) -> None:
-    """Team soft delete (SPEC §7.3 step 2): destroy each ``(sandbox_id, host_id)`` on its host,
+    """Team soft delete (docs/spec.md §7.3 step 2): destroy each ``(sandbox_id, host_id)`` on its host,
     concurrently. NotFound is ignored and other errors are logged: the delete goes on, and the
     caller then marks the rows ``stopped`` in its own transaction."""
     host_ids = {h for _, h in sandbox_refs}
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         rows = (
             await conn.execute(sa.select(hosts.c.id, hosts.c.address).where(hosts.c.id.in_(host_ids)))
         ).all()

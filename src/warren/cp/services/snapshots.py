@@ -1,25 +1,38 @@
-"""Snapshots (templates made from sandboxes): SPEC §2.8 and §6 as amended by DESIGN §4.
+"""Snapshots (templates made from sandboxes): docs/spec.md §2.8 and §6 as amended by docs/design.md §4
+and docs/templates.md.
 
+- A snapshot is a template version: the source sandbox's template chain (base, layers, config)
+  plus one layer, the sandbox's writable layer, exported by its agent (``ExportSnapshot``) into
+  the template store. It is complete when the API answers, and starts on any eligible host
+  (the host that took it, which keeps the layer installed, is only preferred).
 - Create works on a running or paused sandbox; the sandbox ends up (and stays) ``paused``. It is
-  pre-marked ``paused`` so the monitor does not take a freezing sandbox for gone, and reverted on
-  failure. The agent gets a detached 5-minute budget: a client that disconnects does not cut a
-  snapshot in half.
-- Overwrite never loses the old snapshot: validate the sandbox, create the new snapshot under a
-  new id, delete the old files on every online host, then swap the rows in one transaction. Any
-  failure before the swap leaves the old snapshot (row and, on every host that answered an
-  error, files) in place and removes the new one's files.
-- Delete broadcasts to every online host with an address; an agent error other than NotFound is
-  a hard error (500 ``agent_error``) and the row stays.
+  pre-marked ``paused`` so the monitor does not take a freezing sandbox for gone, and a running
+  one is resumed when the snapshot fails or is refused at any step. The export runs as a
+  detached task: a client that disconnects does not cut a snapshot in half.
+- Overwrite never loses the old snapshot: the new layer is stored first, then one transaction
+  swaps the rows. A replaced snapshot taken before the template store (files on its host
+  only) has its files deleted after the swap.
+- Quotas (D12, ``services/limits.py``): a team at its snapshot count or size quota is refused
+  (429 ``quota_exceeded``) before anything starts; the size counts the snapshot's whole chain
+  (its layers' bytes), and an export that would pass the size quota is stopped and refused the
+  same way. The host must have disk room for a full copy of the sandbox's disk (503
+  ``no_capacity``).
+- Delete removes the rows; layers go to garbage collection (services/layer_gc.py) once nothing
+  uses them. A pre-store snapshot's files are deleted on its host first, as before: an agent
+  error other than NotFound is a hard error (500 ``agent_error``) and the row stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
 import uuid
-from typing import Literal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,11 +41,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.config import Settings
+from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, audit, sandbox_access
+from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox_power
+from warren.cp.services import layers as layer_svc
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
+from warren.cp.store import LayerStore
 from warren.errors import (
     AgentError,
     Conflict,
@@ -40,8 +57,10 @@ from warren.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     WarrenError,
 )
+from warren.layers import LayerMeta
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.snapshots")
@@ -84,7 +103,6 @@ def template_model(row: RowMapping) -> Template:
     )
 
 
-
 def check_name(name: str) -> str:
     if not SAFE_NAME.match(name):
         raise InvalidRequest("invalid snapshot name")
@@ -96,7 +114,7 @@ def check_name(name: str) -> str:
 
 async def _online_hosts(engine: AsyncEngine, only: uuid.UUID | None = None) -> list[RowMapping]:
     """The online hosts with an address (or just ``only``, if it is one of them)."""
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         q = sa.select(hosts.c.id, hosts.c.address).where(hosts.c.status == "online", hosts.c.address != "")
         if only is not None:
             q = q.where(hosts.c.id == only)
@@ -110,7 +128,7 @@ async def _delete_on(
     the (logged) error."""
     req = pb.DeleteSnapshotRequest(team_id=str(team_id), template_id=str(template_id))
     try:
-        await pool.get(host).call("DeleteSnapshot", req, deadline=DELETE_DEADLINE_S)
+        await pool.get(host).stub.DeleteSnapshot(req, timeout=DELETE_DEADLINE_S)
     except AgentError as e:
         if e.is_not_found:
             return None
@@ -164,90 +182,208 @@ async def create_snapshot(
     ctx: AuthContext,
     raw_body: bytes,
     *,
+    settings: Settings,
+    store: LayerStore,
     overwrite: bool = False,
 ) -> Template:
+    """Check the name and the quotas, then the source sandbox, its template and its host's disk
+    room; pause the sandbox, have its agent export its writable layer into the store, and record
+    the template (replacing the old one of that name, whose host-local files, if it had any, go
+    then). The snapshot is complete, and starts on any host, when this returns."""
     team_uuid = require_team(ctx)
     body = parse_body(CreateSnapshotBody, raw_body)
     if not body.sandbox_id:
         raise InvalidRequest("sandbox_id is required")
     ids.parse_id(ids.Kind.SANDBOX, body.sandbox_id, what="sandbox_id")
     name = check_name(body.name or f"template-{secrets.token_hex(4)}")
-
-    async with engine.connect() as conn:
-        rows = (
-            (
-                await conn.execute(
-                    sa.select(templates).where(
-                        templates.c.name == name, templates.c.team_id.in_([PLATFORM, team_uuid])
-                    )
-                )
-            )
-            .mappings()
-            .all()
-        )
-    if any(r["team_id"] == PLATFORM for r in rows):
-        raise Conflict(f'"{name}" is the name of a platform template', code="name_reserved")
-    old = next((r for r in rows if r["team_id"] == team_uuid), None)
-    if old is not None and not overwrite:
-        raise Conflict("snapshot name already exists; use ?overwrite=true to replace", code="already_exists")
-
-    # The source sandbox is validated before anything is touched (DESIGN §4).
+    old = await _replaced(engine, team_uuid, name, overwrite)
+    replacing = _counted(old)
+    async with autocommit(engine) as conn:
+        lim = await limits.load(conn, settings)
+        await limits.check_snapshot_room(conn, lim, team_uuid, replacing=replacing, new_bytes=0)
+    # The source sandbox is validated before anything is touched (docs/design.md §4).
     tgt = await sandbox_access.target(engine, pool, ctx, body.sandbox_id, states=("running", "paused"))
+    parent = await _parent_chain(engine, tgt.uuid)
+    if tgt.host_id is not None:
+        async with autocommit(engine) as conn:
+            await limits.check_host_disk(conn, settings, tgt.host_id, tgt.sandbox.disk_size_mb)
     client = tgt.client()
     sb_uuid = tgt.uuid
-    was_running = tgt.sandbox.status == "running"
-    if was_running:
-        async with engine.begin() as conn:
-            marked = (
-                await conn.execute(
-                    sa.update(sandboxes)
-                    .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "running")
-                    .values(status="paused", last_updated=clock.now())
-                    .returning(sandboxes.c.id)
-                )
-            ).first()
-        if marked is None:  # changed under us (paused or stopped meanwhile): judge it afresh
-            tgt = await sandbox_access.target(
-                engine, pool, ctx, body.sandbox_id, states=("running", "paused")
-            )
-            was_running = False
-
-    new_id = ids.new_uuid()
+    tgt, was_running = await _pre_mark_paused(engine, pool, ctx, tgt, body.sandbox_id)
     try:
-        resp = await _detached_create(client, tgt.sid, name, team_uuid, new_id)
+        room = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
+        try:
+            meta = await asyncio.shield(asyncio.ensure_future(_export(engine, store, client, tgt, room)))
+        except PayloadTooLarge:
+            # Past what the quota leaves: refused like any snapshot over it (429).
+            async with autocommit(engine) as conn:
+                new_bytes = parent.size_bytes + room + 1
+                await limits.check_snapshot_room(
+                    conn, lim, team_uuid, replacing=replacing, new_bytes=new_bytes
+                )
+            raise
+        # One transaction swaps the old record for the new: until it commits, the old snapshot
+        # is whole.
+        row = await _record(engine, ctx, team_uuid, name, tgt, parent, meta, old, lim)
     except BaseException:
+        # Refused or failed, whatever the step: the sandbox runs again as it did (its layer, if
+        # stored, is unreferenced and goes to GC).
         if was_running:
             await asyncio.shield(_revert_running(engine, client, tgt.sid, sb_uuid))
         raise
-
-    try:
-        # One transaction swaps the old record for the new: until it commits, the old snapshot
-        # (record and files) is whole.
-        row = await _record(engine, ctx, team_uuid, new_id, name, tgt, resp, old)
-    except BaseException:
-        # The old snapshot stays; the new one must not linger as unrecorded files.
-        await _forget_files(client, team_uuid, new_id)
-        raise
-    if old is not None:
-        # Replaced: its files go now. If that fails they only take disk space on their host.
-        try:
-            await delete_files(engine, pool, team_uuid, old["id"], old["host_id"])
-        except WarrenError as e:
-            log.warning("overwritten snapshot %s: its files stay on the host: %s", old["id"], e.message)
+    for replaced in old:
+        if is_legacy(replaced):
+            await _delete_replaced(engine, pool, team_uuid, replaced)
     log.info("snapshot created name=%s sandbox=%s team=%s", name, tgt.sid, ids.team_id(team_uuid))
     return template_model(row)
 
 
-async def _detached_create(
-    client: HostClient, sid: str, name: str, team_uuid: uuid.UUID, template_id: uuid.UUID
-) -> pb.CreateSnapshotResponse:
-    req = pb.CreateSnapshotRequest(
-        sandbox_id=sid, name=name, team_id=str(team_uuid), template_id=str(template_id)
-    )
-    # A task of its own, shielded: a client that disconnects does not cancel the agent's work.
-    task = asyncio.ensure_future(client.call("CreateSnapshot", req, deadline=CREATE_BUDGET_S))
-    resp: pb.CreateSnapshotResponse = await asyncio.shield(task)
-    return resp
+async def _named(engine: AsyncEngine, team_uuid: uuid.UUID, name: str) -> list[RowMapping]:
+    """The templates called ``name`` the team sees (every version): its own and the platform's."""
+    async with autocommit(engine) as conn:
+        q = sa.select(templates).where(
+            templates.c.name == name, templates.c.team_id.in_([PLATFORM, team_uuid])
+        )
+        return list((await conn.execute(q)).mappings().all())
+
+
+async def _replaced(
+    engine: AsyncEngine, team_uuid: uuid.UUID, name: str, overwrite: bool
+) -> list[RowMapping]:
+    """The team's template versions this snapshot replaces (none, or every version of the
+    name): 409 for a platform template's name, and for a name in use without ``overwrite``."""
+    rows = await _named(engine, team_uuid, name)
+    if any(r["team_id"] == PLATFORM for r in rows):
+        raise Conflict(f'"{name}" is the name of a platform template', code="name_reserved")
+    old = [r for r in rows if r["team_id"] == team_uuid]
+    if old and not overwrite:
+        raise Conflict("snapshot name already exists; use ?overwrite=true to replace", code="already_exists")
+    return old
+
+
+def _counted(old: list[RowMapping]) -> uuid.UUID | None:
+    """The replaced snapshot the quota check leaves out (snapshots have one version)."""
+    return next((r["id"] for r in old if r["type"] == "snapshot"), None)
+
+
+def is_legacy(row: Mapping[Any, Any]) -> bool:
+    """A snapshot taken before the template store: its files live on the host that took it."""
+    return bool(row["type"] == "snapshot" and not row["layers"] and row["source"] != "snapshot")
+
+
+@dataclass(frozen=True)
+class _Parent:
+    """The template the sandbox runs: a snapshot of it is this chain plus one layer."""
+
+    base: str
+    layers: list[str]
+    config: dict[str, Any]
+    size_bytes: int
+
+
+async def _parent_chain(engine: AsyncEngine, sb_uuid: uuid.UUID) -> _Parent:
+    """The sandbox's template version (409 when it is gone or predates the template store)."""
+    async with autocommit(engine) as conn:
+        row = (
+            (
+                await conn.execute(
+                    sa.select(templates)
+                    .select_from(sandboxes.join(templates, templates.c.id == sandboxes.c.template_id))
+                    .where(sandboxes.c.id == sb_uuid)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise Conflict(
+            "the sandbox's template was deleted, so its snapshot cannot be described", code="template_gone"
+        )
+    if is_legacy(row):
+        raise Conflict(
+            "this sandbox runs a snapshot taken before the template store, which cannot be "
+            "snapshotted again; start from a template in the store",
+            code="legacy_snapshot",
+        )
+    digests = list(row["layers"])
+    known = await layer_svc.sizes(engine, digests)
+    config = row["config"] if isinstance(row["config"], dict) else json.loads(row["config"] or "{}")
+    return _Parent(row["base"], digests, config, sum(known.get(d, 0) for d in digests))
+
+
+async def _layer_room(
+    engine: AsyncEngine,
+    lim: limits.PlatformLimits,
+    team_uuid: uuid.UUID,
+    replacing: uuid.UUID | None,
+    parent_bytes: int,
+) -> int:
+    """How big the new layer may be within the team's snapshot size quota (the snapshot counts
+    its whole chain): the export stops there instead of filling the store first."""
+    async with autocommit(engine) as conn:
+        team = (await conn.execute(sa.select(teams).where(teams.c.id == team_uuid))).mappings().one()
+        _n, used = await limits.snapshot_usage(conn, team_uuid, besides=replacing)
+    quota_bytes = limits.team_quotas(lim, team).snapshot_mb * limits.MiB
+    return max(quota_bytes - used - parent_bytes, 0)
+
+
+async def _export(
+    engine: AsyncEngine, store: LayerStore, client: HostClient, tgt: sandbox_access.Target, room: int
+) -> LayerMeta:
+    """``ExportSnapshot`` streamed into the store (hashed on the way; the agent's own digest
+    must agree), then indexed, and noted on the source host, which keeps it installed. Run as
+    its own task: a client that disconnects does not cut a snapshot in half."""
+    done: list[pb.LayerMeta] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        stream = client.stub.ExportSnapshot(
+            pb.ExportSnapshotRequest(sandbox_id=tgt.sid), timeout=CREATE_BUDGET_S
+        )
+        try:
+            async for msg in stream:
+                if msg.HasField("done"):
+                    done.append(msg.done)
+                else:
+                    yield msg.chunk
+        finally:
+            stream.cancel()  # the store stopped reading (over the quota): the agent stops too
+
+    meta = await store.put(chunks(), max_bytes=room)
+    if not done or (done[0].digest, done[0].size) != (meta.digest, meta.size):
+        said = f"{done[0].digest}/{done[0].size}" if done else "nothing"
+        raise InternalError(
+            f"snapshot layer: the host said {said}, its bytes are {meta.digest}/{meta.size}",
+            code="snapshot_mismatch",
+        )
+    await layer_svc.record_layer(engine, meta, store=store)
+    if tgt.host_id is not None:
+        await layer_svc.record_on_host(engine, tgt.host_id, [meta.digest])
+    return meta
+
+
+async def _pre_mark_paused(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, tgt: sandbox_access.Target, sandbox_id: str
+) -> tuple[sandbox_access.Target, bool]:
+    """Mark a running sandbox ``paused`` before the agent freezes it, so the monitor does not
+    take it for gone; returns the sandbox as it now is and whether it was marked (and must be
+    reverted on failure)."""
+    if tgt.sandbox.status != "running":
+        return tgt, False
+    if await sandbox_power.move_status(engine, tgt.uuid, "running", "paused"):
+        return tgt, True
+    # Changed under us (paused or stopped meanwhile): judge it afresh.
+    return await sandbox_access.target(engine, pool, ctx, sandbox_id, states=("running", "paused")), False
+
+
+async def _delete_replaced(
+    engine: AsyncEngine, pool: HostClientPool, team_uuid: uuid.UUID, old: RowMapping
+) -> None:
+    """A replaced pre-store snapshot's files go now. If that fails they only take disk space on
+    their host."""
+    try:
+        await delete_files(engine, pool, team_uuid, old["id"], old["host_id"])
+    except WarrenError as e:
+        log.warning("overwritten snapshot %s: its files stay on the host: %s", old["id"], e.message)
 
 
 async def _revert_running(engine: AsyncEngine, client: HostClient, sid: str, sb_uuid: uuid.UUID) -> None:
@@ -255,71 +391,55 @@ async def _revert_running(engine: AsyncEngine, client: HostClient, sid: str, sb_
     anything, so it may be paused there now: resume it, and only then say ``running`` — if it
     cannot be resumed, the row stays ``paused``, which is the truth."""
     try:
-        await client.call(
-            "ResumeSandbox", pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=-1), deadline=60
-        )
+        await client.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=-1), timeout=60)
     except AgentError as e:
         if e.rpc_code != "FAILED_PRECONDITION":  # FAILED_PRECONDITION: it was never paused
             log.warning("snapshot failed and the sandbox could not be resumed sandbox=%s: %s", sid, e)
             return
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.update(sandboxes)
-            .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == "paused")
-            .values(status="running", last_updated=clock.now())
-        )
+    await sandbox_power.move_status(engine, sb_uuid, "paused", "running")
 
 
 async def _record(
     engine: AsyncEngine,
     ctx: AuthContext,
     team_uuid: uuid.UUID,
-    new_id: uuid.UUID,
     name: str,
     tgt: sandbox_access.Target,
-    resp: pb.CreateSnapshotResponse,
-    old: RowMapping | None,
+    parent: _Parent,
+    meta: LayerMeta,
+    old: list[RowMapping],
+    lim: limits.PlatformLimits,
 ) -> RowMapping:
-    kind = resp.kind if resp.kind in ("filesystem", "memory") else "filesystem"
+    size = parent.size_bytes + meta.size
+    values = {
+        "id": ids.new_uuid(), "name": name, "type": "snapshot", "vcpus": tgt.sandbox.vcpus,
+        "memory_mb": tgt.sandbox.memory_mb, "size_bytes": size, "snapshot_kind": "filesystem",
+        # The source host holds the layers: a preference for the scheduler, not a pin.
+        "host_id": tgt.host_id, "created_at": clock.now(), "team_id": team_uuid, "version": 1,
+        "base": parent.base, "layers": [*parent.layers, meta.digest], "config": parent.config,
+        "tags": ["v1"], "source": "snapshot",
+    }  # fmt: skip
     try:
-        async with engine.begin() as conn:
-            # Recorded only for a live team, under a share lock on its row: a team delete takes
-            # that row's lock to remove the team's templates, so a snapshot finishing during it
-            # is either removed with the rest (files included) or refused here (its files then
-            # deleted by the caller) — never recorded for a deleted team.
+        async with transaction(engine) as conn:
+            # Recorded only for a live team, under a lock on its row: a team delete takes that
+            # row's lock to remove the team's templates, so a snapshot finishing during it is
+            # either removed with the rest or refused here — never recorded for a deleted team.
+            # The lock is exclusive among snapshot records (and sandbox creates), so the quota
+            # check below counts every snapshot recorded before it.
             live = (
                 await conn.execute(
                     sa.select(teams.c.id)
                     .where(teams.c.id == team_uuid, teams.c.deleted_at.is_(None))
-                    .with_for_update(read=True)
+                    .with_for_update(key_share=True)
                 )
             ).first()
             if live is None:
                 raise no_team()
-            if old is not None:
-                await conn.execute(sa.delete(templates).where(templates.c.id == old["id"]))
-            row = (
-                (
-                    await conn.execute(
-                        templates.insert()
-                        .values(
-                            id=new_id,
-                            name=name,
-                            type="snapshot",
-                            vcpus=tgt.sandbox.vcpus,
-                            memory_mb=tgt.sandbox.memory_mb,
-                            size_bytes=resp.size_bytes,
-                            snapshot_kind=kind,
-                            host_id=tgt.host_id,
-                            created_at=clock.now(),
-                            team_id=team_uuid,
-                        )
-                        .returning(*templates.c)
-                    )
-                )
-                .mappings()
-                .one()
-            )
+            await limits.check_snapshot_room(conn, lim, team_uuid, replacing=_counted(old), new_bytes=size)
+            if old:
+                await conn.execute(sa.delete(templates).where(templates.c.id.in_([r["id"] for r in old])))
+            insert = templates.insert().values(**values).returning(*templates.c)
+            row = (await conn.execute(insert)).mappings().one()
             await audit.record(
                 conn,
                 ctx,
@@ -327,7 +447,7 @@ async def _record(
                 action="create",
                 resource_type="snapshot",
                 resource_id=name,
-                metadata={"sandbox_id": tgt.sid, "overwrite": old is not None},
+                metadata={"sandbox_id": tgt.sid, "overwrite": bool(old), "layer": meta.digest},
             )
     except WarrenError:
         raise
@@ -342,17 +462,6 @@ async def _record(
     return row
 
 
-async def _forget_files(client: HostClient, team_uuid: uuid.UUID, template_id: uuid.UUID) -> None:
-    try:
-        await client.call(
-            "DeleteSnapshot",
-            pb.DeleteSnapshotRequest(team_id=str(team_uuid), template_id=str(template_id)),
-            deadline=DELETE_DEADLINE_S,
-        )
-    except AgentError as e:
-        log.warning("cleanup of unrecorded snapshot %s failed: %s", template_id, e)
-
-
 # ------------------------------------------------------------------------------ list, delete
 
 
@@ -364,33 +473,26 @@ async def list_templates(engine: AsyncEngine, ctx: AuthContext, type_: str | Non
     if type_:
         q = q.where(templates.c.type == type_)
     q = q.order_by(templates.c.created_at.desc(), templates.c.name)
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         return [template_model(r) for r in (await conn.execute(q)).mappings().all()]
 
 
 async def delete_snapshot(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, name: str) -> None:
     team_uuid = require_team(ctx)
     check_name(name)
-    async with engine.connect() as conn:
-        rows = (
-            (
-                await conn.execute(
-                    sa.select(templates).where(
-                        templates.c.name == name, templates.c.team_id.in_([team_uuid, PLATFORM])
-                    )
-                )
-            )
-            .mappings()
-            .all()
-        )
-    row = next((r for r in rows if r["team_id"] == team_uuid), None) or next(iter(rows), None)
-    if row is None:
+    rows = await _named(engine, team_uuid, name)
+    own = [r for r in rows if r["team_id"] == team_uuid]
+    if not rows:
         raise NotFound("template not found")
-    if row["team_id"] == PLATFORM:
+    if not own:
         raise Forbidden("platform templates cannot be deleted here")
-    await delete_files(engine, pool, team_uuid, row["id"], row["host_id"])
-    async with engine.begin() as conn:
-        await conn.execute(sa.delete(templates).where(templates.c.id == row["id"]))
+    # A pre-store snapshot's files live on its host and go first; a store snapshot is only its
+    # row (its layers go to GC once nothing uses them: running sandboxes keep theirs).
+    for row in own:
+        if is_legacy(row):
+            await delete_files(engine, pool, team_uuid, row["id"], row["host_id"])
+    async with transaction(engine) as conn:
+        await conn.execute(sa.delete(templates).where(templates.c.id.in_([r["id"] for r in own])))
         await audit.record(
             conn, ctx, team_id=team_uuid, action="delete", resource_type="snapshot", resource_id=name
         )

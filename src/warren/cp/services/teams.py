@@ -1,43 +1,49 @@
-"""Teams, memberships and the owner-protection invariants (SPEC §2.4, §7.1-7.5).
+"""Teams, memberships and the owner-protection invariants (docs/spec.md §2.4, §7.1-7.5).
 
 Every rule reads the database: the caller's role in the team is looked up on each call, never
 taken from a token. Mutations lock the team row (``FOR UPDATE``) so that two concurrent
 changes to one team (say, a delete and a member add) are serialised.
 
-Team soft delete (§7.3) reaches outside the database: destroying the team's sandboxes on their
-hosts and deleting its template files are :data:`team_deletion_hooks`, which the hosts
-subsystem fills in. Without them the delete still marks sandbox rows ``stopped`` and removes
-template rows.
+Team soft delete (docs/spec.md §7.3) reaches outside the database: it destroys the team's sandboxes on their
+hosts and deletes the files of its snapshots taken before the template store there, through the
+sandbox and snapshot services. Every other template (builds, imports, store snapshots) is rows
+and store layers: deleting the rows is all, the layer GC does the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db.engine import Conn, driver, fetchrow
+from warren.cp.db.engine import Conn, autocommit, driver, fetchrow, transaction
+from warren.cp.db.queries import teams as q
 from warren.cp.db.tables import sandboxes, teams, templates, users, users_teams
-from warren.cp.services import Timestamp, audit, autocommit
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.services import Timestamp, audit
+from warren.cp.services import sandboxes as sandbox_service
+from warren.cp.services import snapshots as snapshot_service
 from warren.cp.services.context import AuthContext
-from warren.errors import Forbidden, InvalidRequest, NotFound
+from warren.cp.services.strict import StrictBody
+from warren.errors import Forbidden, InvalidRequest, NotFound, WarrenError
 
 log = logging.getLogger("warren.teams")
 
 ROLES = ("owner", "admin", "member")
 _NAME_RE = re.compile(r"[A-Za-z0-9 _\-@']{1,128}")
-# Statuses a team delete stops (SPEC §1.11, §7.3 names running, paused and starting; a create
+# Statuses a team delete stops (docs/spec.md §1.11, §7.3 names running, paused and starting; a create
 # still in flight and a sandbox on an unreachable host exist on their host just as well).
 _STOP_ON_DELETE = ("running", "paused", "starting", "pending", "missing")
 
@@ -67,6 +73,31 @@ class TeamDetail(BaseModel):
     members: list[Member]
 
 
+# Request bodies, for the REST API and the dashboard alike. Fields whose absence has a
+# SPEC-defined message ("team_id is required", "email is required") are optional here so the
+# service can say it.
+
+
+class TeamNameRequest(StrictBody):
+    name: str
+
+
+class AddMemberRequest(StrictBody):
+    email: str | None = None
+
+
+class RoleRequest(StrictBody):
+    role: str | None = None
+
+
+class ByocRequest(StrictBody):
+    enabled: StrictBool
+
+
+class SwitchTeamRequest(StrictBody):
+    team_id: str | None = None
+
+
 @dataclass(frozen=True)
 class SandboxRef:
     id: uuid.UUID
@@ -80,28 +111,14 @@ class TemplateRef:
     name: str
     type: str
     host_id: uuid.UUID | None = None  # a snapshot's host: where its files are
+    layers: tuple[str, ...] = ()
+    source: str = ""
 
-
-@dataclass
-class TeamDeletionHooks:
-    """What a team delete does outside the database; set by the hosts subsystem at startup.
-
-    ``destroy_sandboxes(engine, team_id, sandboxes)`` runs BEFORE the rows are marked stopped
-    (SPEC §7.3 step 2: NotFound ignored, other errors logged, the delete continues — the hook
-    should not raise; if it does, the error is logged and the delete goes on), and again after
-    the delete for sandboxes whose create finished in between.
-    ``delete_template_files(engine, team_id, templates)`` runs AFTER the team's template rows
-    were deleted in the delete's transaction (§7.3 step 4), with the rows that were removed.
-    """
-
-    destroy_sandboxes: Callable[[AsyncEngine, uuid.UUID, list[SandboxRef]], Awaitable[None]] | None = None
-    delete_template_files: Callable[[AsyncEngine, uuid.UUID, list[TemplateRef]], Awaitable[None]] | None = (
-        None
-    )
-    extra: dict[str, object] = field(default_factory=dict)
-
-
-team_deletion_hooks = TeamDeletionHooks()
+    @property
+    def host_local(self) -> bool:
+        """A snapshot taken before the template store: its files live on a host, which must be
+        asked to delete them (``DeleteSnapshot``). A store snapshot is its row and its layers."""
+        return snapshot_service.is_legacy({"type": self.type, "layers": self.layers, "source": self.source})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +133,7 @@ def validate_team_name(raw: str) -> str:
 
 
 def new_slug() -> str:
-    """6 random bytes: 3 as hex, a hyphen, 3 as hex (SPEC §7.5)."""
+    """6 random bytes: 3 as hex, a hyphen, 3 as hex (docs/spec.md §7.5)."""
     b = secrets.token_bytes(6)
     return f"{b[:3].hex()}-{b[3:].hex()}"
 
@@ -185,7 +202,7 @@ async def insert_team(
 
 
 async def login_team(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
-    """SPEC §7.6: the live default team, else the earliest-joined live team, else None."""
+    """docs/spec.md §7.6: the live default team, else the earliest-joined live team, else None."""
     row = (
         await conn.execute(
             select(users_teams.c.team_id, users_teams.c.role)
@@ -198,23 +215,8 @@ async def login_team(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[uuid.UU
     return (row.team_id, row.role) if row else None
 
 
-# The team/role check and the member list are the statements of the hot team reads: plain SQL
-# run on the raw driver connection there (``warren.cp.db.engine.driver``), and the same text run
-# through SQLAlchemy inside the transactions of the mutations.
-_TEAM_AND_ROLE = """
-    SELECT t.id, t.name, t.slug, t.is_byoc, t.created_at, t.deleted_at, ut.role
-    FROM teams t
-    LEFT JOIN users_teams ut ON ut.team_id = t.id AND ut.user_id = $2
-    WHERE t.id = $1
-"""
-_MEMBERS = """
-    SELECT ut.user_id, u.name, u.email, ut.role, ut.created_at AS joined_at
-    FROM users_teams ut JOIN users u ON u.id = ut.user_id
-    WHERE ut.team_id = $1
-    ORDER BY ut.created_at, ut.user_id
-"""
-
-
+# The team/role check and the member list (``queries.teams``) run on the raw driver connection
+# in the hot team reads, and through SQLAlchemy (``fetchrow``) inside the mutations' transactions.
 async def _team_and_role(
     conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
 ) -> tuple[Mapping[Any, Any], str]:
@@ -224,7 +226,7 @@ async def _team_and_role(
     serialising changes to one team."""
     if lock and not isinstance(conn, AsyncConnection):
         raise ValueError("locking the team row needs a transaction")
-    sql = _TEAM_AND_ROLE + " FOR UPDATE OF t" if lock else _TEAM_AND_ROLE
+    sql = q.TEAM_AND_ROLE + " FOR UPDATE OF t" if lock else q.TEAM_AND_ROLE
     row = await fetchrow(conn, sql, team_id, user_id)
     if row is None or row["deleted_at"] is not None:
         raise NotFound("team not found")
@@ -233,9 +235,7 @@ async def _team_and_role(
     return row, str(row["role"])
 
 
-async def _lock_team_and_role(
-    conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool
-) -> str:
+async def _lock_team_and_role(conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool) -> str:
     return (await _team_and_role(conn, team_id, user_id, lock=lock))[1]
 
 
@@ -245,7 +245,7 @@ def _require_manager(role: str) -> None:
 
 
 async def _members(conn: asyncpg.Connection, team_id: uuid.UUID) -> list[Member]:
-    return [_member_view(r) for r in await conn.fetch(_MEMBERS, team_id)]
+    return [_member_view(r) for r in await conn.fetch(q.MEMBERS, team_id)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ async def _members(conn: asyncpg.Connection, team_id: uuid.UUID) -> list[Member]
 async def list_teams(engine: AsyncEngine, ctx: AuthContext) -> list[TeamWithRole]:
     """The caller's live teams, in join order."""
     user_id = _user_of(ctx)
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         rows = await conn.execute(
             select(teams, users_teams.c.role)
             .join(users_teams, users_teams.c.team_id == teams.c.id)
@@ -287,14 +287,19 @@ async def create_team(engine: AsyncEngine, ctx: AuthContext, name: str) -> TeamW
     """A new team owned by the caller (not their default team)."""
     user_id = _user_of(ctx)
     clean = validate_team_name(name)
-    async with engine.begin() as conn:
-        return await insert_team(conn, name=clean, owner_id=user_id, is_default=False)
+    async with transaction(engine) as conn:
+        team = await insert_team(conn, name=clean, owner_id=user_id, is_default=False)
+        await audit.record(
+            conn, ctx, team_id=ids.parse_id(ids.Kind.TEAM, team.id), action="create", resource_type="team",
+            resource_id=team.id, metadata={"name": clean},
+        )  # fmt: skip
+        return team
 
 
 async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, name: str) -> None:
     user_id = _user_of(ctx)
     clean = validate_team_name(name)
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
         old = (await conn.execute(select(teams.c.name).where(teams.c.id == team_id))).scalar()
         await conn.execute(update(teams).where(teams.c.id == team_id).values(name=clean))
@@ -309,18 +314,37 @@ async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID,
     )
 
 
-async def delete_team(
-    engine: AsyncEngine,
-    ctx: AuthContext,
-    team_id: uuid.UUID,
-    *,
-    hooks: TeamDeletionHooks | None = None,
+async def _destroy_sandboxes(
+    engine: AsyncEngine, pool: HostClientPool, team_id: uuid.UUID, refs: list[SandboxRef]
 ) -> None:
-    """Soft delete (owner only), SPEC §7.3. Sandbox rows, API keys, memberships and audit rows
-    stay; the slug stays reserved; API keys and JWTs of the team stop working at once."""
-    hooks = hooks or team_deletion_hooks
+    await sandbox_service.destroy_on_hosts(engine, pool, [(r.id, r.host_id) for r in refs])
+
+
+async def _delete_template_files(
+    engine: AsyncEngine, pool: HostClientPool, team_id: uuid.UUID, refs: list[TemplateRef]
+) -> None:
+    # Best effort, like the sandboxes: the team is deleted either way (docs/spec.md §7.3 step 4).
+    async def one(ref: TemplateRef) -> None:
+        try:
+            await snapshot_service.delete_files(engine, pool, team_id, ref.id, ref.host_id)
+        except WarrenError as e:
+            log.warning("team %s delete: files of template %s stay: %s", team_id, ref.id, e.message)
+
+    await asyncio.gather(*(one(ref) for ref in refs if ref.host_local))
+
+
+async def delete_team(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, team_id: uuid.UUID
+) -> None:
+    """Soft delete (owner only), docs/spec.md §7.3. Sandbox rows, API keys, memberships and audit rows
+    stay; the slug stays reserved; API keys and JWTs of the team stop working at once.
+
+    The team's sandboxes are destroyed on their hosts BEFORE the rows are marked stopped (docs/spec.md §7.3
+    step 2), and again after for those whose create finished in between; the files of its
+    pre-store snapshots go AFTER the template rows were deleted (step 4); store layers go to the
+    layer GC. Host-side failures are logged, never fatal."""
     user_id = _user_of(ctx)
-    async with engine.connect() as conn:
+    async with autocommit(engine) as conn:
         role = await _lock_team_and_role(conn, team_id, user_id, lock=False)
         if role != "owner":
             raise Forbidden("only the team owner can delete the team")
@@ -333,19 +357,38 @@ async def delete_team(
             )
         ]
 
-    async def best_effort(what: str, hook: Callable[..., Awaitable[None]] | None, refs: list[Any]) -> None:
-        # SPEC §7.3: host-side clean-up failures are logged; the delete goes on.
-        if refs and hook is not None:
-            try:
-                await hook(engine, team_id, refs)
-            except Exception:
-                log.exception("team %s delete: %s failed", ids.team_id(team_id), what)
+    async def best_effort(what: str, work: Awaitable[None]) -> None:
+        # docs/spec.md §7.3: host-side clean-up failures are logged; the delete goes on.
+        try:
+            await work
+        except Exception:
+            log.exception("team %s delete: %s failed", ids.team_id(team_id), what)
 
-    await best_effort("destroying sandboxes on hosts", hooks.destroy_sandboxes, live)
+    if live:
+        await best_effort("destroying sandboxes on hosts", _destroy_sandboxes(engine, pool, team_id, live))
 
+    stopped, removed = await _stop_and_delete_rows(engine, ctx, team_id, user_id)
+
+    # Sandboxes whose create finished between the first list and the stop above were not
+    # destroyed yet: those inserted since, and those listed while still `pending` (the agent
+    # refused to destroy them mid-create). A create still in flight now finds its row stopped
+    # and destroys its sandbox itself.
+    destroyed = {ref.id for ref in live if ref.status != "pending"}
+    late = [ref for ref in stopped if ref.id not in destroyed]
+    if late:
+        await best_effort("destroying sandboxes on hosts", _destroy_sandboxes(engine, pool, team_id, late))
+    if removed:
+        await best_effort("deleting template files", _delete_template_files(engine, pool, team_id, removed))
+
+
+async def _stop_and_delete_rows(
+    engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[list[SandboxRef], list[TemplateRef]]:
+    """The delete's one transaction (docs/spec.md §7.3 step 3: if stopping the rows fails, the
+    team is not deleted): its live sandboxes marked stopped, its templates deleted, the team
+    marked deleted and audited. Returns what was stopped and removed."""
     now = clock.now()
-    # One transaction: if stopping the rows fails, the team is not deleted (§7.3 step 3).
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         role = await _lock_team_and_role(conn, team_id, user_id, lock=True)
         if role != "owner":
             raise Forbidden("only the team owner can delete the team")
@@ -361,23 +404,29 @@ async def delete_team(
             )
         ]
         removed = [
-            TemplateRef(id=r.id, name=r.name, type=r.type, host_id=r.host_id)
+            TemplateRef(
+                id=r.id, name=r.name, type=r.type, host_id=r.host_id, layers=tuple(r.layers), source=r.source
+            )
             for r in await conn.execute(
                 delete(templates)
                 .where(templates.c.team_id == team_id)
-                .returning(templates.c.id, templates.c.name, templates.c.type, templates.c.host_id)
+                .returning(
+                    templates.c.id,
+                    templates.c.name,
+                    templates.c.type,
+                    templates.c.host_id,
+                    templates.c.layers,
+                    templates.c.source,
+                )
             )
         ]
         await conn.execute(update(teams).where(teams.c.id == team_id).values(deleted_at=now))
-
-    # Sandboxes whose create finished between the first list and the stop above were not
-    # destroyed yet: those inserted since, and those listed while still `pending` (the agent
-    # refused to destroy them mid-create). A create still in flight now finds its row stopped
-    # and destroys its sandbox itself.
-    destroyed = {ref.id for ref in live if ref.status != "pending"}
-    late = [ref for ref in stopped if ref.id not in destroyed]
-    await best_effort("destroying sandboxes on hosts", hooks.destroy_sandboxes, late)
-    await best_effort("deleting template files", hooks.delete_template_files, removed)
+        await audit.record(
+            conn, ctx, team_id=team_id, action="delete", resource_type="team",
+            resource_id=ids.team_id(team_id),
+            metadata={"sandboxes_stopped": len(stopped), "templates_deleted": len(removed)},
+        )  # fmt: skip
+    return stopped, removed
 
 
 async def add_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, email: str) -> Member:
@@ -385,7 +434,7 @@ async def add_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, 
     clean = email.strip().lower()
     if not clean:
         raise InvalidRequest("email is required")
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
         target = (
             await conn.execute(select(users.c.id, users.c.name, users.c.email).where(users.c.email == clean))
@@ -438,12 +487,12 @@ async def _target_role(conn: AsyncConnection, team_id: uuid.UUID, target: uuid.U
 async def set_member_role(
     engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, target: uuid.UUID, role: str
 ) -> None:
-    """admin ⇄ member. The new role is validated before the caller's role (SPEC §2.4); the
+    """admin ⇄ member. The new role is validated before the caller's role (docs/spec.md §2.4); the
     owner's role never changes and nobody becomes owner."""
     user_id = _user_of(ctx)
     if role not in ("admin", "member"):
         raise InvalidRequest("role must be 'admin' or 'member'")
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
@@ -468,7 +517,7 @@ async def set_member_role(
 async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, target: uuid.UUID) -> None:
     """Owner/admin removes a non-owner (an admin may remove other admins, or themselves)."""
     user_id = _user_of(ctx)
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
@@ -490,7 +539,7 @@ async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUI
 
 async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> None:
     user_id = _user_of(ctx)
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         role = await _lock_team_and_role(conn, team_id, user_id, lock=True)
         if role == "owner":
             raise Forbidden("the owner cannot leave the team; delete the team instead")
@@ -510,12 +559,12 @@ async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) 
 
 
 async def set_byoc(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, enabled: bool) -> None:
-    """Platform admins only. One-way: enabling is idempotent, disabling is refused (SPEC §2.10)."""
+    """Platform admins only. One-way: enabling is idempotent, disabling is refused (docs/spec.md §2.10)."""
     if not ctx.is_admin:
         raise Forbidden("admin access required")
     if not enabled:
         raise InvalidRequest("BYOC cannot be disabled once enabled")
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         res = await conn.execute(
             update(teams)
             .where(teams.c.id == team_id, teams.c.deleted_at.is_(None))
@@ -524,3 +573,7 @@ async def set_byoc(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, en
         )
         if res.first() is None:
             raise NotFound("team not found")
+        await audit.record(
+            conn, ctx, team_id=team_id, action="enable_byoc", resource_type="team",
+            resource_id=ids.team_id(team_id), scope="admin",
+        )  # fmt: skip

@@ -1,4 +1,4 @@
-"""User search (SPEC §2.3, §7.10)."""
+"""User search (docs/spec.md §2.3, §7.10)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import ids
+from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import users
-from warren.cp.services import autocommit
 from warren.cp.services.context import AuthContext
 from warren.errors import InvalidRequest
 
@@ -34,7 +34,7 @@ async def search_by_email_prefix(engine: AsyncEngine, ctx: AuthContext, prefix: 
         raise InvalidRequest("email prefix must be at least 3 characters and contain '@'")
     if len(p) > MAX_PREFIX or "\x00" in p:
         raise InvalidRequest("invalid email prefix")
-    async with autocommit(engine).connect() as conn:
+    async with autocommit(engine) as conn:
         rows = await conn.execute(
             select(users.c.id, users.c.email)
             .where(users.c.email.like(escape_like(p) + "%", escape="\\"))

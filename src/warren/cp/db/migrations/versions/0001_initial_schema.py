@@ -1,4 +1,4 @@
-"""initial schema: every table of SPEC §1 (as adjusted by DESIGN §4), the template
+"""initial schema: every table of docs/spec.md §1 (as adjusted by docs/design.md §4), the template
 reserved-name trigger and the built-in ``minimal`` template.
 
 Revision ID: 0001

@@ -1,0 +1,272 @@
+"""Making one sandbox: the request's checks, then the build steps with an undo stack.
+
+:func:`check_request` refuses a malformed or oversize request before anything is made.
+:class:`SandboxBuilder` runs the steps: claim a network slot (started first: it is independent
+and the slowest), mount the disk, run tmpfs and overlay, write the OCI bundle and the record,
+start the container and wait for the guest's health answer. Each step pushes its undo; any
+failure, cancellation included, runs them in reverse, so a failed create leaves nothing behind.
+Admission (how many creates run at once) is the manager's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warren import clock, ids
+from warren.agent import record, sandbox_fs
+from warren.agent.chain import Chain, TemplateConfig, check_env, start_template
+from warren.agent.egress import parse_allow
+from warren.agent.guest_client import GuestClient
+from warren.agent.network import NetworkSlots, Slot
+from warren.agent.record import HostSandbox, SandboxSpec
+from warren.agent.runtime.base import Runtime
+from warren.agent.runtime.bundle import GUEST_MOUNT, GUEST_SOCKET, BundleSpec, oci_config
+from warren.agent.sandbox_fs import DiskSize, SandboxFs
+from warren.agent.templates import TemplateRef
+from warren.egress_rules import EgressRules
+from warren.errors import InternalError, InvalidRequest, WarrenError
+
+log = logging.getLogger("warren.agent")
+
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MB = 512
+DEFAULT_DISK_MB = 5120
+GUEST_READY_TIMEOUT = 30.0
+# No sandbox may be larger than the host itself (the CP sets the platform's own maxima).
+MAX_VCPUS, MAX_MEMORY_MB = sandbox_fs.host_capacity()
+# PID 1 of every sandbox: the stdlib-only guest agent, from the read-only guest mount. -B: a
+# chain without the stdlib's bytecode (an imported image) gets none written into its sandboxes'
+# writable layers (and so into build steps' layers and snapshots) by the guest's imports.
+GUEST_ARGV = ["/usr/bin/python3", "-I", "-S", "-B", f"{GUEST_MOUNT}/guest.py", "--socket", GUEST_SOCKET]
+
+Undo = list[Callable[[], Awaitable[Any]]]
+
+
+@dataclass
+class CreateRequest(SandboxSpec):
+    """A create that passed :func:`check_request`: sizes defaulted and within the host."""
+
+    sandbox_id: str
+    ref: TemplateRef
+    allow: list[str]  # CIDRs open past the default egress deny
+    chain: Chain | None = None  # set: the rootfs is these layers (ref is ignored)
+    config: TemplateConfig = field(default_factory=TemplateConfig)
+    egress: EgressRules = field(default_factory=EgressRules)  # the sandbox's own rules (issue 14)
+
+
+def check_request(
+    *,
+    sandbox_id: str,
+    team_id: str,
+    template_id: str,
+    template: str,
+    vcpus: int,
+    memory_mb: int,
+    disk_size_mb: int,
+    timeout_sec: int,
+    internet: bool,
+    env: dict[str, str] | None,
+    egress_allow: Sequence[str],
+    chain: Chain | None = None,
+    config: TemplateConfig | None = None,
+    egress: EgressRules | None = None,
+) -> CreateRequest:
+    """``env`` wins over the template's (``config.env``); the record keeps the merged env."""
+    if not sandbox_id:
+        _, sandbox_id = ids.new_id(ids.Kind.SANDBOX)
+    ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox_id")
+    vcpus = vcpus or DEFAULT_VCPUS
+    memory_mb = memory_mb or DEFAULT_MEMORY_MB
+    disk_size_mb = disk_size_mb or DEFAULT_DISK_MB
+    if not 0 < vcpus <= MAX_VCPUS:
+        raise InvalidRequest(f"vcpus must be 1-{MAX_VCPUS} (this host's CPUs)")
+    if not sandbox_fs.MIN_MEMORY_MB <= memory_mb <= MAX_MEMORY_MB:
+        raise InvalidRequest(
+            f"memory_mb must be {sandbox_fs.MIN_MEMORY_MB}-{MAX_MEMORY_MB} (this host's memory)"
+        )
+    if disk_size_mb < sandbox_fs.MIN_DISK_MB:
+        raise InvalidRequest(f"disk_size_mb must be at least {sandbox_fs.MIN_DISK_MB}")
+    if timeout_sec < 0:
+        raise InvalidRequest("timeout_sec must be >= 0")
+    config = config or TemplateConfig()
+    env = {**config.env, **check_env(env or {})}
+    allow = parse_allow(egress_allow)
+    # With a chain, team_id/template_id do not choose the rootfs; they are still recorded.
+    ref = TemplateRef.parse(team_id, template_id)
+    return CreateRequest(
+        template=template, vcpus=vcpus, memory_mb=memory_mb, disk_size_mb=disk_size_mb,
+        timeout_sec=timeout_sec, internet=internet, env=env, sandbox_id=sandbox_id, ref=ref,
+        allow=allow, chain=chain, config=config, egress=egress or EgressRules(),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """Per-sandbox limits that come from the agent's settings."""
+
+    max_open_files: int
+    max_processes: int
+
+
+class SandboxBuilder:
+    """Builds one sandbox from a checked request and its resolved template."""
+
+    def __init__(
+        self,
+        *,
+        sandboxes_dir: Path,
+        runtime: Runtime,
+        network: NetworkSlots,
+        guest_dir: Path,
+        limits: BuildLimits,
+        guest_of: Callable[[HostSandbox], GuestClient],
+        reap: Callable[[int], None] = lambda pid: None,
+    ) -> None:
+        self.sandboxes_dir = sandboxes_dir
+        self.runtime = runtime
+        self.network = network
+        self.guest_dir = guest_dir
+        self.limits = limits
+        self.guest_of = guest_of
+        self.reap = reap  # a killed container init, for the agent (its subreaper) to reap
+
+    async def build(
+        self,
+        req: CreateRequest,
+        lower: list[Path],
+        base_config: dict[str, Any],
+        admission: AbstractAsyncContextManager[Any] | None = None,
+    ) -> HostSandbox:
+        """The running sandbox, its guest answering and its template's start command ready; on
+        any failure, nothing of it is left. ``admission`` is held while the sandbox is made, not
+        while its template gets ready (mostly waiting, and bounded only by the template)."""
+        sb_id = req.sandbox_id
+        fs = SandboxFs(self.sandboxes_dir / sb_id)
+        disk = sandbox_fs.disk_size(req.memory_mb, req.disk_size_mb)
+        undo: Undo = []
+        try:
+            async with admission or contextlib.nullcontext():
+                sb = await self._make(req, fs, disk, lower, base_config, undo)
+            if req.config.start_cmd or req.config.ready_cmd:
+                await start_template(self.guest_of(sb), req.config)
+            record.save(fs.root, sb)
+            return sb
+        except BaseException as e:
+            await self._roll_back(sb_id, e, undo)
+            if isinstance(e, WarrenError | asyncio.CancelledError):
+                raise
+            if isinstance(e, Exception):
+                raise InternalError(f"create sandbox {sb_id}: {e}") from e
+            raise
+
+    async def _make(
+        self, req: CreateRequest, fs: SandboxFs, disk: DiskSize, lower: list[Path],
+        base_config: dict[str, Any], undo: Undo,
+    ) -> HostSandbox:  # fmt: skip
+        sb_id = req.sandbox_id
+        t0 = time.monotonic()
+        net_task = self._claim_network(req, undo)
+        # A chain's layers are immutable and kept while in use (layer_cache): mounted in place.
+        lower = await fs.build(sb_id, lower, disk, undo, link_layers=req.chain is None)
+        t_mounts = time.monotonic()
+        slot: Slot = await net_task
+        if req.internet:  # before the container starts: it never runs without its rules
+            await self.network.rules.apply(slot, req.egress, fs.identity / "resolv.conf")
+        t_net = time.monotonic()
+        self._write_bundle(req, fs, slot)
+        sb = self._new_record(req, slot, disk, lower, base_config)
+        # Record before starting the container: a crash from here on leaves a record that
+        # startup either re-adopts or cleans up, never an unknown container.
+        record.save(fs.root, sb)
+        t_start = time.monotonic()
+        await self._start(sb, fs, undo)
+        t_runtime = time.monotonic()
+        await self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT)
+        log.debug(
+            "event=create_steps sandbox_id=%s mounts=%.1f net_wait=%.1f runtime=%.1f guest=%.1f (ms)",
+            sb_id, (t_mounts - t0) * 1000, (t_net - t_mounts) * 1000, (t_runtime - t_start) * 1000,
+            (time.monotonic() - t_runtime) * 1000,
+        )  # fmt: skip
+        return sb
+
+    def _claim_network(self, req: CreateRequest, undo: Undo) -> asyncio.Task[Slot]:
+        # Network first: it is independent of the mounts and slower, so start it now.
+        net_task = asyncio.create_task(
+            self.network.acquire(req.sandbox_id, internet=req.internet, allow=req.allow)
+        )
+
+        async def undo_net() -> None:
+            with contextlib.suppress(BaseException):
+                slot = await net_task
+                await self.network.release(slot)
+
+        undo.append(undo_net)
+        return net_task
+
+    def _write_bundle(self, req: CreateRequest, fs: SandboxFs, slot: Slot) -> None:
+        spec = BundleSpec(
+            sandbox_id=req.sandbox_id,
+            rootfs=fs.rootfs,
+            guest_dir=self.guest_dir,
+            run_dir=fs.run,
+            identity_dir=fs.identity,
+            shm_dir=fs.shm,
+            max_open_files=self.limits.max_open_files,
+            netns_path=slot.netns_path,
+            hostname=req.sandbox_id,
+            vcpus=req.vcpus,
+            memory_mb=req.memory_mb,
+            pids_limit=self.limits.max_processes,
+            env=req.env,
+            guest_argv=list(GUEST_ARGV),
+        )
+        sandbox_fs.write_private(fs.root / "config.json", json.dumps(oci_config(spec)))
+
+    @staticmethod
+    def _new_record(
+        req: CreateRequest, slot: Slot, disk: DiskSize, lower: list[Path], base_config: dict[str, Any]
+    ) -> HostSandbox:
+        now = clock.time_s()
+        if req.chain is None:
+            snapshot_layers = [str(p) for p in reversed(lower[:-1])]
+        else:  # a legacy snapshot of a chain sandbox copies its store layers only
+            snapshot_layers = [str(p) for p in reversed(lower[: len(set(req.chain.layers))])]
+        return HostSandbox(
+            id=req.sandbox_id, status="running", team_id=str(req.ref.team_id),
+            template_id=str(req.ref.template_id),
+            template=req.template or str(base_config.get("name", "")), vcpus=req.vcpus,
+            memory_mb=req.memory_mb, disk_size_mb=disk.mb, timeout_sec=req.timeout_sec,
+            internet=req.internet, env=req.env, slot=slot.index, host_ip=slot.sandbox_ip,
+            created_at=now, last_active_at=now, lower_layers=[str(p) for p in lower],
+            snapshot_layers=snapshot_layers, base_config=base_config,
+            chain=None if req.chain is None else req.chain.to_record(),
+            template_config=req.config.to_record(),
+        )  # fmt: skip
+
+    async def _start(self, sb: HostSandbox, fs: SandboxFs, undo: Undo) -> None:
+        # Undo first: a create cancelled inside the runtime call may leave a container.
+        async def undo_start() -> None:
+            await self.runtime.destroy(sb.id)
+            if sb.pid:
+                self.reap(sb.pid)
+
+        undo.append(undo_start)
+        sb.pid = await self.runtime.create(sb.id, fs.root)
+
+    @staticmethod
+    async def _roll_back(sb_id: str, e: BaseException, undo: Undo) -> None:
+        log.error("event=create_failed sandbox_id=%s error=%s", sb_id, e)
+        for fn in reversed(undo):
+            try:
+                await fn()
+            except Exception as ue:
+                log.error("event=create_rollback_failed sandbox_id=%s error=%s", sb_id, ue)

@@ -1,0 +1,202 @@
+"""DialPort: a TCP connection to 127.0.0.1:<port> inside a sandbox's network namespace, relayed
+as raw bytes over one gRPC stream (docs/networking.md §3).
+
+A socket belongs to the netns it was created in, whichever thread uses it later. So a single
+dedicated thread enters the sandbox's netns (``setns(CLONE_NEWNET)``, which moves that thread
+only), creates the socket, and steps back; the event loop then connects and relays it like any
+other socket. The thread does nothing else, so even a failed step back could not make another
+socket of the agent's land in a sandbox. Servers bound to the sandbox's loopback are reachable
+this way; nothing of the host's is (the socket only sees the sandbox's netns).
+
+Bounds: at most ``max_per_sandbox`` open dials per sandbox (RESOURCE_EXHAUSTED past it), reads
+of at most ``CHUNK`` bytes per message, and writes drained before the next message is taken, so
+either side pushes back instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from warren.agent.manager import SandboxManager
+from warren.agent.network import Slot
+from warren.errors import InvalidState, NotFound, WarrenError
+from warren.rpc import hostagent_pb2 as pb
+
+CHUNK = 1 << 20  # bytes per data message at most, both ways (64 KiB … 1 MiB is the contract)
+MAX_DIALS_PER_SANDBOX = 256
+CONNECT_TIMEOUT_S = 10.0
+_CLONE_NEWNET = 0x40000000
+
+
+class PortNotOpen(WarrenError):
+    """Nothing listens on the port inside the sandbox (UNAVAILABLE ``port_not_open``)."""
+
+    code = "port_not_open"
+
+
+class TooManyDials(WarrenError):
+    code = "too_many_dials"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns {what}: {os.strerror(err)}")
+
+
+class Dialer:
+    """Opens sockets inside sandboxes' netns and relays them; one per agent."""
+
+    def __init__(self, manager: SandboxManager, *, max_per_sandbox: int = MAX_DIALS_PER_SANDBOX) -> None:
+        self.m = manager
+        self.max_per_sandbox = max_per_sandbox
+        self._open: dict[str, int] = {}
+        # /proc/self is the thread group leader: the agent's own (host) netns.
+        self._host_ns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns-dial")
+
+    def _socket_in(self, netns_path: str) -> socket.socket:
+        """Runs in the dedicated thread: a non-blocking TCP socket of ``netns_path``."""
+        try:
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound("the sandbox's network is gone") from None
+        try:
+            _setns(fd, netns_path)
+            try:
+                return socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            finally:
+                _setns(self._host_ns, "back to the host")
+        finally:
+            os.close(fd)
+
+    def _running_slot(self, sandbox_id: str) -> int:
+        sb = self.m.sandbox(sandbox_id)  # NotFound
+        if sb.status != "running":
+            raise InvalidState(f"sandbox {sandbox_id} is {sb.status}", code="sandbox_paused")
+        return sb.slot
+
+    async def connect(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to 127.0.0.1:``port`` inside the running sandbox."""
+        sock = await self.connect_socket(sandbox_id, port)
+        return await asyncio.open_connection(sock=sock, limit=CHUNK)
+
+    async def connect_socket(self, sandbox_id: str, port: int) -> socket.socket:
+        """The connected socket itself (non-blocking), for callers with their own transport."""
+        slot = self._running_slot(sandbox_id)
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(self._thread, self._socket_in, Slot(slot).netns_path)
+        try:
+            # The slot must still be this sandbox's: a destroy (and a new sandbox in the same
+            # slot) may have happened while the socket was being made.
+            if self._running_slot(sandbox_id) != slot:
+                raise NotFound(f"sandbox {sandbox_id} not found")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+        except OSError as e:
+            sock.close()
+            if e.errno in (errno.ECONNREFUSED, errno.ECONNRESET):
+                raise PortNotOpen(f"nothing listens on port {port} in the sandbox") from None
+            raise PortNotOpen(f"port {port}: {os.strerror(e.errno or 0) or e}") from None
+        except TimeoutError:
+            sock.close()
+            raise PortNotOpen(f"port {port}: connect timed out") from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def acquire(self, sandbox_id: str) -> Callable[[], None]:
+        """Count one open dial of the sandbox (TooManyDials past the limit); the returned
+        function gives it back (once, however often it is called)."""
+        n = self._open.get(sandbox_id, 0)
+        if n >= self.max_per_sandbox:
+            raise TooManyDials(f"at most {self.max_per_sandbox} open connections per sandbox")
+        self._open[sandbox_id] = n + 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            left = self._open[sandbox_id] - 1
+            if left:
+                self._open[sandbox_id] = left
+            else:
+                del self._open[sandbox_id]
+
+        return release
+
+    def open_dials(self, sandbox_id: str) -> int:
+        return self._open.get(sandbox_id, 0)
+
+    @contextlib.contextmanager
+    def slot_for(self, sandbox_id: str) -> Iterator[None]:
+        release = self.acquire(sandbox_id)
+        try:
+            yield
+        finally:
+            release()
+
+    async def relay(
+        self,
+        sandbox_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        requests: AsyncIterator[pb.DialRequest],
+    ) -> AsyncIterator[pb.DialEvent]:
+        """``connected``, then the sandbox's bytes as ``data`` events and ``closed`` at its EOF;
+        the client's ``data`` is written (drained first) and ``close_write`` half-closes. The
+        call lasts until both directions are done (or either side goes away)."""
+        pump = asyncio.create_task(_pump(requests, writer))
+        try:
+            yield pb.DialEvent(connected=True)
+            while data := await reader.read(CHUNK):
+                self.m.touch(sandbox_id)
+                yield pb.DialEvent(data=data)
+            yield pb.DialEvent(closed=True)
+            await pump
+        finally:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            writer.close()
+
+
+async def _pump(requests: AsyncIterator[pb.DialRequest], writer: asyncio.StreamWriter) -> None:
+    """The client's side: bytes into the socket, then a half-close (``close_write`` or the end
+    of the request stream). A sandbox that stopped reading ends it with an error."""
+    with contextlib.suppress(ConnectionError, OSError):
+        async for msg in requests:
+            which = msg.WhichOneof("msg")
+            if which == "data":
+                writer.write(msg.data)
+                await writer.drain()
+            elif which == "close_write":
+                break
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+
+
+_dialers: weakref.WeakKeyDictionary[SandboxManager, Dialer] = weakref.WeakKeyDictionary()
+
+
+def dialer_for(manager: SandboxManager) -> Dialer:
+    """The agent's one dialer (made on first use)."""
+    d = _dialers.get(manager)
+    if d is None:
+        d = _dialers[manager] = Dialer(manager)
+    return d

@@ -1,0 +1,130 @@
+"""The agent process's entry point: ``warren agent …`` and ``python -m warren.agent …``.
+
+Checks the host (root, the OCI runtime and the programs the agent runs), reads
+:class:`~warren.agent.settings.AgentSettings` once, sets up logging, then runs
+:func:`warren.agent.main.serve`, linked to a control plane when ``--cp`` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from warren import logs
+from warren.agent.settings import AgentSettings, load_settings
+from warren.logs import LogFormat
+
+
+def setup_logging(level: str, fmt: LogFormat = "text") -> None:
+    # Text: one line per event (timestamp, level, logger, then `event=… sandbox_id=…` pairs);
+    # json: one object per line, with the CP's request id inside an RPC (warren/logs.py).
+    # httpx's per-request lines are silenced there: the agent logs heartbeat failures itself.
+    logs.setup_logging(level, fmt)
+
+
+async def run_agent(
+    listen: str,
+    data_dir: Path,
+    runtime: str,
+    settings: AgentSettings,
+    *,
+    cp_url: str | None = None,
+    register_token: str | None = None,
+    address: str | None = None,
+) -> None:
+    """The agent, optionally linked to a control plane (registration, mTLS, heartbeats)."""
+    from warren.agent.main import AgentHandle, serve
+
+    if not cp_url:
+        await serve(listen, data_dir, settings, runtime=runtime)
+        return
+    from warren.agent.control_plane import AgentHooks, ControlPlaneLink
+    from warren.agent.startup_checks import check_before_register
+
+    # Before registering: registration spends the one-time token and puts the host online.
+    check_before_register(data_dir, listen)
+    link = await ControlPlaneLink.connect(
+        cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen
+    )
+
+    async def cp_link(handle: AgentHandle) -> None:
+        async def shutdown() -> None:
+            handle.terminate()
+
+        hooks = AgentHooks(pause_all=handle.manager.pause_all, shutdown=shutdown)
+        task = link.start(hooks, interval_s=settings.heartbeat_interval_s)
+        try:
+            await task
+        finally:
+            await link.stop()
+
+    await serve(
+        listen, data_dir, settings, runtime=runtime, tls=link.server_credentials(), extra_tasks=[cp_link],
+        cp_url=cp_url,
+    )  # fmt: skip
+
+
+def _check_host(runtime: str) -> None:
+    """Refuse to start where the agent cannot work: not root, unknown runtime, missing tools."""
+    if os.geteuid() != 0:
+        typer.echo(
+            "warren agent must run as root: it creates namespaces, cgroups, overlay mounts and "
+            "iptables rules. Try: sudo warren agent …",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    if runtime not in ("runc", "crun"):
+        typer.echo(f"unknown --runtime {runtime!r}: use runc or crun", err=True)
+        raise typer.Exit(code=2)
+    missing = [b for b in (runtime, "ip", "iptables", "debootstrap", "unshare", "cp") if not shutil.which(b)]
+    if missing:
+        typer.echo(
+            f"missing host programs: {', '.join(missing)} (apt install runc crun iptables debootstrap)",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+
+
+def agent_command(
+    listen: Annotated[
+        str, typer.Option(help="gRPC address: 127.0.0.1:50051 or unix:/path")
+    ] = "127.0.0.1:50051",
+    data_dir: Annotated[Path, typer.Option(help="where templates, sandboxes and records live")] = Path(
+        "/var/lib/warren/agent"
+    ),
+    runtime: Annotated[str, typer.Option(help="OCI runtime: runc or crun")] = "runc",
+    cp: Annotated[
+        str | None, typer.Option("--cp", envvar="WARREN_CP_URL", help="control plane URL (enables mTLS)")
+    ] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            envvar="WARREN_REGISTRATION_TOKEN",
+            help="one-time host registration token (prefer the environment: a command line is public)",
+        ),
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="the ip:port the control plane dials")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json (one object per line); default WARREN_LOG_FORMAT, text")
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of GET /metrics (Prometheus), or 0 for off; default "
+            "WARREN_AGENT_METRICS_LISTEN, 127.0.0.1:9464"
+        ),
+    ] = None,
+) -> None:
+    """Run the host agent: sandboxes on this machine, served over gRPC."""
+    _check_host(runtime)
+    os.environ.pop("WARREN_REGISTRATION_TOKEN", None)  # consumed: not for the agent's children
+    settings = load_settings(log_format=log_format, metrics_listen=metrics_listen)
+    setup_logging(settings.log_level, settings.log_format)
+    asyncio.run(
+        run_agent(listen, data_dir, runtime, settings, cp_url=cp, register_token=register, address=address)
+    )

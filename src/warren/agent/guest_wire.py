@@ -1,0 +1,275 @@
+"""The guest protocol on the host side: frames, one connection per request, exec sessions.
+
+A frame is a 4-byte big-endian payload length, a kind byte, and the payload
+(``warren/guest/PROTOCOL.md``). Every frame size and JSON field the guest sends is treated as
+hostile: frames are capped by kind before they are read, and a malformed answer is a
+:class:`GuestError`, never a crash. :class:`GuestClient` (guest_client.py) is built on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# Frame kinds, see PROTOCOL.md. A frame is a 4-byte big-endian payload length, a kind byte,
+# and the payload.
+K_REQ = 1
+K_DATA = 2
+K_END = 3
+K_RESULT = 4
+K_ERROR = 5
+K_EVENT = 6
+K_STDOUT = 7
+K_STDERR = 8
+K_SIGNAL = 9
+
+HDR = 5
+# The guest refuses inbound frames over 8 MiB; stay well below so big writes stream smoothly.
+MAX_OUT_CHUNK = 1 << 20
+# The largest frame a legitimate guest sends, by kind: raw bytes come in reads of at most 4 MiB
+# (a file read's chunk_size is clamped there; process output in 64 KiB reads); JSON answers are
+# small, a listing page stops at about 1 MiB. A bigger frame is refused before it is read, so a
+# hostile guest cannot make the agent allocate more than this per connection (JSON that parses
+# into many small objects grows some 20x, hence the lower bound for JSON).
+MAX_DATA_FRAME = 4 << 20
+MAX_JSON_FRAME = 2 << 20
+DATA_KINDS = frozenset({K_DATA, K_STDOUT, K_STDERR})
+STREAM_LIMIT = 1 << 20  # asyncio StreamReader buffer: bounds memory while reading a file
+
+
+GuestErrorKind = str
+
+
+class GuestError(Exception):
+    """An error reported by the guest, or the guest being unreachable."""
+
+    def __init__(self, kind: GuestErrorKind, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class ExecEvent:
+    kind: Literal["start", "stdout", "stderr", "exit", "error"]
+    pid: int = 0
+    data: bytes = b""
+    exit_code: int = 0
+    error: str = ""
+    timed_out: bool = False
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(4, "big") + bytes((kind,)) + payload
+
+
+def jdump(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        out = json.loads(payload)
+    except (ValueError, RecursionError) as e:
+        raise GuestError("internal", "the guest sent malformed JSON") from e
+    if not isinstance(out, dict):
+        raise GuestError("internal", "the guest sent JSON that is not an object")
+    return out
+
+
+def error_from(payload: bytes) -> GuestError:
+    try:
+        d = json.loads(payload)
+        return GuestError(str(d.get("kind", "internal")), str(d.get("message", "")))
+    except (ValueError, AttributeError):
+        return GuestError("internal", f"malformed error frame: {payload[:200]!r}")
+
+
+class Conn:
+    """One connection = one request."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, path: str) -> Conn:
+        # The socket's directory is the sandbox's /run/warren, writable by sandbox root: it can
+        # replace the socket with a symlink, which connect(2) would follow *on the host* (to
+        # another sandbox's guest, or any host socket). So pin the inode without following a
+        # symlink, check it is a socket, and connect through /proc/self/fd.
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise GuestError("unavailable", f"cannot connect to guest at {path}: not a socket")
+            reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=STREAM_LIMIT)
+        except OSError as e:
+            # ENOENT (not yet started / gone), ECONNREFUSED (between bind and listen, or dead).
+            raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
+        finally:
+            os.close(fd)
+        return cls(reader, writer)
+
+    def send(self, kind: int, payload: bytes = b"") -> None:
+        self.writer.write(frame(kind, payload))
+
+    def send_data(self, data: bytes) -> None:
+        for i in range(0, len(data), MAX_OUT_CHUNK):
+            self.send(K_DATA, data[i : i + MAX_OUT_CHUNK])
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise GuestError("unavailable", f"guest connection lost: {e}") from e
+
+    async def recv(self) -> tuple[int, bytes]:
+        try:
+            hdr = await self.reader.readexactly(HDR)
+            n = int.from_bytes(hdr[:4], "big")
+            cap = MAX_DATA_FRAME if hdr[4] in DATA_KINDS else MAX_JSON_FRAME
+            if n > cap:
+                raise GuestError("too_large", f"the guest sent a frame of {n} bytes (at most {cap})")
+            payload = await self.reader.readexactly(n) if n else b""
+        except asyncio.IncompleteReadError as e:
+            raise GuestError("unavailable", "guest closed the connection mid-response") from e
+        except (ConnectionError, OSError) as e:
+            raise GuestError("unavailable", f"guest connection lost: {e}") from e
+        return hdr[4], payload
+
+    async def result(self) -> dict[str, Any]:
+        kind, payload = await self.recv()
+        if kind == K_RESULT:
+            return json_object(payload)
+        if kind == K_ERROR:
+            raise error_from(payload)
+        raise GuestError("internal", f"unexpected frame kind {kind} (wanted a result)")
+
+    def close(self) -> None:
+        # The guest treats EOF as "client gone"; no need to wait for the close handshake.
+        self.writer.close()
+
+
+async def open_started(path: str, req: dict[str, Any], stdin: bytes | None = None) -> tuple[Conn, int]:
+    """A connection to the guest at ``path`` on which ``req`` started a command or a terminal,
+    and its pid (from the start event). ``stdin``, then END, goes right after the request. A
+    refusal raises, and the connection is closed."""
+    conn = await Conn.open(path)
+    try:
+        conn.send(K_REQ, jdump(req))
+        if stdin is not None:
+            # Not drained here: the guest reads stdin and we read output concurrently, so
+            # waiting for stdin to be consumed first could deadlock on a chatty process.
+            conn.send_data(stdin)
+            conn.send(K_END)
+        kind, payload = await conn.recv()
+        if kind == K_ERROR:
+            raise error_from(payload)
+        if kind != K_EVENT:
+            raise GuestError("internal", f"unexpected frame kind {kind} (wanted start)")
+        pid = json_object(payload).get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 31:
+            raise GuestError("internal", "the guest's start event has no valid pid")
+        return conn, pid
+    except BaseException:
+        conn.close()
+        raise
+
+
+class ExecSession:
+    """A running command's event stream plus its stdin / signal controls.
+
+    Iterate it for :class:`ExecEvent` s: ``start`` first, then ``stdout``/``stderr`` as they
+    arrive, then ``exit`` (or ``error`` if the guest connection broke). Closing the session of a
+    foreground command kills it; a background command keeps running.
+    """
+
+    def __init__(self, conn: Conn, start: ExecEvent) -> None:
+        self._conn = conn
+        self._pending: ExecEvent | None = start
+        self._done = False
+        self.pid = start.pid
+
+    def __aiter__(self) -> ExecSession:
+        return self
+
+    async def __anext__(self) -> ExecEvent:
+        if self._pending is not None:
+            ev, self._pending = self._pending, None
+            return ev
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            kind, payload = await self._conn.recv()
+        except GuestError as e:
+            self._finish()
+            return ExecEvent(kind="error", error=e.message)
+        if kind == K_STDOUT:
+            return ExecEvent(kind="stdout", pid=self.pid, data=payload)
+        if kind == K_STDERR:
+            return ExecEvent(kind="stderr", pid=self.pid, data=payload)
+        if kind == K_EVENT:
+            try:
+                d = json_object(payload)
+            except GuestError as e:
+                self._finish()
+                return ExecEvent(kind="error", pid=self.pid, error=e.message)
+            if d.get("type") == "exit":
+                self._finish()
+                code = d.get("exit_code")
+                if not isinstance(code, int) or isinstance(code, bool) or not -(1 << 31) <= code < 1 << 31:
+                    return ExecEvent(kind="error", pid=self.pid, error="the guest sent an invalid exit code")
+                return ExecEvent(
+                    kind="exit",
+                    pid=self.pid,
+                    exit_code=code,
+                    error=str(d.get("error") or "")[:1024],
+                    timed_out=d.get("timed_out") is True,
+                )
+            return ExecEvent(kind="start", pid=self.pid)
+        self._finish()
+        if kind == K_ERROR:
+            err = error_from(payload)
+            return ExecEvent(kind="error", pid=self.pid, error=f"{err.kind}: {err.message}")
+        return ExecEvent(kind="error", pid=self.pid, error=f"unexpected frame kind {kind}")
+
+    def _finish(self) -> None:
+        self._done = True
+        self._conn.close()
+
+    async def send_stdin(self, data: bytes) -> None:
+        self._check_open()
+        self._conn.send_data(data)
+        await self._conn.drain()
+
+    async def close_stdin(self) -> None:
+        self._check_open()
+        self._conn.send(K_END)
+        await self._conn.drain()
+
+    async def signal(self, sig: int) -> None:
+        self._check_open()
+        self._conn.send(K_SIGNAL, str(int(sig)).encode())
+        await self._conn.drain()
+
+    async def close(self) -> None:
+        self._done = True
+        self._pending = None
+        self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise GuestError("invalid_argument", "the exec session has ended")
+
+    async def __aenter__(self) -> ExecSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

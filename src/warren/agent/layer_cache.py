@@ -1,0 +1,353 @@
+"""The layers installed on this host (docs/templates.md §2), under ``<data-dir>/layers/``::
+
+    layers/                   0700 root: nothing in it is for anyone but the agent
+      <digest>/               one installed layer, renamed into place once complete
+        tree/                 the layer in overlayfs' own format (whiteouts as 0:0 char devices,
+                              opaque dirs by xattr), owned by the mapped uids: an overlay lowerdir
+        layer.json            {"digest", "size"}: the size of the tar it came from
+      .skeleton/              the mount points the runtime needs, at the bottom of every chain
+      .tmp-*  .del-*          an install or a delete under way; removed at startup
+
+A layer arrives as an OCI layer tar. Its bytes go to a temporary file in the same filesystem,
+hashed on the way in and bounded by its declared size; a mismatch keeps nothing and answers
+``DATA_LOSS``. The tar is then extracted (``warren.layers.extract_layer``: never follows a link,
+never writes outside its directory) to a temporary directory that is renamed into place, so a
+layer is either whole or absent. Installs of one digest are serialized: the second waits and
+finds it installed.
+
+A layer is in use while a sandbox on this host (running, paused, re-adopted, or a build step)
+has it in its chain, or while a create on it is under way (:meth:`LayerCache.pin`). In-use
+layers are never deleted. The check and the rename that takes a layer away happen without an
+``await`` between them, as do a create's presence check and its pin, so the two cannot
+interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
+from warren.agent.templates import MAPPED_BASE
+from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
+from warren.layers import HashingWriter, LayerError, LayerMeta, extract_layer, write_layer
+
+log = logging.getLogger("warren.agent.layers")
+
+STREAM_CHUNK = 1 << 20
+LAYER_TREE = "tree"
+LAYER_INFO = "layer.json"
+SKELETON = ".skeleton"
+# Directories and files the runtime mounts over or into. In a chain's bottom layer they keep
+# the runtime from creating them in the sandbox's writable layer, and so in a build step's layer.
+SKELETON_DIRS = (".warren", ".warren/guest", "run", "run/warren", "etc", "dev", "proc", "sys")
+SKELETON_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
+
+
+class LayerCorrupt(WarrenError):
+    """The bytes received are not the layer they were sent as (gRPC ``DATA_LOSS``)."""
+
+    code = "data_loss"
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledLayer:
+    digest: str
+    size: int
+    in_use: bool
+
+
+class LayerCache:
+    def __init__(self, root: Path, *, max_bytes: int, in_use: Callable[[], set[str]] | None = None) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        # The digests of every registered sandbox's chain (the manager's registry).
+        self._sandboxes_use = in_use or set
+        self._pins: Counter[str] = Counter()
+        self._installing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    # ------------------------------------------------------------------------ startup
+
+    def prepare(self) -> list[Path]:
+        """At startup: the dir (0700 root), the skeleton layer; returns the leftovers removed
+        (installs and deletes a crash interrupted: nothing refers to them)."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(self.root, 0, 0)
+        os.chmod(self.root, 0o700)
+        found = sorted([*self.root.glob(".tmp-*"), *self.root.glob(".del-*")])
+        for p in found:
+            _remove(p)
+        if not (self.root / SKELETON).is_dir():
+            self._make_skeleton()
+        return found
+
+    def _make_skeleton(self) -> None:
+        tmp = self._temp_path()
+        tmp.mkdir(mode=0o755)
+        for d in SKELETON_DIRS:
+            (tmp / d).mkdir(mode=0o755)
+        for f in SKELETON_FILES:
+            (tmp / f).touch(mode=0o644)
+        for p in [tmp, *(tmp / d for d in SKELETON_DIRS), *(tmp / f for f in SKELETON_FILES)]:
+            os.lchown(p, MAPPED_BASE, MAPPED_BASE)
+        os.rename(tmp, self.root / SKELETON)
+
+    @property
+    def skeleton(self) -> Path:
+        return self.root / SKELETON
+
+    # ----------------------------------------------------------------------- lookups
+
+    def tree(self, digest: str) -> Path:
+        return self.root / digest / LAYER_TREE
+
+    def has(self, digest: str) -> bool:
+        # layer.json is written before the rename: a <digest> dir is always complete.
+        return (self.root / digest).is_dir()
+
+    def missing(self, digests: Iterable[str]) -> list[str]:
+        return [d for d in digests if not self.has(check_digest(d))]
+
+    @contextlib.contextmanager
+    def pin(self, digests: Iterable[str]) -> Iterator[None]:
+        """Keep ``digests`` from being deleted while a create or a build step uses them."""
+        held = list(digests)
+        self._pins.update(held)
+        try:
+            yield
+        finally:
+            self._pins.subtract(held)
+            self._pins += Counter()  # drops the zero counts
+
+    @contextlib.contextmanager
+    def hold(self, chain: Chain | None) -> Iterator[None]:
+        """A chain's layers, here and kept while the caller makes a sandbox on them; refused
+        (``FAILED_PRECONDITION`` "missing layers: d1,d2") when some are not installed. The check
+        and the pin happen together, so a delete cannot come between them."""
+        if chain is None:
+            yield
+            return
+        if missing := self.missing(chain.layers):
+            raise InvalidState(f"missing layers: {','.join(missing)}")
+        with self.pin(chain.layers):
+            yield
+
+    async def lower(self, chain: Chain, minimal: Callable[[], Awaitable[Path]]) -> list[Path]:
+        """A chain's overlay lowerdirs, topmost first: its layers, its base (``minimal``'s
+        rootfs, or nothing for ``scratch``), and the skeleton, so that every chain has the
+        runtime's mount points without them landing in its writable layer."""
+        base = [await minimal()] if chain.base == MINIMAL_BASE else []
+        # A layer twice in a chain (two steps that changed nothing make the same empty layer)
+        # is mounted once, where it is topmost: the view is the same, and overlayfs wants
+        # distinct lowerdirs.
+        topmost_first = list(dict.fromkeys(reversed(chain.layers)))
+        return [*(self.tree(d) for d in topmost_first), *base, self.skeleton]
+
+    def in_use(self) -> set[str]:
+        return self._sandboxes_use() | set(self._pins) | set(self._installing)
+
+    def installed(self) -> list[InstalledLayer]:
+        used = self.in_use()
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if DIGEST.match(p.name) and p.is_dir():
+                out.append(InstalledLayer(p.name, _recorded_size(p), p.name in used))
+        return out
+
+    # ---------------------------------------------------------------------- installs
+
+    async def receive(self, digest: str, size: int, chunks: AsyncIterator[bytes]) -> bool:
+        """Install the layer ``chunks`` carry (``PutLayer``). False, without reading a chunk, when
+        it is here already (or arrives while waiting for a concurrent install of it)."""
+        check_digest(digest)
+        if not 0 <= size <= self.max_bytes:
+            raise PayloadTooLarge(
+                f"layer size {size} is not within 0-{self.max_bytes} bytes (this host's max)"
+            )
+        if self.has(digest):
+            return False
+        async with self._install_lock(digest):
+            if self.has(digest):
+                return False
+            tar = self._temp_path(".tar")
+            try:
+                await self._receive_to(tar, digest, size, chunks)
+                await self._install_tar(tar, digest, size)
+            finally:
+                tar.unlink(missing_ok=True)
+        return True
+
+    async def _receive_to(self, tar: Path, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
+        with _new_file(tar) as f:
+            out = HashingWriter(f)
+            async for chunk in chunks:
+                if out.size + len(chunk) > size:
+                    raise LayerCorrupt(f"layer {digest}: more bytes than the {size} declared")
+                # Hashing and writing 1 MiB takes about a millisecond: off the event loop.
+                await asyncio.to_thread(out.write, chunk)
+        got = out.meta()
+        if got.size != size:
+            raise LayerCorrupt(f"layer {digest}: {got.size} bytes received, {size} declared")
+        if got.digest != digest:
+            raise LayerCorrupt(f"layer {digest}: the bytes received hash to {got.digest}")
+
+    async def install_file(self, tar: Path, digest: str, size: int) -> bool:
+        """Install a tar this agent wrote and hashed itself (a build step's or a snapshot's
+        layer). The tar is left where it is; False when the layer was here already."""
+        check_digest(digest)
+        async with self._install_lock(digest):
+            if self.has(digest):
+                return False
+            await self._install_tar(tar, digest, size)
+        return True
+
+    async def _install_tar(self, tar: Path, digest: str, size: int) -> None:
+        # One thread call, shielded: a caller that gives up cannot stop an extraction halfway
+        # (its thread would write on into a directory being removed); it finishes, or cleans
+        # up after itself.
+        await asyncio.shield(asyncio.to_thread(self._extract_into_place, tar, digest, size))
+        log.info("event=layer_installed digest=%s bytes=%d", digest, size)
+
+    def _extract_into_place(self, tar: Path, digest: str, size: int) -> None:
+        work = self._temp_path()
+        work.mkdir(mode=0o700)
+        try:
+            try:
+                extract_layer(tar, work / LAYER_TREE, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
+            except LayerError as e:
+                raise InvalidRequest(f"layer {digest} cannot be installed: {e}") from e
+            (work / LAYER_INFO).write_text(json.dumps({"digest": digest, "size": size}))
+            try:
+                os.rename(work, self.root / digest)
+            except OSError:
+                if not self.has(digest):
+                    raise
+                _remove(work)  # an install its caller gave up on got there first: same bytes
+        except BaseException:
+            _remove(work)
+            raise
+
+    # ----------------------------------------------------------------------- exports
+
+    async def export(self, upper: Path, limit: int) -> tuple[Path, LayerMeta]:
+        """A sandbox's writable layer as a layer tar (a temporary file here, for
+        :meth:`stream_and_install`). Past ``limit`` bytes (and this host's max):
+        ``RESOURCE_EXHAUSTED``, and nothing is left."""
+        limit = min(limit, self.max_bytes) if limit > 0 else self.max_bytes
+        tar = self._temp_path(".tar")
+        try:
+            meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit))
+        except BaseException:
+            tar.unlink(missing_ok=True)
+            raise
+        return tar, meta
+
+    async def stream_and_install(self, tar: Path, meta: LayerMeta) -> AsyncIterator[bytes]:
+        """``tar``'s bytes in 1 MiB chunks while it is installed here (so a sandbox on it needs
+        no fetch); the last chunk comes once it is installed. The caller removes ``tar``."""
+        install = asyncio.ensure_future(self.install_file(tar, meta.digest, meta.size))
+        # A caller that stops reading leaves the install to finish (or fail) on its own.
+        install.add_done_callback(_log_install_failure)
+        with await asyncio.to_thread(open, tar, "rb") as f:
+            while chunk := await asyncio.to_thread(f.read, STREAM_CHUNK):
+                yield chunk
+        await asyncio.shield(install)
+
+    @contextlib.asynccontextmanager
+    async def _install_lock(self, digest: str) -> AsyncIterator[None]:
+        lock, users = self._installing.setdefault(digest, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._installing[digest]
+
+    # ----------------------------------------------------------------------- deletes
+
+    async def delete(self, digests: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Remove the layers no sandbox uses. Returns (gone: not on this host any more, those
+        that were not here included; kept: in use, or being installed)."""
+        wanted = list(dict.fromkeys(check_digest(d) for d in digests))
+        used = self.in_use()
+        gone, kept, doomed = [], [], []
+        for d in wanted:
+            if d in used:
+                kept.append(d)
+                continue
+            if self.has(d):
+                # Renamed first (no await since the in-use check): a create that comes next
+                # finds it missing instead of half-removed.
+                tmp = self._temp_path(prefix=".del-")
+                os.rename(self.root / d, tmp)
+                doomed.append(tmp)
+            gone.append(d)
+        for p in doomed:
+            await asyncio.to_thread(_remove, p)
+        if gone or kept:
+            log.info("event=layers_deleted deleted=%d kept=%d", len(gone), len(kept))
+        return gone, kept
+
+    def _temp_path(self, suffix: str = "", prefix: str = ".tmp-") -> Path:
+        return self.root / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def _new_file(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+class _Bounded(io.RawIOBase):
+    """A file that refuses to grow past ``limit`` bytes (a layer's size limit)."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out, self.limit, self.size = out, limit, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data))
+        if self.size + n > self.limit:
+            raise PayloadTooLarge(f"the layer is larger than {self.limit} bytes, its limit")
+        self.size += n
+        return self.out.write(data)
+
+
+def _write_bounded(upper: Path, tar: Path, limit: int) -> LayerMeta:
+    with _new_file(tar) as f:
+        return write_layer(upper, cast(BinaryIO, _Bounded(f, limit)), uid_base=MAPPED_BASE)
+
+
+def _log_install_failure(task: asyncio.Future[bool]) -> None:
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.error("event=layer_install_failed error=%s", e)
+
+
+def _recorded_size(layer_dir: Path) -> int:
+    try:
+        info: Any = json.loads((layer_dir / LAYER_INFO).read_text())
+        return int(info["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _remove(p: Path) -> None:
+    """Remove a file or a tree; ``rmtree`` never follows a link (a layer holds tenant links)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)

@@ -1,0 +1,116 @@
+"""The gRPC status of an error raised by an agent RPC: the one map (docs/architecture.md §3).
+
+NotFound → NOT_FOUND, InvalidRequest → INVALID_ARGUMENT, InvalidState/Conflict →
+FAILED_PRECONDITION, an exec or build-step timeout → DEADLINE_EXCEEDED, a corrupt layer →
+DATA_LOSS, a payload past its bound → RESOURCE_EXHAUSTED, the guest's error kinds by
+``GUEST_CODES``, anything else → INTERNAL (logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from warren.agent import build_step
+from warren.agent.guest_wire import GuestError
+from warren.agent.layer_cache import LayerCorrupt
+from warren.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, WarrenError
+
+log = logging.getLogger("warren.agent.rpc")
+
+
+class ExecTimeout(WarrenError):
+    code = "timeout"
+
+
+GUEST_CODES = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "is_a_directory": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_a_directory": grpc.StatusCode.INVALID_ARGUMENT,
+    "exists": grpc.StatusCode.INVALID_ARGUMENT,
+    "permission": grpc.StatusCode.PERMISSION_DENIED,
+    "no_space": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "output_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+}
+# Kinds whose message is written for the API's client (it becomes the HTTP error message).
+_CLIENT_WORDED = frozenset(
+    {"not_found", "invalid_argument", "permission", "no_space", "output_too_large", "too_large"}
+)
+
+
+def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, NotFound):
+        return grpc.StatusCode.NOT_FOUND, e.message
+    if isinstance(e, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, e.message
+    if isinstance(e, Conflict):
+        return grpc.StatusCode.FAILED_PRECONDITION, e.message
+    if isinstance(e, ExecTimeout | build_step.StepTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, e.message
+    if isinstance(e, LayerCorrupt):
+        return grpc.StatusCode.DATA_LOSS, e.message
+    if isinstance(e, PayloadTooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, e.message
+    if isinstance(e, GuestError):
+        code = GUEST_CODES.get(e.kind, grpc.StatusCode.INTERNAL)
+        # The guest's own words say what is missing (a file, a command, a process), or which
+        # bound or permission stopped the call.
+        return code, e.message if e.kind in _CLIENT_WORDED else f"guest: {e}"
+    if isinstance(e, WarrenError):
+        return grpc.StatusCode.INTERNAL, e.message
+    return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+
+
+async def abort(context: grpc.aio.ServicerContext, e: BaseException, method: str) -> None:
+    code, msg = status_for(e)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("event=rpc_error method=%s error=%s", method, msg, exc_info=not isinstance(e, WarrenError))
+    await context.abort(code, msg)
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def mapped_errors(handler: _Handler) -> _Handler:
+    """For unary-response RPCs: any error of the call ends it with its mapped status code
+    (``status_for``), in one place instead of a try/except in every method."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise  # the handler aborted on purpose with its own status
+        except Exception as e:
+            await abort(context, e, handler.__name__)
+
+    return cast(_Handler, wrapper)
+
+
+_Msg = TypeVar("_Msg")
+
+
+async def relay(
+    context: grpc.aio.ServicerContext, events: AsyncGenerator[_Msg], method: str, first: _Msg | None = None
+) -> AsyncGenerator[_Msg]:
+    """For server-streaming RPCs, once the call has started: ``first`` (when given) and then
+    ``events``' messages; an error midway ends the call with its mapped status, and ``events``
+    is closed however the call ends. Iterate it under ``contextlib.aclosing``, so that a call
+    the client cancels closes ``events`` at once."""
+    try:
+        if first is not None:
+            yield first
+        async for ev in events:
+            yield ev
+    except Exception as e:
+        await abort(context, e, method)
+    finally:
+        await events.aclose()

@@ -1,0 +1,110 @@
+"""Snapshots of a sandbox's filesystem: ``ExportSnapshot`` (a store layer, docs/templates.md §2)
+and the legacy host-local copy (``CreateSnapshot`` / ``DeleteSnapshot``, until the control
+plane uses only the store).
+
+Either way the sandbox must be paused: a running one is paused first and stays paused
+(docs/spec.md §6.2; the control plane pauses it before calling anyway), and the files are read
+under the sandbox's lock, so a resume or a destroy waits for them.
+
+``ExportSnapshot``: the snapshot's template is the sandbox's own chain plus this layer, so only
+the writable layer travels. The tar is written (under the lock) to a temporary file, then
+streamed in 1 MiB chunks while it is installed here, so that a sandbox from the snapshot on
+this host needs no fetch; its meta ends the stream. Past the host's layer limit
+(``WARREN_AGENT_MAX_LAYER_MB``) the call ends ``RESOURCE_EXHAUSTED``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from warren import clock
+from warren.agent.record import HostSandbox
+from warren.agent.sandbox_fs import SandboxFs
+from warren.agent.templates import TemplateRef
+from warren.errors import InternalError, InvalidRequest, InvalidState, NotFound, WarrenError
+from warren.layers import LayerMeta
+
+if TYPE_CHECKING:
+    from warren.agent.manager import SandboxManager
+
+log = logging.getLogger("warren.agent.snapshots")
+
+
+@contextlib.asynccontextmanager
+async def _paused(m: SandboxManager, sb_id: str) -> AsyncIterator[HostSandbox]:
+    """The sandbox, paused (a running one is paused first), under its lock."""
+    sb = m.sandbox(sb_id)
+    if sb.status == "running":
+        with contextlib.suppress(InvalidState):
+            await m.pause(sb_id, reason="snapshot")
+    async with sb.lock:
+        try:
+            current: HostSandbox | None = m.sandbox(sb_id)
+        except NotFound:
+            current = None
+        if current is not sb or sb.status != "paused":
+            raise InvalidState(f"sandbox {sb_id} is not paused")
+        yield sb
+
+
+async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes | LayerMeta]:
+    """The layer's chunks, then its meta (the last item)."""
+    async with _paused(m, sb_id) as sb:
+        if sb.chain is None and not TemplateRef.parse(sb.team_id, sb.template_id).is_minimal:
+            # Its lower layers are a host-local snapshot's, in no store: the layer alone is
+            # not the sandbox's filesystem.
+            raise InvalidState(
+                f"sandbox {sb_id} runs on a host-local snapshot: only CreateSnapshot copies it"
+            )
+        tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb_id).upper, 0)
+    try:
+        async for chunk in m.layers.stream_and_install(tar, meta):
+            yield chunk
+    finally:
+        tar.unlink(missing_ok=True)
+    log.info("event=snapshot_exported sandbox_id=%s digest=%s bytes=%d", sb_id, meta.digest, meta.size)
+    yield meta
+
+
+async def create_legacy(m: SandboxManager, sb_id: str, team_id: str, template_id: str) -> int:
+    """A host-local snapshot (templates.TemplateStore); its size in bytes."""
+    ref = TemplateRef.parse(team_id, template_id)
+    if ref.is_minimal:
+        raise InvalidRequest("template_id is required (the all-zero id is the built-in minimal)")
+    async with _paused(m, sb_id) as sb:
+        config = {
+            "vcpus": sb.vcpus,
+            "memory_mb": sb.memory_mb,
+            "disk_size_mb": sb.disk_size_mb,
+            "parent_template_id": sb.template_id,
+            "source_sandbox_id": sb.id,
+            "created_at": int(clock.time_s()),
+        }
+        try:
+            size = await m.templates.create_snapshot(
+                ref,
+                upper=SandboxFs(m.sandboxes_dir / sb_id).upper,
+                snapshot_layers=[Path(p) for p in sb.snapshot_layers],
+                config=config,
+            )
+        except WarrenError:
+            raise
+        except Exception as e:
+            raise InternalError(f"snapshot {sb_id}: {e}") from e
+    log.info("event=snapshot_created sandbox_id=%s template_id=%s bytes=%d", sb_id, ref.template_id, size)
+    return size
+
+
+async def delete_legacy(m: SandboxManager, team_id: str, template_id: str) -> None:
+    ref = TemplateRef.parse(team_id, template_id)
+    try:
+        existed = await m.templates.delete_snapshot(ref)
+    except WarrenError:
+        raise
+    except Exception as e:
+        raise InternalError(f"delete snapshot {ref.template_id}: {e}") from e
+    log.info("event=snapshot_deleted template_id=%s existed=%s", ref.template_id, existed)

@@ -1,0 +1,183 @@
+"""Directory watch for the RPCs: a streamed watch (``WatchDir``) and polling watchers
+(``CreateWatcher``/``PollWatcher``/``RemoveWatcher``) that live here, in the agent.
+
+Both ride the guest's ``watch`` op (``guest/PROTOCOL.md``). A polling watcher is a task that
+reads the guest's stream into a bounded buffer; a poll takes what it holds. Watchers are capped
+per sandbox, forgotten when their sandbox goes (or after ``IDLE_SECONDS`` without a poll), and
+their ids mean nothing outside their sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+import weakref
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+
+from warren import clock
+from warren.agent.guest_client import EntryInfo, WatchBatch, WatchEvent
+from warren.agent.guest_wire import GuestError
+from warren.agent.manager import SandboxManager
+from warren.errors import InvalidRequest, NotFound, PayloadTooLarge
+from warren.ids import Kind, format_id
+from warren.rpc import hostagent_pb2 as pb
+
+MAX_WATCHERS = 16  # polling watchers per sandbox
+MAX_POLL_EVENTS = 1000  # events a polling watcher holds between polls; past it: overflowed
+IDLE_SECONDS = 600.0  # a polling watcher nobody polls for this long is removed
+MAX_PATH = 4096
+
+
+def _entry(e: EntryInfo) -> pb.EntryInfo:
+    return pb.EntryInfo(
+        name=e.name, type=e.type, path=e.path, size=e.size, mode=e.mode, permissions=e.permissions,
+        owner=e.owner, group=e.group, modified_time_unix=int(e.modified_time),
+        symlink_target=e.symlink_target or "",
+    )  # fmt: skip
+
+
+def to_pb(ev: WatchEvent) -> pb.WatchEvent:
+    out = pb.WatchEvent(type=ev.type, path=ev.path, timestamp_ns=ev.timestamp_ns, old_path=ev.old_path)
+    if ev.entry is not None:
+        out.entry.CopyFrom(_entry(ev.entry))
+    return out
+
+
+def checked(req: pb.WatchDirRequest) -> pb.WatchDirRequest:
+    if not req.path or "\0" in req.path or len(req.path) > MAX_PATH:
+        raise InvalidRequest(f"path is required (at most {MAX_PATH} bytes)")
+    return req
+
+
+async def start(m: SandboxManager, req: pb.WatchDirRequest, user: str) -> AsyncGenerator[WatchBatch, None]:
+    """The guest's watch, once it is in place (its refusal raises here)."""
+    it = m.guest(req.sandbox_id).watch(checked(req).path, recursive=req.recursive, user=user)
+    try:
+        await anext(it)
+    except BaseException:
+        await it.aclose()
+        raise
+    return it
+
+
+async def stream(it: AsyncGenerator[WatchBatch, None]) -> AsyncGenerator[pb.WatchEvent, None]:
+    """``WatchDir``'s messages: ``started`` first, then the events (an ``overflow`` message
+    where the guest dropped some)."""
+    try:
+        yield pb.WatchEvent(type="started")
+        async for batch in it:
+            if batch.overflowed:
+                yield pb.WatchEvent(type="overflow", overflowed=True)
+            for ev in batch.events:
+                yield to_pb(ev)
+    finally:
+        await it.aclose()
+
+
+@dataclass
+class Poller:
+    id: str
+    events: deque[pb.WatchEvent] = field(default_factory=deque)
+    overflowed: bool = False
+    done: bool = False
+    last_poll: float = field(default_factory=clock.monotonic)
+    task: asyncio.Task[None] | None = None
+
+    async def pump(self, it: AsyncGenerator[WatchBatch, None], on_end: Callable[[], None]) -> None:
+        try:
+            async for batch in it:
+                self.overflowed |= batch.overflowed
+                for ev in batch.events:
+                    if len(self.events) >= MAX_POLL_EVENTS:
+                        self.overflowed = True  # the oldest are kept: events arrive in order
+                        break
+                    self.events.append(to_pb(ev))
+        except GuestError:
+            pass  # the sandbox went (or its guest hung up): what was read stays to be polled
+        finally:
+            self.done = True
+            await it.aclose()
+            on_end()
+
+
+class Watchers:
+    """Polling watchers, per sandbox."""
+
+    def __init__(self, m: SandboxManager) -> None:
+        self.m = m
+        self._by_sb: dict[str, dict[str, Poller]] = {}
+
+    async def create(self, req: pb.WatchDirRequest, user: str) -> str:
+        self._sweep()
+        mine = self._by_sb.get(req.sandbox_id, {})
+        if len(mine) >= MAX_WATCHERS:
+            raise PayloadTooLarge(f"at most {MAX_WATCHERS} watchers per sandbox: remove one first")
+        it = await start(self.m, req, user)
+        p = Poller(format_id(Kind.WATCHER, uuid.uuid4()))
+        p.task = asyncio.create_task(p.pump(it, self._sweep), name=f"watcher-{p.id}")
+        self._by_sb.setdefault(req.sandbox_id, {})[p.id] = p
+        return p.id
+
+    def _get(self, sandbox_id: str, watcher_id: str) -> Poller:
+        p = self._by_sb.get(sandbox_id, {}).get(watcher_id)
+        if p is None:
+            raise NotFound(f"watcher {watcher_id} not found")
+        return p
+
+    def poll(self, sandbox_id: str, watcher_id: str) -> tuple[list[pb.WatchEvent], bool]:
+        self._sweep()
+        p = self._get(sandbox_id, watcher_id)
+        p.last_poll = clock.monotonic()
+        events, overflowed = list(p.events), p.overflowed
+        p.events.clear()
+        p.overflowed = False
+        return events, overflowed
+
+    async def remove(self, sandbox_id: str, watcher_id: str) -> None:
+        p = self._get(sandbox_id, watcher_id)
+        await self._drop(sandbox_id, p)
+
+    async def _drop(self, sandbox_id: str, p: Poller) -> None:
+        mine = self._by_sb.get(sandbox_id, {})
+        mine.pop(p.id, None)
+        if not mine:
+            self._by_sb.pop(sandbox_id, None)
+        if p.task is not None and not p.task.done():
+            p.task.cancel()
+            with contextlib.suppress(BaseException):
+                await p.task
+
+    def _sweep(self) -> None:
+        """Forget watchers whose sandbox is gone and those nobody polls any more (on every
+        call, and whenever a watcher's stream ends: a sandbox that goes ends them all)."""
+        now = clock.monotonic()
+        for sid, mine in list(self._by_sb.items()):
+            try:
+                self.m.sandbox(sid)
+                gone = False
+            except NotFound:
+                gone = True
+            for p in list(mine.values()):
+                if gone or now - p.last_poll > IDLE_SECONDS:
+                    mine.pop(p.id, None)
+                    if p.task is not None:
+                        p.task.cancel()
+            if not mine:
+                self._by_sb.pop(sid, None)
+
+    def count(self, sandbox_id: str) -> int:
+        return len(self._by_sb.get(sandbox_id, {}))
+
+
+_registries: weakref.WeakKeyDictionary[SandboxManager, Watchers] = weakref.WeakKeyDictionary()
+
+
+def watchers_of(m: SandboxManager) -> Watchers:
+    """The manager's polling watchers (one registry per manager, made on first use)."""
+    w = _registries.get(m)
+    if w is None:
+        w = _registries[m] = Watchers(m)
+    return w

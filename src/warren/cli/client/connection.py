@@ -1,0 +1,65 @@
+"""How the client commands reach the control plane.
+
+The URL and credentials come from ``WARREN_URL`` / ``WARREN_API_KEY`` / ``WARREN_ACCESS_TOKEN``
+or the file written by ``warren login`` (``ConnectionConfig.resolve``). Sandbox work goes
+through the SDK (``connect_sandbox``); listings and account-level calls are plain REST calls
+(``rest``) whose errors become the SDK's typed exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from warren.cli.client.output import fail
+from warren.sdk import ConnectionConfig, Sandbox, error_from_response, load_config_file
+
+__all__ = ["SandboxArg", "UserOpt", "connect_sandbox", "connection_config", "rest"]
+
+SandboxArg = Annotated[str, typer.Argument(help="Sandbox ID (sb-…).", show_default=False)]
+UserOpt = Annotated[
+    str | None,
+    typer.Option("--user", "-u", help="As this user of the sandbox (default: the template's)."),
+]
+
+
+def connection_config(*, user: bool = False) -> ConnectionConfig:
+    cfg = ConnectionConfig.resolve()
+    if user:
+        # Hosts and API keys are account-level: they need a user token, not an API key.
+        cfg = ConnectionConfig(url=cfg.url, access_token=_user_token(), request_timeout=cfg.request_timeout)
+    elif not cfg.api_key and not cfg.access_token:
+        fail("not logged in: run `warren login` or set WARREN_API_KEY")
+    return cfg
+
+
+def _user_token() -> str:
+    token = os.environ.get("WARREN_ACCESS_TOKEN") or load_config_file().get("token")
+    if not token:
+        fail("this command needs a user login: run `warren login --email …` (API keys are not enough)")
+    return str(token)
+
+
+def rest(method: str, path: str, *, user: bool = False, **kwargs: Any) -> Any:
+    """One REST call; errors become the SDK's typed exceptions."""
+    cfg = connection_config(user=user)
+    try:
+        r = httpx.request(
+            method, cfg.url + path, headers=cfg.auth_headers(), timeout=cfg.request_timeout, **kwargs
+        )
+    except httpx.HTTPError as e:
+        fail(f"cannot reach Warren at {cfg.url}: {e}")
+    if r.status_code >= 400:
+        raise error_from_response(r.status_code, r.content)
+    return r.json() if r.content else None
+
+
+def connect_sandbox(sandbox_id: str) -> Sandbox:
+    cfg = connection_config()
+    # The CLI never resumes behind the user's back: a paused sandbox answers 409.
+    return Sandbox.connect(
+        sandbox_id, resume=False, url=cfg.url, api_key=cfg.api_key, access_token=cfg.access_token
+    )

@@ -1,0 +1,108 @@
+"""Directory watch (docs/networking.md §4): the WebSocket ``/v1/sandboxes/{id}/watch`` and the
+polling watchers under ``/v1/sandboxes/{id}/watchers``. Rules in ``warren.cp.services.watch``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from warren.cp import ws
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
+from warren.cp.api.exec import json_body
+from warren.cp.http_errors import error_responses
+from warren.cp.security import credentials
+from warren.cp.services import watch as svc
+from warren.cp.services.authn import authenticate
+from warren.cp.state import state_of
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["watch"])
+
+_ERR = error_responses(400, *AUTH_ERRORS, 403, 404, 409, 413, 502, 503)
+
+
+@router.websocket("/{sandbox_id}/watch")
+async def watch_stream(
+    websocket: WebSocket,
+    sandbox_id: str,
+    path: str = Query(default=""),
+    recursive: bool = Query(default=True),
+    user: str = Query(default=""),
+) -> None:
+    """A directory's changes as JSON text frames: ``{"type": "started"}`` once the watch is in
+    place, then one frame per event (``create``, ``write``, ``remove``, ``rename`` with
+    ``old_path``, ``chmod``; ``entry`` as the files API's) and ``{"type": "overflow"}`` where
+    events were dropped. Auth as the exec WebSocket. Refusals before the upgrade are plain JSON
+    answers (400, 401, 403, 404 missing path, 409, 413 too many directories, 503)."""
+    state = state_of(websocket)
+    creds = credentials.from_websocket(websocket.headers, websocket.query_params)
+    try:
+        secret = state.settings.jwt_secret
+        ctx = await authenticate(state.engine, creds, require_user=False, jwt_secret=secret)
+        frames = await svc.open_stream(state.engine, state.pool, ctx, sandbox_id, path, recursive, user)
+    except Exception as e:
+        await ws.deny(websocket, e)
+        return
+    await websocket.accept()
+    try:
+        await websocket.send_json({"type": "started"})
+        async with contextlib.aclosing(frames):
+            await _relay(websocket, frames)
+    finally:
+        await ws.close(websocket)
+
+
+async def _relay(websocket: WebSocket, frames: AsyncGenerator[dict[str, Any]]) -> None:
+    """Events out until the watch ends or the client goes (its close ends the watch)."""
+
+    async def client_gone() -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+
+    async def pump() -> None:
+        try:
+            async for frame in frames:
+                await websocket.send_json(frame)
+        except Exception as e:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.send_json(ws.error_frame(e))
+
+    gone = asyncio.create_task(client_gone())
+    relay = asyncio.create_task(pump())
+    try:
+        await asyncio.wait({gone, relay}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (gone, relay):
+            t.cancel()
+        await asyncio.gather(gone, relay, return_exceptions=True)
+
+
+@router.post("/{sandbox_id}/watchers", status_code=201, response_model=svc.WatcherCreated, responses=_ERR,
+             openapi_extra=json_body(svc.WatchBody))  # fmt: skip
+async def create_watcher(
+    sandbox_id: str, request: Request, ctx: TeamContext, db: Db, pool: Pool
+) -> svc.WatcherCreated:
+    """A polling watcher: its events wait in the sandbox's agent (at most 1000; past it
+    ``overflowed``) until ``GET …/watchers/{id}/events``. At most 16 per sandbox (413); one not
+    polled for 10 minutes is removed, and all go with their sandbox."""
+    return await svc.create_watcher(db, pool, ctx, sandbox_id, await request.body())
+
+
+@router.get("/{sandbox_id}/watchers/{watcher_id}/events", response_model=svc.WatcherEvents,
+            response_model_exclude_none=True, responses=_ERR)  # fmt: skip
+async def poll_watcher(
+    sandbox_id: str, watcher_id: str, ctx: TeamContext, db: Db, pool: Pool
+) -> svc.WatcherEvents:
+    """The events since the last poll, oldest first; ``overflowed``: some were dropped."""
+    return await svc.poll_watcher(db, pool, ctx, sandbox_id, watcher_id)
+
+
+@router.delete("/{sandbox_id}/watchers/{watcher_id}", status_code=204, responses=_ERR)
+async def remove_watcher(sandbox_id: str, watcher_id: str, ctx: TeamContext, db: Db, pool: Pool) -> Response:
+    await svc.remove_watcher(db, pool, ctx, sandbox_id, watcher_id)
+    return Response(status_code=204)

@@ -1,0 +1,118 @@
+"""envd's ASGI app (port 49983, docs/e2b.md §3): Connect RPCs ``/<package.Service>/<Method>``
+dispatched to the service modules' handler tables, the plain HTTP routes, and ``/health``.
+
+Every request is authenticated first (the sandbox's ``X-Access-Token``, ``call.envd_call``): a
+wrong token is 401; a sandbox that is gone is E2B's 502 "was not found", on every route, which
+is what the SDK sniffs to say the sandbox is not running.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from warren import errors
+from warren.cp.e2b.envd import envs, files, filesystem, process
+from warren.cp.e2b.envd.call import EnvdCall, envd_call
+from warren.cp.e2b.envd.connect import (
+    ConnectError,
+    as_connect_error,
+    end_stream,
+    envelope,
+    error_response,
+    read_envelopes,
+    read_one_envelope,
+    read_unary,
+    stream_response,
+)
+from warren.cp.e2b.errors import e2b_error, e2b_error_for, sandbox_not_found
+from warren.cp.state import AppState
+
+log = logging.getLogger("warren.e2b.envd")
+
+ENVD_PORT = 49983  # where E2B's SDK reaches envd (``E2b-Sandbox-Port``)
+# The envd version reported to the SDK, which gates features by it (e2b/envd/versions.py): the
+# highest whose features are all really served here (docs/e2b.md §5): recursive watch (0.1.4),
+# stdin (0.3.0), the default user (0.4.0), close_stdin (0.5.2), octet-stream uploads (0.5.7),
+# file metadata (0.6.2), entries in watch events (0.6.3), and the network-mounts watch flag
+# (0.6.4: accepted; a sandbox has no network mounts to refuse).
+ENVD_VERSION = "0.6.4"
+
+UNARY = {f"process.Process/{k}": v for k, v in process.UNARY.items()} | {
+    f"filesystem.Filesystem/{k}": v for k, v in filesystem.UNARY.items()
+}
+SERVER_STREAMS = {f"process.Process/{k}": v for k, v in process.SERVER_STREAMS.items()} | {
+    f"filesystem.Filesystem/{k}": v for k, v in filesystem.SERVER_STREAMS.items()
+}
+CLIENT_STREAMS: dict[str, Any] = {f"process.Process/{k}": v for k, v in process.CLIENT_STREAMS.items()}
+
+
+def _log_failure(exc: BaseException) -> None:
+    if not isinstance(exc, (ConnectError, errors.WarrenError)):
+        log.exception("envd call failed", exc_info=exc)
+
+
+async def authenticated(request: Request) -> EnvdCall | Response:
+    """The call's context, or the answer that ends it (shared by every route)."""
+    try:
+        return await envd_call(request)
+    except errors.NotFound:
+        return sandbox_not_found(request.scope["e2b"][0])
+    except errors.WarrenError as exc:
+        return e2b_error_for(exc)
+
+
+async def rpc(request: Request) -> Response:
+    name = f"{request.path_params['service']}/{request.path_params['method']}"
+    call = await authenticated(request)
+    if isinstance(call, Response):
+        return call
+    try:
+        if name in UNARY:
+            return JSONResponse(await UNARY[name](call, await read_unary(request)))
+        if name in SERVER_STREAMS:
+            msg = await read_one_envelope(request)
+            return stream_response(SERVER_STREAMS[name](call, msg), _log_failure)
+        if name in CLIENT_STREAMS:  # the reply is enveloped too, an error as the end of stream
+            try:
+                reply = envelope(await CLIENT_STREAMS[name](call, read_envelopes(request))) + end_stream()
+            except Exception as exc:
+                _log_failure(exc)
+                reply = end_stream(as_connect_error(exc))
+            return Response(reply, media_type="application/connect+json")
+        raise ConnectError("unimplemented", f"{name} is not supported by Warren (see docs/e2b.md)")
+    except Exception as exc:  # every failure becomes the call's Connect error
+        _log_failure(exc)
+        return error_response(as_connect_error(exc))
+
+
+async def health(request: Request) -> Response:
+    call = await authenticated(request)
+    if isinstance(call, Response):
+        return call
+    if call.sandbox.sandbox.status != "running":
+        return sandbox_not_found(call.sandbox_id)  # paused is "not running" to the SDK
+    return Response(status_code=204)
+
+
+async def _not_served(request: Request) -> Response:
+    return e2b_error(501, f"{request.method} {request.url.path} is not supported by Warren (see docs/e2b.md)")
+
+
+def envd_app(state: AppState) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/{service:str}/{method:str}", rpc, methods=["POST"]),
+            *files.ROUTES,
+            *envs.ROUTES,
+            Route("/{path:path}", _not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ]
+    )
+    app.state = state
+    return app

@@ -1,0 +1,188 @@
+"""The Connect protocol, JSON codec, over HTTP/1.1 (docs/e2b.md §3): what E2B's SDK speaks to
+envd. Unary calls are one JSON body each way; streams are 5-byte envelopes (a flag byte and a
+big-endian length) carrying JSON, the last one an end-of-stream envelope (flag 0x02) with
+``{}`` or ``{"error": {"code", "message"}}``.
+
+Handlers are plain coroutines over dicts (proto3 JSON: lowerCamelCase names, int64 as strings,
+bytes as base64, enums by name); this module frames them and turns errors into Connect's
+shapes. Every byte a client sends is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from warren import errors
+from warren.cp.e2b.errors import connect_code
+from warren.cp.http_errors import status_and_code
+
+MAX_MESSAGE = 4 << 20  # one request message (a file is sent through /files, not RPC)
+FLAG_COMPRESSED = 0x01
+FLAG_END_STREAM = 0x02
+
+Message = dict[str, Any]
+
+# Connect's HTTP status for each code (the Connect protocol specification).
+_STATUS_BY_CODE = {
+    "canceled": 499,
+    "unknown": 500,
+    "invalid_argument": 400,
+    "deadline_exceeded": 504,
+    "not_found": 404,
+    "already_exists": 409,
+    "permission_denied": 403,
+    "resource_exhausted": 429,
+    "failed_precondition": 400,
+    "aborted": 409,
+    "out_of_range": 400,
+    "unimplemented": 501,
+    "internal": 500,
+    "unavailable": 503,
+    "data_loss": 500,
+    "unauthenticated": 401,
+}
+
+
+class ConnectError(Exception):
+    """An RPC error with its Connect code (``not_found``, ``invalid_argument``, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code if code in _STATUS_BY_CODE else "unknown"
+        self.message = message
+
+    def body(self) -> Message:
+        return {"code": self.code, "message": self.message}
+
+
+def as_connect_error(exc: BaseException) -> ConnectError:
+    """The Connect error for what a handler raised: its own, a domain error by the one status
+    map, an agent error by its gRPC code; anything else is ``internal`` (and logged by the
+    caller)."""
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, errors.AgentError) and exc.rpc_code:
+        return ConnectError(exc.rpc_code.lower(), exc.message)
+    if isinstance(exc, errors.WarrenError):
+        status, _ = status_and_code(exc)
+        return ConnectError(connect_code(status), exc.message)
+    return ConnectError("internal", "internal error")
+
+
+def error_response(err: ConnectError) -> Response:
+    """A unary call's error answer."""
+    return JSONResponse(err.body(), status_code=_STATUS_BY_CODE[err.code])
+
+
+# A lone surrogate can only arrive as a \uD800-\uDFFF escape (raw UTF-8 cannot carry one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def decode_message(raw: bytes) -> Message:
+    """One JSON message: an object, nested no deeper than the parser allows, with no lone
+    surrogate (every string must encode to UTF-8 for the agent and the guest); anything else
+    is ``invalid_argument``, never an internal error."""
+    try:
+        msg = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ConnectError("invalid_argument", "the message is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise ConnectError("invalid_argument", "the message must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw):  # rare: only then the (bounded) re-encoding check
+        try:
+            json.dumps(msg, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConnectError("invalid_argument", "the message holds a lone surrogate") from None
+    return msg
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise ConnectError("resource_exhausted", f"request message over {limit} bytes")
+    return bytes(buf)
+
+
+def _check_content_type(request: Request, want: str) -> None:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != want:
+        raise ConnectError("invalid_argument", f"content-type must be {want} (JSON codec only)")
+
+
+async def read_unary(request: Request) -> Message:
+    """The request message of a unary call (``application/json``)."""
+    _check_content_type(request, "application/json")
+    if request.headers.get("content-encoding", "identity") not in ("identity", ""):
+        raise ConnectError("unimplemented", "compressed requests are not supported")
+    return decode_message(await _body(request, MAX_MESSAGE))
+
+
+async def read_envelopes(request: Request) -> AsyncIterator[Message]:
+    """The request messages of a streaming call, one envelope at a time, as they arrive."""
+    _check_content_type(request, "application/connect+json")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        while len(buf) >= 5:
+            flags, size = buf[0], int.from_bytes(buf[1:5], "big")
+            if size > MAX_MESSAGE:
+                raise ConnectError("resource_exhausted", f"request message over {MAX_MESSAGE} bytes")
+            if flags & FLAG_COMPRESSED:
+                raise ConnectError("unimplemented", "compressed messages are not supported")
+            if len(buf) < 5 + size:
+                break
+            payload = bytes(buf[5 : 5 + size])
+            del buf[: 5 + size]
+            if flags & FLAG_END_STREAM:
+                return
+            yield decode_message(payload)
+        if len(buf) > MAX_MESSAGE + 5:
+            raise ConnectError("resource_exhausted", f"request message over {MAX_MESSAGE} bytes")
+    if buf:
+        raise ConnectError("invalid_argument", "truncated envelope at the end of the request")
+
+
+async def read_one_envelope(request: Request) -> Message:
+    """The single request message of a server-streaming call."""
+    async for msg in read_envelopes(request):
+        return msg
+    raise ConnectError("invalid_argument", "no request message")
+
+
+def envelope(msg: Message, flags: int = 0) -> bytes:
+    payload = json.dumps(msg, separators=(",", ":")).encode()
+    return bytes((flags,)) + len(payload).to_bytes(4, "big") + payload
+
+
+def end_stream(err: ConnectError | None = None) -> bytes:
+    return envelope({"error": err.body()} if err is not None else {}, FLAG_END_STREAM)
+
+
+UnaryHandler = Callable[[Any, Message], Awaitable[Message]]
+StreamHandler = Callable[[Any, Message], AsyncIterator[Message]]
+
+
+def stream_response(messages: AsyncIterator[Message], on_error: Callable[[BaseException], None]) -> Response:
+    """A server stream: each message an envelope as it comes, then the end-of-stream envelope
+    (with the error, if the handler raised). The body is produced as the client reads it, so a
+    slow reader holds the handler back (backpressure) instead of growing a buffer."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for msg in messages:
+                yield envelope(msg)
+        except Exception as exc:  # every failure becomes the stream's error
+            on_error(exc)
+            yield end_stream(as_connect_error(exc))
+            return
+        yield end_stream()
+
+    return StreamingResponse(body(), media_type="application/connect+json")

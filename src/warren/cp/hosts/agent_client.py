@@ -1,0 +1,140 @@
+"""The CP's side of the host agent RPC: one ``grpc.aio`` client interceptor that turns every
+failed call into the domain's :class:`warren.errors.AgentError`.
+
+Every channel the pool opens carries it (:func:`agent_errors`), so call sites use the generated
+stub as it is, typed by ``hostagent_pb2_grpc.pyi``::
+
+    resp = await client.stub.CreateSandbox(req, timeout=600)
+
+and an RPC failure (unary or streaming, on await, on iteration or on ``read()``) comes out as an
+``AgentError`` whose ``rpc_code`` is the gRPC status name; ``warren.cp.http_errors`` maps it to
+HTTP in one place (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, …).
+
+The same interceptor sends the current request's id (``warren.request_context``) as the
+``x-request-id`` metadata of every call, so the agent's log lines carry it, and counts failed
+calls by method and code (``warren_agent_rpc_errors_total``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator
+from typing import Any, cast
+
+import grpc.aio
+
+from warren.cp.telemetry import AGENT_RPC_ERRORS
+from warren.errors import AgentError
+from warren.request_context import GRPC_METADATA_KEY, request_id
+
+
+def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> AgentError:
+    """An RPC error as the domain's AgentError (same status name; unreachable hosts say so)."""
+    code = e.code()
+    name = code.name if code is not None else "UNKNOWN"
+    AGENT_RPC_ERRORS.labels(method, name).inc()
+    details = e.details() or name
+    # The host id stays out of the message: sandbox answers never reveal which host runs them.
+    unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    message = f"host agent unreachable: {details}" if unreachable else details
+    err = AgentError(message, rpc_code=name)
+    err.host_id = host_id  # type: ignore[attr-defined]  # for logs
+    return err
+
+
+class _MappedResponse:
+    """A stream-unary call as grpc.aio hands it out (``write``, ``done_writing``, ``cancel``…
+    all the wrapped call's own), except that awaiting its response maps the RPC error.
+
+    The interceptor cannot await the response itself here: with the ``write()`` API the
+    caller's writes wait for the interceptor to return, so awaiting first would deadlock."""
+
+    def __init__(self, call: Any, host_id: str, method: str) -> None:
+        self._call = call
+        self._host_id = host_id
+        self._method = method
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        try:
+            return (yield from self._call.__await__())
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, self._host_id, self._method) from e
+
+
+class _AgentErrors:
+    """What the four interceptors share: the host, and the mapping of a response stream."""
+
+    def __init__(self, host_id: str) -> None:
+        self.host_id = host_id
+
+    async def _responses(self, call: Any, method: str) -> AsyncIterator[Any]:
+        # Returned in place of the call: grpc.aio keeps the call for cancel() and serves both
+        # ``async for`` and ``read()`` from this iterator.
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, self.host_id, method) from e
+
+
+def _method(details: Any) -> str:
+    """``/warren.hostagent.HostAgent/CreateSandbox`` → ``CreateSandbox`` (a bounded label)."""
+    raw = details.method
+    name = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    return name.rsplit("/", 1)[-1] or "other"
+
+
+def _with_request_id(details: Any) -> Any:
+    """The call's details plus the current request's id as metadata (when there is one)."""
+    rid = request_id.get()
+    if rid is None:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata[GRPC_METADATA_KEY] = rid
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _UnaryUnary(_AgentErrors, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        call = await continuation(_with_request_id(client_call_details), request)
+        try:
+            return await call
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, self.host_id, _method(client_call_details)) from e
+
+
+class _UnaryStream(_AgentErrors, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        call = await continuation(_with_request_id(client_call_details), request)
+        return self._responses(call, _method(client_call_details))
+
+
+class _StreamUnary(_AgentErrors, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        call = await continuation(_with_request_id(client_call_details), request_iterator)
+        return _MappedResponse(call, self.host_id, _method(client_call_details))
+
+
+class _StreamStream(_AgentErrors, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        call = await continuation(_with_request_id(client_call_details), request_iterator)
+        return self._responses(call, _method(client_call_details))
+
+
+def agent_errors(host_id: str) -> list[grpc.aio.ClientInterceptor]:
+    """The interceptor for one host's channel, mapping ``AioRpcError`` to ``AgentError`` for all
+    four arities (grpc.aio files an interceptor object under one arity only, hence one object
+    per arity). Cancellation is not an error: it passes through as ``CancelledError``."""
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    # The stubs type interceptors as a placeholder that wants a cast.
+    return [cast(grpc.aio.ClientInterceptor, kind(host_id)) for kind in kinds]
+
+
+__all__ = ["agent_errors", "translate"]

@@ -1,0 +1,358 @@
+"""The preview proxy (docs/networking.md §3): HTTP and WebSocket traffic to a port inside a
+sandbox, routed by path (``/v1/sandboxes/{id}/ports/{port}/…``) or by host name
+(``{port}-{id}.{preview_domain}``). The same code runs as a middleware in front of the CP's app
+(:class:`PreviewMiddleware`) and alone as ``warren proxy`` (:func:`standalone_app`).
+
+Per request: the sandbox (read by id, cached ``proxy_cache_s``), the access rules
+(``services/preview.py``: public port, traffic token, signed URL or its cookie), the sandbox
+running (or resumed), a bound on connections per sandbox, then the exchange over the agent's
+data port (or DialPort: ``data.py``). The
+proxy strips the traffic token and its cookie before anything reaches the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import h11
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from warren import clock
+from warren.config import Settings
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.http_errors import error_response, status_and_code
+from warren.cp.proxy import ws
+from warren.cp.proxy.data import open_stream
+from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
+from warren.cp.proxy.routing import Route, hop_by_hop, route
+from warren.cp.proxy.stream import ByteStream
+from warren.cp.services import preview
+from warren.errors import AgentError, WarrenError
+
+log = logging.getLogger("warren.proxy")
+
+# Everything a preview page may need except its own origin (no allow-same-origin): see
+# docs/networking.md §3, "Path routing and the control plane's origin".
+PATH_ROUTED_CSP = (
+    b"content-security-policy",
+    b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads",
+)
+
+# The proxy's credentials, and forwarding headers a client could forge (the proxy sets them).
+_STRIP = frozenset({preview.TOKEN_HEADER.encode(), b"x-forwarded-for", b"x-forwarded-proto",
+                    b"x-forwarded-host", b"x-forwarded-prefix", b"forwarded"})  # fmt: skip
+
+
+def _upstream_error(e: BaseException) -> tuple[int, str, str]:
+    """(status, code, message) for what failed before the sandbox's response started."""
+    if isinstance(e, AgentError):
+        if e.rpc_code == "UNAVAILABLE" and "port_not_open" in e.message:
+            return 502, "port_not_open", e.message.removeprefix("port_not_open: ")
+        if e.rpc_code == "FAILED_PRECONDITION":
+            return 409, "sandbox_paused", "the sandbox is not running"
+        if e.rpc_code == "RESOURCE_EXHAUSTED":
+            return 429, "too_many_connections", e.message
+        if e.rpc_code == "NOT_FOUND":
+            return 404, "not_found", "sandbox not found"
+        return 502, "agent_error", e.message
+    if isinstance(e, WarrenError):
+        status, code = status_and_code(e)
+        return status, code, e.message
+    if isinstance(e, TimeoutError):
+        return 504, "upstream_timeout", "the sandbox's port did not connect in time"
+    if isinstance(e, UpstreamError | h11.ProtocolError | ConnectionError):
+        return 502, "upstream_error", f"the sandbox's server broke the exchange: {e}"
+    raise e
+
+
+class Proxy:
+    """One per process: the upstream pool, the sandbox cache and the per-sandbox counters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret = settings.require_jwt_secret()
+        self.cache = preview.make_cache(settings.proxy_cache_s)
+        self.upstream = Upstream()
+        self._open: dict[str, int] = {}
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+    def error_response(self, scope: Scope, status: int, code: str, message: str) -> Response:
+        """The answer to a request the proxy refuses or cannot forward: Warren's envelope (the
+        E2B listener's proxy answers in E2B's shape instead: cp/e2b/ports.py)."""
+        return error_response(status, code, message)
+
+    def route_of(self, scope: Scope) -> Route | None:
+        host = ""
+        if self.settings.preview_domain:
+            for k, v in scope["headers"]:
+                if k == b"host":
+                    host = v.decode("latin-1")
+                    break
+        return route(
+            scope["path"], host, self.settings.preview_domain, by_path=self.settings.proxy_path_routing
+        )
+
+    async def __call__(
+        self, r: Route, scope: Scope, receive: Receive, send: Send, engine: AsyncEngine, pool: HostClientPool
+    ) -> None:
+        websocket = scope["type"] == "websocket"
+        try:
+            target, signed = await self._admit(r, scope, engine, pool)
+        except Exception as e:
+            status, code, message = _upstream_error(e)
+            await self._deny(scope, receive, send, status, code, message)
+            return
+        if signed and not websocket:
+            await self._redirect(r, scope, target, receive, send)
+            return
+        sid = target.sandbox_id
+        n = self._open.get(sid, 0)
+        if n >= self.settings.proxy_max_conns_per_sandbox:
+            limit = self.settings.proxy_max_conns_per_sandbox
+            await self._deny(scope, receive, send, 429, "too_many_connections",
+                             f"at most {limit} proxied connections per sandbox at once")  # fmt: skip
+            return
+        self._open[sid] = n + 1
+        try:
+            if websocket:
+                await self._websocket(r, scope, receive, send, target, pool)
+            else:
+                await self._http(r, scope, receive, send, target.client(pool))
+        finally:
+            left = self._open[sid] - 1
+            if left:
+                self._open[sid] = left
+            else:
+                del self._open[sid]
+
+    async def _admit(
+        self, r: Route, scope: Scope, engine: AsyncEngine, pool: HostClientPool
+    ) -> tuple[preview.PreviewTarget, bool]:
+        target = await preview.lookup(engine, self.cache, r.sandbox_id)
+        signed = preview.authorize(target, r.port, _credentials(scope), secret=self.secret)
+        if signed and scope["type"] == "http":
+            return target, True
+        target = await preview.ensure_running(engine, pool, self.cache, target)
+        target.client(pool)  # 503 host_unavailable now rather than mid-exchange
+        return target, signed
+
+    async def _http(self, r: Route, scope: Scope, receive: Receive, send: Send, client: HostClient) -> None:
+        started = False
+
+        async def tracking_send(msg: Any) -> None:
+            nonlocal started
+            started = True
+            if not r.by_host and msg["type"] == "http.response.start":
+                # A path-routed page is served from the control plane's own origin: sandboxed
+                # (an opaque origin) its scripts cannot read the dashboard or ride its cookies.
+                msg = {**msg, "headers": [*msg.get("headers", ()), PATH_ROUTED_CSP]}
+            await send(msg)
+
+        try:
+            await self.upstream.forward(
+                client, scope, receive, tracking_send, sandbox_id=r.sandbox_id, port=r.port,
+                target=_target(r, scope), headers=_forward_headers(r, scope),
+            )  # fmt: skip
+        except ClientGone:
+            return
+        except Exception as e:
+            if started:
+                log.info("event=proxy_cut sandbox_id=%s port=%s error=%s", r.sandbox_id, r.port, e)
+                return
+            status, code, message = _upstream_error(e)
+            await self.error_response(scope, status, code, message)(scope, receive, send)
+
+    async def _websocket(
+        self,
+        r: Route,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        target: preview.PreviewTarget,
+        pool: HostClientPool,
+    ) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        stream: ByteStream | None = None
+        try:
+            try:
+                stream = await open_stream(target.client(pool), target.sandbox_id, r.port)
+                up = await ws.handshake(
+                    stream, host=_header(scope, b"host") or "localhost",
+                    target=_target(r, scope).decode("latin-1"),
+                    headers=_forward_headers(r, scope, websocket=True),
+                    subprotocols=ws.subprotocols_of(scope),
+                )  # fmt: skip
+            except ws.HandshakeFailed as e:
+                await self._deny(scope, receive, send, 502, "websocket_refused", str(e), connected=True)
+                return
+            except Exception as e:
+                status, code, message = _upstream_error(e)
+                await self._deny(scope, receive, send, status, code, message, connected=True)
+                return
+            await send({"type": "websocket.accept", "subprotocol": up.proto.subprotocol})
+            await ws.relay(up, receive, send)
+        finally:
+            if stream is not None:
+                await stream.aclose()
+
+    async def _deny(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        connected: bool = False,
+    ) -> None:
+        if scope["type"] == "http":
+            await self.error_response(scope, status, code, message)(scope, receive, send)
+            return
+        if not connected and (await receive())["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            resp = self.error_response(scope, status, code, message)
+            await send(
+                {"type": "websocket.http.response.start", "status": status, "headers": resp.raw_headers}
+            )
+            await send({"type": "websocket.http.response.body", "body": resp.body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": f"{status} {code}"})
+
+    async def _redirect(
+        self, r: Route, scope: Scope, target: preview.PreviewTarget, receive: Receive, send: Send
+    ) -> None:
+        """A valid signed URL: its cookie, then the same URL without the signature."""
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        exp = int(params.get(preview.EXP_PARAM, "0"))
+        query = _clean_query(scope)
+        location = (r.prefix or "") + _target(r, scope, with_query=False).decode("latin-1")
+        if query:
+            location += "?" + query.decode("latin-1")
+        resp: Response = RedirectResponse(location, status_code=302)
+        resp.set_cookie(
+            preview.COOKIE, preview.cookie_value(target, r.port, exp, self.secret),
+            max_age=max(1, exp - int(clock.time_s())), path=(r.prefix + "/") if r.prefix else "/",
+            httponly=True, samesite="lax", secure=scope.get("scheme") in ("https", "wss"),
+        )  # fmt: skip
+        await resp(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def _credentials(scope: Scope) -> preview.Credentials:
+    token = _header(scope, preview.TOKEN_HEADER.encode())
+    cookie = None
+    raw_cookie = _header(scope, b"cookie")
+    if raw_cookie and preview.COOKIE in raw_cookie:
+        with contextlib.suppress(CookieError):
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(raw_cookie)
+            if preview.COOKIE in jar:
+                cookie = jar[preview.COOKIE].value
+    sig = exp = None
+    qs = scope.get("query_string", b"")
+    if b"warren_sig=" in qs or b"exp=" in qs:
+        params = dict(parse_qsl(qs.decode("latin-1"), keep_blank_values=True))
+        sig = params.get(preview.SIG_PARAM)
+        exp = params.get(preview.EXP_PARAM) if sig is not None else None
+    return preview.Credentials(token=token, cookie=cookie, sig=sig, exp=exp)
+
+
+def _clean_query(scope: Scope) -> bytes:
+    qs: bytes = scope.get("query_string", b"")
+    if b"warren_sig=" not in qs:
+        return qs
+    pairs = parse_qsl(qs.decode("latin-1"), keep_blank_values=True)
+    return urlencode([(k, v) for k, v in pairs if k not in (preview.SIG_PARAM, preview.EXP_PARAM)]).encode(
+        "latin-1"
+    )
+
+
+def _target(r: Route, scope: Scope, *, with_query: bool = True) -> bytes:
+    """The request target the sandbox's server sees: the raw path after the route's prefix."""
+    raw: bytes | None = scope.get("raw_path")
+    prefix = r.prefix.encode()
+    if raw is not None and raw.startswith(prefix):
+        path = raw[len(prefix) :] or b"/"
+        if not path.startswith(b"/"):
+            path = b"/" + path
+    else:
+        path = r.path.encode("utf-8", "surrogateescape")
+    query = _clean_query(scope) if with_query else b""
+    return path + b"?" + query if query else path
+
+
+def _forward_headers(r: Route, scope: Scope, *, websocket: bool = False) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    drop = hop_by_hop(headers) | _STRIP
+    if websocket:
+        drop |= {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
+    out = []
+    for k, v in headers:
+        if k in drop:
+            continue
+        if k == b"cookie":
+            v = _without_our_cookie(v)
+            if not v:
+                continue
+        out.append((k, v))
+    # A chunked request body is re-framed chunked (Transfer-Encoding is hop-by-hop).
+    names = {k for k, _ in headers}
+    if not websocket and b"transfer-encoding" in names and b"content-length" not in names:
+        out.append((b"transfer-encoding", b"chunked"))
+    client = scope.get("client")
+    if client:
+        out.append((b"x-forwarded-for", str(client[0]).encode()))
+    out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") in ("https", "wss") else b"http"))
+    if host := _header(scope, b"host"):
+        out.append((b"x-forwarded-host", host.encode("latin-1")))
+    if r.prefix:
+        out.append((b"x-forwarded-prefix", r.prefix.encode()))
+    return out
+
+
+def _without_our_cookie(value: bytes) -> bytes:
+    parts = [p for p in value.split(b";") if not p.strip().startswith(preview.COOKIE.encode() + b"=")]
+    return b";".join(parts).strip()
+
+
+class PreviewMiddleware:
+    """In front of the CP's app: proxied requests go to the proxy (before any body cap or
+    router), everything else to the app. The engine and the host pool are the app's own."""
+
+    def __init__(
+        self, app: ASGIApp, *, settings: Settings, deps: Callable[[Scope], tuple[AsyncEngine, HostClientPool]]
+    ):
+        self.app = app
+        self.proxy = Proxy(settings)
+        self.deps = deps
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            r = self.proxy.route_of(scope)
+            if r is not None:
+                t0 = time.perf_counter()
+                engine, pool = self.deps(scope)
+                await self.proxy(r, scope, receive, send, engine, pool)
+                log.debug("event=proxied sandbox_id=%s port=%s ms=%.2f", r.sandbox_id, r.port,
+                          (time.perf_counter() - t0) * 1000)  # fmt: skip
+                return
+        await self.app(scope, receive, send)

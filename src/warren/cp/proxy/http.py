@@ -1,0 +1,259 @@
+"""HTTP/1.1 to a sandbox port: h11 on byte streams (``data.py``: the agent's data port, or
+DialPort), with idle connections kept per (sandbox, port) for keep-alive.
+
+Bodies stream both ways and are never held whole: the request body is read from ASGI as the
+upstream takes it, and each response chunk is sent on once the client's connection took the
+previous one. A client that goes away cancels the upstream exchange (and its connection).
+
+(h11 directly rather than httpcore's pool: httpcore's per-request bookkeeping — locks, its
+async-library detection, which retries a failing import on every request — cost more than the
+rest of the proxy's own work; bench/proxy.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import h11
+from starlette.types import Receive, Scope, Send
+
+from warren.cp.hosts.client_pool import HostClient
+from warren.cp.proxy.data import open_stream
+from warren.cp.proxy.routing import hop_by_hop
+from warren.cp.proxy.stream import CHUNK, ByteStream
+
+CONNECT_TIMEOUT_S = 15.0
+IDLE_S = 30.0  # an idle upstream connection is dropped after this
+MAX_IDLE_PER_PORT = 8
+MAX_IDLE = 1024
+MAX_HEAD = 64 << 10  # response line and headers from the sandbox
+SMALL_BODY = 64 << 10  # a Content-Length body up to this is read whole and sent in one piece
+
+
+class UpstreamError(Exception):
+    """The sandbox's server broke the exchange before its response started."""
+
+
+class ClientGone(Exception):
+    """The client went away; nothing more to answer."""
+
+
+class _Conn:
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.idle_since = 0.0
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.write(data)
+
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            ev = self.h11.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev  # type: ignore[return-value]
+            self.h11.receive_data(await self.stream.read(CHUNK))
+
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class Upstream:
+    """The process's upstream connections (every sandbox, every port)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._n_idle = 0
+
+    async def aclose(self) -> None:
+        idle, self._idle, self._n_idle = self._idle, {}, 0
+        for conns in idle.values():
+            for c in conns:
+                await c.aclose()
+
+    def _take(self, key: tuple[str, int]) -> _Conn | None:
+        conns = self._idle.get(key)
+        now = time.monotonic()
+        while conns:
+            c = conns.pop()
+            self._n_idle -= 1
+            # Readable while idle: the server closed it (or sent what it should not have).
+            if now - c.idle_since < IDLE_S and not c.stream.readable:
+                return c
+            c.stream.close_nowait()
+        self._idle.pop(key, None)
+        return None
+
+    def _put(self, key: tuple[str, int], c: _Conn) -> bool:
+        conns = self._idle.setdefault(key, [])
+        if len(conns) >= MAX_IDLE_PER_PORT or self._n_idle >= MAX_IDLE:
+            return False
+        c.h11.start_next_cycle()
+        c.idle_since = time.monotonic()
+        conns.append(c)
+        self._n_idle += 1
+        return True
+
+    async def forward(
+        self,
+        client: HostClient,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        sandbox_id: str,
+        port: int,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """One request to the sandbox's port and its response back to the client. Errors before
+        the response started propagate (the caller answers them); after, the response is cut."""
+        key = (sandbox_id, port)
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        if not any(k == b"host" for k, _ in headers):
+            headers = [(b"host", b"localhost"), *headers]  # HTTP/1.1 wants one; an HTTP/1.0 client may not
+        req = h11.Request(method=scope["method"], target=target, headers=headers)
+        conn = None if has_body else self._take(key)
+        if conn is not None:
+            try:
+                resp = await self._exchange(conn, req, None)
+            except (h11.ProtocolError, ConnectionError, UpstreamError):
+                # A kept connection the server dropped meanwhile: once more on a fresh one
+                # (only requests without a body, which were not consumed).
+                await conn.aclose()
+                conn = None
+        if conn is None:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                stream = await open_stream(client, sandbox_id, port)
+            conn = _Conn(stream)
+            try:
+                resp = await self._exchange(conn, req, _body(receive) if has_body else None)
+            except BaseException:
+                await conn.aclose()
+                raise
+        keep = False
+        try:
+            await _relay(conn, resp, receive, send)
+            keep = conn.reusable()
+        finally:
+            if not (keep and self._put(key, conn)):
+                await conn.aclose()
+
+    @staticmethod
+    async def _exchange(conn: _Conn, req: h11.Request, body: AsyncIterator[bytes] | None) -> h11.Response:
+        await conn.send(req)
+        if body is not None:
+            async for chunk in body:
+                await conn.send(h11.Data(data=chunk))
+        await conn.send(h11.EndOfMessage())
+        while True:
+            ev = await conn.next_event()
+            if isinstance(ev, h11.Response):
+                return ev
+            if isinstance(ev, h11.InformationalResponse):
+                continue  # 100 Continue and the like: the final answer follows
+            if isinstance(ev, h11.ConnectionClosed):
+                raise UpstreamError("the sandbox's server closed the connection without answering")
+            raise UpstreamError(f"unexpected {type(ev).__name__} from the sandbox's server")
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        if chunk := msg.get("body"):
+            yield chunk
+        if not msg.get("more_body"):
+            return
+
+
+async def _relay(conn: _Conn, resp: h11.Response, receive: Receive, send: Send) -> None:
+    drop = hop_by_hop(resp.headers.raw_items())
+    out = [(k.lower(), v) for k, v in resp.headers.raw_items() if k.lower() not in drop]
+    await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
+    # The common small response is already whole in h11's buffer, or a small Content-Length body
+    # follows in the next bytes: one send, no tasks (a client that goes away meanwhile is seen
+    # at the send, as while waiting for the response head).
+    buffered = _buffered_body(conn)
+    if buffered is None and (left := _body_left(conn)) is not None and left <= SMALL_BODY:
+        buffered = await _read_body(conn)
+    if buffered is not None:
+        await send({"type": "http.response.body", "body": buffered, "more_body": False})
+        return
+
+    async def pump() -> None:
+        while True:
+            ev = await conn.next_event()
+            if isinstance(ev, h11.Data):
+                await send({"type": "http.response.body", "body": bytes(ev.data), "more_body": True})
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                raise UpstreamError(f"the sandbox's server ended the response early ({type(ev).__name__})")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    relay, watch = asyncio.create_task(pump()), asyncio.create_task(gone())
+    try:
+        await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (relay, watch):
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        if relay.done() and not relay.cancelled():
+            relay.result()  # an upstream error mid-body: the response is cut
+        else:
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            raise ClientGone
+
+
+def _body_left(conn: _Conn) -> int | None:
+    """What is left of a Content-Length response body (None: another framing, or none)."""
+    if conn.h11.their_state is not h11.SEND_BODY:
+        return None
+    reader: object = getattr(conn.h11, "_reader", None)
+    remaining = getattr(reader, "_remaining", None)
+    return remaining if isinstance(remaining, int) else None
+
+
+def _buffered_body(conn: _Conn) -> bytes | None:
+    """The response's whole body when h11 already holds all of it (else None, nothing taken)."""
+    remaining = _body_left(conn)
+    if remaining is None or len(conn.h11.trailing_data[0]) < remaining:
+        return None
+    parts = []
+    while True:
+        ev = conn.h11.next_event()
+        if isinstance(ev, h11.Data):
+            parts.append(bytes(ev.data))
+        elif isinstance(ev, h11.EndOfMessage):
+            return b"".join(parts)
+        else:  # not expected with the whole body buffered; h11 keeps its state consistent
+            raise UpstreamError(f"the sandbox's server sent {type(ev).__name__} in a body")
+
+
+async def _read_body(conn: _Conn) -> bytes:
+    """A small Content-Length body, whole (at most ``SMALL_BODY`` bytes)."""
+    parts = []
+    while True:
+        ev = await conn.next_event()
+        if isinstance(ev, h11.Data):
+            parts.append(bytes(ev.data))
+        elif isinstance(ev, h11.EndOfMessage):
+            return b"".join(parts)
+        else:
+            raise UpstreamError(f"the sandbox's server ended the response early ({type(ev).__name__})")

@@ -1,0 +1,65 @@
+"""``warren proxy``: the preview proxy as a process of its own (the same code as the CP's), so
+preview traffic scales apart from the API. It needs the CP's database and CA (to reach agents
+over mTLS) and nothing else; every other path is a 404."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
+
+from warren.config import Settings
+from warren.cp.db.engine import make_engine
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.http_errors import error_response
+from warren.cp.proxy.app import PreviewMiddleware
+from warren.cp.security.ca import CertificateAuthority
+
+
+class _Deps:
+    def __init__(self) -> None:
+        self.engine: object = None
+        self.pool: object = None
+
+    def __call__(self, scope: Scope) -> tuple:  # type: ignore[type-arg]
+        return self.engine, self.pool
+
+
+def standalone_app(settings: Settings) -> Starlette:
+    settings.require_jwt_secret()
+    deps = _Deps()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not settings.database_url:
+            raise RuntimeError("WARREN_DATABASE_URL is not set")
+        engine = make_engine(
+            settings.database_url, pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout_s,
+        )  # fmt: skip
+        pool = HostClientPool(CertificateAuthority.from_settings(settings))
+        deps.engine, deps.pool = engine, pool
+        try:
+            yield
+        finally:
+            await pool.close()
+            await engine.dispose()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "not_found", "not a sandbox port (/v1/sandboxes/{id}/ports/{port}/…)")
+
+    return Starlette(
+        routes=[Route("/healthz", healthz)],
+        middleware=[Middleware(PreviewMiddleware, settings=settings, deps=deps)],
+        exception_handlers={404: not_found},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,154 @@
+"""A byte stream to a port inside a sandbox (:class:`ByteStream`), and its gRPC form: one
+``DialPort`` call to its host's agent (:class:`DialStream`, the fallback of ``data.py``'s data
+port).
+
+Bounded both ways: a write waits until gRPC took its message (at most ``CHUNK`` bytes), and at
+most ``_QUEUE`` messages wait to be read per stream; past that the agent waits (gRPC flow control).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Protocol
+
+import grpc.aio
+from grpc.aio import EOF  # type: ignore[attr-defined]  # (the stubs lack it)
+
+from warren.cp.hosts.agent_client import translate
+from warren.cp.hosts.client_pool import HostClient
+from warren.errors import AgentError
+from warren.rpc import hostagent_pb2 as pb
+
+CHUNK = 1 << 20
+_QUEUE = 2
+_EOF = b""
+_DIAL_PORT = f"/{pb.DESCRIPTOR.services_by_name['HostAgent'].full_name}/DialPort"
+
+
+class ByteStream(Protocol):
+    """What the HTTP and WebSocket relays need of a connection to a sandbox port."""
+
+    @property
+    def readable(self) -> bool: ...
+    async def read(self, max_bytes: int) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close_write(self) -> None: ...
+    def close_nowait(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+def _dial_port(channel: grpc.aio.Channel) -> Any:
+    """DialPort on ``channel`` without its interceptor (errors are mapped here instead).
+
+    Any client interceptor makes grpc.aio relay ``write()`` through a queue, a task and an
+    ``asyncio.wait`` per message and every read through the interceptor's generators: most of
+    the proxy's own time per small request (bench/proxy.py). The error mapping is the same
+    ``translate`` the interceptor uses."""
+    mc = channel.stream_stream(
+        _DIAL_PORT,
+        request_serializer=pb.DialRequest.SerializeToString,
+        response_deserializer=pb.DialEvent.FromString,
+    )
+    mc._interceptors = None  # type: ignore[attr-defined]  # (grpc.aio has no public opt-out)
+    return mc
+
+
+class DialStream:
+    """One connection: :meth:`open`, then ``read``/``write``/``close_write``/``aclose``.
+    Writes go straight to the call (``call.write``, no request iterator task in between)."""
+
+    def __init__(self, client: HostClient, sandbox_id: str, port: int) -> None:
+        self.sandbox_id, self.port = sandbox_id, port
+        self._host_id = client.host_id
+        self._in: asyncio.Queue[bytes | BaseException] = asyncio.Queue(_QUEUE)
+        self._call: Any = _dial_port(client.channel)()
+        self._lock = asyncio.Lock()  # one message in flight at a time (a gRPC call's rule)
+        self._buf = memoryview(b"")
+        self._eof = False
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _send(self, msg: pb.DialRequest) -> None:
+        try:
+            async with self._lock:
+                await self._call.write(msg)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, self._host_id) from e
+        except asyncio.InvalidStateError:
+            raise ConnectionError("the dial stream has ended") from None
+
+    async def open(self) -> None:
+        """Wait for ``connected`` (AgentError: port_not_open, paused, unknown sandbox…)."""
+        try:
+            await self._send(pb.DialRequest(open=pb.DialOpen(sandbox_id=self.sandbox_id, port=self.port)))
+            try:
+                ev = await self._call.read()
+            except grpc.aio.AioRpcError as e:
+                raise translate(e, self._host_id) from e
+        except BaseException:
+            self._call.cancel()
+            raise
+        if ev is EOF or ev.WhichOneof("event") != "connected":
+            self._call.cancel()
+            raise AgentError("the agent did not connect the port", rpc_code="UNAVAILABLE")
+        self._reader = asyncio.create_task(self._read_all())
+
+    async def _read_all(self) -> None:
+        try:
+            while True:
+                ev = await self._call.read()
+                if ev is EOF:
+                    break
+                kind = ev.WhichOneof("event")
+                if kind == "data":
+                    await self._in.put(ev.data)
+                elif kind == "closed":
+                    break
+            await self._in.put(_EOF)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as e:
+            await self._in.put(translate(e, self._host_id))
+        except BaseException as e:
+            await self._in.put(e)
+
+    @property
+    def readable(self) -> bool:
+        """Bytes (or the end) already arrived: for an idle pooled connection, the server hung up."""
+        return bool(self._buf) or not self._in.empty() or self._eof
+
+    async def read(self, max_bytes: int) -> bytes:
+        if not self._buf:
+            if self._eof:
+                return b""
+            item = await self._in.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            if len(item) <= max_bytes:
+                return item  # the common case: a whole message, no copy
+            self._buf = memoryview(item)
+        out, self._buf = self._buf[:max_bytes], self._buf[max_bytes:]
+        return bytes(out)
+
+    async def write(self, data: bytes) -> None:
+        for i in range(0, len(data), CHUNK):
+            await self._send(pb.DialRequest(data=data[i : i + CHUNK]))
+
+    async def close_write(self) -> None:
+        await self._send(pb.DialRequest(close_write=True))
+
+    def close_nowait(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        self._call.cancel()

@@ -1,0 +1,165 @@
+"""WebSockets to a sandbox port: the client's ASGI WebSocket on one side, and on the other a
+WebSocket client (``websockets``' sans-I/O protocol) speaking over a byte stream to the
+sandbox's server. Messages are relayed as they come, one at a time, each bounded by
+``max_size``; pings, pongs and the closing handshake are handled per side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.types import Receive, Scope, Send
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from warren.cp.proxy.stream import CHUNK, ByteStream
+
+log = logging.getLogger("warren.proxy")
+
+MAX_MESSAGE = 16 << 20  # as uvicorn's own default for the client's side
+# Set by the protocol itself for this hop (extensions are not negotiated end to end).
+_OWN_HEADERS = frozenset(
+    {
+        "host",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    }
+)
+
+
+class HandshakeFailed(Exception):
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Upstream:
+    def __init__(self, stream: ByteStream, proto: ClientProtocol) -> None:
+        self.stream, self.proto = stream, proto
+        self._lock = asyncio.Lock()
+
+    async def flush(self) -> None:
+        """What the protocol has to send (an empty item: it half-closes)."""
+        async with self._lock:
+            for data in self.proto.data_to_send():
+                if data:
+                    await self.stream.write(data)
+                else:
+                    await self.stream.close_write()
+
+
+async def handshake(
+    stream: ByteStream, *, host: str, target: str, headers: list[tuple[bytes, bytes]], subprotocols: list[str]
+) -> _Upstream:
+    """The upgrade request to the sandbox's server and its 101 (HandshakeFailed otherwise)."""
+    proto = ClientProtocol(
+        parse_uri(f"ws://localhost{target}"),
+        subprotocols=subprotocols or None,  # type: ignore[arg-type]
+        max_size=MAX_MESSAGE,
+    )
+    req = proto.connect()
+    del req.headers["Host"]
+    req.headers["Host"] = host
+    for k, v in headers:
+        name = k.decode("latin-1")
+        if name.lower() not in _OWN_HEADERS:
+            req.headers[name] = v.decode("latin-1")
+    proto.send_request(req)
+    up = _Upstream(stream, proto)
+    await up.flush()
+    while True:
+        data = await stream.read(CHUNK)
+        if data:
+            proto.receive_data(data)
+        else:
+            proto.receive_eof()
+        for ev in proto.events_received():
+            if isinstance(ev, Response):
+                if proto.handshake_exc is not None:
+                    raise HandshakeFailed(
+                        ev.status_code, f"the sandbox's server refused: {proto.handshake_exc}"
+                    )
+                return up
+        if not data:
+            raise HandshakeFailed(None, "the sandbox's server closed during the handshake")
+
+
+async def relay(up: _Upstream, receive: Receive, send: Send) -> None:
+    """Messages both ways until either side closes."""
+    tasks = {asyncio.create_task(_from_client(up, receive)), asyncio.create_task(_from_upstream(up, send))}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if not t.cancelled() and (e := t.exception()) is not None:
+                log.info("event=proxy_ws_end error=%r", e)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+async def _from_client(up: _Upstream, receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        kind = msg["type"]
+        if kind == "websocket.receive":
+            if msg.get("text") is not None:
+                up.proto.send_text(msg["text"].encode())
+            else:
+                up.proto.send_binary(msg.get("bytes") or b"")
+            await up.flush()
+        elif kind == "websocket.disconnect":
+            code = msg.get("code", 1000)
+            up.proto.send_close(code if code in (1000, 1001) or 3000 <= code <= 4999 else 1000)
+            await up.flush()
+            return
+
+
+async def _from_upstream(up: _Upstream, send: Send) -> None:
+    parts: list[bytes] = []
+    text = False
+    size = 0
+    while True:
+        data = await up.stream.read(CHUNK)
+        if data:
+            up.proto.receive_data(data)
+        else:
+            up.proto.receive_eof()
+        for frame in up.proto.events_received():
+            if not isinstance(frame, Frame):
+                continue
+            op = frame.opcode
+            if op in (Opcode.TEXT, Opcode.BINARY):
+                parts, text, size = [], op is Opcode.TEXT, 0
+            if op in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                parts.append(bytes(frame.data))
+                size += len(frame.data)
+                if frame.fin:
+                    payload = b"".join(parts)
+                    parts, size = [], 0
+                    msg = {"type": "websocket.send", "text": payload.decode()} if text else {
+                        "type": "websocket.send", "bytes": payload}  # fmt: skip
+                    await send(msg)
+            elif op is Opcode.CLOSE:
+                close = Close.parse(frame.data) if frame.data else None
+                await up.flush()
+                code = close.code if close is not None and close.code not in (1005, 1006) else 1000
+                await send({"type": "websocket.close", "code": code, "reason": close.reason if close else ""})
+                return
+        await up.flush()  # pongs, the closing handshake
+        if not data:
+            # The sandbox's server went away without a closing handshake: 1006 cannot be sent.
+            await send({"type": "websocket.close", "code": 1001 if up.proto.close_rcvd is None else 1000})
+            return
+
+
+def subprotocols_of(scope: Scope) -> list[str]:
+    return [str(p) for p in scope.get("subprotocols") or []][:16]

@@ -1,0 +1,132 @@
+"""Request authentication (docs/spec.md §2.0, docs/design.md §4): the one check behind the REST API, the exec
+WebSocket and the dashboard. Each door reads its credentials (``warren.cp.security.credentials``)
+and calls :func:`authenticate`.
+
+A JWT's team and role are hints. Every authenticated request re-reads, in ONE query, the user,
+their membership in the token's team (and its role), the team's ``deleted_at`` and the user's
+``is_admin``. So a removed member or a soft-deleted team loses access on the very next request.
+
+Outcomes for a JWT whose signature and expiry are fine:
+- user row gone → 401 "invalid or expired token";
+- token's team soft-deleted (or gone) → 401 "team has been deleted; sign in again" — the
+  credential is bound to a team that no longer exists, so it is refused like a bad token;
+- user no longer a member of the token's team → 403 "not a member of this team";
+- with ``allow_teamless`` (the routes a user needs to find or make a team, and the dashboard)
+  the last two proceed with ``ctx.team_id = None`` instead. See docs/auth.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import clock
+from warren.cp.db.engine import driver
+from warren.cp.db.queries import auth as q
+from warren.cp.security.api_keys import hash_api_key, looks_like_api_key
+from warren.cp.security.credentials import Credentials
+from warren.cp.security.tokens import UserClaims, verify_user_jwt
+from warren.cp.services.context import AuthContext
+from warren.cp.services.rate_limits import TeamRateLimiter
+from warren.errors import Forbidden, Unauthorized
+from warren.request_context import remember_actor
+
+
+async def _authenticate_jwt(engine: AsyncEngine, claims: UserClaims, *, allow_teamless: bool) -> AuthContext:
+    async with driver(engine) as conn:
+        row = await conn.fetchrow(q.JWT_CHECK, claims.user_id, claims.team_id)
+    if row is None:
+        raise Unauthorized("invalid or expired token")
+    email, name, is_admin, role, team_live = row
+    if not team_live or role is None:
+        if allow_teamless:
+            return AuthContext(
+                kind="jwt",
+                team_id=None,
+                user_id=claims.user_id,
+                email=email,
+                name=name,
+                role=None,
+                is_admin=bool(is_admin),
+            )
+        if not team_live:
+            raise Unauthorized("team has been deleted; sign in again")
+        raise Forbidden("not a member of this team")
+    return AuthContext(
+        kind="jwt",
+        team_id=claims.team_id,
+        user_id=claims.user_id,
+        email=email,
+        name=name,
+        role=role,
+        is_admin=bool(is_admin),
+    )
+
+
+async def _authenticate_api_key(engine: AsyncEngine, api_key: str) -> AuthContext:
+    if not looks_like_api_key(api_key):
+        raise Unauthorized("invalid API key")
+    async with driver(engine) as conn:
+        row = await conn.fetchrow(q.API_KEY_CHECK, hash_api_key(api_key), clock.now())
+    if row is None:
+        raise Unauthorized("invalid API key")
+    key_id, team_id, key_name = row
+    return AuthContext(kind="api_key", team_id=team_id, api_key_id=key_id, api_key_name=key_name)
+
+
+def _user_token(creds: Credentials, *, require_user: bool) -> str:
+    """The bearer JWT to check, or the 401 that its absence is."""
+    bearer = creds.user_token()
+    if bearer:
+        return bearer
+    if creds.api_key:  # reached only with require_user: otherwise the API key was checked
+        raise Unauthorized(
+            "this route requires a user token (Authorization: Bearer); API keys are not accepted"
+        )
+    if require_user:
+        raise Unauthorized("missing authorization header")
+    raise Unauthorized("missing API key or authorization header")
+
+
+async def authenticate(
+    engine: AsyncEngine,
+    creds: Credentials,
+    *,
+    require_user: bool,
+    jwt_secret: str,
+    allow_teamless: bool = False,
+) -> AuthContext:
+    """Who ``creds`` belong to, checked against the database.
+
+    With ``require_user`` the JWT is what counts (an API key sent alongside it is ignored, one
+    sent alone is a 401); otherwise the API key wins when both are sent.
+    """
+    if creds.api_key and not require_user:
+        ctx = await _authenticate_api_key(engine, creds.api_key)
+    else:
+        claims = verify_user_jwt(jwt_secret, _user_token(creds, require_user=require_user))
+        ctx = await _authenticate_jwt(engine, claims, allow_teamless=allow_teamless)
+    remember_actor(ctx)  # for the audit record of a call that then fails (services/audit.py)
+    return ctx
+
+
+async def authenticate_session(
+    engine: AsyncEngine, creds: Credentials, *, jwt_secret: str
+) -> tuple[AuthContext, uuid.UUID]:
+    """``authenticate(require_user=True, allow_teamless=True)`` and the team the JWT names, which
+    ``ctx.team_id`` is not when that team is gone or the user left it. One verification of the
+    token serves both (it costs more than the rest of a cached read's authentication)."""
+    claims = verify_user_jwt(jwt_secret, _user_token(creds, require_user=True))
+    ctx = await _authenticate_jwt(engine, claims, allow_teamless=True)
+    remember_actor(ctx)
+    return ctx, claims.team_id
+
+
+def throttle(limiter: TeamRateLimiter, ctx: AuthContext) -> AuthContext:
+    """The per-team request rate limit (429 with Retry-After), after authentication: a team's
+    API keys and its members' tokens share one bucket; a user without a team has their own."""
+    key = ctx.team_id or ctx.user_id
+    if key is not None:
+        limiter.check(key)
+    return ctx

@@ -1,0 +1,261 @@
+"""Unary exec (docs/spec.md §2.6): run a command, wait for it, answer its output as one JSON object.
+
+Memory is what makes this route dangerous (issue 11, D2/D10): the answer holds the whole output.
+So the output is collected from the agent's exec *stream*, chunk by chunk, each chunk reserved
+in the replica's byte budget (``services.budget``) before it is kept, and at most
+``max_output`` bytes of stdout and stderr together (past it the call is cancelled, which kills
+the command, and the answer is 413 ``output_too_large``). The JSON is then written out a chunk
+at a time, so the only copy the CP ever holds is the raw output, never its decoded text or its
+escaped JSON (which is up to six times larger). Cancelling the call (the HTTP client went away)
+cancels the stream: the agent kills the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import clock
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.services import sandbox_access
+from warren.cp.services.budget import ByteBudget, unary_budget
+from warren.cp.services.context import AuthContext
+from warren.cp.services.exec import (
+    AGENT_DEFAULT_TIMEOUT_S,
+    ExecBody,
+    after_start,
+    check_timeout,
+    decode_b64,
+    parse_body,
+)
+from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
+from warren.rpc import hostagent_pb2 as pb
+
+_RPC_SLACK_S = 15  # seconds the CP waits beyond the command's own limit
+_PIECE = 1 << 16  # rendered JSON is written in pieces of about this many input bytes
+
+
+@dataclass
+class UnaryAnswer:
+    """The JSON body, produced piece by piece; ``release`` gives the budget back (once)."""
+
+    body: AsyncIterator[bytes]
+    release: Callable[[], None]
+
+
+@dataclass
+class Output:
+    """A finished command's output as the raw chunks it arrived in."""
+
+    stdout: list[bytes]
+    stderr: list[bytes]
+    exit_code: int
+    duration_ms: int
+
+
+async def exec_command(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    ctx: AuthContext,
+    sandbox_id: str,
+    raw_body: bytes,
+    *,
+    max_timeout: int,
+    max_output: int,
+) -> UnaryAnswer:
+    """docs/spec.md §2.6 in its order: id (400), sandbox (404), running (409), body (400), agent (503),
+    RPC (mapped), then ``last_active_at``."""
+    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
+    body = _parse(raw_body, max_timeout)
+    limit = body.timeout_sec if body.timeout_sec > 0 else AGENT_DEFAULT_TIMEOUT_S
+    messages = _messages(tgt.sid, body, limit)
+    client = tgt.client()
+    held = _Held(unary_budget())
+    t0 = clock.monotonic()
+    try:
+        started = asyncio.Event()
+        call = client.stub.ExecStream(_requests(messages, started), timeout=limit + _RPC_SLACK_S)
+        out = await _collect(call, held, limit, max_output, started)
+    except BaseException:
+        held.release()
+        raise
+    out.duration_ms = int((clock.monotonic() - t0) * 1000)
+    sandbox_access.touch_later(engine, tgt.uuid)
+    return UnaryAnswer(render(tgt.sid, body.cmd, out, held.release), held.release)
+
+
+def _parse(raw_body: bytes, max_timeout: int) -> ExecBody:
+    body = parse_body(ExecBody, raw_body)
+    if not body.cmd:
+        raise InvalidRequest("cmd is required")
+    check_timeout(body.timeout_sec, max_timeout)
+    return body
+
+
+def _messages(sid: str, body: ExecBody, limit: int) -> list[pb.ExecStreamRequest]:
+    """The whole request stream: start, the stdin (if any), and stdin closed."""
+    stdin = body.stdin.encode() if body.stdin is not None else b""
+    if body.stdin_b64 is not None:
+        stdin += decode_b64(body.stdin_b64, "stdin_b64")
+    start = pb.ExecStart(
+        sandbox_id=sid, cmd=body.cmd, args=body.args, env=body.env, cwd=body.cwd, timeout_sec=limit,
+        user=body.user,
+    )  # fmt: skip
+    messages = [pb.ExecStreamRequest(start=start)]
+    if stdin:
+        messages.append(pb.ExecStreamRequest(stdin=stdin))
+    messages.append(pb.ExecStreamRequest(close_stdin=True))
+    return messages
+
+
+class _Held:
+    """The output bytes kept so far, reserved in the replica's budget; ``release`` gives them
+    back (once: on failure here, or when the answer has been written)."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget, self.bytes, self.released = budget, 0, False
+
+    async def take(self, n: int) -> None:
+        await self.budget.acquire(n)
+        self.bytes += n
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.budget.release(self.bytes)
+
+
+async def _collect(call: Any, held: _Held, limit: int, max_output: int, started: asyncio.Event) -> Output:
+    """The command's output, chunk by chunk, until its exit event."""
+    out = Output([], [], 0, 0)
+    try:
+        async for ev in call:
+            started.set()
+            which = ev.WhichOneof("event")
+            if which in ("stdout", "stderr"):
+                data = getattr(ev, which)
+                if held.bytes + len(data) > max_output:
+                    raise PayloadTooLarge(_too_large(max_output), code="output_too_large")
+                await held.take(len(data))
+                (out.stdout if which == "stdout" else out.stderr).append(data)
+            elif which == "exit":
+                _check_exit(ev.exit, limit)
+                out.exit_code = ev.exit.exit_code
+                return out
+        raise AgentError("the agent ended the exec without an exit event", rpc_code="INTERNAL")
+    finally:
+        call.cancel()  # after the exit: a no-op; before it: the agent kills the command
+
+
+async def _requests(
+    messages: list[pb.ExecStreamRequest], started: asyncio.Event
+) -> AsyncIterator[pb.ExecStreamRequest]:
+    start, *rest = messages
+    yield start
+    await after_start(started)  # stdin only once the agent took the start (exec_stream)
+    for m in rest:
+        yield m
+
+
+def _too_large(cap: int) -> str:
+    return (
+        f"the command printed more than {cap} bytes (stdout and stderr together), the most a "
+        "unary exec answers; it was killed. Use the streaming exec (WebSocket) for large output."
+    )
+
+
+def _check_exit(ev: pb.ExecEvent.Exit, limit: int) -> None:
+    """An exit event that is a failure rather than a result: the time limit (502 marked
+    ``reason: timeout``, docs/spec.md §2.6) or a broken guest connection (502)."""
+    if not ev.error or ev.error.startswith("killed by signal"):
+        return
+    if "timed out" in ev.error:
+        raise AgentError(f"command timed out after {limit}s", rpc_code="DEADLINE_EXCEEDED", reason="timeout")
+    raise AgentError(f"host agent unreachable: {ev.error}", rpc_code="UNAVAILABLE")
+
+
+def _is_utf8(chunks: list[bytes]) -> bool:
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for c in chunks:
+            dec.decode(c)
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _pieces(chunks: list[bytes]) -> Iterator[bytes]:
+    """The chunks, consumed (each freed once written), regrouped into pieces of about
+    ``_PIECE`` bytes: fewer, larger writes."""
+    chunks.reverse()
+    buf = bytearray()
+    while chunks:
+        buf += chunks.pop()
+        if len(buf) >= _PIECE:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _text_json(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        dec = codecs.getincrementaldecoder("utf-8")()
+        for c in chunks:
+            text = dec.decode(c)
+            if text:
+                yield json.dumps(text, ensure_ascii=False)[1:-1].encode()
+        tail = dec.decode(b"", final=True)
+        if tail:
+            yield json.dumps(tail, ensure_ascii=False)[1:-1].encode()
+
+    return gen()
+
+
+def _b64_json(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        carry = b""
+        for c in chunks:
+            data = carry + c
+            cut = len(data) - len(data) % 3
+            carry = data[cut:]
+            if cut:
+                yield base64.b64encode(data[:cut])
+        if carry:
+            yield base64.b64encode(carry)
+
+    return gen()
+
+
+async def render(sid: str, cmd: str, out: Output, release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """``ExecResult`` as JSON, written a piece at a time (same fields, same order). The output is
+    text when stdout and stderr are both UTF-8, else both are base64 (docs/spec.md §2.6)."""
+    try:
+        text = _is_utf8(out.stdout) and _is_utf8(out.stderr)
+        encode = _text_json if text else _b64_json
+        head: dict[str, Any] = {"sandbox_id": sid, "cmd": cmd}
+        yield json.dumps(head, ensure_ascii=False)[:-1].encode() + b',"stdout":"'
+        async for piece in encode(_pieces(out.stdout)):
+            yield piece
+        yield b'","stderr":"'
+        async for piece in encode(_pieces(out.stderr)):
+            yield piece
+        tail = {
+            "exit_code": out.exit_code,
+            "duration_ms": out.duration_ms,
+            "encoding": "utf-8" if text else "base64",
+        }
+        yield b'",' + json.dumps(tail)[1:].encode()
+    finally:
+        release()
+
+
+__all__ = ["Output", "UnaryAnswer", "exec_command", "render"]

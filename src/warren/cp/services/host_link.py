@@ -1,0 +1,255 @@
+"""The agent link: how a host agent joins the control plane and stays in it (docs/spec.md §3 as amended
+by docs/design.md §4): registration with a one-time token, credential refresh, heartbeats. The admin
+side of hosts (create, list, tags, tokens, delete) is ``warren.cp.services.hosts``.
+
+Registration and refresh tokens are 64 hex chars; only their SHA-256 is stored. A registration
+token is consumed by one conditional UPDATE (``used_at IS NULL AND expires_at > now``), so two
+agents racing with one token cannot both register. Refresh rotates **issue-then-revoke** in two
+transactions: a crash between them leaves two valid tokens, never none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import uuid
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from pydantic import Field
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warren import clock, ids
+from warren.cp.db.engine import transaction
+from warren.cp.db.tables import host_refresh_tokens, host_tokens, hosts
+from warren.cp.security.ca import CertificateAuthority, IssuedCert
+from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
+from warren.cp.services import audit
+from warren.cp.services.hosts import HostCredentials, host_model
+from warren.cp.services.strict import INT32_MAX, StrictBody
+from warren.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+
+log = logging.getLogger("warren.hosts")
+
+REFRESH_TOKEN_TTL = timedelta(days=60)
+
+
+class RegisterRequest(StrictBody):
+    token: str = ""
+    address: str = Field(default="", max_length=255)
+    arch: str = Field(default="", max_length=64)
+    # INT columns: bigger values cannot be stored.
+    cpu_cores: int = Field(default=0, ge=0, le=INT32_MAX)
+    memory_mb: int = Field(default=0, ge=0, le=INT32_MAX)
+    disk_gb: int = Field(default=0, ge=0, le=INT32_MAX)
+
+
+class RefreshRequest(StrictBody):
+    refresh_token: str
+
+
+async def _issue_refresh_token(conn: AsyncConnection, host_uuid: uuid.UUID, now: datetime) -> str:
+    token = new_token_hex(32)
+    await conn.execute(
+        host_refresh_tokens.insert().values(
+            id=ids.new_uuid(),
+            host_id=host_uuid,
+            token_hash=sha256_hex(token),
+            expires_at=now + REFRESH_TOKEN_TTL,
+            created_at=now,
+        )
+    )
+    return token
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def check_address(address: str) -> None:
+    """``address`` must be what the CP can dial: ``host:port`` or ``[v6]:port``, port 1-65535."""
+    bad = InvalidRequest(f"invalid address {address!r}: expected host:port (e.g. 10.0.0.5:50051)")
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+    else:
+        host, sep, port = address.rpartition(":")
+        if not _HOSTNAME.match(host):
+            raise bad
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise bad
+
+
+def _credentials(
+    ca: CertificateAuthority, jwt_secret: str, row: RowMapping, cert: IssuedCert, refresh_token: str
+) -> HostCredentials:
+    """What register and refresh answer: a fresh host JWT, the refresh token and the mTLS material."""
+    return HostCredentials(
+        host=host_model(row),
+        token=issue_host_jwt(jwt_secret, row["id"]),
+        refresh_token=refresh_token,
+        cert_pem=cert.cert_pem,
+        key_pem=cert.key_pem,
+        ca_cert_pem=ca.cert_pem,
+    )
+
+
+async def register(
+    engine: AsyncEngine,
+    ca: CertificateAuthority,
+    jwt_secret: str,
+    req: RegisterRequest,
+) -> HostCredentials:
+    token, address = req.token, req.address
+    if not token:
+        raise InvalidRequest("token is required")
+    if not address:
+        raise InvalidRequest("address is required")
+    check_address(address)  # before the token is consumed: a typo must not burn it
+    now = clock.now()
+    async with transaction(engine) as conn:
+        consumed = (
+            await conn.execute(
+                host_tokens.update()
+                .where(
+                    host_tokens.c.token_hash == sha256_hex(token),
+                    host_tokens.c.used_at.is_(None),
+                    host_tokens.c.expires_at > now,
+                )
+                .values(used_at=now)
+                .returning(host_tokens.c.host_id)
+            )
+        ).first()
+        if consumed is None:
+            raise Unauthorized("invalid or expired registration token")
+        host_uuid: uuid.UUID = consumed.host_id
+        hid = ids.host_id(host_uuid)
+        cert = ca.issue_host_cert(hid, address)
+        row = (
+            (
+                await conn.execute(
+                    hosts.update()
+                    .where(hosts.c.id == host_uuid, hosts.c.status == "pending")
+                    .values(
+                        arch=req.arch,
+                        cpu_cores=req.cpu_cores,
+                        memory_mb=req.memory_mb,
+                        disk_gb=req.disk_gb,
+                        address=address,
+                        status="online",
+                        last_heartbeat_at=now,
+                        updated_at=now,
+                        cert_fingerprint=cert.fingerprint,
+                        cert_expires_at=cert.expires_at,
+                    )
+                    .returning(*hosts.c)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound("host already registered or not found")
+        refresh = await _issue_refresh_token(conn, host_uuid, now)
+        # The host itself is the actor (its one-time token), so the system's name is on the row.
+        await audit.record(
+            conn, None, team_id=row["team_id"], action="register", resource_type="host", resource_id=hid,
+            scope="admin", metadata={"address": address},
+        )  # fmt: skip
+    log.info("host registered host=%s address=%s", hid, address)
+    return _credentials(ca, jwt_secret, row, cert, refresh)
+
+
+async def _revoke_refresh_token(engine: AsyncEngine, token_id: uuid.UUID) -> None:
+    async with transaction(engine) as conn:
+        await conn.execute(
+            host_refresh_tokens.update()
+            .where(host_refresh_tokens.c.id == token_id, host_refresh_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=clock.now())
+        )
+
+
+async def refresh(
+    engine: AsyncEngine, ca: CertificateAuthority, jwt_secret: str, refresh_token: str
+) -> HostCredentials:
+    if not refresh_token:
+        raise InvalidRequest("refresh_token is required")
+    now = clock.now()
+    # Step 1 (own transaction): issue the new token and certificate.
+    async with transaction(engine) as conn:
+        old = (
+            await conn.execute(
+                sa.select(host_refresh_tokens.c.id, host_refresh_tokens.c.host_id).where(
+                    host_refresh_tokens.c.token_hash == sha256_hex(refresh_token),
+                    host_refresh_tokens.c.revoked_at.is_(None),
+                    host_refresh_tokens.c.expires_at > now,
+                )
+            )
+        ).first()
+        if old is None:
+            raise Unauthorized("invalid or expired refresh token")
+        host_uuid: uuid.UUID = old.host_id
+        hid = ids.host_id(host_uuid)
+        current = (await conn.execute(sa.select(hosts).where(hosts.c.id == host_uuid))).mappings().first()
+        if current is None:
+            raise NotFound("host not found")
+        cert = ca.issue_host_cert(hid, current["address"])
+        row = (
+            (
+                await conn.execute(
+                    hosts.update()
+                    .where(hosts.c.id == host_uuid)
+                    .values(
+                        cert_fingerprint=cert.fingerprint, cert_expires_at=cert.expires_at, updated_at=now
+                    )
+                    .returning(*hosts.c)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        new_token = await _issue_refresh_token(conn, host_uuid, now)
+    # Step 2 (separate transaction): revoke the old one. Failing here leaves both valid.
+    await _revoke_refresh_token(engine, old.id)
+    log.info("host credentials refreshed host=%s", hid)
+    return _credentials(ca, jwt_secret, row, cert, new_token)
+
+
+# ------------------------------------------------------------------------------------ heartbeat
+
+_HEARTBEAT = sa.text(
+    """
+    UPDATE hosts h
+    SET last_heartbeat_at = :now,
+        updated_at = :now,
+        status = CASE WHEN old.status = 'unreachable' THEN 'online' ELSE h.status END
+    FROM (SELECT id, status FROM hosts WHERE id = :id FOR UPDATE) AS old
+    WHERE h.id = old.id
+    RETURNING old.status AS old_status, h.team_id
+    """
+)
+
+
+async def heartbeat(engine: AsyncEngine, authenticated_host: uuid.UUID, host_id: str) -> None:
+    host_uuid = ids.parse_id(ids.Kind.HOST, host_id)
+    if host_uuid != authenticated_host:
+        raise Forbidden("host ID mismatch")
+    async with transaction(engine) as conn:
+        row = (await conn.execute(_HEARTBEAT, {"now": clock.now(), "id": host_uuid})).first()
+        if row is None:
+            raise NotFound("host not found")
+        if row.old_status == "unreachable":
+            log.info("host marked up host=%s", host_id)
+            await audit.record(
+                conn,
+                None,
+                team_id=row.team_id,
+                action="marked_up",
+                resource_type="host",
+                resource_id=host_id,
+                status="info",
+            )

@@ -1,0 +1,220 @@
+"""Terminals: one WebSocket session (``/v1/sandboxes/{id}/pty``, or the dashboard's terminal)
+relayed to the agent's ``PtyStream`` (docs/networking.md §2).
+
+The protocol is written against a :class:`PtyPeer` (receive a text or binary frame, send
+bytes, send JSON, and the transport's error frame), so the API route and the dashboard's route
+stay thin and share every rule here. The first client frame is text JSON ``start`` or
+``connect``; then binary frames are input and text frames are ``resize``/``signal``. The server
+sends ``started``, output as binary frames, ``exit``, or ``error`` and closes. A bad client frame
+is an ``error`` and the end of this connection, never of the terminal (``connect`` again).
+
+For the dashboard: ``target = await pty.prepare(engine, pool, ctx, sandbox_id)`` before accepting
+the WebSocket (its errors are the HTTP denial), then ``await pty.session(engine, target, peer)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.services import sandbox_access
+from warren.cp.services.context import AuthContext
+from warren.cp.services.env import validate_env
+from warren.cp.services.exec import check_user, parse_signal
+from warren.cp.services.strict import check_text
+from warren.errors import AgentError, InvalidRequest, PayloadTooLarge, WarrenError
+from warren.rpc import hostagent_pb2 as pb
+
+MAX_INPUT_FRAME = 64 << 10  # one binary input frame (a paste larger than this is split by clients)
+MAX_CONTROL_FRAME = 256 << 10  # one text frame (a start frame's env included)
+MAX_DIM = 1000  # columns and rows
+_INPUT_QUEUE = 8  # client messages queued for the agent per session (then TCP pushes back)
+
+Frame = dict[str, Any]
+
+
+@dataclass
+class PtyPeer:
+    """The client end of one terminal session, as the transport hands it over."""
+
+    recv: Callable[[], Awaitable[str | bytes | None]]  # None: the client went away
+    send_bytes: Callable[[bytes], Awaitable[None]]
+    send_json: Callable[[Frame], Awaitable[None]]
+    error_frame: Callable[[BaseException], Frame]  # an error as the ``error`` frame to send
+
+    async def error(self, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.send_json(self.error_frame(exc))
+
+
+async def prepare(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> sandbox_access.Target:
+    """The caller's running sandbox with a reachable host (400/404/409/503 otherwise): called
+    before the WebSocket is accepted, so these are plain HTTP answers."""
+    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
+    tgt.client()  # the host's 503 now, not after the upgrade
+    return tgt
+
+
+# ------------------------------------------------------------------------------ frames
+
+
+def _int(f: Frame, key: str, lo: int, hi: int) -> int:
+    v = f.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise InvalidRequest(f"{key} must be an integer in {lo}..{hi}")
+    return v
+
+
+def _size(f: Frame) -> pb.PtySize:
+    return pb.PtySize(cols=_int(f, "cols", 1, MAX_DIM), rows=_int(f, "rows", 1, MAX_DIM))
+
+
+def _opt_text(f: Frame, key: str) -> str:
+    v = f.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise InvalidRequest(f"{key} must be a string")
+    return check_text(v, key)
+
+
+def _control(raw: str | bytes) -> Frame:
+    """A text frame as a JSON object (bounded), or a 400."""
+    if isinstance(raw, bytes):
+        raise InvalidRequest("control messages are text frames")
+    if len(raw) > MAX_CONTROL_FRAME:
+        raise PayloadTooLarge(f"a control frame is at most {MAX_CONTROL_FRAME} bytes")
+    try:
+        f = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise InvalidRequest("a control frame must be JSON") from e
+    if not isinstance(f, dict):
+        raise InvalidRequest("a control frame must be a JSON object")
+    return f
+
+
+def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
+    """The client's first frame (``start`` or ``connect``) as the agent's first message."""
+    f = _control(raw)
+    kind = f.get("type")
+    if kind == "connect":
+        return pb.PtyRequest(connect=pb.PtyConnect(sandbox_id=sid, pid=_int(f, "pid", 1, (1 << 31) - 1)))
+    if kind != "start":
+        raise InvalidRequest("the first frame must be {'type': 'start', ...} or {'type': 'connect', 'pid'}")
+    cmd = _opt_text(f, "cmd")
+    args = f.get("args") or []
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise InvalidRequest("args must be a list of strings")
+    if args and not cmd:
+        raise InvalidRequest("args need a cmd")
+    start = pb.PtyStart(
+        sandbox_id=sid, size=_size(f), cmd=cmd, args=[check_text(a, "args") for a in args],
+        env=validate_env(f.get("env")), cwd=_opt_text(f, "cwd"), user=check_user(_opt_text(f, "user")),
+    )  # fmt: skip
+    return pb.PtyRequest(start=start)
+
+
+def next_request(raw: str | bytes) -> pb.PtyRequest:
+    """A later client frame: binary input, or a ``resize``/``signal`` control frame."""
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_INPUT_FRAME:
+            raise PayloadTooLarge(f"an input frame is at most {MAX_INPUT_FRAME} bytes")
+        return pb.PtyRequest(input=raw)
+    f = _control(raw)
+    kind = f.get("type")
+    if kind == "resize":
+        return pb.PtyRequest(resize=_size(f))
+    if kind == "signal":
+        sig = f.get("signal", 15)
+        if not isinstance(sig, int | str) or isinstance(sig, bool):
+            raise InvalidRequest("signal must be a number or a name")
+        return pb.PtyRequest(signal=parse_signal(sig))
+    if kind == "input" and isinstance(f.get("data"), str):  # text input, for clients without binary
+        return next_request(f["data"].encode())
+    raise InvalidRequest(f"unknown frame type {str(kind)[:40]!r} (resize, signal, or binary input)")
+
+
+# ----------------------------------------------------------------------------- session
+
+
+async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyPeer) -> None:
+    """One terminal session, from the client's first frame to the exit (or the first error)."""
+    try:
+        try:
+            raw = await peer.recv()
+        except Exception:
+            return
+        if raw is None:
+            return
+        first = first_request(target.sid, raw)
+    except WarrenError as e:
+        await peer.error(e)
+        return
+    queue: asyncio.Queue[pb.PtyRequest | None] = asyncio.Queue(maxsize=_INPUT_QUEUE)
+    queue.put_nowait(first)
+    call = target.client().stub.PtyStream(_drain(queue))
+    inbound = asyncio.create_task(_inbound(peer, queue, call))
+    try:
+        await _outbound(call, peer)
+    except AgentError as e:
+        if not inbound.done():
+            await peer.error(e)
+    except asyncio.CancelledError:
+        if not inbound.done():
+            raise
+    finally:
+        inbound.cancel()
+        with contextlib.suppress(BaseException):
+            await inbound
+        call.cancel()
+        sandbox_access.touch_later(engine, target.uuid)
+
+
+async def _drain(queue: asyncio.Queue[pb.PtyRequest | None]) -> AsyncIterator[pb.PtyRequest]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+async def _inbound(peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], call: Any) -> None:
+    """Client frames → the agent, until the client goes or sends a bad frame (reported)."""
+    try:
+        while True:
+            try:
+                raw = await peer.recv()
+            except Exception:
+                raw = None
+            if raw is None:
+                break
+            try:
+                req = next_request(raw)
+            except WarrenError as e:
+                await peer.error(e)
+                break
+            await queue.put(req)
+    finally:
+        call.cancel()
+
+
+async def _outbound(call: Any, peer: PtyPeer) -> None:
+    """Agent events → the client. Raises AgentError when the agent call fails."""
+    async for ev in call:
+        which = ev.WhichOneof("event")
+        if which == "output":
+            await peer.send_bytes(ev.output)
+        elif which == "started":
+            await peer.send_json({"type": "started", "pid": ev.started})
+        elif which == "exit":
+            frame: Frame = {"type": "exit", "exit_code": ev.exit.exit_code}
+            if ev.exit.error:
+                frame["error"] = ev.exit.error
+            await peer.send_json(frame)
+            return

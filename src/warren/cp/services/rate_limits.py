@@ -1,0 +1,208 @@
+"""Abuse limits (issue 11 D14): sign-in rate limits shared by every replica, and the per-team
+request rate limit of each replica.
+
+**Sign-in limits** count attempts in PostgreSQL (``rate_limits``), so every CP replica sees the
+same counters. Each counter is a fixed window that opens at its first attempt: the attempt past
+the limit within ``window`` seconds of that one is refused with 429 ``rate_limited`` and a
+``Retry-After`` of the time left in the window; when the window ends the next attempt opens a
+new one. So a throttle never outlasts its window: once the attacker stops, the real user gets
+in within a minute (an hour for signups), whatever happened before.
+
+Every attempt counts, the successful ones included, and it is counted *before* the password is
+verified: a refused guess costs no argon2 time, concurrent guesses cannot slip past the check
+(the upsert serialises them on the row), and nothing resets a counter early — a brute-forcer
+holding any valid account cannot clear an address's counter by logging into their own account.
+One statement per check (an upsert of every key of the check, now and then also deleting dead
+rows of other keys): that is the whole cost a login pays for it.
+
+**The per-team request limit** runs on every authenticated API request, so it is a token bucket in
+this process's memory (no database write per request): the effective limit is per replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import clock
+from warren.config import Settings
+from warren.cp.db.engine import driver
+from warren.cp.db.queries import rate_limits as q
+from warren.errors import TooManyRequests
+
+LOGIN_WINDOW_S = 60.0
+SIGNUP_WINDOW_S = 3600.0
+# Rows whose window ended this long ago are dead for every kind of counter.
+_DEAD_AFTER_S = max(LOGIN_WINDOW_S, SIGNUP_WINDOW_S)
+# Dead rows are deleted by the check that runs first after this many seconds (per process).
+CLEANUP_EVERY_S = 300.0
+
+
+_next_cleanup = 0.0
+
+
+@dataclass(frozen=True)
+class AuthLimits:
+    """Sign-in limits in force (from Settings); 0 turns one off."""
+
+    login_per_account: int = 60
+    login_per_address: int = 300
+    signup_per_address: int = 60
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> AuthLimits:
+        return cls(s.login_limit_per_account, s.login_limit_per_address, s.signup_limit_per_address)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Who is trying to sign in: the client address the API resolved, and the limits."""
+
+    address: str
+    limits: AuthLimits
+
+
+def _account_key(email: str) -> str:
+    # Hashed: the table need not hold every email anyone ever typed.
+    return "login:acct:" + hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def address_key(address: str) -> str:
+    """The unit a per-address limit counts: an IPv4 address, or an IPv6 /64 (one subscriber
+    usually holds a whole /64, so counting single IPv6 addresses would count nothing)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+async def _count(engine: AsyncEngine, keys: Sequence[tuple[str, int]], window_s: float, what: str) -> None:
+    """Count one attempt against every (key, limit); 429 if any key is past its limit."""
+    global _next_cleanup
+    active = {k: n for k, n in keys if n > 0}
+    if not active:
+        return
+    now = clock.now()
+    names = sorted(active)  # every statement locks its rows in one order: no deadlocks
+    clean = clock.monotonic() >= _next_cleanup
+    if clean:
+        _next_cleanup = clock.monotonic() + CLEANUP_EVERY_S
+    dead = now - timedelta(seconds=_DEAD_AFTER_S)
+    async with driver(engine) as conn:
+        rows = await conn.fetch(q.UPSERT, names, now, window_s, clean, dead)
+    wait = 0.0
+    for key, started, count in rows:
+        if count > active[key]:
+            # Capped at one window: a clock that moved back must not stretch a throttle.
+            left = min(window_s, (started - now).total_seconds() + window_s)
+            wait = max(wait, left, 1.0)
+    if wait:
+        raise TooManyRequests(f"too many {what}; retry in {math.ceil(wait)} s", retry_after=wait)
+
+
+async def count_login(engine: AsyncEngine, attempt: Attempt, email: str) -> None:
+    """A password login for ``email`` (normalised) from ``attempt.address``."""
+    keys = [(_account_key(email), attempt.limits.login_per_account)]
+    if attempt.address:
+        keys.append(("login:addr:" + address_key(attempt.address), attempt.limits.login_per_address))
+    await _count(engine, keys, LOGIN_WINDOW_S, "login attempts")
+
+
+async def count_sign_in(engine: AsyncEngine, attempt: Attempt) -> None:
+    """A sign-in that names no account yet (an OAuth callback): the address's login budget."""
+    if attempt.address:
+        key = "login:addr:" + address_key(attempt.address)
+        await _count(engine, [(key, attempt.limits.login_per_address)], LOGIN_WINDOW_S, "sign-in attempts")
+
+
+async def count_signup(engine: AsyncEngine, attempt: Attempt) -> None:
+    if attempt.address:
+        key = "signup:addr:" + address_key(attempt.address)
+        await _count(engine, [(key, attempt.limits.signup_per_address)], SIGNUP_WINDOW_S, "signups")
+
+
+# ------------------------------------------------------------------------ client address
+
+
+@lru_cache(maxsize=8)
+def _networks(trusted: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for item in trusted.split(","):
+        if item.strip():
+            nets.append(ipaddress.ip_network(item.strip(), strict=False))
+    return tuple(nets)
+
+
+def _is_trusted(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in nets)
+
+
+def client_address(peer: str, forwarded_for: Sequence[str], trusted: str) -> str:
+    """The client's address: the socket peer, unless the peer is a trusted proxy; then the
+    right-most X-Forwarded-For hop that is not itself a trusted proxy (hops left of it were
+    written by the client and prove nothing)."""
+    nets = _networks(trusted)
+    if not nets or not _is_trusted(peer, nets):
+        return peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, nets):
+            return hop
+    return hops[0] if hops else peer
+
+
+# ------------------------------------------------------------------- per-team request limit
+
+
+class TeamRateLimiter:
+    """A token bucket per team (or per teamless user): ``rate`` requests/s, ``burst`` at once."""
+
+    MAX_TRACKED = 10_000
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self._buckets: dict[uuid.UUID, tuple[float, float]] = {}
+
+    def check(self, key: uuid.UUID) -> None:
+        """Take one token for ``key``, or raise 429 with the wait until the next one."""
+        if self.rate <= 0:
+            return
+        now = clock.monotonic()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        # max(): a clock set back (tests move it) must not drain the bucket.
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+            raise TooManyRequests(
+                f"team request rate limit exceeded ({self.rate:g} requests/s); retry in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
+        if len(self._buckets) >= self.MAX_TRACKED and key not in self._buckets:
+            self._forget_idle(now)
+        self._buckets[key] = (tokens - 1.0, now)
+
+    def _forget_idle(self, now: float) -> None:
+        # A bucket that has refilled is the same as no bucket: forgetting it changes nothing.
+        full_after = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}

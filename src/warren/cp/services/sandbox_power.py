@@ -1,0 +1,130 @@
+"""Pause, resume and ping of one sandbox (docs/spec.md §2.5), and the conditional status move a
+pause and a snapshot pre-mark with. The lookup and the view are ``services/sandboxes.py``'s."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warren import clock
+from warren.cp.db.engine import autocommit, transaction
+from warren.cp.db.tables import sandbox_metric_points, sandboxes
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.services import audit
+from warren.cp.services.context import AuthContext
+from warren.cp.services.sandboxes import SandboxView, find, sandbox_model, touch
+from warren.errors import InvalidState
+from warren.rpc import hostagent_pb2 as pb
+
+log = logging.getLogger("warren.sandboxes")
+
+
+async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: str) -> bool:
+    """``old`` → ``new`` if the sandbox still is ``old`` (a pause's or a snapshot's pre-mark, and
+    its undo); whether it was."""
+    async with autocommit(engine) as conn:
+        moved = await conn.execute(
+            sa.update(sandboxes)
+            .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == old)
+            .values(status=new, last_updated=clock.now())
+            .returning(sandboxes.c.id)
+        )
+        return moved.first() is not None
+
+
+async def _status_conflict(conn: AsyncConnection, sb_uuid: uuid.UUID, want: str) -> InvalidState:
+    status = (await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == sb_uuid))).scalar()
+    return InvalidState(f"sandbox is not {want} (status: {status})")
+
+
+async def pause_sandbox(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> SandboxView:
+    found = await find(engine, ctx, sandbox_id)
+    found.require_host()
+    # Pre-mark paused (docs/spec.md §2.5) so the monitor does not take the frozen sandbox for gone.
+    if not await move_status(engine, found.sb_uuid, "running", "paused"):
+        async with autocommit(engine) as conn:
+            raise await _status_conflict(conn, found.sb_uuid, "running")
+    sid = found.sandbox.id
+    try:
+        await found.host_client(pool).stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sid), timeout=120)
+    except Exception:
+        await move_status(engine, found.sb_uuid, "paused", "running")
+        raise
+    await _save_metric_points(engine, found.host_client(pool), found.sb_uuid, sid)
+    async with transaction(engine) as conn:
+        latest = sa.select(sandboxes).where(sandboxes.c.id == found.sb_uuid)
+        new = (await conn.execute(latest)).mappings().one()
+        await audit.record(
+            conn, ctx, team_id=found.row["team_id"], action="pause", resource_type="sandbox", resource_id=sid
+        )
+    return sandbox_model(new)
+
+
+async def _save_metric_points(engine: AsyncEngine, client: HostClient, sb_uuid: uuid.UUID, sid: str) -> None:
+    """Best effort (docs/spec.md §2.5 pause, §9.4): keep the samples of a paused sandbox in the database,
+    so its metrics stay readable if the agent loses them. Failures are logged, never raised."""
+    try:
+        points: dict[int, Any] = {}
+        for tier in ("2h", "10m"):  # the finer tier wins where both have a timestamp
+            resp = await client.stub.GetSandboxMetrics(
+                pb.GetSandboxMetricsRequest(sandbox_id=sid, range=tier), timeout=10
+            )
+            points.update({p.timestamp_unix: p for p in resp.points})
+        if not points:
+            return
+        rows = [
+            {"sandbox_id": sb_uuid, "ts": datetime.fromtimestamp(ts, UTC), "cpu_pct": round(p.cpu_pct),
+             "mem_bytes": p.mem_bytes, "disk_bytes": p.disk_bytes}
+            for ts, p in sorted(points.items())
+        ]  # fmt: skip
+        async with autocommit(engine) as conn:
+            await conn.execute(pg_insert(sandbox_metric_points).values(rows).on_conflict_do_nothing())
+    except Exception as e:
+        log.info("pause: could not save metric points of %s: %s", sid, e)
+
+
+async def resume_sandbox(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+) -> SandboxView:
+    found = await find(engine, ctx, sandbox_id, states=("paused",))
+    found.require_host()
+    sid = found.sandbox.id
+    resp = await found.host_client(pool).stub.ResumeSandbox(
+        pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=found.sandbox.timeout_sec), timeout=120
+    )
+    now = clock.now()
+    async with transaction(engine) as conn:
+        new = (
+            await conn.execute(
+                sa.update(sandboxes)
+                .where(sandboxes.c.id == found.sb_uuid, sandboxes.c.status == "paused")
+                .values(
+                    status="running", host_ip=resp.host_ip or found.row["host_ip"], started_at=now,
+                    last_active_at=now, last_updated=now,
+                )
+                .returning(*sandboxes.c)
+            )
+        ).mappings().first()  # fmt: skip
+        if new is None:
+            raise await _status_conflict(conn, found.sb_uuid, "paused")
+        await audit.record(
+            conn, ctx, team_id=found.row["team_id"], action="resume", resource_type="sandbox", resource_id=sid
+        )
+    return sandbox_model(new)
+
+
+async def ping_sandbox(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str) -> None:
+    found = await find(engine, ctx, sandbox_id, states=("running",))
+    found.require_host()
+    await found.host_client(pool).stub.PingSandbox(
+        pb.PingSandboxRequest(sandbox_id=found.sandbox.id), timeout=30
+    )
+    await touch(engine, found.sb_uuid)

@@ -1,0 +1,220 @@
+"""A build's steps on its build host (docs/templates.md §4): choosing the host, bringing the
+chain to it, and ``RunBuildStep`` — its output into the build log, its layer into the store.
+
+One host runs every step of a build (the layers each step makes stay installed there, so the
+next step finds its chain in place). The build sandbox always has the network, whatever the
+team's own setting: ``apt-get`` and ``pip`` must reach their registries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import ids
+from warren.config import Settings
+from warren.cp.db.engine import autocommit
+from warren.cp.db.tables import teams
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.hosts.scheduler import Host, Scheduler
+from warren.cp.services import egress
+from warren.cp.services import layers as layer_svc
+from warren.cp.services.template_spec import SpecConfig
+from warren.cp.store import LayerStore
+from warren.errors import AgentError, InternalError, PayloadTooLarge, WarrenError
+from warren.layers.hashing import LayerMeta
+from warren.rpc import hostagent_pb2 as pb
+
+MiB = 1024 * 1024
+Output = Callable[[bytes], Awaitable[None]]
+
+
+class StepFailed(WarrenError):
+    """A step ended without a layer: its command's exit code (None: it never got to exit)."""
+
+    code = "build_step_failed"
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def chain_of(base: str, layers: Sequence[str], config: SpecConfig) -> pb.TemplateChain:
+    return pb.TemplateChain(
+        base=base,
+        layers=list(layers),
+        config=pb.TemplateConfig(
+            env=config.env,
+            workdir=config.workdir,
+            user=config.user,
+            start_cmd=config.start_cmd,
+            ready_cmd=config.ready_cmd,
+            ready_timeout_sec=config.ready_timeout_sec,
+        ),
+    )
+
+
+@dataclass
+class BuildHost:
+    """The host a build runs its steps on, chosen at its first step that needs one."""
+
+    engine: AsyncEngine
+    pool: HostClientPool
+    scheduler: Scheduler
+    store: LayerStore
+    settings: Settings
+    team_id: uuid.UUID
+    build_id: uuid.UUID
+    host: Host | None = None
+    egress_allow: tuple[str, ...] = ()
+
+    @property
+    def host_id(self) -> uuid.UUID | None:
+        return self.host["id"] if self.host is not None else None
+
+    async def _pick(self) -> tuple[Host, HostClient]:
+        if self.host is None:
+            async with autocommit(self.engine) as conn:
+                team = (
+                    await conn.execute(
+                        teams.select()
+                        .with_only_columns(teams.c.is_byoc, teams.c.egress_allow)
+                        .where(teams.c.id == self.team_id)
+                    )
+                ).first()
+                is_byoc = bool(team.is_byoc) if team is not None else False
+                names = list(team.egress_allow) if team is not None else []
+                self.host = await self.scheduler.select_host(conn, self.team_id, is_byoc)
+            self.egress_allow = tuple(egress.team_cidrs(egress.catalog_of(self.settings), names))
+        return self.host, self.pool.get(self.host)
+
+    async def run(
+        self,
+        base: str,
+        layers: Sequence[str],
+        config: SpecConfig,
+        cmd: str,
+        *,
+        timeout_s: float,
+        output: Output,
+    ) -> LayerMeta:
+        """Run ``cmd`` (``/bin/sh -c``) on the chain as ``config`` says, put the layer it
+        made in the store and record it (in the index and on this host). StepFailed for a
+        nonzero exit or a step past its time; 413 for a layer past its size."""
+        async with self._step(base, layers, config, cmd, timeout_s) as (host, call):
+            meta = await self._receive(aiter(call), output)
+        await layer_svc.record_layer(self.engine, meta, store=self.store)
+        await layer_svc.record_on_host(self.engine, host["id"], [meta.digest])
+        return meta
+
+    async def probe(
+        self,
+        base: str,
+        layers: Sequence[str],
+        config: SpecConfig,
+        cmd: str,
+        *,
+        timeout_s: float,
+        output: Output,
+    ) -> None:
+        """Start a sandbox on the chain and run ``cmd`` in it, keeping nothing: StepFailed when
+        the sandbox does not start or the command fails."""
+        async with self._step(base, layers, config, cmd, timeout_s) as (_, call):
+            events = aiter(call)
+            while (ev := await _next_event(events, output, "the check")) is not None:
+                if ev.WhichOneof("event") == "exit_code":
+                    return  # exit 0; the layer that would follow is not wanted: the call is cancelled
+        raise StepFailed("the build host ended the check without an exit code")
+
+    @contextlib.asynccontextmanager
+    async def _step(
+        self, base: str, layers: Sequence[str], config: SpecConfig, cmd: str, timeout_s: float
+    ) -> AsyncIterator[tuple[Host, Any]]:
+        """The chain brought to the build host, then the RunBuildStep call (its stream of
+        events): an agent error while it is read is the step's error; it is cancelled after."""
+        host, client = await self._pick()
+        await layer_svc.ensure_on_host(self.engine, self.store, client, host["id"], layers)
+        s = self.settings
+        req = pb.RunBuildStepRequest(
+            build_id=ids.format_id(ids.Kind.BUILD, self.build_id),
+            chain=chain_of(base, layers, config),
+            cmd=cmd,
+            timeout_sec=max(int(timeout_s), 1),
+            max_layer_bytes=s.build_max_layer_mb * MiB,
+            vcpus=s.build_vcpus,
+            memory_mb=s.build_memory_mb,
+            disk_size_mb=s.build_disk_mb,
+            egress_allow=list(self.egress_allow),
+        )
+        call = client.stub.RunBuildStep(req, timeout=timeout_s + 120)
+        try:
+            yield host, call
+        except AgentError as e:
+            raise _step_error(e) from e
+        finally:
+            call.cancel()
+
+    async def _receive(self, events: AsyncIterator[pb.BuildStepEvent], output: Output) -> LayerMeta:
+        """Output goes to the log until the first layer chunk; then the chunks go to the store,
+        which hashes them; the agent's closing LayerMeta must name the same bytes."""
+        first = b""
+        while (ev := await _next_event(events, output, "the command")) is not None:
+            kind = ev.WhichOneof("event")
+            if kind == "layer_chunk":
+                first = ev.layer_chunk
+                break
+            elif kind == "layer":  # an empty layer arrives as its meta alone
+                break
+        else:
+            raise StepFailed("the build host ended the step without a layer")
+        announced: list[LayerMeta] = []
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for ev in events:
+                kind = ev.WhichOneof("event")
+                if kind == "layer_chunk":
+                    yield ev.layer_chunk
+                elif kind == "layer":
+                    announced.append(LayerMeta(ev.layer.digest, ev.layer.size))
+                elif kind == "output":
+                    await output(ev.output)
+
+        if not first and kind == "layer":
+            announced.append(LayerMeta(ev.layer.digest, ev.layer.size))
+        meta = await self.store.put(chunks(), max_bytes=self.settings.build_max_layer_mb * MiB)
+        if not announced or announced[0].digest != meta.digest:
+            raise InternalError(f"the build host's layer does not hash to what it announced ({meta.digest})")
+        return meta
+
+
+async def _next_event(
+    events: AsyncIterator[pb.BuildStepEvent], output: Output, what: str
+) -> pb.BuildStepEvent | None:
+    """The next event that is not output (output goes to the log as it comes); a nonzero exit
+    code fails the step, ``what`` naming its command. None: the stream ended."""
+    async for ev in events:
+        kind = ev.WhichOneof("event")
+        if kind == "output":
+            await output(ev.output)
+        elif kind == "exit_code" and ev.exit_code != 0:
+            raise StepFailed(f"{what} exited with {ev.exit_code}", exit_code=ev.exit_code)
+        else:
+            return ev
+    return None
+
+
+def _step_error(e: AgentError) -> WarrenError:
+    code = e.rpc_code
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED.name:
+        return StepFailed("the step ran past the build's time limit")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+        return PayloadTooLarge(f"the step's layer is too large: {e.message}", code="layer_too_large")
+    return StepFailed(f"the build host failed the step: {e.message}")

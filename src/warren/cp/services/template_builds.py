@@ -1,0 +1,365 @@
+"""Template builds (docs/templates.md §4): submit, read, and the runner that owns the builds
+running on this replica.
+
+A build is accepted (202) once its spec parses and the team is under its concurrent-build
+bound; it then runs as an asyncio task on the replica that accepted it
+(``template_build_run.py``), moving its ``heartbeat_at``. The runner cancels its builds when the
+control plane stops (each is failed with "control plane stopped"), and its sweep fails builds
+whose heartbeat went stale: the replica running them died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import clock, ids
+from warren.config import Settings
+from warren.cp.db.engine import autocommit, transaction
+from warren.cp.db.tables import template_builds, templates
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.scheduler import Scheduler
+from warren.cp.services import Timestamp, audit
+from warren.cp.services import template_build_log as build_log
+from warren.cp.services import templates as tpl
+from warren.cp.services.context import AuthContext, require_team
+from warren.cp.services.strict import StrictBody
+from warren.cp.services.template_spec import parse
+from warren.cp.store import LayerStore
+from warren.errors import InvalidRequest, NotFound, TooManyRequests
+
+log = logging.getLogger("warren.builds")
+
+ACTIVE = ("queued", "running")
+LIST_LIMIT = 50
+STOPPED = "control plane stopped"
+STALE = "the control plane running this build stopped"
+
+
+class BuildRequest(StrictBody):
+    name: str
+    spec: str
+    tags: list[str] = Field(default_factory=list)
+    build_args: dict[str, str] = Field(default_factory=dict)
+
+
+class BuildInfo(BaseModel):
+    build_id: str
+    name: str
+    tags: list[str]
+    status: str = Field(description="queued | running | ready | failed")
+    step: int = Field(description="the step running (or that ran last), 1-based; 0 before the first")
+    steps: int
+    cached_steps: int
+    failed_step: int | None = None
+    exit_code: int | None = Field(default=None, description="the failed RUN's exit code")
+    error: str = Field(description="why it failed: the message and the failed step's last output lines")
+    version: int | None = Field(default=None, description="the template version a ready build made")
+    host_id: str | None = None
+    log_bytes: int
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+
+
+def _build_model(row: Any, version: int | None) -> BuildInfo:
+    return BuildInfo(
+        build_id=ids.format_id(ids.Kind.BUILD, row["id"]),
+        name=row["name"],
+        tags=list(row["tags"]),
+        status=row["status"],
+        step=row["step"],
+        steps=row["steps"],
+        cached_steps=row["cached_steps"],
+        failed_step=row["failed_step"],
+        exit_code=row["exit_code"],
+        error=row["error"],
+        version=version,
+        host_id=ids.host_id(row["host_id"]) if row["host_id"] is not None else None,
+        log_bytes=row["log_bytes"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+_WITH_VERSION = sa.select(template_builds, templates.c.version).select_from(
+    template_builds.outerjoin(templates, templates.c.id == template_builds.c.template_id)
+)
+
+
+def parse_form(fields: dict[str, str]) -> BuildRequest:
+    """A multipart build's text fields: ``tags`` a JSON list (or comma-separated), ``build_args``
+    a JSON object."""
+    unknown = set(fields) - {"name", "spec", "tags", "build_args"}
+    if unknown:
+        raise InvalidRequest(f"unknown field: {sorted(unknown)[0]}")
+    data: dict[str, Any] = {"name": fields.get("name", ""), "spec": fields.get("spec", "")}
+    if fields.get("tags", "").strip():
+        data["tags"] = tags_field(fields["tags"])
+    if fields.get("build_args", "").strip():
+        data["build_args"] = _json(fields["build_args"], "build_args")
+    try:
+        return BuildRequest.model_validate(data)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid form: {str(e).splitlines()[0]}") from e
+
+
+def tags_field(raw: str) -> list[str]:
+    """A form's ``tags``: a JSON list of strings, or comma-separated."""
+    raw = raw.strip()
+    if not raw:
+        return []
+    tags = _json(raw, "tags") if raw.startswith("[") else [t.strip() for t in raw.split(",")]
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidRequest("tags must be a list of strings")
+    return tags
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise InvalidRequest(f"{what} is not valid JSON") from e
+
+
+async def submit(
+    engine: AsyncEngine,
+    runner: BuildRunner,
+    ctx: AuthContext,
+    body: BuildRequest,
+    context: tuple[Path, str] | None,
+) -> BuildInfo:
+    """A team's build (POST /v1/templates): see :func:`start_build`."""
+    team_id = require_team(ctx)
+    info = await start_build(engine, runner, team_id, body, context, ctx.email or ctx.api_key_name)
+    await audit.record(
+        engine, ctx, team_id=team_id, action="build", resource_type="template", resource_id=info.name,
+        metadata={"build_id": info.build_id, "tags": info.tags},
+    )  # fmt: skip
+    return info
+
+
+async def start_build(
+    engine: AsyncEngine,
+    runner: BuildRunner,
+    team_id: uuid.UUID,
+    body: BuildRequest,
+    context: tuple[Path, str] | None,
+    created_by: str = "",
+) -> BuildInfo:
+    """Check the request (name, tags, the spec parses with its build args), admit it under the
+    team's concurrent-build bound (429), record it and start it here. The context file (path,
+    sha256), when given, belongs to the build from here on (it removes it). ``team_id`` may be
+    the platform's (``ids.PLATFORM_TEAM_ID``): a platform template, visible to every team."""
+    try:
+        tpl.check_name(body.name)
+        tags = tpl.check_tags(body.tags)
+        spec = parse(body.spec, body.build_args)
+        build_id = ids.new_uuid()
+        async with transaction(engine) as conn:
+            await tpl.lock_team(conn, team_id)
+            await tpl.check_name_free(conn, team_id, body.name)
+            active = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(template_builds)
+                    .where(template_builds.c.team_id == team_id, template_builds.c.status.in_(ACTIVE))
+                )
+            ).scalar_one()
+            if active >= runner.settings.build_max_per_team:
+                raise TooManyRequests(
+                    f"the team has {active} builds running (at most {runner.settings.build_max_per_team}); "
+                    "wait for one to end",
+                    code="too_many_builds",
+                )
+            row = (
+                (
+                    await conn.execute(
+                        template_builds.insert()
+                        .values(
+                            id=build_id,
+                            team_id=team_id,
+                            name=body.name,
+                            tags=tags,
+                            spec=body.spec,
+                            context_digest=context[1] if context else None,
+                            steps=len(spec.steps),
+                            created_by=created_by,
+                            heartbeat_at=clock.now(),
+                        )
+                        .returning(template_builds)
+                    )
+                )
+                .mappings()
+                .one()
+            )
+    except BaseException:
+        if context is not None:
+            context[0].unlink(missing_ok=True)
+        raise
+    runner.start(build_id, team_id, body, context[0] if context else None)
+    return _build_model(row, None)
+
+
+async def find(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> Any:
+    """The team's build ``build_ref`` of template ``name`` (another team's: 404)."""
+    team_id = require_team(ctx)
+    build_id = ids.parse_id(ids.Kind.BUILD, build_ref, what="build_id")
+    async with autocommit(engine) as conn:
+        row = (
+            (
+                await conn.execute(
+                    _WITH_VERSION.where(
+                        template_builds.c.id == build_id,
+                        template_builds.c.team_id == team_id,
+                        template_builds.c.name == name,
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise NotFound(f"build {build_ref} of {name!r} not found")
+    return row
+
+
+async def get_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> BuildInfo:
+    row = await find(engine, ctx, name, build_ref)
+    return _build_model(row, row["version"])
+
+
+async def list_builds(engine: AsyncEngine, ctx: AuthContext, name: str) -> list[BuildInfo]:
+    """The team's most recent builds of ``name``, newest first."""
+    team_id = require_team(ctx)
+    tpl.check_name(name)
+    async with autocommit(engine) as conn:
+        rows = (
+            await conn.execute(
+                _WITH_VERSION.where(template_builds.c.team_id == team_id, template_builds.c.name == name)
+                .order_by(template_builds.c.created_at.desc())
+                .limit(LIST_LIMIT)
+            )
+        ).mappings()
+        return [_build_model(r, r["version"]) for r in rows]
+
+
+async def read_log(
+    engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str, offset: int, limit: int | None
+) -> build_log.LogPage:
+    row = await find(engine, ctx, name, build_ref)
+    if offset < 0:
+        raise InvalidRequest("offset must be >= 0")
+    limit = build_log.DEFAULT_READ if limit is None else limit
+    if not 1 <= limit <= build_log.MAX_READ:
+        raise InvalidRequest(f"limit must be 1..{build_log.MAX_READ}")
+    return await build_log.read_log(engine, row["id"], offset, limit)
+
+
+async def stream_log(
+    engine: AsyncEngine, settings: Settings, ctx: AuthContext, name: str, build_ref: str, offset: int
+) -> AsyncIterator[str]:
+    """The build's log and status as server-sent events (404 before the first byte)."""
+    row = await find(engine, ctx, name, build_ref)
+    if offset < 0:
+        raise InvalidRequest("offset must be >= 0")
+
+    async def status() -> dict[str, object]:
+        again = await find(engine, ctx, name, build_ref)
+        return _build_model(again, again["version"]).model_dump(mode="json")
+
+    max_s = settings.build_timeout_s + 600.0
+    return build_log.stream_log(engine, row["id"], offset, status, max_s)
+
+
+# ----------------------------------------------------------------------------------- runner
+
+
+async def mark_failed(engine: AsyncEngine, build_id: uuid.UUID, error: str, **fields: Any) -> None:
+    async with autocommit(engine) as conn:
+        await conn.execute(
+            template_builds.update()
+            .where(template_builds.c.id == build_id, template_builds.c.status.in_(ACTIVE))
+            .values(status="failed", error=error, finished_at=clock.now(), **fields)
+        )
+
+
+async def sweep_stale(engine: AsyncEngine, stale_s: float) -> int:
+    """Fail the builds whose replica stopped moving their heartbeat; how many."""
+    cutoff = clock.now() - timedelta(seconds=stale_s)
+    async with autocommit(engine) as conn:
+        result = await conn.execute(
+            template_builds.update()
+            .where(
+                template_builds.c.status.in_(ACTIVE),
+                sa.func.coalesce(template_builds.c.heartbeat_at, template_builds.c.created_at) < cutoff,
+            )
+            .values(status="failed", error=STALE, finished_at=clock.now())
+        )
+    count = int(result.rowcount or 0)
+    if count:
+        log.warning("failed %d builds whose control plane stopped", count)
+    return count
+
+
+class BuildRunner:
+    """The builds this replica runs, and the sweep of other replicas' dead ones."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        pool: HostClientPool,
+        scheduler: Scheduler,
+        store: LayerStore,
+        settings: Settings,
+    ) -> None:
+        self.engine, self.pool, self.scheduler = engine, pool, scheduler
+        self.store, self.settings = store, settings
+        self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(
+        self, build_id: uuid.UUID, team_id: uuid.UUID, body: BuildRequest, context: Path | None
+    ) -> None:
+        from warren.cp.services.template_build_run import run_build
+
+        task = asyncio.create_task(
+            run_build(self, build_id, team_id, body, context), name=f"build-{build_id}"
+        )
+        self.tasks[build_id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(build_id, None))
+
+    def start_sweeper(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="build-sweeper")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await sweep_stale(self.engine, self.settings.build_stale_s)
+            except Exception:
+                log.exception("build sweep failed")
+            await asyncio.sleep(max(self.settings.build_stale_s / 2, 1.0))
+
+    async def stop(self) -> None:
+        """Cancel this replica's builds (each records itself failed) and the sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)

@@ -1,0 +1,48 @@
+"""The template store (docs/templates.md §3): content-addressed layer tars that every CP replica
+reaches, in a directory or an S3-compatible bucket. :func:`make_store` picks the backend from
+the settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from warren.config import Settings
+from warren.cp.store.base import CHUNK, DigestMismatch, LayerStore, check_digest, is_digest, layer_key
+from warren.cp.store.directory import DirectoryStore
+from warren.cp.store.s3 import S3Store
+
+__all__ = [
+    "CHUNK",
+    "DigestMismatch",
+    "DirectoryStore",
+    "LayerStore",
+    "S3Store",
+    "check_digest",
+    "is_digest",
+    "layer_key",
+    "make_store",
+]
+
+
+def make_store(settings: Settings) -> LayerStore:
+    """``WARREN_TEMPLATE_STORE``: empty for ``<home>/store``, a directory path, or
+    ``s3://bucket/prefix`` (with ``WARREN_S3_ENDPOINT_URL`` for a non-AWS server)."""
+    where = settings.template_store.strip()
+    if not where:
+        return DirectoryStore(settings.home / "store")
+    if where.startswith("s3://"):
+        url = urlparse(where)
+        if not url.netloc:
+            raise ValueError(f"WARREN_TEMPLATE_STORE has no bucket: {where!r}")
+        return S3Store(
+            url.netloc,
+            url.path,
+            endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region or os.environ.get("AWS_REGION") or None,
+            spool_dir=settings.home / "store-spool",
+        )
+    if "://" in where:
+        raise ValueError(f"WARREN_TEMPLATE_STORE must be a directory or s3://bucket/prefix: {where!r}")
+    return DirectoryStore(Path(where))

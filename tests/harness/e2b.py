@@ -1,0 +1,73 @@
+"""E2B's SDKs against a live platform (docs/e2b.md): the environment that points them at the
+platform's E2B-compatible listener, and a small template with E2B's conventions (``/bin/bash``,
+an account ``user`` with its home, the default user) built without the network.
+
+Usage in a test module (module-scoped, one platform per module)::
+
+    @pytest.fixture(scope="module")
+    def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
+        with e2b_environment(platform) as env:
+            yield env
+
+    def test_x(e2b_env: E2BEnv) -> None:
+        sbx = e2b.Sandbox.create(template=E2B_TEST_TEMPLATE)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tests.harness.platform import Platform
+
+# FROM minimal (Debian minbase: bash, useradd) with E2B's account `user` (uid 1000) as the
+# default user, at its home: what E2B's `base` template offers that the SDK's tests rely on.
+# No package is installed, so the build needs no network and takes a few seconds.
+E2B_TEST_TEMPLATE = "e2b-test"
+E2B_TEST_SPEC = """\
+FROM minimal
+RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash user
+USER user
+WORKDIR /home/user
+"""
+
+
+@dataclass(frozen=True)
+class E2BEnv:
+    platform: Platform
+    url: str  # the E2B listener, for E2B_API_URL and E2B_SANDBOX_URL
+    api_key: str
+    template: str
+
+    def opts(self) -> dict[str, str]:
+        """The SDK's keyword arguments for the same settings as the environment."""
+        return {"api_key": self.api_key}
+
+
+def build_test_template(platform: Platform, name: str = E2B_TEST_TEMPLATE) -> str:
+    """Build :data:`E2B_TEST_SPEC` as ``name`` through Warren's own API (and wait for it)."""
+    from warren.sdk import Template
+
+    Template.from_warrenfile(E2B_TEST_SPEC).build(name, timeout=300, **platform.sdk())
+    return name
+
+
+@contextlib.contextmanager
+def e2b_environment(platform: Platform, *, template: str | None = None) -> Iterator[E2BEnv]:
+    """``E2B_API_URL``, ``E2B_SANDBOX_URL`` and ``E2B_API_KEY`` set for the SDK (restored
+    afterwards), with the test template built unless ``template`` names another."""
+    name = template or build_test_template(platform)
+    url = platform.cp.e2b_url
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    os.environ.update({"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_API_KEY": platform.api_key})
+    os.environ.pop("E2B_DOMAIN", None)
+    try:
+        yield E2BEnv(platform, url, platform.api_key, name)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,79 @@
+"""Fixtures every suite may use (``tests/conftest.py`` loads this module as a plugin). Each
+starts one part per test module, on the module's fresh database (``db_url``).
+
+The control plane's modules are imported when a fixture first runs, not here: every pytest
+process (the xdist controller too) loads this plugin, and most never start a CP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.harness.machine import scratch_dir
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from tests.harness.cp import InProcessCP
+    from tests.harness.platform import Platform
+
+
+@pytest.fixture(scope="module")
+async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
+    """A control plane served on the test's event loop; the fake clock is reset afterwards."""
+    from tests.harness.cp import InProcessCP
+    from warren import clock
+
+    server = await InProcessCP(db_url, Path(tmp_path_factory.mktemp("cp-home"))).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        clock.reset()
+
+
+@pytest.fixture(scope="module")
+def platform_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Home of one module's live platform (its CP's and its agents' data), removed afterwards."""
+    suite = Path(str(request.node.path)).parent.name
+    d = scratch_dir(suite)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
+    """A live platform: a CP process and one real agent registered to it."""
+    from tests.harness.platform import start_platform
+
+    if os.geteuid() != 0:
+        pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
+    p = await start_platform(db_url, platform_dir)
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@contextlib.asynccontextmanager
+async def emptied_engine(db_url: str, *tables: str, pool_size: int = 5) -> AsyncIterator[AsyncEngine]:
+    """An engine on the module's database with ``tables`` truncated first (CASCADE), so each
+    test starts from none of their rows; disposed afterwards. For a module's own ``engine``
+    fixture (the database itself lives as long as the module)."""
+    import sqlalchemy as sa
+
+    from warren.cp.db.engine import make_engine
+
+    e = make_engine(db_url, pool_size=pool_size)
+    try:
+        async with e.begin() as conn:
+            await conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        yield e
+    finally:
+        await e.dispose()

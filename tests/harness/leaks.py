@@ -1,0 +1,75 @@
+"""What a destroyed sandbox could leave behind on the host (mounts, its network slot, cgroups,
+processes, files), and zombie checks: the agent tests assert these are all gone."""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.harness.agent import AgentProcess
+
+
+def slot_of(host_ip: str) -> int:
+    return (int(ipaddress.IPv4Address(host_ip)) - int(ipaddress.IPv4Address("10.11.0.0"))) // 4
+
+
+def leaks(agent: AgentProcess, sb_id: str, host_ip: str) -> list[str]:
+    """Everything a destroyed sandbox could leave behind on the host."""
+    found: list[str] = []
+    slot = slot_of(host_ip)
+    with open("/proc/self/mountinfo") as f:
+        found += [f"mount {line.split()[4]}" for line in f if sb_id in line]
+    try:
+        holder = Path(f"/run/warren/netslots/{slot}").read_text().split("\n")[1]
+    except (OSError, IndexError):
+        holder = None
+    # A freed slot may already serve another sandbox or the agent's pool of ready slots.
+    if holder is None or holder == sb_id:
+        if holder is not None:
+            found.append(f"slot claim {slot}")
+        if os.path.exists(f"/run/netns/warren-s{slot}"):
+            found.append(f"netns warren-s{slot}")
+        if os.path.exists(f"/sys/class/net/wv{slot}"):
+            found.append(f"veth wv{slot}")
+        for table in ("filter", "nat"):
+            dump = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True)
+            found += [f"iptables {line}" for line in dump.stdout.splitlines() if f"wv{slot} " in line + " "]
+    found += [f"cgroup {d}" for d in glob.glob(f"/sys/fs/cgroup/*/warren/{sb_id}")]
+    for cg in glob.glob("/proc/[0-9]*/cgroup"):
+        try:
+            with open(cg) as f:
+                if sb_id in f.read():
+                    found.append(f"process {cg.split('/')[2]}")
+        except OSError:
+            pass
+    for p in (agent.data_dir / "sandboxes" / sb_id, agent.data_dir / (agent.runtime or "runc") / sb_id):
+        if p.exists():
+            found.append(f"path {p}")
+    return found
+
+
+def wait_no_leaks(agent: AgentProcess, sb_id: str, host_ip: str, timeout: float = 5.0) -> list[str]:
+    # Process exit and cgroup removal finish asynchronously in the kernel: allow a moment.
+    deadline = time.monotonic() + timeout
+    while True:
+        found = leaks(agent, sb_id, host_ip)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def zombies_of(pid: int) -> list[int]:
+    out = []
+    for st in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(st) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            out.append(int(st.split("/")[2]))
+    return out

@@ -1,0 +1,112 @@
+"""A live Warren platform for the SDK and attack suites and the benchmarks, started the way an
+operator does it: the control plane in its own process (:class:`~tests.harness.cp.CPProcess`)
+plus real ``warren agent`` processes on loopback addresses, each registered through the API
+with a one-time token (mTLS only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.harness.agent import AgentProcess
+from tests.harness.cp import PASSWORD, CPProcess, run_sql
+from tests.harness.machine import free_port
+from warren.cp.db.engine import to_async_url
+
+
+@dataclass
+class Platform:
+    cp: CPProcess
+    email: str
+    token: str  # the admin user's JWT
+    api_key: str
+    team_id: str
+    agents: list[AgentProcess] = field(default_factory=list)
+    host_ids: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.cp.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+    @property
+    def user_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def sdk(self) -> dict[str, Any]:
+        """Keyword arguments that point the SDK at this platform."""
+        return {"url": self.url, "api_key": self.api_key}
+
+    async def sql(self, statement: str, **params: Any) -> Any:
+        engine = create_async_engine(to_async_url(self.cp.db_url))
+        try:
+            return await run_sql(engine, statement, **params)
+        finally:
+            await engine.dispose()
+
+    async def add_agent(self, ip: str, data_dir: Path) -> AgentProcess:
+        """Create a regular host through the API and start a real agent registered with its
+        one-time token; returns once the host is online."""
+        async with httpx.AsyncClient(base_url=self.url, headers=self.user_headers, timeout=60) as http:
+            r = await http.post("/v1/hosts", json={"type": "regular"})
+            assert r.status_code == 201, r.text
+            host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+            agent = AgentProcess.registered(ip, data_dir, self.url, port=free_port(ip))
+            await agent.astart(token)
+            self.agents.append(agent)
+            self.host_ids.append(host_id)
+            for _ in range(600):
+                h = (await http.get(f"/v1/hosts/{host_id}")).json()
+                if h.get("status") == "online":
+                    return agent
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"host {host_id} did not come online:\n{agent.log_tail()}")
+
+    async def stop(self) -> None:
+        # A force delete destroys every sandbox on the host (any team's) and terminates its
+        # agent: a plain SIGTERM would keep them running, as a production agent restart does,
+        # and leave their mounts and network slots behind the test.
+        async with httpx.AsyncClient(base_url=self.url, headers=self.user_headers, timeout=90) as http:
+            for host_id in self.host_ids:
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.delete(f"/v1/hosts/{host_id}", params={"force": "true"})
+        for agent in reversed(self.agents):
+            with contextlib.suppress(Exception):
+                await agent.astop()
+        self.cp.stop()
+
+
+async def start_platform(
+    db_url: str, home: Path, *, agent_ips: tuple[str, ...] = ("127.0.0.21",)
+) -> Platform:
+    """A CP process on ``db_url`` (its home under ``home``), a platform admin with an API key,
+    and one registered agent per address of ``agent_ips``."""
+    cp = await asyncio.to_thread(CPProcess(db_url, home / "cp").start)
+    try:
+        email = f"sdk{uuid.uuid4().hex[:10]}@example.com"
+        async with httpx.AsyncClient(base_url=cp.url, timeout=60) as http:
+            r = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "SDK"})
+            assert r.status_code == 201, r.text
+            auth = r.json()
+            p = Platform(cp, email, auth["token"], "", auth["team_id"])
+            # Regular hosts are created by platform admins.
+            await p.sql("UPDATE users SET is_admin = true WHERE email = :e", e=email)
+            r = await http.post("/v1/api-keys", json={"name": "sdk-tests"}, headers=p.user_headers)
+            assert r.status_code == 201, r.text
+            p.api_key = r.json()["key"]
+        for i, ip in enumerate(agent_ips):
+            await p.add_agent(ip, home / f"agent{i}")
+        return p
+    except BaseException:
+        cp.stop()
+        raise

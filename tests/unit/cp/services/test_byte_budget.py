@@ -1,0 +1,79 @@
+"""The CP's per-replica byte budget (services/budget.py): reservations that fit pass at once,
+others wait in order, a waiter gives up with 503 server_busy, and nothing leaks on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from warren.cp.services.budget import ByteBudget
+from warren.cp.services.strict import StrictBody
+from warren.errors import ServiceUnavailable
+
+
+async def test_fits_waits_in_order_and_releases() -> None:
+    b = ByteBudget(100)
+    await b.acquire(60)
+    order: list[str] = []
+
+    async def take(name: str, n: int) -> None:
+        await b.acquire(n)
+        order.append(name)
+
+    first = asyncio.create_task(take("first", 50))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(take("second", 10))  # would fit, but waits its turn
+    await asyncio.sleep(0)
+    assert order == [] and b.used == 60
+    b.release(60)
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"] and b.used == 60
+
+
+async def test_an_oversized_reservation_runs_alone() -> None:
+    b = ByteBudget(100)
+    await b.acquire(500)  # alone: allowed
+    assert b.used == 500
+    with pytest.raises(ServiceUnavailable) as ei:
+        await b.acquire(1, wait_s=0.05)
+    assert ei.value.code == "server_busy" and getattr(ei.value, "retry_after", None)
+    b.release(500)
+    assert b.used == 0
+
+
+async def test_cancelled_waiter_leaves_nothing_behind() -> None:
+    b = ByteBudget(10)
+    await b.acquire(10)
+    waiter = asyncio.create_task(b.acquire(5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    b.release(10)
+    assert b.used == 0
+    await b.acquire(10)  # the whole budget is free again
+
+
+class _Body(StrictBody):
+    nul_ok_fields = frozenset({"data"})
+    text: str = ""
+    data: str = ""
+    items: list[str] = []
+    env: dict[str, str] = {}
+    n: int = 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"text": "\udfff"}, {"items": ["ok", "\ud800"]}, {"env": {"\udfff": "v"}}, {"env": {"k": "a\x00"}},
+     {"text": "nul\x00"}, {"n": 2**63}, {"n": -(2**63) - 1}, {"unknown": 1}],
+)  # fmt: skip
+def test_strict_body_refuses_what_cannot_be_stored(fields: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        _Body.model_validate(fields)
+
+
+def test_strict_body_accepts_the_rest() -> None:
+    b = _Body.model_validate({"text": "héllo €", "data": "a\x00b", "n": 2**63 - 1, "items": ["x"]})
+    assert b.data == "a\x00b" and b.n == 2**63 - 1

@@ -1,0 +1,68 @@
+"""The JSON log formatter (warren/logs.py): one object per line, with the request id inside a
+request, and nothing a message contains can break the line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from warren.logs import JsonFormatter, RequestIdFilter, uvicorn_log_config
+from warren.request_context import request_id
+
+
+def _emit(msg: str, *args: object, exc: bool = False) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("warren.test_logs")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        if exc:
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logger.exception(msg, *args)
+        else:
+            logger.info(msg, *args)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def test_one_object_per_line_with_the_fields() -> None:
+    out = _emit("event=x sandbox_id=%s", "sb-1")
+    assert out.count("\n") == 1
+    line = json.loads(out)
+    assert line["level"] == "INFO" and line["logger"] == "warren.test_logs"
+    assert line["message"] == "event=x sandbox_id=sb-1" and line["time"].endswith("+00:00")
+    assert "request_id" not in line
+
+
+def test_the_request_id_inside_a_request() -> None:
+    token = request_id.set("req-7")
+    try:
+        line = json.loads(_emit("inside"))
+    finally:
+        request_id.reset(token)
+    assert line["request_id"] == "req-7"
+
+
+def test_newlines_and_control_characters_stay_inside_the_object() -> None:
+    out = _emit("a\nb\r\x1b[31m\u2028 %s", '"quoted"\n{"level": "ERROR"}', exc=True)
+    assert out.count("\n") == 1  # the traceback and the newlines are escaped
+    line = json.loads(out)
+    assert line["level"] == "ERROR" and line["message"].startswith("a\nb\r\x1b[31m")
+    assert "ValueError: boom" in line["exc_info"]
+
+
+def test_uvicorn_keeps_its_own_text_config_unless_json() -> None:
+    assert uvicorn_log_config("text") is None
+    config = uvicorn_log_config("json")
+    assert config is not None
+    assert config["formatters"]["json"]["()"] == "warren.logs.JsonFormatter"
+    # uvicorn's own loggers and the root (the CP's) all write through the one JSON handler.
+    assert config["loggers"]["uvicorn.access"]["handlers"] == ["default"] == config["root"]["handlers"]
