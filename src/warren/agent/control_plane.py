@@ -237,10 +237,13 @@ class TlsMaterial:
 @dataclass
 class AgentHooks:
     """What the link asks of the agent: pause every sandbox (reporting them as auto-paused),
-    and shut the whole agent down (destroy all sandboxes, stop the server)."""
+    shut the whole agent down (destroy all sandboxes, stop the server), and what the agent
+    reports of itself with each heartbeat (the CP's ``HostReport``: a JSON object; None sends
+    no body)."""
 
     pause_all: Callable[[], Awaitable[Any]]
     shutdown: Callable[[], Awaitable[Any]]
+    report: Callable[[], dict[str, Any]] | None = None
 
 
 class HeartbeatLoop:
@@ -312,12 +315,21 @@ class HeartbeatLoop:
         log.error("refresh refused: %s", _error_text(resp))
         return False
 
+    def _report(self) -> dict[str, Any] | None:
+        if self.hooks.report is None:
+            return None
+        try:
+            return self.hooks.report()
+        except Exception:  # a broken report must not stop the heartbeat that keeps the host up
+            log.exception("building the heartbeat report failed; sending none")
+            return None
+
     async def beat_once(self, client: httpx.AsyncClient) -> bool:
         """One heartbeat and its consequences. False: the loop must end."""
         try:
             resp = await client.post(
                 f"/v1/hosts/{self.creds.host_id}/heartbeat", headers={"X-Host-Token": self.creds.jwt},
-                timeout=HEARTBEAT_TIMEOUT_S,
+                json=self._report(), timeout=HEARTBEAT_TIMEOUT_S,
             )  # fmt: skip
         except httpx.HTTPError as e:
             return await self._failed(f"heartbeat failed: {e!r}")

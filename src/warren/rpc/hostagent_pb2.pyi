@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "template", "vcpus", "memory_mb", "timeout_sec", "disk_size_mb", "team_id", "template_id", "internet", "env", "egress_allow", "chain", "egress")
+    __slots__ = ("sandbox_id", "template", "vcpus", "memory_mb", "timeout_sec", "disk_size_mb", "team_id", "template_id", "internet", "env", "egress_allow", "chain", "egress", "runtime")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class CreateSandboxRequest(_message.Message):
     EGRESS_ALLOW_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     EGRESS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template: str
     vcpus: int
@@ -41,7 +42,8 @@ class CreateSandboxRequest(_message.Message):
     egress_allow: _containers.RepeatedScalarFieldContainer[str]
     chain: TemplateChain
     egress: EgressRules
-    def __init__(self, sandbox_id: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., internet: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., egress_allow: _Optional[_Iterable[str]] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., egress: _Optional[_Union[EgressRules, _Mapping]] = ...) -> None: ...
+    runtime: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., internet: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., egress_allow: _Optional[_Iterable[str]] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., egress: _Optional[_Union[EgressRules, _Mapping]] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class EgressRules(_message.Message):
     __slots__ = ("allow_out", "deny_out")
@@ -113,8 +115,10 @@ class PauseSandboxRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
 class PauseSandboxResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("paused_state",)
+    PAUSED_STATE_FIELD_NUMBER: _ClassVar[int]
+    paused_state: str
+    def __init__(self, paused_state: _Optional[str] = ...) -> None: ...
 
 class ResumeSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "timeout_sec")
@@ -149,7 +153,7 @@ class ListSandboxesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SandboxInfo(_message.Message):
-    __slots__ = ("sandbox_id", "status", "template", "vcpus", "memory_mb", "host_ip", "created_at_unix", "last_active_at_unix", "timeout_sec", "team_id", "template_id", "disk_size_mb", "internet")
+    __slots__ = ("sandbox_id", "status", "template", "vcpus", "memory_mb", "host_ip", "created_at_unix", "last_active_at_unix", "timeout_sec", "team_id", "template_id", "disk_size_mb", "internet", "runtime", "paused_state")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +167,8 @@ class SandboxInfo(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     DISK_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
     INTERNET_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_STATE_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     status: str
     template: str
@@ -176,7 +182,9 @@ class SandboxInfo(_message.Message):
     template_id: str
     disk_size_mb: int
     internet: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., status: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., host_ip: _Optional[str] = ..., created_at_unix: _Optional[int] = ..., last_active_at_unix: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., disk_size_mb: _Optional[int] = ..., internet: _Optional[bool] = ...) -> None: ...
+    runtime: str
+    paused_state: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., status: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., host_ip: _Optional[str] = ..., created_at_unix: _Optional[int] = ..., last_active_at_unix: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., disk_size_mb: _Optional[int] = ..., internet: _Optional[bool] = ..., runtime: _Optional[str] = ..., paused_state: _Optional[str] = ...) -> None: ...
 
 class ListSandboxesResponse(_message.Message):
     __slots__ = ("sandboxes", "auto_paused_sandbox_ids", "creating_sandbox_ids", "reports_creating")
@@ -976,3 +984,29 @@ class UpdateNetworkRequest(_message.Message):
 class UpdateNetworkResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SetWarmPoolRequest(_message.Message):
+    __slots__ = ("template", "size", "chain")
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    size: int
+    chain: TemplateChain
+    def __init__(self, template: _Optional[str] = ..., size: _Optional[int] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ...) -> None: ...
+
+class WarmPoolStatus(_message.Message):
+    __slots__ = ("template", "target", "ready")
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    target: int
+    ready: int
+    def __init__(self, template: _Optional[str] = ..., target: _Optional[int] = ..., ready: _Optional[int] = ...) -> None: ...
+
+class SetWarmPoolResponse(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[WarmPoolStatus]
+    def __init__(self, pools: _Optional[_Iterable[_Union[WarmPoolStatus, _Mapping]]] = ...) -> None: ...

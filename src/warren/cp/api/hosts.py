@@ -86,8 +86,11 @@ async def refresh(
 
 
 @router.post("/{host_id}/heartbeat", status_code=204, responses=error_responses(400, 401, 403, 404))
-async def heartbeat(host_id: str, host: HostIdentity, db: Db) -> Response:
-    await host_link.heartbeat(db, host, host_id)
+async def heartbeat(
+    host_id: str, host: HostIdentity, db: Db, report: host_link.HostReport | None = None
+) -> Response:
+    """A host's liveness signal, with what it reports of itself (`HostReport`, optional)."""
+    await host_link.heartbeat(db, host, host_id, report)
     return Response(status_code=204)
 
 

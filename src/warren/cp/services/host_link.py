@@ -46,6 +46,14 @@ class RegisterRequest(StrictBody):
     disk_gb: int = Field(default=0, ge=0, le=INT32_MAX)
 
 
+class HostReport(StrictBody):
+    """What an agent reports of itself with each heartbeat (a JSON body; an empty body, as older
+    agents send, changes nothing but the heartbeat time). Each field is optional: a value is
+    stored only when present, in the ``hosts`` column of the same name (``_store_report``). The
+    fields belong to the features that read them: the runtimes a host offers (docs/agent.md), its
+    warm pools, its data disk (docs/operations.md)."""
+
+
 class RefreshRequest(StrictBody):
     refresh_token: str
 
@@ -234,7 +242,9 @@ _HEARTBEAT = sa.text(
 )
 
 
-async def heartbeat(engine: AsyncEngine, authenticated_host: uuid.UUID, host_id: str) -> None:
+async def heartbeat(
+    engine: AsyncEngine, authenticated_host: uuid.UUID, host_id: str, report: HostReport | None = None
+) -> None:
     host_uuid = ids.parse_id(ids.Kind.HOST, host_id)
     if host_uuid != authenticated_host:
         raise Forbidden("host ID mismatch")
@@ -242,6 +252,8 @@ async def heartbeat(engine: AsyncEngine, authenticated_host: uuid.UUID, host_id:
         row = (await conn.execute(_HEARTBEAT, {"now": clock.now(), "id": host_uuid})).first()
         if row is None:
             raise NotFound("host not found")
+        if report is not None:
+            await _store_report(conn, host_uuid, report)
         if row.old_status == "unreachable":
             log.info("host marked up host=%s", host_id)
             await audit.record(
@@ -253,3 +265,11 @@ async def heartbeat(engine: AsyncEngine, authenticated_host: uuid.UUID, host_id:
                 resource_id=host_id,
                 status="info",
             )
+
+
+async def _store_report(conn: AsyncConnection, host_uuid: uuid.UUID, report: HostReport) -> None:
+    """Each field the agent sent, into the ``hosts`` column of its name (one UPDATE; none when
+    the report is empty)."""
+    values = report.model_dump(mode="json", exclude_none=True)
+    if values:
+        await conn.execute(hosts.update().where(hosts.c.id == host_uuid).values(**values))
