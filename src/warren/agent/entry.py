@@ -44,6 +44,7 @@ async def run_agent(
         await serve(listen, data_dir, settings, runtime=runtime)
         return
     from warren.agent.control_plane import AgentHooks, ControlPlaneLink
+    from warren.agent.host_report import host_report
     from warren.agent.startup_checks import check_before_register
 
     # Before registering: registration spends the one-time token and puts the host online.
@@ -56,7 +57,9 @@ async def run_agent(
         async def shutdown() -> None:
             handle.terminate()
 
-        hooks = AgentHooks(pause_all=handle.manager.pause_all, shutdown=shutdown)
+        hooks = AgentHooks(
+            pause_all=handle.manager.pause_all, shutdown=shutdown, report=lambda: host_report(handle)
+        )
         task = link.start(hooks, interval_s=settings.heartbeat_interval_s)
         try:
             await task
