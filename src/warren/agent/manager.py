@@ -43,6 +43,7 @@ from warren.agent.sandbox_fs import SandboxFs
 from warren.agent.settings import AgentSettings
 from warren.agent.teardown import Teardown
 from warren.agent.templates import TemplateStore
+from warren.agent.warm_pool import WarmPools
 from warren.egress_rules import EgressRules
 from warren.errors import InternalError, InvalidState, NotFound, WarrenError
 
@@ -125,6 +126,7 @@ class SandboxManager:
         self.create_concurrency = limit
         # asyncio.Semaphore wakes its waiters first come, first served.
         self._create_slots = asyncio.Semaphore(limit) if limit > 0 else None
+        self.warm_pools = WarmPools()
 
     # ====================================================================== start / stop
 

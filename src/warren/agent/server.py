@@ -153,6 +153,17 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         return pb.UpdateNetworkResponse()
 
     @mapped_errors
+    async def SetWarmPool(self, request: pb.SetWarmPoolRequest, context: Any) -> pb.SetWarmPoolResponse:
+        chain, config = chain_of(request.chain) if request.HasField("chain") else (None, None)
+        await self.m.warm_pools.set(request.template, request.size, chain, config)
+        return pb.SetWarmPoolResponse(
+            pools=[
+                pb.WarmPoolStatus(template=p.template, target=p.target, ready=p.ready)
+                for p in self.m.warm_pools.statuses()
+            ]
+        )
+
+    @mapped_errors
     async def DestroySandbox(
         self, request: pb.DestroySandboxRequest, context: Any
     ) -> pb.DestroySandboxResponse:

@@ -244,6 +244,11 @@ class HostAgentStub:
                 request_serializer=hostagent__pb2.UpdateNetworkRequest.SerializeToString,
                 response_deserializer=hostagent__pb2.UpdateNetworkResponse.FromString,
                 _registered_method=True)
+        self.SetWarmPool = channel.unary_unary(
+                '/hostagent.v1.HostAgent/SetWarmPool',
+                request_serializer=hostagent__pb2.SetWarmPoolRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.SetWarmPoolResponse.FromString,
+                _registered_method=True)
 
 
 class HostAgentServicer:
@@ -525,6 +530,14 @@ class HostAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWarmPool(self, request, context):
+        """Warm pools (issue 17, docs/agent.md): the number of ready sandboxes this host keeps for a
+        template; 0 removes the pool. Answers every pool's target and how many are ready now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -737,6 +750,11 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.UpdateNetwork,
                     request_deserializer=hostagent__pb2.UpdateNetworkRequest.FromString,
                     response_serializer=hostagent__pb2.UpdateNetworkResponse.SerializeToString,
+            ),
+            'SetWarmPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWarmPool,
+                    request_deserializer=hostagent__pb2.SetWarmPoolRequest.FromString,
+                    response_serializer=hostagent__pb2.SetWarmPoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1873,6 +1891,33 @@ class HostAgent:
             '/hostagent.v1.HostAgent/UpdateNetwork',
             hostagent__pb2.UpdateNetworkRequest.SerializeToString,
             hostagent__pb2.UpdateNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWarmPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostagent.v1.HostAgent/SetWarmPool',
+            hostagent__pb2.SetWarmPoolRequest.SerializeToString,
+            hostagent__pb2.SetWarmPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

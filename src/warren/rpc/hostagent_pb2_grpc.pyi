@@ -113,6 +113,10 @@ class HostAgentStub:
     RemoveWatcher: _grpc.UnaryUnaryMultiCallable[_hostagent_pb2.RemoveWatcherRequest, _hostagent_pb2.RemoveWatcherResponse]
     UpdateNetwork: _grpc.UnaryUnaryMultiCallable[_hostagent_pb2.UpdateNetworkRequest, _hostagent_pb2.UpdateNetworkResponse]
     """Replace a running sandbox's egress rules."""
+    SetWarmPool: _grpc.UnaryUnaryMultiCallable[_hostagent_pb2.SetWarmPoolRequest, _hostagent_pb2.SetWarmPoolResponse]
+    """Warm pools (issue 17, docs/agent.md): the number of ready sandboxes this host keeps for a
+    template; 0 removes the pool. Answers every pool's target and how many are ready now.
+    """
 
 @_typing.type_check_only
 class HostAgentAsyncStub(HostAgentStub):
@@ -190,6 +194,10 @@ class HostAgentAsyncStub(HostAgentStub):
     RemoveWatcher: _aio.UnaryUnaryMultiCallable[_hostagent_pb2.RemoveWatcherRequest, _hostagent_pb2.RemoveWatcherResponse]  # type: ignore[assignment]
     UpdateNetwork: _aio.UnaryUnaryMultiCallable[_hostagent_pb2.UpdateNetworkRequest, _hostagent_pb2.UpdateNetworkResponse]  # type: ignore[assignment]
     """Replace a running sandbox's egress rules."""
+    SetWarmPool: _aio.UnaryUnaryMultiCallable[_hostagent_pb2.SetWarmPoolRequest, _hostagent_pb2.SetWarmPoolResponse]  # type: ignore[assignment]
+    """Warm pools (issue 17, docs/agent.md): the number of ready sandboxes this host keeps for a
+    template; 0 removes the pool. Answers every pool's target and how many are ready now.
+    """
 
 class HostAgentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -516,5 +524,15 @@ class HostAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hostagent_pb2.UpdateNetworkResponse, _abc.Awaitable[_hostagent_pb2.UpdateNetworkResponse]]:
         """Replace a running sandbox's egress rules."""
+
+    @_abc_1.abstractmethod
+    def SetWarmPool(
+        self,
+        request: _hostagent_pb2.SetWarmPoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hostagent_pb2.SetWarmPoolResponse, _abc.Awaitable[_hostagent_pb2.SetWarmPoolResponse]]:
+        """Warm pools (issue 17, docs/agent.md): the number of ready sandboxes this host keeps for a
+        template; 0 removes the pool. Answers every pool's target and how many are ready now.
+        """
 
 def add_HostAgentServicer_to_server(servicer: HostAgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
