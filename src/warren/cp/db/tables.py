@@ -151,6 +151,9 @@ hosts = Table(
     Column("updated_at", TS, nullable=False, server_default=NOW),
     Column("cert_fingerprint", Text, nullable=False, server_default=text("''")),
     Column("cert_expires_at", TS, nullable=True),
+    # The sandbox runtimes the host offers ('runc', 'crun', 'gvisor'), as it reports them at
+    # registration and with each heartbeat; hosts that never said run runc.
+    Column("runtimes", ARRAY(Text), nullable=False, server_default=text("'{runc}'::text[]")),
 )
 
 # One-time registration tokens (docs/design.md §4: the hash lives here, no Redis).
@@ -327,6 +330,10 @@ sandboxes = Table(
     Column("last_updated", TS, nullable=False, server_default=NOW),
     Column("template_id", UUID(as_uuid=True), nullable=True),
     Column("template_team_id", UUID(as_uuid=True), nullable=True),
+    # The runtime tier it runs on ('runc', 'crun', 'gvisor'), and how a paused one is paused:
+    # 'memory' (frozen in place) or 'disk' (checkpointed, its memory freed); NULL unless paused.
+    Column("runtime", Text, nullable=False, server_default=text("'runc'")),
+    Column("paused_state", Text, nullable=True),
     Index("ix_sandboxes_host_id_status", "host_id", "status"),
     Index(
         "ix_sandboxes_end_at",
