@@ -9,12 +9,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader
+from pydantic import Field
 
-from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool, SettingsDep
+from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool, SettingsDep, Store
+from warren.cp.api.models import StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.security.tokens import verify_host_jwt
-from warren.cp.services import host_link
+from warren.cp.services import host_link, warm_pools
 from warren.cp.services import hosts as svc
+from warren.cp.services.warm_pool_state import MAX_POOL_SIZE
 from warren.cp.state import state_of
 from warren.errors import Unauthorized
 
@@ -87,10 +90,14 @@ async def refresh(
 
 @router.post("/{host_id}/heartbeat", status_code=204, responses=error_responses(400, 401, 403, 404))
 async def heartbeat(
-    host_id: str, host: HostIdentity, db: Db, report: host_link.HostReport | None = None
-) -> Response:
+    host_id: str, host: HostIdentity, db: Db, pool: Pool, store: Store,
+    report: host_link.HostReport | None = None,
+) -> Response:  # fmt: skip
     """A host's liveness signal, with what it reports of itself (`HostReport`, optional)."""
     await host_link.heartbeat(db, host, host_id, report)
+    if report is not None and report.warm_pools is not None:
+        reported = [p.model_dump() for p in report.warm_pools]
+        await warm_pools.reapply_after_heartbeat(db, pool, store, host, reported)
     return Response(status_code=204)
 
 
@@ -130,6 +137,22 @@ async def delete_host(
 async def regenerate_token(host_id: str, ctx: CurrentUser, db: Db) -> svc.HostWithToken:
     """A new registration token for a host that is still ``pending`` (else 409 ``invalid_state``)."""
     return await svc.regenerate_token(db, ctx, host_id)
+
+
+class WarmPoolSize(StrictRequest):
+    size: int = Field(description=f"ready sandboxes to keep, 0-{MAX_POOL_SIZE} (0 stops the pool)")
+
+
+@router.put(
+    "/{host_id}/warm-pools/{template}", response_model=svc.Host, response_model_exclude_none=True,
+    responses=error_responses(400, *AUTH_ERRORS, 404, 502, 503),
+)  # fmt: skip
+async def set_warm_pool(
+    host_id: str, template: str, body: WarmPoolSize, ctx: CurrentUser, db: Db, pool: Pool, store: Store
+) -> svc.Host:
+    """Keep ``size`` ready sandboxes of ``template`` on the host (platform admins for any host,
+    owners and admins of a BYOC team for its hosts). The size outlives an agent restart."""
+    return await warm_pools.set_pool(db, pool, store, ctx, host_id, template, body.size)
 
 
 @router.get("/{host_id}/tags", response_model=list[str], responses=error_responses(400, *AUTH_ERRORS, 404))

@@ -16,6 +16,11 @@ most of its bytes (``host_layers``) are preferred, so a sandbox starts without f
 rotation goes on among those equally good. Each candidate row then says which layers the host
 lacks (``missing``), for the create to push before its RPC.
 
+Warm pools (issue 17): among the hosts with room, those that reported a ready sandbox of the
+create's template in a warm pool (``hosts.warm_pools``, less the creates this process sent there
+since that report) are preferred, so the create claims one instead of building a sandbox; the
+rotation goes on among them.
+
 ``RoundRobinScheduler`` keeps one counter per pool (one per BYOC team, one for the platform), so
 interleaved requests from different teams do not skew each other's rotation. The counters are
 per CP process: with several replicas each rotates on its own, which still spreads load.
@@ -24,6 +29,7 @@ per CP process: with several replicas each rotates on its own, which still sprea
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +72,7 @@ class Scheduler(Protocol):
         need: Reservation | None = None,
         layers: Sequence[str] = (),
         avoid: Collection[uuid.UUID] = (),
+        template: str = "",
     ) -> Host:
         """Pick the host for a new sandbox of ``team_id``; raise ServiceUnavailable if none.
 
@@ -73,7 +80,8 @@ class Scheduler(Protocol):
         before the template store, whose files live only there); it must still be eligible for
         the team. ``need``: only hosts with room for it. ``layers``: the template's store layers
         (prefer hosts holding most of their bytes; the row says what the host is ``missing``).
-        ``avoid``: hosts this create could not reach (it tries another)."""
+        ``avoid``: hosts this create could not reach (it tries another). ``template``: the
+        create's template reference (prefer hosts with a ready sandbox of it in a warm pool)."""
         ...
 
 
@@ -101,6 +109,9 @@ class RoundRobinScheduler:
         # itertools.count is advanced without an await in between, so concurrent creates in one
         # event loop each get their own slot.
         self._counters: dict[uuid.UUID | None, itertools.count[int]] = {}
+        # Warm pools: (host, template) -> (the host's heartbeat time, creates sent there since);
+        # only for hosts that reported ready sandboxes, so at most hosts x 32 entries.
+        self._taken: dict[tuple[uuid.UUID, str], tuple[Any, int]] = {}
 
     async def select_host(
         self,
@@ -112,6 +123,7 @@ class RoundRobinScheduler:
         need: Reservation | None = None,
         layers: Sequence[str] = (),
         avoid: Collection[uuid.UUID] = (),
+        template: str = "",
     ) -> Host:
         candidates = await eligible_hosts(conn, team_id, is_byoc, need, layers)
         if avoid:
@@ -133,13 +145,45 @@ class RoundRobinScheduler:
         candidates = [h for h in candidates if h["fits"]]
         if not candidates:
             raise no_capacity(need)
-        if layers:
+        warm = [h for h in candidates if template and self._warm_left(h, template) > 0]
+        if warm:
+            candidates = warm  # they hold the template's layers too: their members run them
+        elif layers:
             most = max(h["held_bytes"] for h in candidates)
             candidates = [h for h in candidates if h["held_bytes"] == most]
         key = team_id if is_byoc else None
         counter = self._counters.setdefault(key, itertools.count())
         SCHEDULER_DECISIONS.labels("placed").inc()
-        return candidates[next(counter) % len(candidates)]
+        chosen = candidates[next(counter) % len(candidates)]
+        if warm:
+            self._took_warm(chosen, template)
+        return chosen
+
+    def _warm_left(self, h: Host, template: str) -> int:
+        """The ready sandboxes of ``template`` the host reported with its last heartbeat, less
+        those this process has sent creates for since (the pool refills between reports)."""
+        ready = pool_ready(h, template)
+        if ready <= 0:
+            return 0
+        seen, taken = self._taken.get((h["id"], template), (None, 0))
+        return ready - (taken if seen == h["last_heartbeat_at"] else 0)
+
+    def _took_warm(self, h: Host, template: str) -> None:
+        key = (h["id"], template)
+        seen, taken = self._taken.get(key, (None, 0))
+        self._taken[key] = (h["last_heartbeat_at"], (taken if seen == h["last_heartbeat_at"] else 0) + 1)
+
+
+def pool_ready(h: Host, template: str) -> int:
+    """How many ready sandboxes of ``template`` the host reported in its warm pools
+    (``hosts.warm_pools``: ``[{"template", "target", "ready"}]``; docs/hosts.md)."""
+    pools = h.get("warm_pools")
+    if isinstance(pools, str):  # the raw asyncpg connection hands JSONB over as text
+        pools = json.loads(pools)
+    for entry in pools or ():
+        if entry.get("template") == template:
+            return int(entry.get("ready") or 0)
+    return 0
 
 
 def no_capacity(need: Reservation | None) -> ServiceUnavailable:

@@ -29,6 +29,7 @@ from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
 from warren.cp.services import audit
 from warren.cp.services.hosts import HostCredentials, host_model
 from warren.cp.services.strict import INT32_MAX, StrictBody
+from warren.cp.services.warm_pool_state import MAX_POOLS, WarmPoolReport
 from warren.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 
 log = logging.getLogger("warren.hosts")
@@ -52,6 +53,9 @@ class HostReport(StrictBody):
     stored only when present, in the ``hosts`` column of the same name (``_store_report``). The
     fields belong to the features that read them: the runtimes a host offers (docs/agent.md), its
     warm pools, its data disk (docs/operations.md)."""
+
+    # Issue 17: each pool's target and how many sandboxes are ready in it (docs/hosts.md).
+    warm_pools: list[WarmPoolReport] | None = Field(default=None, max_length=MAX_POOLS)
 
 
 class RefreshRequest(StrictBody):

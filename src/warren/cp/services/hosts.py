@@ -39,6 +39,7 @@ from warren.cp.security.tokens import new_token_hex, sha256_hex
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import StrictBody
+from warren.cp.services.warm_pool_state import WarmPool, pool_views
 from warren.errors import (
     AgentError,
     Conflict,
@@ -77,6 +78,8 @@ class Host(BaseModel):
     created_by: str
     created_at: Timestamp
     updated_at: Timestamp
+    # Issue 17: each warm pool's target and how many are ready (as of the last heartbeat).
+    warm_pools: list[WarmPool] | None = None
 
 
 class HostWithToken(BaseModel):
@@ -137,6 +140,7 @@ def host_model(row: RowMapping | dict[str, Any], team_name: str | None = None) -
         created_by=ids.user_id(row["created_by"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        warm_pools=pool_views(row),
     )
 
 

@@ -381,6 +381,7 @@ async def _reserve(
             need=need,
             layers=chain_layers,
             avoid=avoid,
+            template=plan.template,
         )
         res = await conn.fetchrow(
             q.RESERVE,

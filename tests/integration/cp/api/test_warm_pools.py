@@ -1,0 +1,158 @@
+"""Warm pools through the hosts API (issue 17, docs/hosts.md "Warm pools"): who may set a pool's
+size, what is refused, what a heartbeat reports and how ``GET /v1/hosts`` shows it. Against a
+real control plane and database; hosts register over HTTP as an agent does (the scenarios with
+real agents and their pools are at the end of this file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.harness.cp import InProcessCP, User, set_byoc, sql
+from warren import ids
+
+
+async def _register(cp: InProcessCP, token: str) -> dict[str, Any]:
+    # Port 9 on loopback: nothing listens there, so an RPC to this "agent" is never answered.
+    r = await cp.http.post("/v1/hosts/register", json={"token": token, "address": "127.0.0.1:9"})
+    assert r.status_code == 201, r.text
+    creds: dict[str, Any] = r.json()
+    return creds
+
+
+async def _beat(cp: InProcessCP, host_id: str, creds: dict[str, Any], body: Any) -> httpx.Response:
+    return await cp.http.post(
+        f"/v1/hosts/{host_id}/heartbeat", headers={"X-Host-Token": creds["token"]}, json=body
+    )
+
+
+async def _put(user: User, host_id: str, template: str, size: Any) -> httpx.Response:
+    return await user.req("PUT", f"/v1/hosts/{host_id}/warm-pools/{template}", json={"size": size})
+
+
+async def _join(cp: InProcessCP, owner: User, role: str) -> User:
+    """A new user added to ``owner``'s team with ``role``, holding a JWT for that team."""
+    u = await cp.signup()
+    r = await owner.req("POST", f"/v1/teams/{owner.team_id}/members", json={"email": u.email})
+    assert r.status_code == 201, r.text
+    if role != "member":
+        r = await owner.req("PATCH", f"/v1/teams/{owner.team_id}/members/{u.id}", json={"role": role})
+        assert r.status_code == 204, r.text
+    r = await u.req("POST", "/v1/auth/switch-team", json={"team_id": owner.team_id})
+    assert r.status_code == 200, r.text
+    u.token, u.team_id = r.json()["token"], owner.team_id
+    return u
+
+
+async def test_who_may_set_a_pool(cp: InProcessCP) -> None:
+    admin, owner, outsider = await cp.signup(admin=True), await cp.signup(), await cp.signup()
+    await set_byoc(admin, owner.team_id)
+    team_admin, member = await _join(cp, owner, "admin"), await _join(cp, owner, "member")
+    regular, _ = await admin.create_host()
+    byoc, _ = await owner.create_host("byoc", owner.team_id)
+
+    # Pending hosts: the size is stored and shown, applied when the host reports in.
+    r = await _put(admin, regular, "minimal", 3)
+    assert r.status_code == 200, r.text
+    assert r.json()["warm_pools"] == [{"template": "minimal", "target": 3, "ready": 0}]
+    assert (await _put(owner, byoc, "minimal", 2)).status_code == 200
+    assert (await _put(team_admin, byoc, "minimal", 4)).status_code == 200
+    assert (await admin.req("GET", f"/v1/hosts/{byoc}")).json()["warm_pools"] == [
+        {"template": "minimal", "target": 4, "ready": 0}
+    ]
+    # A plain member sees the host but may not change its pools.
+    r = await _put(member, byoc, "minimal", 1)
+    assert r.status_code == 403 and "owners and admins" in r.json()["error"]["message"], r.text
+    assert (await member.req("GET", f"/v1/hosts/{byoc}")).json()["warm_pools"][0]["target"] == 4
+    # Anyone else: a platform host or another team's host is not there for them (404, as for
+    # every host verb).
+    assert (await _put(owner, regular, "minimal", 1)).status_code == 404
+    assert (await _put(outsider, byoc, "minimal", 1)).status_code == 404
+    assert (await _put(outsider, regular, "minimal", 1)).status_code == 404
+    # The list shows the pools too; a host without any shows none.
+    listed = {h["id"]: h for h in (await admin.req("GET", "/v1/hosts")).json()}
+    assert listed[regular]["warm_pools"] == [{"template": "minimal", "target": 3, "ready": 0}]
+    other, _ = await admin.create_host()
+    assert "warm_pools" not in (await admin.req("GET", f"/v1/hosts/{other}")).json()
+    # Audited, one row per change.
+    rows = await sql(cp, "SELECT action FROM audit_logs WHERE action = 'set_warm_pool'")
+    assert len(rows) == 3
+
+
+async def test_validation(cp: InProcessCP) -> None:
+    admin, owner = await cp.signup(admin=True), await cp.signup()
+    host, _ = await admin.create_host()
+    for size in (-1, 129, 10**30, "3", True, 2.5, None):
+        r = await _put(admin, host, "minimal", size)
+        assert r.status_code == 400, (size, r.text)
+    r = await admin.req("PUT", f"/v1/hosts/{host}/warm-pools/minimal", json={"size": 1, "x": 1})
+    assert r.status_code == 400
+    r = await _put(admin, host, "minimal", 129)
+    assert "between 0 and 128" in r.json()["error"]["message"]
+    assert (await _put(admin, host, "bad$name", 1)).status_code == 400
+    assert (await _put(admin, host, "no-such-template", 1)).status_code == 404
+    assert (await _put(admin, "host-nope", "minimal", 1)).status_code == 400
+    # A team's own template is not pooled on a platform host (whoever asks next would claim it).
+    team_uuid = str(ids.parse_id(ids.Kind.TEAM, owner.team_id))
+    await sql(
+        cp,
+        "INSERT INTO templates (id, name, team_id, type) "
+        "VALUES (gen_random_uuid(), 'mine', CAST(:t AS uuid), 'base')",
+        t=team_uuid,
+    )
+    assert (await _put(admin, host, "mine", 1)).status_code == 404
+    # Snapshots are never pooled.
+    await sql(
+        cp,
+        "INSERT INTO templates (id, name, team_id, type) "
+        "VALUES (gen_random_uuid(), 'snap', '00000000-0000-0000-0000-000000000000', 'snapshot')",
+    )
+    r = await _put(admin, host, "snap", 1)
+    assert r.status_code == 400 and "snapshot" in r.json()["error"]["message"]
+    # Nothing of the refused calls was stored.
+    assert (await admin.req("GET", f"/v1/hosts/{host}")).json().get("warm_pools") is None
+
+
+async def test_heartbeat_reports_pools_and_get_shows_them(cp: InProcessCP) -> None:
+    admin = await cp.signup(admin=True)
+    host, token = await admin.create_host()
+    creds = await _register(cp, token)
+    report = {"warm_pools": [{"template": "minimal", "target": 8, "ready": 5}]}
+    assert (await _beat(cp, host, creds, report)).status_code == 204
+    got = (await admin.req("GET", f"/v1/hosts/{host}")).json()
+    assert got["warm_pools"] == [{"template": "minimal", "target": 8, "ready": 5}]
+    # An empty body (an older agent) changes nothing but the heartbeat time.
+    assert (await _beat(cp, host, creds, None)).status_code == 204
+    assert (await admin.req("GET", f"/v1/hosts/{host}")).json()["warm_pools"][0]["ready"] == 5
+    # An empty list: no pools any more.
+    assert (await _beat(cp, host, creds, {"warm_pools": []})).status_code == 204
+    assert (await admin.req("GET", f"/v1/hosts/{host}")).json().get("warm_pools") is None
+
+    # What a hostile agent may send is bounded: 400, and nothing stored.
+    bad: list[Any] = [
+        {"warm_pools": [{"template": f"t{i}", "target": 1, "ready": 1} for i in range(33)]},
+        {"warm_pools": [{"template": "minimal", "target": -1, "ready": 0}]},
+        {"warm_pools": [{"template": "minimal", "target": 1, "ready": 2**31}]},
+        {"warm_pools": [{"template": "x" * 201, "target": 1, "ready": 0}]},
+        {"warm_pools": [{"template": "../etc", "target": 1, "ready": 0}]},
+        {"warm_pools": [{"template": "minimal", "target": 1}]},
+        {"warm_pools": [{"template": "minimal", "target": 1, "ready": 0, "extra": 1}]},
+        {"warm_pools": {"minimal": 1}},
+    ]
+    for body in bad:
+        r = await _beat(cp, host, creds, body)
+        assert r.status_code == 400, (body, r.text)
+    assert (await admin.req("GET", f"/v1/hosts/{host}")).json().get("warm_pools") is None
+
+
+async def test_online_host_whose_agent_cannot_be_reached(cp: InProcessCP) -> None:
+    """Setting a pool on an online host asks its agent at once: nobody answers at this host's
+    address, so the call fails (502/503) and the size is not stored."""
+    admin = await cp.signup(admin=True)
+    host, token = await admin.create_host()
+    creds = await _register(cp, token)
+    assert (await _beat(cp, host, creds, {"warm_pools": []})).status_code == 204
+    r = await _put(admin, host, "minimal", 2)
+    assert r.status_code in (502, 503), r.text
+    assert (await admin.req("GET", f"/v1/hosts/{host}")).json().get("warm_pools") is None
