@@ -154,6 +154,11 @@ hosts = Table(
     # The sandbox runtimes the host offers ('runc', 'crun', 'gvisor'), as it reports them at
     # registration and with each heartbeat; hosts that never said run runc.
     Column("runtimes", ARRAY(Text), nullable=False, server_default=text("'{runc}'::text[]")),
+    # Warm pools (issue 17, docs/hosts.md): what the agent last reported
+    # ([{"template", "target", "ready"}]; NULL: never reported) and the sizes set through the
+    # API ({template: size}), applied again when the host reports other targets.
+    Column("warm_pools", JSONB, nullable=True),
+    Column("warm_pool_targets", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
 )
 
 # One-time registration tokens (docs/design.md §4: the hash lives here, no Redis).
