@@ -33,6 +33,7 @@ from warren.agent.server import HostAgentServicer
 from warren.agent.settings import AgentSettings
 from warren.agent.templates import TemplateStore
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
+from warren.rpc import keepalive
 
 log = logging.getLogger("warren.agent")
 
@@ -98,6 +99,8 @@ async def _grpc_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            # Accepts the control plane's keepalive pings, and pings it (warren/rpc/keepalive.py).
+            *keepalive.SERVER_OPTIONS,
         ],
     )
     pb_grpc.add_HostAgentServicer_to_server(HostAgentServicer(manager, on_terminate=handle.terminate), server)

@@ -28,7 +28,7 @@ from warren import ids
 from warren.cp.hosts.agent_client import agent_errors
 from warren.cp.security.ca import CertificateAuthority
 from warren.errors import AgentError, ServiceUnavailable
-from warren.rpc import hostagent_pb2, hostagent_pb2_grpc
+from warren.rpc import hostagent_pb2, hostagent_pb2_grpc, keepalive
 
 if TYPE_CHECKING:
     from warren.rpc.hostagent_pb2_grpc import HostAgentAsyncStub  # a type in the .pyi only
@@ -107,6 +107,9 @@ class HostClientPool:
                 # after gRPC's default reconnect backoff (up to 120 s).
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 5_000),
+                # Pings every agent, idle or not: a vanished agent is noticed in seconds, not
+                # when TCP gives up (warren/rpc/keepalive.py).
+                *keepalive.CLIENT_OPTIONS,
             ],
             interceptors=agent_errors(host_id),
         )
