@@ -41,7 +41,7 @@ class RunningGuest:
         raise AssertionError(f"{field} missing")
 
 
-def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if proc.poll() is not None:
@@ -60,7 +60,7 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
+async def wait_until(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
