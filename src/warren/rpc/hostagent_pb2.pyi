@@ -153,7 +153,7 @@ class ListSandboxesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SandboxInfo(_message.Message):
-    __slots__ = ("sandbox_id", "status", "template", "vcpus", "memory_mb", "host_ip", "created_at_unix", "last_active_at_unix", "timeout_sec", "team_id", "template_id", "disk_size_mb", "internet", "runtime", "paused_state")
+    __slots__ = ("sandbox_id", "status", "template", "vcpus", "memory_mb", "host_ip", "created_at_unix", "last_active_at_unix", "timeout_sec", "team_id", "template_id", "disk_size_mb", "internet", "runtime", "paused_state", "egress_bytes")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class SandboxInfo(_message.Message):
     INTERNET_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     PAUSED_STATE_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     status: str
     template: str
@@ -184,19 +185,30 @@ class SandboxInfo(_message.Message):
     internet: bool
     runtime: str
     paused_state: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., status: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., host_ip: _Optional[str] = ..., created_at_unix: _Optional[int] = ..., last_active_at_unix: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., disk_size_mb: _Optional[int] = ..., internet: _Optional[bool] = ..., runtime: _Optional[str] = ..., paused_state: _Optional[str] = ...) -> None: ...
+    egress_bytes: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., status: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., host_ip: _Optional[str] = ..., created_at_unix: _Optional[int] = ..., last_active_at_unix: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., disk_size_mb: _Optional[int] = ..., internet: _Optional[bool] = ..., runtime: _Optional[str] = ..., paused_state: _Optional[str] = ..., egress_bytes: _Optional[int] = ...) -> None: ...
+
+class SandboxEgress(_message.Message):
+    __slots__ = ("sandbox_id", "egress_bytes")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    egress_bytes: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., egress_bytes: _Optional[int] = ...) -> None: ...
 
 class ListSandboxesResponse(_message.Message):
-    __slots__ = ("sandboxes", "auto_paused_sandbox_ids", "creating_sandbox_ids", "reports_creating")
+    __slots__ = ("sandboxes", "auto_paused_sandbox_ids", "creating_sandbox_ids", "reports_creating", "ended_egress")
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     AUTO_PAUSED_SANDBOX_IDS_FIELD_NUMBER: _ClassVar[int]
     CREATING_SANDBOX_IDS_FIELD_NUMBER: _ClassVar[int]
     REPORTS_CREATING_FIELD_NUMBER: _ClassVar[int]
+    ENDED_EGRESS_FIELD_NUMBER: _ClassVar[int]
     sandboxes: _containers.RepeatedCompositeFieldContainer[SandboxInfo]
     auto_paused_sandbox_ids: _containers.RepeatedScalarFieldContainer[str]
     creating_sandbox_ids: _containers.RepeatedScalarFieldContainer[str]
     reports_creating: bool
-    def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxInfo, _Mapping]]] = ..., auto_paused_sandbox_ids: _Optional[_Iterable[str]] = ..., creating_sandbox_ids: _Optional[_Iterable[str]] = ..., reports_creating: _Optional[bool] = ...) -> None: ...
+    ended_egress: _containers.RepeatedCompositeFieldContainer[SandboxEgress]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxInfo, _Mapping]]] = ..., auto_paused_sandbox_ids: _Optional[_Iterable[str]] = ..., creating_sandbox_ids: _Optional[_Iterable[str]] = ..., reports_creating: _Optional[bool] = ..., ended_egress: _Optional[_Iterable[_Union[SandboxEgress, _Mapping]]] = ...) -> None: ...
 
 class PauseAllRequest(_message.Message):
     __slots__ = ()
