@@ -10,26 +10,35 @@ import pytest
 
 from tests.harness.agent import AgentProcess
 from warren.rpc import hostagent_pb2 as pb
+from warren.rpc import hostagent_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.root
 
 
+def _reported(s: pb_grpc.HostAgentStub) -> list[str]:
+    """The auto-paused sandboxes the agent reports first (the reaper runs every 2 s, a freeze
+    under load may take a while)."""
+    reported: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not reported:
+        reported += s.ListSandboxes(pb.ListSandboxesRequest()).auto_paused_sandbox_ids
+        time.sleep(0.3)
+    return reported
+
+
 def test_idle_sandbox_is_auto_paused_and_reported_once(agent: AgentProcess) -> None:
     s = agent.stub
-    idle = agent.create(timeout_sec=60)
-    busy = agent.create(timeout_sec=60)
+    # Timeouts far longer than the test's real duration: busy, touched at +300 s and looked at
+    # up to a minute or two later on a loaded machine, must stay well inside its timeout.
+    idle = agent.create(timeout_sec=600)
+    busy = agent.create(timeout_sec=600)
     forever = agent.create(timeout_sec=0)
     try:
         s.ListSandboxes(pb.ListSandboxesRequest())  # drain earlier reports
-        agent.set_clock_offset(45)
-        s.PingSandbox(pb.PingSandboxRequest(sandbox_id=busy.sandbox_id))  # activity at +45 s
-        agent.set_clock_offset(90)  # idle: 90 s > 60; busy: 45 s
-        reported: list[str] = []
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline and not reported:
-            reported += s.ListSandboxes(pb.ListSandboxesRequest()).auto_paused_sandbox_ids
-            time.sleep(0.3)
-        assert reported == [idle.sandbox_id]
+        agent.set_clock_offset(300)
+        s.PingSandbox(pb.PingSandboxRequest(sandbox_id=busy.sandbox_id))  # activity at +300 s
+        agent.set_clock_offset(610)  # idle: 610 s > 600; busy: 310 s
+        assert _reported(s) == [idle.sandbox_id]
         time.sleep(2.5)  # at least one more reaper round
         listed = s.ListSandboxes(pb.ListSandboxesRequest())
         assert list(listed.auto_paused_sandbox_ids) == []  # reported once
@@ -63,23 +72,28 @@ def test_a_command_under_way_keeps_its_sandbox_running(agent: AgentProcess) -> N
     try:
         s.ListSandboxes(pb.ListSandboxesRequest())  # drain earlier reports
         result: list[pb.ExecResponse] = []
-        runner = threading.Thread(target=lambda: result.append(agent.exec(sb.sandbox_id, "sleep", "4")))
+        # Runs until told to stop (not a fixed time a loaded machine could outlast).
+        long_cmd = "touch /tmp/started; while [ ! -e /tmp/stop ]; do sleep 0.05; done"
+        runner = threading.Thread(
+            target=lambda: result.append(agent.exec(sb.sandbox_id, "sh", "-c", long_cmd))
+        )
         runner.start()
-        time.sleep(0.5)
+        # Under way for sure before the clock moves (the probe's own end is activity "now").
+        deadline = time.monotonic() + 60
+        while agent.exec(sb.sandbox_id, "test", "-e", "/tmp/started").exit_code != 0:
+            assert time.monotonic() < deadline, "the long command never started"
+            time.sleep(0.1)
         agent.set_clock_offset(300)  # long past the timeout since the command started
         time.sleep(2.5)  # at least one reaper round while it runs
         status = {x.sandbox_id: x.status for x in s.ListSandboxes(pb.ListSandboxesRequest()).sandboxes}
         assert status[sb.sandbox_id] == "running"
-        runner.join(30)
+        assert runner.is_alive(), "the command ended before the reaper looked"
+        agent.exec(sb.sandbox_id, "touch", "/tmp/stop")
+        runner.join(60)
         assert result and result[0].exit_code == 0
         # Idle from the command's end on: paused once the timeout has passed since then.
         agent.set_clock_offset(400)
-        deadline = time.monotonic() + 8
-        reported: list[str] = []
-        while time.monotonic() < deadline and not reported:
-            reported += s.ListSandboxes(pb.ListSandboxesRequest()).auto_paused_sandbox_ids
-            time.sleep(0.3)
-        assert reported == [sb.sandbox_id]
+        assert _reported(s) == [sb.sandbox_id]
     finally:
         agent.set_clock_offset(0)
         s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb.sandbox_id))
