@@ -28,7 +28,7 @@ from tests.integration.e2b.envd_wire import Envd, end_error, envelope, envelopes
 
 pytestmark = pytest.mark.root
 
-DEADLINE_S = 30.0
+DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,9 @@ def test_command_outliving_its_timeout_is_killed(sbx: Sandbox) -> None:
     poll("the timed-out command to be killed", lambda: not _running_with(sbx, marker))
     # In the background, with its stream gone: the deadline is the process's, not the stream's.
     marker = uuid.uuid4().hex
-    h = sbx.commands.run(f"sleep 120 # {marker}", background=True, timeout=2)
+    # A timeout long enough that the command is surely still there when first listed (with 2 s,
+    # a loaded machine sometimes listed it after its end).
+    h = sbx.commands.run(f"sleep 120 # {marker}", background=True, timeout=15)
     h.disconnect()
     assert _running_with(sbx, marker)
     poll("the background command to be killed at its timeout", lambda: not _running_with(sbx, marker))

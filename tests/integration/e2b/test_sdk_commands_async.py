@@ -17,7 +17,7 @@ from tests.harness.platform import Platform
 
 pytestmark = pytest.mark.root
 
-DEADLINE_S = 30.0
+DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")

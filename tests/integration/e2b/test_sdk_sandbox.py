@@ -220,6 +220,7 @@ def test_v1_create_and_list(e2b_env: E2BEnv) -> None:
     try:
         info = Sandbox.get_info(sid)
         assert (info.end_at - info.started_at).total_seconds() <= 15  # v1's default timeout
+        Sandbox.set_timeout(sid, 300)  # so a loaded machine does not end it before it is listed
         listed = _raw(e2b_env, "GET", "/sandboxes", params={"metadata": f"v1={tag}"}).json()
         assert [s["sandboxID"] for s in listed] == [sid]
     finally:
