@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import time
+import uuid
 
 import pytest
 
@@ -95,7 +97,7 @@ def test_errors_are_typed(platform: Platform, sbx: Sandbox) -> None:
 
 def test_metrics(sbx: Sandbox) -> None:
     sbx.commands.run("head -c 2000000 /dev/urandom | sha256sum")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # sampled every few seconds; later on a loaded machine
     points = sbx.metrics()
     while not points and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -132,10 +134,10 @@ def test_run_with_stdin_text_and_bytes(sbx: Sandbox) -> None:
 def test_timeout_kills_the_command(sbx: Sandbox) -> None:
     t0 = time.monotonic()
     with pytest.raises(WarrenTimeoutError):
-        sbx.commands.run("sleep 30", timeout=1)
-    assert time.monotonic() - t0 < 15
+        sbx.commands.run("sleep 300", timeout=1)
+    assert time.monotonic() - t0 < 120  # at its timeout, not the command's end (300 s)
     with pytest.raises(WarrenTimeoutError):  # the streaming path too
-        sbx.commands.run("sleep 30", timeout=1, on_stdout=lambda s: None)
+        sbx.commands.run("sleep 300", timeout=1, on_stdout=lambda s: None)
     # still usable afterwards
     assert sbx.commands.run("echo alive").stdout == "alive\n"
 
@@ -163,11 +165,24 @@ def test_five_megabytes_of_output(sbx: Sandbox) -> None:
 
 
 def test_streaming_callbacks_arrive_before_exit(sbx: Sandbox) -> None:
-    times: list[float] = []
-    sbx.commands.run(
-        "for i in 1 2 3; do echo $i; sleep 0.3; done", on_stdout=lambda s: times.append(time.monotonic())
+    # The command ends only after the test has seen its first line (no timing to go wrong on
+    # a loaded machine): output delivered only at the exit would never let it end.
+    go = f"/tmp/go-{uuid.uuid4().hex}"
+    seen: list[str] = []
+    helpers: list[threading.Thread] = []
+
+    def on_stdout(s: str) -> None:
+        seen.append(s)
+        if not helpers and "first" in "".join(seen):
+            helpers.append(threading.Thread(target=lambda: sbx.commands.run(f"touch {go}")))
+            helpers[0].start()
+
+    r = sbx.commands.run(
+        f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second", on_stdout=on_stdout, timeout=120
     )
-    assert len(times) >= 2 and times[-1] - times[0] > 0.3
+    for t in helpers:
+        t.join(60)
+    assert r.exit_code == 0 and "".join(seen) == "first\nsecond\n", seen
 
 
 def test_stream_exec_reads_stdin_and_echoes_it(sbx: Sandbox) -> None:
@@ -194,9 +209,12 @@ def test_background_list_attach_signal_kill(sbx: Sandbox) -> None:
     with pytest.raises(NotFoundError):
         sbx.commands.connect(999999)
 
-    h2 = sbx.commands.run("trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
-                          background=True, tag="trapper")  # fmt: skip
-    time.sleep(0.5)
+    trapper = "trap 'echo got-term; exit 0' TERM; touch /tmp/trapping; while :; do sleep 0.1; done"
+    h2 = sbx.commands.run(trapper, background=True, tag="trapper")
+    deadline = time.monotonic() + 60  # the trap is set before the signal comes (a fixed 0.5 s was not)
+    while sbx.commands.run("test -e /tmp/trapping").exit_code != 0:
+        assert time.monotonic() < deadline, "the trapper never started"
+        time.sleep(0.1)
     assert sbx.commands.send_signal("trapper", 15) is True
     assert "got-term" in h2.wait().stdout
 
