@@ -11,7 +11,7 @@ STAMP := $(VENV)/.warren-setup-stamp
 #   runc, crun: OCI runtimes for sandboxes; debootstrap: builds the base template rootfs;
 #   iptables, iproute2: per-sandbox network namespaces and NAT; uidmap: user-namespace id maps;
 #   chromium: the dashboard's browser tests (Playwright drives the Debian build).
-APT_PACKAGES := runc crun debootstrap iptables iproute2 chromium uidmap
+APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap
 
 # Parallel where safe: test files are spread over workers (a file's tests stay together, as
 # they share module-scoped fixtures). Tests marked `serial` run afterwards, alone.

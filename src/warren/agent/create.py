@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from warren import clock, ids
-from warren.agent import record, sandbox_fs
+from warren.agent import gvisor_ops, record, sandbox_fs
 from warren.agent.chain import Chain, TemplateConfig, check_env, start_template
 from warren.agent.egress import parse_allow
 from warren.agent.guest_client import GuestClient
@@ -61,6 +61,12 @@ class CreateRequest(SandboxSpec):
     chain: Chain | None = None  # set: the rootfs is these layers (ref is ignored)
     config: TemplateConfig = field(default_factory=TemplateConfig)
     egress: EgressRules = field(default_factory=EgressRules)  # the sandbox's own rules (issue 14)
+    # The runtime (RuntimeSet.resolve: never empty once the manager has it). gVisor: the guest's
+    # secret, and for a fork of a memory snapshot its image and the secret its guest wakes with.
+    runtime: str = ""
+    guest_secret: str = ""
+    restore_image: Path | None = None
+    source_secret: str = ""
 
 
 def check_request(
@@ -138,6 +144,8 @@ class SandboxBuilder:
         self.limits = limits
         self.guest_of = guest_of
         self.reap = reap  # a killed container init, for the agent (its subreaper) to reap
+        # gVisor forks: start a sandbox from a memory image (GvisorRuntime.restore); the manager's.
+        self.restore: Callable[[str, Path, Path], Awaitable[int]] | None = None
 
     async def build(
         self,
@@ -184,13 +192,18 @@ class SandboxBuilder:
         t_net = time.monotonic()
         self._write_bundle(req, fs, slot)
         sb = self._new_record(req, slot, disk, lower, base_config)
+        sb.runtime, sb.guest_secret = req.runtime, req.source_secret or req.guest_secret
         # Record before starting the container: a crash from here on leaves a record that
         # startup either re-adopts or cleans up, never an unknown container.
         record.save(fs.root, sb)
         t_start = time.monotonic()
-        await self._start(sb, fs, undo)
+        await self._start(sb, fs, undo, req.restore_image)
         t_runtime = time.monotonic()
         await self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT)
+        if req.source_secret:  # a fork: its guest woke up with the source's secret
+            await gvisor_ops.rekey(self.guest_of(sb), req.guest_secret)
+            sb.guest_secret, sb.guest = req.guest_secret, None
+            record.save(fs.root, sb)
         log.debug(
             "event=create_steps sandbox_id=%s mounts=%.1f net_wait=%.1f runtime=%.1f guest=%.1f (ms)",
             sb_id, (t_mounts - t0) * 1000, (t_net - t_mounts) * 1000, (t_runtime - t_start) * 1000,
@@ -229,6 +242,10 @@ class SandboxBuilder:
             env=req.env,
             guest_argv=list(GUEST_ARGV),
         )
+        if req.runtime == "gvisor":  # the guest also listens on TCP (gvisor_ops, guest_agent/tcp.py)
+            spec.guest_argv += gvisor_ops.GUEST_SECRET_ARGS
+            gvisor_ops.open_to_sandbox_root(fs)
+            gvisor_ops.write_secret(fs, req.guest_secret)
         sandbox_fs.write_private(fs.root / "config.json", json.dumps(oci_config(spec)))
 
     @staticmethod
@@ -252,7 +269,7 @@ class SandboxBuilder:
             template_config=req.config.to_record(),
         )  # fmt: skip
 
-    async def _start(self, sb: HostSandbox, fs: SandboxFs, undo: Undo) -> None:
+    async def _start(self, sb: HostSandbox, fs: SandboxFs, undo: Undo, image: Path | None = None) -> None:
         # Undo first: a create cancelled inside the runtime call may leave a container.
         async def undo_start() -> None:
             await self.runtime.destroy(sb.id)
@@ -260,6 +277,9 @@ class SandboxBuilder:
                 self.reap(sb.pid)
 
         undo.append(undo_start)
+        if image is not None and self.restore is not None:  # a fork of a memory snapshot
+            sb.pid = await self.restore(sb.id, fs.root, image)
+            return
         sb.pid = await self.runtime.create(sb.id, fs.root)
 
     @staticmethod

@@ -34,6 +34,7 @@ from warren.agent.guest_wire import (
     Conn,
     ExecEvent,
     ExecSession,
+    GuestAddress,
     GuestError,
     error_from,
     jdump,
@@ -223,7 +224,7 @@ def _selector(selector: int | str) -> dict[str, Any]:
 
 class GuestClient:
     def __init__(
-        self, socket_path: str, *, op_timeout: float = 30.0, max_output: int = MAX_EXEC_OUTPUT
+        self, socket_path: GuestAddress, *, op_timeout: float = 30.0, max_output: int = MAX_EXEC_OUTPUT
     ) -> None:
         self.socket_path = socket_path
         # Upper bound for unary operations, so a frozen or wedged guest cannot hang a caller.

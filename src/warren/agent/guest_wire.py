@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # Frame kinds, see PROTOCOL.md. A frame is a 4-byte big-endian payload length, a kind byte,
@@ -89,6 +91,27 @@ def error_from(payload: bytes) -> GuestError:
         return GuestError("internal", f"malformed error frame: {payload[:200]!r}")
 
 
+@dataclass(frozen=True)
+class TcpGuest:
+    """A guest reached over TCP (gVisor: guest_agent/tcp.py): the sandbox's address, the
+    guest's port and the sandbox's secret, sent first on every connection. Printed without
+    the secret."""
+
+    host: str
+    port: int
+    secret: bytes = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"tcp:{self.host}:{self.port}"
+
+
+# Where a guest listens: a unix socket's host path, or a TCP address with its secret.
+GuestAddress = str | TcpGuest
+# SO_LINGER on, 0 s: closing a connection resets it. gVisor cannot checkpoint a sandbox with a
+# TCP endpoint that is connected or in TIME_WAIT, and a reset leaves neither on its side.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
 class Conn:
     """One connection = one request."""
 
@@ -97,7 +120,22 @@ class Conn:
         self.writer = writer
 
     @classmethod
-    async def open(cls, path: str) -> Conn:
+    async def _open_tcp(cls, addr: TcpGuest) -> Conn:
+        try:
+            reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=STREAM_LIMIT)
+        except OSError as e:
+            raise GuestError("unavailable", f"cannot connect to guest at {addr}: {e}") from e
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        writer.write(addr.secret)
+        return cls(reader, writer)
+
+    @classmethod
+    async def open(cls, path: GuestAddress) -> Conn:
+        if isinstance(path, TcpGuest):
+            return await cls._open_tcp(path)
         # The socket's directory is the sandbox's /run/warren, writable by sandbox root: it can
         # replace the socket with a symlink, which connect(2) would follow *on the host* (to
         # another sandbox's guest, or any host socket). So pin the inode without following a
@@ -157,7 +195,9 @@ class Conn:
         self.writer.close()
 
 
-async def open_started(path: str, req: dict[str, Any], stdin: bytes | None = None) -> tuple[Conn, int]:
+async def open_started(
+    path: GuestAddress, req: dict[str, Any], stdin: bytes | None = None
+) -> tuple[Conn, int]:
     """A connection to the guest at ``path`` on which ``req`` started a command or a terminal,
     and its pid (from the start event). ``stdin``, then END, goes right after the request. A
     refusal raises, and the connection is closed."""

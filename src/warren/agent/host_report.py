@@ -14,4 +14,5 @@ if TYPE_CHECKING:
 def host_report(handle: AgentHandle) -> dict[str, Any]:
     """The heartbeat body, built fresh for each beat (cheap: no subprocess, no RPC)."""
     report: dict[str, Any] = {}
+    report["runtimes"] = handle.manager.runtimes.offered()
     return report

@@ -18,6 +18,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -28,7 +29,10 @@ import grpc
 from warren.agent import dial_data, egress, telemetry
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
+from warren.agent.runtime import gvisor
+from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.oci import OciRuntime
+from warren.agent.runtime.select import RuntimeSet
 from warren.agent.server import HostAgentServicer
 from warren.agent.settings import AgentSettings
 from warren.agent.templates import TemplateStore
@@ -112,6 +116,20 @@ async def _grpc_server(
     return server
 
 
+async def runtimes(default: str, data_dir: Path, settings: AgentSettings) -> RuntimeSet:
+    """The runtimes this host offers: the default OCI one, the other if installed, and gVisor
+    where ``runsc`` is (its platform chosen now, and logged)."""
+    offered: dict[str, Runtime] = {default: OciRuntime(default, data_dir / default)}
+    for other in ("runc", "crun"):
+        if other not in offered and shutil.which(other):
+            offered[other] = OciRuntime(other, data_dir / other)
+    if settings.gvisor_platform != "off" and gvisor.available():
+        platform = await gvisor.choose_platform(settings.gvisor_platform, data_dir / "gvisor-probe")
+        offered[gvisor.NAME] = gvisor.GvisorRuntime(data_dir / "runsc", data_dir / "sandboxes", platform)
+        log.info("event=gvisor_platform platform=%s setting=%s", platform, settings.gvisor_platform)
+    return RuntimeSet(offered, default)
+
+
 async def serve(
     listen: str,
     data_dir: Path,
@@ -138,7 +156,7 @@ async def serve(
     )
     manager = SandboxManager(
         data_dir,
-        OciRuntime(runtime, data_dir / runtime),
+        await runtimes(runtime, data_dir, settings),
         settings=settings,
         templates=templates,
         network=network,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -30,15 +31,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from warren import clock
-from warren.agent import metrics, record, sandbox_fs
+from warren.agent import gvisor_ops, metrics, record, sandbox_fs
 from warren.agent.chain import Chain, TemplateConfig
 from warren.agent.create import BuildLimits, CreateRequest, SandboxBuilder, check_request
 from warren.agent.guest_client import GuestClient
+from warren.agent.guest_wire import GuestAddress
 from warren.agent.layer_cache import LayerCache
 from warren.agent.network import NetworkSlots
 from warren.agent.readopt import readopt
 from warren.agent.record import HostSandbox, MetricPoint
+from warren.agent.runtime import gvisor
 from warren.agent.runtime.base import Runtime
+from warren.agent.runtime.select import RuntimeSet
 from warren.agent.sandbox_fs import SandboxFs
 from warren.agent.settings import AgentSettings
 from warren.agent.teardown import Teardown
@@ -87,6 +91,10 @@ class SandboxManager:
     ) -> None:
         self.data_dir = data_dir
         self.sandboxes_dir = data_dir / "sandboxes"
+        # The runtimes sandboxes may choose (runtime/select.py); one runtime is a set of one.
+        if not isinstance(runtime, RuntimeSet):
+            runtime = RuntimeSet({runtime.name: runtime}, runtime.name)
+        self.runtimes = runtime
         self.runtime = runtime
         self.settings = settings
         self.templates = templates or TemplateStore(data_dir / "templates", mirror=settings.debian_mirror)
@@ -106,6 +114,7 @@ class SandboxManager:
             guest_dir=self.guest_dir, guest_of=self._guest, reap=self._teardown.track,
             limits=BuildLimits(max_open_files=settings.max_open_files, max_processes=settings.max_processes),
         )  # fmt: skip
+        self._builder.restore = self._restore_fork
         self._creating: set[str] = set()
         # Cleared while any create (queued or under way) is in `_creating`.
         self._no_creates = asyncio.Event()
@@ -138,6 +147,7 @@ class SandboxManager:
         sandbox_fs.check_traversable(self.sandboxes_dir)
         self.templates.make_private()
         await self.network.setup_host()
+        self._assign_recorded_runtimes()
         await readopt(self.sandboxes_dir, self.runtime, self.network, self._teardown, self._adopt)
         for p in await self.templates.remove_leftovers():
             log.info("event=template_leftover_removed path=%s", p)
@@ -152,6 +162,37 @@ class SandboxManager:
             # 30-60 s); a create that comes earlier waits for this same build.
             asyncio.create_task(self._prepare_minimal(), name="template-minimal"),
         ]
+
+    def _assign_recorded_runtimes(self) -> None:
+        """Before re-adoption: each recorded sandbox's runtime, so its state is asked of it."""
+        for d in self.sandboxes_dir.iterdir():
+            sb = record.load(d) if d.is_dir() else None
+            if sb is not None and sb.runtime in self.runtimes.runtimes:
+                self.runtimes.assign(sb.id, sb.runtime)
+
+    def _choose_runtime(self, req: CreateRequest, runtime: str) -> None:
+        """The request's runtime (FAILED_PRECONDITION when not offered), and for a sandbox from a
+        memory snapshot, gVisor and the image to restore (gvisor_ops.py)."""
+        if req.chain is None and not req.ref.is_minimal:
+            snap = self.templates.snapshot_dir(req.ref)
+            with contextlib.suppress(OSError, ValueError):
+                cfg = json.loads((snap / "config.json").read_text())
+                if cfg.get("kind") == "memory":
+                    runtime, req.restore_image = gvisor.NAME, snap / gvisor_ops.IMAGE_DIR
+                    req.source_secret = str(cfg.get("guest_secret", ""))
+        req.runtime = self.runtimes.resolve(runtime)
+        if req.runtime == gvisor.NAME:
+            req.guest_secret = gvisor_ops.new_secret()
+        self.runtimes.assign(req.sandbox_id, req.runtime)
+
+    async def _restore_fork(self, sb_id: str, bundle: Path, image: Path) -> int:
+        """A fork's start: the snapshot's image, hard-linked into the sandbox's own image dir
+        (a snapshot deleted or overwritten meanwhile takes nothing away), restored."""
+        rt = self.runtimes.gvisor(sb_id)
+        if rt is None:
+            raise InternalError(f"sandbox {sb_id} is not a gVisor sandbox")
+        await gvisor_ops.copy_image_dir(image, rt.image_dir(sb_id))
+        return await rt.restore(sb_id, bundle)
 
     async def _prepare_minimal(self) -> None:
         try:
@@ -198,6 +239,9 @@ class SandboxManager:
 
     def _adopt(self, sb: HostSandbox) -> None:
         """A sandbox the previous agent left running, back in the registry."""
+        if sb.status == "paused" and not sb.paused_state:
+            # Paused by a crash's checkpoint (pid 0: no process) or frozen.
+            sb.paused_state = "disk" if sb.pid == 0 and sb.runtime == gvisor.NAME else "memory"
         self._sandboxes[sb.id] = sb
         self._save(sb)
         self._sample(sb)
@@ -269,9 +313,10 @@ class SandboxManager:
 
     def _guest(self, sb: HostSandbox) -> GuestClient:
         if sb.guest is None:
-            sb.guest = GuestClient(
-                str(SandboxFs(self._dir(sb.id)).guest_socket), max_output=self.settings.max_exec_output
-            )
+            where: GuestAddress = str(SandboxFs(self._dir(sb.id)).guest_socket)
+            if sb.runtime == gvisor.NAME:  # over TCP, secret first (gvisor_ops.py)
+                where = gvisor_ops.address(sb)
+            sb.guest = GuestClient(where, max_output=self.settings.max_exec_output)
         return sb.guest
 
     def list_sandboxes(self) -> tuple[list[HostSandbox], list[str]]:
@@ -317,15 +362,18 @@ class SandboxManager:
         chain: Chain | None = None,
         config: TemplateConfig | None = None,
         egress: EgressRules | None = None,
+        runtime: str = "",
     ) -> HostSandbox:
         """``egress_allow``: CIDRs the sandbox may reach past the default egress deny. ``chain``:
-        the rootfs is these layers (``config`` applies), not the template_id's."""
+        the rootfs is these layers (``config`` applies), not the template_id's. ``runtime``:
+        one this host offers ("" its default); a memory snapshot's sandbox is gVisor's."""
         req = check_request(
             sandbox_id=sandbox_id, team_id=team_id, template_id=template_id, template=template,
             vcpus=vcpus, memory_mb=memory_mb, disk_size_mb=disk_size_mb, timeout_sec=timeout_sec,
             internet=internet, env=env, egress_allow=egress_allow, chain=chain, config=config,
             egress=egress,
         )  # fmt: skip
+        self._choose_runtime(req, runtime)
         sandbox_id = req.sandbox_id
         self._check_accepting_creates()
         if sandbox_id in self._sandboxes or sandbox_id in self._creating or self._dir(sandbox_id).exists():
@@ -336,6 +384,10 @@ class SandboxManager:
         try:
             with self.layers.hold(req.chain):
                 sb, queued, admitted = await self._admit_and_build(req)
+        except BaseException:
+            if sandbox_id not in self._sandboxes:
+                self.runtimes.forget(sandbox_id)
+            raise
         finally:
             self._creating.discard(sandbox_id)
             if not self._creating:
@@ -447,6 +499,7 @@ class SandboxManager:
                 raise NotFound(f"sandbox {sb_id} not found")
             del self._sandboxes[sb_id]
             await self._teardown.cleanup(sb_id, slot=sb.slot, pid=sb.pid)
+            self.runtimes.forget(sb_id)
         log.info("event=sandbox_destroyed sandbox_id=%s", sb_id)
 
     # ===================================================================== pause/resume
@@ -466,10 +519,17 @@ class SandboxManager:
                 return False
             if sb.status != "running":
                 raise InvalidState(f"sandbox {sb_id} is not running (status {sb.status})")
-            try:
-                await self.runtime.pause(sb_id)
-            except Exception as e:
-                raise InternalError(f"pause {sb_id}: {e}") from e
+            rt = self.runtimes.gvisor(sb_id)
+            if rt is not None:  # to disk when it can be (gvisor_ops.py)
+                sb.paused_state, _ = await gvisor_ops.pause(rt, sb, self._guest(sb))
+                if sb.paused_state == "disk":
+                    sb.pid, sb.guest = 0, None
+            else:
+                try:
+                    await self.runtime.pause(sb_id)
+                except Exception as e:
+                    raise InternalError(f"pause {sb_id}: {e}") from e
+                sb.paused_state = "memory"
             sb.status = "paused"
             sb.last_cpu = None
             self._save(sb)
@@ -502,11 +562,16 @@ class SandboxManager:
             self._still_there(sb)
             if sb.status != "paused":
                 raise InvalidState(f"sandbox {sb_id} is not paused (status {sb.status})")
-            try:
-                await self.runtime.resume(sb_id)
-            except Exception as e:
-                raise InternalError(f"resume {sb_id}: {e}") from e
-            sb.status = "running"
+            rt = self.runtimes.gvisor(sb_id)
+            if rt is not None and sb.paused_state == "disk":
+                sb.pid = await gvisor_ops.resume(rt, sb, self._dir(sb_id))
+                await self._guest(sb).wait_ready(gvisor_ops.RESUME_READY_TIMEOUT)
+            else:
+                try:
+                    await self.runtime.resume(sb_id)
+                except Exception as e:
+                    raise InternalError(f"resume {sb_id}: {e}") from e
+            sb.status, sb.paused_state = "running", ""
             if timeout_sec is not None and timeout_sec >= 0:
                 sb.timeout_sec = timeout_sec
             self._touch(sb)
@@ -562,6 +627,8 @@ class SandboxManager:
 
     async def _sample_all(self) -> None:
         for sb in list(self._sandboxes.values()):
+            if sb.lock.locked():
+                continue  # a pause or resume under way (a gVisor checkpoint ends the process)
             if not _alive(sb.pid):
                 # The guest (PID 1) died, so did the container: free everything; the CP sees
                 # the sandbox missing from ListSandboxes.

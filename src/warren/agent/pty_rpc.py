@@ -21,6 +21,7 @@ from warren.agent.guest_wire import (
     K_SIGNAL,
     K_STDOUT,
     Conn,
+    GuestAddress,
     GuestError,
     error_from,
     jdump,
@@ -64,7 +65,7 @@ class PtySession:
         self._done = False
 
     @classmethod
-    async def open(cls, socket_path: str, req: dict[str, Any]) -> PtySession:
+    async def open(cls, socket_path: GuestAddress, req: dict[str, Any]) -> PtySession:
         return cls(*await open_started(socket_path, req))
 
     def __aiter__(self) -> PtySession:

@@ -66,14 +66,21 @@ class HostSandbox(SandboxSpec):
     # Commands under way (unary exec, exec streams): the sandbox is in use, whatever the time
     # since they started — the TTL reaper leaves it alone.
     busy: int = field(default=0, repr=False)
+    # The runtime it runs on ("" in records older than the choice: the agent's default), how a
+    # paused one is paused ("memory": frozen; "disk": checkpointed, gVisor) and, for gVisor, the
+    # secret its guest's TCP listener asks for (guest_agent/tcp.py).
+    runtime: str = ""
+    paused_state: str = ""
+    guest_secret: str = field(default="", repr=False)
 
     RECORD_FIELDS = (
         "id", "status", "team_id", "template_id", "template", "vcpus", "memory_mb", "disk_size_mb",
         "timeout_sec", "internet", "env", "slot", "host_ip", "created_at", "last_active_at",
         "lower_layers", "snapshot_layers", "base_config", "pid", "chain", "template_config",
+        "runtime", "paused_state", "guest_secret",
     )  # fmt: skip
     # Fields that records written before them lack: such a record loads with their defaults.
-    OPTIONAL_FIELDS = frozenset({"chain", "template_config"})
+    OPTIONAL_FIELDS = frozenset({"chain", "template_config", "runtime", "paused_state", "guest_secret"})
 
     def record(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every field, the lock (and the futures of any

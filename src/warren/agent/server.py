@@ -62,6 +62,8 @@ def _info(sb: HostSandbox) -> pb.SandboxInfo:
         template_id=sb.template_id,
         disk_size_mb=sb.disk_size_mb,
         internet=sb.internet,
+        runtime=sb.runtime,
+        paused_state=sb.paused_state if sb.status == "paused" else "",
     )
 
 
@@ -142,6 +144,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             chain=chain,
             config=config,
             egress=_egress(request.egress),
+            runtime=request.runtime,
         )
         return pb.CreateSandboxResponse(
             sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip, disk_size_mb=sb.disk_size_mb
@@ -173,7 +176,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     @mapped_errors
     async def PauseSandbox(self, request: pb.PauseSandboxRequest, context: Any) -> pb.PauseSandboxResponse:
         await self.m.pause(request.sandbox_id)
-        return pb.PauseSandboxResponse()
+        return pb.PauseSandboxResponse(paused_state=self.m.sandbox(request.sandbox_id).paused_state)
 
     @mapped_errors
     async def ResumeSandbox(self, request: pb.ResumeSandboxRequest, context: Any) -> pb.ResumeSandboxResponse:

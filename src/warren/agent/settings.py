@@ -53,6 +53,10 @@ class AgentSettings(BaseSettings):
     # How long a dial ticket (and the socket it holds, counted against the sandbox) waits to be redeemed.
     dial_ticket_ttl_s: float = Field(default=10.0, gt=0, le=60)
 
+    # gVisor's platform (runtime/gvisor.py): "ptrace", "kvm", or "auto" (kvm when /dev/kvm runs
+    # a sandbox, else ptrace); "off": no gVisor runtime even where runsc is installed.
+    gvisor_platform: Literal["auto", "ptrace", "kvm", "off"] = "auto"
+
     # Shared names, without the agent prefix.
     minimal_dir: Path | None = Field(default=None, validation_alias="WARREN_MINIMAL_DIR")
     debian_mirror: str = Field(default=DEFAULT_MIRROR, validation_alias="WARREN_DEBIAN_MIRROR")

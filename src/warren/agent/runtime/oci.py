@@ -96,57 +96,20 @@ class OciRuntime:
         await self._remove_cgroups(sandbox_id)
 
     async def _remove_cgroups(self, sandbox_id: str) -> None:
-        for ctrl in _HIERARCHIES:
-            d = cgroup_dir(ctrl, sandbox_id)
-            if not d.exists():
-                continue
-            for _ in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    # Processes still exiting: kill whatever is left and retry briefly.
-                    try:
-                        for pid in (d / "cgroup.procs").read_text().split():
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(int(pid), 9)
-                    except OSError:
-                        pass
-                    await asyncio.sleep(0.02)
-            else:
-                raise RuntimeError_(f"cannot remove cgroup {d}")
+        await remove_cgroups(sandbox_id)
 
     async def pause(self, sandbox_id: str) -> None:
-        state = cgroup_dir("freezer", sandbox_id) / "freezer.state"
-        try:
-            write_file(str(state), "FROZEN")
-            # v1 freezing is asynchronous (FREEZING → FROZEN), usually within a millisecond:
-            # poll finely rather than sleeping a fixed 5 ms like the runtimes do.
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                if state.read_text().strip() == "FROZEN":
-                    return
-                await asyncio.sleep(0.0005)
-        except OSError as e:
-            raise RuntimeError_(f"freeze {sandbox_id}: {e}") from e
-        write_file(str(state), "THAWED")
-        raise RuntimeError_(f"freeze {sandbox_id}: processes did not freeze within 2 s")
+        await freeze(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> None:
-        state = cgroup_dir("freezer", sandbox_id) / "freezer.state"
-        try:
-            write_file(str(state), "THAWED")
-        except OSError as e:
-            raise RuntimeError_(f"thaw {sandbox_id}: {e}") from e
+        await thaw(sandbox_id)
 
     async def state(self, sandbox_id: str) -> ContainerState | None:
         try:
             res = await run(*self._argv("state", sandbox_id))
         except CommandError:
             return None
-        return self._parse_state(json.loads(res.stdout))
+        return parse_state(json.loads(res.stdout))
 
     async def list(self) -> list[ContainerState]:
         res = await run(*self._argv("list", "--format", "json"), check=False)
@@ -157,19 +120,7 @@ class OciRuntime:
                 for d in sorted(self.state_root.iterdir())
                 if d.is_dir() and (st := await self.state(d.name)) is not None
             ]
-        return [self._parse_state(item) for item in json.loads(res.stdout)]
-
-    @staticmethod
-    def _parse_state(d: dict[str, object]) -> ContainerState:
-        raw = str(d.get("status", "stopped"))
-        try:
-            status = ContainerStatus(raw)
-        except ValueError:
-            status = ContainerStatus.STOPPED
-        pid = d.get("pid") or 0
-        return ContainerState(
-            id=str(d["id"]), status=status, pid=int(pid) if isinstance(pid, int | str) else 0
-        )
+        return [parse_state(item) for item in json.loads(res.stdout)]
 
     def frozen(self, sandbox_id: str) -> bool | None:
         try:
@@ -178,16 +129,83 @@ class OciRuntime:
             return None
 
     def stats(self, sandbox_id: str) -> ContainerStats | None:
-        try:
-            cpu = _read_int(cgroup_dir("cpuacct", sandbox_id) / "cpuacct.usage")
-            mem_dir = cgroup_dir("memory", sandbox_id)
-            usage = _read_int(mem_dir / "memory.usage_in_bytes")
-            inactive = 0
-            with open(mem_dir / "memory.stat") as f:
-                for line in f:
-                    if line.startswith("total_inactive_file "):
-                        inactive = int(line.split()[1])
-                        break
-        except (OSError, ValueError):
-            return None
-        return ContainerStats(cpu_ns=cpu, mem_bytes=max(0, usage - inactive))
+        return cgroup_stats(sandbox_id)
+
+
+# Shared with the gVisor runtime (gvisor.py): runsc places its sandbox in the same cgroups.
+
+
+async def remove_cgroups(sandbox_id: str) -> None:
+    """Remove the sandbox's cgroup from every hierarchy, killing what is left in it."""
+    for ctrl in _HIERARCHIES:
+        d = cgroup_dir(ctrl, sandbox_id)
+        if not d.exists():
+            continue
+        for _ in range(50):
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                # Processes still exiting: kill whatever is left and retry briefly.
+                try:
+                    for pid in (d / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), 9)
+                except OSError:
+                    pass
+                await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError_(f"cannot remove cgroup {d}")
+
+
+async def freeze(sandbox_id: str) -> None:
+    state = cgroup_dir("freezer", sandbox_id) / "freezer.state"
+    try:
+        write_file(str(state), "FROZEN")
+        # v1 freezing is asynchronous (FREEZING → FROZEN), usually within a millisecond:
+        # poll finely rather than sleeping a fixed 5 ms like the runtimes do.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if state.read_text().strip() == "FROZEN":
+                return
+            await asyncio.sleep(0.0005)
+    except OSError as e:
+        raise RuntimeError_(f"freeze {sandbox_id}: {e}") from e
+    write_file(str(state), "THAWED")
+    raise RuntimeError_(f"freeze {sandbox_id}: processes did not freeze within 2 s")
+
+
+async def thaw(sandbox_id: str) -> None:
+    state = cgroup_dir("freezer", sandbox_id) / "freezer.state"
+    try:
+        write_file(str(state), "THAWED")
+    except OSError as e:
+        raise RuntimeError_(f"thaw {sandbox_id}: {e}") from e
+
+
+def parse_state(d: dict[str, object]) -> ContainerState:
+    raw = str(d.get("status", "stopped"))
+    try:
+        status = ContainerStatus(raw)
+    except ValueError:
+        status = ContainerStatus.STOPPED
+    pid = d.get("pid") or 0
+    return ContainerState(id=str(d["id"]), status=status, pid=int(pid) if isinstance(pid, int | str) else 0)
+
+
+def cgroup_stats(sandbox_id: str) -> ContainerStats | None:
+    try:
+        cpu = _read_int(cgroup_dir("cpuacct", sandbox_id) / "cpuacct.usage")
+        mem_dir = cgroup_dir("memory", sandbox_id)
+        usage = _read_int(mem_dir / "memory.usage_in_bytes")
+        inactive = 0
+        with open(mem_dir / "memory.stat") as f:
+            for line in f:
+                if line.startswith("total_inactive_file "):
+                    inactive = int(line.split()[1])
+                    break
+    except (OSError, ValueError):
+        return None
+    return ContainerStats(cpu_ns=cpu, mem_bytes=max(0, usage - inactive))

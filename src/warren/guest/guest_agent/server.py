@@ -289,9 +289,15 @@ def _ensure_stdio() -> None:
 def main(argv: "list[str]") -> int:
     socket_path = "/run/warren/guest.sock"
     term_grace = 3.0
+    tcp_port = 0
+    secret_file = ""
     it = iter(argv)
     for a in it:
-        if a == "--socket":
+        if a == "--tcp":  # gVisor: also listen on TCP, secret first (tcp.py)
+            tcp_port = int(next(it, "0"))
+        elif a == "--secret-file":
+            secret_file = next(it, "")
+        elif a == "--socket":
             socket_path = next(it, socket_path)
         elif a.startswith("--socket="):
             socket_path = a.split("=", 1)[1]
@@ -305,5 +311,9 @@ def main(argv: "list[str]") -> int:
             return 2
     _ensure_stdio()
     guest = Guest(socket_path, term_grace)
+    if tcp_port:
+        from . import tcp
+
+        tcp.listen(guest, tcp_port, secret_file)
     guest.serve()
     return 0

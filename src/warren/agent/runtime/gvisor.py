@@ -1,0 +1,298 @@
+"""gVisor sandboxes: the same OCI bundle run by ``runsc`` (a user-space kernel) instead of runc.
+
+What differs from runc (docs/agent.md, "gVisor"; docs/security.md, "Tiers"):
+
+* **Network.** runsc's own network stack (netstack) takes over the sandbox's netns: it copies
+  ``eth0``'s address and routes and removes them from the host side, so the veth, the egress
+  rules and NAT are those of a runc sandbox. This runsc version (20221219) refuses to start
+  when ``/proc/sys/net/core/rmem_default`` exists in the sandbox's netns (its test for "the
+  host's netns"), which on Linux ≥ 6.x it does in every netns. Each runsc call therefore runs
+  in a throwaway private mount namespace where ``/proc/sys/net`` is covered by an empty tmpfs,
+  plus a second, pristine procfs mount elsewhere: the gofer mounts a fresh proc inside its
+  user namespace, which the kernel allows only while some proc mount is fully visible.
+* **Guest transport.** A unix socket bound inside the sandbox is in gVisor's kernel, not on the
+  host, and a host-backed one (``--host-uds``) makes the sandbox impossible to checkpoint. The
+  guest therefore also listens on TCP :data:`GUEST_PORT` behind a per-sandbox secret
+  (guest_agent/tcp.py), reached over the veth.
+* **Pause to disk.** :meth:`GvisorRuntime.checkpoint` writes the sandbox's kernel and memory to
+  ``<sandbox>/checkpoint/`` and ends its processes; :meth:`GvisorRuntime.restore` brings it
+  back. A checkpointed sandbox has no runsc container and no cgroup; :meth:`state` reports it
+  ``paused`` with pid 0 while its image is complete.
+* Limits: runsc places the sandbox in the bundle's cgroups (``/warren/<id>``), so memory, CPU
+  and pids limits, the freezer ("memory" pause) and the metrics are those of a runc sandbox.
+"""
+
+# ruff: noqa: ASYNC240 - small local files (markers, a pid file), as in oci.py
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from warren.agent.proc import CommandError, run
+from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
+from warren.agent.runtime.oci import cgroup_dir, cgroup_stats, parse_state, remove_cgroups, thaw
+
+log = logging.getLogger("warren.agent")
+
+NAME = "gvisor"
+RUNSC = "runsc"
+GUEST_PORT = 49982  # the guest's TCP listener inside every gVisor sandbox
+CHECKPOINT_DIR = "checkpoint"  # <sandbox dir>/checkpoint/: the image of a sandbox paused to disk
+IMAGE_FILE = "checkpoint.img"
+COMPLETE = "complete"  # written once an image is whole (runsc leaves a stub when a save fails)
+# Where the platform chosen at the first agent start of this boot is kept (see choose_platform).
+PLATFORM_CACHE = Path("/run/warren/gvisor-platform")
+KVM_PROBE_TIMEOUT = 5.0
+# The mount namespace trick of the module docstring, as a shell prefix to `exec runsc …`.
+_PROC_DIR = "/run/warren/gvisor-proc"
+_NETNS_FIX = (
+    f"mkdir -p {_PROC_DIR} && mount -t proc proc {_PROC_DIR} && "
+    'mount -t tmpfs -o size=4k,mode=555 none /proc/sys/net && exec "$@"'
+)
+
+
+def available() -> bool:
+    """Whether ``runsc`` is installed (whether it works is what the first create finds out)."""
+    return shutil.which(RUNSC) is not None
+
+
+def _wrap(argv: list[str]) -> list[str]:
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _NETNS_FIX, "sh", *argv]
+
+
+async def _probe_kvm(scratch: Path) -> bool:
+    """``runsc --platform=kvm do true``: on a host whose /dev/kvm is there but cannot run a
+    guest (nested KVM), runsc hangs, so the probe is bounded and killed."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        *_wrap([RUNSC, "--root", str(scratch), "--platform=kvm", "--network=none", "do", "/bin/true"]),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(KVM_PROBE_TIMEOUT):
+            return await proc.wait() == 0
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return False
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def choose_platform(setting: str, scratch: Path) -> str:
+    """``ptrace`` or ``kvm``: the setting when it names one, else (``auto``) kvm when
+    ``/dev/kvm`` opens and runs a sandbox, ptrace otherwise. The probe's answer is kept for the
+    boot (``/run`` is a tmpfs), so only the first agent start pays for it."""
+    if setting in ("ptrace", "kvm"):
+        return setting
+    with contextlib.suppress(OSError, ValueError):
+        cached = PLATFORM_CACHE.read_text().strip()
+        if cached in ("ptrace", "kvm"):
+            return cached
+    platform = "ptrace"
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        pass
+    else:
+        os.close(fd)
+        if await _probe_kvm(scratch):
+            platform = "kvm"
+    with contextlib.suppress(OSError):
+        PLATFORM_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        PLATFORM_CACHE.write_text(platform)
+    return platform
+
+
+def _slot_of_netns(netns_path: str) -> int | None:
+    name = os.path.basename(netns_path)
+    prefix = "warren-s"
+    return int(name[len(prefix) :]) if name.startswith(prefix) and name[len(prefix) :].isdigit() else None
+
+
+class GvisorRuntime:
+    """``runsc`` with its state under ``state_root``; sandboxes' bundles in ``sandboxes_dir``."""
+
+    name = NAME
+
+    def __init__(self, state_root: Path, sandboxes_dir: Path, platform: str = "ptrace") -> None:
+        self.state_root = state_root
+        self.sandboxes_dir = sandboxes_dir
+        self.platform = platform
+        state_root.mkdir(parents=True, exist_ok=True)
+
+    def _argv(self, *args: str, log_file: Path | None = None) -> list[str]:
+        base = [RUNSC, "--root", str(self.state_root), f"--platform={self.platform}"]
+        if log_file is not None:
+            base += ["--log", str(log_file)]
+        return _wrap([*base, *args])
+
+    def image_dir(self, sandbox_id: str) -> Path:
+        return self.sandboxes_dir / sandbox_id / CHECKPOINT_DIR
+
+    async def _start(self, sandbox_id: str, bundle: Path, *extra: str) -> int:
+        """``runsc run`` (or ``restore`` with ``extra``) detached; the sandbox process's pid."""
+        pid_file = bundle / "init.pid"
+        log_file = bundle / "runtime.log"
+        pid_file.unlink(missing_ok=True)
+        verb = ["restore", *extra] if extra else ["run"]
+        argv = self._argv(*verb, "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
+                          sandbox_id, log_file=log_file)  # fmt: skip
+        # stdio to /dev/null: the sandbox process inherits it, and a pipe would keep us waiting
+        # for an EOF that comes when the sandbox ends. Errors are in --log.
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        if await proc.wait() != 0:
+            detail = _log_errors(log_file) or "(no log)"
+            with contextlib.suppress(Exception):
+                await self._delete(sandbox_id)
+            raise RuntimeError_(f"runsc {verb[0]} failed (exit {proc.returncode}): {detail}")
+        return int(pid_file.read_text().strip())
+
+    async def create(self, sandbox_id: str, bundle: Path) -> int:
+        return await self._start(sandbox_id, bundle)
+
+    async def _delete(self, sandbox_id: str) -> None:
+        res = await run(*self._argv("delete", "--force", sandbox_id), check=False)
+        gone = "does not exist" in res.stderr or "not exist" in res.stderr
+        if res.returncode != 0 and not gone and await self._runsc_state(sandbox_id) is not None:
+            raise RuntimeError_(f"runsc delete {sandbox_id}: {res.stderr.strip()[-500:]}")
+        await remove_cgroups(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        # A frozen sandbox cannot die: thaw first (a no-op when not frozen).
+        if (cgroup_dir("freezer", sandbox_id) / "freezer.state").exists():
+            with contextlib.suppress(RuntimeError_):
+                await thaw(sandbox_id)
+        await self._delete(sandbox_id)
+        shutil.rmtree(self.image_dir(sandbox_id), ignore_errors=True)
+
+    async def pause(self, sandbox_id: str) -> None:
+        """``runsc pause``: gVisor's kernel stops every task (memory stays resident): the
+        "memory" pause. Not the cgroup freezer: on the ptrace platform the sentry's traced
+        stub processes never reach FROZEN."""
+        res = await run(*self._argv("pause", sandbox_id), check=False)
+        if res.returncode != 0:
+            raise RuntimeError_(f"runsc pause {sandbox_id}: {_first_line(res.stderr)}")
+
+    async def resume(self, sandbox_id: str) -> None:
+        res = await run(*self._argv("resume", sandbox_id), check=False)
+        if res.returncode != 0:
+            raise RuntimeError_(f"runsc resume {sandbox_id}: {_first_line(res.stderr)}")
+
+    async def _runsc_state(self, sandbox_id: str) -> ContainerState | None:
+        try:
+            res = await run(*self._argv("state", sandbox_id))
+        except CommandError:
+            return None
+        return parse_state(json.loads(res.stdout))
+
+    def checkpointed(self, sandbox_id: str) -> bool:
+        return (self.image_dir(sandbox_id) / COMPLETE).exists()
+
+    async def state(self, sandbox_id: str) -> ContainerState | None:
+        st = await self._runsc_state(sandbox_id)
+        if (st is None or st.status == ContainerStatus.STOPPED) and self.checkpointed(sandbox_id):
+            return ContainerState(id=sandbox_id, status=ContainerStatus.PAUSED, pid=0)
+        return st
+
+    async def list(self) -> list[ContainerState]:
+        res = await run(*self._argv("list", "--format", "json"), check=False)
+        found: dict[str, ContainerState] = {}
+        if res.returncode == 0 and res.stdout.strip() not in ("", "null"):
+            found = {st.id: st for st in map(parse_state, json.loads(res.stdout))}
+        if self.sandboxes_dir.is_dir():
+            for d in self.sandboxes_dir.iterdir():
+                if d.name not in found and self.checkpointed(d.name):
+                    found[d.name] = ContainerState(id=d.name, status=ContainerStatus.PAUSED, pid=0)
+        return list(found.values())
+
+    def stats(self, sandbox_id: str) -> ContainerStats | None:
+        return cgroup_stats(sandbox_id)
+
+    # ------------------------------------------------------------------ checkpoint / restore
+
+    async def checkpoint(self, sandbox_id: str) -> int:
+        """Save the sandbox to its image dir and end it (container and cgroups gone); the image's
+        size in bytes. On failure this runsc version has ended the sandbox all the same (its
+        sentry exits whether the save worked or not): the caller must treat it as lost."""
+        image = self.image_dir(sandbox_id)
+        shutil.rmtree(image, ignore_errors=True)
+        image.mkdir(mode=0o700)
+        res = await run(*self._argv("checkpoint", "--image-path", str(image), sandbox_id), check=False)
+        if res.returncode != 0:
+            shutil.rmtree(image, ignore_errors=True)
+            raise RuntimeError_(f"runsc checkpoint failed: {_first_line(res.stderr)}")
+        (image / COMPLETE).write_text("")
+        await self._delete(sandbox_id)
+        return image_size(image)
+
+    async def restore(self, sandbox_id: str, bundle: Path, image: Path | None = None) -> int:
+        """Start the sandbox from ``image`` (default: its own checkpoint); its pid. The netns gets
+        back the address runsc took from it at the first start. Its own image is removed once
+        restored; another's (a snapshot's) is only read."""
+        own = image is None
+        image = image or self.image_dir(sandbox_id)
+        if not (image / COMPLETE).exists():
+            raise RuntimeError_(f"no complete checkpoint image for {sandbox_id}")
+        await self._readdress(bundle)
+        pid = await self._start(sandbox_id, bundle, "--image-path", str(image))
+        if own:
+            shutil.rmtree(image, ignore_errors=True)
+        return pid
+
+    @staticmethod
+    async def _readdress(bundle: Path) -> None:
+        """runsc moved eth0's address into its own stack; a restore copies it from the netns
+        again, so put it back (idempotent)."""
+        from warren.agent.network import Slot
+
+        spec = json.loads((bundle / "config.json").read_text())
+        paths = [str(n.get("path", "")) for n in spec["linux"]["namespaces"] if n.get("type") == "network"]
+        index = _slot_of_netns(paths[0]) if paths else None
+        if index is None:
+            return
+        slot = Slot(index)
+        cmds = (
+            f"addr replace {slot.sandbox_ip}/30 dev eth0\nlink set eth0 up\n"
+            f"route replace default via {slot.gateway}\n"
+        )
+        await run("ip", "-n", slot.netns, "-batch", "-", input=cmds.encode())
+
+
+def image_size(image: Path) -> int:
+    return sum(p.stat().st_size for p in image.iterdir() if p.is_file())
+
+
+def _first_line(stderr: str) -> str:
+    """runsc prints the object it could not save (a whole Go struct) and a stack after the
+    reason: keep ``<object type>: <reason>``."""
+    text = stderr.strip().split("\ngoroutine", 1)[0]
+    if "encoding error at object " in text and "}: " in text:
+        head = text.split("encoding error at object ", 1)[1]
+        return f"cannot save {head.split('{', 1)[0]}: {text.rsplit('}: ', 1)[1][:300]}".strip(" :")
+    return text.split("\n")[0][:500]
+
+
+def _log_errors(log_file: Path) -> str:
+    """The distinct error messages of runsc's log (JSON lines: the gofer's and the sandbox's
+    reasons are there, the command's own stderr only says the sandbox did not start)."""
+    msgs: list[str] = []
+    with contextlib.suppress(OSError):
+        for chunk in log_file.read_text()[-20000:].replace("}{", "}\n{").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                msg = json.loads(chunk).get("msg", "")
+                if msg and msg not in msgs:
+                    msgs.append(msg.strip()[:300])
+    return " | ".join(msgs[-4:])
