@@ -97,7 +97,7 @@ class Cut:
                     return False
             return True
 
-        await wait_for(ok, 20, "fresh heartbeats")
+        await wait_for(ok, 60, "fresh heartbeats")
 
 
 def iptables(op: str) -> None:

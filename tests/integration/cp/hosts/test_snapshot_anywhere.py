@@ -186,7 +186,7 @@ async def test_a_snapshot_taken_on_a_starts_on_b_while_a_is_stopped(
             )
             return bool(rows[0][0] == len(others))
 
-        await wait_for(others_beat, 20, "fresh heartbeats of B and C")
+        await wait_for(others_beat, 60, "fresh heartbeats of B and C")
         result = await monitor.run_once()
         assert a.host_id in result.marked_down
 
