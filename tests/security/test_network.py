@@ -152,7 +152,7 @@ def lab(platform: Platform) -> Iterator[None]:
     sh(f"ip rule add from 10.11.0.0/16 to {METADATA}/32 lookup {META_TABLE} pref {META_PREF}")
     server = subprocess.Popen(["ip", "netns", "exec", LAB_NS, "python3", "-c", LAB_SERVER])
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:  # the host (not a sandbox) reaches the lab: the lab works
             with contextlib.suppress(OSError), socket.create_connection((PRIVATE, 80), timeout=1) as s:
                 if s.recv(64).startswith(b"HELLO"):

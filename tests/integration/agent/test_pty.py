@@ -74,7 +74,7 @@ class Term:
 
 def _until_sleeping(agent: AgentProcess, sid: str) -> None:
     """Until the shell's `sleep` runs (so the SIGINT reaches it, not the prompt)."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while agent.exec(sid, "sh", "-c", "grep -qx sleep /proc/[0-9]*/comm").exit_code != 0:
         assert time.monotonic() < deadline, "sleep never started"
 

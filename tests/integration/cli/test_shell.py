@@ -69,7 +69,7 @@ class LocalTerminal:
     def type(self, data: bytes) -> None:
         os.write(self.fd, data)
 
-    def expect(self, needle: bytes, timeout: float = 30.0, *, since: int = 0) -> None:
+    def expect(self, needle: bytes, timeout: float = 60.0, *, since: int = 0) -> None:
         """Wait until ``needle`` has been output (at or after offset ``since``)."""
         deadline = time.monotonic() + timeout
         while needle not in self.buf[since:]:
@@ -81,7 +81,7 @@ class LocalTerminal:
                 except OSError:  # EIO: the child has gone
                     assert needle in self.buf, bytes(self.buf[-3000:])
 
-    def exit_code(self, timeout: float = 30.0) -> int:
+    def exit_code(self, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if select.select([self.fd], [], [], 0.1)[0]:
@@ -119,7 +119,7 @@ def test_shell_in_a_local_terminal(cli_env: dict[str, str], sbx: Sandbox, sid: s
         t.expect(b"33 100", timeout=0)
         # Ctrl-C reaches the remote foreground job, not the local CLI.
         t.type(b"sleep 100\r")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while sbx.commands.run("grep -qx sleep /proc/[0-9]*/comm").exit_code != 0:
             assert time.monotonic() < deadline, "sleep never started"
         t.type(b"\x03")

@@ -39,14 +39,14 @@ class Screen:
             self.buf += data
             self.cond.notify_all()
 
-    def wait_for(self, needle: bytes, timeout: float = 20.0) -> None:
+    def wait_for(self, needle: bytes, timeout: float = 60.0) -> None:
         with self.cond:
             assert self.cond.wait_for(lambda: needle in self.buf, timeout), bytes(self.buf[-2000:])
 
 
 def _until_sleeping(sbx: Sandbox) -> None:
     """Until the shell's `sleep` runs (so Ctrl-C reaches it, not the prompt)."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while sbx.commands.run("grep -qx sleep /proc/[0-9]*/comm").exit_code != 0:
         assert time.monotonic() < deadline, "sleep never started"
 
@@ -106,9 +106,9 @@ async def test_async_terminal(platform: Platform, sbx: Sandbox) -> None:
     try:
         t = await a.pty.create(on_data=on_data, cmd="/bin/sh")
         await t.send_input("echo async-$((7-7))k\n".replace("$((7-7))k", "ok"))
-        await asyncio.wait_for(got.wait(), 20)
+        await asyncio.wait_for(got.wait(), 60)
         await t.send_input("exit 2\n")
-        assert await t.wait(timeout=20) == 2
+        assert await t.wait(timeout=60) == 2
     finally:
         await a.close()
 
@@ -120,7 +120,7 @@ def _ws(platform: Platform, sid: str, headers: dict[str, str] | None = None) -> 
 
 def _error(conn: ws_client.ClientConnection) -> dict[str, object]:
     while True:
-        msg = conn.recv(timeout=20)
+        msg = conn.recv(timeout=60)
         if isinstance(msg, str):
             frame = json.loads(msg)
             if frame["type"] == "error":
@@ -154,16 +154,16 @@ def test_hostile_clients_get_clear_errors(platform: Platform, sbx: Sandbox) -> N
     for bad, code in mid:
         with _ws(platform, sbx.id) as c:
             c.send(json.dumps({"type": "start", "cols": 80, "rows": 24, "cmd": "/bin/cat"}))
-            pid = json.loads(c.recv(timeout=20))["pid"]
+            pid = json.loads(c.recv(timeout=60))["pid"]
             c.send(bad)
             assert _error(c)["code"] == code
         with _ws(platform, sbx.id) as c:
             c.send(json.dumps({"type": "connect", "pid": pid}))
-            assert json.loads(c.recv(timeout=20)) == {"type": "started", "pid": pid}
+            assert json.loads(c.recv(timeout=60)) == {"type": "started", "pid": pid}
             c.send(json.dumps({"type": "signal", "signal": 9}))
             frame: str | bytes = b""
             while not isinstance(frame, str) or json.loads(frame)["type"] != "exit":
-                frame = c.recv(timeout=20)
+                frame = c.recv(timeout=60)
             assert json.loads(frame)["exit_code"] == -9
 
 
