@@ -58,7 +58,7 @@ async def agent(live: LiveCP) -> AsyncIterator[AgentProcess]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 30) -> None:
+async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 90) -> None:
     """Open the detail page until its charts have data (the agent samples every 500 ms)."""
     for _ in range(tries):
         await page.goto(f"/dashboard/sandboxes/{sid}?range={range_}")

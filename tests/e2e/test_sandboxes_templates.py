@@ -129,13 +129,13 @@ async def test_an_older_refresh_answer_never_overwrites_a_newer_one(web: Web, li
 
     await page.route("**/dashboard/sandboxes/rows", hold_first)
     await page.evaluate("() => { window.warrenRefresh(); }")  # e.g. the auto-refresh timer
-    await asyncio.wait_for(stale_read.wait(), 20)
+    await asyncio.wait_for(stale_read.wait(), 60)
     await live.sql("UPDATE sandboxes SET status = 'stopped' WHERE id = :id",
                    id=ids.parse_id(ids.Kind.SANDBOX, doomed))  # fmt: skip
     await page.evaluate("() => window.warrenRefresh()")  # the destroy action's refresh
     await expect(rows.filter(has_text=doomed)).to_have_count(0)
     release.set()
-    await asyncio.wait_for(delivered.wait(), 20)
+    await asyncio.wait_for(delivered.wait(), 60)
     await page.wait_for_timeout(300)  # let the late answer run through the page's handlers
     await expect(rows.filter(has_text=doomed)).to_have_count(0)
     await expect(page.get_by_role("heading", name="No sandboxes yet")).to_be_visible()
