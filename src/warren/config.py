@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     overcommit_cpu: float = Field(default=4.0, gt=0)
     overcommit_memory: float = Field(default=1.0, gt=0)
     overcommit_disk: float = Field(default=1.0, gt=0)
+    # A host whose data directory has less free space than this (as its last heartbeat said) gets
+    # no new sandboxes (docs/operations.md, "Disk"); 0 turns the check off.
+    host_min_free_disk_mb: int = Field(default=1024, ge=0)
 
     # Background workers.
     monitor_interval_s: float = 30.0

@@ -7,8 +7,9 @@ test) and three real agents on 127.0.0.71-73; agent C's data dir is a small tmpf
   monitor pass settles what the killed create left;
 * ``kill -9`` of an agent in the middle of an upload: the uploader gets a definite error, every
   acknowledged file stays;
-* the agent's data disk full: creates there fail cleanly (nothing left behind), its running
-  sandboxes keep working, the others take the load.
+* the agent's data disk full: its running sandboxes keep working, and from its next heartbeat
+  (which reports the disk's free space) the scheduler sends it no creates: the others take the
+  load, and every create succeeds; once space is freed, the next heartbeat brings it back.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.faults import invariants as inv
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import InProcessCP
 from tests.harness.multihost import fleet, wait_for
-from warren import ids
+from warren import clock, ids
 from warren.cp.hosts.monitor import HostMonitor
 from warren.rpc import hostagent_pb2 as pb
 
@@ -39,6 +40,8 @@ pytestmark = [
 
 IPS = ("127.0.0.71", "127.0.0.72", "127.0.0.73")
 DISK_MB = 32
+# The control plane's WARREN_HOST_MIN_FREE_DISK_MB here: below C's empty tmpfs, above a full one.
+MIN_FREE_MB = 8
 
 
 @dataclass
@@ -72,6 +75,18 @@ class Faults:
         client = self.cp.pool.get_for(agent.host_uuid, agent.address)
         resp = await client.stub.ListSandboxes(pb.ListSandboxesRequest(), timeout=5)
         return list(resp.creating_sandbox_ids)
+
+
+@pytest.fixture(scope="module")
+async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
+    """The suite's control plane, with a free-disk threshold C's small data disk meets."""
+    home = tmp_path_factory.mktemp("cp-home")
+    server = await InProcessCP(db_url, home, host_min_free_disk_mb=MIN_FREE_MB).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        clock.reset()
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +187,22 @@ async def test_agent_killed_mid_upload(clean: Faults) -> None:
     await f.check(load)
 
 
+async def _disk_reported(f: Faults, agent: AgentProcess, *, low: bool) -> None:
+    """Until the host's row holds a heartbeat's report of a disk below (``low``) or at least
+    the threshold."""
+
+    async def reported() -> bool:
+        rows = await f.cp.sql("SELECT disk_free_bytes FROM hosts WHERE id = :h", h=agent.host_uuid)
+        free = rows[0][0]
+        return free is not None and (free < MIN_FREE_MB << 20) == low
+
+    await wait_for(reported, 60, f"{agent.ip}'s heartbeat reporting its disk {'full' if low else 'freed'}")
+
+
 async def test_data_disk_full(clean: Faults) -> None:
     f = clean
     c = f.agents[2]
+    await _disk_reported(f, c, low=False)
     load = f.load()
     kept = await load.run(workers=3, rounds=1)
     fill = f.disk / "fill"
@@ -183,18 +211,25 @@ async def test_data_disk_full(clean: Faults) -> None:
             out.write(b"\0" * (1 << 20))
             out.flush()
     try:
+        await _disk_reported(f, c, low=True)
         for sb in kept:
             await load.exec(sb)
             await load.write(sb)
+        made = len(load.created)
         await load.run(workers=3, rounds=2)
-        failed_on_c = [
-            a for a in load.answers if a.op == "create" and a.status is not None and a.status >= 400
-        ]
-        for a in failed_on_c:
-            assert a.status in (502, 503, 507), a
+        # C is no longer chosen: every create succeeded, on A or B.
+        assert not [a for a in load.answers if a.op == "create" and a.status != 201], load.answers
+        assert [sb for sb in load.created[made:] if await f.host_of(sb) is c] == []
         # C's existing sandboxes still answer (their disks are their own).
         assert load.successes("exec") >= len(kept)
         await f.check(load)
         assert not (await inv.listed(f.cp.pool, c)).keys() - {sb for sb in kept}
     finally:
         fill.unlink(missing_ok=True)
+    # Space freed: C's next heartbeat makes it eligible again (round robin: within 3 creates).
+    await _disk_reported(f, c, low=False)
+    made = len(load.created)
+    for _ in range(3):
+        assert await load.create() is not None, load.answers[-1]
+    assert [sb for sb in load.created[made:] if await f.host_of(sb) is c], "C never chosen again"
+    await f.check(load)

@@ -25,6 +25,15 @@ layer, in case a link ever comes up with IPv6 on.
 
 REJECT (ICMP admin-prohibited) rather than DROP, so a client in the sandbox fails at once
 instead of hanging until its timeout.
+
+Egress accounting (``iptables -t security``): ``WARREN-ACCT``, appended to the security table's
+FORWARD for ``-i wv+``, holds one ``-i wv<n> -j RETURN`` per slot, whose byte counter is what the
+sandbox has sent out through the host. The security table's FORWARD runs after the filter
+table's, so it counts only what the policy above let through (the internet, ranges opened for
+the team, the host's resolvers), never what was rejected; traffic to the host itself (INPUT)
+and to other sandboxes (dropped) is not egress. The counter lives in the host's netns, out of
+the tenant's reach, and survives agent restarts (the chain is never flushed at start); a slot's
+rule is made with the slot and removed with it (network.py), its last value read first.
 """
 
 # ruff: noqa: ASYNC230, ASYNC240
@@ -56,6 +65,8 @@ ALLOW_CHAIN = "WARREN-ALLOW"
 USER_CHAIN = "WARREN-USER"  # per-sandbox rules (egress_rules.py); never flushed here
 DNS_CHAIN = "WARREN-DNS"  # from WARREN-IN: DNS to a sandbox's own resolver (egress_rules.py)
 IN_CHAIN = "WARREN-IN"
+ACCT_CHAIN = "WARREN-ACCT"  # security table: one counting rule per slot
+_ACCT = ("iptables", "-w", "-t", "security")
 # Same names as the IPv4 chains, in ip6tables' own tables.
 IN6_CHAIN = "WARREN-IN"
 FWD6_CHAIN = "WARREN-FWD"
@@ -243,11 +254,61 @@ async def setup(
         ])  # fmt: skip
         await _ensure_jump("ip6tables", "INPUT", chain=IN6_CHAIN)
         await _ensure_jump("ip6tables", "FORWARD", chain=FWD6_CHAIN)
+    counted = await setup_accounting()
     log.info(
-        "event=egress_rules deny=%s platform=%s dns_allowed=%s ipv6=%s",
+        "event=egress_rules deny=%s platform=%s dns_allowed=%s ipv6=%s egress_counted=%s",
         ",".join(c for c, _ in DENIED_V4), ",".join(map(str, platform)) or "-",
-        ",".join(resolvers) or "-", "dropped" if ipv6 else "absent",
+        ",".join(resolvers) or "-", "dropped" if ipv6 else "absent", counted,
     )  # fmt: skip
+
+
+async def setup_accounting() -> bool:
+    """WARREN-ACCT and its jump from the security table's FORWARD (idempotent; the per-slot
+    rules and their counters stay). False when the kernel has no security table: sandboxes
+    then run uncounted, and their egress_bytes is never reported."""
+    await run(*_ACCT, "-N", ACCT_CHAIN, check=False)
+    jump = ("FORWARD", "-i", SANDBOXES, "-j", ACCT_CHAIN)
+    if (await run(*_ACCT, "-C", *jump, check=False)).returncode == 0:
+        return True
+    res = await run(*_ACCT, "-A", *jump, check=False)
+    if res.returncode != 0:
+        log.error("event=egress_accounting_off error=%s", res.stderr.strip())
+    return res.returncode == 0
+
+
+async def install_account(veth: str) -> None:
+    """The slot's counting rule (a failure is logged: the sandbox runs, uncounted)."""
+    res = await run(*_ACCT, "-A", ACCT_CHAIN, "-i", veth, "-j", "RETURN", check=False)
+    if res.returncode != 0:
+        log.warning("event=egress_account_failed veth=%s error=%s", veth, res.stderr.strip())
+
+
+async def read_accounts() -> dict[str, int] | None:
+    """Bytes counted per veth (None when the chain cannot be read)."""
+    res = await run(*_ACCT, "-S", ACCT_CHAIN, "-v", check=False)
+    if res.returncode != 0:
+        return None
+    return _accounts(res.stdout)
+
+
+def _accounts(dump: str) -> dict[str, int]:
+    """``-S -v`` lines (``-A WARREN-ACCT -i wv3 -c <packets> <bytes> -j RETURN``) → bytes by
+    veth (a veth listed twice, after a crash between add and check, is summed)."""
+    found: dict[str, int] = {}
+    for line in dump.splitlines():
+        veth, count = re.search(r" -i (\S+)", line), re.search(r" -c \d+ (\d+)", line)
+        if line.startswith(f"-A {ACCT_CHAIN} ") and veth and count:
+            found[veth.group(1)] = found.get(veth.group(1), 0) + int(count.group(1))
+    return found
+
+
+async def remove_account(veth: str) -> int | None:
+    """Remove the slot's counting rule(s); their last byte count (None: there was none)."""
+    res = await run(*_ACCT, "-S", ACCT_CHAIN, "-v", check=False)
+    lines = [x for x in res.stdout.splitlines() if re.search(rf" -i {re.escape(veth)} ", x)]
+    for _ in lines:
+        await run(*_ACCT, "-D", ACCT_CHAIN, "-i", veth, "-j", "RETURN", check=False)
+    return _accounts("\n".join(lines)).get(veth) if lines else None
 
 
 async def remove() -> None:
@@ -259,6 +320,11 @@ async def remove() -> None:
         await run("iptables", "-w", "-F", chain, check=False)
     for chain in chains:
         await run("iptables", "-w", "-X", chain, check=False)
+    jump = ("FORWARD", "-i", SANDBOXES, "-j", ACCT_CHAIN)
+    while (await run(*_ACCT, "-D", *jump, check=False)).returncode == 0:
+        pass
+    await run(*_ACCT, "-F", ACCT_CHAIN, check=False)
+    await run(*_ACCT, "-X", ACCT_CHAIN, check=False)
     for parent, chain in (("INPUT", IN6_CHAIN), ("FORWARD", FWD6_CHAIN)):
         while (await run("ip6tables", "-w", "-D", parent, "-j", chain, check=False)).returncode == 0:
             pass

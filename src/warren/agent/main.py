@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from warren.agent import dial_data, egress, telemetry
+from warren.agent.egress_usage import ENDED_FILE
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
 from warren.agent.runtime import gvisor
@@ -152,8 +153,9 @@ async def serve(
     )
     deny = await egress.platform_deny(cp_url, settings.egress_deny)
     network = NetworkSlots(
-        str(data_dir), pool_size=settings.net_pool, platform_deny=deny, dns_upstream=settings.dns_upstream
-    )
+        str(data_dir), pool_size=settings.net_pool, platform_deny=deny, dns_upstream=settings.dns_upstream,
+        ended_egress=data_dir / ENDED_FILE,
+    )  # fmt: skip
     manager = SandboxManager(
         data_dir,
         await runtimes(runtime, data_dir, settings),

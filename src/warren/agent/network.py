@@ -34,12 +34,13 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from warren.agent import egress
 from warren.agent.egress_rules import SandboxEgress
+from warren.agent.egress_usage import EndedEgress
 from warren.agent.proc import CommandError, run
 
 log = logging.getLogger("warren.agent.network")
@@ -102,8 +103,12 @@ class NetworkSlots:
         pool_size: int = 0,
         platform_deny: Sequence[ipaddress.IPv4Network] = (),
         dns_upstream: str = "",
+        ended_egress: Path | None = None,
     ) -> None:
         self.owner = owner
+        # The last egress reading of each sandbox whose slot was torn down lately (issue 18),
+        # kept in ``ended_egress`` across restarts; ListSandboxes reports them.
+        self.ended = EndedEgress(ended_egress)
         self.claims_dir = claims_dir
         # The platform's own addresses (the CP's, WARREN_AGENT_EGRESS_DENY): closed to every
         # sandbox, whatever ranges its team has opened.
@@ -321,6 +326,7 @@ class NetworkSlots:
             f"route add default via {slot.gateway}\n"
         )
         await self._slot_rules(slot, internet=internet, allow=allow)
+        await egress.install_account(slot.veth)  # the slot's egress counter, from zero
         await run("ip", "-batch", "-", input=host_side.encode())
         await egress.disable_ipv6(slot.veth, slot.netns_path, "eth0")
         await run("ip", "-n", slot.netns, "-batch", "-", input=ns_side.encode())
@@ -350,10 +356,31 @@ class NetworkSlots:
                 errors.append(res.stderr.strip())
         while await _iptables("-D", FWD_CHAIN, "-i", slot.veth, "-j", "DROP", check=False):
             pass
+        # Nothing is sent any more: the counter's last value is the sandbox's final egress.
+        sent = await egress.remove_account(slot.veth)
+        claim = self._read_claim(slot.index)
+        if sent is not None and claim is not None and claim[1] not in ("", "pool"):
+            self.ended.add(claim[1], sent)
         await egress.remove_allow(slot.veth, allow)
         await self.rules.remove(slot)
         if errors:
             raise NetworkError(f"network slot {slot.index} cleanup: {'; '.join(errors)}")
+
+    async def egress_bytes(self, slots: Iterable[int]) -> dict[int, int]:
+        """Bytes each of ``slots`` has sent out since it was built (egress.py, WARREN-ACCT); a
+        slot without a counter (built before counting existed, or its rule removed by hand)
+        gets one now and is left out this time. Empty when the counters cannot be read."""
+        counts = await egress.read_accounts()
+        if counts is None:
+            return {}
+        out: dict[int, int] = {}
+        for index in set(slots):
+            veth = Slot(index).veth
+            if veth in counts:
+                out[index] = counts[veth]
+            elif os.path.exists(f"/sys/class/net/{veth}"):  # not a slot torn down meanwhile
+                await egress.install_account(veth)
+        return out
 
     async def remove_host_rules(self) -> None:
         """Remove our chains entirely (used by tests and `Terminate` with no sandboxes left)."""

@@ -17,6 +17,7 @@ import grpc
 from warren import egress_rules
 from warren.agent import dial, dial_data, pty_rpc, watch_rpc
 from warren.agent.egress_update import update_network
+from warren.agent.egress_usage import sandbox_egress
 from warren.agent.guest_client import EntryInfo
 from warren.agent.guest_wire import ExecSession, GuestError
 from warren.agent.manager import SandboxManager
@@ -190,9 +191,17 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
 
     async def ListSandboxes(self, request: pb.ListSandboxesRequest, context: Any) -> pb.ListSandboxesResponse:
         sandboxes, auto = self.m.list_sandboxes()
+        infos = [_info(s) for s in sandboxes]
+        sent = await sandbox_egress(self.m, sandboxes)  # per-team egress (egress_usage.py)
+        for info in infos:
+            if info.sandbox_id in sent:
+                info.egress_bytes = sent[info.sandbox_id]
+        ended = [
+            pb.SandboxEgress(sandbox_id=k, egress_bytes=v) for k, v in self.m.network.ended.entries().items()
+        ]
         return pb.ListSandboxesResponse(
-            sandboxes=[_info(s) for s in sandboxes], auto_paused_sandbox_ids=auto,
-            creating_sandbox_ids=self.m.creating(), reports_creating=True,
+            sandboxes=infos, auto_paused_sandbox_ids=auto,
+            creating_sandbox_ids=self.m.creating(), reports_creating=True, ended_egress=ended,
         )  # fmt: skip
 
     async def PauseAll(self, request: pb.PauseAllRequest, context: Any) -> pb.PauseAllResponse:

@@ -283,7 +283,7 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
     settings = state.settings
     state.ca = CertificateAuthority.from_settings(settings)
     state.pool = HostClientPool(state.ca)
-    state.scheduler = RoundRobinScheduler()
+    state.scheduler = RoundRobinScheduler(min_free_disk_mb=settings.host_min_free_disk_mb)
     state.store = make_store(settings)
     state.layer_gc = LayerGC(state.engine, state.store, state.pool, settings)
     state.builds = BuildRunner(state.engine, state.pool, state.scheduler, state.store, settings)

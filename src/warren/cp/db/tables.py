@@ -151,6 +151,9 @@ hosts = Table(
     Column("updated_at", TS, nullable=False, server_default=NOW),
     Column("cert_fingerprint", Text, nullable=False, server_default=text("''")),
     Column("cert_expires_at", TS, nullable=True),
+    # The free space of its data directory, as its agent last reported it (0: cannot write
+    # there); NULL until reported. The scheduler skips a host below WARREN_HOST_MIN_FREE_DISK_MB.
+    Column("disk_free_bytes", BigInteger, nullable=True),
     # The sandbox runtimes the host offers ('runc', 'crun', 'gvisor'), as it reports them at
     # registration and with each heartbeat; hosts that never said run runc.
     Column("runtimes", ARRAY(Text), nullable=False, server_default=text("'{runc}'::text[]")),
@@ -339,6 +342,10 @@ sandboxes = Table(
     # 'memory' (frozen in place) or 'disk' (checkpointed, its memory freed); NULL unless paused.
     Column("runtime", Text, nullable=False, server_default=text("'runc'")),
     Column("paused_state", Text, nullable=True),
+    # Bytes it sent out through its host (docs/operations.md, "Metrics"), accumulated by the host
+    # monitor from the agent's counter, whose last reading is egress_counter.
+    Column("egress_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("egress_counter", BigInteger, nullable=False, server_default=text("0")),
     Index("ix_sandboxes_host_id_status", "host_id", "status"),
     Index(
         "ix_sandboxes_end_at",

@@ -17,6 +17,7 @@ Each pass, per host whose status is not ``pending``/``offline``:
   destroyed or their team deleted while the host was unreachable, or a create the CP gave up on
   after the agent had made it (an agent killed mid-create re-adopts it on restart). Nobody can
   reach them any more. A sandbox the database does not know at all is left alone and logged.
+  The answer's egress readings go to the sandboxes' rows (usage.py: per-team egress bytes).
 
 Safe with several CP replicas running it at once:
 
@@ -53,6 +54,7 @@ from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, sandboxes
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool
+from warren.cp.hosts.usage import record_egress
 from warren.errors import WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -264,6 +266,8 @@ class HostMonitor(Worker):
                 log.info("monitor: ListSandboxes on %s failed: %s", hid, e)
                 return
             finished = await self._apply(conn, h, resp, asked_at, result)
+            # Egress readings, under the same lock: hosts' answers applied in order (usage.py).
+            await record_egress(conn, h["id"], resp)
         # After the transaction: destroys can take a while, and need no lock (a final record
         # stays final). A few at a time, so hundreds after a long outage do not take long.
         gate = asyncio.Semaphore(FINAL_DESTROY_CONCURRENCY)

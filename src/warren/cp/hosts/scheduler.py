@@ -11,6 +11,11 @@ insert re-checks the fit under the host's row lock (``warren_reserve_sandbox``),
 create tries another host when it lost the race. Eligible hosts but none with room: 503
 ``no_capacity``; no eligible host at all: 503 ``no_hosts_available``.
 
+Disk: a host whose last heartbeat reported less free space in its data directory than
+``WARREN_HOST_MIN_FREE_DISK_MB`` (or that it cannot write there: 0) is skipped, so a full disk
+stops new sandboxes at its next heartbeat instead of failing their creates; a host that never
+reported is not. All eligible hosts short of disk: 503 ``no_capacity``, saying so.
+
 Near the layers: for a template made of store layers, the hosts with room that already hold the
 most of its bytes (``host_layers``) are preferred, so a sandbox starts without fetching; the
 rotation goes on among those equally good. Each candidate row then says which layers the host
@@ -105,7 +110,8 @@ async def eligible_hosts(
 
 
 class RoundRobinScheduler:
-    def __init__(self) -> None:
+    def __init__(self, *, min_free_disk_mb: int = 0) -> None:
+        self.min_free_disk = min_free_disk_mb << 20
         # itertools.count is advanced without an await in between, so concurrent creates in one
         # event loop each get their own slot.
         self._counters: dict[uuid.UUID | None, itertools.count[int]] = {}
@@ -142,6 +148,7 @@ class RoundRobinScheduler:
             )
             SCHEDULER_DECISIONS.labels("refused_no_hosts").inc()
             raise ServiceUnavailable(msg, code="no_hosts_available")
+        candidates = with_free_disk(candidates, self.min_free_disk)
         candidates = [h for h in candidates if h["fits"]]
         if not candidates:
             raise no_capacity(need)
@@ -184,6 +191,22 @@ def pool_ready(h: Host, template: str) -> int:
         if entry.get("template") == template:
             return int(entry.get("ready") or 0)
     return 0
+
+
+def with_free_disk(candidates: list[Host], min_bytes: int) -> list[Host]:
+    """The hosts with at least ``min_bytes`` free on their data disk (or that never reported it);
+    503 ``no_capacity`` when every candidate is short."""
+    if min_bytes <= 0 or not candidates:
+        return candidates
+    roomy = [h for h in candidates if h.get("disk_free_bytes") is None or h["disk_free_bytes"] >= min_bytes]
+    if roomy:
+        return roomy
+    SCHEDULER_DECISIONS.labels("refused_capacity").inc()
+    msg = (
+        f"no host has room for this sandbox: the eligible hosts are short of free disk (under "
+        f"{min_bytes >> 20} MiB); retry later"
+    )
+    raise ServiceUnavailable(msg, code="no_capacity")
 
 
 def no_capacity(need: Reservation | None) -> ServiceUnavailable:

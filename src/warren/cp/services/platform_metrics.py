@@ -6,7 +6,9 @@ by state and host, each host's heartbeat age, the template store, and each team'
 counters. Usage is wall time from create to stop of every sandbox that started (a running one
 counts up to now), times its vCPUs and memory; the schema keeps no ledger of pause intervals, so
 a paused sandbox's counters hold still while it is paused and the interval is counted once it
-resumes or ends. Egress bytes are not exported: nothing counts them yet (the agent would have to).
+resumes or ends. Egress bytes are what each sandbox sent out through its host, as the host
+monitor collected them from the agents (``cp/hosts/usage.py``), kept in the sandbox's row after
+it ends.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ _TEMPLATES = text("SELECT source, count(*) AS n FROM templates GROUP BY source")
 # or → now while it may be running (pending, starting, running, missing: its host is silent).
 _USAGE = text(
     """
-    SELECT team_id, sum(secs) AS secs, sum(secs * vcpus) AS vcpu_secs, sum(secs * memory_mb) AS mem_secs
+    SELECT team_id, sum(secs) AS secs, sum(secs * vcpus) AS vcpu_secs, sum(secs * memory_mb) AS mem_secs,
+           sum(egress_bytes) AS egress
     FROM (
-        SELECT team_id, vcpus, memory_mb,
+        SELECT team_id, vcpus, memory_mb, egress_bytes,
                greatest(0, extract(epoch FROM
                    (CASE WHEN status IN ('pending', 'starting', 'running', 'missing')
                          THEN CAST(:now AS timestamptz)
@@ -153,6 +156,11 @@ def _usage_families(usage: Sequence[Any]) -> Iterator[Metric]:
             "vcpu_secs",
         ),
         ("warren_team_memory_mib_seconds", "MiB-seconds of memory reserved per team.", "mem_secs"),
+        (
+            "warren_team_egress_bytes",
+            "Bytes the team's sandboxes sent out through their hosts (IP packets the hosts forwarded).",
+            "egress",
+        ),
     )
     for name, doc, column in names:
         family = CounterMetricFamily(name, doc, labels=["team"])

@@ -42,6 +42,7 @@ FAMILIES = {
     "warren_team_sandbox_seconds": "counter",
     "warren_team_vcpu_seconds": "counter",
     "warren_team_memory_mib_seconds": "counter",
+    "warren_team_egress_bytes": "counter",
 }
 
 
@@ -97,7 +98,7 @@ async def test_the_scrape_carries_every_family(client: httpx.AsyncClient, engine
         await conn.execute(
             text(
                 "INSERT INTO sandboxes (id, team_id, host_id, status, vcpus, memory_mb, created_at,"
-                " started_at) VALUES (:id, :team, :host, 'running', 2, 1024, :at, :at)"
+                " started_at, egress_bytes) VALUES (:id, :team, :host, 'running', 2, 1024, :at, :at, 12345)"
             ),
             {"id": uuid.uuid4(), "team": team_uuid, "host": host_uuid, "at": now},
         )
@@ -131,6 +132,7 @@ async def test_the_scrape_carries_every_family(client: httpx.AsyncClient, engine
     assert secs >= 10
     assert value("warren_team_vcpu_seconds_total", team=admin.team_id) == pytest.approx(2 * secs)
     assert value("warren_team_memory_mib_seconds_total", team=admin.team_id) == pytest.approx(1024 * secs)
+    assert value("warren_team_egress_bytes_total", team=admin.team_id) == 12345
     assert value("warren_db_pool_connections", kind="limit") >= 1
 
     # Every CP-side metric the Grafana dashboard reads is in this live scrape.
