@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import hypothesis
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -59,6 +60,12 @@ _TEMPLATE_LOCK_KEY = 0x77746D706C  # advisory lock serialising template builds a
 
 _server: EmbeddedPostgres | None = None
 _server_dir: Path | None = None
+
+# Property-based tests (Hypothesis, and schemathesis on top of it) run the same examples every
+# run, and no example has a deadline: a default 200 ms deadline failed on a loaded machine, and
+# an example drawn by chance must not decide whether a run passes.
+hypothesis.settings.register_profile("warren", deadline=None, derandomize=True, database=None)
+hypothesis.settings.load_profile("warren")
 
 
 # ------------------------------------------------------------------------------------ helpers
