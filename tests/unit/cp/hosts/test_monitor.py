@@ -178,21 +178,27 @@ async def test_sandbox_changed_while_listing_is_left_alone(
     team = await rows.team()
     h = await rows.host(admin)
     s = await rows.sandbox(team, h, "pending")
+
+    class CreateFinishesMeanwhile(FakeAgent):
+        """The create finishes while the agent is asked (so after the monitor's ``asked_at``,
+        whatever the timing), and the answer predates it: the sandbox is not listed. (Timed
+        with sleeps, a loaded machine once let the create finish before the monitor asked.)"""
+
+        async def ListSandboxes(self, request: Any, *, timeout: float | None = None) -> Any:
+            if self.calls == 0:
+                fake_clock.advance(1)
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        sandboxes.update()
+                        .where(sandboxes.c.id == s)
+                        .values(status="running", last_updated=fake_clock.now())
+                    )
+            return await super().ListSandboxes(request, timeout=timeout)
+
     pool = FakePool()
-    agent = pool.get({"id": h})
-    agent.delay = 0.3  # the agent has not seen the sandbox yet when it answers
-
-    async def create_finishes() -> None:
-        await asyncio.sleep(0.1)
-        fake_clock.advance(1)
-        async with engine.begin() as conn:
-            await conn.execute(
-                sandboxes.update()
-                .where(sandboxes.c.id == s)
-                .values(status="running", last_updated=fake_clock.now())
-            )
-
-    await asyncio.gather(monitor(engine, pool).run_once(), create_finishes())
+    pool.agents[h] = CreateFinishesMeanwhile()
+    await monitor(engine, pool).run_once()
+    assert pool.agents[h].calls >= 1
     assert await rows.status(s) == "running"
 
 
@@ -270,10 +276,11 @@ async def test_active_checks_are_bounded(engine: AsyncEngine, rows: Rows, fake_c
             if in_flight >= 2:
                 two_in_flight.set()
             try:
-                # Held until a second check is in flight (or 2 s, if the bound let only one
-                # run), so the peak does not depend on how fast the database answers.
+                # Held until a second check is in flight (or 30 s, if the bound let only one
+                # run), so the peak does not depend on how fast the database answers (2 s was
+                # not always enough for the second check's connection on a loaded machine).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(two_in_flight.wait(), 2)
+                    await asyncio.wait_for(two_in_flight.wait(), 30)
                 await asyncio.sleep(0.01)
                 return await super().ListSandboxes(request, timeout=timeout)
             finally:
