@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # A `pending` record older than this whose host neither has the sandbox nor is creating it is
     # settled (a CP died mid-create). Twice a slow create; in-flight creates are never settled.
     pending_grace_s: float = Field(default=60.0, gt=0)
+    # Replica leases (services/replica_lease.py, docs/hosts.md): each CP process renews its lease
+    # every replica_lease_interval_s; one not renewed for replica_lease_ttl_s has expired, and the
+    # `pending` creates of its replica are settled by the next monitor pass without the grace.
+    # The TTL covers missed renewals (a slow database) plus the replicas' clock skew.
+    replica_lease_interval_s: float = Field(default=5.0, gt=0)
+    replica_lease_ttl_s: float = Field(default=20.0, gt=0)
 
     # Abuse limits (services/rate_limits.py, docs/auth.md); 0 turns one off. Sign-in counters live
     # in PostgreSQL, shared by every replica. Logins per account per minute (from any address),
@@ -207,6 +213,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "WARREN_MONITOR_CONCURRENCY must be below WARREN_DB_POOL_SIZE + WARREN_DB_MAX_OVERFLOW: "
                 "each host check holds a database connection, and requests need some too"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_renewals(self) -> Settings:
+        if self.replica_lease_ttl_s < 2 * self.replica_lease_interval_s:
+            raise ValueError(
+                "WARREN_REPLICA_LEASE_TTL_S must be at least twice WARREN_REPLICA_LEASE_INTERVAL_S: "
+                "a live replica's lease must survive one late renewal"
             )
         return self
 

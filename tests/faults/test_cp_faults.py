@@ -5,8 +5,10 @@ on 127.0.0.76-78 heartbeat to the in-process one. The database is this module's 
 PostgreSQL, so restarting it disturbs no other test.
 
 * ``kill -9`` of the CP process while creates are under way, then a restart: the clients got
-  definite answers (refused or reset connections while it was down), and the ``pending``
-  records the dead CP left are settled by one monitor pass past the pending grace;
+  definite answers (refused or reset connections while it was down), the ``pending`` records
+  the dead CP left name it as their replica, and one monitor pass settles them as soon as its
+  lease has expired (the in-process replica's pending grace is an hour: only the lease rule
+  can);
 * a PostgreSQL restart: meanwhile both replicas answer 503 ``database_busy`` (not 500, never a
   hang), and both serve again afterwards without a restart of their own;
 * two replicas racing: creates, destroys of the same sandboxes through both, and both monitors
@@ -29,7 +31,7 @@ from tests.harness.agent import AgentProcess
 from tests.harness.cp import CPProcess, InProcessCP
 from tests.harness.machine import free_port, scratch_dir
 from tests.harness.multihost import fleet, wait_for
-from warren import clock
+from warren import clock, ids
 from warren.cp.db import migrate
 from warren.cp.db.embedded import EmbeddedPostgres
 from warren.cp.hosts.monitor import HostMonitor
@@ -41,8 +43,15 @@ pytestmark = [
 ]
 
 IPS = ("127.0.0.76", "127.0.0.77", "127.0.0.78")
-# The process CP's settings: a monitor pass every second.
-PROCESS_ENV = {"WARREN_MONITOR_INTERVAL_S": "1", "WARREN_DB_POOL_TIMEOUT_S": "5"}
+# The process CP's settings: a monitor pass every second; a lease that expires a minute after
+# its last renewal (the test moves the in-process clock past it, not waiting; on the real clock
+# the restarted CP's own monitor does not see it expire while the test runs).
+LEASE_TTL_S = 60
+PROCESS_ENV = {
+    "WARREN_MONITOR_INTERVAL_S": "1",
+    "WARREN_DB_POOL_TIMEOUT_S": "5",
+    "WARREN_REPLICA_LEASE_TTL_S": str(LEASE_TTL_S),
+}
 
 
 class FaultCP(CPProcess):
@@ -70,9 +79,20 @@ class Replicas:
         b = inv.Load(self.cp.http, self.key, answers=a.answers, acked=a.acked, created=a.created)
         return a, b
 
+    async def one_pass(self) -> None:
+        """One monitor pass of every host. A host whose lock the other replica's monitor holds
+        (it passes every second) is skipped by a pass: the pass is run again for it."""
+        left = {ids.host_id(a.host_uuid) for a in self.agents}
+
+        async def every_host() -> bool:
+            left.intersection_update((await self.monitor.run_once()).skipped_locked)
+            return not left
+
+        await wait_for(every_host, 30, "a monitor pass that reached every host")
+
     async def check(self, load: inv.Load, *, cp_down: bool = False) -> None:
         await inv.reachable(self.cp.pool, self.agents)
-        await self.monitor.run_once()
+        await self.one_pass()
         await inv.all_hold(self.cp.sql, self.cp.pool, self.agents, load, cp_down=cp_down)
 
 
@@ -92,7 +112,8 @@ def private_pg() -> Iterator[EmbeddedPostgres]:
 @pytest.fixture(scope="module")
 async def replicas(private_pg: EmbeddedPostgres) -> AsyncIterator[Replicas]:
     home = scratch_dir("faults-cp")
-    cp = await InProcessCP(private_pg.url, home, db_pool_timeout_s=5).start()
+    # Its pending grace is an hour: a dead replica's creates can only settle by the lease rule.
+    cp = await InProcessCP(private_pg.url, home, db_pool_timeout_s=5, pending_grace_s=3600).start()
     proc = FaultCP(private_pg.url, home)
     try:
         await asyncio.to_thread(proc.start)
@@ -127,20 +148,25 @@ async def test_cp_killed_mid_create(clean: Replicas) -> None:
 
     await wait_for(pending, 30, "creates under way")
     assert r.proc.proc is not None
+    dead = await r.cp.sql("SELECT id FROM replica_leases WHERE pid = :p", p=r.proc.proc.pid)
     r.proc.proc.kill()  # SIGKILL
     r.proc.proc.wait()
     await asyncio.gather(*creates)
     await asyncio.to_thread(r.proc.start)
     await load.run(workers=3, rounds=1)  # the restarted CP serves
-    # The dead CP's creates: past the pending grace (the CP's clock moved, not waited for),
-    # one pass settles each: on its host → running, not there → error.
-    clock.advance(r.cp.settings.pending_grace_s + 1)
+    # Its rows name the dead replica (the lease it took at start, by its pid).
+    assert len(dead) == 1
+    owned = await r.cp.sql("SELECT count(*) FROM sandboxes WHERE replica_id = :d", d=dead[0][0])
+    assert owned[0][0] >= 1
+    # Once its lease has expired (the CP's clock moved, not waited for; still short of the
+    # heartbeat staleness), one pass settles each: on its host → running, not there → error.
+    clock.advance(LEASE_TTL_S + 1)
     try:
         await r.check(load, cp_down=True)
         left = await r.cp.sql("SELECT id FROM sandboxes WHERE status = 'pending'")
         assert left == []
     finally:
-        clock.advance(-(r.cp.settings.pending_grace_s + 1))
+        clock.advance(-(LEASE_TTL_S + 1))
 
 
 async def test_postgres_restart(clean: Replicas) -> None:

@@ -46,6 +46,7 @@ from warren.cp.services.interpreter_template import interpreter_template
 from warren.cp.services.layer_gc import LayerGC
 from warren.cp.services.lifetime_sweeper import LifetimeSweeper
 from warren.cp.services.platform_templates import base_template
+from warren.cp.services.replica_lease import ReplicaLease
 from warren.cp.services.template_builds import BuildRunner
 from warren.cp.state import AppState, state_of
 from warren.cp.store import make_store
@@ -278,9 +279,13 @@ def _limit_malloc_arenas() -> None:
 
 @asynccontextmanager
 async def _hosts(state: AppState) -> AsyncIterator[None]:
-    """The hosts subsystem: the mTLS client pool, the scheduler and the monitor (its loop only
-    with ``settings.run_workers``)."""
+    """The hosts subsystem: this replica's lease, the mTLS client pool, the scheduler and the
+    monitor (its loop only with ``settings.run_workers``)."""
     settings = state.settings
+    # This replica's lease first and released last: its creates record it (docs/hosts.md).
+    state.replica = ReplicaLease(state.engine, settings)
+    await state.replica.acquire()
+    state.replica.start()
     state.ca = CertificateAuthority.from_settings(settings)
     state.pool = HostClientPool(state.ca)
     state.scheduler = RoundRobinScheduler(min_free_disk_mb=settings.host_min_free_disk_mb)
@@ -295,6 +300,7 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
         stale_s=settings.heartbeat_stale_s,
         concurrency=settings.monitor_concurrency,
         pending_grace_s=settings.pending_grace_s,
+        replica_id=state.replica.id,
     )
     lifetimes = LifetimeSweeper(state.engine, state.pool, settings)
     if settings.run_workers:
@@ -318,6 +324,8 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
         await state.layer_gc.stop()
         await state.monitor.stop()
         await state.pool.close()
+        await state.replica.stop()
+        await state.replica.release()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -22,6 +22,7 @@ from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.security.ca import CertificateAuthority
 from warren.cp.services import rate_limits
 from warren.cp.services.layer_gc import LayerGC
+from warren.cp.services.replica_lease import ReplicaLease
 from warren.cp.services.template_builds import BuildRunner
 from warren.cp.store import LayerStore
 
@@ -39,6 +40,7 @@ class AppState(State):
     store: LayerStore  # the template store (docs/templates.md §3)
     layer_gc: LayerGC
     builds: BuildRunner  # the template builds this replica runs
+    replica: ReplicaLease  # this replica's id and liveness lease
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()

@@ -315,6 +315,9 @@ sandboxes = Table(
     Column("timeout_sec", Integer, nullable=False, server_default=text("300")),
     Column("disk_size_mb", Integer, nullable=False, server_default=text("5120")),
     Column("internet", Boolean, nullable=False, server_default=text("true")),
+    # The control-plane replica whose create made this row (its lease: replica_leases); NULL for
+    # rows reserved by a replica that did not say. Only read while the row is `pending`.
+    Column("replica_id", UUID(as_uuid=True), nullable=True),
     # Preview ports (docs/networking.md): the sha256 of the sandbox's traffic token, the ports
     # open without it, and whether proxied traffic resumes a paused sandbox.
     Column("traffic_token_hash", Text, nullable=False, server_default=text("''")),
@@ -382,6 +385,20 @@ sandbox_metric_points = Table(
     Column("mem_bytes", BigInteger, nullable=False, server_default=text("0")),
     Column("disk_bytes", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("sandbox_id", "ts"),
+)
+
+# Control-plane replicas alive (services/replica_lease.py): each `warren cp` process moves its
+# row's expires_at ahead every few seconds and deletes it at a clean shutdown. A `pending`
+# sandbox whose replica's lease is gone or expired has no create left to finish it: the host
+# monitor settles it in one pass (docs/hosts.md).
+replica_leases = Table(
+    "replica_leases",
+    metadata,
+    _uuid_pk(),
+    Column("hostname", Text, nullable=False, server_default=text("''")),
+    Column("pid", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", TS, nullable=False, server_default=NOW),
+    Column("expires_at", TS, nullable=False),
 )
 
 # SQL for the template reserved-name trigger (docs/spec.md §1.10) and the `minimal` seed row; the

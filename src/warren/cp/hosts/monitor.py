@@ -11,8 +11,11 @@ Each pass, per host whose status is not ``pending``/``offline``:
   records that only a control plane that died mid-create leaves behind (SPEC is silent; D19):
   older than ``pending_grace_s`` (60 s) and not among the creates the host reports in flight —
   or, from an agent that does not report those, older than any create can take (the create RPC's
-  deadline plus a margin). On the host → ``running`` (or ``paused``), so its owner sees and can
-  destroy it; not there → ``error``, as a create that failed. Last, sandboxes the host still
+  deadline plus a margin). A ``pending`` record whose create belongs to a control-plane replica
+  whose lease (``replica_leases``) is gone or expired skips the grace: nobody is left to finish
+  it, so a host that reports its creates settles it in the first pass that sees it not in
+  flight. On the host → ``running`` (or ``paused``), so its owner sees and can destroy it; not
+  there → ``error``, as a create that failed. Last, sandboxes the host still
   runs whose record is final (``stopped``, ``error``) are destroyed there (SPEC is silent):
   destroyed or their team deleted while the host was unreachable, or a create the CP gave up on
   after the agent had made it (an agent killed mid-create re-adopts it on restart). Nobody can
@@ -52,7 +55,7 @@ from warren import clock, ids
 from warren.cp.background import Worker
 from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
-from warren.cp.db.tables import hosts, sandboxes
+from warren.cp.db.tables import hosts, replica_leases, sandboxes
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool
 from warren.cp.hosts.usage import record_egress
 from warren.errors import WarrenError
@@ -138,6 +141,7 @@ class HostMonitor(Worker):
         stale_s: float = 90.0,
         concurrency: int = 8,
         pending_grace_s: float = 60.0,
+        replica_id: uuid.UUID | None = None,
     ) -> None:
         self.engine = engine
         self.pool = pool
@@ -146,6 +150,8 @@ class HostMonitor(Worker):
         self.stale_s = stale_s
         self.concurrency = concurrency
         self.pending_grace_s = pending_grace_s
+        # This monitor's own replica: alive whatever its lease row says (a clock moved by a test).
+        self.replica_id = replica_id
 
     # -- lifecycle (start and stop: Worker) ---------------------------------------------------
     async def _loop(self) -> None:
@@ -298,7 +304,8 @@ class HostMonitor(Worker):
         # settle after a short grace; without that, only once no create can still be running.
         creating = set(resp.creating_sandbox_ids)
         pending_s = self.pending_grace_s if resp.reports_creating else ABANDONED_PENDING_S
-        rows = await self._candidates(conn, h, asked_at, pending_s)
+        # A dead replica's creates need no grace, if the host says which creates it has.
+        rows = await self._candidates(conn, h, asked_at, pending_s, orphans=resp.reports_creating)
         listed = dict(on_agent)
         host_ips = {s.sandbox_id: s.host_ip for s in resp.sandboxes}
         to = _classify(rows, listed, auto_paused, creating)
@@ -362,12 +369,21 @@ class HostMonitor(Worker):
             )
         return await self._final_on_host(conn, h, listed)
 
-    @staticmethod
     async def _candidates(
-        conn: AsyncConnection, h: RowMapping, asked_at: datetime, pending_s: float
+        self, conn: AsyncConnection, h: RowMapping, asked_at: datetime, pending_s: float, *, orphans: bool
     ) -> Sequence[RowMapping]:
         """The host's records the answer may change: `missing` and `running` ones, and `pending`
-        ones older than ``pending_s``; none changed since the host was asked."""
+        ones older than ``pending_s`` or (``orphans``) whose replica's lease is gone or expired;
+        none changed since the host was asked."""
+        abandoned = sandboxes.c.last_updated < asked_at - timedelta(seconds=pending_s)
+        if orphans:
+            live = sa.exists().where(
+                replica_leases.c.id == sandboxes.c.replica_id, replica_leases.c.expires_at > asked_at
+            )
+            orphaned = sa.and_(sandboxes.c.replica_id.is_not(None), ~live)
+            if self.replica_id is not None:
+                orphaned = sa.and_(orphaned, sandboxes.c.replica_id != self.replica_id)
+            abandoned = sa.or_(abandoned, orphaned)
         return (
             (
                 await conn.execute(
@@ -375,10 +391,7 @@ class HostMonitor(Worker):
                         sandboxes.c.host_id == h["id"],
                         sa.or_(
                             sandboxes.c.status.in_(("missing", "running")),
-                            sa.and_(
-                                sandboxes.c.status == "pending",
-                                sandboxes.c.last_updated < asked_at - timedelta(seconds=pending_s),
-                            ),
+                            sa.and_(sandboxes.c.status == "pending", abandoned),
                         ),
                         sandboxes.c.last_updated < asked_at,
                     )

@@ -38,7 +38,7 @@ from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Host, Overcommit, Reservation, Scheduler, no_capacity
-from warren.cp.services import Timestamp, audit, egress, egress_rules, layers, limits
+from warren.cp.services import Timestamp, audit, egress, egress_rules, layers, limits, replica_lease
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.traffic_tokens import new_traffic_token
 from warren.cp.store import LayerStore
@@ -227,6 +227,9 @@ class _Plan:
     # The template as store layers; None for plain `minimal` and pre-store snapshots, which
     # hosts hold themselves.
     chain: pb.TemplateChain | None = None
+    # The control-plane replica making the create, recorded on its pending row (its lease tells
+    # the host monitor whether anyone is left to finish it); None: not recorded.
+    replica: uuid.UUID | None = None
 
 
 async def create_sandbox(
@@ -254,6 +257,7 @@ async def create_sandbox(
     # atomic on its own and the reads need no snapshot shared with it.
     async with driver(engine) as conn:
         plan = await _resolve(conn, settings, team_uuid, ref, m.group(1), m.group(2) or "", params)
+    plan = dataclasses.replace(plan, replica=replica_lease.owner_of(engine))
     placed = await _place(engine, pool, scheduler, settings, team_uuid, plan, params, store, timings)
     host, client, sb_uuid, req, resp = placed
     token, token_digest = new_traffic_token()
@@ -388,6 +392,7 @@ async def _reserve(
             sb_uuid, team_uuid, host["id"], plan.template, shape.vcpus, shape.memory_mb,
             shape.timeout_sec, shape.disk_size_mb, internet, clock.now(), r["template_id"],
             r["template_team_id"], quotas.sandboxes, quotas.vcpus, quotas.memory_mb, oc.cpu, oc.memory,
+            plan.replica,
         )  # fmt: skip
         outcome = res["outcome"]
         if outcome == "ok":

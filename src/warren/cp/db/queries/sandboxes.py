@@ -65,12 +65,13 @@ RESOLVE = """
 # the host to `draining` under its row lock, and a team delete stops the team's sandboxes under
 # the team's row lock, so a create either lands before (and is counted and stopped) or finds
 # the host or team gone — never in between; and parallel creates cannot all squeeze past a
-# quota or into a host's last slot.
+# quota or into a host's last slot. $18 is the replica making the create (NULL: none), recorded
+# on the row for the host monitor (migration 0010).
 RESERVE = """
     SELECT * FROM warren_reserve_sandbox(
         $1::uuid, $2::uuid, $3::uuid, $4::text, $5::int, $6::int, $7::int, $8::int, $9::bool,
         $10::timestamptz, $11::uuid, $12::uuid, $13::int, $14::int, $15::int, $16::float8,
-        $17::float8)
+        $17::float8, $18::uuid)
 """
 
 # The agent refused: $1 sandbox, $2 now; only while still pending.
