@@ -6,12 +6,17 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from warren import egress_ranges
+
+# The sandbox runtime tiers (docs/agent.md, docs/security.md): runc and crun share the host's
+# kernel behind seccomp; gvisor puts gVisor's user-space kernel between the sandbox and the host.
+Runtime = Literal["runc", "crun", "gvisor"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
 def default_home() -> Path:
@@ -94,6 +99,8 @@ class Settings(BaseSettings):
     overcommit_cpu: float = Field(default=4.0, gt=0)
     overcommit_memory: float = Field(default=1.0, gt=0)
     overcommit_disk: float = Field(default=1.0, gt=0)
+    # The runtime of a sandbox whose create names none (docs/api.md §2).
+    default_runtime: Runtime = "runc"
     # A host whose data directory has less free space than this (as its last heartbeat said) gets
     # no new sandboxes (docs/operations.md, "Disk"); 0 turns the check off.
     host_min_free_disk_mb: int = Field(default=1024, ge=0)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 from pydantic import Field
 
+from warren.config import Runtime
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, SettingsDep, Store, TeamContext
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
@@ -38,6 +39,12 @@ class CreateSandboxRequest(StrictRequest):
     network: NetworkRules | None = Field(
         default=None, description="egress rules: allow_out entries are exceptions to deny_out"
     )
+    runtime: Runtime | None = Field(
+        default=None,
+        description="the runtime tier: runc or crun (the host's kernel, behind seccomp) or gvisor "
+        "(gVisor's user-space kernel; pause to disk, memory snapshots); absent = the platform "
+        "default (WARREN_DEFAULT_RUNTIME); a memory snapshot starts on gvisor",
+    )
 
 
 _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
@@ -55,8 +62,8 @@ async def create_sandbox(
     response: Response, body: Annotated[CreateSandboxRequest | None, Body()] = None,
 ) -> svc.SandboxView:  # fmt: skip
     """Create a sandbox on a host chosen by the scheduler. A size past a platform maximum → 400;
-    past a team quota → 429 `quota_exceeded`; no eligible host → 503 `no_hosts_available`; no
-    host with room → 503 `no_capacity`.
+    past a team quota → 429 `quota_exceeded`; no eligible host (none offering the runtime) → 503
+    `no_hosts_available`; no host with room → 503 `no_capacity`.
 
     ``Server-Timing: agent;dur=<ms>`` tells how long the host agent took (as seen by the CP), so
     the control plane's own share of the latency is measurable from outside."""
@@ -64,7 +71,7 @@ async def create_sandbox(
     params = svc.CreateParams(
         template=b.template, vcpus=b.vcpus, memory_mb=b.memory_mb, disk_size_mb=b.disk_size_mb,
         timeout_sec=b.timeout_sec, internet=b.internet, env=b.env,
-        network=egress_rules.checked(b.network, internet=b.internet),
+        network=egress_rules.checked(b.network, internet=b.internet), runtime=b.runtime,
     )  # fmt: skip
     timings: dict[str, float] = {}
     sandbox = await svc.create_sandbox(

@@ -93,6 +93,17 @@ def _classify(
     return to
 
 
+async def _record_paused_states(conn: AsyncConnection, paused: list[uuid.UUID], answers: list[Any]) -> None:
+    """How each sandbox this pass marked paused is paused, as its host listed it: "disk" when
+    gVisor checkpointed it (an auto-pause), else a freeze (NULL: "memory")."""
+    if not paused:
+        return
+    disk = [s.sandbox_id for a in answers for s in a.sandboxes if s.paused_state == "disk"]
+    on_disk = [u for u in paused if ids.sandbox_id(u) in disk]
+    state = sa.case((sandboxes.c.id.in_(on_disk), "disk"), else_=None) if on_disk else None
+    await conn.execute(sandboxes.update().where(sandboxes.c.id.in_(paused)).values(paused_state=state))
+
+
 class PassResult:
     """What one pass changed (for logs and tests)."""
 
@@ -308,6 +319,7 @@ class HostMonitor(Worker):
         rows = await self._candidates(conn, h, asked_at, pending_s, orphans=resp.reports_creating)
         listed = dict(on_agent)
         host_ips = {s.sandbox_id: s.host_ip for s in resp.sandboxes}
+        answers = [resp]  # every ListSandboxes answer this pass read
         to = _classify(rows, listed, auto_paused, creating)
         if to["stopped"] or to["error"]:
             # Gone from the host? Ask again before saying so: `last_updated < asked_at` compares
@@ -318,11 +330,13 @@ class HostMonitor(Worker):
             again = await self._list(h)
             listed.update({s.sandbox_id: s.status for s in again.sandboxes})
             host_ips.update({s.sandbox_id: s.host_ip for s in again.sandboxes})
+            answers.append(again)
             auto_paused |= set(again.auto_paused_sandbox_ids)
             creating |= set(again.creating_sandbox_ids)  # a create that arrived meanwhile
             to = _classify(rows, listed, auto_paused, creating)
         now = clock.now()
         created: list[uuid.UUID] = []  # abandoned creates the host did make
+        paused: list[uuid.UUID] = []
         for new_status, items in to.items():
             if not items:
                 continue
@@ -352,6 +366,7 @@ class HostMonitor(Worker):
                     if old_status == "pending" and new_status in ("running", "paused"):
                         created.append(c["id"])
                     if new_status == "paused":
+                        paused.append(c["id"])
                         await self.audit(
                             conn, None, team_id=c["team_id"], action="pause", resource_type="sandbox",
                             resource_id=sid, status="info", metadata={"reason": "auto_paused"},
@@ -367,6 +382,7 @@ class HostMonitor(Worker):
                     started_at=sa.func.coalesce(sandboxes.c.started_at, now),
                 )
             )
+        await _record_paused_states(conn, paused, answers)
         return await self._final_on_host(conn, h, listed)
 
     async def _candidates(

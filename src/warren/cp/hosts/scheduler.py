@@ -21,6 +21,11 @@ most of its bytes (``host_layers``) are preferred, so a sandbox starts without f
 rotation goes on among those equally good. Each candidate row then says which layers the host
 lacks (``missing``), for the create to push before its RPC.
 
+Runtimes: a host is a candidate only if it offers the sandbox's runtime (``hosts.runtimes``, as it
+reported at registration and with its last heartbeat; docs/hosts.md). Eligible hosts but none
+offering it: 503 ``no_hosts_available`` naming the runtime and what the online hosts offer. The
+agent has the last word: one asked for a runtime it lacks refuses (FAILED_PRECONDITION).
+
 Warm pools (issue 17): among the hosts with room, those that reported a ready sandbox of the
 create's template in a warm pool (``hosts.warm_pools``, less the creates this process sent there
 since that report) are preferred, so the create claims one instead of building a sandbox; the
@@ -40,6 +45,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from warren.config import RUNTIMES
 from warren.cp.db.engine import Conn, fetch
 from warren.cp.db.queries import hosts as q
 from warren.cp.telemetry import SCHEDULER_DECISIONS
@@ -74,12 +80,14 @@ class Scheduler(Protocol):
         is_byoc: bool,
         *,
         required_host: uuid.UUID | None = None,
+        runtime: str = "runc",
         need: Reservation | None = None,
         layers: Sequence[str] = (),
         avoid: Collection[uuid.UUID] = (),
         template: str = "",
     ) -> Host:
-        """Pick the host for a new sandbox of ``team_id``; raise ServiceUnavailable if none.
+        """Pick the host for a new sandbox of ``team_id`` among those offering ``runtime``;
+        raise ServiceUnavailable if none.
 
         ``required_host`` narrows the choice to one host (the one holding a snapshot taken
         before the template store, whose files live only there); it must still be eligible for
@@ -126,6 +134,7 @@ class RoundRobinScheduler:
         is_byoc: bool,
         *,
         required_host: uuid.UUID | None = None,
+        runtime: str = "runc",
         need: Reservation | None = None,
         layers: Sequence[str] = (),
         avoid: Collection[uuid.UUID] = (),
@@ -142,12 +151,7 @@ class RoundRobinScheduler:
                     "template store, so only that host has it); try again when it is back",
                     code="snapshot_host_unavailable",
                 )
-        if not candidates:
-            msg = (
-                "no online BYOC hosts available for team" if is_byoc else "no online platform hosts available"
-            )
-            SCHEDULER_DECISIONS.labels("refused_no_hosts").inc()
-            raise ServiceUnavailable(msg, code="no_hosts_available")
+        candidates = _offering(candidates, runtime, is_byoc)
         candidates = with_free_disk(candidates, self.min_free_disk)
         candidates = [h for h in candidates if h["fits"]]
         if not candidates:
@@ -207,6 +211,19 @@ def with_free_disk(candidates: list[Host], min_bytes: int) -> list[Host]:
         f"{min_bytes >> 20} MiB); retry later"
     )
     raise ServiceUnavailable(msg, code="no_capacity")
+
+
+def _offering(candidates: list[Host], runtime: str, is_byoc: bool) -> list[Host]:
+    """The hosts offering ``runtime``; 503 ``no_hosts_available`` naming it when there are none."""
+    offering = [h for h in candidates if runtime in (h["runtimes"] or ())]
+    if offering:
+        return offering
+    msg = "no online BYOC hosts available for team" if is_byoc else "no online platform hosts available"
+    msg += f" with the {runtime} runtime"
+    if offered := [r for r in RUNTIMES if any(r in (h["runtimes"] or ()) for h in candidates)]:
+        msg += f" (the online ones offer {', '.join(offered)})"
+    SCHEDULER_DECISIONS.labels("refused_no_hosts").inc()
+    raise ServiceUnavailable(msg, code="no_hosts_available")
 
 
 def no_capacity(need: Reservation | None) -> ServiceUnavailable:

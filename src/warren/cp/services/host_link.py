@@ -15,13 +15,15 @@ import logging
 import re
 import uuid
 from datetime import datetime, timedelta
+from typing import Annotated
 
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.config import RUNTIMES, Runtime
 from warren.cp.db.engine import transaction
 from warren.cp.db.tables import host_refresh_tokens, host_tokens, hosts
 from warren.cp.security.ca import CertificateAuthority, IssuedCert
@@ -35,6 +37,17 @@ from warren.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 log = logging.getLogger("warren.hosts")
 
 REFRESH_TOKEN_TTL = timedelta(days=60)
+# What a host that does not say offers: agents from before the runtime tiers ran runc only.
+LEGACY_RUNTIMES = ["runc"]
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """Each runtime once, in the platform's order."""
+    return [r for r in RUNTIMES if r in names]
+
+
+# The runtimes a host offers (docs/hosts.md): known names only, 1 to 8 of them, stored once each.
+HostRuntimes = Annotated[list[Runtime], Field(min_length=1, max_length=8), AfterValidator(_distinct)]
 
 
 class RegisterRequest(StrictBody):
@@ -45,6 +58,8 @@ class RegisterRequest(StrictBody):
     cpu_cores: int = Field(default=0, ge=0, le=INT32_MAX)
     memory_mb: int = Field(default=0, ge=0, le=INT32_MAX)
     disk_gb: int = Field(default=0, ge=0, le=INT32_MAX)
+    # Issue 16: the runtimes it offers; an agent that does not say is taken to run runc.
+    runtimes: HostRuntimes | None = None
 
 
 class HostReport(StrictBody):
@@ -53,6 +68,9 @@ class HostReport(StrictBody):
     stored only when present, in the ``hosts`` column of the same name (``_store_report``). The
     fields belong to the features that read them: the runtimes a host offers (docs/agent.md), its
     warm pools, its data disk (docs/operations.md)."""
+
+    # Issue 16: the runtimes the host offers (the scheduler reads them).
+    runtimes: HostRuntimes | None = None
 
     # Issue 17: each pool's target and how many sandboxes are ready in it (docs/hosts.md).
     warm_pools: list[WarmPoolReport] | None = Field(default=None, max_length=MAX_POOLS)
@@ -155,6 +173,7 @@ async def register(
                         cpu_cores=req.cpu_cores,
                         memory_mb=req.memory_mb,
                         disk_gb=req.disk_gb,
+                        runtimes=req.runtimes or LEGACY_RUNTIMES,
                         address=address,
                         status="online",
                         last_heartbeat_at=now,

@@ -73,6 +73,8 @@ class Host(BaseModel):
     memory_mb: int | None = None
     disk_gb: int | None = None
     address: str | None = None
+    # The sandbox runtimes it offers, as it last reported them (docs/hosts.md).
+    runtimes: list[str] | None = None
     status: str
     last_heartbeat_at: Timestamp | None = None
     created_by: str
@@ -135,6 +137,7 @@ def host_model(row: RowMapping | dict[str, Any], team_name: str | None = None) -
         memory_mb=n(row["memory_mb"]),
         disk_gb=n(row["disk_gb"]),
         address=s(row["address"]),
+        runtimes=list(row.get("runtimes") or []) or None,
         status=row["status"],
         last_heartbeat_at=row["last_heartbeat_at"],
         created_by=ids.user_id(row["created_by"]),

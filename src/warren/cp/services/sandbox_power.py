@@ -32,7 +32,8 @@ async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: st
         moved = await conn.execute(
             sa.update(sandboxes)
             .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == old)
-            .values(status=new, last_updated=clock.now())
+            # A pre-mark leaves how it is paused unknown until its agent answers; an undo clears it.
+            .values(status=new, last_updated=clock.now(), paused_state=None)
             .returning(sandboxes.c.id)
         )
         return moved.first() is not None
@@ -54,13 +55,22 @@ async def pause_sandbox(
             raise await _status_conflict(conn, found.sb_uuid, "running")
     sid = found.sandbox.id
     try:
-        await found.host_client(pool).stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sid), timeout=120)
+        resp = await found.host_client(pool).stub.PauseSandbox(
+            pb.PauseSandboxRequest(sandbox_id=sid), timeout=120
+        )
     except Exception:
         await move_status(engine, found.sb_uuid, "paused", "running")
         raise
     await _save_metric_points(engine, found.host_client(pool), found.sb_uuid, sid)
     async with transaction(engine) as conn:
-        latest = sa.select(sandboxes).where(sandboxes.c.id == found.sb_uuid)
+        # How the agent paused it: frozen in place, or (gVisor) checkpointed to disk.
+        state = "disk" if resp.paused_state == "disk" else "memory"
+        latest = (
+            sa.update(sandboxes)
+            .where(sandboxes.c.id == found.sb_uuid)
+            .values(paused_state=state)
+            .returning(*sandboxes.c)
+        )
         new = (await conn.execute(latest)).mappings().one()
         await audit.record(
             conn, ctx, team_id=found.row["team_id"], action="pause", resource_type="sandbox", resource_id=sid
@@ -108,7 +118,7 @@ async def resume_sandbox(
                 .where(sandboxes.c.id == found.sb_uuid, sandboxes.c.status == "paused")
                 .values(
                     status="running", host_ip=resp.host_ip or found.row["host_ip"], started_at=now,
-                    last_active_at=now, last_updated=now,
+                    last_active_at=now, last_updated=now, paused_state=None,
                 )
                 .returning(*sandboxes.c)
             )

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import sqlalchemy as sa
@@ -87,6 +87,11 @@ class SandboxView(BaseModel):
     disk_size_mb: int
     timeout_sec: int
     internet: bool
+    # The runtime tier (docs/api.md §2): runc, crun or gvisor.
+    runtime: str = "runc"
+    # How a paused sandbox is paused: "memory" (frozen in place) or "disk" (checkpointed, its
+    # memory freed); absent unless paused.
+    paused_state: Literal["memory", "disk"] | None = None
     guest_ip: str | None = None
     host_ip: str | None = None
     created_at: Timestamp
@@ -109,6 +114,8 @@ def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Sandb
         disk_size_mb=row["disk_size_mb"],
         timeout_sec=row["timeout_sec"],
         internet=row["internet"],
+        runtime=row.get("runtime") or "runc",
+        paused_state=paused_state_of(row),
         guest_ip=row["guest_ip"] or None,
         host_ip=row["host_ip"] or None,
         created_at=row["created_at"],
@@ -118,6 +125,14 @@ def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Sandb
         public_ports=row.get("public_ports"),
         auto_resume=row.get("auto_resume"),
     )
+
+
+def paused_state_of(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Literal["memory", "disk"] | None:
+    """A paused sandbox's state: "disk" when its agent checkpointed it, else "memory" (a freeze,
+    also what a record from before the runtime tiers means); None unless paused."""
+    if row["status"] != "paused":
+        return None
+    return "disk" if row.get("paused_state") == "disk" else "memory"
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,8 @@ class CreateParams:
     lifetime_s: int | None = None
     on_end: str = "kill"
     all_ports_public: bool = False
+    # The runtime tier; None: the platform's default (settings.default_runtime).
+    runtime: str | None = None
 
 
 # ------------------------------------------------------------------------------------ lookup
@@ -227,6 +244,8 @@ class _Plan:
     # The template as store layers; None for plain `minimal` and pre-store snapshots, which
     # hosts hold themselves.
     chain: pb.TemplateChain | None = None
+    # The runtime tier the sandbox runs on (hosts offering it only).
+    runtime: str = "runc"
     # The control-plane replica making the create, recorded on its pending row (its lease tells
     # the host monitor whether anyone is left to finish it); None: not recorded.
     replica: uuid.UUID | None = None
@@ -306,6 +325,7 @@ async def _place(
         client = pool.get(host)
         req = _create_request(settings, sb_uuid, plan, params)
         await egress_rules.record_created(engine, sb_uuid, params.network)
+        await _record_runtime(engine, sb_uuid, plan.runtime)
         fetch = layers.HostFetch(engine, store, client, host["id"], plan.chain, host.get("missing"))
         try:
             resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
@@ -353,7 +373,21 @@ async def _resolve(
         # An absolute lifetime replaces the inactivity pause (0: none, on the agent too).
         shape = dataclasses.replace(shape, timeout_sec=0)
     chain = layers.chain_of(r["template_base"], r["template_layers"], r["template_config"])
-    return _Plan(ref, r, shape, limits.team_quotas(lim, r), chain)
+    runtime = runtime_for(settings, params.runtime, ref, r["template_kind"])
+    return _Plan(ref, r, shape, limits.team_quotas(lim, r), chain, runtime=runtime)
+
+
+def runtime_for(settings: Settings, asked: str | None, ref: str, template_kind: str) -> str:
+    """The sandbox's runtime: the one asked for, else the platform default. A memory snapshot
+    holds a gVisor memory image, so it implies gvisor, and asking for another runtime is a 400."""
+    if template_kind == "memory":
+        if asked not in (None, "gvisor"):
+            raise InvalidRequest(
+                f'template "{ref}" is a memory snapshot, which starts on the gvisor runtime only '
+                f"(asked for {asked})"
+            )
+        return "gvisor"
+    return asked or settings.default_runtime
 
 
 async def _reserve(
@@ -382,6 +416,7 @@ async def _reserve(
             team_uuid,
             bool(r["is_byoc"]),
             required_host=pinned,
+            runtime=plan.runtime,
             need=need,
             layers=chain_layers,
             avoid=avoid,
@@ -409,6 +444,15 @@ async def _reserve(
     raise ServiceUnavailable("no online host could take the sandbox; retry", code="no_hosts_available")
 
 
+async def _record_runtime(engine: AsyncEngine, sb_uuid: uuid.UUID, runtime: str) -> None:
+    """A new sandbox's runtime on its ``pending`` row, before its agent is asked (no statement
+    for runc, the column's default)."""
+    if runtime == "runc":
+        return
+    async with driver(engine) as conn:
+        await conn.execute(q.SET_RUNTIME, sb_uuid, runtime)
+
+
 def _create_request(
     settings: Settings, sb_uuid: uuid.UUID, plan: _Plan, params: CreateParams
 ) -> pb.CreateSandboxRequest:
@@ -426,6 +470,7 @@ def _create_request(
         env=params.env or {},
         egress_allow=egress.team_cidrs(egress.catalog_of(settings), r["egress_allow"]),
         chain=plan.chain,
+        runtime=plan.runtime,
         egress=egress_rules.to_pb(params.network) if not params.network.empty else None,
     )
 

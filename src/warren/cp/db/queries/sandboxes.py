@@ -21,7 +21,7 @@ LOOKUP_BY_ID = """
 # The team's sandboxes but those with a status in $2 (the hidden ones), newest first.
 LIST = """
     SELECT id, status, template, vcpus, memory_mb, disk_size_mb, timeout_sec, internet, guest_ip,
-           host_ip, created_at, started_at, last_active_at, last_updated
+           host_ip, created_at, started_at, last_active_at, last_updated, runtime, paused_state
     FROM sandboxes
     WHERE team_id = $1 AND status <> ALL($2::text[])
     ORDER BY created_at DESC, id DESC
@@ -46,10 +46,11 @@ RESOLVE = """
            tpl.id AS template_id, tpl.team_id AS template_team_id, tpl.type AS template_type,
            tpl.vcpus AS template_vcpus, tpl.memory_mb AS template_memory_mb,
            tpl.host_id AS template_host_id, tpl.base AS template_base, tpl.layers AS template_layers,
-           tpl.config::text AS template_config
+           tpl.config::text AS template_config, tpl.snapshot_kind AS template_kind
     FROM teams t
     LEFT JOIN LATERAL (
-        SELECT id, team_id, type, vcpus, memory_mb, host_id, base, layers, config FROM templates
+        SELECT id, team_id, type, vcpus, memory_mb, host_id, base, layers, config, snapshot_kind
+        FROM templates
         WHERE name = $1 AND team_id IN ($2, '00000000-0000-0000-0000-000000000000'::uuid)
           AND ($3::text = '' OR $3 = ANY(tags) OR $3 = 'v' || version)
         -- the team's own template wins; naming rules keep the two from clashing anyway
@@ -73,6 +74,9 @@ RESERVE = """
         $10::timestamptz, $11::uuid, $12::uuid, $13::int, $14::int, $15::int, $16::float8,
         $17::float8, $18::uuid)
 """
+
+# A new sandbox's runtime $2 (issue 16), on its pending row; runc, the default, needs none.
+SET_RUNTIME = "UPDATE sandboxes SET runtime = $2 WHERE id = $1 AND status = 'pending'"
 
 # The agent refused: $1 sandbox, $2 now; only while still pending.
 MARK_FAILED = "UPDATE sandboxes SET status = 'error', last_updated = $2 WHERE id = $1 AND status = 'pending'"
