@@ -147,6 +147,15 @@ class SandboxBuilder:
         # gVisor forks: start a sandbox from a memory image (GvisorRuntime.restore); the manager's.
         self.restore: Callable[[str, Path, Path], Awaitable[int]] | None = None
 
+    def moved(self, sandboxes_dir: Path) -> SandboxBuilder:
+        """The same builder making its sandboxes under another dir (warm-pool members), with
+        guest clients of their sockets there."""
+        return SandboxBuilder(
+            sandboxes_dir=sandboxes_dir, runtime=self.runtime, network=self.network,
+            guest_dir=self.guest_dir, limits=self.limits, reap=self.reap,
+            guest_of=lambda sb: GuestClient(str(SandboxFs(sandboxes_dir / sb.id).guest_socket)),
+        )  # fmt: skip
+
     async def build(
         self,
         req: CreateRequest,

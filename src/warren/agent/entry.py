@@ -122,11 +122,18 @@ def agent_command(
             "WARREN_AGENT_METRICS_LISTEN, 127.0.0.1:9464"
         ),
     ] = None,
+    warm_pool: Annotated[
+        str | None,
+        typer.Option(
+            help="warm pools kept from the start, TEMPLATE=SIZE (minimal=4); the control plane "
+            "sets others; default WARREN_AGENT_WARM_POOL, none"
+        ),
+    ] = None,
 ) -> None:
     """Run the host agent: sandboxes on this machine, served over gRPC."""
     _check_host(runtime)
     os.environ.pop("WARREN_REGISTRATION_TOKEN", None)  # consumed: not for the agent's children
-    settings = load_settings(log_format=log_format, metrics_listen=metrics_listen)
+    settings = load_settings(log_format=log_format, metrics_listen=metrics_listen, warm_pool=warm_pool)
     setup_logging(settings.log_level, settings.log_format)
     asyncio.run(
         run_agent(listen, data_dir, runtime, settings, cp_url=cp, register_token=register, address=address)

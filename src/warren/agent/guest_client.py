@@ -259,6 +259,11 @@ class GuestClient:
     async def health(self) -> None:
         await self._call({"op": "health"}, limit=min(self.op_timeout, 5.0))
 
+    async def claim(self, env: dict[str, str]) -> None:
+        """A warm-pool member becomes its sandbox: ``env`` is every process's base environment
+        from now on. The guest refuses it once anything but ``health`` has run."""
+        await self._call({"op": "claim", "env": env}, limit=min(self.op_timeout, 5.0))
+
     # ASYNC109: these `timeout` parameters are part of the API the host agent codes against;
     # wait_ready's is a polling deadline and exec's is enforced by the guest itself.
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109

@@ -19,6 +19,7 @@ def host_report(handle: AgentHandle) -> dict[str, Any]:
     report: dict[str, Any] = {}
     report["disk_free_bytes"] = disk_free_bytes(handle.manager.data_dir)
     report["runtimes"] = handle.manager.runtimes.offered()
+    report["warm_pools"] = handle.manager.warm_pools.report()
     return report
 
 

@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 
 from warren import clock
 from warren.agent import gvisor_ops, metrics, record, sandbox_fs
-from warren.agent.chain import Chain, TemplateConfig
+from warren.agent.chain import Chain, TemplateConfig, start_template
+from warren.agent.container_ids import ContainerIds
 from warren.agent.create import BuildLimits, CreateRequest, SandboxBuilder, check_request
 from warren.agent.guest_client import GuestClient
 from warren.agent.guest_wire import GuestAddress
@@ -47,7 +48,7 @@ from warren.agent.sandbox_fs import SandboxFs
 from warren.agent.settings import AgentSettings
 from warren.agent.teardown import Teardown
 from warren.agent.templates import TemplateStore
-from warren.agent.warm_pool import WarmPools
+from warren.agent.warm_pool import Pool, WarmPools, parse_spec
 from warren.egress_rules import EgressRules
 from warren.errors import InternalError, InvalidState, NotFound, WarrenError
 
@@ -95,7 +96,8 @@ class SandboxManager:
         if not isinstance(runtime, RuntimeSet):
             runtime = RuntimeSet({runtime.name: runtime}, runtime.name)
         self.runtimes = runtime
-        self.runtime = runtime
+        # Claimed warm-pool members keep their container id (container_ids.py).
+        self.runtime = ContainerIds(runtime, data_dir / "container-ids")
         self.settings = settings
         self.templates = templates or TemplateStore(data_dir / "templates", mirror=settings.debian_mirror)
         self.network = network or NetworkSlots(owner=str(data_dir), pool_size=settings.net_pool)
@@ -108,9 +110,9 @@ class SandboxManager:
         )
         # Build steps' sandboxes (build_step.py): made and destroyed here, never registered.
         self.transient: set[str] = set()
-        self._teardown = Teardown(self.sandboxes_dir, runtime, self.network)
+        self._teardown = Teardown(self.sandboxes_dir, self.runtime, self.network)
         self._builder = SandboxBuilder(
-            sandboxes_dir=self.sandboxes_dir, runtime=runtime, network=self.network,
+            sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
             guest_dir=self.guest_dir, guest_of=self._guest, reap=self._teardown.track,
             limits=BuildLimits(max_open_files=settings.max_open_files, max_processes=settings.max_processes),
         )  # fmt: skip
@@ -135,7 +137,17 @@ class SandboxManager:
         self.create_concurrency = limit
         # asyncio.Semaphore wakes its waiters first come, first served.
         self._create_slots = asyncio.Semaphore(limit) if limit > 0 else None
-        self.warm_pools = WarmPools()
+        self.warm_pools = self._warm_pools()
+
+    def _warm_pools(self) -> WarmPools:
+        warm = WarmPools(
+            self.data_dir, sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
+            builder=self._builder.moved(self.data_dir / "warm"), lower_layers=self.lower_layers,
+            hold=self.layers.hold, missing_layers=self.layers.missing, creates_idle=self._no_creates.wait,
+        )  # fmt: skip
+        for name, size in parse_spec(self.settings.warm_pool).items():
+            warm.pools[name] = Pool(name, size)
+        return warm
 
     # ====================================================================== start / stop
 
@@ -147,6 +159,8 @@ class SandboxManager:
         sandbox_fs.check_traversable(self.sandboxes_dir)
         self.templates.make_private()
         await self.network.setup_host()
+        # Warm-pool members a previous agent left are destroyed, never adopted (rebuilt below).
+        await self.warm_pools.cleanup_leftovers()
         self._assign_recorded_runtimes()
         await readopt(self.sandboxes_dir, self.runtime, self.network, self._teardown, self._adopt)
         for p in await self.templates.remove_leftovers():
@@ -154,6 +168,7 @@ class SandboxManager:
         for p in self.layers.prepare():
             log.info("event=layer_leftover_removed path=%s", p)
         await self.network.start_pool()
+        self.warm_pools.start()
         self._tasks = [
             asyncio.create_task(self._loop(REAPER_INTERVAL, self.reap_idle), name="ttl-reaper"),
             asyncio.create_task(self._loop(self.settings.metrics_interval, self._sample_all), name="metrics"),
@@ -208,6 +223,8 @@ class SandboxManager:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        # Members are never re-adopted: destroy them now rather than leave them to the next agent.
+        await self.warm_pools.stop()
         if self._shielded:
             # Destroys, pauses and resumes under way finish (they are not interruptible
             # halfway); bounded, so a stuck one cannot keep the agent from exiting.
@@ -222,6 +239,7 @@ class SandboxManager:
         caller bounds the wait; creates still running then are cancelled with the server and
         roll themselves back."""
         self._accepting_creates = False
+        await self.warm_pools.stop()
 
         async def destroy(sb_id: str) -> None:
             try:
@@ -332,7 +350,9 @@ class SandboxManager:
 
     def _chains(self) -> set[str]:
         """The layers the registered sandboxes run on (paused and re-adopted ones included)."""
-        return {d for sb in self._sandboxes.values() if sb.chain for d in sb.chain.get("layers", ())}
+        return {
+            d for sb in self._sandboxes.values() if sb.chain for d in sb.chain.get("layers", ())
+        } | self.warm_pools.chains()
 
     def template_config(self, sb_id: str) -> TemplateConfig:
         """A sandbox's template defaults (exec's and files' user and cwd): empty for a legacy one."""
@@ -383,7 +403,10 @@ class SandboxManager:
         pause_all_epoch = self._pause_all_epoch
         try:
             with self.layers.hold(req.chain):
-                sb, queued, admitted = await self._admit_and_build(req)
+                if req.runtime == self.runtimes.default:
+                    sb, queued, admitted = await self._claim_or_build(req)
+                else:  # warm pools hold sandboxes of the default runtime only
+                    sb, queued, admitted = await self._admit_and_build(req)
         except BaseException:
             if sandbox_id not in self._sandboxes:
                 self.runtimes.forget(sandbox_id)
@@ -424,6 +447,25 @@ class SandboxManager:
             self._check_accepting_creates()  # the agent may have begun terminating meanwhile
             times.append(time.monotonic())
             yield
+
+    async def _claim_or_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
+        """A warm-pool member when one matches (warm_pool.py), else a cold build."""
+        self.warm_pools.resume_refills()
+        member = self.warm_pools.take(req)
+        if isinstance(member, HostSandbox):
+            t = time.monotonic()
+            sb = await self.warm_pools.claim(member, req)
+            if sb is not None:
+                if req.config.start_cmd or req.config.ready_cmd:
+                    try:
+                        await start_template(self._guest(sb), req.config)
+                    except BaseException:
+                        await self._shield(self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid))
+                        raise
+                self._sandboxes[sb.id] = sb
+                self._sample(sb)
+                return sb, t, t
+        return await self._admit_and_build(req)
 
     async def _admit_and_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
         """Resolve the template, wait for a create slot, build; the new sandbox is registered.
@@ -586,6 +628,7 @@ class SandboxManager:
         """Pause every running sandbox, best effort (the CP link calls this on lost contact).
         Creates under way or queued at this moment pause their sandbox as soon as it is up."""
         self._pause_all_epoch += 1
+        await self.warm_pools.clear(reason="pause_all")
         paused = []
         for sb_id in [s.id for s in self._sandboxes.values() if s.status == "running"]:
             if await self._pause_for_pause_all(sb_id):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from warren import clock
 from warren.agent.record import HostSandbox, MetricPoint
@@ -50,3 +54,35 @@ def points(sb: HostSandbox, range_: str) -> list[MetricPoint]:
         raise InvalidRequest(f"invalid range {range_!r} (10m, 2h or 24h)")
     cutoff = clock.time_s() - METRIC_RANGES[key][0]
     return [p for p in sb.metrics.get(key, ()) if p[0] >= cutoff]
+
+
+def warm_pool_families(
+    pools: Sequence[tuple[str, int, int]], claims: int, cold: Mapping[str, int]
+) -> Iterator[Metric]:
+    """The warm pools' families (warm_pool.py): per pool (template, target, ready), the creates
+    that claimed a member and those that went cold, by reason."""
+    target = GaugeMetricFamily(
+        "warren_agent_warm_pool_target",
+        "Ready sandboxes this agent keeps, per template.",
+        labels=["template"],
+    )
+    ready = GaugeMetricFamily(
+        "warren_agent_warm_pool_ready", "Warm-pool sandboxes ready now, per template.", labels=["template"]
+    )
+    for name, t, r in pools:
+        target.add_metric([name], t)
+        ready.add_metric([name], r)
+    yield target
+    yield ready
+    yield CounterMetricFamily(
+        "warren_agent_warm_pool_claims", "Creates served by a warm-pool sandbox.", value=claims
+    )
+    went_cold = CounterMetricFamily(
+        "warren_agent_cold_creates",
+        "Creates that took the cold path while this agent has warm pools, by reason "
+        "(no_pool: no pool of that template; pool_empty; claim_failed).",
+        labels=["reason"],
+    )
+    for reason, n in sorted(cold.items()):
+        went_cold.add_metric([reason], n)
+    yield went_cold

@@ -253,6 +253,14 @@ class NetworkSlots:
         self._start_refill()
         return await self._new_slot(holder, internet=internet, allow=allow)
 
+    async def reassign(self, slot: Slot, holder: str, *, internet: bool, allow: Sequence[str] = ()) -> None:
+        """A warm-pool member's slot (built as :meth:`acquire` builds one: internet on, nothing
+        opened) handed to the sandbox that claimed it: the claim names it, and its policy is
+        installed exactly as :meth:`acquire` installs it on a pooled slot."""
+        allow = list(allow) if internet else []
+        self._set_holder(slot.index, holder, allow)
+        await self._slot_rules(slot, internet=internet, allow=allow)
+
     def _start_refill(self) -> None:
         if self.pool_size > 0 and (self._refill is None or self._refill.done()):
             self._refill = asyncio.create_task(self._fill_pool(), name="netslot-pool")

@@ -57,8 +57,10 @@ async def readopt(
 async def _survivor(d: Path, runtime: Runtime) -> HostSandbox | None:
     """The sandbox of one directory, if it survived the previous agent."""
     sb = record.load(d)
-    # A build step's sandbox dies with the call that made it, which a restart ended.
-    if sb is None or sb.id.startswith(record.STEP_ID_PREFIX):
+    # A build step's sandbox dies with the call that made it, which a restart ended. A record
+    # that names another sandbox than its dir is a warm-pool member's whose claim did not finish
+    # (warm_claim.py): destroyed like any leftover.
+    if sb is None or sb.id.startswith(record.STEP_ID_PREFIX) or sb.id != d.name:
         return None
     state = await runtime.state(sb.id)
     alive = state is not None and state.status in (ContainerStatus.RUNNING, ContainerStatus.PAUSED)

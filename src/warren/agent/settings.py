@@ -53,6 +53,10 @@ class AgentSettings(BaseSettings):
     # How long a dial ticket (and the socket it holds, counted against the sandbox) waits to be redeemed.
     dial_ticket_ttl_s: float = Field(default=10.0, gt=0, le=60)
 
+    # Warm pools kept from the start (docs/agent.md, "Warm pools"): "minimal=4"; the control
+    # plane can set others (SetWarmPool) at run time.
+    warm_pool: str = ""
+
     # gVisor's platform (runtime/gvisor.py): "ptrace", "kvm", or "auto" (kvm when /dev/kvm runs
     # a sandbox, else ptrace); "off": no gVisor runtime even where runsc is installed.
     gvisor_platform: Literal["auto", "ptrace", "kvm", "off"] = "auto"
@@ -66,6 +70,14 @@ class AgentSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", validation_alias="WARREN_LOG_FORMAT")
     # Where GET /metrics is served (agent/telemetry.py): host:port, or 0 for off.
     metrics_listen: str = "127.0.0.1:9464"
+
+    @field_validator("warm_pool")
+    @classmethod
+    def _warm_pool_parses(cls, value: str) -> str:
+        from warren.agent.warm_pool import parse_spec
+
+        parse_spec(value)  # ValueError: the message names the pool
+        return value
 
     @field_validator("metrics_listen")
     @classmethod
@@ -95,9 +107,12 @@ def _env_name(loc: str) -> str:
     return field.validation_alias if isinstance(field.validation_alias, str) else PREFIX + loc.upper()
 
 
-def load_settings(*, log_format: str | None = None, metrics_listen: str | None = None) -> AgentSettings:
-    """The agent's settings from the environment, with the command line's ``--log-format`` and
-    ``--metrics-listen`` (when given) over them; an invalid value stops the agent, naming it."""
+def load_settings(
+    *, log_format: str | None = None, metrics_listen: str | None = None, warm_pool: str | None = None
+) -> AgentSettings:
+    """The agent's settings from the environment, with the command line's ``--log-format``,
+    ``--metrics-listen`` and ``--warm-pool`` (when given) over them; an invalid value stops the
+    agent, naming it."""
     from warren.agent.telemetry import parse_listen
 
     update: dict[str, str] = {}
@@ -111,6 +126,14 @@ def load_settings(*, log_format: str | None = None, metrics_listen: str | None =
         except ValueError as e:
             raise SystemExit(f"invalid --metrics-listen: {e}") from None
         update["metrics_listen"] = metrics_listen
+    if warm_pool is not None:
+        from warren.agent.warm_pool import parse_spec
+
+        try:
+            parse_spec(warm_pool)
+        except ValueError as e:
+            raise SystemExit(f"invalid --warm-pool: {e}") from None
+        update["warm_pool"] = warm_pool
     try:
         return AgentSettings().model_copy(update=update)
     except ValidationError as e:

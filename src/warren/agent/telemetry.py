@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from warren.agent import metrics
 from warren.request_context import GRPC_METADATA_KEY, accept_request_id, request_id
 
 if TYPE_CHECKING:
@@ -150,12 +151,16 @@ class ManagerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         layers = self.manager.layers.installed()
         counts = self.manager.status_counts()
-        return manager_families(
+        warm = self.manager.warm_pools
+        yield from manager_families(
             counts, len(self.manager.creating()), len(layers), sum(x.size for x in layers)
         )
+        pools = [(p.template, p.target, p.ready) for p in warm.statuses()]
+        yield from metrics.warm_pool_families(pools, warm.claims, warm.cold)
 
     def describe(self) -> Iterator[Metric]:
-        return manager_families({}, 0, 0, 0)
+        yield from manager_families({}, 0, 0, 0)
+        yield from metrics.warm_pool_families([], 0, {})
 
 
 def manager_families(

@@ -90,6 +90,7 @@ class LocalAgentChild:
         *,
         port: int = DEFAULT_AGENT_PORT,
         ready_timeout: float = 60.0,
+        warm_pool: str | None = None,
     ) -> None:
         self.data_dir = home / "agent"
         self.cp_url = cp_url
@@ -97,6 +98,7 @@ class LocalAgentChild:
         self.env = env
         self.port = port
         self.ready_timeout = ready_timeout
+        self.warm_pool = warm_pool  # `warren up --warm-pool`, passed on as the agent's own flag
         self.process: subprocess.Popen[bytes] | None = None
         self.removed = False
         self.restart_policy = RestartPolicy()
@@ -106,6 +108,8 @@ class LocalAgentChild:
                 "--data-dir", str(self.data_dir), "--cp", self.cp_url]  # fmt: skip
         if register:
             argv += ["--address", listen]
+        if self.warm_pool is not None:
+            argv += ["--warm-pool", self.warm_pool]
         return argv
 
     def start(self, supervisor: Supervisor) -> None:

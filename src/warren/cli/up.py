@@ -152,6 +152,10 @@ def up_command(
         bool, typer.Option("--agent/--no-agent", help="Also run a host agent on this machine (needs root).")
     ] = True,
     log_format: LogFormatOpt = "text",
+    warm_pool: Annotated[
+        str | None,
+        typer.Option(help="the local agent's warm pools, TEMPLATE=SIZE (minimal=8); see warren agent"),
+    ] = None,
 ) -> None:
     """Run Warren on this machine: embedded PostgreSQL, migrations, control plane, host agent.
 
@@ -202,7 +206,7 @@ def up_command(
             if (why := local_agent_unavailable()) is not None:
                 err.print(f"[yellow]No local host agent:[/yellow] {why}")
             else:
-                sup.start(LocalAgentChild(home_dir, base_url, db_url, env))
+                sup.start(LocalAgentChild(home_dir, base_url, db_url, env, warm_pool=warm_pool))
 
         e2b_url = _base_url(host, e2b_port) if e2b_port else None
         _print_banner(base_url, e2b_url, home_dir, embedded, time.monotonic() - t0)

@@ -50,6 +50,10 @@ class Guest:
         self.stopping = False
         self.orphans_reaped = 0
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        # A warm-pool member (docs/agent.md, "Warm pools") takes its sandbox's environment with
+        # one `claim`, accepted only before any other operation than `health`: once claimed, or
+        # once anything ran, the environment is the sandbox's for good.
+        self.pristine = True
         self.sigdef = {s for s in (getattr(_signal, n, None) for n in ("SIGPIPE", "SIGXFSZ")) if s}
         self.oom = OomScore()
         os.umask(Guest.umask)
@@ -107,6 +111,10 @@ class Guest:
             conn.send(K_RESULT, jdump({"ok": True, "pid": os.getpid(), "version": VERSION}))
             conn.finish()
             return None
+        if op == "claim":
+            self.claim(conn, req)
+            return None
+        self.pristine = False
         if op == "exec":
             if self.stopping:
                 raise GuestFail("unavailable", "the sandbox is shutting down")
@@ -146,6 +154,18 @@ class Guest:
         from . import files
 
         return files.start_op(conn, op, req)
+
+    def claim(self, conn: "Conn", req: "dict[str, Any]") -> None:
+        env = req.get("env")
+        if not self.pristine:
+            raise GuestFail("invalid_argument", "claim: this guest is in use already")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise GuestFail("invalid_argument", "claim: env must map strings to strings")
+        self.pristine = False
+        self.base_env = {k: v for k, v in env.items() if not k.startswith("PYTHON")}
+        self._done(conn)
 
     @staticmethod
     def _done(conn: "Conn") -> None:

@@ -1,0 +1,115 @@
+"""Warm pools on one agent: create → first exec, cold vs claimed from a pool, side by side.
+
+    sudo .venv/bin/python bench/warm_pool_agent.py [--n 30] [--pool 4] [--runtime runc]
+
+A real `warren agent` (standalone, gRPC on loopback) with a `minimal` pool of --pool. Rounds
+alternate so load drifts hit both sides alike: a warm round waits until the pool is full again
+(refills run only while no create is under way, so they never overlap the measurement), then
+times CreateSandbox + `Exec true`; a cold round times the same with the pool emptied first (a
+pool of 0, so every create is cold). Prints p50 / p99 in milliseconds, and the agent's own split
+of each (its `event=claim_steps` and `event=create_steps` debug lines).
+
+The `minimal` template comes from WARREN_TEST_MINIMAL_DIR (default
+/var/cache/warren-test/templates/minimal) and is built there on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.harness.agent import AgentProcess
+from warren.rpc import hostagent_pb2 as pb
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+def pool(agent: AgentProcess, size: int) -> int:
+    r = agent.stub.SetWarmPool(pb.SetWarmPoolRequest(template="minimal", size=size), timeout=120)
+    return sum(p.ready for p in r.pools)
+
+
+def wait_full(agent: AgentProcess, size: int) -> None:
+    deadline = time.monotonic() + 300
+    while pool(agent, size) < size:
+        if time.monotonic() > deadline:
+            raise SystemExit("the pool did not fill in 300 s")
+        time.sleep(0.05)
+
+
+def create_exec(agent: AgentProcess) -> tuple[float, str]:
+    t = time.perf_counter()
+    r = agent.create(memory_mb=256)
+    agent.exec(r.sandbox_id, "true")
+    ms = (time.perf_counter() - t) * 1000
+    agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=60)
+    return ms, r.sandbox_id
+
+
+def steps(log: str, event: str, ids: set[str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for line in log.splitlines():
+        m = re.search(rf"event={event} sandbox_id=(\S+) (.*) \(ms\)", line)
+        if m and m.group(1) in ids:
+            for k, v in re.findall(r"(\w+)=([\d.]+)", m.group(2)):
+                out[k].append(float(v))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--pool", type=int, default=4)
+    ap.add_argument("--runtime", default="runc")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="warren-bench-warm-"))
+    root.chmod(0o755)
+    agent = AgentProcess.standalone(
+        root / "agent",
+        runtime=args.runtime,
+        env={"WARREN_LOG_LEVEL": "DEBUG", "WARREN_AGENT_METRICS_LISTEN": "0"},
+    ).start()
+    warm: list[float] = []
+    cold: list[float] = []
+    warm_ids: set[str] = set()
+    cold_ids: set[str] = set()
+    try:
+        create_exec(agent)  # the template, caches
+        for _ in range(args.n):
+            wait_full(agent, args.pool)
+            ms, sb = create_exec(agent)
+            warm.append(ms)
+            warm_ids.add(sb)
+            pool(agent, 0)
+            ms, sb = create_exec(agent)
+            cold.append(ms)
+            cold_ids.add(sb)
+        log = agent.log_path.read_text()
+    finally:
+        agent.destroy_all()
+        agent.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"create → first exec on the agent ({args.runtime}), n = {args.n}, ms")
+    print(f"{'':>24} {'p50':>8} {'p99':>8}")
+    for name, xs in (("warm (claimed)", warm), ("cold", cold)):
+        print(f"{name:>24} {pct(xs, 50):8.1f} {pct(xs, 99):8.1f}")
+    for title, event, ids in (("claim", "claim_steps", warm_ids), ("cold create", "create_steps", cold_ids)):
+        split = steps(log, event, ids)
+        parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in split.items())
+        print(f"  {title} steps, p50 ms: {parts}")
+
+
+if __name__ == "__main__":
+    main()
