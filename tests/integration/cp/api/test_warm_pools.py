@@ -5,11 +5,15 @@ real agents and their pools are at the end of this file)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
+from tests.harness.agent import AgentProcess
 from tests.harness.cp import InProcessCP, User, set_byoc, sql
+from tests.harness.multihost import fleet, wait_for
 from warren import ids
 
 
@@ -156,3 +160,83 @@ async def test_online_host_whose_agent_cannot_be_reached(cp: InProcessCP) -> Non
     r = await _put(admin, host, "minimal", 2)
     assert r.status_code in (502, 503), r.text
     assert (await admin.req("GET", f"/v1/hosts/{host}")).json().get("warm_pools") is None
+
+
+# ------------------------------------------------------------------------------ real agents
+
+# Filling a pool builds its sandboxes one at a time, after any create: slow on a loaded machine.
+FILL_S = 240.0
+
+
+async def _pools_in_db(cp: InProcessCP, agent: AgentProcess) -> list[dict[str, Any]]:
+    rows = await sql(cp, "SELECT warm_pools FROM hosts WHERE id = :h", h=agent.host_uuid)
+    return list(rows[0][0] or []) if rows else []
+
+
+async def _ready(user: User, host_id: str) -> int:
+    pools = (await user.req("GET", f"/v1/hosts/{host_id}")).json().get("warm_pools") or []
+    return sum(p["ready"] for p in pools if p["template"] == "minimal")
+
+
+@pytest.mark.root
+async def test_pools_on_real_agents(cp: InProcessCP) -> None:
+    """Two real agents, a pool of 2 on the first: its members appear in no list and count
+    against no quota, creates go to the host with ready members, a host delete (Terminate)
+    clears its pool, and a size set through the API is applied again after an agent restart."""
+    admin, user = await cp.signup(admin=True), await cp.signup()
+    key = await user.api_key()
+    mh_headers = {"X-API-Key": key}
+    async with fleet(cp, "cp-warm-pools") as f:
+        pooled = await f.add(admin, "127.0.0.171")
+        other = await f.add(admin, "127.0.0.172")
+        r = await _put(admin, pooled.host_id, "minimal", 2)
+        assert r.status_code == 200, r.text
+        assert r.json()["warm_pools"][0]["target"] == 2
+        await wait_for(lambda: _has_ready(admin, pooled.host_id, 2), FILL_S, "a pool of 2 reported ready")
+
+        # Nobody's: not listed, not counted (a quota of 2 still takes 2 creates).
+        assert (await cp.http.get("/v1/sandboxes", headers=mh_headers)).json() == []
+        team = ids.parse_id(ids.Kind.TEAM, user.team_id)
+        await sql(cp, "UPDATE teams SET quota_sandboxes = 2 WHERE id = :t", t=team)
+        made = []
+        for _ in range(2):
+            r = await cp.http.post("/v1/sandboxes", json={}, headers=mh_headers)
+            assert r.status_code == 201, r.text
+            made.append(r.json()["id"])
+        # The scheduler chose the host with ready members both times (round robin over the
+        # two would have put one on the other host).
+        rows = await sql(
+            cp, "SELECT DISTINCT host_id FROM sandboxes WHERE team_id = :t AND status = 'running'", t=team
+        )
+        assert [row[0] for row in rows] == [pooled.host_uuid]
+        assert (await cp.http.post("/v1/sandboxes", json={}, headers=mh_headers)).status_code == 429
+        listed = {s["id"] for s in (await cp.http.get("/v1/sandboxes", headers=mh_headers)).json()}
+        assert listed == set(made)
+        for sb in made:
+            assert (await cp.http.delete(f"/v1/sandboxes/{sb}", headers=mh_headers)).status_code == 204
+
+        # A size set through the API outlives an agent restart: the agent comes back with no
+        # pool (no flag), reports that, and the CP applies the stored size again.
+        assert (await _put(admin, other.host_id, "minimal", 1)).status_code == 200
+        await other.astop()
+        await other.astart()
+        await wait_for(lambda: _reported_target(cp, other, 1), FILL_S, "the restarted agent's pool set again")
+
+        # A host delete terminates the agent, which destroys its pool.
+        await wait_for(lambda: _has_ready(admin, pooled.host_id, 1), FILL_S, "pool members to refill")
+        r = await admin.req("DELETE", f"/v1/hosts/{pooled.host_id}", params={"force": "true"})
+        assert r.status_code == 204, r.text
+        assert pooled.proc is not None
+        assert await asyncio.to_thread(pooled.proc.wait, 90) == 0
+        warm = pooled.data_dir / "warm"
+        assert not warm.exists() or list(warm.iterdir()) == []
+        with open("/proc/self/mountinfo") as mounts:
+            assert [line for line in mounts if str(warm) in line] == []
+
+
+async def _has_ready(user: User, host_id: str, n: int) -> bool:
+    return await _ready(user, host_id) >= n
+
+
+async def _reported_target(cp: InProcessCP, agent: AgentProcess, n: int) -> bool:
+    return any(p["template"] == "minimal" and p["target"] == n for p in await _pools_in_db(cp, agent))
