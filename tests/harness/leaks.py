@@ -35,7 +35,7 @@ def leaks(agent: AgentProcess, sb_id: str, host_ip: str) -> list[str]:
             found.append(f"netns warren-s{slot}")
         if os.path.exists(f"/sys/class/net/wv{slot}"):
             found.append(f"veth wv{slot}")
-        for table in ("filter", "nat"):
+        for table in ("filter", "nat", "security"):  # security: the slot's egress counter
             dump = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True)
             found += [f"iptables {line}" for line in dump.stdout.splitlines() if f"wv{slot} " in line + " "]
     found += [f"cgroup {d}" for d in glob.glob(f"/sys/fs/cgroup/*/warren/{sb_id}")]
