@@ -30,7 +30,10 @@ def _ts(value: Any) -> datetime | None:
 @dataclass(frozen=True)
 class SandboxInfo:
     """A sandbox as the API describes it (``sbx.info``, ``Sandbox.list()``): ``status`` is
-    ``running``, ``paused``, ``stopped`` or ``error``; ``raw`` is the whole JSON answer."""
+    ``running``, ``paused``, ``stopped`` or ``error``; ``runtime`` is ``runc``, ``crun`` or
+    ``gvisor``; ``paused_state`` says how a paused one is paused, ``memory`` (frozen in place) or
+    ``disk`` (checkpointed, its memory freed), and is None otherwise; ``raw`` is the whole JSON
+    answer."""
 
     id: str
     status: str
@@ -42,6 +45,8 @@ class SandboxInfo:
     started_at: datetime | None = None
     last_active_at: datetime | None = None
     host_ip: str = ""
+    runtime: str = ""
+    paused_state: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -57,6 +62,8 @@ class SandboxInfo:
             started_at=_ts(d.get("started_at")),
             last_active_at=_ts(d.get("last_active_at")),
             host_ip=d.get("host_ip", "") or "",
+            runtime=d.get("runtime", "") or "",
+            paused_state=d.get("paused_state") or None,
             raw=d,
         )
 

@@ -47,6 +47,8 @@ class CreateOptions(ConnectOptions, total=False):
     # Egress rules: {"allow_out": [...], "deny_out": [...]} of IPv4 addresses, CIDRs and domain
     # names (example.com, *.example.com); allow_out entries are exceptions to deny_out.
     network: Mapping[str, Sequence[str]] | None
+    # The runtime tier: "runc", "crun" or "gvisor"; None = the platform's default.
+    runtime: str | None
 
 
 def _config(opts: Mapping[str, Any]) -> ConnectionConfig:
@@ -112,6 +114,8 @@ def _create_op(template: str, opts: CreateOptions) -> Op[SandboxInfo]:
         body["internet"] = bool(opts["internet"])
     if opts.get("network") is not None:
         body["network"] = {k: list(v) for k, v in (opts["network"] or {}).items()}
+    if opts.get("runtime"):
+        body["runtime"] = opts["runtime"]
     res = yield Http("POST", "/v1/sandboxes", json=body)
     return SandboxInfo.from_json(res.json())
 
@@ -336,6 +340,10 @@ class Sandbox(_SandboxBase):
             network: egress rules, ``{"allow_out": [...], "deny_out": [...]}`` (IPv4 addresses,
                 CIDRs and domain names such as ``example.com`` or ``*.example.com``; ``allow_out``
                 entries are exceptions to ``deny_out``).
+            runtime: the runtime tier, ``"runc"``, ``"crun"`` or ``"gvisor"`` (gVisor's user-space
+                kernel between the sandbox and the host; its pause frees the memory, and its
+                snapshots keep running processes); None = the platform's default. A memory
+                snapshot starts on gvisor.
             api_key, url, access_token, request_timeout: where and how to reach Warren
                 (default: ``WARREN_API_KEY`` / ``WARREN_URL`` / ``WARREN_ACCESS_TOKEN``, then the
                 file ``warren login`` writes).

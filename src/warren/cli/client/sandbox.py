@@ -23,14 +23,17 @@ app = command_group(
 
 
 def _sandbox_table(rows: list[dict[str, Any]]) -> Table:
-    t = table("ID", "STATUS", "TEMPLATE", "VCPUS", "MEMORY", "TIMEOUT", "CREATED")
+    t = table("ID", "STATUS", "TEMPLATE", "RUNTIME", "VCPUS", "MEMORY", "TIMEOUT", "CREATED")
     colors = {"running": "green", "paused": "yellow", "stopped": "dim", "error": "red", "missing": "red"}
     for r in rows:
         status = r.get("status", "")
+        # How a paused sandbox is paused: "paused (disk)" when its memory was written out.
+        shown = f"{status} ({r['paused_state']})" if status == "paused" and r.get("paused_state") else status
         t.add_row(
             r["id"],
-            f"[{colors.get(status, 'white')}]{status}[/]",
+            f"[{colors.get(status, 'white')}]{shown}[/]",
             r.get("template", ""),
+            r.get("runtime", ""),
             str(r.get("vcpus", "")),
             f"{r.get('memory_mb', '')} MB",
             f"{r.get('timeout_sec')} s" if r.get("timeout_sec") else "none",
@@ -47,11 +50,17 @@ def sandbox_create(
     timeout: Annotated[int, typer.Option(help="Seconds of inactivity before auto-pause; 0 = never.")] = 0,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")] = None,
     internet: Annotated[bool, typer.Option(help="Allow outbound network access.")] = True,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="Runtime tier: runc, crun or gvisor (gVisor's kernel); default: the platform's."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start a sandbox.
 
     Example: warren sandbox create --template my-snapshot -e DEBUG=1
+
+    Example: warren sandbox create --runtime gvisor
     """
     envs = {}
     for item in env or []:
@@ -68,6 +77,7 @@ def sandbox_create(
             memory_mb=memory_mb,
             envs=envs or None,
             internet=internet,
+            runtime=runtime,
             url=cfg.url,
             api_key=cfg.api_key,
             access_token=cfg.access_token,

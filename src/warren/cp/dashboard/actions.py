@@ -11,7 +11,7 @@ show ``error.message`` or "Something went wrong".
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -61,6 +61,7 @@ class LaunchBody(_Body):
     vcpus: int = Field(default=1, ge=1, le=8)
     memory_mb: int = Field(default=512, ge=128, le=8192, multiple_of=128)
     timeout_sec: int = Field(default=0, ge=0)
+    runtime: Literal["", "runc", "crun", "gvisor"] = ""  # "": the platform's default
 
 
 class ForceBody(_Body):
@@ -172,6 +173,7 @@ async def launch(act: Act, body: LaunchBody) -> dict[str, Any]:
         vcpus=body.vcpus,
         memory_mb=body.memory_mb,
         timeout_sec=body.timeout_sec,
+        runtime=body.runtime or None,
     )
     sb = await sandboxes_svc.create_sandbox(
         act.engine, act.state.pool, act.state.scheduler, act.ctx, params,

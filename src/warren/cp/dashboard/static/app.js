@@ -383,6 +383,10 @@
     var vcpus = $("#launch-vcpus", d);
     var mem = $("#launch-memory", d);
     var hint = $("[data-snapshot-hint]", d);
+    var runtime = $("#launch-runtime", d);
+    var memoryHint = $("[data-memory-snapshot-hint]", d);
+    var chosen = "";  // the runtime the user picked, given back when a memory snapshot is left
+    if (runtime) runtime.addEventListener("change", function () { chosen = runtime.value; });
     function sync() {
       var opt = sel.options[sel.selectedIndex];
       var snap = opt && opt.getAttribute("data-type") === "snapshot";
@@ -392,6 +396,13 @@
       }
       vcpus.readOnly = snap; mem.readOnly = snap;
       hint.hidden = !snap;
+      // A memory snapshot starts on gVisor only: the choice is made for the user.
+      var memory = snap && opt.getAttribute("data-kind") === "memory";
+      if (runtime) {
+        runtime.value = memory ? "gvisor" : chosen;
+        runtime.disabled = memory;
+        memoryHint.hidden = !memory;
+      }
     }
     sel.addEventListener("change", sync);
     d.addEventListener("dialog:opening", function (ev) {
@@ -399,6 +410,7 @@
       var preset = opener && opener.getAttribute("data-template");
       setTimeout(function () {
         if (preset) sel.value = preset;
+        if (runtime) chosen = runtime.value;
         sync();
       }, 0);
     });
