@@ -33,6 +33,8 @@ from typing import Any
 import grpc
 import httpx
 
+from warren.agent.runtime.select import installed_runtimes
+
 log = logging.getLogger("warren.agent.cp")
 
 CREDENTIALS_FILE = "host-credentials.json"
@@ -166,7 +168,7 @@ def _error_text(resp: httpx.Response) -> str:
 
 async def register(cp_url: str, token: str, address: str, data_dir: Path) -> HostCredentials:
     """POST /v1/hosts/register and persist the credentials. Anything but 201 is fatal."""
-    body = {"token": token, "address": address, **host_specs()}
+    body = {"token": token, "address": address, **host_specs(), "runtimes": installed_runtimes()}
     async with httpx.AsyncClient(base_url=cp_url, timeout=REGISTER_TIMEOUT_S) as client:
         try:
             resp = await client.post("/v1/hosts/register", json=body)

@@ -210,7 +210,7 @@ class SandboxBuilder:
         t_runtime = time.monotonic()
         await self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT)
         if req.source_secret:  # a fork: its guest woke up with the source's secret
-            await gvisor_ops.rekey(self.guest_of(sb), req.guest_secret)
+            await gvisor_ops.rekey(self.guest_of(sb), req.guest_secret, sb.id)
             sb.guest_secret, sb.guest = req.guest_secret, None
             record.save(fs.root, sb)
         log.debug(

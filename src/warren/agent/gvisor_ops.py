@@ -135,6 +135,7 @@ def _link(src: str, dst: str) -> None:
     os.link(src, dst)
 
 
-async def rekey(guest: GuestClient, secret: str) -> None:
-    """The restored guest takes the fork's own secret (it woke up with the source's)."""
-    await guest._call({"op": "rekey", "secret": secret})
+async def rekey(guest: GuestClient, secret: str, hostname: str) -> None:
+    """The restored guest takes the fork's own secret (it woke up with the source's) and its
+    ``HOSTNAME`` for new commands (the kernel's hostname stays the source's)."""
+    await guest._call({"op": "rekey", "secret": secret, "hostname": hostname})

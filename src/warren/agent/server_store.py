@@ -30,10 +30,10 @@ class TemplateStoreRpcs:
     async def CreateSnapshot(
         self, request: pb.CreateSnapshotRequest, context: Any
     ) -> pb.CreateSnapshotResponse:
-        size = await snapshot_export.create_legacy(
+        size, kind = await snapshot_export.create_legacy(
             self.m, request.sandbox_id, request.team_id, request.template_id
         )
-        return pb.CreateSnapshotResponse(name=request.name, size_bytes=size, kind="filesystem")
+        return pb.CreateSnapshotResponse(name=request.name, size_bytes=size, kind=kind)
 
     @mapped_errors
     async def DeleteSnapshot(

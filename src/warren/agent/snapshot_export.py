@@ -70,8 +70,10 @@ async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes 
     yield meta
 
 
-async def create_legacy(m: SandboxManager, sb_id: str, team_id: str, template_id: str) -> int:
-    """A host-local snapshot (templates.TemplateStore); its size in bytes."""
+async def create_legacy(m: SandboxManager, sb_id: str, team_id: str, template_id: str) -> tuple[int, str]:
+    """A host-local snapshot (templates.TemplateStore); its size in bytes and its kind:
+    ``memory`` for a gVisor sandbox paused to disk (its checkpoint image is kept with the
+    layers, and a sandbox made from it is restored from it: gvisor_ops.py), else ``filesystem``."""
     ref = TemplateRef.parse(team_id, template_id)
     if ref.is_minimal:
         raise InvalidRequest("template_id is required (the all-zero id is the built-in minimal)")
@@ -84,19 +86,28 @@ async def create_legacy(m: SandboxManager, sb_id: str, team_id: str, template_id
             "source_sandbox_id": sb.id,
             "created_at": int(clock.time_s()),
         }
+        rt = m.runtimes.gvisor(sb_id)
+        image = rt.image_dir(sb_id) if rt is not None and sb.paused_state == "disk" else None
+        if image is not None:
+            config["guest_secret"] = sb.guest_secret  # what the forks' guests wake up with
         try:
             size = await m.templates.create_snapshot(
                 ref,
                 upper=SandboxFs(m.sandboxes_dir / sb_id).upper,
                 snapshot_layers=[Path(p) for p in sb.snapshot_layers],
                 config=config,
+                image=image,
             )
         except WarrenError:
             raise
         except Exception as e:
             raise InternalError(f"snapshot {sb_id}: {e}") from e
-    log.info("event=snapshot_created sandbox_id=%s template_id=%s bytes=%d", sb_id, ref.template_id, size)
-    return size
+    kind = "filesystem" if image is None else "memory"
+    log.info(
+        "event=snapshot_created sandbox_id=%s template_id=%s bytes=%d kind=%s",
+        sb_id, ref.template_id, size, kind,
+    )  # fmt: skip
+    return size, kind
 
 
 async def delete_legacy(m: SandboxManager, team_id: str, template_id: str) -> None:

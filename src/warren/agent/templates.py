@@ -235,9 +235,16 @@ class TemplateStore:
     # ------------------------------------------------------------------------- snapshots
 
     async def create_snapshot(
-        self, ref: TemplateRef, *, upper: Path, snapshot_layers: list[Path], config: dict[str, object]
+        self,
+        ref: TemplateRef,
+        *,
+        upper: Path,
+        snapshot_layers: list[Path],
+        config: dict[str, object],
+        image: Path | None = None,
     ) -> int:
-        """Store ``snapshot_layers`` (bottom first) + a copy of ``upper`` as template ``ref``.
+        """Store ``snapshot_layers`` (bottom first) + a copy of ``upper`` as template ``ref``;
+        with ``image`` (a gVisor checkpoint), also the memory image (``kind`` ``memory``).
 
         Replaces an existing snapshot of the same ref only once the new one is complete.
         Returns the size in bytes of the new template dir.
@@ -254,7 +261,11 @@ class TemplateStore:
                 await run("cp", "-al", str(layer), str(tmp / "layers" / str(i)))
             # `cp -a` keeps owners, modes, xattrs (overlay opaque dirs) and whiteout devices.
             await run("cp", "-a", str(upper), str(tmp / "layers" / str(len(snapshot_layers))))
-            cfg = {**config, "kind": "filesystem", "layer_count": len(snapshot_layers) + 1}
+            kind = "filesystem"
+            if image is not None:  # hard links: an image is never written again
+                await run("cp", "-al", str(image), str(tmp / "memory"))
+                kind = "memory"
+            cfg = {**config, "kind": kind, "layer_count": len(snapshot_layers) + 1}
             (tmp / "config.json").write_text(json.dumps(cfg))
             old = None
             if final.exists():

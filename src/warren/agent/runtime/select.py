@@ -10,14 +10,27 @@ leftover) is looked for in every runtime, and a destroy goes to all of them (mis
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from warren.agent.runtime import gvisor
 from warren.agent.runtime.base import ContainerState, ContainerStats, Runtime
 from warren.agent.runtime.gvisor import GvisorRuntime
 from warren.errors import Conflict
 
 RUNTIME_NAMES = ("runc", "crun", "gvisor")
+
+
+def installed_runtimes() -> list[str]:
+    """What a host will offer, known before the agent starts its runtimes (the registration
+    says it; each heartbeat then says what :meth:`RuntimeSet.offered`): every OCI runtime
+    installed, and gVisor where runsc is and ``WARREN_AGENT_GVISOR_PLATFORM`` is not ``off``."""
+    names = [n for n in ("runc", "crun") if shutil.which(n)]
+    if gvisor.available() and os.environ.get("WARREN_AGENT_GVISOR_PLATFORM", "").strip() != "off":
+        names.append(gvisor.NAME)
+    return names or ["runc"]
 
 
 class RuntimeSet:

@@ -9,9 +9,10 @@ sandbox root, written by the agent): exactly ``len(secret)`` bytes, compared in 
 anything else closes the connection before a frame is read. After the secret the protocol is
 the unix socket's (PROTOCOL.md).
 
-``rekey`` (a request on an authenticated connection, ``{"op": "rekey", "secret": hex}``)
-replaces the secret: a sandbox restored from another's memory image starts with that
-sandbox's secret in memory, and the agent gives it its own at once.
+``rekey`` (a request on an authenticated connection, ``{"op": "rekey", "secret": hex,
+"hostname": name}``) replaces the secret: a sandbox restored from another's memory image starts
+with that sandbox's secret in memory, and the agent gives it its own at once, with its own
+``HOSTNAME`` for the commands it starts from then on.
 """
 
 # ruff: noqa: SIM105
@@ -84,6 +85,9 @@ class AuthConn(Conn):
                 except ValueError as e:
                     self.fail(GuestFail("invalid_argument", f"rekey: {e}"))
                     return
+                hostname = req.get("hostname")
+                if isinstance(hostname, str) and 0 < len(hostname) <= 64:
+                    self.g.base_env["HOSTNAME"] = hostname
                 self.send(K_RESULT, b"{}")
                 self.finish()
                 return
