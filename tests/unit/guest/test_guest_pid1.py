@@ -7,12 +7,13 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.unit.guest.guest_helpers import RunningGuest
+from tests.unit.guest.guest_helpers import RunningGuest, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -53,14 +54,16 @@ async def test_guest_is_pid_1(init_guest: RunningGuest) -> None:
 async def test_double_forked_orphan_is_reaped(init_guest: RunningGuest) -> None:
     c = init_guest.client
     # The subshell forks sleep and exits at once: sleep is orphaned and re-parented to PID 1.
-    r = await c.exec("sh", ["-c", "(sleep 0.3 >/dev/null 2>&1 & echo $!)"])
+    # (Long enough to be seen alive below even on a loaded machine; 0.3 s was not always.)
+    r = await c.exec("sh", ["-c", "(sleep 5 >/dev/null 2>&1 & echo $!)"])
     orphan = int(r.stdout)
     r = await c.exec("cat", [f"/proc/{orphan}/stat"])
     assert r.exit_code == 0 and _proc_state(r.stdout) != "Z"
     stat_line = r.stdout.decode()
     assert stat_line.rsplit(")", 1)[1].split()[1] == "1", "the orphan should now belong to PID 1"
     gone = False
-    for _ in range(100):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
         r = await c.exec("cat", [f"/proc/{orphan}/stat"])
         if r.exit_code != 0:
@@ -79,9 +82,15 @@ async def test_own_exit_statuses_survive_orphan_reaping(init_guest: RunningGuest
         *(c.exec("sh", ["-c", script, "sh", str(i % 10), str(i)]) for i in range(40))
     )
     assert [r.exit_code for r in results] == list(range(40))
-    await asyncio.sleep(0.2)  # the orphans' sleeps are over; each has had its SIGCHLD handled
-    r = await c.exec("sh", ["-c", "cat /proc/[0-9]*/stat 2>/dev/null"])
-    zombies = [ln for ln in r.stdout.decode().splitlines() if _proc_state(ln.encode()) == "Z"]
+    # Once the orphans' sleeps are over and each SIGCHLD handled, no zombie is left (polled: a
+    # loaded machine may take longer than the 0.2 s once waited here).
+    deadline = time.monotonic() + 30
+    while True:
+        r = await c.exec("sh", ["-c", "cat /proc/[0-9]*/stat 2>/dev/null"])
+        zombies = [ln for ln in r.stdout.decode().splitlines() if _proc_state(ln.encode()) == "Z"]
+        if not zombies or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert zombies == []
 
 
@@ -89,12 +98,13 @@ async def test_sigterm_to_init_is_forwarded_to_every_process(
     init_guest: RunningGuest, tmp_path: Path
 ) -> None:
     c = init_guest.client
-    marker = tmp_path / "orphan-got-term"
+    marker, trapping = tmp_path / "orphan-got-term", tmp_path / "orphan-trapping"
     # An orphan the guest never started: only a namespace-wide forward reaches it.
-    script = f'trap "echo term > {marker}; exit 0" TERM; while :; do sleep 0.05; done'
+    script = f'trap "echo term > {marker}; exit 0" TERM; touch {trapping}; while :; do sleep 0.05; done'
     r = await c.exec("sh", ["-c", f"(sh -c '{script}' >/dev/null 2>&1 &)"])
     assert r.exit_code == 0
-    await asyncio.sleep(0.3)
+    # Its trap is set before the signal comes (a fixed 0.3 s was not always enough under load).
+    assert await wait_until(trapping.exists)
     # `unshare --fork` waits for its child, the guest; signal the guest itself.
     children = Path(f"/proc/{init_guest.pid}/task/{init_guest.pid}/children").read_text().split()
     assert len(children) == 1
