@@ -139,7 +139,8 @@ async def start_template(guest: GuestClient, config: TemplateConfig) -> None:
     """A new sandbox's template at work: ``start_cmd`` in the background (tag ``start``), then
     ``ready_cmd`` every 100 ms until it exits 0. Both run as the template's user, in its
     workdir, with the sandbox's env (the template's is in it). Past the ready timeout the create
-    fails (``FAILED_PRECONDITION``) with the last attempt's output."""
+    fails (``FAILED_PRECONDITION``) with the last attempt's output (the last one that finished,
+    if the deadline cut the final one short)."""
     user, cwd = config.user, config.workdir or None
     if config.start_cmd:
         session = await guest.exec_stream(
@@ -150,21 +151,27 @@ async def start_template(guest: GuestClient, config: TemplateConfig) -> None:
     if not config.ready_cmd:
         return
     deadline = time.monotonic() + config.ready_timeout
-    last = "(no attempt finished)"
+    last, finished = "(no attempt finished)", False
     while (remaining := deadline - time.monotonic()) > 0:
+        attempt_s = max(0.1, min(remaining, READY_ATTEMPT_S))
         try:
             res = await guest.exec(
                 "/bin/sh", ["-c", config.ready_cmd], cwd=cwd, user=user,
-                timeout=max(0.1, min(remaining, READY_ATTEMPT_S)), max_output=READY_OUTPUT,
+                timeout=attempt_s, max_output=READY_OUTPUT,
             )  # fmt: skip
             if res.exit_code == 0 and not res.timed_out:
                 return
+            if res.timed_out and attempt_s < READY_ATTEMPT_S and finished:
+                # Cut short by the create's own deadline (a slow machine): the last attempt
+                # that finished says why the template is not ready.
+                continue
             out = (res.stdout + res.stderr)[-READY_TAIL:].decode(errors="replace").strip()
             last = (
                 f"exit {res.exit_code}"
                 + (" (timed out)" if res.timed_out else "")
                 + (f": {out}" if out else "")
             )
+            finished = finished or not res.timed_out
         except GuestError as e:
             if e.kind == "unavailable":
                 raise  # the guest is gone: no point waiting on
