@@ -9,6 +9,7 @@ import glob
 import hashlib
 import io
 import os
+import re
 import tarfile
 import time
 import uuid
@@ -74,20 +75,38 @@ def members(tar: bytes) -> dict[str, tarfile.TarInfo]:
         return {m.name.removeprefix("./"): m for m in t.getmembers()}
 
 
+def _claims(owner: str) -> dict[str, str]:
+    """Network-slot claim files of ``owner`` (an agent's data dir) → their holder. Other agents
+    on this machine (the other test worker's) claim and free slots at any moment."""
+    out = {}
+    for p in glob.glob("/run/warren/netslots/*"):
+        try:
+            lines = Path(p).read_text().split("\n")
+        except FileNotFoundError:
+            continue  # freed since the listing
+        if lines[0] == owner and len(lines) > 1:
+            out[p] = lines[1]
+    return out
+
+
 def leftovers(agent: AgentProcess) -> list[str]:
-    """Anything a build step's sandbox could leave behind on the host."""
+    """Anything this agent's build steps could leave behind on the host. Only this agent's: the
+    other test worker may be running build steps (template builds) of its own meanwhile."""
     found = [p for p in os.listdir(agent.data_dir / "sandboxes") if p.startswith("step-")]
     found += [p for p in os.listdir(agent.data_dir / "runc") if p.startswith("step-")]
     found += [p for p in os.listdir(agent.data_dir / "layers") if p.startswith((".tmp-", ".del-"))]
-    found += glob.glob("/sys/fs/cgroup/*/warren/step-*")
+    steps = set(
+        re.findall(r"event=build_step_start \S+ sandbox_id=(step-[0-9a-z]+)", agent.log_path.read_text())
+    )
+    found += [d for d in glob.glob("/sys/fs/cgroup/*/warren/step-*") if os.path.basename(d) in steps]
     with open("/proc/self/mountinfo") as f:
-        found += [line.split()[4] for line in f if "/step-" in line]
-    found += [p for p in glob.glob("/run/warren/netslots/*") if "step-" in Path(p).read_text()]
+        found += [line.split()[4] for line in f if "/step-" in line and str(agent.data_dir) in line]
+    found += [p for p, holder in _claims(str(agent.data_dir)).items() if holder.startswith("step-")]
     return found
 
 
 def no_leftovers(agent: AgentProcess) -> list[str]:
-    deadline = time.monotonic() + 5  # processes and cgroups go asynchronously
+    deadline = time.monotonic() + 30  # processes and cgroups go asynchronously (slowly under load)
     while (found := leftovers(agent)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return found
