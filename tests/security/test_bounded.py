@@ -92,10 +92,16 @@ def test_flood_listing_and_concurrent_execs_keep_agent_and_cp_under_300_mb(
     pids = {"cp": platform.cp.pid, "agent": platform.agents[0].proc.pid}
     with PeakRss(pids) as rss:
         # One exec printing 2 GB: stopped at the cap, the command killed, a clear 413.
-        t0 = time.monotonic()
-        err = assert_error(exec_(alice, sb, "head -c 2000000000 /dev/zero"), 413, "output_too_large")
+        cmd = "head -c 2000000000 /dev/zero; touch /tmp/ran-to-the-end"
+        err = assert_error(exec_(alice, sb, cmd), 413, "output_too_large")
         assert str(OUTPUT_CAP) in err["message"] and "stream" in err["message"]
-        assert time.monotonic() - t0 < 30  # killed at the cap, not run to the end
+        # Killed at the cap, not run to the end (was an elapsed-time bound, which a loaded
+        # machine could break).
+        deadline = time.monotonic() + 60
+        while "head" in alice.sh(sb, "cat /proc/[0-9]*/comm"):
+            assert time.monotonic() < deadline, "the command is still running"
+            time.sleep(0.1)
+        assert "ran-to-the-end" not in alice.sh(sb, "ls /tmp")
 
         # The 400 000-entry directory: one bounded page, and it says there is more.
         r = alice.w("POST", f"/v1/sandboxes/{big}/files/list", {"path": "/root/many"})
@@ -145,7 +151,7 @@ def test_output_cap_variants(alice: Tenant, sb: str, script: str) -> None:
 def test_output_past_the_cap_kills_the_command(alice: Tenant, sb: str) -> None:
     # Were the command only disconnected, `yes` would die of SIGPIPE and the shell go on.
     assert_error(exec_(alice, sb, "yes; touch /tmp/survived"), 413, "output_too_large")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while "yes" in alice.sh(sb, "cat /proc/[0-9]*/comm"):
         assert time.monotonic() < deadline, "the command is still running"
         time.sleep(0.1)
@@ -234,7 +240,7 @@ def test_abandoned_unary_exec_is_killed(alice: Tenant, sb: str) -> None:
     body = {"cmd": "/bin/sleep", "args": ["3333"], "timeout_sec": 3600}
     with pytest.raises(httpx.TimeoutException):
         alice.w("POST", f"/v1/sandboxes/{sb}/exec", body, timeout=2)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while "sleep 3333" in alice.sh(sb, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"):
         assert time.monotonic() < deadline, "the abandoned command is still running"
         time.sleep(0.2)
@@ -280,7 +286,7 @@ def test_upload_cap_is_the_files_not_the_forms(alice: Tenant, sb: str) -> None:
 def assert_gone(t: Tenant, sid: str, name: str) -> None:
     """No file ``name`` in /root, and its temporary (``.name.warren-…``, removed as the agent's
     cancelled write unwinds, just after the answer) goes within seconds: nothing partial stays."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         names = t.sh(sid, "ls -a /root").split()
         assert name not in names

@@ -465,7 +465,7 @@ def test_a_websocket_client_that_does_not_read_stalls_the_command_not_the_cp(
             raise AssertionError(f"the producer never stalled ({last} bytes)")
     assert max(rss.grown_mib) < 64, f"CP, agent RSS grew by {rss.grown_mib} MiB while {last} bytes waited"
     # Leaving the stream ends the command rather than leaving it blocked forever.
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while py_count(alice, mine, MARK) > 0:
         assert time.monotonic() < deadline, "the abandoned stream's command still runs"
         time.sleep(0.3)
