@@ -62,7 +62,9 @@ def live(db_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def token(live: str) -> str:
     r = httpx.post(
-        f"{live}/v1/auth/signup", json={"email": "fuzz@example.test", "password": "password1", "name": "Fuzz"}
+        f"{live}/v1/auth/signup",
+        json={"email": "fuzz@example.test", "password": "password1", "name": "Fuzz"},
+        timeout=60,
     )
     assert r.status_code == 201, r.text
     tok: str = r.json()["token"]
@@ -70,8 +72,8 @@ def token(live: str) -> str:
 
 
 def test_openapi_documents(live: str) -> None:
-    spec = httpx.get(f"{live}/openapi.json").json()
-    as_yaml = yaml.safe_load(httpx.get(f"{live}/openapi.yaml").text)
+    spec = httpx.get(f"{live}/openapi.json", timeout=60).json()
+    as_yaml = yaml.safe_load(httpx.get(f"{live}/openapi.yaml", timeout=60).text)
     assert as_yaml == spec
     assert "ErrorEnvelope" in spec["components"]["schemas"]
     assert "HTTPValidationError" not in spec["components"]["schemas"]
@@ -118,17 +120,18 @@ def test_openapi_documents(live: str) -> None:
 
 
 def test_swagger_ui_is_offline(live: str) -> None:
-    html = httpx.get(f"{live}/docs").text
+    html = httpx.get(f"{live}/docs", timeout=60).text
     assert "/docs/static/swagger-ui-bundle.js" in html and "/docs/static/swagger-ui.css" in html
     assert "cdn" not in html.lower() and "https://" not in html
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
-        r = httpx.get(f"{live}/docs/static/{asset}")
+        r = httpx.get(f"{live}/docs/static/{asset}", timeout=60)
         assert r.status_code == 200 and len(r.content) > 10_000
-    spec30 = httpx.get(f"{live}/docs/openapi.json").json()
+    spec30 = httpx.get(f"{live}/docs/openapi.json", timeout=60).json()
     assert spec30["openapi"].startswith("3.0") and "/v1/teams" in spec30["paths"]
     assert '"type": "null"' not in str(spec30).replace("'", '"')
 
 
+@pytest.mark.timeout(900)
 def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: str) -> None:
     schema = schemathesis.openapi.from_url(f"{live}/openapi.json").include(path_regex=ACCOUNT_PATHS)
     headers = {"Authorization": f"Bearer {token}"}
@@ -140,7 +143,6 @@ def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: 
     ]
     operations = [res.ok() for res in schema.get_all_operations()]
     assert len(operations) >= 20
-    started = time.monotonic()
     failures: list[str] = []
     for op in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
@@ -153,7 +155,7 @@ def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: 
             )
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
-                case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=10)
+                case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=60)
 
             try:
                 run()
@@ -164,11 +166,10 @@ def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: 
             except Exception as e:  # collect all, report together
                 failures.append(f"{op.label} [{mode.value}]: {e}")
     assert not failures, "\n\n".join(failures)
-    # bounded by EXAMPLES_PER_MODE (about 10 s on an idle 2-core machine); this only catches a
-    # runaway, with room for a loaded CI machine
-    assert time.monotonic() - started < 240
+    # Bounded by EXAMPLES_PER_MODE (about 10 s on an idle 2-core machine); a runaway is caught by
+    # the test's timeout (an elapsed-time bound here would fail on a loaded machine instead).
     # the token still works: fuzzing never hit the caller's own team by accident
-    assert httpx.get(f"{live}/v1/teams", headers=headers).status_code == 200
+    assert httpx.get(f"{live}/v1/teams", headers=headers, timeout=60).status_code == 200
 
 
 # Hosts and sandboxes (issue 4's surface) through the same live app. No agent runs here, so a
@@ -192,10 +193,12 @@ def no_server_error_but_no_hosts(ctx: Any, response: Any, case: Any) -> None:
         )
 
 
+@pytest.mark.timeout(900)
 def test_schemathesis_hosts_and_sandboxes(live: str, db_url: str) -> None:
     r = httpx.post(
         f"{live}/v1/auth/signup",
         json={"email": "fuzz-admin@example.test", "password": "password1", "name": "A"},
+        timeout=60,
     )
     assert r.status_code == 201, r.text
 
@@ -229,7 +232,7 @@ def test_schemathesis_hosts_and_sandboxes(live: str, db_url: str) -> None:
             )
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
-                case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=10)
+                case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=60)
 
             try:
                 run()
