@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -45,6 +47,7 @@ from sqlalchemy.engine import make_url
 
 from tests.harness.machine import prebuild_minimal_template
 from warren import clock
+from warren.cli.local_agent import DEFAULT_AGENT_PORT
 from warren.cp.db import migrate
 from warren.cp.db.embedded import EmbeddedPostgres
 
@@ -245,6 +248,21 @@ def fake_clock() -> Iterator[Any]:
         yield clock
     finally:
         clock.reset()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_agent_port_held() -> Iterator[None]:
+    """``warren up``'s local agent prefers 127.0.0.1:50051 (and a restarted one reuses the
+    address it registered with): two ``warren up``s on two workers (test_up_local_agent.py,
+    tests/security/test_crashes.py) could take it in turn, and a restart then find it taken.
+    Each worker holds it (bound, not listening), so every test's local agent gets a free port."""
+    s = socket.socket()
+    with contextlib.suppress(OSError):  # another worker holds it: just as good
+        s.bind(("127.0.0.1", DEFAULT_AGENT_PORT))
+    try:
+        yield
+    finally:
+        s.close()
 
 
 @pytest.fixture(autouse=True)
