@@ -37,48 +37,66 @@ MAX_ENDED = 4096
 
 
 class EndedEgress:
-    """The final egress reading of each sandbox destroyed in the last :data:`KEEP_S` seconds,
-    kept in ``path`` (when given) so an agent restart does not lose them."""
+    """The final egress reading of each sandbox destroyed in the last :data:`KEEP_S` seconds (at
+    most :data:`MAX_ENDED`), kept in ``path`` (when given) so an agent restart does not lose
+    them. The file is a log, one JSON line per teardown, rewritten once it holds twice as many
+    lines as entries: a destroy costs one short append, whatever the number kept."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
+        # Insertion order is time order: expiry and the bound drop from the front.
         self._ended: dict[str, tuple[int, float]] = {}
+        self._lines = 0
         if path is not None:
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                raw = json.loads(path.read_text())
-                self._ended = {str(k): (int(v[0]), float(v[1])) for k, v in raw.items()}
+            with contextlib.suppress(OSError):
+                for line in path.read_text().splitlines():
+                    self._lines += 1
+                    with contextlib.suppress(ValueError, TypeError, IndexError):
+                        sid, sent, at = json.loads(line)
+                        self._put(str(sid), int(sent), float(at))
         self._expire()
 
     def add(self, sandbox_id: str, sent: int) -> None:
-        self._ended[sandbox_id] = (sent, clock.time_s())
+        at = clock.time_s()
+        self._put(sandbox_id, sent, at)
         self._expire()
-        self._save()
+        if self.path is None:
+            return
+        try:
+            if self._lines >= 2 * len(self._ended) + 64:
+                self._rewrite()
+            else:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps([sandbox_id, sent, at]) + "\n")
+                self._lines += 1
+        except OSError as e:  # a full data disk: the entry stays in memory
+            log.warning("event=egress_ended_not_saved error=%s", e)
 
     def entries(self) -> dict[str, int]:
         """Sandbox id → its final reading, for those still kept."""
-        if self._expire():
-            self._save()
+        self._expire()
         return {k: v[0] for k, v in self._ended.items()}
 
-    def _expire(self) -> bool:
-        cutoff = clock.time_s() - KEEP_S
-        kept = sorted(((k, v) for k, v in self._ended.items() if v[1] >= cutoff), key=lambda kv: kv[1][1])
-        kept = kept[-MAX_ENDED:]
-        changed = len(kept) != len(self._ended)
-        self._ended = dict(kept)
-        return changed
+    def _put(self, sandbox_id: str, sent: int, at: float) -> None:
+        self._ended.pop(sandbox_id, None)
+        self._ended[sandbox_id] = (sent, at)
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
+    def _expire(self) -> None:
+        cutoff = clock.time_s() - KEEP_S
+        while self._ended:
+            first = next(iter(self._ended))
+            if len(self._ended) <= MAX_ENDED and self._ended[first][1] >= cutoff:
+                return
+            del self._ended[first]
+
+    def _rewrite(self) -> None:
+        assert self.path is not None
         tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({k: list(v) for k, v in self._ended.items()}, f)
-            os.replace(tmp, self.path)
-        except OSError as e:  # a full data disk: the entry stays in memory
-            log.warning("event=egress_ended_not_saved error=%s", e)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps([k, *v]) + "\n" for k, v in self._ended.items())
+        os.replace(tmp, self.path)
+        self._lines = len(self._ended)
 
 
 async def sandbox_egress(manager: SandboxManager, sandboxes: Iterable[HostSandbox]) -> dict[str, int]:
