@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from warren.agent.runtime.base import ContainerState, ContainerStats, Runtime
@@ -31,8 +32,13 @@ def _check(name: str) -> str:
 class ContainerIds:
     """A :class:`Runtime` that runs every call under the sandbox's container id."""
 
-    def __init__(self, inner: Runtime, state_dir: Path) -> None:
+    def __init__(
+        self, inner: Runtime, state_dir: Path, *, released: Callable[[str], None] | None = None
+    ) -> None:
+        """``released``: told each container id once its container is destroyed (the runtime
+        set forgets which runtime it ran on)."""
         self.inner = inner
+        self.released = released
         self.name = inner.name
         self.state_dir = state_dir
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -71,8 +77,11 @@ class ContainerIds:
         return await self.inner.create(self.container_id(sandbox_id), bundle)
 
     async def destroy(self, sandbox_id: str) -> None:
-        await self.inner.destroy(self.container_id(sandbox_id))
+        cid = self.container_id(sandbox_id)
+        await self.inner.destroy(cid)
         self.forget(sandbox_id)
+        if self.released is not None:
+            self.released(cid)
 
     async def pause(self, sandbox_id: str) -> None:
         await self.inner.pause(self.container_id(sandbox_id))

@@ -97,7 +97,7 @@ class SandboxManager:
             runtime = RuntimeSet({runtime.name: runtime}, runtime.name)
         self.runtimes = runtime
         # Claimed warm-pool members keep their container id (container_ids.py).
-        self.runtime = ContainerIds(runtime, data_dir / "container-ids")
+        self.runtime = ContainerIds(runtime, data_dir / "container-ids", released=runtime.forget)
         self.settings = settings
         self.templates = templates or TemplateStore(data_dir / "templates", mirror=settings.debian_mirror)
         self.network = network or NetworkSlots(owner=str(data_dir), pool_size=settings.net_pool)
@@ -144,6 +144,7 @@ class SandboxManager:
             self.data_dir, sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
             builder=self._builder.moved(self.data_dir / "warm"), lower_layers=self.lower_layers,
             hold=self.layers.hold, missing_layers=self.layers.missing, creates_idle=self._no_creates.wait,
+            assign=lambda member_id: self.runtimes.assign(member_id, self.runtimes.default),
         )  # fmt: skip
         for name, size in parse_spec(self.settings.warm_pool).items():
             warm.pools[name] = Pool(name, size)

@@ -62,6 +62,7 @@ MAX_POOLS = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
 # A failing build (a missing layer, a full host) is retried after this, doubling up to the cap.
 RETRY_S, RETRY_MAX_S = 2.0, 60.0
+DESTROY_AT_ONCE = 4
 _ZERO = "00000000-0000-0000-0000-000000000000"
 
 LowerLayers = Callable[[CreateRequest], Awaitable[tuple[list[Path], dict[str, Any]]]]
@@ -134,7 +135,9 @@ class WarmPools:
         hold: Callable[[Chain | None], AbstractContextManager[Any]],
         missing_layers: Callable[[list[str]], list[str]],
         creates_idle: Callable[[], Awaitable[Any]],
+        assign: Callable[[str], None] = lambda member_id: None,
     ) -> None:
+        """``assign``: a new member runs on the agent's default runtime (runtime/select.py)."""
         self.dir = data_dir / WARM_DIR
         self.sandboxes_dir = sandboxes_dir
         self.runtime = runtime
@@ -144,6 +147,7 @@ class WarmPools:
         self._hold = hold
         self._missing = missing_layers
         self._creates_idle = creates_idle
+        self._assign = assign
         self._teardown = Teardown(self.dir, runtime, network)
         self.pools: dict[str, Pool] = {}
         self.claims = 0
@@ -219,6 +223,7 @@ class WarmPools:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refill_loop(), name="warm-pool-refill")
+        self._wake.set()  # the pools of the settings fill now
 
     async def stop(self) -> None:
         """Stop refilling and destroy every member (a stopping agent, Terminate)."""
@@ -360,6 +365,7 @@ class WarmPools:
             sandbox_id=member_id, ref=TemplateRef.parse(_ZERO, _ZERO), allow=[], chain=pool.chain,
             config=build_config, egress=EgressRules(),
         )  # fmt: skip
+        self._assign(member_id)
         with self._hold(pool.chain):
             lower, base_config = await self._lower_layers(req)
             sb = await self.builder.build(req, lower, base_config)
@@ -372,9 +378,17 @@ class WarmPools:
         return sb
 
     async def _destroy_members(self, members: list[HostSandbox], *, reason: str) -> None:
-        for sb in members:
-            log.info("event=warm_member_destroyed member=%s reason=%s", sb.id, reason)
-            await asyncio.shield(self._cleanup(sb.id, slot=sb.slot, pid=sb.pid))
+        """A few at a time (a pool of 40 goes in seconds, not minutes); each runs to its end
+        even if the caller is cancelled."""
+        limit = asyncio.Semaphore(DESTROY_AT_ONCE)
+
+        async def one(sb: HostSandbox) -> None:
+            async with limit:
+                log.info("event=warm_member_destroyed member=%s reason=%s", sb.id, reason)
+                await self._cleanup(sb.id, slot=sb.slot, pid=sb.pid)
+
+        if members:
+            await asyncio.shield(asyncio.gather(*(one(sb) for sb in members)))
 
     async def _cleanup(self, member_id: str, *, slot: int | None, pid: int) -> None:
         try:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
+from tests.integration.agent.layer_tars import layer_tar, put_layer
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -269,6 +270,46 @@ def test_set_warm_pool_grows_shrinks_and_removes(pooled: AgentProcess) -> None:
     finally:
         destroy(pooled, cold)
     fill(pooled, 2)
+
+
+def test_a_pool_of_a_chain_template(pooled: AgentProcess) -> None:
+    """A template of layers: its members run the chain; the claim gets the request's env over
+    the template's, and the start and ready commands run at the claim, with that env."""
+    app = put_layer(pooled.stub, layer_tar({"srv/app/index.html": b"pooled\n"}, dirs=("srv", "srv/app")))
+    cfg = pb.TemplateConfig(
+        env={"TPL": "template", "BOTH": "template"}, workdir="/srv/app",
+        start_cmd='echo "$BOTH $HOSTNAME" > /tmp/started', ready_cmd="test -s /tmp/started",
+    )  # fmt: skip
+    chain = pb.TemplateChain(base="minimal", layers=[app], config=cfg)
+    pooled.stub.SetWarmPool(pb.SetWarmPoolRequest(template="acme/app", size=1, chain=chain), timeout=120)
+
+    def app_ready() -> int:
+        r = pooled.stub.SetWarmPool(pb.SetWarmPoolRequest(template="no-such-pool", size=0), timeout=60)
+        return sum(p.ready for p in r.pools if p.template == "acme/app")
+
+    made: list[pb.CreateSandboxResponse] = []
+    try:
+        wait_for("the app pool", lambda: app_ready() == 1)
+        r = pooled.create(memory_mb=128, env={"BOTH": "request"}, chain=chain)
+        made.append(r)
+        assert container_of(pooled, r.sandbox_id) is not None
+        out = pooled.exec(
+            r.sandbox_id, "sh", "-c", 'pwd; echo "$TPL $BOTH"; cat index.html; cat /tmp/started'
+        )
+        assert out.stdout.decode().splitlines() == [
+            "/srv/app",
+            "template request",
+            "pooled",
+            f"request {r.sandbox_id}",
+        ]
+        # the same layers with another config are another template: cold
+        other = pb.TemplateChain(base="minimal", layers=[app], config=pb.TemplateConfig(workdir="/srv"))
+        made.append(pooled.create(memory_mb=128, chain=other))
+        assert container_of(pooled, made[-1].sandbox_id) is None
+    finally:
+        pooled.stub.SetWarmPool(pb.SetWarmPoolRequest(template="acme/app", size=0), timeout=120)
+        for m in made:
+            destroy(pooled, m)
 
 
 def test_set_warm_pool_checks_its_request(pooled: AgentProcess) -> None:
