@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,7 +93,9 @@ async def checkpointable(guest: GuestClient) -> str:
 
 async def pause(rt: GvisorRuntime, sb: HostSandbox, guest: GuestClient) -> tuple[str, int]:
     """Checkpoint when it can succeed, else freeze; ``(paused_state, image bytes)``."""
+    t0 = time.monotonic()
     why = await checkpointable(guest)
+    log.debug("event=checkpoint_check sandbox_id=%s ms=%.0f", sb.id, (time.monotonic() - t0) * 1000)
     if why:
         log.info("event=pause_to_memory sandbox_id=%s reason=%r", sb.id, why)
         await rt.pause(sb.id)

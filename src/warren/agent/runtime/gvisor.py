@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from warren.agent.proc import CommandError, run
@@ -46,6 +47,7 @@ RUNSC = "runsc"
 GUEST_PORT = 49982  # the guest's TCP listener inside every gVisor sandbox
 CHECKPOINT_DIR = "checkpoint"  # <sandbox dir>/checkpoint/: the image of a sandbox paused to disk
 IMAGE_FILE = "checkpoint.img"
+CHILDREN_FILE = "runsc.pids"  # the sandbox's runsc processes (sentry, gofer), to reap them
 COMPLETE = "complete"  # written once an image is whole (runsc leaves a stub when a save fails)
 # Where the platform chosen at the first agent start of this boot is kept (see choose_platform).
 PLATFORM_CACHE = Path("/run/warren/gvisor-platform")
@@ -158,13 +160,23 @@ class GvisorRuntime:
             with contextlib.suppress(Exception):
                 await self._delete(sandbox_id)
             raise RuntimeError_(f"runsc {verb[0]} failed (exit {proc.returncode}): {detail}")
-        return int(pid_file.read_text().strip())
+        pid = int(pid_file.read_text().strip())
+        _save_children(bundle / CHILDREN_FILE, sandbox_id)
+        return pid
 
     async def create(self, sandbox_id: str, bundle: Path) -> int:
         return await self._start(sandbox_id, bundle)
 
     async def _delete(self, sandbox_id: str) -> None:
-        res = await run(*self._argv("delete", "--force", sandbox_id), check=False)
+        # runsc waits (5 s) for its sandbox's processes to be gone; they are the agent's
+        # children (its subreaper), so they stay zombies unless reaped meanwhile.
+        reaper = asyncio.create_task(_reap(self.sandboxes_dir / sandbox_id / CHILDREN_FILE))
+        try:
+            res = await run(*self._argv("delete", "--force", sandbox_id), check=False)
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
         gone = "does not exist" in res.stderr or "not exist" in res.stderr
         if res.returncode != 0 and not gone and await self._runsc_state(sandbox_id) is not None:
             raise RuntimeError_(f"runsc delete {sandbox_id}: {res.stderr.strip()[-500:]}")
@@ -230,13 +242,20 @@ class GvisorRuntime:
         image = self.image_dir(sandbox_id)
         shutil.rmtree(image, ignore_errors=True)
         image.mkdir(mode=0o700)
+        t0 = time.monotonic()
         res = await run(*self._argv("checkpoint", "--image-path", str(image), sandbox_id), check=False)
         if res.returncode != 0:
             shutil.rmtree(image, ignore_errors=True)
             raise RuntimeError_(f"runsc checkpoint failed: {_first_line(res.stderr)}")
         (image / COMPLETE).write_text("")
+        t1 = time.monotonic()
         await self._delete(sandbox_id)
-        return image_size(image)
+        size = image_size(image)
+        log.info(
+            "event=sandbox_checkpointed sandbox_id=%s checkpoint_ms=%.0f delete_ms=%.0f bytes=%d",
+            sandbox_id, (t1 - t0) * 1000, (time.monotonic() - t1) * 1000, size,
+        )  # fmt: skip
+        return size
 
     async def restore(self, sandbox_id: str, bundle: Path, image: Path | None = None) -> int:
         """Start the sandbox from ``image`` (default: its own checkpoint); its pid. The netns gets
@@ -269,6 +288,38 @@ class GvisorRuntime:
             f"route replace default via {slot.gateway}\n"
         )
         await run("ip", "-n", slot.netns, "-batch", "-", input=cmds.encode())
+
+
+def _save_children(path: Path, sandbox_id: str) -> None:
+    """The pids of this sandbox's runsc processes that are the agent's children (re-parented
+    to it as subreaper when ``runsc run`` exits): the gofer and the sandbox itself."""
+    me, pids = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == me and sandbox_id.encode() in (stat.parent / "cmdline").read_bytes():
+                pids.append(stat.parent.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    with contextlib.suppress(OSError):
+        path.write_text(" ".join(pids))
+
+
+async def _reap(path: Path) -> None:
+    """Reap the recorded processes as they exit (not children after an agent restart: init's)."""
+    try:
+        pids = {int(p) for p in path.read_text().split()}
+    except (OSError, ValueError):
+        return
+    while pids:
+        for pid in list(pids):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never blocks
+            except ChildProcessError:
+                done = pid
+            if done:
+                pids.discard(pid)
+        await asyncio.sleep(0.02)
 
 
 def image_size(image: Path) -> int:
