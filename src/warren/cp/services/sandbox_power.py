@@ -39,6 +39,13 @@ async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: st
         return moved.first() is not None
 
 
+async def set_paused_state(engine: AsyncEngine, sb_uuid: uuid.UUID, state: str | None) -> None:
+    """How a paused sandbox is paused, as its agent said: "disk" (checkpointed), "memory" or None
+    (frozen)."""
+    async with autocommit(engine) as conn:
+        await conn.execute(sa.update(sandboxes).where(sandboxes.c.id == sb_uuid).values(paused_state=state))
+
+
 async def _status_conflict(conn: AsyncConnection, sb_uuid: uuid.UUID, want: str) -> InvalidState:
     status = (await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == sb_uuid))).scalar()
     return InvalidState(f"sandbox is not {want} (status: {status})")

@@ -17,6 +17,11 @@ and docs/templates.md.
   (its layers' bytes), and an export that would pass the size quota is stopped and refused the
   same way. The host must have disk room for a full copy of the sandbox's disk (503
   ``no_capacity``).
+- A gVisor sandbox's snapshot (issue 16) stays on its host instead: its agent copies the
+  sandbox's layers and, when it could checkpoint the sandbox, its memory image into a host-local
+  template (``CreateSnapshot``), and the record says its kind
+  (``memory`` or ``filesystem``). Creates from it go to that host only; one from a memory
+  snapshot starts with every process where it was (on gvisor only: services/sandboxes.py).
 - Delete removes the rows; layers go to garbage collection (services/layer_gc.py) once nothing
   uses them. A pre-store snapshot's files are deleted on its host first, as before: an agent
   error other than NotFound is a hard error (500 ``agent_error``) and the row stays.
@@ -203,7 +208,9 @@ async def create_snapshot(
         await limits.check_snapshot_room(conn, lim, team_uuid, replacing=replacing, new_bytes=0)
     # The source sandbox is validated before anything is touched (docs/design.md §4).
     tgt = await sandbox_access.target(engine, pool, ctx, body.sandbox_id, states=("running", "paused"))
-    parent = await _parent_chain(engine, tgt.uuid)
+    # gVisor's: host-local, with its memory image (no store layer, so no parent chain to describe).
+    on_host = tgt.sandbox.runtime == "gvisor"
+    parent = None if on_host else await _parent_chain(engine, tgt.uuid)
     if tgt.host_id is not None:
         async with autocommit(engine) as conn:
             await limits.check_host_disk(conn, settings, tgt.host_id, tgt.sandbox.disk_size_mb)
@@ -211,20 +218,10 @@ async def create_snapshot(
     sb_uuid = tgt.uuid
     tgt, was_running = await _pre_mark_paused(engine, pool, ctx, tgt, body.sandbox_id)
     try:
-        room = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
-        try:
-            meta = await asyncio.shield(asyncio.ensure_future(_export(engine, store, client, tgt, room)))
-        except PayloadTooLarge:
-            # Past what the quota leaves: refused like any snapshot over it (429).
-            async with autocommit(engine) as conn:
-                new_bytes = parent.size_bytes + room + 1
-                await limits.check_snapshot_room(
-                    conn, lim, team_uuid, replacing=replacing, new_bytes=new_bytes
-                )
-            raise
-        # One transaction swaps the old record for the new: until it commits, the old snapshot
-        # is whole.
-        row = await _record(engine, ctx, team_uuid, name, tgt, parent, meta, old, lim)
+        if parent is None:
+            row = await _take_on_host(engine, pool, ctx, team_uuid, name, tgt, old, lim)
+        else:
+            row = await _take_to_store(engine, store, ctx, team_uuid, name, tgt, parent, old, lim)
     except BaseException:
         # Refused or failed, whatever the step: the sandbox runs again as it did (its layer, if
         # stored, is unreferenced and goes to GC).
@@ -236,6 +233,80 @@ async def create_snapshot(
             await _delete_replaced(engine, pool, team_uuid, replaced)
     log.info("snapshot created name=%s sandbox=%s team=%s", name, tgt.sid, ids.team_id(team_uuid))
     return template_model(row)
+
+
+async def _take_to_store(
+    engine: AsyncEngine,
+    store: LayerStore,
+    ctx: AuthContext,
+    team_uuid: uuid.UUID,
+    name: str,
+    tgt: sandbox_access.Target,
+    parent: _Parent,
+    old: list[RowMapping],
+    lim: limits.PlatformLimits,
+) -> RowMapping:
+    """The sandbox's writable layer into the store, within what the size quota leaves, then the
+    record (one transaction swaps the old for the new: until it commits, the old one is whole)."""
+    replacing = _counted(old)
+    room = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
+    try:
+        meta = await asyncio.shield(asyncio.ensure_future(_export(engine, store, tgt.client(), tgt, room)))
+    except PayloadTooLarge:
+        # Past what the quota leaves: refused like any snapshot over it (429).
+        async with autocommit(engine) as conn:
+            new_bytes = parent.size_bytes + room + 1
+            await limits.check_snapshot_room(conn, lim, team_uuid, replacing=replacing, new_bytes=new_bytes)
+        raise
+    return await _record(engine, ctx, team_uuid, name, tgt, parent, meta, old, lim)
+
+
+async def _take_on_host(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    ctx: AuthContext,
+    team_uuid: uuid.UUID,
+    name: str,
+    tgt: sandbox_access.Target,
+    old: list[RowMapping],
+    lim: limits.PlatformLimits,
+) -> RowMapping:
+    """A gVisor sandbox's snapshot: its agent pauses it (to disk when it can) and copies its
+    layers, and then its memory image, into a host-local template; the record says the kind and
+    pins creates from it to that host. Files the record does not come to hold are deleted."""
+    template_id = ids.new_uuid()
+    req = pb.CreateSnapshotRequest(sandbox_id=tgt.sid, team_id=str(team_uuid), template_id=str(template_id))
+    call = tgt.client().stub.CreateSnapshot(req, timeout=CREATE_BUDGET_S)
+    resp = await asyncio.shield(asyncio.ensure_future(call))
+    kind = "memory" if resp.kind == "memory" else "filesystem"
+    # A memory image is only taken of a sandbox checkpointed to disk; else it was frozen.
+    await sandbox_power.set_paused_state(engine, tgt.uuid, "disk" if kind == "memory" else None)
+    values = {
+        "id": template_id, "name": name, "type": "snapshot", "vcpus": tgt.sandbox.vcpus,
+        "memory_mb": tgt.sandbox.memory_mb, "size_bytes": resp.size_bytes, "snapshot_kind": kind,
+        "host_id": tgt.host_id, "created_at": clock.now(), "team_id": team_uuid, "version": 1,
+        "tags": ["v1"],
+    }  # fmt: skip
+    audit_meta = {"sandbox_id": tgt.sid, "overwrite": bool(old), "kind": kind}
+    try:
+        return await _insert(engine, ctx, team_uuid, name, values, old, lim, audit_meta)
+    except BaseException:
+        await asyncio.shield(_delete_unrecorded(engine, pool, team_uuid, template_id, tgt.host_id))
+        raise
+
+
+async def _delete_unrecorded(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    team_uuid: uuid.UUID,
+    template_id: uuid.UUID,
+    host: uuid.UUID | None,
+) -> None:
+    """A host-local snapshot refused at its record (a quota, a name taken meanwhile): its files go."""
+    try:
+        await delete_files(engine, pool, team_uuid, template_id, host)
+    except WarrenError as e:
+        log.warning("unrecorded snapshot %s: its files stay on the host: %s", template_id, e.message)
 
 
 async def _named(engine: AsyncEngine, team_uuid: uuid.UUID, name: str) -> list[RowMapping]:
@@ -267,7 +338,8 @@ def _counted(old: list[RowMapping]) -> uuid.UUID | None:
 
 
 def is_legacy(row: Mapping[Any, Any]) -> bool:
-    """A snapshot taken before the template store: its files live on the host that took it."""
+    """A host-local snapshot, taken before the template store or of a gVisor sandbox: its files
+    live on the host that took it."""
     return bool(row["type"] == "snapshot" and not row["layers"] and row["source"] != "snapshot")
 
 
@@ -411,7 +483,7 @@ async def _record(
     lim: limits.PlatformLimits,
 ) -> RowMapping:
     size = parent.size_bytes + meta.size
-    values = {
+    values: dict[str, Any] = {
         "id": ids.new_uuid(), "name": name, "type": "snapshot", "vcpus": tgt.sandbox.vcpus,
         "memory_mb": tgt.sandbox.memory_mb, "size_bytes": size, "snapshot_kind": "filesystem",
         # The source host holds the layers: a preference for the scheduler, not a pin.
@@ -419,6 +491,22 @@ async def _record(
         "base": parent.base, "layers": [*parent.layers, meta.digest], "config": parent.config,
         "tags": ["v1"], "source": "snapshot",
     }  # fmt: skip
+    audit_meta = {"sandbox_id": tgt.sid, "overwrite": bool(old), "layer": meta.digest}
+    return await _insert(engine, ctx, team_uuid, name, values, old, lim, audit_meta)
+
+
+async def _insert(
+    engine: AsyncEngine,
+    ctx: AuthContext,
+    team_uuid: uuid.UUID,
+    name: str,
+    values: dict[str, Any],
+    old: list[RowMapping],
+    lim: limits.PlatformLimits,
+    audit_meta: dict[str, Any],
+) -> RowMapping:
+    """The snapshot's template row in place of ``old``, with its audit row, in one transaction."""
+    size = values["size_bytes"]
     try:
         async with transaction(engine) as conn:
             # Recorded only for a live team, under a lock on its row: a team delete takes that
@@ -447,7 +535,7 @@ async def _record(
                 action="create",
                 resource_type="snapshot",
                 resource_id=name,
-                metadata={"sandbox_id": tgt.sid, "overwrite": bool(old), "layer": meta.digest},
+                metadata=audit_meta,
             )
     except WarrenError:
         raise
