@@ -9,6 +9,9 @@ times CreateSandbox + `Exec true`; a cold round times the same with the pool emp
 pool of 0, so every create is cold). Prints p50 / p99 in milliseconds, and the agent's own split
 of each (its `event=claim_steps` and `event=create_steps` debug lines).
 
+With --freeze-ab: two agents, pool members frozen on one (the default) and left running on the
+other (WARREN_AGENT_WARM_POOL_FREEZE=false), claimed in alternating rounds.
+
 The `minimal` template comes from WARREN_TEST_MINIMAL_DIR (default
 /var/cache/warren-test/templates/minimal) and is built there on first use.
 """
@@ -68,14 +71,57 @@ def steps(log: str, event: str, ids: set[str]) -> dict[str, list[float]]:
     return out
 
 
+def freeze_ab(root: Path, n: int, size: int, runtime: str) -> None:
+    """Two agents, members frozen on one and running on the other, claimed in alternating
+    rounds (so both see the same load): is thawing at the claim cheap enough?"""
+    agents = {}
+    for name, freeze in (("frozen", "true"), ("running", "false")):
+        env = {
+            "WARREN_LOG_LEVEL": "DEBUG",
+            "WARREN_AGENT_METRICS_LISTEN": "0",
+            "WARREN_AGENT_WARM_POOL_FREEZE": freeze,
+        }
+        agents[name] = AgentProcess.standalone(root / name, runtime=runtime, env=env).start()
+    times: dict[str, list[float]] = {k: [] for k in agents}
+    ids: dict[str, set[str]] = {k: set() for k in agents}
+    try:
+        for a in agents.values():
+            create_exec(a)
+        for _ in range(n):
+            for name, a in agents.items():
+                wait_full(a, size)
+                ms, sb = create_exec(a)
+                times[name].append(ms)
+                ids[name].add(sb)
+        logs = {k: a.log_path.read_text() for k, a in agents.items()}
+    finally:
+        for a in agents.values():
+            a.destroy_all()
+            a.stop()
+    print(f"claimed create → first exec, members frozen vs running ({runtime}), n = {n}, ms")
+    for name in agents:
+        split = steps(logs[name], "claim_steps", ids[name])
+        parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in split.items())
+        print(
+            f"{name:>10} p50 {pct(times[name], 50):7.1f} p99 {pct(times[name], 99):7.1f}   steps p50: {parts}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--pool", type=int, default=4)
     ap.add_argument("--runtime", default="runc")
+    ap.add_argument("--freeze-ab", action="store_true", help="members frozen vs running, instead")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="warren-bench-warm-"))
     root.chmod(0o755)
+    if args.freeze_ab:
+        try:
+            freeze_ab(root, args.n, args.pool, args.runtime)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     agent = AgentProcess.standalone(
         root / "agent",
         runtime=args.runtime,

@@ -146,6 +146,7 @@ class SandboxManager:
             hold=self.layers.hold, missing_layers=self.layers.missing, creates_idle=self._no_creates.wait,
             assign=lambda member_id: self.runtimes.assign(member_id, self.runtimes.default),
         )  # fmt: skip
+        warm.freeze = self.settings.warm_pool_freeze
         for name, size in parse_spec(self.settings.warm_pool).items():
             warm.pools[name] = Pool(name, size)
         return warm

@@ -56,6 +56,8 @@ class AgentSettings(BaseSettings):
     # Warm pools kept from the start (docs/agent.md, "Warm pools"): "minimal=4"; the control
     # plane can set others (SetWarmPool) at run time.
     warm_pool: str = ""
+    # Members wait frozen (no CPU) and are thawed at the claim; false keeps them running.
+    warm_pool_freeze: bool = True
 
     # gVisor's platform (runtime/gvisor.py): "ptrace", "kvm", or "auto" (kvm when /dev/kvm runs
     # a sandbox, else ptrace); "off": no gVisor runtime even where runsc is installed.
