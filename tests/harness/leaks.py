@@ -17,6 +17,17 @@ def slot_of(host_ip: str) -> int:
     return (int(ipaddress.IPv4Address(host_ip)) - int(ipaddress.IPv4Address("10.11.0.0"))) // 4
 
 
+def slot_held_by_another(slot: int, data_dir: Path) -> bool:
+    """Whether an agent other than the one at ``data_dir`` (another test worker's) holds network
+    slot ``slot`` now: rules for the slot are then that agent's sandbox's, not a leftover. (A
+    slot claim is written before its rules are installed and removed after they are.)"""
+    try:
+        owner = Path(f"/run/warren/netslots/{slot}").read_text().split("\n", 1)[0]
+    except FileNotFoundError:
+        return False
+    return owner != str(data_dir)
+
+
 def leaks(agent: AgentProcess, sb_id: str, host_ip: str) -> list[str]:
     """Everything a destroyed sandbox could leave behind on the host."""
     found: list[str] = []

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.leaks import slot_held_by_another
 from tests.harness.platform import Platform, start_platform
 from tests.harness.tenant import Tenant
 from warren import ids
@@ -278,7 +279,7 @@ def test_an_opened_range_reaches_one_teams_new_sandboxes_only(
 ) -> None:
     admin = {"Authorization": f"Bearer {platform.token}"}
     url = f"{platform.url}/v1/admin/teams/{alice.team_id}/egress"
-    r = httpx.put(url, json={"ranges": ["labnet"]}, headers=admin)
+    r = httpx.put(url, json={"ranges": ["labnet"]}, headers=admin, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json() == {"team_id": alice.team_id, "ranges": ["labnet"], "cidrs": ["10.213.7.0/29"]}
     try:
@@ -294,11 +295,12 @@ def test_an_opened_range_reaches_one_teams_new_sandboxes_only(
         slot = slot_of(alice, mine)
         assert allow_rules(slot) == [f"-A WARREN-ALLOW -d 10.213.7.0/29 -i wv{slot} -j ACCEPT"]
         assert alice.w("DELETE", f"/v1/sandboxes/{mine}").status_code == 204
-        assert allow_rules(slot) == []
+        # (Unless the other test worker's agent has taken the freed slot meanwhile.)
+        assert allow_rules(slot) == [] or slot_held_by_another(slot, platform.agents[0].data_dir)
         assert alice.w("DELETE", f"/v1/sandboxes/{mine_off}").status_code == 204
         assert bob.w("DELETE", f"/v1/sandboxes/{theirs}").status_code == 204
     finally:
-        assert httpx.put(url, json={"ranges": []}, headers=admin).status_code == 200
+        assert httpx.put(url, json={"ranges": []}, headers=admin, timeout=60).status_code == 200
 
 
 def test_egress_admin_api(platform: Platform, alice: Tenant) -> None:
