@@ -310,15 +310,15 @@ def test_signed_url(sb: Sbx, other: Sbx, platform: Platform, http: httpx.Client)
         assert browser.get(platform.url + sb.url(8000, "/")).status_code == 200  # the cookie
     # Not for another port or another sandbox.
     for wrong in (url.replace("/ports/8000/", "/ports/8001/"), url.replace(sb.id, other.id)):
-        r = httpx.get(wrong)
+        r = httpx.get(wrong, timeout=60)
         assert (r.status_code, _err(r)) == (403, "signed_url_invalid")
     # Until it expires.
     r = http.post(
         f"/v1/sandboxes/{sb.id}/preview/signed-url", json={"port": 8000, "expires": 1}, headers=sb.p.headers
     )
     short = r.json()["url"]
-    deadline = time.monotonic() + 10
-    while (r := httpx.get(short)).status_code != 403:
+    deadline = time.monotonic() + 60
+    while (r := httpx.get(short, timeout=60)).status_code != 403:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert _err(r) == "signed_url_expired"
@@ -332,7 +332,7 @@ def test_rotation_voids_the_old_token_and_its_signed_urls(sb: Sbx, http: httpx.C
     assert r.status_code == 200, r.text
     new = r.json()["traffic_token"]
     assert http.get(sb.url(8000, "/hello.txt"), headers=sb.tok()).status_code == 403
-    assert httpx.get(url).status_code == 403
+    assert httpx.get(url, timeout=60).status_code == 403
     sb.token = new
     assert http.get(sb.url(8000, "/hello.txt"), headers=sb.tok()).status_code == 200
 
@@ -389,7 +389,7 @@ def test_sdk_get_host_and_get_url(sb: Sbx, platform: Platform) -> None:
     try:
         assert sbx.get_host(8000) == f"8000-{sb.id}.{DOMAIN}"
         url = sbx.get_url(8000, expires=600, path="/hello.txt")
-        r = httpx.get(url, follow_redirects=True)  # as a browser or curl -L would
+        r = httpx.get(url, follow_redirects=True, timeout=60)  # as a browser or curl -L would
         assert (r.status_code, r.text) == (200, "hello-from-sandbox\n")
         assert sbx.set_preview(auto_resume=False)["auto_resume"] is False
     finally:
@@ -409,6 +409,6 @@ def test_dashboard_open_port_gives_a_signed_link(sb: Sbx, platform: Platform) ->
         r = c.post(f"/dashboard/actions/sandboxes/{sb.id}/open-port", json={"port": 8000},
                    headers={"X-CSRF-Token": token[1]})  # fmt: skip
         assert r.status_code == 200, r.text
-    r = httpx.get(r.json()["redirect"], follow_redirects=True)  # the browser follows it
+    r = httpx.get(r.json()["redirect"], follow_redirects=True, timeout=60)  # the browser follows it
     assert r.status_code == 200
     assert '<a href="hello.txt">' in r.text  # http.server's listing of /srv
