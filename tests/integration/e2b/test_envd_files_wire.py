@@ -156,7 +156,7 @@ def test_paths_stay_inside_the_sandbox(platform: Platform, fs: Fs) -> None:
             assert r.status_code == 404, (path, r.status_code, r.text)
         octets = fs.headers(**{"Content-Type": "application/octet-stream"})
         as_root = {"path": "/home/user/up/etc/escaped", "username": "root"}
-        up = httpx.post(f"{fs.url}/files", params=as_root, content=b"x", headers=octets)
+        up = httpx.post(f"{fs.url}/files", params=as_root, content=b"x", headers=octets, timeout=60)
         assert up.status_code == 200, up.text
         assert fs.ok("Stat", {"path": "/etc/escaped"})["entry"]["owner"] == "root"  # the sandbox's /etc
         assert not Path("/etc/escaped").exists()
@@ -302,7 +302,10 @@ def test_signed_urls(fs: Fs) -> None:
     # By host name, as the SDK's URLs are when E2B_SANDBOX_URL is unset.
     host = {"Host": f"49983-{fs.id}.{DOMAIN}"}
     assert (
-        httpx.get(f"{fs.url}/files", params=_signed(fs, "signed.txt", "read"), headers=host).content == b"S"
+        httpx.get(
+            f"{fs.url}/files", params=_signed(fs, "signed.txt", "read"), headers=host, timeout=60
+        ).content
+        == b"S"
     )
     # No sandbox at all (E2B_SANDBOX_URL set): a clear refusal, not a search.
     r = httpx.get(f"{fs.url}/files", params=_signed(fs, "signed.txt", "read"), timeout=60)
@@ -359,6 +362,7 @@ def test_bad_requests(fs: Fs) -> None:
         params={"path": "t"},
         content=b"x",
         headers=fs.headers(**{"Content-Type": "text/plain"}),
+        timeout=60,
     )
     assert r.status_code == 400
 

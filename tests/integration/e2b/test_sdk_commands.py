@@ -199,7 +199,9 @@ def test_client_disconnect_mid_stream_leaves_the_process(sbx: Sandbox, envd: Env
     marker = uuid.uuid4().hex
     start = {"process": {"cmd": "/bin/bash", "args": ["-c", f"while :; do echo {marker}; sleep 0.1; done"]}}
     h = envd.headers() | {"Content-Type": "application/connect+json"}
-    with httpx.stream("POST", f"{envd.url}/process.Process/Start", content=envelope(start), headers=h) as r:
+    with httpx.stream(
+        "POST", f"{envd.url}/process.Process/Start", content=envelope(start), headers=h, timeout=60
+    ) as r:
         first = next(r.iter_bytes())  # the start envelope, then we hang up
     pid = envelopes(first[: 5 + int.from_bytes(first[1:5], "big")])[0][1]["event"]["start"]["pid"]
     time.sleep(0.3)  # let the CP notice the hang-up; the process must run on regardless
@@ -212,7 +214,9 @@ def test_a_slow_reader_holds_its_command_back_instead_of_losing_output(envd: Env
     start = {"process": {"cmd": "/bin/bash", "args": ["-c", f"head -c {total} /dev/zero; echo -n end"]}}
     h = envd.headers() | {"Content-Type": "application/connect+json"}
     got, end = 0, None
-    with httpx.stream("POST", f"{envd.url}/process.Process/Start", content=envelope(start), headers=h) as r:
+    with httpx.stream(
+        "POST", f"{envd.url}/process.Process/Start", content=envelope(start), headers=h, timeout=60
+    ) as r:
         raw = r.iter_raw(1 << 16)
         buf = bytearray(next(raw))
         # A reader that stalls: it is slow on purpose, not waiting for anything it could poll.
@@ -237,7 +241,9 @@ def test_a_slow_reader_holds_its_command_back_instead_of_losing_output(envd: Env
 def test_raw_close_stdin_and_keepalive(envd: Envd) -> None:
     start = {"process": {"cmd": "/bin/bash", "args": ["-c", "sleep 1.5; cat"]}, "stdin": True}
     h = envd.headers() | {"Content-Type": "application/connect+json", "Keepalive-Ping-Interval": "1"}
-    with httpx.stream("POST", f"{envd.url}/process.Process/Start", content=envelope(start), headers=h) as r:
+    with httpx.stream(
+        "POST", f"{envd.url}/process.Process/Start", content=envelope(start), headers=h, timeout=60
+    ) as r:
         chunks = r.iter_bytes()
         body = next(chunks)
         pid = envelopes(body)[0][1]["event"]["start"]["pid"]

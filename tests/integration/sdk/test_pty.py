@@ -171,6 +171,7 @@ def test_other_team_and_no_credentials(platform: Platform, sbx: Sandbox) -> None
     r = httpx.post(
         platform.url + "/v1/auth/signup",
         json={"email": f"pty{time.time_ns()}@example.com", "password": "correct horse battery", "name": "O"},
+        timeout=60,
     )
     assert r.status_code == 201, r.text
     other = {"Authorization": f"Bearer {r.json()['token']}"}
