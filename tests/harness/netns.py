@@ -85,7 +85,7 @@ class Machine:
         return ["nsenter", "-t", str(self.pid), "-m", "-n", *where, "--", *argv]
 
     def run(
-        self, script: str, *, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+        self, script: str, *, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
     ) -> str:
         """Run a bash script in the machine; its stdout. A failure raises with its output."""
         done = subprocess.run(
