@@ -207,7 +207,7 @@ def test_warren_up_restarts_a_killed_agent_and_nothing_runs_unrecorded(up_home: 
             http.close()
         code = up.stop(signal.SIGINT)  # Ctrl-C
     assert code == 0, up.text()[-3000:]
-    _until(lambda: not [c for _, c in _cmdlines() if str(up_home) in c], 20, "nothing left running")
+    _until(lambda: not [c for _, c in _cmdlines() if str(up_home) in c], 60, "nothing left running")
 
 
 # ---------------------------------------------------------------------- control plane -9
@@ -278,7 +278,10 @@ async def test_a_killed_control_plane_leaves_no_pending_record_past_the_grace(
     t0 = time.monotonic()
 
     async def settled() -> dict[str, str]:
-        while time.monotonic() - t0 < 60:
+        # The grace and a few passes, not the 11 minutes a record of a host that does not say
+        # what it is creating waits (ABANDONED_PENDING_S): no fixed number of seconds is asserted,
+        # which a loaded machine could break.
+        while time.monotonic() - t0 < 120:
             statuses = await _statuses(platform)
             live = {s for s, st in statuses.items() if st in ("running", "paused")}
             if "pending" not in statuses.values() and _sandbox_dirs(agent_data) <= live:
@@ -287,7 +290,6 @@ async def test_a_killed_control_plane_leaves_no_pending_record_past_the_grace(
         raise AssertionError(f"not settled: {await _statuses(platform)}\n{new.log_tail()}")
 
     statuses = await settled()
-    assert time.monotonic() - t0 < 30  # the grace and a pass or two, not 11 minutes
     assert statuses[ids.sandbox_id(never_sent)] == "error"
     # What the host did create is usable by its owner (or was destroyed if its record is final).
     for sid, st in statuses.items():
