@@ -15,6 +15,10 @@ as E2B's `base`; ``tests/harness/e2b.py``), then alternates, per round:
 
 Targets (issue 15): the e2b SDK within 1.5x of Warren's own SDK for both, and its
 ``commands.run`` p50 <= 10 ms. Everything shares the machine's 2 cores.
+
+Beside the latencies it prints the CPU each command cost, per process (this client, the CP, the
+agent, the sandbox's guest and the commands it started: ``/proc/<pid>/stat``), a figure that
+holds when other work shares the machine and the wall-clock numbers do not.
 """
 
 from __future__ import annotations
@@ -53,20 +57,78 @@ def timed(fn: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
     return out
 
 
+class CpuMeter:
+    """CPU milliseconds per call of the client, the CP, the agent and one sandbox's guest (its
+    own and, reaped by it, its commands'), from ``/proc/<pid>/stat``."""
+
+    def __init__(self, platform: Platform) -> None:
+        agent = platform.agents[0].proc
+        assert agent is not None
+        self.pids = {"cp": platform.cp.pid, "agent": agent.pid}
+        self.sums: dict[str, float] = {}
+        self.calls = 0
+
+    def guests(self) -> set[int]:
+        out = set()
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.pids["agent"]:
+                        out.add(int(d.name))
+                except (OSError, ValueError, IndexError):
+                    continue
+        return out
+
+    @staticmethod
+    def _ticks(pid: int) -> tuple[int, int]:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12]), int(f[13]) + int(f[14])
+
+    def measure(self, guest: int, fn: Callable[[], Any], n: int) -> list[float]:
+        pids = {**self.pids, "guest": guest}
+        before = {k: self._ticks(p) for k, p in pids.items()}
+        t0 = os.times()
+        out = timed(fn, n, warmup=0)
+        t1 = os.times()
+        after = {k: self._ticks(p) for k, p in pids.items()}
+        tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        got = {k: (after[k][0] - before[k][0]) * tick_ms for k in pids}
+        got["commands"] = (after["guest"][1] - before["guest"][1]) * tick_ms
+        got["client"] = (t1.user + t1.system - t0.user - t0.system) * 1000
+        for k, v in got.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.calls += n
+        return out
+
+    def line(self, name: str) -> str:
+        parts = "  ".join(f"{k} {v / self.calls:5.2f}" for k, v in self.sums.items())
+        total = sum(self.sums.values()) / self.calls
+        return f"{name:<40} CPU ms/call: {parts}  (total {total:5.2f})"
+
+
 def row(name: str, ms: list[float]) -> str:
     return f"{name:<40} p50 {pct(ms, 50):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   n={len(ms)}"
 
 
-def exec_round(platform: Platform, template: str, n: int) -> tuple[list[float], list[float]]:
+def exec_round(
+    platform: Platform, template: str, n: int, meters: tuple[CpuMeter, CpuMeter]
+) -> tuple[list[float], list[float]]:
     import e2b
 
     from warren import Sandbox
 
+    before = meters[0].guests()
     with Sandbox.create(template, **platform.sdk()) as wsbx:
-        warren_ms = timed(lambda: wsbx.commands.run("true"), n)
+        (guest,) = meters[0].guests() - before
+        timed(lambda: wsbx.commands.run("true"), 5)
+        warren_ms = meters[0].measure(guest, lambda: wsbx.commands.run("true"), n)
+    before = meters[1].guests()
     esbx = e2b.Sandbox.create(template=template)
     try:
-        e2b_ms = timed(lambda: esbx.commands.run("true"), n)
+        (guest,) = meters[1].guests() - before
+        timed(lambda: esbx.commands.run("true"), 5)
+        e2b_ms = meters[1].measure(guest, lambda: esbx.commands.run("true"), n)
     finally:
         esbx.kill()
     return warren_ms, e2b_ms
@@ -120,8 +182,9 @@ async def main() -> None:
         ex_e: list[float] = []
         cr_w: list[float] = []
         cr_e: list[float] = []
+        meters = (CpuMeter(platform), CpuMeter(platform))
         for r in range(args.rounds):
-            w, e = await asyncio.to_thread(exec_round, platform, template, args.n)
+            w, e = await asyncio.to_thread(exec_round, platform, template, args.n, meters)
             ex_w += w
             ex_e += e
             w, e = await asyncio.to_thread(create_round, platform, template, args.creates)
@@ -132,6 +195,8 @@ async def main() -> None:
         print(row('Warren SDK commands.run("true")', ex_w))
         print(row('e2b SDK commands.run("true")', ex_e))
         verdict("exec", ex_w, ex_e, 10.0)
+        print(meters[0].line('Warren SDK commands.run("true")'))
+        print(meters[1].line('e2b SDK commands.run("true")') + "\n")
         print(row("Warren SDK create → first command", cr_w))
         print(row("e2b SDK create → first command", cr_e))
         verdict("create", cr_w, cr_e, None)
