@@ -2,6 +2,7 @@
 
     python bench/soak.py                          # 10 minutes, 3 agents, 6 workers (root)
     python bench/soak.py --minutes 2 --agents 1 --workers 3
+    MALLOC_ARENA_MAX=2 python bench/soak.py --minutes 30   # the environment reaches every process
 
 Starts the benchmarks' platform (``bench/_platform.py``: an embedded PostgreSQL, the CP in its
 own process, real agents on 127.0.0.51-53 registered through the API). Each worker loops over
@@ -10,7 +11,9 @@ one sandbox's life through the REST API: create (``minimal``), 4 execs, 2 file w
 
 Every minute it prints throughput and p50/p99 latency per operation, and for the CP and each
 agent process: RSS, open fds, threads, plus the mounts under the platform's directory and the
-network namespaces each agent holds (its slot claims whose namespace exists).
+network namespaces each agent holds (its slot claims whose namespace exists); and each
+process's RSS by kind of mapping (:func:`memory_kinds`: glibc's main heap, glibc's per-thread
+arenas, other anonymous memory such as CPython's object arenas, files), so growth can be placed.
 
 Start and end figures are taken with the load **quiesced** (workers finish their current cycle
 and wait; the agents' network pools settle), after one minute of warm-up (first-use caches,
@@ -68,6 +71,8 @@ class Sample:
     rss: dict[str, int] = field(default_factory=dict)
     fds: dict[str, int] = field(default_factory=dict)
     threads: dict[str, int] = field(default_factory=dict)
+    # Resident bytes by kind of mapping (see memory_kinds): where RSS growth is.
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     netns: dict[str, int] = field(default_factory=dict)
     mounts: int = 0
     host_mounts: int = 0  # the whole machine's: other workloads move these too
@@ -101,6 +106,30 @@ def count_netns(data_dir: Path) -> int:
     return n
 
 
+def memory_kinds(pid: int) -> dict[str, int]:
+    """Resident bytes of ``pid`` by mapping: ``heap`` (glibc's main arena, ``[heap]``),
+    ``arenas`` (glibc's per-thread arenas: anonymous mappings starting on a 64 MiB boundary,
+    where glibc reserves them), ``anon`` (every other anonymous mapping: CPython's object
+    arenas, thread stacks, large allocations, gRPC's buffers) and ``file`` (code, libraries)."""
+    kinds = {"heap": 0, "arenas": 0, "anon": 0, "file": 0}
+    kind = "file"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                name = head[5].strip() if len(head) > 5 else ""
+                start = int(head[0].split("-")[0], 16)
+                if name == "[heap]":
+                    kind = "heap"
+                elif name and not name.startswith("[anon"):
+                    kind = "file"
+                else:
+                    kind = "arenas" if start % (64 * MIB) == 0 else "anon"
+            elif head[0] == "Rss:":
+                kinds[kind] += int(head[1]) * 1024
+    return kinds
+
+
 def sample(procs: list[Proc], base: Path) -> Sample:
     with open("/proc/self/mountinfo") as f:
         host_mounts = sum(1 for _ in f)
@@ -111,6 +140,8 @@ def sample(procs: list[Proc], base: Path) -> Sample:
         s.rss[p.name] = ps.memory_info().rss
         s.fds[p.name] = ps.num_fds()
         s.threads[p.name] = ps.num_threads()
+        with contextlib.suppress(OSError):
+            s.kinds[p.name] = memory_kinds(p.pid)
         if p.data_dir is not None:
             s.netns[p.name] = count_netns(p.data_dir)
     return s
@@ -218,6 +249,15 @@ def print_minute(minute: int, elapsed: float, load: Load, procs: list[Proc], s: 
         for p in procs
     )
     print(f"          {res}  mounts {s.mounts} (host {s.host_mounts}, host netns {s.host_netns})", flush=True)
+    print(f"          RSS MiB by mapping (heap/arenas/anon/file): {kinds_line(procs, s)}", flush=True)
+
+
+def kinds_line(procs: list[Proc], s: Sample) -> str:
+    return "  ".join(
+        f"{p.name} " + "/".join(f"{v / MIB:.1f}" for v in s.kinds[p.name].values())
+        for p in procs
+        if p.name in s.kinds
+    )
 
 
 def slope_mib_per_min(points: list[tuple[float, int]]) -> float:
@@ -248,6 +288,8 @@ def verdict(procs: list[Proc], start: Sample, end: Sample, trend: dict[str, list
             f"{start.threads[n]:>3}→{end.threads[n]:<3}  {ns} {slope:+8.2f} MiB/min  "
             + ("flat" if ok else "GROWS")
         )
+    print(f"RSS MiB by mapping (heap/arenas/anon/file), start: {kinds_line(procs, start)}")
+    print(f"                                          end:   {kinds_line(procs, end)}")
     mounts_ok = start.mounts == end.mounts
     print(f"mounts under the platform dir: {start.mounts} → {end.mounts}  {'flat' if mounts_ok else 'GROWS'}")
     print(
@@ -257,7 +299,55 @@ def verdict(procs: list[Proc], start: Sample, end: Sample, trend: dict[str, list
     return flat and mounts_ok
 
 
-async def soak(minutes: int, agents: int, workers: int) -> bool:
+class AgentTraces:
+    """``--trace-agents``: ``tracemalloc`` in every agent (``bench/soak_trace/sitecustomize.py``,
+    through the environment the agents inherit); :meth:`take` has each dump a snapshot, and
+    :meth:`report` prints where the Python heap grew between two of them."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self._saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "WARREN_SOAK_TRACE_DIR")}
+        here = str(ROOT / "bench" / "soak_trace")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        os.environ["WARREN_SOAK_TRACE_DIR"] = str(out)
+
+    def restore(self) -> None:
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    async def take(self, n: int, pids: list[int]) -> None:
+        (self.out / f"take-{n}").touch()
+        for _ in range(600):
+            if all((self.out / f"{pid}-{n}.snap").exists() for pid in pids):
+                return
+            await asyncio.sleep(0.5)
+        print(f"tracemalloc: snapshot {n} missing for some agents", flush=True)
+
+    def report(self, procs: list[Proc], a: int, b: int, top: int = 8) -> None:
+        import tracemalloc
+
+        for p in procs:
+            try:
+                old = tracemalloc.Snapshot.load(str(self.out / f"{p.pid}-{a}.snap"))
+                new = tracemalloc.Snapshot.load(str(self.out / f"{p.pid}-{b}.snap"))
+            except OSError:
+                continue
+            total = sum(t.size for t in new.traces) - sum(t.size for t in old.traces)
+            print(
+                f"\n{p.name}: Python heap {sum(t.size for t in old.traces) / MIB:.2f} → "
+                f"{sum(t.size for t in new.traces) / MIB:.2f} MiB ({total / 1024:+.0f} KiB); grew most at:"
+            )
+            for st in new.compare_to(old, "traceback")[:top]:
+                recent = list(st.traceback)[-1:-5:-1]  # the innermost four frames, innermost first
+                frames = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in recent)
+                print(f"  {st.size_diff / 1024:+8.1f} KiB {st.count_diff:+6d} blocks  {frames}")
+
+
+async def soak(minutes: int, agents: int, workers: int, traces: AgentTraces | None = None) -> bool:
     async with running_platform("warren-soak-", AGENT_IPS[:agents]) as (platform, base):
         procs = [Proc("cp", platform.cp.pid)]
         procs += [
@@ -281,6 +371,8 @@ async def soak(minutes: int, agents: int, workers: int) -> bool:
             print_minute(0, time.monotonic() - t_start, load, procs, sample(procs, base))
             await load.quiesce()
             start = await settled(procs, base)
+            if traces is not None:
+                await traces.take(0, [p.pid for p in procs[1:]])
             load.take()
             load.paused.clear()
             t0 = time.monotonic()
@@ -293,6 +385,9 @@ async def soak(minutes: int, agents: int, workers: int) -> bool:
                 print_minute(minute, time.monotonic() - mark, load, procs, s)
             await load.quiesce()
             end = await settled(procs, base)
+            if traces is not None:
+                await traces.take(1, [p.pid for p in procs[1:]])
+                traces.report(procs[1:], 0, 1)
         finally:
             stop.set()
             load.paused.clear()
@@ -306,9 +401,21 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=10, help="measured minutes (after 1 minute of warm-up)")
     ap.add_argument("--agents", type=int, default=3, choices=(1, 2, 3))
     ap.add_argument("--workers", type=int, default=6, help="concurrent sandbox cycles")
+    ap.add_argument(
+        "--trace-agents",
+        metavar="DIR",
+        type=Path,
+        help="run tracemalloc in the agents, snapshots in DIR; print where their Python heap grew "
+        "between start and end (slows the agents and doubles their RSS: not for the figures)",
+    )
     args = ap.parse_args()
     require_root("bench/soak.py")
-    flat = asyncio.run(soak(args.minutes, args.agents, args.workers))
+    traces = AgentTraces(args.trace_agents) if args.trace_agents else None
+    try:
+        flat = asyncio.run(soak(args.minutes, args.agents, args.workers, traces))
+    finally:
+        if traces is not None:
+            traces.restore()
     print("verdict: FLAT (nothing grows past its tolerance)" if flat else "verdict: SOMETHING GROWS")
     sys.exit(0 if flat else 1)
 

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,53 @@ def _print_banner(
     out.print("\n" + "\n".join(lines) + "\n", soft_wrap=True)
 
 
+def _pools_line(pools: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['template']} {p['ready']}/{p['target']} ready" for p in pools)
+
+
+def _watch_pools(db_url: str, home_dir: Path, stop: threading.Event) -> None:
+    """Print the local agent's warm pools (what its heartbeats report, ready / target) when it
+    first reports them and again once every pool is full; then stop watching."""
+    import asyncio
+    import json
+
+    import asyncpg
+
+    from warren import ids
+
+    async def watch() -> None:
+        creds = home_dir / "agent" / "host-credentials.json"
+        said = ""
+        conn = None
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(1)
+                if not creds.exists():
+                    continue
+                if conn is None:
+                    conn = await asyncpg.connect(db_url)
+                host = ids.parse_id(ids.Kind.HOST, json.loads(creds.read_text())["host_id"])
+                raw = await conn.fetchval("SELECT warm_pools FROM hosts WHERE id = $1", host)
+                pools = json.loads(raw) if isinstance(raw, str) else raw
+                if not pools:
+                    continue
+                full = all(p["ready"] >= p["target"] for p in pools)
+                if not said or (full and said != "full"):
+                    state = "full" if full else "filling"
+                    out.print(f"  Warm pools  {_pools_line(pools)} ({state}; GET /v1/hosts shows them)")
+                    said = "full" if full else "filling"
+                if full:
+                    return
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    try:
+        asyncio.run(watch())
+    except Exception as e:  # a report only: never a reason to stop the platform
+        log.warning("watching the warm pools failed: %s", e)
+
+
 # ------------------------------------------------------------------------------- commands
 
 
@@ -175,6 +223,7 @@ def up_command(
     sup = Supervisor()
     sup.install_signal_handlers()
     code = 1
+    watching = threading.Event()  # set on the way out: the warm-pool report stops
     try:
         db_url = os.environ.get("WARREN_DATABASE_URL")
         embedded = not db_url
@@ -210,6 +259,11 @@ def up_command(
 
         e2b_url = _base_url(host, e2b_port) if e2b_port else None
         _print_banner(base_url, e2b_url, home_dir, embedded, time.monotonic() - t0)
+        if agent and warm_pool:
+            out.print(f"  Warm pools  {warm_pool} on the local agent, filling in the background")
+            threading.Thread(
+                target=_watch_pools, args=(db_url, home_dir, watching), daemon=True, name="warm-pools"
+            ).start()
         code = sup.wait()
     except Stopped:
         code = 0
@@ -217,6 +271,7 @@ def up_command(
         err.print(f"[red]{e}[/red]")
         code = 1
     finally:
+        watching.set()
         if sup.signal_received is not None:
             out.print("Stopping…")
         sup.shutdown()
