@@ -138,6 +138,8 @@ class SandboxManager:
         # asyncio.Semaphore wakes its waiters first come, first served.
         self._create_slots = asyncio.Semaphore(limit) if limit > 0 else None
         self.warm_pools = self._warm_pools()
+        # Prepared network slots are refilled after creates, as warm pools are.
+        self.network.wait_idle = self._no_creates.wait
 
     def _warm_pools(self) -> WarmPools:
         warm = WarmPools(

@@ -34,9 +34,10 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from warren.agent import egress
 from warren.agent.egress_rules import SandboxEgress
@@ -122,6 +123,9 @@ class NetworkSlots:
         self.pool_size = pool_size
         self._pool: list[Slot] = []
         self._refill: asyncio.Task[None] | None = None
+        # Awaited before each refill slot (the manager's: no create queued or under way), so
+        # building a slot's `ip` and iptables processes never competes with a create.
+        self.wait_idle: Callable[[], Awaitable[Any]] | None = None
 
     # A claim file is "<owner>\n<holder>\n<allowed CIDRs, comma-separated>\n": the CIDRs are
     # written before their rules are installed, so whoever tears the slot down (this agent,
@@ -267,6 +271,8 @@ class NetworkSlots:
 
     async def _fill_pool(self) -> None:
         while len(self._pool) < self.pool_size:
+            if self.wait_idle is not None:
+                await self.wait_idle()
             try:
                 self._pool.append(await self._new_slot("pool", internet=True))
             except Exception as e:
