@@ -395,7 +395,14 @@ def _serve(settings: Settings, options: dict[str, Any], workers: int, e2b_port: 
     from uvicorn.main import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config("warren.cp.app:create_server_app", factory=True, workers=workers, **options)
+    # A worker must answer the supervisor's health ping within this, or it is killed (as hung)
+    # and started again: uvicorn's 5 s default killed workers still importing the app on a busy
+    # host, over and over (and turned a startup failure, exit 3, into an endless restart loop).
+    # (A worker that dies while pinged is noticed only at the timeout: not much longer.)
+    config = uvicorn.Config(
+        "warren.cp.app:create_server_app", factory=True, workers=workers, timeout_worker_healthcheck=30,
+        **options,
+    )  # fmt: skip
     supervisor = Multiprocess(config, sockets=_bind(config, e2b_port))
     supervisor.run()
     if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
