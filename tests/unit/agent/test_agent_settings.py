@@ -73,6 +73,8 @@ def test_the_process_limit_reaches_the_bundle(tmp_path: Path) -> None:
     from warren.agent.manager import SandboxManager
     from warren.agent.runtime.base import Runtime
 
-    m = SandboxManager(tmp_path, Runtime.__new__(Runtime), settings=AgentSettings(max_processes=77))  # type: ignore[abstract]
+    runtime = Runtime.__new__(Runtime)  # type: ignore[type-abstract]
+    runtime.name = "runc"
+    m = SandboxManager(tmp_path, runtime, settings=AgentSettings(max_processes=77))
     builder: SandboxBuilder = m._builder
     assert builder.limits == BuildLimits(max_open_files=4096, max_processes=77)
