@@ -59,8 +59,8 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
 )
 async def create_sandbox(
     ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched, settings: SettingsDep, store: Store,
-    response: Response, body: Annotated[CreateSandboxRequest | None, Body()] = None,
-) -> svc.SandboxView:  # fmt: skip
+    body: Annotated[CreateSandboxRequest | None, Body()] = None,
+) -> Response:  # fmt: skip
     """Create a sandbox on a host chosen by the scheduler. A size past a platform maximum → 400;
     past a team quota → 429 `quota_exceeded`; no eligible host (none offering the runtime) → 503
     `no_hosts_available`; no host with room → 503 `no_capacity`.
@@ -77,9 +77,12 @@ async def create_sandbox(
     sandbox = await svc.create_sandbox(
         db, pool, scheduler, ctx, params, settings=settings, store=store, timings=timings
     )
+    # The answer written once (response_model documents it): a model returned to FastAPI is
+    # validated against the response model again and encoded in a second pass.
+    response = Response(sandbox.model_dump_json(exclude_none=True), 201, media_type="application/json")
     if "agent" in timings:
         response.headers["Server-Timing"] = f"agent;dur={timings['agent']:.1f}"
-    return sandbox
+    return response
 
 
 @router.get(

@@ -274,10 +274,15 @@ async def create_sandbox(
         raise InvalidRequest("invalid template name (want name or name:tag)")
     # Single statements outside a transaction (no BEGIN/COMMIT round trips): the insert is
     # atomic on its own and the reads need no snapshot shared with it.
+    # The template, the host and the pending row on one pool checkout (each checkout costs CPU).
+    sb_uuid = ids.new_uuid()
     async with driver(engine) as conn:
         plan = await _resolve(conn, settings, team_uuid, ref, m.group(1), m.group(2) or "", params)
-    plan = dataclasses.replace(plan, replica=replica_lease.owner_of(engine))
-    placed = await _place(engine, pool, scheduler, settings, team_uuid, plan, params, store, timings)
+        plan = dataclasses.replace(plan, replica=replica_lease.owner_of(engine))
+        first = await _reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet)
+    placed = await _place(
+        engine, pool, scheduler, settings, team_uuid, plan, params, store, timings, (sb_uuid, first)
+    )
     host, client, sb_uuid, req, resp = placed
     token, token_digest = new_traffic_token()
     row = await _record_running(engine, client, ctx, team_uuid, sb_uuid, plan, resp, token_digest, params)
@@ -305,23 +310,29 @@ async def _place(
     params: CreateParams,
     store: LayerStore | None,
     timings: dict[str, float] | None,
+    first: tuple[uuid.UUID, Host],
 ) -> _Placed:
-    """Reserve a host and have its agent make the sandbox. A host that cannot be reached at
-    all (no connection made) is left for another eligible one, with a new pending row; up to
-    ``_HOST_ATTEMPTS`` hosts. When no other host is left, the client hears the first failure."""
+    """Have the agent of the ``first`` reservation (the pending row's id and its host) make the
+    sandbox. A host that cannot be reached at all (no connection made) is left for another
+    eligible one, with a new pending row; up to ``_HOST_ATTEMPTS`` hosts. When no other host is
+    left, the client hears the first failure."""
     avoid: list[uuid.UUID] = []
     unreached: AgentError | None = None
+    reserved: tuple[uuid.UUID, Host] | None = first
     while True:
-        sb_uuid = ids.new_uuid()
-        try:
-            async with driver(engine) as conn:
-                host = await _reserve(
-                    conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet, avoid
-                )
-        except ServiceUnavailable:
-            if unreached is None:
-                raise
-            raise unreached from None
+        if reserved is not None:
+            (sb_uuid, host), reserved = reserved, None
+        else:
+            sb_uuid = ids.new_uuid()
+            try:
+                async with driver(engine) as conn:
+                    host = await _reserve(
+                        conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet, avoid
+                    )
+            except ServiceUnavailable:
+                if unreached is None:
+                    raise
+                raise unreached from None
         client = pool.get(host)
         req = _create_request(settings, sb_uuid, plan, params)
         await egress_rules.record_created(engine, sb_uuid, params.network)
