@@ -4,9 +4,9 @@ Pause to disk (docs/agent.md, "gVisor"): ``runsc checkpoint`` writes the sandbox
 memory to ``<sandbox>/checkpoint/`` and ends its processes, so its memory is free on the host;
 resume restores them. This runsc version ends the sandbox even when the save *fails*, and a
 save fails on any TCP endpoint that is connected or in TIME_WAIT (netstack cannot save one).
-So before checkpointing, :func:`checkpointable` asks the guest for the sandbox's TCP table
-(``/proc/net/tcp``; the agent's own connections reset on close and leave nothing there) and,
-when something would make the save fail, the sandbox is frozen instead (``paused_state``
+So before checkpointing, :func:`checkpointable` reads the sandbox's socket tables
+(``/proc/net/tcp`` …, through ``runsc exec``, not through the guest) and, when anything but the
+guest's listener is there, the sandbox is paused in memory instead (``paused_state``
 ``memory``): a pause never loses a sandbox for a cause the agent can see.
 
 A fork (a sandbox created from a memory snapshot) is restored from the snapshot's image into its
@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 from warren.agent import sandbox_fs
 from warren.agent.guest_client import GuestClient
-from warren.agent.guest_wire import GuestError, TcpGuest
+from warren.agent.guest_wire import TcpGuest
 from warren.agent.record import HostSandbox
+from warren.agent.runtime.base import RuntimeError_
 from warren.agent.runtime.gvisor import COMPLETE, GUEST_PORT, GvisorRuntime
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InternalError
@@ -69,44 +70,48 @@ def write_secret(fs: SandboxFs, secret: str) -> None:
     os.chown(path, MAPPED_BASE, MAPPED_BASE)
 
 
-async def checkpointable(guest: GuestClient) -> str:
+async def checkpointable(rt: GvisorRuntime, sb_id: str) -> str:
     """Empty when a checkpoint can succeed; else why not. This runsc version cannot save a TCP
-    endpoint that is connected, in TIME_WAIT, or watched by epoll (a listening asyncio server),
-    and a failed save ends the sandbox: so any TCP or UDP socket but the guest's listener means
-    no checkpoint. The agent's own connections reset on close and leave nothing behind."""
+    endpoint that is connected, in TIME_WAIT, or watched by epoll (a listening asyncio server;
+    the guest's own connections too), and a failed save ends the sandbox: so any TCP or UDP
+    socket but the guest's listener means no checkpoint. Read with ``runsc exec``, beside the
+    guest: asking the guest would itself leave a connection in its epoll set."""
     tables = ["/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"]
     try:
-        res = await guest.exec("/bin/cat", tables, timeout=10.0)
-    except GuestError as e:
-        return f"the guest did not answer ({e})"
+        out = await rt.exec_output(sb_id, ["/bin/cat", *tables], MAX_TCP_TABLE, 10.0)
+    except RuntimeError_ as e:
+        return f"cannot read its socket tables ({e})"
     busy = []
-    for line in res.stdout[:MAX_TCP_TABLE].decode(errors="replace").splitlines():
+    for line in out.decode(errors="replace").splitlines():
         cols = line.split()
         if len(cols) > 3 and cols[0].endswith(":") and ":" in cols[1]:
             local_port = int(cols[1].rsplit(":", 1)[-1], 16)
-            if local_port != GUEST_PORT:  # the listener, and this very call's connection
+            if not (local_port == GUEST_PORT and cols[3] == "0A"):  # all but the guest's listener
                 busy.append(f"{cols[1]}->{cols[2]} state {cols[3]}")
     if busy:
         return f"{len(busy)} socket(s) open ({', '.join(busy[:3])})"
     return ""
 
 
-async def pause(rt: GvisorRuntime, sb: HostSandbox, guest: GuestClient) -> tuple[str, int]:
-    """Checkpoint when it can succeed, else freeze; ``(paused_state, image bytes)``."""
-    t0 = time.monotonic()
-    why = await checkpointable(guest)
-    log.debug("event=checkpoint_check sandbox_id=%s ms=%.0f", sb.id, (time.monotonic() - t0) * 1000)
-    if why:
-        log.info("event=pause_to_memory sandbox_id=%s reason=%r", sb.id, why)
-        await rt.pause(sb.id)
-        return "memory", 0
-    # This call's own connection was reset on close; give the sandbox a moment to take it in.
-    await asyncio.sleep(0.02)
+async def pause(rt: GvisorRuntime, sb: HostSandbox) -> tuple[str, int]:
+    """Checkpoint when it can succeed, else ``runsc pause``; ``(paused_state, image bytes)``.
+    No new command reaches the guest meanwhile (``sb.checkpointing``, SandboxManager.guest)."""
+    sb.checkpointing = True
     try:
-        size = await rt.checkpoint(sb.id)
-    except Exception as e:
-        raise InternalError(f"checkpoint of {sb.id} failed, the sandbox is lost: {e}") from e
-    return "disk", size
+        t0 = time.monotonic()
+        why = await checkpointable(rt, sb.id)
+        log.debug("event=checkpoint_check sandbox_id=%s ms=%.0f", sb.id, (time.monotonic() - t0) * 1000)
+        if why:
+            log.info("event=pause_to_memory sandbox_id=%s reason=%r", sb.id, why)
+            await rt.pause(sb.id)
+            return "memory", 0
+        try:
+            size = await rt.checkpoint(sb.id)
+        except Exception as e:
+            raise InternalError(f"checkpoint of {sb.id} failed, the sandbox is lost: {e}") from e
+        return "disk", size
+    finally:
+        sb.checkpointing = False
 
 
 async def resume(rt: GvisorRuntime, sb: HostSandbox, bundle: Path) -> int:

@@ -300,7 +300,10 @@ class SandboxManager:
 
     def guest(self, sb_id: str) -> GuestClient:
         """The guest client of a running sandbox: commands and files go straight to it."""
-        return self._guest(self._running(sb_id))
+        sb = self._running(sb_id)
+        if sb.checkpointing:
+            raise InvalidState(f"sandbox {sb_id} is being paused")
+        return self._guest(sb)
 
     def _touch(self, sb: HostSandbox) -> None:
         sb.last_active_at = clock.time_s()
@@ -567,7 +570,7 @@ class SandboxManager:
                 raise InvalidState(f"sandbox {sb_id} is not running (status {sb.status})")
             rt = self.runtimes.gvisor(sb_id)
             if rt is not None:  # to disk when it can be (gvisor_ops.py)
-                sb.paused_state, _ = await gvisor_ops.pause(rt, sb, self._guest(sb))
+                sb.paused_state, _ = await gvisor_ops.pause(rt, sb)
                 if sb.paused_state == "disk":
                     sb.pid, sb.guest = 0, None
             else:

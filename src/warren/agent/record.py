@@ -72,6 +72,8 @@ class HostSandbox(SandboxSpec):
     runtime: str = ""
     paused_state: str = ""
     guest_secret: str = field(default="", repr=False)
+    # A gVisor checkpoint under way: no new command may reach the guest (gvisor_ops.pause).
+    checkpointing: bool = field(default=False, repr=False)
 
     RECORD_FIELDS = (
         "id", "status", "team_id", "template_id", "template", "vcpus", "memory_mb", "disk_size_mb",

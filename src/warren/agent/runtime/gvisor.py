@@ -155,8 +155,18 @@ class GvisorRuntime:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        if await proc.wait() != 0:
+        try:
+            rc = await proc.wait()
+        except asyncio.CancelledError:
+            # The caller's undo deletes the container; runsc must not go on creating it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.shield(proc.wait())
+            _save_children(bundle / CHILDREN_FILE, sandbox_id)
+            raise
+        if rc != 0:
             detail = _log_errors(log_file) or "(no log)"
+            _save_children(bundle / CHILDREN_FILE, sandbox_id)
             with contextlib.suppress(Exception):
                 await self._delete(sandbox_id)
             raise RuntimeError_(f"runsc {verb[0]} failed (exit {proc.returncode}): {detail}")
@@ -209,6 +219,30 @@ class GvisorRuntime:
         except CommandError:
             return None
         return parse_state(json.loads(res.stdout))
+
+    async def exec_output(self, sandbox_id: str, argv: list[str], limit: int, timeout: float) -> bytes:  # noqa: ASYNC109
+        """``runsc exec``: a command in the sandbox, beside its guest (no connection to it); at
+        most ``limit`` bytes of its stdout (the command is the tenant's: it may print without
+        end), within ``timeout`` seconds (then ``RuntimeError_``)."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv("exec", sandbox_id, *argv), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout):
+                out = await proc.stdout.read(limit)
+                await proc.wait()
+        except TimeoutError as e:
+            raise RuntimeError_(f"runsc exec in {sandbox_id} did not finish in {timeout:.0f} s") from e
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.shield(proc.wait())
+        if proc.returncode != 0:
+            raise RuntimeError_(f"runsc exec in {sandbox_id} failed (exit {proc.returncode})")
+        return out
 
     def checkpointed(self, sandbox_id: str) -> bool:
         return (self.image_dir(sandbox_id) / COMPLETE).exists()
