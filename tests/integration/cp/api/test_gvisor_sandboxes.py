@@ -378,3 +378,36 @@ async def test_the_sdk_and_the_cli_ask_for_gvisor(api: Api, platform: Platform, 
     cli_made = await api.get(json.loads(r.stdout)["id"])
     assert cli_made["runtime"] == "gvisor"
     await api.destroy_clean(cli_made)
+
+
+async def test_after_a_kill9_of_the_agent_its_gvisor_sandboxes_are_back(api: Api, platform: Platform) -> None:
+    """Last in the module: it restarts the agent. A running and a disk-paused gVisor sandbox are
+    re-adopted and usable through the API again; the paused one's counter goes on at resume."""
+    running = await api.create()
+    paused = await api.create()
+    try:
+        await api.start_counter(running["id"])
+        reached = await api.start_counter(paused["id"])
+        assert (await api.post(f"/v1/sandboxes/{paused['id']}/pause"))["paused_state"] == "disk"
+        agent = platform.agents[0]
+        await asyncio.to_thread(agent.kill9)
+        await agent.astart()
+
+        async def answers() -> bool:
+            r = await api.run(running["id"], "echo", "back")
+            return r.status_code == 200 and r.json()["stdout"] == "back\n"
+
+        await wait_for("the re-adopted sandbox to answer", answers)
+        before = await api.counter(running["id"])
+
+        async def counts_on() -> bool:
+            return await api.counter(running["id"]) > before
+
+        await wait_for("the running counter to go on", counts_on)
+        again = await api.get(paused["id"])
+        assert (again["status"], again["paused_state"], again["runtime"]) == ("paused", "disk", "gvisor")
+        await api.post(f"/v1/sandboxes/{paused['id']}/resume")
+        assert await api.counter(paused["id"]) >= reached
+    finally:
+        await api.destroy_clean(running)
+        await api.destroy_clean(paused)
