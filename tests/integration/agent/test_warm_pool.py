@@ -15,10 +15,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
+from tests.harness.machine import free_port
 from tests.integration.agent.layer_tars import layer_tar, put_layer
 from warren.rpc import hostagent_pb2 as pb
 
@@ -386,3 +389,35 @@ def test_terminate_destroys_the_pool(agent_root: Path) -> None:
     assert not was & containers(a)
     with open("/proc/self/mountinfo") as f:
         assert [line for line in f if str(a.data_dir / "warm") in line] == []
+
+
+def test_metrics_show_pools_claims_and_cold_creates(agent_root: Path) -> None:
+    port = free_port()
+    env = {"WARREN_AGENT_WARM_POOL": "minimal=1", "WARREN_AGENT_METRICS_LISTEN": f"127.0.0.1:{port}"}
+    a = AgentProcess.standalone(agent_root / "metered", env=env).start()
+
+    def value(name: str, **labels: str) -> float | None:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        hits = [
+            s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]  # fmt: skip
+        return sum(hits) if hits else None
+
+    made: list[pb.CreateSandboxResponse] = []
+    try:
+        wait_for("the pool of 1", lambda: ready(a) == 1)
+        assert value("warren_agent_warm_pool_target", template="minimal") == 1
+        assert value("warren_agent_warm_pool_ready", template="minimal") == 1
+        assert value("warren_agent_warm_pool_claims_total") == 0
+        made.append(a.create(memory_mb=64))
+        assert container_of(a, made[-1].sandbox_id) is not None
+        assert value("warren_agent_warm_pool_claims_total") == 1
+        set_pool(a, 0)  # no pool left: the next create is cold, for want of one
+        made.append(a.create(memory_mb=64))
+        assert value("warren_agent_cold_creates_total", reason="no_pool") == 1
+        assert value("warren_agent_warm_pool_target", template="minimal") is None
+    finally:
+        for m in made:
+            destroy(a, m)
+        a.stop()
