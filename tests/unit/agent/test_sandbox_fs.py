@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -79,7 +79,9 @@ def test_private_files_are_born_0600(tmp_path: Path) -> None:
 
 async def test_no_sandbox_larger_than_the_host(tmp_path: Path) -> None:
     # Refused before anything is made: the runtime is never reached.
-    m = SandboxManager(tmp_path, cast(Runtime, None), settings=AgentSettings(create_concurrency=0))
+    runtime = Runtime.__new__(Runtime)  # type: ignore[type-abstract]  # never called
+    runtime.name = "runc"
+    m = SandboxManager(tmp_path, runtime, settings=AgentSettings(create_concurrency=0))
     bad: list[dict[str, Any]] = [
         {"memory_mb": MAX_MEMORY_MB + 1}, {"vcpus": MAX_VCPUS + 1}, {"memory_mb": 32}, {"disk_size_mb": 8},
     ]  # fmt: skip
