@@ -1,4 +1,5 @@
-"""The gVisor tier (issue 16): a sandbox's runtime, the runtimes a host offers, paused-to-disk state, memory snapshots.
+"""The gVisor tier (issue 16): a sandbox's runtime, the runtimes a host offers, paused-to-disk
+state, memory snapshots.
 
 A snapshot's kind (``templates.snapshot_kind``: 'filesystem' or 'memory') exists since 0001;
 a memory snapshot is one a gVisor sandbox took with its processes' memory.
@@ -28,7 +29,10 @@ def upgrade() -> None:
     op.add_column(
         "hosts",
         sa.Column(
-            "runtimes", postgresql.ARRAY(sa.Text()), nullable=False, server_default=sa.text("'{runc}'::text[]")
+            "runtimes",
+            postgresql.ARRAY(sa.Text()),
+            nullable=False,
+            server_default=sa.text("'{runc}'::text[]"),
         ),
     )
     # The runtime a sandbox runs on, and how a paused one is paused: 'memory' (frozen in place)
