@@ -228,21 +228,12 @@ class Proc(Streamed):
     def _spawn_as_user(
         self, exe: str, argv: "list[str]", env: "dict[str, str]", cwd: str, fds: "tuple[int, int, int]"
     ) -> int:
-        # posix_spawn cannot change credentials: the spare child does (spawner.py), else fork,
-        # drop to the user, exec (users.py).
-        from . import spawner
+        # posix_spawn cannot change credentials: fork, drop to the user, exec (users.py).
         from .users import spawn_as
 
         assert self.user is not None
         guest = self.g
-        try:
-            pid = spawner.spawn(guest, self.user, exe, argv, env, cwd, fds)
-            if pid is None:
-                pid = spawn_as(self.user, exe, argv, env, cwd, fds, guest.sigdef, guest.oom)
-        except BaseException:
-            spawner.refill_soon(guest)  # a refused command never finishes, which refills
-            raise
-        return pid
+        return spawn_as(self.user, exe, argv, env, cwd, fds, guest.sigdef, guest.oom)
 
     def _watch(self, out_r: int, err_r: int, in_w: int, timeout: "float | None") -> None:
         """Our pipe ends into the loop, and the timeout's timer."""
@@ -387,10 +378,6 @@ class Proc(Streamed):
         self._end_subscribers()
         self.owner = None
         self.g.retire(self)
-        if self.user is not None:  # between requests: the next command as a user needs a spare
-            from . import spawner
-
-            spawner.refill_soon(self.g)
 
     def exit_fields(self) -> "dict[str, Any]":
         if self.timed_out:
