@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from warren.agent import layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
@@ -69,9 +71,20 @@ class InstalledLayer:
 
 
 class LayerCache:
-    def __init__(self, root: Path, *, max_bytes: int, in_use: Callable[[], set[str]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int,
+        in_use: Callable[[], set[str]] | None = None,
+        images: bool = True,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # Install layers as squashfs images (layer_image.py) when asked and this host can;
+        # decided in prepare(), extraction until then.
+        self._want_images = images
+        self.images = False
         # The digests of every registered sandbox's chain (the manager's registry).
         self._sandboxes_use = in_use or set
         self._pins: Counter[str] = Counter()
@@ -87,10 +100,35 @@ class LayerCache:
         os.chmod(self.root, 0o700)
         found = sorted([*self.root.glob(".tmp-*"), *self.root.glob(".del-*")])
         for p in found:
+            layer_image.release_leftovers(p)
             _remove(p)
         if not (self.root / SKELETON).is_dir():
             self._make_skeleton()
+        if self._want_images:
+            got = layer_image.support()
+            self.images = got.ok
+            log.info("event=layer_install_mode images=%s detail=%r", got.ok, got.detail)
+        else:
+            log.info("event=layer_install_mode images=False detail='extraction (setting)'")
+        self._remount()
         return found
+
+    def _remount(self) -> None:
+        """Image layers installed before a restart are mounted again (a layer whose image
+        cannot be mounted is removed: it is fetched again when needed)."""
+        for p in sorted(self.root.iterdir()):
+            if not (DIGEST.match(p.name) and layer_image.is_image(p)):
+                continue
+            if os.path.ismount(p / LAYER_TREE):
+                continue
+            try:
+                layer_image.mount_image(p, p / LAYER_TREE)
+            except (OSError, subprocess.SubprocessError) as e:
+                log.error("event=layer_remount_failed digest=%s error=%s", p.name, e)
+                doomed = self._temp_path(prefix=".del-")
+                os.rename(p, doomed)
+                layer_image.release_leftovers(doomed)
+                _remove(doomed)
 
     def _make_skeleton(self) -> None:
         tmp = self._temp_path()
@@ -102,6 +140,16 @@ class LayerCache:
         for p in [tmp, *(tmp / d for d in SKELETON_DIRS), *(tmp / f for f in SKELETON_FILES)]:
             os.lchown(p, MAPPED_BASE, MAPPED_BASE)
         os.rename(tmp, self.root / SKELETON)
+
+    def unmount_idle(self) -> int:
+        """At agent stop: unmount the images no sandbox holds (a running sandbox's stay, busy),
+        so a stopped agent leaves no loop device behind; the next start mounts them again."""
+        n = 0
+        for p in sorted(self.root.iterdir()):
+            if DIGEST.match(p.name) and layer_image.is_image(p):
+                with contextlib.suppress(OSError):
+                    n += layer_image.unmount_tree(p / LAYER_TREE)
+        return n
 
     @property
     def skeleton(self) -> Path:
@@ -224,7 +272,7 @@ class LayerCache:
         work.mkdir(mode=0o700)
         try:
             try:
-                extract_layer(tar, work / LAYER_TREE, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
+                self._make_tree(tar, work, digest)
             except LayerError as e:
                 raise InvalidRequest(f"layer {digest} cannot be installed: {e}") from e
             (work / LAYER_INFO).write_text(json.dumps({"digest": digest, "size": size}))
@@ -233,10 +281,31 @@ class LayerCache:
             except OSError:
                 if not self.has(digest):
                     raise
-                _remove(work)  # an install its caller gave up on got there first: same bytes
+                # an install its caller gave up on got there first: same bytes
+                layer_image.release_leftovers(work)
+                _remove(work)
         except BaseException:
+            layer_image.release_leftovers(work)
             _remove(work)
             raise
+
+    def _make_tree(self, tar: Path, work: Path, digest: str) -> None:
+        """``work/tree``: a mounted image, or an extraction when images are off or this layer
+        cannot be one (NeedsExtraction: valid, but only extraction can apply it)."""
+        if self.images:
+            try:
+                layer_image.build_image(tar, work, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
+                layer_image.mount_image(work, work / LAYER_TREE)
+                return
+            except layer_image.NeedsExtraction as e:
+                log.info("event=layer_extracted_instead digest=%s reason=%r", digest, str(e)[:300])
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("event=layer_image_failed digest=%s error=%s", digest, e)
+            layer_image.release_leftovers(work)
+            (work / layer_image.IMAGE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (work / LAYER_TREE).rmdir()
+        extract_layer(tar, work / LAYER_TREE, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
 
     # ----------------------------------------------------------------------- exports
 
@@ -289,6 +358,12 @@ class LayerCache:
                 kept.append(d)
                 continue
             if self.has(d):
+                # An image is unmounted first; one still busy (never, for a layer not in use:
+                # but then it is kept, not half-removed). One syscall, no await.
+                if not layer_image.unmount_tree(self.tree(d)):
+                    log.warning("event=layer_delete_busy digest=%s", d)
+                    kept.append(d)
+                    continue
                 # Renamed first (no await since the in-use check): a create that comes next
                 # finds it missing instead of half-removed.
                 tmp = self._temp_path(prefix=".del-")

@@ -106,8 +106,9 @@ class SandboxManager:
         self.guest_dir = guest_dir or Path(warren.guest.__file__).resolve().parent
         self._sandboxes: dict[str, HostSandbox] = {}
         self.layers = LayerCache(
-            data_dir / "layers", max_bytes=settings.max_layer_mb << 20, in_use=self._chains
-        )
+            data_dir / "layers", max_bytes=settings.max_layer_mb << 20, in_use=self._chains,
+            images=settings.layer_images,
+        )  # fmt: skip
         # Build steps' sandboxes (build_step.py): made and destroyed here, never registered.
         self.transient: set[str] = set()
         self._teardown = Teardown(self.sandboxes_dir, self.runtime, self.network)
@@ -235,6 +236,7 @@ class SandboxManager:
             log.info("event=waiting_for_operations count=%d", len(self._shielded))
             await asyncio.wait(set(self._shielded), timeout=TEARDOWN_WAIT_S)
         await self.network.drain_pool()
+        await asyncio.to_thread(self.layers.unmount_idle)
 
     async def destroy_all(self) -> None:
         """`Terminate`: the host is being taken out of service, so every sandbox goes. Creates

@@ -45,6 +45,9 @@ class AgentSettings(BaseSettings):
     dns_upstream: str = ""
     # The largest layer a host installs, receives or exports (tar bytes, and its extracted files).
     max_layer_mb: int = Field(default=8192, gt=0)
+    # Install layers as loop-mounted squashfs images where the host can (layer_image.py);
+    # off: every layer is extracted (docs/templates.md §2).
+    layer_images: bool = True
     # TCP port of the dial data listener (docs/networking.md §3), on the gRPC address's host:
     # 0 an ephemeral one (the CP learns it from each ticket), -1 none (DialPort over gRPC only).
     dial_data_port: int = Field(default=0, ge=-1, le=65535)

@@ -1,0 +1,234 @@
+"""Layers as read-only squashfs images, loop-mounted where extraction would put the tree
+(docs/templates.md §2). A layer directory installed this way holds::
+
+    <digest>/
+      layer.sqfs    the image, 0600 root, made by ``tar2sqfs`` from the converted tar
+      tree/         the image mounted ro,nosuid,nodev (a loop device that clears itself on umount)
+      layer.json
+
+``tar2sqfs`` runs as ``nobody`` under resource limits, reading the tar
+``warren.layers.convert_layer`` writes (every check of extraction already made), so what it
+parses is never the tenant's tar. Whatever it cannot take (:class:`NeedsExtraction`, or a
+failure of its own) leaves the caller to extract the layer instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from warren.agent.proc import mounts_under, umount
+from warren.layers import LayerError, LayerStats
+from warren.layers.image_tar import NeedsExtraction, convert_layer
+
+log = logging.getLogger("warren.agent.layers")
+
+IMAGE = "layer.sqfs"
+NOBODY = 65534
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+# tar2sqfs' budget: CPU seconds (a minute, plus one per 5 MB of tar), memory, and output size
+# (an image of a tar is never much larger than the tar).
+CPU_BASE_S = 60
+CPU_BYTES_PER_S = 5 << 20
+ADDRESS_SPACE = 4 << 30
+IMAGE_SLACK = 64 << 20
+JOBS = "2"
+
+
+@dataclass(frozen=True, slots=True)
+class Support:
+    """Whether this host can install layers as images, and why not."""
+
+    ok: bool
+    detail: str
+
+
+def support() -> Support:
+    """tar2sqfs, the squashfs filesystem and loop devices (checked once at agent start)."""
+    if shutil.which("tar2sqfs") is None:
+        return Support(False, "tar2sqfs not found (apt install squashfs-tools-ng)")
+    for tool in ("prlimit", "setpriv"):
+        if shutil.which(tool) is None:
+            return Support(False, f"{tool} not found (util-linux)")
+    if not os.path.exists("/dev/loop-control"):
+        return Support(False, "no /dev/loop-control (loop devices)")
+    if not _has_squashfs():
+        return Support(False, "squashfs is not in /proc/filesystems and modprobe squashfs failed")
+    return Support(True, "layers install as loop-mounted squashfs images (tar2sqfs)")
+
+
+def _has_squashfs() -> bool:
+    def listed() -> bool:
+        try:
+            with open("/proc/filesystems") as f:
+                return any(line.split()[-1:] == ["squashfs"] for line in f)
+        except OSError:
+            return False
+
+    if listed():
+        return True
+    try:
+        subprocess.run(["modprobe", "squashfs"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed()
+
+
+def build_image(tar: Path, work: Path, *, uid_base: int, max_bytes: int) -> LayerStats:
+    """``work/layer.sqfs`` from layer tar ``tar`` (already hashed). Raises ``LayerError`` when the
+    layer is refused (as extraction would), ``NeedsExtraction`` when it must be extracted."""
+    out_dir = work / "image"
+    out_dir.mkdir(mode=0o700)
+    os.chown(out_dir, NOBODY, NOBODY)
+    size = tar.stat().st_size
+    argv = [
+        # setpriv, not Popen(user=...): a set-uid in the child of a threaded agent crashed it
+        # now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "prlimit",
+        f"--cpu={CPU_BASE_S + size // CPU_BYTES_PER_S}",
+        f"--as={ADDRESS_SPACE}",
+        f"--fsize={size + size // 8 + IMAGE_SLACK}",
+        "--",
+        "tar2sqfs", "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
+        "-d", "uid=0,gid=0,mode=0700",
+        IMAGE,
+    ]  # fmt: skip
+    try:
+        stats = _run_converter(tar, argv, out_dir, uid_base=uid_base, max_bytes=max_bytes)
+        image = out_dir / IMAGE
+        # Root's from here on: nobody made it, nobody may touch it again.
+        fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        os.rename(image, work / IMAGE)
+        return stats
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run_converter(tar: Path, argv: list[str], cwd: Path, *, uid_base: int, max_bytes: int) -> LayerStats:
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=cwd,  # entered as root; the image is written relative to it as nobody
+        close_fds=True,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read(64 << 10)), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    stats: LayerStats | None = None
+    try:
+        with contextlib.suppress(OSError):  # a smaller pipe is only slower
+            fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+        try:
+            stats = convert_layer(tar, proc.stdin.fileno(), uid_base=uid_base, max_bytes=max_bytes)
+        except BrokenPipeError:
+            pass  # tar2sqfs gave up: its exit status says why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    code = proc.wait()
+    reader.join(timeout=10)
+    if code != 0 or stats is None:
+        detail = b"".join(errors).decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
+        raise NeedsExtraction(f"tar2sqfs exited with {code}: {detail[0][:300]}")
+    return stats
+
+
+def mount_image(layer_dir: Path, tree: Path) -> None:
+    """Mount ``layer_dir``'s image read-only on ``tree`` (made if missing)."""
+    tree.mkdir(mode=0o700, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "squashfs", "-o", "loop,ro,nosuid,nodev", str(layer_dir / IMAGE), str(tree)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise OSError(f"mount {layer_dir / IMAGE}: {proc.stderr.decode('utf-8', 'replace').strip()[:300]}")
+
+
+def is_image(layer_dir: Path) -> bool:
+    return (layer_dir / IMAGE).is_file()
+
+
+def unmount_tree(tree: Path) -> bool:
+    """Unmount an image's tree (its loop device clears itself). False when it is busy (a
+    sandbox's overlay holds it): then it stays mounted, and the caller keeps the layer."""
+    if not os.path.ismount(tree):
+        return True
+    try:
+        umount(str(tree))
+    except OSError as e:
+        if e.errno == 16:  # EBUSY
+            return False
+        raise
+    return True
+
+
+def release_leftovers(path: Path) -> None:
+    """Before a leftover install or delete is removed: nothing mounted in it (lazily: nothing
+    uses a leftover), and no loop device left on its image."""
+    for mp in mounts_under(path):
+        try:
+            umount(mp, lazy=True)
+        except OSError as e:
+            log.warning("event=layer_leftover_umount_failed path=%s error=%s", mp, e)
+    detach_loops(path)
+
+
+def detach_loops(under: Path) -> list[str]:
+    """Detach loop devices whose backing file is below ``under`` and that nothing mounts (a
+    crash between attaching and mounting leaves one)."""
+    gone = []
+    prefix = str(under) + "/"
+    for dev in Path("/sys/block").glob("loop*"):
+        try:
+            backing = (dev / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing.removesuffix(" (deleted)").startswith(prefix) and not _mounted(f"/dev/{dev.name}"):
+            subprocess.run(
+                ["losetup", "-d", f"/dev/{dev.name}"], capture_output=True, timeout=30, check=False
+            )
+            gone.append(dev.name)
+    return gone
+
+
+def _mounted(device: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" - ", 1)[-1].split()[1:2] == [device] for line in f)
+
+
+__all__ = [
+    "IMAGE",
+    "LayerError",
+    "NeedsExtraction",
+    "Support",
+    "build_image",
+    "detach_loops",
+    "is_image",
+    "mount_image",
+    "release_leftovers",
+    "support",
+    "unmount_tree",
+]
