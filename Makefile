@@ -10,8 +10,9 @@ STAMP := $(VENV)/.warren-setup-stamp
 # System packages the platform and its test suite need. One list: append to it.
 #   runc, crun: OCI runtimes for sandboxes; debootstrap: builds the base template rootfs;
 #   iptables, iproute2: per-sandbox network namespaces and NAT; uidmap: user-namespace id maps;
-#   chromium: the dashboard's browser tests (Playwright drives the Debian build).
-APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap
+#   chromium: the dashboard's browser tests (Playwright drives the Debian build);
+#   squashfs-tools-ng: tar2sqfs, layers installed as squashfs images (docs/templates.md §2).
+APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap squashfs-tools-ng
 
 # Parallel where safe: test files are spread over workers (a file's tests stay together, as
 # they share module-scoped fixtures). Tests marked `serial` run afterwards, alone.
