@@ -380,6 +380,25 @@ async def test_the_sdk_and_the_cli_ask_for_gvisor(api: Api, platform: Platform, 
     await api.destroy_clean(cli_made)
 
 
+async def test_the_inactivity_pause_is_to_disk_too(api: Api) -> None:
+    """The agent's TTL reaper pauses an idle gVisor sandbox to disk; the CP's host monitor (a
+    pass every 30 s) records it paused, and how."""
+    sb = await api.create(memory_mb=128, timeout_sec=3)
+    try:
+
+        async def auto_paused() -> dict[str, Any] | None:
+            got = await api.get(sb["id"])
+            return got if got["status"] == "paused" else None
+
+        got = await wait_for("the monitor to see the auto-pause", auto_paused, timeout=120)
+        assert got["paused_state"] == "disk"
+        resumed = await api.post(f"/v1/sandboxes/{sb['id']}/resume")
+        # (It may be idle-paused again soon after: its timeout is 3 s.)
+        assert resumed["status"] == "running" and "paused_state" not in resumed
+    finally:
+        await api.destroy_clean(sb)
+
+
 async def test_after_a_kill9_of_the_agent_its_gvisor_sandboxes_are_back(api: Api, platform: Platform) -> None:
     """Last in the module: it restarts the agent. A running and a disk-paused gVisor sandbox are
     re-adopted and usable through the API again; the paused one's counter goes on at resume."""
