@@ -74,7 +74,10 @@ class CpuMeter:
             if d.name.isdigit():
                 try:
                     stat = (d / "stat").read_text()
-                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.pids["agent"]:
+                    if (
+                        int(stat.rsplit(")", 1)[1].split()[1]) == self.pids["agent"]
+                        and b"guest.py" in (d / "cmdline").read_bytes()
+                    ):
                         out.add(int(d.name))
                 except (OSError, ValueError, IndexError):
                     continue
