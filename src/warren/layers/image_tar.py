@@ -180,17 +180,18 @@ class _Converter:
         opaque: bool = False,
     ) -> None:
         path = b"/".join(parts)
-        records = [_record(b"path", path), _record(b"uid", b"%d" % uid), _record(b"gid", b"%d" % gid)]
-        records.append(_record(b"mtime", b"%d" % (mtime_ns // 1_000_000_000)))
-        records.append(_record(b"size", b"%d" % size))
-        if link:
-            records.append(_record(b"linkpath", link))
-        if opaque:
-            records.append(_record(OPAQUE_PAX, b"y"))
-        pax = b"".join(records)
-        self.buf += _ustar(b"pax", b"x", 0o644, 0, 0, len(pax), 0, b"")
-        self.buf += pax + bytes(-len(pax) % BLOCK)
-        self.buf += _ustar(path[-100:], typ, mode, 0, 0, size, mtime_ns // 1_000_000_000, link[:100])
+        mtime = mtime_ns // 1_000_000_000
+        if len(path) > 100 or len(link) > 100 or opaque or size >= 8**11:
+            # What a ustar header cannot hold goes in a PAX record before it.
+            records = [_record(b"path", path), _record(b"size", b"%d" % size)]
+            if link:
+                records.append(_record(b"linkpath", link))
+            if opaque:
+                records.append(_record(OPAQUE_PAX, b"y"))
+            pax = b"".join(records)
+            self.buf += _ustar(b"pax", b"x", 0o644, 0, 0, len(pax), 0, b"")
+            self.buf += pax + bytes(-len(pax) % BLOCK)
+        self.buf += _ustar(path[-100:], typ, mode, uid, gid, size, mtime, link[:100])
 
     def _data(self, m: Member, source: Source) -> None:
         if m.size <= INLINE_MAX:
@@ -218,23 +219,31 @@ def _record(key: bytes, value: bytes) -> bytes:
     return b"%d" % n + body
 
 
+_HEADER_TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x00" * 2 + bytes(167)  # magic .. end
+
+
+def _id(n: int) -> bytes:
+    """An owner field: octal, or GNU base-256 for the mapped ids (past 7 octal digits)."""
+    return b"%07o\0" % n if n < 8**7 else b"\x80" + n.to_bytes(7, "big")
+
+
 def _ustar(
     name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, link: bytes
 ) -> bytes:
-    """A ustar header; the PAX record before it carries every value that may not fit."""
+    """A ustar header; a PAX record before it carries what does not fit (names, sizes)."""
     size_field = b"%011o\0" % size if size < 8**11 else b"\0" * 12
-    blk = bytearray(BLOCK)
-    blk[0:100] = name[:100].ljust(100, b"\0")
-    blk[100:108] = b"%07o\0" % mode
-    blk[108:116] = b"%07o\0" % uid
-    blk[116:124] = b"%07o\0" % gid
-    blk[124:136] = size_field
-    blk[136:148] = b"%011o\0" % min(max(mtime, 0), 8**11 - 1)
-    blk[148:156] = b" " * 8
-    blk[156:157] = typ
-    blk[157:257] = link[:100].ljust(100, b"\0")
-    blk[257:265] = b"ustar\x0000"
-    blk[329:337] = b"%07o\0" % 0
-    blk[337:345] = b"%07o\0" % 0
-    blk[148:156] = b"%06o\0 " % sum(blk)
-    return bytes(blk)
+    head = b"".join(
+        (
+            name[:100].ljust(100, b"\0"),
+            b"%07o\0" % mode,
+            _id(uid),
+            _id(gid),
+            size_field,
+            b"%011o\0" % min(max(mtime, 0), 8**11 - 1),
+            b"        ",
+            typ,
+            link[:100].ljust(100, b"\0"),
+        )
+    )
+    blk = head + _HEADER_TAIL
+    return b"".join((head[:148], b"%06o\0 " % sum(blk), head[156:], _HEADER_TAIL))
