@@ -65,7 +65,22 @@ def snapshot_layers(platform: Platform, name: str) -> list[Path]:
 
     rows = asyncio.run(platform.sql("SELECT layers FROM templates WHERE name = :n", n=name))
     assert rows, f"no snapshot {name}"
-    return [data_dir(platform) / "layers" / digest / "tree" for digest in rows[0][0]]
+    return [plain_dir(data_dir(platform) / "layers" / digest / "tree") for digest in rows[0][0]]
+
+
+def plain_dir(tree: Path) -> Path:
+    """A layer installed as an image (a read-only squashfs mount, docs/templates.md §2) made a
+    plain directory again, as an extracted layer is, so that a test can plant in it what a
+    tenant could not."""
+    if not os.path.ismount(tree):
+        return tree
+    copy = tree.with_name("tree.copy")
+    subprocess.run(["cp", "-a", str(tree), str(copy)], check=True, timeout=120)
+    subprocess.run(["umount", str(tree)], check=True, timeout=60)
+    tree.rmdir()
+    copy.rename(tree)
+    (tree.parent / "layer.sqfs").unlink()
+    return tree
 
 
 def top_layer(layers: list[Path]) -> Path:
