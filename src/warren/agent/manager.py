@@ -13,70 +13,53 @@ A sandbox is running or paused (frozen; memory kept). The agent's state is rebui
 records plus the runtime's own view at startup, so a restarted agent — even after ``kill -9`` —
 keeps serving the sandboxes that survived it, and removes whatever a crash left half-made.
 
-The parts: create.py builds a sandbox, record.py keeps its record, metrics.py samples it,
-readopt.py takes survivors back at startup, teardown.py removes what one left behind. Commands
-and files go straight to the running sandbox's guest (:meth:`SandboxManager.guest`).
+The parts: create.py builds a sandbox (admission.py gives creates their turns), record.py keeps
+its record, metrics.py samples it, readopt.py takes survivors back at startup, teardown.py
+removes what one left behind, sandbox_runtime.py is what differs by runtime (the choice, gVisor's
+pause to disk, forks), warm_pool.py hands out ready members. Commands and files go straight to
+the running sandbox's guest (:meth:`SandboxManager.guest`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from warren import clock
-from warren.agent import gvisor_ops, metrics, record, sandbox_fs
-from warren.agent.chain import Chain, TemplateConfig, start_template
+from warren.agent import metrics, record, sandbox_fs
+from warren.agent.admission import CreateAdmission
+from warren.agent.chain import Chain, TemplateConfig
 from warren.agent.container_ids import ContainerIds
 from warren.agent.create import BuildLimits, CreateRequest, SandboxBuilder, check_request
 from warren.agent.guest_client import GuestClient
-from warren.agent.guest_wire import GuestAddress
 from warren.agent.layer_cache import LayerCache
 from warren.agent.network import NetworkSlots
+from warren.agent.proc import process_alive
 from warren.agent.readopt import readopt
 from warren.agent.record import HostSandbox, MetricPoint
-from warren.agent.runtime import gvisor
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.select import RuntimeSet
-from warren.agent.sandbox_fs import SandboxFs
+from warren.agent.sandbox_runtime import SandboxRuntimes
 from warren.agent.settings import AgentSettings
-from warren.agent.teardown import Teardown
+from warren.agent.teardown import Teardown, set_subreaper
 from warren.agent.templates import TemplateStore
-from warren.agent.warm_pool import Pool, WarmPools, parse_spec
+from warren.agent.warm_pool import WarmPools
 from warren.egress_rules import EgressRules
 from warren.errors import InternalError, InvalidState, NotFound, WarrenError
 
 log = logging.getLogger("warren.agent")
 
 REAPER_INTERVAL = 2.0
-PR_SET_CHILD_SUBREAPER = 36
 # How long stopping the agent waits for destroys under way.
 TEARDOWN_WAIT_S = 60.0
 
 T = TypeVar("T")
-
-
-def _set_subreaper() -> None:
-    # Container inits are re-parented to the agent when runc exits, so the agent reaps them
-    # (some hosts' PID 1 does not). They survive the agent's death: nothing kills them with it.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # unknown: never tear down on a guess
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class SandboxManager:
@@ -117,12 +100,10 @@ class SandboxManager:
             guest_dir=self.guest_dir, guest_of=self._guest, reap=self._teardown.track,
             limits=BuildLimits(max_open_files=settings.max_open_files, max_processes=settings.max_processes),
         )  # fmt: skip
-        self._builder.restore = self._restore_fork
-        self._creating: set[str] = set()
-        # Cleared while any create (queued or under way) is in `_creating`.
-        self._no_creates = asyncio.Event()
-        self._no_creates.set()
-        self._accepting_creates = True
+        self._runtimes = SandboxRuntimes(runtime, self.runtime, self.templates)
+        self._builder.restore = self._runtimes.restore_fork
+        self._admission = CreateAdmission(settings.create_limit())
+        self.create_concurrency = self._admission.limit
         # Bumped by every PauseAll: a create that sees it change pauses its new sandbox too.
         self._pause_all_epoch = 0
         self._auto_paused: list[str] = []
@@ -134,24 +115,18 @@ class SandboxManager:
         # first instead of running the leftover clean-up against a slot the first just freed.
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
-        limit = settings.create_limit()
-        self.create_concurrency = limit
-        # asyncio.Semaphore wakes its waiters first come, first served.
-        self._create_slots = asyncio.Semaphore(limit) if limit > 0 else None
         self.warm_pools = self._warm_pools()
         # Prepared network slots are refilled after creates, as warm pools are.
-        self.network.wait_idle = self._no_creates.wait
+        self.network.wait_idle = self._admission.wait_idle
 
     def _warm_pools(self) -> WarmPools:
         warm = WarmPools(
             self.data_dir, sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
             builder=self._builder.moved(self.data_dir / "warm"), lower_layers=self.lower_layers,
-            hold=self.layers.hold, missing_layers=self.layers.missing, creates_idle=self._no_creates.wait,
+            hold=self.layers.hold, missing_layers=self.layers.missing, creates_idle=self._admission.wait_idle,
             assign=lambda member_id: self.runtimes.assign(member_id, self.runtimes.default),
         )  # fmt: skip
-        warm.freeze = self.settings.warm_pool_freeze
-        for name, size in parse_spec(self.settings.warm_pool).items():
-            warm.pools[name] = Pool(name, size)
+        warm.configure(self.settings.warm_pool, freeze=self.settings.warm_pool_freeze)
         return warm
 
     # ====================================================================== start / stop
@@ -159,14 +134,14 @@ class SandboxManager:
     async def start(self) -> None:
         """Host setup, clean up a crash's leftovers, re-adopt survivors, start the loops."""
         with contextlib.suppress(OSError):
-            _set_subreaper()
+            set_subreaper()
         sandbox_fs.secure_data_dirs(self.data_dir, self.sandboxes_dir)
         sandbox_fs.check_traversable(self.sandboxes_dir)
         self.templates.make_private()
         await self.network.setup_host()
         # Warm-pool members a previous agent left are destroyed, never adopted (rebuilt below).
         await self.warm_pools.cleanup_leftovers()
-        self._assign_recorded_runtimes()
+        self._runtimes.assign_recorded(self.sandboxes_dir)
         await readopt(self.sandboxes_dir, self.runtime, self.network, self._teardown, self._adopt)
         for p in await self.templates.remove_leftovers():
             log.info("event=template_leftover_removed path=%s", p)
@@ -182,37 +157,6 @@ class SandboxManager:
             # 30-60 s); a create that comes earlier waits for this same build.
             asyncio.create_task(self._prepare_minimal(), name="template-minimal"),
         ]
-
-    def _assign_recorded_runtimes(self) -> None:
-        """Before re-adoption: each recorded sandbox's runtime, so its state is asked of it."""
-        for d in self.sandboxes_dir.iterdir():
-            sb = record.load(d) if d.is_dir() else None
-            if sb is not None and sb.runtime in self.runtimes.runtimes:
-                self.runtimes.assign(sb.id, sb.runtime)
-
-    def _choose_runtime(self, req: CreateRequest, runtime: str) -> None:
-        """The request's runtime (FAILED_PRECONDITION when not offered), and for a sandbox from a
-        memory snapshot, gVisor and the image to restore (gvisor_ops.py)."""
-        if req.chain is None and not req.ref.is_minimal:
-            snap = self.templates.snapshot_dir(req.ref)
-            with contextlib.suppress(OSError, ValueError):
-                cfg = json.loads((snap / "config.json").read_text())
-                if cfg.get("kind") == "memory":
-                    runtime, req.restore_image = gvisor.NAME, snap / gvisor_ops.IMAGE_DIR
-                    req.source_secret = str(cfg.get("guest_secret", ""))
-        req.runtime = self.runtimes.resolve(runtime)
-        if req.runtime == gvisor.NAME:
-            req.guest_secret = gvisor_ops.new_secret()
-        self.runtimes.assign(req.sandbox_id, req.runtime)
-
-    async def _restore_fork(self, sb_id: str, bundle: Path, image: Path) -> int:
-        """A fork's start: the snapshot's image, hard-linked into the sandbox's own image dir
-        (a snapshot deleted or overwritten meanwhile takes nothing away), restored."""
-        rt = self.runtimes.gvisor(sb_id)
-        if rt is None:
-            raise InternalError(f"sandbox {sb_id} is not a gVisor sandbox")
-        await gvisor_ops.copy_image_dir(image, rt.image_dir(sb_id))
-        return await rt.restore(sb_id, bundle)
 
     async def _prepare_minimal(self) -> None:
         try:
@@ -244,7 +188,7 @@ class SandboxManager:
         so that no sandbox comes up after the rest were destroyed and runs on unrecorded. The
         caller bounds the wait; creates still running then are cancelled with the server and
         roll themselves back."""
-        self._accepting_creates = False
+        self._admission.stop_accepting()
         await self.warm_pools.stop()
 
         async def destroy(sb_id: str) -> None:
@@ -257,15 +201,15 @@ class SandboxManager:
             # The sandboxes there are first, all at once: a slow create, or one sandbox held by
             # a long snapshot, must not hold up the rest.
             await asyncio.gather(*(destroy(sb_id) for sb_id in list(self._sandboxes)))
-            if self._no_creates.is_set():
+            if self._admission.idle():
                 return
-            await self._no_creates.wait()
+            await self._admission.wait_idle()
 
     def _adopt(self, sb: HostSandbox) -> None:
         """A sandbox the previous agent left running, back in the registry."""
         if sb.status == "paused" and not sb.paused_state:
             # Paused by a crash's checkpoint (pid 0: no process) or frozen.
-            sb.paused_state = "disk" if sb.pid == 0 and sb.runtime == gvisor.NAME else "memory"
+            sb.paused_state = self._runtimes.adopted_paused_state(sb)
         self._sandboxes[sb.id] = sb
         self._save(sb)
         self._sample(sb)
@@ -340,9 +284,7 @@ class SandboxManager:
 
     def _guest(self, sb: HostSandbox) -> GuestClient:
         if sb.guest is None:
-            where: GuestAddress = str(SandboxFs(self._dir(sb.id)).guest_socket)
-            if sb.runtime == gvisor.NAME:  # over TCP, secret first (gvisor_ops.py)
-                where = gvisor_ops.address(sb)
+            where = self._runtimes.guest_address(sb, self._dir(sb.id))
             sb.guest = GuestClient(where, max_output=self.settings.max_exec_output)
         return sb.guest
 
@@ -370,7 +312,7 @@ class SandboxManager:
     def creating(self) -> list[str]:
         """Creates received and not finished (queued or under way): the CP leaves their
         `pending` records alone."""
-        return sorted(self._creating)
+        return self._admission.creating()
 
     # ========================================================================== create
 
@@ -402,28 +344,23 @@ class SandboxManager:
             internet=internet, env=env, egress_allow=egress_allow, chain=chain, config=config,
             egress=egress,
         )  # fmt: skip
-        self._choose_runtime(req, runtime)
+        self._runtimes.choose(req, runtime)
         sandbox_id = req.sandbox_id
-        self._check_accepting_creates()
-        if sandbox_id in self._sandboxes or sandbox_id in self._creating or self._dir(sandbox_id).exists():
+        self._admission.check_accepting()
+        if sandbox_id in self._sandboxes or sandbox_id in self._admission or self._dir(sandbox_id).exists():
             raise InvalidState(f"sandbox {sandbox_id} already exists")
-        self._creating.add(sandbox_id)
-        self._no_creates.clear()
         pause_all_epoch = self._pause_all_epoch
-        try:
-            with self.layers.hold(req.chain):
-                if req.runtime == self.runtimes.default:
-                    sb, queued, admitted = await self._claim_or_build(req)
-                else:  # warm pools hold sandboxes of the default runtime only
-                    sb, queued, admitted = await self._admit_and_build(req)
-        except BaseException:
-            if sandbox_id not in self._sandboxes:
-                self.runtimes.forget(sandbox_id)
-            raise
-        finally:
-            self._creating.discard(sandbox_id)
-            if not self._creating:
-                self._no_creates.set()
+        with self._admission.in_flight(sandbox_id):
+            try:
+                with self.layers.hold(req.chain):
+                    if req.runtime == self.runtimes.default:
+                        sb, queued, admitted = await self._claim_or_build(req)
+                    else:  # warm pools hold sandboxes of the default runtime only
+                        sb, queued, admitted = await self._admit_and_build(req)
+            except BaseException:
+                if sandbox_id not in self._sandboxes:
+                    self.runtimes.forget(sandbox_id)
+                raise
         done = time.monotonic()
         log.info(
             "event=sandbox_created sandbox_id=%s team_id=%s template_id=%s host_ip=%s ms=%.1f "
@@ -444,37 +381,19 @@ class SandboxManager:
         lower = await self.layers.lower(req.chain, self.templates.ensure_minimal)
         return lower, {"kind": "chain", "name": req.chain.base}
 
-    @contextlib.asynccontextmanager
-    async def admission(self, sb_id: str, times: list[float]) -> AsyncIterator[None]:
-        """A create's turn (at most N at once, first come first served); appends the monotonic
-        times it was queued and admitted to ``times``."""
-        self._check_accepting_creates()
-        times.append(time.monotonic())
-        if self._create_slots is not None and self._create_slots.locked():
-            log.info("event=create_queued sandbox_id=%s", sb_id)
-        async with self._create_slots or contextlib.nullcontext():
-            self._check_accepting_creates()  # the agent may have begun terminating meanwhile
-            times.append(time.monotonic())
-            yield
+    def admission(self, sb_id: str, times: list[float]) -> AbstractAsyncContextManager[None]:
+        """A create's turn (admission.py); appends the times it was queued and admitted."""
+        return self._admission.turn(sb_id, times)
 
     async def _claim_or_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
         """A warm-pool member when one matches (warm_pool.py), else a cold build."""
-        self.warm_pools.resume_refills()
-        member = self.warm_pools.take(req)
-        if isinstance(member, HostSandbox):
-            t = time.monotonic()
-            sb = await self.warm_pools.claim(member, req)
-            if sb is not None:
-                if req.config.start_cmd or req.config.ready_cmd:
-                    try:
-                        await start_template(self._guest(sb), req.config)
-                    except BaseException:
-                        await self._shield(self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid))
-                        raise
-                self._sandboxes[sb.id] = sb
-                self._sample(sb)
-                return sb, t, t
-        return await self._admit_and_build(req)
+        claimed = await self.warm_pools.claim_started(req, guest_of=self._guest, discard=self._discard)
+        if claimed is None:
+            return await self._admit_and_build(req)
+        sb, t = claimed
+        self._sandboxes[sb.id] = sb
+        self._sample(sb)
+        return sb, t, t
 
     async def _admit_and_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
         """Resolve the template, wait for a create slot, build; the new sandbox is registered.
@@ -503,16 +422,16 @@ class SandboxManager:
     async def destroy_transient(self, sb: HostSandbox) -> None:
         """Shielded: a cancelled build step still leaves nothing behind."""
         try:
-            await self._shield(self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid))
+            await self._discard(sb)
         finally:
             self.transient.discard(sb.id)
 
+    async def _discard(self, sb: HostSandbox) -> None:
+        """An unregistered sandbox's teardown, shielded (see :meth:`_shield`)."""
+        await self._shield(self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid))
+
     def guest_of(self, sb: HostSandbox) -> GuestClient:
         return self._guest(sb)
-
-    def _check_accepting_creates(self) -> None:
-        if not self._accepting_creates:
-            raise InvalidState("the agent is shutting down (host removed): it creates no more sandboxes")
 
     # ========================================================================= destroy
 
@@ -538,7 +457,7 @@ class SandboxManager:
         if sb is None:
             if sb_id in self.transient:
                 raise NotFound(f"sandbox {sb_id} not found")  # a build step's: its own
-            if sb_id in self._creating:
+            if sb_id in self._admission:
                 raise InvalidState(f"sandbox {sb_id} is being created")
             if not self._dir(sb_id).exists() and await self.runtime.state(sb_id) is None:
                 raise NotFound(f"sandbox {sb_id} not found")
@@ -570,17 +489,7 @@ class SandboxManager:
                 return False
             if sb.status != "running":
                 raise InvalidState(f"sandbox {sb_id} is not running (status {sb.status})")
-            rt = self.runtimes.gvisor(sb_id)
-            if rt is not None:  # to disk when it can be (gvisor_ops.py)
-                sb.paused_state, _ = await gvisor_ops.pause(rt, sb)
-                if sb.paused_state == "disk":
-                    sb.pid, sb.guest = 0, None
-            else:
-                try:
-                    await self.runtime.pause(sb_id)
-                except Exception as e:
-                    raise InternalError(f"pause {sb_id}: {e}") from e
-                sb.paused_state = "memory"
+            await self._runtimes.pause(sb)  # gVisor to disk when it can be (gvisor_ops.py)
             sb.status = "paused"
             sb.last_cpu = None
             self._save(sb)
@@ -613,15 +522,7 @@ class SandboxManager:
             self._still_there(sb)
             if sb.status != "paused":
                 raise InvalidState(f"sandbox {sb_id} is not paused (status {sb.status})")
-            rt = self.runtimes.gvisor(sb_id)
-            if rt is not None and sb.paused_state == "disk":
-                sb.pid = await gvisor_ops.resume(rt, sb, self._dir(sb_id))
-                await self._guest(sb).wait_ready(gvisor_ops.RESUME_READY_TIMEOUT)
-            else:
-                try:
-                    await self.runtime.resume(sb_id)
-                except Exception as e:
-                    raise InternalError(f"resume {sb_id}: {e}") from e
+            await self._runtimes.resume(sb, self._dir(sb_id), self._guest)
             sb.status, sb.paused_state = "running", ""
             if timeout_sec is not None and timeout_sec >= 0:
                 sb.timeout_sec = timeout_sec
@@ -681,7 +582,7 @@ class SandboxManager:
         for sb in list(self._sandboxes.values()):
             if sb.lock.locked():
                 continue  # a pause or resume under way (a gVisor checkpoint ends the process)
-            if not _alive(sb.pid):
+            if not process_alive(sb.pid):
                 # The guest (PID 1) died, so did the container: free everything; the CP sees
                 # the sandbox missing from ListSandboxes.
                 log.error("event=sandbox_died sandbox_id=%s pid=%d", sb.id, sb.pid)

@@ -101,3 +101,15 @@ def mounts_under(prefix: Path) -> list[str]:
             if mp == str(prefix) or mp.startswith(str(prefix) + "/"):
                 out.append(mp)
     return sorted(out, key=len, reverse=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process is there and not a zombie; an unknown pid (0) counts as alive, so
+    that nothing is torn down on a guess."""
+    if pid <= 0:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -8,6 +8,7 @@ slot (or the directory) from being freed.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,17 @@ from warren.agent.network import NetworkSlots, Slot
 from warren.agent.proc import mounts_under, umount
 from warren.agent.runtime.base import Runtime
 from warren.errors import InternalError
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper() -> None:
+    """Make the agent the subreaper of its descendants (at startup; :meth:`Teardown.reap_zombies`
+    reaps them)."""
+    # Container inits are re-parented to the agent when runc exits, so the agent reaps them
+    # (some hosts' PID 1 does not). They survive the agent's death: nothing kills them with it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 class Teardown:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.agent import warm_claim
-from warren.agent.chain import Chain, TemplateConfig
+from warren.agent.chain import Chain, TemplateConfig, start_template
 from warren.agent.container_ids import ContainerIds
 from warren.agent.create import (
     DEFAULT_DISK_MB,
@@ -42,6 +42,7 @@ from warren.agent.create import (
     CreateRequest,
     SandboxBuilder,
 )
+from warren.agent.guest_client import GuestClient
 from warren.agent.network import NetworkSlots
 from warren.agent.proc import mounts_under
 from warren.agent.record import HostSandbox
@@ -160,6 +161,13 @@ class WarmPools:
 
     # ------------------------------------------------------------------------ configuration
 
+    def configure(self, spec: str, *, freeze: bool) -> None:
+        """The pools of the agent's settings (``WARREN_AGENT_WARM_POOL``, :func:`parse_spec`) and
+        whether members wait frozen."""
+        self.freeze = freeze
+        for name, size in parse_spec(spec).items():
+            self.pools[name] = Pool(name, size)
+
     async def set(self, name: str, size: int, chain: Chain | None, config: TemplateConfig | None) -> None:
         """A pool's target (0 removes it and destroys its members). Members beyond a smaller
         target are destroyed now; a larger one is filled in the background."""
@@ -262,6 +270,32 @@ class WarmPools:
             return self._cold(req, "pool_empty", pool.name)
         self._wake.set()
         return pool.ready.pop(0)
+
+    async def claim_started(
+        self,
+        req: CreateRequest,
+        *,
+        guest_of: Callable[[HostSandbox], GuestClient],
+        discard: Callable[[HostSandbox], Awaitable[None]],
+    ) -> tuple[HostSandbox, float] | None:
+        """A ready member claimed as the request's sandbox, its template's start and ready
+        commands run, with the monotonic time the claim began; None when the create goes cold.
+        ``discard`` removes a claimed sandbox whose commands failed (the error is raised)."""
+        self.resume_refills()
+        member = self.take(req)
+        if not isinstance(member, HostSandbox):
+            return None
+        t = time.monotonic()
+        sb = await self.claim(member, req)
+        if sb is None:
+            return None
+        if req.config.start_cmd or req.config.ready_cmd:
+            try:
+                await start_template(guest_of(sb), req.config)
+            except BaseException:
+                await discard(sb)
+                raise
+        return sb, t
 
     def _cold(self, req: CreateRequest, reason: str, pool: str = "") -> str:
         if self.pools:  # an agent without pools: every create is cold, nothing to say

@@ -1,0 +1,81 @@
+"""Create admission (for SandboxManager): the creates received and not finished, their turns, and
+whether the agent takes any more.
+
+At most ``limit`` creates build at once (``WARREN_AGENT_CREATE_CONCURRENCY``; 0 is unlimited),
+the rest wait in the order they came. A create is *in flight* from the moment it is received
+(queued included) to the moment it ends either way; the control plane leaves the `pending`
+records of those alone, background work (warm-pool and network-slot refills) waits until there
+are none, and ``Terminate`` refuses new ones and waits for those under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+from warren.errors import InvalidState
+
+log = logging.getLogger("warren.agent")
+
+
+class CreateAdmission:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # asyncio.Semaphore wakes its waiters first come, first served.
+        self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+        self._in_flight: set[str] = set()
+        # Cleared while any create (queued or under way) is in flight.
+        self._none = asyncio.Event()
+        self._none.set()
+        self._accepting = True
+
+    def __contains__(self, sb_id: str) -> bool:
+        return sb_id in self._in_flight
+
+    def creating(self) -> list[str]:
+        """The creates in flight, sorted."""
+        return sorted(self._in_flight)
+
+    def idle(self) -> bool:
+        """No create in flight."""
+        return self._none.is_set()
+
+    async def wait_idle(self) -> None:
+        """Until no create is in flight."""
+        await self._none.wait()
+
+    def stop_accepting(self) -> None:
+        """The host is being taken out of service: creates not yet admitted are refused."""
+        self._accepting = False
+
+    def check_accepting(self) -> None:
+        if not self._accepting:
+            raise InvalidState("the agent is shutting down (host removed): it creates no more sandboxes")
+
+    @contextlib.contextmanager
+    def in_flight(self, sb_id: str) -> Iterator[None]:
+        """Around a whole create, from its receipt to its end."""
+        self._in_flight.add(sb_id)
+        self._none.clear()
+        try:
+            yield
+        finally:
+            self._in_flight.discard(sb_id)
+            if not self._in_flight:
+                self._none.set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, sb_id: str, times: list[float]) -> AsyncIterator[None]:
+        """A create's turn (at most ``limit`` at once, first come first served); appends the
+        monotonic times it was queued and admitted to ``times``."""
+        self.check_accepting()
+        times.append(time.monotonic())
+        if self._slots is not None and self._slots.locked():
+            log.info("event=create_queued sandbox_id=%s", sb_id)
+        async with self._slots or contextlib.nullcontext():
+            self.check_accepting()  # the agent may have begun terminating meanwhile
+            times.append(time.monotonic())
+            yield
