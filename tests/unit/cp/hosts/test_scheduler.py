@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from warren import clock
+from warren.cp.db.tables import hosts
 from warren.cp.hosts.scheduler import RoundRobinScheduler
 from warren.errors import ServiceUnavailable
 
@@ -131,3 +134,30 @@ async def test_a_template_of_layers_goes_where_most_of_its_bytes_are(engine: Asy
         got = [await s.select_host(conn, team, False, need=need, layers=[other]) for _ in range(4)]
         assert {h["id"] for h in got} == {hs[0], hs[3]}
         assert all(list(h["missing"]) == [other] for h in got)
+
+
+async def test_hosts_with_ready_pooled_sandboxes_first(engine: AsyncEngine, rows: Rows) -> None:
+    """Warm pools (issue 17): the host that reported ready members of the template is chosen
+    while this process has sent it fewer creates than it reported ready; then the rotation
+    resumes, and a new report (a newer heartbeat) counts afresh."""
+    admin = await rows.user(admin=True)
+    team = await rows.team()
+    cold, warm = [await rows.host(admin, created_offset_s=i) for i in range(2)]
+    report = [{"template": "minimal", "target": 4, "ready": 2}, {"template": "py", "target": 1, "ready": 1}]
+    async with engine.begin() as conn:
+        await conn.execute(hosts.update().where(hosts.c.id == warm).values(warm_pools=report))
+    s = RoundRobinScheduler()
+
+    async def pick(template: str) -> object:
+        async with engine.connect() as conn:
+            return (await s.select_host(conn, team, False, template=template))["id"]
+
+    assert [await pick("minimal") for _ in range(2)] == [warm, warm]
+    # Both reported members are spoken for: round robin over both hosts again.
+    assert {await pick("minimal") for _ in range(4)} == {cold, warm}
+    assert await pick("py") == warm  # another template's pool counts on its own
+    assert await pick("other") in (cold, warm)
+    later = clock.now() + timedelta(seconds=1)
+    async with engine.begin() as conn:  # the next heartbeat: 2 ready again
+        await conn.execute(hosts.update().where(hosts.c.id == warm).values(last_heartbeat_at=later))
+    assert [await pick("minimal") for _ in range(2)] == [warm, warm]
