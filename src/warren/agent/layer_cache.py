@@ -5,15 +5,18 @@
         tree/                 the layer in overlayfs' own format (whiteouts as 0:0 char devices,
                               opaque dirs by xattr), owned by the mapped uids: an overlay lowerdir
         layer.json            {"digest", "size"}: the size of the tar it came from
+        layer.sqfs            when installed as an image (layer_image.py): tree/ is its
+                              read-only loop mount
       .skeleton/              the mount points the runtime needs, at the bottom of every chain
       .tmp-*  .del-*          an install or a delete under way; removed at startup
 
 A layer arrives as an OCI layer tar. Its bytes go to a temporary file in the same filesystem,
 hashed on the way in and bounded by its declared size; a mismatch keeps nothing and answers
-``DATA_LOSS``. The tar is then extracted (``warren.layers.extract_layer``: never follows a link,
-never writes outside its directory) to a temporary directory that is renamed into place, so a
-layer is either whole or absent. Installs of one digest are serialized: the second waits and
-finds it installed.
+``DATA_LOSS``. The tar then becomes a squashfs image mounted on ``tree/`` where this host can
+(``layer_image``; the same checks, far faster for many small files), or is extracted
+(``warren.layers.extract_layer``: never follows a link, never writes outside its directory), in
+a temporary directory that is renamed into place, so a layer is either whole or absent.
+Installs of one digest are serialized: the second waits and finds it installed.
 
 A layer is in use while a sandbox on this host (running, paused, re-adopted, or a build step)
 has it in its chain, or while a create on it is under way (:meth:`LayerCache.pin`). In-use
@@ -102,6 +105,9 @@ class LayerCache:
         for p in found:
             layer_image.release_leftovers(p)
             _remove(p)
+        # A loop device on an image that nothing mounts (a crash between attach and mount).
+        for dev in layer_image.detach_loops(self.root):
+            log.info("event=layer_loop_detached device=%s", dev)
         if not (self.root / SKELETON).is_dir():
             self._make_skeleton()
         if self._want_images:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,10 +214,14 @@ class Source:
 
     def _copy_range(self, fd: int, n: int, what: object) -> int:
         assert self._fd is not None
+        copy = os.copy_file_range
         while n:
             try:
-                k = os.copy_file_range(self._fd, fd, n)
+                k = copy(self._fd, fd, n)
             except OSError as e:
+                if copy is os.copy_file_range and e.errno == errno.EINVAL and _is_pipe(fd):
+                    copy = os.splice  # to a pipe (the layer image converter): kernel to kernel
+                    continue
                 if e.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     self._cfr = False
                     return n
@@ -225,6 +230,10 @@ class Source:
                 raise LayerError(f"{what}: truncated tar")
             n -= k
         return 0
+
+
+def _is_pipe(fd: int) -> bool:
+    return stat.S_ISFIFO(os.fstat(fd).st_mode)
 
 
 def _write_all(fd: int, view: memoryview) -> None:

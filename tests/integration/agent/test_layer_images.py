@@ -5,6 +5,8 @@ again, a delete leaves no mount and no loop device, and the extraction fallback 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -169,8 +171,19 @@ def test_a_restarted_agent_mounts_its_layers_again(agent_root: Path) -> None:
         a.stop()
         # A stopped agent leaves nothing mounted that no sandbox holds.
         assert wait_released(a.data_dir / "layers") == []
+        # What a crash can leave: an install's image mounted in its .tmp- dir, and a loop
+        # device attached to an installed image but never mounted.
+        image = layer_dir(a, d) / "layer.sqfs"
+        tmp = a.data_dir / "layers" / ".tmp-crashed"
+        (tmp / "tree").mkdir(parents=True)
+        shutil.copy(image, tmp / "layer.sqfs")
+        mount = ["mount", "-t", "squashfs", "-o", "loop,ro", str(tmp / "layer.sqfs"), str(tmp / "tree")]
+        subprocess.run(mount, check=True, timeout=60)
+        subprocess.run(["losetup", "-f", str(image)], check=True, timeout=60)
+        assert len(loops_under(a.data_dir / "layers")) == 2
         a.start()
         assert is_image(a, d)
+        assert not tmp.exists() and len(loops_under(a.data_dir / "layers")) == 1  # its own mount
         r = a.create(memory_mb=128, chain=pb.TemplateChain(base="minimal", layers=[d]))
         assert a.exec(r.sandbox_id, "cat", "/opt/hello").stdout == b"still here\n"
         a.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,27 @@ def test_what_only_extraction_can_apply_asks_for_it(tmp_path: Path, entries: lis
     with pytest.raises(NeedsExtraction):
         convert(tmp_path, tar_bytes(entries))
     scan_layer(io.BytesIO(tar_bytes(entries)))  # valid layers all the same
+
+
+def test_large_files_reach_a_pipe_whole(tmp_path: Path) -> None:
+    big = os.urandom(5 << 20)
+    src = tmp_path / "layer.tar"
+    src.write_bytes(tar_bytes([f("a", b"x"), f("big", big), f("z", b"z")]))
+    r, w = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(r, 1 << 20):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        convert_layer(src, w, uid_base=BASE)
+    finally:
+        os.close(w)
+        reader.join()
+        os.close(r)
+    with tarfile.open(fileobj=io.BytesIO(bytes(got))) as t:
+        assert t.extractfile("big").read() == big  # type: ignore[union-attr]
+        assert t.extractfile("z").read() == b"z"  # type: ignore[union-attr]
