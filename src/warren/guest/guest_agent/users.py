@@ -20,7 +20,9 @@ import _signal
 import _socket
 import _stat
 import os
+import select
 import sys
+import time
 
 from .protocol import GuestFail, jdump, jload, os_fail
 
@@ -57,6 +59,12 @@ MAX_RESULT = 4 << 20
 
 
 CHILD_TIMEOUT = 60.0  # a child as the user that neither answers nor exits is killed
+
+
+# A child that has neither exec'd nor reported a failure in this long is killed. Once it took the
+# user's ids, the user's own processes may stop it (`kill -STOP -1`) before its execve; without a
+# bound the guest, PID 1, would wait on its report pipe for ever.
+EXEC_TIMEOUT = 30.0
 
 
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
@@ -345,7 +353,7 @@ def fork_exec(
     oom.restore()
     os.close(err_w)
     try:
-        report = _read_all(err_r, 4096)
+        report = await_exec(pid, err_r, EXEC_TIMEOUT)
     finally:
         os.close(err_r)
     if not report:
@@ -354,9 +362,23 @@ def fork_exec(
     raise _guest_fail(report)
 
 
-def _read_all(fd: int, cap: int) -> bytes:
+def await_exec(pid: int, fd: int, timeout: float, cap: int = 4096) -> bytes:
+    """What child ``pid`` reported on its close-on-exec pipe ``fd`` (empty: it exec'd), waiting
+    at most ``timeout`` seconds; past that the child is killed and reaped, and the start fails
+    with ``timeout``."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
     buf = bytearray()
     while len(buf) < cap:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            try:
+                os.kill(pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap(pid)
+            raise GuestFail("timeout", "the command as the user did not start in time")
         try:
             data = os.read(fd, cap - len(buf))
         except InterruptedError:
