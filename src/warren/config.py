@@ -18,6 +18,12 @@ from warren import egress_ranges
 Runtime = Literal["runc", "crun", "gvisor"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
+# Seconds the CP's HTTP servers (`warren cp`, `warren proxy`) keep an idle keep-alive
+# connection open. Well past what clients (httpx, requests: 5 s) and load balancers (60 s) keep
+# one themselves: with uvicorn's 5 s default a client could send a request on a connection the
+# server was closing at that moment, and get a ReadError instead of an answer.
+HTTP_KEEP_ALIVE_S = 75
+
 
 def default_home() -> Path:
     if env := os.environ.get("WARREN_HOME"):

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.harness.machine import free_port
 from warren import ids
-from warren.config import Settings
+from warren.config import HTTP_KEEP_ALIVE_S, Settings
 from warren.cp.app import create_app
 from warren.cp.db.tables import users
 from warren.cp.hosts.client_pool import HostClientPool
@@ -67,7 +67,14 @@ class InProcessCP:
         self.settings = Settings(**values)
         self.app: FastAPI = create_app(self.settings)
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="on",
+                timeout_keep_alive=HTTP_KEEP_ALIVE_S,
+            )
         )
         self._task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(base_url=self.url, timeout=120)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from warren import logs
-from warren.config import Settings
+from warren.config import HTTP_KEEP_ALIVE_S, Settings
 from warren.logs import LogFormat
 
 err = Console(stderr=True, highlight=False)
@@ -57,5 +57,5 @@ def proxy_command(
     app = ObserveMiddleware(standalone_app(settings))
     uvicorn.run(
         app, host=host.strip("[]"), port=int(port), proxy_headers=proxy_headers,
-        timeout_graceful_shutdown=10, log_level="info", **extra,
+        timeout_graceful_shutdown=10, timeout_keep_alive=HTTP_KEEP_ALIVE_S, log_level="info", **extra,
     )  # fmt: skip

@@ -34,7 +34,7 @@ from rich.console import Console
 from warren import logs
 from warren.cli.home import HomeOpt, load_or_create_secret, prepare_home
 from warren.cli.supervisor import ChildFailed, ProcessChild, Stopped, Supervisor
-from warren.config import Settings, default_home
+from warren.config import HTTP_KEEP_ALIVE_S, Settings, default_home
 from warren.cp.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from warren.logs import LogFormat
 
@@ -371,6 +371,7 @@ def cp_command(
         "proxy_headers": proxy_headers,
         "forwarded_allow_ips": _forwarded_allow_ips(settings) if proxy_headers else None,
         "timeout_graceful_shutdown": 10,  # open streams must not hold a shutdown forever
+        "timeout_keep_alive": HTTP_KEEP_ALIVE_S,
         "log_level": "info",
     }
     if (log_config := logs.uvicorn_log_config(log_format)) is not None:
