@@ -44,6 +44,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -91,6 +92,51 @@ def _classify(
         if new != r["status"]:
             to[new].append(r)
     return to
+
+
+@dataclass
+class _Answer:
+    """What a pass's ListSandboxes answers say, merged (a second answer may be asked for)."""
+
+    # Our runtime keeps paused sandboxes listed (status "paused"); ids paused by the TTL reaper
+    # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
+    listed: dict[str, str]
+    host_ips: dict[str, str]
+    auto_paused: set[str]
+    creating: set[str]  # the creates the host has in flight
+    answers: list[Any] = field(default_factory=list)  # every answer read
+
+    @classmethod
+    def of(cls, resp: Any) -> _Answer:
+        answer = cls({}, {}, set(), set())
+        answer.merge(resp)
+        return answer
+
+    def merge(self, resp: Any) -> None:
+        self.listed.update({s.sandbox_id: s.status for s in resp.sandboxes})
+        self.host_ips.update({s.sandbox_id: s.host_ip for s in resp.sandboxes})
+        self.auto_paused |= set(resp.auto_paused_sandbox_ids)
+        self.creating |= set(resp.creating_sandbox_ids)  # a create that arrived meanwhile
+        self.answers.append(resp)
+
+    def classify(self, rows: Sequence[RowMapping]) -> dict[str, list[RowMapping]]:
+        return _classify(rows, self.listed, self.auto_paused, self.creating)
+
+
+async def _record_created(
+    conn: AsyncConnection, created: list[uuid.UUID], host_ips: Mapping[str, str], now: datetime
+) -> None:
+    """Abandoned creates the host did make: what the dead CP would have written had it seen the
+    create answered."""
+    for u in created:
+        await conn.execute(
+            sandboxes.update()
+            .where(sandboxes.c.id == u)
+            .values(
+                host_ip=host_ips.get(ids.sandbox_id(u), ""),
+                started_at=sa.func.coalesce(sandboxes.c.started_at, now),
+            )
+        )
 
 
 async def _record_paused_states(conn: AsyncConnection, paused: list[uuid.UUID], answers: list[Any]) -> None:
@@ -306,36 +352,40 @@ class HostMonitor(Worker):
     ) -> list[str]:
         """Reconcile the records with the host's answer; returns the sandboxes the host runs
         whose record is final, to destroy there."""
-        hid = ids.host_id(h["id"])
-        # Our runtime keeps paused sandboxes listed (status "paused"); ids paused by the TTL reaper
-        # or PauseAll are also in auto_paused_sandbox_ids, listed or not.
-        on_agent = {s.sandbox_id: s.status for s in resp.sandboxes}
-        auto_paused = set(resp.auto_paused_sandbox_ids)
+        answer = _Answer.of(resp)
         # A host that says which creates it has in flight lets a dead CP's `pending` records
         # settle after a short grace; without that, only once no create can still be running.
-        creating = set(resp.creating_sandbox_ids)
         pending_s = self.pending_grace_s if resp.reports_creating else ABANDONED_PENDING_S
         # A dead replica's creates need no grace, if the host says which creates it has.
         rows = await self._candidates(conn, h, asked_at, pending_s, orphans=resp.reports_creating)
-        listed = dict(on_agent)
-        host_ips = {s.sandbox_id: s.host_ip for s in resp.sandboxes}
-        answers = [resp]  # every ListSandboxes answer this pass read
-        to = _classify(rows, listed, auto_paused, creating)
+        to = answer.classify(rows)
         if to["stopped"] or to["error"]:
             # Gone from the host? Ask again before saying so: `last_updated < asked_at` compares
             # two replicas' clocks, so a create that finished just after the first answer could
             # pass for older. A sandbox whose record we have read as running exists on its host
             # by now if it exists at all. (We hold the host's lock: the auto-paused ids this
             # answer reports are ours to apply.)
-            again = await self._list(h)
-            listed.update({s.sandbox_id: s.status for s in again.sandboxes})
-            host_ips.update({s.sandbox_id: s.host_ip for s in again.sandboxes})
-            answers.append(again)
-            auto_paused |= set(again.auto_paused_sandbox_ids)
-            creating |= set(again.creating_sandbox_ids)  # a create that arrived meanwhile
-            to = _classify(rows, listed, auto_paused, creating)
+            answer.merge(await self._list(h))
+            to = answer.classify(rows)
         now = clock.now()
-        created: list[uuid.UUID] = []  # abandoned creates the host did make
+        created, paused = await self._set_statuses(conn, ids.host_id(h["id"]), to, asked_at, now, result)
+        await _record_created(conn, created, answer.host_ips, now)
+        await _record_paused_states(conn, paused, answer.answers)
+        return await self._final_on_host(conn, h, answer.listed)
+
+    async def _set_statuses(
+        self,
+        conn: AsyncConnection,
+        hid: str,
+        to: dict[str, list[RowMapping]],
+        asked_at: datetime,
+        now: datetime,
+        result: PassResult,
+    ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """The classified records' new statuses, each conditional on the status read and on no
+        change since the host was asked; an auto-pause is audited. Returns the abandoned creates
+        the host did make and the sandboxes now paused."""
+        created: list[uuid.UUID] = []
         paused: list[uuid.UUID] = []
         for new_status, items in to.items():
             if not items:
@@ -372,18 +422,7 @@ class HostMonitor(Worker):
                             resource_id=sid, status="info", metadata={"reason": "auto_paused"},
                         )  # fmt: skip
                     log.info("monitor: sandbox %s %s -> %s host=%s", sid, old_status, new_status, hid)
-        for u in created:
-            # What the dead CP would have written had it seen the create answered.
-            await conn.execute(
-                sandboxes.update()
-                .where(sandboxes.c.id == u)
-                .values(
-                    host_ip=host_ips.get(ids.sandbox_id(u), ""),
-                    started_at=sa.func.coalesce(sandboxes.c.started_at, now),
-                )
-            )
-        await _record_paused_states(conn, paused, answers)
-        return await self._final_on_host(conn, h, listed)
+        return created, paused
 
     async def _candidates(
         self, conn: AsyncConnection, h: RowMapping, asked_at: datetime, pending_s: float, *, orphans: bool
