@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from warren.agent import sandbox_fs, startup_checks
+from warren.agent import layer_image, sandbox_fs, startup_checks
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -83,6 +83,7 @@ def run(target: Target) -> list[Check]:
         _cgroups,
         lambda: _runtimes(target.runtime),
         _programs,
+        _layer_images,
         lambda: _data_dir(target),
         lambda: _ports(target),
         lambda: _clock(target.cp_url),
@@ -286,6 +287,20 @@ def _programs() -> Check:
             "apt-get install -y iproute2 iptables debootstrap util-linux coreutils",
         )
     return Check("programs", "ok", ", ".join(REQUIRED_PROGRAMS))
+
+
+def _layer_images() -> Check:
+    """Layers install as squashfs images where the host can, by extraction elsewhere (slower
+    for many small files, never wrong): a warning, not a failure."""
+    got = layer_image.support()
+    if got.ok:
+        return Check("layer images", "ok", got.detail)
+    return Check(
+        "layer images",
+        "warn",
+        f"layers are extracted instead: {got.detail}",
+        "apt-get install -y squashfs-tools-ng (and the squashfs and loop modules)",
+    )
 
 
 # ---------------------------------------------------------------------------- data dir
