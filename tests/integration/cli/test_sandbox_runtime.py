@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.harness.cp import InProcessCP
 from warren import ids
+from warren.cli.client import sandbox as sandbox_cli
 from warren.cli.main import app
 
 
@@ -21,7 +24,12 @@ async def _run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
-async def test_runtime_option_and_what_the_table_shows(cp: InProcessCP) -> None:
+async def test_runtime_option_and_what_the_table_shows(
+    cp: InProcessCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wide table, whatever width the CLI's console settled on in this worker (it truncated
+    # RUNTIME to "RUN…" in CI, although COLUMNS was 200 for the call).
+    monkeypatch.setattr(sandbox_cli, "out", Console(width=200))
     user = await cp.signup()
     env = {"WARREN_URL": cp.url, "WARREN_API_KEY": await user.api_key(), "XDG_CONFIG_HOME": "/nonexistent"}
     code, out, err = await _run(env, "sandbox", "create", "--help")
@@ -37,6 +45,6 @@ async def test_runtime_option_and_what_the_table_shows(cp: InProcessCP) -> None:
            VALUES (:id, :team, :host, 'paused', 'gvisor', 'disk', now())""",
         id=sb, team=ids.parse_id(ids.Kind.TEAM, user.team_id), host=uuid.uuid4(),
     )  # fmt: skip
-    code, out, err = await _run({**env, "COLUMNS": "200"}, "sandbox", "get", ids.sandbox_id(sb))
+    code, out, err = await _run(env, "sandbox", "get", ids.sandbox_id(sb))
     assert code == 0, err
     assert "RUNTIME" in out and "gvisor" in out and "paused (disk)" in out
