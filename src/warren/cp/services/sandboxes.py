@@ -6,7 +6,8 @@ metrics and snapshots reach it through ``sandbox_access``).
 
 No database connection is held while an agent RPC runs: a create resolves, schedules and
 inserts the ``pending`` row in single statements (each commits on its own), calls the agent,
-then marks the row ``running`` in one statement. Status changes are conditional
+then marks the row ``running`` in one statement (the host's choice and the agent's call are
+sandbox_placement.py's). Status changes are conditional
 (``WHERE status = <expected>``) so a concurrent monitor pass or a second request can never be
 overwritten by a stale decision.
 """
@@ -18,7 +19,6 @@ import dataclasses
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +36,11 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts
-from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
-from warren.cp.hosts.scheduler import Host, Overcommit, Reservation, Scheduler, no_capacity
-from warren.cp.services import Timestamp, audit, egress, egress_rules, layers, limits, replica_lease
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.hosts.scheduler import Scheduler
+from warren.cp.services import Timestamp, audit, layers, limits, replica_lease
 from warren.cp.services.context import AuthContext, no_team, require_team
+from warren.cp.services.sandbox_placement import Plan, place, reserve
 from warren.cp.services.traffic_tokens import new_traffic_token
 from warren.cp.store import LayerStore
 from warren.egress_rules import EgressRules
@@ -49,8 +50,6 @@ from warren.errors import (
     InvalidRequest,
     InvalidState,
     NotFound,
-    ServiceUnavailable,
-    WarrenError,
 )
 from warren.rpc import hostagent_pb2 as pb
 
@@ -61,16 +60,6 @@ SAFE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
 TEMPLATE_REF = re.compile(r"^([a-zA-Z0-9][a-zA-Z0-9._-]{0,63})(?::([a-zA-Z0-9][a-zA-Z0-9._-]{0,63}))?$")
 # Hidden from the list (docs/spec.md §2.5).
 _HIDDEN = ("stopped", "error")
-_CREATE_ATTEMPTS = 3
-# Hosts a create tries when the chosen one cannot be reached (connection never made).
-_HOST_ATTEMPTS = 3
-# gRPC's words for a call that never left the CP: no connection to the host could be made.
-_NOT_CONNECTED = ("failed to connect", "connection refused", "no route to host")
-
-
-def never_reached(e: AgentError) -> bool:
-    """Whether the agent cannot have received the call: UNAVAILABLE before any connection."""
-    return e.rpc_code == "UNAVAILABLE" and any(w in e.message.lower() for w in _NOT_CONNECTED)
 
 
 class SandboxView(BaseModel):
@@ -233,24 +222,6 @@ async def touch(engine: AsyncEngine, sb_uuid: uuid.UUID) -> None:
 # ------------------------------------------------------------------------------------ create
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """What a create settled before choosing a host: the template, the size, the quotas."""
-
-    template: str
-    resolved: asyncpg.Record  # q.RESOLVE's row: the team, its limits and the template
-    shape: limits.Shape
-    quotas: limits.Quotas
-    # The template as store layers; None for plain `minimal` and pre-store snapshots, which
-    # hosts hold themselves.
-    chain: pb.TemplateChain | None = None
-    # The runtime tier the sandbox runs on (hosts offering it only).
-    runtime: str = "runc"
-    # The control-plane replica making the create, recorded on its pending row (its lease tells
-    # the host monitor whether anyone is left to finish it); None: not recorded.
-    replica: uuid.UUID | None = None
-
-
 async def create_sandbox(
     engine: AsyncEngine,
     pool: HostClientPool,
@@ -279,8 +250,8 @@ async def create_sandbox(
     async with driver(engine) as conn:
         plan = await _resolve(conn, settings, team_uuid, ref, m.group(1), m.group(2) or "", params)
         plan = dataclasses.replace(plan, replica=replica_lease.owner_of(engine))
-        first = await _reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet)
-    placed = await _place(
+        first = await reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet)
+    placed = await place(
         engine, pool, scheduler, settings, team_uuid, plan, params, store, timings, (sb_uuid, first)
     )
     host, client, sb_uuid, req, resp = placed
@@ -297,62 +268,6 @@ async def create_sandbox(
     return view
 
 
-_Placed = tuple[Host, HostClient, uuid.UUID, pb.CreateSandboxRequest, pb.CreateSandboxResponse]
-
-
-async def _place(
-    engine: AsyncEngine,
-    pool: HostClientPool,
-    scheduler: Scheduler,
-    settings: Settings,
-    team_uuid: uuid.UUID,
-    plan: _Plan,
-    params: CreateParams,
-    store: LayerStore | None,
-    timings: dict[str, float] | None,
-    first: tuple[uuid.UUID, Host],
-) -> _Placed:
-    """Have the agent of the ``first`` reservation (the pending row's id and its host) make the
-    sandbox. A host that cannot be reached at all (no connection made) is left for another
-    eligible one, with a new pending row; up to ``_HOST_ATTEMPTS`` hosts. When no other host is
-    left, the client hears the first failure."""
-    avoid: list[uuid.UUID] = []
-    unreached: AgentError | None = None
-    reserved: tuple[uuid.UUID, Host] | None = first
-    while True:
-        if reserved is not None:
-            (sb_uuid, host), reserved = reserved, None
-        else:
-            sb_uuid = ids.new_uuid()
-            try:
-                async with driver(engine) as conn:
-                    host = await _reserve(
-                        conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet, avoid
-                    )
-            except ServiceUnavailable:
-                if unreached is None:
-                    raise
-                raise unreached from None
-        client = pool.get(host)
-        req = _create_request(settings, sb_uuid, plan, params)
-        await egress_rules.record_created(engine, sb_uuid, params.network)
-        await _record_runtime(engine, sb_uuid, plan.runtime)
-        fetch = layers.HostFetch(engine, store, client, host["id"], plan.chain, host.get("missing"))
-        try:
-            resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
-        except AgentError as e:
-            # The row is `error` already. Only a connection never made is tried elsewhere: once
-            # the agent may have the request it may make the sandbox, and a second one must not
-            # be made for the same create (the monitor destroys a sandbox whose record is final).
-            if not never_reached(e) or len(avoid) + 1 >= _HOST_ATTEMPTS:
-                raise
-            unreached = e
-            avoid.append(host["id"])
-            log.warning("sandbox create: host %s unreachable, trying another: %s", ids.host_id(host["id"]), e)
-            continue
-        return host, client, sb_uuid, req, resp
-
-
 async def _resolve(
     conn: asyncpg.Connection,
     settings: Settings,
@@ -361,7 +276,7 @@ async def _resolve(
     name: str,
     tag: str,
     params: CreateParams,
-) -> _Plan:
+) -> Plan:
     """The live team (403 ``no_team``), the template version (404) and the size within the
     platform's maxima (400), in one statement."""
     r = await conn.fetchrow(q.RESOLVE, name, team_uuid, tag)
@@ -385,7 +300,7 @@ async def _resolve(
         shape = dataclasses.replace(shape, timeout_sec=0)
     chain = layers.chain_of(r["template_base"], r["template_layers"], r["template_config"])
     runtime = runtime_for(settings, params.runtime, ref, r["template_kind"])
-    return _Plan(ref, r, shape, limits.team_quotas(lim, r), chain, runtime=runtime)
+    return Plan(ref, r, shape, limits.team_quotas(lim, r), chain, runtime=runtime)
 
 
 def runtime_for(settings: Settings, asked: str | None, ref: str, template_kind: str) -> str:
@@ -401,135 +316,13 @@ def runtime_for(settings: Settings, asked: str | None, ref: str, template_kind: 
     return asked or settings.default_runtime
 
 
-async def _reserve(
-    conn: asyncpg.Connection,
-    scheduler: Scheduler,
-    settings: Settings,
-    team_uuid: uuid.UUID,
-    plan: _Plan,
-    sb_uuid: uuid.UUID,
-    internet: bool,
-    avoid: Sequence[uuid.UUID] = (),
-) -> Host:
-    """Choose a host with room (not one of ``avoid``) and insert the pending row there (quotas
-    and capacity checked under row locks); 429 past a quota, 503 when no host has room."""
-    r, shape, quotas = plan.resolved, plan.shape, plan.quotas
-    oc = Overcommit(settings.overcommit_cpu, settings.overcommit_memory, settings.overcommit_disk)
-    need = Reservation(shape.vcpus, shape.memory_mb, oc)
-    outcome = ""
-    # A snapshot taken before the template store lives on the host that took it: only that
-    # host can start it. One made of store layers starts anywhere, preferably near its layers.
-    pinned = r["template_host_id"] if plan.chain is None and r["template_type"] == "snapshot" else None
-    chain_layers = list(plan.chain.layers) if plan.chain is not None else []
-    for _attempt in range(_CREATE_ATTEMPTS):
-        host = await scheduler.select_host(
-            conn,
-            team_uuid,
-            bool(r["is_byoc"]),
-            required_host=pinned,
-            runtime=plan.runtime,
-            need=need,
-            layers=chain_layers,
-            avoid=avoid,
-            template=plan.template,
-        )
-        res = await conn.fetchrow(
-            q.RESERVE,
-            sb_uuid, team_uuid, host["id"], plan.template, shape.vcpus, shape.memory_mb,
-            shape.timeout_sec, shape.disk_size_mb, internet, clock.now(), r["template_id"],
-            r["template_team_id"], quotas.sandboxes, quotas.vcpus, quotas.memory_mb, oc.cpu, oc.memory,
-            plan.replica,
-        )  # fmt: skip
-        outcome = res["outcome"]
-        if outcome == "ok":
-            return host
-        if outcome == "no_team":
-            raise no_team()
-        if outcome.startswith("quota_"):
-            raise limits.reserve_refusal(outcome, quotas, res, shape)
-        # The host left `online` (being deleted, or just marked unreachable), or filled up, after
-        # it was chosen: choose again.
-        log.info("sandbox create: host %s %s, rescheduling", ids.host_id(host["id"]), outcome)
-    if outcome == "no_capacity":
-        raise no_capacity(need)
-    raise ServiceUnavailable("no online host could take the sandbox; retry", code="no_hosts_available")
-
-
-async def _record_runtime(engine: AsyncEngine, sb_uuid: uuid.UUID, runtime: str) -> None:
-    """A new sandbox's runtime on its ``pending`` row, before its agent is asked (no statement
-    for runc, the column's default)."""
-    if runtime == "runc":
-        return
-    async with driver(engine) as conn:
-        await conn.execute(q.SET_RUNTIME, sb_uuid, runtime)
-
-
-def _create_request(
-    settings: Settings, sb_uuid: uuid.UUID, plan: _Plan, params: CreateParams
-) -> pb.CreateSandboxRequest:
-    r, shape = plan.resolved, plan.shape
-    return pb.CreateSandboxRequest(
-        sandbox_id=ids.sandbox_id(sb_uuid),
-        template=plan.template,
-        vcpus=shape.vcpus,
-        memory_mb=shape.memory_mb,
-        timeout_sec=shape.timeout_sec,
-        disk_size_mb=shape.disk_size_mb,
-        team_id=str(r["template_team_id"]),
-        template_id=str(r["template_id"]),
-        internet=params.internet,
-        env=params.env or {},
-        egress_allow=egress.team_cidrs(egress.catalog_of(settings), r["egress_allow"]),
-        chain=plan.chain,
-        runtime=plan.runtime,
-        egress=egress_rules.to_pb(params.network) if not params.network.empty else None,
-    )
-
-
-async def _call_agent(
-    engine: AsyncEngine,
-    client: HostClient,
-    req: pb.CreateSandboxRequest,
-    sb_uuid: uuid.UUID,
-    host: Host,
-    timings: dict[str, float] | None,
-    fetch: layers.HostFetch,
-) -> pb.CreateSandboxResponse:
-    """The template's missing layers pushed to the host, then the CreateSandbox RPC; when either
-    fails, the pending row becomes ``error``."""
-    try:
-        if fetch.missing:
-            await fetch.bring(fetch.missing)
-        t_rpc = time.perf_counter()
-        try:
-            resp: pb.CreateSandboxResponse = await client.stub.CreateSandbox(req, timeout=DEFAULT_TIMEOUT_S)
-        except AgentError as e:
-            if not fetch.wants_retry(e):
-                raise
-            # host_layers said it had them, the host disagrees: push and try once more.
-            log.info("sandbox create: host %s lacks layers: %s", ids.host_id(host["id"]), e.message)
-            await fetch.bring(list(req.chain.layers))
-            t_rpc = time.perf_counter()
-            resp = await client.stub.CreateSandbox(req, timeout=DEFAULT_TIMEOUT_S)
-        if timings is not None:
-            timings["agent"] = (time.perf_counter() - t_rpc) * 1000
-    except WarrenError as e:
-        async with driver(engine) as conn:
-            await conn.execute(q.MARK_FAILED, sb_uuid, clock.now())
-        log.warning(
-            "sandbox create failed sandbox=%s host=%s: %s", req.sandbox_id, ids.host_id(host["id"]), e
-        )
-        raise
-    return resp
-
-
 async def _record_running(
     engine: AsyncEngine,
     client: HostClient,
     ctx: AuthContext,
     team_uuid: uuid.UUID,
     sb_uuid: uuid.UUID,
-    plan: _Plan,
+    plan: Plan,
     resp: pb.CreateSandboxResponse,
     token_digest: str,
     params: CreateParams,
