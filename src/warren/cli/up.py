@@ -215,47 +215,19 @@ def up_command(
     os.environ["WARREN_LOG_FORMAT"] = log_format  # the children (cp, agent) log the same way
     t0 = time.monotonic()
     home_dir = prepare_home(home or default_home())
-    for p, flag in ((port, "--port"), (e2b_port, "--e2b-port")):
-        if p and not _port_free(host, p):
-            err.print(f"[red]Port {p} on {host} is already in use[/red]; choose another with {flag}.")
-            raise typer.Exit(1)
+    _check_ports_free(host, port, e2b_port)
 
     sup = Supervisor()
     sup.install_signal_handlers()
     code = 1
     watching = threading.Event()  # set on the way out: the warm-pool report stops
     try:
-        db_url = os.environ.get("WARREN_DATABASE_URL")
-        embedded = not db_url
-        if embedded:
-            pg = EmbeddedPostgres(home_dir)
-            sup.start(PostgresChild(pg))
-            # The CP is on the same machine: its unix socket is cheaper per statement than TCP.
-            db_url = pg.socket_url
-        assert db_url is not None
-
+        db_url, embedded = _start_database(sup, home_dir)
         base_url = _base_url(host, port)
-        env = dict(os.environ)
-        env["WARREN_HOME"] = str(home_dir)
-        env["WARREN_DATABASE_URL"] = db_url
-        env["WARREN_JWT_SECRET"] = os.environ.get("WARREN_JWT_SECRET") or load_or_create_secret(
-            home_dir / "jwt-secret"
-        )
-        env.setdefault("WARREN_PUBLIC_URL", base_url)
-        # The `base` platform template, built in the background once the agent is online.
-        env.setdefault("WARREN_BUILD_BASE_TEMPLATE", "1")
-        cp_argv = [sys.executable, "-m", "warren.cli.main", "cp", "--host", host, "--port", str(port)]
-        cp_argv += ["--e2b-port", str(e2b_port)]
-        # The cp child applies pending migrations before it serves (one Python start-up fewer).
-        sup.start(ProcessChild("cp", [*cp_argv, "--migrate"], env=env, ready=_healthy(base_url)))
+        env = _children_env(home_dir, db_url, base_url)
+        _start_cp(sup, env, host, port, e2b_port, base_url)
         if agent:  # the local host agent (docs/hosts.md): this machine runs sandboxes too
-            # Imported here: `warren cp` (this module too) need not load the agent's packages.
-            from warren.cli.local_agent import LocalAgentChild, local_agent_unavailable
-
-            if (why := local_agent_unavailable()) is not None:
-                err.print(f"[yellow]No local host agent:[/yellow] {why}")
-            else:
-                sup.start(LocalAgentChild(home_dir, base_url, db_url, env, warm_pool=warm_pool))
+            _start_local_agent(sup, home_dir, base_url, db_url, env, warm_pool)
 
         e2b_url = _base_url(host, e2b_port) if e2b_port else None
         _print_banner(base_url, e2b_url, home_dir, embedded, time.monotonic() - t0)
@@ -276,6 +248,64 @@ def up_command(
             out.print("Stopping…")
         sup.shutdown()
     raise typer.Exit(code)
+
+
+def _check_ports_free(host: str, port: int, e2b_port: int) -> None:
+    """Exit 1, saying which option to change, when a port ``warren up`` serves is taken."""
+    for p, flag in ((port, "--port"), (e2b_port, "--e2b-port")):
+        if p and not _port_free(host, p):
+            err.print(f"[red]Port {p} on {host} is already in use[/red]; choose another with {flag}.")
+            raise typer.Exit(1)
+
+
+def _start_database(sup: Supervisor, home_dir: Path) -> tuple[str, bool]:
+    """The database URL, and whether it is the embedded PostgreSQL (started here) rather than
+    ``WARREN_DATABASE_URL``'s."""
+    db_url = os.environ.get("WARREN_DATABASE_URL")
+    if db_url:
+        return db_url, False
+    pg = EmbeddedPostgres(home_dir)
+    sup.start(PostgresChild(pg))
+    # The CP is on the same machine: its unix socket is cheaper per statement than TCP.
+    return pg.socket_url, True
+
+
+def _children_env(home_dir: Path, db_url: str, base_url: str) -> dict[str, str]:
+    """The environment of the cp and agent children: ours, with the home, the database and the
+    JWT secret (kept in the home), the public URL and the `base` template build."""
+    env = dict(os.environ)
+    env["WARREN_HOME"] = str(home_dir)
+    env["WARREN_DATABASE_URL"] = db_url
+    env["WARREN_JWT_SECRET"] = os.environ.get("WARREN_JWT_SECRET") or load_or_create_secret(
+        home_dir / "jwt-secret"
+    )
+    env.setdefault("WARREN_PUBLIC_URL", base_url)
+    # The `base` platform template, built in the background once the agent is online.
+    env.setdefault("WARREN_BUILD_BASE_TEMPLATE", "1")
+    return env
+
+
+def _start_cp(
+    sup: Supervisor, env: dict[str, str], host: str, port: int, e2b_port: int, base_url: str
+) -> None:
+    """The ``warren cp`` child, ready once its health endpoint answers."""
+    cp_argv = [sys.executable, "-m", "warren.cli.main", "cp", "--host", host, "--port", str(port)]
+    cp_argv += ["--e2b-port", str(e2b_port)]
+    # The cp child applies pending migrations before it serves (one Python start-up fewer).
+    sup.start(ProcessChild("cp", [*cp_argv, "--migrate"], env=env, ready=_healthy(base_url)))
+
+
+def _start_local_agent(
+    sup: Supervisor, home_dir: Path, base_url: str, db_url: str, env: dict[str, str], warm_pool: str | None
+) -> None:
+    """The local host agent child, or a word on why this machine cannot run one."""
+    # Imported here: `warren cp` (this module too) need not load the agent's packages.
+    from warren.cli.local_agent import LocalAgentChild, local_agent_unavailable
+
+    if (why := local_agent_unavailable()) is not None:
+        err.print(f"[yellow]No local host agent:[/yellow] {why}")
+    else:
+        sup.start(LocalAgentChild(home_dir, base_url, db_url, env, warm_pool=warm_pool))
 
 
 def _bind(config: Any, e2b_port: int) -> list[socket.socket]:
