@@ -206,6 +206,10 @@ async def stream_log(
         if page.next_offset != offset:
             yield _event("log", {"data": page.data, "offset": offset, "next_offset": page.next_offset})
             offset, quiet_since = page.next_offset, clock.monotonic()
+        if page.done:
+            # The build may have ended between the status read and the log read: the status
+            # read now is its final one, and the end must come last.
+            status = await status_of()
         if status != last_status:
             yield _event("status", status)
             last_status = status
