@@ -114,6 +114,7 @@ async def _write_to_agent(
     """WriteFileStream: meta, then ≤ 64 KiB chunks. If ``chunks`` fails (a truncated or broken
     upload), the RPC is cancelled so the agent discards the partial file. ``metadata``: the new
     file's ``user.e2b.*`` extended attributes (E2B's file metadata, docs/e2b.md §3.2)."""
+    _check_upload_path(path)
     call = client.stub.WriteFileStream(None, timeout=None)  # None: requests go by call.write()
     try:
         meta = pb.WriteFileMeta(
@@ -131,6 +132,18 @@ async def _write_to_agent(
     except BaseException:
         call.cancel()
         raise
+
+
+# The longest path a sandbox's kernel takes (Linux's PATH_MAX), in bytes.
+MAX_PATH = 4096
+
+
+def _check_upload_path(path: str) -> None:
+    """What the guest would refuse about a path, refused before the upload's RPC opens: a refusal
+    that reaches the CP while the file is still on its way can surface from grpc as "Internal
+    error from Core" (a 502) instead of the agent's INVALID_ARGUMENT."""
+    if not path or "\0" in path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH:
+        raise InvalidRequest(f"invalid path (required, no NUL byte, at most {MAX_PATH} bytes)")
 
 
 async def _send(call: Any, request: pb.WriteFileStreamRequest) -> None:

@@ -21,12 +21,11 @@ from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, parse_body
-from warren.cp.services.files import EntryInfo, entry_model
+from warren.cp.services.files import MAX_PATH, EntryInfo, entry_model
 from warren.cp.services.strict import StrictBody
 from warren.errors import AgentError, InvalidRequest, NotFound
 from warren.rpc import hostagent_pb2 as pb
 
-MAX_PATH = 4096
 WATCHER_PREFIX = "wch-"
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 _RPC_TIMEOUT = 60.0
