@@ -45,10 +45,16 @@ async def run_agent(
         return
     from warren.agent.control_plane import AgentHooks, ControlPlaneLink
     from warren.agent.host_report import host_report
+    from warren.agent.runtime import gvisor
     from warren.agent.startup_checks import check_before_register
 
     # Before registering: registration spends the one-time token and puts the host online.
     check_before_register(data_dir, listen)
+    # ... and the slow part of start-up, so that the host serves soon after it is online: the
+    # gVisor platform probe may take seconds (a /dev/kvm that hangs); its answer is cached for
+    # the boot, so `serve` finds it at once.
+    if settings.gvisor_platform != "off" and gvisor.available():
+        await gvisor.choose_platform(settings.gvisor_platform, data_dir / "gvisor-probe")
     link = await ControlPlaneLink.connect(
         cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen
     )
