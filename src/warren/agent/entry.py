@@ -11,13 +11,16 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from warren import logs
 from warren.agent.settings import AgentSettings, load_settings
 from warren.logs import LogFormat
+
+if TYPE_CHECKING:
+    import grpc
 
 
 def setup_logging(level: str, fmt: LogFormat = "text") -> None:
@@ -55,11 +58,20 @@ async def run_agent(
     # the boot, so `serve` finds it at once.
     if settings.gvisor_platform != "off" and gvisor.available():
         await gvisor.choose_platform(settings.gvisor_platform, data_dir / "gvisor-probe")
-    link = await ControlPlaneLink.connect(
-        cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen
-    )
+    links: list[ControlPlaneLink] = []
+
+    async def link_up() -> grpc.ServerCredentials:
+        # Called by `serve` after host setup and re-adoption, right before the gRPC server
+        # starts: the host is online (registered) only once it is about to serve.
+        link = await ControlPlaneLink.connect(
+            cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen
+        )
+        links.append(link)
+        return link.server_credentials()
 
     async def cp_link(handle: AgentHandle) -> None:
+        (link,) = links
+
         async def shutdown() -> None:
             handle.terminate()
 
@@ -73,8 +85,7 @@ async def run_agent(
             await link.stop()
 
     await serve(
-        listen, data_dir, settings, runtime=runtime, tls=link.server_credentials(), extra_tasks=[cp_link],
-        cp_url=cp_url,
+        listen, data_dir, settings, runtime=runtime, link_up=link_up, extra_tasks=[cp_link], cp_url=cp_url,
     )  # fmt: skip
 
 

@@ -68,6 +68,7 @@ class AgentHandle:
 
 
 ExtraTask = Callable[[AgentHandle], Coroutine[Any, Any, None]]
+LinkUp = Callable[[], Coroutine[Any, Any, grpc.ServerCredentials]]
 
 
 def check_listen(listen: str, *, tls: bool) -> None:
@@ -141,9 +142,14 @@ async def serve(
     extra_tasks: Sequence[ExtraTask] = (),
     minimal_template_dir: Path | None = None,
     cp_url: str | None = None,
+    link_up: LinkUp | None = None,
 ) -> None:
-    """``cp_url``: the control plane's URL; its addresses are closed to sandboxes."""
-    check_listen(listen, tls=tls is not None)
+    """``cp_url``: the control plane's URL; its addresses are closed to sandboxes.
+
+    ``link_up`` (the control-plane link) runs once the host is set up and just before the gRPC
+    server starts, and gives its TLS credential: registration puts the host online, so it comes
+    as late as it can, when nothing slow stands between it and serving."""
+    check_listen(listen, tls=tls is not None or link_up is not None)
     data_dir = data_dir.resolve()  # noqa: ASYNC240
     lock_fd = _lock_data_dir(data_dir)
     templates = TemplateStore(
@@ -165,6 +171,13 @@ async def serve(
     )
     handle = AgentHandle(manager)
     await manager.start()
+    if link_up is not None:
+        try:
+            tls = await link_up()
+        except BaseException:
+            await manager.stop()
+            os.close(lock_fd)
+            raise
 
     server = await _grpc_server(manager, handle, listen, tls)
     metrics_server = await telemetry.serve_metrics(settings.metrics_listen, manager)
