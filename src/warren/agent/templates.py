@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warren.agent.proc import mounts_under, run, umount
+from warren.agent.rootfs_profile import trim_login_shell
 from warren.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("warren.agent.templates")
@@ -212,6 +213,7 @@ class TemplateStore:
             p.unlink()
         for mp in MOUNT_POINTS:
             (rootfs / mp).mkdir(parents=True, exist_ok=True)
+        trim_login_shell(rootfs)  # E2B's `bash -l -c` per command: no fork in the profile
         shift_ownership(rootfs)
 
     # --------------------------------------------------------------------------- lookups
