@@ -46,18 +46,8 @@ class StepFailed(WarrenError):
 
 
 def chain_of(base: str, layers: Sequence[str], config: SpecConfig) -> pb.TemplateChain:
-    return pb.TemplateChain(
-        base=base,
-        layers=list(layers),
-        config=pb.TemplateConfig(
-            env=config.env,
-            workdir=config.workdir,
-            user=config.user,
-            start_cmd=config.start_cmd,
-            ready_cmd=config.ready_cmd,
-            ready_timeout_sec=config.ready_timeout_sec,
-        ),
-    )
+    # The config travels as a create's does (layers.config_proto: the one JSON -> proto map).
+    return pb.TemplateChain(base=base, layers=list(layers), config=layer_svc.config_proto(config.as_json()))
 
 
 @dataclass
