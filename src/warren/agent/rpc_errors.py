@@ -2,8 +2,9 @@
 
 NotFound → NOT_FOUND, InvalidRequest → INVALID_ARGUMENT, InvalidState/Conflict →
 FAILED_PRECONDITION, an exec or build-step timeout → DEADLINE_EXCEEDED, a corrupt layer →
-DATA_LOSS, a payload past its bound → RESOURCE_EXHAUSTED, the guest's error kinds by
-``GUEST_CODES``, anything else → INTERNAL (logged).
+DATA_LOSS, a payload past its bound or a dial past its limit → RESOURCE_EXHAUSTED, a port nothing
+listens on → UNAVAILABLE ``port_not_open``, the guest's error kinds by ``GUEST_CODES``, anything
+else → INTERNAL (logged).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from warren.agent import build_step
+from warren.agent import build_step, dial
 from warren.agent.guest_wire import GuestError
 from warren.agent.layer_cache import LayerCorrupt
 from warren.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, WarrenError
@@ -57,8 +58,10 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, e.message
     if isinstance(e, LayerCorrupt):
         return grpc.StatusCode.DATA_LOSS, e.message
-    if isinstance(e, PayloadTooLarge):
+    if isinstance(e, PayloadTooLarge | dial.TooManyDials):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, e.message
+    if isinstance(e, dial.PortNotOpen):
+        return grpc.StatusCode.UNAVAILABLE, f"port_not_open: {e.message}"
     if isinstance(e, GuestError):
         code = GUEST_CODES.get(e.kind, grpc.StatusCode.INTERNAL)
         # The guest's own words say what is missing (a file, a command, a process), or which

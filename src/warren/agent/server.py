@@ -519,24 +519,13 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
                 reader, writer = await d.connect(sb_id, port)
                 async for ev in d.relay(sb_id, reader, writer, request_iterator):
                     yield ev
-        except dial.PortNotOpen as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"port_not_open: {e.message}")
-        except dial.TooManyDials as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message)
         except Exception as e:
             await abort(context, e, "DialPort")
 
+    @mapped_errors
     async def OpenDialTicket(self, request: pb.DialOpen, context: Any) -> pb.DialTicket:
         dp = dial_data.data_port_for(self.m)
         if dp is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this agent has no dial data port")
         assert dp is not None  # (abort raises)
-        try:
-            return await dp.issue(request.sandbox_id, request.port)
-        except dial.PortNotOpen as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"port_not_open: {e.message}")
-        except dial.TooManyDials as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message)
-        except Exception as e:
-            await abort(context, e, "OpenDialTicket")
-        raise AssertionError("unreachable: abort raises")
+        return await dp.issue(request.sandbox_id, request.port)
