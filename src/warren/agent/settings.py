@@ -9,6 +9,7 @@ their defaults and what they bound are listed in ``docs/agent.md``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -112,6 +113,16 @@ def _env_name(loc: str) -> str:
     return field.validation_alias if isinstance(field.validation_alias, str) else PREFIX + loc.upper()
 
 
+def _checked(flag: str, value: str, parse: Callable[[str], object]) -> str:
+    # model_copy does not run the field validators: a command-line value is checked here, by the
+    # parser the validator uses, and stops the agent naming the flag.
+    try:
+        parse(value)
+    except ValueError as e:
+        raise SystemExit(f"invalid {flag}: {e}") from None
+    return value
+
+
 def load_settings(
     *, log_format: str | None = None, metrics_listen: str | None = None, warm_pool: str | None = None
 ) -> AgentSettings:
@@ -126,19 +137,11 @@ def load_settings(
             raise SystemExit(f"invalid --log-format {log_format!r}: text or json")
         update["log_format"] = log_format
     if metrics_listen is not None:
-        try:
-            parse_listen(metrics_listen)
-        except ValueError as e:
-            raise SystemExit(f"invalid --metrics-listen: {e}") from None
-        update["metrics_listen"] = metrics_listen
+        update["metrics_listen"] = _checked("--metrics-listen", metrics_listen, parse_listen)
     if warm_pool is not None:
         from warren.agent.warm_pool import parse_spec
 
-        try:
-            parse_spec(warm_pool)
-        except ValueError as e:
-            raise SystemExit(f"invalid --warm-pool: {e}") from None
-        update["warm_pool"] = warm_pool
+        update["warm_pool"] = _checked("--warm-pool", warm_pool, parse_spec)
     try:
         return AgentSettings().model_copy(update=update)
     except ValidationError as e:
