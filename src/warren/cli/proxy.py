@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from warren import logs
-from warren.config import HTTP_KEEP_ALIVE_S, Settings
+from warren.cli.cp_settings import server_settings
+from warren.config import HTTP_KEEP_ALIVE_S
 from warren.logs import LogFormat
 
 err = Console(stderr=True, highlight=False)
@@ -38,13 +39,7 @@ def proxy_command(
     from warren.cp.observe import ObserveMiddleware
     from warren.cp.proxy.standalone import standalone_app
 
-    settings = Settings()
-    if not settings.database_url:
-        err.print("[red]WARREN_DATABASE_URL is not set[/red] (the control plane's database).")
-        raise typer.Exit(1)
-    if len(settings.jwt_secret) < 32:
-        err.print("[red]WARREN_JWT_SECRET must be the control plane's (at least 32 characters).[/red]")
-        raise typer.Exit(1)
+    settings = server_settings()
     host, _, port = (listen or settings.proxy_listen).rpartition(":")
     if not host or not port.isdigit():
         err.print("[red]--listen must be host:port[/red]")

@@ -32,6 +32,7 @@ import typer
 from rich.console import Console
 
 from warren import logs
+from warren.cli.cp_settings import server_settings
 from warren.cli.home import HomeOpt, load_or_create_secret, prepare_home
 from warren.cli.supervisor import ChildFailed, ProcessChild, Stopped, Supervisor
 from warren.config import HTTP_KEEP_ALIVE_S, Settings, default_home
@@ -380,13 +381,7 @@ def cp_command(
     """
     os.environ["WARREN_E2B_PORT"] = str(e2b_port)  # the workers' settings read it too
     os.environ["WARREN_LOG_FORMAT"] = log_format
-    settings = Settings()
-    if not settings.database_url:
-        err.print("[red]WARREN_DATABASE_URL is not set[/red] (postgresql://user:password@host:5432/db).")
-        raise typer.Exit(1)
-    if len(settings.jwt_secret) < 32:
-        err.print("[red]WARREN_JWT_SECRET must be set to at least 32 characters.[/red]")
-        raise typer.Exit(1)
+    settings = server_settings()
     if log_format == "json":
         logs.setup_logging(logging.INFO, "json")  # uvicorn's config below routes its loggers here too
     else:
@@ -394,7 +389,7 @@ def cp_command(
     if migrate_db:
         from warren.cp.db import migrate
 
-        migrate.upgrade(settings.database_url)
+        migrate.upgrade(settings.database_url or "")  # set: server_settings checked it
     options: dict[str, Any] = {
         "host": host,
         "port": port,

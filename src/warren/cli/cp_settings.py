@@ -1,0 +1,31 @@
+"""The settings a control-plane server command starts from (``warren cp``, ``warren proxy``)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from warren.config import Settings
+
+__all__ = ["server_settings"]
+
+err = Console(stderr=True, highlight=False)
+
+
+def server_settings() -> Settings:
+    """The CP's settings from the environment; without a database URL or with a JWT secret
+    shorter than ``Settings.require_jwt_secret`` allows, the command stops (exit 1) naming the
+    variable, before it binds a port."""
+    settings = Settings()
+    if not settings.database_url:
+        err.print(
+            "[red]WARREN_DATABASE_URL is not set[/red] (the control plane's database, "
+            "postgresql://user:password@host:5432/db)."
+        )
+        raise typer.Exit(1)
+    try:
+        settings.require_jwt_secret()
+    except RuntimeError as e:
+        err.print(f"[red]{e}[/red] (the same on every control plane replica and proxy).")
+        raise typer.Exit(1) from None
+    return settings
