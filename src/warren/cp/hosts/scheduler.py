@@ -85,6 +85,7 @@ class Scheduler(Protocol):
         layers: Sequence[str] = (),
         avoid: Collection[uuid.UUID] = (),
         template: str = "",
+        candidates: Sequence[Host] | None = None,
     ) -> Host:
         """Pick the host for a new sandbox of ``team_id`` among those offering ``runtime``;
         raise ServiceUnavailable if none.
@@ -94,27 +95,31 @@ class Scheduler(Protocol):
         the team. ``need``: only hosts with room for it. ``layers``: the template's store layers
         (prefer hosts holding most of their bytes; the row says what the host is ``missing``).
         ``avoid``: hosts this create could not reach (it tries another). ``template``: the
-        create's template reference (prefer hosts with a ready sandbox of it in a warm pool)."""
+        create's template reference (prefer hosts with a ready sandbox of it in a warm pool).
+        ``candidates``: the team's eligible hosts as the caller read them (``eligible_hosts``'
+        rows, for ``layers``; the create reads them with its template); None: read here."""
         ...
 
 
 async def eligible_hosts(
-    conn: Conn,
-    team_id: uuid.UUID,
-    is_byoc: bool,
-    need: Reservation | None = None,
-    layers: Sequence[str] = (),
+    conn: Conn, team_id: uuid.UUID, is_byoc: bool, layers: Sequence[str] = ()
 ) -> list[Host]:
-    """The team's eligible hosts, each with ``fits``: room for ``need`` (always, without one),
-    and with ``layers``, ``held_bytes`` and ``missing``. Runs on every create, on whichever
-    connection the caller holds."""
+    """The team's eligible hosts, each with what its sandboxes take (for :func:`fits`) and, for
+    ``layers``, ``held_bytes`` and ``missing``. Runs on whichever connection the caller holds."""
+    return await fetch(conn, q.ELIGIBLE, team_id, is_byoc, list(layers))
+
+
+def fits(h: Host, need: Reservation | None) -> bool:
+    """Whether the host has room for ``need`` (always, without one): its active sandboxes'
+    vCPUs and memory plus the new one within what it reported times the overcommit ratios (0
+    reported: not bounded). The same rule as warren_reserve_sandbox, which has the last word."""
     if need is None:
-        need = Reservation(0, 0, Overcommit())
+        return True
     oc = need.overcommit
-    args = (team_id, is_byoc, need.vcpus, need.memory_mb, oc.cpu, oc.memory)
-    if layers:
-        return await fetch(conn, q.ELIGIBLE_WITH_LAYERS, *args, list(layers))
-    return await fetch(conn, q.ELIGIBLE, *args)
+    cores, memory = h["cpu_cores"], h["memory_mb"]
+    return (cores <= 0 or h["used_vcpus"] + need.vcpus <= cores * oc.cpu) and (
+        memory <= 0 or h["used_memory_mb"] + need.memory_mb <= memory * oc.memory
+    )
 
 
 class RoundRobinScheduler:
@@ -139,10 +144,24 @@ class RoundRobinScheduler:
         layers: Sequence[str] = (),
         avoid: Collection[uuid.UUID] = (),
         template: str = "",
+        candidates: Sequence[Host] | None = None,
     ) -> Host:
-        candidates = await eligible_hosts(conn, team_id, is_byoc, need, layers)
-        if avoid:
-            candidates = [h for h in candidates if h["id"] not in avoid]
+        if candidates is None:
+            candidates = await eligible_hosts(conn, team_id, is_byoc, layers)
+        hosts = [h for h in candidates if h["id"] not in avoid]
+        return self._choose(hosts, team_id, is_byoc, required_host, runtime, need, layers, template)
+
+    def _choose(
+        self,
+        candidates: list[Host],
+        team_id: uuid.UUID,
+        is_byoc: bool,
+        required_host: uuid.UUID | None,
+        runtime: str,
+        need: Reservation | None,
+        layers: Sequence[str],
+        template: str,
+    ) -> Host:
         if required_host is not None:
             candidates = [h for h in candidates if h["id"] == required_host]
             if not candidates:
@@ -153,7 +172,7 @@ class RoundRobinScheduler:
                 )
         candidates = _offering(candidates, runtime, is_byoc)
         candidates = with_free_disk(candidates, self.min_free_disk)
-        candidates = [h for h in candidates if h["fits"]]
+        candidates = [h for h in candidates if fits(h, need)]
         if not candidates:
             raise no_capacity(need)
         warm = [h for h in candidates if template and self._warm_left(h, template) > 0]

@@ -6,12 +6,13 @@ all left for another. No database connection is held across an agent RPC.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -51,7 +52,7 @@ class Plan:
     """What a create settled before choosing a host: the template, the size, the quotas."""
 
     template: str
-    resolved: asyncpg.Record  # q.RESOLVE's row: the team, its limits and the template
+    resolved: Mapping[str, Any]  # q.RESOLVE's first row: the team, its limits and the template
     shape: limits.Shape
     quotas: limits.Quotas
     # The template as store layers; None for plain `minimal` and pre-store snapshots, which
@@ -62,6 +63,9 @@ class Plan:
     # The control-plane replica making the create, recorded on its pending row (its lease tells
     # the host monitor whether anyone is left to finish it); None: not recorded.
     replica: uuid.UUID | None = None
+    # The team's eligible hosts, read with the template (q.RESOLVE's rows): the first choice of
+    # a host needs no statement of its own.
+    hosts: Sequence[Host] = ()
 
 
 Placed = tuple[Host, HostClient, uuid.UUID, pb.CreateSandboxRequest, pb.CreateSandboxResponse]
@@ -93,17 +97,13 @@ async def place(
             sb_uuid = ids.new_uuid()
             try:
                 async with driver(engine) as conn:
-                    host = await reserve(
-                        conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet, avoid
-                    )
+                    host = await reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params, avoid)
             except ServiceUnavailable:
                 if unreached is None:
                     raise
                 raise unreached from None
         client = pool.get(host)
         req = _create_request(settings, sb_uuid, plan, params)
-        await egress_rules.record_created(engine, sb_uuid, params.network)
-        await _record_runtime(engine, sb_uuid, plan.runtime)
         fetch = layers.HostFetch(engine, store, client, host["id"], plan.chain, host.get("missing"))
         try:
             resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
@@ -127,11 +127,13 @@ async def reserve(
     team_uuid: uuid.UUID,
     plan: Plan,
     sb_uuid: uuid.UUID,
-    internet: bool,
+    params: CreateParams,
     avoid: Sequence[uuid.UUID] = (),
 ) -> Host:
-    """Choose a host with room (not one of ``avoid``) and insert the pending row there (quotas
-    and capacity checked under row locks); 429 past a quota, 503 when no host has room."""
+    """Choose a host with room (not one of ``avoid``) and insert the pending row there, with
+    its runtime and egress rules (quotas and capacity checked under row locks); 429 past a
+    quota, 503 when no host has room. The first choice is among ``plan.hosts``, read with the
+    template; a choice again (another host, or one lost to a race) reads them afresh."""
     r, shape, quotas = plan.resolved, plan.shape, plan.quotas
     oc = Overcommit(settings.overcommit_cpu, settings.overcommit_memory, settings.overcommit_disk)
     need = Reservation(shape.vcpus, shape.memory_mb, oc)
@@ -140,7 +142,8 @@ async def reserve(
     # host can start it. One made of store layers starts anywhere, preferably near its layers.
     pinned = r["template_host_id"] if plan.chain is None and r["template_type"] == "snapshot" else None
     chain_layers = list(plan.chain.layers) if plan.chain is not None else []
-    for _attempt in range(_CREATE_ATTEMPTS):
+    rules = json.dumps(params.network.to_json()) if not params.network.empty else None
+    for attempt in range(_CREATE_ATTEMPTS):
         host = await scheduler.select_host(
             conn,
             team_uuid,
@@ -151,13 +154,14 @@ async def reserve(
             layers=chain_layers,
             avoid=avoid,
             template=plan.template,
+            candidates=plan.hosts if attempt == 0 and not avoid else None,
         )
         res = await conn.fetchrow(
             q.RESERVE,
             sb_uuid, team_uuid, host["id"], plan.template, shape.vcpus, shape.memory_mb,
-            shape.timeout_sec, shape.disk_size_mb, internet, clock.now(), r["template_id"],
+            shape.timeout_sec, shape.disk_size_mb, params.internet, clock.now(), r["template_id"],
             r["template_team_id"], quotas.sandboxes, quotas.vcpus, quotas.memory_mb, oc.cpu, oc.memory,
-            plan.replica,
+            plan.replica, plan.runtime, rules,
         )  # fmt: skip
         outcome = res["outcome"]
         if outcome == "ok":
@@ -172,15 +176,6 @@ async def reserve(
     if outcome == "no_capacity":
         raise no_capacity(need)
     raise ServiceUnavailable("no online host could take the sandbox; retry", code="no_hosts_available")
-
-
-async def _record_runtime(engine: AsyncEngine, sb_uuid: uuid.UUID, runtime: str) -> None:
-    """A new sandbox's runtime on its ``pending`` row, before its agent is asked (no statement
-    for runc, the column's default)."""
-    if runtime == "runc":
-        return
-    async with driver(engine) as conn:
-        await conn.execute(q.SET_RUNTIME, sb_uuid, runtime)
 
 
 def _create_request(

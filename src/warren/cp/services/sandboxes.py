@@ -243,14 +243,14 @@ async def create_sandbox(
     m = TEMPLATE_REF.match(ref)
     if m is None:
         raise InvalidRequest("invalid template name (want name or name:tag)")
-    # Single statements outside a transaction (no BEGIN/COMMIT round trips): the insert is
-    # atomic on its own and the reads need no snapshot shared with it.
-    # The template, the host and the pending row on one pool checkout (each checkout costs CPU).
+    # Two single statements outside a transaction (no BEGIN/COMMIT round trips), on one pool
+    # checkout (each costs CPU): the template with the candidate hosts, then the pending row
+    # (atomic on its own; the reads need no snapshot shared with it).
     sb_uuid = ids.new_uuid()
     async with driver(engine) as conn:
         plan = await _resolve(conn, settings, team_uuid, ref, m.group(1), m.group(2) or "", params)
         plan = dataclasses.replace(plan, replica=replica_lease.owner_of(engine))
-        first = await reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params.internet)
+        first = await reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params)
     placed = await place(
         engine, pool, scheduler, settings, team_uuid, plan, params, store, timings, (sb_uuid, first)
     )
@@ -278,10 +278,11 @@ async def _resolve(
     params: CreateParams,
 ) -> Plan:
     """The live team (403 ``no_team``), the template version (404) and the size within the
-    platform's maxima (400), in one statement."""
-    r = await conn.fetchrow(q.RESOLVE, name, team_uuid, tag)
-    if r is None:
+    platform's maxima (400), with the team's eligible hosts, in one statement."""
+    rows = await conn.fetch(q.RESOLVE, name, team_uuid, tag)
+    if not rows:
         raise no_team()
+    r = rows[0]
     if r["template_id"] is None:
         raise NotFound(f'template "{ref}" not found')
     lim = limits.PlatformLimits.from_settings(settings).with_overrides(r["limit_keys"], r["limit_values"])
@@ -300,7 +301,8 @@ async def _resolve(
         shape = dataclasses.replace(shape, timeout_sec=0)
     chain = layers.chain_of(r["template_base"], r["template_layers"], r["template_config"])
     runtime = runtime_for(settings, params.runtime, ref, r["template_kind"])
-    return Plan(ref, r, shape, limits.team_quotas(lim, r), chain, runtime=runtime)
+    hosts = [h for h in rows if h["id"] is not None]
+    return Plan(ref, r, shape, limits.team_quotas(lim, r), chain, runtime=runtime, hosts=hosts)
 
 
 def runtime_for(settings: Settings, asked: str | None, ref: str, template_kind: str) -> str:

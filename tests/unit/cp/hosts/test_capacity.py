@@ -67,7 +67,7 @@ async def _reserve(
         row = await conn.fetchrow(
             RESERVE,
             ids.new_uuid(), team, host, "minimal", 1, memory_mb, 60, 64, True, clock.now(), ids.ZERO_UUID,
-            ids.ZERO_UUID, quota, 1000, 1 << 20, OC.cpu, OC.memory, None,
+            ids.ZERO_UUID, quota, 1000, 1 << 20, OC.cpu, OC.memory, None, "runc", None,
         )  # fmt: skip
     assert row is not None
     return str(row["outcome"])

@@ -118,6 +118,11 @@ async def test_an_unreachable_database_leaves_the_owner_unset(fake_clock: Any) -
         await engine.dispose()
 
 
+# The overloads older replicas call (migration 0011 made them wrappers of the 20-argument one).
+_RESERVE_18 = q.RESERVE.replace(", $19::text, $20::jsonb", "")
+_RESERVE_17 = q.RESERVE.replace(", $18::uuid, $19::text, $20::jsonb", "")
+
+
 async def _reserve(conn: asyncpg.Connection, team: uuid.UUID, host: uuid.UUID, *owner: Any) -> str:
     sb = ids.new_uuid()
     args = (
@@ -140,9 +145,9 @@ async def _reserve(conn: asyncpg.Connection, team: uuid.UUID, host: uuid.UUID, *
         1.0,
     )
     if owner:
-        res = await conn.fetchrow(q.RESERVE, *args, *owner)
+        res = await conn.fetchrow(_RESERVE_18, *args, *owner)
     else:  # the 17-argument function: what a replica of the previous release calls
-        res = await conn.fetchrow(q.RESERVE.replace(", $18::uuid", ""), *args)
+        res = await conn.fetchrow(_RESERVE_17, *args)
     assert res["outcome"] == "ok", res
     return str(sb)
 
@@ -160,5 +165,5 @@ async def test_the_reservation_records_its_owner(engine: AsyncEngine) -> None:
     # The quota check is the 17-argument function's, so the owned overload refuses the same.
     async with driver(engine) as conn:
         args = (ids.new_uuid(), team, host, "minimal", 1, 256, 300, 512, True, clock.now(), None, None)
-        res = await conn.fetchrow(q.RESERVE, *args, 3, 10, 4096, 4.0, 1.0, owner)
+        res = await conn.fetchrow(_RESERVE_18, *args, 3, 10, 4096, 4.0, 1.0, owner)
     assert res["outcome"] == "quota_sandboxes" and res["used_sandboxes"] == 3

@@ -1,6 +1,8 @@
 """Hot-path statements about sandboxes: the per-sandbox lookup behind every verb (exec and file
-calls included), the list, and the create and destroy (three statements before the create's RPC
+calls included), the list, and the create and destroy (two statements before the create's RPC
 and one after; two and one for a destroy)."""
+
+from warren.cp.db.queries import hosts
 
 # The team's sandbox and its host in one round trip: $1 sandbox, $2 team (another team's
 # sandbox is not found, exactly like an unknown id). ``h_id`` is NULL when the host row is gone.
@@ -34,11 +36,14 @@ TOUCH = "UPDATE sandboxes SET last_active_at = $2 WHERE id = $1 AND status = 'ru
 
 # ------------------------------------------------------------------------------------ create
 
-# The live team $2 with its quotas and egress names, the admin-set platform limits, and the
-# template version named $1 (the team's own, else the platform's) in one round trip: with a
-# tag $3, the newest version carrying it (every version answers to `v<version>`), without one
-# the newest version.
-RESOLVE = """
+# The live team $2 with its quotas and egress names, the admin-set platform limits, the
+# template version named $1 (the team's own, else the platform's) and the hosts the team may
+# place it on, in one round trip: with a tag $3, the newest version carrying it (every version
+# answers to `v<version>`), without one the newest version. One row per candidate host (the
+# ``candidates`` columns, in their order; ``id`` is the host's), or one with NULL host columns
+# when there is none; no row: the team is gone.
+RESOLVE = (
+    """
     SELECT t.is_byoc, t.quota_sandboxes, t.quota_vcpus, t.quota_memory_mb, t.quota_snapshots,
            t.quota_snapshot_mb, t.egress_allow,
            (SELECT array_agg(key ORDER BY key) FROM platform_limits) AS limit_keys,
@@ -46,7 +51,7 @@ RESOLVE = """
            tpl.id AS template_id, tpl.team_id AS template_team_id, tpl.type AS template_type,
            tpl.vcpus AS template_vcpus, tpl.memory_mb AS template_memory_mb,
            tpl.host_id AS template_host_id, tpl.base AS template_base, tpl.layers AS template_layers,
-           tpl.config::text AS template_config, tpl.snapshot_kind AS template_kind
+           tpl.config::text AS template_config, tpl.snapshot_kind AS template_kind, c.*
     FROM teams t
     LEFT JOIN LATERAL (
         SELECT id, team_id, type, vcpus, memory_mb, host_id, base, layers, config, snapshot_kind
@@ -57,26 +62,29 @@ RESOLVE = """
         ORDER BY (team_id = $2) DESC, version DESC
         LIMIT 1
     ) tpl ON true
+    LEFT JOIN LATERAL ("""  # noqa: S608 - module constants only, no input
+    + hosts.candidates("t.id", "t.is_byoc", "tpl.layers")
+    + """) c ON true
     WHERE t.id = $2 AND t.deleted_at IS NULL
+    ORDER BY c.created_at, c.id
 """
+)
 
 # Inserts the pending row only while the chosen host is still online, the team live, the
 # team within its quotas and the host within its capacity: warren_reserve_sandbox (migration
-# 0003) checks all four under the team's and the host's row locks. A host delete first flips
-# the host to `draining` under its row lock, and a team delete stops the team's sandboxes under
-# the team's row lock, so a create either lands before (and is counted and stopped) or finds
-# the host or team gone — never in between; and parallel creates cannot all squeeze past a
-# quota or into a host's last slot. $18 is the replica making the create (NULL: none), recorded
-# on the row for the host monitor (migration 0010).
+# 0003, its body in 0011 since) checks all four under the team's and the host's row locks. A
+# host delete first flips the host to `draining` under its row lock, and a team delete stops
+# the team's sandboxes under the team's row lock, so a create either lands before (and is
+# counted and stopped) or finds the host or team gone — never in between; and parallel creates
+# cannot all squeeze past a quota or into a host's last slot. The row carries, from the same
+# insert, $18 the replica making the create (NULL: none; for the host monitor, migration
+# 0010), $19 its runtime and $20 its egress rules (NULL: none; migration 0011).
 RESERVE = """
     SELECT * FROM warren_reserve_sandbox(
         $1::uuid, $2::uuid, $3::uuid, $4::text, $5::int, $6::int, $7::int, $8::int, $9::bool,
         $10::timestamptz, $11::uuid, $12::uuid, $13::int, $14::int, $15::int, $16::float8,
-        $17::float8, $18::uuid)
+        $17::float8, $18::uuid, $19::text, $20::jsonb)
 """
-
-# A new sandbox's runtime $2 (issue 16), on its pending row; runc, the default, needs none.
-SET_RUNTIME = "UPDATE sandboxes SET runtime = $2 WHERE id = $1 AND status = 'pending'"
 
 # The agent refused: $1 sandbox, $2 now; only while still pending.
 MARK_FAILED = "UPDATE sandboxes SET status = 'error', last_updated = $2 WHERE id = $1 AND status = 'pending'"
