@@ -18,7 +18,13 @@ Targets (issue 15): the e2b SDK within 1.5x of Warren's own SDK for both, and it
 
 Beside the latencies it prints the CPU each command cost, per process (this client, the CP, the
 agent, the sandbox's guest and the commands it started: ``/proc/<pid>/stat``), a figure that
-holds when other work shares the machine and the wall-clock numbers do not.
+holds when other work shares the machine and the wall-clock numbers do not; and the load average
+before and after, which says how much the wall-clock numbers can be trusted.
+
+The sandboxes' login shell reads the `minimal` rootfs's ``/etc/profile`` (the agent's
+``WARREN_TEST_MINIMAL_DIR`` cache): one built before issue 15's profile edit
+(``agent/rootfs_profile.py``) still forks ``id`` per command; to measure the edit on such a cache,
+point ``WARREN_TEST_MINIMAL_DIR`` at a copy with ``trim_login_shell`` applied.
 """
 
 from __future__ import annotations
@@ -172,6 +178,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     require_root("bench/e2b_compat.py")
+    print(f"load average {_load()} at the start, {os.cpu_count()} CPUs")
     async with running_platform("warren-bench-e2b-", ("127.0.0.41",)) as (platform, _):
         template = await asyncio.to_thread(build_test_template, platform)
         os.environ.update(
@@ -203,6 +210,11 @@ async def main() -> None:
         print(row("Warren SDK create → first command", cr_w))
         print(row("e2b SDK create → first command", cr_e))
         verdict("create", cr_w, cr_e, None)
+    print(f"load average {_load()} at the end")
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
