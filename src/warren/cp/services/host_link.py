@@ -31,7 +31,7 @@ from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
 from warren.cp.services import audit
 from warren.cp.services.hosts import HostCredentials, host_model
 from warren.cp.services.strict import INT32_MAX, INT64_MAX, StrictBody
-from warren.cp.services.warm_pool_state import MAX_POOLS, WarmPoolReport
+from warren.cp.services.warm_pool_state import WarmPoolReports
 from warren.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 
 log = logging.getLogger("warren.hosts")
@@ -73,7 +73,7 @@ class HostReport(StrictBody):
     runtimes: HostRuntimes | None = None
 
     # Issue 17: each pool's target and how many sandboxes are ready in it (docs/hosts.md).
-    warm_pools: list[WarmPoolReport] | None = Field(default=None, max_length=MAX_POOLS)
+    warm_pools: WarmPoolReports | None = None
 
     # Issue 18: the free bytes of its data directory (0: it cannot write there); the scheduler
     # skips a host below WARREN_HOST_MIN_FREE_DISK_MB (docs/operations.md, "Disk").

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError
 
 from warren.cp.services.strict import INT32_MAX, StrictBody
+from warren.errors import AgentError
 
 # At most this many pools per host, reported or set (a hostile BYOC agent cannot grow the row).
 MAX_POOLS = 32
@@ -32,6 +33,28 @@ class WarmPoolReport(StrictBody):
     template: str = Field(max_length=200, pattern=POOL_NAME_PATTERN)
     target: int = Field(ge=0, le=INT32_MAX)
     ready: int = Field(ge=0, le=INT32_MAX)
+
+
+def _each_once(pools: list[WarmPoolReport]) -> list[WarmPoolReport]:
+    # Two entries for one template are two answers to one question: the scheduler read the
+    # first, the API the last.
+    if len({p.template for p in pools}) != len(pools):
+        raise ValueError("each template may be reported once")
+    return pools
+
+
+# What an agent may say of its pools, in a heartbeat or in its answer to ``SetWarmPool``.
+WarmPoolReports = Annotated[list[WarmPoolReport], Field(max_length=MAX_POOLS), AfterValidator(_each_once)]
+_REPORTS: TypeAdapter[list[WarmPoolReport]] = TypeAdapter(WarmPoolReports)
+
+
+def checked_answer(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pools an agent answered ``SetWarmPool`` with, held to the heartbeat's rule before they
+    are stored (a hostile BYOC agent writes this answer as freely as its heartbeat)."""
+    try:
+        return [p.model_dump() for p in _REPORTS.validate_python(pools)]
+    except ValidationError:
+        raise AgentError("the host answered with an invalid warm pool list", rpc_code="INTERNAL") from None
 
 
 class WarmPool(BaseModel):

@@ -33,7 +33,7 @@ from warren.cp.services import layers
 from warren.cp.services.context import AuthContext
 from warren.cp.services.hosts import Host, _audit_host, _load_visible, _require_manager, host_model
 from warren.cp.services.sandboxes import TEMPLATE_REF
-from warren.cp.services.warm_pool_state import MAX_POOL_SIZE, MAX_POOLS, reported_targets
+from warren.cp.services.warm_pool_state import MAX_POOL_SIZE, MAX_POOLS, checked_answer, reported_targets
 from warren.cp.store import LayerStore
 from warren.errors import AgentError, InvalidRequest, NotFound
 from warren.rpc import hostagent_pb2 as pb
@@ -93,7 +93,8 @@ async def _apply(
         await layers.ensure_on_host(engine, store, client, host_uuid, list(chain.layers))
     req = pb.SetWarmPoolRequest(template=template, size=size, chain=chain)
     resp = await client.stub.SetWarmPool(req, timeout=_RPC_TIMEOUT_S)
-    return [{"template": p.template, "target": p.target, "ready": p.ready} for p in resp.pools][:MAX_POOLS]
+    pools = [{"template": p.template, "target": p.target, "ready": p.ready} for p in resp.pools]
+    return checked_answer(pools)
 
 
 async def set_pool(

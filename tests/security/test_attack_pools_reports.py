@@ -1,0 +1,546 @@
+"""Hostile probes of the surfaces session 7 added: the heartbeat's ``HostReport`` body (a hostile
+BYOC agent controls every byte of it), the ``runtime`` field of a create, the warm-pool API
+(``PUT /v1/hosts/{id}/warm-pools/{template}``) and what a sandbox claimed from a warm pool can
+see and do. Each probe asserts the exact answer: a 400/404/503, never a 500, never another
+team's sandboxes on a host that lied, never anything of the pool's past in the claimed sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness.fake_agent import serve_fake_agent
+from tests.harness.platform import Platform
+from tests.harness.tenant import Tenant, signup
+from warren import ids
+from warren.config import RUNTIMES
+from warren.rpc import hostagent_pb2 as pb
+from warren.rpc import hostagent_pb2_grpc as pb_grpc
+from warren.sdk import InvalidArgumentError, Sandbox, SandboxUnavailableError
+
+pytestmark = pytest.mark.root
+
+INT32_MAX = 2**31 - 1
+
+
+def _raw(body: Any) -> dict[str, Any]:
+    """``body`` as the JSON bytes an attacker sends (a lone surrogate as its \\u escape)."""
+    return {"content": json.dumps(body), "headers": {"Content-Type": "application/json"}}
+
+
+def _admin(platform: Platform, method: str, path: str, body: Any = None) -> httpx.Response:
+    with httpx.Client(base_url=platform.url, headers=platform.user_headers, timeout=120) as c:
+        return c.request(method, path, **(_raw(body) if body is not None else {}))
+
+
+def _jwt(t: Tenant, method: str, path: str, body: Any = None) -> httpx.Response:
+    with httpx.Client(base_url=t.url, headers={"Authorization": f"Bearer {t.token}"}, timeout=120) as c:
+        return c.request(method, path, **(_raw(body) if body is not None else {}))
+
+
+def _call(t: Tenant, method: str, path: str, body: Any = None) -> httpx.Response:
+    with t.client() as c:
+        return c.request(method, path, **(_raw(body) if body is not None else {}))
+
+
+def _sql(platform: Platform, statement: str, **params: Any) -> Any:
+    return asyncio.run(platform.sql(statement, **params))
+
+
+def _uuid(kind: ids.Kind, external: str) -> uuid.UUID:
+    return ids.parse_id(kind, external)
+
+
+def _wait(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+# ------------------------------------------------------------------ a hostile BYOC host owner
+
+
+@dataclass
+class RogueHost:
+    """mallory's BYOC host, registered by her own "agent" (this test): nothing listens at its
+    address, and every heartbeat body is whatever she chooses to send."""
+
+    owner: Tenant
+    host_id: str
+    host_token: str
+
+    def beat(self, body: Any = None, *, content: bytes | None = None) -> httpx.Response:
+        headers = {"X-Host-Token": self.host_token, "Content-Type": "application/json"}
+        if content is None and body is not None:
+            content = json.dumps(body).encode()
+        with httpx.Client(base_url=self.owner.url, timeout=120) as c:
+            return c.post(f"/v1/hosts/{self.host_id}/heartbeat", content=content, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def mallory(platform: Platform) -> Tenant:
+    return signup(platform.url, "mallory")
+
+
+@pytest.fixture(scope="module")
+def rogue(platform: Platform, mallory: Tenant) -> RogueHost:
+    r = _admin(platform, "PUT", f"/v1/admin/teams/{mallory.team_id}/byoc", {"enabled": True})
+    assert r.status_code == 204, r.text
+    r = _jwt(mallory, "POST", "/v1/hosts", {"type": "byoc", "team_id": mallory.team_id})
+    assert r.status_code == 201, r.text
+    host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+    with httpx.Client(base_url=platform.url, timeout=60) as c:
+        r = c.post("/v1/hosts/register", json={"token": token, "address": "127.0.0.1:9"})
+    assert r.status_code == 201, r.text
+    host = RogueHost(mallory, host_id, r.json()["token"])
+    assert host.beat({"runtimes": ["runc"]}).status_code == 204
+    return host
+
+
+def _host(platform: Platform, host_id: str) -> dict[str, Any]:
+    r = _admin(platform, "GET", f"/v1/hosts/{host_id}")
+    assert r.status_code == 200, r.text
+    got: dict[str, Any] = r.json()
+    return got
+
+
+_POOL = {"template": "minimal", "target": 1, "ready": 1}
+HOSTILE_REPORTS: list[Any] = [
+    # runtimes: only runc, crun and gvisor, spelled exactly; 1 to 8 entries
+    {"runtimes": []}, {"runtimes": ["runsc"]}, {"runtimes": ["GVISOR"]}, {"runtimes": ["gvisor "]},
+    {"runtimes": ["runc\x00"]}, {"runtimes": ["\udfff"]}, {"runtimes": "runc"}, {"runtimes": [1]},
+    {"runtimes": [["runc"]]}, {"runtimes": ["runc"] * 9}, {"runtimes": ["runc"] * 100_000},
+    {"runtimes": {"runc": True}},
+    # disk_free_bytes: a non-negative int64, a JSON integer only
+    {"disk_free_bytes": -1}, {"disk_free_bytes": 2**63}, {"disk_free_bytes": 2**64},
+    {"disk_free_bytes": 1.5}, {"disk_free_bytes": True}, {"disk_free_bytes": "1"},
+    # warm_pools: bounded entries, bounded counts, each template once
+    {"warm_pools": [{**_POOL, "template": f"t{i}"} for i in range(33)]},
+    {"warm_pools": [{**_POOL, "ready": 2**31}]}, {"warm_pools": [{**_POOL, "ready": -1}]},
+    {"warm_pools": [{**_POOL, "target": True}]}, {"warm_pools": [{**_POOL, "ready": 1.0}]},
+    {"warm_pools": [{**_POOL, "template": "a\x00b"}]}, {"warm_pools": [{**_POOL, "template": "x" * 201}]},
+    {"warm_pools": [{**_POOL, "template": ""}]}, {"warm_pools": [{**_POOL, "template": "../etc"}]},
+    {"warm_pools": [_POOL, _POOL]}, {"warm_pools": [_POOL, {**_POOL, "ready": 5}]},
+    {"warm_pools": [{**_POOL, "nested": {"a": [1]}}]}, {"warm_pools": {"minimal": 1}},
+    # the body itself
+    {"unknown": 1}, {"runtimes": ["runc"], "is_admin": True}, [], "x", 5, {"\udfff": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", HOSTILE_REPORTS, ids=lambda b: json.dumps(b)[:60])
+def test_a_hostile_heartbeat_report_is_refused_and_stores_nothing(
+    platform: Platform, rogue: RogueHost, body: Any
+) -> None:
+    before = _host(platform, rogue.host_id)
+    r = rogue.beat(body)
+    assert r.status_code == 400, r.text
+    after = _host(platform, rogue.host_id)
+    for key in ("runtimes", "warm_pools", "status"):
+        assert after.get(key) == before.get(key), (key, before, after)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"runtimes": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",  # deep nesting
+        b'{"warm_pools": [' + b",".join([json.dumps(_POOL).encode()] * 400_000) + b"]}",  # 16 MB
+        b'{"disk_free_bytes": 1, "disk_free_bytes": -5}',  # a duplicated key: the last one counts
+        b'{"runtimes": ["runc"]',  # cut short
+        b"\xff\xfe{}",  # not UTF-8
+    ],
+    ids=["deep", "huge", "duplicate-key", "truncated", "not-utf8"],
+)
+def test_malformed_report_bytes_are_400_and_the_host_list_still_works(
+    platform: Platform, rogue: RogueHost, alice: Tenant, content: bytes
+) -> None:
+    r = rogue.beat(content=content)
+    assert r.status_code in (400, 413), r.text[:300]
+    assert _admin(platform, "GET", "/v1/hosts").status_code == 200
+    assert _jwt(rogue.owner, "GET", "/v1/hosts").status_code == 200
+    assert alice.w("GET", "/v1/sandboxes").status_code == 200
+
+
+def _platform_runtimes(platform: Platform) -> list[str]:
+    offered: list[str] = _host(platform, platform.host_ids[0])["runtimes"]
+    return offered
+
+
+def test_a_byoc_host_that_claims_everything_draws_no_other_teams_sandboxes(
+    platform: Platform, rogue: RogueHost, bob: Tenant
+) -> None:
+    """mallory's host says it offers every runtime, has a huge free disk and a pool of
+    ``minimal`` with 2**31-1 ready sandboxes: bob's creates still go to the platform's host, a
+    runtime no platform host offers is still a 503, and bob never sees her host."""
+    claim = {
+        "runtimes": list(RUNTIMES),
+        "disk_free_bytes": 2**63 - 1,
+        "warm_pools": [{"template": "minimal", "target": INT32_MAX, "ready": INT32_MAX}],
+    }
+    assert rogue.beat(claim).status_code == 204
+    assert _host(platform, rogue.host_id)["runtimes"] == list(RUNTIMES)
+    made = [bob.create() for _ in range(3)]
+    query = "SELECT host_id FROM sandboxes WHERE id = :s"
+    hosts = {_sql(platform, query, s=_uuid(ids.Kind.SANDBOX, sid))[0][0] for sid in made}
+    assert hosts == {_uuid(ids.Kind.HOST, platform.host_ids[0])}
+    for sid in made:
+        assert bob.w("DELETE", f"/v1/sandboxes/{sid}").status_code == 204
+    for runtime in (r for r in RUNTIMES if r not in _platform_runtimes(platform)):
+        r = bob.w("POST", "/v1/sandboxes", {"template": "minimal", "runtime": runtime})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "no_hosts_available", r.text
+        assert f"with the {runtime} runtime" in r.json()["error"]["message"], r.text
+    listed = _jwt(bob, "GET", "/v1/hosts")
+    assert listed.status_code in (200, 403), listed.text
+    assert rogue.host_id not in listed.text
+    assert _jwt(bob, "GET", f"/v1/hosts/{rogue.host_id}").status_code == 404
+    assert bob.w("GET", "/v1/sandboxes").json() == []
+
+
+def test_another_host_token_cannot_report_for_this_host(platform: Platform, rogue: RogueHost) -> None:
+    """mallory's host token, pointed at the platform's host: 403, and nothing stored there."""
+    target = platform.host_ids[0]
+    before = _host(platform, target)
+    forged = RogueHost(rogue.owner, target, rogue.host_token)
+    r = forged.beat({"runtimes": ["gvisor"], "warm_pools": [], "disk_free_bytes": 0})
+    assert r.status_code == 403, r.text
+    after = _host(platform, target)
+    assert (after["runtimes"], after.get("warm_pools")) == (before["runtimes"], before.get("warm_pools"))
+    r = RogueHost(rogue.owner, rogue.host_id, "garbage." * 10).beat({"runtimes": ["runc"]})
+    assert r.status_code == 401, r.text
+
+
+# ------------------------------------------------------------------------- the runtime field
+
+BAD_RUNTIMES: list[Any] = [
+    "GVISOR", "Gvisor", "gvisor ", " runc", "runc\n", "runsc", "docker", "", "runc\x00", "\udfff",
+    "x" * 100_000, 1, 0, True, 1.5, ["runc"], {"name": "runc"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("runtime", BAD_RUNTIMES, ids=lambda v: repr(v)[:30])
+def test_create_refuses_runtimes_that_are_not_exactly_a_known_name(bob: Tenant, runtime: Any) -> None:
+    r = _call(bob, "POST", "/v1/sandboxes", {"template": "minimal", "runtime": runtime})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] in ("invalid_request", "validation_error"), r.text
+    assert bob.w("GET", "/v1/sandboxes").json() == []
+
+
+def test_the_sdk_passes_the_runtime_refusals_on(platform: Platform, bob: Tenant) -> None:
+    opts = {"url": platform.url, "api_key": bob.api_key}
+    for runtime in ("GVISOR", "gvisor ", "runsc"):
+        with pytest.raises(InvalidArgumentError):
+            Sandbox.create(runtime=runtime, **opts)  # type: ignore[arg-type]
+    for runtime in (r for r in RUNTIMES if r not in _platform_runtimes(platform)):
+        with pytest.raises(SandboxUnavailableError) as e:
+            Sandbox.create(runtime=runtime, **opts)  # type: ignore[arg-type]
+        assert e.value.code == "no_hosts_available" and runtime in e.value.message
+    assert bob.w("GET", "/v1/sandboxes").json() == []
+
+
+def test_e2b_create_ignores_a_runtime_field_and_runs_the_default(platform: Platform, bob: Tenant) -> None:
+    """E2B's create has no runtime: the key is ignored like any unknown one (E2B's rule), so it
+    cannot smuggle a runtime name past the checks either."""
+    with httpx.Client(base_url=platform.cp.e2b_url, headers={"X-API-Key": bob.api_key}, timeout=120) as c:
+        r = c.post("/sandboxes", **_raw({"templateID": "minimal", "runtime": "GVISOR\x00"}))
+        assert r.status_code == 400, r.text  # a NUL anywhere in the body is refused
+        r = c.post("/sandboxes", **_raw({"templateID": "minimal", "runtime": "GVISOR"}))
+        assert r.status_code == 201, r.text
+        sid = r.json()["sandboxID"]
+        try:
+            got = bob.w("GET", f"/v1/sandboxes/{sid}").json()
+            assert got["runtime"] == "runc", got  # the platform's default
+        finally:
+            assert c.delete(f"/sandboxes/{sid}").status_code == 204
+
+
+# ------------------------------------------------------------------------ PUT warm-pools API
+
+
+def _put_pool(call: Any, host_id: str, template: str, size: Any) -> httpx.Response:
+    r: httpx.Response = call("PUT", f"/v1/hosts/{host_id}/warm-pools/{template}", {"size": size})
+    return r
+
+
+def test_tenants_cannot_set_pools_on_hosts_they_do_not_own(
+    platform: Platform, alice: Tenant, rogue: RogueHost
+) -> None:
+    host = platform.host_ids[0]
+    before = _host(platform, host).get("warm_pools")
+    rogues_before = _host(platform, rogue.host_id).get("warm_pools")
+    # An API key is not a user: 401, as on every user-only route.
+    assert _put_pool(lambda m, p, b: _call(alice, m, p, b), host, "minimal", 1).status_code == 401
+    # A tenant (and a BYOC owner) does not see the platform's host: 404, as for every host verb.
+    for who in (alice, rogue.owner):
+        r = _put_pool(lambda m, p, b, t=who: _jwt(t, m, p, b), host, "minimal", 128)
+        assert r.status_code == 404, r.text
+    # ...nor another team's BYOC host.
+    r = _put_pool(lambda m, p, b: _jwt(alice, m, p, b), rogue.host_id, "minimal", 1)
+    assert r.status_code == 404, r.text
+    assert _host(platform, host).get("warm_pools") == before
+    assert _host(platform, rogue.host_id).get("warm_pools") == rogues_before
+
+
+@pytest.fixture(scope="module")
+def alices_private_template(platform: Platform, alice: Tenant) -> str:
+    """A template of alice's own (a row is enough: the pool API must not find it for others)."""
+    insert = "INSERT INTO templates (id, name, team_id, type) VALUES (gen_random_uuid(), :n, :t, 'base')"
+    _sql(platform, insert, n="alices-secret", t=_uuid(ids.Kind.TEAM, alice.team_id))
+    return "alices-secret"
+
+
+BAD_SIZES: list[Any] = [-1, 129, 2**31, 2**63, 2**64, -(2**63) - 1, 1.5, 1.0, True, "1", None, [1], {"a": 1}]
+
+
+@pytest.mark.parametrize("size", BAD_SIZES, ids=repr)
+def test_a_byoc_owner_cannot_size_a_pool_past_the_platforms_bound(rogue: RogueHost, size: Any) -> None:
+    r = _put_pool(lambda m, p, b: _jwt(rogue.owner, m, p, b), rogue.host_id, "minimal", size)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] in ("invalid_request", "validation_error"), r.text
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["a%00b", "%ED%BF%BF", "..", "%2e%2e", ".hidden", "-x", "x" * 65, "a:b:c", "a:" + "t" * 65, "a%20b",
+     "minimal%0a", "a;b", "%25"],
+)  # fmt: skip
+def test_a_byoc_owner_cannot_name_a_strange_template(rogue: RogueHost, template: str) -> None:
+    before = _jwt(rogue.owner, "GET", f"/v1/hosts/{rogue.host_id}").json().get("warm_pools")
+    r = _put_pool(lambda m, p, b: _jwt(rogue.owner, m, p, b), rogue.host_id, template, 1)
+    # 405: ".." is resolved by the client, and PUT /v1/hosts/{id} is no route.
+    assert r.status_code in ((400, 404, 405) if "." in template else (400, 404)), r.text
+    assert _jwt(rogue.owner, "GET", f"/v1/hosts/{rogue.host_id}").json().get("warm_pools") == before
+
+
+def test_a_byoc_owner_cannot_pool_another_teams_template(
+    rogue: RogueHost, alices_private_template: str
+) -> None:
+    """Pooling alice's template would build it on mallory's host (its layers pushed there)."""
+    before = _jwt(rogue.owner, "GET", f"/v1/hosts/{rogue.host_id}").json().get("warm_pools")
+    for name in (alices_private_template, f"{alices_private_template}:v1", "no-such-template"):
+        r = _put_pool(lambda m, p, b: _jwt(rogue.owner, m, p, b), rogue.host_id, name, 1)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["message"] == f'template "{name}" not found', r.text
+    assert _jwt(rogue.owner, "GET", f"/v1/hosts/{rogue.host_id}").json().get("warm_pools") == before
+
+
+class LyingAgent(pb_grpc.HostAgentServicer):
+    """mallory's agent answering ``SetWarmPool`` with whatever pools she likes."""
+
+    def __init__(self) -> None:
+        self.pools: list[pb.WarmPoolStatus] = []
+
+    async def SetWarmPool(self, request: Any, context: Any) -> pb.SetWarmPoolResponse:
+        return pb.SetWarmPoolResponse(pools=self.pools)
+
+
+def _status(template: str = "minimal", target: int = 1, ready: int = 0) -> pb.WarmPoolStatus:
+    return pb.WarmPoolStatus(template=template, target=target, ready=ready)
+
+
+LYING_ANSWERS: list[list[pb.WarmPoolStatus]] = [
+    [_status("minimal\x00")], [_status("x" * 1_000_000)], [_status("../../etc")], [_status("")],
+    [_status(ready=-1)], [_status(target=-(2**31))], [_status(f"t{i}") for i in range(1000)],
+    [_status(), _status(ready=INT32_MAX)],
+]  # fmt: skip
+
+
+async def test_a_lying_agents_warm_pool_answer_is_not_stored(
+    platform: Platform, mallory: Tenant, rogue: RogueHost, tmp_path: Path
+) -> None:
+    """The answer to ``SetWarmPool`` is stored as the host's pools, as a heartbeat's report is:
+    it is held to the same rule (a NUL in it was a 500, a 1 MB name or a negative count was
+    stored and shown)."""
+    r = await asyncio.to_thread(
+        _jwt, mallory, "POST", "/v1/hosts", {"type": "byoc", "team_id": mallory.team_id}
+    )
+    assert r.status_code == 201, r.text
+    host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+    agent = LyingAgent()
+    server, _ = await serve_fake_agent(agent, platform.url, token, tmp_path)
+    try:
+        for answer in LYING_ANSWERS:
+            agent.pools = answer
+            r = await asyncio.to_thread(_put_pool, partial(_jwt, mallory), host_id, "minimal", 1)
+            assert r.status_code == 502, (answer[:1], r.text[:300])
+            assert r.json()["error"]["code"] == "agent_error", r.text
+            got = await asyncio.to_thread(_jwt, mallory, "GET", f"/v1/hosts/{host_id}")
+            assert got.status_code == 200 and got.json().get("warm_pools") is None, got.text[:300]
+        agent.pools = [_status(target=1)]  # the truth is stored
+        r = await asyncio.to_thread(_put_pool, partial(_jwt, mallory), host_id, "minimal", 1)
+        assert r.status_code == 200, r.text
+        assert r.json()["warm_pools"] == [{"template": "minimal", "target": 1, "ready": 0}]
+    finally:
+        await server.stop(0)
+        await asyncio.to_thread(_jwt, mallory, "DELETE", f"/v1/hosts/{host_id}?force=true")
+
+
+# -------------------------------------------------------------- a sandbox claimed from a pool
+
+FILL_S = 300.0  # a member is built one at a time, after any create: slow on a loaded machine
+
+
+def _agent_log(platform: Platform) -> str:
+    return platform.agents[0].log_path.read_text(errors="replace")
+
+
+def _ready_members(platform: Platform) -> int:
+    log = _agent_log(platform)
+    return log.count("event=warm_pool_refilled template=minimal ") - log.count("event=warm_claimed ")
+
+
+@pytest.fixture(scope="module")
+def pool(platform: Platform) -> Iterator[str]:
+    """A pool of one ``minimal`` member on the platform's host (what the admin sets)."""
+    host = platform.host_ids[0]
+    r = _admin(platform, "PUT", f"/v1/hosts/{host}/warm-pools/minimal", {"size": 1})
+    assert r.status_code == 200, r.text
+    yield host
+    _admin(platform, "PUT", f"/v1/hosts/{host}/warm-pools/minimal", {"size": 0})
+
+
+def _claim(platform: Platform, t: Tenant, **body: Any) -> str:
+    """A sandbox of ``t`` made from the pool's member (waited for), proven by the agent's log."""
+    _wait(lambda: _ready_members(platform) > 0, FILL_S, "a ready pool member")
+    sid = t.create(**body)
+    assert f"event=warm_claimed sandbox_id={sid} " in _agent_log(platform), "the create went cold"
+    return sid
+
+
+@pytest.fixture(scope="module")
+def claimed(platform: Platform, alice: Tenant, pool: str) -> Iterator[str]:
+    sid = _claim(platform, alice, memory_mb=256, vcpus=2, env={"MINE": "alice"}, internet=False)
+    yield sid
+    alice.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def _cgroup(platform: Platform, sid: str, controller: str, name: str) -> str:
+    """A cgroup file of the sandbox's PID 1, found from the host as the kernel places it."""
+    record = json.loads((platform.agents[0].data_dir / "sandboxes" / sid / "record.json").read_text())
+    for line in Path(f"/proc/{record['pid']}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            mount = Path("/sys/fs/cgroup") / controllers
+            return (mount / path.lstrip("/") / name).read_text().strip()
+    raise AssertionError(f"no {controller} cgroup")
+
+
+def test_a_claimed_sandbox_has_its_own_limits(platform: Platform, alice: Tenant, claimed: str) -> None:
+    assert _cgroup(platform, claimed, "memory", "memory.limit_in_bytes") == str(256 << 20)
+    assert _cgroup(platform, claimed, "memory", "memory.memsw.limit_in_bytes") == str(256 << 20)
+    assert _cgroup(platform, claimed, "cpu", "cpu.cfs_quota_us") == "200000"
+    assert _cgroup(platform, claimed, "pids", "pids.max") == "1024"
+    # ...and they hold: 400 MiB fit the member's 512 MiB, not the sandbox's 256.
+    r = alice.x(claimed, "python3 -c 'b = bytearray(400 << 20); b[::4096] = b\"x\" * len(b[::4096])'")
+    assert r.status_code == 200 and r.json()["exit_code"] != 0, r.text
+
+
+def test_a_claimed_sandbox_with_internet_off_has_its_slot_dropped(alice: Tenant, claimed: str) -> None:
+    host_ip = alice.w("GET", f"/v1/sandboxes/{claimed}").json()["host_ip"]
+    slot = (int.from_bytes(bytes(int(o) for o in host_ip.split(".")), "big") - (10 << 24 | 11 << 16)) // 4
+    rules = subprocess.run(["iptables", "-w", "-S", "WARREN-FWD"], capture_output=True, text=True).stdout
+    assert f"-A WARREN-FWD -i wv{slot} -j DROP" in rules.splitlines(), rules
+
+
+def test_a_claimed_sandbox_knows_only_its_own_identity(alice: Tenant, claimed: str) -> None:
+    out = alice.sh(claimed, "hostname; cat /etc/hostname; grep -c " + claimed + " /etc/hosts; env")
+    lines = out.splitlines()
+    assert lines[:3] == [claimed, claimed, "1"], out
+    env = dict(line.split("=", 1) for line in lines[3:] if "=" in line)
+    assert env["HOSTNAME"] == claimed and env["MINE"] == "alice", env
+    assert "wp-" not in out, out
+    # Nothing left behind by the member's build: no files, no processes but the guest and us.
+    assert alice.sh(claimed, "ls -A /tmp /home /var/tmp | grep -v '^/\\|^$' || true") == ""
+    procs = alice.sh(claimed, "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done")
+    others = [p for p in procs.splitlines() if p.strip() and "guest.py" not in p and "/bin/sh -c" not in p]
+    assert others in ([], ["tr  "], ["tr "]), procs
+
+
+CLAIM_AGAIN = r"""
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect("/run/warren/guest.sock")
+body = json.dumps({"op": "claim", "env": {"HOSTNAME": "evil", "LD_PRELOAD": "/tmp/x.so"}}).encode()
+s.sendall(struct.pack(">IB", len(body), 1) + body)
+head = b""
+while len(head) < 5:
+    head += s.recv(5 - len(head))
+n, kind = struct.unpack(">IB", head)
+data = b""
+while len(data) < n:
+    data += s.recv(n - len(data))
+print(kind, data.decode())
+"""
+
+
+def test_user_code_cannot_claim_its_sandbox_again(alice: Tenant, claimed: str) -> None:
+    r = alice.x(claimed, f"python3 -c '{CLAIM_AGAIN}'")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    if out["exit_code"] == 0:  # the guest's socket is reachable: it must refuse
+        kind, _, answer = out["stdout"].strip().partition(" ")
+        assert kind == "5", out
+        assert json.loads(answer) == {
+            "kind": "invalid_argument",
+            "message": "claim: this guest is in use already",
+        }
+    env = alice.sh(claimed, "env")
+    assert f"HOSTNAME={claimed}" in env and "evil" not in env and "LD_PRELOAD" not in env, env
+
+
+def test_a_cold_sandbox_cannot_be_claimed_by_its_user_code_either(alice: Tenant, bob: Tenant) -> None:
+    """A cold sandbox's guest is pristine until its first operation: that operation is the
+    user's exec, so user code always finds it taken."""
+    sid = bob.create(runtime="runc", env={"MINE": "bob"})
+    try:
+        r = bob.x(sid, f"python3 -c '{CLAIM_AGAIN}'")
+        assert r.status_code == 200, r.text
+        if r.json()["exit_code"] == 0:
+            assert r.json()["stdout"].startswith("5 "), r.text
+        env = bob.sh(sid, "env")
+        assert "evil" not in env and "MINE=bob" in env, env
+    finally:
+        bob.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def test_the_next_claimer_sees_nothing_of_the_first(
+    platform: Platform, alice: Tenant, bob: Tenant, claimed: str
+) -> None:
+    alice.sh(claimed, "echo alice-secret > /tmp/left; sleep 3600 > /dev/null 2>&1 &")
+    sid = _claim(platform, bob)
+    try:
+        out = bob.sh(sid, "hostname; env; ls -A /tmp; cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
+        assert "alice" not in out and claimed not in out and "sleep" not in out, out
+        assert out.splitlines()[0] == sid, out
+        assert bob.w("GET", f"/v1/sandboxes/{claimed}").status_code == 404
+    finally:
+        bob.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def test_pool_members_are_in_no_list(platform: Platform, alice: Tenant, claimed: str) -> None:
+    _wait(lambda: _ready_members(platform) > 0, FILL_S, "the pool to refill")
+    listed = [s["id"] for s in alice.w("GET", "/v1/sandboxes").json()]
+    assert listed == [claimed], listed
+    mine = _admin(platform, "GET", "/v1/sandboxes")
+    assert mine.status_code == 200 and "wp-" not in mine.text, mine.text
+    with httpx.Client(base_url=platform.cp.e2b_url, headers={"X-API-Key": alice.api_key}, timeout=60) as c:
+        e2b = c.get("/v2/sandboxes")
+    assert e2b.status_code == 200 and [s["sandboxID"] for s in e2b.json()] == [claimed], e2b.text
+    audit = _jwt(alice, "GET", "/v1/audit")
+    assert audit.status_code == 200 and "wp-" not in audit.text, audit.text[:500]
+    rows = _sql(platform, "SELECT count(*) FROM sandboxes WHERE status NOT IN ('stopped', 'error')")
+    assert rows[0][0] == 1, rows  # alice's, and nothing for the ready member
