@@ -30,7 +30,7 @@ from warren.agent.guest_client import GuestClient
 from warren.agent.guest_wire import TcpGuest
 from warren.agent.record import HostSandbox
 from warren.agent.runtime.base import RuntimeError_
-from warren.agent.runtime.gvisor import COMPLETE, GUEST_PORT, GvisorRuntime
+from warren.agent.runtime.gvisor import COMPLETE, GUEST_PORT, MEMORY_LIMIT_FILE, GvisorRuntime
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InternalError
 
@@ -40,7 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("warren.agent")
 
 SECRET_FILE = "secret"  # noqa: S105 - in the sandbox's run dir: /run/warren/secret inside
-GUEST_SECRET_ARGS = ["--tcp", str(GUEST_PORT), "--secret-file", f"/run/warren/{SECRET_FILE}"]
+# The guest's arguments on gVisor: its TCP listener and secret, and the memory limit it enforces
+# itself (guest_agent/memwatch.py; the file is the runtime's, GvisorRuntime.limit_memory).
+GUEST_SECRET_ARGS = [
+    "--tcp", str(GUEST_PORT), "--secret-file", f"/run/warren/{SECRET_FILE}",
+    "--memory-limit-file", f"/run/warren/{MEMORY_LIMIT_FILE}",
+]  # fmt: skip
 MAX_TCP_TABLE = 1 << 20
 RESUME_READY_TIMEOUT = 30.0
 IMAGE_DIR = "memory"  # a memory snapshot's image, next to its layers in the template dir

@@ -49,6 +49,12 @@ CHECKPOINT_DIR = "checkpoint"  # <sandbox dir>/checkpoint/: the image of a sandb
 IMAGE_FILE = "checkpoint.img"
 CHILDREN_FILE = "runsc.pids"  # the sandbox's runsc processes (sentry, gofer), to reap them
 COMPLETE = "complete"  # written once an image is whole (runsc leaves a stub when a save fails)
+# Memory: the host cgroup holds the tenant's limit plus this, for the sentry and gofer themselves
+# and for the guest's watchdog to act in (guest_agent/memwatch.py), which kills inside at the
+# tenant's limit, read from this file in the sandbox's run dir (/run/warren inside).
+MEMORY_HEADROOM = 96 << 20
+MEMORY_LIMIT_FILE = "memory-limit"
+_TENANT_LIMIT = "dev.warren.memory-limit"  # the bundle's annotation: the tenant's own limit
 # Where the platform chosen at the first agent start of this boot is kept (see choose_platform).
 PLATFORM_CACHE = Path("/run/warren/gvisor-platform")
 KVM_PROBE_TIMEOUT = 5.0
@@ -146,6 +152,7 @@ class GvisorRuntime:
         pid_file = bundle / "init.pid"
         log_file = bundle / "runtime.log"
         pid_file.unlink(missing_ok=True)
+        limit_memory(bundle)
         verb = ["restore", *extra] if extra else ["run"]
         argv = self._argv(*verb, "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
                           sandbox_id, log_file=log_file)  # fmt: skip
@@ -322,6 +329,41 @@ class GvisorRuntime:
             f"route replace default via {slot.gateway}\n"
         )
         await run("ip", "-n", slot.netns, "-batch", "-", input=cmds.encode())
+
+
+def limit_memory(bundle: Path) -> None:
+    """The host cgroup's limit becomes the tenant's plus :data:`MEMORY_HEADROOM` (gVisor's
+    kernel has no OOM killer: at the cgroup's limit the host's would end the whole sandbox), and
+    the tenant's goes to the guest, which enforces it inside. Idempotent: the tenant's limit is
+    kept in an annotation, so a restore of the same bundle adds the headroom once."""
+    cfg_path = bundle / "config.json"
+    spec = json.loads(cfg_path.read_text())
+    memory = spec.get("linux", {}).get("resources", {}).get("memory")
+    annotations = spec.setdefault("annotations", {})
+    if not memory or not memory.get("limit"):
+        return
+    tenant = int(annotations.get(_TENANT_LIMIT) or memory["limit"])
+    run_dir = next(
+        (Path(m["source"]) for m in spec.get("mounts", []) if m.get("destination") == "/run/warren"), None
+    )
+    if run_dir is not None:
+        tmp = run_dir / f".{MEMORY_LIMIT_FILE}.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(tenant))
+        os.replace(tmp, run_dir / MEMORY_LIMIT_FILE)
+    if annotations.get(_TENANT_LIMIT) == str(tenant):
+        return
+    annotations[_TENANT_LIMIT] = str(tenant)
+    memory["limit"] = tenant + MEMORY_HEADROOM
+    if "swap" in memory:
+        memory["swap"] = tenant + MEMORY_HEADROOM
+    tmp = bundle / "config.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f)
+    os.replace(tmp, cfg_path)
 
 
 def _save_children(path: Path, sandbox_id: str) -> None:

@@ -311,12 +311,15 @@ def main(argv: "list[str]") -> int:
     term_grace = 3.0
     tcp_port = 0
     secret_file = ""
+    memory_limit_file = ""
     it = iter(argv)
     for a in it:
         if a == "--tcp":  # gVisor: also listen on TCP, secret first (tcp.py)
             tcp_port = int(next(it, "0"))
         elif a == "--secret-file":
             secret_file = next(it, "")
+        elif a == "--memory-limit-file":  # gVisor: enforce the memory limit inside (memwatch.py)
+            memory_limit_file = next(it, "")
         elif a == "--socket":
             socket_path = next(it, socket_path)
         elif a.startswith("--socket="):
@@ -335,5 +338,9 @@ def main(argv: "list[str]") -> int:
         from . import tcp
 
         tcp.listen(guest, tcp_port, secret_file)
+    if memory_limit_file:
+        from . import memwatch
+
+        memwatch.start(memory_limit_file)
     guest.serve()
     return 0
