@@ -1,6 +1,7 @@
 """Layer fetch: the template store to a host, as a create that lacks a layer does it.
 
     sudo .venv/bin/python bench/layer_fetch.py [--big-mb 256] [--files 20000] [--runs 3] [--s3] [--extract]
+        [--baseline-src DIR]
 
 Starts one real ``warren agent`` (standalone, 127.0.0.1) and a template store in a temp dir
 (with --s3 also a bucket on a local ``moto_server``). Two layers: (a) --big-mb MB of random data
@@ -14,6 +15,10 @@ best and median of --runs, in MB/s of tar bytes:
               squashfs image it loop-mounts (or, with --extract or on a host without tar2sqfs,
               extracts it), the layer deleted there first: what a host that lacks a layer
               waits for. Target: >= 200 MB/s.
+
+With ``--baseline-src DIR`` (e.g. ``git archive <commit> src | tar -x -C DIR``) a second agent
+runs DIR/src's code beside this tree's, and the push runs alternate between the two (baseline,
+then this tree, --runs times), so a before/after comparison shares the machine's load.
 
 Then the create cost with the layers already on the host: CreateSandbox RPCs straight to the
 agent, one at a time, from ``minimal`` and from a chain of both layers (p50/mean of --creates;
@@ -122,28 +127,36 @@ async def drain(store: LayerStore, digest: str) -> None:
         pass
 
 
-async def bench_layer(store: LayerStore, client: HostClient, label: str, tar: Path, runs: int) -> str:
+async def bench_layer(
+    store: LayerStore, clients: dict[str, HostClient], label: str, tar: Path, runs: int
+) -> str:
     size = tar.stat().st_size
     meta = await store.put(file_chunks(tar), max_bytes=size)
     put, _ = await best(runs, size, lambda: store.put(file_chunks(tar), max_bytes=size))
     read, _ = await best(runs, size, lambda: drain(store, meta.digest))
-
-    async def forget() -> None:
-        await client.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[meta.digest]), timeout=120)
-
-    push, push_p50 = await best(
-        runs, size, lambda: push_layer(store, client, HOST, meta.digest, size), before=forget
-    )
-    print(f"  {label:<8} {size / MB:>7.1f} {put:>8.0f} {read:>8.0f} {push:>8.0f} {push_p50:>10.0f}")
+    rates: dict[str, list[float]] = {name: [] for name in clients}
+    for _ in range(runs):  # alternated, so that both see the same load
+        for name, client in clients.items():
+            await client.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[meta.digest]), timeout=120)
+            t = time.perf_counter()
+            await push_layer(store, client, HOST, meta.digest, size)
+            rates[name].append(size / MB / (time.perf_counter() - t))
+    for name, got in rates.items():
+        print(
+            f"  {label:<8} {size / MB:>7.1f} {put:>8.0f} {read:>8.0f} {max(got):>8.0f} "
+            f"{statistics.median(got):>10.0f}  {name}: {' '.join(f'{r:.0f}' for r in got)}"
+        )
     return meta.digest
 
 
 async def bench_store(
-    name: str, store: LayerStore, client: HostClient, tars: dict[str, Path], runs: int
+    name: str, store: LayerStore, clients: dict[str, HostClient], tars: dict[str, Path], runs: int
 ) -> dict[str, str]:
-    print(f"\n{name}: MB/s (best of {runs}; push also its median)")
-    print(f"  {'layer':<8} {'MB':>7} {'put':>8} {'read':>8} {'push':>8} {'push p50':>10}")
-    return {label: await bench_layer(store, client, label, tar, runs) for label, tar in tars.items()}
+    print(f"\n{name}: MB/s (best of {runs}; push also its median), load {os.getloadavg()}")
+    print(f"  {'layer':<8} {'MB':>7} {'put':>8} {'read':>8} {'push':>8} {'push p50':>10}  agent: runs")
+    digests = {label: await bench_layer(store, clients, label, tar, runs) for label, tar in tars.items()}
+    print(f"  load after: {os.getloadavg()}")
+    return digests
 
 
 async def time_create(client: HostClient, chain: pb.TemplateChain | None, n: int) -> list[float]:
@@ -186,12 +199,8 @@ async def bench_create(
           f"(create {first[0] / 1000:.2f} s); target <= {target:.2f} s")  # fmt: skip
 
 
-async def run(args: argparse.Namespace, work: Path) -> None:
-    tars = {"big": work / "big.tar", "small": work / "small.tar"}
-    make_big(tars["big"], args.big_mb)
-    make_small(tars["small"], args.files)
-    env = {"WARREN_AGENT_LAYER_IMAGES": "false"} if args.extract else {}
-    agent = await asyncio.to_thread(AgentProcess.standalone(work / "agent", env=env).start)
+async def start_agent(root: Path, env: dict[str, str]) -> tuple[AgentProcess, HostClient]:
+    agent = await asyncio.to_thread(AgentProcess.standalone(root, env=env).start)
     mode = [line for line in agent.log_tail(400).splitlines() if "event=layer_install_mode" in line]
     print(mode[-1].split("event=", 1)[-1] if mode else "install mode: (not logged)")
     channel = grpc.aio.insecure_channel(
@@ -199,9 +208,28 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         options=[("grpc.max_receive_message_length", 128 << 20), ("grpc.max_send_message_length", 128 << 20)],
         interceptors=agent_errors("bench"),
     )
-    client = HostClient("bench", agent.address, channel, 0)
+    return agent, HostClient("bench", agent.address, channel, 0)
+
+
+async def run(args: argparse.Namespace, work: Path) -> None:
+    tars = {"big": work / "big.tar", "small": work / "small.tar"}
+    if args.big_mb:
+        make_big(tars["big"], args.big_mb)
+    else:
+        del tars["big"]
+    make_small(tars["small"], args.files)
+    env = {"WARREN_AGENT_LAYER_IMAGES": "false"} if args.extract else {}
+    agents: list[AgentProcess] = []
+    clients: dict[str, HostClient] = {}
     moto: MotoServer | None = None
     try:
+        if args.baseline_src:
+            src = str(Path(args.baseline_src).resolve() / "src")
+            agent, clients["baseline"] = await start_agent(work / "baseline", {**env, "PYTHONPATH": src})
+            agents.append(agent)
+        agent, client = await start_agent(work / "agent", env)
+        agents.append(agent)
+        clients["this tree"] = client
         stores: dict[str, LayerStore] = {"directory": DirectoryStore(work / "store")}
         if args.s3:
             set_credentials()
@@ -210,11 +238,14 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             stores["s3 (moto)"] = S3Store("bench", "b", endpoint_url=moto.url, spool_dir=work / "spool")
         digests = {}
         for name, store in stores.items():
-            digests = await bench_store(name, store, client, tars, args.runs)
-        await bench_create(stores["directory"], client, digests, tars, args.creates)
+            digests = await bench_store(name, store, clients, tars, args.runs)
+        if args.creates:
+            await bench_create(stores["directory"], client, digests, tars, args.creates)
     finally:
-        await channel.close(None)
-        await asyncio.to_thread(agent.stop)
+        for c in clients.values():
+            await c.channel.close(None)
+        for a in agents:
+            await asyncio.to_thread(a.stop)
         if moto is not None:
             moto.stop()
 
@@ -228,6 +259,7 @@ def main() -> None:
     ap.add_argument("--s3", action="store_true", help="also a bucket on a local moto_server")
     ap.add_argument("--extract", action="store_true", help="install by extraction, not as images")
     ap.add_argument("--dir", default="/var/tmp")
+    ap.add_argument("--baseline-src", help="also push to an agent running DIR/src, alternating")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the agent needs namespaces, cgroups and overlayfs")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -236,20 +237,57 @@ class LayerCache:
                 return False
             tar = self._temp_path(".tar")
             try:
-                await self._receive_to(tar, digest, size, chunks)
-                await self._install_tar(tar, digest, size)
+                if self.images:
+                    await self._receive_as_image(tar, digest, size, chunks)
+                else:
+                    await self._receive_to(tar, digest, size, chunks)
+                    await self._install_tar(tar, digest, size)
             finally:
                 tar.unlink(missing_ok=True)
         return True
 
-    async def _receive_to(self, tar: Path, digest: str, size: int, chunks: AsyncIterator[bytes]) -> None:
+    async def _receive_as_image(
+        self, tar: Path, digest: str, size: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Receive, hash and convert at once: the converter and ``tar2sqfs`` take each chunk as it
+        arrives (``layer_image.StreamedImage``). The image is only mounted once the digest
+        matched; a mismatch discards it (``DATA_LOSS``, nothing kept). The tar is still written,
+        for a layer only extraction can install."""
+        work = self._temp_path()
+        work.mkdir(mode=0o700)
+        image: layer_image.StreamedImage | None = None
+        try:
+            try:
+                image = layer_image.StreamedImage(
+                    work, size=size, uid_base=MAPPED_BASE, max_bytes=self.max_bytes
+                )
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("event=layer_image_failed digest=%s error=%s", digest, e)
+            await self._receive_to(tar, digest, size, chunks, also=image.put if image else None)
+        except BaseException:
+            if image is not None:
+                image.abort()
+            _remove(work)
+            raise
+        await self._install_tar(tar, digest, size, work=work, image=image)
+
+    async def _receive_to(
+        self,
+        tar: Path,
+        digest: str,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        also: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """The layer's bytes into ``tar``, hashed, bounded and checked; each chunk handed to
+        ``also`` as well (the image being made while they arrive)."""
         with _new_file(tar) as f:
             out = HashingWriter(f)
             async for chunk in chunks:
                 if out.size + len(chunk) > size:
                     raise LayerCorrupt(f"layer {digest}: more bytes than the {size} declared")
                 # Hashing and writing 1 MiB takes about a millisecond: off the event loop.
-                await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(_take, out, chunk, also)
         got = out.meta()
         if got.size != size:
             raise LayerCorrupt(f"layer {digest}: {got.size} bytes received, {size} declared")
@@ -266,19 +304,37 @@ class LayerCache:
             await self._install_tar(tar, digest, size)
         return True
 
-    async def _install_tar(self, tar: Path, digest: str, size: int) -> None:
+    async def _install_tar(
+        self,
+        tar: Path,
+        digest: str,
+        size: int,
+        *,
+        work: Path | None = None,
+        image: layer_image.StreamedImage | None = None,
+    ) -> None:
         # One thread call, shielded: a caller that gives up cannot stop an extraction halfway
         # (its thread would write on into a directory being removed); it finishes, or cleans
         # up after itself.
-        await asyncio.shield(asyncio.to_thread(self._extract_into_place, tar, digest, size))
+        install = functools.partial(self._extract_into_place, tar, digest, size, work=work, image=image)
+        await asyncio.shield(asyncio.to_thread(install))
         log.info("event=layer_installed digest=%s bytes=%d", digest, size)
 
-    def _extract_into_place(self, tar: Path, digest: str, size: int) -> None:
-        work = self._temp_path()
-        work.mkdir(mode=0o700)
+    def _extract_into_place(
+        self,
+        tar: Path,
+        digest: str,
+        size: int,
+        *,
+        work: Path | None = None,
+        image: layer_image.StreamedImage | None = None,
+    ) -> None:
+        if work is None:
+            work = self._temp_path()
+            work.mkdir(mode=0o700)
         try:
             try:
-                self._make_tree(tar, work, digest)
+                self._make_tree(tar, work, digest, image)
             except LayerError as e:
                 raise InvalidRequest(f"layer {digest} cannot be installed: {e}") from e
             (work / LAYER_INFO).write_text(json.dumps({"digest": digest, "size": size}))
@@ -291,16 +347,24 @@ class LayerCache:
                 layer_image.release_leftovers(work)
                 _remove(work)
         except BaseException:
+            if image is not None:
+                image.abort()
             layer_image.release_leftovers(work)
             _remove(work)
             raise
 
-    def _make_tree(self, tar: Path, work: Path, digest: str) -> None:
-        """``work/tree``: a mounted image, or an extraction when images are off or this layer
-        cannot be one (NeedsExtraction: valid, but only extraction can apply it)."""
+    def _make_tree(
+        self, tar: Path, work: Path, digest: str, image: layer_image.StreamedImage | None = None
+    ) -> None:
+        """``work/tree``: a mounted image (``image``, made while the tar arrived, or made now),
+        or an extraction when images are off or this layer cannot be one (NeedsExtraction:
+        valid, but only extraction can apply it)."""
         if self.images:
             try:
-                layer_image.build_image(tar, work, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
+                if image is not None:
+                    image.finish()
+                else:
+                    layer_image.build_image(tar, work, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
                 layer_image.mount_image(work, work / LAYER_TREE)
                 return
             except layer_image.NeedsExtraction as e:
@@ -384,6 +448,12 @@ class LayerCache:
 
     def _temp_path(self, suffix: str = "", prefix: str = ".tmp-") -> Path:
         return self.root / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def _take(out: HashingWriter, chunk: bytes, also: Callable[[bytes], None] | None) -> None:
+    if also is not None:
+        also(chunk)  # first: the converter starts on it while it is hashed and written
+    out.write(chunk)
 
 
 def _new_file(path: Path) -> BinaryIO:

@@ -27,6 +27,7 @@ from pathlib import Path
 from warren.agent.proc import mounts_under, umount
 from warren.layers import LayerError, LayerStats
 from warren.layers.image_tar import NeedsExtraction, convert_layer
+from warren.layers.tar_stream import ChunkFeed
 
 log = logging.getLogger("warren.agent.layers")
 
@@ -85,73 +86,169 @@ def _has_squashfs() -> bool:
 def build_image(tar: Path, work: Path, *, uid_base: int, max_bytes: int) -> LayerStats:
     """``work/layer.sqfs`` from layer tar ``tar`` (already hashed). Raises ``LayerError`` when the
     layer is refused (as extraction would), ``NeedsExtraction`` when it must be extracted."""
-    out_dir = work / "image"
-    out_dir.mkdir(mode=0o700)
-    os.chown(out_dir, NOBODY, NOBODY)
-    size = tar.stat().st_size
-    argv = [
-        # setpriv, not Popen(user=...): a set-uid in the child of a threaded agent crashed it
-        # now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
-        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-        "prlimit",
-        f"--cpu={CPU_BASE_S + size // CPU_BYTES_PER_S}",
-        f"--as={ADDRESS_SPACE}",
-        f"--fsize={size + size // 8 + IMAGE_SLACK}",
-        "--",
-        "tar2sqfs", "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
-        "-d", "uid=0,gid=0,mode=0700",
-        IMAGE,
-    ]  # fmt: skip
+    out_dir = _out_dir(work)
     try:
-        stats = _run_converter(tar, argv, out_dir, uid_base=uid_base, max_bytes=max_bytes)
-        image = out_dir / IMAGE
-        # Root's from here on: nobody made it, nobody may touch it again.
-        fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        packer = _Packer(tar.stat().st_size, out_dir)
         try:
-            os.fchown(fd, 0, 0)
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-        os.rename(image, work / IMAGE)
+            try:
+                stats = convert_layer(tar, packer.stdin_fd(), uid_base=uid_base, max_bytes=max_bytes)
+            except BrokenPipeError:
+                stats = None  # tar2sqfs gave up: its exit status says why
+            finally:
+                packer.close_stdin()
+        except BaseException:
+            packer.kill()
+            packer.close_stdin()
+            raise
+        packer.wait(fed=stats is not None)
+        assert stats is not None
+        _take_image(out_dir, work)
         return stats
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _run_converter(tar: Path, argv: list[str], cwd: Path, *, uid_base: int, max_bytes: int) -> LayerStats:
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=cwd,  # entered as root; the image is written relative to it as nobody
-        close_fds=True,
-    )
-    assert proc.stdin is not None and proc.stderr is not None
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read(64 << 10)), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    stats: LayerStats | None = None
-    try:
-        with contextlib.suppress(OSError):  # a smaller pipe is only slower
-            fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+class StreamedImage:
+    """An image made while its layer arrives (``LayerCache.receive``): :meth:`put` each chunk as
+    it comes, then :meth:`finish` once its digest matched, or :meth:`abort`. The converter runs
+    in a thread of its own writing to ``tar2sqfs``, so converting and packing overlap receiving
+    and hashing instead of following them. Nothing of it is mounted or kept before ``finish``."""
+
+    def __init__(self, work: Path, *, size: int, uid_base: int, max_bytes: int) -> None:
+        self._work = work
+        self._out_dir = _out_dir(work)
+        self._feed = ChunkFeed()
+        self._stats: LayerStats | None = None
+        self._error: BaseException | None = None
         try:
-            stats = convert_layer(tar, proc.stdin.fileno(), uid_base=uid_base, max_bytes=max_bytes)
+            self._packer = _Packer(size, self._out_dir)
+        except BaseException:
+            shutil.rmtree(self._out_dir, ignore_errors=True)
+            raise
+        self._thread = threading.Thread(
+            target=self._convert, args=(uid_base, max_bytes), name="layer-image", daemon=True
+        )
+        self._thread.start()
+
+    def _convert(self, uid_base: int, max_bytes: int) -> None:
+        try:
+            fd = self._packer.stdin_fd()
+            self._stats = convert_layer(self._feed, fd, uid_base=uid_base, max_bytes=max_bytes)
         except BrokenPipeError:
             pass  # tar2sqfs gave up: its exit status says why
+        except BaseException as e:  # handed to finish(), in the caller's thread
+            self._error = e
         finally:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    code = proc.wait()
-    reader.join(timeout=10)
-    if code != 0 or stats is None:
-        detail = b"".join(errors).decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
-        raise NeedsExtraction(f"tar2sqfs exited with {code}: {detail[0][:300]}")
-    return stats
+            self._feed.stop()  # the rest of the layer is still received and hashed, not converted
+            self._packer.close_stdin()
+
+    def put(self, chunk: bytes) -> None:
+        """The next chunk of the layer (blocks while the converter is a few MiB behind)."""
+        self._feed.put(chunk)
+
+    def finish(self) -> LayerStats:
+        """``work/layer.sqfs``, once every chunk was put and the layer's digest matched. Raises
+        as :func:`build_image` does; nothing of the image is left then."""
+        self._feed.close()
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._packer.wait(fed=self._stats is not None)
+            assert self._stats is not None
+            _take_image(self._out_dir, self._work)
+            return self._stats
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop converting and packing, and remove what was made (idempotent)."""
+        self._feed.stop()
+        self._packer.kill()  # a write of the converter's fails: it ends
+        self._thread.join()
+        self._packer.close_stdin()  # only now: the converter's thread may have been writing to it
+        shutil.rmtree(self._out_dir, ignore_errors=True)
+
+
+def _out_dir(work: Path) -> Path:
+    """The directory tar2sqfs writes in: nobody's, inside the install's own (root's, 0700)."""
+    out_dir = work / "image"
+    out_dir.mkdir(mode=0o700)
+    os.chown(out_dir, NOBODY, NOBODY)
+    return out_dir
+
+
+class _Packer:
+    """One tar2sqfs run, as nobody under limits sized for a tar of ``size`` bytes, reading the
+    converted tar on its stdin and writing ``cwd/layer.sqfs``."""
+
+    def __init__(self, size: int, cwd: Path) -> None:
+        argv = [
+            # setpriv, not Popen(user=...): a set-uid in the child of a threaded agent crashed
+            # it now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
+            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "prlimit",
+            f"--cpu={CPU_BASE_S + size // CPU_BYTES_PER_S}",
+            f"--as={ADDRESS_SPACE}",
+            f"--fsize={size + size // 8 + IMAGE_SLACK}",
+            "--",
+            "tar2sqfs", "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
+            "-d", "uid=0,gid=0,mode=0700",
+            IMAGE,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=cwd,  # entered as root; the image is written relative to it as nobody
+            close_fds=True,
+        )
+        self._errors: list[bytes] = []
+        stderr = self.proc.stderr
+        assert stderr is not None and self.proc.stdin is not None
+        # Read all along: a full stderr pipe would stall it.
+        self._reader = threading.Thread(
+            target=lambda: self._errors.append(stderr.read(64 << 10)), daemon=True
+        )
+        self._reader.start()
+        with contextlib.suppress(OSError):  # a smaller pipe is only slower
+            fcntl.fcntl(self.proc.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+
+    def stdin_fd(self) -> int:
+        assert self.proc.stdin is not None
+        return self.proc.stdin.fileno()
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(timeout=10)
+
+    def wait(self, *, fed: bool) -> None:
+        """Raises ``NeedsExtraction`` when tar2sqfs failed (or was not fed the whole tar)."""
+        code = self.proc.wait()
+        self._reader.join(timeout=10)
+        if code != 0 or not fed:
+            detail = b"".join(self._errors).decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise NeedsExtraction(f"tar2sqfs exited with {code}: {(detail or ['(no message)'])[0][:300]}")
+
+
+def _take_image(out_dir: Path, work: Path) -> None:
+    image = out_dir / IMAGE
+    # Root's from here on: nobody made it, nobody may touch it again.
+    fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    os.rename(image, work / IMAGE)
 
 
 def mount_image(layer_dir: Path, tree: Path) -> None:
@@ -223,6 +320,7 @@ __all__ = [
     "IMAGE",
     "LayerError",
     "NeedsExtraction",
+    "StreamedImage",
     "Support",
     "build_image",
     "detach_loops",

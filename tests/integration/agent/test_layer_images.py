@@ -17,7 +17,7 @@ import pytest
 
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
-from tests.integration.agent.layer_tars import digest, layer_tar, put_layer
+from tests.integration.agent.layer_tars import digest, layer_tar, put_layer, put_requests
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -151,6 +151,29 @@ def test_hostile_tars_are_refused_and_leave_nothing(agent: AgentProcess) -> None
     assert sorted(os.listdir(layer_dir(agent, d) / "tree")) == ["abs"]
     assert (layer_dir(agent, d) / "tree" / "abs" / "file").read_bytes() == b"inside"
     agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[d]))
+
+
+def test_bytes_corrupted_on_the_way_are_refused_though_converted_as_they_came(agent: AgentProcess) -> None:
+    # The image is made while the bytes arrive; the digest decides at the end. A layer of
+    # several chunks whose last one was changed converts fine, a hostile tar sent under another
+    # digest fails conversion first: both are DATA_LOSS, and nothing is mounted or kept.
+    good = layer_tar({f"d/f{i}": os.urandom(4000) for i in range(800)}, dirs=("d",))
+    assert len(good) > 3 << 20
+    flipped = bytearray(good)
+    flipped[len(good) - 3000] ^= 0xFF  # file data in the last chunk: still a valid tar
+    hostile = hostile_tars()[0]
+    layers = agent.data_dir / "layers"
+    for data, claimed in ((bytes(flipped), digest(good)), (hostile, digest(good))):
+        with pytest.raises(grpc.RpcError) as ei:
+            agent.stub.PutLayer(put_requests(data, as_digest=claimed), timeout=60)
+        assert ei.value.code() == grpc.StatusCode.DATA_LOSS, ei.value.details()  # type: ignore[attr-defined]
+        assert list(agent.stub.HasLayers(pb.HasLayersRequest(digests=[claimed])).missing) == [claimed]
+        assert not [p for p in layers.iterdir() if p.name.startswith((".tmp-", ".del-"))]
+        assert wait_released(layers) == []
+    d = put_layer(agent.stub, good)  # the true bytes install, as an image
+    assert is_image(agent, d), agent.log_tail(60)
+    agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[d]))
+    assert wait_released(layers) == []
 
 
 def test_delete_leaves_no_mount_and_no_loop_device(agent: AgentProcess) -> None:

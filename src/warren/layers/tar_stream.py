@@ -1,0 +1,196 @@
+"""The tar reader of the layer image converter, faster per member, and the feed that lets the
+converter run while a layer arrives (docs/templates.md §2; session 8 in docs/benchmarks.md).
+
+For a layer of many small files Python's cost per member, not bytes, is the limit:
+
+- :func:`members` is ``tarfmt.members`` with two shortcuts that give the same answers: the
+  checksum is summed over the header's non-zero bytes only (a ustar header is mostly NULs), and
+  the mode/uid/gid/mtime fields, which repeat from member to member, are parsed once per distinct
+  field (tests/unit/layers/test_tar_stream.py compares the two on every tar of the tests);
+- :class:`ChunkFeed` is a ``Readable`` another thread fills with the layer's chunks as they
+  arrive (``agent/layer_image.StreamedImage``), so the converter and ``tar2sqfs`` work while the
+  bytes are still being received and hashed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+from warren.layers import tarfmt
+from warren.layers.hashing import LayerError
+from warren.layers.tarfmt import (
+    AREG,
+    BLOCK,
+    DIR,
+    GNU_LONGLINK,
+    GNU_LONGNAME,
+    MAX_MTIME_NS,
+    MEMBER_TYPES,
+    META_TYPES,
+    PAX,
+    REGULAR,
+    ZERO_BLOCK,
+    Member,
+    Source,
+    _check_sum,
+    _header,
+    _meta_data,
+    _number,
+    _parse_pax,
+)
+
+_CACHE_MAX = 4096  # distinct fields remembered per layer: bounded whatever the tar holds
+
+
+class _Numbers:
+    """``tarfmt._number`` of the header fields that repeat (mode, owners, mtime), memoized."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[bytes, str], int] = {}
+
+    def get(self, field: bytes, what: str) -> int:
+        key = (field, what)
+        n = self.cache.get(key)
+        if n is None:
+            n = _number(field, what, negative_is_zero=what == "mtime")
+            if len(self.cache) < _CACHE_MAX:
+                self.cache[key] = n
+        return n
+
+
+def _plain_header(blk: bytes, nums: _Numbers) -> Member:
+    """``tarfmt._header`` of a header with no PAX record or GNU long name before it."""
+    name = blk[:100].partition(b"\0")[0]
+    if blk[257:265] == b"ustar\x0000":  # POSIX: the prefix field extends the name
+        prefix = blk[345:500].partition(b"\0")[0]
+        if prefix:
+            name = prefix + b"/" + name
+    m = Member(
+        name,
+        blk[156:157],
+        nums.get(blk[100:108], "mode") & 0o7777,
+        nums.get(blk[108:116], "uid"),
+        nums.get(blk[116:124], "gid"),
+        _number(blk[124:136], "size"),
+        nums.get(blk[136:148], "mtime") * 1_000_000_000,
+        blk[157:257].partition(b"\0")[0],
+    )
+    m.mtime_ns = min(m.mtime_ns, MAX_MTIME_NS)
+    return m
+
+
+def _fast_check_sum(blk: bytes) -> None:
+    # A sum over the non-zero bytes is the sum over all of them. Anything but a plain octal
+    # checksum that matches (a signed one, a malformed field, a mismatch) is tarfmt's to judge.
+    digits = blk[148:156].partition(b"\0")[0].strip(b" ")
+    unsigned = sum(blk.translate(None, b"\0")) - sum(blk[148:156]) + 8 * 0x20
+    if not (digits.isdigit() and b"8" not in digits and b"9" not in digits and int(digits, 8) == unsigned):
+        _check_sum(blk)
+
+
+def members(src: Source) -> Iterator[Member]:
+    """``tarfmt.members``, with the shortcuts above (the same members, the same refusals)."""
+    meta: dict[bytes, bytes] = {}
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    nums = _Numbers()
+    count = 0
+    while True:
+        blk = src.read_block()
+        if blk is None:
+            raise LayerError("truncated tar: no end-of-archive marker")
+        if blk == ZERO_BLOCK:
+            return
+        _fast_check_sum(blk)
+        typ = blk[156:157]
+        if typ in META_TYPES:
+            size = _number(blk[124:136], "size")
+            data = _meta_data(src, size, f"{typ.decode()} header")
+            if typ == PAX:
+                _parse_pax(data, meta)
+            elif typ == GNU_LONGNAME:
+                long_name = data.split(b"\0", 1)[0]
+            elif typ == GNU_LONGLINK:
+                long_link = data.split(b"\0", 1)[0]
+            continue  # global PAX records are ignored: they would apply to the whole stream
+        if meta or long_name is not None or long_link is not None:
+            m = _header(blk, meta, long_name, long_link)
+            meta, long_name, long_link = {}, None, None
+        else:
+            m = _plain_header(blk, nums)
+        count += 1
+        if count > tarfmt.MAX_MEMBERS:  # read each time, as tarfmt does (tests lower it)
+            raise LayerError(f"more than {tarfmt.MAX_MEMBERS} members in one tar")
+        if typ == AREG and m.name.endswith(b"/"):  # old tars' directories, as tarfile and Go read them
+            m.type = typ = DIR
+        if typ not in MEMBER_TYPES:
+            raise LayerError(f"member {m.label()}: unsupported tar type {typ!r}")
+        if typ not in REGULAR:
+            m.size = 0
+        src.check_room(m.size + (-m.size % BLOCK), m)
+        before = src.pos
+        yield m
+        left = m.size - (src.pos - before)
+        if left < 0:
+            raise LayerError(f"{m}: read past its data")
+        src.skip(left + (-m.size % BLOCK), m)
+
+
+class ChunkFeed:
+    """A ``Readable`` of chunks another thread puts in as they arrive, at most ``depth`` ahead
+    of the reader (memory stays bounded whatever the layer's size)."""
+
+    def __init__(self, depth: int = 16) -> None:
+        self._q: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._rest = b""
+        self._eof = False
+        self._stopped = threading.Event()
+
+    def put(self, chunk: bytes) -> None:
+        """Blocks while the reader is ``depth`` chunks behind; dropped once it stopped reading."""
+        self._put(chunk)
+
+    def close(self) -> None:
+        """The end of the stream."""
+        self._put(None)
+
+    def stop(self) -> None:
+        """The reader is done (finished, failed or given up on): puts return at once, and a
+        read waiting for a chunk gets the end of the stream."""
+        self._stopped.set()
+        while True:
+            try:  # frees a put blocked on a full queue
+                while True:
+                    self._q.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                self._q.put_nowait(None)  # wakes a reader waiting on an empty one
+                return
+            except queue.Full:
+                continue
+
+    def _put(self, item: bytes | None) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1, /) -> bytes:
+        if not self._rest:
+            if self._eof:
+                return b""
+            item = self._q.get()
+            if item is None:
+                self._eof = True
+                return b""
+            self._rest = item
+        if n < 0 or n >= len(self._rest):
+            out, self._rest = self._rest, b""
+        else:
+            out, self._rest = self._rest[:n], self._rest[n:]
+        return out
