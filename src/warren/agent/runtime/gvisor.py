@@ -136,6 +136,10 @@ class GvisorRuntime:
         self.state_root = state_root
         self.sandboxes_dir = sandboxes_dir
         self.platform = platform
+        # After a checkpoint, the container's delete and the netns's address run here, off the
+        # pause's time; whatever touches the sandbox next waits for them (_settled).
+        self._settling: dict[str, asyncio.Task[None]] = {}
+        self._addressed: set[str] = set()  # settled, with the address back in their netns
         state_root.mkdir(parents=True, exist_ok=True)
 
     def _argv(self, *args: str, log_file: Path | None = None) -> list[str]:
@@ -152,6 +156,9 @@ class GvisorRuntime:
         pid_file = bundle / "init.pid"
         log_file = bundle / "runtime.log"
         pid_file.unlink(missing_ok=True)
+        await self._settled(sandbox_id)
+        if self._state_file(sandbox_id).exists():  # a crash between checkpoint and delete
+            await self._delete(sandbox_id)
         limit_memory(bundle)
         verb = ["restore", *extra] if extra else ["run"]
         argv = self._argv(*verb, "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
@@ -169,17 +176,32 @@ class GvisorRuntime:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
-            _save_children(bundle / CHILDREN_FILE, sandbox_id)
+            self._save_children(bundle, sandbox_id)
             raise
         if rc != 0:
             detail = _log_errors(log_file) or "(no log)"
-            _save_children(bundle / CHILDREN_FILE, sandbox_id)
+            self._save_children(bundle, sandbox_id)
             with contextlib.suppress(Exception):
                 await self._delete(sandbox_id)
             raise RuntimeError_(f"runsc {verb[0]} failed (exit {proc.returncode}): {detail}")
         pid = int(pid_file.read_text().strip())
-        _save_children(bundle / CHILDREN_FILE, sandbox_id)
+        self._save_children(bundle, sandbox_id)
         return pid
+
+    def _state_file(self, sandbox_id: str) -> Path:
+        """runsc's own record of the container (its sandbox and gofer pids among the rest)."""
+        return self.state_root / f"{sandbox_id}_sandbox:{sandbox_id}.state"
+
+    def _save_children(self, bundle: Path, sandbox_id: str) -> None:
+        """The sandbox's and gofer's pids, from runsc's state file (else by a scan of /proc)."""
+        try:
+            state = json.loads(self._state_file(sandbox_id).read_text())
+            pids = [int(state["sandbox"]["pid"]), int(state["goferPid"])]
+        except (OSError, ValueError, KeyError, TypeError):
+            _save_children(bundle / CHILDREN_FILE, sandbox_id)
+            return
+        with contextlib.suppress(OSError):
+            (bundle / CHILDREN_FILE).write_text(" ".join(str(p) for p in pids if p > 0))
 
     async def create(self, sandbox_id: str, bundle: Path) -> int:
         return await self._start(sandbox_id, bundle)
@@ -200,6 +222,9 @@ class GvisorRuntime:
         await remove_cgroups(sandbox_id)
 
     async def destroy(self, sandbox_id: str) -> None:
+        with contextlib.suppress(Exception):  # _delete below tries again
+            await self._settled(sandbox_id)
+        self._addressed.discard(sandbox_id)
         # A frozen sandbox cannot die: thaw first (a no-op when not frozen).
         if (cgroup_dir("freezer", sandbox_id) / "freezer.state").exists():
             with contextlib.suppress(RuntimeError_):
@@ -267,7 +292,8 @@ class GvisorRuntime:
             found = {st.id: st for st in map(parse_state, json.loads(res.stdout))}
         if self.sandboxes_dir.is_dir():
             for d in self.sandboxes_dir.iterdir():
-                if d.name not in found and self.checkpointed(d.name):
+                stale = d.name in found and found[d.name].status == ContainerStatus.STOPPED
+                if (d.name not in found or stale) and self.checkpointed(d.name):
                     found[d.name] = ContainerState(id=d.name, status=ContainerStatus.PAUSED, pid=0)
         return list(found.values())
 
@@ -277,9 +303,10 @@ class GvisorRuntime:
     # ------------------------------------------------------------------ checkpoint / restore
 
     async def checkpoint(self, sandbox_id: str) -> int:
-        """Save the sandbox to its image dir and end it (container and cgroups gone); the image's
-        size in bytes. On failure this runsc version has ended the sandbox all the same (its
-        sentry exits whether the save worked or not): the caller must treat it as lost."""
+        """Save the sandbox to its image dir and end it; the image's size in bytes. Its container
+        and cgroups are removed in the background (_settle), which a restore or destroy awaits.
+        On failure this runsc version has ended the sandbox all the same (its sentry exits
+        whether the save worked or not): the caller must treat it as lost."""
         image = self.image_dir(sandbox_id)
         shutil.rmtree(image, ignore_errors=True)
         image.mkdir(mode=0o700)
@@ -289,14 +316,35 @@ class GvisorRuntime:
             shutil.rmtree(image, ignore_errors=True)
             raise RuntimeError_(f"runsc checkpoint failed: {_first_line(res.stderr)}")
         (image / COMPLETE).write_text("")
-        t1 = time.monotonic()
-        await self._delete(sandbox_id)
         size = image_size(image)
         log.info(
-            "event=sandbox_checkpointed sandbox_id=%s checkpoint_ms=%.0f delete_ms=%.0f bytes=%d",
-            sandbox_id, (t1 - t0) * 1000, (time.monotonic() - t1) * 1000, size,
+            "event=sandbox_checkpointed sandbox_id=%s checkpoint_ms=%.0f bytes=%d",
+            sandbox_id, (time.monotonic() - t0) * 1000, size,
         )  # fmt: skip
+        self._settling[sandbox_id] = asyncio.create_task(self._settle(sandbox_id))
         return size
+
+    async def _settle(self, sandbox_id: str) -> None:
+        """After a checkpoint (its processes have ended): delete the container and give the
+        netns back its address, ready for a restore."""
+        t0 = time.monotonic()
+        await self._delete(sandbox_id)
+        bundle = self.sandboxes_dir / sandbox_id
+        if (bundle / "config.json").exists():
+            await self._readdress(bundle)
+            self._addressed.add(sandbox_id)
+        log.info("event=checkpoint_settled sandbox_id=%s ms=%.0f", sandbox_id, (time.monotonic() - t0) * 1000)
+
+    async def _settled(self, sandbox_id: str) -> None:
+        """Wait for a checkpoint's settling; when it failed, delete here, in the caller's time."""
+        task = self._settling.pop(sandbox_id, None)
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except Exception as e:
+            log.warning("event=checkpoint_settle_failed sandbox_id=%s error=%s", sandbox_id, e)
+            await self._delete(sandbox_id)
 
     async def restore(self, sandbox_id: str, bundle: Path, image: Path | None = None) -> int:
         """Start the sandbox from ``image`` (default: its own checkpoint); its pid. The netns gets
@@ -306,7 +354,11 @@ class GvisorRuntime:
         image = image or self.image_dir(sandbox_id)
         if not (image / COMPLETE).exists():
             raise RuntimeError_(f"no complete checkpoint image for {sandbox_id}")
-        await self._readdress(bundle)
+        await self._settled(sandbox_id)
+        if sandbox_id in self._addressed:
+            self._addressed.discard(sandbox_id)
+        else:
+            await self._readdress(bundle)
         pid = await self._start(sandbox_id, bundle, "--image-path", str(image))
         if own:
             shutil.rmtree(image, ignore_errors=True)
