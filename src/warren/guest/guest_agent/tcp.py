@@ -6,8 +6,11 @@ listens on TCP (``--tcp PORT``) on every address of the sandbox, and the agent c
 the sandbox's veth. Anything in the netns could reach that port (a sandbox user who is not
 root, too), so every connection starts with the sandbox's secret (``--secret-file``, 0600
 sandbox root, written by the agent): exactly ``len(secret)`` bytes, compared in constant time;
-anything else closes the connection before a frame is read. After the secret the protocol is
-the unix socket's (PROTOCOL.md).
+anything else closes the connection before a frame is read. At most ``MAX_UNAUTHED``
+connections wait for their secret (a flood from inside the sandbox closes its own oldest, never
+the guest's files), and the port is bound without ``SO_REUSEADDR`` (so no process in the sandbox
+can bind it beside the guest and be handed the agent's connection, secret first). After the
+secret the protocol is the unix socket's (PROTOCOL.md).
 
 ``rekey`` (a request on an authenticated connection, ``{"op": "rekey", "secret": hex,
 "hostname": name}``) replaces the secret: a sandbox restored from another's memory image starts
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
     from .server import Guest
 
 SECRET_LEN = 64  # hex characters (32 random bytes)
+# Connections that have not sent the secret yet, at most: past it the oldest is closed. Code in
+# the sandbox (any user) can open connections faster than the guest may hold files; the agent's
+# own connection sends the secret at once, so it is never the oldest for long.
+MAX_UNAUTHED = 256
 
 
 def _same(a: bytes, b: bytes) -> bool:
@@ -59,10 +66,20 @@ class Keys:
 class AuthConn(Conn):
     """A TCP connection: the secret first, then the usual frames."""
 
-    def __init__(self, guest: "Guest", sock: "_socket.socket", keys: Keys) -> None:
+    def __init__(
+        self, guest: "Guest", sock: "_socket.socket", keys: Keys, unauthed: "dict[int, AuthConn]"
+    ) -> None:
         self.keys = keys
         self.authed = False
+        self.unauthed = unauthed
         super().__init__(guest, sock)
+        unauthed[id(self)] = self  # insertion-ordered: the first is the oldest
+        if len(unauthed) > MAX_UNAUTHED:
+            unauthed[next(iter(unauthed))].close()
+
+    def close(self) -> None:
+        self.unauthed.pop(id(self), None)
+        super().close()
 
     def parse(self) -> None:
         if not self.authed:
@@ -74,6 +91,7 @@ class AuthConn(Conn):
                 return
             del self.inbuf[:SECRET_LEN]
             self.authed = True
+            self.unauthed.pop(id(self), None)
         super().parse()
 
     def dispatch(self, kind: int, payload: bytes) -> None:
@@ -106,8 +124,12 @@ def listen(guest: "Guest", port: int, secret_file: str) -> None:
     """
     with open(secret_file, "rb") as f:
         keys = Keys(f.read(SECRET_LEN + 1).strip())
+    unauthed: dict[int, AuthConn] = {}
     lsock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-    lsock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    # No SO_REUSEADDR: gVisor's netstack lets a socket with it bind a specific address of a
+    # port a SO_REUSEADDR wildcard listener holds, and the more specific listener gets the
+    # connections. Any user in the sandbox could then take the agent's connection to
+    # <sandbox ip>:port, and the secret it sends first. Without it every such bind is EADDRINUSE.
     lsock.bind(("0.0.0.0", port))
     lsock.listen(512)
     r, w = os.pipe()
@@ -137,7 +159,7 @@ def listen(guest: "Guest", port: int, secret_file: str) -> None:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            AuthConn(guest, sock, keys)
+            AuthConn(guest, sock, keys, unauthed)
 
     guest.tcp_listener = lsock  # type: ignore[attr-defined]  # kept alive with the guest
     guest.loop.watch(r, EPOLLIN, on_ready)
