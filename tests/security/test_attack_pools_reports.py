@@ -24,7 +24,10 @@ from tests.harness.fake_agent import serve_fake_agent
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 from warren import ids
+from warren.agent import sandbox_fs
+from warren.agent.control_plane import load_credentials
 from warren.config import RUNTIMES
+from warren.cp.services import warm_pools
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 from warren.sdk import InvalidArgumentError, Sandbox, SandboxUnavailableError
@@ -343,8 +346,10 @@ class LyingAgent(pb_grpc.HostAgentServicer):
 
     def __init__(self) -> None:
         self.pools: list[pb.WarmPoolStatus] = []
+        self.set_calls = 0
 
     async def SetWarmPool(self, request: Any, context: Any) -> pb.SetWarmPoolResponse:
+        self.set_calls += 1
         return pb.SetWarmPoolResponse(pools=self.pools)
 
 
@@ -444,6 +449,13 @@ def test_a_claimed_sandbox_has_its_own_limits(platform: Platform, alice: Tenant,
     assert _cgroup(platform, claimed, "memory", "memory.memsw.limit_in_bytes") == str(256 << 20)
     assert _cgroup(platform, claimed, "cpu", "cpu.cfs_quota_us") == "200000"
     assert _cgroup(platform, claimed, "pids", "pids.max") == "1024"
+    # The disk (a tmpfs charged to memory) at the size a cold create of 256 MiB makes, as mounted.
+    disk_mb = alice.w("GET", f"/v1/sandboxes/{claimed}").json()["disk_size_mb"]
+    assert disk_mb <= sandbox_fs.disk_size(256, 1 << 20).mb  # what fits in 256 MiB
+    disk = str(platform.agents[0].data_dir / "sandboxes" / claimed / "disk")
+    mounts = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    options = [m[-1] for m in mounts if m[4] == disk]
+    assert len(options) == 1 and f"size={disk_mb * 1024}k" in options[0].split(","), (disk, options)
     # ...and they hold: 400 MiB fit the member's 512 MiB, not the sandbox's 256.
     r = alice.x(claimed, "python3 -c 'b = bytearray(400 << 20); b[::4096] = b\"x\" * len(b[::4096])'")
     assert r.status_code == 200 and r.json()["exit_code"] != 0, r.text
@@ -544,3 +556,57 @@ def test_pool_members_are_in_no_list(platform: Platform, alice: Tenant, claimed:
     assert audit.status_code == 200 and "wp-" not in audit.text, audit.text[:500]
     rows = _sql(platform, "SELECT count(*) FROM sandboxes WHERE status NOT IN ('stopped', 'error')")
     assert rows[0][0] == 1, rows  # alice's, and nothing for the ready member
+
+
+async def test_a_host_that_keeps_reporting_its_pools_empty_is_not_reapplied_in_a_loop(
+    platform: Platform, mallory: Tenant, rogue: RogueHost, tmp_path: Path
+) -> None:
+    """Each heartbeat whose pools differ from the sizes set through the API had the CP apply
+    them again (an RPC, and the template's layers pushed first when the host says it lacks
+    them): an agent beating as fast as it likes, always reporting no pools, had that done in a
+    loop. Now at most once per ``REAPPLY_EVERY_S`` per host."""
+    r = await asyncio.to_thread(
+        _jwt, mallory, "POST", "/v1/hosts", {"type": "byoc", "team_id": mallory.team_id}
+    )
+    assert r.status_code == 201, r.text
+    host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+    agent = LyingAgent()
+    server, _ = await serve_fake_agent(agent, platform.url, token, tmp_path)
+    try:
+        creds = load_credentials(tmp_path)
+        assert creds is not None
+        host = RogueHost(mallory, host_id, creds.jwt)
+        r = await asyncio.to_thread(_put_pool, partial(_jwt, mallory), host_id, "minimal", 1)
+        assert r.status_code == 200 and agent.set_calls == 1, r.text
+        started = time.monotonic()
+        assert (await asyncio.to_thread(host.beat, {"warm_pools": []})).status_code == 204
+        deadline = time.monotonic() + 60
+        while agent.set_calls < 2:  # the first difference is applied again
+            assert time.monotonic() < deadline, "the size was not applied again"
+            await asyncio.sleep(0.1)
+        for _ in range(30):
+            assert (await asyncio.to_thread(host.beat, {"warm_pools": []})).status_code == 204
+            await asyncio.sleep(0.05)  # room for a background application to run, if one started
+        # A call made after the beats: whatever they started is under way or done by now.
+        r = await asyncio.to_thread(_put_pool, partial(_jwt, mallory), host_id, "minimal", 1)
+        assert r.status_code == 200, r.text
+        allowed = 3 + int((time.monotonic() - started) // warm_pools.REAPPLY_EVERY_S)
+        assert agent.set_calls <= allowed, (agent.set_calls, allowed)
+    finally:
+        await server.stop(0)
+        await asyncio.to_thread(_jwt, mallory, "DELETE", f"/v1/hosts/{host_id}?force=true")
+
+
+def test_a_runtime_no_host_of_the_team_offers_is_a_503_naming_it(rogue: RogueHost) -> None:
+    """mallory's only host offers runc: gvisor and crun are 503 ``no_hosts_available`` naming the
+    runtime (and what her hosts offer); runc goes to her host, where nothing answers: 502/503,
+    never a 500."""
+    assert rogue.beat({"runtimes": ["runc"]}).status_code == 204
+    for runtime in ("gvisor", "crun"):
+        r = rogue.owner.w("POST", "/v1/sandboxes", {"template": "minimal", "runtime": runtime})
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "no_hosts_available" and f"with the {runtime} runtime" in err["message"], err
+    r = rogue.owner.w("POST", "/v1/sandboxes", {"template": "minimal", "runtime": "runc"})
+    assert r.status_code in (502, 503), r.text
+    assert rogue.owner.w("GET", "/v1/sandboxes").json() == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -43,6 +44,11 @@ log = logging.getLogger("warren.warm_pools")
 _RPC_TIMEOUT_S = 60.0
 # Applications started from heartbeats, kept referenced until they finish.
 _reapplying: dict[uuid.UUID, asyncio.Task[None]] = {}
+# A host's sizes are applied again at most this often: its agent chooses how often it beats and
+# what it reports, and each application may push the template's layers to it again (a hostile
+# BYOC agent that reports its pools empty and its layers missing had them streamed in a loop).
+REAPPLY_EVERY_S = 30.0
+_reapplied_at: dict[uuid.UUID, float] = {}
 
 
 def _checked(template: str, size: int) -> None:
@@ -156,13 +162,22 @@ async def reapply_after_heartbeat(
 ) -> None:
     """When a host reported pools other than the sizes set through the API (its agent
     restarted), apply those sizes again, in the background: the heartbeat is answered at once,
-    and a host has one application running at a time."""
-    if reported is None or host_uuid in _reapplying:
+    and a host has one application running at a time, at most one every ``REAPPLY_EVERY_S``."""
+    now = time.monotonic()
+    if (
+        reported is None
+        or host_uuid in _reapplying
+        or now - _reapplied_at.get(host_uuid, -1e9) < REAPPLY_EVERY_S
+    ):
         return
     async with autocommit(engine) as conn:
         row = (await conn.execute(sa.select(hosts).where(hosts.c.id == host_uuid))).mappings().first()
     if row is None or not (stale := stale_targets(row["warm_pool_targets"], reported)):
         return
+    if len(_reapplied_at) > 4096:  # hosts long gone
+        for gone in [h for h, t in _reapplied_at.items() if now - t >= REAPPLY_EVERY_S]:
+            del _reapplied_at[gone]
+    _reapplied_at[host_uuid] = now
     task = asyncio.create_task(_reapply(engine, pool, store, row, stale))
     _reapplying[host_uuid] = task
     task.add_done_callback(lambda _t: _reapplying.pop(host_uuid, None))
