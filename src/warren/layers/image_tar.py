@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 from warren.layers.extract import _Namespace, _owner, _whiteout_target
 from warren.layers.hashing import LayerError
@@ -79,6 +80,7 @@ class _Converter:
         self.buf = bytearray()
         self.emitted: set[tuple[bytes, ...]] = set()
         self.ids: dict[tuple[int, int, int], tuple[bytes, int]] = {}  # fields, their byte sum
+        self.last_parents: tuple[bytes, ...] | None = None  # all emitted (emitted only grows)
         # A directory is held back until the next member: an opaque marker right after it
         # becomes its xattr.
         self.pending: tuple[tuple[bytes, ...], Member] | None = None
@@ -155,11 +157,14 @@ class _Converter:
         self._header(parts, DIR, m.mode, uid, gid, 0, m.mtime_ns)
 
     def _parents(self, parts: tuple[bytes, ...], m: Member) -> None:
+        if parts == self.last_parents:  # siblings follow each other: their parents are out
+            return
         for i in range(1, len(parts) + 1):
             p = parts[:i]
             if p not in self.emitted:
                 self._claim(p, m)
                 self._header(p, DIR, 0o755, self.uid_base, self.uid_base, 0, 0)
+        self.last_parents = parts
 
     def _claim(self, parts: tuple[bytes, ...], m: Member) -> None:
         if parts in self.emitted:
@@ -218,7 +223,8 @@ class _Converter:
 
     def _data(self, m: Member, source: Source) -> None:
         if m.size <= INLINE_MAX:
-            self.buf += source.read_exact(m.size, str(m))
+            # m, not str(m): the message is only formatted on an error
+            self.buf += source.read_exact(m.size, cast(str, m))
             self.buf += bytes(-m.size % BLOCK)
             if len(self.buf) >= FLUSH_AT:
                 self._flush()
