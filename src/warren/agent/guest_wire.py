@@ -83,6 +83,15 @@ def json_object(payload: bytes) -> dict[str, Any]:
     return out
 
 
+def exit_of(event: dict[str, Any]) -> tuple[int, str] | None:
+    """An ``exit`` event's exit code and error text (cut to 1 KiB), the same for a command and a
+    terminal; None when its code is not a 32-bit int (the proto's field)."""
+    code = event.get("exit_code")
+    if not isinstance(code, int) or isinstance(code, bool) or not -(1 << 31) <= code < 1 << 31:
+        return None
+    return code, str(event.get("error") or "")[:1024]
+
+
 def error_from(payload: bytes) -> GuestError:
     try:
         d = json.loads(payload)
@@ -263,16 +272,11 @@ class ExecSession:
                 return ExecEvent(kind="error", pid=self.pid, error=e.message)
             if d.get("type") == "exit":
                 self._finish()
-                code = d.get("exit_code")
-                if not isinstance(code, int) or isinstance(code, bool) or not -(1 << 31) <= code < 1 << 31:
+                if (ended := exit_of(d)) is None:
                     return ExecEvent(kind="error", pid=self.pid, error="the guest sent an invalid exit code")
-                return ExecEvent(
-                    kind="exit",
-                    pid=self.pid,
-                    exit_code=code,
-                    error=str(d.get("error") or "")[:1024],
-                    timed_out=d.get("timed_out") is True,
-                )
+                code, error = ended
+                timed_out = d.get("timed_out") is True
+                return ExecEvent(kind="exit", pid=self.pid, exit_code=code, error=error, timed_out=timed_out)
             return ExecEvent(kind="start", pid=self.pid)
         self._finish()
         if kind == K_ERROR:

@@ -24,6 +24,7 @@ from warren.agent.guest_wire import (
     GuestAddress,
     GuestError,
     error_from,
+    exit_of,
     jdump,
     json_object,
     open_started,
@@ -87,9 +88,8 @@ class PtySession:
                 d = json_object(payload)
             except GuestError as e:
                 return PtyEvent("error", error=e.message)
-            code = d.get("exit_code")
-            if d.get("type") == "exit" and isinstance(code, int) and -(1 << 31) <= code < 1 << 31:
-                return PtyEvent("exit", exit_code=code, error=str(d.get("error") or "")[:1024])
+            if d.get("type") == "exit" and (ended := exit_of(d)) is not None:
+                return PtyEvent("exit", exit_code=ended[0], error=ended[1])
             return PtyEvent("error", error="the guest sent an invalid terminal event")
         if kind == K_ERROR:
             err = error_from(payload)
