@@ -250,6 +250,22 @@ class GuestClient:
         except TimeoutError as e:
             raise GuestError("timeout", f"guest did not answer {req.get('op')!r} in time") from e
 
+    async def _open_stream(self, req: dict[str, Any], what: str) -> Conn:
+        """The connection of a streaming op (a file read, a watch) once the guest has accepted
+        ``req``: its refusal is raised, and no answer within ``op_timeout`` is a ``timeout``
+        ("guest did not <what> in time"). The caller closes the connection."""
+        conn = await Conn.open(self.socket_path)
+        try:
+            conn.send(K_REQ, jdump(req))
+            async with asyncio.timeout(self.op_timeout):
+                await conn.result()
+        except BaseException as e:
+            conn.close()
+            if isinstance(e, TimeoutError):
+                raise GuestError("timeout", f"guest did not {what} in time") from e
+            raise
+        return conn
+
     async def _open_session(self, req: dict[str, Any], stdin: bytes | None = None) -> ExecSession:
         conn, pid = await open_started(self.socket_path, req, stdin)
         return ExecSession(conn, ExecEvent(kind="start", pid=pid))
@@ -425,14 +441,9 @@ class GuestClient:
     async def read_file(self, path: str, chunk_size: int = 65536, *, user: str = "") -> AsyncIterator[bytes]:
         """Stream a file's content. Raises GuestError (e.g. ``not_found``) before the first
         chunk. Memory stays bounded: the guest only reads ahead what the socket can hold."""
-        conn = await Conn.open(self.socket_path)
+        req = {"op": "read", "path": path, "chunk_size": chunk_size, **_as(user)}
+        conn = await self._open_stream(req, f"open {path!r}")
         try:
-            conn.send(K_REQ, jdump({"op": "read", "path": path, "chunk_size": chunk_size, **_as(user)}))
-            try:
-                async with asyncio.timeout(self.op_timeout):
-                    await conn.result()
-            except TimeoutError as e:
-                raise GuestError("timeout", f"guest did not open {path!r} in time") from e
             while True:
                 kind, payload = await conn.recv()
                 if kind == K_DATA:
@@ -533,14 +544,9 @@ class GuestClient:
         ends the guest's watch) or the directory itself goes. Errors (``not_found``,
         ``too_large`` past the watch cap, ``permission``) are raised before the first batch;
         the first item is an empty batch once every watch is in place."""
-        conn = await Conn.open(self.socket_path)
+        req = {"op": "watch", "path": path, "recursive": recursive, **_as(user)}
+        conn = await self._open_stream(req, f"start watching {path!r}")
         try:
-            conn.send(K_REQ, jdump({"op": "watch", "path": path, "recursive": recursive, **_as(user)}))
-            try:
-                async with asyncio.timeout(self.op_timeout):
-                    await conn.result()
-            except TimeoutError as e:
-                raise GuestError("timeout", f"guest did not start watching {path!r} in time") from e
             yield WatchBatch([], False)
             while True:
                 kind, payload = await conn.recv()
