@@ -21,6 +21,20 @@ MAX_CIDRS = 64
 Catalog = dict[str, tuple[str, ...]]
 
 
+def ipv4_network(text: str) -> str:
+    """``text`` as an IPv4 network in its normal form, host bits not set (an address is a /32);
+    ValueError saying why not. An IPv6 one is refused: sandboxes have no IPv6. The one rule for
+    the operator's ranges, a sandbox's own rules (egress_rules.py) and the agent's check of a
+    create's ranges (agent/egress.py)."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{text[:64]!r} is not an IPv4 address or CIDR ({e})") from None
+    if net.version != 4:
+        raise ValueError(f"{net} is IPv6; sandboxes have no IPv6")
+    return str(net)
+
+
 @functools.lru_cache(maxsize=8)
 def parse_ranges(text: str) -> Catalog:
     """``name=cidr[,cidr…][;name=…]`` → {name: CIDRs}; ValueError saying what is wrong."""
@@ -36,12 +50,9 @@ def parse_ranges(text: str) -> Catalog:
         cidrs: list[str] = []
         for item in filter(None, (c.strip() for c in cidrs_text.split(","))):
             try:
-                net = ipaddress.ip_network(item, strict=True)
+                cidrs.append(ipv4_network(item))
             except ValueError as e:
-                raise ValueError(f"{where}: {item!r} is not a CIDR ({e})") from None
-            if net.version != 4:
-                raise ValueError(f"{where}: {net} is IPv6; sandboxes have no IPv6")
-            cidrs.append(str(net))
+                raise ValueError(f"{where}: {e}") from None
         if not cidrs or len(cidrs) > MAX_CIDRS:
             raise ValueError(f"{where} needs 1 to {MAX_CIDRS} CIDRs")
         catalog[name] = tuple(dict.fromkeys(cidrs))

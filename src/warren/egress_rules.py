@@ -15,12 +15,12 @@ open what the platform closes (private ranges, the host, the control plane, othe
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from warren.egress_ranges import ipv4_network
 from warren.errors import InvalidRequest
 
 MAX_RULES = 256  # allow_out and deny_out together, per sandbox
@@ -104,12 +104,9 @@ def _entry(field: str, i: int, raw: object) -> tuple[str, bool]:
         raise InvalidRequest(f"{where}: {len(text)} characters; a name is at most {MAX_NAME} characters")
     if re.fullmatch(r"[0-9./]+", text) or ":" in text:
         try:
-            net = ipaddress.ip_network(text, strict=True)
+            return ipv4_network(text), False
         except ValueError as e:
-            raise InvalidRequest(f"{where}: {text[:64]!r} is not an IPv4 address or CIDR ({e})") from None
-        if net.version != 4:
-            raise InvalidRequest(f"{where}: {net} is IPv6; sandboxes have no IPv6")
-        return str(net), False
+            raise InvalidRequest(f"{where}: {e}") from None
     name = _name(text)
     if name is None:
         raise InvalidRequest(

@@ -56,6 +56,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from warren.agent.proc import run
+from warren.egress_ranges import ipv4_network
 from warren.errors import InvalidRequest
 
 log = logging.getLogger("warren.agent.egress")
@@ -106,13 +107,11 @@ def parse_allow(values: Iterable[str]) -> list[str]:
     out: list[str] = []
     for v in values:
         try:
-            net = ipaddress.ip_network(v.strip(), strict=True)
+            cidr = ipv4_network(v.strip())
         except ValueError as e:
-            raise InvalidRequest(f"egress_allow: {v[:64]!r} is not a CIDR ({e})") from None
-        if net.version != 4:
-            raise InvalidRequest(f"egress_allow: {net} is IPv6; sandboxes have no IPv6 egress")
-        if str(net) not in out:
-            out.append(str(net))
+            raise InvalidRequest(f"egress_allow: {e}") from None
+        if cidr not in out:
+            out.append(cidr)
     if len(out) > MAX_ALLOW:
         raise InvalidRequest(f"egress_allow: {len(out)} ranges, at most {MAX_ALLOW}")
     return out
