@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -71,7 +71,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def control_plane(home: Path, workers: int = 1) -> Iterator[tuple[str, str, int]]:
+def control_plane(
+    home: Path, workers: int = 1, prefix: Sequence[str] = (), start_timeout_s: float = 30
+) -> Iterator[tuple[str, str, int]]:
+    """The embedded PostgreSQL, migrated, and one uvicorn CP on it: (its URL, the database URL,
+    its pid). ``prefix`` runs the CP under another program (bench/cp_create.py: callgrind)."""
     from warren.cp.db import migrate
     from warren.cp.db.embedded import EmbeddedPostgres
 
@@ -122,10 +126,10 @@ def control_plane(home: Path, workers: int = 1) -> Iterator[tuple[str, str, int]
             import uvloop  # noqa: F401
 
             cmd += ["--loop", "uvloop"]
-        proc = subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen([*prefix, *cmd], env=env)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout_s
             while True:
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(url + "/healthz", timeout=1).status_code == 200:
@@ -157,7 +161,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def setup(
-    url: str, database_url: str, root: Path, agent_cpus: set[int] | None
+    url: str, database_url: str, root: Path, agent_cpus: set[int] | None, heartbeat_s: str = "30"
 ) -> tuple[str, list[AgentProcess], str]:
     import sqlalchemy as sa
 
@@ -182,8 +186,10 @@ async def setup(
         for i, ip in enumerate(["127.0.0.2", "127.0.0.3", "127.0.0.4"]):
             r = await http.post("/v1/hosts", json={"type": "regular"}, headers=auth)
             r.raise_for_status()
-            # The real heartbeat interval: the tests' 1 s would charge the CP 3 beats a second.
-            agent = AgentProcess.registered(ip, root / f"agent{i}", url, cpus=agent_cpus, heartbeat_s="30")
+            # The real heartbeat interval (30 s): the tests' 1 s would charge the CP 3 beats a second.
+            agent = AgentProcess.registered(
+                ip, root / f"agent{i}", url, cpus=agent_cpus, heartbeat_s=heartbeat_s
+            )
             agents.append(await agent.astart(r.json()["registration_token"]))
         r = await http.post("/v1/api-keys", json={"name": "bench"}, headers=auth)
         r.raise_for_status()

@@ -1,0 +1,237 @@
+"""The control plane's work per create, counted rather than timed (issue 17, a cheaper create).
+
+    sudo .venv/bin/python bench/cp_create.py [--n 20] [--burst 20] [--no-callgrind]
+    sudo PYTHONPATH=/tmp/wt-old/src .venv/bin/python bench/cp_create.py   # another tree's CP
+
+CPU time on this shared 2-core machine swings ±30 % between runs of the same code, more than the
+changes it should judge; instructions and statements do not. The platform is bench/schedule.py's
+(the embedded PostgreSQL, migrated; one uvicorn CP; three real agents, heartbeating once),
+with the CP under ``valgrind --tool=callgrind`` (instrumentation switched on only once the
+platform is up and warm). It prints:
+
+  1. the statements a create sends to PostgreSQL (``log_statement = all`` while three creates run
+     one at a time, between markers): how many, and which;
+  2. the CP's instructions per create (callgrind's ``Ir``, every thread): --n creates one at a
+     time, then a burst of --burst concurrent ones, raw and less the idle CP's rate over as long
+     (its background loops; those this harness can slow down are slowed, see ``QUIET``), each
+     measurement --reps times;
+  3. the same for the API's cheapest authenticated request (GET of an unknown sandbox: HTTP,
+     the API-key check, one statement), the floor under any request.
+
+Run it against another tree with ``PYTHONPATH=<tree>/src``: the migrations and the CP are then
+that tree's (the first line says which ``warren`` it imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+
+import warren  # noqa: E402
+from bench.schedule import Conn, control_plane, setup  # noqa: E402
+from warren import ids  # noqa: E402
+from warren.cp.hosts.client_pool import HostClientPool  # noqa: E402
+from warren.cp.security.ca import CertificateAuthority  # noqa: E402
+
+# Background loops that would otherwise add their statements to every window: slowed (none of
+# them is on the create path). Heartbeats are bench/schedule.py's 30 s.
+QUIET = {
+    "WARREN_LIFETIME_SWEEP_INTERVAL_S": "3600",
+    "WARREN_REPLICA_LEASE_INTERVAL_S": "600",
+    "WARREN_REPLICA_LEASE_TTL_S": "1200",
+}
+# The agents beat once at start, then not again while this runs (the host monitor, which would
+# mark them unreachable, runs hourly in bench/schedule.py's CP): no heartbeat lands in a window.
+HEARTBEAT_S = "3600"
+_THREAD_IR = re.compile(r"^\s*Th\s+\d+\s+([\d,]+)", re.M)
+
+
+def callgrind(pid: int, *args: str) -> str:
+    out = subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def instructions(pid: int) -> int:
+    """The CP's instructions since the last zero, all its threads."""
+    counts = _THREAD_IR.findall(callgrind(pid, "-e", "Ir"))
+    if not counts:
+        raise RuntimeError("callgrind_control printed no Ir")
+    return sum(int(c.replace(",", "")) for c in counts)
+
+
+async def create(c: Conn) -> str:
+    status, _, data = await c.request("POST", "/v1/sandboxes", b'{"timeout_sec": 0}')
+    if status != 201:
+        raise RuntimeError(f"create -> {status}: {data[:300]!r}")
+    return str(json.loads(data)["id"])
+
+
+async def destroy_all(url: str, key: str, sids: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=300) as http:
+        for sid in sids:
+            r = await http.delete(f"/v1/sandboxes/{sid}")
+            r.raise_for_status()
+
+
+def logged(text: str) -> list[str]:
+    """The statements in a stretch of PostgreSQL's log (each from its ``LOG:`` line to the next
+    line with a level: statements span lines), whitespace folded."""
+    out = []
+    for entry in re.split(r"\n[^\n]*?(?:LOG|DETAIL|ERROR|WARNING):  ", "\n" + text):
+        m = re.match(r"\s*(?:execute [^:]*|statement): (.*)", entry, re.S)
+        if m:
+            out.append(" ".join(m.group(1).split()))
+    return out
+
+
+async def statements(url: str, key: str, pg_url: str, log: Path, n: int = 3) -> list[list[str]]:
+    """The statements each of ``n`` creates sent, from PostgreSQL's own log."""
+    db = await asyncpg.connect(pg_url)
+    u = httpx.URL(url)
+    c = Conn(u.host, u.port or 80, key)
+    await c.open()
+    per_create: list[list[str]] = []
+    sids = []
+    try:
+        await db.execute("ALTER SYSTEM SET log_statement = 'all'")
+        await db.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(1)
+        for i in range(n):
+            start = log.stat().st_size
+            await db.execute(f"SELECT 'bench-mark-{i}'")
+            sids.append(await create(c))
+            await db.execute(f"SELECT 'bench-mark-end-{i}'")
+            await asyncio.sleep(0.5)  # the log is written by the backends themselves
+            with open(log, "rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace")
+            body = text.split(f"bench-mark-{i}'", 1)[1].split(f"bench-mark-end-{i}", 1)[0]
+            # From the first entry after the opening marker to the closing marker's (left out).
+            per_create.append(logged(body.split("LOG:  ", 1)[-1].rsplit("LOG:  ", 1)[0]))
+    finally:
+        await db.execute("ALTER SYSTEM RESET log_statement")
+        await db.execute("SELECT pg_reload_conf()")
+        await db.close()
+        c.close()
+    await destroy_all(url, key, sids)
+    return per_create
+
+
+async def counted(pid: int, work: object) -> tuple[int, float]:
+    """Instructions (and wall seconds) the CP spent while ``work`` (an awaitable) ran."""
+    callgrind(pid, "-z")
+    t0 = time.perf_counter()
+    await work  # type: ignore[misc]
+    return instructions(pid), time.perf_counter() - t0
+
+
+async def measure(url: str, key: str, pid: int, n: int, burst: int, reps: int) -> None:
+    u = httpx.URL(url)
+    conns = [Conn(u.host, u.port or 80, key) for _ in range(max(n, burst))]
+    await asyncio.gather(*(c.open() for c in conns))
+    sids: list[str] = []
+
+    async def one_at_a_time() -> None:
+        for _ in range(n):
+            sids.append(await create(conns[0]))
+
+    async def concurrent() -> None:
+        sids.extend(await asyncio.gather(*(create(c) for c in conns[:burst])))
+
+    missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
+
+    async def floor() -> None:
+        for _ in range(n):
+            status, _, _ = await conns[0].request("GET", missing)
+            assert status == 404, status
+
+    # Warm-up at the burst's concurrency too: the database pool's extra connections opened and
+    # their statements prepared, which a steady CP has done long before.
+    for _ in range(2):
+        await concurrent()
+        await destroy_all(url, key, sids)
+        sids.clear()
+    idle, idle_dt = await counted(pid, asyncio.sleep(10))
+    rate = idle / idle_dt
+    print(f"idle CP: {rate / 1e6:.3f} M Ir/s (taken off below)")
+    print(f"{'':34}{'n':>4}{'M Ir / request':>16}{'less idle':>11}")
+    for label, work, k in (
+        ("create, one at a time", one_at_a_time, n),
+        (f"create, {burst} concurrent", concurrent, burst),
+        ("GET unknown sandbox (the floor)", floor, n),
+    ) * reps:
+        ir, dt = await counted(pid, work())
+        print(f"  {label:<32}{k:>4}{ir / k / 1e6:>16.3f}{(ir - rate * dt) / k / 1e6:>11.3f}")
+        await destroy_all(url, key, sids)
+        sids.clear()
+    for c in conns:
+        c.close()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    os.environ.update(QUIET)
+    with tempfile.TemporaryDirectory(prefix="warren-bench-cpcreate-", ignore_cleanup_errors=True) as d:
+        home = Path(d)
+        os.chmod(home, 0o755)
+        prefix = (
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={home}/cg.out"]
+            if args.callgrind
+            else []
+        )
+        with control_plane(home, prefix=prefix, start_timeout_s=600) as (url, pg_url, pid):
+            key, agents, _ = await setup(url, pg_url, home / "agents", None, heartbeat_s=HEARTBEAT_S)
+            pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
+            try:
+                # Warm up: the CP's caches, its database pool, its channels to the agents.
+                u = httpx.URL(url)
+                c = Conn(u.host, u.port or 80, key)
+                await c.open()
+                await destroy_all(url, key, [await create(c) for _ in range(6)])
+                c.close()
+                log = next(home.rglob("postgres.log"))
+                per_create = await statements(url, key, pg_url, log)
+                counts = [len(s) for s in per_create]
+                print(f"statements per create (3 creates, one at a time): {counts}")
+                for text, k in Counter(s for st in per_create for s in st).items():
+                    print(f"  {k}x {' '.join(text.split())[:150]}")
+                if args.callgrind:
+                    callgrind(pid, "-i", "on")
+                    await measure(url, key, pid, args.n, args.burst, args.reps)
+            finally:
+                # A failed run must not leave sandboxes behind (a stopped agent leaves them running).
+                await asyncio.gather(*(a.destroy_all_over(pool) for a in agents))
+                await pool.close()
+                await asyncio.gather(*(a.astop() for a in agents))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20, help="creates one at a time (and floor requests)")
+    ap.add_argument("--burst", type=int, default=20, help="concurrent creates")
+    ap.add_argument("--reps", type=int, default=2, help="each measurement this many times")
+    ap.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="statements only")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/cp_create.py runs real agents: run it as root")
+    print(f"warren from {Path(warren.__file__).parent}")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
