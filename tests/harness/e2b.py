@@ -16,10 +16,10 @@ Usage in a test module (module-scoped, one platform per module)::
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tests.harness.environ import environ
 from tests.harness.platform import Platform
 
 # FROM minimal (Debian minbase: bash, useradd) with E2B's account `user` (uid 1000) as the
@@ -60,14 +60,6 @@ def e2b_environment(platform: Platform, *, template: str | None = None) -> Itera
     afterwards), with the test template built unless ``template`` names another."""
     name = template or build_test_template(platform)
     url = platform.cp.e2b_url
-    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
-    os.environ.update({"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_API_KEY": platform.api_key})
-    os.environ.pop("E2B_DOMAIN", None)
-    try:
+    values = {"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_API_KEY": platform.api_key}
+    with environ(values, unset=["E2B_DOMAIN"]):
         yield E2BEnv(platform, url, platform.api_key, name)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

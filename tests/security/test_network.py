@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.environ import environ
 from tests.harness.leaks import slot_held_by_another
 from tests.harness.platform import Platform, start_platform
 from tests.harness.tenant import Tenant
@@ -112,16 +113,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     if os.geteuid() != 0:
         pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
     env = {"WARREN_EGRESS_RANGES": RANGES, "WARREN_AGENT_EGRESS_DENY": PLATFORM_DB}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         p = await start_platform(db_url, platform_dir)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield p
     finally:

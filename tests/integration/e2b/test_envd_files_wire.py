@@ -21,6 +21,7 @@ import pytest
 
 from tests.harness.cp import JWT_SECRET
 from tests.harness.e2b import E2B_TEST_TEMPLATE, build_test_template
+from tests.harness.environ import environ
 from tests.harness.platform import Platform
 from tests.integration.e2b.envd_wire import envelope, envelopes
 from warren.cp.services.envd_tokens import envd_access_token
@@ -36,16 +37,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     """The module's platform with a preview domain (host-name routing) and a 1 MiB upload cap."""
     from tests.harness.platform import start_platform
 
-    saved = {k: os.environ.get(k) for k in ("WARREN_PREVIEW_DOMAIN", "WARREN_MAX_UPLOAD_BYTES")}
-    os.environ.update({"WARREN_PREVIEW_DOMAIN": DOMAIN, "WARREN_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)})
-    try:
+    with environ({"WARREN_PREVIEW_DOMAIN": DOMAIN, "WARREN_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}):
         p = await start_platform(db_url, platform_dir)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield p
     finally:

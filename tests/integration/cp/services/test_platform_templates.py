@@ -9,7 +9,6 @@ when current) and not the mirror. The package's own spec is checked by the parse
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.harness.cp import InProcessCP
+from tests.harness.environ import environ
 from tests.harness.platform import Platform, start_platform
 from warren import Sandbox
 from warren.cp.services import platform_templates
@@ -47,16 +47,8 @@ async def spec_path(platform_dir: Path) -> Path:
 async def base_platform(db_url: str, platform_dir: Path, spec_path: Path) -> AsyncIterator[Platform]:
     # The CP process takes its settings from the environment it starts with.
     env = {"WARREN_BUILD_BASE_TEMPLATE": "1", "WARREN_BASE_TEMPLATE_SPEC": str(spec_path)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         p = await start_platform(db_url, platform_dir)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield p
     finally:
