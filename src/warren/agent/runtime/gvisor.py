@@ -316,6 +316,9 @@ class GvisorRuntime:
             shutil.rmtree(image, ignore_errors=True)
             raise RuntimeError_(f"runsc checkpoint failed: {_first_line(res.stderr)}")
         (image / COMPLETE).write_text("")
+        # Its processes have ended; the cgroups go now (they hold the charge of the image's page
+        # cache until removed), runsc's delete of the container in the background.
+        await remove_cgroups(sandbox_id)
         size = image_size(image)
         log.info(
             "event=sandbox_checkpointed sandbox_id=%s checkpoint_ms=%.0f bytes=%d",

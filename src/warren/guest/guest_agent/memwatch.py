@@ -4,13 +4,13 @@ Under gVisor the sandbox's memory cgroup is on the host, around gVisor's own ker
 sentry): at its limit the host's OOM killer would end the sentry, that is the whole sandbox. So
 the agent gives that cgroup a fixed headroom above the tenant's limit (runtime/gvisor.py) and
 the guest, PID 1 inside, enforces the tenant's limit itself, as Linux would in a runc sandbox:
-when the memory in use in the sandbox (``MemTotal - MemFree`` of gVisor's ``/proc/meminfo``:
-every process's memory, its page cache and tmpfs) passes the limit, the process with the
+when the memory in use in the sandbox (from gVisor's ``/proc/meminfo``: every process's memory
+and the tmpfs files, not the evictable page cache of disk files) passes the limit, the process with the
 largest resident set (never PID 1) gets SIGKILL, and the next one if that was not enough.
 
 Polling, not an event: gVisor has no memory pressure notification. The interval shrinks as the
 usage nears the limit (the time an allocation at :data:`MAX_RATE` would need to reach it,
-between :data:`MIN_INTERVAL` and :data:`MAX_INTERVAL`), so an idle sandbox costs ~10 reads a
+between :data:`MIN_INTERVAL` and :data:`MAX_INTERVAL`), so an idle sandbox costs ~5 reads a
 second and an allocation loop is caught within a few MiB of the limit.
 
 The limit is a file the agent writes before each start (``--memory-limit-file``; bytes, in
@@ -27,9 +27,10 @@ from .protocol import log
 
 MAX_RATE = 1 << 30  # bytes/s: faster than an allocation loop runs under gVisor's ptrace platform
 MIN_INTERVAL = 0.005
-MAX_INTERVAL = 0.1
+MAX_INTERVAL = 0.25
 LIMIT_REREAD = 1.0
-AFTER_KILL = 0.05  # let the victim's memory go back before measuring again
+VICTIM_WAIT = 2.0  # at most this long for a victim's memory to be counted free
+GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
 
 
 def _read(path: str) -> bytes:
@@ -41,14 +42,16 @@ def _read(path: str) -> bytes:
 
 
 def used_bytes() -> int:
-    """``MemTotal - MemFree``: gVisor's count of every page its kernel holds for the sandbox."""
-    total = free = 0
-    for line in _read("/proc/meminfo").splitlines()[:4]:
-        if line.startswith(b"MemTotal:"):
-            total = int(line.split()[1]) * 1024
-        elif line.startswith(b"MemFree:"):
-            free = int(line.split()[1]) * 1024
-    return max(0, total - free)
+    """``MemTotal - MemFree - (Cached - Shmem)``: what gVisor's kernel holds for the sandbox's
+    processes and tmpfs files, without the page cache of disk files (evictable: it is written
+    back to the disk). ``Cached`` counts tmpfs too (``Shmem``), which stays."""
+    fields = {}
+    for line in _read("/proc/meminfo").splitlines():
+        name, _, rest = line.partition(b":")
+        if name in (b"MemTotal", b"MemFree", b"Cached", b"Shmem"):
+            fields[name] = int(rest.split()[0]) * 1024
+    cache = max(0, fields.get(b"Cached", 0) - fields.get(b"Shmem", 0))
+    return max(0, fields.get(b"MemTotal", 0) - fields.get(b"MemFree", 0) - cache)
 
 
 def read_limit(path: str) -> int:
@@ -74,19 +77,47 @@ def largest() -> "tuple[int, int]":
     return best, best_rss
 
 
+def _gone(pid: int) -> bool:
+    try:
+        stat = _read(f"/proc/{pid}/stat")
+    except OSError:
+        return True
+    return stat.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
+
+
 def check(limit: int) -> float:
-    """One pass: kill when over ``limit``; the seconds until the next pass."""
+    """One pass: kill when over ``limit``; the seconds until the next pass. After a kill, no
+    other process is chosen until the victim's memory is counted free (as Linux's OOM killer
+    waits for an exiting victim): else a second, innocent one would go."""
     used = used_bytes()
     if used <= limit:
         return min(MAX_INTERVAL, max(MIN_INTERVAL, (limit - used) / MAX_RATE))
     pid, rss = largest()
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            log(f"out of memory: killed pid {pid} ({rss >> 20} MiB resident, {used >> 20} MiB in use)")
-        except OSError:
-            pass
-    return AFTER_KILL
+    if not pid:
+        return MAX_INTERVAL
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return MIN_INTERVAL
+    log(f"out of memory: killed pid {pid} ({rss >> 20} MiB resident, {used >> 20} MiB in use)")
+    _wait_freed(pid, limit)
+    return MIN_INTERVAL
+
+
+def _wait_freed(pid: int, limit: int) -> None:
+    """Until the victim's memory is counted free (gVisor frees it some tens of ms after the
+    exit), unless another process is meanwhile allocating (then it is the next one's turn)."""
+    deadline = time.monotonic() + VICTIM_WAIT
+    low = 0
+    while time.monotonic() < deadline:
+        used = used_bytes()
+        if used <= limit:
+            return
+        if _gone(pid):
+            low = min(low, used) if low else used
+            if used > low + GROWTH:
+                return
+        time.sleep(MIN_INTERVAL)
 
 
 def _run(limit_file: str) -> None:
