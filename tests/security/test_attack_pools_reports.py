@@ -408,3 +408,21 @@ def test_a_runtime_no_host_of_the_team_offers_is_a_503_naming_it(rogue: RogueHos
     r = rogue.owner.w("POST", "/v1/sandboxes", {"template": "minimal", "runtime": "runc"})
     assert r.status_code in (502, 503), r.text
     assert rogue.owner.w("GET", "/v1/sandboxes").json() == []
+
+
+def test_a_deleted_hosts_token_reports_nothing(platform: Platform, rogue: RogueHost) -> None:
+    """mallory deletes a host of hers and keeps its agent beating with its token: refused, and
+    the row stays gone (a heartbeat never brings a host back)."""
+    r = _jwt(rogue.owner, "POST", "/v1/hosts", {"type": "byoc", "team_id": rogue.owner.team_id})
+    assert r.status_code == 201, r.text
+    host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+    with httpx.Client(base_url=platform.url, timeout=60) as c:
+        r = c.post("/v1/hosts/register", json={"token": token, "address": "127.0.0.1:9"})
+    assert r.status_code == 201, r.text
+    gone = RogueHost(rogue.owner, host_id, r.json()["token"])
+    assert gone.beat({"runtimes": ["runc"]}).status_code == 204
+    assert _jwt(rogue.owner, "DELETE", f"/v1/hosts/{host_id}?force=true").status_code == 204
+    r = gone.beat({"runtimes": list(RUNTIMES), "warm_pools": [_POOL]})
+    assert r.status_code in (401, 404), r.text
+    assert _jwt(rogue.owner, "GET", f"/v1/hosts/{host_id}").status_code == 404
+    assert host_id not in _admin(platform, "GET", "/v1/hosts").text
