@@ -44,41 +44,46 @@ from warren.layers.tarfmt import (
 _CACHE_MAX = 4096  # distinct fields remembered per layer: bounded whatever the tar holds
 
 
-class _Numbers:
-    """``tarfmt._number`` of the header fields that repeat (mode, owners, mtime), memoized."""
+class _Fields:
+    """The header fields that repeat from member to member, parsed once each (bounded): mode,
+    uid and gid together, and mtime. Parsed in tarfmt's order, so the same refusal comes first."""
 
     def __init__(self) -> None:
-        self.cache: dict[tuple[bytes, str], int] = {}
+        self.ids: dict[bytes, tuple[int, int, int]] = {}
+        self.mtimes: dict[bytes, int] = {}
 
-    def get(self, field: bytes, what: str) -> int:
-        key = (field, what)
-        n = self.cache.get(key)
-        if n is None:
-            n = _number(field, what, negative_is_zero=what == "mtime")
-            if len(self.cache) < _CACHE_MAX:
-                self.cache[key] = n
-        return n
+    def ids_of(self, blk: bytes) -> tuple[int, int, int]:
+        key = blk[100:124]
+        got = self.ids.get(key)
+        if got is None:
+            mode = _number(blk[100:108], "mode") & 0o7777
+            got = (mode, _number(blk[108:116], "uid"), _number(blk[116:124], "gid"))
+            if len(self.ids) < _CACHE_MAX:
+                self.ids[key] = got
+        return got
+
+    def mtime_ns_of(self, blk: bytes) -> int:
+        key = blk[136:148]
+        got = self.mtimes.get(key)
+        if got is None:
+            got = min(_number(key, "mtime", negative_is_zero=True) * 1_000_000_000, MAX_MTIME_NS)
+            if len(self.mtimes) < _CACHE_MAX:
+                self.mtimes[key] = got
+        return got
 
 
-def _plain_header(blk: bytes, nums: _Numbers) -> Member:
+def _plain_header(blk: bytes, fields: _Fields) -> Member:
     """``tarfmt._header`` of a header with no PAX record or GNU long name before it."""
     name = blk[:100].partition(b"\0")[0]
     if blk[257:265] == b"ustar\x0000":  # POSIX: the prefix field extends the name
         prefix = blk[345:500].partition(b"\0")[0]
         if prefix:
             name = prefix + b"/" + name
-    m = Member(
-        name,
-        blk[156:157],
-        nums.get(blk[100:108], "mode") & 0o7777,
-        nums.get(blk[108:116], "uid"),
-        nums.get(blk[116:124], "gid"),
-        _number(blk[124:136], "size"),
-        nums.get(blk[136:148], "mtime") * 1_000_000_000,
-        blk[157:257].partition(b"\0")[0],
+    mode, uid, gid = fields.ids_of(blk)
+    size = _number(blk[124:136], "size")
+    return Member(
+        name, blk[156:157], mode, uid, gid, size, fields.mtime_ns_of(blk), blk[157:257].partition(b"\0")[0]
     )
-    m.mtime_ns = min(m.mtime_ns, MAX_MTIME_NS)
-    return m
 
 
 def _fast_check_sum(blk: bytes) -> None:
@@ -95,7 +100,7 @@ def members(src: Source) -> Iterator[Member]:
     meta: dict[bytes, bytes] = {}
     long_name: bytes | None = None
     long_link: bytes | None = None
-    nums = _Numbers()
+    fields = _Fields()
     count = 0
     while True:
         blk = src.read_block()
@@ -119,7 +124,7 @@ def members(src: Source) -> Iterator[Member]:
             m = _header(blk, meta, long_name, long_link)
             meta, long_name, long_link = {}, None, None
         else:
-            m = _plain_header(blk, nums)
+            m = _plain_header(blk, fields)
         count += 1
         if count > tarfmt.MAX_MEMBERS:  # read each time, as tarfmt does (tests lower it)
             raise LayerError(f"more than {tarfmt.MAX_MEMBERS} members in one tar")
