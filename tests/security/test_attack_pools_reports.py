@@ -25,11 +25,12 @@ from tests.security.attack_helpers import as_user as _jwt
 from tests.security.attack_helpers import raw_json as _raw
 from tests.security.attack_helpers import sql as _sql
 from tests.security.attack_helpers import uuid_of as _uuid
+from tests.security.attack_helpers import wait_until as _wait
 from tests.security.attack_helpers import with_key as _call
 from warren import ids
 from warren.agent.control_plane import load_credentials
 from warren.config import RUNTIMES
-from warren.cp.services import warm_pools
+from warren.cp.services import host_link, warm_pools
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 from warren.sdk import InvalidArgumentError, Sandbox, SandboxUnavailableError
@@ -64,19 +65,24 @@ def mallory(platform: Platform) -> Tenant:
     return signup(platform.url, "mallory")
 
 
-@pytest.fixture(scope="module")
-def rogue(platform: Platform, mallory: Tenant) -> RogueHost:
-    r = _admin(platform, "PUT", f"/v1/admin/teams/{mallory.team_id}/byoc", {"enabled": True})
-    assert r.status_code == 204, r.text
-    r = _jwt(mallory, "POST", "/v1/hosts", {"type": "byoc", "team_id": mallory.team_id})
+def new_rogue_host(platform: Platform, owner: Tenant) -> RogueHost:
+    """A BYOC host of ``owner``'s, registered by this test at an address nothing listens on."""
+    r = _jwt(owner, "POST", "/v1/hosts", {"type": "byoc", "team_id": owner.team_id})
     assert r.status_code == 201, r.text
     host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
     with httpx.Client(base_url=platform.url, timeout=60) as c:
         r = c.post("/v1/hosts/register", json={"token": token, "address": "127.0.0.1:9"})
     assert r.status_code == 201, r.text
-    host = RogueHost(mallory, host_id, r.json()["token"])
+    host = RogueHost(owner, host_id, r.json()["token"])
     assert host.beat({"runtimes": ["runc"]}).status_code == 204
     return host
+
+
+@pytest.fixture(scope="module")
+def rogue(platform: Platform, mallory: Tenant) -> RogueHost:
+    r = _admin(platform, "PUT", f"/v1/admin/teams/{mallory.team_id}/byoc", {"enabled": True})
+    assert r.status_code == 204, r.text
+    return new_rogue_host(platform, mallory)
 
 
 def _host(platform: Platform, host_id: str) -> dict[str, Any]:
@@ -413,16 +419,34 @@ def test_a_runtime_no_host_of_the_team_offers_is_a_503_naming_it(rogue: RogueHos
 def test_a_deleted_hosts_token_reports_nothing(platform: Platform, rogue: RogueHost) -> None:
     """mallory deletes a host of hers and keeps its agent beating with its token: refused, and
     the row stays gone (a heartbeat never brings a host back)."""
-    r = _jwt(rogue.owner, "POST", "/v1/hosts", {"type": "byoc", "team_id": rogue.owner.team_id})
-    assert r.status_code == 201, r.text
-    host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
-    with httpx.Client(base_url=platform.url, timeout=60) as c:
-        r = c.post("/v1/hosts/register", json={"token": token, "address": "127.0.0.1:9"})
-    assert r.status_code == 201, r.text
-    gone = RogueHost(rogue.owner, host_id, r.json()["token"])
-    assert gone.beat({"runtimes": ["runc"]}).status_code == 204
+    gone = new_rogue_host(platform, rogue.owner)
+    host_id = gone.host_id
     assert _jwt(rogue.owner, "DELETE", f"/v1/hosts/{host_id}?force=true").status_code == 204
     r = gone.beat({"runtimes": list(RUNTIMES), "warm_pools": [_POOL]})
     assert r.status_code in (401, 404), r.text
     assert _jwt(rogue.owner, "GET", f"/v1/hosts/{host_id}").status_code == 404
     assert host_id not in _admin(platform, "GET", "/v1/hosts").text
+
+
+def test_a_host_beating_as_fast_as_it_can_is_held_back(platform: Platform, rogue: RogueHost) -> None:
+    """Each heartbeat is a write: mallory's agent beat 92 times a second, every one taken. Now a
+    burst, then ``BEATS_PER_S``: the rest are 429 with ``Retry-After``, and nobody else feels it."""
+    rogue = new_rogue_host(platform, rogue.owner)  # its own bucket: the module's host beats on
+    started = time.monotonic()
+    codes: dict[int, int] = {}
+    retry_after = set()
+    headers = {"X-Host-Token": rogue.host_token}
+    with httpx.Client(base_url=platform.url, timeout=60) as c:
+        for _ in range(200):
+            r = c.post(f"/v1/hosts/{rogue.host_id}/heartbeat", json={"runtimes": ["runc"]}, headers=headers)
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            if r.status_code == 429:
+                retry_after.add(r.headers.get("Retry-After"))
+    taken = host_link.BEAT_BURST + (time.monotonic() - started) * host_link.BEATS_PER_S
+    assert set(codes) <= {204, 429}, codes
+    assert codes.get(204, 0) <= taken, (codes, taken)
+    if codes.get(429):
+        assert retry_after == {"1"}, retry_after
+    assert _admin(platform, "GET", "/v1/hosts").status_code == 200
+    # A beat once the bucket refilled is taken again.
+    _wait(lambda: rogue.beat({"runtimes": ["runc"]}).status_code == 204, 60, "a heartbeat taken again")

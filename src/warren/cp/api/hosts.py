@@ -88,7 +88,7 @@ async def refresh(
     return await host_link.refresh(db, ca, settings.jwt_secret, body.refresh_token)
 
 
-@router.post("/{host_id}/heartbeat", status_code=204, responses=error_responses(400, 401, 403, 404))
+@router.post("/{host_id}/heartbeat", status_code=204, responses=error_responses(400, 401, 403, 404, 429))
 async def heartbeat(
     host_id: str, host: HostIdentity, db: Db, pool: Pool, store: Store,
     report: host_link.HostReport | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -32,7 +33,7 @@ from warren.cp.services import audit
 from warren.cp.services.hosts import HostCredentials, host_model
 from warren.cp.services.strict import INT32_MAX, INT64_MAX, StrictBody
 from warren.cp.services.warm_pool_state import WarmPoolReports
-from warren.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 
 log = logging.getLogger("warren.hosts")
 
@@ -269,12 +270,34 @@ _HEARTBEAT = sa.text(
 )
 
 
+# Heartbeats a host may send: a burst, then so many a second (an agent beats every 30 s, 1 s
+# in tests). A hostile BYOC agent chooses its own pace, and each beat is a write (and may start
+# a re-application of its warm pools): beyond this, 429. Per CP process, in memory.
+BEAT_BURST = 20.0
+BEATS_PER_S = 2.0
+_beats: dict[uuid.UUID, tuple[float, float]] = {}  # host -> (tokens, when counted)
+
+
+def _take_beat(host_uuid: uuid.UUID) -> None:
+    now = time.monotonic()
+    tokens, at = _beats.get(host_uuid, (BEAT_BURST, now))
+    tokens = min(BEAT_BURST, tokens + (now - at) * BEATS_PER_S)
+    if len(_beats) > 4096:  # hosts long gone: a full bucket is the same as none
+        for full in [h for h, (n, t) in _beats.items() if n + (now - t) * BEATS_PER_S >= BEAT_BURST]:
+            del _beats[full]
+    if tokens < 1:
+        _beats[host_uuid] = (tokens, now)
+        raise TooManyRequests("heartbeats too frequent", retry_after=1)
+    _beats[host_uuid] = (tokens - 1, now)
+
+
 async def heartbeat(
     engine: AsyncEngine, authenticated_host: uuid.UUID, host_id: str, report: HostReport | None = None
 ) -> None:
     host_uuid = ids.parse_id(ids.Kind.HOST, host_id)
     if host_uuid != authenticated_host:
         raise Forbidden("host ID mismatch")
+    _take_beat(host_uuid)
     async with transaction(engine) as conn:
         row = (await conn.execute(_HEARTBEAT, {"now": clock.now(), "id": host_uuid})).first()
         if row is None:
