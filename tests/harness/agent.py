@@ -275,6 +275,15 @@ class AgentProcess:
     def py(self, sb_id: str, code: str, *args: str, **kw: object) -> pb.ExecResponse:
         return self.exec(sb_id, "python3", "-c", code, *args, **kw)
 
+    def finish(self) -> None:
+        """The end of a test's agent: every sandbox it still holds destroyed (when it still
+        runs), then stopped, so that nothing is left behind however the test went."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.destroy_all()
+        finally:
+            self.stop()
+
     def destroy_all(self) -> None:
         """Destroy every sandbox a standalone agent holds."""
         for sb in self.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes:

@@ -33,8 +33,4 @@ def agent(agent_root: Path) -> Iterator[AgentProcess]:
     try:
         yield a
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            try:
-                a.destroy_all()
-            finally:
-                a.stop()
+        a.finish()

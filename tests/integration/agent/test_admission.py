@@ -56,8 +56,7 @@ def test_creates_past_the_limit_wait_their_turn(agent_root: Path) -> None:
         # All three were sent together, so two of them waited for a turn.
         assert sorted(q for _, _, q in created.values())[1] > 10, created
     finally:
-        agent.destroy_all()
-        agent.stop()
+        agent.finish()
 
 
 def test_default_limit_is_two_per_usable_cpu(agent: AgentProcess) -> None:
@@ -137,5 +136,4 @@ def test_pause_all_also_pauses_creates_under_way_and_queued(agent_root: Path) ->
         assert {sb.status for sb in listed.sandboxes} == {"paused"}, listed
         assert sorted(listed.auto_paused_sandbox_ids) == sorted(sb.sandbox_id for sb in listed.sandboxes)
     finally:
-        agent.destroy_all()
-        agent.stop()
+        agent.finish()

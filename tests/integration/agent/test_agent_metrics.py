@@ -41,10 +41,7 @@ def metered(agent_root: Path) -> Iterator[tuple[AgentProcess, str]]:
     try:
         yield a, f"http://127.0.0.1:{port}"
     finally:
-        try:
-            a.destroy_all()
-        finally:
-            a.stop()
+        a.finish()
 
 
 def _scrape(url: str) -> list[Sample]:

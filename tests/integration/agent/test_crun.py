@@ -34,6 +34,4 @@ def test_crun_create_exec_pause_resume_destroy(agent_root: Path) -> None:
         time.sleep(0.1)
         assert wait_no_leaks(agent, sb, r.host_ip) == []
     finally:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.destroy_all()
-            agent.stop()
+        agent.finish()

@@ -37,11 +37,7 @@ def agent(agent_root: Path) -> Iterator[AgentProcess]:
     try:
         yield a
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            try:
-                a.destroy_all()
-            finally:
-                a.stop()
+        a.finish()
 
 
 @pytest.fixture(scope="module")

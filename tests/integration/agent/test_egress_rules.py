@@ -148,11 +148,7 @@ def agent(agent_root: Path, internet: None) -> Iterator[AgentProcess]:
     try:
         yield a
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            try:
-                a.destroy_all()
-            finally:
-                a.stop()
+        a.finish()
 
 
 def rules(allow: list[str] | None = None, deny: list[str] | None = None) -> pb.EgressRules:

@@ -30,11 +30,7 @@ def extracting(agent_root: Path) -> Iterator[AgentProcess]:
     try:
         yield a
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            try:
-                a.destroy_all()
-            finally:
-                a.stop()
+        a.finish()
 
 
 def layer_dir(agent: AgentProcess, d: str) -> Path:
@@ -217,9 +213,5 @@ def test_a_restarted_agent_mounts_its_layers_again(agent_root: Path) -> None:
         a.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id))
         assert wait_no_leaks(a, r.sandbox_id, r.host_ip) == []
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            try:
-                a.destroy_all()
-            finally:
-                a.stop()
+        a.finish()
     assert wait_released(a.data_dir / "layers") == []

@@ -61,9 +61,7 @@ def test_kill9_then_restart_readopts_running_and_paused(agent_root: Path) -> Non
         assert len(agent.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes) == 5
         assert agent.exec(again.sandbox_id, "true").exit_code == 0
     finally:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.destroy_all()
-            agent.stop()
+        agent.finish()
     for m in made:
         assert wait_no_leaks(agent, m.sandbox_id, m.host_ip) == []
 
