@@ -6,10 +6,11 @@ What differs from runc (docs/agent.md, "gVisor"; docs/security.md, "Tiers"):
   ``eth0``'s address and routes and removes them from the host side, so the veth, the egress
   rules and NAT are those of a runc sandbox. This runsc version (20221219) refuses to start
   when ``/proc/sys/net/core/rmem_default`` exists in the sandbox's netns (its test for "the
-  host's netns"), which on Linux ≥ 6.x it does in every netns. Each runsc call therefore runs
-  in a throwaway private mount namespace where ``/proc/sys/net`` is covered by an empty tmpfs,
-  plus a second, pristine procfs mount elsewhere: the gofer mounts a fresh proc inside its
-  user namespace, which the kernel allows only while some proc mount is fully visible.
+  host's netns"), which on Linux ≥ 6.x it does in every netns. Each runsc call that starts a
+  sandbox (run, restore) therefore runs in a throwaway private mount namespace where
+  ``/proc/sys/net`` is covered by an empty tmpfs, plus a second, pristine procfs mount
+  elsewhere: the gofer mounts a fresh proc inside its user namespace, which the kernel allows
+  only while some proc mount is fully visible.
 * **Guest transport.** A unix socket bound inside the sandbox is in gVisor's kernel, not on the
   host, and a host-backed one (``--host-uds``) makes the sandbox impossible to checkpoint. The
   guest therefore also listens on TCP :data:`GUEST_PORT` behind a per-sandbox secret
@@ -142,11 +143,14 @@ class GvisorRuntime:
         self._addressed: set[str] = set()  # settled, with the address back in their netns
         state_root.mkdir(parents=True, exist_ok=True)
 
-    def _argv(self, *args: str, log_file: Path | None = None) -> list[str]:
+    def _argv(self, *args: str, log_file: Path | None = None, starts: bool = False) -> list[str]:
+        """``starts``: a verb that starts a sandbox (run, restore) needs the mount namespace of
+        the module docstring; the others (exec, checkpoint, delete, state, …) set up no network
+        and no gofer, and skip its ~15 ms (unshare, sh, two mounts)."""
         base = [RUNSC, "--root", str(self.state_root), f"--platform={self.platform}"]
         if log_file is not None:
             base += ["--log", str(log_file)]
-        return _wrap([*base, *args])
+        return _wrap([*base, *args]) if starts else [*base, *args]
 
     def image_dir(self, sandbox_id: str) -> Path:
         return self.sandboxes_dir / sandbox_id / CHECKPOINT_DIR
@@ -162,7 +166,7 @@ class GvisorRuntime:
         limit_memory(bundle)
         verb = ["restore", *extra] if extra else ["run"]
         argv = self._argv(*verb, "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
-                          sandbox_id, log_file=log_file)  # fmt: skip
+                          sandbox_id, log_file=log_file, starts=True)  # fmt: skip
         # stdio to /dev/null: the sandbox process inherits it, and a pipe would keep us waiting
         # for an EOF that comes when the sandbox ends. Errors are in --log.
         proc = await asyncio.create_subprocess_exec(
