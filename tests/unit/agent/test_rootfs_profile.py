@@ -139,3 +139,15 @@ def test_root_profile_runs_mesg_only_on_a_terminal(tmp_path: Path) -> None:
         )
         assert r.returncode == 0
     assert (tmp_path / "mesg.log").read_text() == "ran\n"  # the old profile's call only
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="re-owns the files to the mapped uids (chown)")
+def test_minimal_is_finished_with_the_edits(tmp_path: Path) -> None:
+    """The `minimal` build's last step applies them (before re-owning every file)."""
+    from warren.agent.templates import MAPPED_BASE, TemplateStore
+
+    root = _rootfs(tmp_path / "rootfs")
+    (root / "var/cache/apt/archives").mkdir(parents=True)
+    TemplateStore._finish_rootfs(root)
+    assert '"${EUID:-$(id -u)}"' in (root / "etc/profile").read_text()
+    assert (root / "etc/profile").stat().st_uid == MAPPED_BASE
