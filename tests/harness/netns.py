@@ -17,6 +17,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -138,3 +141,40 @@ def link(hub: Machine, hub_cidr: str, others: dict[Machine, str]) -> None:
         hub.run(f"ip link add wport{i} type veth peer name eth0 netns {machine.pid} && "
                 f"ip link set wport{i} master {BRIDGE} up")  # fmt: skip
         machine.run(f"ip addr add {cidr} dev eth0 && ip link set eth0 up")
+
+
+@contextlib.contextmanager
+def fake_internet(host_ip: str, peer_ip: str, port: int = 8080) -> Iterator[str]:
+    """A server "out there" for sandboxes to reach: Python's http.server on ``peer_ip:port`` in
+    a network namespace of its own, behind a /30 veth whose host end is ``host_ip`` (TEST-NET
+    addresses: nothing leaves the machine; names unique to this run). Yields its URL; the
+    server and the namespace (with its veth) are gone afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    ns, veth = f"warren-inet-{tag}", f"wtin{tag}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        for cmd in (
+            f"ip link add {veth} type veth peer name eth0 netns {ns}",
+            f"ip addr add {host_ip}/30 dev {veth}",
+            f"ip link set {veth} up",
+            f"ip -n {ns} addr add {peer_ip}/30 dev eth0",
+            f"ip -n {ns} link set eth0 up",
+            f"ip -n {ns} link set lo up",
+        ):
+            subprocess.run(cmd.split(), check=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", peer_ip, str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        probe = f"import socket; socket.create_connection(('{peer_ip}', {port}), timeout=1)"
+        deadline = time.monotonic() + 60
+        while subprocess.run(["python3", "-c", probe], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the fake internet server did not start"
+            time.sleep(0.1)
+        yield f"http://{peer_ip}:{port}/"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import shlex
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.harness import netns
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
 from warren.agent.runtime.gvisor import MEMORY_HEADROOM
@@ -41,7 +41,6 @@ KILL_COUNTER = (
 )
 # A "remote" server behind its own veth (as in test_isolation.py, under other names so the two
 # modules can run at once): no packet leaves the machine.
-INET_NS, INET_VETH = "warren-test-ginet", "wtginet0"
 INET_HOST, INET_PEER = "203.0.113.85", "203.0.113.86"
 
 
@@ -213,30 +212,8 @@ def test_a_memory_hog_is_killed_inside_and_its_sandbox_lives(
 
 @pytest.fixture(scope="module")
 def fake_internet() -> Iterator[str]:
-    subprocess.run(["ip", "netns", "del", INET_NS], capture_output=True)
-    subprocess.run(["ip", "link", "del", INET_VETH], capture_output=True)
-    for cmd in (
-        f"ip netns add {INET_NS}",
-        f"ip link add {INET_VETH} type veth peer name eth0 netns {INET_NS}",
-        f"ip addr add {INET_HOST}/30 dev {INET_VETH}",
-        f"ip link set {INET_VETH} up",
-        f"ip -n {INET_NS} addr add {INET_PEER}/30 dev eth0",
-        f"ip -n {INET_NS} link set eth0 up",
-        f"ip -n {INET_NS} link set lo up",
-    ):
-        subprocess.run(cmd.split(), check=True)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", INET_NS, "python3", "-m", "http.server", "--bind", INET_PEER, "8080"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        probe = f"import socket; socket.create_connection(('{INET_PEER}', 8080), timeout=1)"
-        wait_for("the fake internet", lambda: subprocess.run(["python3", "-c", probe]).returncode == 0)
-        yield f"http://{INET_PEER}:8080/"
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "netns", "del", INET_NS], check=True)
+    with netns.fake_internet(INET_HOST, INET_PEER) as url:
+        yield url
 
 
 def test_internet_on_and_off(agent: AgentProcess, fake_internet: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.harness import netns
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import slot_of, wait_no_leaks
 from warren.rpc import hostagent_pb2 as pb
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.root
 # A "remote" server for the internet tests: our own netns behind its own veth, so no packet
 # ever leaves this machine. At a documentation address (TEST-NET-3), which is not private:
 # sandboxes may reach the public internet, never a private range.
-INET_NS = "warren-test-inet"
 INET_HOST, INET_PEER = "203.0.113.77", "203.0.113.78"
 
 PROBE = """
@@ -48,31 +48,8 @@ def pair(agent: AgentProcess) -> Iterator[tuple[pb.CreateSandboxResponse, pb.Cre
 
 @pytest.fixture(scope="module")
 def fake_internet() -> Iterator[str]:
-    subprocess.run(["ip", "netns", "del", INET_NS], capture_output=True)
-    subprocess.run(["ip", "link", "del", "wtinet0"], capture_output=True)
-    for cmd in (
-        f"ip netns add {INET_NS}",
-        f"ip link add wtinet0 type veth peer name eth0 netns {INET_NS}",
-        f"ip addr add {INET_HOST}/30 dev wtinet0",
-        "ip link set wtinet0 up",
-        f"ip -n {INET_NS} addr add {INET_PEER}/30 dev eth0",
-        f"ip -n {INET_NS} link set eth0 up",
-        f"ip -n {INET_NS} link set lo up",
-    ):
-        subprocess.run(cmd.split(), check=True)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", INET_NS, "python3", "-m", "http.server", "--bind", INET_PEER, "8080"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    probe = ["python3", "-c", PROBE, INET_PEER, "8080"]
-    while subprocess.run(probe, capture_output=True).stdout != b"open\n":
-        assert time.monotonic() < deadline, "fake internet server did not start"
-        time.sleep(0.1)
-    yield f"http://{INET_PEER}:8080/"
-    server.kill()
-    server.wait()
-    subprocess.run(["ip", "netns", "del", INET_NS], check=True)
+    with netns.fake_internet(INET_HOST, INET_PEER) as url:
+        yield url
 
 
 def test_root_inside_is_an_unprivileged_uid_outside(agent: AgentProcess, pair: tuple) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness import netns
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
 from tests.harness.machine import free_port
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.root
 VCPUS = 2 if (os.cpu_count() or 1) > 1 else 1
 # Filling a pool builds sandboxes one at a time, after any create: slow on a loaded machine.
 FILL_TIMEOUT_S = 240.0
+PEER = "198.51.100.82"  # the fake internet server (TEST-NET-2)
 PROBE = """
 import socket, sys
 s = socket.socket(); s.settimeout(3)
@@ -96,45 +97,15 @@ def pooled(agent_root: Path) -> Iterator[AgentProcess]:
     try:
         yield a
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            try:
-                a.destroy_all()
-            finally:
-                a.stop()  # destroys the members too
+        a.finish()  # destroys the members too
         assert members(a) == set()
 
 
 @pytest.fixture(scope="module")
 def fake_internet() -> Iterator[str]:
-    """A "remote" server behind a veth of its own at a TEST-NET-2 address (not a private
-    range), so nothing leaves the machine; names unique to this run."""
-    tag = uuid.uuid4().hex[:6]
-    ns, veth, host_ip, peer = f"warren-wp-{tag}", f"wtwp{tag}", "198.51.100.81", "198.51.100.82"
-    for cmd in (
-        f"ip netns add {ns}",
-        f"ip link add {veth} type veth peer name eth0 netns {ns}",
-        f"ip addr add {host_ip}/30 dev {veth}",
-        f"ip link set {veth} up",
-        f"ip -n {ns} addr add {peer}/30 dev eth0",
-        f"ip -n {ns} link set eth0 up",
-    ):
-        subprocess.run(cmd.split(), check=True)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", peer, "8080"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        probe = ["python3", "-c", PROBE, peer, "8080"]
-        wait_for(
-            "the fake internet server",
-            lambda: subprocess.run(probe, capture_output=True).stdout == b"open\n",
-            60,
-        )
-        yield peer
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=True)
+    """A "remote" server's address (not a private range)."""
+    with netns.fake_internet("198.51.100.81", PEER):
+        yield PEER
 
 
 def test_pool_fills_from_the_setting_and_is_invisible(pooled: AgentProcess) -> None:
@@ -373,9 +344,7 @@ def test_crash_rebuilds_the_pool_and_keeps_claimed_sandboxes(agent_root: Path) -
         assert a.exec(claimed.sandbox_id, "cat", "/root/f").stdout == b"kept\n"
         destroy(a, claimed)
     finally:
-        if a.proc is not None and a.proc.poll() is None:
-            a.destroy_all()
-            a.stop()
+        a.finish()
     assert members(a) == set()
 
 

@@ -17,7 +17,6 @@ import glob
 import json
 import os
 import shlex
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from tests.harness import netns
 from tests.harness.cp import PASSWORD
 from tests.harness.leaks import wait_no_leaks
 from tests.harness.platform import Platform
@@ -149,39 +149,8 @@ async def api(platform: Platform) -> AsyncIterator[Api]:
 
 @pytest.fixture(scope="module")
 def fake_internet() -> Iterator[str]:
-    tag = uuid.uuid4().hex[:6]
-    ns, veth = f"warren-gv-{tag}", f"wtgv{tag}"
-    for cmd in (
-        f"ip netns add {ns}",
-        f"ip link add {veth} type veth peer name eth0 netns {ns}",
-        f"ip addr add {INET_HOST}/30 dev {veth}",
-        f"ip link set {veth} up",
-        f"ip -n {ns} addr add {INET_PEER}/30 dev eth0",
-        f"ip -n {ns} link set eth0 up",
-        f"ip -n {ns} link set lo up",
-    ):
-        subprocess.run(cmd.split(), check=True)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", INET_PEER, "8080"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        probe = [
-            "python3",
-            "-c",
-            f"import socket; socket.create_connection(('{INET_PEER}', 8080), timeout=1)",
-        ]
-        for _ in range(600):
-            if subprocess.run(probe, capture_output=True).returncode == 0:
-                break
-            subprocess.run(["sleep", "0.1"])
-        else:
-            raise AssertionError("the fake internet server did not start")
-        yield f"http://{INET_PEER}:8080/"
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=True)
+    with netns.fake_internet(INET_HOST, INET_PEER) as url:
+        yield url
 
 
 async def test_a_gvisor_sandbox_runs_on_gvisors_kernel(api: Api, platform: Platform) -> None:
