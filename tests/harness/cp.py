@@ -127,6 +127,19 @@ class InProcessCP:
                 )
         return user
 
+    async def join(self, owner: User, role: str) -> User:
+        """A new user added to ``owner``'s team with ``role``, holding a JWT for that team."""
+        u = await self.signup()
+        r = await owner.req("POST", f"/v1/teams/{owner.team_id}/members", json={"email": u.email})
+        assert r.status_code == 201, r.text
+        if role != "member":
+            r = await owner.req("PATCH", f"/v1/teams/{owner.team_id}/members/{u.id}", json={"role": role})
+            assert r.status_code == 204, r.text
+        r = await u.req("POST", "/v1/auth/switch-team", json={"team_id": owner.team_id})
+        assert r.status_code == 200, r.text
+        u.token, u.team_id = r.json()["token"], owner.team_id
+        return u
+
 
 class User:
     def __init__(self, cp: InProcessCP, token: str, user_id: str, team_id: str, email: str) -> None:

@@ -288,27 +288,13 @@ async def test_refused_deletes_racing_each_other_leave_the_host_schedulable(cp: 
         await sql(cp, "UPDATE hosts SET status = 'unreachable' WHERE id = :h", h=hid)
 
 
-async def _join(cp: InProcessCP, owner: User, role: str) -> User:
-    """A new user added to ``owner``'s team with ``role``, holding a JWT for that team."""
-    u = await cp.signup()
-    r = await owner.req("POST", f"/v1/teams/{owner.team_id}/members", json={"email": u.email})
-    assert r.status_code == 201, r.text
-    if role != "member":
-        r = await owner.req("PATCH", f"/v1/teams/{owner.team_id}/members/{u.id}", json={"role": role})
-        assert r.status_code == 204, r.text
-    r = await u.req("POST", "/v1/auth/switch-team", json={"team_id": owner.team_id})
-    assert r.status_code == 200, r.text
-    u.token, u.team_id = r.json()["token"], owner.team_id
-    return u
-
-
 async def test_byoc_host_rights_follow_the_team_role_read_from_the_db(cp: InProcessCP) -> None:
     """SPEC §7.1: create/delete a BYOC host and regenerate its token: owner and admin, not member;
     list/get/tag/delete-preview: every member. Roles are re-read on every request."""
     platform_admin, owner = await cp.signup(admin=True), await cp.signup()
     await set_byoc(platform_admin, owner.team_id)
-    team_admin = await _join(cp, owner, "admin")
-    member = await _join(cp, owner, "member")
+    team_admin = await cp.join(owner, "admin")
+    member = await cp.join(owner, "member")
     byoc = {"type": "byoc", "team_id": owner.team_id}
 
     r = await member.req("POST", "/v1/hosts", json=byoc)

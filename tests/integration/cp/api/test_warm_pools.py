@@ -35,24 +35,10 @@ async def _put(user: User, host_id: str, template: str, size: Any) -> httpx.Resp
     return await user.req("PUT", f"/v1/hosts/{host_id}/warm-pools/{template}", json={"size": size})
 
 
-async def _join(cp: InProcessCP, owner: User, role: str) -> User:
-    """A new user added to ``owner``'s team with ``role``, holding a JWT for that team."""
-    u = await cp.signup()
-    r = await owner.req("POST", f"/v1/teams/{owner.team_id}/members", json={"email": u.email})
-    assert r.status_code == 201, r.text
-    if role != "member":
-        r = await owner.req("PATCH", f"/v1/teams/{owner.team_id}/members/{u.id}", json={"role": role})
-        assert r.status_code == 204, r.text
-    r = await u.req("POST", "/v1/auth/switch-team", json={"team_id": owner.team_id})
-    assert r.status_code == 200, r.text
-    u.token, u.team_id = r.json()["token"], owner.team_id
-    return u
-
-
 async def test_who_may_set_a_pool(cp: InProcessCP) -> None:
     admin, owner, outsider = await cp.signup(admin=True), await cp.signup(), await cp.signup()
     await set_byoc(admin, owner.team_id)
-    team_admin, member = await _join(cp, owner, "admin"), await _join(cp, owner, "member")
+    team_admin, member = await cp.join(owner, "admin"), await cp.join(owner, "member")
     regular, _ = await admin.create_host()
     byoc, _ = await owner.create_host("byoc", owner.team_id)
 
