@@ -2,7 +2,8 @@
 platform's E2B-compatible listener, and a small template with E2B's conventions (``/bin/bash``,
 an account ``user`` with its home, the default user) built without the network.
 
-Usage in a test module (module-scoped, one platform per module)::
+Usage in a test module (module-scoped, one platform per module; tests/integration/e2b/conftest.py
+gives its modules the ``e2b_env`` fixture)::
 
     @pytest.fixture(scope="module")
     def e2b_env(platform: Platform) -> Iterator[E2BEnv]:

@@ -22,19 +22,12 @@ from e2b.exceptions import (
 )
 from packaging.version import Version
 
-from tests.harness.e2b import E2BEnv, e2b_environment
-from tests.harness.platform import Platform
+from tests.harness.e2b import E2BEnv
 from tests.integration.e2b.envd_wire import Envd, end_error, envelope, envelopes
 
 pytestmark = pytest.mark.root
 
 DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
-    with e2b_environment(platform) as env:
-        yield env
 
 
 @pytest.fixture(scope="module")

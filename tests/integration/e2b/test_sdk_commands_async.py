@@ -6,24 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from e2b import AsyncSandbox, CommandExitException
 from e2b.exceptions import NotFoundException, SandboxNotRunningException, TimeoutException
 
-from tests.harness.e2b import E2BEnv, e2b_environment
-from tests.harness.platform import Platform
+from tests.harness.e2b import E2BEnv
 
 pytestmark = pytest.mark.root
 
 DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
-    with e2b_environment(platform) as env:
-        yield env
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from e2b.envd.versions import (
 from e2b.exceptions import FileNotFoundException, TemplateException
 from packaging.version import Version
 
-from tests.harness.e2b import E2BEnv, e2b_environment
+from tests.harness.e2b import E2BEnv
 from tests.harness.platform import Platform
 from warren.cp.e2b.envd import ENVD_VERSION
 
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.root
 
 SERVED = Version(ENVD_VERSION)  # what the platform reports, so what the SDK does
 DEADLINE_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
-    with e2b_environment(platform) as env:
-        yield env
 
 
 @pytest.fixture(scope="module")

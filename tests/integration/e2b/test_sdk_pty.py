@@ -13,18 +13,11 @@ import pytest
 from e2b import AsyncSandbox, CommandExitException, CommandHandle, PtySize, Sandbox
 from e2b.exceptions import NotFoundException, SandboxNotRunningException
 
-from tests.harness.e2b import E2BEnv, e2b_environment
-from tests.harness.platform import Platform
+from tests.harness.e2b import E2BEnv
 
 pytestmark = pytest.mark.root
 
 DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
-    with e2b_environment(platform) as env:
-        yield env
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,19 +15,13 @@ import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import AuthenticationException, SandboxException, SandboxNotFoundException
 
-from tests.harness.e2b import E2BEnv, e2b_environment
+from tests.harness.e2b import E2BEnv
 from tests.harness.platform import Platform
 from tests.harness.tenant import signup
 
 pytestmark = pytest.mark.root
 
 DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
-    with e2b_environment(platform) as env:
-        yield env
 
 
 def poll(what: str, check: Callable[[], bool]) -> None:

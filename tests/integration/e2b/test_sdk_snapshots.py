@@ -4,23 +4,15 @@ a sandbox from one, delete (True, then False)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxState
 from e2b.exceptions import SandboxNotFoundException
 
-from tests.harness.e2b import E2BEnv, e2b_environment
+from tests.harness.e2b import E2BEnv
 from tests.harness.platform import Platform
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def e2b_env(platform: Platform) -> Iterator[E2BEnv]:
-    with e2b_environment(platform) as env:
-        yield env
 
 
 def sh(platform: Platform, sandbox_id: str, script: str) -> str:
