@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from typing import Any
 
 import httpx
 
+from tests.harness.cp import PASSWORD
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from warren import ids
@@ -53,3 +55,13 @@ def wait_until(check: Any, timeout_s: float, what: str) -> Any:
             return got
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+def dashboard_pages(platform: Platform, *paths: str) -> list[httpx.Response]:
+    """``paths`` of the dashboard as the platform admin sees them (signed in with a session)."""
+    with httpx.Client(base_url=platform.url, headers={"Origin": platform.url}, timeout=60) as c:
+        token = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/login").text)
+        assert token is not None
+        form = {"csrf_token": token[1], "email": platform.email, "password": PASSWORD}
+        assert c.post("/login", data=form).status_code in (200, 303)
+        return [c.get(p) for p in paths]

@@ -6,6 +6,7 @@ and members appear in no list."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,14 @@ from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from tests.security.attack_helpers import admin as _admin
 from tests.security.attack_helpers import as_user as _jwt
+from tests.security.attack_helpers import dashboard_pages
 from tests.security.attack_helpers import sql as _sql
 from tests.security.attack_helpers import wait_until as _wait
 from warren.agent import sandbox_fs
 
 pytestmark = pytest.mark.root
+
+MEMBER = re.compile(r"wp-[0-9a-f]{16}")  # a pool member's name (agent/warm_pool.py)
 
 
 FILL_S = 300.0  # a member is built one at a time, after any create: slow on a loaded machine
@@ -98,7 +102,12 @@ def test_a_claimed_sandbox_knows_only_its_own_identity(alice: Tenant, claimed: s
     assert lines[:3] == [claimed, claimed, "1"], out
     env = dict(line.split("=", 1) for line in lines[3:] if "=" in line)
     assert env["HOSTNAME"] == claimed and env["MINE"] == "alice", env
-    assert "wp-" not in out, out
+    assert not MEMBER.search(out), out
+    # PID 1 (the guest) was started for the member: its own environment still names the member
+    # (a sandbox can tell it was pooled: known, harmless), and holds nothing of any tenant.
+    pid1 = alice.sh(claimed, "tr '\\0' '\\n' < /proc/1/environ").splitlines()
+    assert sorted(k.split("=", 1)[0] for k in pid1) == ["HOME", "HOSTNAME", "LANG", "PATH"], pid1
+    assert MEMBER.fullmatch(dict(k.split("=", 1) for k in pid1)["HOSTNAME"]), pid1
     # Nothing left behind by the member's build: no files, no processes but the guest and us.
     assert alice.sh(claimed, "ls -A /tmp /home /var/tmp | grep -v '^/\\|^$' || true") == ""
     procs = alice.sh(claimed, "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done")
@@ -172,12 +181,17 @@ def test_pool_members_are_in_no_list(platform: Platform, alice: Tenant, claimed:
     listed = [s["id"] for s in alice.w("GET", "/v1/sandboxes").json()]
     assert listed == [claimed], listed
     mine = _admin(platform, "GET", "/v1/sandboxes")
-    assert mine.status_code == 200 and "wp-" not in mine.text, mine.text
+    assert mine.status_code == 200 and not MEMBER.search(mine.text), mine.text
     with httpx.Client(base_url=platform.cp.e2b_url, headers={"X-API-Key": alice.api_key}, timeout=60) as c:
         e2b = c.get("/v2/sandboxes")
     assert e2b.status_code == 200 and [s["sandboxID"] for s in e2b.json()] == [claimed], e2b.text
     audit = _jwt(alice, "GET", "/v1/audit")
-    assert audit.status_code == 200 and "wp-" not in audit.text, audit.text[:500]
+    assert audit.status_code == 200 and not MEMBER.search(audit.text), audit.text[:500]
+    pages = dashboard_pages(platform, "/admin", "/dashboard/sandboxes", "/dashboard/audit")
+    for page in pages:
+        assert page.status_code == 200 and not MEMBER.search(page.text), (page.url, page.text[:300])
+    metrics = _admin(platform, "GET", "/metrics")
+    assert metrics.status_code == 200 and not MEMBER.search(metrics.text), metrics.text[:300]
     rows = _sql(platform, "SELECT count(*) FROM sandboxes WHERE status NOT IN ('stopped', 'error')")
     assert rows[0][0] == 1, rows  # alice's, and nothing for the ready member
 
