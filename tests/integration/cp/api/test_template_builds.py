@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.harness.cp import InProcessCP
+from tests.harness.environ import environ
 from tests.harness.platform import Platform
 from warren import ids
 from warren.cp.db.engine import to_async_url
@@ -101,13 +102,8 @@ CONTEXT_CAP_MB = 8
 @pytest.fixture(scope="module", autouse=True)
 def small_context_cap() -> Iterator[None]:
     """The CP process reads its settings from the environment: a context cap a test can pass."""
-    old = os.environ.get("WARREN_BUILD_MAX_CONTEXT_MB")
-    os.environ["WARREN_BUILD_MAX_CONTEXT_MB"] = str(CONTEXT_CAP_MB)
-    yield
-    if old is None:
-        del os.environ["WARREN_BUILD_MAX_CONTEXT_MB"]
-    else:
-        os.environ["WARREN_BUILD_MAX_CONTEXT_MB"] = old
+    with environ({"WARREN_BUILD_MAX_CONTEXT_MB": str(CONTEXT_CAP_MB)}):
+        yield
 
 
 @pytest.fixture(scope="module")

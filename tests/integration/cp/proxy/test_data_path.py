@@ -18,6 +18,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from tests.harness.environ import environ
 from tests.harness.platform import Platform, start_platform
 from tests.integration.cp.proxy.test_preview import APP, WS_ECHO, Sbx, _wait_port
 from warren import ids
@@ -31,17 +32,11 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    os.environ["WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK"] = "true"
-    try:
+    with environ({"WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK": "true"}):
         p = await start_platform(db_url, platform_dir)
-    finally:
-        del os.environ["WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK"]
     try:
-        os.environ["WARREN_AGENT_DIAL_DATA_PORT"] = "-1"
-        try:
+        with environ({"WARREN_AGENT_DIAL_DATA_PORT": "-1"}):
             await p.add_agent("127.0.0.22", platform_dir / "agent1")
-        finally:
-            del os.environ["WARREN_AGENT_DIAL_DATA_PORT"]
         yield p
     finally:
         await p.stop()

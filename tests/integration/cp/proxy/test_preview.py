@@ -18,6 +18,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import PASSWORD
+from tests.harness.environ import environ
 from tests.harness.machine import free_port
 from tests.harness.platform import Platform, start_platform
 
@@ -123,11 +124,8 @@ class Sbx:
 
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    os.environ["WARREN_PREVIEW_DOMAIN"] = DOMAIN
-    try:
+    with environ({"WARREN_PREVIEW_DOMAIN": DOMAIN}):
         p = await start_platform(db_url, platform_dir)
-    finally:
-        del os.environ["WARREN_PREVIEW_DOMAIN"]
     try:
         yield p
     finally:
