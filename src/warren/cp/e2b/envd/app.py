@@ -77,7 +77,7 @@ async def rpc(request: Request) -> Response:
             return JSONResponse(await UNARY[name](call, await read_unary(request)))
         if name in SERVER_STREAMS:
             msg = await read_one_envelope(request)
-            return stream_response(SERVER_STREAMS[name](call, msg), _log_failure)
+            return stream_response(SERVER_STREAMS[name](call, msg), _log_failure, final=process.is_end)
         if name in CLIENT_STREAMS:  # the reply is enveloped too, an error as the end of stream
             try:
                 reply = envelope(await CLIENT_STREAMS[name](call, read_envelopes(request))) + end_stream()

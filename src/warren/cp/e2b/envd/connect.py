@@ -170,19 +170,35 @@ UnaryHandler = Callable[[Any, Message], Awaitable[Message]]
 StreamHandler = Callable[[Any, Message], AsyncIterator[Message]]
 
 
-def stream_response(messages: AsyncIterator[Message], on_error: Callable[[BaseException], None]) -> Response:
+def stream_response(
+    messages: AsyncIterator[Message],
+    on_error: Callable[[BaseException], None],
+    *,
+    final: Callable[[Message], bool] | None = None,
+) -> Response:
     """A server stream: each message an envelope as it comes, then the end-of-stream envelope
     (with the error, if the handler raised). The body is produced as the client reads it, so a
-    slow reader holds the handler back (backpressure) instead of growing a buffer."""
+    slow reader holds the handler back (backpressure) instead of growing a buffer.
+
+    A message ``final`` says is the handler's last (a process's end) goes out with the
+    end-of-stream envelope, once the handler has finished (its clean-up, no waiting): the same
+    bytes in one chunk, one write here and one read for the client instead of two each."""
 
     async def body() -> AsyncIterator[bytes]:
+        held = b""
         try:
             async for msg in messages:
+                if held:  # not the last after all
+                    yield held
+                    held = b""
+                if final is not None and final(msg):
+                    held = envelope(msg)
+                    continue
                 yield envelope(msg)
         except Exception as exc:  # every failure becomes the stream's error
             on_error(exc)
-            yield end_stream(as_connect_error(exc))
+            yield held + end_stream(as_connect_error(exc))
             return
-        yield end_stream()
+        yield held + end_stream()
 
     return StreamingResponse(body(), media_type="application/connect+json")

@@ -68,6 +68,12 @@ def event_json(ev: ProcessEvent) -> Message:
     return {"event": body}
 
 
+def is_end(msg: Message) -> bool:
+    """Whether a ``Start``/``Connect`` message is the process's end (its stream's last)."""
+    event = msg.get("event")
+    return isinstance(event, dict) and "end" in event
+
+
 # ------------------------------------------------------------------------------------ streams
 
 
