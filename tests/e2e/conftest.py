@@ -14,8 +14,10 @@ from a CDN or anywhere else) and that no page raised a JavaScript error.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,10 +28,13 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright, expect
 
+from tests.harness.agent import AgentProcess
 from tests.harness.cp import JWT_SECRET, InProcessCP
+from tests.harness.machine import free_port, scratch_dir
 from warren import ids
 from warren.cli.admin import set_admin
 from warren.cp.services import auth as auth_svc
+from warren.cp.services import hosts as hosts_svc
 from warren.cp.services import teams as teams_svc
 from warren.cp.services.context import AuthContext
 
@@ -126,6 +131,32 @@ async def live(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         yield server
     finally:
         await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def online_agent(live: LiveCP, ip: str, scratch: str) -> AsyncIterator[AgentProcess]:
+    """A real agent on ``ip``, registered as a platform host (one-time token, by a platform
+    admin) and online before it is yielded; stopped and its directory removed afterwards."""
+    operator = await live.signup("Platform Operator")
+    await live.make_admin(operator)
+    admin = AuthContext(kind="jwt", team_id=None, user_id=operator.user_uuid, is_admin=True)
+    created = await hosts_svc.create_host(live.engine, admin, type="regular")
+    run_dir = scratch_dir(scratch)
+    proc = AgentProcess.registered(ip, run_dir / "data", live.url, port=free_port(ip))
+    await proc.astart(created.registration_token)
+    try:
+        host_uuid = ids.parse_id(ids.Kind.HOST, created.host.id)
+        for _ in range(600):
+            rows = await live.sql("SELECT status FROM hosts WHERE id = :id", id=host_uuid)
+            if rows and rows[0][0] == "online":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"agent did not come online:\n{proc.log_tail()}")
+        yield proc
+    finally:
+        await proc.astop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

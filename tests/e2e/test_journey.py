@@ -8,22 +8,17 @@ Needs root (the agent uses namespaces, cgroups and overlayfs); CI runs as root.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Page, expect
 
 from tests.harness.agent import AgentProcess
-from tests.harness.machine import free_port, scratch_dir
 from warren import ids
-from warren.cp.services import hosts as hosts_svc
-from warren.cp.services.context import AuthContext
 
-from .conftest import PASSWORD, LiveCP, Web, unique_email
+from .conftest import PASSWORD, LiveCP, Web, online_agent, unique_email
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -36,26 +31,8 @@ async def agent(live: LiveCP) -> AsyncIterator[AgentProcess]:
     test starts."""
     if os.geteuid() != 0:
         pytest.skip("a real agent needs root (namespaces, cgroups, overlayfs)")
-    operator = await live.signup("Platform Operator")
-    await live.make_admin(operator)
-    admin = AuthContext(kind="jwt", team_id=None, user_id=operator.user_uuid, is_admin=True)
-    created = await hosts_svc.create_host(live.engine, admin, type="regular")
-    run_dir = scratch_dir("e2e")
-    proc = AgentProcess.registered(AGENT_IP, run_dir / "data", live.url, port=free_port(AGENT_IP))
-    await proc.astart(created.registration_token)
-    try:
-        host_uuid = ids.parse_id(ids.Kind.HOST, created.host.id)
-        for _ in range(600):
-            rows = await live.sql("SELECT status FROM hosts WHERE id = :id", id=host_uuid)
-            if rows and rows[0][0] == "online":
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError(f"agent did not come online:\n{proc.log_tail()}")
+    async with online_agent(live, AGENT_IP, "e2e") as proc:
         yield proc
-    finally:
-        await proc.astop()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 90) -> None:

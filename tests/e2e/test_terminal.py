@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,13 +33,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.harness.agent import AgentProcess
-from tests.harness.machine import free_port, scratch_dir
+from tests.harness.machine import free_port
 from warren import ids
-from warren.cp.services import hosts as hosts_svc
-from warren.cp.services.context import AuthContext
 from warren.cp.services.pty import MAX_INPUT_FRAME
 
-from .conftest import Account, LiveCP, Web
+from .conftest import Account, LiveCP, Web, online_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -52,26 +49,8 @@ async def agent(live: LiveCP) -> AsyncIterator[AgentProcess]:
     """A real agent registered as a platform host, online before the tests start."""
     if os.geteuid() != 0:
         pytest.fail("a real agent needs root (namespaces, cgroups, overlayfs)")
-    operator = await live.signup("Platform Operator")
-    await live.make_admin(operator)
-    admin = AuthContext(kind="jwt", team_id=None, user_id=operator.user_uuid, is_admin=True)
-    created = await hosts_svc.create_host(live.engine, admin, type="regular")
-    run_dir = scratch_dir("e2e-terminal")
-    proc = AgentProcess.registered(AGENT_IP, run_dir / "data", live.url, port=free_port(AGENT_IP))
-    await proc.astart(created.registration_token)
-    try:
-        host_uuid = ids.parse_id(ids.Kind.HOST, created.host.id)
-        for _ in range(600):
-            rows = await live.sql("SELECT status FROM hosts WHERE id = :id", id=host_uuid)
-            if rows and rows[0][0] == "online":
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError(f"agent did not come online:\n{proc.log_tail()}")
+    async with online_agent(live, AGENT_IP, "e2e-terminal") as proc:
         yield proc
-    finally:
-        await proc.astop()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass
