@@ -232,7 +232,32 @@ async def open_started(
         raise
 
 
-class ExecSession:
+class GuestStream:
+    """What a command's and a terminal's event streams share: the guest connection, how the
+    next frame is read, and how the stream ends."""
+
+    def __init__(self, conn: Conn, pid: int) -> None:
+        self._conn = conn
+        self._done = False
+        self.pid = pid
+
+    async def _next_frame(self) -> tuple[int, bytes] | GuestError:
+        """The guest's next frame, or the error that broke the connection (the stream has then
+        ended); StopAsyncIteration once it has ended."""
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            return await self._conn.recv()
+        except GuestError as e:
+            self._finish()
+            return e
+
+    def _finish(self) -> None:
+        self._done = True
+        self._conn.close()
+
+
+class ExecSession(GuestStream):
     """A running command's event stream plus its stdin / signal controls.
 
     Iterate it for :class:`ExecEvent` s: ``start`` first, then ``stdout``/``stderr`` as they
@@ -241,10 +266,8 @@ class ExecSession:
     """
 
     def __init__(self, conn: Conn, start: ExecEvent) -> None:
-        self._conn = conn
+        super().__init__(conn, start.pid)
         self._pending: ExecEvent | None = start
-        self._done = False
-        self.pid = start.pid
 
     def __aiter__(self) -> ExecSession:
         return self
@@ -253,13 +276,9 @@ class ExecSession:
         if self._pending is not None:
             ev, self._pending = self._pending, None
             return ev
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            kind, payload = await self._conn.recv()
-        except GuestError as e:
-            self._finish()
-            return ExecEvent(kind="error", error=e.message)
+        if isinstance(got := await self._next_frame(), GuestError):
+            return ExecEvent(kind="error", error=got.message)
+        kind, payload = got
         if kind == K_STDOUT:
             return ExecEvent(kind="stdout", pid=self.pid, data=payload)
         if kind == K_STDERR:
@@ -283,10 +302,6 @@ class ExecSession:
             err = error_from(payload)
             return ExecEvent(kind="error", pid=self.pid, error=f"{err.kind}: {err.message}")
         return ExecEvent(kind="error", pid=self.pid, error=f"unexpected frame kind {kind}")
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn.close()
 
     async def send_stdin(self, data: bytes) -> None:
         self._check_open()

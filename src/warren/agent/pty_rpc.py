@@ -20,9 +20,9 @@ from warren.agent.guest_wire import (
     K_EVENT,
     K_SIGNAL,
     K_STDOUT,
-    Conn,
     GuestAddress,
     GuestError,
+    GuestStream,
     error_from,
     exit_of,
     jdump,
@@ -56,14 +56,9 @@ def check_size(cols: int, rows: int) -> tuple[int, int]:
     return cols, rows
 
 
-class PtySession:
+class PtySession(GuestStream):
     """One guest connection attached to a terminal: iterate for output/exit, send input,
     resizes and signals. Closing it detaches; the terminal lives on."""
-
-    def __init__(self, conn: Conn, pid: int) -> None:
-        self._conn = conn
-        self.pid = pid
-        self._done = False
 
     @classmethod
     async def open(cls, socket_path: GuestAddress, req: dict[str, Any]) -> PtySession:
@@ -73,13 +68,9 @@ class PtySession:
         return self
 
     async def __anext__(self) -> PtyEvent:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            kind, payload = await self._conn.recv()
-        except GuestError as e:
-            self._finish()
-            return PtyEvent("error", error=e.message)
+        if isinstance(got := await self._next_frame(), GuestError):
+            return PtyEvent("error", error=got.message)
+        kind, payload = got
         if kind == K_STDOUT:
             return PtyEvent("output", data=payload)
         self._finish()
@@ -95,10 +86,6 @@ class PtySession:
             err = error_from(payload)
             return PtyEvent("error", error=f"{err.kind}: {err.message}")
         return PtyEvent("error", error=f"unexpected frame kind {kind}")
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn.close()
 
     async def send_input(self, data: bytes) -> None:
         if not self._done:
@@ -119,8 +106,7 @@ class PtySession:
             await self._conn.drain()
 
     async def close(self) -> None:
-        self._done = True
-        self._conn.close()
+        self._finish()
 
     def abort(self) -> None:
         """End the session from the input side: the pending read fails and the relay stops."""
