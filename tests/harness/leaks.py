@@ -85,3 +85,17 @@ def zombies_of(pid: int) -> list[int]:
         if fields[0] == "Z" and int(fields[1]) == pid:
             out.append(int(st.split("/")[2]))
     return out
+
+
+def runsc_leftovers(data_dir: Path, sb_id: str) -> list[str]:
+    """What the gVisor runtime could leave of a sandbox: its processes (gofer, sandbox) and its
+    state files under the agent's ``data_dir``."""
+    found = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            args = Path(cmdline).read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and b"runsc" in args[0] and sb_id.encode() in b" ".join(args):
+            found.append(f"process {cmdline.split('/')[2]}: {b' '.join(args[:2]).decode()}")
+    return found + [f"path {p}" for p in glob.glob(str(data_dir / "runsc" / f"*{sb_id}*"))]

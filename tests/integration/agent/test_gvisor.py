@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness import netns
 from tests.harness.agent import AgentProcess
-from tests.harness.leaks import wait_no_leaks
+from tests.harness.leaks import runsc_leftovers, wait_no_leaks
 from warren.agent.runtime.gvisor import MEMORY_HEADROOM
 from warren.rpc import hostagent_pb2 as pb
 
@@ -58,20 +58,6 @@ def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         time.sleep(0.1)
 
 
-def runsc_leftovers(agent: AgentProcess, sb_id: str) -> list[str]:
-    """What the gVisor runtime could leave: its processes (gofer, sandbox) and state files."""
-    found = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            args = Path(cmdline).read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and b"runsc" in args[0] and sb_id.encode() in b" ".join(args):
-            found.append(f"process {cmdline.split('/')[2]}: {b' '.join(args[:2]).decode()}")
-    found += [f"path {p}" for p in glob.glob(str(agent.data_dir / "runsc" / f"*{sb_id}*"))]
-    return found
-
-
 def destroy_clean(agent: AgentProcess, r: pb.CreateSandboxResponse, *, gone_ok: bool = False) -> None:
     try:
         agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=120)
@@ -79,7 +65,10 @@ def destroy_clean(agent: AgentProcess, r: pb.CreateSandboxResponse, *, gone_ok: 
         if not (gone_ok and code_of(e) == grpc.StatusCode.NOT_FOUND):
             raise
     assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
-    assert wait_for("runsc to leave nothing", lambda: runsc_leftovers(agent, r.sandbox_id) == []) is True
+    assert (
+        wait_for("runsc to leave nothing", lambda: runsc_leftovers(agent.data_dir, r.sandbox_id) == [])
+        is True
+    )
 
 
 def info(agent: AgentProcess, sb_id: str) -> pb.SandboxInfo:
@@ -324,7 +313,9 @@ def test_a_corrupt_image_fails_the_resume_and_leaves_no_process(agent: AgentProc
         with pytest.raises(grpc.RpcError) as ei:
             agent.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=r.sandbox_id), timeout=120)
         assert code_of(ei.value) == grpc.StatusCode.INTERNAL and "restore" in ei.value.details()  # type: ignore[attr-defined]
-        assert wait_for("no runsc process", lambda: runsc_leftovers(agent, r.sandbox_id) == []) is True
+        assert (
+            wait_for("no runsc process", lambda: runsc_leftovers(agent.data_dir, r.sandbox_id) == []) is True
+        )
         assert info(agent, r.sandbox_id).status == "paused"
     finally:
         destroy_clean(agent, r)

@@ -13,7 +13,6 @@ sandboxes.
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
 import shlex
@@ -28,7 +27,7 @@ from typer.testing import CliRunner
 
 from tests.harness import netns
 from tests.harness.cp import PASSWORD
-from tests.harness.leaks import wait_no_leaks
+from tests.harness.leaks import runsc_leftovers, wait_no_leaks
 from tests.harness.platform import Platform
 from warren import Sandbox
 from warren.cli.main import app as cli_app
@@ -126,19 +125,6 @@ class Api:
             return runsc_leftovers(agent.data_dir, sb["id"]) == []
 
         assert await wait_for("runsc to leave nothing", no_runsc) is True
-
-
-def runsc_leftovers(data_dir: Path, sb_id: str) -> list[str]:
-    """What the gVisor runtime could leave: its processes (gofer, sandbox) and state files."""
-    found = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            args = Path(cmdline).read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and b"runsc" in args[0] and sb_id.encode() in b" ".join(args):
-            found.append(f"process {cmdline.split('/')[2]}")
-    return found + [f"path {p}" for p in glob.glob(str(data_dir / "runsc" / f"*{sb_id}*"))]
 
 
 @pytest.fixture(scope="module")
