@@ -140,3 +140,9 @@ REFUSED: dict[str, Callable[[], bytes]] = {
     "unknown member type": lambda: entries(info("v", b"V")),
     "NUL in a PAX path": lambda: pax_then(pax_record(b"path", b"a\0b"), info("safe")),
 }
+
+
+def deep_distinct_dirs(n: int, levels: int = 250) -> bytes:
+    """``n`` files, each ``levels`` deep under a top directory of its own: ~2 KiB of tar each,
+    but every level of every path is a new directory to remember."""
+    return b"".join(header(info(f"{i}/" + "a/" * levels + "f")) for i in range(n)) + END

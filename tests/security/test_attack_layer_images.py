@@ -27,7 +27,7 @@ from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
 from tests.harness.machine import MINIMAL_CACHE, scratch_dir
 from tests.integration.agent.layer_tars import digest, put_requests
-from tests.security.hostile_tars import REFUSED, entries, hard, info, many_zero_files, sym
+from tests.security.hostile_tars import REFUSED, deep_distinct_dirs, entries, hard, info, many_zero_files, sym
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -225,4 +225,28 @@ def test_many_empty_files_and_deep_dirs_are_bounded(agent: AgentProcess) -> None
     d2 = put(agent, deep)
     res = agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[d, d2]))
     assert sorted(res.deleted) == sorted([d, d2])
+    assert wait_clean(agent) == []
+
+
+def high_water_mib(a: AgentProcess) -> int:
+    assert a.proc is not None
+    for line in Path(f"/proc/{a.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) >> 10
+    raise AssertionError("no VmHWM")
+
+
+def test_deep_distinct_paths_do_not_blow_up_the_agents_memory(agent: AgentProcess) -> None:
+    """4000 files 250 levels deep, each under its own top directory: an 8 MiB tar. Checking
+    names held every level of every path (~130 bytes per byte of tar: 1 GiB here, 4 GiB for a
+    32 MiB tar, the agent's and the control plane's scan alike) and extraction created a
+    million directories (~4 GiB of directory blocks) for it. Now such a layer is refused early,
+    with little held and nothing made."""
+    before = high_water_mib(agent)
+    data = deep_distinct_dirs(4000)
+    code, detail = refusal(agent, data)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "too many" in detail, (code, detail)
+    after = high_water_mib(agent)
+    print(f"\n{agent.mode}: agent high-water {before} -> {after} MiB")  # type: ignore[attr-defined]
+    assert after - before < 600, (before, after)
     assert wait_clean(agent) == []

@@ -18,6 +18,10 @@ Decisions (docs/templates.md §2):
 - a later member replaces an earlier non-directory of the same name; one that would replace a
   directory is refused (so a directory fd held open always names what the path names);
 - `max_bytes` bounds the tar's bytes (headers included), checked before data is written;
+- every member first passes `scan_layer`'s model of the names (`_Namespace`), whose memory is
+  bounded (`MAX_NAME_CELLS`): a tar of paths hundreds of levels deep, each under a directory of
+  its own, is refused instead of held (~130 bytes per byte of tar) or created (a directory per
+  level: ~250 per 2 KiB member; `IMPLIED_PER_MEMBER` unlisted directories a member are allowed);
 - the root entry (`./`) is ignored: the layer dir stays 0700 root.
 On any refusal the partial destination is removed and `LayerError` names the member.
 """
@@ -53,6 +57,16 @@ from warren.layers.tarfmt import (
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPAQUE_XATTR = "trusted.overlay.opaque"
+# What checking one tar's names may hold (`_Namespace.kinds`), in path components, plus
+# KEY_CELLS per name for the tuple and the dict entry: ~10 bytes a cell, so ~320 MiB at most.
+# A layer of 1,000,000 files 8 levels deep, directories listed, costs 24M.
+KEY_CELLS = 16
+MAX_NAME_CELLS = 32 << 20
+# Directories a tar does not list but its paths need: extraction creates each (a 4 KiB block),
+# so a 2 KiB member 250 levels deep under a directory of its own would make 250. Layers list
+# their directories (Docker, our own export); a tar of files only needs a few per file.
+IMPLIED_PER_MEMBER = 4
+IMPLIED_FREE = 16384
 
 
 def extract_layer(
@@ -63,7 +77,11 @@ def extract_layer(
     _make_dest(dest)
     try:
         with Source(src, max_bytes) as source, _Extractor(dest, uid_base) as ex:
+            ns = _Namespace()  # scan_layer's checks first: its refusals are extraction's
             for m in members(source):
+                parts = normalize(m.name)
+                if parts:
+                    ns.member(parts, m)
                 try:
                     ex.apply(m, source)
                 except OSError as e:
@@ -94,6 +112,8 @@ class _Namespace:
 
     def __init__(self) -> None:
         self.kinds: dict[tuple[bytes, ...], str] = {}
+        self.cells = 0  # what `kinds` holds, in path components (+ KEY_CELLS a name)
+        self.members = self.implied = 0  # members seen; directories made for them, unlisted
         self.probe = Python3Probe()
         self.files = self.bytes = self.skipped = 0
 
@@ -101,17 +121,40 @@ class _Namespace:
         return LayerStats(self.files, self.bytes, self.probe.has, self.probe.removes, self.skipped)
 
     def _parents(self, parts: tuple[bytes, ...], m: Member) -> None:
+        # A directory never becomes anything else (`_put` refuses it), so one known as a
+        # directory has only directories above it: one lookup, not one per level.
+        if not parts or self.kinds.get(parts) == "d":
+            return
         for i in range(1, len(parts) + 1):
-            kind = self.kinds.setdefault(parts[:i], "d")
-            if kind != "d":
+            key = parts[:i]
+            kind = self.kinds.get(key)
+            if kind is None:
+                self.implied += 1
+                if self.implied > IMPLIED_PER_MEMBER * self.members + IMPLIED_FREE:
+                    raise LayerError(f"member {m.label()}: too many directories the tar does not list")
+                self._add(key, "d", m)
+            elif kind != "d":
                 raise LayerError(f"member {m.label()}: {parts[i - 1]!r} on its path is not a directory")
 
     def _put(self, parts: tuple[bytes, ...], kind: str, m: Member) -> None:
-        if kind != "d" and self.kinds.get(parts) == "d":
+        old = self.kinds.get(parts)
+        if kind != "d" and old == "d":
             raise LayerError(f"member {m.label()} would replace a directory")
+        if old is None:
+            self._add(parts, kind, m)
+        else:
+            self.kinds[parts] = kind
+
+    def _add(self, parts: tuple[bytes, ...], kind: str, m: Member) -> None:
+        """A new name, paid for: every level of every name is held (a tar of paths 250 levels
+        deep, each under a directory of its own, held ~130 bytes per byte of tar)."""
+        self.cells += len(parts) + KEY_CELLS
+        if self.cells > MAX_NAME_CELLS:
+            raise LayerError(f"member {m.label()}: the layer's names are too many or too deep to check")
         self.kinds[parts] = kind
 
     def member(self, parts: tuple[bytes, ...], m: Member) -> None:
+        self.members += 1
         base = parts[-1]
         if base.startswith(WHITEOUT):
             if base == OPAQUE:
@@ -132,7 +175,7 @@ class _Namespace:
         self._parents(parts[:-1], m)
         self.probe.entry(parts, is_dir=m.type == DIR, is_file_or_link=m.type in (*REGULAR, LNK, SYM))
         if m.type == DIR:
-            self.kinds[parts] = "d"  # over a file or link of this layer: it replaces it
+            self._put(parts, "d", m)  # over a file or link of this layer: it replaces it
             return
         if m.type == SYM and (not m.linkname or b"\0" in m.linkname):
             raise LayerError(f"member {m.label()}: empty symlink target or NUL in it")
