@@ -50,15 +50,12 @@ def platform_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     """A live platform: a CP process and one real agent registered to it."""
-    from tests.harness.platform import start_platform
+    from tests.harness.platform import running_platform
 
     if os.geteuid() != 0:
         pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
-    p = await start_platform(db_url, platform_dir)
-    try:
+    async with running_platform(db_url, platform_dir) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import PASSWORD, CPProcess, run_sql
+from tests.harness.environ import environ
 from tests.harness.machine import free_port
 from warren.cp.db.engine import to_async_url
 
@@ -110,3 +112,17 @@ async def start_platform(
     except BaseException:
         cp.stop()
         raise
+
+
+@contextlib.asynccontextmanager
+async def running_platform(
+    db_url: str, home: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Platform]:
+    """:func:`start_platform`, with ``env`` set while its CP and agent start (they read their
+    settings from the environment they start with); stopped afterwards."""
+    with environ(env or {}):
+        p = await start_platform(db_url, home)
+    try:
+        yield p
+    finally:
+        await p.stop()

@@ -25,9 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.environ import environ
 from tests.harness.leaks import slot_held_by_another
-from tests.harness.platform import Platform, start_platform
+from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant
 from warren import ids
 from warren.agent.egress import MAX_ALLOW, parse_allow
@@ -113,12 +112,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     if os.geteuid() != 0:
         pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
     env = {"WARREN_EGRESS_RANGES": RANGES, "WARREN_AGENT_EGRESS_DENY": PLATFORM_DB}
-    with environ(env):
-        p = await start_platform(db_url, platform_dir)
-    try:
+    async with running_platform(db_url, platform_dir, env) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ import pytest
 
 from tests.harness.cp import JWT_SECRET
 from tests.harness.e2b import E2B_TEST_TEMPLATE, build_test_template
-from tests.harness.environ import environ
-from tests.harness.platform import Platform
+from tests.harness.platform import Platform, running_platform
 from tests.integration.e2b.envd_wire import envelope, envelopes
 from warren.cp.services.envd_tokens import envd_access_token
 
@@ -35,14 +34,10 @@ UPLOAD_CAP = 1 << 20  # WARREN_MAX_UPLOAD_BYTES for this module's platform
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     """The module's platform with a preview domain (host-name routing) and a 1 MiB upload cap."""
-    from tests.harness.platform import start_platform
-
-    with environ({"WARREN_PREVIEW_DOMAIN": DOMAIN, "WARREN_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}):
-        p = await start_platform(db_url, platform_dir)
-    try:
+    async with running_platform(
+        db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN, "WARREN_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)}
+    ) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 class Fs:

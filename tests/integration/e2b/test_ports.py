@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.platform import Platform, start_platform
+from tests.harness.platform import Platform, running_platform
 
 pytestmark = pytest.mark.root
 
@@ -78,19 +77,8 @@ DOMAIN = "preview.test"
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     """The live platform, with a preview domain for host-name routing (the CP process takes
     its settings from the environment it starts with)."""
-    saved = os.environ.get("WARREN_PREVIEW_DOMAIN")
-    os.environ["WARREN_PREVIEW_DOMAIN"] = DOMAIN
-    try:
-        p = await start_platform(db_url, platform_dir)
-    finally:
-        if saved is None:
-            os.environ.pop("WARREN_PREVIEW_DOMAIN", None)
-        else:
-            os.environ["WARREN_PREVIEW_DOMAIN"] = saved
-    try:
+    async with running_platform(db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN}) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 @dataclass(frozen=True)

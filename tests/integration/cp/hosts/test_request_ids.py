@@ -13,7 +13,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.platform import Platform, start_platform
+from tests.harness.platform import Platform, running_platform
 
 pytestmark = pytest.mark.root
 
@@ -23,19 +23,8 @@ async def live(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     if os.geteuid() != 0:
         pytest.skip("real agents need root")
     # The processes copy the environment when they start: their logs are JSON lines.
-    before = os.environ.get("WARREN_LOG_FORMAT")
-    os.environ["WARREN_LOG_FORMAT"] = "json"
-    try:
-        p = await start_platform(db_url, platform_dir)
-    finally:
-        if before is None:
-            os.environ.pop("WARREN_LOG_FORMAT", None)
-        else:
-            os.environ["WARREN_LOG_FORMAT"] = before
-    try:
+    async with running_platform(db_url, platform_dir, {"WARREN_LOG_FORMAT": "json"}) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 def _agent_lines(p: Platform) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.harness.environ import environ
-from tests.harness.platform import Platform, start_platform
+from tests.harness.platform import Platform, running_platform
 from tests.integration.cp.proxy.test_preview import APP, WS_ECHO, Sbx, _wait_port
 from warren import ids
 from warren.cp.hosts.client_pool import HostClientPool
@@ -32,14 +32,12 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    with environ({"WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK": "true"}):
-        p = await start_platform(db_url, platform_dir)
-    try:
+    async with running_platform(
+        db_url, platform_dir, {"WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK": "true"}
+    ) as p:
         with environ({"WARREN_AGENT_DIAL_DATA_PORT": "-1"}):
             await p.add_agent("127.0.0.22", platform_dir / "agent1")
         yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import PASSWORD
-from tests.harness.environ import environ
 from tests.harness.machine import free_port
-from tests.harness.platform import Platform, start_platform
+from tests.harness.platform import Platform, running_platform
 
 pytestmark = pytest.mark.root
 
@@ -124,12 +123,8 @@ class Sbx:
 
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    with environ({"WARREN_PREVIEW_DOMAIN": DOMAIN}):
-        p = await start_platform(db_url, platform_dir)
-    try:
+    async with running_platform(db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN}) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from tests.harness.cp import InProcessCP
-from tests.harness.environ import environ
-from tests.harness.platform import Platform, start_platform
+from tests.harness.platform import Platform, running_platform
 from warren import Sandbox
 from warren.cp.services import platform_templates
 from warren.cp.services.template_spec import parse
@@ -47,12 +46,8 @@ async def spec_path(platform_dir: Path) -> Path:
 async def base_platform(db_url: str, platform_dir: Path, spec_path: Path) -> AsyncIterator[Platform]:
     # The CP process takes its settings from the environment it starts with.
     env = {"WARREN_BUILD_BASE_TEMPLATE": "1", "WARREN_BASE_TEMPLATE_SPEC": str(spec_path)}
-    with environ(env):
-        p = await start_platform(db_url, platform_dir)
-    try:
+    async with running_platform(db_url, platform_dir, env) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 async def _wait_for_base(p: Platform, timeout: float = 300) -> dict[str, Any]:
