@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import stat
 import tarfile
@@ -28,6 +29,9 @@ from tests.harness.leaks import wait_no_leaks
 from tests.harness.machine import MINIMAL_CACHE, scratch_dir
 from tests.integration.agent.layer_tars import digest, put_requests
 from tests.security.hostile_tars import REFUSED, deep_distinct_dirs, entries, hard, info, many_zero_files, sym
+from tests.unit.layers.images import oci_layout
+from warren.layers import LayerError
+from warren.layers.oci_image import read_image
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -250,3 +254,14 @@ def test_deep_distinct_paths_do_not_blow_up_the_agents_memory(agent: AgentProces
     print(f"\n{agent.mode}: agent high-water {before} -> {after} MiB")  # type: ignore[attr-defined]
     assert after - before < 600, (before, after)
     assert wait_clean(agent) == []
+
+
+def test_an_imported_image_with_such_a_layer_is_refused_by_the_import(tmp_path: Path) -> None:
+    """The same tar inside an OCI image layout: the import's own scan (run by the control plane
+    on every imported layer) refuses it, holding little, before any agent sees it."""
+    image = oci_layout(tmp_path / "image.tar", [deep_distinct_dirs(4000)])
+    (tmp_path / "work").mkdir()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    with pytest.raises(LayerError, match="too many"):
+        read_image(image, tmp_path / "work")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10) - before < 600
