@@ -20,7 +20,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.harness.environ import environ
 from tests.harness.platform import Platform, running_platform
-from tests.integration.cp.proxy.test_preview import APP, WS_ECHO, Sbx, _wait_port
+from tests.integration.cp.proxy.test_preview import Sbx, serve_apps
 from warren import ids
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.proxy.data import client_context
@@ -63,15 +63,7 @@ async def sbs(platform: Platform, http: httpx.Client) -> list[Sbx]:
             break
     assert len(by_host) == 2, "the scheduler never used the second host"
     for s in by_host.values():
-        s.sh("mkdir -p /srv && echo hello-over-data > /srv/hello.txt")
-        s.sh("cat > /tmp/app.py", stdin=APP)
-        s.sh("cat > /tmp/ws.py", stdin=WS_ECHO)
-        s.sh(
-            "cd /srv && (setsid python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &);"
-            "(setsid python3 /tmp/app.py >/dev/null 2>&1 &); (setsid python3 /tmp/ws.py >/dev/null 2>&1 &)"
-        )
-        for port in (8000, 8001, 8002):
-            _wait_port(s, port)
+        serve_apps(s, "hello-over-data")
     return [by_host[h] for h in platform.host_ids]
 
 

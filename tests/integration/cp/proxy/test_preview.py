@@ -148,10 +148,10 @@ def _wait_port(sb: Sbx, port: int) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def sb(platform: Platform, http: httpx.Client) -> Sbx:
-    s = _sandbox(platform, http)
-    s.sh("mkdir -p /srv && echo hello-from-sandbox > /srv/hello.txt")
+def serve_apps(s: Sbx, hello: str) -> None:
+    """The sandbox's servers, up: http.server on 8000 (``/hello.txt`` says ``hello``), the app
+    on 8001, the WebSocket echo on 8002."""
+    s.sh(f"mkdir -p /srv && echo {hello} > /srv/hello.txt")
     s.sh("cat > /tmp/app.py", stdin=APP)
     s.sh("cat > /tmp/ws.py", stdin=WS_ECHO)
     s.sh(
@@ -160,6 +160,12 @@ def sb(platform: Platform, http: httpx.Client) -> Sbx:
     )
     for port in (8000, 8001, 8002):
         _wait_port(s, port)
+
+
+@pytest.fixture(scope="module")
+def sb(platform: Platform, http: httpx.Client) -> Sbx:
+    s = _sandbox(platform, http)
+    serve_apps(s, "hello-from-sandbox")
     return s
 
 
