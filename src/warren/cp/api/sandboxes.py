@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Response
 from pydantic import Field
 
 from warren.config import Runtime
-from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, Sched, SettingsDep, Store, TeamContext
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, State, TeamContext
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.services import egress_rules, sandbox_power
@@ -58,9 +58,8 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
     responses=error_responses(400, *AUTH_ERRORS, 404, 429, 502, 503),
 )
 async def create_sandbox(
-    ctx: TeamContext, db: Db, pool: Pool, scheduler: Sched, settings: SettingsDep, store: Store,
-    body: Annotated[CreateSandboxRequest | None, Body()] = None,
-) -> Response:  # fmt: skip
+    ctx: TeamContext, state: State, body: Annotated[CreateSandboxRequest | None, Body()] = None
+) -> Response:
     """Create a sandbox on a host chosen by the scheduler. A size past a platform maximum → 400;
     past a team quota → 429 `quota_exceeded`; no eligible host (none offering the runtime) → 503
     `no_hosts_available`; no host with room → 503 `no_capacity`.
@@ -74,9 +73,11 @@ async def create_sandbox(
         network=egress_rules.checked(b.network, internet=b.internet), runtime=b.runtime,
     )  # fmt: skip
     timings: dict[str, float] = {}
+    # The app's state as one dependency, not five (each is a call FastAPI resolves per request).
     sandbox = await svc.create_sandbox(
-        db, pool, scheduler, ctx, params, settings=settings, store=store, timings=timings
-    )
+        state.engine, state.pool, state.scheduler, ctx, params,
+        settings=state.settings, store=state.store, timings=timings,
+    )  # fmt: skip
     # The answer written once (response_model documents it): a model returned to FastAPI is
     # validated against the response model again and encoded in a second pass.
     response = Response(sandbox.model_dump_json(exclude_none=True), 201, media_type="application/json")
