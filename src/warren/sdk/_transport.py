@@ -16,6 +16,7 @@ import functools
 import inspect
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,17 @@ UPLOAD_CHUNK = 1024 * 1024
 # waits for the server's (delayed) ACK of the headers: ~40 ms on every small POST.
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _USER_AGENT = "warren-python-sdk/0.1"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process, shared by every client the SDK opens.
+
+    httpx builds a new one for each client it is not handed one (loading the CA bundle: ~20 ms
+    here), and ``Sandbox.create`` opens a client per sandbox: it was two thirds of a create from a
+    warm pool. A context is safe to share between threads and clients; ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` are read when the first client is made."""
+    return httpx.create_ssl_context()
 
 
 class _Default:
@@ -298,7 +310,7 @@ class SyncTransport:
             base_url=config.url,
             headers=_headers(config),
             timeout=_timeout(config, DEFAULT),
-            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS),
+            transport=httpx.HTTPTransport(verify=_tls_context(), socket_options=_SOCKET_OPTIONS),
         )
 
     def close(self) -> None:
@@ -410,7 +422,7 @@ class AsyncTransport:
             base_url=config.url,
             headers=_headers(config),
             timeout=_timeout(config, DEFAULT),
-            transport=httpx.AsyncHTTPTransport(socket_options=_SOCKET_OPTIONS),
+            transport=httpx.AsyncHTTPTransport(verify=_tls_context(), socket_options=_SOCKET_OPTIONS),
         )
 
     async def close(self) -> None:
