@@ -19,9 +19,11 @@ from warren.sdk import _transport
 from warren.sdk._config import ConnectionConfig
 from warren.sdk._exceptions import WarrenError
 
+Server = tuple[str, list[bytes]]  # the URL, and what reached the server after a handshake
+
 
 @pytest.fixture
-def untrusted_https(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
+def untrusted_https(tmp_path: Path) -> Iterator[Server]:
     """An HTTPS server on loopback with a certificate from a CA nobody trusts; it records what
     reached it after a completed handshake (nothing should)."""
     ca = CertificateAuthority.generate("untrusted test CA")
@@ -59,7 +61,7 @@ def untrusted_https(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
 
 
 def test_every_transport_shares_one_verifying_context() -> None:
-    cfg = ConnectionConfig.resolve(api_key="k", url="http://127.0.0.1:1", access_token=None, request_timeout=None)
+    cfg = ConnectionConfig.resolve(api_key="k", url="http://127.0.0.1:1")
     a, b = _transport.SyncTransport(cfg), _transport.SyncTransport(cfg)
     try:
         ctx = _transport._tls_context()
@@ -71,7 +73,7 @@ def test_every_transport_shares_one_verifying_context() -> None:
         b.close()
 
 
-def test_sync_sdk_refuses_a_certificate_no_trusted_ca_signed(untrusted_https: tuple[str, list[bytes]]) -> None:
+def test_sync_sdk_refuses_a_certificate_no_trusted_ca_signed(untrusted_https: Server) -> None:
     url, received = untrusted_https
     with pytest.raises(WarrenError) as err:
         Sandbox.create(url=url, api_key="wk_secret_never_sent")
@@ -80,7 +82,7 @@ def test_sync_sdk_refuses_a_certificate_no_trusted_ca_signed(untrusted_https: tu
     assert received == []
 
 
-def test_async_sdk_refuses_a_certificate_no_trusted_ca_signed(untrusted_https: tuple[str, list[bytes]]) -> None:
+def test_async_sdk_refuses_a_certificate_no_trusted_ca_signed(untrusted_https: Server) -> None:
     url, received = untrusted_https
 
     async def create() -> None:
