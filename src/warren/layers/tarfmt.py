@@ -154,15 +154,16 @@ class Source:
                 raise LayerError("truncated tar: the stream ends inside a header")
             return None
         self.check_room(BLOCK, "header")
-        blk = self._buf[self._off : self._off + BLOCK]
-        self._off += BLOCK
-        self.pos += BLOCK
-        return blk
+        return self._take(BLOCK)
 
     def read_exact(self, n: int, what: str) -> bytes:
         self.check_room(n, what)
         if not self._fill(n):
             raise LayerError(f"{what}: truncated tar")
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
+        """The next n bytes, already buffered (``_fill(n)`` said so)."""
         data = self._buf[self._off : self._off + n]
         self._off += n
         self.pos += n
