@@ -21,12 +21,12 @@ import ctypes
 import errno
 import os
 import socket
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from warren.agent.manager import SandboxManager
 from warren.agent.network import Slot
+from warren.agent.per_manager import PerManager
 from warren.errors import InvalidState, NotFound, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -191,12 +191,5 @@ async def _pump(requests: AsyncIterator[pb.DialRequest], writer: asyncio.StreamW
             writer.write_eof()
 
 
-_dialers: weakref.WeakKeyDictionary[SandboxManager, Dialer] = weakref.WeakKeyDictionary()
-
-
-def dialer_for(manager: SandboxManager) -> Dialer:
-    """The agent's one dialer (made on first use)."""
-    d = _dialers.get(manager)
-    if d is None:
-        d = _dialers[manager] = Dialer(manager)
-    return d
+# The agent's one dialer (made on first use).
+dialer_for: PerManager[Dialer] = PerManager(Dialer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from warren import clock
 from warren.agent.guest_client import EntryInfo, WatchBatch, WatchEvent
 from warren.agent.guest_wire import GuestError
 from warren.agent.manager import SandboxManager
+from warren.agent.per_manager import PerManager
 from warren.errors import InvalidRequest, NotFound, PayloadTooLarge
 from warren.ids import Kind, format_id
 from warren.rpc import hostagent_pb2 as pb
@@ -172,12 +172,5 @@ class Watchers:
         return len(self._by_sb.get(sandbox_id, {}))
 
 
-_registries: weakref.WeakKeyDictionary[SandboxManager, Watchers] = weakref.WeakKeyDictionary()
-
-
-def watchers_of(m: SandboxManager) -> Watchers:
-    """The manager's polling watchers (one registry per manager, made on first use)."""
-    w = _registries.get(m)
-    if w is None:
-        w = _registries[m] = Watchers(m)
-    return w
+# The manager's polling watchers (one registry per manager, made on first use).
+watchers_of: PerManager[Watchers] = PerManager(Watchers)
