@@ -44,10 +44,12 @@ _PIECE = 1 << 16  # rendered JSON is written in pieces of about this many input 
 
 @dataclass
 class UnaryAnswer:
-    """The JSON body, produced piece by piece; ``release`` gives the budget back (once)."""
+    """The JSON body: ``whole`` when the output is small (rendered at once), else ``body``,
+    produced piece by piece; ``release`` gives the budget back (once), after the answer is sent."""
 
-    body: AsyncIterator[bytes]
     release: Callable[[], None]
+    body: AsyncIterator[bytes] | None = None
+    whole: bytes | None = None
 
 
 @dataclass
@@ -81,14 +83,29 @@ async def exec_command(
     t0 = clock.monotonic()
     try:
         started = asyncio.Event()
-        call = client.stub.ExecStream(_requests(messages, started), timeout=limit + _RPC_SLACK_S)
+        call: Any = None
+        requests = _requests(messages, started, ended=lambda: call.done())
+        call = client.stub.ExecStream(requests, timeout=limit + _RPC_SLACK_S)
         out = await _collect(call, held, limit, max_output, started)
     except BaseException:
         held.release()
         raise
     out.duration_ms = int((clock.monotonic() - t0) * 1000)
     sandbox_access.touch_later(engine, tgt.uuid)
-    return UnaryAnswer(render(tgt.sid, body.cmd, out, held.release), held.release)
+    if held.bytes > _PIECE:
+        return UnaryAnswer(held.release, body=render(tgt.sid, body.cmd, out, held.release))
+    # Most answers: one write with a length instead of a chunked stream (~5 writes). The budget
+    # stays held until the answer is written, as for a stream.
+    try:
+        pieces = [piece async for piece in render(tgt.sid, body.cmd, out, _kept)]
+    except BaseException:
+        held.release()
+        raise
+    return UnaryAnswer(held.release, whole=b"".join(pieces))
+
+
+def _kept() -> None:
+    """``render``'s release when the caller gives the budget back itself."""
 
 
 def _parse(raw_body: bytes, max_timeout: int) -> ExecBody:
@@ -155,12 +172,18 @@ async def _collect(call: Any, held: _Held, limit: int, max_output: int, started:
 
 
 async def _requests(
-    messages: list[pb.ExecStreamRequest], started: asyncio.Event
+    messages: list[pb.ExecStreamRequest], started: asyncio.Event, ended: Callable[[], bool]
 ) -> AsyncIterator[pb.ExecStreamRequest]:
+    """The messages, the stdin only once the agent took the start (exec_stream), and nothing
+    once the call has ended. A short command often ends before its ``close_stdin`` is written:
+    grpc.aio takes a write after the end for the iterator's own error, formats its traceback and
+    cancels the call (~0.5 ms of CPU, in about half of the execs of ``true``)."""
     start, *rest = messages
     yield start
-    await after_start(started)  # stdin only once the agent took the start (exec_stream)
+    await after_start(started)
     for m in rest:
+        if ended():
+            return
         yield m
 
 
