@@ -146,7 +146,9 @@ async def _exec_events(
         # ~0.1 ms of the CP's CPU per command.
         yield pb.ExecStreamRequest(start=first)
         await started.wait()  # nothing after a refused start (grpc/grpc#36066)
-        if not spec.stdin:  # envd's stdin: false is an input at EOF at once
+        # envd's stdin: false is an input at EOF at once. Not once the call has ended (a short
+        # command often has): grpc.aio takes that write for the iterator's error, ~0.5 ms.
+        if not spec.stdin and not call.done():
             yield pb.ExecStreamRequest(close_stdin=True)
 
     call = client.stub.ExecStream(requests())
