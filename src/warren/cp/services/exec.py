@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import re
 import signal as _signal
@@ -23,7 +22,7 @@ from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.env import EnvVars
-from warren.cp.services.strict import INT32_MAX, StrictBody, check_text
+from warren.cp.services.strict import INT32_MAX, StrictBody, check_text, json_object
 from warren.errors import AgentError, InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 
@@ -121,12 +120,9 @@ class StdinBody(StrictBody):
 
 def parse_body(model: type[M], raw: bytes) -> M:
     """Parse a JSON body into ``model`` (InvalidRequest with the API's messages)."""
-    try:
-        data = json.loads(raw) if raw.strip() else {}
-    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than Python's stack
-        raise InvalidRequest("invalid JSON body") from e
-    if not isinstance(data, dict):
-        raise InvalidRequest("invalid JSON body: expected an object")
+    data = (
+        json_object(raw, "invalid JSON body", "invalid JSON body: expected an object") if raw.strip() else {}
+    )
     try:
         return model.model_validate(data)
     except ValidationError as e:

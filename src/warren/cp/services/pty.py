@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
-from warren.cp.services.strict import check_text
+from warren.cp.services.strict import check_text, json_object
 from warren.errors import AgentError, InvalidRequest, PayloadTooLarge, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -93,13 +92,7 @@ def _control(raw: str | bytes) -> Frame:
         raise InvalidRequest("control messages are text frames")
     if len(raw) > MAX_CONTROL_FRAME:
         raise PayloadTooLarge(f"a control frame is at most {MAX_CONTROL_FRAME} bytes")
-    try:
-        f = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise InvalidRequest("a control frame must be JSON") from e
-    if not isinstance(f, dict):
-        raise InvalidRequest("a control frame must be a JSON object")
-    return f
+    return json_object(raw, "a control frame must be JSON", "a control frame must be a JSON object")
 
 
 def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:

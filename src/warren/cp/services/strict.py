@@ -15,6 +15,7 @@ number (``{"sandboxes": true}`` set a team's quota to 1).
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from typing import Any, ClassVar
@@ -45,6 +46,19 @@ def check_text(value: str, what: str, *, nul_ok: bool = False) -> str:
     problem = text_problem(value, nul_ok=nul_ok)
     if problem is not None:
         raise InvalidRequest(f"invalid {what}: {problem}")
+    return value
+
+
+def json_object(raw: str | bytes | bytearray, not_json: str, not_object: str) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or a 400 with the caller's message: ``not_json`` when it
+    does not parse (nesting deeper than Python's stack included), ``not_object`` for any other
+    JSON value."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the stack
+        raise InvalidRequest(not_json) from e
+    if not isinstance(value, dict):
+        raise InvalidRequest(not_object)
     return value
 
 
@@ -113,4 +127,4 @@ class StrictBody(BaseModel):
         return value
 
 
-__all__ = ["INT32_MAX", "INT64_MAX", "StrictBody", "check_text", "text_problem"]
+__all__ = ["INT32_MAX", "INT64_MAX", "StrictBody", "check_text", "json_object", "text_problem"]

@@ -8,7 +8,6 @@ does not answers 501 naming it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +23,7 @@ from warren.cp.e2b.errors import e2b_error, e2b_error_for, not_implemented
 from warren.cp.security.credentials import Credentials
 from warren.cp.services.authn import authenticate, throttle
 from warren.cp.services.context import AuthContext
-from warren.cp.services.strict import INT64_MAX, text_problem
+from warren.cp.services.strict import INT64_MAX, json_object, text_problem
 from warren.cp.state import AppState, state_of
 from warren.errors import InvalidRequest, PayloadTooLarge, Unauthorized, WarrenError
 
@@ -56,12 +55,7 @@ class Call:
                 raise PayloadTooLarge(f"request body larger than {cap} bytes")
         if not raw.strip():
             return {}
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise InvalidRequest("request body is not valid JSON") from e
-        if not isinstance(value, dict):
-            raise InvalidRequest("request body must be a JSON object")
+        value = json_object(raw, "request body is not valid JSON", "request body must be a JSON object")
         problem = _problem(value)
         if problem:
             raise InvalidRequest(f"request body: {problem}")
