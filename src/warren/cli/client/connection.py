@@ -2,13 +2,15 @@
 
 The URL and credentials come from ``WARREN_URL`` / ``WARREN_API_KEY`` / ``WARREN_ACCESS_TOKEN``
 or the file written by ``warren login`` (``ConnectionConfig.resolve``). Sandbox work goes
-through the SDK (``connect_sandbox``); listings and account-level calls are plain REST calls
+through the SDK (``open_sandbox``); listings and account-level calls are plain REST calls
 (``rest``) whose errors become the SDK's typed exceptions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import httpx
@@ -17,7 +19,7 @@ import typer
 from warren.cli.client.output import fail
 from warren.sdk import ConnectionConfig, Sandbox, error_from_response, load_config_file
 
-__all__ = ["SandboxArg", "UserOpt", "connect_sandbox", "connection_config", "rest"]
+__all__ = ["SandboxArg", "UserOpt", "connection_config", "open_sandbox", "rest"]
 
 SandboxArg = Annotated[str, typer.Argument(help="Sandbox ID (sb-…).", show_default=False)]
 UserOpt = Annotated[
@@ -57,9 +59,16 @@ def rest(method: str, path: str, *, user: bool = False, **kwargs: Any) -> Any:
     return r.json() if r.content else None
 
 
-def connect_sandbox(sandbox_id: str) -> Sandbox:
+@contextlib.contextmanager
+def open_sandbox(sandbox_id: str) -> Iterator[Sandbox]:
+    """The sandbox through the SDK, its connections released on leaving the block (the sandbox
+    keeps running: ``with Sandbox`` would kill it)."""
     cfg = connection_config()
     # The CLI never resumes behind the user's back: a paused sandbox answers 409.
-    return Sandbox.connect(
+    sbx = Sandbox.connect(
         sandbox_id, resume=False, url=cfg.url, api_key=cfg.api_key, access_token=cfg.access_token
     )
+    try:
+        yield sbx
+    finally:
+        sbx.close()

@@ -16,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from warren.cli.client.connection import SandboxArg, UserOpt, connect_sandbox
+from warren.cli.client.connection import SandboxArg, UserOpt, open_sandbox
 from warren.cli.client.output import (
     JsonOpt,
     api_errors,
@@ -61,19 +61,15 @@ def files_put(
 ) -> None:
     """Upload a file of any size (streamed, with a progress bar), owned by --user if given
     (a relative path is then under their home)."""
-    with api_errors():
-        sbx = connect_sandbox(sandbox_id)
-        try:
-            if str(local) == "-":
-                sbx.files.write_stream(remote, sys.stdin.buffer, user=user)
-                return
-            if not local.is_file():
-                fail(f"{local}: no such file")
-            with _progress() as progress, local.open("rb") as f:
-                task = progress.add_task(f"put {local.name}", total=local.stat().st_size)
-                sbx.files.write_stream(remote, f, progress=lambda n: progress.advance(task, n), user=user)
-        finally:
-            sbx.close()
+    with api_errors(), open_sandbox(sandbox_id) as sbx:
+        if str(local) == "-":
+            sbx.files.write_stream(remote, sys.stdin.buffer, user=user)
+            return
+        if not local.is_file():
+            fail(f"{local}: no such file")
+        with _progress() as progress, local.open("rb") as f:
+            task = progress.add_task(f"put {local.name}", total=local.stat().st_size)
+            sbx.files.write_stream(remote, f, progress=lambda n: progress.advance(task, n), user=user)
 
 
 @app.command("get")
@@ -85,27 +81,23 @@ def files_get(
 ) -> None:
     """Download a file of any size (streamed, with a progress bar). A transfer that breaks
     midway fails and leaves no partial file behind."""
-    with api_errors():
-        sbx = connect_sandbox(sandbox_id)
+    with api_errors(), open_sandbox(sandbox_id) as sbx:
+        if str(local) == "-":
+            for chunk in sbx.files.read_stream(remote, user=user):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return
+        size = sbx.files.get_info(remote, user=user).size
+        part = local.with_name(local.name + ".part")
         try:
-            if str(local) == "-":
+            with _progress() as progress, part.open("wb") as f:
+                task = progress.add_task(f"get {Path(remote).name}", total=size)
                 for chunk in sbx.files.read_stream(remote, user=user):
-                    sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                return
-            size = sbx.files.get_info(remote, user=user).size
-            part = local.with_name(local.name + ".part")
-            try:
-                with _progress() as progress, part.open("wb") as f:
-                    task = progress.add_task(f"get {Path(remote).name}", total=size)
-                    for chunk in sbx.files.read_stream(remote, user=user):
-                        f.write(chunk)
-                        progress.advance(task, len(chunk))
-                part.replace(local)
-            finally:
-                part.unlink(missing_ok=True)
+                    f.write(chunk)
+                    progress.advance(task, len(chunk))
+            part.replace(local)
         finally:
-            sbx.close()
+            part.unlink(missing_ok=True)
 
 
 @app.command("ls")
@@ -117,12 +109,8 @@ def files_ls(
     json_out: JsonOpt = False,
 ) -> None:
     """List a directory."""
-    with api_errors():
-        sbx = connect_sandbox(sandbox_id)
-        try:
-            entries = sbx.files.list(path, depth=depth, user=user)
-        finally:
-            sbx.close()
+    with api_errors(), open_sandbox(sandbox_id) as sbx:
+        entries = sbx.files.list(path, depth=depth, user=user)
     if json_out:
         print_json(entries)
         return

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from warren.cli.client import shell
-from warren.cli.client.connection import SandboxArg, UserOpt, connect_sandbox, connection_config, rest
+from warren.cli.client.connection import SandboxArg, UserOpt, connection_config, open_sandbox, rest
 from warren.cli.client.output import JsonOpt, api_errors, err, fail, out, print_json, table, timestamp
 from warren.cli.groups import command_group
 from warren.sdk import Sandbox
@@ -140,28 +140,22 @@ def sandbox_exec(
     """
     envs = dict(item.split("=", 1) for item in env or [] if "=" in item)
     cmd: str | list[str] = command[0] if len(command) == 1 else command
-    with api_errors():
-        sbx = connect_sandbox(sandbox_id)
-        try:
-            if json_out:
-                r = sbx.commands.run(cmd, timeout=timeout or None, cwd=cwd, envs=envs, user=user)
-                print_json(
-                    {"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr, "error": r.error}
-                )
-            else:
-                r = sbx.commands.run(
-                    cmd,
-                    timeout=timeout or None,
-                    cwd=cwd,
-                    envs=envs,
-                    user=user,
-                    on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
-                    on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
-                )
-                if r.error:
-                    err.print(f"[yellow]{r.error}[/yellow]")
-        finally:
-            sbx.close()
+    with api_errors(), open_sandbox(sandbox_id) as sbx:
+        if json_out:
+            r = sbx.commands.run(cmd, timeout=timeout or None, cwd=cwd, envs=envs, user=user)
+            print_json({"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr, "error": r.error})
+        else:
+            r = sbx.commands.run(
+                cmd,
+                timeout=timeout or None,
+                cwd=cwd,
+                envs=envs,
+                user=user,
+                on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
+                on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
+            )
+            if r.error:
+                err.print(f"[yellow]{r.error}[/yellow]")
     raise typer.Exit(r.exit_code if 0 <= r.exit_code < 256 else 1)
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from warren.cli.client.connection import connect_sandbox
+from warren.cli.client.connection import open_sandbox
 from warren.sdk import PtyHandle, WarrenError
 
 EOF_KEY = b"\x04"  # Ctrl-D: the terminal's end-of-file character
@@ -51,12 +51,9 @@ def run_shell(sandbox_id: str, *, user: str | None = None, cmd: str | None = Non
     is_tty = os.isatty(fd)
     cols, rows = _size(fd if is_tty else 1)
     envs = {"TERM": os.environ["TERM"]} if is_tty and os.environ.get("TERM") else None
-    sbx = connect_sandbox(sandbox_id)
-    try:
+    with open_sandbox(sandbox_id) as sbx:
         handle = sbx.pty.create(cols=cols, rows=rows, on_data=_write_out, cmd=cmd, envs=envs, user=user)
         code = _interact(handle, fd, is_tty)
-    finally:
-        sbx.close()
     return code if code >= 0 else 128 - code
 
 
