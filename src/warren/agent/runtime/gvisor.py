@@ -37,9 +37,9 @@ import signal
 import time
 from pathlib import Path
 
-from warren.agent.proc import CommandError, run
+from warren.agent.proc import run
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
-from warren.agent.runtime.oci import cgroup_dir, cgroup_stats, parse_state, remove_cgroups, thaw
+from warren.agent.runtime.oci import cgroup_dir, cgroup_stats, parse_state, read_state, remove_cgroups, thaw
 
 log = logging.getLogger("warren.agent")
 
@@ -250,11 +250,7 @@ class GvisorRuntime:
             raise RuntimeError_(f"runsc resume {sandbox_id}: {_first_line(res.stderr)}")
 
     async def _runsc_state(self, sandbox_id: str) -> ContainerState | None:
-        try:
-            res = await run(*self._argv("state", sandbox_id))
-        except CommandError:
-            return None
-        return parse_state(json.loads(res.stdout))
+        return await read_state(self._argv("state", sandbox_id))
 
     async def exec_output(self, sandbox_id: str, argv: list[str], limit: int, timeout: float) -> bytes:  # noqa: ASYNC109
         """``runsc exec``: a command in the sandbox, beside its guest (no connection to it); at

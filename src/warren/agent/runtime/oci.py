@@ -105,11 +105,7 @@ class OciRuntime:
         await thaw(sandbox_id)
 
     async def state(self, sandbox_id: str) -> ContainerState | None:
-        try:
-            res = await run(*self._argv("state", sandbox_id))
-        except CommandError:
-            return None
-        return parse_state(json.loads(res.stdout))
+        return await read_state(self._argv("state", sandbox_id))
 
     async def list(self) -> list[ContainerState]:
         res = await run(*self._argv("list", "--format", "json"), check=False)
@@ -183,6 +179,16 @@ async def thaw(sandbox_id: str) -> None:
         write_file(str(state), "THAWED")
     except OSError as e:
         raise RuntimeError_(f"thaw {sandbox_id}: {e}") from e
+
+
+async def read_state(argv: list[str]) -> ContainerState | None:
+    """What ``<runtime> state <id>`` (``argv``) says, None when the runtime knows no such
+    container (runc, crun and runsc all answer in the OCI state format)."""
+    try:
+        res = await run(*argv)
+    except CommandError:
+        return None
+    return parse_state(json.loads(res.stdout))
 
 
 def parse_state(d: dict[str, object]) -> ContainerState:
