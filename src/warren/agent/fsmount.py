@@ -1,5 +1,6 @@
 """The new mount API (fsopen, fsconfig, fsmount, move_mount; Linux 5.2, and overlayfs'
-``lowerdir+`` since 6.8), for mounts whose options do not fit the one page mount(2) copies."""
+``lowerdir+`` since 6.8), for mounts whose options do not fit the one page mount(2) copies;
+and ``sync_file_range`` for a loop device's backing file."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ _FSMOUNT_CLOEXEC = 0x1
 _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _AT_FDCWD = -100
+_SYNC_FILE_RANGE_WRITE = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 def _check(ret: int, what: str) -> int:
@@ -49,3 +52,8 @@ def fs_mount(
             os.close(mnt)
     finally:
         os.close(fs)
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing ``fd``'s dirty pages to disk, without waiting for them (best effort)."""
+    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from warren.agent import layer_image
+from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
@@ -115,6 +115,11 @@ class LayerCache:
             got = layer_image.support()
             self.images = got.ok
             log.info("event=layer_install_mode images=%s detail=%r", got.ok, got.detail)
+            if got.ok:
+                try:  # its imports now, not on the first layer's way
+                    layer_convert.warm()
+                except OSError as e:
+                    log.warning("event=layer_converter_failed error=%s", e)
         else:
             log.info("event=layer_install_mode images=False detail='extraction (setting)'")
         self._remount()

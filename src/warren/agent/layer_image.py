@@ -26,10 +26,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from warren.agent.fsmount import start_writeback
+from warren.agent.layer_convert import Conversion
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, umount
 from warren.layers import LayerError, LayerStats
 from warren.layers.image_tar import NeedsExtraction, convert_layer
-from warren.layers.tar_stream import ChunkFeed
 
 log = logging.getLogger("warren.agent.layers")
 
@@ -43,6 +44,7 @@ CPU_BASE_S = 60
 CPU_BYTES_PER_S = 5 << 20
 ADDRESS_SPACE = 4 << 30
 IMAGE_SLACK = 64 << 20
+FLUSH_EVERY = 4 << 20  # layer bytes between two starts of the image's writeback
 JOBS = "1"  # one compressor thread: as fast, and 10-15% less CPU than 2 (docs/benchmarks.md, session 8)
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -122,63 +124,75 @@ def build_image(tar: Path, work: Path, *, uid_base: int, max_bytes: int) -> Laye
 class StreamedImage:
     """An image made while its layer arrives (``LayerCache.receive``): :meth:`put` each chunk as
     it comes, then :meth:`finish` once its digest matched, or :meth:`abort`. The converter runs
-    in a thread of its own writing to ``tar2sqfs``, so converting and packing overlap receiving
-    and hashing instead of following them. Nothing of it is mounted or kept before ``finish``."""
+    in a process of its own (``layer_convert``) writing straight into ``tar2sqfs``, so
+    receiving and hashing, converting and packing run at once, on separate cores. Nothing of it
+    is mounted or kept before ``finish``."""
 
     def __init__(self, work: Path, *, size: int, uid_base: int, max_bytes: int) -> None:
         self._work = work
         self._out_dir = _out_dir(work)
-        self._feed = ChunkFeed()
-        self._stats: LayerStats | None = None
-        self._error: BaseException | None = None
+        self._image_fd = -1
+        self._since_flush = 0
         try:
             self._packer = _Packer(size, self._out_dir)
+            try:
+                self._conversion = Conversion(
+                    self._packer.stdin_fd(), uid_base=uid_base, max_bytes=max_bytes, cpu_s=_cpu_s(size)
+                )
+            finally:
+                self._packer.close_stdin()  # the converter's now: tar2sqfs ends when it does
         except BaseException:
-            shutil.rmtree(self._out_dir, ignore_errors=True)
+            self._kill()
             raise
-        self._thread = threading.Thread(
-            target=self._convert, args=(uid_base, max_bytes), name="layer-image", daemon=True
-        )
-        self._thread.start()
-
-    def _convert(self, uid_base: int, max_bytes: int) -> None:
-        try:
-            fd = self._packer.stdin_fd()
-            self._stats = convert_layer(self._feed, fd, uid_base=uid_base, max_bytes=max_bytes)
-        except BrokenPipeError:
-            pass  # tar2sqfs gave up: its exit status says why
-        except BaseException as e:  # handed to finish(), in the caller's thread
-            self._error = e
-        finally:
-            self._feed.stop()  # the rest of the layer is still received and hashed, not converted
-            self._packer.close_stdin()
 
     def put(self, chunk: bytes) -> None:
         """The next chunk of the layer (blocks while the converter is a few MiB behind)."""
-        self._feed.put(chunk)
+        self._conversion.put(chunk)
+        self._since_flush += len(chunk)
+        if self._since_flush >= FLUSH_EVERY:
+            self._since_flush = 0
+            self._start_writeback()
 
     def finish(self) -> LayerStats:
         """``work/layer.sqfs``, once every chunk was put and the layer's digest matched. Raises
         as :func:`build_image` does; nothing of the image is left then."""
-        self._feed.close()
-        self._thread.join()
         try:
-            if self._error is not None:
-                raise self._error
-            self._packer.wait(fed=self._stats is not None)
-            assert self._stats is not None
+            stats = self._conversion.result()
+            self._packer.wait(fed=stats is not None)
+            assert stats is not None
+            self._start_writeback()
             _take_image(self._out_dir, self._work)
-            return self._stats
+            return stats
         finally:
             self.abort()
 
     def abort(self) -> None:
         """Stop converting and packing, and remove what was made (idempotent)."""
-        self._feed.stop()
+        self._conversion.discard()
+        self._kill()
+
+    def _kill(self) -> None:
         self._packer.kill()  # a write of the converter's fails: it ends
-        self._thread.join()
-        self._packer.close_stdin()  # only now: the converter's thread may have been writing to it
+        self._packer.close_stdin()
+        if self._image_fd >= 0:
+            os.close(self._image_fd)
+            self._image_fd = -1
         shutil.rmtree(self._out_dir, ignore_errors=True)
+
+    def _start_writeback(self) -> None:
+        """Start writing the image's pages to disk while it is made: attaching a loop device
+        fsyncs its file (Linux 6.x), which then waits for what is left, not for all of it."""
+        if self._image_fd < 0:
+            try:  # tar2sqfs (nobody) makes it: no link followed, no wait on a fifo put there
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                self._image_fd = os.open(self._out_dir / IMAGE, flags)
+            except OSError:
+                return  # not there yet
+        start_writeback(self._image_fd)
+
+
+def _cpu_s(size: int) -> int:
+    return CPU_BASE_S + size // CPU_BYTES_PER_S
 
 
 def _out_dir(work: Path) -> Path:
@@ -199,7 +213,7 @@ class _Packer:
             # it now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
             "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
             "prlimit",
-            f"--cpu={CPU_BASE_S + size // CPU_BYTES_PER_S}",
+            f"--cpu={_cpu_s(size)}",
             f"--as={ADDRESS_SPACE}",
             f"--fsize={size + size // 8 + IMAGE_SLACK}",
             "--",

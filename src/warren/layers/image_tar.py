@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import cast
+from zlib import adler32
 
 from warren.layers.extract import _Namespace, _owner, _whiteout_target
 from warren.layers.hashing import LayerError
@@ -208,7 +209,7 @@ class _Converter:
             if len(self.ids) < IDS_CACHED:
                 self.ids[(mode, uid, gid)] = ids
         numbers = b"%011o\0%011o\0" % (size, mtime)
-        check = _FIXED_SUM + ids[1] + sum(numbers) + typ[0] + sum(path) + sum(link)
+        check = _FIXED_SUM + ids[1] + sum(numbers) + typ[0] + _sum(path) + _sum(link)
         self.buf += b"".join(
             (
                 path.ljust(100, b"\0"),
@@ -225,7 +226,7 @@ class _Converter:
         if m.size <= INLINE_MAX:
             # m, not str(m): the message is only formatted on an error
             self.buf += source.read_exact(m.size, cast(str, m))
-            self.buf += bytes(-m.size % BLOCK)
+            self.buf += _ZEROS[: -m.size % BLOCK]
             if len(self.buf) >= FLUSH_AT:
                 self._flush()
             return
@@ -250,6 +251,15 @@ def _record(key: bytes, value: bytes) -> bytes:
 
 _HEADER_TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x00" * 2 + bytes(167)  # magic .. end
 _FIXED_SUM = sum(_HEADER_TAIL) + 8 * 0x20  # the tail, and the checksum field as 8 spaces
+
+
+_ZEROS = memoryview(ZERO_BLOCK)
+
+
+def _sum(b: bytes) -> int:
+    """The sum of ``b``'s bytes (at most 100 here): Adler-32's low half is 1 + that sum (under
+    its modulus 65521), computed in C."""
+    return (adler32(b) & 0xFFFF) - 1
 
 
 def _id(n: int) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from zlib import adler32
 
 from warren.layers import tarfmt
 from warren.layers.hashing import LayerError
@@ -87,10 +88,12 @@ def _plain_header(blk: bytes, fields: _Fields) -> Member:
 
 
 def _fast_check_sum(blk: bytes) -> None:
-    # A sum over the non-zero bytes is the sum over all of them. Anything but a plain octal
+    # Adler-32's low half is 1 + the sum of the bytes, modulo 65521, which 256 bytes (at most
+    # 65280) never reach: two halves give the exact sum, in C. Anything but a plain octal
     # checksum that matches (a signed one, a malformed field, a mismatch) is tarfmt's to judge.
+    unsigned = (adler32(blk[:256]) & 0xFFFF) + (adler32(blk[256:]) & 0xFFFF) - 2
+    unsigned += 8 * 0x20 - sum(blk[148:156])
     digits = blk[148:156].partition(b"\0")[0].strip(b" ")
-    unsigned = sum(blk.translate(None, b"\0")) - sum(blk[148:156]) + 8 * 0x20
     if not (digits.isdigit() and b"8" not in digits and b"9" not in digits and int(digits, 8) == unsigned):
         _check_sum(blk)
 

@@ -1,0 +1,132 @@
+"""The agent's end of the layer converter's processes (``warren.layers.convert_server``).
+
+One server per agent process, started when the first layer arrives and kept: each layer is
+converted in a child it forks, dropped to ``nobody``, which reads the tar from a pipe the agent
+fills as the chunks arrive and writes straight into ``tar2sqfs``' stdin. Receiving and hashing
+(the agent), converting (the child) and packing (``tar2sqfs``) so run on as many cores as there
+are, not on the agent's one GIL. A server that died is started again on the next layer; the
+server ends on its own once the agent (its socket) is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+from warren.layers import LayerStats
+from warren.layers.convert_server import result_of
+
+NOBODY = 65534
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 4 << 20  # how far the agent may run ahead of the converter (root may exceed 1 MiB)
+
+_lock = threading.Lock()
+_server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
+
+
+def warm() -> None:
+    """Start the server ahead of the first layer (its imports take ~80 ms of CPU)."""
+    global _server
+    with _lock:
+        if _server is None or _server[0].poll() is not None:
+            _server = _start()
+
+
+def _send(message: bytes, fds: list[int]) -> None:
+    """The request to the server, started (again) when there is none."""
+    global _server
+    with _lock:
+        for attempt in range(2):
+            if _server is None or _server[0].poll() is not None:
+                _server = _start()
+            try:
+                socket.send_fds(_server[1], [message], fds)
+                return
+            except OSError:
+                if attempt:
+                    raise
+                _server[1].close()
+                _server = None
+
+
+def _start() -> tuple[subprocess.Popen[bytes], socket.socket]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "warren.layers.convert_server", str(theirs.fileno())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            close_fds=True,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, ours
+
+
+class Conversion:
+    """One layer being converted into ``out_fd`` (``tar2sqfs``' stdin, which the caller closes
+    once this is made): :meth:`put` its chunks, :meth:`close`, then :meth:`result`."""
+
+    def __init__(self, out_fd: int, *, uid_base: int, max_bytes: int, cpu_s: int) -> None:
+        request = json.dumps({"uid_base": uid_base, "max_bytes": max_bytes, "cpu_s": cpu_s, "user": NOBODY})
+        src_r, self._src = os.pipe()
+        self._result, result_w = os.pipe()
+        try:
+            with contextlib.suppress(OSError):  # a smaller pipe is only slower
+                fcntl.fcntl(self._src, F_SETPIPE_SZ, PIPE_SIZE)
+            _send(request.encode(), [src_r, out_fd, result_w])
+        except BaseException:
+            os.close(self._src)
+            os.close(self._result)
+            raise
+        finally:
+            os.close(src_r)
+            os.close(result_w)
+        self._open = True
+
+    def put(self, chunk: bytes) -> None:
+        """The next chunk (blocks while the converter is a pipe's worth behind). Once the
+        converter stopped reading (it refused the layer, or ``tar2sqfs`` gave up), dropped: the
+        rest is still received and hashed."""
+        if not self._open:
+            return
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self._src, view) :]
+        except BrokenPipeError:
+            self.close()
+
+    def close(self) -> None:
+        """The end of the layer (idempotent): the converter reads to its end, or stops."""
+        if self._open:
+            self._open = False
+            os.close(self._src)
+
+    def result(self) -> LayerStats | None:
+        """Once closed: the stats, None when ``tar2sqfs`` stopped reading; raises the layer's
+        refusal, ``NeedsExtraction``, or ``OSError`` (the converter failed)."""
+        self.close()
+        assert self._result >= 0, "discarded"
+        parts = []
+        with open(self._result, "rb", buffering=0, closefd=False) as f:
+            while data := f.read(1 << 16):  # the end: the child exited
+                parts.append(data)
+        return result_of(b"".join(parts))
+
+    def discard(self) -> None:
+        """Closes everything (idempotent); a child still running ends on the closed pipes."""
+        self.close()
+        if self._result >= 0:
+            os.close(self._result)
+            self._result = -1

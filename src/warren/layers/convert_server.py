@@ -1,0 +1,115 @@
+"""The layer image converter in processes of its own (docs/templates.md §2, session 9 in
+docs/benchmarks.md)::
+
+    python -m warren.layers.convert_server FD
+
+The agent starts this once, with one end of a ``SOCK_SEQPACKET`` unix socket as ``FD``. It
+imports the converter once, then per request forks a child that converts one layer, so that
+the converter runs beside the agent's receive loop and hashing instead of sharing their GIL,
+and no request pays Python's start (~80 ms of imports). A request is one message: JSON
+``{"uid_base", "max_bytes", "cpu_s", "user"}`` with three fds: the layer tar (a pipe's read
+end), ``tar2sqfs``' stdin, and the result (a pipe's write end). The child drops to ``user``
+(it needs no privilege: it only reads and writes the fds it was given), sets its limits,
+converts, writes one JSON result (:func:`result_of`) and exits. The server ends when the
+agent's end of the socket closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+from typing import Any
+
+from warren.layers.hashing import LayerError
+from warren.layers.image_tar import NeedsExtraction, convert_layer
+from warren.layers.stats import LayerStats
+
+FDS = 3  # layer tar in, image tar out, result out
+MAX_REQUEST = 4096
+ADDRESS_SPACE = 4 << 30  # as tar2sqfs': the names of a million members fit in it
+
+
+def serve(sock: socket.socket) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the agent's group: it ends with the agent
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, FDS)
+        except InterruptedError:
+            continue
+        if not msg:
+            return  # the agent closed its end (or exited)
+        try:
+            request = json.loads(msg)
+            if len(fds) == FDS and os.fork() == 0:
+                code = 1
+                try:
+                    sock.close()
+                    code = _child(request, fds)
+                finally:
+                    os._exit(code)
+        except (ValueError, OSError) as e:
+            print(f"warren convert_server: request refused: {e}", file=sys.stderr)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _child(request: dict[str, Any], fds: list[int]) -> int:
+    src, out, result = fds
+    user = int(request["user"])
+    os.setgroups([])
+    os.setresgid(user, user, user)
+    os.setresuid(user, user, user)  # also makes it undumpable: nobody's other processes
+    cpu = int(request["cpu_s"])  # cannot ptrace it
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+    with open(src, "rb", buffering=0) as tar:
+        got = _convert(tar, out, int(request["uid_base"]), int(request["max_bytes"]))
+    os.close(out)  # tar2sqfs sees the end of its tar now, not when the result is read
+    data = json.dumps(got).encode()
+    while data:
+        data = data[os.write(result, data) :]
+    return 0
+
+
+def _convert(tar: Any, out: int, uid_base: int, max_bytes: int) -> dict[str, Any]:
+    try:
+        stats = convert_layer(tar, out, uid_base=uid_base, max_bytes=max_bytes)
+    except BrokenPipeError:
+        return {"kind": "broken_pipe"}  # tar2sqfs gave up: its exit status says why
+    except NeedsExtraction as e:
+        return {"kind": "needs_extraction", "message": str(e)}
+    except LayerError as e:
+        return {"kind": "refused", "message": str(e)}
+    except MemoryError:
+        return {"kind": "error", "message": "out of memory"}
+    return {"kind": "ok", "stats": dataclasses.asdict(stats)}
+
+
+def result_of(data: bytes) -> LayerStats | None:
+    """A child's result: its stats, None when ``tar2sqfs`` stopped reading; raises the refusal
+    (``LayerError``, ``NeedsExtraction``) it met, or ``OSError`` when the child failed."""
+    try:
+        got = json.loads(data)
+        kind = got["kind"]
+    except (ValueError, KeyError, TypeError):
+        raise OSError(f"the layer converter failed: {data[:200]!r}") from None
+    if kind == "ok":
+        return LayerStats(**got["stats"])
+    if kind == "broken_pipe":
+        return None
+    if kind == "needs_extraction":
+        raise NeedsExtraction(got["message"])
+    if kind == "refused":
+        raise LayerError(got["message"])
+    raise OSError(f"the layer converter failed: {got.get('message', '?')}")
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=int(sys.argv[1])))
