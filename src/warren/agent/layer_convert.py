@@ -25,6 +25,14 @@ from warren.layers.convert_server import result_of
 NOBODY = 65534
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 4 << 20  # how far the agent may run ahead of the converter (root may exceed 1 MiB)
+# glibc's malloc in the converter: 1 MiB reads from the heap, and freed memory kept for the next
+# ones instead of mapped and faulted in afresh (a child's page faults: 4 500 -> 1 800 per 5 000
+# small files, ~10 ms of CPU).
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(16 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_TOP_PAD_": str(16 << 20),
+}
 
 _lock = threading.Lock()
 _server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
@@ -63,6 +71,7 @@ def _start() -> tuple[subprocess.Popen[bytes], socket.socket]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),),
+            env={**os.environ, **MALLOC_ENV},
             close_fds=True,
         )
     except BaseException:

@@ -17,6 +17,7 @@ agent's end of the socket closes.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import resource
@@ -37,6 +38,7 @@ ADDRESS_SPACE = 4 << 30  # as tar2sqfs': the names of a million members fit in i
 def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the agent's group: it ends with the agent
+    gc.freeze()  # what is here now is shared with the children: no collection copies its pages
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, FDS)
@@ -62,6 +64,7 @@ def serve(sock: socket.socket) -> None:
 
 def _child(request: dict[str, Any], fds: list[int]) -> int:
     src, out, result = fds
+    gc.disable()  # a child lives for one layer, its memory bounded by RLIMIT_AS below
     user = int(request["user"])
     os.setgroups([])
     os.setresgid(user, user, user)
@@ -98,17 +101,18 @@ def result_of(data: bytes) -> LayerStats | None:
     try:
         got = json.loads(data)
         kind = got["kind"]
-    except (ValueError, KeyError, TypeError):
+        if kind == "ok":
+            return LayerStats(**got["stats"])
+        message = got.get("message", "?")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise OSError(f"the layer converter failed: {data[:200]!r}") from None
-    if kind == "ok":
-        return LayerStats(**got["stats"])
     if kind == "broken_pipe":
         return None
     if kind == "needs_extraction":
-        raise NeedsExtraction(got["message"])
+        raise NeedsExtraction(message)
     if kind == "refused":
-        raise LayerError(got["message"])
-    raise OSError(f"the layer converter failed: {got.get('message', '?')}")
+        raise LayerError(message)
+    raise OSError(f"the layer converter failed: {message}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
-"""The tar reader of the layer image converter, faster per member, and the feed that lets the
-converter run while a layer arrives (docs/templates.md §2; session 8 in docs/benchmarks.md).
+"""The tar reader of the layer image converter, faster per member, and a feed that lets a
+converter run in a thread while a layer arrives (docs/templates.md §2; session 8 in docs/benchmarks.md).
 
 For a layer of many small files Python's cost per member, not bytes, is the limit:
 
 - :func:`members` is ``tarfmt.members`` with two shortcuts that give the same answers: the
-  checksum is summed over the header's non-zero bytes only (a ustar header is mostly NULs), and
+  checksum is summed in C (two Adler-32 halves, see ``_fast_check_sum``), and
   the mode/uid/gid/mtime fields, which repeat from member to member, are parsed once per distinct
   field (tests/unit/layers/test_tar_stream.py compares the two on every tar of the tests);
-- :class:`ChunkFeed` is a ``Readable`` another thread fills with the layer's chunks as they
-  arrive (``agent/layer_image.StreamedImage``), so the converter and ``tar2sqfs`` work while the
-  bytes are still being received and hashed.
+- :class:`ChunkFeed` is a ``Readable`` another thread fills with a layer's chunks as they
+  arrive. The agent no longer uses it (since session 9 its converter runs in a process of its
+  own, ``convert_server``, fed through a pipe).
 """
 
 from __future__ import annotations
@@ -20,26 +20,12 @@ from collections.abc import Iterator
 from zlib import adler32
 
 from warren.layers import tarfmt
-from warren.layers.hashing import LayerError
 from warren.layers.tarfmt import (
-    AREG,
-    BLOCK,
-    DIR,
-    GNU_LONGLINK,
-    GNU_LONGNAME,
     MAX_MTIME_NS,
-    MEMBER_TYPES,
-    META_TYPES,
-    PAX,
-    REGULAR,
-    ZERO_BLOCK,
     Member,
     Source,
     _check_sum,
-    _header,
-    _meta_data,
     _number,
-    _parse_pax,
 )
 
 _CACHE_MAX = 4096  # distinct fields remembered per layer: bounded whatever the tar holds
@@ -100,50 +86,8 @@ def _fast_check_sum(blk: bytes) -> None:
 
 def members(src: Source) -> Iterator[Member]:
     """``tarfmt.members``, with the shortcuts above (the same members, the same refusals)."""
-    meta: dict[bytes, bytes] = {}
-    long_name: bytes | None = None
-    long_link: bytes | None = None
     fields = _Fields()
-    count = 0
-    while True:
-        blk = src.read_block()
-        if blk is None:
-            raise LayerError("truncated tar: no end-of-archive marker")
-        if blk == ZERO_BLOCK:
-            return
-        _fast_check_sum(blk)
-        typ = blk[156:157]
-        if typ in META_TYPES:
-            size = _number(blk[124:136], "size")
-            data = _meta_data(src, size, f"{typ.decode()} header")
-            if typ == PAX:
-                _parse_pax(data, meta)
-            elif typ == GNU_LONGNAME:
-                long_name = data.split(b"\0", 1)[0]
-            elif typ == GNU_LONGLINK:
-                long_link = data.split(b"\0", 1)[0]
-            continue  # global PAX records are ignored: they would apply to the whole stream
-        if meta or long_name is not None or long_link is not None:
-            m = _header(blk, meta, long_name, long_link)
-            meta, long_name, long_link = {}, None, None
-        else:
-            m = _plain_header(blk, fields)
-        count += 1
-        if count > tarfmt.MAX_MEMBERS:  # read each time, as tarfmt does (tests lower it)
-            raise LayerError(f"more than {tarfmt.MAX_MEMBERS} members in one tar")
-        if typ == AREG and m.name.endswith(b"/"):  # old tars' directories, as tarfile and Go read them
-            m.type = typ = DIR
-        if typ not in MEMBER_TYPES:
-            raise LayerError(f"member {m.label()}: unsupported tar type {typ!r}")
-        if typ not in REGULAR:
-            m.size = 0
-        src.check_room(m.size + (-m.size % BLOCK), m)
-        before = src.pos
-        yield m
-        left = m.size - (src.pos - before)
-        if left < 0:
-            raise LayerError(f"{m}: read past its data")
-        src.skip(left + (-m.size % BLOCK), m)
+    return tarfmt.members(src, _fast_check_sum, lambda blk: _plain_header(blk, fields))
 
 
 class ChunkFeed:

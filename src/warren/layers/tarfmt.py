@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,9 +360,15 @@ def _meta_data(src: Source, size: int, what: str) -> bytes:
     return data
 
 
-def members(src: Source) -> Iterator[Member]:
+def members(
+    src: Source,
+    check_sum: Callable[[bytes], None] = _check_sum,
+    plain_header: Callable[[bytes], Member] | None = None,
+) -> Iterator[Member]:
     """The tar's members in order. A regular file's data must be consumed with
-    `src.copy_to(fd, m.size, ...)` before the next member is asked for, or it is skipped."""
+    `src.copy_to(fd, m.size, ...)` before the next member is asked for, or it is skipped.
+    ``check_sum`` and ``plain_header`` (a header with no PAX record or long name before it) may
+    be faster equivalents (``tar_stream.members``): the same members, the same refusals."""
     meta: dict[bytes, bytes] = {}
     long_name: bytes | None = None
     long_link: bytes | None = None
@@ -373,7 +379,7 @@ def members(src: Source) -> Iterator[Member]:
             raise LayerError("truncated tar: no end-of-archive marker")
         if blk == ZERO_BLOCK:
             return
-        _check_sum(blk)
+        check_sum(blk)
         typ = blk[156:157]
         if typ in META_TYPES:
             size = _number(blk[124:136], "size")
@@ -385,8 +391,11 @@ def members(src: Source) -> Iterator[Member]:
             elif typ == GNU_LONGLINK:
                 long_link = data.split(b"\0", 1)[0]
             continue  # global PAX records are ignored: they would apply to the whole stream
-        m = _header(blk, meta, long_name, long_link)
-        meta, long_name, long_link = {}, None, None
+        if plain_header is None or meta or long_name is not None or long_link is not None:
+            m = _header(blk, meta, long_name, long_link)
+            meta, long_name, long_link = {}, None, None
+        else:
+            m = plain_header(blk)
         count += 1
         if count > MAX_MEMBERS:
             raise LayerError(f"more than {MAX_MEMBERS} members in one tar")
