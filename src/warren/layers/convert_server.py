@@ -29,6 +29,7 @@ from typing import Any
 from warren.layers.hashing import LayerError
 from warren.layers.image_tar import NeedsExtraction, convert_layer
 from warren.layers.stats import LayerStats
+from warren.layers.tar_stream import PipeSource
 
 FDS = 3  # layer tar in, image tar out, result out
 MAX_REQUEST = 4096
@@ -72,8 +73,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
     cpu = int(request["cpu_s"])  # cannot ptrace it
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-    with open(src, "rb", buffering=0) as tar:
-        got = _convert(tar, out, int(request["uid_base"]), int(request["max_bytes"]))
+    got = _convert(PipeSource(src, int(request["max_bytes"])), out, int(request["uid_base"]))
     os.close(out)  # tar2sqfs sees the end of its tar now, not when the result is read
     data = json.dumps(got).encode()
     while data:
@@ -81,9 +81,9 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
     return 0
 
 
-def _convert(tar: Any, out: int, uid_base: int, max_bytes: int) -> dict[str, Any]:
+def _convert(tar: PipeSource, out: int, uid_base: int) -> dict[str, Any]:
     try:
-        stats = convert_layer(tar, out, uid_base=uid_base, max_bytes=max_bytes)
+        stats = convert_layer(tar, out, uid_base=uid_base)
     except BrokenPipeError:
         return {"kind": "broken_pipe"}  # tar2sqfs gave up: its exit status says why
     except NeedsExtraction as e:

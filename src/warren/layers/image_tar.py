@@ -61,12 +61,13 @@ class NeedsExtraction(LayerError):
 
 
 def convert_layer(
-    src: Readable | Path, out_fd: int, *, uid_base: int, max_bytes: int | None = None
+    src: Readable | Path | Source, out_fd: int, *, uid_base: int, max_bytes: int | None = None
 ) -> LayerStats:
     """Write the image tar of layer tar ``src`` to ``out_fd`` (a pipe to ``tar2sqfs``), see above.
-    Raises ``LayerError`` (refused, as extraction would) or ``NeedsExtraction``."""
+    Raises ``LayerError`` (refused, as extraction would) or ``NeedsExtraction``. A ``Source``
+    given brings its own limit."""
     conv = _Converter(out_fd, uid_base)
-    with Source(src, max_bytes) as source:
+    with src if isinstance(src, Source) else Source(src, max_bytes) as source:
         for m in members(source):
             conv.member(m, source)
         conv.finish()

@@ -14,20 +14,24 @@ For a layer of many small files Python's cost per member, not bytes, is the limi
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
 from zlib import adler32
 
 from warren.layers import tarfmt
+from warren.layers.hashing import LayerError
 from warren.layers.tarfmt import (
     MAX_MTIME_NS,
     Member,
     Source,
     _check_sum,
     _number,
+    _write_all,
 )
 
+SPLICE_MIN = 64 << 10  # file data past this goes pipe to pipe (as image_tar.INLINE_MAX)
 _CACHE_MAX = 4096  # distinct fields remembered per layer: bounded whatever the tar holds
 
 
@@ -88,6 +92,37 @@ def members(src: Source) -> Iterator[Member]:
     """``tarfmt.members``, with the shortcuts above (the same members, the same refusals)."""
     fields = _Fields()
     return tarfmt.members(src, _fast_check_sum, lambda blk: _plain_header(blk, fields))
+
+
+class PipeSource(Source):
+    """A ``Source`` on a pipe (the converter's child reads the layer from the agent so): a large
+    file's data goes on to another pipe (``tar2sqfs``' stdin) with splice(2), moved by the
+    kernel, not copied through Python twice; everything else is read as from any stream."""
+
+    def __init__(self, fd: int, limit: int | None) -> None:
+        self._pipe = os.fdopen(fd, "rb", buffering=0, closefd=False)
+        super().__init__(self._pipe, limit)
+        self._in = fd
+
+    def close(self) -> None:
+        self._pipe.close()  # not the fd: its owner closes it
+        super().close()
+
+    def copy_to(self, fd: int, n: int, what: object) -> None:
+        buffered = len(self._buf) - self._off
+        if n - buffered < SPLICE_MIN:
+            super().copy_to(fd, n, what)
+            return
+        self.check_room(n, what)
+        _write_all(fd, memoryview(self._buf)[self._off :])
+        self._buf, self._off = b"", 0
+        self.pos += n
+        n -= buffered
+        while n:
+            k = os.splice(self._in, fd, n)
+            if not k:
+                raise LayerError(f"{what}: truncated tar")
+            n -= k
 
 
 class ChunkFeed:
