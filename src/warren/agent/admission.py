@@ -4,8 +4,11 @@ whether the agent takes any more.
 At most ``limit`` creates build at once (``WARREN_AGENT_CREATE_CONCURRENCY``; 0 is unlimited),
 the rest wait in the order they came. A create is *in flight* from the moment it is received
 (queued included) to the moment it ends either way; the control plane leaves the `pending`
-records of those alone, background work (warm-pool and network-slot refills) waits until there
-are none, and ``Terminate`` refuses new ones and waits for those under way.
+records of those alone, ``Terminate`` refuses new ones and waits for those under way, and
+background work (warm-pool and network-slot refills) waits until there are none *and* none was
+received or ended for ``QUIET_S``: a burst reaches an agent as a stream with gaps between its
+creates (each waits its turn on the control plane's CPU first), and a refill begun in such a gap
+would build a sandbox beside the burst's next creates.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from warren.errors import InvalidState
 
 log = logging.getLogger("warren.agent")
 
+# How long no create may have been received or ended before background work starts. A burst's
+# creates reach an agent tens of ms apart, even on a loaded 2-core host; refills start this much
+# after the last one.
+QUIET_S = 0.5
+
 
 class CreateAdmission:
     def __init__(self, limit: int) -> None:
@@ -30,6 +38,8 @@ class CreateAdmission:
         # Cleared while any create (queued or under way) is in flight.
         self._none = asyncio.Event()
         self._none.set()
+        # When a create was last received or ended (monotonic).
+        self._last_change = -1e9
         self._accepting = True
 
     def __contains__(self, sb_id: str) -> bool:
@@ -47,6 +57,16 @@ class CreateAdmission:
         """Until no create is in flight."""
         await self._none.wait()
 
+    async def wait_quiet(self, quiet_s: float = QUIET_S) -> None:
+        """Until no create is in flight and none was received or ended for ``quiet_s`` (what
+        background work waits for; see the module's doc)."""
+        while True:
+            await self._none.wait()
+            left = self._last_change + quiet_s - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
     def stop_accepting(self) -> None:
         """The host is being taken out of service: creates not yet admitted are refused."""
         self._accepting = False
@@ -60,9 +80,11 @@ class CreateAdmission:
         """Around a whole create, from its receipt to its end."""
         self._in_flight.add(sb_id)
         self._none.clear()
+        self._last_change = time.monotonic()
         try:
             yield
         finally:
+            self._last_change = time.monotonic()
             self._in_flight.discard(sb_id)
             if not self._in_flight:
                 self._none.set()

@@ -117,13 +117,14 @@ class SandboxManager:
         self._stopping = False
         self.warm_pools = self._warm_pools()
         # Prepared network slots are refilled after creates, as warm pools are.
-        self.network.wait_idle = self._admission.wait_idle
+        self.network.wait_idle = self._admission.wait_quiet
 
     def _warm_pools(self) -> WarmPools:
         warm = WarmPools(
             self.data_dir, sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
             builder=self._builder.moved(self.data_dir / "warm"), lower_layers=self.lower_layers,
-            hold=self.layers.hold, missing_layers=self.layers.missing, creates_idle=self._admission.wait_idle,
+            hold=self.layers.hold, missing_layers=self.layers.missing,
+            creates_idle=self._admission.wait_quiet,
             assign=lambda member_id: self.runtimes.assign(member_id, self.runtimes.default),
         )  # fmt: skip
         warm.configure(self.settings.warm_pool, freeze=self.settings.warm_pool_freeze)

@@ -12,8 +12,10 @@ cold path with the reason logged. Members belong to no team: they are in no list
 Terminate, PauseAll and a stopping agent destroy them, and an agent that starts destroys any it
 finds (they are rebuilt, never adopted).
 
-Refills run one member at a time, only while no create is queued or under way, so a refill never
-takes CPU a user's create is waiting for; a build that fails backs off before the next try.
+Refills run one member at a time, and only once no create has been in flight, received or ended
+for a moment (admission.py ``wait_quiet``): a burst reaches the agent as a stream with gaps, and
+a refill begun in a gap would build beside the burst's next creates. A build that fails backs off
+before the next try.
 """
 
 from __future__ import annotations
@@ -353,7 +355,7 @@ class WarmPools:
             await self._wake.wait()
             self._wake.clear()
             while (pool := self._short()) is not None:
-                await self._creates_idle()  # user creates first, always
+                await self._creates_idle()  # user creates first, and the rest of their burst
                 if self._short() is not pool:
                     continue
                 try:
