@@ -17,6 +17,8 @@ sandboxes: they belong to no team and count against no quota (the agent side, do
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
 import uuid
@@ -49,6 +51,25 @@ _reapplying: dict[uuid.UUID, asyncio.Task[None]] = {}
 # BYOC agent that reports its pools empty and its layers missing had them streamed in a loop).
 REAPPLY_EVERY_S = 30.0
 _reapplied_at: dict[uuid.UUID, float] = {}
+# Hosts whose sizes are being set through the API now. Until the new size is stored, a heartbeat
+# shows the agent's pools differing from the stored (old) sizes, and applying those again would
+# undo the new size (seen: a pool set to 0 was back at 40 a few hundred ms later).
+_setting: collections.Counter[uuid.UUID] = collections.Counter()
+
+
+@contextlib.asynccontextmanager
+async def _sizes_changing(host_uuid: uuid.UUID) -> Any:
+    """Around setting a host's sizes: no application from heartbeats starts meanwhile, and one
+    already running ends first (its sizes are the old ones)."""
+    _setting[host_uuid] += 1
+    try:
+        if (running := _reapplying.get(host_uuid)) is not None:
+            await asyncio.wait([running])
+        yield
+    finally:
+        _setting[host_uuid] -= 1
+        if _setting[host_uuid] <= 0:
+            del _setting[host_uuid]
 
 
 def _checked(template: str, size: int) -> None:
@@ -123,9 +144,25 @@ async def set_pool(
     if template not in known and len(known) >= MAX_POOLS:
         raise InvalidRequest(f"a host keeps at most {MAX_POOLS} pools; set one of its pools to 0 first")
     chain = await _chain(engine, row, template)
-    reported = None
-    if row["status"] == "online" and row["address"]:
-        reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain)
+    async with _sizes_changing(host_uuid):
+        reported = None
+        if row["status"] == "online" and row["address"]:
+            reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain)
+        updated = await _store_size(engine, ctx, host_uuid, template, size, reported)
+    log.info(
+        "warm pool set host=%s template=%s size=%d applied=%s", host_id, template, size, reported is not None
+    )
+    return host_model(updated)
+
+
+async def _store_size(
+    engine: AsyncEngine,
+    ctx: AuthContext,
+    host_uuid: uuid.UUID,
+    template: str,
+    size: int,
+    reported: list[dict[str, Any]] | None,
+) -> Any:
     merged = sa.type_coerce(hosts.c.warm_pool_targets, JSONB).op("||", return_type=JSONB)(
         sa.func.jsonb_build_object(sa.literal(template, sa.Text), sa.literal(size, sa.Integer))
     )
@@ -138,10 +175,7 @@ async def set_pool(
         if updated is None:
             raise NotFound("host not found")
         await _audit_host(conn, ctx, updated, "set_warm_pool", {"template": template, "size": size})
-    log.info(
-        "warm pool set host=%s template=%s size=%d applied=%s", host_id, template, size, reported is not None
-    )
-    return host_model(updated)
+    return updated
 
 
 def stale_targets(targets: dict[str, int] | None, reported: list[dict[str, Any]] | None) -> dict[str, int]:
@@ -167,6 +201,7 @@ async def reapply_after_heartbeat(
     if (
         reported is None
         or host_uuid in _reapplying
+        or host_uuid in _setting
         or now - _reapplied_at.get(host_uuid, -1e9) < REAPPLY_EVERY_S
     ):
         return
@@ -188,6 +223,8 @@ async def _reapply(
 ) -> None:
     host_uuid = row["id"]
     for template, size in sorted(stale.items()):
+        if host_uuid in _setting:
+            return  # sizes being set through the API now: the next heartbeat shows what is left
         try:
             chain = await _chain(engine, row, template)
             reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain)
