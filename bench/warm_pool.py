@@ -16,10 +16,14 @@ uvicorn process, three real `warren agent` processes registered through the API)
      and prints p50/p99 of each, cold and warm, with the control plane's own CPU per create
      (the CP process) and PostgreSQL's (every backend of the embedded server), each less
      their idle rate (the agents' heartbeats, every second here), measured for 10 s first.
-  2. Every agent keeps a pool of --burst-pool (40); once all are full, --burst (100) concurrent
-     `POST /v1/sandboxes` (one connection each, opened beforehand): end-to-end p50/p99 and CPU
-     per create of the CP and of PostgreSQL. The same burst with the pools at 0 follows, for
-     comparison.
+  2. A first burst of --burst cold creates, not measured (each of the CP's database connections
+     prepares the create's statements once). Then every agent keeps a pool of --burst-pool (40);
+     once all are full, --burst (100) concurrent `POST /v1/sandboxes` (one connection each,
+     opened beforehand): end-to-end p50/p99 and CPU per create of the CP and of PostgreSQL. The
+     same burst follows once every host has reported its pool empty for 3 s (truly cold).
+     --burst-only skips part 1; --probe prints, per burst, every process's CPU, what the agents
+     logged (claims, refills, cold creates) and PostgreSQL's statements (bench/_burst_probe.py);
+     --keep-logs DIR keeps the platform's logs.
 
 Targets (issue 17): SDK warm p50 <= 15 ms; REST warm p50 <= 10 ms; CP CPU per create <= 1.5 ms;
 100 concurrent creates from pools p50 <= 250 ms. Everything shares this machine's cores.
@@ -31,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -43,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench._burst_probe import Probe  # noqa: E402
 from bench._platform import require_root, running_platform  # noqa: E402
 from bench.schedule import Conn, cpu_seconds, pct  # noqa: E402
 from tests.harness.platform import Platform  # noqa: E402
@@ -150,6 +156,22 @@ async def wait_full(platform: Platform, size: int, hosts: list[str]) -> None:
             await asyncio.sleep(0.2)
 
 
+async def wait_empty(platform: Platform, hosts: list[str], settle_s: float = 3.0) -> None:
+    """Until every host has reported no ready member for ``settle_s`` in a row (a pool set back
+    by a late re-application would fill again within a heartbeat or two)."""
+    deadline = time.monotonic() + FILL_TIMEOUT_S
+    since = time.monotonic()
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.user_headers, timeout=60) as http:
+        while time.monotonic() - since < settle_s:
+            for host in hosts:
+                pools = (await http.get(f"/v1/hosts/{host}")).json().get("warm_pools") or []
+                if any(p["ready"] for p in pools):
+                    since = time.monotonic()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"pools did not empty in {FILL_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.2)
+
+
 async def rest_create_exec(url: str, key: str, meter: Meter) -> float:
     """REST create → first exec (ms) on a connection opened beforehand (the CP closes idle ones
     after 5 s, and pools fill for longer); the sandbox is destroyed outside the timing."""
@@ -222,11 +244,36 @@ async def one_at_a_time(platform: Platform, args: argparse.Namespace, cp_pid: in
         print(f"  CPU per REST create+exec, {side}: {m.per_create()}   (target CP <= 1.5 ms per create)")
 
 
-async def burst(platform: Platform, args: argparse.Namespace, cp_pid: int, pg_pid: int, warm: bool) -> None:
+def probe(platform: Platform, base: Path, cp_pid: int, pg_pid: int) -> Probe:
+    procs = {"CP": cp_pid, "postgres": pg_pid}
+    logs = {}
+    for i, agent in enumerate(platform.agents):
+        assert agent.proc is not None
+        procs[f"agent {i + 1}"] = agent.proc.pid
+        logs[f"agent {i + 1}"] = agent.log_path
+    return Probe(procs, logs, base / "pg" / "postgres" / "postgres.log", platform.cp.db_url)
+
+
+async def burst(
+    platform: Platform,
+    args: argparse.Namespace,
+    cp_pid: int,
+    pg_pid: int,
+    warm: bool,
+    prober: Probe | None,
+    *,
+    quiet: bool = False,
+) -> None:
     u = httpx.URL(platform.url)
     conns = [Http(u.host, u.port or 80, platform.api_key) for _ in range(args.burst)]
     await asyncio.gather(*(c.open() for c in conns))
+    # The same number of concurrent reads first: the CP's database pool opens its connections
+    # (each costs the CP and PostgreSQL a few ms, and asyncpg's type introspection) here, not in
+    # whichever burst comes first.
+    await asyncio.gather(*(c.request("GET", "/v1/sandboxes?limit=1") for c in conns))
     await asyncio.sleep(0.2)  # let the CP accept them before the burst
+    if prober is not None:
+        await prober.start()
     c0, p0, t0 = cpu_seconds(cp_pid), pg_seconds(pg_pid), time.perf_counter()
 
     async def one(c: Http) -> tuple[float, str]:
@@ -240,22 +287,36 @@ async def burst(platform: Platform, args: argparse.Namespace, cp_pid: int, pg_pi
     dt = time.perf_counter() - t0
     cp_cpu = cpu_seconds(cp_pid) - c0 - IDLE["cp"] * dt
     pg_cpu = pg_seconds(pg_pid) - p0 - IDLE["pg"] * dt
+    probed = await prober.stop(dt, len(res)) if prober is not None else ""
     for c in conns:
         c.close()
     # Fresh connections: the CP closed those idle for 5 s while the slowest create finished.
     async with httpx.AsyncClient(base_url=platform.url, headers=platform.headers, timeout=120) as http:
         await asyncio.gather(*(http.delete(f"/v1/sandboxes/{sid}") for _, sid in res))
     lat = [ms for ms, _ in res]
+    if quiet:
+        return
     label = (
         f"{args.burst} concurrent, pools of {args.burst_pool}" if warm else f"{args.burst} concurrent, cold"
     )
     target = "(target p50 <= 250 ms)" if warm else ""
-    print(line(label, lat, target))
+    print(line(label, lat, target) + f"  load {os.getloadavg()[0]:.2f}")
     n = len(lat)
     print(
         f"    CPU per create: CP {cp_cpu / n * 1000:.2f} ms + PostgreSQL {pg_cpu / n * 1000:.2f} ms"
         f"   (mean {statistics.fmean(lat):.1f} ms)"
     )
+    if probed:
+        print(probed)
+
+
+def keep_logs(platform: Platform, base: Path, into: Path) -> None:
+    """The agents', the CP's and PostgreSQL's logs, copied before the platform is removed."""
+    into.mkdir(parents=True, exist_ok=True)
+    for path in [platform.cp.log_path, base / "pg" / "postgres" / "postgres.log"]:
+        shutil.copy(path, into / path.name)
+    for i, agent in enumerate(platform.agents):
+        shutil.copy(agent.log_path, into / f"agent{i + 1}.log")
 
 
 async def main() -> None:
@@ -264,6 +325,13 @@ async def main() -> None:
     ap.add_argument("--pool", type=int, default=8, help="the first agent's pool (warren up --warm-pool)")
     ap.add_argument("--burst", type=int, default=100, help="concurrent creates")
     ap.add_argument("--burst-pool", type=int, default=40, help="each agent's pool for the burst")
+    ap.add_argument("--keep-logs", default="", help="copy the platform's logs into this directory")
+    ap.add_argument("--burst-only", action="store_true", help="skip the one-at-a-time creates (part 1)")
+    ap.add_argument(
+        "--probe", action="store_true",
+        help="per process CPU, agent log events and PostgreSQL statements during each burst "
+        "(statements logged: the bursts run a little slower)",
+    )  # fmt: skip
     args = ap.parse_args()
     require_root("bench/warm_pool.py")
     # As bench/schedule.py: one team drives every create, so its request rate and quotas are
@@ -279,13 +347,24 @@ async def main() -> None:
         await calibrate(cp_pid, pg_pid)
         idle = f"CP {IDLE['cp'] * 1000:.1f} ms/s, PostgreSQL {IDLE['pg'] * 1000:.1f} ms/s"
         print(f"idle CPU (heartbeats), taken off below: {idle}\n")
-        await one_at_a_time(platform, args, cp_pid, pg_pid)
+        if not args.burst_only:
+            await one_at_a_time(platform, args, cp_pid, pg_pid)
         print(f"\n2. bursts over {len(AGENT_IPS)} agents")
+        prober = probe(platform, base, cp_pid, pg_pid) if args.probe else None
+        # A first burst, not measured: each of the CP's database connections prepares the
+        # create's statements once (asyncpg introspects their array types: 60 statements on 20
+        # connections), which would otherwise land in whichever burst is measured first.
+        await burst(platform, args, cp_pid, pg_pid, False, None, quiet=True)
         await set_pools(platform, args.burst_pool, platform.host_ids)
         await wait_full(platform, args.burst_pool, platform.host_ids)
-        await burst(platform, args, cp_pid, pg_pid, warm=True)
+        await burst(platform, args, cp_pid, pg_pid, True, prober)
         await set_pools(platform, 0, platform.host_ids)
-        await burst(platform, args, cp_pid, pg_pid, warm=False)
+        t_empty = time.monotonic()
+        await wait_empty(platform, platform.host_ids)
+        print(f"  (pools empty {time.monotonic() - t_empty:.1f} s after they were set to 0)")
+        await burst(platform, args, cp_pid, pg_pid, False, prober)
+        if args.keep_logs:
+            keep_logs(platform, base, Path(args.keep_logs))
 
 
 if __name__ == "__main__":
