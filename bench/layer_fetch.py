@@ -15,6 +15,8 @@ best and median of --runs, in MB/s of tar bytes:
               squashfs image it loop-mounts (or, with --extract or on a host without tar2sqfs,
               extracts it), the layer deleted there first: what a host that lacks a layer
               waits for. Target: >= 200 MB/s.
+  agent ms    the median CPU time of the agent process per push (its threads; not its
+              children: the layer converter's process and tar2sqfs)
 
 With ``--baseline-src DIR`` (e.g. ``git archive <commit> src | tar -x -C DIR``) a second agent
 runs DIR/src's code beside this tree's, and the push runs alternate between the two (baseline,
@@ -127,34 +129,58 @@ async def drain(store: LayerStore, digest: str) -> None:
         pass
 
 
+def agent_cpu_ms(pid: int) -> int:
+    """CPU time of the agent process itself (its threads; not its children: the converter's
+    process and tar2sqfs), in ms, from /proc (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+
+
 async def bench_layer(
-    store: LayerStore, clients: dict[str, HostClient], label: str, tar: Path, runs: int
+    store: LayerStore,
+    clients: dict[str, HostClient],
+    pids: dict[str, int],
+    label: str,
+    tar: Path,
+    runs: int,
 ) -> str:
     size = tar.stat().st_size
     meta = await store.put(file_chunks(tar), max_bytes=size)
     put, _ = await best(runs, size, lambda: store.put(file_chunks(tar), max_bytes=size))
     read, _ = await best(runs, size, lambda: drain(store, meta.digest))
     rates: dict[str, list[float]] = {name: [] for name in clients}
+    cpu: dict[str, list[int]] = {name: [] for name in clients}
     for _ in range(runs):  # alternated, so that both see the same load
         for name, client in clients.items():
             await client.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[meta.digest]), timeout=120)
+            cpu0 = agent_cpu_ms(pids[name])
             t = time.perf_counter()
             await push_layer(store, client, HOST, meta.digest, size)
             rates[name].append(size / MB / (time.perf_counter() - t))
+            cpu[name].append(agent_cpu_ms(pids[name]) - cpu0)
     for name, got in rates.items():
         print(
             f"  {label:<8} {size / MB:>7.1f} {put:>8.0f} {read:>8.0f} {max(got):>8.0f} "
-            f"{statistics.median(got):>10.0f}  {name}: {' '.join(f'{r:.0f}' for r in got)}"
+            f"{statistics.median(got):>10.0f} {statistics.median(cpu[name]):>9.0f}  "
+            f"{name}: {' '.join(f'{r:.0f}' for r in got)}"
         )
     return meta.digest
 
 
 async def bench_store(
-    name: str, store: LayerStore, clients: dict[str, HostClient], tars: dict[str, Path], runs: int
+    name: str,
+    store: LayerStore,
+    clients: dict[str, HostClient],
+    pids: dict[str, int],
+    tars: dict[str, Path],
+    runs: int,
 ) -> dict[str, str]:
     print(f"\n{name}: MB/s (best of {runs}; push also its median), load {os.getloadavg()}")
-    print(f"  {'layer':<8} {'MB':>7} {'put':>8} {'read':>8} {'push':>8} {'push p50':>10}  agent: runs")
-    digests = {label: await bench_layer(store, clients, label, tar, runs) for label, tar in tars.items()}
+    head = f"{'layer':<8} {'MB':>7} {'put':>8} {'read':>8} {'push':>8} {'push p50':>10} {'agent ms':>9}"
+    print(f"  {head}  agent: runs")
+    digests = {}
+    for label, tar in tars.items():
+        digests[label] = await bench_layer(store, clients, pids, label, tar, runs)
     print(f"  load after: {os.getloadavg()}")
     return digests
 
@@ -238,7 +264,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             stores["s3 (moto)"] = S3Store("bench", "b", endpoint_url=moto.url, spool_dir=work / "spool")
         digests = {}
         for name, store in stores.items():
-            digests = await bench_store(name, store, clients, tars, args.runs)
+            pids = {name: a.proc.pid for name, a in zip(clients, agents, strict=True) if a.proc is not None}
+            digests = await bench_store(name, store, clients, pids, tars, args.runs)
         if args.creates:
             await bench_create(stores["directory"], client, digests, tars, args.creates)
     finally:
