@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     # Body cap for JSON requests (bytes). Uploads have their own limits.
     max_json_body: int = 1 * 1024 * 1024
+    # Largest WebSocket message (bytes) a CP or `warren proxy` server takes from a client, and the
+    # preview proxy from a sandbox's server; one over it closes that connection with 1009. Each
+    # connection holds a few messages at most (one read ahead, a stream's 4 queued stdin frames),
+    # so this bounds what one costs. The SDK and the dashboard send stdin and terminal input in
+    # frames well under it (docs/security.md, "Limits").
+    ws_max_message: int = Field(default=1 << 20, ge=256 << 10, le=64 << 20)
     # The file part of a unary upload (files/write) and a unary download (files/read).
     max_upload_bytes: int = 100 * 1024 * 1024
     # Longest `timeout_sec` an exec or a process may ask for (400 above; docs/api.md).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 
 from warren.config import Settings
 
-__all__ = ["server_settings"]
+__all__ = ["server_settings", "websocket_options"]
 
 err = Console(stderr=True, highlight=False)
 
@@ -29,3 +31,12 @@ def server_settings() -> Settings:
         err.print(f"[red]{e}[/red] (the same on every control plane replica and proxy).")
         raise typer.Exit(1) from None
     return settings
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's WebSocket options for a CP or proxy server. The sans-I/O implementation is
+    named rather than picked by uvicorn: it reads one message ahead of the app and then stops
+    reading the socket until the app takes it (``ws_max_queue`` is the other implementation's
+    read-ahead, 32 messages by default), and it refuses a message over ``ws_max_size`` from its
+    frame header, before holding it: close 1009 for that connection alone."""
+    return {"ws": "websockets-sansio", "ws_max_size": settings.ws_max_message, "ws_max_queue": 1}

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from warren import logs
-from warren.cli.cp_settings import server_settings
+from warren.cli.cp_settings import server_settings, websocket_options
 from warren.config import HTTP_KEEP_ALIVE_S
 from warren.logs import LogFormat
 
@@ -52,5 +52,6 @@ def proxy_command(
     app = ObserveMiddleware(standalone_app(settings))
     uvicorn.run(
         app, host=host.strip("[]"), port=int(port), proxy_headers=proxy_headers,
-        timeout_graceful_shutdown=10, timeout_keep_alive=HTTP_KEEP_ALIVE_S, log_level="info", **extra,
+        timeout_graceful_shutdown=10, timeout_keep_alive=HTTP_KEEP_ALIVE_S, log_level="info",
+        **websocket_options(settings), **extra,
     )  # fmt: skip

@@ -32,7 +32,7 @@ import typer
 from rich.console import Console
 
 from warren import logs
-from warren.cli.cp_settings import server_settings
+from warren.cli.cp_settings import server_settings, websocket_options
 from warren.cli.home import HomeOpt, load_or_create_secret, prepare_home
 from warren.cli.supervisor import ChildFailed, ProcessChild, Stopped, Supervisor
 from warren.config import HTTP_KEEP_ALIVE_S, Settings, default_home
@@ -398,6 +398,7 @@ def cp_command(
         "timeout_graceful_shutdown": 10,  # open streams must not hold a shutdown forever
         "timeout_keep_alive": HTTP_KEEP_ALIVE_S,
         "log_level": "info",
+        **websocket_options(settings),
     }
     if (log_config := logs.uvicorn_log_config(log_format)) is not None:
         options["log_config"] = log_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast, overload
 
 from warren.sdk._exceptions import (
@@ -68,6 +68,21 @@ def frame_bytes(frame: dict[str, Any]) -> bytes:
     if "data_b64" in frame:
         return base64.b64decode(frame["data_b64"])
     return str(frame.get("data", "")).encode()
+
+
+# Bytes of stdin per exec-stream frame: JSON-escaped (at most 6 bytes a byte) a frame stays
+# well under the server's WebSocket message limit (WARREN_WS_MAX_MESSAGE, at least 256 KiB).
+STDIN_CHUNK = 32 << 10
+
+
+def stdin_frames(data: str | bytes) -> Iterator[dict[str, Any]]:
+    """``data`` as stdin frames of at most STDIN_CHUNK bytes each."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if len(raw) <= STDIN_CHUNK:
+        yield stdin_frame(data)
+        return
+    for i in range(0, len(raw), STDIN_CHUNK):
+        yield stdin_frame(raw[i : i + STDIN_CHUNK])  # a character cut in two goes as base64
 
 
 def stdin_frame(data: str | bytes) -> dict[str, Any]:
@@ -200,7 +215,8 @@ class _HandleBase:
             h.send_stdin("ping\\n")
         """
         if self._conn is not None:
-            yield WsSend(self._conn, stdin_frame(data))
+            for frame in stdin_frames(data):
+                yield WsSend(self._conn, frame)
             return
         yield from _send_stdin_rest(self._sandbox_id, self.pid, data)
 
@@ -243,6 +259,18 @@ class _HandleBase:
             yield WsSend(self._conn, {"type": "stop"})
             yield WsClose(self._conn)
             self._conn = None
+
+
+def _send_then_close_stdin(conn: Any, data: str | bytes) -> Op[None]:
+    """A start frame's stdin sent after it; a process that exits first drops the rest, as it
+    would drop a start frame's stdin it did not read."""
+    try:
+        for frame in stdin_frames(data):
+            yield WsSend(conn, frame)
+        yield WsSend(conn, {"type": "close_stdin"})
+    except StreamError as e:
+        if e.code != "stream_closed":
+            raise
 
 
 def _send_stdin_rest(sandbox_id: str, pid: int | str, data: str | bytes) -> Op[None]:
@@ -360,15 +388,22 @@ class _CommandsBase:
         if opts.get("user"):
             start["user"] = opts["user"]
         stdin = opts.get("stdin")
+        # Stdin too large for one frame follows the start frame in frames of its own.
+        later: str | bytes | None = None
         if isinstance(stdin, (str, bytes)):
-            data = stdin_frame(stdin)
-            start["stdin" if "data" in data else "stdin_b64"] = data.get("data", data.get("data_b64"))
+            if len(stdin.encode() if isinstance(stdin, str) else stdin) > STDIN_CHUNK:
+                later = stdin
+            else:
+                data = stdin_frame(stdin)
+                start["stdin" if "data" in data else "stdin_b64"] = data.get("data", data.get("data_b64"))
         # Without interactive stdin it is closed at once (programs reading it see EOF, not a
         # hang); saying so in the start frame means no race with a process that exits first.
-        start["close_stdin"] = stdin is not True
+        start["close_stdin"] = stdin is not True and later is None
         conn = yield from self._open(start)
         frame = yield WsRecv(conn)
         pid = yield from _expect_start(conn, frame)
+        if later is not None:
+            yield from _send_then_close_stdin(conn, later)
         handle = self._handle_cls(
             self._transport,
             self._sandbox_id,

@@ -191,7 +191,7 @@ class Proxy:
                     stream, host=_header(scope, b"host") or "localhost",
                     target=_target(r, scope).decode("latin-1"),
                     headers=_forward_headers(r, scope, websocket=True),
-                    subprotocols=ws.subprotocols_of(scope),
+                    subprotocols=ws.subprotocols_of(scope), max_size=self.settings.ws_max_message,
                 )  # fmt: skip
             except ws.HandshakeFailed as e:
                 await self._deny(scope, receive, send, 502, "websocket_refused", str(e), connected=True)

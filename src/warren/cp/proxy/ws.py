@@ -12,6 +12,7 @@ import logging
 
 from starlette.types import Receive, Scope, Send
 from websockets.client import ClientProtocol
+from websockets.exceptions import PayloadTooBig
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
@@ -20,7 +21,10 @@ from warren.cp.proxy.stream import CHUNK, ByteStream
 
 log = logging.getLogger("warren.proxy")
 
-MAX_MESSAGE = 16 << 20  # as uvicorn's own default for the client's side
+# The largest message from the sandbox's server, unless the caller says (the proxy passes
+# WARREN_WS_MAX_MESSAGE, the limit its uvicorn server puts on the client's side): one over it
+# closes both sides with 1009.
+MAX_MESSAGE = 1 << 20
 # Set by the protocol itself for this hop (extensions are not negotiated end to end).
 _OWN_HEADERS = frozenset(
     {
@@ -55,13 +59,19 @@ class _Upstream:
 
 
 async def handshake(
-    stream: ByteStream, *, host: str, target: str, headers: list[tuple[bytes, bytes]], subprotocols: list[str]
+    stream: ByteStream,
+    *,
+    host: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    subprotocols: list[str],
+    max_size: int = MAX_MESSAGE,
 ) -> _Upstream:
     """The upgrade request to the sandbox's server and its 101 (HandshakeFailed otherwise)."""
     proto = ClientProtocol(
         parse_uri(f"ws://localhost{target}"),
         subprotocols=subprotocols or None,  # type: ignore[arg-type]
-        max_size=MAX_MESSAGE,
+        max_size=max_size,
     )
     req = proto.connect()
     del req.headers["Host"]
@@ -154,7 +164,10 @@ async def _from_upstream(up: _Upstream, send: Send) -> None:
                 code = close.code if close is not None and close.code not in (1005, 1006) else 1000
                 await send({"type": "websocket.close", "code": code, "reason": close.reason if close else ""})
                 return
-        await up.flush()  # pongs, the closing handshake
+        await up.flush()  # pongs, the closing handshake (a 1009 for a message over max_size)
+        if isinstance(up.proto.parser_exc, PayloadTooBig):
+            await send({"type": "websocket.close", "code": 1009, "reason": "message too big"})
+            return
         if not data:
             # The sandbox's server went away without a closing handshake: 1006 cannot be sent.
             await send({"type": "websocket.close", "code": 1001 if up.proto.close_rcvd is None else 1000})
