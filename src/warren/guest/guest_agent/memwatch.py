@@ -5,8 +5,9 @@ sentry): at its limit the host's OOM killer would end the sentry, that is the wh
 the agent gives that cgroup a fixed headroom above the tenant's limit (runtime/gvisor.py) and
 the guest, PID 1 inside, enforces the tenant's limit itself, as Linux would in a runc sandbox:
 when the memory in use in the sandbox (from gVisor's ``/proc/meminfo``: every process's memory
-and the tmpfs files, not the evictable page cache of disk files) passes the limit, the process with the
-largest resident set (never PID 1) gets SIGKILL, and the next one if that was not enough.
+and the tmpfs files, not the evictable page cache of disk files; plus the sandbox's disk, see
+:func:`disk_bytes`) passes the limit, the process with the largest resident set (never PID 1)
+gets SIGKILL, and the next one if that was not enough.
 
 Polling, not an event: gVisor has no memory pressure notification. The interval shrinks as the
 usage nears the limit (the time an allocation at :data:`MAX_RATE` would need to reach it,
@@ -54,6 +55,19 @@ def used_bytes() -> int:
     return max(0, fields.get(b"MemTotal", 0) - fields.get(b"MemFree", 0) - cache)
 
 
+def disk_bytes() -> int:
+    """What the sandbox's disk holds: Warren's disk is a host tmpfs (the root's writable layer,
+    ``/dev/shm`` on it too), written by the Gofer, so it is in the host cgroup but not in
+    gVisor's meminfo (its files are "disk files" there). Counted as under runc, where the disk
+    shares the memory limit: else a tenant filled its disk, then allocated up to the limit on
+    top, and the host cgroup's OOM killer ended the whole sandbox (found in session 9)."""
+    try:
+        st = os.statvfs("/")
+    except OSError:
+        return 0
+    return max(0, (st.f_blocks - st.f_bfree) * st.f_frsize)
+
+
 def read_limit(path: str) -> int:
     try:
         return max(0, int(_read(path).strip() or b"0"))
@@ -85,11 +99,16 @@ def _gone(pid: int) -> bool:
     return stat.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
 
 
+def in_use() -> int:
+    """The memory the limit is held against: gVisor's, and the disk's."""
+    return used_bytes() + disk_bytes()
+
+
 def check(limit: int) -> float:
     """One pass: kill when over ``limit``; the seconds until the next pass. After a kill, no
     other process is chosen until the victim's memory is counted free (as Linux's OOM killer
     waits for an exiting victim): else a second, innocent one would go."""
-    used = used_bytes()
+    used = in_use()
     if used <= limit:
         return min(MAX_INTERVAL, max(MIN_INTERVAL, (limit - used) / MAX_RATE))
     pid, rss = largest()
@@ -110,7 +129,7 @@ def _wait_freed(pid: int, limit: int) -> None:
     deadline = time.monotonic() + VICTIM_WAIT
     low = 0
     while time.monotonic() < deadline:
-        used = used_bytes()
+        used = in_use()
         if used <= limit:
             return
         if _gone(pid):

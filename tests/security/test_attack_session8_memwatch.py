@@ -1,0 +1,186 @@
+"""Session 8's gVisor memory watchdog (guest_agent/memwatch.py) attacked from inside a sandbox,
+as ``nobody`` and as sandbox root. The promise (docs/security.md §1b): past its limit a process
+of the sandbox gets SIGKILL inside and the sandbox lives; the host's memory for it never passes
+its limit + ``MEMORY_HEADROOM``, and the host's OOM killer never has to act in its cgroup (that
+would end the whole sandbox, the Sentry).
+
+Each probe reads the host cgroup's ``oom_kill`` counter (cgroup v1 ``memory.oom_control``):
+nonzero means the host killed inside the sandbox's cgroup, i.e. the watchdog was outrun or
+fooled. Found here (session 9): the sandbox's disk is a host tmpfs written by the Gofer, in the
+sandbox's cgroup but not in gVisor's ``/proc/meminfo``; a tenant that filled its disk and then
+allocated up to its limit took the cgroup past limit + headroom and the host killed the Sentry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.harness.agent import AgentProcess
+from tests.harness.leaks import runsc_leftovers, wait_no_leaks
+from tests.harness.machine import scratch_dir
+from warren.agent.runtime.gvisor import MEMORY_HEADROOM
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+MEMORY_MB = 256  # its disk: (256 - 32) * 4/5 = 179 MiB of host tmpfs
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    root = scratch_dir("attack-memwatch")
+    a = AgentProcess.standalone(root / "agent").start()
+    try:
+        yield a
+    finally:
+        a.finish()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := fn()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return got
+
+
+def cgroup(sb_id: str) -> Path:
+    return Path(f"/sys/fs/cgroup/memory/warren/{sb_id}")
+
+
+def host_oom_kills(sb_id: str) -> int:
+    for line in (cgroup(sb_id) / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    raise AssertionError("no oom_kill in memory.oom_control (kernel too old for this probe)")
+
+
+def sh(a: AgentProcess, sb_id: str, script: str, user: str = "nobody", timeout: int = 120) -> pb.ExecResponse:
+    return a.exec(sb_id, "/bin/sh", "-c", script, user=user, timeout_sec=timeout)
+
+
+def alive(a: AgentProcess, sb_id: str) -> bool:
+    try:
+        return sh(a, sb_id, "echo alive", timeout=20).stdout == b"alive\n"
+    except grpc.RpcError:
+        return False
+
+
+@pytest.fixture
+def sandbox(agent: AgentProcess) -> Iterator[str]:
+    r = agent.create(memory_mb=MEMORY_MB, runtime="gvisor")
+    limit = int((cgroup(r.sandbox_id) / "memory.limit_in_bytes").read_text())
+    assert limit == (MEMORY_MB << 20) + MEMORY_HEADROOM
+    try:
+        yield r.sandbox_id
+    finally:
+        try:
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=120)
+        except grpc.RpcError as e:  # the host ended it (the defect): the agent removed it
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e  # type: ignore[attr-defined]
+        assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
+        wait_for("runsc to leave nothing", lambda: runsc_leftovers(agent.data_dir, r.sandbox_id) == [])
+
+
+def hog(mib: int, then: str = "print('survived')") -> str:
+    """A process that touches ``mib`` MiB, 8 MiB at a time (an allocation loop), then ``then``."""
+    code = f"b = []\nfor _ in range({mib // 8}): b.append(bytearray(8 << 20))\n{then}"
+    return f"python3 -c {shlex.quote(code)}"
+
+
+def assert_held(a: AgentProcess, sb_id: str, res: pb.ExecResponse) -> None:
+    assert res.exit_code in (-9, 137) and b"survived" not in res.stdout, res
+    assert alive(a, sb_id), a.log_tail(30)
+    assert host_oom_kills(sb_id) == 0
+    peak = int((cgroup(sb_id) / "memory.max_usage_in_bytes").read_text())
+    assert peak <= (MEMORY_MB << 20) + MEMORY_HEADROOM
+
+
+@pytest.mark.parametrize(("user", "where"), [("nobody", "/var/tmp"), ("root", "/dev/shm")])
+def test_a_full_disk_then_a_hog_is_killed_inside_and_the_sandbox_lives(
+    agent: AgentProcess, sandbox: str, user: str, where: str
+) -> None:
+    """The disk (and /dev/shm on it) is a host tmpfs the Gofer writes: in the host cgroup, not
+    in gVisor's meminfo. Before session 9 the watchdog let the hog reach the limit on top of a
+    full disk, and the host's OOM killer ended the whole sandbox."""
+    filled = sh(agent, sandbox, f"head -c 170M /dev/zero > {where}/fill && echo ok", user=user)
+    assert filled.stdout == b"ok\n", filled
+    assert_held(agent, sandbox, sh(agent, sandbox, hog(MEMORY_MB * 2), user=user, timeout=60))
+    # The tenant's files are still there (the sandbox was not ended), and it can go on.
+    assert sh(agent, sandbox, f"wc -c < {where}/fill", user=user).stdout == str(170 << 20).encode() + b"\n"
+
+
+def test_many_processes_at_once_cannot_take_the_host_past_the_cgroup_nor_harm_a_neighbour(
+    agent: AgentProcess, sandbox: str
+) -> None:
+    """Eight 48 MiB allocators at once (384 MiB together, none near the limit alone) on one
+    vCPU: the watchdog shares that CPU with them and is outrun (known, docs/security.md §1b: the
+    host then ends this sandbox, as before the watchdog). What holds: the host's memory for it
+    never passes limit + headroom, a neighbour goes on, and nothing of it is left behind."""
+    neighbour = agent.create(memory_mb=128, runtime="gvisor")
+    try:
+        peak = 0
+        one = hog(48, then="import time; time.sleep(5)")
+        with contextlib.suppress(grpc.RpcError):  # ended by the host: an outcome allowed here
+            sh(agent, sandbox, f"for i in 1 2 3 4 5 6 7 8; do {one} & done; wait", timeout=60)
+        with contextlib.suppress(OSError):
+            peak = int((cgroup(sandbox) / "memory.max_usage_in_bytes").read_text())
+        assert peak <= (MEMORY_MB << 20) + MEMORY_HEADROOM
+        assert alive(agent, neighbour.sandbox_id)
+        assert host_oom_kills(neighbour.sandbox_id) == 0
+    finally:
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=neighbour.sandbox_id), timeout=120)
+        assert wait_no_leaks(agent, neighbour.sandbox_id, neighbour.host_ip) == []
+
+
+def test_nobody_cannot_signal_the_guest_and_the_watch_goes_on(agent: AgentProcess, sandbox: str) -> None:
+    """``nobody`` cannot stop or kill PID 1 (the watchdog's process); afterwards a hog is still
+    killed inside. (Sandbox root can kill the guest: it loses its own sandbox only, §1b.)"""
+    res = sh(agent, sandbox, "for s in STOP KILL SEGV TERM; do kill -$s 1 2>/dev/null || echo refused; done")
+    assert res.stdout == b"refused\n" * 4, res
+    assert alive(agent, sandbox)
+    assert_held(agent, sandbox, sh(agent, sandbox, hog(MEMORY_MB * 2), timeout=60))
+
+
+def test_sandbox_root_cannot_replace_the_limit_file(agent: AgentProcess, sandbox: str) -> None:
+    """The limit the watchdog re-reads every second: sandbox root can neither remove, rename,
+    rewrite nor shadow it, and a hog is still killed inside afterwards."""
+    limit = str(MEMORY_MB << 20).encode()
+    script = (
+        "f=/run/warren/memory-limit; rm -f $f; mv $f $f.x; echo 99999999999999 > $f; "
+        "chmod 666 $f; ln -sf /proc/self/cmdline $f.new && mv -f $f.new $f; "
+        "mount -t tmpfs none /run/warren; cat $f"
+    )
+    res = sh(agent, sandbox, script, user="root")
+    assert res.stdout == limit, res
+    assert sh(agent, sandbox, "cat /run/warren/memory-limit").stdout == limit
+    late_hog = sh(agent, sandbox, "sleep 1.5; " + hog(MEMORY_MB * 2), user="root", timeout=60)
+    assert_held(agent, sandbox, late_hog)
+
+
+def test_sandbox_root_killing_the_guest_loses_only_its_own_sandbox(agent: AgentProcess) -> None:
+    """Sandbox root may kill PID 1 (gVisor delivers it): the watchdog goes with it, and its own
+    sandbox is what it loses; the host cgroup holds and nothing is left behind."""
+    r = agent.create(memory_mb=128, runtime="gvisor")
+    try:
+        with contextlib.suppress(grpc.RpcError):
+            sh(agent, r.sandbox_id, "kill -KILL 1; sleep 1", user="root", timeout=30)
+            sh(agent, r.sandbox_id, hog(512), user="root", timeout=30)
+        with contextlib.suppress(OSError):  # gone with its sandbox
+            peak = int((cgroup(r.sandbox_id) / "memory.max_usage_in_bytes").read_text())
+            assert peak <= (128 << 20) + MEMORY_HEADROOM
+    finally:
+        with contextlib.suppress(grpc.RpcError):
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=120)
+        assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
+        wait_for("runsc to leave nothing", lambda: runsc_leftovers(agent.data_dir, r.sandbox_id) == [])
