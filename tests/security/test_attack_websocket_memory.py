@@ -325,3 +325,18 @@ def test_the_sdk_chunks_stdin_larger_than_one_message(
         assert h.wait().stdout.strip() == str(2 * size)
         r = sbx.commands.run("wc -c", stdin=b"w" * size, on_stdout=lambda _: None)
         assert r.stdout.strip() == str(size)
+
+
+@pytest.mark.parametrize("via", ["cp", "warren proxy"])
+def test_preview_messages_over_the_limit_close_with_1009_either_way(
+    platform: Platform, mine: dict[str, str], warren_proxy: tuple[str, int], via: str
+) -> None:
+    url, _ = _via(platform, warren_proxy, via)
+    token = {"X-Warren-Traffic-Token": mine["token"]}
+    with ExitStack() as stack:
+        c = open_ws(stack, url, f"/v1/sandboxes/{mine['id']}/ports/{HOLD_PORT}/", token)
+        with contextlib.suppress(OSError):  # the server may close before taking it all
+            c.sendall(big_frame(b"x" * BIG, opcode=0x2))
+        assert _close_code(c) == 1009  # the client's message, refused by the CP or proxy
+        c = open_ws(stack, url, f"/v1/sandboxes/{mine['id']}/ports/{FLOOD_PORT}/", token)
+        assert _close_code(c) == 1009  # the sandbox server's message, refused by the proxy
