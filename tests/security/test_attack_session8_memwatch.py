@@ -184,3 +184,30 @@ def test_sandbox_root_killing_the_guest_loses_only_its_own_sandbox(agent: AgentP
             agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=120)
         assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
         wait_for("runsc to leave nothing", lambda: runsc_leftovers(agent.data_dir, r.sandbox_id) == [])
+
+
+def test_a_file_read_back_is_not_held_twice_and_a_hog_under_the_limit_lives(
+    agent: AgentProcess, sandbox: str
+) -> None:
+    """The page cache of a disk file the tenant wrote and reads back: gVisor does not keep a
+    second copy in the Sentry here, so the disk (counted) plus a process under the limit fit in
+    the host cgroup: the process lives, and the host never kills."""
+    script = "head -c 100M /dev/urandom > /var/tmp/f && cat /var/tmp/f /var/tmp/f > /dev/null"
+    res = sh(agent, sandbox, script)
+    assert res.exit_code == 0, res
+    lives = sh(agent, sandbox, hog(96, then="import time; time.sleep(2); print('lived')"), timeout=60)
+    assert lives.stdout == b"lived\n", lives
+    assert host_oom_kills(sandbox) == 0
+
+
+def test_a_full_gvisor_tmpfs_kills_the_writer_not_the_sandbox(agent: AgentProcess, sandbox: str) -> None:
+    """/tmp under gVisor is its own tmpfs (no size cap, unlike the disk): memory that no kill
+    frees. Writing past the limit kills the writer inside (its shell may go next: as Linux's
+    OOM killer would, the watchdog goes on to the next largest while the memory stays); the host
+    never kills, and the tenant frees it again with an rm."""
+    res = sh(agent, sandbox, f"head -c {MEMORY_MB * 2}M /dev/zero > /tmp/fill; echo wrote", timeout=60)
+    assert res.exit_code in (-9, 137) or res.stderr == b"Killed\n", res
+    assert host_oom_kills(sandbox) == 0
+    removed = lambda: sh(agent, sandbox, "rm -f /tmp/fill && echo ok").stdout == b"ok\n"  # noqa: E731
+    wait_for("the file to be removable", removed)
+    wait_for("commands to run again", lambda: alive(agent, sandbox))
