@@ -78,9 +78,23 @@ def big_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return bytes([0x80 | opcode, 0x80 | 127]) + struct.pack(">Q", len(payload)) + b"\0\0\0\0" + payload
 
 
-def stdin_message(size: int) -> bytes:
+def fragmented(payload: bytes, piece: int) -> bytes:
+    """One client text message sent as fragments of ``piece`` bytes (RFC 6455 5.4)."""
+    parts = [payload[i : i + piece] for i in range(0, len(payload), piece)]
+    out = b""
+    for i, part in enumerate(parts):
+        frame = big_frame(part, opcode=0x0 if i else 0x1)
+        out += bytes([frame[0] & (0x7F if i < len(parts) - 1 else 0xFF)]) + frame[1:]  # FIN on the last
+    return out
+
+
+def stdin_payload(size: int) -> bytes:
     head, tail = b'{"type": "stdin", "data": "', b'"}'
-    return big_frame(head + b"x" * (size - len(head) - len(tail)) + tail)
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def stdin_message(size: int) -> bytes:
+    return big_frame(stdin_payload(size))
 
 
 def flood(conns: list[socket.socket], frame: bytes, rss: PeakRss) -> int:
@@ -306,6 +320,11 @@ def test_a_message_over_the_limit_closes_its_connection_with_1009_and_no_other(
             message = stdin_message(BIG)
             with contextlib.suppress(OSError):  # the server may close before taking it all
                 c.sendall(message)
+            assert _close_code(c) == 1009
+            # The same in 64 KiB fragments: the limit is on the message, not on a frame.
+            (c,) = _exec_streams(stack, alice, mine["id"], 1)
+            with contextlib.suppress(OSError):
+                c.sendall(fragmented(stdin_payload(4 * MIB), 64 << 10))
             assert _close_code(c) == 1009
         other.send(json.dumps({"type": "stdin", "data": "still here\n"}))
         assert json.loads(other.recv(timeout=30)) == {"type": "stdout", "data": "still here\n"}
