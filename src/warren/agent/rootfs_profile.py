@@ -8,12 +8,14 @@ are thrown away). That is ~1.5 ms of CPU out of a ~4 ms ``bash -l -c true``.
 
 The edits keep what every shell ends up with (PATH, the prompt, umask: a test runs both
 versions): bash sets ``EUID`` itself (read-only, from geteuid(2)), so ``${EUID:-$(id -u)}`` is
-the same number there and still runs ``id`` in dash and other shells, which do not set it (as
-for Debian's own ``${BASH-}`` test, a variable in the environment can fool them about PATH,
-nothing more); ``mesg`` acts on the terminal of stdin, else of stderr, and the profile sends
-its stderr to /dev/null, so ``[ -t 0 ]`` runs it wherever it could do anything. Each edit
-replaces Debian's exact text only: a file that differs (another release, an image's own) is
-left as it is.
+the same number there and still runs ``id`` in dash and other shells, which do not set it. An
+``EUID`` in the environment is taken as it is, by dash and by bash alike (bash sets its own only
+when none was imported; session 9's attack suite, test_attack_session8_login_profile.py): as for
+Debian's own ``${BASH-}`` test, it fools the caller's own shell about PATH and the prompt,
+nothing more: it is never evaluated (``[`` wants a number) and gives no privilege. ``mesg`` acts
+on the terminal of stdin, else of stderr, and the profile sends its stderr to /dev/null, so
+``[ -t 0 ]`` runs it wherever it could do anything. Each edit replaces Debian's exact text only: a
+file that differs (another release, an image's own) is left as it is.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ EDITS: tuple[tuple[str, str, str], ...] = (
 
 
 def trim_login_shell(rootfs: Path) -> list[str]:
-    """Apply :data:`EDITS` under ``rootfs`` (in place: owner and mode kept); the files changed."""
+    """Apply :data:`EDITS` under ``rootfs`` (in place: owner and mode kept); the files changed.
+    A file that is a link, or under a directory that is a link out of ``rootfs``, is left alone:
+    the edit never writes outside the tree (debootstrap's today, but that is not assumed)."""
     changed = []
+    inside = rootfs.resolve()
     for rel, old, new in EDITS:
         path = rootfs / rel
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(inside):
             continue
         text = path.read_text()
         if old not in text:
