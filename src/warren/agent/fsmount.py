@@ -54,6 +54,7 @@ def fs_mount(
         os.close(fs)
 
 
-def start_writeback(fd: int) -> None:
-    """Start writing ``fd``'s dirty pages to disk, without waiting for them (best effort)."""
-    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    """Start writing ``fd``'s dirty pages in ``nbytes`` from ``offset`` (0: to the end) to
+    disk, without waiting for them (best effort)."""
+    _libc.sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)

@@ -44,7 +44,7 @@ CPU_BASE_S = 60
 CPU_BYTES_PER_S = 5 << 20
 ADDRESS_SPACE = 4 << 30
 IMAGE_SLACK = 64 << 20
-FLUSH_EVERY = 4 << 20  # layer bytes between two starts of the image's writeback
+WRITEBACK_MARGIN = 1 << 20  # the image's last bytes are left to the next start
 JOBS = "1"  # one compressor thread: as fast, and 10-15% less CPU than 2 (docs/benchmarks.md, session 8)
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -132,7 +132,7 @@ class StreamedImage:
         self._work = work
         self._out_dir = _out_dir(work)
         self._image_fd = -1
-        self._since_flush = 0
+        self._written_back = 0
         try:
             self._packer = _Packer(size, self._out_dir)
             try:
@@ -148,19 +148,16 @@ class StreamedImage:
     def put(self, chunk: bytes) -> None:
         """The next chunk of the layer (blocks while the converter is a few MiB behind)."""
         self._conversion.put(chunk)
-        self._since_flush += len(chunk)
-        if self._since_flush >= FLUSH_EVERY:
-            self._since_flush = 0
-            self._start_writeback()
 
     def finish(self) -> LayerStats:
         """``work/layer.sqfs``, once every chunk was put and the layer's digest matched. Raises
         as :func:`build_image` does; nothing of the image is left then."""
         try:
+            self._start_writeback()  # while the converter and tar2sqfs finish
             stats = self._conversion.result()
             self._packer.wait(fed=stats is not None)
             assert stats is not None
-            self._start_writeback()
+            self._start_writeback(whole=True)
             _take_image(self._out_dir, self._work)
             return stats
         finally:
@@ -179,16 +176,26 @@ class StreamedImage:
             self._image_fd = -1
         shutil.rmtree(self._out_dir, ignore_errors=True)
 
-    def _start_writeback(self) -> None:
-        """Start writing the image's pages to disk while it is made: attaching a loop device
-        fsyncs its file (Linux 6.x), which then waits for what is left, not for all of it."""
+    def _start_writeback(self, *, whole: bool = False) -> None:
+        """Start writing the image's pages to disk before it is attached: attaching a loop
+        device writes its file back first (Linux 6.x), which then waits for what is left, not
+        for all of it. Started once when the last chunk is in (the converter and tar2sqfs are
+        then finishing the tail), and over the whole file once tar2sqfs is done (``whole``: its
+        tables and superblock). Not every few MiB while the image grows: for a 256 MB image
+        that cost the agent ~250 ms more CPU than one pass (docs/benchmarks.md, session 9)."""
         if self._image_fd < 0:
             try:  # tar2sqfs (nobody) makes it: no link followed, no wait on a fifo put there
                 flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                 self._image_fd = os.open(self._out_dir / IMAGE, flags)
             except OSError:
                 return  # not there yet
-        start_writeback(self._image_fd)
+        if whole:
+            start_writeback(self._image_fd)
+            return
+        end = os.fstat(self._image_fd).st_size - WRITEBACK_MARGIN  # the page being written: later
+        if end > self._written_back:
+            start_writeback(self._image_fd, self._written_back, end - self._written_back)
+            self._written_back = end
 
 
 def _cpu_s(size: int) -> int:
