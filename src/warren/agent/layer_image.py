@@ -135,15 +135,18 @@ class StreamedImage:
         self._written_back = 0
         try:
             self._packer = _Packer(size, self._out_dir)
-            try:
-                self._conversion = Conversion(
-                    self._packer.stdin_fd(), uid_base=uid_base, max_bytes=max_bytes, cpu_s=_cpu_s(size)
-                )
-            finally:
-                self._packer.close_stdin()  # the converter's now: tar2sqfs ends when it does
+        except BaseException:
+            shutil.rmtree(self._out_dir, ignore_errors=True)
+            raise
+        try:
+            self._conversion = Conversion(
+                self._packer.stdin_fd(), uid_base=uid_base, max_bytes=max_bytes, cpu_s=_cpu_s(size)
+            )
         except BaseException:
             self._kill()
             raise
+        finally:
+            self._packer.close_stdin()  # the converter's now: tar2sqfs ends when it does
 
     def put(self, chunk: bytes) -> None:
         """The next chunk of the layer (blocks while the converter is a few MiB behind)."""
