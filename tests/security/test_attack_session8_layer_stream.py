@@ -1,0 +1,158 @@
+"""Session 8's streamed layer conversion (agent/layer_image.StreamedImage, the converter server,
+layers/tar_stream.ChunkFeed) attacked by whoever sends a layer: a sender far faster than the
+converter, a sender that hangs up halfway, a layer whose bytes fail the digest after they were
+converted while a true copy of it is sent at the same time, and a layer that lies about its
+size. Expected: the agent's memory stays bounded (the pipe to the converter, not the layer),
+nothing of a failed install is left (temp dirs, mounts, loop devices, tar2sqfs processes), and
+the true bytes always install whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.harness.agent import AgentProcess
+from tests.harness.machine import scratch_dir
+from tests.integration.agent.layer_tars import digest, layer_tar, put_requests
+from tests.security.test_attack_layer_images import high_water_mib, tree, wait_clean
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    root = scratch_dir("attack-layer-stream")
+    a = AgentProcess.standalone(root / "agent").start()
+    a.mode = "images"  # type: ignore[attr-defined]
+    try:
+        a.stub.PutLayer(put_requests(layer_tar({"warm": b"up"})), timeout=120)  # converter started
+        yield a
+    finally:
+        a.finish()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def packers_of(a: AgentProcess) -> list[str]:
+    """tar2sqfs processes working in this agent's directories (a failed install's must end)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"tar2sqfs" in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd").startswith(
+                str(a.data_dir)
+            ):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
+def wait_no_packers(a: AgentProcess) -> list[str]:
+    deadline = time.monotonic() + 60
+    while (left := packers_of(a)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def small_files_tar(n: int, size: int, salt: bytes) -> bytes:
+    """``n`` files of ``size`` bytes: slow to convert and pack per byte, fast to send."""
+    body = (salt * (size // len(salt) + 1))[:size]
+    return layer_tar(
+        {f"d{i // 1000}/f{i}": body for i in range(n)}, dirs=tuple(f"d{j}" for j in range(n // 1000 + 1))
+    )
+
+
+def test_a_sender_faster_than_the_converter_holds_the_agents_memory(agent: AgentProcess) -> None:
+    """96 MiB of 4 KiB files sent as fast as gRPC goes: the agent holds a pipe's worth ahead of
+    the converter, not the layer (its high-water mark grows by far less than the layer)."""
+    data = small_files_tar(24_000, 4096, os.urandom(64))
+    assert len(data) > 96 << 20
+    before = high_water_mib(agent)
+    agent.stub.PutLayer(put_requests(data), timeout=600)
+    after = high_water_mib(agent)
+    print(f"\nagent high-water {before} -> {after} MiB for a {len(data) >> 20} MiB layer")
+    assert after - before < 48, (before, after)
+    assert len(os.listdir(tree(agent, digest(data)))) == 25
+    agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[digest(data)]))
+    assert wait_clean(agent) == []
+
+
+def test_a_sender_that_hangs_up_halfway_leaves_nothing(agent: AgentProcess) -> None:
+    data = small_files_tar(6_000, 4096, os.urandom(64))
+    half, go_on = threading.Event(), threading.Event()
+
+    def requests() -> Iterator[pb.PutLayerRequest]:
+        reqs = list(put_requests(data))
+        for i, r in enumerate(reqs):
+            if i == len(reqs) // 2:
+                half.set()
+                go_on.wait(60)
+                return
+            yield r
+
+    call = agent.stub.PutLayer.future(requests(), timeout=120)
+    assert half.wait(60)
+    deadline = time.monotonic() + 30  # hang up while the image is being made
+    while not packers_of(agent):
+        assert time.monotonic() < deadline, agent.log_tail(30)
+        time.sleep(0.05)
+    call.cancel()
+    go_on.set()
+    assert wait_clean(agent) == []
+    assert wait_no_packers(agent) == []
+    missing = agent.stub.HasLayers(pb.HasLayersRequest(digests=[digest(data)])).missing
+    assert list(missing) == [digest(data)]
+    agent.stub.PutLayer(put_requests(data), timeout=300)  # and the whole layer installs after
+    assert len(os.listdir(tree(agent, digest(data)))) == 7
+    agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[digest(data)]))
+    assert wait_clean(agent) == []
+
+
+def test_a_corrupt_copy_sent_beside_the_true_one_does_not_poison_it(agent: AgentProcess) -> None:
+    """A valid tar with one more file, claimed under the true layer's digest, sent at the same
+    time as the true bytes: the false one is DATA_LOSS after its conversion (or, when the true
+    one got there first, answered as present without a byte of it used); the true one
+    installs, with the true files only, and nothing of the false one is left."""
+    good = layer_tar({f"d/f{i}": os.urandom(2000) for i in range(2000)}, dirs=("d",))
+    bad = layer_tar({**{f"d/f{i}": os.urandom(2000) for i in range(2000)}, "d/planted": b"x"}, dirs=("d",))
+    results: dict[str, object] = {}
+
+    def send(name: str, data: bytes) -> None:
+        try:
+            agent.stub.PutLayer(put_requests(data, as_digest=digest(good)), timeout=300)
+            results[name] = "ok"
+        except grpc.RpcError as e:
+            results[name] = e.code()  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=send, args=a) for a in (("bad", bad), ("good", good))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(330)
+    assert results["bad"] in (grpc.StatusCode.DATA_LOSS, "ok"), results
+    assert results["good"] == "ok", results
+    installed = tree(agent, digest(good)) / "d"
+    assert len(os.listdir(installed)) == 2000 and not (installed / "planted").exists()
+    agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[digest(good)]))
+    assert wait_clean(agent) == []
+    assert wait_no_packers(agent) == []
+
+
+@pytest.mark.parametrize("declared", ["less", "more"])
+def test_a_layer_that_lies_about_its_size_leaves_nothing(agent: AgentProcess, declared: str) -> None:
+    data = small_files_tar(2_000, 4096, os.urandom(64))
+    size = len(data) - 4096 if declared == "less" else len(data) + 4096
+    with pytest.raises(grpc.RpcError) as ei:
+        agent.stub.PutLayer(put_requests(data, size=size), timeout=120)
+    assert ei.value.code() == grpc.StatusCode.DATA_LOSS, ei.value.details()  # type: ignore[attr-defined]
+    assert list(agent.stub.HasLayers(pb.HasLayersRequest(digests=[digest(data)])).missing) == [digest(data)]
+    assert wait_clean(agent) == []
+    assert wait_no_packers(agent) == []
