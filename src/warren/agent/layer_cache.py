@@ -111,6 +111,7 @@ class LayerCache:
             log.info("event=layer_loop_detached device=%s", dev)
         if not (self.root / SKELETON).is_dir():
             self._make_skeleton()
+        layer_convert.tune_allocator()  # layers arrive in 1 MiB messages, images or not
         if self._want_images:
             got = layer_image.support()
             self.images = got.ok
