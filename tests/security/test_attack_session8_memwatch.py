@@ -211,3 +211,41 @@ def test_a_full_gvisor_tmpfs_kills_the_writer_not_the_sandbox(agent: AgentProces
     removed = lambda: sh(agent, sandbox, "rm -f /tmp/fill && echo ok").stdout == b"ok\n"  # noqa: E731
     wait_for("the file to be removable", removed)
     wait_for("commands to run again", lambda: alive(agent, sandbox))
+
+
+SOCKET_HOARD = r"""
+import os, socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(128)
+held = []
+for _ in range(int(os.environ["PAIRS"])):
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 24)
+    c.connect(srv.getsockname()); s, _ = srv.accept()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24); c.setblocking(False)
+    try:
+        while True: c.send(b"x" * 65536)
+    except BlockingIOError: pass
+    held.append((c, s))
+print("survived")
+"""
+
+
+def test_socket_buffers_can_end_only_their_own_sandbox(agent: AgentProcess, sandbox: str) -> None:
+    """Loopback TCP buffers are the Sentry's own heap: in the host cgroup, in no figure the
+    guest can read (five full pairs hold ~60 MiB while /proc/meminfo's MemFree does not move).
+    ``nobody`` filling fifty pairs outruns the watchdog and the host ends that sandbox (known,
+    self-harm only, docs/security.md §1b). What holds: the host cgroup, the neighbour
+    (``sandbox``), and nothing left behind."""
+    hoarder = agent.create(memory_mb=128, runtime="gvisor")
+    try:
+        with contextlib.suppress(grpc.RpcError):
+            sh(agent, hoarder.sandbox_id, f"PAIRS=50 python3 -c {shlex.quote(SOCKET_HOARD)}", timeout=30)
+        with contextlib.suppress(OSError):  # gone with its sandbox
+            peak = int((cgroup(hoarder.sandbox_id) / "memory.max_usage_in_bytes").read_text())
+            assert peak <= (128 << 20) + MEMORY_HEADROOM
+        assert alive(agent, sandbox)
+        assert host_oom_kills(sandbox) == 0
+    finally:
+        with contextlib.suppress(grpc.RpcError):
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=hoarder.sandbox_id), timeout=120)
+        assert wait_no_leaks(agent, hoarder.sandbox_id, hoarder.host_ip) == []
+        wait_for("runsc to leave nothing", lambda: runsc_leftovers(agent.data_dir, hoarder.sandbox_id) == [])
