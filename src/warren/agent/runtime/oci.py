@@ -9,7 +9,7 @@ crun refuses to run on this kernel's "hybrid" cgroup layout (v1 controllers plus
 mount at /sys/fs/cgroup/unified). Each crun call therefore runs in a throwaway private mount
 namespace with that mount removed (`unshare -m`, ~2 ms); the agent itself stays in the host's
 mount namespace so the overlay mounts it makes are visible to every later agent process.
-The wrapper's three programs (unshare, sh, umount) cost ~4 ms of CPU per call. Making the
+The wrapper's three programs (unshare, sh, umount) cost ~5 ms of CPU per call. Making the
 namespace in the forked child instead (a ``preexec_fn`` calling unshare/umount2) was tried and
 is not possible here: a ``preexec_fn`` turns the child's vfork into a fork, which runs gRPC's
 fork handlers, and the child died with SIGSEGV before exec on every call (docs/benchmarks.md,
