@@ -66,7 +66,7 @@ class RegisterRequest(StrictBody):
 class HostReport(StrictBody):
     """What an agent reports of itself with each heartbeat (a JSON body; an empty body, as older
     agents send, changes nothing but the heartbeat time). Each field is optional: a value is
-    stored only when present, in the ``hosts`` column of the same name (``_store_report``). The
+    stored only when present, in the ``hosts`` column of the same name (``_heartbeat``). The
     fields belong to the features that read them: the runtimes a host offers (docs/agent.md), its
     warm pools, its data disk (docs/operations.md)."""
 
@@ -257,17 +257,26 @@ async def refresh(
 
 # ------------------------------------------------------------------------------------ heartbeat
 
-_HEARTBEAT = sa.text(
-    """
-    UPDATE hosts h
-    SET last_heartbeat_at = :now,
-        updated_at = :now,
-        status = CASE WHEN old.status = 'unreachable' THEN 'online' ELSE h.status END
-    FROM (SELECT id, status FROM hosts WHERE id = :id FOR UPDATE) AS old
-    WHERE h.id = old.id
-    RETURNING old.status AS old_status, h.team_id
-    """
-)
+
+def _heartbeat(host_uuid: uuid.UUID, now: datetime, report: HostReport | None) -> sa.Update:
+    """One UPDATE per beat: the beat's times, ``unreachable`` back to ``online`` (the old status
+    read under FOR UPDATE, so a concurrent monitor sweep cannot interleave), and each field the
+    agent reported into the ``hosts`` column of its name (``HostReport``; none when empty)."""
+    old = (
+        sa.select(hosts.c.id, hosts.c.status).where(hosts.c.id == host_uuid).with_for_update().subquery("old")
+    )
+    reported = report.model_dump(mode="json", exclude_none=True) if report is not None else {}
+    return (
+        hosts.update()
+        .where(hosts.c.id == old.c.id)
+        .values(
+            last_heartbeat_at=now,
+            updated_at=now,
+            status=sa.case((old.c.status == "unreachable", "online"), else_=hosts.c.status),
+            **reported,
+        )
+        .returning(old.c.status.label("old_status"), hosts.c.team_id)
+    )
 
 
 # Heartbeats a host may send: a burst, then so many a second (an agent beats every 30 s, 1 s
@@ -299,11 +308,9 @@ async def heartbeat(
         raise Forbidden("host ID mismatch")
     _take_beat(host_uuid)
     async with transaction(engine) as conn:
-        row = (await conn.execute(_HEARTBEAT, {"now": clock.now(), "id": host_uuid})).first()
+        row = (await conn.execute(_heartbeat(host_uuid, clock.now(), report))).first()
         if row is None:
             raise NotFound("host not found")
-        if report is not None:
-            await _store_report(conn, host_uuid, report)
         if row.old_status == "unreachable":
             log.info("host marked up host=%s", host_id)
             await audit.record(
@@ -315,11 +322,3 @@ async def heartbeat(
                 resource_id=host_id,
                 status="info",
             )
-
-
-async def _store_report(conn: AsyncConnection, host_uuid: uuid.UUID, report: HostReport) -> None:
-    """Each field the agent sent, into the ``hosts`` column of its name (one UPDATE; none when
-    the report is empty)."""
-    values = report.model_dump(mode="json", exclude_none=True)
-    if values:
-        await conn.execute(hosts.update().where(hosts.c.id == host_uuid).values(**values))
