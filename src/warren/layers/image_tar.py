@@ -98,7 +98,8 @@ class _Converter:
         if base == OPAQUE:
             self._opaque(parts[:-1], m)
             return
-        self._flush_pending()
+        if self.pending is not None:
+            self._flush_pending()
         if base.startswith(WHITEOUT):
             if base.startswith(b".wh..wh."):
                 return
@@ -210,7 +211,7 @@ class _Converter:
             if len(self.ids) < IDS_CACHED:
                 self.ids[(mode, uid, gid)] = ids
         numbers = b"%011o\0%011o\0" % (size, mtime)
-        check = _FIXED_SUM + ids[1] + sum(numbers) + typ[0] + _sum(path) + _sum(link)
+        check = _FIXED_SUM + ids[1] + _sum(numbers) + typ[0] + _sum(path) + _sum(link)
         self.buf += b"".join(
             (
                 path.ljust(100, b"\0"),
@@ -258,8 +259,8 @@ _ZEROS = memoryview(ZERO_BLOCK)
 
 
 def _sum(b: bytes) -> int:
-    """The sum of ``b``'s bytes (at most 100 here): Adler-32's low half is 1 + that sum (under
-    its modulus 65521), computed in C."""
+    """The sum of ``b``'s bytes (at most 100 here: under 65521, Adler-32's modulus): its
+    low half is 1 + that sum, computed in C."""
     return (adler32(b) & 0xFFFF) - 1
 
 

@@ -62,19 +62,17 @@ class _Fields:
                 self.mtimes[key] = got
         return got
 
-
-def _plain_header(blk: bytes, fields: _Fields) -> Member:
-    """``tarfmt._header`` of a header with no PAX record or GNU long name before it."""
-    name = blk[:100].partition(b"\0")[0]
-    if blk[257:265] == b"ustar\x0000":  # POSIX: the prefix field extends the name
-        prefix = blk[345:500].partition(b"\0")[0]
-        if prefix:
-            name = prefix + b"/" + name
-    mode, uid, gid = fields.ids_of(blk)
-    size = _number(blk[124:136], "size")
-    return Member(
-        name, blk[156:157], mode, uid, gid, size, fields.mtime_ns_of(blk), blk[157:257].partition(b"\0")[0]
-    )
+    def header(self, blk: bytes) -> Member:
+        """``tarfmt._header`` of a header with no PAX record or GNU long name before it."""
+        name = blk[:100].partition(b"\0")[0]
+        if blk[257:265] == b"ustar\x0000":  # POSIX: the prefix field extends the name
+            prefix = blk[345:500].partition(b"\0")[0]
+            if prefix:
+                name = prefix + b"/" + name
+        mode, uid, gid = self.ids_of(blk)
+        size = _number(blk[124:136], "size")
+        link = blk[157:257].partition(b"\0")[0]
+        return Member(name, blk[156:157], mode, uid, gid, size, self.mtime_ns_of(blk), link)
 
 
 def _fast_check_sum(blk: bytes) -> None:
@@ -90,8 +88,7 @@ def _fast_check_sum(blk: bytes) -> None:
 
 def members(src: Source) -> Iterator[Member]:
     """``tarfmt.members``, with the shortcuts above (the same members, the same refusals)."""
-    fields = _Fields()
-    return tarfmt.members(src, _fast_check_sum, lambda blk: _plain_header(blk, fields))
+    return tarfmt.members(src, _fast_check_sum, _Fields().header)
 
 
 class PipeSource(Source):
