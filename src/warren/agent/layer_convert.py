@@ -1,6 +1,6 @@
 """The agent's end of the layer converter's processes (``warren.layers.convert_server``).
 
-One server per agent process, started when the first layer arrives and kept: each layer is
+One server per agent process, started with the layer cache (``warm``) and kept: each layer is
 converted in a child it forks, dropped to ``nobody``, which reads the tar from a pipe the agent
 fills as the chunks arrive and writes straight into ``tar2sqfs``' stdin. Receiving and hashing
 (the agent), converting (the child) and packing (``tar2sqfs``) so run on as many cores as there
