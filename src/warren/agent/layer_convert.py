@@ -37,20 +37,21 @@ MALLOC_ENV = {
 
 # The same in the agent itself (mallopt, at its start): each 1 MiB PutLayer message, and its
 # copies, were mapped and faulted in afresh and unmapped once freed. Bounded: at most
-# TRIM_THRESHOLD kept free at an arena's top.
+# TRIM_THRESHOLD kept free at the top of each arena (the receiving threads use several: at
+# 16 MiB the agent's high-water mark for a 105 MiB layer grew by up to 54 MiB, at 4 MiB by
+# 17-28, about as without; tests/security/test_attack_session8_layer_stream.py).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 4 << 20
-TRIM_THRESHOLD = 16 << 20
+TRIM_THRESHOLD = 4 << 20
 
 _lock = threading.Lock()
 _server: tuple[subprocess.Popen[bytes], socket.socket] | None = None
 
 
 def tune_allocator() -> bool:
-    """Have glibc's malloc serve 1 MiB blocks from its heaps and reuse them (see above): per
-    pushed layer, one page fault and one zeroed page less per 4 KiB received (the agent's CPU
-    per 28.5 MB push 100 -> 70 ms, per 256 MB 835 -> 605 ms; docs/benchmarks.md, session 9).
-    False where this is not glibc."""
+    """Have glibc's malloc serve 1 MiB blocks from its heaps and reuse them (see above): fewer
+    page faults and zeroed pages per pushed layer (the agent's CPU per 256 MB push 815 -> 645
+    ms; docs/benchmarks.md, session 9). False where this is not glibc."""
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
