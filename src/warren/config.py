@@ -56,10 +56,14 @@ class Settings(BaseSettings):
     max_json_body: int = 1 * 1024 * 1024
     # Largest WebSocket message (bytes) a CP or `warren proxy` server takes from a client, and the
     # preview proxy from a sandbox's server; one over it closes that connection with 1009. Each
-    # connection holds a few messages at most (one read ahead, a stream's 4 queued stdin frames),
-    # so this bounds what one costs. The SDK and the dashboard send stdin and terminal input in
-    # frames well under it (docs/security.md, "Limits").
+    # connection holds a few messages at most (one read ahead, one being handed on, a stream's
+    # queued stdin: 256 KiB or one message), so this bounds what one costs. The SDK and the dashboard
+    # send stdin and terminal input in frames well under it (docs/security.md, "Limits").
     ws_max_message: int = Field(default=1 << 20, ge=256 << 10, le=64 << 20)
+    # Streams (exec streams, terminals, the dashboard's terminal, directory watches) one team holds
+    # open at once in one CP process; the next is refused with 429 too_many_streams
+    # (services/stream_slots.py). Each may hold a few MiB (docs/security.md), so this bounds a team.
+    max_streams_per_team: int = Field(default=64, ge=1, le=100_000)
     # The file part of a unary upload (files/write) and a unary download (files/read).
     max_upload_bytes: int = 100 * 1024 * 1024
     # Longest `timeout_sec` an exec or a process may ask for (400 above; docs/api.md).

@@ -32,6 +32,8 @@ K_SIGNAL = 9
 HDR = 5
 # The guest refuses inbound frames over 8 MiB; stay well below so big writes stream smoothly.
 MAX_OUT_CHUNK = 1 << 20
+# A stream's stdin is written to the guest in chunks of this size (ExecSession.send_stdin).
+STDIN_CHUNK = 64 << 10
 # The largest frame a legitimate guest sends, by kind: raw bytes come in reads of at most 4 MiB
 # (a file read's chunk_size is clamped there; process output in 64 KiB reads); JSON answers are
 # small, a listing page stops at about 1 MiB. A bigger frame is refused before it is read, so a
@@ -304,9 +306,13 @@ class ExecSession(GuestStream):
         return ExecEvent(kind="error", pid=self.pid, error=f"unexpected frame kind {kind}")
 
     async def send_stdin(self, data: bytes) -> None:
+        """Written a chunk at a time, each drained before the next: the connection's buffer
+        holds one chunk of a message the command is not reading, never a copy of all of it."""
         self._check_open()
-        self._conn.send_data(data)
-        await self._conn.drain()
+        view = memoryview(data)
+        for i in range(0, len(data), STDIN_CHUNK):
+            self._conn.send(K_DATA, bytes(view[i : i + STDIN_CHUNK]))
+            await self._conn.drain()
 
     async def close_stdin(self) -> None:
         self._check_open()

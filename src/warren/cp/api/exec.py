@@ -22,7 +22,7 @@ from warren.cp.security import credentials
 from warren.cp.services import exec as svc
 from warren.cp.services import exec_stream as stream
 from warren.cp.services import exec_unary as unary
-from warren.cp.services import sandbox_access
+from warren.cp.services import sandbox_access, stream_slots
 from warren.cp.services.authn import authenticate
 from warren.cp.state import state_of
 
@@ -114,24 +114,27 @@ def _max_timeout(request: Request | WebSocket) -> int:
 async def exec_stream(websocket: WebSocket, sandbox_id: str) -> None:
     """Interactive exec. Auth: ``X-API-Key`` / ``Authorization: Bearer`` headers, or the
     ``api_key`` / ``token`` query parameters (browsers cannot set WebSocket headers). Errors
-    before the upgrade are plain JSON answers (400/401/404/409/503)."""
+    before the upgrade are plain JSON answers (400/401/404/409/503; 429 ``too_many_streams``
+    past the team's open streams)."""
     state = state_of(websocket)
     engine, pool = state.engine, state.pool
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
-    try:
-        ctx = await authenticate(engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret)
-        tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-        client = tgt.client()
-    except Exception as e:
-        await ws.deny(websocket, e)
-        return
-    await websocket.accept()
-    try:
-        await stream.stream_session(
-            engine, client, tgt.uuid, tgt.sid, _peer(websocket), max_timeout=_max_timeout(websocket)
-        )
-    finally:
-        await ws.close(websocket)
+    with stream_slots.Slot() as slot:
+        try:
+            ctx = await authenticate(engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret)
+            slot.claim(ctx, state.settings.max_streams_per_team)
+            tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
+            client = tgt.client()
+        except Exception as e:
+            await ws.deny(websocket, e)
+            return
+        await websocket.accept()
+        try:
+            await stream.stream_session(
+                engine, client, tgt.uuid, tgt.sid, _peer(websocket), max_timeout=_max_timeout(websocket)
+            )
+        finally:
+            await ws.close(websocket)
 
 
 def _peer(websocket: WebSocket) -> stream.Peer:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, WebSocket
 from warren.cp import ws
 from warren.cp.security import credentials
 from warren.cp.services import pty as svc
+from warren.cp.services import stream_slots
 from warren.cp.services.authn import authenticate
 from warren.cp.state import state_of
 
@@ -18,22 +19,24 @@ router = APIRouter(prefix="/v1/sandboxes", tags=["pty"])
 async def pty_stream(websocket: WebSocket, sandbox_id: str) -> None:
     """A terminal. Auth: ``X-API-Key`` / ``Authorization: Bearer`` headers, or the ``api_key``
     / ``token`` query parameters. Errors before the upgrade are plain JSON answers
-    (400/401/404/409/503)."""
+    (400/401/404/409/503; 429 ``too_many_streams`` past the team's open streams)."""
     state = state_of(websocket)
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
-    try:
-        ctx = await authenticate(
-            state.engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret
-        )
-        tgt = await svc.prepare(state.engine, state.pool, ctx, sandbox_id)
-    except Exception as e:
-        await ws.deny(websocket, e)
-        return
-    await websocket.accept()
-    try:
-        await svc.session(state.engine, tgt, peer(websocket))
-    finally:
-        await ws.close(websocket)
+    with stream_slots.Slot() as slot:
+        try:
+            ctx = await authenticate(
+                state.engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret
+            )
+            slot.claim(ctx, state.settings.max_streams_per_team)
+            tgt = await svc.prepare(state.engine, state.pool, ctx, sandbox_id)
+        except Exception as e:
+            await ws.deny(websocket, e)
+            return
+        await websocket.accept()
+        try:
+            await svc.session(state.engine, tgt, peer(websocket))
+        finally:
+            await ws.close(websocket)
 
 
 def peer(websocket: WebSocket) -> svc.PtyPeer:

@@ -16,6 +16,7 @@ from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.api.exec import json_body
 from warren.cp.http_errors import error_responses
 from warren.cp.security import credentials
+from warren.cp.services import stream_slots
 from warren.cp.services import watch as svc
 from warren.cp.services.authn import authenticate
 from warren.cp.state import state_of
@@ -37,23 +38,26 @@ async def watch_stream(
     place, then one frame per event (``create``, ``write``, ``remove``, ``rename`` with
     ``old_path``, ``chmod``; ``entry`` as the files API's) and ``{"type": "overflow"}`` where
     events were dropped. Auth as the exec WebSocket. Refusals before the upgrade are plain JSON
-    answers (400, 401, 403, 404 missing path, 409, 413 too many directories, 503)."""
+    answers (400, 401, 403, 404 missing path, 409, 413 too many directories, 429
+    ``too_many_streams`` past the team's open streams, 503)."""
     state = state_of(websocket)
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
-    try:
-        secret = state.settings.jwt_secret
-        ctx = await authenticate(state.engine, creds, require_user=False, jwt_secret=secret)
-        frames = await svc.open_stream(state.engine, state.pool, ctx, sandbox_id, path, recursive, user)
-    except Exception as e:
-        await ws.deny(websocket, e)
-        return
-    await websocket.accept()
-    try:
-        await websocket.send_json({"type": "started"})
-        async with contextlib.aclosing(frames):
-            await _relay(websocket, frames)
-    finally:
-        await ws.close(websocket)
+    with stream_slots.Slot() as slot:
+        try:
+            secret = state.settings.jwt_secret
+            ctx = await authenticate(state.engine, creds, require_user=False, jwt_secret=secret)
+            slot.claim(ctx, state.settings.max_streams_per_team)
+            frames = await svc.open_stream(state.engine, state.pool, ctx, sandbox_id, path, recursive, user)
+        except Exception as e:
+            await ws.deny(websocket, e)
+            return
+        await websocket.accept()
+        try:
+            await websocket.send_json({"type": "started"})
+            async with contextlib.aclosing(frames):
+                await _relay(websocket, frames)
+        finally:
+            await ws.close(websocket)
 
 
 async def _relay(websocket: WebSocket, frames: AsyncGenerator[dict[str, Any]]) -> None:

@@ -30,6 +30,7 @@ from warren.cp.dashboard import csrf
 from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.web import session_auth
 from warren.cp.services import pty as pty_svc
+from warren.cp.services import stream_slots
 from warren.cp.state import state_of
 from warren.errors import Forbidden, NotFound, Unauthorized
 
@@ -73,21 +74,23 @@ def browser_peer(websocket: WebSocket) -> pty_svc.PtyPeer:
 @router.websocket("/dashboard/sandboxes/{sandbox_id}/terminal")
 async def terminal(websocket: WebSocket, sandbox_id: str) -> None:
     state = state_of(websocket)
-    try:
-        sess = sessions.read(websocket, state.settings.jwt_secret)
-        _check_handshake(websocket, state.settings.public_url, sess.csrf if sess else None)
-        found = await session_auth(websocket)
-        if found is None:
-            raise Unauthorized("your session has ended; sign in again")
-        ctx = found[1]
-        if ctx.team_id is None:
-            raise NotFound("sandbox not found")
-        tgt = await pty_svc.prepare(state.engine, state.pool, ctx, sandbox_id)
-    except Exception as e:
-        await ws.deny(websocket, e)
-        return
-    await websocket.accept(subprotocol=SUBPROTOCOL)
-    try:
-        await pty_svc.session(state.engine, tgt, browser_peer(websocket))
-    finally:
-        await ws.close(websocket)
+    with stream_slots.Slot() as slot:
+        try:
+            sess = sessions.read(websocket, state.settings.jwt_secret)
+            _check_handshake(websocket, state.settings.public_url, sess.csrf if sess else None)
+            found = await session_auth(websocket)
+            if found is None:
+                raise Unauthorized("your session has ended; sign in again")
+            ctx = found[1]
+            if ctx.team_id is None:
+                raise NotFound("sandbox not found")
+            slot.claim(ctx, state.settings.max_streams_per_team)
+            tgt = await pty_svc.prepare(state.engine, state.pool, ctx, sandbox_id)
+        except Exception as e:
+            await ws.deny(websocket, e)
+            return
+        await websocket.accept(subprotocol=SUBPROTOCOL)
+        try:
+            await pty_svc.session(state.engine, tgt, browser_peer(websocket))
+        finally:
+            await ws.close(websocket)

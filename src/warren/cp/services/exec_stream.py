@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,9 +36,15 @@ from warren.rpc import hostagent_pb2 as pb
 Frame = dict[str, Any]
 Recv = Callable[[], Awaitable[Frame | None]]
 Send = Callable[[Frame], Awaitable[None]]
-# Client frames (stdin, signals) queued for the agent per stream (the start frame's own stdin
-# and close included): a stream holds at most this many WebSocket messages of stdin here.
-_STDIN_QUEUE = 4
+# Stdin bytes queued for the agent per stream (the start frame's own included), or one message
+# when that is larger: past it the stream stops reading its WebSocket until the agent takes some
+# (backpressure over TCP to the client). Bytes, not messages: four queued 1 MiB messages per
+# stream, times many streams, was what a tenant could make the CP hold.
+STDIN_QUEUE_BYTES = 256 << 10
+# Stdin goes to the agent in messages of at most this many bytes: gRPC lets a receiver buffer a
+# whole message whatever its flow-control window, so large messages would be held by the agent
+# (and in flight from the CP) for a command that does not read them.
+STDIN_PIECE = 64 << 10
 FIRST_FRAME_ERROR = "first message must be type 'start' with a 'cmd' field"
 # Handles one client frame after the first; False ends the session.
 OnFrame = Callable[[Frame], Awaitable[bool]]
@@ -191,23 +198,63 @@ def _start_request(sid: str, f: Frame, max_timeout: int) -> pb.ExecStart:
 
 
 def _stdin_bytes(f: Frame) -> bytes:
-    data = f.get("data")
+    """The frame's stdin as bytes; the frame lets go of its text, so a stream waiting for room
+    in its queue holds one copy of the message, not two."""
+    data = f.pop("data", None)
     out = check_text(data, "stdin data", nul_ok=True).encode() if isinstance(data, str) else b""
-    if isinstance(f.get("data_b64"), str):
-        out += decode_b64(f["data_b64"], "data_b64")
+    if isinstance(b64 := f.pop("data_b64", None), str):
+        out += decode_b64(b64, "data_b64")
     elif not isinstance(data, str):
         raise InvalidRequest("stdin frame needs data or data_b64")
     return out
 
 
-def _start_queue(sid: str, first: Frame, max_timeout: int) -> asyncio.Queue[pb.ExecStreamRequest | None]:
+class StdinQueue:
+    """The requests for the agent of one stream (one producer, one consumer), bounded in stdin
+    bytes: :meth:`put` waits while the queue holds stdin and the new request's would take it
+    past ``limit``. ``None`` (:meth:`end`) ends the requests and never waits."""
+
+    def __init__(self, limit: int = STDIN_QUEUE_BYTES) -> None:
+        self.limit = limit
+        self.queued = 0  # stdin bytes in ``_items``
+        self._items: collections.deque[pb.ExecStreamRequest | None] = collections.deque()
+        self._ready, self._room = asyncio.Event(), asyncio.Event()
+
+    def put_nowait(self, req: pb.ExecStreamRequest | None) -> None:
+        self._items.append(req)
+        if req is not None:
+            self.queued += len(req.stdin)
+        self._ready.set()
+
+    async def put(self, req: pb.ExecStreamRequest) -> None:
+        size = len(req.stdin)
+        while self.queued and self.queued + size > self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self.put_nowait(req)
+
+    def end(self) -> None:
+        self.put_nowait(None)
+
+    async def get(self) -> pb.ExecStreamRequest | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        req = self._items.popleft()
+        if req is not None:
+            self.queued -= len(req.stdin)
+            self._room.set()
+        return req
+
+
+def _start_queue(sid: str, first: Frame, max_timeout: int) -> StdinQueue:
     """The requests for the agent, beginning with the start itself. Stdin given with the start
     frame (and closing it) travels with the start, so a process that exits at once never races
-    a client still sending its input. Bounded: a client pushing stdin at a command that does not
-    read it waits here (and the WebSocket, unread, pushes back on it over TCP) instead of
-    growing the CP's memory; the agent and the guest hold back the same way."""
+    a client still sending its input. Bounded in bytes: a client pushing stdin at a command that
+    does not read it waits here (and the WebSocket, unread, pushes back on it over TCP) instead
+    of growing the CP's memory; the agent and the guest hold back the same way."""
     start = _start_request(sid, first, max_timeout)
-    queue: asyncio.Queue[pb.ExecStreamRequest | None] = asyncio.Queue(maxsize=_STDIN_QUEUE)
+    queue = StdinQueue()
     queue.put_nowait(pb.ExecStreamRequest(start=start))
     if first.get("stdin") is not None or first.get("stdin_b64") is not None:
         data = _stdin_bytes({"data": first.get("stdin"), "data_b64": first.get("stdin_b64")})
@@ -217,9 +264,7 @@ def _start_queue(sid: str, first: Frame, max_timeout: int) -> asyncio.Queue[pb.E
     return queue
 
 
-async def _drain(
-    queue: asyncio.Queue[pb.ExecStreamRequest | None], started: asyncio.Event
-) -> AsyncIterator[pb.ExecStreamRequest]:
+async def _drain(queue: StdinQueue, started: asyncio.Event) -> AsyncIterator[pb.ExecStreamRequest]:
     first = True
     while True:
         item = await queue.get()
@@ -244,7 +289,9 @@ async def _run_start(client: HostClient, sid: str, first: Frame, peer: Peer, max
     async def on_frame(f: Frame) -> bool:
         kind = f.get("type")
         if kind == "stdin":
-            await queue.put(pb.ExecStreamRequest(stdin=_stdin_bytes(f)))
+            data = memoryview(_stdin_bytes(f))
+            for i in range(0, len(data), STDIN_PIECE):  # small messages: see STDIN_PIECE
+                await queue.put(pb.ExecStreamRequest(stdin=bytes(data[i : i + STDIN_PIECE])))
         elif kind == "close_stdin":
             await queue.put(pb.ExecStreamRequest(close_stdin=True))
         elif kind == "signal":
@@ -256,8 +303,7 @@ async def _run_start(client: HostClient, sid: str, first: Frame, peer: Peer, max
     try:
         await _pump(call, peer, on_frame, started)
     finally:
-        with contextlib.suppress(asyncio.QueueFull):  # full: the call is cancelled anyway
-            queue.put_nowait(None)
+        queue.end()
 
 
 async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> None:

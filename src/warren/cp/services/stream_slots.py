@@ -1,0 +1,76 @@
+"""How many streams one team holds open at once in this CP process: exec streams, terminals
+(the API's and the dashboard's) and directory watches together (``max_streams_per_team``).
+
+Each open stream may hold a few WebSocket messages in the CP and the agent (one read ahead, one
+being handed on, its queued stdin), so without a cap one tenant opening hundreds of streams could
+hold hundreds of MiB. The count is per process (each replica has its own memory to protect) and
+lives in memory: a stream is a live connection to this process, gone when it restarts.
+
+A route claims a slot after authenticating and before accepting the WebSocket, so a refusal is
+the plain HTTP answer 429 ``too_many_streams``::
+
+    with stream_slots.Slot() as slot:
+        try:
+            ctx = await authenticate(...)
+            slot.claim(ctx, settings.max_streams_per_team)
+            ...
+        except Exception as e:
+            await ws.deny(websocket, e)
+            return
+        ...  # accept and run the session; leaving the block gives the slot back
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+from warren.cp.services.context import AuthContext
+from warren.errors import TooManyRequests
+
+# Open streams per team in this process. The event loop is single-threaded: no lock needed.
+_open: Counter[uuid.UUID | None] = Counter()
+
+
+def open_streams(team_id: uuid.UUID | None) -> int:
+    return _open[team_id]
+
+
+class Slot:
+    """One stream's place in its team's count: taken by :meth:`claim`, given back on leaving
+    the ``with`` block (whether or not it was taken)."""
+
+    def __init__(self) -> None:
+        self._team: uuid.UUID | None = None
+        self._held = False
+
+    def claim(self, ctx: AuthContext, limit: int) -> None:
+        """Count this stream for ``ctx``'s team, or raise 429 ``too_many_streams`` when the team
+        already holds ``limit`` open here. Waiting helps (a stream closing frees a slot), but no
+        time can be promised, so no Retry-After."""
+        if self._held:
+            return
+        team = ctx.team_id
+        if _open[team] >= limit:
+            raise TooManyRequests(
+                f"this team already has {limit} streams open (exec streams, terminals and watches "
+                "together); close one first",
+                code="too_many_streams",
+                limit=limit,
+            )
+        _open[team] += 1
+        self._team, self._held = team, True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        _open[self._team] -= 1
+        if _open[self._team] <= 0:
+            del _open[self._team]
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
