@@ -19,7 +19,6 @@ can hold is the cap times that. The flood stops at the first sign of buffering (
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import select
@@ -41,7 +40,7 @@ from tests.security.test_attack_websocket_memory import (
     stdin_message,
     watching,
 )
-from tests.security.test_what_held_api import PeakRss, text_frame
+from tests.security.test_what_held_api import PeakRss, open_handshake, text_frame
 
 pytestmark = pytest.mark.root
 
@@ -73,22 +72,7 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
 def try_websocket(url: str, path: str, headers: dict[str, str]) -> socket.socket | tuple[int, dict]:
     """A raw WebSocket that never reads after the handshake (as ``raw_websocket``), or the HTTP
     status and JSON body of a refused handshake."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    s.settimeout(30)
-    s.connect((host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    s.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n".encode()
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:  # byte by byte: nothing past the handshake is read
-        chunk = s.recv(1)
-        assert chunk, f"the CP closed the handshake: {answer!r}"
-        answer += chunk
+    s, answer = open_handshake(url, path, headers)
     if answer.startswith(b"HTTP/1.1 101 "):
         return s
     with closing(s):

@@ -379,9 +379,9 @@ while True:
 MARK = "what-held-producer"
 
 
-def raw_websocket(url: str, path: str, headers: dict[str, str]) -> socket.socket:
-    """A WebSocket client that really never reads after the handshake (client libraries keep
-    reading into their own buffers), with a small receive buffer."""
+def open_handshake(url: str, path: str, headers: dict[str, str]) -> tuple[socket.socket, bytes]:
+    """A WebSocket upgrade request on a socket with a small receive buffer, and the answer's
+    head as received: byte by byte, so nothing past the handshake is read."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
@@ -394,8 +394,17 @@ def raw_websocket(url: str, path: str, headers: dict[str, str]) -> socket.socket
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n".encode()
     )
     answer = b""
-    while b"\r\n\r\n" not in answer:  # byte by byte: nothing past the handshake is read
-        answer += s.recv(1)
+    while b"\r\n\r\n" not in answer:
+        chunk = s.recv(1)
+        assert chunk, f"the CP closed the handshake: {answer!r}"
+        answer += chunk
+    return s, answer
+
+
+def raw_websocket(url: str, path: str, headers: dict[str, str]) -> socket.socket:
+    """A WebSocket client that really never reads after the handshake (client libraries keep
+    reading into their own buffers), with a small receive buffer."""
+    s, answer = open_handshake(url, path, headers)
     assert answer.startswith(b"HTTP/1.1 101 "), answer
     return s
 
