@@ -14,11 +14,12 @@ one bridge in the first machine's namespace.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import subprocess
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,38 +144,58 @@ def link(hub: Machine, hub_cidr: str, others: dict[Machine, str]) -> None:
         machine.run(f"ip addr add {cidr} dev eth0 && ip link set eth0 up")
 
 
+def _remove_leftover_fake_internet(host_ip: str) -> None:
+    """Delete a killed run's fake internet that still holds ``host_ip``: its host end would
+    keep the route, and the new server would never be reached ("did not start")."""
+    held = subprocess.run(["ip", "-o", "-4", "addr", "show", "to", f"{host_ip}/32"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for line in held.splitlines():
+        veth = line.split()[1].split("@")[0]
+        if veth.startswith("wtin"):  # ours; a different device with this address is a real clash
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
+            subprocess.run(["ip", "netns", "del", f"warren-inet-{veth[4:]}"], capture_output=True)
+
+
 @contextlib.contextmanager
 def fake_internet(host_ip: str, peer_ip: str, port: int = 8080) -> Iterator[str]:
     """A server "out there" for sandboxes to reach: Python's http.server on ``peer_ip:port`` in
     a network namespace of its own, behind a /30 veth whose host end is ``host_ip`` (TEST-NET
-    addresses: nothing leaves the machine; names unique to this run). Yields its URL; the
-    server and the namespace (with its veth) are gone afterwards."""
-    tag = uuid.uuid4().hex[:6]
+    addresses: nothing leaves the machine; names derived from ``host_ip``, so a killed run's
+    leftover is found and replaced). Yields its URL; the server and the namespace (with its
+    veth) are gone afterwards."""
+    _remove_leftover_fake_internet(host_ip)
+    tag = ipaddress.IPv4Address(host_ip).packed.hex()
     ns, veth = f"warren-inet-{tag}", f"wtin{tag}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        for cmd in (
-            f"ip link add {veth} type veth peer name eth0 netns {ns}",
-            f"ip addr add {host_ip}/30 dev {veth}",
-            f"ip link set {veth} up",
-            f"ip -n {ns} addr add {peer_ip}/30 dev eth0",
-            f"ip -n {ns} link set eth0 up",
-            f"ip -n {ns} link set lo up",
-        ):
-            subprocess.run(cmd.split(), check=True)
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", peer_ip, str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        probe = f"import socket; socket.create_connection(('{peer_ip}', {port}), timeout=1)"
-        deadline = time.monotonic() + 60
-        while subprocess.run(["python3", "-c", probe], capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, "the fake internet server did not start"
-            time.sleep(0.1)
-        yield f"http://{peer_ip}:{port}/"
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=True)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # emptied by the sweep above
+    # The server's request log goes to a file: a pipe nobody reads would fill and stop it.
+    with tempfile.TemporaryFile() as log:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        server: subprocess.Popen[bytes] | None = None
+        try:
+            for cmd in (
+                f"ip link add {veth} type veth peer name eth0 netns {ns}",
+                f"ip addr add {host_ip}/30 dev {veth}",
+                f"ip link set {veth} up",
+                f"ip -n {ns} addr add {peer_ip}/30 dev eth0",
+                f"ip -n {ns} link set eth0 up",
+                f"ip -n {ns} link set lo up",
+            ):
+                subprocess.run(cmd.split(), check=True)
+            server = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "python3", "-m", "http.server", "--bind", peer_ip, str(port)],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+            probe = f"import socket; socket.create_connection(('{peer_ip}', {port}), timeout=1)"
+            deadline = time.monotonic() + 60
+            while subprocess.run(["python3", "-c", probe], capture_output=True).returncode != 0:
+                if server.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"the fake internet server exited: {log.read()[-2000:]!r}")
+                assert time.monotonic() < deadline, "the fake internet server did not start"
+                time.sleep(0.1)
+            yield f"http://{peer_ip}:{port}/"
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+            subprocess.run(["ip", "netns", "del", ns], check=True)
