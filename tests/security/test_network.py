@@ -119,7 +119,12 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
 @pytest.fixture(scope="module")
 def lab(platform: Platform) -> Iterator[None]:
     """The lab namespace and its server on port 80 of every lab address."""
-    subprocess.run(["ip", "netns", "del", LAB_NS], capture_output=True)  # a killed run's leftover
+    # A killed run's leftovers: the netns, its host end (deleted now, not when the netns goes),
+    # and the metadata rule and route.
+    subprocess.run(["ip", "netns", "del", LAB_NS], capture_output=True)
+    subprocess.run(["ip", "link", "del", LAB_VETH], capture_output=True)
+    subprocess.run(["ip", "rule", "del", "pref", META_PREF], capture_output=True)
+    subprocess.run(["ip", "route", "flush", "table", META_TABLE], capture_output=True)
     routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True, check=True).stdout
     for line in routes.splitlines():
         dest = line.split()[0]
