@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from warren import clock, ids
-from warren.agent import gvisor_ops, record, sandbox_fs
+from warren.agent import gvisor_ops, host_counts, record, sandbox_fs
 from warren.agent.chain import Chain, TemplateConfig, check_env, start_template
 from warren.agent.egress import parse_allow
 from warren.agent.guest_client import GuestClient
@@ -243,6 +243,7 @@ class SandboxBuilder:
             identity_dir=fs.identity,
             shm_dir=fs.shm,
             max_open_files=self.limits.max_open_files,
+            max_msgqueue_bytes=host_counts.sandbox_msgqueue_bytes(req.runtime),
             netns_path=slot.netns_path,
             hostname=req.sandbox_id,
             vcpus=req.vcpus,

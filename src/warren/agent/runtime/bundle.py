@@ -9,7 +9,8 @@ Security layers, outermost first (docs/security.md explains each):
 * no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation,
   bpf, perf, keyring, ptrace of other processes' memory …);
 * masked and read-only /proc and /sys paths;
-* cgroup limits on CPU, memory (no swap) and pids; RLIMIT_NOFILE;
+* cgroup limits on CPU, memory (no swap) and pids; RLIMIT_NOFILE (and RLIMIT_MSGQUEUE where
+  the host's count is shared, ``host_counts.py``);
 * every mount nosuid and nodev; what a sandbox can write is a capped tmpfs (sandbox_fs.py).
 """
 
@@ -143,6 +144,8 @@ class BundleSpec:
     identity_dir: Path | None = None  # agent-written hostname/hosts/resolv.conf, bound over /etc
     shm_dir: Path | None = None  # bound at /dev/shm (on the disk tmpfs); None: its own tmpfs
     max_open_files: int = DEFAULT_MAX_OPEN_FILES
+    # RLIMIT_MSGQUEUE of the sandbox's processes; None: the agent's own (host_counts.py).
+    max_msgqueue_bytes: int | None = None
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -179,6 +182,10 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
     period = 100_000
     caps = list(CAPABILITIES)
     nofile = spec.max_open_files
+    rlimits = [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
+    if spec.max_msgqueue_bytes is not None:
+        mq = spec.max_msgqueue_bytes
+        rlimits.append({"type": "RLIMIT_MSGQUEUE", "hard": mq, "soft": mq})
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -189,7 +196,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "rlimits": rlimits,
             "oomScoreAdj": GUEST_OOM_SCORE_ADJ,
         },
         "root": {"path": str(spec.rootfs), "readonly": False},

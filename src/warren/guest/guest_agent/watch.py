@@ -5,8 +5,8 @@ in place, then EVENT frames ``{"events": [...], "overflow": bool}`` until the cl
 (or END when the watched directory itself goes away). Each event is
 ``{"type": create|write|remove|rename|chmod, "path", "old_path"?, "entry"?, "ts_ns"}``.
 
-Bounds: at most ``MAX_WATCH_DIRS`` inotify watches per sandbox (the kernel's
-``max_user_watches`` is shared by every sandbox on the host), ``MAX_WATCH_OPS`` watch
+Bounds: at most ``MAX_WATCH_DIRS`` inotify watches per sandbox (the agent lifts the kernel's
+per-user counts, shared with host root, at start: agent/host_counts.py), ``MAX_WATCH_OPS`` watch
 connections, ``MAX_PENDING`` events waiting for a slow client (past it events are dropped and
 the next frame says ``overflow``).
 """
@@ -112,7 +112,7 @@ class WatchOp(Op):
         fd = _Libc.get().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             e = _oserror("inotify_init1")
-            if e.errno == 24:  # EMFILE: the uid's max_user_instances, shared by the host's sandboxes
+            if e.errno == 24:  # EMFILE: a host whose agent could not lift the count
                 raise GuestFail("too_large", "no inotify instance left on this host; stop a watch first")
             raise os_fail(e, "inotify")
         self.fd = fd
