@@ -18,6 +18,7 @@ from warren import egress_rules
 from warren.agent import dial, dial_data, pty_rpc, watch_rpc
 from warren.agent.egress_update import update_network
 from warren.agent.egress_usage import sandbox_egress
+from warren.agent.exec_credit import CreditedExec
 from warren.agent.guest_client import EntryInfo
 from warren.agent.guest_wire import ExecSession, GuestError
 from warren.agent.manager import SandboxManager
@@ -249,6 +250,16 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             await abort(context, e, "ExecStream")
             return
         assert session is not None
+        if st.credit:  # both directions bounded per stream (exec_credit)
+            sid = st.sandbox_id
+            credited = CreditedExec(session, _event, lambda: self.m.touch(sid))
+            try:
+                with self.m.in_use(sid):
+                    async for out in credited.events(request_iterator):
+                        yield out
+            finally:
+                await session.close()
+            return
         pump = asyncio.create_task(self._pump_input(request_iterator, session, st.sandbox_id))
         try:
             async for out in self._relay(st.sandbox_id, session):

@@ -266,7 +266,7 @@ class ExecResponse(_message.Message):
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class ExecStart(_message.Message):
-    __slots__ = ("sandbox_id", "cmd", "args", "env", "cwd", "timeout_sec", "tag", "background", "user", "backpressure")
+    __slots__ = ("sandbox_id", "cmd", "args", "env", "cwd", "timeout_sec", "tag", "background", "user", "backpressure", "credit")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class ExecStart(_message.Message):
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     BACKPRESSURE_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     cmd: str
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -294,27 +295,32 @@ class ExecStart(_message.Message):
     background: bool
     user: str
     backpressure: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., tag: _Optional[str] = ..., background: _Optional[bool] = ..., user: _Optional[str] = ..., backpressure: _Optional[bool] = ...) -> None: ...
+    credit: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., tag: _Optional[str] = ..., background: _Optional[bool] = ..., user: _Optional[str] = ..., backpressure: _Optional[bool] = ..., credit: _Optional[bool] = ...) -> None: ...
 
 class ExecStreamRequest(_message.Message):
-    __slots__ = ("start", "stdin", "close_stdin", "signal")
+    __slots__ = ("start", "stdin", "close_stdin", "signal", "output_acked")
     START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     CLOSE_STDIN_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ACKED_FIELD_NUMBER: _ClassVar[int]
     start: ExecStart
     stdin: bytes
     close_stdin: bool
     signal: int
-    def __init__(self, start: _Optional[_Union[ExecStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., close_stdin: _Optional[bool] = ..., signal: _Optional[int] = ...) -> None: ...
+    output_acked: int
+    def __init__(self, start: _Optional[_Union[ExecStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., close_stdin: _Optional[bool] = ..., signal: _Optional[int] = ..., output_acked: _Optional[int] = ...) -> None: ...
 
 class ExecEvent(_message.Message):
-    __slots__ = ("start", "stdout", "stderr", "exit")
+    __slots__ = ("start", "stdout", "stderr", "exit", "stdin_acked")
     class Start(_message.Message):
-        __slots__ = ("pid",)
+        __slots__ = ("pid", "credit")
         PID_FIELD_NUMBER: _ClassVar[int]
+        CREDIT_FIELD_NUMBER: _ClassVar[int]
         pid: int
-        def __init__(self, pid: _Optional[int] = ...) -> None: ...
+        credit: bool
+        def __init__(self, pid: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
     class Exit(_message.Message):
         __slots__ = ("exit_code", "error")
         EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -326,11 +332,13 @@ class ExecEvent(_message.Message):
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
+    STDIN_ACKED_FIELD_NUMBER: _ClassVar[int]
     start: ExecEvent.Start
     stdout: bytes
     stderr: bytes
     exit: ExecEvent.Exit
-    def __init__(self, start: _Optional[_Union[ExecEvent.Start, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit: _Optional[_Union[ExecEvent.Exit, _Mapping]] = ...) -> None: ...
+    stdin_acked: int
+    def __init__(self, start: _Optional[_Union[ExecEvent.Start, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit: _Optional[_Union[ExecEvent.Exit, _Mapping]] = ..., stdin_acked: _Optional[int] = ...) -> None: ...
 
 class ProcessSelector(_message.Message):
     __slots__ = ("pid", "tag")

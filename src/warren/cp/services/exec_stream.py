@@ -36,11 +36,15 @@ from warren.rpc import hostagent_pb2 as pb
 Frame = dict[str, Any]
 Recv = Callable[[], Awaitable[Frame | None]]
 Send = Callable[[Frame], Awaitable[None]]
-# Stdin bytes queued for the agent per stream (the start frame's own included), or one message
-# when that is larger: past it the stream stops reading its WebSocket until the agent takes some
-# (backpressure over TCP to the client). Bytes, not messages: four queued 1 MiB messages per
-# stream, times many streams, was what a tenant could make the CP hold.
+# Stdin bytes per stream queued for the agent or sent and not yet written to the guest (the
+# agent acknowledges them, ExecStart.credit; the start frame's own stdin included), or one
+# message when that is larger: past it the stream stops reading its WebSocket until the agent
+# writes some (backpressure over TCP to the client). Counting what is in flight bounds what gRPC
+# buffers for a command that does not read (its flow-control window grows to ~4.5 MiB a stream).
 STDIN_QUEUE_BYTES = 256 << 10
+# Output bytes handed on to the client before the agent is told (ExecStreamRequest.output_acked):
+# well under the agent's window (exec_credit.OUTPUT_WINDOW, 256 KiB), so it never waits on it.
+OUTPUT_ACK_BYTES = 32 << 10
 # Stdin goes to the agent in messages of at most this many bytes: gRPC lets a receiver buffer a
 # whole message whatever its flow-control window, so large messages would be held by the agent
 # (and in flight from the CP) for a command that does not read them.
@@ -194,6 +198,7 @@ def _start_request(sid: str, f: Frame, max_timeout: int) -> pb.ExecStart:
         tag=check_text(str(f.get("tag") or ""), "tag"),
         background=bool(f.get("background")),
         user=check_user(_text_field(f, "user")),
+        credit=True,
     )
 
 
@@ -211,12 +216,19 @@ def _stdin_bytes(f: Frame) -> bytes:
 
 class StdinQueue:
     """The requests for the agent of one stream (one producer, one consumer), bounded in stdin
-    bytes: :meth:`put` waits while the queue holds stdin and the new request's would take it
-    past ``limit``. ``None`` (:meth:`end`) ends the requests and never waits."""
+    bytes: :meth:`put` waits while stdin is held (queued, or sent and not acknowledged by the
+    agent) and the new request's would take it past ``limit``. ``None`` (:meth:`end`) ends the
+    requests and never waits. Output acknowledgements go first, never behind held stdin.
+
+    Until the agent's start event says whether it keeps credit, stdin sent counts as held; an
+    agent without it (``credit`` false) never acknowledges, so sent stdin then stops counting."""
 
     def __init__(self, limit: int = STDIN_QUEUE_BYTES) -> None:
         self.limit = limit
         self.queued = 0  # stdin bytes in ``_items``
+        self.in_flight = 0  # stdin bytes sent and not acknowledged
+        self.credit = True  # the agent acknowledges (assumed until its start event)
+        self._output_taken = 0  # output bytes handed on and not yet acknowledged
         self._items: collections.deque[pb.ExecStreamRequest | None] = collections.deque()
         self._ready, self._room = asyncio.Event(), asyncio.Event()
 
@@ -228,7 +240,7 @@ class StdinQueue:
 
     async def put(self, req: pb.ExecStreamRequest) -> None:
         size = len(req.stdin)
-        while self.queued and self.queued + size > self.limit:
+        while (held := self.queued + self.in_flight) and held + size > self.limit:
             self._room.clear()
             await self._room.wait()
         self.put_nowait(req)
@@ -236,13 +248,37 @@ class StdinQueue:
     def end(self) -> None:
         self.put_nowait(None)
 
+    def started(self, credit: bool) -> None:
+        """The agent's start event: whether it acknowledges stdin and takes output acks."""
+        self.credit = credit
+        if not credit:
+            self.acked(self.in_flight)
+
+    def acked(self, n: int) -> None:
+        """The agent wrote ``n`` more stdin bytes to the guest."""
+        self.in_flight = max(0, self.in_flight - n)
+        self._room.set()
+
+    def output_taken(self, n: int) -> None:
+        """``n`` output bytes were handed on to the client: acknowledged to the agent in
+        batches (:data:`OUTPUT_ACK_BYTES`)."""
+        if self.credit:
+            self._output_taken += n
+            if self._output_taken >= OUTPUT_ACK_BYTES:
+                self._ready.set()
+
     async def get(self) -> pb.ExecStreamRequest | None:
-        while not self._items:
+        while not self._items and self._output_taken < OUTPUT_ACK_BYTES:
             self._ready.clear()
             await self._ready.wait()
+        if self._output_taken >= OUTPUT_ACK_BYTES:
+            n, self._output_taken = self._output_taken, 0
+            return pb.ExecStreamRequest(output_acked=n)
         req = self._items.popleft()
         if req is not None:
             self.queued -= len(req.stdin)
+            if self.credit:
+                self.in_flight += len(req.stdin)
             self._room.set()
         return req
 
@@ -301,7 +337,7 @@ async def _run_start(client: HostClient, sid: str, first: Frame, peer: Peer, max
         return True
 
     try:
-        await _pump(call, peer, on_frame, started)
+        await _pump(call, peer, on_frame, started, queue)
     finally:
         queue.end()
 
@@ -332,14 +368,21 @@ async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> Non
 # ------------------------------------------------------------------------------------ relay
 
 
-async def _pump(call: Any, peer: Peer, on_frame: OnFrame, started: asyncio.Event | None = None) -> None:
+async def _pump(
+    call: Any,
+    peer: Peer,
+    on_frame: OnFrame,
+    started: asyncio.Event | None = None,
+    flow: StdinQueue | None = None,
+) -> None:
     """Run the output side and the input side together until the process ends, the client says
     ``stop``, or either side fails. ``on_frame`` handles one client frame; False means stop.
-    ``started`` is set once the agent's first event arrived."""
+    ``started`` is set once the agent's first event arrived; ``flow`` is told the agent's credit
+    events and the output handed on."""
     stopped = asyncio.Event()
     in_task = asyncio.create_task(_inbound(call, peer, on_frame, stopped))
     try:
-        await _forward_events(call, peer.send, started)
+        await _forward_events(call, peer.send, started, flow)
     except AgentError as e:
         if not stopped.is_set():
             await peer.error_quietly(e)
@@ -372,7 +415,9 @@ async def _inbound(call: Any, peer: Peer, on_frame: OnFrame, stopped: asyncio.Ev
     call.cancel()
 
 
-async def _forward_events(call: Any, send: Send, started: asyncio.Event | None = None) -> None:
+async def _forward_events(
+    call: Any, send: Send, started: asyncio.Event | None = None, flow: StdinQueue | None = None
+) -> None:
     """Agent events → client frames. Raises AgentError when the agent stream fails."""
     out, err = OutputEncoder("stdout"), OutputEncoder("stderr")
     async for ev in call:
@@ -380,11 +425,20 @@ async def _forward_events(call: Any, send: Send, started: asyncio.Event | None =
             started.set()
         which = ev.WhichOneof("event")
         frame: Frame | None
-        if which == "stdout":
-            frame = out.feed(ev.stdout)
-        elif which == "stderr":
-            frame = err.feed(ev.stderr)
-        elif which == "start":
+        if which == "stdin_acked":
+            if flow is not None:
+                flow.acked(ev.stdin_acked)
+            continue
+        if which in ("stdout", "stderr"):
+            frame = (out if which == "stdout" else err).feed(ev.stdout or ev.stderr)
+            if frame is not None:
+                await send(frame)
+            if flow is not None:  # handed on (the WebSocket's send waits while its buffer is full)
+                flow.output_taken(len(ev.stdout) + len(ev.stderr))
+            continue
+        if which == "start":
+            if flow is not None:
+                flow.started(ev.start.credit)
             frame = {"type": "start", "pid": ev.start.pid}
         elif which == "exit":
             for tail in (out.flush(), err.flush()):

@@ -10,7 +10,7 @@ import pytest
 
 from warren.cp.services import stream_slots
 from warren.cp.services.context import AuthContext
-from warren.cp.services.exec_stream import StdinQueue
+from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, StdinQueue
 from warren.errors import TooManyRequests
 from warren.rpc import hostagent_pb2 as pb
 
@@ -51,6 +51,7 @@ def test_a_refused_slot_gives_nothing_back_on_leaving() -> None:
 
 async def test_the_stdin_queue_waits_past_its_bytes_and_takes_one_larger_message() -> None:
     q = StdinQueue(limit=100)
+    q.started(credit=False)  # an agent without credit: stdin sent stops counting
     q.put_nowait(pb.ExecStreamRequest(close_stdin=False))  # the start: no stdin bytes
     await q.put(pb.ExecStreamRequest(stdin=b"a" * 60))
     blocked = asyncio.create_task(q.put(pb.ExecStreamRequest(stdin=b"b" * 60)))
@@ -66,4 +67,39 @@ async def test_the_stdin_queue_waits_past_its_bytes_and_takes_one_larger_message
     await q.put(pb.ExecStreamRequest(stdin=b"c" * 500))  # empty: one larger message goes in
     q.end()
     assert (await q.get()).stdin == b"c" * 500
+    assert await q.get() is None
+
+
+async def test_stdin_sent_counts_until_the_agent_acknowledges_it() -> None:
+    q = StdinQueue(limit=100)
+    await q.put(pb.ExecStreamRequest(stdin=b"a" * 60))
+    assert (await q.get()).stdin == b"a" * 60
+    blocked = asyncio.create_task(q.put(pb.ExecStreamRequest(stdin=b"b" * 60)))
+    await asyncio.sleep(0)
+    assert not blocked.done() and q.in_flight == 60  # sent, but not written to the guest yet
+    q.acked(10)  # 50 held, 60 more would be 110
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    q.acked(50)
+    await blocked
+    assert q.queued == 60 and q.in_flight == 0
+
+
+async def test_output_acknowledgements_go_in_batches_and_before_held_stdin() -> None:
+    q = StdinQueue(limit=100)
+    q.put_nowait(pb.ExecStreamRequest(stdin=b"a" * 60))
+    q.output_taken(OUTPUT_ACK_BYTES - 1)
+    assert (await q.get()).stdin == b"a" * 60  # under a batch: nothing to acknowledge yet
+    waiting = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    q.output_taken(1)
+    assert (await waiting).output_acked == OUTPUT_ACK_BYTES
+    q.put_nowait(pb.ExecStreamRequest(signal=9))
+    q.output_taken(OUTPUT_ACK_BYTES)
+    assert (await q.get()).output_acked == OUTPUT_ACK_BYTES  # ahead of what was queued
+    assert (await q.get()).signal == 9
+    q.started(credit=False)  # an agent without credit is sent no acknowledgements
+    q.output_taken(10 * OUTPUT_ACK_BYTES)
+    q.end()
     assert await q.get() is None
