@@ -82,7 +82,10 @@ def leftovers(a: AgentProcess) -> list[str]:
             found.append(f"{dev.name}: {backing}")
     for pattern in ESCAPE_GLOBS:
         found += [str(p) for p in Path("/").glob(pattern.lstrip("/"))]
-    found += [str(p) for p in a.root.rglob("escaped-*")]
+    try:
+        found += [str(p) for p in a.root.rglob("escaped-*")]
+    except FileNotFoundError as e:  # a temp dir went while the walk was in it: not settled yet
+        found.append(f"(removed during the walk) {e.filename}")
     return found
 
 
