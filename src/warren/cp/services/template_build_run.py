@@ -240,7 +240,8 @@ class _Build:
             tctx.new_spool_file, self.runner.settings.home / "build-spool", ".staging-"
         )
         try:
-            meta, staged = await asyncio.to_thread(tctx.staging_layer, self.context, step, n, path)
+            limit = self.runner.settings.build_max_layer_mb * MiB
+            meta, staged = await asyncio.to_thread(tctx.staging_layer, self.context, step, n, path, limit)
         except BaseException:
             await asyncio.to_thread(path.unlink, missing_ok=True)
             raise

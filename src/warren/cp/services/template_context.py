@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from warren.cp.services.template_spec import CopyStep, WorkdirStep
 from warren.errors import InvalidRequest, PayloadTooLarge
@@ -106,6 +107,10 @@ class BuildContext:
                 name = _clean(member.name)
                 if not name:
                     continue
+                if member.sparse is not None:
+                    # Its header claims any size (tarfile fills the holes with zeros when it
+                    # is read): a few KiB of context would stage a terabyte.
+                    raise InvalidRequest(f"{name[:200]!r}: sparse files are not supported in a build context")
                 self.members[name] = member
                 parts = name.split("/")
                 self.dirs.update("/".join(parts[:i]) for i in range(len(parts)))
@@ -194,16 +199,31 @@ def _add(ctx: BuildContext, out: tarfile.TarFile, name: str, staged_name: str, l
     out.addfile(info, data)
 
 
+class _Capped:
+    """A file that refuses to grow past ``limit`` bytes: hard links and repeated sources stage
+    their target's bytes again each time, so the layer can be far larger than the context."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out, self.limit, self.size = out, limit, 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise PayloadTooLarge(f"the COPY step's files are past a layer's limit of {self.limit >> 20} MiB")
+        return self.out.write(data)
+
+
 def staging_layer(
-    ctx: BuildContext, step: CopyStep, index: int, out_path: Path
+    ctx: BuildContext, step: CopyStep, index: int, out_path: Path, max_bytes: int
 ) -> tuple[LayerMeta, list[Staged]]:
     """Write the step's staging layer to ``out_path`` (deterministic: the same files give the
-    same digest, which is the step's content in its cache key)."""
+    same digest, which is the step's content in its cache key); 413 past ``max_bytes``, before
+    more than that is written."""
     sources = [name for source in step.sources for name in ctx.expand(step.line, source)]
     staged: list[Staged] = []
     top = f"{STAGING}/copy/{index}"
     with open(out_path, "wb") as raw:
-        w = HashingWriter(raw)
+        w = HashingWriter(cast(BinaryIO, _Capped(raw, max_bytes)))
         with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as out:  # type: ignore[call-overload]
             out.addfile(_dir_info(STAGING, 0o700))
             out.addfile(_dir_info(f"{STAGING}/copy", 0o700))

@@ -5,6 +5,7 @@ how, what is refused, the host-side copy command; and the log's UTF-8 cut
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 from warren.cp.services.template_build_log import _utf8_whole
 from warren.cp.services.template_context import BuildContext, copy_command, staging_layer, workdir_command
 from warren.cp.services.template_spec import CopyStep, WorkdirStep, parse
-from warren.errors import InvalidRequest
+from warren.errors import InvalidRequest, PayloadTooLarge
+
+MAX = 1 << 30
 
 
 def _context(tmp_path: Path, build: Callable[[tarfile.TarFile], None]) -> Path:
@@ -61,7 +64,7 @@ def _members(path: Path) -> dict[str, tarfile.TarInfo]:
 def test_a_directory_is_staged_whole_root_owned_links_kept(tmp_path: Path) -> None:
     ctx = BuildContext(_context(tmp_path, _sample))
     try:
-        meta, staged = staging_layer(ctx, _copy("COPY app/ code/"), 3, tmp_path / "s.tar")
+        meta, staged = staging_layer(ctx, _copy("COPY app/ code/"), 3, tmp_path / "s.tar", MAX)
     finally:
         ctx.close()
     members = _members(tmp_path / "s.tar")
@@ -89,7 +92,7 @@ def test_the_staging_layer_is_deterministic(tmp_path: Path) -> None:
     digests = set()
     for i in range(2):
         ctx = BuildContext(_context(tmp_path, _sample))
-        meta, _ = staging_layer(ctx, _copy("COPY *.txt app/main.py /dest/"), 4, tmp_path / f"s{i}.tar")
+        meta, _ = staging_layer(ctx, _copy("COPY *.txt app/main.py /dest/"), 4, tmp_path / f"s{i}.tar", MAX)
         ctx.close()
         digests.add(meta.digest)
     assert len(digests) == 1
@@ -98,15 +101,15 @@ def test_the_staging_layer_is_deterministic(tmp_path: Path) -> None:
 def test_globs_files_and_the_root(tmp_path: Path) -> None:
     ctx = BuildContext(_context(tmp_path, _sample))
     try:
-        _, staged = staging_layer(ctx, _copy("COPY *.txt app/main.py /dest/"), 4, tmp_path / "s.tar")
+        _, staged = staging_layer(ctx, _copy("COPY *.txt app/main.py /dest/"), 4, tmp_path / "s.tar", MAX)
         assert [(s.name, s.is_dir) for s in staged] == [
             ("a.txt", False),
             ("b.txt", False),
             ("main.py", False),
         ]
-        _, staged = staging_layer(ctx, _copy("COPY /abs/c.txt ."), 5, tmp_path / "t.tar")
+        _, staged = staging_layer(ctx, _copy("COPY /abs/c.txt ."), 5, tmp_path / "t.tar", MAX)
         assert [s.name for s in staged] == ["c.txt"]
-        _, staged = staging_layer(ctx, _copy("COPY . /all"), 6, tmp_path / "u.tar")
+        _, staged = staging_layer(ctx, _copy("COPY . /all"), 6, tmp_path / "u.tar", MAX)
         assert staged[0].is_dir
         names = set(_members(tmp_path / "u.tar"))
         assert ".warren-build/copy/6/0/abs/c.txt" in names
@@ -119,9 +122,9 @@ def test_refusals_name_the_line(tmp_path: Path) -> None:
     ctx = BuildContext(_context(tmp_path, _sample))
     try:
         with pytest.raises(InvalidRequest, match=r"^line 3: COPY nope.txt: not found"):
-            staging_layer(ctx, _copy("COPY nope.txt /x"), 1, tmp_path / "s.tar")
+            staging_layer(ctx, _copy("COPY nope.txt /x"), 1, tmp_path / "s.tar", MAX)
         with pytest.raises(InvalidRequest, match=r"^line 3: COPY \*.md: nothing in the build context"):
-            staging_layer(ctx, _copy("COPY *.md /x"), 1, tmp_path / "s.tar")
+            staging_layer(ctx, _copy("COPY *.md /x"), 1, tmp_path / "s.tar", MAX)
     finally:
         ctx.close()
 
@@ -132,9 +135,9 @@ def test_refusals_name_the_line(tmp_path: Path) -> None:
     ctx = BuildContext(_context(tmp_path, devices))
     try:
         with pytest.raises(InvalidRequest, match="only files, directories and symlinks"):
-            staging_layer(ctx, _copy("COPY dev /x"), 1, tmp_path / "s.tar")
+            staging_layer(ctx, _copy("COPY dev /x"), 1, tmp_path / "s.tar", MAX)
         with pytest.raises(InvalidRequest, match="a hard link to no file of the context"):
-            staging_layer(ctx, _copy("COPY links /x"), 1, tmp_path / "s.tar")
+            staging_layer(ctx, _copy("COPY links /x"), 1, tmp_path / "s.tar", MAX)
     finally:
         ctx.close()
     (tmp_path / "junk.tar").write_bytes(b"\x00garbage" * 100)
@@ -145,7 +148,7 @@ def test_refusals_name_the_line(tmp_path: Path) -> None:
 def test_no_context_copies_nothing(tmp_path: Path) -> None:
     ctx = BuildContext(None)
     with pytest.raises(InvalidRequest, match="not found in the build context"):
-        staging_layer(ctx, _copy("COPY a.txt /x"), 1, tmp_path / "s.tar")
+        staging_layer(ctx, _copy("COPY a.txt /x"), 1, tmp_path / "s.tar", MAX)
 
 
 def test_copy_commands() -> None:
@@ -171,3 +174,34 @@ def test_utf8_reads_never_end_inside_a_character() -> None:
         whole.decode()  # never raises
         assert text[:cut].startswith(whole) and cut - len(whole) < 4
     assert _utf8_whole(b"ab\xff") == b"ab\xff"  # invalid bytes pass (decoded with replacement)
+
+
+def test_hard_links_stage_no_more_than_the_limit(tmp_path: Path) -> None:
+    """Each hard link stages its target's bytes again: 64 links to 64 KiB is 4 MiB, refused
+    under a 1 MiB limit before the file grows past it (session 10's attack)."""
+
+    def links(t: tarfile.TarFile) -> None:
+        _file(t, "d/blob", bytes(64 << 10))
+        for i in range(64):
+            _special(t, f"d/l{i}", tarfile.LNKTYPE, "d/blob")
+
+    ctx = BuildContext(_context(tmp_path, links))
+    try:
+        with pytest.raises(PayloadTooLarge, match=r"limit of 1 MiB"):
+            staging_layer(ctx, _copy("COPY d /x"), 1, tmp_path / "s.tar", 1 << 20)
+        assert (tmp_path / "s.tar").stat().st_size <= 1 << 20
+    finally:
+        ctx.close()
+
+
+def test_a_sparse_member_is_refused(tmp_path: Path) -> None:
+    """A GNU sparse member claims any size in its header (session 10's attack)."""
+    hole = tmp_path / "hole"
+    with open(hole, "wb") as f:
+        f.truncate(1 << 30)
+    path = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", "--sparse", "--format=gnu", "-C", str(tmp_path), "-cf", str(path), "hole"], check=True
+    )
+    with pytest.raises(InvalidRequest, match="sparse files are not supported"):
+        BuildContext(path)
