@@ -132,6 +132,33 @@ async def runtimes(default: str, data_dir: Path, settings: AgentSettings) -> Run
     return RuntimeSet(offered, default)
 
 
+async def _manager(
+    data_dir: Path,
+    settings: AgentSettings,
+    runtime: str,
+    minimal_template_dir: Path | None,
+    cp_url: str | None,
+) -> SandboxManager:
+    """The sandbox manager with its template store, network slots and runtimes (not started)."""
+    templates = TemplateStore(
+        data_dir / "templates",
+        minimal_dir=minimal_template_dir or settings.minimal_dir,
+        mirror=settings.debian_mirror,
+    )
+    deny = await egress.platform_deny(cp_url, settings.egress_deny)
+    network = NetworkSlots(
+        str(data_dir), pool_size=settings.net_pool, platform_deny=deny, dns_upstream=settings.dns_upstream,
+        ended_egress=data_dir / ENDED_FILE,
+    )  # fmt: skip
+    return SandboxManager(
+        data_dir,
+        await runtimes(runtime, data_dir, settings),
+        settings=settings,
+        templates=templates,
+        network=network,
+    )
+
+
 async def serve(
     listen: str,
     data_dir: Path,
@@ -153,23 +180,7 @@ async def serve(
     data_dir = data_dir.resolve()  # noqa: ASYNC240
     lock_fd = _lock_data_dir(data_dir)
     host_counts.lift_shared_counts()  # before the first sandbox's user namespace is made
-    templates = TemplateStore(
-        data_dir / "templates",
-        minimal_dir=minimal_template_dir or settings.minimal_dir,
-        mirror=settings.debian_mirror,
-    )
-    deny = await egress.platform_deny(cp_url, settings.egress_deny)
-    network = NetworkSlots(
-        str(data_dir), pool_size=settings.net_pool, platform_deny=deny, dns_upstream=settings.dns_upstream,
-        ended_egress=data_dir / ENDED_FILE,
-    )  # fmt: skip
-    manager = SandboxManager(
-        data_dir,
-        await runtimes(runtime, data_dir, settings),
-        settings=settings,
-        templates=templates,
-        network=network,
-    )
+    manager = await _manager(data_dir, settings, runtime, minimal_template_dir, cp_url)
     handle = AgentHandle(manager)
     await manager.start()
     if link_up is not None:
