@@ -393,6 +393,9 @@ class LayerCache:
         tar = self._temp_path(".tar")
         try:
             meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit))
+        except LayerError as e:  # the tenant's files (a `.wh.` name, holes): the caller's to fix
+            tar.unlink(missing_ok=True)
+            raise InvalidRequest(f"the sandbox's files cannot be exported: {e}") from e
         except BaseException:
             tar.unlink(missing_ok=True)
             raise

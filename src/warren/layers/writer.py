@@ -14,7 +14,9 @@ Decisions (docs/templates.md §2):
   saw as `nobody`) becomes 65534 without its set-uid/set-gid bits;
 - set-uid/set-gid/sticky bits kept, symlinks as links, files with several links as tar hard
   links to the first name, fifos kept, sockets and other devices skipped;
-- a tenant file whose name starts with `.wh.` cannot be told from a whiteout: refused.
+- a tenant file whose name starts with `.wh.` cannot be told from a whiteout: refused;
+- the files' sizes add up to at most their filesystem's size (the sandbox's disk), else refused:
+  only sparse files get there, and their holes would be written out as zeros.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ END_OF_ARCHIVE = bytes(2 * BLOCK)
 
 def write_layer(upper: Path, out: BinaryIO, *, uid_base: int) -> LayerMeta:
     """Write `upper` as a layer tar to `out`; the digest and size of the bytes written."""
-    w = _Writer(HashingWriter(out), uid_base)
     root = os.open(upper, DIR_FLAGS)
     try:
+        fs = os.fstatvfs(root)
+        w = _Writer(HashingWriter(out), uid_base, fs.f_blocks * fs.f_frsize)
         if _xattr(root, "trusted.overlay.opaque") == b"y":
             w.entry(".wh..wh..opq", tarfile.REGTYPE, 0o644, 0, 0, 0)
         w.walk(root, "", 1)
@@ -78,9 +81,11 @@ def _open_again(dfd: int, name: str, path: str, st: os.stat_result, flags: int) 
 
 
 class _Writer:
-    def __init__(self, out: HashingWriter, uid_base: int) -> None:
+    def __init__(self, out: HashingWriter, uid_base: int, fs_bytes: int) -> None:
         self.out = out
         self.uid_base = uid_base
+        self.fs_bytes = fs_bytes
+        self.data_left = fs_bytes  # file contents never add up to more than their filesystem
         self._links: dict[tuple[int, int], str] = {}  # (dev, ino) → first name in the tar
         self._buf = bytearray(CHUNK)
 
@@ -162,6 +167,14 @@ class _Writer:
         try:
             uid, gid, perm = self._ids(now)
             size = now.st_size
+            self.data_left -= size
+            if self.data_left < 0:
+                # Only holes make that possible: a sparse file's size costs its owner nothing
+                # and would be written here as zeros, many times the disk it was taken of.
+                raise LayerError(
+                    f"{path!r}: the files add up to more than their {self.fs_bytes >> 20} MiB "
+                    "filesystem (sparse files are not exported)"
+                )
             self.entry(path, tarfile.REGTYPE, perm, uid, gid, now.st_mtime_ns // 10**9, size=size)
             self._copy(fd, size, path)
         finally:
