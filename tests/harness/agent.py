@@ -18,16 +18,18 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from tests.harness.machine import MINIMAL_CACHE, free_port, listening, minimal_cache_env
+from tests.harness.machine import MINIMAL_CACHE, free_port, listening, minimal_cache_env, scratch_dir
 from warren import ids
 from warren.agent.control_plane import load_credentials
 from warren.rpc import hostagent_pb2 as pb
@@ -288,3 +290,18 @@ class AgentProcess:
         """Destroy every sandbox a standalone agent holds."""
         for sb in self.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes:
             self.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb.sandbox_id), timeout=60)
+
+
+@contextlib.contextmanager
+def scratch_agent(
+    suite: str, runtime: str = "runc", env: dict[str, str] | None = None
+) -> Iterator[AgentProcess]:
+    """A started standalone agent in a fresh scratch dir of ``suite`` (machine.scratch_dir);
+    finished, and its directory removed, afterwards."""
+    root = scratch_dir(suite)
+    agent = AgentProcess.standalone(root / "agent", runtime=runtime, env=env).start()
+    try:
+        yield agent
+    finally:
+        agent.finish()
+        shutil.rmtree(root, ignore_errors=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -25,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.agent import AgentProcess
-from tests.harness.machine import scratch_dir
+from tests.harness.agent import AgentProcess, scratch_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -126,13 +124,8 @@ print(json.dumps(got))
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProcess]:
-    root = scratch_dir("attack-host-counts")
-    a = AgentProcess.standalone(root / "agent").start()
-    try:
+    with scratch_agent("attack-host-counts") as a:
         yield a
-    finally:
-        a.finish()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ the true bytes always install whole.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess
-from tests.harness.machine import scratch_dir
+from tests.harness.agent import AgentProcess, scratch_agent
 from tests.integration.agent.layer_tars import digest, layer_tar, put_requests
 from tests.security.test_attack_layer_images import high_water_mib, tree, wait_clean
 from warren.rpc import hostagent_pb2 as pb
@@ -30,15 +28,10 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProcess]:
-    root = scratch_dir("attack-layer-stream")
-    a = AgentProcess.standalone(root / "agent").start()
-    a.mode = "images"  # type: ignore[attr-defined]
-    try:
+    with scratch_agent("attack-layer-stream") as a:
+        a.mode = "images"  # type: ignore[attr-defined]
         a.stub.PutLayer(put_requests(layer_tar({"warm": b"up"})), timeout=120)  # converter started
         yield a
-    finally:
-        a.finish()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def packers_of(a: AgentProcess) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess
+from tests.harness.agent import AgentProcess, scratch_agent
 from tests.harness.leaks import runsc_leftovers, wait_no_leaks
-from tests.harness.machine import scratch_dir
 from warren.agent.runtime.gvisor import MEMORY_HEADROOM
 from warren.rpc import hostagent_pb2 as pb
 
@@ -37,13 +35,8 @@ MEMORY_MB = 256  # its disk: (256 - 32) * 4/5 = 179 MiB of host tmpfs
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProcess]:
-    root = scratch_dir("attack-memwatch")
-    a = AgentProcess.standalone(root / "agent").start()
-    try:
+    with scratch_agent("attack-memwatch") as a:
         yield a
-    finally:
-        a.finish()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
