@@ -166,7 +166,10 @@ async def build_template(
     build; follow it with ``…/builds/{build_id}`` and its log. A spec that does not parse: 400
     naming the line; a platform template's or a snapshot's name: 409; the team's concurrent
     builds at their bound: 429 ``too_many_builds``; a context past ``WARREN_BUILD_MAX_CONTEXT_MB``: 413."""
-    if _is_multipart(request):
+    if not _is_multipart(request):
+        body = parse_body(BuildRequest, await _json_body(request, settings.max_json_body))
+        return await builds.submit(db, runner, ctx, body, None)
+    async with builds.upload_admitted(ctx, settings):
         spool = settings.home / "build-spool"
         fields, context = await _form(
             request, "context", spool, settings.build_max_context_mb * MiB, _check_build_fields
@@ -177,10 +180,7 @@ async def build_template(
             if context is not None:
                 context[0].unlink(missing_ok=True)
             raise
-    else:
-        body = parse_body(BuildRequest, await _json_body(request, settings.max_json_body))
-        context = None
-    return await builds.submit(db, runner, ctx, body, context)
+        return await builds.submit(db, runner, ctx, body, context)
 
 
 @router.post(

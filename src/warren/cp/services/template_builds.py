@@ -47,6 +47,34 @@ STOPPED = "control plane stopped"
 STALE = "the control plane running this build stopped"
 
 
+# Build contexts being uploaded in this process (one CP replica), by team.
+_uploading: dict[uuid.UUID, int] = {}
+
+
+@contextlib.asynccontextmanager
+async def upload_admitted(ctx: AuthContext, settings: Settings) -> AsyncIterator[None]:
+    """Hold one of the team's build slots while its context is uploaded (spooled to this CP's
+    disk, up to ``WARREN_BUILD_MAX_CONTEXT_MB``) and submitted; 429 ``too_many_builds`` when the
+    team already has ``WARREN_BUILD_MAX_PER_TEAM`` uploads here. The running-builds check at
+    submit comes after the upload, so without this one key could spool any number of contexts
+    at once. Counted per replica, as imports are: no database connection held for an upload."""
+    team_id = require_team(ctx)
+    limit = settings.build_max_per_team
+    running = _uploading.get(team_id, 0)
+    if running >= limit:
+        raise TooManyRequests(
+            f"the team has {running} build contexts uploading (at most {limit}); wait for one to end",
+            code="too_many_builds",
+        )
+    _uploading[team_id] = running + 1  # no await between the check and this: one event loop
+    try:
+        yield
+    finally:
+        left = _uploading.pop(team_id) - 1
+        if left:
+            _uploading[team_id] = left
+
+
 class BuildRequest(StrictBody):
     name: str
     spec: str
