@@ -10,12 +10,16 @@ terminals), and sends messages just under the limit on all of them until nothing
 The CP's and the agent's RSS growth must stay bounded; another team's stream and requests keep
 working meanwhile, and the tenant's slots come back once its streams close.
 
-The module's platform runs with a cap of CAP streams, so that the memory a tenant at its cap can
-hold is judged against the same 64 MiB bound as the other memory attacks: each open stream may
-still hold a few MiB (the WebSocket message read ahead, the one being handed on, its queued stdin,
-and what gRPC's flow-control window lets the agent buffer, see docs/security.md), so what a team
-can hold is the cap times that. The flood stops at the first sign of buffering (RSS growth
->= 64 MiB), so a failure costs the shared machine little."""
+The module's platform runs with the default cap (64 streams), and what one held-back exec stream
+may hold is bounded by the platform (docs/security.md). On the agent: the stdin the CP sent and
+the agent has not yet written to the guest (the CP's credit window, 256 KiB: the agent
+acknowledges what it writes), the output it sent and the CP has not acknowledged (256 KiB), and
+the guest's frames read ahead (128 KiB); the agent is judged against the same 64 MiB bound as the
+other memory attacks. On the CP: that credit window, and the WebSocket's own, up to three messages
+a stream at WARREN_WS_MAX_MESSAGE (1 MiB): the one being handed on, the one read ahead, and the
+frame parser's buffer, which keeps its size; the CP is judged against the bound plus four
+messages a stream. The flood stops at the first sign of buffering past a bound, so a failure
+costs the shared machine little."""
 
 from __future__ import annotations
 
@@ -44,20 +48,25 @@ from tests.security.test_what_held_api import PeakRss, open_handshake, text_fram
 
 pytestmark = pytest.mark.root
 
-# WARREN_MAX_STREAMS_PER_TEAM on this module's CP (the default is 64): few enough that a tenant
-# at its cap stays under the bound, each stream holding what gRPC's flow-control window lets the
-# agent buffer (~4-9 MiB measured; docs/security.md).
-CAP = 4
-ATTEMPTS = CAP + 24  # more than the cap: the rest must be refused
+CAP = 64  # WARREN_MAX_STREAMS_PER_TEAM's default, which this module's CP runs with
+ATTEMPTS = CAP + 8  # more than the cap: the rest must be refused
 MESSAGE = MIB - 4096  # just under the CP's default WebSocket message limit (1 MiB)
+# RSS growth bounds (MiB), CP and agent (see above: the CP's per-stream share is the WebSocket
+# message limit's doing, the exec stream's own is its 256 KiB credit window).
+BOUNDS_MIB = (BOUND_MIB + 4 * CAP * MESSAGE // MIB, BOUND_MIB)
 PTY_INPUT = 64 << 10  # a terminal's largest input frame
 SLEEP = {"cmd": "/bin/sleep", "args": ["600"]}
 # A terminal that never reads: raw mode, so the line discipline holds its input back (a cooked
 # one discards what does not fit a line, and a ^C in the input would end the command).
 RAW_SLEEP = {"cmd": "/bin/sh", "args": ["-c", "stty raw -echo; exec sleep 600"]}
-KILL_SLEEPS = (
-    'for d in /proc/[0-9]*; do [ "$(cat $d/comm)" = sleep ] && kill -9 ${d#/proc/}; done 2>/dev/null; true'
+CAT = {"cmd": "cat", "args": []}  # echoes what it is sent, while its output is taken
+YES = {"cmd": "yes", "args": ["x"]}  # prints as fast as its output is taken, reads nothing
+KILL_COMMANDS = (
+    'for d in /proc/[0-9]*; do case "$(cat $d/comm)" in sleep|cat|yes) kill -9 ${d#/proc/};; esac; done'
+    " 2>/dev/null; true"
 )
+TERMINAL_EVERY = 6  # of the streams opened, every sixth is a terminal
+WATCHES_PER_SANDBOX = 32  # the guest's limit
 FLOOD_S = 60  # the longest a flood runs, however the streams take it
 
 
@@ -65,7 +74,7 @@ FLOOD_S = 60  # the longest a flood runs, however the streams take it
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     if os.geteuid() != 0:
         pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
-    async with running_platform(db_url, platform_dir, {"WARREN_MAX_STREAMS_PER_TEAM": str(CAP)}) as p:
+    async with running_platform(db_url, platform_dir, {}) as p:
         yield p
 
 
@@ -84,16 +93,20 @@ def try_websocket(url: str, path: str, headers: dict[str, str]) -> socket.socket
     return int(head.split()[1]), json.loads(body)
 
 
+def within(rss: PeakRss) -> bool:
+    return all(g < b for g, b in zip(rss.grown_mib, BOUNDS_MIB, strict=True))
+
+
 def flood(frames: dict[socket.socket, bytes], rss: PeakRss) -> int:
     """Send each connection's frame over and over until none takes more for 3 s, the server
-    closed them all, or RSS grew past the bound (a stream that takes everything for a minute is
+    closed them all, or RSS grew past a bound (a stream that takes everything for a minute is
     a failure: its command does not read). Returns the bytes sent."""
     pending = dict.fromkeys(frames, b"")
     for c in frames:
         c.setblocking(False)
     sent, last_progress = 0, time.monotonic()
     deadline = last_progress + FLOOD_S
-    while pending and time.monotonic() - last_progress < 3 and max(rss.grown_mib) < BOUND_MIB:
+    while pending and time.monotonic() - last_progress < 3 and within(rss):
         assert time.monotonic() < deadline, f"the streams took {sent // MIB} MiB in {FLOOD_S} s and more"
         for c in select.select([], list(pending), [], 0.2)[1]:
             data = pending[c] or frames[c]  # a frame is finished before the next one starts
@@ -121,24 +134,41 @@ def sandboxes(alice: Tenant, bob: Tenant) -> Iterator[tuple[str, str]]:
 Refusals = list[tuple[int, dict]]
 
 
-def _open_many(stack: ExitStack, t: Tenant, sb: str) -> tuple[dict[socket.socket, bytes], Refusals]:
-    """ATTEMPTS streams, every sixth a terminal: the open ones with the frame to flood each
-    with, and the refusals."""
+def _open_many(
+    stack: ExitStack, t: Tenant, sb: str, command: dict = SLEEP, terminal_every: int = TERMINAL_EVERY
+) -> tuple[dict[socket.socket, bytes], Refusals]:
+    """ATTEMPTS streams of ``command``, every ``terminal_every``-th a terminal (0: none): the open
+    ones with the frame to flood each with, and the refusals."""
     frames: dict[socket.socket, bytes] = {}
     refused = []
     exec_flood, pty_flood = stdin_message(MESSAGE), big_frame(b"x" * PTY_INPUT, opcode=0x2)
     for i in range(ATTEMPTS):
-        pty = i % 6 == 5
+        pty = terminal_every > 0 and i % terminal_every == terminal_every - 1
         path = f"/v1/sandboxes/{sb}/{'pty' if pty else 'exec/stream'}"
         got = try_websocket(t.url, path, {"X-API-Key": t.api_key})
         if isinstance(got, tuple):
             refused.append(got)
             continue
         stack.enter_context(closing(got))
-        start = RAW_SLEEP | {"type": "start", "cols": 80, "rows": 24} if pty else SLEEP | {"type": "start"}
+        start = RAW_SLEEP | {"type": "start", "cols": 80, "rows": 24} if pty else command | {"type": "start"}
         got.sendall(text_frame(json.dumps(start)))
         frames[got] = pty_flood if pty else exec_flood
     return frames, refused
+
+
+def _slots_come_back(alice: Tenant, mine: str) -> None:
+    """Streams give their slots back when they end. A stream whose stdin is held back does not
+    read its WebSocket, so its client's close is seen only once its command ends: end them."""
+    alice.sh(mine, KILL_COMMANDS)
+    deadline = time.monotonic() + 60
+    while True:
+        got = try_websocket(alice.url, f"/v1/sandboxes/{mine}/exec/stream", {"X-API-Key": alice.api_key})
+        if not isinstance(got, tuple):
+            got.close()
+            break
+        assert time.monotonic() < deadline, f"the team's stream slots did not come back: {got}"
+        time.sleep(0.5)
+    _echo_stream(alice, mine)
 
 
 def _echo_stream(t: Tenant, sb: str) -> None:
@@ -160,7 +190,7 @@ def test_many_streams_of_large_stdin_at_commands_that_do_not_read(
         sent = flood(frames, rss)
         print(f"{len(frames)} streams open, {len(refused)} refused")
         print(f"{len(frames)} streams: {sent // MIB} MiB sent, RSS growth {rss.grown_mib} MiB (CP, agent)")
-        assert max(rss.grown_mib) < BOUND_MIB, f"{len(frames)} streams: CP, agent grew {rss.grown_mib} MiB"
+        assert within(rss), f"{len(frames)} streams: CP, agent grew {rss.grown_mib} MiB (bounds {BOUNDS_MIB})"
         assert len(frames) <= CAP
         assert refused and all(
             status == 429 and body["error"]["code"] == "too_many_streams" for status, body in refused
@@ -169,18 +199,28 @@ def test_many_streams_of_large_stdin_at_commands_that_do_not_read(
         _echo_stream(bob, theirs)
         r = bob.x(theirs, "echo ok")
         assert r.status_code == 200 and r.json()["stdout"] == "ok\n", r.text
-    # Streams give their slots back when they end. A stream whose stdin is held back does not
-    # read its WebSocket, so its client's close is seen only once its command ends: end them.
-    alice.sh(mine, KILL_SLEEPS)
-    deadline = time.monotonic() + 60
-    while True:
-        got = try_websocket(alice.url, f"/v1/sandboxes/{mine}/exec/stream", {"X-API-Key": alice.api_key})
-        if not isinstance(got, tuple):
-            got.close()
-            break
-        assert time.monotonic() < deadline, f"the team's stream slots did not come back: {got}"
-        time.sleep(0.5)
-    _echo_stream(alice, mine)
+    _slots_come_back(alice, mine)
+
+
+@pytest.mark.parametrize("command", [CAT, YES], ids=["cat", "yes"])
+def test_many_streams_whose_client_never_reads_the_output(
+    platform: Platform, alice: Tenant, bob: Tenant, sandboxes: tuple[str, str], command: dict
+) -> None:
+    """Stdin sent and the output never read: the output is held back at the source (the agent
+    sends at most its credit window unacknowledged and reads little of the guest's ahead, the CP
+    acknowledges only what its WebSocket took), and ``cat`` then stops reading its stdin, which
+    holds back as above (``yes`` never reads it)."""
+    mine, theirs = sandboxes
+    with ExitStack() as stack, watching(platform) as rss:
+        frames, _ = _open_many(stack, alice, mine, command=command, terminal_every=0)
+        sent = flood(frames, rss)
+        print(f"{len(frames)} streams of {command['cmd']}, output unread: {sent // MIB} MiB sent, "
+              f"RSS growth {rss.grown_mib} MiB (CP, agent)")  # fmt: skip
+        assert len(frames) == CAP
+        assert within(rss), f"{len(frames)} streams: CP, agent grew {rss.grown_mib} MiB (bounds {BOUNDS_MIB})"
+        r = bob.x(theirs, "echo ok")
+        assert r.status_code == 200 and r.json()["stdout"] == "ok\n", r.text
+    _slots_come_back(alice, mine)
 
 
 def test_watches_count_toward_the_cap(
@@ -188,9 +228,17 @@ def test_watches_count_toward_the_cap(
 ) -> None:
     mine, theirs = sandboxes
     with ExitStack() as stack:
+        # A sandbox holds at most 32 watches (413 past it): spread them over enough sandboxes
+        # that the team's cap is what refuses them.
+        extra = []
+        for _ in range(-(-ATTEMPTS // WATCHES_PER_SANDBOX) - 1):
+            r = alice.w("POST", "/v1/sandboxes", {"template": "minimal", "memory_mb": 128})
+            assert r.status_code == 201, r.text
+            extra.append(str(r.json()["id"]))
+            stack.callback(alice.w, "DELETE", f"/v1/sandboxes/{extra[-1]}")
         refused = []
-        path = f"/v1/sandboxes/{mine}/watch?path=/tmp"
-        for _ in range(ATTEMPTS):
+        for i in range(ATTEMPTS):
+            path = f"/v1/sandboxes/{[mine, *extra][i // WATCHES_PER_SANDBOX]}/watch?path=/tmp"
             got = try_websocket(alice.url, path, {"X-API-Key": alice.api_key})
             if isinstance(got, tuple):
                 refused.append(got)

@@ -7,8 +7,8 @@ does not read stdout) could make the agent and the CP hold that much per stream.
 each direction has a window of its own, kept by the sender:
 
 - stdin: the caller sends at most its window of stdin beyond what this agent acknowledged
-  (``ExecEvent.stdin_acked``), and this agent acknowledges a message once it is written to the
-  guest connection (drained), so what the agent holds is at most the caller's window;
+  (``ExecEvent.stdin_acked``), and this agent acknowledges stdin once it is written to the guest
+  connection (drained), in batches, so what the agent holds is at most the caller's window;
 - output: this agent reads the guest's next event only while less than ``OUTPUT_WINDOW`` bytes of
   stdout/stderr it sent are unacknowledged (``ExecStreamRequest.output_acked``, sent by the caller
   once it has handed the bytes on); past it the guest holds the command back.
@@ -33,6 +33,15 @@ from warren.rpc import hostagent_pb2 as pb
 # Stdout and stderr bytes sent and not yet acknowledged, past which the guest's output is not
 # read (the last event read may take it over by one guest frame, 64 KiB typically).
 OUTPUT_WINDOW = 256 << 10
+# The guest connection's reader buffer for a credit stream: asyncio reads the socket until it
+# holds twice this, so the default (1 MiB, sized for file reads) would hold 2 MiB of output a
+# stream past the window; the guest holds the command back instead.
+READ_AHEAD = 64 << 10
+# Stdin written to the guest is acknowledged once this much has gathered (one message per stdin
+# message cost a third of a big pipe's throughput). The caller's window must be at least this
+# plus its largest stdin message, or it would wait for an acknowledgement that is not coming:
+# the CP's is 256 KiB, its messages at most 64 KiB.
+STDIN_ACK_BYTES = 128 << 10
 Convert = Callable[[Any], pb.ExecEvent | None]  # a guest event as the RPC's (None: not sent)
 Out = pb.ExecEvent | BaseException | None  # None: the guest's events ended (no exit)
 
@@ -45,6 +54,7 @@ class CreditedExec:
         self._convert = convert
         self._touch = touch
         self._unacked = 0  # output bytes sent and not acknowledged
+        self._written = 0  # stdin bytes written to the guest and not yet acknowledged
         self._room = asyncio.Event()
         self._room.set()
         self._out: asyncio.Queue[Out] = asyncio.Queue()  # events, acks, and how the output ended
@@ -111,7 +121,10 @@ class CreditedExec:
                 which = msg.WhichOneof("msg")
                 if which == "stdin":
                     await self.session.send_stdin(msg.stdin)
-                    self._out.put_nowait(pb.ExecEvent(stdin_acked=len(msg.stdin)))
+                    self._written += len(msg.stdin)
+                    if self._written >= STDIN_ACK_BYTES:
+                        self._out.put_nowait(pb.ExecEvent(stdin_acked=self._written))
+                        self._written = 0
                 elif which == "close_stdin":
                     await self.session.close_stdin()
                 elif which == "signal":

@@ -31,6 +31,7 @@ from warren.agent.guest_wire import (
     K_ERROR,
     K_EVENT,
     K_REQ,
+    STREAM_LIMIT,
     Conn,
     ExecEvent,
     ExecSession,
@@ -266,8 +267,10 @@ class GuestClient:
             raise
         return conn
 
-    async def _open_session(self, req: dict[str, Any], stdin: bytes | None = None) -> ExecSession:
-        conn, pid = await open_started(self.socket_path, req, stdin)
+    async def _open_session(
+        self, req: dict[str, Any], stdin: bytes | None = None, limit: int = STREAM_LIMIT
+    ) -> ExecSession:
+        conn, pid = await open_started(self.socket_path, req, stdin, limit)
         return ExecSession(conn, ExecEvent(kind="start", pid=pid))
 
     # --- health ----------------------------------------------------------------------------
@@ -376,12 +379,15 @@ class GuestClient:
         stdin: bool = True,
         user: str = "",
         backpressure: bool = False,
+        read_ahead: int = STREAM_LIMIT,
     ) -> ExecSession:
         """Start a command and return its live session (after the guest reported ``start``).
 
         ``stdin=True`` gives the command a pipe fed by ``send_stdin`` / closed by
         ``close_stdin``; ``False`` gives it ``/dev/null``. ``background=True`` keeps it running
         (and its recent output buffered for :meth:`attach`) after the session is closed.
+        ``read_ahead``: the guest's frames read ahead of the caller (up to twice it; a caller
+        that holds output back wants little).
         """
         req = {
             "op": "exec",
@@ -397,7 +403,7 @@ class GuestClient:
         }
         if backpressure:  # the guest waits for this session's reader even in the background
             req["backpressure"] = True
-        return await self._open_session(req)
+        return await self._open_session(req, limit=read_ahead)
 
     async def attach(self, selector: int | str) -> ExecSession:
         """Follow a running (or recently exited background) process: replays its buffered

@@ -131,9 +131,9 @@ class Conn:
         self.writer = writer
 
     @classmethod
-    async def _open_tcp(cls, addr: TcpGuest) -> Conn:
+    async def _open_tcp(cls, addr: TcpGuest, limit: int) -> Conn:
         try:
-            reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=STREAM_LIMIT)
+            reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=limit)
         except OSError as e:
             raise GuestError("unavailable", f"cannot connect to guest at {addr}: {e}") from e
         sock = writer.get_extra_info("socket")
@@ -144,9 +144,10 @@ class Conn:
         return cls(reader, writer)
 
     @classmethod
-    async def open(cls, path: GuestAddress) -> Conn:
+    async def open(cls, path: GuestAddress, limit: int = STREAM_LIMIT) -> Conn:
+        """``limit``: the reader's buffer; asyncio stops reading the socket past twice it."""
         if isinstance(path, TcpGuest):
-            return await cls._open_tcp(path)
+            return await cls._open_tcp(path, limit)
         # The socket's directory is the sandbox's /run/warren, writable by sandbox root: it can
         # replace the socket with a symlink, which connect(2) would follow *on the host* (to
         # another sandbox's guest, or any host socket). So pin the inode without following a
@@ -158,7 +159,7 @@ class Conn:
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 raise GuestError("unavailable", f"cannot connect to guest at {path}: not a socket")
-            reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=STREAM_LIMIT)
+            reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=limit)
         except OSError as e:
             # ENOENT (not yet started / gone), ECONNREFUSED (between bind and listen, or dead).
             raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
@@ -207,12 +208,12 @@ class Conn:
 
 
 async def open_started(
-    path: GuestAddress, req: dict[str, Any], stdin: bytes | None = None
+    path: GuestAddress, req: dict[str, Any], stdin: bytes | None = None, limit: int = STREAM_LIMIT
 ) -> tuple[Conn, int]:
     """A connection to the guest at ``path`` on which ``req`` started a command or a terminal,
     and its pid (from the start event). ``stdin``, then END, goes right after the request. A
-    refusal raises, and the connection is closed."""
-    conn = await Conn.open(path)
+    refusal raises, and the connection is closed. ``limit`` as :meth:`Conn.open`'s."""
+    conn = await Conn.open(path, limit)
     try:
         conn.send(K_REQ, jdump(req))
         if stdin is not None:

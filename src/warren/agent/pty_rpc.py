@@ -183,26 +183,60 @@ async def pty_stream(
         req = {"op": "pty_connect", "pid": first.connect.pid}
     session = await PtySession.open(m.guest(sid).socket_path, req)
     failed: list[str] = []
-    pump = asyncio.create_task(_pump_input(m, sid, requests, session, failed))
+    # Credit (PtyStart.credit): input written to the guest is acknowledged, and the CP sends
+    # only a window of it ahead, so what the guest is not taking is not buffered by gRPC here.
+    acks: asyncio.Queue[int] | None = asyncio.Queue() if first.start.credit or first.connect.credit else None
+    pump = asyncio.create_task(_pump_input(m, sid, requests, session, failed, acks))
     try:
         with m.in_use(sid):
-            yield pb.PtyEvent(started=session.pid)
-            async for ev in session:
-                if ev.kind == "output":
-                    yield pb.PtyEvent(output=ev.data)
-                    continue
-                if ev.kind == "exit":
-                    yield pb.PtyEvent(exit=pb.ExecEvent.Exit(exit_code=ev.exit_code, error=ev.error))
-                    break
-                # The guest connection broke, or a bad input message ended it.
-                if failed:
-                    raise InvalidRequest(failed[0])
-                raise GuestError("unavailable", ev.error)
+            yield pb.PtyEvent(started=session.pid, credit=acks is not None)
+            async with contextlib.aclosing(_with_acks(session, acks)) as events:
+                async for ev in events:
+                    if isinstance(ev, int):
+                        yield pb.PtyEvent(input_acked=ev)
+                        continue
+                    if ev.kind == "output":
+                        yield pb.PtyEvent(output=ev.data)
+                        continue
+                    if ev.kind == "exit":
+                        yield pb.PtyEvent(exit=pb.ExecEvent.Exit(exit_code=ev.exit_code, error=ev.error))
+                        break
+                    # The guest connection broke, or a bad input message ended it.
+                    if failed:
+                        raise InvalidRequest(failed[0])
+                    raise GuestError("unavailable", ev.error)
     finally:
         pump.cancel()
         with contextlib.suppress(BaseException):
             await pump
         await session.close()
+
+
+async def _with_acks(
+    session: PtySession, acks: asyncio.Queue[int] | None
+) -> AsyncGenerator[PtyEvent | int, None]:
+    """The session's events, and the input acknowledgements (``int``) as they come."""
+    if acks is None:
+        async for ev in session:
+            yield ev
+        return
+    nxt, ack = asyncio.ensure_future(anext(session)), asyncio.ensure_future(acks.get())
+    try:
+        while True:
+            done, _ = await asyncio.wait({nxt, ack}, return_when=asyncio.FIRST_COMPLETED)
+            if ack in done:
+                yield ack.result()
+                ack = asyncio.ensure_future(acks.get())
+            if nxt in done:
+                try:
+                    ev = nxt.result()
+                except StopAsyncIteration:
+                    return
+                yield ev
+                nxt = asyncio.ensure_future(anext(session))
+    finally:
+        for f in (nxt, ack):
+            f.cancel()
 
 
 async def _pump_input(
@@ -211,6 +245,7 @@ async def _pump_input(
     requests: AsyncIterator[pb.PtyRequest],
     session: PtySession,
     failed: list[str],
+    acks: asyncio.Queue[int] | None = None,
 ) -> None:
     """CP messages → the guest session. A bad one ends the session (the call fails with it)."""
     try:
@@ -220,6 +255,8 @@ async def _pump_input(
                 if len(msg.input) > MAX_INPUT:
                     raise InvalidRequest(f"an input message is at most {MAX_INPUT} bytes")
                 await session.send_input(msg.input)
+                if acks is not None:
+                    acks.put_nowait(len(msg.input))
             elif which == "resize":
                 await session.resize(msg.resize.cols, msg.resize.rows)
             elif which == "signal":

@@ -18,9 +18,9 @@ from warren import egress_rules
 from warren.agent import dial, dial_data, pty_rpc, watch_rpc
 from warren.agent.egress_update import update_network
 from warren.agent.egress_usage import sandbox_egress
-from warren.agent.exec_credit import CreditedExec
+from warren.agent.exec_credit import READ_AHEAD, CreditedExec
 from warren.agent.guest_client import EntryInfo
-from warren.agent.guest_wire import ExecSession, GuestError
+from warren.agent.guest_wire import STREAM_LIMIT, ExecSession, GuestError
 from warren.agent.manager import SandboxManager
 from warren.agent.record import HostSandbox
 from warren.agent.rpc_errors import ExecTimeout, abort, mapped_errors, relay
@@ -244,7 +244,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             session = await guest.exec_stream(
                 cmd, list(st.args), env=dict(st.env) or None, cwd=cwd,
                 timeout=st.timeout_sec or None, tag=st.tag or None, background=st.background, user=user,
-                backpressure=st.backpressure,
+                backpressure=st.backpressure, read_ahead=READ_AHEAD if st.credit else STREAM_LIMIT,
             )  # fmt: skip
         except Exception as e:
             await abort(context, e, "ExecStream")

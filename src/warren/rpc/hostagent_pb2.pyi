@@ -815,7 +815,7 @@ class PtySize(_message.Message):
     def __init__(self, cols: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class PtyStart(_message.Message):
-    __slots__ = ("sandbox_id", "size", "cmd", "args", "env", "cwd", "user", "timeout_sec")
+    __slots__ = ("sandbox_id", "size", "cmd", "args", "env", "cwd", "user", "timeout_sec", "credit")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -831,6 +831,7 @@ class PtyStart(_message.Message):
     CWD_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SEC_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     size: PtySize
     cmd: str
@@ -839,15 +840,18 @@ class PtyStart(_message.Message):
     cwd: str
     user: str
     timeout_sec: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., size: _Optional[_Union[PtySize, _Mapping]] = ..., cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., user: _Optional[str] = ..., timeout_sec: _Optional[int] = ...) -> None: ...
+    credit: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., size: _Optional[_Union[PtySize, _Mapping]] = ..., cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., user: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
 
 class PtyConnect(_message.Message):
-    __slots__ = ("sandbox_id", "pid")
+    __slots__ = ("sandbox_id", "pid", "credit")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     pid: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    credit: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., pid: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
 
 class PtyRequest(_message.Message):
     __slots__ = ("start", "connect", "input", "resize", "signal")
@@ -882,14 +886,18 @@ class PtyControlResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PtyEvent(_message.Message):
-    __slots__ = ("started", "output", "exit")
+    __slots__ = ("started", "output", "exit", "input_acked", "credit")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ACKED_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     started: int
     output: bytes
     exit: ExecEvent.Exit
-    def __init__(self, started: _Optional[int] = ..., output: _Optional[bytes] = ..., exit: _Optional[_Union[ExecEvent.Exit, _Mapping]] = ...) -> None: ...
+    input_acked: int
+    credit: bool
+    def __init__(self, started: _Optional[int] = ..., output: _Optional[bytes] = ..., exit: _Optional[_Union[ExecEvent.Exit, _Mapping]] = ..., input_acked: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
 
 class DialOpen(_message.Message):
     __slots__ = ("sandbox_id", "port")

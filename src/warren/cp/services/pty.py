@@ -35,6 +35,10 @@ MAX_INPUT_FRAME = 64 << 10  # one binary input frame (a paste larger than this i
 MAX_CONTROL_FRAME = 256 << 10  # one text frame (a start frame's env included)
 MAX_DIM = 1000  # columns and rows
 _INPUT_QUEUE = 8  # client messages queued for the agent per session (then TCP pushes back)
+# Input bytes queued or sent and not yet written to the guest (the agent acknowledges them,
+# PtyStart.credit), or one frame when that is larger: past it the session stops reading its
+# WebSocket. Without it gRPC's flow-control window buffers MiBs a terminal that is not reading.
+_INPUT_WINDOW = 128 << 10
 
 Frame = dict[str, Any]
 
@@ -100,7 +104,9 @@ def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
     f = _control(raw)
     kind = f.get("type")
     if kind == "connect":
-        return pb.PtyRequest(connect=pb.PtyConnect(sandbox_id=sid, pid=_int(f, "pid", 1, (1 << 31) - 1)))
+        return pb.PtyRequest(
+            connect=pb.PtyConnect(sandbox_id=sid, pid=_int(f, "pid", 1, (1 << 31) - 1), credit=True)
+        )
     if kind != "start":
         raise InvalidRequest("the first frame must be {'type': 'start', ...} or {'type': 'connect', 'pid'}")
     cmd = _opt_text(f, "cmd")
@@ -112,6 +118,7 @@ def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
     start = pb.PtyStart(
         sandbox_id=sid, size=_size(f), cmd=cmd, args=[check_text(a, "args") for a in args],
         env=validate_env(f.get("env")), cwd=_opt_text(f, "cwd"), user=check_user(_opt_text(f, "user")),
+        credit=True,
     )  # fmt: skip
     return pb.PtyRequest(start=start)
 
@@ -155,9 +162,10 @@ async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyP
     queue: asyncio.Queue[pb.PtyRequest | None] = asyncio.Queue(maxsize=_INPUT_QUEUE)
     queue.put_nowait(first)
     call = target.client().stub.PtyStream(_drain(queue))
-    inbound = asyncio.create_task(_inbound(peer, queue, call))
+    credit = InputCredit()
+    inbound = asyncio.create_task(_inbound(peer, queue, call, credit))
     try:
-        await _outbound(call, peer)
+        await _outbound(call, peer, credit)
     except AgentError as e:
         if not inbound.done():
             await peer.error(e)
@@ -177,7 +185,35 @@ async def _drain(queue: asyncio.Queue[pb.PtyRequest | None]) -> AsyncIterator[pb
         yield item
 
 
-async def _inbound(peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], call: Any) -> None:
+class InputCredit:
+    """Input bytes held for the agent (queued, or sent and not acknowledged), bounded by
+    :data:`_INPUT_WINDOW`; counted until the agent's ``started`` says it acknowledges (an agent
+    without credit never does: then nothing is counted)."""
+
+    def __init__(self, window: int = _INPUT_WINDOW) -> None:
+        self.window, self.held, self.on = window, 0, True
+        self._room = asyncio.Event()
+
+    async def take(self, n: int) -> None:
+        while self.on and self.held and self.held + n > self.window:
+            self._room.clear()
+            await self._room.wait()
+        if self.on:
+            self.held += n
+
+    def give(self, n: int) -> None:
+        self.held = max(0, self.held - n)
+        self._room.set()
+
+    def started(self, credit: bool) -> None:
+        if not credit:
+            self.on = False
+            self.give(self.held)
+
+
+async def _inbound(
+    peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], call: Any, credit: InputCredit
+) -> None:
     """Client frames → the agent, until the client goes or sends a bad frame (reported)."""
     try:
         while True:
@@ -192,18 +228,22 @@ async def _inbound(peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], ca
             except WarrenError as e:
                 await peer.error(e)
                 break
+            await credit.take(len(req.input))
             await queue.put(req)
     finally:
         call.cancel()
 
 
-async def _outbound(call: Any, peer: PtyPeer) -> None:
+async def _outbound(call: Any, peer: PtyPeer, credit: InputCredit) -> None:
     """Agent events → the client. Raises AgentError when the agent call fails."""
     async for ev in call:
         which = ev.WhichOneof("event")
         if which == "output":
             await peer.send_bytes(ev.output)
+        elif which == "input_acked":
+            credit.give(ev.input_acked)
         elif which == "started":
+            credit.started(ev.credit)
             await peer.send_json({"type": "started", "pid": ev.started})
         elif which == "exit":
             frame: Frame = {"type": "exit", "exit_code": ev.exit.exit_code}
