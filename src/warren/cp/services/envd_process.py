@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal as _signal
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +19,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
+from warren.cp.services import envd_input
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user
 from warren.cp.services.sandboxes import Found
@@ -280,19 +282,30 @@ async def list_running(sbx: EnvdSandbox) -> list[ProcessInfo]:
         return [ProcessInfo(p.pid, p.tag, p.cmd, list(p.args)) for p in resp.processes if p.running]
 
 
-async def send_input(sbx: EnvdSandbox, sel: Selector, data: bytes, *, pty: bool) -> None:
-    """Bytes to a process's stdin, or typed into its terminal."""
+async def send_input(
+    sbx: EnvdSandbox, sel: Selector, data: bytes, *, pty: bool, team: uuid.UUID | None, max_streams: int
+) -> None:
+    """Bytes to a process's stdin, or typed into its terminal; bounded in what may be queued
+    for it (``envd_input``: 429 ``stdin_full`` past it)."""
     with sandbox_gone(sbx):
         if len(data) > MAX_INPUT:
             raise InvalidRequest(f"one input message is at most {MAX_INPUT >> 10} KiB")
         client = sbx.client()
         if pty:
-            ctl = pb.PtyControlRequest(sandbox_id=sbx.sid, pid=_terminal_pid(sel), input=data)
-            await client.stub.PtyControl(ctl, timeout=DEFAULT_TIMEOUT_S)
-            return
-        await client.stub.SendStdin(
-            pb.SendStdinRequest(sandbox_id=sbx.sid, process=sel.pb(), data=data), timeout=DEFAULT_TIMEOUT_S
-        )
+            pid = _terminal_pid(sel)
+
+            async def send(piece: bytes) -> None:
+                ctl = pb.PtyControlRequest(sandbox_id=sbx.sid, pid=pid, input=piece)
+                await client.stub.PtyControl(ctl, timeout=DEFAULT_TIMEOUT_S)
+
+        else:
+
+            async def send(piece: bytes) -> None:
+                req = pb.SendStdinRequest(sandbox_id=sbx.sid, process=sel.pb(), data=piece)
+                await client.stub.SendStdin(req, timeout=DEFAULT_TIMEOUT_S)
+
+        key = (sbx.sid, sel.pid or sel.tag)
+        await envd_input.feed(key, team, data, send, max_streams=max_streams)
 
 
 async def close_stdin(sbx: EnvdSandbox, sel: Selector) -> None:

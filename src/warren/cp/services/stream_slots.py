@@ -1,5 +1,7 @@
 """How many streams one team holds open at once in this CP process: exec streams, terminals
-(the API's and the dashboard's) and directory watches together (``max_streams_per_team``).
+(the API's and the dashboard's), directory watches and E2B's envd streams (``Start``,
+``Connect``, ``StreamInput``, ``WatchDir``: ``cp/e2b/envd/app.py``, refused there as Connect's
+``resource_exhausted``, HTTP 429) together (``max_streams_per_team``).
 
 Each open stream may hold a few WebSocket messages in the CP and the agent (one read ahead, one
 being handed on, its queued stdin), so without a cap one tenant opening hundreds of streams could
@@ -53,8 +55,8 @@ class Slot:
         team = ctx.team_id
         if _open[team] >= limit:
             raise TooManyRequests(
-                f"this team already has {limit} streams open (exec streams, terminals and watches "
-                "together); close one first",
+                f"this team already has {limit} streams open (exec streams, terminals, watches and "
+                "E2B process and watch streams together); close one first",
                 code="too_many_streams",
                 limit=limit,
             )

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from warren import errors
 from warren.cp.e2b.envd import envs, files, filesystem, process
@@ -31,6 +32,7 @@ from warren.cp.e2b.envd.connect import (
     stream_response,
 )
 from warren.cp.e2b.errors import e2b_error, e2b_error_for, sandbox_not_found
+from warren.cp.services import stream_slots
 from warren.cp.state import AppState
 
 log = logging.getLogger("warren.e2b.envd")
@@ -67,18 +69,41 @@ async def authenticated(request: Request) -> EnvdCall | Response:
         return e2b_error_for(exc)
 
 
+class _SlotHeld(Response):
+    """A stream's response that gives its team's stream slot back once it has run, however it
+    ended: its last message sent (the process ended, the sandbox went), an error, or its client
+    gone (Starlette then cancels the response)."""
+
+    def __init__(self, inner: Response, slot: stream_slots.Slot) -> None:
+        self.inner, self.slot = inner, slot
+        self.status_code, self.background = inner.status_code, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.slot:
+            await self.inner(scope, receive, send)
+
+
 async def rpc(request: Request) -> Response:
     name = f"{request.path_params['service']}/{request.path_params['method']}"
     call = await authenticated(request)
     if isinstance(call, Response):
         return call
+    # A stream holds one of its team's stream slots (services/stream_slots.py) while it is open:
+    # past the cap it is refused before it starts, as 429 resource_exhausted.
+    slot = stream_slots.Slot()
     try:
         if name in UNARY:
             return JSONResponse(await UNARY[name](call, await read_unary(request)))
         if name in SERVER_STREAMS:
+            slot.claim(call.ctx, call.state.settings.max_streams_per_team)
             msg = await read_one_envelope(request)
-            return stream_response(SERVER_STREAMS[name](call, msg), _log_failure, final=process.is_end)
+            held = _SlotHeld(
+                stream_response(SERVER_STREAMS[name](call, msg), _log_failure, final=process.is_end), slot
+            )
+            slot = stream_slots.Slot()  # the response gives it back
+            return held
         if name in CLIENT_STREAMS:  # the reply is enveloped too, an error as the end of stream
+            slot.claim(call.ctx, call.state.settings.max_streams_per_team)
             try:
                 reply = envelope(await CLIENT_STREAMS[name](call, read_envelopes(request))) + end_stream()
             except Exception as exc:
@@ -89,6 +114,8 @@ async def rpc(request: Request) -> Response:
     except Exception as exc:  # every failure becomes the call's Connect error
         _log_failure(exc)
         return error_response(as_connect_error(exc))
+    finally:
+        slot.release()  # a unary call's, a client stream's, a refused stream's (none held)
 
 
 async def health(request: Request) -> Response:

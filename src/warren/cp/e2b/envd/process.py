@@ -122,9 +122,16 @@ def _input(msg: Message) -> tuple[bytes, bool]:
     return _bytes(msg.get("stdin"), "input.stdin"), False
 
 
+async def _send(call: EnvdCall, sbx: svc.EnvdSandbox, sel: svc.Selector, data: bytes, pty: bool) -> None:
+    limit = call.state.settings.max_streams_per_team
+    await svc.send_input(sbx, sel, data, pty=pty, team=call.ctx.team_id, max_streams=limit)
+
+
 async def send_input(call: EnvdCall, msg: Message) -> Message:
     data, pty = _input(_obj(msg, "input"))
-    await svc.send_input(_sandbox(call), _selector(msg), data, pty=pty)
+    sel = _selector(msg)
+    del msg  # its base64 copy of the input is not kept while the input waits for the process
+    await _send(call, _sandbox(call), sel, data, pty)
     return {}
 
 
@@ -158,7 +165,8 @@ async def stream_input(call: EnvdCall, messages: AsyncIterator[Message]) -> Mess
             continue
         if "data" in msg:
             data, pty = _input(_obj(_obj(msg, "data"), "input"))
-            await svc.send_input(sbx, sel, data, pty=pty)
+            del msg
+            await _send(call, sbx, sel, data, pty)
         elif "keepalive" not in msg:
             raise ConnectError("invalid_argument", "a StreamInput message is data or keepalive")
     return {}
