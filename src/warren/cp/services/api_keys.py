@@ -5,19 +5,22 @@ from __future__ import annotations
 import uuid
 
 from pydantic import BaseModel
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
 from warren.cp.db.engine import autocommit, transaction
-from warren.cp.db.tables import team_api_keys, users
+from warren.cp.db.tables import team_api_keys, teams, users
 from warren.cp.security.api_keys import generate_api_key
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext
-from warren.errors import Forbidden, InvalidRequest
+from warren.errors import Forbidden, InvalidRequest, TooManyRequests
 
 DEFAULT_NAME = "Unnamed API Key"
 MAX_NAME = 200
+# A team's keys are listed in one response (the API and the dashboard's Keys page): without a
+# bound, a member creating keys at the team's request rate made that response gigabytes.
+MAX_KEYS_PER_TEAM = 1000
 
 
 class ApiKey(BaseModel):
@@ -54,6 +57,18 @@ async def create_key(engine: AsyncEngine, ctx: AuthContext, name: str | None) ->
     key_uuid = ids.new_uuid()
     now = clock.now()
     async with transaction(engine) as conn:
+        # The team's row locked: two creates at the bound cannot both pass the count.
+        await conn.execute(select(teams.c.id).where(teams.c.id == team_id).with_for_update())
+        held = (
+            await conn.execute(
+                select(func.count()).select_from(team_api_keys).where(team_api_keys.c.team_id == team_id)
+            )
+        ).scalar_one()
+        if held >= MAX_KEYS_PER_TEAM:
+            raise TooManyRequests(
+                f"the team has {held} API keys (at most {MAX_KEYS_PER_TEAM}); delete one first",
+                code="quota_exceeded",
+            )
         await conn.execute(
             team_api_keys.insert().values(
                 id=key_uuid,
