@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from warren import clock, ids
-from warren.agent import gvisor_ops, host_counts, record, sandbox_fs
+from warren.agent import gvisor_ops, record, sandbox_fs
 from warren.agent.chain import Chain, TemplateConfig, check_env, start_template
 from warren.agent.egress import parse_allow
 from warren.agent.guest_client import GuestClient
@@ -223,7 +223,10 @@ class SandboxBuilder:
     def _claim_network(self, req: CreateRequest, undo: Undo) -> asyncio.Task[Slot]:
         # Network first: it is independent of the mounts and slower, so start it now.
         net_task = asyncio.create_task(
-            self.network.acquire(req.sandbox_id, internet=req.internet, allow=req.allow)
+            # gVisor cannot join a user namespace by path: its slot is a plain one.
+            self.network.acquire(
+                req.sandbox_id, internet=req.internet, allow=req.allow, userns=req.runtime != "gvisor"
+            )
         )
 
         async def undo_net() -> None:
@@ -243,7 +246,7 @@ class SandboxBuilder:
             identity_dir=fs.identity,
             shm_dir=fs.shm,
             max_open_files=self.limits.max_open_files,
-            max_msgqueue_bytes=host_counts.sandbox_msgqueue_bytes(req.runtime),
+            userns_path=slot.userns_path,
             netns_path=slot.netns_path,
             hostname=req.sandbox_id,
             vcpus=req.vcpus,

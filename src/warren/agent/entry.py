@@ -101,7 +101,11 @@ def _check_host(runtime: str) -> None:
     if runtime not in ("runc", "crun"):
         typer.echo(f"unknown --runtime {runtime!r}: use runc or crun", err=True)
         raise typer.Exit(code=2)
-    missing = [b for b in (runtime, "ip", "iptables", "debootstrap", "unshare", "cp") if not shutil.which(b)]
+    missing = [
+        b
+        for b in (runtime, "ip", "iptables", "debootstrap", "unshare", "setpriv", "prlimit", "cp")
+        if not shutil.which(b)
+    ]
     if missing:
         typer.echo(
             f"missing host programs: {', '.join(missing)} (apt install runc crun iptables debootstrap)",

@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from warren.agent import dial_data, egress, host_counts, telemetry
+from warren.agent import dial_data, egress, telemetry
 from warren.agent.egress_usage import ENDED_FILE
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
@@ -179,7 +179,6 @@ async def serve(
     check_listen(listen, tls=tls is not None or link_up is not None)
     data_dir = data_dir.resolve()  # noqa: ASYNC240
     lock_fd = _lock_data_dir(data_dir)
-    host_counts.lift_shared_counts()  # before the first sandbox's user namespace is made
     manager = await _manager(data_dir, settings, runtime, minimal_template_dir, cp_url)
     handle = AgentHandle(manager)
     await manager.start()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warren.agent import egress
+from warren.agent import egress, slot_userns
 from warren.agent.egress_rules import SandboxEgress
 from warren.agent.egress_usage import EndedEgress
 from warren.agent.proc import CommandError, run
@@ -81,6 +81,11 @@ class Slot:
     def sandbox_ip(self) -> str:
         return str(SUBNET.network_address + 4 * self.index + 2)
 
+    @property
+    def userns_path(self) -> str | None:
+        """The slot's own user namespace (slot_userns.py), None for a plain (gVisor) slot."""
+        return str(slot_userns.path(self.index)) if slot_userns.present(self.index) else None
+
 
 class NetworkError(RuntimeError):
     pass
@@ -118,6 +123,8 @@ class NetworkSlots:
         self.rules = SandboxEgress(claims_dir.parent / "egress-rules", dns_upstream)
         self._used: set[int] = set()
         self._lock = asyncio.Lock()
+        # Whether slots get a user namespace of their own (slot_userns.py): checked in setup_host.
+        self.own_userns = False
         # Slots built ahead of time (internet on): a create takes one instead of spending
         # ~20-40 ms of `ip` calls on its critical path.
         self.pool_size = pool_size
@@ -175,6 +182,7 @@ class NetworkSlots:
         other agents' per-slot rules on this machine stay)."""
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
+        await self._check_own_userns()
         self.claims_dir.mkdir(parents=True, exist_ok=True)
         for table, chain, parent in (
             ("filter", FWD_CHAIN, "FORWARD"),
@@ -204,6 +212,15 @@ class NetworkSlots:
             FWD_CHAIN, self.platform_deny, owner=self.owner, state_dir=self.claims_dir.parent / "egress-deny"
         )
 
+    async def _check_own_userns(self) -> None:
+        reason = await slot_userns.unavailable()
+        self.own_userns = not reason
+        if reason:  # the sandboxes still run, but share the kernel's per-user counts with host root
+            log.warning(
+                "event=slot_userns_unavailable error=%r consequence=per_user_counts_shared_with_host_root "
+                "fix=allow_unprivileged_user_namespaces", reason,
+            )  # fmt: skip
+
     async def cleanup_leftovers(self, keep: set[int]) -> list[int]:
         """Remove namespaces, veths and rules of slots not in ``keep`` (a crash's leftovers)."""
         found: set[int] = set()
@@ -214,6 +231,8 @@ class NetworkSlots:
         for name in os.listdir("/sys/class/net"):
             if name.startswith(VETH_PREFIX) and name[len(VETH_PREFIX) :].isdigit():
                 found.add(int(name[len(VETH_PREFIX) :]))
+        if slot_userns.USERNS_DIR.is_dir():
+            found |= {int(n[1:]) for n in os.listdir(slot_userns.USERNS_DIR) if n[1:].isdigit()}
         found |= {int(n) for n in os.listdir(self.claims_dir) if n.isdigit()}
         stale_allow = await egress.allow_rules_by_slot(VETH_PREFIX)
         found |= set(stale_allow)
@@ -238,13 +257,18 @@ class NetworkSlots:
         if self._claim_owner(index) is None:
             self._claim(index, holder)
 
-    async def acquire(self, holder: str, *, internet: bool, allow: Sequence[str] = ()) -> Slot:
+    async def acquire(
+        self, holder: str, *, internet: bool, allow: Sequence[str] = (), userns: bool = True
+    ) -> Slot:
         """A ready slot from the pool, or the lowest free slot built now; freed on failure.
         ``holder`` (the sandbox id) is written into the claim file for operators and checks.
         ``allow``: CIDRs (validated by :func:`egress.parse_allow`) opened for this sandbox on
-        top of the default policy; none when ``internet`` is off (nothing leaves the slot)."""
+        top of the default policy; none when ``internet`` is off (nothing leaves the slot).
+        ``userns``: the slot has a user namespace of its own (slot_userns.py; pooled slots
+        do); off for gVisor, which cannot join one."""
         allow = list(allow) if internet else []
-        if self._pool:
+        userns = userns and self.own_userns
+        if self._pool and userns:
             slot = self._pool.pop(0)
             self._set_holder(slot.index, holder, allow)
             self._start_refill()
@@ -255,7 +279,7 @@ class NetworkSlots:
                 raise
             return slot
         self._start_refill()
-        return await self._new_slot(holder, internet=internet, allow=allow)
+        return await self._new_slot(holder, internet=internet, allow=allow, userns=userns)
 
     async def reassign(self, slot: Slot, holder: str, *, internet: bool, allow: Sequence[str] = ()) -> None:
         """A warm-pool member's slot (built as :meth:`acquire` builds one: internet on, nothing
@@ -294,7 +318,9 @@ class NetworkSlots:
                 await self.release(slot)
         await self.rules.close()  # the resolvers' sockets; the rules stay for the next agent
 
-    async def _new_slot(self, holder: str, *, internet: bool, allow: Sequence[str] = ()) -> Slot:
+    async def _new_slot(
+        self, holder: str, *, internet: bool, allow: Sequence[str] = (), userns: bool = True
+    ) -> Slot:
         async with self._lock:
             free = (i for i in range(MAX_SLOTS) if i not in self._used and self._claim(i, holder, allow))
             idx = next(free, None)
@@ -303,7 +329,7 @@ class NetworkSlots:
             self._used.add(idx)
         slot = Slot(idx)
         try:
-            await self._build(slot, internet=internet, allow=allow)
+            await self._build(slot, internet=internet, allow=allow, userns=userns and self.own_userns)
         except BaseException:
             await self.release(slot)
             raise
@@ -325,14 +351,16 @@ class NetworkSlots:
 
     # ------------------------------------------------------------------------ build/teardown
 
-    async def _build(self, slot: Slot, *, internet: bool, allow: Sequence[str] = ()) -> None:
+    async def _build(self, slot: Slot, *, internet: bool, allow: Sequence[str] = (), userns: bool) -> None:
         # Two batches instead of ~8 separate `ip` runs: each fork+exec of ip costs ~2-3 ms.
         host_side = (
-            f"netns add {slot.netns}\n"
-            f"link add {slot.veth} type veth peer name eth0 netns {slot.netns}\n"
+            ("" if userns else f"netns add {slot.netns}\n")
+            + f"link add {slot.veth} type veth peer name eth0 netns {slot.netns}\n"
             f"addr add {slot.gateway}/30 dev {slot.veth}\n"
             f"link set {slot.veth} up\n"
         )
+        if userns:
+            await slot_userns.make(slot.index, slot.netns)
         ns_side = (
             f"addr add {slot.sandbox_ip}/30 dev eth0\n"
             "link set eth0 up\n"
@@ -364,6 +392,10 @@ class NetworkSlots:
                 await run("ip", "netns", "delete", slot.netns)
             except CommandError as e:
                 errors.append(str(e))
+        try:
+            await slot_userns.remove(slot.index)
+        except slot_userns.SlotUsernsError as e:
+            errors.append(str(e))
         if os.path.exists(f"/sys/class/net/{slot.veth}"):
             res = await run("ip", "link", "delete", slot.veth, check=False)
             if res.returncode != 0 and os.path.exists(f"/sys/class/net/{slot.veth}"):

@@ -33,7 +33,7 @@ from warren.agent import layer_image, sandbox_fs, startup_checks
 Status = Literal["ok", "warn", "fail"]
 
 # Programs the agent runs (entry._check_host refuses to start without them).
-REQUIRED_PROGRAMS = ("ip", "iptables", "debootstrap", "unshare", "cp")
+REQUIRED_PROGRAMS = ("ip", "iptables", "debootstrap", "unshare", "setpriv", "prlimit", "cp")
 # cgroup v1 controllers the agent and runc use: limits, accounting, pids, pause.
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
@@ -158,12 +158,27 @@ def _namespaces() -> Check:
         "true",
     )
     if code == 0:
-        return Check("namespaces", "ok", "user, pid, mount, ipc, net, uts and cgroup namespaces work")
+        return _slot_namespaces()
     userns = _read("/proc/sys/user/max_user_namespaces").strip()
     fix = "enable namespaces in the kernel"
     if userns == "0":
         fix = "sysctl -w user.max_user_namespaces=15000 (and persist it in /etc/sysctl.d/)"
     return Check("namespaces", "fail", f"unshare failed: {_first_line(out)}", fix)
+
+
+def _slot_namespaces() -> Check:
+    """Each network slot's user namespace is made by an unprivileged host uid (slot_userns.py)."""
+    code, out = _sh("setpriv", "--reuid=1999999999", "--regid=1999999999", "--clear-groups",
+                    "unshare", "--user", "--net", "true")  # fmt: skip
+    if code == 0:
+        return Check("namespaces", "ok", "user, pid, mount, ipc, net, uts and cgroup namespaces work")
+    return Check(
+        "namespaces", "warn",
+        f"an unprivileged uid cannot make a user namespace with a netns ({_first_line(out)}): sandboxes "
+        "will share the kernel's per-user counts with host root (docs/security.md §3)",
+        "sysctl -w kernel.unprivileged_userns_clone=1 (Debian) or "
+        "kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu 24.04)",
+    )  # fmt: skip
 
 
 def _filesystems() -> list[Check]:

@@ -9,8 +9,7 @@ Security layers, outermost first (docs/security.md explains each):
 * no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation,
   bpf, perf, keyring, ptrace of other processes' memory …);
 * masked and read-only /proc and /sys paths;
-* cgroup limits on CPU, memory (no swap) and pids; RLIMIT_NOFILE (and RLIMIT_MSGQUEUE where
-  the host's count is shared, ``host_counts.py``);
+* cgroup limits on CPU, memory (no swap) and pids; RLIMIT_NOFILE;
 * every mount nosuid and nodev; what a sandbox can write is a capped tmpfs (sandbox_fs.py).
 """
 
@@ -30,6 +29,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Each open file costs the host ~0.4 KB of its file table; with the inherited 20000 one sandbox
 # could hold a large share of it. The guest's children inherit the limit.
 DEFAULT_MAX_OPEN_FILES = 4096
+# RLIMIT_NOFILE the OCI runtime is started under, when the bundle's rlimits cannot carry it.
+NOFILE_ANNOTATION = "dev.warren.nofile"
 # The guest's own oom_score_adj, written by the runtime as host root. 0, not lower: a privileged
 # write also sets oom_score_adj_min, the floor every process of the sandbox may lower itself to,
 # and a negative floor would let tenant processes hide from the host's OOM killer. Explicit, so
@@ -144,8 +145,8 @@ class BundleSpec:
     identity_dir: Path | None = None  # agent-written hostname/hosts/resolv.conf, bound over /etc
     shm_dir: Path | None = None  # bound at /dev/shm (on the disk tmpfs); None: its own tmpfs
     max_open_files: int = DEFAULT_MAX_OPEN_FILES
-    # RLIMIT_MSGQUEUE of the sandbox's processes; None: the agent's own (host_counts.py).
-    max_msgqueue_bytes: int | None = None
+    # The slot's own user namespace (agent/slot_userns.py) to join; None: the runtime makes one.
+    userns_path: str | None = None
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -182,10 +183,14 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
     period = 100_000
     caps = list(CAPABILITIES)
     nofile = spec.max_open_files
-    rlimits = [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
-    if spec.max_msgqueue_bytes is not None:
-        mq = spec.max_msgqueue_bytes
-        rlimits.append({"type": "RLIMIT_MSGQUEUE", "hard": mq, "soft": mq})
+    # runc 1.1 sets rlimits from outside (prlimit on the init process), which needs
+    # CAP_SYS_RESOURCE over a user namespace root does not own: for a slot's own namespace the
+    # runtime is started under the limit instead (runtime/oci.py, NOFILE_ANNOTATION).
+    outside = spec.userns_path is not None
+    rlimits = [] if outside else [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
+    user_ns: dict[str, str] = {"type": "user"}
+    if spec.userns_path is not None:
+        user_ns["path"] = spec.userns_path
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -201,6 +206,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
+        "annotations": {NOFILE_ANNOTATION: str(nofile)} if outside else {},
         "mounts": [
             {
                 "destination": "/proc",
@@ -257,7 +263,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
                 {"type": "ipc"},
                 {"type": "uts"},
                 {"type": "mount"},
-                {"type": "user"},
+                user_ns,
                 {"type": "cgroup"},
                 {"type": "network", "path": spec.netns_path},
             ],

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from warren.agent.proc import CommandError, run, write_file
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
-from warren.agent.runtime.bundle import CGROUP_PARENT
+from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd")
@@ -72,6 +72,8 @@ class OciRuntime:
         # the inherited keyring is unreachable anyway (seccomp denies keyctl/add_key).
         argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring",
                           "--bundle", str(bundle), "--pid-file", str(pid_file), sandbox_id)  # fmt: skip
+        if nofile := _nofile_outside(bundle):  # the sandbox inherits the runtime's own limit
+            argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -134,6 +136,13 @@ class OciRuntime:
 
 
 # Shared with the gVisor runtime (gvisor.py): runsc places its sandbox in the same cgroups.
+
+
+def _nofile_outside(bundle: Path) -> int | None:
+    """The RLIMIT_NOFILE to start the runtime under (bundle.NOFILE_ANNOTATION), if any."""
+    annotations = json.loads((bundle / "config.json").read_bytes()).get("annotations") or {}
+    value = annotations.get(NOFILE_ANNOTATION)
+    return int(value) if value else None
 
 
 async def remove_cgroups(sandbox_id: str) -> None:

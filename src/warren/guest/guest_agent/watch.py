@@ -5,8 +5,8 @@ in place, then EVENT frames ``{"events": [...], "overflow": bool}`` until the cl
 (or END when the watched directory itself goes away). Each event is
 ``{"type": create|write|remove|rename|chmod, "path", "old_path"?, "entry"?, "ts_ns"}``.
 
-Bounds: at most ``MAX_WATCH_DIRS`` inotify watches per sandbox (the agent lifts the kernel's
-per-user counts, shared with host root, at start: agent/host_counts.py), ``MAX_WATCH_OPS`` watch
+Bounds: at most ``MAX_WATCH_DIRS`` inotify watches per sandbox (below the kernel's per-user
+counts, which are the sandbox's own: agent/slot_userns.py), ``MAX_WATCH_OPS`` watch
 connections, ``MAX_PENDING`` events waiting for a slow client (past it events are dropped and
 the next frame says ``overflow``).
 """
@@ -112,8 +112,8 @@ class WatchOp(Op):
         fd = _Libc.get().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             e = _oserror("inotify_init1")
-            if e.errno == 24:  # EMFILE: a host whose agent could not lift the count
-                raise GuestFail("too_large", "no inotify instance left on this host; stop a watch first")
+            if e.errno == 24:  # EMFILE: the sandbox's own count of instances is used up
+                raise GuestFail("too_large", "no inotify instance left in this sandbox; stop a watch first")
             raise os_fail(e, "inotify")
         self.fd = fd
         _active[0] += 1
@@ -144,8 +144,8 @@ class WatchOp(Op):
             e = _oserror(path)
             if strict and path == self.root:
                 raise os_fail(e, path)
-            if e.errno == 28 and strict:  # ENOSPC: the host's max_user_watches is used up
-                raise GuestFail("too_large", f"{self.root}: the host has no inotify watches left")
+            if e.errno == 28 and strict:  # ENOSPC: the sandbox's own max_user_watches is used up
+                raise GuestFail("too_large", f"{self.root}: this sandbox has no inotify watches left")
             if e.errno == 28:
                 self.overflow = True
             return False  # vanished or not a directory any more: nothing to watch
