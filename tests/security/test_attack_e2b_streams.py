@@ -35,7 +35,7 @@ from tests.harness.cp import JWT_SECRET
 from tests.harness.e2b import e2b_environment
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant
-from tests.security.test_attack_websocket_memory import BOUND_MIB, MIB, watching
+from tests.security.test_attack_websocket_memory import BOUND_MIB, MIB, settle, watching
 from tests.security.test_what_held_api import PeakRss
 from warren.cp.services.envd_tokens import envd_access_token
 
@@ -406,3 +406,39 @@ def _stream_input_flood(stack: ExitStack, url: str, sid: str, pid: int, rss: Pea
                 continue
             pending[c], sent, last = data[n:], sent + n, time.monotonic()
     return sent, ended
+
+
+def test_connect_streams_replaying_output_nobody_reads(
+    platform: Platform, alice: Tenant, sandboxes: tuple[str, str]
+) -> None:
+    """``Connect`` replays up to 1 MiB of a background process's output: the cap's worth of
+    ``Connect`` streams at a process that printed 2 MiB, none read, must not make the CP and the
+    agent hold a MiB each."""
+    mine, _ = sandboxes
+    url = platform.cp.e2b_url
+    script = "head -c 2000000 /dev/zero | tr '\\0' x; touch /tmp/printed; exec sleep 1000"
+    msg = {"process": {"cmd": "/bin/sh", "args": ["-c", script]}}
+    starter = open_stream(url, mine, "process.Process/Start", msg, b'"pid":')
+    assert not isinstance(starter, tuple), starter
+    pid = pid_of(starter)
+    starter.close()  # the process runs on without a reader, its output kept for attach
+    deadline = time.monotonic() + 60
+    while alice.x(mine, "test -e /tmp/printed").json()["exit_code"] != 0:
+        assert time.monotonic() < deadline, "the background process did not print its output"
+        time.sleep(0.5)
+    with ExitStack() as stack, watching(platform) as rss:
+        opened, refused = 0, []
+        for _ in range(ATTEMPTS):
+            got = open_stream(url, mine, "process.Process/Connect", {"process": {"pid": pid}}, b'"start"')
+            if isinstance(got, tuple):
+                refused.append(got)
+                continue
+            stack.enter_context(closing(got))
+            opened += 1
+        settle([platform.cp.pid, platform.agents[0].proc.pid])  # the replays held, if any
+        print(
+            f"{opened} Connect streams replaying 1 MiB, unread; {len(refused)} refused; RSS {rss.grown_mib}"
+        )
+        assert opened <= CAP and refused_as_rate_limit(refused), (opened, refused[:3])
+        assert max(rss.grown_mib) < BOUND_MIB, rss.grown_mib
+    alice.sh(mine, KILL_SLEEPS + "; rm -f /tmp/printed")
