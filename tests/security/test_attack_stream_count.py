@@ -23,10 +23,13 @@ sign of buffering past a bound, so a failure costs the shared machine little."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
 import select
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, closing
@@ -248,3 +251,37 @@ def test_watches_count_toward_the_cap(
         assert ATTEMPTS - len(refused) <= CAP and refused, f"{len(refused)} refused of {ATTEMPTS}"
         assert all(s == 429 and b["error"]["code"] == "too_many_streams" for s, b in refused), refused[:3]
         _echo_stream(bob, theirs)  # the cap is the team's: another team's streams open
+
+
+def test_a_command_that_reads_gets_every_byte_in_order(alice: Tenant, sandboxes: tuple[str, str]) -> None:
+    """Credit changes nothing for a stream that keeps up: 24 MiB of bytes in stdin frames of
+    mixed sizes (large and small, text and base64) come back from ``cat`` whole and in order,
+    the client reading as it sends."""
+    mine, _ = sandboxes
+    rng, letters = random.Random(7), b"abcdefghijklmnopqrstuvwxyz\n"
+    sizes = [rng.choice((1, 100, 32 << 10, 700 << 10)) for _ in range(80)]
+    chunks = [rng.randbytes(n) if i % 2 else bytes(rng.choices(letters, k=n)) for i, n in enumerate(sizes)]
+    want = b"".join(chunks)
+    url = alice.url.replace("http", "ws", 1) + f"/v1/sandboxes/{mine}/exec/stream"
+    headers = {"X-API-Key": alice.api_key}
+    with ws_connect(url, additional_headers=headers, open_timeout=30, max_size=None) as c:
+        c.send(json.dumps({"type": "start", "cmd": "cat", "args": []}))
+        assert json.loads(c.recv(timeout=30))["type"] == "start"
+
+        def send_all() -> None:
+            for i, chunk in enumerate(chunks):
+                data = {"data_b64": base64.b64encode(chunk).decode()} if i % 2 else {"data": chunk.decode()}
+                c.send(json.dumps({"type": "stdin", **data}))
+            c.send(json.dumps({"type": "close_stdin"}))
+
+        sender = threading.Thread(target=send_all, daemon=True)
+        sender.start()
+        got = bytearray()
+        while True:
+            f = json.loads(c.recv(timeout=60))
+            if f["type"] == "stdout":
+                got += f["data"].encode() if "data" in f else base64.b64decode(f["data_b64"])
+            elif f["type"] == "exit":
+                break
+        sender.join(60)
+    assert f["exit_code"] == 0 and len(got) == len(want) and got == want
