@@ -16,7 +16,12 @@ Decisions (docs/templates.md §2):
   links to the first name, fifos kept, sockets and other devices skipped;
 - a tenant file whose name starts with `.wh.` cannot be told from a whiteout: refused;
 - the files' sizes add up to at most their filesystem's size (the sandbox's disk), else refused:
-  only sparse files get there, and their holes would be written out as zeros.
+  only sparse files get there, and their holes would be written out as zeros;
+- the names held at once are bounded by the platform, not by the tenant's inodes (a 16 GiB
+  disk holds ~1.6 M of them): the listings of a directory and its ancestors at most
+  `MAX_LISTED_BYTES` together, the first names of hard-linked files still awaiting another
+  link at most `MAX_LINKED_BYTES`; past either the export is refused. Names are listed and
+  sorted as bytes only (no str copy, no sort key), ~len + 42 B each.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 NOBODY = 65534
 END_OF_ARCHIVE = bytes(2 * BLOCK)
+# What the walk may hold, counted as a name's length plus NAME_COST (a bytes object and its
+# list slot take len + 42 B): 32 MiB is ~110 000 names of 255 bytes, ~500 000 of 16.
+NAME_COST = 48
+MAX_LISTED_BYTES = 32 << 20
+# A remembered hard link: its first name as bytes plus LINK_COST (its (dev, ino) key, a dict slot).
+LINK_COST = 256
+MAX_LINKED_BYTES = 16 << 20
 
 
 def write_layer(upper: Path, out: BinaryIO, *, uid_base: int) -> LayerMeta:
@@ -61,7 +73,9 @@ def _xattr(fd: int, name: str) -> bytes | None:
         raise
 
 
-def _open_again(dfd: int, name: str, path: str, st: os.stat_result, flags: int) -> tuple[int, os.stat_result]:
+def _open_again(
+    dfd: int, name: bytes, path: str, st: os.stat_result, flags: int
+) -> tuple[int, os.stat_result]:
     """``name`` in ``dfd`` opened (``flags``) and its fstat, when it is still the entry ``st``
     (the same inode, of the same type); else LayerError: a tree that changes under an export
     is refused, never half-read."""
@@ -86,7 +100,10 @@ class _Writer:
         self.uid_base = uid_base
         self.fs_bytes = fs_bytes
         self.data_left = fs_bytes  # file contents never add up to more than their filesystem
-        self._links: dict[tuple[int, int], str] = {}  # (dev, ino) → first name in the tar
+        # (dev, ino) → (first name in the tar, links not yet seen)
+        self._links: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.listed = 0  # bytes of names held by the directories being walked (NAME_COST each)
+        self.linked = 0  # bytes of names held in _links (LINK_COST each)
         self._buf = bytearray(CHUNK)
 
     def _ids(self, st: os.stat_result) -> tuple[int, int, int]:
@@ -111,31 +128,83 @@ class _Writer:
     def walk(self, dfd: int, prefix: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise LayerError(f"{prefix!r}: deeper than {MAX_DEPTH} levels")
-        for name in sorted(os.listdir(dfd), key=os.fsencode):
-            path = prefix + name
-            if name.startswith(".wh."):
-                raise LayerError(f"{path!r}: a name starting with .wh. cannot be stored in a layer")
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed since the listing
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                self._dir(dfd, name, path, st, depth)
-            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-                self.entry(prefix + ".wh." + name, tarfile.REGTYPE, 0o644, 0, 0, 0)
-            elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISFIFO(mode)):
-                continue  # sockets, devices: nothing a layer should carry
-            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._links:
-                uid, gid, perm = self._ids(st)
-                link = self._links[(st.st_dev, st.st_ino)]
-                self.entry(path, tarfile.LNKTYPE, perm, uid, gid, st.st_mtime_ns // 10**9, link=link)
-            else:
-                if st.st_nlink > 1:
-                    self._links[(st.st_dev, st.st_ino)] = path
-                self._leaf(dfd, name, path, st)
+        names = self._list(dfd, prefix)
+        try:
+            for name in names:
+                self._one(dfd, prefix, name, depth)
+        finally:
+            self.listed -= sum(len(n) for n in names) + NAME_COST * len(names)
 
-    def _dir(self, dfd: int, name: str, path: str, st: os.stat_result, depth: int) -> None:
+    def _list(self, dfd: int, prefix: str) -> list[bytes]:
+        """``dfd``'s names as bytes, in byte order; counted in ``listed`` until the caller is
+        done with them. Past MAX_LISTED_BYTES (with the ancestors' listings still held), the
+        listing stops there: LayerError."""
+        names: list[bytes] = []
+        try:
+            with os.scandir(dfd) as it:
+                for e in it:
+                    name = os.fsencode(e.name)  # the str is dropped with its DirEntry
+                    self.listed += len(name) + NAME_COST
+                    if self.listed > MAX_LISTED_BYTES:
+                        raise LayerError(
+                            f"{prefix or './'!r}: too many names in this directory and the ones "
+                            f"above it (more than {MAX_LISTED_BYTES >> 20} MiB of names at once)"
+                        )
+                    names.append(name)
+        except BaseException:
+            self.listed -= sum(len(n) for n in names) + NAME_COST * len(names)
+            raise
+        names.sort()
+        return names
+
+    def _one(self, dfd: int, prefix: str, name: bytes, depth: int) -> None:
+        path = prefix + os.fsdecode(name)
+        if name.startswith(b".wh."):
+            raise LayerError(f"{path!r}: a name starting with .wh. cannot be stored in a layer")
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return  # removed since the listing
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self._dir(dfd, name, path, st, depth)
+        elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+            self.entry(prefix + ".wh." + os.fsdecode(name), tarfile.REGTYPE, 0o644, 0, 0, 0)
+        elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISFIFO(mode)):
+            return  # sockets, devices: nothing a layer should carry
+        elif st.st_nlink > 1 and (link := self._linked(st)) is not None:
+            uid, gid, perm = self._ids(st)
+            self.entry(path, tarfile.LNKTYPE, perm, uid, gid, st.st_mtime_ns // 10**9, link=link)
+        else:
+            if st.st_nlink > 1:
+                self._remember(st, path)
+            self._leaf(dfd, name, path, st)
+
+    def _linked(self, st: os.stat_result) -> str | None:
+        """The first name of ``st``'s inode if it is in the tar already; forgotten once its
+        other links have all been seen (a tree's links are then held only while pending)."""
+        key = (st.st_dev, st.st_ino)
+        if key not in self._links:
+            return None
+        first, left = self._links[key]
+        if left <= 1:
+            del self._links[key]
+            self.linked -= len(first) + LINK_COST
+        else:
+            self._links[key] = (first, left - 1)
+        return os.fsdecode(first)
+
+    def _remember(self, st: os.stat_result, path: str) -> None:
+        first = os.fsencode(path)  # a str of escaped bytes would take 2 B a byte
+        self.linked += len(first) + LINK_COST
+        if self.linked > MAX_LINKED_BYTES:
+            raise LayerError(
+                f"{path!r}: too many hard-linked files awaiting their other links "
+                f"(more than {MAX_LINKED_BYTES >> 20} MiB of their names at once)"
+            )
+        self._links[(st.st_dev, st.st_ino)] = (first, st.st_nlink - 1)
+
+    def _dir(self, dfd: int, name: bytes, path: str, st: os.stat_result, depth: int) -> None:
         cfd, now = _open_again(dfd, name, path, st, DIR_FLAGS)
         try:
             if _xattr(cfd, "trusted.overlay.redirect") is not None:
@@ -148,7 +217,7 @@ class _Writer:
         finally:
             os.close(cfd)
 
-    def _leaf(self, dfd: int, name: str, path: str, st: os.stat_result) -> None:
+    def _leaf(self, dfd: int, name: bytes, path: str, st: os.stat_result) -> None:
         uid, gid, perm = self._ids(st)
         mtime = st.st_mtime_ns // 10**9
         if stat.S_ISLNK(st.st_mode):
@@ -156,13 +225,13 @@ class _Writer:
                 target = os.readlink(name, dir_fd=dfd)
             except OSError as e:  # no longer a symlink
                 raise LayerError(f"{path!r}: changed while it was exported ({e.strerror})") from e
-            self.entry(path, tarfile.SYMTYPE, perm, uid, gid, mtime, link=target)
+            self.entry(path, tarfile.SYMTYPE, perm, uid, gid, mtime, link=os.fsdecode(target))
         elif stat.S_ISFIFO(st.st_mode):
             self.entry(path, tarfile.FIFOTYPE, perm, uid, gid, mtime)
         else:
             self._file(dfd, name, path, st)
 
-    def _file(self, dfd: int, name: str, path: str, st: os.stat_result) -> None:
+    def _file(self, dfd: int, name: bytes, path: str, st: os.stat_result) -> None:
         fd, now = _open_again(dfd, name, path, st, READ_FLAGS)
         try:
             uid, gid, perm = self._ids(now)
