@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     # Body cap for JSON requests (bytes). Uploads have their own limits.
     max_json_body: int = 1 * 1024 * 1024
+    # Request bodies the CP reads whole before the app runs (JSON, before authentication) are
+    # charged to a budget while they are read (cp/body_cap.py): MiB in all per CP process, and
+    # per client address (WARREN_TRUSTED_PROXIES decides the address); past either, 503
+    # server_busy. The per-address share should hold one max_json_body. A body not whole within
+    # body_read_timeout_s of the request's head is refused with 408.
+    body_budget_mb: int = Field(default=64, ge=1)
+    body_budget_per_address_mb: int = Field(default=8, ge=1)
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
     # Largest WebSocket message (bytes) a CP or `warren proxy` server takes from a client, and the
     # preview proxy from a sandbox's server; one over it closes that connection with 1009. Each
     # connection holds a few messages at most (one read ahead, one being handed on, a stream's

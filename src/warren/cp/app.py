@@ -29,15 +29,16 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from warren.config import Settings, get_settings
 from warren.cp import http_errors
+from warren.cp.body_cap import BodyCapMiddleware
 from warren.cp.db.engine import autocommit, make_engine
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.monitor import HostMonitor
 from warren.cp.hosts.scheduler import RoundRobinScheduler
-from warren.cp.http_errors import ErrorEnvelope, error_response
+from warren.cp.http_errors import ErrorEnvelope
 from warren.cp.observe import ObserveMiddleware
 from warren.cp.proxy.app import PreviewMiddleware
 from warren.cp.security.ca import CertificateAuthority
@@ -52,112 +53,6 @@ from warren.cp.state import AppState, state_of
 from warren.cp.store import make_store
 
 log = logging.getLogger("warren.cp")
-
-_UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
-# Streaming uploads have no size limit (docs/spec.md §2.7): they are relayed, never buffered. The unary
-# upload caps its file part itself (services/files.py), not the form around it (D18).
-# Template builds and imports cap their own uploads (context and image, services/template_context.py).
-_UNCAPPED_SUFFIXES = ("/files/stream/write", "/files/write", "/v1/templates", "/v1/templates/import")
-
-
-class BodyCapMiddleware:
-    """Refuse request bodies over the cap with a 413 envelope before the app reads them.
-
-    JSON (and anything that is not an upload) is capped at ``max_json_body``; multipart and
-    octet-stream uploads at ``max_upload_bytes``. A declared Content-Length over the cap is
-    refused at once; a chunked body is counted as it streams in.
-    """
-
-    def __init__(self, app: ASGIApp, *, json_cap: int, upload_cap: int) -> None:
-        self.app = app
-        self.json_cap = json_cap
-        self.upload_cap = upload_cap
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] in ("GET", "HEAD", "OPTIONS")
-            or scope["path"].endswith(_UNCAPPED_SUFFIXES)
-        ):
-            await self.app(scope, receive, send)
-            return
-        content_type = b""
-        content_length: int | None = None
-        for k, v in scope["headers"]:
-            if k == b"content-type":
-                content_type = v.lower()
-            elif k == b"content-length":
-                try:
-                    content_length = int(v)
-                except ValueError:
-                    content_length = None
-        is_upload = content_type.decode("latin-1").startswith(_UPLOAD_TYPES)
-        cap = self.upload_cap if is_upload else self.json_cap
-        if content_length is not None and content_length > cap:
-            await self._too_large(scope, receive, send, cap)
-            return
-
-        if not is_upload:
-            # JSON bodies are small: read them whole (bounded by the cap) before the app runs, so
-            # a chunked body over the cap is a clean 413 instead of an error inside body parsing.
-            body = bytearray()
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # client went away
-                body += message.get("body", b"")
-                more = bool(message.get("more_body", False))
-                if len(body) > cap:
-                    await self._too_large(scope, receive, send, cap)
-                    return
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": bytes(body), "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send)
-            return
-
-        seen = 0
-        response_started = False
-
-        async def capped_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > cap:
-                    raise _BodyTooLarge(cap)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, capped_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._too_large(scope, receive, send, cap)
-
-    @staticmethod
-    async def _too_large(scope: Scope, receive: Receive, send: Send, cap: int) -> None:
-        resp = error_response(413, "too_large", f"request body exceeds {cap} bytes")
-        resp.headers["connection"] = "close"
-        await resp(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    def __init__(self, cap: int) -> None:
-        super().__init__(f"request body exceeds {cap} bytes")
-        self.cap = cap
 
 
 def _downgrade_for_swagger(spec: dict[str, Any]) -> dict[str, Any]:
@@ -364,9 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from warren.cp.dashboard.web import bare_error_page
 
     http_errors.install_error_handlers(app, html_page=bare_error_page)
-    app.add_middleware(
-        BodyCapMiddleware, json_cap=settings.max_json_body, upload_cap=settings.max_upload_bytes
-    )
+    app.add_middleware(BodyCapMiddleware, settings=settings)
     # Outermost: proxied sandbox ports (docs/networking.md §3) stream past the body cap.
     app.add_middleware(PreviewMiddleware, settings=settings, deps=lambda scope: (state.engine, state.pool))
     # Outermost of all: every request's id, client address and latency (cp/observe.py).
