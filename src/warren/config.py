@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # open at once in one CP process; the next is refused with 429 too_many_streams
     # (services/stream_slots.py). Each may hold a few MiB (docs/security.md), so this bounds a team.
     max_streams_per_team: int = Field(default=64, ge=1, le=100_000)
+    # Live teams one user may own (their signup team and those they created); the next create is
+    # 429 quota_exceeded, deleting one frees its place (services/teams.py). Every quota is per
+    # team and each new team brings the whole default quota, so this bounds one account's share.
+    # Platform admins too: like every tenant bound, it is raised here, not skipped by a flag.
+    max_teams_per_user: int = Field(default=10, ge=1, le=100_000)
     # The file part of a unary upload (files/write) and a unary download (files/read).
     max_upload_bytes: int = 100 * 1024 * 1024
     # Longest `timeout_sec` an exec or a process may ask for (400 above; docs/api.md).

@@ -115,7 +115,7 @@ class LiveCP(InProcessCP):
         await teams_svc.set_byoc(self.engine, admin, ids.parse_id(ids.Kind.TEAM, team_id), True)
 
     async def create_team(self, account: Account, name: str) -> str:
-        team = await teams_svc.create_team(self.engine, self.ctx(account), name)
+        team = await teams_svc.create_team(self.engine, self.settings, self.ctx(account), name)
         return team.id
 
     async def add_member(self, owner: Account, team_id: str, email: str) -> None:

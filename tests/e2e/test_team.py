@@ -246,3 +246,23 @@ async def test_switch_team_shows_the_name_from_the_database(web: Web, live: Live
     await live.sql("UPDATE users SET name = 'New Name' WHERE email = :e", e=acct.email)
     await _switch(page, "Other Team")
     await expect(page.get_by_test_id("user-name")).to_have_text("New Name")
+
+
+async def test_create_team_past_the_cap_shows_the_quota_error_in_the_dialog(web: Web, live: LiveCP) -> None:
+    """The teams one user may own (WARREN_MAX_TEAMS_PER_USER, 10 here): the dashboard's create
+    form shows the API's 429 message in the dialog and the user stays where they were."""
+    owner = await live.signup("Collector")
+    for i in range(live.settings.max_teams_per_user - 1):
+        await live.create_team(owner, f"Team {i}")
+    page = await web.signed_in_page(owner)
+    await page.click("#team-button")
+    await page.get_by_role("menuitem", name="Create team").click()
+    dialog = page.locator("#create-team-dialog")
+    await dialog.get_by_label("Team name").fill("One Too Many")
+    await dialog.get_by_role("button", name="Create team").click()
+    await expect(dialog.locator(".form-error")).to_have_text(
+        f"you own {live.settings.max_teams_per_user} teams, at most "
+        f"{live.settings.max_teams_per_user} per user; delete one to create another"
+    )
+    await expect(page.get_by_test_id("current-team")).to_have_text("Collector's Team")
+    await web.shot(page, "create-team-cap")

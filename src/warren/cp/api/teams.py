@@ -8,7 +8,7 @@ import uuid
 
 from fastapi import APIRouter, Response
 
-from warren.cp.api.deps import Db, JwtSession, Pool, UserSession
+from warren.cp.api.deps import Db, JwtSession, Pool, SettingsDep, UserSession
 from warren.cp.api.models import (
     AddMemberRequest,
     Member,
@@ -39,10 +39,15 @@ async def list_teams(session: UserSession, engine: Db) -> list[TeamWithRole]:
     return await service.list_teams(engine, session.ctx)
 
 
-@router.post("", status_code=201, response_model=TeamWithRole, responses=error_responses(400, *_AUTH, 413))
-async def create_team(body: TeamNameRequest, session: UserSession, engine: Db) -> TeamWithRole:
-    """Create a team owned by the caller. Use switch-team to act in it."""
-    return await service.create_team(engine, session.ctx, body.name)
+@router.post(
+    "", status_code=201, response_model=TeamWithRole, responses=error_responses(400, *_AUTH, 413, 429)
+)
+async def create_team(
+    body: TeamNameRequest, session: UserSession, engine: Db, settings: SettingsDep
+) -> TeamWithRole:
+    """Create a team owned by the caller (429 `quota_exceeded` past the teams one user may
+    own). Use switch-team to act in it."""
+    return await service.create_team(engine, settings, session.ctx, body.name)
 
 
 @router.get("/{team_id}", response_model=TeamDetail, responses=error_responses(400, *_AUTH, 404))

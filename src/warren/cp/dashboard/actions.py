@@ -102,7 +102,7 @@ async def switch_team(act: Act, body: teams_svc.SwitchTeamRequest, response: Res
 @router.post("/teams")
 async def create_team(act: Act, body: teams_svc.TeamNameRequest, response: Response) -> dict[str, Any]:
     """Create a team, then switch to it (docs/spec.md §8.2)."""
-    team = await teams_svc.create_team(act.engine, act.ctx, body.name)
+    team = await teams_svc.create_team(act.engine, act.settings, act.ctx, body.name)
     await _switch(act, response, team.id)
     return {"team_id": team.id, "name": team.name}
 

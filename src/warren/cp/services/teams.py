@@ -23,11 +23,12 @@ from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, StrictBool
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
+from warren.config import Settings
 from warren.cp.db.engine import Conn, autocommit, driver, fetchrow, transaction
 from warren.cp.db.queries import teams as q
 from warren.cp.db.tables import sandboxes, teams, templates, users, users_teams
@@ -37,7 +38,7 @@ from warren.cp.services import sandboxes as sandbox_service
 from warren.cp.services import snapshots as snapshot_service
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import StrictBody
-from warren.errors import Forbidden, InvalidRequest, NotFound, WarrenError
+from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, WarrenError
 
 log = logging.getLogger("warren.teams")
 
@@ -283,11 +284,39 @@ async def list_members(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID
 # Mutations
 
 
-async def create_team(engine: AsyncEngine, ctx: AuthContext, name: str) -> TeamWithRole:
-    """A new team owned by the caller (not their default team)."""
+async def _require_room_for_a_team(conn: AsyncConnection, user_id: uuid.UUID, limit: int) -> None:
+    """429 ``quota_exceeded`` when the user already owns ``limit`` live teams (their signup team
+    included; a deleted team no longer counts). Every quota is per team and a new team brings the
+    whole default quota, so without this one account held as much of the platform as it liked.
+
+    The user's row is locked first (``FOR NO KEY UPDATE``, for the rest of the caller's
+    transaction): two creates by one user at the bound cannot both pass the count. The lock
+    waits only on this user's other creates, never on rows that merely reference the user
+    (memberships, audit rows take ``KEY SHARE``, which it does not conflict with)."""
+    await conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update(key_share=True))
+    owned = (
+        await conn.execute(
+            select(func.count())
+            .select_from(users_teams.join(teams, teams.c.id == users_teams.c.team_id))
+            .where(
+                users_teams.c.user_id == user_id, users_teams.c.role == "owner", teams.c.deleted_at.is_(None)
+            )
+        )
+    ).scalar_one()
+    if owned >= limit:
+        raise TooManyRequests(
+            f"you own {owned} teams, at most {limit} per user; delete one to create another",
+            code="quota_exceeded",
+        )
+
+
+async def create_team(engine: AsyncEngine, settings: Settings, ctx: AuthContext, name: str) -> TeamWithRole:
+    """A new team owned by the caller (not their default team), within the teams one user may
+    own (``Settings.max_teams_per_user``; platform admins included)."""
     user_id = _user_of(ctx)
     clean = validate_team_name(name)
     async with transaction(engine) as conn:
+        await _require_room_for_a_team(conn, user_id, settings.max_teams_per_user)
         team = await insert_team(conn, name=clean, owner_id=user_id, is_default=False)
         await audit.record(
             conn, ctx, team_id=ids.parse_id(ids.Kind.TEAM, team.id), action="create", resource_type="team",

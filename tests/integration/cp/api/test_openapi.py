@@ -88,7 +88,7 @@ def test_openapi_documents(live: str) -> None:
         ("delete", "/v1/api-keys/{key_id}"): {"204", "400", "401"},
         ("get", "/v1/users/search"): {"200", "400", "401"},
         ("get", "/v1/teams"): {"200", "401"},
-        ("post", "/v1/teams"): {"201", "400", "401"},
+        ("post", "/v1/teams"): {"201", "400", "401", "429"},
         ("get", "/v1/teams/{team_id}"): {"200", "400", "401", "403", "404"},
         ("patch", "/v1/teams/{team_id}"): {"204", "400", "401", "403", "404"},
         ("delete", "/v1/teams/{team_id}"): {"204", "400", "401", "403", "404"},
