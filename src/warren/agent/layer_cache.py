@@ -52,6 +52,7 @@ from warren.layers import HashingWriter, LayerError, LayerMeta, extract_layer, w
 log = logging.getLogger("warren.agent.layers")
 
 STREAM_CHUNK = 1 << 20
+EXPORTS_AT_ONCE = 2  # sandboxes' writable layers turned into tars at once (export)
 LAYER_TREE = "tree"
 LAYER_INFO = "layer.json"
 SKELETON = ".skeleton"
@@ -93,6 +94,9 @@ class LayerCache:
         self._sandboxes_use = in_use or set
         self._pins: Counter[str] = Counter()
         self._installing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # Exports (snapshots, build steps) walking sandboxes' files at once: each may hold up to
+        # ~50 MiB of the tenant's names (layers/writer.py), so their number is the platform's.
+        self._exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
 
     # ------------------------------------------------------------------------ startup
 
@@ -392,7 +396,8 @@ class LayerCache:
         limit = min(limit, self.max_bytes) if limit > 0 else self.max_bytes
         tar = self._temp_path(".tar")
         try:
-            meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit))
+            async with self._exports:
+                meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit))
         except LayerError as e:  # the tenant's files (a `.wh.` name, holes): the caller's to fix
             tar.unlink(missing_ok=True)
             raise InvalidRequest(f"the sandbox's files cannot be exported: {e}") from e
