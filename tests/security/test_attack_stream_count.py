@@ -65,6 +65,7 @@ SLEEP = {"cmd": "/bin/sleep", "args": ["600"]}
 RAW_SLEEP = {"cmd": "/bin/sh", "args": ["-c", "stty raw -echo; exec sleep 600"]}
 CAT = {"cmd": "cat", "args": []}  # echoes what it is sent, while its output is taken
 YES = {"cmd": "yes", "args": ["x"]}  # prints as fast as its output is taken, reads nothing
+RAW_YES = {"cmd": "/bin/sh", "args": ["-c", "stty raw -echo; exec yes x"]}
 KILL_COMMANDS = (
     'for d in /proc/[0-9]*; do case "$(cat $d/comm)" in sleep|cat|yes) kill -9 ${d#/proc/};; esac; done'
     " 2>/dev/null; true"
@@ -139,10 +140,15 @@ Refusals = list[tuple[int, dict]]
 
 
 def _open_many(
-    stack: ExitStack, t: Tenant, sb: str, command: dict = SLEEP, terminal_every: int = TERMINAL_EVERY
+    stack: ExitStack,
+    t: Tenant,
+    sb: str,
+    command: dict = SLEEP,
+    terminal_every: int = TERMINAL_EVERY,
+    terminal: dict = RAW_SLEEP,
 ) -> tuple[dict[socket.socket, bytes], Refusals]:
-    """ATTEMPTS streams of ``command``, every ``terminal_every``-th a terminal (0: none): the open
-    ones with the frame to flood each with, and the refusals."""
+    """ATTEMPTS streams of ``command``, every ``terminal_every``-th a terminal of ``terminal``
+    (0: none): the open ones with the frame to flood each with, and the refusals."""
     frames: dict[socket.socket, bytes] = {}
     refused = []
     exec_flood, pty_flood = stdin_message(MESSAGE), big_frame(b"x" * PTY_INPUT, opcode=0x2)
@@ -154,7 +160,7 @@ def _open_many(
             refused.append(got)
             continue
         stack.enter_context(closing(got))
-        start = RAW_SLEEP | {"type": "start", "cols": 80, "rows": 24} if pty else command | {"type": "start"}
+        start = terminal | {"type": "start", "cols": 80, "rows": 24} if pty else command | {"type": "start"}
         got.sendall(text_frame(json.dumps(start)))
         frames[got] = pty_flood if pty else exec_flood
     return frames, refused
@@ -206,17 +212,25 @@ def test_many_streams_of_large_stdin_at_commands_that_do_not_read(
     _slots_come_back(alice, mine)
 
 
-@pytest.mark.parametrize("command", [CAT, YES], ids=["cat", "yes"])
+@pytest.mark.parametrize(
+    ("command", "terminal_every"), [(CAT, 0), (YES, 0), (YES, 2)], ids=["cat", "yes", "yes-half-terminals"]
+)
 def test_many_streams_whose_client_never_reads_the_output(
-    platform: Platform, alice: Tenant, bob: Tenant, sandboxes: tuple[str, str], command: dict
+    platform: Platform,
+    alice: Tenant,
+    bob: Tenant,
+    sandboxes: tuple[str, str],
+    command: dict,
+    terminal_every: int,
 ) -> None:
     """Stdin sent and the output never read: the output is held back at the source (the agent
     sends at most its credit window unacknowledged and reads little of the guest's ahead, the CP
     acknowledges only what its WebSocket took), and ``cat`` then stops reading its stdin, which
-    holds back as above (``yes`` never reads it)."""
+    holds back as above (``yes`` never reads it). A terminal's output is held back by the guest
+    (the agent reads little of it ahead); half the streams are terminals (a sandbox runs 32)."""
     mine, theirs = sandboxes
     with ExitStack() as stack, watching(platform) as rss:
-        frames, _ = _open_many(stack, alice, mine, command=command, terminal_every=0)
+        frames, _ = _open_many(stack, alice, mine, command, terminal_every, terminal=RAW_YES)
         sent = flood(frames, rss)
         print(f"{len(frames)} streams of {command['cmd']}, output unread: {sent // MIB} MiB sent, "
               f"RSS growth {rss.grown_mib} MiB (CP, agent)")  # fmt: skip
