@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
     status_code=201,
     response_model=ApiKey,
     response_model_exclude_none=True,
-    responses=error_responses(400, 401, 403, 413),
+    responses=error_responses(400, 401, 403, 413, 429),
 )
 async def create_api_key(ctx: CurrentUser, engine: Db, body: ApiKeyCreateRequest | None = None) -> ApiKey:
     """Create a key for the JWT's team. The plaintext `key` appears in this response only."""

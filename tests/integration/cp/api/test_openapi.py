@@ -83,7 +83,7 @@ def test_openapi_documents(live: str) -> None:
         ("post", "/v1/auth/switch-team"): {"200", "400", "401", "403", "404"},
         ("get", "/v1/auth/oauth/{provider}"): {"302", "404"},
         ("get", "/v1/auth/oauth/{provider}/callback"): {"302", "404"},
-        ("post", "/v1/api-keys"): {"201", "400", "401"},
+        ("post", "/v1/api-keys"): {"201", "400", "401", "429"},
         ("get", "/v1/api-keys"): {"200", "401"},
         ("delete", "/v1/api-keys/{key_id}"): {"204", "400", "401"},
         ("get", "/v1/users/search"): {"200", "400", "401"},
