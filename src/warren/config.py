@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Request bodies the CP reads whole before the app runs (JSON, before authentication) are
     # charged to a budget while they are read (cp/body_cap.py): MiB in all per CP process, and
     # per client address (WARREN_TRUSTED_PROXIES decides the address); past either, 503
-    # server_busy. The per-address share should hold one max_json_body. A body not whole within
+    # server_busy (a body over a bound fits only alone under it). A body not whole within
     # body_read_timeout_s of the request's head is refused with 408.
     body_budget_mb: int = Field(default=64, ge=1)
     body_budget_per_address_mb: int = Field(default=8, ge=1)

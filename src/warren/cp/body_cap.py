@@ -62,9 +62,11 @@ class BodyBudget:
         return cls(s.body_budget_mb * MiB, s.body_budget_per_address_mb * MiB)
 
     def take(self, address: str, n: int) -> bool:
-        """Charge ``n`` bytes to ``address``; False (and nothing charged) past either bound."""
+        """Charge ``n`` bytes to ``address``; False (and nothing charged) past either bound.
+        A body larger than a bound fits when it is alone under it, so a bound set below
+        ``WARREN_MAX_JSON_BODY`` slows such bodies down but never refuses them all."""
         mine = self.by_address.get(address, 0)
-        if self.used + n > self.total or mine + n > self.per_address:
+        if (self.used + n > self.total and self.used) or (mine + n > self.per_address and mine):
             return False
         self.used += n
         self.by_address[address] = mine + n

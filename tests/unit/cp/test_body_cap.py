@@ -109,6 +109,11 @@ def test_budget_bounds_the_total_and_each_address() -> None:
     for addr, n in (("b", 4), ("c", 4)):
         b.give_back(addr, n)
     assert b.used == 0 and b.by_address == {}
+    # A body over a bound fits when it is alone under it, never beside another.
+    assert b.take("a", 6) and not b.take("a", 1) and b.take("b", 4) and not b.take("c", 1)
+    b.give_back("a", 6)
+    b.give_back("b", 4)
+    assert b.take("a", 11) and not b.take("b", 1)
 
 
 async def test_a_declared_length_is_charged_before_a_byte_is_read() -> None:
