@@ -32,6 +32,7 @@ from warren.agent.proc import run
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 
 USERNS_DIR = Path("/run/warren/userns")
+NETNS_DIR = Path("/run/netns")  # where ``ip netns`` keeps named network namespaces
 # Slot n's namespace is made by host uid OWNER_BASE + n: far from the sandboxes' mapped range
 # (MAPPED_BASE…) and from any uid a distribution hands out.
 OWNER_BASE = 2_000_000_000
@@ -87,7 +88,7 @@ async def make(index: int, netns: str) -> None:
         proc = Path(f"/proc/{maker.pid}")
         (proc / "uid_map").write_text(_MAP)
         (proc / "gid_map").write_text(_MAP)
-        await run("ip", "netns", "attach", netns, str(maker.pid))
+        await _attach_netns(proc / "ns" / "net", netns, maker.pid)
         _bind(proc / "ns" / "user", path(index))
     except BaseException:
         await remove(index)
@@ -98,9 +99,18 @@ async def make(index: int, netns: str) -> None:
             await maker.wait()
 
 
+async def _attach_netns(source: Path, netns: str, pid: int) -> None:
+    """``ip netns attach``, without its fork and exec once ``ip`` has made /run/netns a mount
+    point of its own (it does so the first time; its namespaces' mounts then propagate)."""
+    if os.path.ismount(NETNS_DIR):  # noqa: ASYNC240 (two stats)
+        _bind(source, NETNS_DIR / netns)
+    else:
+        await run("ip", "netns", "attach", netns, str(pid))
+
+
 def _bind(source: Path, target: Path) -> None:
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target.touch(mode=0o600)
+    target.touch(mode=0o444 if target.parent == NETNS_DIR else 0o600)
     if _libc.mount(str(source).encode(), str(target).encode(), None, _MS_BIND, None) != 0:
         err = ctypes.get_errno()
         target.unlink(missing_ok=True)
