@@ -11,7 +11,7 @@ import pytest
 from playwright.async_api import expect
 
 from warren.cp.services import auth as auth_svc
-from warren.cp.services import teams as teams_svc
+from warren.cp.services import team_deletion
 
 from .conftest import JWT_SECRET, PASSWORD, LiveCP, Web, unique_email
 
@@ -143,7 +143,7 @@ async def test_invited_user_without_a_default_team_lands_on_the_team_they_joined
     invited = await live.signup("Ivan Invited")
     await live.add_member(owner, owner.team_id, invited.email)
     # Ivan's own (default) team goes away; only the team he was invited to remains.
-    await teams_svc.delete_team(live.engine, live.pool, live.ctx(invited), invited.team_uuid)
+    await team_deletion.delete_team(live.engine, live.pool, live.ctx(invited), invited.team_uuid)
     page = await web.new_page()
     await web.login(page, invited)
     await expect(page.get_by_test_id("current-team")).to_have_text("Olga Owner's Team")

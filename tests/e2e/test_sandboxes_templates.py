@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from playwright.async_api import expect
 
-from warren.cp.services import teams as teams_svc
+from warren.cp.services import team_deletion
 
 from .conftest import LiveCP, Web, sandbox_row
 
@@ -22,7 +22,7 @@ async def test_launch_disabled_with_an_explanation_without_an_active_team(web: W
     """SEED §8.4 "Block sandbox creation in UI … when user has no active team context"."""
     acct = await live.signup("Teamless Tina")
     page = await web.signed_in_page(acct)
-    await teams_svc.delete_team(live.engine, live.pool, live.ctx(acct), acct.team_uuid)
+    await team_deletion.delete_team(live.engine, live.pool, live.ctx(acct), acct.team_uuid)
     await page.reload()
     launch = page.get_by_role("button", name="Launch sandbox")
     await expect(launch).to_be_disabled()

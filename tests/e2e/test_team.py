@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import Page, expect
 
-from warren.cp.services import teams as teams_svc
+from warren.cp.services import team_deletion
 
 from .conftest import Account, LiveCP, Web
 
@@ -168,7 +168,7 @@ async def test_delete_and_leave_disabled_for_the_only_team(web: Web, live: LiveC
     # A member whose only team is the one they joined cannot leave it either.
     joiner = await live.signup("Only Joiner")
     await live.add_member(owner, owner.team_id, joiner.email)
-    await teams_svc.delete_team(live.engine, live.pool, live.ctx(joiner), joiner.team_uuid)
+    await team_deletion.delete_team(live.engine, live.pool, live.ctx(joiner), joiner.team_uuid)
     jpage = await _team_page(web, joiner)
     await expect(jpage.get_by_role("button", name="Leave team")).to_be_disabled()
     await expect(jpage.get_by_test_id("last-team-hint")).to_have_text(
@@ -219,7 +219,7 @@ async def test_leaving_the_last_team_shows_no_teams_remaining_and_the_empty_stat
     await page.goto("/dashboard/team")
     await expect(page.get_by_role("button", name="Leave team")).to_be_enabled()
     # Meanwhile the leaver's other team goes away (e.g. deleted in another tab).
-    await teams_svc.delete_team(live.engine, live.pool, live.ctx(leaver), leaver.team_uuid)
+    await team_deletion.delete_team(live.engine, live.pool, live.ctx(leaver), leaver.team_uuid)
     await page.get_by_role("button", name="Leave team").click()
     await page.locator("#confirm-dialog").get_by_role("button", name="Leave team").click()
     await expect(page.locator(".toast")).to_have_text(

@@ -18,6 +18,7 @@ from warren.cp.api.models import (
     TeamWithRole,
 )
 from warren.cp.http_errors import error_responses
+from warren.cp.services import team_deletion
 from warren.cp.services import teams as service
 from warren.errors import Forbidden
 
@@ -72,7 +73,7 @@ async def rename_team(team_id: str, body: TeamNameRequest, session: UserSession,
 async def delete_team(team_id: str, session: UserSession, engine: Db, pool: Pool) -> Response:
     """Soft delete (owner only): stops the team's sandboxes, removes its templates; its API keys
     and JWTs stop working."""
-    await service.delete_team(engine, pool, session.ctx, _jwt_team(session, team_id))
+    await team_deletion.delete_team(engine, pool, session.ctx, _jwt_team(session, team_id))
     return Response(status_code=204)
 
 

@@ -24,7 +24,7 @@ from warren.cp.services import auth as auth_svc
 from warren.cp.services import hosts as hosts_svc
 from warren.cp.services import limits as limits_svc
 from warren.cp.services import preview as preview_svc
-from warren.cp.services import sandbox_power
+from warren.cp.services import sandbox_power, team_deletion
 from warren.cp.services import sandboxes as sandboxes_svc
 from warren.cp.services import snapshots as snapshots_svc
 from warren.cp.services import teams as teams_svc
@@ -146,7 +146,7 @@ async def _after_departure(act: Act, response: Response, what: str) -> dict[str,
 
 @router.post("/team/delete")
 async def delete_team(act: Act, response: Response) -> dict[str, Any]:
-    await teams_svc.delete_team(act.engine, act.state.pool, act.ctx, require_team(act.ctx))
+    await team_deletion.delete_team(act.engine, act.state.pool, act.ctx, require_team(act.ctx))
     return await _after_departure(act, response, "Team deleted")
 
 

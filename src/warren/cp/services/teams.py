@@ -4,21 +4,17 @@ Every rule reads the database: the caller's role in the team is looked up on eac
 taken from a token. Mutations lock the team row (``FOR UPDATE``) so that two concurrent
 changes to one team (say, a delete and a member add) are serialised.
 
-Team soft delete (docs/spec.md §7.3) reaches outside the database: it destroys the team's sandboxes on their
-hosts and deletes the files of its snapshots taken before the template store there, through the
-sandbox and snapshot services. Every other template (builds, imports, store snapshots) is rows
-and store layers: deleting the rows is all, the layer GC does the rest.
+Team soft delete (docs/spec.md §7.3), which reaches outside the database, is in
+``team_deletion.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -31,22 +27,16 @@ from warren import clock, ids
 from warren.config import Settings
 from warren.cp.db.engine import Conn, autocommit, driver, fetchrow, transaction
 from warren.cp.db.queries import teams as q
-from warren.cp.db.tables import sandboxes, teams, templates, users, users_teams
-from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.db.tables import teams, users, users_teams
 from warren.cp.services import Timestamp, audit
-from warren.cp.services import sandboxes as sandbox_service
-from warren.cp.services import snapshots as snapshot_service
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import StrictBody
-from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, WarrenError
+from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests
 
 log = logging.getLogger("warren.teams")
 
 ROLES = ("owner", "admin", "member")
 _NAME_RE = re.compile(r"[A-Za-z0-9 _\-@']{1,128}")
-# Statuses a team delete stops (docs/spec.md §1.11, §7.3 names running, paused and starting; a create
-# still in flight and a sandbox on an unreachable host exist on their host just as well).
-_STOP_ON_DELETE = ("running", "paused", "starting", "pending", "missing")
 
 
 class Team(BaseModel):
@@ -99,29 +89,6 @@ class SwitchTeamRequest(StrictBody):
     team_id: str | None = None
 
 
-@dataclass(frozen=True)
-class SandboxRef:
-    id: uuid.UUID
-    host_id: uuid.UUID
-    status: str
-
-
-@dataclass(frozen=True)
-class TemplateRef:
-    id: uuid.UUID
-    name: str
-    type: str
-    host_id: uuid.UUID | None = None  # a snapshot's host: where its files are
-    layers: tuple[str, ...] = ()
-    source: str = ""
-
-    @property
-    def host_local(self) -> bool:
-        """A snapshot taken before the template store: its files live on a host, which must be
-        asked to delete them (``DeleteSnapshot``). A store snapshot is its row and its layers."""
-        return snapshot_service.is_legacy({"type": self.type, "layers": self.layers, "source": self.source})
-
-
 # ---------------------------------------------------------------------------------------------
 # Validation and helpers
 
@@ -166,7 +133,7 @@ def _member_view(row: Mapping[Any, Any]) -> Member:
     )
 
 
-def _user_of(ctx: AuthContext) -> uuid.UUID:
+def user_of(ctx: AuthContext) -> uuid.UUID:
     if ctx.user_id is None:
         raise Forbidden("this action needs a user, not an API key")
     return ctx.user_id
@@ -236,7 +203,7 @@ async def _team_and_role(
     return row, str(row["role"])
 
 
-async def _lock_team_and_role(conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool) -> str:
+async def lock_team_and_role(conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool) -> str:
     return (await _team_and_role(conn, team_id, user_id, lock=lock))[1]
 
 
@@ -255,7 +222,7 @@ async def _members(conn: asyncpg.Connection, team_id: uuid.UUID) -> list[Member]
 
 async def list_teams(engine: AsyncEngine, ctx: AuthContext) -> list[TeamWithRole]:
     """The caller's live teams, in join order."""
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     async with autocommit(engine) as conn:
         rows = await conn.execute(
             select(teams, users_teams.c.role)
@@ -267,16 +234,16 @@ async def list_teams(engine: AsyncEngine, ctx: AuthContext) -> list[TeamWithRole
 
 
 async def get_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> TeamDetail:
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     async with driver(engine) as conn:
         row, _ = await _team_and_role(conn, team_id, user_id, lock=False)
         return TeamDetail(team=_team_view(row), members=await _members(conn, team_id))
 
 
 async def list_members(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> list[Member]:
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     async with driver(engine) as conn:
-        await _lock_team_and_role(conn, team_id, user_id, lock=False)
+        await lock_team_and_role(conn, team_id, user_id, lock=False)
         return await _members(conn, team_id)
 
 
@@ -313,7 +280,7 @@ async def _require_room_for_a_team(conn: AsyncConnection, user_id: uuid.UUID, li
 async def create_team(engine: AsyncEngine, settings: Settings, ctx: AuthContext, name: str) -> TeamWithRole:
     """A new team owned by the caller (not their default team), within the teams one user may
     own (``Settings.max_teams_per_user``; platform admins included)."""
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     clean = validate_team_name(name)
     async with transaction(engine) as conn:
         await _require_room_for_a_team(conn, user_id, settings.max_teams_per_user)
@@ -326,10 +293,10 @@ async def create_team(engine: AsyncEngine, settings: Settings, ctx: AuthContext,
 
 
 async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, name: str) -> None:
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     clean = validate_team_name(name)
     async with transaction(engine) as conn:
-        _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
+        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = (await conn.execute(select(teams.c.name).where(teams.c.id == team_id))).scalar()
         await conn.execute(update(teams).where(teams.c.id == team_id).values(name=clean))
     await audit.record(
@@ -343,128 +310,13 @@ async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID,
     )
 
 
-async def _destroy_sandboxes(
-    engine: AsyncEngine, pool: HostClientPool, team_id: uuid.UUID, refs: list[SandboxRef]
-) -> None:
-    await sandbox_service.destroy_on_hosts(engine, pool, [(r.id, r.host_id) for r in refs])
-
-
-async def _delete_template_files(
-    engine: AsyncEngine, pool: HostClientPool, team_id: uuid.UUID, refs: list[TemplateRef]
-) -> None:
-    # Best effort, like the sandboxes: the team is deleted either way (docs/spec.md §7.3 step 4).
-    async def one(ref: TemplateRef) -> None:
-        try:
-            await snapshot_service.delete_files(engine, pool, team_id, ref.id, ref.host_id)
-        except WarrenError as e:
-            log.warning("team %s delete: files of template %s stay: %s", team_id, ref.id, e.message)
-
-    await asyncio.gather(*(one(ref) for ref in refs if ref.host_local))
-
-
-async def delete_team(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, team_id: uuid.UUID
-) -> None:
-    """Soft delete (owner only), docs/spec.md §7.3. Sandbox rows, API keys, memberships and audit rows
-    stay; the slug stays reserved; API keys and JWTs of the team stop working at once.
-
-    The team's sandboxes are destroyed on their hosts BEFORE the rows are marked stopped (docs/spec.md §7.3
-    step 2), and again after for those whose create finished in between; the files of its
-    pre-store snapshots go AFTER the template rows were deleted (step 4); store layers go to the
-    layer GC. Host-side failures are logged, never fatal."""
-    user_id = _user_of(ctx)
-    async with autocommit(engine) as conn:
-        role = await _lock_team_and_role(conn, team_id, user_id, lock=False)
-        if role != "owner":
-            raise Forbidden("only the team owner can delete the team")
-        live = [
-            SandboxRef(id=r.id, host_id=r.host_id, status=r.status)
-            for r in await conn.execute(
-                select(sandboxes.c.id, sandboxes.c.host_id, sandboxes.c.status).where(
-                    sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE)
-                )
-            )
-        ]
-
-    async def best_effort(what: str, work: Awaitable[None]) -> None:
-        # docs/spec.md §7.3: host-side clean-up failures are logged; the delete goes on.
-        try:
-            await work
-        except Exception:
-            log.exception("team %s delete: %s failed", ids.team_id(team_id), what)
-
-    if live:
-        await best_effort("destroying sandboxes on hosts", _destroy_sandboxes(engine, pool, team_id, live))
-
-    stopped, removed = await _stop_and_delete_rows(engine, ctx, team_id, user_id)
-
-    # Sandboxes whose create finished between the first list and the stop above were not
-    # destroyed yet: those inserted since, and those listed while still `pending` (the agent
-    # refused to destroy them mid-create). A create still in flight now finds its row stopped
-    # and destroys its sandbox itself.
-    destroyed = {ref.id for ref in live if ref.status != "pending"}
-    late = [ref for ref in stopped if ref.id not in destroyed]
-    if late:
-        await best_effort("destroying sandboxes on hosts", _destroy_sandboxes(engine, pool, team_id, late))
-    if removed:
-        await best_effort("deleting template files", _delete_template_files(engine, pool, team_id, removed))
-
-
-async def _stop_and_delete_rows(
-    engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, user_id: uuid.UUID
-) -> tuple[list[SandboxRef], list[TemplateRef]]:
-    """The delete's one transaction (docs/spec.md §7.3 step 3: if stopping the rows fails, the
-    team is not deleted): its live sandboxes marked stopped, its templates deleted, the team
-    marked deleted and audited. Returns what was stopped and removed."""
-    now = clock.now()
-    async with transaction(engine) as conn:
-        role = await _lock_team_and_role(conn, team_id, user_id, lock=True)
-        if role != "owner":
-            raise Forbidden("only the team owner can delete the team")
-        # The team row is locked: no create can insert a sandbox for it until this commits, and
-        # none can after (creates insert only for a live team).
-        stopped = [
-            SandboxRef(id=r.id, host_id=r.host_id, status=r.status)
-            for r in await conn.execute(
-                update(sandboxes)
-                .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE))
-                .values(status="stopped", last_updated=now)
-                .returning(sandboxes.c.id, sandboxes.c.host_id, sandboxes.c.status)
-            )
-        ]
-        removed = [
-            TemplateRef(
-                id=r.id, name=r.name, type=r.type, host_id=r.host_id, layers=tuple(r.layers), source=r.source
-            )
-            for r in await conn.execute(
-                delete(templates)
-                .where(templates.c.team_id == team_id)
-                .returning(
-                    templates.c.id,
-                    templates.c.name,
-                    templates.c.type,
-                    templates.c.host_id,
-                    templates.c.layers,
-                    templates.c.source,
-                )
-            )
-        ]
-        await conn.execute(update(teams).where(teams.c.id == team_id).values(deleted_at=now))
-        await audit.record(
-            conn, ctx, team_id=team_id, action="delete", resource_type="team",
-            resource_id=ids.team_id(team_id),
-            metadata={"sandboxes_stopped": len(stopped), "templates_deleted": len(removed)},
-        )  # fmt: skip
-    return stopped, removed
-
-
 async def add_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, email: str) -> Member:
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     clean = email.strip().lower()
     if not clean:
         raise InvalidRequest("email is required")
     async with transaction(engine) as conn:
-        _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
+        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         target = (
             await conn.execute(select(users.c.id, users.c.name, users.c.email).where(users.c.email == clean))
         ).first()
@@ -518,11 +370,11 @@ async def set_member_role(
 ) -> None:
     """admin ⇄ member. The new role is validated before the caller's role (docs/spec.md §2.4); the
     owner's role never changes and nobody becomes owner."""
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     if role not in ("admin", "member"):
         raise InvalidRequest("role must be 'admin' or 'member'")
     async with transaction(engine) as conn:
-        _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
+        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
             raise Forbidden("the team owner's role cannot be changed")
@@ -545,9 +397,9 @@ async def set_member_role(
 
 async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, target: uuid.UUID) -> None:
     """Owner/admin removes a non-owner (an admin may remove other admins, or themselves)."""
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     async with transaction(engine) as conn:
-        _require_manager(await _lock_team_and_role(conn, team_id, user_id, lock=True))
+        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
             raise Forbidden("the team owner cannot be removed")
@@ -567,9 +419,9 @@ async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUI
 
 
 async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> None:
-    user_id = _user_of(ctx)
+    user_id = user_of(ctx)
     async with transaction(engine) as conn:
-        role = await _lock_team_and_role(conn, team_id, user_id, lock=True)
+        role = await lock_team_and_role(conn, team_id, user_id, lock=True)
         if role == "owner":
             raise Forbidden("the owner cannot leave the team; delete the team instead")
         await conn.execute(

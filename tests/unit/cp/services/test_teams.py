@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from warren.cp.services.teams import TemplateRef
+from warren.cp.services.team_deletion import TemplateRef
 
 DIGEST = "a" * 64
 
