@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient
@@ -34,6 +34,7 @@ from warren.cp.services.envd_process import (
     sandbox_gone,
 )
 from warren.cp.services.exec import check_timeout
+from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
 from warren.errors import AgentError, InvalidRequest, NotFound
 from warren.rpc import hostagent_pb2 as pb
 
@@ -133,39 +134,62 @@ async def _chain(first: ProcessEvent, rest: AsyncIterator[ProcessEvent]) -> Asyn
 async def _exec_events(
     client: HostClient, sid: str, spec: ProcessSpec, user: str, cwd: str, timeout_s: int
 ) -> AsyncGenerator[ProcessEvent, None]:
+    """The exec's events, with flow credit (``ExecStart.credit``, as exec streams have it): the
+    agent sends at most its output window (256 KiB) beyond what this stream has acknowledged as
+    handed on to the client, so a client that does not read holds its command back instead of
+    making gRPC's window (MiBs a stream) fill the CP and the agent."""
     first = pb.ExecStart(
         sandbox_id=sid, cmd=spec.cmd, args=spec.args, env=spec.env, cwd=cwd, timeout_sec=timeout_s,
-        tag=spec.tag, background=True, user=user, backpressure=True,
+        tag=spec.tag, background=True, user=user, backpressure=True, credit=True,
     )  # fmt: skip
     started = asyncio.Event()
+    credit = False  # the agent keeps to it (its start event says)
+    acks: asyncio.Queue[pb.ExecStreamRequest | None] = asyncio.Queue()
 
     async def requests() -> AsyncIterator[pb.ExecStreamRequest]:
-        # Input goes by SendStdin, so the request side ends (a half-close, which the agent's
-        # input pump takes as "nothing more") after its last message instead of waiting to be
-        # cancelled with the call: grpc formats a traceback for a cancelled request iterator,
-        # ~0.1 ms of the CP's CPU per command.
+        # Input goes by SendStdin. Without credit the request side ends (a half-close, which the
+        # agent's input pump takes as "nothing more") after its last message instead of waiting
+        # to be cancelled with the call: grpc formats a traceback for a cancelled request
+        # iterator, ~0.1 ms of the CP's CPU per command. With credit it carries the output
+        # acknowledgements until the end.
         yield pb.ExecStreamRequest(start=first)
         await started.wait()  # nothing after a refused start (grpc/grpc#36066)
         # envd's stdin: false is an input at EOF at once. Not once the call has ended (a short
         # command often has): grpc.aio takes that write for the iterator's error, ~0.5 ms.
         if not spec.stdin and not call.done():
             yield pb.ExecStreamRequest(close_stdin=True)
+        while credit and (ack := await acks.get()) is not None:
+            yield ack
+
+    def on_start(ev: pb.ExecEvent) -> None:
+        nonlocal credit
+        credit = ev.start.credit
+        started.set()
 
     call = client.stub.ExecStream(requests())
+    taken = 0
     try:
-        async for event in _process_events(client, sid, call):
-            if isinstance(event, Started):
-                started.set()
-            yield event
+        async for event in _process_events(client, sid, call, on_start):
+            yield event  # back here once the client's stream has taken it
+            if credit and isinstance(event, Output):
+                taken += len(event.data)
+                if taken >= OUTPUT_ACK_BYTES:
+                    acks.put_nowait(pb.ExecStreamRequest(output_acked=taken))
+                    taken = 0
     finally:
+        acks.put_nowait(None)
         call.cancel()  # a background exec runs on without its stream
 
 
-async def _process_events(client: HostClient, sid: str, call: Any) -> AsyncGenerator[ProcessEvent, None]:
+async def _process_events(
+    client: HostClient, sid: str, call: Any, on_start: Callable[[pb.ExecEvent], None] | None = None
+) -> AsyncGenerator[ProcessEvent, None]:
     """An ExecStream's or AttachProcess's events as envd's, up to the end (which must come)."""
     async for ev in call:
         which = ev.WhichOneof("event")
         if which == "start":
+            if on_start is not None:
+                on_start(ev)
             yield Started(ev.start.pid)
         elif which in ("stdout", "stderr"):
             yield Output(which, getattr(ev, which))
