@@ -461,3 +461,27 @@ def test_connect_streams_replaying_output_nobody_reads(
         assert opened <= CAP and refused_as_rate_limit(refused), (opened, refused[:3])
         assert max(rss.grown_mib) < BOUND_MIB, rss.grown_mib
     alice.sh(mine, KILL_SLEEPS + "; rm -f /tmp/printed")
+
+
+def test_start_streams_of_output_nobody_reads(
+    platform: Platform, alice: Tenant, bob: Tenant, sandboxes: tuple[str, str]
+) -> None:
+    """The cap's worth of ``Start`` streams of ``yes``, none read: the commands are held back
+    (the starter's backpressure, and the exec's flow credit: the agent sends 256 KiB past what
+    the CP acknowledged), not buffered by the CP or the agent (before credit: CP +4.4 GiB, agent
+    +232 MiB). Terminals (``Start`` with ``pty``) are not bounded so yet: the agent's
+    ``PtyStream`` has no credit, and 32 unread terminals of ``yes`` (the guest's most per
+    sandbox) held CP +129 MiB through gRPC's window (session 10, open)."""
+    mine, theirs = sandboxes
+    url = platform.cp.e2b_url
+    with ExitStack() as stack, watching(platform) as rss:
+        for _ in range(CAP):
+            msg = {"process": {"cmd": "/bin/sh", "args": ["-c", "exec yes"]}}
+            got = open_stream(url, mine, "process.Process/Start", msg, b'"pid":')
+            assert not isinstance(got, tuple), got
+            stack.enter_context(closing(got))
+        settle([platform.cp.pid, platform.agents[0].proc.pid])
+        print(f"{CAP} Start streams of yes, unread: RSS growth {rss.grown_mib} MiB")
+        _still_serves(platform, bob, theirs)
+        assert max(rss.grown_mib) < BOUND_MIB, rss.grown_mib
+    alice.sh(mine, 'for d in /proc/[0-9]*; do [ "$(cat $d/comm)" = yes ] && kill -9 ${d#/proc/}; done; true')
