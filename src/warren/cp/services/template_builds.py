@@ -35,6 +35,7 @@ from warren.cp.services import template_build_log as build_log
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.strict import StrictBody
+from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_spec import parse
 from warren.cp.store import LayerStore
 from warren.errors import InvalidRequest, NotFound, TooManyRequests
@@ -48,7 +49,7 @@ STALE = "the control plane running this build stopped"
 
 
 # Build contexts being uploaded in this process (one CP replica), by team.
-_uploading: dict[uuid.UUID, int] = {}
+_uploading = TeamCounts()
 
 
 @contextlib.asynccontextmanager
@@ -58,21 +59,16 @@ async def upload_admitted(ctx: AuthContext, settings: Settings) -> AsyncIterator
     team already has ``WARREN_BUILD_MAX_PER_TEAM`` uploads here. The running-builds check at
     submit comes after the upload, so without this one key could spool any number of contexts
     at once. Counted per replica, as imports are: no database connection held for an upload."""
-    team_id = require_team(ctx)
     limit = settings.build_max_per_team
-    running = _uploading.get(team_id, 0)
-    if running >= limit:
-        raise TooManyRequests(
-            f"the team has {running} build contexts uploading (at most {limit}); wait for one to end",
+
+    def refuse(held: int) -> TooManyRequests:
+        return TooManyRequests(
+            f"the team has {held} build contexts uploading (at most {limit}); wait for one to end",
             code="too_many_builds",
         )
-    _uploading[team_id] = running + 1  # no await between the check and this: one event loop
-    try:
+
+    with _uploading.holding(require_team(ctx), limit, refuse):
         yield
-    finally:
-        left = _uploading.pop(team_id) - 1
-        if left:
-            _uploading[team_id] = left
 
 
 class BuildRequest(StrictBody):

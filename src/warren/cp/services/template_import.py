@@ -20,7 +20,6 @@ import asyncio
 import shlex
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ from warren.cp.services import audit
 from warren.cp.services import layers as layer_svc
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
+from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_context import file_chunks
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
 from warren.cp.store import LayerStore
@@ -43,7 +43,7 @@ from warren.layers.oci_image import Image, read_image
 MiB = 1024 * 1024
 
 # Imports in progress in this process (one CP replica), by team.
-_running: dict[uuid.UUID, int] = {}
+_running = TeamCounts()
 
 
 @asynccontextmanager
@@ -51,21 +51,16 @@ async def admitted(ctx: AuthContext, settings: Settings) -> AsyncIterator[None]:
     """Hold one of the team's import slots for the block (upload, read and store); 429
     ``too_many_imports`` when they are all taken. Counted per replica, like the team's request
     rate: an in-process count needs no database connection held for a long upload."""
-    team_id = require_team(ctx)
     limit = settings.import_max_per_team
-    running = _running.get(team_id, 0)
-    if running >= limit:
-        raise TooManyRequests(
-            f"the team has {running} image imports in progress (at most {limit}); wait for one to end",
+
+    def refuse(held: int) -> TooManyRequests:
+        return TooManyRequests(
+            f"the team has {held} image imports in progress (at most {limit}); wait for one to end",
             code="too_many_imports",
         )
-    _running[team_id] = running + 1  # no await between the check and this: one event loop
-    try:
+
+    with _running.holding(require_team(ctx), limit, refuse):
         yield
-    finally:
-        left = _running.pop(team_id) - 1
-        if left:
-            _running[team_id] = left
 
 
 async def check_target(engine: AsyncEngine, ctx: AuthContext, name: str, tags: list[str]) -> list[str]:
