@@ -147,6 +147,10 @@ def test_nobody_cannot_signal_the_guest_and_the_watch_goes_on(agent: AgentProces
     assert_held(agent, sandbox, sh(agent, sandbox, hog(MEMORY_MB * 2), timeout=60))
 
 
+# Alone (serial): its late hog must be caught by the watchdog inside the 96 MiB of headroom; with
+# the other worker's suite on the same two cores the Sentry was once seen thrashing at the host
+# cgroup's limit instead, the exec timing out (the self-harm case of docs/security.md §1b).
+@pytest.mark.serial
 def test_sandbox_root_cannot_replace_the_limit_file(agent: AgentProcess, sandbox: str) -> None:
     """The limit the watchdog re-reads every second: sandbox root can neither remove, rename,
     rewrite nor shadow it, and a hog is still killed inside afterwards."""
