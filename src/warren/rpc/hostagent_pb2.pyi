@@ -815,7 +815,7 @@ class PtySize(_message.Message):
     def __init__(self, cols: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class PtyStart(_message.Message):
-    __slots__ = ("sandbox_id", "size", "cmd", "args", "env", "cwd", "user", "timeout_sec", "credit")
+    __slots__ = ("sandbox_id", "size", "cmd", "args", "env", "cwd", "user", "timeout_sec", "credit", "output_credit")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -832,6 +832,7 @@ class PtyStart(_message.Message):
     USER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SEC_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CREDIT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     size: PtySize
     cmd: str
@@ -841,31 +842,36 @@ class PtyStart(_message.Message):
     user: str
     timeout_sec: int
     credit: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., size: _Optional[_Union[PtySize, _Mapping]] = ..., cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., user: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
+    output_credit: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., size: _Optional[_Union[PtySize, _Mapping]] = ..., cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., user: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., credit: _Optional[bool] = ..., output_credit: _Optional[bool] = ...) -> None: ...
 
 class PtyConnect(_message.Message):
-    __slots__ = ("sandbox_id", "pid", "credit")
+    __slots__ = ("sandbox_id", "pid", "credit", "output_credit")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CREDIT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     pid: int
     credit: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., pid: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
+    output_credit: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., pid: _Optional[int] = ..., credit: _Optional[bool] = ..., output_credit: _Optional[bool] = ...) -> None: ...
 
 class PtyRequest(_message.Message):
-    __slots__ = ("start", "connect", "input", "resize", "signal")
+    __slots__ = ("start", "connect", "input", "resize", "signal", "output_acked")
     START_FIELD_NUMBER: _ClassVar[int]
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ACKED_FIELD_NUMBER: _ClassVar[int]
     start: PtyStart
     connect: PtyConnect
     input: bytes
     resize: PtySize
     signal: int
-    def __init__(self, start: _Optional[_Union[PtyStart, _Mapping]] = ..., connect: _Optional[_Union[PtyConnect, _Mapping]] = ..., input: _Optional[bytes] = ..., resize: _Optional[_Union[PtySize, _Mapping]] = ..., signal: _Optional[int] = ...) -> None: ...
+    output_acked: int
+    def __init__(self, start: _Optional[_Union[PtyStart, _Mapping]] = ..., connect: _Optional[_Union[PtyConnect, _Mapping]] = ..., input: _Optional[bytes] = ..., resize: _Optional[_Union[PtySize, _Mapping]] = ..., signal: _Optional[int] = ..., output_acked: _Optional[int] = ...) -> None: ...
 
 class PtyControlRequest(_message.Message):
     __slots__ = ("sandbox_id", "pid", "input", "resize", "signal")
@@ -886,18 +892,20 @@ class PtyControlResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PtyEvent(_message.Message):
-    __slots__ = ("started", "output", "exit", "input_acked", "credit")
+    __slots__ = ("started", "output", "exit", "input_acked", "credit", "output_credit")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
     INPUT_ACKED_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CREDIT_FIELD_NUMBER: _ClassVar[int]
     started: int
     output: bytes
     exit: ExecEvent.Exit
     input_acked: int
     credit: bool
-    def __init__(self, started: _Optional[int] = ..., output: _Optional[bytes] = ..., exit: _Optional[_Union[ExecEvent.Exit, _Mapping]] = ..., input_acked: _Optional[int] = ..., credit: _Optional[bool] = ...) -> None: ...
+    output_credit: bool
+    def __init__(self, started: _Optional[int] = ..., output: _Optional[bytes] = ..., exit: _Optional[_Union[ExecEvent.Exit, _Mapping]] = ..., input_acked: _Optional[int] = ..., credit: _Optional[bool] = ..., output_credit: _Optional[bool] = ...) -> None: ...
 
 class DialOpen(_message.Message):
     __slots__ = ("sandbox_id", "port")
