@@ -298,7 +298,60 @@ def _raise_status(status: int, content: bytes) -> None:
         raise error_from_response(status, content)
 
 
+def _build_request(
+    client: httpx.Client | httpx.AsyncClient, e: Http, cfg: ConnectionConfig, content: Any
+) -> httpx.Request:
+    """The request for ``e``; ``content`` is the sync or async upload body (None without one)."""
+    return client.build_request(
+        e.method,
+        e.path,
+        json=e.json,
+        params=e.params,
+        content=content,
+        headers={"Content-Type": e.upload.content_type} if e.upload else None,
+        timeout=_timeout(cfg, e.timeout, e.min_timeout),
+    )
+
+
+def _http_result(resp: httpx.Response, content: bytes) -> HttpResult:
+    _raise_status(resp.status_code, content)
+    return HttpResult(resp.status_code, content, dict(resp.headers))
+
+
+def _ws_options(cfg: ConnectionConfig) -> dict[str, Any]:
+    """The websockets ``connect`` options both clients (sync and asyncio) open a stream with."""
+    return {
+        "additional_headers": _headers(cfg),
+        "open_timeout": _timeout(cfg, DEFAULT),
+        "max_size": None,
+        "compression": None,
+        "proxy": None,
+    }
+
+
+def _stream_closed() -> StreamError:
+    return StreamError("the exec stream closed", code="stream_closed")
+
+
+def _recv_timeout() -> WarrenTimeoutError:
+    return WarrenTimeoutError("timed out waiting for the command", code="timeout")
+
+
 # ---------------------------------------------------------------------------------- transports
+
+
+def _client_options(cfg: ConnectionConfig) -> dict[str, Any]:
+    """The httpx client options both transports share (the transport itself differs)."""
+    return {"base_url": cfg.url, "headers": _headers(cfg), "timeout": _timeout(cfg, DEFAULT)}
+
+
+def _step(op: Op[Any], value: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """Resume ``op`` with the last effect's value or error: (True, its result) once it returns,
+    else (False, the next effect to perform)."""
+    try:
+        return False, op.throw(error) if error is not None else op.send(value)
+    except StopIteration as stop:
+        return True, stop.value
 
 
 class SyncTransport:
@@ -307,10 +360,8 @@ class SyncTransport:
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config
         self._client = httpx.Client(
-            base_url=config.url,
-            headers=_headers(config),
-            timeout=_timeout(config, DEFAULT),
             transport=httpx.HTTPTransport(verify=_tls_context(), socket_options=_SOCKET_OPTIONS),
+            **_client_options(config),
         )
 
     def close(self) -> None:
@@ -320,14 +371,13 @@ class SyncTransport:
         value: Any = None
         error: BaseException | None = None
         while True:
-            try:
-                effect = op.throw(error) if error is not None else op.send(value)
-            except StopIteration as stop:
-                result: R = stop.value
+            done, out = _step(op, value, error)
+            if done:
+                result: R = out
                 return result
             value, error = None, None
             try:
-                value = self._perform(effect)
+                value = self._perform(out)
             except BaseException as exc:  # handed to the op, which may handle or re-raise it
                 error = exc
 
@@ -343,15 +393,8 @@ class SyncTransport:
         cfg = self.config
         if isinstance(e, Http):
             try:
-                req = self._client.build_request(
-                    e.method,
-                    e.path,
-                    json=e.json,
-                    params=e.params,
-                    content=_iter_upload(e.upload) if e.upload else None,
-                    headers={"Content-Type": e.upload.content_type} if e.upload else None,
-                    timeout=_timeout(cfg, e.timeout, e.min_timeout),
-                )
+                body = _iter_upload(e.upload) if e.upload else None
+                req = _build_request(self._client, e, cfg, body)
                 resp = self._client.send(req, stream=True)
             except httpx.HTTPError as exc:
                 raise _http_error(exc, cfg) from exc
@@ -363,8 +406,7 @@ class SyncTransport:
                 raise _http_error(exc, cfg) from exc
             finally:
                 resp.close()
-            _raise_status(resp.status_code, content)
-            return HttpResult(resp.status_code, content, dict(resp.headers))
+            return _http_result(resp, content)
         if isinstance(e, StreamRead):
             try:
                 return next(e.stream.chunks)
@@ -379,11 +421,7 @@ class SyncTransport:
             try:
                 return websockets.sync.client.connect(
                     _ws_uri(cfg, e),
-                    additional_headers=_headers(cfg),
-                    open_timeout=_timeout(cfg, DEFAULT),
-                    max_size=None,
-                    compression=None,
-                    proxy=None,
+                    **_ws_options(cfg),
                     legacy=True,  # a plain connection whose lifetime the op manages (no `with`)
                 )
             except (InvalidHandshake, OSError, TimeoutError) as exc:
@@ -392,7 +430,7 @@ class SyncTransport:
             try:
                 e.conn.send(json.dumps(e.message))
             except ConnectionClosed as exc:
-                raise StreamError("the exec stream closed", code="stream_closed") from exc
+                raise _stream_closed() from exc
             return None
         if isinstance(e, WsRecv):
             try:
@@ -400,7 +438,7 @@ class SyncTransport:
             except ConnectionClosed:
                 return None
             except TimeoutError as exc:
-                raise WarrenTimeoutError("timed out waiting for the command", code="timeout") from exc
+                raise _recv_timeout() from exc
             return _decode_frame(raw)
         if isinstance(e, WsClose):
             e.conn.close()
@@ -419,10 +457,8 @@ class AsyncTransport:
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config
         self._client = httpx.AsyncClient(
-            base_url=config.url,
-            headers=_headers(config),
-            timeout=_timeout(config, DEFAULT),
             transport=httpx.AsyncHTTPTransport(verify=_tls_context(), socket_options=_SOCKET_OPTIONS),
+            **_client_options(config),
         )
 
     async def close(self) -> None:
@@ -432,14 +468,13 @@ class AsyncTransport:
         value: Any = None
         error: BaseException | None = None
         while True:
-            try:
-                effect = op.throw(error) if error is not None else op.send(value)
-            except StopIteration as stop:
-                result: R = stop.value
+            done, out = _step(op, value, error)
+            if done:
+                result: R = out
                 return result
             value, error = None, None
             try:
-                value = await self._perform(effect)
+                value = await self._perform(out)
             except BaseException as exc:
                 error = exc
 
@@ -454,15 +489,8 @@ class AsyncTransport:
         cfg = self.config
         if isinstance(e, Http):
             try:
-                req = self._client.build_request(
-                    e.method,
-                    e.path,
-                    json=e.json,
-                    params=e.params,
-                    content=_aiter_upload(e.upload) if e.upload else None,
-                    headers={"Content-Type": e.upload.content_type} if e.upload else None,
-                    timeout=_timeout(cfg, e.timeout, e.min_timeout),
-                )
+                body = _aiter_upload(e.upload) if e.upload else None
+                req = _build_request(self._client, e, cfg, body)
                 resp = await self._client.send(req, stream=True)
             except httpx.HTTPError as exc:
                 raise _http_error(exc, cfg) from exc
@@ -474,8 +502,7 @@ class AsyncTransport:
                 raise _http_error(exc, cfg) from exc
             finally:
                 await resp.aclose()
-            _raise_status(resp.status_code, content)
-            return HttpResult(resp.status_code, content, dict(resp.headers))
+            return _http_result(resp, content)
         if isinstance(e, StreamRead):
             try:
                 return await e.stream.chunks.__anext__()
@@ -490,11 +517,7 @@ class AsyncTransport:
             try:
                 return await websockets.asyncio.client.connect(
                     _ws_uri(cfg, e),
-                    additional_headers=_headers(cfg),
-                    open_timeout=_timeout(cfg, DEFAULT),
-                    max_size=None,
-                    compression=None,
-                    proxy=None,
+                    **_ws_options(cfg),
                 )
             except (InvalidHandshake, OSError, TimeoutError) as exc:
                 raise _ws_error(exc) from exc
@@ -502,7 +525,7 @@ class AsyncTransport:
             try:
                 await e.conn.send(json.dumps(e.message))
             except ConnectionClosed as exc:
-                raise StreamError("the exec stream closed", code="stream_closed") from exc
+                raise _stream_closed() from exc
             return None
         if isinstance(e, WsRecv):
             try:
@@ -510,7 +533,7 @@ class AsyncTransport:
             except ConnectionClosed:
                 return None
             except TimeoutError as exc:
-                raise WarrenTimeoutError("timed out waiting for the command", code="timeout") from exc
+                raise _recv_timeout() from exc
             return _decode_frame(raw)
         if isinstance(e, WsClose):
             await e.conn.close()
