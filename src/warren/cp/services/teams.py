@@ -335,17 +335,37 @@ async def add_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, 
     member = Member(
         user_id=ids.user_id(target.id), name=target.name, email=target.email, role="member", joined_at=joined
     )
+    await _audit_member(
+        engine, ctx, team_id, "add", member.user_id, {"email": target.email, "role": "member"}
+    )
+    return member
+
+
+async def _audit_member(
+    engine: AsyncEngine,
+    ctx: AuthContext,
+    team_id: uuid.UUID,
+    action: str,
+    member_id: str,
+    metadata: dict[str, Any],
+) -> None:
+    """One admin-scope audit row for a change to a team's membership."""
     await audit.record(
         engine,
         ctx,
         team_id=team_id,
-        action="add",
+        action=action,
         resource_type="member",
         scope="admin",
-        resource_id=member.user_id,
-        metadata={"email": target.email, "role": "member"},
+        resource_id=member_id,
+        metadata=metadata,
     )
-    return member
+
+
+async def _drop_member(conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    await conn.execute(
+        delete(users_teams).where(users_teams.c.team_id == team_id, users_teams.c.user_id == user_id)
+    )
 
 
 def parse_user_id(text: str) -> uuid.UUID:
@@ -383,15 +403,8 @@ async def set_member_role(
             .where(users_teams.c.team_id == team_id, users_teams.c.user_id == target)
             .values(role=role)
         )
-    await audit.record(
-        engine,
-        ctx,
-        team_id=team_id,
-        action="role_update",
-        resource_type="member",
-        scope="admin",
-        resource_id=ids.user_id(target),
-        metadata={"old_role": old, "new_role": role},
+    await _audit_member(
+        engine, ctx, team_id, "role_update", ids.user_id(target), {"old_role": old, "new_role": role}
     )
 
 
@@ -403,19 +416,8 @@ async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUI
         old = await _target_role(conn, team_id, target)
         if old == "owner":
             raise Forbidden("the team owner cannot be removed")
-        await conn.execute(
-            delete(users_teams).where(users_teams.c.team_id == team_id, users_teams.c.user_id == target)
-        )
-    await audit.record(
-        engine,
-        ctx,
-        team_id=team_id,
-        action="remove",
-        resource_type="member",
-        scope="admin",
-        resource_id=ids.user_id(target),
-        metadata={"role": old},
-    )
+        await _drop_member(conn, team_id, target)
+    await _audit_member(engine, ctx, team_id, "remove", ids.user_id(target), {"role": old})
 
 
 async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> None:
@@ -424,19 +426,8 @@ async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) 
         role = await lock_team_and_role(conn, team_id, user_id, lock=True)
         if role == "owner":
             raise Forbidden("the owner cannot leave the team; delete the team instead")
-        await conn.execute(
-            delete(users_teams).where(users_teams.c.team_id == team_id, users_teams.c.user_id == user_id)
-        )
-    await audit.record(
-        engine,
-        ctx,
-        team_id=team_id,
-        action="leave",
-        resource_type="member",
-        scope="admin",
-        resource_id=ids.user_id(user_id),
-        metadata={"role": role},
-    )
+        await _drop_member(conn, team_id, user_id)
+    await _audit_member(engine, ctx, team_id, "leave", ids.user_id(user_id), {"role": role})
 
 
 async def set_byoc(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, enabled: bool) -> None:
