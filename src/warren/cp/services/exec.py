@@ -29,6 +29,7 @@ from warren.rpc import hostagent_pb2 as pb
 log = logging.getLogger("warren.exec")
 
 M = TypeVar("M", bound=BaseModel)
+C = TypeVar("C", "ExecBody", "StartProcessBody")
 # The default limit of a unary exec whose timeout_sec is <= 0 (docs/spec.md §2.6).
 AGENT_DEFAULT_TIMEOUT_S = 30
 
@@ -184,6 +185,15 @@ def check_timeout(timeout_sec: int, max_timeout: int) -> int:
     return timeout_sec
 
 
+def parse_command(model: type[C], raw: bytes, max_timeout: int) -> C:
+    """A command body (``cmd`` required, ``timeout_sec`` within the platform's maximum)."""
+    body = parse_body(model, raw)
+    if not body.cmd:
+        raise InvalidRequest("cmd is required")
+    check_timeout(body.timeout_sec, max_timeout)
+    return body
+
+
 # ---------------------------------------------------------------------- background processes
 
 
@@ -198,12 +208,9 @@ async def start_process(
 ) -> ProcessInfo:
     """Start a background process (it outlives this request); its output can be attached to."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(StartProcessBody, raw_body)
-    if not body.cmd:
-        raise InvalidRequest("cmd is required")
-    if body.timeout_sec < 0:
+    body = parse_command(StartProcessBody, raw_body, max_timeout)
+    if body.timeout_sec < 0:  # never above the maximum too: the order of the messages holds
         raise InvalidRequest("timeout_sec must be >= 0")
-    check_timeout(body.timeout_sec, max_timeout)
     client = tgt.client()
     start = pb.ExecStart(
         sandbox_id=tgt.sid,
@@ -250,6 +257,19 @@ async def list_processes(
     ]
 
 
+async def _process_call(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    ctx: AuthContext,
+    sandbox_id: str,
+    model: type[M],
+    raw_body: bytes,
+) -> tuple[sandbox_access.Target, M]:
+    """The sandbox a call on one of its processes reaches, and the call's body, in that order
+    (a missing sandbox answers before a bad body)."""
+    return await sandbox_access.target(engine, pool, ctx, sandbox_id), parse_body(model, raw_body)
+
+
 async def signal_process(
     engine: AsyncEngine,
     pool: HostClientPool,
@@ -258,8 +278,7 @@ async def signal_process(
     pid_or_tag: str,
     raw_body: bytes,
 ) -> None:
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(SignalBody, raw_body)
+    tgt, body = await _process_call(engine, pool, ctx, sandbox_id, SignalBody, raw_body)
     sig = parse_signal(body.signal)
     req = pb.SignalProcessRequest(sandbox_id=tgt.sid, process=selector(pid_or_tag), signal=sig)
     await tgt.client().stub.SignalProcess(req, timeout=30)
@@ -273,8 +292,7 @@ async def send_stdin(
     pid_or_tag: str,
     raw_body: bytes,
 ) -> None:
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(StdinBody, raw_body)
+    tgt, body = await _process_call(engine, pool, ctx, sandbox_id, StdinBody, raw_body)
     data = body.data.encode() if body.data is not None else b""
     if body.data_b64 is not None:
         data += decode_b64(body.data_b64, "data_b64")
@@ -296,6 +314,7 @@ __all__ = [
     "check_timeout",
     "check_user",
     "list_processes",
+    "parse_command",
     "send_stdin",
     "signal_process",
     "start_process",

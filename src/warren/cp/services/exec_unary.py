@@ -31,11 +31,10 @@ from warren.cp.services.exec import (
     AGENT_DEFAULT_TIMEOUT_S,
     ExecBody,
     after_start,
-    check_timeout,
     decode_b64,
-    parse_body,
+    parse_command,
 )
-from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
+from warren.errors import AgentError, PayloadTooLarge
 from warren.rpc import hostagent_pb2 as pb
 
 _RPC_SLACK_S = 15  # seconds the CP waits beyond the command's own limit
@@ -75,7 +74,7 @@ async def exec_command(
     """docs/spec.md §2.6 in its order: id (400), sandbox (404), running (409), body (400), agent (503),
     RPC (mapped), then ``last_active_at``."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = _parse(raw_body, max_timeout)
+    body = parse_command(ExecBody, raw_body, max_timeout)
     limit = body.timeout_sec if body.timeout_sec > 0 else AGENT_DEFAULT_TIMEOUT_S
     messages = _messages(tgt.sid, body, limit)
     client = tgt.client()
@@ -106,14 +105,6 @@ async def exec_command(
 
 def _kept() -> None:
     """``render``'s release when the caller gives the budget back itself."""
-
-
-def _parse(raw_body: bytes, max_timeout: int) -> ExecBody:
-    body = parse_body(ExecBody, raw_body)
-    if not body.cmd:
-        raise InvalidRequest("cmd is required")
-    check_timeout(body.timeout_sec, max_timeout)
-    return body
 
 
 def _messages(sid: str, body: ExecBody, limit: int) -> list[pb.ExecStreamRequest]:
