@@ -21,6 +21,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from warren.cp.services.env import validate_env
 from warren.errors import InvalidRequest, PayloadTooLarge
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -28,6 +29,11 @@ MAX_STEPS = 256
 MAX_BUILD_ARGS = 64
 MAX_READY_TIMEOUT_S = 3600
 DEFAULT_READY_TIMEOUT_S = 60
+# What variable substitution may add in a whole spec. Without it a few KiB of `ENV b=$a$a$a…`,
+# `ENV c=$b$b$b…` (each line multiplying the last) made the CP build strings of gigabytes while
+# parsing a build request.
+MAX_SUBSTITUTED_BYTES = 4 * MAX_SPEC_BYTES
+MAX_PATH_BYTES = 4096  # PATH_MAX: the kernel takes no longer path
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A template reference in FROM: `name` or `name:tag` (as services/templates.py checks them).
@@ -203,12 +209,29 @@ def _logical_lines(source: str) -> list[tuple[int, str]]:
     return out
 
 
+class _Budget:
+    """The bytes variable substitution may still add in this parse (``MAX_SUBSTITUTED_BYTES``)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_SUBSTITUTED_BYTES
+
+    def spend(self, line: int, value: str) -> str:
+        self.left -= len(value)
+        if self.left < 0:
+            raise PayloadTooLarge(
+                f"line {line}: variable substitution makes the spec larger than "
+                f"{MAX_SUBSTITUTED_BYTES // 1024} KiB"
+            )
+        return value
+
+
 class _Lexer:
     """Docker's word processing: quotes, backslash escapes and variable substitution."""
 
-    def __init__(self, line: int, variables: dict[str, str]) -> None:
+    def __init__(self, line: int, variables: dict[str, str], budget: _Budget) -> None:
         self.line = line
         self.vars = variables
+        self.budget = budget
 
     def words(self, text: str) -> list[str]:
         return self._scan(text, split=True)
@@ -278,7 +301,7 @@ class _Lexer:
         if m is None:
             cur.append("$")
             return i + 1
-        cur.append(self.vars.get(m.group(0), ""))
+        cur.append(self.budget.spend(self.line, self.vars.get(m.group(0), "")))
         return i + 1 + m.end()
 
     def _expand(self, body: str) -> str:
@@ -292,10 +315,10 @@ class _Lexer:
             raise InvalidRequest(f"line {self.line}: bad variable reference ${{{body}}}")
         value = self.vars.get(name, "")
         if op == ":-":
-            return value or self.word(word)
+            return self.budget.spend(self.line, value) if value else self.word(word)
         if op == ":+":
             return self.word(word) if value else ""
-        return value
+        return self.budget.spend(self.line, value)
 
 
 def _json_form(line: int, rest: str) -> list[str] | None:
@@ -349,6 +372,7 @@ class _Parser:
         self.ready_cmd = base.ready_cmd if base else ""
         self.ready_timeout = base.ready_timeout_sec if base else DEFAULT_READY_TIMEOUT_S
         self.steps: list[Step] = []
+        self.budget = _Budget()
 
     def variables(self) -> dict[str, str]:
         return {**self.args, **self.env}
@@ -382,7 +406,7 @@ class _Parser:
             raise InvalidRequest(f"line {line}: more than {MAX_STEPS} steps")
 
     def from_(self, line: int, rest: str) -> Step:
-        words = _Lexer(line, dict(self.args)).words(rest)
+        words = _Lexer(line, dict(self.args), self.budget).words(rest)
         if len(words) != 1:
             raise InvalidRequest(f"line {line}: FROM takes one image (`AS` stages are not supported)")
         ref = words[0]
@@ -405,7 +429,7 @@ class _Parser:
         return FromStep(line, "template", name, tag)
 
     def arg(self, line: int, rest: str) -> Step:
-        words = _Lexer(line, self.variables()).words(rest)
+        words = _Lexer(line, self.variables(), self.budget).words(rest)
         if len(words) != 1:
             raise InvalidRequest(f"line {line}: ARG takes one name[=default]")
         name, eq, default = words[0].partition("=")
@@ -419,7 +443,7 @@ class _Parser:
         return ArgStep(line, name, value)
 
     def env_(self, line: int, rest: str) -> Step:
-        lexer = _Lexer(line, self.variables())
+        lexer = _Lexer(line, self.variables(), self.budget)
         first, _, tail = rest.partition(" ")
         if "=" not in first:  # the legacy form: ENV KEY the rest of the line
             if not tail.strip():
@@ -438,17 +462,24 @@ class _Parser:
             if not NAME_RE.match(key):
                 raise InvalidRequest(f"line {line}: ENV name {key[:40]!r} is not a valid variable name")
             self.env[key] = value
+        try:  # every RUN step and every sandbox of the template carries this env: exec's bound
+            validate_env(self.env)
+        except InvalidRequest as e:
+            raise InvalidRequest(f"line {line}: {e.message}") from None
         return EnvStep(line, tuple(pairs))
 
     def workdir_(self, line: int, rest: str) -> Step:
-        path = _Lexer(line, self.variables()).word(rest).strip()
+        path = _Lexer(line, self.variables(), self.budget).word(rest).strip()
         if not path:
             raise InvalidRequest(f"line {line}: WORKDIR needs a path")
         self.workdir = _normpath(posixpath.join(self.workdir or "/", path))
+        if len(self.workdir.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+            # Relative WORKDIRs add up, and every later step holds the result.
+            raise InvalidRequest(f"line {line}: WORKDIR is longer than {MAX_PATH_BYTES} bytes")
         return WorkdirStep(line, self.workdir)
 
     def user_(self, line: int, rest: str) -> Step:
-        user = _Lexer(line, self.variables()).word(rest).strip()
+        user = _Lexer(line, self.variables(), self.budget).word(rest).strip()
         if not USER_RE.match(user):
             raise InvalidRequest(f"line {line}: USER {user[:40]!r} is not a user name or uid (user[:group])")
         self.user = user
@@ -456,7 +487,7 @@ class _Parser:
 
     def copy(self, line: int, rest: str) -> Step:
         argv = _json_form(line, rest)
-        words = argv if argv is not None else _Lexer(line, self.variables()).words(rest)
+        words = argv if argv is not None else _Lexer(line, self.variables(), self.budget).words(rest)
         for word in words:
             if not word.startswith("--"):
                 break
