@@ -317,6 +317,7 @@ class NetworkSlots:
             with contextlib.suppress(Exception):
                 await self.release(slot)
         await self.rules.close()  # the resolvers' sockets; the rules stay for the next agent
+        await slot_userns.stop_maker()
 
     async def _new_slot(
         self, holder: str, *, internet: bool, allow: Sequence[str] = (), userns: bool = True

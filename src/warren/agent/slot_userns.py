@@ -9,12 +9,15 @@ sandbox and host root's own processes: one tenant could use the shared count up
 uid nothing else runs as, so what a sandbox holds is counted under its own uid, against the
 kernel's per-user limits, and touches no one else's count.
 
-How a slot is made (about 10 ms, ahead of time for pooled slots): a process switched to the
-owner uid unshares a user and a network namespace together (so the netns belongs to the new
-user namespace: runc joins the user namespace first, and could not join a netns owned by the
-initial one from inside it); the agent writes the uid/gid maps (the sandboxes' one mapped range)
-and keeps both namespaces as bind mounts (``ip netns attach`` for the netns, a file under
-``USERNS_DIR`` for the user namespace); the process exits. The bundle then names both paths.
+How a slot is made (~3 ms, ahead of time for pooled slots): the agent's namespace maker
+(ns_maker.py, a small root process started once) forks a child that takes the owner uid and
+unshares a user and a network namespace together (so the netns belongs to the new user
+namespace: runc joins the user namespace first, and could not join a netns owned by the initial
+one from inside it); the maker writes the uid/gid maps (the sandboxes' one mapped range) and
+keeps both namespaces as bind mounts (``/run/netns/<name>`` as ``ip netns`` would, a file under
+``USERNS_DIR`` for the user namespace); the child exits. The bundle then names both paths.
+Before the maker, ``setpriv … unshare … sh`` did the child's part: three execs, ~8 ms more a
+slot made on a create's path (docs/benchmarks.md, session 11).
 
 runsc cannot join a user namespace by path (its gofer's ``setns`` fails), nor a netns owned by
 another user namespace, so gVisor sandboxes keep slots made the plain way (``ip netns add``).
@@ -26,9 +29,9 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import sys
 from pathlib import Path
 
-from warren.agent.proc import run
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 
 USERNS_DIR = Path("/run/warren/userns")
@@ -36,8 +39,10 @@ NETNS_DIR = Path("/run/netns")  # where ``ip netns`` keeps named network namespa
 # Slot n's namespace is made by host uid OWNER_BASE + n: far from the sandboxes' mapped range
 # (MAPPED_BASE…) and from any uid a distribution hands out.
 OWNER_BASE = 2_000_000_000
-_MAP = f"0 {MAPPED_BASE} {MAPPED_SIZE}\n"
-_MS_BIND, _MNT_DETACH = 4096, 2
+PROBE_UID = OWNER_BASE - 1  # made and let go at start: whether this host allows it at all
+_MAP = f"0 {MAPPED_BASE} {MAPPED_SIZE}"
+_MS_BIND, _MS_REC, _MS_SHARED, _MNT_DETACH = 4096, 16384, 1 << 20, 2
+_ANSWER_TIMEOUT = 30.0  # the maker gives up on a child after 10 s; this covers a stuck maker
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -45,16 +50,110 @@ class SlotUsernsError(RuntimeError):
     pass
 
 
+class Maker:
+    """The agent's handle on its namespace maker (ns_maker.py): one request at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, prefix: tuple[str, ...] = ()) -> Maker:
+        """``prefix``: a command the maker runs under (tests: a namespace it cannot work in)."""
+        proc = await asyncio.create_subprocess_exec(
+            *prefix, sys.executable, "-I", "-S", str(Path(__file__).with_name("ns_maker.py")),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
+        )  # fmt: skip
+        return cls(proc)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def request(self, line: str) -> None:
+        """Send one request and wait for its "ok". Raises SlotUsernsError with the maker's
+        reason, or when the maker is gone or does not answer (then it is killed)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self._lock:
+            try:
+                self.proc.stdin.write(f"{line}\n".encode())
+                await self.proc.stdin.drain()
+                answer = await asyncio.wait_for(self.proc.stdout.readline(), _ANSWER_TIMEOUT)
+            except BaseException as e:
+                # Stuck, gone, or the caller cancelled halfway (the next answer would be this
+                # one's): the maker is ended, with whatever it was making, before this returns,
+                # so the caller's cleanup finds all there is; the next request starts another.
+                await self.close()
+                if isinstance(e, OSError | TimeoutError):
+                    raise SlotUsernsError(f"the namespace maker: {type(e).__name__} {e}") from None
+                raise
+            text = answer.decode(errors="replace").rstrip("\n")
+            if text == "ok":
+                return
+            if not text.startswith("err "):  # end of file: it ended
+                await self.close()
+                text = f"err the namespace maker ended (exit {self.proc.returncode})"
+            raise SlotUsernsError(text[4:])
+
+    async def close(self) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            await self.proc.wait()
+
+
+_maker: Maker | None = None
+
+
+async def maker() -> Maker:
+    """This event loop's maker, started (again) if there is none or it ended."""
+    global _maker
+    if _maker is None or not _maker.alive or _maker.loop is not asyncio.get_running_loop():
+        if _maker is not None and _maker.loop is asyncio.get_running_loop():
+            await _maker.close()
+        _prepare_dirs()
+        _maker = await Maker.start()
+    return _maker
+
+
+async def stop_maker() -> None:
+    """End the maker (agent shutdown; it would end with the agent anyway)."""
+    global _maker
+    if _maker is not None and _maker.loop is asyncio.get_running_loop():
+        await _maker.close()
+    _maker = None
+
+
+def _prepare_dirs() -> None:
+    """``USERNS_DIR``, and ``NETNS_DIR`` as ``ip netns`` leaves it: a mount point of its own,
+    shared, so the netns mounts in it propagate to mount namespaces made later."""
+    USERNS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    NETNS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with open("/proc/self/mountinfo") as f:
+        mounted = any(line.split(" ")[4] == str(NETNS_DIR) for line in f)
+    if not mounted:
+        _mount(NETNS_DIR, NETNS_DIR, _MS_BIND | _MS_REC)
+    _mount(None, NETNS_DIR, _MS_SHARED | _MS_REC)
+
+
+def _mount(source: Path | None, target: Path, flags: int) -> None:
+    src = str(source).encode() if source is not None else b"none"
+    if _libc.mount(src, str(target).encode(), b"none", flags, None) != 0:
+        raise SlotUsernsError(f"mount {source} on {target}: {os.strerror(ctypes.get_errno())}")
+
+
 async def unavailable() -> str:
     """Why slots cannot have user namespaces of their own on this host ("" when they can): an
     unprivileged uid must be able to make a user namespace with a netns inside (Debian's
     ``kernel.unprivileged_userns_clone``, Ubuntu's AppArmor ``userns`` restriction)."""
-    uid = str(OWNER_BASE - 1)
-    res = await run(
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "unshare", "--user", "--net", "true",
-        check=False,
-    )  # fmt: skip
-    return "" if res.returncode == 0 else (res.stderr.strip() or f"exit {res.returncode}")
+    try:
+        await (await maker()).request(f"probe {PROBE_UID}")
+    except (SlotUsernsError, OSError) as e:
+        return str(e) or type(e).__name__
+    return ""
 
 
 def owner_uid(index: int) -> int:
@@ -68,53 +167,11 @@ def path(index: int) -> Path:
 async def make(index: int, netns: str) -> None:
     """Make slot ``index``'s user namespace and, inside it, the network namespace ``netns``
     (named as ``ip netns`` names them). On failure nothing of it is left."""
-    uid = str(owner_uid(index))
-    maker = await asyncio.create_subprocess_exec(
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        "unshare", "--user", "--net", "sh", "-c", "echo ready; read _",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
-    assert maker.stdin is not None and maker.stdout is not None and maker.stderr is not None
+    netns_path, userns_path = NETNS_DIR / netns, path(index)
     try:
-        try:
-            ready = await asyncio.wait_for(maker.stdout.readline(), timeout=30)
-        except TimeoutError:
-            ready = b""
-        if ready != b"ready\n":
-            maker.kill()
-            err = (await maker.stderr.read()).decode(errors="replace").strip()
-            raise SlotUsernsError(f"slot {index}: could not make its namespaces: {err or 'no answer'}")
-        proc = Path(f"/proc/{maker.pid}")
-        (proc / "uid_map").write_text(_MAP)
-        (proc / "gid_map").write_text(_MAP)
-        await _attach_netns(proc / "ns" / "net", netns, maker.pid)
-        _bind(proc / "ns" / "user", path(index))
-    except BaseException:
-        await remove(index)
-        raise
-    finally:
-        maker.stdin.close()
-        with contextlib.suppress(ProcessLookupError):
-            await maker.wait()
-
-
-async def _attach_netns(source: Path, netns: str, pid: int) -> None:
-    """``ip netns attach``, without its fork and exec once ``ip`` has made /run/netns a mount
-    point of its own (it does so the first time; its namespaces' mounts then propagate)."""
-    if os.path.ismount(NETNS_DIR):  # noqa: ASYNC240 (two stats)
-        _bind(source, NETNS_DIR / netns)
-    else:
-        await run("ip", "netns", "attach", netns, str(pid))
-
-
-def _bind(source: Path, target: Path) -> None:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target.touch(mode=0o444 if target.parent == NETNS_DIR else 0o600)
-    if _libc.mount(str(source).encode(), str(target).encode(), None, _MS_BIND, None) != 0:
-        err = ctypes.get_errno()
-        target.unlink(missing_ok=True)
-        raise SlotUsernsError(f"bind-mounting {source} on {target}: {os.strerror(err)}")
+        await (await maker()).request(f"make {owner_uid(index)} {_MAP} {netns_path} {userns_path}")
+    except (SlotUsernsError, OSError) as e:
+        raise SlotUsernsError(f"slot {index}: could not make its namespaces: {e}") from None
 
 
 async def remove(index: int) -> None:
