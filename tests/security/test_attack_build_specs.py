@@ -1,4 +1,5 @@
-"""Session 11's hostile tenant: a small Warrenfile that makes the control plane build huge strings.
+"""Session 11's hostile tenant: a small Warrenfile that makes the control plane build huge
+strings, and builds that fill PostgreSQL (the second half of this file).
 
 The CP parses a build's spec in the request (``services/template_spec.parse``), before anything
 runs, and substitutes variables the way Docker does. Nothing bounded what substitution produced:
@@ -18,11 +19,18 @@ declares is bounded like an exec's (256 variables, 128 KiB): every sandbox of th
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
 import tracemalloc
+from typing import Any
 
 import pytest
 
 from tests.harness.cp import InProcessCP
+from warren import ids
+from warren.cp.services import template_builds as builds_svc
+from warren.cp.services import templates as templates_svc
 from warren.cp.services.template_spec import parse
 from warren.errors import WarrenError
 
@@ -88,3 +96,78 @@ async def test_a_hostile_spec_is_refused_at_submit_and_nothing_is_recorded(cp: I
     body = {"name": "laughs-args", "spec": spec, "build_args": {"big": "y" * 60000}}
     r = await mallory.req("POST", "/v1/templates", json=body)
     assert r.status_code in (400, 413), r.text[:300]
+
+
+# ----------------------------------------------------------------- what builds leave behind
+#
+# A build whose spec runs no step (``FROM minimal`` + ``ENV``) needs no host and made a template
+# version in ~0.1-0.3 s; a build that fails (``FROM`` a missing template) likewise, leaving its
+# 256 KiB spec and its log. Nothing was ever deleted but by the tenant, and ``GET
+# /v1/templates`` read every version's row whole: one API key wrote PostgreSQL without end.
+# The bounds are constants; the tests lower them (the CP runs in this process).
+
+
+async def _build(user: Any, name: str, spec: str) -> dict[str, Any]:
+    r = await user.req("POST", "/v1/templates", json={"name": name, "spec": spec})
+    assert r.status_code == 202, r.text[:300]
+    build_id = r.json()["build_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = (await user.req("GET", f"/v1/templates/{name}/builds/{build_id}")).json()
+        if got["status"] in ("ready", "failed"):
+            return dict(got)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"build {build_id} did not end: {got}")
+
+
+def _padding() -> str:
+    """A comment of random text: kept in the spec, not compressible by PostgreSQL."""
+    return "".join(f"# {secrets.token_hex(500)}\n" for _ in range(200))
+
+
+async def test_a_team_cannot_pile_up_template_versions(
+    cp: InProcessCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(templates_svc, "MAX_VERSIONS_PER_TEMPLATE", 3, raising=False)
+    monkeypatch.setattr(templates_svc, "MAX_VERSIONS_PER_TEAM", 5, raising=False)
+    mallory = await cp.signup()
+    spec = "FROM minimal\nENV A=1\n"
+    for _ in range(3):
+        assert (await _build(mallory, "piled", spec))["status"] == "ready"
+    r = await mallory.req("POST", "/v1/templates", json={"name": "piled", "spec": spec})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded", r.text[:300]
+    for _ in range(2):
+        assert (await _build(mallory, "other", spec))["status"] == "ready"
+    r = await mallory.req("POST", "/v1/templates", json={"name": "third", "spec": spec})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded", r.text[:300]
+    # Another team is not held back by this one's versions; deleting frees the room.
+    other = await cp.signup()
+    assert (await _build(other, "piled", spec))["status"] == "ready"
+    assert (await mallory.req("DELETE", "/v1/templates/piled")).status_code == 204
+    assert (await _build(mallory, "third", spec))["status"] == "ready"
+
+
+async def test_ended_builds_are_forgotten_past_the_bound(
+    cp: InProcessCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builds_svc, "MAX_ENDED_BUILDS_KEPT", 4, raising=False)
+    mallory = await cp.signup()
+    kept = await _build(mallory, "keeper", "FROM minimal\nENV A=1\n" + _padding())
+    assert kept["status"] == "ready"
+    for _ in range(12):
+        failed = await _build(mallory, "nothing", "FROM nothere\nRUN true\n" + _padding())
+        assert failed["status"] == "failed"
+    team = ids.parse_id(ids.Kind.TEAM, mallory.team_id)
+    held = await cp.sql(
+        "SELECT count(*), coalesce(sum(length(spec)), 0) FROM template_builds WHERE team_id = :t", t=team
+    )
+    count, spec_bytes = held[0]
+    # The newest 4 ended builds, the one being submitted last, and the build a version names.
+    assert count <= 4 + 1 + 1, (count, spec_bytes)
+    assert spec_bytes < 7 * 210_000, spec_bytes
+    # The version's build is still there to read, and so is the newest failure.
+    version = (await mallory.req("GET", "/v1/templates/keeper")).json()["versions"][0]
+    r = await mallory.req("GET", f"/v1/templates/keeper/builds/{version['build_id']}")
+    assert r.status_code == 200 and r.json()["status"] == "ready", r.text[:300]
+    r = await mallory.req("GET", f"/v1/templates/nothing/builds/{failed['build_id']}")
+    assert r.status_code == 200, r.text[:300]

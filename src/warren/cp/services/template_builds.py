@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
 from warren.config import Settings
@@ -44,6 +44,10 @@ log = logging.getLogger("warren.builds")
 
 ACTIVE = ("queued", "running")
 LIST_LIMIT = 50
+# Ended builds a team keeps (spec and log each, up to 256 KiB and WARREN_BUILD_MAX_LOG_MB), beside
+# those a template version names. A failing build needs no host: kept forever, one key filled
+# PostgreSQL at MiBs a second.
+MAX_ENDED_BUILDS_KEPT = 100
 STOPPED = "control plane stopped"
 STALE = "the control plane running this build stopped"
 
@@ -195,6 +199,8 @@ async def start_build(
         async with transaction(engine) as conn:
             await tpl.lock_team(conn, team_id)
             await tpl.check_name_free(conn, team_id, body.name)
+            await tpl.check_room_for_version(conn, team_id, body.name)
+            await _forget_old_builds(conn, team_id)
             active = (
                 await conn.execute(
                     sa.select(sa.func.count())
@@ -263,6 +269,23 @@ async def find(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str)
 async def get_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> BuildInfo:
     row = await find(engine, ctx, name, build_ref)
     return _build_model(row, row["version"])
+
+
+async def _forget_old_builds(conn: AsyncConnection, team_id: uuid.UUID) -> None:
+    """Delete the team's ended builds past the newest ``MAX_ENDED_BUILDS_KEPT`` that no template
+    version names (their logs go with them, ON DELETE CASCADE)."""
+    b = template_builds.c
+    old = (
+        sa.select(b.id)
+        .where(
+            b.team_id == team_id,
+            b.status.notin_(ACTIVE),
+            ~sa.exists().where(templates.c.build_id == b.id),
+        )
+        .order_by(b.created_at.desc())
+        .offset(MAX_ENDED_BUILDS_KEPT)
+    )
+    await conn.execute(template_builds.delete().where(b.id.in_(old.scalar_subquery())))
 
 
 async def list_builds(engine: AsyncEngine, ctx: AuthContext, name: str) -> list[BuildInfo]:

@@ -34,6 +34,7 @@ DEFAULT_READY_TIMEOUT_S = 60
 # parsing a build request.
 MAX_SUBSTITUTED_BYTES = 4 * MAX_SPEC_BYTES
 MAX_PATH_BYTES = 4096  # PATH_MAX: the kernel takes no longer path
+MAX_COMMAND_BYTES = 128 * 1024 - 1  # MAX_ARG_STRLEN, its NUL left out
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A template reference in FROM: `name` or `name:tag` (as services/templates.py checks them).
@@ -339,6 +340,10 @@ def _command(line: int, keyword: str, rest: str) -> str:
     command = shlex.join(argv) if argv is not None else rest
     if not command.strip():
         raise InvalidRequest(f"line {line}: {keyword} needs a command")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        # `sh -c <command>`: execve takes no longer argument; START and READY are also kept in
+        # every version of the template.
+        raise InvalidRequest(f"line {line}: {keyword} is longer than {MAX_COMMAND_BYTES} bytes")
     return command
 
 

@@ -26,7 +26,7 @@ from warren.cp.db.tables import templates
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
-from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests
 
 PLATFORM = ids.PLATFORM_TEAM_ID
 # Template names as snapshots have them (services/snapshots.py), tags likewise; `v<N>` is the
@@ -38,6 +38,11 @@ MAX_TAGS = 16
 # Serialises a team's version writes (next version number, tag moves) and build admissions
 # across replicas: pg_advisory_xact_lock(TEMPLATE_NS, key_of(team)).
 TEMPLATE_NS = 0x575454  # "WTT"
+# Versions a team may hold (builds and imports; snapshots have their own quota). A build that
+# runs no step needs no host and takes ~0.1 s, so without a bound one key wrote versions, and
+# every GET of the team's templates read them all, without end.
+MAX_VERSIONS_PER_TEAM = 1000
+MAX_VERSIONS_PER_TEMPLATE = 100
 
 
 def check_name(name: str) -> str:
@@ -166,9 +171,12 @@ async def list_templates(engine: AsyncEngine, ctx: AuthContext) -> list[Template
     """The team's templates and the platform's, newest version each, by name."""
     team_id = require_team(ctx)
     async with autocommit(engine) as conn:
+        # The summary's columns only: a version's config (env, commands) can be ~0.5 MiB.
+        c = templates.c
+        summary = (c.team_id, c.name, c.version, c.type, c.source, c.tags, c.size_bytes, c.created_at)
         rows = (
             await conn.execute(
-                sa.select(templates)
+                sa.select(*summary)
                 .where(_visible(team_id))
                 .order_by(templates.c.team_id, templates.c.name, templates.c.version.desc())
             )
@@ -259,6 +267,26 @@ async def check_name_free(conn: AsyncConnection, team_id: uuid.UUID, name: str) 
         raise Conflict(f'"{name}" is a snapshot; choose another template name', code="name_taken")
 
 
+async def check_room_for_version(conn: AsyncConnection, team_id: uuid.UUID, name: str) -> None:
+    """429 ``quota_exceeded`` when the team (or this template) holds its most versions; the
+    caller holds ``lock_team``, so two writers at the bound cannot both pass."""
+    if team_id == PLATFORM:
+        return  # the operator's own templates
+    own = (templates.c.team_id == team_id) & (templates.c.type == "base")
+    held, named = (
+        await conn.execute(
+            sa.select(sa.func.count(), sa.func.count().filter(templates.c.name == name)).where(own)
+        )
+    ).one()
+    if held >= MAX_VERSIONS_PER_TEAM or named >= MAX_VERSIONS_PER_TEMPLATE:
+        raise TooManyRequests(
+            f'the team holds {held} template versions, {named} of "{name}" (at most '
+            f"{MAX_VERSIONS_PER_TEAM}, {MAX_VERSIONS_PER_TEMPLATE} of one template); "
+            "delete old versions first",
+            code="quota_exceeded",
+        )
+
+
 async def insert_version(
     conn: AsyncConnection,
     *,
@@ -278,6 +306,7 @@ async def insert_version(
     here): tags it claims are taken off older versions."""
     await lock_team(conn, team_id)
     await check_name_free(conn, team_id, name)
+    await check_room_for_version(conn, team_id, name)
     latest = (
         await conn.execute(
             sa.select(sa.func.max(templates.c.version)).where(
