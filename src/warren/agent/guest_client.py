@@ -217,6 +217,32 @@ def _as(user: str) -> dict[str, str]:
     return {"user": user} if user else {}
 
 
+def _exec_request(
+    cmd: str,
+    args: list[str],
+    env: dict[str, str] | None,
+    cwd: str | None,
+    timeout: float | None,
+    *,
+    stdin: bool,
+    user: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The guest's ``exec`` op, which the unary and the streaming exec both open a session with;
+    ``extra``: the streaming exec's ``tag`` and ``background``."""
+    return {
+        "op": "exec",
+        "cmd": cmd,
+        "args": list(args),
+        "env": env or {},
+        "cwd": cwd,
+        "timeout": timeout,
+        "stdin": stdin,
+        **extra,
+        **_as(user),
+    }
+
+
 def _selector(selector: int | str) -> dict[str, Any]:
     if isinstance(selector, bool) or not isinstance(selector, int | str):
         raise TypeError("a process selector is a pid (int) or a tag (str)")
@@ -325,16 +351,7 @@ class GuestClient:
         the call fails with ``output_too_large``.
         """
         cap = self.max_output if max_output is None else max_output
-        req = {
-            "op": "exec",
-            "cmd": cmd,
-            "args": list(args),
-            "env": env or {},
-            "cwd": cwd,
-            "timeout": timeout,
-            "stdin": stdin is not None,
-            **_as(user),
-        }
+        req = _exec_request(cmd, args, env, cwd, timeout, stdin=stdin is not None, user=user)
         out: list[bytes] = []
         err: list[bytes] = []
         size = 0
@@ -389,18 +406,9 @@ class GuestClient:
         ``read_ahead``: the guest's frames read ahead of the caller (up to twice it; a caller
         that holds output back wants little).
         """
-        req = {
-            "op": "exec",
-            "cmd": cmd,
-            "args": list(args),
-            "env": env or {},
-            "cwd": cwd,
-            "timeout": timeout,
-            "stdin": stdin,
-            "tag": tag,
-            "background": background,
-            **_as(user),
-        }
+        req = _exec_request(
+            cmd, args, env, cwd, timeout, stdin=stdin, user=user, tag=tag, background=background
+        )
         if backpressure:  # the guest waits for this session's reader even in the background
             req["backpressure"] = True
         return await self._open_session(req, limit=read_ahead)
