@@ -62,6 +62,19 @@ class Settings(BaseSettings):
     body_budget_mb: int = Field(default=64, ge=1)
     body_budget_per_address_mb: int = Field(default=8, ge=1)
     body_read_timeout_s: float = Field(default=30.0, gt=0)
+    # An upload a route streams (template builds and imports, E2B's envd /files) is charged to
+    # that budget while it is read (a window, not its size) and paced: the time it keeps the
+    # server waiting for bytes may not pass body_read_timeout_s plus one second per this many KiB
+    # received (408 past it), so a slow but moving upload finishes and a stalled one goes.
+    body_min_upload_rate_kib_s: int = Field(default=16, ge=1)
+    # The CP's and `warren proxy`'s HTTP connections (cp/connection_guard.py): a connection whose
+    # request head (request line and headers) is not whole within http_head_timeout_s of its
+    # first byte (or of its opening) is closed; at most http_max_connections open per process
+    # (bounded below the open-file limit) and http_max_connections_per_address per client
+    # address (the socket peer; a peer in WARREN_TRUSTED_PROXIES is not counted per address).
+    http_head_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    http_max_connections: int = Field(default=4096, ge=16)
+    http_max_connections_per_address: int = Field(default=512, ge=1)
     # Largest WebSocket message (bytes) a CP or `warren proxy` server takes from a client, and the
     # preview proxy from a sandbox's server; one over it closes that connection with 1009. Each
     # connection holds a few messages at most (one read ahead, one being handed on, a stream's

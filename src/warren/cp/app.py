@@ -259,7 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from warren.cp.dashboard.web import bare_error_page
 
     http_errors.install_error_handlers(app, html_page=bare_error_page)
-    app.add_middleware(BodyCapMiddleware, settings=settings)
+    app.add_middleware(BodyCapMiddleware, settings=settings, budget=state.body_budget)
     # Outermost: proxied sandbox ports (docs/networking.md §3) stream past the body cap.
     app.add_middleware(PreviewMiddleware, settings=settings, deps=lambda scope: (state.engine, state.pool))
     # Outermost of all: every request's id, client address and latency (cp/observe.py).

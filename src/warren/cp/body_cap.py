@@ -18,17 +18,33 @@ itself, bounded four ways:
 - Without these, an anonymous client that sends all but the last byte of a 1 MiB body on each
   of N connections held N MiB of the CP for as long as it liked.
 
-Uploads (multipart or octet-stream) to the routes that stream them are not buffered, so they
-are neither charged nor timed: they are counted against ``WARREN_MAX_UPLOAD_BYTES`` as the
-route reads them. An upload content type sent to any other route buys nothing: that route
-buffers what it gets, so the body is treated like JSON.
+Which routes are read how is the app's ``Rules`` (the main API's: ``MAIN_API``; the E2B listener
+has its own, cp/e2b/app.py; one ``BodyBudget`` per process serves both):
+
+- ``BUFFER``: read whole here, as above.
+- ``OWN``: the route reads its own body, neither charged nor timed: it authenticates before it
+  reads a byte, and its body is a stream with no end in sight (a file stream, an E2B stdin).
+- ``Streamed(window)``: an upload the route streams (to a spool file, to a sandbox) under its own
+  caps. It is never refused for its size here; while it is read it is charged ``window`` bytes
+  (what it holds in memory at once: uvicorn stops reading a connection 64 KiB ahead of the app,
+  a socket read is up to 256 KiB), so it counts in both budgets, and it is paced: the client's
+  time waited for bytes may not pass ``WARREN_BODY_READ_TIMEOUT_S`` plus one second per
+  ``WARREN_BODY_MIN_UPLOAD_RATE_KIB_S`` KiB received (408 past it), so an upload at any useful
+  rate takes as long as it needs and a stalled or trickled one goes.
+- ``CAPPED``: the main API's signed upload URL, streamed through this middleware's upload cap
+  (``WARREN_MAX_UPLOAD_BYTES``), not charged.
+
+An upload content type sent to a ``BUFFER`` route buys nothing: that route buffers what it gets.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from warren.config import Settings
@@ -36,16 +52,52 @@ from warren.cp.http_errors import error_response
 from warren.cp.services.rate_limits import address_key, client_address
 
 MiB = 1024 * 1024
+KiB = 1024
 RETRY_AFTER_S = 2
 
+
+@dataclass(frozen=True)
+class Streamed:
+    """An upload the route streams, charged ``window`` bytes while it is read, and paced."""
+
+    window: int
+
+
+BUFFER: Literal["buffer"] = "buffer"
+OWN: Literal["own"] = "own"
+CAPPED: Literal["capped"] = "capped"
+Handling = Literal["buffer", "own", "capped"] | Streamed
+# How a route's body is read, from its path and its content type (lower case).
+Rules = Callable[[str, str], Handling]
+# An error answer in the app's shape: (status, code, message).
+Answer = Callable[[int, str, str], Response]
+
 _UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
-# Routes that read their own bodies (the app's cap skips them): streaming uploads have no size
-# limit (docs/spec.md §2.7), relayed, never buffered; the unary upload caps its file part itself
-# (services/files.py), not the form around it (D18); template builds and imports cap their own
-# uploads and JSON (api/templates.py). All of them authenticate before they read a byte.
-_UNCAPPED_SUFFIXES = ("/files/stream/write", "/files/write", "/v1/templates", "/v1/templates/import")
+# Streaming uploads have no size limit (docs/spec.md §2.7), relayed, never buffered; the unary
+# upload caps its file part itself (services/files.py), not the form around it (D18). Both
+# authenticate before they read a byte.
+_OWN_SUFFIXES = ("/files/stream/write", "/files/write")
+# Template builds and imports: a JSON body or a multipart context/image spooled to disk under
+# their own caps (api/templates.py); the form's fields (a spec of up to 256 KiB, a few more) are
+# held while it is read: charged as one JSON body.
+_TEMPLATE_SUFFIXES = ("/v1/templates", "/v1/templates/import")
 # The one route that streams an upload through this middleware's upload cap: a signed upload URL.
-_STREAMED_UPLOAD_SUFFIXES = ("/files/signed/upload",)
+_CAPPED_SUFFIXES = ("/files/signed/upload",)
+
+
+def main_api_rules(json_cap: int) -> Rules:
+    """The main API's routes (see the module)."""
+
+    def rules(path: str, content_type: str) -> Handling:
+        if path.endswith(_OWN_SUFFIXES):
+            return OWN
+        if path.endswith(_TEMPLATE_SUFFIXES):
+            return Streamed(json_cap)
+        if content_type.startswith(_UPLOAD_TYPES) and path.endswith(_CAPPED_SUFFIXES):
+            return CAPPED
+        return BUFFER
+
+    return rules
 
 
 @dataclass
@@ -110,34 +162,75 @@ class _Refused(Exception):
         self.status, self.code = status, code
 
 
+@dataclass
+class _Pace:
+    """A streamed upload's clock: the time the client kept the app waiting for bytes may not
+    pass ``base_s`` plus one second per ``rate`` bytes received (only time spent waiting for
+    the client counts: an app slow to read does not use the client's allowance)."""
+
+    base_s: float
+    rate: float
+    received: int = 0
+    waited: float = 0.0
+
+    async def receive(self, receive: Receive) -> Message:
+        loop = asyncio.get_running_loop()
+        left = self.base_s + self.received / self.rate - self.waited
+        start = loop.time()
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                message = await receive()
+        finally:
+            self.waited += loop.time() - start
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+        return message
+
+
 class BodyCapMiddleware:
     """Caps, charges and times request bodies before the app reads them (see the module)."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings, budget: BodyBudget | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        budget: BodyBudget | None = None,
+        rules: Rules | None = None,
+        json_cap: int | None = None,
+        answer: Answer = error_response,
+    ) -> None:
         self.app = app
-        self.json_cap = settings.max_json_body
+        self.json_cap = json_cap or settings.max_json_body
         self.upload_cap = settings.max_upload_bytes
         self.read_timeout_s = settings.body_read_timeout_s
+        self.min_upload_rate = settings.body_min_upload_rate_kib_s * KiB
         self.trusted_proxies = settings.trusted_proxies
         self.budget = budget or BodyBudget.from_settings(settings)
+        self.rules = rules or main_api_rules(self.json_cap)
+        self.answer = answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] in ("GET", "HEAD", "OPTIONS")
-            or scope["path"].endswith(_UNCAPPED_SUFFIXES)
-        ):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         content_type, content_length = _content_headers(scope)
-        if content_type.startswith(_UPLOAD_TYPES) and scope["path"].endswith(_STREAMED_UPLOAD_SUFFIXES):
+        handling = self.rules(scope["path"], content_type)
+        if handling == OWN:
+            await self.app(scope, receive, send)
+        elif isinstance(handling, Streamed):
+            await self._paced(scope, receive, send, handling.window, content_length)
+        elif handling == CAPPED:
             if content_length is not None and content_length > self.upload_cap:
-                await _refuse(scope, receive, send, _too_large(self.upload_cap))
+                await self._refuse(scope, receive, send, _too_large(self.upload_cap))
                 return
-            await self._streamed(scope, receive, send)
-            return
+            await self._relay(scope, _capped(receive, self.upload_cap), send)
+        else:
+            await self._buffered(scope, receive, send, content_length)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send, content_length: int | None) -> None:
         if content_length is not None and content_length > self.json_cap:
-            await _refuse(scope, receive, send, _too_large(self.json_cap))
+            await self._refuse(scope, receive, send, _too_large(self.json_cap))
             return
         charge = _Charge(self.budget, self._address(scope))
         try:
@@ -147,10 +240,10 @@ class BodyCapMiddleware:
                 async with asyncio.timeout(self.read_timeout_s):
                     body = await self._read(receive, charge, chunked=content_length is None)
             except TimeoutError:
-                await _refuse(scope, receive, send, self._late())
+                await self._refuse(scope, receive, send, self._late())
                 return
             except _Refused as refused:
-                await _refuse(scope, receive, send, refused)
+                await self._refuse(scope, receive, send, refused)
                 return
             if body is None:
                 return  # the client went away
@@ -175,31 +268,67 @@ class BodyCapMiddleware:
             more = bool(message.get("more_body", False))
         return bytes(body)
 
-    async def _streamed(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """An upload the route streams: counted against the upload cap as the route reads it."""
-        seen = 0
-        response_started = False
+    async def _paced(
+        self, scope: Scope, receive: Receive, send: Send, window: int, content_length: int | None
+    ) -> None:
+        """An upload the route streams: charged ``window`` (its declared length if smaller)
+        until its last byte is read, and paced (see ``_Pace``)."""
+        charge = _Charge(self.budget, self._address(scope))
+        if not charge.take(min(window, content_length) if content_length is not None else window):
+            await self._refuse(scope, receive, send, self._busy())
+            return
+        pace = _Pace(self.read_timeout_s, self.min_upload_rate)
+        done = False
 
-        async def capped_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.upload_cap:
-                    raise _too_large(self.upload_cap)
+        async def paced_receive() -> Message:
+            nonlocal done
+            if done:  # the body is whole: later receives wait for the disconnect, untimed
+                return await receive()
+            try:
+                message = await pace.receive(receive)
+            except TimeoutError:
+                charge.give_back()
+                raise self._stalled() from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+                charge.give_back()
             return message
 
+        try:
+            await self._relay(scope, paced_receive, send)
+        finally:
+            charge.give_back()
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Runs the app on a ``receive`` that may refuse the body (raise ``_Refused``). Then the
+        refusal is the answer, unless the app's own had begun: whatever the app made of the
+        error (a route that turns every failure into its own 500 or 400) is dropped."""
+        refused: _Refused | None = None
+        started = False
+
+        async def refusing_receive() -> Message:
+            nonlocal refused
+            try:
+                return await receive()
+            except _Refused as r:
+                refused = r
+                raise
+
         async def tracking_send(message: Message) -> None:
-            nonlocal response_started
+            nonlocal started
+            if refused is not None and not started:
+                return  # the app's answer to our refusal: ours goes instead
             if message["type"] == "http.response.start":
-                response_started = True
+                started = True
             await send(message)
 
         try:
-            await self.app(scope, capped_receive, tracking_send)
-        except _Refused as refused:
-            if not response_started:
-                await _refuse(scope, receive, send, refused)
+            await self.app(scope, refusing_receive, tracking_send)
+        except Exception:
+            if refused is None:
+                raise
+        if refused is not None and not started:
+            await self._refuse(scope, receive, send, refused)
 
     def _address(self, scope: Scope) -> str:
         client = scope.get("client")
@@ -221,9 +350,41 @@ class BodyCapMiddleware:
             408, "request_timeout", f"the request body did not arrive within {self.read_timeout_s:g} s"
         )
 
+    def _stalled(self) -> _Refused:
+        return _Refused(
+            408,
+            "request_timeout",
+            f"the upload stalled: it may keep the server waiting {self.read_timeout_s:g} s, plus one "
+            f"second per {self.min_upload_rate // KiB} KiB received",
+        )
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, refused: _Refused) -> None:
+        """The error answer, and the connection closed: the rest of the body is never read."""
+        resp = self.answer(refused.status, refused.code, str(refused))
+        resp.headers["connection"] = "close"
+        if refused.status == 503:
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        await resp(scope, receive, send)
+
 
 def _too_large(cap: int) -> _Refused:
     return _Refused(413, "too_large", f"request body exceeds {cap} bytes")
+
+
+def _capped(receive: Receive, cap: int) -> Receive:
+    """A receive that refuses the body once more than ``cap`` bytes of it have come."""
+    seen = 0
+
+    async def capped_receive() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise _too_large(cap)
+        return message
+
+    return capped_receive
 
 
 def _content_headers(scope: Scope) -> tuple[str, int | None]:
@@ -255,13 +416,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, refused: _Refused) -> None:
-    """The error envelope, and the connection closed: the rest of the body is never read."""
-    resp = error_response(refused.status, refused.code, str(refused))
-    resp.headers["connection"] = "close"
-    if refused.status == 503:
-        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
-    await resp(scope, receive, send)
-
-
-__all__ = ["BodyBudget", "BodyCapMiddleware"]
+__all__ = [
+    "BUFFER",
+    "CAPPED",
+    "OWN",
+    "Answer",
+    "BodyBudget",
+    "BodyCapMiddleware",
+    "Handling",
+    "Rules",
+    "Streamed",
+    "main_api_rules",
+]

@@ -16,6 +16,7 @@ from starlette.datastructures import State
 from starlette.requests import HTTPConnection
 
 from warren.config import Settings
+from warren.cp.body_cap import BodyBudget
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.monitor import HostMonitor
 from warren.cp.hosts.scheduler import Scheduler
@@ -48,6 +49,8 @@ class AppState(State):
         self.team_limiter = rate_limits.TeamRateLimiter(
             settings.team_rate_limit_per_s, settings.team_rate_burst
         )
+        # The request bodies this process is reading, on every listener (cp/body_cap.py).
+        self.body_budget = BodyBudget.from_settings(settings)
 
 
 def state_of(conn: HTTPConnection) -> AppState:

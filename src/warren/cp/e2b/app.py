@@ -7,19 +7,55 @@
 3. Else the control API (``/sandboxes``, ``/v2/sandboxes``, ``/snapshots``, ...).
 
 Both planes serve ``GET /health``, so the header decides first.
+
+The control API and envd read request bodies through the main port's body cap, on the same
+per-process budget (cp/body_cap.py): a JSON body is read whole, charged and timed before the
+route runs; envd's ``POST /files`` upload streams, charged a window and paced; its Connect
+streams (``application/connect+json``: a process's stdin may idle for minutes) read their own
+bodies after authentication. A sandbox port's traffic is relayed as it comes, like the main
+port's preview proxy.
 """
 
 from __future__ import annotations
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from warren.cp.body_cap import BUFFER, OWN, BodyCapMiddleware, Handling, Rules, Streamed
 from warren.cp.e2b.control import control_app
 from warren.cp.e2b.envd import ENVD_PORT, envd_app
+from warren.cp.e2b.envd.connect import MAX_MESSAGE
 from warren.cp.e2b.envd.files import files_without_sandbox
+from warren.cp.e2b.errors import e2b_error
 from warren.cp.e2b.ports import port_app
 from warren.cp.observe import ObserveMiddleware
 from warren.cp.proxy.routing import route
 from warren.cp.state import AppState
+
+# What one streamed envd upload holds in memory while it is read (see cp/body_cap.py).
+UPLOAD_WINDOW = 256 * 1024
+
+
+def _control_rules(path: str, content_type: str) -> Handling:
+    return BUFFER  # JSON objects, within the CP's JSON cap (control/app.py)
+
+
+def _envd_rules(path: str, content_type: str) -> Handling:
+    if path == "/files":
+        return Streamed(UPLOAD_WINDOW)  # each file capped by the route, any number of bytes in all
+    if content_type.startswith("application/connect+json"):
+        return OWN
+    return BUFFER  # a unary Connect call: one message of up to MAX_MESSAGE
+
+
+def _answer(status: int, code: str, message: str) -> Response:
+    return e2b_error(status, message)  # E2B's shape: {"code": <status>, "message"}
+
+
+def _capped(app: ASGIApp, state: AppState, rules: Rules, json_cap: int | None = None) -> ASGIApp:
+    return BodyCapMiddleware(
+        app, settings=state.settings, budget=state.body_budget, rules=rules, json_cap=json_cap, answer=_answer
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -39,8 +75,10 @@ class E2BApp:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.control = control_app(state)
-        self.envd = envd_app(state)
+        self.control = _capped(control_app(state), state, _control_rules)
+        self.envd = _capped(
+            envd_app(state), state, _envd_rules, json_cap=max(MAX_MESSAGE, state.settings.max_json_body)
+        )
         self.ports = port_app(state)
 
     def target(self, scope: Scope) -> tuple[str, int] | None:

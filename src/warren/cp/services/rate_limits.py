@@ -156,6 +156,12 @@ def _is_trusted(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.I
     return any(ip in n for n in nets)
 
 
+def is_trusted_proxy(peer: str, trusted: str) -> bool:
+    """Whether ``peer`` is one of ``trusted`` (WARREN_TRUSTED_PROXIES): it speaks for many clients."""
+    nets = _networks(trusted)
+    return bool(nets) and _is_trusted(peer, nets)
+
+
 def client_address(peer: str, forwarded_for: Sequence[str], trusted: str) -> str:
     """The client's address: the socket peer, unless the peer is a trusted proxy; then the
     right-most X-Forwarded-For hop that is not itself a trusted proxy (hops left of it were
