@@ -20,7 +20,7 @@ from warren.cp.security import passwords
 from warren.cp.security.tokens import issue_user_jwt
 from warren.cp.services import audit, rate_limits
 from warren.cp.services.context import AuthContext
-from warren.cp.services.teams import insert_team, login_team
+from warren.cp.services.teams import email_registered, insert_account, login_team
 from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 
 MIN_PASSWORD = 8
@@ -86,9 +86,7 @@ async def signup(
         # Before the existence check: probing which emails are registered is counted too.
         await rate_limits.count_signup(engine, attempt)
 
-    async with autocommit(engine) as conn:
-        taken = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
-    if taken is not None:  # cheap early answer; the unique index below is the real guard
+    if await email_registered(engine, email):
         raise Conflict("an account with this email already exists", code="email_taken")
 
     password_hash = await passwords.hash_password(password)
@@ -96,17 +94,9 @@ async def signup(
     now = clock.now()
     try:
         async with transaction(engine) as conn:
-            await conn.execute(
-                users.insert().values(
-                    id=user_uuid,
-                    email=email,
-                    password_hash=password_hash,
-                    name=name,
-                    created_at=now,
-                    updated_at=now,
-                )
+            team = await insert_account(
+                conn, user_id=user_uuid, email=email, name=name, password_hash=password_hash, now=now
             )
-            team = await insert_team(conn, name=f"{name}'s Team", owner_id=user_uuid, is_default=True)
             team_uuid = ids.parse_id(ids.Kind.TEAM, team.id)
             who = AuthContext(
                 kind="jwt", team_id=team_uuid, user_id=user_uuid, email=email, name=name, role="owner"

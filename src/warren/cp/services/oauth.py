@@ -29,7 +29,7 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import oauth_providers, users
 from warren.cp.security.tokens import constant_time_equals, issue_user_jwt
-from warren.cp.services.teams import insert_team, login_team
+from warren.cp.services.teams import email_registered, insert_account, login_team
 from warren.errors import NotFound
 
 log = logging.getLogger("warren.oauth")
@@ -215,9 +215,7 @@ async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Iden
     existing = await _find_identity(engine, provider, ident.provider_id)
     if existing is not None:
         return await _login_existing(engine, secret, existing)
-    async with autocommit(engine) as conn:
-        taken = (await conn.execute(select(users.c.id).where(users.c.email == ident.email))).first()
-    if taken is not None:
+    if await email_registered(engine, ident.email):
         # Accounts are never linked automatically: whoever controls the GitHub account may not
         # be the owner of the existing Warren account.
         raise _Fail("email_taken")
@@ -225,17 +223,9 @@ async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Iden
     now = clock.now()
     try:
         async with transaction(engine) as conn:
-            await conn.execute(
-                users.insert().values(
-                    id=user_id,
-                    email=ident.email,
-                    password_hash=None,
-                    name=ident.name,
-                    created_at=now,
-                    updated_at=now,
-                )
+            team = await insert_account(
+                conn, user_id=user_id, email=ident.email, name=ident.name, password_hash=None, now=now
             )
-            team = await insert_team(conn, name=f"{ident.name}'s Team", owner_id=user_id, is_default=True)
             await conn.execute(
                 oauth_providers.insert().values(
                     provider=provider,

@@ -169,6 +169,32 @@ async def insert_team(
     )
 
 
+async def email_registered(engine: AsyncEngine, email: str) -> bool:
+    """Whether an account has this email: the sign-ups' cheap early answer (the unique index on
+    ``users.email`` is the real guard, at the insert)."""
+    async with autocommit(engine) as conn:
+        return (await conn.execute(select(users.c.id).where(users.c.email == email))).first() is not None
+
+
+async def insert_account(
+    conn: AsyncConnection,
+    *,
+    user_id: uuid.UUID,
+    email: str,
+    name: str,
+    password_hash: str | None,
+    now: Any,
+) -> TeamWithRole:
+    """A new user and the default team every account starts with, "<name>'s Team", which it
+    owns (caller's transaction; IntegrityError when the email is taken after all)."""
+    await conn.execute(
+        users.insert().values(
+            id=user_id, email=email, password_hash=password_hash, name=name, created_at=now, updated_at=now
+        )
+    )
+    return await insert_team(conn, name=f"{name}'s Team", owner_id=user_id, is_default=True)
+
+
 async def login_team(conn: AsyncConnection, user_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
     """docs/spec.md §7.6: the live default team, else the earliest-joined live team, else None."""
     row = (
