@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import weakref
 from pathlib import Path
 
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
@@ -106,17 +107,21 @@ class Maker:
 
 
 _maker: Maker | None = None
+# Two creates that find no maker (it ended) start one, not two: per event loop (tests run several).
+_start_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def maker() -> Maker:
     """This event loop's maker, started (again) if there is none or it ended."""
     global _maker
-    if _maker is None or not _maker.alive or _maker.loop is not asyncio.get_running_loop():
-        if _maker is not None and _maker.loop is asyncio.get_running_loop():
-            await _maker.close()
-        _prepare_dirs()
-        _maker = await Maker.start()
-    return _maker
+    loop = asyncio.get_running_loop()
+    async with _start_locks.setdefault(loop, asyncio.Lock()):
+        if _maker is None or not _maker.alive or _maker.loop is not loop:
+            if _maker is not None and _maker.loop is loop:
+                await _maker.close()
+            _prepare_dirs()
+            _maker = await Maker.start()
+        return _maker
 
 
 async def stop_maker() -> None:

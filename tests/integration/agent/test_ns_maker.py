@@ -111,6 +111,12 @@ async def test_a_maker_that_ended_is_reported_and_the_next_make_starts_another(s
     assert _owner_uid(slot_userns.path(slot)) == slot_userns.owner_uid(slot)
 
 
+async def test_creates_that_find_no_maker_start_one() -> None:
+    await slot_userns.stop_maker()
+    first, second = await asyncio.gather(slot_userns.maker(), slot_userns.maker())
+    assert first is second and first.alive
+
+
 STAND_IN_AGENT = """
 import asyncio, sys
 from warren.agent import slot_userns
