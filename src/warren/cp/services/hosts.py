@@ -47,12 +47,18 @@ from warren.errors import (
     InvalidRequest,
     InvalidState,
     NotFound,
+    TooManyRequests,
 )
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.hosts")
 
 REGISTRATION_TOKEN_TTL = timedelta(hours=1)
+# What a BYOC team's owner writes to the host list (every text was kept whole, a MiB each, on
+# any number of pending hosts, and every list read them all).
+MAX_LABEL = 128  # provider, availability zone, a tag
+MAX_TAGS_PER_HOST = 64
+MAX_HOSTS_PER_TEAM = 1000
 # Statuses that count as "active" for a host delete (docs/spec.md §2.9 step 2).
 ACTIVE_STATUSES = ("pending", "starting", "running", "missing")
 # Everything a force delete marks stopped: the active ones plus paused (docs/design.md §4).
@@ -243,6 +249,19 @@ async def _check_team_takes_host(
         raise Forbidden("BYOC is not enabled for this team")
 
 
+async def _check_room_for_host(conn: AsyncConnection, team_uuid: uuid.UUID) -> None:
+    # The team's row locked: two creates at the bound cannot both pass the count.
+    await conn.execute(sa.select(teams.c.id).where(teams.c.id == team_uuid).with_for_update())
+    held = (
+        await conn.execute(sa.select(sa.func.count()).select_from(hosts).where(hosts.c.team_id == team_uuid))
+    ).scalar_one()
+    if held >= MAX_HOSTS_PER_TEAM:
+        raise TooManyRequests(
+            f"the team has {held} hosts (at most {MAX_HOSTS_PER_TEAM}); delete one first",
+            code="quota_exceeded",
+        )
+
+
 async def _insert_pending_host(
     conn: AsyncConnection,
     *,
@@ -283,9 +302,13 @@ async def create_host(
     """A ``pending`` host and its one-time registration token."""
     team_uuid = _team_of_new_host(ctx, type, team_id)
     assert ctx.user_id is not None  # _team_of_new_host refused the request otherwise
+    if len(provider) > MAX_LABEL or len(availability_zone) > MAX_LABEL:
+        raise InvalidRequest(f"provider and availability_zone are at most {MAX_LABEL} characters")
     async with transaction(engine) as conn:
         if team_uuid is not None:
             await _check_team_takes_host(conn, ctx, type, team_uuid)
+            if type == "byoc":
+                await _check_room_for_host(conn, team_uuid)
         if type == "regular":
             team_uuid = None
         row = await _insert_pending_host(
@@ -357,8 +380,8 @@ def _clean_tag(tag: str) -> str:
     tag = (tag or "").strip()
     if not tag:
         raise InvalidRequest("tag is required")
-    if len(tag) > 128:
-        raise InvalidRequest("tag is too long (max 128 characters)")
+    if len(tag) > MAX_LABEL:
+        raise InvalidRequest(f"tag is too long (max {MAX_LABEL} characters)")
     return tag
 
 
@@ -367,6 +390,10 @@ async def add_tag(engine: AsyncEngine, ctx: AuthContext, host_id: str, tag: str)
     tag = _clean_tag(tag)
     async with transaction(engine) as conn:
         row = await _load_visible(conn, ctx, host_uuid)
+        await conn.execute(sa.select(hosts.c.id).where(hosts.c.id == host_uuid).with_for_update())
+        others = sa.select(sa.func.count()).where(host_tags.c.host_id == host_uuid, host_tags.c.tag != tag)
+        if (await conn.execute(others)).scalar_one() >= MAX_TAGS_PER_HOST:
+            raise TooManyRequests(f"a host has at most {MAX_TAGS_PER_HOST} tags", code="quota_exceeded")
         await conn.execute(pg_insert(host_tags).values(host_id=host_uuid, tag=tag).on_conflict_do_nothing())
         await _audit_host(conn, ctx, row, "add_tag", {"tag": tag})
 
