@@ -36,6 +36,7 @@ def proxy_command(
     """
     import uvicorn
 
+    from warren.cp.connection_guard import http_options
     from warren.cp.observe import ObserveMiddleware
     from warren.cp.proxy.standalone import standalone_app
 
@@ -53,5 +54,5 @@ def proxy_command(
     uvicorn.run(
         app, host=host.strip("[]"), port=int(port), proxy_headers=proxy_headers,
         timeout_graceful_shutdown=10, timeout_keep_alive=HTTP_KEEP_ALIVE_S, log_level="info",
-        **websocket_options(settings), **extra,
+        **websocket_options(settings), **http_options(settings), **extra,
     )  # fmt: skip

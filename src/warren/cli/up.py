@@ -399,10 +399,18 @@ def cp_command(
         "timeout_keep_alive": HTTP_KEEP_ALIVE_S,
         "log_level": "info",
         **websocket_options(settings),
+        **_connection_options(settings),
     }
     if (log_config := logs.uvicorn_log_config(log_format)) is not None:
         options["log_config"] = log_config
     _serve(settings, options, workers, e2b_port)
+
+
+def _connection_options(settings: Settings) -> dict[str, Any]:
+    """The request-head deadline and connection bounds (cp/connection_guard.py)."""
+    from warren.cp.connection_guard import http_options
+
+    return http_options(settings)
 
 
 def _serve(settings: Settings, options: dict[str, Any], workers: int, e2b_port: int) -> None:

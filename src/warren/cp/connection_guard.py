@@ -1,0 +1,213 @@
+"""Bounds on the HTTP connections one server process holds (``warren cp``, ``warren proxy``).
+
+uvicorn closes an idle keep-alive connection (``timeout_keep_alive``) but puts no deadline on a
+connection that has not finished its request head, and no bound on how many it holds: a client
+that opens connections and sends half a request line, or nothing, kept each open (an fd, a
+protocol, its parser) for as long as it liked, until the process ran out of file descriptors and
+stopped accepting anyone. (``limit_concurrency`` answers 503 only once a head is whole, and counts
+no connection that never sends one; ``h11_max_incomplete_event_size`` bounds the h11 parser's
+head size, not the httptools one uvicorn picks, and never its time.)
+
+``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol with three bounds added:
+
+- **Head deadline**: a request head (request line and headers) must be whole within
+  ``WARREN_HTTP_HEAD_TIMEOUT_S`` of the connection's opening, or of its first byte on a
+  kept-alive connection; else the connection closes (408 if part of a head came).
+- **Head size**: at most ``MAX_HEAD_BYTES`` before the head is whole (431 and closed).
+- **Connections**: at most ``WARREN_HTTP_MAX_CONNECTIONS`` open in this process (HTTP and
+  WebSocket, on every listening socket; bounded below the open-file limit so the process keeps
+  fds for its database, agents and files) and ``WARREN_HTTP_MAX_CONNECTIONS_PER_ADDRESS`` HTTP
+  connections per client address (an IPv6 client counts as its /64; a peer listed in
+  ``WARREN_TRUSTED_PROXIES`` speaks for many clients and is not counted per address). The next
+  one is answered 503 ``too_many_connections`` and closed as soon as it is accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_remote_addr
+
+from warren.config import Settings, get_settings
+from warren.cp.services.rate_limits import address_key, is_trusted_proxy
+
+log = logging.getLogger("warren.connections")
+
+MAX_HEAD_BYTES = 64 * 1024
+# File descriptors kept for everything but client connections: the database pool, agent
+# channels, spool and log files, the listening sockets.
+FD_RESERVE = 512
+RETRY_AFTER_S = 2
+_WARN_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    head_timeout_s: float
+    max_connections: int
+    max_per_address: int
+    trusted_proxies: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ConnectionLimits:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        cap = s.http_max_connections
+        if soft != resource.RLIM_INFINITY:
+            cap = max(16, min(cap, soft - FD_RESERVE))
+        return cls(s.http_head_timeout_s, cap, s.http_max_connections_per_address, s.trusted_proxies)
+
+
+def raise_open_file_limit(settings: Settings) -> None:
+    """Raise this process's soft open-file limit (inherited by its workers) to what
+    ``WARREN_HTTP_MAX_CONNECTIONS`` needs, as far as the hard limit allows: a stock soft limit
+    of 1024 would otherwise bound the connections well below the setting."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = settings.http_max_connections + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def _answer(status: str, code: str, message: str, *extra: bytes) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [f"HTTP/1.1 {status}".encode(), b"content-type: application/json", *extra]
+    head += [b"connection: close", f"content-length: {len(body)}".encode()]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the module's bounds (``http=`` in uvicorn's config)."""
+
+    # The process's limits, from its settings at the first connection (each uvicorn worker
+    # builds its own from the same environment); and the HTTP connections per client address.
+    limits: ClassVar[ConnectionLimits | None] = None
+    by_address: ClassVar[dict[str, int]] = {}
+    _warned: ClassVar[float] = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._address: str | None = None  # counted under this key while open
+        self._refused = False
+
+    @classmethod
+    def _limits(cls) -> ConnectionLimits:
+        if cls.limits is None:
+            cls.limits = ConnectionLimits.from_settings(get_settings())
+        return cls.limits
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        limits = self._limits()
+        peer = get_remote_addr(transport)
+        key = None
+        if peer is not None and not is_trusted_proxy(peer[0], limits.trusted_proxies):
+            key = address_key(peer[0])
+        if len(self.connections) >= limits.max_connections:
+            self._refuse(transport, f"this server holds {limits.max_connections} connections")
+            return
+        if key is not None and self.by_address.get(key, 0) >= limits.max_per_address:
+            self._refuse(transport, f"this address holds {limits.max_per_address} connections")
+            return
+        if key is not None:
+            self.by_address[key] = self.by_address.get(key, 0) + 1
+            self._address = key
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return  # never made: nothing of uvicorn's to undo
+        self._disarm()
+        self._uncount()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.get_protocol() is not self:  # upgraded to a WebSocket
+            self._disarm()
+            self._uncount()
+        elif not self._waiting_for_head():
+            self._disarm()
+            self._head_bytes = 0
+        elif not self.transport.is_closing():
+            self._arm()  # bytes of a new head on a kept-alive connection (uvicorn's timer is off)
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._close_with(
+                    _answer("431 Request Header Fields Too Large", "head_too_large",
+                            f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+                )  # fmt: skip
+
+    def _waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._limits().head_timeout_s, self._head_late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _uncount(self) -> None:
+        if self._address is not None:
+            left = self.by_address.get(self._address, 0) - 1
+            if left > 0:
+                self.by_address[self._address] = left
+            else:
+                self.by_address.pop(self._address, None)  # only addresses holding connections
+            self._address = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if not self._waiting_for_head() or self.transport.is_closing():
+            return
+        if not self._head_bytes:
+            self.transport.close()  # nothing sent: nothing to answer
+            return
+        timeout = self._limits().head_timeout_s
+        self._close_with(
+            _answer(
+                "408 Request Timeout",
+                "request_timeout",
+                f"the request head did not arrive within {timeout:g} s",
+            )
+        )
+
+    def _close_with(self, answer: bytes) -> None:
+        self._disarm()
+        self.transport.write(answer)
+        self.transport.close()
+
+    def _refuse(self, transport: asyncio.Transport, why: str) -> None:
+        self._refused = True
+        cls = type(self)
+        now = time.monotonic()
+        if now - cls._warned >= _WARN_EVERY_S:
+            cls._warned = now
+            log.warning("refusing connections: %s (WARREN_HTTP_MAX_CONNECTIONS*)", why)
+        transport.write(
+            _answer("503 Service Unavailable", "too_many_connections", f"{why}; retry shortly",
+                    f"retry-after: {RETRY_AFTER_S}".encode())
+        )  # fmt: skip
+        transport.close()
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for a server with these bounds (and the open-file limit they need)."""
+    raise_open_file_limit(settings)
+    return {"http": GuardedHttpToolsProtocol}
+
+
+__all__ = ["ConnectionLimits", "GuardedHttpToolsProtocol", "http_options", "raise_open_file_limit"]
