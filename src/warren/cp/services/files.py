@@ -248,15 +248,19 @@ async def open_read(
     agent error before data flows) raises now and becomes a proper error response."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
     body = parse_body(PathBody, raw_body)
-    path, client = _path(body), tgt.client()
-    req = pb.ReadFileRequest(sandbox_id=tgt.sid, path=path, user=body.user)
-    call = client.stub.ReadFileStream(req, timeout=None)
+    return await _start_read(tgt.client(), tgt.sid, _path(body), body.user)
+
+
+async def _start_read(client: HostClient, sid: str, path: str, user: str) -> AsyncGenerator[bytes]:
+    """Open the file's read stream and fetch its first chunk here, so that an error before the
+    data flows (no such file, ...) raises before the response starts; then relay the rest."""
+    call = client.stub.ReadFileStream(pb.ReadFileRequest(sandbox_id=sid, path=path, user=user), timeout=None)
     try:
         first = await call.read()
     except BaseException:
         call.cancel()
         raise
-    return _relay(call, first, tgt.sid, path)
+    return _relay(call, first, sid, path)
 
 
 async def _relay(call: Any, first: Any, sid: str, path: str) -> AsyncGenerator[bytes]:
@@ -305,14 +309,7 @@ async def read_unary(
         raise InvalidRequest(f"{path} is a directory")
     if st.entry.size > cap:
         raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
-    req = pb.ReadFileRequest(sandbox_id=tgt.sid, path=path, user=user)
-    call = client.stub.ReadFileStream(req, timeout=None)
-    try:
-        first = await call.read()
-    except BaseException:
-        call.cancel()
-        raise
-    return _capped(_relay(call, first, tgt.sid, path), cap)
+    return _capped(await _start_read(client, tgt.sid, path, user), cap)
 
 
 async def _capped(chunks: AsyncGenerator[bytes], cap: int) -> AsyncIterator[bytes]:
