@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db.engine import autocommit, transaction
+from warren.cp.db.engine import Conn, autocommit, transaction
 from warren.cp.db.tables import sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import audit
@@ -77,6 +78,19 @@ async def _delete_template_files(
     await asyncio.gather(*(one(ref) for ref in refs if ref.host_local))
 
 
+_REF_COLUMNS = (sandboxes.c.id, sandboxes.c.host_id, sandboxes.c.status)
+
+
+def _refs(rows: Iterable[Any]) -> list[SandboxRef]:
+    """``SandboxRef``s of rows holding ``_REF_COLUMNS``."""
+    return [SandboxRef(id=r.id, host_id=r.host_id, status=r.status) for r in rows]
+
+
+async def _require_owner(conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool) -> None:
+    if await lock_team_and_role(conn, team_id, user_id, lock=lock) != "owner":
+        raise Forbidden("only the team owner can delete the team")
+
+
 async def delete_team(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, team_id: uuid.UUID
 ) -> None:
@@ -89,17 +103,14 @@ async def delete_team(
     layer GC. Host-side failures are logged, never fatal."""
     user_id = user_of(ctx)
     async with autocommit(engine) as conn:
-        role = await lock_team_and_role(conn, team_id, user_id, lock=False)
-        if role != "owner":
-            raise Forbidden("only the team owner can delete the team")
-        live = [
-            SandboxRef(id=r.id, host_id=r.host_id, status=r.status)
-            for r in await conn.execute(
-                select(sandboxes.c.id, sandboxes.c.host_id, sandboxes.c.status).where(
+        await _require_owner(conn, team_id, user_id, lock=False)
+        live = _refs(
+            await conn.execute(
+                select(*_REF_COLUMNS).where(
                     sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE)
                 )
             )
-        ]
+        )
 
     async def best_effort(what: str, work: Awaitable[None]) -> None:
         # docs/spec.md §7.3: host-side clean-up failures are logged; the delete goes on.
@@ -133,20 +144,17 @@ async def _stop_and_delete_rows(
     marked deleted and audited. Returns what was stopped and removed."""
     now = clock.now()
     async with transaction(engine) as conn:
-        role = await lock_team_and_role(conn, team_id, user_id, lock=True)
-        if role != "owner":
-            raise Forbidden("only the team owner can delete the team")
+        await _require_owner(conn, team_id, user_id, lock=True)
         # The team row is locked: no create can insert a sandbox for it until this commits, and
         # none can after (creates insert only for a live team).
-        stopped = [
-            SandboxRef(id=r.id, host_id=r.host_id, status=r.status)
-            for r in await conn.execute(
+        stopped = _refs(
+            await conn.execute(
                 update(sandboxes)
                 .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE))
                 .values(status="stopped", last_updated=now)
-                .returning(sandboxes.c.id, sandboxes.c.host_id, sandboxes.c.status)
+                .returning(*_REF_COLUMNS)
             )
-        ]
+        )
         removed = [
             TemplateRef(
                 id=r.id, name=r.name, type=r.type, host_id=r.host_id, layers=tuple(r.layers), source=r.source
