@@ -8,25 +8,29 @@ in between (one event loop), given back however the holder ends.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from warren.errors import WarrenError
+from warren.errors import TooManyRequests
 
 
 class TeamCounts:
-    """One kind of thing held per team, e.g. build contexts uploading."""
+    """One kind of thing held per team, e.g. ``what="build contexts uploading"``; ``code``: the
+    429's machine code when a team holds all it may."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, code: str) -> None:
+        self.what, self.code = what, code
         self._held: dict[uuid.UUID, int] = {}
 
     @contextmanager
-    def holding(self, team_id: uuid.UUID, limit: int, refuse: Callable[[int], WarrenError]) -> Iterator[None]:
-        """Hold one of ``team_id``'s ``limit`` for the block; ``refuse(held)`` is raised when they
-        are all taken."""
+    def holding(self, team_id: uuid.UUID, limit: int) -> Iterator[None]:
+        """Hold one of ``team_id``'s ``limit`` for the block; TooManyRequests (no Retry-After:
+        one ends when its holder is done) when they are all taken."""
         held = self._held.get(team_id, 0)
         if held >= limit:
-            raise refuse(held)
+            raise TooManyRequests(
+                f"the team has {held} {self.what} (at most {limit}); wait for one to end", code=self.code
+            )
         self._held[team_id] = held + 1
         try:
             yield

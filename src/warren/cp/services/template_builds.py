@@ -53,7 +53,7 @@ STALE = "the control plane running this build stopped"
 
 
 # Build contexts being uploaded in this process (one CP replica), by team.
-_uploading = TeamCounts()
+_uploading = TeamCounts("build contexts uploading", "too_many_builds")
 
 
 @contextlib.asynccontextmanager
@@ -63,15 +63,7 @@ async def upload_admitted(ctx: AuthContext, settings: Settings) -> AsyncIterator
     team already has ``WARREN_BUILD_MAX_PER_TEAM`` uploads here. The running-builds check at
     submit comes after the upload, so without this one key could spool any number of contexts
     at once. Counted per replica, as imports are: no database connection held for an upload."""
-    limit = settings.build_max_per_team
-
-    def refuse(held: int) -> TooManyRequests:
-        return TooManyRequests(
-            f"the team has {held} build contexts uploading (at most {limit}); wait for one to end",
-            code="too_many_builds",
-        )
-
-    with _uploading.holding(require_team(ctx), limit, refuse):
+    with _uploading.holding(require_team(ctx), settings.build_max_per_team):
         yield
 
 

@@ -36,14 +36,14 @@ from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_context import file_chunks
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
 from warren.cp.store import LayerStore
-from warren.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
+from warren.errors import InvalidRequest, PayloadTooLarge
 from warren.layers.hashing import LayerError
 from warren.layers.oci_image import Image, read_image
 
 MiB = 1024 * 1024
 
 # Imports in progress in this process (one CP replica), by team.
-_running = TeamCounts()
+_running = TeamCounts("image imports in progress", "too_many_imports")
 
 
 @asynccontextmanager
@@ -51,15 +51,7 @@ async def admitted(ctx: AuthContext, settings: Settings) -> AsyncIterator[None]:
     """Hold one of the team's import slots for the block (upload, read and store); 429
     ``too_many_imports`` when they are all taken. Counted per replica, like the team's request
     rate: an in-process count needs no database connection held for a long upload."""
-    limit = settings.import_max_per_team
-
-    def refuse(held: int) -> TooManyRequests:
-        return TooManyRequests(
-            f"the team has {held} image imports in progress (at most {limit}); wait for one to end",
-            code="too_many_imports",
-        )
-
-    with _running.holding(require_team(ctx), limit, refuse):
+    with _running.holding(require_team(ctx), settings.import_max_per_team):
         yield
 
 
