@@ -1,4 +1,6 @@
-"""Flow credit for one ``ExecStream`` whose caller asked for it (``ExecStart.credit``).
+"""Flow credit for one agent stream whose caller asked for it: an ``ExecStream``
+(``ExecStart.credit``, :class:`CreditedExec`) or a ``PtyStream`` (``PtyStart.output_credit``,
+``pty_rpc.CreditedPty``).
 
 gRPC's own flow control bounds nothing useful here: grpc-core grows a stream's window with its
 bandwidth probes (to ~4.5 MiB measured), and a receiver may buffer a whole message whatever the
@@ -6,16 +8,19 @@ window. A tenant holding many streams at commands that do not read stdin (or a c
 does not read stdout) could make the agent and the CP hold that much per stream. With credit,
 each direction has a window of its own, kept by the sender:
 
-- stdin: the caller sends at most its window of stdin beyond what this agent acknowledged
-  (``ExecEvent.stdin_acked``), and this agent acknowledges stdin once it is written to the guest
-  connection (drained), in batches, so what the agent holds is at most the caller's window;
+- input: the caller sends at most its window of input beyond what this agent acknowledged
+  (``ExecEvent.stdin_acked``, ``PtyEvent.input_acked``), and this agent acknowledges input once
+  it is written to the guest connection (drained), in batches, so what the agent holds is at
+  most the caller's window;
 - output: this agent reads the guest's next event only while less than ``OUTPUT_WINDOW`` bytes of
-  stdout/stderr it sent are unacknowledged (``ExecStreamRequest.output_acked``, sent by the caller
-  once it has handed the bytes on); past it the guest holds the command back.
+  output it sent are unacknowledged (``output_acked`` in the stream's requests, sent by the
+  caller once it has handed the bytes on); past it the guest holds the command back.
 
-Requests are read at once whatever the command does with its stdin: an output acknowledgement
-must never wait behind stdin the guest is not taking (the command blocked writing its output
-would never read it). Stdin, ``close_stdin`` and signals keep their order, written by one task.
+Requests are read at once whatever the command does with its input: an output acknowledgement
+must never wait behind input the guest is not taking (the command blocked writing its output
+would never read it). Input, resizes, ``close_stdin`` and signals keep their order, written by
+one task; at most :data:`MAX_QUEUED_WRITES` of them wait (input bytes are bounded by the caller's
+window, but not how many messages carry them: one byte each would cost ~100 times its size).
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
 from warren.agent.guest_wire import ExecSession, GuestError
+from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 
-# Stdout and stderr bytes sent and not yet acknowledged, past which the guest's output is not
-# read (the last event read may take it over by one guest frame, 64 KiB typically).
+# Output bytes sent and not yet acknowledged, past which the guest's output is not read (the
+# last event read may take it over by one guest frame, 64 KiB typically).
 OUTPUT_WINDOW = 256 << 10
 # The guest connection's reader buffer for a credit stream: asyncio reads the socket until it
 # holds twice this, so the default (1 MiB, sized for file reads) would hold 2 MiB of output a
@@ -42,27 +48,51 @@ READ_AHEAD = 64 << 10
 # plus its largest stdin message, or it would wait for an acknowledgement that is not coming:
 # the CP's is 256 KiB, its messages at most 64 KiB.
 STDIN_ACK_BYTES = 128 << 10
+# Requests for the guest (input, resizes, signals) waiting to be written, past which requests
+# are not read until one is written (acknowledgements then wait too: only for a caller flooding
+# a guest that takes nothing, whose terminal the guest detaches after its stall limit).
+MAX_QUEUED_WRITES = 256
 Convert = Callable[[Any], pb.ExecEvent | None]  # a guest event as the RPC's (None: not sent)
-Out = pb.ExecEvent | BaseException | None  # None: the guest's events ended (no exit)
+Ev = TypeVar("Ev", pb.ExecEvent, pb.PtyEvent)  # the RPC's events
+Req = TypeVar("Req", pb.ExecStreamRequest, pb.PtyRequest)  # the RPC's requests
 
 
-class CreditedExec:
-    """One credit stream: :meth:`events` is what the RPC answers, start to exit."""
+class CreditedStream(Generic[Req, Ev]):
+    """One credit stream over a guest session (async-iterated for its events): :meth:`events`
+    is what the RPC answers, to the exit. Subclasses say what the RPC's messages are."""
 
-    def __init__(self, session: ExecSession, convert: Convert, touch: Callable[[], None]) -> None:
-        self.session = session
-        self._convert = convert
+    input_ack_bytes = STDIN_ACK_BYTES  # input written before it is acknowledged
+
+    def __init__(self, source: AsyncIterator[Any], touch: Callable[[], None], *, output: bool = True) -> None:
+        self._source = source
+        self._window = OUTPUT_WINDOW if output else None  # None: the caller acknowledges no output
         self._touch = touch
         self._unacked = 0  # output bytes sent and not acknowledged
-        self._written = 0  # stdin bytes written to the guest and not yet acknowledged
+        self._written = 0  # input bytes written to the guest and not yet acknowledged
         self._room = asyncio.Event()
         self._room.set()
-        self._out: asyncio.Queue[Out] = asyncio.Queue()  # events, acks, and how the output ended
-        # What the guest is to be sent, in order. Bounded by the caller: stdin by its window, the
-        # rest are a few bytes each.
-        self._writes: asyncio.Queue[pb.ExecStreamRequest] = asyncio.Queue()
+        self._out: asyncio.Queue[Ev | BaseException | None] = asyncio.Queue()  # None: ended, no exit
+        # What the guest is to be sent, in order (bounded: MAX_QUEUED_WRITES, and the caller's
+        # input window). None once the writer has stopped: the rest is dropped.
+        self._writes: asyncio.Queue[Req] | None = asyncio.Queue()
+        self._taken = asyncio.Event()
 
-    async def events(self, requests: AsyncIterator[pb.ExecStreamRequest]) -> AsyncIterator[pb.ExecEvent]:
+    # What the RPC's messages are.
+    def convert(self, ev: Any) -> Ev | None:
+        """A guest event as the RPC's (None: not sent); may raise to end the stream."""
+        raise NotImplementedError
+
+    def output_bytes(self, ev: Ev) -> int:
+        raise NotImplementedError
+
+    async def write(self, msg: Req) -> int:
+        """One request to the guest: the input bytes written (raise to stop writing)."""
+        raise NotImplementedError
+
+    def input_acked(self, n: int) -> Ev:
+        raise NotImplementedError
+
+    async def events(self, requests: AsyncIterator[Req]) -> AsyncIterator[Ev]:
         tasks = [
             asyncio.create_task(self._read_output()),
             asyncio.create_task(self._read_requests(requests)),
@@ -87,45 +117,77 @@ class CreditedExec:
 
     async def _read_output(self) -> None:
         try:
-            async for ev in self.session:
-                out = self._convert(ev)
+            async for ev in self._source:
+                out = self.convert(ev)
                 if out is not None:
-                    if out.HasField("start"):
-                        out.start.credit = True
-                    sent = len(out.stdout) + len(out.stderr)
-                    self._unacked += sent
+                    self._unacked += self.output_bytes(out)
                     self._out.put_nowait(out)
                     if out.HasField("exit"):
                         return
-                while self._unacked >= OUTPUT_WINDOW:
+                while self._window is not None and self._unacked >= self._window:
                     self._room.clear()
                     await self._room.wait()
             self._out.put_nowait(None)
         except Exception as e:
             self._out.put_nowait(e)
 
-    async def _read_requests(self, requests: AsyncIterator[pb.ExecStreamRequest]) -> None:
+    async def _read_requests(self, requests: AsyncIterator[Req]) -> None:
         with contextlib.suppress(grpc.RpcError):
             async for msg in requests:
                 if msg.WhichOneof("msg") == "output_acked":
                     self._unacked = max(0, self._unacked - msg.output_acked)
                     self._room.set()
-                else:
+                elif self._writes is not None:
                     self._writes.put_nowait(msg)
+                    while self._writes is not None and self._writes.qsize() >= MAX_QUEUED_WRITES:
+                        self._taken.clear()
+                        await self._taken.wait()
                 self._touch()
 
     async def _write_input(self) -> None:
-        with contextlib.suppress(GuestError):
+        assert self._writes is not None
+        try:
             while True:
                 msg = await self._writes.get()
-                which = msg.WhichOneof("msg")
-                if which == "stdin":
-                    await self.session.send_stdin(msg.stdin)
-                    self._written += len(msg.stdin)
-                    if self._written >= STDIN_ACK_BYTES:
-                        self._out.put_nowait(pb.ExecEvent(stdin_acked=self._written))
-                        self._written = 0
-                elif which == "close_stdin":
-                    await self.session.close_stdin()
-                elif which == "signal":
-                    await self.session.signal(msg.signal)
+                self._taken.set()
+                self._written += await self.write(msg)
+                if self._written >= self.input_ack_bytes:
+                    self._out.put_nowait(self.input_acked(self._written))
+                    self._written = 0
+        except (GuestError, InvalidRequest):
+            pass
+        finally:
+            self._writes = None
+            self._taken.set()
+
+
+class CreditedExec(CreditedStream[pb.ExecStreamRequest, pb.ExecEvent]):
+    """An ``ExecStream`` with credit: stdin acknowledged in :data:`STDIN_ACK_BYTES` batches."""
+
+    def __init__(self, session: ExecSession, convert: Convert, touch: Callable[[], None]) -> None:
+        super().__init__(session, touch)
+        self.session = session
+        self._convert = convert
+
+    def convert(self, ev: Any) -> pb.ExecEvent | None:
+        out = self._convert(ev)
+        if out is not None and out.HasField("start"):
+            out.start.credit = True
+        return out
+
+    def output_bytes(self, ev: pb.ExecEvent) -> int:
+        return len(ev.stdout) + len(ev.stderr)
+
+    async def write(self, msg: pb.ExecStreamRequest) -> int:
+        which = msg.WhichOneof("msg")
+        if which == "stdin":
+            await self.session.send_stdin(msg.stdin)
+            return len(msg.stdin)
+        if which == "close_stdin":
+            await self.session.close_stdin()
+        elif which == "signal":
+            await self.session.signal(msg.signal)
+        return 0
+
+    def input_acked(self, n: int) -> pb.ExecEvent:
+        return pb.ExecEvent(stdin_acked=n)

@@ -2,19 +2,21 @@
 guest connection) and the ``PtyStream`` RPC that relays it to the control plane.
 
 Every frame is bounded: input messages from the CP (:data:`MAX_INPUT`), output frames from the
-guest (``guest_wire``'s per-kind caps), sizes (1..:data:`MAX_DIM`). The relay never buffers: a
-slow CP makes the guest pause reading the terminal (and detach the connection after its stall
-limit), a slow guest makes this side stop reading the CP's messages.
+guest (``guest_wire``'s per-kind caps), sizes (1..:data:`MAX_DIM`). The relay never buffers past
+its credit (``exec_credit``: the CP sends a window of input ahead, this side a window of output):
+a slow CP makes this side stop reading the guest, which pauses reading the terminal (and
+detaches the connection after its stall limit, 10 s); a slow guest holds the CP's input back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from warren.agent.exec_credit import CreditedStream
 from warren.agent.guest_wire import (
     K_ERROR,
     K_EVENT,
@@ -179,95 +181,111 @@ async def pty_stream(
     """The body of ``PtyStream`` after its first message (``start`` or ``connect``): the pid,
     then output until the terminal exits (or this client goes)."""
     sid = sandbox_of(first)
+    opts: pb.PtyStart | pb.PtyConnect
     if first.WhichOneof("msg") == "start":
-        req = start_request(first.start, user, cwd)
+        req, opts = start_request(first.start, user, cwd), first.start
     else:
         if first.connect.pid <= 0:
             raise InvalidRequest("connect needs a positive pid")
-        req = {"op": "pty_connect", "pid": first.connect.pid}
+        req, opts = {"op": "pty_connect", "pid": first.connect.pid}, first.connect
     session = await PtySession.open(m.guest(sid).socket_path, req)
-    failed: list[str] = []
-    # Credit (PtyStart.credit): input written to the guest is acknowledged, and the CP sends
-    # only a window of it ahead, so what the guest is not taking is not buffered by gRPC here.
-    acks: asyncio.Queue[int] | None = asyncio.Queue() if first.start.credit or first.connect.credit else None
-    pump = asyncio.create_task(_pump_input(m, sid, requests, session, failed, acks))
+    # Credit (exec_credit): input written to the guest is acknowledged, and the CP sends only a
+    # window of it ahead, so what the guest is not taking is not buffered by gRPC here; with
+    # output credit too, this side sends only a window of output past what the CP handed on.
+    output = opts.credit and opts.output_credit
     try:
         with m.in_use(sid):
-            yield pb.PtyEvent(started=session.pid, credit=acks is not None)
-            async with contextlib.aclosing(_with_acks(session, acks)) as events:
-                async for ev in events:
-                    if isinstance(ev, int):
-                        yield pb.PtyEvent(input_acked=ev)
-                        continue
-                    if ev.kind == "output":
-                        yield pb.PtyEvent(output=ev.data)
-                        continue
-                    if ev.kind == "exit":
-                        yield pb.PtyEvent(exit=pb.ExecEvent.Exit(exit_code=ev.exit_code, error=ev.error))
-                        break
-                    # The guest connection broke, or a bad input message ended it.
-                    if failed:
-                        raise InvalidRequest(failed[0])
-                    raise GuestError("unavailable", ev.error)
+            yield pb.PtyEvent(started=session.pid, credit=opts.credit, output_credit=output)
+            if opts.credit:
+                credited = CreditedPty(session, lambda: m.touch(sid), output=output)
+                async for ev in credited.events(requests):
+                    yield ev
+            else:
+                async for ev in _plain(m, sid, session, requests):
+                    yield ev
     finally:
-        pump.cancel()
-        with contextlib.suppress(BaseException):
-            await pump
         await session.close()
 
 
-async def _with_acks(
-    session: PtySession, acks: asyncio.Queue[int] | None
-) -> AsyncGenerator[PtyEvent | int, None]:
-    """The session's events, and the input acknowledgements (``int``) as they come."""
-    if acks is None:
-        async for ev in session:
-            yield ev
-        return
-    nxt, ack = asyncio.ensure_future(anext(session)), asyncio.ensure_future(acks.get())
-    try:
-        while True:
-            done, _ = await asyncio.wait({nxt, ack}, return_when=asyncio.FIRST_COMPLETED)
-            if ack in done:
-                yield ack.result()
-                ack = asyncio.ensure_future(acks.get())
-            if nxt in done:
-                try:
-                    ev = nxt.result()
-                except StopAsyncIteration:
-                    return
-                yield ev
-                nxt = asyncio.ensure_future(anext(session))
-    finally:
-        for f in (nxt, ack):
-            f.cancel()
+def _event(ev: PtyEvent, failed: list[str]) -> pb.PtyEvent:
+    """A session's event as the RPC's; an error ends the stream (raised)."""
+    if ev.kind == "output":
+        return pb.PtyEvent(output=ev.data)
+    if ev.kind == "exit":
+        return pb.PtyEvent(exit=pb.ExecEvent.Exit(exit_code=ev.exit_code, error=ev.error))
+    # The guest connection broke, or a bad input message ended it.
+    if failed:
+        raise InvalidRequest(failed[0])
+    raise GuestError("unavailable", ev.error)
 
 
-async def _pump_input(
-    m: SandboxManager,
-    sid: str,
-    requests: AsyncIterator[pb.PtyRequest],
-    session: PtySession,
-    failed: list[str],
-    acks: asyncio.Queue[int] | None = None,
-) -> None:
-    """CP messages → the guest session. A bad one ends the session (the call fails with it)."""
+async def _write(session: PtySession, msg: pb.PtyRequest, failed: list[str]) -> int:
+    """One CP message to the guest session: the input bytes written. A bad one ends the session
+    (the call fails with it: :func:`_event`) and is raised."""
     try:
-        async for msg in requests:
-            which = msg.WhichOneof("msg")
-            if which == "input":
-                if len(msg.input) > MAX_INPUT:
-                    raise InvalidRequest(f"an input message is at most {MAX_INPUT} bytes")
-                await session.send_input(msg.input)
-                if acks is not None:
-                    acks.put_nowait(len(msg.input))
-            elif which == "resize":
-                await session.resize(msg.resize.cols, msg.resize.rows)
-            elif which == "signal":
-                await session.signal(msg.signal)
-            else:
-                raise InvalidRequest(f"unexpected PtyStream message {which!r} after the first")
-            m.touch(sid)
+        which = msg.WhichOneof("msg")
+        if which == "input":
+            if len(msg.input) > MAX_INPUT:
+                raise InvalidRequest(f"an input message is at most {MAX_INPUT} bytes")
+            await session.send_input(msg.input)
+            return len(msg.input)
+        if which == "resize":
+            await session.resize(msg.resize.cols, msg.resize.rows)
+        elif which == "signal":
+            await session.signal(msg.signal)
+        else:
+            raise InvalidRequest(f"unexpected PtyStream message {which!r} after the first")
+        return 0
     except InvalidRequest as e:
         failed.append(e.message)
         session.abort()
+        raise
+
+
+class CreditedPty(CreditedStream[pb.PtyRequest, pb.PtyEvent]):
+    """A ``PtyStream`` with credit: each input message is acknowledged once written (the CP's
+    window, 128 KiB, holds two of its largest frames, 64 KiB)."""
+
+    input_ack_bytes = 1
+
+    def __init__(self, session: PtySession, touch: Callable[[], None], *, output: bool) -> None:
+        super().__init__(session, touch, output=output)
+        self.session = session
+        self.failed: list[str] = []
+
+    def convert(self, ev: PtyEvent) -> pb.PtyEvent:
+        return _event(ev, self.failed)
+
+    def output_bytes(self, ev: pb.PtyEvent) -> int:
+        return len(ev.output)
+
+    async def write(self, msg: pb.PtyRequest) -> int:
+        return await _write(self.session, msg, self.failed)
+
+    def input_acked(self, n: int) -> pb.PtyEvent:
+        return pb.PtyEvent(input_acked=n)
+
+
+async def _plain(
+    m: SandboxManager, sid: str, session: PtySession, requests: AsyncIterator[pb.PtyRequest]
+) -> AsyncGenerator[pb.PtyEvent, None]:
+    """Without credit (a CP before it): the CP's messages written as they come, each drained
+    before the next is read; output as the guest sends it."""
+    failed: list[str] = []
+
+    async def pump() -> None:
+        with contextlib.suppress(InvalidRequest):
+            async for msg in requests:
+                await _write(session, msg, failed)
+                m.touch(sid)
+
+    task = asyncio.create_task(pump())
+    try:
+        async for ev in session:
+            yield (out := _event(ev, failed))
+            if out.HasField("exit"):
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

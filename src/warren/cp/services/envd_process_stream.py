@@ -35,6 +35,7 @@ from warren.cp.services.envd_process import (
 )
 from warren.cp.services.exec import check_timeout
 from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
+from warren.cp.services.pty import OutputAcks
 from warren.errors import AgentError, InvalidRequest, NotFound
 from warren.rpc import hostagent_pb2 as pb
 
@@ -241,32 +242,41 @@ def _pty_events(
     cols, rows = spec.pty
     first = pb.PtyStart(
         sandbox_id=sbx.sid, size=pb.PtySize(cols=cols, rows=rows), cmd=spec.cmd, args=spec.args,
-        env=spec.env, cwd=cwd, user=user, timeout_sec=timeout_s,
+        env=spec.env, cwd=cwd, user=user, timeout_sec=timeout_s, credit=True, output_credit=True,
     )  # fmt: skip
     return _pty_relay(client, pb.PtyRequest(start=first))
 
 
 async def _pty_attach(client: HostClient, sid: str, pid: int) -> AsyncGenerator[ProcessEvent, None]:
-    async for ev in _pty_relay(client, pb.PtyRequest(connect=pb.PtyConnect(sandbox_id=sid, pid=pid))):
+    connect = pb.PtyConnect(sandbox_id=sid, pid=pid, credit=True, output_credit=True)
+    async for ev in _pty_relay(client, pb.PtyRequest(connect=connect)):
         yield ev
 
 
 async def _pty_relay(client: HostClient, first: pb.PtyRequest) -> AsyncGenerator[ProcessEvent, None]:
+    """The terminal's events, with output credit (``pty.OutputAcks``, as Warren's terminals):
+    output is acknowledged to the agent once the client's stream has taken it, so an unread
+    terminal is held back by the guest, not buffered here."""
     sid = first.start.sandbox_id if first.HasField("start") else first.connect.sandbox_id
-    done = asyncio.Event()
+    acks: asyncio.Queue[pb.PtyRequest | None] = asyncio.Queue()  # None: the end
+    output = OutputAcks()
 
     async def requests() -> AsyncIterator[pb.PtyRequest]:
-        yield first
-        await done.wait()  # input, resizes and signals go by PtyControl
+        yield first  # input, resizes and signals go by PtyControl
+        while (ack := await acks.get()) is not None:
+            yield ack
 
     call = client.stub.PtyStream(requests())
     try:
         async for ev in call:
             which = ev.WhichOneof("event")
             if which == "started":
+                output.started(ev)
                 yield Started(ev.started)
             elif which == "output":
-                yield Output("pty", ev.output)
+                yield Output("pty", ev.output)  # back here once the client's stream has taken it
+                if (ack := output.taken(len(ev.output))) is not None:
+                    acks.put_nowait(ack)
             elif which == "exit":
                 yield ended(ev.exit.exit_code, ev.exit.error)
                 return
@@ -276,7 +286,7 @@ async def _pty_relay(client: HostClient, first: pb.PtyRequest) -> AsyncGenerator
             await _broke_off(client, sid, e.message)
         raise
     finally:
-        done.set()
+        acks.put_nowait(None)
         call.cancel()  # detach: the terminal runs on
 
 

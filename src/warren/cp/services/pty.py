@@ -27,6 +27,7 @@ from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
+from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
 from warren.cp.services.strict import check_text, json_object
 from warren.errors import AgentError, InvalidRequest, PayloadTooLarge, WarrenError
 from warren.rpc import hostagent_pb2 as pb
@@ -105,7 +106,9 @@ def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
     kind = f.get("type")
     if kind == "connect":
         return pb.PtyRequest(
-            connect=pb.PtyConnect(sandbox_id=sid, pid=_int(f, "pid", 1, (1 << 31) - 1), credit=True)
+            connect=pb.PtyConnect(
+                sandbox_id=sid, pid=_int(f, "pid", 1, (1 << 31) - 1), credit=True, output_credit=True
+            )
         )
     if kind != "start":
         raise InvalidRequest("the first frame must be {'type': 'start', ...} or {'type': 'connect', 'pid'}")
@@ -118,7 +121,7 @@ def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
     start = pb.PtyStart(
         sandbox_id=sid, size=_size(f), cmd=cmd, args=[check_text(a, "args") for a in args],
         env=validate_env(f.get("env")), cwd=_opt_text(f, "cwd"), user=check_user(_opt_text(f, "user")),
-        credit=True,
+        credit=True, output_credit=True,
     )  # fmt: skip
     return pb.PtyRequest(start=start)
 
@@ -165,7 +168,7 @@ async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyP
     credit = InputCredit()
     inbound = asyncio.create_task(_inbound(peer, queue, call, credit))
     try:
-        await _outbound(call, peer, credit)
+        await _outbound(call, peer, credit, queue)
     except AgentError as e:
         if not inbound.done():
             await peer.error(e)
@@ -183,6 +186,30 @@ async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyP
 async def _drain(queue: asyncio.Queue[pb.PtyRequest | None]) -> AsyncIterator[pb.PtyRequest]:
     while (item := await queue.get()) is not None:
         yield item
+
+
+class OutputAcks:
+    """Output credit (``PtyStart.output_credit``): the bytes handed on to the client, acknowledged
+    to the agent in batches (``exec_stream.OUTPUT_ACK_BYTES``, well under its 256 KiB window) once
+    its ``started`` says it keeps to it. Without acknowledgements it sends nothing more, so a
+    client that does not read holds its terminal back at the guest instead of filling gRPC's
+    window (MiBs a stream) in the CP."""
+
+    def __init__(self) -> None:
+        self.on, self._taken = False, 0
+
+    def started(self, ev: pb.PtyEvent) -> None:
+        self.on = ev.output_credit
+
+    def taken(self, n: int) -> pb.PtyRequest | None:
+        """``n`` more bytes were handed on: the acknowledgement to send now, if one is due."""
+        if not self.on:
+            return None
+        self._taken += n
+        if self._taken < OUTPUT_ACK_BYTES:
+            return None
+        n, self._taken = self._taken, 0
+        return pb.PtyRequest(output_acked=n)
 
 
 class InputCredit:
@@ -234,16 +261,25 @@ async def _inbound(
         call.cancel()
 
 
-async def _outbound(call: Any, peer: PtyPeer, credit: InputCredit) -> None:
-    """Agent events → the client. Raises AgentError when the agent call fails."""
+async def _outbound(
+    call: Any, peer: PtyPeer, credit: InputCredit, queue: asyncio.Queue[pb.PtyRequest | None]
+) -> None:
+    """Agent events → the client, output acknowledged once sent. Raises AgentError when the
+    agent call fails."""
+    acks = OutputAcks()
     async for ev in call:
         which = ev.WhichOneof("event")
         if which == "output":
             await peer.send_bytes(ev.output)
+            if (ack := acks.taken(len(ev.output))) is not None:
+                # Behind at most _INPUT_QUEUE input messages: the agent reads its requests at
+                # once (exec_credit), whatever the guest takes.
+                await queue.put(ack)
         elif which == "input_acked":
             credit.give(ev.input_acked)
         elif which == "started":
             credit.started(ev.credit)
+            acks.started(ev)
             await peer.send_json({"type": "started", "pid": ev.started})
         elif which == "exit":
             frame: Frame = {"type": "exit", "exit_code": ev.exit.exit_code}
