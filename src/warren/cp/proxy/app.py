@@ -29,7 +29,7 @@ from warren import clock
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.http_errors import error_response, status_and_code
-from warren.cp.proxy import ws
+from warren.cp.proxy import cookies, ws
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
@@ -154,8 +154,9 @@ class Proxy:
             started = True
             if not r.by_host and msg["type"] == "http.response.start":
                 # A path-routed page is served from the control plane's own origin: sandboxed
-                # (an opaque origin) its scripts cannot read the dashboard or ride its cookies.
-                msg = {**msg, "headers": [*msg.get("headers", ()), PATH_ROUTED_CSP]}
+                # (an opaque origin) its scripts cannot read the dashboard or ride its cookies,
+                # and the cookies it sets stay on its own port's path (cookies.py).
+                msg = {**msg, "headers": [*_path_routed(msg.get("headers", ()), r.prefix), PATH_ROUTED_CSP]}
             await send(msg)
 
         try:
@@ -310,7 +311,7 @@ def _forward_headers(r: Route, scope: Scope, *, websocket: bool = False) -> list
         if k in drop:
             continue
         if k == b"cookie":
-            v = _without_our_cookie(v)
+            v = cookies.without_platform_cookies(v)
             if not v:
                 continue
         out.append((k, v))
@@ -329,9 +330,15 @@ def _forward_headers(r: Route, scope: Scope, *, websocket: bool = False) -> list
     return out
 
 
-def _without_our_cookie(value: bytes) -> bytes:
-    parts = [p for p in value.split(b";") if not p.strip().startswith(preview.COOKIE.encode() + b"=")]
-    return b";".join(parts).strip()
+def _path_routed(headers: Any, prefix: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in headers:
+        if k.lower() == b"set-cookie":
+            v = cookies.confined_set_cookie(v, prefix)
+            if v is None:
+                continue
+        out.append((k, v))
+    return out
 
 
 class PreviewMiddleware:
