@@ -232,3 +232,68 @@ async def test_the_address_is_the_apps_client_address() -> None:
         r.gone()
         await asyncio.wait_for(r.task, 30)
     assert mw.budget.by_address == {}
+
+
+def upload(mw: BodyCapMiddleware, n: int | None, path: str = "/v1/templates/import") -> Request:
+    h = {"content-type": "multipart/form-data; boundary=x"}
+    if n is not None:
+        h["content-length"] = str(n)
+    return Request(mw, path, h, "10.0.0.1")
+
+
+async def test_a_streamed_upload_is_charged_a_window_not_its_size() -> None:
+    mw, app = make(max_upload_bytes=MiB)
+    big = upload(mw, 64 * MiB)  # past every cap here: the route streams it under its own
+    await settle()
+    assert mw.budget.by_address == {"10.0.0.1": MiB}  # one JSON body's worth, while it is read
+    json_body = post(mw, MiB)  # the address's other MiB (2 in all here)
+    status, _, body = await post(mw, 10).answer()  # and no more
+    assert status == 503 and body["error"]["code"] == "server_busy"
+    json_body.gone()
+    for _ in range(8):
+        big.feed(b"x" * (8 * MiB))
+    big.feed(b"", more=False)
+    await settle()
+    assert mw.budget.used == 0  # given back with the last byte, before the app answers
+    assert (await big.answer())[0] == 200 and len(app.bodies[-1]) == 64 * MiB
+
+
+async def test_a_stalled_streamed_upload_is_408_whatever_the_route_made_of_it() -> None:
+    class Swallowing(App):  # a route that turns every failure into its own 500
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            except Exception:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"{}"})
+
+    mw = BodyCapMiddleware(Swallowing(), settings=settings(body_read_timeout_s=0.2))
+    stalled = upload(mw, 10 * MiB)
+    stalled.feed(b"x" * 1024)  # then nothing: 0.2 s + 1 KiB / 16 KiB/s of waiting, then 408
+    status, headers, body = await stalled.answer()
+    assert status == 408 and body["error"]["code"] == "request_timeout" and headers["connection"] == "close"
+    assert mw.budget.used == 0
+
+
+async def test_a_trickled_upload_cannot_stretch_its_pace() -> None:
+    mw, _ = make(body_read_timeout_s=0.2, body_min_upload_rate_kib_s=1)
+    r = upload(mw, 10 * MiB)
+
+    async def trickle() -> None:
+        while not r.task.done():
+            r.feed(b"x")  # 1 byte per 50 ms: 1/1024 s more allowance per 50 ms waited
+            await asyncio.sleep(0.05)
+
+    feeder = asyncio.create_task(trickle())
+    status, _, _ = await r.answer()
+    feeder.cancel()
+    assert status == 408
+
+
+async def test_own_routes_are_neither_charged_nor_timed() -> None:
+    mw, _ = make(body_read_timeout_s=0.1)
+    r = upload(mw, 64 * MiB, path="/v1/sandboxes/x/files/stream/write")
+    await asyncio.sleep(0.3)
+    assert mw.budget.used == 0 and not r.task.done()
+    r.feed(b"x", more=False)
+    assert (await r.answer())[0] == 200
