@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from warren.agent.exec_credit import CreditedStream
+from warren.agent.exec_credit import READ_AHEAD, CreditedStream
 from warren.agent.guest_wire import (
     K_ERROR,
     K_EVENT,
@@ -42,10 +42,6 @@ K_RESIZE = 10  # guest PTY session: JSON {"cols", "rows"} (guest/PROTOCOL.md)
 MAX_DIM = 1000  # columns and rows, as the guest checks them
 MAX_INPUT = 1 << 20  # one input message; the CP sends at most 64 KiB
 MAX_CMD_FIELD = 64 << 10  # cmd, each arg, cwd
-# The guest connection's reader buffer: asyncio reads the socket until it holds twice this, so
-# the default (1 MiB, sized for file reads) held 2 MiB of output a terminal whose client is not
-# reading (64 terminals: +200 MiB on the agent); the guest holds the terminal back instead.
-READ_AHEAD = 64 << 10
 
 
 @dataclass
@@ -68,6 +64,8 @@ class PtySession(GuestStream):
 
     @classmethod
     async def open(cls, socket_path: GuestAddress, req: dict[str, Any]) -> PtySession:
+        # A credit exec's small reader buffer: the default (1 MiB) held 2 MiB of output a
+        # terminal whose client is not reading (64 terminals: +200 MiB on the agent).
         return cls(*await open_started(socket_path, req, limit=READ_AHEAD))
 
     def __aiter__(self) -> PtySession:
