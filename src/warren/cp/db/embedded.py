@@ -515,44 +515,21 @@ class EmbeddedPostgres:
         raise EmbeddedPostgresError(f"postgres did not become ready in {timeout:.0f}s; see {self.log_file}")
 
     def _create_database(self) -> None:
+        query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"  # noqa: S608 - a constant
+        found = self._client("psql", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAt", "-c", query)
+        if found.stdout.strip() != "1":
+            self._client("createdb", DATABASE)
+
+    def _client(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL client as the superuser through the unix socket (trust: no password
+        on a command line); EmbeddedPostgresError when it fails."""
         assert self.port is not None
-        # Through the unix socket (trust): no password on a command line.
         res = self._run_as_service(
-            [
-                self._pg("psql"),
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qAt",
-                "-c",
-                f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608 - a constant
-            ]
+            [self._pg(tool), "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, *args]
         )
         if res.returncode != 0:
-            raise EmbeddedPostgresError(f"psql failed: {res.stderr}")
-        if res.stdout.strip() == "1":
-            return
-        res = self._run_as_service(
-            [
-                self._pg("createdb"),
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                DATABASE,
-            ]
-        )
-        if res.returncode != 0:
-            raise EmbeddedPostgresError(f"createdb failed: {res.stderr}")
+            raise EmbeddedPostgresError(f"{tool} failed: {res.stderr}")
+        return res
 
 
 class _PortInUse(EmbeddedPostgresError):
