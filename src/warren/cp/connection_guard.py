@@ -14,6 +14,9 @@ head size, not the httptools one uvicorn picks, and never its time.)
   ``WARREN_HTTP_HEAD_TIMEOUT_S`` of the connection's opening, or of its first byte on a
   kept-alive connection; else the connection closes (408 if part of a head came).
 - **Head size**: at most ``MAX_HEAD_BYTES`` before the head is whole (431 and closed).
+  Bytes that come after a response is complete and before the next head is whole count as
+  that head's, so the rest of a body the app answered without reading (an early 401 on an
+  upload) is drained for at most that long and that much: its answer has been sent.
 - **Connections**: at most ``WARREN_HTTP_MAX_CONNECTIONS`` open in this process (HTTP and
   WebSocket, on every listening socket; bounded below the open-file limit so the process keeps
   fds for its database, agents and files) and ``WARREN_HTTP_MAX_CONNECTIONS_PER_ADDRESS`` HTTP
@@ -145,7 +148,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._close_with(
                     _answer("431 Request Header Fields Too Large", "head_too_large",
-                            f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+                            f"more than {MAX_HEAD_BYTES} bytes came without a whole request head")
                 )  # fmt: skip
 
     def _waiting_for_head(self) -> bool:

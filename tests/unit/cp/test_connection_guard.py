@@ -1,0 +1,122 @@
+"""The connection guard (cp/connection_guard.py) on a real uvicorn server on loopback, with
+small bounds: a 1 s head deadline, 20 connections per process, 8 per address."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from tests.harness.machine import free_port
+from warren.cp.connection_guard import ConnectionLimits, GuardedHttpToolsProtocol
+
+WAIT_S = 30
+
+
+class Guarded(GuardedHttpToolsProtocol):
+    limits = ConnectionLimits(head_timeout_s=1.0, max_connections=20, max_per_address=8, trusted_proxies="")
+    by_address: ClassVar[dict[str, int]] = {}  # this class's own count
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, http=Guarded, log_level="error", timeout_keep_alive=60
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_S
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(WAIT_S)
+
+
+def connect(port: int, source: str = "127.0.0.1", data: bytes = b"") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S, source_address=(source, 0))
+    if data:
+        s.sendall(data)
+    return s
+
+
+def until_closed(s: socket.socket) -> bytes:
+    got = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+def get(port: int, source: str) -> bytes:
+    with connect(port, source, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") as s:
+        try:
+            return until_closed(s)
+        except OSError:
+            return b""
+
+
+def test_a_head_not_whole_by_the_deadline_is_closed(port: int) -> None:
+    with connect(port, "127.0.30.1", b"POST / HT") as partial, connect(port, "127.0.30.1") as silent:
+        assert until_closed(partial).startswith(b"HTTP/1.1 408 ")
+        assert until_closed(silent) == b""  # nothing sent: closed without an answer
+
+
+def test_the_next_head_on_a_kept_alive_connection_has_its_deadline(port: int) -> None:
+    with connect(port, "127.0.30.2", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") as s:
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"GET / HT")
+        assert until_closed(s).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_head_past_its_size_is_431(port: int) -> None:
+    with connect(port, "127.0.30.3", b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (70 << 10)) as s:
+        assert until_closed(s).startswith(b"HTTP/1.1 431 ")
+
+
+def test_connections_past_the_address_cap_are_refused_until_they_go(port: int) -> None:
+    held = [connect(port, "127.0.31.1", b"GET") for _ in range(8)]
+    try:
+        refused = get(port, "127.0.31.1")
+        assert refused.startswith(b"HTTP/1.1 503 ") or refused == b"", refused[:100]
+        assert get(port, "127.0.31.2").startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + WAIT_S
+    while not get(port, "127.0.31.1").startswith(b"HTTP/1.1 200 "):
+        assert time.monotonic() < deadline, "the address was still refused after its connections went"
+        time.sleep(0.1)
+    assert Guarded.by_address.get("127.0.31.1", 0) == 0
+
+
+def test_connections_past_the_process_cap_are_refused(port: int) -> None:
+    held = [connect(port, f"127.0.32.{i % 4 + 1}", b"GET") for i in range(20)]
+    try:
+        refused = get(port, "127.0.33.1")
+        assert refused.startswith(b"HTTP/1.1 503 ") or refused == b"", refused[:100]
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + WAIT_S
+    while not get(port, "127.0.33.1").startswith(b"HTTP/1.1 200 "):
+        assert time.monotonic() < deadline, "still refused after the connections went"
+        time.sleep(0.1)
