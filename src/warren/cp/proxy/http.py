@@ -124,18 +124,21 @@ class Upstream:
         conn = None if has_body else self._take(key)
         if conn is not None:
             try:
-                resp = await self._exchange(conn, req, None)
+                resp = await self._exchange(conn, req, None, receive)
             except (h11.ProtocolError, ConnectionError, UpstreamError):
                 # A kept connection the server dropped meanwhile: once more on a fresh one
                 # (only requests without a body, which were not consumed).
                 await conn.aclose()
                 conn = None
+            except BaseException:
+                await conn.aclose()
+                raise
         if conn is None:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 stream = await open_stream(client, sandbox_id, port)
             conn = _Conn(stream)
             try:
-                resp = await self._exchange(conn, req, _body(receive) if has_body else None)
+                resp = await self._exchange(conn, req, _body(receive) if has_body else None, receive)
             except BaseException:
                 await conn.aclose()
                 raise
@@ -148,21 +151,51 @@ class Upstream:
                 await conn.aclose()
 
     @staticmethod
-    async def _exchange(conn: _Conn, req: h11.Request, body: AsyncIterator[bytes] | None) -> h11.Response:
+    async def _exchange(
+        conn: _Conn, req: h11.Request, body: AsyncIterator[bytes] | None, receive: Receive
+    ) -> h11.Response:
         await conn.send(req)
         if body is not None:
             async for chunk in body:
                 await conn.send(h11.Data(data=chunk))
         await conn.send(h11.EndOfMessage())
-        while True:
-            ev = await conn.next_event()
-            if isinstance(ev, h11.Response):
-                return ev
-            if isinstance(ev, h11.InformationalResponse):
-                continue  # 100 Continue and the like: the final answer follows
-            if isinstance(ev, h11.ConnectionClosed):
-                raise UpstreamError("the sandbox's server closed the connection without answering")
-            raise UpstreamError(f"unexpected {type(ev).__name__} from the sandbox's server")
+        return await _head_unless_gone(conn, receive)
+
+
+async def _head(conn: _Conn) -> h11.Response:
+    while True:
+        ev = await conn.next_event()
+        if isinstance(ev, h11.Response):
+            return ev
+        if isinstance(ev, h11.InformationalResponse):
+            continue  # 100 Continue and the like: the final answer follows
+        if isinstance(ev, h11.ConnectionClosed):
+            raise UpstreamError("the sandbox's server closed the connection without answering")
+        raise UpstreamError(f"unexpected {type(ev).__name__} from the sandbox's server")
+
+
+async def _gone(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _head_unless_gone(conn: _Conn, receive: Receive) -> h11.Response:
+    """The response head, or ClientGone when the client leaves first: a server that never
+    answers (or trickles its head) must not keep the exchange, the agent's dial and one of the
+    sandbox's proxy slots after its client has gone."""
+    head, watch = asyncio.create_task(_head(conn)), asyncio.create_task(_gone(receive))
+    try:
+        await asyncio.wait({head, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (head, watch):
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+    if head.done() and not head.cancelled():
+        return head.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await head
+    raise ClientGone
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

@@ -1,0 +1,109 @@
+"""Session 11's hostile tenant: a sandbox server that never answers, and clients that leave.
+
+The preview proxy waits for the response head from the sandbox's server. A client that goes
+away meanwhile was only noticed once the head came, so a server that accepts and never answers
+(or trickles its head a byte at a time) kept each abandoned exchange in the CP for good: its
+task, its stream to the agent, the agent's dial into the sandbox, and one of the sandbox's
+``WARREN_PROXY_MAX_CONNS_PER_SANDBOX`` slots. Fire-and-forget requests then pile up without
+bound in the CP and the agent, and once the slots are gone every later request to any port of
+that sandbox is 429 for ever.
+
+Expected: an exchange whose client is gone ends, its slot and its dial come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.platform import Platform, running_platform
+from tests.harness.tenant import Tenant, signup
+
+pytestmark = pytest.mark.root
+
+SLOTS = 6
+
+# 8001 answers; 8002 accepts and never answers; 8003 sends its head one byte a second.
+SERVERS = r"""
+import http.server, socket, threading, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+threading.Thread(target=http.server.ThreadingHTTPServer(("127.0.0.1", 8001), H).serve_forever).start()
+def mute(c):
+    time.sleep(3600)
+def trickle(c):
+    for b in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+        c.sendall(bytes([b])); time.sleep(1)
+for port, fn in ((8002, mute), (8003, trickle)):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port)); s.listen(512)
+    def serve(s=s, fn=fn):
+        while True:
+            c, _ = s.accept(); threading.Thread(target=fn, args=(c,), daemon=True).start()
+    threading.Thread(target=serve).start()
+"""
+
+
+@pytest.fixture(scope="module")
+async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
+    async with running_platform(
+        db_url, platform_dir, {"WARREN_PROXY_MAX_CONNS_PER_SANDBOX": str(SLOTS)}
+    ) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def mallory(platform: Platform) -> Tenant:
+    return signup(platform.url, "mallory")
+
+
+@pytest.fixture(scope="module")
+def ports_url(platform: Platform, mallory: Tenant) -> str:
+    sb = mallory.create()
+    mallory.sh(
+        sb, "cat > /tmp/s.py <<'EOF'\n" + SERVERS + "EOF\n(setsid python3 /tmp/s.py >/dev/null 2>&1 &)"
+    )
+    r = mallory.w("PATCH", f"/v1/sandboxes/{sb}", {"public_ports": [8001, 8002, 8003]})
+    assert r.status_code == 200, r.text
+    url = f"{platform.url}/v1/sandboxes/{sb}/ports"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/8001/", timeout=30).status_code == 200:
+            return url
+        time.sleep(0.2)
+    raise AssertionError("the sandbox's server did not come up")
+
+
+def _abandon(url: str, port: int) -> None:
+    """A GET whose client waits a moment for the head, then hangs up."""
+    host, _, rest = url.removeprefix("http://").partition("/")
+    addr, _, p = host.partition(":")
+    with socket.create_connection((addr, int(p)), timeout=30) as s:
+        s.sendall(f"GET /{rest}/{port}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        s.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            s.recv(1)
+
+
+def _served(url: str) -> int:
+    return httpx.get(f"{url}/8001/", timeout=30).status_code
+
+
+@pytest.mark.parametrize("port", [8002, 8003])
+def test_abandoned_exchanges_give_their_slots_back(ports_url: str, port: int) -> None:
+    for _ in range(3 * SLOTS):
+        _abandon(ports_url, port)
+    deadline = time.monotonic() + 60
+    while _served(ports_url) != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _served(ports_url) == 200, "the sandbox's slots stayed with clients that had left"
