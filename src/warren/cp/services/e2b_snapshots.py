@@ -26,6 +26,7 @@ from warren.cp.services import sandbox_power, snapshots
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.sandbox_list import MAX_LIMIT, decode_cursor, encode_cursor
 from warren.cp.services.sandboxes import find
+from warren.cp.services.template_spec import TEMPLATE_NAME_RE
 from warren.cp.store import LayerStore
 from warren.errors import InvalidRequest, InvalidState, NotFound
 
@@ -116,7 +117,7 @@ async def list_page(
 async def delete(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, snapshot_id: str) -> None:
     """Delete the team's snapshot ``snapshot_id`` (its name); anything else, a base template or
     a platform one included, is a 404 here (E2B's ``delete_snapshot`` then answers False)."""
-    if not snapshots.SAFE_NAME.match(snapshot_id):
+    if not TEMPLATE_NAME_RE.match(snapshot_id):
         raise NotFound("snapshot not found")
     team_uuid = require_team(ctx)
     async with autocommit(engine) as conn:

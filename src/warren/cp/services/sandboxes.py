@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import Timestamp, audit, layers, limits, replica_lease
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.sandbox_placement import Plan, place, reserve
+from warren.cp.services.template_spec import TEMPLATE_REF_RE
 from warren.cp.services.traffic_tokens import new_traffic_token
 from warren.cp.store import LayerStore
 from warren.egress_rules import EgressRules
@@ -55,9 +55,6 @@ from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.sandboxes")
 
-SAFE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-# A template reference: `name` (its newest version) or `name:tag` (`v<N>` names version N).
-TEMPLATE_REF = re.compile(r"^([a-zA-Z0-9][a-zA-Z0-9._-]{0,63})(?::([a-zA-Z0-9][a-zA-Z0-9._-]{0,63}))?$")
 # Hidden from the list (docs/spec.md §2.5).
 _HIDDEN = ("stopped", "error")
 
@@ -240,7 +237,7 @@ async def create_sandbox(
     ``Server-Timing`` so the CP's own share is visible."""
     team_uuid = require_team(ctx)
     ref = params.template or "minimal"
-    m = TEMPLATE_REF.match(ref)
+    m = TEMPLATE_REF_RE.match(ref)  # `name` (its newest version) or `name:tag` (`v<N>`: version N)
     if m is None:
         raise InvalidRequest("invalid template name (want name or name:tag)")
     # Two single statements outside a transaction (no BEGIN/COMMIT round trips), on one pool

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -54,6 +53,7 @@ from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox
 from warren.cp.services import layers as layer_svc
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
+from warren.cp.services.template_spec import TEMPLATE_NAME_RE
 from warren.cp.store import LayerStore
 from warren.errors import (
     AgentError,
@@ -70,7 +70,6 @@ from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.snapshots")
 
-SAFE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
 PLATFORM = ids.PLATFORM_TEAM_ID
 CREATE_BUDGET_S = 300.0
 DELETE_DEADLINE_S = 60.0
@@ -109,7 +108,7 @@ def template_model(row: RowMapping) -> Template:
 
 
 def check_name(name: str) -> str:
-    if not SAFE_NAME.match(name):
+    if not TEMPLATE_NAME_RE.match(name):
         raise InvalidRequest("invalid snapshot name")
     return name
 

@@ -37,8 +37,11 @@ MAX_PATH_BYTES = 4096  # PATH_MAX: the kernel takes no longer path
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # MAX_ARG_STRLEN, its NUL left out
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A template reference in FROM: `name` or `name:tag` (as services/templates.py checks them).
-TEMPLATE_REF_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})(?::([A-Za-z0-9][A-Za-z0-9._-]{0,63}))?$")
+# A template's name, and a tag of one: what sandboxes, snapshots, builds and imports accept.
+TEMPLATE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+TEMPLATE_NAME_RE = re.compile(rf"^{TEMPLATE_NAME}$")
+# A template reference (FROM, a create, a warm pool): `name` or `name:tag`.
+TEMPLATE_REF_RE = re.compile(rf"^({TEMPLATE_NAME})(?::({TEMPLATE_NAME}))?$")
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
 DEBIAN_SUITES = frozenset({"bookworm"})
 

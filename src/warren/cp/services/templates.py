@@ -25,14 +25,12 @@ from warren.cp.db.locks import key_of
 from warren.cp.db.tables import templates
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext, require_team
-from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
+from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, TEMPLATE_NAME_RE, SpecConfig
 from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, TooManyRequests
 
 PLATFORM = ids.PLATFORM_TEAM_ID
-# Template names as snapshots have them (services/snapshots.py), tags likewise; `v<N>` is the
+# Names and tags: template_spec.TEMPLATE_NAME_RE (as snapshots have them); `v<N>` is the
 # version's own tag and cannot be claimed.
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION_TAG_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 MAX_TAGS = 16
 # Serialises a team's version writes (next version number, tag moves) and build admissions
@@ -46,7 +44,7 @@ MAX_VERSIONS_PER_TEMPLATE = 100
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not TEMPLATE_NAME_RE.match(name):
         raise InvalidRequest(
             "invalid template name: 1-64 characters, letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -59,7 +57,7 @@ def check_tags(tags: Sequence[str]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"at most {MAX_TAGS} tags")
     for tag in tags:
-        if not isinstance(tag, str) or not TAG_RE.match(tag):
+        if not isinstance(tag, str) or not TEMPLATE_NAME_RE.match(tag):
             raise InvalidRequest(f"invalid tag {str(tag)[:80]!r}: letters, digits, '.', '_' or '-'")
         if VERSION_TAG_RE.match(tag):
             raise InvalidRequest(f"tag {tag!r} is reserved: every version is tagged v<version>")

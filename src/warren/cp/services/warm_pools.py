@@ -35,7 +35,7 @@ from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import layers
 from warren.cp.services.context import AuthContext
 from warren.cp.services.hosts import Host, _audit_host, _load_visible, _require_manager, host_model
-from warren.cp.services.sandboxes import TEMPLATE_REF
+from warren.cp.services.template_spec import TEMPLATE_REF_RE
 from warren.cp.services.warm_pool_state import MAX_POOL_SIZE, MAX_POOLS, checked_answer, reported_targets
 from warren.cp.store import LayerStore
 from warren.errors import AgentError, InvalidRequest, NotFound
@@ -73,7 +73,7 @@ async def _sizes_changing(host_uuid: uuid.UUID) -> Any:
 
 
 def _checked(template: str, size: int) -> None:
-    if TEMPLATE_REF.match(template) is None:
+    if TEMPLATE_REF_RE.match(template) is None:
         raise InvalidRequest("invalid template name (want name or name:tag)")
     if not 0 <= size <= MAX_POOL_SIZE:
         raise InvalidRequest(f"size must be between 0 and {MAX_POOL_SIZE}")
