@@ -14,8 +14,12 @@ Path=/``, which the browser stored for the whole CP origin (the dashboard then r
 tenant's account: login CSRF), and any cookie with ``Path=/`` reached every other tenant's
 preview on that origin.
 
+With previews by host name (``WARREN_PREVIEW_DOMAIN``), ``Set-Cookie: …; Domain=<the preview
+domain>`` from one sandbox reached every other sandbox's preview host, both ways.
+
 Expected: none of the platform's cookies (``warren_*``) reach a sandbox; a path-routed
-sandbox's Set-Cookie cannot name one, and its cookies are confined to its own port's path.
+sandbox's Set-Cookie cannot name one, and its cookies are confined to its own port's path; a
+host-routed sandbox's cookies stay on its own host (no ``Domain``).
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.harness.cp import PASSWORD
-from tests.harness.platform import Platform
+from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant
 
 pytestmark = pytest.mark.root
+
+DOMAIN = "preview.test"
 
 # Echoes the request's headers; /set answers with the cookies a hostile server would set.
 APP = r"""
@@ -54,6 +62,12 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 http.server.ThreadingHTTPServer(("127.0.0.1", 8001), H).serve_forever()
 """
+
+
+@pytest.fixture(scope="module")
+async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
+    async with running_platform(db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN}) as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +148,14 @@ def test_a_sandbox_cannot_set_the_platforms_cookies_or_cookies_for_others(mallor
             paths[0] == prefix.lower() or paths[0].startswith(prefix.lower() + "/")
         ), c
     assert any(c.startswith("own=1") and f"{prefix}/app".lower() in c.lower() for c in cookies), cookies
+
+
+def test_a_host_routed_sandbox_cannot_set_cookies_for_other_sandboxes(
+    platform: Platform, mallory_port: str
+) -> None:
+    sandbox_id = urlsplit(mallory_port).path.split("/")[3]
+    r = httpx.get(f"{platform.url}/set", headers={"Host": f"8001-{sandbox_id}.{DOMAIN}"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    cookies = r.headers.get_list("set-cookie")
+    assert len(cookies) == 6, cookies  # its own host's cookies: all kept, none for the domain
+    assert not [c for c in cookies if "domain" in c.lower()], cookies

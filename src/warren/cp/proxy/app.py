@@ -152,11 +152,13 @@ class Proxy:
         async def tracking_send(msg: Any) -> None:
             nonlocal started
             started = True
-            if not r.by_host and msg["type"] == "http.response.start":
+            if msg["type"] == "http.response.start" and not r.by_host:
                 # A path-routed page is served from the control plane's own origin: sandboxed
                 # (an opaque origin) its scripts cannot read the dashboard or ride its cookies,
                 # and the cookies it sets stay on its own port's path (cookies.py).
-                msg = {**msg, "headers": [*_path_routed(msg.get("headers", ()), r.prefix), PATH_ROUTED_CSP]}
+                msg = {**msg, "headers": [*_set_cookies(msg.get("headers", ()), r.prefix), PATH_ROUTED_CSP]}
+            elif msg["type"] == "http.response.start":
+                msg = {**msg, "headers": _set_cookies(msg.get("headers", ()), None)}
             await send(msg)
 
         try:
@@ -330,11 +332,13 @@ def _forward_headers(r: Route, scope: Scope, *, websocket: bool = False) -> list
     return out
 
 
-def _path_routed(headers: Any, prefix: str) -> list[tuple[bytes, bytes]]:
+def _set_cookies(headers: Any, prefix: str | None) -> list[tuple[bytes, bytes]]:
+    """The response's headers, its cookies confined to the port's path (path-routed) or to its
+    preview host (``prefix`` None)."""
     out = []
     for k, v in headers:
         if k.lower() == b"set-cookie":
-            v = cookies.confined_set_cookie(v, prefix)
+            v = cookies.host_only_set_cookie(v) if prefix is None else cookies.confined_set_cookie(v, prefix)
             if v is None:
                 continue
         out.append((k, v))

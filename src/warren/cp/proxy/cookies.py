@@ -7,7 +7,9 @@ they must never reach the sandbox's server. The other way round, a path-routed s
 ``Set-Cookie`` is stored for that same origin: it may not name a platform cookie (a planted
 session signs the victim's dashboard in as the tenant), and its ``Path`` is confined to the
 sandbox's port (``Path=/`` reached the dashboard and every other tenant's preview), its
-``Domain`` removed.
+``Domain`` removed. A host-routed sandbox's cookies lose their ``Domain`` too: ``Domain=<the
+preview domain>`` would reach every other sandbox's preview host (unless that domain is on the
+public suffix list, which the platform cannot see to).
 """
 
 from __future__ import annotations
@@ -49,4 +51,16 @@ def confined_set_cookie(value: bytes, prefix: str) -> bytes | None:
         if attribute.strip():
             kept.append(attribute.strip())
     kept.append(b"Path=" + path)
+    return b"; ".join(kept)
+
+
+def host_only_set_cookie(value: bytes) -> bytes:
+    """A host-routed sandbox's ``Set-Cookie`` without ``Domain``: its own preview host only."""
+    first, *attributes = value.split(b";")
+    kept = [first.strip()]
+    kept += [
+        a.strip()
+        for a in attributes
+        if a.strip() and a.strip().partition(b"=")[0].strip().lower() != b"domain"
+    ]
     return b"; ".join(kept)
