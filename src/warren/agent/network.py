@@ -216,6 +216,7 @@ class NetworkSlots:
         reason = await slot_userns.unavailable()
         self.own_userns = not reason
         if reason:  # the sandboxes still run, but share the kernel's per-user counts with host root
+            await slot_userns.stop_maker()  # nothing for it to make
             log.warning(
                 "event=slot_userns_unavailable error=%r consequence=per_user_counts_shared_with_host_root "
                 "fix=allow_unprivileged_user_namespaces", reason,

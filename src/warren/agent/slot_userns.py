@@ -150,12 +150,13 @@ def _mount(source: Path | None, target: Path, flags: int) -> None:
         raise SlotUsernsError(f"mount {source} on {target}: {os.strerror(ctypes.get_errno())}")
 
 
-async def unavailable() -> str:
+async def unavailable(via: Maker | None = None) -> str:
     """Why slots cannot have user namespaces of their own on this host ("" when they can): an
     unprivileged uid must be able to make a user namespace with a netns inside (Debian's
-    ``kernel.unprivileged_userns_clone``, Ubuntu's AppArmor ``userns`` restriction)."""
+    ``kernel.unprivileged_userns_clone``, Ubuntu's AppArmor ``userns`` restriction). ``via``:
+    another maker than this loop's (tests: one where it cannot)."""
     try:
-        await (await maker()).request(f"probe {PROBE_UID}")
+        await (via or await maker()).request(f"probe {PROBE_UID}")
     except (SlotUsernsError, OSError) as e:
         return str(e) or type(e).__name__
     return ""

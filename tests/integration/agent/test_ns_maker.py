@@ -82,6 +82,9 @@ async def test_a_child_that_cannot_take_its_uid_is_reported_not_waited_on() -> N
             with pytest.raises(slot_userns.SlotUsernsError, match=r"setgroups: .*Operation not permitted"):
                 await asyncio.wait_for(maker.request(f"probe {slot_userns.owner_uid(INDEX)}"), 60)
         assert maker.alive
+        # What the agent's start-up check makes of it: slots made plain, this the reason logged.
+        assert "Operation not permitted" in await asyncio.wait_for(slot_userns.unavailable(maker), 60)
+        assert await slot_userns.unavailable() == ""  # this host's own maker can
     finally:
         await maker.close()
 
