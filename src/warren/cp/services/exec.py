@@ -134,6 +134,19 @@ def parse_body(model: type[M], raw: bytes) -> M:
         raise InvalidRequest(f"invalid {where}: {first.get('msg', 'invalid value')}") from e
 
 
+async def target_and_body(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    ctx: AuthContext,
+    sandbox_id: str,
+    model: type[M],
+    raw_body: bytes,
+) -> tuple[sandbox_access.Target, M]:
+    """The running sandbox a call reaches, and the call's body, in that order (a missing
+    sandbox answers before a bad body)."""
+    return await sandbox_access.target(engine, pool, ctx, sandbox_id), parse_body(model, raw_body)
+
+
 def decode_b64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -257,19 +270,6 @@ async def list_processes(
     ]
 
 
-async def _process_call(
-    engine: AsyncEngine,
-    pool: HostClientPool,
-    ctx: AuthContext,
-    sandbox_id: str,
-    model: type[M],
-    raw_body: bytes,
-) -> tuple[sandbox_access.Target, M]:
-    """The sandbox a call on one of its processes reaches, and the call's body, in that order
-    (a missing sandbox answers before a bad body)."""
-    return await sandbox_access.target(engine, pool, ctx, sandbox_id), parse_body(model, raw_body)
-
-
 async def signal_process(
     engine: AsyncEngine,
     pool: HostClientPool,
@@ -278,7 +278,7 @@ async def signal_process(
     pid_or_tag: str,
     raw_body: bytes,
 ) -> None:
-    tgt, body = await _process_call(engine, pool, ctx, sandbox_id, SignalBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, SignalBody, raw_body)
     sig = parse_signal(body.signal)
     req = pb.SignalProcessRequest(sandbox_id=tgt.sid, process=selector(pid_or_tag), signal=sig)
     await tgt.client().stub.SignalProcess(req, timeout=30)
@@ -292,7 +292,7 @@ async def send_stdin(
     pid_or_tag: str,
     raw_body: bytes,
 ) -> None:
-    tgt, body = await _process_call(engine, pool, ctx, sandbox_id, StdinBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, StdinBody, raw_body)
     data = body.data.encode() if body.data is not None else b""
     if body.data_b64 is not None:
         data += decode_b64(body.data_b64, "data_b64")
@@ -318,4 +318,5 @@ __all__ = [
     "send_stdin",
     "signal_process",
     "start_process",
+    "target_and_body",
 ]

@@ -28,7 +28,7 @@ from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, sandbox_access
 from warren.cp.services.budget import unary_budget
 from warren.cp.services.context import AuthContext
-from warren.cp.services.exec import UserName, check_user, parse_body
+from warren.cp.services.exec import UserName, check_user, target_and_body
 from warren.cp.services.strict import StrictBody
 from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
 from warren.rpc import hostagent_pb2 as pb
@@ -246,8 +246,7 @@ async def open_read(
 ) -> AsyncIterator[bytes]:
     """Start a streaming download: the first chunk is fetched here, so a missing file (or any
     agent error before data flows) raises now and becomes a proper error response."""
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(PathBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     return await _start_read(tgt.client(), tgt.sid, _path(body), body.user)
 
 
@@ -299,8 +298,7 @@ async def read_unary(
     No Content-Length: a size from stat is not the size of what is read (``/proc`` files stat
     as empty, a file may grow), so the cap is enforced again while relaying and a file that
     grows past it mid-way is cut off (a broken transfer, never a silently short file)."""
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(PathBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     path, user, client = _path(body), body.user, tgt.client()
     st = await client.stub.Stat(
         pb.StatRequest(sandbox_id=tgt.sid, path=path, follow_symlinks=True, user=user), timeout=30
@@ -340,8 +338,7 @@ async def list_dir(
     """One page of a listing, sorted by path: ``limit`` entries (default 1000, at most 10000,
     and about 1 MiB) after ``cursor``. Paging keeps every listing bounded on the guest, the agent
     and here, however large the directory."""
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(ListBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, ListBody, raw_body)
     req = pb.ListDirRequest(
         sandbox_id=tgt.sid, path=_path(body), depth=body.depth, limit=body.limit, cursor=body.cursor,
         user=body.user,
@@ -353,8 +350,7 @@ async def list_dir(
 async def stat(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> EntryInfo:
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(PathBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     req = pb.StatRequest(sandbox_id=tgt.sid, path=_path(body), user=body.user)
     resp = await tgt.client().stub.Stat(req, timeout=30)
     return entry_model(resp.entry)
@@ -363,8 +359,7 @@ async def stat(
 async def make_dir(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> MakeDirResult:
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(PathBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     path, user, client = _path(body), body.user, tgt.client()
     # The agent's MakeDir is idempotent and cannot tell whether it created anything: look first.
     try:
@@ -381,8 +376,7 @@ async def make_dir(
 async def remove(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> None:
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(PathBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     req = pb.RemoveRequest(sandbox_id=tgt.sid, path=_path(body), user=body.user)
     await tgt.client().stub.Remove(req, timeout=120)
 
@@ -390,8 +384,7 @@ async def remove(
 async def move(
     engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
 ) -> EntryInfo:
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-    body = parse_body(MoveBody, raw_body)
+    tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, MoveBody, raw_body)
     if not body.source or not body.destination:
         raise InvalidRequest("source and destination are required")
     client = tgt.client()
