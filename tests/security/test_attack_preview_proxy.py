@@ -8,7 +8,10 @@ task, its stream to the agent, the agent's dial into the sandbox, and one of the
 bound in the CP and the agent, and once the slots are gone every later request to any port of
 that sandbox is 429 for ever.
 
-Expected: an exchange whose client is gone ends, its slot and its dial come back.
+The same for a WebSocket upgrade the server never answers.
+
+Expected: an exchange whose client is gone ends, its slot and its dial come back (an upgrade
+within 30 s).
 """
 
 from __future__ import annotations
@@ -84,12 +87,16 @@ def ports_url(platform: Platform, mallory: Tenant) -> str:
     raise AssertionError("the sandbox's server did not come up")
 
 
-def _abandon(url: str, port: int) -> None:
-    """A GET whose client waits a moment for the head, then hangs up."""
+UPGRADE = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
+def _abandon(url: str, port: int, websocket: bool = False) -> None:
+    """A GET (or a WebSocket upgrade) whose client waits a moment for the head, then hangs up."""
     host, _, rest = url.removeprefix("http://").partition("/")
     addr, _, p = host.partition(":")
+    extra = UPGRADE + "Sec-WebSocket-Version: 13\r\n" if websocket else ""
     with socket.create_connection((addr, int(p)), timeout=30) as s:
-        s.sendall(f"GET /{rest}/{port}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        s.sendall(f"GET /{rest}/{port}/ HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
         s.settimeout(0.5)
         with contextlib.suppress(TimeoutError):
             s.recv(1)
@@ -99,11 +106,13 @@ def _served(url: str) -> int:
     return httpx.get(f"{url}/8001/", timeout=30).status_code
 
 
-@pytest.mark.parametrize("port", [8002, 8003])
-def test_abandoned_exchanges_give_their_slots_back(ports_url: str, port: int) -> None:
+@pytest.mark.parametrize(("port", "websocket"), [(8002, False), (8003, False), (8002, True)])
+def test_abandoned_exchanges_give_their_slots_back(ports_url: str, port: int, websocket: bool) -> None:
     for _ in range(3 * SLOTS):
-        _abandon(ports_url, port)
-    deadline = time.monotonic() + 60
+        _abandon(ports_url, port, websocket)
+    # An upgrade the server never answers is given up after 30 s (the proxy cannot see its
+    # client leave before it accepts).
+    deadline = time.monotonic() + 90
     while _served(ports_url) != 200 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _served(ports_url) == 200, "the sandbox's slots stayed with clients that had left"

@@ -12,6 +12,7 @@ proxy strips the traffic token and its cookie before anything reaches the sandbo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -45,6 +46,8 @@ PATH_ROUTED_CSP = (
     b"content-security-policy",
     b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads",
 )
+
+WS_HANDSHAKE_TIMEOUT_S = 30.0
 
 # The proxy's credentials, and forwarding headers a client could forge (the proxy sets them).
 _STRIP = frozenset({preview.TOKEN_HEADER.encode(), b"x-forwarded-for", b"x-forwarded-proto",
@@ -190,12 +193,19 @@ class Proxy:
         try:
             try:
                 stream = await open_stream(target.client(pool), target.sandbox_id, r.port)
-                up = await ws.handshake(
-                    stream, host=_header(scope, b"host") or "localhost",
-                    target=_target(r, scope).decode("latin-1"),
-                    headers=_forward_headers(r, scope, websocket=True),
-                    subprotocols=ws.subprotocols_of(scope), max_size=self.settings.ws_max_message,
-                )  # fmt: skip
+                # Bounded: a server that never answers the upgrade kept the exchange, its dial
+                # and the sandbox's slot long after the client had gone.
+                async with asyncio.timeout(WS_HANDSHAKE_TIMEOUT_S):
+                    up = await ws.handshake(
+                        stream, host=_header(scope, b"host") or "localhost",
+                        target=_target(r, scope).decode("latin-1"),
+                        headers=_forward_headers(r, scope, websocket=True),
+                        subprotocols=ws.subprotocols_of(scope), max_size=self.settings.ws_max_message,
+                    )  # fmt: skip
+            except TimeoutError:
+                message = f"the sandbox's server did not answer the upgrade in {WS_HANDSHAKE_TIMEOUT_S:.0f} s"
+                await self._deny(scope, receive, send, 504, "upstream_timeout", message, connected=True)
+                return
             except ws.HandshakeFailed as e:
                 await self._deny(scope, receive, send, 502, "websocket_refused", str(e), connected=True)
                 return
