@@ -72,32 +72,36 @@ class Reservation:
     overcommit: Overcommit
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What a create asks of the scheduler besides its team; each field narrows or orders the
+    choice among the team's eligible hosts offering ``runtime``."""
+
+    # The one host allowed: the one holding a snapshot taken before the template store, whose
+    # files live only there; it must still be eligible for the team.
+    required_host: uuid.UUID | None = None
+    runtime: str = "runc"
+    need: Reservation | None = None  # only hosts with room for it
+    # The template's store layers: prefer hosts holding most of their bytes (the row says what
+    # the host is ``missing``).
+    layers: Sequence[str] = ()
+    avoid: Collection[uuid.UUID] = ()  # hosts this create could not reach (it tries another)
+    # The create's template reference: prefer hosts with a ready sandbox of it in a warm pool.
+    template: str = ""
+    # The team's eligible hosts as the caller read them (``eligible_hosts``' rows, for
+    # ``layers``; the create reads them with its template); None: read here.
+    candidates: Sequence[Host] | None = None
+
+
+ANY_HOST = Placement()
+
+
 class Scheduler(Protocol):
     async def select_host(
-        self,
-        conn: Conn,
-        team_id: uuid.UUID,
-        is_byoc: bool,
-        *,
-        required_host: uuid.UUID | None = None,
-        runtime: str = "runc",
-        need: Reservation | None = None,
-        layers: Sequence[str] = (),
-        avoid: Collection[uuid.UUID] = (),
-        template: str = "",
-        candidates: Sequence[Host] | None = None,
+        self, conn: Conn, team_id: uuid.UUID, is_byoc: bool, want: Placement = ANY_HOST
     ) -> Host:
-        """Pick the host for a new sandbox of ``team_id`` among those offering ``runtime``;
-        raise ServiceUnavailable if none.
-
-        ``required_host`` narrows the choice to one host (the one holding a snapshot taken
-        before the template store, whose files live only there); it must still be eligible for
-        the team. ``need``: only hosts with room for it. ``layers``: the template's store layers
-        (prefer hosts holding most of their bytes; the row says what the host is ``missing``).
-        ``avoid``: hosts this create could not reach (it tries another). ``template``: the
-        create's template reference (prefer hosts with a ready sandbox of it in a warm pool).
-        ``candidates``: the team's eligible hosts as the caller read them (``eligible_hosts``'
-        rows, for ``layers``; the create reads them with its template); None: read here."""
+        """Pick the host for a new sandbox of ``team_id`` as ``want`` says; raise
+        ServiceUnavailable if none."""
         ...
 
 
@@ -133,44 +137,25 @@ class RoundRobinScheduler:
         self._taken: dict[tuple[uuid.UUID, str], tuple[Any, int]] = {}
 
     async def select_host(
-        self,
-        conn: Conn,
-        team_id: uuid.UUID,
-        is_byoc: bool,
-        *,
-        required_host: uuid.UUID | None = None,
-        runtime: str = "runc",
-        need: Reservation | None = None,
-        layers: Sequence[str] = (),
-        avoid: Collection[uuid.UUID] = (),
-        template: str = "",
-        candidates: Sequence[Host] | None = None,
+        self, conn: Conn, team_id: uuid.UUID, is_byoc: bool, want: Placement = ANY_HOST
     ) -> Host:
+        candidates = want.candidates
         if candidates is None:
-            candidates = await eligible_hosts(conn, team_id, is_byoc, layers)
-        hosts = [h for h in candidates if h["id"] not in avoid]
-        return self._choose(hosts, team_id, is_byoc, required_host, runtime, need, layers, template)
+            candidates = await eligible_hosts(conn, team_id, is_byoc, want.layers)
+        hosts = [h for h in candidates if h["id"] not in want.avoid]
+        return self._choose(hosts, team_id, is_byoc, want)
 
-    def _choose(
-        self,
-        candidates: list[Host],
-        team_id: uuid.UUID,
-        is_byoc: bool,
-        required_host: uuid.UUID | None,
-        runtime: str,
-        need: Reservation | None,
-        layers: Sequence[str],
-        template: str,
-    ) -> Host:
-        if required_host is not None:
-            candidates = [h for h in candidates if h["id"] == required_host]
+    def _choose(self, candidates: list[Host], team_id: uuid.UUID, is_byoc: bool, want: Placement) -> Host:
+        need, template = want.need, want.template
+        if want.required_host is not None:
+            candidates = [h for h in candidates if h["id"] == want.required_host]
             if not candidates:
                 raise ServiceUnavailable(
                     "the host holding this snapshot's files is not online (it was taken before the "
                     "template store, so only that host has it); try again when it is back",
                     code="snapshot_host_unavailable",
                 )
-        candidates = _offering(candidates, runtime, is_byoc)
+        candidates = _offering(candidates, want.runtime, is_byoc)
         candidates = with_free_disk(candidates, self.min_free_disk)
         candidates = [h for h in candidates if fits(h, need)]
         if not candidates:
@@ -178,7 +163,7 @@ class RoundRobinScheduler:
         warm = [h for h in candidates if template and self._warm_left(h, template) > 0]
         if warm:
             candidates = warm  # they hold the template's layers too: their members run them
-        elif layers:
+        elif want.layers:
             most = max(h["held_bytes"] for h in candidates)
             candidates = [h for h in candidates if h["held_bytes"] == most]
         key = team_id if is_byoc else None

@@ -22,7 +22,7 @@ from warren.config import Settings
 from warren.cp.db.engine import driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
-from warren.cp.hosts.scheduler import Host, Overcommit, Reservation, Scheduler, no_capacity
+from warren.cp.hosts.scheduler import Host, Overcommit, Placement, Reservation, Scheduler, no_capacity
 from warren.cp.services import egress, egress_rules, layers, limits
 from warren.cp.services.context import no_team
 from warren.cp.store import LayerStore
@@ -144,10 +144,7 @@ async def reserve(
     chain_layers = list(plan.chain.layers) if plan.chain is not None else []
     rules = json.dumps(params.network.to_json()) if not params.network.empty else None
     for attempt in range(_CREATE_ATTEMPTS):
-        host = await scheduler.select_host(
-            conn,
-            team_uuid,
-            bool(r["is_byoc"]),
+        want = Placement(
             required_host=pinned,
             runtime=plan.runtime,
             need=need,
@@ -156,6 +153,7 @@ async def reserve(
             template=plan.template,
             candidates=plan.hosts if attempt == 0 and not avoid else None,
         )
+        host = await scheduler.select_host(conn, team_uuid, bool(r["is_byoc"]), want=want)
         res = await conn.fetchrow(
             q.RESERVE,
             sb_uuid, team_uuid, host["id"], plan.template, shape.vcpus, shape.memory_mb,

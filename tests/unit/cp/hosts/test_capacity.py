@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock, ids
 from warren.cp.db.engine import driver
 from warren.cp.db.queries.sandboxes import RESERVE
-from warren.cp.hosts.scheduler import Overcommit, Reservation, RoundRobinScheduler
+from warren.cp.hosts.scheduler import Overcommit, Placement, Reservation, RoundRobinScheduler
 from warren.errors import ServiceUnavailable
 
 from .conftest import Rows
@@ -32,7 +32,7 @@ async def _size(engine: AsyncEngine, host: uuid.UUID, cpu_cores: int, memory_mb:
 
 async def _pick(engine: AsyncEngine, s: RoundRobinScheduler, team: uuid.UUID, need: Reservation) -> uuid.UUID:
     async with engine.connect() as conn:
-        host: uuid.UUID = (await s.select_host(conn, team, False, need=need))["id"]
+        host: uuid.UUID = (await s.select_host(conn, team, False, Placement(need=need)))["id"]
         return host
 
 

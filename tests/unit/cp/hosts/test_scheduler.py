@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
 from warren.cp.db.tables import hosts
-from warren.cp.hosts.scheduler import RoundRobinScheduler
+from warren.cp.hosts.scheduler import Placement, RoundRobinScheduler
 from warren.errors import ServiceUnavailable
 
 from .conftest import Rows
@@ -89,10 +89,12 @@ async def test_snapshot_host_affinity_picks_only_the_host_holding_the_files(
     down = await rows.host(admin, status="unreachable")
     s = RoundRobinScheduler()
     async with engine.connect() as conn:
-        picks = {(await s.select_host(conn, team, False, required_host=hs[1]))["id"] for _ in range(4)}
+        picks = {
+            (await s.select_host(conn, team, False, Placement(required_host=hs[1])))["id"] for _ in range(4)
+        }
         assert picks == {hs[1]}
         with pytest.raises(ServiceUnavailable) as e:
-            await s.select_host(conn, team, False, required_host=down)
+            await s.select_host(conn, team, False, Placement(required_host=down))
     assert e.value.code == "snapshot_host_unavailable"
 
 
@@ -118,7 +120,7 @@ async def test_a_template_of_layers_goes_where_most_of_its_bytes_are(engine: Asy
     await layer_svc.record_on_host(engine, hs[2], [big])
     s = RoundRobinScheduler()
     async with engine.connect() as conn:
-        picked = [await s.select_host(conn, team, False, layers=[small, big]) for _ in range(4)]
+        picked = [await s.select_host(conn, team, False, Placement(layers=[small, big])) for _ in range(4)]
         assert [h["id"] for h in picked] == [hs[1], hs[2], hs[1], hs[2]]
         assert list(picked[0]["missing"]) == [small]
         # Room comes first: a full host is passed over however much it holds.
@@ -127,11 +129,11 @@ async def test_a_template_of_layers_goes_where_most_of_its_bytes_are(engine: Asy
         await rows.sandbox(team, hs[1], vcpus=10_000)
         await rows.sandbox(team, hs[2], vcpus=10_000)
         need = Reservation(1, 1, Overcommit())
-        h = await s.select_host(conn, team, False, need=need, layers=[small, big])
+        h = await s.select_host(conn, team, False, Placement(need=need, layers=[small, big]))
         assert (h["id"], list(h["missing"])) == (hs[0], [big])
         # Nobody holds any of it: plain rotation among those with room, every layer missing.
         other = hashlib.sha256(b"none").hexdigest()
-        got = [await s.select_host(conn, team, False, need=need, layers=[other]) for _ in range(4)]
+        got = [await s.select_host(conn, team, False, Placement(need=need, layers=[other])) for _ in range(4)]
         assert {h["id"] for h in got} == {hs[0], hs[3]}
         assert all(list(h["missing"]) == [other] for h in got)
 
@@ -150,7 +152,7 @@ async def test_hosts_with_ready_pooled_sandboxes_first(engine: AsyncEngine, rows
 
     async def pick(template: str) -> object:
         async with engine.connect() as conn:
-            return (await s.select_host(conn, team, False, template=template))["id"]
+            return (await s.select_host(conn, team, False, Placement(template=template)))["id"]
 
     assert [await pick("minimal") for _ in range(2)] == [warm, warm]
     # Both reported members are spoken for: round robin over both hosts again.

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import ids
 from warren.cp.db.tables import hosts
-from warren.cp.hosts.scheduler import RoundRobinScheduler
+from warren.cp.hosts.scheduler import Placement, RoundRobinScheduler
 from warren.cp.services.host_link import HostReport, heartbeat
 from warren.errors import ServiceUnavailable
 
@@ -28,7 +28,7 @@ async def _picks(
     engine: AsyncEngine, s: RoundRobinScheduler, team: uuid.UUID, runtime: str, byoc: bool = False
 ) -> set[uuid.UUID]:
     async with engine.connect() as conn:
-        return {(await s.select_host(conn, team, byoc, runtime=runtime))["id"] for _ in range(6)}
+        return {(await s.select_host(conn, team, byoc, Placement(runtime=runtime)))["id"] for _ in range(6)}
 
 
 async def test_only_hosts_offering_the_runtime_are_picked(engine: AsyncEngine, rows: Rows) -> None:
