@@ -25,6 +25,7 @@ import time
 import tracemalloc
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.harness.cp import InProcessCP
@@ -171,3 +172,58 @@ async def test_ended_builds_are_forgotten_past_the_bound(
     assert r.status_code == 200 and r.json()["status"] == "ready", r.text[:300]
     r = await mallory.req("GET", f"/v1/templates/nothing/builds/{failed['build_id']}")
     assert r.status_code == 200, r.text[:300]
+
+
+async def _stream_status(http: httpx.AsyncClient, url: str) -> int:
+    """Whether one more log stream is admitted: its status, the stream closed again."""
+    r = await http.send(http.build_request("GET", url), stream=True)
+    try:
+        if r.status_code == 429:
+            await r.aread()
+            assert r.json()["error"]["code"] == "too_many_streams", r.text[:300]
+        return r.status_code
+    finally:
+        await r.aclose()
+
+
+async def test_build_log_streams_count_toward_the_teams_stream_cap(
+    cp: InProcessCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each server-sent-events stream of a running build's log polls PostgreSQL twice every
+    0.2 s for up to the build's time limit; they were in no count, so one key could open
+    thousands on one long build. They now hold one of the team's stream slots each."""
+    monkeypatch.setattr(cp.settings, "max_streams_per_team", 3)
+    mallory = await cp.signup()
+    built = await _build(mallory, "long", "FROM minimal\nENV A=1\n")
+    # As a build whose RUN sleeps for half an hour looks while it runs (no host here to run one).
+    where = "WHERE name = 'long' AND team_id = :t"
+    team = ids.parse_id(ids.Kind.TEAM, mallory.team_id)
+    await cp.sql(
+        "UPDATE template_builds SET status = 'running', finished_at = NULL, "
+        f"heartbeat_at = now() + interval '1 hour' {where}",
+        t=team,
+    )
+    url = f"{cp.url}/v1/templates/long/builds/{built['build_id']}/log/stream"
+    async with httpx.AsyncClient(headers=mallory.h, timeout=60) as http:
+        opened: list[httpx.Response] = []
+        readers = []  # kept: a line iterator dropped closes its response
+        try:
+            for _ in range(3):
+                r = await http.send(http.build_request("GET", url), stream=True)
+                opened.append(r)
+                assert r.status_code == 200, await r.aread()
+                readers.append(r.aiter_lines())
+                await anext(readers[-1])  # the first event: the stream is being served
+            assert await _stream_status(http, url) == 429
+            await opened.pop().aclose()
+            deadline = time.monotonic() + 30
+            while (status := await _stream_status(http, url)) == 429 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert status == 200
+            # A stream whose client leaves before reading gives its slot back too.
+            for _ in range(5):
+                assert await _stream_status(http, url) == 200
+        finally:
+            for o in opened:
+                await o.aclose()
+            await cp.sql(f"UPDATE template_builds SET status = 'failed', finished_at = now() {where}", t=team)

@@ -30,7 +30,7 @@ from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import template_builds, templates
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
-from warren.cp.services import Timestamp, audit
+from warren.cp.services import Timestamp, audit, stream_slots
 from warren.cp.services import template_build_log as build_log
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
@@ -320,7 +320,33 @@ async def stream_log(
         return _build_model(again, again["version"]).model_dump(mode="json")
 
     max_s = settings.build_timeout_s + 600.0
-    return build_log.stream_log(engine, row["id"], offset, status, max_s)
+    # Counted with the team's other streams: each polls PostgreSQL twice every 0.2 s for up to
+    # the build's time limit, and thousands of them on one running build were unbounded load.
+    slot = stream_slots.Slot()
+    slot.claim(ctx, settings.max_streams_per_team)
+    return _Held(build_log.stream_log(engine, row["id"], offset, status, max_s), slot)
+
+
+class _Held:
+    """A stream's events, holding its team's stream slot until they end, fail or are dropped
+    (a response never started is dropped without iterating, hence ``__del__``)."""
+
+    def __init__(self, events: AsyncIterator[str], slot: stream_slots.Slot) -> None:
+        self._events = events
+        self._slot = slot
+
+    def __aiter__(self) -> _Held:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await anext(self._events)
+        except BaseException:
+            self._slot.release()
+            raise
+
+    def __del__(self) -> None:
+        self._slot.release()
 
 
 # ----------------------------------------------------------------------------------- runner
