@@ -1,7 +1,8 @@
 """How many streams one team holds open at once in this CP process: exec streams, terminals
-(the API's and the dashboard's), directory watches and E2B's envd streams (``Start``,
+(the API's and the dashboard's), directory watches, E2B's envd streams (``Start``,
 ``Connect``, ``StreamInput``, ``WatchDir``: ``cp/e2b/envd/app.py``, refused there as Connect's
-``resource_exhausted``, HTTP 429) together (``max_streams_per_team``).
+``resource_exhausted``, HTTP 429) and build-log event streams (``template_builds.stream_log``)
+together (``max_streams_per_team``).
 
 Each open stream may hold a few WebSocket messages in the CP and the agent (one read ahead, one
 being handed on, its queued stdin), so without a cap one tenant opening hundreds of streams could
