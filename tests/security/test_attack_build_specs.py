@@ -141,6 +141,11 @@ async def test_a_team_cannot_pile_up_template_versions(
         assert (await _build(mallory, "other", spec))["status"] == "ready"
     r = await mallory.req("POST", "/v1/templates", json={"name": "third", "spec": spec})
     assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded", r.text[:300]
+    # An image import into the full team is refused before its upload is read.
+    r = await mallory.req(
+        "POST", "/v1/templates/import", data={"name": "third"}, files={"image": ("i.tar", b"\0" * 1024)}
+    )
+    assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded", r.text[:300]
     # Another team is not held back by this one's versions; deleting frees the room.
     other = await cp.signup()
     assert (await _build(other, "piled", spec))["status"] == "ready"

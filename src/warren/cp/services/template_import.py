@@ -62,6 +62,7 @@ async def check_target(engine: AsyncEngine, ctx: AuthContext, name: str, tags: l
     checked = tpl.check_tags(tags)
     async with transaction(engine) as conn:
         await tpl.check_name_free(conn, team_id, name)
+        await tpl.check_room_for_version(conn, team_id, name)  # checked again when it is written
     return checked
 
 
