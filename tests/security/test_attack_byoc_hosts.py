@@ -15,6 +15,7 @@ import asyncio
 import pytest
 
 from tests.harness.cp import InProcessCP, User, set_byoc
+from warren import ids
 from warren.cp.services import hosts as hosts_svc
 
 
@@ -82,3 +83,25 @@ async def test_a_burst_of_host_creates_stops_at_the_bound(
     first = next(r.json()["host"]["id"] for r in results if r.status_code == 201)
     assert (await owner.req("DELETE", f"/v1/hosts/{first}")).status_code in (200, 204)
     assert (await owner.req("POST", "/v1/hosts", json=_host(owner))).status_code == 201
+
+
+async def test_a_byoc_agent_refreshing_in_a_loop_leaves_no_rows_behind(cp: InProcessCP, admin: User) -> None:
+    """The agent of a BYOC host is the tenant's own program: it may call refresh as often as
+    it likes. Each call kept the spent token's row for good (revoked, never deleted)."""
+    owner = await _byoc_owner(cp, admin)
+    host_id, token = await owner.create_host("byoc", owner.team_id)
+    body = {"token": token, "address": "127.0.0.9:7001", "arch": "amd64", "cpu_cores": 2, "memory_mb": 1024}
+    r = await cp.http.post("/v1/hosts/register", json={**body, "disk_gb": 10})
+    assert r.status_code == 201, r.text[:300]
+    refresh = r.json()["refresh_token"]
+    for _ in range(40):
+        r = await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": refresh})
+        assert r.status_code == 200, r.text[:300]
+        refresh = r.json()["refresh_token"]
+    held = await cp.sql(
+        "SELECT count(*) FROM host_refresh_tokens WHERE host_id = :h", h=ids.parse_id(ids.Kind.HOST, host_id)
+    )
+    assert held[0][0] <= 2, held
+    # The last one still works; a spent one does not.
+    assert (await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": refresh})).status_code == 200
+    assert (await cp.http.post("/v1/hosts/auth/refresh", json={"refresh_token": refresh})).status_code == 401

@@ -86,6 +86,14 @@ class RefreshRequest(StrictBody):
 
 
 async def _issue_refresh_token(conn: AsyncConnection, host_uuid: uuid.UUID, now: datetime) -> str:
+    # The host's spent tokens go: a (BYOC, tenant-run) agent refreshing in a loop left a row a
+    # call for good.
+    await conn.execute(
+        host_refresh_tokens.delete().where(
+            host_refresh_tokens.c.host_id == host_uuid,
+            sa.or_(host_refresh_tokens.c.revoked_at.is_not(None), host_refresh_tokens.c.expires_at <= now),
+        )
+    )
     token = new_token_hex(32)
     await conn.execute(
         host_refresh_tokens.insert().values(
@@ -202,11 +210,7 @@ async def register(
 
 async def _revoke_refresh_token(engine: AsyncEngine, token_id: uuid.UUID) -> None:
     async with transaction(engine) as conn:
-        await conn.execute(
-            host_refresh_tokens.update()
-            .where(host_refresh_tokens.c.id == token_id, host_refresh_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=clock.now())
-        )
+        await conn.execute(host_refresh_tokens.delete().where(host_refresh_tokens.c.id == token_id))
 
 
 async def refresh(
