@@ -17,6 +17,9 @@ preview on that origin.
 With previews by host name (``WARREN_PREVIEW_DOMAIN``), ``Set-Cookie: …; Domain=<the preview
 domain>`` from one sandbox reached every other sandbox's preview host, both ways.
 
+A path-routed ``Clear-Site-Data: "cookies"`` cleared every cookie of the CP's site (the
+dashboard's session included).
+
 Expected: none of the platform's cookies (``warren_*``) reach a sandbox; a path-routed
 sandbox's Set-Cookie cannot name one, and its cookies are confined to its own port's path; a
 host-routed sandbox's cookies stay on its own host (no ``Domain``).
@@ -58,6 +61,7 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_header("Set-Cookie", "elsewhere=1; path=/v1/sandboxes/other/ports/80")
             self.send_header("Set-Cookie", "own=1; Path=%s/app" % self.headers.get("X-Forwarded-Prefix", ""))
             self.send_header("Set-Cookie", "bare=1")
+            self.send_header("Clear-Site-Data", '"cookies", "storage"')
         self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
 http.server.ThreadingHTTPServer(("127.0.0.1", 8001), H).serve_forever()
@@ -148,6 +152,7 @@ def test_a_sandbox_cannot_set_the_platforms_cookies_or_cookies_for_others(mallor
             paths[0] == prefix.lower() or paths[0].startswith(prefix.lower() + "/")
         ), c
     assert any(c.startswith("own=1") and f"{prefix}/app".lower() in c.lower() for c in cookies), cookies
+    assert "clear-site-data" not in r.headers, r.headers  # it would sign the victim out of the dashboard
 
 
 def test_a_host_routed_sandbox_cannot_set_cookies_for_other_sandboxes(

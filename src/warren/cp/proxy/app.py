@@ -347,6 +347,8 @@ def _set_cookies(headers: Any, prefix: str | None) -> list[tuple[bytes, bytes]]:
     preview host (``prefix`` None)."""
     out = []
     for k, v in headers:
+        if prefix is not None and k.lower() == b"clear-site-data":
+            continue  # it would clear the control plane's cookies and storage: the dashboard's
         if k.lower() == b"set-cookie":
             v = cookies.host_only_set_cookie(v) if prefix is None else cookies.confined_set_cookie(v, prefix)
             if v is None:
