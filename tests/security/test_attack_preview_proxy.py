@@ -116,3 +116,20 @@ def test_abandoned_exchanges_give_their_slots_back(ports_url: str, port: int, we
     while _served(ports_url) != 200 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _served(ports_url) == 200, "the sandbox's slots stayed with clients that had left"
+
+
+def test_ports_that_cannot_exist_are_404_not_an_agent_error(platform: Platform, mallory: Tenant) -> None:
+    """Port 0 and ports past 65535 reached the agent, whose refusal came back as 502
+    ``agent_error`` (a client's mistake blamed on the platform)."""
+    r = mallory.w("POST", "/v1/sandboxes", {"template": "minimal"})
+    assert r.status_code == 201, r.text
+    sb, token = r.json()["id"], r.json()["traffic_token"]
+    headers = {"X-Warren-Traffic-Token": token}
+    for port in ("0", "00000", "65536", "99999"):
+        r = httpx.get(f"{platform.url}/v1/sandboxes/{sb}/ports/{port}/", headers=headers, timeout=30)
+        assert r.status_code == 404, (port, r.status_code, r.text[:200])
+        host = {"Host": f"{port}-{sb}.preview.test"}
+        r = httpx.get(f"{platform.url}/", headers={**headers, **host}, timeout=30)
+        assert r.status_code < 500, (port, r.status_code, r.text[:200])
+    r = httpx.get(f"{platform.url}/v1/sandboxes/{sb}/ports/65535/", headers=headers, timeout=30)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "port_not_open", r.text[:200]

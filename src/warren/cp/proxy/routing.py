@@ -35,11 +35,11 @@ def route(path: str, host: str, preview_domain: str, *, by_path: bool = True) ->
         name = name.lower()
         if name.endswith(suffix):
             m = _HOST_LABEL.match(name[: -len(suffix)])
-            if m is not None:
+            if m is not None and 1 <= int(m.group(1)) <= 65535:
                 return Route(m.group(2), int(m.group(1)), path or "/", "", by_host=True)
     if by_path and path.startswith("/v1/sandboxes/"):
         m = _PATH.match(path)
-        if m is not None:
+        if m is not None and 1 <= int(m.group(2)) <= 65535:  # no such port: not a proxied request
             prefix = path[: m.start(3)] if m.group(3) else path
             return Route(m.group(1), int(m.group(2)), m.group(3) or "/", prefix, by_host=False)
     return None
