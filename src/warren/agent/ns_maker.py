@@ -4,7 +4,7 @@ slot's user namespace (and the netns inside it) by forking, without an exec.
 Run as ``python -I -S ns_maker.py`` (slot_userns.Maker starts it): it imports nothing but the
 standard library, so it starts in ~20 ms, holds nothing of the agent (no keys, no gRPC threads:
 gRPC's fork handlers forbid forking the agent itself, docs/agent.md), and forks in well under a
-millisecond. One request a line on stdin, one answer a line on stdout:
+millisecond. One request a line on stdin, one answer a line on stdout, in the requests' order:
 
     make <uid> <map> <netns path> <userns path>   ->  ok | err <why>
     probe <uid>                                   ->  ok | err <why>
@@ -16,6 +16,8 @@ outer count", the sandboxes' one mapped range), bind-mounts the child's two name
 the paths given, and lets the child exit. On any failure nothing of it is left mounted and the
 answer says why; a child that does not report within ``CHILD_TIMEOUT`` is killed and reported.
 ``probe``: the same child, made and let go (whether this host lets an unprivileged uid do it).
+Requests are pipelined: every request read is forked at once and its children unshare side by
+side (creates arriving together do not queue behind each other's namespaces).
 
 The maker ends when the agent does (stdin reaches end of file); its children die with it
 (``PR_SET_PDEATHSIG``), and would in any case find their pipe closed.
@@ -28,7 +30,8 @@ import ctypes
 import os
 import select
 import signal
-import sys
+import time
+from collections import deque
 
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 MS_BIND, MNT_DETACH, PR_SET_PDEATHSIG = 4096, 2, 1
@@ -45,12 +48,18 @@ def _check(ret: int, what: str) -> None:
         raise MakerError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def _child(uid: int, ready_w: int, go_r: int) -> None:
+def _child(uid: int, maker: int, ready_w: int, go_r: int) -> None:
     """In the forked child: become ``uid``, unshare, say so, wait to be let go. Never returns."""
     code, step = 0, "prctl"
+    # Nothing else of the maker's: the agent's pipes and the other children's, whose ends of
+    # file must not wait for this child.
+    low, high = sorted((ready_w, go_r))
+    os.closerange(0, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 1 << 20)
     try:
         _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
-        if os.getppid() == 1:  # the maker died before the death signal was armed
+        if os.getppid() != maker:  # the maker died before the death signal was armed
             os._exit(1)
         step = "setgroups"
         os.setgroups([])
@@ -69,38 +78,101 @@ def _child(uid: int, ready_w: int, go_r: int) -> None:
     os._exit(code)
 
 
-def _spawn(uid: int) -> tuple[int, int]:
-    """Fork a child that made its namespaces; (its pid, the fd that lets it go). Raises
-    MakerError with the child's own reason if it could not."""
+class Job:
+    """One request: its child (while it has one) and, once known, its answer."""
+
+    __slots__ = ("answer", "deadline", "go_w", "pid", "ready_r", "targets")
+
+    def __init__(self) -> None:
+        self.answer: str | None = None
+        self.pid = self.ready_r = self.go_w = -1
+        self.targets: tuple[str, str, str] | None = None  # (map, netns path, userns path)
+        self.deadline = time.monotonic() + CHILD_TIMEOUT
+
+
+def _uid(word: str) -> int:
+    """An owner uid: never root (the namespace would be root's), never (uid_t)-1 ("unchanged")."""
+    uid = int(word)
+    if not 0 < uid < 2**32 - 1:
+        raise ValueError(f"uid {uid} out of range")
+    return uid
+
+
+def start(line: str) -> Job:
+    """A job for one request line, its child forked (or its answer already known)."""
+    job, words = Job(), line.split(" ")
+    try:
+        if words[0] == "make" and len(words) == 7:
+            job.targets = (" ".join(words[2:5]), words[5], words[6])
+        elif not (words[0] == "probe" and len(words) == 2):
+            raise ValueError(f"bad request {line[:80]!r}")
+        uid = _uid(words[1])
+        job.pid, job.ready_r, job.go_w = _fork(uid)
+    except (OSError, ValueError) as e:
+        job.answer = f"err {e}"
+    return job
+
+
+def _fork(uid: int) -> tuple[int, int, int]:
+    """(pid, its ready pipe's read end, its go pipe's write end) of a child made for ``uid``."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
-    pid = os.fork()
+    maker = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        raise
     if pid == 0:
         os.close(ready_r)
         os.close(go_w)
-        _child(uid, ready_w, go_r)
+        _child(uid, maker, ready_w, go_r)
     os.close(ready_w)
     os.close(go_r)
+    return pid, ready_r, go_w
+
+
+def finish(job: Job, unreaped: set[int]) -> None:
+    """The child reported (or died): bind what it made, let it go, set the answer."""
+    msg = os.read(job.ready_r, 512)
     try:
-        if not select.select([ready_r], [], [], CHILD_TIMEOUT)[0]:
-            raise MakerError(f"no answer from the child in {CHILD_TIMEOUT:.0f} s")
-        msg = os.read(ready_r, 512)
         if msg != b"R":
             raise MakerError(msg[1:].decode(errors="replace") if msg else "the child died")
-    except BaseException:
-        os.close(go_w)
-        _reap(pid, kill=True)
-        raise
-    finally:
-        os.close(ready_r)
-    return pid, go_w
+        if job.targets is not None:
+            _bind_pair(job.pid, *job.targets)
+        job.answer = "ok"
+    except (MakerError, OSError) as e:
+        job.answer = f"err {e}"
+    _let_go(job, unreaped, kill=job.answer != "ok")
 
 
-def _reap(pid: int, *, kill: bool = False) -> None:
+def _let_go(job: Job, unreaped: set[int], *, kill: bool) -> None:
     if kill:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+            os.kill(job.pid, signal.SIGKILL)
+    os.close(job.ready_r)
+    os.close(job.go_w)  # end of file: the child exits
+    unreaped.add(job.pid)
+
+
+def _bind_pair(pid: int, id_map: str, netns: str, userns: str) -> None:
+    """Write the child's maps and bind its two namespaces; on failure nothing stays bound."""
+    proc, bound = f"/proc/{pid}", []
+    try:
+        for name in ("uid_map", "gid_map"):
+            fd = os.open(f"{proc}/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, f"{id_map}\n".encode())
+            finally:
+                os.close(fd)
+        for kind, target in (("net", netns), ("user", userns)):
+            _bind(f"{proc}/ns/{kind}", target)
+            bound.append(target)
+    except BaseException:
+        for target in bound:
+            _unbind(target)
+        raise
 
 
 def _bind(source: str, target: str) -> None:
@@ -118,62 +190,53 @@ def _unbind(target: str) -> None:
         os.unlink(target)
 
 
-def make(uid: int, id_map: str, netns: str, userns: str) -> int:
-    """Make the pair and bind it; the child's pid (let go, to be reaped) on success."""
-    pid, go_w = _spawn(uid)
-    bound: list[str] = []
-    try:
-        proc = f"/proc/{pid}"
-        for name in ("uid_map", "gid_map"):
-            fd = os.open(f"{proc}/{name}", os.O_WRONLY)
-            try:
-                os.write(fd, f"{id_map}\n".encode())
-            finally:
-                os.close(fd)
-        for kind, target in (("net", netns), ("user", userns)):
-            _bind(f"{proc}/ns/{kind}", target)
-            bound.append(target)
-    except BaseException:
-        for target in bound:
-            _unbind(target)
-        os.close(go_w)
-        _reap(pid, kill=True)
-        raise
-    os.close(go_w)  # end of file: the child exits
-    return pid
+def _reap(unreaped: set[int]) -> None:
+    for pid in list(unreaped):
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        unreaped.discard(pid)
 
 
-def _uid(word: str) -> int:
-    """An owner uid: never root (the namespace would be root's), never (uid_t)-1 ("unchanged")."""
-    uid = int(word)
-    if not 0 < uid < 2**32 - 1:
-        raise ValueError(f"uid {uid} out of range")
-    return uid
-
-
-def _handle(line: str) -> tuple[str, int | None]:
-    """The answer to one request, and a child to reap once it is sent."""
-    words = line.split(" ")
-    try:
-        if words[0] == "make" and len(words) == 7:
-            return "ok", make(_uid(words[1]), " ".join(words[2:5]), words[5], words[6])
-        if words[0] == "probe" and len(words) == 2:
-            pid, go_w = _spawn(_uid(words[1]))
-            os.close(go_w)
-            return "ok", pid
-        return f"err bad request {line[:80]!r}", None
-    except (MakerError, OSError, ValueError) as e:
-        return "err " + str(e).replace("\n", " "), None
+def _answer(jobs: deque[Job], unreaped: set[int]) -> None:
+    """Children past their deadline killed and reported; every answer known, in order, sent."""
+    now = time.monotonic()
+    for job in jobs:
+        if job.answer is None and now > job.deadline:
+            job.answer = f"err no answer from the child in {CHILD_TIMEOUT:.0f} s"
+            _let_go(job, unreaped, kill=True)
+    out = b""
+    while jobs and jobs[0].answer is not None:
+        out += (jobs.popleft().answer or "").replace("\n", " ").encode() + b"\n"
+    while out:
+        out = out[os.write(1, out) :]
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is the agent's to handle
-    for raw in sys.stdin.buffer:
-        answer, child = _handle(raw.decode(errors="replace").rstrip("\n"))
-        sys.stdout.write(answer + "\n")
-        sys.stdout.flush()
-        if child is not None:
-            os.waitpid(child, 0)  # after the answer: the child's exit is off the caller's path
+    jobs: deque[Job] = deque()
+    unreaped: set[int] = set()
+    buf = b""
+    while True:
+        waiting = {job.ready_r: job for job in jobs if job.answer is None}
+        timeout = min((j.deadline for j in waiting.values()), default=None)
+        if timeout is not None:
+            timeout = max(0.0, timeout - time.monotonic())
+        if unreaped:
+            timeout = 0.05 if timeout is None else min(timeout, 0.05)
+        readable = select.select([0, *waiting], [], [], timeout)[0]
+        for fd in readable:
+            if fd in waiting:
+                finish(waiting[fd], unreaped)
+        if 0 in readable:
+            data = os.read(0, 65536)
+            if not data:
+                return  # the agent is gone; children waiting die with the maker
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            jobs.extend(start(raw.decode(errors="replace")) for raw in lines)
+        _answer(jobs, unreaped)
+        _reap(unreaped)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import ctypes
 import os
 import sys
 import weakref
+from collections import deque
 from pathlib import Path
 
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
@@ -52,12 +53,15 @@ class SlotUsernsError(RuntimeError):
 
 
 class Maker:
-    """The agent's handle on its namespace maker (ns_maker.py): one request at a time."""
+    """The agent's handle on its namespace maker (ns_maker.py). Requests are pipelined: each is
+    written at once and answered in order, so creates arriving together make their namespaces
+    side by side."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.loop = asyncio.get_running_loop()
-        self._lock = asyncio.Lock()
+        self._pending: deque[asyncio.Future[str]] = deque()
+        self._reader = asyncio.create_task(self._read_answers(), name="ns-maker-answers")
 
     @classmethod
     async def start(cls, prefix: tuple[str, ...] = ()) -> Maker:
@@ -71,39 +75,52 @@ class Maker:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self.proc.returncode is None and not self._reader.done()
+
+    async def _read_answers(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                if self._pending:
+                    fut = self._pending.popleft()
+                    if not fut.done():
+                        fut.set_result(line.decode(errors="replace").rstrip("\n"))
+        finally:  # ended: whatever is still waiting never gets its answer
+            while self._pending:
+                fut = self._pending.popleft()
+                if not fut.done():
+                    fut.set_result("err the namespace maker ended")
 
     async def request(self, line: str) -> None:
         """Send one request and wait for its "ok". Raises SlotUsernsError with the maker's
-        reason, or when the maker is gone or does not answer (then it is killed)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        async with self._lock:
-            try:
-                self.proc.stdin.write(f"{line}\n".encode())
-                await self.proc.stdin.drain()
-                answer = await asyncio.wait_for(self.proc.stdout.readline(), _ANSWER_TIMEOUT)
-            except BaseException as e:
-                # Stuck, gone, or the caller cancelled halfway (the next answer would be this
-                # one's): the maker is ended, with whatever it was making, before this returns,
-                # so the caller's cleanup finds all there is; the next request starts another.
-                await self.close()
-                if isinstance(e, OSError | TimeoutError):
-                    raise SlotUsernsError(f"the namespace maker: {type(e).__name__} {e}") from None
-                raise
-            text = answer.decode(errors="replace").rstrip("\n")
-            if text == "ok":
-                return
-            if not text.startswith("err "):  # end of file: it ended
-                await self.close()
-                text = f"err the namespace maker ended (exit {self.proc.returncode})"
-            raise SlotUsernsError(text[4:])
+        reason, or when the maker is gone or does not answer (then it is killed). Cancelled,
+        it still waits for its answer: the caller's cleanup must find all the maker made."""
+        assert self.proc.stdin is not None
+        if not self.alive:
+            raise SlotUsernsError("the namespace maker ended")
+        fut = self.loop.create_future()
+        self._pending.append(fut)  # and written, with no await between: answers come in order
+        self.proc.stdin.write(f"{line}\n".encode())
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(fut), _ANSWER_TIMEOUT)
+        except TimeoutError:  # stuck: ended with what it was making, before the caller cleans up
+            await self.close()
+            raise SlotUsernsError(f"the namespace maker did not answer in {_ANSWER_TIMEOUT:.0f} s") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(fut, _ANSWER_TIMEOUT)
+            raise
+        if answer != "ok":
+            raise SlotUsernsError(answer.removeprefix("err "))
 
     async def close(self) -> None:
-        if self.alive:
+        if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         with contextlib.suppress(ProcessLookupError):
             await self.proc.wait()
+        with contextlib.suppress(BaseException):
+            await self._reader
 
 
 _maker: Maker | None = None
