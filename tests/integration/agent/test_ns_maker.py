@@ -120,6 +120,34 @@ async def test_creates_that_find_no_maker_start_one() -> None:
     assert first is second and first.alive
 
 
+async def test_slots_made_at_once_are_each_their_own_uids() -> None:
+    indices = [INDEX - 10 * k for k in range(1, 4)]
+    try:
+        await asyncio.gather(*(slot_userns.make(i, f"{NETNS}-{i}") for i in indices))
+        for i in indices:
+            userns = slot_userns.path(i)
+            assert _owner_uid(userns) == slot_userns.owner_uid(i)
+            assert _owning_userns_inode(slot_userns.NETNS_DIR / f"{NETNS}-{i}") == os.stat(userns).st_ino
+    finally:
+        for i in indices:
+            subprocess.run(["ip", "netns", "delete", f"{NETNS}-{i}"], capture_output=True, check=False)
+            await slot_userns.remove(i)
+
+
+async def test_a_cancelled_make_returns_once_the_maker_is_done_with_it(slot: int) -> None:
+    """The caller's cleanup (release) runs after the cancellation: it must find everything the
+    maker made for the slot, so nothing is bound after it."""
+    maker = await slot_userns.maker()
+    task = asyncio.create_task(slot_userns.make(slot, NETNS))
+    while not maker._pending:  # written to the maker
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not maker._pending and maker.alive
+    assert (slot_userns.NETNS_DIR / NETNS).exists() == slot_userns.present(slot)
+
+
 STAND_IN_AGENT = """
 import asyncio, sys
 from warren.agent import slot_userns
