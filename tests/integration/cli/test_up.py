@@ -20,9 +20,10 @@ from sqlalchemy.engine import make_url
 
 from tests.harness.machine import free_port
 
-# Serial: four `warren up` starts (PostgreSQL and the CP each time) are heavy; their whole can
-# outlast the default 300 s on a loaded machine.
-pytestmark = [pytest.mark.serial, pytest.mark.timeout(900)]
+# Four `warren up` starts (PostgreSQL and the CP each time) are heavy: their whole can outlast
+# the default 300 s on a loaded machine. They run beside the rest (no shared port or state; the
+# serial pass cost CI ~80 s of wall time).
+pytestmark = [pytest.mark.timeout(900)]
 
 
 def _env() -> dict[str, str]:
