@@ -152,6 +152,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "serial: must not run alongside other tests; `make test` runs these in a serial pass"
     )
+    config.addinivalue_line(
+        "markers",
+        "shared_platform: the module's `platform` is a team of its own on the worker's one shared"
+        " platform (tests/harness/fixtures.py), not a platform started for it",
+    )
     if not hasattr(config, "workerinput"):
         prebuild_minimal_template()
     if hasattr(config, "workerinput") or os.environ.get(ENV_URL) or os.environ.get(_SHARED_URL):
@@ -227,9 +232,8 @@ def migrated_template_db(pg_server_url: str) -> str:
     return _with_database(pg_server_url, name)
 
 
-@pytest.fixture(scope="module")
-def db_url(pg_server_url: str, migrated_template_db: str) -> Iterator[str]:
-    """A fresh database copied from the migrated template; dropped after the module."""
+@contextlib.contextmanager
+def _fresh_database(pg_server_url: str, migrated_template_db: str) -> Iterator[str]:
     template = make_url(migrated_template_db).database
     name = f"warren_test_{uuid.uuid4().hex[:12]}"
     _run(lambda: _admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
@@ -238,6 +242,20 @@ def db_url(pg_server_url: str, migrated_template_db: str) -> Iterator[str]:
     finally:
         # FORCE: connections a test's engine left open must not keep the database alive.
         _run(lambda: _admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def db_url(pg_server_url: str, migrated_template_db: str) -> Iterator[str]:
+    """A fresh database copied from the migrated template; dropped after the module."""
+    with _fresh_database(pg_server_url, migrated_template_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def session_db_url(pg_server_url: str, migrated_template_db: str) -> Iterator[str]:
+    """A fresh database for the whole worker: the shared platform's (tests/harness/fixtures.py)."""
+    with _fresh_database(pg_server_url, migrated_template_db) as url:
+        yield url
 
 
 @pytest.fixture

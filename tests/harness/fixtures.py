@@ -47,13 +47,54 @@ def platform_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+class WorkerPlatform:
+    """The worker's one shared platform, started when a ``shared_platform`` module first asks
+    (a platform start is ~5 s of CPU, paid once per worker instead of once per module)."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.home: Path | None = None
+        self._platform: Platform | None = None
+
+    async def get(self) -> Platform:
+        from tests.harness.platform import start_platform
+
+        if self._platform is None:
+            self.home = scratch_dir("shared")
+            self._platform = await start_platform(self.db_url, self.home)
+        return self._platform
+
+    async def stop(self) -> None:
+        if self._platform is not None:
+            await self._platform.stop()
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def worker_platform(session_db_url: str) -> AsyncIterator[WorkerPlatform]:
+    shared = WorkerPlatform(session_db_url)
+    try:
+        yield shared
+    finally:
+        await shared.stop()
+
+
 @pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    """A live platform: a CP process and one real agent registered to it."""
-    from tests.harness.platform import running_platform
+async def platform(
+    request: pytest.FixtureRequest, db_url: str, platform_dir: Path, worker_platform: WorkerPlatform
+) -> AsyncIterator[Platform]:
+    """A live platform: a CP process and one real agent registered to it. A module marked
+    ``shared_platform`` (it changes nothing beyond its own teams: no agents, hosts or settings)
+    gets a team of its own on the worker's shared platform instead."""
+    from tests.harness.platform import module_view, running_platform
 
     if os.geteuid() != 0:
         pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
+    if request.node.get_closest_marker("shared_platform") is not None:
+        async with module_view(await worker_platform.get()) as p:
+            yield p
+        return
     async with running_platform(db_url, platform_dir) as p:
         yield p
 

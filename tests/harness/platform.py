@@ -20,6 +20,7 @@ from tests.harness.agent import AgentProcess
 from tests.harness.cp import PASSWORD, CPProcess, run_sql
 from tests.harness.environ import environ
 from tests.harness.machine import free_port
+from tests.harness.tenant import signed_up
 from warren.cp.db.engine import to_async_url
 
 
@@ -95,23 +96,57 @@ async def start_platform(
     and one registered agent per address of ``agent_ips``."""
     cp = await asyncio.to_thread(CPProcess(db_url, home / "cp").start)
     try:
-        email = f"sdk{uuid.uuid4().hex[:10]}@example.com"
-        async with httpx.AsyncClient(base_url=cp.url, timeout=60) as http:
-            r = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "SDK"})
-            assert r.status_code == 201, r.text
-            auth = r.json()
-            p = Platform(cp, email, auth["token"], "", auth["team_id"])
-            # Regular hosts are created by platform admins.
-            await p.sql("UPDATE users SET is_admin = true WHERE email = :e", e=email)
-            r = await http.post("/v1/api-keys", json={"name": "sdk-tests"}, headers=p.user_headers)
-            assert r.status_code == 201, r.text
-            p.api_key = r.json()["key"]
+        p = await _admin_account(cp)
         for i, ip in enumerate(agent_ips):
             await p.add_agent(ip, home / f"agent{i}")
         return p
     except BaseException:
         cp.stop()
         raise
+
+
+async def _admin_account(cp: CPProcess) -> Platform:
+    """A new platform admin (regular hosts are created by platform admins) with a team of its
+    own and an API key, on ``cp``."""
+    email = f"sdk{uuid.uuid4().hex[:10]}@example.com"
+    async with httpx.AsyncClient(base_url=cp.url, timeout=60) as http:
+        r = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "SDK"})
+        assert r.status_code == 201, r.text
+        auth = r.json()
+        p = Platform(cp, email, auth["token"], "", auth["team_id"])
+        await p.sql("UPDATE users SET is_admin = true WHERE email = :e", e=email)
+        r = await http.post("/v1/api-keys", json={"name": "sdk-tests"}, headers=p.user_headers)
+        assert r.status_code == 201, r.text
+        p.api_key = r.json()["key"]
+    return p
+
+
+@contextlib.asynccontextmanager
+async def module_view(shared: Platform) -> AsyncIterator[Platform]:
+    """``shared`` as one test module sees it: a platform admin and a team of the module's own,
+    on the same CP and agents. Afterwards the sandboxes of that team, and of every tenant
+    signed up on the platform meanwhile (:func:`tests.harness.tenant.signup`), are deleted, so
+    the next module finds the host as empty as a new one."""
+    p = await _admin_account(shared.cp)
+    p.agents, p.host_ids = shared.agents, shared.host_ids
+    tenants_before = len(signed_up(shared.url))
+    try:
+        yield p
+    finally:
+        keys = [p.api_key, *(t.api_key for t in signed_up(shared.url)[tenants_before:])]
+        await _delete_sandboxes(shared.url, keys)
+
+
+async def _delete_sandboxes(url: str, api_keys: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        for key in api_keys:
+            h = {"X-API-Key": key}
+            with contextlib.suppress(httpx.HTTPError):
+                listed = await http.get("/v1/sandboxes", headers=h)
+                if listed.status_code != 200:
+                    continue  # the key was revoked, or its team deleted, by the module
+                ids = [sb["id"] for sb in listed.json()]
+                await asyncio.gather(*(http.delete(f"/v1/sandboxes/{i}", headers=h) for i in ids))
 
 
 @contextlib.asynccontextmanager

@@ -48,6 +48,15 @@ class Tenant:
         return str(out["stdout"])
 
 
+# Every tenant signed up, by platform URL: a shared platform's module view deletes their
+# sandboxes when its module ends (tests/harness/platform.py).
+_SIGNED_UP: dict[str, list[Tenant]] = {}
+
+
+def signed_up(url: str) -> list[Tenant]:
+    return _SIGNED_UP.setdefault(url, [])
+
+
 def signup(url: str, name: str = "tenant") -> Tenant:
     """A new account (and its own team) with an API key: a stranger off the street."""
     email = f"{name}-{uuid.uuid4().hex[:10]}@example.com"
@@ -57,4 +66,6 @@ def signup(url: str, name: str = "tenant") -> Tenant:
         auth = r.json()
         r = c.post("/v1/api-keys", json={"name": name}, headers={"Authorization": f"Bearer {auth['token']}"})
         assert r.status_code == 201, r.text
-        return Tenant(url, r.json()["key"], auth["team_id"], auth["token"])
+        tenant = Tenant(url, r.json()["key"], auth["team_id"], auth["token"])
+    signed_up(url).append(tenant)
+    return tenant

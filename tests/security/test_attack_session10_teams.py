@@ -23,7 +23,7 @@ import pytest
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 TRIES = 101  # no product needs a hundred teams per account without an operator's say
 CAP = 10  # WARREN_MAX_TEAMS_PER_USER's default, which this module's CP runs with

@@ -19,7 +19,7 @@ import pytest
 from tests.harness.tenant import Tenant
 from warren.agent.runtime.bundle import DEFAULT_MAX_OPEN_FILES
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MEMORY_MB = 128
 

@@ -32,7 +32,7 @@ import pytest
 
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 
 def py(t: Tenant, sb: str, code: str, *argv: str, timeout_sec: int = 60) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tests.harness.cp import PASSWORD
 from tests.harness.platform import Platform
 from warren import Sandbox
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300), pytest.mark.shared_platform]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.harness.platform import Platform
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 
 def test_unsupported_call_is_a_501_in_e2b_shape(platform: Platform) -> None:

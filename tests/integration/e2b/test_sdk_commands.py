@@ -25,7 +25,7 @@ from packaging.version import Version
 from tests.harness.e2b import E2BEnv
 from tests.integration.e2b.envd_wire import Envd, end_error, envelope, envelopes
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 DEADLINE_S = 60.0
 

@@ -14,7 +14,7 @@ from e2b.exceptions import NotFoundException, SandboxNotRunningException, Timeou
 
 from tests.harness.e2b import E2BEnv
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 DEADLINE_S = 60.0
 

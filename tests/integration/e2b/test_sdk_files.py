@@ -27,7 +27,7 @@ from tests.harness.e2b import E2BEnv
 from tests.harness.platform import Platform
 from warren.cp.e2b.envd import ENVD_VERSION
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 SERVED = Version(ENVD_VERSION)  # what the platform reports, so what the SDK does
 DEADLINE_S = 30.0

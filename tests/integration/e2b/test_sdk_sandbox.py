@@ -19,7 +19,7 @@ from tests.harness.e2b import E2BEnv
 from tests.harness.platform import Platform
 from tests.harness.tenant import signup
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 DEADLINE_S = 60.0
 

@@ -12,7 +12,7 @@ from e2b.exceptions import SandboxNotFoundException
 from tests.harness.e2b import E2BEnv
 from tests.harness.platform import Platform
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 
 def sh(platform: Platform, sandbox_id: str, script: str) -> str:

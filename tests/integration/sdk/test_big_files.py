@@ -15,7 +15,7 @@ from tests.harness.platform import Platform
 from warren import Sandbox
 from warren.sdk import StreamError
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(900), pytest.mark.shared_platform]
 
 MIB = 1 << 20
 SIZE = 200 * MIB

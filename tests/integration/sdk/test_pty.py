@@ -18,7 +18,7 @@ from tests.harness.platform import Platform
 from warren import AsyncSandbox, Sandbox
 from warren.sdk import NotFoundError
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300), pytest.mark.shared_platform]
 
 
 @pytest.fixture(scope="module")

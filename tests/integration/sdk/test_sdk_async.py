@@ -20,7 +20,7 @@ from warren.sdk import (
     WarrenTimeoutError,
 )
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600), pytest.mark.shared_platform]
 
 
 async def test_lifecycle(platform: Platform) -> None:

@@ -25,7 +25,7 @@ from warren.sdk import (
     WarrenTimeoutError,
 )
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600), pytest.mark.shared_platform]
 
 
 # --------------------------------------------------------------------------------- lifecycle

@@ -18,7 +18,7 @@ from tests.harness.platform import Platform
 from warren import AsyncSandbox, Sandbox
 from warren.sdk import FilesystemEvent, NotFoundError, PayloadTooLargeError
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300), pytest.mark.shared_platform]
 
 # A file created and written, a new subdirectory and a file in it (made faster than its watch
 # can be added: the scan reports it), a rename, a removal.

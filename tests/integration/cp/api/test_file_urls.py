@@ -16,7 +16,7 @@ from tests.harness.platform import Platform
 from warren import Sandbox
 from warren.cp.services import file_urls
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300), pytest.mark.shared_platform]
 
 
 @pytest.fixture(scope="module")
