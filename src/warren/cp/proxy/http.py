@@ -182,20 +182,29 @@ async def _gone(receive: Receive) -> None:
 async def _head_unless_gone(conn: _Conn, receive: Receive) -> h11.Response:
     """The response head, or ClientGone when the client leaves first: a server that never
     answers (or trickles its head) must not keep the exchange, the agent's dial and one of the
-    sandbox's proxy slots after its client has gone."""
-    head, watch = asyncio.create_task(_head(conn)), asyncio.create_task(_gone(receive))
+    sandbox's proxy slots after its client has gone. One task watches the client and cancels
+    this one while it still waits (a task for the head as well cost ~0.05 ms a request)."""
+    me = asyncio.current_task()
+    assert me is not None
+    state = {"waiting": True, "gone": False}
+
+    async def watch() -> None:
+        await _gone(receive)
+        if state["waiting"]:  # only while this task is suspended reading the head
+            state["gone"] = True
+            me.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({head, watch}, return_when=asyncio.FIRST_COMPLETED)
+        return await _head(conn)
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        me.uncancel()
+        raise ClientGone from None
     finally:
-        for t in (head, watch):
-            t.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
-    if head.done() and not head.cancelled():
-        return head.result()
-    with contextlib.suppress(asyncio.CancelledError):
-        await head
-    raise ClientGone
+        state["waiting"] = False  # no await between the head and here: no cancel can land later
+        watcher.cancel()
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
