@@ -361,26 +361,19 @@ class NetworkSlots:
             f"addr add {slot.gateway}/30 dev {slot.veth}\n"
             f"link set {slot.veth} up\n"
         )
+        if userns:
+            await slot_userns.make(slot.index, slot.netns)
         ns_side = (
             f"addr add {slot.sandbox_ip}/30 dev eth0\n"
             "link set eth0 up\n"
             "link set lo up\n"
             f"route add default via {slot.gateway}\n"
         )
-        # The namespaces (the maker's, ~3 ms) are made while iptables runs: the rules name the
-        # veth, which need not exist yet.
-        rules = self._slot_rules_counted(slot, internet=internet, allow=allow)
-        if userns:
-            await _all_or_none(rules, slot_userns.make(slot.index, slot.netns))
-        else:
-            await rules
+        await self._slot_rules(slot, internet=internet, allow=allow)
+        await egress.install_account(slot.veth)  # the slot's egress counter, from zero
         await run("ip", "-batch", "-", input=host_side.encode())
         await egress.disable_ipv6(slot.veth, slot.netns_path, "eth0")
         await run("ip", "-n", slot.netns, "-batch", "-", input=ns_side.encode())
-
-    async def _slot_rules_counted(self, slot: Slot, *, internet: bool, allow: Sequence[str]) -> None:
-        await self._slot_rules(slot, internet=internet, allow=allow)
-        await egress.install_account(slot.veth)  # the slot's egress counter, from zero
 
     async def _slot_rules(self, slot: Slot, *, internet: bool, allow: Sequence[str]) -> None:
         if not internet:
@@ -449,20 +442,6 @@ class NetworkSlots:
             await _iptables("-F", chain, table=table, check=False)
             await _iptables("-X", chain, table=table, check=False)
         await egress.remove()
-
-
-async def _all_or_none(*steps: Awaitable[None]) -> None:
-    """Run ``steps`` side by side; the first failure (or a cancellation) cancels the others and
-    is raised once they have all ended (a cancelled make returns once the maker is done with
-    it), so the caller's cleanup finds all they did."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def slot_rules(dump: str) -> list[str]:
