@@ -24,7 +24,7 @@ import pytest
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 BOUND = 2  # WARREN_BUILD_MAX_PER_TEAM's default
 UPLOADS = BOUND + 4

@@ -28,7 +28,7 @@ import pytest
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MEMORY_MB = 2048  # a disk of ~1612 MB: ~206 000 inodes
 FILES = 120_000

@@ -23,7 +23,7 @@ import pytest
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MEMORY_MB = 128  # a disk of (128 - 32) * 4/5 ≈ 76 MB
 SPARSE_MB = 1024

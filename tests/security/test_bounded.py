@@ -20,7 +20,7 @@ import pytest
 
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MiB = 1 << 20
 OUTPUT_CAP = 16 * MiB  # WARREN_AGENT_MAX_EXEC_OUTPUT's default

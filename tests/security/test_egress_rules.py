@@ -25,7 +25,7 @@ from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from warren.sdk import Sandbox
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 # Connect to every (host, port) at once: {"host:port": "open" | "blocked <why>"}.
 PROBE = """

@@ -29,7 +29,7 @@ from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 from warren import ids
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 SECRET = "bob-secret"
 MIB = 1024 * 1024

@@ -17,7 +17,7 @@ from tests.harness.cp import PASSWORD
 from tests.harness.platform import Platform
 from warren.cli.main import app
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600), pytest.mark.shared_platform]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from tests.harness.platform import Platform
 from warren.cli.main import app
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600), pytest.mark.shared_platform]
 
 SPEC = """FROM minimal
 ARG GREETING=hello

@@ -18,7 +18,7 @@ from tests.harness.platform import Platform
 from warren import AsyncTemplate, NotFoundError, Sandbox, Template, TemplateBuildError
 from warren.sdk import BuildInfo
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600), pytest.mark.shared_platform]
 
 HAND_SPEC = """FROM minimal
 RUN echo same > /same

@@ -13,7 +13,7 @@ from tests.harness.platform import Platform
 from warren import AsyncSandbox, Sandbox
 from warren.sdk import InvalidArgumentError, PermissionDeniedError
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600), pytest.mark.shared_platform]
 
 ADD_USER = """
 set -e

@@ -15,7 +15,7 @@ from tests.harness.leaks import slot_held_by_another
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 
 @pytest.fixture(scope="module")
