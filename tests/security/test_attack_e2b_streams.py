@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from pathlib import Path
 from typing import Any
 
 import e2b
@@ -33,13 +31,13 @@ import pytest
 
 from tests.harness.cp import JWT_SECRET
 from tests.harness.e2b import e2b_environment
-from tests.harness.platform import Platform, running_platform
+from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from tests.security.test_attack_websocket_memory import BOUND_MIB, MIB, settle, watching
 from tests.security.test_what_held_api import PeakRss
 from warren.cp.services.envd_tokens import envd_access_token
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 CAP = 64  # WARREN_MAX_STREAMS_PER_TEAM's default, which this module's CP runs with
 ATTEMPTS = CAP + 8
@@ -55,14 +53,6 @@ KILL_SLEEPS = (
 INPUT_BOUND_MIB = BOUND_MIB + 16
 Refusal = tuple[int, dict[str, Any]]
 PID = re.compile(rb'"pid":(\d+)}')
-
-
-@pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    if os.geteuid() != 0:
-        pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
-    async with running_platform(db_url, platform_dir, {}) as p:
-        yield p
 
 
 # ------------------------------------------------------------------------------ raw Connect

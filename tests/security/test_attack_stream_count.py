@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, closing
-from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.harness.platform import Platform, running_platform
+from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from tests.security.test_attack_websocket_memory import (
     BOUND_MIB,
@@ -49,7 +47,7 @@ from tests.security.test_attack_websocket_memory import (
 )
 from tests.security.test_what_held_api import PeakRss, open_handshake, text_frame
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 CAP = 64  # WARREN_MAX_STREAMS_PER_TEAM's default, which this module's CP runs with
 ATTEMPTS = CAP + 8  # more than the cap: the rest must be refused
@@ -73,14 +71,6 @@ KILL_COMMANDS = (
 TERMINAL_EVERY = 6  # of the streams opened, every sixth is a terminal
 WATCHES_PER_SANDBOX = 32  # the guest's limit
 FLOOD_S = 60  # the longest a flood runs, however the streams take it
-
-
-@pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    if os.geteuid() != 0:
-        pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
-    async with running_platform(db_url, platform_dir, {}) as p:
-        yield p
 
 
 def try_websocket(url: str, path: str, headers: dict[str, str]) -> socket.socket | tuple[int, dict]:

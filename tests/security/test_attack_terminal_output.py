@@ -31,7 +31,7 @@ from tests.security.test_attack_stream_count import try_websocket
 from tests.security.test_attack_websocket_memory import settle, watching
 from tests.security.test_what_held_api import PeakRss, text_frame
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 TERMINALS = 32  # a sandbox's most (the guest's MAX_PTYS)
 # The CP's RSS growth past which the unread terminals are being buffered: 1 MiB a terminal. With
