@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     # The TTL covers missed renewals (a slow database) plus the replicas' clock skew.
     replica_lease_interval_s: float = Field(default=5.0, gt=0)
     replica_lease_ttl_s: float = Field(default=20.0, gt=0)
+    # Retention (services/retention.py, docs/operations.md "Retention"): sandbox rows stopped or
+    # errored longer ago than sandbox_retention_days, and audit records older than
+    # audit_retention_days, are deleted by a pass every retention_interval_s on every replica;
+    # 0 days keeps them for ever. Whole days, at most 100 years.
+    sandbox_retention_days: int = Field(default=7, ge=0, le=36500)
+    audit_retention_days: int = Field(default=90, ge=0, le=36500)
+    retention_interval_s: float = Field(default=60.0, gt=0)
 
     # Abuse limits (services/rate_limits.py, docs/auth.md); 0 turns one off. Sign-in counters live
     # in PostgreSQL, shared by every replica. Logins per account per minute (from any address),

@@ -49,8 +49,9 @@ async def run_sql(engine: AsyncEngine, statement: str, **params: Any) -> Any:
 
 
 class InProcessCP:
-    """The real app served by uvicorn as a task on the test's event loop. Its monitor waits an
-    hour between passes: the tests run it (``app.state.monitor.run_once()``) when they mean to.
+    """The real app served by uvicorn as a task on the test's event loop. Its monitor and its
+    retention pass wait an hour between passes: the tests run them
+    (``app.state.monitor.run_once()``, ``services.retention.retention_pass``) when they mean to.
     ``overrides`` are :class:`~warren.config.Settings` fields."""
 
     def __init__(self, db_url: str, home: Path, **overrides: Any) -> None:
@@ -62,6 +63,7 @@ class InProcessCP:
             "jwt_secret": JWT_SECRET,
             "public_url": self.url,
             "monitor_interval_s": 3600,
+            "retention_interval_s": 3600,  # tests that move the clock by days run the pass themselves
             **overrides,
         }
         self.settings = Settings(**values)

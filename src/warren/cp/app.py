@@ -48,6 +48,7 @@ from warren.cp.services.layer_gc import LayerGC
 from warren.cp.services.lifetime_sweeper import LifetimeSweeper
 from warren.cp.services.platform_templates import base_template
 from warren.cp.services.replica_lease import ReplicaLease
+from warren.cp.services.retention import RetentionWorker
 from warren.cp.services.template_builds import BuildRunner
 from warren.cp.state import AppState, state_of
 from warren.cp.store import make_store
@@ -198,11 +199,13 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
         replica_id=state.replica.id,
     )
     lifetimes = LifetimeSweeper(state.engine, state.pool, settings)
+    state.retention = RetentionWorker(state.engine, settings)
     if settings.run_workers:
         state.monitor.start()  # the first pass runs at once, then every monitor_interval_s
         lifetimes.start()  # every lifetime_sweep_interval_s, on every replica (docs/e2b.md §2)
         state.layer_gc.start()  # every layer_gc_interval_s, one replica at a time
         state.builds.start_sweeper()  # fails builds whose replica died (stale heartbeat)
+        state.retention.start()  # every retention_interval_s, on every replica (docs/operations.md)
     base = base_template(state.engine, state.builds, settings.base_template_spec)
     if settings.run_workers and settings.build_base_template:
         base.start()  # `base` built in the background once a host is online (warren up)
@@ -214,6 +217,7 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
     finally:
         await interpreter.stop()
         await base.stop()
+        await state.retention.stop()
         await lifetimes.stop()
         await state.builds.stop()  # this replica's builds end as failed: "control plane stopped"
         await state.layer_gc.stop()

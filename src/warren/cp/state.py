@@ -24,6 +24,7 @@ from warren.cp.security.ca import CertificateAuthority
 from warren.cp.services import rate_limits
 from warren.cp.services.layer_gc import LayerGC
 from warren.cp.services.replica_lease import ReplicaLease
+from warren.cp.services.retention import RetentionWorker
 from warren.cp.services.template_builds import BuildRunner
 from warren.cp.store import LayerStore
 
@@ -42,6 +43,7 @@ class AppState(State):
     layer_gc: LayerGC
     builds: BuildRunner  # the template builds this replica runs
     replica: ReplicaLease  # this replica's id and liveness lease
+    retention: RetentionWorker  # deletes ended sandbox rows and old audit records
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()

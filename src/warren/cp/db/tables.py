@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     Table,
     Text,
@@ -355,6 +356,8 @@ sandboxes = Table(
         "end_at",
         postgresql_where=text("end_at IS NOT NULL AND status IN ('running', 'paused')"),
     ),
+    # The ended rows by age, for the retention pass (services/retention.py, migration 0012).
+    Index("ix_sandboxes_ended", "last_updated", postgresql_where=text("status IN ('stopped', 'error')")),
 )
 
 audit_logs = Table(
@@ -373,6 +376,22 @@ audit_logs = Table(
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Index("ix_audit_logs_team_id_created_at", "team_id", text("created_at DESC")),
+    Index("ix_audit_logs_created_at", "created_at"),  # the retention pass (services/retention.py)
+)
+
+# Per team, the usage of its sandbox rows the retention pass deleted (services/retention.py): the
+# warren_team_* counters add it to the rows' sums, so they never go down when rows go.
+team_usage_retired = Table(
+    "team_usage_retired",
+    metadata,
+    Column("team_id", UUID(as_uuid=True), nullable=False),  # no FK, like audit_logs
+    Column("sandboxes", BigInteger, nullable=False, server_default=text("0")),
+    Column("secs", Numeric, nullable=False, server_default=text("0")),
+    Column("vcpu_secs", Numeric, nullable=False, server_default=text("0")),
+    Column("mem_secs", Numeric, nullable=False, server_default=text("0")),
+    Column("egress", Numeric, nullable=False, server_default=text("0")),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("team_id"),
 )
 
 # Metric points saved when a sandbox is paused (the agent only samples running ones).

@@ -40,17 +40,25 @@ _LAYERS = text("SELECT count(*) AS n, coalesce(sum(size_bytes), 0) AS bytes FROM
 _TEMPLATES = text("SELECT source, count(*) AS n FROM templates GROUP BY source")
 # A sandbox's usage window: create → stop (its last update once stopped, errored or paused),
 # or → now while it may be running (pending, starting, running, missing: its host is silent).
+# Plus the usage of rows the retention pass deleted (services/retention.py sums an ended row the
+# same way, in exact numerics, so a counter never goes down when rows go).
 _USAGE = text(
     """
-    SELECT team_id, sum(secs) AS secs, sum(secs * vcpus) AS vcpu_secs, sum(secs * memory_mb) AS mem_secs,
-           sum(egress_bytes) AS egress
+    SELECT team_id, sum(secs) AS secs, sum(vcpu_secs) AS vcpu_secs, sum(mem_secs) AS mem_secs,
+           sum(egress) AS egress
     FROM (
-        SELECT team_id, vcpus, memory_mb, egress_bytes,
-               greatest(0, extract(epoch FROM
-                   (CASE WHEN status IN ('pending', 'starting', 'running', 'missing')
-                         THEN CAST(:now AS timestamptz)
-                         ELSE last_updated END) - created_at)) AS secs
-        FROM sandboxes WHERE started_at IS NOT NULL
+        SELECT team_id, secs, secs * vcpus AS vcpu_secs, secs * memory_mb AS mem_secs,
+               egress_bytes AS egress
+        FROM (
+            SELECT team_id, vcpus, memory_mb, egress_bytes,
+                   greatest(0, extract(epoch FROM
+                       (CASE WHEN status IN ('pending', 'starting', 'running', 'missing')
+                             THEN CAST(:now AS timestamptz)
+                             ELSE last_updated END) - created_at)) AS secs
+            FROM sandboxes WHERE started_at IS NOT NULL
+        ) AS live
+        UNION ALL
+        SELECT team_id, secs, vcpu_secs, mem_secs, egress FROM team_usage_retired
     ) AS s
     GROUP BY team_id
     """
