@@ -376,7 +376,7 @@ audit_logs = Table(
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Index("ix_audit_logs_team_id_created_at", "team_id", text("created_at DESC")),
-    Index("ix_audit_logs_created_at", "created_at"),  # the retention pass (services/retention.py)
+    Index("ix_audit_logs_created_at", "created_at", "id"),  # the retention pass (services/retention.py)
 )
 
 # Per team, the usage of its sandbox rows the retention pass deleted (services/retention.py): the

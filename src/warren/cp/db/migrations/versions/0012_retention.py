@@ -3,8 +3,8 @@ audit records are deleted once older than their windows.
 
 - ``ix_sandboxes_ended``: the ended rows (``stopped``, ``error``) by ``last_updated``, so a
   retention batch finds its oldest rows without reading the table;
-- ``ix_audit_logs_created_at``: audit records by time across teams (the team index leads with
-  the team and cannot serve ``created_at < cutoff`` alone);
+- ``ix_audit_logs_created_at``: audit records by (time, id) across teams, the order a pass walks
+  them in (the team index leads with the team and cannot serve ``created_at < cutoff`` alone);
 - ``team_usage_retired``: per team, the usage of its deleted sandbox rows (the same sums the
   ``warren_team_*`` counters read from the rows), so a counter never goes down when rows go.
 
@@ -35,7 +35,7 @@ _ENDED = sa.text("status IN ('stopped', 'error')")
 
 def upgrade() -> None:
     op.create_index("ix_sandboxes_ended", "sandboxes", ["last_updated"], postgresql_where=_ENDED)
-    op.create_index("ix_audit_logs_created_at", "audit_logs", ["created_at"])
+    op.create_index("ix_audit_logs_created_at", "audit_logs", ["created_at", "id"])
     op.create_table(
         "team_usage_retired",
         sa.Column("team_id", postgresql.UUID(as_uuid=True), nullable=False),
