@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.client import ClientProtocol
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Close, Frame, Opcode
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 from websockets.uri import parse_uri
 
 from warren.cp.proxy.stream import CHUNK, ByteStream
@@ -47,6 +47,8 @@ class _Upstream:
     def __init__(self, stream: ByteStream, proto: ClientProtocol) -> None:
         self.stream, self.proto = stream, proto
         self._lock = asyncio.Lock()
+        # Frames that came in the same read as the 101 (a server that greets at once).
+        self.early: list[Request | Response | Frame] = []
 
     async def flush(self) -> None:
         """What the protocol has to send (an empty item: it half-closes)."""
@@ -89,12 +91,14 @@ async def handshake(
             proto.receive_data(data)
         else:
             proto.receive_eof()
-        for ev in proto.events_received():
+        events = proto.events_received()
+        for i, ev in enumerate(events):
             if isinstance(ev, Response):
                 if proto.handshake_exc is not None:
                     raise HandshakeFailed(
                         ev.status_code, f"the sandbox's server refused: {proto.handshake_exc}"
                     )
+                up.early = list(events[i + 1 :])
                 return up
         if not data:
             raise HandshakeFailed(None, "the sandbox's server closed during the handshake")
@@ -137,13 +141,9 @@ async def _from_upstream(up: _Upstream, send: Send) -> None:
     parts: list[bytes] = []
     text = False
     size = 0
+    events, data = up.early, b"early"
     while True:
-        data = await up.stream.read(CHUNK)
-        if data:
-            up.proto.receive_data(data)
-        else:
-            up.proto.receive_eof()
-        for frame in up.proto.events_received():
+        for frame in events:
             if not isinstance(frame, Frame):
                 continue
             op = frame.opcode
@@ -172,6 +172,12 @@ async def _from_upstream(up: _Upstream, send: Send) -> None:
             # The sandbox's server went away without a closing handshake: 1006 cannot be sent.
             await send({"type": "websocket.close", "code": 1001 if up.proto.close_rcvd is None else 1000})
             return
+        data = await up.stream.read(CHUNK)
+        if data:
+            up.proto.receive_data(data)
+        else:
+            up.proto.receive_eof()
+        events = up.proto.events_received()
 
 
 def subprotocols_of(scope: Scope) -> list[str]:
