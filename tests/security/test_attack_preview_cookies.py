@@ -23,19 +23,29 @@ dashboard's session included).
 Expected: none of the platform's cookies (``warren_*``) reach a sandbox; a path-routed
 sandbox's Set-Cookie cannot name one, and its cookies are confined to its own port's path; a
 host-routed sandbox's cookies stay on its own host (no ``Domain``).
+
+The second half (below, on the same platform: host routing needs its preview domain) is the
+same attack with the client's Warren API key or JWT in its headers instead of a cookie.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import jwt as pyjwt
 import pytest
+from websockets.exceptions import InvalidHandshake, InvalidURI
+from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import PASSWORD
 from tests.harness.platform import Platform, running_platform
@@ -164,3 +174,169 @@ def test_a_host_routed_sandbox_cannot_set_cookies_for_other_sandboxes(
     cookies = r.headers.get_list("set-cookie")
     assert len(cookies) == 6, cookies  # its own host's cookies: all kept, none for the domain
     assert not [c for c in cookies if "domain" in c.lower()], cookies
+
+
+# ---------------------------------------------------------------- the platform's credentials
+#
+# The same hostile tenant, and a client that sends its Warren credentials to a preview URL: a
+# script that sets ``X-API-Key`` or ``Authorization: Bearer`` on every request, an SDK user who
+# points the same HTTP session at a sandbox's port. The proxy forwarded both headers as they
+# were, so the tenant's server (any tenant's, on a public port) received the client's API key
+# or JWT and could act as that client's team. A percent-encoded signed URL
+# (``?warren%5Fsig=…``) was accepted as signed, yet reached a WebSocket server as it was.
+#
+# Expected: a Warren API key or JWT (user or host, signed with the CP's secret) in
+# ``X-API-Key`` or ``Authorization`` never reaches a sandbox's server, whatever the route
+# (by path, by host name, the E2B listener's port routes) or protocol (HTTP, WebSocket);
+# Basic auth and bearer tokens that are not Warren's pass untouched (the app's own auth); no
+# form of the signed URL's signature reaches it either.
+
+# On 8002: after the upgrade, sends the request's head back as one text frame, then echoes.
+WS_APP = r"""
+import base64, hashlib, socket, struct, threading
+def frame(op, data):
+    n = len(data)
+    size = bytes([n]) if n < 126 else b"\x7e" + struct.pack(">H", n)
+    return bytes([0x80 | op]) + size + data
+def serve(c):
+    req = b""
+    while b"\r\n\r\n" not in req: req += c.recv(4096)
+    head = req.split(b"\r\n\r\n")[0]
+    key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n")
+           if l.lower().startswith(b"sec-websocket-key")][0]
+    acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, head[:60000]))
+    f = c.makefile("rb")
+    while True:
+        h = f.read(2)
+        if len(h) < 2: return
+        op, n = h[0] & 15, h[1] & 127
+        if n == 126: n = struct.unpack(">H", f.read(2))[0]
+        elif n == 127: n = struct.unpack(">Q", f.read(8))[0]
+        mask = f.read(4); data = bytes(b ^ mask[i % 4] for i, b in enumerate(f.read(n)))
+        if op == 8:
+            c.sendall(b"\x88\x02" + data[:2]); c.close(); return
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8002)); s.listen(16)
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    headers: dict[str, str]
+    secret: str  # what must not reach the server ("" for a case that must pass untouched)
+
+
+def _cases(alice: Tenant) -> list[Case]:
+    from tests.harness.cp import JWT_SECRET
+    from warren.cp.security.tokens import issue_host_jwt
+
+    host_jwt = issue_host_jwt(JWT_SECRET, uuid.uuid4())
+    foreign_jwt = pyjwt.encode({"sub": "app-user", "exp": 2**31}, "the-apps-own-secret-" + "y" * 20)
+    basic = "Basic " + base64.b64encode(b"admin:hunter2").decode()
+    return [
+        Case("api key header", {"X-API-Key": alice.api_key}, alice.api_key),
+        Case("api key as bearer", {"Authorization": f"Bearer {alice.api_key}"}, alice.api_key),
+        Case("api key without scheme", {"Authorization": alice.api_key}, alice.api_key),
+        Case("user jwt", {"Authorization": f"Bearer {alice.token}"}, alice.token),
+        Case("user jwt, odd spacing", {"Authorization": f"bearer   {alice.token}"}, alice.token),
+        Case("user jwt in x-api-key", {"X-API-Key": alice.token}, alice.token),
+        Case("host jwt", {"Authorization": f"Bearer {host_jwt}"}, host_jwt),
+        Case("foreign jwt", {"Authorization": f"Bearer {foreign_jwt}"}, ""),
+        Case("opaque bearer", {"Authorization": "Bearer app-token-123"}, ""),
+        Case("basic auth", {"Authorization": basic}, ""),
+        Case("app's own x-api-key", {"X-API-Key": "app-key-456"}, ""),
+    ]
+
+
+def _check(case: Case, seen: str) -> None:
+    """``seen``: everything the sandbox's server received (its echo of the request)."""
+    if case.secret:
+        assert case.secret not in seen, (case.name, seen)
+        return
+    for name, value in case.headers.items():
+        assert f"{name.lower()}: {value}".lower() in seen.lower(), (case.name, seen)
+
+
+@pytest.fixture(scope="module")
+def mallory_sandbox(platform: Platform, bob: Tenant, mallory_port: str) -> str:
+    """Bob's sandbox of ``mallory_port``, with a WebSocket server on 8002 (public too)."""
+    sb = urlsplit(mallory_port).path.split("/")[3]
+    bob.sh(sb, "cat > /tmp/ws.py <<'EOF'\n" + WS_APP + "EOF\n(setsid python3 /tmp/ws.py >/dev/null 2>&1 &)")
+    r = bob.w("PATCH", f"/v1/sandboxes/{sb}", {"public_ports": [8001, 8002]})
+    assert r.status_code == 200, r.text
+    ws_url = platform.url.replace("http://", "ws://") + f"/v1/sandboxes/{sb}/ports/8002/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        refused = (OSError, InvalidHandshake, InvalidURI)
+        with contextlib.suppress(*refused), ws_connect(ws_url, open_timeout=30) as ws:
+            ws.recv(timeout=30)
+            return sb
+        time.sleep(0.2)
+    raise AssertionError("the sandbox's WebSocket server did not come up")
+
+
+def _http_routes(platform: Platform, sb: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Route name → (URL, headers that pick the route): the three ways to port 8001."""
+    return {
+        "by path": (f"{platform.url}/v1/sandboxes/{sb}/ports/8001/x?q=1", {}),
+        "by host": (f"{platform.url}/x?q=1", {"Host": f"8001-{sb}.{DOMAIN}"}),
+        "e2b": (f"{platform.cp.e2b_url}/x?q=1", {"E2b-Sandbox-Id": sb, "E2b-Sandbox-Port": "8001"}),
+    }
+
+
+def test_a_clients_warren_credentials_never_reach_a_sandbox_over_http(
+    platform: Platform, alice: Tenant, mallory_sandbox: str
+) -> None:
+    for route, (url, pick) in _http_routes(platform, mallory_sandbox).items():
+        for case in _cases(alice):
+            r = httpx.get(url, headers={**pick, **case.headers}, timeout=30)
+            assert r.status_code == 200, (route, case.name, r.text[:300])
+            seen = "\n".join(f"{k}: {v}" for k, v in r.json().items())
+            _check(case, seen)
+
+
+def _ws_head(platform: Platform, route: str, sb: str, headers: dict[str, str], query: str = "") -> str:
+    """The head of the upgrade request as the sandbox's server on 8002 received it."""
+    port = int(urlsplit(platform.url).port or 80)
+    if route == "by path":
+        uri, sock = f"ws://127.0.0.1:{port}/v1/sandboxes/{sb}/ports/8002/{query}", None
+    elif route == "by host":  # the Host header is the URI's: connect to the CP under that name
+        uri, sock = f"ws://8002-{sb}.{DOMAIN}:{port}/{query}", socket.create_connection(("127.0.0.1", port))
+    else:
+        uri, sock = platform.cp.e2b_url.replace("http://", "ws://") + "/", None
+        headers = {**headers, "E2b-Sandbox-Id": sb, "E2b-Sandbox-Port": "8002"}
+    with ws_connect(uri, sock=sock, additional_headers=headers, open_timeout=30) as ws:
+        head = ws.recv(timeout=30)
+    return head if isinstance(head, str) else head.decode("latin-1")
+
+
+def test_a_clients_warren_credentials_never_reach_a_sandbox_over_websockets(
+    platform: Platform, alice: Tenant, mallory_sandbox: str
+) -> None:
+    for route in ("by path", "by host", "e2b"):
+        for case in _cases(alice):
+            _check(case, _ws_head(platform, route, mallory_sandbox, case.headers))
+
+
+def test_no_form_of_a_signed_urls_signature_reaches_the_sandbox(
+    platform: Platform, bob: Tenant, mallory_sandbox: str
+) -> None:
+    r = bob.w("POST", f"/v1/sandboxes/{mallory_sandbox}/preview/signed-url", {"port": 8002, "path": "/"})
+    assert r.status_code == 200, r.text
+    query = urlsplit(r.json()["url"]).query
+    sig = dict(p.split("=", 1) for p in query.split("&"))["warren_sig"]
+    for q in (query, query.replace("warren_sig", "warren%5Fsig"), query.replace("warren_", "%77arren_")):
+        head = _ws_head(platform, "by path", mallory_sandbox, {}, "?app=1&" + q)
+        assert sig not in head and "warren" not in head.split("\r\n")[0].lower(), head
+        assert "app=1" in head.split("\r\n")[0], head  # the app's own parameters pass
+        # Over HTTP a signed URL is answered with its cookie and a redirect to the clean URL
+        # (the percent-encoded form redirected to itself, for ever).
+        url = f"{platform.url}/v1/sandboxes/{mallory_sandbox}/ports/8002/?app=1&{q}"
+        r = httpx.get(url, timeout=30)
+        assert r.status_code == 302, (q, r.status_code, r.text[:300])
+        assert sig not in r.headers["location"] and "warren" not in r.headers["location"], r.headers

@@ -7,7 +7,8 @@ Per request: the sandbox (read by id, cached ``proxy_cache_s``), the access rule
 (``services/preview.py``: public port, traffic token, signed URL or its cookie), the sandbox
 running (or resumed), a bound on connections per sandbox, then the exchange over the agent's
 data port (or DialPort: ``data.py``). The
-proxy strips the traffic token and its cookie before anything reaches the sandbox.
+proxy strips the traffic token, the signed URL's parameters and the platform's cookies
+(``cookies.py``) and credentials (``credentials.py``) before anything reaches the sandbox.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from warren import clock
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.http_errors import error_response, status_and_code
-from warren.cp.proxy import cookies, ws
+from warren.cp.proxy import cookies, credentials, ws
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
@@ -52,6 +53,8 @@ WS_HANDSHAKE_TIMEOUT_S = 30.0
 # The proxy's credentials, and forwarding headers a client could forge (the proxy sets them).
 _STRIP = frozenset({preview.TOKEN_HEADER.encode(), b"x-forwarded-for", b"x-forwarded-proto",
                     b"x-forwarded-host", b"x-forwarded-prefix", b"forwarded"})  # fmt: skip
+# Headers whose value is looked at: the platform's cookies and credentials are taken out.
+_INSPECT = credentials.HEADERS | {b"cookie"}
 
 
 def _upstream_error(e: BaseException) -> tuple[int, str, str]:
@@ -167,7 +170,7 @@ class Proxy:
         try:
             await self.upstream.forward(
                 client, scope, receive, tracking_send, sandbox_id=r.sandbox_id, port=r.port,
-                target=_target(r, scope), headers=_forward_headers(r, scope),
+                target=_target(r, scope), headers=_forward_headers(r, scope, self.secret),
             )  # fmt: skip
         except ClientGone:
             return
@@ -199,7 +202,7 @@ class Proxy:
                     up = await ws.handshake(
                         stream, host=_header(scope, b"host") or "localhost",
                         target=_target(r, scope).decode("latin-1"),
-                        headers=_forward_headers(r, scope, websocket=True),
+                        headers=_forward_headers(r, scope, self.secret, websocket=True),
                         subprotocols=ws.subprotocols_of(scope), max_size=self.settings.ws_max_message,
                     )  # fmt: skip
             except TimeoutError:
@@ -281,22 +284,31 @@ def _credentials(scope: Scope) -> preview.Credentials:
             if preview.COOKIE in jar:
                 cookie = jar[preview.COOKIE].value
     sig = exp = None
-    qs = scope.get("query_string", b"")
-    if b"warren_sig=" in qs or b"exp=" in qs:
-        params = dict(parse_qsl(qs.decode("latin-1"), keep_blank_values=True))
-        sig = params.get(preview.SIG_PARAM)
-        exp = params.get(preview.EXP_PARAM) if sig is not None else None
+    if (pairs := _signed_query(scope)) is not None:
+        params = dict(pairs)
+        sig, exp = params[preview.SIG_PARAM], params.get(preview.EXP_PARAM)
     return preview.Credentials(token=token, cookie=cookie, sig=sig, exp=exp)
 
 
-def _clean_query(scope: Scope) -> bytes:
+def _signed_query(scope: Scope) -> list[tuple[str, str]] | None:
+    """The query's parameters when it carries a signed URL's signature, else None. The access
+    check and the query the sandbox sees (``_clean_query``) both read this one answer: a
+    signature the check accepted is never forwarded, however its name was spelled (percent-encoded
+    ``warren%5Fsig`` decodes to the same parameter)."""
     qs: bytes = scope.get("query_string", b"")
-    if b"warren_sig=" not in qs:
-        return qs
+    if b"warren_sig=" not in qs and b"%" not in qs:
+        return None
     pairs = parse_qsl(qs.decode("latin-1"), keep_blank_values=True)
-    return urlencode([(k, v) for k, v in pairs if k not in (preview.SIG_PARAM, preview.EXP_PARAM)]).encode(
-        "latin-1"
-    )
+    return pairs if any(k == preview.SIG_PARAM for k, _ in pairs) else None
+
+
+def _clean_query(scope: Scope) -> bytes:
+    """The query without the signed URL's parameters (as the client sent it when it has none)."""
+    pairs = _signed_query(scope)
+    if pairs is None:
+        return bytes(scope.get("query_string", b""))
+    kept = [(k, v) for k, v in pairs if k not in (preview.SIG_PARAM, preview.EXP_PARAM)]
+    return urlencode(kept).encode("latin-1")
 
 
 def _target(r: Route, scope: Scope, *, with_query: bool = True) -> bytes:
@@ -313,7 +325,9 @@ def _target(r: Route, scope: Scope, *, with_query: bool = True) -> bytes:
     return path + b"?" + query if query else path
 
 
-def _forward_headers(r: Route, scope: Scope, *, websocket: bool = False) -> list[tuple[bytes, bytes]]:
+def _forward_headers(
+    r: Route, scope: Scope, secret: str, *, websocket: bool = False
+) -> list[tuple[bytes, bytes]]:
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     drop = hop_by_hop(headers) | _STRIP
     if websocket:
@@ -322,9 +336,12 @@ def _forward_headers(r: Route, scope: Scope, *, websocket: bool = False) -> list
     for k, v in headers:
         if k in drop:
             continue
-        if k == b"cookie":
-            v = cookies.without_platform_cookies(v)
-            if not v:
+        if k in _INSPECT:  # one set lookup for every other header: they cost nothing more
+            if k == b"cookie":
+                v = cookies.without_platform_cookies(v)
+                if not v:
+                    continue
+            elif credentials.is_platform(k, v, secret):
                 continue
         out.append((k, v))
     # A chunked request body is re-framed chunked (Transfer-Encoding is hop-by-hop).

@@ -9,6 +9,8 @@ Expiry is checked against ``warren.clock`` rather than the wall clock so tests c
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -153,3 +155,19 @@ def verify_host_jwt(secret: str, token: str) -> uuid.UUID:
         return ids.parse_id(ids.Kind.HOST, claims.get("host_id", ""))
     except InvalidRequest as e:
         raise Unauthorized(message) from e
+
+
+def signed_with(secret: str, token: str) -> bool:
+    """Whether ``token`` is a JWT signed with ``secret`` (HS256): one of this control plane's
+    user or host JWTs, expired or not, whatever its claims. One HMAC and no parsing, for telling
+    the platform's tokens from anyone else's (the preview proxy keeps them from a sandbox's
+    server: cp/proxy/credentials.py). Not an authentication: it says nothing about validity."""
+    signing_input, dot, sig = token.rpartition(".")
+    if not dot or signing_input.count(".") != 1 or not 40 <= len(sig) <= 48:
+        return False  # an HS256 signature is 43 base64url characters
+    try:
+        raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+        want = hmac.new(secret.encode("utf-8"), signing_input.encode("ascii"), hashlib.sha256).digest()
+    except (binascii.Error, ValueError):  # not base64, or not ASCII: not one of ours
+        return False
+    return hmac.compare_digest(raw, want)
