@@ -23,11 +23,13 @@ from tests.harness.cp import InProcessCP, User
 from warren import clock, ids
 from warren.config import Settings
 from warren.cp.db.tables import audit_logs, hosts, sandbox_metric_points, sandboxes, templates, users
-from warren.cp.services import platform_metrics, retention
+from warren.cp.services import e2b_snapshots, platform_metrics, retention
+from warren.cp.services.context import AuthContext
 
 DAY = 24 * 3600.0
 PAST_SANDBOX_WINDOW = 7 * DAY + 60  # the defaults: 7 days of ended sandboxes, 90 of audit
 PAST_AUDIT_WINDOW = 90 * DAY + 60
+SOURCE = ids.sandbox_id(uuid.UUID(int=1))  # the sandbox the old snapshot records name
 
 
 def _settings(cp: InProcessCP, **kw: Any) -> Settings:
@@ -168,7 +170,7 @@ async def _old_audit_record(
             audit_logs.insert().values(
                 id=a, team_id=team, actor_type="user", resource_type=resource_type,
                 resource_id=resource_id, action=action, created_at=clock.now(),
-                metadata={"sandbox_id": "sb-" + "0" * 32},
+                metadata={"sandbox_id": SOURCE},
             )
         )  # fmt: skip
     return a
@@ -205,6 +207,8 @@ async def test_audit_records_go_after_the_window_but_a_live_snapshots_source(cp:
     assert not set(old) & set(left)
     assert ids.format_id(ids.Kind.AUDIT_LOG, live_source) in left
     assert ids.format_id(ids.Kind.AUDIT_LOG, gone_source) not in left
+    ctx = AuthContext(kind="api_key", team_id=team)
+    assert (await e2b_snapshots.list_page(cp.engine, ctx, sandbox_id=SOURCE)).names == ["snap-live"]
     async with cp.engine.connect() as conn:
         actions = (
             await conn.execute(sa.select(audit_logs.c.action).where(audit_logs.c.team_id == team))
