@@ -3,7 +3,8 @@
 audit records, half past their windows; then the passes that work the backlog off, the longest
 batch (the longest a lock is held), two replicas at once, and a pass with nothing to do.
 
-    nice -n -19 .venv/bin/python -m bench.retention [--sandboxes 20000] [--audit 400000]
+    nice -n -19 .venv/bin/python -m bench.retention [--sandboxes 20000] [--audit 400000] \\
+        [--pairs 40] [--cidrs 100]
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ FILL = """
            now() - make_interval(days => CASE WHEN i % 2 = 0 THEN 30 ELSE 1 END),
            now() - make_interval(days => CASE WHEN i % 2 = 0 THEN 29 ELSE 1 END),
            (SELECT jsonb_object_agg('k' || j || '-' || i, md5(i::text || j) || md5(j::text || i))
-              FROM generate_series(1, 40) j),
+              FROM generate_series(1, :pairs) j),
            jsonb_build_object('allow_out', (SELECT jsonb_agg('10.' || (i % 250) || '.' || j || '.0/24')
-              FROM generate_series(1, 100) j), 'deny_out', '[]'::jsonb)
+              FROM generate_series(1, :cidrs) j), 'deny_out', '[]'::jsonb)
     FROM generate_series(1, :sandboxes) i;
     INSERT INTO audit_logs (id, team_id, actor_type, resource_type, resource_id, action, metadata,
                             created_at)
@@ -89,7 +90,7 @@ PICKS = {
 }
 
 
-async def main(sandboxes: int, audit: int) -> None:
+async def main(sandboxes: int, audit: int, row: dict[str, int]) -> None:
     base = Path(tempfile.mkdtemp(prefix="warren-bench-retention-"))
     base.chmod(0o755)  # the database runs as the warren service user
     pg = EmbeddedPostgres(base / "pg", port=0, fast=True)
@@ -100,7 +101,7 @@ async def main(sandboxes: int, audit: int) -> None:
         async with engine.begin() as conn:
             for stmt in FILL.split(";\n"):
                 if stmt.strip():
-                    await conn.execute(sa.text(stmt), {"sandboxes": sandboxes, "audit": audit})
+                    await conn.execute(sa.text(stmt), {"sandboxes": sandboxes, "audit": audit, **row})
         async with engine.connect() as conn:
             size = (
                 await conn.execute(sa.text("SELECT pg_size_pretty(pg_database_size(current_database()))"))
@@ -108,8 +109,8 @@ async def main(sandboxes: int, audit: int) -> None:
             plans = {
                 k: (await conn.execute(sa.text("EXPLAIN " + q))).scalars().all() for k, q in PICKS.items()
             }
-        print(f"filled: {sandboxes} sandboxes (half ended 29 days ago, 1 in 10 running), {audit} audit")
-        print(f"records (half 120 days old); database {size}")
+        print(f"filled: {sandboxes} sandboxes (half ended 29 days ago, 1 in 10 running; {row}),")
+        print(f"{audit} audit records (half 120 days old); database {size}")
         for kind, plan in plans.items():
             print(f"{kind} pick plan:\n  " + "\n  ".join(plan))
         settings = Settings(jwt_secret="x" * 32)
@@ -131,5 +132,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--sandboxes", type=int, default=20000)
     p.add_argument("--audit", type=int, default=400000)
+    p.add_argument("--pairs", type=int, default=40, help="metadata pairs per sandbox row (~70 B each)")
+    p.add_argument("--cidrs", type=int, default=100, help="egress CIDRs per sandbox row")
     a = p.parse_args()
-    asyncio.run(main(a.sandboxes, a.audit))
+    asyncio.run(main(a.sandboxes, a.audit, {"pairs": a.pairs, "cidrs": a.cidrs}))
