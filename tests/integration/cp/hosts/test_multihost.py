@@ -345,12 +345,13 @@ async def test_crash_between_issue_and_revoke_leaves_the_host_able_to_refresh(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     c = cluster
-    crashes = []
+    crashes: list[tuple[Any, Any]] = []  # (the spent token's id, its host's uuid)
     real = host_link._revoke_refresh_token
 
     async def crash_once(engine: Any, token_id: Any) -> None:
         if not crashes:
-            crashes.append(token_id)
+            host = await sql(c.cp, "SELECT host_id FROM host_refresh_tokens WHERE id = :id", id=token_id)
+            crashes.append((token_id, host[0][0]))
             raise RuntimeError("injected crash between issue and revoke")
         await real(engine, token_id)
 
@@ -360,11 +361,10 @@ async def test_crash_between_issue_and_revoke_leaves_the_host_able_to_refresh(
     since = clock.now()
     await beaten_since(c, c.everyone, since)
     assert crashes, "the injected crash never happened"
-    rows = await sql(
-        c.cp, "SELECT host_id, revoked_at FROM host_refresh_tokens WHERE id = :id", id=crashes[0]
-    )
-    crashed_host = ids.host_id(rows[0][0])
-    assert rows[0][1] is not None  # revoked by the retry that succeeded
+    spent, host_uuid = crashes[0]
+    # Spent tokens are deleted (session 11): the retry that succeeded removed it.
+    assert await sql(c.cp, "SELECT 1 FROM host_refresh_tokens WHERE id = :id", id=spent) == []
+    crashed_host = ids.host_id(host_uuid)
     agent = next(a for a in c.everyone if a.host_id == crashed_host)
     # It retried with the token that was never revoked, got fresh credentials and kept beating.
     assert agent.credentials()["refresh_token"] != before[crashed_host]["refresh_token"]
