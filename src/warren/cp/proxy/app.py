@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
@@ -53,6 +54,10 @@ WS_HANDSHAKE_TIMEOUT_S = 30.0
 # The proxy's credentials, and forwarding headers a client could forge (the proxy sets them).
 _STRIP = frozenset({preview.TOKEN_HEADER.encode(), b"x-forwarded-for", b"x-forwarded-proto",
                     b"x-forwarded-host", b"x-forwarded-prefix", b"forwarded"})  # fmt: skip
+# The signed URL's parameter name as a query may spell it, any character percent-encoded (a
+# regular expression is ~20x cheaper than parsing every query that has a "%").
+_SIG_SPELLINGS = b"".join(b"(?:%s|%%%02x)" % (re.escape(bytes([c])), c) for c in preview.SIG_PARAM.encode())
+_SIG_KEY = re.compile(b"(?:^|&)" + _SIG_SPELLINGS + b"=", re.IGNORECASE)
 # Headers whose value is looked at: the platform's cookies and credentials are taken out.
 _INSPECT = credentials.HEADERS | {b"cookie"}
 
@@ -284,19 +289,19 @@ def _credentials(scope: Scope) -> preview.Credentials:
             if preview.COOKIE in jar:
                 cookie = jar[preview.COOKIE].value
     sig = exp = None
-    if (pairs := _signed_query(scope)) is not None:
+    qs: bytes = scope.get("query_string", b"")
+    if qs and (pairs := _signed_query(qs)) is not None:
         params = dict(pairs)
         sig, exp = params[preview.SIG_PARAM], params.get(preview.EXP_PARAM)
     return preview.Credentials(token=token, cookie=cookie, sig=sig, exp=exp)
 
 
-def _signed_query(scope: Scope) -> list[tuple[str, str]] | None:
+def _signed_query(qs: bytes) -> list[tuple[str, str]] | None:
     """The query's parameters when it carries a signed URL's signature, else None. The access
     check and the query the sandbox sees (``_clean_query``) both read this one answer: a
     signature the check accepted is never forwarded, however its name was spelled (percent-encoded
     ``warren%5Fsig`` decodes to the same parameter)."""
-    qs: bytes = scope.get("query_string", b"")
-    if b"warren_sig=" not in qs and b"%" not in qs:
+    if b"warren_sig=" not in qs and (b"%" not in qs or _SIG_KEY.search(qs) is None):
         return None
     pairs = parse_qsl(qs.decode("latin-1"), keep_blank_values=True)
     return pairs if any(k == preview.SIG_PARAM for k, _ in pairs) else None
@@ -304,9 +309,9 @@ def _signed_query(scope: Scope) -> list[tuple[str, str]] | None:
 
 def _clean_query(scope: Scope) -> bytes:
     """The query without the signed URL's parameters (as the client sent it when it has none)."""
-    pairs = _signed_query(scope)
-    if pairs is None:
-        return bytes(scope.get("query_string", b""))
+    qs: bytes = scope.get("query_string", b"")
+    if not qs or (pairs := _signed_query(qs)) is None:
+        return qs
     kept = [(k, v) for k, v in pairs if k not in (preview.SIG_PARAM, preview.EXP_PARAM)]
     return urlencode(kept).encode("latin-1")
 

@@ -76,6 +76,8 @@ def test_forwarded_headers_keep_the_apps_auth_and_drop_the_platforms() -> None:
         (b"a=1&warren_sig=S&exp=9", "S", b"a=1"),
         (b"a=1&warren%5Fsig=S&exp=9", "S", b"a=1"),
         (b"a=1&%77arren_sig=S&ex%70=9", "S", b"a=1"),
+        (b"b=%20&warren_%73%69%67=S&exp=9", "S", b"b=+"),
+        (b"b=%20&WARREN%5Fsig=S", None, b"b=%20&WARREN%5Fsig=S"),  # another name: the app's
         (b"x=warren_sig=1", None, b"x=warren_sig=1"),
     ],
 )
