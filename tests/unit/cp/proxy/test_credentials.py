@@ -21,6 +21,11 @@ USER = issue_user_jwt(SECRET, user_id=uuid.uuid4(), team_id=uuid.uuid4(), role="
 HOST = issue_host_jwt(SECRET, uuid.uuid4())
 OTHER = jwt.encode({"sub": "x"}, "o" * 40, algorithm="HS256")
 KEY = generate_api_key().plaintext
+# Fixed ids: the values above are made at import, and xdist's workers must collect one set of names.
+CASE_IDS = [
+    "key", "jwt-as-key", "apps-key", "bearer-key", "bare-key", "bearer-user-jwt", "host-jwt-spaced",
+    "jwt-scheme", "foreign-jwt", "apps-bearer", "basic-with-key", "empty",
+]  # fmt: skip
 
 
 def test_signed_with_tells_the_platforms_jwts_from_others() -> None:
@@ -47,6 +52,7 @@ def test_signed_with_tells_the_platforms_jwts_from_others() -> None:
         (b"authorization", "Basic " + base64.b64encode(f"u:{KEY}".encode()).decode(), False),
         (b"authorization", "", False),
     ],
+    ids=CASE_IDS,
 )
 def test_is_platform(name: bytes, value: str, platform: bool) -> None:
     assert is_platform(name, value.encode(), SECRET) is platform
