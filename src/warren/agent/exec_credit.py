@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from warren.agent.guest_wire import ExecSession, GuestError
+from warren.aio import cancel_and_wait
 from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 
@@ -109,11 +110,7 @@ class CreditedStream(Generic[Req, Ev]):
                 if got.HasField("exit"):
                     return
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+            await cancel_and_wait(*tasks)
 
     async def _read_output(self) -> None:
         try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from warren.agent.guest_wire import (
     json_object,
     open_started,
 )
+from warren.aio import cancel_and_wait
 
 # Output (stdout + stderr) a unary exec may collect for its one reply; past it the command is
 # killed and the call fails with ``output_too_large``. Well under the 64 MiB gRPC message cap;
@@ -507,10 +507,7 @@ class GuestClient:
                 raise GuestError("internal", "guest answered a write before it was complete")
             return int(res["bytes"])
         finally:
-            if not answer.done():
-                answer.cancel()
-                with contextlib.suppress(BaseException):
-                    await answer
+            await cancel_and_wait(answer)
             conn.close()
 
     async def list_dir(

@@ -37,6 +37,7 @@ from warren.agent.runtime.select import RuntimeSet
 from warren.agent.server import HostAgentServicer
 from warren.agent.settings import AgentSettings
 from warren.agent.templates import TemplateStore
+from warren.aio import cancel_and_wait
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 from warren.rpc import keepalive
 
@@ -210,11 +211,7 @@ async def serve(
         await handle.wait()
     finally:
         log.info("event=agent_stopping destroy_sandboxes=%s", handle.destroy_on_stop)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await cancel_and_wait(*tasks)
         if handle.destroy_on_stop:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(GRACE_SECONDS):

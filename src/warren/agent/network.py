@@ -43,6 +43,7 @@ from warren.agent import egress, slot_userns
 from warren.agent.egress_rules import SandboxEgress
 from warren.agent.egress_usage import EndedEgress
 from warren.agent.proc import CommandError, run
+from warren.aio import cancel_and_wait
 
 log = logging.getLogger("warren.agent.network")
 
@@ -310,9 +311,7 @@ class NetworkSlots:
     async def drain_pool(self) -> None:
         """Tear down the pre-built slots (agent shutdown)."""
         if self._refill is not None:
-            self._refill.cancel()
-            with contextlib.suppress(BaseException):
-                await self._refill
+            await cancel_and_wait(self._refill)
         pool, self._pool = self._pool, []
         for slot in pool:
             with contextlib.suppress(Exception):

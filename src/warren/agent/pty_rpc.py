@@ -31,6 +31,7 @@ from warren.agent.guest_wire import (
     json_object,
     open_started,
 )
+from warren.aio import cancel_and_wait
 from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 
@@ -284,6 +285,4 @@ async def _plain(
             if out.HasField("exit"):
                 return
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        await cancel_and_wait(task)

@@ -25,6 +25,7 @@ from warren.agent.manager import SandboxManager
 from warren.agent.record import HostSandbox
 from warren.agent.rpc_errors import ExecTimeout, abort, mapped_errors, relay
 from warren.agent.server_store import TemplateStoreRpcs, chain_of
+from warren.aio import cancel_and_wait
 from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
@@ -265,9 +266,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             async for out in self._relay(st.sandbox_id, session):
                 yield out
         finally:
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            await cancel_and_wait(pump)
             await session.close()
 
     def _as(self, sandbox_id: str, user: str) -> str:

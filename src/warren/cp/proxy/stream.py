@@ -9,12 +9,12 @@ most ``_QUEUE`` messages wait to be read per stream; past that the agent waits (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, Protocol
 
 import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # (the stubs lack it)
 
+from warren.aio import cancel_and_wait
 from warren.cp.hosts.agent_client import translate
 from warren.cp.hosts.client_pool import HostClient
 from warren.errors import AgentError
@@ -148,7 +148,5 @@ class DialStream:
 
     async def aclose(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
+            await cancel_and_wait(self._reader)
         self._call.cancel()

@@ -7,7 +7,6 @@ sandbox's server. Messages are relayed as they come, one at a time, each bounded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from starlette.types import Receive, Scope, Send
@@ -17,6 +16,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.uri import parse_uri
 
+from warren.aio import cancel_and_wait
 from warren.cp.proxy.stream import CHUNK, ByteStream
 
 log = logging.getLogger("warren.proxy")
@@ -113,11 +113,7 @@ async def relay(up: _Upstream, receive: Receive, send: Send) -> None:
             if not t.cancelled() and (e := t.exception()) is not None:
                 log.info("event=proxy_ws_end error=%r", e)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await cancel_and_wait(*tasks)
 
 
 async def _from_client(up: _Upstream, receive: Receive) -> None:
