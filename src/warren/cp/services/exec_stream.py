@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from warren.aio import cancel_and_wait
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient
 from warren.cp.services import sandbox_access
 from warren.cp.services.env import validate_env
@@ -381,18 +382,34 @@ async def _pump(
     events and the output handed on."""
     stopped = asyncio.Event()
     in_task = asyncio.create_task(_inbound(call, peer, on_frame, stopped))
+    await duplex(
+        call, _forward_events(call, peer.send, started, flow), in_task, stopped.is_set, peer.error_quietly
+    )
+
+
+async def duplex(
+    call: Any,
+    outbound: Awaitable[None],
+    inbound: asyncio.Task[None],
+    client_ended: Callable[[], bool],
+    report: Callable[[AgentError], Awaitable[None]],
+) -> None:
+    """A stream's two sides, for exec streams and terminals alike: ``outbound`` (the agent's
+    events to the client) is awaited while ``inbound`` (the client's frames to the agent) runs
+    beside it. Once the client has ended the stream (``client_ended``) the agent call was
+    cancelled on its behalf, so the agent's error or a cancellation that follows is that answer:
+    dropped. Before, an agent error goes to the client (``report``) and a cancellation goes on.
+    Either way the inbound side is stopped and the agent call cancelled."""
     try:
-        await _forward_events(call, peer.send, started, flow)
+        await outbound
     except AgentError as e:
-        if not stopped.is_set():
-            await peer.error_quietly(e)
+        if not client_ended():
+            await report(e)
     except asyncio.CancelledError:
-        if not stopped.is_set():
+        if not client_ended():
             raise
     finally:
-        in_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await in_task
+        await cancel_and_wait(inbound)
         call.cancel()
 
 

@@ -27,9 +27,9 @@ from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
-from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
+from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, duplex
 from warren.cp.services.strict import check_text, json_object
-from warren.errors import AgentError, InvalidRequest, PayloadTooLarge, WarrenError
+from warren.errors import InvalidRequest, PayloadTooLarge, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
 MAX_INPUT_FRAME = 64 << 10  # one binary input frame (a paste larger than this is split by clients)
@@ -168,18 +168,8 @@ async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyP
     credit = InputCredit()
     inbound = asyncio.create_task(_inbound(peer, queue, call, credit))
     try:
-        await _outbound(call, peer, credit, queue)
-    except AgentError as e:
-        if not inbound.done():
-            await peer.error(e)
-    except asyncio.CancelledError:
-        if not inbound.done():
-            raise
+        await duplex(call, _outbound(call, peer, credit, queue), inbound, inbound.done, peer.error)
     finally:
-        inbound.cancel()
-        with contextlib.suppress(BaseException):
-            await inbound
-        call.cancel()
         sandbox_access.touch_later(engine, target.uuid)
 
 
