@@ -6,8 +6,10 @@ Each of A, B, ... is ``RUNTIME`` or ``RUNTIME@SRC`` (SRC: another tree's ``src``
 commit checked out with ``git worktree add /tmp/wt-old <commit>``: that agent runs with
 ``PYTHONPATH=SRC``). Every agent is a real standalone `warren agent` with no warm pool, so every
 create is cold; rounds alternate between the agents so load drifts on this shared machine hit
-all alike. Prints create → `Exec true` p50 / p99 in ms, the agent's own split of the create
-(`event=create_steps`), and the load average before and after.
+all alike. Prints create → `Exec true` p50 / p99 in ms, the CPU of the agent's process tree per
+create (rusage: steadier than wall time on a shared machine), the agent's own split of the create
+(`event=create_steps`), and the load average before and after. RUNTIME may be ``auto`` (the
+agent's default: no ``--runtime``), for a tree that has it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.warm_pool_agent import create_exec, pct, steps
+from bench.warm_pool_agent import create_exec, pct, steps, tree_cpu_ms
 from tests.harness.agent import AgentProcess
 
 
@@ -31,7 +33,10 @@ def start(root: Path, spec: str) -> AgentProcess:
     env = {"WARREN_LOG_LEVEL": "DEBUG", "WARREN_AGENT_METRICS_LISTEN": "0"}
     if src:
         env["PYTHONPATH"] = src
-    return AgentProcess.standalone(root, runtime=runtime, env=env).start()
+    agent = AgentProcess(
+        root / "data", root / "agent.log", runtime=None if runtime == "auto" else runtime, env=env
+    )
+    return agent.start()
 
 
 def main() -> None:
@@ -44,16 +49,22 @@ def main() -> None:
     agents: dict[str, AgentProcess] = {}
     times: dict[str, list[float]] = {s: [] for s in args.agents}
     ids: dict[str, set[str]] = {s: set() for s in args.agents}
+    cpu: dict[str, float] = {s: 0.0 for s in args.agents}
     load0 = os.getloadavg()
     try:
         for i, spec in enumerate(args.agents):
             agents[spec] = start(root / f"agent{i}", spec)
             create_exec(agents[spec])  # the template, caches
+        pids = {spec: a.proc.pid for spec, a in agents.items() if a.proc is not None}
+        # The whole run's CPU of each agent's tree over its creates (what it did in the other
+        # agents' turns too: refilling network slots, reaping).
+        cpu = {spec: -tree_cpu_ms(pid) for spec, pid in pids.items()}
         for _ in range(args.n):
             for spec, a in agents.items():
                 ms, sb = create_exec(a)
                 times[spec].append(ms)
                 ids[spec].add(sb)
+        cpu = {spec: (cpu[spec] + tree_cpu_ms(pid)) / args.n for spec, pid in pids.items()}
         logs = {spec: a.log_path.read_text() for spec, a in agents.items()}
     finally:
         for a in agents.values():
@@ -68,7 +79,8 @@ def main() -> None:
         split = steps(logs[spec], "create_steps", ids[spec])
         parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in split.items())
         xs = times[spec]
-        print(f"{spec:>40} p50 {pct(xs, 50):6.1f} p99 {pct(xs, 99):6.1f}   steps p50: {parts}")
+        print(f"{spec:>40} p50 {pct(xs, 50):6.1f} p99 {pct(xs, 99):6.1f}  CPU/create {cpu[spec]:5.1f}"
+              f"   steps p50: {parts}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ The `minimal` template comes from WARREN_TEST_MINIMAL_DIR (default
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -32,6 +33,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.harness.agent import AgentProcess
 from warren.rpc import hostagent_pb2 as pb
+
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_ms(pid: int) -> float:
+    """CPU time of ``pid`` and every live descendant, each with its reaped children (rusage as
+    /proc shows it): the agent, its helpers (namespace maker, OCI spawner) and what they ran,
+    sandboxes reaped by the agent (their subreaper) included. Live sandboxes' own time is in
+    too; a cold create's run destroys each before the next."""
+    children: dict[int, list[int]] = defaultdict(list)
+    times: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children[int(fields[1])].append(int(d))
+        times[int(d)] = sum(int(x) for x in fields[11:15]) * _TICK_MS  # utime stime cutime cstime
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -111,7 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--pool", type=int, default=4)
-    ap.add_argument("--runtime", default="runc")
+    ap.add_argument("--runtime", default="runc", help="runc, crun or auto (the agent's default)")
     ap.add_argument("--freeze-ab", action="store_true", help="members frozen vs running, instead")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="warren-bench-warm-"))
@@ -122,15 +150,18 @@ def main() -> None:
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return
-    agent = AgentProcess.standalone(
-        root / "agent",
-        runtime=args.runtime,
+    agent = AgentProcess(
+        root / "agent" / "data",
+        root / "agent" / "agent.log",
+        runtime=None if args.runtime == "auto" else args.runtime,
         env={"WARREN_LOG_LEVEL": "DEBUG", "WARREN_AGENT_METRICS_LISTEN": "0"},
     ).start()
     warm: list[float] = []
     cold: list[float] = []
     warm_ids: set[str] = set()
     cold_ids: set[str] = set()
+    cold_cpu: list[float] = []
+    assert agent.proc is not None
     try:
         create_exec(agent)  # the template, caches
         for _ in range(args.n):
@@ -139,7 +170,9 @@ def main() -> None:
             warm.append(ms)
             warm_ids.add(sb)
             pool(agent, 0)
+            cpu0 = tree_cpu_ms(agent.proc.pid)
             ms, sb = create_exec(agent)
+            cold_cpu.append(tree_cpu_ms(agent.proc.pid) - cpu0)
             cold.append(ms)
             cold_ids.add(sb)
         log = agent.log_path.read_text()
@@ -147,10 +180,15 @@ def main() -> None:
         agent.destroy_all()
         agent.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"create → first exec on the agent ({args.runtime}), n = {args.n}, ms")
+    print(
+        f"create → first exec on the agent ({args.runtime}), n = {args.n}, ms; load {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'':>24} {'p50':>8} {'p99':>8}")
     for name, xs in (("warm (claimed)", warm), ("cold", cold)):
         print(f"{name:>24} {pct(xs, 50):8.1f} {pct(xs, 99):8.1f}")
+    print(
+        f"  cold create + exec + destroy, the agent's CPU (its tree, rusage) p50 {pct(cold_cpu, 50):.1f} ms"
+    )
     for title, event, ids in (("claim", "claim_steps", warm_ids), ("cold create", "create_steps", cold_ids)):
         split = steps(log, event, ids)
         parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in split.items())

@@ -40,9 +40,15 @@ async def run_agent(
     register_token: str | None = None,
     address: str | None = None,
 ) -> None:
-    """The agent, optionally linked to a control plane (registration, mTLS, heartbeats)."""
-    from warren.agent.main import AgentHandle, serve
+    """The agent, optionally linked to a control plane (registration, mTLS, heartbeats).
+    ``runtime``: runc, crun, or auto (runtime/select.py: choose_default)."""
+    import logging
 
+    from warren.agent.main import AgentHandle, serve
+    from warren.agent.runtime.select import choose_default
+
+    runtime, why = await choose_default(runtime, linked=bool(cp_url))
+    logging.getLogger("warren.agent").info("event=runtime_default runtime=%s why=%r", runtime, why)
     if not cp_url:
         await serve(listen, data_dir, settings, runtime=runtime)
         return
@@ -98,12 +104,14 @@ def _check_host(runtime: str) -> None:
             err=True,
         )
         raise typer.Exit(code=1)
-    if runtime not in ("runc", "crun"):
-        typer.echo(f"unknown --runtime {runtime!r}: use runc or crun", err=True)
+    if runtime not in ("runc", "crun", "auto"):
+        typer.echo(f"unknown --runtime {runtime!r}: use runc, crun or auto", err=True)
         raise typer.Exit(code=2)
+    # auto: either will do (runtime/select.py: choose_default).
+    oci = runtime if runtime != "auto" else "crun" if shutil.which("crun") else "runc"
     missing = [
         b
-        for b in (runtime, "ip", "iptables", "debootstrap", "unshare", "setpriv", "prlimit", "cp")
+        for b in (oci, "ip", "iptables", "debootstrap", "unshare", "setpriv", "prlimit", "cp")
         if not shutil.which(b)
     ]
     if missing:
@@ -121,7 +129,13 @@ def agent_command(
     data_dir: Annotated[Path, typer.Option(help="where templates, sandboxes and records live")] = Path(
         "/var/lib/warren/agent"
     ),
-    runtime: Annotated[str, typer.Option(help="OCI runtime: runc or crun")] = "runc",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="OCI runtime: runc, crun, or auto (crun where it works, else runc; runc when "
+            "linked to a control plane, which names each create's runtime)"
+        ),
+    ] = "auto",
     cp: Annotated[
         str | None, typer.Option("--cp", envvar="WARREN_CP_URL", help="control plane URL (enables mTLS)")
     ] = None,

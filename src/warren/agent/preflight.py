@@ -19,8 +19,10 @@ import ipaddress
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from warren.agent import layer_image, sandbox_fs, startup_checks
+from warren.agent import layer_image, ns_maker, sandbox_fs, startup_checks
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -166,10 +168,30 @@ def _namespaces() -> Check:
     return Check("namespaces", "fail", f"unshare failed: {_first_line(out)}", fix)
 
 
+def _maker_probe(uid: int) -> str:
+    """The namespace maker's answer to ``probe <uid>`` ("ok" or "err <why>"): the agent's own way
+    of making a slot's namespaces (ns_maker.py, a forked child that takes ``uid`` and unshares)."""
+    argv = [sys.executable, "-I", "-S", str(Path(ns_maker.__file__))]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdin is not None and p.stdout is not None
+        try:
+            p.stdin.write(f"probe {uid}\n")
+            p.stdin.flush()  # and kept open: the maker ends at end of file, answered or not
+            answered = select.select([p.stdout], [], [], COMMAND_TIMEOUT_S)[0]
+            line = p.stdout.readline().strip() if answered else ""
+        finally:
+            p.stdin.close()
+            try:
+                p.wait(COMMAND_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return line or f"err no answer from the namespace maker in {COMMAND_TIMEOUT_S:.0f} s"
+
+
 def _slot_namespaces() -> Check:
     """Each network slot's user namespace is made by an unprivileged host uid (slot_userns.py)."""
-    code, out = _sh("setpriv", "--reuid=1999999999", "--regid=1999999999", "--clear-groups",
-                    "unshare", "--user", "--net", "true")  # fmt: skip
+    answer = _maker_probe(1_999_999_999)
+    code, out = (0, "") if answer == "ok" else (1, answer.removeprefix("err "))
     if code == 0:
         return Check("namespaces", "ok", "user, pid, mount, ipc, net, uts and cgroup namespaces work")
     return Check(
@@ -263,6 +285,8 @@ def _runtime_version(name: str) -> str | None:
 
 def _runtimes(runtime: str) -> list[Check]:
     checks = []
+    if runtime == "auto":  # the agent's default (runtime/select.py: choose_default)
+        runtime = "crun" if shutil.which("crun") else "runc"
     for name in ("runc", "crun"):
         version = _runtime_version(name)
         chosen = name == runtime
@@ -286,7 +310,8 @@ def _runtimes(runtime: str) -> list[Check]:
         else:
             checks.append(Check(name, "ok", version + (" (the agent's --runtime)" if chosen else "")))
     if runtime not in ("runc", "crun"):
-        checks.append(Check("runtime", "fail", f"unknown runtime {runtime!r}", "--runtime runc or crun"))
+        fix = "--runtime runc, crun or auto"
+        checks.append(Check("runtime", "fail", f"unknown runtime {runtime!r}", fix))
     gvisor = _runtime_version("runsc")
     checks.append(Check("runsc", "ok", gvisor or "gVisor not installed (optional, not used yet)"))
     return checks

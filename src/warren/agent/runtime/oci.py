@@ -1,19 +1,22 @@
-"""OCI containers run by `runc` (default) or `crun`.
+"""OCI containers run by `runc` or `crun` (the agent's default where crun works, choose_default).
 
 Both keep their state under ``<data-dir>/<runtime>`` (``--root``), so `list` sees only
 Warren's containers. Pause/resume write the cgroup v1 freezer directly: it is what
 `runc pause` does, minus ~6 ms of fork+exec, and both runtimes read the freezer back when asked
 for a container's state.
 
+Every runtime command runs through the agent's OCI spawner (oci_spawner.py, oci_spawn.py): a
+small stdlib process that forks and execs it, so the agent never forks itself (gRPC's fork
+handlers: a ``preexec_fn`` child of the agent died with SIGSEGV, docs/benchmarks.md "Session
+9") and a command's set-up needs no program of its own: the RLIMIT_NOFILE a sandbox inherits is
+set in the child (no ``prlimit`` exec), and crun's mount namespace below is made there too.
+
 crun refuses to run on this kernel's "hybrid" cgroup layout (v1 controllers plus a cgroup2
-mount at /sys/fs/cgroup/unified). Each crun call therefore runs in a throwaway private mount
-namespace with that mount removed (`unshare -m`, ~2 ms); the agent itself stays in the host's
-mount namespace so the overlay mounts it makes are visible to every later agent process.
-The wrapper's three programs (unshare, sh, umount) cost ~5 ms of CPU per call. Making the
-namespace in the forked child instead (a ``preexec_fn`` calling unshare/umount2) was tried and
-is not possible here: a ``preexec_fn`` turns the child's vfork into a fork, which runs gRPC's
-fork handlers, and the child died with SIGSEGV before exec on every call (docs/benchmarks.md,
-"Session 9: the cold create").
+mount at /sys/fs/cgroup/unified). Each crun command therefore runs in a throwaway private mount
+namespace with that mount removed, made by the spawner's child (unshare, make private, umount2,
+exec); the agent itself stays in the host's mount namespace so the overlay mounts it makes are
+visible to every later agent process. Before the spawner this was ``unshare … sh -c 'umount …;
+exec crun …'``: three programs, ~5 ms of CPU a call (docs/benchmarks.md, "Session 12").
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import os
 import time
 from pathlib import Path
 
-from warren.agent.proc import CommandError, run, write_file
+from warren.agent.proc import CommandError, Result, run, write_file
+from warren.agent.runtime import oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
 
@@ -34,7 +38,9 @@ CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blki
 # Hierarchies a destroy removes the sandbox's cgroup from: on a hybrid host also the cgroup v2
 # one (runc places the container there too; a container killed outside runc left it behind).
 _HIERARCHIES = (*CONTROLLERS, "unified")
-_HIDE_CGROUP2 = 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"'
+HYBRID_CGROUP2 = CGROUP_ROOT / "unified"  # what crun trips on, hidden from its commands
+# A `run --detach` returns once the container's init runs; a runtime stuck longer is killed.
+CREATE_TIMEOUT_S = 120.0
 
 
 def cgroup_dir(controller: str, sandbox_id: str) -> Path:
@@ -53,13 +59,14 @@ class OciRuntime:
         self.name = name
         self.state_root = state_root
         state_root.mkdir(parents=True, exist_ok=True)
-        self._hybrid = os.path.ismount(CGROUP_ROOT / "unified")
+        hybrid = os.path.ismount(HYBRID_CGROUP2)
+        self._hide = str(HYBRID_CGROUP2) if name == "crun" and hybrid else None
 
     def _argv(self, *args: str) -> list[str]:
-        base = [self.name, "--root", str(self.state_root), *args]
-        if self.name == "crun" and self._hybrid:
-            return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _HIDE_CGROUP2, "sh", *base]
-        return base
+        return [self.name, "--root", str(self.state_root), *args]
+
+    async def _run(self, *args: str, check: bool = True) -> Result:
+        return await oci_spawn.run(*self._argv(*args), check=check, hide=self._hide)
 
     async def create(self, sandbox_id: str, bundle: Path) -> int:
         pid_file = bundle / "init.pid"
@@ -72,20 +79,18 @@ class OciRuntime:
         # the inherited keyring is unreachable anyway (seccomp denies keyctl/add_key).
         argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring",
                           "--bundle", str(bundle), "--pid-file", str(pid_file), sandbox_id)  # fmt: skip
-        if nofile := _nofile_outside(bundle):  # the sandbox inherits the runtime's own limit
-            argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        rc = await proc.wait()
+        # The sandbox inherits the runtime's own RLIMIT_NOFILE (bundle.NOFILE_ANNOTATION).
+        nofile = _nofile_outside(bundle)
+        try:
+            res = await oci_spawn.run(*argv, check=False, capture=False, timeout=CREATE_TIMEOUT_S,
+                                      hide=self._hide, nofile=nofile)  # fmt: skip
+            rc, why = res.returncode, res.stderr
+        except CommandError as e:  # timed out, or the spawner ended
+            rc, why = e.returncode, e.stderr
         if rc != 0:
-            detail = ""
+            detail = why
             with contextlib.suppress(OSError):
-                detail = log_file.read_text()[-1500:].strip()
+                detail = f"{why}\n{log_file.read_text()[-1500:].strip()}".strip()
             await self.destroy(sandbox_id)
             raise RuntimeError_(f"{self.name} run failed (exit {rc}): {detail}")
         return int(pid_file.read_text().strip())
@@ -96,7 +101,7 @@ class OciRuntime:
         if freezer.exists():
             with contextlib.suppress(OSError):
                 write_file(str(freezer), "THAWED")
-        res = await run(*self._argv("delete", "--force", sandbox_id), check=False)
+        res = await self._run("delete", "--force", sandbox_id, check=False)
         gone = "not exist" in res.stderr
         if res.returncode != 0 and not gone and await self.state(sandbox_id) is not None:
             raise RuntimeError_(f"{self.name} delete {sandbox_id}: {res.stderr.strip()}")
@@ -112,10 +117,14 @@ class OciRuntime:
         await thaw(sandbox_id)
 
     async def state(self, sandbox_id: str) -> ContainerState | None:
-        return await read_state(self._argv("state", sandbox_id))
+        try:
+            res = await self._run("state", sandbox_id)
+        except CommandError:
+            return None
+        return parse_state(json.loads(res.stdout))
 
     async def list(self) -> list[ContainerState]:
-        res = await run(*self._argv("list", "--format", "json"), check=False)
+        res = await self._run("list", "--format", "json", check=False)
         if res.returncode != 0 or not res.stdout.strip() or res.stdout.strip() == "null":
             # An empty state root: runc prints "null", crun errors when --root is empty.
             return [

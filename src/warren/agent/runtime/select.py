@@ -15,12 +15,15 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from warren.agent.runtime import gvisor
+from warren.agent.proc import CommandError
+from warren.agent.runtime import gvisor, oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, Runtime
 from warren.agent.runtime.gvisor import GvisorRuntime
+from warren.agent.runtime.oci import HYBRID_CGROUP2
 from warren.errors import Conflict
 
 RUNTIME_NAMES = ("runc", "crun", "gvisor")
+AUTO = "auto"  # `--runtime auto` (the default): crun where it works, else runc (choose_default)
 
 
 def installed_runtimes() -> list[str]:
@@ -31,6 +34,28 @@ def installed_runtimes() -> list[str]:
     if gvisor.available() and os.environ.get("WARREN_AGENT_GVISOR_PLATFORM", "").strip() != "off":
         names.append(gvisor.NAME)
     return names or ["runc"]
+
+
+async def choose_default(asked: str, *, linked: bool) -> tuple[str, str]:
+    """The agent's default OCI runtime and why. ``--runtime runc|crun`` is taken as given.
+    ``auto``: crun where it is installed and runs here (through the spawner, in the mount
+    namespace its commands get: the hybrid layout's cgroup2 mount hidden), else runc. Linked to
+    a control plane (``linked``), runc: the control plane names the runtime of every create
+    (its ``WARREN_DEFAULT_RUNTIME``, runc unless set), so there the agent's default only picks
+    its warm pools' runtime, and a pool of another runtime than the creates ask for is never
+    claimed; ``--runtime crun`` on the agents goes with ``WARREN_DEFAULT_RUNTIME=crun``."""
+    if asked != AUTO:
+        return asked, "--runtime"
+    if linked:
+        return "runc", "linked to a control plane, which names each create's runtime (--runtime to change)"
+    if (crun := shutil.which("crun")) is None:
+        return "runc", "crun is not installed"
+    hide = str(HYBRID_CGROUP2) if os.path.ismount(HYBRID_CGROUP2) else None  # noqa: ASYNC240
+    try:
+        await oci_spawn.run(crun, "--version", hide=hide, timeout=30)
+    except CommandError as e:
+        return "runc", f"crun does not run here: {e.stderr[-300:]}"
+    return "crun", "installed and runs here"
 
 
 class RuntimeSet:

@@ -1,0 +1,171 @@
+"""The agent's handle on its OCI spawner (oci_spawner.py): the OCI runtime's commands, run by a
+small stdlib process that forks for each, instead of by the agent.
+
+:func:`run` has :func:`warren.agent.proc.run`'s contract (a :class:`~warren.agent.proc.Result`,
+:class:`~warren.agent.proc.CommandError` with the command's stderr when ``check``, the command
+killed, with whatever it started, when it times out or the caller is cancelled), plus what the
+agent could not do in a child of its own: ``hide`` (a mount to take away in the command's own
+mount namespace: crun and the hybrid cgroup layout, runtime/oci.py) and ``nofile`` (the
+RLIMIT_NOFILE to run under, without a ``prlimit`` exec).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import sys
+import weakref
+from pathlib import Path
+
+from warren.agent.proc import CommandError, Result
+
+log = logging.getLogger("warren.agent")
+
+# Beyond a command's own timeout (the spawner kills it then and answers): how long the agent
+# waits before it takes the spawner itself for stuck and ends it.
+_GRACE_S = 30.0
+
+
+class SpawnerGone(CommandError):
+    """The spawner ended (or stopped answering) before the command's answer came."""
+
+
+class Spawner:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.loop = asyncio.get_running_loop()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, object]]] = {}
+        self._reader = asyncio.create_task(self._read_answers(), name="oci-spawner-answers")
+
+    @classmethod
+    async def start(cls) -> Spawner:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", str(Path(__file__).with_name("oci_spawner.py")),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
+            limit=64 << 20,  # an answer is one line: up to the spawner's output cap, JSON-escaped
+        )  # fmt: skip
+        return cls(proc)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self._reader.done()
+
+    async def _read_answers(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                answer = json.loads(line)
+                fut = self._pending.pop(int(answer["id"]), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(answer)
+        except (ValueError, KeyError, asyncio.LimitOverrunError) as e:
+            log.error("event=oci_spawner_bad_answer error=%r", e)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # out of step with it: the next call starts another
+        finally:  # ended: whatever is still waiting never gets its answer
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_result({"rc": None, "why": "the OCI spawner ended"})
+            self._pending.clear()
+
+    def _send(self, body: dict[str, object]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(body).encode() + b"\n")
+
+    async def call(
+        self,
+        argv: list[str],
+        *,
+        capture: bool,
+        timeout: float,  # noqa: ASYNC109
+        hide: str | None,
+        nofile: int | None,
+    ) -> dict[str, object]:
+        """The spawner's answer for one command (its ``rc``, ``out``, ``err``, ``why``)."""
+        if not self.alive:
+            raise SpawnerGone(argv, -1, "the OCI spawner ended")
+        job_id = next(self._ids)
+        fut: asyncio.Future[dict[str, object]] = self.loop.create_future()
+        self._pending[job_id] = fut
+        self._send({"id": job_id, "argv": argv, "capture": capture, "timeout": timeout,
+                    "hide": hide, "nofile": nofile})  # fmt: skip
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE_S)
+        except TimeoutError:  # the spawner itself is stuck: end it (and so every wait on it)
+            await self.close()
+            why = f"the OCI spawner did not answer in {timeout + _GRACE_S:.0f} s"
+            raise SpawnerGone(argv, -1, why) from None
+        except asyncio.CancelledError:
+            # The caller gave up: the command must not run on behind its rollback. Killed (its
+            # process group), then waited for, so what it made is there for the cleanup to find.
+            with contextlib.suppress(BaseException):
+                self._send({"kill": job_id})
+                await asyncio.wait_for(fut, _GRACE_S)
+            raise
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            await self.proc.wait()
+        with contextlib.suppress(BaseException):
+            await self._reader
+
+
+_spawner: Spawner | None = None
+# Two calls that find no spawner (it ended) start one, not two: per event loop (tests run several).
+_start_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def spawner() -> Spawner:
+    """This event loop's spawner, started (again) if there is none or it ended."""
+    global _spawner
+    loop = asyncio.get_running_loop()
+    if _spawner is not None and _spawner.alive and _spawner.loop is loop:
+        return _spawner  # the common case, without the lock's await
+    async with _start_locks.setdefault(loop, asyncio.Lock()):
+        if _spawner is None or not _spawner.alive or _spawner.loop is not loop:
+            if _spawner is not None and _spawner.loop is loop:
+                await _spawner.close()
+            _spawner = await Spawner.start()
+        return _spawner
+
+
+async def stop_spawner() -> None:
+    """End the spawner (agent shutdown; it would end with the agent anyway)."""
+    global _spawner
+    if _spawner is not None and _spawner.loop is asyncio.get_running_loop():
+        await _spawner.close()
+    _spawner = None
+
+
+async def run(
+    *argv: str,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float = 60.0,  # noqa: ASYNC109
+    hide: str | None = None,
+    nofile: int | None = None,
+) -> Result:
+    """Run ``argv`` through the spawner (see the module's docstring). ``capture=False``: its
+    stdout and stderr go to /dev/null (a container's init inherits them)."""
+    args = list(argv)
+    answer = await (await spawner()).call(args, capture=capture, timeout=timeout, hide=hide, nofile=nofile)
+    rc, why = answer.get("rc"), str(answer.get("why") or "")
+    out, err = str(answer.get("out") or ""), str(answer.get("err") or "")
+    if not isinstance(rc, int):
+        raise SpawnerGone(args, -1, why or "no exit status")
+    if why == "timed out":
+        raise CommandError(args, -9, f"timed out after {timeout}s")
+    if why:  # it did not run (a set-up step failed) or was killed: say so with its own stderr
+        err = f"{why}\n{err}".strip()
+    res = Result(rc, out, err)
+    if check and rc != 0:
+        raise CommandError(args, rc, res.stderr or res.stdout)
+    return res
