@@ -30,7 +30,7 @@ from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient
 from warren.cp.services import sandbox_access
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import after_start, check_timeout, check_user, decode_b64, parse_signal
-from warren.cp.services.strict import check_text
+from warren.cp.services.strict import check_text, optional_text
 from warren.errors import AgentError, InvalidRequest, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -168,15 +168,6 @@ def _is_pid(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
-def _text_field(f: Frame, key: str) -> str:
-    v = f.get(key)
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise InvalidRequest(f"{key} must be a string")
-    return v
-
-
 def _start_request(sid: str, f: Frame, max_timeout: int) -> pb.ExecStart:
     def strs(v: Any) -> list[str]:
         if v is None:
@@ -198,7 +189,7 @@ def _start_request(sid: str, f: Frame, max_timeout: int) -> pb.ExecStart:
         timeout_sec=check_timeout(timeout, max_timeout),
         tag=check_text(str(f.get("tag") or ""), "tag"),
         background=bool(f.get("background")),
-        user=check_user(_text_field(f, "user")),
+        user=check_user(optional_text(f, "user")),
         credit=True,
     )
 

@@ -28,7 +28,7 @@ from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
 from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, duplex
-from warren.cp.services.strict import check_text, json_object
+from warren.cp.services.strict import check_text, json_object, optional_text
 from warren.errors import InvalidRequest, PayloadTooLarge, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -82,15 +82,6 @@ def _size(f: Frame) -> pb.PtySize:
     return pb.PtySize(cols=_int(f, "cols", 1, MAX_DIM), rows=_int(f, "rows", 1, MAX_DIM))
 
 
-def _opt_text(f: Frame, key: str) -> str:
-    v = f.get(key)
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise InvalidRequest(f"{key} must be a string")
-    return check_text(v, key)
-
-
 def _control(raw: str | bytes) -> Frame:
     """A text frame as a JSON object (bounded), or a 400."""
     if isinstance(raw, bytes):
@@ -112,7 +103,7 @@ def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
         )
     if kind != "start":
         raise InvalidRequest("the first frame must be {'type': 'start', ...} or {'type': 'connect', 'pid'}")
-    cmd = _opt_text(f, "cmd")
+    cmd = optional_text(f, "cmd")
     args = f.get("args") or []
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise InvalidRequest("args must be a list of strings")
@@ -120,7 +111,8 @@ def first_request(sid: str, raw: str | bytes) -> pb.PtyRequest:
         raise InvalidRequest("args need a cmd")
     start = pb.PtyStart(
         sandbox_id=sid, size=_size(f), cmd=cmd, args=[check_text(a, "args") for a in args],
-        env=validate_env(f.get("env")), cwd=_opt_text(f, "cwd"), user=check_user(_opt_text(f, "user")),
+        env=validate_env(f.get("env")), cwd=optional_text(f, "cwd"),
+        user=check_user(optional_text(f, "user")),
         credit=True, output_credit=True,
     )  # fmt: skip
     return pb.PtyRequest(start=start)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
@@ -47,6 +48,17 @@ def check_text(value: str, what: str, *, nul_ok: bool = False) -> str:
     if problem is not None:
         raise InvalidRequest(f"invalid {what}: {problem}")
     return value
+
+
+def optional_text(obj: Mapping[str, Any], key: str) -> str:
+    """``obj[key]`` as request text (``check_text``), ``""`` when absent or null, or a 400 for
+    anything but a string (for fields of WebSocket frames, which no model parses)."""
+    v = obj.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise InvalidRequest(f"{key} must be a string")
+    return check_text(v, key)
 
 
 def json_object(raw: str | bytes | bytearray, not_json: str, not_object: str) -> dict[str, Any]:
