@@ -32,10 +32,11 @@ import json
 import logging
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from warren.agent.dns_proxy import Budget, DnsProxy, upstreams_from
 from warren.agent.egress import DNS_CHAIN, REJECT_ARGS, USER_CHAIN, host_resolvers, restore
@@ -81,14 +82,52 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _write_in_place(path: Path, text: str) -> None:
+async def _write_in_place(path: Path, text: str) -> None:
     """Rewrite a bind-mounted identity file keeping its inode (the sandbox sees the mount of
-    that inode). Its directory is the agent's own: no tenant path is resolved."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    that inode). Its directory is the agent's own: no tenant path is resolved.
+
+    Sandbox root owns the file, so it may hold a lease on it (``fcntl(F_SETLEASE)``), and a
+    plain open then waits up to ``/proc/sys/fs/lease-break-time`` (45 s) for it: done on the
+    event loop, that froze the whole agent. The open is tried without blocking; under a lease
+    (which that try starts breaking) the blocking open waits in a thread of its own, and only
+    this sandbox's update waits. While it waits the file counts as open for writing, so no new
+    lease can be taken: it ends within the kernel's break time."""
+    flags = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except BlockingIOError:
+        fd = await _open_in_thread(path, flags)
     try:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+async def _open_in_thread(path: Path, flags: int) -> int:
+    """``os.open`` in a daemon thread of its own (not the loop's executor, whose few threads a
+    tenant's leases could all hold), its fd handed to the awaiting coroutine."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def settle(fd: int | None, error: BaseException | None) -> None:
+        if done.cancelled():  # the update was given up: the fd is nobody's
+            if fd is not None:
+                os.close(fd)
+        elif error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(cast(int, fd))
+
+    def work() -> None:
+        try:
+            fd = os.open(path, flags)
+        except BaseException as e:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, fd, None)
+
+    threading.Thread(target=work, name="egress-resolv-open", daemon=True).start()
+    return await done
 
 
 class SandboxEgress:
@@ -164,7 +203,7 @@ class SandboxEgress:
                     raise
             if old.has_names != rules.has_names:
                 state.rules = rules
-                self._point_resolv(slot, state)
+                await self._point_resolv(slot, state)
         log.info(
             "event=egress_rules_applied slot=%d allow=%d deny=%d names=%s",
             slot.index, len(rules.allow_cidrs) + len(rules.allow_names),
@@ -197,7 +236,7 @@ class SandboxEgress:
             await self._stop_proxy(state)
 
     @staticmethod
-    def _point_resolv(slot: Slot, state: _SlotState) -> None:
+    async def _point_resolv(slot: Slot, state: _SlotState) -> None:
         if state.resolv is None:
             return
         if state.rules.has_names:
@@ -205,7 +244,7 @@ class SandboxEgress:
         else:  # the host's resolvers again, as at create (never the file's own text: the tenant's)
             text = "".join(f"nameserver {ip}\n" for ip in host_resolvers())
         with contextlib.suppress(FileNotFoundError):  # a sandbox being destroyed
-            _write_in_place(state.resolv, text)
+            await _write_in_place(state.resolv, text)
 
     async def _start_proxy(self, slot: Slot, state: _SlotState) -> None:
         upstreams = upstreams_from(self.dns_upstream)

@@ -1,0 +1,179 @@
+"""Session 12's attack on the host side: the agent (root) touching what a sandbox controls.
+
+Each probe is run as the tenant would: the public API with its key and scripts inside its own
+sandboxes. The host-side checks (``/proc/locks``, ``ss``) only observe; they are the oracle.
+
+* A lease on ``/etc/resolv.conf`` (sandbox root owns that identity file, so the kernel lets it
+  hold one): changing the sandbox's egress rules made the agent open the file on its event
+  loop, which waited for the lease break (45 s, or until the holder let go) with every other
+  sandbox's call. Fixed: the agent's loop never waits for a lease.
+* The sandbox's resolver over TCP, queries sent and answers never read: each connection stayed
+  open for good, its answers held in the agent's buffers (and kept after the sandbox was gone).
+  Fixed: an answer not taken within the idle time resets the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.harness.platform import Platform
+from tests.harness.tenant import Tenant
+from tests.security.attack_helpers import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
+
+# Inside the sandbox, as root: a lease on the resolv.conf the agent rewrites, never let go.
+LEASE_HOLDER = r"""
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # asked to let go: it does not
+write = sys.argv[1] == "write"
+fd = os.open("/etc/resolv.conf", os.O_RDWR if write else os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK if write else fcntl.F_RDLCK)
+with open("/tmp/leased.tmp", "w") as f:
+    f.write(str(os.fstat(fd).st_ino))
+os.rename("/tmp/leased.tmp", "/tmp/leased")
+while True:
+    time.sleep(3600)
+"""
+
+
+def _lease_line(inode: int) -> str | None:
+    """The ``/proc/locks`` line of a lease on ``inode``, if there is one."""
+    with open("/proc/locks") as f:
+        for line in f:
+            if " LEASE " in f" {line} " and re.search(rf":{inode} ", line):
+                return line
+    return None
+
+
+def _start(t: Tenant, sb: str, name: str, script: str, *args: str) -> None:
+    run = f"nohup python3 /tmp/{name}.py {' '.join(args)} >/tmp/{name}.log 2>&1 &"
+    t.sh(sb, f"cat > /tmp/{name}.py <<'EOF'\n{script}\nEOF\n{run}")
+
+
+def _out(t: Tenant, sb: str, script: str) -> str:
+    """The stripped stdout of ``script`` in the sandbox ("" while it fails)."""
+    return str(t.x(sb, script).json()["stdout"]).strip()
+
+
+@pytest.mark.parametrize("kind", ["read", "write"])
+def test_a_lease_on_resolv_conf_does_not_stall_the_agent(
+    platform: Platform, alice: Tenant, bob: Tenant, kind: str
+) -> None:
+    attacker, victim = alice.create(), bob.create()
+    holder = 0
+    try:
+        _start(alice, attacker, "hold", LEASE_HOLDER, kind)
+        inode = int(wait_until(lambda: _out(alice, attacker, "cat /tmp/leased"), 60, "the lease"))
+        assert _lease_line(inode) is not None, "the lease is not in /proc/locks"
+        # A name rule: the agent points the sandbox's resolv.conf at its own resolver.
+        result: dict[str, httpx.Response] = {}
+        rules, path = {"allow_out": ["example.com"]}, f"/v1/sandboxes/{attacker}/network"
+        patch = threading.Thread(
+            target=lambda: result.setdefault("r", alice.w("PATCH", path, rules, 300)), daemon=True
+        )
+        patch.start()
+        line = wait_until(lambda: (ln := _lease_line(inode)) and "BREAKING" in ln and ln, 60, "its break")
+        holder = int(line.split()[4])
+        # Another tenant's call while the lease is being broken: answered without waiting for it.
+        assert bob.sh(victim, "echo alive").strip() == "alive"
+        still = _lease_line(inode)
+        assert still is not None and "BREAKING" in still, (
+            "bob's exec was answered only once alice's lease was gone: the agent waited for it"
+        )
+        # The holder goes (the kernel would end the lease at lease-break-time): the update lands.
+        os.kill(holder, signal.SIGKILL)
+        holder = 0
+        patch.join(120)
+        assert not patch.is_alive() and result["r"].status_code == 200, result
+        gateway = alice.sh(attacker, "cat /etc/resolv.conf").split()
+        assert gateway[0] == "nameserver" and ipaddress.ip_address(gateway[1]).is_private, gateway
+    finally:
+        if holder:
+            os.kill(holder, signal.SIGKILL)
+        alice.w("DELETE", f"/v1/sandboxes/{attacker}")
+        bob.w("DELETE", f"/v1/sandboxes/{victim}")
+
+
+# Inside the sandbox: four TCP connections to its resolver (the most it may hold), each sent
+# queries for a denied name (answered at once) and never read; they stay open.
+TCP_FLOOD = r"""
+import socket, struct, sys, threading, time
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in "blocked.example".split(".")) + b"\0\0\1\0\1"
+msg = struct.pack("!H", len(q)) + q
+socks, sent = [], []
+def flood(s):
+    s.settimeout(20)
+    n = 0
+    try:
+        for _ in range(4000):
+            s.sendall(msg * 16); n += 16
+    except OSError:
+        pass
+    sent.append(n)
+for _ in range(4):
+    s = socket.create_connection((server, 53), timeout=10)
+    socks.append(s)
+ts = [threading.Thread(target=flood, args=(s,)) for s in socks]
+for t in ts: t.start()
+for t in ts: t.join()
+open("/tmp/flooded", "w").write(" ".join(map(str, sent)))
+while True:
+    time.sleep(3600)
+"""
+
+# Inside the sandbox: one query over TCP, the answer's rcode (3: NXDOMAIN) or the error.
+TCP_QUERY = r"""
+import socket, struct
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+q = struct.pack("!HHHHHH", 0x4343, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in "blocked.example".split(".")) + b"\0\0\1\0\1"
+try:
+    s = socket.create_connection((server, 53), timeout=10); s.settimeout(10)
+    s.sendall(struct.pack("!H", len(q)) + q)
+    r = s.recv(2 + 512)
+    print("rcode", r[2 + 3] & 0xF if len(r) > 5 else "short")
+except OSError as e:
+    print("error", type(e).__name__)
+"""
+
+
+def _resolver_conns(sandbox_ip: str) -> int:
+    """TCP connections the agent's resolvers hold with ``sandbox_ip`` (the host's netns)."""
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", "( sport = :53 )", "dst", sandbox_ip],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return len([ln for ln in out.splitlines() if ln.strip()])
+
+
+def test_unread_dns_answers_do_not_hold_the_resolver(platform: Platform, alice: Tenant) -> None:
+    sb = alice.create(network={"deny_out": ["blocked.example"]})
+    try:
+        ip = alice.w("GET", f"/v1/sandboxes/{sb}").json()["host_ip"]
+        _start(alice, sb, "flood", TCP_FLOOD)
+        sent = wait_until(lambda: _out(alice, sb, "cat /tmp/flooded"), 120, "the flood")
+        assert sum(map(int, sent.split())) > 0, sent
+        # The agent stopped reading them (its answers unread): every connection is reset within
+        # its idle time, not kept for good.
+        deadline = time.monotonic() + 60
+        while _resolver_conns(ip) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _resolver_conns(ip) == 0, "the resolver still holds connections nobody reads"
+        # The resolver answers the sandbox over TCP again (its 4 connections came back).
+        out = alice.sh(sb, f"cat > /tmp/q.py <<'EOF'\n{TCP_QUERY}\nEOF\npython3 /tmp/q.py")
+        assert json.dumps(out.split()) == json.dumps(["rcode", "3"]), out
+    finally:
+        alice.w("DELETE", f"/v1/sandboxes/{sb}")
