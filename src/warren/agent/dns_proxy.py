@@ -10,7 +10,8 @@ connection that follows finds its rule in place; any other name is forwarded as 
 
 Bounded: queries in flight and TCP connections per sandbox, queries forwarded at once by all
 the resolvers together, message sizes (a UDP datagram, a TCP message's 2-byte length), an idle
-TCP connection's life, the upstream's time to answer.
+TCP connection's life, the time a TCP client has to read its answers (then it is reset),
+the upstream's time to answer.
 A query from any address but the sandbox's own is ignored.
 """
 
@@ -186,6 +187,7 @@ class DnsProxy:
         self._tcp: asyncio.Server | None = None
         self._inflight = 0
         self._tcp_conns = 0
+        self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -207,6 +209,11 @@ class DnsProxy:
             self._tcp.close()
         for t in list(self._tasks):
             t.cancel()
+        for w in list(self._tcp_writers):  # Server.close leaves open connections open
+            if w.transport.get_write_buffer_size():
+                _reset(w)
+            else:
+                w.close()
         self._udp = self._tcp = None
 
     # ------------------------------------------------------------------------- answering
@@ -273,6 +280,7 @@ class DnsProxy:
             writer.close()
             return
         self._tcp_conns += 1
+        self._tcp_writers.add(writer)
         try:
             while True:
                 async with asyncio.timeout(TCP_IDLE_S):
@@ -282,12 +290,28 @@ class DnsProxy:
                 if resp is None:
                     break
                 writer.write(struct.pack("!H", len(resp)) + resp)
-                await writer.drain()
+                # A client that sends queries and never reads the answers: without a deadline
+                # here the connection (and the answers in the agent's and the kernel's buffers)
+                # stayed for good, even after its sandbox was gone.
+                async with asyncio.timeout(TCP_IDLE_S):
+                    await writer.drain()
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
-            pass
+            if writer.transport.get_write_buffer_size():
+                _reset(writer)
         finally:
             self._tcp_conns -= 1
+            self._tcp_writers.discard(writer)
             writer.close()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close at once, dropping what is buffered both in the agent and in the kernel (an RST):
+    a plain close would wait for a client that does not read."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 class _Udp(asyncio.DatagramProtocol):
