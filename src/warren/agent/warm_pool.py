@@ -51,6 +51,7 @@ from warren.agent.record import HostSandbox
 from warren.agent.sandbox_fs import MAPPED_BASE
 from warren.agent.teardown import Teardown
 from warren.agent.templates import TemplateRef
+from warren.aio import cancel_and_wait
 from warren.egress_rules import EgressRules
 from warren.errors import InvalidRequest, InvalidState, WarrenError
 
@@ -239,9 +240,7 @@ class WarmPools:
         """Stop refilling and destroy every member (a stopping agent, Terminate)."""
         self._suspended = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.clear(reason="stop")
 
