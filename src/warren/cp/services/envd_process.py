@@ -23,7 +23,7 @@ from warren.cp.services import envd_input
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user
 from warren.cp.services.sandboxes import Found
-from warren.cp.services.strict import check_text
+from warren.cp.services.strict import check_text, optional_text_value
 from warren.errors import AgentError, InvalidRequest, NotFound, ServiceUnavailable
 from warren.rpc import hostagent_pb2 as pb
 
@@ -179,22 +179,14 @@ def spec(
         cmd=check_text(cmd, "process.cmd"),
         args=[check_text(a, "process.args") for a in arg_list],
         env=validate_env(env if env is not None else {}),
-        cwd=check_text(_opt_str(cwd, "process.cwd"), "process.cwd"),
-        tag=check_text(_opt_str(tag, "tag"), "tag"),
+        cwd=optional_text_value(cwd, "process.cwd"),
+        tag=optional_text_value(tag, "tag"),
         stdin=stdin,
         user=check_user(user) or None if user is not None else None,
         pty=size,
         timeout_ms=timeout_ms,
         keepalive_s=keepalive_s,
     )
-
-
-def _opt_str(v: object, what: str) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise InvalidRequest(f"{what} must be a string")
-    return v
 
 
 def _dim(v: object, what: str) -> int:

@@ -53,12 +53,17 @@ def check_text(value: str, what: str, *, nul_ok: bool = False) -> str:
 def optional_text(obj: Mapping[str, Any], key: str) -> str:
     """``obj[key]`` as request text (``check_text``), ``""`` when absent or null, or a 400 for
     anything but a string (for fields of WebSocket frames, which no model parses)."""
-    v = obj.get(key)
+    return optional_text_value(obj.get(key), key)
+
+
+def optional_text_value(v: object, what: str) -> str:
+    """``v`` as request text named ``what`` in its 400: ``""`` for None, a 400 for a non-string
+    (fields no model parses: WebSocket frames, Connect messages)."""
     if v is None:
         return ""
     if not isinstance(v, str):
-        raise InvalidRequest(f"{key} must be a string")
-    return check_text(v, key)
+        raise InvalidRequest(f"{what} must be a string")
+    return check_text(v, what)
 
 
 def json_object(raw: str | bytes | bytearray, not_json: str, not_object: str) -> dict[str, Any]:
