@@ -22,8 +22,9 @@ Which routes are read how is the app's ``Rules`` (the main API's: ``MAIN_API``; 
 has its own, cp/e2b/app.py; one ``BodyBudget`` per process serves both):
 
 - ``BUFFER``: read whole here, as above.
-- ``OWN``: the route reads its own body, neither charged nor timed: it authenticates before it
-  reads a byte, and its body is a stream with no end in sight (a file stream, an E2B stdin).
+- ``OWN``: the route reads its own body, neither charged nor timed here: a stream whose
+  messages may be minutes apart (an E2B ``StreamInput``), which paces each message itself with
+  this module's ``Pace``.
 - ``Streamed(window)``: an upload the route streams (to a spool file, to a sandbox) under its own
   caps. It is never refused for its size here; while it is read it is charged ``window`` bytes
   (what it holds in memory at once: uvicorn stops reading a connection 64 KiB ahead of the app,
@@ -31,8 +32,14 @@ has its own, cp/e2b/app.py; one ``BodyBudget`` per process serves both):
   time waited for bytes may not pass ``WARREN_BODY_READ_TIMEOUT_S`` plus one second per
   ``WARREN_BODY_MIN_UPLOAD_RATE_KIB_S`` KiB received (408 past it), so an upload at any useful
   rate takes as long as it needs and a stalled or trickled one goes.
+  The main API's file uploads (``/files/write``, ``/files/stream/write``) are ``Streamed(0)``:
+  paced, and not charged (they authenticate before they read a byte, and what each holds is
+  gRPC's flow-control window, so a client syncing many files at once is not refused).
 - ``CAPPED``: the main API's signed upload URL, streamed through this middleware's upload cap
-  (``WARREN_MAX_UPLOAD_BYTES``), not charged.
+  (``WARREN_MAX_UPLOAD_BYTES``), paced as ``Streamed(0)``, not charged.
+
+Until session 12 the file uploads and the signed upload were read unpaced: a client trickling
+a byte a minute held its connection and the agent's file stream for ever.
 
 An upload content type sent to a ``BUFFER`` route buys nothing: that route buffers what it gets.
 """
@@ -75,8 +82,9 @@ Answer = Callable[[int, str, str], Response]
 _UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
 # Streaming uploads have no size limit (docs/spec.md §2.7), relayed, never buffered; the unary
 # upload caps its file part itself (services/files.py), not the form around it (D18). Both
-# authenticate before they read a byte.
-_OWN_SUFFIXES = ("/files/stream/write", "/files/write")
+# authenticate before they read a byte: paced, not charged.
+_FILE_SUFFIXES = ("/files/stream/write", "/files/write")
+FILE_UPLOAD = Streamed(0)
 # Template builds and imports: a JSON body or a multipart context/image spooled to disk under
 # their own caps (api/templates.py); the form's fields (a spec of up to 256 KiB, a few more) are
 # held while it is read: charged as one JSON body.
@@ -89,8 +97,8 @@ def main_api_rules(json_cap: int) -> Rules:
     """The main API's routes (see the module)."""
 
     def rules(path: str, content_type: str) -> Handling:
-        if path.endswith(_OWN_SUFFIXES):
-            return OWN
+        if path.endswith(_FILE_SUFFIXES):
+            return FILE_UPLOAD
         if path.endswith(_TEMPLATE_SUFFIXES):
             return Streamed(json_cap)
         if content_type.startswith(_UPLOAD_TYPES) and path.endswith(_CAPPED_SUFFIXES):
@@ -163,7 +171,7 @@ class _Refused(Exception):
 
 
 @dataclass
-class _Pace:
+class Pace:
     """A streamed upload's clock: the time the client kept the app waiting for bytes may not
     pass ``base_s`` plus one second per ``rate`` bytes received (only time spent waiting for
     the client counts: an app slow to read does not use the client's allowance)."""
@@ -224,7 +232,7 @@ class BodyCapMiddleware:
             if content_length is not None and content_length > self.upload_cap:
                 await self._refuse(scope, receive, send, _too_large(self.upload_cap))
                 return
-            await self._relay(scope, _capped(receive, self.upload_cap), send)
+            await self._paced(scope, _capped(receive, self.upload_cap), send, 0, content_length)
         else:
             await self._buffered(scope, receive, send, content_length)
 
@@ -272,12 +280,12 @@ class BodyCapMiddleware:
         self, scope: Scope, receive: Receive, send: Send, window: int, content_length: int | None
     ) -> None:
         """An upload the route streams: charged ``window`` (its declared length if smaller)
-        until its last byte is read, and paced (see ``_Pace``)."""
+        until its last byte is read, and paced (see ``Pace``)."""
         charge = _Charge(self.budget, self._address(scope))
         if not charge.take(min(window, content_length) if content_length is not None else window):
             await self._refuse(scope, receive, send, self._busy())
             return
-        pace = _Pace(self.read_timeout_s, self.min_upload_rate)
+        pace = Pace(self.read_timeout_s, self.min_upload_rate)
         done = False
 
         async def paced_receive() -> Message:
@@ -419,11 +427,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 __all__ = [
     "BUFFER",
     "CAPPED",
+    "FILE_UPLOAD",
     "OWN",
     "Answer",
     "BodyBudget",
     "BodyCapMiddleware",
     "Handling",
+    "Pace",
     "Rules",
     "Streamed",
     "main_api_rules",

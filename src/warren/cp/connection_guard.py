@@ -19,10 +19,14 @@ head size, not the httptools one uvicorn picks, and never its time.)
   upload) is drained for at most that long and that much: its answer has been sent.
 - **Connections**: at most ``WARREN_HTTP_MAX_CONNECTIONS`` open in this process (HTTP and
   WebSocket, on every listening socket; bounded below the open-file limit so the process keeps
-  fds for its database, agents and files) and ``WARREN_HTTP_MAX_CONNECTIONS_PER_ADDRESS`` HTTP
-  connections per client address (an IPv6 client counts as its /64; a peer listed in
-  ``WARREN_TRUSTED_PROXIES`` speaks for many clients and is not counted per address). The next
-  one is answered 503 ``too_many_connections`` and closed as soon as it is accepted.
+  fds for its database, agents and files) and ``WARREN_HTTP_MAX_CONNECTIONS_PER_ADDRESS`` per
+  client address, HTTP and upgraded WebSockets together (an IPv6 client counts as its /64; a
+  peer listed in ``WARREN_TRUSTED_PROXIES`` speaks for many clients and is not counted per
+  address). The next one is answered 503 ``too_many_connections`` and closed as soon as it is
+  accepted. An upgraded connection stays counted under its address until the WebSocket
+  protocol that took it over loses it (until session 12 it left the count at its upgrade: one
+  address held as many idle WebSockets as the process cap, preview WebSockets on public ports
+  counted by no team, and every team of a user's each holding its own stream cap).
 """
 
 from __future__ import annotations
@@ -139,11 +143,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._uncount()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        """The WebSocket protocol takes the connection over: it stays counted under its address
+        until that protocol loses it (the count is this protocol's to give back)."""
+        super().handle_websocket_upgrade()
+        self._disarm()
+        ws = self.transport.get_protocol()
+        if ws is self or self._address is None:
+            return
+        lost = ws.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                lost(exc)
+            finally:
+                self._uncount()
+
+        ws.connection_lost = connection_lost  # type: ignore[method-assign]
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.transport.get_protocol() is not self:  # upgraded to a WebSocket
             self._disarm()
-            self._uncount()
         elif not self._waiting_for_head():
             self._disarm()
             self._head_bytes = 0

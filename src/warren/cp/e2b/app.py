@@ -10,9 +10,10 @@ Both planes serve ``GET /health``, so the header decides first.
 
 The control API and envd read request bodies through the main port's body cap, on the same
 per-process budget (cp/body_cap.py): a JSON body is read whole, charged and timed before the
-route runs; envd's ``POST /files`` upload streams, charged a window and paced; its Connect
-streams (``application/connect+json``: a process's stdin may idle for minutes) read their own
-bodies after authentication. A sandbox port's traffic is relayed as it comes, like the main
+route runs; envd's ``POST /files`` upload streams, charged a window and paced (and capped in
+all by the route); its Connect streams (``application/connect+json``: a process's stdin may idle
+for minutes) read their own bodies after authentication, each message paced by the same rule
+(``cp/e2b/envd/connect.py``). A sandbox port's traffic is relayed as it comes, like the main
 port's preview proxy.
 """
 

@@ -8,6 +8,8 @@
 - **gzip uploads** (``Content-Encoding: gzip``) are inflated as they stream, a bounded piece at
   a time, and refused with 413 once the inflated size passes the upload cap: a gzip bomb costs
   the CP one chunk of memory and the sandbox nothing (the partial file is discarded).
+- **The upload's total** (every file of it, a gzip body both as sent and inflated) is at most
+  the platform's file limit (``UploadTotal``).
 - **gzip downloads** (``Accept-Encoding: gzip``) are deflated on the fly, chunk by chunk.
 """
 
@@ -56,6 +58,24 @@ def metadata_from_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
                 f"too much metadata (at most {MAX_METADATA_KEYS} keys and {MAX_METADATA_TOTAL} bytes)"
             )
     return out
+
+
+class UploadTotal:
+    """The bytes of one upload, all its files together, at most ``cap`` (the platform's file
+    limit, ``WARREN_MAX_UPLOAD_BYTES``): 413 past it, and the file being written is discarded.
+    Until session 12 an octet-stream upload and the sum of a multipart one's files had no bound
+    but the sandbox's disk (100 files of the cap each in one body)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.seen = 0
+
+    async def count(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.seen += len(chunk)
+            if self.seen > self.cap:
+                raise PayloadTooLarge(f"the upload is larger than {self.cap} bytes in all")
+            yield chunk
 
 
 async def gunzip(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]:

@@ -23,6 +23,7 @@ from warren.cp.e2b.envd.call import EnvdCall, envd_call
 from warren.cp.e2b.envd.connect import (
     ConnectError,
     as_connect_error,
+    client_stream_pace,
     end_stream,
     envelope,
     error_response,
@@ -105,7 +106,8 @@ async def rpc(request: Request) -> Response:
         if name in CLIENT_STREAMS:  # the reply is enveloped too, an error as the end of stream
             slot.claim(call.ctx, call.state.settings.max_streams_per_team)
             try:
-                reply = envelope(await CLIENT_STREAMS[name](call, read_envelopes(request))) + end_stream()
+                messages = read_envelopes(request, client_stream_pace(request))
+                reply = envelope(await CLIENT_STREAMS[name](call, messages)) + end_stream()
             except Exception as exc:
                 _log_failure(exc)
                 reply = end_stream(as_connect_error(exc))

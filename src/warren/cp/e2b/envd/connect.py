@@ -5,7 +5,9 @@ big-endian length) carrying JSON, the last one an end-of-stream envelope (flag 0
 
 Handlers are plain coroutines over dicts (proto3 JSON: lowerCamelCase names, int64 as strings,
 bytes as base64, enums by name); this module frames them and turns errors into Connect's
-shapes. Every byte a client sends is bounded.
+shapes. Every byte a client sends is bounded, and so is its time: a stream's request messages
+are paced as uploads are (``cp/body_cap.Pace``; until session 12 a client trickling a byte a
+minute held a stream slot for ever).
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from warren import errors
+from warren.cp.body_cap import Pace
 from warren.cp.e2b.errors import connect_code
 from warren.cp.http_errors import status_and_code
+from warren.cp.state import state_of
 
 MAX_MESSAGE = 4 << 20  # one request message (a file is sent through /files, not RPC)
+# A client stream's messages may be this many body deadlines (WARREN_BODY_READ_TIMEOUT_S, 30 s:
+# 120 s) apart: E2B's SDK sends a StreamInput keepalive every 50 s when it has no input.
+IDLE_DEADLINES = 4
 FLAG_COMPRESSED = 0x01
 FLAG_END_STREAM = 0x02
 
@@ -125,11 +132,55 @@ async def read_unary(request: Request) -> Message:
     return decode_message(await _body(request, MAX_MESSAGE))
 
 
-async def read_envelopes(request: Request) -> AsyncIterator[Message]:
-    """The request messages of a streaming call, one envelope at a time, as they arrive."""
+class _PacedBody:
+    """A stream's request body, each message paced by the upload rule (``body_cap.Pace``): the
+    time spent waiting for a message's bytes may not pass ``base_s`` plus one second per
+    ``WARREN_BODY_MIN_UPLOAD_RATE_KIB_S`` KiB of it; the clock starts again for the next one.
+    Past it the call ends with ``deadline_exceeded`` and its stream slot comes back."""
+
+    def __init__(self, request: Request, base_s: float) -> None:
+        settings = state_of(request).settings
+        self.receive, self.base_s = request.receive, base_s
+        self.rate = float(settings.body_min_upload_rate_kib_s * 1024)
+        self.pace = Pace(base_s, self.rate)
+        self.more = True
+
+    def next_message(self) -> None:
+        self.pace = Pace(self.base_s, self.rate)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.more:
+            try:
+                message = await self.pace.receive(self.receive)
+            except TimeoutError:
+                raise ConnectError(
+                    "deadline_exceeded",
+                    f"the request message did not arrive in time ({self.base_s:g} s, plus one second "
+                    f"per {int(self.rate) >> 10} KiB of it)",
+                ) from None
+            if message["type"] != "http.request":
+                return  # the client went away
+            self.more = bool(message.get("more_body", False))
+            yield message.get("body", b"")
+
+
+def server_stream_pace(request: Request) -> float:
+    """A server stream's one request message: the JSON body's deadline."""
+    return float(state_of(request).settings.body_read_timeout_s)
+
+
+def client_stream_pace(request: Request) -> float:
+    """Each message of a client stream (``StreamInput``): ``IDLE_DEADLINES`` body deadlines."""
+    return IDLE_DEADLINES * server_stream_pace(request)
+
+
+async def read_envelopes(request: Request, base_s: float) -> AsyncIterator[Message]:
+    """The request messages of a streaming call, one envelope at a time, as they arrive, each
+    within ``base_s`` and the upload pace (``_PacedBody``)."""
     _check_content_type(request, "application/connect+json")
+    body = _PacedBody(request, base_s)
     buf = bytearray()
-    async for chunk in request.stream():
+    async for chunk in body:
         buf += chunk
         while len(buf) >= 5:
             flags, size = buf[0], int.from_bytes(buf[1:5], "big")
@@ -141,6 +192,7 @@ async def read_envelopes(request: Request) -> AsyncIterator[Message]:
                 break
             payload = bytes(buf[5 : 5 + size])
             del buf[: 5 + size]
+            body.next_message()
             if flags & FLAG_END_STREAM:
                 return
             yield decode_message(payload)
@@ -151,8 +203,8 @@ async def read_envelopes(request: Request) -> AsyncIterator[Message]:
 
 
 async def read_one_envelope(request: Request) -> Message:
-    """The single request message of a server-streaming call."""
-    async for msg in read_envelopes(request):
+    """The single request message of a server-streaming call, within the JSON body deadline."""
+    async for msg in read_envelopes(request, server_stream_pace(request)):
         return msg
     raise ConnectError("invalid_argument", "no request message")
 

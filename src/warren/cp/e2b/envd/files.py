@@ -5,7 +5,8 @@
 - ``POST /files?path=&username=``: ``multipart/form-data`` (parts named ``file``, each part's
   filename its path unless ``?path=`` names the single file; each file at most the upload cap)
   or ``application/octet-stream`` with ``?path=`` (streamed; ``Content-Encoding: gzip`` is
-  inflated as it streams, at most the upload cap inflated). ``X-Metadata-<key>`` headers become
+  inflated as it streams, at most the upload cap inflated). One upload's files together, and an
+  octet-stream body as sent, are at most the upload cap (413). ``X-Metadata-<key>`` headers become
   the files' metadata. Parents are made, an existing file is replaced. 200
   ``[{name, type: "file", path, metadata?}]``.
 
@@ -34,6 +35,9 @@ from warren.cp.services.envd_access import sandbox_access
 from warren.cp.services.envd_tokens import envd_access_token
 from warren.cp.state import state_of
 
+# What a multipart upload may carry beyond its files' bytes (part heads, boundaries, fields), as
+# the main API's unary upload allows.
+FORM_SLACK = 1 << 20
 # A file the guest could not write for want of space: E2B's 507 (the SDK's "not enough space").
 _NO_SPACE = 507
 
@@ -161,7 +165,11 @@ async def _multipart(
         raise errors.InvalidRequest("a multipart upload cannot be Content-Encoded; send octet-stream")
     # A signed URL signs ``?path=`` only: it writes there, whatever the part names.
     path = _required_path(request) if _signed(request) else _path(request)
-    parts = FileParts(request.headers.get("content-type", ""), request.stream(), cap)
+    # The form as sent (parts not named ``file`` are read and dropped: bounded too) and its
+    # files together.
+    body = envd_files.UploadTotal(cap + FORM_SLACK).count(request.stream())
+    parts = FileParts(request.headers.get("content-type", ""), body, cap)
+    total = envd_files.UploadTotal(cap)
     written: list[str] = []
     while (filename := await parts.next_file()) is not None:
         if path is not None and written:
@@ -169,7 +177,7 @@ async def _multipart(
         target = path if path is not None else envd_fs.sandbox_path(filename)
         if not filename and path is None:
             raise errors.InvalidRequest("each file part needs its path as its filename")
-        await files.write_stream(tgt, target, parts.data(), metadata)
+        await files.write_stream(tgt, target, total.count(parts.data()), metadata)
         written.append(target)
     if not written:
         raise errors.InvalidRequest("no file part (named 'file') in the upload")
@@ -178,9 +186,11 @@ async def _multipart(
 
 async def _octets(request: Request, tgt: files.UploadTarget, metadata: dict[str, str], cap: int) -> list[str]:
     path = _required_path(request)
-    chunks: AsyncIterator[bytes] = request.stream()
+    # The body as sent is capped (gzip's empty members inflate to nothing, so only this bounds
+    # them), and so is what it inflates to (a gzip bomb).
+    chunks: AsyncIterator[bytes] = envd_files.UploadTotal(cap).count(request.stream())
     if _encoding(request) == "gzip":
-        chunks = envd_files.gunzip(chunks, cap)  # the inflated size is capped (a gzip bomb)
+        chunks = envd_files.gunzip(chunks, cap)
     await files.write_stream(tgt, path, chunks, metadata)
     return [path]
 
