@@ -6,13 +6,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.warren-setup-stamp
+# The layer image converter's compiled fast path (native/layer_convert.c), beside the venv's
+# python where the agent looks for it (agent/layer_convert.py). A failed build fails setup.
+CONVERTER := $(VENV)/bin/warren-layer-convert
+CC := gcc
 
 # System packages the platform and its test suite need. One list: append to it.
 #   runc, crun: OCI runtimes for sandboxes; debootstrap: builds the base template rootfs;
 #   iptables, iproute2: per-sandbox network namespaces and NAT; uidmap: user-namespace id maps;
 #   chromium: the dashboard's browser tests (Playwright drives the Debian build);
-#   squashfs-tools-ng: tar2sqfs, layers installed as squashfs images (docs/templates.md §2).
-APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap squashfs-tools-ng
+#   squashfs-tools-ng: tar2sqfs, layers installed as squashfs images (docs/templates.md §2);
+#   gcc: builds the layer converter's fast path ($(CONVERTER)).
+APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap squashfs-tools-ng gcc
 
 # Parallel where safe: test files are spread over workers (a file's tests stay together, as
 # they share module-scoped fixtures). Tests marked `serial` run afterwards, alone. Three workers
@@ -31,7 +36,10 @@ help:
 	@echo "make bench   run every benchmark in bench/ and print their tables"
 	@echo "make setup   apt packages (as root, when missing) and the .venv"
 
-setup: apt-packages $(STAMP)
+setup: apt-packages $(STAMP) $(CONVERTER)
+
+$(CONVERTER): native/layer_convert.c $(STAMP)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 # Installs only what is missing, so a set-up machine pays one dpkg query, not an apt run.
 apt-packages:

@@ -15,8 +15,12 @@ best and median of --runs, in MB/s of tar bytes:
               squashfs image it loop-mounts (or, with --extract or on a host without tar2sqfs,
               extracts it), the layer deleted there first: what a host that lacks a layer
               waits for. Target: >= 200 MB/s.
-  agent ms    the median CPU time of the agent process per push (its threads; not its
-              children: the layer converter's process and tar2sqfs)
+  CPU ms      the median CPU time per push (ms), of: the CP's side ("cp": this process, which
+              reads the store and sends the messages), the agent process itself ("agent": its
+              threads), the layer converter's processes ("conv") and the rest of the agent's
+              children ("t2s": tar2sqfs, with its setpriv/prlimit execs); "all" is their sum.
+              The children are counted by a cpuacct cgroup (v1) per agent and one per converter
+              server; without cgroup v1's cpuacct only "cp" and "agent" are printed.
 
 With ``--baseline-src DIR`` (e.g. ``git archive <commit> src | tar -x -C DIR``) a second agent
 runs DIR/src's code beside this tree's, and the push runs alternate between the two (baseline,
@@ -32,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import statistics
 import sys
 import tarfile
@@ -136,10 +142,74 @@ def agent_cpu_ms(pid: int) -> int:
     return (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_ms() -> float:
+    """CPU time of this process (the CP's side of a push: store reads, gRPC sends), in ms."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (ru.ru_utime + ru.ru_stime) * 1000
+
+
+class CpuMeter:
+    """Per-push CPU of an agent and its children: a cpuacct cgroup (v1) for the agent (so its
+    tar2sqfs runs, forked later, land in it) and one for its converter server (whose forked
+    children convert the layers). Only where cgroup v1's cpuacct is mounted."""
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.pid = pid
+        tag = f"warren-bench-{os.getpid()}-{name.replace(' ', '-')}"
+        self.groups: dict[str, Path] = {}
+        if not (self.ROOT / "cpuacct.usage").exists():
+            return
+        for part in ("agent", "conv"):
+            g = self.ROOT / f"{tag}-{part}"
+            g.mkdir(exist_ok=True)
+            self.groups[part] = g
+        (self.groups["agent"] / "cgroup.procs").write_text(str(pid))
+        for child in _children(pid):
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"convert_server" in cmd:
+                (self.groups["conv"] / "cgroup.procs").write_text(str(child))
+
+    def sample(self) -> dict[str, float]:
+        got: dict[str, float] = {"cp": own_cpu_ms(), "agent": agent_cpu_ms(self.pid)}
+        for part, g in self.groups.items():
+            got[part + "_cg"] = int((g / "cpuacct.usage").read_text()) / 1e6
+        return got
+
+    @staticmethod
+    def per_push(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """cp, agent and, with the cgroups, conv, t2s (the agent's group less the agent) and all."""
+        d = {k: after[k] - before[k] for k in after}
+        out = {"cp": d["cp"], "agent": d["agent"]}
+        if "conv_cg" in d:
+            out["conv"] = d["conv_cg"]
+            out["t2s"] = max(d["agent_cg"] - d["agent"], 0.0)
+            out["all"] = d["cp"] + d["agent_cg"] + d["conv_cg"]
+        return out
+
+    def close(self) -> None:
+        """The groups removed once their processes are gone (the agent stopped)."""
+        for g in self.groups.values():
+            for pid in (g / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (self.ROOT / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(OSError):
+                g.rmdir()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 async def bench_layer(
     store: LayerStore,
     clients: dict[str, HostClient],
-    pids: dict[str, int],
+    meters: dict[str, CpuMeter],
     label: str,
     tar: Path,
     runs: int,
@@ -149,21 +219,23 @@ async def bench_layer(
     put, _ = await best(runs, size, lambda: store.put(file_chunks(tar), max_bytes=size))
     read, _ = await best(runs, size, lambda: drain(store, meta.digest))
     rates: dict[str, list[float]] = {name: [] for name in clients}
-    cpu: dict[str, list[int]] = {name: [] for name in clients}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in clients}
     for _ in range(runs):  # alternated, so that both see the same load
         for name, client in clients.items():
             await client.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[meta.digest]), timeout=120)
-            cpu0 = agent_cpu_ms(pids[name])
+            cpu0 = meters[name].sample()
             t = time.perf_counter()
             await push_layer(store, client, HOST, meta.digest, size)
             rates[name].append(size / MB / (time.perf_counter() - t))
-            cpu[name].append(agent_cpu_ms(pids[name]) - cpu0)
+            cpu[name].append(CpuMeter.per_push(cpu0, meters[name].sample()))
     for name, got in rates.items():
+        parts = cpu[name][0].keys()
+        ms = " ".join(f"{k} {statistics.median(c[k] for c in cpu[name]):.0f}" for k in parts)
         print(
             f"  {label:<8} {size / MB:>7.1f} {put:>8.0f} {read:>8.0f} {max(got):>8.0f} "
-            f"{statistics.median(got):>10.0f} {statistics.median(cpu[name]):>9.0f}  "
-            f"{name}: {' '.join(f'{r:.0f}' for r in got)}"
+            f"{statistics.median(got):>10.0f}  {name}: {' '.join(f'{r:.0f}' for r in got)}"
         )
+        print(f"  {'':<8} CPU ms per push, median: {ms}")
     return meta.digest
 
 
@@ -171,16 +243,16 @@ async def bench_store(
     name: str,
     store: LayerStore,
     clients: dict[str, HostClient],
-    pids: dict[str, int],
+    meters: dict[str, CpuMeter],
     tars: dict[str, Path],
     runs: int,
 ) -> dict[str, str]:
     print(f"\n{name}: MB/s (best of {runs}; push also its median), load {os.getloadavg()}")
-    head = f"{'layer':<8} {'MB':>7} {'put':>8} {'read':>8} {'push':>8} {'push p50':>10} {'agent ms':>9}"
+    head = f"{'layer':<8} {'MB':>7} {'put':>8} {'read':>8} {'push':>8} {'push p50':>10}"
     print(f"  {head}  agent: runs")
     digests = {}
     for label, tar in tars.items():
-        digests[label] = await bench_layer(store, clients, pids, label, tar, runs)
+        digests[label] = await bench_layer(store, clients, meters, label, tar, runs)
     print(f"  load after: {os.getloadavg()}")
     return digests
 
@@ -248,6 +320,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     agents: list[AgentProcess] = []
     clients: dict[str, HostClient] = {}
     moto: MotoServer | None = None
+    meters: dict[str, CpuMeter] = {}
     try:
         if args.baseline_src:
             src = str(Path(args.baseline_src).resolve() / "src")
@@ -263,9 +336,11 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             moto.make_bucket("bench")
             stores["s3 (moto)"] = S3Store("bench", "b", endpoint_url=moto.url, spool_dir=work / "spool")
         digests = {}
+        for name, agent in zip(clients, agents, strict=True):
+            assert agent.proc is not None
+            meters[name] = CpuMeter(name, agent.proc.pid)
         for name, store in stores.items():
-            pids = {name: a.proc.pid for name, a in zip(clients, agents, strict=True) if a.proc is not None}
-            digests = await bench_store(name, store, clients, pids, tars, args.runs)
+            digests = await bench_store(name, store, clients, meters, tars, args.runs)
         if args.creates:
             await bench_create(stores["directory"], client, digests, tars, args.creates)
     finally:
@@ -275,6 +350,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             await asyncio.to_thread(a.stop)
         if moto is not None:
             moto.stop()
+        for m in meters.values():
+            m.close()
 
 
 def main() -> None:

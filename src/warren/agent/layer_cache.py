@@ -119,7 +119,8 @@ class LayerCache:
         if self._want_images:
             got = layer_image.support()
             self.images = got.ok
-            log.info("event=layer_install_mode images=%s detail=%r", got.ok, got.detail)
+            native = layer_convert.native_converter()
+            log.info("event=layer_install_mode images=%s detail=%r native=%s", got.ok, got.detail, native)
             if got.ok:
                 try:  # its imports now, not on the first layer's way
                     layer_convert.warm()
@@ -262,14 +263,15 @@ class LayerCache:
         """Receive, hash and convert at once: the converter and ``tar2sqfs`` take each chunk as it
         arrives (``layer_image.StreamedImage``). The image is only mounted once the digest
         matched; a mismatch discards it (``DATA_LOSS``, nothing kept). The tar is still written,
-        for a layer only extraction can install."""
+        for a layer only extraction can install, and for one the native converter declines (the
+        Python one converts it again from the tar: ``layer_image.rebuild``)."""
         work = self._temp_path()
         work.mkdir(mode=0o700)
         image: layer_image.StreamedImage | None = None
         try:
             try:
                 image = layer_image.StreamedImage(
-                    work, size=size, uid_base=MAPPED_BASE, max_bytes=self.max_bytes
+                    work, size=size, uid_base=MAPPED_BASE, max_bytes=self.max_bytes, native=True
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 log.warning("event=layer_image_failed digest=%s error=%s", digest, e)
@@ -372,7 +374,11 @@ class LayerCache:
         if self.images:
             try:
                 if image is not None:
-                    image.finish()
+                    try:
+                        image.finish()
+                    except layer_image.ConverterDeclined as e:  # the Python converter's, then
+                        log.info("event=layer_native_declined digest=%s reason=%r", digest, str(e)[:200])
+                        layer_image.rebuild(tar, work, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
                 else:
                     layer_image.build_image(tar, work, uid_base=MAPPED_BASE, max_bytes=self.max_bytes)
                 layer_image.mount_image(work, work / LAYER_TREE)

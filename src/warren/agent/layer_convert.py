@@ -23,6 +23,10 @@ import threading
 from warren.layers import LayerStats
 from warren.layers.convert_server import result_of
 
+# The compiled converter (native/layer_convert.c), which `make setup` builds beside the venv's
+# python: plain layers convert in a few ms of CPU instead of ~100 (docs/benchmarks.md, session
+# 12). Without it every layer takes the Python converter: the same answers, slower.
+NATIVE_NAME = "warren-layer-convert"
 NOBODY = 65534
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 4 << 20  # how far the agent may run ahead of the converter (root may exceed 1 MiB)
@@ -59,6 +63,12 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def native_converter() -> str | None:
+    """The compiled converter's path, or None when it is not built (see NATIVE_NAME)."""
+    path = os.path.join(os.path.dirname(sys.executable), NATIVE_NAME)
+    return path if os.access(path, os.X_OK) else None
 
 
 def warm() -> None:
@@ -107,10 +117,15 @@ def _start() -> tuple[subprocess.Popen[bytes], socket.socket]:
 
 class Conversion:
     """One layer being converted into ``out_fd`` (``tar2sqfs``' stdin, which the caller closes
-    once this is made): :meth:`put` its chunks, :meth:`close`, then :meth:`result`."""
+    once this is made): :meth:`put` its chunks, :meth:`close`, then :meth:`result`. With
+    ``native`` by the compiled converter where it is built (which may decline the layer:
+    ``ConverterDeclined``), else by the Python one."""
 
-    def __init__(self, out_fd: int, *, uid_base: int, max_bytes: int, cpu_s: int) -> None:
-        request = json.dumps({"uid_base": uid_base, "max_bytes": max_bytes, "cpu_s": cpu_s, "user": NOBODY})
+    def __init__(
+        self, out_fd: int, *, uid_base: int, max_bytes: int, cpu_s: int, native: bool = False
+    ) -> None:
+        fields = {"uid_base": uid_base, "max_bytes": max_bytes, "cpu_s": cpu_s, "user": NOBODY}
+        request = json.dumps({**fields, "native": (native_converter() if native else None) or ""})
         src_r, self._src = os.pipe()
         self._result, result_w = os.pipe()
         try:
@@ -147,7 +162,8 @@ class Conversion:
 
     def result(self) -> LayerStats | None:
         """Once closed: the stats, None when ``tar2sqfs`` stopped reading; raises the layer's
-        refusal, ``NeedsExtraction``, or ``OSError`` (the converter failed)."""
+        refusal, ``NeedsExtraction``, ``ConverterDeclined``, or ``OSError`` (the converter
+        failed)."""
         self.close()
         assert self._result >= 0, "discarded"
         parts = []

@@ -30,6 +30,7 @@ from warren.agent.fsmount import start_writeback
 from warren.agent.layer_convert import Conversion
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, umount
 from warren.layers import LayerError, LayerStats
+from warren.layers.convert_server import ConverterDeclined
 from warren.layers.image_tar import NeedsExtraction, convert_layer
 
 log = logging.getLogger("warren.agent.layers")
@@ -126,9 +127,10 @@ class StreamedImage:
     it comes, then :meth:`finish` once its digest matched, or :meth:`abort`. The converter runs
     in a process of its own (``layer_convert``) writing straight into ``tar2sqfs``, so
     receiving and hashing, converting and packing run at once, on separate cores. Nothing of it
-    is mounted or kept before ``finish``."""
+    is mounted or kept before ``finish``. ``native``: by the compiled converter where it is
+    built, which may decline the layer (then :func:`rebuild` converts it again)."""
 
-    def __init__(self, work: Path, *, size: int, uid_base: int, max_bytes: int) -> None:
+    def __init__(self, work: Path, *, size: int, uid_base: int, max_bytes: int, native: bool = False) -> None:
         self._work = work
         self._out_dir = _out_dir(work)
         self._image_fd = -1
@@ -140,7 +142,11 @@ class StreamedImage:
             raise
         try:
             self._conversion = Conversion(
-                self._packer.stdin_fd(), uid_base=uid_base, max_bytes=max_bytes, cpu_s=_cpu_s(size)
+                self._packer.stdin_fd(),
+                uid_base=uid_base,
+                max_bytes=max_bytes,
+                cpu_s=_cpu_s(size),
+                native=native,
             )
         except BaseException:
             self._kill()
@@ -154,7 +160,8 @@ class StreamedImage:
 
     def finish(self) -> LayerStats:
         """``work/layer.sqfs``, once every chunk was put and the layer's digest matched. Raises
-        as :func:`build_image` does; nothing of the image is left then."""
+        as :func:`build_image` does, or ``ConverterDeclined`` (the native converter left the
+        layer to the Python one: :func:`rebuild`); nothing of the image is left then."""
         try:
             self._start_writeback()  # while the converter and tar2sqfs finish
             stats = self._conversion.result()
@@ -199,6 +206,20 @@ class StreamedImage:
         if end > self._written_back:
             start_writeback(self._image_fd, self._written_back, end - self._written_back)
             self._written_back = end
+
+
+def rebuild(tar: Path, work: Path, *, uid_base: int, max_bytes: int) -> LayerStats:
+    """``work/layer.sqfs`` from the received tar by the Python converter (in its process, as
+    nobody), for a layer the native one declined. Raises as :meth:`StreamedImage.finish`."""
+    image = StreamedImage(work, size=tar.stat().st_size, uid_base=uid_base, max_bytes=max_bytes, native=False)
+    try:
+        with open(tar, "rb", buffering=0) as f:
+            while chunk := f.read(PIPE_SIZE):
+                image.put(chunk)
+    except BaseException:
+        image.abort()
+        raise
+    return image.finish()
 
 
 def _cpu_s(size: int) -> int:
@@ -396,6 +417,7 @@ def _mounted(device: str) -> bool:
 
 __all__ = [
     "IMAGE",
+    "ConverterDeclined",
     "LayerError",
     "NeedsExtraction",
     "StreamedImage",
@@ -404,6 +426,7 @@ __all__ = [
     "detach_loops",
     "is_image",
     "mount_image",
+    "rebuild",
     "release_leftovers",
     "support",
     "unmount_tree",

@@ -7,11 +7,14 @@ The agent starts this once, with one end of a ``SOCK_SEQPACKET`` unix socket as 
 imports the converter once, then per request forks a child that converts one layer, so that
 the converter runs beside the agent's receive loop and hashing instead of sharing their GIL,
 and no request pays Python's start (~80 ms of imports). A request is one message: JSON
-``{"uid_base", "max_bytes", "cpu_s", "user"}`` with three fds: the layer tar (a pipe's read
-end), ``tar2sqfs``' stdin, and the result (a pipe's write end). The child drops to ``user``
+``{"uid_base", "max_bytes", "cpu_s", "user", "native"}`` with three fds: the layer tar (a pipe's
+read end), ``tar2sqfs``' stdin, and the result (a pipe's write end). The child drops to ``user``
 (it needs no privilege: it only reads and writes the fds it was given), sets its limits,
-converts, writes one JSON result (:func:`result_of`) and exits. The server ends when the
-agent's end of the socket closes.
+converts, writes one JSON result (:func:`result_of`) and exits. With ``native`` (the path of
+``native/layer_convert.c``'s program, which ``make setup`` builds) the child execs that instead,
+under the same user and limits: it converts plain layers with the same bytes out, ~20x
+cheaper, and declines the rest (``ConverterDeclined``), which the agent then converts again
+with this module's Python converter. The server ends when the agent's end of the socket closes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ from warren.layers.tar_stream import PipeSource
 FDS = 3  # layer tar in, image tar out, result out
 MAX_REQUEST = 4096
 ADDRESS_SPACE = 4 << 30  # as tar2sqfs': the names of a million members fit in it
+
+
+class ConverterDeclined(Exception):
+    """The native converter leaves this layer to the Python one (a refusal, a whiteout, a name
+    listed twice, ...): convert it again with ``native`` off. Nothing of its output is kept."""
 
 
 def serve(sock: socket.socket) -> None:
@@ -73,12 +81,32 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
     cpu = int(request["cpu_s"])  # cannot ptrace it
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-    got = _convert(PipeSource(src, int(request["max_bytes"])), out, int(request["uid_base"]))
+    native = str(request.get("native") or "")
+    if native:
+        _exec_native(native, fds, int(request["uid_base"]), int(request["max_bytes"]))
+        got: dict[str, Any] = {"kind": "declined", "message": f"{native} could not be started"}
+    else:
+        got = _convert(PipeSource(src, int(request["max_bytes"])), out, int(request["uid_base"]))
     os.close(out)  # tar2sqfs sees the end of its tar now, not when the result is read
+    _write_result(result, got)
+    return 0
+
+
+def _exec_native(native: str, fds: list[int], uid_base: int, max_bytes: int) -> None:
+    """Become the native converter on the same fds (returns only when it cannot be started)."""
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    argv = [native, *(str(fd) for fd in fds), str(uid_base), str(max_bytes)]
+    try:
+        os.execv(native, argv)  # noqa: S606 (the agent's own program, argv of numbers)
+    except OSError as e:
+        print(f"warren convert_server: {native}: {e}", file=sys.stderr)
+
+
+def _write_result(result: int, got: dict[str, Any]) -> None:
     data = json.dumps(got).encode()
     while data:
         data = data[os.write(result, data) :]
-    return 0
 
 
 def _convert(tar: PipeSource, out: int, uid_base: int) -> dict[str, Any]:
@@ -97,7 +125,8 @@ def _convert(tar: PipeSource, out: int, uid_base: int) -> dict[str, Any]:
 
 def result_of(data: bytes) -> LayerStats | None:
     """A child's result: its stats, None when ``tar2sqfs`` stopped reading; raises the refusal
-    (``LayerError``, ``NeedsExtraction``) it met, or ``OSError`` when the child failed."""
+    (``LayerError``, ``NeedsExtraction``) it met, ``ConverterDeclined`` (the native converter's
+    hand-over), or ``OSError`` when the child failed."""
     try:
         got = json.loads(data)
         kind = got["kind"]
@@ -112,6 +141,8 @@ def result_of(data: bytes) -> LayerStats | None:
         raise NeedsExtraction(message)
     if kind == "refused":
         raise LayerError(message)
+    if kind == "declined":
+        raise ConverterDeclined(message)
     raise OSError(f"the layer converter failed: {message}")
 
 

@@ -1,0 +1,716 @@
+/* warren-layer-convert: the layer image converter's fast path (docs/templates.md §2).
+ *
+ *   warren-layer-convert IN_FD OUT_FD RESULT_FD UID_BASE MAX_BYTES
+ *
+ * Reads an OCI layer tar (untrusted) from IN_FD and writes to OUT_FD the very bytes that
+ * warren.layers.image_tar.convert_layer writes for it (the tar tar2sqfs packs), then one JSON
+ * result to RESULT_FD: {"kind":"ok","stats":{...}}, {"kind":"broken_pipe"} (tar2sqfs stopped
+ * reading) or {"kind":"declined","message":...}.
+ *
+ * It converts only the plain layer: ustar/PAX headers with octal numbers, regular files,
+ * directories, symlinks, hard links to earlier files, fifos, every name new. Anything else —
+ * every refusal of the Python converter, whiteouts and opaque markers, device nodes, GNU long
+ * names, base-256 numbers, signed checksums, sparse records, names listed twice, limits
+ * reached — it declines: the agent then converts the whole layer again with the Python
+ * converter (from the tar it kept), which gives the answer and the message. So this program
+ * never has to refuse anything itself: it accepts a subset of what the Python converter
+ * accepts, and for that subset writes the same bytes (tests/unit/layers/test_native_convert.py
+ * compares the two on every tar of the tests). It runs as nobody under the limits the
+ * converter's server set before exec'ing it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BLOCK 512
+#define INBUF (1 << 20)
+#define OUTBUF (1 << 20)
+#define MAX_META (1 << 20)
+#define MAX_NAME 4096
+#define MAX_COMPONENT 255
+#define MAX_DEPTH 256
+#define MAX_ID 65535
+#define MAX_MEMBERS 1000000
+#define KEY_CELLS 16
+#define MAX_NAME_CELLS (32u << 20)
+#define IMPLIED_PER_MEMBER 4
+#define IMPLIED_FREE 16384
+#define MAX_MTIME_S (1ULL << 33) /* tarfmt.MAX_MTIME_NS in seconds */
+#define OCT11 (1ULL << 33)       /* 8**11 */
+#define OCT7 (1ULL << 21)        /* 8**7 */
+
+static int in_fd, out_fd, result_fd;
+static uint64_t uid_base, limit;
+
+/* ------------------------------------------------------------------ declining, results */
+
+static void put_result(const char *s) {
+    size_t n = strlen(s);
+    while (n) {
+        ssize_t k = write(result_fd, s, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            _exit(1);
+        }
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+/* Not ours to judge: the Python converter takes the layer (the message is only for logs). */
+static void decline(const char *why) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"kind\":\"declined\",\"message\":\"%s\"}", why);
+    put_result(buf);
+    _exit(0);
+}
+
+/* ---------------------------------------------------------------------------- input */
+
+static unsigned char *ibuf;
+static size_t ioff, iend; /* buffered: ibuf[ioff:iend] */
+static uint64_t pos;      /* tar bytes consumed */
+
+static void room(uint64_t n) {
+    if (pos + n > limit || pos + n < pos) decline("over the size limit");
+}
+
+/* At least n (<= INBUF) bytes buffered, or 0 at the end of the stream. */
+static int fill(size_t n) {
+    if (iend - ioff >= n) return 1;
+    memmove(ibuf, ibuf + ioff, iend - ioff);
+    iend -= ioff;
+    ioff = 0;
+    while (iend < n) {
+        ssize_t k = read(in_fd, ibuf + iend, INBUF - iend);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            decline("read error");
+        }
+        if (k == 0) return 0;
+        iend += (size_t)k;
+    }
+    return 1;
+}
+
+static const unsigned char *take(size_t n) {
+    room(n);
+    if (!fill(n)) decline("truncated");
+    const unsigned char *p = ibuf + ioff;
+    ioff += n;
+    pos += n;
+    return p;
+}
+
+/* --------------------------------------------------------------------------- output */
+
+static unsigned char *obuf;
+static size_t olen;
+
+static void write_all(const unsigned char *p, size_t n) {
+    while (n) {
+        ssize_t k = write(out_fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EPIPE) {
+                put_result("{\"kind\":\"broken_pipe\"}");
+                _exit(0);
+            }
+            decline("write error");
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+}
+
+static void flush_out(void) {
+    write_all(obuf, olen);
+    olen = 0;
+}
+
+static void emit(const void *p, size_t n) {
+    if (olen + n > OUTBUF) {
+        flush_out();
+        if (n > OUTBUF) {
+            write_all(p, n);
+            return;
+        }
+    }
+    memcpy(obuf + olen, p, n);
+    olen += n;
+}
+
+static const unsigned char ZERO[BLOCK];
+
+/* n bytes of the input to the output (a regular file's data), then its padding. */
+static void copy_data(uint64_t n) {
+    uint64_t pad = (BLOCK - n % BLOCK) % BLOCK;
+    room(n + pad); /* members() checked it already; kept as the invariant */
+    pos += n + pad;
+    size_t have = iend - ioff;
+    size_t k = have < n ? have : (size_t)n;
+    emit(ibuf + ioff, k);
+    ioff += k;
+    n -= k;
+    if (n) flush_out();
+    while (n) {
+        ssize_t got = splice(in_fd, NULL, out_fd, NULL, n, SPLICE_F_MOVE);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && errno == EPIPE) {
+            put_result("{\"kind\":\"broken_pipe\"}");
+            _exit(0);
+        }
+        if (got < 0) { /* not two pipes (a test's file): through the buffer */
+            size_t want = n < INBUF ? (size_t)n : INBUF;
+            if (!fill(want)) decline("truncated");
+            emit(ibuf + ioff, want);
+            ioff += want;
+            n -= want;
+            continue;
+        }
+        if (got == 0) decline("truncated");
+        n -= (uint64_t)got;
+    }
+    emit(ZERO, (size_t)pad);
+    if (!fill((size_t)pad)) decline("truncated");
+    ioff += (size_t)pad;
+}
+
+/* --------------------------------------------------------------------- tar numbers */
+
+/* tarfmt._number for plain octal: the field up to its NUL, spaces stripped; empty is 0.
+ * Anything else (base-256, 8 or 9, other bytes) is declined. */
+static uint64_t octal(const unsigned char *f, size_t n) {
+    size_t end = 0;
+    while (end < n && f[end]) end++;
+    size_t a = 0, b = end;
+    while (a < b && f[a] == ' ') a++;
+    while (b > a && f[b - 1] == ' ') b--;
+    uint64_t v = 0;
+    for (size_t i = a; i < b; i++) {
+        if (f[i] < '0' || f[i] > '7') decline("not a plain octal number");
+        v = v * 8 + (uint64_t)(f[i] - '0');
+    }
+    return v;
+}
+
+static int decimal(const unsigned char *p, size_t n, uint64_t *out) {
+    if (n == 0 || n > 18) return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* tar_stream._fast_check_sum's accepted case: a plain octal sum equal to the unsigned one. */
+static void check_sum(const unsigned char *blk) {
+    uint64_t sum = 8 * 0x20;
+    for (int i = 0; i < BLOCK; i++)
+        if (i < 148 || i >= 156) sum += blk[i];
+    const unsigned char *f = blk + 148;
+    size_t end = 0;
+    while (end < 8 && f[end]) end++;
+    size_t a = 0, b = end;
+    while (a < b && f[a] == ' ') a++;
+    while (b > a && f[b - 1] == ' ') b--;
+    if (a == b) decline("checksum");
+    uint64_t v = 0;
+    for (size_t i = a; i < b; i++) {
+        if (f[i] < '0' || f[i] > '7') decline("checksum");
+        v = v * 8 + (uint64_t)(f[i] - '0');
+    }
+    if (v != sum) decline("checksum");
+}
+
+/* ------------------------------------------------------------------------ PAX records */
+
+typedef struct {
+    unsigned char *p;
+    size_t n;
+    int set;
+} Bytes;
+
+static Bytes pax_path, pax_link, pax_size, pax_uid, pax_gid, pax_mtime;
+
+static void set_bytes(Bytes *b, const unsigned char *p, size_t n) {
+    free(b->p);
+    b->p = malloc(n ? n : 1);
+    if (!b->p) decline("out of memory");
+    memcpy(b->p, p, n);
+    b->n = n;
+    b->set = 1;
+}
+
+static void clear_meta(void) {
+    Bytes *all[] = {&pax_path, &pax_link, &pax_size, &pax_uid, &pax_gid, &pax_mtime};
+    for (int i = 0; i < 6; i++) {
+        free(all[i]->p);
+        all[i]->p = NULL;
+        all[i]->n = 0;
+        all[i]->set = 0;
+    }
+}
+
+static int key_is(const unsigned char *k, size_t n, const char *name) {
+    return n == strlen(name) && memcmp(k, name, n) == 0;
+}
+
+/* tarfmt._parse_pax, declining where it would refuse. */
+static void parse_pax(const unsigned char *d, size_t n) {
+    size_t p = 0;
+    while (p < n) {
+        if (d[p] == 0) break;
+        size_t sp = p, lim = p + 20 < n ? p + 20 : n;
+        while (sp < lim && d[sp] != ' ') sp++;
+        if (sp >= lim || sp == p) decline("PAX record");
+        uint64_t len = 0;
+        for (size_t i = p; i < sp; i++) {
+            if (d[i] < '0' || d[i] > '9') decline("PAX record");
+            len = len * 10 + (uint64_t)(d[i] - '0');
+        }
+        uint64_t end = p + len;
+        if (end <= sp + 1 || end > n || d[end - 1] != '\n') decline("PAX record");
+        const unsigned char *k = d + sp + 1, *eq = memchr(k, '=', end - 1 - (sp + 1));
+        if (!eq) decline("PAX record");
+        size_t kn = (size_t)(eq - k);
+        const unsigned char *v = eq + 1;
+        size_t vn = (size_t)(d + end - 1 - v);
+        if (kn >= 10 && memcmp(k, "GNU.sparse", 10) == 0) decline("sparse");
+        if (key_is(k, kn, "path")) set_bytes(&pax_path, v, vn);
+        else if (key_is(k, kn, "linkpath")) set_bytes(&pax_link, v, vn);
+        else if (key_is(k, kn, "size")) set_bytes(&pax_size, v, vn);
+        else if (key_is(k, kn, "uid")) set_bytes(&pax_uid, v, vn);
+        else if (key_is(k, kn, "gid")) set_bytes(&pax_gid, v, vn);
+        else if (key_is(k, kn, "mtime")) set_bytes(&pax_mtime, v, vn);
+        p = (size_t)end;
+    }
+}
+
+/* tarfmt._pax_time_ns for [digits][.digits], in whole seconds clamped as the converter
+ * writes them (the ns are only ever divided back). */
+static uint64_t pax_mtime_s(const Bytes *b) {
+    const unsigned char *dot = memchr(b->p, '.', b->n);
+    size_t wn = dot ? (size_t)(dot - b->p) : b->n;
+    uint64_t whole;
+    if (!decimal(b->p, wn, &whole)) decline("PAX mtime");
+    for (size_t i = wn + 1; dot && i < b->n; i++)
+        if (b->p[i] < '0' || b->p[i] > '9') decline("PAX mtime");
+    return whole;
+}
+
+/* -------------------------------------------------------------------- names and table */
+
+typedef struct {
+    char *key; /* the normalized path, components joined by '/' */
+    uint32_t len;
+    char kind; /* 'd' or 'f' (0: empty slot) */
+    char emitted;
+} Slot;
+
+static Slot *table;
+static size_t tcap, tcount;
+static uint64_t cells, members_seen, implied;
+
+static uint64_t hash(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static Slot *find(const char *s, size_t n) {
+    size_t i = (size_t)hash(s, n) & (tcap - 1);
+    while (table[i].kind) {
+        if (table[i].len == n && memcmp(table[i].key, s, n) == 0) return &table[i];
+        i = (i + 1) & (tcap - 1);
+    }
+    return &table[i];
+}
+
+static void grow(void) {
+    Slot *old = table;
+    size_t ocap = tcap;
+    tcap = tcap ? tcap * 2 : 1 << 16;
+    table = calloc(tcap, sizeof(Slot));
+    if (!table) decline("out of memory");
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i].kind) *find(old[i].key, old[i].len) = old[i];
+    free(old);
+}
+
+/* _Namespace._add: a new name, paid for in cells. */
+static Slot *add(const char *s, size_t n, int depth, char kind) {
+    cells += (uint64_t)depth + KEY_CELLS;
+    if (cells > MAX_NAME_CELLS) decline("names too many or too deep");
+    if ((tcount + 1) * 2 > tcap) grow();
+    Slot *sl = find(s, n);
+    sl->key = malloc(n ? n : 1);
+    if (!sl->key) decline("out of memory");
+    memcpy(sl->key, s, n);
+    sl->len = (uint32_t)n;
+    sl->kind = kind;
+    sl->emitted = 0;
+    tcount++;
+    return sl;
+}
+
+typedef struct {
+    char path[MAX_NAME + 1];
+    size_t len;
+    int depth;
+    size_t ends[MAX_DEPTH + 1]; /* ends[i]: length of the first i+1 components joined */
+} Name;
+
+/* tarfmt.normalize, declining where it would refuse; also declines any `.wh.` component (the
+ * Python converter handles whiteouts and opaque markers). */
+static void normalize(const unsigned char *raw, size_t n, Name *out) {
+    if (memchr(raw, 0, n) || n > MAX_NAME) decline("name");
+    out->len = 0;
+    out->depth = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && raw[j] != '/') j++;
+        size_t c = j - i;
+        const unsigned char *comp = raw + i;
+        i = j + 1;
+        if (c == 0 || (c == 1 && comp[0] == '.')) continue;
+        if (c == 2 && comp[0] == '.' && comp[1] == '.') decline("'..' in name");
+        if (c > MAX_COMPONENT) decline("name component");
+        if (c >= 4 && memcmp(comp, ".wh.", 4) == 0) decline("whiteout");
+        if (out->depth >= MAX_DEPTH) decline("too deep");
+        if (out->depth) out->path[out->len++] = '/';
+        memcpy(out->path + out->len, comp, c);
+        out->len += c;
+        out->ends[out->depth++] = out->len;
+    }
+}
+
+/* ---------------------------------------------------------------------- tar headers */
+
+static const unsigned char *header_tail(void) {
+    static unsigned char tail[255];
+    static int made;
+    if (!made) {
+        memcpy(tail, "ustar\0" "00", 8);
+        memcpy(tail + 72, "0000000\0" "0000000\0", 16);
+        made = 1;
+    }
+    return tail;
+}
+
+static void put_id(unsigned char *f, uint64_t n) {
+    if (n < OCT7) {
+        snprintf((char *)f, 8, "%07llo", (unsigned long long)n);
+        return;
+    }
+    f[0] = 0x80;
+    for (int i = 0; i < 7; i++) f[1 + i] = (unsigned char)(n >> (8 * (6 - i)));
+}
+
+/* image_tar._ustar (the common header is the same bytes). */
+static void ustar(const char *name, size_t nlen, char typ, uint64_t mode, uint64_t uid, uint64_t gid,
+                  uint64_t size, uint64_t mtime, const char *link, size_t llen) {
+    unsigned char h[BLOCK];
+    memset(h, 0, BLOCK);
+    memcpy(h, name, nlen > 100 ? 100 : nlen);
+    snprintf((char *)h + 100, 8, "%07llo", (unsigned long long)mode);
+    put_id(h + 108, uid);
+    put_id(h + 116, gid);
+    if (size < OCT11) snprintf((char *)h + 124, 12, "%011llo", (unsigned long long)size);
+    snprintf((char *)h + 136, 12, "%011llo", (unsigned long long)(mtime < OCT11 ? mtime : OCT11 - 1));
+    memset(h + 148, ' ', 8);
+    h[156] = (unsigned char)typ;
+    memcpy(h + 157, link, llen > 100 ? 100 : llen);
+    memcpy(h + 257, header_tail(), 255);
+    uint64_t sum = 0;
+    for (int i = 0; i < BLOCK; i++) sum += h[i];
+    char ck[8];
+    snprintf(ck, 8, "%06llo", (unsigned long long)sum);
+    memcpy(h + 148, ck, 6);
+    h[154] = 0;
+    h[155] = ' ';
+    emit(h, BLOCK);
+}
+
+static size_t record(unsigned char *out, const char *key, const char *v, size_t vn) {
+    size_t body = 1 + strlen(key) + 1 + vn + 1, n = body + 1, digits;
+    for (;;) {
+        char tmp[24];
+        digits = (size_t)snprintf(tmp, sizeof tmp, "%zu", n);
+        if (digits + body == n) break;
+        n = digits + body;
+    }
+    size_t o = (size_t)sprintf((char *)out, "%zu ", n);
+    memcpy(out + o, key, strlen(key));
+    o += strlen(key);
+    out[o++] = '=';
+    memcpy(out + o, v, vn);
+    o += vn;
+    out[o++] = '\n';
+    return o;
+}
+
+/* image_tar._Converter._header. */
+static void header(const char *path, size_t plen, char typ, uint64_t mode, uint64_t uid, uint64_t gid,
+                   uint64_t size, uint64_t mtime, const char *link, size_t llen) {
+    if (mtime >= OCT11) mtime = OCT11 - 1;
+    if (plen <= 100 && llen <= 100 && size < OCT11) {
+        ustar(path, plen, typ, mode, uid, gid, size, mtime, link, llen);
+        return;
+    }
+    static unsigned char pax[3 * (MAX_NAME + 64)];
+    char num[24];
+    size_t o = record(pax, "path", path, plen);
+    o += record(pax + o, "size", num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)size));
+    if (llen) o += record(pax + o, "linkpath", link, llen);
+    ustar("pax", 3, 'x', 0644, 0, 0, o, 0, "", 0);
+    emit(pax, o);
+    emit(ZERO, (BLOCK - o % BLOCK) % BLOCK);
+    const char *tail = plen > 100 ? path + plen - 100 : path;
+    ustar(tail, plen > 100 ? 100 : plen, typ, mode, uid, gid, size, mtime, link, llen);
+}
+
+/* ----------------------------------------------------------------------- the converter */
+
+typedef struct {
+    int set;
+    Name name;
+    uint64_t mode, uid, gid, mtime;
+} Pending;
+
+static Pending pending;
+static char last_parents[MAX_NAME + 1];
+static size_t last_parents_len = (size_t)-1;
+static uint64_t files, data_bytes;
+static int has_python3, removes_python3;
+
+static void claim(Slot *sl) {
+    if (sl->emitted) decline("a name twice");
+    sl->emitted = 1;
+}
+
+static void flush_pending(void) {
+    if (!pending.set) return;
+    pending.set = 0;
+    Name *nm = &pending.name;
+    claim(find(nm->path, nm->len));
+    header(nm->path, nm->len, '5', pending.mode, pending.uid, pending.gid, 0, pending.mtime, "", 0);
+}
+
+/* _Namespace._parents, then _Converter._parents: the directories above a member that the tar
+ * did not list are made (0755, the mapped root) and written. */
+static void parents(const Name *nm) {
+    int depth = nm->depth - 1;
+    if (depth <= 0) goto emit_them;
+    size_t plen = nm->ends[depth - 1];
+    Slot *sl = find(nm->path, plen);
+    if (sl->kind == 'd') goto emit_them;
+    for (int i = 0; i < depth; i++) {
+        size_t l = nm->ends[i];
+        sl = find(nm->path, l);
+        if (!sl->kind) {
+            implied++;
+            if (implied > IMPLIED_PER_MEMBER * members_seen + IMPLIED_FREE) decline("implied dirs");
+            add(nm->path, l, i + 1, 'd');
+        } else if (sl->kind != 'd') {
+            decline("a file on the path");
+        }
+    }
+emit_them:
+    flush_pending();
+    if (depth <= 0) return;
+    size_t plen2 = nm->ends[depth - 1];
+    if (plen2 == last_parents_len && memcmp(last_parents, nm->path, plen2) == 0) return;
+    for (int i = 0; i < depth; i++) {
+        size_t l = nm->ends[i];
+        Slot *p = find(nm->path, l);
+        if (!p->emitted) {
+            p->emitted = 1;
+            header(nm->path, l, '5', 0755, uid_base, uid_base, 0, 0, "", 0);
+        }
+    }
+    memcpy(last_parents, nm->path, plen2);
+    last_parents_len = plen2;
+}
+
+static void probe(const Name *nm, int is_dir, int is_file_or_link) {
+    static const char py[] = "usr/bin/python3";
+    if (nm->len == 15 && memcmp(nm->path, py, 15) == 0) {
+        has_python3 = is_file_or_link;
+        removes_python3 = 1;
+    } else if (((nm->len == 3 && memcmp(nm->path, "usr", 3) == 0) ||
+                (nm->len == 7 && memcmp(nm->path, "usr/bin", 7) == 0)) && !is_dir) {
+        has_python3 = 0;
+        removes_python3 = 1;
+    }
+}
+
+typedef struct {
+    const unsigned char *name, *link;
+    size_t nlen, llen;
+    char type;
+    uint64_t mode, uid, gid, size, mtime;
+} Member;
+
+static Name cur, target;
+
+static void member(const Member *m) {
+    normalize(m->name, m->nlen, &cur);
+    if (m->uid > MAX_ID || m->gid > MAX_ID) decline("owner");
+    if (cur.depth == 0) return; /* the root entry: ignored */
+    char t = m->type;
+    if (t == '3' || t == '4') decline("device node");
+    if (find(cur.path, cur.len)->kind) decline("a name twice");
+    members_seen++;
+    parents(&cur); /* also writes the directory held back, as the Python one does here */
+    int is_reg = t == '0' || t == '\0' || t == '7';
+    probe(&cur, t == '5', is_reg || t == '1' || t == '2');
+    uint64_t uid = uid_base + m->uid, gid = uid_base + m->gid;
+    if (t == '5') {
+        add(cur.path, cur.len, cur.depth, 'd');
+        pending.set = 1;
+        pending.name = cur;
+        pending.mode = m->mode;
+        pending.uid = uid;
+        pending.gid = gid;
+        pending.mtime = m->mtime;
+        return;
+    }
+    const unsigned char *link = m->link;
+    size_t llen = m->llen;
+    if (t == '2' && (llen == 0 || memchr(link, 0, llen))) decline("symlink target");
+    if (llen > MAX_NAME) decline("a long link target"); /* fits the PAX buffer below */
+    if (t == '1') {
+        normalize(link, llen, &target);
+        if (target.depth == 0 || find(target.path, target.len)->kind != 'f') decline("hard link");
+        link = (const unsigned char *)target.path;
+        llen = target.len;
+    }
+    claim(add(cur.path, cur.len, cur.depth, 'f'));
+    files++;
+    data_bytes += m->size;
+    if (is_reg) {
+        header(cur.path, cur.len, '0', m->mode, uid, gid, m->size, m->mtime, "", 0);
+        copy_data(m->size);
+    } else if (t == '2' || t == '1') {
+        header(cur.path, cur.len, t, m->mode, uid, gid, 0, m->mtime, (const char *)link, llen);
+    } else if (t == '6') {
+        header(cur.path, cur.len, '6', m->mode, uid, gid, 0, m->mtime, "", 0);
+    }
+}
+
+/* tarfmt.members (with tar_stream's shortcuts), feeding member(). */
+static void convert(void) {
+    uint64_t count = 0;
+    static unsigned char blk[BLOCK];
+    for (;;) {
+        room(BLOCK);
+        if (!fill(BLOCK)) decline("no end-of-archive marker");
+        memcpy(blk, take(BLOCK), BLOCK);
+        if (memcmp(blk, ZERO, BLOCK) == 0) return;
+        check_sum(blk);
+        char typ = (char)blk[156];
+        if (typ == 'x' || typ == 'g') {
+            uint64_t size = octal(blk + 124, 12);
+            if (size > MAX_META) decline("meta too large");
+            const unsigned char *d = take((size_t)size);
+            if (typ == 'x') {
+                unsigned char *copy = malloc(size ? size : 1);
+                if (!copy) decline("out of memory");
+                memcpy(copy, d, size);
+                size_t pad = (BLOCK - size % BLOCK) % BLOCK;
+                take(pad);
+                parse_pax(copy, size);
+                free(copy);
+            } else {
+                take((BLOCK - size % BLOCK) % BLOCK);
+            }
+            continue;
+        }
+        if (typ == 'L' || typ == 'K') decline("GNU long name");
+        Member m;
+        size_t nl = 0;
+        while (nl < 100 && blk[nl]) nl++;
+        static unsigned char full[512];
+        const unsigned char *name = blk;
+        if (memcmp(blk + 257, "ustar\0" "00", 8) == 0) {
+            size_t pl = 0;
+            while (pl < 155 && blk[345 + pl]) pl++;
+            if (pl) {
+                memcpy(full, blk + 345, pl);
+                full[pl] = '/';
+                memcpy(full + pl + 1, blk, nl);
+                name = full;
+                nl = pl + 1 + nl;
+            }
+        }
+        m.name = name;
+        m.nlen = nl;
+        m.mode = octal(blk + 100, 8) & 07777;
+        m.uid = octal(blk + 108, 8);
+        m.gid = octal(blk + 116, 8);
+        m.size = octal(blk + 124, 12);
+        m.mtime = octal(blk + 136, 12);
+        if (m.mtime > MAX_MTIME_S) m.mtime = MAX_MTIME_S;
+        size_t ll = 0;
+        while (ll < 100 && blk[157 + ll]) ll++;
+        m.link = blk + 157;
+        m.llen = ll;
+        if (pax_path.set) m.name = pax_path.p, m.nlen = pax_path.n;
+        if (pax_link.set) m.link = pax_link.p, m.llen = pax_link.n;
+        if (pax_size.set && !decimal(pax_size.p, pax_size.n, &m.size)) decline("PAX size");
+        if (pax_uid.set && !decimal(pax_uid.p, pax_uid.n, &m.uid)) decline("PAX uid");
+        if (pax_gid.set && !decimal(pax_gid.p, pax_gid.n, &m.gid)) decline("PAX gid");
+        if (pax_mtime.set) m.mtime = pax_mtime_s(&pax_mtime);
+        if (m.mtime > MAX_MTIME_S) m.mtime = MAX_MTIME_S;
+        if (++count > MAX_MEMBERS) decline("too many members");
+        m.type = typ;
+        if (typ == '\0' && m.nlen && m.name[m.nlen - 1] == '/') m.type = '5';
+        if (m.type != '\0' && (m.type < '0' || m.type > '7')) decline("member type");
+        int is_reg = m.type == '0' || m.type == '\0' || m.type == '7';
+        if (!is_reg) m.size = 0;
+        room(m.size + (BLOCK - m.size % BLOCK) % BLOCK);
+        member(&m); /* consumes a regular file's data and padding */
+        clear_meta();
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: warren-layer-convert IN_FD OUT_FD RESULT_FD UID_BASE MAX_BYTES\n");
+        return 2;
+    }
+    in_fd = atoi(argv[1]);
+    out_fd = atoi(argv[2]);
+    result_fd = atoi(argv[3]);
+    uid_base = strtoull(argv[4], NULL, 10);
+    limit = strtoull(argv[5], NULL, 10);
+    signal(SIGPIPE, SIG_IGN);
+    ibuf = malloc(INBUF);
+    obuf = malloc(OUTBUF);
+    if (!ibuf || !obuf) decline("out of memory");
+    grow();
+    convert();
+    flush_pending();
+    emit(ZERO, BLOCK);
+    emit(ZERO, BLOCK);
+    flush_out();
+    close(out_fd); /* tar2sqfs sees the end of its tar now */
+    char buf[512];
+    snprintf(buf, sizeof buf,
+             "{\"kind\":\"ok\",\"stats\":{\"files\":%llu,\"bytes\":%llu,\"has_python3\":%s,"
+             "\"removes_python3\":%s,\"skipped\":0}}",
+             (unsigned long long)files, (unsigned long long)data_bytes, has_python3 ? "true" : "false",
+             removes_python3 ? "true" : "false");
+    put_result(buf);
+    return 0;
+}
