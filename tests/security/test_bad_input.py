@@ -16,7 +16,7 @@ import websockets.sync.client
 
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 LONE = "\udfff"
 HIGH = "\ud800"

@@ -29,7 +29,7 @@ from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from warren.agent.templates import MAPPED_BASE
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 CANARY_TEXT = "CANARY-ORIGINAL-HOST-FILE\n"
 IDENTITY = ("hostname", "hosts", "resolv.conf")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 SURROGATE = '"\\ud800"'  # a lone surrogate, as raw JSON text
 
