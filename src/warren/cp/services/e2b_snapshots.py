@@ -26,6 +26,7 @@ from warren.cp.services import sandbox_power, snapshots
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.sandbox_list import MAX_LIMIT, decode_cursor, encode_cursor
 from warren.cp.services.sandboxes import find
+from warren.cp.services.strict import check_text
 from warren.cp.services.template_spec import TEMPLATE_NAME_RE
 from warren.cp.store import LayerStore
 from warren.errors import InvalidRequest, InvalidState, NotFound
@@ -86,6 +87,7 @@ async def list_page(
     t = templates
     stmt = sa.select(t.c.id, t.c.name, t.c.created_at).where(t.c.team_id == team_uuid, t.c.type == "snapshot")
     if name:
+        check_text(name, "name")  # NUL: PostgreSQL's error, a 500 (session 12)
         # `name` or E2B's tag-qualified `name:tag` (a Warren snapshot is tagged `v1`).
         base, _, tag = name.partition(":")
         stmt = stmt.where(t.c.name == base)

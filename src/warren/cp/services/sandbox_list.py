@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import sandboxes
 from warren.cp.services.context import AuthContext, require_team
+from warren.cp.services.strict import check_text
 from warren.errors import InvalidRequest
 
 MAX_PAIRS = 64
@@ -77,7 +78,10 @@ def parse_metadata_filter(raw: str | None) -> dict[str, str]:
         return {}
     if len(raw) > MAX_FILTER:
         raise InvalidRequest("metadata filter too long")
-    pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_PAIRS)
+    try:
+        pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_PAIRS)
+    except ValueError:  # more pairs than max_num_fields (session 12: a 500)
+        raise InvalidRequest(f"metadata filter has more than {MAX_PAIRS} pairs") from None
     out = {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in pairs}
     for k, v in out.items():
         if len(k) > MAX_KEY or len(v) > MAX_VALUE:
@@ -103,6 +107,17 @@ def parse_limit(raw: str | None, default: int = MAX_LIMIT) -> int:
     return int(raw)
 
 
+def in_utc(at: datetime, what: str) -> datetime:
+    """A client's time as UTC, or a 400: naive, or past year 9999 (or before year 1) once moved
+    to UTC, which the database driver cannot encode (session 12: a 500)."""
+    if at.tzinfo is None:
+        raise InvalidRequest(f"{what} must carry a time zone")
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(f"{what} is out of range") from None
+
+
 def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
     text = f"{at.astimezone(UTC).isoformat()}|{row_id.hex}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -116,11 +131,10 @@ def decode_cursor(token: str) -> tuple[datetime, uuid.UUID]:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         at_s, id_s = text.split("|")
         at = datetime.fromisoformat(at_s)
-        if at.tzinfo is None:
-            raise ValueError("naive")
-        return at, uuid.UUID(hex=id_s)
+        row_id = uuid.UUID(hex=id_s)
     except (ValueError, binascii.Error, UnicodeDecodeError) as e:
         raise InvalidRequest("invalid nextToken") from e
+    return in_utc(at, "nextToken"), row_id
 
 
 @dataclass(frozen=True)
@@ -157,6 +171,7 @@ async def list_page(engine: AsyncEngine, ctx: AuthContext, query: ListQuery) -> 
     if query.metadata:
         stmt = stmt.where(sandboxes.c.metadata.contains(dict(query.metadata)))
     if query.template:
+        check_text(query.template, "template")  # NUL: PostgreSQL's error, a 500 (session 12)
         stmt = stmt.where(sandboxes.c.template == query.template)
     if query.started_after is not None:
         stmt = stmt.where(key >= query.started_after)

@@ -47,9 +47,7 @@ def _started_after(raw: str | None) -> datetime | None:
         at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as e:
         raise InvalidRequest("startedAfter must be an RFC 3339 time") from e
-    if at.tzinfo is None:
-        raise InvalidRequest("startedAfter must carry a time zone")
-    return at
+    return sandbox_list.in_utc(at, "startedAfter")
 
 
 def _query(call: Call, *, states: tuple[str, ...] | None = None) -> sandbox_list.ListQuery:

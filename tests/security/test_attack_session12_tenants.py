@@ -1,0 +1,398 @@
+"""Session 12's hostile tenant with two teams, against the API surfaces: every E2B route with
+another team's sandbox, envd with another sandbox's token, signed file URLs (E2B's and Warren's)
+replayed elsewhere or late, hostile list filters and cursors, other teams' template and snapshot
+names, and a team deleted while its streams are open.
+
+Each probe is written as the attacker runs it: the public API with its own team's key, and the
+credentials its own sandboxes give it (an envd access token is what E2B's create answers; it is
+computed here from the sandbox id as the CP does).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from tests.harness.cp import JWT_SECRET
+from tests.harness.platform import Platform
+from tests.harness.tenant import Tenant, signup
+from warren.cp.services.envd_signatures import signature
+from warren.cp.services.envd_tokens import envd_access_token
+
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
+
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def sandboxes(alice: Tenant, bob: Tenant) -> Iterator[tuple[str, str, str]]:
+    """Alice's two sandboxes and Bob's one."""
+    ids = [alice.create(memory_mb=128), alice.create(memory_mb=128), bob.create(memory_mb=128)]
+    alice.sh(ids[0], "echo alice-secret > /tmp/secret")
+    yield ids[0], ids[1], ids[2]
+    for t, sid in zip((alice, alice, bob), ids, strict=True):
+        t.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def e2b(platform: Platform, t: Tenant, method: str, path: str, body: Any = None) -> httpx.Response:
+    with httpx.Client(base_url=platform.cp.e2b_url, headers={"X-API-KEY": t.api_key}, timeout=120) as c:
+        return c.request(method, path, json=body)
+
+
+def envd(
+    platform: Platform, sid: str, token: str | None, method: str, path: str, **kw: Any
+) -> httpx.Response:
+    h = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983", **kw.pop("headers", {})}
+    if token is not None:
+        h["X-Access-Token"] = token
+    with httpx.Client(base_url=platform.cp.e2b_url, timeout=120) as c:
+        return c.request(method, path, headers=h, **kw)
+
+
+def token_of(sid: str) -> str:
+    return envd_access_token(JWT_SECRET, sid)
+
+
+# ------------------------------------------------------------- E2B control, another team's
+
+
+CONTROL = [
+    ("get", "GET", "", None),
+    ("kill", "DELETE", "", None),
+    ("timeout", "POST", "/timeout", {"timeout": 5}),
+    ("pause", "POST", "/pause", None),
+    ("resume", "POST", "/resume", {"timeout": 5}),
+    ("connect", "POST", "/connect", {"timeout": 5}),
+    ("metrics", "GET", "/metrics", None),
+    ("network", "PUT", "/network", {"denyOut": ["0.0.0.0/0"]}),
+    ("snapshot", "POST", "/snapshots", {"name": "stolen"}),
+]
+
+
+@pytest.mark.parametrize(("verb", "method", "suffix", "body"), CONTROL, ids=[c[0] for c in CONTROL])
+def test_another_teams_sandbox_through_e2b_control(
+    platform: Platform, alice: Tenant, bob: Tenant, sandboxes: tuple[str, str, str],
+    verb: str, method: str, suffix: str, body: Any,
+) -> None:  # fmt: skip
+    """Bob's key on Alice's sandbox, every E2B verb (``/v2`` connect too): E2B's 404, as an
+    unknown id, and Alice's sandbox is as it was."""
+    target = sandboxes[0]
+    paths = [f"/sandboxes/{target}{suffix}"] + (
+        [f"/v2/sandboxes/{target}/connect"] if verb == "connect" else []
+    )
+    for path in paths:
+        r = e2b(platform, bob, method, path, body)
+        assert r.status_code == 404 and r.json()["code"] == 404, (path, r.status_code, r.text)
+    mine = e2b(platform, alice, "GET", f"/sandboxes/{target}")
+    assert mine.status_code == 200 and mine.json()["state"] == "running", mine.text
+    assert e2b(platform, bob, "GET", f"/snapshots?sandboxID={target}").json() == []
+
+
+# ---------------------------------------------------------------- envd, another sandbox's token
+
+
+def test_envd_with_another_sandboxs_token(platform: Platform, sandboxes: tuple[str, str, str]) -> None:
+    """Alice's sandbox addressed with the token of Bob's sandbox, and of Alice's other one, on
+    every kind of envd route: never served."""
+    target, alices_other, bobs = sandboxes
+    unary = {"headers": {"Content-Type": "application/json", "Connect-Protocol-Version": "1"}}
+    calls = [
+        ("GET", "/health", {}),
+        ("POST", "/process.Process/List", {**unary, "content": b"{}"}),
+        ("POST", "/filesystem.Filesystem/Stat", {**unary, "content": b'{"path": "/tmp/secret"}'}),
+        ("GET", "/files", {"params": {"path": "/tmp/secret"}}),
+        ("POST", "/files", {"params": {"path": "/tmp/planted"}, "content": b"x",
+                            "headers": {"Content-Type": "application/octet-stream"}}),
+        ("GET", "/envs", {}),
+    ]  # fmt: skip
+    for token in (token_of(bobs), token_of(alices_other), "", None):
+        for method, path, kw in calls:
+            r = envd(
+                platform, target, token, method, path, **json.loads(json.dumps(kw, default=bytes.decode))
+            )
+            assert r.status_code in (401, 403, 502), (token and token[:6], path, r.status_code, r.text)
+            assert b"alice-secret" not in r.content
+    ok = envd(platform, target, token_of(target), "GET", "/files", params={"path": "/tmp/secret"})
+    assert ok.status_code == 200 and ok.content == b"alice-secret\n"
+
+
+# ------------------------------------------------------------------ E2B signed file URLs
+
+
+def _signed(path: str, op: str, user: str, token: str, exp: int | None) -> dict[str, str]:
+    q = {"path": path, "signature": signature(path, op, user, token, exp)}  # type: ignore[arg-type]
+    if user:
+        q["username"] = user
+    if exp is not None:
+        q["signature_expiration"] = str(exp)
+    return q
+
+
+def test_e2b_signed_urls_replayed(platform: Platform, sandboxes: tuple[str, str, str]) -> None:
+    """A URL Bob signed for his own sandbox (he holds its token), replayed at Alice's sandbox, at
+    another path, for the other operation, as another user, and one past its expiry: 401."""
+    target, _, bobs = sandboxes
+    bob_token = token_of(bobs)
+    later = int(time.time()) + 600
+    read_secret = _signed("/tmp/secret", "read", "", bob_token, later)
+    replays = [
+        ("another sandbox", target, "GET", read_secret),
+        ("another path", bobs, "GET", {**read_secret, "path": "/etc/shadow"}),
+        ("another user", bobs, "GET", {**read_secret, "username": "root"}),
+        ("another expiry", bobs, "GET", {**read_secret, "signature_expiration": str(later + 3600)}),
+        ("no expiry", bobs, "GET", {k: v for k, v in read_secret.items() if k != "signature_expiration"}),
+        ("write with a read URL", bobs, "POST", read_secret),
+        ("expired", bobs, "GET", _signed("/etc/hostname", "read", "", bob_token, int(time.time()) - 1)),
+    ]
+    for what, sid, method, params in replays:
+        kw: dict[str, Any] = {"params": params}
+        if method == "POST":
+            kw |= {"content": b"x", "headers": {"Content-Type": "application/octet-stream"}}
+        r = envd(platform, sid, None, method, "/files", **kw)
+        assert r.status_code == 401 and r.json()["code"] == 401, (what, r.status_code, r.text)
+    fine = envd(
+        platform, bobs, None, "GET", "/files", params=_signed("/etc/hostname", "read", "", bob_token, later)
+    )
+    assert fine.status_code == 200, fine.text
+
+
+# ---------------------------------------------------------------- Warren signed file URLs
+
+
+def test_warren_signed_urls_replayed(
+    platform: Platform, alice: Tenant, bob: Tenant, sandboxes: tuple[str, str, str]
+) -> None:
+    """Bob's signed download URL for his sandbox with its sandbox, path, user or team changed
+    (to Alice's), and one that expired: 403; an upload URL used to download: refused."""
+    target, _, bobs = sandboxes
+    r = bob.w("GET", f"/v1/sandboxes/{bobs}/files/download-url?path=/etc/hostname&expires=600")
+    assert r.status_code == 200, r.text
+    url = httpx.URL(r.json()["url"])
+    q = dict(url.params)
+    base = f"/v1/sandboxes/{bobs}/files/signed/download"
+    theirs = f"/v1/sandboxes/{target}/files/signed/download"
+    replays = [
+        ("another sandbox", theirs, q),
+        ("another path", base, {**q, "path": "/tmp/secret"}),
+        ("another user", base, {**q, "user": "root"}),
+        ("another team", theirs, {**q, "team": alice.team_id}),
+        ("later expiry", base, {**q, "exp": str(int(q["exp"]) + 3600)}),
+    ]
+    with httpx.Client(base_url=platform.url, timeout=60) as c:
+        for what, path, params in replays:
+            got = c.get(path, params=params)
+            assert got.status_code == 403 and b"alice-secret" not in got.content, (
+                what,
+                got.status_code,
+                got.text,
+            )
+        assert c.get(base, params=q).status_code == 200
+        as_upload = c.put(f"/v1/sandboxes/{bobs}/files/signed/upload", params=q, content=b"planted")
+        assert as_upload.status_code == 403, as_upload.text
+        short = bob.w("GET", f"/v1/sandboxes/{bobs}/files/download-url?path=/etc/hostname&expires=1")
+        late = httpx.URL(short.json()["url"])
+        deadline = time.monotonic() + WAIT_S
+        while (code := c.get(late.path, params=dict(late.params)).status_code) == 200:
+            assert time.monotonic() < deadline, "the 1-second URL never expired"
+            time.sleep(0.5)
+        assert code == 403
+
+
+# ------------------------------------------------------------- hostile list filters and cursors
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+FAR = [
+    "9999-12-31T23:59:59-23:59",  # past year 9999 once in UTC
+    "0001-01-01T00:00:00+23:59",  # before year 1 once in UTC
+]
+LIST_PROBES = [
+    ("v2-started-after-far", "/v2/sandboxes?startedAfter=" + urllib.parse.quote(FAR[0])),
+    ("v2-started-after-early", "/v2/sandboxes?startedAfter=" + urllib.parse.quote(FAR[1])),
+    ("v2-cursor-far", "/v2/sandboxes?nextToken=" + _cursor(f"{FAR[0]}|{'0' * 32}")),
+    ("v2-cursor-early", "/v2/sandboxes?nextToken=" + _cursor(f"{FAR[1]}|{'0' * 32}")),
+    ("v2-cursor-asc", "/v2/sandboxes?order=asc&nextToken=" + _cursor(f"{FAR[1]}|{'f' * 32}")),
+    ("v2-template-nul", "/v2/sandboxes?template=a%00b"),
+    ("v2-metadata-nul", "/v2/sandboxes?metadata=" + urllib.parse.quote("k=a%00b")),
+    ("v2-limit-zero", "/v2/sandboxes?limit=0"),
+    ("v2-limit-huge", "/v2/sandboxes?limit=99999999999999999999"),
+    ("v2-limit-unicode-digit", "/v2/sandboxes?limit=%D9%A3"),  # "٣": isdigit, not ASCII
+    ("v2-state", "/v2/sandboxes?state=running,stopped"),
+    ("v1-metadata", "/sandboxes?metadata=" + "a%3Db%26" * 5000),
+    ("snapshots-name-nul", "/snapshots?name=a%00b"),
+    ("snapshots-tag-nul", "/snapshots?name=a:b%00"),
+    ("snapshots-cursor-far", "/snapshots?nextToken=" + _cursor(f"{FAR[0]}|{'0' * 32}")),
+    ("snapshots-sandbox", "/snapshots?sandboxID=" + urllib.parse.quote("sb-x' OR 1=1 --")),
+    ("snapshots-limit", "/snapshots?limit=-1"),
+    ("metrics-far", "/sandboxes/{sid}/metrics?start=-99999999999999999999&end=99999999999999999999"),
+    ("delete-template-nul", "/templates/a%00b"),
+]
+
+
+@pytest.mark.parametrize(("what", "path"), LIST_PROBES, ids=[p[0] for p in LIST_PROBES])
+def test_hostile_list_values_are_4xx(
+    platform: Platform, alice: Tenant, sandboxes: tuple[str, str, str], what: str, path: str
+) -> None:
+    """Hostile filter, limit and cursor values on E2B's lists: an answer of the team's own rows
+    or a 4xx, never a 500 (D16). Dates past year 9999 or before year 1 once moved to UTC were
+    500s: the database driver could not encode them."""
+    method = "DELETE" if what.startswith("delete") else "GET"
+    r = e2b(platform, alice, method, path.format(sid=sandboxes[0]))
+    assert r.status_code < 500, (what, r.status_code, r.text)
+    if r.status_code == 200 and path.startswith("/v2/sandboxes"):
+        assert {s["sandboxID"] for s in r.json()} <= set(sandboxes[:2])
+
+
+MAIN_PROBES = [
+    ("audit-since-far", "/v1/audit?since=" + urllib.parse.quote(FAR[0])),
+    ("audit-until-early", "/v1/audit?until=" + urllib.parse.quote(FAR[1])),
+    ("audit-action-nul", "/v1/audit?action=a%00b"),
+    ("audit-cursor-nul", "/v1/audit?cursor=a%00b"),
+    ("users-email-nul", "/v1/users/search?email=a%00b@x"),
+    ("snapshots-type-nul", "/v1/snapshots?type=a%00b"),
+    ("template-name-nul", "/v1/templates/a%00b"),
+    ("download-url-path-nul", "/v1/sandboxes/{sid}/files/download-url?path=/tmp/a%00b"),
+    ("watch-path-nul", "/v1/sandboxes/{sid}/watchers?path=/tmp/a%00b"),
+]
+
+
+@pytest.mark.parametrize(("what", "path"), MAIN_PROBES, ids=[p[0] for p in MAIN_PROBES])
+def test_hostile_query_values_on_the_main_api_are_4xx(
+    alice: Tenant, sandboxes: tuple[str, str, str], what: str, path: str
+) -> None:
+    """The same kinds of values on the main API's GET routes (with the owner's JWT, which the
+    user routes need): never a 500."""
+    with httpx.Client(
+        base_url=alice.url, headers={"Authorization": f"Bearer {alice.token}"}, timeout=60
+    ) as c:
+        r = c.get(path.format(sid=sandboxes[0]))
+    assert r.status_code < 500, (what, r.status_code, r.text)
+
+
+# -------------------------------------------------------- other teams' templates and snapshots
+
+
+@pytest.fixture(scope="module")
+def bobs_snapshot(platform: Platform, bob: Tenant, sandboxes: tuple[str, str, str]) -> str:
+    r = e2b(platform, bob, "POST", f"/sandboxes/{sandboxes[2]}/snapshots", {"name": "bob-private"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["snapshotID"])
+
+
+def test_another_teams_snapshot_by_name(
+    platform: Platform, alice: Tenant, bob: Tenant, bobs_snapshot: str
+) -> None:
+    """Alice names Bob's snapshot everywhere a template or snapshot name goes (E2B create v1 and
+    v2, E2B's snapshot list and delete, Warren's create, template read and snapshot list): not
+    found, and nothing tells her it exists; Bob's snapshot is untouched."""
+    name = bobs_snapshot.partition(":")[0]
+    for ref in (bobs_snapshot, name):
+        for path in ("/sandboxes", "/v2/sandboxes"):
+            r = e2b(platform, alice, "POST", path, {"templateID": ref, "timeout": 30})
+            assert r.status_code in (400, 404) and "bob" not in r.text.replace(ref, ""), (path, r.text)
+        assert e2b(platform, alice, "GET", f"/snapshots?name={urllib.parse.quote(ref)}").json() == []
+        assert e2b(platform, alice, "DELETE", f"/templates/{ref}").status_code == 404
+        made = alice.w("POST", "/v1/sandboxes", {"template": ref})
+        assert made.status_code == 404, made.text
+    assert alice.w("GET", f"/v1/templates/{name}").status_code == 404
+    assert name not in {s.get("name") for s in alice.w("GET", "/v1/snapshots").json()}
+    still = e2b(platform, bob, "GET", f"/snapshots?name={urllib.parse.quote(name)}").json()
+    assert [s["snapshotID"] for s in still] == [bobs_snapshot]
+
+
+def test_same_snapshot_name_in_another_team(
+    platform: Platform, alice: Tenant, bobs_snapshot: str, sandboxes: tuple[str, str, str]
+) -> None:
+    """Alice takes a snapshot under the very name Bob used: her own, in her namespace (a 409
+    would tell her Bob's name exists)."""
+    name = bobs_snapshot.partition(":")[0]
+    r = e2b(platform, alice, "POST", f"/sandboxes/{sandboxes[1]}/snapshots", {"name": name})
+    assert r.status_code == 201, r.text
+    assert e2b(platform, alice, "DELETE", f"/templates/{name}").status_code == 204
+
+
+# ------------------------------------------------------------ a team deleted mid-stream
+
+
+def _ws(platform: Platform, t: Tenant, path: str) -> Any:
+    host, port = platform.url.removeprefix("http://").rsplit(":", 1)
+    return ws_connect(
+        f"ws://{host}:{port}{path}", additional_headers={"X-API-Key": t.api_key}, open_timeout=WAIT_S
+    )
+
+
+def _start_stream(platform: Platform, sid: str) -> socket.socket:
+    host, port = platform.cp.e2b_url.removeprefix("http://").rsplit(":", 1)
+    msg = json.dumps({"process": {"cmd": "/bin/sh", "args": ["-c", "echo up; exec sleep 1000"]}}).encode()
+    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    s = socket.create_connection((host, int(port)), timeout=WAIT_S)
+    s.sendall(
+        (
+            f"POST /process.Process/Start HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/connect+json\r\n"
+            f"Connect-Protocol-Version: 1\r\nE2b-Sandbox-Id: {sid}\r\nE2b-Sandbox-Port: 49983\r\n"
+            f"X-Access-Token: {token_of(sid)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    got = b""
+    while b'"pid"' not in got:  # the process started
+        chunk = s.recv(4096)
+        assert chunk, got
+        got += chunk
+    return s
+
+
+def _ended(s: socket.socket) -> bool:
+    """Read the stream to its end (True) within ``WAIT_S``."""
+    s.settimeout(WAIT_S)
+    try:
+        while chunk := s.recv(65536):
+            if b"\x02\x00\x00" in chunk:  # the end-of-stream envelope
+                return True
+    except OSError:
+        return True
+    return True
+
+
+def test_a_team_deleted_mid_stream(platform: Platform) -> None:
+    """Carol's team holds an exec stream, a watch stream and an E2B ``Start`` stream when its
+    owner deletes it: each ends, and the key stops working for new ones."""
+    carol = signup(platform.url, "carol")
+    sid = carol.create(memory_mb=128)
+    exec_ws = _ws(platform, carol, f"/v1/sandboxes/{sid}/exec/stream")
+    exec_ws.send(json.dumps({"type": "start", "cmd": "/bin/sh", "args": ["-c", "echo up; exec sleep 1000"]}))
+    assert '"pid"' in exec_ws.recv(WAIT_S)
+    watch_ws = _ws(platform, carol, f"/v1/sandboxes/{sid}/watch?path=/tmp")
+    assert "started" in watch_ws.recv(WAIT_S)
+    start = _start_stream(platform, sid)
+    with closing(start):
+        r = httpx.delete(
+            f"{platform.url}/v1/teams/{carol.team_id}",
+            headers={"Authorization": f"Bearer {carol.token}"},
+            timeout=120,
+        )
+        assert r.status_code == 204, r.text
+        for w in (exec_ws, watch_ws):
+            deadline = time.monotonic() + WAIT_S
+            with pytest.raises(Exception):  # noqa: B017 - closed, however it closes
+                while time.monotonic() < deadline:
+                    w.recv(WAIT_S)
+            w.close()
+        assert _ended(start)
+    assert carol.w("GET", "/v1/sandboxes").status_code == 401
+    with pytest.raises(Exception):  # noqa: B017 - refused at the handshake
+        _ws(platform, carol, f"/v1/sandboxes/{sid}/exec/stream")
