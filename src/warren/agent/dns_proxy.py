@@ -9,9 +9,9 @@ added to the sandbox's allowed addresses (``learn``) *before* the answer is retu
 connection that follows finds its rule in place; any other name is forwarded as it is.
 
 Bounded: queries in flight and TCP connections per sandbox, queries forwarded at once by all
-the resolvers together, message sizes (a UDP datagram, a TCP message's 2-byte length), an idle
-TCP connection's life, the time a TCP client has to read its answers (then it is reset),
-the upstream's time to answer.
+the resolvers together (each resolver keeps a floor of its own beside that count), message
+sizes (a UDP datagram, a TCP message's 2-byte length), an idle TCP connection's life, the
+time a TCP client has to read its answers (then it is reset), the upstream's time to answer.
 A query from any address but the sandbox's own is ignored.
 """
 
@@ -35,6 +35,11 @@ MAX_TCP = 4  # TCP connections per sandbox
 # Queries being forwarded at once by all the agent's resolvers (each holds a socket): a tenant
 # flooding its resolver cannot run the agent out of file descriptors. Past it: SERVFAIL.
 MAX_UPSTREAM_TOTAL = 256
+# Queries each resolver may forward at once besides, whatever the others hold: a tenant whose
+# many sandboxes fill the shared count (queries the upstream never answers hold a place 2 s)
+# must not leave every other sandbox's resolver with none. File descriptors stay bounded:
+# MAX_UPSTREAM_TOTAL + OWN_FLOOR per sandbox with name rules.
+OWN_FLOOR = 2
 TCP_IDLE_S = 10.0
 UPSTREAM_TIMEOUT_S = 2.0
 MAX_UDP = 4096
@@ -187,6 +192,7 @@ class DnsProxy:
         self._tcp: asyncio.Server | None = None
         self._inflight = 0
         self._tcp_conns = 0
+        self._own = 0  # queries forwarded on this resolver's own floor (OWN_FLOOR)
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -240,6 +246,12 @@ class DnsProxy:
         return resp
 
     async def _forward(self, query: bytes, *, tcp: bool) -> bytes | None:
+        if self._own < OWN_FLOOR:
+            self._own += 1
+            try:
+                return await self._ask(query, tcp=tcp)
+            finally:
+                self._own -= 1
         with self.budget.take() as ok:
             return await self._ask(query, tcp=tcp) if ok else None
 
