@@ -79,10 +79,12 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Exit code 5 = "no tests collected": fine for a pass that may select nothing.
+# --no-loadscope-reorder: modules go out in tests/conftest.py's order (unit tests last, so
+# they fill the workers' tail), not xdist's (most tests first, which ran the heaviest last).
 # --durations=30: each CI log names its slowest tests (setup and teardown count too: a module's
 # platform start is its first test's setup), where to look when the suite nears its budget.
 pytest: $(STAMP)
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" --durations=30 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" --durations=30 $(PYTEST_ARGS)
 	$(VENV)/bin/pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test: setup
