@@ -67,7 +67,7 @@ class Target:
     data_dir: Path = Path("/var/lib/warren/agent")
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
-    runtime: str = "runc"
+    runtime: str = "auto"  # the agent's default: crun where installed, else runc
     cp_url: str | None = None
     min_free_gib: float = MIN_FREE_GIB
     warn_free_gib: float = WARN_FREE_GIB
@@ -83,7 +83,7 @@ def run(target: Target) -> list[Check]:
         _veth,
         _iptables,
         _cgroups,
-        lambda: _runtimes(target.runtime),
+        lambda: _runtimes(target.runtime, linked=target.cp_url is not None),
         _programs,
         _layer_images,
         lambda: _data_dir(target),
@@ -283,10 +283,10 @@ def _runtime_version(name: str) -> str | None:
     return _first_line(_sh(name, "--version")[1]) or "unknown version"
 
 
-def _runtimes(runtime: str) -> list[Check]:
+def _runtimes(runtime: str, *, linked: bool = False) -> list[Check]:
     checks = []
     if runtime == "auto":  # the agent's default (runtime/select.py: choose_default)
-        runtime = "crun" if shutil.which("crun") else "runc"
+        runtime = "crun" if shutil.which("crun") and not linked else "runc"
     for name in ("runc", "crun"):
         version = _runtime_version(name)
         chosen = name == runtime

@@ -34,7 +34,7 @@ def doctor_command(
     metrics_listen: Annotated[
         str, typer.Option(envvar="WARREN_AGENT_METRICS_LISTEN", help="the agent's --metrics-listen (0: off)")
     ] = "127.0.0.1:9464",
-    runtime: Annotated[str, typer.Option(envvar="WARREN_AGENT_RUNTIME", help="runc or crun")] = "runc",
+    runtime: Annotated[str, typer.Option(envvar="WARREN_AGENT_RUNTIME", help="auto, runc or crun")] = "auto",
     cp: Annotated[
         str | None,
         typer.Option(
