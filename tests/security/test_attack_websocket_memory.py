@@ -34,7 +34,7 @@ from tests.harness.tenant import Tenant
 from tests.security.test_what_held_api import PeakRss, raw_websocket, text_frame
 from warren.sdk import Sandbox
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MIB = 1024 * 1024
 BIG = 15 * MIB

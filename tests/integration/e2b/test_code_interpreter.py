@@ -18,7 +18,7 @@ from tests.harness.e2b import E2BEnv, e2b_environment
 from tests.harness.interpreter import build_interpreter_template
 from tests.harness.platform import Platform
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 
 @pytest.fixture(scope="module")
