@@ -275,7 +275,7 @@ class LayerCache:
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 log.warning("event=layer_image_failed digest=%s error=%s", digest, e)
-            await self._receive_to(tar, digest, size, chunks, also=image.put if image else None)
+            await self._receive_to(tar, digest, size, chunks, also=image.put_file if image else None)
         except BaseException:
             if image is not None:
                 image.abort()
@@ -289,17 +289,18 @@ class LayerCache:
         digest: str,
         size: int,
         chunks: AsyncIterator[bytes],
-        also: Callable[[bytes], None] | None = None,
+        also: Callable[[int, int, int], None] | None = None,
     ) -> None:
         """The layer's bytes into ``tar``, hashed, bounded and checked; each chunk handed to
-        ``also`` as well (the image being made while they arrive)."""
+        ``also`` as well once written (the image being made while they arrive), as (the tar's
+        fd, offset, length): spliced from the page cache, not copied again."""
         with _new_file(tar) as f:
             out = HashingWriter(f)
             async for chunk in chunks:
                 if out.size + len(chunk) > size:
                     raise LayerCorrupt(f"layer {digest}: more bytes than the {size} declared")
                 # Hashing and writing 1 MiB takes about a millisecond: off the event loop.
-                await asyncio.to_thread(_take, out, chunk, also)
+                await asyncio.to_thread(_take, out, f, chunk, also)
         got = out.meta()
         if got.size != size:
             raise LayerCorrupt(f"layer {digest}: {got.size} bytes received, {size} declared")
@@ -470,14 +471,19 @@ class LayerCache:
         return self.root / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
 
 
-def _take(out: HashingWriter, chunk: bytes, also: Callable[[bytes], None] | None) -> None:
-    if also is not None:
-        also(chunk)  # first: the converter starts on it while it is hashed and written
+def _take(
+    out: HashingWriter, f: BinaryIO, chunk: bytes, also: Callable[[int, int, int], None] | None
+) -> None:
+    start = out.size
     out.write(chunk)
+    if also is not None:
+        f.flush()  # (1 MiB chunks bypass its buffer: a no-op)
+        also(f.fileno(), start, len(chunk))
 
 
 def _new_file(path: Path) -> BinaryIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # Readable too: what is received is spliced from it to the converter (``_take``).
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     return os.fdopen(fd, "wb")
 
 

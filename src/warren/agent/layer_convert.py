@@ -10,7 +10,6 @@ server ends on its own once the agent (its socket) is gone.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import json
@@ -30,6 +29,7 @@ NATIVE_NAME = "warren-layer-convert"
 NOBODY = 65534
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 4 << 20  # how far the agent may run ahead of the converter (root may exceed 1 MiB)
+PIPE_FALLBACK = 1 << 20  # fs.pipe-max-size's default: what it may be without CAP_SYS_RESOURCE
 # glibc's malloc in the converter: 1 MiB reads from the heap, and freed memory kept for the next
 # ones instead of mapped and faulted in afresh (a child's page faults: 4 500 -> 1 800 per 5 000
 # small files, ~10 ms of CPU).
@@ -115,6 +115,19 @@ def _start() -> tuple[subprocess.Popen[bytes], socket.socket]:
     return proc, ours
 
 
+def _widen(pipe: int) -> None:
+    """The pipe PIPE_SIZE wide, or as wide as an unprivileged one may be (fs.pipe-max-size,
+    1 MiB by default): root without CAP_SYS_RESOURCE (a container's) gets EPERM past it, and the
+    pipe stayed at 64 KiB, a wake-up of the converter every 64 KiB. A narrower one is only
+    slower."""
+    for size in (PIPE_SIZE, PIPE_FALLBACK):
+        try:
+            fcntl.fcntl(pipe, F_SETPIPE_SZ, size)
+            return
+        except OSError:
+            continue
+
+
 class Conversion:
     """One layer being converted into ``out_fd`` (``tar2sqfs``' stdin, which the caller closes
     once this is made): :meth:`put` its chunks, :meth:`close`, then :meth:`result`. With
@@ -129,8 +142,7 @@ class Conversion:
         src_r, self._src = os.pipe()
         self._result, result_w = os.pipe()
         try:
-            with contextlib.suppress(OSError):  # a smaller pipe is only slower
-                fcntl.fcntl(self._src, F_SETPIPE_SZ, PIPE_SIZE)
+            _widen(self._src)
             _send(request.encode(), [src_r, out_fd, result_w])
         except BaseException:
             os.close(self._src)
@@ -151,6 +163,22 @@ class Conversion:
         try:
             while view:
                 view = view[os.write(self._src, view) :]
+        except BrokenPipeError:
+            self.close()
+
+    def put_file(self, fd: int, offset: int, n: int) -> None:
+        """As :meth:`put`, for ``n`` bytes at ``offset`` in file ``fd``, spliced into the pipe:
+        the page cache's pages are passed on, not copied (the agent wrote them a moment ago;
+        docs/benchmarks.md, session 12)."""
+        if not self._open:
+            return
+        try:
+            while n:
+                k = os.splice(fd, self._src, n, offset_src=offset)
+                if not k:
+                    raise OSError(f"the layer's file ended {n} bytes early")
+                offset += k
+                n -= k
         except BrokenPipeError:
             self.close()
 

@@ -158,6 +158,10 @@ class StreamedImage:
         """The next chunk of the layer (blocks while the converter is a few MiB behind)."""
         self._conversion.put(chunk)
 
+    def put_file(self, fd: int, offset: int, n: int) -> None:
+        """The next ``n`` bytes of the layer, at ``offset`` in file ``fd`` (the received tar)."""
+        self._conversion.put_file(fd, offset, n)
+
     def finish(self) -> LayerStats:
         """``work/layer.sqfs``, once every chunk was put and the layer's digest matched. Raises
         as :func:`build_image` does, or ``ConverterDeclined`` (the native converter left the
