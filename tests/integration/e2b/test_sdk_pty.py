@@ -5,6 +5,7 @@ async."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,12 +89,21 @@ async def test_async_pty(sbx: Sandbox) -> None:
     assert b"13 35" in out, out
 
 
+def _reconnected_before_its_timeout(sbx: Sandbox) -> CommandHandle:
+    """A terminal made with a timeout, its stream dropped (the deadline is the terminal's, not
+    its stream's), then reconnected. It must still be there for the reconnect: 3 s is enough on
+    a quiet machine, and a loaded one that reconnected only after its end (gone: not found)
+    makes it again with twice the timeout, rather than every run waiting out 15 s."""
+    for timeout in (3, 6, 12, 24):
+        h = sbx.pty.create(PtySize(rows=10, cols=40), timeout=timeout)
+        h.disconnect()
+        with contextlib.suppress(NotFoundException):
+            return sbx.pty.connect(h.pid, timeout=DEADLINE_S)
+    raise AssertionError(f"no terminal was still there to reconnect to (the last: {timeout} s)")
+
+
 def test_terminal_is_killed_at_its_timeout(sbx: Sandbox) -> None:
-    # Long enough that the terminal is surely still there for the reconnect (with 2 s, a loaded
-    # machine sometimes reconnected after its end).
-    h = sbx.pty.create(PtySize(rows=10, cols=40), timeout=15)
-    h.disconnect()  # the deadline is the terminal's, not its stream's
-    again = sbx.pty.connect(h.pid, timeout=DEADLINE_S)
+    again = _reconnected_before_its_timeout(sbx)
     with pytest.raises(CommandExitException) as e:
         again.wait()
     assert (e.value.exit_code, e.value.error) == (-1, "signal: killed")
