@@ -26,6 +26,8 @@ from websockets.sync.client import connect as ws_connect
 from tests.harness.cp import JWT_SECRET
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
+from tests.security.test_attack_websocket_memory import watching
+from tests.security.test_what_held_api import raw_websocket
 from warren.cp.services.envd_signatures import signature
 from warren.cp.services.envd_tokens import envd_access_token
 
@@ -265,7 +267,7 @@ MAIN_PROBES = [
     ("snapshots-type-nul", "/v1/snapshots?type=a%00b"),
     ("template-name-nul", "/v1/templates/a%00b"),
     ("download-url-path-nul", "/v1/sandboxes/{sid}/files/download-url?path=/tmp/a%00b"),
-    ("watch-path-nul", "/v1/sandboxes/{sid}/watchers?path=/tmp/a%00b"),
+    ("metrics-range-nul", "/v1/sandboxes/{sid}/metrics?range=a%00b"),
 ]
 
 
@@ -396,3 +398,94 @@ def test_a_team_deleted_mid_stream(platform: Platform) -> None:
     assert carol.w("GET", "/v1/sandboxes").status_code == 401
     with pytest.raises(Exception):  # noqa: B017 - refused at the handshake
         _ws(platform, carol, f"/v1/sandboxes/{sid}/exec/stream")
+
+
+# ------------------------------------------------ watch streams on churning and huge directories
+
+CHURN_S = 25
+STREAMS = 8  # of each kind: Warren watch WebSockets and E2B WatchDir streams
+WATCH_BOUND_MIB = 64  # RSS growth past this is events buffered, not the streams' working set
+CHURN = f"""
+import os, time
+os.makedirs("/tmp/churn", exist_ok=True)
+os.chdir("/tmp/churn")
+end, i, pad = time.time() + {CHURN_S}, 0, "x" * 200
+while time.time() < end:
+    open(f"f{{i}}-{{pad}}", "w").close()
+    os.rename(f"f{{i}}-{{pad}}", f"g{{i}}")
+    os.remove(f"g{{i}}")
+    i += 1
+open("/tmp/churned", "w").write(str(i))
+"""
+
+
+def _watchdir(platform: Platform, sid: str) -> socket.socket:
+    host, port = platform.cp.e2b_url.removeprefix("http://").rsplit(":", 1)
+    msg = json.dumps({"path": "/tmp/churn", "recursive": True}).encode()
+    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.settimeout(WAIT_S)
+    s.connect((host, int(port)))
+    s.sendall(
+        (
+            f"POST /filesystem.Filesystem/WatchDir HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\n"
+            f"E2b-Sandbox-Id: {sid}\r\nE2b-Sandbox-Port: 49983\r\nX-Access-Token: {token_of(sid)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    first = s.recv(1024)  # the answer's head and the stream's start, then nothing is read
+    assert first.startswith(b"HTTP/1.1 200"), first
+    return s
+
+
+def test_watch_streams_on_a_churning_directory_nobody_reads(
+    platform: Platform, alice: Tenant, sandboxes: tuple[str, str, str]
+) -> None:
+    """Eight Warren watch WebSockets and eight E2B ``WatchDir`` streams on a directory whose
+    files a script creates, renames and removes as fast as it can (long names), none of them
+    read: the CP and the agent hold their bounds (events are dropped as ``overflow`` in the
+    guest), never the stream of events."""
+    sid = sandboxes[1]
+    alice.sh(sid, "mkdir -p /tmp/churn")
+    rss = watching(platform)
+    socks: list[socket.socket] = []
+    try:
+        with rss:
+            for _ in range(STREAMS):
+                socks.append(
+                    raw_websocket(
+                        platform.url,
+                        f"/v1/sandboxes/{sid}/watch?path=/tmp/churn",
+                        {"X-API-Key": alice.api_key},
+                    )
+                )
+                socks.append(_watchdir(platform, sid))
+            alice.sh(sid, f"python3 -c '{CHURN}'", timeout_sec=CHURN_S + 60)
+        churned = int(alice.sh(sid, "cat /tmp/churned"))
+    finally:
+        for s in socks:
+            s.close()
+    cp, agent = rss.grown_mib
+    print(
+        f"{churned} files churned under {2 * STREAMS} unread watch streams: CP +{cp} MiB, agent +{agent} MiB"
+    )
+    assert churned > 1000
+    assert cp < WATCH_BOUND_MIB and agent < WATCH_BOUND_MIB, rss.grown_mib
+
+
+def test_watching_a_huge_tree_is_refused_whole(alice: Tenant, sandboxes: tuple[str, str, str]) -> None:
+    """A recursive watch of a tree past the guest's 8192 watched directories: 413 before the
+    stream starts (Warren's polling watcher and its WebSocket alike), nothing left behind."""
+    sid = sandboxes[1]
+    alice.sh(
+        sid, "mkdir -p /tmp/huge && cd /tmp/huge && seq 9000 | sed s/^/d/ | xargs mkdir", timeout_sec=120
+    )
+    r = alice.w("POST", f"/v1/sandboxes/{sid}/watchers", {"path": "/tmp/huge", "recursive": True})
+    assert r.status_code == 413, r.text
+    ok = alice.w("POST", f"/v1/sandboxes/{sid}/watchers", {"path": "/tmp/huge", "recursive": False})
+    assert ok.status_code in (200, 201), ok.text
+    alice.w("DELETE", f"/v1/sandboxes/{sid}/watchers/{ok.json()['watcher_id']}")
+    alice.sh(sid, "rm -rf /tmp/huge")
