@@ -18,6 +18,13 @@ platform is up and warm). It prints:
   3. the same for the API's cheapest authenticated request (GET of an unknown sandbox: HTTP,
      the API-key check, one statement), the floor under any request.
 
+``--profile`` runs the CP without callgrind but with cProfile switched on around the same
+windows (a ``sitecustomize`` hook: SIGUSR1 starts a profile, SIGUSR2 writes it): Python calls per
+request (deterministic) and the profiler's own time by package and by function (not a timing
+to quote: cProfile's overhead is per call, but it says where the calls are). ``--cpu N`` runs
+the CP plain and reads ``/proc`` over N creates one at a time (and N floor requests): the CP's
+CPU and PostgreSQL's (the postmaster and its backends) per request, each less its idle rate.
+
 Run it against another tree with ``PYTHONPATH=<tree>/src``: the migrations and the CP are then
 that tree's (the first line says which ``warren`` it imported).
 """
@@ -29,6 +36,8 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +53,7 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 
 import warren  # noqa: E402
-from bench.schedule import Conn, control_plane, setup  # noqa: E402
+from bench.schedule import Conn, control_plane, cpu_seconds, setup  # noqa: E402
 from warren import ids  # noqa: E402
 from warren.cp.hosts.client_pool import HostClientPool  # noqa: E402
 from warren.cp.security.ca import CertificateAuthority  # noqa: E402
@@ -251,17 +260,169 @@ async def measure(url: str, key: str, pid: int, out: Path, n: int, burst: int, r
         c.close()
 
 
+# --profile: installed in the CP's process through PYTHONPATH (Python imports ``sitecustomize``
+# at start-up); the agents, started from this process's environment, never get the variable.
+PROFILE_HOOK = """
+import cProfile, os, signal
+_state = {"p": None, "n": 0}
+def _on(sig, frame):
+    _state["p"] = cProfile.Profile()
+    _state["p"].enable()
+def _off(sig, frame):
+    p = _state["p"]
+    if p is not None:
+        p.disable()
+        _state["n"] += 1
+        p.dump_stats(os.environ["WARREN_BENCH_PROFILE"] + "." + str(_state["n"]))
+        _state["p"] = None
+if os.environ.get("WARREN_BENCH_PROFILE"):
+    signal.signal(signal.SIGUSR1, _on)
+    signal.signal(signal.SIGUSR2, _off)
+"""
+_PACKAGES = (
+    "warren", "fastapi", "starlette", "uvicorn", "sqlalchemy", "asyncpg", "grpc", "pydantic",
+    "google", "anyio", "httptools", "uvloop", "asyncio", "greenlet", "json", "logging",
+)  # fmt: skip
+
+
+def _package(filename: str, fn: str) -> str:
+    if filename == "~":
+        return "builtins: " + (fn.split(" ")[-1].split(".")[0].strip("<>'") or "?")
+    for part in ("warren/", "site-packages/", "python3.11/"):
+        if part in filename:
+            rest = filename.split(part, 1)[1]
+            head = rest.split("/", 1)[0].removesuffix(".py")
+            if part == "warren/":
+                return "warren." + rest.rsplit(".", 1)[0].replace("/", ".")
+            return head if head in _PACKAGES else ("stdlib" if part == "python3.11/" else head)
+    return filename.rsplit("/", 1)[-1]
+
+
+def profiled(path: Path, k: int, top: int = 25) -> None:
+    """Calls per request and the profiler's time, by package and by function."""
+    import pstats
+
+    st = pstats.Stats(str(path))
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = st.stats  # type: ignore[attr-defined]
+    calls = sum(cc for cc, _, _, _, _ in stats.values())
+    total = sum(tt for _, _, tt, _, _ in stats.values())
+    print(f"    {calls / k:.0f} calls, {total / k * 1e3:.3f} ms of profiled time per request")
+    by_pkg: Counter[str] = Counter()
+    n_pkg: Counter[str] = Counter()
+    for (fname, _, fn), (cc, _, tt, _, _) in stats.items():
+        by_pkg[_package(fname, fn)] += tt
+        n_pkg[_package(fname, fn)] += cc
+    grouped: Counter[str] = Counter()
+    for name, tt in by_pkg.items():
+        grouped[name.split(".")[0] if not name.startswith("warren.") else ".".join(name.split(".")[:3])] += tt
+    print("    by package (ms / request, calls): " + ", ".join(
+        f"{name} {tt / k * 1e3:.3f}" for name, tt in grouped.most_common(16)
+    ))  # fmt: skip
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    for (fname, line, fn), (cc, _, tt, ct, _) in rows:
+        where = f"{_package(fname, fn)}:{line}:{fn}"
+        per = f"{tt / k * 1e6:8.1f} us self {ct / k * 1e6:8.1f} us cum {cc / k:6.1f} calls"
+        print(f"      {per}  {where[:100]}")
+
+
+async def profile_windows(url: str, key: str, pid: int, out: Path, n: int, keep: Path | None) -> None:
+    """cProfile around --n creates one at a time, then --n floor requests (the profiles copied
+    to ``keep``, for pstats)."""
+    u = httpx.URL(url)
+    c = Conn(u.host, u.port or 80, key)
+    await c.open()
+    missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
+    for label, is_create in (("create, one at a time", True), ("GET unknown sandbox (the floor)", False)):
+        sids: list[str] = []
+        os.kill(pid, signal.SIGUSR1)
+        await asyncio.sleep(0.2)
+        for _ in range(n):
+            if is_create:
+                sids.append(await create(c))
+            else:
+                status, _, _ = await c.request("GET", missing)
+                assert status == 404, status
+        os.kill(pid, signal.SIGUSR2)
+        done = Path(f"{out}.{1 if is_create else 2}")
+        deadline = time.monotonic() + 60
+        while not done.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        print(f"  {label} (n={n}):")
+        profiled(done, n)
+        if keep is not None:
+            shutil.copy(done, keep / done.name)
+        await destroy_all(url, key, sids)
+    c.close()
+
+
+def pg_seconds(postmaster: int) -> float:
+    """CPU seconds of the embedded PostgreSQL: the postmaster and its live backends."""
+    kids = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    total = 0
+    for p in [postmaster, *map(int, kids)]:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_windows(url: str, key: str, pid: int, pg_pid: int, n: int) -> None:
+    """The CP's and PostgreSQL's CPU over n creates one at a time and n floor requests, from
+    /proc, each less its idle rate (10 s measured first)."""
+    u = httpx.URL(url)
+    c = Conn(u.host, u.port or 80, key)
+    await c.open()
+    missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
+    c0, p0, t0 = cpu_seconds(pid), pg_seconds(pg_pid), time.perf_counter()
+    await asyncio.sleep(10)
+    dt = time.perf_counter() - t0
+    idle_cp, idle_pg = (cpu_seconds(pid) - c0) / dt, (pg_seconds(pg_pid) - p0) / dt
+    print(f"idle: CP {idle_cp * 1e3:.2f} ms/s, PostgreSQL {idle_pg * 1e3:.2f} ms/s (taken off below)")
+    for label, is_create in (("create, one at a time", True), ("GET unknown sandbox (the floor)", False)):
+        sids: list[str] = []
+        c0, p0, t0 = cpu_seconds(pid), pg_seconds(pg_pid), time.perf_counter()
+        for _ in range(n):
+            if is_create:
+                sids.append(await create(c))
+            else:
+                status, _, _ = await c.request("GET", missing)
+                assert status == 404, status
+        dt = time.perf_counter() - t0
+        cp = cpu_seconds(pid) - c0 - idle_cp * dt
+        pg = pg_seconds(pg_pid) - p0 - idle_pg * dt
+        print(
+            f"  {label:<32} n={n}: CP {cp / n * 1e3:.3f} ms + PostgreSQL {pg / n * 1e3:.3f} ms of CPU per "
+            f"request (wall {dt / n * 1e3:.2f} ms each)"
+        )
+        await destroy_all(url, key, sids)
+    c.close()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     os.environ.update(QUIET)
     with tempfile.TemporaryDirectory(prefix="warren-bench-cpcreate-", ignore_cleanup_errors=True) as d:
         home = Path(d)
         os.chmod(home, 0o755)
+        use_callgrind = args.callgrind and not args.profile and not args.cpu
         prefix = (
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={home}/cg.out"]
-            if args.callgrind
+            if use_callgrind
             else []
         )
+        cp_env: dict[str, str] = {}
+        if args.profile:
+            (home / "hook").mkdir()
+            (home / "hook" / "sitecustomize.py").write_text(PROFILE_HOOK)
+            path = os.environ.get("PYTHONPATH", "")
+            cp_env = {"PYTHONPATH": f"{home / 'hook'}:{path}", "WARREN_BENCH_PROFILE": str(home / "prof")}
+        saved = dict(os.environ)
+        os.environ.update(cp_env)  # for the CP's process only: restored before the agents start
         with control_plane(home, prefix=prefix, start_timeout_s=600) as (url, pg_url, pid):
+            os.environ.clear()
+            os.environ.update(saved)
             key, agents, _ = await setup(url, pg_url, home / "agents", None, heartbeat_s=HEARTBEAT_S)
             pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
             try:
@@ -277,7 +438,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"statements per create (3 creates, one at a time): {counts}")
                 for text, k in Counter(s for st in per_create for s in st).items():
                     print(f"  {k}x {' '.join(text.split())[:150]}")
-                if args.callgrind:
+                if args.profile:
+                    await profile_windows(url, key, pid, home / "prof", args.n, args.keep_profile)
+                elif args.cpu:
+                    pg_pid = int(next(home.rglob("postmaster.pid")).read_text().split()[0])
+                    await cpu_windows(url, key, pid, pg_pid, args.cpu)
+                elif use_callgrind:
                     callgrind(pid, "-i", "on")
                     await measure(url, key, pid, home / "cg.out", args.n, args.burst, args.reps)
             finally:
@@ -294,6 +460,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2, help="each measurement this many times")
     ap.add_argument("--breakdown", action="store_true", help="instructions by shared object too")
     ap.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="statements only")
+    ap.add_argument("--profile", action="store_true", help="cProfile the CP over --n creates instead")
+    ap.add_argument("--keep-profile", type=Path, help="with --profile: copy the profiles to this directory")
+    ap.add_argument("--cpu", type=int, default=0, help="CPU from /proc over this many creates instead")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/cp_create.py runs real agents: run it as root")

@@ -303,6 +303,9 @@ build_cache = Table(
     PrimaryKeyConstraint("team_id", "key", name="pk_build_cache"),
 )
 
+_ACTIVE = text("status NOT IN ('stopped', 'error')")  # a sandbox that takes room on its host
+_SUMMED = ["vcpus", "memory_mb"]
+
 sandboxes = Table(
     "sandboxes",
     metadata,
@@ -358,6 +361,9 @@ sandboxes = Table(
     ),
     # The ended rows by age, for the retention pass (services/retention.py, migration 0012).
     Index("ix_sandboxes_ended", "last_updated", postgresql_where=text("status IN ('stopped', 'error')")),
+    # The active rows per host and per team with what they take: a create's usage sums (migration 0013).
+    Index("ix_sandboxes_active_host", "host_id", postgresql_where=_ACTIVE, postgresql_include=_SUMMED),
+    Index("ix_sandboxes_active_team", "team_id", postgresql_where=_ACTIVE, postgresql_include=_SUMMED),
 )
 
 audit_logs = Table(

@@ -2,16 +2,21 @@
 
 
 def candidates(team: str, is_byoc: str, layers: str) -> str:
-    """The hosts a team may use, ordered by age (ties by id) so the rotation is stable as hosts
-    come and go, each with what its active sandboxes take (``used_vcpus``, ``used_memory_mb``:
-    the scheduler's room check, ``scheduler.fits``; warren_reserve_sandbox has the last word)
-    and, for the template's store layers (bottom first), what it already holds of them
-    (``host_layers``): ``held_bytes``, and ``missing``, the layers it lacks, in chain order.
-    ``team``, ``is_byoc`` (its own hosts only; else the platform's) and ``layers`` are SQL
-    expressions: parameters here, the resolved team's and template's columns in
-    ``queries.sandboxes.RESOLVE``, which reads the candidates in the same statement."""
+    """The hosts a team may use (``id``, ``address``, capacity, ``runtimes``, ``disk_free_bytes``,
+    ``warm_pools``, ``last_heartbeat_at``, ``created_at``), ordered by age (ties by id) so the
+    rotation is stable as hosts come and go, each with what its active sandboxes take
+    (``used_vcpus``, ``used_memory_mb``: the scheduler's room check, ``scheduler.fits``;
+    warren_reserve_sandbox has the last word) and, for the template's store layers (bottom
+    first), what it already holds of them (``host_layers``): ``held_bytes``, and ``missing``, the
+    layers it lacks, in chain order. ``team``, ``is_byoc`` (its own hosts only; else the
+    platform's) and ``layers`` are SQL expressions: parameters here, the resolved team's and
+    template's columns in ``queries.sandboxes.RESOLVE``, which reads the candidates in the same
+    statement."""
+    # Only the columns the choice and the call read (``scheduler``, ``client_pool.get``): every
+    # column more is decoded on every create, a JSONB one by Python's json.loads.
     return f"""
-    SELECT h.*, u.vcpus AS used_vcpus, u.memory_mb AS used_memory_mb,
+    SELECT h.id, h.address, h.cpu_cores, h.memory_mb, h.runtimes, h.disk_free_bytes, h.warm_pools,
+           h.last_heartbeat_at, h.created_at, u.vcpus AS used_vcpus, u.memory_mb AS used_memory_mb,
            l.held_bytes, coalesce(l.missing, '{{}}'::text[]) AS missing
     FROM hosts h
     CROSS JOIN LATERAL (

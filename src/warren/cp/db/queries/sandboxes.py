@@ -89,9 +89,18 @@ RESERVE = """
 # The agent refused: $1 sandbox, $2 now; only while still pending.
 MARK_FAILED = "UPDATE sandboxes SET status = 'error', last_updated = $2 WHERE id = $1 AND status = 'pending'"
 
+# The columns of a sandbox as the API shows it (``services.sandboxes.sandbox_model``): what the
+# create's last statement returns, rather than every column (each is decoded on every create).
+VIEW_COLUMNS = (
+    "id, status, template, vcpus, memory_mb, disk_size_mb, timeout_sec, internet, runtime, "
+    "paused_state, guest_ip, host_ip, created_at, started_at, last_active_at, last_updated, "
+    "public_ports, auto_resume"
+)
+
 # Marks it running and writes the audit row in one statement (one round trip, atomic) — only
 # while it is still `pending` and its team live.
-MARK_RUNNING = """
+MARK_RUNNING = (
+    """
     WITH u AS (
         UPDATE sandboxes
         SET status = 'running', host_ip = $2, started_at = $3, last_active_at = $3, last_updated = $3,
@@ -99,7 +108,9 @@ MARK_RUNNING = """
             on_end = $15, all_ports_public = $16
         WHERE id = $1 AND status = 'pending'
           AND EXISTS (SELECT 1 FROM teams WHERE id = $5 AND deleted_at IS NULL)
-        RETURNING *
+        RETURNING """  # noqa: S608 - module constants only, no input
+    + VIEW_COLUMNS
+    + """
     ), a AS (
         INSERT INTO audit_logs (id, team_id, actor_type, actor_id, actor_name, resource_type,
                                 resource_id, action, scope, status, metadata, created_at)
@@ -108,6 +119,7 @@ MARK_RUNNING = """
     )
     SELECT * FROM u
 """
+)
 
 TEAM_LIVE = "SELECT deleted_at IS NULL FROM teams WHERE id = $1"
 
