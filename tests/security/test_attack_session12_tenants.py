@@ -489,3 +489,42 @@ def test_watching_a_huge_tree_is_refused_whole(alice: Tenant, sandboxes: tuple[s
     assert ok.status_code in (200, 201), ok.text
     alice.w("DELETE", f"/v1/sandboxes/{sid}/watchers/{ok.json()['watcher_id']}")
     alice.sh(sid, "rm -rf /tmp/huge")
+
+
+# ----------------------------------------------------- a snapshot named as a platform template
+
+
+@pytest.mark.parametrize("via", ["e2b", "warren"])
+def test_a_snapshot_named_as_a_platform_template_reaches_no_one_else(
+    platform: Platform, alice: Tenant, bob: Tenant, sandboxes: tuple[str, str, str], via: str
+) -> None:
+    """Alice plants a file and snapshots her sandbox under the platform template's name
+    (``minimal``), through E2B and through Warren: refused, or hers alone. Bob's sandboxes from
+    ``minimal`` (Warren's create and E2B's) never carry her file."""
+    sid = sandboxes[1]
+    alice.sh(sid, "echo planted > /etc/planted-by-alice")
+    if via == "e2b":
+        made = e2b(platform, alice, "POST", f"/sandboxes/{sid}/snapshots", {"name": "minimal"})
+    else:
+        made = alice.w("POST", "/v1/snapshots", {"sandbox_id": sid, "name": "minimal"})
+    print(f"{via}: snapshot named minimal: {made.status_code} {made.text[:200]}")
+    assert made.status_code in (201, 400, 409), made.text
+    try:
+        theirs = bob.create(memory_mb=128)
+        try:
+            assert "planted" not in bob.sh(theirs, "cat /etc/planted-by-alice 2>/dev/null; true")
+        finally:
+            bob.w("DELETE", f"/v1/sandboxes/{theirs}")
+        r = e2b(platform, bob, "POST", "/sandboxes", {"templateID": "minimal", "timeout": 60})
+        assert r.status_code == 201, r.text
+        e2b_sid = r.json()["sandboxID"]
+        try:
+            assert "planted" not in bob.sh(e2b_sid, "cat /etc/planted-by-alice 2>/dev/null; true")
+        finally:
+            bob.w("DELETE", f"/v1/sandboxes/{e2b_sid}")
+    finally:
+        if made.status_code == 201:
+            alice.w("DELETE", "/v1/snapshots/minimal")
+            e2b(platform, alice, "DELETE", "/templates/minimal")
+        if alice.w("GET", f"/v1/sandboxes/{sid}").json().get("status") == "paused":
+            alice.w("POST", f"/v1/sandboxes/{sid}/resume")
