@@ -528,3 +528,35 @@ def test_a_snapshot_named_as_a_platform_template_reaches_no_one_else(
             e2b(platform, alice, "DELETE", "/templates/minimal")
         if alice.w("GET", f"/v1/sandboxes/{sid}").json().get("status") == "paused":
             alice.w("POST", f"/v1/sandboxes/{sid}/resume")
+
+
+# ------------------------------------------------------------------ hostile E2B create bodies
+
+CREATE_PROBES = [
+    ("template-nul", {"templateID": "mini\u0000mal"}),
+    ("template-tag-nul", {"templateID": "minimal:\u0000"}),
+    ("template-huge", {"templateID": "m" * 200_000}),
+    ("template-surrogate", {"templateID": "\ud800"}),
+    ("template-path", {"templateID": "../../minimal"}),
+    ("template-number", {"templateID": 7}),
+    ("metadata-key-nul", {"templateID": "minimal", "metadata": {"a\u0000": "b"}}),
+    ("metadata-nested", {"templateID": "minimal", "metadata": {"a": {"b": "c"}}}),
+    ("env-nul", {"templateID": "minimal", "envVars": {"A": "b\u0000c"}}),
+    ("timeout-huge", {"templateID": "minimal", "timeout": 10**30}),
+    ("timeout-negative", {"templateID": "minimal", "timeout": -1}),
+    ("timeout-float", {"templateID": "minimal", "timeout": 1e308}),
+    ("timeout-bool", {"templateID": "minimal", "timeout": True}),
+    ("auto-pause-string", {"templateID": "minimal", "autoPause": "yes"}),
+]
+
+
+@pytest.mark.parametrize(("what", "body"), CREATE_PROBES, ids=[p[0] for p in CREATE_PROBES])
+def test_hostile_e2b_create_bodies_are_4xx(platform: Platform, alice: Tenant, what: str, body: Any) -> None:
+    """E2B's create with hostile template ids, metadata, env and timeouts: a 4xx (a create
+    that succeeds is killed at once), never a 500."""
+    raw = json.dumps(body).encode()  # lone surrogates as \\ud800 escapes, as a client sends them
+    with httpx.Client(base_url=platform.cp.e2b_url, headers={"X-API-KEY": alice.api_key}, timeout=120) as c:
+        r = c.post("/sandboxes", content=raw, headers={"Content-Type": "application/json"})
+    if r.status_code == 201:
+        e2b(platform, alice, "DELETE", f"/sandboxes/{r.json()['sandboxID']}")
+    assert r.status_code < 500, (what, r.status_code, r.text)
