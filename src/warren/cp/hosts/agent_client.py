@@ -12,10 +12,15 @@ HTTP in one place (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDIT
 
 The same interceptor sends the current request's id (``warren.request_context``) as the
 ``x-request-id`` metadata of every call, so the agent's log lines carry it, and counts failed
-calls by method and code (``warren_agent_rpc_errors_total``)."""
+calls by method and code (``warren_agent_rpc_errors_total``).
+
+What the CP stores of an agent's answers goes through the checks at the end of this module
+first: a BYOC host's agent is its tenant's, and writes whatever it likes (docs/security.md)."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import AsyncIterator, Generator
 from typing import Any, cast
 
@@ -24,6 +29,9 @@ import grpc.aio
 from warren.cp.telemetry import AGENT_RPC_ERRORS
 from warren.errors import AgentError
 from warren.request_context import GRPC_METADATA_KEY, request_id
+
+log = logging.getLogger("warren.hosts")
+_MAX_IP_TEXT = 45  # the longest IPv6 text form (with an embedded IPv4 address)
 
 
 def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> AgentError:
@@ -137,4 +145,28 @@ def agent_errors(host_id: str) -> list[grpc.aio.ClientInterceptor]:
     return [cast(grpc.aio.ClientInterceptor, kind(host_id)) for kind in kinds]
 
 
-__all__ = ["agent_errors", "translate"]
+# ------------------------------------------------------------------ what the CP takes from answers
+
+
+def answered_ip(text: str, host_id: str = "") -> str:
+    """A sandbox's address as an agent answered it (create, resume, listing): the IP address in
+    its canonical form, or "" for anything else. It lands on the sandbox's row and in every answer
+    about it: a hostile agent's MiB of text, or a name, stays out."""
+    if not text:
+        return ""
+    try:
+        if len(text) > _MAX_IP_TEXT:
+            raise ValueError(text)
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        log.warning("agent answered a sandbox address that is no IP host=%s length=%d", host_id, len(text))
+        return ""
+
+
+def answered_disk_mb(reported: int, asked: int) -> int:
+    """The disk size an agent says it made: it only ever caps what the create asked for (to fit
+    the memory), so anything outside 1..asked (0 from an agent that does not say) is ``asked``."""
+    return reported if 0 < reported <= asked else asked
+
+
+__all__ = ["agent_errors", "answered_disk_mb", "answered_ip", "translate"]

@@ -39,7 +39,13 @@ log = logging.getLogger(__name__)
 # take as long as the work (create, snapshot); callers pass a shorter one where they need it
 # (the monitor's ListSandboxes, pings).
 DEFAULT_TIMEOUT_S = 600.0
-_MAX_MESSAGE = 128 * 1024 * 1024
+# What the CP sends (a WriteFile, a PutLayer chunk) and what it takes in one message. No agent
+# answer needs more than a few MiB at once: output, files and layers come in chunks of at most
+# 1 MiB, a guest frame is at most 4 MiB, a listing page ~1 MiB, a unary exec's output 16 MiB.
+# gRPC refuses a larger message from its length prefix, before any of it is held: a BYOC host's
+# agent (its tenant's) answering every call with 100 MiB had the CP hold each whole.
+_MAX_SEND = 128 * 1024 * 1024
+MAX_RECEIVE = 16 * 1024 * 1024
 
 
 class HostClient:
@@ -101,8 +107,8 @@ class HostClientPool:
             options=[
                 ("grpc.ssl_target_name_override", host_id),
                 ("grpc.default_authority", host_id),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_RECEIVE),
+                ("grpc.max_send_message_length", _MAX_SEND),
                 # A host back from an outage should be reachable on the next monitor pass, not
                 # after gRPC's default reconnect backoff (up to 120 s).
                 ("grpc.initial_reconnect_backoff_ms", 200),

@@ -22,6 +22,11 @@ Each pass, per host whose status is not ``pending``/``offline``:
   reach them any more. A sandbox the database does not know at all is left alone and logged.
   The answer's egress readings go to the sandboxes' rows (usage.py: per-team egress bytes).
 
+A BYOC host's agent is its tenant's (docs/security.md): its answer changes only that host's
+records (every statement is scoped to the host), an answer of more than ``MAX_LISTED`` entries
+is refused whole, and its check runs beside the pass rather than in it, at most one per host and
+on at most half the slots, so hosts that answer at their deadline never delay the platform's.
+
 Safe with several CP replicas running it at once:
 
 * the passive transition is one conditional UPDATE (``WHERE status = <old> AND heartbeat still
@@ -57,9 +62,10 @@ from warren.cp.background import Worker
 from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, replica_leases, sandboxes
+from warren.cp.hosts.agent_client import answered_ip
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClientPool
 from warren.cp.hosts.usage import record_egress
-from warren.errors import WarrenError
+from warren.errors import AgentError, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.monitor")
@@ -70,6 +76,11 @@ LIST_DEADLINE_S = 10.0
 ABANDONED_PENDING_S = DEFAULT_TIMEOUT_S + 60
 # Destroys of sandboxes with a final record, at once per host.
 FINAL_DESTROY_CONCURRENCY = 8
+# Entries one ListSandboxes answer may hold (its four lists together): far more sandboxes than a
+# host runs, and below PostgreSQL's 32767 parameters a statement (the listed ids are looked up in
+# one). A BYOC host's agent is its tenant's: a larger answer is refused whole, not taken apart
+# on the event loop (100 000 entries: ~0.3 s of the CP's CPU and ~40 MiB).
+MAX_LISTED = 16_384
 
 
 def _classify(
@@ -133,7 +144,7 @@ async def _record_created(
             sandboxes.update()
             .where(sandboxes.c.id == u)
             .values(
-                host_ip=host_ips.get(ids.sandbox_id(u), ""),
+                host_ip=answered_ip(host_ips.get(ids.sandbox_id(u), "")),
                 started_at=sa.func.coalesce(sandboxes.c.started_at, now),
             )
         )
@@ -209,8 +220,25 @@ class HostMonitor(Worker):
         self.pending_grace_s = pending_grace_s
         # This monitor's own replica: alive whatever its lease row says (a clock moved by a test).
         self.replica_id = replica_id
+        # Every check (each holds a database connection across its agent call) takes one of
+        # these; BYOC hosts' checks first take one of their half (_byoc_checks).
+        self._slots = asyncio.Semaphore(concurrency)
+        self._byoc_slots = asyncio.Semaphore(max(1, concurrency // 2))
+        self._byoc: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    # -- lifecycle (start and stop: Worker) ---------------------------------------------------
+    # -- lifecycle (start: Worker) -----------------------------------------------------------
+    async def stop(self) -> None:
+        await super().stop()
+        tasks = list(self._byoc.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def settled(self) -> None:
+        """Wait for the BYOC hosts' checks the passes left running (tests, and stop)."""
+        while self._byoc:
+            await asyncio.gather(*list(self._byoc.values()), return_exceptions=True)
+
     async def _loop(self) -> None:
         while True:
             try:
@@ -250,23 +278,52 @@ class HostMonitor(Worker):
                 continue
             if h["status"] == "online" and h["address"]:
                 active.append(h)
+        # A BYOC host's agent is its tenant's and may answer at its deadline, every time: its
+        # check runs on its own (_byoc_checks), so it never holds the pass, which checks the
+        # platform's hosts on time.
+        for h in active:
+            if h["type"] == "byoc":
+                self._byoc_check(h, result)
+        platform = [h for h in active if h["type"] != "byoc"]
+
         # Active checks talk to agents; several at once so one slow host does not delay the
         # others, but bounded: each holds a database connection across its agent call.
-        slots = asyncio.Semaphore(self.concurrency)
-
         async def check(h: RowMapping) -> None:
-            async with slots:
+            async with self._slots:
                 await self._reconcile(h, result)
 
         # Every check ends before the pass does (a failed one must not keep running into the
         # next pass, past the bound); a failure is that host's alone.
-        outcomes = await asyncio.gather(*(check(h) for h in active), return_exceptions=True)
-        for h, outcome in zip(active, outcomes, strict=True):
+        outcomes = await asyncio.gather(*(check(h) for h in platform), return_exceptions=True)
+        for h, outcome in zip(platform, outcomes, strict=True):
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
             if isinstance(outcome, BaseException):
                 log.error("monitor: check of %s failed", ids.host_id(h["id"]), exc_info=outcome)
         return result
+
+    def _byoc_check(self, h: RowMapping, result: PassResult) -> None:
+        """Start a BYOC host's check unless its last one is still running (at most one per
+        host); at most half the monitor's slots go to BYOC hosts, so a tenant's hosts that
+        answer at their deadline (1000 a team) leave the other half to the platform's. What it
+        changes is added to ``result`` when it ends."""
+        if (running := self._byoc.get(h["id"])) is not None and not running.done():
+            return
+
+        async def check() -> None:
+            try:
+                async with self._byoc_slots, self._slots:
+                    await self._reconcile(h, result)
+            except Exception:
+                log.exception("monitor: check of %s failed", ids.host_id(h["id"]))
+
+        def forget(task: asyncio.Task[None]) -> None:
+            if self._byoc.get(h["id"]) is task:
+                del self._byoc[h["id"]]
+
+        task = asyncio.create_task(check(), name=f"monitor-check-{ids.host_id(h['id'])}")
+        self._byoc[h["id"]] = task
+        task.add_done_callback(forget)
 
     async def _mark_down(self, h: RowMapping, cutoff: datetime, result: PassResult) -> None:
         hid = ids.host_id(h["id"])
@@ -345,7 +402,15 @@ class HostMonitor(Worker):
 
     async def _list(self, h: RowMapping) -> Any:
         req = pb.ListSandboxesRequest()
-        return await self.pool.get(h).stub.ListSandboxes(req, timeout=LIST_DEADLINE_S)
+        resp = await self.pool.get(h).stub.ListSandboxes(req, timeout=LIST_DEADLINE_S)
+        entries = (
+            len(resp.sandboxes) + len(resp.auto_paused_sandbox_ids) + len(resp.creating_sandbox_ids)
+            + len(resp.ended_egress)
+        )  # fmt: skip
+        if entries > MAX_LISTED:
+            too_many = f"ListSandboxes answered {entries} entries, more than {MAX_LISTED}"
+            raise AgentError(too_many, rpc_code="RESOURCE_EXHAUSTED")
+        return resp
 
     async def _apply(
         self, conn: AsyncConnection, h: RowMapping, resp: Any, asked_at: datetime, result: PassResult

@@ -48,6 +48,10 @@ log = logging.getLogger("warren.layer_gc")
 # The one collector's lock key (the namespace is locks.LAYER_GC_NS).
 _GC_KEY = uuid.UUID(int=0)
 _LIST_TIMEOUT_S = 30.0
+# Layers one host's ListLayers may name: far more than a host caches, and what one statement can
+# record (3 parameters a row, PostgreSQL takes 32767). A BYOC host's agent is its tenant's: 12 000
+# made-up digests failed every collection of the platform; a longer answer is not believed.
+MAX_HOST_LAYERS = 10_000
 _DELETE_TIMEOUT_S = 120.0
 
 
@@ -128,6 +132,12 @@ async def _list(pool: HostClientPool, host: RowMapping) -> dict[str, bool] | Non
         resp = await pool.get(host).stub.ListLayers(pb.ListLayersRequest(), timeout=_LIST_TIMEOUT_S)
     except AgentError as e:
         log.warning("layer gc: ListLayers on %s failed: %s", ids.host_id(host["id"]), e)
+        return None
+    if len(resp.layers) > MAX_HOST_LAYERS:
+        log.warning(
+            "layer gc: %s listed %d layers, more than %d: skipped", ids.host_id(host["id"]),
+            len(resp.layers), MAX_HOST_LAYERS,
+        )  # fmt: skip
         return None
     return {li.digest: li.in_use for li in resp.layers if is_digest(li.digest)}
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warren import clock
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import sandbox_metric_points, sandboxes
+from warren.cp.hosts.agent_client import answered_ip
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import audit
 from warren.cp.services.context import AuthContext
@@ -114,9 +115,11 @@ async def resume_sandbox(
     found = await find(engine, ctx, sandbox_id, states=("paused",))
     found.require_host()
     sid = found.sandbox.id
-    resp = await found.host_client(pool).stub.ResumeSandbox(
+    client = found.host_client(pool)
+    resp = await client.stub.ResumeSandbox(
         pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=found.sandbox.timeout_sec), timeout=120
     )
+    host_ip = answered_ip(resp.host_ip, client.host_id) or found.row["host_ip"]
     now = clock.now()
     async with transaction(engine) as conn:
         new = (
@@ -124,7 +127,7 @@ async def resume_sandbox(
                 sa.update(sandboxes)
                 .where(sandboxes.c.id == found.sb_uuid, sandboxes.c.status == "paused")
                 .values(
-                    status="running", host_ip=resp.host_ip or found.row["host_ip"], started_at=now,
+                    status="running", host_ip=host_ip, started_at=now,
                     last_active_at=now, last_updated=now, paused_state=None,
                 )
                 .returning(*sandboxes.c)

@@ -35,6 +35,7 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts
+from warren.cp.hosts.agent_client import answered_disk_mb, answered_ip
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import Timestamp, audit, layers, limits, replica_lease
@@ -336,10 +337,11 @@ async def _record_running(
         async with driver(engine) as conn:
             row = await conn.fetchrow(
                 q.MARK_RUNNING,
-                sb_uuid, resp.host_ip, now, ids.new_uuid(), team_uuid, actor_type, actor_id,
-                actor_name, sid, json.dumps({**audit.request_metadata(), "template": plan.template}),
+                sb_uuid, answered_ip(resp.host_ip, client.host_id), now, ids.new_uuid(), team_uuid,
+                actor_type, actor_id, actor_name, sid,
+                json.dumps({**audit.request_metadata(), "template": plan.template}),
                 # The agent sizes the disk to fit the memory limit and says what it made.
-                resp.disk_size_mb or plan.shape.disk_size_mb,  # 0 from an agent that does not say
+                answered_disk_mb(resp.disk_size_mb, plan.shape.disk_size_mb),
                 token_digest, json.dumps(params.metadata or {}), end_at, params.on_end,
                 params.all_ports_public,
             )  # fmt: skip
