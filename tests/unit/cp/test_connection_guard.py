@@ -26,6 +26,12 @@ class Guarded(GuardedHttpToolsProtocol):
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":  # accepted, then idle until the client goes
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
@@ -120,3 +126,31 @@ def test_connections_past_the_process_cap_are_refused(port: int) -> None:
     while not get(port, "127.0.33.1").startswith(b"HTTP/1.1 200 "):
         assert time.monotonic() < deadline, "still refused after the connections went"
         time.sleep(0.1)
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_upgraded_websockets_stay_counted_under_their_address(port: int) -> None:
+    """Session 12: an upgrade took the connection out of its address's count, so one address
+    held as many idle WebSockets as the process cap."""
+    held = []
+    try:
+        for _ in range(8):
+            s = connect(port, "127.0.34.1", UPGRADE)
+            assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
+            held.append(s)
+        refused = get(port, "127.0.34.1")
+        assert refused.startswith(b"HTTP/1.1 503 ") or refused == b"", refused[:100]
+        assert Guarded.by_address.get("127.0.34.1") == 8
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + WAIT_S
+    while not get(port, "127.0.34.1").startswith(b"HTTP/1.1 200 "):
+        assert time.monotonic() < deadline, "the address was still refused after its WebSockets went"
+        time.sleep(0.1)
+    assert Guarded.by_address.get("127.0.34.1", 0) == 0
