@@ -401,6 +401,28 @@ async def cpu_windows(url: str, key: str, pid: int, pg_pid: int, n: int) -> None
     c.close()
 
 
+async def seed_ended(pg_url: str, team: str, n: int) -> None:
+    """``n`` ended (``stopped``) sandbox rows of the team, spread over the hosts: the history the
+    retention pass keeps for seven days, which a create's usage sums must not read."""
+    db = await asyncpg.connect(pg_url)
+    try:
+        hosts = [r["id"] for r in await db.fetch("SELECT id FROM hosts")]
+        await db.execute(
+            """
+            INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb,
+                                   timeout_sec, disk_size_mb, internet, created_at, last_updated)
+            SELECT gen_random_uuid(), $1, ($2::uuid[])[1 + g % cardinality($2::uuid[])], 'minimal',
+                   'stopped', 1, 512, 0, 5120, true, now(), now()
+            FROM generate_series(1, $3) g
+            """,
+            ids.parse_id(ids.Kind.TEAM, team, what="team"), hosts, n,
+        )  # fmt: skip
+        await db.execute("ANALYZE sandboxes")
+    finally:
+        await db.close()
+    print(f"seeded {n} ended sandbox rows of the team")
+
+
 async def main_async(args: argparse.Namespace) -> None:
     os.environ.update(QUIET)
     with tempfile.TemporaryDirectory(prefix="warren-bench-cpcreate-", ignore_cleanup_errors=True) as d:
@@ -423,9 +445,11 @@ async def main_async(args: argparse.Namespace) -> None:
         with control_plane(home, prefix=prefix, start_timeout_s=600) as (url, pg_url, pid):
             os.environ.clear()
             os.environ.update(saved)
-            key, agents, _ = await setup(url, pg_url, home / "agents", None, heartbeat_s=HEARTBEAT_S)
+            key, agents, team = await setup(url, pg_url, home / "agents", None, heartbeat_s=HEARTBEAT_S)
             pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
             try:
+                if args.seed_ended:
+                    await seed_ended(pg_url, team, args.seed_ended)
                 # Warm up: the CP's caches, its database pool, its channels to the agents.
                 u = httpx.URL(url)
                 c = Conn(u.host, u.port or 80, key)
@@ -461,6 +485,7 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="instructions by shared object too")
     ap.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="statements only")
     ap.add_argument("--profile", action="store_true", help="cProfile the CP over --n creates instead")
+    ap.add_argument("--seed-ended", type=int, default=0, help="the team's ended rows to add first")
     ap.add_argument("--keep-profile", type=Path, help="with --profile: copy the profiles to this directory")
     ap.add_argument("--cpu", type=int, default=0, help="CPU from /proc over this many creates instead")
     args = ap.parse_args()

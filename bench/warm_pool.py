@@ -21,9 +21,9 @@ uvicorn process, three real `warren agent` processes registered through the API)
      once all are full, --burst (100) concurrent `POST /v1/sandboxes` (one connection each,
      opened beforehand): end-to-end p50/p99 and CPU per create of the CP and of PostgreSQL. The
      same burst follows once every host has reported its pool empty for 3 s (truly cold).
-     --burst-only skips part 1; --probe prints, per burst, every process's CPU, what the agents
-     logged (claims, refills, cold creates) and PostgreSQL's statements (bench/_burst_probe.py);
-     --keep-logs DIR keeps the platform's logs.
+     --burst-only skips part 1, --no-bursts part 2; --probe prints, per burst, every process's
+     CPU, what the agents logged (claims, refills, cold creates) and PostgreSQL's statements
+     (bench/_burst_probe.py); --keep-logs DIR keeps the platform's logs.
 
 Targets (issue 17): SDK warm p50 <= 15 ms; REST warm p50 <= 10 ms; CP CPU per create <= 1.5 ms;
 100 concurrent creates from pools p50 <= 250 ms. Everything shares this machine's cores.
@@ -327,6 +327,7 @@ async def main() -> None:
     ap.add_argument("--burst-pool", type=int, default=40, help="each agent's pool for the burst")
     ap.add_argument("--keep-logs", default="", help="copy the platform's logs into this directory")
     ap.add_argument("--burst-only", action="store_true", help="skip the one-at-a-time creates (part 1)")
+    ap.add_argument("--no-bursts", action="store_true", help="part 1 only (an A/B of two trees)")
     ap.add_argument(
         "--probe", action="store_true",
         help="per process CPU, agent log events and PostgreSQL statements during each burst "
@@ -349,6 +350,8 @@ async def main() -> None:
         print(f"idle CPU (heartbeats), taken off below: {idle}\n")
         if not args.burst_only:
             await one_at_a_time(platform, args, cp_pid, pg_pid)
+        if args.no_bursts:
+            return
         print(f"\n2. bursts over {len(AGENT_IPS)} agents")
         prober = probe(platform, base, cp_pid, pg_pid) if args.probe else None
         # A first burst, not measured: each of the CP's database connections prepares the
