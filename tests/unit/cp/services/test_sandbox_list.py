@@ -3,6 +3,7 @@ the paginated list against a real database."""
 
 from __future__ import annotations
 
+import base64
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -67,6 +68,21 @@ def test_cursor_round_trip_and_refusals() -> None:
     for bad in ("", "!!", "bm90IGEgY3Vyc29y", "x" * (sl.MAX_CURSOR + 1), sl.encode_cursor(at, row)[:-3]):
         with pytest.raises(InvalidRequest):
             sl.decode_cursor(bad)
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
+def test_times_past_the_drivers_range_are_400(at: str) -> None:
+    """Session 12: in range as written, out of it once in UTC; the driver's OverflowError was a 500."""
+    with pytest.raises(InvalidRequest):
+        sl.in_utc(datetime.fromisoformat(at), "startedAfter")
+    text = f"{at}|{uuid.uuid4().hex}".encode()
+    with pytest.raises(InvalidRequest):
+        sl.decode_cursor(base64.urlsafe_b64encode(text).decode().rstrip("="))
+
+
+def test_a_metadata_filter_of_too_many_pairs_is_400() -> None:
+    with pytest.raises(InvalidRequest):
+        sl.parse_metadata_filter("a=b&" * (sl.MAX_PAIRS + 1))
 
 
 @pytest.fixture
