@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from tests.harness import netns
 from tests.harness.cp import PASSWORD
 from tests.harness.leaks import runsc_leftovers, wait_no_leaks
-from tests.harness.platform import Platform
+from tests.harness.platform import Platform, running_platform
 from warren import Sandbox
 from warren.cli.main import app as cli_app
 
@@ -49,6 +49,7 @@ FETCH = (
     "import urllib.request, sys; "
     "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)"
 )
+MONITOR_S = 5  # WARREN_MONITOR_INTERVAL_S for this module's CP
 # A "remote" server behind its own veth, at TEST-NET-3 addresses no other test uses: no packet
 # leaves the machine.
 INET_HOST, INET_PEER = "203.0.113.101", "203.0.113.102"
@@ -125,6 +126,17 @@ class Api:
             return runsc_leftovers(agent.data_dir, sb["id"]) == []
 
         assert await wait_for("runsc to leave nothing", no_runsc) is True
+
+
+@pytest.fixture(scope="module")
+async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
+    """The module's platform, its host monitor passing every 5 s instead of every 30 s: the
+    inactivity-pause test waits for a pass to record what the agent did (up to 30 s of a
+    worker's time, every run, at the default)."""
+    if os.geteuid() != 0:
+        pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
+    async with running_platform(db_url, platform_dir, {"WARREN_MONITOR_INTERVAL_S": str(MONITOR_S)}) as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +344,7 @@ async def test_the_sdk_and_the_cli_ask_for_gvisor(api: Api, platform: Platform, 
 
 async def test_the_inactivity_pause_is_to_disk_too(api: Api) -> None:
     """The agent's TTL reaper pauses an idle gVisor sandbox to disk; the CP's host monitor (a
-    pass every 30 s) records it paused, and how."""
+    pass every MONITOR_S seconds here) records it paused, and how."""
     sb = await api.create(memory_mb=128, timeout_sec=3)
     try:
 
