@@ -36,6 +36,7 @@ import grpc
 import grpc.aio
 import httpx
 import pytest
+from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.harness.fake_agent import serve_fake_agent
@@ -493,3 +494,34 @@ async def test_hosts_that_never_answer_do_not_hold_the_monitor_pass(
             h.script.release.set()
             await h.server.stop(0)
         await _api(alice, "DELETE", f"/v1/sandboxes/{sid}")
+
+
+# ------------------------------------------------------------------ another host's identity
+
+
+async def test_a_byoc_host_cannot_get_a_certificate_in_another_hosts_name(
+    platform: Platform, mallory: Tenant, rogue: RogueHost
+) -> None:
+    """The CP dials a host with the TLS name ``host-<its id>`` and trusts any certificate of its
+    CA carrying that name. mallory registered a host at the address ``host-<the platform host's
+    id>:50051`` and was issued a certificate naming the platform's host: served from where the
+    CP dials that host, it passed as that host (every team's creates, env secrets, files). Now
+    such an address is a 400 (the token stays unused), and the CA never names another host."""
+    victim = ids.host_id((await platform.sql("SELECT id FROM hosts WHERE type = 'regular'"))[0].id)
+    async with httpx.AsyncClient(base_url=platform.url, timeout=60) as c:
+        for address in (f"{victim}:50051", f"{victim.upper()}:50051", f"Host-{victim[5:]}:443"):
+            body = {"type": "byoc", "team_id": mallory.team_id}
+            r = await c.post("/v1/hosts", json=body, headers=_jwt(mallory))
+            assert r.status_code == 201, r.text
+            host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+            r = await c.post("/v1/hosts/register", json={"token": token, "address": address})
+            assert r.status_code == 400, (address, r.text[:300])
+            r = await c.post("/v1/hosts/register", json={"token": token, "address": "127.0.0.1:9"})
+            assert r.status_code == 201, r.text[:300]
+            r = await c.delete(f"/v1/hosts/{host_id}?force=true", headers=_jwt(mallory))
+            assert r.status_code == 204, r.text
+    ca = CertificateAuthority.load_or_create(platform.cp.home / "ca")
+    issued = ca.issue_host_cert(rogue.host_id, f"{victim}:50051")
+    cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [n.lower() for n in names.get_values_for_type(x509.DNSName)] == [rogue.host_id], names

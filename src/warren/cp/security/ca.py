@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from warren import ids
 from warren.config import Settings
 
 HOST_CERT_TTL = timedelta(days=7)
@@ -108,6 +109,14 @@ def address_host(address: str) -> str:
     if a.count(":") == 1:
         return a.rsplit(":", 1)[0]
     return a
+
+
+def names_a_host(name: str) -> bool:
+    """Whether ``name`` is in the host ids' namespace (``host-…``, in any case: DNS names match
+    case-insensitively). The CP checks an agent's certificate by its host id, so only that host's
+    own certificate may carry one: a (BYOC) host registered with the address ``host-<another
+    host's id>:port`` was issued a certificate the CP accepts as that other host's."""
+    return name.lower().startswith(ids.Kind.HOST.value)
 
 
 @dataclass(frozen=True)
@@ -204,7 +213,7 @@ class CertificateAuthority:
             try:
                 sans.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
-                if host != host_id:
+                if not names_a_host(host):  # its own id is there already; another's never
                     sans.append(x509.DNSName(host))
         return self._issue(host_id, sans, ExtendedKeyUsageOID.SERVER_AUTH, HOST_CERT_TTL)
 

@@ -27,7 +27,7 @@ from warren import clock, ids
 from warren.config import RUNTIMES, Runtime
 from warren.cp.db.engine import transaction
 from warren.cp.db.tables import host_refresh_tokens, host_tokens, hosts
-from warren.cp.security.ca import CertificateAuthority, IssuedCert
+from warren.cp.security.ca import CertificateAuthority, IssuedCert, names_a_host
 from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
 from warren.cp.services import audit
 from warren.cp.services.hosts import HostCredentials, host_model
@@ -121,7 +121,7 @@ def check_address(address: str) -> None:
             raise bad from None
     else:
         host, sep, port = address.rpartition(":")
-        if not _HOSTNAME.match(host):
+        if not _HOSTNAME.match(host) or names_a_host(host):  # a host id is no address
             raise bad
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise bad
