@@ -29,6 +29,7 @@ import pytest
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from tests.security.attack_helpers import wait_until
+from warren import ids
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
@@ -177,3 +178,55 @@ def test_unread_dns_answers_do_not_hold_the_resolver(platform: Platform, alice: 
         assert json.dumps(out.split()) == json.dumps(["rcode", "3"]), out
     finally:
         alice.w("DELETE", f"/v1/sandboxes/{sb}")
+
+
+# Inside a gVisor sandbox, on its disk (not /tmp, gVisor's own tmpfs): a chain of directories
+# deeper than Python's recursion limit, its whole path still short of PATH_MAX on the host.
+DEEP_TREE = r"""
+import os
+os.chdir("/root")
+for _ in range(1200):
+    os.mkdir("d")
+    os.chdir("d")
+with open("bottom", "w") as f:
+    f.write("x")
+"""
+
+
+def _team_snapshots(platform: Platform, team_id: str) -> list[str]:
+    """The entries of the team's host-local snapshot directory on the agent (not descended)."""
+    d = platform.agents[0].data_dir / "templates" / "teams" / str(ids.parse_id(ids.Kind.TEAM, team_id))
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def _sandbox_dir(platform: Platform, sb: str) -> bool:
+    return (platform.agents[0].data_dir / "sandboxes" / sb).exists()
+
+
+def test_a_deep_tree_in_a_host_local_snapshot(platform: Platform, alice: Tenant) -> None:
+    """gVisor snapshots are host-local copies: the agent sized, removed and tore down their
+    trees with Python's recursive walkers. A tree 1200 levels deep failed the snapshot after
+    its copy was in place (kept on the host's disk, counted nowhere) and left a deleted
+    snapshot's files, and the directory of a sandbox made from it, on the host for good."""
+    before = _team_snapshots(platform, alice.team_id)
+    src = alice.create(runtime="gvisor", memory_mb=256)
+    name, made, snap = f"deep-{src[-8:]}", [], False
+    try:
+        alice.sh(src, f"cat > /root/deep.py <<'EOF'\n{DEEP_TREE}\nEOF\npython3 /root/deep.py")
+        r = alice.w("POST", "/v1/snapshots", {"sandbox_id": src, "name": name}, 600)
+        snap = r.status_code == 201
+        assert snap, (r.status_code, r.text, _team_snapshots(platform, alice.team_id))
+        made.append(alice.create(template=name))
+        depth = "/".join(["d"] * 1200)
+        assert alice.sh(made[0], f"cat /root/{depth}/bottom") == "x"
+        for sb in made:
+            assert alice.w("DELETE", f"/v1/sandboxes/{sb}").status_code in (200, 204)
+        wait_until(lambda: not any(_sandbox_dir(platform, sb) for sb in made), 60, "its directory gone")
+        assert alice.w("DELETE", f"/v1/snapshots/{name}").status_code == 204
+        snap = False
+        assert _team_snapshots(platform, alice.team_id) == before
+    finally:
+        for sb in [src, *made]:
+            alice.w("DELETE", f"/v1/sandboxes/{sb}")
+        if snap:
+            alice.w("DELETE", f"/v1/snapshots/{name}")

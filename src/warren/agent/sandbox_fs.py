@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 from warren.agent.fsmount import fs_mount
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, run, umount
 from warren.agent.templates import MAPPED_BASE
+from warren.agent.trees import remove_tree
 from warren.errors import InvalidRequest
 
 MS_NOEXEC = 8
@@ -207,7 +207,7 @@ class SandboxFs:
         a chain's store layers are mounted where they are."""
         d = self.root
         _new_dir(d, 0o710, 0, MAPPED_BASE)
-        undo.append(lambda: asyncio.to_thread(shutil.rmtree, d, True))
+        undo.append(lambda: asyncio.to_thread(remove_tree, d, ignore_errors=True))
         for sub in (self.disk, self.rootfs, self.run):
             sub.mkdir(mode=0o700)
         # A snapshot's layers are hard-linked into the sandbox's own dir and mounted from

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-import shutil
 from pathlib import Path
 
 from warren.agent import record
 from warren.agent.network import NetworkSlots, Slot
 from warren.agent.proc import mounts_under, umount
 from warren.agent.runtime.base import Runtime
+from warren.agent.trees import remove_tree
 from warren.errors import InternalError
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -56,7 +56,7 @@ class Teardown:
             except Exception as e:
                 errors.append(f"network: {e}")
         if not mounts_under(d):
-            await asyncio.to_thread(shutil.rmtree, d, True)
+            await asyncio.to_thread(remove_tree, d, ignore_errors=True)  # any depth: trees.py
             if d.exists():
                 errors.append(f"cannot remove {d}")
         if errors:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from warren.agent.proc import mounts_under, run, umount
 from warren.agent.rootfs_profile import trim_login_shell
+from warren.agent.trees import remove_tree, tree_size
 from warren.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("warren.agent.templates")
@@ -101,12 +102,7 @@ def shift_ownership(root: Path, base: int = MAPPED_BASE) -> None:
 
 
 def dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+    return tree_size(path)  # a snapshot holds a tenant's tree: any depth (trees.py)
 
 
 class TemplateStore:
@@ -140,7 +136,7 @@ class TemplateStore:
             for p in self.root.glob(f"teams/*/{pattern}")
         ]
         for p in found:
-            await asyncio.to_thread(shutil.rmtree, p, True)
+            await asyncio.to_thread(remove_tree, p, ignore_errors=True)
         return found
 
     # ---------------------------------------------------------------------------- minimal
@@ -275,9 +271,9 @@ class TemplateStore:
                 os.rename(final, old)
             os.rename(tmp, final)
             if old is not None:
-                await asyncio.to_thread(shutil.rmtree, old, True)
+                await asyncio.to_thread(remove_tree, old, ignore_errors=True)
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            await asyncio.to_thread(remove_tree, tmp, ignore_errors=True)
             raise
         return await asyncio.to_thread(dir_size, final)
 
@@ -291,5 +287,5 @@ class TemplateStore:
         # Rename first so a concurrent create never sees a half-deleted template.
         doomed = d.parent / f".{d.name}.del-{uuid.uuid4().hex[:8]}"
         os.rename(d, doomed)
-        await asyncio.to_thread(shutil.rmtree, doomed)
+        await asyncio.to_thread(remove_tree, doomed)
         return True
