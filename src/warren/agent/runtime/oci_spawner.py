@@ -112,6 +112,9 @@ def _child(req: Request, out_w: int, err_w: int, setup_w: int) -> None:
             step = "unshare"
             _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
             _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
+            # Unmounted, not covered: crun finds cgroup2 in mountinfo (a tmpfs over it failed:
+            # crun then tried to make the sandbox's cgroup there). The umount waits for an RCU
+            # grace period (~7 ms of wall time at load 11, docs/benchmarks.md "Session 12").
             _libc.umount2(req.hide.encode(), MNT_DETACH)  # not mounted: nothing to hide
         if req.nofile is not None:
             step = "setrlimit"
