@@ -50,7 +50,7 @@ def _check(ret: int, what: str) -> None:
 
 def _child(uid: int, maker: int, ready_w: int, go_r: int) -> None:
     """In the forked child: become ``uid``, unshare, say so, wait to be let go. Never returns."""
-    code, step = 0, "prctl"
+    code, step = 0, "setgroups"
     # Nothing else of the maker's: the agent's pipes and the other children's, whose ends of
     # file must not wait for this child.
     low, high = sorted((ready_w, go_r))
@@ -58,15 +58,18 @@ def _child(uid: int, maker: int, ready_w: int, go_r: int) -> None:
     os.closerange(low + 1, high)
     os.closerange(high + 1, 1 << 20)
     try:
-        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
-        if os.getppid() != maker:  # the maker died before the death signal was armed
-            os._exit(1)
         step = "setgroups"
         os.setgroups([])
         step = "setresgid"
         os.setresgid(uid, uid, uid)
         step = "setresuid"
         os.setresuid(uid, uid, uid)
+        # Armed after the uid change: the kernel clears the death signal when the effective
+        # uid or gid changes (prctl(2)), so armed before it was never armed at all.
+        step = "prctl"
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+        if os.getppid() != maker:  # the maker died before the death signal was armed
+            os._exit(1)
         step = "unshare"
         _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "CLONE_NEWUSER|CLONE_NEWNET")
         os.write(ready_w, b"R")
