@@ -7,11 +7,11 @@
  * result to RESULT_FD: {"kind":"ok","stats":{...}}, {"kind":"broken_pipe"} (tar2sqfs stopped
  * reading) or {"kind":"declined","message":...}.
  *
- * It converts only the plain layer: ustar/PAX headers with octal numbers, regular files,
- * directories, symlinks, hard links to earlier files, fifos, every name new. Anything else —
- * every refusal of the Python converter, whiteouts and opaque markers, device nodes, GNU long
- * names, base-256 numbers, signed checksums, sparse records, names listed twice, limits
- * reached — it declines: the agent then converts the whole layer again with the Python
+ * It converts what layers are made of: ustar/PAX headers with octal numbers, regular files,
+ * directories, symlinks, hard links to earlier files, fifos, whiteouts and opaque markers,
+ * device nodes (skipped), every name new. Anything else — every refusal of the Python
+ * converter, GNU long names, base-256 numbers, signed checksums, sparse records, names listed
+ * twice, limits reached — it declines: the agent then converts the whole layer again with the Python
  * converter (from the tar it kept), which gives the answer and the message. So this program
  * never has to refuse anything itself: it accepts a subset of what the Python converter
  * accepts, and for that subset writes the same bytes (tests/unit/layers/test_native_convert.py
@@ -369,12 +369,12 @@ typedef struct {
     size_t ends[MAX_DEPTH + 1]; /* ends[i]: length of the first i+1 components joined */
 } Name;
 
-/* tarfmt.normalize, declining where it would refuse; also declines any `.wh.` component (the
- * Python converter handles whiteouts and opaque markers). */
+/* tarfmt.normalize, declining where it would refuse. */
 static void normalize(const unsigned char *raw, size_t n, Name *out) {
     if (memchr(raw, 0, n) || n > MAX_NAME) decline("name");
     out->len = 0;
     out->depth = 0;
+    int prev_wh = 0, wh_dir = 0; /* the component before starts with `.wh.`; one but the last did */
     size_t i = 0;
     while (i < n) {
         size_t j = i;
@@ -385,13 +385,15 @@ static void normalize(const unsigned char *raw, size_t n, Name *out) {
         if (c == 0 || (c == 1 && comp[0] == '.')) continue;
         if (c == 2 && comp[0] == '.' && comp[1] == '.') decline("'..' in name");
         if (c > MAX_COMPONENT) decline("name component");
-        if (c >= 4 && memcmp(comp, ".wh.", 4) == 0) decline("whiteout");
         if (out->depth >= MAX_DEPTH) decline("too deep");
         if (out->depth) out->path[out->len++] = '/';
         memcpy(out->path + out->len, comp, c);
         out->len += c;
         out->ends[out->depth++] = out->len;
+        wh_dir |= prev_wh;
+        prev_wh = c >= 4 && memcmp(comp, ".wh.", 4) == 0;
     }
+    if (wh_dir) decline("a whiteout name as a directory");
 }
 
 /* ---------------------------------------------------------------------- tar headers */
@@ -460,10 +462,10 @@ static size_t record(unsigned char *out, const char *key, const char *v, size_t 
 }
 
 /* image_tar._Converter._header. */
-static void header(const char *path, size_t plen, char typ, uint64_t mode, uint64_t uid, uint64_t gid,
-                   uint64_t size, uint64_t mtime, const char *link, size_t llen) {
+static void header_x(const char *path, size_t plen, char typ, uint64_t mode, uint64_t uid, uint64_t gid,
+                     uint64_t size, uint64_t mtime, const char *link, size_t llen, int opaque) {
     if (mtime >= OCT11) mtime = OCT11 - 1;
-    if (plen <= 100 && llen <= 100 && size < OCT11) {
+    if (plen <= 100 && llen <= 100 && size < OCT11 && !opaque) {
         ustar(path, plen, typ, mode, uid, gid, size, mtime, link, llen);
         return;
     }
@@ -472,11 +474,17 @@ static void header(const char *path, size_t plen, char typ, uint64_t mode, uint6
     size_t o = record(pax, "path", path, plen);
     o += record(pax + o, "size", num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)size));
     if (llen) o += record(pax + o, "linkpath", link, llen);
+    if (opaque) o += record(pax + o, "SCHILY.xattr.trusted.overlay.opaque", "y", 1);
     ustar("pax", 3, 'x', 0644, 0, 0, o, 0, "", 0);
     emit(pax, o);
     emit(ZERO, (BLOCK - o % BLOCK) % BLOCK);
     const char *tail = plen > 100 ? path + plen - 100 : path;
     ustar(tail, plen > 100 ? 100 : plen, typ, mode, uid, gid, size, mtime, link, llen);
+}
+
+static void header(const char *path, size_t plen, char typ, uint64_t mode, uint64_t uid, uint64_t gid,
+                   uint64_t size, uint64_t mtime, const char *link, size_t llen) {
+    header_x(path, plen, typ, mode, uid, gid, size, mtime, link, llen, 0);
 }
 
 /* ----------------------------------------------------------------------- the converter */
@@ -490,7 +498,7 @@ typedef struct {
 static Pending pending;
 static char last_parents[MAX_NAME + 1];
 static size_t last_parents_len = (size_t)-1;
-static uint64_t files, data_bytes;
+static uint64_t files, data_bytes, skipped;
 static int has_python3, removes_python3;
 
 static void claim(Slot *sl) {
@@ -506,14 +514,12 @@ static void flush_pending(void) {
     header(nm->path, nm->len, '5', pending.mode, pending.uid, pending.gid, 0, pending.mtime, "", 0);
 }
 
-/* _Namespace._parents, then _Converter._parents: the directories above a member that the tar
- * did not list are made (0755, the mapped root) and written. */
-static void parents(const Name *nm) {
-    int depth = nm->depth - 1;
-    if (depth <= 0) goto emit_them;
-    size_t plen = nm->ends[depth - 1];
-    Slot *sl = find(nm->path, plen);
-    if (sl->kind == 'd') goto emit_them;
+/* _Namespace._parents of the first `depth` components of nm: the directories on the way that
+ * the tar did not list are made (and paid for). */
+static void ns_parents(const Name *nm, int depth) {
+    if (depth <= 0) return;
+    Slot *sl = find(nm->path, nm->ends[depth - 1]);
+    if (sl->kind == 'd') return;
     for (int i = 0; i < depth; i++) {
         size_t l = nm->ends[i];
         sl = find(nm->path, l);
@@ -522,14 +528,16 @@ static void parents(const Name *nm) {
             if (implied > IMPLIED_PER_MEMBER * members_seen + IMPLIED_FREE) decline("implied dirs");
             add(nm->path, l, i + 1, 'd');
         } else if (sl->kind != 'd') {
-            decline("a file on the path");
+            decline("not a directory on the path");
         }
     }
-emit_them:
-    flush_pending();
+}
+
+/* _Converter._parents: those not written yet are written (0755, the mapped root). */
+static void conv_parents(const Name *nm, int depth) {
     if (depth <= 0) return;
-    size_t plen2 = nm->ends[depth - 1];
-    if (plen2 == last_parents_len && memcmp(last_parents, nm->path, plen2) == 0) return;
+    size_t plen = nm->ends[depth - 1];
+    if (plen == last_parents_len && memcmp(last_parents, nm->path, plen) == 0) return;
     for (int i = 0; i < depth; i++) {
         size_t l = nm->ends[i];
         Slot *p = find(nm->path, l);
@@ -538,8 +546,14 @@ emit_them:
             header(nm->path, l, '5', 0755, uid_base, uid_base, 0, 0, "", 0);
         }
     }
-    memcpy(last_parents, nm->path, plen2);
-    last_parents_len = plen2;
+    memcpy(last_parents, nm->path, plen);
+    last_parents_len = plen;
+}
+
+static void parents(const Name *nm) {
+    ns_parents(nm, nm->depth - 1);
+    flush_pending(); /* the Python converter writes the directory held back here */
+    conv_parents(nm, nm->depth - 1);
 }
 
 static void probe(const Name *nm, int is_dir, int is_file_or_link) {
@@ -554,6 +568,12 @@ static void probe(const Name *nm, int is_dir, int is_file_or_link) {
     }
 }
 
+/* Python3Probe.whiteout / .opaque: `usr`, `usr/bin` (and for a whiteout `usr/bin/python3`). */
+static int on_python3_path(const char *p, size_t n, int with_python3) {
+    return (n == 3 && memcmp(p, "usr", 3) == 0) || (n == 7 && memcmp(p, "usr/bin", 7) == 0) ||
+           (with_python3 && n == 15 && memcmp(p, "usr/bin/python3", 15) == 0);
+}
+
 typedef struct {
     const unsigned char *name, *link;
     size_t nlen, llen;
@@ -563,14 +583,72 @@ typedef struct {
 
 static Name cur, target;
 
+/* `dir/.wh..wh..opq`: the directory opaque (the PAX xattr), its marker right after it. */
+static void opaque(const Name *nm) {
+    int depth = nm->depth - 1;
+    size_t dlen = depth ? nm->ends[depth - 1] : 0;
+    ns_parents(nm, depth); /* the directory itself included */
+    if (depth && on_python3_path(nm->path, dlen, 0)) removes_python3 = 1;
+    if (pending.set && pending.name.len == dlen && memcmp(pending.name.path, nm->path, dlen) == 0) {
+        pending.set = 0;
+        claim(find(nm->path, dlen));
+        header_x(nm->path, dlen, '5', pending.mode, pending.uid, pending.gid, 0, pending.mtime, "", 0, 1);
+        return;
+    }
+    flush_pending();
+    if (!depth || find(nm->path, dlen)->emitted) decline("an opaque marker apart from its directory");
+    conv_parents(nm, depth - 1);
+    claim(find(nm->path, dlen));
+    header_x(nm->path, dlen, '5', 0755, uid_base, uid_base, 0, 0, "", 0, 1);
+}
+
+/* `dir/.wh.name`: overlayfs' whiteout of `dir/name` (a 0/0 character device). */
+static void whiteout(const Name *nm, const char *base, size_t blen, uint64_t mtime) {
+    if (blen == 4 || (blen == 5 && base[4] == '.') || (blen == 6 && base[4] == '.' && base[5] == '.'))
+        decline("a whiteout of nothing");
+    size_t dlen = nm->depth > 1 ? nm->ends[nm->depth - 2] : 0;
+    size_t tlen = dlen + (dlen ? 1 : 0) + blen - 4;
+    memcpy(target.path, nm->path, dlen);
+    if (dlen) target.path[dlen] = '/';
+    memcpy(target.path + tlen - (blen - 4), base + 4, blen - 4);
+    ns_parents(nm, nm->depth - 1);
+    if (find(target.path, tlen)->kind) decline("a whiteout of a name already there");
+    add(target.path, tlen, nm->depth, 'w');
+    if (on_python3_path(target.path, tlen, 1)) has_python3 = 0, removes_python3 = 1;
+    files++;
+    flush_pending();
+    conv_parents(nm, nm->depth - 1);
+    claim(find(target.path, tlen));
+    header(target.path, tlen, '3', 0, 0, 0, 0, mtime, "", 0);
+}
+
 static void member(const Member *m) {
     normalize(m->name, m->nlen, &cur);
     if (m->uid > MAX_ID || m->gid > MAX_ID) decline("owner");
     if (cur.depth == 0) return; /* the root entry: ignored */
     char t = m->type;
-    if (t == '3' || t == '4') decline("device node");
-    if (find(cur.path, cur.len)->kind) decline("a name twice");
+    size_t bstart = cur.depth > 1 ? cur.ends[cur.depth - 2] + 1 : 0;
+    const char *base = cur.path + bstart;
+    size_t blen = cur.len - bstart;
+    int known_before = find(cur.path, cur.len)->kind != 0;
     members_seen++;
+    if (blen >= 4 && memcmp(base, ".wh.", 4) == 0) {
+        if (blen == 12 && memcmp(base, ".wh..wh..opq", 12) == 0) {
+            opaque(&cur);
+        } else if (blen >= 8 && memcmp(base, ".wh..wh.", 8) == 0) {
+            skipped++; /* aufs' metadata */
+            flush_pending();
+        } else {
+            whiteout(&cur, base, blen, m->mtime);
+        }
+        return;
+    }
+    if (t == '3' || t == '4') { /* a sandbox gets its /dev from the runtime */
+        skipped++;
+        flush_pending();
+        return;
+    }
+    if (known_before) decline("a name twice");
     parents(&cur); /* also writes the directory held back, as the Python one does here */
     int is_reg = t == '0' || t == '\0' || t == '7';
     probe(&cur, t == '5', is_reg || t == '1' || t == '2');
@@ -708,9 +786,9 @@ int main(int argc, char **argv) {
     char buf[512];
     snprintf(buf, sizeof buf,
              "{\"kind\":\"ok\",\"stats\":{\"files\":%llu,\"bytes\":%llu,\"has_python3\":%s,"
-             "\"removes_python3\":%s,\"skipped\":0}}",
+             "\"removes_python3\":%s,\"skipped\":%llu}}",
              (unsigned long long)files, (unsigned long long)data_bytes, has_python3 ? "true" : "false",
-             removes_python3 ? "true" : "false");
+             removes_python3 ? "true" : "false", (unsigned long long)skipped);
     put_result(buf);
     return 0;
 }
