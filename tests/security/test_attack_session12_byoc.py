@@ -39,6 +39,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.cp import JWT_SECRET
 from tests.harness.fake_agent import serve_fake_agent
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
@@ -48,7 +49,8 @@ from warren.cp.db.engine import make_engine
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.monitor import HostMonitor, PassResult
 from warren.cp.security.ca import CertificateAuthority
-from warren.cp.services import audit, layer_gc
+from warren.cp.services import audit, envd_fs, layer_gc
+from warren.cp.services.envd_tokens import envd_access_token
 from warren.cp.store.directory import DirectoryStore
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
@@ -75,6 +77,8 @@ class Script:
     layers: list[pb.LayerInfo] = field(default_factory=list)
     exec_output: bytes = b""
     hang_listing: bool = False
+    dir_pages: str = ""  # ListDir: "empty" (more, no entries) or "one" (more, one entry a page)
+    dir_calls: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
     listing_held: int = 0  # ListSandboxes calls being held right now
 
@@ -115,6 +119,13 @@ class HostileAgent(pb_grpc.HostAgentServicer):
             sandboxes=own + self.s.listed, auto_paused_sandbox_ids=self.s.auto_paused,
             creating_sandbox_ids=self.s.creating, reports_creating=True, ended_egress=self.s.ended,
         )  # fmt: skip
+
+    async def ListDir(self, request: Any, context: Any) -> pb.ListDirResponse:
+        self.s.dir_calls += 1
+        n = self.s.dir_calls
+        one = [pb.EntryInfo(name=f"f{n}", path=f"/f{n}", type="file")]
+        entries = one if self.s.dir_pages == "one" else []
+        return pb.ListDirResponse(entries=entries, has_more=True, next_cursor=f"f{n}")
 
     async def ListLayers(self, request: Any, context: Any) -> pb.ListLayersResponse:
         return pb.ListLayersResponse(layers=self.s.layers)
@@ -525,3 +536,34 @@ async def test_a_byoc_host_cannot_get_a_certificate_in_another_hosts_name(
     cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [n.lower() for n in names.get_values_for_type(x509.DNSName)] == [rogue.host_id], names
+
+
+# ------------------------------------------------------------------ listings that never end
+
+
+@pytest.mark.parametrize("pages", ["empty", "one"])
+async def test_a_listing_that_never_ends_is_cut_off(
+    platform: Platform, mallory: Tenant, rogue: RogueHost, pages: str
+) -> None:
+    """E2B's ListDir gathers a whole listing page by page. mallory's agent answers every page
+    "there is more": with no entries the CP asked again for good (a request that never ended,
+    an RPC a turn), with one entry a page it asked 50 000 times. Now a page that brings nothing
+    ends it (502) and a listing takes at most ``envd_fs.MAX_LIST_PAGES`` pages (413)."""
+    rogue.script.host_ip = "10.11.0.5"
+    r = await _api(mallory, "POST", "/v1/sandboxes", {"template": "minimal"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    rogue.script.dir_pages, rogue.script.dir_calls = pages, 0
+    headers = {
+        "E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983",
+        "X-Access-Token": envd_access_token(JWT_SECRET, sid),
+    }  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=platform.cp.e2b_url, timeout=30) as c:
+            body = {"path": "/", "depth": 1}
+            r = await c.post("/filesystem.Filesystem/ListDir", json=body, headers=headers)
+        assert r.status_code in (413, 429, 500, 502), r.text[:300]  # Connect: 429 resource_exhausted
+        assert rogue.script.dir_calls <= envd_fs.MAX_LIST_PAGES, rogue.script.dir_calls
+    finally:
+        rogue.script.dir_pages = ""
+        await _api(mallory, "DELETE", f"/v1/sandboxes/{sid}")

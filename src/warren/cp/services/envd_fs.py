@@ -27,6 +27,10 @@ from warren.rpc import hostagent_pb2 as pb
 MAX_LIST_ENTRIES = 50_000
 MAX_LIST_BYTES = 32 << 20  # and their size on the wire from the agent (metadata makes entries big)
 MAX_DEPTH = 32  # the guest's and the files API's deepest listing
+# Pages one listing may take: the bounds above fill in at most ~40 (a page is 10000 entries or
+# ~1 MiB). An agent is believed only while it makes progress: a BYOC host's (its tenant's) that
+# answered "more" with empty pages kept this loop, and an RPC a turn, going for good.
+MAX_LIST_PAGES = 64
 _RPC_TIMEOUT = 60.0
 
 
@@ -55,7 +59,7 @@ async def list_all(tgt: Target, path: str, depth: int, user: str) -> list[pb.Ent
         raise InvalidRequest(f"depth must be 1..{MAX_DEPTH}")
     entries: list[pb.EntryInfo] = []
     cursor, client, spath, size = "", tgt.client(), sandbox_path(path), 0
-    while True:
+    for _ in range(MAX_LIST_PAGES):
         req = pb.ListDirRequest(
             sandbox_id=tgt.sid, path=spath, depth=max(1, depth), limit=LIST_MAX, cursor=cursor,
             user=check_user(user),
@@ -67,7 +71,10 @@ async def list_all(tgt: Target, path: str, depth: int, user: str) -> list[pb.Ent
             raise PayloadTooLarge(f"the listing has more than {MAX_LIST_ENTRIES} entries; list less deep")
         if not page.has_more:
             return entries
+        if not page.entries or page.next_cursor in ("", cursor):
+            raise AgentError("the agent's listing did not progress", rpc_code="INTERNAL")
         cursor = page.next_cursor
+    raise PayloadTooLarge(f"the listing takes more than {MAX_LIST_PAGES} pages; list less deep")
 
 
 async def make_dir(tgt: Target, path: str, user: str) -> tuple[bool, pb.EntryInfo]:
