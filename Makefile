@@ -38,8 +38,8 @@ help:
 
 setup: apt-packages $(STAMP) $(CONVERTER)
 
-$(CONVERTER): native/layer_convert.c $(STAMP)
-	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+$(CONVERTER): native/layer_convert.c native/tar_fmt.c native/layer_convert.h $(STAMP)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ native/layer_convert.c native/tar_fmt.c
 
 # Installs only what is missing, so a set-up machine pays one dpkg query, not an apt run.
 apt-packages:
