@@ -12,9 +12,10 @@ read end), ``tar2sqfs``' stdin, and the result (a pipe's write end). The child d
 (it needs no privilege: it only reads and writes the fds it was given), sets its limits,
 converts, writes one JSON result (:func:`result_of`) and exits. With ``native`` (the path of
 ``native/layer_convert.c``'s program, which ``make setup`` builds) the child execs that instead,
-under the same user and limits: it converts plain layers with the same bytes out, ~20x
-cheaper, and declines the rest (``ConverterDeclined``), which the agent then converts again
-with this module's Python converter. The server ends when the agent's end of the socket closes.
+under the same user and limits: it converts what layers are made of with the same bytes out
+(5 200 members: ~17 ms of CPU instead of ~100), and declines the rest (``ConverterDeclined``),
+which the agent then converts again with this module's Python converter. The server ends when
+the agent's end of the socket closes.
 """
 
 from __future__ import annotations
