@@ -89,11 +89,12 @@ async def test_a_cancelled_call_kills_its_command(spawner: None, tmp_path: Path)
 
 
 async def test_its_child_sees_no_cgroup2_and_runs_under_the_limit(spawner: None) -> None:
-    # What crun looks at (mountinfo, statfs): no cgroup2 there in the child's own mount namespace;
-    # the agent's namespace keeps it.
-    script = "grep -c ' - cgroup2 ' /proc/self/mountinfo; ulimit -n"
+    # What crun looks at (mountinfo, statfs): no cgroup2 there in the child's own mount namespace
+    # (moved away); the agent's namespace keeps it.
+    where = HYBRID_CGROUP2
+    script = f"grep -c ' {where} .* - cgroup2 ' /proc/self/mountinfo; ulimit -n; stat -f -c %T {where}"
     hidden = await oci_spawn.run("sh", "-c", script, check=False, hide=str(HYBRID_CGROUP2), nofile=777)
-    assert hidden.stdout.split() == ["0", "777"]
+    assert hidden.stdout.split() == ["0", "777", "tmpfs"]
     plain = await oci_spawn.run("sh", "-c", script, check=False)
     assert plain.stdout.split()[0] == ("1" if HYBRID else "0")
     assert os.path.ismount(HYBRID_CGROUP2) == HYBRID

@@ -13,8 +13,8 @@ set in the child (no ``prlimit`` exec), and crun's mount namespace below is made
 
 crun refuses to run on this kernel's "hybrid" cgroup layout (v1 controllers plus a cgroup2
 mount at /sys/fs/cgroup/unified). Each crun command therefore runs in a throwaway private mount
-namespace with that mount removed, made by the spawner's child (unshare, make private, umount2,
-exec); the agent itself stays in the host's mount namespace so the overlay mounts it makes are
+namespace with that mount moved out of the way, made by the spawner's child (unshare, make
+private, move, exec); the agent itself stays in the host's mount namespace so the overlay mounts it makes are
 visible to every later agent process. Before the spawner this was ``unshare … sh -c 'umount …;
 exec crun …'``: three programs, ~5 ms of CPU a call (docs/benchmarks.md, "Session 12").
 """
