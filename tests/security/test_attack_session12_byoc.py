@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class Script:
     hang_listing: bool = False
     dir_pages: str = ""  # ListDir: "empty" (more, no entries) or "one" (more, one entry a page)
     dir_calls: int = 0
+    metric_points: list[pb.MetricPoint] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     listing_held: int = 0  # ListSandboxes calls being held right now
 
@@ -126,6 +128,9 @@ class HostileAgent(pb_grpc.HostAgentServicer):
         one = [pb.EntryInfo(name=f"f{n}", path=f"/f{n}", type="file")]
         entries = one if self.s.dir_pages == "one" else []
         return pb.ListDirResponse(entries=entries, has_more=True, next_cursor=f"f{n}")
+
+    async def GetSandboxMetrics(self, request: Any, context: Any) -> pb.GetSandboxMetricsResponse:
+        return pb.GetSandboxMetricsResponse(points=self.s.metric_points)
 
     async def ListLayers(self, request: Any, context: Any) -> pb.ListLayersResponse:
         return pb.ListLayersResponse(layers=self.s.layers)
@@ -566,4 +571,36 @@ async def test_a_listing_that_never_ends_is_cut_off(
         assert rogue.script.dir_calls <= envd_fs.MAX_LIST_PAGES, rogue.script.dir_calls
     finally:
         rogue.script.dir_pages = ""
+        await _api(mallory, "DELETE", f"/v1/sandboxes/{sid}")
+
+
+def _points(timestamps: range | list[int]) -> list[pb.MetricPoint]:
+    return [pb.MetricPoint(timestamp_unix=t, cpu_pct=1.0, mem_bytes=1, disk_bytes=1) for t in timestamps]
+
+
+async def test_a_pause_keeps_no_more_metric_points_than_an_agent_holds(
+    platform: Platform, mallory: Tenant, rogue: RogueHost
+) -> None:
+    """A pause keeps the sandbox's metric points as rows. mallory's agent answered 6000 points
+    a second apart (each pause 6000 new rows, a pause/resume loop without end), and points from
+    1970 and the year 2100. Now a pause keeps what a real agent holds: at most 120 points a
+    range, within the range's span of now."""
+    now = int(time.time())
+    answers = [_points(range(now - 6000, now)), _points([1, 2, 3, 4_102_444_800, now - 30, now - 10])]
+    r = await _api(mallory, "POST", "/v1/sandboxes", {"template": "minimal"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    u = ids.parse_id(ids.Kind.SANDBOX, sid)
+    try:
+        for answer in answers:
+            rogue.script.metric_points = answer
+            assert (await _api(mallory, "POST", f"/v1/sandboxes/{sid}/pause")).status_code == 200
+            assert (await _api(mallory, "POST", f"/v1/sandboxes/{sid}/resume")).status_code == 200
+        rows = await platform.sql(
+            "SELECT extract(epoch FROM ts)::bigint AS at FROM sandbox_metric_points WHERE sandbox_id = :u", u=u
+        )
+        kept = sorted(r.at for r in rows)
+        assert kept == [now - 30, now - 10], kept[:10]
+    finally:
+        rogue.script.metric_points = []
         await _api(mallory, "DELETE", f"/v1/sandboxes/{sid}")

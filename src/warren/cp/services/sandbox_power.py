@@ -25,6 +25,13 @@ from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.sandboxes")
 
+# The metric points a pause keeps, per range asked: what an agent holds of it (agent/metrics.py:
+# 120 a range), within the range's span of now (plus a minute of clock skew). A BYOC host's
+# agent (its tenant's) answered thousands of made-up timestamps, each pause a new row apiece.
+_KEPT_RANGES = {"2h": 7200, "10m": 600}
+_POINTS_PER_RANGE = 120
+_SKEW_S = 60
+
 
 async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: str) -> bool:
     """``old`` → ``new`` if the sandbox still is ``old`` (a pause's or a snapshot's pre-mark, and
@@ -91,11 +98,16 @@ async def _save_metric_points(engine: AsyncEngine, client: HostClient, sb_uuid: 
     so its metrics stay readable if the agent loses them. Failures are logged, never raised."""
     try:
         points: dict[int, Any] = {}
-        for tier in ("2h", "10m"):  # the finer tier wins where both have a timestamp
+        now = int(clock.now().timestamp())
+        for tier, span in _KEPT_RANGES.items():  # the finer tier wins where both have a timestamp
             resp = await client.stub.GetSandboxMetrics(
                 pb.GetSandboxMetricsRequest(sandbox_id=sid, range=tier), timeout=10
             )
-            points.update({p.timestamp_unix: p for p in resp.points})
+            if len(resp.points) > _POINTS_PER_RANGE:
+                log.warning("pause: %s answered %d metric points, not kept", client.host_id, len(resp.points))
+                continue
+            oldest, newest = now - span - _SKEW_S, now + _SKEW_S
+            points.update({p.timestamp_unix: p for p in resp.points if oldest <= p.timestamp_unix <= newest})
         if not points:
             return
         rows = [

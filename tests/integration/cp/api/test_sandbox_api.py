@@ -4,6 +4,7 @@ errors. test_multihost.py runs the lifecycle on real agents."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class ScriptedAgent(pb_grpc.HostAgentServicer):
         return pb.ResumeSandboxResponse(sandbox_id=request.sandbox_id, status="running", host_ip="10.11.0.3")
 
     async def GetSandboxMetrics(self, request: Any, context: Any) -> Any:
-        base = 1_700_000_000
+        base = int(time.time()) - 120  # a pause keeps points of the last two hours only
         step = 1 if request.range == "10m" else 30
         return pb.GetSandboxMetricsResponse(
             points=[
