@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "layer_convert.h"
@@ -91,6 +92,16 @@ static const unsigned char *take(size_t n) {
     ioff += n;
     pos += n;
     return p;
+}
+
+/* n bytes of the input dropped: the data of a member that writes none (tarfmt.members skips
+ * it), never parsed as headers. */
+static void skip(uint64_t n) {
+    while (n) {
+        size_t k = n < INBUF ? (size_t)n : INBUF;
+        take(k);
+        n -= k;
+    }
 }
 
 /* n bytes of the input to the output (a regular file's data), then its padding. */
@@ -485,8 +496,10 @@ static void convert(void) {
         if (m.type != '\0' && (m.type < '0' || m.type > '7')) decline("member type");
         int is_reg = m.type == '0' || m.type == '\0' || m.type == '7';
         if (!is_reg) m.size = 0;
-        room(m.size + (BLOCK - m.size % BLOCK) % BLOCK);
-        member(&m); /* consumes a regular file's data and padding */
+        uint64_t data = m.size + (BLOCK - m.size % BLOCK) % BLOCK, start = pos;
+        room(data);
+        member(&m); /* consumes a regular file's data and padding when it writes them */
+        skip(data - (pos - start)); /* the root entry's, a whiteout's, ...: tarfmt skips them */
         clear_meta();
     }
 }
@@ -501,6 +514,9 @@ int main(int argc, char **argv) {
     result_fd = atoi(argv[3]);
     uid_base = strtoull(argv[4], NULL, 10);
     limit = strtoull(argv[5], NULL, 10);
+    /* Not dumpable, as the Python child that exec'd it (setresuid made that one so, execve
+     * undoes it): no other process of nobody may ptrace it or read its /proc files. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) decline("prctl");
     signal(SIGPIPE, SIG_IGN);
     ibuf = malloc(INBUF);
     if (!ibuf) decline("out of memory");
