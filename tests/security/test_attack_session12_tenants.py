@@ -560,3 +560,70 @@ def test_hostile_e2b_create_bodies_are_4xx(platform: Platform, alice: Tenant, wh
     if r.status_code == 201:
         e2b(platform, alice, "DELETE", f"/sandboxes/{r.json()['sandboxID']}")
     assert r.status_code < 500, (what, r.status_code, r.text)
+
+
+# ------------------------------------------------------------------ downloads nobody reads
+
+STREAM_CAP = 64  # WARREN_MAX_STREAMS_PER_TEAM's default, which the shared platform runs with
+DOWNLOADS = STREAM_CAP + 16
+
+
+def _unread_download(url: str, head: bytes) -> tuple[socket.socket, int]:
+    """A download whose answer's head is read and nothing more (a small receive buffer), and
+    its status."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.settimeout(WAIT_S)
+    s.connect((host, int(port)))
+    s.sendall(head)
+    first = s.recv(1024)
+    return s, int(first.split(b" ", 2)[1]) if first.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_downloads_nobody_reads_are_counted_per_team(
+    platform: Platform, alice: Tenant, sandboxes: tuple[str, str, str]
+) -> None:
+    """Warren stream downloads and E2B downloads of a 64 MiB file, read no further than their
+    first bytes, 80 of them: each holds the agent's and the CP's gRPC windows (~3 and ~5 MiB), so
+    they count with the team's streams: 64 at most, the rest 429. Before, nothing but the
+    connection caps bounded them (64 unread: CP +306 MiB, agent +181 MiB; 512 per address)."""
+    sid = sandboxes[1]
+    alice.sh(sid, "head -c 67108864 /dev/urandom > /tmp/big", timeout_sec=120)
+    body = b'{"path": "/tmp/big"}'
+    warren = (
+        f"POST /v1/sandboxes/{sid}/files/stream/read HTTP/1.1\r\nHost: cp\r\nX-API-Key: {alice.api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    e2b_get = (
+        f"GET /files?path=/tmp/big HTTP/1.1\r\nHost: cp\r\nE2b-Sandbox-Id: {sid}\r\n"
+        f"E2b-Sandbox-Port: 49983\r\nX-Access-Token: {token_of(sid)}\r\n\r\n"
+    ).encode()
+    rss = watching(platform)
+    socks: list[socket.socket] = []
+    statuses: list[int] = []
+    try:
+        with rss:
+            for i in range(DOWNLOADS):
+                s, status = _unread_download(
+                    *((platform.url, warren) if i % 2 else (platform.cp.e2b_url, e2b_get))
+                )
+                socks.append(s)
+                statuses.append(status)
+            time.sleep(5)  # what each admitted stream buffers ahead of its reader arrives meanwhile
+    finally:
+        for s in socks:
+            s.close()
+    cp, agent = rss.grown_mib
+    admitted, refused = statuses.count(200), statuses.count(429)
+    print(f"{admitted} unread 64 MiB downloads admitted, {refused} refused: CP +{cp} MiB, agent +{agent} MiB")
+    assert admitted <= STREAM_CAP and admitted + refused == DOWNLOADS, statuses
+    deadline = time.monotonic() + WAIT_S
+    while True:  # the slots come back with the connections
+        s, status = _unread_download(platform.url, warren)
+        s.close()
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, f"downloads still refused ({status}) after the others closed"
+        time.sleep(0.5)
+    alice.sh(sid, "rm -f /tmp/big")

@@ -64,7 +64,9 @@ async def signed_download(
     """A signed download URL: the file's bytes, streamed. 403 for a bad signature or an
     expired URL."""
     grant = svc.verify("download", sandbox_id, path, user, team, exp, sig, secret=_secret(request))
-    return StreamingResponse(await svc.download(db, pool, grant), media_type="application/octet-stream")
+    streams = int(request.app.state.settings.max_streams_per_team)
+    body = await svc.download(db, pool, grant, max_streams=streams)
+    return StreamingResponse(body, media_type="application/octet-stream")
 
 
 @router.put("/signed/upload", status_code=204, responses=_SIGNED_ERR)

@@ -76,12 +76,20 @@ def _cap(request: Request) -> int:
     return int(request.app.state.settings.max_upload_bytes)
 
 
+def _streams(request: Request) -> int:
+    """Downloads hold one of the team's stream slots (services/files.py)."""
+    return int(request.app.state.settings.max_streams_per_team)
+
+
 @router.post("/read", response_class=Response, responses={**_OCTETS, **_ERR, **error_responses(413)},
              openapi_extra=json_body(svc.PathBody))  # fmt: skip
 async def read_file(sandbox_id: str, request: Request, ctx: TeamContext, db: Db, pool: Pool) -> Response:
     """The raw bytes of a file of up to 100 MiB (413 above; a symlink's target counts). A
     missing file is 404. Sent chunked: ``/proc`` files and files that grow are read whole."""
-    body = await svc.read_unary(db, pool, ctx, sandbox_id, await request.body(), cap=_cap(request))
+    raw = await request.body()
+    body = await svc.read_unary(
+        db, pool, ctx, sandbox_id, raw, cap=_cap(request), max_streams=_streams(request)
+    )
     return StreamingResponse(body, media_type="application/octet-stream")
 
 
@@ -104,7 +112,7 @@ async def read_file_stream(
 ) -> Response:
     """Download any size, chunked. A missing file is 404 before any byte is sent; a transfer
     that fails midway is cut off (the chunked body never ends properly), never silently short."""
-    body = await svc.open_read(db, pool, ctx, sandbox_id, await request.body())
+    body = await svc.open_read(db, pool, ctx, sandbox_id, await request.body(), max_streams=_streams(request))
     return StreamingResponse(body, media_type="application/octet-stream")
 
 

@@ -114,10 +114,15 @@ def verify(
     return Grant(sandbox_id, team_uuid, path, user)
 
 
-async def download(engine: AsyncEngine, pool: HostClientPool, grant: Grant) -> AsyncIterator[bytes]:
-    """The file, streamed (404 before any byte when it is missing), as the files API reads it."""
+async def download(
+    engine: AsyncEngine, pool: HostClientPool, grant: Grant, *, max_streams: int
+) -> AsyncIterator[bytes]:
+    """The file, streamed (404 before any byte when it is missing), as the files API reads it
+    (a stream of the granting team's)."""
     body = json.dumps({"path": grant.path, "user": grant.user}).encode()
-    return await files.open_read(engine, pool, grant.context(), grant.sandbox_id, body)
+    return await files.open_read(
+        engine, pool, grant.context(), grant.sandbox_id, body, max_streams=max_streams
+    )
 
 
 async def upload(

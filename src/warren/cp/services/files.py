@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, sandbox_access
+from warren.cp.services import Timestamp, sandbox_access, stream_slots
 from warren.cp.services.budget import unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, target_and_body
@@ -242,12 +242,33 @@ async def _slices(data: bytearray) -> AsyncIterator[bytes]:
 
 
 async def open_read(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes
-) -> AsyncIterator[bytes]:
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, raw_body: bytes,
+    *, max_streams: int,
+) -> AsyncIterator[bytes]:  # fmt: skip
     """Start a streaming download: the first chunk is fetched here, so a missing file (or any
-    agent error before data flows) raises now and becomes a proper error response."""
+    agent error before data flows) raises now and becomes a proper error response. It holds one
+    of the team's ``max_streams`` stream slots until it ends (429 ``too_many_streams``)."""
     tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
-    return await _start_read(tgt.client(), tgt.sid, _path(body), body.user)
+    return await _counted(
+        ctx, max_streams, lambda: _start_read(tgt.client(), tgt.sid, _path(body), body.user)
+    )
+
+
+async def _counted(
+    ctx: AuthContext, max_streams: int, start: Callable[[], Awaitable[AsyncIterator[bytes]]]
+) -> AsyncIterator[bytes]:
+    """A download counted with its team's streams (``services/stream_slots``). What a download
+    its client does not read holds is the agent's and the CP's gRPC windows (measured: ~2.8 MiB
+    on the agent, ~4.8 MiB on the CP a stream); until session 12 nothing but the connection caps
+    bounded how many one team held (64 unread: CP +306 MiB, agent +181 MiB)."""
+    slot = stream_slots.Slot()
+    slot.claim(ctx, max_streams)
+    try:
+        chunks = await start()
+    except BaseException:
+        slot.release()
+        raise
+    return stream_slots.Held(chunks, slot)
 
 
 async def _start_read(client: HostClient, sid: str, path: str, user: str) -> AsyncGenerator[bytes]:
@@ -292,12 +313,14 @@ async def read_unary(
     raw_body: bytes,
     *,
     cap: int = MAX_UNARY_BYTES,
+    max_streams: int,
 ) -> AsyncIterator[bytes]:
-    """Unary download: 404 missing, 400 a directory, 413 when the file (a symlink's target, not
-    the link) is over the cap, all before the first byte; then the bytes are relayed chunked.
-    No Content-Length: a size from stat is not the size of what is read (``/proc`` files stat
-    as empty, a file may grow), so the cap is enforced again while relaying and a file that
-    grows past it mid-way is cut off (a broken transfer, never a silently short file)."""
+    """Unary download (counted as ``open_read`` is): 404 missing, 400 a directory, 413 when the
+    file (a symlink's target, not the link) is over the cap, all before the first byte; then
+    the bytes are relayed chunked. No Content-Length: a size from stat is not the size of what
+    is read (``/proc`` files stat as empty, a file may grow), so the cap is enforced again while
+    relaying and a file that grows past it mid-way is cut off (a broken transfer, never a
+    silently short file)."""
     tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     path, user, client = _path(body), body.user, tgt.client()
     st = await client.stub.Stat(
@@ -307,7 +330,11 @@ async def read_unary(
         raise InvalidRequest(f"{path} is a directory")
     if st.entry.size > cap:
         raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
-    return _capped(await _start_read(client, tgt.sid, path, user), cap)
+
+    async def start() -> AsyncIterator[bytes]:
+        return _capped(await _start_read(client, tgt.sid, path, user), cap)
+
+    return await _counted(ctx, max_streams, start)
 
 
 async def _capped(chunks: AsyncGenerator[bytes], cap: int) -> AsyncIterator[bytes]:

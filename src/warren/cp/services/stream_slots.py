@@ -1,8 +1,9 @@
 """How many streams one team holds open at once in this CP process: exec streams, terminals
 (the API's and the dashboard's), directory watches, E2B's envd streams (``Start``,
 ``Connect``, ``StreamInput``, ``WatchDir``: ``cp/e2b/envd/app.py``, refused there as Connect's
-``resource_exhausted``, HTTP 429) and build-log event streams (``template_builds.stream_log``)
-together (``max_streams_per_team``).
+``resource_exhausted``, HTTP 429), build-log event streams (``template_builds.stream_log``) and,
+since session 12, file downloads (``services/files.py``: the API's, signed URLs', E2B's
+``GET /files``) together (``max_streams_per_team``).
 
 Each open stream may hold a few WebSocket messages in the CP and the agent (one read ahead, one
 being handed on, its queued stdin), so without a cap one tenant opening hundreds of streams could
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 from warren.cp.services.context import AuthContext
 from warren.errors import TooManyRequests
@@ -56,8 +59,8 @@ class Slot:
         team = ctx.team_id
         if _open[team] >= limit:
             raise TooManyRequests(
-                f"this team already has {limit} streams open (exec streams, terminals, watches and "
-                "E2B process and watch streams together); close one first",
+                f"this team already has {limit} streams open (exec streams, terminals, watches, file "
+                "downloads and E2B process and watch streams together); close one first",
                 code="too_many_streams",
                 limit=limit,
             )
@@ -77,3 +80,34 @@ class Slot:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+T = TypeVar("T")
+
+
+class Held(Generic[T]):
+    """A stream's items, holding its team's slot until they end, fail or are dropped (a
+    response never started is dropped without iterating, hence ``__del__``)."""
+
+    def __init__(self, items: AsyncIterator[T], slot: Slot) -> None:
+        self._items = items
+        self._slot = slot
+
+    def __aiter__(self) -> Held[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await anext(self._items)
+        except BaseException:
+            self._slot.release()
+            raise
+
+    async def aclose(self) -> None:
+        self._slot.release()
+        close = getattr(self._items, "aclose", None)
+        if close is not None:
+            await close()
+
+    def __del__(self) -> None:
+        self._slot.release()

@@ -114,7 +114,10 @@ async def download(request: Request) -> Response:
         return call
     try:
         body = json.dumps({"path": _required_path(request), "user": call.user or ""}).encode()
-        chunks = await files.open_read(call.state.engine, call.state.pool, call.ctx, call.sandbox_id, body)
+        streams = call.state.settings.max_streams_per_team
+        chunks = await files.open_read(
+            call.state.engine, call.state.pool, call.ctx, call.sandbox_id, body, max_streams=streams
+        )
     except errors.WarrenError as exc:
         return _error(call, exc)
     if _wants_gzip(request):
