@@ -10,6 +10,10 @@ sandboxes. The host-side checks (``/proc/locks``, ``ss``) only observe; they are
 * The sandbox's resolver over TCP, queries sent and answers never read: each connection stayed
   open for good, its answers held in the agent's buffers (and kept after the sandbox was gone).
   Fixed: an answer not taken within the idle time resets the connection.
+* A UDP flood of its resolver: every packet reached the agent's event loop. Fixed: a rate per
+  sandbox in the kernel (``WARREN-DNS``).
+* A tree deeper than Python's recursion limit in a host-local (gVisor) snapshot. Fixed:
+  ``agent/trees.py``.
 """
 
 from __future__ import annotations
@@ -230,3 +234,58 @@ def test_a_deep_tree_in_a_host_local_snapshot(platform: Platform, alice: Tenant)
             alice.w("DELETE", f"/v1/sandboxes/{sb}")
         if snap:
             alice.w("DELETE", f"/v1/snapshots/{name}")
+
+
+# Inside the sandbox: queries for a denied name (answered at once, no upstream) to its resolver
+# as fast as one process sends them, for argv[1] seconds; the answers counted as they come.
+UDP_FLOOD = r"""
+import json, socket, struct, sys, time
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in "blocked.example".split(".")) + b"\0\0\1\0\1"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.connect((server, 53))
+s.setblocking(False)
+sent = answered = 0
+def drain():
+    global answered
+    try:
+        while s.recv(512):
+            answered += 1
+    except OSError:
+        pass
+start = time.monotonic()
+while time.monotonic() - start < float(sys.argv[1]):
+    for _ in range(64):
+        try:
+            s.send(q); sent += 1
+        except OSError:
+            pass
+    drain()
+elapsed = time.monotonic() - start
+time.sleep(2); drain()
+print(json.dumps({"sent": sent, "answered": answered, "elapsed": elapsed}))
+"""
+# The agent answers a sandbox's resolver at most this many packets a second (a burst of twice
+# that), dropped past it in the kernel: egress_rules.DNS_PACKETS_PER_S.
+DNS_RATE = 1000
+
+
+def test_a_dns_flood_is_cut_before_the_agent(platform: Platform, alice: Tenant) -> None:
+    """A sandbox flooding its resolver had every packet handled by the agent's event loop: one
+    process in a 1-vCPU sandbox sent 284 416 queries in 8 s and 84 024 were answered (load 14;
+    ~0.24 of a core of the agent at ~16 000 a second, load 10). Past its rate they are now
+    dropped by the kernel, never reaching the agent (after: 8 714 answered of 200 384)."""
+    sb = alice.create(network={"deny_out": ["blocked.example"]})
+    try:
+        alice.sh(sb, f"cat > /tmp/flood.py <<'EOF'\n{UDP_FLOOD}\nEOF")
+        got = json.loads(alice.sh(sb, "python3 /tmp/flood.py 8", timeout_sec=120))
+        assert got["sent"] > 4 * DNS_RATE * got["elapsed"], f"the flood was too slow to tell: {got}"
+        bound = DNS_RATE * (got["elapsed"] + 2) + 2 * DNS_RATE  # + its last 2 s of answers, a burst
+        assert got["answered"] <= bound, f"the agent answered more than the sandbox's rate: {got}"
+        # Its resolver still answers it once the flood stops.
+        out = alice.sh(sb, f"cat > /tmp/q.py <<'EOF'\n{TCP_QUERY}\nEOF\npython3 /tmp/q.py")
+        assert out.split() == ["rcode", "3"], out
+    finally:
+        alice.w("DELETE", f"/v1/sandboxes/{sb}")

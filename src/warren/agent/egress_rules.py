@@ -15,8 +15,9 @@ iptables chains of the host's netns, where sandbox root cannot reach them, and a
   sandbox's rules, not just that chain).
 * ``WARREN-L<n>``: RETURN to each address learned from the answer to an allowed name (bounded,
   each kept for its record's TTL, at least :data:`MIN_TTL_S`); then REJECT each denied CIDR.
-* ``WARREN-DNS -i wv<n> -d <gateway> -j ACCEPT`` (jumped to from ``WARREN-IN`` for port 53):
-  only while the sandbox has name rules, whose resolver then listens there.
+* ``WARREN-DNS -i wv<n> -d <gateway> -m limit … -j ACCEPT`` then ``… -j DROP`` (jumped to from
+  ``WARREN-IN`` for port 53): only while the sandbox has name rules, whose resolver then
+  listens there; past :data:`DNS_PACKETS_PER_S` its packets never reach the agent.
 
 Every change of a slot's rules is one ``iptables-restore --noflush`` transaction: the sandbox
 never runs with half its rules. The rules of each slot are also written to
@@ -52,6 +53,10 @@ MAX_LEARNED = 1024  # addresses learned from DNS answers, per sandbox
 MIN_TTL_S = 60  # a learned address is kept at least this long (clients cache a little)
 MAX_TTL_S = 86400
 SWEEP_S = 30.0
+# Packets a second a sandbox may send its resolver (a burst of twice that); the rest are dropped
+# by the kernel. Every packet that reaches the resolver costs the agent's event loop: one
+# process in a 1-vCPU sandbox had ~10 000 queries a second answered (session 12, load 14).
+DNS_PACKETS_PER_S = 1000
 
 
 def user_chain(index: int) -> str:
@@ -173,8 +178,17 @@ class SandboxEgress:
         return f"{USER_CHAIN} -i {slot.veth} -j {user_chain(slot.index)}"
 
     @staticmethod
-    def _dns_accept(slot: Slot) -> str:
-        return f"{DNS_CHAIN} -i {slot.veth} -d {slot.gateway}/32 -j ACCEPT"
+    def _dns_accept(slot: Slot) -> list[str]:
+        """DNS to the sandbox's resolver, at most DNS_PACKETS_PER_S; the rest dropped here."""
+        to_it = f"{DNS_CHAIN} -i {slot.veth} -d {slot.gateway}/32"
+        limit = f"-m limit --limit {DNS_PACKETS_PER_S}/sec --limit-burst {2 * DNS_PACKETS_PER_S}"
+        return [f"{to_it} {limit} -j ACCEPT", f"{to_it} -j DROP"]
+
+    async def _remove_dns_accept(self, slot: Slot) -> None:
+        # One by one and unchecked: a slot's rules may be an older agent's (the ACCEPT alone).
+        legacy = f"{DNS_CHAIN} -i {slot.veth} -d {slot.gateway}/32 -j ACCEPT"
+        for rule in (*self._dns_accept(slot), legacy):
+            await run("iptables", "-w", "-D", *rule.split(), check=False)
 
     # ---------------------------------------------------------------------------- apply
 
@@ -222,15 +236,15 @@ class SandboxEgress:
         started = rules.has_names and not old.has_names
         if started:
             await self._start_proxy(slot, state)
-            lines.append(f"-A {self._dns_accept(slot)}")
-        elif old.has_names and not rules.has_names:
-            lines.append(f"-D {self._dns_accept(slot)}")
+            lines += [f"-A {rule}" for rule in self._dns_accept(slot)]
         try:
             await restore(lines)
         except BaseException:
             if started:
                 await self._stop_proxy(state)
             raise
+        if old.has_names and not rules.has_names:
+            await self._remove_dns_accept(slot)
         state.rules, state.installed = rules, set(live)
         if not rules.has_names:
             await self._stop_proxy(state)
@@ -349,21 +363,21 @@ class SandboxEgress:
 
     async def _remove_locked(self, slot: Slot, state: _SlotState) -> None:
         await self._stop_proxy(state)
-        await self._remove_kernel(slot)
+        await self._remove_kernel(slot, dns=state.rules.has_names)
         self._slots.pop(slot.index, None)
         self._state_file(slot.index).unlink(missing_ok=True)
 
-    async def _remove_kernel(self, slot: Slot) -> None:
+    async def _remove_kernel(self, slot: Slot, *, dns: bool = True) -> None:
         u, lc = user_chain(slot.index), learned_chain(slot.index)
         ok = await restore(
             [f"-D {self._jump(slot)}", f"-F {u}", f"-F {lc}", f"-X {u}", f"-X {lc}"], check=False
         )
+        if dns:
+            await self._remove_dns_accept(slot)
         if ok:
-            await run("iptables", "-w", "-D", *self._dns_accept(slot).split(), check=False)
             return
         # Some were never installed (a create that failed halfway, a crash): one by one.
         await run("iptables", "-w", "-D", *self._jump(slot).split(), check=False)
-        await run("iptables", "-w", "-D", *self._dns_accept(slot).split(), check=False)
         for args in (("-F", u), ("-F", lc), ("-X", u), ("-X", lc)):
             await run("iptables", "-w", *args, check=False)
 
