@@ -324,29 +324,7 @@ async def stream_log(
     # the build's time limit, and thousands of them on one running build were unbounded load.
     slot = stream_slots.Slot()
     slot.claim(ctx, settings.max_streams_per_team)
-    return _Held(build_log.stream_log(engine, row["id"], offset, status, max_s), slot)
-
-
-class _Held:
-    """A stream's events, holding its team's stream slot until they end, fail or are dropped
-    (a response never started is dropped without iterating, hence ``__del__``)."""
-
-    def __init__(self, events: AsyncIterator[str], slot: stream_slots.Slot) -> None:
-        self._events = events
-        self._slot = slot
-
-    def __aiter__(self) -> _Held:
-        return self
-
-    async def __anext__(self) -> str:
-        try:
-            return await anext(self._events)
-        except BaseException:
-            self._slot.release()
-            raise
-
-    def __del__(self) -> None:
-        self._slot.release()
+    return stream_slots.Held(build_log.stream_log(engine, row["id"], offset, status, max_s), slot)
 
 
 # ----------------------------------------------------------------------------------- runner
