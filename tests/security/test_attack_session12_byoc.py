@@ -6,16 +6,20 @@ run here in-process on the platform's database with the CP's CA) is the victim.
 
 Found and fixed:
 
+* a host registered at the address ``host-<another host's id>:port`` was issued a certificate
+  in that host's name, which the CP accepts as that host wherever it dials it;
 * the sandbox address an agent answers a create, a resume or a listing with was stored as sent
   (a MiB of text, or none of an address, on the sandbox's row and in every answer about it),
   and its disk size too (negative, or larger than asked);
 * the CP took any agent answer up to 128 MiB: four unary execs on her sandbox, each answered
-  with one 100 MiB output message, held the CP's memory ~0.8 GB before it refused them (413);
+  with one 100 MiB output message, raised the CP's peak memory by 648 MiB before the 413s;
 * one host's ``ListLayers`` of 12 000 digests made every layer collection fail for the whole
   platform (one INSERT past PostgreSQL's 32 767 parameters);
 * a ``ListSandboxes`` answer of 100 000 sandboxes was taken apart on the CP's event loop;
 * hosts that never answer ``ListSandboxes`` held every monitor pass to its RPC deadline, so
-  with a team's worth of them (1000 a team) the platform's hosts were checked once an hour.
+  with a team's worth of them (1000 a team) the platform's hosts were checked once an hour;
+* E2B's ListDir asked an agent that always answered "more" for pages without end;
+* a pause stored every metric point an agent answered (6000 made-up timestamps a pause).
 
 What held is asserted too: a host's listing of another team's sandbox ids changes none of
 their rows, a host certificate cannot call another agent.
@@ -509,6 +513,8 @@ async def test_hosts_that_never_answer_do_not_hold_the_monitor_pass(
         for h in hosts:
             h.script.release.set()
             await h.server.stop(0)
+            async with httpx.AsyncClient(base_url=platform.url, timeout=60) as c:
+                await c.delete(f"/v1/hosts/{h.host_id}?force=true", headers=_jwt(mallory))
         await _api(alice, "DELETE", f"/v1/sandboxes/{sid}")
 
 
@@ -596,9 +602,8 @@ async def test_a_pause_keeps_no_more_metric_points_than_an_agent_holds(
             rogue.script.metric_points = answer
             assert (await _api(mallory, "POST", f"/v1/sandboxes/{sid}/pause")).status_code == 200
             assert (await _api(mallory, "POST", f"/v1/sandboxes/{sid}/resume")).status_code == 200
-        rows = await platform.sql(
-            "SELECT extract(epoch FROM ts)::bigint AS at FROM sandbox_metric_points WHERE sandbox_id = :u", u=u
-        )
+        q = "SELECT extract(epoch FROM ts)::bigint AS at FROM sandbox_metric_points WHERE sandbox_id = :u"
+        rows = await platform.sql(q, u=u)
         kept = sorted(r.at for r in rows)
         assert kept == [now - 30, now - 10], kept[:10]
     finally:
