@@ -8,6 +8,7 @@ Checks the host (root, the OCI runtime and the programs the agent runs), reads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +50,7 @@ async def run_agent(
 
     runtime, why = await choose_default(runtime, linked=bool(cp_url))
     logging.getLogger("warren.agent").info("event=runtime_default runtime=%s why=%r", runtime, why)
+    await asyncio.to_thread(compile_guest)
     if not cp_url:
         await serve(listen, data_dir, settings, runtime=runtime)
         return
@@ -93,6 +95,23 @@ async def run_agent(
     await serve(
         listen, data_dir, settings, runtime=runtime, link_up=link_up, extra_tasks=[cp_link], cp_url=cp_url,
     )  # fmt: skip
+
+
+def compile_guest() -> None:
+    """Byte-compile the guest agent's modules where they are missing or stale. Every sandbox's
+    guest runs them with ``-B`` from a read-only bind of this directory, so without them each
+    sandbox's start compiles the guest from source (~20 ms of CPU a create under load,
+    docs/benchmarks.md "Session 12"); a checkout the host never imported the guest from (``warren
+    up`` from git, a fresh worktree) has none. Useful when the sandbox's ``python3`` is the
+    agent's minor version (the ``minimal`` template's is Debian 12's 3.11); harmless otherwise,
+    and skipped where the directory cannot be written."""
+    import compileall
+
+    import warren.guest
+
+    guest_dir = Path(warren.guest.__file__).resolve().parent
+    with contextlib.suppress(OSError):
+        compileall.compile_dir(guest_dir, quiet=2)
 
 
 def _check_host(runtime: str) -> None:

@@ -10,10 +10,12 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from importlib.util import cache_from_source
 from pathlib import Path
 
 import pytest
 
+import warren.guest
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
 from warren.agent.proc import CommandError
@@ -138,6 +140,9 @@ def test_sandboxes_of_either_runtime_are_readopted_after_restarts(agent_root: Pa
     try:
         first = agent.create(memory_mb=128)
         assert (agent.data_dir / "crun" / first.sandbox_id).is_dir()
+        # The agent byte-compiled the guest: no sandbox compiles it at its start (entry.py).
+        guest = Path(warren.guest.__file__).resolve().parent / "guest_agent"
+        assert all(Path(cache_from_source(str(m))).exists() for m in guest.glob("*.py"))
         limit = Path(f"/sys/fs/cgroup/memory/warren/{first.sandbox_id}/memory.limit_in_bytes")
         assert limit.read_text().strip() == str(128 << 20)  # crun applied the v1 limits
         agent.kill9()
