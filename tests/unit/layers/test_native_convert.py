@@ -282,7 +282,7 @@ def test_random_layers_are_mostly_converted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("batch", range(2))
 def test_mutated_tars_convert_the_same_or_are_declined(tmp_path: Path, batch: int) -> None:
     """Bytes of the tars above overwritten here and there, mostly in headers (a fixed seed: the
-    same 60 mutants per batch every run). Run once under ASan and UBSan with 2 500 of them
+    same 60 mutants per batch every run). 3 000 such mutants ran once under ASan and UBSan
     (docs/benchmarks.md, session 12): nothing flagged."""
     rnd = random.Random(batch)
     corpus = [v for k, v in plain_layers().items() if k != "big and empty files"]
