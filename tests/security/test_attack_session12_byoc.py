@@ -19,7 +19,9 @@ Found and fixed:
 * hosts that never answer ``ListSandboxes`` held every monitor pass to its RPC deadline, so
   with a team's worth of them (1000 a team) the platform's hosts were checked once an hour;
 * E2B's ListDir asked an agent that always answered "more" for pages without end;
-* a pause stored every metric point an agent answered (6000 made-up timestamps a pause).
+* a pause stored every metric point an agent answered (6000 made-up timestamps a pause);
+* a create on a host registered at an address of the CP's own network answered why the CP's
+  connection failed there (refused, not TLS, closed, a certificate): a port scanner.
 
 What held is asserted too: a host's listing of another team's sandbox ids changes none of
 their rows, a host certificate cannot call another agent.
@@ -609,3 +611,32 @@ async def test_a_pause_keeps_no_more_metric_points_than_an_agent_holds(
     finally:
         rogue.script.metric_points = []
         await _api(mallory, "DELETE", f"/v1/sandboxes/{sid}")
+
+
+# ------------------------------------------------------------------ the CP's network, seen
+
+
+def test_a_byoc_address_does_not_make_the_cp_a_port_scanner(platform: Platform) -> None:
+    """eve's BYOC hosts registered at addresses of the CP's own network (a closed port, the CP's
+    HTTP port, its PostgreSQL): a create on each was a 502 naming the address dialled and why it
+    failed ("Connection refused", "WRONG_VERSION_NUMBER", "Socket closed", the certificate
+    check), a map of what listens where and what speaks TLS. Now each is the same 502."""
+    eve = signup(platform.url, "eve")
+    jwt = _jwt(eve)
+    with httpx.Client(base_url=platform.url, timeout=120) as c:
+        on = {"enabled": True}
+        r = c.put(f"/v1/admin/teams/{eve.team_id}/byoc", json=on, headers=platform.user_headers)
+        assert r.status_code == 204, r.text
+        cp_port = platform.cp.url.rsplit(":", 1)[1]
+        pg_port = platform.cp.db_url.rsplit(":", 1)[1].split("/")[0]
+        messages = set()
+        for address in ("127.0.0.1:9", f"127.0.0.1:{cp_port}", f"127.0.0.1:{pg_port}"):
+            r = c.post("/v1/hosts", json={"type": "byoc", "team_id": eve.team_id}, headers=jwt)
+            assert r.status_code == 201, r.text
+            host_id, token = r.json()["host"]["id"], r.json()["registration_token"]
+            assert c.post("/v1/hosts/register", json={"token": token, "address": address}).status_code == 201
+            r = c.post("/v1/sandboxes", json={"template": "minimal"}, headers={"X-API-Key": eve.api_key})
+            assert r.status_code == 502, r.text[:300]
+            messages.add(r.json()["error"]["message"])
+            assert c.delete(f"/v1/hosts/{host_id}?force=true", headers=jwt).status_code == 204
+        assert messages == {"host agent unreachable: failed to connect"}, messages

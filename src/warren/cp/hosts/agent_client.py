@@ -32,6 +32,10 @@ from warren.request_context import GRPC_METADATA_KEY, request_id
 
 log = logging.getLogger("warren.hosts")
 _MAX_IP_TEXT = 45  # the longest IPv6 text form (with an embedded IPv4 address)
+# How gRPC begins the details of a call that found no connection to the host. What follows (the
+# address dialled, refused or TLS failed, the peer's certificate) is the CP's view of its own
+# network: a BYOC host's owner chooses the address, so it goes to the logs, never to the caller.
+_NO_CONNECTION = "failed to connect to all addresses"
 
 
 def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> AgentError:
@@ -40,6 +44,9 @@ def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> A
     name = code.name if code is not None else "UNKNOWN"
     AGENT_RPC_ERRORS.labels(method, name).inc()
     details = e.details() or name
+    if name == "UNAVAILABLE" and details.startswith(_NO_CONNECTION):
+        log.info("no connection to host %s: %s", host_id, details)
+        details = "failed to connect"  # the words sandbox_placement.never_reached looks for
     # The host id stays out of the message: sandbox answers never reveal which host runs them.
     unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
     message = f"host agent unreachable: {details}" if unreachable else details
