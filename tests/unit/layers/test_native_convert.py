@@ -237,8 +237,11 @@ def test_through_the_converter_server_as_nobody(tmp_path: Path) -> None:
 def random_layer(seed: int) -> bytes:
     """A layer of a few members drawn from a small vocabulary of names and kinds, so that
     duplicates, whiteouts of earlier names, links to later ones and opaque markers apart from
-    their directories all come up (a fixed seed each: the same tars every run)."""
+    their directories all come up, and members that write nothing carry data that is a tar
+    (skipped, never parsed: 91 of the 300 caught 4ee3f3d's converter parsing it). A fixed seed
+    each: the same tars every run."""
     rnd = random.Random(seed)
+    hidden = tar_bytes([f("hidden", b"h")])  # data of members that write none: skipped, never parsed
     names = ["a", "b", "a/b", "a/c", "b/c", "a/b/c", "usr", "usr/bin", "usr/bin/python3", "d"]
     out: list[Entry] = []
     for _ in range(rnd.randint(1, 9)):
@@ -255,15 +258,15 @@ def random_layer(seed: int) -> bytes:
         elif kind == "hard":
             out.append(hard(name, rnd.choice(names)))
         elif kind == "wh":
-            out.append(f(prefix + ".wh." + base))
+            out.append(f(prefix + ".wh." + base, rnd.choice([b"", hidden])))
         elif kind == "opq":
-            out.append(f(name + "/.wh..wh..opq"))
+            out.append(f(name + "/.wh..wh..opq", rnd.choice([b"", hidden])))
         elif kind == "fifo":
             out.append(Entry(name, tarfile.FIFOTYPE))
         elif kind == "chr":
             out.append(Entry(name, tarfile.CHRTYPE, devmajor=1, devminor=3))
         else:
-            out.append(f(prefix + ".wh..wh.plnk"))
+            out.append(f(prefix + ".wh..wh.plnk", rnd.choice([b"", hidden])))
     return tar_bytes(out)
 
 
@@ -276,7 +279,7 @@ def test_random_layers_convert_the_same_or_are_declined(tmp_path: Path, batch: i
 def test_random_layers_are_mostly_converted(tmp_path: Path) -> None:
     """The fast path takes many of them (else the test above would prove little)."""
     kinds = [same_or_declined(tmp_path, random_layer(seed)) for seed in range(60)]
-    assert kinds.count("ok") >= 15, kinds  # 17 of these 60
+    assert kinds.count("ok") >= 15, kinds  # 19 of these 60
 
 
 @pytest.mark.parametrize("batch", range(2))
