@@ -94,10 +94,19 @@ def deep(levels: int) -> bytes:
 
 
 def many_zero_files(n: int) -> bytes:
-    """``n`` empty files as bare ustar headers (no PAX): the cheapest entries a tar can hold."""
+    """``n`` empty files as bare ustar headers (no PAX): the cheapest entries a tar can hold.
+    The bytes `tarfile` writes for them, made from one header (a name and a checksum each): a
+    `TarInfo` apiece was 4 CPU-s for 200,000."""
+    blank = bytearray(header(info(""), tarfile.USTAR_FORMAT))
+    blank[148:156] = b" " * 8
+    base = sum(blank)
     out = bytearray()
     for i in range(n):
-        out += header(info(f"d{i // 1000}/f{i}"), tarfile.USTAR_FORMAT)
+        name = b"d%d/f%d" % (i // 1000, i)
+        blk = bytearray(blank)
+        blk[: len(name)] = name
+        blk[148:155] = b"%06o\0" % (base + sum(name))
+        out += blk
     return bytes(out + END)
 
 
