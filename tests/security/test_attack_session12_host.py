@@ -18,11 +18,14 @@ sandboxes. The host-side checks (``/proc/locks``, ``ss``) only observe; they are
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -289,3 +292,71 @@ def test_a_dns_flood_is_cut_before_the_agent(platform: Platform, alice: Tenant) 
         assert out.split() == ["rcode", "3"], out
     finally:
         alice.w("DELETE", f"/v1/sandboxes/{sb}")
+
+
+def _data_port(platform: Platform) -> int:
+    """The agent's dial data port, from its log (``event=dial_data_ready port=N``)."""
+    found = re.findall(rb"event=dial_data_ready port=(\d+)", platform.agents[0].log_path.read_bytes())
+    assert found, "the agent has no data port"
+    return int(found[-1])
+
+
+def _hold_places(host: str, port: int, n: int, stop: threading.Event) -> None:
+    """A local user (not root: it needs nothing but a TCP connect): ``n`` silent connections to
+    the data port, those the agent closed opened again every half second."""
+    socks: list[socket.socket] = []
+    try:
+        while not stop.is_set():
+            while len(socks) < n and not stop.is_set():
+                try:
+                    s = socket.create_connection((host, port), timeout=5)
+                except OSError:
+                    continue
+                s.setblocking(False)
+                socks.append(s)
+            stop.wait(0.5)  # closed places retaken twice a second (no busy loop of reconnects)
+            readable, _, _ = select.select(socks, [], [], 0)
+            for s in readable:  # the agent closed it: its place is retaken
+                with contextlib.suppress(OSError):
+                    if s.recv(1):
+                        continue
+                socks.remove(s)
+                s.close()
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _connections_to(port: int) -> int:
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( dport = :{port} )"], capture_output=True, text=True
+    ).stdout
+    return len([ln for ln in out.splitlines() if ln.strip()])
+
+
+def test_silent_connections_to_the_data_port_do_not_shut_previews_out(
+    platform: Platform, bob: Tenant
+) -> None:
+    """The data port took at most 128 connections that had not sent their ticket, refusing
+    the newest past that: a local process holding 128 silent ones (reopened as they were
+    closed at 5 s) made every preview through this agent fail. Now the oldest gives way."""
+    r = bob.w("POST", "/v1/sandboxes", {"template": "minimal"})
+    assert r.status_code == 201, r.text
+    sb, token = r.json()["id"], r.json()["traffic_token"]
+    stop = threading.Event()
+    port = _data_port(platform)
+    host = platform.agents[0].ip  # a loopback address of its own
+    holder = threading.Thread(target=_hold_places, args=(host, port, 128, stop), daemon=True)
+    try:
+        bob.sh(sb, "nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+        url = f"{platform.url}/v1/sandboxes/{sb}/ports/8000/"
+        served = lambda: httpx.get(url, headers={"X-Warren-Traffic-Token": token}, timeout=30)  # noqa: E731
+        wait_until(lambda: served().status_code == 200, 60, "bob's server")
+        holder.start()
+        wait_until(lambda: _connections_to(port) >= 128, 60, "the holder's places")
+        codes = [served().status_code for _ in range(5)]
+        assert codes == [200] * 5, f"bob's preview while a local process held the data port: {codes}"
+    finally:
+        stop.set()
+        holder.join(30)
+        bob.w("DELETE", f"/v1/sandboxes/{sb}")

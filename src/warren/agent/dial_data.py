@@ -10,8 +10,8 @@ TCP on a loopback address, or when the agent runs without mTLS, which is loopbac
 one preamble line ``WDIAL1 <ticket hex> <sandbox_id> <port>\\n`` and, without waiting, its
 first frames. The agent answers one byte (``ACCEPTED``) and relays; anything else (a wrong,
 reused, expired or mismatched ticket, garbage, a line past ``MAX_PREAMBLE``, silence past
-``PREAMBLE_TIMEOUT_S``) is closed with nothing said, and a ticket presented for another sandbox
-or port is burnt.
+``PREAMBLE_TIMEOUT_S``, the oldest of ``MAX_PENDING_CONNS`` waiting) is closed with nothing
+said, and a ticket presented for another sandbox or port is burnt.
 
 Frames both ways: a 4-byte big-endian length, then that many bytes (at most ``MAX_FRAME``);
 length 0 is a half-close (the proxy's ``close_write``; the sandbox's end of output). TLS in
@@ -52,7 +52,7 @@ TICKET_TTL_S = 10.0
 MAX_PREAMBLE = 128  # "WDIAL1 " + 64 hex + " " + a sandbox id (≤ 43) + " " + a port + "\n"
 PREAMBLE_TIMEOUT_S = 5.0  # from the TCP accept to the ticket (the TLS handshake included)
 MAX_UNREDEEMED = 1024  # tickets held at once by the agent (each holds a dialled socket)
-MAX_PENDING_CONNS = 128  # data connections that have not presented a ticket yet
+MAX_PENDING_CONNS = 128  # data connections without a ticket yet; past it the oldest is closed
 MAX_FRAME = 1 << 20
 HEADER = struct.Struct("!I")
 EOF_FRAME = HEADER.pack(0)
@@ -125,10 +125,12 @@ class _DataSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = self.t = cast(asyncio.Transport, transport)  # (uvloop's transports are not subclasses)
-        if self.port.pending >= MAX_PENDING_CONNS:
-            t.abort()
-            return
-        self.port.pending += 1
+        waiting = self.port.waiting
+        if len(waiting) >= MAX_PENDING_CONNS:
+            # The oldest gives way, not the newest: anyone who can connect (a local user, on
+            # loopback) holding every place with silent connections shut the proxy out.
+            next(iter(waiting)).abort()
+        waiting[self] = None
         self.counted = True
         self.timer = asyncio.get_running_loop().call_later(PREAMBLE_TIMEOUT_S, self.abort)
         if self.port.tls is not None:
@@ -158,7 +160,7 @@ class _DataSide(asyncio.Protocol):
     def _uncount(self) -> None:
         if self.counted:
             self.counted = False
-            self.port.pending -= 1
+            self.port.waiting.pop(self, None)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -281,7 +283,8 @@ class DataPort:
         self.ttl = ticket_ttl_s
         self.tls = tls
         self.port = 0
-        self.pending = 0  # connections without a ticket yet
+        # Connections without a ticket yet, oldest first (a dict: ordered, O(1) removal).
+        self.waiting: dict[_DataSide, None] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._held: dict[bytes, _Held] = {}  # by sha256(ticket): lookups never touch the secret
         self._server: asyncio.Server | None = None
@@ -299,6 +302,10 @@ class DataPort:
             self._expire(h)
         for t in list(self.tasks):
             t.cancel()
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiting)
 
     @property
     def unredeemed(self) -> int:

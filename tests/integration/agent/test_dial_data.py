@@ -230,13 +230,15 @@ def test_connections_without_a_ticket_are_bounded(agent: AgentProcess, sbs: list
     t = _ticket(agent, sbs[0], 8000)
     idle = [_connect(t) for _ in range(dial_data.MAX_PENDING_CONNS)]
     try:
-        # Once the agent has counted them all, one more is closed at once.
+        # Once the agent has counted them all, one more closes the oldest (session 12: it
+        # was the newest, so silent connections held every place and shut the proxy out).
         deadline = time.monotonic() + 30
         while True:
-            extra = _connect(t)
-            extra.settimeout(1.0)
+            idle.append(_connect(t))
+            oldest = idle.pop(0)
+            oldest.settimeout(1.0)
             try:
-                if _refused(extra):
+                if _refused(oldest):
                     break
             except TimeoutError:
                 pass
