@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import select
 import socket
 import time
 import urllib.parse
@@ -627,3 +628,64 @@ def test_downloads_nobody_reads_are_counted_per_team(
         assert time.monotonic() < deadline, f"downloads still refused ({status}) after the others closed"
         time.sleep(0.5)
     alice.sh(sid, "rm -f /tmp/big")
+
+
+# --------------------------------------------------------------- uploads held open at once
+
+UPLOADS = STREAM_CAP + 8
+
+
+def test_uploads_held_open_are_counted_per_team(
+    platform: Platform, alice: Tenant, sandboxes: tuple[str, str, str]
+) -> None:
+    """Uploads whose path has come and whose bytes are on their way, 72 at once: each holds an
+    agent file stream (and, when its guest drains slowly, the agent's gRPC window: 48 into a
+    CPU-starved sandbox held +822 MiB of the agent), so they count with the team's streams: 64
+    at most, the rest 429 ``too_many_streams`` at once, and the slots come back with them."""
+    sid = sandboxes[1]
+    host, port = platform.url.removeprefix("http://").rsplit(":", 1)
+
+    def opened(i: int) -> socket.socket:
+        s = socket.create_connection((host, int(port)), timeout=WAIT_S)
+        form = (
+            f'--bb\r\nContent-Disposition: form-data; name="path"\r\n\r\n/tmp/held{i}\r\n'
+            '--bb\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+        ).encode()
+        s.sendall(
+            (
+                f"POST /v1/sandboxes/{sid}/files/stream/write HTTP/1.1\r\nHost: cp\r\n"
+                f"X-API-Key: {alice.api_key}\r\nContent-Type: multipart/form-data; boundary=bb\r\n"
+                f"Content-Length: {len(form) + (1 << 30)}\r\n\r\n"
+            ).encode()
+            + form
+            + b"x" * 4096
+        )
+        return s
+
+    socks = [opened(i) for i in range(UPLOADS)]
+    try:
+        refused, waiting, deadline = 0, list(socks), time.monotonic() + 5
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(waiting, [], [], left)
+            for s in readable:
+                waiting.remove(s)
+                answer = s.recv(4096)
+                while b"}" not in answer and (more := s.recv(4096)):
+                    answer += more
+                assert answer.startswith(b"HTTP/1.1 429") and b"too_many_streams" in answer, answer[:300]
+                refused += 1
+        print(f"{UPLOADS - refused} uploads held open, {refused} refused")
+        assert UPLOADS - refused <= STREAM_CAP and refused >= UPLOADS - STREAM_CAP
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + WAIT_S
+    with alice.client() as c:
+        while True:  # the slots come back with the connections
+            up = c.post(
+                f"/v1/sandboxes/{sid}/files/write", files={"file": b"ok"}, data={"path": "/tmp/after"}
+            )
+            if up.status_code == 204:
+                break
+            assert up.status_code == 429 and time.monotonic() < deadline, up.text
+            time.sleep(0.5)

@@ -77,7 +77,8 @@ async def signed_upload(
     """A signed upload URL: the request body (raw bytes, any size, streamed) replaces the file.
     403 for a bad signature or an expired URL."""
     grant = svc.verify("upload", sandbox_id, path, user, team, exp, sig, secret=_secret(request))
-    await svc.upload(db, pool, grant, request.stream())
+    streams = int(request.app.state.settings.max_streams_per_team)
+    await svc.upload(db, pool, grant, request.stream(), max_streams=streams)
     return Response(status_code=204)
 
 

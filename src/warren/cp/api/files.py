@@ -59,7 +59,7 @@ async def write_file(
     """Upload a file of up to 100 MiB (``WARREN_MAX_UPLOAD_BYTES``; 413 above; the cap is the
     file's, not the form's). Parent directories are created and an existing file is replaced,
     only once the whole file has arrived. A read-only or forbidden path is 403."""
-    tgt = await svc.upload_target(db, pool, ctx, sandbox_id, user)
+    tgt = await svc.upload_target(db, pool, ctx, sandbox_id, user, max_streams=_streams(request))
     cap = _cap(request)
     form = multipart.UnaryForm(request.headers.get("content-type", ""), request.stream(), cap)
     path = await form.until_file_or_end()
@@ -99,7 +99,7 @@ async def write_file_stream(
 ) -> Response:
     """Upload any size, streamed to the sandbox in 64 KiB chunks. The ``path`` field must come
     before the ``file`` part (400 otherwise)."""
-    tgt = await svc.upload_target(db, pool, ctx, sandbox_id, user)
+    tgt = await svc.upload_target(db, pool, ctx, sandbox_id, user, max_streams=_streams(request))
     path, file_bytes = await multipart.stream_form(request.headers.get("content-type", ""), request.stream())
     await svc.write_stream(tgt, path, file_bytes)
     return Response(status_code=204)

@@ -126,8 +126,10 @@ async def download(
 
 
 async def upload(
-    engine: AsyncEngine, pool: HostClientPool, grant: Grant, chunks: AsyncIterator[bytes]
+    engine: AsyncEngine, pool: HostClientPool, grant: Grant, chunks: AsyncIterator[bytes], *, max_streams: int
 ) -> None:
-    """The request body streamed into the file (replaced atomically once whole)."""
-    tgt = await files.upload_target(engine, pool, grant.context(), grant.sandbox_id, grant.user)
+    """The request body streamed into the file (replaced atomically once whole), a stream of the
+    granting team's."""
+    ctx, sid = grant.context(), grant.sandbox_id
+    tgt = await files.upload_target(engine, pool, ctx, sid, grant.user, max_streams=max_streams)
     await files.write_stream(tgt, grant.path, chunks)

@@ -159,10 +159,13 @@ async def _send(call: Any, request: pb.WriteFileStreamRequest) -> None:
 
 @dataclass
 class UploadTarget:
-    """The sandbox an upload goes to and the user it is written as (``""``: the template's)."""
+    """The sandbox an upload goes to, the user it is written as (``""``: the template's), and
+    whose streams its writes count with."""
 
     sandbox: sandbox_access.Target
     user: str
+    ctx: AuthContext
+    max_streams: int
 
     def client(self) -> HostClient:
         return self.sandbox.client()
@@ -173,18 +176,31 @@ class UploadTarget:
 
 
 async def upload_target(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, user: str = ""
-) -> UploadTarget:
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str, user: str = "",
+    *, max_streams: int,
+) -> UploadTarget:  # fmt: skip
     """The sandbox an upload goes to, and its user, judged before any of the upload is read."""
     check_user(user)
-    return UploadTarget(await sandbox_access.target(engine, pool, ctx, sandbox_id), user)
+    return UploadTarget(await sandbox_access.target(engine, pool, ctx, sandbox_id), user, ctx, max_streams)
+
+
+async def _write(
+    tgt: UploadTarget, path: str, chunks: AsyncIterator[bytes], metadata: Mapping[str, str] | None = None
+) -> None:
+    """One file to the agent, holding one of its team's stream slots while it goes (429
+    ``too_many_streams`` past ``max_streams``). An upload the guest drains slowly holds the
+    agent's gRPC window; until session 12 nothing but the connection caps bounded how many a
+    team held (48 into a CPU-starved sandbox of its own: agent +822 MiB)."""
+    with stream_slots.Slot() as slot:
+        slot.claim(tgt.ctx, tgt.max_streams)
+        await _write_to_agent(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata)
 
 
 async def write_stream(
     tgt: UploadTarget, path: str, chunks: AsyncIterator[bytes], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Streaming upload: the file's bytes flow on to the agent as they arrive; no size limit."""
-    await _write_to_agent(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata)
+    await _write(tgt, path, chunks, metadata)
 
 
 async def write_unary(
@@ -195,7 +211,7 @@ async def write_unary(
     it): streamed through, ``cap`` bytes at most (413 above). The guest writes a temporary file
     and renames it only once the upload is complete, so an oversize or broken upload never
     leaves a partial file."""
-    await _write_to_agent(tgt.client(), tgt.sid, path, _capped_upload(chunks, cap), tgt.user, metadata)
+    await _write(tgt, path, _capped_upload(chunks, cap), metadata)
 
 
 async def write_unary_held(
@@ -218,7 +234,7 @@ async def write_unary_held(
         path = path_after()
         if not path:
             raise InvalidRequest("path is required")
-        await _write_to_agent(tgt.client(), tgt.sid, path, _slices(data), tgt.user)
+        await _write(tgt, path, _slices(data))
     finally:
         budget.release(held)
 

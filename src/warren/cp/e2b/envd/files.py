@@ -146,7 +146,10 @@ async def _upload(call: EnvdCall, request: Request) -> list[dict[str, Any]]:
     if ctype not in ("multipart/form-data", "application/octet-stream"):
         raise errors.InvalidRequest("the body must be multipart/form-data or application/octet-stream")
     state, user = call.state, call.user or ""
-    tgt = await files.upload_target(state.engine, state.pool, call.ctx, call.sandbox_id, user)
+    streams = state.settings.max_streams_per_team
+    tgt = await files.upload_target(
+        state.engine, state.pool, call.ctx, call.sandbox_id, user, max_streams=streams
+    )
     if ctype == "multipart/form-data":
         written = await _multipart(request, tgt, metadata, int(state.settings.max_upload_bytes))
     else:
