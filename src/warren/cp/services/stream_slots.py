@@ -2,8 +2,8 @@
 (the API's and the dashboard's), directory watches, E2B's envd streams (``Start``,
 ``Connect``, ``StreamInput``, ``WatchDir``: ``cp/e2b/envd/app.py``, refused there as Connect's
 ``resource_exhausted``, HTTP 429), build-log event streams (``template_builds.stream_log``) and,
-since session 12, file downloads (``services/files.py``: the API's, signed URLs', E2B's
-``GET /files``) together (``max_streams_per_team``).
+since session 12, file transfers (``services/files.py``: downloads, and uploads while each file
+goes to the agent; the API's, signed URLs', E2B's ``/files``) together (``max_streams_per_team``).
 
 Each open stream may hold a few WebSocket messages in the CP and the agent (one read ahead, one
 being handed on, its queued stdin), so without a cap one tenant opening hundreds of streams could
@@ -60,7 +60,7 @@ class Slot:
         if _open[team] >= limit:
             raise TooManyRequests(
                 f"this team already has {limit} streams open (exec streams, terminals, watches, file "
-                "downloads and E2B process and watch streams together); close one first",
+                "transfers and E2B process and watch streams together); close one first",
                 code="too_many_streams",
                 limit=limit,
             )
