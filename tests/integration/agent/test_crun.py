@@ -1,4 +1,5 @@
-"""The same agent with `--runtime crun` (it hides the hybrid cgroup2 mount per call)."""
+"""The same agent with `--runtime crun` (its commands run where the hybrid cgroup2 mount is
+moved away, runtime/oci_spawner.py) and, for comparison, `--runtime runc`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from warren.rpc import hostagent_pb2 as pb
 pytestmark = pytest.mark.root
 
 
-def test_crun_create_exec_pause_resume_destroy(agent_root: Path) -> None:
-    agent = AgentProcess.standalone(agent_root / "crun", runtime="crun").start()
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+def test_create_exec_pause_resume_readopt_destroy(agent_root: Path, runtime: str) -> None:
+    agent = AgentProcess.standalone(agent_root / runtime, runtime=runtime).start()
     try:
         r = agent.create(memory_mb=128)
         sb = r.sandbox_id
@@ -26,7 +28,7 @@ def test_crun_create_exec_pause_resume_destroy(agent_root: Path) -> None:
         } == {sb: "paused"}
         agent.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=sb))
         assert agent.py(sb, "print(6 * 7)").stdout == b"42\n"
-        # re-adoption works the same with crun's state
+        # re-adoption works the same with either runtime's state
         agent.kill9()
         agent.start()
         assert agent.exec(sb, "true").exit_code == 0
