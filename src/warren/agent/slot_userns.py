@@ -30,10 +30,10 @@ import contextlib
 import ctypes
 import os
 import sys
-import weakref
 from collections import deque
 from pathlib import Path
 
+from warren.agent.helper_process import HelperProcess, PerLoop
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 
 USERNS_DIR = Path("/run/warren/userns")
@@ -52,16 +52,14 @@ class SlotUsernsError(RuntimeError):
     pass
 
 
-class Maker:
+class Maker(HelperProcess):
     """The agent's handle on its namespace maker (ns_maker.py). Requests are pipelined: each is
     written at once and answered in order, so creates arriving together make their namespaces
     side by side."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.loop = asyncio.get_running_loop()
         self._pending: deque[asyncio.Future[str]] = deque()
-        self._reader = asyncio.create_task(self._read_answers(), name="ns-maker-answers")
+        super().__init__(proc, "ns-maker-answers")
 
     @classmethod
     async def start(cls, prefix: tuple[str, ...] = ()) -> Maker:
@@ -72,10 +70,6 @@ class Maker:
             start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
         )  # fmt: skip
         return cls(proc)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None and not self._reader.done()
 
     async def _read_answers(self) -> None:
         assert self.proc.stdout is not None
@@ -113,40 +107,23 @@ class Maker:
         if answer != "ok":
             raise SlotUsernsError(answer.removeprefix("err "))
 
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        with contextlib.suppress(ProcessLookupError):
-            await self.proc.wait()
-        with contextlib.suppress(BaseException):
-            await self._reader
+
+async def _start_maker() -> Maker:
+    _prepare_dirs()
+    return await Maker.start()
 
 
-_maker: Maker | None = None
-# Two creates that find no maker (it ended) start one, not two: per event loop (tests run several).
-_start_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+_maker: PerLoop[Maker] = PerLoop(_start_maker)
 
 
 async def maker() -> Maker:
     """This event loop's maker, started (again) if there is none or it ended."""
-    global _maker
-    loop = asyncio.get_running_loop()
-    async with _start_locks.setdefault(loop, asyncio.Lock()):
-        if _maker is None or not _maker.alive or _maker.loop is not loop:
-            if _maker is not None and _maker.loop is loop:
-                await _maker.close()
-            _prepare_dirs()
-            _maker = await Maker.start()
-        return _maker
+    return await _maker.get()
 
 
 async def stop_maker() -> None:
     """End the maker (agent shutdown; it would end with the agent anyway)."""
-    global _maker
-    if _maker is not None and _maker.loop is asyncio.get_running_loop():
-        await _maker.close()
-    _maker = None
+    await _maker.stop()
 
 
 def _prepare_dirs() -> None:

@@ -17,9 +17,9 @@ import itertools
 import json
 import logging
 import sys
-import weakref
 from pathlib import Path
 
+from warren.agent.helper_process import HelperProcess, PerLoop
 from warren.agent.proc import CommandError, Result
 
 log = logging.getLogger("warren.agent")
@@ -33,13 +33,11 @@ class SpawnerGone(CommandError):
     """The spawner ended (or stopped answering) before the command's answer came."""
 
 
-class Spawner:
+class Spawner(HelperProcess):
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, object]]] = {}
-        self._reader = asyncio.create_task(self._read_answers(), name="oci-spawner-answers")
+        super().__init__(proc, "oci-spawner-answers")
 
     @classmethod
     async def start(cls) -> Spawner:
@@ -50,10 +48,6 @@ class Spawner:
             limit=64 << 20,  # an answer is one line: up to the spawner's output cap, JSON-escaped
         )  # fmt: skip
         return cls(proc)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None and not self._reader.done()
 
     async def _read_answers(self) -> None:
         assert self.proc.stdout is not None
@@ -108,41 +102,18 @@ class Spawner:
                 await asyncio.wait_for(fut, _GRACE_S)
             raise
 
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        with contextlib.suppress(ProcessLookupError):
-            await self.proc.wait()
-        with contextlib.suppress(BaseException):
-            await self._reader
 
-
-_spawner: Spawner | None = None
-# Two calls that find no spawner (it ended) start one, not two: per event loop (tests run several).
-_start_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+_spawner: PerLoop[Spawner] = PerLoop(Spawner.start)
 
 
 async def spawner() -> Spawner:
     """This event loop's spawner, started (again) if there is none or it ended."""
-    global _spawner
-    loop = asyncio.get_running_loop()
-    if _spawner is not None and _spawner.alive and _spawner.loop is loop:
-        return _spawner  # the common case, without the lock's await
-    async with _start_locks.setdefault(loop, asyncio.Lock()):
-        if _spawner is None or not _spawner.alive or _spawner.loop is not loop:
-            if _spawner is not None and _spawner.loop is loop:
-                await _spawner.close()
-            _spawner = await Spawner.start()
-        return _spawner
+    return await _spawner.get()
 
 
 async def stop_spawner() -> None:
     """End the spawner (agent shutdown; it would end with the agent anyway)."""
-    global _spawner
-    if _spawner is not None and _spawner.loop is asyncio.get_running_loop():
-        await _spawner.close()
-    _spawner = None
+    await _spawner.stop()
 
 
 async def run(
