@@ -23,6 +23,7 @@ from tests.security.attack_helpers import dashboard_pages
 from tests.security.attack_helpers import sql as _sql
 from tests.security.attack_helpers import wait_until as _wait
 from warren.agent import sandbox_fs
+from warren.agent.network import BLOCKED_GROUP
 
 pytestmark = pytest.mark.root
 
@@ -93,7 +94,14 @@ def test_a_claimed_sandbox_with_internet_off_has_its_slot_dropped(alice: Tenant,
     host_ip = alice.w("GET", f"/v1/sandboxes/{claimed}").json()["host_ip"]
     slot = (int.from_bytes(bytes(int(o) for o in host_ip.split(".")), "big") - (10 << 24 | 11 << 16)) // 4
     rules = subprocess.run(["iptables", "-w", "-S", "WARREN-FWD"], capture_output=True, text=True).stdout
-    assert f"-A WARREN-FWD -i wv{slot} -j DROP" in rules.splitlines(), rules
+    # The slot's veth is in the blocked device group, which a rule of WARREN-FWD above the egress policy drops
+    # (network.py; a host without xt_devgroup gets a DROP rule of the slot's own instead).
+    group = f"-A WARREN-FWD -i wv+ -m devgroup --src-group {hex(BLOCKED_GROUP)} -j DROP"
+    lines = rules.splitlines()
+    in_group = int(Path(f"/sys/class/net/wv{slot}/netdev_group").read_text()) == BLOCKED_GROUP
+    egress = lines.index("-A WARREN-FWD -i wv+ -j WARREN-EGRESS")
+    above_egress = group in lines and lines.index(group) < egress
+    assert (in_group and above_egress) or f"-A WARREN-FWD -i wv{slot} -j DROP" in lines, rules
 
 
 def test_a_claimed_sandbox_knows_only_its_own_identity(alice: Tenant, claimed: str) -> None:

@@ -7,8 +7,10 @@ the sandbox end (``eth0`` inside netns ``warren-s<n>``) is ``.2`` and is the san
 * ``WARREN-FWD`` (from FORWARD): first the egress policy (``WARREN-EGRESS``, see egress.py:
   private, link-local, CGNAT, loopback, reserved ranges and the platform's addresses are
   closed unless an operator opened a range for the team); a sandbox created with
-  ``internet=false`` gets a per-slot DROP rule; sandbox↔sandbox traffic is dropped; everything
-  else from a sandbox (the public internet) is accepted.
+  ``internet=false`` has the host end of its veth in device group :data:`BLOCKED_GROUP`, which
+  one rule at the top of the chain drops (a per-slot DROP rule on a kernel without
+  ``xt_devgroup``); sandbox↔sandbox traffic is dropped; everything else from a sandbox (the
+  public internet) is accepted.
 * ``WARREN-IN`` (from INPUT): a sandbox may not open connections to the host itself (the agent,
   a database, ... on any of the host's addresses); replies to connections the host opened are
   accepted.
@@ -56,6 +58,12 @@ IN_CHAIN = "WARREN-IN"
 NAT_CHAIN = "WARREN-NAT"
 NETNS_DIR = Path("/run/netns")
 CLAIMS_DIR = Path("/run/warren/netslots")
+# internet=false, as a device group of the slot's host-side veth: set with one sysfs write (no
+# iptables exec or xtables lock on a create's or a warm claim's path, ~3-10 ms here, more when
+# other agents hold the lock). The group is the kernel's, in the host's netns (out of sandbox
+# root's reach), and goes with the veth. ("wRn0": any value no one else on a host uses.)
+BLOCKED_GROUP = 0x77526E30
+_SYS_NET = Path("/sys/class/net")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,8 @@ class NetworkSlots:
         self._lock = asyncio.Lock()
         # Whether slots get a user namespace of their own (slot_userns.py): checked in setup_host.
         self.own_userns = False
+        # Whether internet=false is the device group (the rule is in: setup_host), else a rule per slot.
+        self.group_block = False
         # Slots built ahead of time (internet on): a create takes one instead of spending
         # ~20-40 ms of `ip` calls on its critical path.
         self.pool_size = pool_size
@@ -212,6 +222,19 @@ class NetworkSlots:
         await egress.setup(
             FWD_CHAIN, self.platform_deny, owner=self.owner, state_dir=self.claims_dir.parent / "egress-deny"
         )
+        self.group_block = await self._blocked_group_rule()
+
+    @staticmethod
+    async def _blocked_group_rule() -> bool:
+        """The one DROP of internet=false slots, first in WARREN-FWD (above the egress policy,
+        whose operator ranges ACCEPT). False, logged, on a kernel without ``xt_devgroup``."""
+        rule = ("-i", f"{VETH_PREFIX}+", "-m", "devgroup", "--src-group", hex(BLOCKED_GROUP), "-j", "DROP")
+        if await _iptables("-C", FWD_CHAIN, *rule, check=False):
+            return True
+        if await _iptables("-I", FWD_CHAIN, "1", *rule, check=False):
+            return True
+        log.warning("event=devgroup_unavailable consequence=internet_off_by_per_slot_rule")
+        return False
 
     async def _check_own_userns(self) -> None:
         reason = await slot_userns.unavailable()
@@ -368,9 +391,11 @@ class NetworkSlots:
             "link set lo up\n"
             f"route add default via {slot.gateway}\n"
         )
-        await self._slot_rules(slot, internet=internet, allow=allow)
         await egress.install_account(slot.veth)  # the slot's egress counter, from zero
         await run("ip", "-batch", "-", input=host_side.encode())
+        # Once the veth exists (a device group needs it); nothing runs in the slot before the
+        # create has it back.
+        await self._slot_rules(slot, internet=internet, allow=allow)
         await egress.disable_ipv6(slot.veth, slot.netns_path, "eth0")
         await run("ip", "-n", slot.netns, "-batch", "-", input=ns_side.encode())
 
@@ -381,7 +406,11 @@ class NetworkSlots:
             await egress.install_allow(slot.veth, allow)
 
     async def block_internet(self, slot: Slot) -> None:
-        """Drop everything the sandbox would send through the host (it stays reachable from it)."""
+        """Drop everything the sandbox would send through the host (it stays reachable from it):
+        its veth joins :data:`BLOCKED_GROUP`, or (no ``xt_devgroup``) a DROP rule of its own."""
+        if self.group_block:
+            set_group(slot.veth, BLOCKED_GROUP)
+            return
         await _iptables("-I", FWD_CHAIN, "1", "-i", slot.veth, "-j", "DROP")
 
     async def _teardown(self, slot: Slot, *, extra_allow: Sequence[str] = ()) -> None:
@@ -441,6 +470,19 @@ class NetworkSlots:
             await _iptables("-F", chain, table=table, check=False)
             await _iptables("-X", chain, table=table, check=False)
         await egress.remove()
+
+
+def set_group(veth: str, group: int) -> None:
+    """The veth's device group (``ip link set <veth> group``), through sysfs, read back: a
+    failure raises, and the sandbox is not handed out."""
+    path = _SYS_NET / veth / "netdev_group"
+    try:
+        path.write_text(str(group))
+        got = int(path.read_text())
+    except (OSError, ValueError) as e:
+        raise NetworkError(f"device group of {veth}: {e}") from e
+    if got != group:
+        raise NetworkError(f"device group of {veth} is {got}, not {group}")
 
 
 def slot_rules(dump: str) -> list[str]:

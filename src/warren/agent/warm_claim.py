@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import itertools
 import logging
 import os
 import socket
@@ -40,6 +39,7 @@ from warren.agent.record import HostSandbox
 from warren.agent.runtime.bundle import DEFAULT_PATH
 from warren.agent.runtime.oci import cgroup_dir
 from warren.agent.sandbox_fs import DiskSize, SandboxFs
+from warren.aio import cancel_and_wait
 
 log = logging.getLogger("warren.agent")
 
@@ -146,38 +146,67 @@ async def claim(
     """The member as sandbox ``req.sandbox_id``: registered nowhere yet (the caller does that).
     On failure the caller destroys what is left, under either name."""
     cid, sb_id = member.id, req.sandbox_id
-    t = [time.monotonic()]
+    steps = _Steps()
     fs = SandboxFs(warm_dir / cid)
     if frozen:
         await runtime.resume(cid)
-    t.append(time.monotonic())
-    guest = GuestClient(str(fs.guest_socket))
-    # The guest first: it refuses a member that ever ran anything (it never should have).
-    await guest.claim(guest_env(req))
-    t.append(time.monotonic())
-    disk = sandbox_fs.disk_size(req.memory_mb, req.disk_size_mb)
-    set_limits(cid, member, req)
-    if disk.mb != member.disk_size_mb:
-        resize_disk(fs, disk)
-    rewrite_identity(fs, sb_id)
-    await set_hostname(member.pid, sb_id)
-    t.append(time.monotonic())
-    runtime.alias(sb_id, cid)  # persisted before any rename
-    slot = Slot(member.slot)
-    await network.reassign(slot, sb_id, internet=req.internet, allow=req.allow)
-    t.append(time.monotonic())
+    steps.mark("thaw")
+    # The guest's claim goes out first and is answered (on the other core) while the agent
+    # applies the rest; it is awaited before the rename, so a guest that refuses (it ran
+    # something: it never should have) still leaves a member, destroyed by the caller.
+    guest = asyncio.ensure_future(GuestClient(str(fs.guest_socket)).claim(guest_env(req)))
+    # Likewise the hostname, from a thread of its own.
+    hostname = asyncio.ensure_future(set_hostname(member.pid, sb_id))
+    # Two turns of the loop: the connection is made in the first, the request written in the
+    # second (the steps below never yield; without these the two would start only at the end).
+    for _ in range(2):
+        await asyncio.sleep(0)
+    try:
+        disk = sandbox_fs.disk_size(req.memory_mb, req.disk_size_mb)
+        set_limits(cid, member, req)
+        if disk.mb != member.disk_size_mb:
+            resize_disk(fs, disk)
+        steps.mark("limits")
+        rewrite_identity(fs, sb_id)
+        steps.mark("identity")
+        runtime.alias(sb_id, cid)  # persisted before any rename
+        steps.mark("alias")
+        slot = Slot(member.slot)
+        await network.reassign(slot, sb_id, internet=req.internet, allow=req.allow)
+        steps.mark("network")
+        await hostname
+        steps.mark("hostname_wait")
+        await guest
+        steps.mark("guest_wait")
+    finally:
+        await cancel_and_wait(*(f for f in (guest, hostname) if not f.done()))
     final = SandboxFs(sandboxes_dir / sb_id)
     os.rename(fs.root, final.root)  # the pool record inside: destroyed at a restart, never adopted
+    steps.mark("rename")
     if req.internet:
         await network.rules.apply(slot, req.egress, final.identity / "resolv.conf")
     lower = [Path(p) for p in member.lower_layers]
     sb = builder._new_record(req, slot, disk, lower, member.base_config)
     sb.pid, sb.runtime = member.pid, req.runtime
     builder._write_bundle(req, final, slot)
+    steps.mark("bundle")
     record.save(final.root, sb)
-    t.append(time.monotonic())
-    log.debug(
-        "event=claim_steps sandbox_id=%s thaw=%.1f guest=%.1f limits_identity=%.1f network=%.1f "
-        "rename_rules_record=%.1f (ms)", sb_id, *((b - a) * 1000 for a, b in itertools.pairwise(t)),
-    )  # fmt: skip
+    steps.mark("record")
+    log.debug("event=claim_steps sandbox_id=%s %s (ms)", sb_id, steps)
     return sb
+
+
+class _Steps:
+    """Each step's wall time since the previous mark, for the claim's debug line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._ms: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self._ms.append((name, (now - self._last) * 1000))
+        self._last = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={ms:.2f}" for name, ms in self._ms)
