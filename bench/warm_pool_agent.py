@@ -1,6 +1,7 @@
 """Warm pools on one agent: create → first exec, cold vs claimed from a pool, side by side.
 
     sudo .venv/bin/python bench/warm_pool_agent.py [--n 30] [--pool 4] [--runtime runc]
+        [--internet-off] [--tree <another checkout, for an A/B>]
 
 A real `warren agent` (standalone, gRPC on loopback) with a `minimal` pool of --pool. Rounds
 alternate so load drifts hit both sides alike: a warm round waits until the pool is full again
@@ -62,6 +63,19 @@ def tree_cpu_ms(pid: int) -> float:
     return total
 
 
+def agent_cpu_ms(pid: int) -> float:
+    """CPU time of the agent process itself, all its threads, in ns resolution (schedstat):
+    a claim is work of the agent's own, a few ms, below /proc/stat's 10 ms ticks."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total / 1e6
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
@@ -80,13 +94,25 @@ def wait_full(agent: AgentProcess, size: int) -> None:
         time.sleep(0.05)
 
 
-def create_exec(agent: AgentProcess) -> tuple[float, str]:
+INTERNET = True  # --internet-off: every create asks for internet=false
+
+
+def create_exec(agent: AgentProcess, split: dict[str, list[float]] | None = None) -> tuple[float, str]:
+    """Create + first exec (ms); ``split`` gets the create, the first exec and the agent's CPU
+    for both apart."""
+    assert agent.proc is not None
+    cpu = agent_cpu_ms(agent.proc.pid)
     t = time.perf_counter()
-    r = agent.create(memory_mb=256)
+    r = agent.create(memory_mb=256, internet=INTERNET)
+    t1 = time.perf_counter()
     agent.exec(r.sandbox_id, "true")
-    ms = (time.perf_counter() - t) * 1000
+    t2 = time.perf_counter()
+    if split is not None:
+        split["create"].append((t1 - t) * 1000)
+        split["first exec"].append((t2 - t1) * 1000)
+        split["agent CPU"].append(agent_cpu_ms(agent.proc.pid) - cpu)
     agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=60)
-    return ms, r.sandbox_id
+    return (t2 - t) * 1000, r.sandbox_id
 
 
 def steps(log: str, event: str, ids: set[str]) -> dict[str, list[float]]:
@@ -141,7 +167,11 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=4)
     ap.add_argument("--runtime", default="runc", help="runc, crun or auto (the agent's default)")
     ap.add_argument("--freeze-ab", action="store_true", help="members frozen vs running, instead")
+    ap.add_argument("--internet-off", action="store_true", help="creates with internet=false")
+    ap.add_argument("--tree", type=Path, help="run the agent from this checkout's src (an A/B)")
     args = ap.parse_args()
+    global INTERNET
+    INTERNET = not args.internet_off
     root = Path(tempfile.mkdtemp(prefix="warren-bench-warm-"))
     root.chmod(0o755)
     if args.freeze_ab:
@@ -154,19 +184,21 @@ def main() -> None:
         root / "agent" / "data",
         root / "agent" / "agent.log",
         runtime=None if args.runtime == "auto" else args.runtime,
-        env={"WARREN_LOG_LEVEL": "DEBUG", "WARREN_AGENT_METRICS_LISTEN": "0"},
+        env={"WARREN_LOG_LEVEL": "DEBUG", "WARREN_AGENT_METRICS_LISTEN": "0"}
+        | ({"PYTHONPATH": str(args.tree.resolve() / "src")} if args.tree else {}),
     ).start()
     warm: list[float] = []
     cold: list[float] = []
     warm_ids: set[str] = set()
     cold_ids: set[str] = set()
     cold_cpu: list[float] = []
+    warm_split: dict[str, list[float]] = defaultdict(list)
     assert agent.proc is not None
     try:
         create_exec(agent)  # the template, caches
         for _ in range(args.n):
             wait_full(agent, args.pool)
-            ms, sb = create_exec(agent)
+            ms, sb = create_exec(agent, warm_split)
             warm.append(ms)
             warm_ids.add(sb)
             pool(agent, 0)
@@ -181,11 +213,14 @@ def main() -> None:
         agent.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(
-        f"create → first exec on the agent ({args.runtime}), n = {args.n}, ms; load {os.getloadavg()[0]:.2f}"
+        f"create → first exec on the agent ({args.runtime}, tree {args.tree or 'this'}, internet "
+        f"{'off' if args.internet_off else 'on'}), n = {args.n}, ms; load {os.getloadavg()[0]:.2f}"
     )
     print(f"{'':>24} {'p50':>8} {'p99':>8}")
     for name, xs in (("warm (claimed)", warm), ("cold", cold)):
         print(f"{name:>24} {pct(xs, 50):8.1f} {pct(xs, 99):8.1f}")
+    parts = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in warm_split.items())
+    print(f"  warm, p50 ms: {parts} (the agent process's CPU, all threads, create + first exec)")
     cpu = statistics.mean(cold_cpu)  # /proc counts clock ticks (10 ms): a mean, not a median
     print(f"  cold create + exec + destroy, the agent's CPU (its process tree, rusage) mean {cpu:.1f} ms")
     for title, event, ids in (("claim", "claim_steps", warm_ids), ("cold create", "create_steps", cold_ids)):
