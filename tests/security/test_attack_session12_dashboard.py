@@ -1,0 +1,264 @@
+"""Session 12's hostile team member: everything they control, in the browser of the team's owner.
+
+The attacker (Mallory) is a member of the victim's team. Through the public API alone she
+plants markup wherever her text reaches the victim's dashboard: her display name (team page,
+audit), an API key's name (keys page, audit), a template build whose RUN step prints HTML,
+``</script>``, U+2028 and ANSI into its log (build page, live log), and request values the
+error pages reflect. From a script inside the team's sandbox she writes to every terminal of
+that sandbox (``/dev/pts/*``) while the victim has its Terminal tab open: OSC 8 hyperlinks with
+``javascript:`` and ``data:`` targets, an OSC 52 clipboard write, a window title followed by
+the title-report request (``CSI 21 t``: the classic answer-back that makes a terminal type
+attacker text into its shell), DECRQSS, DA and DSR requests.
+
+Expected: nothing runs in the victim's page (``window.__pwned`` stays unset, no dialog opens,
+no request leaves the control plane's origin); the terminal's answer-backs carry none of the
+attacker's text, the clipboard is untouched, and clicking the planted links does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.harness.cp import PASSWORD
+from tests.harness.platform import Platform
+
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+# A foreign address the planted markup would call (nothing listens: the request is the proof).
+EVIL = "http://127.0.0.2:9"
+PWN = "window.__pwned=1"
+MARKUP = (
+    f'"><img src={EVIL}/img onerror={PWN}><script>{PWN}</script>'
+    f"</textarea></script><svg onload={PWN}>\u2028'-alert(1)-'"
+)
+TITLE = "PWNTITLE"
+CLIP = "PWNCLIP"
+# What Mallory's script writes to every terminal of the sandbox: a full-width OSC 8 link per
+# hostile scheme on rows 1-4 (the victim clicks there), then the answer-back requests. (An
+# http(s) target is a link xterm.js opens in a new window, opener cleared, after a confirm()
+# that names it: the victim's consent, as in any terminal; not probed here.)
+LINKS = [f"javascript:{PWN}", f"data:text/html,<script>{PWN}</script>"]
+
+
+def _terminal_bytes() -> bytes:
+    out = "\x1b[2J\x1b[H"
+    for uri in LINKS:
+        out += f"\x1b]8;;{uri}\x07" + "L" * 160 + "\x1b]8;;\x07\r\n"
+    out += f"\x1b]52;c;{base64.b64encode(CLIP.encode()).decode()}\x07"
+    out += f"\x1b]0;{TITLE}\x07\x1b]2;{TITLE}\x07\x1b[21t\x1b[20t"
+    out += '\x1bP$qm\x1b\\\x1bP$q"p\x1b\\\x1b[c\x1b[>c\x1b[6n\x1b]10;?\x07\x1b]11;?\x07\r\nPLANTED\r\n'
+    return out.encode()
+
+
+def _api(url: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"})
+
+
+def _signup(url: str, name: str) -> tuple[str, dict[str, str]]:
+    email = f"s12dash-{uuid.uuid4().hex[:10]}@example.com"
+    r = httpx.post(
+        f"{url}/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": name}, timeout=60
+    )
+    assert r.status_code == 201, r.text
+    return email, r.json()
+
+
+class Planted:
+    def __init__(self, platform: Platform) -> None:
+        url = platform.url
+        self.url = url
+        self.victim_email, victim = _signup(url, "Victor Victim")
+        self.team_id = victim["team_id"]
+        self.mallory_email, mallory = _signup(url, MARKUP[:90])
+        with _api(url, victim["token"]) as v:
+            r = v.post(f"/v1/teams/{self.team_id}/members", json={"email": self.mallory_email})
+            assert r.status_code == 201, r.text
+        with _api(url, mallory["token"]) as m:
+            r = m.post("/v1/auth/switch-team", json={"team_id": self.team_id})
+            assert r.status_code == 200, r.text
+            self.token = r.json()["token"]
+        with self.api() as m:
+            r = m.post("/v1/api-keys", json={"name": MARKUP[:60]})
+            assert r.status_code == 201, r.text
+            r = m.post("/v1/sandboxes", json={"template": "minimal", "memory_mb": 256})
+            assert r.status_code == 201, r.text
+            self.sandbox_id = r.json()["id"]
+            log = base64.b64encode(f"{MARKUP}\n\x1b[31mred\x1b[0m {'W' * 20000}\n".encode()).decode()
+            spec = f"FROM minimal\n# {MARKUP.split(chr(0x2028))[0]}\nRUN echo {log} | base64 -d"
+            r = m.post("/v1/templates", json={"name": "s12-dash", "spec": spec})
+            assert r.status_code == 202, r.text
+            self.build_id = r.json()["build_id"]
+
+    def api(self) -> httpx.Client:
+        return _api(self.url, self.token)
+
+    def write_terminals(self) -> None:
+        """Mallory's script in the team's sandbox: her bytes to every terminal it has."""
+        data = base64.b64encode(_terminal_bytes()).decode()
+        script = f"echo {data} | base64 -d > /tmp/t; for p in /dev/pts/[0-9]*; do cat /tmp/t > $p; done"
+        with self.api() as m:
+            r = m.post(
+                f"/v1/sandboxes/{self.sandbox_id}/exec",
+                json={"cmd": "/bin/sh", "args": ["-c", script], "timeout_sec": 60},
+            )
+            assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def planted(platform: Platform) -> Iterator[Planted]:
+    p = Planted(platform)
+    yield p
+    with p.api() as m:
+        m.delete(f"/v1/sandboxes/{p.sandbox_id}")
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+class Victim:
+    def __init__(self, page: Page, origin: str) -> None:
+        self.page = page
+        self.origin = origin
+        self.dialogs: list[str] = []
+        self.requests: list[str] = []
+        self.sent: list[bytes] = []
+
+
+@contextlib.asynccontextmanager
+async def victim_page(browser: Browser, planted: Planted) -> AsyncIterator[Victim]:
+    ctx = await browser.new_context(base_url=planted.url, viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(60_000)
+    await ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=planted.url)
+    page = await ctx.new_page()
+    v = Victim(page, planted.url)
+
+    async def on_dialog(d: object) -> None:
+        v.dialogs.append(d.message)  # type: ignore[attr-defined]
+        await d.accept()  # type: ignore[attr-defined]  # a victim who says yes
+
+    page.on("dialog", on_dialog)
+    ctx.on("request", lambda req: v.requests.append(req.url))
+    ctx.on("page", lambda p: p.on("dialog", on_dialog))
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framesent", lambda f: v.sent.append(f if isinstance(f, bytes) else f.encode())),
+    )
+    try:
+        await page.goto("/login")
+        await page.fill("#email", planted.victim_email)
+        await page.fill("#password", PASSWORD)
+        await page.click("#login-submit")
+        await page.wait_for_url("**/dashboard/sandboxes")
+        yield v
+    finally:
+        await ctx.close()
+
+
+async def _clean(v: Victim) -> None:
+    own = urlsplit(v.origin)
+    assert await v.page.evaluate("window.__pwned") is None, v.page.url
+    assert v.dialogs == [], v.dialogs
+    foreign = [
+        u for u in v.requests
+        if urlsplit(u).scheme not in ("data", "blob", "about")
+        and (urlsplit(u).hostname, urlsplit(u).port) != (own.hostname, own.port)
+    ]  # fmt: skip
+    assert foreign == [], foreign
+
+
+async def test_planted_text_runs_nowhere_in_the_owners_dashboard(browser: Browser, planted: Planted) -> None:
+    with planted.api() as m:
+        for _ in range(600):
+            r = m.get(f"/v1/templates/s12-dash/builds/{planted.build_id}")
+            if r.json()["status"] in ("ready", "failed"):
+                break
+            await asyncio.sleep(0.2)
+    async with victim_page(browser, planted) as v:
+        pages = [
+            "/dashboard/sandboxes",
+            f"/dashboard/sandboxes/{planted.sandbox_id}",
+            "/dashboard/keys",
+            "/dashboard/team",
+            "/dashboard/audit",
+            "/dashboard/templates",
+            "/dashboard/templates/s12-dash",
+            f"/dashboard/templates/s12-dash/builds/{planted.build_id}",
+            "/dashboard/sandboxes/" + quote(MARKUP, safe=""),
+            "/dashboard/templates/" + quote(MARKUP, safe=""),
+            "/dashboard/" + quote(MARKUP, safe=""),
+            "/login?error=" + quote(MARKUP, safe="") + "&mode=" + quote(MARKUP, safe=""),
+            "/dashboard/audit?action=" + quote(MARKUP, safe=""),
+        ]
+        for path in pages:
+            resp = await v.page.goto(path)
+            assert resp is not None
+            await v.page.wait_for_load_state("load")
+            assert "script-src 'self'" in resp.headers.get("content-security-policy", ""), path
+            assert resp.headers.get("x-frame-options") == "DENY", path
+            await _clean(v)
+        await v.page.goto(f"/dashboard/templates/s12-dash/builds/{planted.build_id}")
+        assert "onerror" in (await v.page.locator("#build-log").inner_text()), "the log shows the text"
+
+
+async def test_terminal_output_cannot_type_open_or_copy(browser: Browser, planted: Planted) -> None:
+    async with victim_page(browser, planted) as v:
+        page = v.page
+        await page.goto(f"/dashboard/sandboxes/{planted.sandbox_id}#terminal")
+        await page.wait_for_selector('#terminal[data-state="open"]')
+        await page.evaluate("navigator.clipboard.writeText('before')")
+        sent_before = len(v.sent)
+        done = threading.Event()
+
+        def attack() -> None:
+            planted.write_terminals()
+            done.set()
+
+        threading.Thread(target=attack, daemon=True).start()
+        for _ in range(600):
+            if "PLANTED" in await page.locator("#terminal-screen .xterm-rows").inner_text():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the planted output never reached the victim's terminal")
+        assert done.wait(60)
+        # The victim clicks each planted link (two rows each).
+        box = await page.locator("#terminal-screen .xterm-screen").bounding_box()
+        assert box is not None
+        row_h = box["height"] / int(
+            (await page.get_attribute("#terminal", "data-size") or "24x80").split("x")[0]
+        )
+        for i in range(len(LINKS)):
+            x, y = box["x"] + 40, box["y"] + row_h * (2 * i + 0.5)
+            await page.mouse.move(x, y)
+            await page.mouse.move(x + 5, y)
+            await page.mouse.click(x + 5, y)
+        # A round trip through the page: a confirm() from a click would be open by now.
+        await page.evaluate("1")
+        answers = b"".join(v.sent[sent_before:])
+        # The terminal answers DA, DSR, DECRQSS and colour queries (fixed text and numbers);
+        # never the title, the clipboard, nor a line end that would run what it typed.
+        assert TITLE.encode() not in answers and CLIP.encode() not in answers, answers
+        assert b"\r" not in answers and b"\n" not in answers, answers
+        assert TITLE not in await page.title()
+        assert await page.evaluate("navigator.clipboard.readText()") == "before"
+        assert len(page.context.pages) == 1, [p.url for p in page.context.pages]
+        await _clean(v)
