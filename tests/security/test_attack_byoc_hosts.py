@@ -16,6 +16,7 @@ import pytest
 
 from tests.harness.cp import InProcessCP, User, set_byoc
 from warren import ids
+from warren.cp.services import host_link
 from warren.cp.services import hosts as hosts_svc
 
 
@@ -85,9 +86,13 @@ async def test_a_burst_of_host_creates_stops_at_the_bound(
     assert (await owner.req("POST", "/v1/hosts", json=_host(owner))).status_code == 201
 
 
-async def test_a_byoc_agent_refreshing_in_a_loop_leaves_no_rows_behind(cp: InProcessCP, admin: User) -> None:
+async def test_a_byoc_agent_refreshing_in_a_loop_leaves_no_rows_behind(
+    cp: InProcessCP, admin: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The agent of a BYOC host is the tenant's own program: it may call refresh as often as
-    it likes. Each call kept the spent token's row for good (revoked, never deleted)."""
+    it likes. Each call kept the spent token's row for good (revoked, never deleted). (Since
+    session 12 refreshes are rate limited, test_attack_session12_byoc.py; not here.)"""
+    monkeypatch.setattr(host_link, "REFRESH_BURST", 1000.0)
     owner = await _byoc_owner(cp, admin)
     host_id, token = await owner.create_host("byoc", owner.team_id)
     body = {"token": token, "address": "127.0.0.9:7001", "arch": "amd64", "cpu_cores": 2, "memory_mb": 1024}

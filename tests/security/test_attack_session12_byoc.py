@@ -22,6 +22,7 @@ Found and fixed:
 * a pause stored every metric point an agent answered (6000 made-up timestamps a pause);
 * a create on a host registered at an address of the CP's own network answered why the CP's
   connection failed there (refused, not TLS, closed, a certificate): a port scanner.
+* credential refreshes were not counted: one client chaining them took a CP core (~8 ms each).
 
 What held is asserted too: a host's listing of another team's sandbox ids changes none of
 their rows, a host certificate cannot call another agent.
@@ -57,7 +58,7 @@ from warren.cp.hosts import monitor as monitor_mod
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.monitor import HostMonitor, PassResult
 from warren.cp.security.ca import CertificateAuthority
-from warren.cp.services import audit, envd_fs, layer_gc
+from warren.cp.services import audit, envd_fs, host_link, layer_gc
 from warren.cp.services.envd_tokens import envd_access_token
 from warren.cp.store.directory import DirectoryStore
 from warren.errors import AgentError
@@ -644,3 +645,47 @@ def test_a_byoc_address_does_not_make_the_cp_a_port_scanner(platform: Platform) 
             messages.add(r.json()["error"]["message"])
             assert c.delete(f"/v1/hosts/{host_id}?force=true", headers=jwt).status_code == 204
         assert messages == {"host agent unreachable: failed to connect"}, messages
+
+
+# ------------------------------------------------------------------ refreshes without end
+
+
+def test_a_host_refreshing_in_a_loop_is_held_back(platform: Platform, mallory: Tenant) -> None:
+    """Each refresh issues a certificate and writes five statements (~8 ms of the CP's CPU,
+    four times an API call's), and nothing counted them: one client chaining refreshes took a
+    CP core. Now a host gets a burst of ``host_link.REFRESH_BURST``, then one a minute (429 with
+    ``Retry-After``, its token still good); another host's refreshes are its own."""
+    jwt = _jwt(mallory)
+    with httpx.Client(base_url=platform.url, timeout=60) as c:
+        tokens, hosts = [], []
+        for _ in range(2):
+            r = c.post("/v1/hosts", json={"type": "byoc", "team_id": mallory.team_id}, headers=jwt)
+            assert r.status_code == 201, r.text
+            hosts.append(r.json()["host"]["id"])
+            r = c.post(
+                "/v1/hosts/register", json={"token": r.json()["registration_token"], "address": "127.0.0.1:9"}
+            )
+            assert r.status_code == 201, r.text
+            tokens.append(r.json()["refresh_token"])
+        codes = []
+        for _ in range(int(host_link.REFRESH_BURST) + 5):
+            r = c.post("/v1/hosts/auth/refresh", json={"refresh_token": tokens[0]})
+            codes.append(r.status_code)
+            if r.status_code == 200:
+                tokens[0] = r.json()["refresh_token"]
+        assert codes.count(200) == host_link.REFRESH_BURST and codes[-1] == 429, codes
+        assert int(r.headers["Retry-After"]) >= 1, r.headers
+        unspent = _sql_rows(
+            platform,
+            "SELECT count(*) AS n FROM host_refresh_tokens WHERE token_hash = :h AND revoked_at IS NULL",
+            h=hashlib.sha256(tokens[0].encode()).hexdigest(),
+        )
+        assert unspent[0].n == 1, unspent
+        r = c.post("/v1/hosts/auth/refresh", json={"refresh_token": tokens[1]})
+        assert r.status_code == 200, r.text
+        for h in hosts:
+            assert c.delete(f"/v1/hosts/{h}?force=true", headers=jwt).status_code == 204
+
+
+def _sql_rows(platform: Platform, statement: str, **params: Any) -> Any:
+    return asyncio.run(platform.sql(statement, **params))

@@ -9,7 +9,7 @@
 * :class:`HeartbeatLoop`: a beat every 30 s, the first at once. 204 → healthy; transport error →
   after 3 in a row PauseAll (once) and keep trying; 401/403 → refresh; a refresh the CP
   *rejects* (401, 404, no refresh token) → PauseAll and stop beating for good (the operator must
-  re-register); a refresh that fails in transit or with a 5xx counts as one more failed beat and
+  re-register); a refresh that fails in transit, with a 5xx or a 429 counts as one more failed beat and
   is retried, because the old token is still valid (issue-then-revoke). 404 on a beat → the host
   was deleted: delete the credentials and shut the agent down.
 """
@@ -311,7 +311,7 @@ class HeartbeatLoop:
                 self.tls.update(self.creds)
             log.info("host credentials refreshed host=%s", self.creds.host_id)
             return True
-        if resp.status_code >= 500:
+        if resp.status_code >= 500 or resp.status_code == 429:  # 429: too soon, the token holds
             log.warning("refresh failed on the control plane: %s", _error_text(resp))
             return None
         log.error("refresh refused: %s", _error_text(resp))

@@ -233,6 +233,7 @@ async def refresh(
         if old is None:
             raise Unauthorized("invalid or expired refresh token")
         host_uuid: uuid.UUID = old.host_id
+        _take_refresh(host_uuid)  # before anything is issued: the token stays as it was
         hid = ids.host_id(host_uuid)
         current = (await conn.execute(sa.select(hosts).where(hosts.c.id == host_uuid))).mappings().first()
         if current is None:
@@ -291,17 +292,41 @@ BEATS_PER_S = 2.0
 _beats: dict[uuid.UUID, tuple[float, float]] = {}  # host -> (tokens, when counted)
 
 
-def _take_beat(host_uuid: uuid.UUID) -> None:
+# Credential refreshes a host may ask for: a burst, then one a minute. An agent refreshes when
+# its 7-day JWT is refused; a hostile BYOC agent chaining refreshes (each a new certificate and
+# five statements, ~8 ms of the CP's CPU, against ~2 ms for an API call) had one CP core per
+# client, past every team rate limit. Per CP process, in memory; the token stays unspent.
+REFRESH_BURST = 5.0
+REFRESHES_PER_S = 1 / 60
+_refreshes: dict[uuid.UUID, tuple[float, float]] = {}
+
+
+def _take(
+    buckets: dict[uuid.UUID, tuple[float, float]], host_uuid: uuid.UUID, burst: float, rate: float
+) -> bool:
+    """One token of ``host_uuid``'s bucket (``burst`` at most, refilled at ``rate`` a second);
+    False when it has none (the refusal still counts as its last look)."""
     now = time.monotonic()
-    tokens, at = _beats.get(host_uuid, (BEAT_BURST, now))
-    tokens = min(BEAT_BURST, tokens + (now - at) * BEATS_PER_S)
-    if len(_beats) > 4096:  # hosts long gone: a full bucket is the same as none
-        for full in [h for h, (n, t) in _beats.items() if n + (now - t) * BEATS_PER_S >= BEAT_BURST]:
-            del _beats[full]
+    tokens, at = buckets.get(host_uuid, (burst, now))
+    tokens = min(burst, tokens + (now - at) * rate)
+    if len(buckets) > 4096:  # hosts long gone: a full bucket is the same as none
+        for full in [h for h, (n, t) in buckets.items() if n + (now - t) * rate >= burst]:
+            del buckets[full]
     if tokens < 1:
-        _beats[host_uuid] = (tokens, now)
+        buckets[host_uuid] = (tokens, now)
+        return False
+    buckets[host_uuid] = (tokens - 1, now)
+    return True
+
+
+def _take_beat(host_uuid: uuid.UUID) -> None:
+    if not _take(_beats, host_uuid, BEAT_BURST, BEATS_PER_S):
         raise TooManyRequests("heartbeats too frequent", retry_after=1)
-    _beats[host_uuid] = (tokens - 1, now)
+
+
+def _take_refresh(host_uuid: uuid.UUID) -> None:
+    if not _take(_refreshes, host_uuid, REFRESH_BURST, REFRESHES_PER_S):
+        raise TooManyRequests("credential refreshes too frequent", retry_after=int(1 / REFRESHES_PER_S))
 
 
 async def heartbeat(
