@@ -407,8 +407,9 @@ class NetworkSlots:
 
     async def block_internet(self, slot: Slot) -> None:
         """Drop everything the sandbox would send through the host (it stays reachable from it):
-        its veth joins :data:`BLOCKED_GROUP`, or (no ``xt_devgroup``) a DROP rule of its own."""
-        if self.group_block:
+        its veth joins :data:`BLOCKED_GROUP`, or (no ``xt_devgroup``, or no veth: a re-adopted
+        sandbox whose slot lost it) a DROP rule of its own, which holds by name."""
+        if self.group_block and (_SYS_NET / slot.veth).exists():
             set_group(slot.veth, BLOCKED_GROUP)
             return
         await _iptables("-I", FWD_CHAIN, "1", "-i", slot.veth, "-j", "DROP")
