@@ -11,10 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Generic, TypeVar
+
+
+async def spawn_script(
+    script: Path, *, prefix: tuple[str, ...] = (), limit: int = 1 << 16
+) -> asyncio.subprocess.Process:
+    """``script`` (a stdlib module file beside its client) in an isolated interpreter, with
+    pipes for requests and answers. ``limit``: the longest answer line read."""
+    return await asyncio.create_subprocess_exec(
+        *prefix, sys.executable, "-I", "-S", str(script),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
+        limit=limit,
+    )  # fmt: skip
 
 
 class HelperProcess(ABC):

@@ -29,11 +29,10 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import sys
 from collections import deque
 from pathlib import Path
 
-from warren.agent.helper_process import HelperProcess, PerLoop
+from warren.agent.helper_process import HelperProcess, PerLoop, spawn_script
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 
 USERNS_DIR = Path("/run/warren/userns")
@@ -64,12 +63,7 @@ class Maker(HelperProcess):
     @classmethod
     async def start(cls, prefix: tuple[str, ...] = ()) -> Maker:
         """``prefix``: a command the maker runs under (tests: a namespace it cannot work in)."""
-        proc = await asyncio.create_subprocess_exec(
-            *prefix, sys.executable, "-I", "-S", str(Path(__file__).with_name("ns_maker.py")),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
-        )  # fmt: skip
-        return cls(proc)
+        return cls(await spawn_script(Path(__file__).with_name("ns_maker.py"), prefix=prefix))
 
     async def _read_answers(self) -> None:
         assert self.proc.stdout is not None

@@ -16,10 +16,9 @@ import contextlib
 import itertools
 import json
 import logging
-import sys
 from pathlib import Path
 
-from warren.agent.helper_process import HelperProcess, PerLoop
+from warren.agent.helper_process import HelperProcess, PerLoop, spawn_script
 from warren.agent.proc import CommandError, Result
 
 log = logging.getLogger("warren.agent")
@@ -41,13 +40,8 @@ class Spawner(HelperProcess):
 
     @classmethod
     async def start(cls) -> Spawner:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", str(Path(__file__).with_name("oci_spawner.py")),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C on the agent's terminal is the agent's to handle
-            limit=64 << 20,  # an answer is one line: up to the spawner's output cap, JSON-escaped
-        )  # fmt: skip
-        return cls(proc)
+        # An answer is one line: up to the spawner's output cap, JSON-escaped.
+        return cls(await spawn_script(Path(__file__).with_name("oci_spawner.py"), limit=64 << 20))
 
     async def _read_answers(self) -> None:
         assert self.proc.stdout is not None
