@@ -127,7 +127,7 @@ async def test_every_login_starts_from_a_clean_team_list(web: Web, live: LiveCP)
     await page.click("#team-button")
     items = page.locator("#team-menu [data-switch-team]")
     await expect(items).to_have_count(1)
-    await expect(items).to_have_text(["B" + "Bob Baker's Team"])  # initial + name
+    await expect(items).to_have_text(["B" + "Bob Baker's Team" + " Owner"])  # initial, name, role
     await expect(page.locator("#team-menu")).not_to_contain_text("Alice")
     await expect(page.get_by_test_id("current-team")).to_have_text("Bob Baker's Team")
     assert await page.locator('meta[name="csrf-token"]').get_attribute("content") != csrf_a

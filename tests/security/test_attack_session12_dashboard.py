@@ -10,6 +10,13 @@ that sandbox (``/dev/pts/*``) while the victim has its Terminal tab open: OSC 8 
 the title-report request (``CSI 21 t``: the classic answer-back that makes a terminal type
 attacker text into its shell), DECRQSS, DA and DSR requests.
 
+Mallory also owns teams named like the victim's own ("Victor Victim's Team", and the same with
+two spaces or an ``I`` for an ``l``, which a browser draws alike) and adds the victim to them:
+no consent is asked. The team switcher showed each team by name alone, so the victim could not
+tell which entry was theirs, switch into Mallory's team and work there (sandboxes, files, API
+keys, BYOC hosts) in her sight. Fixed: each entry shows the victim's role in it, and teams whose
+names look alike show the tail of their id.
+
 Expected: nothing runs in the victim's page (``window.__pwned`` stays unset, no dialog opens,
 no request leaves the control plane's origin); the terminal's answer-backs carry none of the
 attacker's text, the clipboard is untouched, and clicking the planted links does nothing.
@@ -85,6 +92,7 @@ class Planted:
         with _api(url, victim["token"]) as v:
             r = v.post(f"/v1/teams/{self.team_id}/members", json={"email": self.mallory_email})
             assert r.status_code == 201, r.text
+        self.mallory_own = mallory["token"]
         with _api(url, mallory["token"]) as m:
             r = m.post("/v1/auth/switch-team", json={"team_id": self.team_id})
             assert r.status_code == 200, r.text
@@ -103,6 +111,19 @@ class Planted:
 
     def api(self) -> httpx.Client:
         return _api(self.url, self.token)
+
+    def look_alike_team(self, name: str) -> None:
+        """Mallory's own team under a name the victim's switcher draws like its own; adding a
+        registered user to a team needs no consent of theirs."""
+        with _api(self.url, self.mallory_own) as m:
+            r = m.post("/v1/teams", json={"name": name})
+            assert r.status_code == 201, r.text
+            tid = r.json()["id"]
+            r = m.post("/v1/auth/switch-team", json={"team_id": tid})
+            assert r.status_code == 200, r.text
+        with _api(self.url, r.json()["token"]) as m:
+            r = m.post(f"/v1/teams/{tid}/members", json={"email": self.victim_email})
+            assert r.status_code == 201, r.text
 
     def write_terminals(self) -> None:
         """Mallory's script in the team's sandbox: her bytes to every terminal it has."""
@@ -261,4 +282,19 @@ async def test_terminal_output_cannot_type_open_or_copy(browser: Browser, plante
         assert TITLE not in await page.title()
         assert await page.evaluate("navigator.clipboard.readText()") == "before"
         assert len(page.context.pages) == 1, [p.url for p in page.context.pages]
+        await _clean(v)
+
+
+async def test_a_team_named_like_the_victims_own_is_told_apart(browser: Browser, planted: Planted) -> None:
+    own = "Victor Victim's Team"
+    for name in (own, "Victor  Victim's Team", "Victor VictIm's Team"):
+        planted.look_alike_team(name)
+    async with victim_page(browser, planted) as v:
+        await v.page.click("#team-button")
+        items = v.page.locator("#team-menu [data-switch-team]")
+        await items.first.wait_for(state="visible")
+        texts = [" ".join(t.split()) for t in await items.all_inner_texts()]
+        assert len(texts) == 4, texts
+        assert len(set(texts)) == len(texts), f"the victim cannot tell their own team apart: {texts}"
+        assert sum("Owner" in t for t in texts) == 1, texts
         await _clean(v)

@@ -138,3 +138,13 @@ FILTERS = {
     "status_tone": status_tone,
     "initial": initial,
 }
+
+
+# Characters a sans-serif face draws alike (I/l/1/|, O/0): folded so look-alike names count as
+# the same name. HTML also collapses runs of spaces, so "A  B" is drawn as "A B".
+_LOOKALIKE = str.maketrans({"i": "l", "1": "l", "|": "l", "0": "o"})
+
+
+def look_alike_key(name: str) -> str:
+    """The form two team names share when the sidebar would draw them the same."""
+    return " ".join(name.lower().split()).translate(_LOOKALIKE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,14 @@ class Viewer:
     @property
     def role(self) -> str:
         return self.ctx.role or ""
+
+    @property
+    def look_alike_team_ids(self) -> set[str]:
+        """Teams whose names the switcher would draw like another of the viewer's teams. Anyone
+        who owns a team can add any registered user to it, under any name: a team named like
+        the victim's own must not pass for it, so these show their id's tail."""
+        keys = Counter(format.look_alike_key(t.name) for t in self.teams)
+        return {t.id for t in self.teams if keys[format.look_alike_key(t.name)] > 1}
 
     @property
     def is_manager(self) -> bool:
