@@ -20,7 +20,7 @@ import sys
 import threading
 
 from warren.layers import LayerStats
-from warren.layers.convert_server import result_of
+from warren.layers.convert_server import minimal_env, result_of
 
 # The compiled converter (native/layer_convert.c), which `make setup` builds beside the venv's
 # python: plain layers convert in a few ms of CPU instead of ~100 (docs/benchmarks.md, session
@@ -104,7 +104,7 @@ def _start() -> tuple[subprocess.Popen[bytes], socket.socket]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),),
-            env={**os.environ, **MALLOC_ENV},
+            env={**minimal_env(os.environ, keep=("PYTHONPATH",)), **MALLOC_ENV},  # none of the agent's
             close_fds=True,
         )
     except BaseException:

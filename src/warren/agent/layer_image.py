@@ -30,7 +30,7 @@ from warren.agent.fsmount import start_writeback
 from warren.agent.layer_convert import Conversion
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, umount
 from warren.layers import LayerError, LayerStats
-from warren.layers.convert_server import ConverterDeclined
+from warren.layers.convert_server import ConverterDeclined, minimal_env
 from warren.layers.image_tar import NeedsExtraction, convert_layer
 
 log = logging.getLogger("warren.agent.layers")
@@ -238,6 +238,12 @@ def _out_dir(work: Path) -> Path:
     return out_dir
 
 
+def _tool(name: str) -> str:
+    """``name``'s path on the agent's PATH (where ``support`` found it): the packer's own PATH
+    is only ``/usr/bin:/bin``."""
+    return shutil.which(name) or name
+
+
 class _Packer:
     """One tar2sqfs run, as nobody under limits sized for a tar of ``size`` bytes, reading the
     converted tar on its stdin and writing ``cwd/layer.sqfs``."""
@@ -246,13 +252,14 @@ class _Packer:
         argv = [
             # setpriv, not Popen(user=...): a set-uid in the child of a threaded agent crashed
             # it now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
-            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "prlimit",
+            # --no-new-privs: nothing it execs gains privileges (set-uid bits, capabilities).
+            _tool("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
+            _tool("prlimit"),
             f"--cpu={_cpu_s(size)}",
             f"--as={ADDRESS_SPACE}",
             f"--fsize={size + size // 8 + IMAGE_SLACK}",
             "--",
-            "tar2sqfs", "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
+            _tool("tar2sqfs"), "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
             "-d", "uid=0,gid=0,mode=0700",
             IMAGE,
         ]  # fmt: skip
@@ -263,6 +270,7 @@ class _Packer:
             stderr=subprocess.PIPE,
             cwd=cwd,  # entered as root; the image is written relative to it as nobody
             close_fds=True,
+            env=minimal_env(os.environ, keep=()),  # none of the agent's: its tools are named by path
         )
         self._errors: list[bytes] = []
         stderr = self.proc.stderr

@@ -20,6 +20,7 @@ the agent's end of the socket closes.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import json
@@ -28,6 +29,7 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from warren.layers.hashing import LayerError
@@ -38,6 +40,18 @@ from warren.layers.tar_stream import PipeSource
 FDS = 3  # layer tar in, image tar out, result out
 MAX_REQUEST = 4096
 ADDRESS_SPACE = 4 << 30  # as tar2sqfs': the names of a million members fit in it
+PR_SET_NO_NEW_PRIVS = 38
+# What the converter's processes see of an environment: none of the agent's (its WARREN_*
+# settings and whatever else it was started with), only the locale and glibc's malloc tuning
+# (layer_convert.MALLOC_ENV), and for the server Python's own path when the agent has one.
+BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C"}
+KEPT_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded once, before the children are forked
+
+
+def minimal_env(environ: Mapping[str, str], *, keep: tuple[str, ...] = KEPT_ENV) -> dict[str, str]:
+    """``BASE_ENV`` and those of ``keep`` that ``environ`` sets: the converter's environment."""
+    return {**BASE_ENV, **{k: environ[k] for k in keep if k in environ}}
 
 
 class ConverterDeclined(Exception):
@@ -76,6 +90,10 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
     src, out, result = fds
     gc.disable()  # a child lives for one layer, its memory bounded by RLIMIT_AS below
     user = int(request["user"])
+    # Nothing it execs (the native converter) gains privileges: no set-uid bit, no file
+    # capability takes effect, whatever a crafted layer made it run.
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
     os.setgroups([])
     os.setresgid(user, user, user)
     os.setresuid(user, user, user)  # also makes it undumpable: nobody's other processes
@@ -99,7 +117,8 @@ def _exec_native(native: str, fds: list[int], uid_base: int, max_bytes: int) -> 
         os.set_inheritable(fd, True)
     argv = [native, *(str(fd) for fd in fds), str(uid_base), str(max_bytes)]
     try:
-        os.execv(native, argv)  # noqa: S606 (the agent's own program, argv of numbers)
+        # the agent's own program, argv of numbers
+        os.execve(native, argv, minimal_env(os.environ))  # noqa: S606
     except OSError as e:
         print(f"warren convert_server: {native}: {e}", file=sys.stderr)
 
