@@ -5,7 +5,9 @@ its own memory and ``/proc/self/environ``, and exec what it likes. It found the 
 environment there (every ``WARREN_*`` setting the agent was started with), and nothing kept
 an exec'd program from gaining privileges (a set-uid binary). Now the converter server starts
 with a minimal environment, the native converter is exec'd with one, and both converters and
-``tar2sqfs`` run with ``no_new_privs``.
+``tar2sqfs`` run with ``no_new_privs``. ``tar2sqfs`` ran as nobody and, after its exec, was
+dumpable: any other process of nobody (a converter child a layer took over) could ptrace it and
+rewrite another layer's image. It now runs as a uid of its own per run.
 
 Read as root during a real conversion through the converter server (the native converter and
 the Python one), and for ``tar2sqfs`` as the agent starts it.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.test_attack_session12_native_convert import END, children_running, member
+from tests.security.test_attack_session12_native_convert import END, as_nobody_probe, children_running, member
 from tests.unit.layers.test_native_convert import BASE, LIMIT
 from warren.agent import layer_convert, layer_image
 
@@ -107,6 +109,12 @@ def test_tar2sqfs_holds_none_of_the_agents_environment(
         env, nnp = env_and_nnp(pid)
         assert not [k for k in env if k.startswith("WARREN_")], sorted(env)
         assert nnp == "1"
+        # Another process of nobody (a converter child a layer took over) cannot trace it: it
+        # runs as a uid of its own, not nobody.
+        assert os.stat(f"/proc/{pid}").st_uid not in (0, layer_image.NOBODY)
+        got = as_nobody_probe(pid)
+        assert got["ptrace"] != "attached", got
+        assert not got["environ"].startswith("read"), got
     finally:
         packer.kill()
         packer.close_stdin()

@@ -6,7 +6,7 @@
       tree/         the image mounted ro,nosuid,nodev (a loop device that clears itself on umount)
       layer.json
 
-``tar2sqfs`` runs as ``nobody`` under resource limits, reading the tar
+``tar2sqfs`` runs as a uid of its own (``PACKER_UID_BASE``) under resource limits, reading the tar
 ``warren.layers.convert_layer`` writes (every check of extraction already made), so what it
 parses is never the tenant's tar. Whatever it cannot take (:class:`NeedsExtraction`, or a
 failure of its own) leaves the caller to extract the layer instead.
@@ -19,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import struct
 import subprocess
@@ -37,6 +38,12 @@ log = logging.getLogger("warren.agent.layers")
 
 IMAGE = "layer.sqfs"
 NOBODY = 65534
+# tar2sqfs runs as a uid of its own per run, not nobody: after its exec it is dumpable, and any
+# other process of its uid could ptrace it (a converter child, another layer's tar2sqfs). Picked
+# at random from a range no one else uses (the sandboxes' mapped range is 1e9 + 65536, the slots'
+# namespace owners 2e9 + slot), so that agents sharing a host rarely pick the same.
+PACKER_UID_BASE = 2_100_000_000
+PACKER_UIDS = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 # tar2sqfs' budget: CPU seconds (a minute, plus one per 5 MB of tar), memory, and output size
@@ -198,7 +205,7 @@ class StreamedImage:
         tables and superblock). Not every few MiB while the image grows: for a 256 MB image
         that cost the agent ~250 ms more CPU than one pass (docs/benchmarks.md, session 9)."""
         if self._image_fd < 0:
-            try:  # tar2sqfs (nobody) makes it: no link followed, no wait on a fifo put there
+            try:  # tar2sqfs (not root) makes it: no link followed, no wait on a fifo put there
                 flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                 self._image_fd = os.open(self._out_dir / IMAGE, flags)
             except OSError:
@@ -238,6 +245,25 @@ def _out_dir(work: Path) -> Path:
     return out_dir
 
 
+_uids_lock = threading.Lock()
+_uids_taken: set[int] = set()
+
+
+def _take_uid() -> int:
+    """A uid of PACKER_UIDS' range no run of this agent holds (kept until it exited)."""
+    with _uids_lock:
+        while (uid := PACKER_UID_BASE + secrets.randbelow(PACKER_UIDS)) in _uids_taken:
+            pass
+        _uids_taken.add(uid)
+        return uid
+
+
+def _release_uid(uid: int) -> None:
+    """Once its run exited (idempotent: kill and wait may both come)."""
+    with _uids_lock:
+        _uids_taken.discard(uid)
+
+
 def _tool(name: str) -> str:
     """``name``'s path on the agent's PATH (where ``support`` found it): the packer's own PATH
     is only ``/usr/bin:/bin``."""
@@ -245,15 +271,17 @@ def _tool(name: str) -> str:
 
 
 class _Packer:
-    """One tar2sqfs run, as nobody under limits sized for a tar of ``size`` bytes, reading the
+    """One tar2sqfs run, as a uid of its own under limits sized for a tar of ``size`` bytes, reading the
     converted tar on its stdin and writing ``cwd/layer.sqfs``."""
 
     def __init__(self, size: int, cwd: Path) -> None:
+        self.uid = uid = _take_uid()
+        os.chown(cwd, uid, uid)  # made nobody's by _out_dir: this run's alone now
         argv = [
             # setpriv, not Popen(user=...): a set-uid in the child of a threaded agent crashed
             # it now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
             # --no-new-privs: nothing it execs gains privileges (set-uid bits, capabilities).
-            _tool("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
+            _tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
             _tool("prlimit"),
             f"--cpu={_cpu_s(size)}",
             f"--as={ADDRESS_SPACE}",
@@ -263,15 +291,11 @@ class _Packer:
             "-d", "uid=0,gid=0,mode=0700",
             IMAGE,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=cwd,  # entered as root; the image is written relative to it as nobody
-            close_fds=True,
-            env=minimal_env(os.environ, keep=()),  # none of the agent's: its tools are named by path
-        )
+        try:
+            self.proc = self._start(argv, cwd)
+        except BaseException:
+            _release_uid(uid)
+            raise
         self._errors: list[bytes] = []
         stderr = self.proc.stderr
         assert stderr is not None and self.proc.stdin is not None
@@ -282,6 +306,18 @@ class _Packer:
         self._reader.start()
         with contextlib.suppress(OSError):  # a smaller pipe is only slower
             fcntl.fcntl(self.proc.stdin.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+
+    @staticmethod
+    def _start(argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=cwd,  # entered as root; the image is written relative to it as the run's uid
+            close_fds=True,
+            env=minimal_env(os.environ, keep=()),  # none of the agent's: its tools are named by path
+        )
 
     def stdin_fd(self) -> int:
         assert self.proc.stdin is not None
@@ -297,11 +333,13 @@ class _Packer:
             self.proc.kill()
         self.proc.wait()
         self._reader.join(timeout=10)
+        _release_uid(self.uid)
 
     def wait(self, *, fed: bool) -> None:
         """Raises ``NeedsExtraction`` when tar2sqfs failed (or was not fed the whole tar)."""
         code = self.proc.wait()
         self._reader.join(timeout=10)
+        _release_uid(self.uid)
         if code != 0 or not fed:
             detail = b"".join(self._errors).decode("utf-8", "replace").strip().splitlines()[-1:]
             raise NeedsExtraction(f"tar2sqfs exited with {code}: {(detail or ['(no message)'])[0][:300]}")
@@ -309,7 +347,7 @@ class _Packer:
 
 def _take_image(out_dir: Path, work: Path) -> None:
     image = out_dir / IMAGE
-    # Root's from here on: nobody made it, nobody may touch it again.
+    # Root's from here on: tar2sqfs' uid made it, and may touch it no more.
     fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fchown(fd, 0, 0)
