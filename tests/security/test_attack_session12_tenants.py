@@ -569,6 +569,17 @@ STREAM_CAP = 64  # WARREN_MAX_STREAMS_PER_TEAM's default, which the shared platf
 DOWNLOADS = STREAM_CAP + 16
 
 
+@pytest.fixture(scope="module")
+def transfer_sandbox(alice: Tenant) -> Iterator[str]:
+    """A sandbox of its own for the transfer tests, with room for a 64 MiB file on its disk
+    (a tmpfs counted in its memory) and for the guest serving it to 64 readers at once: in
+    128 MiB, after the watch tests' trees, the guest was killed mid-test (the agent then
+    answered "not found")."""
+    sid = alice.create(memory_mb=512)
+    yield sid
+    alice.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
 def _unread_download(url: str, head: bytes) -> tuple[socket.socket, int]:
     """A download whose answer's head is read and nothing more (a small receive buffer), and
     its status."""
@@ -583,13 +594,13 @@ def _unread_download(url: str, head: bytes) -> tuple[socket.socket, int]:
 
 
 def test_downloads_nobody_reads_are_counted_per_team(
-    platform: Platform, alice: Tenant, sandboxes: tuple[str, str, str]
+    platform: Platform, alice: Tenant, transfer_sandbox: str
 ) -> None:
     """Warren stream downloads and E2B downloads of a 64 MiB file, read no further than their
     first bytes, 80 of them: each holds the agent's and the CP's gRPC windows (~3 and ~5 MiB), so
     they count with the team's streams: 64 at most, the rest 429. Before, nothing but the
     connection caps bounded them (64 unread: CP +306 MiB, agent +181 MiB; 512 per address)."""
-    sid = sandboxes[1]
+    sid = transfer_sandbox
     alice.sh(sid, "head -c 67108864 /dev/urandom > /tmp/big", timeout_sec=120)
     body = b'{"path": "/tmp/big"}'
     warren = (
@@ -636,13 +647,13 @@ UPLOADS = STREAM_CAP + 8
 
 
 def test_uploads_held_open_are_counted_per_team(
-    platform: Platform, alice: Tenant, sandboxes: tuple[str, str, str]
+    platform: Platform, alice: Tenant, transfer_sandbox: str
 ) -> None:
     """Uploads whose path has come and whose bytes are on their way, 72 at once: each holds an
     agent file stream (and, when its guest drains slowly, the agent's gRPC window: 48 into a
     CPU-starved sandbox held +822 MiB of the agent), so they count with the team's streams: 64
     at most, the rest 429 ``too_many_streams`` at once, and the slots come back with them."""
-    sid = sandboxes[1]
+    sid = transfer_sandbox
     host, port = platform.url.removeprefix("http://").rsplit(":", 1)
 
     def opened(i: int) -> socket.socket:
