@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.test_attack_session12_native_convert import END, as_nobody_probe, children_running, member
-from tests.unit.layers.test_native_convert import BASE, LIMIT
+from tests.security.test_attack_session12_native_convert import (
+    as_nobody_probe,
+    children_running,
+    converter_running,
+)
 from warren.agent import layer_convert, layer_image
 
 pytestmark = pytest.mark.root  # the converter's child drops to nobody; /proc read as root
@@ -76,25 +79,12 @@ def test_the_converter_holds_none_of_the_agents_environment(fresh_server: None, 
         assert exe is not None, "the compiled converter is not built: run `make setup`"
     else:
         exe = os.path.realpath(layer_convert.sys.executable)
-    r, w = os.pipe()
-    conv = layer_convert.Conversion(w, uid_base=BASE, max_bytes=LIMIT, cpu_s=60, native=native)
-    os.close(w)
-    try:
-        conv.put(member(b"a", b"a"))  # no end yet: the converter waits for the rest
-        pid = wait_for(lambda: children_running(server[0].pid, os.path.realpath(exe)), "the converter")
+    with converter_running(server[0].pid, native=native, exe=exe) as pid:
         env, nnp = env_and_nnp(pid)
         assert not [k for k in env if k.startswith("WARREN_")], sorted(env)
         assert nnp == "1"
         server_env, _ = env_and_nnp(server[0].pid)  # what a Python child's memory holds
         assert not [k for k in server_env if k.startswith("WARREN_")], sorted(server_env)
-        conv.put(END)
-        conv.close()
-        while os.read(r, 1 << 20):
-            pass
-        assert conv.result() is not None
-    finally:
-        conv.discard()
-        os.close(r)
 
 
 def test_tar2sqfs_holds_none_of_the_agents_environment(

@@ -25,6 +25,7 @@ both of its copy modes (files: through its buffer; pipes: spliced).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -256,20 +257,28 @@ def test_another_nobody_process_cannot_trace_the_converter() -> None:
     layer_convert.warm()
     server = layer_convert._server
     assert server is not None
+    with converter_running(server[0].pid, native=True, exe=native) as pid:
+        got = as_nobody_probe(pid)
+        assert got["ptrace"] != "attached", got
+        assert not got["environ"].startswith("read"), got
+
+
+@contextlib.contextmanager
+def converter_running(server_pid: int, *, native: bool, exe: str) -> Iterator[int]:
+    """A real conversion through the converter server, held open (its tar not ended) while the
+    caller probes the converter's process (its pid); then ended and checked to finish."""
     r, w = os.pipe()
-    conv = layer_convert.Conversion(w, uid_base=BASE, max_bytes=LIMIT, cpu_s=60, native=True)
+    conv = layer_convert.Conversion(w, uid_base=BASE, max_bytes=LIMIT, cpu_s=60, native=native)
     os.close(w)
     try:
-        conv.put(member(b"a", b"a"))  # no end yet: the program waits for the rest
+        conv.put(member(b"a", b"a"))  # no end yet: the converter waits for the rest
         deadline = time.monotonic() + 60
         pids: list[int] = []
         while not pids and time.monotonic() < deadline:
-            pids = list(children_running(server[0].pid, os.path.realpath(native)))
+            pids = list(children_running(server_pid, os.path.realpath(exe)))
             time.sleep(0.05)
         assert pids, "the converter's process was not found"
-        got = as_nobody_probe(pids[0])
-        assert got["ptrace"] != "attached", got
-        assert not got["environ"].startswith("read"), got
+        yield pids[0]
         conv.put(END)
         conv.close()
         while os.read(r, 1 << 20):
