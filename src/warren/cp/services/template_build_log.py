@@ -82,7 +82,13 @@ class LogWriter:
         self._partial.clear()
 
     async def flush(self) -> None:
-        """Append the buffer (and beat the heartbeat, also with nothing to write)."""
+        """Append the buffer (and beat the heartbeat, also with nothing to write). Shielded: a
+        caller cancelled mid-flush (the ticker as the build ends, a step's output reader) would
+        roll back the transaction that holds bytes already taken from the buffer; the flush
+        completes, and whoever takes the log next waits for it on the lock."""
+        await asyncio.shield(self._flush())
+
+    async def _flush(self) -> None:
         async with self._lock, transaction(self.engine) as conn:
             await self._append(conn, b"")
 
@@ -101,8 +107,8 @@ class LogWriter:
         await self._append(conn, text.encode() + b"\n")
 
     async def _append(self, conn: AsyncConnection, more: bytes) -> None:
+        taken = len(self._buf)  # writes go on meanwhile; the bytes leave the buffer once stored
         data = bytes(self._buf) + more
-        self._buf = bytearray()
         self._last_flush = clock.monotonic()
         if data:
             await conn.execute(
@@ -115,6 +121,7 @@ class LogWriter:
             .where(template_builds.c.id == self.build_id)
             .values(log_bytes=self.offset + len(data), heartbeat_at=clock.now())
         )
+        del self._buf[:taken]
         self.offset += len(data)
 
     async def ticker(self, heartbeat_s: float) -> None:
