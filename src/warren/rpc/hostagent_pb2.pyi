@@ -499,6 +499,24 @@ class ReadFileStreamResponse(_message.Message):
     chunk: bytes
     def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
 
+class ReadFileCreditRequest(_message.Message):
+    __slots__ = ("open", "acked")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    open: ReadFileRequest
+    acked: int
+    def __init__(self, open: _Optional[_Union[ReadFileRequest, _Mapping]] = ..., acked: _Optional[int] = ...) -> None: ...
+
+class WriteFileCreditEvent(_message.Message):
+    __slots__ = ("ready", "acked", "done")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    acked: int
+    done: WriteFileResponse
+    def __init__(self, ready: _Optional[bool] = ..., acked: _Optional[int] = ..., done: _Optional[_Union[WriteFileResponse, _Mapping]] = ...) -> None: ...
+
 class EntryInfo(_message.Message):
     __slots__ = ("name", "type", "path", "size", "mode", "permissions", "owner", "group", "modified_time_unix", "symlink_target", "metadata", "target_type", "target_mode", "resolved_target")
     class MetadataEntry(_message.Message):
@@ -691,12 +709,14 @@ class GetSandboxMetricsResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
 
 class LayerMeta(_message.Message):
-    __slots__ = ("digest", "size")
+    __slots__ = ("digest", "size", "team_id")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     digest: str
     size: int
-    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    team_id: str
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class HasLayersRequest(_message.Message):
     __slots__ = ("digests",)
@@ -759,7 +779,7 @@ class DeleteLayersResponse(_message.Message):
     def __init__(self, deleted: _Optional[_Iterable[str]] = ..., in_use: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunBuildStepRequest(_message.Message):
-    __slots__ = ("build_id", "chain", "cmd", "timeout_sec", "max_layer_bytes", "vcpus", "memory_mb", "disk_size_mb", "egress_allow")
+    __slots__ = ("build_id", "chain", "cmd", "timeout_sec", "max_layer_bytes", "vcpus", "memory_mb", "disk_size_mb", "egress_allow", "team_id")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     CMD_FIELD_NUMBER: _ClassVar[int]
@@ -769,6 +789,7 @@ class RunBuildStepRequest(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     DISK_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
     EGRESS_ALLOW_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     chain: TemplateChain
     cmd: str
@@ -778,7 +799,8 @@ class RunBuildStepRequest(_message.Message):
     memory_mb: int
     disk_size_mb: int
     egress_allow: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, build_id: _Optional[str] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., cmd: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., max_layer_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., egress_allow: _Optional[_Iterable[str]] = ...) -> None: ...
+    team_id: str
+    def __init__(self, build_id: _Optional[str] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., cmd: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., max_layer_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., egress_allow: _Optional[_Iterable[str]] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class BuildStepEvent(_message.Message):
     __slots__ = ("output", "exit_code", "layer_chunk", "layer")

@@ -129,6 +129,16 @@ class HostAgentStub:
                 request_serializer=hostagent__pb2.ReadFileRequest.SerializeToString,
                 response_deserializer=hostagent__pb2.ReadFileStreamResponse.FromString,
                 _registered_method=True)
+        self.ReadFileCredit = channel.stream_stream(
+                '/hostagent.v1.HostAgent/ReadFileCredit',
+                request_serializer=hostagent__pb2.ReadFileCreditRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.ReadFileStreamResponse.FromString,
+                _registered_method=True)
+        self.WriteFileCredit = channel.stream_stream(
+                '/hostagent.v1.HostAgent/WriteFileCredit',
+                request_serializer=hostagent__pb2.WriteFileStreamRequest.SerializeToString,
+                response_deserializer=hostagent__pb2.WriteFileCreditEvent.FromString,
+                _registered_method=True)
         self.ListDir = channel.unary_unary(
                 '/hostagent.v1.HostAgent/ListDir',
                 request_serializer=hostagent__pb2.ListDirRequest.SerializeToString,
@@ -366,6 +376,26 @@ class HostAgentServicer:
 
     def ReadFileStream(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFileCredit(self, request_iterator, context):
+        """The two file streams with flow credit, so a transfer holds a window per direction whatever
+        gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
+        UNIMPLEMENTED, before any byte, and the caller uses the two above.
+        A download: the first message is `open`; later ones acknowledge the bytes the caller handed
+        on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteFileCredit(self, request_iterator, context):
+        """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
+        has the sandbox and the user, then `acked` for the bytes it has written to the guest, then
+        `done`. The caller sends at most its window of chunks past what was acknowledged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -635,6 +665,16 @@ def add_HostAgentServicer_to_server(servicer, server):
                     servicer.ReadFileStream,
                     request_deserializer=hostagent__pb2.ReadFileRequest.FromString,
                     response_serializer=hostagent__pb2.ReadFileStreamResponse.SerializeToString,
+            ),
+            'ReadFileCredit': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReadFileCredit,
+                    request_deserializer=hostagent__pb2.ReadFileCreditRequest.FromString,
+                    response_serializer=hostagent__pb2.ReadFileStreamResponse.SerializeToString,
+            ),
+            'WriteFileCredit': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteFileCredit,
+                    request_deserializer=hostagent__pb2.WriteFileStreamRequest.FromString,
+                    response_serializer=hostagent__pb2.WriteFileCreditEvent.SerializeToString,
             ),
             'ListDir': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDir,
@@ -1270,6 +1310,60 @@ class HostAgent:
             '/hostagent.v1.HostAgent/ReadFileStream',
             hostagent__pb2.ReadFileRequest.SerializeToString,
             hostagent__pb2.ReadFileStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFileCredit(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hostagent.v1.HostAgent/ReadFileCredit',
+            hostagent__pb2.ReadFileCreditRequest.SerializeToString,
+            hostagent__pb2.ReadFileStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteFileCredit(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hostagent.v1.HostAgent/WriteFileCredit',
+            hostagent__pb2.WriteFileStreamRequest.SerializeToString,
+            hostagent__pb2.WriteFileCreditEvent.FromString,
             options,
             channel_credentials,
             insecure,

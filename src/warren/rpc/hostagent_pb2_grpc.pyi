@@ -61,6 +61,18 @@ class HostAgentStub:
     WriteFileStream: _grpc.StreamUnaryMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileResponse]
     """First message must be `meta`."""
     ReadFileStream: _grpc.UnaryStreamMultiCallable[_hostagent_pb2.ReadFileRequest, _hostagent_pb2.ReadFileStreamResponse]
+    ReadFileCredit: _grpc.StreamStreamMultiCallable[_hostagent_pb2.ReadFileCreditRequest, _hostagent_pb2.ReadFileStreamResponse]
+    """The two file streams with flow credit, so a transfer holds a window per direction whatever
+    gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
+    UNIMPLEMENTED, before any byte, and the caller uses the two above.
+    A download: the first message is `open`; later ones acknowledge the bytes the caller handed
+    on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+    """
+    WriteFileCredit: _grpc.StreamStreamMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileCreditEvent]
+    """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
+    has the sandbox and the user, then `acked` for the bytes it has written to the guest, then
+    `done`. The caller sends at most its window of chunks past what was acknowledged.
+    """
     ListDir: _grpc.UnaryUnaryMultiCallable[_hostagent_pb2.ListDirRequest, _hostagent_pb2.ListDirResponse]
     Stat: _grpc.UnaryUnaryMultiCallable[_hostagent_pb2.StatRequest, _hostagent_pb2.StatResponse]
     MakeDir: _grpc.UnaryUnaryMultiCallable[_hostagent_pb2.MakeDirRequest, _hostagent_pb2.MakeDirResponse]
@@ -142,6 +154,18 @@ class HostAgentAsyncStub(HostAgentStub):
     WriteFileStream: _aio.StreamUnaryMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileResponse]  # type: ignore[assignment]
     """First message must be `meta`."""
     ReadFileStream: _aio.UnaryStreamMultiCallable[_hostagent_pb2.ReadFileRequest, _hostagent_pb2.ReadFileStreamResponse]  # type: ignore[assignment]
+    ReadFileCredit: _aio.StreamStreamMultiCallable[_hostagent_pb2.ReadFileCreditRequest, _hostagent_pb2.ReadFileStreamResponse]  # type: ignore[assignment]
+    """The two file streams with flow credit, so a transfer holds a window per direction whatever
+    gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
+    UNIMPLEMENTED, before any byte, and the caller uses the two above.
+    A download: the first message is `open`; later ones acknowledge the bytes the caller handed
+    on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+    """
+    WriteFileCredit: _aio.StreamStreamMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileCreditEvent]  # type: ignore[assignment]
+    """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
+    has the sandbox and the user, then `acked` for the bytes it has written to the guest, then
+    `done`. The caller sends at most its window of chunks past what was acknowledged.
+    """
     ListDir: _aio.UnaryUnaryMultiCallable[_hostagent_pb2.ListDirRequest, _hostagent_pb2.ListDirResponse]  # type: ignore[assignment]
     Stat: _aio.UnaryUnaryMultiCallable[_hostagent_pb2.StatRequest, _hostagent_pb2.StatResponse]  # type: ignore[assignment]
     MakeDir: _aio.UnaryUnaryMultiCallable[_hostagent_pb2.MakeDirRequest, _hostagent_pb2.MakeDirResponse]  # type: ignore[assignment]
@@ -334,6 +358,30 @@ class HostAgentServicer(metaclass=_abc_1.ABCMeta):
         request: _hostagent_pb2.ReadFileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_hostagent_pb2.ReadFileStreamResponse], _abc.AsyncIterator[_hostagent_pb2.ReadFileStreamResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadFileCredit(
+        self,
+        request_iterator: _MaybeAsyncIterator[_hostagent_pb2.ReadFileCreditRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_hostagent_pb2.ReadFileStreamResponse], _abc.AsyncIterator[_hostagent_pb2.ReadFileStreamResponse]]:
+        """The two file streams with flow credit, so a transfer holds a window per direction whatever
+        gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
+        UNIMPLEMENTED, before any byte, and the caller uses the two above.
+        A download: the first message is `open`; later ones acknowledge the bytes the caller handed
+        on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteFileCredit(
+        self,
+        request_iterator: _MaybeAsyncIterator[_hostagent_pb2.WriteFileStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_hostagent_pb2.WriteFileCreditEvent], _abc.AsyncIterator[_hostagent_pb2.WriteFileCreditEvent]]:
+        """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
+        has the sandbox and the user, then `acked` for the bytes it has written to the guest, then
+        `done`. The caller sends at most its window of chunks past what was acknowledged.
+        """
 
     @_abc_1.abstractmethod
     def ListDir(
