@@ -16,6 +16,7 @@ from warren.agent import record
 from warren.agent.network import NetworkSlots, Slot
 from warren.agent.proc import mounts_under, umount
 from warren.agent.runtime.base import Runtime
+from warren.agent.runtime.oci import reap_orphans
 from warren.agent.trees import remove_tree
 from warren.errors import InternalError
 
@@ -100,3 +101,4 @@ class Teardown:
     async def reap_zombies(self) -> None:
         for pid in list(self.zombies):
             self.reap_pid(pid)
+        reap_orphans()  # the runtimes' own leftovers (oci.ORPHAN_NAMES)

@@ -41,6 +41,15 @@ _HIERARCHIES = (*CONTROLLERS, "unified")
 HYBRID_CGROUP2 = CGROUP_ROOT / "unified"  # what crun trips on, hidden from its commands
 # A `run --detach` returns once the container's init runs; a runtime stuck longer is killed.
 CREATE_TIMEOUT_S = 120.0
+# Runtime processes that outlive the command that started them, re-parented to the agent (the
+# subreaper of its descendants, teardown.set_subreaper), which never waited for them: `crun run
+# --detach` daemonizes (its grandchild makes the container and exits after crun itself), and
+# runsc's re-executed processes (comm "exe": a gVisor sandbox's gofer, its ptrace stubs, one per
+# tenant process, when the sandbox ends) outlive their parent. Each stayed a zombie, holding a
+# pid, for the agent's life: a tenant's create/delete loop used up the host's pids (32768 here:
+# every fork on the host failing, other tenants' and the platform's). teardown.reap_zombies
+# reaps them (reap_orphans) every second.
+ORPHAN_NAMES = frozenset({"crun", "exe"})
 
 
 def cgroup_dir(controller: str, sandbox_id: str) -> Path:
@@ -145,6 +154,36 @@ class OciRuntime:
 
 
 # Shared with the gVisor runtime (gvisor.py): runsc places its sandbox in the same cgroups.
+
+
+def _child_pids() -> list[int]:
+    """The agent's children: orphans are re-parented to its main thread (the thread group's
+    leader), whose ``children`` file lists them; without CONFIG_PROC_CHILDREN, a scan of /proc."""
+    me = os.getpid()
+    with contextlib.suppress(OSError, ValueError):
+        return [int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def reap_orphans() -> int:
+    """Reap the agent's zombie children named in :data:`ORPHAN_NAMES` (never one the agent
+    started itself: it runs crun only through the spawner, runsc by name); how many."""
+    reaped = 0
+    for pid in _child_pids():
+        try:
+            comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
+            if rest.split()[0] != "Z" or comm not in ORPHAN_NAMES:
+                continue
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
+        except (OSError, IndexError):  # gone meanwhile, or reaped by its own waiter (gvisor._reap)
+            continue
+    return reaped
 
 
 def _nofile_outside(bundle: Path) -> int | None:

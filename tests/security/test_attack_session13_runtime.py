@@ -1,0 +1,129 @@
+"""Session 13's attack on session 12's runtimes: crun through the fork-based OCI spawner (the
+agent's default where crun is installed) and gVisor beside it, as a tenant would drive them: its
+sandboxes created and deleted in a loop, and scripts inside them.
+
+Fixed: every crun sandbox left a zombie ``crun`` process on the host for the agent's life
+(``crun run --detach`` daemonizes; its grandchild exits after crun itself and is re-parented to
+the agent, the subreaper, which never waited for it), and every gVisor sandbox that ended left
+its runsc processes (``exe``: the gofer, a ptrace stub per tenant process) the same way. A pid
+each: with this host's 32768 pids, a tenant's create/delete loop (20 at once) stops every fork
+on the host within the hour, other tenants' and the platform's. The agent now reaps them
+(``runtime/oci.py: reap_orphans``, every second).
+
+Held: an exec'd process inside a crun sandbox holds no descriptor but its own stdio, and no
+process in the sandbox sees anything of the agent's (or the spawner's) environment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.agent import AgentProcess, scratch_agent
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+# In the agent's environment, so in the spawner's and crun's: it must reach no sandbox process.
+CANARY = "WARREN_SESSION13_CANARY"
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    with scratch_agent("attack-session13-runtime", runtime="crun", env={CANARY: "agent-only"}) as a:
+        yield a
+
+
+def _zombies(agent: AgentProcess) -> dict[str, int]:
+    """The agent's zombie children, counted by name (the oracle: the host's /proc)."""
+    assert agent.proc is not None
+    out: dict[str, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, _, rest = stat.read_text().partition("(")[2].rpartition(")")
+            state, ppid = rest.split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state == "Z" and int(ppid) == agent.proc.pid:
+            out[comm] = out.get(comm, 0) + 1
+    return out
+
+
+def _settled_zombies(agent: AgentProcess) -> dict[str, int]:
+    """The agent's zombies once they stop going away: none within 30 s, else what stays."""
+    deadline = time.monotonic() + 30
+    while (found := _zombies(agent)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def _destroy(agent: AgentProcess, sb_id: str) -> None:
+    agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb_id), timeout=120)
+
+
+def test_a_create_delete_loop_on_crun_leaves_no_zombies(agent: AgentProcess) -> None:
+    loops = 8
+    for _ in range(loops):
+        sb = agent.create(memory_mb=128).sandbox_id
+        _destroy(agent, sb)
+    # Before the fix: {"crun": 8}, for as long as the agent ran.
+    assert _settled_zombies(agent) == {}
+
+
+# Inside a gVisor sandbox: twenty processes alive (each a ptrace stub on the host) when it ends.
+FORK_AND_WAIT = "for i in $(seq 20); do sleep 600 & done; echo started"
+
+
+@pytest.mark.parametrize("children", [0, 20], ids=["idle", "with-20-processes"])
+def test_ended_gvisor_sandboxes_leave_no_zombies(agent: AgentProcess, children: int) -> None:
+    sbs = [agent.create(memory_mb=256, runtime="gvisor").sandbox_id for _ in range(2)]
+    try:
+        if children:
+            for sb in sbs:
+                res = agent.exec(sb, "sh", "-c", FORK_AND_WAIT)
+                assert res.stdout.strip() == b"started", res
+    finally:
+        for sb in sbs:
+            _destroy(agent, sb)
+    # Before the fix: 2 "exe" per sandbox (idle), more with processes in it.
+    assert _settled_zombies(agent) == {}
+
+
+# Inside a crun sandbox, as root: every descriptor of the exec'd process, and every process's
+# environment (PID 1, the guest, included).
+INSIDE = r"""
+import json, os
+fds = {}
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass  # the listing's own descriptor, closed by now
+envs = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        envs[pid] = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+    except OSError:
+        pass
+print(json.dumps({"fds": fds, "envs": envs}))
+"""
+
+
+def test_crun_sandboxes_hold_no_host_descriptor_or_agent_environment(agent: AgentProcess) -> None:
+    sb = agent.create(memory_mb=128).sandbox_id
+    try:
+        out = json.loads(agent.py(sb, INSIDE).stdout)
+    finally:
+        _destroy(agent, sb)
+    fds = {fd: target for fd, target in out["fds"].items() if fd not in ("0", "1", "2")}
+    assert fds == {}, fds
+    assert "1" in out["envs"], out  # the guest's own environment was read
+    leaked = {pid: env for pid, env in out["envs"].items() if CANARY in env or "WARREN_" in env}
+    assert leaked == {}, leaked
+    # The oracle: the canary is in the agent's environment (and so its helpers' and crun's).
+    assert agent.proc is not None
+    assert CANARY.encode() in Path(f"/proc/{agent.proc.pid}/environ").read_bytes()
