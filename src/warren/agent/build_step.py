@@ -58,6 +58,7 @@ class BuildStep:
     memory_mb: int
     disk_size_mb: int
     egress_allow: list[str]
+    team: str = ""  # whose turn its layer's install takes (layer_slots)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ async def _export(m: SandboxManager, sb: HostSandbox, step: BuildStep) -> AsyncI
     await m.runtime.destroy(sb.id)
     tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb.id).upper, step.max_layer_bytes)
     try:
-        async for chunk in m.layers.stream_and_install(tar, meta):
+        async for chunk in m.layers.stream_and_install(tar, meta, team=step.team):
             yield StepEvent(layer_chunk=chunk)
     finally:
         tar.unlink(missing_ok=True)

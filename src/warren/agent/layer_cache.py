@@ -16,7 +16,9 @@ hashed on the way in and bounded by its declared size; a mismatch keeps nothing 
 (``layer_image``; the same checks, far faster for many small files), or is extracted
 (``warren.layers.extract_layer``: never follows a link, never writes outside its directory), in
 a temporary directory that is renamed into place, so a layer is either whole or absent.
-Installs of one digest are serialized: the second waits and finds it installed.
+Installs of one digest are serialized: the second waits and finds it installed. Installs of
+different digests take turns for this host's slots (``layer_slots``: a few at once, fair between
+teams, the rest queued before any of their bytes are read).
 
 A layer is in use while a sandbox on this host (running, paused, re-adopted, or a build step)
 has it in its chain, or while a create on it is under way (:meth:`LayerCache.pin`). In-use
@@ -45,6 +47,7 @@ from typing import Any, BinaryIO, cast
 
 from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
+from warren.agent.layer_slots import InstallSlots, Ticket
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
 from warren.layers import HashingWriter, LayerError, LayerMeta, extract_layer, write_layer
@@ -83,6 +86,8 @@ class LayerCache:
         max_bytes: int,
         in_use: Callable[[], set[str]] | None = None,
         images: bool = True,
+        installs_at_once: int | None = None,
+        install_queue: int = 64,
     ) -> None:
         self.root = root
         self.max_bytes = max_bytes
@@ -97,6 +102,8 @@ class LayerCache:
         # Exports (snapshots, build steps) walking sandboxes' files at once: each may hold up to
         # ~50 MiB of the tenant's names (layers/writer.py), so their number is the platform's.
         self._exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
+        # Conversions and extractions at once (each may spend a core for minutes): the CPUs.
+        self.slots = InstallSlots(installs_at_once or os.cpu_count() or 1, install_queue)
 
     # ------------------------------------------------------------------------ startup
 
@@ -233,9 +240,19 @@ class LayerCache:
 
     # ---------------------------------------------------------------------- installs
 
-    async def receive(self, digest: str, size: int, chunks: AsyncIterator[bytes]) -> bool:
+    async def receive(
+        self,
+        digest: str,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        *,
+        team: str = "",
+        admitted: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
         """Install the layer ``chunks`` carry (``PutLayer``). False, without reading a chunk, when
-        it is here already (or arrives while waiting for a concurrent install of it)."""
+        it is here already (or arrives while waiting for a concurrent install of it). The first
+        chunk is read only once ``team``'s install has a slot (``layer_slots``); ``admitted`` is
+        awaited then (the RPC tells the sender to start sending)."""
         check_digest(digest)
         if not 0 <= size <= self.max_bytes:
             raise PayloadTooLarge(
@@ -246,19 +263,22 @@ class LayerCache:
         async with self._install_lock(digest):
             if self.has(digest):
                 return False
-            tar = self._temp_path(".tar")
-            try:
-                if self.images:
-                    await self._receive_as_image(tar, digest, size, chunks)
-                else:
-                    await self._receive_to(tar, digest, size, chunks)
-                    await self._install_tar(tar, digest, size)
-            finally:
-                tar.unlink(missing_ok=True)
+            async with self.slots.slot(team) as ticket:
+                if admitted is not None:
+                    await admitted()
+                tar = self._temp_path(".tar")
+                try:
+                    if self.images:
+                        await self._receive_as_image(tar, digest, size, chunks, ticket)
+                    else:
+                        await self._receive_to(tar, digest, size, chunks)
+                        await self._install_tar(tar, digest, size, ticket)
+                finally:
+                    tar.unlink(missing_ok=True)
         return True
 
     async def _receive_as_image(
-        self, tar: Path, digest: str, size: int, chunks: AsyncIterator[bytes]
+        self, tar: Path, digest: str, size: int, chunks: AsyncIterator[bytes], ticket: Ticket
     ) -> None:
         """Receive, hash and convert at once: the converter and ``tar2sqfs`` take each chunk as it
         arrives (``layer_image.StreamedImage``). The image is only mounted once the digest
@@ -281,7 +301,7 @@ class LayerCache:
                 image.abort()
             _remove(work)
             raise
-        await self._install_tar(tar, digest, size, work=work, image=image)
+        await self._install_tar(tar, digest, size, ticket, work=work, image=image)
 
     async def _receive_to(
         self,
@@ -307,14 +327,16 @@ class LayerCache:
         if got.digest != digest:
             raise LayerCorrupt(f"layer {digest}: the bytes received hash to {got.digest}")
 
-    async def install_file(self, tar: Path, digest: str, size: int) -> bool:
+    async def install_file(self, tar: Path, digest: str, size: int, *, team: str = "") -> bool:
         """Install a tar this agent wrote and hashed itself (a build step's or a snapshot's
-        layer). The tar is left where it is; False when the layer was here already."""
+        layer), in ``team``'s turn. The tar is left where it is; False when the layer was here
+        already."""
         check_digest(digest)
         async with self._install_lock(digest):
             if self.has(digest):
                 return False
-            await self._install_tar(tar, digest, size)
+            async with self.slots.slot(team) as ticket:
+                await self._install_tar(tar, digest, size, ticket)
         return True
 
     async def _install_tar(
@@ -322,15 +344,18 @@ class LayerCache:
         tar: Path,
         digest: str,
         size: int,
+        ticket: Ticket,
         *,
         work: Path | None = None,
         image: layer_image.StreamedImage | None = None,
     ) -> None:
         # One thread call, shielded: a caller that gives up cannot stop an extraction halfway
         # (its thread would write on into a directory being removed); it finishes, or cleans
-        # up after itself.
+        # up after itself, and keeps its slot until then.
         install = functools.partial(self._extract_into_place, tar, digest, size, work=work, image=image)
-        await asyncio.shield(asyncio.to_thread(install))
+        fut = asyncio.ensure_future(asyncio.to_thread(install))
+        ticket.keep_until(fut)
+        await asyncio.shield(fut)
         log.info("event=layer_installed digest=%s bytes=%d", digest, size)
 
     def _extract_into_place(
@@ -413,10 +438,10 @@ class LayerCache:
             raise
         return tar, meta
 
-    async def stream_and_install(self, tar: Path, meta: LayerMeta) -> AsyncIterator[bytes]:
+    async def stream_and_install(self, tar: Path, meta: LayerMeta, *, team: str = "") -> AsyncIterator[bytes]:
         """``tar``'s bytes in 1 MiB chunks while it is installed here (so a sandbox on it needs
         no fetch); the last chunk comes once it is installed. The caller removes ``tar``."""
-        install = asyncio.ensure_future(self.install_file(tar, meta.digest, meta.size))
+        install = asyncio.ensure_future(self.install_file(tar, meta.digest, meta.size, team=team))
         # A caller that stops reading leaves the install to finish (or fail) on its own.
         install.add_done_callback(_log_install_failure)
         with await asyncio.to_thread(open, tar, "rb") as f:

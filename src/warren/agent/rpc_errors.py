@@ -19,6 +19,7 @@ import grpc
 from warren.agent import build_step, dial
 from warren.agent.guest_wire import GuestError
 from warren.agent.layer_cache import LayerCorrupt
+from warren.agent.layer_slots import InstallsBusy
 from warren.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, WarrenError
 
 log = logging.getLogger("warren.agent.rpc")
@@ -58,6 +59,8 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, e.message
     if isinstance(e, LayerCorrupt):
         return grpc.StatusCode.DATA_LOSS, e.message
+    if isinstance(e, InstallsBusy):  # its message starts with the code the CP retries on
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, e.message
     if isinstance(e, PayloadTooLarge | dial.TooManyDials):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, e.message
     if isinstance(e, dial.PortNotOpen):

@@ -8,6 +8,7 @@ from typing import Any
 
 from warren.agent import build_step, snapshot_export
 from warren.agent.chain import Chain, TemplateConfig
+from warren.agent.layer_slots import ADMITTED_KEY
 from warren.agent.manager import SandboxManager
 from warren.agent.rpc_errors import abort, mapped_errors
 from warren.errors import InvalidRequest
@@ -46,7 +47,7 @@ class TemplateStoreRpcs:
 
     @mapped_errors
     async def HasLayers(self, request: pb.HasLayersRequest, context: Any) -> pb.HasLayersResponse:
-        return pb.HasLayersResponse(missing=self.m.layers.missing(request.digests))
+        return pb.HasLayersResponse(missing=self.m.layers.missing(request.digests), admits=True)
 
     @mapped_errors
     async def PutLayer(
@@ -62,7 +63,14 @@ class TemplateStoreRpcs:
                     raise InvalidRequest("only `chunk` messages may follow `meta`")
                 yield msg.chunk
 
-        installed = await self.m.layers.receive(first.meta.digest, first.meta.size, chunks())
+        async def admitted() -> None:
+            # The CP sends the layer's chunks only after this (layer_slots: a queued push holds
+            # no bytes in gRPC's windows).
+            await context.send_initial_metadata(((ADMITTED_KEY, "1"),))
+
+        installed = await self.m.layers.receive(
+            first.meta.digest, first.meta.size, chunks(), team=first.meta.team_id, admitted=admitted
+        )
         return pb.PutLayerResponse(installed=installed)
 
     @mapped_errors
@@ -86,7 +94,7 @@ class TemplateStoreRpcs:
             step = build_step.BuildStep(
                 build_id=r.build_id, chain=chain, config=config, cmd=r.cmd, timeout_sec=r.timeout_sec,
                 max_layer_bytes=r.max_layer_bytes, vcpus=r.vcpus, memory_mb=r.memory_mb,
-                disk_size_mb=r.disk_size_mb, egress_allow=list(r.egress_allow),
+                disk_size_mb=r.disk_size_mb, egress_allow=list(r.egress_allow), team=r.team_id,
             )  # fmt: skip
             async for ev in build_step.run_build_step(self.m, step):
                 if ev.output is not None:

@@ -49,6 +49,11 @@ class AgentSettings(BaseSettings):
     # Install layers as loop-mounted squashfs images where the host can (layer_image.py);
     # off: every layer is extracted (docs/templates.md §2).
     layer_images: bool = True
+    # Layer installs (conversions, extractions) at once on this host; None: one per CPU. A team
+    # gets at most half of them while another waits (layer_slots.py).
+    layer_installs_at_once: int | None = Field(default=None, ge=1)
+    # Installs that may wait for a slot (a team at most half); past it the CP retries.
+    layer_install_queue: int = Field(default=64, ge=1)
     # TCP port of the dial data listener (docs/networking.md §3), on the gRPC address's host:
     # 0 an ephemeral one (the CP learns it from each ticket), -1 none (DialPort over gRPC only).
     dial_data_port: int = Field(default=0, ge=-1, le=65535)

@@ -725,10 +725,12 @@ class HasLayersRequest(_message.Message):
     def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HasLayersResponse(_message.Message):
-    __slots__ = ("missing",)
+    __slots__ = ("missing", "admits")
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    ADMITS_FIELD_NUMBER: _ClassVar[int]
     missing: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, missing: _Optional[_Iterable[str]] = ...) -> None: ...
+    admits: bool
+    def __init__(self, missing: _Optional[_Iterable[str]] = ..., admits: _Optional[bool] = ...) -> None: ...
 
 class PutLayerRequest(_message.Message):
     __slots__ = ("meta", "chunk")

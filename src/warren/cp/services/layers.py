@@ -5,6 +5,12 @@ A host that lacks a layer gets it pushed by the CP over its mTLS channel (``PutL
 store's bytes streamed in 1 MiB messages). The agent hashes every byte and refuses a mismatch
 with ``DATA_LOSS``, keeping nothing: then the store's copy is corrupt, the create fails with 500
 ``layer_corrupt`` naming the layer, and the host is not recorded as holding it.
+
+A host installs a few layers at once and queues the rest, in fair turns between teams
+(``agent/layer_slots.py``): a push names its team, sends the layer's ``meta`` and waits for the
+agent's word (the call's initial metadata) before its first chunk, so a queued push holds no
+bytes in flight; a host whose queue is full for the team answers ``install_queue_full``, and the
+push is tried again after a pause, while its queue time lasts.
 """
 
 from __future__ import annotations
@@ -33,10 +39,17 @@ from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.layers")
 
-# A push's deadline: a minute, plus the layer's bytes at a pessimistic 20 MB/s.
+# A push's deadline: a minute, plus the layer's bytes at a pessimistic 20 MB/s, once the host
+# has admitted it; before that it may wait in the host's install queue (or retry a full one)
+# for up to _QUEUE_WAIT_S: a create behind other teams' installs waits, it does not fail.
 _PUSH_BASE_S = 60.0
 _PUSH_MIN_RATE = 20 * 1000 * 1000
+_QUEUE_WAIT_S = 900.0
+_BUSY_PAUSE_S = (0.5, 5.0)  # the first pause after `install_queue_full`, the longest
 _HAS_TIMEOUT_S = 30.0
+# What the agent's layer_slots module says (the CP does not import the agent's code).
+_ADMITTED_KEY = "warren-layer-admitted"
+_BUSY_PREFIX = "install_queue_full"
 
 # One push of a layer to a host at a time in this process: creates that need the same missing
 # layer on the same host wait for the first push instead of sending the bytes twice.
@@ -132,12 +145,14 @@ async def ensure_on_host(
     client: HostClient,
     host_id: uuid.UUID,
     digests: Sequence[str],
+    *,
+    team: uuid.UUID | None = None,
 ) -> list[str]:
     """Make sure the host holds every layer of ``digests``: ask it which it lacks
-    (``HasLayers``), push those from the store one by one, and record the host as holding them
-    all. Returns the digests pushed. 500 ``layer_corrupt`` when the store's bytes of a layer do
-    not hash to its name, 500 ``layer_missing`` when the store lacks it; the layers pushed
-    before that one stay recorded."""
+    (``HasLayers``), push those from the store one by one (in ``team``'s turns on the host),
+    and record the host as holding them all. Returns the digests pushed. 500 ``layer_corrupt``
+    when the store's bytes of a layer do not hash to its name, 500 ``layer_missing`` when the
+    store lacks it; the layers pushed before that one stay recorded."""
     wanted = [check_digest(d) for d in dict.fromkeys(digests)]
     if not wanted:
         return []
@@ -148,16 +163,25 @@ async def ensure_on_host(
     await record_on_host(engine, host_id, present)
     known = await sizes(engine, missing)
     for digest in missing:
-        await push_layer(store, client, host_id, digest, known.get(digest))
+        await push_layer(store, client, host_id, digest, known.get(digest), team=team, admits=has.admits)
         await record_on_host(engine, host_id, [digest])
     return missing
 
 
 async def push_layer(
-    store: LayerStore, client: HostClient, host_id: uuid.UUID, digest: str, size: int | None = None
+    store: LayerStore,
+    client: HostClient,
+    host_id: uuid.UUID,
+    digest: str,
+    size: int | None = None,
+    *,
+    team: uuid.UUID | None = None,
+    admits: bool = False,
 ) -> bool:
     """``PutLayer`` from the store to one host (1 MiB messages); whether the bytes were
-    installed (False: the host had it already). The caller records it on the host."""
+    installed (False: the host had it already). The caller records it on the host. ``admits``:
+    the host's ``HasLayers`` said it takes installs in turns (wait for its word, retry a full
+    queue)."""
     lock = _pushing.get((host_id, digest))
     if lock is None:
         lock = _pushing[(host_id, digest)] = asyncio.Lock()
@@ -167,23 +191,88 @@ async def push_layer(
             return False  # the push this one waited for brought it
         if size is None:
             size = await _stored_size(store, digest)
-        timeout = _PUSH_BASE_S + size / _PUSH_MIN_RATE
+        push = _Push(store, client, digest, size, str(team) if team else "", admits)
+        loop = asyncio.get_running_loop()
+        queue_until = loop.time() + (_QUEUE_WAIT_S if admits else 0.0)
+        pause = _BUSY_PAUSE_S[0]
+        while True:
+            try:
+                installed = await push.once(max(queue_until - loop.time(), 0.0))
+                break
+            except AgentError as e:
+                if e.rpc_code == "DATA_LOSS":
+                    log.error("layer %s in the store is corrupt (host %s refused it)", digest, host_id)
+                    raise corrupt(digest) from e
+                if not _busy(e) or loop.time() + pause > queue_until:
+                    raise
+            log.info("layer push waits: host %s install queue full digest=%s", host_id, digest)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _BUSY_PAUSE_S[1])
+        log.info("layer pushed digest=%s bytes=%d host=%s new=%s", digest, size, host_id, installed)
+        return installed
+
+
+class _Push:
+    """One ``PutLayer`` call of a layer from the store (tried again when the host's install
+    queue is full)."""
+
+    def __init__(
+        self, store: LayerStore, client: HostClient, digest: str, size: int, team: str, admits: bool
+    ) -> None:
+        self.store, self.client, self.digest, self.size = store, client, digest, size
+        self.team, self.admits = team, admits
+
+    async def once(self, queue_s: float) -> bool:
+        transfer_s = _PUSH_BASE_S + self.size / _PUSH_MIN_RATE
         # The first read happens here, so a layer the store lacks fails before the RPC starts
         # (an exception inside gRPC's request iterator would only cancel the call).
-        chunks = aiter(store.open(digest))
+        chunks = aiter(self.store.open(self.digest))
         try:
             first = await anext(chunks, b"")
         except NotFound as e:
-            raise missing_from_store(digest) from e
+            raise missing_from_store(self.digest) from e
+        # True: send the chunks (the host admitted the install); False: the call ended first.
+        go: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self.admits:
+            go.set_result(True)
+        meta = pb.LayerMeta(digest=self.digest, size=self.size, team_id=self.team)
         try:
-            resp = await client.stub.PutLayer(_put_messages(digest, size, first, chunks), timeout=timeout)
-        except AgentError as e:
-            if e.rpc_code == "DATA_LOSS":
-                log.error("layer %s in the template store is corrupt (host %s refused it)", digest, host_id)
-                raise corrupt(digest) from e
-            raise
-        log.info("layer pushed digest=%s bytes=%d host=%s new=%s", digest, size, host_id, resp.installed)
+            call = self.client.stub.PutLayer(
+                _put_messages(meta, first, chunks, go), timeout=queue_s + transfer_s
+            )
+            if self.admits:
+                await self._admission(call, queue_s, go)
+            resp = await call
+        finally:
+            if not go.done():
+                go.set_result(False)
+                await _close(chunks)  # never iterated past the first chunk: nothing reads it
         return bool(resp.installed)
+
+    async def _admission(self, call: Any, queue_s: float, go: asyncio.Future[bool]) -> None:
+        """Wait for the agent's word that the install has its slot, or the end of the call (the
+        layer was there, or an error): either way its initial metadata."""
+        try:
+            async with asyncio.timeout(queue_s):
+                md = await call.initial_metadata()
+        except TimeoutError:
+            call.cancel()
+            raise AgentError(
+                f"layer {self.digest} waited {queue_s:.0f} s for the host's install queue",
+                rpc_code="DEADLINE_EXCEEDED",
+            ) from None
+        if md is not None and _ADMITTED_KEY in dict(md):
+            go.set_result(True)
+
+
+def _busy(e: AgentError) -> bool:
+    return e.rpc_code == "RESOURCE_EXHAUSTED" and e.message.startswith(_BUSY_PREFIX)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class HostFetch:
@@ -199,8 +288,10 @@ class HostFetch:
         host_id: uuid.UUID,
         chain: pb.TemplateChain | None,
         missing: Sequence[str] | None,
+        team: uuid.UUID | None = None,
     ) -> None:
         self.engine, self.store, self.client, self.host_id = engine, store, client, host_id
+        self.team = team
         self.chain = chain
         self.missing: list[str] = list(missing or ()) if chain is not None else []
 
@@ -212,7 +303,7 @@ class HostFetch:
     async def bring(self, digests: Sequence[str]) -> None:
         if self.store is None:
             raise InternalError("no template store is configured to fetch layers from", code="layer_missing")
-        await ensure_on_host(self.engine, self.store, self.client, self.host_id, digests)
+        await ensure_on_host(self.engine, self.store, self.client, self.host_id, digests, team=self.team)
 
 
 async def _lacks(client: HostClient, digest: str) -> bool:
@@ -228,9 +319,11 @@ async def _stored_size(store: LayerStore, digest: str) -> int:
 
 
 async def _put_messages(
-    digest: str, size: int, first: bytes, rest: AsyncIterator[bytes]
+    meta: pb.LayerMeta, first: bytes, rest: AsyncIterator[bytes], go: asyncio.Future[bool]
 ) -> AsyncIterator[pb.PutLayerRequest]:
-    yield pb.PutLayerRequest(meta=pb.LayerMeta(digest=digest, size=size))
+    yield pb.PutLayerRequest(meta=meta)
+    if not await go:  # the bytes only once the host admitted the install
+        return
     if first:
         yield pb.PutLayerRequest(chunk=first)
     async for chunk in rest:

@@ -129,7 +129,7 @@ class BuildHost:
         """The chain brought to the build host, then the RunBuildStep call (its stream of
         events): an agent error while it is read is the step's error; it is cancelled after."""
         host, client = await self._pick()
-        await layer_svc.ensure_on_host(self.engine, self.store, client, host["id"], layers)
+        await layer_svc.ensure_on_host(self.engine, self.store, client, host["id"], layers, team=self.team_id)
         s = self.settings
         req = pb.RunBuildStepRequest(
             build_id=ids.format_id(ids.Kind.BUILD, self.build_id),
@@ -141,6 +141,7 @@ class BuildHost:
             memory_mb=s.build_memory_mb,
             disk_size_mb=s.build_disk_mb,
             egress_allow=list(self.egress_allow),
+            team_id=str(self.team_id),
         )
         call = client.stub.RunBuildStep(req, timeout=timeout_s + 120)
         try:
