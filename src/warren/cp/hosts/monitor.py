@@ -25,7 +25,9 @@ Each pass, per host whose status is not ``pending``/``offline``:
 A BYOC host's agent is its tenant's (docs/security.md): its answer changes only that host's
 records (every statement is scoped to the host), an answer of more than ``MAX_LISTED`` entries
 is refused whole, and its check runs beside the pass rather than in it, at most one per host and
-on at most half the slots, so hosts that answer at their deadline never delay the platform's.
+on at most half the slots, so hosts that answer at their deadline never delay the platform's;
+and one team's checks take at most half of those (``_team_share``), so a tenant's hosts that
+hang never delay another tenant's by more than one check.
 
 Safe with several CP replicas running it at once:
 
@@ -48,7 +50,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -223,8 +225,14 @@ class HostMonitor(Worker):
         # Every check (each holds a database connection across its agent call) takes one of
         # these; BYOC hosts' checks first take one of their half (_byoc_checks).
         self._slots = asyncio.Semaphore(concurrency)
-        self._byoc_slots = asyncio.Semaphore(max(1, concurrency // 2))
+        byoc_slots = max(1, concurrency // 2)
+        self._byoc_slots = asyncio.Semaphore(byoc_slots)
         self._byoc: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Per BYOC team: its checks wait here before they queue for a BYOC slot, so one team's
+        # hosts (1000 a team, each answering at its deadline) never hold more than its share,
+        # nor stand in the queue ahead of another team's check more than that many deep.
+        self._team_share = max(1, byoc_slots // 2)
+        self._team_slots: dict[uuid.UUID | None, tuple[asyncio.Semaphore, int]] = {}
 
     # -- lifecycle (start: Worker) -----------------------------------------------------------
     async def stop(self) -> None:
@@ -312,7 +320,7 @@ class HostMonitor(Worker):
 
         async def check() -> None:
             try:
-                async with self._byoc_slots, self._slots:
+                async with self._team_turn(h["team_id"]), self._byoc_slots, self._slots:
                     await self._reconcile(h, result)
             except Exception:
                 log.exception("monitor: check of %s failed", ids.host_id(h["id"]))
@@ -324,6 +332,21 @@ class HostMonitor(Worker):
         task = asyncio.create_task(check(), name=f"monitor-check-{ids.host_id(h['id'])}")
         self._byoc[h["id"]] = task
         task.add_done_callback(forget)
+
+    @contextlib.asynccontextmanager
+    async def _team_turn(self, team_id: uuid.UUID | None) -> AsyncIterator[None]:
+        """One of the team's share of BYOC slots (its entry goes with its last check)."""
+        gate, users = self._team_slots.get(team_id, (asyncio.Semaphore(self._team_share), 0))
+        self._team_slots[team_id] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self._team_slots[team_id]
+            if users > 1:
+                self._team_slots[team_id] = (gate, users - 1)
+            else:
+                del self._team_slots[team_id]
 
     async def _mark_down(self, h: RowMapping, cutoff: datetime, result: PassResult) -> None:
         hid = ids.host_id(h["id"])

@@ -4,6 +4,9 @@ template store, from the ``layers`` index and from hosts.
 A layer is **live** while a ``templates`` row or a ``build_cache`` row names it (a build in
 flight records each step's layer there), or a sandbox on an online host runs on it (the agents'
 ``ListLayers`` says ``in_use``; this also covers a template deleted while its sandboxes run).
+A BYOC host's agent is its tenant's and says what it likes: its ``in_use`` keeps a layer only
+if its team may use it (a template of the team's, or one the team's sandboxes run); any other
+digest it names, another team's layer included, is collected as if unclaimed.
 A dead layer goes only once it is older than the grace period (``WARREN_LAYER_GC_GRACE_S``): a
 layer just written, whose template row is not written yet, is safe. Recording a layer again
 (:func:`layers.record_layer`) makes it young again. A ``build_cache`` row no build has hit for
@@ -36,7 +39,7 @@ from warren.config import Settings
 from warren.cp.background import Worker, every
 from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
-from warren.cp.db.tables import build_cache, host_layers, hosts, layers, templates
+from warren.cp.db.tables import build_cache, host_layers, hosts, layers, sandboxes, templates
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services.layers import layer_lock
 from warren.cp.store import LayerStore, is_digest
@@ -63,6 +66,7 @@ class GcReport:
     cache_pruned: int = 0  # build_cache rows unused past the TTL, dropped
     host_deleted: dict[str, list[str]] = field(default_factory=dict)  # host id → digests
     host_in_use: dict[str, list[str]] = field(default_factory=dict)  # dead, kept by the host
+    not_believed: dict[str, int] = field(default_factory=dict)  # BYOC host id → in_use claims ignored
 
 
 async def collect(
@@ -87,7 +91,7 @@ async def collect(
         online = await _online_hosts(engine)
         answers = await asyncio.gather(*(_list(pool, h) for h in online))
         held = dict(zip([h["id"] for h in online], answers, strict=True))
-        in_use = {d for h in held.values() if h is not None for d, used in h.items() if used}
+        in_use = await _believed_in_use(engine, online, held, report)
         for host_id, layer_map in held.items():
             if layer_map is not None:
                 await _reconcile(engine, host_id, layer_map)
@@ -122,7 +126,9 @@ async def _prune_cache(engine: AsyncEngine, unused_since: object) -> int:
 
 async def _online_hosts(engine: AsyncEngine) -> list[RowMapping]:
     async with autocommit(engine) as conn:
-        q = sa.select(hosts.c.id, hosts.c.address).where(hosts.c.status == "online", hosts.c.address != "")
+        q = sa.select(hosts.c.id, hosts.c.address, hosts.c.type, hosts.c.team_id).where(
+            hosts.c.status == "online", hosts.c.address != ""
+        )
         return list((await conn.execute(q)).mappings().all())
 
 
@@ -140,6 +146,43 @@ async def _list(pool: HostClientPool, host: RowMapping) -> dict[str, bool] | Non
         )  # fmt: skip
         return None
     return {li.digest: li.in_use for li in resp.layers if is_digest(li.digest)}
+
+
+async def _believed_in_use(
+    engine: AsyncEngine,
+    online: list[RowMapping],
+    held: dict[uuid.UUID, dict[str, bool] | None],
+    report: GcReport,
+) -> set[str]:
+    """The layers the hosts' sandboxes use, as far as each host is believed: a platform host's
+    ``in_use`` whole, a BYOC host's only for layers its own team may use (``_team_layers``):
+    pinning any digest it knows (another team's layer) cost the store its space for ever."""
+    used: set[str] = set()
+    for h in online:
+        claims = {d for d, in_use in (held[h["id"]] or {}).items() if in_use}
+        if h["type"] != "byoc" or not claims:
+            used |= claims
+            continue
+        believed = claims & await _team_layers(engine, h["team_id"])
+        used |= believed
+        if ignored := len(claims) - len(believed):
+            report.not_believed[ids.host_id(h["id"])] = ignored
+            log.warning("layer gc: %s claims %d layers its team does not use", ids.host_id(h["id"]), ignored)
+    return used
+
+
+async def _team_layers(engine: AsyncEngine, team_id: uuid.UUID) -> set[str]:
+    """Layers of the team's templates and of the templates its sandboxes (not yet final) run."""
+    running = sa.select(sandboxes.c.template_id).where(
+        sandboxes.c.team_id == team_id,
+        sandboxes.c.template_id.is_not(None),
+        sandboxes.c.status.not_in(("stopped", "error")),
+    )
+    q = sa.select(sa.func.unnest(templates.c.layers).label("digest")).where(
+        sa.or_(templates.c.team_id == team_id, templates.c.id.in_(running))
+    )
+    async with autocommit(engine) as conn:
+        return {r.digest for r in await conn.execute(q)}
 
 
 async def _reconcile(engine: AsyncEngine, host_id: uuid.UUID, layer_map: dict[str, bool]) -> None:
