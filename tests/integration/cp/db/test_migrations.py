@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from typer.testing import CliRunner, Result
 
+from warren.cli.main import app as cli_app
 from warren.cp.db import migrate, tables
 from warren.cp.db.engine import to_async_url
 
@@ -185,27 +187,24 @@ def test_migrations_ship_inside_the_package() -> None:
 
 
 def test_warren_migrate_cli_up_status_down(empty_db: str, tmp_path: Path) -> None:
-    """``warren migrate up|down|status`` against WARREN_DATABASE_URL (no embedded server)."""
-    import os
+    """``warren migrate up|down|status`` against WARREN_DATABASE_URL (no embedded server).
+    In process through typer's CliRunner (the real ``warren.cli.main`` app, as test_cli.py):
+    each command as a process of its own paid ~2-5 s of imports, five times."""
+    env = {"WARREN_DATABASE_URL": empty_db, "WARREN_HOME": str(tmp_path)}
 
-    env = {**os.environ, "WARREN_DATABASE_URL": empty_db, "WARREN_HOME": str(tmp_path)}
-
-    def warren(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "warren.cli.main", "migrate", *args],
-            env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+    def warren(*args: str) -> Result:
+        return CliRunner().invoke(cli_app, ["migrate", *args], env=env)
 
     res = warren("status", "--check")
-    assert res.returncode == 1 and "none (empty database)" in res.stdout, res.stdout + res.stderr
+    assert res.exit_code == 1 and "none (empty database)" in res.stdout, res.output
     res = warren("up")
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.exit_code == 0, res.output
     st = migrate.status(empty_db)
     assert st.up_to_date and st.current == st.head and st.head in res.stdout
     res = warren("status", "--check")
-    assert res.returncode == 0 and "pending  none" in res.stdout
+    assert res.exit_code == 0 and "pending  none" in res.stdout
     res = warren("down", "base")  # asks first; no answer → nothing happens
-    assert res.returncode != 0 and migrate.status(empty_db).up_to_date
+    assert res.exit_code != 0 and migrate.status(empty_db).up_to_date
     res = warren("down", "base", "--yes")
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.exit_code == 0, res.output
     assert migrate.status(empty_db).current is None and _schema(empty_db) == {}
