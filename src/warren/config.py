@@ -11,7 +11,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from warren import egress_ranges
+from warren import byoc_ranges, egress_ranges
 
 # The sandbox runtime tiers (docs/agent.md, docs/security.md): runc and crun share the host's
 # kernel behind seccomp; gvisor puts gVisor's user-space kernel between the sandbox and the host.
@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     # /v1/admin/teams/{id}/egress): "corp=10.20.0.0/16,10.21.0.0/16;db=192.168.5.10/32".
     # Otherwise sandboxes reach no private, link-local, CGNAT or loopback address.
     egress_ranges: str = ""
+    # Addresses a BYOC host (a tenant's own machine) may register, and the CP dial
+    # (cp/hosts/byoc_addresses.py, docs/hosts.md): "public" (public unicast addresses: no
+    # loopback, link-local, RFC 1918, CGNAT, multicast, unspecified, nor their IPv6 kin) and/or
+    # comma-separated CIDRs ("public,10.20.0.0/16"). Platform hosts are not checked.
+    byoc_allowed_cidrs: str = "public"
 
     # mTLS CA for CP <-> agent. Default: generated under ``home/ca``.
     ca_cert: Path | None = None
@@ -261,6 +266,12 @@ class Settings(BaseSettings):
         for item in value.split(","):
             if item.strip():
                 ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("byoc_allowed_cidrs")
+    @classmethod
+    def _byoc_cidrs_valid(cls, value: str) -> str:
+        byoc_ranges.policy_of(value)  # ValueError names the bad item
         return value
 
     @model_validator(mode="after")

@@ -39,6 +39,10 @@ from warren.cp.hosts.client_pool import HostClientPool
 JWT_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "pw-" + "x" * 12
 START_TIMEOUT_S = 60.0
+# WARREN_BYOC_ALLOWED_CIDRS of the tests' control planes: their BYOC hosts (fake agents, real
+# ones) listen on loopback addresses, which production refuses (docs/hosts.md). A test of the
+# refusal gives its CP the production value ("public") itself.
+TEST_BYOC_CIDRS = "127.0.0.0/8"
 
 
 async def run_sql(engine: AsyncEngine, statement: str, **params: Any) -> Any:
@@ -64,6 +68,7 @@ class InProcessCP:
             "public_url": self.url,
             "monitor_interval_s": 3600,
             "retention_interval_s": 3600,  # tests that move the clock by days run the pass themselves
+            "byoc_allowed_cidrs": TEST_BYOC_CIDRS,
             **overrides,
         }
         self.settings = Settings(**values)
@@ -207,6 +212,7 @@ class CPProcess:
 
     def env(self) -> dict[str, str]:
         return {
+            "WARREN_BYOC_ALLOWED_CIDRS": TEST_BYOC_CIDRS,  # unless the caller's environment says
             **os.environ,
             "WARREN_HOME": str(self.home),
             "WARREN_DATABASE_URL": self.db_url,

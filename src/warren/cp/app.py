@@ -35,6 +35,7 @@ from warren.config import Settings, get_settings
 from warren.cp import http_errors
 from warren.cp.body_cap import BodyCapMiddleware
 from warren.cp.db.engine import autocommit, make_engine
+from warren.cp.hosts.byoc_addresses import DialCheck, policy_of
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.monitor import HostMonitor
 from warren.cp.hosts.scheduler import RoundRobinScheduler
@@ -183,7 +184,8 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
     await state.replica.acquire()
     state.replica.start()
     state.ca = CertificateAuthority.from_settings(settings)
-    state.pool = HostClientPool(state.ca)
+    # BYOC hosts are dialled only at addresses the operator allows (docs/hosts.md).
+    state.pool = HostClientPool(state.ca, DialCheck(state.engine, policy_of(settings.byoc_allowed_cidrs)))
     state.scheduler = RoundRobinScheduler(min_free_disk_mb=settings.host_min_free_disk_mb)
     state.store = make_store(settings)
     state.layer_gc = LayerGC(state.engine, state.store, state.pool, settings)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader
 from pydantic import Field
 
+from warren.byoc_ranges import policy_of
 from warren.cp.api.deps import AUTH_ERRORS, CA, CurrentUser, Db, Pool, SettingsDep, Store
 from warren.cp.api.models import StrictRequest
 from warren.cp.http_errors import error_responses
@@ -72,7 +73,9 @@ async def register(
 ) -> svc.HostCredentials:
     """Agent registration with a one-time token (docs/spec.md §3.1): returns the host JWT (7 d), a
     refresh token (60 d) and the host's mTLS server certificate, key and the CA certificate."""
-    return await host_link.register(db, ca, settings.jwt_secret, body)
+    return await host_link.register(
+        db, ca, settings.jwt_secret, body, byoc_allowed=policy_of(settings.byoc_allowed_cidrs)
+    )
 
 
 @router.post(

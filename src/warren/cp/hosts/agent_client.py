@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, cast
 
 import grpc.aio
@@ -36,6 +36,17 @@ _MAX_IP_TEXT = 45  # the longest IPv6 text form (with an embedded IPv4 address)
 # address dialled, refused or TLS failed, the peer's certificate) is the CP's view of its own
 # network: a BYOC host's owner chooses the address, so it goes to the logs, never to the caller.
 _NO_CONNECTION = "failed to connect to all addresses"
+# Before a channel's call: raises (no connection is made) when the host may not be dialled.
+Gate = Callable[[], Awaitable[None]]
+
+
+def refused(host_id: str, method: str = "other") -> AgentError:
+    """A call the CP does not make (the host's address is not one it may dial): the caller sees
+    what an unreachable host gives, a create goes to another host."""
+    AGENT_RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
+    err = AgentError("host agent unreachable: failed to connect", rpc_code="UNAVAILABLE")
+    err.host_id = host_id  # type: ignore[attr-defined]  # for logs
+    return err
 
 
 def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> AgentError:
@@ -80,8 +91,13 @@ class _MappedResponse:
 class _AgentErrors:
     """What the four interceptors share: the host, and the mapping of a response stream."""
 
-    def __init__(self, host_id: str) -> None:
+    def __init__(self, host_id: str, gate: Gate | None) -> None:
         self.host_id = host_id
+        self.gate = gate
+
+    async def _pass(self) -> None:
+        if self.gate is not None:
+            await self.gate()
 
     async def _responses(self, call: Any, method: str) -> AsyncIterator[Any]:
         # Returned in place of the call: grpc.aio keeps the call for cancel() and serves both
@@ -114,6 +130,7 @@ def _with_request_id(details: Any) -> Any:
 
 class _UnaryUnary(_AgentErrors, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        await self._pass()
         call = await continuation(_with_request_id(client_call_details), request)
         try:
             return await call
@@ -123,6 +140,7 @@ class _UnaryUnary(_AgentErrors, grpc.aio.UnaryUnaryClientInterceptor):
 
 class _UnaryStream(_AgentErrors, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        await self._pass()
         call = await continuation(_with_request_id(client_call_details), request)
         return self._responses(call, _method(client_call_details))
 
@@ -131,6 +149,7 @@ class _StreamUnary(_AgentErrors, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
+        await self._pass()
         call = await continuation(_with_request_id(client_call_details), request_iterator)
         return _MappedResponse(call, self.host_id, _method(client_call_details))
 
@@ -139,17 +158,19 @@ class _StreamStream(_AgentErrors, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
+        await self._pass()
         call = await continuation(_with_request_id(client_call_details), request_iterator)
         return self._responses(call, _method(client_call_details))
 
 
-def agent_errors(host_id: str) -> list[grpc.aio.ClientInterceptor]:
+def agent_errors(host_id: str, gate: Gate | None = None) -> list[grpc.aio.ClientInterceptor]:
     """The interceptor for one host's channel, mapping ``AioRpcError`` to ``AgentError`` for all
     four arities (grpc.aio files an interceptor object under one arity only, hence one object
-    per arity). Cancellation is not an error: it passes through as ``CancelledError``."""
+    per arity). Cancellation is not an error: it passes through as ``CancelledError``. ``gate``
+    runs before every call, ahead of any connection (a channel connects at its first call)."""
     kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
     # The stubs type interceptors as a placeholder that wants a cast.
-    return [cast(grpc.aio.ClientInterceptor, kind(host_id)) for kind in kinds]
+    return [cast(grpc.aio.ClientInterceptor, kind(host_id, gate)) for kind in kinds]
 
 
 # ------------------------------------------------------------------ what the CP takes from answers
@@ -176,4 +197,4 @@ def answered_disk_mb(reported: int, asked: int) -> int:
     return reported if 0 < reported <= asked else asked
 
 
-__all__ = ["agent_errors", "answered_disk_mb", "answered_ip", "translate"]
+__all__ = ["agent_errors", "answered_disk_mb", "answered_ip", "refused", "translate"]

@@ -5,6 +5,10 @@ CP's CA. The TLS target name is overridden to the host's id (``host-…``), whic
 server certificate carries as a DNS SAN: the normal hostname check then proves the peer holds
 the certificate issued to *that* host, not merely some certificate from our CA.
 
+A BYOC host's channel makes no call (and so no connection) before the pool's
+:class:`~warren.cp.hosts.byoc_addresses.DialCheck` has found its address allowed; a refused one
+fails every call as an unreachable host does ("failed to connect").
+
 Every channel carries the interceptor of ``agent_client``: RPC failures come out as
 :class:`warren.errors.AgentError` with the gRPC status name, so the one HTTP mapping
 (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, else 502) applies
@@ -25,7 +29,8 @@ import grpc.aio
 from sqlalchemy.engine import RowMapping
 
 from warren import ids
-from warren.cp.hosts.agent_client import agent_errors
+from warren.cp.hosts.agent_client import Gate, agent_errors, refused
+from warren.cp.hosts.byoc_addresses import DialCheck
 from warren.cp.security.ca import CertificateAuthority
 from warren.errors import AgentError, ServiceUnavailable
 from warren.rpc import hostagent_pb2, hostagent_pb2_grpc, keepalive
@@ -83,9 +88,29 @@ class HostClient:
         await self.channel.close(None)
 
 
+def _gate(check: DialCheck, host_uuid: uuid.UUID, host_id: str, address: str) -> Gate:
+    """The check of one channel: asked until it passes once (a host's kind and address are
+    fixed for the channel's life), then never again."""
+    passed = False
+
+    async def gate() -> None:
+        nonlocal passed
+        if passed:
+            return
+        if not await check.allowed(host_uuid, address):
+            raise refused(host_id)
+        passed = True
+
+    return gate
+
+
 class HostClientPool:
-    def __init__(self, ca: CertificateAuthority) -> None:
+    """``dial_check``: the BYOC address check (the CP's pool, ``warren proxy``'s); None only for
+    tools and tests that dial agents they started themselves."""
+
+    def __init__(self, ca: CertificateAuthority, dial_check: DialCheck | None = None) -> None:
         self._ca = ca
+        self._dial_check = dial_check
         self._clients: dict[str, HostClient] = {}
         self._lock = threading.Lock()
         self._retired: list[HostClient] = []
@@ -99,8 +124,10 @@ class HostClientPool:
         )
         return creds, self._ca.client_generation
 
-    def _connect(self, host_id: str, address: str) -> HostClient:
+    def _connect(self, host_uuid: uuid.UUID, host_id: str, address: str) -> HostClient:
         creds, generation = self._credentials()
+        check = self._dial_check
+        gate = _gate(check, host_uuid, host_id, address) if check is not None else None
         channel = grpc.aio.secure_channel(
             address,
             creds,
@@ -117,7 +144,7 @@ class HostClientPool:
                 # when TCP gives up (warren/rpc/keepalive.py).
                 *keepalive.CLIENT_OPTIONS,
             ],
-            interceptors=agent_errors(host_id),
+            interceptors=agent_errors(host_id, gate),
         )
         return HostClient(host_id, address, channel, generation, ca=self._ca)
 
@@ -147,7 +174,7 @@ class HostClientPool:
             if c is not None:
                 # In-flight calls on the old channel finish; it is closed with the pool.
                 self._retired.append(c)
-            c = self._clients[hid] = self._connect(hid, address)
+            c = self._clients[hid] = self._connect(host_uuid, hid, address)
             return c
 
     async def evict(self, host_uuid: uuid.UUID) -> None:

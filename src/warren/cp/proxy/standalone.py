@@ -16,6 +16,7 @@ from starlette.types import Scope
 
 from warren.config import Settings
 from warren.cp.db.engine import make_engine
+from warren.cp.hosts.byoc_addresses import DialCheck, policy_of
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.http_errors import error_response
 from warren.cp.proxy.app import PreviewMiddleware
@@ -43,7 +44,8 @@ def standalone_app(settings: Settings) -> Starlette:
             settings.database_url, pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout_s,
         )  # fmt: skip
-        pool = HostClientPool(CertificateAuthority.from_settings(settings))
+        check = DialCheck(engine, policy_of(settings.byoc_allowed_cidrs))  # BYOC addresses
+        pool = HostClientPool(CertificateAuthority.from_settings(settings), check)
         deps.engine, deps.pool = engine, pool
         try:
             yield

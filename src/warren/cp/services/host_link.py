@@ -27,6 +27,7 @@ from warren import clock, ids
 from warren.config import RUNTIMES, Runtime
 from warren.cp.db.engine import transaction
 from warren.cp.db.tables import host_refresh_tokens, host_tokens, hosts
+from warren.cp.hosts.byoc_addresses import AddressPolicy, AddressRefused, resolve_checked
 from warren.cp.security.ca import CertificateAuthority, IssuedCert, names_a_host
 from warren.cp.security.tokens import issue_host_jwt, new_token_hex, sha256_hex
 from warren.cp.services import audit
@@ -141,18 +142,45 @@ def _credentials(
     )
 
 
+async def _dial_address(engine: AsyncEngine, token: str, address: str, allowed: AddressPolicy) -> str:
+    """The address a host registering with ``token`` is dialled at: a BYOC host's (its tenant
+    chose it) resolved and checked against the operator's allow-list now, before the token is
+    consumed (a 400 leaves it unused), and stored as the IP it was checked as; a platform host's
+    as given. An unknown token is left to the consuming statement's 401."""
+    q = (
+        sa.select(hosts.c.type)
+        .select_from(host_tokens.join(hosts, hosts.c.id == host_tokens.c.host_id))
+        .where(
+            host_tokens.c.token_hash == sha256_hex(token),
+            host_tokens.c.used_at.is_(None),
+            host_tokens.c.expires_at > clock.now(),
+        )
+    )
+    async with transaction(engine) as conn:
+        kind = (await conn.execute(q)).scalar()
+    if kind != "byoc":
+        return address
+    try:
+        return await resolve_checked(address, allowed)
+    except AddressRefused as e:
+        raise InvalidRequest(str(e)) from None
+
+
 async def register(
     engine: AsyncEngine,
     ca: CertificateAuthority,
     jwt_secret: str,
     req: RegisterRequest,
+    *,
+    byoc_allowed: AddressPolicy,
 ) -> HostCredentials:
-    token, address = req.token, req.address
+    token, asked = req.token, req.address
     if not token:
         raise InvalidRequest("token is required")
-    if not address:
+    if not asked:
         raise InvalidRequest("address is required")
-    check_address(address)  # before the token is consumed: a typo must not burn it
+    check_address(asked)  # before the token is consumed: a typo must not burn it
+    address = await _dial_address(engine, token, asked, byoc_allowed)
     now = clock.now()
     async with transaction(engine) as conn:
         consumed = (
@@ -202,9 +230,9 @@ async def register(
         # The host itself is the actor (its one-time token), so the system's name is on the row.
         await audit.record(
             conn, None, team_id=row["team_id"], action="register", resource_type="host", resource_id=hid,
-            scope="admin", metadata={"address": address},
+            scope="admin", metadata={"address": address, "registered_as": asked[:255]},
         )  # fmt: skip
-    log.info("host registered host=%s address=%s", hid, address)
+    log.info("host registered host=%s address=%s (as %s)", hid, address, asked)
     return _credentials(ca, jwt_secret, row, cert, refresh)
 
 
