@@ -17,6 +17,9 @@ from warren import byoc_ranges, egress_ranges
 # kernel behind seccomp; gvisor puts gVisor's user-space kernel between the sandbox and the host.
 Runtime = Literal["runc", "crun", "gvisor"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
+# WARREN_DEFAULT_RUNTIME's default: a create that names no runtime runs on its host's default
+# (crun where the agent found it works, else runc; docs/hosts.md "Runtimes").
+HOST_RUNTIME = "host"
 
 # Seconds the CP's HTTP servers (`warren cp`, `warren proxy`) keep an idle keep-alive
 # connection open. Well past what clients (httpx, requests: 5 s) and load balancers (60 s) keep
@@ -146,8 +149,9 @@ class Settings(BaseSettings):
     overcommit_cpu: float = Field(default=4.0, gt=0)
     overcommit_memory: float = Field(default=1.0, gt=0)
     overcommit_disk: float = Field(default=1.0, gt=0)
-    # The runtime of a sandbox whose create names none (docs/api.md §2).
-    default_runtime: Runtime = "runc"
+    # The runtime of a sandbox whose create names none (docs/api.md §2): "host", the default
+    # runtime its host's agent reports, or one runtime for every host (only hosts offering it).
+    default_runtime: Literal["host", "runc", "crun", "gvisor"] = "host"
     # A host whose data directory has less free space than this (as its last heartbeat said) gets
     # no new sandboxes (docs/operations.md, "Disk"); 0 turns the check off.
     host_min_free_disk_mb: int = Field(default=1024, ge=0)

@@ -57,7 +57,8 @@ def leaks(agent: AgentProcess, sb_id: str, host_ip: str) -> list[str]:
                     found.append(f"process {cg.split('/')[2]}")
         except OSError:
             pass
-    for p in (agent.data_dir / "sandboxes" / sb_id, agent.data_dir / (agent.runtime or "runc") / sb_id):
+    # Either OCI runtime's state (an agent's default is crun where it works, session 13).
+    for p in (agent.data_dir / d / sb_id for d in ("sandboxes", "runc", "crun")):
         if p.exists():
             found.append(f"path {p}")
     return found

@@ -166,9 +166,14 @@ def _error_text(resp: httpx.Response) -> str:
         return f"{resp.status_code} {resp.text[:200]}"
 
 
-async def register(cp_url: str, token: str, address: str, data_dir: Path) -> HostCredentials:
-    """POST /v1/hosts/register and persist the credentials. Anything but 201 is fatal."""
+async def register(
+    cp_url: str, token: str, address: str, data_dir: Path, default_runtime: str | None = None
+) -> HostCredentials:
+    """POST /v1/hosts/register and persist the credentials. Anything but 201 is fatal.
+    ``default_runtime``: what a create naming no runtime runs on here (heartbeats say it too)."""
     body = {"token": token, "address": address, **host_specs(), "runtimes": installed_runtimes()}
+    if default_runtime:
+        body["default_runtime"] = default_runtime
     async with httpx.AsyncClient(base_url=cp_url, timeout=REGISTER_TIMEOUT_S) as client:
         try:
             resp = await client.post("/v1/hosts/register", json=body)
@@ -183,13 +188,18 @@ async def register(cp_url: str, token: str, address: str, data_dir: Path) -> Hos
 
 
 async def obtain_credentials(
-    *, cp_url: str, data_dir: Path, register_token: str | None, address: str | None
+    *,
+    cp_url: str,
+    data_dir: Path,
+    register_token: str | None,
+    address: str | None,
+    default_runtime: str | None = None,
 ) -> HostCredentials:
     """docs/spec.md §3.1 step 2: with a token always (re-)register; otherwise the saved file."""
     if register_token:
         if not address:
             raise ControlPlaneError("--address is required with --register")
-        return await register(cp_url, register_token, address, data_dir)
+        return await register(cp_url, register_token, address, data_dir, default_runtime)
     creds = load_credentials(data_dir)
     if creds is None:
         raise ControlPlaneError("no saved host credentials and no registration token provided")
@@ -399,11 +409,18 @@ class ControlPlaneLink:
 
     @classmethod
     async def connect(
-        cls, *, cp_url: str, data_dir: Path, register_token: str | None = None, address: str | None = None
+        cls,
+        *,
+        cp_url: str,
+        data_dir: Path,
+        register_token: str | None = None,
+        address: str | None = None,
+        default_runtime: str | None = None,
     ) -> ControlPlaneLink:
         creds = await obtain_credentials(
-            cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address
-        )
+            cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address,
+            default_runtime=default_runtime,
+        )  # fmt: skip
         return cls(cp_url, data_dir, creds)
 
     @property

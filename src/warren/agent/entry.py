@@ -48,7 +48,7 @@ async def run_agent(
     from warren.agent.main import AgentHandle, serve
     from warren.agent.runtime.select import choose_default
 
-    runtime, why = await choose_default(runtime, linked=bool(cp_url))
+    runtime, why = await choose_default(runtime)
     logging.getLogger("warren.agent").info("event=runtime_default runtime=%s why=%r", runtime, why)
     await asyncio.to_thread(compile_guest)
     if not cp_url:
@@ -72,8 +72,9 @@ async def run_agent(
         # Called by `serve` after host setup and re-adoption, right before the gRPC server
         # starts: the host is online (registered) only once it is about to serve.
         link = await ControlPlaneLink.connect(
-            cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen
-        )
+            cp_url=cp_url, data_dir=data_dir, register_token=register_token, address=address or listen,
+            default_runtime=runtime,
+        )  # fmt: skip
         links.append(link)
         return link.server_credentials()
 
@@ -151,8 +152,8 @@ def agent_command(
     runtime: Annotated[
         str,
         typer.Option(
-            help="OCI runtime: runc, crun, or auto (crun where it works, else runc; runc when "
-            "linked to a control plane, which names each create's runtime)"
+            help="the default OCI runtime: runc, crun, or auto (crun where it works, else runc); "
+            "a control plane's creates that name no runtime use it"
         ),
     ] = "auto",
     cp: Annotated[
@@ -179,8 +180,9 @@ def agent_command(
     warm_pool: Annotated[
         str | None,
         typer.Option(
-            help="warm pools kept from the start, TEMPLATE=SIZE (minimal=4); the control plane "
-            "sets others; default WARREN_AGENT_WARM_POOL, none"
+            help="warm pools kept from the start, TEMPLATE[@RUNTIME]=SIZE: minimal=4 (the default "
+            "runtime), minimal@runc=2,minimal@crun=4; the control plane sets others; default "
+            "WARREN_AGENT_WARM_POOL, none"
         ),
     ] = None,
 ) -> None:

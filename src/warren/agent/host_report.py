@@ -19,6 +19,8 @@ def host_report(handle: AgentHandle) -> dict[str, Any]:
     report: dict[str, Any] = {}
     report["disk_free_bytes"] = disk_free_bytes(handle.manager.data_dir)
     report["runtimes"] = handle.manager.runtimes.offered()
+    # What a create that names no runtime runs on here (the CP's default is "the host's").
+    report["default_runtime"] = handle.manager.runtimes.default
     report["warm_pools"] = handle.manager.warm_pools.report()
     return report
 

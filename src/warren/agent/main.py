@@ -38,6 +38,7 @@ from warren.agent.server import HostAgentServicer
 from warren.agent.settings import AgentSettings
 from warren.agent.templates import TemplateStore
 from warren.aio import cancel_and_wait
+from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 from warren.rpc import keepalive
 
@@ -151,13 +152,16 @@ async def _manager(
         str(data_dir), pool_size=settings.net_pool, platform_deny=deny, dns_upstream=settings.dns_upstream,
         ended_egress=data_dir / ENDED_FILE,
     )  # fmt: skip
-    return SandboxManager(
-        data_dir,
-        await runtimes(runtime, data_dir, settings),
-        settings=settings,
-        templates=templates,
-        network=network,
-    )
+    try:
+        return SandboxManager(
+            data_dir,
+            await runtimes(runtime, data_dir, settings),
+            settings=settings,
+            templates=templates,
+            network=network,
+        )
+    except InvalidRequest as e:  # a --warm-pool of a runtime this host lacks
+        raise SystemExit(f"invalid --warm-pool / WARREN_AGENT_WARM_POOL: {e}") from None
 
 
 async def serve(

@@ -125,7 +125,7 @@ class SandboxManager:
             builder=self._builder.moved(self.data_dir / "warm"), lower_layers=self.lower_layers,
             hold=self.layers.hold, missing_layers=self.layers.missing,
             creates_idle=self._admission.wait_quiet,
-            assign=lambda member_id: self.runtimes.assign(member_id, self.runtimes.default),
+            assign=self.runtimes.assign, resolve=self.runtimes.resolve,
         )  # fmt: skip
         warm.configure(self.settings.warm_pool, freeze=self.settings.warm_pool_freeze)
         return warm
@@ -354,10 +354,8 @@ class SandboxManager:
         with self._admission.in_flight(sandbox_id):
             try:
                 with self.layers.hold(req.chain):
-                    if req.runtime == self.runtimes.default:
-                        sb, queued, admitted = await self._claim_or_build(req)
-                    else:  # warm pools hold sandboxes of the default runtime only
-                        sb, queued, admitted = await self._admit_and_build(req)
+                    # A pool of the request's runtime, if any (warm_pool.py: Pool.matches).
+                    sb, queued, admitted = await self._claim_or_build(req)
             except BaseException:
                 if sandbox_id not in self._sandboxes:
                     self.runtimes.forget(sandbox_id)

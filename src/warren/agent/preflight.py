@@ -83,7 +83,7 @@ def run(target: Target) -> list[Check]:
         _veth,
         _iptables,
         _cgroups,
-        lambda: _runtimes(target.runtime, linked=target.cp_url is not None),
+        lambda: _runtimes(target.runtime),
         _programs,
         _layer_images,
         lambda: _data_dir(target),
@@ -283,10 +283,10 @@ def _runtime_version(name: str) -> str | None:
     return _first_line(_sh(name, "--version")[1]) or "unknown version"
 
 
-def _runtimes(runtime: str, *, linked: bool = False) -> list[Check]:
+def _runtimes(runtime: str) -> list[Check]:
     checks = []
     if runtime == "auto":  # the agent's default (runtime/select.py: choose_default)
-        runtime = "crun" if shutil.which("crun") and not linked else "runc"
+        runtime = "crun" if shutil.which("crun") else "runc"
     for name in ("runc", "crun"):
         version = _runtime_version(name)
         chosen = name == runtime

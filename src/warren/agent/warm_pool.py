@@ -1,8 +1,10 @@
 """Warm pools (issue 17, docs/agent.md "Warm pools"): per template, N sandboxes kept ready.
 
 A pool is named by the template it holds ("minimal", or the reference the control plane
-resolved) and keyed by what a sandbox cannot change once started: its rootfs (the chain, or the
-host-local ``minimal``), its template's config and the runtime. Its members are built like any
+resolved), with ``@runc`` or ``@crun`` when it holds another runtime than the agent's default
+(``minimal@runc``), and keyed by what a sandbox cannot change once started: its rootfs (the
+chain, or the host-local ``minimal``), its template's config and its runtime. A create claims
+from a pool of its own runtime only (the one it names, or the agent's default). Its members are built like any
 sandbox (``SandboxBuilder``) but under ``<data-dir>/warm/<wp-id>/`` and a ``wp-`` name, with the
 default shape (1 vCPU, 512 MB, internet on), then frozen: running, guest answering, no CPU.
 
@@ -64,6 +66,9 @@ WARM_DIR = "warm"
 MAX_POOL_SIZE = 256
 MAX_POOLS = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
+# The runtimes a pool may hold: members are frozen and claimed by cgroup and netns updates, which
+# gVisor's sandboxes do not take.
+POOL_RUNTIMES = ("runc", "crun")
 # A failing build (a missing layer, a full host) is retried after this, doubling up to the cap.
 RETRY_S, RETRY_MAX_S = 2.0, 60.0
 DESTROY_AT_ONCE = 4
@@ -81,7 +86,7 @@ class PoolStatus:
 
 @dataclass
 class Pool:
-    """One template's pool: its target and its ready members (oldest first)."""
+    """One pool: its template, runtime and target, and its ready members (oldest first)."""
 
     name: str
     target: int
@@ -89,25 +94,46 @@ class Pool:
     config: TemplateConfig = field(default_factory=TemplateConfig)
     ready: list[HostSandbox] = field(default_factory=list)
     building: int = 0
+    runtime: str = ""  # the runtime its members run on ("": not known yet, a unit test's pool)
 
     def matches(self, req: CreateRequest) -> bool:
+        if req.runtime != self.runtime:
+            return False
         if self.chain is None:
             return req.chain is None and req.ref.is_minimal
         return req.chain == self.chain and req.config == self.config
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """``minimal@crun`` -> ``("minimal", "crun")``; ``minimal`` -> ``("minimal", "")`` (the
+    agent's default runtime). ValueError for a runtime a pool cannot hold."""
+    template, at, runtime = name.rpartition("@")
+    if not at:
+        return name, ""
+    if runtime not in POOL_RUNTIMES:
+        what = "gVisor sandboxes are not pooled" if runtime == "gvisor" else "unknown runtime"
+        want = " or ".join(POOL_RUNTIMES)
+        raise ValueError(f"warm pool {name[:80]!r}: {what} {runtime[:20]!r} (want {want})")
+    return template, runtime
+
+
 def check_pool(name: str, size: int, chain: Chain | None) -> None:
     if not _NAME.match(name):
         raise InvalidRequest(f"invalid warm pool template {name[:80]!r}")
+    try:
+        template, _ = split_name(name)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
     if not 0 <= size <= MAX_POOL_SIZE:
         raise InvalidRequest(f"warm pool size must be 0-{MAX_POOL_SIZE}")
-    if chain is None and name != MINIMAL_POOL and size > 0:
+    if chain is None and template != MINIMAL_POOL and size > 0:
         raise InvalidRequest(f"warm pool {name!r}: a template other than minimal needs its chain")
 
 
 def parse_spec(spec: str) -> dict[str, int]:
-    """``minimal=4`` (comma-separated for several; settings and ``--warm-pool``): only pools of
-    the host-local ``minimal`` can be named here, the others need their chain from the CP."""
+    """``minimal=4`` (comma-separated for several; settings and ``--warm-pool``), the agent's
+    default runtime; ``minimal@runc=2,minimal@crun=4`` names the runtime. Only pools of the
+    host-local ``minimal`` can be named here, the others need their chain from the CP."""
     out: dict[str, int] = {}
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -115,11 +141,14 @@ def parse_spec(spec: str) -> dict[str, int]:
         name, sep, size = part.partition("=")
         name = name.strip()
         if not sep or not size.strip().isdigit():
-            raise ValueError(f"warm pool {part!r}: want TEMPLATE=SIZE, e.g. minimal=4")
-        if name != MINIMAL_POOL:
+            raise ValueError(f"warm pool {part!r}: want TEMPLATE[@RUNTIME]=SIZE: minimal=4, minimal@runc=2")
+        template, _ = split_name(name)
+        if template != MINIMAL_POOL:
             raise ValueError(f"warm pool {name!r}: only minimal here (set others through the API)")
         if int(size) > MAX_POOL_SIZE:
             raise ValueError(f"warm pool {name!r}: at most {MAX_POOL_SIZE}")
+        if name in out:
+            raise ValueError(f"warm pool {name!r} is named twice")
         out[name] = int(size)
     return out
 
@@ -139,9 +168,12 @@ class WarmPools:
         hold: Callable[[Chain | None], AbstractContextManager[Any]],
         missing_layers: Callable[[list[str]], list[str]],
         creates_idle: Callable[[], Awaitable[Any]],
-        assign: Callable[[str], None] = lambda member_id: None,
+        assign: Callable[[str, str], None] = lambda member_id, runtime: None,
+        resolve: Callable[[str], str] = lambda runtime: runtime,
     ) -> None:
-        """``assign``: a new member runs on the agent's default runtime (runtime/select.py)."""
+        """``resolve``: the runtime a pool's name says ("" the agent's default), refused
+        (Conflict) when the host lacks it; ``assign``: a new member runs on it
+        (runtime/select.py)."""
         self.dir = data_dir / WARM_DIR
         self.sandboxes_dir = sandboxes_dir
         self.runtime = runtime
@@ -152,6 +184,7 @@ class WarmPools:
         self._missing = missing_layers
         self._creates_idle = creates_idle
         self._assign = assign
+        self._resolve = resolve
         self._teardown = Teardown(self.dir, runtime, network)
         self.pools: dict[str, Pool] = {}
         self.claims = 0
@@ -169,12 +202,20 @@ class WarmPools:
         whether members wait frozen."""
         self.freeze = freeze
         for name, size in parse_spec(spec).items():
-            self.pools[name] = Pool(name, size)
+            self.pools[name] = Pool(name, size, runtime=self._runtime_of(name))
+
+    def _runtime_of(self, name: str) -> str:
+        """The runtime of the pool ``name`` (InvalidRequest when it names one the host lacks)."""
+        try:
+            return self._resolve(split_name(name)[1])
+        except (ValueError, WarrenError) as e:
+            raise InvalidRequest(f"warm pool {name[:80]!r}: {e}") from None
 
     async def set(self, name: str, size: int, chain: Chain | None, config: TemplateConfig | None) -> None:
         """A pool's target (0 removes it and destroys its members). Members beyond a smaller
         target are destroyed now; a larger one is filled in the background."""
         check_pool(name, size, chain)
+        runtime = self._runtime_of(name)
         config = config or TemplateConfig()
         if chain is not None and (missing := self._missing(list(chain.layers))):
             raise InvalidState(f"missing layers: {', '.join(missing[:8])}")
@@ -192,7 +233,7 @@ class WarmPools:
             if pool is None:
                 if len(self.pools) >= MAX_POOLS:
                     raise InvalidRequest(f"at most {MAX_POOLS} warm pools per host")
-                pool = self.pools[name] = Pool(name, size, chain, config)
+                pool = self.pools[name] = Pool(name, size, chain, config, runtime=runtime)
             pool.target = size
             surplus += pool.ready[size:]
             del pool.ready[size:]
@@ -263,12 +304,15 @@ class WarmPools:
     # ------------------------------------------------------------------------------- claims
 
     def take(self, req: CreateRequest) -> HostSandbox | str:
-        """A ready member for this request, or why there is none (logged, counted)."""
-        pool = next((p for p in self.pools.values() if p.matches(req)), None)
-        if pool is None:
+        """A ready member for this request, or why there is none (logged, counted). Two names
+        may hold one pool's sandboxes (``minimal`` and ``minimal@crun`` where crun is the
+        default): either serves."""
+        pools = [p for p in self.pools.values() if p.matches(req)]
+        if not pools:
             return self._cold(req, "no_pool")
-        if not pool.ready:
-            return self._cold(req, "pool_empty", pool.name)
+        pool = next((p for p in pools if p.ready), None)
+        if pool is None:
+            return self._cold(req, "pool_empty", pools[0].name)
         self._wake.set()
         return pool.ready.pop(0)
 
@@ -400,7 +444,7 @@ class WarmPools:
             sandbox_id=member_id, ref=TemplateRef.parse(_ZERO, _ZERO), allow=[], chain=pool.chain,
             config=build_config, egress=EgressRules(),
         )  # fmt: skip
-        self._assign(member_id)
+        self._assign(member_id, pool.runtime)
         with self._hold(pool.chain):
             lower, base_config = await self._lower_layers(req)
             sb = await self.builder.build(req, lower, base_config)

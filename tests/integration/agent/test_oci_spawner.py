@@ -117,19 +117,19 @@ async def test_it_ends_with_its_agent(spawner: None) -> None:
 
 
 async def test_the_default_runtime(spawner: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (await choose_default("runc", linked=False))[0] == "runc"
-    assert (await choose_default("crun", linked=True))[0] == "crun"
-    assert (await choose_default("auto", linked=True))[0] == "runc"
-    assert (await choose_default("auto", linked=False))[0] == "crun"  # this machine has a working crun
+    assert (await choose_default("runc"))[0] == "runc"
+    assert (await choose_default("crun"))[0] == "crun"
+    # Linked to a control plane or not (session 13): the CP's creates use the host's default.
+    assert (await choose_default("auto"))[0] == "crun"  # this machine has a working crun
     # A crun that does not run here: runc, saying why.
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "crun").write_text("#!/bin/sh\necho 'crun: broken here' >&2\nexit 1\n")
     (fake / "crun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
-    assert await choose_default("auto", linked=False) == ("runc", "crun does not run here: crun: broken here")
+    assert await choose_default("auto") == ("runc", "crun does not run here: crun: broken here")
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert await choose_default("auto", linked=False) == ("runc", "crun is not installed")
+    assert await choose_default("auto") == ("runc", "crun is not installed")
 
 
 def test_sandboxes_of_either_runtime_are_readopted_after_restarts(agent_root: Path) -> None:

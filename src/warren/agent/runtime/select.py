@@ -36,18 +36,15 @@ def installed_runtimes() -> list[str]:
     return names or ["runc"]
 
 
-async def choose_default(asked: str, *, linked: bool) -> tuple[str, str]:
+async def choose_default(asked: str) -> tuple[str, str]:
     """The agent's default OCI runtime and why. ``--runtime runc|crun`` is taken as given.
     ``auto``: crun where it is installed and runs here (through the spawner, in the mount
     namespace its commands get: the hybrid layout's cgroup2 mount hidden), else runc. Linked to
-    a control plane (``linked``), runc: the control plane names the runtime of every create
-    (its ``WARREN_DEFAULT_RUNTIME``, runc unless set), so there the agent's default only picks
-    its warm pools' runtime, and a pool of another runtime than the creates ask for is never
-    claimed; ``--runtime crun`` on the agents goes with ``WARREN_DEFAULT_RUNTIME=crun``."""
+    a control plane or not: the agent reports its default (registration, heartbeats), and a
+    create that names no runtime runs on its host's default (the CP's ``WARREN_DEFAULT_RUNTIME``
+    is ``host`` unless set), its warm pools keyed by template and runtime (warm_pool.py)."""
     if asked != AUTO:
         return asked, "--runtime"
-    if linked:
-        return "runc", "linked to a control plane, which names each create's runtime (--runtime to change)"
     if (crun := shutil.which("crun")) is None:
         return "runc", "crun is not installed"
     hide = str(HYBRID_CGROUP2) if os.path.ismount(HYBRID_CGROUP2) else None  # noqa: ASYNC240

@@ -158,6 +158,9 @@ hosts = Table(
     # The sandbox runtimes the host offers ('runc', 'crun', 'gvisor'), as it reports them at
     # registration and with each heartbeat; hosts that never said run runc.
     Column("runtimes", ARRAY(Text), nullable=False, server_default=text("'{runc}'::text[]")),
+    # The runtime its agent runs a create on when the create names none (one of ``runtimes``),
+    # as it reports it; NULL: never said (older agents, runc). Migration 0014.
+    Column("default_runtime", Text, nullable=True),
     # Warm pools (issue 17, docs/hosts.md): what the agent last reported
     # ([{"template", "target", "ready"}]; NULL: never reported) and the sizes set through the
     # API ({template: size}), applied again when the host reports other targets.

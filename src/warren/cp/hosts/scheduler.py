@@ -21,15 +21,19 @@ most of its bytes (``host_layers``) are preferred, so a sandbox starts without f
 rotation goes on among those equally good. Each candidate row then says which layers the host
 lacks (``missing``), for the create to push before its RPC.
 
-Runtimes: a host is a candidate only if it offers the sandbox's runtime (``hosts.runtimes``, as it
-reported at registration and with its last heartbeat; docs/hosts.md). Eligible hosts but none
-offering it: 503 ``no_hosts_available`` naming the runtime and what the online hosts offer. The
-agent has the last word: one asked for a runtime it lacks refuses (FAILED_PRECONDITION).
+Runtimes: a create that names a runtime (or whose CP sets one, ``WARREN_DEFAULT_RUNTIME``) goes to
+hosts offering it only (``hosts.runtimes``, as it reported at registration and with its last
+heartbeat; docs/hosts.md). Eligible hosts but none offering it: 503 ``no_hosts_available`` naming
+the runtime and what the online hosts offer. A create that names none (``Placement.runtime``
+empty: the CP's default, "host") may go to any host and runs on that host's default runtime
+(:func:`runtime_on`: ``hosts.default_runtime`` as its agent reports it; runc for an agent that
+never said). The agent has the last word: one asked for a runtime it lacks refuses
+(FAILED_PRECONDITION).
 
 Warm pools (issue 17): among the hosts with room, those that reported a ready sandbox of the
-create's template in a warm pool (``hosts.warm_pools``, less the creates this process sent there
-since that report) are preferred, so the create claims one instead of building a sandbox; the
-rotation goes on among them.
+create's template and runtime in a warm pool (``hosts.warm_pools``, less the creates this process
+sent there since that report; :func:`pool_ready`) are preferred, so the create claims one instead
+of building a sandbox; the rotation goes on among them.
 
 ``RoundRobinScheduler`` keeps one counter per pool (one per BYOC team, one for the platform), so
 interleaved requests from different teams do not skew each other's rotation. The counters are
@@ -83,7 +87,7 @@ class Placement:
     # The one host allowed: the one holding a snapshot taken before the template store, whose
     # files live only there; it must still be eligible for the team.
     required_host: uuid.UUID | None = None
-    runtime: str = "runc"
+    runtime: str = ""  # "": each host's own default (runtime_on)
     need: Reservation | None = None  # only hosts with room for it
     # The template's store layers: prefer hosts holding most of their bytes (the row says what
     # the host is ``missing``).
@@ -135,9 +139,9 @@ class RoundRobinScheduler:
         # itertools.count is advanced without an await in between, so concurrent creates in one
         # event loop each get their own slot.
         self._counters: dict[uuid.UUID | None, itertools.count[int]] = {}
-        # Warm pools: (host, template) -> (the host's heartbeat time, creates sent there since);
-        # only for hosts that reported ready sandboxes, so at most hosts x 32 entries.
-        self._taken: dict[tuple[uuid.UUID, str], tuple[Any, int]] = {}
+        # Warm pools: (host, template, runtime) -> (the host's heartbeat time, creates sent there
+        # since); only for hosts that reported ready sandboxes, so at most hosts x 32 entries.
+        self._taken: dict[tuple[uuid.UUID, str, str], tuple[Any, int]] = {}
 
     async def select_host(
         self, conn: Conn, team_id: uuid.UUID, is_byoc: bool, want: Placement = ANY_HOST
@@ -163,7 +167,7 @@ class RoundRobinScheduler:
         candidates = [h for h in candidates if fits(h, need)]
         if not candidates:
             raise no_capacity(need)
-        warm = [h for h in candidates if template and self._warm_left(h, template) > 0]
+        warm = [h for h in candidates if template and self._warm_left(h, template, want.runtime) > 0]
         if warm:
             candidates = warm  # they hold the template's layers too: their members run them
         elif want.layers:
@@ -174,34 +178,48 @@ class RoundRobinScheduler:
         _PLACED.inc()
         chosen = candidates[next(counter) % len(candidates)]
         if warm:
-            self._took_warm(chosen, template)
+            self._took_warm(chosen, template, want.runtime)
         return chosen
 
-    def _warm_left(self, h: Host, template: str) -> int:
-        """The ready sandboxes of ``template`` the host reported with its last heartbeat, less
-        those this process has sent creates for since (the pool refills between reports)."""
-        ready = pool_ready(h, template)
+    def _warm_left(self, h: Host, template: str, runtime: str) -> int:
+        """The ready sandboxes of ``template`` on the create's runtime the host reported with
+        its last heartbeat, less those this process has sent creates for since (the pool
+        refills between reports)."""
+        runtime = runtime_on(h, runtime)
+        ready = pool_ready(h, template, runtime)
         if ready <= 0:
             return 0
-        seen, taken = self._taken.get((h["id"], template), (None, 0))
+        seen, taken = self._taken.get((h["id"], template, runtime), (None, 0))
         return ready - (taken if seen == h["last_heartbeat_at"] else 0)
 
-    def _took_warm(self, h: Host, template: str) -> None:
-        key = (h["id"], template)
+    def _took_warm(self, h: Host, template: str, runtime: str) -> None:
+        key = (h["id"], template, runtime_on(h, runtime))
         seen, taken = self._taken.get(key, (None, 0))
         self._taken[key] = (h["last_heartbeat_at"], (taken if seen == h["last_heartbeat_at"] else 0) + 1)
 
 
-def pool_ready(h: Host, template: str) -> int:
-    """How many ready sandboxes of ``template`` the host reported in its warm pools
-    (``hosts.warm_pools``: ``[{"template", "target", "ready"}]``; docs/hosts.md)."""
+# What a host that never reported its default runs a create naming no runtime on: agents from
+# before session 13 were runc unless told otherwise.
+LEGACY_DEFAULT = "runc"
+
+
+def runtime_on(h: Host, runtime: str) -> str:
+    """The runtime a create runs on at host ``h``: the one it names (or the CP's setting), else
+    the host's default as its agent reported it."""
+    return runtime or h.get("default_runtime") or LEGACY_DEFAULT
+
+
+def pool_ready(h: Host, template: str, runtime: str = "") -> int:
+    """How many ready sandboxes of ``template`` on ``runtime`` ("": the host's default) the host
+    reported in its warm pools (``hosts.warm_pools``: ``[{"template", "target", "ready"}]``;
+    docs/hosts.md). A pool's name is its template, with ``@runtime`` when it is not the host's
+    default runtime's (``minimal@runc``); both names may hold one runtime's pools."""
     pools = h.get("warm_pools")
     if isinstance(pools, str):  # the raw asyncpg connection hands JSONB over as text
         pools = json.loads(pools)
-    for entry in pools or ():
-        if entry.get("template") == template:
-            return int(entry.get("ready") or 0)
-    return 0
+    runtime = runtime_on(h, runtime)
+    names = {f"{template}@{runtime}"} | ({template} if runtime == runtime_on(h, "") else set())
+    return sum(int(e.get("ready") or 0) for e in pools or () if e.get("template") in names)
 
 
 def with_free_disk(candidates: list[Host], min_bytes: int) -> list[Host]:
@@ -221,14 +239,16 @@ def with_free_disk(candidates: list[Host], min_bytes: int) -> list[Host]:
 
 
 def _offering(candidates: list[Host], runtime: str, is_byoc: bool) -> list[Host]:
-    """The hosts offering ``runtime``; 503 ``no_hosts_available`` naming it when there are none."""
-    offering = [h for h in candidates if runtime in (h["runtimes"] or ())]
+    """The hosts offering ``runtime`` (all of them for "", each its own default); 503
+    ``no_hosts_available`` naming it when there are none."""
+    offering = [h for h in candidates if not runtime or runtime in (h["runtimes"] or ())]
     if offering:
         return offering
     msg = "no online BYOC hosts available for team" if is_byoc else "no online platform hosts available"
-    msg += f" with the {runtime} runtime"
-    if offered := [r for r in RUNTIMES if any(r in (h["runtimes"] or ()) for h in candidates)]:
-        msg += f" (the online ones offer {', '.join(offered)})"
+    if runtime:
+        msg += f" with the {runtime} runtime"
+        if offered := [r for r in RUNTIMES if any(r in (h["runtimes"] or ()) for h in candidates)]:
+            msg += f" (the online ones offer {', '.join(offered)})"
     SCHEDULER_DECISIONS.labels("refused_no_hosts").inc()
     raise ServiceUnavailable(msg, code="no_hosts_available")
 

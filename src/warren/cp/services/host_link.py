@@ -62,6 +62,8 @@ class RegisterRequest(StrictBody):
     disk_gb: int = Field(default=0, ge=0, le=INT32_MAX)
     # Issue 16: the runtimes it offers; an agent that does not say is taken to run runc.
     runtimes: HostRuntimes | None = None
+    # Issue 17: what a create naming no runtime runs on there (the scheduler reads it).
+    default_runtime: Runtime | None = None
 
 
 class HostReport(StrictBody):
@@ -73,6 +75,9 @@ class HostReport(StrictBody):
 
     # Issue 16: the runtimes the host offers (the scheduler reads them).
     runtimes: HostRuntimes | None = None
+    # Issue 17: its default runtime, what a create naming none runs on there (the scheduler's
+    # choice of runtime when the CP's WARREN_DEFAULT_RUNTIME is "host"; docs/hosts.md).
+    default_runtime: Runtime | None = None
 
     # Issue 17: each pool's target and how many sandboxes are ready in it (docs/hosts.md).
     warm_pools: WarmPoolReports | None = None
@@ -211,6 +216,7 @@ async def register(
                         memory_mb=req.memory_mb,
                         disk_gb=req.disk_gb,
                         runtimes=req.runtimes or LEGACY_RUNTIMES,
+                        default_runtime=req.default_runtime,
                         address=address,
                         status="online",
                         last_heartbeat_at=now,

@@ -81,6 +81,8 @@ class Host(BaseModel):
     address: str | None = None
     # The sandbox runtimes it offers, as it last reported them (docs/hosts.md).
     runtimes: list[str] | None = None
+    # What a create naming no runtime runs on there, as its agent reported it (issue 17).
+    default_runtime: str | None = None
     status: str
     last_heartbeat_at: Timestamp | None = None
     created_by: str
@@ -144,6 +146,7 @@ def host_model(row: RowMapping | dict[str, Any], team_name: str | None = None) -
         disk_gb=n(row["disk_gb"]),
         address=s(row["address"]),
         runtimes=list(row.get("runtimes") or []) or None,
+        default_runtime=row.get("default_runtime"),
         status=row["status"],
         last_heartbeat_at=row["last_heartbeat_at"],
         created_by=ids.user_id(row["created_by"]),

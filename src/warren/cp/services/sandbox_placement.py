@@ -22,7 +22,15 @@ from warren.config import Settings
 from warren.cp.db.engine import driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
-from warren.cp.hosts.scheduler import Host, Overcommit, Placement, Reservation, Scheduler, no_capacity
+from warren.cp.hosts.scheduler import (
+    Host,
+    Overcommit,
+    Placement,
+    Reservation,
+    Scheduler,
+    no_capacity,
+    runtime_on,
+)
 from warren.cp.services import egress, egress_rules, layers, limits
 from warren.cp.services.context import no_team
 from warren.cp.store import LayerStore
@@ -58,8 +66,9 @@ class Plan:
     # The template as store layers; None for plain `minimal` and pre-store snapshots, which
     # hosts hold themselves.
     chain: pb.TemplateChain | None = None
-    # The runtime tier the sandbox runs on (hosts offering it only).
-    runtime: str = "runc"
+    # The runtime tier the sandbox runs on (hosts offering it only); "": its host's default
+    # (scheduler.runtime_on), known once the host is chosen.
+    runtime: str = ""
     # The control-plane replica making the create, recorded on its pending row (its lease tells
     # the host monitor whether anyone is left to finish it); None: not recorded.
     replica: uuid.UUID | None = None
@@ -103,7 +112,7 @@ async def place(
                     raise
                 raise unreached from None
         client = pool.get(host)
-        req = _create_request(settings, sb_uuid, plan, params)
+        req = _create_request(settings, sb_uuid, plan, params, runtime_on(host, plan.runtime))
         fetch = layers.HostFetch(engine, store, client, host["id"], plan.chain, host.get("missing"))
         try:
             resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
@@ -159,7 +168,7 @@ async def reserve(
             sb_uuid, team_uuid, host["id"], plan.template, shape.vcpus, shape.memory_mb,
             shape.timeout_sec, shape.disk_size_mb, params.internet, clock.now(), r["template_id"],
             r["template_team_id"], quotas.sandboxes, quotas.vcpus, quotas.memory_mb, oc.cpu, oc.memory,
-            plan.replica, plan.runtime, rules,
+            plan.replica, runtime_on(host, plan.runtime), rules,
         )  # fmt: skip
         outcome = res["outcome"]
         if outcome == "ok":
@@ -177,7 +186,7 @@ async def reserve(
 
 
 def _create_request(
-    settings: Settings, sb_uuid: uuid.UUID, plan: Plan, params: CreateParams
+    settings: Settings, sb_uuid: uuid.UUID, plan: Plan, params: CreateParams, runtime: str
 ) -> pb.CreateSandboxRequest:
     r, shape = plan.resolved, plan.shape
     return pb.CreateSandboxRequest(
@@ -193,7 +202,7 @@ def _create_request(
         env=params.env or {},
         egress_allow=egress.team_cidrs(egress.catalog_of(settings), r["egress_allow"]),
         chain=plan.chain,
-        runtime=plan.runtime,
+        runtime=runtime,
         egress=egress_rules.to_pb(params.network) if not params.network.empty else None,
     )
 

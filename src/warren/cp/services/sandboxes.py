@@ -31,7 +31,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
-from warren.config import Settings
+from warren.config import HOST_RUNTIME, Settings
 from warren.cp.db.engine import autocommit, driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts
@@ -304,7 +304,8 @@ async def _resolve(
 
 
 def runtime_for(settings: Settings, asked: str | None, ref: str, template_kind: str) -> str:
-    """The sandbox's runtime: the one asked for, else the platform default. A memory snapshot
+    """The sandbox's runtime: the one asked for, else the platform default; "" when that is
+    "host" (its host's default, chosen with the host: scheduler.runtime_on). A memory snapshot
     holds a gVisor memory image, so it implies gvisor, and asking for another runtime is a 400."""
     if template_kind == "memory":
         if asked not in (None, "gvisor"):
@@ -313,7 +314,9 @@ def runtime_for(settings: Settings, asked: str | None, ref: str, template_kind: 
                 f"(asked for {asked})"
             )
         return "gvisor"
-    return asked or settings.default_runtime
+    if asked:
+        return asked
+    return "" if settings.default_runtime == HOST_RUNTIME else settings.default_runtime
 
 
 async def _record_running(

@@ -17,14 +17,29 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError
 
 from warren.cp.services.strict import INT32_MAX, StrictBody
-from warren.errors import AgentError
+from warren.errors import AgentError, InvalidRequest
 
 # At most this many pools per host, reported or set (a hostile BYOC agent cannot grow the row).
 MAX_POOLS = 32
 # The largest size the API accepts for one pool: each pooled sandbox holds memory.
 MAX_POOL_SIZE = 128
-# A pool's name as an agent may report it (agent/warm_pool.py's rule): a template reference.
+# A pool's name as an agent may report it (agent/warm_pool.py's rule): a template reference,
+# with "@runc" or "@crun" for a pool of another runtime than the host's default.
 POOL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$"
+# The runtimes a pool may hold (agent/warm_pool.py: POOL_RUNTIMES).
+POOL_RUNTIMES = ("runc", "crun")
+
+
+def split_pool_name(name: str) -> tuple[str, str]:
+    """``python:v2@runc`` -> ``("python:v2", "runc")``; without ``@``, the host's default runtime
+    (``""``). InvalidRequest for a runtime no pool holds."""
+    template, at, runtime = name.rpartition("@")
+    if not at:
+        return name, ""
+    if runtime not in POOL_RUNTIMES:
+        what = "gVisor sandboxes are not pooled" if runtime == "gvisor" else "unknown runtime"
+        raise InvalidRequest(f"{what} {runtime[:20]!r} in a pool's name (want {' or '.join(POOL_RUNTIMES)})")
+    return template, runtime
 
 
 class WarmPoolReport(StrictBody):

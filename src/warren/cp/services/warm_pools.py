@@ -36,7 +36,13 @@ from warren.cp.services import layers
 from warren.cp.services.context import AuthContext
 from warren.cp.services.hosts import Host, _audit_host, _load_visible, _require_manager, host_model
 from warren.cp.services.template_spec import TEMPLATE_REF_RE
-from warren.cp.services.warm_pool_state import MAX_POOL_SIZE, MAX_POOLS, checked_answer, reported_targets
+from warren.cp.services.warm_pool_state import (
+    MAX_POOL_SIZE,
+    MAX_POOLS,
+    checked_answer,
+    reported_targets,
+    split_pool_name,
+)
 from warren.cp.store import LayerStore
 from warren.errors import AgentError, InvalidRequest, NotFound
 from warren.rpc import hostagent_pb2 as pb
@@ -72,17 +78,24 @@ async def _sizes_changing(host_uuid: uuid.UUID) -> Any:
             del _setting[host_uuid]
 
 
-def _checked(template: str, size: int) -> None:
-    if TEMPLATE_REF_RE.match(template) is None:
-        raise InvalidRequest("invalid template name (want name or name:tag)")
+def _checked(template: str, size: int, host: Any) -> None:
+    """The pool's name (``name``, ``name:tag``, either with ``@runc`` or ``@crun``: a runtime
+    the host offers) and size."""
+    ref, runtime = split_pool_name(template)
+    if TEMPLATE_REF_RE.match(ref) is None:
+        raise InvalidRequest("invalid template name (want name or name:tag, then @runc or @crun if any)")
+    if runtime and size > 0 and runtime not in (host["runtimes"] or ()):
+        offered = ", ".join(host["runtimes"] or ())
+        raise InvalidRequest(f"this host does not offer the {runtime} runtime (it offers {offered})")
     if not 0 <= size <= MAX_POOL_SIZE:
         raise InvalidRequest(f"size must be between 0 and {MAX_POOL_SIZE}")
 
 
 async def _chain(engine: AsyncEngine, host: Any, template: str) -> pb.TemplateChain | None:
     """The template version ``template`` names, among those the host may pool: 404 when there is
-    none, 400 for a snapshot. None for plain ``minimal`` (the host's own)."""
-    name, _, tag = template.partition(":")
+    none, 400 for a snapshot. None for plain ``minimal`` (the host's own). A runtime in the
+    name (``@crun``) does not change the template."""
+    name, _, tag = split_pool_name(template)[0].partition(":")
     teams_allowed = [ids.PLATFORM_TEAM_ID]
     if host["type"] == "byoc" and host["team_id"] is not None:
         teams_allowed.append(host["team_id"])
@@ -139,7 +152,7 @@ async def set_pool(
     async with autocommit(engine) as conn:
         row = await _load_visible(conn, ctx, host_uuid)
     _require_manager(ctx, "set warm pools")
-    _checked(template, size)
+    _checked(template, size, row)
     known = set(row["warm_pool_targets"] or {}) | set(reported_targets(row["warm_pools"]))
     if template not in known and len(known) >= MAX_POOLS:
         raise InvalidRequest(f"a host keeps at most {MAX_POOLS} pools; set one of its pools to 0 first")

@@ -18,9 +18,9 @@ def _settings(**kw: Any) -> Settings:
     return Settings(jwt_secret="x" * 40, **kw)
 
 
-def test_the_default_runtime_is_a_setting_defaulting_to_runc(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_runtime_is_a_setting_defaulting_to_the_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert RUNTIMES == ("runc", "crun", "gvisor")
-    assert _settings().default_runtime == "runc"
+    assert _settings().default_runtime == "host"
     monkeypatch.setenv("WARREN_DEFAULT_RUNTIME", "gvisor")
     assert _settings().default_runtime == "gvisor"
     monkeypatch.setenv("WARREN_DEFAULT_RUNTIME", "kata")
@@ -29,7 +29,9 @@ def test_the_default_runtime_is_a_setting_defaulting_to_runc(monkeypatch: pytest
 
 
 def test_a_create_gets_the_runtime_it_asks_for_else_the_default() -> None:
-    runc, gvisor = _settings(), _settings(default_runtime="gvisor")
+    runc, gvisor = _settings(default_runtime="runc"), _settings(default_runtime="gvisor")
+    assert runtime_for(_settings(), None, "minimal", "filesystem") == ""  # its host's default
+    assert runtime_for(_settings(), "runc", "minimal", "filesystem") == "runc"
     assert runtime_for(runc, None, "minimal", "filesystem") == "runc"
     assert runtime_for(gvisor, None, "minimal", "filesystem") == "gvisor"
     assert runtime_for(gvisor, "crun", "minimal", "filesystem") == "crun"
@@ -53,6 +55,11 @@ def test_a_host_reports_known_runtimes_once_each(model: type[HostReport | Regist
     got = model.model_validate({"runtimes": ["gvisor", "runc", "gvisor", "crun"]})
     assert got.runtimes == ["runc", "crun", "gvisor"]
     assert model.model_validate({}).runtimes is None
+    assert model.model_validate({"default_runtime": "crun"}).default_runtime == "crun"
+    assert model.model_validate({}).default_runtime is None
+    for bad_default in ("kata", "", "host", ["crun"], 1):
+        with pytest.raises(ValidationError):
+            model.model_validate({"default_runtime": bad_default})
     for bad in ([], ["kata"], ["runc"] * 9, "runc", [""], ["runc", None], [1]):
         with pytest.raises(ValidationError):
             model.model_validate({"runtimes": bad})

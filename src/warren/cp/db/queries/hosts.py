@@ -2,7 +2,8 @@
 
 
 def candidates(team: str, is_byoc: str, layers: str) -> str:
-    """The hosts a team may use (``id``, ``address``, capacity, ``runtimes``, ``disk_free_bytes``,
+    """The hosts a team may use (``id``, ``address``, capacity, ``runtimes``, ``default_runtime``,
+    ``disk_free_bytes``,
     ``warm_pools``, ``last_heartbeat_at``, ``created_at``), ordered by age (ties by id) so the
     rotation is stable as hosts come and go, each with what its active sandboxes take
     (``used_vcpus``, ``used_memory_mb``: the scheduler's room check, ``scheduler.fits``;
@@ -15,8 +16,9 @@ def candidates(team: str, is_byoc: str, layers: str) -> str:
     # Only the columns the choice and the call read (``scheduler``, ``client_pool.get``): every
     # column more is decoded on every create, a JSONB one by Python's json.loads.
     return f"""
-    SELECT h.id, h.address, h.cpu_cores, h.memory_mb, h.runtimes, h.disk_free_bytes, h.warm_pools,
-           h.last_heartbeat_at, h.created_at, u.vcpus AS used_vcpus, u.memory_mb AS used_memory_mb,
+    SELECT h.id, h.address, h.cpu_cores, h.memory_mb, h.runtimes, h.default_runtime, h.disk_free_bytes,
+           h.warm_pools, h.last_heartbeat_at, h.created_at, u.vcpus AS used_vcpus,
+           u.memory_mb AS used_memory_mb,
            l.held_bytes, coalesce(l.missing, '{{}}'::text[]) AS missing
     FROM hosts h
     CROSS JOIN LATERAL (
