@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -58,6 +58,36 @@ Ev = TypeVar("Ev", pb.ExecEvent, pb.PtyEvent)  # the RPC's events
 Req = TypeVar("Req", pb.ExecStreamRequest, pb.PtyRequest)  # the RPC's requests
 
 
+class Window:
+    """Bytes sent and not yet acknowledged: the sender waits for :meth:`room` before each send,
+    so it is never more than ``size`` plus its last message ahead (``None``: no limit)."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self.unacked = 0
+        self._room = asyncio.Event()
+        self._error: BaseException | None = None
+
+    def sent(self, n: int) -> None:
+        self.unacked += n
+
+    def acked(self, n: int) -> None:
+        self.unacked = max(0, self.unacked - n)
+        self._room.set()
+
+    def fail(self, e: BaseException) -> None:
+        """The acknowledgements went wrong: :meth:`room` raises ``e`` from now on."""
+        self._error = e
+        self._room.set()
+
+    async def room(self) -> None:
+        while self._error is None and self.size is not None and self.unacked >= self.size:
+            self._room.clear()
+            await self._room.wait()
+        if self._error is not None:
+            raise self._error
+
+
 class CreditedStream(Generic[Req, Ev]):
     """One credit stream over a guest session (async-iterated for its events): :meth:`events`
     is what the RPC answers, to the exit. Subclasses say what the RPC's messages are."""
@@ -66,12 +96,9 @@ class CreditedStream(Generic[Req, Ev]):
 
     def __init__(self, source: AsyncIterator[Any], touch: Callable[[], None], *, output: bool = True) -> None:
         self._source = source
-        self._window = OUTPUT_WINDOW if output else None  # None: the caller acknowledges no output
+        self._output = Window(OUTPUT_WINDOW if output else None)  # None: no output acknowledged
         self._touch = touch
-        self._unacked = 0  # output bytes sent and not acknowledged
         self._written = 0  # input bytes written to the guest and not yet acknowledged
-        self._room = asyncio.Event()
-        self._room.set()
         self._out: asyncio.Queue[Ev | BaseException | None] = asyncio.Queue()  # None: ended, no exit
         # What the guest is to be sent, in order (bounded: MAX_QUEUED_WRITES, and the caller's
         # input window). None once the writer has stopped: the rest is dropped.
@@ -117,13 +144,11 @@ class CreditedStream(Generic[Req, Ev]):
             async for ev in self._source:
                 out = self.convert(ev)
                 if out is not None:
-                    self._unacked += self.output_bytes(out)
+                    self._output.sent(self.output_bytes(out))
                     self._out.put_nowait(out)
                     if out.HasField("exit"):
                         return
-                while self._window is not None and self._unacked >= self._window:
-                    self._room.clear()
-                    await self._room.wait()
+                await self._output.room()
             self._out.put_nowait(None)
         except Exception as e:
             self._out.put_nowait(e)
@@ -132,8 +157,7 @@ class CreditedStream(Generic[Req, Ev]):
         with contextlib.suppress(grpc.RpcError):
             async for msg in requests:
                 if msg.WhichOneof("msg") == "output_acked":
-                    self._unacked = max(0, self._unacked - msg.output_acked)
-                    self._room.set()
+                    self._output.acked(msg.output_acked)
                 elif self._writes is not None:
                     self._writes.put_nowait(msg)
                     while self._writes is not None and self._writes.qsize() >= MAX_QUEUED_WRITES:
@@ -188,3 +212,114 @@ class CreditedExec(CreditedStream[pb.ExecStreamRequest, pb.ExecEvent]):
 
     def input_acked(self, n: int) -> pb.ExecEvent:
         return pb.ExecEvent(stdin_acked=n)
+
+
+# ------------------------------------------------------------------------------- file streams
+# ReadFileCredit and WriteFileCredit: the file streams with credit, on the same windows. A
+# download's chunks are read from the guest only while less than OUTPUT_WINDOW of those sent is
+# unacknowledged (its guest connection reads READ_AHEAD ahead); an upload's chunks are
+# acknowledged once written to the guest connection, in STDIN_ACK_BYTES batches, and the caller
+# keeps to its own window (the CP's: 256 KiB, in 64 KiB messages). Without them a transfer held
+# gRPC's windows: 64 unread downloads, CP +306 MiB and agent +181 MiB; uploads into a guest
+# that takes nothing, up to ~17 MiB of the agent each.
+# The initial metadata both send before reading a request: the CP waits for it before writing
+# one (an agent from before answers UNIMPLEMENTED instead; see cp/services/file_transfer.py).
+FILE_CREDIT_METADATA = (("warren-file-credit", "1"),)
+
+
+async def upload_meta(requests: AsyncIterator[pb.WriteFileStreamRequest]) -> pb.WriteFileMeta:
+    """An upload's first message, its ``meta``."""
+    first = await anext(aiter(requests), None)
+    if first is None:
+        raise InvalidRequest("empty WriteFileStream")
+    if first.WhichOneof("msg") != "meta":
+        raise InvalidRequest("the first WriteFileStream message must be `meta`")
+    return first.meta
+
+
+async def upload_chunks(
+    meta: pb.WriteFileMeta, requests: AsyncIterator[pb.WriteFileStreamRequest], context: Any
+) -> AsyncIterator[bytes]:
+    """The file bytes of an upload's requests after ``meta``; ends only on a whole upload."""
+    committed = False
+    async for msg in requests:
+        kind = msg.WhichOneof("msg")
+        if kind == "commit" and meta.explicit_commit and not committed:
+            committed = True
+        elif kind != "chunk" or committed:
+            raise InvalidRequest("only `chunk` messages, then one `commit`, may follow `meta`")
+        else:
+            yield msg.chunk
+    # A client that cancels (a broken or oversize upload) ends the request stream too, and may
+    # do so before the cancel is seen here: only a `commit` proves the upload whole. Never
+    # commit a truncated file.
+    if (meta.explicit_commit and not committed) or context.cancelled() or context.done():
+        raise InvalidRequest("the upload was cancelled")
+
+
+async def credited_read(
+    chunks: AsyncGenerator[bytes], requests: AsyncIterator[pb.ReadFileCreditRequest]
+) -> AsyncGenerator[pb.ReadFileStreamResponse]:
+    """A file's ``chunks`` as ReadFileCredit answers them, a window ahead of the acknowledgements
+    in ``requests`` (after the first, ``open``, they only acknowledge)."""
+    window = Window(OUTPUT_WINDOW)
+
+    async def acks() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            async for msg in requests:
+                if msg.WhichOneof("msg") != "acked":
+                    window.fail(InvalidRequest("only `acked` messages may follow `open`"))
+                    return
+                window.acked(msg.acked)
+
+    acker = asyncio.create_task(acks())
+    try:
+        while True:
+            await window.room()  # before the guest's next chunk is read: the guest waits meanwhile
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                return
+            window.sent(len(chunk))
+            yield pb.ReadFileStreamResponse(chunk=chunk)
+    finally:
+        await cancel_and_wait(acker)
+        await chunks.aclose()  # the guest connection, now
+
+
+async def credited_write(
+    write: Callable[[AsyncIterator[bytes]], Awaitable[int]], chunks: AsyncIterator[bytes]
+) -> AsyncGenerator[pb.WriteFileCreditEvent]:
+    """``write`` (the guest's file write, over the chunks it is given) of an upload's ``chunks``,
+    as WriteFileCredit answers it: ``ready``, ``acked`` as chunks are written, ``done``."""
+    out: asyncio.Queue[pb.WriteFileCreditEvent | BaseException] = asyncio.Queue()
+
+    async def counted() -> AsyncIterator[bytes]:
+        written = 0
+        async for chunk in chunks:
+            yield chunk
+            # Asked for the next chunk: this one is written to the guest connection (drained).
+            # At most a window's worth of acknowledgements ever waits in ``out``.
+            written += len(chunk)
+            if written >= STDIN_ACK_BYTES:
+                out.put_nowait(pb.WriteFileCreditEvent(acked=written))
+                written = 0
+
+    async def run() -> None:
+        try:
+            n = await write(counted())
+            out.put_nowait(pb.WriteFileCreditEvent(done=pb.WriteFileResponse(bytes_written=n)))
+        except Exception as e:
+            out.put_nowait(e)
+
+    yield pb.WriteFileCreditEvent(ready=True)
+    task = asyncio.create_task(run())
+    try:
+        while True:
+            ev = await out.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if ev.HasField("done"):
+                return
+    finally:
+        await cancel_and_wait(task)

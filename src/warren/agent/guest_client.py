@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -277,11 +277,12 @@ class GuestClient:
         except TimeoutError as e:
             raise GuestError("timeout", f"guest did not answer {req.get('op')!r} in time") from e
 
-    async def _open_stream(self, req: dict[str, Any], what: str) -> Conn:
+    async def _open_stream(self, req: dict[str, Any], what: str, limit: int = STREAM_LIMIT) -> Conn:
         """The connection of a streaming op (a file read, a watch) once the guest has accepted
         ``req``: its refusal is raised, and no answer within ``op_timeout`` is a ``timeout``
-        ("guest did not <what> in time"). The caller closes the connection."""
-        conn = await Conn.open(self.socket_path)
+        ("guest did not <what> in time"). The caller closes the connection. ``limit`` as
+        :meth:`Conn.open`'s."""
+        conn = await Conn.open(self.socket_path, limit)
         try:
             conn.send(K_REQ, jdump(req))
             async with asyncio.timeout(self.op_timeout):
@@ -452,11 +453,14 @@ class GuestClient:
 
     # --- files -----------------------------------------------------------------------------
 
-    async def read_file(self, path: str, chunk_size: int = 65536, *, user: str = "") -> AsyncIterator[bytes]:
+    async def read_file(
+        self, path: str, chunk_size: int = 65536, *, user: str = "", read_ahead: int = STREAM_LIMIT
+    ) -> AsyncGenerator[bytes]:
         """Stream a file's content. Raises GuestError (e.g. ``not_found``) before the first
-        chunk. Memory stays bounded: the guest only reads ahead what the socket can hold."""
+        chunk. Memory stays bounded: the guest only reads ahead what the socket can hold, and
+        this side ``read_ahead`` (up to twice it) ahead of the caller."""
         req = {"op": "read", "path": path, "chunk_size": chunk_size, **_as(user)}
-        conn = await self._open_stream(req, f"open {path!r}")
+        conn = await self._open_stream(req, f"open {path!r}", read_ahead)
         try:
             while True:
                 kind, payload = await conn.recv()

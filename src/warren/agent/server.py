@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from warren import egress_rules
 from warren.agent import dial, dial_data, pty_rpc, watch_rpc
+from warren.agent import exec_credit as ec
 from warren.agent.egress_update import update_network
 from warren.agent.egress_usage import sandbox_egress
 from warren.agent.exec_credit import READ_AHEAD, CreditedExec
@@ -395,35 +397,31 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     async def WriteFileStream(
         self, request_iterator: AsyncIterator[pb.WriteFileStreamRequest], context: Any
     ) -> pb.WriteFileResponse:
-        first = await anext(aiter(request_iterator), None)
-        if first is None:
-            raise InvalidRequest("empty WriteFileStream")
-        if first.WhichOneof("msg") != "meta":
-            raise InvalidRequest("the first WriteFileStream message must be `meta`")
-        meta = first.meta
-
-        async def chunks() -> AsyncIterator[bytes]:
-            committed = False
-            async for msg in request_iterator:
-                kind = msg.WhichOneof("msg")
-                if kind == "commit" and meta.explicit_commit and not committed:
-                    committed = True
-                elif kind != "chunk" or committed:
-                    raise InvalidRequest("only `chunk` messages, then one `commit`, may follow `meta`")
-                else:
-                    yield msg.chunk
-            # A client that cancels (a broken or oversize upload) ends the request stream too,
-            # and may do so before the cancel is seen here: only a `commit` proves the upload
-            # whole. Never commit a truncated file.
-            if (meta.explicit_commit and not committed) or context.cancelled() or context.done():
-                raise InvalidRequest("the upload was cancelled")
-
-        guest, user = self.m.guest(meta.sandbox_id), self._as(meta.sandbox_id, meta.user)
-        metadata = dict(meta.metadata)
-        n = await guest.write_file(
-            _path(meta.path), chunks(), meta.mode or None, user=user, metadata=metadata
-        )
+        meta = await ec.upload_meta(request_iterator)
+        n = await self._file_write(meta)(ec.upload_chunks(meta, request_iterator, context))
         return pb.WriteFileResponse(bytes_written=n)
+
+    async def WriteFileCredit(
+        self, request_iterator: AsyncIterator[pb.WriteFileStreamRequest], context: Any
+    ) -> AsyncIterator[pb.WriteFileCreditEvent]:
+        """WriteFileStream with flow credit (exec_credit.credited_write)."""
+        try:
+            await context.send_initial_metadata(ec.FILE_CREDIT_METADATA)
+            meta = await ec.upload_meta(request_iterator)
+            write = self._file_write(meta)
+        except Exception as e:
+            await abort(context, e, "WriteFileCredit")
+            return
+        events = ec.credited_write(write, ec.upload_chunks(meta, request_iterator, context))
+        async with contextlib.aclosing(relay(context, events, "WriteFileCredit")) as msgs:
+            async for msg in msgs:
+                yield msg
+
+    def _file_write(self, meta: pb.WriteFileMeta) -> Callable[[AsyncIterator[bytes]], Awaitable[int]]:
+        """The guest's write of the upload ``meta`` names, over the chunks it is given."""
+        guest, user = self.m.guest(meta.sandbox_id), self._as(meta.sandbox_id, meta.user)
+        path, metadata = _path(meta.path), dict(meta.metadata)
+        return functools.partial(guest.write_file, path, mode=meta.mode or None, user=user, metadata=metadata)
 
     async def ReadFileStream(
         self, request: pb.ReadFileRequest, context: Any
@@ -434,6 +432,30 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
                 yield pb.ReadFileStreamResponse(chunk=chunk)
         except Exception as e:
             await abort(context, e, "ReadFileStream")
+
+    async def ReadFileCredit(
+        self, request_iterator: AsyncIterator[pb.ReadFileCreditRequest], context: Any
+    ) -> AsyncIterator[pb.ReadFileStreamResponse]:
+        """ReadFileStream with flow credit (exec_credit.credited_read). Errors before the first
+        chunk (no such file, ...) end the call with their status, as ReadFileStream's."""
+        try:
+            await context.send_initial_metadata(ec.FILE_CREDIT_METADATA)
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("msg") != "open":
+                raise InvalidRequest("the first ReadFileCredit message must be `open`")
+            r = first.open
+            guest, user = self.m.guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
+            chunks = guest.read_file(_path(r.path), user=user, read_ahead=READ_AHEAD)
+            events = ec.credited_read(chunks, request_iterator)
+            started = await anext(events, None)
+        except Exception as e:
+            await abort(context, e, "ReadFileCredit")
+            return
+        if started is None:  # an empty file
+            return
+        async with contextlib.aclosing(relay(context, events, "ReadFileCredit", first=started)) as msgs:
+            async for msg in msgs:
+                yield msg
 
     @mapped_errors
     async def ListDir(self, request: pb.ListDirRequest, context: Any) -> pb.ListDirResponse:

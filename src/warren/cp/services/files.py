@@ -4,8 +4,9 @@ mkdir, remove, move.
 An upload arrives here as its path and an async iterator of the file's bytes (the API layer
 reads the multipart form, ``warren.cp.multipart``). Memory use never grows with the file
 size on the streaming routes: the bytes are forwarded to the agent in 64 KiB messages as they
-arrive, with gRPC flow control pushing back on the client; a download is relayed chunk by chunk
-with the ASGI server's write backpressure. A missing file is
+arrive, and a download is relayed chunk by chunk with the ASGI server's write backpressure,
+both with flow credit (``file_transfer``: a 256 KiB window each way, whatever gRPC's windows
+grow to). A missing file is
 404 before any byte is sent (the first chunk is fetched before the response starts), and a
 download that fails midway aborts the HTTP response, so the client sees an error rather than a
 short file.
@@ -13,22 +14,20 @@ short file.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import grpc.aio
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, sandbox_access, stream_slots
+from warren.cp.services import Timestamp, file_transfer, sandbox_access, stream_slots
 from warren.cp.services.budget import unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, target_and_body
+from warren.cp.services.file_transfer import StreamAborted
 from warren.cp.services.strict import StrictBody
 from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
 from warren.rpc import hostagent_pb2 as pb
@@ -40,8 +39,6 @@ MAX_UNARY_BYTES = 100 * 1024 * 1024
 # Listing pages (the guest's own bounds): entries per page by default and at most.
 LIST_DEFAULT = 1000
 LIST_MAX = 10000
-# What a grpc.aio stream's read() returns at the end (missing from the type stubs).
-_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------- models
@@ -107,33 +104,6 @@ def _path(body: PathBody) -> str:
 # -------------------------------------------------------------------------------------- write
 
 
-async def _write_to_agent(
-    client: HostClient, sid: str, path: str, chunks: AsyncIterator[bytes], user: str,
-    metadata: Mapping[str, str] | None = None,
-) -> None:  # fmt: skip
-    """WriteFileStream: meta, then ≤ 64 KiB chunks. If ``chunks`` fails (a truncated or broken
-    upload), the RPC is cancelled so the agent discards the partial file. ``metadata``: the new
-    file's ``user.e2b.*`` extended attributes (E2B's file metadata, docs/e2b.md §3.2)."""
-    _check_upload_path(path)
-    call = client.stub.WriteFileStream(None, timeout=None)  # None: requests go by call.write()
-    try:
-        meta = pb.WriteFileMeta(
-            sandbox_id=sid, path=path, explicit_commit=True, user=user, metadata=metadata or {}
-        )
-        await _send(call, pb.WriteFileStreamRequest(meta=meta))
-        async for data in chunks:
-            view = memoryview(data)
-            for i in range(0, len(view), CHUNK):
-                await _send(call, pb.WriteFileStreamRequest(chunk=bytes(view[i : i + CHUNK])))
-        # Only now is the upload whole: the agent discards a file that ends without this.
-        await _send(call, pb.WriteFileStreamRequest(commit=True))
-        await call.done_writing()
-        await call
-    except BaseException:
-        call.cancel()
-        raise
-
-
 # The longest path a sandbox's kernel takes (Linux's PATH_MAX), in bytes.
 MAX_PATH = 4096
 
@@ -144,17 +114,6 @@ def _check_upload_path(path: str) -> None:
     error from Core" (a 502) instead of the agent's INVALID_ARGUMENT."""
     if not path or "\0" in path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH:
         raise InvalidRequest(f"invalid path (required, no NUL byte, at most {MAX_PATH} bytes)")
-
-
-async def _send(call: Any, request: pb.WriteFileStreamRequest) -> None:
-    """One upload message. When the agent has already ended the call (it refused the path, say,
-    while the file was still on its way) grpc.aio raises InvalidStateError: the call's own status
-    (an AgentError) is the answer, not that."""
-    try:
-        await call.write(request)
-    except asyncio.InvalidStateError:
-        await call
-        raise
 
 
 @dataclass
@@ -191,9 +150,10 @@ async def _write(
     ``too_many_streams`` past ``max_streams``). An upload the guest drains slowly holds the
     agent's gRPC window; until session 12 nothing but the connection caps bounded how many a
     team held (48 into a CPU-starved sandbox of its own: agent +822 MiB)."""
+    _check_upload_path(path)
     with stream_slots.Slot() as slot:
         slot.claim(tgt.ctx, tgt.max_streams)
-        await _write_to_agent(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata)
+        await file_transfer.write(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata)
 
 
 async def write_stream(
@@ -266,7 +226,7 @@ async def open_read(
     of the team's ``max_streams`` stream slots until it ends (429 ``too_many_streams``)."""
     tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     return await _counted(
-        ctx, max_streams, lambda: _start_read(tgt.client(), tgt.sid, _path(body), body.user)
+        ctx, max_streams, lambda: file_transfer.open_read(tgt.client(), tgt.sid, _path(body), body.user)
     )
 
 
@@ -285,40 +245,6 @@ async def _counted(
         slot.release()
         raise
     return stream_slots.Held(chunks, slot)
-
-
-async def _start_read(client: HostClient, sid: str, path: str, user: str) -> AsyncGenerator[bytes]:
-    """Open the file's read stream and fetch its first chunk here, so that an error before the
-    data flows (no such file, ...) raises before the response starts; then relay the rest."""
-    call = client.stub.ReadFileStream(pb.ReadFileRequest(sandbox_id=sid, path=path, user=user), timeout=None)
-    try:
-        first = await call.read()
-    except BaseException:
-        call.cancel()
-        raise
-    return _relay(call, first, sid, path)
-
-
-async def _relay(call: Any, first: Any, sid: str, path: str) -> AsyncGenerator[bytes]:
-    try:
-        msg = first
-        while msg is not _EOF:
-            chunk = msg.chunk
-            if chunk:
-                yield chunk
-            try:
-                msg = await call.read()
-            except AgentError as e:
-                log.warning("file stream read failed midway sandbox=%s path=%s: %s", sid, path, e)
-                # Raising here makes the server abort the response (no final chunk): the client
-                # sees a broken transfer, never a silently short file.
-                raise StreamAborted(e.message) from e
-    finally:
-        call.cancel()
-
-
-class StreamAborted(Exception):
-    """A download broke after its first byte; raised inside the response body on purpose."""
 
 
 async def read_unary(
@@ -348,7 +274,7 @@ async def read_unary(
         raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
 
     async def start() -> AsyncIterator[bytes]:
-        return _capped(await _start_read(client, tgt.sid, path, user), cap)
+        return _capped(await file_transfer.open_read(client, tgt.sid, path, user), cap)
 
     return await _counted(ctx, max_streams, start)
 
