@@ -10,6 +10,12 @@ each: with this host's 32768 pids, a tenant's create/delete loop (20 at once) st
 on the host within the hour, other tenants' and the platform's. The agent now reaps them
 (``runtime/oci.py: reap_orphans``, every second).
 
+Fixed: crun hands the container's stdio to its root (``fchown``), and the agent gave it the
+host's /dev/null: the host's one null device belonged to every crun sandbox's root, which could
+``chmod 000`` it for every non-root process on the host and in every other sandbox (the same
+inode is bound into each). runsc did the same with its own user (nobody). The runtimes now get
+an unnamed file on the sandbox's own run tmpfs instead.
+
 Held: an exec'd process inside a crun sandbox holds no descriptor but its own stdio, and no
 process in the sandbox sees anything of the agent's (or the spawner's) environment.
 """
@@ -17,6 +23,8 @@ process in the sandbox sees anything of the agent's (or the spawner's) environme
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,9 +50,9 @@ def _zombies(agent: AgentProcess) -> dict[str, int]:
     """The agent's zombie children, counted by name (the oracle: the host's /proc)."""
     assert agent.proc is not None
     out: dict[str, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            comm, _, rest = stat.read_text().partition("(")[2].rpartition(")")
+            comm, _, rest = stat_file.read_text().partition("(")[2].rpartition(")")
             state, ppid = rest.split()[:2]
         except (OSError, ValueError):
             continue
@@ -127,3 +135,53 @@ def test_crun_sandboxes_hold_no_host_descriptor_or_agent_environment(agent: Agen
     # The oracle: the canary is in the agent's environment (and so its helpers' and crun's).
     assert agent.proc is not None
     assert CANARY.encode() in Path(f"/proc/{agent.proc.pid}/environ").read_bytes()
+
+
+# Inside the sandbox, as root: what PID 1's stdio is (before the fix, the host's null device,
+# which crun had made this sandbox root's own: ``chmod 000 /dev/null`` here reached the host).
+STDIO = "for fd in 0 1 2; do stat -L -c '%F %t:%T %u' /proc/1/fd/$fd; done"
+
+
+def _is_char(path: str, rdev: int) -> bool:
+    st = os.stat(path)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev
+
+
+def _init_pid(agent: AgentProcess, sb_id: str) -> int:
+    return int((agent.data_dir / "sandboxes" / sb_id / "init.pid").read_text())
+
+
+def _unnamed_on(pids: list[int], dev: int) -> list[str]:
+    """Descriptors of ``pids`` open on an unnamed file (the runtime's stdio) of device ``dev``."""
+    found = []
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                st = os.stat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_dev == dev and st.st_nlink == 0:
+                found.append(f"{pid}/{fd.name}")
+    return found
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc", "gvisor"])
+def test_the_runtime_never_gets_the_hosts_dev_null(agent: AgentProcess, runtime: str) -> None:
+    sb = agent.create(memory_mb=256, runtime=runtime).sandbox_id
+    bundle = agent.data_dir / "sandboxes" / sb
+    try:
+        # The host's view (the oracle): the sandbox processes' descriptors. The runtime's
+        # stdio, which runc and crun pass to the container's init and runsc keeps in its
+        # sandbox process, is an unnamed file of the sandbox's run tmpfs, never /dev/null.
+        pid, null = _init_pid(agent, sb), os.stat("/dev/null").st_rdev
+        targets = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)}
+        runsc = (bundle / "runsc.pids").read_text().split() if runtime == "gvisor" else []
+        held = _unnamed_on([pid, *map(int, runsc)], os.stat(bundle / "run").st_dev)
+        nulls = [fd for fd in (0, 1, 2) if _is_char(f"/proc/{pid}/fd/{fd}", null)]
+        inside = agent.exec(sb, "sh", "-c", STDIO).stdout.decode()
+    finally:
+        _destroy(agent, sb)
+    assert held, targets
+    if runtime != "gvisor":  # gVisor's sandbox process opens a /dev/null of its own as stdio
+        assert nulls == [], targets
+        assert "character special file 1:3" not in inside, inside

@@ -167,12 +167,18 @@ class GvisorRuntime:
         verb = ["restore", *extra] if extra else ["run"]
         argv = self._argv(*verb, "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
                           sandbox_id, log_file=log_file, starts=True)  # fmt: skip
-        # stdio to /dev/null: the sandbox process inherits it, and a pipe would keep us waiting
-        # for an EOF that comes when the sandbox ends. Errors are in --log.
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        # stdio: an unnamed file on the sandbox's own run tmpfs. The sandbox process inherits
+        # it (a pipe would keep us waiting for an EOF that comes when the sandbox ends), and
+        # runsc chowns it to its own user: /dev/null here made the host's null device nobody's,
+        # to chmod for any nobody process (session 13). Errors are in --log.
+        run_dir = bundle / "run"
+        stdio = os.open(run_dir if run_dir.is_dir() else bundle, os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=stdio, stdout=stdio, stderr=stdio, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(stdio)
         try:
             rc = await proc.wait()
         except asyncio.CancelledError:

@@ -81,8 +81,11 @@ class OciRuntime:
         pid_file = bundle / "init.pid"
         log_file = bundle / "runtime.log"
         pid_file.unlink(missing_ok=True)
-        # stdio goes to /dev/null: the container's init inherits it, and a pipe would keep us
-        # waiting for EOF until the container exits. Errors land in --log.
+        # stdio is an unnamed file on the sandbox's own 64 KiB run tmpfs: the container's init
+        # inherits it (a pipe would keep us waiting for EOF until the container exits), and
+        # crun chowns it to the sandbox's root, which it did to the host's /dev/null (a chmod
+        # inside then reached every process of the host and of every sandbox). Errors land in
+        # --log.
         # --no-new-keyring: a fresh session keyring per container would count against the key
         # quota of the one mapped uid every sandbox shares (200 keys) and fail the 200th create;
         # the inherited keyring is unreachable anyway (seccomp denies keyctl/add_key).
@@ -92,7 +95,7 @@ class OciRuntime:
         nofile = _nofile_outside(bundle)
         try:
             res = await oci_spawn.run(*argv, check=False, capture=False, timeout=CREATE_TIMEOUT_S,
-                                      hide=self._hide, nofile=nofile)  # fmt: skip
+                                      hide=self._hide, nofile=nofile, stdio=str(bundle / "run"))  # fmt: skip
             rc, why = res.returncode, res.stderr
         except CommandError as e:  # timed out, or the spawner ended
             rc, why = e.returncode, e.stderr

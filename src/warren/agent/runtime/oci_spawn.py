@@ -5,8 +5,10 @@ small stdlib process that forks for each, instead of by the agent.
 :class:`~warren.agent.proc.CommandError` with the command's stderr when ``check``, the command
 killed, with whatever it started, when it times out or the caller is cancelled), plus what the
 agent could not do in a child of its own: ``hide`` (a mount to take away in the command's own
-mount namespace: crun and the hybrid cgroup layout, runtime/oci.py) and ``nofile`` (the
-RLIMIT_NOFILE to run under, without a ``prlimit`` exec).
+mount namespace: crun and the hybrid cgroup layout, runtime/oci.py), ``nofile`` (the
+RLIMIT_NOFILE to run under, without a ``prlimit`` exec) and ``stdio`` (a directory where an
+unnamed file is made to stand in for /dev/null as the command's stdio: a container's init
+inherits it, and crun chowns it to the container's user).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Spawner(HelperProcess):
         timeout: float,  # noqa: ASYNC109
         hide: str | None,
         nofile: int | None,
+        stdio: str | None = None,
     ) -> dict[str, object]:
         """The spawner's answer for one command (its ``rc``, ``out``, ``err``, ``why``)."""
         if not self.alive:
@@ -81,7 +84,7 @@ class Spawner(HelperProcess):
         fut: asyncio.Future[dict[str, object]] = self.loop.create_future()
         self._pending[job_id] = fut
         self._send({"id": job_id, "argv": argv, "capture": capture, "timeout": timeout,
-                    "hide": hide, "nofile": nofile})  # fmt: skip
+                    "hide": hide, "nofile": nofile, "stdio": stdio})  # fmt: skip
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE_S)
         except TimeoutError:  # the spawner itself is stuck: end it (and so every wait on it)
@@ -117,11 +120,15 @@ async def run(
     timeout: float = 60.0,  # noqa: ASYNC109
     hide: str | None = None,
     nofile: int | None = None,
+    stdio: str | None = None,
 ) -> Result:
     """Run ``argv`` through the spawner (see the module's docstring). ``capture=False``: its
-    stdout and stderr go to /dev/null (a container's init inherits them)."""
+    stdout and stderr go to /dev/null (a container's init inherits them), or with ``stdio`` to
+    an unnamed file made in that directory."""
     args = list(argv)
-    answer = await (await spawner()).call(args, capture=capture, timeout=timeout, hide=hide, nofile=nofile)
+    answer = await (await spawner()).call(
+        args, capture=capture, timeout=timeout, hide=hide, nofile=nofile, stdio=stdio
+    )
     rc, why = answer.get("rc"), str(answer.get("why") or "")
     out, err = str(answer.get("out") or ""), str(answer.get("err") or "")
     if not isinstance(rc, int):

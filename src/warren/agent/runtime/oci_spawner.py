@@ -12,7 +12,8 @@ One request a line on stdin, one answer a line on stdout, both JSON, answered as
 (not in order: a slow ``crun run`` holds no one else's answer):
 
     {"id": 7, "argv": [...], "capture": true, "nofile": 4096, "hide": "/sys/fs/cgroup/unified",
-     "timeout": 60.0}                       ->  {"id": 7, "rc": 0, "out": "...", "err": "...", "why": ""}
+     "stdio": null, "timeout": 60.0}
+                                            ->  {"id": 7, "rc": 0, "out": "...", "err": "...", "why": ""}
     {"kill": 7}                             ->  (none: request 7 answers once its process is reaped)
 
 A request's child starts a session of its own (a Ctrl-C on the agent's terminal is not its),
@@ -21,7 +22,11 @@ out of the way (onto ``HIDE_TO``: crun refuses the hybrid layout's cgroup2 mount
 every other process keep it), with
 ``nofile``: that RLIMIT_NOFILE (the sandbox inherits it, runtime/bundle.py), with stdin from
 /dev/null and stdout/stderr to pipes (``capture``) or /dev/null (a container's init inherits
-them: a pipe would stay open as long as the sandbox), then execs ``argv``. ``rc`` is the exit
+them: a pipe would stay open as long as the sandbox), then execs ``argv``. With ``stdio`` (a
+directory: the sandbox's own small tmpfs), an unnamed file made there (``O_TMPFILE``) takes
+/dev/null's place: crun hands its stdio to the container's user (``fchown``), and with the
+host's /dev/null that made the host's one null device sandbox root's own, to ``chmod`` for every
+process on the host and in every other sandbox (session 13). ``rc`` is the exit
 status (minus the signal that ended it); ``why`` says what kept it from running or finishing:
 the set-up step that failed, the deadline (its process group is killed after ``timeout``
 seconds), output past ``MAX_OUT`` bytes (killed too). stderr keeps its last ``MAX_ERR`` bytes.
@@ -96,9 +101,10 @@ class Request:
         argv = raw.get("argv")
         self.argv = [str(a) for a in argv] if isinstance(argv, list) else []
         self.capture = bool(raw.get("capture"))
-        nofile, hide = raw.get("nofile"), raw.get("hide")
+        nofile, hide, stdio = raw.get("nofile"), raw.get("hide"), raw.get("stdio")
         self.nofile = nofile if isinstance(nofile, int) and nofile > 0 else None
         self.hide = hide if isinstance(hide, str) and hide else None
+        self.stdio = stdio if isinstance(stdio, str) and stdio else None
         self.timeout = float(str(raw.get("timeout") or 60.0))
 
 
@@ -124,7 +130,10 @@ def _child(req: Request, out_w: int, err_w: int, setup_w: int) -> None:
             step = "setrlimit"
             resource.setrlimit(resource.RLIMIT_NOFILE, (req.nofile, req.nofile))
         step = "stdio"
-        null = os.open(os.devnull, os.O_RDWR)
+        if req.stdio is not None:  # never the host's /dev/null: the runtime may chown it
+            null = os.open(req.stdio, os.O_TMPFILE | os.O_RDWR, 0o600)
+        else:
+            null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(out_w if out_w >= 0 else null, 1)
         os.dup2(err_w if err_w >= 0 else null, 2)
