@@ -203,7 +203,10 @@ def up_command(
     log_format: LogFormatOpt = "text",
     warm_pool: Annotated[
         str | None,
-        typer.Option(help="the local agent's warm pools, TEMPLATE=SIZE (minimal=8); see warren agent"),
+        typer.Option(
+            help="the local agent's warm pools, TEMPLATE[@RUNTIME]=SIZE: minimal=8 (its default "
+            "runtime, crun where it works), minimal@runc=2; see warren agent"
+        ),
     ] = None,
 ) -> None:
     """Run Warren on this machine: embedded PostgreSQL, migrations, control plane, host agent.

@@ -6,6 +6,7 @@ real agents and their pools are at the end of this file)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from typing import Any
 
 import httpx
@@ -102,12 +103,32 @@ async def test_validation(cp: InProcessCP) -> None:
     assert r.status_code == 400 and "snapshot" in r.json()["error"]["message"]
     # Nothing of the refused calls was stored.
     assert (await admin.req("GET", f"/v1/hosts/{host}")).json().get("warm_pools") is None
+    # Pools by runtime (session 13): a runtime the host offers (a host that never said offers
+    # runc), never gVisor, never one unknown.
+    for name, says in (
+        ("minimal@crun", "this host does not offer the crun runtime (it offers runc)"),
+        ("minimal@gvisor", "gVisor sandboxes are not pooled"),
+        ("minimal@kata", "unknown runtime 'kata'"),
+        ("minimal@", "unknown runtime ''"),
+        ("@runc", "invalid template name"),
+    ):
+        r = await _put(admin, host, name, 1)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], (name, r.text)
+    r = await _put(admin, host, "minimal@runc", 2)
+    assert r.status_code == 200, r.text
+    assert r.json()["warm_pools"] == [{"template": "minimal@runc", "target": 2, "ready": 0}]
 
 
 async def test_heartbeat_reports_pools_and_get_shows_them(cp: InProcessCP) -> None:
     admin = await cp.signup(admin=True)
     host, token = await admin.create_host()
     creds = await _register(cp, token)
+    # The host's default runtime, as its agent says it (none said yet: not shown).
+    assert "default_runtime" not in (await admin.req("GET", f"/v1/hosts/{host}")).json()
+    assert (await _beat(cp, host, creds, {"default_runtime": "crun"})).status_code == 204
+    assert (await admin.req("GET", f"/v1/hosts/{host}")).json()["default_runtime"] == "crun"
+    for bad_default in ("kata", "host", "", ["crun"]):
+        assert (await _beat(cp, host, creds, {"default_runtime": bad_default})).status_code == 400
     report = {"warm_pools": [{"template": "minimal", "target": 8, "ready": 5}]}
     assert (await _beat(cp, host, creds, report)).status_code == 204
     got = (await admin.req("GET", f"/v1/hosts/{host}")).json()
@@ -226,3 +247,56 @@ async def _has_ready(user: User, host_id: str, n: int) -> bool:
 
 async def _reported_target(cp: InProcessCP, agent: AgentProcess, n: int) -> bool:
     return any(p["template"] == "minimal" and p["target"] == n for p in await _pools_in_db(cp, agent))
+
+
+@pytest.mark.root
+async def test_a_create_runs_on_its_hosts_runtime_and_claims_its_pool(cp: InProcessCP) -> None:
+    """Session 13: an agent linked to the CP defaults to crun where it works and says so; a
+    create naming no runtime runs crun there (its row and the agent's crun state say so) and
+    claims from the host's default pool; ``runtime=runc`` goes cold until a ``minimal@runc``
+    pool is set, then claims from it."""
+    admin, user = await cp.signup(admin=True), await cp.signup()
+    headers = {"X-API-Key": await user.api_key()}
+    async with fleet(cp, "cp-warm-runtimes") as f:
+        agent = await f.add(admin, "127.0.0.173")
+        host = (await admin.req("GET", f"/v1/hosts/{agent.host_id}")).json()
+        assert host["default_runtime"] == "crun" and {"runc", "crun"} <= set(host["runtimes"]), host
+        assert (await _put(admin, agent.host_id, "minimal", 1)).status_code == 200
+        await wait_for(lambda: _pool_ready(admin, agent.host_id, "minimal", 1), FILL_S, "the crun pool")
+
+        async def create(**body: Any) -> dict[str, Any]:
+            r = await cp.http.post("/v1/sandboxes", json=body, headers=headers)
+            assert r.status_code == 201, r.text
+            got: dict[str, Any] = r.json()
+            shown = (await cp.http.get(f"/v1/sandboxes/{got['id']}", headers=headers)).json()
+            assert shown["runtime"] == got["runtime"]
+            return got
+
+        def claimed(sb_id: str) -> bool:
+            return (agent.data_dir / "container-ids" / sb_id).exists()
+
+        def listed_by(runtime: str) -> set[str]:
+            out = subprocess.run(
+                [runtime, "--root", str(agent.data_dir / runtime), "list", "-q"],
+                capture_output=True, text=True, check=True, timeout=60,
+            )  # fmt: skip
+            return set(out.stdout.split())
+
+        default = await create()
+        assert default["runtime"] == "crun" and claimed(default["id"])
+        cold = await create(runtime="runc")
+        assert cold["runtime"] == "runc" and not claimed(cold["id"])
+        assert cold["id"] in listed_by("runc") and cold["id"] not in listed_by("crun")
+        assert (await _put(admin, agent.host_id, "minimal@runc", 1)).status_code == 200
+        await wait_for(lambda: _pool_ready(admin, agent.host_id, "minimal@runc", 1), FILL_S, "the runc pool")
+        warm = await create(runtime="runc")
+        assert warm["runtime"] == "runc" and claimed(warm["id"])
+        cid = (agent.data_dir / "container-ids" / warm["id"]).read_text().strip()
+        assert cid in listed_by("runc") and cid not in listed_by("crun")
+        for sb in (default, cold, warm):
+            assert (await cp.http.delete(f"/v1/sandboxes/{sb['id']}", headers=headers)).status_code == 204
+
+
+async def _pool_ready(user: User, host_id: str, name: str, n: int) -> bool:
+    pools = (await user.req("GET", f"/v1/hosts/{host_id}")).json().get("warm_pools") or []
+    return any(p["template"] == name and p["ready"] >= n for p in pools)
