@@ -16,6 +16,9 @@ host's /dev/null: the host's one null device belonged to every crun sandbox's ro
 inode is bound into each). runsc did the same with its own user (nobody). The runtimes now get
 an unnamed file on the sandbox's own run tmpfs instead.
 
+Fixed (a second wall): ``pidfd_getfd``, which copies another process's descriptor as ptrace
+could, was not in the seccomp deny-list beside ptrace and ``process_vm_readv``.
+
 Held: an exec'd process inside a crun sandbox holds no descriptor but its own stdio, and no
 process in the sandbox sees anything of the agent's (or the spawner's) environment.
 """
@@ -185,3 +188,33 @@ def test_the_runtime_never_gets_the_hosts_dev_null(agent: AgentProcess, runtime:
     if runtime != "gvisor":  # gVisor's sandbox process opens a /dev/null of its own as stdio
         assert nulls == [], targets
         assert "character special file 1:3" not in inside, inside
+
+
+# Inside the sandbox: a child holds a pipe; pidfd_getfd would copy its descriptor (ptrace's
+# reach, without ptrace). Prints the call's result and errno.
+PIDFD_GETFD = r"""
+import ctypes, json, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    time.sleep(60)
+    os._exit(0)
+pidfd = libc.syscall(434, pid, 0)  # pidfd_open: allowed (a process's own handle)
+ctypes.set_errno(0)
+got = libc.syscall(438, pidfd, r, 0)  # pidfd_getfd
+err = ctypes.get_errno()
+os.kill(pid, 9)
+print(json.dumps([pidfd >= 0, got, err]))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+def test_pidfd_getfd_is_refused_like_ptrace(agent: AgentProcess, runtime: str) -> None:
+    sb = agent.create(memory_mb=128, runtime=runtime).sandbox_id
+    try:
+        opened, got, err = json.loads(agent.py(sb, PIDFD_GETFD).stdout)
+    finally:
+        _destroy(agent, sb)
+    assert opened and (got, err) == (-1, 1), (got, err)  # EPERM from the filter
