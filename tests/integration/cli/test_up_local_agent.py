@@ -72,33 +72,81 @@ def home() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_warren_up_runs_a_registered_local_agent(home: Path) -> None:
+def _registered_local_agent_serves(http: httpx.Client, home: Path, email: str) -> str:
+    """An admin's view of a first start: one online local host, at 127.0.0.1, that creates a
+    sandbox of the default template. The host's id."""
+    r = http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "O"})
+    assert r.status_code == 201, r.text
+    grant = subprocess.run(
+        [sys.executable, "-m", "warren.cli.main", "admin", "grant", email, "--home", str(home)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert grant.returncode == 0, grant.stdout + grant.stderr
+    token = http.post("/v1/auth/login", json={"email": email, "password": PASSWORD}).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    hosts = http.get("/v1/hosts", headers=auth).json()
+    assert len(hosts) == 1 and hosts[0]["status"] == "online" and hosts[0]["type"] == "regular"
+    assert hosts[0]["provider"] == "local" and hosts[0]["address"].startswith("127.0.0.1:")
+    r = http.post("/v1/sandboxes", json={}, headers=auth)
+    assert r.status_code == 201, r.text
+    assert http.delete(f"/v1/sandboxes/{r.json()['id']}", headers=auth).status_code == 204
+    return str(hosts[0]["id"])
+
+
+def _base_serves(http: httpx.Client, proc: subprocess.Popen[bytes], log: Path, e2b_port: int) -> None:
+    """`base`, built in the background, runs as `user` in its home with the tools the template
+    promises, for a user who is no admin; E2B's SDK, unchanged, gets it as its default template."""
+    r = http.post("/v1/auth/signup", json={"email": "base@example.com", "password": PASSWORD, "name": "B"})
+    assert r.status_code == 201, r.text
+    auth = {"Authorization": f"Bearer {r.json()['token']}"}
+    deadline = time.monotonic() + 1000
+    while (r := http.get("/v1/templates/base", headers=auth)).status_code == 404:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(2)
+    assert r.status_code == 200, r.text
+    version = r.json()["versions"][0]
+    assert version["source"] == "build" and version["config"]["user"] == "user", version
+    r = http.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    script = "whoami; pwd; id -u; python --version; git --version; curl --version | head -1; cc --version"
+    r = http.post(
+        f"/v1/sandboxes/{sid}/exec", json={"cmd": "/bin/bash", "args": ["-c", script]}, headers=auth
+    )
+    assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+    lines = r.json()["stdout"].splitlines()
+    assert lines[:3] == ["user", "/home/user", "1000"], lines
+    assert lines[3].startswith("Python 3") and lines[4].startswith("git version"), lines
+    assert http.delete(f"/v1/sandboxes/{sid}", headers=auth).status_code == 204
+    key = http.post("/v1/api-keys", json={"name": "e2b"}, headers=auth).json()["key"]
+    e2b_url = f"http://127.0.0.1:{e2b_port}"
+    sbx = e2b.Sandbox.create(api_key=key, api_url=e2b_url, sandbox_url=e2b_url)
+    try:
+        r2 = sbx.commands.run("whoami; pwd")
+        assert r2.stdout.splitlines() == ["user", "/home/user"] and r2.exit_code == 0
+    finally:
+        assert sbx.kill()
+
+
+# One test, two starts: the first start's claims (a registered local agent; `base` built in the
+# background) share it, as each start is ~10-20 s of PostgreSQL, the CP and the agent.
+@pytest.mark.timeout(1200)
+def test_warren_up_runs_a_registered_local_agent_and_builds_the_base_template(home: Path) -> None:
+    """`warren up` registers a local agent with its own control plane and builds `base` from
+    the packaged Warrenfile in the background (apt reaches Debian's mirror, as the `minimal`
+    debootstrap does). A second start reuses the agent's saved credentials (same host)."""
     home.mkdir(mode=0o755)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = home.parent / "up.log"
-    proc = _start(home, port, log)
+    e2b_port = free_port()
+    email = "owner@example.com"
+    proc = _start(home, port, log, build_base=True, e2b_port=e2b_port)
     try:
         _wait_up(proc, url, log)
-        http = httpx.Client(base_url=url, timeout=60)
-        email = "owner@example.com"
-        r = http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "O"})
-        assert r.status_code == 201, r.text
-        grant = subprocess.run(
-            [sys.executable, "-m", "warren.cli.main", "admin", "grant", email, "--home", str(home)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert grant.returncode == 0, grant.stdout + grant.stderr
-        token = http.post("/v1/auth/login", json={"email": email, "password": PASSWORD}).json()["token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        hosts = http.get("/v1/hosts", headers=auth).json()
-        assert len(hosts) == 1 and hosts[0]["status"] == "online" and hosts[0]["type"] == "regular"
-        assert hosts[0]["provider"] == "local" and hosts[0]["address"].startswith("127.0.0.1:")
-        host_id = hosts[0]["id"]
-        r = http.post("/v1/sandboxes", json={}, headers=auth)
-        assert r.status_code == 201, r.text
-        assert http.delete(f"/v1/sandboxes/{r.json()['id']}", headers=auth).status_code == 204
-        http.close()
+        with httpx.Client(base_url=url, timeout=60) as http:
+            host_id = _registered_local_agent_serves(http, home, email)
+            _base_serves(http, proc, log, e2b_port)
     finally:
         _stop(proc)
 
@@ -116,56 +164,5 @@ def test_warren_up_runs_a_registered_local_agent(home: Path) -> None:
                 time.sleep(0.5)
                 hosts = http.get("/v1/hosts", headers={"Authorization": f"Bearer {token}"}).json()
             assert hosts[0]["status"] == "online"
-    finally:
-        _stop(proc)
-
-
-@pytest.mark.timeout(1200)
-def test_warren_up_builds_the_base_template(home: Path) -> None:
-    """`warren up` builds `base` from the packaged Warrenfile in the background (apt reaches
-    Debian's mirror, as the `minimal` debootstrap does); a sandbox of it runs as `user` in its
-    home, with the tools the template promises."""
-    home.mkdir(mode=0o755)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = home.parent / "up.log"
-    e2b_port = free_port()
-    proc = _start(home, port, log, build_base=True, e2b_port=e2b_port)
-    try:
-        _wait_up(proc, url, log)
-        http = httpx.Client(base_url=url, timeout=60)
-        email = "base@example.com"
-        r = http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "B"})
-        assert r.status_code == 201, r.text
-        auth = {"Authorization": f"Bearer {r.json()['token']}"}
-        deadline = time.monotonic() + 1000
-        while (r := http.get("/v1/templates/base", headers=auth)).status_code == 404:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(2)
-        assert r.status_code == 200, r.text
-        version = r.json()["versions"][0]
-        assert version["source"] == "build" and version["config"]["user"] == "user", version
-        r = http.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
-        script = "whoami; pwd; id -u; python --version; git --version; curl --version | head -1; cc --version"
-        r = http.post(
-            f"/v1/sandboxes/{sid}/exec", json={"cmd": "/bin/bash", "args": ["-c", script]}, headers=auth
-        )
-        assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
-        lines = r.json()["stdout"].splitlines()
-        assert lines[:3] == ["user", "/home/user", "1000"], lines
-        assert lines[3].startswith("Python 3") and lines[4].startswith("git version"), lines
-        assert http.delete(f"/v1/sandboxes/{sid}", headers=auth).status_code == 204
-        # E2B's SDK, unchanged, against this `warren up`: its default template is `base`.
-        key = http.post("/v1/api-keys", json={"name": "e2b"}, headers=auth).json()["key"]
-        http.close()
-        e2b_url = f"http://127.0.0.1:{e2b_port}"
-        sbx = e2b.Sandbox.create(api_key=key, api_url=e2b_url, sandbox_url=e2b_url)
-        try:
-            r2 = sbx.commands.run("whoami; pwd")
-            assert r2.stdout.splitlines() == ["user", "/home/user"] and r2.exit_code == 0
-        finally:
-            assert sbx.kill()
     finally:
         _stop(proc)
