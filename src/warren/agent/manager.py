@@ -90,7 +90,8 @@ class SandboxManager:
         self._sandboxes: dict[str, HostSandbox] = {}
         self.layers = LayerCache(
             data_dir / "layers", max_bytes=settings.max_layer_mb << 20, in_use=self._chains,
-            images=settings.layer_images,
+            images=settings.layer_images, installs_at_once=settings.layer_installs_at_once,
+            install_queue=settings.layer_install_queue,
         )  # fmt: skip
         # Build steps' sandboxes (build_step.py): made and destroyed here, never registered.
         self.transient: set[str] = set()

@@ -113,7 +113,9 @@ async def place(
                 raise unreached from None
         client = pool.get(host)
         req = _create_request(settings, sb_uuid, plan, params, runtime_on(host, plan.runtime))
-        fetch = layers.HostFetch(engine, store, client, host["id"], plan.chain, host.get("missing"))
+        fetch = layers.HostFetch(
+            engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid
+        )
         try:
             resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
         except AgentError as e:

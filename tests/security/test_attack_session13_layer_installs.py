@@ -1,0 +1,229 @@
+"""Session 13: layer installs on a host. Every layer a host lacks is installed when a sandbox
+needs it (a conversion: the converter child and ``tar2sqfs``, or an extraction child), and each
+may spend a core for minutes. Before, a host ran as many at once as were asked for: one tenant
+creating sandboxes of many fresh templates at once (its own imports of random-content layers)
+ran them all side by side, and another team's create whose layer the host lacked waited behind
+all of them for CPU.
+
+Now an agent runs at most ``WARREN_AGENT_LAYER_INSTALLS_AT_ONCE`` installs (here 2), queues the
+rest, and gives a team at most half the slots while another team waits
+(``agent/layer_slots.py``). The attacker here is a tenant with the public API; the test samples
+the agent's processes in /proc the whole time.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.platform import Platform, running_platform
+from tests.harness.tenant import Tenant, signup
+from tests.unit.layers.images import oci_layout
+
+pytestmark = pytest.mark.root
+
+CAP = 2
+IMPORTS = 6  # the attacker's fresh templates, each a distinct layer
+VICTIM_DEADLINE_S = 300.0
+
+
+@pytest.fixture(scope="module")
+async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
+    if os.geteuid() != 0:
+        pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
+    async with running_platform(db_url, platform_dir, {"WARREN_AGENT_LAYER_INSTALLS_AT_ONCE": str(CAP)}) as p:
+        yield p
+
+
+def _random_layer(seed: int) -> bytes:
+    """A layer that costs its install real work: thousands of small files and a large one,
+    all random (nothing compresses, no two layers share a digest), plus the `usr/bin/python3`
+    an import wants to see."""
+    rnd = os.urandom
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in [("usr/bin/python3", b"#!fake\n"), (f"big-{seed}", rnd(12 << 20))]:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode = len(data), 0o755
+            t.addfile(ti, io.BytesIO(data))
+        for i in range(3000):
+            data = rnd(1024)
+            ti = tarfile.TarInfo(f"d{i % 50}/f{seed}-{i}")
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _import(tenant: Tenant, name: str, tmp: Path, seed: int) -> None:
+    image = oci_layout(tmp / f"{name}.tar", [_random_layer(seed)])
+    with tenant.client(timeout=600) as c, image.open("rb") as f:
+        r = c.post("/v1/templates/import", data={"name": name}, files={"image": ("image.tar", f)})
+    assert r.status_code in (200, 201, 202), r.text
+
+
+class Sampler:
+    """The agent's install processes, sampled from /proc until stopped: the most of each kind
+    seen at once (converter children, ``tar2sqfs``, extraction children)."""
+
+    def __init__(self, agent_pid: int) -> None:
+        self.agent_pid = agent_pid
+        self.most = {"converter": 0, "tar2sqfs": 0, "extract": 0}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def running(self) -> int:
+        now = self.count()
+        return max(now["converter"], now["tar2sqfs"]) + now["extract"]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = self.count()
+            self.samples += 1
+            for k, v in now.items():
+                self.most[k] = max(self.most[k], v)
+            time.sleep(0.02)
+
+    def count(self) -> dict[str, int]:
+        procs = _processes()
+        mine = _descendants(procs, self.agent_pid)
+        servers = {p for p in mine if "warren.layers.convert_server" in procs[p][2]}
+        out = {"converter": 0, "tar2sqfs": 0, "extract": 0}
+        for p in mine:
+            ppid, comm, cmdline = procs[p]
+            if ppid in servers:
+                out["converter"] += 1
+            elif comm == "tar2sqfs" or "tar2sqfs" in cmdline.split(" ", 1)[0]:
+                out["tar2sqfs"] += 1
+            elif "warren.layers.extract_child" in cmdline:
+                out["extract"] += 1
+        return out
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid → (ppid, comm, cmdline) of every live (not zombie) process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            cmdline = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":
+            continue
+        out[int(d)] = (int(fields[1]), comm, cmdline)
+    return out
+
+
+def _descendants(procs: dict[int, tuple[int, str, str]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _installed(platform: Platform) -> set[str]:
+    layers = platform.agents[0].data_dir / "layers"
+    return {p.name for p in layers.iterdir() if len(p.name) == 64 and p.is_dir()}
+
+
+def _lose(platform: Platform, digest: str) -> None:
+    """The host loses a layer (as after a disk swap): its image unmounted, its dir removed.
+    The CP still thinks the host has it; the agent's answer (`missing layers`) makes it push."""
+    d = platform.agents[0].data_dir / "layers" / digest
+    if os.path.ismount(d / "tree"):
+        subprocess.run(["umount", str(d / "tree")], check=True)
+    shutil.rmtree(d)
+
+
+@pytest.fixture(scope="module")
+def victim_template(platform: Platform) -> Iterator[tuple[Tenant, str]]:
+    """The victim's own template (a snapshot of a minimal sandbox with a file in it), whose
+    layer this host then loses, so its next create must have the layer pushed and installed."""
+    victim = signup(platform.url, "victim")
+    sid = victim.create(memory_mb=256)
+    try:
+        victim.sh(sid, "echo mine > /victim-file")
+        before = _installed(platform)
+        r = victim.w("POST", "/v1/snapshots", {"sandbox_id": sid, "name": "victim-snap"}, timeout=300)
+        assert r.status_code == 201, r.text
+    finally:
+        victim.w("DELETE", f"/v1/sandboxes/{sid}")
+    fresh = sorted(_installed(platform) - before)
+    assert fresh, "the snapshot installed no layer here"
+    for d in fresh:
+        _lose(platform, d)
+    yield victim, "victim-snap"
+
+
+def test_one_tenants_fresh_templates_take_turns_and_anothers_create_gets_through(
+    platform: Platform, victim_template: tuple[Tenant, str], tmp_path: Path
+) -> None:
+    victim, template = victim_template
+    attacker = signup(platform.url, "attacker")
+    names = [f"fresh-{i}" for i in range(IMPORTS)]
+    for i, name in enumerate(names):  # the store only: no host installs anything yet
+        _import(attacker, name, tmp_path, i)
+    agent = platform.agents[0]
+    assert agent.proc is not None
+
+    def create(tenant: Tenant, template: str) -> tuple[int, str, float]:
+        t0 = time.monotonic()
+        try:
+            r = tenant.w("POST", "/v1/sandboxes", {"template": template, "memory_mb": 256}, timeout=900)
+        except httpx.HTTPError as e:
+            return 0, repr(e), time.monotonic() - t0
+        return r.status_code, r.text, time.monotonic() - t0
+
+    with Sampler(agent.proc.pid) as sampler, ThreadPoolExecutor(IMPORTS + 1) as pool:
+        flood = [pool.submit(create, attacker, n) for n in names]
+        deadline = time.monotonic() + 120
+        while sampler.running() < CAP and time.monotonic() < deadline:
+            time.sleep(0.05)  # the attacker's installs are under way: the host is busy
+        assert sampler.running() >= 1, "the attacker's creates installed nothing"
+        status, text, took = pool.submit(create, victim, template).result(timeout=VICTIM_DEADLINE_S + 60)
+        for f in flood:
+            f.result(timeout=1200)  # each ends (its fake python3 need not start)
+
+    outcomes = sorted(f.result()[0] for f in flood)
+    print(f"installs at once: {sampler.most}; victim's create {took:.1f} s; attacker's {outcomes}")
+    assert status == 201, text
+    assert took < VICTIM_DEADLINE_S, f"the victim's create took {took:.0f} s"
+    sid = str(httpx.Response(201, text=text).json()["id"])
+    assert victim.sh(sid, "cat /victim-file").strip() == "mine"
+    victim.w("DELETE", f"/v1/sandboxes/{sid}")
+    assert sampler.samples > 50
+    assert sampler.most["converter"] <= CAP, sampler.most
+    assert sampler.most["tar2sqfs"] <= CAP, sampler.most
+    assert sampler.most["extract"] <= CAP, sampler.most
+    # every fresh layer did get installed in the end (the queue loses nothing)
+    assert len(_installed(platform)) >= IMPORTS + 1
