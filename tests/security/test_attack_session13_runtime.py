@@ -19,15 +19,19 @@ an unnamed file on the sandbox's own run tmpfs instead.
 Fixed (a second wall): ``pidfd_getfd``, which copies another process's descriptor as ptrace
 could, was not in the seccomp deny-list beside ptrace and ``process_vm_readv``.
 
-Held: an exec'd process inside a crun sandbox holds no descriptor but its own stdio, and no
+Held: sandbox root of an ``internet=false`` sandbox cannot leave the blocked device group nor
+make a way around it over netlink (no ``CAP_NET_ADMIN`` over the netns it owns);
+an exec'd process inside a crun sandbox holds no descriptor but its own stdio, and no
 process in the sandbox sees anything of the agent's (or the spawner's) environment.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
+from warren.agent.network import BLOCKED_GROUP
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -218,3 +223,49 @@ def test_pidfd_getfd_is_refused_like_ptrace(agent: AgentProcess, runtime: str) -
     finally:
         _destroy(agent, sb)
     assert opened and (got, err) == (-1, 1), (got, err)  # EPERM from the filter
+
+
+# Inside an internet=false sandbox, as root, over rtnetlink: eth0 into group 0, a new bridge,
+# an address, a route. Prints each request's errno (0: the kernel did it; 1: EPERM).
+NETLINK = r"""
+import json, socket, struct, sys
+RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 20, 24
+ACK, NEW = 0x1 | 0x4, 0x1 | 0x4 | 0x400 | 0x200  # REQUEST|ACK (+ CREATE|EXCL)
+def attr(kind, data):
+    n = 4 + len(data)
+    return struct.pack("HH", n, kind) + data + b"\0" * ((4 - n % 4) % 4)
+def ask(kind, flags, body):
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    s.sendall(struct.pack("IHHII", 16 + len(body), kind, flags, 1, 0) + body)
+    return -struct.unpack("i", s.recv(4096)[16:20])[0]
+dev = socket.if_nametoindex(sys.argv[1])
+link = struct.pack("BxHiII", 0, 0, dev, 0, 0)
+out = {"group 0": ask(RTM_NEWLINK, ACK, link + attr(27, struct.pack("I", 0)))}
+out["new bridge"] = ask(
+    RTM_NEWLINK, NEW, struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr(3, b"b0\0") + attr(18, attr(1, b"bridge"))
+)
+addr = struct.pack("BBBBI", 2, 24, 0, 0, dev)
+out["address"] = ask(RTM_NEWADDR, NEW, addr + attr(2, bytes([192, 0, 2, 9])))
+route = struct.pack("BBBBBBBBI", 2, 24, 0, 0, 254, 4, 253, 1, 0)  # main table, static, scope link
+route += attr(1, bytes([198, 51, 100, 0])) + attr(4, struct.pack("i", dev))
+out["route"] = ask(RTM_NEWROUTE, NEW, route)
+print(json.dumps(out))
+"""
+
+
+def test_internet_off_holds_against_netlink_from_inside(agent: AgentProcess) -> None:
+    # The probe works: with CAP_NET_ADMIN (host root, a network namespace of its own) the
+    # kernel gets past its permission check on every request.
+    oracle = subprocess.run(
+        ["unshare", "-n", "python3", "-c", NETLINK, "lo"], capture_output=True, text=True, check=True
+    )
+    assert 1 not in json.loads(oracle.stdout).values(), oracle.stdout
+    sb = agent.create(memory_mb=128, internet=False)
+    try:
+        out = json.loads(agent.py(sb.sandbox_id, NETLINK, "eth0").stdout)
+        slot = (int(ipaddress.IPv4Address(sb.host_ip)) - int(ipaddress.IPv4Address("10.11.0.0"))) // 4
+        group = int(Path(f"/sys/class/net/wv{slot}/netdev_group").read_text())
+    finally:
+        _destroy(agent, sb.sandbox_id)
+    assert out == dict.fromkeys(out, 1) and len(out) == 4, out  # EPERM, every one
+    assert group == BLOCKED_GROUP
