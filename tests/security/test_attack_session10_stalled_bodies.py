@@ -32,6 +32,7 @@ import psutil
 import pytest
 
 from tests.harness.platform import Platform, running_platform
+from tests.harness.tcp_queues import read_all_it_was_sent
 
 pytestmark = pytest.mark.root
 
@@ -77,24 +78,6 @@ def stalled(url: str) -> socket.socket | None:
     return s
 
 
-def cp_read_all_it_was_sent(url: str) -> bool:
-    """Whether the CP has read every byte sent to it on its open connections: no ESTABLISHED
-    client socket to its port has bytes unacknowledged (``tx_queue``) and none of its own has
-    bytes unread (``rx_queue``), per ``/proc/net/tcp``. A body it stops reading stays in its
-    receive queue, so this holds only once it holds whatever it is going to hold."""
-    port = int(url.rsplit(":", 1)[1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "01":  # ESTABLISHED
-                continue
-            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
-            tx, rx = (int(q, 16) for q in fields[4].split(":"))
-            if (remote == port and tx) or (local == port and rx):
-                return False
-    return True
-
-
 @pytest.fixture
 def attackers(platform: Platform) -> Iterator[list[socket.socket]]:
     socks: list[socket.socket] = []
@@ -135,7 +118,7 @@ def test_stalled_anonymous_bodies_do_not_hold_a_mib_each(
         most = max(most, cp_rss_mib(platform) - before)
         if most > HELD_MIB:
             break
-        settled = settled + 1 if cp_read_all_it_was_sent(platform.url) else 0
+        settled = settled + 1 if read_all_it_was_sent(platform.url) else 0
         time.sleep(0.5)
     most = max(most, cp_rss_mib(platform) - before)
     print(f"{CONNECTIONS} stalled bodies: CP +{most} MiB (from {before} MiB)")
