@@ -26,8 +26,9 @@ A BYOC host's agent is its tenant's (docs/security.md): its answer changes only 
 records (every statement is scoped to the host), an answer of more than ``MAX_LISTED`` entries
 is refused whole, and its check runs beside the pass rather than in it, at most one per host and
 on at most half the slots, so hosts that answer at their deadline never delay the platform's;
-and one team's checks take at most half of those (``_team_share``), so a tenant's hosts that
-hang never delay another tenant's by more than one check.
+and one team's checks take at most half of those (``_team_share``), and only that many of them
+stand in the slots' queue, so another tenant's check waits behind a few of each team's checks,
+never behind all of a tenant's hosts that hang.
 
 Safe with several CP replicas running it at once:
 
