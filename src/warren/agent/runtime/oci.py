@@ -173,19 +173,30 @@ def _child_pids() -> list[int]:
     return out
 
 
+# Zombies of ORPHAN_NAMES the last pass found: reaped if still there at the next.
+_orphans_seen: set[int] = set()
+
+
 def reap_orphans() -> int:
-    """Reap the agent's zombie children named in :data:`ORPHAN_NAMES` (never one the agent
-    started itself: it runs crun only through the spawner, runsc by name); how many."""
+    """Reap the agent's zombie children named in :data:`ORPHAN_NAMES` that were zombies at the
+    previous call already (a second apart); how many. A child the agent waits for itself (an
+    asyncio subprocess: its watcher is blocked in ``waitpid``) is reaped the moment it ends,
+    so one still there a pass later is waited for by nobody."""
+    global _orphans_seen
+    found: set[int] = set()
     reaped = 0
     for pid in _child_pids():
         try:
             comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
             if rest.split()[0] != "Z" or comm not in ORPHAN_NAMES:
                 continue
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            if pid not in _orphans_seen:
+                found.add(pid)
+            elif os.waitpid(pid, os.WNOHANG)[0] == pid:
                 reaped += 1
         except (OSError, IndexError):  # gone meanwhile, or reaped by its own waiter (gvisor._reap)
             continue
+    _orphans_seen = found
     return reaped
 
 
