@@ -43,8 +43,8 @@ setup: apt-packages $(STAMP) $(CONVERTER)
 # other process of nobody may ptrace it) from its first instruction.
 HARDEN := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection -fPIE -pie \
 	-Wl,-z,relro,-z,now,-z,noexecstack
-$(CONVERTER): native/layer_convert.c native/tar_fmt.c native/layer_convert.h $(STAMP)
-	$(CC) -O2 -Wall -Wextra -Werror $(HARDEN) -o $@ native/layer_convert.c native/tar_fmt.c
+$(CONVERTER): native/layer_convert.c native/tar_fmt.c native/seccomp.c native/layer_convert.h $(STAMP)
+	$(CC) -O2 -Wall -Wextra -Werror $(HARDEN) -o $@ native/layer_convert.c native/tar_fmt.c native/seccomp.c
 	chmod 0711 $@
 
 # Installs only what is missing, so a set-up machine pays one dpkg query, not an apt run.

@@ -15,8 +15,10 @@
  * the Python converter (from the tar it kept), which gives the answer and the message. So this
  * program never has to refuse anything itself: it accepts a subset of what the Python converter
  * accepts, and for that subset writes the same bytes (tests/unit/layers/test_native_convert.py
- * compares the two on every tar of the tests). It runs as nobody under the limits the
- * converter's server set before exec'ing it. The tar format's details: tar_fmt.c.
+ * compares the two on every tar of the tests). It runs as a uid of its own under the limits the
+ * converter's server set before exec'ing it, and under a seccomp filter (seccomp.c) from before
+ * its first read of the tar. With --confined-exec it is tar2sqfs' launcher instead: the
+ * packer's filter, then exec. The tar format's details: tar_fmt.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -515,8 +517,19 @@ static void convert(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "--confined-exec") == 0) {
+        /* tar2sqfs' launcher: its filter, then the program (which keeps it for good) */
+        if (confine(CONFINE_PACKER) != 0) {
+            perror("warren-layer-convert: seccomp");
+            return 126;
+        }
+        execv(argv[2], argv + 2);
+        perror(argv[2]);
+        return 127;
+    }
     if (argc != 6) {
-        fprintf(stderr, "usage: warren-layer-convert IN_FD OUT_FD RESULT_FD UID_BASE MAX_BYTES\n");
+        fprintf(stderr, "usage: warren-layer-convert IN_FD OUT_FD RESULT_FD UID_BASE MAX_BYTES\n"
+                        "       warren-layer-convert --confined-exec PROGRAM [ARG...]\n");
         return 2;
     }
     in_fd = atoi(argv[1]);
@@ -533,6 +546,8 @@ int main(int argc, char **argv) {
     if (!ibuf) decline("out of memory");
     out_init();
     grow();
+    /* From here on it reads the tenant's bytes: no signal, ptrace, socket, exec or process */
+    if (confine(CONFINE_CONVERTER) != 0) decline("seccomp");
     convert();
     flush_pending();
     emit(ZERO, BLOCK);

@@ -27,6 +27,11 @@ extern uint64_t uid_base, limit;
 
 /* layer_convert.c */
 void put_result(const char *s);
+/* seccomp.c: the filter of the converter (no exec, no new process) or of tar2sqfs (installed
+ * before its exec: execve and threads kept); 0, or -1 with errno. */
+#define CONFINE_CONVERTER 1
+#define CONFINE_PACKER 2
+int confine(int kind);
 void decline(const char *why) __attribute__((noreturn));
 
 /* tar_fmt.c: the output */

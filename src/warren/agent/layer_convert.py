@@ -1,11 +1,12 @@
 """The agent's end of the layer converter's processes (``warren.layers.convert_server``).
 
 One server per agent process, started with the layer cache (``warm``) and kept: each layer is
-converted in a child it forks, dropped to ``nobody``, which reads the tar from a pipe the agent
-fills as the chunks arrive and writes straight into ``tar2sqfs``' stdin. Receiving and hashing
-(the agent), converting (the child) and packing (``tar2sqfs``) so run on as many cores as there
-are, not on the agent's one GIL. A server that died is started again on the next layer; the
-server ends on its own once the agent (its socket) is gone.
+converted in a child it forks, dropped to a uid of its own and under a seccomp filter, which
+reads the tar from a pipe the agent fills as the chunks arrive and writes straight into
+``tar2sqfs``' stdin. Receiving and hashing (the agent), converting (the child) and packing
+(``tar2sqfs``) so run on as many cores as there are, not on the agent's one GIL. A server that
+died is started again on the next layer; the server ends on its own once the agent (its
+socket) is gone.
 """
 
 from __future__ import annotations
@@ -135,9 +136,18 @@ class Conversion:
     ``ConverterDeclined``), else by the Python one."""
 
     def __init__(
-        self, out_fd: int, *, uid_base: int, max_bytes: int, cpu_s: int, native: bool = False
+        self,
+        out_fd: int,
+        *,
+        uid_base: int,
+        max_bytes: int,
+        cpu_s: int,
+        native: bool = False,
+        user: int = NOBODY,
     ) -> None:
-        fields = {"uid_base": uid_base, "max_bytes": max_bytes, "cpu_s": cpu_s, "user": NOBODY}
+        # ``user``: the uid the child runs as, one of this conversion's own (layer_image) so that
+        # no other process shares it: not nobody's daemons, not another layer's converter.
+        fields = {"uid_base": uid_base, "max_bytes": max_bytes, "cpu_s": cpu_s, "user": user}
         request = json.dumps({**fields, "native": (native_converter() if native else None) or ""})
         src_r, self._src = os.pipe()
         self._result, result_w = os.pipe()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warren.agent.fsmount import start_writeback
-from warren.agent.layer_convert import Conversion
+from warren.agent.layer_convert import Conversion, native_converter
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, mounts_under, umount
 from warren.layers import LayerError, LayerStats
 from warren.layers.convert_server import ConverterDeclined, minimal_env
@@ -147,6 +147,8 @@ class StreamedImage:
         except BaseException:
             shutil.rmtree(self._out_dir, ignore_errors=True)
             raise
+        # The converter's uid: its own, not its tar2sqfs' (which is dumpable after its exec).
+        self._uid = _take_uid()
         try:
             self._conversion = Conversion(
                 self._packer.stdin_fd(),
@@ -154,6 +156,7 @@ class StreamedImage:
                 max_bytes=max_bytes,
                 cpu_s=_cpu_s(size),
                 native=native,
+                user=self._uid,
             )
         except BaseException:
             self._kill()
@@ -192,6 +195,7 @@ class StreamedImage:
     def _kill(self) -> None:
         self._packer.kill()  # a write of the converter's fails: it ends
         self._packer.close_stdin()
+        _release_uid(self._uid)
         if self._image_fd >= 0:
             os.close(self._image_fd)
             self._image_fd = -1
@@ -270,6 +274,14 @@ def _tool(name: str) -> str:
     return shutil.which(name) or name
 
 
+def _confined_exec() -> list[str]:
+    """The launcher that puts tar2sqfs under its seccomp filter (the compiled converter's
+    ``--confined-exec``, native/seccomp.c: no signal, ptrace, socket, namespace or new process;
+    threads and exec kept), or nothing where it is not built."""
+    native = native_converter()
+    return [native, "--confined-exec"] if native else []
+
+
 class _Packer:
     """One tar2sqfs run, as a uid of its own under limits sized for a tar of ``size`` bytes, reading the
     converted tar on its stdin and writing ``cwd/layer.sqfs``."""
@@ -287,6 +299,7 @@ class _Packer:
             f"--as={ADDRESS_SPACE}",
             f"--fsize={size + size // 8 + IMAGE_SLACK}",
             "--",
+            *_confined_exec(),
             _tool("tar2sqfs"), "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
             "-d", "uid=0,gid=0,mode=0700",
             IMAGE,
