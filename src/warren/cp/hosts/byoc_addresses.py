@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,6 +41,11 @@ log = logging.getLogger("warren.hosts")
 
 # How long a name may take to resolve at registration (the owner's DNS server answers it).
 RESOLVE_TIMEOUT_S = 5.0
+# Resolutions run on threads of their own: an owner's DNS server that never answers holds a
+# thread for the resolver's own timeout (glibc: 5 s a try, two tries a server), and a refused
+# registration leaves its token unspent, so the attempts can be repeated; on the loop's default
+# executor they would starve everything else that runs there (the template store's file work).
+_RESOLVERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="byoc-resolve")
 # Host kinds a process remembers (a host's type never changes): beyond, it starts over.
 _MAX_KINDS = 65_536
 
@@ -97,9 +103,8 @@ async def resolve_checked(address: str, policy: AddressPolicy) -> str:
         return _join(plain(ip), port)
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
-        )
+        lookup = loop.run_in_executor(_RESOLVERS, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(lookup, RESOLVE_TIMEOUT_S)
     except (OSError, TimeoutError) as e:
         raise _refuse_name(address, policy, f"no answer ({e!r})") from None
     found: list[IPAddress] = []
