@@ -176,18 +176,34 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _stop_embedded()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The order xdist hands out modules in (the Makefile turns its own reordering off): modules
-    with more tests first, as xdist would, but every unit test module after the rest. A module
-    that starts platforms and sandboxes often has only a few tests, so xdist's order ran the
-    heaviest last, where one of them alone set the run's tail; the unit tests (~5% of the work,
-    in many small modules) are what best fills the workers' last minutes evenly. Stable, so
-    every worker collects the same order (xdist refuses to run otherwise)."""
-    per_module = collections.Counter(item.nodeid.split("::", 1)[0] for item in items)
+# Modules that take a minute or more of a CI worker for only a few tests (`warren up` starts, a
+# template build, waits the attack must sit out): handed out first, before the test count
+# decides, so that none of them starts late and alone makes the run's tail (the 1-test
+# test_up_local_agent.py, ~100 s, came ~140th of ~150 by its count). From CI's --durations.
+LONG_FEW_TEST_MODULES = (
+    "tests/integration/cli/test_up_local_agent.py",
+    "tests/integration/cli/test_up.py",
+    "tests/security/test_crashes.py",
+    "tests/integration/cp/api/test_openapi.py",
+    "tests/integration/cli/test_backup_restore.py",
+    "tests/security/test_attack_preview_proxy.py",
+)
 
-    def key(item: pytest.Item) -> tuple[bool, int]:
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order xdist hands out modules in (the Makefile turns its own reordering off): the
+    LONG_FEW_TEST_MODULES, then modules with more tests first, as xdist would, but every unit
+    test module after the rest. A module that starts platforms and sandboxes often has only a
+    few tests, so xdist's order ran the heaviest last, where one of them alone set the run's
+    tail; the unit tests (~5% of the work, in many small modules) are what best fills the
+    workers' last minutes evenly. Stable, so every worker collects the same order (xdist
+    refuses to run otherwise)."""
+    per_module = collections.Counter(item.nodeid.split("::", 1)[0] for item in items)
+    long_rank = {m: i for i, m in enumerate(LONG_FEW_TEST_MODULES)}
+
+    def key(item: pytest.Item) -> tuple[bool, int, int]:
         module = item.nodeid.split("::", 1)[0]
-        return module.startswith("tests/unit/"), -per_module[module]
+        return module.startswith("tests/unit/"), long_rank.get(module, len(long_rank)), -per_module[module]
 
     items.sort(key=key)
 
