@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import secrets
@@ -84,7 +85,8 @@ def support() -> Support:
         return Support(False, "no /dev/loop-control (loop devices)")
     if not _has_squashfs():
         return Support(False, "squashfs is not in /proc/filesystems and modprobe squashfs failed")
-    return Support(True, "layers install as loop-mounted squashfs images (tar2sqfs)")
+    confined = "under seccomp" if _confined_exec() else "without seccomp (no compiled converter)"
+    return Support(True, f"layers install as loop-mounted squashfs images (tar2sqfs, {confined})")
 
 
 def _has_squashfs() -> bool:
@@ -274,12 +276,24 @@ def _tool(name: str) -> str:
     return shutil.which(name) or name
 
 
-def _confined_exec() -> list[str]:
+@functools.cache
+def _confined_exec() -> tuple[str, ...]:
     """The launcher that puts tar2sqfs under its seccomp filter (the compiled converter's
     ``--confined-exec``, native/seccomp.c: no signal, ptrace, socket, namespace or new process;
-    threads and exec kept), or nothing where it is not built."""
+    threads and exec kept), or nothing where it is not built, or built before it had the mode
+    (then every tar2sqfs would fail, and every layer be extracted: logged, run without)."""
     native = native_converter()
-    return [native, "--confined-exec"] if native else []
+    if native is None:
+        return ()
+    try:
+        probe = subprocess.run([native, "--confined-exec", "/bin/true"], capture_output=True, timeout=30)
+        ok = probe.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        log.error("event=layer_packer_unconfined native=%s (rebuild it: make setup)", native)
+        return ()
+    return (native, "--confined-exec")
 
 
 class _Packer:
