@@ -171,8 +171,7 @@ class GvisorRuntime:
         # it (a pipe would keep us waiting for an EOF that comes when the sandbox ends), and
         # runsc chowns it to its own user: /dev/null here made the host's null device nobody's,
         # to chmod for any nobody process (session 13). Errors are in --log.
-        run_dir = bundle / "run"
-        stdio = os.open(run_dir if run_dir.is_dir() else bundle, os.O_TMPFILE | os.O_RDWR, 0o600)
+        stdio = _stdio_file(bundle)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=stdio, stdout=stdio, stderr=stdio, start_new_session=True,
@@ -262,10 +261,14 @@ class GvisorRuntime:
         """``runsc exec``: a command in the sandbox, beside its guest (no connection to it); at
         most ``limit`` bytes of its stdout (the command is the tenant's: it may print without
         end), within ``timeout`` seconds (then ``RuntimeError_``)."""
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv("exec", sandbox_id, *argv), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        stdio = _stdio_file(self.sandboxes_dir / sandbox_id)  # runsc chowns it too, as at _start
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv("exec", sandbox_id, *argv), stdin=stdio,
+                stdout=asyncio.subprocess.PIPE, stderr=stdio, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(stdio)
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(timeout):
@@ -390,6 +393,13 @@ class GvisorRuntime:
             f"route replace default via {slot.gateway}\n"
         )
         await run("ip", "-n", slot.netns, "-batch", "-", input=cmds.encode())
+
+
+def _stdio_file(bundle: Path) -> int:
+    """A runsc command's stdio: an unnamed file on the sandbox's run tmpfs (else its bundle
+    dir), never the host's /dev/null, which runsc would chown to nobody (session 13)."""
+    run_dir = bundle / "run"
+    return os.open(run_dir if run_dir.is_dir() else bundle, os.O_TMPFILE | os.O_RDWR, 0o600)
 
 
 def limit_memory(bundle: Path) -> None:
