@@ -1,6 +1,7 @@
 """Flow credit for one agent stream whose caller asked for it: an ``ExecStream``
 (``ExecStart.credit``, :class:`CreditedExec`) or a ``PtyStream`` (``PtyStart.output_credit``,
-``pty_rpc.CreditedPty``).
+``pty_rpc.CreditedPty``); and for the file streams, ``ReadFileCredit`` and ``WriteFileCredit``
+(:func:`credited_read`, :func:`credited_write`: the same windows, see "file streams" below).
 
 gRPC's own flow control bounds nothing useful here: grpc-core grows a stream's window with its
 bandwidth probes (to ~4.5 MiB measured), and a receiver may buffer a whole message whatever the
