@@ -14,7 +14,8 @@ Fixed: crun hands the container's stdio to its root (``fchown``), and the agent 
 host's /dev/null: the host's one null device belonged to every crun sandbox's root, which could
 ``chmod 000`` it for every non-root process on the host and in every other sandbox (the same
 inode is bound into each). runsc did the same with its own user (nobody). The runtimes now get
-an unnamed file on the sandbox's own run tmpfs instead.
+an unnamed file on the sandbox's own run tmpfs instead, and an agent that starts gives a
+/dev/null an older one handed over back to root.
 
 Fixed (a second wall): ``pidfd_getfd``, which copies another process's descriptor as ptrace
 could, was not in the seccomp deny-list beside ptrace and ``process_vm_readv``.
@@ -40,6 +41,7 @@ import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
 from warren.agent.network import BLOCKED_GROUP
+from warren.agent.templates import MAPPED_BASE
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -269,3 +271,16 @@ def test_internet_off_holds_against_netlink_from_inside(agent: AgentProcess) -> 
         _destroy(agent, sb.sandbox_id)
     assert out == dict.fromkeys(out, 1) and len(out) == 4, out  # EPERM, every one
     assert group == BLOCKED_GROUP
+
+
+def test_an_agent_repairs_a_dev_null_an_older_agent_handed_over() -> None:
+    """What an older agent's crun left: the host's /dev/null owned by sandbox root (mapped uid
+    0). A starting agent gives it back to root, 0666, before any sandbox can use it."""
+    os.chown("/dev/null", MAPPED_BASE, MAPPED_BASE)
+    try:
+        with scratch_agent("attack-session13-dev-null", runtime="crun") as a:
+            assert "event=dev_null_repaired" in a.log_tail(400)
+            st = os.stat("/dev/null")
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o666)
+    finally:
+        os.chown("/dev/null", 0, 0)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from warren.agent.proc import CommandError, Result, run, write_file
 from warren.agent.runtime import oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
+
+log = logging.getLogger("warren.agent")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd")
@@ -70,6 +74,7 @@ class OciRuntime:
         state_root.mkdir(parents=True, exist_ok=True)
         hybrid = os.path.ismount(HYBRID_CGROUP2)
         self._hide = str(HYBRID_CGROUP2) if name == "crun" and hybrid else None
+        repair_dev_null()
 
     def _argv(self, *args: str) -> list[str]:
         return [self.name, "--root", str(self.state_root), *args]
@@ -159,6 +164,28 @@ class OciRuntime:
 # Shared with the gVisor runtime (gvisor.py): runsc places its sandbox in the same cgroups.
 
 
+def repair_dev_null(path: str = "/dev/null") -> bool:
+    """The host's null device back to root:root 0666 when an older agent left it another owner:
+    crun chowned it to a sandbox's root, runsc to nobody (the stdio they were given, session 13),
+    and its owner could chmod it for every process of the host and of every sandbox. True when
+    it was repaired; a path that is not the null device is left alone (and logged)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+            log.error("event=dev_null_not_the_null_device path=%s mode=%o", path, st.st_mode)
+            return False
+        if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o666):
+            return False
+        os.chown(path, 0, 0, follow_symlinks=False)
+        os.chmod(path, 0o666, follow_symlinks=False)  # noqa: S103 (what the null device is)
+    except OSError as e:  # not root (a unit test's runtime): nothing to repair with
+        log.warning("event=dev_null_unchecked error=%s", e)
+        return False
+    was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+    log.warning("event=dev_null_repaired uid=%d gid=%d mode=%o", *was)
+    return True
+
+
 def _child_pids() -> list[int]:
     """The agent's children: orphans are re-parented to its main thread (the thread group's
     leader), whose ``children`` file lists them; without CONFIG_PROC_CHILDREN, a scan of /proc."""
@@ -166,10 +193,10 @@ def _child_pids() -> list[int]:
     with contextlib.suppress(OSError, ValueError):
         return [int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()]
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
-                out.append(int(stat.parent.name))
+            if int(stat_file.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                out.append(int(stat_file.parent.name))
     return out
 
 
