@@ -220,12 +220,16 @@ async def bench_layer(
     read, _ = await best(runs, size, lambda: drain(store, meta.digest))
     rates: dict[str, list[float]] = {name: [] for name in clients}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in clients}
+    # Whether each agent takes installs in turns (its admission first), as ensure_on_host asks.
+    admits = {}
+    for name, client in clients.items():
+        admits[name] = (await client.stub.HasLayers(pb.HasLayersRequest(), timeout=30)).admits
     for _ in range(runs):  # alternated, so that both see the same load
         for name, client in clients.items():
             await client.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[meta.digest]), timeout=120)
             cpu0 = meters[name].sample()
             t = time.perf_counter()
-            await push_layer(store, client, HOST, meta.digest, size)
+            await push_layer(store, client, HOST, meta.digest, size, admits=admits[name])
             rates[name].append(size / MB / (time.perf_counter() - t))
             cpu[name].append(CpuMeter.per_push(cpu0, meters[name].sample()))
     for name, got in rates.items():
