@@ -17,6 +17,11 @@ inode is bound into each). runsc did the same with its own user (nobody). The ru
 an unnamed file on the sandbox's own run tmpfs instead, and an agent that starts gives a
 /dev/null an older one handed over back to root.
 
+Fixed: ``AF_VSOCK`` sockets, which no network namespace holds: on a VM host (this one is a
+Firecracker guest with virtio-vsock) they reach the hypervisor's services past every network
+rule, ``internet=false`` included. Refused on every ABI (i386's ``socketcall`` cannot be
+inspected by seccomp: socket creation through it is refused whatever the family).
+
 Fixed (a second wall): ``pidfd_getfd``, which copies another process's descriptor as ptrace
 could, was not in the seccomp deny-list beside ptrace and ``process_vm_readv``.
 
@@ -284,3 +289,49 @@ def test_an_agent_repairs_a_dev_null_an_older_agent_handed_over() -> None:
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o666)
     finally:
         os.chown("/dev/null", 0, 0)
+
+
+# Inside the sandbox: socket() of a few families, directly and through i386's int 0x80 (the
+# direct socket call, 359, and socketcall, 102, whose arguments seccomp cannot read). Prints
+# "ok" or the errno (i386: the child's exit status).
+SOCKETS = r"""
+import ctypes, json, os, socket, struct
+out = {}
+for fam, name in ((40, "vsock"), (2, "inet"), (1, "unix")):
+    try:
+        socket.socket(fam, socket.SOCK_STREAM).close()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = e.errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+i = ctypes.c_int
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, i, i, i, ctypes.c_long]
+page = libc.mmap(None, 4096, 7, 0x22 | 0x40, -1, 0)  # rwx, private anonymous, below 4 GiB
+code = bytes.fromhex("53" "89f8" "89f3" "4189c8" "89d1" "4489c2" "cd80" "5b" "c3")
+ctypes.memmove(page, code, len(code))
+call = ctypes.CFUNCTYPE(i, i, i, i, i)(page)
+args = page + 256
+for fam, name in ((40, "vsock"), (2, "inet")):
+    ctypes.memmove(args, struct.pack("III", fam, 1, 0), 12)
+    for nr, how, a1, a2 in ((102, "socketcall", 1, args), (359, "direct", fam, 1)):
+        pid = os.fork()
+        if pid == 0:
+            rc = call(nr, a1, a2, 0)
+            os._exit(0 if rc >= 0 else min(-rc, 254))
+        out[f"i386 {how} {name}"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+def test_vsock_sockets_are_refused_on_every_abi(agent: AgentProcess, runtime: str) -> None:
+    sb = agent.create(memory_mb=128, runtime=runtime).sandbox_id
+    try:
+        out = json.loads(agent.py(sb, SOCKETS).stdout)
+    finally:
+        _destroy(agent, sb)
+    # Before the fix: "ok" and 0 for every vsock entry.
+    vsock = {k: v for k, v in out.items() if "vsock" in k}
+    assert vsock == dict.fromkeys(vsock, 1) and len(vsock) == 3, out  # EPERM
+    assert out["inet"] == out["unix"] == "ok" and out["i386 direct inet"] == 0, out

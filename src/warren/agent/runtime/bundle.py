@@ -104,6 +104,7 @@ DENIED_SYSCALLS = [
 CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 EPERM = 1
 ENOSYS = 38
+AF_VSOCK = 40
 
 
 def seccomp_profile() -> dict[str, Any]:
@@ -127,6 +128,14 @@ def seccomp_profile() -> dict[str, Any]:
             # clone3 passes flags in a struct seccomp cannot read; ENOSYS makes libc fall back
             # to clone(2), which the rule above filters (Docker does the same).
             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+            # AF_VSOCK is not namespaced: on a VM host its sockets reach the hypervisor's
+            # services, past every network rule (internet=false included). Docker refuses it too.
+            {
+                "names": ["socket"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": EPERM,
+                "args": [{"index": 0, "value": AF_VSOCK, "valueTwo": 0, "op": "SCMP_CMP_EQ"}],
+            },
         ],
     }
 
