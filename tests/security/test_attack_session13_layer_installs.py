@@ -5,10 +5,10 @@ creating sandboxes of many fresh templates at once (its own imports of random-co
 ran them all side by side, and another team's create whose layer the host lacked waited behind
 all of them for CPU.
 
-Now an agent runs at most ``WARREN_AGENT_LAYER_INSTALLS_AT_ONCE`` installs (here 2), queues the
-rest, and gives a team at most half the slots while another team waits
-(``agent/layer_slots.py``). The attacker here is a tenant with the public API; the test samples
-the agent's processes in /proc the whole time.
+Now an agent runs at most ``WARREN_AGENT_LAYER_INSTALLS_AT_ONCE`` installs (here 2) of layers
+over 4 MiB and half as many small ones, queues the rest, and gives a team at most half the slots
+while another team waits (``agent/layer_slots.py``). The attacker here is a tenant with the
+public API; the test samples the agent's processes in /proc the whole time.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from tests.unit.layers.images import oci_layout
 pytestmark = pytest.mark.root
 
 CAP = 2
+# At most this many installs at once: CAP for layers over 4 MiB, and the small layers' own
+# turns (half as many: the victim's layer here is one).
+MOST = CAP + max(1, CAP // 2)
 IMPORTS = 6  # the attacker's fresh templates, each a distinct layer
 VICTIM_DEADLINE_S = 300.0
 
@@ -209,7 +212,7 @@ def test_one_tenants_fresh_templates_take_turns_and_anothers_create_gets_through
         deadline = time.monotonic() + 120
         while sampler.running() < CAP and time.monotonic() < deadline:
             time.sleep(0.05)  # the attacker's installs are under way: the host is busy
-        assert sampler.running() >= 1, "the attacker's creates installed nothing"
+        assert sampler.most["tar2sqfs"] + sampler.most["extract"] >= 1, ("nothing installed", sampler.most)
         status, text, took = pool.submit(create, victim, template).result(timeout=VICTIM_DEADLINE_S + 60)
         for f in flood:
             f.result(timeout=1200)  # each ends (its fake python3 need not start)
@@ -222,8 +225,8 @@ def test_one_tenants_fresh_templates_take_turns_and_anothers_create_gets_through
     assert victim.sh(sid, "cat /victim-file").strip() == "mine"
     victim.w("DELETE", f"/v1/sandboxes/{sid}")
     assert sampler.samples > 50
-    assert sampler.most["converter"] <= CAP, sampler.most
-    assert sampler.most["tar2sqfs"] <= CAP, sampler.most
-    assert sampler.most["extract"] <= CAP, sampler.most
+    assert sampler.most["converter"] <= MOST, sampler.most
+    assert sampler.most["tar2sqfs"] <= MOST, sampler.most
+    assert sampler.most["extract"] <= MOST, sampler.most
     # every fresh layer did get installed in the end (the queue loses nothing)
     assert len(_installed(platform)) >= IMPORTS + 1

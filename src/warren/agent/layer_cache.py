@@ -56,6 +56,9 @@ log = logging.getLogger("warren.agent.layers")
 
 STREAM_CHUNK = 1 << 20
 EXPORTS_AT_ONCE = 2  # sandboxes' writable layers turned into tars at once (export)
+# A layer this small (tar bytes: at most 8 192 members) installs in well under a core-second:
+# it takes the small layers' turns (LayerCache._turns).
+SMALL_LAYER = 4 << 20
 LAYER_TREE = "tree"
 LAYER_INFO = "layer.json"
 SKELETON = ".skeleton"
@@ -102,8 +105,12 @@ class LayerCache:
         # Exports (snapshots, build steps) walking sandboxes' files at once: each may hold up to
         # ~50 MiB of the tenant's names (layers/writer.py), so their number is the platform's.
         self._exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
-        # Conversions and extractions at once (each may spend a core for minutes): the CPUs.
-        self.slots = InstallSlots(installs_at_once or os.cpu_count() or 1, install_queue)
+        # Conversions and extractions at once (each may spend a core for minutes): the CPUs. A
+        # small layer (a snapshot's few files, a config step's) takes turns of its own, half as
+        # many: its work is bounded by its size, so it never waits for a large install's slot.
+        cap = installs_at_once or os.cpu_count() or 1
+        self.slots = InstallSlots(cap, install_queue)
+        self.small_slots = InstallSlots(max(1, cap // 2), install_queue)
 
     # ------------------------------------------------------------------------ startup
 
@@ -263,7 +270,7 @@ class LayerCache:
         async with self._install_lock(digest):
             if self.has(digest):
                 return False
-            async with self.slots.slot(team) as ticket:
+            async with self._turns(size).slot(team) as ticket:
                 if admitted is not None:
                     await admitted()
                 tar = self._temp_path(".tar")
@@ -276,6 +283,11 @@ class LayerCache:
                 finally:
                     tar.unlink(missing_ok=True)
         return True
+
+    def _turns(self, size: int) -> InstallSlots:
+        """The turns a layer of ``size`` tar bytes takes (the size is a bound: a layer that sends
+        more than it declared is refused as it arrives)."""
+        return self.small_slots if size <= SMALL_LAYER else self.slots
 
     async def _receive_as_image(
         self, tar: Path, digest: str, size: int, chunks: AsyncIterator[bytes], ticket: Ticket
@@ -335,7 +347,7 @@ class LayerCache:
         async with self._install_lock(digest):
             if self.has(digest):
                 return False
-            async with self.slots.slot(team) as ticket:
+            async with self._turns(size).slot(team) as ticket:
                 await self._install_tar(tar, digest, size, ticket)
         return True
 
