@@ -283,8 +283,8 @@ def test_an_agent_repairs_a_dev_null_an_older_agent_handed_over() -> None:
     0). A starting agent gives it back to root, 0666, before any sandbox can use it."""
     os.chown("/dev/null", MAPPED_BASE, MAPPED_BASE)
     try:
-        with scratch_agent("attack-session13-dev-null", runtime="crun") as a:
-            assert "event=dev_null_repaired" in a.log_tail(400)
+        # (Not this agent's log line: under xdist another worker's agent may start first.)
+        with scratch_agent("attack-session13-dev-null", runtime="crun"):
             st = os.stat("/dev/null")
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o666)
     finally:
