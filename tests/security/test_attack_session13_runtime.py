@@ -5,10 +5,12 @@ sandboxes created and deleted in a loop, and scripts inside them.
 Fixed: every crun sandbox left a zombie ``crun`` process on the host for the agent's life
 (``crun run --detach`` daemonizes; its grandchild exits after crun itself and is re-parented to
 the agent, the subreaper, which never waited for it), and every gVisor sandbox that ended left
-its runsc processes (``exe``: the gofer, a ptrace stub per tenant process) the same way. A pid
-each: with this host's 32768 pids, a tenant's create/delete loop (20 at once) stops every fork
-on the host within the hour, other tenants' and the platform's. The agent now reaps them
-(``runtime/oci.py: reap_orphans``, every second).
+its runsc processes (``exe``: the gofer, a ptrace stub per tenant process: 2 a sandbox idle,
+~25 with 20 processes, up to its pids limit) the same way. A pid each, for the agent's life:
+with this host's 32768 pids, a tenant's create/delete loop (an estimate: ~6 crun creates a
+second per agent) or a few dozen gVisor sandboxes full of processes would stop every fork on
+the host, other tenants' and the platform's. The agent now reaps them (``runtime/oci.py:
+reap_orphans``, every second).
 
 Fixed: crun hands the container's stdio to its root (``fchown``), and the agent gave it the
 host's /dev/null: the host's one null device belonged to every crun sandbox's root, which could
