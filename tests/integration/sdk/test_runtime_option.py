@@ -29,8 +29,8 @@ async def test_the_runtime_reaches_the_server_sync_and_async(cp: InProcessCP) ->
         await asyncio.to_thread(lambda: Sandbox.create(runtime="crun", **conn))
     assert "crun runtime" in str(sync_none.value)
     with pytest.raises(SandboxUnavailableError) as default:
-        await AsyncSandbox.create(**conn)  # no runtime: the platform's default, runc
-    assert "runc runtime" in str(default.value)
+        await AsyncSandbox.create(**conn)  # no runtime: any host's own default, and none is online
+    assert str(default.value) == "[503 no_hosts_available] no online platform hosts available"
 
 
 def test_sandbox_info_carries_the_runtime_and_the_paused_state() -> None:
