@@ -396,10 +396,13 @@ class GvisorRuntime:
 
 
 def _stdio_file(bundle: Path) -> int:
-    """A runsc command's stdio: an unnamed file on the sandbox's run tmpfs (else its bundle
-    dir), never the host's /dev/null, which runsc would chown to nobody (session 13)."""
-    run_dir = bundle / "run"
-    return os.open(run_dir if run_dir.is_dir() else bundle, os.O_TMPFILE | os.O_RDWR, 0o600)
+    """A runsc command's stdio: an unnamed file on the sandbox's 64 KiB run tmpfs, never the
+    host's /dev/null, which runsc would chown to nobody (session 13), nor a file on the host's
+    disk (what a ``runsc exec``'d tenant process writes to its stderr lands in it)."""
+    try:
+        return os.open(bundle / "run", os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as e:  # sandbox root filled its run tmpfs, say: its own sandbox's failure
+        raise RuntimeError_(f"no stdio file for runsc in {bundle / 'run'}: {e}") from e
 
 
 def limit_memory(bundle: Path) -> None:
