@@ -382,10 +382,13 @@ class HostAgentServicer:
 
     def ReadFileCredit(self, request_iterator, context):
         """The two file streams with flow credit, so a transfer holds a window per direction whatever
-        gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
-        UNIMPLEMENTED, before any byte, and the caller uses the two above.
+        gRPC's flow-control windows grow to (as ExecStart.credit). The agent sends the call's initial
+        metadata `warren-file-credit: 1` before it reads a message, and the caller waits for it
+        before writing one: an agent without them answers UNIMPLEMENTED instead, and the caller
+        uses the two above (a message written meanwhile could turn that into INTERNAL).
         A download: the first message is `open`; later ones acknowledge the bytes the caller handed
-        on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+        on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
+        then an empty message (the end), and ends the call once the caller has half-closed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -63,10 +63,13 @@ class HostAgentStub:
     ReadFileStream: _grpc.UnaryStreamMultiCallable[_hostagent_pb2.ReadFileRequest, _hostagent_pb2.ReadFileStreamResponse]
     ReadFileCredit: _grpc.StreamStreamMultiCallable[_hostagent_pb2.ReadFileCreditRequest, _hostagent_pb2.ReadFileStreamResponse]
     """The two file streams with flow credit, so a transfer holds a window per direction whatever
-    gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
-    UNIMPLEMENTED, before any byte, and the caller uses the two above.
+    gRPC's flow-control windows grow to (as ExecStart.credit). The agent sends the call's initial
+    metadata `warren-file-credit: 1` before it reads a message, and the caller waits for it
+    before writing one: an agent without them answers UNIMPLEMENTED instead, and the caller
+    uses the two above (a message written meanwhile could turn that into INTERNAL).
     A download: the first message is `open`; later ones acknowledge the bytes the caller handed
-    on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+    on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
+    then an empty message (the end), and ends the call once the caller has half-closed.
     """
     WriteFileCredit: _grpc.StreamStreamMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileCreditEvent]
     """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
@@ -156,10 +159,13 @@ class HostAgentAsyncStub(HostAgentStub):
     ReadFileStream: _aio.UnaryStreamMultiCallable[_hostagent_pb2.ReadFileRequest, _hostagent_pb2.ReadFileStreamResponse]  # type: ignore[assignment]
     ReadFileCredit: _aio.StreamStreamMultiCallable[_hostagent_pb2.ReadFileCreditRequest, _hostagent_pb2.ReadFileStreamResponse]  # type: ignore[assignment]
     """The two file streams with flow credit, so a transfer holds a window per direction whatever
-    gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
-    UNIMPLEMENTED, before any byte, and the caller uses the two above.
+    gRPC's flow-control windows grow to (as ExecStart.credit). The agent sends the call's initial
+    metadata `warren-file-credit: 1` before it reads a message, and the caller waits for it
+    before writing one: an agent without them answers UNIMPLEMENTED instead, and the caller
+    uses the two above (a message written meanwhile could turn that into INTERNAL).
     A download: the first message is `open`; later ones acknowledge the bytes the caller handed
-    on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+    on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
+    then an empty message (the end), and ends the call once the caller has half-closed.
     """
     WriteFileCredit: _aio.StreamStreamMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileCreditEvent]  # type: ignore[assignment]
     """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
@@ -366,10 +372,13 @@ class HostAgentServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_hostagent_pb2.ReadFileStreamResponse], _abc.AsyncIterator[_hostagent_pb2.ReadFileStreamResponse]]:
         """The two file streams with flow credit, so a transfer holds a window per direction whatever
-        gRPC's flow-control windows grow to (as ExecStart.credit). An agent without them answers
-        UNIMPLEMENTED, before any byte, and the caller uses the two above.
+        gRPC's flow-control windows grow to (as ExecStart.credit). The agent sends the call's initial
+        metadata `warren-file-credit: 1` before it reads a message, and the caller waits for it
+        before writing one: an agent without them answers UNIMPLEMENTED instead, and the caller
+        uses the two above (a message written meanwhile could turn that into INTERNAL).
         A download: the first message is `open`; later ones acknowledge the bytes the caller handed
-        on. The agent sends at most its window (256 KiB) of the file past what was acknowledged.
+        on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
+        then an empty message (the end), and ends the call once the caller has half-closed.
         """
 
     @_abc_1.abstractmethod
