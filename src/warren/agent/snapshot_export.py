@@ -61,8 +61,9 @@ async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes 
                 f"sandbox {sb_id} runs on a host-local snapshot: only CreateSnapshot copies it"
             )
         tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb_id).upper, 0)
+        team = sb.team_id  # its install takes the sandbox's team's turn (layer_slots)
     try:
-        async for chunk in m.layers.stream_and_install(tar, meta):
+        async for chunk in m.layers.stream_and_install(tar, meta, team=team):
             yield chunk
     finally:
         tar.unlink(missing_ok=True)
