@@ -226,6 +226,8 @@ class CreditedExec(CreditedStream[pb.ExecStreamRequest, pb.ExecEvent]):
 # The initial metadata both send before reading a request: the CP waits for it before writing
 # one (an agent from before answers UNIMPLEMENTED instead; see cp/services/file_transfer.py).
 FILE_CREDIT_METADATA = (("warren-file-credit", "1"),)
+# How long a download that sent its end waits for the caller's half-close before it ends anyway.
+END_WAIT_S = 30.0
 
 
 async def upload_meta(requests: AsyncIterator[pb.WriteFileStreamRequest]) -> pb.WriteFileMeta:
@@ -262,7 +264,8 @@ async def credited_read(
     chunks: AsyncGenerator[bytes], requests: AsyncIterator[pb.ReadFileCreditRequest]
 ) -> AsyncGenerator[pb.ReadFileStreamResponse]:
     """A file's ``chunks`` as ReadFileCredit answers them, a window ahead of the acknowledgements
-    in ``requests`` (after the first, ``open``, they only acknowledge)."""
+    in ``requests`` (after the first, ``open``, they only acknowledge), then an empty message:
+    the end, after which the caller half-closes."""
     window = Window(OUTPUT_WINDOW)
 
     async def acks() -> None:
@@ -279,9 +282,17 @@ async def credited_read(
             await window.room()  # before the guest's next chunk is read: the guest waits meanwhile
             chunk = await anext(chunks, None)
             if chunk is None:
-                return
-            window.sent(len(chunk))
-            yield pb.ReadFileStreamResponse(chunk=chunk)
+                break
+            if chunk:  # an empty message is the end
+                window.sent(len(chunk))
+                yield pb.ReadFileStreamResponse(chunk=chunk)
+        # The end: an empty message, then the call ends only once the caller has half-closed.
+        # Ended at once, it raced the caller's last acknowledgement, and a message sent on a call
+        # that has just ended fails the call on the caller's side (INTERNAL, "Internal error
+        # from Core"): a whole download broke at its last byte.
+        await chunks.aclose()
+        yield pb.ReadFileStreamResponse()
+        await asyncio.wait((acker,), timeout=END_WAIT_S)
     finally:
         await cancel_and_wait(acker)
         await chunks.aclose()  # the guest connection, now

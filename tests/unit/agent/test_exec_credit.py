@@ -42,14 +42,23 @@ async def test_a_download_reads_the_guest_only_a_window_ahead_of_the_acks() -> N
     acks.put_nowait(pb.ReadFileCreditRequest(acked=CHUNK))
     got.append(await nxt)
     assert pulled == OUTPUT_WINDOW // CHUNK + 1
-    while True:  # acknowledged as taken: the rest flows, in order
+    while True:  # acknowledged as taken: the rest flows, in order, then the end (empty)
         acks.put_nowait(pb.ReadFileCreditRequest(acked=CHUNK))
-        try:
-            got.append(await anext(events))
-        except StopAsyncIteration:
+        msg = await anext(events)
+        if not msg.chunk:
             break
+        got.append(msg)
     assert [m.chunk[0] for m in got] == list(range(64)) and all(len(m.chunk) == CHUNK for m in got)
+    ended = asyncio.ensure_future(anext(events))
+    await _settle()
+    assert not ended.done()  # the call ends only once the caller has half-closed
     acks.put_nowait(None)
+    try:
+        await ended
+    except StopAsyncIteration:
+        pass
+    else:
+        raise AssertionError("a message after the end")
 
 
 async def test_a_download_whose_caller_sends_anything_but_acks_ends() -> None:

@@ -8,7 +8,9 @@ direction holds a window:
 
 - download: the agent sends at most 256 KiB past what this side acknowledged, and this side
   acknowledges a chunk once it has handed it on to the client (the ASGI server's ``send``
-  returned: the response's write backpressure), in :data:`OUTPUT_ACK_BYTES` batches;
+  returned: the response's write backpressure), in :data:`OUTPUT_ACK_BYTES` batches. The agent
+  ends the file with an empty message and the call only once this side has half-closed: a call
+  that ends while an acknowledgement is on its way fails here (INTERNAL) with every byte read;
 - upload: the agent acknowledges the bytes it has written to the guest, and this side reads no
   more of the client's body than :data:`UPLOAD_WINDOW` past that.
 
@@ -231,6 +233,9 @@ async def _relay(call: Any, first: Any, sid: str, path: str, *, credit: bool) ->
                 if credit and taken >= OUTPUT_ACK_BYTES:
                     await _ack(call, taken)
                     taken = 0
+            elif credit:  # the agent's end: it ends the call once this side has half-closed
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    await call.done_writing()
             try:
                 msg = await call.read()
             except AgentError as e:
