@@ -38,8 +38,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
+import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +340,38 @@ def test_vsock_sockets_are_refused_on_every_abi(agent: AgentProcess, runtime: st
     vsock = {k: v for k, v in out.items() if "vsock" in k}
     assert vsock == dict.fromkeys(vsock, 1) and len(vsock) == 3, out  # EPERM
     assert out["inet"] == out["unix"] == "ok" and out["i386 direct inet"] == 0, out
+
+
+@pytest.fixture(scope="module")
+def notified_agent() -> Iterator[tuple[AgentProcess, socket.socket]]:
+    """An agent whose service manager set NOTIFY_SOCKET (systemd's Type=notify does), with a
+    socket of the test's own at that path, to see what reaches it."""
+    where = Path(tempfile.mkdtemp(prefix="warren-notify-"))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(where / "notify.sock"))
+    listener.setblocking(False)
+    try:
+        env = {"NOTIFY_SOCKET": str(where / "notify.sock")}
+        with scratch_agent("attack-session13-notify", runtime="crun", env=env) as a:
+            yield a, listener
+    finally:
+        listener.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+def test_the_runtime_gets_nothing_of_the_agents_environment(
+    notified_agent: tuple[AgentProcess, socket.socket], runtime: str
+) -> None:
+    agent, listener = notified_agent
+    # Before the fix: the runtime waited for READY=1 from the container (120 s, then failed).
+    req = pb.CreateSandboxRequest(memory_mb=128, runtime=runtime)
+    sb = agent.stub.CreateSandbox(req, timeout=60).sandbox_id
+    try:
+        script = "grep -c 'notify.sock\\|/run/notify' /proc/self/mountinfo; env"
+        inside = agent.exec(sb, "sh", "-c", script).stdout.decode()
+    finally:
+        _destroy(agent, sb)
+    assert inside.splitlines()[0] == "0" and "NOTIFY" not in inside, inside
+    with pytest.raises(BlockingIOError):
+        listener.recv(4096)  # nothing was sent as the agent's service
