@@ -24,6 +24,10 @@ Firecracker guest with virtio-vsock) they reach the hypervisor's services past e
 rule, ``internet=false`` included. Refused on every ABI (i386's ``socketcall`` cannot be
 inspected by seccomp: socket creation through it is refused whatever the family).
 
+Fixed: the runtime inherited the agent's whole environment; with ``NOTIFY_SOCKET`` in it (a
+service manager's Type=notify sets it) runc and crun took it as the container's and every create
+failed. The runtime now gets PATH alone.
+
 Fixed (a second wall): ``pidfd_getfd``, which copies another process's descriptor as ptrace
 could, was not in the seccomp deny-list beside ptrace and ``process_vm_readv``.
 
@@ -152,7 +156,7 @@ def test_crun_sandboxes_hold_no_host_descriptor_or_agent_environment(agent: Agen
     assert "1" in out["envs"], out  # the guest's own environment was read
     leaked = {pid: env for pid, env in out["envs"].items() if CANARY in env or "WARREN_" in env}
     assert leaked == {}, leaked
-    # The oracle: the canary is in the agent's environment (and so its helpers' and crun's).
+    # The oracle: the canary is in the agent's environment (crun gets PATH alone).
     assert agent.proc is not None
     assert CANARY.encode() in Path(f"/proc/{agent.proc.pid}/environ").read_bytes()
 
