@@ -6,8 +6,9 @@ sessions). Every failure surfaces as :class:`GuestError` with a machine
 ``kind``: the guest's own kinds (``not_found``, ``invalid_argument``, ``is_a_directory``,
 ``not_a_directory``, ``exists``, ``permission``, ``no_space``, ``internal``) plus ``unavailable``
 (cannot connect, or the guest hung up), ``timeout`` (the client gave up waiting),
-``output_too_large`` (a unary exec printed more than the cap; the command was killed) and
-``too_large`` (the guest sent a frame larger than any legitimate one).
+``output_too_large`` (a unary exec printed more than the cap; the command was killed),
+``too_large`` (the guest sent a frame larger than any legitimate one) and ``not_running`` (the
+sandbox's container died: :meth:`GuestClient.container_gone`).
 
 The guest runs inside the sandbox, and sandbox root can rewrite its memory (``/proc/1/mem``) or
 replace its socket: every frame size and JSON field it sends is treated as hostile. Nothing it
@@ -36,6 +37,7 @@ from warren.agent.guest_wire import (
     ExecSession,
     GuestAddress,
     GuestError,
+    Lifeline,
     error_from,
     jdump,
     json_object,
@@ -257,6 +259,13 @@ class GuestClient:
         # Upper bound for unary operations, so a frozen or wedged guest cannot hang a caller.
         self.op_timeout = op_timeout
         self.max_output = max_output
+        # Every connection of this client, ended at once if its container dies.
+        self.lifeline = Lifeline()
+
+    def container_gone(self, message: str) -> None:
+        """The sandbox's container died: every call in flight fails with ``not_running`` and
+        ``message``, and so does every new one."""
+        self.lifeline.end(message)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -265,7 +274,7 @@ class GuestClient:
     ) -> dict[str, Any]:
         try:
             async with asyncio.timeout(limit if limit is not None else self.op_timeout):
-                conn = await Conn.open(self.socket_path)
+                conn = await Conn.open(self.socket_path, lifeline=self.lifeline)
                 try:
                     conn.send(K_REQ, jdump(req))
                     if body is not None:
@@ -282,7 +291,7 @@ class GuestClient:
         ``req``: its refusal is raised, and no answer within ``op_timeout`` is a ``timeout``
         ("guest did not <what> in time"). The caller closes the connection. ``limit`` as
         :meth:`Conn.open`'s."""
-        conn = await Conn.open(self.socket_path, limit)
+        conn = await Conn.open(self.socket_path, limit, self.lifeline)
         try:
             conn.send(K_REQ, jdump(req))
             async with asyncio.timeout(self.op_timeout):
@@ -297,7 +306,7 @@ class GuestClient:
     async def _open_session(
         self, req: dict[str, Any], stdin: bytes | None = None, limit: int = STREAM_LIMIT
     ) -> ExecSession:
-        conn, pid = await open_started(self.socket_path, req, stdin, limit)
+        conn, pid = await open_started(self.socket_path, req, stdin, limit, self.lifeline)
         return ExecSession(conn, ExecEvent(kind="start", pid=pid))
 
     # --- health ----------------------------------------------------------------------------
@@ -481,7 +490,7 @@ class GuestClient:
     ) -> int:  # fmt: skip
         """Stream ``chunks`` into ``path`` (parents created, replaced atomically on success),
         with ``metadata`` as the new file's ``user.e2b.*`` xattrs. Returns the bytes written."""
-        conn = await Conn.open(self.socket_path)
+        conn = await Conn.open(self.socket_path, lifeline=self.lifeline)
         # The guest may refuse early (bad path, parent is a file...): watch for its answer while
         # uploading so a refused 1 GiB upload stops at once instead of being sent in full.
         answer = asyncio.ensure_future(conn.result())

@@ -9,6 +9,7 @@ hostile: frames are capped by kind before they are read, and a malformed answer 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -43,6 +44,13 @@ MAX_DATA_FRAME = 4 << 20
 MAX_JSON_FRAME = 2 << 20
 DATA_KINDS = frozenset({K_DATA, K_STDOUT, K_STDERR})
 STREAM_LIMIT = 1 << 20  # asyncio StreamReader buffer: bounds memory while reading a file
+# The kind of a call into a sandbox whose container died (container_exits.py); the agent's
+# answer for a sandbox that is not running (FAILED_PRECONDITION, the CP's 409).
+NOT_RUNNING = "not_running"
+# How long a connection that broke waits to learn whether its container died: the container's
+# sockets close a moment before its exit is noticed (runc: the kernel ends the pid namespace's
+# processes first; gVisor's host socket has no peer left to close it, see Lifeline.end).
+DEATH_GRACE_S = 1.0
 
 
 GuestErrorKind = str
@@ -123,15 +131,52 @@ GuestAddress = str | TcpGuest
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
+class Lifeline:
+    """The guest connections of one container, ended together when it dies (:meth:`end`):
+    each pending read fails with :data:`NOT_RUNNING` at once, and so does every new connection.
+    Without it a gVisor sandbox's connections outlive its Sentry (its network stack died with
+    it, nothing resets them) and a call waited for its own timeout."""
+
+    def __init__(self) -> None:
+        self.gone = ""  # the error's message once the container died
+        self.conns: set[Conn] = set()
+        self._ended = asyncio.Event()
+
+    def end(self, message: str) -> None:
+        if self.gone:
+            return
+        self.gone = message
+        self._ended.set()
+        for conn in list(self.conns):
+            conn.writer.transport.abort()
+
+    def error(self) -> GuestError:
+        return GuestError(NOT_RUNNING, self.gone)
+
+    async def explain(self, e: GuestError) -> GuestError:
+        """A broken connection's error: :data:`NOT_RUNNING` when its container died (now or
+        within :data:`DEATH_GRACE_S`), else ``e``."""
+        if not self.gone:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DEATH_GRACE_S):
+                    await self._ended.wait()
+        return self.error() if self.gone else e
+
+
 class Conn:
     """One connection = one request."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lifeline: Lifeline | None = None
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.lifeline = lifeline
+        if lifeline is not None:
+            lifeline.conns.add(self)
 
     @classmethod
-    async def _open_tcp(cls, addr: TcpGuest, limit: int) -> Conn:
+    async def _open_tcp(cls, addr: TcpGuest, limit: int, lifeline: Lifeline | None) -> Conn:
         try:
             reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=limit)
         except OSError as e:
@@ -141,13 +186,18 @@ class Conn:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         writer.write(addr.secret)
-        return cls(reader, writer)
+        return cls(reader, writer, lifeline)
 
     @classmethod
-    async def open(cls, path: GuestAddress, limit: int = STREAM_LIMIT) -> Conn:
-        """``limit``: the reader's buffer; asyncio stops reading the socket past twice it."""
+    async def open(
+        cls, path: GuestAddress, limit: int = STREAM_LIMIT, lifeline: Lifeline | None = None
+    ) -> Conn:
+        """``limit``: the reader's buffer; asyncio stops reading the socket past twice it.
+        ``lifeline``: its container's (None: a sandbox no one watches, e.g. a build step's)."""
+        if lifeline is not None and lifeline.gone:
+            raise lifeline.error()
         if isinstance(path, TcpGuest):
-            return await cls._open_tcp(path, limit)
+            return await cls._open_tcp(path, limit, lifeline)
         # The socket's directory is the sandbox's /run/warren, writable by sandbox root: it can
         # replace the socket with a symlink, which connect(2) would follow *on the host* (to
         # another sandbox's guest, or any host socket). So pin the inode without following a
@@ -165,7 +215,7 @@ class Conn:
             raise GuestError("unavailable", f"cannot connect to guest at {path}: {e}") from e
         finally:
             os.close(fd)
-        return cls(reader, writer)
+        return cls(reader, writer, lifeline)
 
     def send(self, kind: int, payload: bytes = b"") -> None:
         self.writer.write(frame(kind, payload))
@@ -189,10 +239,14 @@ class Conn:
                 raise GuestError("too_large", f"the guest sent a frame of {n} bytes (at most {cap})")
             payload = await self.reader.readexactly(n) if n else b""
         except asyncio.IncompleteReadError as e:
-            raise GuestError("unavailable", "guest closed the connection mid-response") from e
+            closed = GuestError("unavailable", "guest closed the connection mid-response")
+            raise await self._broken(closed) from e
         except (ConnectionError, OSError) as e:
-            raise GuestError("unavailable", f"guest connection lost: {e}") from e
+            raise await self._broken(GuestError("unavailable", f"guest connection lost: {e}")) from e
         return hdr[4], payload
+
+    async def _broken(self, e: GuestError) -> GuestError:
+        return e if self.lifeline is None else await self.lifeline.explain(e)
 
     async def result(self) -> dict[str, Any]:
         kind, payload = await self.recv()
@@ -205,15 +259,22 @@ class Conn:
     def close(self) -> None:
         # The guest treats EOF as "client gone"; no need to wait for the close handshake.
         self.writer.close()
+        if self.lifeline is not None:
+            self.lifeline.conns.discard(self)
 
 
 async def open_started(
-    path: GuestAddress, req: dict[str, Any], stdin: bytes | None = None, limit: int = STREAM_LIMIT
+    path: GuestAddress,
+    req: dict[str, Any],
+    stdin: bytes | None = None,
+    limit: int = STREAM_LIMIT,
+    lifeline: Lifeline | None = None,
 ) -> tuple[Conn, int]:
     """A connection to the guest at ``path`` on which ``req`` started a command or a terminal,
     and its pid (from the start event). ``stdin``, then END, goes right after the request. A
-    refusal raises, and the connection is closed. ``limit`` as :meth:`Conn.open`'s."""
-    conn = await Conn.open(path, limit)
+    refusal raises, and the connection is closed. ``limit`` and ``lifeline`` as
+    :meth:`Conn.open`'s."""
+    conn = await Conn.open(path, limit, lifeline)
     try:
         conn.send(K_REQ, jdump(req))
         if stdin is not None:
@@ -246,13 +307,16 @@ class GuestStream:
 
     async def _next_frame(self) -> tuple[int, bytes] | GuestError:
         """The guest's next frame, or the error that broke the connection (the stream has then
-        ended); StopAsyncIteration once it has ended."""
+        ended); StopAsyncIteration once it has ended. A dead container's :data:`NOT_RUNNING` is
+        raised: the call fails with it, as any call into a sandbox that is not running."""
         if self._done:
             raise StopAsyncIteration
         try:
             return await self._conn.recv()
         except GuestError as e:
             self._finish()
+            if e.kind == NOT_RUNNING:
+                raise
             return e
 
     def _finish(self) -> None:

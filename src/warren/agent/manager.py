@@ -35,6 +35,7 @@ from warren import clock
 from warren.agent import metrics, record, sandbox_fs
 from warren.agent.admission import CreateAdmission
 from warren.agent.chain import Chain, TemplateConfig
+from warren.agent.container_exits import ContainerExits
 from warren.agent.container_ids import ContainerIds
 from warren.agent.create import BuildLimits, CreateRequest, SandboxBuilder, check_request
 from warren.agent.guest_client import GuestClient
@@ -116,6 +117,8 @@ class SandboxManager:
         # first instead of running the leftover clean-up against a slot the first just freed.
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        # Containers that die on their own, noticed at once (a pidfd each; container_exits.py).
+        self._exits = ContainerExits(lambda sb_id, pid: self._detach(self._exited(sb_id, pid)))
         self.warm_pools = self._warm_pools()
         # Prepared network slots are refilled after creates, as warm pools are.
         self.network.wait_idle = self._admission.wait_quiet
@@ -169,6 +172,7 @@ class SandboxManager:
     async def stop(self) -> None:
         """Stop the loops. Sandboxes keep running: a restarted agent re-adopts them."""
         self._stopping = True
+        self._exits.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -212,9 +216,8 @@ class SandboxManager:
         if sb.status == "paused" and not sb.paused_state:
             # Paused by a crash's checkpoint (pid 0: no process) or frozen.
             sb.paused_state = self._runtimes.adopted_paused_state(sb)
-        self._sandboxes[sb.id] = sb
+        self._register(sb)
         self._save(sb)
-        self._sample(sb)
 
     async def _loop(self, interval: float, fn: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -248,6 +251,7 @@ class SandboxManager:
 
     def guest(self, sb_id: str) -> GuestClient:
         """The guest client of a running sandbox: commands and files go straight to it."""
+        self._exits.check(sb_id)  # its container died: not running, even once it is removed
         sb = self._running(sb_id)
         if sb.checkpointing:
             raise InvalidState(f"sandbox {sb_id} is being paused")
@@ -391,8 +395,7 @@ class SandboxManager:
         if claimed is None:
             return await self._admit_and_build(req)
         sb, t = claimed
-        self._sandboxes[sb.id] = sb
-        self._sample(sb)
+        self._register(sb)
         return sb, t, t
 
     async def _admit_and_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
@@ -402,8 +405,7 @@ class SandboxManager:
         times: list[float] = []
         admission = self.admission(req.sandbox_id, times)
         sb = await self._builder.build(req, lower, base_config, admission=admission)
-        self._sandboxes[sb.id] = sb
-        self._sample(sb)
+        self._register(sb)
         return sb, times[0], times[1]
 
     async def build_transient(self, req: CreateRequest) -> HostSandbox:
@@ -468,6 +470,7 @@ class SandboxManager:
             if self._sandboxes.get(sb_id) is not sb:
                 raise NotFound(f"sandbox {sb_id} not found")
             del self._sandboxes[sb_id]
+            self._exits.forget(sb_id)
             await self._teardown.cleanup(sb_id, slot=sb.slot, pid=sb.pid)
             self.runtimes.forget(sb_id)
         log.info("event=sandbox_destroyed sandbox_id=%s", sb_id)
@@ -523,6 +526,7 @@ class SandboxManager:
             if sb.status != "paused":
                 raise InvalidState(f"sandbox {sb_id} is not paused (status {sb.status})")
             await self._runtimes.resume(sb, self._dir(sb_id), self._guest)
+            self._exits.watch(sb_id, sb.pid)  # a gVisor sandbox's process is a new one
             sb.status, sb.paused_state = "running", ""
             if timeout_sec is not None and timeout_sec >= 0:
                 sb.timeout_sec = timeout_sec
@@ -575,6 +579,29 @@ class SandboxManager:
 
     # ========================================================================= metrics
 
+    def _register(self, sb: HostSandbox) -> None:
+        self._sandboxes[sb.id] = sb
+        self._exits.watch(sb.id, sb.pid)
+        self._sample(sb)
+
+    async def _exited(self, sb_id: str, pid: int) -> None:
+        """A pidfd said the sandbox's process ended: a death, unless a pause or resume under way
+        (a gVisor checkpoint ends the process) leaves it paused or with another process."""
+        if (sb := self._sandboxes.get(sb_id)) is None or sb.pid != pid:
+            return
+        async with sb.lock:
+            pass
+        if self._sandboxes.get(sb_id) is sb and sb.status == "running" and not process_alive(sb.pid):
+            await self._died(sb)
+
+    async def _died(self, sb: HostSandbox) -> None:
+        """Its guest (PID 1) died with its container: its calls end, everything is freed (the CP
+        sees it missing from ListSandboxes)."""
+        log.error("event=sandbox_died sandbox_id=%s pid=%d", sb.id, sb.pid)
+        self._exits.died(sb.id, sb.guest)
+        with contextlib.suppress(WarrenError):
+            await self.destroy(sb.id)
+
     def _sample(self, sb: HostSandbox) -> None:
         metrics.sample(sb, self.runtime, self._dir(sb.id) / "disk")
 
@@ -583,11 +610,7 @@ class SandboxManager:
             if sb.lock.locked():
                 continue  # a pause or resume under way (a gVisor checkpoint ends the process)
             if not process_alive(sb.pid):
-                # The guest (PID 1) died, so did the container: free everything; the CP sees
-                # the sandbox missing from ListSandboxes.
-                log.error("event=sandbox_died sandbox_id=%s pid=%d", sb.id, sb.pid)
-                with contextlib.suppress(WarrenError):
-                    await self.destroy(sb.id)
+                await self._died(sb)  # where no pidfd told (container_exits.py) or it came first
                 continue
             self._sample(sb)
 

@@ -25,6 +25,7 @@ from warren.agent.guest_wire import (
     GuestAddress,
     GuestError,
     GuestStream,
+    Lifeline,
     error_from,
     exit_of,
     jdump,
@@ -64,10 +65,12 @@ class PtySession(GuestStream):
     resizes and signals. Closing it detaches; the terminal lives on."""
 
     @classmethod
-    async def open(cls, socket_path: GuestAddress, req: dict[str, Any]) -> PtySession:
+    async def open(
+        cls, socket_path: GuestAddress, req: dict[str, Any], lifeline: Lifeline | None = None
+    ) -> PtySession:
         # A credit exec's small reader buffer: the default (1 MiB) held 2 MiB of output a
         # terminal whose client is not reading (64 terminals: +200 MiB on the agent).
-        return cls(*await open_started(socket_path, req, limit=READ_AHEAD))
+        return cls(*await open_started(socket_path, req, limit=READ_AHEAD, lifeline=lifeline))
 
     def __aiter__(self) -> PtySession:
         return self
@@ -187,7 +190,8 @@ async def pty_stream(
         if first.connect.pid <= 0:
             raise InvalidRequest("connect needs a positive pid")
         req, opts = {"op": "pty_connect", "pid": first.connect.pid}, first.connect
-    session = await PtySession.open(m.guest(sid).socket_path, req)
+    guest = m.guest(sid)
+    session = await PtySession.open(guest.socket_path, req, guest.lifeline)
     # Credit (exec_credit): input written to the guest is acknowledged, and the CP sends only a
     # window of it ahead, so what the guest is not taking is not buffered by gRPC here; with
     # output credit too, this side sends only a window of output past what the CP handed on.

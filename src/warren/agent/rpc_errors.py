@@ -41,11 +41,13 @@ GUEST_CODES = {
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
+    # The sandbox's container died (container_exits.py): as any call into a stopped sandbox.
+    "not_running": grpc.StatusCode.FAILED_PRECONDITION,
 }
 # Kinds whose message is written for the API's client (it becomes the HTTP error message).
 _CLIENT_WORDED = frozenset(
     {"not_found", "invalid_argument", "permission", "no_space", "output_too_large", "too_large"}
-)
+) | {"not_running"}
 
 
 def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -260,6 +260,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
                 with self.m.in_use(sid):
                     async for out in credited.events(request_iterator):
                         yield out
+            except GuestError as e:  # its container died (guest_wire.NOT_RUNNING)
+                await abort(context, e, "ExecStream")
             finally:
                 await session.close()
             return
@@ -267,6 +269,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         try:
             async for out in self._relay(st.sandbox_id, session):
                 yield out
+        except GuestError as e:
+            await abort(context, e, "ExecStream")
         finally:
             await cancel_and_wait(pump)
             await session.close()
@@ -367,6 +371,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         try:
             async for out in self._relay(request.sandbox_id, session):
                 yield out
+        except GuestError as e:  # its container died (guest_wire.NOT_RUNNING)
+            await abort(context, e, "AttachProcess")
         finally:
             await session.close()
 
