@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import shutil
@@ -97,6 +98,10 @@ def pg_seconds(postmaster: int) -> float:
         total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
+
+# The runtime each REST create ran on, as its answer says (a create names none: its host's
+# default, crun where the agent found it works; session 13).
+RAN_ON: collections.Counter[str] = collections.Counter()
 
 # CPU seconds per second the CP and PostgreSQL spend with no create running: the agents'
 # heartbeats (every second here, so pools are seen filling) and background work. Measured once
@@ -186,7 +191,9 @@ async def rest_create_exec(url: str, key: str, meter: Meter) -> float:
         status, _, data = await conn.request("POST", "/v1/sandboxes", b"{}")
         if status != 201:
             raise RuntimeError(f"create -> {status}: {data[:300]!r}")
-        sid = json.loads(data)["id"]
+        made = json.loads(data)
+        sid = made["id"]
+        RAN_ON[made.get("runtime", "?")] += 1
         body = json.dumps({"cmd": "true"}).encode()
         status, _, data = await conn.request("POST", f"/v1/sandboxes/{sid}/exec", body)
         if status != 200:
@@ -242,6 +249,7 @@ async def one_at_a_time(platform: Platform, args: argparse.Namespace, cp_pid: in
     print(line("SDK create -> commands.run, warm", sdk["warm"], "(target p50 <= 15 ms)"))
     for side, m in meters.items():
         print(f"  CPU per REST create+exec, {side}: {m.per_create()}   (target CP <= 1.5 ms per create)")
+    print(f"  runtimes the REST creates ran on: {dict(RAN_ON)}   load {os.getloadavg()[0]:.2f}")
 
 
 def probe(platform: Platform, base: Path, cp_pid: int, pg_pid: int) -> Probe:
