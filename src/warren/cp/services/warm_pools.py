@@ -8,6 +8,8 @@ platform host pools platform templates only (a pooled sandbox is claimed by whic
 for the same template next), a BYOC host its team's templates or the platform's. Snapshots are
 never pooled. A template made of store layers is resolved to its newest version (or the one its
 tag names) and its chain is sent with ``SetWarmPool``, the layers the host lacks pushed first.
+Runtimes: a pool's name may end in ``@runc`` or ``@crun`` (a pool of that runtime, one the host
+offers; session 13), else it holds the host's default runtime (warm_pool_state.split_pool_name).
 
 The size is stored (``hosts.warm_pool_targets``) once the agent accepted it, or at once when the
 host is not online (it is applied when the host reports in). The agent's pools never appear as
