@@ -17,8 +17,10 @@ import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
 from tests.harness.machine import free_port
+from warren.cli.main import app as cli_app
 
 # Three `warren up` starts (PostgreSQL and the CP each time) are heavy: their whole can outlast
 # the default 300 s on a loaded machine. They run beside the rest (no shared port or state; the
@@ -26,9 +28,12 @@ from tests.harness.machine import free_port
 pytestmark = [pytest.mark.timeout(900)]
 
 
+_NOT_INHERITED = ("WARREN_DATABASE_URL", "WARREN_JWT_SECRET", "WARREN_HOME", "WARREN_PUBLIC_URL")
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    for k in ("WARREN_DATABASE_URL", "WARREN_JWT_SECRET", "WARREN_HOME", "WARREN_PUBLIC_URL"):
+    for k in _NOT_INHERITED:
         env.pop(k, None)
     return env
 
@@ -42,6 +47,15 @@ def _warren(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
         timeout=180,
         **kw,
     )
+
+
+def _warren_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """A ``warren`` command in process through typer's CliRunner (the real app, as test_cli.py
+    does), with ``_env``'s variables unset: a process of its own pays the CLI's imports (~2-8 s
+    on a loaded machine) each time."""
+    unset: dict[str, str | None] = dict.fromkeys(_NOT_INHERITED)
+    r = CliRunner().invoke(cli_app, list(args), env=unset)
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)
 
 
 def _processes_mentioning(text: str) -> list[tuple[int, str]]:
@@ -139,13 +153,13 @@ def test_warren_up_first_and_second_start_persist_and_stop_cleanly(home: Path, t
     assert r.status_code == 201, r.text
 
     # Admin commands reach the database of the running `warren up`.
-    res = _warren("admin", "grant", "UP@example.com ", "--home", str(home))
+    res = _warren_here("admin", "grant", "UP@example.com ", "--home", str(home))
     assert res.returncode == 0, res.stderr + res.stdout
-    res = _warren("admin", "list", "--home", str(home))
+    res = _warren_here("admin", "list", "--home", str(home))
     assert "up@example.com" in res.stdout
-    res = _warren("admin", "grant", "nobody@example.com", "--home", str(home))
+    res = _warren_here("admin", "grant", "nobody@example.com", "--home", str(home))
     assert res.returncode == 1 and "No account" in res.stderr
-    res = _warren("migrate", "status", "--check", "--home", str(home))
+    res = _warren_here("migrate", "status", "--check", "--home", str(home))
     assert res.returncode == 0 and "pending  none" in res.stdout
 
     assert up.stop() == 0
