@@ -172,6 +172,7 @@ class Conn:
         self.reader = reader
         self.writer = writer
         self.lifeline = lifeline
+        self._ended_here = False  # closed or aborted by this side: no death to wait for
         if lifeline is not None:
             lifeline.conns.add(self)
 
@@ -246,7 +247,7 @@ class Conn:
         return hdr[4], payload
 
     async def _broken(self, e: GuestError) -> GuestError:
-        return e if self.lifeline is None else await self.lifeline.explain(e)
+        return e if self.lifeline is None or self._ended_here else await self.lifeline.explain(e)
 
     async def result(self) -> dict[str, Any]:
         kind, payload = await self.recv()
@@ -258,9 +259,15 @@ class Conn:
 
     def close(self) -> None:
         # The guest treats EOF as "client gone"; no need to wait for the close handshake.
+        self._ended_here = True
         self.writer.close()
         if self.lifeline is not None:
             self.lifeline.conns.discard(self)
+
+    def abort(self) -> None:
+        """Reset the connection now: a pending read fails at once."""
+        self._ended_here = True
+        self.writer.transport.abort()
 
 
 async def open_started(

@@ -118,7 +118,7 @@ class PtySession(GuestStream):
 
     def abort(self) -> None:
         """End the session from the input side: the pending read fails and the relay stops."""
-        self._conn.writer.transport.abort()
+        self._conn.abort()
 
 
 def start_request(st: pb.PtyStart, user: str, cwd: str | None) -> dict[str, Any]:
