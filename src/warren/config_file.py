@@ -63,7 +63,7 @@ def agent_keys() -> dict[str, Key]:
         cp_url=Key("WARREN_CP_URL", str),
         listen=Key("WARREN_AGENT_LISTEN", str),
         data_dir=Key("WARREN_AGENT_DATA_DIR", Path),
-        runtime=Key("WARREN_AGENT_RUNTIME", Literal["runc", "crun"]),
+        runtime=Key("WARREN_AGENT_RUNTIME", Literal["auto", "runc", "crun"]),
         address=Key("WARREN_AGENT_ADDRESS", str),
         # Used only while the data dir holds no host credentials (see cli/config_option.py):
         # once registered, restarts must not spend the consumed token again.

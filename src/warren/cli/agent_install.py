@@ -136,7 +136,9 @@ def install_command(
     data_dir: Annotated[Path, typer.Option(help="where sandboxes and templates live")] = Path(
         "/var/lib/warren/agent"
     ),
-    runtime: Annotated[str, typer.Option(help="runc or crun")] = "runc",
+    runtime: Annotated[
+        str, typer.Option(help="the default runtime: auto (crun where it works, else runc), runc or crun")
+    ] = "auto",
     root: Annotated[
         Path | None,
         typer.Option(help="prefix every path written with this directory, and start nothing (tests, images)"),

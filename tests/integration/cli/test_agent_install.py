@@ -52,7 +52,7 @@ async def test_writes_config_and_unit_under_root(cp: InProcessCP, root: Path) ->
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 0, 0)
     assert config_file.read(config, config_file.agent_keys()) == {
         "cp_url": cp.url, "listen": f"127.0.0.1:{port}", "address": f"127.0.0.1:{port}",
-        "data_dir": str(root / "agent"), "runtime": "runc", "registration_token": "ab" * 32,
+        "data_dir": str(root / "agent"), "runtime": "auto", "registration_token": "ab" * 32,
     }  # fmt: skip
     assert f"ExecStart={VENV_BIN / 'warren'} agent --config /etc/warren/agent.toml\n" in unit.read_text()
     assert not (root / "agent").exists()  # the agent makes its data dir, not the install
