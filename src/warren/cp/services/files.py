@@ -147,9 +147,10 @@ async def _write(
     tgt: UploadTarget, path: str, chunks: AsyncIterator[bytes], metadata: Mapping[str, str] | None = None
 ) -> None:
     """One file to the agent, holding one of its team's stream slots while it goes (429
-    ``too_many_streams`` past ``max_streams``). An upload the guest drains slowly holds the
-    agent's gRPC window; until session 12 nothing but the connection caps bounded how many a
-    team held (48 into a CPU-starved sandbox of its own: agent +822 MiB)."""
+    ``too_many_streams`` past ``max_streams``). An upload the guest drains slowly holds a credit
+    window (``file_transfer``; until session 13 the agent's gRPC window, MiBs); until session 12
+    nothing but the connection caps bounded how many a team held (48 into a CPU-starved sandbox
+    of its own: agent +822 MiB)."""
     _check_upload_path(path)
     with stream_slots.Slot() as slot:
         slot.claim(tgt.ctx, tgt.max_streams)
@@ -234,9 +235,10 @@ async def _counted(
     ctx: AuthContext, max_streams: int, start: Callable[[], Awaitable[AsyncIterator[bytes]]]
 ) -> AsyncIterator[bytes]:
     """A download counted with its team's streams (``services/stream_slots``). What a download
-    its client does not read holds is the agent's and the CP's gRPC windows (measured: ~2.8 MiB
-    on the agent, ~4.8 MiB on the CP a stream); until session 12 nothing but the connection caps
-    bounded how many one team held (64 unread: CP +306 MiB, agent +181 MiB)."""
+    its client does not read holds is a credit window each side (``file_transfer``: 64 unread,
+    CP and agent ~+30 MiB; until session 13 gRPC's windows, ~4.8 and ~2.8 MiB a stream); until
+    session 12 nothing but the connection caps bounded how many one team held (64 unread: CP
+    +306 MiB, agent +181 MiB)."""
     slot = stream_slots.Slot()
     slot.claim(ctx, max_streams)
     try:
