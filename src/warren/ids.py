@@ -34,6 +34,7 @@ class Kind(StrEnum):
     AUDIT_LOG = "log-"
     BUILD = "bld-"  # a template build (docs/templates.md §4)
     WATCHER = "wch-"  # a polling directory watcher, scoped to its sandbox (docs/networking.md §4)
+    INVITATION = "inv-"  # a pending invitation to join a team (docs/auth.md "Invitations")
 
 
 def base36(u: uuid.UUID) -> str:

@@ -30,9 +30,11 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import JWT_SECRET, InProcessCP
+from tests.harness.invitations import join_team_async
 from tests.harness.machine import free_port, scratch_dir
 from warren import ids
 from warren.cli.admin import set_admin
+from warren.cp.security.tokens import issue_user_jwt
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import hosts as hosts_svc
 from warren.cp.services import teams as teams_svc
@@ -118,10 +120,19 @@ class LiveCP(InProcessCP):
         team = await teams_svc.create_team(self.engine, self.settings, self.ctx(account), name)
         return team.id
 
-    async def add_member(self, owner: Account, team_id: str, email: str) -> None:
-        await teams_svc.add_member(
-            self.engine, self.ctx(owner, team_id), ids.parse_id(ids.Kind.TEAM, team_id), email
-        )
+    def token(self, account: Account, team_id: str | None = None) -> str:
+        """A JWT of ``account`` for ``team_id`` (its own team when None), as sign-in issues; the
+        CP reads the role and the membership from the database, never from it."""
+        team = ids.parse_id(ids.Kind.TEAM, team_id or account.team_id)
+        return issue_user_jwt(
+            JWT_SECRET, user_id=account.user_uuid, team_id=team, role="member", email=account.email,
+            name=account.name,
+        )  # fmt: skip
+
+    async def add_member(self, owner: Account, team_id: str, member: Account) -> None:
+        """``owner`` invites ``member``, who accepts (tests/harness/invitations.py)."""
+        inviter, invitee = self.token(owner, team_id), self.token(member)
+        await join_team_async(self.http, team_id, member.email, inviter=inviter, invitee=invitee)
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ async def test_invited_user_without_a_default_team_lands_on_the_team_they_joined
     active team instead of being refused."""
     owner = await live.signup("Olga Owner")
     invited = await live.signup("Ivan Invited")
-    await live.add_member(owner, owner.team_id, invited.email)
+    await live.add_member(owner, owner.team_id, invited)
     # Ivan's own (default) team goes away; only the team he was invited to remains.
     await team_deletion.delete_team(live.engine, live.pool, live.ctx(invited), invited.team_uuid)
     page = await web.new_page()

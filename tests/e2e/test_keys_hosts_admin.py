@@ -145,7 +145,7 @@ async def test_members_see_hosts_read_only(web: Web, live: LiveCP) -> None:
     owner = await live.signup("Hosts Owner")
     member = await live.signup("Hosts Member")
     await live.enable_byoc(owner.team_id)
-    await live.add_member(owner, owner.team_id, member.email)
+    await live.add_member(owner, owner.team_id, member)
     page = await web.signed_in_page(member)
     await page.click("#team-button")
     await page.get_by_role("menuitem", name="Hosts Owner's Team").click()

@@ -66,7 +66,7 @@ async def test_hosts_nav_only_for_byoc_teams_and_disabled_for_members(web: Web, 
     member with the hint "Available to team owners and admins only"."""
     owner = await live.signup("Owner Byoc")
     member = await live.signup("Member Byoc")
-    await live.add_member(owner, owner.team_id, member.email)
+    await live.add_member(owner, owner.team_id, member)
 
     page = await web.signed_in_page(owner)
     nav = page.get_by_role("navigation", name="Main")

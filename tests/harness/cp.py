@@ -29,6 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.invitations import join_team_async
 from tests.harness.machine import free_port
 from warren import ids
 from warren.config import HTTP_KEEP_ALIVE_S, Settings
@@ -137,11 +138,7 @@ class InProcessCP:
     async def join(self, owner: User, role: str) -> User:
         """A new user added to ``owner``'s team with ``role``, holding a JWT for that team."""
         u = await self.signup()
-        r = await owner.req("POST", f"/v1/teams/{owner.team_id}/members", json={"email": u.email})
-        assert r.status_code == 201, r.text
-        if role != "member":
-            r = await owner.req("PATCH", f"/v1/teams/{owner.team_id}/members/{u.id}", json={"role": role})
-            assert r.status_code == 204, r.text
+        await join_team_async(self.http, owner.team_id, u.email, inviter=owner.h, invitee=u.h, role=role)
         r = await u.req("POST", "/v1/auth/switch-team", json={"team_id": owner.team_id})
         assert r.status_code == 200, r.text
         u.token, u.team_id = r.json()["token"], owner.team_id

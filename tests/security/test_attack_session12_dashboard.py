@@ -11,10 +11,11 @@ the title-report request (``CSI 21 t``: the classic answer-back that makes a ter
 attacker text into its shell), DECRQSS, DA and DSR requests.
 
 Mallory also owns teams named like the victim's own ("Victor Victim's Team", and the same with
-two spaces or an ``I`` for an ``l``, which a browser draws alike) and adds the victim to them:
-no consent is asked. The team switcher showed each team by name alone, so the victim could not
-tell which entry was theirs, switch into Mallory's team and work there (sandboxes, files, API
-keys, BYOC hosts) in her sight. Fixed: each entry shows the victim's role in it, and teams whose
+two spaces or an ``I`` for an ``l``, which a browser draws alike) and adds the victim to them
+(no consent was asked until session 13; here the victim accepts her invitations). The team
+switcher showed each team by name alone, so the victim could not tell which entry was theirs,
+switch into Mallory's team and work there (sandboxes, files, API keys, BYOC hosts) in her
+sight. Fixed: each entry shows the victim's role in it, and teams whose
 names look alike show the tail of their id.
 
 Expected: nothing runs in the victim's page (``window.__pwned`` stays unset, no dialog opens,
@@ -37,6 +38,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.harness.cp import PASSWORD
+from tests.harness.invitations import join_team
 from tests.harness.platform import Platform
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
@@ -89,9 +91,9 @@ class Planted:
         self.victim_email, victim = _signup(url, "Victor Victim")
         self.team_id = victim["team_id"]
         self.mallory_email, mallory = _signup(url, MARKUP[:90])
+        self.victim_token = victim["token"]
         with _api(url, victim["token"]) as v:
-            r = v.post(f"/v1/teams/{self.team_id}/members", json={"email": self.mallory_email})
-            assert r.status_code == 201, r.text
+            join_team(v, self.team_id, self.mallory_email, inviter=victim["token"], invitee=mallory["token"])
         self.mallory_own = mallory["token"]
         with _api(url, mallory["token"]) as m:
             r = m.post("/v1/auth/switch-team", json={"team_id": self.team_id})
@@ -113,8 +115,8 @@ class Planted:
         return _api(self.url, self.token)
 
     def look_alike_team(self, name: str) -> None:
-        """Mallory's own team under a name the victim's switcher draws like its own; adding a
-        registered user to a team needs no consent of theirs."""
+        """Mallory's own team under a name the victim's switcher draws like its own, which the
+        victim joins by accepting her invitation (since session 13 nobody joins without)."""
         with _api(self.url, self.mallory_own) as m:
             r = m.post("/v1/teams", json={"name": name})
             assert r.status_code == 201, r.text
@@ -122,8 +124,7 @@ class Planted:
             r = m.post("/v1/auth/switch-team", json={"team_id": tid})
             assert r.status_code == 200, r.text
         with _api(self.url, r.json()["token"]) as m:
-            r = m.post(f"/v1/teams/{tid}/members", json={"email": self.victim_email})
-            assert r.status_code == 201, r.text
+            join_team(m, tid, self.victim_email, inviter=r.json()["token"], invitee=self.victim_token)
 
     def write_terminals(self) -> None:
         """Mallory's script in the team's sandbox: her bytes to every terminal it has."""

@@ -25,6 +25,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import JWT_SECRET
+from tests.harness.invitations import join_team
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 from warren import ids
@@ -235,7 +236,8 @@ def test_demoted_then_removed_member_keeps_no_rights_from_an_old_jwt(
     mal = jwt.decode(mallory.token, options={"verify_signature": False})
     team = f"/v1/teams/{bob.team_id}"
     owner = bearer(bob.token)
-    assert call(platform.url, owner, "POST", f"{team}/members", {"email": mal["email"]})[0] == 201
+    with httpx.Client(base_url=platform.url, timeout=60) as c:
+        join_team(c, bob.team_id, mal["email"], inviter=owner, invitee=mallory.token)
     assert call(platform.url, owner, "PATCH", f"{team}/members/{mal['sub']}", {"role": "admin"})[0] == 204
     status, switched = call(platform.url, bearer(mallory.token), "POST", "/v1/auth/switch-team",
                             {"team_id": bob.team_id})  # fmt: skip

@@ -12,6 +12,7 @@ from warren.cp.http_errors import ErrorEnvelope
 from warren.cp.services.api_keys import ApiKey
 from warren.cp.services.auth import AuthResult
 from warren.cp.services.strict import INT32_MAX, StrictBody
+from warren.cp.services.team_invitations import Invitation
 from warren.cp.services.teams import (
     AddMemberRequest,
     ByocRequest,
@@ -33,6 +34,7 @@ __all__ = [
     "AuthResult",
     "ByocRequest",
     "ErrorEnvelope",
+    "Invitation",
     "LoginRequest",
     "Member",
     "RoleRequest",

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Response
 from warren.cp.api.deps import Db, JwtSession, Pool, SettingsDep, UserSession
 from warren.cp.api.models import (
     AddMemberRequest,
+    Invitation,
     Member,
     RoleRequest,
     TeamDetail,
@@ -19,6 +20,7 @@ from warren.cp.api.models import (
 )
 from warren.cp.http_errors import error_responses
 from warren.cp.services import team_deletion
+from warren.cp.services import team_invitations as invitations
 from warren.cp.services import teams as service
 from warren.errors import Forbidden
 
@@ -86,13 +88,37 @@ async def list_members(team_id: str, session: UserSession, engine: Db) -> list[M
 @router.post(
     "/{team_id}/members",
     status_code=201,
-    response_model=Member,
-    responses=error_responses(400, *_AUTH, 404, 413),
+    response_model=Invitation,
+    responses=error_responses(400, *_AUTH, 404, 409, 413, 429),
 )
-async def add_member(team_id: str, body: AddMemberRequest, session: UserSession, engine: Db) -> Member:
-    """Add an existing user by email (owner or admin); they join as `member`."""
+async def add_member(team_id: str, body: AddMemberRequest, session: UserSession, engine: Db) -> Invitation:
+    """Invite an existing user by email (owner or admin) to join as `role` (`member`, or
+    `admin`); they become a member only once they accept (`POST /v1/invitations/{id}/accept`).
+    Inviting them again replaces the invitation; 409 `already_member`; 429
+    `too_many_invitations` past the team's pending bound."""
     tid = _jwt_team(session, team_id)
-    return await service.add_member(engine, session.ctx, tid, body.email or "")
+    return await invitations.invite(engine, session.ctx, tid, body.email or "", body.role)
+
+
+@router.get(
+    "/{team_id}/invitations", response_model=list[Invitation], responses=error_responses(400, *_AUTH, 404)
+)
+async def list_invitations(team_id: str, session: UserSession, engine: Db) -> list[Invitation]:
+    """The team's pending invitations, oldest first (owner or admin)."""
+    return await invitations.list_for_team(engine, session.ctx, _jwt_team(session, team_id))
+
+
+@router.delete(
+    "/{team_id}/invitations/{invitation_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(400, *_AUTH, 404),
+)
+async def revoke_invitation(team_id: str, invitation_id: str, session: UserSession, engine: Db) -> Response:
+    """Withdraw a pending invitation (owner or admin)."""
+    tid = _jwt_team(session, team_id)
+    await invitations.revoke(engine, session.ctx, tid, invitations.parse_invitation_id(invitation_id))
+    return Response(status_code=204)
 
 
 @router.patch(

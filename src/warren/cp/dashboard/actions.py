@@ -27,6 +27,7 @@ from warren.cp.services import preview as preview_svc
 from warren.cp.services import sandbox_power, team_deletion
 from warren.cp.services import sandboxes as sandboxes_svc
 from warren.cp.services import snapshots as snapshots_svc
+from warren.cp.services import team_invitations as invitations_svc
 from warren.cp.services import teams as teams_svc
 from warren.cp.services import users as users_svc
 from warren.cp.services.context import require_team
@@ -115,8 +116,32 @@ async def rename_team(act: Act, body: teams_svc.TeamNameRequest) -> dict[str, An
 
 @router.post("/team/members")
 async def add_member(act: Act, body: teams_svc.AddMemberRequest) -> dict[str, Any]:
-    member = await teams_svc.add_member(act.engine, act.ctx, require_team(act.ctx), body.email or "")
-    return member.model_dump(mode="json")
+    """Invite by email: the user joins once they accept (the team page lists it meanwhile)."""
+    team_id = require_team(act.ctx)
+    sent = await invitations_svc.invite(act.engine, act.ctx, team_id, body.email or "", body.role)
+    return sent.model_dump(mode="json")
+
+
+@router.post("/team/invitations/{invitation_id}/revoke")
+async def revoke_invitation(act: Act, invitation_id: str) -> dict[str, Any]:
+    inv = invitations_svc.parse_invitation_id(invitation_id)
+    await invitations_svc.revoke(act.engine, act.ctx, require_team(act.ctx), inv)
+    return {}
+
+
+@router.post("/invitations/{invitation_id}/accept")
+async def accept_invitation(act: Act, invitation_id: str, response: Response) -> dict[str, Any]:
+    """Join, then act in the team joined (as creating one does)."""
+    inv = invitations_svc.parse_invitation_id(invitation_id)
+    team = await invitations_svc.accept(act.engine, act.ctx, inv)
+    await _switch(act, response, team.id)
+    return {"team_id": team.id, "name": team.name}
+
+
+@router.post("/invitations/{invitation_id}/decline")
+async def decline_invitation(act: Act, invitation_id: str) -> dict[str, Any]:
+    await invitations_svc.decline(act.engine, act.ctx, invitations_svc.parse_invitation_id(invitation_id))
+    return {}
 
 
 @router.post("/team/members/{user_id}/role")

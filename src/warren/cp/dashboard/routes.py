@@ -39,6 +39,7 @@ from warren.cp.services import limits as limits_svc
 from warren.cp.services import metrics as metrics_svc
 from warren.cp.services import sandboxes as sandboxes_svc
 from warren.cp.services import snapshots as snapshots_svc
+from warren.cp.services import team_invitations as invitations_svc
 from warren.cp.services import teams as teams_svc
 from warren.cp.state import state_of
 from warren.errors import WarrenError
@@ -155,6 +156,7 @@ async def team_page(request: Request) -> Response:
     sess, ctx = found
     engine = state_of(request).engine
     detail: teams_svc.TeamDetail | None = None
+    mine = await invitations_svc.list_mine(engine, ctx)
     if ctx.team_id is None:
         team_list = await teams_svc.list_teams(engine, ctx)
     else:
@@ -166,16 +168,18 @@ async def team_page(request: Request) -> Response:
             limits_svc.team_report(engine, state_of(request).settings, ctx.team_id),
         )
     viewer = Viewer(session=sess, ctx=ctx, teams=team_list)
-    if detail is None or viewer.team is None:
-        return _page(request, viewer, "team.html", nav="team", title="Team")
+    if detail is None or viewer.team is None or ctx.team_id is None:
+        return _page(request, viewer, "team.html", nav="team", title="Team", my_invitations=mine)
     me = ids.user_id(ctx.user_id) if ctx.user_id else ""
     # "My role" comes from the member list, not from the token (docs/spec.md §8.6).
     my_role = next((m.role for m in detail.members if m.user_id == me), viewer.role)
+    can_manage = my_role in ("owner", "admin")
+    pending = await invitations_svc.list_for_team(engine, ctx, ctx.team_id) if can_manage else []
     return _page(
         request, viewer, "team.html", nav="team", title="Team",
         team=detail.team, members=detail.members, me=me, my_role=my_role,
-        can_manage=my_role in ("owner", "admin"), is_last_team=len(team_list) <= 1,
-        quota_rows=_quota_rows(quotas),
+        can_manage=can_manage, is_last_team=len(team_list) <= 1,
+        quota_rows=_quota_rows(quotas), my_invitations=mine, invitations=pending,
     )  # fmt: skip
 
 

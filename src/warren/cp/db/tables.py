@@ -107,6 +107,22 @@ users_teams = Table(
     PrimaryKeyConstraint("team_id", "user_id"),
 )
 
+# Pending invitations to join a team (services/team_invitations.py): a user becomes a member only
+# by accepting one. One per (team, invitee): a second invite replaces it. Rows past expires_at
+# are dead (never listed or accepted) and are deleted by the team's next invite.
+team_invitations = Table(
+    "team_invitations",
+    metadata,
+    _uuid_pk(),
+    Column("team_id", UUID(as_uuid=True), ForeignKey("teams.id"), nullable=False),
+    Column("user_id", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False, index=True),
+    Column("role", Text, nullable=False),
+    Column("invited_by", UUID(as_uuid=True), ForeignKey("users.id"), nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("expires_at", TS, nullable=False),
+    UniqueConstraint("team_id", "user_id", name="uq_team_invitations_team_id"),
+)
+
 team_api_keys = Table(
     "team_api_keys",
     metadata,

@@ -74,7 +74,11 @@ class TeamNameRequest(StrictBody):
 
 
 class AddMemberRequest(StrictBody):
+    """An invitation (services/team_invitations.py): the invitee's email and the role they join
+    with (``member`` when absent)."""
+
     email: str | None = None
+    role: str | None = None
 
 
 class RoleRequest(StrictBody):
@@ -233,7 +237,7 @@ async def lock_team_and_role(conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID,
     return (await _team_and_role(conn, team_id, user_id, lock=lock))[1]
 
 
-def _require_manager(role: str) -> None:
+def require_manager(role: str) -> None:
     if role not in ("owner", "admin"):
         raise Forbidden("admin or owner role required")
 
@@ -322,7 +326,7 @@ async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID,
     user_id = user_of(ctx)
     clean = validate_team_name(name)
     async with transaction(engine) as conn:
-        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
+        require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = (await conn.execute(select(teams.c.name).where(teams.c.id == team_id))).scalar()
         await conn.execute(update(teams).where(teams.c.id == team_id).values(name=clean))
     await audit.record(
@@ -334,37 +338,6 @@ async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID,
         resource_id=ids.team_id(team_id),
         metadata={"old_name": old, "new_name": clean},
     )
-
-
-async def add_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, email: str) -> Member:
-    user_id = user_of(ctx)
-    clean = email.strip().lower()
-    if not clean:
-        raise InvalidRequest("email is required")
-    async with transaction(engine) as conn:
-        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
-        target = (
-            await conn.execute(select(users.c.id, users.c.name, users.c.email).where(users.c.email == clean))
-        ).first()
-        if target is None:
-            raise NotFound("user not found: no account with that email")
-        now = clock.now()
-        res = await conn.execute(
-            pg_insert(users_teams)
-            .values(user_id=target.id, team_id=team_id, is_default=False, role="member", created_at=now)
-            .on_conflict_do_nothing()
-            .returning(users_teams.c.created_at)
-        )
-        joined = res.scalar()
-        if joined is None:
-            raise InvalidRequest("user is already a member")
-    member = Member(
-        user_id=ids.user_id(target.id), name=target.name, email=target.email, role="member", joined_at=joined
-    )
-    await _audit_member(
-        engine, ctx, team_id, "add", member.user_id, {"email": target.email, "role": "member"}
-    )
-    return member
 
 
 async def _audit_member(
@@ -420,7 +393,7 @@ async def set_member_role(
     if role not in ("admin", "member"):
         raise InvalidRequest("role must be 'admin' or 'member'")
     async with transaction(engine) as conn:
-        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
+        require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
             raise Forbidden("the team owner's role cannot be changed")
@@ -438,7 +411,7 @@ async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUI
     """Owner/admin removes a non-owner (an admin may remove other admins, or themselves)."""
     user_id = user_of(ctx)
     async with transaction(engine) as conn:
-        _require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
+        require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
             raise Forbidden("the team owner cannot be removed")

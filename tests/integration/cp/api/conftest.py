@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.invitations import join_team_async
 from warren.config import Settings
 from warren.cp.api.deps import TeamContext
 from warren.cp.app import create_app
@@ -107,13 +108,7 @@ async def switch(client: httpx.AsyncClient, user: User, team_id: str) -> User:
 
 async def add_member(client: httpx.AsyncClient, owner: User, member: User, role: str = "member") -> User:
     """Add ``member`` to owner's current team with ``role``; returns member's JWT for that team."""
-    r = await client.post(f"/v1/teams/{owner.team_id}/members", json={"email": member.email}, headers=owner.h)
-    assert r.status_code == 201, r.text
-    if role != "member":
-        r = await client.patch(
-            f"/v1/teams/{owner.team_id}/members/{member.user_id}", json={"role": role}, headers=owner.h
-        )
-        assert r.status_code == 204, r.text
+    await join_team_async(client, owner.team_id, member.email, inviter=owner.h, invitee=member.h, role=role)
     return await switch(client, member, owner.team_id)
 
 

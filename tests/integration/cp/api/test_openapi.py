@@ -35,7 +35,7 @@ from warren.cp.app import create_app
 from .conftest import make_settings
 
 # The accounts surface this module owns; other subsystems fuzz their own routes.
-ACCOUNT_PATHS = r"^/(v1/(auth|api-keys|users|teams|admin)|healthz)"
+ACCOUNT_PATHS = r"^/(v1/(auth|api-keys|users|teams|invitations|admin)|healthz)"
 EXAMPLES_PER_MODE = 20
 HOSTS_EXAMPLES_PER_MODE = 12
 
@@ -93,7 +93,12 @@ def test_openapi_documents(live: str) -> None:
         ("patch", "/v1/teams/{team_id}"): {"204", "400", "401", "403", "404"},
         ("delete", "/v1/teams/{team_id}"): {"204", "400", "401", "403", "404"},
         ("get", "/v1/teams/{team_id}/members"): {"200", "400", "401", "403", "404"},
-        ("post", "/v1/teams/{team_id}/members"): {"201", "400", "401", "403", "404"},
+        ("post", "/v1/teams/{team_id}/members"): {"201", "400", "401", "403", "404", "409", "429"},
+        ("get", "/v1/teams/{team_id}/invitations"): {"200", "400", "401", "403", "404"},
+        ("delete", "/v1/teams/{team_id}/invitations/{invitation_id}"): {"204", "400", "401", "403", "404"},
+        ("get", "/v1/invitations"): {"200", "401", "403"},
+        ("post", "/v1/invitations/{invitation_id}/accept"): {"200", "401", "403", "404", "409", "429"},
+        ("post", "/v1/invitations/{invitation_id}/decline"): {"204", "401", "403", "404"},
         ("patch", "/v1/teams/{team_id}/members/{user_id}"): {"204", "400", "401", "403", "404"},
         ("delete", "/v1/teams/{team_id}/members/{user_id}"): {"204", "400", "401", "403", "404"},
         ("post", "/v1/teams/{team_id}/leave"): {"204", "400", "401", "403", "404"},

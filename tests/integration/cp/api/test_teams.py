@@ -167,7 +167,11 @@ async def test_delete_only_owner(client: httpx.AsyncClient, trio: tuple[User, Us
     assert (await client.delete(tpath(owner), headers=owner.h)).status_code == 204
 
 
-async def test_add_member_rules(client: httpx.AsyncClient, trio: tuple[User, User, User]) -> None:
+async def test_add_member_invites_and_the_invitee_decides(
+    client: httpx.AsyncClient, trio: tuple[User, User, User]
+) -> None:
+    """Adding a member makes an invitation (services/team_invitations.py): nobody joins until
+    they accept as themselves."""
     owner, admin, member = trio
     new1 = await signup(client, name="New1")
     new2 = await signup(client, name="New2")
@@ -175,11 +179,54 @@ async def test_add_member_rules(client: httpx.AsyncClient, trio: tuple[User, Use
         tpath(owner, "/members"), json={"email": f"  {new1.email.upper()} "}, headers=owner.h
     )
     assert r.status_code == 201, r.text
-    body = r.json()
-    assert body["role"] == "member" and body["user_id"] == new1.user_id and body["name"] == "New1"
-    assert not body["joined_at"].startswith("0001")
-    r = await client.post(tpath(owner, "/members"), json={"email": new2.email}, headers=admin.h)
-    assert r.status_code == 201 and r.json()["role"] == "member"
+    inv = r.json()
+    assert set(inv) == {
+        "id",
+        "team_id",
+        "team_name",
+        "role",
+        "email",
+        "invited_by",
+        "created_at",
+        "expires_at",
+    }
+    assert inv["role"] == "member" and inv["email"] == new1.email and inv["team_id"] == owner.team_id
+    assert inv["id"].startswith("inv-") and inv["invited_by"] == owner.email
+    members = (await client.get(tpath(owner, "/members"), headers=owner.h)).json()
+    assert new1.user_id not in [m["user_id"] for m in members]
+    assert [i["id"] for i in (await client.get("/v1/invitations", headers=new1.h)).json()] == [inv["id"]]
+    # An admin invites too, and may invite as admin; the owner sees both pending.
+    r = await client.post(
+        tpath(owner, "/members"), json={"email": new2.email, "role": "admin"}, headers=admin.h
+    )
+    assert r.status_code == 201 and r.json()["role"] == "admin", r.text
+    pending = (await client.get(tpath(owner, "/invitations"), headers=owner.h)).json()
+    assert [p["email"] for p in pending] == [new1.email, new2.email]
+    assert_error(await client.get(tpath(owner, "/invitations"), headers=member.h), 403, "forbidden")
+    # A second invite replaces the first: a new id, the old one dead.
+    again = (await client.post(tpath(owner, "/members"), json={"email": new1.email}, headers=owner.h)).json()
+    assert again["id"] != inv["id"]
+    assert_error(await client.post(f"/v1/invitations/{inv['id']}/accept", headers=new1.h), 404, "not_found")
+    # Accepting joins with the invitation's role; declining leaves nothing behind.
+    r = await client.post(f"/v1/invitations/{again['id']}/accept", headers=new1.h)
+    assert r.status_code == 200 and r.json()["id"] == owner.team_id and r.json()["role"] == "member", r.text
+    r = await client.post(f"/v1/invitations/{pending[1]['id']}/decline", headers=new2.h)
+    assert r.status_code == 204, r.text
+    members = (await client.get(tpath(owner, "/members"), headers=owner.h)).json()
+    assert [m["user_id"] for m in members][-1] == new1.user_id and new2.user_id not in str(members)
+    assert (await client.get(tpath(owner, "/invitations"), headers=owner.h)).json() == []
+    # Revoked: the invitee can no longer accept it.
+    new3 = await signup(client, name="New3")
+    third = (await client.post(tpath(owner, "/members"), json={"email": new3.email}, headers=owner.h)).json()
+    assert (
+        await client.delete(tpath(owner, f"/invitations/{third['id']}"), headers=admin.h)
+    ).status_code == 204
+    assert_error(await client.post(f"/v1/invitations/{third['id']}/accept", headers=new3.h), 404, "not_found")
+    assert_error(await client.delete(tpath(owner, f"/invitations/{third['id']}"), headers=owner.h), 404)
+
+
+async def test_add_member_rules(client: httpx.AsyncClient, trio: tuple[User, User, User]) -> None:
+    owner, admin, member = trio
     assert_error(
         await client.post(
             tpath(owner, "/members"), json={"email": (await signup(client)).email}, headers=member.h
@@ -203,19 +250,14 @@ async def test_add_member_rules(client: httpx.AsyncClient, trio: tuple[User, Use
         "not_found",
         "user not found: no account with that email",
     )
-    assert_error(
-        await client.post(tpath(owner, "/members"), json={"email": new1.email}, headers=owner.h),
-        400,
-        "invalid_request",
-        "user is already a member",
-    )
-    assert_error(
-        await client.post(tpath(owner, "/members"), json={"email": owner.email}, headers=admin.h),
-        400,
-        "invalid_request",
-        "user is already a member",
-    )
-    # no role can be chosen on add
+    for who, email in ((owner, member.email), (admin, owner.email)):
+        assert_error(
+            await client.post(tpath(owner, "/members"), json={"email": email}, headers=who.h),
+            409,
+            "already_member",
+            "user is already a member",
+        )
+    # nobody is invited as owner
     assert_error(
         await client.post(
             tpath(owner, "/members"),
@@ -224,6 +266,7 @@ async def test_add_member_rules(client: httpx.AsyncClient, trio: tuple[User, Use
         ),
         400,
         "invalid_request",
+        "role must be 'admin' or 'member'",
     )
 
 

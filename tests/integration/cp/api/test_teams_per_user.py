@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.invitations import join_team_async
 from warren import ids
 
 from .conftest import User, add_member, assert_error, make_admin, signup, switch
@@ -88,9 +89,7 @@ async def test_other_users_and_joined_teams_are_unaffected(client: httpx.AsyncCl
     await add_member(client, full, joiner)
     for team_id in made[:3]:
         owner_in = await switch(client, full, team_id)
-        body = {"email": joiner.email}
-        r = await client.post(f"/v1/teams/{team_id}/members", json=body, headers=owner_in.h)
-        assert r.status_code == 201, r.text
+        await join_team_async(client, team_id, joiner.email, inviter=owner_in.h, invitee=joiner.h)
     assert len((await client.get("/v1/teams", headers=joiner.h)).json()) == 5
     assert (await _create(client, joiner, "joiner's own")).status_code == 201
     # The full user is still refused, whichever team their token is for.
