@@ -175,6 +175,8 @@ class Conn:
         self._ended_here = False  # closed or aborted by this side: no death to wait for
         if lifeline is not None:
             lifeline.conns.add(self)
+            if lifeline.gone:  # it died while this connected: the first read says so
+                writer.transport.abort()
 
     @classmethod
     async def _open_tcp(cls, addr: TcpGuest, limit: int, lifeline: Lifeline | None) -> Conn:
