@@ -129,6 +129,45 @@ async def test_add_member_with_debounced_typeahead(web: Web, live: LiveCP) -> No
     )
 
 
+async def test_pending_invitations_are_revoked_and_declined(web: Web, live: LiveCP) -> None:
+    """The team page lists the team's pending invitations (revoke) and the user's own (decline)."""
+    owner = await live.signup("Inviting Owner")
+    guest = await live.signup("Guest Invitee")
+    headers = {"Authorization": f"Bearer {live.token(owner)}"}
+
+    async def invite() -> None:
+        r = await live.http.post(
+            f"/v1/teams/{owner.team_id}/members", json={"email": guest.email}, headers=headers
+        )
+        assert r.status_code == 201, r.text
+
+    await invite()
+    page = await _team_page(web, owner)
+    await (
+        page.locator(f'#invitations-table tr[data-email="{guest.email}"]')
+        .get_by_role("button", name="Revoke")
+        .click()
+    )
+    confirm = page.locator("#confirm-dialog")
+    await expect(confirm).to_contain_text(f"{guest.email} will no longer be able to join")
+    await confirm.get_by_role("button", name="Revoke").click()
+    await expect(page.locator(".toast")).to_contain_text("Invitation revoked")
+    await expect(page.locator("#invitations-table")).to_have_count(0)
+    gpage = await _team_page(web, guest)
+    await expect(gpage.locator("#my-invitations")).to_have_count(0)
+
+    await invite()
+    await gpage.reload()
+    row = gpage.locator("#my-invitations-table tbody tr").filter(has_text="Inviting Owner's Team")
+    await row.get_by_role("button", name="Decline").click()
+    await expect(gpage.locator(".toast")).to_contain_text("Invitation declined")
+    await expect(gpage.locator("#my-invitations")).to_have_count(0)
+    await expect(gpage.get_by_test_id("current-team")).to_have_text("Guest Invitee's Team")
+    await page.reload()
+    await expect(page.locator("#invitations-table")).to_have_count(0)
+    await expect(page.locator(f'#members-table tr[data-email="{guest.email}"]')).to_have_count(0)
+
+
 async def test_role_changes_and_removal_never_offered_on_self_or_owner(web: Web, live: LiveCP) -> None:
     """SPEC §7.1/§8.6 owner protection: no row actions on yourself or on the owner."""
     owner = await live.signup("Protected Owner")
