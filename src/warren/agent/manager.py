@@ -26,10 +26,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from warren import clock
 from warren.agent import metrics, record, sandbox_fs
@@ -48,6 +48,7 @@ from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.select import RuntimeSet
 from warren.agent.sandbox_runtime import SandboxRuntimes
 from warren.agent.settings import AgentSettings
+from warren.agent.shielded_ops import ShieldedOps
 from warren.agent.teardown import Teardown, set_subreaper
 from warren.agent.templates import TemplateStore
 from warren.agent.warm_pool import WarmPools
@@ -59,8 +60,6 @@ log = logging.getLogger("warren.agent")
 REAPER_INTERVAL = 2.0
 # How long stopping the agent waits for destroys under way.
 TEARDOWN_WAIT_S = 60.0
-
-T = TypeVar("T")
 
 
 class SandboxManager:
@@ -110,15 +109,11 @@ class SandboxManager:
         self._pause_all_epoch = 0
         self._auto_paused: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
-        # Destroys, pauses and resumes under way, run to completion whatever their caller does
-        # (see _shield); stopping the agent lets them finish.
-        self._shielded: set[asyncio.Task[Any]] = set()
-        # The destroys among them, by sandbox: a second destroy of the same sandbox joins the
-        # first instead of running the leftover clean-up against a slot the first just freed.
-        self._teardowns: dict[str, asyncio.Task[None]] = {}
+        # Destroys, pauses and resumes under way: they run to completion (shielded_ops.py).
+        self._ops = ShieldedOps()
         self._stopping = False
         # Containers that die on their own, noticed at once (a pidfd each; container_exits.py).
-        self._exits = ContainerExits(lambda sb_id, pid: self._detach(self._exited(sb_id, pid)))
+        self._exits = ContainerExits(lambda sb_id, pid: self._ops.detach(self._exited(sb_id, pid)))
         self.warm_pools = self._warm_pools()
         # Prepared network slots are refilled after creates, as warm pools are.
         self.network.wait_idle = self._admission.wait_quiet
@@ -180,11 +175,7 @@ class SandboxManager:
                 await t
         # Members are never re-adopted: destroy them now rather than leave them to the next agent.
         await self.warm_pools.stop()
-        if self._shielded:
-            # Destroys, pauses and resumes under way finish (they are not interruptible
-            # halfway); bounded, so a stuck one cannot keep the agent from exiting.
-            log.info("event=waiting_for_operations count=%d", len(self._shielded))
-            await asyncio.wait(set(self._shielded), timeout=TEARDOWN_WAIT_S)
+        await self._ops.wait(TEARDOWN_WAIT_S)
         await self.network.drain_pool()
         await asyncio.to_thread(self.layers.unmount_idle)
 
@@ -429,8 +420,8 @@ class SandboxManager:
             self.transient.discard(sb.id)
 
     async def _discard(self, sb: HostSandbox) -> None:
-        """An unregistered sandbox's teardown, shielded (see :meth:`_shield`)."""
-        await self._shield(self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid))
+        """An unregistered sandbox's teardown, shielded (shielded_ops.py)."""
+        await self._ops.run(self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid))
 
     def guest_of(self, sb: HostSandbox) -> GuestClient:
         return self._guest(sb)
@@ -438,16 +429,8 @@ class SandboxManager:
     # ========================================================================= destroy
 
     async def destroy(self, sb_id: str) -> None:
-        # Shielded: a caller that gives up (an RPC deadline, a cancelled request) must not stop
-        # a teardown halfway — the entry is gone by then, so nothing would ever finish it and
-        # its mounts, netns, cgroups and processes would stay behind.
-        task = self._teardowns.get(sb_id)
-        if task is None:
-            task = self._detach(self._destroy(sb_id))  # tracked for stop() too
-            task.add_done_callback(self._log_detached_failure)
-            self._teardowns[sb_id] = task
-            task.add_done_callback(lambda _t: self._teardowns.pop(sb_id, None))
-        await asyncio.shield(task)
+        """Shielded, and a second destroy of the same sandbox joins the first (shielded_ops.py)."""
+        await self._ops.run_once(sb_id, lambda: self._destroy(sb_id), self._log_detached_failure)
 
     @staticmethod
     def _log_detached_failure(task: asyncio.Task[None]) -> None:
@@ -482,7 +465,7 @@ class SandboxManager:
         cgroup frozen while the record says running. ``only_if_idle`` (the TTL reaper) decides
         under the lock, so a command that started meanwhile keeps it running; returns whether
         it paused."""
-        return await self._shield(self._pause(sb_id, reason, only_if_idle))
+        return await self._ops.run(self._pause(sb_id, reason, only_if_idle))
 
     async def _pause(self, sb_id: str, reason: str, only_if_idle: bool) -> bool:
         sb = self._get(sb_id)
@@ -499,17 +482,6 @@ class SandboxManager:
         log.info("event=sandbox_paused sandbox_id=%s reason=%s", sb_id, reason)
         return True
 
-    def _detach(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """A task that runs to completion even if whoever awaits it is cancelled; stop() waits
-        for it (asyncio.run would otherwise cancel it halfway at exit)."""
-        task = asyncio.create_task(coro)
-        self._shielded.add(task)
-        task.add_done_callback(self._shielded.discard)
-        return task
-
-    async def _shield(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.shield(self._detach(coro))
-
     def _still_there(self, sb: HostSandbox) -> None:
         """After waiting for a sandbox's lock: a destroy that held it may have removed it."""
         if self._sandboxes.get(sb.id) is not sb:
@@ -517,7 +489,7 @@ class SandboxManager:
 
     async def resume(self, sb_id: str, timeout_sec: int | None = None) -> HostSandbox:
         """Thaw it; shielded like :meth:`pause`."""
-        return await self._shield(self._resume(sb_id, timeout_sec))
+        return await self._ops.run(self._resume(sb_id, timeout_sec))
 
     async def _resume(self, sb_id: str, timeout_sec: int | None) -> HostSandbox:
         sb = self._get(sb_id)
