@@ -475,3 +475,31 @@ async def test_user_without_live_team_can_recover(client: httpx.AsyncClient) -> 
     assert (await client.get("/v1/api-keys", headers=fresh.h)).status_code == 200
     r = await client.post("/v1/auth/login", json={"email": u.email, "password": u.password})
     assert r.status_code == 200 and r.json()["team_id"] == fresh.team_id
+
+
+async def test_invitations_are_audited_in_the_team_log(client: httpx.AsyncClient) -> None:
+    """invite, accept, decline, revoke: one admin-scope record each in the inviting team's log,
+    the invitee the actor of their answers."""
+    owner, joiner, decliner, revoked = [await signup(client, name=n) for n in ("O", "J", "D", "R")]
+    ids_ = {}
+    for who in (joiner, decliner, revoked):
+        r = await client.post(tpath(owner, "/members"), json={"email": who.email}, headers=owner.h)
+        ids_[who.user_id] = r.json()["id"]
+    assert (
+        await client.post(f"/v1/invitations/{ids_[joiner.user_id]}/accept", headers=joiner.h)
+    ).status_code == 200
+    assert (
+        await client.post(f"/v1/invitations/{ids_[decliner.user_id]}/decline", headers=decliner.h)
+    ).status_code == 204
+    inv = ids_[revoked.user_id]
+    assert (await client.delete(tpath(owner, f"/invitations/{inv}"), headers=owner.h)).status_code == 204
+    r = await client.get("/v1/audit", params={"resource_type": "invitation"}, headers=owner.h)
+    assert r.status_code == 200, r.text
+    seen = {(i["action"], i["resource_id"], i["actor"]["id"]) for i in r.json()["items"]}
+    expected = {("invite", i, owner.user_id) for i in ids_.values()} | {
+        ("accept", ids_[joiner.user_id], joiner.user_id),
+        ("decline", ids_[decliner.user_id], decliner.user_id),
+        ("revoke", inv, owner.user_id),
+    }
+    assert seen == expected, seen
+    assert {i["scope"] for i in r.json()["items"]} == {"admin"}
