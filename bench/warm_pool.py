@@ -41,6 +41,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +147,20 @@ async def set_pools(platform: Platform, size: int, hosts: list[str]) -> None:
 
 
 async def wait_full(platform: Platform, size: int, hosts: list[str]) -> None:
-    """Until every host reports ``size`` ready members (heartbeats every second here)."""
+    """Until every host reports ``size`` ready members (heartbeats every second here) in a
+    heartbeat received after this call: the count the CP holds may be from before the caller's
+    last claims (session 13: the SDK's "warm" creates of a round then all went cold)."""
     deadline = time.monotonic() + FILL_TIMEOUT_S
+    since = datetime.now(UTC)
     async with httpx.AsyncClient(base_url=platform.url, headers=platform.user_headers, timeout=60) as http:
         while True:
             ready = []
             for host in hosts:
-                pools = (await http.get(f"/v1/hosts/{host}")).json().get("warm_pools") or []
-                ready.append(sum(p["ready"] for p in pools if p["template"] == "minimal"))
+                got = (await http.get(f"/v1/hosts/{host}")).json()
+                beat = got.get("last_heartbeat_at")
+                fresh = beat is not None and datetime.fromisoformat(beat.replace("Z", "+00:00")) > since
+                pools = got.get("warm_pools") or []
+                ready.append(sum(p["ready"] for p in pools if p["template"] == "minimal") if fresh else -1)
             if all(r >= size for r in ready):
                 return
             if time.monotonic() > deadline:
@@ -359,6 +366,8 @@ async def main() -> None:
         if not args.burst_only:
             await one_at_a_time(platform, args, cp_pid, pg_pid)
         if args.no_bursts:
+            if args.keep_logs:
+                keep_logs(platform, base, Path(args.keep_logs))
             return
         print(f"\n2. bursts over {len(AGENT_IPS)} agents")
         prober = probe(platform, base, cp_pid, pg_pid) if args.probe else None
