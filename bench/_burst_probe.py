@@ -119,7 +119,7 @@ class Probe:
 
     async def stop(self, seconds: float, n: int) -> str:
         cpu1 = self._cpu()
-        commands = collections.Counter[str]()
+        commands: collections.defaultdict[str, float] = collections.defaultdict(float)
         for pid, (comm, s) in by_command().items():
             commands[comm] += s - self.commands0.get(pid, ("", 0.0))[1]
         await self._log_statements(False)
@@ -130,7 +130,8 @@ class Probe:
         for name, s in used.items():
             per = s / max(n, 1) * 1000
             lines.append(f"      CPU {name:<30} {s * 1000:8.0f} ms  ({per:6.2f} ms per create)")
-        top = ", ".join(f"{c} {s * 1000:.0f}" for c, s in commands.most_common(12) if s > 0)
+        heaviest = sorted(commands.items(), key=lambda kv: -kv[1])[:12]
+        top = ", ".join(f"{c} {s * 1000:.0f}" for c, s in heaviest if s > 0)
         lines.append(f"      CPU by command (ms, processes alive at the end, own time): {top}")
         for name, path in self.logs.items():
             logged = _read_from(path, self.offsets[name])
