@@ -257,6 +257,28 @@ class _FilesBase:
         res = yield Http("POST", f"{self._base}/mkdir", json=_as({"path": path}, user))
         return bool(res.json().get("created"))
 
+    def _download_url(self, path: str, *, expires: int = 3600, user: str | None = None) -> Op[SignedUrl]:
+        """A URL that downloads ``path`` (GET) without an API key for ``expires`` seconds (at
+        most 7 days).
+
+        Example::
+
+            url = sbx.files.download_url("/srv/report.pdf", expires=600).url
+            httpx.get(url)  # no API key needed until it expires
+        """
+        return (yield from signed_url(self._sandbox_id, "download", path, expires, user))
+
+    def _upload_url(self, path: str, *, expires: int = 3600, user: str | None = None) -> Op[SignedUrl]:
+        """A URL that writes ``path`` (PUT the raw bytes) without an API key for ``expires``
+        seconds (at most 7 days).
+
+        Example::
+
+            url = sbx.files.upload_url("/srv/input.csv").url
+            httpx.put(url, content=open("input.csv", "rb"))
+        """
+        return (yield from signed_url(self._sandbox_id, "upload", path, expires, user))
+
 
 class Files(_FilesBase):
     """``sbx.files`` of a :class:`~warren.Sandbox`."""
@@ -309,6 +331,8 @@ class Files(_FilesBase):
     remove = blocking(_FilesBase._remove)
     rename = blocking(_FilesBase._rename)
     make_dir = blocking(_FilesBase._make_dir)
+    download_url = blocking(_FilesBase._download_url)
+    upload_url = blocking(_FilesBase._upload_url)
 
     def watch_dir(
         self, path: str, on_event: EventCallback, *, recursive: bool = True, user: str | None = None
@@ -341,30 +365,6 @@ class Files(_FilesBase):
         """
         wid = self._transport.run(create_watcher(self._sandbox_id, path, recursive, user))
         return Watcher(self._transport, self._sandbox_id, wid)
-
-    def download_url(self, path: str, *, expires: int = 3600, user: str | None = None) -> SignedUrl:
-        """A URL that downloads ``path`` (GET) without an API key for ``expires`` seconds (at
-        most 7 days).
-
-        Example::
-
-            url = sbx.files.download_url("/srv/report.pdf", expires=600).url
-            httpx.get(url)  # no API key needed until it expires
-        """
-        result: SignedUrl = self._transport.run(signed_url(self._sandbox_id, "download", path, expires, user))
-        return result
-
-    def upload_url(self, path: str, *, expires: int = 3600, user: str | None = None) -> SignedUrl:
-        """A URL that writes ``path`` (PUT the raw bytes) without an API key for ``expires``
-        seconds (at most 7 days).
-
-        Example::
-
-            url = sbx.files.upload_url("/srv/input.csv").url
-            httpx.put(url, content=open("input.csv", "rb"))
-        """
-        result: SignedUrl = self._transport.run(signed_url(self._sandbox_id, "upload", path, expires, user))
-        return result
 
 
 class AsyncFiles(_FilesBase):
@@ -408,6 +408,8 @@ class AsyncFiles(_FilesBase):
     remove = awaiting(_FilesBase._remove)
     rename = awaiting(_FilesBase._rename)
     make_dir = awaiting(_FilesBase._make_dir)
+    download_url = awaiting(_FilesBase._download_url)
+    upload_url = awaiting(_FilesBase._upload_url)
 
     async def watch_dir(
         self, path: str, on_event: EventCallback, *, recursive: bool = True, user: str | None = None
@@ -437,27 +439,3 @@ class AsyncFiles(_FilesBase):
         """
         wid = await self._transport.run(create_watcher(self._sandbox_id, path, recursive, user))
         return AsyncWatcher(self._transport, self._sandbox_id, wid)
-
-    async def download_url(self, path: str, *, expires: int = 3600, user: str | None = None) -> SignedUrl:
-        """As :meth:`Files.download_url`.
-
-        Example::
-
-            url = (await sbx.files.download_url("/srv/report.pdf")).url
-        """
-        result: SignedUrl = await self._transport.run(
-            signed_url(self._sandbox_id, "download", path, expires, user)
-        )
-        return result
-
-    async def upload_url(self, path: str, *, expires: int = 3600, user: str | None = None) -> SignedUrl:
-        """As :meth:`Files.upload_url`.
-
-        Example::
-
-            url = (await sbx.files.upload_url("/srv/input.csv")).url
-        """
-        result: SignedUrl = await self._transport.run(
-            signed_url(self._sandbox_id, "upload", path, expires, user)
-        )
-        return result
