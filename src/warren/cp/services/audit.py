@@ -7,6 +7,8 @@ request's id (``metadata.request_id``), from ``warren.request_context``; reads a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from typing import Any, Literal
@@ -52,6 +54,12 @@ _NOT_AUDITED = (
     "/signed",
 )
 MAX_RESOURCE_ID = 200
+# One record's metadata, as JSON (session 14: a sandbox's egress rules went whole into each
+# change's record, ~64 KiB a PATCH kept 90 days: at the team rate limit a tenant grew the table
+# by GBs an hour). Past it, a value longer than MAX_METADATA_VALUE is replaced by its size (and
+# its entry count), keys past the 16th are dropped, and the record keeps the whole metadata's sha256.
+MAX_METADATA_BYTES = 4096
+MAX_METADATA_VALUE = 256
 
 
 def audits_failure(method: str, route: str, status: int) -> bool:
@@ -70,6 +78,28 @@ async def record_failure(
         resource_id=resource_id[:MAX_RESOURCE_ID], status="error" if status >= 500 else "warning",
         metadata={"method": method, "route": route, "http_status": status},
     )  # fmt: skip
+
+
+def bounded_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` itself when its JSON is at most MAX_METADATA_BYTES; else its short values, a
+    summary of each long one and the digest of the whole (what was recorded can still be matched
+    against a copy kept elsewhere)."""
+    text = json.dumps(meta, sort_keys=True, default=str)
+    if len(text.encode()) <= MAX_METADATA_BYTES:
+        return meta
+    out: dict[str, Any] = {}
+    for key, value in list(meta.items())[:16]:
+        size = len(json.dumps(value, default=str).encode())
+        if size <= MAX_METADATA_VALUE and len(str(key)) <= MAX_METADATA_VALUE:
+            out[str(key)] = value
+        else:
+            summary: dict[str, Any] = {"omitted_bytes": size}
+            if isinstance(value, list | dict):
+                summary["count"] = len(value)
+            out[str(key)[:MAX_METADATA_VALUE]] = summary
+    raw = text.encode()
+    out["metadata_truncated"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    return out
 
 
 def request_metadata() -> dict[str, str]:
@@ -96,7 +126,7 @@ async def record(
     metadata: dict[str, Any] | None = None,
 ) -> None:
     actor_type, actor_id, actor_name = actor_of(ctx)
-    meta = {**request_metadata(), **(metadata or {})}
+    meta = bounded_metadata({**request_metadata(), **(metadata or {})})
     stmt = audit_logs.insert().values(
         id=ids.new_uuid(),
         team_id=team_id,
