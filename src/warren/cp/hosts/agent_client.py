@@ -89,15 +89,18 @@ class _MappedResponse:
 
 
 class _AgentErrors:
-    """What the four interceptors share: the host, and the mapping of a response stream."""
+    """What the four interceptors share: the host, how a call starts (gate, request id) and the
+    mapping of a response stream."""
 
     def __init__(self, host_id: str, gate: Gate | None) -> None:
         self.host_id = host_id
         self.gate = gate
 
-    async def _pass(self) -> None:
+    async def _start(self, continuation: Any, details: Any, request: Any) -> Any:
+        """The gate, then the call with the current request's id in its metadata."""
         if self.gate is not None:
             await self.gate()
+        return await continuation(_with_request_id(details), request)
 
     async def _responses(self, call: Any, method: str) -> AsyncIterator[Any]:
         # Returned in place of the call: grpc.aio keeps the call for cancel() and serves both
@@ -130,8 +133,7 @@ def _with_request_id(details: Any) -> Any:
 
 class _UnaryUnary(_AgentErrors, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        await self._pass()
-        call = await continuation(_with_request_id(client_call_details), request)
+        call = await self._start(continuation, client_call_details, request)
         try:
             return await call
         except grpc.aio.AioRpcError as e:
@@ -140,8 +142,7 @@ class _UnaryUnary(_AgentErrors, grpc.aio.UnaryUnaryClientInterceptor):
 
 class _UnaryStream(_AgentErrors, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        await self._pass()
-        call = await continuation(_with_request_id(client_call_details), request)
+        call = await self._start(continuation, client_call_details, request)
         return self._responses(call, _method(client_call_details))
 
 
@@ -149,8 +150,7 @@ class _StreamUnary(_AgentErrors, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        await self._pass()
-        call = await continuation(_with_request_id(client_call_details), request_iterator)
+        call = await self._start(continuation, client_call_details, request_iterator)
         return _MappedResponse(call, self.host_id, _method(client_call_details))
 
 
@@ -158,8 +158,7 @@ class _StreamStream(_AgentErrors, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        await self._pass()
-        call = await continuation(_with_request_id(client_call_details), request_iterator)
+        call = await self._start(continuation, client_call_details, request_iterator)
         return self._responses(call, _method(client_call_details))
 
 
