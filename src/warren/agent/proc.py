@@ -34,10 +34,13 @@ async def run(
     input: bytes | None = None,
     check: bool = True,
     timeout: float = 60.0,  # noqa: ASYNC109
+    env: dict[str, str] | None = None,
 ) -> Result:
-    """Run ``argv`` and collect its output; raise :class:`CommandError` on failure if ``check``."""
+    """Run ``argv`` and collect its output; raise :class:`CommandError` on failure if ``check``.
+    ``env``: the command's whole environment (None: the agent's)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        env=env,
         stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -40,6 +40,7 @@ from pathlib import Path
 from warren.agent.proc import run
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.oci import cgroup_dir, cgroup_stats, parse_state, read_state, remove_cgroups, thaw
+from warren.agent.runtime.oci_spawner import runtime_env
 
 log = logging.getLogger("warren.agent")
 
@@ -83,7 +84,7 @@ async def _probe_kvm(scratch: Path) -> bool:
     proc = await asyncio.create_subprocess_exec(
         *_wrap([RUNSC, "--root", str(scratch), "--platform=kvm", "--network=none", "do", "/bin/true"]),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        stderr=asyncio.subprocess.DEVNULL, start_new_session=True, env=runtime_env(),
     )  # fmt: skip
     try:
         async with asyncio.timeout(KVM_PROBE_TIMEOUT):
@@ -144,7 +145,9 @@ class GvisorRuntime:
         state_root.mkdir(parents=True, exist_ok=True)
 
     def _argv(self, *args: str, log_file: Path | None = None, starts: bool = False) -> list[str]:
-        """``starts``: a verb that starts a sandbox (run, restore) needs the mount namespace of
+        """Every runsc command runs with ``runtime_env()`` (PATH alone, as runc and crun): nothing
+        of the agent's environment (its settings, an EnvironmentFile's secrets, NOTIFY_SOCKET).
+        ``starts``: a verb that starts a sandbox (run, restore) needs the mount namespace of
         the module docstring; the others (exec, checkpoint, delete, state, …) set up no network
         and no gofer, and skip its ~15 ms (unshare, sh, two mounts)."""
         base = [RUNSC, "--root", str(self.state_root), f"--platform={self.platform}"]
@@ -174,7 +177,7 @@ class GvisorRuntime:
         stdio = _stdio_file(bundle)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=stdio, stdout=stdio, stderr=stdio, start_new_session=True,
+                *argv, stdin=stdio, stdout=stdio, stderr=stdio, start_new_session=True, env=runtime_env(),
             )  # fmt: skip
         finally:
             os.close(stdio)
@@ -220,7 +223,7 @@ class GvisorRuntime:
         # children (its subreaper), so they stay zombies unless reaped meanwhile.
         reaper = asyncio.create_task(_reap(self.sandboxes_dir / sandbox_id / CHILDREN_FILE))
         try:
-            res = await run(*self._argv("delete", "--force", sandbox_id), check=False)
+            res = await run(*self._argv("delete", "--force", sandbox_id), check=False, env=runtime_env())
         finally:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,17 +248,17 @@ class GvisorRuntime:
         """``runsc pause``: gVisor's kernel stops every task (memory stays resident): the
         "memory" pause. Not the cgroup freezer: on the ptrace platform the sentry's traced
         stub processes never reach FROZEN."""
-        res = await run(*self._argv("pause", sandbox_id), check=False)
+        res = await run(*self._argv("pause", sandbox_id), check=False, env=runtime_env())
         if res.returncode != 0:
             raise RuntimeError_(f"runsc pause {sandbox_id}: {_first_line(res.stderr)}")
 
     async def resume(self, sandbox_id: str) -> None:
-        res = await run(*self._argv("resume", sandbox_id), check=False)
+        res = await run(*self._argv("resume", sandbox_id), check=False, env=runtime_env())
         if res.returncode != 0:
             raise RuntimeError_(f"runsc resume {sandbox_id}: {_first_line(res.stderr)}")
 
     async def _runsc_state(self, sandbox_id: str) -> ContainerState | None:
-        return await read_state(self._argv("state", sandbox_id))
+        return await read_state(self._argv("state", sandbox_id), runtime_env())
 
     async def exec_output(self, sandbox_id: str, argv: list[str], limit: int, timeout: float) -> bytes:  # noqa: ASYNC109
         """``runsc exec``: a command in the sandbox, beside its guest (no connection to it); at
@@ -265,7 +268,7 @@ class GvisorRuntime:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv("exec", sandbox_id, *argv), stdin=stdio,
-                stdout=asyncio.subprocess.PIPE, stderr=stdio, start_new_session=True,
+                stdout=asyncio.subprocess.PIPE, stderr=stdio, start_new_session=True, env=runtime_env(),
             )  # fmt: skip
         finally:
             os.close(stdio)
@@ -295,7 +298,7 @@ class GvisorRuntime:
         return st
 
     async def list(self) -> list[ContainerState]:
-        res = await run(*self._argv("list", "--format", "json"), check=False)
+        res = await run(*self._argv("list", "--format", "json"), check=False, env=runtime_env())
         found: dict[str, ContainerState] = {}
         if res.returncode == 0 and res.stdout.strip() not in ("", "null"):
             found = {st.id: st for st in map(parse_state, json.loads(res.stdout))}
@@ -320,7 +323,8 @@ class GvisorRuntime:
         shutil.rmtree(image, ignore_errors=True)
         image.mkdir(mode=0o700)
         t0 = time.monotonic()
-        res = await run(*self._argv("checkpoint", "--image-path", str(image), sandbox_id), check=False)
+        argv = self._argv("checkpoint", "--image-path", str(image), sandbox_id)
+        res = await run(*argv, check=False, env=runtime_env())
         if res.returncode != 0:
             shutil.rmtree(image, ignore_errors=True)
             raise RuntimeError_(f"runsc checkpoint failed: {_first_line(res.stderr)}")

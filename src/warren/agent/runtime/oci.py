@@ -284,11 +284,11 @@ async def thaw(sandbox_id: str) -> None:
         raise RuntimeError_(f"thaw {sandbox_id}: {e}") from e
 
 
-async def read_state(argv: list[str]) -> ContainerState | None:
-    """What ``<runtime> state <id>`` (``argv``) says, None when the runtime knows no such
-    container (runc, crun and runsc all answer in the OCI state format)."""
+async def read_state(argv: list[str], env: dict[str, str] | None = None) -> ContainerState | None:
+    """What ``<runtime> state <id>`` (``argv``, run with ``env``) says, None when the runtime
+    knows no such container (runc, crun and runsc all answer in the OCI state format)."""
     try:
-        res = await run(*argv)
+        res = await run(*argv, env=env)
     except CommandError:
         return None
     return parse_state(json.loads(res.stdout))

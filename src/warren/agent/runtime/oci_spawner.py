@@ -21,7 +21,7 @@ with ``hide``: unshares its mount namespace, makes it private and moves the moun
 out of the way (onto ``HIDE_TO``: crun refuses the hybrid layout's cgroup2 mount; the agent and
 every other process keep it), with
 ``nofile``: that RLIMIT_NOFILE (the sandbox inherits it, runtime/bundle.py), with PATH alone for
-its environment (``_runtime_env``), with stdin from
+its environment (``runtime_env``), with stdin from
 /dev/null and stdout/stderr to pipes (``capture``) or /dev/null (a container's init inherits
 them: a pipe would stay open as long as the sandbox), then execs ``argv``. With ``stdio`` (a
 directory: the sandbox's own small tmpfs), an unnamed file made there (``O_TMPFILE``) takes
@@ -109,12 +109,12 @@ class Request:
         self.timeout = float(str(raw.get("timeout") or 60.0))
 
 
-def _runtime_env() -> dict[str, str]:
-    """The runtime's whole environment: PATH. Nothing of the agent's (its settings, an
-    EnvironmentFile's secrets), and above all no NOTIFY_SOCKET: runc and crun take it as the
-    container's, bind its socket into the sandbox and wait for the container's READY=1, so an
-    agent started by a service manager that sets it had every create hang for 120 s, then
-    fail (session 13)."""
+def runtime_env() -> dict[str, str]:
+    """The runtime's whole environment: PATH (runc's and crun's here, runsc's in gvisor.py).
+    Nothing of the agent's (its settings, an EnvironmentFile's secrets), and above all no
+    NOTIFY_SOCKET: runc and crun take it as the container's, bind its socket into the sandbox
+    and wait for the container's READY=1, so an agent started by a service manager that sets it
+    had every create hang for 120 s, then fail (session 13)."""
     return {"PATH": os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
@@ -150,7 +150,7 @@ def _child(req: Request, out_w: int, err_w: int, setup_w: int) -> None:
         os.closerange(3, setup_w)
         os.closerange(setup_w + 1, 1 << 20)
         step = "exec"
-        os.execvpe(req.argv[0], req.argv, _runtime_env())  # noqa: S606 (no shell: that is the point)
+        os.execvpe(req.argv[0], req.argv, runtime_env())  # noqa: S606 (no shell: that is the point)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.write(setup_w, f"{step}: {e}".encode()[:1000])

@@ -1,0 +1,108 @@
+"""Session 14's attack from inside a sandbox towards its host and its neighbours, on the crun
+runtime (the default since session 12), the syscalls a 6.18 kernel has that the runtimes'
+libseccomp (2.5.4) does not know, and gVisor's runtime commands.
+
+Fixed: every ``runsc`` command (run and restore through their ``unshare … sh`` wrapper, exec,
+checkpoint, pause, resume, state, list, delete, the KVM probe) inherited the agent's whole
+environment (its settings, an EnvironmentFile's secrets, a service manager's ``NOTIFY_SOCKET``),
+where runc and crun get PATH alone since session 13 (``oci_spawner.runtime_env``). They now get
+PATH alone too. Held: runsc itself starts a sandbox's Sentry and Gofer (the processes that serve
+the tenant's syscalls and files) with an environment of its own, without the agent's.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.agent import AgentProcess, scratch_agent
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+# In the agent's environment: it must reach no runtime process (nor so any sandbox).
+CANARY = "WARREN_SESSION14_CANARY"
+
+
+def _destroy(agent: AgentProcess, sb_id: str) -> None:
+    agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb_id), timeout=120)
+
+
+# ---------------------------------------------------------------------------- gVisor's runsc
+
+# A `runsc` first on the agent's PATH that writes down each call's verb and environment, then
+# execs the real one: the oracle for the short-lived commands (pause, checkpoint, state, …).
+SHIM = """#!/bin/sh
+{{ echo "CALL $*"; env; echo END; }} >> {log}
+exec {real} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def gvisor_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentProcess, Path]]:
+    real = Path("/usr/bin/runsc")
+    if not real.exists():
+        pytest.fail("runsc is not installed: the gVisor attack cannot run")
+    where = tmp_path_factory.mktemp("runsc-shim")
+    where.chmod(0o755)
+    log = where / "calls.log"
+    shim = where / "runsc"
+    shim.write_text(SHIM.format(log=log, real=real))
+    shim.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    env = {
+        CANARY: "agent-only",
+        "NOTIFY_SOCKET": str(where / "notify.sock"),
+        "PATH": f"{where}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+    }
+    with scratch_agent("attack-session14-runsc", runtime="runc", env=env) as a:
+        yield a, log
+
+
+def _calls(log: Path) -> list[tuple[str, str]]:
+    """(the call's arguments, its environment) for every runsc call the shim saw."""
+    out = []
+    for block in log.read_text().split("\nEND\n"):
+        head, _, env = block.strip().partition("\n")
+        if head.startswith("CALL "):
+            out.append((head[5:], env))
+    return out
+
+
+def _verb(args: str) -> str:
+    words = [w for w in args.split() if not w.startswith("-") and "/" not in w]
+    return words[0] if words else ""
+
+
+def test_runsc_commands_get_nothing_of_the_agents_environment(
+    gvisor_agent: tuple[AgentProcess, Path],
+) -> None:
+    agent, log = gvisor_agent
+    sb = agent.create(memory_mb=256, runtime="gvisor").sandbox_id
+    bundle = agent.data_dir / "sandboxes" / sb
+    try:
+        # The Sentry and the Gofer live as long as the sandbox: read their environment.
+        pids = (bundle / "runsc.pids").read_text().split()
+        assert pids, "no runsc process recorded"
+        environs = {p: Path(f"/proc/{p}/environ").read_bytes() for p in pids}
+        agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sb), timeout=120)
+        agent.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=sb, timeout_sec=-1), timeout=120)
+        assert agent.exec(sb, "true").exit_code == 0
+    finally:
+        _destroy(agent, sb)
+    assert CANARY.encode() in Path(f"/proc/{agent.proc.pid}/environ").read_bytes()  # the oracle
+    for pid, environ in environs.items():
+        # Before the fix: the whole agent environment, canary and NOTIFY_SOCKET included.
+        assert CANARY.encode() not in environ and b"NOTIFY_SOCKET" not in environ, pid
+    calls = _calls(log)
+    verbs = {_verb(args) for args, _ in calls}
+    assert {"run", "delete"} <= verbs and verbs & {"pause", "checkpoint"}, verbs
+    leaked = [args for args, env in calls if CANARY in env or "NOTIFY_SOCKET" in env]
+    assert not leaked, leaked
+    for args, env in calls:
+        names = {line.split("=", 1)[0] for line in env.splitlines() if "=" in line}
+        # PATH, and what sh itself sets for the shim (PWD; SHLVL in some shells).
+        assert names <= {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}, (args, names)
