@@ -12,6 +12,7 @@ the tenant's syscalls and files) with an environment of its own, without the age
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -106,3 +107,63 @@ def test_runsc_commands_get_nothing_of_the_agents_environment(
         names = {line.split("=", 1)[0] for line in env.splitlines() if "=" in line}
         # PATH, and what sh itself sets for the shim (PWD; SHLVL in some shells).
         assert names <= {"PATH", "PWD", "SHLVL", "_", "OLDPWD"}, (args, names)
+
+
+# ------------------------------------------------------------------- the host's PSI triggers
+
+# Each write of a trigger to a /proc/pressure file (0666) made a poll trigger on the host-wide
+# PSI group: ~128 bytes of kernel memory in no cgroup (kmalloc-128, not the sandbox's kmem), on
+# a list the host's PSI work walks every 2 s, for as long as the descriptor stays open. One
+# sandbox holds up to pids.max times RLIMIT_NOFILE descriptors (1024 * 4096): ~4 M triggers, ~0.5
+# GiB of the host's memory outside every limit, per sandbox. Measured before the fix: 3000
+# triggers from one process, +2937 kmalloc-128 objects on the host.
+PSI_TRIGGERS = """
+import json, os
+out = {}
+for name in ("memory", "cpu", "io"):
+    path = "/proc/pressure/" + name
+    made = 0
+    fds = []
+    try:
+        for _ in range(64):
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+            fds.append(fd)
+            os.write(fd, b"some 500000 2000000\\0")
+            made += 1
+        why = "ok"
+    except OSError as e:
+        why = os.strerror(e.errno)
+    for fd in fds:
+        os.close(fd)
+    with open(path) as f:
+        readable = f.read().startswith("some ")
+    out[name] = [made, why, readable]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def crun_agent() -> Iterator[AgentProcess]:
+    with scratch_agent("attack-session14-host", runtime="crun") as a:
+        yield a
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_a_sandbox_cannot_make_psi_triggers_on_the_host(
+    crun_agent: AgentProcess, runtime: str, user: str
+) -> None:
+
+    if not Path("/proc/pressure/memory").exists():
+        pytest.fail("this kernel has no PSI: the attack cannot run here")
+    sb = crun_agent.create(memory_mb=128, runtime=runtime).sandbox_id
+    try:
+        res = crun_agent.exec(sb, "python3", "-c", PSI_TRIGGERS, user=user)
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+    finally:
+        _destroy(crun_agent, sb)
+    # Before the fix: 64 triggers made on each file, "ok".
+    for name, (made, why, readable) in out.items():
+        assert made == 0 and why in ("Read-only file system", "Permission denied"), (name, out)
+        assert readable, (name, out)  # reading the figures stays possible

@@ -72,7 +72,11 @@ MASKED_PATHS = [
     "/sys/devices/virtual/powercap",
     "/sys/kernel",
 ]
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
+# /proc/pressure: the host-wide PSI files are 0666, and each write makes a poll trigger on the
+# host's own group, a kernel allocation charged to no cgroup and walked by the host's PSI work
+# every 2 s: one sandbox (pids.max times RLIMIT_NOFILE descriptors) could make millions (session 14).
+# Read-only keeps reading them.
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/pressure"]
 
 # Syscalls no sandbox process may make. Most already need a capability we drop; denying them
 # here as well means a kernel bug in a capability check is not enough to reach them.
