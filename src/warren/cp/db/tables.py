@@ -259,6 +259,19 @@ layers = Table(
     Column("created_at", TS, nullable=False, server_default=NOW),
 )
 
+# The layers a team's snapshots wrote to the store (a null digest: the room an export in flight
+# holds). One counts while the layer is in ``layers``: services/snapshot_store.py.
+snapshot_store_layers = Table(
+    "snapshot_store_layers",
+    metadata,
+    _uuid_pk(),
+    Column("team_id", UUID(as_uuid=True), nullable=False),
+    Column("digest", Text, nullable=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("written_at", TS, nullable=False, server_default=NOW),
+    UniqueConstraint("team_id", "digest", name="uq_snapshot_store_layers_team_id"),
+)
+
 # Which host has which layer installed (for scheduling near the layers and for host GC).
 host_layers = Table(
     "host_layers",

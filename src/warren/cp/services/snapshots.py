@@ -49,7 +49,7 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox_power
+from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox_power, snapshot_store
 from warren.cp.services import layers as layer_svc
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
@@ -248,10 +248,15 @@ async def _take_to_store(
     """The sandbox's writable layer into the store, within what the size quota leaves, then the
     record (one transaction swaps the old for the new: until it commits, the old one is whole)."""
     replacing = _counted(old)
-    room = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
+    room, quota_mb = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
+    # What the team's snapshots hold of the store, deleted ones too, stays bounded (session 14).
+    hold_id, held = await snapshot_store.hold(engine, team_uuid, quota_mb, room, CREATE_BUDGET_S)
+    export = _export(engine, store, tgt.client(), tgt, held, (hold_id, team_uuid))
     try:
-        meta = await asyncio.shield(asyncio.ensure_future(_export(engine, store, tgt.client(), tgt, room)))
+        meta = await asyncio.shield(asyncio.ensure_future(export))
     except PayloadTooLarge:
+        if held < room:  # the store bound stopped it, not the quota
+            raise snapshot_store.store_full(quota_mb) from None
         # Past what the quota leaves: refused like any snapshot over it (429).
         async with autocommit(engine) as conn:
             new_bytes = parent.size_bytes + room + 1
@@ -388,19 +393,21 @@ async def _layer_room(
     team_uuid: uuid.UUID,
     replacing: uuid.UUID | None,
     parent_bytes: int,
-) -> int:
+) -> tuple[int, int]:
     """How big the new layer may be within the team's snapshot size quota (the snapshot counts
-    its whole chain): the export stops there instead of filling the store first."""
+    its whole chain): the export stops there instead of filling the store first; and the quota
+    (MiB)."""
     async with autocommit(engine) as conn:
         team = (await conn.execute(sa.select(teams).where(teams.c.id == team_uuid))).mappings().one()
         _n, used = await limits.snapshot_usage(conn, team_uuid, besides=replacing)
-    quota_bytes = limits.team_quotas(lim, team).snapshot_mb * limits.MiB
-    return max(quota_bytes - used - parent_bytes, 0)
+    quota_mb = limits.team_quotas(lim, team).snapshot_mb
+    return max(quota_mb * limits.MiB - used - parent_bytes, 0), quota_mb
 
 
 async def _export(
-    engine: AsyncEngine, store: LayerStore, client: HostClient, tgt: sandbox_access.Target, room: int
-) -> LayerMeta:
+    engine: AsyncEngine, store: LayerStore, client: HostClient, tgt: sandbox_access.Target, room: int,
+    held: tuple[uuid.UUID, uuid.UUID],
+) -> LayerMeta:  # fmt: skip
     """``ExportSnapshot`` streamed into the store (hashed on the way; the agent's own digest
     must agree), then indexed, and noted on the source host, which keeps it installed. Run as
     its own task: a client that disconnects does not cut a snapshot in half."""
@@ -419,7 +426,13 @@ async def _export(
         finally:
             stream.cancel()  # the store stopped reading (over the quota): the agent stops too
 
-    meta = await store.put(chunks(), max_bytes=room)
+    hold_id, team_uuid = held  # the store room this export holds: snapshot_store.hold
+    try:
+        meta = await store.put(chunks(), max_bytes=room)
+    except BaseException:
+        await snapshot_store.release(engine, hold_id)
+        raise
+    await snapshot_store.settle(engine, hold_id, team_uuid, meta)  # in the store now, whatever follows
     if not done or (done[0].digest, done[0].size) != (meta.digest, meta.size):
         said = f"{done[0].digest}/{done[0].size}" if done else "nothing"
         raise InternalError(

@@ -1,0 +1,46 @@
+"""Snapshot layers in the store, per team (session 14): a team's deleted, overwritten and failed
+snapshots keep counting while their layers wait for the layer collector.
+
+The snapshot size quota counted live snapshots only, and a layer leaves the store an hour or
+more after its snapshot went (``WARREN_LAYER_GC_GRACE_S``): a snapshot/delete loop filled the
+store far past the quota. Each row is a layer a team's snapshot wrote (or, with no digest yet,
+the room an export in flight holds); it counts while the layer is in the ``layers`` index
+(services/snapshot_store.py).
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0016"
+down_revision: str | None = "0015"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TS = postgresql.TIMESTAMP(timezone=True)
+_UUID = postgresql.UUID(as_uuid=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "snapshot_store_layers",
+        sa.Column("id", _UUID, nullable=False),
+        sa.Column("team_id", _UUID, nullable=False),
+        sa.Column("digest", sa.Text(), nullable=True),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("written_at", TS, nullable=False, server_default=sa.text("now()")),
+        sa.PrimaryKeyConstraint("id", name="pk_snapshot_store_layers"),
+        sa.UniqueConstraint("team_id", "digest", name="uq_snapshot_store_layers_team_id"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("snapshot_store_layers")

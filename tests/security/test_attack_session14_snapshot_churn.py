@@ -1,0 +1,139 @@
+"""Session 14: one tenant fills the template store with snapshots it no longer has.
+
+The snapshot storage quota (``quota_snapshot_mb``, 20 GiB by default) counts the team's live
+snapshots. A deleted or overwritten snapshot's layer leaves the store only when the layer
+collector finds it unreferenced *and* older than its grace period (``WARREN_LAYER_GC_GRACE_S``,
+an hour; a pass every ten minutes). So snapshot → delete (or ``?overwrite=true``) in a loop,
+a byte changed each time, wrote a new layer each round that stayed on the store's disk for an
+hour or more while the quota showed it free: at export speed, hundreds of GB an hour for every
+team of the store, far past the quota. Snapshots that failed after their export (the quota's
+check at the record, raced by several at once) left theirs likewise.
+
+Now every layer a team's snapshot writes to the store is the team's until the collector has
+removed it (``services/snapshot_store.py``): a snapshot is refused (429 ``quota_exceeded``) and
+an export stops where the team's layers still in the store, live or not, would pass
+``WARREN_SNAPSHOT_STORE_FACTOR`` (2) times its snapshot quota; an export in flight holds its
+room. The probes set a small quota for the attacker's own team and measure the store's
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.platform import Platform
+from tests.harness.tenant import Tenant, signup
+
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
+
+QUOTA_MB = 48
+FILE_MB = 20  # what each round's layer holds (random bytes: they do not compress)
+ROUNDS = 8  # 160 MiB of layers: 3.3 times the quota, past the factor of 2
+MiB = 1024 * 1024
+
+
+def _store_bytes(platform: Platform) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(Path(platform.cp.home) / "store"):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):  # collected meanwhile
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def _admin_quota(platform: Platform, team_id: str, mb: int) -> None:
+    with httpx.Client(base_url=platform.url, headers=platform.user_headers, timeout=60) as c:
+        r = c.put(f"/v1/admin/teams/{team_id}/quotas", json={"snapshot_mb": mb, "snapshots": 100})
+        assert r.status_code == 200, r.text
+
+
+@pytest.fixture
+def mallory(platform: Platform) -> Iterator[Tenant]:
+    """A fresh team whose operator gave it a small snapshot quota (the default's 20 GiB would
+    make the probe write 40 GiB)."""
+    t = signup(platform.url, "mallory")
+    _admin_quota(platform, t.team_id, QUOTA_MB)
+    yield t
+    with t.client() as c:
+        for s in c.get("/v1/snapshots").json():
+            if s.get("team_id", t.team_id) == t.team_id and s.get("type") == "snapshot":
+                c.delete(f"/v1/snapshots/{s['name']}")
+
+
+def _snapshot(t: Tenant, sid: str, name: str, overwrite: bool) -> httpx.Response:
+    q = "?overwrite=true" if overwrite else ""
+    return t.w("POST", f"/v1/snapshots{q}", {"sandbox_id": sid, "name": name}, timeout=300)
+
+
+def _new_bytes(t: Tenant, sid: str, rnd: int) -> None:
+    """Make this round's layer differ from every other: a new file of random bytes (a snapshot
+    leaves its sandbox paused: resumed first)."""
+    t.w("POST", f"/v1/sandboxes/{sid}/resume", {})
+    t.sh(sid, f"rm -f /root/blob*; head -c {FILE_MB * MiB} /dev/urandom > /root/blob{rnd}", timeout_sec=120)
+
+
+@pytest.mark.parametrize("how", ["overwrite", "delete"])
+def test_snapshot_churn_stays_within_the_store_bound(platform: Platform, mallory: Tenant, how: str) -> None:
+    sid = mallory.create(memory_mb=256)
+    try:
+        before = _store_bytes(platform)
+        codes = []
+        for rnd in range(ROUNDS):
+            _new_bytes(mallory, sid, rnd)
+            r = _snapshot(mallory, sid, "churn", overwrite=how == "overwrite")
+            codes.append(r.status_code)
+            if r.status_code == 201 and how == "delete":
+                assert mallory.w("DELETE", "/v1/snapshots/churn").status_code == 204
+            if r.status_code != 201:
+                assert r.status_code == 429, r.text
+                assert r.json()["error"]["code"] == "quota_exceeded", r.text
+        grown = _store_bytes(platform) - before
+        # What the team may have in the store: twice its quota (plus tar headers).
+        assert grown <= 2 * QUOTA_MB * MiB + MiB, f"{codes}: the store grew {grown / MiB:.0f} MiB"
+        assert codes[0] == 201 and 429 in codes, codes  # the first fits; the bound does refuse
+    finally:
+        mallory.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def test_concurrent_snapshots_hold_their_room(platform: Platform, mallory: Tenant) -> None:
+    """Four sandboxes snapshotted at once: each export's room is held while it runs, so the
+    exports together cannot pass the bound before any of them is recorded."""
+    sids = [mallory.create(memory_mb=256) for _ in range(4)]
+    try:
+        for i, sid in enumerate(sids):
+            _new_bytes(mallory, sid, i)
+            mallory.sh(sid, f"head -c {FILE_MB * MiB} /dev/urandom > /root/more{i}", timeout_sec=120)
+        before = _store_bytes(platform)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: _snapshot(mallory, sids[i], f"c{i}", False), range(4)))
+        codes = [r.status_code for r in answers]
+        grown = _store_bytes(platform) - before
+        assert grown <= 2 * QUOTA_MB * MiB + MiB, f"{codes}: the store grew {grown / MiB:.0f} MiB"
+        assert set(codes) <= {201, 429}, codes
+    finally:
+        for sid in sids:
+            mallory.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def test_another_teams_snapshot_is_unaffected(platform: Platform, mallory: Tenant, bob: Tenant) -> None:
+    """The bound is the attacker's: with Mallory at hers, Bob's snapshot still fits his quota."""
+    sid = mallory.create(memory_mb=256)
+    bsid = bob.create(memory_mb=128)
+    try:
+        for rnd in range(4):
+            _new_bytes(mallory, sid, rnd)
+            _snapshot(mallory, sid, "churn", overwrite=True)
+        bob.sh(bsid, "echo bob > /root/bob")
+        r = _snapshot(bob, bsid, "bobs", overwrite=False)
+        assert r.status_code == 201, r.text
+        assert bob.w("DELETE", "/v1/snapshots/bobs").status_code == 204
+    finally:
+        mallory.w("DELETE", f"/v1/sandboxes/{sid}")
+        bob.w("DELETE", f"/v1/sandboxes/{bsid}")
