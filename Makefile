@@ -9,6 +9,9 @@ STAMP := $(VENV)/.warren-setup-stamp
 # The layer image converter's compiled fast path (native/layer_convert.c), beside the venv's
 # python where the agent looks for it (agent/layer_convert.py). A failed build fails setup.
 CONVERTER := $(VENV)/bin/warren-layer-convert
+# The squashfs image writer (native/layer_sqfs.c), in tar2sqfs' place where it is built
+# (agent/layer_image.py; tar2sqfs stays the fallback). A failed build fails setup.
+WRITER := $(VENV)/bin/warren-layer-sqfs
 CC := gcc
 
 # System packages the platform and its test suite need. One list: append to it.
@@ -16,8 +19,10 @@ CC := gcc
 #   iptables, iproute2: per-sandbox network namespaces and NAT; uidmap: user-namespace id maps;
 #   chromium: the dashboard's browser tests (Playwright drives the Debian build);
 #   squashfs-tools-ng: tar2sqfs, layers installed as squashfs images (docs/templates.md §2);
-#   gcc: builds the layer converter's fast path ($(CONVERTER)).
-APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap squashfs-tools-ng gcc
+#   gcc: builds the layer converter's fast path ($(CONVERTER));
+#   libsquashfs-dev: the library (and headers) the image writer ($(WRITER)) is built with.
+APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap squashfs-tools-ng gcc \
+	libsquashfs-dev
 
 # Parallel where safe: test files are spread over workers (a file's tests stay together, as
 # they share module-scoped fixtures). Tests marked `serial` run afterwards, alone. Three workers
@@ -36,7 +41,7 @@ help:
 	@echo "make bench   run every benchmark in bench/ and print their tables"
 	@echo "make setup   apt packages (as root, when missing) and the .venv"
 
-setup: apt-packages $(STAMP) $(CONVERTER)
+setup: apt-packages $(STAMP) $(CONVERTER) $(WRITER)
 
 # It parses tenants' tars: hardened (no measurable cost, docs/benchmarks.md session 12), and
 # 0711 so that nobody, running it, cannot read it: execve leaves the process undumpable (no
@@ -45,6 +50,13 @@ HARDEN := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection 
 	-Wl,-z,relro,-z,now,-z,noexecstack
 $(CONVERTER): native/layer_convert.c native/tar_fmt.c native/seccomp.c native/layer_convert.h $(STAMP)
 	$(CC) -O2 -Wall -Wextra -Werror $(HARDEN) -o $@ native/layer_convert.c native/tar_fmt.c native/seccomp.c
+	chmod 0711 $@
+
+# The same hardening and mode: it parses what a converter wrote, as a uid of its own.
+$(WRITER): native/layer_sqfs.c native/layer_sqfs_tar.c native/seccomp.c native/layer_sqfs.h \
+	native/layer_convert.h $(STAMP)
+	$(CC) -O2 -Wall -Wextra -Werror $(HARDEN) -o $@ native/layer_sqfs.c native/layer_sqfs_tar.c native/seccomp.c \
+		-lsquashfs
 	chmod 0711 $@
 
 # Installs only what is missing, so a set-up machine pays one dpkg query, not an apt run.
