@@ -6,10 +6,12 @@ dependencies only read the credentials from the headers and apply the per-team r
 
 The one exception to "the token's team must be live and the user a member" is
 :data:`UserSession`, used only by the routes a user needs to find or make a team
-(``GET/POST /v1/teams``, ``POST /v1/auth/switch-team``) and by ``/v1/teams/{id}…`` (whose own
-checks give SPEC's 404/403 answers): there the request proceeds with ``ctx.team_id = None``
-when the token's team is deleted or the membership is gone, so a user who deleted their last
-team can still list, create and switch teams. See docs/auth.md.
+(``GET/POST /v1/teams``, ``POST /v1/auth/switch-team``, ``/v1/invitations…``, ``GET
+/v1/users/me``) and by ``/v1/teams/{id}…`` (whose own checks give SPEC's 404/403 answers, and
+403 ``no_team`` to a teamless token): there the request proceeds with ``ctx.team_id = None``
+when the token's team is deleted, the membership is gone or the token is teamless (signed in
+with no live team), so such a user can still answer invitations, list, create and switch
+teams. Every other route refuses a teamless token with 403 ``no_team``. See docs/auth.md.
 """
 
 from __future__ import annotations
@@ -116,10 +118,11 @@ async def admin_user(ctx: Annotated[AuthContext, Depends(current_user)]) -> Auth
 @dataclass(frozen=True)
 class JwtSession:
     """A verified user whose token's team may be gone: ``ctx.team_id`` is None then.
-    ``token_team_id`` is the team the JWT names (for docs/spec.md §2.4's path-equals-JWT-team rule)."""
+    ``token_team_id`` is the team the JWT names (for docs/spec.md §2.4's path-equals-JWT-team rule),
+    None for a teamless token."""
 
     ctx: AuthContext
-    token_team_id: uuid.UUID
+    token_team_id: uuid.UUID | None
 
 
 async def user_session(request: Request, bearer: Bearer, api_key: ApiKey) -> JwtSession:

@@ -22,6 +22,7 @@ from warren.cp.http_errors import error_responses
 from warren.cp.services import team_deletion
 from warren.cp.services import team_invitations as invitations
 from warren.cp.services import teams as service
+from warren.cp.services.authn import teamless
 from warren.errors import Forbidden
 
 router = APIRouter(prefix="/v1/teams", tags=["teams"])
@@ -30,6 +31,8 @@ _AUTH = (401, 403)
 
 
 def _jwt_team(session: JwtSession, team_id: str) -> uuid.UUID:
+    if session.token_team_id is None:
+        raise teamless()  # a teamless token names no team to act in, whichever the path names
     tid = service.parse_team_id(team_id)
     if tid != session.token_team_id:
         raise Forbidden("JWT team does not match requested team; use switch-team first")

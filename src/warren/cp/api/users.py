@@ -1,4 +1,4 @@
-"""User search (docs/spec.md §2.3)."""
+"""The caller's own profile and user search (docs/spec.md §2.1, §2.3)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from warren.cp.api.deps import CurrentUser, Db
+from warren.cp.api.deps import CurrentUser, Db, UserSession
 from warren.cp.api.models import UserMatch
 from warren.cp.http_errors import error_responses
 from warren.cp.services import users as service
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
+
+
+@router.get("/me", response_model=service.Profile, responses=error_responses(401, 429))
+async def my_profile(session: UserSession) -> service.Profile:
+    """Who the token belongs to, read from the database: email, name, `is_admin`, and the team it
+    acts for with the caller's role (both null for a teamless token, or a team gone or left)."""
+    return service.profile(session.ctx)
 
 
 @router.get("/search", response_model=list[UserMatch], responses=error_responses(400, 401, 403))

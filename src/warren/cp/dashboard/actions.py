@@ -131,11 +131,15 @@ async def revoke_invitation(act: Act, invitation_id: str) -> dict[str, Any]:
 
 @router.post("/invitations/{invitation_id}/accept")
 async def accept_invitation(act: Act, invitation_id: str, response: Response) -> dict[str, Any]:
-    """Join, then act in the team joined (as creating one does)."""
+    """Join, then act in the team joined (as creating one does). From the teamless landing page
+    the browser goes on to the team's sandboxes; the team page just reloads."""
     inv = invitations_svc.parse_invitation_id(invitation_id)
-    team = await invitations_svc.accept(act.engine, act.ctx, inv)
-    await _switch(act, response, team.id)
-    return {"team_id": team.id, "name": team.name}
+    joined = await auth_svc.accept_invitation(act.engine, act.settings.jwt_secret, act.ctx, inv)
+    _use_token(act, response, joined.token)
+    answer: dict[str, Any] = {"team_id": joined.id, "name": joined.name}
+    if act.ctx.team_id is None:
+        answer["redirect"] = "/dashboard/sandboxes"
+    return answer
 
 
 @router.post("/invitations/{invitation_id}/decline")

@@ -27,12 +27,15 @@ from warren.cp.security.credentials import Credentials
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import oauth as oauth_svc
 from warren.cp.services.authn import authenticate
+from warren.cp.services.context import AuthContext
 from warren.cp.state import sign_in_attempt, state_of
 from warren.errors import Forbidden, TooManyRequests, Unauthorized, WarrenError
 
 router = APIRouter(include_in_schema=False)
 
 HOME = "/dashboard/sandboxes"
+# Where a sign-in with no live team lands: the user's invitations and "create a team".
+WELCOME = "/dashboard/welcome"
 
 # ``?error=`` codes from the OAuth callback (docs/spec.md §2.1) and the landing page, in words.
 OAUTH_ERRORS = {
@@ -73,10 +76,16 @@ def _login_page(
     return resp
 
 
+def _home_of(found: tuple[sessions.Session, AuthContext]) -> str:
+    """Where a signed-in visitor goes: their team's sandboxes, or the teamless landing page."""
+    return HOME if found[1].team_id is not None else WELCOME
+
+
 @router.get("/")
 async def root(request: Request) -> Response:
-    if await session_auth(request) is not None:
-        return RedirectResponse(HOME, status_code=303)
+    found = await session_auth(request)
+    if found is not None:
+        return RedirectResponse(_home_of(found), status_code=303)
     return RedirectResponse("/login", status_code=303)
 
 
@@ -87,8 +96,9 @@ async def dashboard_root() -> Response:
 
 @router.get("/login")
 async def login_page(request: Request, mode: str = "login", error: str | None = None) -> Response:
-    if await session_auth(request) is not None:
-        return RedirectResponse(HOME, status_code=303)
+    found = await session_auth(request)
+    if found is not None:
+        return RedirectResponse(_home_of(found), status_code=303)
     secret = state_of(request).settings.jwt_secret
     sess = sessions.read(request, secret)
     fresh = sess is None or sess.signed_in
@@ -152,7 +162,7 @@ async def login_submit(
         if isinstance(e, TooManyRequests) and e.retry_after is not None:
             page.headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
         return page
-    resp = RedirectResponse(HOME, status_code=303)
+    resp = RedirectResponse(HOME if result.team_id else WELCOME, status_code=303)
     sessions.write(resp, request, secret, sessions.for_login(result.token))
     return resp
 
@@ -194,7 +204,7 @@ async def oauth_landing(request: Request, provider: str, error: str | None = Non
     settings = state_of(request).settings
     try:
         # The cookie is only a carrier: the token must be a valid JWT for a live user.
-        await authenticate(
+        ctx = await authenticate(
             state_of(request).engine,
             Credentials(bearer=token),
             require_user=True,
@@ -203,6 +213,6 @@ async def oauth_landing(request: Request, provider: str, error: str | None = Non
         )
     except (Unauthorized, Forbidden):
         return clear_oauth_cookies(RedirectResponse("/login?error=missing_token", status_code=303))
-    resp = RedirectResponse(HOME, status_code=303)
+    resp = RedirectResponse(HOME if ctx.team_id else WELCOME, status_code=303)
     sessions.write(resp, request, settings.jwt_secret, sessions.for_login(token))
     return clear_oauth_cookies(resp)

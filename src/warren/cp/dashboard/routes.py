@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from warren import ids
 from warren.cp.dashboard import actions, audit_page, auth_routes, template_pages, terminal
@@ -49,6 +49,8 @@ pages = APIRouter(include_in_schema=False)
 NO_TEAM_HINT = "No active team — select or create a team in the sidebar to create sandboxes."
 NO_TEAM_GENERIC = "No active team — select or create a team in the sidebar to continue."
 METRIC_RANGES = ("5m", "10m", "1h", "6h", "24h")
+WELCOME = auth_routes.WELCOME
+WELCOME_PAGE_SIZE = 25
 ADMIN_BYOC_PAGE_SIZE = 50
 
 
@@ -131,6 +133,31 @@ async def sandbox_metrics(request: Request, sandbox_id: str, range: str = "10m")
     return JSONResponse({"sandbox_id": sandbox_id, "range": data.range, "points": points})
 
 
+# --------------------------------------------------------------------------- teamless landing
+
+
+@pages.get(WELCOME)
+async def welcome_page(request: Request, cursor: str | None = None) -> Response:
+    """Where a user with no live team lands after signing in (docs/spec.md §2.1): their pending
+    invitations, a page at a time, and a team to create. A session acting for a team has
+    nothing to do here and goes home."""
+    viewer = await load_viewer(request)
+    if viewer is None:
+        return to_login(request)
+    if viewer.ctx.team_id is not None:
+        return RedirectResponse(auth_routes.HOME, status_code=303)
+    try:
+        page = await invitations_svc.list_mine(
+            state_of(request).engine, viewer.ctx, limit=WELCOME_PAGE_SIZE, cursor=cursor
+        )
+    except WarrenError:  # a stale or mangled cursor: start again from the newest
+        return RedirectResponse(WELCOME, status_code=303)
+    return _page(
+        request, viewer, "welcome.html", nav="welcome", title="Welcome", teamless_landing=True,
+        invitations=page.items, next_cursor=page.next_cursor, cursor=cursor,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ keys
 
 
@@ -156,7 +183,7 @@ async def team_page(request: Request) -> Response:
     sess, ctx = found
     engine = state_of(request).engine
     detail: teams_svc.TeamDetail | None = None
-    mine = await invitations_svc.list_mine(engine, ctx)
+    mine = (await invitations_svc.list_mine(engine, ctx)).items
     if ctx.team_id is None:
         team_list = await teams_svc.list_teams(engine, ctx)
     else:

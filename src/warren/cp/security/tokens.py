@@ -1,8 +1,12 @@
 """User and host JWTs (HS256) and opaque tokens.
 
 User JWT (docs/spec.md §7.7): 6 h; claims ``sub`` (usr-…), ``team_id`` (team-…), ``role``, ``email``,
-``name``, ``is_admin`` (only when true), ``iat``, ``exp``; no ``typ``. Host JWT (docs/spec.md §3.2):
-``typ: "host"``, ``host_id``, ``sub`` (both host-…), 7 d. Each verifier rejects the other kind.
+``name``, ``is_admin`` (only when true), ``iat``, ``exp``; no ``typ``. A user with no live team
+signs in to a *teamless* token (docs/spec.md §2.1): ``team_id`` and ``role`` are JSON null, and
+``services/authn.py`` lets it reach only the routes that find or make a team (403 ``no_team``
+elsewhere). A missing ``team_id`` claim is still an invalid token, not a teamless one.
+Host JWT (docs/spec.md §3.2): ``typ: "host"``, ``host_id``, ``sub`` (both host-…), 7 d. Each
+verifier rejects the other kind.
 
 Expiry is checked against ``warren.clock`` rather than the wall clock so tests can move time.
 """
@@ -52,7 +56,7 @@ def constant_time_equals(a: str, b: str) -> bool:
 @dataclass(frozen=True)
 class UserClaims:
     user_id: uuid.UUID
-    team_id: uuid.UUID
+    team_id: uuid.UUID | None  # None: a teamless token
     role: str
     email: str
     name: str
@@ -65,16 +69,19 @@ def issue_user_jwt(
     secret: str,
     *,
     user_id: uuid.UUID,
-    team_id: uuid.UUID,
-    role: str,
+    team_id: uuid.UUID | None,
+    role: str | None,
     email: str,
     name: str,
     is_admin: bool = False,
 ) -> str:
+    """``team_id`` None (with ``role`` None) issues a teamless token."""
+    if (team_id is None) != (role is None):
+        raise ValueError("a teamless token has neither a team nor a role")
     now = int(clock.time_s())
     claims: dict[str, Any] = {
         "sub": ids.user_id(user_id),
-        "team_id": ids.team_id(team_id),
+        "team_id": ids.team_id(team_id) if team_id is not None else None,
         "role": role,
         "email": email,
         "name": name,
@@ -112,10 +119,12 @@ def verify_user_jwt(secret: str, token: str) -> UserClaims:
     claims = _decode(secret, token, "invalid or expired token")
     if claims.get("typ") == "host":
         raise Unauthorized("invalid or expired token")
-    try:
-        team = ids.parse_id(ids.Kind.TEAM, claims.get("team_id", ""))
-    except InvalidRequest as e:
-        raise Unauthorized("invalid team ID in token") from e
+    team: uuid.UUID | None = None
+    if "team_id" not in claims or claims["team_id"] is not None:  # JSON null: a teamless token
+        try:
+            team = ids.parse_id(ids.Kind.TEAM, claims.get("team_id", ""))
+        except InvalidRequest as e:
+            raise Unauthorized("invalid team ID in token") from e
     try:
         user = ids.parse_id(ids.Kind.USER, claims.get("sub", ""))
     except InvalidRequest as e:
@@ -123,7 +132,7 @@ def verify_user_jwt(secret: str, token: str) -> UserClaims:
     return UserClaims(
         user_id=user,
         team_id=team,
-        role=str(claims.get("role", "")),
+        role=str(claims.get("role") or ""),
         email=str(claims.get("email", "")),
         name=str(claims.get("name", "")),
         is_admin=claims.get("is_admin") is True,

@@ -18,9 +18,9 @@ from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import teams, users, users_teams
 from warren.cp.security import passwords
 from warren.cp.security.tokens import issue_user_jwt
-from warren.cp.services import audit, rate_limits
+from warren.cp.services import audit, rate_limits, team_invitations
 from warren.cp.services.context import AuthContext
-from warren.cp.services.teams import email_registered, insert_account, login_team
+from warren.cp.services.teams import TeamWithRole, email_registered, insert_account, login_team
 from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 
 MIN_PASSWORD = 8
@@ -33,7 +33,9 @@ MAX_NAME = 100
 class AuthResult(BaseModel):
     token: str
     user_id: str
-    team_id: str
+    # None: the user has no live team, and the token is teamless (docs/spec.md §2.1): it may list
+    # and answer invitations, create a team and read the profile, nothing team-scoped.
+    team_id: str | None
     email: str
     name: str
 
@@ -50,14 +52,21 @@ def _validate_email(email: str) -> None:
 
 
 def _token(
-    secret: str, *, user_id: uuid.UUID, team_id: uuid.UUID, role: str, email: str, name: str, is_admin: bool
+    secret: str,
+    *,
+    user_id: uuid.UUID,
+    team_id: uuid.UUID | None,
+    role: str | None,
+    email: str,
+    name: str,
+    is_admin: bool,
 ) -> AuthResult:
+    """A JWT for ``team_id``, or a teamless one when it is None."""
     token = issue_user_jwt(
         secret, user_id=user_id, team_id=team_id, role=role, email=email, name=name, is_admin=is_admin
     )
-    return AuthResult(
-        token=token, user_id=ids.user_id(user_id), team_id=ids.team_id(team_id), email=email, name=name
-    )
+    team = ids.team_id(team_id) if team_id is not None else None
+    return AuthResult(token=token, user_id=ids.user_id(user_id), team_id=team, email=email, name=name)
 
 
 async def signup(
@@ -144,9 +153,8 @@ async def login(
         raise failure
     async with autocommit(engine) as conn:
         found = await login_team(conn, user.id)
-    if found is None:
-        raise Forbidden("user is not a member of any team", code="no_team")
-    team_uuid, role = found
+    # No live team: a teamless token, so the user can still answer an invitation or make a team.
+    team_uuid, role = found if found is not None else (None, None)
     return _token(
         jwt_secret,
         user_id=user.id,
@@ -159,7 +167,8 @@ async def login(
 
 
 async def switch_team(engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, team_id: str) -> AuthResult:
-    """A fresh JWT for another team. Role, name and is_admin are re-read from the DB."""
+    """A fresh JWT for another team (from a teamless token too: accepting an invitation or
+    creating a team switches to it). Role, name and is_admin are re-read from the DB."""
     if ctx.user_id is None:
         raise Unauthorized("this route requires a user token")
     if not team_id:
@@ -197,3 +206,19 @@ async def switch_team(engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, te
         name=row.name,
         is_admin=bool(row.is_admin),
     )
+
+
+class JoinedTeam(TeamWithRole):
+    """The team an accepted invitation joined, and a fresh JWT for it."""
+
+    token: str
+
+
+async def accept_invitation(
+    engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, invitation_id: uuid.UUID
+) -> JoinedTeam:
+    """Join with the invitation, then switch to the team joined (as the dashboard does): a
+    teamless user's one way into a team hands them a token that can act in it."""
+    team = await team_invitations.accept(engine, ctx, invitation_id)
+    switched = await switch_team(engine, jwt_secret, ctx, team.id)
+    return JoinedTeam(**team.model_dump(), token=switched.token)

@@ -13,6 +13,10 @@ Outcomes for a JWT whose signature and expiry are fine:
 - user no longer a member of the token's team → 403 "not a member of this team";
 - with ``allow_teamless`` (the routes a user needs to find or make a team, and the dashboard)
   the last two proceed with ``ctx.team_id = None`` instead. See docs/auth.md.
+
+A *teamless* JWT (no team: what sign-in issues to a user with no live team, docs/spec.md §2.1)
+proceeds only with ``allow_teamless``; every other route answers 403 ``no_team`` with what to do
+(:func:`teamless`). Its ``team_id`` is None, so the one query finds no membership to use.
 """
 
 from __future__ import annotations
@@ -32,8 +36,19 @@ from warren.cp.services.rate_limits import TeamRateLimiter
 from warren.errors import Forbidden, Unauthorized
 from warren.request_context import remember_actor
 
+TEAMLESS_MESSAGE = "you are not in a team yet: accept an invitation or create a team"
+
+
+def teamless() -> Forbidden:
+    """403 ``no_team`` for a teamless token on a team-scoped route, saying what to do."""
+    return Forbidden(TEAMLESS_MESSAGE, code="no_team")
+
 
 async def _authenticate_jwt(engine: AsyncEngine, claims: UserClaims, *, allow_teamless: bool) -> AuthContext:
+    if claims.team_id is None and not allow_teamless:
+        # Before the query: a teamless token reaches nothing team-scoped, whatever the database
+        # says (a deleted user's token is refused by the routes it may reach, below).
+        raise teamless()
     async with driver(engine) as conn:
         row = await conn.fetchrow(q.JWT_CHECK, claims.user_id, claims.team_id)
     if row is None:
@@ -113,10 +128,11 @@ async def authenticate(
 
 async def authenticate_session(
     engine: AsyncEngine, creds: Credentials, *, jwt_secret: str
-) -> tuple[AuthContext, uuid.UUID]:
+) -> tuple[AuthContext, uuid.UUID | None]:
     """``authenticate(require_user=True, allow_teamless=True)`` and the team the JWT names, which
-    ``ctx.team_id`` is not when that team is gone or the user left it. One verification of the
-    token serves both (it costs more than the rest of a cached read's authentication)."""
+    ``ctx.team_id`` is not when that team is gone or the user left it (None for a teamless
+    token). One verification of the token serves both (it costs more than the rest of a cached
+    read's authentication)."""
     claims = verify_user_jwt(jwt_secret, _user_token(creds, require_user=True))
     ctx = await _authenticate_jwt(engine, claims, allow_teamless=True)
     remember_actor(ctx)

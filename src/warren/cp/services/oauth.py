@@ -178,22 +178,30 @@ async def _login_existing(engine: AsyncEngine, secret: str, user_id: uuid.UUID) 
             )
         ).first()
         found = await login_team(conn, user_id)
-    if user is None or found is None:
+    if user is None:
         raise _Fail("db_error")
-    team_id, role = found
+    # No live team: a teamless token, as password login issues (docs/spec.md §2.1).
+    team_id, role = found if found is not None else (None, None)
     return _result(secret, user_id, team_id, role, user.email, user.name, bool(user.is_admin))
 
 
 def _result(
-    secret: str, user_id: uuid.UUID, team_id: uuid.UUID, role: str, email: str, name: str, is_admin: bool
+    secret: str,
+    user_id: uuid.UUID,
+    team_id: uuid.UUID | None,
+    role: str | None,
+    email: str,
+    name: str,
+    is_admin: bool,
 ) -> dict[str, str]:
+    """The result cookies' values; ``team_id`` is "" for a teamless token."""
     token = issue_user_jwt(
         secret, user_id=user_id, team_id=team_id, role=role, email=email, name=name, is_admin=is_admin
     )
     return {
         "token": token,
         "user_id": ids.user_id(user_id),
-        "team_id": ids.team_id(team_id),
+        "team_id": ids.team_id(team_id) if team_id is not None else "",
         "email": email,
         "name": name,
     }

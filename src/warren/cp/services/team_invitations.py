@@ -29,13 +29,14 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import team_invitations, teams, users, users_teams
 from warren.cp.services import Timestamp, audit
+from warren.cp.services.audit_log import decode_cursor, encode_cursor
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import TeamWithRole, lock_team_and_role, require_manager, user_of
 from warren.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
@@ -45,7 +46,8 @@ INVITATION_TTL = timedelta(days=7)
 MAX_PENDING_PER_TEAM = 100
 # Live teams one user may belong to (owned ones included): what accepting may not pass.
 MAX_TEAMS_JOINED = 100
-# The invitee's list shows the newest this many (a list flooded by many teams stays bounded).
+# The invitee's list, a page at a time: at most this many a page (a list flooded by many teams
+# stays bounded per request; the cursor reaches the rest).
 MAX_LISTED = 100
 INVITABLE_ROLES = ("admin", "member")
 
@@ -201,14 +203,32 @@ async def revoke(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, invi
 # The invitee's side: list, accept, decline (the invitee's own user session, any team)
 
 
-async def list_mine(engine: AsyncEngine, ctx: AuthContext) -> list[Invitation]:
-    """The caller's unexpired invitations to live teams, newest first (at most ``MAX_LISTED``)."""
+class InvitationPage(BaseModel):
+    items: list[Invitation]
+    # Pass as ``cursor`` for the next (older) page; None on the last one.
+    next_cursor: str | None = None
+
+
+async def list_mine(
+    engine: AsyncEngine, ctx: AuthContext, *, limit: int = MAX_LISTED, cursor: str | None = None
+) -> InvitationPage:
+    """The caller's unexpired invitations to live teams, newest first, ``limit`` (at most
+    ``MAX_LISTED``) a page; ``cursor`` (opaque: the last one's time and id, as the audit log's)
+    continues after the page that gave it. Works with a teamless session: it needs only the user."""
     user_id = user_of(ctx)
+    if not 1 <= limit <= MAX_LISTED:
+        raise InvalidRequest(f"limit must be 1-{MAX_LISTED}")
     t = team_invitations
+    stmt = _select_views().where(t.c.user_id == user_id)
+    if cursor:
+        at, rid = decode_cursor(cursor)
+        stmt = stmt.where(tuple_(t.c.created_at, t.c.id) < tuple_(literal(at), literal(rid)))
+    stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
     async with autocommit(engine) as conn:
-        stmt = _select_views().where(t.c.user_id == user_id).order_by(t.c.created_at.desc(), t.c.id)
-        rows = await conn.execute(stmt.limit(MAX_LISTED))
-        return [_view(r) for r in rows.mappings()]
+        rows = list((await conn.execute(stmt)).mappings())
+    more, rows = len(rows) > limit, rows[:limit]
+    nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+    return InvitationPage(items=[_view(r) for r in rows], next_cursor=nxt)
 
 
 async def _team_of_mine(conn: AsyncConnection, user_id: uuid.UUID, invitation_id: uuid.UUID) -> uuid.UUID:

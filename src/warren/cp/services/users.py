@@ -1,4 +1,4 @@
-"""User search (docs/spec.md §2.3, §7.10)."""
+"""The caller's own profile and user search (docs/spec.md §2.1, §2.3, §7.10)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,31 @@ from warren import ids
 from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import users
 from warren.cp.services.context import AuthContext
-from warren.errors import InvalidRequest
+from warren.errors import InvalidRequest, Unauthorized
 
 SEARCH_LIMIT = 10
 MAX_PREFIX = 254
+
+
+class Profile(BaseModel):
+    user_id: str
+    email: str
+    name: str
+    is_admin: bool
+    # The team the caller's token acts for and their role in it; both None for a teamless
+    # token, or one whose team is gone or was left (the user then joins or makes one).
+    team_id: str | None
+    role: str | None
+
+
+def profile(ctx: AuthContext) -> Profile:
+    """Who the caller is, as ``authenticate`` just read it from the database."""
+    if ctx.user_id is None:
+        raise Unauthorized("this route requires a user token")
+    return Profile(
+        user_id=ids.user_id(ctx.user_id), email=ctx.email, name=ctx.name, is_admin=ctx.is_admin,
+        team_id=ids.team_id(ctx.team_id) if ctx.team_id is not None else None, role=ctx.role,
+    )  # fmt: skip
 
 
 class UserMatch(BaseModel):

@@ -115,12 +115,18 @@ async def test_login_success_and_failures(client: httpx.AsyncClient, engine: Asy
     assert_error(await client.post("/v1/auth/login", json={"email": u.email}), 400, "invalid_request")
 
 
-async def test_login_no_team_403(client: httpx.AsyncClient) -> None:
+async def test_login_with_no_live_team_is_a_teamless_token(client: httpx.AsyncClient) -> None:
+    """Session 14 (docs/spec.md §2.1): no longer 403 ``no_team``; the token names no team and
+    every team-scoped route answers 403 ``no_team`` saying what to do (tests/integration/cp/api/
+    test_teamless.py has the flows)."""
     u = await signup(client)
     r = await client.delete(f"/v1/teams/{u.team_id}", headers=u.h)
     assert r.status_code == 204
     r = await client.post("/v1/auth/login", json={"email": u.email, "password": u.password})
-    assert_error(r, 403, "no_team", "user is not a member of any team")
+    assert r.status_code == 200, r.text
+    assert r.json()["team_id"] is None
+    token = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert_error(await client.get("/v1/api-keys", headers=token), 403, "no_team", "accept an invitation")
 
 
 async def test_login_team_fallback_invited_user(client: httpx.AsyncClient, engine: AsyncEngine) -> None:

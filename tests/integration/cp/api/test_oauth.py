@@ -260,7 +260,12 @@ async def test_email_taken_is_not_linked(app: FastAPI, github: tuple[FakeGitHub,
     assert result_cookies(r) == {} and state_expired(r)
 
 
-async def test_known_identity_without_team_is_db_error(app: FastAPI, github: tuple[FakeGitHub, str]) -> None:
+async def test_known_identity_without_team_signs_in_teamless(
+    app: FastAPI, github: tuple[FakeGitHub, str]
+) -> None:
+    """Session 14 (docs/spec.md §2.1): a known identity with no live team signs in, to a teamless
+    token (team_id null, an empty team_id cookie) that may answer invitations but nothing
+    team-scoped (it was ``db_error`` before: such a user could never get back in)."""
     fake, _ = github
     prof = profile()
     got = result_cookies(await run_flow(app, fake, prof))
@@ -270,8 +275,15 @@ async def test_known_identity_without_team_is_db_error(app: FastAPI, github: tup
             f"/v1/teams/{got['team_id']}", headers={"Authorization": f"Bearer {got['token']}"}
         )
         assert r.status_code == 204
-    r = await run_flow(app, fake, prof)
-    assert r.headers["location"].endswith("?error=db_error")
+        r = await run_flow(app, fake, prof)
+        assert r.headers["location"] == f"{DASHBOARD}/auth/github/callback", r.headers
+        again = result_cookies(r)
+        assert again["user_id"] == got["user_id"] and again["team_id"] == ""
+        claims = jwt.decode(again["token"], JWT_SECRET, algorithms=["HS256"])
+        assert claims["team_id"] is None and claims["role"] is None
+        h = {"Authorization": f"Bearer {again['token']}"}
+        assert (await cp.get("/v1/invitations", headers=h)).json() == []
+        assert_error(await cp.get("/v1/api-keys", headers=h), 403, "no_team")
 
 
 async def test_callback_failures(app: FastAPI, github: tuple[FakeGitHub, str]) -> None:
