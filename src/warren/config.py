@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     # open at once in one CP process; the next is refused with 429 too_many_streams
     # (services/stream_slots.py). Each may hold a few MiB (docs/security.md), so this bounds a team.
     max_streams_per_team: int = Field(default=64, ge=1, le=100_000)
+    # File transfers' flow windows with the agents (rpc/flow_window.py): the largest one
+    # transfer grows to, in bytes (262144: the fixed window of old), and what grown windows hold
+    # past their first 256 KiB in this CP process, MiB in all and per team.
+    transfer_window_max: int = Field(default=8 << 20, ge=256 << 10, le=1 << 30)
+    transfer_window_budget_mb: int = Field(default=64, ge=0)
+    transfer_window_team_mb: int = Field(default=16, ge=0)
     # Live teams one user may own (their signup team and those they created); the next create is
     # 429 quota_exceeded, deleting one frees its place (services/teams.py). Every quota is per
     # team and each new team brings the whole default quota, so this bounds one account's share.

@@ -29,14 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
 
 from warren.agent.guest_wire import ExecSession, GuestError
+from warren.agent.settings import AgentSettings
 from warren.aio import cancel_and_wait
 from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
+from warren.rpc.flow_window import BASE, Allowance, Budget, Grower
 
 # Output bytes sent and not yet acknowledged, past which the guest's output is not read (the
 # last event read may take it over by one guest frame, 64 KiB typically).
@@ -223,11 +226,51 @@ class CreditedExec(CreditedStream[pb.ExecStreamRequest, pb.ExecEvent]):
 # keeps to its own window (the CP's: 256 KiB, in 64 KiB messages). Without them a transfer held
 # gRPC's windows: 64 unread downloads, CP +306 MiB and agent +181 MiB; uploads into a guest
 # that takes nothing, up to ~17 MiB of the agent each.
+# Since session 14 the windows grow (rpc/flow_window.py): the receiver of the bytes grants them
+# (the CP for a download, this agent for an upload), the sender keeps to them as far as its own
+# budget allows, and says what it keeps to; this agent holds at most ``transfer_window_*`` of
+# grown windows (its settings), per team and in all.
 # The initial metadata both send before reading a request: the CP waits for it before writing
 # one (an agent from before answers UNIMPLEMENTED instead; see cp/services/file_transfer.py).
+# ``warren-file-window`` says this agent takes growing windows, up to that many bytes.
 FILE_CREDIT_METADATA = (("warren-file-credit", "1"),)
+FILE_WINDOW_KEY = "warren-file-window"
 # How long a download that sent its end waits for the caller's half-close before it ends anyway.
 END_WAIT_S = 30.0
+
+
+@dataclass
+class FileWindows:
+    """This agent's growing file windows: their budget and the largest one."""
+
+    budget: Budget
+    largest: int
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*FILE_CREDIT_METADATA, (FILE_WINDOW_KEY, str(self.largest)))
+
+    def allowance(self, team: str) -> Allowance:
+        """A download's window: the CP's grants as far as this agent allows."""
+        return Allowance(self.budget, team, self.largest)
+
+    def grower(self, team: str, meta: pb.WriteFileMeta) -> Grower | None:
+        """An upload's window, granted here; None for a CP without growing windows."""
+        if meta.window_max <= BASE:
+            return None
+        return Grower(self.budget, team, min(self.largest, meta.window_max))
+
+
+_windows: FileWindows | None = None
+
+
+def file_windows(settings: AgentSettings) -> FileWindows:
+    """This process's file windows (one budget for every transfer)."""
+    global _windows
+    if _windows is None:
+        mib = 1 << 20
+        budget = Budget(settings.transfer_window_budget_mb * mib, settings.transfer_window_team_mb * mib)
+        _windows = FileWindows(budget, settings.transfer_window_max)
+    return _windows
 
 
 async def upload_meta(requests: AsyncIterator[pb.WriteFileStreamRequest]) -> pb.WriteFileMeta:
@@ -241,9 +284,11 @@ async def upload_meta(requests: AsyncIterator[pb.WriteFileStreamRequest]) -> pb.
 
 
 async def upload_chunks(
-    meta: pb.WriteFileMeta, requests: AsyncIterator[pb.WriteFileStreamRequest], context: Any
-) -> AsyncIterator[bytes]:
-    """The file bytes of an upload's requests after ``meta``; ends only on a whole upload."""
+    meta: pb.WriteFileMeta, requests: AsyncIterator[pb.WriteFileStreamRequest], context: Any,
+    grower: Grower | None = None,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """The file bytes of an upload's requests after ``meta``; ends only on a whole upload.
+    ``grower``: the upload's window, told what the caller keeps to."""
     committed = False
     async for msg in requests:
         kind = msg.WhichOneof("msg")
@@ -252,6 +297,8 @@ async def upload_chunks(
         elif kind != "chunk" or committed:
             raise InvalidRequest("only `chunk` messages, then one `commit`, may follow `meta`")
         else:
+            if msg.window and grower is not None:
+                grower.sender_keeps(msg.window)
             yield msg.chunk
     # A client that cancels (a broken or oversize upload) ends the request stream too, and may
     # do so before the cancel is seen here: only a `commit` proves the upload whole. Never
@@ -261,12 +308,15 @@ async def upload_chunks(
 
 
 async def credited_read(
-    chunks: AsyncGenerator[bytes], requests: AsyncIterator[pb.ReadFileCreditRequest]
-) -> AsyncGenerator[pb.ReadFileStreamResponse]:
+    chunks: AsyncGenerator[bytes], requests: AsyncIterator[pb.ReadFileCreditRequest],
+    allowance: Allowance | None = None,
+) -> AsyncGenerator[pb.ReadFileStreamResponse]:  # fmt: skip
     """A file's ``chunks`` as ReadFileCredit answers them, a window ahead of the acknowledgements
-    in ``requests`` (after the first, ``open``, they only acknowledge), then an empty message:
-    the end, after which the caller half-closes."""
+    in ``requests`` (after the first, ``open``, they only acknowledge, and may grant a larger
+    window: ``allowance`` says how much of it this agent keeps to), then an empty message: the
+    end, after which the caller half-closes."""
     window = Window(OUTPUT_WINDOW)
+    told = OUTPUT_WINDOW  # the window the caller was last told this agent keeps to
 
     async def acks() -> None:
         with contextlib.suppress(grpc.RpcError):
@@ -274,6 +324,8 @@ async def credited_read(
                 if msg.WhichOneof("msg") != "acked":
                     window.fail(InvalidRequest("only `acked` messages may follow `open`"))
                     return
+                if msg.window and allowance is not None:
+                    window.size = allowance.granted(msg.window)
                 window.acked(msg.acked)
 
     acker = asyncio.create_task(acks())
@@ -285,7 +337,9 @@ async def credited_read(
                 break
             if chunk:  # an empty message is the end
                 window.sent(len(chunk))
-                yield pb.ReadFileStreamResponse(chunk=chunk)
+                size = window.size or OUTPUT_WINDOW
+                grown, told = (size if size != told else 0), size
+                yield pb.ReadFileStreamResponse(chunk=chunk, window=grown)
         # The end: an empty message, then the call ends only once the caller has half-closed.
         # Ended at once, it raced the caller's last acknowledgement, and a message sent on a call
         # that has just ended fails the call on the caller's side (INTERNAL, "Internal error
@@ -296,24 +350,42 @@ async def credited_read(
     finally:
         await cancel_and_wait(acker)
         await chunks.aclose()  # the guest connection, now
+        if allowance is not None:
+            allowance.close()
 
 
 async def credited_write(
-    write: Callable[[AsyncIterator[bytes]], Awaitable[int]], chunks: AsyncIterator[bytes]
-) -> AsyncGenerator[pb.WriteFileCreditEvent]:
+    write: Callable[[AsyncIterator[bytes]], Awaitable[int]], chunks: AsyncIterator[bytes],
+    grower: Grower | None = None, *, stops_on_refusal: bool = False,
+) -> AsyncGenerator[pb.WriteFileCreditEvent]:  # fmt: skip
     """``write`` (the guest's file write, over the chunks it is given) of an upload's ``chunks``,
-    as WriteFileCredit answers it: ``ready``, ``acked`` as chunks are written, ``done``."""
+    as WriteFileCredit answers it: ``ready``, ``acked`` as chunks are written, ``done``.
+    ``grower``: the upload's growing window (None: the fixed one), granted with ``acked``.
+    ``stops_on_refusal``: a caller that half-closes on ``refusing``; a refusal (the guest's
+    error) is then told first and the call ends with it only once the caller has stopped
+    sending: ended at once, a chunk on its way turned the caller's status into INTERNAL ("Internal
+    error from Core", a 502 for what was the guest's 413 or 400; 1 in ~8 uploads into a full disk
+    on loopback)."""
     out: asyncio.Queue[pb.WriteFileCreditEvent | BaseException] = asyncio.Queue()
 
     async def counted() -> AsyncIterator[bytes]:
-        written = 0
-        async for chunk in chunks:
+        written, it = 0, aiter(chunks)
+        while True:
+            if grower is not None:
+                grower.waiting()
+            chunk = await anext(it, None)
+            if chunk is None:
+                return
+            if grower is not None:
+                grower.arrived()
             yield chunk
             # Asked for the next chunk: this one is written to the guest connection (drained).
             # At most a window's worth of acknowledgements ever waits in ``out``.
             written += len(chunk)
-            if written >= STDIN_ACK_BYTES:
-                out.put_nowait(pb.WriteFileCreditEvent(acked=written))
+            grown = grower.consumed(len(chunk)) if grower is not None else None
+            batch = grower.ack_batch(STDIN_ACK_BYTES) if grower is not None else STDIN_ACK_BYTES
+            if written >= batch or grown:
+                out.put_nowait(pb.WriteFileCreditEvent(acked=written, window=grown or 0))
                 written = 0
 
     async def run() -> None:
@@ -329,9 +401,27 @@ async def credited_write(
         while True:
             ev = await out.get()
             if isinstance(ev, BaseException):
+                if stops_on_refusal:
+                    yield pb.WriteFileCreditEvent(refusing=True)
+                    await _drop_until_half_closed(chunks)
                 raise ev
             yield ev
             if ev.HasField("done"):
                 return
     finally:
         await cancel_and_wait(task)
+        if grower is not None:
+            grower.close()
+
+
+async def _drop_until_half_closed(chunks: AsyncIterator[bytes]) -> None:
+    """The caller's chunks, dropped until it half-closes (or :data:`END_WAIT_S` passes)."""
+
+    async def drop() -> None:
+        with contextlib.suppress(Exception):  # the end without `commit`, a cancelled call
+            async for _ in chunks:
+                pass
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(END_WAIT_S):
+            await drop()

@@ -411,14 +411,17 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         self, request_iterator: AsyncIterator[pb.WriteFileStreamRequest], context: Any
     ) -> AsyncIterator[pb.WriteFileCreditEvent]:
         """WriteFileStream with flow credit (exec_credit.credited_write)."""
+        windows = ec.file_windows(self.m.settings)
         try:
-            await context.send_initial_metadata(ec.FILE_CREDIT_METADATA)
+            await context.send_initial_metadata(windows.metadata())
             meta = await ec.upload_meta(request_iterator)
             write = self._file_write(meta)
+            grower = windows.grower(self.m.sandbox(meta.sandbox_id).team_id, meta)
         except Exception as e:
             await abort(context, e, "WriteFileCredit")
             return
-        events = ec.credited_write(write, ec.upload_chunks(meta, request_iterator, context))
+        chunks = ec.upload_chunks(meta, request_iterator, context, grower)
+        events = ec.credited_write(write, chunks, grower, stops_on_refusal=meta.stops_on_refusal)
         async with contextlib.aclosing(relay(context, events, "WriteFileCredit")) as msgs:
             async for msg in msgs:
                 yield msg
@@ -444,15 +447,17 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     ) -> AsyncIterator[pb.ReadFileStreamResponse]:
         """ReadFileStream with flow credit (exec_credit.credited_read). Errors before the first
         chunk (no such file, ...) end the call with their status, as ReadFileStream's."""
+        windows = ec.file_windows(self.m.settings)
         try:
-            await context.send_initial_metadata(ec.FILE_CREDIT_METADATA)
+            await context.send_initial_metadata(windows.metadata())
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("msg") != "open":
                 raise InvalidRequest("the first ReadFileCredit message must be `open`")
             r = first.open
             guest, user = self.m.guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
             chunks = guest.read_file(_path(r.path), user=user, read_ahead=READ_AHEAD)
-            events = ec.credited_read(chunks, request_iterator)
+            allowance = windows.allowance(self.m.sandbox(r.sandbox_id).team_id)
+            events = ec.credited_read(chunks, request_iterator, allowance)
             started = await anext(events, None)
         except Exception as e:
             await abort(context, e, "ReadFileCredit")

@@ -62,6 +62,13 @@ class AgentSettings(BaseSettings):
     # How long a dial ticket (and the socket it holds, counted against the sandbox) waits to be redeemed.
     dial_ticket_ttl_s: float = Field(default=10.0, gt=0, le=60)
 
+    # File transfers' flow windows (rpc/flow_window.py): the largest one transfer grows to, in
+    # bytes (262144: the fixed window of old), and what grown windows hold past their first
+    # 256 KiB on this agent, MiB in all and per team.
+    transfer_window_max: int = Field(default=8 << 20, ge=256 << 10, le=1 << 30)
+    transfer_window_budget_mb: int = Field(default=64, ge=0)
+    transfer_window_team_mb: int = Field(default=16, ge=0)
+
     # Warm pools kept from the start (docs/agent.md, "Warm pools"): "minimal=4"; the control
     # plane can set others (SetWarmPool) at run time.
     warm_pool: str = ""

@@ -461,7 +461,7 @@ class ReadFileResponse(_message.Message):
     def __init__(self, content: _Optional[bytes] = ...) -> None: ...
 
 class WriteFileMeta(_message.Message):
-    __slots__ = ("sandbox_id", "path", "mode", "explicit_commit", "user", "metadata")
+    __slots__ = ("sandbox_id", "path", "mode", "explicit_commit", "user", "metadata", "window_max", "stops_on_refusal")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -475,47 +475,61 @@ class WriteFileMeta(_message.Message):
     EXPLICIT_COMMIT_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MAX_FIELD_NUMBER: _ClassVar[int]
+    STOPS_ON_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     path: str
     mode: int
     explicit_commit: bool
     user: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., explicit_commit: _Optional[bool] = ..., user: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    window_max: int
+    stops_on_refusal: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., explicit_commit: _Optional[bool] = ..., user: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., window_max: _Optional[int] = ..., stops_on_refusal: _Optional[bool] = ...) -> None: ...
 
 class WriteFileStreamRequest(_message.Message):
-    __slots__ = ("meta", "chunk", "commit")
+    __slots__ = ("meta", "chunk", "commit", "window")
     META_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     meta: WriteFileMeta
     chunk: bytes
     commit: bool
-    def __init__(self, meta: _Optional[_Union[WriteFileMeta, _Mapping]] = ..., chunk: _Optional[bytes] = ..., commit: _Optional[bool] = ...) -> None: ...
+    window: int
+    def __init__(self, meta: _Optional[_Union[WriteFileMeta, _Mapping]] = ..., chunk: _Optional[bytes] = ..., commit: _Optional[bool] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ReadFileStreamResponse(_message.Message):
-    __slots__ = ("chunk",)
+    __slots__ = ("chunk", "window")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
-    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+    window: int
+    def __init__(self, chunk: _Optional[bytes] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ReadFileCreditRequest(_message.Message):
-    __slots__ = ("open", "acked")
+    __slots__ = ("open", "acked", "window")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     open: ReadFileRequest
     acked: int
-    def __init__(self, open: _Optional[_Union[ReadFileRequest, _Mapping]] = ..., acked: _Optional[int] = ...) -> None: ...
+    window: int
+    def __init__(self, open: _Optional[_Union[ReadFileRequest, _Mapping]] = ..., acked: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class WriteFileCreditEvent(_message.Message):
-    __slots__ = ("ready", "acked", "done")
+    __slots__ = ("ready", "acked", "done", "refusing", "window")
     READY_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    REFUSING_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     acked: int
     done: WriteFileResponse
-    def __init__(self, ready: _Optional[bool] = ..., acked: _Optional[int] = ..., done: _Optional[_Union[WriteFileResponse, _Mapping]] = ...) -> None: ...
+    refusing: bool
+    window: int
+    def __init__(self, ready: _Optional[bool] = ..., acked: _Optional[int] = ..., done: _Optional[_Union[WriteFileResponse, _Mapping]] = ..., refusing: _Optional[bool] = ..., window: _Optional[int] = ...) -> None: ...
 
 class EntryInfo(_message.Message):
     __slots__ = ("name", "type", "path", "size", "mode", "permissions", "owner", "group", "modified_time_unix", "symlink_target", "metadata", "target_type", "target_mode", "resolved_target")

@@ -389,6 +389,11 @@ class HostAgentServicer:
         A download: the first message is `open`; later ones acknowledge the bytes the caller handed
         on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
         then an empty message (the end), and ends the call once the caller has half-closed.
+        Growing windows (session 14, rpc/flow_window.py): an agent that takes them says so in its
+        initial metadata (`warren-file-window: <its largest window>`); the receiver of the bytes
+        then grants the window (`ReadFileCreditRequest.window`, `WriteFileCreditEvent.window`) and
+        the sender keeps to the smaller of that and what its own budget allows. Either end without
+        them keeps the fixed window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

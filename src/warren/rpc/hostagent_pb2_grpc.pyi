@@ -70,6 +70,11 @@ class HostAgentStub:
     A download: the first message is `open`; later ones acknowledge the bytes the caller handed
     on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
     then an empty message (the end), and ends the call once the caller has half-closed.
+    Growing windows (session 14, rpc/flow_window.py): an agent that takes them says so in its
+    initial metadata (`warren-file-window: <its largest window>`); the receiver of the bytes
+    then grants the window (`ReadFileCreditRequest.window`, `WriteFileCreditEvent.window`) and
+    the sender keeps to the smaller of that and what its own budget allows. Either end without
+    them keeps the fixed window.
     """
     WriteFileCredit: _grpc.StreamStreamMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileCreditEvent]
     """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
@@ -166,6 +171,11 @@ class HostAgentAsyncStub(HostAgentStub):
     A download: the first message is `open`; later ones acknowledge the bytes the caller handed
     on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
     then an empty message (the end), and ends the call once the caller has half-closed.
+    Growing windows (session 14, rpc/flow_window.py): an agent that takes them says so in its
+    initial metadata (`warren-file-window: <its largest window>`); the receiver of the bytes
+    then grants the window (`ReadFileCreditRequest.window`, `WriteFileCreditEvent.window`) and
+    the sender keeps to the smaller of that and what its own budget allows. Either end without
+    them keeps the fixed window.
     """
     WriteFileCredit: _aio.StreamStreamMultiCallable[_hostagent_pb2.WriteFileStreamRequest, _hostagent_pb2.WriteFileCreditEvent]  # type: ignore[assignment]
     """An upload: the requests of WriteFileStream (`meta` first). The agent answers `ready` once it
@@ -379,6 +389,11 @@ class HostAgentServicer(metaclass=_abc_1.ABCMeta):
         A download: the first message is `open`; later ones acknowledge the bytes the caller handed
         on. The agent sends at most its window (256 KiB) of the file past what was acknowledged,
         then an empty message (the end), and ends the call once the caller has half-closed.
+        Growing windows (session 14, rpc/flow_window.py): an agent that takes them says so in its
+        initial metadata (`warren-file-window: <its largest window>`); the receiver of the bytes
+        then grants the window (`ReadFileCreditRequest.window`, `WriteFileCreditEvent.window`) and
+        the sender keeps to the smaller of that and what its own budget allows. Either end without
+        them keeps the fixed window.
         """
 
     @_abc_1.abstractmethod

@@ -143,6 +143,11 @@ async def upload_target(
     return UploadTarget(await sandbox_access.target(engine, pool, ctx, sandbox_id), user, ctx, max_streams)
 
 
+def _team(ctx: AuthContext) -> str:
+    """Whose share of the CP's transfer window budget a transfer's grown window takes."""
+    return str(ctx.team_id or "")
+
+
 async def _write(
     tgt: UploadTarget, path: str, chunks: AsyncIterator[bytes], metadata: Mapping[str, str] | None = None
 ) -> None:
@@ -154,7 +159,9 @@ async def _write(
     _check_upload_path(path)
     with stream_slots.Slot() as slot:
         slot.claim(tgt.ctx, tgt.max_streams)
-        await file_transfer.write(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata)
+        await file_transfer.write(
+            tgt.client(), tgt.sid, path, chunks, tgt.user, metadata, team=_team(tgt.ctx)
+        )
 
 
 async def write_stream(
@@ -227,7 +234,9 @@ async def open_read(
     of the team's ``max_streams`` stream slots until it ends (429 ``too_many_streams``)."""
     tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     return await _counted(
-        ctx, max_streams, lambda: file_transfer.open_read(tgt.client(), tgt.sid, _path(body), body.user)
+        ctx,
+        max_streams,
+        lambda: file_transfer.open_read(tgt.client(), tgt.sid, _path(body), body.user, team=_team(ctx)),
     )
 
 
@@ -276,7 +285,7 @@ async def read_unary(
         raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
 
     async def start() -> AsyncIterator[bytes]:
-        return _capped(await file_transfer.open_read(client, tgt.sid, path, user), cap)
+        return _capped(await file_transfer.open_read(client, tgt.sid, path, user, team=_team(ctx)), cap)
 
     return await _counted(ctx, max_streams, start)
 
