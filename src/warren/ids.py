@@ -15,7 +15,9 @@ from warren.errors import InvalidRequest
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _WIDTH = 25
-_BODY = re.compile(r"^[0-9a-z]{25}$")
+# fullmatch: ``$`` would also match before a trailing newline, so ``sb-…\n`` named the sandbox
+# ``sb-…`` (session 14: a second spelling of an id, with an envd token of its own).
+_BODY = re.compile(r"[0-9a-z]{25}")
 _MAX = (1 << 128) - 1
 
 ZERO_UUID = uuid.UUID(int=0)
@@ -57,7 +59,7 @@ def parse_id(kind: Kind, text: str, *, what: str | None = None) -> uuid.UUID:
     if not isinstance(text, str) or not text.startswith(kind.value):
         raise InvalidRequest(f"invalid {label}")
     body = text[len(kind.value) :]
-    if not _BODY.match(body):
+    if not _BODY.fullmatch(body):
         raise InvalidRequest(f"invalid {label}")
     n = int(body, 36)
     if n > _MAX:

@@ -51,6 +51,7 @@ def test_known_values() -> None:
         "sb-" + "A" * 25,  # upper case is not in the alphabet
         "sb-" + "0" * 24 + "-",
         "sb-" + "0" * 24 + "\n",
+        "sb-" + "0" * 25 + "\n",  # `$` matched before a final newline (session 14)
         " sb-" + "0" * 25,
         "sb-" + "0" * 25 + " ",
         "cl-" + "0" * 25,  # the reference's prefix is not ours

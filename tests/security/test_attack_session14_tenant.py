@@ -1,0 +1,129 @@
+"""Session 14's hostile tenant with two teams (Alice attacks, Bob is the victim), against what
+session 12's tenant pass (``test_attack_session12_tenants.py``) did not reach: other spellings of
+a sandbox id, E2B's routing headers mixed and repeated, and polling watchers of another sandbox.
+
+Each probe is written as the attacker runs it: the public API and the E2B listener with her own
+team's key, and the envd access token E2B's create answers her.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness.platform import Platform
+from tests.harness.tenant import Tenant
+
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
+
+
+def e2b(platform: Platform, t: Tenant, method: str, path: str, body: Any = None) -> httpx.Response:
+    with httpx.Client(base_url=platform.cp.e2b_url, headers={"X-API-KEY": t.api_key}, timeout=120) as c:
+        return c.request(method, path, json=body)
+
+
+@pytest.fixture(scope="module")
+def e2b_sandboxes(platform: Platform, alice: Tenant, bob: Tenant) -> Iterator[tuple[dict[str, Any], str]]:
+    """Alice's E2B sandbox (create's answer: id and envd token) and Bob's sandbox id."""
+    made = []
+    for t in (alice, bob):
+        r = e2b(platform, t, "POST", "/sandboxes", {"templateID": "minimal", "timeout": 900})
+        assert r.status_code == 201, r.text
+        made.append(r.json())
+    yield made[0], made[1]["sandboxID"]
+    for t, m in zip((alice, bob), made, strict=True):
+        e2b(platform, t, "DELETE", f"/sandboxes/{m['sandboxID']}")
+
+
+# ------------------------------------------------------------ another spelling of a sandbox id
+
+
+def test_a_sandbox_id_with_a_trailing_newline_names_no_sandbox(
+    platform: Platform, alice: Tenant, e2b_sandboxes: tuple[dict[str, Any], str]
+) -> None:
+    """Found: ``ids.parse_id`` matched ``^[0-9a-z]{25}$``, and ``$`` also matches before a final
+    newline, so ``sb-…%0A`` named the sandbox ``sb-…`` on every route. E2B's connect then
+    answered a second ``envdAccessToken`` for the same sandbox (the token is derived from the id
+    as written), and audit rows and logs carried ids that are nobody's. Now such an id is a 400,
+    as any other malformed id."""
+    mine, bobs = e2b_sandboxes[0]["sandboxID"], e2b_sandboxes[1]
+    for sid in (mine, bobs):
+        odd = sid + "%0A"
+        for method, path, body in (
+            ("GET", f"/v1/sandboxes/{odd}", None),
+            ("POST", f"/v1/sandboxes/{odd}/exec", {"cmd": "hostname"}),
+            ("POST", f"/v1/sandboxes/{odd}/files/stat", {"path": "/etc"}),
+            ("GET", f"/v1/sandboxes/{odd}/preview", None),
+        ):
+            r = alice.w(method, path, body)
+            assert r.status_code in (400, 404), (sid == mine, path, r.status_code, r.text)
+        for method, path, body in (
+            ("POST", f"/sandboxes/{odd}/connect", {"timeout": 60}),
+            ("GET", f"/sandboxes/{odd}", None),
+            ("POST", f"/sandboxes/{odd}/timeout", {"timeout": 60}),
+        ):
+            r = e2b(platform, alice, method, path, body)
+            assert r.status_code in (400, 404), (sid == mine, path, r.status_code, r.text)
+            assert "envdAccessToken" not in r.text
+
+
+# ------------------------------------------------------------ E2B's routing headers, mixed
+
+
+def _files(platform: Platform, headers: list[tuple[str, str]]) -> httpx.Response:
+    with httpx.Client(base_url=platform.cp.e2b_url, timeout=120) as c:
+        return c.get("/files", params={"path": "/etc/hostname"}, headers=headers)
+
+
+def test_e2b_routing_headers_mixed_and_repeated(
+    platform: Platform, e2b_sandboxes: tuple[dict[str, Any], str]
+) -> None:
+    """Held: the listener picks one sandbox per request, and the same one authenticates it and
+    serves it. Alice's token with Bob's id in a second ``E2b-Sandbox-Id``, in the ``Host`` name,
+    or first, reads her own sandbox or nothing, never Bob's."""
+    mine, bobs = e2b_sandboxes[0]["sandboxID"], e2b_sandboxes[1]
+    token = e2b_sandboxes[0]["envdAccessToken"]
+    tok = ("X-Access-Token", token)
+    port = ("E2b-Sandbox-Port", "49983")
+    for headers in (
+        [("E2b-Sandbox-Id", mine), ("Host", f"49983-{bobs}.preview.example"), tok],
+        [("E2b-Sandbox-Id", mine), ("E2b-Sandbox-Id", bobs), tok, port],
+        [("E2b-Sandbox-Id", mine), ("e2b-sandbox-id", bobs), tok, ("X-Access-Token", "ea_x"), port],
+    ):
+        r = _files(platform, headers)
+        assert (r.status_code, r.text) == (200, mine + "\n"), (headers, r.text)
+    for headers in (
+        [("E2b-Sandbox-Id", bobs), ("E2b-Sandbox-Id", mine), tok, port],
+        [("E2b-Sandbox-Id", bobs), ("Host", f"49983-{mine}.preview.example"), tok],
+        [("E2b-Sandbox-Id", bobs), ("X-Access-Token", token), ("X-Access-Token", token), port],
+        [("E2b-Sandbox-Id", bobs), ("E2b-Sandbox-Port", "49983"), ("E2b-Sandbox-Port", "80"), tok],
+    ):
+        r = _files(platform, headers)
+        assert r.status_code == 401, (headers, r.status_code, r.text)
+        assert bobs + "\n" not in r.text
+
+
+# ------------------------------------------------------------ another sandbox's watcher
+
+
+def test_another_sandboxs_polling_watcher(alice: Tenant, bob: Tenant) -> None:
+    """Held: a watcher id means something only with its sandbox. Alice, holding Bob's watcher id,
+    can neither poll nor remove it through her own sandbox nor through Bob's."""
+    bobs, mine = bob.create(memory_mb=128), alice.create(memory_mb=128)
+    try:
+        r = bob.w("POST", f"/v1/sandboxes/{bobs}/watchers", {"path": "/tmp"})
+        assert r.status_code == 201, r.text
+        wid = r.json()["watcher_id"]
+        bob.sh(bobs, "echo secret > /tmp/bob-was-here")
+        for sid in (mine, bobs):
+            for method, suffix in (("GET", "/events"), ("DELETE", "")):
+                r = alice.w(method, f"/v1/sandboxes/{sid}/watchers/{wid}{suffix}")
+                assert r.status_code == 404, (sid == mine, method, r.text)
+        r = bob.w("GET", f"/v1/sandboxes/{bobs}/watchers/{wid}/events")
+        assert r.status_code == 200 and "bob-was-here" in r.text, r.text  # untouched, unread
+    finally:
+        bob.w("DELETE", f"/v1/sandboxes/{bobs}")
+        alice.w("DELETE", f"/v1/sandboxes/{mine}")
