@@ -261,15 +261,15 @@ layers = Table(
 
 # The layers a team's snapshots wrote to the store (a null digest: the room an export in flight
 # holds). One counts while the layer is in ``layers``: services/snapshot_store.py.
-snapshot_store_layers = Table(
-    "snapshot_store_layers",
+team_store_layers = Table(
+    "team_store_layers",
     metadata,
     _uuid_pk(),
     Column("team_id", UUID(as_uuid=True), nullable=False),
     Column("digest", Text, nullable=True),
     Column("size_bytes", BigInteger, nullable=False),
     Column("written_at", TS, nullable=False, server_default=NOW),
-    UniqueConstraint("team_id", "digest", name="uq_snapshot_store_layers_team_id"),
+    UniqueConstraint("team_id", "digest", name="uq_team_store_layers_team_id"),
 )
 
 # Which host has which layer installed (for scheduling near the layers and for host GC).

@@ -49,7 +49,7 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox_power, snapshot_store
+from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox_power, team_store
 from warren.cp.services import layers as layer_svc
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
@@ -250,13 +250,13 @@ async def _take_to_store(
     replacing = _counted(old)
     room, quota_mb = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
     # What the team's snapshots hold of the store, deleted ones too, stays bounded (session 14).
-    hold_id, held = await snapshot_store.hold(engine, team_uuid, quota_mb, room, CREATE_BUDGET_S)
+    hold_id, held = await team_store.hold(engine, team_uuid, quota_mb, room)
     export = _export(engine, store, tgt.client(), tgt, held, (hold_id, team_uuid))
     try:
         meta = await asyncio.shield(asyncio.ensure_future(export))
     except PayloadTooLarge:
         if held < room:  # the store bound stopped it, not the quota
-            raise snapshot_store.store_full(quota_mb) from None
+            raise team_store.store_full(quota_mb) from None
         # Past what the quota leaves: refused like any snapshot over it (429).
         async with autocommit(engine) as conn:
             new_bytes = parent.size_bytes + room + 1
@@ -426,13 +426,13 @@ async def _export(
         finally:
             stream.cancel()  # the store stopped reading (over the quota): the agent stops too
 
-    hold_id, team_uuid = held  # the store room this export holds: snapshot_store.hold
+    hold_id, team_uuid = held  # the store room this export holds: team_store.hold
     try:
         meta = await store.put(chunks(), max_bytes=room)
     except BaseException:
-        await snapshot_store.release(engine, hold_id)
+        await team_store.release(engine, hold_id)
         raise
-    await snapshot_store.settle(engine, hold_id, team_uuid, meta)  # in the store now, whatever follows
+    await team_store.settle(engine, hold_id, team_uuid, meta)  # in the store now, whatever follows
     if not done or (done[0].digest, done[0].size) != (meta.digest, meta.size):
         said = f"{done[0].digest}/{done[0].size}" if done else "nothing"
         raise InternalError(

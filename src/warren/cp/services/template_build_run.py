@@ -27,6 +27,7 @@ from warren import clock
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import build_cache, template_builds
 from warren.cp.services import layers as layer_svc
+from warren.cp.services import team_store
 from warren.cp.services import template_context as tctx
 from warren.cp.services import templates as tpl
 from warren.cp.services.template_build_host import BuildHost, MiB, StepFailed
@@ -211,12 +212,15 @@ class _Build:
                 await self.log.line(f" ---> CACHED {hit[:12]}")
                 return key
             chain, config, cmd = self._plan(step, staged, staging_digest)
+            # The team's layers in the store stay bounded (session 14): a step starts below it.
+            await team_store.check(self.runner.engine, self.runner.settings, self.team_id)
             if staging is not None:
                 await self._store_staging(staging, staging_digest)
             remaining = self.deadline - clock.monotonic()
             meta = await self.host.run(
                 self.base, chain, config, cmd, timeout_s=remaining, output=self.log.write
             )
+            await team_store.note(self.runner.engine, self.team_id, meta)
             self.layers.append(meta.digest)
             await self._remember(key, meta.digest)
             await self.log.line(f" ---> {meta.digest[:12]} ({meta.size} bytes)")
@@ -252,6 +256,7 @@ class _Build:
             tctx.file_chunks(path), expect=digest, max_bytes=self.runner.settings.build_max_layer_mb * MiB
         )
         await layer_svc.record_layer(self.runner.engine, meta, store=self.runner.store)
+        await team_store.note(self.runner.engine, self.team_id, meta)
 
     async def _cached(self, key: str) -> str | None:
         """The layer cached under ``key``, its entry's ``used_at`` moved (the GC drops entries

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.config import Settings
 from warren.cp.db.engine import transaction
-from warren.cp.services import audit
+from warren.cp.services import audit, team_store
 from warren.cp.services import layers as layer_svc
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
@@ -114,9 +114,11 @@ async def import_image(
                 f"{settings.build_max_template_mb} MiB",
                 code="template_too_large",
             )
+        await team_store.check(engine, settings, team_id, more=total)  # the team's part of the store
         for path, meta in image.layers:
             stored = await store.put(file_chunks(path), expect=meta.digest, max_bytes=layer_cap)
             await layer_svc.record_layer(engine, stored, store=store)
+            await team_store.note(engine, team_id, stored)
             await asyncio.to_thread(path.unlink, missing_ok=True)  # disk: one copy at a time
         async with transaction(engine) as conn:
             row = await tpl.insert_version(

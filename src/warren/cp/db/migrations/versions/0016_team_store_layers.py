@@ -31,16 +31,16 @@ _UUID = postgresql.UUID(as_uuid=True)
 
 def upgrade() -> None:
     op.create_table(
-        "snapshot_store_layers",
+        "team_store_layers",
         sa.Column("id", _UUID, nullable=False),
         sa.Column("team_id", _UUID, nullable=False),
         sa.Column("digest", sa.Text(), nullable=True),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("written_at", TS, nullable=False, server_default=sa.text("now()")),
-        sa.PrimaryKeyConstraint("id", name="pk_snapshot_store_layers"),
-        sa.UniqueConstraint("team_id", "digest", name="uq_snapshot_store_layers_team_id"),
+        sa.PrimaryKeyConstraint("id", name="pk_team_store_layers"),
+        sa.UniqueConstraint("team_id", "digest", name="uq_team_store_layers_team_id"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("snapshot_store_layers")
+    op.drop_table("team_store_layers")
