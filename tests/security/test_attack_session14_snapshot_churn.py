@@ -10,9 +10,9 @@ team of the store, far past the quota. Snapshots that failed after their export 
 check at the record, raced by several at once) left theirs likewise.
 
 Now every layer a team's snapshot writes to the store is the team's until the collector has
-removed it (``services/snapshot_store.py``): a snapshot is refused (429 ``quota_exceeded``) and
+removed it (``services/team_store.py``): a snapshot is refused (429 ``quota_exceeded``) and
 an export stops where the team's layers still in the store, live or not, would pass
-``WARREN_SNAPSHOT_STORE_FACTOR`` (2) times its snapshot quota; an export in flight holds its
+``STORE_FACTOR`` (2) times its snapshot quota; an export in flight holds its
 room. The probes set a small quota for the attacker's own team and measure the store's
 directory.
 """

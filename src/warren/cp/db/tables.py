@@ -259,8 +259,9 @@ layers = Table(
     Column("created_at", TS, nullable=False, server_default=NOW),
 )
 
-# The layers a team's snapshots wrote to the store (a null digest: the room an export in flight
-# holds). One counts while the layer is in ``layers``: services/snapshot_store.py.
+# The layers a team's snapshots, builds and imports wrote to the store (a null digest: the room a
+# snapshot export in flight holds). One counts while the layer is in ``layers``:
+# services/team_store.py.
 team_store_layers = Table(
     "team_store_layers",
     metadata,

@@ -1,11 +1,12 @@
-"""Snapshot layers in the store, per team (session 14): a team's deleted, overwritten and failed
-snapshots keep counting while their layers wait for the layer collector.
+"""A team's layers in the template store (session 14): what its snapshots, builds and imports
+wrote, counted until the layer collector removes them.
 
-The snapshot size quota counted live snapshots only, and a layer leaves the store an hour or
-more after its snapshot went (``WARREN_LAYER_GC_GRACE_S``): a snapshot/delete loop filled the
-store far past the quota. Each row is a layer a team's snapshot wrote (or, with no digest yet,
-the room an export in flight holds); it counts while the layer is in the ``layers`` index
-(services/snapshot_store.py).
+The snapshot size quota counted live snapshots only, a layer leaves the store an hour or more
+after the last thing naming it went (``WARREN_LAYER_GC_GRACE_S``), and a build's step layers
+stay in the team's build cache for 7 days: snapshot/delete and build/delete loops filled the
+store far past any quota. Each row is a layer a team wrote (or, with no digest yet, the room a
+snapshot export in flight holds); it counts while the layer is in the ``layers`` index
+(services/team_store.py).
 
 Revision ID: 0016
 Revises: 0015
