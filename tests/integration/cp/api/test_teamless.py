@@ -7,12 +7,15 @@ The real app over ASGI on a real PostgreSQL (this folder's conftest)."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import jwt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import ids
+from warren.cp.security import passwords
 
 from .conftest import JWT_SECRET, User, assert_error, signup
 
@@ -148,3 +151,28 @@ async def _pages(client: httpx.AsyncClient, t: User) -> tuple[list[int], list[st
         if cursor is None:
             break
     return sizes, seen
+
+
+async def test_a_deleted_user_cannot_sign_in_nor_use_a_teamless_token(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """An account that never had a team (made by an operator) signs in teamless; once its row
+    is gone, its password and its token are refused like unknown ones."""
+    email = f"ghost-{uuid.uuid4().hex[:10]}@example.test"
+    password = "correct horse battery"
+    user = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO users (id, email, name, password_hash) VALUES (:i, :e, 'Ghost', :p)"),
+            {"i": user, "e": email, "p": await passwords.hash_password(password)},
+        )
+    r = await client.post("/v1/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 200 and r.json()["team_id"] is None, r.text
+    h = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert (await client.get("/v1/users/me", headers=h)).status_code == 200
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM users WHERE id = :i"), {"i": user})
+    assert_error(await client.post("/v1/auth/login", json={"email": email, "password": password}), 401)
+    for path in ("/v1/users/me", "/v1/invitations", "/v1/teams"):
+        assert_error(await client.get(path, headers=h), 401, "unauthorized", "invalid or expired token")
+    assert_error(await client.post("/v1/teams", json={"name": "Back"}, headers=h), 401)
