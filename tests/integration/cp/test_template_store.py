@@ -183,6 +183,12 @@ async def test_gc_keeps_layers_in_use_and_removes_dead_ones(env: Env) -> None:
     await env.destroy(done)
     orphan = await env.layer({"etc/orphan": "never used\n"})
     await env.cp.sql("DELETE FROM templates WHERE name IN ('ephemeral', 'short-lived')")
+    # The team's count of its layers in the store (services/team_store.py) names `gone`.
+    team = ids.parse_id(ids.Kind.TEAM, env.user.team_id)
+    await env.cp.sql(
+        "INSERT INTO team_store_layers (id, team_id, digest, size_bytes) VALUES (:i, :t, :d, 1)",
+        i=uuid.uuid4(), t=team, d=gone,
+    )  # fmt: skip
 
     # Within the grace period nothing goes.
     report = await collect(engine, store, pool, grace_s=3600)
@@ -192,6 +198,8 @@ async def test_gc_keeps_layers_in_use_and_removes_dead_ones(env: Env) -> None:
     assert sorted(report.store_deleted) == sorted([gone, orphan])
     for d in (gone, orphan):
         assert not await store.exists(d) and not await env.indexed(d)
+    # ... and forgets it with the layer.
+    assert not await env.cp.sql("SELECT 1 FROM team_store_layers WHERE digest = :d", d=gone)
     assert gone not in await env.held(gone_host) and gone not in await env.recorded(gone_host)
     # The running sandbox's layers stay, on its host and in the store, although no template
     # names them any more; the sandbox still reads them.

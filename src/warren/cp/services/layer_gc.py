@@ -39,7 +39,15 @@ from warren.config import Settings
 from warren.cp.background import Worker, every
 from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
-from warren.cp.db.tables import build_cache, host_layers, hosts, layers, sandboxes, templates
+from warren.cp.db.tables import (
+    build_cache,
+    host_layers,
+    hosts,
+    layers,
+    sandboxes,
+    team_store_layers,
+    templates,
+)
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services.layers import layer_lock
 from warren.cp.store import LayerStore, is_digest
@@ -101,6 +109,7 @@ async def collect(
         for digest in await _dead_in_index(engine, live, cutoff):
             if await _delete_from_store(engine, store, digest, cutoff):
                 report.store_deleted.append(digest)
+        await _forget_team_layers(engine)
         for h in online:
             layer_map = held[h["id"]]
             if layer_map:
@@ -224,6 +233,15 @@ async def _adopt_orphans(engine: AsyncEngine, store: LayerStore) -> list[str]:
                 await conn.execute(stmt.on_conflict_do_nothing())
             adopted.append(digest)
     return adopted
+
+
+async def _forget_team_layers(engine: AsyncEngine) -> None:
+    """Teams' counts of layers no longer in the store (services/team_store.py drops a team's own
+    at its next write; this covers teams that write no more)."""
+    t = team_store_layers
+    gone = ~sa.exists().where(layers.c.digest == t.c.digest)
+    async with autocommit(engine) as conn:
+        await conn.execute(sa.delete(t).where(t.c.digest.is_not(None), gone))
 
 
 async def _referenced(engine: AsyncEngine) -> set[str]:
