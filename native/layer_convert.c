@@ -546,8 +546,9 @@ int main(int argc, char **argv) {
     if (!ibuf) decline("out of memory");
     out_init();
     grow();
-    /* From here on it reads the tenant's bytes: no signal, ptrace, socket, exec or process */
-    if (confine(CONFINE_CONVERTER) != 0) decline("seccomp");
+    /* From here on it reads the tenant's bytes: only reads of in_fd, writes of out_fd and
+     * result_fd, splices between them, its own memory and exit (seccomp.c) */
+    if (confine_converter(in_fd, out_fd, result_fd) != 0) decline("seccomp");
     convert();
     flush_pending();
     emit(ZERO, BLOCK);

@@ -27,11 +27,15 @@ extern uint64_t uid_base, limit;
 
 /* layer_convert.c */
 void put_result(const char *s);
-/* seccomp.c: the filter of the converter (no exec, no new process) or of tar2sqfs (installed
- * before its exec: execve and threads kept); 0, or -1 with errno. */
+/* seccomp.c: the deny-list of the converter's processes (CONFINE_CONVERTER: no exec, no new
+ * process; a program stacks its own allow-list on it) or of tar2sqfs (CONFINE_PACKER, installed
+ * before its exec: execve and threads kept); confine_converter: the compiled converter's own
+ * allow-list (reads of in, writes of out and result, splice in -> out, its memory, exit).
+ * 0, or -1 with errno. */
 #define CONFINE_CONVERTER 1
 #define CONFINE_PACKER 2
 int confine(int kind);
+int confine_converter(int in, int out, int result);
 void decline(const char *why) __attribute__((noreturn));
 
 /* tar_fmt.c: the output */

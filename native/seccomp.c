@@ -8,8 +8,15 @@
  * threads: clone with CLONE_THREAD and no namespace flag; clone3 answered ENOSYS (glibc then
  * uses clone, whose flags the filter can see); fork and vfork denied. Another ABI's calls
  * (i386, x32) kill it.
- * A deny list: what these programs must not do is the short list. The numbers are the build
- * architecture's (<sys/syscall.h>). */
+ * A deny list: a program that confines itself further stacks its own allow-list on it
+ * (warren-layer-sqfs). The numbers are the build architecture's (<sys/syscall.h>).
+ *
+ * confine_converter() is the compiled converter's own filter, an allow-list of exactly what a
+ * conversion takes once its buffers are made (measured with strace over the tests' layers):
+ * read of its layer fd, write of its output and result fds, splice from the one to the other,
+ * close, its own memory (brk, mmap without PROT_EXEC, munmap, mremap, madvise), futex,
+ * rt_sigreturn, sigaltstack, gettid, exit. Anything else fails with EPERM, including every system call newer
+ * than this list (the kernel's, not only libseccomp's); another ABI's calls (i386, x32) kill. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/audit.h>
@@ -17,6 +24,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stddef.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
@@ -100,6 +108,73 @@ int confine(int kind) {
         f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nrs[i], (unsigned char)(k - i), 0);
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, DENY);
+    struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* ------------------------------------------------------------ the converter's allow-list */
+
+/* sigaltstack and gettid: the sanitizers' runtime (the ASan build of the tests) */
+static const int ALLOWED[] = {
+    SYS_close, SYS_brk, SYS_munmap, SYS_mremap, SYS_madvise, SYS_futex, SYS_rt_sigreturn,
+    SYS_sigaltstack, SYS_gettid, SYS_exit, SYS_exit_group,
+};
+
+/* Jumps to labels, resolved once the program is laid out (classic BPF jumps forward only). */
+enum { L_NEXT, L_ALLOW, L_DENY, L_KILL, L_READ, L_WRITE, L_SPLICE, L_MMAP, L_COUNT };
+struct ins {
+    struct sock_filter f;
+    int jt, jf; /* labels (L_NEXT: the next instruction) */
+};
+#define OP(c, k_) ((struct ins){.f = BPF_STMT(c, k_), .jt = L_NEXT, .jf = L_NEXT})
+#define JMP(c, k_, t, e) ((struct ins){.f = BPF_JUMP(c, k_, 0, 0), .jt = t, .jf = e})
+#define LD_ARG(i) OP(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[i])) /* low word */
+#define IF_EQ(k_, t, e) JMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)(k_), t, e)
+
+int confine_converter(int in, int out, int result) {
+    struct ins p[64];
+    int label[L_COUNT];
+    unsigned n = 0;
+    p[n++] = OP(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    p[n++] = IF_EQ(ARCH, L_NEXT, L_KILL); /* another ABI's numbers mean other calls */
+    p[n++] = OP(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#if defined(__x86_64__)
+    p[n++] = JMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, L_KILL, L_NEXT);
+#endif
+    for (unsigned i = 0; i < N(ALLOWED); i++) p[n++] = IF_EQ(ALLOWED[i], L_ALLOW, L_NEXT);
+    p[n++] = IF_EQ(SYS_read, L_READ, L_NEXT);
+    p[n++] = IF_EQ(SYS_write, L_WRITE, L_NEXT);
+    p[n++] = IF_EQ(SYS_splice, L_SPLICE, L_NEXT);
+    p[n++] = IF_EQ(SYS_mmap, L_MMAP, L_DENY);
+    label[L_READ] = (int)n; /* read(in) */
+    p[n++] = LD_ARG(0);
+    p[n++] = IF_EQ(in, L_ALLOW, L_DENY);
+    label[L_WRITE] = (int)n; /* write(out) or write(result) */
+    p[n++] = LD_ARG(0);
+    p[n++] = IF_EQ(out, L_ALLOW, L_NEXT);
+    p[n++] = IF_EQ(result, L_ALLOW, L_DENY);
+    label[L_SPLICE] = (int)n; /* splice(in, _, out, ...) */
+    p[n++] = LD_ARG(0);
+    p[n++] = IF_EQ(in, L_NEXT, L_DENY);
+    p[n++] = LD_ARG(2);
+    p[n++] = IF_EQ(out, L_ALLOW, L_DENY);
+    label[L_MMAP] = (int)n; /* its own memory, never code */
+    p[n++] = LD_ARG(2);
+    p[n++] = JMP(BPF_JMP | BPF_JSET | BPF_K, PROT_EXEC, L_DENY, L_ALLOW);
+    label[L_ALLOW] = (int)n;
+    p[n++] = OP(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    label[L_DENY] = (int)n;
+    p[n++] = OP(BPF_RET | BPF_K, DENY);
+    label[L_KILL] = (int)n;
+    p[n++] = OP(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    struct sock_filter f[64];
+    for (unsigned i = 0; i < n; i++) {
+        f[i] = p[i].f;
+        if (BPF_CLASS(f[i].code) != BPF_JMP) continue;
+        f[i].jt = (unsigned char)(p[i].jt == L_NEXT ? 0 : label[p[i].jt] - (int)i - 1);
+        f[i].jf = (unsigned char)(p[i].jf == L_NEXT ? 0 : label[p[i].jf] - (int)i - 1);
+    }
     struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
     return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);

@@ -10,7 +10,8 @@ and no request pays Python's start (~80 ms of imports). A request is one message
 ``{"uid_base", "max_bytes", "cpu_s", "user", "native"}`` with three fds: the layer tar (a pipe's
 read end), ``tar2sqfs``' stdin, and the result (a pipe's write end). The child drops to ``user``
 (a uid of this conversion's own; it needs no privilege: it only reads and writes the fds it was
-given), sets its limits and its seccomp filter (``seccomp.py``), converts, writes one JSON
+given), sets its limits and its seccomp filter (``seccomp.py``: an allow-list of the calls a
+conversion makes on these fds), converts, writes one JSON
 result (:func:`result_of`) and exits. With ``native`` (the path of
 ``native/layer_convert.c``'s program, which ``make setup`` builds) the child execs that instead,
 under the same user and limits: it converts what layers are made of with the same bytes out
@@ -98,7 +99,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> int:
         got: dict[str, Any] = {"kind": "declined", "message": f"{native} could not be started"}
     else:
         tar = PipeSource(src, int(request["max_bytes"]))
-        got = confined(lambda: _convert(tar, out, int(request["uid_base"])))
+        got = confined(lambda: _convert(tar, out, int(request["uid_base"])), seccomp.Fds(src, out, result))
     os.close(out)  # tar2sqfs sees the end of its tar now, not when the result is read
     _write_result(result, got)
     return 0
@@ -118,11 +119,12 @@ def drop(user: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
-def confined(convert: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``convert()`` under the converter's seccomp filter (``seccomp.py``: no signal, ptrace,
-    socket, exec or new process), or its failure as the result when it cannot be installed."""
+def confined(convert: Callable[[], dict[str, Any]], fds: seccomp.Fds | None = None) -> dict[str, Any]:
+    """``convert()`` under the converter's seccomp filter (``seccomp.py``: an allow-list, reads
+    and writes of ``fds`` only, its own memory, exit), or its failure as the result when it
+    cannot be installed."""
     try:
-        seccomp.confine()
+        seccomp.confine(fds)
     except OSError as e:
         return {"kind": "error", "message": f"seccomp: {e}"}
     return convert()
