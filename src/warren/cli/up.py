@@ -428,21 +428,18 @@ def _serve(settings: Settings, options: dict[str, Any], workers: int, e2b_port: 
         sockets = _bind(config, e2b_port)
         uvicorn.Server(config).run(sockets=sockets)
         return
-    # Each worker builds its own app (and settings, from the same environment). Supervised here
-    # rather than through uvicorn.run, which exits 0 when the workers fail to start.
+    # Each worker builds its own app (and settings, from the same environment). Supervised by
+    # cli/cp_workers.py rather than uvicorn.run, which exits 0 when the workers fail to start.
     from uvicorn.main import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
+
+    from warren.cli import cp_workers
 
     # A worker must answer the supervisor's health ping within this, or it is killed (as hung)
     # and started again: uvicorn's 5 s default killed workers still importing the app on a busy
-    # host, over and over (and turned a startup failure, exit 3, into an endless restart loop).
-    # (A worker that dies while pinged is noticed only at the timeout: not much longer.)
+    # host, over and over. A worker that exits is noticed at once (cp_workers.py).
     config = uvicorn.Config(
-        "warren.cp.app:create_server_app", factory=True, workers=workers, timeout_worker_healthcheck=30,
-        **options,
-    )  # fmt: skip
-    supervisor = Multiprocess(config, sockets=_bind(config, e2b_port))
-    supervisor.run()
-    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
-        err.print("[red]The control plane workers failed to start[/red] (see the log above).")
+        cp_workers.FACTORY, factory=True, workers=workers, timeout_worker_healthcheck=30, **options
+    )
+    if not cp_workers.serve(config, _bind(config, e2b_port)):
+        err.print("[red]The control plane workers failed to start[/red] (see the error above).")
         raise typer.Exit(STARTUP_FAILURE)
