@@ -94,8 +94,8 @@ def test_tar2sqfs_holds_none_of_the_agents_environment(
     out = layer_image._out_dir(tmp_path)  # nobody's, as the agent makes it
     packer = layer_image._Packer(1 << 20, out)
     try:
-        tar2sqfs = os.path.realpath(layer_image._tool("tar2sqfs"))
-        pid = wait_for(lambda: children_running(os.getpid(), tar2sqfs), "tar2sqfs")
+        tar2sqfs = os.path.realpath(layer_image.packer_path())  # or the image writer, where built
+        pid = wait_for(lambda: children_running(os.getpid(), tar2sqfs), "the packer")
         env, nnp = env_and_nnp(pid)
         assert not [k for k in env if k.startswith("WARREN_")], sorted(env)
         assert nnp == "1"

@@ -75,6 +75,9 @@ def _import(tenant: Tenant, name: str, tmp: Path, seed: int) -> None:
     assert r.status_code in (200, 201, 202), r.text
 
 
+PACKERS = ("tar2sqfs", "warren-layer-sqfs")  # counted as "tar2sqfs": the image writer in its place
+
+
 class Sampler:
     """The agent's install processes, sampled from /proc until stopped: the most of each kind
     seen at once (converter children, ``tar2sqfs``, extraction children)."""
@@ -114,7 +117,7 @@ class Sampler:
             ppid, comm, cmdline = procs[p]
             if ppid in servers:
                 out["converter"] += 1
-            elif comm == "tar2sqfs" or "tar2sqfs" in cmdline.split(" ", 1)[0]:
+            elif comm == "tar2sqfs" or any(n in cmdline.split(" ", 1)[0] for n in PACKERS):
                 out["tar2sqfs"] += 1
             elif "warren.layers.extract_child" in cmdline:
                 out["extract"] += 1

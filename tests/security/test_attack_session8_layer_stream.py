@@ -21,6 +21,7 @@ import pytest
 from tests.harness.agent import AgentProcess, scratch_agent
 from tests.integration.agent.layer_tars import digest, layer_tar, put_requests
 from tests.security.test_attack_layer_images import high_water_mib, tree, wait_clean
+from warren.agent.layer_image import packer_path
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -35,11 +36,13 @@ def agent() -> Iterator[AgentProcess]:
 
 
 def packers_of(a: AgentProcess) -> list[str]:
-    """tar2sqfs processes working in this agent's directories (a failed install's must end)."""
+    """Packer processes (the image writer, or tar2sqfs) working in this agent's directories (a
+    failed install's must end)."""
     found = []
+    packer = os.path.basename(packer_path()).encode()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if b"tar2sqfs" in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd").startswith(
+            if packer in (proc / "cmdline").read_bytes() and os.readlink(proc / "cwd").startswith(
                 str(a.data_dir)
             ):
                 found.append(proc.name)

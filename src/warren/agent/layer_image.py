@@ -2,11 +2,12 @@
 (docs/templates.md §2). A layer directory installed this way holds::
 
     <digest>/
-      layer.sqfs    the image, 0600 root, made by ``tar2sqfs`` from the converted tar
+      layer.sqfs    the image, 0600 root, made from the converted tar by the packer: the
+                    compiled writer (``warren-layer-sqfs``) where built, ``tar2sqfs`` otherwise
       tree/         the image mounted ro,nosuid,nodev (a loop device that clears itself on umount)
       layer.json
 
-``tar2sqfs`` runs as a uid of its own (``PACKER_UID_BASE``) under resource limits, reading the tar
+The packer runs as a uid of its own (``PACKER_UID_BASE``) under resource limits, reading the tar
 ``warren.layers.convert_layer`` writes (every check of extraction already made), so what it
 parses is never the tenant's tar. Whatever it cannot take (:class:`NeedsExtraction`, or a
 failure of its own) leaves the caller to extract the layer instead.
@@ -44,15 +45,15 @@ IMAGE = "layer.sqfs"
 # image in ~25 ms of CPU instead of ~70). Without it, tar2sqfs makes the images.
 WRITER_NAME = "warren-layer-sqfs"
 NOBODY = 65534
-# tar2sqfs runs as a uid of its own per run, not nobody: after its exec it is dumpable, and any
-# other process of its uid could ptrace it (a converter child, another layer's tar2sqfs). Picked
+# The packer runs as a uid of its own per run, not nobody: tar2sqfs is dumpable after its exec, and
+# any other process of its uid could ptrace it (a converter child, another layer's packer). Picked
 # at random from a range no one else uses (the sandboxes' mapped range is 1e9 + 65536, the slots'
 # namespace owners 2e9 + slot), so that agents sharing a host rarely pick the same.
 PACKER_UID_BASE = 2_100_000_000
 PACKER_UIDS = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
-# tar2sqfs' budget: CPU seconds (a minute, plus one per 5 MB of tar), memory, and output size
+# The packer's budget: CPU seconds (a minute, plus one per 5 MB of tar), memory, and output size
 # (an image of a tar is never much larger than the tar).
 CPU_BASE_S = 60
 CPU_BYTES_PER_S = 5 << 20
@@ -80,9 +81,12 @@ class Support:
 
 
 def support() -> Support:
-    """tar2sqfs, the squashfs filesystem and loop devices (checked once at agent start)."""
-    if shutil.which("tar2sqfs") is None:
-        return Support(False, "tar2sqfs not found (apt install squashfs-tools-ng)")
+    """A packer (the compiled writer, or tar2sqfs), the squashfs filesystem and loop devices
+    (checked once at agent start)."""
+    writer = native_writer()
+    if writer is None and shutil.which("tar2sqfs") is None:
+        missing = "neither warren-layer-sqfs (make setup) nor tar2sqfs (apt install squashfs-tools-ng)"
+        return Support(False, missing)
     for tool in ("prlimit", "setpriv"):
         if shutil.which(tool) is None:
             return Support(False, f"{tool} not found (util-linux)")
@@ -90,8 +94,12 @@ def support() -> Support:
         return Support(False, "no /dev/loop-control (loop devices)")
     if not _has_squashfs():
         return Support(False, "squashfs is not in /proc/filesystems and modprobe squashfs failed")
-    confined = "under seccomp" if _confined_exec() else "without seccomp (no compiled converter)"
-    return Support(True, f"layers install as loop-mounted squashfs images (tar2sqfs, {confined})")
+    if writer is not None:
+        packer = "warren-layer-sqfs, under its own seccomp filters"
+    else:
+        confined = "under seccomp" if _confined_exec() else "without seccomp (no compiled converter)"
+        packer = f"tar2sqfs, {confined}"
+    return Support(True, f"layers install as loop-mounted squashfs images ({packer})")
 
 
 def native_writer() -> str | None:
@@ -127,7 +135,7 @@ def build_image(tar: Path, work: Path, *, uid_base: int, max_bytes: int) -> Laye
             try:
                 stats = convert_layer(tar, packer.stdin_fd(), uid_base=uid_base, max_bytes=max_bytes)
             except BrokenPipeError:
-                stats = None  # tar2sqfs gave up: its exit status says why
+                stats = None  # the packer gave up: its exit status says why
             finally:
                 packer.close_stdin()
         except BaseException:
@@ -145,7 +153,7 @@ def build_image(tar: Path, work: Path, *, uid_base: int, max_bytes: int) -> Laye
 class StreamedImage:
     """An image made while its layer arrives (``LayerCache.receive``): :meth:`put` each chunk as
     it comes, then :meth:`finish` once its digest matched, or :meth:`abort`. The converter runs
-    in a process of its own (``layer_convert``) writing straight into ``tar2sqfs``, so
+    in a process of its own (``layer_convert``) writing straight into the packer, so
     receiving and hashing, converting and packing run at once, on separate cores. Nothing of it
     is mounted or kept before ``finish``. ``native``: by the compiled converter where it is
     built, which may decline the layer (then :func:`rebuild` converts it again)."""
@@ -160,7 +168,7 @@ class StreamedImage:
         except BaseException:
             shutil.rmtree(self._out_dir, ignore_errors=True)
             raise
-        # The converter's uid: its own, not its tar2sqfs' (which is dumpable after its exec).
+        # The converter's uid: its own, not its packer's (tar2sqfs is dumpable after its exec).
         self._uid = _take_uid()
         try:
             self._conversion = Conversion(
@@ -175,7 +183,7 @@ class StreamedImage:
             self._kill()
             raise
         finally:
-            self._packer.close_stdin()  # the converter's now: tar2sqfs ends when it does
+            self._packer.close_stdin()  # the converter's now: the packer ends when it does
 
     def put(self, chunk: bytes) -> None:
         """The next chunk of the layer (blocks while the converter is a few MiB behind)."""
@@ -190,7 +198,7 @@ class StreamedImage:
         as :func:`build_image` does, or ``ConverterDeclined`` (the native converter left the
         layer to the Python one: :func:`rebuild`); nothing of the image is left then."""
         try:
-            self._start_writeback()  # while the converter and tar2sqfs finish
+            self._start_writeback()  # while the converter and the packer finish
             stats = self._conversion.result()
             self._packer.wait(fed=stats is not None)
             assert stats is not None
@@ -217,12 +225,12 @@ class StreamedImage:
     def _start_writeback(self, *, whole: bool = False) -> None:
         """Start writing the image's pages to disk before it is attached: attaching a loop
         device writes its file back first (Linux 6.x), which then waits for what is left, not
-        for all of it. Started once when the last chunk is in (the converter and tar2sqfs are
-        then finishing the tail), and over the whole file once tar2sqfs is done (``whole``: its
+        for all of it. Started once when the last chunk is in (the converter and the packer are
+        then finishing the tail), and over the whole file once the packer is done (``whole``: its
         tables and superblock). Not every few MiB while the image grows: for a 256 MB image
         that cost the agent ~250 ms more CPU than one pass (docs/benchmarks.md, session 9)."""
         if self._image_fd < 0:
-            try:  # tar2sqfs (not root) makes it: no link followed, no wait on a fifo put there
+            try:  # the packer (not root) makes it: no link followed, no wait on a fifo put there
                 flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                 self._image_fd = os.open(self._out_dir / IMAGE, flags)
             except OSError:
@@ -255,7 +263,7 @@ def _cpu_s(size: int) -> int:
 
 
 def _out_dir(work: Path) -> Path:
-    """The directory tar2sqfs writes in: nobody's, inside the install's own (root's, 0700)."""
+    """The directory the packer writes in: nobody's, inside the install's own (root's, 0700)."""
     out_dir = work / "image"
     out_dir.mkdir(mode=0o700)
     os.chown(out_dir, NOBODY, NOBODY)
@@ -307,13 +315,34 @@ def _confined_exec() -> tuple[str, ...]:
     return (native, "--confined-exec")
 
 
+def _packer_argv() -> list[str]:
+    """The packer's command line after its limits: the compiled writer (it confines itself once
+    its output is open: no exec at all), or tar2sqfs behind the converter's launcher."""
+    writer = native_writer()
+    if writer is not None:
+        return [writer, IMAGE]
+    return [
+        *_confined_exec(),
+        _tool("tar2sqfs"), "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
+        "-d", "uid=0,gid=0,mode=0700",
+        IMAGE,
+    ]  # fmt: skip
+
+
+def packer_path() -> str:
+    """The program that packs images on this agent (what its process runs)."""
+    return native_writer() or _tool("tar2sqfs")
+
+
 class _Packer:
-    """One tar2sqfs run, as a uid of its own under limits sized for a tar of ``size`` bytes, reading the
-    converted tar on its stdin and writing ``cwd/layer.sqfs``."""
+    """One packer run (the compiled writer, or tar2sqfs), as a uid of its own under limits sized
+    for a tar of ``size`` bytes, reading the converted tar on its stdin and writing
+    ``cwd/layer.sqfs``."""
 
     def __init__(self, size: int, cwd: Path) -> None:
         self.uid = uid = _take_uid()
         os.chown(cwd, uid, uid)  # made nobody's by _out_dir: this run's alone now
+        self.name = os.path.basename(packer_path())
         argv = [
             # setpriv, not Popen(user=...): a set-uid in the child of a threaded agent crashed
             # it now and then (SIGSEGV before exec); this way root execs setpriv, which drops.
@@ -324,10 +353,7 @@ class _Packer:
             f"--as={ADDRESS_SPACE}",
             f"--fsize={size + size // 8 + IMAGE_SLACK}",
             "--",
-            *_confined_exec(),
-            _tool("tar2sqfs"), "-q", "-f", "--no-skip", "-c", "lz4", "-j", JOBS,
-            "-d", "uid=0,gid=0,mode=0700",
-            IMAGE,
+            *_packer_argv(),
         ]  # fmt: skip
         try:
             self.proc = self._start(argv, cwd)
@@ -374,18 +400,18 @@ class _Packer:
         _release_uid(self.uid)
 
     def wait(self, *, fed: bool) -> None:
-        """Raises ``NeedsExtraction`` when tar2sqfs failed (or was not fed the whole tar)."""
+        """Raises ``NeedsExtraction`` when the packer failed (or was not fed the whole tar)."""
         code = self.proc.wait()
         self._reader.join(timeout=10)
         _release_uid(self.uid)
         if code != 0 or not fed:
             detail = b"".join(self._errors).decode("utf-8", "replace").strip().splitlines()[-1:]
-            raise NeedsExtraction(f"tar2sqfs exited with {code}: {(detail or ['(no message)'])[0][:300]}")
+            raise NeedsExtraction(f"{self.name} exited with {code}: {(detail or ['(no message)'])[0][:300]}")
 
 
 def _take_image(out_dir: Path, work: Path) -> None:
     image = out_dir / IMAGE
-    # Root's from here on: tar2sqfs' uid made it, and may touch it no more.
+    # Root's from here on: the packer's uid made it, and may touch it no more.
     fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fchown(fd, 0, 0)
