@@ -34,16 +34,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any, NoReturn
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any, NoReturn, TypeVar
 
 import grpc.aio
+from prometheus_client import Counter, Gauge
 
 from warren.aio import cancel_and_wait
 from warren.config import get_settings
 from warren.cp.hosts.client_pool import HostClient
 from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
 from warren.cp.services.pty import InputCredit
+from warren.cp.telemetry import REGISTRY
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc.flow_window import BASE, Allowance, Budget, Grower
@@ -64,6 +66,33 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 _budget: Budget | None = None
+_T = TypeVar("_T")
+
+# What the windows do in this process (docs/operations.md, "Metrics"): the bytes grown windows
+# hold now (the budget in use), the transfers whose window grew, and those whose growth the budget
+# cut short (a team's share or the process's budget was spent).
+WINDOW_HELD = Gauge(
+    "warren_file_transfer_window_held_bytes",
+    "Bytes of file transfers' grown flow windows (past 256 KiB each) this replica holds now.",
+    registry=REGISTRY,
+)
+WINDOW_HELD.set_function(lambda: _budget.used if _budget is not None else 0)
+WINDOW_GROWN = Counter(
+    "warren_file_transfer_windows_grown",
+    "File transfers whose flow window grew past 256 KiB, by direction (download, upload).",
+    ["direction"],
+    registry=REGISTRY,
+)
+WINDOW_CAPPED = Counter(
+    "warren_file_transfer_window_capped",
+    "File transfers whose window growth the budget cut short (the team's share or the replica's "
+    "budget spent), by direction.",
+    ["direction"],
+    registry=REGISTRY,
+)
+for _direction in ("download", "upload"):
+    WINDOW_GROWN.labels(_direction)
+    WINDOW_CAPPED.labels(_direction)
 
 
 def _windows(agent_largest: int) -> tuple[Budget, int]:
@@ -165,7 +194,7 @@ class _UploadWindow:
         self.credit.give(0)
 
     def granted(self, n: int) -> None:
-        self.credit.window = self.window.granted(n)
+        self.credit.window = _counted("upload", self.window, lambda: self.window.granted(n))
         self.credit.give(0)  # wakes the writer, which may have room now
 
     def news(self) -> int:
@@ -343,7 +372,7 @@ async def _relay(
                     grower.sender_keeps(msg.window)
                 yield chunk
                 taken += len(chunk)  # handed on: the response's send returned
-                grown = grower.consumed(len(chunk)) if grower is not None else None
+                grown = _counted("download", grower, lambda: grower.consumed(len(chunk))) if grower else None
                 batch = grower.ack_batch(OUTPUT_ACK_BYTES) if grower is not None else OUTPUT_ACK_BYTES
                 if credit and (taken >= batch or grown):
                     await _ack(call, taken, grown or 0)
@@ -373,6 +402,18 @@ async def _ack(call: Any, n: int, window: int = 0) -> None:
     # The agent may have sent the whole file and ended the call: its last chunks are read on.
     with contextlib.suppress(asyncio.InvalidStateError):
         await call.write(pb.ReadFileCreditRequest(acked=n, window=window))
+
+
+def _counted(direction: str, window: Grower | Allowance, step: Callable[[], _T]) -> _T:
+    """``step`` of ``window``, counted in the metrics as it happens: its first growth, and the
+    first growth the budget cut short."""
+    peak, capped = window.peak, window.capped
+    got = step()
+    if peak == BASE < window.peak:
+        WINDOW_GROWN.labels(direction).inc()
+    if capped == 0 < window.capped:
+        WINDOW_CAPPED.labels(direction).inc()
+    return got
 
 
 def _log_window(direction: str, sid: str, window: Grower | Allowance) -> None:
