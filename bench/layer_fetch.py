@@ -1,7 +1,7 @@
 """Layer fetch: the template store to a host, as a create that lacks a layer does it.
 
     sudo .venv/bin/python bench/layer_fetch.py [--big-mb 256] [--files 20000] [--runs 3] [--s3] [--extract]
-        [--baseline-src DIR]
+        [--baseline-src DIR] [--packer native|tar2sqfs|both]
 
 Starts one real ``warren agent`` (standalone, 127.0.0.1) and a template store in a temp dir
 (with --s3 also a bucket on a local ``moto_server``). Two layers: (a) --big-mb MB of random data
@@ -12,19 +12,22 @@ best and median of --runs, in MB/s of tar bytes:
   store read  ``LayerStore.open`` read to the end (1 MiB chunks)
   push        ``services.layers.push_layer``: the store's bytes in 1 MiB PutLayer messages to the
               agent, which hashes and checks them, then converts the tar and packs it into a
-              squashfs image it loop-mounts (or, with --extract or on a host without tar2sqfs,
+              squashfs image it loop-mounts (or, with --extract or on a host without a packer,
               extracts it), the layer deleted there first: what a host that lacks a layer
               waits for. Target: >= 200 MB/s.
   CPU ms      the median CPU time per push (ms), of: the CP's side ("cp": this process, which
               reads the store and sends the messages), the agent process itself ("agent": its
               threads), the layer converter's processes ("conv") and the rest of the agent's
-              children ("t2s": tar2sqfs, with its setpriv/prlimit execs); "all" is their sum.
+              children ("pack": the packer, with its setpriv/prlimit execs); "all" is their sum.
               The children are counted by a cpuacct cgroup (v1) per agent and one per converter
               server; without cgroup v1's cpuacct only "cp" and "agent" are printed.
 
 With ``--baseline-src DIR`` (e.g. ``git archive <commit> src | tar -x -C DIR``) a second agent
 runs DIR/src's code beside this tree's, and the push runs alternate between the two (baseline,
 then this tree, --runs times), so a before/after comparison shares the machine's load.
+``--packer`` picks the agents' packer: the compiled image writer (``native``, where ``make
+setup`` built it), ``tar2sqfs``, or ``both``: two agents of this tree, one each, alternated the
+same way.
 
 Then the create cost with the layers already on the host: CreateSandbox RPCs straight to the
 agent, one at a time, from ``minimal`` and from a chain of both layers (p50/mean of --creates;
@@ -54,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness.agent import AgentProcess  # noqa: E402
 from tests.harness.s3 import MotoServer, set_credentials  # noqa: E402
+from warren.agent.layer_image import PACKER_ENV  # noqa: E402
 from warren.cp.hosts.agent_client import agent_errors  # noqa: E402
 from warren.cp.hosts.client_pool import HostClient  # noqa: E402
 from warren.cp.services.layers import push_layer  # noqa: E402
@@ -179,12 +183,12 @@ class CpuMeter:
 
     @staticmethod
     def per_push(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        """cp, agent and, with the cgroups, conv, t2s (the agent's group less the agent) and all."""
+        """cp, agent and, with the cgroups, conv, pack (the agent's group less the agent) and all."""
         d = {k: after[k] - before[k] for k in after}
         out = {"cp": d["cp"], "agent": d["agent"]}
         if "conv_cg" in d:
             out["conv"] = d["conv_cg"]
-            out["t2s"] = max(d["agent_cg"] - d["agent"], 0.0)
+            out["pack"] = max(d["agent_cg"] - d["agent"], 0.0)
             out["all"] = d["cp"] + d["agent_cg"] + d["conv_cg"]
         return out
 
@@ -330,9 +334,13 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             src = str(Path(args.baseline_src).resolve() / "src")
             agent, clients["baseline"] = await start_agent(work / "baseline", {**env, "PYTHONPATH": src})
             agents.append(agent)
-        agent, client = await start_agent(work / "agent", env)
+        if args.packer == "both":
+            agent, clients["tar2sqfs"] = await start_agent(work / "tar2sqfs", {**env, PACKER_ENV: "tar2sqfs"})
+            agents.append(agent)
+        packer = {PACKER_ENV: "tar2sqfs"} if args.packer == "tar2sqfs" else {}
+        agent, client = await start_agent(work / "agent", {**env, **packer})
         agents.append(agent)
-        clients["this tree"] = client
+        clients["this tree" if args.packer != "both" else "native"] = client
         stores: dict[str, LayerStore] = {"directory": DirectoryStore(work / "store")}
         if args.s3:
             set_credentials()
@@ -368,6 +376,7 @@ def main() -> None:
     ap.add_argument("--extract", action="store_true", help="install by extraction, not as images")
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--baseline-src", help="also push to an agent running DIR/src, alternating")
+    ap.add_argument("--packer", choices=["native", "tar2sqfs", "both"], default="native")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the agent needs namespaces, cgroups and overlayfs")

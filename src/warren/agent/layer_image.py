@@ -44,6 +44,7 @@ IMAGE = "layer.sqfs"
 # python: tar2sqfs' job in one thread, confined by its own seccomp filter (a small layer's
 # image in ~25 ms of CPU instead of ~70). Without it, tar2sqfs makes the images.
 WRITER_NAME = "warren-layer-sqfs"
+PACKER_ENV = "WARREN_LAYER_PACKER"
 NOBODY = 65534
 # The packer runs as a uid of its own per run, not nobody: tar2sqfs is dumpable after its exec, and
 # any other process of its uid could ptrace it (a converter child, another layer's packer). Picked
@@ -103,7 +104,10 @@ def support() -> Support:
 
 
 def native_writer() -> str | None:
-    """The compiled image writer's path, or None when it is not built (see WRITER_NAME)."""
+    """The compiled image writer's path, or None when it is not built (see WRITER_NAME) or the
+    agent was started with ``WARREN_LAYER_PACKER=tar2sqfs`` (bench/layer_fetch.py --packer)."""
+    if os.environ.get(PACKER_ENV) == "tar2sqfs":
+        return None
     path = os.path.join(os.path.dirname(sys.executable), WRITER_NAME)
     return path if os.access(path, os.X_OK) else None
 
