@@ -40,6 +40,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("snapshot", "warren.cli.client.snapshot:app", USE),
     ("host", "warren.cli.client.host:app", USE),
     ("key", "warren.cli.client.key:app", USE),
+    ("team", "warren.cli.client.team:app", USE),
+    ("invitations", "warren.cli.client.invitations:app", USE),
     ("template", "warren.cli.client.template:app", USE),
 ]
 

@@ -1,0 +1,90 @@
+"""``warren invitations``: the invitations to teams waiting for you, and your answer (docs/auth.md
+"Invitations"). Needs a user login (``warren login --email``), with or without a team: it is
+how a user in no team gets into one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from warren.cli.client.connection import connection_config, rest
+from warren.cli.client.login import adopt_team
+from warren.cli.client.output import JsonOpt, api_errors, fail, out, print_json, print_rows, timestamp
+from warren.cli.groups import command_group
+from warren.sdk import error_from_response, load_config_file
+
+__all__ = ["app"]
+
+app = command_group(
+    "invitations",
+    "Answer the invitations to teams waiting for you.",
+    example="warren invitations accept inv-…",
+)
+
+InvitationArg = Annotated[str, typer.Argument(help="Invitation ID (inv-…).", show_default=False)]
+_COLUMNS = ("ID", "TEAM", "ROLE", "INVITED BY", "EXPIRES")
+
+
+def _cells(r: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        r["id"],
+        f"{r['team_name']} ({r['team_id']})",
+        r["role"],
+        r["invited_by"],
+        timestamp(r["expires_at"]),
+    )
+
+
+@app.command("list")
+def invitations_list(json_out: JsonOpt = False) -> None:
+    """Your pending invitations, newest first (every page of them)."""
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    with api_errors():
+        while True:
+            page, cursor = _page(cursor)
+            rows += page
+            if cursor is None:
+                break
+    print_rows(rows, json_out, _COLUMNS, _cells)
+
+
+def _page(cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the list and the next page's cursor (the ``X-Next-Cursor`` header)."""
+    cfg = connection_config(user=True)
+    try:
+        r = httpx.get(
+            cfg.url + "/v1/invitations", params={"cursor": cursor} if cursor else {},
+            headers=cfg.auth_headers(), timeout=cfg.request_timeout,
+        )  # fmt: skip
+    except httpx.HTTPError as e:
+        fail(f"cannot reach Warren at {cfg.url}: {e}")
+    if r.status_code >= 400:
+        raise error_from_response(r.status_code, r.content)
+    return r.json(), r.headers.get("X-Next-Cursor")
+
+
+@app.command("accept")
+def invitations_accept(invitation_id: InvitationArg, json_out: JsonOpt = False) -> None:
+    """Join the team. Logged in without a team, the CLI then acts in it (a new API key)."""
+    with api_errors():
+        joined = rest("POST", f"/v1/invitations/{invitation_id}/accept", user=True)
+    switched = not load_config_file().get("team_id")
+    if switched:
+        adopt_team(joined["token"], joined["id"])
+    if json_out:
+        print_json({k: v for k, v in joined.items() if k != "token"} | {"switched": switched})
+        return
+    out.print(f"Joined {joined['name']} ({joined['id']}) as {joined['role']}.")
+    if switched:
+        out.print("The CLI now acts in this team.")
+
+
+@app.command("decline")
+def invitations_decline(invitation_id: InvitationArg) -> None:
+    """Refuse the invitation (it is deleted)."""
+    with api_errors():
+        rest("POST", f"/v1/invitations/{invitation_id}/decline", user=True)
+    out.print(f"Declined {invitation_id}.")
