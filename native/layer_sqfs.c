@@ -174,6 +174,7 @@ static Node *add_node(const char *path, size_t n) {
 #define UNCOMPRESSED (1u << 24) /* a block size word's flag: stored as is */
 #define NO_FRAGMENT 0xFFFFFFFFu
 #define MAX_FILE (1ULL << 40) /* a file's size: its block list is allocated up front */
+_Static_assert(BS <= IN_SIZE, "a data block is taken whole from the input buffer");
 
 static sqfs_file_t *out;
 static sqfs_compressor_t *cmp;
@@ -206,7 +207,7 @@ static void open_image(const char *path, int compress) {
  * and each small file's tail was one hand-off (futex waits and wake-ups: ~30 % of tar2sqfs'
  * samples). Full blocks go out as they fill, tails are packed into fragment blocks. No
  * deduplication (tar2sqfs' only other data step): a layer's duplicate files cost their bytes. */
-static unsigned char block_buf[BS], frag_buf[BS], scratch[BS];
+static unsigned char frag_buf[BS], scratch[BS];
 static size_t frag_len;
 static uint32_t frag_count;
 
@@ -247,10 +248,7 @@ static sqfs_inode_generic_t *file_data(uint64_t size) {
     inode->payload_bytes_available = inode->payload_bytes_used = (sqfs_u32)(blocks * sizeof(sqfs_u32));
     check(sqfs_inode_set_file_size(inode, size), "a file's size");
     check(sqfs_inode_set_file_block_start(inode, out->get_size(out)), "a file's blocks");
-    for (size_t i = 0; i < blocks; i++) {
-        read_exact(block_buf, BS);
-        inode->extra[i] = put_block(block_buf, BS);
-    }
+    for (size_t i = 0; i < blocks; i++) inode->extra[i] = put_block(take(BS), BS);
     if (tail) {
         if (frag_len + tail > BS) flush_fragments();
         read_exact(frag_buf + frag_len, tail);

@@ -22,6 +22,7 @@ char *dup_n(const char *s, size_t n);
 
 /* stdin, read in IN_SIZE reads: a short input is refused ("truncated tar"). */
 void read_exact(void *dst, size_t n);
+const unsigned char *take(size_t n);
 void skip(uint64_t n);
 uint64_t padding(uint64_t size);
 

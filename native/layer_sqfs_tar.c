@@ -56,6 +56,25 @@ void read_exact(void *dst, size_t n) {
     }
 }
 
+/* The next n (<= IN_SIZE) bytes, contiguous in the input buffer, valid until the next read: a
+ * full data block is compressed from there, not copied first. */
+const unsigned char *take(size_t n) {
+    if (in_len - in_pos < n) {
+        memmove(in_buf, in_buf + in_pos, in_len - in_pos);
+        in_len -= in_pos;
+        in_pos = 0;
+        while (in_len < n) {
+            ssize_t k = read(0, in_buf + in_len, IN_SIZE - in_len);
+            if (k > 0) in_len += (size_t)k;
+            else if (k == 0) die("truncated tar", NULL);
+            else if (errno != EINTR) die("read error", strerror(errno));
+        }
+    }
+    const unsigned char *p = in_buf + in_pos;
+    in_pos += n;
+    return p;
+}
+
 void skip(uint64_t n) {
     while (n) {
         fill();
