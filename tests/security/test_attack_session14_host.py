@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,3 +220,152 @@ def test_memfd_secret_is_refused_on_every_abi(crun_agent: AgentProcess, runtime:
         _destroy(crun_agent, sb)
     # Before the fix: 0 (a secret memory fd) on x86_64 and i386 (x32 has no such call here).
     assert out == {"x86_64": -38, "x32": -38, "i386": -38, "memfd_create": 0}, out
+
+
+# ------------------------------------------------- per-host-uid kernel counts every sandbox shares
+
+# Every sandbox's uids map onto one host range, and the kernel counts epoll watches and pipe
+# pages per host uid: one sandbox used up a uid's share for that uid in every sandbox of the
+# host (runtime/user_limits.py). Before the fix: two processes (as nobody) holding ~5.5 M
+# watches (the default fs.epoll.max_user_watches of a 24 GB host, ~1.15 GB of their sandbox's
+# memory) got ENOSPC, and so did another sandbox's nobody; as root the same reaches every
+# sandbox's guest. ~40 s of CPU on this machine: the limit is that large.
+EPOLL_FILL = r"""
+import os, select, sys, time
+total, procs = int(sys.argv[1]), 2
+per = total // procs + 1
+side = int(per ** 0.5) + 1
+pids = []
+for n in range(procs):
+    pid = os.fork()
+    if pid == 0:
+        targets = [os.eventfd(0) for _ in range(side)]
+        eps, made, why = [], 0, "ok"
+        try:
+            while made < per:
+                ep = select.epoll(); eps.append(ep)
+                for t in targets[: min(side, per - made)]:
+                    ep.register(t, select.EPOLLIN); made += 1
+        except OSError as e:
+            why = e.strerror
+        with open(f"/dev/shm/epoll.{n}", "w") as f:
+            f.write(f"{made} {why}")
+        time.sleep(600)
+        os._exit(0)
+    pids.append(pid)
+print(" ".join(map(str, pids)))
+"""
+EPOLL_ONE = """
+import os, select
+try:
+    select.epoll().register(os.eventfd(0), select.EPOLLIN)
+    print("ok")
+except OSError as e:
+    print(e.strerror)
+"""
+EPOLL_ITEM_COST = 184  # the kernel's own figure for its default limit: 4 % of memory / this
+WATCH_BYTES = 215  # what one watch cost the attacker's memory cgroup here (eventfds, instances)
+
+
+USERS = ("nobody", "root")
+NOBODYS = """
+import glob
+n = 0
+for p in glob.glob("/proc/[0-9]*/status"):
+    try:
+        n += "\\t65534\\t" in open(p).read()
+    except OSError:
+        pass
+print(n)
+"""
+
+
+def _end_nobodys_processes(agent: AgentProcess, sb_id: str) -> None:
+    """Kill the attacker's processes and wait until they are gone: freeing millions of watches
+    takes a process seconds to exit, longer than a destroy waits for its cgroup to empty (its
+    own sandbox's destroy then fails once: self-harm only)."""
+    agent.exec(sb_id, "sh", "-c", "kill -9 -1", user="nobody")
+    deadline = time.monotonic() + 120
+    while agent.py(sb_id, NOBODYS).stdout.strip() != b"0":
+        assert time.monotonic() < deadline, "the attacker's processes never ended"
+        time.sleep(0.5)
+
+
+def _default_watches() -> int:
+    """fs.epoll.max_user_watches as the kernel sets it at boot on this host."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 25 // EPOLL_ITEM_COST
+
+
+def test_one_sandbox_cannot_use_up_a_uids_epoll_watches_in_every_sandbox(crun_agent: AgentProcess) -> None:
+    target = _default_watches() + 50_000
+    memory_mb = target * WATCH_BYTES // (1 << 20) + 384
+    if memory_mb > 4096:
+        pytest.fail(f"this host's default epoll limit needs a {memory_mb} MB attacker: too large to run")
+    attacker = crun_agent.create(memory_mb=memory_mb, runtime="crun").sandbox_id
+    victim = crun_agent.create(memory_mb=128, runtime="crun").sandbox_id
+    try:
+        start = f"nohup python3 -c {shlex.quote(EPOLL_FILL)} {target} > /dev/null 2>&1 &"
+        crun_agent.exec(attacker, "sh", "-c", start, user="nobody")
+        done = "import glob; print(len([p for p in glob.glob('/dev/shm/epoll.*') if open(p).read()]))"
+        deadline = time.monotonic() + 300
+        while crun_agent.py(attacker, done).stdout.strip() != b"2":
+            assert time.monotonic() < deadline, "the attacker never finished"
+            time.sleep(1)
+        made = crun_agent.exec(attacker, "sh", "-c", "cat /dev/shm/epoll.0; echo; cat /dev/shm/epoll.1")
+        victims = {u: crun_agent.py(victim, EPOLL_ONE, user=u).stdout.decode().strip() for u in USERS}
+    finally:
+        _end_nobodys_processes(crun_agent, attacker)
+        _destroy(crun_agent, attacker)
+        _destroy(crun_agent, victim)
+    counts = [line.split(" ", 1) for line in made.stdout.decode().splitlines()]
+    # Before the fix: "No space left on device" at ~5.49 M in all, and the victim's nobody too.
+    assert all(why == "ok" for _, why in counts), counts
+    assert sum(int(n) for n, _ in counts) >= target - 2, counts
+    assert victims == {"nobody": "ok", "root": "ok"}, victims
+
+
+PIPES_FILL = """
+import fcntl, os, sys, time
+grown = 0
+pipes = []
+try:
+    for _ in range(int(sys.argv[1])):
+        r, w = os.pipe()
+        pipes.append((r, w))
+        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ: 256 pages
+        grown += 1
+except OSError:
+    pass
+open("/dev/shm/pipes", "w").write(str(grown))
+time.sleep(600)
+"""
+PIPE_ONE = """
+import fcntl, os
+r, w = os.pipe()
+size = fcntl.fcntl(w, 1032)  # F_GETPIPE_SZ
+try:
+    fcntl.fcntl(w, 1031, 1 << 20)
+    grown = "ok"
+except OSError as e:
+    grown = e.strerror
+print(size, grown)
+"""
+
+
+def test_one_sandbox_cannot_shrink_a_uids_pipes_in_every_sandbox(crun_agent: AgentProcess) -> None:
+    attacker = crun_agent.create(memory_mb=256, runtime="crun").sandbox_id
+    victim = crun_agent.create(memory_mb=128, runtime="crun").sandbox_id
+    try:
+        # 80 pipes of 1 MiB as nobody: 20480 pages, past the default soft limit (16384).
+        start = f"nohup python3 -c {shlex.quote(PIPES_FILL)} 80 > /dev/null 2>&1 &"
+        crun_agent.exec(attacker, "sh", "-c", start, user="nobody")
+        deadline = time.monotonic() + 60
+        while not (grown := crun_agent.exec(attacker, "cat", "/dev/shm/pipes").stdout):
+            assert time.monotonic() < deadline, "the attacker's pipes were never made"
+            time.sleep(0.5)
+        seen = crun_agent.py(victim, PIPE_ONE, user="nobody").stdout.decode().split(None, 1)
+    finally:
+        _destroy(crun_agent, attacker)
+        _destroy(crun_agent, victim)
+    # Before the fix: the attacker's 64th pipe could not grow, nor could the victim's (EPERM).
+    assert (grown, seen) == (b"80", ["65536", "ok\n"]), (grown, seen)
