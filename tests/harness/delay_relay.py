@@ -84,7 +84,8 @@ def spawn(target: str, rtt_ms: float) -> Iterator[str]:
     its address. Stopped (its process ended) on the way out."""
     port = free_port()
     cmd = [sys.executable, "-m", "tests.harness.delay_relay", str(port), target, str(rtt_ms / 2)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    # Its tasks at SIGTERM are its business: nothing of it on the caller's stderr.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30

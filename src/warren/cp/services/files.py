@@ -6,7 +6,7 @@ reads the multipart form, ``warren.cp.multipart``). Memory use never grows with 
 size on the streaming routes: the bytes are forwarded to the agent in 64 KiB messages as they
 arrive, and a download is relayed chunk by chunk with the ASGI server's write backpressure,
 both with flow credit (``file_transfer``: a 256 KiB window each way, whatever gRPC's windows
-grow to). A missing file is
+grow to, growing with the round trip within the team's share of a budget). A missing file is
 404 before any byte is sent (the first chunk is fetched before the response starts), and a
 download that fails midway aborts the HTTP response, so the client sees an error rather than a
 short file.

@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +23,8 @@ from tests.integration.agent.conftest import require_root
 from warren.cp.hosts.agent_client import agent_errors
 from warren.cp.hosts.client_pool import HostClient
 from warren.cp.services import file_transfer
+from warren.rpc import hostagent_pb2 as pb
+from warren.rpc import hostagent_pb2_grpc as pb_grpc
 from warren.rpc.flow_window import BASE, Budget
 
 MIB = 1 << 20
@@ -182,3 +185,31 @@ def test_the_budget_caps_growth_across_transfers(
     assert sum(peak - BASE for _, peak, _, _ in greedy) <= 16 * MIB
     assert sum(capped for *_, capped in greedy) > 0, greedy  # the share, not the reads, stopped them
     assert other[1] > BASE and other[1] - BASE <= 4 * MIB and other[3] > 0, other
+
+
+def test_a_cp_from_before_keeps_the_fixed_window(relay: str, sandbox: str) -> None:
+    """A caller of ReadFileCredit as session 13's CP was (no ``window`` in its acknowledgements)
+    gets the whole file, and the agent never says it keeps to more than 256 KiB."""
+    eof: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+    opening = pb.ReadFileCreditRequest(open=pb.ReadFileRequest(sandbox_id=sandbox, path="/tmp/big"))
+
+    async def run() -> tuple[int, set[int]]:
+        channel = grpc.aio.insecure_channel(relay)
+        try:
+            stub: Any = pb_grpc.HostAgentStub(channel)
+            call = stub.ReadFileCredit()
+            await call.write(opening)
+            got, taken, windows = 0, 0, set()
+            while (msg := await call.read()) is not eof and msg.chunk:
+                got, taken = got + len(msg.chunk), taken + len(msg.chunk)
+                windows.add(msg.window)
+                if taken >= 32 << 10:
+                    await call.write(pb.ReadFileCreditRequest(acked=taken))
+                    taken = 0
+            await call.done_writing()
+            return got, windows
+        finally:
+            await channel.close()
+
+    got, windows = asyncio.run(run())
+    assert got == SIZE and windows == {0}, windows
