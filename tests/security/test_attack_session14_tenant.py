@@ -1,6 +1,7 @@
 """Session 14's hostile tenant with two teams (Alice attacks, Bob is the victim), against what
 session 12's tenant pass (``test_attack_session12_tenants.py``) did not reach: other spellings of
-a sandbox id, E2B's routing headers mixed and repeated, and polling watchers of another sandbox.
+a sandbox id, E2B's routing headers mixed and repeated, polling watchers of another sandbox, and
+the slots of another team's public port.
 
 Each probe is written as the attacker runs it: the public API and the E2B listener with her own
 team's key, and the envd access token E2B's create answers her.
@@ -8,7 +9,9 @@ team's key, and the envd access token E2B's create answers her.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -127,3 +130,79 @@ def test_another_sandboxs_polling_watcher(alice: Tenant, bob: Tenant) -> None:
     finally:
         bob.w("DELETE", f"/v1/sandboxes/{bobs}")
         alice.w("DELETE", f"/v1/sandboxes/{mine}")
+
+
+# ------------------------------------------------------------ another team's public port, held
+
+
+# Bob's public web server: a page, and a file larger than every buffer between it and a client.
+SERVER = (
+    "echo bobs-page > /tmp/index.html; head -c 20000000 /dev/zero > /tmp/big; "
+    "cd /tmp && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &); "
+    "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+    "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
+)
+ATTACKERS = 136  # past WARREN_PROXY_MAX_CONNS_PER_SANDBOX (128)
+
+
+def _slow_reader(stack: ExitStack, addr: tuple[str, int], request: bytes) -> socket.socket:
+    """A client that asks for the big file and reads nothing (a small receive window)."""
+    s = stack.enter_context(socket.socket())
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind(("127.0.0.1", 0))
+    s.connect(addr)
+    s.sendall(request)
+    return s
+
+
+def _status(s: socket.socket) -> int:
+    s.settimeout(60)
+    head = b""
+    while b"\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            return 0
+        head += chunk
+    return int(head.split()[1])
+
+
+@pytest.mark.parametrize("via", ["path", "e2b"])
+def test_one_address_cannot_hold_every_slot_of_a_public_port(
+    platform: Platform, alice: Tenant, bob: Tenant, via: str
+) -> None:
+    """Found: the proxy's cap on connections per sandbox (128 per CP process) was first come,
+    first served, so Alice, from one address, with 136 requests for a large file she never reads,
+    kept every other visitor of Bob's public port at 429 (measured: for ~10-15 s a wave, repeated
+    at will; the CP grew ~190 MiB for 130 of them, within its per-connection bound). Also an
+    E2B sandbox, every port of which is public by default (``allowPublicTraffic``). Now one client
+    address holds at most a quarter of a sandbox's connections: Bob's visitors still get in."""
+    if via == "path":
+        sid = bob.create(memory_mb=256)
+        r = bob.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [8000]})
+        assert r.status_code == 200, r.text
+    else:
+        r = e2b(platform, bob, "POST", "/sandboxes", {"templateID": "minimal", "timeout": 600})
+        assert r.status_code == 201, r.text
+        sid = r.json()["sandboxID"]
+    base = platform.url if via == "path" else platform.cp.e2b_url
+    host, port = base.split("//")[1].split(":")
+    if via == "path":
+        prefix, extra = f"/v1/sandboxes/{sid}/ports/8000", b""
+    else:
+        prefix, extra = "", f"E2b-Sandbox-Id: {sid}\r\nE2b-Sandbox-Port: 8000\r\n".encode()
+    try:
+        bob.sh(sid, SERVER)
+        request = f"GET {prefix}/big HTTP/1.1\r\nHost: {host}\r\n".encode() + extra + b"\r\n"
+        with ExitStack() as stack:
+            held = [_slow_reader(stack, (host, int(port)), request) for _ in range(ATTACKERS)]
+            statuses = [_status(s) for s in held]
+            assert set(statuses) <= {200, 429}, statuses
+            assert statuses.count(429) >= ATTACKERS - 128, statuses  # the cap held, at least
+            # A visitor from another address, while Alice's readers are open.
+            visitor = httpx.HTTPTransport(local_address="127.0.0.2")
+            headers = {} if via == "path" else {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000"}
+            with httpx.Client(base_url=base, transport=visitor, timeout=60) as c:
+                r = c.get(f"{prefix}/index.html", headers=headers)
+            assert (r.status_code, r.text) == (200, "bobs-page\n"), (r.status_code, r.text[:300])
+    finally:
+        bob.w("DELETE", f"/v1/sandboxes/{sid}")

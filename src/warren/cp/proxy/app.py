@@ -37,7 +37,7 @@ from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
 from warren.cp.proxy.stream import ByteStream
-from warren.cp.services import preview
+from warren.cp.services import preview, rate_limits
 from warren.errors import AgentError, WarrenError
 
 log = logging.getLogger("warren.proxy")
@@ -50,6 +50,11 @@ PATH_ROUTED_CSP = (
 )
 
 WS_HANDSHAKE_TIMEOUT_S = 30.0
+# One client address holds at most 1/CLIENT_SHARE of a sandbox's proxied connections, and never
+# fewer than CLIENT_FLOOR (or the whole cap, when it is smaller): session 14, a public port's
+# server is anyone's to call, and 128 slow readers from one address kept every other visitor of
+# that sandbox at 429. A browser opens about 6 connections per host.
+CLIENT_SHARE, CLIENT_FLOOR = 4, 32
 
 # The proxy's credentials, and forwarding headers a client could forge (the proxy sets them).
 _STRIP = frozenset({preview.TOKEN_HEADER.encode(), b"x-forwarded-for", b"x-forwarded-proto",
@@ -93,6 +98,7 @@ class Proxy:
         self.cache = preview.make_cache(settings.proxy_cache_s)
         self.upstream = Upstream()
         self._open: dict[str, int] = {}
+        self._by_client: dict[tuple[str, str], int] = {}  # (sandbox id, client address)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -127,24 +133,30 @@ class Proxy:
             await self._redirect(r, scope, target, receive, send)
             return
         sid = target.sandbox_id
-        n = self._open.get(sid, 0)
-        if n >= self.settings.proxy_max_conns_per_sandbox:
-            limit = self.settings.proxy_max_conns_per_sandbox
-            await self._deny(scope, receive, send, 429, "too_many_connections",
-                             f"at most {limit} proxied connections per sandbox at once")  # fmt: skip
+        key = (sid, _client_address(scope, self.settings.trusted_proxies))
+        if (refusal := self._full(sid, key)) is not None:
+            await self._deny(scope, receive, send, 429, "too_many_connections", refusal)
             return
-        self._open[sid] = n + 1
+        self._open[sid] = self._open.get(sid, 0) + 1
+        self._by_client[key] = self._by_client.get(key, 0) + 1
         try:
             if websocket:
                 await self._websocket(r, scope, receive, send, target, pool)
             else:
                 await self._http(r, scope, receive, send, target.client(pool))
         finally:
-            left = self._open[sid] - 1
-            if left:
-                self._open[sid] = left
-            else:
-                del self._open[sid]
+            _drop_one(self._open, sid)
+            _drop_one(self._by_client, key)
+
+    def _full(self, sid: str, key: tuple[str, str]) -> str | None:
+        """Why one more connection to sandbox ``sid`` from this client is refused, or None."""
+        limit = self.settings.proxy_max_conns_per_sandbox
+        if self._open.get(sid, 0) >= limit:
+            return f"at most {limit} proxied connections per sandbox at once"
+        share = min(limit, max(CLIENT_FLOOR, limit // CLIENT_SHARE))
+        if self._by_client.get(key, 0) >= share:
+            return f"at most {share} proxied connections to one sandbox from one client address at once"
+        return None
 
     async def _admit(
         self, r: Route, scope: Scope, engine: AsyncEngine, pool: HostClientPool
@@ -269,6 +281,25 @@ class Proxy:
             httponly=True, samesite="lax", secure=scope.get("scheme") in ("https", "wss"),
         )  # fmt: skip
         await resp(scope, receive, send)
+
+
+def _drop_one(counts: dict[Any, int], key: Any) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+def _client_address(scope: Scope, trusted_proxies: str) -> str:
+    """The client's address: the peer, or what a trusted proxy says in ``X-Forwarded-For``
+    (``WARREN_TRUSTED_PROXIES``, as the sign-in limits read it)."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else ""
+    if not trusted_proxies:
+        return peer
+    forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+    return rate_limits.client_address(peer, forwarded, trusted_proxies)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
