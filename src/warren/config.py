@@ -221,6 +221,12 @@ class Settings(BaseSettings):
     # moves (one whose heartbeat is older than build_stale_s is failed by the sweep: its
     # replica died).
     build_timeout_s: int = Field(default=1800, ge=1)
+    # A create whose host lacks its layers waits at most this long for the host's install turns
+    # (the client's request is held meanwhile), then tries another host or answers 503
+    # `layer_install_busy`; a team has at most this many creates waiting so per CP replica
+    # (docs/templates.md §2 "Waiting for a turn"). Builds and warm pools wait up to 900 s.
+    layer_turn_wait_s: float = Field(default=60.0, gt=0)
+    layer_turn_waiters_per_team: int = Field(default=16, ge=1)
     build_max_layer_mb: int = Field(default=4096, ge=1)
     build_max_template_mb: int = Field(default=8192, ge=1)
     build_max_context_mb: int = Field(default=512, ge=1)

@@ -11,6 +11,15 @@ A host installs a few layers at once and queues the rest, in fair turns between 
 agent's word (the call's initial metadata) before its first chunk, so a queued push holds no
 bytes in flight; a host whose queue is full for the team answers ``install_queue_full``, and the
 push is tried again after a pause, while its queue time lasts.
+
+How long a push may wait for its turn (``TurnWait``, docs/templates.md §2 "Waiting for a turn"):
+a create holds its client's HTTP request meanwhile, so it waits at most ``layer_turn_wait_s`` (60 s)
+for all its layers' turns, on all the hosts it tries; past that the host is busy
+(:class:`LayerInstallBusy`: the create tries another eligible host, or answers 503
+``layer_install_busy`` with ``Retry-After``). A team has at most ``layer_turn_waiters_per_team``
+creates' pushes waiting for turns in this process; the next one is 503 at once, so one team's
+flood holds a bounded number of requests and never counts against another team. Builds and
+warm-pool pushes (no client waiting on them) wait up to ``BACKGROUND_WAIT_S``.
 """
 
 from __future__ import annotations
@@ -19,7 +28,10 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from weakref import WeakValueDictionary
 
@@ -28,6 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock
+from warren.config import Settings
 from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import host_layers, layers
@@ -41,10 +54,15 @@ log = logging.getLogger("warren.layers")
 
 # A push's deadline: a minute, plus the layer's bytes at a pessimistic 20 MB/s, once the host
 # has admitted it; before that it may wait in the host's install queue (or retry a full one)
-# for up to _QUEUE_WAIT_S: a create behind other teams' installs waits, it does not fail.
+# for as long as its TurnWait allows.
 _PUSH_BASE_S = 60.0
 _PUSH_MIN_RATE = 20 * 1000 * 1000
-_QUEUE_WAIT_S = 900.0
+# A build's or a warm pool's pushes: nobody's HTTP request waits on them.
+BACKGROUND_WAIT_S = 900.0
+# What a busy host's 503 tells the client to wait before trying again.
+BUSY_RETRY_AFTER_S = 10.0
+# A create whose first host was busy past its wait still gives the next host this long.
+_FURTHER_HOST_WAIT_S = 5.0
 _BUSY_PAUSE_S = (0.5, 5.0)  # the first pause after `install_queue_full`, the longest
 _HAS_TIMEOUT_S = 30.0
 # What the agent's layer_slots module says (the CP does not import the agent's code).
@@ -54,6 +72,76 @@ _BUSY_PREFIX = "install_queue_full"
 # One push of a layer to a host at a time in this process: creates that need the same missing
 # layer on the same host wait for the first push instead of sending the bytes twice.
 _pushing: WeakValueDictionary[tuple[uuid.UUID, str], asyncio.Lock] = WeakValueDictionary()
+# Creates' pushes waiting for a turn (not yet admitted by their host) in this process, per team.
+_waiting: Counter[str] = Counter()
+
+
+class LayerInstallBusy(ServiceUnavailable):
+    """A host had no install turn for the layer within the wait allowed (503, ``Retry-After``)."""
+
+    code = "layer_install_busy"
+
+    def __init__(self, message: str, *, team_full: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = BUSY_RETRY_AFTER_S
+        # The team's own count of waiting creates was full (no host was asked).
+        self.team_full = team_full
+
+
+@dataclass(frozen=True)
+class TurnWait:
+    """How long pushes may wait for their install turns, in all (``seconds``), and how many of
+    a team's may wait at once in this process (``per_team``; 0: not counted)."""
+
+    seconds: float = BACKGROUND_WAIT_S
+    per_team: int = 0
+
+
+@contextmanager
+def _counted(team: str, per_team: int) -> Iterator[Callable[[], None]]:
+    """A waiting push counted against its team's ``per_team`` (``LayerInstallBusy`` past it);
+    yields the call that stops counting it (once its host admitted it)."""
+    if not per_team:
+        yield lambda: None
+        return
+    if _waiting[team] >= per_team:
+        raise LayerInstallBusy(
+            f"this team has {per_team} sandbox creates waiting for layer installs already; "
+            f"retry in {BUSY_RETRY_AFTER_S:.0f} s",
+            team_full=True,
+        )
+    _waiting[team] += 1
+    counted = True
+
+    def done() -> None:
+        nonlocal counted
+        if counted:
+            counted = False
+            _waiting[team] -= 1
+            if _waiting[team] <= 0:
+                del _waiting[team]
+
+    try:
+        yield done
+    finally:
+        done()
+
+
+def create_wait(settings: Settings, until: float | None = None) -> TurnWait:
+    """A create's wait on one host: ``layer_turn_wait_s``, or what is left of it (``until``,
+    the loop's time, when an earlier host was busy) but at least ``_FURTHER_HOST_WAIT_S``."""
+    seconds, per_team = settings.layer_turn_wait_s, settings.layer_turn_waiters_per_team
+    if until is None:
+        return TurnWait(seconds, per_team)
+    left = until - asyncio.get_running_loop().time()
+    return TurnWait(max(left, min(seconds, _FURTHER_HOST_WAIT_S)), per_team)
+
+
+def busy(digest: str, waited_s: float) -> LayerInstallBusy:
+    return LayerInstallBusy(
+        f"the host had no layer install turn for layer {digest} within {waited_s:.0f} s (other "
+        f"installs are running there); retry in {BUSY_RETRY_AFTER_S:.0f} s"
+    )
 
 
 def config_proto(config: Mapping[str, Any] | str | None) -> pb.TemplateConfig:
@@ -147,15 +235,18 @@ async def ensure_on_host(
     digests: Sequence[str],
     *,
     team: uuid.UUID | None = None,
+    wait: TurnWait = TurnWait(),
 ) -> list[str]:
     """Make sure the host holds every layer of ``digests``: ask it which it lacks
-    (``HasLayers``), push those from the store one by one (in ``team``'s turns on the host),
-    and record the host as holding them all. Returns the digests pushed. 500 ``layer_corrupt``
-    when the store's bytes of a layer do not hash to its name, 500 ``layer_missing`` when the
-    store lacks it; the layers pushed before that one stay recorded."""
+    (``HasLayers``), push those from the store one by one (in ``team``'s turns on the host,
+    waiting for them ``wait.seconds`` in all), and record the host as holding them all. Returns
+    the digests pushed. 500 ``layer_corrupt`` when the store's bytes of a layer do not hash to
+    its name, 500 ``layer_missing`` when the store lacks it, 503 ``layer_install_busy`` past
+    the wait; the layers pushed before that one stay recorded."""
     wanted = [check_digest(d) for d in dict.fromkeys(digests)]
     if not wanted:
         return []
+    until = asyncio.get_running_loop().time() + wait.seconds
     has = await client.stub.HasLayers(pb.HasLayersRequest(digests=wanted), timeout=_HAS_TIMEOUT_S)
     lacking = set(has.missing)
     missing = [d for d in wanted if d in lacking]
@@ -163,7 +254,10 @@ async def ensure_on_host(
     await record_on_host(engine, host_id, present)
     known = await sizes(engine, missing)
     for digest in missing:
-        await push_layer(store, client, host_id, digest, known.get(digest), team=team, admits=has.admits)
+        await push_layer(
+            store, client, host_id, digest, known.get(digest),
+            team=team, admits=has.admits, until=until, per_team=wait.per_team,
+        )  # fmt: skip
         await record_on_host(engine, host_id, [digest])
     return missing
 
@@ -177,39 +271,60 @@ async def push_layer(
     *,
     team: uuid.UUID | None = None,
     admits: bool = False,
+    until: float | None = None,
+    per_team: int = 0,
 ) -> bool:
     """``PutLayer`` from the store to one host (1 MiB messages); whether the bytes were
     installed (False: the host had it already). The caller records it on the host. ``admits``:
     the host's ``HasLayers`` said it takes installs in turns (wait for its word, retry a full
-    queue)."""
-    lock = _pushing.get((host_id, digest))
-    if lock is None:
-        lock = _pushing[(host_id, digest)] = asyncio.Lock()
-    waited = lock.locked()
-    async with lock:
-        if waited and not await _lacks(client, digest):
-            return False  # the push this one waited for brought it
-        if size is None:
-            size = await _stored_size(store, digest)
-        push = _Push(store, client, digest, size, str(team) if team else "", admits)
-        loop = asyncio.get_running_loop()
-        queue_until = loop.time() + (_QUEUE_WAIT_S if admits else 0.0)
-        pause = _BUSY_PAUSE_S[0]
-        while True:
-            try:
-                installed = await push.once(max(queue_until - loop.time(), 0.0))
-                break
-            except AgentError as e:
-                if e.rpc_code == "DATA_LOSS":
-                    log.error("layer %s in the store is corrupt (host %s refused it)", digest, host_id)
-                    raise corrupt(digest) from e
-                if not _busy(e) or loop.time() + pause > queue_until:
-                    raise
-            log.info("layer push waits: host %s install queue full digest=%s", host_id, digest)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _BUSY_PAUSE_S[1])
-        log.info("layer pushed digest=%s bytes=%d host=%s new=%s", digest, size, host_id, installed)
-        return installed
+    queue). The wait for a turn (and for another push of the same layer to the same host) ends
+    at ``until`` (the loop's time; default ``BACKGROUND_WAIT_S`` from now) with
+    ``LayerInstallBusy``; ``per_team``: see ``TurnWait``."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + BACKGROUND_WAIT_S if until is None else until
+    who = str(team) if team else ""
+    started = loop.time()
+    with _counted(who, per_team) as admitted:
+        lock = _pushing.get((host_id, digest))
+        if lock is None:
+            lock = _pushing[(host_id, digest)] = asyncio.Lock()
+        waited = lock.locked()
+        try:
+            async with asyncio.timeout_at(until):
+                await lock.acquire()
+        except TimeoutError:
+            raise busy(digest, loop.time() - started) from None
+        try:
+            if waited and not await _lacks(client, digest):
+                return False  # the push this one waited for brought it
+            if size is None:
+                size = await _stored_size(store, digest)
+            push = _Push(store, client, digest, size, who, admits, admitted)
+            installed = await _push_in_turn(push, host_id, started, until if admits else loop.time())
+        finally:
+            lock.release()
+    log.info("layer pushed digest=%s bytes=%d host=%s new=%s", digest, size, host_id, installed)
+    return installed
+
+
+async def _push_in_turn(push: _Push, host_id: uuid.UUID, started: float, until: float) -> bool:
+    """``push`` once the host admits it, tried again while its queue is full, until ``until``."""
+    loop = asyncio.get_running_loop()
+    pause = _BUSY_PAUSE_S[0]
+    while True:
+        try:
+            return await push.once(max(until - loop.time(), 0.0))
+        except AgentError as e:
+            if e.rpc_code == "DATA_LOSS":
+                log.error("layer %s in the store is corrupt (host %s refused it)", push.digest, host_id)
+                raise corrupt(push.digest) from e
+            if not _busy(e):
+                raise
+            if loop.time() + pause > until:
+                raise busy(push.digest, loop.time() - started) from e
+        log.info("layer push waits: host %s install queue full digest=%s", host_id, push.digest)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _BUSY_PAUSE_S[1])
 
 
 class _Push:
@@ -217,10 +332,17 @@ class _Push:
     queue is full)."""
 
     def __init__(
-        self, store: LayerStore, client: HostClient, digest: str, size: int, team: str, admits: bool
+        self,
+        store: LayerStore,
+        client: HostClient,
+        digest: str,
+        size: int,
+        team: str,
+        admits: bool,
+        admitted: Callable[[], None],
     ) -> None:
         self.store, self.client, self.digest, self.size = store, client, digest, size
-        self.team, self.admits = team, admits
+        self.team, self.admits, self.admitted = team, admits, admitted
 
     async def once(self, queue_s: float) -> bool:
         transfer_s = _PUSH_BASE_S + self.size / _PUSH_MIN_RATE
@@ -234,6 +356,7 @@ class _Push:
         # True: send the chunks (the host admitted the install); False: the call ended first.
         go: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if not self.admits:
+            self.admitted()
             go.set_result(True)
         meta = pb.LayerMeta(digest=self.digest, size=self.size, team_id=self.team)
         try:
@@ -257,11 +380,9 @@ class _Push:
                 md = await call.initial_metadata()
         except TimeoutError:
             call.cancel()
-            raise AgentError(
-                f"layer {self.digest} waited {queue_s:.0f} s for the host's install queue",
-                rpc_code="DEADLINE_EXCEEDED",
-            ) from None
+            raise busy(self.digest, queue_s) from None
         if md is not None and _ADMITTED_KEY in dict(md):
+            self.admitted()  # no longer waiting: the team's count of waiting pushes drops
             go.set_result(True)
 
 
@@ -289,9 +410,11 @@ class HostFetch:
         chain: pb.TemplateChain | None,
         missing: Sequence[str] | None,
         team: uuid.UUID | None = None,
+        wait: TurnWait = TurnWait(),
     ) -> None:
         self.engine, self.store, self.client, self.host_id = engine, store, client, host_id
-        self.team = team
+        self.team, self.wait = team, wait
+        self._until: float | None = None  # the end of its wait, set at its first push
         self.chain = chain
         self.missing: list[str] = list(missing or ()) if chain is not None else []
 
@@ -303,7 +426,14 @@ class HostFetch:
     async def bring(self, digests: Sequence[str]) -> None:
         if self.store is None:
             raise InternalError("no template store is configured to fetch layers from", code="layer_missing")
-        await ensure_on_host(self.engine, self.store, self.client, self.host_id, digests, team=self.team)
+        now = asyncio.get_running_loop().time()
+        if self._until is None:
+            self._until = now + self.wait.seconds
+        # Both pushes of a create (before its RPC, and after a `missing layers`) share one wait.
+        wait = TurnWait(max(self._until - now, 0.0), self.wait.per_team)
+        await ensure_on_host(
+            self.engine, self.store, self.client, self.host_id, digests, team=self.team, wait=wait
+        )
 
 
 async def _lacks(client: HostClient, digest: str) -> bool:

@@ -6,6 +6,7 @@ all left for another. No database connection is held across an agent RPC.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -93,12 +94,15 @@ async def place(
     first: tuple[uuid.UUID, Host],
 ) -> Placed:
     """Have the agent of the ``first`` reservation (the pending row's id and its host) make the
-    sandbox. A host that cannot be reached at all (no connection made) is left for another
+    sandbox. A host that cannot be reached at all (no connection made), or that had no layer
+    install turn within the create's wait (``layers.LayerInstallBusy``), is left for another
     eligible one, with a new pending row; up to ``_HOST_ATTEMPTS`` hosts. When no other host is
     left, the client hears the first failure."""
     avoid: list[uuid.UUID] = []
-    unreached: AgentError | None = None
+    unreached: WarrenError | None = None
     reserved: tuple[uuid.UUID, Host] | None = first
+    turn_until: float | None = None  # a busy host's wait ended: later hosts share what is left
+    started = asyncio.get_running_loop().time()
     while True:
         if reserved is not None:
             (sb_uuid, host), reserved = reserved, None
@@ -113,11 +117,20 @@ async def place(
                 raise unreached from None
         client = pool.get(host)
         req = _create_request(settings, sb_uuid, plan, params, runtime_on(host, plan.runtime))
+        wait = layers.create_wait(settings, turn_until)
         fetch = layers.HostFetch(
-            engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid
+            engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid, wait=wait
         )
         try:
             resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
+        except layers.LayerInstallBusy as e:
+            if e.team_full or len(avoid) + 1 >= _HOST_ATTEMPTS:
+                raise  # the team's own count is full: another host would not change it
+            unreached = unreached or e
+            avoid.append(host["id"])
+            turn_until = turn_until or started + settings.layer_turn_wait_s
+            log.info("sandbox create: host %s had no install turn, trying another", ids.host_id(host["id"]))
+            continue
         except AgentError as e:
             # The row is `error` already. Only a connection never made is tried elsewhere: once
             # the agent may have the request it may make the sandbox, and a second one must not

@@ -93,17 +93,18 @@ def _checked(template: str, size: int, host: Any) -> None:
         raise InvalidRequest(f"size must be between 0 and {MAX_POOL_SIZE}")
 
 
-async def _chain(engine: AsyncEngine, host: Any, template: str) -> pb.TemplateChain | None:
-    """The template version ``template`` names, among those the host may pool: 404 when there is
-    none, 400 for a snapshot. None for plain ``minimal`` (the host's own). A runtime in the
-    name (``@crun``) does not change the template."""
+async def _chain(engine: AsyncEngine, host: Any, template: str) -> tuple[pb.TemplateChain | None, uuid.UUID]:
+    """The template version ``template`` names, among those the host may pool, and the team
+    that owns it (the platform's for a platform template): 404 when there is none, 400 for a
+    snapshot. The chain is None for plain ``minimal`` (the host's own). A runtime in the name
+    (``@crun``) does not change the template."""
     name, _, tag = split_pool_name(template)[0].partition(":")
     teams_allowed = [ids.PLATFORM_TEAM_ID]
     if host["type"] == "byoc" and host["team_id"] is not None:
         teams_allowed.append(host["team_id"])
-    q = sa.select(templates.c.type, templates.c.base, templates.c.layers, templates.c.config).where(
-        templates.c.name == name, templates.c.team_id.in_(teams_allowed)
-    )
+    q = sa.select(
+        templates.c.type, templates.c.base, templates.c.layers, templates.c.config, templates.c.team_id
+    ).where(templates.c.name == name, templates.c.team_id.in_(teams_allowed))
     if tag:
         q = q.where(
             sa.or_(templates.c.tags.any(tag), sa.literal("v") + sa.cast(templates.c.version, sa.Text) == tag)
@@ -115,7 +116,7 @@ async def _chain(engine: AsyncEngine, host: Any, template: str) -> pb.TemplateCh
         raise NotFound(f'template "{template}" not found')
     if row.type == "snapshot":
         raise InvalidRequest("a snapshot cannot be pooled; pool the template it was made from")
-    return layers.chain_of(row.base, row.layers, row.config)
+    return layers.chain_of(row.base, row.layers, row.config), row.team_id
 
 
 async def _apply(
@@ -126,13 +127,16 @@ async def _apply(
     template: str,
     size: int,
     chain: pb.TemplateChain | None,
+    owner: uuid.UUID,
 ) -> list[dict[str, Any]]:
-    """Have the agent keep ``size`` ready sandboxes of ``template`` (its layers brought first);
+    """Have the agent keep ``size`` ready sandboxes of ``template`` (its layers brought first,
+    in the install turns of ``owner``, the template's team: a team's pools and its creates
+    share its turns, and the platform's pools take the platform's; agent/layer_slots.py);
     returns its pools as it reports them afterwards."""
     if chain is not None and size > 0 and chain.layers:
         if store is None:
             raise InvalidRequest("no template store is configured to bring this template's layers from")
-        await layers.ensure_on_host(engine, store, client, host_uuid, list(chain.layers))
+        await layers.ensure_on_host(engine, store, client, host_uuid, list(chain.layers), team=owner)
     req = pb.SetWarmPoolRequest(template=template, size=size, chain=chain)
     resp = await client.stub.SetWarmPool(req, timeout=_RPC_TIMEOUT_S)
     pools = [{"template": p.template, "target": p.target, "ready": p.ready} for p in resp.pools]
@@ -158,11 +162,11 @@ async def set_pool(
     known = set(row["warm_pool_targets"] or {}) | set(reported_targets(row["warm_pools"]))
     if template not in known and len(known) >= MAX_POOLS:
         raise InvalidRequest(f"a host keeps at most {MAX_POOLS} pools; set one of its pools to 0 first")
-    chain = await _chain(engine, row, template)
+    chain, owner = await _chain(engine, row, template)
     async with _sizes_changing(host_uuid):
         reported = None
         if row["status"] == "online" and row["address"]:
-            reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain)
+            reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain, owner)
         updated = await _store_size(engine, ctx, host_uuid, template, size, reported)
     log.info(
         "warm pool set host=%s template=%s size=%d applied=%s", host_id, template, size, reported is not None
@@ -241,8 +245,8 @@ async def _reapply(
         if host_uuid in _setting:
             return  # sizes being set through the API now: the next heartbeat shows what is left
         try:
-            chain = await _chain(engine, row, template)
-            reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain)
+            chain, owner = await _chain(engine, row, template)
+            reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain, owner)
         except (AgentError, NotFound, InvalidRequest) as e:
             # Tried again at the next heartbeat that still shows the difference.
             log.warning(
