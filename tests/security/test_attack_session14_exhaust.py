@@ -7,6 +7,13 @@
   from one API key. A record's metadata is now at most ~4 KiB (services/audit.py: long values
   are replaced by their size and count, with the whole's sha256).
 
+* **Failed requests.** Every state-changing request that failed (a 4xx after authentication)
+  wrote a failure record: a flood of ``DELETE /v1/sandboxes/<no such id>`` is a row a request
+  that costs the attacker nothing, at the team rate limit (200/s a replica) millions of rows a
+  day kept 90 days. A team now writes at most ``FAILURE_BURST`` failure records, then one every
+  ``FAILURE_EVERY_S`` per CP process; the next record written says how many were left out
+  (``suppressed_before``).
+
 Each probe runs as the attacker does (the tenant's own API key) and measures the victim's
 resource (bytes of ``audit_logs`` rows) against a bound far from what a fixed tree writes.
 """
@@ -15,13 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.harness.platform import Platform
-from tests.harness.tenant import Tenant
+from tests.harness.tenant import Tenant, signup
+from warren import ids
+from warren.cp.services.audit import FAILURE_BURST, FAILURE_EVERY_S
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
@@ -45,8 +57,6 @@ def _rules(n: int = 256) -> dict[str, list[str]]:
 async def _audit_bytes(platform: Platform, team_id: str, resource_type: str) -> tuple[int, int, int]:
     """(records, total bytes, largest record) of the team's ``resource_type`` audit records, as
     PostgreSQL stores their metadata."""
-    from warren import ids
-
     rows = await platform.sql(
         "SELECT count(*), coalesce(sum(pg_column_size(metadata)), 0),"
         " coalesce(max(octet_length(metadata::text)), 0) FROM audit_logs"
@@ -94,8 +104,6 @@ def test_network_changes_do_not_grow_the_audit_log_by_their_rules(
 def test_a_long_record_keeps_its_small_fields_and_a_digest(platform: Platform, alice: Tenant) -> None:
     """What the bound keeps: who, from where (ip, request id), the counts, and the sha256 of what
     was asked, so an investigator can still match a record to a copy of the rules."""
-    from warren import ids
-
     sid = alice.create(memory_mb=128)
     try:
         body = _rules(200)
@@ -115,3 +123,70 @@ def test_a_long_record_keeps_its_small_fields_and_a_digest(platform: Platform, a
         assert meta.get("request_id") and meta.get("ip")
     finally:
         alice.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+FLOOD = 1200
+
+
+def _failures_since(platform: Platform, team_id: str, since: object) -> list[dict[str, Any]]:
+    rows = asyncio.run(
+        platform.sql(
+            "SELECT metadata FROM audit_logs WHERE team_id = :t AND action = 'failed' AND created_at >= :s"
+            " ORDER BY created_at",
+            t=ids.parse_id(ids.Kind.TEAM, team_id),
+            s=since,
+        )
+    )
+    return [r[0] for r in rows]
+
+
+def _now(platform: Platform) -> object:
+    return asyncio.run(platform.sql("SELECT now()"))[0][0]
+
+
+def _flood(t: Tenant, request: tuple[str, str, Any], n: int) -> dict[int, int]:
+    """``n`` failing requests, 8 at a time; how many got each status."""
+    method, path, body = request
+    codes: dict[int, int] = {}
+    with t.client() as c, ThreadPoolExecutor(8) as pool:
+        for code in pool.map(lambda _: c.request(method, path, json=body).status_code, range(n)):
+            codes[code] = codes.get(code, 0) + 1
+    return codes
+
+
+MISSING = ids.sandbox_id(uuid.UUID(int=14))  # well-formed, nobody's: 404
+FAILING = {
+    "delete-missing": ("DELETE", f"/v1/sandboxes/{MISSING}", None),
+    "bad-body": ("POST", "/v1/snapshots", {"sandbox_id": "nope"}),
+    "network-missing": ("PATCH", f"/v1/sandboxes/{MISSING}/network", {"deny_out": []}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILING))
+def test_failed_requests_do_not_write_a_row_each(platform: Platform, bob: Tenant, kind: str) -> None:
+    mallory = signup(platform.url, "mallory")  # a fresh team: its whole budget
+    since = _now(platform)
+    started = time.monotonic()
+    codes = _flood(mallory, FAILING[kind], FLOOD)
+    elapsed = time.monotonic() - started
+    failed = sum(n for code, n in codes.items() if 400 <= code < 500 and code != 429)
+    assert failed >= FLOOD // 2, codes  # most were refused for themselves, not rate-limited
+    rows = _failures_since(platform, mallory.team_id, since)
+    allowed = FAILURE_BURST + elapsed / FAILURE_EVERY_S + 2
+    assert len(rows) <= allowed, f"{failed} failed requests in {elapsed:.1f} s wrote {len(rows)} audit rows"
+    assert len(rows) >= min(FAILURE_BURST, failed)  # the first ones are all there
+    # Another team's failures are its own budget: recorded.
+    bob_since = _now(platform)
+    assert bob.w(*FAILING[kind][:2], FAILING[kind][2]).status_code in range(400, 500)
+    assert len(_failures_since(platform, bob.team_id, bob_since)) == 1
+
+
+def test_a_record_after_the_budget_says_how_many_it_left_out(platform: Platform) -> None:
+    carol = signup(platform.url, "carol")
+    since = _now(platform)
+    codes = _flood(carol, FAILING["delete-missing"], FAILURE_BURST + 200)
+    time.sleep(FAILURE_EVERY_S + 1)  # the budget has room for one more record
+    assert carol.w("DELETE", f"/v1/sandboxes/{MISSING}").status_code == 404
+    rows = _failures_since(platform, carol.team_id, since)
+    suppressed = sum(int(r.get("suppressed_before", 0)) for r in rows)
+    assert suppressed + len(rows) == sum(n for c, n in codes.items() if c == 404) + 1, (codes, len(rows))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -69,14 +70,69 @@ def audits_failure(method: str, route: str, status: int) -> bool:
     return route.startswith(_AUDITED_PREFIXES) and not any(part in route for part in _NOT_AUDITED)
 
 
+# Failure records one team writes in a CP process: a burst, then one every FAILURE_EVERY_S
+# (session 14: a flood of requests that fail, ``DELETE`` of a sandbox that does not exist, was a
+# row a request, at the team rate limit millions a day kept 90 days). Past it they are counted,
+# and the team's next failure record says how many it stands for (``suppressed_before``).
+FAILURE_BURST = 20
+FAILURE_EVERY_S = 6.0
+_FAILURE_TEAMS = 4096  # teams whose budget a process remembers; past it, full budgets are forgotten
+
+
+@dataclass
+class _Budget:
+    tokens: float
+    at: float
+    suppressed: int = 0
+
+
+_failure_budgets: dict[uuid.UUID | None, _Budget] = {}
+
+
+def _failure_slot(team: uuid.UUID | None) -> int | None:
+    """None when the team's failure records are over budget (counted); else how many were left
+    out since its last one."""
+    now = clock.monotonic()
+    b = _failure_budgets.get(team)
+    if b is None:
+        if len(_failure_budgets) >= _FAILURE_TEAMS:
+            _forget_full_budgets(now)
+        b = _failure_budgets[team] = _Budget(float(FAILURE_BURST), now)
+    b.tokens = min(float(FAILURE_BURST), b.tokens + (now - b.at) / FAILURE_EVERY_S)
+    b.at = now
+    if b.tokens < 1:
+        b.suppressed += 1
+        if b.suppressed == 1:
+            log.warning("audit: team %s's failed requests past the budget are counted, not recorded", team)
+        return None
+    b.tokens -= 1
+    left_out, b.suppressed = b.suppressed, 0
+    return left_out
+
+
+def _forget_full_budgets(now: float) -> None:
+    for team, b in list(_failure_budgets.items()):
+        if b.tokens + (now - b.at) / FAILURE_EVERY_S >= FAILURE_BURST and not b.suppressed:
+            del _failure_budgets[team]
+    if len(_failure_budgets) >= _FAILURE_TEAMS:  # all busy: start over (loses their counts)
+        _failure_budgets.clear()
+
+
 async def record_failure(
     engine: AsyncEngine, ctx: AuthContext, *, method: str, route: str, status: int, resource_id: str
 ) -> None:
-    """The record of a failed change: what was asked (method and route) and the HTTP status."""
+    """The record of a failed change: what was asked (method and route) and the HTTP status,
+    within the team's budget of failure records."""
+    left_out = _failure_slot(ctx.team_id)
+    if left_out is None:
+        return
+    meta: dict[str, Any] = {"method": method, "route": route, "http_status": status}
+    if left_out:
+        meta["suppressed_before"] = left_out
     await record(
         engine, ctx, team_id=ctx.team_id, action="failed", resource_type="request",
         resource_id=resource_id[:MAX_RESOURCE_ID], status="error" if status >= 500 else "warning",
-        metadata={"method": method, "route": route, "http_status": status},
+        metadata=meta,
     )  # fmt: skip
 
 
