@@ -226,7 +226,7 @@ def test_memfd_secret_is_refused_on_every_abi(crun_agent: AgentProcess, runtime:
 
 # Every sandbox's uids map onto one host range, and the kernel counts epoll watches and pipe
 # pages per host uid: one sandbox used up a uid's share for that uid in every sandbox of the
-# host (runtime/user_limits.py). Before the fix: two processes (as nobody) holding ~5.5 M
+# host (runtime/kernel_limits.py). Before the fix: two processes (as nobody) holding ~5.5 M
 # watches (the default fs.epoll.max_user_watches of a 24 GB host, ~1.15 GB of their sandbox's
 # memory) got ENOSPC, and so did another sandbox's nobody; as root the same reaches every
 # sandbox's guest. ~40 s of CPU on this machine: the limit is that large.
@@ -369,3 +369,34 @@ def test_one_sandbox_cannot_shrink_a_uids_pipes_in_every_sandbox(crun_agent: Age
         _destroy(crun_agent, victim)
     # Before the fix: the attacker's 64th pipe could not grow, nor could the victim's (EPERM).
     assert (grown, seen) == (b"80", ["65536", "ok\n"]), (grown, seen)
+
+
+# What one sandbox may hold of the host's file table and pid space, read from inside it as the
+# attacker would: RLIMIT_NOFILE for each of its pids.max processes (the agent's default 1024;
+# a fork loop finds it). Before the fix, on this host: fs.file-max 2466097 < 4096 x 1024 open
+# files, ~0.25 KiB of the sandbox's memory each (~0.6 GB to fill the table: every process of the
+# host without CAP_SYS_ADMIN, other sandboxes and the database included, then gets ENFILE; not
+# run to the end here, it takes the whole machine), and kernel.pid_max 32768: 32 sandboxes at
+# their pids.max. Now both are past what the host's memory could hold.
+LIMITS = """
+import json, resource
+def read(p):
+    with open(p) as f:
+        return int(f.read())
+print(json.dumps({
+    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+    "file_max": read("/proc/sys/fs/file-max"),
+    "pid_max": read("/proc/sys/kernel/pid_max"),
+}))
+"""
+PIDS_MAX = 1024  # the agent's default pids.max (AgentSettings.max_processes)
+
+
+def test_one_sandbox_cannot_fill_the_hosts_file_table_or_pids(crun_agent: AgentProcess) -> None:
+    sb = crun_agent.create(memory_mb=128, runtime="crun").sandbox_id
+    try:
+        got = json.loads(crun_agent.py(sb, LIMITS).stdout)
+    finally:
+        _destroy(crun_agent, sb)
+    assert got["file_max"] > got["nofile"] * PIDS_MAX, got
+    assert got["pid_max"] >= 4194304, got

@@ -34,7 +34,7 @@ from warren.agent.proc import CommandError, Result, run, write_file
 from warren.agent.runtime import oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
-from warren.agent.runtime.user_limits import lift_shared_user_limits
+from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits
 
 log = logging.getLogger("warren.agent")
 
@@ -76,7 +76,7 @@ class OciRuntime:
         hybrid = os.path.ismount(HYBRID_CGROUP2)
         self._hide = str(HYBRID_CGROUP2) if name == "crun" and hybrid else None
         repair_dev_null()
-        lift_shared_user_limits()  # per host uid, shared by every sandbox (user_limits.py)
+        lift_shared_kernel_limits()  # host-wide, shared by every sandbox (kernel_limits.py)
 
     def _argv(self, *args: str) -> list[str]:
         return [self.name, "--root", str(self.state_root), *args]

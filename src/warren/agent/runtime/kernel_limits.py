@@ -1,0 +1,99 @@
+"""Host-wide kernel limits one runc/crun sandbox could use up for every other sandbox.
+
+The kernel keeps a few counts for the whole host, or per host uid (its ``user_struct``, not per
+user namespace), and every sandbox maps its uids onto the same host range (bundle.py; docs/
+security.md, "One uid range for all sandboxes"): session 10 moved the ucount-based ones
+(inotify, queues, signals) onto each slot's own namespace owner, but these stay shared. Found in
+session 14, from inside one sandbox:
+
+* ``fs.epoll.max_user_watches`` (5.5 M here), per uid: two processes as ``nobody`` holding 2000
+  epoll instances over 2000 eventfds each (1.15 GB of their sandbox's memory) used them all up,
+  and every other sandbox's ``nobody`` got ENOSPC from ``epoll_ctl``. As root the same reaches
+  the guest (PID 1, an epoll loop) of every sandbox on the host (not run: the machine is shared).
+* ``fs.pipe-user-pages-soft`` (16384 pages), per uid: 64 pipes grown to 1 MiB left every other
+  sandbox's new pipes of that uid at 8 KiB, and F_SETPIPE_SZ refused (EPERM).
+* ``fs.file-max`` (2.47 M here), for the host: a sandbox may hold pids.max x RLIMIT_NOFILE
+  (1024 x 4096 = 4.2 M) open files, ~0.25 KiB of its memory each; past the table's size every
+  process without CAP_SYS_ADMIN on the host (every sandbox, the database, the control plane
+  when not root) gets ENFILE. (Not run here to the end: it takes the whole machine's table.)
+* ``kernel.pid_max`` (32768 without systemd's default), for the host: 32 sandboxes at their
+  pids.max hold every pid (a host with 8+ cores takes that many one-vCPU sandboxes).
+
+Each of these objects is charged to the memory cgroup of whoever holds it (struct file, epoll
+items, pipe buffers, task stacks), so a sandbox's memory limit bounds what it can hold and the
+counts only let one tenant deny the others. The agent lifts them past what the host's memory
+could hold (an epoll item or a file is at least 128 bytes; systemd sets file-max and pid_max the
+same way), never lowering a value an operator set higher. They are host-wide: a local user
+outside any cgroup is then bounded by memory, as for most kernel objects. (Descriptors in
+flight over unix sockets are counted per uid against the sender's RLIMIT_NOFILE, with no
+setting: left open, docs/security.md.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("warren.agent")
+
+EPOLL_WATCHES = "/proc/sys/fs/epoll/max_user_watches"
+PIPE_PAGES_SOFT = "/proc/sys/fs/pipe-user-pages-soft"
+FILE_MAX = "/proc/sys/fs/file-max"
+PID_MAX = "/proc/sys/kernel/pid_max"
+SMALLEST_OBJECT = 128  # bytes: an epoll item, less than a struct file
+PID_MAX_LIMIT = 4194304  # the kernel's ceiling on 64-bit (systemd's default)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path: str, value: int, was: int) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(str(value))
+    except OSError as e:  # not root (a unit test), or a read-only /proc/sys (in a container)
+        log.warning("event=kernel_limit_unchanged path=%s error=%s", path, e)
+        return False
+    log.warning("event=kernel_limit_lifted path=%s was=%d now=%d", path, was, value)
+    return True
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def wanted(paths: dict[str, str] | None = None) -> dict[str, tuple[str, int]]:
+    """What each limit should be at least: name -> (path, value); 0 for the pipe soft limit
+    means none."""
+    p = {
+        "epoll": EPOLL_WATCHES,
+        "pipes": PIPE_PAGES_SOFT,
+        "files": FILE_MAX,
+        "pids": PID_MAX,
+        **(paths or {}),
+    }
+    beyond_memory = host_memory_bytes() // SMALLEST_OBJECT
+    return {
+        "epoll": (p["epoll"], beyond_memory),
+        "pipes": (p["pipes"], 0),
+        "files": (p["files"], beyond_memory),
+        "pids": (p["pids"], PID_MAX_LIMIT),
+    }
+
+
+def lift_shared_kernel_limits(paths: dict[str, str] | None = None) -> list[str]:
+    """Raise the limits of the module docstring where they are lower; the paths changed."""
+    changed = []
+    for name, (path, value) in wanted(paths).items():
+        current = _read_int(path)
+        if current is None:
+            continue
+        low = current != 0 if name == "pipes" else current < value
+        if low and _write(path, value, current):
+            changed.append(path)
+    return changed
