@@ -1,7 +1,7 @@
 """Session 14's hostile tenant with two teams (Alice attacks, Bob is the victim), against what
 session 12's tenant pass (``test_attack_session12_tenants.py``) did not reach: other spellings of
-a sandbox id, E2B's routing headers mixed and repeated, polling watchers of another sandbox, and
-the slots of another team's public port.
+a sandbox id, E2B's routing headers mixed and repeated, polling watchers of another sandbox,
+preview host names and cookies across teams, and the slots of another team's public port.
 
 Each probe is written as the attacker runs it: the public API and the E2B listener with her own
 team's key, and the envd access token E2B's create answers her.
@@ -9,7 +9,11 @@ team's key, and the envd access token E2B's create answers her.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness.machine import free_port
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 
@@ -206,3 +211,85 @@ def test_one_address_cannot_hold_every_slot_of_a_public_port(
             assert (r.status_code, r.text) == (200, "bobs-page\n"), (r.status_code, r.text[:300])
     finally:
         bob.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+# ------------------------------------------------------------ preview host names across teams
+
+DOMAIN = "preview.test"
+# Each sandbox's private port 8000 answers its own id.
+ID_SERVER = (
+    "hostname > /tmp/index.html; cd /tmp && (setsid python3 -m http.server 8000 >/dev/null 2>&1 &); "
+    "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+    "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
+)
+
+
+@pytest.fixture(scope="module")
+def preview_proxy(platform: Platform) -> Iterator[str]:
+    """``warren proxy`` with previews by host name, beside the shared platform's CP."""
+    port = free_port()
+    env = {**platform.cp.env(), "WARREN_PREVIEW_DOMAIN": DOMAIN}
+    log = open(platform.cp.home / "s14-proxy.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (platform.cp.home / "s14-proxy.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def test_preview_host_names_and_cookies_across_teams(preview_proxy: str, alice: Tenant, bob: Tenant) -> None:
+    """Held: Alice's signed URL and the cookie it gives her open her own port only. On Bob's
+    private port by host name, with her cookie, her signature, her host in ``X-Forwarded-Host``,
+    the name in capitals or with a port, she gets 401/403 and never his page; a trailing dot,
+    another label in front or a look-alike letter route nowhere."""
+    mine, bobs = alice.create(memory_mb=128), bob.create(memory_mb=128)
+    try:
+        alice.sh(mine, ID_SERVER)
+        bob.sh(bobs, ID_SERVER)
+        r = alice.w("POST", f"/v1/sandboxes/{mine}/preview/signed-url", {"port": 8000, "expires": 600})
+        assert r.status_code == 200, r.text
+        query = r.json()["url"].split("?", 1)[1]
+        with httpx.Client(base_url=preview_proxy, timeout=60) as c:
+            r = c.get(f"/?{query}", headers={"Host": f"8000-{mine}.{DOMAIN}"})
+            assert r.status_code == 302, r.text
+            cookie = r.cookies["warren_preview"]
+            jar = {"Cookie": f"warren_preview={cookie}"}
+            r = c.get("/index.html", headers={"Host": f"8000-{mine}.{DOMAIN}", **jar})
+            assert (r.status_code, r.text) == (200, mine + "\n")  # her own: the cookie works
+            for host, extra, want in (
+                (f"8000-{bobs}.{DOMAIN}", jar, 401),
+                (f"8000-{bobs}.{DOMAIN}:80", jar, 401),
+                (f"8000-{bobs}.{DOMAIN.upper()}", jar, 401),
+                (f"8000-{bobs.upper()}.{DOMAIN}", jar, 401),
+                (f"8000-{bobs}.{DOMAIN}", {**jar, "X-Forwarded-Host": f"8000-{mine}.{DOMAIN}"}, 401),
+                (f"8001-{mine}.{DOMAIN}", jar, 401),  # her cookie is for port 8000 only
+                (f"08000-{bobs}.{DOMAIN}", jar, 401),
+                (f"8000-{bobs}.{DOMAIN}.", jar, 404),
+                (f"x.8000-{bobs}.{DOMAIN}", jar, 404),
+                (f"8000-{bobs}.preview\u0456test".encode("idna").decode(), jar, 404),
+            ):
+                r = c.get("/index.html", headers={"Host": host, **extra})
+                assert r.status_code == want, (host, r.status_code, r.text)
+                assert bobs not in r.text.lower().replace(f"sandbox {bobs}", "")
+            r = c.get(f"/index.html?{query}", headers={"Host": f"8000-{bobs}.{DOMAIN}"})
+            assert r.status_code == 403, r.text  # her signature names her sandbox
+            forwarded = {"X-Forwarded-Host": f"8000-{bobs}.{DOMAIN}", **jar}
+            r = c.get("/index.html", headers={"Host": f"8000-{mine}.{DOMAIN}", **forwarded})
+            assert (r.status_code, r.text) == (200, mine + "\n")  # the Host decides, nothing else
+    finally:
+        alice.w("DELETE", f"/v1/sandboxes/{mine}")
+        bob.w("DELETE", f"/v1/sandboxes/{bobs}")
