@@ -137,7 +137,12 @@ def seccomp_profile() -> dict[str, Any]:
             # back): 64 MiB of one sandbox's secret memory left 11 GiB of this host's direct map
             # in 4 KiB and 2 MiB pages, a TLB cost every process of the host pays until reboot
             # (session 14). ENOSYS, what a kernel without it answers: callers fall back.
-            {"names": ["memfd_secret"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+            # io_setup (Linux native AIO): the host has one count of AIO events for everyone
+            # (fs.aio-max-nr, 65536), and 16 contexts of 4096 events (~4 MiB) of one sandbox's
+            # nobody took them all: every other sandbox's io_setup failed (EAGAIN) while they
+            # lived. A higher count would not do: each context also holds kernel memory no cgroup
+            # is charged for. ENOSYS: libaio users fall back (glibc's POSIX AIO uses threads).
+            {"names": ["memfd_secret", "io_setup"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
             # AF_VSOCK is not namespaced: on a VM host its sockets reach the hypervisor's
             # services, past every network rule (internet=false included). Docker refuses it too.
             {
