@@ -82,6 +82,24 @@ async def test_teamless_user_creates_a_team_from_the_landing_page(web: Web, live
     guest = await _teamless(live, "Founder Fay")
     page = await _sign_in(web, guest)
     await expect(page.locator("#my-invitations")).to_contain_text("No invitations")
+    # The dashboard's team actions refuse the teamless session as the API does.
+    codes = await page.evaluate(
+        """async () => {
+            const csrf = document.querySelector('meta[name=csrf-token]').content;
+            const post = (url, body) => fetch(url, {method: 'POST', body: JSON.stringify(body),
+                headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}});
+            const answers = await Promise.all([
+                post('/dashboard/actions/keys', {name: 'k'}),
+                post('/dashboard/actions/sandboxes', {}),
+                post('/dashboard/actions/team/rename', {name: 'owned'}),
+                post('/dashboard/actions/team/members', {email: 'a@b.c'}),
+                post('/dashboard/actions/team/leave', {}),
+                fetch('/dashboard/actions/users/search?email=foun'),
+            ]);
+            return Promise.all(answers.map(async r => [r.status, (await r.json()).error.code]));
+        }"""
+    )
+    assert codes == [[403, "no_team"]] * 6, codes
     await page.locator("#welcome-create-team").get_by_label("Team name").fill("Fresh Start")
     await page.locator("#welcome-create-team").get_by_role("button", name="Create team").click()
     await page.wait_for_url("**/dashboard/sandboxes")

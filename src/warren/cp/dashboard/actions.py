@@ -187,7 +187,9 @@ async def leave_team(act: Act, response: Response) -> dict[str, Any]:
 
 @router.get("/users/search")
 async def search_users(act: Reader, email: str = "") -> list[dict[str, Any]]:
-    """The add-member typeahead (3+ chars, debounced in the page)."""
+    """The add-member typeahead (3+ chars, debounced in the page): for a team's page, so a
+    session with no team gets 403 ``no_team``, as the API's search does."""
+    require_team(act.ctx)
     found = await users_svc.search_by_email_prefix(act.engine, act.ctx, email)
     return [m.model_dump(mode="json") for m in found]
 
@@ -263,12 +265,14 @@ async def delete_template(act: Act, name: str) -> dict[str, Any]:
 
 @router.post("/keys")
 async def create_key(act: Act, body: NameBody) -> dict[str, Any]:
+    require_team(act.ctx)  # 403 no_team for a session with no team, as the API answers
     key = await keys_svc.create_key(act.engine, act.ctx, body.name)
     return key.model_dump(mode="json")
 
 
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(act: Act, key_id: str) -> dict[str, Any]:
+    require_team(act.ctx)
     await keys_svc.delete_key(act.engine, act.ctx, keys_svc.parse_key_id(key_id))
     return {}
 
