@@ -412,3 +412,33 @@ def test_one_sandbox_cannot_fill_the_hosts_file_table_or_pids(crun_agent: AgentP
         _destroy(crun_agent, sb)
     assert got["file_max"] > got["nofile"] * PIDS_MAX, got
     assert got["pid_max"] >= 4194304, got
+
+
+PTYS = """
+import os
+fds = []
+try:
+    while True:
+        fds.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+except OSError as e:
+    print(len(fds), e.strerror, flush=True)
+"""
+
+
+def test_one_sandbox_cannot_take_every_terminal_of_the_host(crun_agent: AgentProcess) -> None:
+    attacker = crun_agent.create(memory_mb=128, runtime="crun").sandbox_id
+    victim = crun_agent.create(memory_mb=128, runtime="crun").sandbox_id
+    try:
+        hold = f"nohup python3 -c {shlex.quote(PTYS + 'import time; time.sleep(600)')} > /dev/shm/ptys 2>&1 &"
+        crun_agent.exec(attacker, "sh", "-c", hold, user="nobody")
+        deadline = time.monotonic() + 60
+        while not (took := crun_agent.exec(attacker, "cat", "/dev/shm/ptys").stdout):
+            assert time.monotonic() < deadline, "the attacker's terminals were never opened"
+            time.sleep(0.5)
+        seen = crun_agent.py(victim, PTYS.replace("while True", "for _ in range(8)"), user="nobody").stdout
+    finally:
+        _destroy(crun_agent, attacker)
+        _destroy(crun_agent, victim)
+    # Before the fix: the attacker held 3071 (all but the host's reserve), the victim none.
+    assert took == b"256 No space left on device\n", took
+    assert seen == b"", seen  # the victim opened all 8 it asked for

@@ -38,6 +38,12 @@ NOFILE_ANNOTATION = "dev.warren.nofile"
 # (guest_agent/process.py), so inside the sandbox's memory cgroup they are always chosen first.
 GUEST_OOM_SCORE_ADJ = 0
 IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")  # bound over /etc/<name>
+# Terminals a sandbox may hold at once (its own devpts instance; the guest's API allows 32). The
+# host's count (kernel.pty.max, 4096 less 1024 kept for the host's own instance) is shared by
+# every instance: one sandbox as nobody opened /dev/ptmx 3071 times and no other sandbox could
+# open a terminal (ENOSPC), the platform's terminal API included (session 14; kernel_limits.py
+# raises the host's count too).
+DEVPTS_MAX = "max=256"
 # /dev holds device nodes and symlinks the runtime makes; charged to the sandbox's memory.
 DEV_TMPFS_OPTS = ["nosuid", "strictatime", "mode=755", "size=256k", "nr_inodes=1024"]
 
@@ -250,7 +256,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
                 "destination": "/dev/pts",
                 "type": "devpts",
                 "source": "devpts",
-                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", DEVPTS_MAX],
             },
             {
                 "destination": "/dev/mqueue",

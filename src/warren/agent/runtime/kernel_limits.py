@@ -18,15 +18,18 @@ session 14, from inside one sandbox:
   when not root) gets ENFILE. (Not run here to the end: it takes the whole machine's table.)
 * ``kernel.pid_max`` (32768 without systemd's default), for the host: 32 sandboxes at their
   pids.max hold every pid (a host with 8+ cores takes that many one-vCPU sandboxes).
+* ``kernel.pty.max`` (4096, 1024 of them kept for the host's own devpts), for the host: one
+  sandbox as nobody opened 3071 ptys and no other sandbox could open a terminal. Each sandbox's
+  devpts now holds at most bundle.DEVPTS_MAX, and the host's count is the kernel's ceiling.
 
 Each of these objects is charged to the memory cgroup of whoever holds it (struct file, epoll
-items, pipe buffers, task stacks), so a sandbox's memory limit bounds what it can hold and the
-counts only let one tenant deny the others. The agent lifts them past what the host's memory
-could hold (an epoll item or a file is at least 128 bytes; systemd sets file-max and pid_max the
-same way), never lowering a value an operator set higher. They are host-wide: a local user
-outside any cgroup is then bounded by memory, as for most kernel objects. (Descriptors in
-flight over unix sockets are counted per uid against the sender's RLIMIT_NOFILE, with no
-setting: left open, docs/security.md.)
+items, pipe buffers, task stacks; ttys on recent kernels), so a sandbox's memory limit bounds
+what it can hold and the counts only let one tenant deny the others. The agent lifts them past
+what the host's memory could hold (an epoll item or a file is at least 128 bytes; systemd sets
+file-max and pid_max the same way), never lowering a value an operator set higher. They are
+host-wide: a local user outside any cgroup is then bounded by memory, as for most kernel
+objects. (Descriptors in flight over unix sockets are counted per uid against the sender's
+RLIMIT_NOFILE, with no setting: left open, docs/security.md.)
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ EPOLL_WATCHES = "/proc/sys/fs/epoll/max_user_watches"
 PIPE_PAGES_SOFT = "/proc/sys/fs/pipe-user-pages-soft"
 FILE_MAX = "/proc/sys/fs/file-max"
 PID_MAX = "/proc/sys/kernel/pid_max"
+PTY_MAX = "/proc/sys/kernel/pty/max"
 SMALLEST_OBJECT = 128  # bytes: an epoll item, less than a struct file
 PID_MAX_LIMIT = 4194304  # the kernel's ceiling on 64-bit (systemd's default)
+PTY_MAX_LIMIT = 1 << 20  # the kernel's ceiling (NR_UNIX98_PTY_MAX)
 
 
 def _read_int(path: str) -> int | None:
@@ -75,6 +80,7 @@ def wanted(paths: dict[str, str] | None = None) -> dict[str, tuple[str, int]]:
         "pipes": PIPE_PAGES_SOFT,
         "files": FILE_MAX,
         "pids": PID_MAX,
+        "ptys": PTY_MAX,
         **(paths or {}),
     }
     beyond_memory = host_memory_bytes() // SMALLEST_OBJECT
@@ -83,6 +89,7 @@ def wanted(paths: dict[str, str] | None = None) -> dict[str, tuple[str, int]]:
         "pipes": (p["pipes"], 0),
         "files": (p["files"], beyond_memory),
         "pids": (p["pids"], PID_MAX_LIMIT),
+        "ptys": (p["ptys"], PTY_MAX_LIMIT),
     }
 
 
