@@ -21,6 +21,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -166,11 +167,13 @@ async def test_a_create_behind_busy_hosts_is_a_503_with_retry_after_not_a_15_min
 ) -> None:
     await snapshot_template(cluster, cluster.key, "busy-both")
     holds = await hold_all(cluster, cluster.agents)
+    t0 = time.monotonic()
     try:
         r = await cluster.create(cluster.key, template="busy-both")
     finally:
         for h in holds:
             await h.release()
+    print(f"the create behind two busy hosts answered {r.status_code} after {time.monotonic() - t0:.1f} s")
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "layer_install_busy", r.text
     assert int(r.headers["Retry-After"]) >= 1
@@ -191,10 +194,12 @@ async def test_a_busy_host_is_left_for_another_eligible_one(cluster: Cluster) ->
     # The CP believes the busy host still holds the layer, so it is chosen first.
     await lose(cluster, layer, keep_record=busy)
     (hold,) = await hold_all(cluster, [busy])
+    t0 = time.monotonic()
     try:
         r = await cluster.create(cluster.key, "busy-one")
     finally:
         await hold.release()
+    print(f"the create behind one busy host answered {r.status_code} after {time.monotonic() - t0:.1f} s")
     assert r.status_code == 201, r.text
     sb = r.json()["id"]
     assert await cluster.agent_of(sb) is free
