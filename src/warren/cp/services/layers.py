@@ -45,6 +45,7 @@ from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import host_layers, layers
 from warren.cp.hosts.client_pool import HostClient
+from warren.cp.services import layer_repush
 from warren.cp.store import LayerStore, check_digest
 from warren.errors import AgentError, InternalError, NotFound, ServiceUnavailable
 from warren.layers import LayerMeta
@@ -252,13 +253,14 @@ async def ensure_on_host(
     missing = [d for d in wanted if d in lacking]
     present = [d for d in wanted if d not in lacking]
     await record_on_host(engine, host_id, present)
+    await layer_repush.refuse_repush(engine, host_id, missing)  # a BYOC host asking again (session 14)
     known = await sizes(engine, missing)
     for digest in missing:
         await push_layer(
             store, client, host_id, digest, known.get(digest),
             team=team, admits=has.admits, until=until, per_team=wait.per_team,
         )  # fmt: skip
-        await record_on_host(engine, host_id, [digest])
+        await layer_repush.note_pushed(engine, host_id, digest)
     return missing
 
 
