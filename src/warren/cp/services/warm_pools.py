@@ -46,7 +46,7 @@ from warren.cp.services.warm_pool_state import (
     split_pool_name,
 )
 from warren.cp.store import LayerStore
-from warren.errors import AgentError, InvalidRequest, NotFound
+from warren.errors import AgentError, InvalidRequest, NotFound, ServiceUnavailable
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.warm_pools")
@@ -247,8 +247,9 @@ async def _reapply(
         try:
             chain, owner = await _chain(engine, row, template)
             reported = await _apply(engine, pool.get(row), host_uuid, store, template, size, chain, owner)
-        except (AgentError, NotFound, InvalidRequest) as e:
-            # Tried again at the next heartbeat that still shows the difference.
+        except (AgentError, NotFound, InvalidRequest, ServiceUnavailable) as e:
+            # Tried again at the next heartbeat that still shows the difference (a host with
+            # no install turn for the layers within the wait: layer_install_busy).
             log.warning(
                 "warm pool: applying %s=%d on %s failed: %s", template, size, ids.host_id(host_uuid), e
             )
