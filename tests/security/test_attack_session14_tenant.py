@@ -1,7 +1,8 @@
 """Session 14's hostile tenant with two teams (Alice attacks, Bob is the victim), against what
 session 12's tenant pass (``test_attack_session12_tenants.py``) did not reach: other spellings of
 a sandbox id, E2B's routing headers mixed and repeated, polling watchers of another sandbox,
-preview host names and cookies across teams, and the slots of another team's public port.
+preview host names and cookies across teams, cookies planted by a sandbox without a name, and
+the slots of another team's public port.
 
 Each probe is written as the attacker runs it: the public API and the E2B listener with her own
 team's key, and the envd access token E2B's create answers her.
@@ -293,3 +294,56 @@ def test_preview_host_names_and_cookies_across_teams(preview_proxy: str, alice: 
     finally:
         alice.w("DELETE", f"/v1/sandboxes/{mine}")
         bob.w("DELETE", f"/v1/sandboxes/{bobs}")
+
+
+# ------------------------------------------------------------ nameless cookies from a sandbox
+
+# Alice's path-routed server plants cookies a browser stores under no name: it sends their value
+# alone in its Cookie header (``warren_oauth_token=...``, which the dashboard's OAuth landing turns
+# into a session), and a repeated Path (a browser keeps the last).
+PLANTER = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200)
+        for c in ("=warren_oauth_token=planted; Path=/auth", "=warren_session=planted; Path=/",
+                  " warren_session=planted; Path=/", "a=1; Path=/; Path=/auth",
+                  "b=1; Path=/v1/sandboxes/x/ports/8000/../../../../auth"):
+            self.send_header("Set-Cookie", c)
+        self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+http.server.ThreadingHTTPServer(("127.0.0.1", 8000), H).serve_forever()
+"""
+
+
+def test_nameless_cookies_from_a_sandbox_stay_on_its_port(platform: Platform, alice: Tenant) -> None:
+    """Held: whatever a path-routed sandbox's ``Set-Cookie`` looks like (no name, a leading space,
+    two ``Path`` attributes), the browser is told to keep it under that port's path only, where no
+    dashboard or sign-in route is."""
+    sid = alice.create(memory_mb=128)
+    try:
+        start = "(setsid python3 /tmp/p.py >/dev/null 2>&1 &)"
+        alice.sh(sid, f"cat > /tmp/p.py <<'EOF'\n{PLANTER}\nEOF\n{start}")
+        r = alice.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [8000]})
+        assert r.status_code == 200, r.text
+        prefix = f"/v1/sandboxes/{sid}/ports/8000"
+        with httpx.Client(base_url=platform.url, timeout=60) as c:
+            for _ in range(100):
+                r = c.get(f"{prefix}/")
+                if r.status_code == 200:
+                    break
+                time.sleep(0.3)
+            assert r.status_code == 200, r.text
+            planted = r.headers.get_list("set-cookie")
+            assert len(planted) == 4, planted  # the leading-space warren_session is dropped
+            for cookie in planted:
+                paths = [a.strip()[5:] for a in cookie.split(";") if a.strip().lower().startswith("path=")]
+                assert paths and all(p == prefix or p.startswith(prefix + "/") for p in paths), cookie
+                assert paths[-1] == prefix or paths[-1].startswith(prefix + "/"), cookie
+                assert "domain" not in cookie.lower(), cookie
+                assert not cookie.strip().lower().startswith("warren_"), cookie
+            # An httpx jar (path-matched like a browser's): nothing reaches the sign-in landing.
+            r = c.get("/auth/github/callback", follow_redirects=False)
+            assert "planted" not in (r.request.headers.get("cookie") or ""), r.request.headers
+    finally:
+        alice.w("DELETE", f"/v1/sandboxes/{sid}")
