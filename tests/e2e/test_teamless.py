@@ -73,9 +73,16 @@ async def test_teamless_sign_in_lands_on_invitations_and_accepting_enters_the_te
     await confirm.get_by_role("button", name="Join team").click()
     await page.wait_for_url("**/dashboard/sandboxes")
     await expect(page.get_by_test_id("current-team")).to_have_text("Welcoming Owner's Team")
-    # Acting in the team now: the welcome page sends the session home.
+    # Acting in the team now: the welcome page sends the session home; the invitations page is
+    # an ordinary page of the team's layout.
     await page.goto(WELCOME)
     await page.wait_for_url("**/dashboard/sandboxes")
+    await nav.get_by_role("link", name="Invitations").click()
+    await page.wait_for_url("**/dashboard/invitations")
+    await expect(page.get_by_role("heading", name="Invitations", exact=True)).to_be_visible()
+    await expect(page.locator("#my-invitations")).to_contain_text("No invitations")
+    await expect(page.get_by_test_id("current-team")).to_have_text("Welcoming Owner's Team")
+    await expect(page.locator("#welcome-create-team")).to_have_count(0)
 
 
 async def test_teamless_user_creates_a_team_from_the_landing_page(web: Web, live: LiveCP) -> None:
@@ -130,3 +137,15 @@ async def test_the_landing_page_pages_through_many_invitations(web: Web, live: L
     await page.goto(f"{WELCOME}?cursor=bogus")
     await page.wait_for_url(f"**{WELCOME}")
     await expect(rows).to_have_count(25)
+    # In a team, the invitations page pages the same list (the team page shows the newest 100).
+    await page.locator("#my-invitations-table tbody tr").first.get_by_role("button", name="Accept").click()
+    await page.locator("#confirm-dialog").get_by_role("button", name="Join team").click()
+    await page.wait_for_url("**/dashboard/sandboxes")
+    newest = await _invite(live, owner, teams[-1], guest)  # 26 pending again
+    await page.goto("/dashboard/invitations")
+    await expect(rows).to_have_count(25)
+    assert await rows.first.get_attribute("data-row-id") == newest
+    await page.get_by_test_id("invitations-older").click()
+    await page.wait_for_url("**/dashboard/invitations?cursor=*")
+    await expect(rows).to_have_count(1)
+    assert await rows.first.get_attribute("data-row-id") == made[0]

@@ -50,7 +50,8 @@ NO_TEAM_HINT = "No active team — select or create a team in the sidebar to cre
 NO_TEAM_GENERIC = "No active team — select or create a team in the sidebar to continue."
 METRIC_RANGES = ("5m", "10m", "1h", "6h", "24h")
 WELCOME = auth_routes.WELCOME
-WELCOME_PAGE_SIZE = 25
+INVITATIONS = "/dashboard/invitations"
+INVITATIONS_PAGE_SIZE = 25
 ADMIN_BYOC_PAGE_SIZE = 50
 
 
@@ -141,20 +142,33 @@ async def welcome_page(request: Request, cursor: str | None = None) -> Response:
     """Where a user with no live team lands after signing in (docs/spec.md §2.1): their pending
     invitations, a page at a time, and a team to create. A session acting for a team has
     nothing to do here and goes home."""
+    return await _invitations_page(request, cursor, path=WELCOME)
+
+
+@pages.get(INVITATIONS)
+async def invitations_page(request: Request, cursor: str | None = None) -> Response:
+    """The viewer's pending invitations, a page at a time (the team page shows the newest 100),
+    for anyone signed in; with no team it is the landing page itself."""
+    return await _invitations_page(request, cursor, path=INVITATIONS)
+
+
+async def _invitations_page(request: Request, cursor: str | None, *, path: str) -> Response:
     viewer = await load_viewer(request)
     if viewer is None:
         return to_login(request)
-    if viewer.ctx.team_id is not None:
+    teamless = viewer.ctx.team_id is None
+    if path == WELCOME and not teamless:
         return RedirectResponse(auth_routes.HOME, status_code=303)
     try:
         page = await invitations_svc.list_mine(
-            state_of(request).engine, viewer.ctx, limit=WELCOME_PAGE_SIZE, cursor=cursor
+            state_of(request).engine, viewer.ctx, limit=INVITATIONS_PAGE_SIZE, cursor=cursor
         )
     except WarrenError:  # a stale or mangled cursor: start again from the newest
-        return RedirectResponse(WELCOME, status_code=303)
+        return RedirectResponse(path, status_code=303)
     return _page(
-        request, viewer, "welcome.html", nav="welcome", title="Welcome", teamless_landing=True,
-        invitations=page.items, next_cursor=page.next_cursor, cursor=cursor,
+        request, viewer, "welcome.html", nav="invitations", title="Welcome" if teamless else "Invitations",
+        teamless_landing=teamless, invitations=page.items, next_cursor=page.next_cursor, cursor=cursor,
+        path=path,
     )  # fmt: skip
 
 
