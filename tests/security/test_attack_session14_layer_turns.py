@@ -211,12 +211,14 @@ async def test_one_teams_waiting_creates_are_bounded_and_never_count_against_ano
 ) -> None:
     attacker_user = await cluster.cp.signup()
     attacker = await attacker_user.api_key()
-    await snapshot_template(cluster, attacker, "flood")
+    floods = [f"flood-{i}" for i in range(PER_TEAM + 3)]  # distinct layers, as imports are
+    for name in floods:
+        await snapshot_template(cluster, attacker, name)
     await snapshot_template(cluster, cluster.key, "victim")
     holds = await hold_all(cluster, cluster.agents)
     released = False
     try:
-        flood = [asyncio.create_task(cluster.create(attacker, "flood")) for _ in range(PER_TEAM + 3)]
+        flood = [asyncio.create_task(cluster.create(attacker, name)) for name in floods]
         # Past the team's count: 503 at once, while its first ones still wait for a turn.
         await wait_for(lambda: _settled(flood, 3), CLIENT_TIMEOUT_S, "the creates past the team's count")
         refused = [t.result() for t in flood if t.done()]
@@ -247,6 +249,35 @@ async def test_one_teams_waiting_creates_are_bounded_and_never_count_against_ano
         if not released:
             for h in holds:
                 await h.release()
+
+
+async def test_a_burst_of_one_templates_creates_shares_its_push_and_is_not_refused(
+    cluster: Cluster,
+) -> None:
+    """A team starting several sandboxes of a fresh template at once (the usual case, not an
+    attack): one push per host carries the layer, the others wait for it, uncounted."""
+    await snapshot_template(cluster, cluster.key, "burst")
+    holds = await hold_all(cluster, cluster.agents)
+    try:
+        burst = [asyncio.create_task(cluster.create(cluster.key, "burst")) for _ in range(PER_TEAM + 2)]
+        await wait_for(_pushes_queued(cluster, 1), 60, "the burst's push queued")
+        assert not any(t.done() for t in burst), [t.result().text for t in burst if t.done()]
+    finally:
+        for h in holds:
+            await h.release()
+    answers = await asyncio.gather(*burst)
+    assert [r.status_code for r in answers] == [201] * len(burst), [r.text for r in answers]
+    await cluster.destroy(*(r.json()["id"] for r in answers))
+
+
+def _pushes_queued(cluster: Cluster, n: int) -> Any:
+    team = str(ids.parse_id(ids.Kind.TEAM, cluster.user.team_id))
+    before = sum(queued(a, team) for a in cluster.agents)
+
+    async def pred() -> bool:
+        return sum(queued(a, team) for a in cluster.agents) >= before + n
+
+    return pred
 
 
 async def _settled(tasks: list[asyncio.Task[Any]], n: int) -> bool:

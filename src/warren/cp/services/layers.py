@@ -18,7 +18,8 @@ for all its layers' turns, on all the hosts it tries; past that the host is busy
 (:class:`LayerInstallBusy`: the create tries another eligible host, or answers 503
 ``layer_install_busy`` with ``Retry-After``). A team has at most ``layer_turn_waiters_per_team``
 creates' pushes waiting for turns in this process; the next one is 503 at once, so one team's
-flood holds a bounded number of requests and never counts against another team. Builds and
+flood of distinct layers holds a bounded number of requests and never counts against another
+team (creates of a layer that is being pushed to their host wait for that push, uncounted). Builds and
 warm-pool pushes (no client waiting on them) wait up to ``BACKGROUND_WAIT_S``.
 """
 
@@ -286,25 +287,27 @@ async def push_layer(
     until = loop.time() + BACKGROUND_WAIT_S if until is None else until
     who = str(team) if team else ""
     started = loop.time()
-    with _counted(who, per_team) as admitted:
-        lock = _pushing.get((host_id, digest))
-        if lock is None:
-            lock = _pushing[(host_id, digest)] = asyncio.Lock()
-        waited = lock.locked()
-        try:
-            async with asyncio.timeout_at(until):
-                await lock.acquire()
-        except TimeoutError:
-            raise busy(digest, loop.time() - started) from None
-        try:
-            if waited and not await _lacks(client, digest):
-                return False  # the push this one waited for brought it
-            if size is None:
-                size = await _stored_size(store, digest)
+    lock = _pushing.get((host_id, digest))
+    if lock is None:
+        lock = _pushing[(host_id, digest)] = asyncio.Lock()
+    waited = lock.locked()
+    try:
+        async with asyncio.timeout_at(until):
+            await lock.acquire()
+    except TimeoutError:
+        raise busy(digest, loop.time() - started) from None
+    try:
+        if waited and not await _lacks(client, digest):
+            return False  # the push this one waited for brought it
+        if size is None:
+            size = await _stored_size(store, digest)
+        # Counted from here: creates of a layer another create is pushing to this host wait
+        # for that push, uncounted (they hold no turn; the team's sandbox quota bounds them).
+        with _counted(who, per_team) as admitted:
             push = _Push(store, client, digest, size, who, admits, admitted)
             installed = await _push_in_turn(push, host_id, started, until if admits else loop.time())
-        finally:
-            lock.release()
+    finally:
+        lock.release()
     log.info("layer pushed digest=%s bytes=%d host=%s new=%s", digest, size, host_id, installed)
     return installed
 
