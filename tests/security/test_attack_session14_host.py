@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
+from warren.agent.network import FLOWS_OUT_PER_SANDBOX
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -442,3 +443,42 @@ def test_one_sandbox_cannot_take_every_terminal_of_the_host(crun_agent: AgentPro
     # Before the fix: the attacker held 3071 (all but the host's reserve), the victim none.
     assert took == b"256 No space left on device\n", took
     assert seen == b"", seen  # the victim opened all 8 it asked for
+
+
+# ---------------------------------------------------------- the host's connection tracking table
+
+# A sandbox's forwarded flows are tracked in the host's own table (net.netfilter.
+# nf_conntrack_max, 262144, for the whole host): 20000 UDP datagrams to distinct ports of a
+# public address, as nobody in 1.8 s, left 20000 entries there for 30 s (an unreplied UDP
+# flow's timeout). One sandbox could keep the table full, and a full table drops every new flow
+# of the host: other sandboxes, the agent's and the database's connections. Not run to the full
+# table here (the machine is shared): the oracle is what the host tracks from this address.
+FLOWS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+refused = 0
+for port in range(1, int(sys.argv[1]) + 1):
+    try:
+        s.sendto(b"x", ("203.0.113.7", port))  # TEST-NET-3: a public address, never answered
+    except OSError:
+        refused += 1
+print(refused)
+"""
+
+
+def _tracked_from(ip: str) -> int:
+    with open("/proc/net/nf_conntrack") as f:
+        return sum(f" src={ip} " in line.split(" dst=", 1)[0] + " " for line in f)
+
+
+def test_one_sandbox_holds_at_most_its_share_of_the_hosts_flows(crun_agent: AgentProcess) -> None:
+    if not Path("/proc/net/nf_conntrack").exists():
+        pytest.fail("no /proc/net/nf_conntrack: the host's table cannot be read here")
+    sb = crun_agent.create(memory_mb=128, runtime="crun")
+    try:
+        crun_agent.py(sb.sandbox_id, FLOWS, "6000", user="nobody")
+        tracked = _tracked_from(sb.host_ip)
+    finally:
+        _destroy(crun_agent, sb.sandbox_id)
+    # Before the fix: 6000 (every datagram a flow of the host's table).
+    assert 0 < tracked <= FLOWS_OUT_PER_SANDBOX + 64, tracked

@@ -63,6 +63,17 @@ CLAIMS_DIR = Path("/run/warren/netslots")
 # other agents hold the lock). The group is the kernel's, in the host's netns (out of sandbox
 # root's reach), and goes with the veth. ("wRn0": any value no one else on a host uses.)
 BLOCKED_GROUP = 0x77526E30
+# What one sandbox may hold of the host's connection tracking table (net.netfilter.
+# nf_conntrack_max, 262144 here, for everything on the host): its new flows past these are
+# refused. Before (session 14), 20000 UDP datagrams to distinct public ports, as nobody in 1.8
+# s, left 20000 entries in the host's table for 30 s: one sandbox could keep it full, and a
+# full table drops every new flow of the host (other sandboxes, the agent, the database).
+# Forwarded flows: 4096 (TCP's 120 s TIME_WAIT: ~34 new connections a second, sustained); to
+# the host (its resolver, the only thing it answers): 1024 (~34 queries a second). Not more:
+# connlimit walks a source's live flows for each new one (~0.1 us each; at 8192 a sandbox's
+# new flows cost ~1 ms of CPU each, in the softirq of whoever sends them).
+FLOWS_OUT_PER_SANDBOX = 4096
+FLOWS_IN_PER_SANDBOX = 1024
 _SYS_NET = Path("/sys/class/net")
 
 
@@ -223,6 +234,21 @@ class NetworkSlots:
             FWD_CHAIN, self.platform_deny, owner=self.owner, state_dir=self.claims_dir.parent / "egress-deny"
         )
         self.group_block = await self._blocked_group_rule()
+        await self._flow_caps()
+
+    @staticmethod
+    async def _flow_caps() -> None:
+        """First in WARREN-FWD and WARREN-IN: a sandbox's new flows past its share of the
+        host's connection tracking table are refused (FLOWS_*_PER_SANDBOX, per address)."""
+        for chain, cap in ((FWD_CHAIN, FLOWS_OUT_PER_SANDBOX), (IN_CHAIN, FLOWS_IN_PER_SANDBOX)):
+            rule = (
+                "-i", f"{VETH_PREFIX}+", "-m", "conntrack", "--ctstate", "NEW", "-m", "connlimit",
+                "--connlimit-above", str(cap), "--connlimit-mask", "32", "--connlimit-saddr", "-j", "REJECT",
+            )  # fmt: skip
+            if await _iptables("-C", chain, *rule, check=False):
+                continue
+            if not await _iptables("-I", chain, "1", *rule, check=False):
+                log.warning("event=flow_cap_unavailable chain=%s consequence=shared_conntrack_table", chain)
 
     @staticmethod
     async def _blocked_group_rule() -> bool:
