@@ -1,13 +1,29 @@
 """Session 14's attack from inside a sandbox towards its host and its neighbours, on the crun
-runtime (the default since session 12), the syscalls a 6.18 kernel has that the runtimes'
-libseccomp (2.5.4) does not know, and gVisor's runtime commands.
+runtime (the default since session 12), runc beside it, and gVisor's runtime commands: mostly
+what one sandbox can use up of what the kernel counts for the whole host, or per host uid (every
+sandbox maps its uids onto the same host range).
 
-Fixed: every ``runsc`` command (run and restore through their ``unshare … sh`` wrapper, exec,
-checkpoint, pause, resume, state, list, delete, the KVM probe) inherited the agent's whole
-environment (its settings, an EnvironmentFile's secrets, a service manager's ``NOTIFY_SOCKET``),
-where runc and crun get PATH alone since session 13 (``oci_spawner.runtime_env``). They now get
-PATH alone too. Held: runsc itself starts a sandbox's Sentry and Gofer (the processes that serve
-the tenant's syscalls and files) with an environment of its own, without the agent's.
+Fixed (each test failed on the tree before its fix):
+
+* every ``runsc`` command inherited the agent's whole environment (runc and crun get PATH alone
+  since session 13): now PATH alone. Held: runsc starts the Sentry and Gofer with an
+  environment of its own;
+* ``/proc/pressure`` was writable: each write made a PSI trigger on the host's group, ~128
+  bytes of kernel memory in no cgroup (~4 M per sandbox): now read-only;
+* ``memfd_secret`` split the host kernel's direct map for good (8 x 8 MiB: DirectMap1G 24 -> 13
+  GiB) and ``io_setup`` took the host's one AIO count (fs.aio-max-nr) from every other sandbox:
+  both ENOSYS now;
+* per host uid: epoll watches (~5.5 M, 1.15 GB of one sandbox's memory) and pipe pages; for
+  the host: the file table (pids.max x RLIMIT_NOFILE > fs.file-max), pids and ptys (3071 from
+  one sandbox, as nobody: no other sandbox could open a terminal). The agent lifts those
+  limits past what memory could hold (runtime/kernel_limits.py), a devpts holds 256 ptys;
+* the host's connection tracking table (one sandbox, 20000 entries in 1.8 s): at most 4096
+  forwarded and 1024 inbound flows a sandbox (agent/network.py).
+
+Not fixed, reported: descriptors in flight over unix sockets are counted per host uid against
+the sender's RLIMIT_NOFILE (no setting): one sandbox holding 4250 in flight as ``nobody`` made
+every other sandbox's ``nobody`` fail to pass one (ETOOMANYREFS), the guest's file calls as a
+named user included (they pass the opened file back over a socket pair).
 """
 
 from __future__ import annotations
