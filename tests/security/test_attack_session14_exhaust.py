@@ -125,7 +125,7 @@ def test_a_long_record_keeps_its_small_fields_and_a_digest(platform: Platform, a
         alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
-FLOOD = 1200
+FLOOD = 400
 
 
 def _failures_since(platform: Platform, team_id: str, since: object) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 QUOTA_MB = 48
 FILE_MB = 20  # what each round's layer holds (random bytes: they do not compress)
-ROUNDS = 8  # 160 MiB of layers: 3.3 times the quota, past the factor of 2
+ROUNDS = 6  # 120 MiB of layers: 2.5 times the quota, past the factor of 2
 MiB = 1024 * 1024
 
 

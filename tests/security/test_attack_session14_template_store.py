@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 QUOTA_MB = 32
 LAYER_MB = 16  # random bytes: they do not compress
-ROUNDS = 8  # 128 MiB of layers: 4 times the quota
+ROUNDS = 6  # 96 MiB of layers: 3 times the quota
 WAIT_S = 300
 
 
