@@ -1,12 +1,26 @@
-"""DialPort: a TCP connection to 127.0.0.1:<port> inside a sandbox's network namespace, relayed
-as raw bytes over one gRPC stream (docs/networking.md §3).
+"""DialPort: a TCP connection to a port of a sandbox, relayed as raw bytes over one gRPC stream
+(docs/networking.md §3). Only the sandbox's own ports are reachable, never the host's.
 
-A socket belongs to the netns it was created in, whichever thread uses it later. So a single
-dedicated thread enters the sandbox's netns (``setns(CLONE_NEWNET)``, which moves that thread
-only), creates the socket, and steps back; the event loop then connects and relays it like any
-other socket. The thread does nothing else, so even a failed step back could not make another
-socket of the agent's land in a sandbox. Servers bound to the sandbox's loopback are reachable
-this way; nothing of the host's is (the socket only sees the sandbox's netns).
+runc/crun: the kernel's network stack in the sandbox's netns is the sandbox's, so the agent
+dials 127.0.0.1:<port> there. A socket belongs to the netns it was created in, whichever thread
+uses it later. So a single dedicated thread enters the sandbox's netns
+(``setns(CLONE_NEWNET)``, which moves that thread only), creates the socket, and steps back;
+the event loop then connects and relays it like any other socket. The thread does nothing
+else, so even a failed step back could not make another socket of the agent's land in a
+sandbox. Servers bound to the sandbox's loopback are reachable this way; nothing of the host's
+is (the socket only sees the sandbox's netns).
+
+gVisor: the sandbox's TCP/IP stack is runsc's (netstack, in the Sentry). It takes ``eth0``'s
+address and routes away from the kernel's side of the netns, so a kernel socket there has no
+route at all and 127.0.0.1 is the netns's kernel loopback, which no sandbox process listens on.
+The one way in is the veth, as the agent's own guest connection goes: a host socket bound to
+the slot's host-side veth (``SO_BINDTODEVICE``), to the slot's sandbox address. Bound to that
+device, it can reach nothing but what is behind it (a host address or another slot's is not
+routed there), and the destination is the agent's (the slot's), never the caller's.
+Servers on 0.0.0.0 or the sandbox's address answer; gVisor's own loopback (a server bound to
+127.0.0.1 only) stays out of reach, and the guest's own TCP port is refused (the platform's,
+not the tenant's). Inbound, from the host: ``internet=false`` and the egress rules (FORWARD)
+do not apply, and the replies are accepted as any reply to the host (WARREN-IN's ESTABLISHED).
 
 Bounds: at most ``max_per_sandbox`` open dials per sandbox (RESOURCE_EXHAUSTED past it), reads
 of at most ``CHUNK`` bytes per message, and writes drained before the next message is taken, so
@@ -27,6 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from warren.agent.manager import SandboxManager
 from warren.agent.network import Slot
 from warren.agent.per_manager import PerManager
+from warren.agent.record import HostSandbox
+from warren.agent.runtime.gvisor import GUEST_PORT
+from warren.agent.runtime.gvisor import NAME as GVISOR
 from warren.errors import InvalidState, NotFound, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -81,30 +98,43 @@ class Dialer:
         finally:
             os.close(fd)
 
-    def _running_slot(self, sandbox_id: str) -> int:
+    def _running(self, sandbox_id: str) -> HostSandbox:
         sb = self.m.sandbox(sandbox_id)  # NotFound
         if sb.status != "running":
             raise InvalidState(f"sandbox {sandbox_id} is {sb.status}", code="sandbox_paused")
-        return sb.slot
+        return sb
+
+    def _still(self, sandbox_id: str, slot: int) -> None:
+        """The slot must still be this running sandbox's: a destroy (and a new sandbox in the
+        same slot) may have happened while the socket was being made or connected."""
+        if self._running(sandbox_id).slot != slot:
+            raise NotFound(f"sandbox {sandbox_id} not found")
 
     async def connect(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to 127.0.0.1:``port`` inside the running sandbox."""
+        """A connection to ``port`` of the running sandbox (see the module's docstring)."""
         sock = await self.connect_socket(sandbox_id, port)
         return await asyncio.open_connection(sock=sock, limit=CHUNK)
 
     async def connect_socket(self, sandbox_id: str, port: int) -> socket.socket:
         """The connected socket itself (non-blocking), for callers with their own transport."""
-        slot = self._running_slot(sandbox_id)
+        sb = self._running(sandbox_id)
+        slot = Slot(sb.slot)
         loop = asyncio.get_running_loop()
-        sock = await loop.run_in_executor(self._thread, self._socket_in, Slot(slot).netns_path)
+        if sb.runtime == GVISOR:
+            if port == GUEST_PORT:
+                raise PortNotOpen(f"port {port} is the platform's guest port")
+            sock, address = _socket_to_veth(slot), slot.sandbox_ip
+        else:
+            sock = await loop.run_in_executor(self._thread, self._socket_in, slot.netns_path)
+            address = "127.0.0.1"
         try:
-            # The slot must still be this sandbox's: a destroy (and a new sandbox in the same
-            # slot) may have happened while the socket was being made.
-            if self._running_slot(sandbox_id) != slot:
-                raise NotFound(f"sandbox {sandbox_id} not found")
+            self._still(sandbox_id, sb.slot)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await loop.sock_connect(sock, ("127.0.0.1", port))
+                await loop.sock_connect(sock, (address, port))
+            # A veth's address is the slot's, whoever holds it: connected to a sandbox that
+            # took the slot meanwhile, the socket is closed before a byte is relayed.
+            self._still(sandbox_id, sb.slot)
         except OSError as e:
             sock.close()
             if e.errno in (errno.ECONNREFUSED, errno.ECONNRESET):
@@ -174,6 +204,17 @@ class Dialer:
             with contextlib.suppress(BaseException):
                 await pump
             writer.close()
+
+
+def _socket_to_veth(slot: Slot) -> socket.socket:
+    """A host socket that can only leave through the slot's host-side veth (gVisor's way in)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, slot.veth.encode())
+    except OSError:
+        sock.close()
+        raise NotFound("the sandbox's network is gone") from None
+    return sock
 
 
 async def _pump(requests: AsyncIterator[pb.DialRequest], writer: asyncio.StreamWriter) -> None:
