@@ -30,6 +30,39 @@ def test_order_preserving(a: uuid.UUID, b: uuid.UUID) -> None:
     assert (ids.base36(a) < ids.base36(b)) == (a.int < b.int)
 
 
+def _one_digit_at_a_time(u: uuid.UUID) -> str:
+    """The definition (the loop ``ids.base36`` was until session 14): the reference."""
+    n, out = u.int, []
+    while n:
+        n, r = divmod(n, 36)
+        out.append("0123456789abcdefghijklmnopqrstuvwxyz"[r])
+    return "".join(reversed(out)).rjust(25, "0")
+
+
+EDGES = [0, 1, 35, 36, 1295, 1296, 36**12, 2**64 - 1, 2**64, 36**24 - 1, 36**24, (1 << 128) - 1]
+
+
+@pytest.mark.parametrize("n", EDGES, ids=[f"n{i}" for i in range(len(EDGES))])
+def test_base36_matches_the_definition_at_the_edges(n: int) -> None:
+    u = uuid.UUID(int=n)
+    assert ids.base36(u) == _one_digit_at_a_time(u)
+    assert int(ids.base36(u), 36) == n
+    assert ids.parse_id(ids.Kind.SANDBOX, ids.sandbox_id(u)) == u
+
+
+@given(uuids)
+def test_base36_matches_the_definition(u: uuid.UUID) -> None:
+    assert ids.base36(u) == _one_digit_at_a_time(u)
+    assert ids.base36(u) == _one_digit_at_a_time(u)  # the cached answer too
+
+
+def test_base36_small_values() -> None:
+    assert ids.base36(uuid.UUID(int=0)) == "0" * 25
+    assert ids.base36(uuid.UUID(int=1)) == "0" * 24 + "1"
+    assert ids.base36(uuid.UUID(int=35)) == "0" * 24 + "z"
+    assert ids.base36(uuid.UUID(int=36)) == "0" * 23 + "10"
+
+
 def test_known_values() -> None:
     assert ids.format_id(ids.Kind.TEAM, ids.ZERO_UUID) == "team-" + "0" * 25
     assert ids.base36(uuid.UUID(int=35)) == "0" * 24 + "z"
