@@ -14,9 +14,11 @@ gVisor: the sandbox's TCP/IP stack is runsc's (netstack, in the Sentry). It take
 address and routes away from the kernel's side of the netns, so a kernel socket there has no
 route at all and 127.0.0.1 is the netns's kernel loopback, which no sandbox process listens on.
 The one way in is the veth, as the agent's own guest connection goes: a host socket bound to
-the slot's host-side veth (``SO_BINDTODEVICE``), to the slot's sandbox address. Bound to that
-device, it can reach nothing but what is behind it (a host address or another slot's is not
-routed there), and the destination is the agent's (the slot's), never the caller's.
+the slot's host-side veth (``SO_BINDTODEVICE``), to the slot's sandbox address: the agent's
+value (``.2`` of the slot's /30, never a host address), never the caller's. Bound to the device,
+the packets leave by that veth or not at all (never by another route, should the slot's be
+gone), and a connection whose local end is not the veth's host end (``.1``) is closed before a
+byte is relayed.
 Servers on 0.0.0.0 or the sandbox's address answer; gVisor's own loopback (a server bound to
 127.0.0.1 only) stays out of reach, and the guest's own TCP port is refused (the platform's,
 not the tenant's). Inbound, from the host: ``internet=false`` and the egress rules (FORWARD)
@@ -135,6 +137,10 @@ class Dialer:
             # A veth's address is the slot's, whoever holds it: connected to a sandbox that
             # took the slot meanwhile, the socket is closed before a byte is relayed.
             self._still(sandbox_id, sb.slot)
+            if sb.runtime == GVISOR and sock.getsockname()[0] != slot.gateway:
+                # Only a connection that left by the veth's host end is the sandbox's (were the
+                # address ever one of the host's, the host itself would have answered).
+                raise PortNotOpen(f"port {port}: not reached through the sandbox's veth")
         except OSError as e:
             sock.close()
             if e.errno in (errno.ECONNREFUSED, errno.ECONNRESET):
