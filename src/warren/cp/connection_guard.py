@@ -8,7 +8,8 @@ stopped accepting anyone. (``limit_concurrency`` answers 503 only once a head is
 no connection that never sends one; ``h11_max_incomplete_event_size`` bounds the h11 parser's
 head size, not the httptools one uvicorn picks, and never its time.)
 
-``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol with three bounds added:
+``GuardedHttpToolsProtocol`` is uvicorn's httptools protocol with three bounds added (and a
+response's head written with its body, ``warren.cp.http_writes``):
 
 - **Head deadline**: a request head (request line and headers) must be whole within
   ``WARREN_HTTP_HEAD_TIMEOUT_S`` of the connection's opening, or of its first byte on a
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from warren.config import Settings, get_settings
+from warren.cp.http_writes import HeadHolder
 from warren.cp.services.rate_limits import address_key, is_trusted_proxy
 
 log = logging.getLogger("warren.connections")
@@ -113,6 +115,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._address: str | None = None  # counted under this key while open
         self._refused = False
+        self._holder: HeadHolder | None = None  # each cycle's transport: head and body in one write
 
     @classmethod
     def _limits(cls) -> ConnectionLimits:
@@ -134,7 +137,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.by_address[key] = self.by_address.get(key, 0) + 1
             self._address = key
         super().connection_made(transport)
+        self._holder = HeadHolder(transport, self.loop)
         self._arm()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and self._holder is not None and cycle.transport is self.transport:
+            cycle.transport = self._holder  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        if self._holder is not None:
+            self._holder.flush()  # a HEAD answer's head: no body write follows it
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
