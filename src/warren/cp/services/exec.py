@@ -255,7 +255,7 @@ async def start_process(
     finally:
         done.set()
         call.cancel()
-    sandbox_access.touch_later(engine, tgt.uuid)
+    sandbox_access.touch_later(engine, tgt.uuid, seen=tgt.sandbox.last_active_at)
     return ProcessInfo(pid=pid, tag=body.tag or None, cmd=body.cmd, args=body.args, cwd=body.cwd)
 
 

@@ -90,7 +90,7 @@ async def exec_command(
         held.release()
         raise
     out.duration_ms = int((clock.monotonic() - t0) * 1000)
-    sandbox_access.touch_later(engine, tgt.uuid)
+    sandbox_access.touch_later(engine, tgt.uuid, seen=tgt.sandbox.last_active_at)
     if held.bytes > _PIECE:
         return UnaryAnswer(held.release, body=render(tgt.sid, body.cmd, out, held.release))
     # Most answers: one write with a length instead of a chunked stream (~5 writes). The budget

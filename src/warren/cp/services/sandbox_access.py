@@ -14,11 +14,12 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warren import ids
+from warren import clock, ids
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import sandboxes as sandbox_svc
 from warren.cp.services.context import AuthContext
@@ -70,9 +71,20 @@ def target_of(found: sandbox_svc.Found, pool: HostClientPool) -> Target:
 _pending: set[asyncio.Task[None]] = set()
 
 
-def touch_later(engine: AsyncEngine, sandbox_uuid: uuid.UUID) -> None:
+def touch_due(seen: datetime | None, now_s: float) -> bool:
+    """Whether a touch at ``now_s`` would change what anyone reads: not when ``seen`` (the
+    row's ``last_active_at``) is already in that second."""
+    return seen is None or int(seen.timestamp()) != int(now_s)
+
+
+def touch_later(engine: AsyncEngine, sandbox_uuid: uuid.UUID, *, seen: datetime | None = None) -> None:
     """``sandboxes.touch`` after the answer has gone out (5 s budget, detached from the
-    request): the timestamp is bookkeeping, so the caller does not wait for it."""
+    request): the timestamp is bookkeeping, so the caller does not wait for it. ``seen``: the
+    row's ``last_active_at`` as the request read it; in the current second, the touch is
+    skipped (the API shows seconds, and the agent keeps the inactivity timeout itself): a
+    create's first exec, and execs in a loop, save a checkout, a statement and a row write."""
+    if not touch_due(seen, clock.time_s()):
+        return
 
     async def run() -> None:
         try:
