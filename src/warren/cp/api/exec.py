@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from warren.cp import ws
-from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, State, TeamContext
 from warren.cp.http_errors import error_responses
 from warren.cp.security import credentials
 from warren.cp.services import exec as svc
@@ -80,15 +80,17 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     responses=error_responses(400, *AUTH_ERRORS, 404, 409, 413, 502, 503),
     openapi_extra=json_body(svc.ExecBody),
 )
-async def exec_command(sandbox_id: str, request: Request, ctx: TeamContext, db: Db, pool: Pool) -> Response:
+async def exec_command(sandbox_id: str, request: Request, ctx: TeamContext, state: State) -> Response:
     """Run ``cmd`` with ``args`` (no shell) and wait for it. Output is UTF-8 text, or base64 for
     both streams when either is not UTF-8 (``encoding``). ``timeout_sec`` <= 0 means 30 s, and
     may not exceed the platform's maximum (default 3600). More than the unary output cap
     (16 MiB of stdout and stderr together by default) is 413 ``output_too_large``: the command
     is killed; use the exec stream. A client that disconnects cancels the command."""
     raw = await request.body()
-    settings = request.app.state.settings
-    work = unary.exec_command(db, pool, ctx, sandbox_id, raw, max_timeout=settings.max_exec_timeout_s,
+    # The app's state as one dependency, not two (each is a call FastAPI resolves per request).
+    settings = state.settings
+    work = unary.exec_command(state.engine, state.pool, ctx, sandbox_id, raw,
+                              max_timeout=settings.max_exec_timeout_s,
                               max_output=settings.max_exec_output)  # fmt: skip
     answer = await until_disconnected(request, work)
     if answer is None:
