@@ -16,7 +16,9 @@ platform is up and warm). It prints:
      (its background loops; those this harness can slow down are slowed, see ``QUIET``), each
      measurement --reps times;
   3. the same for the API's cheapest authenticated request (GET of an unknown sandbox: HTTP,
-     the API-key check, one statement), the floor under any request.
+     the API-key check, one statement), the floor under any request;
+  4. the same for a unary exec of ``true`` (--n of them, one at a time, in one sandbox kept
+     across the repetitions).
 
 ``--profile`` runs the CP without callgrind but with cProfile switched on around the same
 windows (a ``sitecustomize`` hook: SIGUSR1 starts a profile, SIGUSR2 writes it): Python calls per
@@ -64,6 +66,8 @@ QUIET = {
     "WARREN_LIFETIME_SWEEP_INTERVAL_S": "3600",
     "WARREN_REPLICA_LEASE_INTERVAL_S": "600",
     "WARREN_REPLICA_LEASE_TTL_S": "1200",
+    # The HTTP protocol `warren cp` serves with (cp/connection_guard.py), not uvicorn's plain one.
+    "UVICORN_HTTP": "warren.cp.connection_guard:GuardedHttpToolsProtocol",
 }
 # The agents beat once at start, then not again while this runs (the host monitor, which would
 # mark them unreachable, runs hourly in bench/schedule.py's CP): no heartbeat lands in a window.
@@ -132,6 +136,11 @@ def by_object(path: Path) -> Counter[str]:
         name = Path(obj).name if obj else "libpython3.11" if python else where.rsplit("/", 1)[-1]
         out[re.sub(r"\.cpython-\d+.*|-[0-9a-f]{8}\.so.*|\.so.*", "", name)] += int(ir.replace(",", ""))
     return out
+
+
+# The cheapest command: the unary exec path (sandbox lookup, ExecStream RPC, the answer, the
+# detached last_active_at touch) with almost nothing of the guest's in it.
+EXEC_BODY = b'{"cmd": "true"}'
 
 
 async def create(c: Conn) -> str:
@@ -240,11 +249,21 @@ async def measure(url: str, key: str, pid: int, out: Path, n: int, burst: int, r
     rate = idle / idle_dt
     print(f"idle CP: {rate / 1e6:.3f} M Ir/s (taken off below)")
     print(f"{'':34}{'n':>4}{'M Ir / request':>16}{'less idle':>11}{'in GC':>8}{'less both':>11}")
+    target: list[str] = []
+
+    async def execs() -> None:
+        for _ in range(n):
+            status, _, data = await conns[0].request("POST", f"/v1/sandboxes/{target[0]}/exec", EXEC_BODY)
+            assert status == 200, (status, data[:300])
+
     for label, work, k in (
         ("create, one at a time", one_at_a_time, n),
         (f"create, {burst} concurrent", concurrent, burst),
         ("GET unknown sandbox (the floor)", floor, n),
+        ("unary exec of `true`, one at a time", execs, n),
     ) * reps:
+        if work is execs and not target:
+            target.append(await create(conns[0]))  # kept (and its last_active_at) across reps
         ir, gc, dt = await counted_gc(pid, out, work())
         net = ir - rate * dt
         print(
@@ -256,6 +275,7 @@ async def measure(url: str, key: str, pid: int, out: Path, n: int, burst: int, r
             print("    " + ", ".join(f"{name} {v / k / 1e6:.3f}" for name, v in top) + " (M Ir / request)")
         await destroy_all(url, key, sids)
         sids.clear()
+    await destroy_all(url, key, target)
     for c in conns:
         c.close()
 
@@ -332,18 +352,24 @@ async def profile_windows(url: str, key: str, pid: int, out: Path, n: int, keep:
     c = Conn(u.host, u.port or 80, key)
     await c.open()
     missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
-    for label, is_create in (("create, one at a time", True), ("GET unknown sandbox (the floor)", False)):
+    target = await create(c)
+    windows = ("create, one at a time", "GET unknown sandbox (the floor)", "unary exec of `true`")
+    for i, label in enumerate(windows, 1):
         sids: list[str] = []
         os.kill(pid, signal.SIGUSR1)
         await asyncio.sleep(0.2)
         for _ in range(n):
-            if is_create:
+            if i == 1:
                 sids.append(await create(c))
-            else:
+            elif i == 2:
                 status, _, _ = await c.request("GET", missing)
                 assert status == 404, status
+            else:
+                status, _, data = await c.request("POST", f"/v1/sandboxes/{target}/exec", EXEC_BODY)
+                assert status == 200, (status, data[:300])
+        await asyncio.sleep(0.2)  # the exec's detached touch
         os.kill(pid, signal.SIGUSR2)
-        done = Path(f"{out}.{1 if is_create else 2}")
+        done = Path(f"{out}.{i}")
         deadline = time.monotonic() + 60
         while not done.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -353,6 +379,7 @@ async def profile_windows(url: str, key: str, pid: int, out: Path, n: int, keep:
         if keep is not None:
             shutil.copy(done, keep / done.name)
         await destroy_all(url, key, sids)
+    await destroy_all(url, key, [target])
     c.close()
 
 
