@@ -47,6 +47,7 @@ An upload content type sent to a ``BUFFER`` route buys nothing: that route buffe
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -61,6 +62,10 @@ from warren.cp.services.rate_limits import address_key, client_address
 MiB = 1024 * 1024
 KiB = 1024
 RETRY_AFTER_S = 2
+# A socket peer's key (an ``ipaddress`` parse, ~40 Python calls) once per peer, not per request
+# with a body; keyed by peers only (never by the client's X-Forwarded-For, which would let one
+# client fill it with whatever it sends).
+_peer_key = functools.lru_cache(maxsize=4096)(address_key)
 
 
 @dataclass(frozen=True)
@@ -342,6 +347,8 @@ class BodyCapMiddleware:
         client = scope.get("client")
         peer = str(client[0]) if client else ""
         forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        if not forwarded:  # the usual request: the peer's own key, parsed once per peer
+            return _peer_key(peer)
         return address_key(client_address(peer, forwarded, self.trusted_proxies))
 
     def _busy(self) -> _Refused:
