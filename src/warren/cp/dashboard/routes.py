@@ -197,7 +197,8 @@ async def team_page(request: Request) -> Response:
     sess, ctx = found
     engine = state_of(request).engine
     detail: teams_svc.TeamDetail | None = None
-    mine = (await invitations_svc.list_mine(engine, ctx)).items
+    mine_page = await invitations_svc.list_mine(engine, ctx)
+    mine, more_mine = mine_page.items, mine_page.next_cursor is not None
     if ctx.team_id is None:
         team_list = await teams_svc.list_teams(engine, ctx)
     else:
@@ -210,7 +211,9 @@ async def team_page(request: Request) -> Response:
         )
     viewer = Viewer(session=sess, ctx=ctx, teams=team_list)
     if detail is None or viewer.team is None or ctx.team_id is None:
-        return _page(request, viewer, "team.html", nav="team", title="Team", my_invitations=mine)
+        return _page(
+            request, viewer, "team.html", nav="team", title="Team", my_invitations=mine, more_mine=more_mine
+        )
     me = ids.user_id(ctx.user_id) if ctx.user_id else ""
     # "My role" comes from the member list, not from the token (docs/spec.md §8.6).
     my_role = next((m.role for m in detail.members if m.user_id == me), viewer.role)
@@ -220,7 +223,7 @@ async def team_page(request: Request) -> Response:
         request, viewer, "team.html", nav="team", title="Team",
         team=detail.team, members=detail.members, me=me, my_role=my_role,
         can_manage=can_manage, is_last_team=len(team_list) <= 1,
-        quota_rows=_quota_rows(quotas), my_invitations=mine, invitations=pending,
+        quota_rows=_quota_rows(quotas), my_invitations=mine, more_mine=more_mine, invitations=pending,
     )  # fmt: skip
 
 
