@@ -10,9 +10,11 @@ the context variables log lines and audit records read, returns the id in the re
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
+from prometheus_client import Histogram
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,14 +46,24 @@ def _route_of(scope: Scope) -> str:
 
 
 def _observe(method: str, route: str, status: int, seconds: float) -> None:
-    result = telemetry.result_of(status)
-    telemetry.HTTP_SECONDS.labels(method, route, f"{status // 100}xx").observe(seconds)
+    for histogram in _histograms(method, route, status // 100):
+        histogram.observe(seconds)
+
+
+@functools.lru_cache(maxsize=4096)
+def _histograms(method: str, route: str, status_class: int) -> tuple[Histogram, ...]:
+    """The histogram children a request's latency goes to, looked up once per (method, route
+    template, status class): ``labels`` takes a lock and checks its values on every call. The
+    keys are bounded: httptools' methods, the app's routes (``other`` for the rest)."""
+    result = telemetry.result_of(status_class * 100)
+    out = [telemetry.HTTP_SECONDS.labels(method, route, f"{status_class}xx")]
     if method == "POST" and route == "/v1/sandboxes":
-        telemetry.CREATE_SECONDS.labels(result).observe(seconds)
+        out.append(telemetry.CREATE_SECONDS.labels(result))
     elif (method, route) in _EXEC_ROUTES:
-        telemetry.EXEC_SECONDS.labels(result).observe(seconds)
+        out.append(telemetry.EXEC_SECONDS.labels(result))
     elif route.startswith(_FILES):
-        telemetry.FILE_SECONDS.labels(route.removeprefix(_FILES), result).observe(seconds)
+        out.append(telemetry.FILE_SECONDS.labels(route.removeprefix(_FILES), result))
+    return tuple(out)
 
 
 class ObserveMiddleware:
