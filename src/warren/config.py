@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     github_api_url: str = "https://api.github.com"
     oauth_redirect_url: str = ""  # where the callback sends the browser; default: dashboard
 
+    # Email verification (docs/auth.md "Verified emails"): the SMTP server password sign-ups'
+    # verification links go through, ``smtp://[user:pass@]host:25`` (STARTTLS when offered) or
+    # ``smtps://user:pass@host:465``; empty: no mail is sent, and password sign-ups stay
+    # unverified until an operator runs ``warren admin user verify EMAIL``.
+    smtp_url: str = ""
+    smtp_from: str = "warren@localhost"
+    # How long a verification link works; a link also dies once used.
+    email_verification_ttl_s: int = Field(default=86400, ge=60)
+
     # Named private ranges a platform admin may open for a team (services/egress.py, PUT
     # /v1/admin/teams/{id}/egress): "corp=10.20.0.0/16,10.21.0.0/16;db=192.168.5.10/32".
     # Otherwise sandboxes reach no private, link-local, CGNAT or loopback address.

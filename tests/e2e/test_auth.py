@@ -11,6 +11,7 @@ import pytest
 from playwright.async_api import expect
 
 from warren.cp.services import auth as auth_svc
+from warren.cp.services import oauth as oauth_svc
 from warren.cp.services import team_deletion
 
 from .conftest import JWT_SECRET, PASSWORD, LiveCP, Web, unique_email
@@ -184,6 +185,18 @@ async def test_github_button_and_oauth_landing_page(web: Web, live: LiveCP) -> N
             {"name": f"warren_oauth_{k}", "value": quote(v, safe=""), "url": live.url + "/auth/"}
             for k, v in values.items()
         ]
+    )
+    # Not without the binding cookie the callback sets beside them (session 14: a sibling host
+    # could plant the others).
+    await page.goto("/auth/github/callback")
+    await page.wait_for_url("**/login?error=missing_token")
+    bind = oauth_svc.landing_cookie_value(JWT_SECRET, result.token)
+    await page.context.add_cookies(
+        [
+            {"name": f"warren_oauth_{k}", "value": quote(v, safe=""), "url": live.url + "/auth/"}
+            for k, v in values.items()
+        ]
+        + [{"name": oauth_svc.bind_cookie_name(False), "value": bind, "url": live.url + "/"}]
     )
     await page.goto("/auth/github/callback")
     await page.wait_for_url("**/dashboard/sandboxes")

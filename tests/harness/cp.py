@@ -29,7 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.harness.invitations import join_team_async
+from tests.harness.invitations import join_team_async, verify_email_async
 from tests.harness.machine import free_port
 from warren import ids
 from warren.config import HTTP_KEEP_ALIVE_S, Settings
@@ -125,6 +125,7 @@ class InProcessCP:
         r = await self.http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "U"})
         assert r.status_code == 201, r.text
         body = r.json()
+        await verify_email_async(self.http, body["token"])
         user = User(self, body["token"], body["user_id"], body["team_id"], email)
         if admin:
             async with self.engine.begin() as conn:

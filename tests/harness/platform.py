@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import PASSWORD, CPProcess, run_sql
 from tests.harness.environ import environ
+from tests.harness.invitations import verify_email_async
 from tests.harness.machine import free_port
 from tests.harness.tenant import signed_up
 from warren.cp.db.engine import to_async_url
@@ -114,6 +115,7 @@ async def _admin_account(cp: CPProcess) -> Platform:
         assert r.status_code == 201, r.text
         auth = r.json()
         p = Platform(cp, email, auth["token"], "", auth["team_id"])
+        await verify_email_async(http, auth["token"])
         await p.sql("UPDATE users SET is_admin = true WHERE email = :e", e=email)
         r = await http.post("/v1/api-keys", json={"name": "sdk-tests"}, headers=p.user_headers)
         assert r.status_code == 201, r.text

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from tests.harness.cp import PASSWORD
+from tests.harness.invitations import verify_email
 
 
 @dataclass
@@ -64,6 +65,7 @@ def signup(url: str, name: str = "tenant") -> Tenant:
         r = c.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": name})
         assert r.status_code == 201, r.text
         auth = r.json()
+        verify_email(c, auth["token"])
         r = c.post("/v1/api-keys", json={"name": name}, headers={"Authorization": f"Bearer {auth['token']}"})
         assert r.status_code == 201, r.text
         tenant = Tenant(url, r.json()["key"], auth["team_id"], auth["token"])

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.harness.invitations import join_team_async
+from tests.harness.invitations import join_team_async, verify_email_async
 from warren import ids
 from warren.config import Settings
 from warren.cp.app import create_app
@@ -70,6 +70,7 @@ async def _signup(c: httpx.AsyncClient, name: str) -> Account:
     r = await c.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": name})
     assert r.status_code == 201, r.text
     b = r.json()
+    await verify_email_async(c, b["token"])  # session 14: only a verified email accepts
     return Account(email, b["user_id"], b["team_id"], b["token"])
 
 

@@ -35,10 +35,11 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 SECRET = "bob-secret-14"
 NO_TEAM_HINT = "accept an invitation or create a team"
-# What a teamless token may reach (docs/spec.md §2.1): its profile, its invitations, its team
-# list, a team of its own, switch-team.
+# What a teamless token may reach (docs/spec.md §2.1): its profile and email verification, its
+# invitations, its team list, a team of its own, switch-team.
 TEAMLESS_ROUTES = {
     ("GET", "/v1/users/me"),
+    ("POST", "/v1/users/me/verify-email"),  # session 14: a teamless user must verify to accept
     ("GET", "/v1/invitations"),
     ("POST", "/v1/invitations/{invitation_id}/accept"),
     ("POST", "/v1/invitations/{invitation_id}/decline"),

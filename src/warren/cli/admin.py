@@ -1,4 +1,5 @@
-"""``warren admin grant|revoke EMAIL``: platform administrators (``users.is_admin``);
+"""``warren admin grant|revoke EMAIL``: platform administrators (``users.is_admin``; granting
+also verifies the account's email); ``warren admin user verify EMAIL``: vouch for an address;
 ``warren admin backup|restore DIR``: the installation's backups (``warren.cp.backup``).
 
 No API sets this flag (docs/spec.md §1.2); an operator with access to the database does. The database
@@ -26,6 +27,7 @@ from warren.cp.backup import BackupError, make_backup, restore_backup
 from warren.cp.db.embedded import EmbeddedPostgres
 from warren.cp.db.engine import make_engine
 from warren.cp.db.tables import users
+from warren.cp.services import users as users_service
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -46,7 +48,14 @@ async def set_admin(url: str, email: str, value: bool) -> bool:
             result = await conn.execute(
                 update(users)
                 .where(users.c.email == email.strip().lower())
-                .values(is_admin=value, updated_at=func.now())
+                .values(
+                    is_admin=value,
+                    updated_at=func.now(),
+                    # The operator who makes an admin vouches for the address (docs/auth.md).
+                    email_verified_at=func.coalesce(users.c.email_verified_at, func.now())
+                    if value
+                    else users.c.email_verified_at,
+                )
                 .returning(users.c.id)
             )
             return result.first() is not None
@@ -92,6 +101,30 @@ def list_command(home: HomeOpt = None) -> None:
         emails = asyncio.run(list_admins(url))
     for e in emails:
         out.print(e)
+
+
+user_app = command_group("user", "Accounts: verify an email address an operator vouches for.")
+app.add_typer(user_app)
+
+
+async def _verify(url: str, email: str) -> bool:
+    engine = make_engine(url, pool_size=1)
+    try:
+        return await users_service.mark_verified(engine, email)
+    finally:
+        await engine.dispose()
+
+
+@user_app.command("verify")
+def verify(email: EmailArg, home: HomeOpt = None) -> None:
+    """Mark the account with EMAIL verified: it may accept team invitations. Without SMTP
+    (WARREN_SMTP_URL) this is how password sign-ups get verified; check the address first."""
+    with database_url(home) as url:
+        found = asyncio.run(_verify(url, email))
+    if not found:
+        err.print(f"[red]No account with email {escape(email.strip().lower())!r}.[/red]")
+        raise typer.Exit(1)
+    out.print(f"{escape(email.strip().lower())} is verified")
 
 
 DirArg = Annotated[Path, typer.Argument(help="The backup directory.", show_default=False)]

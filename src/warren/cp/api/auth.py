@@ -17,10 +17,11 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 )
 async def signup(body: SignupRequest, request: Request, engine: Db, settings: SettingsDep) -> AuthResult:
     """Create an account and its default team; answers with a JWT for that team. Signups per
-    client address are rate limited (429 ``rate_limited`` with ``Retry-After``)."""
+    client address are rate limited (429 ``rate_limited`` with ``Retry-After``). With SMTP
+    configured the address is mailed a verification link (docs/auth.md "Verified emails")."""
     return await auth_service.signup(
         engine, settings.jwt_secret, email=body.email, password=body.password, name=body.name,
-        attempt=sign_in_attempt(request),
+        attempt=sign_in_attempt(request), settings=settings,
     )  # fmt: skip
 
 

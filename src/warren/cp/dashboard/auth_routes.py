@@ -25,11 +25,12 @@ from warren.cp.dashboard.web import (
 )
 from warren.cp.security.credentials import Credentials
 from warren.cp.services import auth as auth_svc
+from warren.cp.services import email_verification
 from warren.cp.services import oauth as oauth_svc
 from warren.cp.services.authn import authenticate
 from warren.cp.services.context import AuthContext
 from warren.cp.state import sign_in_attempt, state_of
-from warren.errors import Forbidden, TooManyRequests, Unauthorized, WarrenError
+from warren.errors import Forbidden, InvalidRequest, TooManyRequests, Unauthorized, WarrenError
 
 router = APIRouter(include_in_schema=False)
 
@@ -44,6 +45,7 @@ OAUTH_ERRORS = {
     "missing_code": "GitHub did not return an authorization code. Please try again.",
     "exchange_failed": "Could not complete sign-in with GitHub. Please try again.",
     "email_taken": "An account with this email already exists. Sign in with your password instead.",
+    "invalid_email": "Your GitHub email is not accepted here (invisible characters or mixed scripts).",
     "db_error": "Sign-in failed because of a server error. Please try again.",
     "internal_error": "Something went wrong",
     "missing_token": "GitHub sign-in did not complete. Please try again.",
@@ -146,8 +148,9 @@ async def login_submit(
     try:
         if mode == "signup":
             result = await auth_svc.signup(
-                engine, secret, email=email, password=password, name=name, attempt=attempt
-            )
+                engine, secret, email=email, password=password, name=name, attempt=attempt,
+                settings=state_of(request).settings,
+            )  # fmt: skip
         else:
             result = await auth_svc.login(engine, secret, email=email, password=password, attempt=attempt)
     except WarrenError as e:
@@ -190,6 +193,8 @@ async def oauth_landing(request: Request, provider: str, error: str | None = Non
     def clear_oauth_cookies(resp: Response) -> Response:
         for n in names:
             resp.delete_cookie(oauth_svc.RESULT_COOKIE_PREFIX + n, path=oauth_svc.RESULT_COOKIE_PATH)
+        for secure in (True, False):
+            resp.delete_cookie(oauth_svc.bind_cookie_name(secure), path="/", secure=secure)
         return resp
 
     if provider not in oauth_svc.PROVIDERS:
@@ -202,6 +207,13 @@ async def oauth_landing(request: Request, provider: str, error: str | None = Non
         return clear_oauth_cookies(RedirectResponse("/login?error=missing_token", status_code=303))
     token = unquote(raw)
     settings = state_of(request).settings
+    bind = request.cookies.get(oauth_svc.bind_cookie_name(True)) or request.cookies.get(
+        oauth_svc.bind_cookie_name(False)
+    )
+    if not oauth_svc.landing_bound(settings.jwt_secret or "", token, bind):
+        # A token this browser's own flow did not receive (planted by a sibling host): nobody
+        # is signed in by it.
+        return clear_oauth_cookies(RedirectResponse("/login?error=missing_token", status_code=303))
     try:
         # The cookie is only a carrier: the token must be a valid JWT for a live user.
         ctx = await authenticate(
@@ -216,3 +228,17 @@ async def oauth_landing(request: Request, provider: str, error: str | None = Non
     resp = RedirectResponse(HOME if ctx.team_id else WELCOME, status_code=303)
     sessions.write(resp, request, settings.jwt_secret, sessions.for_login(token))
     return clear_oauth_cookies(resp)
+
+
+@router.get("/verify-email")
+async def verify_email(request: Request, token: str = "") -> Response:
+    """A verification email's link (docs/auth.md "Verified emails"): the account is verified
+    once; an expired, used or foreign link says so. No session needed: the link is the proof."""
+    state = state_of(request)
+    try:
+        email = await email_verification.verify(state.engine, state.settings, token[:256])
+    except InvalidRequest as e:
+        return render(request, "verify_email.html", title="Verification failed", ok=False,
+                      message=e.message, status_code=400)  # fmt: skip
+    message = f"{email} is verified: you can now accept team invitations."
+    return render(request, "verify_email.html", title="Email verified", ok=True, message=message)

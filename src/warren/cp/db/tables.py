@@ -94,6 +94,8 @@ users = Table(
     Column("is_admin", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
+    # When the holder proved they own ``email`` (0017); NULL: unverified, may not accept invitations.
+    Column("email_verified_at", TS, nullable=True),
 )
 
 users_teams = Table(

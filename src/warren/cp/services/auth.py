@@ -14,11 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import teams, users, users_teams
 from warren.cp.security import passwords
 from warren.cp.security.tokens import issue_user_jwt
-from warren.cp.services import audit, rate_limits, team_invitations
+from warren.cp.services import audit, email_verification, emails, rate_limits, team_invitations
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import TeamWithRole, email_registered, insert_account, login_team
 from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -26,7 +27,7 @@ from warren.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unautho
 MIN_PASSWORD = 8
 # Far above any real password; stops megabyte "passwords" from reaching the hasher.
 MAX_PASSWORD = 1024
-MAX_EMAIL = 254
+MAX_EMAIL = emails.MAX_EMAIL
 MAX_NAME = 100
 
 
@@ -41,14 +42,9 @@ class AuthResult(BaseModel):
 
 
 def normalize_email(email: str) -> str:
+    """How login looks an address up: trimmed and lowercased, nothing refused (an account from
+    before the email rule keeps signing in). New addresses go through ``emails.normalize_email``."""
     return email.strip().lower()
-
-
-def _validate_email(email: str) -> None:
-    if "@" not in email or len(email) < 3:
-        raise InvalidRequest("invalid email: it must contain '@' and be at least 3 characters")
-    if len(email) > MAX_EMAIL:
-        raise InvalidRequest(f"invalid email: at most {MAX_EMAIL} characters")
 
 
 def _token(
@@ -77,12 +73,13 @@ async def signup(
     password: str,
     name: str,
     attempt: rate_limits.Attempt | None = None,
+    settings: Settings | None = None,
 ) -> AuthResult:
     """``attempt``: the HTTP client's address and limits (every HTTP route passes it; in-process
-    callers such as the CLI and test fixtures are not rate limited)."""
-    email = normalize_email(email)
+    callers such as the CLI and test fixtures are not rate limited). ``settings``: mail the new
+    account its verification link when they configure SMTP (the HTTP routes pass them)."""
+    email = emails.normalize_email(email)
     name = name.strip()
-    _validate_email(email)
     if len(password) < MIN_PASSWORD:
         raise InvalidRequest(f"password must be at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:
@@ -116,6 +113,8 @@ async def signup(
             )  # fmt: skip
     except IntegrityError as e:
         raise Conflict("an account with this email already exists", code="email_taken") from e
+    if settings is not None:
+        await email_verification.after_signup(engine, settings, user_uuid, email)
     return _token(
         jwt_secret, user_id=user_uuid, team_id=team_uuid, role="owner", email=email, name=name, is_admin=False
     )

@@ -5,7 +5,9 @@ holds ``nonce:HMAC-SHA256(jwt_secret, nonce)`` so the callback can check that th
 finishes the flow is the one that started it. The callback always answers with a redirect to
 the dashboard's ``/auth/github/callback`` page: ``?error=<code>`` on failure, otherwise five
 short-lived cookies (``warren_oauth_token|user_id|team_id|email|name``, Path=/auth/, Max-Age 60,
-readable by the page's JavaScript, values percent-encoded) carry the login to the page.
+readable by the page's JavaScript, values percent-encoded) carry the login to the page, and an
+HttpOnly ``__Host-warren_signin_bind`` (plain ``warren_signin_bind`` over HTTP) binds them to this
+browser: the landing refuses a token without it (see ``landing_bound``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import oauth_providers, users
 from warren.cp.security.tokens import constant_time_equals, issue_user_jwt
+from warren.cp.services import emails
 from warren.cp.services.teams import email_registered, insert_account, login_team
-from warren.errors import NotFound
+from warren.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("warren.oauth")
 
@@ -128,6 +131,7 @@ class _Identity:
     provider_id: str
     email: str
     name: str
+    verified: bool = False
 
 
 async def _github_identity(settings: Settings, code: str) -> _Identity:
@@ -152,22 +156,35 @@ async def _github_identity(settings: Settings, code: str) -> _Identity:
             if user_resp.status_code != 200:
                 raise _Fail("exchange_failed")
             user: dict[str, Any] = user_resp.json()
-            email = user.get("email") or ""
-            if not email:
-                emails_resp = await client.get(f"{api}/user/emails", headers=headers)
-                if emails_resp.status_code == 200:
-                    for entry in emails_resp.json():
-                        if isinstance(entry, dict) and entry.get("primary") and entry.get("verified"):
-                            email = entry.get("email") or ""
-                            break
+            listed = await _github_emails(client, f"{api}/user/emails", headers)
     except (httpx.HTTPError, ValueError, AttributeError) as e:
         log.warning("github exchange failed: %s", e)
         raise _Fail("exchange_failed") from e
     provider_id = user.get("id")
+    email = user.get("email") or next((e for e, ok, primary in listed if primary and ok), "")
     if provider_id is None or not isinstance(email, str) or "@" not in email:
         raise _Fail("exchange_failed")
-    name = str(user.get("name") or user.get("login") or "").strip()[:100] or email.split("@")[0]
-    return _Identity(provider_id=str(provider_id), email=email.strip().lower(), name=name)
+    # Verified only as GitHub's emails API says it (the profile's public email carries no flag).
+    verified = any(ok and e.strip().lower() == email.strip().lower() for e, ok, _ in listed)
+    try:
+        clean = emails.normalize_email(email)
+    except InvalidRequest as e:
+        raise _Fail("invalid_email") from e
+    name = str(user.get("name") or user.get("login") or "").strip()[:100] or clean.split("@")[0]
+    return _Identity(provider_id=str(provider_id), email=clean, name=name, verified=verified)
+
+
+async def _github_emails(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> list[tuple[str, bool, bool]]:
+    """(email, verified, primary) of each address GitHub lists; [] if it lists none."""
+    resp = await client.get(url, headers=headers)
+    body = resp.json() if resp.status_code == 200 else []
+    return [
+        (str(e.get("email") or ""), e.get("verified") is True, e.get("primary") is True)
+        for e in (body if isinstance(body, list) else [])
+        if isinstance(e, dict)
+    ]
 
 
 async def _login_existing(engine: AsyncEngine, secret: str, user_id: uuid.UUID) -> dict[str, str]:
@@ -207,6 +224,16 @@ def _result(
     }
 
 
+async def _mark_verified(engine: AsyncEngine, user_id: uuid.UUID, email: str) -> None:
+    """The provider vouches for ``email`` now: verify the account if it still holds that address."""
+    async with autocommit(engine) as conn:
+        await conn.execute(
+            users.update()
+            .where(users.c.id == user_id, users.c.email == email, users.c.email_verified_at.is_(None))
+            .values(email_verified_at=clock.now())
+        )
+
+
 async def _find_identity(engine: AsyncEngine, provider: str, provider_id: str) -> uuid.UUID | None:
     async with autocommit(engine) as conn:
         uid = (
@@ -222,6 +249,8 @@ async def _find_identity(engine: AsyncEngine, provider: str, provider_id: str) -
 async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Identity) -> dict[str, str]:
     existing = await _find_identity(engine, provider, ident.provider_id)
     if existing is not None:
+        if ident.verified:
+            await _mark_verified(engine, existing, ident.email)
         return await _login_existing(engine, secret, existing)
     if await email_registered(engine, ident.email):
         # Accounts are never linked automatically: whoever controls the GitHub account may not
@@ -243,6 +272,8 @@ async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Iden
                     created_at=now,
                 )
             )
+            if ident.verified:
+                await conn.execute(users.update().where(users.c.id == user_id).values(email_verified_at=now))
     except IntegrityError:
         # A concurrent callback for the same identity won the race: log in as that user.
         existing = await _find_identity(engine, provider, ident.provider_id)
@@ -299,4 +330,38 @@ async def complete(
         )
         for key, value in result.items()
     ]
+    cookies.append(
+        Cookie(
+            name=bind_cookie_name(secure),
+            value=landing_cookie_value(secret, result["token"]),
+            path="/",
+            max_age=RESULT_MAX_AGE,
+            httponly=True,
+            secure=secure,
+        )
+    )
     return OAuthRedirect(location=target, cookies=cookies, expire=expire)
+
+
+# The landing's binding (session 14): a script on a sibling subdomain can set a ``Path=/auth/``
+# ``warren_oauth_token`` cookie for the CP's host and send the victim to the landing, which
+# signed them in as the attacker. The landing now also needs this cookie, whose value is a MAC
+# of the very token the callback issued, HttpOnly and, over HTTPS, ``__Host-``-prefixed: only
+# the CP's own host can set it (no Domain, Path=/, Secure), so a sibling cannot plant it, and a
+# planted token has no MAC. Over plain HTTP a cookie cannot be ``__Host-``; a sibling host on
+# plain HTTP can plant any cookie, which is why production runs HTTPS (docs/auth.md).
+BIND_COOKIE = "warren_signin_bind"
+
+
+def bind_cookie_name(secure: bool) -> str:
+    return f"__Host-{BIND_COOKIE}" if secure else BIND_COOKIE
+
+
+def landing_cookie_value(secret: str, token: str) -> str:
+    """The binding cookie's value for ``token``: a MAC only the CP can compute."""
+    return _mac(secret, "oauth-landing:" + hashlib.sha256(token.encode()).hexdigest())
+
+
+def landing_bound(secret: str, token: str, bind: str | None) -> bool:
+    """Whether this browser's binding cookie names ``token``: the flow it finished issued it."""
+    return bool(bind) and constant_time_equals(bind or "", landing_cookie_value(secret, token))

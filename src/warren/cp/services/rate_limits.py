@@ -134,6 +134,12 @@ async def count_signup(engine: AsyncEngine, attempt: Attempt) -> None:
         await _count(engine, [(key, attempt.limits.signup_per_address)], SIGNUP_WINDOW_S, "signups")
 
 
+async def count_keyed(engine: AsyncEngine, key: str, limit: int, window_s: float, what: str) -> None:
+    """One attempt of anything else counted by a key of its own (verification emails per
+    user); ``window_s`` at most an hour, the rows' cleanup age."""
+    await _count(engine, [(key, limit)], min(window_s, _DEAD_AFTER_S), what)
+
+
 # ------------------------------------------------------------------------ client address
 
 

@@ -35,7 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warren import clock, ids
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import team_invitations, teams, users, users_teams
-from warren.cp.services import Timestamp, audit
+from warren.cp.services import Timestamp, audit, emails
+from warren.cp.services import users as users_svc
 from warren.cp.services.audit_log import decode_cursor, encode_cursor
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import TeamWithRole, lock_team_and_role, require_manager, user_of
@@ -120,9 +121,10 @@ async def invite(
     """Invite a registered user by email. An unknown email is the 404 the direct add always
     answered (no more said about accounts than before); a member already is 409."""
     user_id = user_of(ctx)
-    clean = email.strip().lower()
-    if not clean:
+    if not email.strip():
         raise InvalidRequest("email is required")
+    # The signup rule: a look-alike or invisible-character address is refused, never looked up.
+    clean = emails.normalize_email(email)
     role = role or "member"
     if role not in INVITABLE_ROLES:
         raise InvalidRequest("role must be 'admin' or 'member'")
@@ -285,6 +287,10 @@ async def accept(engine: AsyncEngine, ctx: AuthContext, invitation_id: uuid.UUID
     async with transaction(engine) as conn:
         team_id = await _team_of_mine(conn, user_id, invitation_id)
         inv = await _take(conn, user_id, invitation_id)
+        # Whoever registered the address first gets its invitations: only its proven holder
+        # may join with one (session 14: an address squatter gains nothing). After the 404s;
+        # the refusal rolls the take back, the invitation stays for after verifying.
+        await users_svc.require_verified(conn, user_id)
         inviter_role = (
             await conn.execute(
                 select(users_teams.c.role).where(

@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.harness.invitations import join_team_async
+from tests.harness.invitations import join_team_async, verify_email_async
 from warren.config import Settings
 from warren.cp.api.deps import TeamContext
 from warren.cp.app import create_app
@@ -93,12 +93,18 @@ def unique_email(tag: str = "u") -> str:
     return f"{tag}-{uuid.uuid4().hex[:10]}@example.test"
 
 
-async def signup(client: httpx.AsyncClient, name: str = "Ann", email: str | None = None) -> User:
+async def signup(
+    client: httpx.AsyncClient, name: str = "Ann", email: str | None = None, *, verified: bool = True
+) -> User:
+    """A new account; ``verified``: its holder opened the verification link (only a verified
+    email may accept an invitation)."""
     email = email or unique_email(name.lower().replace(" ", ""))
     password = "correct horse battery"
     r = await client.post("/v1/auth/signup", json={"email": email, "password": password, "name": name})
     assert r.status_code == 201, r.text
     body = r.json()
+    if verified:
+        await verify_email_async(client, body["token"])
     return User(body["token"], body["user_id"], body["team_id"], body["email"], body["name"], password)
 
 

@@ -111,7 +111,7 @@ async def test_user_search(client: httpx.AsyncClient) -> None:
     # exact prefix with '@' in it
     r = await client.get("/v1/users/search", params={"email": f" ZED01_{tag}@sea "}, headers=me.h)
     assert r.status_code == 200 and [u["email"] for u in r.json()] == [made[1]]
-    assert set(r.json()[0]) == {"user_id", "email"}
+    assert set(r.json()[0]) == {"user_id", "email", "verified"}
     # wildcard characters are literal: unescaped, these would match zedx1… and every zed…
     for pattern in (f"zed_1{tag}@", f"zed%{tag}@", f"ZED%_{tag}@"):
         r = await client.get("/v1/users/search", params={"email": pattern}, headers=me.h)
