@@ -49,6 +49,9 @@ def refused(host_id: str, method: str = "other") -> AgentError:
     return err
 
 
+_AGENT_ANSWERS = ("port_not_open:",)  # UNAVAILABLE details the agent itself gives
+
+
 def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> AgentError:
     """An RPC error as the domain's AgentError (same status name; unreachable hosts say so)."""
     code = e.code()
@@ -59,7 +62,8 @@ def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> A
         log.info("no connection to host %s: %s", host_id, details)
         details = "failed to connect"  # the words sandbox_placement.never_reached looks for
     # The host id stays out of the message: sandbox answers never reveal which host runs them.
-    unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    # port_not_open is the agent's own answer (agent/rpc_errors.py): the host was reached.
+    unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not details.startswith(_AGENT_ANSWERS)
     message = f"host agent unreachable: {details}" if unreachable else details
     err = AgentError(message, rpc_code=name)
     err.host_id = host_id  # type: ignore[attr-defined]  # for logs

@@ -30,6 +30,11 @@ class Refusing(pb_grpc.HostAgentServicer):
         async for _ in request_iterator:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "read-only path")
 
+    async def DialPort(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for _ in request_iterator:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "port_not_open: nothing listens on 8000")
+        yield pb.DialEvent()
+
     async def ExecStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         async for _ in request_iterator:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "sandbox is paused")
@@ -94,3 +99,16 @@ async def test_an_unreachable_agent_says_so() -> None:
             await pb_grpc.HostAgentStub(channel).Stat(pb.StatRequest(), timeout=5)
     assert e.value.rpc_code == "UNAVAILABLE"
     assert e.value.message.startswith("host agent unreachable: ")
+
+
+async def test_a_closed_port_is_the_agent_answering_not_an_unreachable_host(stub: Any) -> None:
+    """UNAVAILABLE port_not_open comes from the agent itself: its message is not 'host agent
+    unreachable' (the proxy strips the 'port_not_open: ' prefix it then starts with)."""
+
+    async def requests() -> AsyncIterator[Any]:
+        yield pb.DialRequest(open=pb.DialOpen(sandbox_id="sb", port=8000))
+
+    with pytest.raises(AgentError) as e:
+        async for _ in stub.DialPort(requests(), timeout=10):
+            pass
+    _check(e.value, "UNAVAILABLE", "port_not_open: nothing listens on 8000")
