@@ -3,8 +3,15 @@
 One pidfd per running sandbox (``os.pidfd_open`` works for any process, child or not), on the
 event loop's reader: it becomes readable when the container's init (runc, crun) or gVisor's
 sandbox process exits, for whatever reason — the host's OOM killer, a ``kill -9`` from the host,
-the guest (PID 1) ending. Nothing polls: the metrics loop's check (``process_alive`` every
-``metrics_interval``) is only the fallback where a pidfd cannot be had.
+the guest (PID 1) ending. The metrics loop's check (:func:`gone` every ``metrics_interval``) is
+only the fallback where a pidfd cannot be had.
+
+A frozen container (paused in memory, a waiting warm-pool member) is the exception. The host's
+OOM killer thaws its victim, which then exits and fires the pidfd as any other; but a
+``kill -9`` from the host leaves the frozen process in the freezer (cgroup v1), alive with the
+SIGKILL pending, until something thaws it: no pidfd fires, and a resume would thaw a sandbox
+that dies at once. Nothing tells of a signal pending, so frozen ones are polled (their
+``/proc/<pid>/stat``, ~15 µs each), every ``FROZEN_POLL_S`` or slower with many of them.
 
 The manager decides what an exit means (a gVisor checkpoint ends the process on purpose); for a
 death it calls :meth:`ContainerExits.died`, which ends the guest calls in flight
@@ -18,9 +25,11 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from warren.agent.guest_client import GuestClient
+from warren.agent.proc import process_alive
+from warren.agent.record import HostSandbox
 from warren.errors import InvalidState
 
 log = logging.getLogger("warren.agent")
@@ -28,6 +37,51 @@ log = logging.getLogger("warren.agent")
 # Sandboxes that died, remembered for the calls that come after their teardown (the CP's row
 # says running until its next monitor pass). Bounded: the oldest are forgotten first.
 REMEMBERED = 4096
+# How often frozen containers are checked for a pending SIGKILL: every 0.1 s, or slower past
+# ~30 of them so that the checks cost at most ~0.5 % of a core (3 ms between checks apiece).
+FROZEN_POLL_S = 0.1
+FROZEN_POLL_EACH_S = 0.003
+_SIGKILL_BIT = 1 << 8  # signal 9 in the pending mask
+_PF_EXITING = 0x4  # the kernel's task flag: exit under way
+
+
+def ending(pid: int) -> bool:
+    """Whether ``pid`` is on its way out though not gone yet: a SIGKILL pending (a frozen process
+    acts on it only once thawed) or its exit under way (its pidfd fires only at the end)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # Counted from the state, after the command's ")": field 9 is the task's flags,
+            # field 31 its thread's pending signals (a kill(2) of the process sets SIGKILL on
+            # each of its threads).
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[6]) & _PF_EXITING != 0 or int(fields[28]) & _SIGKILL_BIT != 0
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def frozen(sb: HostSandbox) -> bool:
+    return sb.status == "paused" and sb.paused_state == "memory"
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a container's process has ended or is ending (a frozen one when thawed)."""
+    return not process_alive(pid) or ending(pid)
+
+
+def gone(sb: HostSandbox) -> bool:
+    """Whether the sandbox's container has ended. A sandbox paused to disk has no process to end."""
+    return (sb.status == "running" or frozen(sb)) and process_gone(sb.pid)
+
+
+async def confirmed_gone(sandboxes: Mapping[str, HostSandbox], sb_id: str, pid: int) -> HostSandbox | None:
+    """The sandbox whose watched process ``pid`` ended (or, frozen, was killed) if that is a
+    death: not when a pause or resume under way (waited for: its lock) leaves it paused to disk
+    or with another process (a gVisor checkpoint ends the process on purpose)."""
+    if (sb := sandboxes.get(sb_id)) is None or sb.pid != pid:
+        return None
+    async with sb.lock:
+        pass
+    return sb if sandboxes.get(sb_id) is sb and gone(sb) else None
 
 
 def gone_message(sb_id: str) -> str:
@@ -41,17 +95,29 @@ class ContainerExits:
         self._on_exit = on_exit
         self._fds: dict[str, tuple[int, int]] = {}  # sandbox id → (pid, pidfd)
         self._died: OrderedDict[str, None] = OrderedDict()
+        self._frozen: dict[str, int] = {}  # sandbox id → pid, polled (see the module's doc)
+        self._poll: asyncio.Task[None] | None = None
 
-    def watch(self, sb_id: str, pid: int) -> None:
-        """Watch ``pid`` as the sandbox's process (instead of any earlier one); 0: none."""
+    def watch_sandbox(self, sb: HostSandbox) -> None:
+        """Watch a sandbox as it is now: its process, and whether it is frozen."""
+        self.watch(sb.id, sb.pid, frozen=frozen(sb))
+
+    def watch(self, sb_id: str, pid: int, *, frozen: bool = False) -> None:
+        """Watch ``pid`` as the sandbox's process (instead of any earlier one); 0: none.
+        ``frozen``: its cgroup is frozen (a SIGKILL then waits for a thaw: polled)."""
         self.forget(sb_id)
         self._died.pop(sb_id, None)
         if pid <= 0:
             return
+        if frozen:
+            self._frozen[sb_id] = pid
+            if self._poll is None or self._poll.done():
+                self._poll = asyncio.get_running_loop().create_task(self._poll_frozen(), name="frozen-exits")
         loop = asyncio.get_running_loop()
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
+            self._frozen.pop(sb_id, None)
             loop.call_soon(self._on_exit, sb_id, pid)  # gone already
             return
         except OSError as e:  # no pidfds (a kernel before 5.3): the metrics loop notices
@@ -65,7 +131,18 @@ class ContainerExits:
             self.forget(sb_id)
             self._on_exit(sb_id, pid)
 
+    async def _poll_frozen(self) -> None:
+        """While any is frozen: one whose SIGKILL waits is reported as if it had exited."""
+        while self._frozen:
+            await asyncio.sleep(max(FROZEN_POLL_S, len(self._frozen) * FROZEN_POLL_EACH_S))
+            for sb_id, pid in list(self._frozen.items()):
+                if self._frozen.get(sb_id) == pid and ending(pid):
+                    log.info("event=frozen_container_killed sandbox_id=%s pid=%d", sb_id, pid)
+                    self.forget(sb_id)
+                    self._on_exit(sb_id, pid)
+
     def forget(self, sb_id: str) -> None:
+        self._frozen.pop(sb_id, None)
         got = self._fds.pop(sb_id, None)
         if got is not None:
             asyncio.get_running_loop().remove_reader(got[1])
@@ -74,6 +151,9 @@ class ContainerExits:
     def close(self) -> None:
         for sb_id in list(self._fds):
             self.forget(sb_id)
+        self._frozen.clear()
+        if self._poll is not None:
+            self._poll.cancel()  # it ends at its next turn; nothing to wait for
 
     def died(self, sb_id: str, guest: GuestClient | None) -> None:
         """The sandbox's container is gone for good: its guest calls end, new ones are refused."""

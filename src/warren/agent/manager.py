@@ -35,13 +35,12 @@ from warren import clock
 from warren.agent import metrics, record, sandbox_fs
 from warren.agent.admission import CreateAdmission
 from warren.agent.chain import Chain, TemplateConfig
-from warren.agent.container_exits import ContainerExits
+from warren.agent.container_exits import ContainerExits, confirmed_gone, gone, gone_message
 from warren.agent.container_ids import ContainerIds
 from warren.agent.create import BuildLimits, CreateRequest, SandboxBuilder, check_request
 from warren.agent.guest_client import GuestClient
 from warren.agent.layer_cache import LayerCache
 from warren.agent.network import NetworkSlots
-from warren.agent.proc import process_alive
 from warren.agent.readopt import readopt
 from warren.agent.record import HostSandbox, MetricPoint
 from warren.agent.runtime.base import Runtime
@@ -479,6 +478,7 @@ class SandboxManager:
             sb.status = "paused"
             sb.last_cpu = None
             self._save(sb)
+            self._exits.watch_sandbox(sb)  # frozen: a kill from the host is polled for
         log.info("event=sandbox_paused sandbox_id=%s reason=%s", sb_id, reason)
         return True
 
@@ -492,14 +492,18 @@ class SandboxManager:
         return await self._ops.run(self._resume(sb_id, timeout_sec))
 
     async def _resume(self, sb_id: str, timeout_sec: int | None) -> HostSandbox:
+        self._exits.check(sb_id)  # it died while paused: not running, even once removed
         sb = self._get(sb_id)
         async with sb.lock:
             self._still_there(sb)
             if sb.status != "paused":
                 raise InvalidState(f"sandbox {sb_id} is not paused (status {sb.status})")
+            if gone(sb):  # killed while frozen: a thaw would only let it die
+                self._ops.detach(self._died(sb))  # once the lock is free
+                raise InvalidState(gone_message(sb_id))
             await self._runtimes.resume(sb, self._dir(sb_id), self._guest)
-            self._exits.watch(sb_id, sb.pid)  # a gVisor sandbox's process is a new one
             sb.status, sb.paused_state = "running", ""
+            self._exits.watch_sandbox(sb)  # a gVisor sandbox's process is a new one
             if timeout_sec is not None and timeout_sec >= 0:
                 sb.timeout_sec = timeout_sec
             self._touch(sb)
@@ -553,17 +557,12 @@ class SandboxManager:
 
     def _register(self, sb: HostSandbox) -> None:
         self._sandboxes[sb.id] = sb
-        self._exits.watch(sb.id, sb.pid)
+        self._exits.watch_sandbox(sb)
         self._sample(sb)
 
     async def _exited(self, sb_id: str, pid: int) -> None:
-        """A pidfd said the sandbox's process ended: a death, unless a pause or resume under way
-        (a gVisor checkpoint ends the process) leaves it paused or with another process."""
-        if (sb := self._sandboxes.get(sb_id)) is None or sb.pid != pid:
-            return
-        async with sb.lock:
-            pass
-        if self._sandboxes.get(sb_id) is sb and sb.status == "running" and not process_alive(sb.pid):
+        """The watch said the sandbox's process ended (or, frozen, was killed)."""
+        if (sb := await confirmed_gone(self._sandboxes, sb_id, pid)) is not None:
             await self._died(sb)
 
     async def _died(self, sb: HostSandbox) -> None:
@@ -581,7 +580,7 @@ class SandboxManager:
         for sb in list(self._sandboxes.values()):
             if sb.lock.locked():
                 continue  # a pause or resume under way (a gVisor checkpoint ends the process)
-            if not process_alive(sb.pid):
+            if gone(sb):
                 await self._died(sb)  # where no pidfd told (container_exits.py) or it came first
                 continue
             self._sample(sb)
