@@ -14,6 +14,11 @@ cold path with the reason logged. Members belong to no team: they are in no list
 Terminate, PauseAll and a stopping agent destroy them, and an agent that starts destroys any it
 finds (they are rebuilt, never adopted).
 
+Members are watched as sandboxes are (container_exits.py: a pidfd each, and a poll for a kill
+that waits on a frozen one): a member whose container dies while it waits leaves its pool at
+once (``event=pool_member_died``, with why) and is replaced; a claim also checks the member it
+takes, so a dead one is never handed out.
+
 Refills run one member at a time, and only once no create has been in flight, received or ended
 for a moment (admission.py ``wait_quiet``): a burst reaches the agent as a stream with gaps, and
 a refill begun in a gap would build beside the burst's next creates. A build that fails backs off
@@ -38,6 +43,7 @@ from typing import Any
 
 from warren.agent import warm_claim
 from warren.agent.chain import Chain, TemplateConfig, start_template
+from warren.agent.container_exits import ContainerExits, ending, process_gone
 from warren.agent.container_ids import ContainerIds
 from warren.agent.create import (
     DEFAULT_DISK_MB,
@@ -48,8 +54,9 @@ from warren.agent.create import (
 )
 from warren.agent.guest_client import GuestClient
 from warren.agent.network import NetworkSlots
-from warren.agent.proc import mounts_under
+from warren.agent.proc import mounts_under, process_alive
 from warren.agent.record import HostSandbox
+from warren.agent.runtime.oci import cgroup_dir
 from warren.agent.sandbox_fs import MAPPED_BASE
 from warren.agent.teardown import Teardown
 from warren.agent.templates import TemplateRef
@@ -194,6 +201,8 @@ class WarmPools:
         self._suspended = False
         self._task: asyncio.Task[None] | None = None
         self._building: asyncio.Task[HostSandbox] | None = None
+        self._exits = ContainerExits(self._member_exited)
+        self._dead: set[asyncio.Task[None]] = set()  # dead members' destroys under way
 
     # ------------------------------------------------------------------------ configuration
 
@@ -283,7 +292,10 @@ class WarmPools:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        self._exits.close()
         await self.clear(reason="stop")
+        if self._dead:
+            await asyncio.wait(set(self._dead))
 
     async def clear(self, *, reason: str) -> None:
         """Destroy every ready member (targets stay). PauseAll calls this and suspends refills
@@ -310,11 +322,15 @@ class WarmPools:
         pools = [p for p in self.pools.values() if p.matches(req)]
         if not pools:
             return self._cold(req, "no_pool")
-        pool = next((p for p in pools if p.ready), None)
-        if pool is None:
-            return self._cold(req, "pool_empty", pools[0].name)
-        self._wake.set()
-        return pool.ready.pop(0)
+        for pool in pools:
+            while pool.ready:
+                member = pool.ready.pop(0)
+                self._wake.set()
+                self._exits.forget(member.id)  # claimed: the manager watches it as a sandbox
+                if not process_gone(member.pid):
+                    return member
+                self._member_died(pool, member)  # its death not told yet: never handed out
+        return self._cold(req, "pool_empty", pools[0].name)
 
     async def claim_started(
         self,
@@ -428,6 +444,7 @@ class WarmPools:
             await self._destroy_members([member], reason="not_needed")  # changed meanwhile
             return
         pool.ready.append(member)
+        self._exits.watch(member.id, member.pid, frozen=self.freeze)
         log.info(
             "event=warm_pool_refilled template=%s member=%s ready=%d target=%d ms=%.1f",
             pool.name, member.id, len(pool.ready), pool.target, (time.monotonic() - t0) * 1000,
@@ -456,10 +473,33 @@ class WarmPools:
                 raise
         return sb
 
+    def _member_exited(self, member_id: str, pid: int) -> None:
+        """The watch says a member's container ended (or, frozen, was killed)."""
+        for pool in self.pools.values():
+            member = next((m for m in pool.ready if m.id == member_id and m.pid == pid), None)
+            if member is not None:
+                pool.ready.remove(member)
+                self._member_died(pool, member)
+                self._wake.set()  # a replacement
+                return
+
+    def _member_died(self, pool: Pool, member: HostSandbox) -> None:
+        """A member out of its pool (the caller took it out) that died: logged, destroyed."""
+        log.warning(
+            "event=pool_member_died template=%s member=%s pid=%d why=%s",
+            pool.name, member.id, member.pid, _why_dead(member),
+        )  # fmt: skip
+        task = asyncio.create_task(self._destroy_members([member], reason="died"))
+        self._dead.add(task)
+        task.add_done_callback(self._dead.discard)
+
     async def _destroy_members(self, members: list[HostSandbox], *, reason: str) -> None:
         """A few at a time (a pool of 40 goes in seconds, not minutes); each runs to its end
         even if the caller is cancelled."""
         limit = asyncio.Semaphore(DESTROY_AT_ONCE)
+
+        for sb in members:
+            self._exits.forget(sb.id)
 
         async def one(sb: HostSandbox) -> None:
             async with limit:
@@ -477,3 +517,19 @@ class WarmPools:
             d = self.dir / member_id
             if d.exists() and not mounts_under(d):
                 shutil.rmtree(d, ignore_errors=True)
+
+
+def _why_dead(member: HostSandbox) -> str:
+    """Why a member's container ended, as far as the host tells: its memory cgroup's OOM kills,
+    a SIGKILL that waits on it (or its exit under way), or only that it exited."""
+    try:
+        with open(cgroup_dir("memory", member.id) / "memory.oom_control") as f:
+            for line in f:
+                key, _, count = line.partition(" ")
+                if key == "oom_kill" and count.strip() not in ("", "0"):
+                    return "out_of_memory"
+    except OSError:
+        pass
+    if process_alive(member.pid) and ending(member.pid):
+        return "killed"  # not dead yet: frozen (it dies when thawed), or dying
+    return "exited"
