@@ -7,7 +7,9 @@ Each pass, per host whose status is not ``pending``/``offline``:
   ``pending``/``starting``/``running`` sandboxes → ``missing``; no active phase this pass;
 * **active** — only for ``online`` hosts with an address: ``ListSandboxes`` and reconcile the
   host's ``missing`` and ``running`` records: auto-paused (or listed as paused) → ``paused``;
-  listed as running → ``running``; not on the host at all → ``stopped``. Also ``pending``
+  listed as running → ``running``; not on the host at all → ``stopped``; a ``paused`` record
+  only when its sandbox is not on the host at all (its container died while frozen, noticed by
+  the agent: agent/container_exits.py) → ``stopped``. Also ``pending``
   records that only a control plane that died mid-create leaves behind (SPEC is silent; D19):
   older than ``pending_grace_s`` (60 s) and not among the creates the host reports in flight —
   or, from an agent that does not report those, older than any create can take (the create RPC's
@@ -96,6 +98,8 @@ def _classify(
         agent_status = on_agent.get(sid)
         if r["status"] == "pending" and sid in creating and agent_status is None:
             continue  # its create is still under way on the host: the CP that asked may be alive
+        if r["status"] == "paused" and agent_status is not None:
+            continue  # only its absence is news (a resume under way may be listed running)
         if sid in auto_paused or agent_status == "paused":
             new = "paused"  # docs/design.md §4: never stopped, its state still exists on the host
         elif agent_status is None:
@@ -479,7 +483,7 @@ class HostMonitor(Worker):
         for new_status, items in to.items():
             if not items:
                 continue
-            for old_status in ("missing", "running", "pending"):
+            for old_status in ("missing", "running", "pending", "paused"):
                 batch = [r for r in items if r["status"] == old_status]
                 if not batch:
                     continue
@@ -516,7 +520,7 @@ class HostMonitor(Worker):
     async def _candidates(
         self, conn: AsyncConnection, h: RowMapping, asked_at: datetime, pending_s: float, *, orphans: bool
     ) -> Sequence[RowMapping]:
-        """The host's records the answer may change: `missing` and `running` ones, and `pending`
+        """The host's records the answer may change: `missing`, `running` and `paused` ones, `pending`
         ones older than ``pending_s`` or (``orphans``) whose replica's lease is gone or expired;
         none changed since the host was asked."""
         abandoned = sandboxes.c.last_updated < asked_at - timedelta(seconds=pending_s)
@@ -534,7 +538,7 @@ class HostMonitor(Worker):
                     sa.select(sandboxes.c.id, sandboxes.c.status, sandboxes.c.team_id).where(
                         sandboxes.c.host_id == h["id"],
                         sa.or_(
-                            sandboxes.c.status.in_(("missing", "running")),
+                            sandboxes.c.status.in_(("missing", "running", "paused")),
                             sa.and_(sandboxes.c.status == "pending", abandoned),
                         ),
                         sandboxes.c.last_updated < asked_at,

@@ -95,6 +95,7 @@ async def test_stale_heartbeat_marks_host_unreachable_and_sandboxes_missing(
     pool = FakePool()
     pool.get({"id": fresh}).alive = {ids.sandbox_id(other)}
     pool.get({"id": h}).alive = {ids.sandbox_id(sb["running"])}
+    pool.get({"id": h}).paused = {ids.sandbox_id(sb["paused"])}  # listed (else it died: stopped)
     m = monitor(engine, pool)
 
     fake_clock.advance(89)
@@ -136,13 +137,15 @@ async def test_active_phase_reconciles_with_the_agent(
     orphan = await rows.sandbox(team, h, "running")
     auto = await rows.sandbox(team, h, "running")
     paused = await rows.sandbox(team, h, "paused")
+    still_paused = await rows.sandbox(team, h, "paused")
+    resumed = await rows.sandbox(team, h, "paused")  # listed running: a resume under way
     listed_paused = await rows.sandbox(team, h, "running")
     listed_auto = await rows.sandbox(team, h, "running")
     pool = FakePool()
     agent = pool.get({"id": h})
-    agent.alive = {ids.sandbox_id(back), ids.sandbox_id(alive)}
+    agent.alive = {ids.sandbox_id(back), ids.sandbox_id(alive), ids.sandbox_id(resumed)}
     # Our runtime keeps paused sandboxes listed; the auto-paused list may name them too.
-    agent.paused = {ids.sandbox_id(listed_paused), ids.sandbox_id(listed_auto)}
+    agent.paused = {ids.sandbox_id(listed_paused), ids.sandbox_id(listed_auto), ids.sandbox_id(still_paused)}
     agent.auto_paused = {ids.sandbox_id(auto), ids.sandbox_id(missing_auto), ids.sandbox_id(listed_auto)}
     fake_clock.advance(1)
     await monitor(engine, pool).run_once()
@@ -152,7 +155,9 @@ async def test_active_phase_reconciles_with_the_agent(
     assert await rows.status(alive) == "running"
     assert await rows.status(orphan) == "stopped"
     assert await rows.status(auto) == "paused"
-    assert await rows.status(paused) == "paused"
+    assert await rows.status(paused) == "stopped"  # gone from its host: it died while paused
+    assert await rows.status(still_paused) == "paused"
+    assert await rows.status(resumed) == "paused"  # the resume's own update says running
     assert await rows.status(listed_paused) == "paused"
     assert await rows.status(listed_auto) == "paused"
     assert await _audits(engine, "pause") == 4
