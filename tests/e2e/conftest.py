@@ -30,7 +30,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import JWT_SECRET, InProcessCP
-from tests.harness.invitations import join_team_async
+from tests.harness.invitations import join_team_async, verification_path
 from tests.harness.machine import free_port, scratch_dir
 from warren import ids
 from warren.cli.admin import set_admin
@@ -92,6 +92,9 @@ class LiveCP(InProcessCP):
     ) -> Account:
         email = email or unique_email()
         result = await auth_svc.signup(self.engine, JWT_SECRET, email=email, password=password, name=name)
+        # The link a verification email would bring (only a verified email accepts invitations).
+        r = await self.http.get(verification_path(JWT_SECRET, result.user_id, result.email))
+        assert r.status_code == 200, r.text
         return Account(
             email=email, name=name, user_id=result.user_id, team_id=result.team_id, password=password
         )

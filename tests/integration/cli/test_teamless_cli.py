@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.harness.cp import PASSWORD
+from tests.harness.invitations import verify_email
 from tests.harness.platform import Platform
 from tests.harness.tenant import signup
 from warren.cli.main import app
@@ -32,6 +33,7 @@ def _teamless_email(url: str) -> str:
         r = c.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "Tess"})
         assert r.status_code == 201, r.text
         h = {"Authorization": f"Bearer {r.json()['token']}"}
+        verify_email(c, h)  # session 14: only a verified email accepts an invitation
         assert c.delete(f"/v1/teams/{r.json()['team_id']}", headers=h).status_code == 204
     return email
 

@@ -4,10 +4,10 @@ OAuth sign-up, invitations and search, so two accounts can never look the same.
 Normalized: NFC, trimmed, lowercased (the domain IDNA-checked). Refused: control, format (Cf:
 zero-width, bidi) and whitespace characters anywhere, unassigned or private-use code points,
 and any local part or domain label whose letters come from more than one script (a Latin
-address with one Cyrillic o, U+043E). The script of a letter is the first word of its Unicode name
-(LATIN, CYRILLIC, GREEK, ...); the Han, Hiragana, Katakana and Hangul scripts count as one
-(Japanese mixes them). Digits and punctuation belong to no script. Stored emails are never
-rewritten: the rule applies to what is typed.
+address with one Cyrillic o, U+043E). The script of a letter is the first word of its Unicode
+name (LATIN, CYRILLIC, GREEK, ...); the Han, Hiragana, Katakana and Hangul scripts count as
+one (Japanese mixes them), which may also mix with Latin. Digits and punctuation belong to no
+script. Stored emails are never rewritten: the rule applies to what is typed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def _script(ch: str) -> str | None:
 
 def _one_script(part: str, what: str) -> None:
     scripts = {s for s in map(_script, part) if s is not None}
-    if len(scripts) > 1:
+    # Latin beside Han/Kana/Hangul is how CJK users write (Unicode TR39's "highly restrictive"
+    # level allows it) and no letter of one passes for the other.
+    if len(scripts) > 1 and not scripts <= {"LATIN", "CJK"}:
         names = ", ".join(sorted(s.title() for s in scripts))
         raise _refuse(f"the {what} mixes letters of different scripts ({names}); "
                       "a look-alike letter makes one address pass for another")  # fmt: skip
