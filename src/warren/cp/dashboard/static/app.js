@@ -661,7 +661,10 @@
             (users || []).forEach(function (u, i) {
               var li = document.createElement("li");
               li.setAttribute("role", "option"); li.id = "sugg-" + i;
-              li.setAttribute("data-email", u.email); li.textContent = u.email;
+              // The id and whether the address is verified beside it: two accounts made before
+              // session 14's email rule may look alike, and only a verified one can accept.
+              li.setAttribute("data-email", u.email);
+              li.textContent = u.email + " · " + (u.verified ? "verified" : "unverified") + " · " + u.user_id;
               li.addEventListener("mousedown", function (e) { e.preventDefault(); choose(li); });
               list.appendChild(li);
             });
