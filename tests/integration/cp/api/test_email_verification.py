@@ -17,10 +17,12 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI
+from typer.testing import CliRunner
 
 from tests.harness.machine import free_port
 from tests.integration.cp.api.conftest import PUBLIC_URL, User, make_admin, make_settings, signup
 from warren import ids
+from warren.cli import admin as admin_cli
 from warren.cp.app import create_app
 from warren.cp.services import email_verification
 
@@ -152,4 +154,20 @@ async def test_an_operator_verifies_through_the_admin_route(mc: httpx.AsyncClien
     r = await mc.post("/v1/admin/users/verify-email", json={"email": "nobody@cp.test"}, headers=admin.h)
     assert r.status_code == 404, r.text
     r = await _accept_invite(mc, admin, u)
+    assert r.status_code == 200, r.text
+
+
+async def test_warren_admin_user_verify(
+    mc: httpx.AsyncClient, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an operator runs on a platform without SMTP (docs/operations.md)."""
+    owner = await signup(mc, "Op Owner")
+    u = await signup(mc, "Op Verified", verified=False)
+    monkeypatch.setenv("WARREN_DATABASE_URL", db_url)
+    runner = CliRunner()
+    done = await asyncio.to_thread(runner.invoke, admin_cli.app, ["user", "verify", u.email.upper()])
+    assert done.exit_code == 0 and "is verified" in done.output, done.output
+    missing = await asyncio.to_thread(runner.invoke, admin_cli.app, ["user", "verify", "nobody@cp.test"])
+    assert missing.exit_code == 1, missing.output
+    r = await _accept_invite(mc, owner, u)
     assert r.status_code == 200, r.text
