@@ -1,5 +1,6 @@
-"""The caller's own profile, user search and email verification state (docs/spec.md §2.1, §2.3,
-§7.10; docs/auth.md "Email addresses")."""
+"""The caller's own profile, user search and email verification state.
+
+See docs/spec.md §2.1, §2.3, §7.10 and docs/auth.md "Email addresses"."""
 
 from __future__ import annotations
 
