@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.app import create_app
+from warren.cp.services import oauth as oauth_svc
 
 from .conftest import JWT_SECRET, PUBLIC_URL, assert_error, make_settings, signup
 
@@ -355,3 +356,32 @@ async def test_not_configured_is_404(db_url: str) -> None:
         transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as cp:
             assert_error(await cp.get("/v1/auth/oauth/github"), 404, "provider_not_found")
+
+
+async def test_github_verified_email_verifies_the_account(
+    app: FastAPI, github: tuple[FakeGitHub, str]
+) -> None:
+    """Session 14: an address GitHub's /user/emails lists as verified is verified here (it may
+    accept invitations); a public profile email GitHub does not list as verified is not; the
+    callback sets the HttpOnly binding cookie the landing needs beside the token."""
+    fake, _ = github
+    n = uuid.uuid4().hex[:8]
+    ok = profile(
+        email=f"ok{n}@gh.test", emails=[{"email": f"ok{n}@gh.test", "primary": True, "verified": True}]
+    )
+    r = await run_flow(app, fake, ok)
+    bind = [
+        h for h in r.headers.get_list("set-cookie") if h.startswith(oauth_svc.bind_cookie_name(False) + "=")
+    ]
+    assert len(bind) == 1 and "httponly" in bind[0].lower() and "path=/;" in bind[0].lower(), bind
+    got = result_cookies(r)
+    unverified = profile(email=f"no{n}@gh.test", emails=[{"email": f"no{n}@gh.test", "primary": True}])
+    got_no = result_cookies(await run_flow(app, fake, unverified))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as cp:
+        h = {"Authorization": f"Bearer {got['token']}"}
+        found = (await cp.get("/v1/users/search", params={"email": f"ok{n}@"}, headers=h)).json()
+        assert [m["verified"] for m in found] == [True], found
+        found = (await cp.get("/v1/users/search", params={"email": f"no{n}@"}, headers=h)).json()
+        assert [m["verified"] for m in found] == [False], found
+    assert got_no["email"] == f"no{n}@gh.test"
