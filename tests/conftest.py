@@ -187,6 +187,7 @@ LONG_FEW_TEST_MODULES = (
     "tests/integration/cp/api/test_openapi.py",
     "tests/integration/cli/test_backup_restore.py",
     "tests/security/test_attack_preview_proxy.py",
+    "tests/security/test_attack_session14_host.py",
 )
 
 
