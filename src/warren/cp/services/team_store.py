@@ -98,7 +98,11 @@ async def _drop_unnamed_cache(conn: AsyncConnection, team_uuid: uuid.UUID) -> No
 
 async def check(engine: AsyncEngine, settings: Settings, team_uuid: uuid.UUID, more: int = 0) -> None:
     """Refuse (429) what would take the team past the bound: ``more`` bytes about to be written
-    (an import's), or any write at all once the count is at the bound (a build step's)."""
+    (an import's), or any write at all once the count is at the bound (a build step's). The
+    platform's own builds (``base``) are the operator's, bounded by no team's quota: the
+    platform team has no team row to hold one."""
+    if team_uuid == ids.PLATFORM_TEAM_ID:
+        return
     async with transaction(engine) as conn:
         quota = await quota_mb(conn, settings, team_uuid)
         used = await _locked_usage(conn, team_uuid)
@@ -139,7 +143,10 @@ async def _note(conn: AsyncConnection, team_uuid: uuid.UUID, meta: LayerMeta) ->
 
 
 async def note(engine: AsyncEngine, team_uuid: uuid.UUID, meta: LayerMeta) -> None:
-    """A layer the team's build or import put in the store counts for the team from now on."""
+    """A layer the team's build or import put in the store counts for the team from now on (the
+    platform's own are counted for no one, as ``check`` bounds them by none)."""
+    if team_uuid == ids.PLATFORM_TEAM_ID:
+        return
     async with autocommit(engine) as conn:
         await _note(conn, team_uuid, meta)
 
