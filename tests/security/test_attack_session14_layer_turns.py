@@ -128,7 +128,9 @@ async def snapshot_template(cluster: Cluster, key: str, name: str) -> str:
     r = await cluster.create(key, "minimal")
     assert r.status_code == 201, r.text
     sb = r.json()["id"]
-    script = {"cmd": "/bin/sh", "args": ["-c", "echo mine > /f"]}
+    # The name in the file: two snapshots of the same bytes made in the same second (mtimes are
+    # whole seconds in a layer tar) are one layer, which one push serves uncounted.
+    script = {"cmd": "/bin/sh", "args": ["-c", f"echo {name} > /f"]}
     r = await cluster.api("POST", f"/v1/sandboxes/{sb}/exec", key, json=script)
     assert r.status_code == 200, r.text
     r = await cluster.api("POST", "/v1/snapshots", key, json={"sandbox_id": sb, "name": name}, timeout=300)

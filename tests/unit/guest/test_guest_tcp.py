@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,26 @@ from warren.agent.guest_wire import GuestError, TcpGuest
 SECRET = "ab" * 32
 
 
+def _listen_port() -> int:
+    """A free port below the kernel's ephemeral range: ``free_port`` hands out an ephemeral one,
+    which another process's outgoing connection may take before the guest binds it (CI saw the
+    guest exit with EADDRINUSE)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, min(low, 32768)), 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port("127.0.0.1")
+
+
 @pytest.fixture
 def tcp_guest(start_guest: Callable[..., RunningGuest], tmp_path: Path) -> TcpGuest:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
-    port = free_port("127.0.0.1")
+    port = _listen_port()
     start_guest(extra=("--tcp", str(port), "--secret-file", str(secret_file)))
     addr = TcpGuest("127.0.0.1", port, SECRET.encode())
     asyncio.run(GuestClient(addr).wait_ready(30))
