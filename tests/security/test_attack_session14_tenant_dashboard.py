@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from tests.harness.cp import PASSWORD
+from tests.harness.invitations import verify_email
 from tests.harness.platform import Platform
 from tests.security.test_attack_session12_dashboard import ARGS, CHROMIUM, EVIL, PWN, Victim, _clean
 
@@ -48,7 +49,9 @@ def _signup(url: str, email: str, name: str) -> str:
 async def test_an_invitation_from_another_team_is_only_text(browser: Browser, platform: Platform) -> None:
     url = platform.url
     victim_email = f"victor-{uuid.uuid4().hex[:8]}@example.com"
-    _signup(url, victim_email, "Victor")
+    victim = _signup(url, victim_email, "Victor")
+    with httpx.Client(base_url=url, timeout=60) as v:
+        verify_email(v, victim)  # accepting an invitation needs a verified email (session 14)
     mallory = _signup(url, MALLORY_EMAIL, f"<b>{PWN}</b>")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {mallory}"}, timeout=60) as m:
         r = m.post("/v1/teams", json={"name": TEAM_NAME})
