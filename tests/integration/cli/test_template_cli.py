@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -116,26 +117,29 @@ def test_detach_then_follow_the_logs(env: dict[str, str]) -> None:
     assert code == 0 and "tick 3" in out and "ready cli-detached v1" in out
 
 
-def test_ctrl_c_stops_following_not_the_build(env: dict[str, str], tmp_path: Path) -> None:
+def test_ctrl_c_stops_following_not_the_build(
+    env: dict[str, str], platform: Platform, tmp_path: Path
+) -> None:
     spec = tmp_path / "Warrenfile"
-    # The SIGINT waits for the step's own first output, not its header: in session 14's CI (twice,
-    # with `sleep 10` and `sleep 30`) the quiet step's header reached the CLI only with the
-    # build's end, and the SIGINT found the CLI already exiting 0 (docs/status.md: a quiet
-    # step's header can wait for its first output under load).
+    # The SIGINT waits for the step's own first output: the build is running on the host.
     spec.write_text("FROM minimal\nRUN echo started; sleep 30; echo slept\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "warren.cli.main", "template", "build", "-n", "cli-ctrl-c", "-f", str(spec)],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
-    for line in proc.stdout:  # the step has started: the build is running on the host
+    t0, seen = time.monotonic(), []
+    for line in proc.stdout:
+        seen.append(f"{time.monotonic() - t0:.1f}s {line.rstrip()}")
         if line.strip() == "started":
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (out, err)
+    # On failure: when each line reached the CLI, and the CP's own account of the build.
+    why = (seen, out, err, platform.cp.log_tail(40), [a.log_tail(20) for a in platform.agents])
+    assert proc.returncode == 130, why
     m = re.search(r"warren template logs cli-ctrl-c (bld-\w+) --follow", err)
-    assert m and "goes on in the control plane" in err, err
+    assert m and "goes on in the control plane" in err, why
     code, out, _ = run(env, "logs", "cli-ctrl-c", m[1], "--follow")  # it went on, and finished
     assert code == 0 and "slept" in out and "ready cli-ctrl-c v1" in out
 

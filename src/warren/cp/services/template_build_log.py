@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,9 @@ DEFAULT_READ = 1024 * 1024
 STREAM_POLL_S = 0.2
 STREAM_KEEPALIVE_S = 15.0
 TERMINAL = ("ready", "failed")
+SLOW_FLUSH_S = 1.0  # a flush slower than this is logged: readers see the log that much late
+
+log = logging.getLogger("warren.builds")
 
 
 class LogWriter:
@@ -89,8 +93,12 @@ class LogWriter:
         await asyncio.shield(self._flush())
 
     async def _flush(self) -> None:
+        started = clock.monotonic()
         async with self._lock, transaction(self.engine) as conn:
             await self._append(conn, b"")
+        took = clock.monotonic() - started
+        if took > SLOW_FLUSH_S:
+            log.warning("event=build_log_flush_slow build_id=%s seconds=%.1f", self.build_id, took)
 
     @contextlib.asynccontextmanager
     async def ending(self) -> AsyncIterator[None]:
@@ -130,7 +138,10 @@ class LogWriter:
         while True:
             await asyncio.sleep(FLUSH_S)
             if self._buf or clock.monotonic() - self._last_flush >= heartbeat_s:
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception:  # the next tick tries again: a ticker gone ends the heartbeat
+                    log.exception("event=build_log_flush_failed build_id=%s", self.build_id)
 
 
 def _utf8_whole(data: bytes) -> bytes:
