@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # open at once in one CP process; the next is refused with 429 too_many_streams
     # (services/stream_slots.py). Each may hold a few MiB (docs/security.md), so this bounds a team.
     max_streams_per_team: int = Field(default=64, ge=1, le=100_000)
+    # The same streams of all the teams one account owns together (session 15): an account owns
+    # up to max_teams_per_user teams, and a per-team bound alone multiplied by them.
+    max_streams_per_owner: int = Field(default=128, ge=1, le=1_000_000)
     # File transfers' flow windows with the agents (rpc/flow_window.py): the largest one
     # transfer grows to, in bytes (262144: the fixed window of old), and what grown windows hold
     # past their first 256 KiB in this CP process, MiB in all and per team.
@@ -157,6 +160,9 @@ class Settings(BaseSettings):
     quota_memory_mb: int = Field(default=40960, ge=0)
     quota_snapshots: int = Field(default=20, ge=0)
     quota_snapshot_mb: int = Field(default=20480, ge=0)
+    # What the team's layers may hold of the template store (services/team_store.py): its
+    # snapshots', builds' and imports', deleted ones until the layer collector removes them.
+    quota_store_mb: int = Field(default=40960, ge=0)
     # Capacity-aware scheduling: a host takes a sandbox only while its sandboxes' reservations fit
     # its reported capacity times these ratios. CPU overcommit only costs speed (CFS shares the
     # cores); memory overcommit ends in OOM kills, so it is 1.0. Sandbox disks are tmpfs inside

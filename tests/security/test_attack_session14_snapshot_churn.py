@@ -12,7 +12,8 @@ check at the record, raced by several at once) left theirs likewise.
 Now every layer a team's snapshot writes to the store is the team's until the collector has
 removed it (``services/team_store.py``): a snapshot is refused (429 ``quota_exceeded``) and
 an export stops where the team's layers still in the store, live or not, would pass
-``STORE_FACTOR`` (2) times its snapshot quota; an export in flight holds its
+its store quota (``store_mb``; twice its snapshot quota until session 15, and set so here); an
+export in flight holds its
 room. The probes set a small quota for the attacker's own team and measure the store's
 directory.
 """
@@ -50,7 +51,9 @@ def _store_bytes(platform: Platform) -> int:
 
 def _admin_quota(platform: Platform, team_id: str, mb: int) -> None:
     with httpx.Client(base_url=platform.url, headers=platform.user_headers, timeout=60) as c:
-        r = c.put(f"/v1/admin/teams/{team_id}/quotas", json={"snapshot_mb": mb, "snapshots": 100})
+        # The store bound was twice the snapshot quota until session 15 gave it its own quota.
+        body = {"snapshot_mb": mb, "snapshots": 100, "store_mb": 2 * mb}
+        r = c.put(f"/v1/admin/teams/{team_id}/quotas", json=body)
         assert r.status_code == 200, r.text
 
 

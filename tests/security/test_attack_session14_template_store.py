@@ -11,7 +11,8 @@ templates and snapshots share.
 Now a team's builds and imports count against the same bound as its snapshots
 (services/snapshot_store.py): every layer the team wrote to the store counts until the
 collector removes it, and a build step (or an import) that would start past
-``STORE_FACTOR`` times the team's snapshot storage quota fails with 429 ``quota_exceeded``. The
+the team's store quota (``store_mb``; twice the snapshot storage quota until session 15, and set
+so here) fails with 429 ``quota_exceeded``. The
 probes give the attacker's own team a small quota and measure the store's directory.
 """
 

@@ -21,7 +21,7 @@ from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.monitor import HostMonitor
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.security.ca import CertificateAuthority
-from warren.cp.services import rate_limits
+from warren.cp.services import rate_limits, stream_slots
 from warren.cp.services.layer_gc import LayerGC
 from warren.cp.services.replica_lease import ReplicaLease
 from warren.cp.services.retention import RetentionWorker
@@ -53,6 +53,8 @@ class AppState(State):
         )
         # The request bodies this process is reading, on every listener (cp/body_cap.py).
         self.body_budget = BodyBudget.from_settings(settings)
+        # Streams are counted per process, so is their per-owner bound (services/stream_slots.py).
+        stream_slots.set_owner_limit(settings.max_streams_per_owner)
 
 
 def state_of(conn: HTTPConnection) -> AppState:

@@ -35,6 +35,7 @@ class PlatformLimitsRequest(StrictRequest):
     quota_memory_mb: _Value = _field("default team quota: total memory, MiB")
     quota_snapshots: _Value = _field("default team quota: snapshots")
     quota_snapshot_mb: _Value = _field("default team quota: total snapshot size, MiB")
+    quota_store_mb: _Value = _field("default team quota: the team's layers in the template store, MiB")
 
 
 class TeamQuotasRequest(StrictRequest):
@@ -45,6 +46,7 @@ class TeamQuotasRequest(StrictRequest):
     memory_mb: _Value = _field("total memory, MiB")
     snapshots: _Value = _field("snapshots")
     snapshot_mb: _Value = _field("total snapshot size, MiB")
+    store_mb: _Value = _field("the team's layers in the template store, MiB")
 
 
 def _sent(body: StrictRequest) -> dict[str, int | None]:

@@ -78,6 +78,7 @@ class TeamQuotasBody(_Body):
     memory_mb: StrictInt | None = None
     snapshots: StrictInt | None = None
     snapshot_mb: StrictInt | None = None
+    store_mb: StrictInt | None = None
 
 
 def _use_token(act: Action, response: Response, token: str) -> None:

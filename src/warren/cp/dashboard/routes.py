@@ -234,6 +234,7 @@ _QUOTA_LABELS = (
     ("memory_mb", "Memory", "MB"),
     ("snapshots", "Snapshots", ""),
     ("snapshot_mb", "Snapshot storage", "MB"),
+    ("store_mb", "Template store", "MB"),
 )
 
 

@@ -53,7 +53,7 @@ async def _authenticate_jwt(engine: AsyncEngine, claims: UserClaims, *, allow_te
         row = await conn.fetchrow(q.JWT_CHECK, claims.user_id, claims.team_id)
     if row is None:
         raise Unauthorized("invalid or expired token")
-    email, name, is_admin, role, team_live = row
+    email, name, is_admin, role, team_live, owner_id = row
     if not team_live or role is None:
         if allow_teamless:
             return AuthContext(
@@ -76,6 +76,7 @@ async def _authenticate_jwt(engine: AsyncEngine, claims: UserClaims, *, allow_te
         name=name,
         role=role,
         is_admin=bool(is_admin),
+        owner_id=owner_id,
     )
 
 
@@ -86,8 +87,18 @@ async def _authenticate_api_key(engine: AsyncEngine, api_key: str) -> AuthContex
         row = await conn.fetchrow(q.API_KEY_CHECK, hash_api_key(api_key), clock.now())
     if row is None:
         raise Unauthorized("invalid API key")
-    key_id, team_id, key_name = row
-    return AuthContext(kind="api_key", team_id=team_id, api_key_id=key_id, api_key_name=key_name)
+    key_id, team_id, key_name, owner_id = row
+    return AuthContext(
+        kind="api_key", team_id=team_id, api_key_id=key_id, api_key_name=key_name, owner_id=owner_id
+    )
+
+
+async def team_owner(engine: AsyncEngine, team_id: uuid.UUID) -> uuid.UUID | None:
+    """The account that owns ``team_id`` (for a context built from a credential that names the
+    team but no user: signed URLs, envd access tokens)."""
+    async with driver(engine) as conn:
+        owner: uuid.UUID | None = await conn.fetchval(q.TEAM_OWNER, team_id)
+    return owner
 
 
 def _user_token(creds: Credentials, *, require_user: bool) -> str:

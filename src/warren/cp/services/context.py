@@ -29,6 +29,9 @@ class AuthContext:
     # A sandbox's own access token (E2B's envd plane, docs/e2b.md §1.2) reaches that one
     # sandbox of team_id and nothing else: `sandboxes.find` refuses any other id.
     only_sandbox: str | None = None
+    # The account that owns team_id (its one ``owner`` member, fixed for the team's life), read
+    # with the credentials: per-owner bounds (services/stream_slots.py) count by it.
+    owner_id: uuid.UUID | None = None
 
     @property
     def is_manager(self) -> bool:

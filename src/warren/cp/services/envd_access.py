@@ -36,5 +36,7 @@ async def sandbox_access(
         row = await conn.fetchrow(q.LOOKUP_BY_ID, sb_uuid)
     if row is None or row["status"] in ("stopped", "error", "pending"):
         raise NotFound(f"sandbox {sandbox_id} not found")
-    ctx = AuthContext(kind="sandbox_token", team_id=row["team_id"], only_sandbox=sandbox_id)
+    ctx = AuthContext(
+        kind="sandbox_token", team_id=row["team_id"], only_sandbox=sandbox_id, owner_id=row["team_owner_id"]
+    )
     return ctx, Found(row, sandbox_model(row))

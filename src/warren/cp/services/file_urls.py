@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
 from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import files, sandboxes
+from warren.cp.services import authn, files, sandboxes
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.exec import check_user
 from warren.errors import Forbidden, InvalidRequest
@@ -53,9 +53,11 @@ class Grant:
     path: str
     user: str
 
-    def context(self) -> AuthContext:
+    async def context(self, engine: AsyncEngine) -> AuthContext:
         # The sandbox's team acts, as it does through its API keys; the signature is the credential.
-        return AuthContext(kind="api_key", team_id=self.team_id)
+        # Its owner too: the transfer counts in the owner's streams (services/stream_slots.py).
+        owner = await authn.team_owner(engine, self.team_id)
+        return AuthContext(kind="api_key", team_id=self.team_id, owner_id=owner)
 
 
 def _key(secret: str) -> bytes:
@@ -121,7 +123,7 @@ async def download(
     (a stream of the granting team's)."""
     body = json.dumps({"path": grant.path, "user": grant.user}).encode()
     return await files.open_read(
-        engine, pool, grant.context(), grant.sandbox_id, body, max_streams=max_streams
+        engine, pool, await grant.context(engine), grant.sandbox_id, body, max_streams=max_streams
     )
 
 
@@ -130,6 +132,6 @@ async def upload(
 ) -> None:
     """The request body streamed into the file (replaced atomically once whole), a stream of the
     granting team's."""
-    ctx, sid = grant.context(), grant.sandbox_id
+    ctx, sid = await grant.context(engine), grant.sandbox_id
     tgt = await files.upload_target(engine, pool, ctx, sid, grant.user, max_streams=max_streams)
     await files.write_stream(tgt, grant.path, chunks)

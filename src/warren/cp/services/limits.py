@@ -4,7 +4,8 @@
   a 400 naming the maximum, never silently clamped.
 - **Per-team quotas**: concurrent sandboxes (active = every one not stopped or errored, paused
   included: a paused sandbox keeps its memory on this runtime), their total vCPUs and memory,
-  snapshot count and total snapshot size. Past one: 429 ``quota_exceeded`` with the quota and the usage.
+  snapshot count and total snapshot size, and what the team's layers hold of the template store
+  (``store_mb``: ``services/team_store.py``). Past one: 429 ``quota_exceeded`` with the quota and the usage.
 - Both come from :class:`~warren.config.Settings` (``WARREN_MAX_SANDBOX_*``,
   ``WARREN_QUOTA_*``), overridden at run time by a platform admin in ``platform_limits``; a
   team's own ``teams.quota_*`` column (NULL = the platform default) overrides the quota.
@@ -44,7 +45,7 @@ DEFAULT_DISK_MB = 5120
 # Every sandbox but these holds its reservation (a paused one keeps its memory; a "missing" one,
 # on an unreachable host, may come back).
 INACTIVE = ("stopped", "error")
-QUOTAS = ("sandboxes", "vcpus", "memory_mb", "snapshots", "snapshot_mb")
+QUOTAS = ("sandboxes", "vcpus", "memory_mb", "snapshots", "snapshot_mb", "store_mb")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class PlatformLimits:
     quota_memory_mb: int
     quota_snapshots: int
     quota_snapshot_mb: int
+    quota_store_mb: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> PlatformLimits:
@@ -74,6 +76,7 @@ class PlatformLimits:
             quota_memory_mb=s.quota_memory_mb,
             quota_snapshots=s.quota_snapshots,
             quota_snapshot_mb=s.quota_snapshot_mb,
+            quota_store_mb=s.quota_store_mb,
         )
 
     def with_overrides(self, keys: Sequence[str] | None, values: Sequence[int] | None) -> PlatformLimits:
@@ -140,6 +143,10 @@ class Quotas(BaseModel):
     memory_mb: int = Field(description="total memory of those sandboxes, MiB")
     snapshots: int = Field(description="snapshots")
     snapshot_mb: int = Field(description="total size of the snapshots, MiB")
+    store_mb: int = Field(
+        description="what the team's layers hold of the template store (snapshots, builds, imports; "
+        "deleted ones until the layer collector removes them), MiB"
+    )
 
 
 class QuotaOverrides(BaseModel):
@@ -150,6 +157,7 @@ class QuotaOverrides(BaseModel):
     memory_mb: int | None = None
     snapshots: int | None = None
     snapshot_mb: int | None = None
+    store_mb: int | None = None
 
 
 class SandboxMaxima(BaseModel):
@@ -183,6 +191,7 @@ _QUOTA_LABELS = {
     "memory_mb": ("memory", " MiB"),
     "snapshots": ("snapshots", ""),
     "snapshot_mb": ("snapshot storage", " MiB"),
+    "store_mb": ("template store", " MiB"),
 }
 
 
@@ -219,9 +228,13 @@ async def _usage(conn: AsyncConnection, team_uuid: uuid.UUID) -> Quotas:
         )
     ).one()  # fmt: skip
     n_snap, snap_bytes = await snapshot_usage(conn, team_uuid)
+    from warren.cp.services import team_store  # it bounds by this module's quotas: imported late
+
+    store_bytes = await team_store.held_bytes(conn, team_uuid)
     return Quotas(
-        sandboxes=sb[0], vcpus=sb[1], memory_mb=sb[2], snapshots=n_snap, snapshot_mb=-(-snap_bytes // MiB)
-    )
+        sandboxes=sb[0], vcpus=sb[1], memory_mb=sb[2], snapshots=n_snap, snapshot_mb=-(-snap_bytes // MiB),
+        store_mb=-(-store_bytes // MiB),
+    )  # fmt: skip
 
 
 async def snapshot_usage(
@@ -278,6 +291,7 @@ class PlatformLimitsModel(BaseModel):
     quota_memory_mb: int = Field(description="default team quota: total memory, MiB")
     quota_snapshots: int = Field(description="default team quota: snapshots")
     quota_snapshot_mb: int = Field(description="default team quota: total snapshot size, MiB")
+    quota_store_mb: int = Field(description="default team quota: the team's layers in the store, MiB")
 
 
 # Maxima must allow at least one sandbox; quotas may be 0 (the team may create nothing).

@@ -248,15 +248,15 @@ async def _take_to_store(
     """The sandbox's writable layer into the store, within what the size quota leaves, then the
     record (one transaction swaps the old for the new: until it commits, the old one is whole)."""
     replacing = _counted(old)
-    room, quota_mb = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
+    room, _ = await _layer_room(engine, lim, team_uuid, replacing, parent.size_bytes)
     # What the team's snapshots hold of the store, deleted ones too, stays bounded (session 14).
-    hold_id, held = await team_store.hold(engine, team_uuid, quota_mb, room)
+    hold_id, held, store_mb = await team_store.hold(engine, lim, team_uuid, room)
     export = _export(engine, store, tgt.client(), tgt, held, (hold_id, team_uuid))
     try:
         meta = await asyncio.shield(asyncio.ensure_future(export))
     except PayloadTooLarge:
         if held < room:  # the store bound stopped it, not the quota
-            raise team_store.store_full(quota_mb) from None
+            raise team_store.store_full(store_mb) from None
         # Past what the quota leaves: refused like any snapshot over it (429).
         async with autocommit(engine) as conn:
             new_bytes = parent.size_bytes + room + 1

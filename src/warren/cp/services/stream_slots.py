@@ -3,12 +3,19 @@
 ``Connect``, ``StreamInput``, ``WatchDir``: ``cp/e2b/envd/app.py``, refused there as Connect's
 ``resource_exhausted``, HTTP 429), build-log event streams (``template_builds.stream_log``) and,
 since session 12, file transfers (``services/files.py``: downloads, and uploads while each file
-goes to the agent; the API's, signed URLs', E2B's ``/files``) together (``max_streams_per_team``).
+goes to the agent; the API's, signed URLs', E2B's ``/files``) together (``max_streams_per_team``),
+and those of all the teams one account owns together (``max_streams_per_owner``, session 15: an
+account owns up to ``max_teams_per_user`` teams, and six teams' 64 unread exec streams each held
+the CP +1018 MiB).
 
 Each open stream may hold a few WebSocket messages in the CP and the agent (one read ahead, one
 being handed on, its queued stdin), so without a cap one tenant opening hundreds of streams could
 hold hundreds of MiB. The count is per process (each replica has its own memory to protect) and
 lives in memory: a stream is a live connection to this process, gone when it restarts.
+
+The owner is the team's ``owner`` member (one per team, for its whole life: nobody becomes owner
+and the owner cannot leave), read with the credentials (``AuthContext.owner_id``). The platform
+team has none, so its streams (the operator's) are bounded per team only, as before.
 
 A route claims a slot after authenticating and before accepting the WebSocket, so a refusal is
 the plain HTTP answer 429 ``too_many_streams``::
@@ -31,15 +38,38 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
+from warren import ids
+from warren.config import Settings
 from warren.cp.services.context import AuthContext
 from warren.errors import TooManyRequests
 
-# Open streams per team in this process. The event loop is single-threaded: no lock needed.
+# Open streams per team and per owning account in this process. The event loop is
+# single-threaded: no lock needed.
 _open: Counter[uuid.UUID | None] = Counter()
+_owned: Counter[uuid.UUID] = Counter()
+# The per-owner bound: the process's (its counts are), set from Settings by cp/state.py.
+_per_owner = Settings.model_fields["max_streams_per_owner"].default
+
+
+def set_owner_limit(limit: int) -> None:
+    global _per_owner
+    _per_owner = limit
 
 
 def open_streams(team_id: uuid.UUID | None) -> int:
     return _open[team_id]
+
+
+def owned_streams(owner_id: uuid.UUID) -> int:
+    return _owned[owner_id]
+
+
+def _owner(ctx: AuthContext) -> uuid.UUID | None:
+    """Whose account count the stream joins: the team's owner; a context that did not read one
+    (none claims a slot today) counts as its team, so it is never bounded less than per team."""
+    if ctx.team_id is None or ctx.team_id == ids.PLATFORM_TEAM_ID:
+        return None
+    return ctx.owner_id or ctx.team_id
 
 
 class Slot:
@@ -48,6 +78,7 @@ class Slot:
 
     def __init__(self) -> None:
         self._team: uuid.UUID | None = None
+        self._owner: uuid.UUID | None = None
         self._held = False
 
     def claim(self, ctx: AuthContext, limit: int) -> None:
@@ -56,7 +87,7 @@ class Slot:
         time can be promised, so no Retry-After."""
         if self._held:
             return
-        team = ctx.team_id
+        team, owner = ctx.team_id, _owner(ctx)
         if _open[team] >= limit:
             raise TooManyRequests(
                 f"this team already has {limit} streams open (exec streams, terminals, watches, file "
@@ -64,8 +95,18 @@ class Slot:
                 code="too_many_streams",
                 limit=limit,
             )
+        if owner is not None and _owned[owner] >= _per_owner:
+            raise TooManyRequests(
+                f"the teams of this team's owner already have {_per_owner} streams open together "
+                "(max_streams_per_owner: exec streams, terminals, watches, file transfers and E2B "
+                "streams of every team the account owns); close one first",
+                code="too_many_streams_per_owner",
+                limit=_per_owner,
+            )
         _open[team] += 1
-        self._team, self._held = team, True
+        if owner is not None:
+            _owned[owner] += 1
+        self._team, self._owner, self._held = team, owner, True
 
     def release(self) -> None:
         if not self._held:
@@ -74,6 +115,10 @@ class Slot:
         _open[self._team] -= 1
         if _open[self._team] <= 0:
             del _open[self._team]
+        if self._owner is not None:
+            _owned[self._owner] -= 1
+            if _owned[self._owner] <= 0:
+                del _owned[self._owner]
 
     def __enter__(self) -> Slot:
         return self

@@ -14,12 +14,14 @@ was checked only when its build ended, after every layer was stored.
 So every layer a team writes to the store is counted for the team (``team_store_layers``) until
 the collector has removed it from the ``layers`` index: its snapshots' layers (an export in
 flight holds the room it may fill, ``hold``, replaced by its layer when stored, ``settle``), its
-build steps' and imports' layers (``note``). The team's count stays within ``STORE_FACTOR``
-times its snapshot storage quota: a snapshot's export stops there, a build step or an import
-that would start past it fails, 429 ``quota_exceeded``. The factor leaves a team room to
-replace everything once while the collector catches up. At the bound, the team's build cache
-entries that no template version names are dropped first (their layers then age out), so a
-team is never shut out for the cache's 7 days.
+build steps' and imports' layers (``note``). The team's count stays within its store quota
+(``quota_store_mb``, session 15; ``WARREN_QUOTA_STORE_MB``, 40 GiB by default: twice the snapshot
+storage default, room to replace everything once while the collector catches up): a snapshot's
+export stops there, a build step or an import that would start past it fails, 429
+``quota_exceeded`` (``quota: store_mb``). Until session 15 the bound was twice the snapshot
+storage quota, so a team whose snapshot quota was 0 could build nothing. At the bound, the
+team's build cache entries that no template version names are dropped first (their layers then
+age out), so a team is never shut out for the cache's 7 days.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from warren.cp.services import limits
 from warren.errors import TooManyRequests
 from warren.layers import LayerMeta
 
-STORE_FACTOR = 2
 MiB = 1024 * 1024
 HOLD_TTL_S = 3600.0  # a hold older than this is a dead CP's (an export runs at most 300 s)
 _t = team_store_layers
@@ -58,26 +59,28 @@ async def held_bytes(conn: AsyncConnection, team_uuid: uuid.UUID) -> int:
     return int((await conn.execute(q)).scalar_one())
 
 
-async def quota_mb(conn: AsyncConnection, settings: Settings, team_uuid: uuid.UUID) -> int:
-    """The team's snapshot storage quota in force (MiB)."""
-    lim = await limits.load(conn, settings)
+async def _quota(conn: AsyncConnection, lim: limits.PlatformLimits, team_uuid: uuid.UUID) -> int:
     team = (await conn.execute(sa.select(teams).where(teams.c.id == team_uuid))).mappings().one()
-    return limits.team_quotas(lim, team).snapshot_mb
+    return limits.team_quotas(lim, team).store_mb
+
+
+async def quota_mb(conn: AsyncConnection, settings: Settings, team_uuid: uuid.UUID) -> int:
+    """The team's store quota in force (MiB)."""
+    return await _quota(conn, await limits.load(conn, settings), team_uuid)
 
 
 def store_full(quota: int, used: int | None = None) -> TooManyRequests:
-    """429 ``quota_exceeded``: the team's layers in the store are at the bound."""
-    bound = STORE_FACTOR * quota * MiB
+    """429 ``quota_exceeded``: the team's layers in the store are at its store quota."""
     held = "are at" if used is None else f"hold {used // MiB} MiB of"
     return TooManyRequests(
         f"template store: the team's layers (snapshots, builds, imports; deleted ones included "
-        f"until the layer collector removes them, about an hour) {held} the {bound // MiB} MiB "
-        f"allowed ({STORE_FACTOR} times the {quota} MiB snapshot storage quota); delete some "
-        "and try again later, or ask a platform admin to raise the quota",
+        f"until the layer collector removes them, about an hour) {held} the {quota} MiB its "
+        "store quota (store_mb) allows; delete some and try again later, or ask a platform "
+        "admin to raise the quota",
         code="quota_exceeded",
         quota="store_mb",
-        limit=bound // MiB,
-        in_use=(used if used is not None else bound) // MiB,
+        limit=quota,
+        in_use=(used if used is not None else quota * MiB) // MiB,
     )
 
 
@@ -106,7 +109,7 @@ async def check(engine: AsyncEngine, settings: Settings, team_uuid: uuid.UUID, m
     async with transaction(engine) as conn:
         quota = await quota_mb(conn, settings, team_uuid)
         used = await _locked_usage(conn, team_uuid)
-    if used + more > STORE_FACTOR * quota * MiB or (not more and used >= STORE_FACTOR * quota * MiB):
+    if used + more > quota * MiB or (not more and used >= quota * MiB):
         await _refuse(engine, team_uuid, quota, used)
 
 
@@ -116,20 +119,24 @@ async def _refuse(engine: AsyncEngine, team_uuid: uuid.UUID, quota: int, used: i
     raise store_full(quota, used)
 
 
-async def hold(engine: AsyncEngine, team_uuid: uuid.UUID, quota: int, room: int) -> tuple[uuid.UUID, int]:
+async def hold(
+    engine: AsyncEngine, lim: limits.PlatformLimits, team_uuid: uuid.UUID, room: int
+) -> tuple[uuid.UUID, int, int]:
     """Hold up to ``room`` bytes of the store for a snapshot export of the team's; (the hold's
-    id, the bytes held, 0 when the quota itself leaves no room: its own refusal follows)."""
-    bound = STORE_FACTOR * quota * MiB
+    id, the bytes held, 0 when the snapshot quota itself leaves no room: its own refusal follows;
+    the team's store quota, MiB)."""
     hold_id = ids.new_uuid()
     async with transaction(engine) as conn:
         used = await _locked_usage(conn, team_uuid)
+        quota = await _quota(conn, lim, team_uuid)
+        bound = quota * MiB
         granted = max(min(room, bound - used), 0)
         if used < bound:
             row = {"id": hold_id, "team_id": team_uuid, "digest": None, "size_bytes": granted}
             await conn.execute(_t.insert().values(**row, written_at=clock.now()))
     if used >= bound:
         await _refuse(engine, team_uuid, quota, used)
-    return hold_id, granted
+    return hold_id, granted, quota
 
 
 async def _note(conn: AsyncConnection, team_uuid: uuid.UUID, meta: LayerMeta) -> None:

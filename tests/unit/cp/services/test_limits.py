@@ -39,9 +39,11 @@ def test_admin_overrides_win_and_lowered_maxima_lower_the_defaults() -> None:
 
 def test_a_team_quota_overrides_the_default_and_the_429_says_quota_and_usage() -> None:
     row = {"quota_sandboxes": 3, "quota_vcpus": None, "quota_memory_mb": None, "quota_snapshots": 0,
-           "quota_snapshot_mb": None}  # fmt: skip
+           "quota_snapshot_mb": None, "quota_store_mb": 64}  # fmt: skip
     q = limits.team_quotas(LIM, row)
-    assert (q.sandboxes, q.vcpus, q.snapshots, q.snapshot_mb) == (3, 40, 0, 20480)
+    assert (q.sandboxes, q.vcpus, q.snapshots, q.snapshot_mb, q.store_mb) == (3, 40, 0, 20480, 64)
+    # The store quota's default is its own (twice the snapshot default), not derived from it.
+    assert limits.team_quotas(LIM, {**row, "quota_snapshot_mb": 0, "quota_store_mb": None}).store_mb == 40960
     err = limits.quota_exceeded("memory_mb", 1024, 768, 512)
     assert err.code == "quota_exceeded" and err.retry_after is None
     assert "memory quota is 1024 MiB, 768 MiB in use, this needs 512 MiB more" in err.message

@@ -4,7 +4,8 @@ hottest statements of the CP."""
 # A user's row and their role in the team of the token ($1 user, $2 team), and whether that
 # team is live.
 JWT_CHECK = """
-    SELECT u.email, u.name, u.is_admin, ut.role, (t.id IS NOT NULL AND t.deleted_at IS NULL) AS team_live
+    SELECT u.email, u.name, u.is_admin, ut.role, (t.id IS NOT NULL AND t.deleted_at IS NULL) AS team_live,
+           (SELECT o.user_id FROM users_teams o WHERE o.team_id = $2 AND o.role = 'owner' LIMIT 1) AS owner_id
     FROM users u
     LEFT JOIN users_teams ut ON ut.user_id = u.id AND ut.team_id = $2
     LEFT JOIN teams t ON t.id = $2
@@ -28,5 +29,10 @@ API_KEY_CHECK = """
           AND (k.last_used IS NULL OR k.last_used <= $2::timestamptz - interval '1 second')
         RETURNING 1
     )
-    SELECT id, team_id, name FROM k
+    SELECT id, team_id, name,
+           (SELECT o.user_id FROM users_teams o WHERE o.team_id = k.team_id AND o.role = 'owner' LIMIT 1)
+    FROM k
 """
+
+# The team's owner (one per team, never changed: services/teams.py).
+TEAM_OWNER = "SELECT user_id FROM users_teams WHERE team_id = $1 AND role = 'owner' LIMIT 1"

@@ -15,7 +15,9 @@ LOOKUP = """
 # Any team's sandbox by id: the envd plane authenticates by the sandbox's own token
 # (services/envd_access.py) and learns the team from the row.
 LOOKUP_BY_ID = """
-    SELECT s.*, h.id AS h_id, h.address AS h_address
+    SELECT s.*, h.id AS h_id, h.address AS h_address,
+           (SELECT o.user_id FROM users_teams o WHERE o.team_id = s.team_id AND o.role = 'owner' LIMIT 1)
+               AS team_owner_id  -- per-owner stream bounds (services/stream_slots.py)
     FROM sandboxes s LEFT JOIN hosts h ON h.id = s.host_id
     WHERE s.id = $1
 """
@@ -45,7 +47,7 @@ TOUCH = "UPDATE sandboxes SET last_active_at = $2 WHERE id = $1 AND status = 'ru
 RESOLVE = (
     """
     SELECT t.is_byoc, t.quota_sandboxes, t.quota_vcpus, t.quota_memory_mb, t.quota_snapshots,
-           t.quota_snapshot_mb, t.egress_allow,
+           t.quota_snapshot_mb, t.quota_store_mb, t.egress_allow,
            (SELECT array_agg(key ORDER BY key) FROM platform_limits) AS limit_keys,
            (SELECT array_agg(value ORDER BY key) FROM platform_limits) AS limit_values,
            tpl.id AS template_id, tpl.team_id AS template_team_id, tpl.type AS template_type,
