@@ -164,7 +164,8 @@ async def _export(m: SandboxManager, sb: HostSandbox, step: BuildStep) -> AsyncI
     """The writable layer: the container stopped first (a daemon the step started must not
     write on while the layer is read), then the tar streamed while it is installed here."""
     await m.runtime.destroy(sb.id)
-    tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb.id).upper, step.max_layer_bytes)
+    upper = SandboxFs(m.sandboxes_dir / sb.id).upper
+    tar, meta = await m.layers.export(upper, step.max_layer_bytes, sb.uid_base)
     try:
         async for chunk in m.layers.stream_and_install(tar, meta, team=step.team):
             yield StepEvent(layer_chunk=chunk)

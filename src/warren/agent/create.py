@@ -31,7 +31,7 @@ from warren.agent.record import HostSandbox, SandboxSpec
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.bundle import GUEST_MOUNT, GUEST_SOCKET, BundleSpec, oci_config
 from warren.agent.sandbox_fs import DiskSize, SandboxFs
-from warren.agent.templates import TemplateRef
+from warren.agent.templates import MAPPED_BASE, TemplateRef, uid_base
 from warren.egress_rules import EgressRules
 from warren.errors import InternalError, InvalidRequest, WarrenError
 
@@ -67,6 +67,13 @@ class CreateRequest(SandboxSpec):
     guest_secret: str = ""
     restore_image: Path | None = None
     source_secret: str = ""
+
+
+def slot_uid_base(slot: Slot) -> int:
+    """Host uid of root in a sandbox on ``slot``: the slot's own range when it has a user
+    namespace of its own (runc/crun), else the canonical one (gVisor's plain slots, and hosts
+    that refuse unprivileged user namespaces, where the layers cannot be id-mapped either)."""
+    return MAPPED_BASE if slot.userns_path is None else uid_base(slot.index)
 
 
 def check_request(
@@ -192,8 +199,12 @@ class SandboxBuilder:
         sb_id = req.sandbox_id
         t0 = time.monotonic()
         net_task = self._claim_network(req, undo)
+
+        async def base() -> int:  # the sandbox's uid range comes with its slot
+            return slot_uid_base(await net_task)
+
         # A chain's layers are immutable and kept while in use (layer_cache): mounted in place.
-        lower = await fs.build(sb_id, lower, disk, undo, link_layers=req.chain is None)
+        lower = await fs.build(sb_id, lower, disk, undo, link_layers=req.chain is None, uid_base=base)
         t_mounts = time.monotonic()
         slot: Slot = await net_task
         if req.internet:  # before the container starts: it never runs without its rules
@@ -247,6 +258,7 @@ class SandboxBuilder:
             shm_dir=fs.shm,
             max_open_files=self.limits.max_open_files,
             userns_path=slot.userns_path,
+            uid_base=slot_uid_base(slot),
             netns_path=slot.netns_path,
             hostname=req.sandbox_id,
             vcpus=req.vcpus,
@@ -279,7 +291,7 @@ class SandboxBuilder:
             created_at=now, last_active_at=now, lower_layers=[str(p) for p in lower],
             snapshot_layers=snapshot_layers, base_config=base_config,
             chain=None if req.chain is None else req.chain.to_record(),
-            template_config=req.config.to_record(),
+            template_config=req.config.to_record(), uid_base=slot_uid_base(slot),
         )  # fmt: skip
 
     async def _start(self, sb: HostSandbox, fs: SandboxFs, undo: Undo, image: Path | None = None) -> None:

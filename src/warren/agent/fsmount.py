@@ -12,7 +12,7 @@ from pathlib import Path
 # Syscall numbers past 424 are the same on every architecture.
 _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
 _FSOPEN_CLOEXEC = 0x1
-_FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 1, 6
+_FSCONFIG_SET_STRING, _FSCONFIG_SET_FD, _FSCONFIG_CMD_CREATE = 1, 5, 6
 _FSMOUNT_CLOEXEC = 0x1
 _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -32,13 +32,17 @@ def _check(ret: int, what: str) -> int:
 
 
 def fs_mount(
-    fstype: str, params: Sequence[tuple[str, str]], target: Path, *, nosuid: bool, nodev: bool
+    fstype: str, params: Sequence[tuple[str, str | int]], target: Path, *, nosuid: bool, nodev: bool
 ) -> None:
-    """Mount a new ``fstype`` on ``target``, its string parameters set one by one, in order."""
+    """Mount a new ``fstype`` on ``target``, its parameters set one by one, in order: a string,
+    or an int (a file descriptor: overlayfs' ``lowerdir+`` takes a detached mount, idmap.py)."""
     fs = _check(_libc.syscall(_SYS_FSOPEN, fstype.encode(), _FSOPEN_CLOEXEC), f"fsopen {fstype}")
     try:
         for key, value in params:
-            ret = _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
+            if isinstance(value, int):
+                ret = _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_FD, key.encode(), None, value)
+            else:
+                ret = _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
             _check(ret, f"{fstype} {key}={value}")
         _check(_libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0), f"create {fstype}")
         attrs = (_MOUNT_ATTR_NOSUID if nosuid else 0) | (_MOUNT_ATTR_NODEV if nodev else 0)

@@ -433,15 +433,16 @@ class LayerCache:
 
     # ----------------------------------------------------------------------- exports
 
-    async def export(self, upper: Path, limit: int) -> tuple[Path, LayerMeta]:
+    async def export(self, upper: Path, limit: int, uid_base: int = MAPPED_BASE) -> tuple[Path, LayerMeta]:
         """A sandbox's writable layer as a layer tar (a temporary file here, for
-        :meth:`stream_and_install`). Past ``limit`` bytes (and this host's max):
+        :meth:`stream_and_install`), owners shifted back by ``uid_base`` (the sandbox's range:
+        the tar is canonical). Past ``limit`` bytes (and this host's max):
         ``RESOURCE_EXHAUSTED``, and nothing is left."""
         limit = min(limit, self.max_bytes) if limit > 0 else self.max_bytes
         tar = self._temp_path(".tar")
         try:
             async with self._exports:
-                meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit))
+                meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit, uid_base))
         except LayerError as e:  # the tenant's files (a `.wh.` name, holes): the caller's to fix
             tar.unlink(missing_ok=True)
             raise InvalidRequest(f"the sandbox's files cannot be exported: {e}") from e
@@ -541,9 +542,9 @@ class _Bounded(io.RawIOBase):
         return self.out.write(data)
 
 
-def _write_bounded(upper: Path, tar: Path, limit: int) -> LayerMeta:
+def _write_bounded(upper: Path, tar: Path, limit: int, uid_base: int) -> LayerMeta:
     with _new_file(tar) as f:
-        return write_layer(upper, cast(BinaryIO, _Bounded(f, limit)), uid_base=MAPPED_BASE)
+        return write_layer(upper, cast(BinaryIO, _Bounded(f, limit)), uid_base=uid_base)
 
 
 def _log_install_failure(task: asyncio.Future[bool]) -> None:

@@ -7,14 +7,17 @@ gRPC's fork handlers forbid forking the agent itself, docs/agent.md), and forks 
 millisecond. One request a line on stdin, one answer a line on stdout, in the requests' order:
 
     make <uid> <map> <netns path> <userns path>   ->  ok | err <why>
+    user <uid> <map> <userns path>                ->  ok | err <why>
     probe <uid>                                   ->  ok | err <why>
 
 ``make``: a child takes ``uid`` as its real, effective and saved uid and gid (no groups) and
 unshares a user and a network namespace together, so the user namespace is owned by ``uid`` and
 the netns belongs to it. The maker (root) then writes the uid and gid maps (``<map>``: "inner
-outer count", the sandboxes' one mapped range), bind-mounts the child's two namespace files on
+outer count", the slot's own range), bind-mounts the child's two namespace files on
 the paths given, and lets the child exit. On any failure nothing of it is left mounted and the
 answer says why; a child that does not report within ``CHILD_TIMEOUT`` is killed and reported.
+``user``: the same with a user namespace alone (an id-mapped mount's map, idmap.py); its map
+also keeps host root as itself.
 ``probe``: the same child, made and let go (whether this host lets an unprivileged uid do it).
 Requests are pipelined: every request read is forked at once and its children unshare side by
 side (creates arriving together do not queue behind each other's namespaces).
@@ -48,7 +51,7 @@ def _check(ret: int, what: str) -> None:
         raise MakerError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def _child(uid: int, maker: int, ready_w: int, go_r: int) -> None:
+def _child(uid: int, flags: int, maker: int, ready_w: int, go_r: int) -> None:
     """In the forked child: become ``uid``, unshare, say so, wait to be let go. Never returns."""
     code, step = 0, "setgroups"
     # Nothing else of the maker's: the agent's pipes and the other children's, whose ends of
@@ -71,7 +74,7 @@ def _child(uid: int, maker: int, ready_w: int, go_r: int) -> None:
         if os.getppid() != maker:  # the maker died before the death signal was armed
             os._exit(1)
         step = "unshare"
-        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "CLONE_NEWUSER|CLONE_NEWNET")
+        _check(_libc.unshare(flags), f"unshare {flags:#x}")
         os.write(ready_w, b"R")
         os.read(go_r, 1)  # "go", or end of file when the maker is gone
     except BaseException as e:
@@ -89,7 +92,8 @@ class Job:
     def __init__(self) -> None:
         self.answer: str | None = None
         self.pid = self.ready_r = self.go_w = -1
-        self.targets: tuple[str, str, str] | None = None  # (map, netns path, userns path)
+        # (map, netns path or "" for none, userns path)
+        self.targets: tuple[str, str, str] | None = None
         self.deadline = time.monotonic() + CHILD_TIMEOUT
 
 
@@ -104,19 +108,24 @@ def _uid(word: str) -> int:
 def start(line: str) -> Job:
     """A job for one request line, its child forked (or its answer already known)."""
     job, words = Job(), line.split(" ")
+    flags = CLONE_NEWUSER | CLONE_NEWNET
     try:
         if words[0] == "make" and len(words) == 7:
             job.targets = (" ".join(words[2:5]), words[5], words[6])
+        elif words[0] == "user" and len(words) == 6:
+            # Host root stays itself: layer dirs it owns (a layer image's root, 0700) remain
+            # reachable for the overlay's mounter through the id-mapped mount.
+            job.targets, flags = ("0 0 1\n" + " ".join(words[2:5]), "", words[5]), CLONE_NEWUSER
         elif not (words[0] == "probe" and len(words) == 2):
             raise ValueError(f"bad request {line[:80]!r}")
         uid = _uid(words[1])
-        job.pid, job.ready_r, job.go_w = _fork(uid)
+        job.pid, job.ready_r, job.go_w = _fork(uid, flags)
     except (OSError, ValueError) as e:
         job.answer = f"err {e}"
     return job
 
 
-def _fork(uid: int) -> tuple[int, int, int]:
+def _fork(uid: int, flags: int) -> tuple[int, int, int]:
     """(pid, its ready pipe's read end, its go pipe's write end) of a child made for ``uid``."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -130,7 +139,7 @@ def _fork(uid: int) -> tuple[int, int, int]:
     if pid == 0:
         os.close(ready_r)
         os.close(go_w)
-        _child(uid, maker, ready_w, go_r)
+        _child(uid, flags, maker, ready_w, go_r)
     os.close(ready_w)
     os.close(go_r)
     return pid, ready_r, go_w
@@ -170,6 +179,8 @@ def _bind_pair(pid: int, id_map: str, netns: str, userns: str) -> None:
             finally:
                 os.close(fd)
         for kind, target in (("net", netns), ("user", userns)):
+            if not target:
+                continue
             _bind(f"{proc}/ns/{kind}", target)
             bound.append(target)
     except BaseException:

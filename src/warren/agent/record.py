@@ -18,6 +18,7 @@ from typing import Any
 
 from warren.agent import sandbox_fs
 from warren.agent.guest_client import GuestClient
+from warren.agent.templates import MAPPED_BASE
 
 RECORD_FILE = "record.json"
 # Build steps' transient sandboxes (build_step.py): never listed, never re-adopted.
@@ -74,15 +75,20 @@ class HostSandbox(SandboxSpec):
     guest_secret: str = field(default="", repr=False)
     # A gVisor checkpoint under way: no new command may reach the guest (gvisor_ops.pause).
     checkpointing: bool = field(default=False, repr=False)
+    # Host uid of the sandbox's root (templates.uid_base of its slot; MAPPED_BASE for gVisor
+    # and for records older than per-sandbox ranges): exports shift owners back by it.
+    uid_base: int = MAPPED_BASE
 
     RECORD_FIELDS = (
         "id", "status", "team_id", "template_id", "template", "vcpus", "memory_mb", "disk_size_mb",
         "timeout_sec", "internet", "env", "slot", "host_ip", "created_at", "last_active_at",
         "lower_layers", "snapshot_layers", "base_config", "pid", "chain", "template_config",
-        "runtime", "paused_state", "guest_secret",
+        "runtime", "paused_state", "guest_secret", "uid_base",
     )  # fmt: skip
     # Fields that records written before them lack: such a record loads with their defaults.
-    OPTIONAL_FIELDS = frozenset({"chain", "template_config", "runtime", "paused_state", "guest_secret"})
+    OPTIONAL_FIELDS = frozenset(
+        {"chain", "template_config", "runtime", "paused_state", "guest_secret", "uid_base"}
+    )
 
     def record(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every field, the lock (and the futures of any

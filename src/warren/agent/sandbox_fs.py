@@ -1,6 +1,6 @@
 """The host side of a sandbox's filesystem: its directory, its mounts, its identity files.
 
-Per sandbox, under ``<data-dir>/sandboxes/<id>/`` (``0710 root:MAPPED_BASE``: the runtime's
+Per sandbox, under ``<data-dir>/sandboxes/<id>/`` (``0710 root:<uid base>``: the runtime's
 init, running as sandbox root, must walk to ``rootfs``; no other host user gets in)::
 
     record.json, config.json   0600: they hold the sandbox's env, typically secrets
@@ -9,7 +9,8 @@ init, running as sandbox root, must walk to ``rootfs``; no other host user gets 
         upper/ work/           the overlay's writable layer
         shm/                   bind-mounted at /dev/shm: shared memory counts against the cap
         etc/                   hostname, hosts, resolv.conf: bind-mounted over the rootfs's
-    rootfs/                    the overlay mount; nosuid, nodev
+    rootfs/                    the overlay mount; nosuid, nodev; its lowers id-mapped from the
+                               canonical range to the sandbox's own (idmap.py)
     run/                       a tiny tmpfs bound at /run/warren (the guest's socket)
 
 The rule (docs/design.md §6): the agent never resolves a tenant-controlled path on the host. Anything
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from warren.agent import idmap
 from warren.agent.fsmount import fs_mount
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, run, umount
 from warren.agent.templates import MAPPED_BASE
@@ -110,11 +112,12 @@ def _private_dir(path: Path, mode: int, gid: int = 0) -> None:
 
 
 def secure_data_dirs(data_dir: Path, sandboxes_dir: Path) -> None:
-    """The agent's dirs: others may pass through the data dir (sandbox root walks it to its
-    rootfs) but list nothing; the sandboxes dir is for root and sandbox root only."""
+    """The agent's dirs: others may pass through the data dir and the sandboxes dir (each
+    sandbox's root, a host uid of its own, walks them to its rootfs) but list nothing; each
+    sandbox's own dir is for root and that sandbox's root only."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o711)  # noqa: S103 - search only: sandbox root walks through it
-    _private_dir(sandboxes_dir, 0o710, MAPPED_BASE)
+    _private_dir(sandboxes_dir, 0o711)
 
 
 def check_traversable(sandboxes_dir: Path) -> None:
@@ -122,7 +125,7 @@ def check_traversable(sandboxes_dir: Path) -> None:
     walk down to its rootfs, or every create fails with a bare EACCES."""
     for p in [sandboxes_dir, *sandboxes_dir.parents]:
         st = os.stat(p)
-        if st.st_mode & 0o001 or (st.st_gid == MAPPED_BASE and st.st_mode & 0o010):
+        if st.st_mode & 0o001:
             continue
         raise SystemExit(
             f"{p} is not searchable by other users (mode {oct(st.st_mode & 0o777)}); sandbox "
@@ -199,14 +202,16 @@ class SandboxFs:
 
     async def build(
         self, sb_id: str, lower: list[Path], disk: DiskSize, undo: list[Callable[[], Awaitable[Any]]],
-        *, link_layers: bool = True,
+        *, link_layers: bool = True, uid_base: Callable[[], Awaitable[int]] | None = None,
     ) -> list[Path]:  # fmt: skip
         """Make the dir, its mounts and identity files; return the overlay's lower layers as
         mounted (topmost first). Each step appends its rollback to ``undo``. ``link_layers``:
         hard-link all but the bottom layer into the sandbox's dir (a legacy snapshot's layers);
-        a chain's store layers are mounted where they are."""
+        a chain's store layers are mounted where they are. ``uid_base``: the host uid of the
+        sandbox's root (awaited once the steps that need none are done: it comes with the
+        network slot); None: the canonical MAPPED_BASE, the layers' own (gVisor)."""
         d = self.root
-        _new_dir(d, 0o710, 0, MAPPED_BASE)
+        _new_dir(d, 0o700)
         undo.append(lambda: asyncio.to_thread(remove_tree, d, ignore_errors=True))
         for sub in (self.disk, self.rootfs, self.run):
             sub.mkdir(mode=0o700)
@@ -223,33 +228,51 @@ class SandboxFs:
         opts = f"size={disk.mb}m,nr_inodes={disk.inodes},mode=0700"
         mount(f"warren-{sb_id}", str(self.disk), "tmpfs", opts, MS_NOSUID | MS_NODEV)
         undo.append(lambda: _umount_lazy(self.disk))
-        _new_dir(self.upper, 0o755, MAPPED_BASE)
-        _new_dir(self.disk / "work", 0o700)
-        _new_dir(self.shm, 0o1777, MAPPED_BASE)
-        _new_dir(self.identity, 0o755)
-        for name, text in identity_files(sb_id).items():
-            _new_file(self.identity / name, text, MAPPED_BASE, 0o644)
-        run_opts = f"{RUN_TMPFS_OPTS},uid={MAPPED_BASE},gid={MAPPED_BASE}"
+        base = MAPPED_BASE if uid_base is None else await uid_base()
+        # Searchable by this sandbox's root only (the runtime's init walks it to rootfs).
+        os.chown(d, 0, base)
+        os.chmod(d, 0o710)  # noqa: S103 - search only, for its root
+        self._own_dirs(sb_id, base)
+        run_opts = f"{RUN_TMPFS_OPTS},uid={base},gid={base}"
         mount(f"warren-{sb_id}", str(self.run), "tmpfs", run_opts, MS_NOSUID | MS_NODEV | MS_NOEXEC)
         undo.append(lambda: _umount_lazy(self.run))
-        mount_overlay(f"warren-{sb_id}", self.rootfs, lower, self.upper, self.disk / "work")
+        userns_fd = None if base == MAPPED_BASE else await idmap.open_userns(MAPPED_BASE, base)
+        try:
+            mount_overlay(f"warren-{sb_id}", self.rootfs, lower, self.upper, self.disk / "work", userns_fd)
+        finally:
+            if userns_fd is not None:
+                os.close(userns_fd)
         undo.append(lambda: _umount_lazy(self.rootfs))
         return lower
 
+    def _own_dirs(self, sb_id: str, base: int) -> None:
+        """The writable layer, /dev/shm and the identity files, owned by the sandbox's root
+        (host uid ``base``)."""
+        _new_dir(self.upper, 0o755, base)
+        _new_dir(self.disk / "work", 0o700)
+        _new_dir(self.shm, 0o1777, base)
+        _new_dir(self.identity, 0o755)
+        for name, text in identity_files(sb_id).items():
+            _new_file(self.identity / name, text, base, 0o644)
 
-def mount_overlay(source: str, target: Path, lower: list[Path], upper: Path, work: Path) -> None:
+
+def mount_overlay(
+    source: str, target: Path, lower: list[Path], upper: Path, work: Path, userns_fd: int | None = None
+) -> None:
     """The overlay (nosuid, nodev) of ``lower`` (topmost first) under ``upper``. mount(2) takes
     one page of options, about 40 layer paths: a longer chain is mounted through the new mount
-    API, which takes its layers one by one (``lowerdir+``, Linux 6.8)."""
+    API, which takes its layers one by one (``lowerdir+``, Linux 6.8). ``userns_fd``: every
+    lower is seen through this id map (idmap.py), passed as a detached mount (new API only)."""
     lowerdir = ":".join(str(p) for p in lower)
     overlay = f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
-    if len(overlay.encode()) < MAX_MOUNT_DATA:
+    if userns_fd is None and len(overlay.encode()) < MAX_MOUNT_DATA:
         mount(source, str(target), "overlay", overlay, MS_NOSUID | MS_NODEV)
         return
-    params = [("source", source), *(("lowerdir+", str(p)) for p in lower)]
-    params += [("upperdir", str(upper)), ("workdir", str(work))]
     try:
-        fs_mount("overlay", params, target, nosuid=True, nodev=True)
+        with idmap.clones(lower, [userns_fd] * len(lower)) as layers:
+            params: list[tuple[str, str | int]] = [("source", source), *(("lowerdir+", x) for x in layers)]
+            params += [("upperdir", str(upper)), ("workdir", str(work))]
+            fs_mount("overlay", params, target, nosuid=True, nodev=True)
     except OSError as e:
         raise InvalidRequest(f"{len(lower)} layers cannot be stacked on this host: {e}") from e
 

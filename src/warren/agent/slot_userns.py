@@ -13,7 +13,7 @@ How a slot is made (~3 ms, ahead of time for pooled slots): the agent's namespac
 (ns_maker.py, a small root process started once) forks a child that takes the owner uid and
 unshares a user and a network namespace together (so the netns belongs to the new user
 namespace: runc joins the user namespace first, and could not join a netns owned by the initial
-one from inside it); the maker writes the uid/gid maps (the sandboxes' one mapped range) and
+one from inside it); the maker writes the uid/gid maps (the slot's own range, templates.uid_base) and
 keeps both namespaces as bind mounts (``/run/netns/<name>`` as ``ip netns`` would, a file under
 ``USERNS_DIR`` for the user namespace); the child exits. The bundle then names both paths.
 Before the maker, ``setpriv … unshare … sh`` did the child's part: three execs, ~8 ms more a
@@ -33,15 +33,14 @@ from collections import deque
 from pathlib import Path
 
 from warren.agent.helper_process import HelperProcess, PerLoop, spawn_script
-from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
+from warren.agent.templates import MAPPED_SIZE, uid_base
 
 USERNS_DIR = Path("/run/warren/userns")
 NETNS_DIR = Path("/run/netns")  # where ``ip netns`` keeps named network namespaces
-# Slot n's namespace is made by host uid OWNER_BASE + n: far from the sandboxes' mapped range
-# (MAPPED_BASE…) and from any uid a distribution hands out.
+# Slot n's namespace is made by host uid OWNER_BASE + n: far from the sandboxes' mapped ranges
+# (templates.uid_base) and from any uid a distribution hands out.
 OWNER_BASE = 2_000_000_000
 PROBE_UID = OWNER_BASE - 1  # made and let go at start: whether this host allows it at all
-_MAP = f"0 {MAPPED_BASE} {MAPPED_SIZE}"
 _MS_BIND, _MS_REC, _MS_SHARED, _MNT_DETACH = 4096, 16384, 1 << 20, 2
 _ANSWER_TIMEOUT = 30.0  # the maker gives up on a child after 10 s; this covers a stuck maker
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -163,7 +162,9 @@ async def make(index: int, netns: str) -> None:
     (named as ``ip netns`` names them). On failure nothing of it is left."""
     netns_path, userns_path = NETNS_DIR / netns, path(index)
     try:
-        await (await maker()).request(f"make {owner_uid(index)} {_MAP} {netns_path} {userns_path}")
+        # Slot n's sandboxes run as a host range of their own (templates.uid_base).
+        id_map = f"0 {uid_base(index)} {MAPPED_SIZE}"
+        await (await maker()).request(f"make {owner_uid(index)} {id_map} {netns_path} {userns_path}")
     except (SlotUsernsError, OSError) as e:
         raise SlotUsernsError(f"slot {index}: could not make its namespaces: {e}") from None
 

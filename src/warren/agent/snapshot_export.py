@@ -60,7 +60,7 @@ async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes 
             raise InvalidState(
                 f"sandbox {sb_id} runs on a host-local snapshot: only CreateSnapshot copies it"
             )
-        tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb_id).upper, 0)
+        tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb_id).upper, 0, sb.uid_base)
         team = sb.team_id  # its install takes the sandbox's team's turn (layer_slots)
     try:
         async for chunk in m.layers.stream_and_install(tar, meta, team=team):
@@ -98,6 +98,7 @@ async def create_legacy(m: SandboxManager, sb_id: str, team_id: str, template_id
                 snapshot_layers=[Path(p) for p in sb.snapshot_layers],
                 config=config,
                 image=image,
+                uid_base=sb.uid_base,
             )
         except WarrenError:
             raise

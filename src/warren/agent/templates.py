@@ -41,9 +41,29 @@ from warren.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("warren.agent.templates")
 
-# Root in every sandbox is this host uid/gid; container uid N is MAPPED_BASE + N.
+# The canonical range: layers and templates are stored owned by MAPPED_BASE + N (container
+# uid N). A runc/crun sandbox runs as a range of its own (uid_base), seeing its layers through
+# id-mapped mounts (idmap.py); gVisor sandboxes run as this range itself.
 MAPPED_BASE = 1_000_000_000
 MAPPED_SIZE = 65536
+# Sandbox ranges: slot k runs as uid_base(k). The first region ends below the slot owner uids
+# (slot_userns.OWNER_BASE, 2_000_000_000); the slots past it continue above the layer packer's
+# uids (layer_image.PACKER_UID_BASE 2_100_000_000 + 2**20).
+_REGION1_SLOTS = (2_000_000_000 - MAPPED_BASE) // MAPPED_SIZE - 1
+_REGION2_BASE = 2_200_000_000
+
+
+def uid_base(slot: int) -> int:
+    """Host uid of root in the sandbox on network slot ``slot``: a range no other slot shares,
+    so the kernel's per-user counts (user_struct: descriptors in flight, ...) are the
+    sandbox's own."""
+    if slot < 0:
+        raise ValueError(f"slot {slot}")
+    if slot < _REGION1_SLOTS:
+        return MAPPED_BASE + (slot + 1) * MAPPED_SIZE
+    return _REGION2_BASE + (slot - _REGION1_SLOTS) * MAPPED_SIZE
+
+
 MINIMAL = "minimal"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Directories the runtime mounts over; made at build time so no sandbox writes them to its upper.
@@ -99,6 +119,31 @@ def shift_ownership(root: Path, base: int = MAPPED_BASE) -> None:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             shift(p, st, stat.S_ISLNK(st.st_mode))
+
+
+def rebase_ownership(root: Path, from_base: int, to_base: int) -> None:
+    """Re-own every file under ``root`` (a tree only the agent can reach) from ``from_base`` + N
+    to ``to_base`` + N, N in 0..65535; other owners are left. Nothing is followed (lchown, and
+    os.walk does not enter symlinked dirs); set-uid/set-gid bits, which chown(2) clears, are
+    put back."""
+
+    def rebase(path: str, st: os.stat_result, is_link: bool) -> None:
+        uid, gid = st.st_uid, st.st_gid
+        if from_base <= uid < from_base + MAPPED_SIZE:
+            uid += to_base - from_base
+        if from_base <= gid < from_base + MAPPED_SIZE:
+            gid += to_base - from_base
+        if (uid, gid) != (st.st_uid, st.st_gid):
+            os.lchown(path, uid, gid)
+            if not is_link and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    rebase(str(root), os.lstat(root), False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rebase(p, st, stat.S_ISLNK(st.st_mode))
 
 
 def dir_size(path: Path) -> int:
@@ -240,9 +285,12 @@ class TemplateStore:
         snapshot_layers: list[Path],
         config: dict[str, object],
         image: Path | None = None,
+        uid_base: int = MAPPED_BASE,
     ) -> int:
         """Store ``snapshot_layers`` (bottom first) + a copy of ``upper`` as template ``ref``;
         with ``image`` (a gVisor checkpoint), also the memory image (``kind`` ``memory``).
+        ``uid_base``: the sandbox's range, which owns ``upper``; the copy is stored in the
+        canonical one, as every layer is (a sandbox with another range id-maps it, idmap.py).
 
         Replaces an existing snapshot of the same ref only once the new one is complete.
         Returns the size in bytes of the new template dir.
@@ -258,7 +306,10 @@ class TemplateStore:
                 # Layers are immutable once written: hard links share them at no cost.
                 await run("cp", "-al", str(layer), str(tmp / "layers" / str(i)))
             # `cp -a` keeps owners, modes, xattrs (overlay opaque dirs) and whiteout devices.
-            await run("cp", "-a", str(upper), str(tmp / "layers" / str(len(snapshot_layers))))
+            top = tmp / "layers" / str(len(snapshot_layers))
+            await run("cp", "-a", str(upper), str(top))
+            if uid_base != MAPPED_BASE:
+                await asyncio.to_thread(rebase_ownership, top, uid_base, MAPPED_BASE)
             kind = "filesystem"
             if image is not None:  # hard links: an image is never written again
                 await run("cp", "-al", str(image), str(tmp / "memory"))

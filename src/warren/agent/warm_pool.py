@@ -57,7 +57,6 @@ from warren.agent.network import NetworkSlots
 from warren.agent.proc import mounts_under, process_alive
 from warren.agent.record import HostSandbox
 from warren.agent.runtime.oci import cgroup_dir
-from warren.agent.sandbox_fs import MAPPED_BASE
 from warren.agent.teardown import Teardown
 from warren.agent.templates import TemplateRef
 from warren.aio import cancel_and_wait
@@ -267,10 +266,11 @@ class WarmPools:
         """At startup, before re-adoption: every member a previous agent left is destroyed
         (members are rebuilt, never adopted), and the container-id map loses entries whose
         sandbox is gone."""
-        # As the sandboxes dir: sandbox root (an unprivileged host uid) walks to its rootfs.
+        # As the sandboxes dir: sandbox root (an unprivileged host uid, one per slot) walks to
+        # its rootfs.
         self.dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(self.dir, 0, MAPPED_BASE)
-        os.chmod(self.dir, 0o710)  # noqa: S103 - search only, as sandboxes/
+        os.chown(self.dir, 0, 0)
+        os.chmod(self.dir, 0o711)  # noqa: S103 - search only, as sandboxes/
         for d in sorted(self.dir.iterdir()):
             if d.is_dir():
                 log.info("event=warm_pool_leftover_destroyed member=%s", d.name)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from warren.agent import slot_userns
-from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
+from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE, uid_base
 
 pytestmark = pytest.mark.root
 
@@ -66,7 +66,7 @@ async def test_a_slots_user_namespace_is_its_own_uids_and_holds_its_netns_and_th
         ["nsenter", f"--user={userns}", "cat", "/proc/self/uid_map", "/proc/self/gid_map"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    sandboxes_map = ["0", str(MAPPED_BASE), str(MAPPED_SIZE)]
+    sandboxes_map = ["0", str(uid_base(slot)), str(MAPPED_SIZE)]  # the slot's own range
     assert [line.split() for line in inside.stdout.splitlines()] == [sandboxes_map] * 2
     with pytest.raises(slot_userns.SlotUsernsError, match="File exists"):
         await slot_userns.make(slot, NETNS)  # never stacked on a slot that is still there

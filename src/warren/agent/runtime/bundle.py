@@ -2,8 +2,8 @@
 
 Security layers, outermost first (docs/security.md explains each):
 
-* a user namespace: container uid 0..65535 is host uid MAPPED_BASE.. — root inside is nobody
-  outside;
+* a user namespace: container uid 0..65535 is host uid ``uid_base``.. (a range per slot,
+  templates.uid_base; MAPPED_BASE for gVisor) — root inside is nobody outside;
 * pid, mount, ipc, uts, cgroup and network namespaces (the netns is prepared by network.py);
 * a Docker-like minimal capability set without CAP_SYS_ADMIN / NET_ADMIN / SYS_MODULE …;
 * no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation,
@@ -179,6 +179,7 @@ class BundleSpec:
     max_open_files: int = DEFAULT_MAX_OPEN_FILES
     # The slot's own user namespace (agent/slot_userns.py) to join; None: the runtime makes one.
     userns_path: str | None = None
+    uid_base: int = MAPPED_BASE  # host uid of root inside (the slot's namespace maps the same)
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -288,8 +289,8 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             *_sandbox_mounts(spec),
         ],
         "linux": {
-            "uidMappings": [{"containerID": 0, "hostID": MAPPED_BASE, "size": MAPPED_SIZE}],
-            "gidMappings": [{"containerID": 0, "hostID": MAPPED_BASE, "size": MAPPED_SIZE}],
+            "uidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": MAPPED_SIZE}],
+            "gidMappings": [{"containerID": 0, "hostID": spec.uid_base, "size": MAPPED_SIZE}],
             "namespaces": [
                 {"type": "pid"},
                 {"type": "ipc"},
