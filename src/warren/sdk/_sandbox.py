@@ -233,6 +233,19 @@ class _SandboxBase:
         """
         yield Http("POST", f"/v1/sandboxes/{self.id}/ping")
 
+    def _rotate_access_token(self) -> Op[str]:
+        """A new E2B envd access token for the sandbox (E2B's SDK's ``X-Access-Token``): the old
+        one, and every E2B file URL signed with it, stop working at once. Returns the new token;
+        E2B's ``Sandbox.connect`` also hands it out.
+
+        Example::
+
+            token = sbx.rotate_access_token()
+        """
+        res = yield Http("POST", f"/v1/sandboxes/{self.id}/access-token")
+        token: str = res.json()["access_token"]
+        return token
+
     def _snapshot(self, name: str | None = None, *, overwrite: bool = False) -> Op[SnapshotInfo]:
         """Save the sandbox as a template other sandboxes can start from. The sandbox is
         paused by this and stays paused (``resume()`` continues it).
@@ -443,6 +456,7 @@ class Sandbox(_SandboxBase):
     pause = blocking(_SandboxBase._pause)
     resume = blocking(_SandboxBase._resume)
     ping = blocking(_SandboxBase._ping)
+    rotate_access_token = blocking(_SandboxBase._rotate_access_token)
     snapshot = blocking(_SandboxBase._snapshot)
     metrics = blocking(_SandboxBase._metrics)
     get_host = blocking(_preview.get_host)
@@ -546,6 +560,7 @@ class AsyncSandbox(_SandboxBase):
     pause = awaiting(_SandboxBase._pause)
     resume = awaiting(_SandboxBase._resume)
     ping = awaiting(_SandboxBase._ping)
+    rotate_access_token = awaiting(_SandboxBase._rotate_access_token)
     snapshot = awaiting(_SandboxBase._snapshot)
     metrics = awaiting(_SandboxBase._metrics)
     get_host = awaiting(_preview.get_host)

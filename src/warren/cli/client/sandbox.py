@@ -1,5 +1,5 @@
-"""``warren sandbox``: create, list, inspect, exec in, pause, resume and kill sandboxes, and an
-interactive shell (a terminal on a PTY in the sandbox, shell.py)."""
+"""``warren sandbox``: create, list, inspect, exec in, pause, resume and kill sandboxes, rotate their
+E2B access token, and an interactive shell (a terminal on a PTY in the sandbox, shell.py)."""
 
 from __future__ import annotations
 
@@ -188,6 +188,23 @@ def sandbox_pause(sandbox_id: SandboxArg, json_out: JsonOpt = False) -> None:
 def sandbox_resume(sandbox_id: SandboxArg, json_out: JsonOpt = False) -> None:
     """Resume a paused sandbox."""
     _lifecycle("resume", sandbox_id, json_out)
+
+
+@app.command("rotate-token")
+def sandbox_rotate_token(sandbox_id: SandboxArg, json_out: JsonOpt = False) -> None:
+    """Rotate the sandbox's E2B access token: the old token, and every E2B file URL signed
+    with it, stop working at once; prints the new one (E2B's connect also returns it).
+
+    Example:
+
+        warren sandbox rotate-token sb-…
+    """
+    with api_errors():
+        row = rest("POST", f"/v1/sandboxes/{sandbox_id}/access-token")
+    if json_out:
+        print_json(row)
+    else:
+        out.print(row["access_token"])
 
 
 @app.command("shell")

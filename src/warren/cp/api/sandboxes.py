@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from warren.config import Runtime
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, State, TeamContext
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
-from warren.cp.services import egress_rules, sandbox_power
+from warren.cp.services import egress_rules, envd_rotation, sandbox_power
 from warren.cp.services import sandboxes as svc
 from warren.cp.services.egress_rules import NetworkRules
 from warren.cp.services.env import EnvVars
@@ -140,3 +140,16 @@ async def ping_sandbox(sandbox_id: str, ctx: TeamContext, db: Db, pool: Pool) ->
     """Reset the inactivity timer of a running sandbox."""
     await sandbox_power.ping_sandbox(db, pool, ctx, sandbox_id)
     return Response(status_code=204)
+
+
+class AccessToken(BaseModel):
+    sandbox_id: str
+    access_token: str = Field(description="the new E2B envd access token (X-Access-Token)")
+
+
+@router.post("/{sandbox_id}/access-token", response_model=AccessToken, responses=error_responses(400, *_ERR))
+async def rotate_access_token(sandbox_id: str, ctx: TeamContext, db: Db, state: State) -> AccessToken:
+    """Rotate the sandbox's E2B envd access token: the old one, and every URL signed with it,
+    stop working at once (docs/e2b.md §3). The answer carries the new token."""
+    r = await envd_rotation.rotate(db, ctx, sandbox_id, secret=state.settings.jwt_secret)
+    return AccessToken(sandbox_id=r.sandbox_id, access_token=r.access_token)

@@ -59,8 +59,6 @@ teams = Table(
     Column("quota_memory_mb", Integer, nullable=True),
     Column("quota_snapshots", Integer, nullable=True),
     Column("quota_snapshot_mb", Integer, nullable=True),
-    # What the team's layers may hold of the template store (services/team_store.py, 0019).
-    Column("quota_store_mb", Integer, nullable=True),
     # Names of operator-defined egress ranges (private networks a sandbox may reach) opened
     # for this team; everything private is closed by default.
     Column("egress_allow", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
@@ -390,6 +388,9 @@ sandboxes = Table(
     # monitor from the agent's counter, whose last reading is egress_counter.
     Column("egress_bytes", BigInteger, nullable=False, server_default=text("0")),
     Column("egress_counter", BigInteger, nullable=False, server_default=text("0")),
+    # The envd access token's epoch (services/envd_tokens.py, migration 0018): bumping it voids
+    # the sandbox's E2B access token and the URLs signed with it.
+    Column("envd_token_epoch", BigInteger, nullable=False, server_default=text("0")),
     Index("ix_sandboxes_host_id_status", "host_id", "status"),
     Index(
         "ix_sandboxes_end_at",

@@ -5,7 +5,8 @@ without the ``X-Access-Token`` header.
 The scheme is E2B's, so the SDK's URLs verify unchanged: ``v1_`` + unpadded base64 of
 sha256(``"<path>:<read|write>:<user or ''>:<token>"``), with ``":<expiration>"`` appended when
 the URL expires (unix seconds, then also in the query as ``signature_expiration``). The token
-is recomputed from the sandbox id (``envd_tokens``), the comparison is constant-time, and an
+is recomputed from the sandbox id and its current token epoch (``envd_tokens``: a rotation
+voids every URL signed with an older token), the comparison is constant-time, and an
 expired URL is refused even when its signature is right.
 """
 
@@ -36,7 +37,14 @@ def signature(path: str, op: Operation, user: str, token: str, expiration: int |
 
 
 def verify(
-    secret: str, sandbox_id: str, path: str, op: Operation, user: str, sig: str, expiration: str | None
+    secret: str,
+    sandbox_id: str,
+    path: str,
+    op: Operation,
+    user: str,
+    sig: str,
+    expiration: str | None,
+    epoch: int = 0,
 ) -> None:
     """Accept a signed request for sandbox ``sandbox_id``, or raise Unauthorized (a malformed,
     wrong or expired signature; the message never says which part was wrong)."""
@@ -47,7 +55,7 @@ def verify(
         exp = int(expiration)
     if not sig.startswith(PREFIX) or len(sig) > _MAX_SIGNATURE or not sig.isascii():
         raise Unauthorized("invalid signature")
-    want = signature(path, op, user, envd_access_token(secret, sandbox_id), exp)
+    want = signature(path, op, user, envd_access_token(secret, sandbox_id, epoch), exp)
     if not hmac.compare_digest(want.encode("ascii"), sig.encode("ascii")):
         raise Unauthorized("invalid signature")
     if exp is not None and exp <= clock.time_s():

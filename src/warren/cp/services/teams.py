@@ -28,7 +28,7 @@ from warren.config import Settings
 from warren.cp.db.engine import Conn, autocommit, driver, fetchrow, transaction
 from warren.cp.db.queries import teams as q
 from warren.cp.db.tables import teams, users, users_teams
-from warren.cp.services import Timestamp, audit
+from warren.cp.services import Timestamp, audit, envd_rotation
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import StrictBody
 from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests
@@ -365,6 +365,8 @@ async def _drop_member(conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.
     await conn.execute(
         delete(users_teams).where(users_teams.c.team_id == team_id, users_teams.c.user_id == user_id)
     )
+    # Whoever leaves keeps no envd token (or signed URL) copied from the team's sandboxes.
+    await envd_rotation.bump_team(conn, team_id)
 
 
 def parse_user_id(text: str) -> uuid.UUID:

@@ -121,16 +121,17 @@ def _end_at(row: Mapping[str, Any]) -> datetime:
 
 
 def created(
-    *, sandbox_id: str, template: str, settings: Settings, traffic_token: str | None
+    *, sandbox_id: str, template: str, settings: Settings, traffic_token: str | None, token_epoch: int = 0
 ) -> dict[str, Any]:
-    """``Sandbox``: what create and connect answer."""
+    """``Sandbox``: what create and connect answer (``envdAccessToken``: the token at the
+    sandbox's current epoch, so a connect after a rotation gets the new one)."""
     return {
         "templateID": template,
         "sandboxID": sandbox_id,
         "clientID": CLIENT_ID,
         "alias": template,
         "envdVersion": ENVD_VERSION,
-        "envdAccessToken": envd_access_token(settings.jwt_secret, sandbox_id),
+        "envdAccessToken": envd_access_token(settings.jwt_secret, sandbox_id, token_epoch),
         "trafficAccessToken": traffic_token,
         "domain": settings.preview_domain or None,
     }
@@ -171,7 +172,7 @@ def detail(row: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     sid = ids.sandbox_id(row["id"])
     return {
         **listed(row),
-        "envdAccessToken": envd_access_token(settings.jwt_secret, sid),
+        "envdAccessToken": envd_access_token(settings.jwt_secret, sid, int(row.get("envd_token_epoch") or 0)),
         "domain": settings.preview_domain or None,
         "allowInternetAccess": bool(row["internet"]),
         "network": _network(row),

@@ -114,6 +114,7 @@ def _connected(call: Call, c: lifetimes.Connected) -> Response:
         template=c.row["template"],
         settings=call.state.settings,
         traffic_token=None,
+        token_epoch=int(c.row.get("envd_token_epoch") or 0),
     )
     return JSONResponse(body, status_code=201 if c.resumed else 200)
 

@@ -31,8 +31,7 @@ from warren.cp.e2b.envd.call import EnvdCall, envd_call
 from warren.cp.e2b.envd.uploads import FileParts
 from warren.cp.e2b.errors import e2b_error, e2b_error_for, sandbox_not_found
 from warren.cp.services import envd_files, envd_fs, envd_signatures, files
-from warren.cp.services.envd_access import sandbox_access
-from warren.cp.services.envd_tokens import envd_access_token
+from warren.cp.services.envd_access import signed_access
 from warren.cp.state import state_of
 
 # What a multipart upload may carry beyond its files' bytes (part heads, boundaries, fields), as
@@ -47,10 +46,12 @@ async def _signed_call(request: Request, op: envd_signatures.Operation) -> EnvdC
     secret, sandbox_id = state.settings.jwt_secret, request.scope["e2b"][0]
     q = request.query_params
     user = q.get("username", "")
-    envd_signatures.verify(
-        secret, sandbox_id, q.get("path", ""), op, user, q.get("signature", ""), q.get("signature_expiration")
-    )
-    ctx, found = await sandbox_access(state.engine, secret, sandbox_id, envd_access_token(secret, sandbox_id))
+
+    def check(epoch: int) -> None:
+        path, sig, exp = q.get("path", ""), q.get("signature", ""), q.get("signature_expiration")
+        envd_signatures.verify(secret, sandbox_id, path, op, user, sig, exp, epoch)
+
+    ctx, found = await signed_access(state.engine, sandbox_id, check)
     return EnvdCall(state, request, sandbox_id, ctx, found, user or None, None)
 
 

@@ -1,0 +1,71 @@
+"""Rotating sandboxes' E2B envd access tokens (docs/e2b.md §3): bumping a sandbox's token epoch
+(``sandboxes.envd_token_epoch``, ``envd_tokens``) voids its old token and every URL signed with
+it at once, on every replica (they all read the epoch with the sandbox row).
+
+- :func:`rotate`: one sandbox, on request (``POST /v1/sandboxes/{id}/access-token``), answering
+  the new token.
+- :func:`bump_team`: every running or paused sandbox of a team, in the caller's transaction:
+  when a member leaves or is removed, or an API key is revoked (``teams``, ``api_keys``), so
+  whoever lost access keeps no token they copied while they had it. Other members get the new
+  tokens from E2B's connect / get, or from :func:`rotate`'s answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warren.cp.db.engine import transaction
+from warren.cp.db.tables import sandboxes
+from warren.cp.services import audit
+from warren.cp.services.context import AuthContext
+from warren.cp.services.envd_tokens import envd_access_token
+from warren.cp.services.sandboxes import find
+from warren.errors import Forbidden, InvalidState
+
+_LIVE = ("running", "paused")  # the sandboxes whose tokens still open anything
+
+
+@dataclass(frozen=True)
+class Rotated:
+    sandbox_id: str
+    access_token: str  # the new envd access token (E2B's X-Access-Token)
+    epoch: int
+
+
+async def bump_team(conn: AsyncConnection, team_id: uuid.UUID) -> int:
+    """Bump the token epoch of every live sandbox of ``team_id`` in one UPDATE (the caller's
+    transaction); the number of sandboxes whose tokens changed."""
+    res = await conn.execute(
+        update(sandboxes)
+        .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_LIVE))
+        .values(envd_token_epoch=sandboxes.c.envd_token_epoch + 1)
+    )
+    return int(res.rowcount or 0)
+
+
+async def rotate(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, *, secret: str) -> Rotated:
+    """A new access token for the caller's team's running or paused sandbox: 404 as ``find``,
+    409 for any other status, 403 for a sandbox's own token (it may not renew itself)."""
+    if ctx.kind == "sandbox_token":
+        raise Forbidden("a sandbox access token cannot rotate itself")
+    found = await find(engine, ctx, sandbox_id, states=_LIVE)
+    async with transaction(engine) as conn:
+        epoch = (
+            await conn.execute(
+                update(sandboxes)
+                .where(sandboxes.c.id == found.sb_uuid, sandboxes.c.status.in_(_LIVE))
+                .values(envd_token_epoch=sandboxes.c.envd_token_epoch + 1)
+                .returning(sandboxes.c.envd_token_epoch)
+            )
+        ).scalar()
+        if epoch is None:
+            raise InvalidState("sandbox must be running or paused")  # it ended meanwhile
+        await audit.record(
+            conn, ctx, team_id=found.row["team_id"], action="rotate_access_token",
+            resource_type="sandbox", resource_id=sandbox_id, metadata={"epoch": int(epoch)},
+        )  # fmt: skip
+    return Rotated(sandbox_id, envd_access_token(secret, sandbox_id, int(epoch)), int(epoch))
