@@ -9,7 +9,8 @@ with messages just under the WebSocket limit.
 
 Expected: past WARREN_MAX_STREAMS_PER_OWNER (128 by default, which this module's CP runs with)
 the account's streams are refused, 429 ``too_many_streams_per_owner``, whichever of its teams
-asks; the CP's RSS growth stays within what the owner's bound allows (as
+asks, and whichever way (the API's exec streams, E2B's envd plane with a sandbox's access token,
+a signed file URL); the CP's RSS growth stays within what the owner's bound allows (as
 test_attack_stream_count.py judges one team's 64: four messages a stream); another account's
 streams still open, and Mallory's slots come back when her streams end.
 """
@@ -25,6 +26,7 @@ import pytest
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signed_up, signup
+from tests.security.test_attack_e2b_streams import start_sleep
 from tests.security.test_attack_stream_count import (
     KILL_COMMANDS,
     MESSAGE,
@@ -109,11 +111,26 @@ def test_one_accounts_teams_share_a_stream_bound(
             refused[:3]
         )
         assert "max_streams_per_owner" in refused[0][1]["error"]["message"], refused[0]
+        _other_ways_in_count_too(*mallory_teams[-1], platform.cp.e2b_url)
         _echo_stream(bob, theirs)  # the bound is the account's: another account's streams open
     for t, sb in mallory_teams:
         t.sh(sb, KILL_COMMANDS)
     _slots_come_back(*mallory_teams[-1])
     bob.w("DELETE", f"/v1/sandboxes/{theirs}")
+
+
+def _other_ways_in_count_too(t: Tenant, sb: str, e2b_url: str) -> None:
+    """The team the account's bound refuses is refused by every other way to a stream: E2B's
+    envd plane with the sandbox's own access token, and a signed file URL."""
+    got = start_sleep(e2b_url, sb)
+    if not isinstance(got, tuple):
+        got.close()
+        raise AssertionError("an envd Start stream opened past the owner's bound")
+    assert got[0] == 429 and "max_streams_per_owner" in got[1].get("message", ""), got
+    r = t.w("GET", f"/v1/sandboxes/{sb}/files/download-url?path=/etc/hostname")
+    assert r.status_code == 200, r.text
+    r = httpx.get(r.json()["url"], timeout=60)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_streams_per_owner", r.text
 
 
 def _slots_come_back(t: Tenant, sb: str) -> None:

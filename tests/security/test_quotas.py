@@ -180,7 +180,8 @@ def test_only_a_platform_admin_changes_quotas_and_a_team_reads_its_own(
         assert mine.status_code == 200, mine.text
         assert c.get(f"/v1/teams/{bob.team_id}/quotas").status_code == 403
     assert mine.json()["quotas"] == {
-        "sandboxes": 20, "vcpus": 40, "memory_mb": 40960, "snapshots": 20, "snapshot_mb": 20480
+        "sandboxes": 20, "vcpus": 40, "memory_mb": 40960, "snapshots": 20, "snapshot_mb": 20480,
+        "store_mb": 40960,
     }  # fmt: skip
     # An API key reads its own team's, and no other.
     r = alice.w("GET", f"/v1/teams/{alice.team_id}/quotas")
