@@ -59,6 +59,8 @@ teams = Table(
     Column("quota_memory_mb", Integer, nullable=True),
     Column("quota_snapshots", Integer, nullable=True),
     Column("quota_snapshot_mb", Integer, nullable=True),
+    # What the team's layers may hold of the template store (services/team_store.py, 0019).
+    Column("quota_store_mb", Integer, nullable=True),
     # Names of operator-defined egress ranges (private networks a sandbox may reach) opened
     # for this team; everything private is closed by default.
     Column("egress_allow", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),

@@ -44,7 +44,9 @@ def _epoch(row: Mapping[str, Any] | None) -> int:
 def _found(sandbox_id: str, row: Mapping[str, Any] | None) -> tuple[AuthContext, Found]:
     if row is None or row["status"] in ("stopped", "error", "pending"):
         raise NotFound(f"sandbox {sandbox_id} not found")
-    ctx = AuthContext(kind="sandbox_token", team_id=row["team_id"], only_sandbox=sandbox_id)
+    ctx = AuthContext(
+        kind="sandbox_token", team_id=row["team_id"], only_sandbox=sandbox_id, owner_id=row["team_owner_id"]
+    )
     return ctx, Found(row, sandbox_model(row))
 
 
