@@ -249,6 +249,12 @@ class Settings(BaseSettings):
     # Imports a team runs at once, upload included (429 past it); counted per CP replica.
     import_max_per_team: int = Field(default=2, ge=1)
     build_max_per_team: int = Field(default=2, ge=1)
+    # Builds running at once across all the teams one account owns (an account owns up to
+    # max_teams_per_user teams: the per-team bound alone multiplied by them); 429 too_many_builds.
+    build_max_per_owner: int = Field(default=4, ge=1)
+    # How long a build step waits for room on a build host (each step's sandbox is reserved in
+    # its host's capacity like a sandbox) before the build fails with no_capacity.
+    build_capacity_wait_s: float = Field(default=120.0, ge=0)
     build_vcpus: int = Field(default=2, ge=1)
     build_memory_mb: int = Field(default=2048, ge=128)
     build_disk_mb: int = Field(default=4096, ge=64)

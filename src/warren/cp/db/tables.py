@@ -313,7 +313,18 @@ template_builds = Table(
     Column("finished_at", TS, nullable=True),
     # Moved on by the replica running the build; a stale one means that replica died.
     Column("heartbeat_at", TS, nullable=True),
+    # The running step's room on its host (migration 0020, warren_reserve_build): counted in the
+    # host's capacity while the build is running; NULL between steps.
+    Column("reserved_host_id", UUID(as_uuid=True), nullable=True),
+    Column("reserved_vcpus", Integer, nullable=False, server_default=text("0")),
+    Column("reserved_memory_mb", Integer, nullable=False, server_default=text("0")),
     Index("ix_template_builds_team_id", "team_id", text("created_at DESC")),
+    Index(
+        "ix_template_builds_reserved",
+        "reserved_host_id",
+        postgresql_where=text("status = 'running'"),
+        postgresql_include=["reserved_vcpus", "reserved_memory_mb"],
+    ),
 )
 
 # A build's log in appended chunks; a reader asks for the bytes from an offset.

@@ -3,9 +3,11 @@
 Eligible hosts: ``online`` with a non-empty address. A BYOC team uses only its own ``byoc``
 hosts and never falls back to platform hosts; every other team uses only ``regular`` hosts.
 Capacity: given the new sandbox's reservation, an eligible host is a candidate only while its
-active (not stopped or errored) sandboxes' vCPUs and memory plus the new one fit its reported
-``cpu_cores`` and ``memory_mb`` times the operator's overcommit ratios (a host that reported 0
-is not bounded on that resource). A sandbox's disk is a tmpfs charged to its memory limit, so
+active (not stopped or errored) sandboxes' vCPUs and memory, and its running template build
+steps' (``template_builds.reserved_*``; ``warren_host_usage``, migration 0020), plus the new one
+fit its reported ``cpu_cores`` and ``memory_mb`` times the operator's overcommit ratios (a host
+that reported 0 is not bounded on that resource). A build step asks for a host the same way
+(``services/template_build_host.py``). A sandbox's disk is a tmpfs charged to its memory limit, so
 it is counted inside ``memory_mb``, not again. This read only narrows the choice; the pending
 insert re-checks the fit under the host's row lock (``warren_reserve_sandbox``), and the
 create tries another host when it lost the race. Eligible hosts but none with room: 503
@@ -121,9 +123,10 @@ async def eligible_hosts(
 
 
 def fits(h: Host, need: Reservation | None) -> bool:
-    """Whether the host has room for ``need`` (always, without one): its active sandboxes'
-    vCPUs and memory plus the new one within what it reported times the overcommit ratios (0
-    reported: not bounded). The same rule as warren_reserve_sandbox, which has the last word."""
+    """Whether the host has room for ``need`` (always, without one): its active sandboxes' and
+    build steps' vCPUs and memory plus the new one within what it reported times the overcommit
+    ratios (0 reported: not bounded). The same rule as warren_reserve_sandbox and
+    warren_reserve_build, which have the last word."""
     if need is None:
         return True
     oc = need.overcommit

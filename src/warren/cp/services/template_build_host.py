@@ -4,35 +4,50 @@ chain to it, and ``RunBuildStep`` — its output into the build log, its layer i
 One host runs every step of a build (the layers each step makes stay installed there, so the
 next step finds its chain in place). The build sandbox always has the network, whatever the
 team's own setting: ``apt-get`` and ``pip`` must reach their registries.
+
+Each step's sandbox (``WARREN_BUILD_VCPUS`` / ``WARREN_BUILD_MEMORY_MB``) is reserved in its host's
+capacity while the step runs, like a sandbox (session 15): the scheduler picks only a host with
+room for it, ``warren_reserve_build`` (migration 0020) records it under the host's row lock with
+the same fit check as a create's, and creates count it (``warren_host_usage``). A step finding no
+room waits up to ``WARREN_BUILD_CAPACITY_WAIT_S``, saying so in the log, then fails the build with
+503 ``no_capacity``. The reservation ends with the step, or with the build's running status (a
+build failed by the stale-heartbeat sweep, its replica dead mid-step, releases it with it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warren import ids
+from warren import clock, ids
 from warren.config import Settings
 from warren.cp.db.engine import autocommit
-from warren.cp.db.tables import teams
+from warren.cp.db.tables import teams, template_builds
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.hosts.scheduler import Host, Scheduler
+from warren.cp.hosts.scheduler import Host, Overcommit, Placement, Reservation, Scheduler
 from warren.cp.services import egress
 from warren.cp.services import layers as layer_svc
 from warren.cp.services.template_spec import SpecConfig
 from warren.cp.store import LayerStore
-from warren.errors import AgentError, InternalError, PayloadTooLarge, WarrenError
+from warren.errors import AgentError, InternalError, PayloadTooLarge, ServiceUnavailable, WarrenError
 from warren.layers.hashing import LayerMeta
 from warren.rpc import hostagent_pb2 as pb
 
+log = logging.getLogger("warren.builds")
+
 MiB = 1024 * 1024
 Output = Callable[[bytes], Awaitable[None]]
+# Choices of a first build host when the chosen one filled up or left after it was chosen.
+_PICK_ATTEMPTS = 3
 
 
 class StepFailed(WarrenError):
@@ -68,21 +83,100 @@ class BuildHost:
     def host_id(self) -> uuid.UUID | None:
         return self.host["id"] if self.host is not None else None
 
-    async def _pick(self) -> tuple[Host, HostClient]:
-        if self.host is None:
+    def _need(self) -> Reservation:
+        s = self.settings
+        return Reservation(
+            s.build_vcpus,
+            s.build_memory_mb,
+            Overcommit(s.overcommit_cpu, s.overcommit_memory, s.overcommit_disk),
+        )
+
+    async def _first_choice(self, conn: Any, need: Reservation) -> Host:
+        """A host with room for the step among the team's, its egress ranges read with it."""
+        team = (
+            await conn.execute(
+                teams.select()
+                .with_only_columns(teams.c.is_byoc, teams.c.egress_allow)
+                .where(teams.c.id == self.team_id)
+            )
+        ).first()
+        is_byoc = bool(team.is_byoc) if team is not None else False
+        names = list(team.egress_allow) if team is not None else []
+        self.egress_allow = tuple(egress.team_cidrs(egress.catalog_of(self.settings), names))
+        return await self.scheduler.select_host(conn, self.team_id, is_byoc, Placement(need=need))
+
+    async def _try_reserve(self, need: Reservation) -> tuple[Host | None, str]:
+        """The step's room reserved on the build's host (chosen now at its first step), or None
+        and why not now: ``no_capacity``, or ``host_gone`` (the build's host is not online: a
+        late heartbeat under load marks it unreachable for a while). 503 ``no_hosts_available``
+        when the team has no eligible host at all."""
+        outcome = "no_capacity"
+        for _ in range(_PICK_ATTEMPTS):
             async with autocommit(self.engine) as conn:
-                team = (
-                    await conn.execute(
-                        teams.select()
-                        .with_only_columns(teams.c.is_byoc, teams.c.egress_allow)
-                        .where(teams.c.id == self.team_id)
-                    )
-                ).first()
-                is_byoc = bool(team.is_byoc) if team is not None else False
-                names = list(team.egress_allow) if team is not None else []
-                self.host = await self.scheduler.select_host(conn, self.team_id, is_byoc)
-            self.egress_allow = tuple(egress.team_cidrs(egress.catalog_of(self.settings), names))
-        return self.host, self.pool.get(self.host)
+                try:
+                    host = self.host if self.host is not None else await self._first_choice(conn, need)
+                except ServiceUnavailable as e:
+                    if e.code != "no_capacity":
+                        raise
+                    return None, "no_capacity"
+                oc = need.overcommit
+                reserve = sa.func.warren_reserve_build(
+                    self.build_id, host["id"], need.vcpus, need.memory_mb, oc.cpu, oc.memory
+                )
+                outcome = str((await conn.execute(sa.select(reserve))).scalar())
+            if outcome == "ok":
+                self.host = host
+                return host, outcome
+            if outcome == "no_build":
+                raise WarrenError("the build was failed meanwhile (its heartbeat went stale)")
+            if self.host is not None:  # later steps must run where the earlier layers are
+                return None, outcome
+            log.info("build %s: host %s %s, choosing again", self.build_id, ids.host_id(host["id"]), outcome)
+        return None, outcome
+
+    async def _reserve(self, output: Output) -> tuple[Host, HostClient]:
+        """Room for the step's sandbox on the build host, waiting up to
+        ``WARREN_BUILD_CAPACITY_WAIT_S`` for it (said once in the log); then 503 ``no_capacity``
+        (or ``build_host_unavailable``: the build's host stayed out of ``online``)."""
+        need, wait_s = self._need(), self.settings.build_capacity_wait_s
+        give_up = clock.monotonic() + wait_s
+        delay, told = 0.5, False
+        while True:
+            host, why = await self._try_reserve(need)
+            if host is not None:
+                return host, self.pool.get(host)
+            left = give_up - clock.monotonic()
+            if left <= 0 and why == "host_gone":
+                raise ServiceUnavailable(
+                    f"the build host has not been online for {wait_s:g} s; retry the build later",
+                    code="build_host_unavailable",
+                )
+            if left <= 0:
+                raise ServiceUnavailable(
+                    f"no build host has room for this step's sandbox ({need.vcpus} vCPUs, "
+                    f"{need.memory_mb} MiB) after waiting {wait_s:g} s; retry the build later",
+                    code="no_capacity",
+                )
+            if not told:
+                told = True
+                what = "the build host to be online" if why == "host_gone" else "room on a build host"
+                size = f"{need.vcpus} vCPUs, {need.memory_mb} MiB"
+                await output(f"Waiting for {what} ({size}), up to {wait_s:g} s\n".encode())
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+    async def _release(self) -> None:
+        """The step's room given back; a failure here is logged (the build's end releases it:
+        a reservation counts only while its build is running)."""
+        try:
+            async with autocommit(self.engine) as conn:
+                await conn.execute(
+                    template_builds.update()
+                    .where(template_builds.c.id == self.build_id)
+                    .values(reserved_host_id=None)
+                )
+        except Exception:
+            log.exception("build %s: could not release its step's host reservation", self.build_id)
 
     async def run(
         self,
@@ -97,7 +191,7 @@ class BuildHost:
         """Run ``cmd`` (``/bin/sh -c``) on the chain as ``config`` says, put the layer it
         made in the store and record it (in the index and on this host). StepFailed for a
         nonzero exit or a step past its time; 413 for a layer past its size."""
-        async with self._step(base, layers, config, cmd, timeout_s) as (host, call):
+        async with self._step(base, layers, config, cmd, timeout_s, output) as (host, call):
             meta = await self._receive(aiter(call), output)
         await layer_svc.record_layer(self.engine, meta, store=self.store)
         await layer_svc.record_on_host(self.engine, host["id"], [meta.digest])
@@ -115,7 +209,7 @@ class BuildHost:
     ) -> None:
         """Start a sandbox on the chain and run ``cmd`` in it, keeping nothing: StepFailed when
         the sandbox does not start or the command fails."""
-        async with self._step(base, layers, config, cmd, timeout_s) as (_, call):
+        async with self._step(base, layers, config, cmd, timeout_s, output) as (_, call):
             events = aiter(call)
             while (ev := await _next_event(events, output, "the check")) is not None:
                 if ev.WhichOneof("event") == "exit_code":
@@ -124,11 +218,29 @@ class BuildHost:
 
     @contextlib.asynccontextmanager
     async def _step(
-        self, base: str, layers: Sequence[str], config: SpecConfig, cmd: str, timeout_s: float
+        self, base: str, layers: Sequence[str], config: SpecConfig, cmd: str, timeout_s: float, output: Output
     ) -> AsyncIterator[tuple[Host, Any]]:
-        """The chain brought to the build host, then the RunBuildStep call (its stream of
-        events): an agent error while it is read is the step's error; it is cancelled after."""
-        host, client = await self._pick()
+        """Room for the step on the build host, the chain brought there, then the RunBuildStep
+        call (its stream of events): an agent error while it is read is the step's error; it is
+        cancelled after, and the room released."""
+        host, client = await self._reserve(output)
+        try:
+            async with self._call(host, client, base, layers, config, cmd, timeout_s) as call:
+                yield host, call
+        finally:
+            await self._release()
+
+    @contextlib.asynccontextmanager
+    async def _call(
+        self,
+        host: Host,
+        client: HostClient,
+        base: str,
+        layers: Sequence[str],
+        config: SpecConfig,
+        cmd: str,
+        timeout_s: float,
+    ) -> AsyncIterator[Any]:
         await layer_svc.ensure_on_host(self.engine, self.store, client, host["id"], layers, team=self.team_id)
         s = self.settings
         req = pb.RunBuildStepRequest(
@@ -145,7 +257,7 @@ class BuildHost:
         )
         call = client.stub.RunBuildStep(req, timeout=timeout_s + 120)
         try:
-            yield host, call
+            yield call
         except AgentError as e:
             raise _step_error(e) from e
         finally:

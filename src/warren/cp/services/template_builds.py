@@ -1,11 +1,12 @@
 """Template builds (docs/templates.md §4): submit, read, and the runner that owns the builds
 running on this replica.
 
-A build is accepted (202) once its spec parses and the team is under its concurrent-build
-bound; it then runs as an asyncio task on the replica that accepted it
-(``template_build_run.py``), moving its ``heartbeat_at``. The runner cancels its builds when the
-control plane stops (each is failed with "control plane stopped"), and its sweep fails builds
-whose heartbeat went stale: the replica running them died.
+A build is accepted (202) once its spec parses, the team is under its concurrent-build bound
+and each owner of the team under theirs, across all the teams they own; it then runs as an
+asyncio task on the replica that accepted it (``template_build_run.py``), moving its
+``heartbeat_at``. The runner cancels its builds when the control plane stops (each is failed
+with "control plane stopped"), and its sweep fails builds whose heartbeat went stale: the
+replica running them died.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warren import clock, ids
 from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
-from warren.cp.db.tables import template_builds, templates
+from warren.cp.db.locks import key_of
+from warren.cp.db.tables import template_builds, templates, users_teams
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.services import Timestamp, audit, stream_slots
@@ -50,6 +52,8 @@ LIST_LIMIT = 50
 MAX_ENDED_BUILDS_KEPT = 100
 STOPPED = "control plane stopped"
 STALE = "the control plane running this build stopped"
+# An owner's build admissions, one at a time across replicas (transaction-scoped).
+OWNER_BUILDS_NS = 0x575242  # "WRB"
 
 
 # Build contexts being uploaded in this process (one CP replica), by team.
@@ -206,6 +210,7 @@ async def start_build(
                     "wait for one to end",
                     code="too_many_builds",
                 )
+            await _check_owner_bound(conn, team_id, runner.settings.build_max_per_owner)
             row = (
                 (
                     await conn.execute(
@@ -233,6 +238,36 @@ async def start_build(
         raise
     runner.start(build_id, team_id, body, context[0] if context else None)
     return _build_model(row, None)
+
+
+async def _check_owner_bound(conn: AsyncConnection, team_id: uuid.UUID, limit: int) -> None:
+    """429 ``too_many_builds`` when an owner of the team has ``limit`` builds queued or running
+    across all the teams they own (``WARREN_BUILD_MAX_PER_OWNER``): an account owns up to
+    ``max_teams_per_user`` teams, each with its own per-team bound. Each owner's admissions are
+    serialised by an advisory lock (in id order: two teams' submits never wait on each other in
+    a cycle), so two teams of one owner cannot both pass the count. The platform's team has no
+    owner row: its builds are bounded per team only."""
+    ut = users_teams.c
+    owners = sorted(
+        (await conn.execute(sa.select(ut.user_id).where(ut.team_id == team_id, ut.role == "owner"))).scalars()
+    )
+    for owner in owners:
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(OWNER_BUILDS_NS, key_of(owner))))
+    for owner in owners:
+        owned = sa.select(ut.team_id).where(ut.user_id == owner, ut.role == "owner")
+        active = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(template_builds)
+                .where(template_builds.c.team_id.in_(owned), template_builds.c.status.in_(ACTIVE))
+            )
+        ).scalar_one()
+        if active >= limit:
+            raise TooManyRequests(
+                f"the teams this team's owner owns have {active} builds running (at most {limit} per "
+                "owner, WARREN_BUILD_MAX_PER_OWNER); wait for one to end",
+                code="too_many_builds",
+            )
 
 
 async def find(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> Any:

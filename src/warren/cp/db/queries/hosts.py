@@ -5,11 +5,12 @@ def candidates(team: str, is_byoc: str, layers: str) -> str:
     """The hosts a team may use (``id``, ``address``, capacity, ``runtimes``, ``default_runtime``,
     ``disk_free_bytes``,
     ``warm_pools``, ``last_heartbeat_at``, ``created_at``), ordered by age (ties by id) so the
-    rotation is stable as hosts come and go, each with what its active sandboxes take
-    (``used_vcpus``, ``used_memory_mb``: the scheduler's room check, ``scheduler.fits``;
-    warren_reserve_sandbox has the last word) and, for the template's store layers (bottom
-    first), what it already holds of them (``host_layers``): ``held_bytes``, and ``missing``, the
-    layers it lacks, in chain order. ``team``, ``is_byoc`` (its own hosts only; else the
+    rotation is stable as hosts come and go, each with what its active sandboxes and running
+    build steps take (``used_vcpus``, ``used_memory_mb``: ``warren_host_usage``, migration 0020,
+    the one rule; the scheduler's room check, ``scheduler.fits``; warren_reserve_sandbox and
+    warren_reserve_build have the last word) and, for the template's store layers (bottom
+    first), what it already holds of them (``host_layers``): ``held_bytes``, and ``missing``,
+    the layers it lacks, in chain order. ``team``, ``is_byoc`` (its own hosts only; else the
     platform's) and ``layers`` are SQL expressions: parameters here, the resolved team's and
     template's columns in ``queries.sandboxes.RESOLVE``, which reads the candidates in the same
     statement."""
@@ -21,11 +22,7 @@ def candidates(team: str, is_byoc: str, layers: str) -> str:
            u.memory_mb AS used_memory_mb,
            l.held_bytes, coalesce(l.missing, '{{}}'::text[]) AS missing
     FROM hosts h
-    CROSS JOIN LATERAL (
-        SELECT coalesce(sum(s.vcpus), 0) AS vcpus, coalesce(sum(s.memory_mb), 0) AS memory_mb
-        FROM sandboxes s
-        WHERE s.host_id = h.id AND s.status NOT IN ('stopped', 'error')
-    ) u
+    CROSS JOIN LATERAL warren_host_usage(h.id) u
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(ly.size_bytes) FILTER (WHERE hl.digest IS NOT NULL), 0) AS held_bytes,
                array_agg(d.digest ORDER BY d.ord) FILTER (WHERE hl.digest IS NULL) AS missing
