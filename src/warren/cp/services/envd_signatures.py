@@ -36,6 +36,19 @@ def signature(path: str, op: Operation, user: str, token: str, expiration: int |
     return PREFIX + base64.b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def well_formed(sig: str, expiration: str | None) -> int | None:
+    """The expiration of a signature that can be one (checked before the sandbox is looked up,
+    so junk costs no query), or Unauthorized."""
+    exp: int | None = None
+    if expiration is not None:
+        if not expiration.isdigit() or len(expiration) > _MAX_EXPIRATION_DIGITS:
+            raise Unauthorized("invalid signature")
+        exp = int(expiration)
+    if not sig.startswith(PREFIX) or len(sig) > _MAX_SIGNATURE or not sig.isascii():
+        raise Unauthorized("invalid signature")
+    return exp
+
+
 def verify(
     secret: str,
     sandbox_id: str,
@@ -46,15 +59,10 @@ def verify(
     expiration: str | None,
     epoch: int = 0,
 ) -> None:
-    """Accept a signed request for sandbox ``sandbox_id``, or raise Unauthorized (a malformed,
-    wrong or expired signature; the message never says which part was wrong)."""
-    exp: int | None = None
-    if expiration is not None:
-        if not expiration.isdigit() or len(expiration) > _MAX_EXPIRATION_DIGITS:
-            raise Unauthorized("invalid signature")
-        exp = int(expiration)
-    if not sig.startswith(PREFIX) or len(sig) > _MAX_SIGNATURE or not sig.isascii():
-        raise Unauthorized("invalid signature")
+    """Accept a signed request for sandbox ``sandbox_id`` at token ``epoch``, or raise
+    Unauthorized (a malformed, wrong or expired signature; the message never says which part was
+    wrong)."""
+    exp = well_formed(sig, expiration)
     want = signature(path, op, user, envd_access_token(secret, sandbox_id, epoch), exp)
     if not hmac.compare_digest(want.encode("ascii"), sig.encode("ascii")):
         raise Unauthorized("invalid signature")

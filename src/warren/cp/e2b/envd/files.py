@@ -46,9 +46,10 @@ async def _signed_call(request: Request, op: envd_signatures.Operation) -> EnvdC
     secret, sandbox_id = state.settings.jwt_secret, request.scope["e2b"][0]
     q = request.query_params
     user = q.get("username", "")
+    path, sig, exp = q.get("path", ""), q.get("signature", ""), q.get("signature_expiration")
+    envd_signatures.well_formed(sig, exp)
 
-    def check(epoch: int) -> None:
-        path, sig, exp = q.get("path", ""), q.get("signature", ""), q.get("signature_expiration")
+    def check(epoch: int) -> None:  # against the sandbox's current token
         envd_signatures.verify(secret, sandbox_id, path, op, user, sig, exp, epoch)
 
     ctx, found = await signed_access(state.engine, sandbox_id, check)
