@@ -9,15 +9,15 @@ MOUNT_ATTR_IDMAP) taking the canonical range to the sandbox's, and the clones ar
 overlayfs by descriptor (``lowerdir+``, fsmount.fs_mount). Overlayfs itself cannot be id-mapped
 (EINVAL), but it accepts id-mapped lowers; the upper is made with the sandbox's owners directly.
 
-The id map is a user namespace whose uid/gid map is "<from> <to> 65536". The agent never forks
-(gRPC's fork handlers), so the namespace maker (ns_maker.py ``user``) makes it, once per
-(from, to) pair, kept as a bind mount under slot_userns.USERNS_DIR (a few per host: one per
+The id map is a user namespace whose uid/gid map is "<from> <to> 65536" (and host root as
+itself). The agent never forks (gRPC's fork handlers), so the namespace maker (ns_maker.py
+``user``) makes it, once per (from, to) pair, when the slot is made (slot_userns.make, ahead
+of creates for pooled slots); it is kept as a bind mount under slot_userns.USERNS_DIR (one per
 slot base) and opened per create. A clone costs ~0.06 ms per layer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import os
@@ -25,19 +25,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from warren.agent import slot_userns
-from warren.agent.templates import MAPPED_SIZE
 
 _SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # the same on every architecture
 _OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC = 1, os.O_CLOEXEC
 _AT_EMPTY_PATH, _AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
 _MOUNT_ATTR_IDMAP = 0x100000
-# The owner of the id-map namespaces: an unprivileged uid of its own (a namespace is counted
-# under its owner), next to the slot owners' range.
-IDMAP_OWNER_UID = slot_userns.OWNER_BASE - 2
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_locks: dict[Path, asyncio.Lock] = {}
 
 
 class _MountAttr(ctypes.Structure):
@@ -56,23 +50,10 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def userns_path(from_base: int, to_base: int) -> Path:
-    return slot_userns.USERNS_DIR / f"idmap-{from_base}-{to_base}"
-
-
 async def open_userns(from_base: int, to_base: int) -> int:
     """A descriptor (the caller closes it) of the user namespace mapping ``from_base``.. to
-    ``to_base``.., made by the namespace maker the first time it is asked for."""
-    path = userns_path(from_base, to_base)
-    lock = _locks.setdefault(path, asyncio.Lock())
-    async with lock:
-        if not path.exists():
-            maker = await slot_userns.maker()
-            try:
-                await maker.request(f"user {IDMAP_OWNER_UID} {from_base} {to_base} {MAPPED_SIZE} {path}")
-            except slot_userns.SlotUsernsError:
-                if not path.exists():  # else another agent on this host made it first
-                    raise
+    ``to_base``.. (made by the slot's make; else here, the first time it is asked for)."""
+    path = await slot_userns.ensure_idmap(from_base, to_base)
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
@@ -108,13 +89,3 @@ def clones(lower: Sequence[Path], userns_fds: Sequence[int | None]) -> Iterator[
         for item in out:
             if isinstance(item, int):
                 os.close(item)
-
-
-def remove_all() -> None:
-    """Let go of every id-map namespace (tests; the agent keeps them, one per slot base)."""
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(slot_userns.USERNS_DIR):
-            if name.startswith("idmap-"):
-                target = slot_userns.USERNS_DIR / name
-                _libc.umount2(str(target).encode(), 2)
-                target.unlink(missing_ok=True)

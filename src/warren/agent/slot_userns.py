@@ -33,7 +33,7 @@ from collections import deque
 from pathlib import Path
 
 from warren.agent.helper_process import HelperProcess, PerLoop, spawn_script
-from warren.agent.templates import MAPPED_SIZE, uid_base
+from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE, uid_base
 
 USERNS_DIR = Path("/run/warren/userns")
 NETNS_DIR = Path("/run/netns")  # where ``ip netns`` keeps named network namespaces
@@ -41,9 +41,11 @@ NETNS_DIR = Path("/run/netns")  # where ``ip netns`` keeps named network namespa
 # (templates.uid_base) and from any uid a distribution hands out.
 OWNER_BASE = 2_000_000_000
 PROBE_UID = OWNER_BASE - 1  # made and let go at start: whether this host allows it at all
+IDMAP_OWNER_UID = OWNER_BASE - 2  # owns the id-map namespaces (idmap.py)
 _MS_BIND, _MS_REC, _MS_SHARED, _MNT_DETACH = 4096, 16384, 1 << 20, 2
 _ANSWER_TIMEOUT = 30.0  # the maker gives up on a child after 10 s; this covers a stuck maker
 _libc = ctypes.CDLL(None, use_errno=True)
+_idmap_locks: dict[Path, asyncio.Lock] = {}
 
 
 class SlotUsernsError(RuntimeError):
@@ -149,6 +151,26 @@ async def unavailable(via: Maker | None = None) -> str:
     return ""
 
 
+def idmap_path(from_base: int, to_base: int) -> Path:
+    return USERNS_DIR / f"idmap-{from_base}-{to_base}"
+
+
+async def ensure_idmap(from_base: int, to_base: int) -> Path:
+    """The user namespace an id-mapped mount takes ``from_base``.. to ``to_base``.. through
+    (idmap.py), made the first time it is asked for and kept (one per slot base)."""
+    path = idmap_path(from_base, to_base)
+    async with _idmap_locks.setdefault(path, asyncio.Lock()):
+        if not path.exists():
+            try:
+                await (await maker()).request(
+                    f"user {IDMAP_OWNER_UID} {from_base} {to_base} {MAPPED_SIZE} {path}"
+                )
+            except SlotUsernsError:
+                if not path.exists():  # else another agent on this host made it first
+                    raise
+    return path
+
+
 def owner_uid(index: int) -> int:
     return OWNER_BASE + index
 
@@ -162,9 +184,18 @@ async def make(index: int, netns: str) -> None:
     (named as ``ip netns`` names them). On failure nothing of it is left."""
     netns_path, userns_path = NETNS_DIR / netns, path(index)
     try:
-        # Slot n's sandboxes run as a host range of their own (templates.uid_base).
+        # Slot n's sandboxes run as a host range of their own (templates.uid_base), and see
+        # the canonical layers through an id map to it, made here, ahead of any create.
         id_map = f"0 {uid_base(index)} {MAPPED_SIZE}"
-        await (await maker()).request(f"make {owner_uid(index)} {id_map} {netns_path} {userns_path}")
+        m = await maker()
+        made = await asyncio.gather(
+            m.request(f"make {owner_uid(index)} {id_map} {netns_path} {userns_path}"),
+            ensure_idmap(MAPPED_BASE, uid_base(index)),
+            return_exceptions=True,
+        )
+        for result in made:
+            if isinstance(result, BaseException):
+                raise result
     except (SlotUsernsError, OSError) as e:
         raise SlotUsernsError(f"slot {index}: could not make its namespaces: {e}") from None
 
