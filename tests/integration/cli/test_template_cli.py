@@ -117,6 +117,13 @@ def test_detach_then_follow_the_logs(env: dict[str, str]) -> None:
     assert code == 0 and "tick 3" in out and "ready cli-detached v1" in out
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The CLI's SIGINT as a terminal gives it. A suite started in the background (`make test &`,
+    as CI starts it) ignores SIGINT, which every child inherits and Python then keeps ignoring:
+    the CLI followed the build to its end and exited 0 (session 14's three CI failures)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_following_not_the_build(
     env: dict[str, str], platform: Platform, tmp_path: Path
 ) -> None:
@@ -126,6 +133,7 @@ def test_ctrl_c_stops_following_not_the_build(
     proc = subprocess.Popen(
         [sys.executable, "-m", "warren.cli.main", "template", "build", "-n", "cli-ctrl-c", "-f", str(spec)],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
     t0, seen = time.monotonic(), []
