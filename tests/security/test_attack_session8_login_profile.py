@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.machine import MINIMAL_CACHE
-from warren.agent.rootfs_profile import trim_login_shell
+from warren.agent.rootfs_profile import EDITS, trim_login_shell
 
 pytestmark = pytest.mark.root
 
@@ -42,10 +42,13 @@ def profile() -> Iterator[Path]:
     src = MINIMAL_CACHE / "rootfs/etc/profile"
     if not src.is_file():
         src = Path("/etc/profile")  # this host is Debian bookworm too: the same text
+    # Debian's own text: a cached minimal built by this tree has the edit applied already.
+    _, debian, edited = EDITS[0]
+    text = src.read_text().replace(edited, debian)
     root = Path(tempfile.mkdtemp(prefix="warren-attack-profile-"))
     try:
         (root / "etc").mkdir()
-        shutil.copyfile(src, root / "etc/profile")
+        (root / "etc/profile").write_text(text)
         assert trim_login_shell(root) == ["etc/profile"]
         assert '"${EUID:-$(id -u)}"' in (root / "etc/profile").read_text()
         for p, mode in ((root, 0o755), (root / "etc", 0o755), (root / "etc/profile", 0o644)):
