@@ -24,8 +24,9 @@ platform is up and warm). It prints:
 windows (a ``sitecustomize`` hook: SIGUSR1 starts a profile, SIGUSR2 writes it): Python calls per
 request (deterministic) and the profiler's own time by package and by function (not a timing
 to quote: cProfile's overhead is per call, but it says where the calls are). ``--cpu N`` runs
-the CP plain and reads ``/proc`` over N creates one at a time (and N floor requests): the CP's
-CPU and PostgreSQL's (the postmaster and its backends) per request, each less its idle rate.
+the CP plain and reads ``/proc`` over N creates one at a time (and N floor requests, N unary
+execs; each --reps times): the CP's CPU and PostgreSQL's (the postmaster and its backends) per
+request, each less its idle rate: issue 17's "CP CPU per create, PostgreSQL included".
 
 Run it against another tree with ``PYTHONPATH=<tree>/src``: the migrations and the CP are then
 that tree's (the first line says which ``warren`` it imported).
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,16 +328,16 @@ def profiled(path: Path, k: int, top: int = 25) -> None:
     calls = sum(cc for cc, _, _, _, _ in stats.values())
     total = sum(tt for _, _, tt, _, _ in stats.values())
     print(f"    {calls / k:.0f} calls, {total / k * 1e3:.3f} ms of profiled time per request")
-    by_pkg: Counter[str] = Counter()
+    by_pkg: defaultdict[str, float] = defaultdict(float)
     n_pkg: Counter[str] = Counter()
     for (fname, _, fn), (cc, _, tt, _, _) in stats.items():
         by_pkg[_package(fname, fn)] += tt
         n_pkg[_package(fname, fn)] += cc
-    grouped: Counter[str] = Counter()
+    grouped: defaultdict[str, float] = defaultdict(float)
     for name, tt in by_pkg.items():
         grouped[name.split(".")[0] if not name.startswith("warren.") else ".".join(name.split(".")[:3])] += tt
     print("    by package (ms / request, calls): " + ", ".join(
-        f"{name} {tt / k * 1e3:.3f}" for name, tt in grouped.most_common(16)
+        f"{name} {tt / k * 1e3:.3f}" for name, tt in sorted(grouped.items(), key=lambda kv: -kv[1])[:16]
     ))  # fmt: skip
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
     for (fname, line, fn), (cc, _, tt, ct, _) in rows:
@@ -396,27 +397,37 @@ def pg_seconds(postmaster: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-async def cpu_windows(url: str, key: str, pid: int, pg_pid: int, n: int) -> None:
-    """The CP's and PostgreSQL's CPU over n creates one at a time and n floor requests, from
-    /proc, each less its idle rate (10 s measured first)."""
+async def cpu_windows(url: str, key: str, pid: int, pg_pid: int, n: int, reps: int) -> None:
+    """The CP's and PostgreSQL's CPU over n creates one at a time, n floor requests and n unary
+    execs (in one sandbox), from /proc, each less its idle rate (10 s measured first); ``reps``
+    times over."""
     u = httpx.URL(url)
     c = Conn(u.host, u.port or 80, key)
     await c.open()
     missing = f"/v1/sandboxes/{ids.sandbox_id(uuid.UUID(int=1))}"
+    target = await create(c)
     c0, p0, t0 = cpu_seconds(pid), pg_seconds(pg_pid), time.perf_counter()
     await asyncio.sleep(10)
     dt = time.perf_counter() - t0
     idle_cp, idle_pg = (cpu_seconds(pid) - c0) / dt, (pg_seconds(pg_pid) - p0) / dt
     print(f"idle: CP {idle_cp * 1e3:.2f} ms/s, PostgreSQL {idle_pg * 1e3:.2f} ms/s (taken off below)")
-    for label, is_create in (("create, one at a time", True), ("GET unknown sandbox (the floor)", False)):
+    windows = (
+        ("create, one at a time", "create"),
+        ("GET unknown sandbox (the floor)", "floor"),
+        ("unary exec of `true`", "exec"),
+    ) * reps
+    for label, kind in windows:
         sids: list[str] = []
         c0, p0, t0 = cpu_seconds(pid), pg_seconds(pg_pid), time.perf_counter()
         for _ in range(n):
-            if is_create:
+            if kind == "create":
                 sids.append(await create(c))
-            else:
+            elif kind == "floor":
                 status, _, _ = await c.request("GET", missing)
                 assert status == 404, status
+            else:
+                status, _, data = await c.request("POST", f"/v1/sandboxes/{target}/exec", EXEC_BODY)
+                assert status == 200, (status, data[:300])
         dt = time.perf_counter() - t0
         cp = cpu_seconds(pid) - c0 - idle_cp * dt
         pg = pg_seconds(pg_pid) - p0 - idle_pg * dt
@@ -425,6 +436,7 @@ async def cpu_windows(url: str, key: str, pid: int, pg_pid: int, n: int) -> None
             f"request (wall {dt / n * 1e3:.2f} ms each)"
         )
         await destroy_all(url, key, sids)
+    await destroy_all(url, key, [target])
     c.close()
 
 
@@ -493,7 +505,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     await profile_windows(url, key, pid, home / "prof", args.n, args.keep_profile)
                 elif args.cpu:
                     pg_pid = int(next(home.rglob("postmaster.pid")).read_text().split()[0])
-                    await cpu_windows(url, key, pid, pg_pid, args.cpu)
+                    await cpu_windows(url, key, pid, pg_pid, args.cpu, args.reps)
                 elif use_callgrind:
                     callgrind(pid, "-i", "on")
                     await measure(url, key, pid, home / "cg.out", args.n, args.burst, args.reps)

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from warren.cp import ws
-from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, State, TeamContext
+from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
+from warren.cp.api.hot_auth import TEAM_SECURITY, TeamContextDirect
 from warren.cp.http_errors import error_responses
 from warren.cp.security import credentials
 from warren.cp.services import exec as svc
@@ -59,35 +60,36 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
             pass
 
     watcher = asyncio.ensure_future(client_gone())
+    # The watcher's end (a disconnect) cancels the work; awaiting the work itself costs less
+    # than asyncio.wait's set, future and callbacks on both.
+    watcher.add_done_callback(lambda _: task.cancel())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            return None  # the client went away (or its receive failed)
+        raise  # this request itself was cancelled
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
         with contextlib.suppress(BaseException):
-            await watcher
-    if task.cancelled() or not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return None
-    return task.result()
+            await watcher  # ended before the answer's own receive() calls
 
 
 @router.post(
     "/{sandbox_id}/exec",
     response_model=svc.ExecResult,
     responses=error_responses(400, *AUTH_ERRORS, 404, 409, 413, 502, 503),
-    openapi_extra=json_body(svc.ExecBody),
+    openapi_extra={**json_body(svc.ExecBody), **TEAM_SECURITY},
 )
-async def exec_command(sandbox_id: str, request: Request, ctx: TeamContext, state: State) -> Response:
+async def exec_command(sandbox_id: str, request: Request, ctx: TeamContextDirect) -> Response:
     """Run ``cmd`` with ``args`` (no shell) and wait for it. Output is UTF-8 text, or base64 for
     both streams when either is not UTF-8 (``encoding``). ``timeout_sec`` <= 0 means 30 s, and
     may not exceed the platform's maximum (default 3600). More than the unary output cap
     (16 MiB of stdout and stderr together by default) is 413 ``output_too_large``: the command
     is killed; use the exec stream. A client that disconnects cancels the command."""
     raw = await request.body()
-    # The app's state as one dependency, not two (each is a call FastAPI resolves per request).
+    # The app's state read from the request, not a dependency (each costs a resolution).
+    state = state_of(request)
     settings = state.settings
     work = unary.exec_command(state.engine, state.pool, ctx, sandbox_id, raw,
                               max_timeout=settings.max_exec_timeout_s,

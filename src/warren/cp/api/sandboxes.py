@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, Field
 
 from warren.config import Runtime
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, State, TeamContext
+from warren.cp.api.hot_auth import TEAM_SECURITY, TeamContextDirect
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.services import egress_rules, envd_rotation, sandbox_power
 from warren.cp.services import sandboxes as svc
 from warren.cp.services.egress_rules import NetworkRules
 from warren.cp.services.env import EnvVars
+from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -56,9 +58,10 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
     response_model=svc.SandboxView,
     response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS, 404, 429, 502, 503),
+    openapi_extra=TEAM_SECURITY,
 )
 async def create_sandbox(
-    ctx: TeamContext, state: State, body: Annotated[CreateSandboxRequest | None, Body()] = None
+    ctx: TeamContextDirect, request: Request, body: Annotated[CreateSandboxRequest | None, Body()] = None
 ) -> Response:
     """Create a sandbox on a host chosen by the scheduler. A size past a platform maximum → 400;
     past a team quota → 429 `quota_exceeded`; no eligible host (none offering the runtime) → 503
@@ -73,7 +76,8 @@ async def create_sandbox(
         network=egress_rules.checked(b.network, internet=b.internet), runtime=b.runtime,
     )  # fmt: skip
     timings: dict[str, float] = {}
-    # The app's state as one dependency, not five (each is a call FastAPI resolves per request).
+    # The app's state read from the request, not dependencies (each costs a resolution).
+    state = state_of(request)
     sandbox = await svc.create_sandbox(
         state.engine, state.pool, state.scheduler, ctx, params,
         settings=state.settings, store=state.store, timings=timings,

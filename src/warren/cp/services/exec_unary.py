@@ -96,15 +96,11 @@ async def exec_command(
     # Most answers: one write with a length instead of a chunked stream (~5 writes). The budget
     # stays held until the answer is written, as for a stream.
     try:
-        pieces = [piece async for piece in render(tgt.sid, body.cmd, out, _kept)]
+        whole = render_whole(tgt.sid, body.cmd, out)
     except BaseException:
         held.release()
         raise
-    return UnaryAnswer(held.release, whole=b"".join(pieces))
-
-
-def _kept() -> None:
-    """``render``'s release when the caller gives the budget back itself."""
+    return UnaryAnswer(held.release, whole=whole)
 
 
 def _messages(sid: str, body: ExecBody, limit: int) -> list[pb.ExecStreamRequest]:
@@ -272,4 +268,26 @@ async def render(sid: str, cmd: str, out: Output, release: Callable[[], None]) -
         release()
 
 
-__all__ = ["Output", "UnaryAnswer", "exec_command", "render"]
+def render_whole(sid: str, cmd: str, out: Output) -> bytes:
+    """:func:`render`'s bytes at once, for an output of at most ``_PIECE`` bytes: the same
+    decisions (strict UTF-8 of each stream as a whole, else base64 of both) and the same JSON,
+    without render's generators (JSON escapes each character alone, base64 each 3 bytes, so the
+    whole equals the pieces)."""
+    stdout, stderr = b"".join(out.stdout), b"".join(out.stderr)
+    try:
+        text = True
+        so = json.dumps(stdout.decode(), ensure_ascii=False)[1:-1].encode()
+        se = json.dumps(stderr.decode(), ensure_ascii=False)[1:-1].encode()
+    except UnicodeDecodeError:
+        text = False
+        so, se = base64.b64encode(stdout), base64.b64encode(stderr)
+    head = json.dumps({"sandbox_id": sid, "cmd": cmd}, ensure_ascii=False)[:-1].encode()
+    tail = {
+        "exit_code": out.exit_code,
+        "duration_ms": out.duration_ms,
+        "encoding": "utf-8" if text else "base64",
+    }
+    return b"".join((head, b',"stdout":"', so, b'","stderr":"', se, b'",', json.dumps(tail)[1:].encode()))
+
+
+__all__ = ["Output", "UnaryAnswer", "exec_command", "render", "render_whole"]
