@@ -203,8 +203,11 @@ def test_an_installs_converter_and_tar2sqfs_run_confined_as_uids_of_their_own(
         conv = _wait_for(lambda: _children(server[0].pid, exe), "the converter")
         tar2sqfs = os.path.realpath(layer_image.packer_path())  # or the image writer, where built
         packer = _wait_for(lambda: _children(os.getpid(), tar2sqfs), "the packer")
-        # the writer confines itself once its output is open, a moment after its exec
+        # the writer confines itself once its output is open, a moment after its exec; the
+        # converter child once it has its uid and limits, before its first read (CI saw it
+        # read between its fork and its filter under load)
         _wait_for(lambda: [packer] if _status(packer)["Seccomp"] == "2" else [], "the packer's filter")
+        _wait_for(lambda: [conv] if _status(conv)["Seccomp"] == "2" else [], "the converter's filter")
         c, p = _status(conv), _status(packer)
         assert c["Seccomp"] == "2" and p["Seccomp"] == "2", (c["Seccomp"], p["Seccomp"])
         c_uid, p_uid = int(c["Uid"].split()[0]), int(p["Uid"].split()[0])
