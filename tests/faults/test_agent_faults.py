@@ -124,9 +124,16 @@ async def test_agent_killed_mid_create(clean: Faults) -> None:
     f = clean
     b = f.agents[1]
     load = f.load()
-    # Creates until one is under way on B; B dies with it in hand.
-    creates = [asyncio.create_task(load.create()) for _ in range(6)]
-    await wait_for(lambda: _nonempty(f.creating(b)), 60, "a create under way on B")
+    # Creates until one is under way on B; B dies with it in hand. Started in waves until B
+    # is seen creating: six at once, each ~70 ms on its agent, could all end between two looks
+    # (CI once saw none in 60 s).
+    creates: list[asyncio.Task[str | None]] = []
+    for _ in range(MAX_WAVES):
+        creates += [asyncio.create_task(load.create()) for _ in range(3)]
+        if await _seen_creating(f, b):
+            break
+    else:
+        raise AssertionError(f"no create seen under way on B in {MAX_WAVES} waves")
     b.kill9()
     await asyncio.gather(*creates)
     # B is dead but still `online` (its heartbeat is not stale yet): creates that pick it are
@@ -141,8 +148,16 @@ async def test_agent_killed_mid_create(clean: Faults) -> None:
     await f.check(load)
 
 
-async def _nonempty(lst: object) -> bool:
-    return bool(await lst)  # type: ignore[misc]
+MAX_WAVES = 10
+
+
+async def _seen_creating(f: Faults, b: AgentProcess, looks: int = 40) -> bool:
+    """Whether B is seen with a create under way within ``looks`` quick looks."""
+    for _ in range(looks):
+        if await f.creating(b):
+            return True
+        await asyncio.sleep(0.005)
+    return False
 
 
 BOUNDARY = "faultsboundary"
