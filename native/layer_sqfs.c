@@ -8,7 +8,7 @@
  * No deduplication of identical files (tar2sqfs' other data step).
  *
  * Its input is the converter's own output format (native/tar_fmt.c, image_tar.py): ustar headers,
- * a PAX record before those that need one (path, size, linkpath, SCHILY.xattr.*), every parent
+ * a PAX record before those that need one (path, size, linkpath, the opaque xattr), every parent
  * directory before its children, each name once. It is read as hostile all the same (a
  * converter taken over could write anything): every read checked, names, depths, entry counts
  * and PAX records bounded, anything the converter never writes refused; a refusal is one line on

@@ -150,6 +150,8 @@ void clear_pax(void) {
     pax.has_path = pax.has_link = pax.has_size = 0;
 }
 
+static const char OPAQUE_XATTR[] = "trusted.overlay.opaque";
+
 static int key_is(const unsigned char *k, size_t n, const char *name) {
     return n == strlen(name) && memcmp(k, name, n) == 0;
 }
@@ -180,6 +182,10 @@ static void pax_record(const unsigned char *k, size_t kn, const unsigned char *v
         const unsigned char *name = k + sizeof XATTR - 1;
         size_t nn = kn - (sizeof XATTR - 1);
         if (memchr(name, 0, nn)) die("bad xattr name", NULL);
+        /* The converter writes one xattr, the opaque marker. Anything else (a file capability
+         * valid for host root, overlayfs' redirect...) would come from a converter taken over. */
+        if (!key_is(name, nn, OPAQUE_XATTR) || vn != 1 || v[0] != 'y')
+            die("an xattr the converter does not write", NULL);
         pax.xkey[pax.nx] = dup_n((const char *)name, nn);
         pax.xval[pax.nx] = (unsigned char *)dup_n((const char *)v, vn);
         pax.xlen[pax.nx++] = vn;
