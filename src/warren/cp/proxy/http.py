@@ -31,6 +31,7 @@ MAX_IDLE_PER_PORT = 8
 MAX_IDLE = 1024
 MAX_HEAD = 64 << 10  # response line and headers from the sandbox
 SMALL_BODY = 64 << 10  # a Content-Length body up to this is read whole and sent in one piece
+SEND_PIECE = 64 << 10  # the most one write to the client adds (an unread response: session 15)
 
 
 class UpstreamError(Exception):
@@ -236,7 +237,18 @@ async def _relay(conn: _Conn, resp: h11.Response, receive: Receive, send: Send) 
         while True:
             ev = await conn.next_event()
             if isinstance(ev, h11.Data):
-                await send({"type": "http.response.body", "body": bytes(ev.data), "more_body": True})
+                # Each send waits until the client's transport is below its high-water mark
+                # (uvicorn's flow control) before it writes: pieces keep what one write adds
+                # past that mark small, and nothing is read from the sandbox meanwhile.
+                data = ev.data
+                for i in range(0, len(data), SEND_PIECE):
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": bytes(data[i : i + SEND_PIECE]),
+                            "more_body": True,
+                        }
+                    )
             elif isinstance(ev, h11.EndOfMessage):
                 break
             else:
