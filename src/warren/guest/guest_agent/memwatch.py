@@ -11,8 +11,14 @@ gets SIGKILL, and the next one if that was not enough.
 
 Polling, not an event: gVisor has no memory pressure notification. The interval shrinks as the
 usage nears the limit (the time an allocation at :data:`MAX_RATE` would need to reach it,
-between :data:`MIN_INTERVAL` and :data:`MAX_INTERVAL`), so an idle sandbox costs ~5 reads a
-second and an allocation loop is caught within a few MiB of the limit.
+between :data:`MIN_INTERVAL` and :data:`MAX_INTERVAL`), so an allocation loop is caught within a
+few MiB of the limit. :data:`MAX_RATE` must be above the fastest allocation a sandbox can make:
+below it, the first interval of an idle sandbox outlasts the time a hog needs to pass the limit
+and the whole headroom (session 15: at 1 GiB/s, a 256 MiB sandbox's idle interval was ~230 ms,
+and 1 run in 4 of a hog at the 1.6-2.4 GiB/s measured went from idle to the host cgroup's
+limit between two reads). The price is paid by small sandboxes: an idle one is read 4 times a
+second from 1 GiB up, ~8 at 512 MiB, ~16 at 256 MiB (~1 ms of host CPU each under ptrace,
+half of it the disk's ``statvfs``, a round trip to the Gofer; bench/gvisor_memwatch.py).
 
 The limit is a file the agent writes before each start (``--memory-limit-file``; bytes, in
 decimal), re-read every second: a sandbox restored from another's memory image (a fork) keeps
@@ -26,7 +32,12 @@ import time
 
 from .protocol import log
 
-MAX_RATE = 1 << 30  # bytes/s: faster than an allocation loop runs under gVisor's ptrace platform
+# bytes/s: above the fastest allocation of one vCPU under gVisor's ptrace platform, as the host
+# cgroup is charged (measured on the 2-core reference machine, quiet: a Python loop of 8 MiB
+# bytearrays 1.6 GiB/s, one bytearray 1.6, writes to a gVisor tmpfs 1.5, an mmap touched page
+# by page 2.4, an mmap with MAP_POPULATE 2.8; bench/gvisor_memwatch.py). Several vCPUs allocating
+# at once go faster: past this rate the host may end the sandbox (docs/security.md §1b).
+MAX_RATE = 4 << 30
 MIN_INTERVAL = 0.005
 MAX_INTERVAL = 0.25
 LIMIT_REREAD = 1.0
@@ -42,12 +53,30 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
+_meminfo = -1  # /proc/meminfo, kept open by the watch thread (see _read_meminfo)
+
+
+def _read_meminfo() -> bytes:
+    """One ``pread`` of the open file (gVisor regenerates it at offset 0): each syscall is a
+    ptrace round trip (~75 µs of the sandbox's CPU here), and open + read + close tripled it.
+    Reopened after an error (a restored image whose file would not read, say)."""
+    global _meminfo
+    if _meminfo < 0:
+        _meminfo = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(_meminfo, 4096, 0)
+    except OSError:
+        fd, _meminfo = _meminfo, -1
+        os.close(fd)
+        raise
+
+
 def used_bytes() -> int:
     """``MemTotal - MemFree - (Cached - Shmem)``: what gVisor's kernel holds for the sandbox's
     processes and tmpfs files, without the page cache of disk files (evictable: it is written
     back to the disk). ``Cached`` counts tmpfs too (``Shmem``), which stays."""
     fields = {}
-    for line in _read("/proc/meminfo").splitlines():
+    for line in _read_meminfo().splitlines():
         name, _, rest = line.partition(b":")
         if name in (b"MemTotal", b"MemFree", b"Cached", b"Shmem"):
             fields[name] = int(rest.split()[0]) * 1024
