@@ -47,6 +47,23 @@ def platform_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+# The shared platform's preview domain (host-name routing: ``{port}-{sandbox_id}.preview.test``).
+PREVIEW_DOMAIN = "preview.test"
+# The shared platform's settings, the same for every module on it.
+SHARED_ENV = {
+    # Every shared module's tenants sign up from this one address, more than the default 60 an
+    # hour over a run (the limit has tests of its own: test_abuse).
+    "WARREN_SIGNUP_LIMIT_PER_ADDRESS": "100000",
+    # Previews by host name as well as by path: the modules of host routing share it too
+    # (without it, each started a platform of its own for this one setting).
+    "WARREN_PREVIEW_DOMAIN": PREVIEW_DOMAIN,
+    # A pass every 5 s (30 s in production): what a test waits for the monitor to record (a
+    # sandbox that died on its host) is seconds, not half a minute. The passes are race-safe
+    # by design (cp/hosts/monitor.py: several replicas run them at once).
+    "WARREN_MONITOR_INTERVAL_S": "5",
+}
+
+
 class WorkerPlatform:
     """The worker's one shared platform, started when a ``shared_platform`` module first asks
     (a platform start is ~5 s of CPU, paid once per worker instead of once per module)."""
@@ -62,9 +79,7 @@ class WorkerPlatform:
 
         if self._platform is None:
             self.home = scratch_dir("shared")
-            # Every shared module's tenants sign up from this one address, more than the
-            # default 60 an hour over a run (the limit has tests of its own: test_abuse).
-            with environ({"WARREN_SIGNUP_LIMIT_PER_ADDRESS": "100000"}):
+            with environ(SHARED_ENV):
                 self._platform = await start_platform(self.db_url, self.home)
         return self._platform
 

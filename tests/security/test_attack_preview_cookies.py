@@ -36,9 +36,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -48,12 +46,14 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import PASSWORD
-from tests.harness.platform import Platform, running_platform
+from tests.harness.fixtures import PREVIEW_DOMAIN
+from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 
-pytestmark = pytest.mark.root
+# The shared platform has a preview domain (host-name routing); this module's sandboxes are its tenants'.
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
-DOMAIN = "preview.test"
+DOMAIN = PREVIEW_DOMAIN
 
 # Echoes the request's headers; /set answers with the cookies a hostile server would set.
 APP = r"""
@@ -76,12 +76,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 http.server.ThreadingHTTPServer(("127.0.0.1", 8001), H).serve_forever()
 """
-
-
-@pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    async with running_platform(db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN}) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,17 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness.platform import Platform, running_platform
+from tests.harness.fixtures import PREVIEW_DOMAIN
+from tests.harness.platform import Platform
 
-pytestmark = pytest.mark.root
+# The shared platform has a preview domain (host-name routing); this module's sandboxes are its team's.
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 PORT = 8080
 # Bound to 127.0.0.1 on purpose: the proxy dials from inside the sandbox's network namespace.
@@ -70,15 +71,7 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
-DOMAIN = "preview.test"
-
-
-@pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    """The live platform, with a preview domain for host-name routing (the CP process takes
-    its settings from the environment it starts with)."""
-    async with running_platform(db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN}) as p:
-        yield p
+DOMAIN = PREVIEW_DOMAIN
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 killed from the host, as the host's OOM killer would): the exec in flight is a 409 saying the
 sandbox is not running, within moments rather than at its timeout; so is the next one. The host
 monitor then records the sandbox ``stopped`` as it does for any sandbox gone from its host (not
-waited for here: a pass of the shared platform's monitor, ~20 s). The agent's side of it (every
+waited for here: the shared platform's monitor passes every 5 s). The agent's side of it (every
 kind of call, gVisor too) is tests/integration/agent/test_dead_container.py."""
 
 from __future__ import annotations

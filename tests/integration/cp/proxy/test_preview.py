@@ -10,20 +10,21 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import PASSWORD
+from tests.harness.fixtures import PREVIEW_DOMAIN
 from tests.harness.machine import free_port
-from tests.harness.platform import Platform, running_platform
+from tests.harness.platform import Platform
 
-pytestmark = pytest.mark.root
+# The shared platform has a preview domain (host-name routing); this module's sandboxes are its team's.
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
-DOMAIN = "preview.test"
+DOMAIN = PREVIEW_DOMAIN
 
 # One app for what http.server cannot do: a large download, an upload counter, the headers it
 # got, and server-sent events that wait for a file between two events.
@@ -119,12 +120,6 @@ class Sbx:
 
     def tok(self) -> dict[str, str]:
         return {"X-Warren-Traffic-Token": self.token}
-
-
-@pytest.fixture(scope="module")
-async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    async with running_platform(db_url, platform_dir, {"WARREN_PREVIEW_DOMAIN": DOMAIN}) as p:
-        yield p
 
 
 @pytest.fixture(scope="module")
