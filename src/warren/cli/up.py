@@ -421,9 +421,10 @@ def _serve(settings: Settings, options: dict[str, Any], workers: int, e2b_port: 
     port), in this process or in ``workers`` processes."""
     import uvicorn
 
-    from warren.cp.app import create_server_app
-
     if workers == 1:
+        # Here only: with workers, each imports the app itself and the parent never needs it.
+        from warren.cp.app import create_server_app
+
         config = uvicorn.Config(create_server_app(settings), **options)
         sockets = _bind(config, e2b_port)
         uvicorn.Server(config).run(sockets=sockets)
