@@ -47,8 +47,8 @@ FALLBACK_S = 60.0  # a host whose data port failed is reached over DialPort this
 MAX_FRAME = 1 << 20
 # Bytes received and not yet read, before the agent is paused (its socket's buffers and the
 # sandbox's hold the rest), and the most one read off the data connection takes.
-_HIGH = 64 << 10
-READ_PIECE = 64 << 10
+_HIGH = 32 << 10
+READ_PIECE = 32 << 10
 _READ_BUF = memoryview(bytearray(READ_PIECE))
 _HEADER = struct.Struct("!I")
 _ACCEPTED = 1
@@ -87,7 +87,7 @@ class _Protocol(asyncio.BufferedProtocol):
     socket is at most ``READ_PIECE`` bytes (a plain protocol gets whatever the loop read, up to
     256 KiB with uvloop), and frames are parsed as they stream: payload bytes are queued as they
     come, never a whole frame first. What one connection holds unread is then ``_HIGH`` plus one
-    read (session 15: it was 2 MiB plus one read, ~0.8-1.5 MiB an unread preview response)."""
+    read (session 15: it was 2 MiB plus one read of up to 256 KiB: ~2.2 MiB an unread preview response)."""
 
     def __init__(self) -> None:
         self.t: asyncio.Transport | None = None

@@ -31,7 +31,7 @@ MAX_IDLE_PER_PORT = 8
 MAX_IDLE = 1024
 MAX_HEAD = 64 << 10  # response line and headers from the sandbox
 SMALL_BODY = 64 << 10  # a Content-Length body up to this is read whole and sent in one piece
-SEND_PIECE = 64 << 10  # the most one write to the client adds (an unread response: session 15)
+SEND_PIECE = 32 << 10  # the most one write to the client adds (an unread response: session 15)
 
 
 class UpstreamError(Exception):
