@@ -21,6 +21,11 @@ from warren.cp.services.context import AuthContext
 
 async def team_context_direct(request: Request) -> AuthContext:
     """What ``TeamContext`` resolves to, the schemes called in its place (bearer, then key)."""
+    overrides = request.app.dependency_overrides
+    if overrides and team_context in overrides:
+        # ``dependency_overrides[team_context]`` replaces it here too, as on every TeamContext
+        # route (tests give a context that way); the override takes no parameters.
+        return await overrides[team_context]()  # type: ignore[no-any-return]
     bearer = await _bearer_scheme(request)
     api_key = await _api_key_scheme(request)
     return await team_context(request, bearer, api_key)
