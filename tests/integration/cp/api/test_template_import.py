@@ -30,7 +30,9 @@ from tests.harness.cp import InProcessCP
 from tests.harness.machine import MINIMAL_CACHE
 from tests.harness.platform import Platform
 
-pytestmark = pytest.mark.root
+# On the worker's shared platform: its imports are its own team's templates (the bounds test's
+# replica of its own, on the same database, signs up a team of its own too).
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 ROOTFS = MINIMAL_CACHE / "rootfs"
 MAPPED_BASE = 1_000_000_000
