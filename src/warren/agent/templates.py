@@ -31,6 +31,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,51 +100,35 @@ class Template:
     config: dict[str, object]
 
 
-def shift_ownership(root: Path, base: int = MAPPED_BASE) -> None:
-    """Re-own every file under ``root`` from uid N to ``base`` + N (idempotent for N < base).
+def _reown(root: Path, new_id: Callable[[int], int]) -> None:
+    """Re-own every file under ``root`` (a tree only the agent can reach): uid and gid each to
+    ``new_id`` of it. Nothing is followed (lchown, and os.walk does not enter symlinked dirs);
+    set-uid/set-gid bits, which chown(2) clears, are put back."""
 
-    chown(2) clears set-uid/set-gid bits, so the mode is put back afterwards.
-    """
-
-    def shift(path: str, st: os.stat_result, is_link: bool) -> None:
-        uid = st.st_uid if st.st_uid >= base else st.st_uid + base
-        gid = st.st_gid if st.st_gid >= base else st.st_gid + base
+    def reown(path: str, st: os.stat_result, is_link: bool) -> None:
+        uid, gid = new_id(st.st_uid), new_id(st.st_gid)
         if (uid, gid) != (st.st_uid, st.st_gid):
             os.lchown(path, uid, gid)
             if not is_link and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
                 os.chmod(path, stat.S_IMODE(st.st_mode))
 
-    shift(str(root), os.lstat(root), False)
+    reown(str(root), os.lstat(root), False)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            shift(p, st, stat.S_ISLNK(st.st_mode))
+            reown(p, st, stat.S_ISLNK(st.st_mode))
+
+
+def shift_ownership(root: Path, base: int = MAPPED_BASE) -> None:
+    """Re-own every file under ``root`` from uid N to ``base`` + N (idempotent for N < base)."""
+    _reown(root, lambda n: n if n >= base else n + base)
 
 
 def rebase_ownership(root: Path, from_base: int, to_base: int) -> None:
-    """Re-own every file under ``root`` (a tree only the agent can reach) from ``from_base`` + N
-    to ``to_base`` + N, N in 0..65535; other owners are left. Nothing is followed (lchown, and
-    os.walk does not enter symlinked dirs); set-uid/set-gid bits, which chown(2) clears, are
-    put back."""
-
-    def rebase(path: str, st: os.stat_result, is_link: bool) -> None:
-        uid, gid = st.st_uid, st.st_gid
-        if from_base <= uid < from_base + MAPPED_SIZE:
-            uid += to_base - from_base
-        if from_base <= gid < from_base + MAPPED_SIZE:
-            gid += to_base - from_base
-        if (uid, gid) != (st.st_uid, st.st_gid):
-            os.lchown(path, uid, gid)
-            if not is_link and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(path, stat.S_IMODE(st.st_mode))
-
-    rebase(str(root), os.lstat(root), False)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rebase(p, st, stat.S_ISLNK(st.st_mode))
+    """Re-own every file under ``root`` from ``from_base`` + N to ``to_base`` + N, N in
+    0..65535; other owners are left."""
+    _reown(root, lambda n: n + to_base - from_base if from_base <= n < from_base + MAPPED_SIZE else n)
 
 
 def dir_size(path: Path) -> int:
