@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -26,6 +27,7 @@ from warren.agent import gvisor_ops, record, sandbox_fs
 from warren.agent.chain import Chain, TemplateConfig, check_env, start_template
 from warren.agent.egress import parse_allow
 from warren.agent.guest_client import GuestClient
+from warren.agent.guest_wire import GuestError
 from warren.agent.network import NetworkSlots, Slot
 from warren.agent.record import HostSandbox, SandboxSpec
 from warren.agent.runtime.base import Runtime
@@ -40,7 +42,9 @@ log = logging.getLogger("warren.agent")
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MB = 512
 DEFAULT_DISK_MB = 5120
-GUEST_READY_TIMEOUT = 30.0
+# How long a new sandbox's guest has to answer (a dead init ends the wait at once: _wait_guest).
+# The environment's value is for tests that must tell the two apart.
+GUEST_READY_TIMEOUT = float(os.environ.get("WARREN_AGENT_GUEST_READY_TIMEOUT", "30"))
 # No sandbox may be larger than the host itself (the CP sets the platform's own maxima).
 MAX_VCPUS, MAX_MEMORY_MB = sandbox_fs.host_capacity()
 # PID 1 of every sandbox: the stdlib-only guest agent, from the read-only guest mount. -B: a
@@ -74,6 +78,46 @@ def slot_uid_base(slot: Slot) -> int:
     namespace of its own (runc/crun), else the canonical one (gVisor's plain slots, and hosts
     that refuse unprivileged user namespaces, where the layers cannot be id-mapped either)."""
     return MAPPED_BASE if slot.userns_path is None else uid_base(slot.index)
+
+
+async def init_exit(pid: int) -> str:
+    """Once the container's process ``pid`` has exited: how, e.g. `` (status 3)``, or empty.
+    Never returns without pidfds (a kernel before 5.3) or a pid (0): the guest's timeout then
+    ends the wait."""
+    try:
+        fd = os.pidfd_open(pid) if pid > 0 else -1
+    except ProcessLookupError:
+        return ""
+    except OSError:
+        fd = -1
+    if fd < 0:
+        await asyncio.Future()  # never done: cancelled with the wait
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def fired() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, fired)
+    try:
+        await done
+        return _exit_status(fd)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _exit_status(pidfd: int) -> str:
+    # The agent is the init's subreaper (its parent once the runtime's CLI exited). WNOWAIT: the
+    # zombie stays for the rollback's reap (Teardown.track); WNOHANG: it has exited already.
+    try:
+        got = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except OSError:  # not our child (gVisor's sandbox process may not be), or reaped already
+        return ""
+    if got is None:
+        return ""
+    return f" (status {got.si_status})" if got.si_code == os.CLD_EXITED else f" (signal {got.si_status})"
 
 
 def check_request(
@@ -219,7 +263,7 @@ class SandboxBuilder:
         t_start = time.monotonic()
         await self._start(sb, fs, undo, req.restore_image)
         t_runtime = time.monotonic()
-        await self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT)
+        await self._wait_guest(sb)
         if req.source_secret:  # a fork: its guest woke up with the source's secret
             await gvisor_ops.rekey(self.guest_of(sb), req.guest_secret, sb.id)
             sb.guest_secret, sb.guest = req.guest_secret, None
@@ -306,6 +350,23 @@ class SandboxBuilder:
             sb.pid = await self.restore(sb.id, fs.root, image)
             return
         sb.pid = await self.runtime.create(sb.id, fs.root)
+
+    async def _wait_guest(self, sb: HostSandbox) -> None:
+        """The guest's first answer; a container whose init exits first (a template whose
+        python3 is no guest, a guest crashing at start) fails the create at once, not after
+        :data:`GUEST_READY_TIMEOUT`."""
+        ready = asyncio.create_task(self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT))
+        exited = asyncio.create_task(init_exit(sb.pid))
+        try:
+            await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (ready, exited):
+                t.cancel()
+            await asyncio.gather(ready, exited, return_exceptions=True)
+        if ready.done() and not ready.cancelled():
+            return ready.result()  # an answer (or its error) wins over an exit right after it
+        how = exited.result()
+        raise GuestError("unavailable", f"sandbox {sb.id}'s init exited{how} before its guest answered")
 
     @staticmethod
     async def _roll_back(sb_id: str, e: BaseException, undo: Undo) -> None:
