@@ -1,6 +1,6 @@
 """Processes: spawning commands, their output and stdin, timeouts, signals and attach.
 
-A :class:`Proc` is one command the guest started (``posix_spawn`` in its own process group).
+A :class:`Proc` is one command the guest started (forked, users.fork_exec, in its own process group).
 Its owner session (``exec``) and any ``attach`` subscribers get its events; background ones
 keep recent output in a ring for late attaches.
 """
@@ -23,7 +23,6 @@ from .protocol import (
     K_STDOUT,
     READ_CHUNK,
     GuestFail,
-    os_fail,
     req_str,
 )
 from .stream import InputOp, Streamed
@@ -167,19 +166,10 @@ class Proc(Streamed):
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if want_stdin else (-1, -1)
-        actions: list[tuple[Any, ...]] = [
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
-        ]
-        if want_stdin:
-            actions.insert(0, (os.POSIX_SPAWN_DUP2, in_r, 0))
-        else:
-            actions.insert(0, (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0))
         try:
-            if self.user is None:
-                self.pid = self._posix_spawn(exe, cmd, args, env, cwd, actions)
-            else:
-                self.pid = self._spawn_as_user(exe, [cmd, *args], env, cwd, (in_r, out_w, err_w))
+            # fork, not posix_spawn, for root too: only a forked child can give itself the
+            # children's oom_score_adj before anything of it runs (OomScore).
+            self.pid = self._spawn_as_user(exe, [cmd, *args], env, cwd, (in_r, out_w, err_w))
         except BaseException:
             for fd in (out_r, err_r, in_w):
                 if fd >= 0:
@@ -191,47 +181,14 @@ class Proc(Streamed):
                     os.close(fd)
         return out_r, err_r, in_w
 
-    def _posix_spawn(
-        self,
-        exe: str,
-        cmd: str,
-        args: "list[str]",
-        env: "dict[str, str]",
-        cwd: str,
-        actions: "list[tuple[Any, ...]]",
-    ) -> int:
-        guest = self.g
-        # posix_spawn cannot chdir (3.11), but the guest is single-threaded, so changing its
-        # own cwd around the spawn is safe and keeps the fast vfork path.
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise os_fail(e, f"cwd {cwd}") from e
-        try:
-            guest.oom.for_child()
-            return os.posix_spawn(
-                exe,
-                [cmd, *args],
-                env,
-                file_actions=actions,
-                setpgroup=0,  # own process group: timeouts and signals reach its children
-                setsigdef=guest.sigdef,  # Python ignores SIGPIPE/SIGXFSZ; children must not
-            )
-        except ValueError as e:
-            raise GuestFail("invalid_argument", str(e)) from e
-        except OSError as e:
-            raise os_fail(e, f"spawn {cmd}") from e
-        finally:
-            guest.oom.restore()
-            os.chdir("/")
-
     def _spawn_as_user(
         self, exe: str, argv: "list[str]", env: "dict[str, str]", cwd: str, fds: "tuple[int, int, int]"
     ) -> int:
-        # posix_spawn cannot change credentials: fork, drop to the user, exec (users.py).
+        # fork, drop to the user (None: stay root), exec (users.py).
         from .users import spawn_as
 
-        assert self.user is not None
+        if any("\0" in a for a in (exe, cwd, *argv, *env, *env.values())):
+            raise GuestFail("invalid_argument", "embedded null byte")  # as posix_spawn's ValueError
         guest = self.g
         return spawn_as(self.user, exe, argv, env, cwd, fds, guest.sigdef, guest.oom)
 
@@ -486,29 +443,26 @@ class SendStdinOp(InputOp):
 
 class OomScore:
     """Children start at oom_score_adj 1000, so that the sandbox's OOM killer always takes one
-    of them before the guest, whose death (PID 1) is the sandbox's. posix_spawn cannot set it
-    in the child, so the guest (single-threaded) raises its own around each spawn, as it does
-    its cwd: the child inherits it at fork, before it can fork itself. Lowering it back is
-    allowed down to oom_score_adj_min, which the runtime set to the guest's own value."""
+    of them before the guest, whose death (PID 1) is the sandbox's. The guest's own score never
+    moves: it used to be raised around each spawn for the child to inherit, and the spawn's own
+    charges (the fork, the exec) in a sandbox held at its limit by small processes had the OOM
+    killer take the guest, the largest at 1000 (session 15, test_attack_session15_guest_oom).
+    Every command is therefore forked (users.fork_exec), and the child sets its own first
+    (:meth:`in_child`). Not posix_spawn and a write from the guest after it: ``sh -c "... &"``
+    forked before that write at its first try, and its fillers at the guest's 0 had the guest,
+    the largest of them, killed."""
 
     CHILD = b"1000"
 
-    def __init__(self) -> None:
+    def in_child(self) -> None:
+        """In a forked child, before anything else: its own /proc/self, not the guest's."""
         try:
-            self.fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
-            self.own = os.pread(self.fd, 16, 0).strip()
-        except OSError:  # no /proc: children simply keep the guest's value
-            self.fd, self.own = -1, b""
-
-    def _set(self, value: bytes) -> None:
-        if self.fd >= 0:
-            try:
-                os.pwrite(self.fd, value, 0)
-            except OSError:
-                pass
-
-    def for_child(self) -> None:
-        self._set(self.CHILD)
-
-    def restore(self) -> None:
-        self._set(self.own)
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # no /proc: it keeps the guest's value
+        try:
+            os.write(fd, self.CHILD)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

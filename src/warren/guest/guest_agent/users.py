@@ -280,7 +280,7 @@ def _fail_payload(e: BaseException) -> bytes:
 
 
 def spawn_as(
-    user: "User",
+    user: "User | None",
     exe: str,
     argv: "list[str]",
     env: "dict[str, str]",
@@ -317,19 +317,18 @@ def fork_exec(
     """fork; in the child, default signals, ``setup()`` (its session and fds 0-2), become
     ``user`` (None: stay root), chdir and exec. Returns the pid once the exec succeeded; a
     failure before it (a cwd the user cannot enter, a command they cannot run) raises here and
-    the child is reaped. ``oom`` (the guest's ``OomScore``) is raised around the fork only, so
-    the child inherits the children's score."""
+    the child is reaped. The child gives itself the children's score first (``oom``, the guest's
+    ``OomScore``: the guest's own never moves)."""
     err_r, err_w = os.pipe()  # close-on-exec: EOF without a byte means the exec happened
-    oom.for_child()
     try:
         pid = os.fork()
     except BaseException:
-        oom.restore()
         os.close(err_r)
         os.close(err_w)
         raise
     if pid == 0:  # the child: never returns
         try:
+            oom.in_child()
             os.close(err_r)
             _child_signals(sigdef)
             setup()
@@ -350,7 +349,6 @@ def fork_exec(
                 pass
         finally:
             os._exit(127)
-    oom.restore()
     os.close(err_w)
     try:
         report = await_exec(pid, err_r, EXEC_TIMEOUT)
