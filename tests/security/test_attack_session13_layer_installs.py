@@ -225,7 +225,8 @@ def test_one_tenants_fresh_templates_take_turns_and_anothers_create_gets_through
             # python3 is no guest), and each waits out the agent's 30 s for its guest, in turns
             # of its create concurrency (a minute of this test's time, proving nothing here).
             deadline = time.monotonic() + 1200
-            while len(_installed(platform)) < IMPORTS + 1:
+            # (And at least 50 samples in all: installs can end within a dozen under load.)
+            while len(_installed(platform)) < IMPORTS + 1 or sampler.samples <= 50:
                 assert time.monotonic() < deadline, ("layers left uninstalled", _installed(platform))
                 time.sleep(0.2)
     finally:
