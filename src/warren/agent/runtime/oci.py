@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from warren.agent.proc import CommandError, Result, run, write_file
-from warren.agent.runtime import oci_spawn
+from warren.agent.runtime import guest_oom, oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
 from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits
@@ -112,7 +112,9 @@ class OciRuntime:
                 detail = f"{why}\n{log_file.read_text()[-1500:].strip()}".strip()
             await self.destroy(sandbox_id)
             raise RuntimeError_(f"{self.name} run failed (exit {rc}): {detail}")
-        return int(pid_file.read_text().strip())
+        pid = int(pid_file.read_text().strip())
+        guest_oom.pin(pid)  # no tenant process may lower its OOM score to the guest's
+        return pid
 
     async def destroy(self, sandbox_id: str) -> None:
         # A frozen task cannot die: thaw first (a no-op when not frozen).

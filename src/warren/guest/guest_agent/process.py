@@ -450,7 +450,9 @@ class OomScore:
     Every command is therefore forked (users.fork_exec), and the child sets its own first
     (:meth:`in_child`). Not posix_spawn and a write from the guest after it: ``sh -c "... &"``
     forked before that write at its first try, and its fillers at the guest's 0 had the guest,
-    the largest of them, killed."""
+    the largest of them, killed. In a runc/crun sandbox the agent sets the guest's floor
+    (oom_score_adj_min) at 1000 under its own 0 (agent/runtime/guest_oom.py): the children
+    inherit the floor and can never lower themselves to the guest's score (session 16)."""
 
     CHILD = b"1000"
 
