@@ -229,7 +229,8 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
         "process": {
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
-            "args": spec.guest_argv,
+            # The guest keeps each command's RLIMIT_NPROC below pids.max (guest_agent/process.py).
+            "args": [*spec.guest_argv, "--max-processes", str(spec.pids_limit)],
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},

@@ -10,6 +10,7 @@ keep recent output in a ring for late attaches.
 import _signal
 import _stat
 import os
+import resource
 import time
 from _collections import deque
 
@@ -452,12 +453,32 @@ class OomScore:
     forked before that write at its first try, and its fillers at the guest's 0 had the guest,
     the largest of them, killed. In a runc/crun sandbox the agent sets the guest's floor
     (oom_score_adj_min) at 1000 under its own 0 (agent/runtime/guest_oom.py): the children
-    inherit the floor and can never lower themselves to the guest's score (session 16)."""
+    inherit the floor and can never lower themselves to the guest's score (session 16).
+
+    The child also takes ``RLIMIT_NPROC`` a little below the sandbox's ``pids.max``
+    (``max_processes``, the guest's ``--max-processes``): a fork bomb as one user (``nobody``, each
+    child in a session of its own) took every process of the sandbox, and the guest could fork
+    no command again, root's ``kill`` included, until the sandbox was destroyed (session 16,
+    test_attack_session16_pids). The kernel counts it per user and no one in the sandbox may raise
+    it, so one user alone never holds the last ``reserve`` processes."""
 
     CHILD = b"1000"
 
+    def __init__(self, max_processes: int = 0) -> None:
+        self.nproc = max_processes - self.reserve(max_processes) if max_processes > 0 else 0
+
+    @staticmethod
+    def reserve(max_processes: int) -> int:
+        """The processes no one user may take: enough for root to run a command or two."""
+        return min(64, max(4, max_processes // 8))
+
     def in_child(self) -> None:
         """In a forked child, before anything else: its own /proc/self, not the guest's."""
+        if self.nproc > 0:
+            try:
+                resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+            except (OSError, ValueError):
+                pass  # a lower limit already (raising one is not ours to do)
         try:
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
         except OSError:

@@ -312,6 +312,7 @@ def main(argv: "list[str]") -> int:
     tcp_port = 0
     secret_file = ""
     memory_limit_file = ""
+    max_processes = 0
     it = iter(argv)
     for a in it:
         if a == "--tcp":  # gVisor: also listen on TCP, secret first (tcp.py)
@@ -320,6 +321,8 @@ def main(argv: "list[str]") -> int:
             secret_file = next(it, "")
         elif a == "--memory-limit-file":  # gVisor: enforce the memory limit inside (memwatch.py)
             memory_limit_file = next(it, "")
+        elif a == "--max-processes":  # the sandbox's pids.max: each command's RLIMIT_NPROC below it
+            max_processes = int(next(it, "0"))
         elif a == "--socket":
             socket_path = next(it, socket_path)
         elif a.startswith("--socket="):
@@ -334,6 +337,7 @@ def main(argv: "list[str]") -> int:
             return 2
     _ensure_stdio()
     guest = Guest(socket_path, term_grace)
+    guest.oom = OomScore(max_processes)
     if tcp_port:
         from . import tcp
 
