@@ -50,6 +50,7 @@ from warren.cp.services.lifetime_sweeper import LifetimeSweeper
 from warren.cp.services.platform_templates import base_template
 from warren.cp.services.replica_lease import ReplicaLease
 from warren.cp.services.retention import RetentionWorker
+from warren.cp.services.stream_revocation import RevocationWorker
 from warren.cp.services.template_builds import BuildRunner
 from warren.cp.state import AppState, state_of
 from warren.cp.store import make_store
@@ -202,6 +203,9 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
     )
     lifetimes = LifetimeSweeper(state.engine, state.pool, settings)
     state.retention = RetentionWorker(state.engine, settings)
+    # Open streams end when their credentials are revoked; this replica's own streams, so always.
+    revocation = RevocationWorker(state.engine)
+    revocation.start()
     if settings.run_workers:
         state.monitor.start()  # the first pass runs at once, then every monitor_interval_s
         lifetimes.start()  # every lifetime_sweep_interval_s, on every replica (docs/e2b.md §2)
@@ -218,6 +222,7 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
         yield
     finally:
         await interpreter.stop()
+        await revocation.stop()
         await base.stop()
         await state.retention.stop()
         await lifetimes.stop()

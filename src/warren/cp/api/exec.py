@@ -134,9 +134,11 @@ async def exec_stream(websocket: WebSocket, sandbox_id: str) -> None:
             return
         await websocket.accept()
         try:
-            await stream.stream_session(
+            session = stream.stream_session(
                 engine, client, tgt.uuid, tgt.sid, _peer(websocket), max_timeout=_max_timeout(websocket)
             )
+            # Ends with an error frame if the credentials are revoked meanwhile (stream_revocation).
+            await slot.guard_notify(session, lambda e: websocket.send_text(json.dumps(error_frame(e))))
         finally:
             await ws.close(websocket)
 

@@ -34,7 +34,9 @@ async def pty_stream(websocket: WebSocket, sandbox_id: str) -> None:
             return
         await websocket.accept()
         try:
-            await svc.session(state.engine, tgt, peer(websocket))
+            # Ends with an error frame if the credentials are revoked meanwhile (stream_revocation).
+            session = svc.session(state.engine, tgt, peer(websocket))
+            await slot.guard_notify(session, lambda e: websocket.send_json(ws.error_frame(e)))
         finally:
             await ws.close(websocket)
 

@@ -55,7 +55,9 @@ async def watch_stream(
         try:
             await websocket.send_json({"type": "started"})
             async with contextlib.aclosing(frames):
-                await _relay(websocket, frames)
+                # Ends with an error frame if the credentials are revoked (stream_revocation).
+                relay = _relay(websocket, frames)
+                await slot.guard_notify(relay, lambda e: websocket.send_json(ws.error_frame(e)))
         finally:
             await ws.close(websocket)
 

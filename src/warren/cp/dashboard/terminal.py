@@ -91,6 +91,10 @@ async def terminal(websocket: WebSocket, sandbox_id: str) -> None:
             return
         await websocket.accept(subprotocol=SUBPROTOCOL)
         try:
-            await pty_svc.session(state.engine, tgt, browser_peer(websocket))
+            # Ends with an error frame if the session loses the team meanwhile (stream_revocation).
+            await slot.guard_notify(
+                pty_svc.session(state.engine, tgt, browser_peer(websocket)),
+                lambda e: websocket.send_text(json.dumps(ws.error_frame(e), separators=(",", ":"))),
+            )
         finally:
             await ws.close(websocket)

@@ -12,7 +12,7 @@ from warren import clock, ids
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import team_api_keys, teams, users
 from warren.cp.security.api_keys import generate_api_key
-from warren.cp.services import Timestamp, audit, envd_rotation
+from warren.cp.services import Timestamp, audit, envd_rotation, stream_revocation
 from warren.cp.services.context import AuthContext
 from warren.errors import Forbidden, InvalidRequest, TooManyRequests
 
@@ -141,6 +141,7 @@ async def delete_key(engine: AsyncEngine, ctx: AuthContext, key_id: uuid.UUID) -
             # The key could read every envd token of the team's sandboxes (E2B's get/connect).
             await envd_rotation.bump_team(conn, team_id)
     if name is not None:
+        stream_revocation.kick()  # the key's open streams end (committed now)
         await audit.record(
             engine,
             ctx,

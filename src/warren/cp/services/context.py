@@ -32,6 +32,9 @@ class AuthContext:
     # The account that owns team_id (its one ``owner`` member, fixed for the team's life), read
     # with the credentials: per-owner bounds (services/stream_slots.py) count by it.
     owner_id: uuid.UUID | None = None
+    # A sandbox access token's epoch (envd_access): open streams end when it moves on
+    # (services/stream_revocation.py).
+    token_epoch: int | None = None
 
     @property
     def is_manager(self) -> bool:

@@ -45,8 +45,9 @@ def _found(sandbox_id: str, row: Mapping[str, Any] | None) -> tuple[AuthContext,
     if row is None or row["status"] in ("stopped", "error", "pending"):
         raise NotFound(f"sandbox {sandbox_id} not found")
     ctx = AuthContext(
-        kind="sandbox_token", team_id=row["team_id"], only_sandbox=sandbox_id, owner_id=row["team_owner_id"]
-    )
+        kind="sandbox_token", team_id=row["team_id"], only_sandbox=sandbox_id, owner_id=row["team_owner_id"],
+        token_epoch=_epoch(row),
+    )  # fmt: skip
     return ctx, Found(row, sandbox_model(row))
 
 

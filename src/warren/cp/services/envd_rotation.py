@@ -4,7 +4,7 @@ it at once, on every replica (they all read the epoch with the sandbox row).
 
 - :func:`rotate`: one sandbox, on request (``POST /v1/sandboxes/{id}/access-token``), answering
   the new token.
-- :func:`bump_team`: every running or paused sandbox of a team, in the caller's transaction:
+- :func:`bump_team`: every running, paused or pending sandbox of a team, in the caller's transaction:
   when a member leaves or is removed, or an API key is revoked (``teams``, ``api_keys``), so
   whoever lost access keeps no token they copied while they had it. Other members get the new
   tokens from E2B's connect / get, or from :func:`rotate`'s answer.
@@ -15,18 +15,22 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from warren.cp.db.engine import transaction
+from warren import ids
+from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import sandboxes
-from warren.cp.services import audit
+from warren.cp.services import audit, stream_revocation, stream_slots
 from warren.cp.services.context import AuthContext
 from warren.cp.services.envd_tokens import envd_access_token
 from warren.cp.services.sandboxes import find
 from warren.errors import Forbidden, InvalidState
 
 _LIVE = ("running", "paused")  # the sandboxes whose tokens still open anything
+# A team-wide bump also covers creates under way: a pending row's epoch is the one its create
+# finishes with (session 16; a sandbox pending at a member's removal started at epoch 0).
+_BUMPED = ("pending", *_LIVE)
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,12 @@ class Rotated:
 
 
 async def bump_team(conn: AsyncConnection, team_id: uuid.UUID) -> int:
-    """Bump the token epoch of every live sandbox of ``team_id`` in one UPDATE (the caller's
-    transaction); the number of sandboxes whose tokens changed."""
+    """Bump the token epoch of every live or pending sandbox of ``team_id`` in one UPDATE (the
+    caller's transaction; the caller calls ``stream_revocation.kick`` once it commits); the
+    number of sandboxes whose tokens changed."""
     res = await conn.execute(
         update(sandboxes)
-        .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_LIVE))
+        .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_BUMPED))
         .values(envd_token_epoch=sandboxes.c.envd_token_epoch + 1)
     )
     return int(res.rowcount or 0)
@@ -68,4 +73,20 @@ async def rotate(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, *, secr
             conn, ctx, team_id=found.row["team_id"], action="rotate_access_token",
             resource_type="sandbox", resource_id=sandbox_id, metadata={"epoch": int(epoch)},
         )  # fmt: skip
+    stream_revocation.kick()  # streams opened with the old token end (committed now)
     return Rotated(sandbox_id, envd_access_token(secret, sandbox_id, int(epoch)), int(epoch))
+
+
+async def created_epoch(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> int:
+    """The token epoch a create hands its caller (E2B's create answers the token): the row's
+    current one, which a member's removal during the create has bumped. 401 ``access_revoked``
+    when the caller's own credentials were revoked while it ran: the sandbox stays the team's,
+    its token is not handed out."""
+    if not await stream_revocation.still_valid(engine, ctx):
+        raise stream_slots.Revoked()
+    sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
+    async with autocommit(engine) as conn:
+        epoch = (
+            await conn.execute(select(sandboxes.c.envd_token_epoch).where(sandboxes.c.id == sb_uuid))
+        ).scalar()
+    return int(epoch or 0)

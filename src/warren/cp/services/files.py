@@ -159,8 +159,9 @@ async def _write(
     _check_upload_path(path)
     with stream_slots.Slot() as slot:
         slot.claim(tgt.ctx, tgt.max_streams)
-        await file_transfer.write(
-            tgt.client(), tgt.sid, path, chunks, tgt.user, metadata, team=_team(tgt.ctx)
+        # A revoked credential (stream_revocation) cuts the upload: 401, no file written.
+        await slot.guard(
+            file_transfer.write(tgt.client(), tgt.sid, path, chunks, tgt.user, metadata, team=_team(tgt.ctx))
         )
 
 

@@ -29,24 +29,36 @@ the plain HTTP answer 429 ``too_many_streams``::
             await ws.deny(websocket, e)
             return
         ...  # accept and run the session; leaving the block gives the slot back
+
+Since session 16 a stream also ends when the credentials it was opened with stop being valid
+(a member removed or gone, an API key revoked, an envd token rotated, the team deleted):
+``services/stream_revocation.py`` re-reads the open slots' credentials and calls
+:meth:`Slot.revoke`, which cancels whatever the stream awaits inside :meth:`Slot.guard` (a
+:class:`Held` stream's next item is awaited there) and makes it raise :class:`Revoked`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 from warren import ids
 from warren.config import Settings
 from warren.cp.services.context import AuthContext
-from warren.errors import TooManyRequests
+from warren.errors import TooManyRequests, Unauthorized
+
+T = TypeVar("T")
 
 # Open streams per team and per owning account in this process. The event loop is
 # single-threaded: no lock needed.
 _open: Counter[uuid.UUID | None] = Counter()
 _owned: Counter[uuid.UUID] = Counter()
+# Every slot held in this process, for the credential re-check (stream_revocation).
+_live: dict[Slot, None] = {}
 # The per-owner bound: the process's (its counts are), set from Settings by cp/state.py.
 _per_owner = Settings.model_fields["max_streams_per_owner"].default
 
@@ -72,6 +84,21 @@ def _owner(ctx: AuthContext) -> uuid.UUID | None:
     return ctx.owner_id or ctx.team_id
 
 
+class Revoked(Unauthorized):
+    """The credentials a stream was opened with are no longer valid: it ends (401)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the credentials this stream was opened with are no longer valid (member removed, "
+            "API key revoked, access token rotated or team deleted)",
+            code="access_revoked",
+        )
+
+
+def live_slots() -> list[Slot]:
+    return list(_live)
+
+
 class Slot:
     """One stream's place in its team's count: taken by :meth:`claim`, given back on leaving
     the ``with`` block (whether or not it was taken)."""
@@ -80,6 +107,10 @@ class Slot:
         self._team: uuid.UUID | None = None
         self._owner: uuid.UUID | None = None
         self._held = False
+        self.ctx: AuthContext | None = None  # the credentials, re-checked while held
+        self.revoked = False
+        self._task: asyncio.Task[object] | None = None  # awaiting inside guard()
+        self._cancelled: asyncio.Task[object] | None = None  # the task revoke() cancelled
 
     def claim(self, ctx: AuthContext, limit: int) -> None:
         """Count this stream for ``ctx``'s team, or raise 429 ``too_many_streams`` when the team
@@ -107,8 +138,54 @@ class Slot:
         if owner is not None:
             _owned[owner] += 1
         self._team, self._owner, self._held = team, owner, True
+        self.ctx = ctx
+        _live[self] = None
+
+    def revoke(self) -> None:
+        """End the stream: what it awaits in :meth:`guard` now, or its next :meth:`guard`,
+        raises :class:`Revoked`."""
+        self.revoked = True
+        if self._task is not None and self._cancelled is None:
+            self._cancelled = self._task
+            self._task.cancel()
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        """``await work``, cut short by :meth:`revoke` (as :class:`Revoked`)."""
+        if self.revoked:
+            close = getattr(work, "close", None)
+            if close is not None:
+                close()  # a coroutine never awaited
+            raise Revoked()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            # Our cancel (and no one else's as well) becomes the stream's end; any other is kept.
+            if self._cancelled is task and task.uncancel() == 0:
+                raise Revoked() from None
+            raise
+        finally:
+            self._task = None
+        if self._cancelled is task:  # the work swallowed our cancel: still the end
+            task.uncancel()
+            raise Revoked()
+        return result
+
+    async def guard_notify(
+        self, work: Awaitable[None], notify: Callable[[Revoked], Awaitable[object]]
+    ) -> None:
+        """:meth:`guard` for a WebSocket session: a revocation is told to its client
+        (``notify``, e.g. an error frame; its failure ignored) and ends the session quietly."""
+        try:
+            await self.guard(work)
+        except Revoked as e:
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await notify(e)
 
     def release(self) -> None:
+        _live.pop(self, None)
         if not self._held:
             return
         self._held = False
@@ -127,9 +204,6 @@ class Slot:
         self.release()
 
 
-T = TypeVar("T")
-
-
 class Held(Generic[T]):
     """A stream's items, holding its team's slot until they end, fail or are dropped (a
     response never started is dropped without iterating, hence ``__del__``)."""
@@ -143,7 +217,7 @@ class Held(Generic[T]):
 
     async def __anext__(self) -> T:
         try:
-            return await anext(self._items)
+            return await self._slot.guard(anext(self._items))
         except BaseException:
             self._slot.release()
             raise

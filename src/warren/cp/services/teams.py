@@ -28,7 +28,7 @@ from warren.config import Settings
 from warren.cp.db.engine import Conn, autocommit, driver, fetchrow, transaction
 from warren.cp.db.queries import teams as q
 from warren.cp.db.tables import teams, users, users_teams
-from warren.cp.services import Timestamp, audit, envd_rotation
+from warren.cp.services import Timestamp, audit, envd_rotation, stream_revocation
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import StrictBody
 from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests
@@ -418,6 +418,7 @@ async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUI
         if old == "owner":
             raise Forbidden("the team owner cannot be removed")
         await _drop_member(conn, team_id, target)
+    stream_revocation.kick()  # their open streams end (committed now)
     await _audit_member(engine, ctx, team_id, "remove", ids.user_id(target), {"role": old})
 
 
@@ -428,6 +429,7 @@ async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) 
         if role == "owner":
             raise Forbidden("the owner cannot leave the team; delete the team instead")
         await _drop_member(conn, team_id, user_id)
+    stream_revocation.kick()  # their open streams end (committed now)
     await _audit_member(engine, ctx, team_id, "leave", ids.user_id(user_id), {"role": role})
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 
 from warren.cp.e2b.control import models
-from warren.cp.services import e2b_sandboxes, lifetimes, sandbox_list, sandbox_network
+from warren.cp.services import e2b_sandboxes, envd_rotation, lifetimes, sandbox_list, sandbox_network
 from warren.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -26,9 +26,13 @@ async def _create(call: Call, default_timeout: int) -> Response:
         s.engine, s.pool, s.scheduler, call.ctx, req, settings=s.settings, store=s.store
     )
     token = None if req.public_traffic else view.traffic_token
+    # The envd token at the epoch the create finished with (a member removed meanwhile bumped
+    # it), and none for a caller whose own key was revoked meanwhile (401).
+    epoch = await envd_rotation.created_epoch(s.engine, call.ctx, view.id)
     body = models.created(
-        sandbox_id=view.id, template=view.template, settings=s.settings, traffic_token=token
-    )
+        sandbox_id=view.id, template=view.template, settings=s.settings, traffic_token=token,
+        token_epoch=epoch,
+    )  # fmt: skip
     return JSONResponse(body, status_code=201)
 
 

@@ -98,16 +98,17 @@ async def rpc(request: Request) -> Response:
         if name in SERVER_STREAMS:
             slot.claim(call.ctx, call.state.settings.max_streams_per_team)
             msg = await read_one_envelope(request)
-            held = _SlotHeld(
-                stream_response(SERVER_STREAMS[name](call, msg), _log_failure, final=process.is_end), slot
-            )
+            # Held: a revoked token (stream_revocation) ends the stream with Connect's
+            # ``unauthenticated``, in its end-of-stream message.
+            out = stream_slots.Held(SERVER_STREAMS[name](call, msg), slot)
+            held = _SlotHeld(stream_response(out, _log_failure, final=process.is_end), slot)
             slot = stream_slots.Slot()  # the response gives it back
             return held
         if name in CLIENT_STREAMS:  # the reply is enveloped too, an error as the end of stream
             slot.claim(call.ctx, call.state.settings.max_streams_per_team)
             try:
                 messages = read_envelopes(request, client_stream_pace(request))
-                reply = envelope(await CLIENT_STREAMS[name](call, messages)) + end_stream()
+                reply = envelope(await slot.guard(CLIENT_STREAMS[name](call, messages))) + end_stream()
             except Exception as exc:
                 _log_failure(exc)
                 reply = end_stream(as_connect_error(exc))

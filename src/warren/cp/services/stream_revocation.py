@@ -1,0 +1,168 @@
+"""Open streams end when the credentials they were opened with stop being valid (session 16).
+
+A stream (exec, terminal, watch, file transfer, build log, E2B envd stream: ``stream_slots``)
+was authenticated once, at its start. Without a re-check, a member removed from the team, an
+API key revoked or an envd access token rotated (``envd_rotation``) kept every stream it had
+open: a terminal, a running process's output, a download. So each replica re-reads the
+credentials of its open streams, in one statement, every :data:`RECHECK_S` seconds (only when
+streams are open), and at once after a change made in this process (:func:`kick`); a stream
+whose credentials fail ends with 401 ``access_revoked`` (``stream_slots.Revoked``).
+
+What is re-checked, per kind of credential (what ``authn`` and ``envd_access`` check at the
+start, less what cannot change: signatures, hashes):
+
+- a user's token or dashboard session: their membership in the team, and the team live;
+- an API key: the key still exists (revoking deletes it), and the team live;
+- a sandbox's envd access token or a URL signed with it: the sandbox's token epoch unchanged,
+  and the team live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from warren import ids
+from warren.cp.db.engine import driver
+from warren.cp.services import stream_slots
+from warren.cp.services.context import AuthContext
+from warren.errors import InvalidRequest
+
+log = logging.getLogger("warren.streams")
+
+RECHECK_S = 5.0  # how long another replica's change may leave a stream open here
+
+# The grants that no longer hold, by index. One statement for every open stream of the process.
+_FAILED = """
+    SELECT g.i
+    FROM unnest($1::int[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[]) AS g(i, kind, a, b, epoch)
+    WHERE NOT CASE g.kind
+        WHEN 'sandbox' THEN EXISTS (
+            SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
+            WHERE s.id = g.a AND s.envd_token_epoch = g.epoch AND t.deleted_at IS NULL)
+        WHEN 'key' THEN EXISTS (
+            SELECT 1 FROM team_api_keys k JOIN teams t ON t.id = k.team_id
+            WHERE k.id = g.a AND t.deleted_at IS NULL)
+        ELSE EXISTS (
+            SELECT 1 FROM users_teams ut JOIN teams t ON t.id = ut.team_id
+            WHERE ut.user_id = g.a AND ut.team_id = g.b AND t.deleted_at IS NULL)
+    END
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a credential's validity rests on: ``kind`` ``sandbox`` (a = sandbox, epoch),
+    ``key`` (a = API key) or ``member`` (a = user, b = team)."""
+
+    kind: str
+    a: uuid.UUID
+    b: uuid.UUID | None = None
+    epoch: int = 0
+
+
+def grant_of(ctx: AuthContext) -> Grant | None:
+    """The grant to re-check for ``ctx``; None: nothing that can be revoked (no team)."""
+    if ctx.team_id is None:
+        return None
+    if ctx.kind == "sandbox_token" and ctx.only_sandbox is not None:
+        try:
+            sb = ids.parse_id(ids.Kind.SANDBOX, ctx.only_sandbox, what="sandbox ID")
+        except InvalidRequest:
+            return None
+        return Grant("sandbox", sb, epoch=ctx.token_epoch or 0)
+    if ctx.kind == "api_key" and ctx.api_key_id is not None:
+        return Grant("key", ctx.api_key_id)
+    if ctx.user_id is not None:
+        return Grant("member", ctx.user_id, ctx.team_id)
+    return None
+
+
+async def failed(engine: AsyncEngine, grants: list[Grant]) -> set[Grant]:
+    """The ``grants`` that no longer hold (one statement)."""
+    if not grants:
+        return set()
+    async with driver(engine) as conn:
+        rows = await conn.fetch(
+            _FAILED,
+            list(range(len(grants))),
+            [g.kind for g in grants],
+            [g.a for g in grants],
+            [g.b for g in grants],
+            [g.epoch for g in grants],
+        )
+    return {grants[r[0]] for r in rows}
+
+
+async def still_valid(engine: AsyncEngine, ctx: AuthContext) -> bool:
+    """Whether ``ctx``'s credentials still hold (for a long call that hands out a secret at its
+    end, e.g. E2B's create and its envd access token)."""
+    grant = grant_of(ctx)
+    return grant is None or not await failed(engine, [grant])
+
+
+async def recheck(engine: AsyncEngine) -> int:
+    """One pass: revoke every open stream of this process whose credentials fail; how many."""
+    by_grant: dict[Grant, list[stream_slots.Slot]] = {}
+    for slot in stream_slots.live_slots():
+        grant = grant_of(slot.ctx) if slot.ctx is not None and not slot.revoked else None
+        if grant is not None:
+            by_grant.setdefault(grant, []).append(slot)
+    if not by_grant:
+        return 0
+    ended = 0
+    for grant in await failed(engine, list(by_grant)):
+        for slot in by_grant[grant]:
+            slot.revoke()
+            ended += 1
+    if ended:
+        log.info("ended %d open streams whose credentials are no longer valid", ended)
+    return ended
+
+
+_wake: asyncio.Event | None = None
+
+
+def kick() -> None:
+    """Re-check at once (after a change that may have revoked credentials, once committed)."""
+    if _wake is not None:
+        _wake.set()
+
+
+class RevocationWorker:
+    """The re-check loop of this process (started by ``cp/app.py``'s lifespan)."""
+
+    def __init__(self, engine: AsyncEngine, interval_s: float = RECHECK_S) -> None:
+        self.engine, self.interval_s = engine, interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    def start(self) -> None:
+        global _wake
+        _wake = self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(self._wake), name="stream-revocation")
+
+    async def _loop(self, wake: asyncio.Event) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.interval_s)
+            wake.clear()
+            try:
+                await recheck(self.engine)
+            except Exception:
+                log.exception("stream credential re-check failed")
+
+    async def stop(self) -> None:
+        global _wake
+        if _wake is self._wake:
+            _wake = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
