@@ -1,0 +1,131 @@
+"""Session 16: what held of session 15's host uid ranges and id-mapped lowers, attacked from inside.
+
+Each runc/crun sandbox runs as a host uid range of its own and sees the canonical layers through
+id-mapped lower mounts (agent/idmap.py). Attacked here as sandbox root:
+
+- two live sandboxes never share a host uid, and neither runs as the canonical range the layers
+  are stored in;
+- a lower file chowned, chmodded or hard-linked in one sandbox is copied up: the neighbour on the
+  same layer and the host's layer file keep their owners and modes;
+- a snapshot export of that sandbox holds owners of 0..65535 only (an owner the sandbox sees as
+  unmapped becomes nobody, without set-uid), no socket or device, and hard links as links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.machine import MINIMAL_CACHE
+from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+LOWER_FILES = ("etc/passwd", "usr/bin/true", "usr/bin/env")
+STAT = "stat -c '%u %g %a %h' " + " ".join(f"/{p}" for p in LOWER_FILES)
+# As sandbox root: everything it may do to the lower files, and files of every odd kind.
+TAMPER = """
+set -e
+chown 1234:1234 /etc/passwd && chmod 666 /etc/passwd
+chown 65534:65534 /usr/bin/true && chmod 4755 /usr/bin/true
+chmod 6755 /usr/bin/env && ln /usr/bin/env /root/envlink
+mkdir /data && cd /data
+mkfifo fifo
+python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind("/data/sock")'
+cp /bin/true suid && chmod 6755 suid && ln suid suid2
+touch top && chown 65535:65535 top && chmod 4755 top
+! mknod cdev c 1 3 2>/dev/null
+! mknod wh c 0 0 2>/dev/null
+"""
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    with scratch_agent("attack16-host") as a:
+        yield a
+
+
+@pytest.fixture
+def two(agent: AgentProcess) -> Iterator[tuple[str, str]]:
+    sids = (agent.create(memory_mb=128).sandbox_id, agent.create(memory_mb=128).sandbox_id)
+    try:
+        yield sids
+    finally:
+        for sid in sids:
+            with contextlib.suppress(grpc.RpcError):
+                agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sid), timeout=60)
+
+
+def sh(agent: AgentProcess, sb: str, script: str) -> str:
+    res = agent.exec(sb, "sh", "-c", script, timeout_sec=60)
+    assert res.exit_code == 0, res.stderr.decode()[-2000:]
+    return res.stdout.decode()
+
+
+def host_stat() -> list[tuple[int, int, int]]:
+    out = []
+    for p in LOWER_FILES:
+        st = os.lstat(MINIMAL_CACHE / "rootfs" / p)
+        out.append((st.st_uid, st.st_gid, st.st_mode))
+    return out
+
+
+def test_live_sandboxes_never_share_a_host_uid(agent: AgentProcess, two: tuple[str, str]) -> None:
+    ranges = []
+    for sid in two:
+        inside, base, size = map(int, sh(agent, sid, "cat /proc/self/uid_map").split())
+        assert (inside, size) == (0, MAPPED_SIZE)
+        ranges.append(range(base, base + size))
+    a, b = ranges
+    assert a.start >= b.stop or b.start >= a.stop, ranges
+    canonical = range(MAPPED_BASE, MAPPED_BASE + MAPPED_SIZE)
+    assert all(r.start >= canonical.stop for r in ranges), ranges
+
+
+def test_a_lower_changed_in_one_sandbox_stays_for_its_neighbour_and_the_host(
+    agent: AgentProcess, two: tuple[str, str]
+) -> None:
+    attacker, neighbour = two
+    before, on_host = sh(agent, neighbour, STAT), host_stat()
+    sh(agent, attacker, TAMPER)
+    assert sh(agent, attacker, STAT) != before  # the attacker's own view did change
+    assert sh(agent, neighbour, STAT) == before
+    assert host_stat() == on_host
+    assert all(MAPPED_BASE <= uid < MAPPED_BASE + MAPPED_SIZE for uid, _, _ in on_host), on_host
+
+
+def test_an_export_holds_sandbox_owners_and_plain_files_only(
+    agent: AgentProcess, two: tuple[str, str]
+) -> None:
+    attacker = two[0]
+    sh(agent, attacker, TAMPER)
+    agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=attacker), timeout=60)
+    data = b"".join(
+        msg.chunk
+        for msg in agent.stub.ExportSnapshot(pb.ExportSnapshotRequest(sandbox_id=attacker), timeout=120)
+        if msg.HasField("chunk")
+    )
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = {m.name: (m.type, m.mode, m.uid, m.gid, m.linkname) for m in tar.getmembers()}
+    assert all(0 <= uid <= 65535 and 0 <= gid <= 65535 for _, _, uid, gid, _ in got.values()), got
+    assert {t for t, *_ in got.values()} <= {
+        tarfile.REGTYPE,
+        tarfile.DIRTYPE,
+        tarfile.LNKTYPE,
+        tarfile.FIFOTYPE,
+    }
+    assert "data/sock" not in got and "data/cdev" not in got and "data/wh" not in got
+    assert got["etc/passwd"][1:4] == (0o666, 1234, 1234)
+    assert got["usr/bin/true"][1:4] == (0o4755, 65534, 65534)
+    assert got["data/top"][1:4] == (0o4755, 65535, 65535)
+    assert got["data/fifo"][0] == tarfile.FIFOTYPE
+    links = {name: link for name, (t, _, _, _, link) in got.items() if t == tarfile.LNKTYPE}
+    assert links == {"data/suid2": "data/suid", "usr/bin/env": "root/envlink"}, links
