@@ -430,6 +430,7 @@ def run_as(
 
 def _child_run(user: "User", fn: "Callable[[], Any]", sock: int, keep: "tuple[int, ...]") -> None:
     try:
+        _commands_score()
         _child_signals(set())
         _close_except(sorted({sock, *keep}))
         drop_to(user)
@@ -447,6 +448,22 @@ def _child_run(user: "User", fn: "Callable[[], Any]", sock: int, keep: "tuple[in
             pass
     finally:
         os._exit(0)
+
+
+def _commands_score() -> None:
+    """A file operation's child is a copy of the guest (its size, its score 0) that never execs
+    and may wait up to CHILD_TIMEOUT: it takes the commands' score (process.OomScore) first, so
+    the sandbox's OOM killer never weighs the guest against its like (session 16)."""
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"1000")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _close_except(keep: "list[int]") -> None:

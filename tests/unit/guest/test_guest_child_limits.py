@@ -1,4 +1,4 @@
-"""OomScore's processes cap: each command's RLIMIT_NPROC, below the sandbox's pids.max."""
+"""What a command's child (and a file operation's) sets first: RLIMIT_NPROC below pids.max, its score."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def test_a_command_starts_at_the_cap() -> None:
 
 def test_no_cap_given_leaves_the_limit() -> None:
     assert child_limit(OomScore()) == resource.getrlimit(resource.RLIMIT_NPROC)
+
+
+def test_a_file_operations_child_takes_the_commands_score() -> None:
+    # It never execs and may wait a minute: a copy of the guest at the guest's own score.
+    from warren.guest.guest_agent import users
+
+    def score() -> tuple[dict[str, str], list[int]]:
+        with open("/proc/self/oom_score_adj") as f:
+            return {"score": f.read().strip()}, []
+
+    assert users.run_as(users.lookup("root"), score) == ({"score": "1000"}, [])
