@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     transfer_window_max: int = Field(default=8 << 20, ge=256 << 10, le=1 << 30)
     transfer_window_budget_mb: int = Field(default=64, ge=0)
     transfer_window_team_mb: int = Field(default=16, ge=0)
+    # ... and of all the teams one account owns together (session 16: an owner of 4 teams held
+    # the whole budget); the platform team has no owner and takes its team share only.
+    transfer_window_owner_mb: int = Field(default=32, ge=0)
     # Live teams one user may own (their signup team and those they created); the next create is
     # 429 quota_exceeded, deleting one frees its place (services/teams.py). Every quota is per
     # team and each new team brings the whole default quota, so this bounds one account's share.
@@ -281,6 +284,11 @@ class Settings(BaseSettings):
     proxy_path_routing: bool = True
     proxy_listen: str = "127.0.0.1:8001"
     proxy_max_conns_per_sandbox: int = Field(default=128, ge=1)
+    # The same connections of all one team's sandboxes, and of all the teams one account owns
+    # (session 16: the per-sandbox bound alone multiplied by a team's sandboxes and an account's
+    # teams); per CP/proxy process, 429 too_many_connections past either (cp/proxy/bounds.py).
+    proxy_max_conns_per_team: int = Field(default=256, ge=1)
+    proxy_max_conns_per_owner: int = Field(default=512, ge=1)
     preview_url_max_expires_s: int = Field(default=7 * 24 * 3600, ge=60)
     proxy_cache_s: float = Field(default=1.0, ge=0)
 

@@ -11,8 +11,10 @@ allow. A reader that stops takes nothing, so it never grows its window: growth o
 evidence of consumption. Windows never shrink during a transfer.
 
 What a grown window holds is bounded per process (:class:`Budget`): every byte of a window past
-``BASE`` is taken from the process's budget and from its key's (the team's) share of it, on the
-receiver and again on the sender, and given back when the transfer ends. A grant the budget
+``BASE`` is taken from the process's budget and from its key's (the team's) share of it, and
+where the process knows the team's owning account (the CP does: ``group``) from that account's
+share too (session 16: an owner of 4 teams held a CP's whole budget), on the receiver and again
+on the sender, and given back when the transfer ends. A grant the budget
 cannot cover grows the window by what it can (or not at all). The ``BASE`` windows themselves
 are bounded by the streams a team may hold (``WARREN_MAX_STREAMS_PER_TEAM``).
 """
@@ -32,51 +34,69 @@ STARVED_SHARE = 0.25
 
 class Budget:
     """Bytes of grown windows (past :data:`BASE`) held in this process: at most ``total`` in
-    all and ``per_key`` for one key (a team: it cannot take the whole budget while another
-    team transfers)."""
+    all, ``per_key`` for one key (a team: it cannot take the whole budget while another team
+    transfers) and ``per_group`` for one group of keys (the teams of one owning account; a
+    transfer without a group is bounded per key only)."""
 
-    def __init__(self, total: int, per_key: int) -> None:
+    def __init__(self, total: int, per_key: int, per_group: int | None = None) -> None:
         self.total, self.per_key = total, per_key
+        self.per_group = per_key if per_group is None else per_group
         self.used = 0
         self._by_key: dict[str, int] = {}
+        self._by_group: dict[str, int] = {}
 
-    def take(self, key: str, n: int) -> int:
-        """Up to ``n`` bytes (whole :data:`GRAIN`s) for ``key``; what was taken, maybe 0."""
+    def take(self, key: str, n: int, group: str = "") -> int:
+        """Up to ``n`` bytes (whole :data:`GRAIN`s) for ``key`` of ``group``; what was taken,
+        maybe 0."""
         held = self._by_key.get(key, 0)
         n = max(0, min(n, self.total - self.used, self.per_key - held))
+        if group:
+            n = max(0, min(n, self.per_group - self._by_group.get(group, 0)))
         n -= n % GRAIN
         if n:
             self.used += n
             self._by_key[key] = held + n
+            if group:
+                self._by_group[group] = self._by_group.get(group, 0) + n
         return n
 
-    def give(self, key: str, n: int) -> None:
-        held = self._by_key.get(key, 0) - n
+    def give(self, key: str, n: int, group: str = "") -> None:
+        _less(self._by_key, key, n)
+        if group:
+            _less(self._by_group, group, n)
         self.used = max(0, self.used - n)
-        if held > 0:
-            self._by_key[key] = held
-        else:
-            self._by_key.pop(key, None)
 
     def held(self, key: str) -> int:
         return self._by_key.get(key, 0)
 
+    def group_held(self, group: str) -> int:
+        return self._by_group.get(group, 0)
+
+
+def _less(counts: dict[str, int], key: str, n: int) -> None:
+    left = counts.get(key, 0) - n
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
 
 class _Held:
-    """A window of one transfer: ``size`` bytes, what it took from the budget past BASE."""
+    """A window of one transfer: ``size`` bytes, what it took from the budget past BASE
+    (``key``'s share and ``group``'s, when it has one)."""
 
-    def __init__(self, budget: Budget | None, key: str, largest: int) -> None:
+    def __init__(self, budget: Budget | None, key: str, largest: int, group: str = "") -> None:
         self.size = self.peak = BASE
         self.capped = 0  # growths the budget cut short (whole or part)
         self.largest = max(BASE, largest)
-        self._budget, self._key, self._extra = budget, key, 0
+        self._budget, self._key, self._group, self._extra = budget, key, group, 0
 
     def _grow_to(self, want: int) -> bool:
         """Take what ``want`` asks past ``size`` from the budget; whether the window grew."""
         want = min(want, self.largest) - self.size
         if want <= 0:
             return False
-        got = want if self._budget is None else self._budget.take(self._key, want)
+        got = want if self._budget is None else self._budget.take(self._key, want, self._group)
         if got < want:
             self.capped += 1
         if got <= 0:
@@ -89,7 +109,7 @@ class _Held:
     def close(self) -> None:
         """The transfer has ended: its grown bytes go back to the budget (once)."""
         if self._budget is not None and self._extra:
-            self._budget.give(self._key, self._extra)
+            self._budget.give(self._key, self._extra, self._group)
         self._extra = 0
 
 
@@ -98,9 +118,15 @@ class Grower(_Held):
     the bytes it has :meth:`consumed`; the window to grant, when it grows."""
 
     def __init__(
-        self, budget: Budget | None, key: str, largest: int, clock: Callable[[], float] = time.monotonic
+        self,
+        budget: Budget | None,
+        key: str,
+        largest: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        group: str = "",
     ) -> None:
-        super().__init__(budget, key, largest)
+        super().__init__(budget, key, largest, group)
         self._clock = clock
         self._epoch_at = clock()
         self._got = 0

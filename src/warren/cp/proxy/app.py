@@ -5,8 +5,8 @@ sandbox, routed by path (``/v1/sandboxes/{id}/ports/{port}/…``) or by host nam
 
 Per request: the sandbox (read by id, cached ``proxy_cache_s``), the access rules
 (``services/preview.py``: public port, traffic token, signed URL or its cookie), the sandbox
-running (or resumed), a bound on connections per sandbox, then the exchange over the agent's
-data port (or DialPort: ``data.py``). The
+running (or resumed), bounds on connections per sandbox, team and owning account
+(``bounds.py``), then the exchange over the agent's data port (or DialPort: ``data.py``). The
 proxy strips the traffic token, the signed URL's parameters and the platform's cookies
 (``cookies.py``) and credentials (``credentials.py``) before anything reaches the sandbox.
 """
@@ -32,11 +32,11 @@ from warren import clock
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.http_errors import error_response, status_and_code
-from warren.cp.proxy import cookies, credentials, ws
+from warren.cp.proxy import bounds, cookies, credentials, ws
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
-from warren.cp.proxy.stream import ByteStream
+from warren.cp.proxy.stream import ByteStream, close_channels
 from warren.cp.services import preview, rate_limits
 from warren.errors import AgentError, WarrenError
 
@@ -102,6 +102,7 @@ class Proxy:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await close_channels()
 
     def error_response(self, scope: Scope, status: int, code: str, message: str) -> Response:
         """The answer to a request the proxy refuses or cannot forward: Warren's envelope (the
@@ -137,6 +138,16 @@ class Proxy:
         if (refusal := self._full(sid, key)) is not None:
             await self._deny(scope, receive, send, 429, "too_many_connections", refusal)
             return
+        s = self.settings
+        counted = bounds.claim(
+            target.team_id,
+            target.owner_id,
+            per_team=s.proxy_max_conns_per_team,
+            per_owner=s.proxy_max_conns_per_owner,
+        )
+        if isinstance(counted, str):
+            await self._deny(scope, receive, send, 429, "too_many_connections", counted)
+            return
         self._open[sid] = self._open.get(sid, 0) + 1
         self._by_client[key] = self._by_client.get(key, 0) + 1
         try:
@@ -145,6 +156,7 @@ class Proxy:
             else:
                 await self._http(r, scope, receive, send, target.client(pool))
         finally:
+            counted.release()
             _drop_one(self._open, sid)
             _drop_one(self._by_client, key)
 

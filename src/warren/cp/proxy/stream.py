@@ -2,8 +2,16 @@
 ``DialPort`` call to its host's agent (:class:`DialStream`, the fallback of ``data.py``'s data
 port).
 
-Bounded both ways: a write waits until gRPC took its message (at most ``CHUNK`` bytes), and at
+Bounded both ways: a write waits until gRPC took its message (at most ``PIECE`` bytes), and at
 most ``_QUEUE`` messages wait to be read per stream; past that the agent waits (gRPC flow control).
+
+DialPort calls go over a channel of their own per host (:func:`dial_channel`), with gRPC's
+bandwidth probes off: a stream's receive window stays at ``WINDOW``. On the host's shared
+channel the probes grow every stream's window to MiBs, and what a preview client did not read
+waited there (session 16: 48 unread previews held +245 MiB of the CP, ~5 MiB each, with the
+agent's 1 MiB messages; now about ``WINDOW`` plus ``_QUEUE`` messages each). The price is a
+connection's rate: at most ``WINDOW`` per round trip to the agent (~64 MB/s at 1 ms), on a path
+that is the data port's fallback.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+import grpc
 import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # (the stubs lack it)
 
@@ -19,8 +28,11 @@ from warren.cp.hosts.agent_client import translate
 from warren.cp.hosts.client_pool import HostClient
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
+from warren.rpc import keepalive
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # the data port's frames (data.py)
+PIECE = 32 << 10  # what one DialPort message carries to the agent (its reads are as large)
+WINDOW = 64 << 10  # a DialPort stream's receive window in gRPC
 _QUEUE = 2
 _EOF = b""
 _DIAL_PORT = f"/{pb.DESCRIPTOR.services_by_name['HostAgent'].full_name}/DialPort"
@@ -36,6 +48,63 @@ class ByteStream(Protocol):
     async def close_write(self) -> None: ...
     def close_nowait(self) -> None: ...
     async def aclose(self) -> None: ...
+
+
+# Per host id: (address, certificate generation, the event loop, the channel). A channel is
+# its loop's (the tests' in-process CPs each run on a loop of their own).
+_channels: dict[str, tuple[str, int, asyncio.AbstractEventLoop, grpc.aio.Channel]] = {}
+_OPTIONS = [
+    # The window stays what it starts at: no bandwidth probes (every stream's window grows
+    # with them), and that start is WINDOW (gRPC's default is 64 KiB; said, not assumed).
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", WINDOW),
+    ("grpc.max_receive_message_length", CHUNK + 1024),  # the contract's largest message
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    *keepalive.CLIENT_OPTIONS,
+]
+
+
+def dial_channel(client: HostClient) -> grpc.aio.Channel:
+    """The host's DialPort channel: mutual TLS as its shared channel (the CP's client
+    certificate, the host's checked against its ``host-…`` name), its own HTTP/2 connection.
+    A client without the CA (tests' plain channels) keeps its own channel."""
+    ca = client.ca
+    if ca is None:
+        return client.channel
+    got, loop = _channels.get(client.host_id), asyncio.get_running_loop()
+    if got is not None and got[:3] == (client.address, client.generation, loop):
+        return got[3]
+    cert = ca.client_cert()
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.cert_pem.encode(),
+        private_key=cert.key_pem.encode(),
+        certificate_chain=cert.cert_pem.encode(),
+    )
+    options = [("grpc.ssl_target_name_override", client.host_id), ("grpc.default_authority", client.host_id)]
+    channel = grpc.aio.secure_channel(client.address, creds, options=[*options, *_OPTIONS])
+    if got is not None and got[2] is loop:  # an address or a certificate renewed: its calls go on
+        _retire(got[3])
+    _channels[client.host_id] = (client.address, client.generation, loop, channel)
+    return channel
+
+
+_retiring: set[asyncio.Task[None]] = set()
+
+
+def _retire(channel: grpc.aio.Channel) -> None:
+    task = asyncio.get_running_loop().create_task(channel.close(grace=600))
+    _retiring.add(task)
+    task.add_done_callback(_retiring.discard)
+
+
+async def close_channels() -> None:
+    """Every DialPort channel of this process (its proxies are closing)."""
+    loop = asyncio.get_running_loop()
+    channels = [c for _, _, lp, c in _channels.values() if lp is loop]
+    _channels.clear()
+    for c in channels:
+        await c.close(None)
 
 
 def _dial_port(channel: grpc.aio.Channel) -> Any:
@@ -62,7 +131,7 @@ class DialStream:
         self.sandbox_id, self.port = sandbox_id, port
         self._host_id = client.host_id
         self._in: asyncio.Queue[bytes | BaseException] = asyncio.Queue(_QUEUE)
-        self._call: Any = _dial_port(client.channel)()
+        self._call: Any = _dial_port(dial_channel(client))()
         self._lock = asyncio.Lock()  # one message in flight at a time (a gRPC call's rule)
         self._buf = memoryview(b"")
         self._eof = False
@@ -135,8 +204,8 @@ class DialStream:
         return bytes(out)
 
     async def write(self, data: bytes) -> None:
-        for i in range(0, len(data), CHUNK):
-            await self._send(pb.DialRequest(data=data[i : i + CHUNK]))
+        for i in range(0, len(data), PIECE):
+            await self._send(pb.DialRequest(data=data[i : i + PIECE]))
 
     async def close_write(self) -> None:
         await self._send(pb.DialRequest(close_write=True))

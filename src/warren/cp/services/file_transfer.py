@@ -25,7 +25,8 @@ it takes growing windows (``warren-file-window`` in that metadata): this side gr
 download's window (:class:`~warren.rpc.flow_window.Grower`: doubled when its client took a whole
 window while this side waited for the agent's bytes) and keeps to the agent's grants for an
 upload as far as its own budget allows (``WARREN_TRANSFER_WINDOW_*``: the largest window, and
-what grown windows hold in this process, in all and per team). Each transfer with growing
+what grown windows hold in this process, in all, per team and, since session 16, per owning
+account: ``owner``, the team's owner; the platform team has none). Each transfer with growing
 windows logs ``event=file_window`` at its end: the window it reached.
 """
 
@@ -102,8 +103,22 @@ def _windows(agent_largest: int) -> tuple[Budget, int]:
     settings = get_settings()
     if _budget is None:
         mib = 1 << 20
-        _budget = Budget(settings.transfer_window_budget_mb * mib, settings.transfer_window_team_mb * mib)
+        _budget = Budget(
+            settings.transfer_window_budget_mb * mib,
+            settings.transfer_window_team_mb * mib,
+            settings.transfer_window_owner_mb * mib,
+        )
     return _budget, min(settings.transfer_window_max, agent_largest)
+
+
+def share_key(team_id: object, owner_id: object) -> str:
+    """Whose shares of the window budget a transfer's grown window takes: its team's, and its
+    team's owning account's (``<team>:<owner>``; no owner, as the platform team: the team's only)."""
+    return f"{team_id or ''}:{owner_id}" if owner_id else str(team_id or "")
+
+
+def _owner_of(key: str) -> str:
+    return key.partition(":")[2]
 
 
 async def _credit(call: Any) -> int | None:
@@ -144,8 +159,8 @@ async def write(
     """``chunks`` to ``path`` in the sandbox, whole or not at all: ``meta``, ≤ 64 KiB chunks, then
     ``commit``. If ``chunks`` fails (a truncated or broken upload), the RPC is cancelled so the
     agent discards the partial file. ``metadata``: the new file's ``user.e2b.*`` extended
-    attributes (E2B's file metadata, docs/e2b.md §3.2). ``team``: whose share of this process's
-    window budget a grown window takes."""
+    attributes (E2B's file metadata, docs/e2b.md §3.2). ``team``: whose shares of this
+    process's window budget a grown window takes (:func:`share_key`)."""
     meta = pb.WriteFileStreamRequest(
         meta=pb.WriteFileMeta(
             sandbox_id=sid, path=path, explicit_commit=True, user=user, metadata=metadata or {}
@@ -166,7 +181,7 @@ async def write(
         first: Any = await call.read()
         if first is _EOF or first.WhichOneof("msg") != "ready":
             raise AgentError("the agent did not start the upload", rpc_code="INTERNAL")
-        window = Allowance(budget, team, largest)
+        window = Allowance(budget, team, largest, _owner_of(team))
         try:
             await _credited_upload(call, chunks, window)
         finally:
@@ -330,7 +345,8 @@ async def open_read(
 ) -> AsyncGenerator[bytes]:
     """Open the file's read stream and fetch its first chunk here, so that an error before the
     data flows (no such file, ...) raises before the response starts; then relay the rest.
-    ``team``: whose share of this process's window budget a grown window takes."""
+    ``team``: whose shares of this process's window budget a grown window takes
+    (:func:`share_key`)."""
     req = pb.ReadFileRequest(sandbox_id=sid, path=path, user=user)
     call = client.stub.ReadFileCredit(None, timeout=None)
     try:
@@ -343,7 +359,7 @@ async def open_read(
     except BaseException:
         call.cancel()
         raise
-    grower = Grower(budget, team, largest) if largest > BASE else None
+    grower = Grower(budget, team, largest, group=_owner_of(team)) if largest > BASE else None
     return _relay(call, first, sid, path, credit=True, grower=grower)
 
 
@@ -426,4 +442,4 @@ def _log_window(direction: str, sid: str, window: Grower | Allowance) -> None:
     )  # fmt: skip
 
 
-__all__ = ["StreamAborted", "open_read", "write"]
+__all__ = ["StreamAborted", "open_read", "share_key", "write"]

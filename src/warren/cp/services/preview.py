@@ -90,6 +90,7 @@ class PreviewTarget:
     host_id: uuid.UUID | None
     host_address: str
     all_ports_public: bool = False  # E2B's allowPublicTraffic (docs/e2b.md §1.2)
+    owner_id: uuid.UUID | None = None  # the team's owner: the proxy's per-owner bound (cp/proxy/bounds.py)
 
     def client(self, pool: HostClientPool) -> HostClient:
         if self.host_id is None or not self.host_address:
@@ -103,7 +104,7 @@ def _target(row: Mapping[str, Any]) -> PreviewTarget:
         status=row["status"], token_hash=row["traffic_token_hash"] or "",
         public_ports=frozenset(row["public_ports"] or ()), auto_resume=bool(row["auto_resume"]),
         timeout_sec=row["timeout_sec"], host_id=row["h_id"], host_address=str(row["h_address"] or ""),
-        all_ports_public=bool(row["all_ports_public"]),
+        all_ports_public=bool(row["all_ports_public"]), owner_id=row["owner_id"],
     )  # fmt: skip
 
 
