@@ -144,8 +144,9 @@ async def upload_target(
 
 
 def _team(ctx: AuthContext) -> str:
-    """Whose share of the CP's transfer window budget a transfer's grown window takes."""
-    return str(ctx.team_id or "")
+    """Whose shares of the CP's transfer window budget a transfer's grown window takes: its
+    team's and its owning account's (session 16)."""
+    return file_transfer.share_key(ctx.team_id, ctx.owner_id)
 
 
 async def _write(
