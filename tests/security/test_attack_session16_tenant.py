@@ -283,3 +283,38 @@ def test_a_key_revoked_during_its_create_gets_no_working_token(platform: Platfor
     listed = owner.w("GET", "/v1/sandboxes").json()
     sid = next(s["id"] for s in listed if s.get("template") == "slow-ready")
     assert Stolen(e2b_env.url, sid, envd_token(e2b_env.url, owner.api_key, sid)).works()
+
+
+def test_a_removed_members_signed_file_urls_die_with_her_access(platform: Platform) -> None:
+    """Warren's own signed file URLs (``…/files/download-url``, ``upload-url``) last up to a
+    week and took no account of who made them: a removed member kept root read and write of the
+    team's sandbox files with the URLs she minted before. Now they are signed at the sandbox's
+    token epoch, which her removal (and a rotation) moves on: 403; new URLs of the remaining
+    members work."""
+    owner = signup(platform.url, "owner-urls-s16")
+    sid = owner.create(memory_mb=128)
+    mallory = add_member(platform, owner, "mallory-urls-s16")
+    with httpx.Client(base_url=platform.url, headers=bearer(mallory.team_token), timeout=60) as c:
+        q = {"path": "/etc/hostname", "user": "root", "expires": 7 * 24 * 3600}
+        down = c.get(f"/v1/sandboxes/{sid}/files/download-url", params=q).json()["url"]
+        up = c.get(f"/v1/sandboxes/{sid}/files/upload-url", params=q | {"path": "/root/planted"}).json()[
+            "url"
+        ]
+    assert httpx.get(down, timeout=60).status_code == 200
+    r = httpx.delete(
+        f"{platform.url}/v1/teams/{owner.team_id}/members/{mallory.user_id}",
+        headers=bearer(owner.token),
+        timeout=60,
+    )
+    assert r.status_code == 204, r.text
+    assert httpx.get(down, timeout=60).status_code == 403
+    assert httpx.put(up, content=b"mallory was here", timeout=60).status_code == 403
+    assert owner.x(sid, "test ! -e /root/planted").json()["exit_code"] == 0
+    with owner.client() as c:
+        fresh = c.get(f"/v1/sandboxes/{sid}/files/download-url", params={"path": "/etc/hostname"}).json()[
+            "url"
+        ]
+    assert httpx.get(fresh, timeout=60).status_code == 200
+    r = owner.w("POST", f"/v1/sandboxes/{sid}/access-token")  # a rotation voids them too
+    assert r.status_code == 200, r.text
+    assert httpx.get(fresh, timeout=60).status_code == 403

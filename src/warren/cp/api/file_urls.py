@@ -63,7 +63,7 @@ async def signed_download(
 ) -> Response:  # fmt: skip
     """A signed download URL: the file's bytes, streamed. 403 for a bad signature or an
     expired URL."""
-    grant = svc.verify("download", sandbox_id, path, user, team, exp, sig, secret=_secret(request))
+    grant = await svc.verify(db, "download", sandbox_id, path, user, team, exp, sig, secret=_secret(request))
     streams = int(request.app.state.settings.max_streams_per_team)
     body = await svc.download(db, pool, grant, max_streams=streams)
     return StreamingResponse(body, media_type="application/octet-stream")
@@ -76,7 +76,7 @@ async def signed_upload(
 ) -> Response:  # fmt: skip
     """A signed upload URL: the request body (raw bytes, any size, streamed) replaces the file.
     403 for a bad signature or an expired URL."""
-    grant = svc.verify("upload", sandbox_id, path, user, team, exp, sig, secret=_secret(request))
+    grant = await svc.verify(db, "upload", sandbox_id, path, user, team, exp, sig, secret=_secret(request))
     streams = int(request.app.state.settings.max_streams_per_team)
     await svc.upload(db, pool, grant, request.stream(), max_streams=streams)
     return Response(status_code=204)

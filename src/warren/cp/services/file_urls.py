@@ -7,6 +7,12 @@ secret and a fixed label, so it is never a JWT key nor the preview URLs' key). V
 constant-time; a changed byte anywhere (another path, another sandbox, download for upload, a
 later expiry) fails it. The file is then read or written exactly as the authenticated streaming
 routes do, as the sandbox's team, through ``services.files``.
+
+Since session 16 the signature also covers the sandbox's token epoch (``envd_tokens``; epoch 0
+signs exactly what URLs signed before), so a URL dies with the E2B envd token of its time: a
+member's removal or departure, an API key's revocation and ``POST …/access-token`` void every
+URL made before them (a URL lasts up to a week), and a transfer under way through one ends
+(``stream_revocation``).
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db.engine import driver
+from warren.cp.db.queries import sandboxes as q
 from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import authn, files, sandboxes
+from warren.cp.services import files, sandboxes
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.exec import check_user
 from warren.errors import Forbidden, InvalidRequest
@@ -52,21 +60,29 @@ class Grant:
     team_id: uuid.UUID
     path: str
     user: str
+    epoch: int = 0  # the sandbox's token epoch the URL was signed at
+    owner_id: uuid.UUID | None = None  # the team's owner: transfers count in its streams
 
-    async def context(self, engine: AsyncEngine) -> AuthContext:
-        # The sandbox's team acts, as it does through its API keys; the signature is the credential.
-        # Its owner too: the transfer counts in the owner's streams (services/stream_slots.py).
-        owner = await authn.team_owner(engine, self.team_id)
-        return AuthContext(kind="api_key", team_id=self.team_id, owner_id=owner)
+    def context(self) -> AuthContext:
+        # The sandbox's team acts, as it does through its API keys; the signature is the
+        # credential, for this sandbox only, while the token epoch holds (stream_revocation).
+        return AuthContext(
+            kind="api_key", team_id=self.team_id, owner_id=self.owner_id,
+            only_sandbox=self.sandbox_id, token_epoch=self.epoch,
+        )  # fmt: skip
 
 
 def _key(secret: str) -> bytes:
     return hmac.new(secret.encode("utf-8"), _KEY_LABEL, hashlib.sha256).digest()
 
 
-def signature(secret: str, op: Op, sandbox_id: str, team: str, path: str, user: str, exp: int) -> str:
+def signature(
+    secret: str, op: Op, sandbox_id: str, team: str, path: str, user: str, exp: int, epoch: int = 0
+) -> str:
     # JSON: unambiguous for any path (a newline or a separator in a path cannot shift fields).
-    msg = json.dumps([op, sandbox_id, team, path, user, exp], separators=(",", ":")).encode()
+    # Epoch 0 signs the fields URLs had before epochs, so those stay valid until a rotation.
+    fields: list[object] = [op, sandbox_id, team, path, user, exp] + ([epoch] if epoch else [])
+    msg = json.dumps(fields, separators=(",", ":")).encode()
     mac = hmac.new(_key(secret), msg, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
@@ -88,19 +104,33 @@ async def make(
     _check_path(path)
     check_user(user)
     team_uuid = require_team(ctx)
-    await sandboxes.find(engine, ctx, sandbox_id)
+    found = await sandboxes.find(engine, ctx, sandbox_id)
     exp = int(clock.time_s()) + expires_s
     team = ids.team_id(team_uuid)
-    sig = signature(secret, op, sandbox_id, team, path, user, exp)
+    epoch = int(found.row.get("envd_token_epoch") or 0)
+    sig = signature(secret, op, sandbox_id, team, path, user, exp, epoch)
     query = urlencode({"path": path, "user": user, "team": team, "exp": exp, "sig": sig})
     url = f"{base_url.rstrip('/')}/v1/sandboxes/{sandbox_id}/files/signed/{op}?{query}"
     return SignedUrl(url=url, method="GET" if op == "download" else "PUT", expires_at=exp)
 
 
-def verify(
-    op: Op, sandbox_id: str, path: str, user: str, team: str, exp: str, sig: str, *, secret: str
-) -> Grant:
-    """The grant a signed URL carries, or 403 (``signature_invalid`` / ``url_expired``)."""
+async def _sandbox_row(engine: AsyncEngine, sandbox_id: str) -> Any:
+    """The sandbox's row with its team's owner (None: no such sandbox; its epoch is then 0 and
+    the file calls answer 404 as before)."""
+    try:
+        sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
+    except InvalidRequest:
+        return None
+    async with driver(engine) as conn:
+        return await conn.fetchrow(q.LOOKUP_BY_ID, sb_uuid)
+
+
+async def verify(
+    engine: AsyncEngine, op: Op, sandbox_id: str, path: str, user: str, team: str, exp: str, sig: str,
+    *, secret: str,
+) -> Grant:  # fmt: skip
+    """The grant a signed URL carries, or 403 (``signature_invalid`` / ``url_expired``). What
+    cannot be a signed URL is refused before the sandbox's row (its token epoch) is read."""
     try:
         exp_s = int(exp)
         team_uuid = ids.parse_id(ids.Kind.TEAM, team)
@@ -108,12 +138,15 @@ def verify(
         raise Forbidden("invalid signed URL", code="signature_invalid") from None
     if len(path) > MAX_PATH or len(user) > 64 or len(sig) > 64 or not sig.isascii():
         raise Forbidden("invalid signed URL", code="signature_invalid")
-    want = signature(secret, op, sandbox_id, team, path, user, exp_s)
+    row = await _sandbox_row(engine, sandbox_id)
+    epoch = int(row["envd_token_epoch"]) if row is not None else 0
+    want = signature(secret, op, sandbox_id, team, path, user, exp_s, epoch)
     if not hmac.compare_digest(want.encode("ascii"), sig.encode("ascii")):
         raise Forbidden("invalid signed URL", code="signature_invalid")
     if exp_s <= clock.time_s():
         raise Forbidden("the signed URL has expired", code="url_expired")
-    return Grant(sandbox_id, team_uuid, path, user)
+    owner = row["team_owner_id"] if row is not None else None
+    return Grant(sandbox_id, team_uuid, path, user, epoch, owner)
 
 
 async def download(
@@ -123,7 +156,7 @@ async def download(
     (a stream of the granting team's)."""
     body = json.dumps({"path": grant.path, "user": grant.user}).encode()
     return await files.open_read(
-        engine, pool, await grant.context(engine), grant.sandbox_id, body, max_streams=max_streams
+        engine, pool, grant.context(), grant.sandbox_id, body, max_streams=max_streams
     )
 
 
@@ -132,6 +165,6 @@ async def upload(
 ) -> None:
     """The request body streamed into the file (replaced atomically once whole), a stream of the
     granting team's."""
-    ctx, sid = await grant.context(engine), grant.sandbox_id
+    ctx, sid = grant.context(), grant.sandbox_id
     tgt = await files.upload_target(engine, pool, ctx, sid, grant.user, max_streams=max_streams)
     await files.write_stream(tgt, grant.path, chunks)

@@ -13,8 +13,8 @@ start, less what cannot change: signatures, hashes):
 
 - a user's token or dashboard session: their membership in the team, and the team live;
 - an API key: the key still exists (revoking deletes it), and the team live;
-- a sandbox's envd access token or a URL signed with it: the sandbox's token epoch unchanged,
-  and the team live.
+- a sandbox's envd access token or a URL signed with it (E2B's, and since session 16 the API's
+  signed file URLs, ``file_urls``): the sandbox's token epoch unchanged, and the team live.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def grant_of(ctx: AuthContext) -> Grant | None:
     """The grant to re-check for ``ctx``; None: nothing that can be revoked (no team)."""
     if ctx.team_id is None:
         return None
-    if ctx.kind == "sandbox_token" and ctx.only_sandbox is not None:
+    # A sandbox's token, or a URL signed at its token epoch (envd's and the API's signed URLs).
+    if ctx.only_sandbox is not None and (ctx.kind == "sandbox_token" or ctx.token_epoch is not None):
         try:
             sb = ids.parse_id(ids.Kind.SANDBOX, ctx.only_sandbox, what="sandbox ID")
         except InvalidRequest:
