@@ -8,13 +8,18 @@ id-mapped lower mounts (agent/idmap.py). Attacked here as sandbox root:
 - a lower file chowned, chmodded or hard-linked in one sandbox is copied up: the neighbour on the
   same layer and the host's layer file keep their owners and modes;
 - a snapshot export of that sandbox holds owners of 0..65535 only (an owner the sandbox sees as
-  unmapped becomes nobody, without set-uid), no socket or device, and hard links as links.
+  unmapped becomes nobody, without set-uid), no socket or device, and hard links as links;
+- nothing a sandbox leaves (a process in its own session, an abstract socket held only in
+  flight, SysV IPC, a POSIX queue, /dev/shm and /tmp files) reaches the next sandbox on its slot
+  and host uid range, and no host process keeps the range (a slot's user namespace and netns are
+  made anew for each sandbox; only the range is reused).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -129,3 +134,84 @@ def test_an_export_holds_sandbox_owners_and_plain_files_only(
     assert got["data/fifo"][0] == tarfile.FIFOTYPE
     links = {name: link for name, (t, _, _, _, link) in got.items() if t == tarfile.LNKTYPE}
     assert links == {"data/suid2": "data/suid", "usr/bin/env": "root/envlink"}, links
+
+
+# As sandbox root, everything that might outlive the sandbox: a process in a session of its own,
+# an abstract unix socket whose only reference is in flight (a cycle: both ends sent through
+# themselves, then closed), SysV IPC and a POSIX queue left undeleted, files in /dev/shm and /tmp.
+LEAVE = r"""
+import array, ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.shmget(0x5116, 1 << 20, 0o1666) >= 0 and libc.msgget(0x5116, 0o1666) >= 0
+assert libc.semget(0x5116, 1, 0o1666) >= 0
+assert libc.mq_open(b"/s16-left", os.O_CREAT | os.O_RDWR, 0o666, None) >= 0
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(b"\0s16-left")
+s.listen()
+a, b = socket.socketpair()
+fds = array.array("i", [a.fileno(), b.fileno(), s.fileno()])
+a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+open("/dev/shm/s16-left", "w").write("x")
+open("/tmp/s16-left", "w").write("x")
+if os.fork() == 0:
+    os.setsid()
+    os.execv("/bin/sleep", ["sleep", "3000"])
+print("left")
+"""
+# In the sandbox after it, on the same host uid range: what of the above it sees.
+FIND = r"""
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+comm = lambda pid: open(f"/proc/{pid}/comm").read()
+print(json.dumps({
+    "ipc": [libc.shmget(0x5116, 0, 0), libc.msgget(0x5116, 0), libc.semget(0x5116, 0, 0)],
+    "mq": libc.mq_open(b"/s16-left", os.O_RDWR, 0, None),
+    "abstract": "@s16-left" in open("/proc/net/unix").read(),
+    "files": sorted(os.listdir("/dev/shm")) + [p for p in ("/tmp/s16-left",) if os.path.exists(p)],
+    "sleepers": [p for p in os.listdir("/proc") if p.isdigit() and comm(p) == "sleep\n"],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def unpooled() -> Iterator[AgentProcess]:
+    """No ready slots: a create takes the lowest free slot, so the next one takes the last's."""
+    with scratch_agent("attack16-host-slots", env={"WARREN_AGENT_NET_POOL": "0"}) as a:
+        yield a
+
+
+def uid_base(agent: AgentProcess, sb: str) -> int:
+    return int(sh(agent, sb, "cat /proc/self/uid_map").split()[1])
+
+
+def host_uids() -> set[int]:
+    uids = set()
+    for p in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if p.isdigit():
+                uids.add(os.stat(f"/proc/{p}").st_uid)
+    return uids
+
+
+def test_nothing_of_a_sandbox_reaches_the_next_on_its_uid_range(unpooled: AgentProcess) -> None:
+    agent = unpooled
+    first = agent.create(memory_mb=128).sandbox_id
+    base = uid_base(agent, first)
+    assert sh(agent, first, f"python3 -c '{LEAVE}'") == "left\n"
+    agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=first), timeout=60)
+    assert not {u for u in host_uids() if base <= u < base + MAPPED_SIZE}
+    made: list[str] = []
+    try:
+        # Other agents on this machine take slots too: a lower one freed meanwhile goes first.
+        for _ in range(4):
+            made.append(agent.create(memory_mb=128).sandbox_id)
+            if uid_base(agent, made[-1]) == base:
+                break
+        else:
+            bases = [uid_base(agent, sid) for sid in made]
+            pytest.skip(f"the slot ({base}) went to another agent of this machine: {bases}")
+        got = json.loads(sh(agent, made[-1], f"python3 -c '{FIND}'"))
+        assert got == {"ipc": [-1, -1, -1], "mq": -1, "abstract": False, "files": [], "sleepers": []}
+    finally:
+        for sid in made:
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sid), timeout=60)
