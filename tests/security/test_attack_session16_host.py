@@ -9,6 +9,9 @@ id-mapped lower mounts (agent/idmap.py). Attacked here as sandbox root:
   same layer and the host's layer file keep their owners and modes;
 - a snapshot export of that sandbox holds owners of 0..65535 only (an owner the sandbox sees as
   unmapped becomes nobody, without set-uid), no socket or device, and hard links as links;
+- ``nobody`` cannot raise the guest's OOM score, and the id maps' user namespaces
+  (``/run/warren/userns/idmap-*``, one per slot base, so as many as slots were ever used at
+  once, whatever the templates) are nowhere in a sandbox;
 - nothing a sandbox leaves (a process in its own session, an abstract socket held only in
   flight, SysV IPC, a POSIX queue, /dev/shm and /tmp files) reaches the next sandbox on its slot
   and host uid range, and no host process keeps the range (a slot's user namespace and netns are
@@ -29,6 +32,7 @@ import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
 from tests.harness.machine import MINIMAL_CACHE
+from warren.agent import slot_userns
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 from warren.rpc import hostagent_pb2 as pb
 
@@ -215,3 +219,17 @@ def test_nothing_of_a_sandbox_reaches_the_next_on_its_uid_range(unpooled: AgentP
     finally:
         for sid in made:
             agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sid), timeout=60)
+
+
+def test_the_guests_score_and_the_id_map_namespaces_are_out_of_reach(
+    agent: AgentProcess, two: tuple[str, str]
+) -> None:
+    sb = two[0]
+    res = agent.exec(sb, "sh", "-c", "echo 1000 > /proc/1/oom_score_adj", user="nobody", timeout_sec=30)
+    assert res.exit_code != 0 and b"Permission denied" in res.stderr, res
+    assert sh(agent, sb, "cat /proc/1/oom_score_adj") == "0\n"
+    # The id maps' namespaces are host files of the agent's (0700 root); the sandbox's own
+    # /run/warren is its 64 KiB tmpfs with its guest's socket alone.
+    st = os.stat(slot_userns.USERNS_DIR)
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700)
+    assert "userns" not in sh(agent, sb, "ls -a /run/warren /run")
