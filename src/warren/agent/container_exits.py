@@ -17,6 +17,10 @@ The manager decides what an exit means (a gVisor checkpoint ends the process on 
 death it calls :meth:`ContainerExits.died`, which ends the guest calls in flight
 (``GuestClient.container_gone``) and makes new ones fail at once with the same
 :class:`~warren.errors.InvalidState`, also after the sandbox's teardown has removed it.
+
+:class:`PidWatch` is the one pidfd watch: of every sandbox here, and of a new container's init
+while its create waits for the guest (:func:`until_exit`, ``create.SandboxBuilder._wait_guest``:
+a dead init fails the create at once), before there is a sandbox to register.
 """
 
 from __future__ import annotations
@@ -88,12 +92,72 @@ def gone_message(sb_id: str) -> str:
     return f"sandbox {sb_id} is not running: its container exited (killed on the host, or out of memory)"
 
 
+class PidWatch:
+    """``fired()`` on the loop once ``pid`` has exited: its pidfd on the loop's reader (soon, if
+    it is gone already). Raises :class:`OSError` where pidfds cannot be had (a kernel before 5.3)."""
+
+    def __init__(self, pid: int, fired: Callable[[], object]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = -1
+        self._soon: asyncio.Handle | None = None
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._soon = self._loop.call_soon(fired)  # gone already (and reaped)
+            return
+        self._loop.add_reader(self._fd, fired)
+
+    def exit_status(self) -> str:
+        """How the exited process ended, e.g. `` (status 3)``, or empty where that cannot be told.
+        The agent is a container init's subreaper (its parent once the runtime's CLI exited).
+        WNOWAIT: the zombie stays for whoever reaps it (``Teardown.track``); WNOHANG: it has
+        exited already."""
+        if self._fd < 0:
+            return ""
+        try:
+            got = os.waitid(os.P_PIDFD, self._fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except OSError:  # not our child (gVisor's sandbox process may not be), or reaped already
+            return ""
+        if got is None:
+            return ""
+        return f" (status {got.si_status})" if got.si_code == os.CLD_EXITED else f" (signal {got.si_status})"
+
+    def close(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+async def until_exit(pid: int) -> str:
+    """Once ``pid`` (a new container's init) has exited: how (:meth:`PidWatch.exit_status`).
+    Never returns without a pid (0) or pidfds: the caller's own timeout then ends the wait."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def fired() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    try:
+        watch = PidWatch(pid, fired) if pid > 0 else None
+    except OSError:
+        watch = None
+    try:
+        await done  # without a watch, never done: cancelled with the wait
+        return watch.exit_status() if watch is not None else ""
+    finally:
+        if watch is not None:
+            watch.close()
+
+
 class ContainerExits:
     """``on_exit(sandbox_id, pid)`` on the loop once a watched sandbox's process has exited."""
 
     def __init__(self, on_exit: Callable[[str, int], object]) -> None:
         self._on_exit = on_exit
-        self._fds: dict[str, tuple[int, int]] = {}  # sandbox id → (pid, pidfd)
+        self._watches: dict[str, PidWatch] = {}  # sandbox id → its process's watch
         self._died: OrderedDict[str, None] = OrderedDict()
         self._frozen: dict[str, int] = {}  # sandbox id → pid, polled (see the module's doc)
         self._poll: asyncio.Task[None] | None = None
@@ -113,23 +177,19 @@ class ContainerExits:
             self._frozen[sb_id] = pid
             if self._poll is None or self._poll.done():
                 self._poll = asyncio.get_running_loop().create_task(self._poll_frozen(), name="frozen-exits")
-        loop = asyncio.get_running_loop()
+        watch: PidWatch | None = None
+
+        def fired() -> None:
+            if watch is not None and self._watches.get(sb_id) is watch:
+                self.forget(sb_id)
+                self._on_exit(sb_id, pid)
+
         try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._frozen.pop(sb_id, None)
-            loop.call_soon(self._on_exit, sb_id, pid)  # gone already
-            return
+            watch = PidWatch(pid, fired)
         except OSError as e:  # no pidfds (a kernel before 5.3): the metrics loop notices
             log.warning("event=pidfd_unavailable sandbox_id=%s pid=%d error=%s", sb_id, pid, e)
             return
-        self._fds[sb_id] = (pid, fd)
-        loop.add_reader(fd, self._fired, sb_id, pid, fd)
-
-    def _fired(self, sb_id: str, pid: int, fd: int) -> None:
-        if self._fds.get(sb_id) == (pid, fd):
-            self.forget(sb_id)
-            self._on_exit(sb_id, pid)
+        self._watches[sb_id] = watch
 
     async def _poll_frozen(self) -> None:
         """While any is frozen: one whose SIGKILL waits is reported as if it had exited."""
@@ -143,13 +203,12 @@ class ContainerExits:
 
     def forget(self, sb_id: str) -> None:
         self._frozen.pop(sb_id, None)
-        got = self._fds.pop(sb_id, None)
-        if got is not None:
-            asyncio.get_running_loop().remove_reader(got[1])
-            os.close(got[1])
+        watch = self._watches.pop(sb_id, None)
+        if watch is not None:
+            watch.close()
 
     def close(self) -> None:
-        for sb_id in list(self._fds):
+        for sb_id in list(self._watches):
             self.forget(sb_id)
         self._frozen.clear()
         if self._poll is not None:

@@ -25,6 +25,7 @@ from typing import Any
 from warren import clock, ids
 from warren.agent import gvisor_ops, record, sandbox_fs
 from warren.agent.chain import Chain, TemplateConfig, check_env, start_template
+from warren.agent.container_exits import until_exit
 from warren.agent.egress import parse_allow
 from warren.agent.guest_client import GuestClient
 from warren.agent.guest_wire import GuestError
@@ -78,46 +79,6 @@ def slot_uid_base(slot: Slot) -> int:
     namespace of its own (runc/crun), else the canonical one (gVisor's plain slots, and hosts
     that refuse unprivileged user namespaces, where the layers cannot be id-mapped either)."""
     return MAPPED_BASE if slot.userns_path is None else uid_base(slot.index)
-
-
-async def init_exit(pid: int) -> str:
-    """Once the container's process ``pid`` has exited: how, e.g. `` (status 3)``, or empty.
-    Never returns without pidfds (a kernel before 5.3) or a pid (0): the guest's timeout then
-    ends the wait."""
-    try:
-        fd = os.pidfd_open(pid) if pid > 0 else -1
-    except ProcessLookupError:
-        return ""
-    except OSError:
-        fd = -1
-    if fd < 0:
-        await asyncio.Future()  # never done: cancelled with the wait
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def fired() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, fired)
-    try:
-        await done
-        return _exit_status(fd)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-def _exit_status(pidfd: int) -> str:
-    # The agent is the init's subreaper (its parent once the runtime's CLI exited). WNOWAIT: the
-    # zombie stays for the rollback's reap (Teardown.track); WNOHANG: it has exited already.
-    try:
-        got = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except OSError:  # not our child (gVisor's sandbox process may not be), or reaped already
-        return ""
-    if got is None:
-        return ""
-    return f" (status {got.si_status})" if got.si_code == os.CLD_EXITED else f" (signal {got.si_status})"
 
 
 def check_request(
@@ -356,7 +317,7 @@ class SandboxBuilder:
         python3 is no guest, a guest crashing at start) fails the create at once, not after
         :data:`GUEST_READY_TIMEOUT`."""
         ready = asyncio.create_task(self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT))
-        exited = asyncio.create_task(init_exit(sb.pid))
+        exited = asyncio.create_task(until_exit(sb.pid))  # the one pidfd watch (container_exits)
         try:
             await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
         finally:
