@@ -39,6 +39,7 @@ from pathlib import Path
 
 from warren.agent.proc import run
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
+from warren.agent.runtime.gvisor_memwake import MemoryWake, wake_pipe
 from warren.agent.runtime.oci import cgroup_dir, cgroup_stats, parse_state, read_state, remove_cgroups, thaw
 from warren.agent.runtime.oci_spawner import runtime_env
 
@@ -142,6 +143,7 @@ class GvisorRuntime:
         # pause's time; whatever touches the sandbox next waits for them (_settled).
         self._settling: dict[str, asyncio.Task[None]] = {}
         self._addressed: set[str] = set()  # settled, with the address back in their netns
+        self.memwake = MemoryWake()  # wakes each guest's memory watch (gvisor_memwake.py)
         state_root.mkdir(parents=True, exist_ok=True)
 
     def _argv(self, *args: str, log_file: Path | None = None, starts: bool = False) -> list[str]:
@@ -170,17 +172,7 @@ class GvisorRuntime:
         verb = ["restore", *extra] if extra else ["run"]
         argv = self._argv(*verb, "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
                           sandbox_id, log_file=log_file, starts=True)  # fmt: skip
-        # stdio: an unnamed file on the sandbox's own run tmpfs. The sandbox process inherits
-        # it (a pipe would keep us waiting for an EOF that comes when the sandbox ends), and
-        # runsc chowns it to its own user: /dev/null here made the host's null device nobody's,
-        # to chmod for any nobody process (session 13). Errors are in --log.
-        stdio = _stdio_file(bundle)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=stdio, stdout=stdio, stderr=stdio, start_new_session=True, env=runtime_env(),
-            )  # fmt: skip
-        finally:
-            os.close(stdio)
+        proc, wake_w, stdio = await _spawn(argv, bundle)
         try:
             rc = await proc.wait()
         except asyncio.CancelledError:
@@ -189,13 +181,16 @@ class GvisorRuntime:
                 os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
             self._save_children(bundle, sandbox_id)
+            _close(wake_w, stdio)
             raise
         if rc != 0:
+            _close(wake_w, stdio)
             detail = _log_errors(log_file) or "(no log)"
             self._save_children(bundle, sandbox_id)
             with contextlib.suppress(Exception):
                 await self._delete(sandbox_id)
             raise RuntimeError_(f"runsc {verb[0]} failed (exit {proc.returncode}): {detail}")
+        self.memwake.arm(sandbox_id, wake_w, stdio)
         pid = int(pid_file.read_text().strip())
         self._save_children(bundle, sandbox_id)
         return pid
@@ -221,6 +216,7 @@ class GvisorRuntime:
     async def _delete(self, sandbox_id: str) -> None:
         # runsc waits (5 s) for its sandbox's processes to be gone; they are the agent's
         # children (its subreaper), so they stay zombies unless reaped meanwhile.
+        self.memwake.disarm(sandbox_id)
         reaper = asyncio.create_task(_reap(self.sandboxes_dir / sandbox_id / CHILDREN_FILE))
         try:
             res = await run(*self._argv("delete", "--force", sandbox_id), check=False, env=runtime_env())
@@ -322,6 +318,7 @@ class GvisorRuntime:
         image = self.image_dir(sandbox_id)
         shutil.rmtree(image, ignore_errors=True)
         image.mkdir(mode=0o700)
+        self.memwake.disarm(sandbox_id)  # its processes end; a restore arms anew
         t0 = time.monotonic()
         argv = self._argv("checkpoint", "--image-path", str(image), sandbox_id)
         res = await run(*argv, check=False, env=runtime_env())
@@ -397,6 +394,38 @@ class GvisorRuntime:
             f"route replace default via {slot.gateway}\n"
         )
         await run("ip", "-n", slot.netns, "-batch", "-", input=cmds.encode())
+
+
+async def _spawn(argv: list[str], bundle: Path) -> tuple[asyncio.subprocess.Process, int, int]:
+    """``runsc run``/``restore``, started; with the wake pipe's write end and the stdio file,
+    both kept for :class:`MemoryWake` (which drains the guest's stderr from that file)."""
+    # stdio: an unnamed file on the sandbox's own run tmpfs. The sandbox process inherits
+    # it (a pipe would keep us waiting for an EOF that comes when the sandbox ends), and
+    # runsc chowns it to its own user: /dev/null here made the host's null device nobody's,
+    # to chmod for any nobody process (session 13). Errors are in --log.
+    # stdin: the memory watch's wake pipe (gvisor_memwake.py), armed once the cgroup exists.
+    stdio = _stdio_file(bundle)
+    try:
+        wake_in, wake_w = wake_pipe()
+    except OSError:
+        os.close(stdio)
+        raise
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=wake_in, stdout=stdio, stderr=stdio, start_new_session=True, env=runtime_env(),
+        )  # fmt: skip
+    except BaseException:
+        _close(wake_w, stdio)
+        raise
+    finally:
+        os.close(wake_in)
+    return proc, wake_w, stdio
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _stdio_file(bundle: Path) -> int:

@@ -27,7 +27,10 @@ this thread but gets its own limit. Root-owned and read-only to the sandbox.
 
 import _thread
 import os
+import select
 import signal
+import stat
+import struct
 import time
 
 from .protocol import log
@@ -41,6 +44,14 @@ MAX_RATE = 4 << 30
 MIN_INTERVAL = 0.005
 MAX_INTERVAL = 0.25
 LIMIT_REREAD = 1.0
+# The host's wake (agent/runtime/gvisor_memwake.py): records (the host cgroup's usage, its limit,
+# the spacing of its thresholds) on stdin at each threshold crossed and every second.
+RECORD = struct.Struct("<QQQ")
+WAKE_LATENCY = 0.025  # the longest a wake may take to be seen here: MAX_RATE allocates 100 MiB
+TRUST = 2.5  # seconds a record vouches for the wake (beats come every second)
+# A record of the host cgroup this close to its limit kills too: memory only the host sees (the
+# Sentry's own heap: socket and pipe buffers) would else take it there, and end the sandbox.
+HOST_MARGIN = 24 << 20
 VICTIM_WAIT = 10.0  # at most this long for a victim's memory to be counted free
 GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
 
@@ -133,12 +144,16 @@ def in_use() -> int:
     return used_bytes() + disk_bytes()
 
 
-def check(limit: int) -> float:
-    """One pass: kill when over ``limit``; the seconds until the next pass. After a kill, no
-    other process is chosen until the victim's memory is counted free (as Linux's OOM killer
-    waits for an exiting victim): else a second, innocent one would go."""
+def check(limit: int, covered: int = 0) -> float:
+    """One pass: kill when over ``limit``; the seconds until the next pass. ``covered``: growth
+    the host's wake is sure to report in time (0: no wake), so a pass further than that from the
+    limit may wait for it (:data:`LIMIT_REREAD` at most). After a kill, no other process is
+    chosen until the victim's memory is counted free (as Linux's OOM killer waits for an
+    exiting victim): else a second, innocent one would go."""
     used = in_use()
     if used <= limit:
+        if covered and limit - used > covered:
+            return LIMIT_REREAD
         return min(MAX_INTERVAL, max(MIN_INTERVAL, (limit - used) / MAX_RATE))
     pid, rss = largest()
     if not pid:
@@ -171,18 +186,100 @@ def _wait_freed(pid: int, limit: int) -> None:
         time.sleep(MIN_INTERVAL)
 
 
+def wake_fd() -> int:
+    """Our stdin when it is the host's wake pipe (a FIFO), else -1 (the watch only polls)."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(0).st_mode):
+            return -1
+        os.set_blocking(0, False)
+    except OSError:
+        return -1
+    return 0
+
+
+def covered(record: "tuple[int, int, int] | None") -> int:
+    """The growth the host's wake reports in time: a threshold's step, plus what MAX_RATE
+    allocates while the wake travels (0: none, or the host cgroup itself near its limit)."""
+    if record is None:
+        return 0
+    usage, host_limit, step = record
+    reach = step + int(MAX_RATE * WAKE_LATENCY)
+    return reach if host_limit - usage > reach else 0
+
+
+def wait(fd: int, pause: float) -> "tuple[int, int, int] | None":
+    """Up to ``pause`` s for a record on ``fd`` (-1: just sleep); the newest one read, if any.
+    A poll, not a sleep: the same one syscall, and the host can end it."""
+    if fd < 0:
+        time.sleep(pause)
+        return None
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    if not p.poll(pause * 1000):
+        return None
+    try:
+        data = os.read(fd, 4096 // RECORD.size * RECORD.size)
+    except BlockingIOError:
+        return None
+    if len(data) < RECORD.size:
+        return None
+    record = RECORD.unpack_from(data, len(data) // RECORD.size * RECORD.size - RECORD.size)
+    usage, host_limit, step = record
+    return record if 0 < step < host_limit and usage < 1 << 50 else None
+
+
+_host_low = 0  # after a kill for the host's count: its lowest since (0: none pending)
+
+
+def host_check(record: "tuple[int, int, int]") -> None:
+    """Kill the largest process when the host cgroup nears its limit, once per growth: memory
+    of the Sentry's heap may not be given back to the host after its owner's death, so after a
+    kill only :data:`GROWTH` more past the lowest usage seen since chooses another."""
+    global _host_low
+    usage, host_limit, _ = record
+    if usage <= host_limit - HOST_MARGIN:
+        _host_low = 0
+        return
+    if _host_low:
+        _host_low = min(_host_low, usage)
+        if usage <= _host_low + GROWTH:
+            return
+    pid, rss = largest()
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return
+    _host_low = usage
+    log(f"out of memory: killed pid {pid} ({rss >> 20} MiB resident, host cgroup at {usage >> 20} MiB)")
+
+
 def _run(limit_file: str) -> None:
     limit, reread = 0, 0.0
+    fd, record, trusted_until = wake_fd(), None, 0.0
     while True:
         now = time.monotonic()
         if now >= reread:
             limit, reread = read_limit(limit_file), now + LIMIT_REREAD
+        if now >= trusted_until:
+            record = None  # no beat lately: the agent restarted, say; poll until one comes
         try:
-            pause = check(limit) if limit else LIMIT_REREAD
+            pause = check(limit, covered(record)) if limit else LIMIT_REREAD
         except Exception as e:  # never let the thread die: the limit would go unenforced
             log(f"memory watch: {e!r}")
             pause = MAX_INTERVAL
-        time.sleep(pause)
+        try:
+            got = wait(fd, pause)
+        except Exception as e:  # the pipe broke (a restored image's stale stdin?): poll alone
+            log(f"memory watch: wake pipe: {e!r}")
+            fd, got = -1, None
+        if got is not None:
+            record, trusted_until = got, time.monotonic() + TRUST
+            try:
+                host_check(got)
+            except Exception as e:
+                log(f"memory watch: {e!r}")
 
 
 def start(limit_file: str) -> None:

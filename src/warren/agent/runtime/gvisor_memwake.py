@@ -1,0 +1,196 @@
+"""Wakes the gVisor memory watch (guest_agent/memwatch.py) from the host, so an idle sandbox's
+guest need not poll 17 times a second.
+
+The watch polls at the time an allocation at ``MAX_RATE`` (4 GiB/s) would need to reach the
+limit: ~57 ms in an idle 256 MiB sandbox, ~1 ms of host CPU per poll under ptrace (most of it the
+sleep's own wake-up; bench/gvisor_memwatch.py). The host sees every byte the sandbox holds in
+its cgroup, so here the kernel tells instead: cgroup v1 memory thresholds (``cgroup.event_control``)
+every :func:`step` bytes of the cgroup's usage signal an eventfd whenever the usage crosses one,
+either way; a thread of the agent turns each signal, and a beat every :data:`BEAT` seconds, into
+a :data:`RECORD` (the cgroup's usage, its limit, the step) written to a pipe that is the guest's
+stdin. The guest trusts a quiet pipe only while beats arrive and while the limit is further away
+than one step plus what ``MAX_RATE`` allocates in the wake's latency; else it polls as before.
+Any failure here (the agent restarted, a slow thread) only costs the guest its long sleep.
+
+The pipe is the sandbox's stdin opened read-write, so the guest never reads an end of file
+while the agent is away (a restarted agent does not re-arm: those guests poll as before).
+
+The same thread drains the guest's stderr (its log lines: the watch's kills), an unnamed file
+on the sandbox's 64 KiB run tmpfs that nothing read: ~600 kill lines filled it. At each beat the
+new bytes go to the agent's log (``event=guest_stderr``, at most :data:`LOG_LINES` lines and
+:data:`LOG_BYTES` bytes a beat; the rest is counted as dropped) and their pages are punched out
+of the file, so it holds at most what the guest writes in a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from warren.agent.runtime.oci import cgroup_dir
+
+log = logging.getLogger("warren.agent")
+
+RECORD = struct.Struct("<QQQ")  # usage, limit, step (bytes): 24 bytes, one atomic pipe write
+BEAT = 1.0  # seconds between records when nothing moves (the guest's proof that wakes work)
+MIN_STEP = 4 << 20
+MAX_RUNGS = 128
+LOG_LINES = 16  # of the guest's stderr to the agent's log, per sandbox and beat
+LOG_BYTES = 4096
+_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def step(limit: int) -> int:
+    """The thresholds' spacing for a cgroup limit: at most :data:`MAX_RUNGS` of them."""
+    return max(MIN_STEP, (-(-limit // MAX_RUNGS) + 4095) & ~4095)
+
+
+def wake_pipe() -> tuple[int, int]:
+    """``(stdin, writer)``: the guest's stdin, the pipe opened read-write (never an EOF), and
+    the agent's non-blocking write end (a full pipe drops a record, never blocks the thread)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        rw = os.open(f"/proc/self/fd/{r}", os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        os.close(r)
+    os.set_blocking(w, False)
+    return rw, w
+
+
+@dataclass
+class _Armed:
+    sandbox_id: str
+    writer: int
+    event: int  # the eventfd the thresholds signal
+    usage: int  # memory.usage_in_bytes, open: its read is the usage; thresholds are on it
+    limit: int
+    step: int
+    stderr: int  # the guest's stderr file (-1: none)
+    consumed: int = 0  # its bytes already logged
+
+
+class MemoryWake:
+    """The thread and its sandboxes; :meth:`arm` after a start, :meth:`disarm` at its end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[str, _Armed] = {}
+        self._by_event: dict[int, _Armed] = {}
+        self._epoll: select.epoll | None = None
+
+    def arm(self, sandbox_id: str, writer: int, stderr: int = -1) -> None:
+        """Thresholds on the sandbox's cgroup and records to ``writer``; ``stderr`` drained. Both
+        descriptors are owned from here on."""
+        self.disarm(sandbox_id)
+        cg = cgroup_dir("memory", sandbox_id)
+        event = usage = -1
+        try:
+            limit = int((cg / "memory.limit_in_bytes").read_text())
+            event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            usage = os.open(cg / "memory.usage_in_bytes", os.O_RDONLY | os.O_CLOEXEC)
+            spacing = step(limit)
+            control = os.open(cg / "cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                for rung in range(spacing, limit + spacing, spacing):
+                    os.write(control, f"{event} {usage} {rung}".encode())
+            finally:
+                os.close(control)
+        except (OSError, ValueError) as e:  # the guest polls as before
+            log.warning("event=memwake_unarmed sandbox_id=%s error=%s", sandbox_id, e)
+            for fd in (event, usage, writer, stderr):
+                if fd >= 0:
+                    os.close(fd)
+            return
+        armed = _Armed(sandbox_id, writer, event, usage, limit, spacing, stderr)
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                threading.Thread(target=self._run, name="gvisor-memwake", daemon=True).start()
+            self._armed[sandbox_id] = armed
+            self._by_event[event] = armed
+            self._epoll.register(event, select.EPOLLIN)
+        self._send(armed)
+
+    def disarm(self, sandbox_id: str) -> None:
+        with self._lock:
+            armed = self._armed.pop(sandbox_id, None)
+            if armed is None:
+                return
+            self._by_event.pop(armed.event, None)
+            if self._epoll is not None:
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(armed.event)
+            # Closing the eventfd ends its thresholds (the kernel drops them with it).
+            drain(armed)
+            for fd in (armed.event, armed.usage, armed.writer, armed.stderr):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def armed(self) -> list[str]:
+        with self._lock:
+            return list(self._armed)
+
+    def _send(self, armed: _Armed) -> None:
+        """One record; called with or without the lock, the fds are only closed under it."""
+        try:
+            used = int(os.pread(armed.usage, 32, 0))
+            os.write(armed.writer, RECORD.pack(used, armed.limit, armed.step))
+        except (OSError, ValueError):
+            pass  # full pipe (the guest is behind: it wakes anyway), or the cgroup is gone
+
+    def _run(self) -> None:
+        assert self._epoll is not None
+        next_beat = time.monotonic() + BEAT
+        while True:
+            try:
+                events = self._epoll.poll(max(0.0, next_beat - time.monotonic()))
+            except InterruptedError:
+                continue
+            with self._lock:
+                for fd, _ in events:
+                    armed = self._by_event.get(fd)
+                    if armed is None:
+                        continue
+                    with contextlib.suppress(OSError):
+                        os.eventfd_read(fd)
+                    self._send(armed)
+                if time.monotonic() >= next_beat:
+                    for armed in self._armed.values():
+                        self._send(armed)
+                        drain(armed)
+                    next_beat = time.monotonic() + BEAT
+
+
+def drain(armed: _Armed) -> None:
+    """The guest's new stderr bytes to the agent's log, bounded, and out of its file."""
+    if armed.stderr < 0:
+        return
+    try:
+        size = os.fstat(armed.stderr).st_size
+        if size < armed.consumed:  # truncated meanwhile: read again from the start
+            armed.consumed = 0
+        if size == armed.consumed:
+            return
+        data = os.pread(armed.stderr, min(LOG_BYTES, size - armed.consumed), armed.consumed)
+    except OSError:
+        return
+    lines = [line for line in data.replace(b"\0", b"").splitlines() if line.strip()]
+    for line in lines[:LOG_LINES]:
+        log.info("event=guest_stderr sandbox_id=%s line=%r", armed.sandbox_id, line.decode(errors="replace"))
+    dropped = size - armed.consumed - len(data) + sum(len(x) + 1 for x in lines[LOG_LINES:])
+    if dropped > 0:
+        log.warning("event=guest_stderr_dropped sandbox_id=%s bytes=%d", armed.sandbox_id, dropped)
+    armed.consumed = size
+    # Punch, not truncate: the guest writes on at its own offset, and a hole takes no memory.
+    if _libc.fallocate(armed.stderr, _PUNCH, ctypes.c_long(0), ctypes.c_long(size)) != 0:
+        log.debug("event=guest_stderr_punch_failed errno=%d", ctypes.get_errno())

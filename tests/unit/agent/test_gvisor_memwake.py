@@ -1,0 +1,70 @@
+"""The host side of the gVisor memory watch's wake (``agent/runtime/gvisor_memwake.py``): the
+thresholds' spacing, the wake pipe, and the drain of the guest's stderr file (a real file: its
+lines to the log, bounded, and their pages punched out). Against real sandboxes:
+tests/security/test_attack_session16_gvisor.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from warren.agent.runtime import gvisor_memwake as mw
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("limit_mib", [64, 224, 352, 1120, 8288, 65632])
+def test_the_thresholds_are_few_and_page_aligned(limit_mib: int) -> None:
+    s = mw.step(limit_mib * MiB)
+    assert s >= mw.MIN_STEP and s % 4096 == 0
+    assert -(-limit_mib * MiB // s) <= mw.MAX_RUNGS
+
+
+def test_the_wake_pipe_never_ends_and_never_blocks_the_agent() -> None:
+    stdin, writer = mw.wake_pipe()
+    try:
+        assert stat.S_ISFIFO(os.fstat(stdin).st_mode)
+        os.write(stdin, b"x")  # read-write: a writer always remains on the guest's side
+        assert os.read(stdin, 1) == b"x"
+        with pytest.raises(BlockingIOError):
+            while True:
+                os.write(writer, b"r" * 65536)
+    finally:
+        os.close(stdin)
+        os.close(writer)
+
+
+def armed(fd: int) -> mw._Armed:
+    return mw._Armed("sb-test", writer=-1, event=-1, usage=-1, limit=0, step=0, stderr=fd)
+
+
+def test_the_guests_stderr_goes_to_the_log_and_out_of_its_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fd = os.open(tmp_path / "stderr", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        a = armed(fd)
+        lines = [f"warren-guest[1]: out of memory: killed pid {n} ({'x' * 80})".encode() for n in range(60)]
+        os.write(fd, b"\n".join(lines[:3]) + b"\n")
+        with caplog.at_level(logging.INFO, logger="warren.agent"):
+            mw.drain(a)
+        assert [r.getMessage().count("killed pid") for r in caplog.records] == [1, 1, 1]
+        assert os.fstat(fd).st_blocks * 512 <= 4096  # punched: at most the last, partial page
+        # The guest writes on at its own offset; a burst logs LOG_LINES and counts the rest.
+        caplog.clear()
+        os.write(fd, b"\n".join(lines[3:]) + b"\n")
+        with caplog.at_level(logging.INFO, logger="warren.agent"):
+            mw.drain(a)
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == mw.LOG_LINES + 1
+        assert "pid 3 " in logged[0] and "event=guest_stderr_dropped" in logged[-1]
+        assert os.fstat(fd).st_size > 4096 and os.fstat(fd).st_blocks * 512 <= 4096
+        caplog.clear()
+        mw.drain(a)  # nothing new
+        assert caplog.records == []
+    finally:
+        os.close(fd)

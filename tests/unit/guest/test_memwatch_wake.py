@@ -1,0 +1,126 @@
+"""The gVisor memory watch with the host's wake (``guest_agent/memwatch.py``,
+``agent/runtime/gvisor_memwake.py``), on a modelled clock: an idle sandbox sleeps a second at a
+time, and a hog starting at any moment of that sleep is still killed near the limit, as long as
+each record of a threshold crossed arrives within ``WAKE_LATENCY``. And the host's count: memory
+only the host sees (the Sentry's buffers) kills once per growth near the cgroup's limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from warren.agent.runtime.gvisor_memwake import RECORD, step
+from warren.guest.guest_agent import memwatch
+
+MiB = 1 << 20
+IDLE = 20 * MiB
+SENTRY = 25 * MiB  # the Sentry and Gofer themselves: in the host cgroup, not in the guest's count
+OVERSHOOT = 16 * MiB  # as tests/unit/guest/test_memwatch_interval.py
+
+
+def first_kill(monkeypatch: pytest.MonkeyPatch, limit: int, rate: float, start: float) -> int:
+    """The watch's loop on a modelled clock, the host's thresholds every ``step`` of the cgroup's
+    usage (in use + the Sentry), each crossing's record seen ``WAKE_LATENCY`` later; the usage
+    the first kill saw."""
+    host_limit = limit + (96 << 20)
+    spacing = step(host_limit)
+    now, seen = 0.0, []
+    usage = lambda t: IDLE + int(rate * max(0.0, t - start))  # noqa: E731
+    monkeypatch.setattr(memwatch, "in_use", lambda: usage(now))
+    monkeypatch.setattr(memwatch, "largest", lambda: (7, usage(now)))
+    monkeypatch.setattr(memwatch, "_wait_freed", lambda pid, limit: None)
+    monkeypatch.setattr(memwatch, "log", lambda _: None)
+    monkeypatch.setattr(memwatch.os, "kill", lambda pid, sig: seen.append(usage(now)))
+
+    def next_record(t: float) -> float:
+        """When the record of the next rung crossed after ``t`` is seen (beats aside)."""
+        rung = ((usage(t) + SENTRY) // spacing + 1) * spacing
+        crossed = start + (rung - SENTRY - IDLE) / rate
+        return max(crossed, t) + memwatch.WAKE_LATENCY
+
+    record = (IDLE + SENTRY, host_limit, spacing)  # a beat: the wake is trusted
+    while not seen:
+        pause = memwatch.check(limit, memwatch.covered(record))
+        now = min(now + pause, next_record(now))
+        record = (usage(now) + SENTRY, host_limit, spacing)
+        assert now < 10
+    return seen[0]
+
+
+@pytest.mark.parametrize("rate_gib", [1.6, 2.8, 4.0], ids=["python-loop", "mmap-populate", "max-rate"])
+@pytest.mark.parametrize("limit_mib", [256, 512, 4096])
+def test_a_hog_starting_in_a_long_sleep_is_killed_near_the_limit(
+    monkeypatch: pytest.MonkeyPatch, rate_gib: float, limit_mib: int
+) -> None:
+    limit, rate = limit_mib * MiB, rate_gib * (1 << 30)
+    worst = max(first_kill(monkeypatch, limit, rate, start=ms / 1000) for ms in range(0, 1000, 7))
+    # At MAX_RATE itself, the polls' own MIN_INTERVAL allows 20 MiB (as without the wake).
+    over = max(OVERSHOOT, int(rate * memwatch.MIN_INTERVAL) + MiB)
+    assert limit < worst <= limit + over, (worst - limit) // MiB
+
+
+def test_an_idle_sandbox_sleeps_a_second_only_while_the_wake_is_vouched_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memwatch, "in_use", lambda: IDLE)
+    limit = 256 * MiB
+    far = (IDLE + SENTRY, limit + (96 << 20), step(limit))
+    assert memwatch.check(limit, memwatch.covered(far)) == memwatch.LIMIT_REREAD
+    # No record (none yet, or no beat lately): the rate's interval, 17 reads a second.
+    assert memwatch.check(limit, memwatch.covered(None)) == pytest.approx(1 / 17.5, rel=0.05)
+    # The host cgroup itself within a step and a wake's allocation of its limit: polls too.
+    near = (limit + 20 * MiB, limit + (96 << 20), step(limit))
+    assert memwatch.covered(near) == 0
+    # Near the limit in the guest's own count: the interval again.
+    monkeypatch.setattr(memwatch, "in_use", lambda: limit - 64 * MiB)
+    assert memwatch.check(limit, memwatch.covered(far)) < 0.02
+
+
+def test_the_host_count_kills_once_per_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    host_limit, spacing = 224 * MiB, step(224 * MiB)
+    killed: list[int] = []
+    monkeypatch.setattr(memwatch, "largest", lambda: (40 + len(killed), 30 * MiB))
+    monkeypatch.setattr(memwatch, "log", lambda _: None)
+
+    def kill(pid: int, sig: int) -> None:
+        assert sig == signal.SIGKILL
+        killed.append(pid)
+
+    monkeypatch.setattr(memwatch.os, "kill", kill)
+    monkeypatch.setattr(memwatch, "_host_low", 0)
+    for used_mib in (150, 190, 199):  # under limit - HOST_MARGIN (200 MiB)
+        memwatch.host_check((used_mib * MiB, host_limit, spacing))
+    assert killed == []
+    memwatch.host_check((210 * MiB, host_limit, spacing))
+    assert killed == [40]
+    # The Sentry keeps the freed buffers: high but not growing, nobody else goes.
+    for used_mib in (212, 205, 220, 236):
+        memwatch.host_check((used_mib * MiB, host_limit, spacing))
+    assert killed == [40]
+    memwatch.host_check((238 * MiB, host_limit, spacing))  # 33 MiB past the lowest since
+    assert killed == [40, 41]
+    memwatch.host_check((100 * MiB, host_limit, spacing))  # back down: the next is a new episode
+    memwatch.host_check((201 * MiB, host_limit, spacing))
+    assert killed == [40, 41, 42]
+
+
+def test_wait_reads_the_newest_record_and_ignores_garbage() -> None:
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        os.write(w, RECORD.pack(1, 100, 4) + RECORD.pack(2, 100, 4))
+        assert memwatch.wait(r, 1.0) == (2, 100, 4)
+        assert memwatch.wait(r, 0.01) is None  # nothing more
+        os.write(w, b"xyz")  # sandbox root writing to PID 1's stdin: not a record
+        assert memwatch.wait(r, 1.0) is None
+        os.write(w, RECORD.pack(5, 4, 4))  # a step not under the limit
+        assert memwatch.wait(r, 1.0) is None
+    finally:
+        os.close(r)
+        os.close(w)
+    t0 = time.monotonic()
+    assert memwatch.wait(-1, 0.01) is None  # no pipe: a sleep
+    assert time.monotonic() - t0 >= 0.01
