@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -32,10 +32,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.harness.cp import JWT_SECRET
 from tests.harness.e2b import E2BEnv, e2b_environment
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 from tests.security.test_attack_session15_envd_tokens import Stolen, add_member, bearer, envd_token
+from warren.cp.services.envd_tokens import envd_access_token
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
@@ -255,34 +257,59 @@ def test_a_key_revoked_during_its_create_gets_no_working_token(platform: Platfor
         r = c.post("/v1/api-keys", json={"name": "mallory"})
         assert r.status_code == 201, r.text
         key = r.json()
-
-        def create() -> httpx.Response:
-            body = {"templateID": "slow-ready", "timeout": 300}
-            return httpx.post(
-                f"{e2b_env.url}/sandboxes", json=body, headers={"X-API-Key": key["key"]}, timeout=120
-            )
-
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(create)
-            deadline = time.monotonic() + 60
-            while not pending.done() and time.monotonic() < deadline:  # the row is in (pending)
-                listed = c.get("/v1/sandboxes").json()
-                if any(s.get("template") == "slow-ready" for s in listed):
-                    break
-                time.sleep(0.2)
-            assert not pending.done(), "the create ended before it could be caught pending"
-            r = c.delete(f"/v1/api-keys/{key['id']}")
-            assert r.status_code == 204, r.text
-            answer = pending.result()
+        answer = _create_while(c, e2b_env.url, key["key"], lambda: c.delete(f"/v1/api-keys/{key['id']}"))
     if answer.status_code == 201:  # the bug: a token handed to a revoked key, and it works
         sid, token = answer.json()["sandboxID"], answer.json()["envdAccessToken"]
         assert not Stolen(e2b_env.url, sid, token).works(), "the revoked key's create token works"
     assert answer.status_code == 401, answer.text
     assert answer.json().get("code") == 401
     # The sandbox is the team's: the owner's connect gets the current token, which works.
-    listed = owner.w("GET", "/v1/sandboxes").json()
-    sid = next(s["id"] for s in listed if s.get("template") == "slow-ready")
+    sid = next(s["id"] for s in owner.w("GET", "/v1/sandboxes").json())
     assert Stolen(e2b_env.url, sid, envd_token(e2b_env.url, owner.api_key, sid)).works()
+
+
+def test_a_member_removed_during_a_create_keeps_no_epoch_0_token(platform: Platform, e2b_env: E2BEnv) -> None:
+    """A member removed while the owner's create is pending: the pending row's epoch moves on
+    (before: it started at epoch 0, whose token a member could have read while pending), and
+    the create answers the token of the epoch it finished with, which works."""
+    from warren.sdk import Template
+
+    owner = signup(platform.url, "owner-pending2-s16")
+    Template.from_warrenfile(SLOW_SPEC).build(
+        "slow-ready", timeout=300, url=platform.url, api_key=owner.api_key
+    )
+    mallory = add_member(platform, owner, "mallory-pending-s16")
+    with httpx.Client(base_url=platform.url, headers=bearer(owner.token), timeout=60) as c:
+        remove = f"/v1/teams/{owner.team_id}/members/{mallory.user_id}"
+        answer = _create_while(c, e2b_env.url, owner.api_key, lambda: c.delete(remove))
+    assert answer.status_code == 201, answer.text
+    sid = answer.json()["sandboxID"]
+    assert not Stolen(e2b_env.url, sid, envd_access_token(JWT_SECRET, sid, 0)).works()
+    assert Stolen(e2b_env.url, sid, answer.json()["envdAccessToken"]).works()
+
+
+def _create_while(
+    c: httpx.Client, e2b_url: str, key: str, during: Callable[[], httpx.Response]
+) -> httpx.Response:
+    """An E2B create of ``slow-ready`` with ``key``; ``during()`` (a 204) once its row is in,
+    still pending. The create's answer."""
+    before = {s["id"] for s in c.get("/v1/sandboxes").json()}
+
+    def create() -> httpx.Response:
+        body = {"templateID": "slow-ready", "timeout": 300}
+        return httpx.post(f"{e2b_url}/sandboxes", json=body, headers={"X-API-Key": key}, timeout=120)
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(create)
+        deadline = time.monotonic() + 60
+        while not pending.done() and time.monotonic() < deadline:  # the row is in (pending)
+            if any(s["id"] not in before for s in c.get("/v1/sandboxes").json()):
+                break
+            time.sleep(0.2)
+        assert not pending.done(), "the create ended before it could be caught pending"
+        r = during()
+        assert r.status_code == 204, r.text
+        return pending.result()
 
 
 def test_a_removed_members_signed_file_urls_die_with_her_access(platform: Platform) -> None:

@@ -78,10 +78,10 @@ async def rotate(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, *, secr
 
 
 async def created_epoch(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -> int:
-    """The token epoch a create hands its caller (E2B's create answers the token): the row's
-    current one, which a member's removal during the create has bumped. 401 ``access_revoked``
-    when the caller's own credentials were revoked while it ran: the sandbox stays the team's,
-    its token is not handed out."""
+    """The token epoch a create (or a connect, which may resume) hands its caller (E2B answers
+    the token): the row's current one, which a member's removal during the call has bumped. 401
+    ``access_revoked`` when the caller's own credentials were revoked while it ran: the sandbox
+    stays the team's, its token is not handed out."""
     if not await stream_revocation.still_valid(engine, ctx):
         raise stream_slots.Revoked()
     sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")

@@ -112,13 +112,16 @@ async def pause(call: Call) -> Response:
     return Response(status_code=204)
 
 
-def _connected(call: Call, c: lifetimes.Connected) -> Response:
+async def _connected(call: Call, c: lifetimes.Connected) -> Response:
+    # A resume can take seconds: the token is read after it, and not handed to a caller whose
+    # own credentials were revoked meanwhile (as create, envd_rotation.created_epoch).
+    epoch = await envd_rotation.created_epoch(call.state.engine, call.ctx, call.sandbox_id)
     body = models.created(
         sandbox_id=call.sandbox_id,
         template=c.row["template"],
         settings=call.state.settings,
         traffic_token=None,
-        token_epoch=int(c.row.get("envd_token_epoch") or 0),
+        token_epoch=epoch,
     )
     return JSONResponse(body, status_code=201 if c.resumed else 200)
 
@@ -127,7 +130,7 @@ async def connect(call: Call) -> Response:
     seconds = models.timeout_of(await call.body(), CONNECT_DEFAULT_TIMEOUT_S)
     s = call.state
     c = await lifetimes.connect(s.engine, s.pool, call.ctx, call.sandbox_id, seconds, settings=s.settings)
-    return _connected(call, c)
+    return await _connected(call, c)
 
 
 async def resume(call: Call) -> Response:
@@ -136,7 +139,7 @@ async def resume(call: Call) -> Response:
     seconds = models.timeout_of(body, V1_DEFAULT_TIMEOUT_S)
     s = call.state
     c = await lifetimes.resume(s.engine, s.pool, call.ctx, call.sandbox_id, seconds, settings=s.settings)
-    return _connected(call, c)
+    return await _connected(call, c)
 
 
 async def metrics(call: Call) -> Response:
