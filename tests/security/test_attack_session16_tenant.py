@@ -234,8 +234,46 @@ def test_rotation_endpoint_edges_held(platform: Platform, e2b_env: E2BEnv) -> No
     assert current in tokens
     assert all(not Stolen(e2b_env.url, sid, t).works() for t in tokens - {current})
     assert Stolen(e2b_env.url, sid, current).works()
+    # Every envd route refuses an old token (each reads the epoch with the sandbox row).
+    old = next(iter(tokens - {current}))
+    assert _envd_statuses(e2b_env.url, sid, old) == dict.fromkeys(ENVD_ROUTES, 401)
+    assert _envd_statuses(e2b_env.url, sid, current)["GET /health"] == 204
     assert owner.w("DELETE", f"/v1/sandboxes/{sid}").status_code == 204
     assert _rotate(owner, sid).status_code in (404, 409)
+
+
+ENVD_ROUTES = [
+    "GET /health", "GET /envs", "GET /files", "POST /files",
+    "POST /process.Process/List", "POST /process.Process/SendInput", "POST /process.Process/SendSignal",
+    "POST /process.Process/Start", "POST /process.Process/Connect", "POST /process.Process/StreamInput",
+    "POST /filesystem.Filesystem/ListDir", "POST /filesystem.Filesystem/Stat",
+    "POST /filesystem.Filesystem/MakeDir", "POST /filesystem.Filesystem/Remove",
+    "POST /filesystem.Filesystem/WatchDir", "POST /filesystem.Filesystem/CreateWatcher",
+]  # fmt: skip
+
+
+def _envd_statuses(e2b_url: str, sid: str, token: str) -> dict[str, int]:
+    """Each envd route's HTTP status with ``token`` (streams as Connect streams, unary calls as
+    JSON, /files with a path)."""
+    out: dict[str, int] = {}
+    with httpx.Client(base_url=e2b_url, timeout=60) as c:
+        for route in ENVD_ROUTES:
+            method, path = route.split(" ")
+            h = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983", "X-Access-Token": token}
+            stream = path.rsplit("/", 1)[-1] in ("Start", "Connect", "StreamInput", "WatchDir")
+            if stream:
+                h |= {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"}
+                content = b"\x00\x00\x00\x00\x02{}"
+            else:
+                h |= {"Content-Type": "application/json"}
+                content = b"{}"
+            params = {"path": "/tmp/x"} if path == "/files" else None
+            if method == "GET":
+                r = c.get(path, headers=h, params=params)
+            else:
+                r = c.post(path, headers=h, params=params, content=content)
+            out[route] = r.status_code
+    return out
 
 
 # A create that stays pending for a few seconds: its READY command answers only after 4 s.
