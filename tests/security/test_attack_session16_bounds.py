@@ -15,7 +15,9 @@ relays through an agent without a data port (gRPC ``DialPort``).
   up to two 1 MiB messages queued in the CP, one more on its way, and gRPC's window (grown
   by its bandwidth probes) per connection. Expected: ``CONNS`` unread preview responses grow
   the CP and the agent by at most 256 KiB a connection each, plus slack, and a slow reader
-  gets every byte in order.
+  gets every byte in order. The other way, uploads into a sandbox server that reads none of
+  them (after a fast upload, as gRPC's probes would grow the agent's window with it): the same
+  bound (before: the agent's window held ~4 MiB each).
 
 The module runs a platform of its own: its agent has no data port
 (``WARREN_AGENT_DIAL_DATA_PORT=-1``: every preview goes over DialPort), and its proxy smaller
@@ -37,7 +39,7 @@ import pytest
 
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
-from tests.security.test_attack_session13_transfers import _addr, _download_heads
+from tests.security.test_attack_session13_transfers import _addr, _download_heads, _push_until_stalled
 from tests.security.test_attack_session14_transfer_window import (
     CAPPED,
     GROWN,
@@ -73,7 +75,8 @@ PORT = 8000
 ADDRESSES = [f"127.0.0.{i}" for i in (41, 42, 43, 44)]
 
 # GET /hold answers a head and then nothing (the connection stays open until the client
-# leaves); GET /<n> answers n bytes, byte i being i % 256, as fast as the client takes them.
+# leaves); POST /sink reads the body and answers; POST /stall reads nothing; GET /<n> answers
+# n bytes, byte i being i % 256, as fast as the client takes them.
 SERVER = r"""
 import socket, threading
 PAT = bytes(range(256)) * 256
@@ -81,8 +84,18 @@ def serve(c):
     try:
         f = c.makefile("rb")
         path = f.readline().split()[1]
-        while f.readline() not in (b"\r\n", b""):
-            pass
+        if path.endswith(b"/stall"):  # reads none of the body, answers nothing
+            threading.Event().wait(600)
+            return
+        body = 0
+        while (line := f.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                body = int(line.split(b":")[1])
+        if path.endswith(b"/sink"):  # reads the body as fast as it comes
+            while body and (got := f.read(min(body, 1 << 16))):
+                body -= len(got)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
         if path.endswith(b"/hold"):
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
             c.recv(1)
@@ -296,3 +309,40 @@ def test_unread_dialport_previews_hold_a_bounded_share(
 
 def test_a_slow_dialport_reader_gets_every_byte_in_order(served: tuple[tuple[str, int], str]) -> None:
     _slow_reader_gets_every_byte(served)
+
+
+def _post(url: str, sid: str, path: str, size: int, source: str) -> socket.socket:
+    host, port = _addr(url)
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect((host, port))
+    head = f"POST /v1/sandboxes/{sid}/ports/{PORT}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    s.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode())
+    return s
+
+
+def test_unread_dialport_uploads_hold_a_bounded_share(
+    platform: Platform, mallory: list[tuple[Tenant, str]]
+) -> None:
+    """A fast upload first (gRPC's window, were it probed, would grow with it), then CONNS
+    uploads into a sandbox server that reads none of them, pushed until nothing more is taken:
+    the CP and the agent hold a bounded share each (the kernel's socket buffers are not RSS)."""
+    url, sid = platform.url, mallory[1][1]
+    with _post(url, sid, "/sink", 64 * MIB, ADDRESSES[0]) as s:
+        s.sendall(bytes(64 * MIB))
+        s.settimeout(60)
+        assert s.recv(12) == b"HTTP/1.1 200", "the fast upload was not answered"
+    _settle(platform.cp.pid)
+    socks: list[socket.socket] = []
+    with ExitStack() as stack, PeakRss(platform) as rss:
+        for i in range(CONNS):
+            socks.append(
+                stack.enter_context(_post(url, sid, "/stall", 1 << 34, ADDRESSES[i % len(ADDRESSES)]))
+            )
+        sent = _push_until_stalled(socks, bytes(1 << 20))
+    cp, agent = rss.grown_mib
+    print(f"{CONNS} unread DialPort uploads ({sent // MIB} MiB taken): CP +{cp} MiB, agent +{agent} MiB")
+    assert cp <= BOUND_MIB and agent <= BOUND_MIB, (
+        f"{CONNS} unread DialPort uploads grew the CP by {cp} MiB and the agent by {agent} MiB "
+        f"(bound {BOUND_MIB} MiB each)"
+    )

@@ -29,7 +29,9 @@ sandbox's bytes read ``READ`` at a time (at most ``2 x READ`` read ahead, then t
 paused) and sent one message at a time (gRPC's flow control holds the next), and the caller's
 writes drained before the next message is taken, so either side pushes back instead of filling
 memory. Session 16: reads were ``CHUNK`` (1 MiB), and an unread preview held ~4 MiB of the agent
-(48 of them: +198 MiB); now ~0.2 MiB.
+(48 of them: +198 MiB); now ~0.3 MiB. The other way, gRPC's receive window (grown by its
+bandwidth probes to MiBs) held what a sandbox did not read: a caller that keeps to credit
+(``CREDIT_KEY``) now sends a few messages past what was written to the sandbox.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from warren.agent.manager import SandboxManager
 from warren.agent.network import Slot
@@ -54,6 +57,12 @@ from warren.rpc import hostagent_pb2 as pb
 
 CHUNK = 1 << 20  # bytes per data message at most, both ways (64 KiB … 1 MiB is the contract)
 READ = 32 << 10  # what the agent sends per message (and its reader's limit)
+# A caller that keeps to credit says so in its metadata, and this agent answers in its initial
+# metadata: each of the caller's messages written to the sandbox is acknowledged by one more
+# ``connected`` (an event every caller from before ignores after the first).
+CREDIT_KEY = "warren-dial-credit"
+CREDIT_METADATA = ((CREDIT_KEY, "1"),)
+_ACK = pb.DialEvent(connected=True)
 MAX_DIALS_PER_SANDBOX = 256
 CONNECT_TIMEOUT_S = 10.0
 _CLONE_NEWNET = 0x40000000
@@ -197,23 +206,67 @@ class Dialer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         requests: AsyncIterator[pb.DialRequest],
+        context: Any = None,
     ) -> AsyncIterator[pb.DialEvent]:
         """``connected``, then the sandbox's bytes as ``data`` events and ``closed`` at its EOF;
         the client's ``data`` is written (drained first) and ``close_write`` half-closes. The
-        call lasts until both directions are done (or either side goes away)."""
-        pump = asyncio.create_task(_pump(requests, writer))
+        call lasts until both directions are done (or either side goes away). A caller that
+        asks for credit (``CREDIT_KEY`` in its metadata, ``context``'s) is told so in the initial
+        metadata and gets one more ``connected`` for each of its messages written: it keeps at
+        most a few unacknowledged (``cp/proxy/stream.py``)."""
+        credit = context is not None and _asks_credit(context)
+        if credit:
+            await context.send_initial_metadata(CREDIT_METADATA)
+        events: asyncio.Queue[pb.DialEvent | BaseException | None] = asyncio.Queue()
+        one = asyncio.Semaphore(1)  # one message of the sandbox's waits at most: gRPC holds the next
+        sides = [
+            asyncio.create_task(self._sandbox_side(sandbox_id, reader, events, one)),
+            asyncio.create_task(_client_side(requests, writer, events, credit)),
+        ]
         try:
             yield pb.DialEvent(connected=True)
-            while data := await reader.read(READ):
-                self.m.touch(sandbox_id)
-                yield pb.DialEvent(data=data)
-            yield pb.DialEvent(closed=True)
-            await pump
+            left = 2
+            while left:
+                ev = await events.get()
+                if ev is None:
+                    left -= 1
+                    continue
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+                if ev.WhichOneof("event") == "data":
+                    one.release()
         finally:
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            for task in sides:
+                task.cancel()
+            for task in sides:
+                with contextlib.suppress(BaseException):
+                    await task
             writer.close()
+
+    async def _sandbox_side(
+        self,
+        sandbox_id: str,
+        reader: asyncio.StreamReader,
+        events: asyncio.Queue[pb.DialEvent | BaseException | None],
+        one: asyncio.Semaphore,
+    ) -> None:
+        try:
+            while True:
+                await one.acquire()
+                data = await reader.read(READ)
+                if not data:
+                    break
+                self.m.touch(sandbox_id)
+                events.put_nowait(pb.DialEvent(data=data))
+            events.put_nowait(pb.DialEvent(closed=True))
+            events.put_nowait(None)
+        except Exception as e:
+            events.put_nowait(e)
+
+
+def _asks_credit(context: Any) -> bool:
+    return any(k == CREDIT_KEY for k, _ in context.invocation_metadata() or ())
 
 
 def _socket_to_veth(slot: Slot) -> socket.socket:
@@ -227,19 +280,32 @@ def _socket_to_veth(slot: Slot) -> socket.socket:
     return sock
 
 
-async def _pump(requests: AsyncIterator[pb.DialRequest], writer: asyncio.StreamWriter) -> None:
-    """The client's side: bytes into the socket, then a half-close (``close_write`` or the end
-    of the request stream). A sandbox that stopped reading ends it with an error."""
-    with contextlib.suppress(ConnectionError, OSError):
-        async for msg in requests:
-            which = msg.WhichOneof("msg")
-            if which == "data":
-                writer.write(msg.data)
-                await writer.drain()
-            elif which == "close_write":
-                break
-        if writer.can_write_eof() and not writer.is_closing():
-            writer.write_eof()
+async def _client_side(
+    requests: AsyncIterator[pb.DialRequest],
+    writer: asyncio.StreamWriter,
+    events: asyncio.Queue[pb.DialEvent | BaseException | None],
+    credit: bool,
+) -> None:
+    """The client's side: bytes into the socket (each message acknowledged once drained, with
+    ``credit``), then a half-close (``close_write`` or the end of the request stream). A
+    sandbox that stopped reading ends it with an error."""
+    try:
+        with contextlib.suppress(ConnectionError, OSError):
+            async for msg in requests:
+                which = msg.WhichOneof("msg")
+                if which == "data":
+                    writer.write(msg.data)
+                    await writer.drain()
+                    if credit:
+                        events.put_nowait(_ACK)  # at most the caller's credit of them wait here
+                elif which == "close_write":
+                    break
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
+    except Exception as e:  # the request stream failed: the call ends with it
+        events.put_nowait(e)
+        return
+    events.put_nowait(None)
 
 
 # The agent's one dialer (made on first use).

@@ -560,7 +560,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
                 raise InvalidRequest("port must be 1..65535")
             with d.slot_for(sb_id):
                 reader, writer = await d.connect(sb_id, port)
-                async for ev in d.relay(sb_id, reader, writer, request_iterator):
+                async for ev in d.relay(sb_id, reader, writer, request_iterator, context):
                     yield ev
         except Exception as e:
             await abort(context, e, "DialPort")

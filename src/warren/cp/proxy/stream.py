@@ -5,6 +5,11 @@ port).
 Bounded both ways: a write waits until gRPC took its message (at most ``PIECE`` bytes), and at
 most ``_QUEUE`` messages wait to be read per stream; past that the agent waits (gRPC flow control).
 
+The other way, an agent that keeps to credit (its initial metadata says so) acknowledges each
+message once written to the sandbox, and at most ``CREDIT`` messages are on their way: the
+agent's gRPC window, which its own bandwidth probes grow, held MiBs of what a sandbox did not
+read (48 unread uploads: agent +196 MiB). An agent from before gets no credit kept.
+
 DialPort calls go over a channel of their own per host (:func:`dial_channel`), with gRPC's
 bandwidth probes off: a stream's receive window stays at ``WINDOW``. On the host's shared
 channel the probes grow every stream's window to MiBs, and what a preview client did not read
@@ -34,6 +39,11 @@ CHUNK = 1 << 20  # the data port's frames (data.py)
 PIECE = 32 << 10  # what one DialPort message carries to the agent (its reads are as large)
 WINDOW = 64 << 10  # a DialPort stream's receive window in gRPC
 _QUEUE = 2
+# Messages written to the agent and not yet acknowledged as written to the sandbox, past which
+# a write waits (an agent that keeps to credit: agent/dial.py's CREDIT_KEY).
+CREDIT = 4
+_CREDIT_KEY = "warren-dial-credit"
+_ASK_CREDIT = ((_CREDIT_KEY, "1"),)
 _EOF = b""
 _DIAL_PORT = f"/{pb.DESCRIPTOR.services_by_name['HostAgent'].full_name}/DialPort"
 
@@ -131,11 +141,15 @@ class DialStream:
         self.sandbox_id, self.port = sandbox_id, port
         self._host_id = client.host_id
         self._in: asyncio.Queue[bytes | BaseException] = asyncio.Queue(_QUEUE)
-        self._call: Any = _dial_port(dial_channel(client))()
+        self._call: Any = _dial_port(dial_channel(client))(metadata=_ASK_CREDIT)
         self._lock = asyncio.Lock()  # one message in flight at a time (a gRPC call's rule)
         self._buf = memoryview(b"")
         self._eof = False
         self._reader: asyncio.Task[None] | None = None
+        self._credit = False  # the agent acknowledges our messages
+        self._unacked = 0
+        self._room = asyncio.Event()
+        self._ended = False  # the call's events have ended: no acknowledgement will come
 
     async def _send(self, msg: pb.DialRequest) -> None:
         try:
@@ -151,6 +165,8 @@ class DialStream:
         try:
             await self._send(pb.DialRequest(open=pb.DialOpen(sandbox_id=self.sandbox_id, port=self.port)))
             try:
+                md = await self._call.initial_metadata()
+                self._credit = md is not None and _CREDIT_KEY in dict(md)
                 ev = await self._call.read()
             except grpc.aio.AioRpcError as e:
                 raise translate(e, self._host_id) from e
@@ -163,23 +179,34 @@ class DialStream:
         self._reader = asyncio.create_task(self._read_all())
 
     async def _read_all(self) -> None:
+        """The agent's events to the end of the call: its bytes into the queue, and (after
+        ``closed`` too: the sandbox may still read) its acknowledgements."""
+        ended = False
         try:
             while True:
                 ev = await self._call.read()
                 if ev is EOF:
                     break
                 kind = ev.WhichOneof("event")
-                if kind == "data":
+                if kind == "connected":  # one more of our messages written to the sandbox
+                    self._unacked = max(0, self._unacked - 1)
+                    self._room.set()
+                elif kind == "data" and not ended:
                     await self._in.put(ev.data)
-                elif kind == "closed":
-                    break
-            await self._in.put(_EOF)
+                elif kind == "closed" and not ended:
+                    ended = True
+                    await self._in.put(_EOF)
+            if not ended:
+                await self._in.put(_EOF)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as e:
             await self._in.put(translate(e, self._host_id))
         except BaseException as e:
             await self._in.put(e)
+        finally:
+            self._ended = True
+            self._room.set()
 
     @property
     def readable(self) -> bool:
@@ -205,6 +232,12 @@ class DialStream:
 
     async def write(self, data: bytes) -> None:
         for i in range(0, len(data), PIECE):
+            while self._credit and self._unacked >= CREDIT:
+                if self._ended:
+                    raise ConnectionError("the dial stream has ended")
+                self._room.clear()
+                await self._room.wait()
+            self._unacked += 1
             await self._send(pb.DialRequest(data=data[i : i + PIECE]))
 
     async def close_write(self) -> None:
