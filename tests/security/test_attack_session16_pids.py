@@ -46,6 +46,23 @@ while True:
         time.sleep(0.05)
 """
 
+# The same with threads (the pids cgroup counts each, and so does RLIMIT_NPROC).
+THREADS = r"""
+import os, threading, time
+os.setsid()
+said = False
+while True:
+    try:
+        threading.Thread(target=time.sleep, args=(3000,), daemon=True).start()
+    except RuntimeError as e:
+        if not said:
+            with open("/tmp/full.tmp", "w") as f:
+                f.write(str(e))
+            os.rename("/tmp/full.tmp", "/tmp/full")
+            said = True
+        time.sleep(0.05)
+"""
+
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
@@ -85,8 +102,9 @@ def wait_full(agent: AgentProcess, sb: str) -> None:
         time.sleep(0.2)
 
 
-def test_a_fork_bomb_as_nobody_leaves_root_its_commands(agent: AgentProcess, sandbox: str) -> None:
-    assert run(agent, sandbox, f"python3 -c {shlex.quote(BOMB)} >/dev/null 2>&1 &", "nobody")[0] == 0
+@pytest.mark.parametrize("bomb", [BOMB, THREADS], ids=["processes", "threads"])
+def test_a_fork_bomb_as_nobody_leaves_root_its_commands(agent: AgentProcess, sandbox: str, bomb: str) -> None:
+    assert run(agent, sandbox, f"python3 -c {shlex.quote(bomb)} >/dev/null 2>&1 &", "nobody")[0] == 0
     wait_full(agent, sandbox)
     # Root's commands still start, and one of them ends the bomb.
     assert run(agent, sandbox, "echo alive") == (0, "alive\n")
