@@ -13,7 +13,8 @@ id-mapped lower mounts (agent/idmap.py). Attacked here as sandbox root:
   (``/run/warren/userns/idmap-*``, one per slot base, so as many as slots were ever used at
   once, whatever the templates) are nowhere in a sandbox;
 - nothing a sandbox leaves (a process in its own session, an abstract socket held only in
-  flight, SysV IPC, a POSIX queue, /dev/shm and /tmp files) reaches the next sandbox on its slot
+  flight with its uid's whole count of descriptors in flight, SysV IPC, a POSIX queue, /dev/shm
+  and /tmp files) reaches the next sandbox on its slot
   and host uid range, and no host process keeps the range (a slot's user namespace and netns are
   made anew for each sandbox; only the range is reused).
 """
@@ -24,6 +25,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import tarfile
 from collections.abc import Iterator
 
@@ -142,7 +144,8 @@ def test_an_export_holds_sandbox_owners_and_plain_files_only(
 
 # As sandbox root, everything that might outlive the sandbox: a process in a session of its own,
 # an abstract unix socket whose only reference is in flight (a cycle: both ends sent through
-# themselves, then closed), SysV IPC and a POSIX queue left undeleted, files in /dev/shm and /tmp.
+# themselves, then closed) with every descriptor this uid may have in flight, SysV IPC and a
+# POSIX queue left undeleted, files in /dev/shm and /tmp.
 LEAVE = r"""
 import array, ctypes, os, socket
 libc = ctypes.CDLL(None, use_errno=True)
@@ -154,7 +157,15 @@ s.bind(b"\0s16-left")
 s.listen()
 a, b = socket.socketpair()
 fds = array.array("i", [a.fileno(), b.fileno(), s.fileno()])
-a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+b.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+null, held = os.open("/dev/null", os.O_RDONLY), 0
+while True:  # the kernel's count of this uid's descriptors in flight, to its limit
+    try:
+        a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [null] * 253).tobytes())])
+    except OSError:
+        break
+    held += 253
+assert held >= 4096, held
 open("/dev/shm/s16-left", "w").write("x")
 open("/tmp/s16-left", "w").write("x")
 if os.fork() == 0:
@@ -164,13 +175,20 @@ print("left")
 """
 # In the sandbox after it, on the same host uid range: what of the above it sees.
 FIND = r"""
-import ctypes, json, os
+import array, ctypes, json, os, socket
 libc = ctypes.CDLL(None, use_errno=True)
 comm = lambda pid: open(f"/proc/{pid}/comm").read()
+a, b = socket.socketpair()
+try:
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0]).tobytes())])
+    sent = 0
+except OSError as e:
+    sent = e.errno
 print(json.dumps({
     "ipc": [libc.shmget(0x5116, 0, 0), libc.msgget(0x5116, 0), libc.semget(0x5116, 0, 0)],
     "mq": libc.mq_open(b"/s16-left", os.O_RDWR, 0, None),
     "abstract": "@s16-left" in open("/proc/net/unix").read(),
+    "in_flight": sent,
     "files": sorted(os.listdir("/dev/shm")) + [p for p in ("/tmp/s16-left",) if os.path.exists(p)],
     "sleepers": [p for p in os.listdir("/proc") if p.isdigit() and comm(p) == "sleep\n"],
 }))
@@ -201,21 +219,28 @@ def test_nothing_of_a_sandbox_reaches_the_next_on_its_uid_range(unpooled: AgentP
     agent = unpooled
     first = agent.create(memory_mb=128).sandbox_id
     base = uid_base(agent, first)
-    assert sh(agent, first, f"python3 -c '{LEAVE}'") == "left\n"
+    assert sh(agent, first, f"python3 -c {shlex.quote(LEAVE)}") == "left\n"
     agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=first), timeout=60)
     assert not {u for u in host_uids() if base <= u < base + MAPPED_SIZE}
     made: list[str] = []
     try:
         # Other agents on this machine take slots too: a lower one freed meanwhile goes first.
-        for _ in range(4):
+        for _ in range(10):
             made.append(agent.create(memory_mb=128).sandbox_id)
             if uid_base(agent, made[-1]) == base:
                 break
         else:
             bases = [uid_base(agent, sid) for sid in made]
             pytest.skip(f"the slot ({base}) went to another agent of this machine: {bases}")
-        got = json.loads(sh(agent, made[-1], f"python3 -c '{FIND}'"))
-        assert got == {"ipc": [-1, -1, -1], "mq": -1, "abstract": False, "files": [], "sleepers": []}
+        got = json.loads(sh(agent, made[-1], f"python3 -c {shlex.quote(FIND)}"))
+        assert got == {
+            "ipc": [-1, -1, -1],
+            "mq": -1,
+            "abstract": False,
+            "in_flight": 0,
+            "files": [],
+            "sleepers": [],
+        }
     finally:
         for sid in made:
             agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sid), timeout=60)
