@@ -241,33 +241,6 @@ def _count(answers: list[tuple[int, str]]) -> dict[int, int]:
     return out
 
 
-def test_one_accounts_grown_transfer_windows_stay_within_its_share(
-    platform: Platform, mallory: list[tuple[Tenant, str]], bob: tuple[Tenant, str]
-) -> None:
-    """DOWNLOADS downloads per team, each read fast (its window grows) and then not at all: the
-    account's grown windows together stay within its share, and Bob's download still grows."""
-    heads = [_download_heads(t, sb)[0] for t, sb in mallory]
-    socks: list[socket.socket] = []
-    try:
-        for head in heads:
-            for _ in range(DOWNLOADS):
-                socks.append(_read_fast_then_stop(platform.url, head))
-        time.sleep(2)
-        held = _metric(platform, HELD)
-        capped, grown = _metric(platform, CAPPED), _metric(platform, GROWN)
-        bobs = _read_fast_then_stop(platform.url, _download_heads(*bob)[0])
-        bob_grew = _metric(platform, GROWN) > grown
-        bobs.close()
-    finally:
-        for s in socks:
-            s.close()
-    print(f"{TEAMS} teams x {DOWNLOADS} downloads: grown windows hold {held / MIB:.2f} MiB, "
-          f"{grown:.0f} grew, {capped:.0f} capped; bob's grew: {bob_grew}")  # fmt: skip
-    assert 0 < held <= OWNER_SHARE, f"one account's grown windows hold {held / MIB:.2f} MiB"
-    assert capped > 0
-    assert bob_grew, "another account's download could not grow its window"
-
-
 @pytest.fixture
 def served(platform: Platform, mallory: list[tuple[Tenant, str]]) -> tuple[tuple[str, int], str]:
     return _addr(platform.url), f"/v1/sandboxes/{mallory[0][1]}/ports/{PORT}"
@@ -346,3 +319,30 @@ def test_unread_dialport_uploads_hold_a_bounded_share(
         f"{CONNS} unread DialPort uploads grew the CP by {cp} MiB and the agent by {agent} MiB "
         f"(bound {BOUND_MIB} MiB each)"
     )
+
+
+def test_one_accounts_grown_transfer_windows_stay_within_its_share(
+    platform: Platform, mallory: list[tuple[Tenant, str]], bob: tuple[Tenant, str]
+) -> None:
+    """DOWNLOADS downloads per team, each read fast (its window grows) and then not at all: the
+    account's grown windows together stay within its share, and Bob's download still grows."""
+    heads = [_download_heads(t, sb)[0] for t, sb in mallory]
+    socks: list[socket.socket] = []
+    try:
+        for head in heads:
+            for _ in range(DOWNLOADS):
+                socks.append(_read_fast_then_stop(platform.url, head))
+        time.sleep(2)
+        held = _metric(platform, HELD)
+        capped, grown = _metric(platform, CAPPED), _metric(platform, GROWN)
+        bobs = _read_fast_then_stop(platform.url, _download_heads(*bob)[0])
+        bob_grew = _metric(platform, GROWN) > grown
+        bobs.close()
+    finally:
+        for s in socks:
+            s.close()
+    print(f"{TEAMS} teams x {DOWNLOADS} downloads: grown windows hold {held / MIB:.2f} MiB, "
+          f"{grown:.0f} grew, {capped:.0f} capped; bob's grew: {bob_grew}")  # fmt: skip
+    assert 0 < held <= OWNER_SHARE, f"one account's grown windows hold {held / MIB:.2f} MiB"
+    assert capped > 0
+    assert bob_grew, "another account's download could not grow its window"
