@@ -21,6 +21,7 @@ and takes no body; concurrent rotations each get their own epoch and only the la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -190,22 +191,47 @@ def test_a_revoked_keys_exec_stream_ends(platform: Platform) -> None:
         assert ws_outcome(ws, ENDS_WITHIN_S) == "access_revoked"
 
 
+BIG = 32 * 1024 * 1024
+
+
 def test_rotation_ends_the_old_tokens_streams(platform: Platform, e2b_env: E2BEnv) -> None:
+    """A process stream and a download (E2B's ``GET /files``, read slowly) opened with the token
+    before a rotation: the stream ends with ``unauthenticated``, the download is cut short."""
     owner = signup(platform.url, "owner-rot-s16")
-    sid = owner.create(memory_mb=128)
-    old = EnvdStream(e2b_env.url, sid, envd_token(e2b_env.url, owner.api_key, sid))
-    try:
-        assert old.ticks()
-        r = owner.w("POST", f"/v1/sandboxes/{sid}/access-token")
-        assert r.status_code == 200, r.text
-        new = EnvdStream(e2b_env.url, sid, r.json()["access_token"])
+    sid = owner.create(memory_mb=256)
+    owner.sh(sid, f"head -c {BIG} /dev/urandom > /tmp/big")
+    token = envd_token(e2b_env.url, owner.api_key, sid)
+    old = EnvdStream(e2b_env.url, sid, token)
+    h = {
+        "E2b-Sandbox-Id": sid,
+        "E2b-Sandbox-Port": "49983",
+        "X-Access-Token": token,
+        "Accept-Encoding": "identity",
+    }
+    with (
+        httpx.Client(base_url=e2b_env.url, timeout=60) as c,
+        c.stream("GET", "/files", params={"path": "/tmp/big"}, headers=h) as down,
+    ):
+        assert down.status_code == 200
+        chunks = down.iter_raw(65536)
+        got = len(next(chunks))
         try:
-            assert old.outcome(ENDS_WITHIN_S) == "unauthenticated"
-            assert new.ticks()  # the new token's stream goes on
+            assert old.ticks()
+            r = owner.w("POST", f"/v1/sandboxes/{sid}/access-token")
+            assert r.status_code == 200, r.text
+            new = EnvdStream(e2b_env.url, sid, r.json()["access_token"])
+            try:
+                # The stream's end says the pass that ends the download's too has run.
+                assert old.outcome(ENDS_WITHIN_S) == "unauthenticated"
+                assert new.ticks()  # the new token's stream goes on
+            finally:
+                new.close()
         finally:
-            new.close()
-    finally:
-        old.close()
+            old.close()
+        with contextlib.suppress(httpx.HTTPError):
+            for chunk in chunks:
+                got += len(chunk)
+    assert got < BIG, "the old token's download went on to its end"
 
 
 def _rotate(t: Tenant, sid: str, **kw: object) -> httpx.Response:
