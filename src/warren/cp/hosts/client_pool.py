@@ -64,6 +64,7 @@ class HostClient:
         generation: int,
         *,
         ca: CertificateAuthority | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.host_id = host_id
         self.address = address
@@ -71,7 +72,14 @@ class HostClient:
         self.generation = generation
         # The CP's CA (its client certificate): for the agent's dial data port (cp/proxy/data.py).
         self.ca = ca
+        self._gate = gate
         self.stub: HostAgentAsyncStub = hostagent_pb2_grpc.HostAgentStub(channel)
+
+    async def admit(self) -> None:
+        """The pool's BYOC address check, for what dials the host outside this channel's
+        interceptor (DialPort's own channel, cp/proxy/stream.py): raises ``refused``."""
+        if self._gate is not None:
+            await self._gate()
 
     async def destroy_best_effort(self, sandbox_id: str, *, why: str) -> None:
         """DestroySandbox for callers that go on whatever happens (clean-ups, host and team
@@ -146,7 +154,7 @@ class HostClientPool:
             ],
             interceptors=agent_errors(host_id, gate),
         )
-        return HostClient(host_id, address, channel, generation, ca=self._ca)
+        return HostClient(host_id, address, channel, generation, ca=self._ca, gate=gate)
 
     def _fresh(self, c: HostClient | None, address: str) -> bool:
         if c is None or c.address != address:

@@ -140,8 +140,10 @@ class DialStream:
     def __init__(self, client: HostClient, sandbox_id: str, port: int) -> None:
         self.sandbox_id, self.port = sandbox_id, port
         self._host_id = client.host_id
+        self._admit = client.admit  # the BYOC address check: this channel has no interceptor
         self._in: asyncio.Queue[bytes | BaseException] = asyncio.Queue(_QUEUE)
-        self._call: Any = _dial_port(dial_channel(client))(metadata=_ASK_CREDIT)
+        self._start = _dial_port(dial_channel(client))  # called in open, after the check
+        self._call: Any = None
         self._lock = asyncio.Lock()  # one message in flight at a time (a gRPC call's rule)
         self._buf = memoryview(b"")
         self._eof = False
@@ -163,6 +165,8 @@ class DialStream:
     async def open(self) -> None:
         """Wait for ``connected`` (AgentError: port_not_open, paused, unknown sandbox…)."""
         try:
+            await self._admit()  # before the call: a call connects the channel
+            self._call = self._start(metadata=_ASK_CREDIT)
             await self._send(pb.DialRequest(open=pb.DialOpen(sandbox_id=self.sandbox_id, port=self.port)))
             try:
                 md = await self._call.initial_metadata()
@@ -171,7 +175,8 @@ class DialStream:
             except grpc.aio.AioRpcError as e:
                 raise translate(e, self._host_id) from e
         except BaseException:
-            self._call.cancel()
+            if self._call is not None:
+                self._call.cancel()
             raise
         if ev is EOF or ev.WhichOneof("event") != "connected":
             self._call.cancel()
@@ -246,9 +251,11 @@ class DialStream:
     def close_nowait(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-        self._call.cancel()
+        if self._call is not None:
+            self._call.cancel()
 
     async def aclose(self) -> None:
         if self._reader is not None:
             await cancel_and_wait(self._reader)
-        self._call.cancel()
+        if self._call is not None:
+            self._call.cancel()
