@@ -128,6 +128,8 @@ def _postprocess_openapi(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _install_openapi(app: FastAPI) -> None:
+    from warren.cp.api.deps import document_auth
+
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = get_openapi(
@@ -136,6 +138,8 @@ def _install_openapi(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
+            # The auth dependencies' schemes, which FastAPI does not see (cp/api/deps.py).
+            spec = document_auth(spec, app.routes)
             app.openapi_schema = _postprocess_openapi(spec)
         return app.openapi_schema
 

@@ -2,7 +2,9 @@
 
 The checks themselves are :func:`warren.cp.services.authn.authenticate` (one query re-reads the
 user, the membership, the team's ``deleted_at`` and ``is_admin`` on every request); these
-dependencies only read the credentials from the headers and apply the per-team rate limit.
+dependencies only read the credentials from the headers and apply the per-team rate limit. Each
+auth kind is one dependency FastAPI resolves (the credential schemes are called inside it), and
+:func:`document_auth` gives the OpenAPI document the security FastAPI cannot see then.
 
 The one exception to "the token's team must be live and the user a member" is
 :data:`UserSession`, used only by the routes a user needs to find or make a team
@@ -17,12 +19,18 @@ teams. Every other route refuses a teamless token with 403 ``no_team``. See docs
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.encoders import jsonable_encoder
+from fastapi.openapi.models import OpenAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import BaseRoute
 
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClientPool
@@ -77,34 +85,38 @@ Sched = Annotated[Scheduler, Depends(get_scheduler)]
 CA = Annotated[CertificateAuthority, Depends(get_ca)]
 Store = Annotated[LayerStore, Depends(get_store)]
 
-# Declared through FastAPI's security classes so the OpenAPI document lists both schemes.
+# The two credential schemes. The auth dependencies below call them directly rather than
+# declaring them as dependencies of their own: every dependency FastAPI resolves costs a request
+# ~85 Python calls of solving, about what the whole API-key check costs, so each auth kind is ONE
+# resolution. FastAPI then cannot see them; :func:`document_auth` writes the security it would
+# have derived from them into the OpenAPI document.
 _bearer_scheme = HTTPBearer(auto_error=False, description="User JWT from signup/login/switch-team")
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="Team API key (wrn_…)")
 
 
-# The schemes are direct dependencies of each auth dependency rather than of a shared credentials
-# dependency: every dependency FastAPI resolves costs a request about as much Python as the
-# whole API-key check does.
+# As dependencies, for a route that reads the credentials itself (``GET /metrics``): FastAPI
+# documents the schemes from them.
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
 ApiKey = Annotated[str | None, Depends(_api_key_scheme)]
 
 
-def _credentials(
-    request: Request, bearer: HTTPAuthorizationCredentials | None, api_key: str | None
-) -> credentials.Credentials:
+async def _credentials(request: Request) -> credentials.Credentials:
+    """The request's credentials, by the schemes' own header rules (bearer, then key)."""
+    bearer = await _bearer_scheme(request)
+    api_key = await _api_key_scheme(request)
     return credentials.from_headers(api_key, bearer.credentials if bearer else None, request.headers)
 
 
-async def current_user(request: Request, bearer: Bearer, api_key: ApiKey) -> AuthContext:
+async def current_user(request: Request) -> AuthContext:
     state = state_of(request)
-    creds = _credentials(request, bearer, api_key)
+    creds = await _credentials(request)
     ctx = await authenticate(state.engine, creds, require_user=True, jwt_secret=state.settings.jwt_secret)
     return throttle(state.team_limiter, ctx)
 
 
-async def team_context(request: Request, bearer: Bearer, api_key: ApiKey) -> AuthContext:
+async def team_context(request: Request) -> AuthContext:
     state = state_of(request)
-    creds = _credentials(request, bearer, api_key)
+    creds = await _credentials(request)
     ctx = await authenticate(state.engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret)
     return throttle(state.team_limiter, ctx)
 
@@ -125,9 +137,9 @@ class JwtSession:
     token_team_id: uuid.UUID | None
 
 
-async def user_session(request: Request, bearer: Bearer, api_key: ApiKey) -> JwtSession:
+async def user_session(request: Request) -> JwtSession:
     state = state_of(request)
-    creds = _credentials(request, bearer, api_key)
+    creds = await _credentials(request)
     ctx, token_team_id = await authenticate_session(state.engine, creds, jwt_secret=state.settings.jwt_secret)
     throttle(state.team_limiter, ctx)
     return JwtSession(ctx=ctx, token_team_id=token_team_id)
@@ -141,3 +153,54 @@ UserSession = Annotated[JwtSession, Depends(user_session)]
 # The error statuses every authenticated route can answer, for ``responses=``: 429 is the
 # per-team request rate limit.
 AUTH_ERRORS: tuple[int, ...] = (401, 403, 429)
+
+# What the auth dependencies stand for in the OpenAPI document (they call the schemes themselves).
+_AUTH_DEPENDENCIES = frozenset({current_user, team_context, user_session})
+_SCHEMES = (_bearer_scheme, _api_key_scheme)
+# The operation's keys FastAPI writes before ``security`` (``get_openapi_operation_metadata``).
+_HEAD_KEYS = frozenset({"tags", "summary", "description", "operationId", "deprecated"})
+
+
+def _authenticates(dependant: Dependant) -> bool:
+    return any(d.call in _AUTH_DEPENDENCIES or _authenticates(d) for d in dependant.dependencies)
+
+
+def _with_security(operation: dict[str, Any], security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """``operation`` with ``security`` where FastAPI's ``get_openapi_path`` puts it: after the
+    operation's metadata (its model's encoding then keeps or moves it, as for FastAPI's own)."""
+    out: dict[str, Any] = {}
+    for key, value in operation.items():
+        if "security" not in out and key not in _HEAD_KEYS:
+            out["security"] = [*security, *(r for r in operation.get("security", ()) if r not in security)]
+        if key != "security":
+            out[key] = value
+    out.setdefault("security", security)
+    return out
+
+
+def document_auth(spec: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """``spec`` (FastAPI's OpenAPI document of ``routes``) with the security FastAPI derives for a
+    route that has the two schemes among its dependencies, on every route that authenticates
+    through :func:`current_user`, :func:`team_context` or :func:`user_session`: the operations'
+    ``security`` and the schemes in ``components.securitySchemes`` (in the order of first use),
+    then encoded by FastAPI's own model, as ``get_openapi`` does last, for its key order. The
+    document is the one FastAPI wrote when the schemes were dependencies
+    (tests/unit/cp/api/test_auth_openapi.py)."""
+    security: list[dict[str, list[str]]] = [{s.scheme_name: []} for s in _SCHEMES]
+    ours = {s.scheme_name: jsonable_encoder(s.model, by_alias=True, exclude_none=True) for s in _SCHEMES}
+    known = spec.get("components", {}).get("securitySchemes", {})
+    used: dict[str, Any] = {}
+    for route in iter_route_contexts(routes):
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        mine = _authenticates(route.dependant)
+        item = spec["paths"][route.path_format]
+        for method in route.methods or ():
+            op = item[method.lower()]
+            if mine:
+                op = item[method.lower()] = _with_security(op, security)
+            for name in (name for req in op.get("security", ()) for name in req):
+                used.setdefault(name, known.get(name) or ours[name])
+    if used:
+        spec.setdefault("components", {})["securitySchemes"] = used
+    return jsonable_encoder(OpenAPI(**spec), by_alias=True, exclude_none=True)  # type: ignore[no-any-return]

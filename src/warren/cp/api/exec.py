@@ -17,7 +17,6 @@ from starlette.background import BackgroundTask
 
 from warren.cp import ws
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
-from warren.cp.api.hot_auth import TEAM_SECURITY, TeamContextDirect
 from warren.cp.http_errors import error_responses
 from warren.cp.security import credentials
 from warren.cp.services import exec as svc
@@ -79,9 +78,9 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     "/{sandbox_id}/exec",
     response_model=svc.ExecResult,
     responses=error_responses(400, *AUTH_ERRORS, 404, 409, 413, 502, 503),
-    openapi_extra={**json_body(svc.ExecBody), **TEAM_SECURITY},
+    openapi_extra=json_body(svc.ExecBody),
 )
-async def exec_command(sandbox_id: str, request: Request, ctx: TeamContextDirect) -> Response:
+async def exec_command(sandbox_id: str, request: Request, ctx: TeamContext) -> Response:
     """Run ``cmd`` with ``args`` (no shell) and wait for it. Output is UTF-8 text, or base64 for
     both streams when either is not UTF-8 (``encoding``). ``timeout_sec`` <= 0 means 30 s, and
     may not exceed the platform's maximum (default 3600). More than the unary output cap

@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 
 from warren.config import Runtime
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, State, TeamContext
-from warren.cp.api.hot_auth import TEAM_SECURITY, TeamContextDirect
 from warren.cp.api.models import INT32_MAX, StrictRequest
 from warren.cp.http_errors import error_responses
 from warren.cp.services import egress_rules, envd_rotation, sandbox_power
@@ -58,10 +57,9 @@ _ERR = (*AUTH_ERRORS, 404, 409, 502, 503)
     response_model=svc.SandboxView,
     response_model_exclude_none=True,
     responses=error_responses(400, *AUTH_ERRORS, 404, 429, 502, 503),
-    openapi_extra=TEAM_SECURITY,
 )
 async def create_sandbox(
-    ctx: TeamContextDirect, request: Request, body: Annotated[CreateSandboxRequest | None, Body()] = None
+    ctx: TeamContext, request: Request, body: Annotated[CreateSandboxRequest | None, Body()] = None
 ) -> Response:
     """Create a sandbox on a host chosen by the scheduler. A size past a platform maximum → 400;
     past a team quota → 429 `quota_exceeded`; no eligible host (none offering the runtime) → 503
