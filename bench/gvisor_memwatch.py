@@ -6,11 +6,13 @@ rounds  tests/security/test_attack_session8_memwatch.py's nobody case, N times: 
         sandbox, `kill -STOP/KILL/SEGV/TERM 1` as nobody (every other round: they change
         nothing), then a 512 MiB hog (8 MiB bytearrays) as nobody. Per round: killed inside or
         ended by the host (the defect), the host cgroup's peak (limit + 96 MiB = 352 MiB) and
-        the guest's own line (its stderr is an unnamed file the sandbox process holds: read
-        here through /proc/<sentry>/fd).
+        the guest's own line (its stderr reaches the agent's log, event=guest_stderr, within a
+        second: runtime/gvisor_memwake.py).
 rates   how fast one process charges the host cgroup, per way of allocating (the rate
         memwatch.MAX_RATE must exceed): MiB/s from 64 to 320 MiB, and the worst 50 ms.
-idle    the sandbox cgroup's CPU per 10 s, idle (the watch's cost), 256 MiB and 1 GiB.
+idle    the sandbox cgroup's CPU per 10 s, idle (the watch's cost), 256 MiB and 1 GiB; with
+        --idle-procs also the CPU time of the sandbox's host processes (sentry, gofer, stubs)
+        over 60 s, from /proc/<pid>/stat, another count of the same cost.
 Compare trees with PYTHONPATH=<other tree>/src (the guest is bind-mounted from the imported
 warren.guest). The load average is printed at start and end.
 """
@@ -90,15 +92,10 @@ class Sampler:
         return avg, worst / 0.05 / MIB
 
 
-def guest_stderr(agent: AgentProcess, sb_id: str) -> int | None:
-    """A descriptor of the guest's stderr: the sandbox process's unnamed stdio file."""
-    pids = (agent.data_dir / "sandboxes" / sb_id / "runsc.pids").read_text().split()
-    fd_dir = Path(f"/proc/{pids[0]}/fd")
-    for fd in fd_dir.iterdir():
-        with contextlib.suppress(OSError):
-            if "/run/" in (link := os.readlink(fd)) and link.endswith("(deleted)"):
-                return os.open(fd, os.O_RDONLY)
-    return None
+def guest_lines(agent: AgentProcess, sb_id: str) -> list[str]:
+    """The guest's stderr lines the agent logged for this sandbox (event=guest_stderr)."""
+    text = agent.log_path.read_text(errors="replace")
+    return [ln for ln in text.splitlines() if "event=guest_stderr " in ln and f"sandbox_id={sb_id} " in ln]
 
 
 def hog(mib: int) -> str:
@@ -109,7 +106,6 @@ def hog(mib: int) -> str:
 def one_round(agent: AgentProcess, kills: bool) -> tuple[bool, int, str, float]:
     """Held (killed inside, the sandbox lives), the host peak, the guest's line, the hog's rate."""
     sb = agent.create(memory_mb=256, runtime="gvisor").sandbox_id
-    fd = guest_stderr(agent, sb)
     try:
         if kills:
             agent.exec(sb, "/bin/sh", "-c", KILLS, user="nobody", timeout_sec=60)
@@ -122,11 +118,10 @@ def one_round(agent: AgentProcess, kills: bool) -> tuple[bool, int, str, float]:
                 held = False
             time.sleep(0.2)
         peak = max((u for _, u in s.samples), default=0)
-        line = os.pread(fd, 65536, 0).decode(errors="replace").strip() if fd is not None else ""
+        time.sleep(1.2)  # a beat of the agent's drain
+        line = next((ln for ln in reversed(guest_lines(agent, sb)) if "out of memory: " in ln), "")
         return held, peak, line.rsplit("out of memory: ", 1)[-1] if line else "-", s.rate(base, 32, 224)[0]
     finally:
-        if fd is not None:
-            os.close(fd)
         with contextlib.suppress(grpc.RpcError):
             agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=120)
 
@@ -158,7 +153,17 @@ def rates(agent: AgentProcess, reps: int) -> None:
         agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=120)
 
 
-def idle(agent: AgentProcess, reps: int) -> None:
+def procs_cpu(sb_id: str) -> float:
+    """Seconds of CPU (user + system) of every host process in the sandbox's cgroup."""
+    ticks = 0
+    for pid in (cgroup(sb_id, "cpuacct") / "cgroup.procs").read_text().split():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def idle(agent: AgentProcess, reps: int, procs: bool) -> None:
     for mb in (256, 1024):
         sb = agent.create(memory_mb=mb, runtime="gvisor").sandbox_id
         try:
@@ -168,6 +173,11 @@ def idle(agent: AgentProcess, reps: int) -> None:
                 before = int(usage.read_text())
                 time.sleep(10)
                 print(f"  {mb:>4} MiB idle: {(int(usage.read_text()) - before) / 1e6:5.1f} ms CPU per 10 s")
+            if procs:
+                before_s = procs_cpu(sb)
+                time.sleep(60)
+                spent = (procs_cpu(sb) - before_s) * 1000
+                print(f"  {mb:>4} MiB idle: {spent:5.0f} ms CPU of its processes in 60 s")
         finally:
             agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=120)
 
@@ -177,13 +187,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--rates", type=int, default=3)
     ap.add_argument("--idle", type=int, default=3)
+    ap.add_argument("--idle-procs", action="store_true")
     args = ap.parse_args()
     print(f"load {os.getloadavg()[0]:.1f}; guest from {Path(warren.guest.__file__).parent}")
     with scratch_agent("bench-memwatch") as agent:
         if args.rates:
             rates(agent, args.rates)
         if args.idle:
-            idle(agent, args.idle)
+            idle(agent, args.idle, args.idle_procs)
         if args.rounds:
             rounds(agent, args.rounds)
     print(f"load {os.getloadavg()[0]:.1f}")

@@ -20,6 +20,14 @@ limit between two reads). The price is paid by small sandboxes: an idle one is r
 second from 1 GiB up, ~8 at 512 MiB, ~16 at 256 MiB (~1 ms of host CPU each under ptrace,
 half of it the disk's ``statvfs``, a round trip to the Gofer; bench/gvisor_memwatch.py).
 
+So since session 16 the host wakes the watch (agent/runtime/gvisor_memwake.py): our stdin is a
+pipe on which the agent writes a record (its cgroup's usage, limit, thresholds' step) whenever
+the cgroup's usage crosses a threshold, and every second. While records come and the limit is
+further than a step plus what MAX_RATE allocates in :data:`WAKE_LATENCY`, a growth that could
+reach it is reported in time, and the watch sleeps a second (:func:`covered`); else it polls as
+above. The records also show memory the guest cannot read (the Sentry's own heap: socket and
+pipe buffers): near the cgroup's limit they kill too (:func:`host_check`).
+
 The limit is a file the agent writes before each start (``--memory-limit-file``; bytes, in
 decimal), re-read every second: a sandbox restored from another's memory image (a fork) keeps
 this thread but gets its own limit. Root-owned and read-only to the sandbox.
