@@ -7,7 +7,8 @@ it at once, on every replica (they all read the epoch with the sandbox row).
 - :func:`bump_team`: every running, paused or pending sandbox of a team, in the caller's transaction:
   when a member leaves or is removed, or an API key is revoked (``teams``, ``api_keys``), so
   whoever lost access keeps no token they copied while they had it. Other members get the new
-  tokens from E2B's connect / get, or from :func:`rotate`'s answer.
+  tokens from E2B's connect / get, or from :func:`rotate`'s answer. The sandboxes' preview
+  traffic tokens are voided with them (``preview.rotate_token`` makes a new one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warren import ids
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import sandboxes
-from warren.cp.services import audit, stream_revocation, stream_slots
+from warren.cp.services import audit, preview, stream_revocation, stream_slots
 from warren.cp.services.context import AuthContext
 from warren.cp.services.envd_tokens import envd_access_token
 from warren.cp.services.sandboxes import find
@@ -44,12 +45,20 @@ async def bump_team(conn: AsyncConnection, team_id: uuid.UUID) -> int:
     """Bump the token epoch of every live or pending sandbox of ``team_id`` in one UPDATE (the
     caller's transaction; the caller calls ``stream_revocation.kick`` once it commits); the
     number of sandboxes whose tokens changed."""
-    res = await conn.execute(
+    stmt = (
         update(sandboxes)
         .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_BUMPED))
-        .values(envd_token_epoch=sandboxes.c.envd_token_epoch + 1)
+        # Preview traffic tokens go too (session 16): they are random, stored hashed, and a
+        # member who created a sandbox or rotated its token had one for as long as the sandbox
+        # lived. Void ("": none), not replaced: the team asks for a new one (POST
+        # …/traffic-token); the signed preview URLs and cookies made with it end with it.
+        .values(envd_token_epoch=sandboxes.c.envd_token_epoch + 1, traffic_token_hash="")
+        .returning(sandboxes.c.id)
     )
-    return int(res.rowcount or 0)
+    bumped = (await conn.execute(stmt)).scalars().all()
+    for sb_uuid in bumped:  # this process's proxy caches; other replicas' expire (proxy_cache_s)
+        preview.forget(ids.sandbox_id(sb_uuid))
+    return len(bumped)
 
 
 async def rotate(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, *, secret: str) -> Rotated:

@@ -142,7 +142,8 @@ def make_cache(ttl_s: float) -> PreviewCache:
     return cache
 
 
-def _forget(sandbox_id: str) -> None:
+def forget(sandbox_id: str) -> None:
+    """Drop the sandbox from this process's caches (a write changed what they hold)."""
     for cache in _caches:
         cache.drop(sandbox_id)
 
@@ -311,7 +312,7 @@ async def update(
             conn, ctx, team_id=found.row["team_id"], action="update_preview", resource_type="sandbox",
             resource_id=found.sandbox.id, metadata={k: v for k, v in values.items()},
         )  # fmt: skip
-    _forget(found.sandbox.id)
+    forget(found.sandbox.id)
     return _view(row, settings)
 
 
@@ -327,7 +328,7 @@ async def rotate_token(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -
             conn, ctx, team_id=found.row["team_id"], action="rotate_traffic_token",
             resource_type="sandbox", resource_id=found.sandbox.id,
         )  # fmt: skip
-    _forget(found.sandbox.id)
+    forget(found.sandbox.id)
     return token
 
 
