@@ -114,6 +114,10 @@ def test_wait_reads_the_newest_record_and_ignores_garbage() -> None:
         os.write(w, RECORD.pack(1, 100, 4) + RECORD.pack(2, 100, 4))
         assert memwatch.wait(r, 1.0) == (2, 100, 4)
         assert memwatch.wait(r, 0.01) is None  # nothing more
+        # A backlog (beats written while the sandbox was paused): the newest is taken.
+        for n in range(1000):
+            os.write(w, RECORD.pack(n, 100, 4))
+        assert memwatch.wait(r, 1.0) == (999, 100, 4)
         os.write(w, b"xyz")  # sandbox root writing to PID 1's stdin: not a record
         assert memwatch.wait(r, 1.0) is None
         os.write(w, RECORD.pack(5, 4, 4))  # a step not under the limit

@@ -57,6 +57,7 @@ LIMIT_REREAD = 1.0
 RECORD = struct.Struct("<QQQ")
 WAKE_LATENCY = 0.025  # the longest a wake may take to be seen here: MAX_RATE allocates 100 MiB
 TRUST = 2.5  # seconds a record vouches for the wake (beats come every second)
+PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 # A record of the host cgroup this close to its limit kills too: memory only the host sees (the
 # Sentry's own heap: socket and pipe buffers) would else take it there, and end the sandbox.
 HOST_MARGIN = 24 << 20
@@ -225,10 +226,17 @@ def wait(fd: int, pause: float) -> "tuple[int, int, int] | None":
     p.register(fd, select.POLLIN)
     if not p.poll(pause * 1000):
         return None
-    try:
-        data = os.read(fd, 4096 // RECORD.size * RECORD.size)
-    except BlockingIOError:
-        return None
+    # Everything waiting, not one read: after a pause (runsc pause) a backlog of beats waits,
+    # and an old record's usage must not be taken for the present one (host_check kills on it).
+    data = b""
+    while len(data) < PIPE_MAX:
+        try:
+            chunk = os.read(fd, PIPE_MAX)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
     if len(data) < RECORD.size:
         return None
     record = RECORD.unpack_from(data, len(data) // RECORD.size * RECORD.size - RECORD.size)
