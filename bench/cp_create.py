@@ -73,6 +73,9 @@ QUIET = {
 # The agents beat once at start, then not again while this runs (the host monitor, which would
 # mark them unreachable, runs hourly in bench/schedule.py's CP): no heartbeat lands in a window.
 HEARTBEAT_S = "3600"
+# The agents' addresses (port 50561): none the tests use (tests/integration/cp/hosts/
+# test_multihost.py has bench/schedule.py's 127.0.0.2-.4), so this runs beside a test run.
+AGENT_IPS = ("127.0.0.161", "127.0.0.162", "127.0.0.163")
 _THREAD_IR = re.compile(r"^\s*Th\s+\d+\s+([\d,]+)", re.M)
 
 
@@ -484,7 +487,9 @@ async def main_async(args: argparse.Namespace) -> None:
         with control_plane(home, prefix=prefix, start_timeout_s=600) as (url, pg_url, pid):
             os.environ.clear()
             os.environ.update(saved)
-            key, agents, team = await setup(url, pg_url, home / "agents", None, heartbeat_s=HEARTBEAT_S)
+            key, agents, team = await setup(
+                url, pg_url, home / "agents", None, heartbeat_s=HEARTBEAT_S, ips=AGENT_IPS
+            )
             pool = HostClientPool(CertificateAuthority.load_or_create(home / "ca"))
             try:
                 if args.seed_ended:

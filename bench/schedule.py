@@ -160,8 +160,16 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
+AGENT_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
 async def setup(
-    url: str, database_url: str, root: Path, agent_cpus: set[int] | None, heartbeat_s: str = "30"
+    url: str,
+    database_url: str,
+    root: Path,
+    agent_cpus: set[int] | None,
+    heartbeat_s: str = "30",
+    ips: tuple[str, ...] = AGENT_IPS,
 ) -> tuple[str, list[AgentProcess], str]:
     import sqlalchemy as sa
 
@@ -183,7 +191,7 @@ async def setup(
         await engine.dispose()
         auth = {"Authorization": f"Bearer {body['token']}"}
         agents = []
-        for i, ip in enumerate(["127.0.0.2", "127.0.0.3", "127.0.0.4"]):
+        for i, ip in enumerate(ips):
             r = await http.post("/v1/hosts", json={"type": "regular"}, headers=auth)
             r.raise_for_status()
             # The real heartbeat interval (30 s): the tests' 1 s would charge the CP 3 beats a second.

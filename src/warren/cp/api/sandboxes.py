@@ -76,13 +76,13 @@ async def create_sandbox(
     timings: dict[str, float] = {}
     # The app's state read from the request, not dependencies (each costs a resolution).
     state = state_of(request)
-    sandbox = await svc.create_sandbox(
+    created = await svc.create(
         state.engine, state.pool, state.scheduler, ctx, params,
         settings=state.settings, store=state.store, timings=timings,
     )  # fmt: skip
-    # The answer written once (response_model documents it): a model returned to FastAPI is
-    # validated against the response model again and encoded in a second pass.
-    response = Response(sandbox.model_dump_json(exclude_none=True), 201, media_type="application/json")
+    # The answer written once, from the row (response_model documents it): no model built,
+    # validated and dumped (svc.view_json writes the model's bytes).
+    response = Response(created.json(), 201, media_type="application/json")
     if "agent" in timings:
         response.headers["Server-Timing"] = f"agent;dur={timings['agent']:.1f}"
     return response

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
 from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import sandbox_access
+from warren.cp.services import sandbox_access, sandboxes
 from warren.cp.services.budget import ByteBudget, unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import (
@@ -41,6 +41,7 @@ from warren.rpc import hostagent_pb2 as pb
 _RPC_SLACK_S = 15  # seconds the CP waits beyond the command's own limit
 _END_WAIT_S = 1.0  # after the exit event, for the call's own end
 _PIECE = 1 << 16  # rendered JSON is written in pieces of about this many input bytes
+_RUNNING = ("running",)
 
 
 @dataclass
@@ -75,11 +76,13 @@ async def exec_command(
 ) -> UnaryAnswer:
     """docs/spec.md §2.6 in its order: id (400), sandbox (404), running (409), body (400), agent (503),
     RPC (mapped), then ``last_active_at``."""
-    tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
+    # The lookup's few columns (find_brief): no view is built and no JSONB decoded per exec.
+    tgt = await sandboxes.find_brief(engine, ctx, sandbox_id, states=_RUNNING)
     body = parse_command(ExecBody, raw_body, max_timeout)
     limit = body.timeout_sec if body.timeout_sec > 0 else AGENT_DEFAULT_TIMEOUT_S
-    messages = _messages(tgt.sid, body, limit)
-    client = tgt.client()
+    sid = tgt.sid
+    messages = _messages(sid, body, limit)
+    client = tgt.agent(pool)
     held = _Held(unary_budget())
     t0 = clock.monotonic()
     try:
@@ -92,13 +95,13 @@ async def exec_command(
         held.release()
         raise
     out.duration_ms = int((clock.monotonic() - t0) * 1000)
-    sandbox_access.touch_later(engine, tgt.uuid, seen=tgt.sandbox.last_active_at)
+    sandbox_access.touch_later(engine, tgt.sb_uuid, seen=tgt.last_active_at)
     if held.bytes > _PIECE:
-        return UnaryAnswer(held.release, body=render(tgt.sid, body.cmd, out, held.release))
+        return UnaryAnswer(held.release, body=render(sid, body.cmd, out, held.release))
     # Most answers: one write with a length instead of a chunked stream (~5 writes). The budget
     # stays held until the answer is written, as for a stream.
     try:
-        whole = render_whole(tgt.sid, body.cmd, out)
+        whole = render_whole(sid, body.cmd, out)
     except BaseException:
         held.release()
         raise

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -38,7 +38,7 @@ from warren.cp.db.tables import hosts
 from warren.cp.hosts.agent_client import answered_disk_mb, answered_ip
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
-from warren.cp.services import Timestamp, audit, layers, limits, replica_lease
+from warren.cp.services import Timestamp, audit, format_timestamp, layers, limits, replica_lease
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.sandbox_placement import Plan, place, reserve
 from warren.cp.services.template_spec import TEMPLATE_REF_RE
@@ -51,6 +51,7 @@ from warren.errors import (
     InvalidRequest,
     InvalidState,
     NotFound,
+    ServiceUnavailable,
 )
 from warren.rpc import hostagent_pb2 as pb
 
@@ -114,6 +115,51 @@ def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Sandb
     )
 
 
+# A JSON string as pydantic-core writes it (UTF-8 as is, the short escapes, other controls as
+# lower-case \u00XX); one encoder (json.dumps with options builds one per call).
+_json_str = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def view_json(
+    row: RowMapping | asyncpg.Record | Mapping[str, Any], traffic_token: str | None = None
+) -> bytes:
+    """``sandbox_model(row)`` (with ``traffic_token``) as ``model_dump_json(exclude_none=True)``
+    writes it, byte for byte (unit-tested), without building the model: the create's answer,
+    written once. The same fields in the same order; None left out."""
+    stamps: dict[Any, str] = {}  # a create's started, active and updated times are one value
+
+    def stamp(value: Any) -> str:
+        if value not in stamps:
+            stamps[value] = f'"{format_timestamp(value)}"'
+        return stamps[value]
+
+    parts = [
+        f'{{"id":"{ids.sandbox_id(row["id"])}","status":{_json_str(row["status"])},'
+        f'"template":{_json_str(row["template"])},"vcpus":{int(row["vcpus"])},'
+        f'"memory_mb":{int(row["memory_mb"])},"disk_size_mb":{int(row["disk_size_mb"])},'
+        f'"timeout_sec":{int(row["timeout_sec"])},"internet":{"true" if row["internet"] else "false"},'
+        f'"runtime":{_json_str(row.get("runtime") or "runc")}'
+    ]
+    if (paused := paused_state_of(row)) is not None:
+        parts.append(f',"paused_state":"{paused}"')
+    for name in ("guest_ip", "host_ip"):
+        if row[name]:
+            parts.append(f',"{name}":{_json_str(row[name])}')
+    parts.append(f',"created_at":{stamp(row["created_at"])}')
+    for name in ("started_at", "last_active_at"):
+        if row[name] is not None:
+            parts.append(f',"{name}":{stamp(row[name])}')
+    parts.append(f',"last_updated":{stamp(row["last_updated"])}')
+    if traffic_token is not None:
+        parts.append(f',"traffic_token":{_json_str(traffic_token)}')
+    if (ports := row.get("public_ports")) is not None:
+        parts.append(f',"public_ports":[{",".join(str(int(p)) for p in ports)}]')
+    if (auto := row.get("auto_resume")) is not None:
+        parts.append(f',"auto_resume":{"true" if auto else "false"}')
+    parts.append("}")
+    return "".join(parts).encode()
+
+
 def paused_state_of(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Literal["memory", "disk"] | None:
     """A paused sandbox's state: "disk" when its agent checkpointed it, else "memory" (a freeze,
     also what a record from before the runtime tiers means); None unless paused."""
@@ -147,11 +193,11 @@ class CreateParams:
 
 
 @dataclass(frozen=True)
-class Found:
-    """A team's sandbox as :func:`find` read it, with its host's row id and address."""
+class OnHost:
+    """A team's sandbox row as a lookup read it, with its host's row id and address (``h_id``,
+    ``h_address``): what every lookup's columns hold."""
 
     row: Mapping[str, Any]
-    sandbox: SandboxView
 
     @property
     def sb_uuid(self) -> uuid.UUID:
@@ -182,6 +228,35 @@ class Found:
             raise NotFound("host not found for sandbox")
 
 
+@dataclass(frozen=True)
+class Found(OnHost):
+    """A team's sandbox as :func:`find` read it (every column), with its view."""
+
+    sandbox: SandboxView
+
+
+@dataclass(frozen=True)
+class Brief(OnHost):
+    """A team's sandbox as :func:`find_brief` read it: ``q.LOOKUP_BRIEF``'s few columns (id,
+    status, ``last_active_at``, host), for the unary exec."""
+
+    @property
+    def sid(self) -> str:
+        return ids.sandbox_id(self.sb_uuid)
+
+    @property
+    def last_active_at(self) -> datetime | None:
+        seen: datetime | None = self.row["last_active_at"]
+        return seen
+
+    def agent(self, pool: HostClientPool) -> HostClient:
+        """The host's agent client; 503 ``host_unavailable`` when the host's row is gone or has
+        no address (``sandbox_access.Target.client``'s answer)."""
+        if not self.host_known:
+            raise ServiceUnavailable("sandbox host is not reachable", code="host_unavailable")
+        return self.host_client(pool)
+
+
 def check_state(status: str, states: Iterable[str]) -> None:
     """409 ``invalid_state`` unless ``status`` is one of ``states``."""
     allowed = tuple(states)
@@ -197,17 +272,32 @@ async def find(
     """The caller's team's sandbox and its host, in one statement: 403 ``no_team``, 400 for a
     malformed id, 404 for an unknown id or another team's sandbox (the same answer), then 409
     unless its status is one of ``states`` (any status when None)."""
+    row = await _lookup(engine, ctx, sandbox_id, states, q.LOOKUP)
+    return Found(row, sandbox_model(row))
+
+
+async def find_brief(
+    engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, *, states: Iterable[str] | None = None
+) -> Brief:
+    """:func:`find` (the same rules and answers) reading only what the unary exec needs: every
+    column more is decoded on every exec, and the view is not built."""
+    return Brief(await _lookup(engine, ctx, sandbox_id, states, q.LOOKUP_BRIEF))
+
+
+async def _lookup(
+    engine: AsyncEngine, ctx: AuthContext, sandbox_id: str, states: Iterable[str] | None, query: str
+) -> asyncpg.Record:
     team_uuid = require_team(ctx)
     sb_uuid = ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox ID")
     if ctx.only_sandbox is not None and ctx.only_sandbox != sandbox_id:
         raise NotFound("sandbox not found")  # a sandbox's token reaches that sandbox only
     async with driver(engine) as conn:
-        row = await conn.fetchrow(q.LOOKUP, sb_uuid, team_uuid)
+        row = await conn.fetchrow(query, sb_uuid, team_uuid)
     if row is None:
         raise NotFound("sandbox not found")
     if states is not None:
         check_state(row["status"], states)
-    return Found(row, sandbox_model(row))
+    return row
 
 
 async def touch(engine: AsyncEngine, sb_uuid: uuid.UUID) -> None:
@@ -218,6 +308,23 @@ async def touch(engine: AsyncEngine, sb_uuid: uuid.UUID) -> None:
 
 
 # ------------------------------------------------------------------------------------ create
+
+
+@dataclass(frozen=True)
+class Created:
+    """A new sandbox: its row (``q.VIEW_COLUMNS``) and its traffic token (shown this once)."""
+
+    row: Mapping[str, Any]
+    traffic_token: str
+
+    def view(self) -> SandboxView:
+        view = sandbox_model(self.row)
+        view.traffic_token = self.traffic_token
+        return view
+
+    def json(self) -> bytes:
+        """The view's JSON (None left out) without the model: the REST create's answer."""
+        return view_json(self.row, self.traffic_token)
 
 
 async def create_sandbox(
@@ -231,6 +338,24 @@ async def create_sandbox(
     store: LayerStore | None = None,
     timings: dict[str, float] | None = None,
 ) -> SandboxView:
+    """:func:`create`, as the view."""
+    created = await create(
+        engine, pool, scheduler, ctx, params, settings=settings, store=store, timings=timings
+    )
+    return created.view()
+
+
+async def create(
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    scheduler: Scheduler,
+    ctx: AuthContext,
+    params: CreateParams,
+    *,
+    settings: Settings,
+    store: LayerStore | None = None,
+    timings: dict[str, float] | None = None,
+) -> Created:
     """Resolve the template and the size, reserve a host, bring the template's layers there
     from ``store`` if it lacks some, have its agent create the sandbox, record it ``running``
     (undoing what was done when a step fails). ``timings`` (if given) receives ``agent``: the
@@ -261,9 +386,7 @@ async def create_sandbox(
         ids.host_id(host["id"]),
         ids.team_id(team_uuid),
     )
-    view = sandbox_model(row)
-    view.traffic_token = token
-    return view
+    return Created(row, token)
 
 
 async def _resolve(

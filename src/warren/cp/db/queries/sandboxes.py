@@ -12,6 +12,14 @@ LOOKUP = """
     WHERE s.id = $1 AND s.team_id = $2
 """
 
+# LOOKUP with only what the unary exec reads (the status check, the touch, the host): the
+# other columns (two of them JSONB) were decoded on every exec for nobody.
+LOOKUP_BRIEF = """
+    SELECT s.id, s.status, s.last_active_at, s.host_id, h.id AS h_id, h.address AS h_address
+    FROM sandboxes s LEFT JOIN hosts h ON h.id = s.host_id
+    WHERE s.id = $1 AND s.team_id = $2
+"""
+
 # Any team's sandbox by id: the envd plane authenticates by the sandbox's own token
 # (services/envd_access.py) and learns the team from the row.
 LOOKUP_BY_ID = """
