@@ -97,16 +97,33 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def stream_window(settings: AgentSettings) -> int:
+    """The HTTP/2 window the agent grants each incoming stream, fixed. gRPC's own grew with its
+    estimate of the link's bandwidth-delay product, and a layer's sender faster than its
+    converter had the agent hold up to 47 MiB of the layer ahead of it (PutLayer has no credit
+    of its own; tests/security/test_attack_session8_layer_stream.py). As large as the largest
+    file-transfer window (their credit would be capped by it), and never below gRPC's own
+    4 MiB least."""
+    return max(4 << 20, settings.transfer_window_max)
+
+
 async def _grpc_server(
-    manager: SandboxManager, handle: AgentHandle, listen: str, tls: grpc.ServerCredentials | None
+    manager: SandboxManager,
+    handle: AgentHandle,
+    listen: str,
+    tls: grpc.ServerCredentials | None,
+    window: int,
 ) -> grpc.aio.Server:
-    """The agent's gRPC server on ``listen`` (mTLS with ``tls``), started."""
+    """The agent's gRPC server on ``listen`` (mTLS with ``tls``), started; ``window``: see
+    :func:`stream_window`."""
     server = grpc.aio.server(
         interceptors=[telemetry.RpcInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", window),
             # Accepts the control plane's keepalive pings, and pings it (warren/rpc/keepalive.py).
             *keepalive.SERVER_OPTIONS,
         ],
@@ -195,7 +212,7 @@ async def serve(
             os.close(lock_fd)
             raise
 
-    server = await _grpc_server(manager, handle, listen, tls)
+    server = await _grpc_server(manager, handle, listen, tls, stream_window(settings))
     metrics_server = await telemetry.serve_metrics(settings.metrics_listen, manager)
     data_port = await dial_data.start(
         manager, listen, settings.dial_data_port, ticket_ttl_s=settings.dial_ticket_ttl_s,
