@@ -80,8 +80,8 @@ async def create_sandbox(
         state.engine, state.pool, state.scheduler, ctx, params,
         settings=state.settings, store=state.store, timings=timings,
     )  # fmt: skip
-    # The answer written once, from the row (response_model documents it): no model built,
-    # validated and dumped (svc.view_json writes the model's bytes).
+    # The answer dumped once (response_model documents it; FastAPI would validate and dump the
+    # returned model again).
     response = Response(created.json(), 201, media_type="application/json")
     if "agent" in timings:
         response.headers["Server-Timing"] = f"agent;dur={timings['agent']:.1f}"

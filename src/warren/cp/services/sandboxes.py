@@ -38,7 +38,7 @@ from warren.cp.db.tables import hosts
 from warren.cp.hosts.agent_client import answered_disk_mb, answered_ip
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
-from warren.cp.services import Timestamp, audit, format_timestamp, layers, limits, replica_lease
+from warren.cp.services import Timestamp, audit, layers, limits, replica_lease
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.sandbox_placement import Plan, place, reserve
 from warren.cp.services.template_spec import TEMPLATE_REF_RE
@@ -113,51 +113,6 @@ def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Sandb
         public_ports=row.get("public_ports"),
         auto_resume=row.get("auto_resume"),
     )
-
-
-# A JSON string as pydantic-core writes it (UTF-8 as is, the short escapes, other controls as
-# lower-case \u00XX); one encoder (json.dumps with options builds one per call).
-_json_str = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def view_json(
-    row: RowMapping | asyncpg.Record | Mapping[str, Any], traffic_token: str | None = None
-) -> bytes:
-    """``sandbox_model(row)`` (with ``traffic_token``) as ``model_dump_json(exclude_none=True)``
-    writes it, byte for byte (unit-tested), without building the model: the create's answer,
-    written once. The same fields in the same order; None left out."""
-    stamps: dict[Any, str] = {}  # a create's started, active and updated times are one value
-
-    def stamp(value: Any) -> str:
-        if value not in stamps:
-            stamps[value] = f'"{format_timestamp(value)}"'
-        return stamps[value]
-
-    parts = [
-        f'{{"id":"{ids.sandbox_id(row["id"])}","status":{_json_str(row["status"])},'
-        f'"template":{_json_str(row["template"])},"vcpus":{int(row["vcpus"])},'
-        f'"memory_mb":{int(row["memory_mb"])},"disk_size_mb":{int(row["disk_size_mb"])},'
-        f'"timeout_sec":{int(row["timeout_sec"])},"internet":{"true" if row["internet"] else "false"},'
-        f'"runtime":{_json_str(row.get("runtime") or "runc")}'
-    ]
-    if (paused := paused_state_of(row)) is not None:
-        parts.append(f',"paused_state":"{paused}"')
-    for name in ("guest_ip", "host_ip"):
-        if row[name]:
-            parts.append(f',"{name}":{_json_str(row[name])}')
-    parts.append(f',"created_at":{stamp(row["created_at"])}')
-    for name in ("started_at", "last_active_at"):
-        if row[name] is not None:
-            parts.append(f',"{name}":{stamp(row[name])}')
-    parts.append(f',"last_updated":{stamp(row["last_updated"])}')
-    if traffic_token is not None:
-        parts.append(f',"traffic_token":{_json_str(traffic_token)}')
-    if (ports := row.get("public_ports")) is not None:
-        parts.append(f',"public_ports":[{",".join(str(int(p)) for p in ports)}]')
-    if (auto := row.get("auto_resume")) is not None:
-        parts.append(f',"auto_resume":{"true" if auto else "false"}')
-    parts.append("}")
-    return "".join(parts).encode()
 
 
 def paused_state_of(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Literal["memory", "disk"] | None:
@@ -323,8 +278,9 @@ class Created:
         return view
 
     def json(self) -> bytes:
-        """The view's JSON (None left out) without the model: the REST create's answer."""
-        return view_json(self.row, self.traffic_token)
+        """The view's JSON (None left out), dumped once: the REST create's answer (FastAPI's
+        response model would validate and dump it again)."""
+        return self.view().model_dump_json(exclude_none=True).encode()
 
 
 async def create_sandbox(
