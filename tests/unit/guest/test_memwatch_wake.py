@@ -91,20 +91,35 @@ def test_the_host_count_kills_once_per_growth(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(memwatch.os, "kill", kill)
     monkeypatch.setattr(memwatch, "_host_low", 0)
+    monkeypatch.setattr(memwatch, "_host_prev", 0)
+    in_use = [64 * MiB]  # the guest's own count: far under the limit (the Sentry's buffers)
+    monkeypatch.setattr(memwatch, "in_use", lambda: in_use[0])
+    check = lambda used_mib: memwatch.host_check((used_mib * MiB, host_limit, spacing), 128 * MiB)  # noqa: E731
     for used_mib in (150, 190, 199):  # under limit - HOST_MARGIN (200 MiB)
-        memwatch.host_check((used_mib * MiB, host_limit, spacing))
+        check(used_mib)
     assert killed == []
-    memwatch.host_check((210 * MiB, host_limit, spacing))
+    check(210)
     assert killed == [40]
     # The Sentry keeps the freed buffers: high but not growing, nobody else goes.
     for used_mib in (212, 205, 220, 236):
-        memwatch.host_check((used_mib * MiB, host_limit, spacing))
+        check(used_mib)
     assert killed == [40]
-    memwatch.host_check((238 * MiB, host_limit, spacing))  # 33 MiB past the lowest since
+    check(238)  # 33 MiB past the lowest since
     assert killed == [40, 41]
-    memwatch.host_check((100 * MiB, host_limit, spacing))  # back down: the next is a new episode
-    memwatch.host_check((201 * MiB, host_limit, spacing))
+    check(100)  # back down: the next is a new episode
+    check(201)
     assert killed == [40, 41, 42]
+    # High but falling (a victim's memory going back to the host), or a beat: nobody.
+    check(150)
+    check(215)
+    check(212)
+    check(212)
+    assert killed == [40, 41, 42, 43]
+    # Rising while the guest's own count is over the limit: check() is the one killing.
+    check(150)
+    in_use[0] = 129 * MiB
+    check(215)
+    assert killed == [40, 41, 42, 43]
 
 
 def test_wait_reads_the_newest_record_and_ignores_garbage() -> None:

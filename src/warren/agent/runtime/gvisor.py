@@ -144,6 +144,7 @@ class GvisorRuntime:
         self._settling: dict[str, asyncio.Task[None]] = {}
         self._addressed: set[str] = set()  # settled, with the address back in their netns
         self.memwake = MemoryWake()  # wakes each guest's memory watch (gvisor_memwake.py)
+        self._rearm_tried: set[str] = set()
         state_root.mkdir(parents=True, exist_ok=True)
 
     def _argv(self, *args: str, log_file: Path | None = None, starts: bool = False) -> list[str]:
@@ -233,6 +234,7 @@ class GvisorRuntime:
         with contextlib.suppress(Exception):  # _delete below tries again
             await self._settled(sandbox_id)
         self._addressed.discard(sandbox_id)
+        self._rearm_tried.discard(sandbox_id)
         # A frozen sandbox cannot die: thaw first (a no-op when not frozen).
         if (cgroup_dir("freezer", sandbox_id) / "freezer.state").exists():
             with contextlib.suppress(RuntimeError_):
@@ -291,7 +293,25 @@ class GvisorRuntime:
         st = await self._runsc_state(sandbox_id)
         if (st is None or st.status == ContainerStatus.STOPPED) and self.checkpointed(sandbox_id):
             return ContainerState(id=sandbox_id, status=ContainerStatus.PAUSED, pid=0)
+        if st is not None and st.status in (ContainerStatus.RUNNING, ContainerStatus.PAUSED):
+            self._rearm(sandbox_id)
         return st
+
+    def _rearm(self, sandbox_id: str) -> None:
+        """A sandbox an earlier agent started (readopt asks its state): its wake pipe and stdio
+        file again, from the sandbox process's descriptors. Once per sandbox and agent."""
+        if sandbox_id in self._rearm_tried or sandbox_id in self.memwake.armed():
+            return
+        self._rearm_tried.add(sandbox_id)
+        bundle = self.sandboxes_dir / sandbox_id
+        try:
+            pid = int((bundle / CHILDREN_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        found = _held_stdio(pid, bundle / "run")
+        if found is not None:
+            self.memwake.arm(sandbox_id, *found)
+            log.info("event=memwake_rearmed sandbox_id=%s", sandbox_id)
 
     async def list(self) -> list[ContainerState]:
         res = await run(*self._argv("list", "--format", "json"), check=False, env=runtime_env())
@@ -420,6 +440,39 @@ async def _spawn(argv: list[str], bundle: Path) -> tuple[asyncio.subprocess.Proc
     finally:
         os.close(wake_in)
     return proc, wake_w, stdio
+
+
+def _held_stdio(pid: int, run_dir: Path) -> tuple[int, int] | None:
+    """The wake pipe (the one pipe open read-write) and the stdio file (the first unnamed file
+    of ``run_dir``) the sandbox process ``pid`` holds, reopened: (writer, stdio)."""
+    pipes: list[str] = []
+    files: list[tuple[int, str]] = []
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            link = os.readlink(f"{fd_dir}/{name}")
+            if link.startswith("pipe:"):
+                info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
+                flags = int(next(ln for ln in info.splitlines() if ln.startswith("flags:")).split()[1], 8)
+                if flags & os.O_ACCMODE == os.O_RDWR:
+                    pipes.append(f"{fd_dir}/{name}")
+            elif link.startswith(f"{run_dir}/") and link.endswith(" (deleted)"):
+                files.append((int(name), f"{fd_dir}/{name}"))
+    if len(pipes) != 1 or not files:
+        return None
+    try:
+        writer = os.open(pipes[0], os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        stdio = os.open(min(files)[1], os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        stdio = -1
+    return writer, stdio
 
 
 def _close(*fds: int) -> None:

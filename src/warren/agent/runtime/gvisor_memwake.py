@@ -13,7 +13,8 @@ than one step plus what ``MAX_RATE`` allocates in the wake's latency; else it po
 Any failure here (the agent restarted, a slow thread) only costs the guest its long sleep.
 
 The pipe is the sandbox's stdin opened read-write, so the guest never reads an end of file
-while the agent is away (a restarted agent does not re-arm: those guests poll as before).
+while the agent is away; a restarted agent re-arms the sandboxes it adopts from the sandbox
+process's descriptors (GvisorRuntime._rearm), and meanwhile their guests poll as before.
 
 The same thread drains the guest's stderr (its log lines: the watch's kills), an unnamed file
 on the sandbox's 64 KiB run tmpfs that nothing read: ~600 kill lines filled it. At each beat the

@@ -55,7 +55,9 @@ LIMIT_REREAD = 1.0
 # The host's wake (agent/runtime/gvisor_memwake.py): records (the host cgroup's usage, its limit,
 # the spacing of its thresholds) on stdin at each threshold crossed and every second.
 RECORD = struct.Struct("<QQQ")
-WAKE_LATENCY = 0.025  # the longest a wake may take to be seen here: MAX_RATE allocates 100 MiB
+# The longest a wake may take to be seen here (MAX_RATE allocates 200 MiB meanwhile): at 25 ms,
+# a hog right after an agent restart (its thread slow to run) once ended a 128 MiB sandbox.
+WAKE_LATENCY = 0.05
 TRUST = 2.5  # seconds a record vouches for the wake (beats come every second)
 PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 # A record of the host cgroup this close to its limit kills too: memory only the host sees (the
@@ -245,14 +247,19 @@ def wait(fd: int, pause: float) -> "tuple[int, int, int] | None":
 
 
 _host_low = 0  # after a kill for the host's count: its lowest since (0: none pending)
+_host_prev = 0  # the usage of the record before
 
 
-def host_check(record: "tuple[int, int, int]") -> None:
-    """Kill the largest process when the host cgroup nears its limit, once per growth: memory
-    of the Sentry's heap may not be given back to the host after its owner's death, so after a
-    kill only :data:`GROWTH` more past the lowest usage seen since chooses another."""
-    global _host_low
+def host_check(record: "tuple[int, int, int]", limit: int) -> None:
+    """Kill the largest process when the host cgroup nears its limit while rising, once per
+    growth: memory of the Sentry's heap may not be given back to the host after its owner's
+    death, so after a kill only :data:`GROWTH` more past the lowest usage seen since chooses
+    another. Not while our own count is over ``limit`` (check() is killing), nor on a record
+    of a fall or a beat: memory of a victim the host has not got back yet is no new hog (the
+    shell between two of them was once taken for one)."""
+    global _host_low, _host_prev
     usage, host_limit, _ = record
+    rising, _host_prev = usage > _host_prev, usage
     if usage <= host_limit - HOST_MARGIN:
         _host_low = 0
         return
@@ -260,6 +267,8 @@ def host_check(record: "tuple[int, int, int]") -> None:
         _host_low = min(_host_low, usage)
         if usage <= _host_low + GROWTH:
             return
+    if not rising or in_use() > limit:
+        return
     pid, rss = largest()
     if not pid:
         return
@@ -293,7 +302,7 @@ def _run(limit_file: str) -> None:
         if got is not None:
             record, trusted_until = got, time.monotonic() + TRUST
             try:
-                host_check(got)
+                host_check(got, limit)
             except Exception as e:
                 log(f"memory watch: {e!r}")
 
