@@ -17,7 +17,6 @@ from warren import clock
 from warren.agent import record
 from warren.agent.network import NetworkSlots, Slot
 from warren.agent.record import HostSandbox
-from warren.agent.runtime import gvisor, oom_guard
 from warren.agent.runtime.base import ContainerStatus, Runtime
 from warren.agent.teardown import Teardown
 from warren.errors import WarrenError
@@ -40,8 +39,6 @@ async def readopt(
             network.mark_used(sb.slot, sb.id)
             if not sb.internet:
                 await network.block_internet(Slot(sb.slot))
-            if sb.pid > 0 and sb.runtime != gvisor.NAME:  # runc/crun: the agent picks OOM victims
-                oom_guard.GUARD.adopt(sb.pid)
             adopt(sb)
             adopted[sb.id] = sb
             log.info("event=sandbox_readopted sandbox_id=%s status=%s", sb.id, sb.status)

@@ -16,9 +16,7 @@ writes come before the create returns, so before the guest forks anything of a t
 
 An agent without CAP_SYS_RESOURCE (a container without it, as on the reference test machines)
 can do neither write's privileged part: it leaves the guest as the runtime made it, and says so
-once (event=guest_oom_floor_unavailable). Inside the sandbox's memory cgroup that no longer
-matters: the agent chooses the OOM victims there, never the guest (oom_guard.py). The floor is
-kept where it can be held, for host-wide OOMs, which the guard does not see.
+once (event=guest_oom_floor_unavailable).
 """
 
 from __future__ import annotations
@@ -52,8 +50,7 @@ def pin(pid: int) -> None:
         if not _able:
             log.warning(
                 "event=guest_oom_floor_unavailable reason=no_cap_sys_resource detail=tenant "
-                "processes may lower their OOM score to the guest's (the OOM guard still never "
-                "picks the guest in its cgroup)"
+                "processes may lower their OOM score to the guest's"
             )
     if not _able:
         return

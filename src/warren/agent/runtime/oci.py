@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from warren.agent.proc import CommandError, Result, run, write_file
-from warren.agent.runtime import guest_oom, oci_spawn, oom_guard
+from warren.agent.runtime import guest_oom, oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
 from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits
@@ -114,7 +114,6 @@ class OciRuntime:
             raise RuntimeError_(f"{self.name} run failed (exit {rc}): {detail}")
         pid = int(pid_file.read_text().strip())
         guest_oom.pin(pid)  # no tenant process may lower its OOM score to the guest's
-        oom_guard.GUARD.arm(sandbox_id, pid, cgroup_dir("memory", sandbox_id))  # never the guest
         return pid
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -128,7 +127,6 @@ class OciRuntime:
         if res.returncode != 0 and not gone and await self.state(sandbox_id) is not None:
             raise RuntimeError_(f"{self.name} delete {sandbox_id}: {res.stderr.strip()}")
         await self._remove_cgroups(sandbox_id)
-        oom_guard.GUARD.disarm(sandbox_id)
 
     async def _remove_cgroups(self, sandbox_id: str) -> None:
         await remove_cgroups(sandbox_id)

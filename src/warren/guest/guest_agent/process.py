@@ -46,9 +46,6 @@ SUBSCRIBER_CAP = 8 << 20
 RING_BYTES = 1 << 20  # recent output kept per background process for late `attach`
 
 
-# How long a spawn retries the kernel's ENOMEM at the sandbox's memory limit: the host agent's
-# OOM guard (checking every half second) kills a tenant process meanwhile.
-SPAWN_ENOMEM_S = 3.0
 EXIT_GRACE = 0.1  # wait this long after exit for pipe EOF (a grandchild may hold the pipes)
 
 
@@ -166,23 +163,7 @@ class Proc(Streamed):
     def _spawn(
         self, exe: str, cmd: str, args: "list[str]", env: "dict[str, str]", cwd: str, want_stdin: bool
     ) -> "tuple[int, int, int]":
-        """Start the command on fresh pipes; returns our ends (stdout, stderr, stdin or -1).
-        A sandbox at its memory limit refuses the fork's and the pipes' kernel memory (ENOMEM,
-        no OOM kill: the host agent chooses the victims, agent/runtime/oom_guard.py, and keeps
-        a reserve it may not have restored yet): retried for up to SPAWN_ENOMEM_S."""
-        deadline = time.monotonic() + SPAWN_ENOMEM_S
-        while True:
-            try:
-                return self._spawn_once(exe, cmd, args, env, cwd, want_stdin)
-            except OSError as e:
-                # ENOMEM; ENFILE is a pipe's refused memory too (create_pipe_files)
-                if e.errno not in (12, 23) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.05)
-
-    def _spawn_once(
-        self, exe: str, cmd: str, args: "list[str]", env: "dict[str, str]", cwd: str, want_stdin: bool
-    ) -> "tuple[int, int, int]":
+        """Start the command on fresh pipes; returns our ends (stdout, stderr, stdin or -1)."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if want_stdin else (-1, -1)
