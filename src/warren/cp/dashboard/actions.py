@@ -207,11 +207,11 @@ async def launch(act: Act, body: LaunchBody) -> dict[str, Any]:
         timeout_sec=body.timeout_sec,
         runtime=body.runtime or None,
     )
-    sb = await sandboxes_svc.create_sandbox(
+    created = await sandboxes_svc.create(
         act.engine, act.state.pool, act.state.scheduler, act.ctx, params,
         settings=act.settings, store=act.state.store,
     )  # fmt: skip
-    return sb.model_dump(mode="json")
+    return created.view().model_dump(mode="json")
 
 
 @router.post("/sandboxes/{sandbox_id}/pause")

@@ -25,7 +25,7 @@ from warren.cp.services import egress_rules, metrics, preview, sandbox_power, sa
 from warren.cp.services.context import AuthContext
 from warren.cp.services.lifetimes import check_lifetime
 from warren.cp.services.sandbox_list import check_metadata
-from warren.cp.services.sandboxes import CreateParams, SandboxView, create_sandbox, find
+from warren.cp.services.sandboxes import CreateParams, SandboxView, find
 from warren.cp.store import LayerStore
 from warren.errors import Conflict, InvalidRequest, InvalidState, NotFound
 
@@ -75,7 +75,8 @@ async def create(
         on_end="pause" if req.auto_pause else "kill",
         all_ports_public=req.public_traffic,
     )
-    view = await create_sandbox(engine, pool, scheduler, ctx, params, settings=settings, store=store)
+    created = await sandboxes.create(engine, pool, scheduler, ctx, params, settings=settings, store=store)
+    view = created.view()
     if req.auto_resume:
         await preview.update(engine, ctx, view.id, settings, public_ports=None, auto_resume=True)
     return view

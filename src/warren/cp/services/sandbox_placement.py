@@ -1,4 +1,4 @@
-"""Placing a new sandbox (for ``sandboxes.create_sandbox``): a host with room and the ``pending``
+"""Placing a new sandbox (for ``sandboxes.create``): a host with room and the ``pending``
 row there (:func:`reserve`), then that host's agent asked to make it (:func:`place`): the
 template's missing layers pushed first, the runtime recorded, a host that cannot be reached at
 all left for another. No database connection is held across an agent RPC.

@@ -283,24 +283,6 @@ class Created:
         return self.view().model_dump_json(exclude_none=True).encode()
 
 
-async def create_sandbox(
-    engine: AsyncEngine,
-    pool: HostClientPool,
-    scheduler: Scheduler,
-    ctx: AuthContext,
-    params: CreateParams,
-    *,
-    settings: Settings,
-    store: LayerStore | None = None,
-    timings: dict[str, float] | None = None,
-) -> SandboxView:
-    """:func:`create`, as the view."""
-    created = await create(
-        engine, pool, scheduler, ctx, params, settings=settings, store=store, timings=timings
-    )
-    return created.view()
-
-
 async def create(
     engine: AsyncEngine,
     pool: HostClientPool,
