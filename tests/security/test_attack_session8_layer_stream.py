@@ -139,7 +139,11 @@ def test_a_sender_faster_than_the_converter_holds_the_agents_memory(agent: Agent
     print(
         f"packer stopped: {out >> 20} MiB sent, {ahead >> 20} MiB ahead of the converter, agent +{held} MiB"
     )
-    assert ahead < 16 << 20, ahead  # the 8 MiB window, a message on each end
+    # What is sent but not passed on is the agent's 8 MiB window and a message on each end, plus
+    # what the kernel's socket buffers and gRPC's client queue hold, which are not the agent's
+    # memory (``held`` bounds that): 9-12 MiB here, 17 in one loaded CI run. An agent reading
+    # ahead without bound took the whole layer (76 MiB ahead, +83 MiB).
+    assert ahead < 40 << 20, ahead
     assert held < 32, (before, held)
     assert len(os.listdir(tree(agent, digest(data)))) == 25
     agent.stub.DeleteLayers(pb.DeleteLayersRequest(digests=[digest(first), digest(data)]))
