@@ -36,6 +36,7 @@ import ipaddress
 import logging
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +162,18 @@ class NetworkSlots:
     # or the next one after a crash) knows which rules to remove.
 
     def _claim(self, index: int, holder: str, allow: Sequence[str] = ()) -> bool:
+        """Claim slot ``index`` with its content whole: written aside, then linked in place
+        (``link`` fails if the claim exists, as O_EXCL did). A claim created empty and written
+        after was read in between by another agent's start-up sweep as ownerless: it tore the
+        new slot's namespace down ("open /run/netns/warren-s18: No such file", CI)."""
+        tmp = self.claims_dir / f".{index}.{os.getpid()}.{threading.get_ident()}.claim"
+        tmp.write_text(f"{self.owner}\n{holder}\n{','.join(allow)}\n")
         try:
-            fd = os.open(self.claims_dir / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, self.claims_dir / str(index))
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{self.owner}\n{holder}\n{','.join(allow)}\n")
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
     def _set_holder(self, index: int, holder: str, allow: Sequence[str] = ()) -> None:

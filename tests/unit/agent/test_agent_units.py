@@ -7,6 +7,8 @@ import os
 import stat
 import uuid
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import grpc
 import pytest
@@ -215,3 +217,26 @@ def test_a_leftover_tears_down_its_slot_only_while_the_claim_still_names_it(tmp_
     assert not mine.held_by(3, "sb-old")  # freed
     assert other._claim(3, "sb-old")  # same sandbox id, another agent's claim
     assert not mine.held_by(3, "sb-old")
+
+
+def test_a_claim_is_never_seen_without_its_owner(tmp_path: Path) -> None:
+    """Another agent's start-up sweep reads claims while this one makes them: a claim is linked
+    in whole (its owner, holder and CIDRs), never created empty and written after, and a slot
+    already claimed is refused without touching the claim."""
+    from warren.agent.network import NetworkSlots
+
+    mine = NetworkSlots(owner="/data/agent-x", claims_dir=tmp_path)
+    other = NetworkSlots(owner="/data/agent-y", claims_dir=tmp_path)
+    seen: list[str] = []
+    real_link = os.link
+
+    def link_and_look(src: Any, dst: Any) -> None:
+        real_link(src, dst)
+        seen.append(Path(dst).read_text())  # the first moment anyone can read it
+
+    with mock.patch("os.link", link_and_look):
+        assert mine._claim(5, "sb-a", ["10.0.0.0/8"])
+        assert not other._claim(5, "sb-b")
+    assert seen == ["/data/agent-x\nsb-a\n10.0.0.0/8\n"]
+    assert (tmp_path / "5").read_text() == seen[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["5"]  # no temporary file left
