@@ -139,7 +139,7 @@ async def delete_key(engine: AsyncEngine, ctx: AuthContext, key_id: uuid.UUID) -
         name = res.scalar()
         if name is not None:
             # The key could read every envd token of the team's sandboxes (E2B's get/connect).
-            await envd_rotation.bump_team(conn, team_id)
+            await envd_rotation.revoke_team_tokens(conn, team_id)
     if name is not None:
         stream_revocation.kick()  # the key's open streams end (committed now)
         await audit.record(

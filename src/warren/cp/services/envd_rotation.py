@@ -4,7 +4,7 @@ it at once, on every replica (they all read the epoch with the sandbox row).
 
 - :func:`rotate`: one sandbox, on request (``POST /v1/sandboxes/{id}/access-token``), answering
   the new token.
-- :func:`bump_team`: every running, paused or pending sandbox of a team, in the caller's transaction:
+- :func:`revoke_team_tokens`: every running, paused or pending sandbox of a team, in the caller's transaction:
   when a member leaves or is removed, or an API key is revoked (``teams``, ``api_keys``), so
   whoever lost access keeps no token they copied while they had it. Other members get the new
   tokens from E2B's connect / get, or from :func:`rotate`'s answer. The sandboxes' preview
@@ -41,10 +41,10 @@ class Rotated:
     epoch: int
 
 
-async def bump_team(conn: AsyncConnection, team_id: uuid.UUID) -> int:
-    """Bump the token epoch of every live or pending sandbox of ``team_id`` in one UPDATE (the
-    caller's transaction; the caller calls ``stream_revocation.kick`` once it commits); the
-    number of sandboxes whose tokens changed."""
+async def revoke_team_tokens(conn: AsyncConnection, team_id: uuid.UUID) -> int:
+    """Void the tokens of every live or pending sandbox of ``team_id`` in one UPDATE (the
+    caller's transaction; the caller calls ``stream_revocation.kick`` once it commits): the envd
+    token epoch bumped, the preview traffic token cleared. The number of sandboxes changed."""
     stmt = (
         update(sandboxes)
         .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_BUMPED))

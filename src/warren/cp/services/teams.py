@@ -366,7 +366,7 @@ async def _drop_member(conn: AsyncConnection, team_id: uuid.UUID, user_id: uuid.
         delete(users_teams).where(users_teams.c.team_id == team_id, users_teams.c.user_id == user_id)
     )
     # Whoever leaves keeps no envd token (or signed URL) copied from the team's sandboxes.
-    await envd_rotation.bump_team(conn, team_id)
+    await envd_rotation.revoke_team_tokens(conn, team_id)
 
 
 def parse_user_id(text: str) -> uuid.UUID:
