@@ -10,8 +10,11 @@ largest at 0 and died, and the sandbox with it ("its container exited"). Before 
 and crun: the floor 0 for root and nobody, the guest killed at the first command (2 runs each;
 the kernel's log naming the guest, ``oom_score_adj:0``). Fixed: the agent sets the guest's floor
 at 1000 under its own 0 (``agent/runtime/guest_oom.py``). That takes CAP_SYS_RESOURCE: on a
-machine whose root lacks it (the reference test machines, a container) the module is skipped,
-the defect stands there, and the agent logs event=guest_oom_floor_unavailable.
+machine whose root lacks it (the reference test machines, a container) the floor test is
+skipped and the agent logs event=guest_oom_floor_unavailable. Since session 17 the guest
+survives there too: every command runs in the ``cmds`` cgroup below the sandbox's, which holds
+the guest alone (``agent/runtime/cmds_cgroup.py``), so the OOM killer chooses among the tenant's
+processes whatever their score (test_attack_session17_guest_cgroup.py).
 
 As the attacker runs it: a script in a 128 MiB sandbox (runc and crun) that turns ``nobody``
 and fills the sandbox with small processes at the lowest score it can get; then commands.
@@ -101,7 +104,6 @@ def test_no_tenant_process_gets_below_1000(agent: AgentProcess, sandbox: str) ->
     assert sh(agent, sandbox, "cat /proc/1/oom_score_adj") == "0\n"
 
 
-@needs_the_cap
 def test_nobody_at_its_lowest_score_cannot_make_the_guest_the_victim(
     agent: AgentProcess, sandbox: str
 ) -> None:

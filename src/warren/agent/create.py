@@ -271,6 +271,7 @@ class SandboxBuilder:
             pids_limit=self.limits.max_processes,
             env=req.env,
             guest_argv=list(GUEST_ARGV),
+            cmds_cgroup=req.runtime != "gvisor",  # runtime/cmds_cgroup.py
         )
         if req.runtime == "gvisor":  # the guest also listens on TCP (gvisor_ops, guest_agent/tcp.py)
             spec.guest_argv += gvisor_ops.GUEST_SECRET_ARGS

@@ -3,9 +3,9 @@
 A member (warm_pool.py) runs under its own name in ``<data-dir>/warm/<wp-id>/``, with the pool's
 default shape (1 vCPU, 512 MB, internet on, no identity). The claim gives it the request's:
 
-* limits: the cgroup's memory and CPU quota written in place, the disk tmpfs remounted to the
-  size a cold create would make (both only ever shrink or grow limits, never what is in use:
-  a member holds a few MB);
+* limits: the cgroup's memory (its ``cmds`` child's too) and CPU quota written in place, the disk
+  tmpfs remounted to the size a cold create would make (both only ever shrink or grow limits,
+  never what is in use: a member holds a few MB);
 * identity: hostname (``sethostname`` inside its UTS namespace, and ``/etc/hostname`` and
   ``/etc/hosts`` rewritten in place), the guest's environment (its one ``claim`` operation);
 * network: the slot's claim names the sandbox, ``internet=false`` and the team's opened ranges
@@ -37,6 +37,7 @@ from warren.agent.network import NetworkSlots, Slot
 from warren.agent.proc import MS_NODEV, MS_NOSUID, mount, write_file
 from warren.agent.record import HostSandbox
 from warren.agent.runtime.bundle import DEFAULT_PATH
+from warren.agent.runtime.cmds_cgroup import resize_memory
 from warren.agent.runtime.oci import cgroup_dir
 from warren.agent.sandbox_fs import DiskSize, SandboxFs
 from warren.aio import cancel_and_wait
@@ -56,17 +57,10 @@ def guest_env(req: CreateRequest) -> dict[str, str]:
 
 
 def set_limits(container_id: str, member: HostSandbox, req: CreateRequest) -> None:
-    """The request's memory and CPU quota on the member's cgroups (v1), in place."""
+    """The request's memory and CPU quota on the member's cgroups (v1), in place; its commands'
+    ``cmds`` cgroup with the memory (runtime/cmds_cgroup.py; pids.max is the agent's, unchanged)."""
     if req.memory_mb != member.memory_mb:
-        new = str(req.memory_mb << 20)
-        mem = cgroup_dir("memory", container_id)
-        files = ["memory.limit_in_bytes"]
-        if (mem / "memory.memsw.limit_in_bytes").exists():
-            # memory+swap may never be below memory: raise it first, lower it last.
-            memsw = "memory.memsw.limit_in_bytes"
-            files = [memsw, *files] if req.memory_mb > member.memory_mb else [*files, memsw]
-        for f in files:
-            write_file(str(mem / f), new)
+        resize_memory(container_id, member.memory_mb << 20, req.memory_mb << 20)
     if req.vcpus != member.vcpus:
         write_file(str(cgroup_dir("cpu", container_id) / "cpu.cfs_quota_us"), str(req.vcpus * CPU_PERIOD_US))
 

@@ -31,6 +31,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MAX_OPEN_FILES = 4096
 # RLIMIT_NOFILE the OCI runtime is started under, when the bundle's rlimits cannot carry it.
 NOFILE_ANNOTATION = "dev.warren.nofile"
+# The guest's argument naming the cmds cgroup's descriptors (runtime/cmds_cgroup.py): runc and
+# crun pass them as fds 3 (memory) and 4 (pids); the guest moves each command there.
+CMDS_FDS_ARG = "--cmds-cgroup-fds"
+CMDS_FDS = "3,4"
 # The guest's own oom_score_adj, written by the runtime as host root. 0, not lower: a privileged
 # write also sets oom_score_adj_min, the floor every process of the sandbox may lower itself to,
 # and a negative floor would let tenant processes hide from the host's OOM killer. Explicit, so
@@ -180,6 +184,9 @@ class BundleSpec:
     # The slot's own user namespace (agent/slot_userns.py) to join; None: the runtime makes one.
     userns_path: str | None = None
     uid_base: int = MAPPED_BASE  # host uid of root inside (the slot's namespace maps the same)
+    # The guest moves each command into the cmds cgroup (runc/crun; not gVisor's, which has no
+    # host cgroup inside and watches its memory itself).
+    cmds_cgroup: bool = False
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -221,6 +228,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
     # runtime is started under the limit instead (runtime/oci.py, NOFILE_ANNOTATION).
     outside = spec.userns_path is not None
     rlimits = [] if outside else [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
+    cmds = [CMDS_FDS_ARG, CMDS_FDS] if spec.cmds_cgroup else []
     user_ns: dict[str, str] = {"type": "user"}
     if spec.userns_path is not None:
         user_ns["path"] = spec.userns_path
@@ -230,7 +238,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
             # The guest keeps each command's RLIMIT_NPROC below pids.max (guest_agent/process.py).
-            "args": [*spec.guest_argv, "--max-processes", str(spec.pids_limit)],
+            "args": [*spec.guest_argv, "--max-processes", str(spec.pids_limit), *cmds],
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},

@@ -17,6 +17,12 @@ writes come before the create returns, so before the guest forks anything of a t
 An agent without CAP_SYS_RESOURCE (a container without it, as on the reference test machines)
 can do neither write's privileged part: it leaves the guest as the runtime made it, and says so
 once (event=guest_oom_floor_unavailable).
+
+Since session 17 the tenant's processes run in a cgroup of their own below the sandbox's
+(cmds_cgroup.py), whose OOM killer never sees the guest: that holds without the capability.
+The floor is kept where it can be set: it still decides the sandbox's own OOM, which only
+memory charged to the guest's cgroup beyond its reserve reaches (what the guest writes for a
+client, a file upload onto the sandbox's disk tmpfs above all).
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ def pin(pid: int) -> None:
         if not _able:
             log.warning(
                 "event=guest_oom_floor_unavailable reason=no_cap_sys_resource detail=tenant "
-                "processes may lower their OOM score to the guest's"
+                "processes may lower their OOM score to the guest's (their cmds cgroup still "
+                "keeps them from the guest)"
             )
     if not _able:
         return

@@ -29,11 +29,12 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from warren.agent.proc import CommandError, Result, run, write_file
-from warren.agent.runtime import guest_oom, oci_spawn
+from warren.agent.runtime import cmds_cgroup, guest_oom, oci_spawn
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
-from warren.agent.runtime.bundle import CGROUP_PARENT, NOFILE_ANNOTATION
+from warren.agent.runtime.bundle import CGROUP_PARENT, CMDS_FDS_ARG, NOFILE_ANNOTATION
 from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits
 
 log = logging.getLogger("warren.agent")
@@ -96,13 +97,19 @@ class OciRuntime:
         # --no-new-keyring: a fresh session keyring per container would count against the key
         # quota of the one mapped uid every sandbox shares (200 keys) and fail the 200th create;
         # the inherited keyring is unreachable anyway (seccomp denies keyctl/add_key).
-        argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring",
+        config = json.loads((bundle / "config.json").read_bytes())
+        # A guest that moves each command into the cmds cgroup gets its cgroup.procs files
+        # (cmds_cgroup.py), made before the container: the runtime takes the cgroup as it is.
+        passed = _cmds_procs(sandbox_id, config)
+        keep = [f"--preserve-fds={len(passed)}"] if passed else []
+        argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring", *keep,
                           "--bundle", str(bundle), "--pid-file", str(pid_file), sandbox_id)  # fmt: skip
         # The sandbox inherits the runtime's own RLIMIT_NOFILE (bundle.NOFILE_ANNOTATION).
-        nofile = _nofile_outside(bundle)
+        nofile = _nofile_outside(config)
         try:
             res = await oci_spawn.run(*argv, check=False, capture=False, timeout=CREATE_TIMEOUT_S,
-                                      hide=self._hide, nofile=nofile, stdio=str(bundle / "run"))  # fmt: skip
+                                      hide=self._hide, nofile=nofile, stdio=str(bundle / "run"),
+                                      passed=passed)  # fmt: skip
             rc, why = res.returncode, res.stderr
         except CommandError as e:  # timed out, or the spawner ended
             rc, why = e.returncode, e.stderr
@@ -231,21 +238,36 @@ def reap_orphans() -> int:
     return reaped
 
 
-def _nofile_outside(bundle: Path) -> int | None:
+def _nofile_outside(config: dict[str, Any]) -> int | None:
     """The RLIMIT_NOFILE to start the runtime under (bundle.NOFILE_ANNOTATION), if any."""
-    annotations = json.loads((bundle / "config.json").read_bytes()).get("annotations") or {}
-    value = annotations.get(NOFILE_ANNOTATION)
+    value = (config.get("annotations") or {}).get(NOFILE_ANNOTATION)
     return int(value) if value else None
 
 
+def _cmds_procs(sandbox_id: str, config: dict[str, Any]) -> list[str]:
+    """When the bundle's guest takes the cmds descriptors: ``cmds`` made with the bundle's
+    limits, and its ``cgroup.procs`` files (for fds 3, 4); else nothing."""
+    if CMDS_FDS_ARG not in config["process"]["args"]:
+        return []
+    res = config["linux"]["resources"]
+    try:
+        cmds_cgroup.prepare(sandbox_id, int(res["memory"]["limit"]), int(res["pids"]["limit"]))
+    except OSError as e:
+        raise RuntimeError_(f"cmds cgroup of {sandbox_id}: {e}") from e
+    return cmds_cgroup.procs_files(sandbox_id)
+
+
 async def remove_cgroups(sandbox_id: str) -> None:
-    """Remove the sandbox's cgroup from every hierarchy, killing what is left in it."""
+    """Remove the sandbox's cgroup from every hierarchy (its ``cmds`` first), killing what is
+    left in it."""
     for ctrl in _HIERARCHIES:
         d = cgroup_dir(ctrl, sandbox_id)
         if not d.exists():
             continue
         for _ in range(50):
             try:
+                if ctrl in cmds_cgroup.HIERARCHIES:
+                    cmds_cgroup.remove(sandbox_id, ctrl)
                 os.rmdir(d)
                 break
             except FileNotFoundError:

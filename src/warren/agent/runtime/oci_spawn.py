@@ -76,6 +76,7 @@ class Spawner(HelperProcess):
         hide: str | None,
         nofile: int | None,
         stdio: str | None = None,
+        passed: list[str] | None = None,
     ) -> dict[str, object]:
         """The spawner's answer for one command (its ``rc``, ``out``, ``err``, ``why``)."""
         if not self.alive:
@@ -84,7 +85,7 @@ class Spawner(HelperProcess):
         fut: asyncio.Future[dict[str, object]] = self.loop.create_future()
         self._pending[job_id] = fut
         self._send({"id": job_id, "argv": argv, "capture": capture, "timeout": timeout,
-                    "hide": hide, "nofile": nofile, "stdio": stdio})  # fmt: skip
+                    "hide": hide, "nofile": nofile, "stdio": stdio, "pass": passed or []})  # fmt: skip
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout + _GRACE_S)
         except TimeoutError:  # the spawner itself is stuck: end it (and so every wait on it)
@@ -121,13 +122,15 @@ async def run(
     hide: str | None = None,
     nofile: int | None = None,
     stdio: str | None = None,
+    passed: list[str] | None = None,
 ) -> Result:
     """Run ``argv`` through the spawner (see the module's docstring). ``capture=False``: its
     stdout and stderr go to /dev/null (a container's init inherits them), or with ``stdio`` to
-    an unnamed file made in that directory."""
+    an unnamed file made in that directory. ``passed``: files the spawner opens for writing and
+    leaves open as the command's fds 3, 4, ... (for ``--preserve-fds``)."""
     args = list(argv)
     answer = await (await spawner()).call(
-        args, capture=capture, timeout=timeout, hide=hide, nofile=nofile, stdio=stdio
+        args, capture=capture, timeout=timeout, hide=hide, nofile=nofile, stdio=stdio, passed=passed
     )
     rc, why = answer.get("rc"), str(answer.get("why") or "")
     out, err = str(answer.get("out") or ""), str(answer.get("err") or "")

@@ -12,7 +12,7 @@ One request a line on stdin, one answer a line on stdout, both JSON, answered as
 (not in order: a slow ``crun run`` holds no one else's answer):
 
     {"id": 7, "argv": [...], "capture": true, "nofile": 4096, "hide": "/sys/fs/cgroup/unified",
-     "stdio": null, "timeout": 60.0}
+     "stdio": null, "pass": ["/sys/fs/cgroup/.../cgroup.procs"], "timeout": 60.0}
                                             ->  {"id": 7, "rc": 0, "out": "...", "err": "...", "why": ""}
     {"kill": 7}                             ->  (none: request 7 answers once its process is reaped)
 
@@ -27,7 +27,9 @@ them: a pipe would stay open as long as the sandbox), then execs ``argv``. With 
 directory: the sandbox's own small tmpfs), an unnamed file made there (``O_TMPFILE``) takes
 /dev/null's place: crun hands its stdio to the container's user (``fchown``), and with the
 host's /dev/null that made the host's one null device sandbox root's own, to ``chmod`` for every
-process on the host and in every other sandbox (session 13). ``rc`` is the exit
+process on the host and in every other sandbox (session 13). With ``pass`` (paths), each is
+opened for writing by the child (host root) and left open as fds 3, 4, ... for the command
+(``--preserve-fds``: the ``cmds`` cgroup's ``cgroup.procs`` files, cmds_cgroup.py). ``rc`` is the exit
 status (minus the signal that ended it); ``why`` says what kept it from running or finishing:
 the set-up step that failed, the deadline (its process group is killed after ``timeout``
 seconds), output past ``MAX_OUT`` bytes (killed too). stderr keeps its last ``MAX_ERR`` bytes.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -106,6 +109,8 @@ class Request:
         self.nofile = nofile if isinstance(nofile, int) and nofile > 0 else None
         self.hide = hide if isinstance(hide, str) and hide else None
         self.stdio = stdio if isinstance(stdio, str) and stdio else None
+        passed = raw.get("pass")
+        self.passed = [str(p) for p in passed] if isinstance(passed, list) else []
         self.timeout = float(str(raw.get("timeout") or 60.0))
 
 
@@ -147,7 +152,14 @@ def _child(req: Request, out_w: int, err_w: int, setup_w: int) -> None:
         os.dup2(null, 0)
         os.dup2(out_w if out_w >= 0 else null, 1)
         os.dup2(err_w if err_w >= 0 else null, 2)
-        os.closerange(3, setup_w)
+        keep = 3 + len(req.passed)
+        if req.passed:
+            step = "pass"
+            setup_w = _above(setup_w, keep)  # out of the way of fds 3, 4, ...
+            opened = [_above(os.open(p, os.O_WRONLY | os.O_CLOEXEC), keep) for p in req.passed]
+            for i, fd in enumerate(opened):
+                os.dup2(fd, 3 + i)  # inheritable
+        os.closerange(keep, setup_w)
         os.closerange(setup_w + 1, 1 << 20)
         step = "exec"
         os.execvpe(req.argv[0], req.argv, runtime_env())  # noqa: S606 (no shell: that is the point)
@@ -155,6 +167,15 @@ def _child(req: Request, out_w: int, err_w: int, setup_w: int) -> None:
         with contextlib.suppress(OSError):
             os.write(setup_w, f"{step}: {e}".encode()[:1000])
     os._exit(127)
+
+
+def _above(fd: int, low: int) -> int:
+    """``fd`` moved to a number >= ``low`` (close-on-exec)."""
+    if fd >= low:
+        return fd
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
+    os.close(fd)
+    return new
 
 
 def start(req: Request) -> Job:

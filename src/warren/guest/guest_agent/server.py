@@ -306,6 +306,24 @@ def _ensure_stdio() -> None:
         pass
 
 
+def _cgroup_fds(spec: str) -> "tuple[int, ...]":
+    """The descriptors ``--cmds-cgroup-fds`` names that are what the agent passed (a cgroup's
+    ``cgroup.procs``), close-on-exec from now on; any other is left alone (a runtime that
+    passed none: the guest's commands stay in the sandbox's own cgroup)."""
+    fds = []
+    for part in spec.split(","):
+        try:
+            fd = int(part)
+            if fd > 2 and os.readlink(f"/proc/self/fd/{fd}").endswith("/cgroup.procs"):
+                os.set_inheritable(fd, False)
+                fds.append(fd)
+                continue
+        except (ValueError, OSError):
+            pass
+        log(f"no cgroup descriptor {part!r}: commands stay in the sandbox's cgroup")
+    return tuple(fds)
+
+
 def main(argv: "list[str]") -> int:
     socket_path = "/run/warren/guest.sock"
     term_grace = 3.0
@@ -313,6 +331,7 @@ def main(argv: "list[str]") -> int:
     secret_file = ""
     memory_limit_file = ""
     max_processes = 0
+    cgroup_fds = ""
     it = iter(argv)
     for a in it:
         if a == "--tcp":  # gVisor: also listen on TCP, secret first (tcp.py)
@@ -323,6 +342,8 @@ def main(argv: "list[str]") -> int:
             memory_limit_file = next(it, "")
         elif a == "--max-processes":  # the sandbox's pids.max: each command's RLIMIT_NPROC below it
             max_processes = int(next(it, "0"))
+        elif a == "--cmds-cgroup-fds":  # runc/crun: the cmds cgroup's cgroup.procs (OomScore)
+            cgroup_fds = next(it, "")
         elif a == "--socket":
             socket_path = next(it, socket_path)
         elif a.startswith("--socket="):
@@ -337,7 +358,7 @@ def main(argv: "list[str]") -> int:
             return 2
     _ensure_stdio()
     guest = Guest(socket_path, term_grace)
-    guest.oom = OomScore(max_processes)
+    guest.oom = OomScore(max_processes, _cgroup_fds(cgroup_fds))
     if tcp_port:
         from . import tcp
 
