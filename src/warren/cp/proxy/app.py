@@ -6,8 +6,10 @@ sandbox, routed by path (``/v1/sandboxes/{id}/ports/{port}/…``) or by host nam
 Per request: the sandbox (read by id, cached ``proxy_cache_s``), the access rules
 (``services/preview.py``: public port, traffic token, signed URL or its cookie), the sandbox
 running (or resumed), bounds on connections per sandbox, team and owning account
-(``bounds.py``), then the exchange over the agent's data port (or DialPort: ``data.py``). The
-proxy strips the traffic token, the signed URL's parameters and the platform's cookies
+(``bounds.py``), then the exchange over the agent's data port (or DialPort: ``data.py``). An
+exchange a credential admitted (not a public port's) is registered with
+``services/stream_revocation.py`` and cut when that credential is revoked (:meth:`Proxy._revocable`).
+The proxy strips the traffic token, the signed URL's parameters and the platform's cookies
 (``cookies.py``) and credentials (``credentials.py``) before anything reaches the sandbox.
 """
 
@@ -37,7 +39,7 @@ from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
 from warren.cp.proxy.stream import ByteStream, close_channels
-from warren.cp.services import preview, rate_limits
+from warren.cp.services import preview, rate_limits, stream_revocation
 from warren.errors import AgentError, WarrenError
 
 log = logging.getLogger("warren.proxy")
@@ -125,7 +127,7 @@ class Proxy:
     ) -> None:
         websocket = scope["type"] == "websocket"
         try:
-            target, signed = await self._admit(r, scope, engine, pool)
+            target, signed, grant = await self._admit(r, scope, engine, pool)
         except Exception as e:
             status, code, message = _upstream_error(e)
             await self._deny(scope, receive, send, status, code, message)
@@ -151,10 +153,10 @@ class Proxy:
         self._open[sid] = self._open.get(sid, 0) + 1
         self._by_client[key] = self._by_client.get(key, 0) + 1
         try:
-            if websocket:
-                await self._websocket(r, scope, receive, send, target, pool)
+            if grant is None:  # a public port: nothing to revoke
+                await self._exchange(r, scope, receive, send, target, pool)
             else:
-                await self._http(r, scope, receive, send, target.client(pool))
+                await self._revocable(grant, r, scope, receive, send, target, pool)
         finally:
             counted.release()
             _drop_one(self._open, sid)
@@ -172,14 +174,63 @@ class Proxy:
 
     async def _admit(
         self, r: Route, scope: Scope, engine: AsyncEngine, pool: HostClientPool
-    ) -> tuple[preview.PreviewTarget, bool]:
+    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant | None]:
+        """The sandbox, whether a signed URL admitted the request, and what its admission rests
+        on (the token hash that was checked, not a resume's fresh read of it)."""
         target = await preview.lookup(engine, self.cache, r.sandbox_id)
         signed = preview.authorize(target, r.port, _credentials(scope), secret=self.secret)
+        grant = preview.grant_of(target, r.port, signed)
         if signed and scope["type"] == "http":
-            return target, True
+            return target, True, grant
         target = await preview.ensure_running(engine, pool, self.cache, target)
         target.client(pool)  # 503 host_unavailable now rather than mid-exchange
-        return target, signed
+        return target, signed, grant
+
+    async def _exchange(
+        self, r: Route, scope: Scope, receive: Receive, send: Send, target: preview.PreviewTarget,
+        pool: HostClientPool,
+    ) -> None:  # fmt: skip
+        if scope["type"] == "websocket":
+            await self._websocket(r, scope, receive, send, target, pool)
+        else:
+            await self._http(r, scope, receive, send, target.client(pool))
+
+    async def _revocable(
+        self, grant: stream_revocation.Grant, r: Route, scope: Scope, receive: Receive, send: Send,
+        target: preview.PreviewTarget, pool: HostClientPool,
+    ) -> None:  # fmt: skip
+        """The exchange, ended when ``grant`` stops holding (session 17: a member removed, a key
+        revoked, the traffic token rotated). Registering is in memory; the re-check is the
+        process's one statement every ``RECHECK_S`` (at once after a change made here). The
+        revocation cancels the exchange as a deadline would (``asyncio.timeout``): a WebSocket
+        closes with 1008, a response under way is cut (the connection closed), one not started
+        yet is 401 ``access_revoked``."""
+        sent = False
+
+        async def sending(msg: Any) -> None:
+            nonlocal sent
+            sent = True
+            await send(msg)
+
+        loop = asyncio.get_running_loop()
+        cut = asyncio.timeout(None)  # no deadline: expires only when revoked
+        try:
+            async with cut:
+                with stream_revocation.watching(grant, lambda: cut.reschedule(loop.time())):
+                    await self._exchange(r, scope, receive, sending, target, pool)
+        except TimeoutError:
+            if not cut.expired():
+                raise
+        if not cut.expired():
+            return
+        log.info("event=proxy_revoked sandbox_id=%s port=%s", r.sandbox_id, r.port)
+        if scope["type"] == "websocket" and sent:
+            with contextlib.suppress(Exception):  # the client may be gone
+                await send({"type": "websocket.close", "code": 1008, "reason": "401 access_revoked"})
+        elif not sent:
+            message = "the credential that opened this connection was revoked"
+            await self._deny(scope, receive, send, 401, "access_revoked", message, connected=True)
+        # A response under way ends unfinished: the server closes its connection.
 
     async def _http(self, r: Route, scope: Scope, receive: Receive, send: Send, client: HostClient) -> None:
         started = False

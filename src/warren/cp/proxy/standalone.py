@@ -21,6 +21,7 @@ from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.http_errors import error_response
 from warren.cp.proxy.app import PreviewMiddleware
 from warren.cp.security.ca import CertificateAuthority
+from warren.cp.services.stream_revocation import RevocationWorker
 
 
 class _Deps:
@@ -47,9 +48,13 @@ def standalone_app(settings: Settings) -> Starlette:
         check = DialCheck(engine, policy_of(settings.byoc_allowed_cidrs))  # BYOC addresses
         pool = HostClientPool(CertificateAuthority.from_settings(settings), check)
         deps.engine, deps.pool = engine, pool
+        # Connections a revoked credential admitted end within its poll (no kick reaches here).
+        revocation = RevocationWorker(engine)
+        revocation.start()
         try:
             yield
         finally:
+            await revocation.stop()
             await pool.close()
             await engine.dispose()
 

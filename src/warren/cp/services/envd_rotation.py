@@ -8,7 +8,8 @@ it at once, on every replica (they all read the epoch with the sandbox row).
   when a member leaves or is removed, or an API key is revoked (``teams``, ``api_keys``), so
   whoever lost access keeps no token they copied while they had it. Other members get the new
   tokens from E2B's connect / get, or from :func:`rotate`'s answer. The sandboxes' preview
-  traffic tokens are voided with them (``preview.rotate_token`` makes a new one).
+  traffic tokens are voided with them (``preview.rotate_token`` makes a new one), and the
+  caller's ``kick`` ends the preview connections they admitted (session 17).
 """
 
 from __future__ import annotations

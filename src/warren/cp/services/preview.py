@@ -10,6 +10,9 @@ URLs, who may reach a port through the proxy, and auto-resume.
   sandbox, the port and the expiry), which the proxy trades for a cookie carrying the same
   signature. The signing key is derived from the CP's secret *and the token's hash*: rotating
   the token also voids every signed URL and cookie made before.
+- A connection the token, a signed URL or its cookie admitted rests on the token's hash
+  (:func:`grant_of`): the proxy ends it when that changes (a rotation, ``revoke_team_tokens``),
+  within ``stream_revocation.RECHECK_S`` on every replica (session 17).
 - The proxy reads a sandbox by id alone (no team: the token is the credential) and keeps what
   it read for ``proxy_cache_s``; writes through this module drop this process's copy at once,
   other replicas see them within that time.
@@ -38,7 +41,7 @@ from warren.cp.db.engine import driver, transaction
 from warren.cp.db.queries import preview as q
 from warren.cp.db.tables import sandboxes
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import audit, sandbox_power
+from warren.cp.services import audit, sandbox_power, stream_revocation
 from warren.cp.services import sandboxes as sandbox_svc
 from warren.cp.services.context import AuthContext
 from warren.cp.services.traffic_tokens import new_traffic_token, token_hash
@@ -206,6 +209,15 @@ def authorize(target: PreviewTarget, port: int, creds: Credentials, *, secret: s
     )
 
 
+def grant_of(target: PreviewTarget, port: int, signed: bool) -> stream_revocation.Grant | None:
+    """What a connection :func:`authorize` admitted rests on: the traffic token's hash (the
+    token, a signed URL and its cookie all derive from it); None for a public port reached
+    without a signature (nothing to revoke)."""
+    if not signed and (target.all_ports_public or port in target.public_ports):
+        return None
+    return stream_revocation.Grant("preview", target.sb_uuid, h=target.token_hash)
+
+
 def _check_signed(target: PreviewTarget, port: int, sig: str, exp_s: str, secret: str) -> None:
     if not exp_s.isdigit() or len(exp_s) > 12 or not sig or len(sig) > 64 or not target.token_hash:
         raise Forbidden("malformed signed URL", code="signed_url_invalid")
@@ -329,6 +341,7 @@ async def rotate_token(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) -
             resource_type="sandbox", resource_id=found.sandbox.id,
         )  # fmt: skip
     forget(found.sandbox.id)
+    stream_revocation.kick()  # connections the old token admitted end (committed now)
     return token
 
 

@@ -14,7 +14,11 @@ start, less what cannot change: signatures, hashes):
 - a user's token or dashboard session: their membership in the team, and the team live;
 - an API key: the key still exists (revoking deletes it), and the team live;
 - a sandbox's envd access token or a URL signed with it (E2B's, and since session 16 the API's
-  signed file URLs, ``file_urls``): the sandbox's token epoch unchanged, and the team live.
+  signed file URLs, ``file_urls``): the sandbox's token epoch unchanged, and the team live;
+- a preview proxy connection admitted by a traffic token, a signed preview URL or its cookie
+  (session 17, ``cp/proxy/app.py``): the sandbox's traffic token hash unchanged (the signing key
+  derives from it; ``revoke_team_tokens`` and a rotation change it), and the team live. These
+  connections are not stream slots: the proxy registers them with :func:`watching`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,11 +45,15 @@ RECHECK_S = 5.0  # how long another replica's change may leave a stream open her
 # The grants that no longer hold, by index. One statement for every open stream of the process.
 _FAILED = """
     SELECT g.i
-    FROM unnest($1::int[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[]) AS g(i, kind, a, b, epoch)
+    FROM unnest($1::int[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])
+        AS g(i, kind, a, b, epoch, h)
     WHERE NOT CASE g.kind
         WHEN 'sandbox' THEN EXISTS (
             SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
             WHERE s.id = g.a AND s.envd_token_epoch = g.epoch AND t.deleted_at IS NULL)
+        WHEN 'preview' THEN EXISTS (
+            SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
+            WHERE s.id = g.a AND s.traffic_token_hash = g.h AND t.deleted_at IS NULL)
         WHEN 'key' THEN EXISTS (
             SELECT 1 FROM team_api_keys k JOIN teams t ON t.id = k.team_id
             WHERE k.id = g.a AND t.deleted_at IS NULL)
@@ -58,12 +67,14 @@ _FAILED = """
 @dataclass(frozen=True)
 class Grant:
     """What a credential's validity rests on: ``kind`` ``sandbox`` (a = sandbox, epoch),
-    ``key`` (a = API key) or ``member`` (a = user, b = team)."""
+    ``key`` (a = API key), ``member`` (a = user, b = team) or ``preview`` (a = sandbox, h = its
+    traffic token's hash)."""
 
     kind: str
     a: uuid.UUID
     b: uuid.UUID | None = None
     epoch: int = 0
+    h: str = ""
 
 
 def grant_of(ctx: AuthContext) -> Grant | None:
@@ -96,6 +107,7 @@ async def failed(engine: AsyncEngine, grants: list[Grant]) -> set[Grant]:
             [g.a for g in grants],
             [g.b for g in grants],
             [g.epoch for g in grants],
+            [g.h for g in grants],
         )
     return {grants[r[0]] for r in rows}
 
@@ -107,19 +119,58 @@ async def still_valid(engine: AsyncEngine, ctx: AuthContext) -> bool:
     return grant is None or not await failed(engine, [grant])
 
 
+class Watched:
+    """A connection that is not a stream slot (a preview proxy connection), registered while it
+    is open: :meth:`revoke` calls its ``on_revoke`` once, if it is still registered."""
+
+    __slots__ = ("_on_revoke", "grant", "revoked")
+
+    def __init__(self, grant: Grant, on_revoke: Callable[[], None]) -> None:
+        self.grant, self.revoked, self._on_revoke = grant, False, on_revoke
+
+    def revoke(self) -> None:
+        if self.revoked or self not in _watched:
+            return  # ended while the re-check read the database
+        self.revoked = True
+        self._on_revoke()
+
+
+# Every registered connection of this process (in memory: registering costs no statement).
+_watched: dict[Watched, None] = {}
+
+
+@contextlib.contextmanager
+def watching(grant: Grant, on_revoke: Callable[[], None]) -> Iterator[Watched]:
+    """Register a connection for the re-check while the block runs: ``on_revoke`` is called
+    (in the event loop, at most once) when ``grant`` stops holding."""
+    w = Watched(grant, on_revoke)
+    _watched[w] = None
+    try:
+        yield w
+    finally:
+        del _watched[w]
+
+
 async def recheck(engine: AsyncEngine) -> int:
-    """One pass: revoke every open stream of this process whose credentials fail; how many."""
-    by_grant: dict[Grant, list[stream_slots.Slot]] = {}
+    """One pass: revoke every open stream and registered connection of this process whose
+    credentials fail; how many."""
+    by_grant: dict[Grant, list[stream_slots.Slot | Watched]] = {}
     for slot in stream_slots.live_slots():
         grant = grant_of(slot.ctx) if slot.ctx is not None and not slot.revoked else None
         if grant is not None:
             by_grant.setdefault(grant, []).append(slot)
+    for w in list(_watched):
+        if not w.revoked:
+            by_grant.setdefault(w.grant, []).append(w)
     if not by_grant:
         return 0
     ended = 0
     for grant in await failed(engine, list(by_grant)):
-        for slot in by_grant[grant]:
-            slot.revoke()
+        for held in by_grant[grant]:
+            try:
+                held.revoke()
+            except Exception:  # one connection's hook must not spare the others
+                log.exception("ending a revoked connection failed")
             ended += 1
     if ended:
         log.info("ended %d open streams whose credentials are no longer valid", ended)
