@@ -10,12 +10,16 @@ signed URL and with the cookie the signed URL sets, and endless chunked response
 token, through the signed URL's redirect and with the cookie. Each must end within
 ``ENDS_WITHIN_S`` after the removal (the same for her API key revoked, and for the owner
 rotating the sandbox's traffic token). What does not rest on the voided token goes on: the
-same server's public port (no credential), and after a rotation, another sandbox's token.
+same server's public port (no credential), and after a rotation, another sandbox's token. The
+same through ``warren proxy``, a process the CP's change cannot reach at once: its own periodic
+re-check (``stream_revocation.RECHECK_S``) ends them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +30,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from tests.harness.machine import free_port
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 from tests.security.test_attack_session15_envd_tokens import Member, add_member, bearer
@@ -183,12 +188,10 @@ def _cookie(signed: str) -> str:
     return str(r.cookies["warren_preview"])
 
 
-def _credentialed_taps(
-    platform: Platform, sid: str, token: str, signed: str, stop: threading.Event
-) -> list[Tap]:
-    """Mallory's connections to the private port: WebSocket and endless response, each with
-    the token, the signed URL and its cookie."""
-    base = f"{platform.url}/v1/sandboxes/{sid}/ports/{PRIVATE}"
+def _credentialed_taps(via: str, sid: str, token: str, signed: str, stop: threading.Event) -> list[Tap]:
+    """Mallory's connections to the private port through the proxy at ``via``: WebSocket and
+    endless response, each with the token, the signed URL and its cookie."""
+    base = f"{via}/v1/sandboxes/{sid}/ports/{PRIVATE}"
     by_token = {"X-Warren-Traffic-Token": token}
     by_cookie = {"Cookie": f"warren_preview={_cookie(signed)}"}
     return [
@@ -201,8 +204,8 @@ def _credentialed_taps(
     ]
 
 
-def _public_taps(platform: Platform, sid: str, stop: threading.Event) -> list[Tap]:
-    base = f"{platform.url}/v1/sandboxes/{sid}/ports/{PUBLIC}"
+def _public_taps(via: str, sid: str, stop: threading.Event) -> list[Tap]:
+    base = f"{via}/v1/sandboxes/{sid}/ports/{PUBLIC}"
     return [ws_tap("public ws", f"{base}/ws", {}, stop), http_tap("public http", f"{base}/stream", {}, stop)]
 
 
@@ -239,8 +242,8 @@ def test_open_preview_connections_end_with_their_credential(platform: Platform, 
     auth = {"X-API-Key": mallory.team_key} if how == "key_revoked" else bearer(mallory.team_token)
     sid, token, signed = _sandbox(platform, owner, auth)
     with _stopping() as stop:
-        cut = _credentialed_taps(platform, sid, token, signed, stop)
-        kept = _public_taps(platform, sid, stop)
+        cut = _credentialed_taps(platform.url, sid, token, signed, stop)
+        kept = _public_taps(platform.url, sid, stop)
         if how == "rotated":  # another sandbox of the team, its own token: not rotated
             sid2, token2, _ = _sandbox(platform, owner, {"X-API-Key": owner.api_key})
             base2 = f"{platform.url}/v1/sandboxes/{sid2}/ports/{PRIVATE}"
@@ -251,10 +254,55 @@ def test_open_preview_connections_end_with_their_credential(platform: Platform, 
         for tap in cut + kept:
             assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
         _revoke(platform, owner, mallory, sid, how)
-        deadline = time.monotonic() + ENDS_WITHIN_S
-        for tap in cut:
-            tap.ended.wait(max(deadline - time.monotonic(), 0.01))
-        going = [t.name for t in cut if not t.ended.is_set()]
-        assert not going, f"still open {ENDS_WITHIN_S:.0f} s after the credential was {how}: {going}"
-        for tap in kept:
-            assert tap.flowing(), f"{tap.name} was cut though its access holds: {tap.how}"
+        _assert_outcome(cut, kept, how)
+
+
+def _assert_outcome(cut: list[Tap], kept: list[Tap], how: str) -> None:
+    deadline = time.monotonic() + ENDS_WITHIN_S
+    for tap in cut:
+        tap.ended.wait(max(deadline - time.monotonic(), 0.01))
+    going = [t.name for t in cut if not t.ended.is_set()]
+    assert not going, f"still open {ENDS_WITHIN_S:.0f} s after the credential was {how}: {going}"
+    for tap in kept:
+        assert tap.flowing(), f"{tap.name} was cut though its access holds: {tap.how}"
+
+
+@contextlib.contextmanager
+def _warren_proxy(platform: Platform) -> Iterator[str]:
+    """``warren proxy`` as a process of its own on the platform's database: the URL it serves."""
+    port = free_port()
+    log_path = platform.cp.home / f"proxy-s17-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
+            env=platform.cp.env(), stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "warren proxy did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_another_process_ends_them_on_its_own_re_check(platform: Platform) -> None:
+    """The connections are on ``warren proxy`` (another process: the CP's at-once re-check after
+    the removal does not reach it); its own periodic re-check ends them."""
+    owner = signup(platform.url, "owner-s17p-proxy")
+    mallory = add_member(platform, owner, "mallory-s17p-proxy")
+    sid, token, signed = _sandbox(platform, owner, bearer(mallory.team_token))
+    with _warren_proxy(platform) as via, _stopping() as stop:
+        cut = _credentialed_taps(via, sid, token, signed, stop)
+        kept = _public_taps(via, sid, stop)
+        for tap in cut + kept:
+            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        _revoke(platform, owner, mallory, sid, "removed")
+        _assert_outcome(cut, kept, "removed via the CP")
