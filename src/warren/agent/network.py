@@ -143,6 +143,8 @@ class NetworkSlots:
         # Each sandbox's own egress rules and resolver (issue 14), by slot.
         self.rules = SandboxEgress(claims_dir.parent / "egress-rules", dns_upstream)
         self._used: set[int] = set()
+        # Slots kept for a sandbox that may still live (teardown.py): no sweep tears them down.
+        self.quarantined: set[int] = set()
         self._lock = asyncio.Lock()
         # Whether slots get a user namespace of their own (slot_userns.py): checked in setup_host.
         self.own_userns = False
@@ -297,7 +299,7 @@ class NetworkSlots:
         await self.rules.restore_slots({i: Slot(i) for i in keep})
         found |= self.rules.mark_stale(await egress.user_rule_slots() - keep)
         removed = []
-        for idx in sorted(found - keep):
+        for idx in sorted(found - keep - self.quarantined):
             owner = self._claim_owner(idx)
             if owner is not None and owner != self.owner and os.path.isdir(owner):
                 continue  # another agent's sandbox
@@ -398,6 +400,12 @@ class NetworkSlots:
         another on the machine) since: then it is not the leftover's to tear down."""
         return self._read_claim(index) == (self.owner, holder)
 
+    def quarantine(self, index: int) -> None:
+        """Keep slot ``index`` claimed and built: its sandbox's teardown left something alive,
+        which would share the slot's host uid range and address with its next holder."""
+        self.quarantined.add(index)
+        self._used.add(index)
+
     async def release(self, slot: Slot) -> None:
         """Tear the slot down and free it. Always frees the index, then reports failures."""
         try:
@@ -405,6 +413,7 @@ class NetworkSlots:
         finally:
             self._unclaim(slot.index)
             self._used.discard(slot.index)
+            self.quarantined.discard(slot.index)
 
     # ------------------------------------------------------------------------ build/teardown
 

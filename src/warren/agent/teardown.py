@@ -3,24 +3,45 @@
 Used by destroy, by re-adoption for a crash's leftovers, and by nothing else: every step is
 tried, then whatever failed is reported together, so one stuck mount does not keep the network
 slot (or the directory) from being freed.
+
+Except when the container itself may still live (session 17). A slot's index is also the
+sandbox's host uid range (templates.uid_base) and its namespace owner's uid (slot_userns.py):
+freed while a process of the old container lives (the runtime's delete failed, or its cgroup
+would not empty: a process in D state), the next sandbox got the same host uids and address
+beside it. Such a slot is *quarantined*: kept claimed, the sandbox's directory (its record)
+kept, until :meth:`Teardown.sweep` (every :data:`QUARANTINE_SWEEP_S`) or a repeated destroy
+retries the runtime, kills by cgroup, and finds nothing of it left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from warren.agent import record
 from warren.agent.network import NetworkSlots, Slot
 from warren.agent.proc import mounts_under, umount
-from warren.agent.runtime.base import Runtime
-from warren.agent.runtime.oci import reap_orphans
+from warren.agent.runtime.base import ContainerStatus, Runtime
+from warren.agent.runtime.oci import CONTROLLERS, cgroup_dir, reap_orphans, remove_cgroups
 from warren.agent.trees import remove_tree
 from warren.errors import InternalError
 
+log = logging.getLogger("warren.agent")
+
 PR_SET_CHILD_SUBREAPER = 36
+QUARANTINE_SWEEP_S = 10.0  # how often a quarantined slot's sandbox is retried
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A sandbox whose teardown left something alive, and the slot it keeps."""
+
+    slot: int
+    pid: int
 
 
 def set_subreaper() -> None:
@@ -39,29 +60,117 @@ class Teardown:
         self.network = network
         # Container inits the agent must reap (it is their subreaper; see SandboxManager.start).
         self.zombies: set[int] = set()
+        # Sandboxes whose slot is kept because something of them may live (module docstring).
+        self.quarantined: dict[str, Quarantined] = {}
+        # Those whose quarantine ended: a destroy still under way must not free their old
+        # slot again (it may be another sandbox's by then). Rare: a few ids for the agent's life.
+        self._reclaimed: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._sweeps: dict[str, int] = {}  # failed sweeps per quarantined sandbox (for the log)
 
     async def cleanup(self, sb_id: str, *, slot: int | None, pid: int) -> None:
-        """Remove everything of one sandbox; try every step, then report what failed."""
+        """Remove everything of one sandbox; try every step, then report what failed. When
+        something of its container may still live, its slot is quarantined instead of freed."""
+        async with self._locks.setdefault(sb_id, asyncio.Lock()):
+            try:
+                await self._cleanup(sb_id, slot, pid)
+            finally:
+                if sb_id not in self.quarantined:
+                    self._locks.pop(sb_id, None)
+
+    async def _cleanup(self, sb_id: str, slot: int | None, pid: int) -> None:
         errors: list[str] = []
+        held = self.quarantined.get(sb_id)
+        if held is not None:  # a repeated destroy: the slot is the one the quarantine keeps
+            slot, pid = held.slot, held.pid or pid
+        elif slot is not None and sb_id in self._reclaimed:
+            slot = None  # a sweep freed it since the caller read it: maybe another's by now
         try:
             await self.runtime.destroy(sb_id)
         except Exception as e:
             errors.append(f"runtime: {e}")
+            await self._kill_by_cgroup(sb_id, errors)
         if pid:
             self.track(pid)
         d = self.sandboxes_dir / sb_id
         errors += self._unmount_all(d)
+        if slot is not None and errors and await self._left_alive(sb_id):
+            self._quarantine(sb_id, Quarantined(slot, pid), errors)
+            raise InternalError(f"destroy {sb_id}: " + "; ".join(errors))
         if slot is not None:
             try:
                 await self.network.release(Slot(slot))
             except Exception as e:
                 errors.append(f"network: {e}")
+        if held is not None:
+            del self.quarantined[sb_id]
+            self._reclaimed.add(sb_id)
+            log.info("event=slot_quarantine_released sandbox_id=%s slot=%d", sb_id, held.slot)
         if not mounts_under(d):
             await asyncio.to_thread(remove_tree, d, ignore_errors=True)  # any depth: trees.py
             if d.exists():
                 errors.append(f"cannot remove {d}")
         if errors:
             raise InternalError(f"destroy {sb_id}: " + "; ".join(errors))
+
+    def _quarantine(self, sb_id: str, q: Quarantined, errors: list[str]) -> None:
+        """Keep the slot (claim, index, namespaces) and the directory (the record names the
+        slot for the next agent, should this one restart) until nothing of it lives."""
+        if sb_id not in self.quarantined:
+            log.error(
+                "event=slot_quarantined sandbox_id=%s slot=%d reason=%r consequence=slot_kept_until_"
+                "container_gone", sb_id, q.slot, "; ".join(errors),
+            )  # fmt: skip
+        self.quarantined[sb_id] = q
+        self.network.quarantine(q.slot)
+        errors.append(f"network slot {q.slot} kept until nothing of the container is left")
+
+    @staticmethod
+    async def _kill_by_cgroup(sb_id: str, errors: list[str]) -> None:
+        """The runtime could not delete it: kill what is in its cgroups (runc, crun and runsc
+        all place a sandbox there) and remove them."""
+        try:
+            await remove_cgroups(sb_id)
+        except Exception as e:
+            errors.append(f"cgroup: {e}")
+
+    async def _left_alive(self, sb_id: str) -> bool:
+        """Whether any process of the sandbox may still live: one in any of its cgroups, or a
+        container the runtime still reports as not stopped (or cannot answer about)."""
+        for ctrl in (*CONTROLLERS, "unified"):  # "unified": a hybrid host's cgroup v2 too
+            # Child cgroups too (runtime/cmds_cgroup.py): cgroup.procs lists only its own.
+            for d, _, _ in os.walk(cgroup_dir(ctrl, sb_id)):
+                try:
+                    if (Path(d) / "cgroup.procs").read_text().split():
+                        return True
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return True  # cannot tell: keep it
+        try:
+            state = await self.runtime.state(sb_id)
+        except Exception:
+            return True
+        return state is not None and state.status != ContainerStatus.STOPPED
+
+    async def sweep(self) -> None:
+        """Retry each quarantined sandbox's teardown; its slot is freed once nothing is left."""
+        for sb_id, q in list(self.quarantined.items()):
+            try:
+                await self.cleanup(sb_id, slot=q.slot, pid=q.pid)
+            except Exception as e:
+                if sb_id not in self.quarantined:  # released; something else failed
+                    self._sweeps.pop(sb_id, None)
+                    log.warning("event=quarantine_cleanup_partial sandbox_id=%s error=%s", sb_id, e)
+                    continue
+                n = self._sweeps[sb_id] = self._sweeps.get(sb_id, 0) + 1
+                if n & (n - 1) == 0:  # sweeps 1, 2, 4, 8, ...: said, not every 10 s
+                    log.warning(
+                        "event=slot_still_quarantined sandbox_id=%s slot=%d sweeps=%d error=%s",
+                        sb_id, q.slot, n, e,
+                    )  # fmt: skip
+            else:
+                self._sweeps.pop(sb_id, None)
 
     @staticmethod
     def _unmount_all(d: Path) -> list[str]:
@@ -80,6 +189,8 @@ class Teardown:
     def leftover_slot(self, sb_id: str) -> int | None:
         """The slot a leftover's record names, if its claim still names this sandbox."""
         slot = record.recorded_slot(self.sandboxes_dir / sb_id)
+        if (held := self.quarantined.get(sb_id)) is not None:
+            return held.slot
         if slot is None or not self.network.held_by(slot, sb_id):
             return None
         return slot
