@@ -28,6 +28,7 @@ import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
+from warren.agent.runtime import cmds_cgroup
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -66,6 +67,23 @@ if os.fork() == 0:
     hog = []
     while True:
         hog.append(bytearray(1 << 20))
+while True:
+    try:
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", "300"])
+    except OSError:
+        time.sleep(0.05)
+"""
+# FILL without the hog: only processes smaller than the guest (session 16's attack).
+FILL_SMALL = r"""
+import os, time
+for score in (b"-1000", b"-1", b"0", b"999"):
+    try:
+        with open("/proc/self/oom_score_adj", "wb", buffering=0) as f:
+            f.write(score)
+        break
+    except OSError:
+        pass
 while True:
     try:
         if os.fork() == 0:
@@ -182,6 +200,32 @@ def test_a_memory_hog_at_the_guests_score_never_takes_the_guest(agent: AgentProc
         assert alive > 0, "every command was killed"
         # The guest is the sandbox's first process still, and the next command works.
         assert run(agent, sb, "kill -9 -1; cat /proc/1/comm")[0] == 0
+
+
+def test_an_upload_is_charged_to_the_commands_not_the_guest(agent: AgentProcess) -> None:
+    """The guest writes an upload's bytes itself: charged to its own cgroup, 70 MiB of a 128 MiB
+    sandbox left its tenant's small processes at the guest's score the sandbox's own OOM
+    killer, whose victim was the guest (first found with cmds in place). The file's pages are
+    now allocated by a child in ``cmds`` before the guest writes into them."""
+    with sandbox(agent, 128) as sb:
+        for i in range(7):
+            content = bytes([65 + i]) * (10 << 20)
+            agent.stub.WriteFile(
+                pb.WriteFileRequest(sandbox_id=sb, path=f"/tmp/up{i}", content=content), timeout=60
+            )
+        mem = cmds_cgroup.sandbox_dir("memory", sb)
+        guests = int((mem / "memory.usage_in_bytes").read_text()) - int(
+            (mem / "cmds/memory.usage_in_bytes").read_text()
+        )
+        assert guests < cmds_cgroup.MEMORY_RESERVE, guests >> 20
+        fill = f"(while :; do python3 -c {shlex.quote(FILL_SMALL)}; done) >/dev/null 2>&1 &"
+        assert run(agent, sb, fill, "nobody")[0] == 0
+        time.sleep(5)
+        for i in range(10):
+            code, out = run(agent, sb, "echo ok")
+            assert code != -1, (i, out)  # the guest killed: "its container exited"
+        # The files are whole, and their size is what was sent.
+        assert run(agent, sb, "kill -9 -1; wc -c < /tmp/up6; head -c 3 /tmp/up6") == (0, "10485760\nGGG")
 
 
 def test_the_guests_cgroup_descriptors_give_root_nothing(agent: AgentProcess) -> None:

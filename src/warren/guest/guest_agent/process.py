@@ -463,17 +463,15 @@ class OomScore:
     it, so one user alone never holds the last ``reserve`` processes.
 
     In a runc/crun sandbox the child first moves itself into the ``cmds`` cgroup (memory and
-    pids) below the sandbox's, which holds the guest alone (agent/runtime/cmds_cgroup.py): the
-    agent's descriptors on its ``cgroup.procs`` (``cgroup_fds``), written "0" (this process) and
-    closed before anything else. The OOM killer then chooses among the tenant's processes when
+    pids) below the sandbox's, which holds the guest alone (agent/runtime/cmds_cgroup.py):
+    ``users.enter_cmds``, before anything else. The OOM killer then chooses among the tenant's processes when
     they reach their room, and they can never take the guest's last processes, whatever score
     or users they have (session 17, test_attack_session17_guest_cgroup)."""
 
     CHILD = b"1000"
 
-    def __init__(self, max_processes: int = 0, cgroup_fds: "tuple[int, ...]" = ()) -> None:
+    def __init__(self, max_processes: int = 0) -> None:
         self.nproc = max_processes - self.reserve(max_processes) if max_processes > 0 else 0
-        self.cgroup_fds = cgroup_fds
 
     @staticmethod
     def reserve(max_processes: int) -> int:
@@ -482,15 +480,9 @@ class OomScore:
 
     def in_child(self) -> None:
         """In a forked child, before anything else: its own /proc/self, not the guest's."""
-        for fd in self.cgroup_fds:
-            try:
-                os.write(fd, b"0")
-            except OSError:
-                pass  # left in the sandbox's own cgroup, as before cmds
-            try:
-                os.close(fd)  # the command never holds them (they are close-on-exec too)
-            except OSError:
-                pass
+        from .users import enter_cmds
+
+        enter_cmds()
         if self.nproc > 0:
             try:
                 resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
