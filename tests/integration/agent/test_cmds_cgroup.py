@@ -1,10 +1,12 @@
 """The ``cmds`` cgroup (agent/runtime/cmds_cgroup.py) through a sandbox's life: its limits follow
 the sandbox's (a cold create, a warm-pool claim growing or shrinking the memory), commands land
-in it after a pause and resume and after the agent restarts, and a destroy removes it."""
+in it after a pause and resume, a snapshot (and in a sandbox made from it) and after the agent
+restarts, and a destroy removes it."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,4 +100,27 @@ def test_pause_resume_and_restart_keep_commands_in_cmds(pooled: AgentProcess) ->
     assert limits(cid) == expected(128)
     assert pooled.exec(r.sandbox_id, "sh", "-c", GROUPS, user="nobody").stdout == IN_CMDS
     pooled.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=60)
+    wait_for("its cgroups removed", lambda: gone(cid), 30)
+
+
+def test_a_snapshot_and_its_sandbox_keep_commands_in_cmds(pooled: AgentProcess) -> None:
+    team, tpl = (
+        str(uuid.uuid5(uuid.NAMESPACE_URL, "cmds-team")),
+        str(uuid.uuid5(uuid.NAMESPACE_URL, "cmds-tpl")),
+    )
+    r = pooled.create(memory_mb=256)
+    cid = container_of(pooled, r.sandbox_id)
+    pooled.stub.CreateSnapshot(
+        pb.CreateSnapshotRequest(sandbox_id=r.sandbox_id, team_id=team, template_id=tpl)
+    )
+    pooled.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=r.sandbox_id, timeout_sec=-1))
+    assert pooled.exec(r.sandbox_id, "sh", "-c", GROUPS).stdout == IN_CMDS
+    r2 = pooled.create(team_id=team, template_id=tpl, memory_mb=512)
+    try:
+        assert limits(container_of(pooled, r2.sandbox_id)) == expected(512)
+        assert pooled.exec(r2.sandbox_id, "sh", "-c", GROUPS).stdout == IN_CMDS
+    finally:
+        for sb in (r.sandbox_id, r2.sandbox_id):
+            pooled.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=60)
+        pooled.stub.DeleteSnapshot(pb.DeleteSnapshotRequest(team_id=team, template_id=tpl))
     wait_for("its cgroups removed", lambda: gone(cid), 30)
