@@ -3,7 +3,8 @@ DialPort), with idle connections kept per (sandbox, port) for keep-alive.
 
 Bodies stream both ways and are never held whole: the request body is read from ASGI as the
 upstream takes it, and each response chunk is sent on once the client's connection took the
-previous one. A client that goes away cancels the upstream exchange (and its connection).
+previous one. The two go at once (a server may answer before it has read the body: session 17).
+A client that goes away cancels the upstream exchange (and its connection).
 
 (h11 directly rather than httpcore's pool: httpcore's per-request bookkeeping — locks, its
 async-library detection, which retries a failing import on every request — cost more than the
@@ -15,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import h11
 from starlette.types import Receive, Scope, Send
 
+from warren.aio import cancel_and_wait
 from warren.cp.hosts.client_pool import HostClient
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.routing import hop_by_hop
 from warren.cp.proxy.stream import CHUNK, ByteStream
+from warren.errors import AgentError
 
 CONNECT_TIMEOUT_S = 15.0
 IDLE_S = 30.0  # an idle upstream connection is dropped after this
@@ -122,45 +126,94 @@ class Upstream:
         if not any(k == b"host" for k, _ in headers):
             headers = [(b"host", b"localhost"), *headers]  # HTTP/1.1 wants one; an HTTP/1.0 client may not
         req = h11.Request(method=scope["method"], target=target, headers=headers)
-        conn = None if has_body else self._take(key)
+        if has_body:  # always a fresh connection: a body once consumed cannot be sent again
+            fresh = await _connect(client, sandbox_id, port)
+            await self._settle(key, fresh, _duplex(fresh, req, receive, send))
+            return
+        conn = self._take(key)
         if conn is not None:
             try:
-                resp = await self._exchange(conn, req, None, receive)
+                resp = await self._exchange(conn, req, receive)
             except (h11.ProtocolError, ConnectionError, UpstreamError):
-                # A kept connection the server dropped meanwhile: once more on a fresh one
-                # (only requests without a body, which were not consumed).
+                # A kept connection the server dropped meanwhile: once more on a fresh one.
                 await conn.aclose()
                 conn = None
             except BaseException:
                 await conn.aclose()
                 raise
         if conn is None:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                stream = await open_stream(client, sandbox_id, port)
-            conn = _Conn(stream)
+            conn = await _connect(client, sandbox_id, port)
             try:
-                resp = await self._exchange(conn, req, _body(receive) if has_body else None, receive)
+                resp = await self._exchange(conn, req, receive)
             except BaseException:
                 await conn.aclose()
                 raise
+        await self._settle(key, conn, _relay(conn, resp, receive, send))
+
+    async def _settle(self, key: tuple[str, int], conn: _Conn, relay: Coroutine[Any, Any, None]) -> None:
+        """Runs ``relay``; then ``conn`` is kept for the next request if both messages ended
+        cleanly (closed otherwise: a cut response, an unsent rest of a body, an error)."""
         keep = False
         try:
-            await _relay(conn, resp, receive, send)
+            await relay
             keep = conn.reusable()
         finally:
             if not (keep and self._put(key, conn)):
                 await conn.aclose()
 
     @staticmethod
-    async def _exchange(
-        conn: _Conn, req: h11.Request, body: AsyncIterator[bytes] | None, receive: Receive
-    ) -> h11.Response:
+    async def _exchange(conn: _Conn, req: h11.Request, receive: Receive) -> h11.Response:
         await conn.send(req)
-        if body is not None:
-            async for chunk in body:
-                await conn.send(h11.Data(data=chunk))
         await conn.send(h11.EndOfMessage())
         return await _head_unless_gone(conn, receive)
+
+
+async def _connect(client: HostClient, sandbox_id: str, port: int) -> _Conn:
+    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+        return _Conn(await open_stream(client, sandbox_id, port))
+
+
+async def _duplex(conn: _Conn, req: h11.Request, receive: Receive, send: Send) -> None:
+    """A request with a body: the body goes up while the response comes down, each in a task.
+    A server may answer before it has read the body (session 16: sent whole first, an upload
+    stalled once the answer outgrew the buffers on the way). The request side alone calls
+    ``receive``; after the body it waits for the client to leave (ClientGone ends both). A
+    response that ends first ends the exchange: the rest of the body is not sent, and the
+    connection, not reusable then, is closed by the caller."""
+    await conn.send(req)
+    up = asyncio.create_task(_send_body(conn, receive))
+    down = asyncio.create_task(_answer(conn, send))
+    try:
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(up, down)  # (outcomes kept: read below)
+    if down.done() and not down.cancelled() and down.exception() is None:
+        return
+    if up.done() and not up.cancelled() and (e := up.exception()) is not None:
+        raise e  # the client left (or sent what cannot be relayed): the response, if any, cut
+    e = down.exception() if down.done() and not down.cancelled() else None
+    raise e if e is not None else ClientGone
+
+
+async def _send_body(conn: _Conn, receive: Receive) -> None:
+    """The request body to the sandbox as the client sends it, then the wait for the client to
+    leave. A write that fails (the server closed or reset its side, the stream ended) stops the
+    body: the connection is broken, so the response side ends too, after an answer the server
+    may have sent first (a 413, say)."""
+    try:
+        async for chunk in _body(receive):
+            await conn.send(h11.Data(data=chunk))
+        await conn.send(h11.EndOfMessage())
+    except (ConnectionError, AgentError):
+        pass
+    await _gone(receive)
+    raise ClientGone
+
+
+async def _answer(conn: _Conn, send: Send) -> None:
+    resp = await _head(conn)
+    if not await _start(conn, resp, send):
+        await _pump(conn, send)
 
 
 async def _head(conn: _Conn) -> h11.Response:
@@ -219,7 +272,8 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def _relay(conn: _Conn, resp: h11.Response, receive: Receive, send: Send) -> None:
+async def _start(conn: _Conn, resp: h11.Response, send: Send) -> bool:
+    """Sends the response's head, and its body when that is small: True if all was sent."""
     drop = hop_by_hop(resp.headers.raw_items())
     out = [(k.lower(), v) for k, v in resp.headers.raw_items() if k.lower() not in drop]
     await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
@@ -229,37 +283,38 @@ async def _relay(conn: _Conn, resp: h11.Response, receive: Receive, send: Send) 
     buffered = _buffered_body(conn)
     if buffered is None and (left := _body_left(conn)) is not None and left <= SMALL_BODY:
         buffered = await _read_body(conn)
-    if buffered is not None:
-        await send({"type": "http.response.body", "body": buffered, "more_body": False})
+    if buffered is None:
+        return False
+    await send({"type": "http.response.body", "body": buffered, "more_body": False})
+    return True
+
+
+async def _pump(conn: _Conn, send: Send) -> None:
+    """The rest of the response body, as the client takes it."""
+    while True:
+        ev = await conn.next_event()
+        if isinstance(ev, h11.Data):
+            # Each send waits until the client's transport is below its high-water mark
+            # (uvicorn's flow control) before it writes: pieces keep what one write adds
+            # past that mark small, and nothing is read from the sandbox meanwhile.
+            data = ev.data
+            for i in range(0, len(data), SEND_PIECE):
+                await send(
+                    {"type": "http.response.body", "body": bytes(data[i : i + SEND_PIECE]), "more_body": True}
+                )
+        elif isinstance(ev, h11.EndOfMessage):
+            break
+        else:
+            raise UpstreamError(f"the sandbox's server ended the response early ({type(ev).__name__})")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay(conn: _Conn, resp: h11.Response, receive: Receive, send: Send) -> None:
+    """The response to a request without a body, its body pumped beside a task that watches
+    for the client to leave."""
+    if await _start(conn, resp, send):
         return
-
-    async def pump() -> None:
-        while True:
-            ev = await conn.next_event()
-            if isinstance(ev, h11.Data):
-                # Each send waits until the client's transport is below its high-water mark
-                # (uvicorn's flow control) before it writes: pieces keep what one write adds
-                # past that mark small, and nothing is read from the sandbox meanwhile.
-                data = ev.data
-                for i in range(0, len(data), SEND_PIECE):
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": bytes(data[i : i + SEND_PIECE]),
-                            "more_body": True,
-                        }
-                    )
-            elif isinstance(ev, h11.EndOfMessage):
-                break
-            else:
-                raise UpstreamError(f"the sandbox's server ended the response early ({type(ev).__name__})")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def gone() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    relay, watch = asyncio.create_task(pump()), asyncio.create_task(gone())
+    relay, watch = asyncio.create_task(_pump(conn, send)), asyncio.create_task(_gone(receive))
     try:
         await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
