@@ -202,9 +202,9 @@ class Proxy:
         """The exchange, ended when ``grant`` stops holding (session 17: a member removed, a key
         revoked, the traffic token rotated). Registering is in memory; the re-check is the
         process's one statement every ``RECHECK_S`` (at once after a change made here). The
-        revocation cancels the exchange as a deadline would (``asyncio.timeout``): a WebSocket
-        closes with 1008, a response under way is cut (the connection closed), one not started
-        yet is 401 ``access_revoked``."""
+        revocation cancels this task, and only that cancel is taken back here (as
+        ``asyncio.timeout`` does): a WebSocket then closes with 1008, a response under way is cut
+        (the connection closed), one not started yet is 401 ``access_revoked``."""
         sent = False
 
         async def sending(msg: Any) -> None:
@@ -212,16 +212,18 @@ class Proxy:
             sent = True
             await send(msg)
 
-        loop = asyncio.get_running_loop()
-        cut = asyncio.timeout(None)  # no deadline: expires only when revoked
-        try:
-            async with cut:
-                with stream_revocation.watching(grant, lambda: cut.reschedule(loop.time())):
-                    await self._exchange(r, scope, receive, sending, target, pool)
-        except TimeoutError:
-            if not cut.expired():
-                raise
-        if not cut.expired():
+        task = asyncio.current_task()
+        assert task is not None
+        with stream_revocation.watching(grant, task.cancel) as w:
+            try:
+                await self._exchange(r, scope, receive, sending, target, pool)
+            except asyncio.CancelledError:
+                if not w.revoked or task.cancelling() > 1:
+                    raise  # another cancel (the server stopping): not ours to take back
+            finally:
+                if w.revoked:  # ours, taken back however it ended (surfaced, or swallowed on the way)
+                    task.uncancel()
+        if not w.revoked:
             return
         log.info("event=proxy_revoked sandbox_id=%s port=%s", r.sandbox_id, r.port)
         if scope["type"] == "websocket" and sent:

@@ -27,7 +27,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -94,6 +94,11 @@ class PreviewTarget:
     host_address: str
     all_ports_public: bool = False  # E2B's allowPublicTraffic (docs/e2b.md §1.2)
     owner_id: uuid.UUID | None = None  # the team's owner: the proxy's per-owner bound (cp/proxy/bounds.py)
+    # What a credentialed connection rests on (grant_of): made once per read, not per request.
+    grant: stream_revocation.Grant = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grant", stream_revocation.Grant("preview", self.sb_uuid, h=self.token_hash))
 
     def client(self, pool: HostClientPool) -> HostClient:
         if self.host_id is None or not self.host_address:
@@ -215,7 +220,7 @@ def grant_of(target: PreviewTarget, port: int, signed: bool) -> stream_revocatio
     without a signature (nothing to revoke)."""
     if not signed and (target.all_ports_public or port in target.public_ports):
         return None
-    return stream_revocation.Grant("preview", target.sb_uuid, h=target.token_hash)
+    return target.grant
 
 
 def _check_signed(target: PreviewTarget, port: int, sig: str, exp_s: str, secret: str) -> None:

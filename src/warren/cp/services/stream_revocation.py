@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -120,13 +120,22 @@ async def still_valid(engine: AsyncEngine, ctx: AuthContext) -> bool:
 
 
 class Watched:
-    """A connection that is not a stream slot (a preview proxy connection), registered while it
-    is open: :meth:`revoke` calls its ``on_revoke`` once, if it is still registered."""
+    """A connection that is not a stream slot (a preview proxy connection), registered while
+    its ``with`` block runs (in memory: no statement): :meth:`revoke` calls ``on_revoke`` once,
+    in the event loop, if it is still registered. A class, not a generator context manager:
+    the proxy enters one per request."""
 
     __slots__ = ("_on_revoke", "grant", "revoked")
 
-    def __init__(self, grant: Grant, on_revoke: Callable[[], None]) -> None:
+    def __init__(self, grant: Grant, on_revoke: Callable[[], object]) -> None:
         self.grant, self.revoked, self._on_revoke = grant, False, on_revoke
+
+    def __enter__(self) -> Watched:
+        _watched[self] = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del _watched[self]
 
     def revoke(self) -> None:
         if self.revoked or self not in _watched:
@@ -135,20 +144,14 @@ class Watched:
         self._on_revoke()
 
 
-# Every registered connection of this process (in memory: registering costs no statement).
+# Every registered connection of this process.
 _watched: dict[Watched, None] = {}
 
 
-@contextlib.contextmanager
-def watching(grant: Grant, on_revoke: Callable[[], None]) -> Iterator[Watched]:
-    """Register a connection for the re-check while the block runs: ``on_revoke`` is called
-    (in the event loop, at most once) when ``grant`` stops holding."""
-    w = Watched(grant, on_revoke)
-    _watched[w] = None
-    try:
-        yield w
-    finally:
-        del _watched[w]
+def watching(grant: Grant, on_revoke: Callable[[], object]) -> Watched:
+    """``with watching(grant, on_revoke):`` registers a connection for the re-check while the
+    block runs; ``on_revoke`` is called when ``grant`` stops holding."""
+    return Watched(grant, on_revoke)
 
 
 async def recheck(engine: AsyncEngine) -> int:
