@@ -228,6 +228,46 @@ def test_an_upload_is_charged_to_the_commands_not_the_guest(agent: AgentProcess)
         assert run(agent, sb, "kill -9 -1; wc -c < /tmp/up6; head -c 3 /tmp/up6") == (0, "10485760\nGGG")
 
 
+# The guest's allocator (guest_agent/alloc.py): its one child that stays, the guest's own program.
+ALLOCATOR = r"""
+import os, sys
+for p in os.listdir("/proc"):
+    if p.isdigit() and p not in ("1", str(os.getpid())):
+        try:
+            stat = open("/proc/%s/stat" % p).read()
+            cmd = open("/proc/%s/cmdline" % p, "rb").read()
+        except OSError:
+            continue
+        if stat.rpartition(")")[2].split()[1] == "1" and b"/.warren/guest/guest.py" in cmd.split(b"\0"):
+            os.kill(int(p), int(sys.argv[1]))
+            print(p)
+"""
+
+
+@pytest.mark.parametrize("signal", [9, 19], ids=["killed", "stopped"])
+def test_root_stopping_the_allocator_does_not_stop_uploads(agent: AgentProcess, signal: int) -> None:
+    with sandbox(agent, 256) as sb:
+        agent.stub.WriteFile(
+            pb.WriteFileRequest(sandbox_id=sb, path="/tmp/a", content=b"a" * 5000), timeout=60
+        )
+        code, out = run(agent, sb, f"python3 -c {shlex.quote(ALLOCATOR)} {signal}")
+        assert code == 0 and len(out.split()) == 1, out  # found: the allocator
+        # The guest waits for it at most alloc.TIMEOUT, then writes as it did before; the next
+        # upload has an allocator again.
+        for name in ("b", "c"):
+            content = name.encode() * (3 << 20)
+            agent.stub.WriteFile(
+                pb.WriteFileRequest(sandbox_id=sb, path=f"/tmp/{name}", content=content), timeout=60
+            )
+            assert (
+                agent.stub.ReadFile(
+                    pb.ReadFileRequest(sandbox_id=sb, path=f"/tmp/{name}"), timeout=60
+                ).content
+                == content
+            )
+        assert run(agent, sb, f"python3 -c {shlex.quote(ALLOCATOR)} 0")[1].split() != out.split()
+
+
 def test_the_guests_cgroup_descriptors_give_root_nothing(agent: AgentProcess) -> None:
     with sandbox(agent, 256) as sb:
         code, out = run(agent, sb, f"python3 -c {shlex.quote(PROBE_FDS)}")

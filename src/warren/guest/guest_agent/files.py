@@ -161,27 +161,30 @@ class WriteOp(Op):
         self.reserved = 0  # bytes of the file allocated by a child in the commands' cgroup
 
     def _reserve(self, end: int) -> None:
-        """The file's pages up to ``end`` (and a step beyond) allocated by a forked child in the
-        commands' cgroup (users.enter_cmds): the guest then writes into pages charged to the
+        """The file's pages up to ``end`` (and a step beyond) allocated by the guest's child in
+        the commands' cgroup (alloc.py): the guest then writes into pages charged to the
         commands' room, not to its own, which no tenant process may fill (session 17: a 70 MiB
         upload charged to the guest let the sandbox's own OOM killer weigh it again). Where
-        no cmds cgroup exists it changes nothing; a filesystem without fallocate is written
-        as before."""
+        no cmds cgroup exists it changes nothing; where the allocation fails but for space (no
+        fallocate, the allocator stopped) the file is written as before."""
+        from .alloc import allocate
         from .users import cmds_fds
 
         if not cmds_fds:
             self.reserved = -1  # gVisor: no cmds cgroup
             return
-        want = max(end, self.reserved + PREALLOC_STEP)
+        # Doubling, up to a step: a small upload allocates what it writes (what is allocated
+        # ahead is given back at the end, at a cost), a large one a request per PREALLOC_STEP.
+        want = max(end, self.reserved + min(self.reserved, PREALLOC_STEP))
         fd, start = self.up.fd, self.reserved
         try:
             try:
-                _fallocate(self.user, fd, start, want)
+                allocate(fd, start, want)
             except GuestFail as e:
                 if e.kind != "no_space" or want == end:
                     raise
                 want = end  # the step does not fit: exactly what this write needs may
-                _fallocate(self.user, fd, start, want)
+                allocate(fd, start, want)
         except GuestFail as e:
             if e.kind == "no_space":
                 self._abort()
@@ -249,20 +252,8 @@ class WriteOp(Op):
         self._abort()  # the client went away mid-upload: never leave a half-written temp file
 
 
-# A write's pages are allocated ahead in steps of this (one fork each, users.run_as).
+# A write's pages are allocated ahead, doubling up to steps of this (alloc.py).
 PREALLOC_STEP = 8 << 20
-
-
-def _fallocate(user: "User | None", fd: int, start: int, end: int) -> None:
-    """``fd``'s bytes ``start``..``end`` allocated by a forked child in the commands' cgroup
-    (as ``user``, or root): the pages are charged there (GuestFail no_space when full)."""
-    from .users import ROOT
-
-    def alloc() -> "tuple[dict[str, Any], list[int]]":
-        os.posix_fallocate(fd, start, end - start)
-        return {}, []
-
-    _run_as(user or ROOT, alloc, keep=(fd,))
 
 
 _names: "dict[tuple[str, int], str]" = {}

@@ -85,10 +85,6 @@ class User:
         return self.uid == 0 and self.gid == 0
 
 
-# Root as a forked child runs (users.run_as): no lookup (the tenant's passwd may say anything).
-ROOT = User("root", 0, 0, "/root", "/bin/sh", [0])
-
-
 def check_name(name: object) -> str:
     """A POSIX user name (what ``useradd`` accepts, plus a trailing ``$`` for machine accounts),
     or a numeric id."""

@@ -1,0 +1,116 @@
+"""The allocator: one child of the guest, in the commands' cgroup, that allocates upload files'
+pages so that they are charged there and not to the guest.
+
+The guest writes an upload's bytes itself; the pages a write allocates are charged to the
+writer's memory cgroup, and the guest's is the sandbox's own, above ``cmds`` (agent/runtime/
+cmds_cgroup.py): a 70 MiB upload into a 128 MiB sandbox had the sandbox's own OOM killer weigh the
+guest against the tenant's processes again, and take it (session 17). So before the guest
+writes past what is allocated, this child ``fallocate``s the range (files.WriteOp): the guest then
+writes into pages that are already there, charged to ``cmds``.
+
+A child forked for each allocation (users.run_as) cost a small upload ~1-3 ms (1.4 ms before); this
+one lives on and answers over a socket pair (the descriptor passed with each request). It runs
+as root with nothing open but its socket, at the commands' OOM score; the tenant's root can stop
+or kill it: a request not answered in :data:`TIMEOUT` kills it, and the next starts another.
+"""
+
+# ruff: noqa: SIM105
+
+import _signal
+import _socket
+import os
+import select
+import sys
+
+from .protocol import GuestFail, os_fail
+
+TIMEOUT = 10.0
+_REQ = 16  # two 8-byte integers: offset, length
+
+_child: "tuple[int, _socket.socket] | None" = None
+
+
+def allocate(fd: int, start: int, end: int) -> None:
+    """``fd``'s bytes ``start``..``end`` allocated in the commands' cgroup (GuestFail
+    ``no_space`` when they do not fit; another failure raises GuestFail too)."""
+    global _child
+    if _child is None:
+        _child = _start()
+    sock = _child[1]
+    try:
+        msg = start.to_bytes(8, "little") + (end - start).to_bytes(8, "little")
+        anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
+        sock.sendmsg([msg], anc)
+        if not select.select([sock], [], [], TIMEOUT)[0]:
+            raise TimeoutError
+        reply = sock.recv(8)
+        if len(reply) != 8:
+            raise ConnectionError("the allocator ended")
+    except (OSError, TimeoutError) as e:
+        _stop()
+        raise GuestFail("internal", f"the allocator did not answer: {e!r}") from e
+    err = int.from_bytes(reply, "little")
+    if err:
+        raise os_fail(OSError(err, os.strerror(err)), "allocate")
+
+
+def _stop() -> None:
+    global _child
+    if _child is None:
+        return
+    pid, sock = _child
+    _child = None
+    sock.close()
+    try:
+        os.kill(pid, _signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    # Reaped by the guest's loop (waitpid(-1)): an unknown pid is an orphan to it.
+
+
+def _start() -> "tuple[int, _socket.socket]":
+    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    try:
+        pid = os.fork()
+    except BaseException:
+        parent.close()
+        child.close()
+        raise
+    if pid == 0:
+        try:
+            _serve(child)
+        finally:
+            os._exit(0)
+    child.close()
+    return pid, parent
+
+
+def _serve(sock: "_socket.socket") -> None:
+    from .users import _child_signals, _close_except, _commands_score, enter_cmds
+
+    enter_cmds()
+    _commands_score()
+    # The guest's handlers are Python functions of the guest: never run them here.
+    _child_signals({_signal.SIGTERM, _signal.SIGINT, _signal.SIGCHLD, _signal.SIGHUP})
+    _close_except([sock.fileno()])
+    while True:
+        data, anc, _flags, _addr = sock.recvmsg(_REQ, _socket.CMSG_SPACE(4), _socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            return  # the guest closed its end
+        fds = [
+            int.from_bytes(raw[:4], sys.byteorder)
+            for level, kind, raw in anc
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+        ]
+        err = 22  # EINVAL: a malformed request
+        if len(data) == _REQ and len(fds) == 1:
+            try:
+                os.posix_fallocate(
+                    fds[0], int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
+                )
+                err = 0
+            except OSError as e:
+                err = e.errno or 5
+        for fd in fds:
+            os.close(fd)
+        sock.send(err.to_bytes(8, "little"))
