@@ -3,7 +3,9 @@ relays through an agent without a data port (gRPC ``DialPort``).
 
 - **Previews.** The proxy bounded connections per sandbox only (128): a team's sandboxes (20 by
   default) and an account's teams (10) multiplied it. Mallory makes more teams through the
-  public API and opens held preview connections to her public ports from every one. Expected:
+  public API and opens held preview connections to her private ports, with their traffic
+  tokens, from every one (since session 17 connections without a credential hold at most half
+  of each share: ``test_attack_session17_bounds_public.py``). Expected:
   past ``WARREN_PROXY_MAX_CONNS_PER_TEAM`` the team's next connection is 429
   ``too_many_connections``, past ``WARREN_PROXY_MAX_CONNS_PER_OWNER`` every team of the account
   is refused, another account's previews still open, and the account's slots come back.
@@ -132,13 +134,28 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
         yield p
 
 
-def _serving(t: Tenant) -> str:
-    """A sandbox of ``t``'s with the server on a public port and /tmp/big."""
+# Mallory's sandboxes' traffic tokens: her previews carry them. Since session 17 connections
+# without a credential (a public port) hold at most half of a team's and an owner's share.
+TOKENS: dict[str, str] = {}
+
+
+def _serving(t: Tenant, *, public: bool = False) -> str:
+    """A sandbox of ``t``'s with the server and /tmp/big: on a public port, or a private one
+    reached with the sandbox's traffic token (kept in :data:`TOKENS`)."""
     sid = t.create(memory_mb=512)
-    r = t.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [PORT]})
-    assert r.status_code == 200, r.text
+    if public:
+        r = t.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [PORT]})
+        assert r.status_code == 200, r.text
+    else:
+        r = t.w("POST", f"/v1/sandboxes/{sid}/traffic-token", {})
+        assert r.status_code in (200, 201), r.text
+        TOKENS[sid] = r.json()["traffic_token"]
     t.sh(sid, START, timeout_sec=120)
     return sid
+
+
+def _token_header(sid: str) -> str:
+    return f"X-Warren-Traffic-Token: {TOKENS[sid]}\r\n" if sid in TOKENS else ""
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +172,17 @@ def mallory(platform: Platform) -> Iterator[list[tuple[Tenant, str]]]:
 @pytest.fixture(scope="module")
 def bob(platform: Platform) -> Iterator[tuple[Tenant, str]]:
     t = signup(platform.url, "bob")
-    sid = _serving(t)
+    sid = _serving(t, public=True)
     yield t, sid
     t.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
 def _request(url: str, sid: str, path: str) -> bytes:
     host, port = _addr(url)
-    return f"GET /v1/sandboxes/{sid}/ports/{PORT}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    return (
+        f"GET /v1/sandboxes/{sid}/ports/{PORT}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"{_token_header(sid)}\r\n"
+    ).encode()
 
 
 def _open(stack: ExitStack, url: str, sid: str, path: str, source: str) -> socket.socket:
@@ -242,15 +262,16 @@ def _count(answers: list[tuple[int, str]]) -> dict[int, int]:
 
 
 @pytest.fixture
-def served(platform: Platform, mallory: list[tuple[Tenant, str]]) -> tuple[tuple[str, int], str]:
-    return _addr(platform.url), f"/v1/sandboxes/{mallory[0][1]}/ports/{PORT}"
+def served(platform: Platform, bob: tuple[Tenant, str]) -> tuple[tuple[str, int], str]:
+    """A public port's prefix (the slow reader sends no credential)."""
+    return _addr(platform.url), f"/v1/sandboxes/{bob[1]}/ports/{PORT}"
 
 
 def test_unread_dialport_previews_hold_a_bounded_share(
-    platform: Platform, served: tuple[tuple[str, int], str]
+    platform: Platform, mallory: list[tuple[Tenant, str]]
 ) -> None:
-    addr, prefix = served
-    request = f"GET {prefix}/{1 << 34} HTTP/1.1\r\nHost: {addr[0]}:{addr[1]}\r\n\r\n".encode()
+    addr, sid = _addr(platform.url), mallory[0][1]
+    request = _request(platform.url, sid, f"/{1 << 34}")
     _settle(platform.cp.pid)
     with ExitStack() as stack, PeakRss(platform) as rss:
         held = []
@@ -290,6 +311,7 @@ def _post(url: str, sid: str, path: str, size: int, source: str) -> socket.socke
     s.bind((source, 0))
     s.connect((host, port))
     head = f"POST /v1/sandboxes/{sid}/ports/{PORT}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    head += _token_header(sid)
     s.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode())
     return s
 

@@ -146,6 +146,7 @@ class Proxy:
             target.owner_id,
             per_team=s.proxy_max_conns_per_team,
             per_owner=s.proxy_max_conns_per_owner,
+            anonymous=grant is None,
         )
         if isinstance(counted, str):
             await self._deny(scope, receive, send, 429, "too_many_connections", counted)
