@@ -86,7 +86,8 @@ def _start() -> "tuple[int, _socket.socket]":
 
 
 def _serve(sock: "_socket.socket") -> None:
-    from .users import _child_signals, _close_except, _commands_score, enter_cmds
+    from .process import enter_cmds
+    from .users import _child_signals, _close_except, _commands_score
 
     enter_cmds()
     _commands_score()

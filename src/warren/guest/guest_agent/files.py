@@ -168,7 +168,7 @@ class WriteOp(Op):
         no cmds cgroup exists it changes nothing; where the allocation fails but for space (no
         fallocate, the allocator stopped) the file is written as before."""
         from .alloc import allocate
-        from .users import cmds_fds
+        from .process import cmds_fds
 
         if not cmds_fds:
             self.reserved = -1  # gVisor: no cmds cgroup

@@ -442,6 +442,26 @@ class SendStdinOp(InputOp):
         super().__init__(conn, proc)
 
 
+# The agent's descriptors on the cmds cgroup's cgroup.procs (memory, pids; agent/runtime/
+# cmds_cgroup.py), close-on-exec; none in a gVisor sandbox. Set once by server.main
+# (here, not in users.py: this module is imported at startup anyway).
+cmds_fds: "tuple[int, ...]" = ()
+
+
+def enter_cmds() -> None:
+    """In a forked child, first: into the cmds cgroup, below the sandbox's that holds the guest
+    alone ("0": this process), and the descriptors closed (nothing after holds them)."""
+    for fd in cmds_fds:
+        try:
+            os.write(fd, b"0")
+        except OSError:
+            pass  # left in the sandbox's own cgroup, as before cmds
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class OomScore:
     """Children start at oom_score_adj 1000, so that the sandbox's OOM killer always takes one
     of them before the guest, whose death (PID 1) is the sandbox's. The guest's own score never
@@ -464,9 +484,9 @@ class OomScore:
 
     In a runc/crun sandbox the child first moves itself into the ``cmds`` cgroup (memory and
     pids) below the sandbox's, which holds the guest alone (agent/runtime/cmds_cgroup.py):
-    ``users.enter_cmds``, before anything else. The OOM killer then chooses among the tenant's processes when
-    they reach their room, and they can never take the guest's last processes, whatever score
-    or users they have (session 17, test_attack_session17_guest_cgroup)."""
+    :func:`enter_cmds`, before anything else. The OOM killer then chooses among the tenant's
+    processes when they reach their room, and they can never take the guest's last processes,
+    whatever score or users they have (session 17, test_attack_session17_guest_cgroup)."""
 
     CHILD = b"1000"
 
@@ -480,8 +500,6 @@ class OomScore:
 
     def in_child(self) -> None:
         """In a forked child, before anything else: its own /proc/self, not the guest's."""
-        from .users import enter_cmds
-
         enter_cmds()
         if self.nproc > 0:
             try:

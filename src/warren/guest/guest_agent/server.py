@@ -12,7 +12,7 @@ import os
 import time
 from _collections import deque
 
-from . import users
+from . import process
 from .conn import Conn
 from .loop import EPOLLIN, Loop
 from .process import SIGKILL, OomScore, Proc, SendStdinOp, SessionOp
@@ -360,7 +360,7 @@ def main(argv: "list[str]") -> int:
     _ensure_stdio()
     guest = Guest(socket_path, term_grace)
     guest.oom = OomScore(max_processes)
-    users.cmds_fds = _cgroup_fds(cgroup_fds)
+    process.cmds_fds = _cgroup_fds(cgroup_fds)
     if tcp_port:
         from . import tcp
 

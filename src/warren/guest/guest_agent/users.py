@@ -430,6 +430,8 @@ def run_as(
 
 def _child_run(user: "User", fn: "Callable[[], Any]", sock: int, keep: "tuple[int, ...]") -> None:
     try:
+        from .process import enter_cmds
+
         enter_cmds()  # what it makes (inodes, a file's pages) is charged with the commands'
         _commands_score()
         _child_signals(set())
@@ -449,25 +451,6 @@ def _child_run(user: "User", fn: "Callable[[], Any]", sock: int, keep: "tuple[in
             pass
     finally:
         os._exit(0)
-
-
-# The agent's descriptors on the cmds cgroup's cgroup.procs (memory, pids; agent/runtime/
-# cmds_cgroup.py), close-on-exec; none in a gVisor sandbox. Set once by server.main.
-cmds_fds: "tuple[int, ...]" = ()
-
-
-def enter_cmds() -> None:
-    """In a forked child, first: into the cmds cgroup, below the sandbox's that holds the guest
-    alone ("0": this process), and the descriptors closed (nothing after holds them)."""
-    for fd in cmds_fds:
-        try:
-            os.write(fd, b"0")
-        except OSError:
-            pass  # left in the sandbox's own cgroup, as before cmds
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def _commands_score() -> None:
