@@ -77,7 +77,7 @@ def test_lost_access_takes_the_preview_tokens_with_it(platform: Platform, how: s
             items = keys["items"] if isinstance(keys, dict) else keys
             key_id = next(k["id"] for k in items if k["name"] == f"mallory-tt-{how}-key")
             r = c.delete(f"/v1/api-keys/{key_id}", headers=bearer(owner.token))
-        assert r.status_code == 204, r.text
+        assert r.status_code in (200, 204), r.text
     time.sleep(1.5)  # another CP worker's preview cache holds a row up to proxy_cache_s (1 s)
     after = _reach(platform, sid, token, signed)
     assert after == (403, 403), f"mallory still reaches the private port: {after}"

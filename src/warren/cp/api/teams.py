@@ -142,21 +142,25 @@ async def set_member_role(
 
 @router.delete(
     "/{team_id}/members/{user_id}",
-    status_code=204,
-    response_class=Response,
+    response_model=service.MemberRemoval,
     responses=error_responses(400, *_AUTH, 404),
 )
-async def remove_member(team_id: str, user_id: str, session: UserSession, engine: Db) -> Response:
-    """Remove a member (owner or admin; never the owner)."""
+async def remove_member(
+    team_id: str, user_id: str, session: UserSession, engine: Db, revoke_keys: bool = False
+) -> service.MemberRemoval:
+    """Remove a member (owner or admin; never the owner). The API keys they created are the
+    team's and keep working (`live_keys` lists them) unless `?revoke_keys=true`: then they are
+    revoked in the same transaction (`revoked_keys`)."""
     tid = _jwt_team(session, team_id)
-    await service.remove_member(engine, session.ctx, tid, service.parse_user_id(user_id))
-    return Response(status_code=204)
+    target = service.parse_user_id(user_id)
+    return await service.remove_member(engine, session.ctx, tid, target, revoke_keys=revoke_keys)
 
 
 @router.post(
     "/{team_id}/leave", status_code=204, response_class=Response, responses=error_responses(400, *_AUTH, 404)
 )
 async def leave_team(team_id: str, session: UserSession, engine: Db) -> Response:
-    """Leave the team (admins and members; the owner must delete it instead)."""
+    """Leave the team (admins and members; the owner must delete it instead). The API keys the
+    leaver created stay the team's."""
     await service.leave_team(engine, session.ctx, _jwt_team(session, team_id))
     return Response(status_code=204)

@@ -6,11 +6,11 @@ import uuid
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
 from warren.cp.db.engine import autocommit, transaction
-from warren.cp.db.tables import team_api_keys, teams, users
+from warren.cp.db.tables import team_api_keys, teams, users, users_teams
 from warren.cp.security.api_keys import generate_api_key
 from warren.cp.services import Timestamp, audit, envd_rotation, stream_revocation
 from warren.cp.services.context import AuthContext
@@ -36,6 +36,14 @@ class ApiKey(BaseModel):
     key: str | None = None
 
 
+class KeyRef(BaseModel):
+    """A key named in a member's removal: what an admin recognises it by."""
+
+    id: str
+    name: str
+    key_prefix: str
+
+
 def _scope(ctx: AuthContext) -> tuple[uuid.UUID, uuid.UUID]:
     if ctx.user_id is None or ctx.team_id is None:
         raise Forbidden("API keys are managed with a user token for a team")
@@ -59,6 +67,16 @@ async def create_key(engine: AsyncEngine, ctx: AuthContext, name: str | None) ->
     async with transaction(engine) as conn:
         # The team's row locked: two creates at the bound cannot both pass the count.
         await conn.execute(select(teams.c.id).where(teams.c.id == team_id).with_for_update())
+        # Still a member under the lock: a removal with ``revoke_keys`` (teams.remove_member, which
+        # takes the same lock) committed while this request was authenticated must not be
+        # followed by a new key of the removed member.
+        member = await conn.execute(
+            select(users_teams.c.role).where(
+                users_teams.c.team_id == team_id, users_teams.c.user_id == user_id
+            )
+        )
+        if member.first() is None:
+            raise Forbidden("not a member of this team")
         held = (
             await conn.execute(
                 select(func.count()).select_from(team_api_keys).where(team_api_keys.c.team_id == team_id)
@@ -142,12 +160,47 @@ async def delete_key(engine: AsyncEngine, ctx: AuthContext, key_id: uuid.UUID) -
             await envd_rotation.revoke_team_tokens(conn, team_id)
     if name is not None:
         stream_revocation.kick()  # the key's open streams end (committed now)
-        await audit.record(
-            engine,
-            ctx,
-            team_id=team_id,
-            action="revoke",
-            resource_type="api_key",
-            resource_id=ids.api_key_id(key_id),
-            metadata={"name": name},
+        await _audit_revoke(engine, ctx, team_id, ids.api_key_id(key_id), {"name": name})
+
+
+async def _audit_revoke(
+    db: AsyncEngine | AsyncConnection, ctx: AuthContext, team_id: uuid.UUID, key_id: str, meta: dict[str, str]
+) -> None:
+    await audit.record(
+        db, ctx, team_id=team_id, action="revoke", resource_type="api_key", resource_id=key_id, metadata=meta
+    )
+
+
+async def keys_created_by(
+    conn: AsyncConnection, ctx: AuthContext, team_id: uuid.UUID, creator: uuid.UUID, *, revoke: bool
+) -> list[KeyRef]:
+    """The team's keys ``creator`` made, oldest first; with ``revoke`` they are deleted, each
+    with the audit row ``delete_key`` writes (``reason`` ``member_removed``). The caller's
+    transaction, which holds the team row (``FOR UPDATE``) and, as ``delete_key``, voids the
+    team's envd tokens (``envd_rotation.revoke_team_tokens``) and calls
+    ``stream_revocation.kick`` once it commits: the key's requests and streams end with it."""
+    k = team_api_keys
+    where = (k.c.team_id == team_id, k.c.created_by == creator)
+    cols = (k.c.id, k.c.name, k.c.key_prefix, k.c.created_at)
+    if revoke:
+        rows = list(await conn.execute(delete(k).where(*where).returning(*cols)))
+        rows.sort(key=lambda r: (r.created_at, r.id))
+    else:
+        rows = list(await conn.execute(select(*cols).where(*where).order_by(k.c.created_at, k.c.id)))
+    refs = [KeyRef(id=ids.api_key_id(r.id), name=r.name, key_prefix=r.key_prefix) for r in rows]
+    if revoke:
+        for ref in refs:
+            meta = {"name": ref.name, "key_prefix": ref.key_prefix, "reason": "member_removed"}
+            await _audit_revoke(conn, ctx, team_id, ref.id, meta)
+    return refs
+
+
+async def counts_by_creator(engine: AsyncEngine, team_id: uuid.UUID) -> dict[str, int]:
+    """How many of the team's keys each member made (user id → count): the dashboard's
+    "Also revoke the N API keys they created"."""
+    k = team_api_keys
+    async with autocommit(engine) as conn:
+        rows = await conn.execute(
+            select(k.c.created_by, func.count()).where(k.c.team_id == team_id).group_by(k.c.created_by)
         )
+        return {ids.user_id(r[0]): int(r[1]) for r in rows}

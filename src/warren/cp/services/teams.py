@@ -28,7 +28,8 @@ from warren.config import Settings
 from warren.cp.db.engine import Conn, autocommit, driver, fetchrow, transaction
 from warren.cp.db.queries import teams as q
 from warren.cp.db.tables import teams, users, users_teams
-from warren.cp.services import Timestamp, audit, envd_rotation, stream_revocation
+from warren.cp.services import Timestamp, api_keys, audit, envd_rotation, stream_revocation
+from warren.cp.services.api_keys import KeyRef
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import StrictBody
 from warren.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests
@@ -57,6 +58,15 @@ class Member(BaseModel):
     email: str
     role: str
     joined_at: Timestamp
+
+
+class MemberRemoval(BaseModel):
+    """What a member's removal did to the API keys they created: ``revoked_keys`` with
+    ``?revoke_keys=true`` (gone with them), else ``live_keys`` (still working: the team's)."""
+
+    user_id: str
+    revoked_keys: list[KeyRef]
+    live_keys: list[KeyRef]
 
 
 class TeamDetail(BaseModel):
@@ -341,7 +351,7 @@ async def rename_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID,
 
 
 async def _audit_member(
-    engine: AsyncEngine,
+    engine: AsyncEngine | AsyncConnection,
     ctx: AuthContext,
     team_id: uuid.UUID,
     action: str,
@@ -409,17 +419,31 @@ async def set_member_role(
     )
 
 
-async def remove_member(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, target: uuid.UUID) -> None:
-    """Owner/admin removes a non-owner (an admin may remove other admins, or themselves)."""
+async def remove_member(
+    engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, target: uuid.UUID, *, revoke_keys: bool = False
+) -> MemberRemoval:
+    """Owner/admin removes a non-owner (an admin may remove other admins, or themselves). The
+    API keys the member created stay the team's unless ``revoke_keys``: then they go in the same
+    transaction, with the audit rows of a key revocation."""
     user_id = user_of(ctx)
     async with transaction(engine) as conn:
         require_manager(await lock_team_and_role(conn, team_id, user_id, lock=True))
         old = await _target_role(conn, team_id, target)
         if old == "owner":
             raise Forbidden("the team owner cannot be removed")
+        keys = await api_keys.keys_created_by(conn, ctx, team_id, target, revoke=revoke_keys)
+        # One token bump for both the member and their keys (what either could have read).
         await _drop_member(conn, team_id, target)
-    stream_revocation.kick()  # their open streams end (committed now)
-    await _audit_member(engine, ctx, team_id, "remove", ids.user_id(target), {"role": old})
+        meta: dict[str, Any] = {"role": old}
+        if revoke_keys:
+            meta["revoked_keys"] = [k.id for k in keys]
+        await _audit_member(conn, ctx, team_id, "remove", ids.user_id(target), meta)
+    stream_revocation.kick()  # their open streams, and their keys', end (committed now)
+    return MemberRemoval(
+        user_id=ids.user_id(target),
+        revoked_keys=keys if revoke_keys else [],
+        live_keys=[] if revoke_keys else keys,
+    )
 
 
 async def leave_team(engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID) -> None:
