@@ -44,6 +44,17 @@ SUBSCRIBER_CAP = 8 << 20
 
 
 RING_BYTES = 1 << 20  # recent output kept per background process for late `attach`
+# The guest's own memory (charged above `cmds`, within its 24 MiB: agent/runtime/cmds_cgroup.py)
+# bounds what every ring together may cost, each chunk counted with its Python objects (a
+# command printing a byte at a time cost the guest ~124 bytes a byte, session 17): all running
+# processes' rings together RINGS_TOTAL (over it, the process that printed gives up its oldest);
+# an exited one keeps its last EXITED_RING (server.KEEP_EXITED of them: ~4 MiB). Before, 64
+# exited processes' 1 MiB rings, which no OOM kill frees, took a 128 MiB sandbox's guest
+# (test_attack_session17_guest_rings).
+RINGS_TOTAL = 8 << 20
+EXITED_RING = 64 << 10
+CHUNK_COST = 160  # a (kind, bytes) tuple in a deque, and malloc's share: measured ~124
+_rings = [0]  # what the running processes' rings cost together
 
 
 EXIT_GRACE = 0.1  # wait this long after exit for pipe EOF (a grandchild may hold the pipes)
@@ -237,10 +248,7 @@ class Proc(Streamed):
 
     def publish(self, kind: int, data: bytes) -> None:
         if self.background:
-            self.ring.append((kind, data))
-            self.ring_size += len(data)
-            while self.ring_size > RING_BYTES and len(self.ring) > 1:
-                self.ring_size -= len(self.ring.popleft()[1])
+            self._keep(kind, data)
         for c in list(self.subs):
             c.send(kind, data)
             # Only a foreground command (or a background one asked to) waits for its own client
@@ -254,6 +262,25 @@ class Proc(Streamed):
             # slow reader, and memory stays bounded. Resume when the client catches up.
             self._set_paused(True)
             owner.on_drain = lambda: self._set_paused(False)
+
+    def _keep(self, kind: int, data: bytes) -> None:
+        """``data`` into the ring, within RING_BYTES and the guest's RINGS_TOTAL."""
+        self.ring.append((kind, data))
+        cost = len(data) + CHUNK_COST
+        self.ring_size += cost
+        if not self.finished:
+            _rings[0] += cost
+        while self.ring and (
+            (self.ring_size > RING_BYTES and len(self.ring) > 1)
+            or (not self.finished and _rings[0] > RINGS_TOTAL)
+        ):
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        cost = len(self.ring.popleft()[1]) + CHUNK_COST
+        self.ring_size -= cost
+        if not self.finished:
+            _rings[0] -= cost
 
     def _set_paused(self, paused: bool) -> None:
         if self.paused == paused:
@@ -330,6 +357,9 @@ class Proc(Streamed):
     def maybe_finish(self) -> None:
         if self.finished or self.exit_code is None or self.out_fd >= 0 or self.err_fd >= 0:
             return
+        while self.ring_size > EXITED_RING and len(self.ring) > 1:
+            self._drop_oldest()
+        _rings[0] -= self.ring_size  # kept now among the exited (server.KEEP_EXITED)
         self.finished = True
         Loop.cancel(self.grace)
         self._close_stdin_fd()
