@@ -10,7 +10,7 @@ import typer
 
 from warren.cli.client.connection import rest
 from warren.cli.client.login import adopt_team
-from warren.cli.client.output import JsonOpt, api_errors, out, print_json, print_rows, timestamp
+from warren.cli.client.output import JsonOpt, api_errors, fail, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
 from warren.sdk import load_config_file
 
@@ -50,3 +50,73 @@ def team_create(
     out.print(f"Created {team['name']} ({team['id']}).")
     if switched:
         out.print("The CLI now acts in this team.")
+
+
+member_app = command_group(
+    "member",
+    "The members of the team the CLI acts in.",
+    example="warren team member remove usr-… --revoke-keys",
+)
+app.add_typer(member_app)
+
+_MEMBER_COLUMNS = ("USER ID", "NAME", "EMAIL", "ROLE", "JOINED")
+
+
+def _team_path() -> str:
+    team_id = load_config_file().get("team_id")
+    if not team_id:
+        fail("the CLI acts in no team: `warren team create` or `warren invitations accept` first")
+    return f"/v1/teams/{team_id}"
+
+
+@member_app.command("list")
+def member_list(json_out: JsonOpt = False) -> None:
+    """The team's members, in join order."""
+    with api_errors():
+        rows = rest("GET", _team_path() + "/members", user=True)
+    print_rows(
+        rows, json_out, _MEMBER_COLUMNS,
+        lambda r: (r["user_id"], r["name"], r["email"], r["role"], timestamp(r.get("joined_at"))),
+    )  # fmt: skip
+
+
+@member_app.command("remove")
+def member_remove(
+    user: Annotated[str, typer.Argument(help="The member's user ID (usr-…) or email.", show_default=False)],
+    revoke_keys: Annotated[
+        bool, typer.Option("--revoke-keys", help="Also revoke every API key they created (same transaction).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove a member (owner or admin). The API keys they created stay the team's unless
+    --revoke-keys; without it the keys still live are listed."""
+    path = _team_path()
+    with api_errors():
+        user_id = _user_id(path, user)
+        done = rest(
+            "DELETE",
+            f"{path}/members/{user_id}",
+            user=True,
+            params={"revoke_keys": "true" if revoke_keys else "false"},
+        )
+    if json_out:
+        print_json(done)
+        return
+    out.print(f"Removed {user}.")
+    for title, keys in (("Revoked", done["revoked_keys"]), ("Still live (the team's)", done["live_keys"])):
+        if keys:
+            out.print(f"{title} API keys they created:")
+            for k in keys:
+                out.print(f"  {k['id']}  {k['key_prefix']}…  {k['name']}", highlight=False, markup=False)
+    if done["live_keys"]:
+        out.print("Revoke one with `warren key revoke <id>`.")
+
+
+def _user_id(path: str, user: str) -> str:
+    """``user`` as a user ID: an email is looked up among the team's members."""
+    if "@" not in user:
+        return user
+    for m in rest("GET", path + "/members", user=True):
+        if m["email"].lower() == user.lower():
+            return str(m["user_id"])
+    fail(f"{user} is not a member of this team")

@@ -156,11 +156,18 @@ async def set_role(act: Act, user_id: str, body: teams_svc.RoleRequest) -> dict[
     return {}
 
 
+class RemoveMemberBody(_Body):
+    revoke_keys: bool = False  # the removal dialog's "Also revoke the N API keys they created"
+
+
 @router.post("/team/members/{user_id}/remove")
-async def remove_member(act: Act, user_id: str) -> dict[str, Any]:
+async def remove_member(act: Act, user_id: str, body: RemoveMemberBody | None = None) -> dict[str, Any]:
     target = teams_svc.parse_user_id(user_id)
-    await teams_svc.remove_member(act.engine, act.ctx, require_team(act.ctx), target)
-    return {}
+    revoke = body.revoke_keys if body else False
+    done = await teams_svc.remove_member(
+        act.engine, act.ctx, require_team(act.ctx), target, revoke_keys=revoke
+    )
+    return done.model_dump(mode="json")
 
 
 async def _after_departure(act: Act, response: Response, what: str) -> dict[str, Any]:

@@ -219,11 +219,14 @@ async def team_page(request: Request) -> Response:
     my_role = next((m.role for m in detail.members if m.user_id == me), viewer.role)
     can_manage = my_role in ("owner", "admin")
     pending = await invitations_svc.list_for_team(engine, ctx, ctx.team_id) if can_manage else []
+    # Managers' removal dialog offers to revoke the keys the member made (their count).
+    key_counts = await keys_svc.counts_by_creator(engine, ctx.team_id) if can_manage else {}
     return _page(
         request, viewer, "team.html", nav="team", title="Team",
         team=detail.team, members=detail.members, me=me, my_role=my_role,
         can_manage=can_manage, is_last_team=len(team_list) <= 1,
         quota_rows=_quota_rows(quotas), my_invitations=mine, more_mine=more_mine, invitations=pending,
+        key_counts=key_counts,
     )  # fmt: skip
 
 
