@@ -220,7 +220,7 @@ async def test_an_invitation_dies_with_its_inviters_rights(c: httpx.AsyncClient)
     _err(await c.post(f"/v1/invitations/{first}/accept", headers=acc1.h), 404, "not_found")
     assert (
         await c.delete(f"/v1/teams/{owner.team_id}/members/{mal.user_id}", headers=owner.h)
-    ).status_code == 200
+    ).status_code == 204
     _err(await c.post(f"/v1/invitations/{second}/accept", headers=acc2.h), 404, "not_found")
     members = await _member_ids(c, owner)
     assert acc1.user_id not in members and acc2.user_id not in members and mal.user_id not in members

@@ -222,7 +222,7 @@ def _revoke(platform: Platform, owner: Tenant, mallory: Member, sid: str, how: s
     with httpx.Client(base_url=platform.url, timeout=60) as c:
         if how == "removed":
             r = c.delete(f"/v1/teams/{owner.team_id}/members/{mallory.user_id}", headers=bearer(owner.token))
-            assert r.status_code == 200, r.text
+            assert r.status_code == 204, r.text
         elif how == "key_revoked":
             keys = c.get("/v1/api-keys", headers=bearer(owner.token)).json()
             items = keys["items"] if isinstance(keys, dict) else keys

@@ -71,7 +71,7 @@ def test_a_member_removed_through_a_loses_her_streams_on_b(platform: Platform, r
                 headers=bearer(owner.token),
                 timeout=60,
             )
-            assert r.status_code == 200, r.text
+            assert r.status_code == 204, r.text
             assert ws_outcome(hers, ENDS_WITHIN_S) == "access_revoked", replica_b.log_tail()
             assert envd.outcome(ENDS_WITHIN_S) == "unauthenticated", replica_b.log_tail()
         finally:

@@ -256,7 +256,7 @@ def test_demoted_then_removed_member_keeps_no_rights_from_an_old_jwt(
     ):
         status, err = call(platform.url, old, method, path, body)
         assert status == 403, (method, path, status, err)
-    assert call(platform.url, owner, "DELETE", f"{team}/members/{mal['sub']}", None)[0] == 200
+    assert call(platform.url, owner, "DELETE", f"{team}/members/{mal['sub']}", None)[0] == 204
     for method, path, body in (
         ("GET", "/v1/sandboxes", None),
         ("GET", f"/v1/sandboxes/{victim.sb}", None),

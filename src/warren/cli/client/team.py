@@ -97,8 +97,11 @@ def member_remove(
             "DELETE",
             f"{path}/members/{user_id}",
             user=True,
-            params={"revoke_keys": "true" if revoke_keys else "false"},
+            params={"revoke_keys": "true"} if revoke_keys else None,
         )
+        if done is None:  # 204: the keys they made stay the team's; list the ones still live
+            keys = [k for k in rest("GET", "/v1/api-keys", user=True) if k.get("created_by") == user_id]
+            done = {"user_id": user_id, "revoked_keys": [], "live_keys": keys}
     if json_out:
         print_json(done)
         return

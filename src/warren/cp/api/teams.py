@@ -142,18 +142,26 @@ async def set_member_role(
 
 @router.delete(
     "/{team_id}/members/{user_id}",
-    response_model=service.MemberRemoval,
-    responses=error_responses(400, *_AUTH, 404),
+    status_code=204,
+    response_class=Response,
+    responses={
+        200: {"model": service.MemberRemoval, "description": "Removed, with `?revoke_keys=true`"},
+        **error_responses(400, *_AUTH, 404),
+    },
 )
 async def remove_member(
     team_id: str, user_id: str, session: UserSession, engine: Db, revoke_keys: bool = False
-) -> service.MemberRemoval:
-    """Remove a member (owner or admin; never the owner). The API keys they created are the
-    team's and keep working (`live_keys` lists them) unless `?revoke_keys=true`: then they are
-    revoked in the same transaction (`revoked_keys`)."""
+) -> Response:
+    """Remove a member (owner or admin; never the owner): 204, as docs/spec.md §2.4 has it. The
+    API keys they created are the team's and keep working (`GET /v1/api-keys` shows each key's
+    `created_by`) unless `?revoke_keys=true`: then they are revoked in the same transaction,
+    and the answer is 200 with what was revoked (`revoked_keys`)."""
     tid = _jwt_team(session, team_id)
     target = service.parse_user_id(user_id)
-    return await service.remove_member(engine, session.ctx, tid, target, revoke_keys=revoke_keys)
+    done = await service.remove_member(engine, session.ctx, tid, target, revoke_keys=revoke_keys)
+    if not revoke_keys:
+        return Response(status_code=204)
+    return Response(done.model_dump_json(), media_type="application/json")
 
 
 @router.post(

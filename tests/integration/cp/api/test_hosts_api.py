@@ -326,7 +326,7 @@ async def test_byoc_host_rights_follow_the_team_role_read_from_the_db(cp: InProc
     assert (await team_admin.req("POST", "/v1/hosts", json=byoc)).status_code == 403
     # Removed from the team: not even a look.
     r = await owner.req("DELETE", f"/v1/teams/{owner.team_id}/members/{member.id}")
-    assert r.status_code == 200
+    assert r.status_code == 204
     assert (await member.req("GET", f"/v1/hosts/{by_owner}")).status_code == 403
     # Owner and platform admin delete.
     assert (await owner.req("DELETE", f"/v1/hosts/{by_admin}")).status_code == 204

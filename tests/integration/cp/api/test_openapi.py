@@ -101,7 +101,7 @@ def test_openapi_documents(live: str) -> None:
         ("post", "/v1/invitations/{invitation_id}/accept"): {"200", "401", "403", "404", "409", "429"},
         ("post", "/v1/invitations/{invitation_id}/decline"): {"204", "401", "403", "404"},
         ("patch", "/v1/teams/{team_id}/members/{user_id}"): {"204", "400", "401", "403", "404"},
-        ("delete", "/v1/teams/{team_id}/members/{user_id}"): {"200", "400", "401", "403", "404"},
+        ("delete", "/v1/teams/{team_id}/members/{user_id}"): {"200", "204", "400", "401", "403", "404"},
         ("post", "/v1/teams/{team_id}/leave"): {"204", "400", "401", "403", "404"},
         ("put", "/v1/admin/teams/{team_id}/byoc"): {"204", "400", "401", "403", "404"},
         ("get", "/healthz"): {"200"},

@@ -313,15 +313,15 @@ async def test_remove_member_rules(client: httpx.AsyncClient, trio: tuple[User, 
     )
     assert (
         await client.delete(tpath(owner, f"/members/{member.user_id}"), headers=admin.h)
-    ).status_code == 200
+    ).status_code == 204
     # an admin may remove another admin, and themselves
     admin2 = await add_member(client, owner, await signup(client, name="Admin2"), role="admin")
     assert (
         await client.delete(tpath(owner, f"/members/{admin2.user_id}"), headers=admin.h)
-    ).status_code == 200
+    ).status_code == 204
     assert (
         await client.delete(tpath(owner, f"/members/{admin.user_id}"), headers=admin.h)
-    ).status_code == 200
+    ).status_code == 204
     members = (await client.get(tpath(owner, "/members"), headers=owner.h)).json()
     assert [m["user_id"] for m in members] == [owner.user_id]
 
@@ -355,7 +355,7 @@ async def test_removed_member_loses_access_on_next_request(
     assert (await client.get("/_test/whoami", headers=member.h)).status_code == 200
     assert (
         await client.delete(tpath(owner, f"/members/{member.user_id}"), headers=owner.h)
-    ).status_code == 200
+    ).status_code == 204
     assert_error(
         await client.get(tpath(owner), headers=member.h), 403, "forbidden", "not a member of this team"
     )
