@@ -11,13 +11,22 @@ writes into pages that are already there, charged to ``cmds``.
 A child forked for each allocation (users.run_as) cost a small upload ~1-3 ms (1.4 ms before); this
 one lives on and answers over a socket pair (the descriptor passed with each request). It runs
 as root with nothing open but its socket, at the commands' OOM score; the tenant's root can stop
-or kill it: a request not answered in :data:`TIMEOUT` kills it, and the next starts another.
+or kill it: a request not answered in :data:`TIMEOUT` kills it, and another is asked.
+
+An allocator that does not answer twice running (started again in between) fails the allocation
+``no_space``, and the upload with it: the guest never writes such pages itself. When the
+commands' room is full of what no OOM kill frees (``nobody``'s SysV message queues: kernel
+memory that the disk's size does not bound), the allocator's ``fallocate`` has the commands' OOM
+killer take the allocator; the guest then wrote a 40 MiB upload itself, charged to its own
+cgroup, and the sandbox's OOM killer, with no command left, took the guest (session 17, W2-D,
+test_attack_session17_alloc_fallback). ``ENOMEM`` (the charge refused) is ``no_space`` too.
 """
 
 # ruff: noqa: SIM105
 
 import _signal
 import _socket
+import errno
 import os
 import select
 import sys
@@ -30,9 +39,26 @@ _REQ = 16  # two 8-byte integers: offset, length
 _child: "tuple[int, _socket.socket] | None" = None
 
 
+class Ended(GuestFail):
+    """No allocator answered (``no_space``): asking again with less would not help."""
+
+
 def allocate(fd: int, start: int, end: int) -> None:
     """``fd``'s bytes ``start``..``end`` allocated in the commands' cgroup (GuestFail
-    ``no_space`` when they do not fit; another failure raises GuestFail too)."""
+    ``no_space`` when they do not fit or no allocator answers; another failure of
+    ``fallocate`` raises GuestFail too)."""
+    reply = _ask(fd, start, end) or _ask(fd, start, end)  # a second, new allocator
+    if reply is None:
+        raise Ended("no_space", "no room left to allocate the file in (the allocator ended)")
+    err = int.from_bytes(reply, "little")
+    if err == errno.ENOMEM:
+        raise GuestFail("no_space", "allocate: the commands' memory is full")
+    if err:
+        raise os_fail(OSError(err, os.strerror(err)), "allocate")
+
+
+def _ask(fd: int, start: int, end: int) -> "bytes | None":
+    """The allocator's 8-byte answer, or None (it is stopped and killed) when it gives none."""
     global _child
     if _child is None:
         _child = _start()
@@ -46,12 +72,10 @@ def allocate(fd: int, start: int, end: int) -> None:
         reply = sock.recv(8)
         if len(reply) != 8:
             raise ConnectionError("the allocator ended")
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError):
         _stop()
-        raise GuestFail("internal", f"the allocator did not answer: {e!r}") from e
-    err = int.from_bytes(reply, "little")
-    if err:
-        raise os_fail(OSError(err, os.strerror(err)), "allocate")
+        return None
+    return reply
 
 
 def _stop() -> None:

@@ -165,9 +165,10 @@ class WriteOp(Op):
         the commands' cgroup (alloc.py): the guest then writes into pages charged to the
         commands' room, not to its own, which no tenant process may fill (session 17: a 70 MiB
         upload charged to the guest let the sandbox's own OOM killer weigh it again). Where
-        no cmds cgroup exists it changes nothing; where the allocation fails but for space (no
-        fallocate, the allocator stopped) the file is written as before."""
-        from .alloc import allocate
+        no cmds cgroup exists it changes nothing; where the filesystem has no fallocate the
+        file is written as before; where no allocator answers (alloc.Ended: killed by the
+        commands' OOM killer when their room is full), the upload fails ``no_space``."""
+        from .alloc import Ended, allocate
         from .process import cmds_fds
 
         if not cmds_fds:
@@ -181,7 +182,7 @@ class WriteOp(Op):
             try:
                 allocate(fd, start, want)
             except GuestFail as e:
-                if e.kind != "no_space" or want == end:
+                if e.kind != "no_space" or want == end or isinstance(e, Ended):
                     raise
                 want = end  # the step does not fit: exactly what this write needs may
                 allocate(fd, start, want)
