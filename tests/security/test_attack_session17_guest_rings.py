@@ -122,3 +122,25 @@ def test_byte_sized_output_is_counted_with_its_overhead(agent: AgentProcess) -> 
         grown = guest_charge(sb) - before
         print(f"guest grew {grown >> 10} KiB")
         assert grown < RINGS_TOTAL + (8 << 20), grown >> 10
+
+
+def test_attach_clients_that_read_nothing_do_not_take_the_guests_memory(agent: AgentProcess) -> None:
+    """16 attach streams to a background ``yes``, none read: before, each was cut at 8 MiB behind
+    but its buffer kept for it (181 MiB of the guest's in a 256 MiB sandbox)."""
+    with sandbox(agent, 256) as sb:
+        start = pb.ExecStart(
+            sandbox_id=sb, cmd="sh", args=["-c", "sleep 2; exec yes"], background=True, tag="y"
+        )
+        events = agent.stub.ExecStream(iter([pb.ExecStreamRequest(start=start)]))
+        next(events)
+        events.cancel()
+        sel = pb.ProcessSelector(tag="y")
+        attached = [
+            agent.stub.AttachProcess(pb.AttachProcessRequest(sandbox_id=sb, process=sel)) for _ in range(16)
+        ]
+        time.sleep(8)  # yes at full speed into 16 clients that read nothing
+        peak = max(guest_charge(sb) for _ in range(5) if time.sleep(0.5) is None)
+        for a in attached:
+            a.cancel()
+        alive(agent, sb)
+        assert peak < cmds_cgroup.MEMORY_RESERVE, peak >> 20
