@@ -6,9 +6,9 @@ to ``cmds`` but held by no process: ``nobody`` makes ~14 000 queues of 8 KiB mes
 namespace's defaults, msgmni 32 000 x msgmnb 16 KiB, allow ~500 MiB) until ``cmds`` reaches its
 limit (229 MiB of a 256 MiB sandbox's 232). Its filler is OOM-killed; the queues stay. Root cannot
 remove them (no CAP_IPC_OWNER in the sandbox); only their owner can. Meanwhile each command has
-~3 MiB and what reclaim finds: ``python3`` runs, one that
-allocates 16 MiB is OOM-killed (a full disk leaves 32 MB). Combined with any growth of the guest past its
-reserve it took the guest (fixed for uploads: test_attack_session17_alloc_fallback).
+~3 MiB and what reclaim finds: ``python3`` runs, one that allocates 16 MiB is OOM-killed (a
+full disk leaves 32 MB). Combined with any growth of the guest past its reserve it took the
+guest (fixed for uploads: test_attack_session17_alloc_fallback).
 
 Not fixed here: the bound belongs in the sandbox's IPC sysctls (runtime/bundle.py, kernel.msgmni
 / msgmnb, namespaced), not this task's file. xfail(strict) until a sandbox's queues are bounded.
