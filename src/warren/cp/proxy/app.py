@@ -6,9 +6,10 @@ sandbox, routed by path (``/v1/sandboxes/{id}/ports/{port}/…``) or by host nam
 Per request: the sandbox (read by id, cached ``proxy_cache_s``), the access rules
 (``services/preview.py``: public port, traffic token, signed URL or its cookie), the sandbox
 running (or resumed), bounds on connections per sandbox, team and owning account
-(``bounds.py``), then the exchange over the agent's data port (or DialPort: ``data.py``). An
-exchange a credential admitted (not a public port's) is registered with
-``services/stream_revocation.py`` and cut when that credential is revoked (:meth:`Proxy._revocable`).
+(``bounds.py``), then the exchange over the agent's data port (or DialPort: ``data.py``). Every
+exchange is registered with ``services/stream_revocation.py`` and cut when what admitted it no
+longer holds (:meth:`Proxy._revocable`): the credential revoked, or for a public port's visitor,
+the port made private or the sandbox paused or gone.
 The proxy strips the traffic token, the signed URL's parameters and the platform's cookies
 (``cookies.py``) and credentials (``credentials.py``) before anything reaches the sandbox.
 """
@@ -146,7 +147,7 @@ class Proxy:
             target.owner_id,
             per_team=s.proxy_max_conns_per_team,
             per_owner=s.proxy_max_conns_per_owner,
-            anonymous=grant is None,
+            anonymous=grant.kind == "public",
         )
         if isinstance(counted, str):
             await self._deny(scope, receive, send, 429, "too_many_connections", counted)
@@ -154,10 +155,7 @@ class Proxy:
         self._open[sid] = self._open.get(sid, 0) + 1
         self._by_client[key] = self._by_client.get(key, 0) + 1
         try:
-            if grant is None:  # a public port: nothing to revoke
-                await self._exchange(r, scope, receive, send, target, pool)
-            else:
-                await self._revocable(grant, r, scope, receive, send, target, pool)
+            await self._revocable(grant, r, scope, receive, send, target, pool)
         finally:
             counted.release()
             _drop_one(self._open, sid)
@@ -175,7 +173,7 @@ class Proxy:
 
     async def _admit(
         self, r: Route, scope: Scope, engine: AsyncEngine, pool: HostClientPool
-    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant | None]:
+    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant]:
         """The sandbox, whether a signed URL admitted the request, and what its admission rests
         on (the token hash that was checked, not a resume's fresh read of it)."""
         target = await preview.lookup(engine, self.cache, r.sandbox_id)
@@ -201,11 +199,12 @@ class Proxy:
         target: preview.PreviewTarget, pool: HostClientPool,
     ) -> None:  # fmt: skip
         """The exchange, ended when ``grant`` stops holding (session 17: a member removed, a key
-        revoked, the traffic token rotated). Registering is in memory; the re-check is the
-        process's one statement every ``RECHECK_S`` (at once after a change made here). The
-        revocation cancels this task, and only that cancel is taken back here (as
-        ``asyncio.timeout`` does): a WebSocket then closes with 1008, a response under way is cut
-        (the connection closed), one not started yet is 401 ``access_revoked``."""
+        revoked, the traffic token rotated; a public port made private, its sandbox paused).
+        Registering is in memory; the re-check is the process's one statement every
+        ``RECHECK_S`` (at once after a change made here). The revocation cancels this task,
+        and only that cancel is taken back here (as ``asyncio.timeout`` does): a WebSocket then
+        closes with 1008, a response under way is cut (the connection closed), one not started
+        yet is 401 ``access_revoked``."""
         sent = False
 
         async def sending(msg: Any) -> None:
@@ -232,6 +231,8 @@ class Proxy:
                 await send({"type": "websocket.close", "code": 1008, "reason": "401 access_revoked"})
         elif not sent:
             message = "the credential that opened this connection was revoked"
+            if grant.kind == "public":
+                message = f"port {r.port} is no longer public"
             await self._deny(scope, receive, send, 401, "access_revoked", message, connected=True)
         # A response under way ends unfinished: the server closes its connection.
 

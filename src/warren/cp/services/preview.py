@@ -12,7 +12,9 @@ URLs, who may reach a port through the proxy, and auto-resume.
   the token also voids every signed URL and cookie made before.
 - A connection the token, a signed URL or its cookie admitted rests on the token's hash
   (:func:`grant_of`): the proxy ends it when that changes (a rotation, ``revoke_team_tokens``),
-  within ``stream_revocation.RECHECK_S`` on every replica (session 17).
+  within ``stream_revocation.RECHECK_S`` on every replica (session 17). A connection to a
+  public port without one rests on the port staying public and the sandbox running: it ends
+  when the port is made private (:func:`update`), or the sandbox paused or gone.
 - The proxy reads a sandbox by id alone (no team: the token is the credential) and keeps what
   it read for ``proxy_cache_s``; writes through this module drop this process's copy at once,
   other replicas see them within that time.
@@ -94,11 +96,14 @@ class PreviewTarget:
     host_address: str
     all_ports_public: bool = False  # E2B's allowPublicTraffic (docs/e2b.md §1.2)
     owner_id: uuid.UUID | None = None  # the team's owner: the proxy's per-owner bound (cp/proxy/bounds.py)
-    # What a credentialed connection rests on (grant_of): made once per read, not per request.
+    # What a connection rests on (grant_of): made once per read (a public port's: once per
+    # port), not per request.
     grant: stream_revocation.Grant = field(init=False, repr=False, compare=False)
+    public_grants: dict[int, stream_revocation.Grant] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grant", stream_revocation.Grant("preview", self.sb_uuid, h=self.token_hash))
+        object.__setattr__(self, "public_grants", {})
 
     def client(self, pool: HostClientPool) -> HostClient:
         if self.host_id is None or not self.host_address:
@@ -214,12 +219,17 @@ def authorize(target: PreviewTarget, port: int, creds: Credentials, *, secret: s
     )
 
 
-def grant_of(target: PreviewTarget, port: int, signed: bool) -> stream_revocation.Grant | None:
+def grant_of(target: PreviewTarget, port: int, signed: bool) -> stream_revocation.Grant:
     """What a connection :func:`authorize` admitted rests on: the traffic token's hash (the
-    token, a signed URL and its cookie all derive from it); None for a public port reached
-    without a signature (nothing to revoke)."""
+    token, a signed URL and its cookie all derive from it), or for a public port reached
+    without a signature (kind ``public``, no credential: anyone's) the port staying public."""
     if not signed and (target.all_ports_public or port in target.public_ports):
-        return None
+        grant = target.public_grants.get(port)
+        if grant is None:
+            grant = stream_revocation.Grant("public", target.sb_uuid, epoch=port)
+            if len(target.public_grants) < MAX_PUBLIC_PORTS:  # all_ports_public: any of 65 535
+                target.public_grants[port] = grant
+        return grant
     return target.grant
 
 
@@ -330,6 +340,8 @@ async def update(
             resource_id=found.sandbox.id, metadata={k: v for k, v in values.items()},
         )  # fmt: skip
     forget(found.sandbox.id)
+    if public_ports is not None:  # committed: visitors of a port no longer public end now
+        stream_revocation.kick()
     return _view(row, settings)
 
 

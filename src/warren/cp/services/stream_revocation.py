@@ -19,6 +19,9 @@ start, less what cannot change: signatures, hashes):
   (session 17, ``cp/proxy/app.py``): the sandbox's traffic token hash unchanged (the signing key
   derives from it; ``revoke_team_tokens`` and a rotation change it), and the team live. These
   connections are not stream slots: the proxy registers them with :func:`watching`.
+- a preview proxy connection to a public port, without a credential (session 17): the port
+  still public (in ``public_ports``, or ``all_ports_public``), the sandbox running (paused in
+  memory it is frozen with its connections open) and the team live.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ _FAILED = """
         WHEN 'preview' THEN EXISTS (
             SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
             WHERE s.id = g.a AND s.traffic_token_hash = g.h AND t.deleted_at IS NULL OFFSET 0)
+        WHEN 'public' THEN EXISTS (
+            SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
+            WHERE s.id = g.a AND s.status = 'running'
+              AND (s.all_ports_public OR g.epoch::int = ANY(s.public_ports))
+              AND t.deleted_at IS NULL OFFSET 0)
         WHEN 'key' THEN EXISTS (
             SELECT 1 FROM team_api_keys k JOIN teams t ON t.id = k.team_id
             WHERE k.id = g.a AND t.deleted_at IS NULL OFFSET 0)
@@ -70,8 +78,8 @@ _FAILED = """
 @dataclass(frozen=True)
 class Grant:
     """What a credential's validity rests on: ``kind`` ``sandbox`` (a = sandbox, epoch),
-    ``key`` (a = API key), ``member`` (a = user, b = team) or ``preview`` (a = sandbox, h = its
-    traffic token's hash)."""
+    ``key`` (a = API key), ``member`` (a = user, b = team), ``preview`` (a = sandbox, h = its
+    traffic token's hash) or ``public`` (a = sandbox, epoch = the public port)."""
 
     kind: str
     a: uuid.UUID

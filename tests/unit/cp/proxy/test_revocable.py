@@ -1,7 +1,8 @@
 """How the preview proxy ends a connection whose credential was revoked (session 17,
 ``Proxy._revocable`` and ``stream_revocation.watching``); what each connection rests on
-(``preview.grant_of``). The whole path, with a real CP, agent and sandbox, is
-``tests/security/test_attack_session17_preview_revocation.py``."""
+(``preview.grant_of``: a credential, or a public port staying public). The whole path, with a
+real CP, agent and sandbox, is ``tests/security/test_attack_session17_preview_revocation.py``
+and ``test_attack_session17_public_revocation.py``."""
 
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def _target(public: frozenset[int] = frozenset(), all_public: bool = False) -> p
 
 
 def test_what_a_connection_rests_on() -> None:
-    assert preview.grant_of(_target(frozenset({8000})), 8000, signed=False) is None  # public
-    assert preview.grant_of(_target(all_public=True), 8000, signed=False) is None
+    public = stream_revocation.Grant("public", SB, epoch=8000)  # no credential: the port public
+    target = _target(frozenset({8000}))
+    assert preview.grant_of(target, 8000, signed=False) == public
+    assert preview.grant_of(target, 8000, signed=False) is preview.grant_of(target, 8000, signed=False)
+    assert preview.grant_of(_target(all_public=True), 8000, signed=False) == public
     assert preview.grant_of(_target(), 8000, signed=False) == GRANT  # the token or the cookie
     assert preview.grant_of(_target(frozenset({8000})), 8000, signed=True) == GRANT  # a signed URL
 
@@ -60,7 +64,9 @@ class _Exchange(Proxy):
         await self.script(send)
 
 
-async def _run(scope_type: str, script: Any, revoke: bool = True) -> tuple[list[dict[str, Any]], Any]:
+async def _run(
+    scope_type: str, script: Any, revoke: bool = True, grant: stream_revocation.Grant = GRANT
+) -> tuple[list[dict[str, Any]], Any]:
     sent: list[dict[str, Any]] = []
 
     async def send(msg: dict[str, Any]) -> None:
@@ -73,7 +79,7 @@ async def _run(scope_type: str, script: Any, revoke: bool = True) -> tuple[list[
     proxy = _Exchange(script)
     scope = {"type": scope_type, "headers": [], "extensions": {}}
     r = Route(ids.sandbox_id(SB), 8000, "/", "", by_host=True)
-    task = asyncio.create_task(proxy._revocable(GRANT, r, scope, receive, send, _target(), None))  # type: ignore[arg-type]
+    task = asyncio.create_task(proxy._revocable(grant, r, scope, receive, send, _target(), None))  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     if revoke:
         for w in list(stream_revocation._watched):
@@ -109,6 +115,20 @@ async def test_a_response_not_started_is_401_access_revoked() -> None:
     await asyncio.wait_for(task, 5)
     assert sent[0]["status"] == 401
     assert json.loads(sent[1]["body"])["error"]["code"] == "access_revoked"
+
+
+def test_all_ports_public_keeps_a_bounded_number_of_grants() -> None:
+    target = _target(all_public=True)
+    for port in range(1, 1001):
+        assert preview.grant_of(target, port, signed=False).epoch == port
+    assert len(target.public_grants) == preview.MAX_PUBLIC_PORTS
+
+
+async def test_a_public_ports_visitor_not_answered_yet_is_told_why() -> None:
+    sent, task = await _run("http", _forever(None), grant=stream_revocation.Grant("public", SB, epoch=8000))
+    await asyncio.wait_for(task, 5)
+    assert sent[0]["status"] == 401
+    assert json.loads(sent[1]["body"])["error"]["message"] == "port 8000 is no longer public"
 
 
 async def test_another_cancel_is_not_taken_for_a_revocation() -> None:
