@@ -93,13 +93,9 @@ def _stop() -> None:
 
 
 def _start() -> "tuple[int, _socket.socket]":
-    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-    try:
-        pid = os.fork()
-    except BaseException:
-        parent.close()
-        child.close()
-        raise
+    from .users import fork_with_pair
+
+    pid, parent, child = fork_with_pair(_socket.SOCK_SEQPACKET)
     if pid == 0:
         try:
             _serve(child)

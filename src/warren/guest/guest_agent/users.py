@@ -404,6 +404,18 @@ def _guest_fail(payload: bytes) -> "GuestFail":
         return GuestFail("internal", "the operation as the user failed without a reason")
 
 
+def fork_with_pair(kind: int) -> "tuple[int, _socket.socket, _socket.socket]":
+    """``fork()`` with a connected pair of Unix sockets of ``kind`` (close-on-exec) made first:
+    the pid (0 in the child) and the parent's and the child's ends, both open on each side."""
+    parent, child = _socket.socketpair(_socket.AF_UNIX, kind | _socket.SOCK_CLOEXEC)
+    try:
+        return os.fork(), parent, child
+    except BaseException:
+        parent.close()
+        child.close()
+        raise
+
+
 def run_as(
     user: "User", fn: "Callable[[], tuple[dict[str, Any], list[int]]]", keep: "tuple[int, ...]" = ()
 ) -> "tuple[dict[str, Any], list[int]]":
@@ -412,13 +424,7 @@ def run_as(
     fd is closed first, so nothing the guest holds as root is reachable from the child (not even
     through ``/proc/self/fd``). Blocks the guest for as long as ``fn`` takes, as the same
     operation as root would; a child that neither answers nor exits in CHILD_TIMEOUT is killed."""
-    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    try:
-        pid = os.fork()
-    except BaseException:
-        parent.close()
-        child.close()
-        raise
+    pid, parent, child = fork_with_pair(_socket.SOCK_STREAM)
     if pid == 0:
         _child_run(user, fn, child.fileno(), keep)
     child.close()
