@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warren.agent.runtime.kernel_limits import ipc_namespace_sysctls
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 
 GUEST_MOUNT = "/.warren/guest"
@@ -319,8 +320,9 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "seccomp": seccomp_profile(),
-            # SysV shared memory lives on with no process attached, charged to the sandbox's
-            # memory where the OOM killer cannot free it: have it go with its last user.
-            "sysctl": {"kernel.shm_rmid_forced": "1"},
+            # SysV IPC objects live on with no process, charged to the sandbox's memory where
+            # the OOM killer cannot free them: shared memory goes with its last user, queues
+            # and semaphores are bounded to a few MiB (kernel_limits.py).
+            "sysctl": ipc_namespace_sysctls(),
         },
     }

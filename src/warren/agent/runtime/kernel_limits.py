@@ -104,3 +104,33 @@ def lift_shared_kernel_limits(paths: dict[str, str] | None = None) -> list[str]:
         if low and _write(path, value, current):
             changed.append(path)
     return changed
+
+
+# Per sandbox, in its own IPC namespace (set by the runtime from the bundle's sysctls; /proc/sys
+# is read-only inside and no sandbox process may make a new IPC namespace). SysV message queues
+# and semaphore sets are kernel memory charged to the sandbox that no process holds: no OOM kill
+# frees them, the disk size does not bound them, and root inside (no CAP_IPC_OWNER) cannot remove
+# nobody's. The namespace's defaults allowed ~500 MiB of queues (msgmni 32000 x msgmnb 16 KiB;
+# a queue of empty messages costs 64 bytes a message, 1 MiB) and 2 MiB a semaphore set (32000
+# semaphores of 64 bytes) x 32000 sets (session 17). Bounds below, measured on 6.18: queues at
+# most 8 x 8192 empty messages x 64 bytes = 4 MiB; semaphores 4096 x 64 bytes plus 128 sets'
+# headers, < 0.5 MiB. Still enough for what uses them: a Linux-default-sized message (8192),
+# PostgreSQL built with SysV semaphores (17 per 16 backends: ~3800 connections). SysV shared
+# memory is left at the defaults: with shm_rmid_forced a segment goes with its last attached
+# process (or its creator, if never attached), so its pages are process memory the OOM killer
+# frees, as for an anonymous shared mapping.
+MSGMNI = 8  # queues
+MSGMNB = 8192  # bytes, and messages, a queue may hold
+MSGMAX = 8192  # bytes a message (the kernel's default)
+SEM = (250, 4096, 500, 128)  # per set, in all, per semop call, sets
+
+
+def ipc_namespace_sysctls() -> dict[str, str]:
+    """The sandbox's IPC namespace limits (OCI ``linux.sysctl``)."""
+    return {
+        "kernel.shm_rmid_forced": "1",
+        "kernel.msgmni": str(MSGMNI),
+        "kernel.msgmnb": str(MSGMNB),
+        "kernel.msgmax": str(MSGMAX),
+        "kernel.sem": " ".join(str(v) for v in SEM),
+    }
