@@ -1,13 +1,14 @@
 """Session 17 (W2-D): terminal clients that read nothing, held in the guest's own memory.
 
-A terminal pauses for a congested client and, past its stall limit, detaches it with an error
-frame queued after what it had not read (pty.py ``_on_stall``): that buffer stays while the
-agent does not read the connection. The number of ``pty_connect`` clients of one terminal is not
-bounded. Measured on this tree (256 MiB sandbox, runc): 100 ``PtyStream`` connects to a terminal
-running ``yes``, none read: the guest's charge 52-58 MiB (reserve 24, ~0.5 MiB a client).
+A terminal paused for a congested client and, past its stall limit, detached it with an error
+frame queued after what it had not read (pty.py ``_on_stall``): that buffer stayed while the
+agent did not read the connection. The number of ``pty_connect`` clients of one terminal was not
+bounded. Measured before the fix (256 MiB sandbox, runc): 100 ``PtyStream`` connects to a
+terminal running ``yes``, none read: the guest's charge 52-58 MiB (reserve 24, ~0.5 MiB a client).
 
-Not fixed here (guest_agent/pty.py is not this task's file; the same fix as process.py's
-attach subscribers, session 17: drop the unread output and close): xfail(strict).
+Fixed (guest_agent/pty.py, lag.py): at most 16 connections to a terminal at a time (the rest
+refused, RESOURCE_EXHAUSTED), and a lagging client is cut off with its unread output dropped by
+the rule attach subscribers follow.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
 from warren.agent.runtime import cmds_cgroup
+from warren.guest.guest_agent.pty import MAX_CLIENTS
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
+# Prints nothing until /tmp/go exists, so every connect below is answered before any output (no
+# client is congested, cut off or detached meanwhile, which would free its place).
+YES_ON_GO = "while [ ! -e /tmp/go ]; do sleep 0.1; done; exec yes"
 
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack17-guest-pty", runtime="runc") as a:
+
+@pytest.fixture(scope="module", params=["runc", "crun"])
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with scratch_agent(f"attack17-guest-pty-{request.param}", runtime=request.param) as a:
         yield a
 
 
@@ -39,7 +45,6 @@ def guest_charge(sb: str) -> int:
     return total - int((mem / "cmds/memory.usage_in_bytes").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason="W2-D: a detached terminal client's unread output is kept")
 def test_terminal_clients_that_read_nothing_stay_within_the_guests_reserve(agent: AgentProcess) -> None:
     sb = agent.create(memory_mb=256).sandbox_id
     queues: list[queue.Queue[pb.PtyRequest | None]] = []
@@ -48,20 +53,29 @@ def test_terminal_clients_that_read_nothing_stay_within_the_guests_reserve(agent
         q: queue.Queue[pb.PtyRequest | None] = queue.Queue()
         size = pb.PtySize(cols=80, rows=24)
         q.put(
-            pb.PtyRequest(
-                start=pb.PtyStart(sandbox_id=sb, size=size, cmd="/bin/sh", args=["-c", "sleep 2; exec yes"])
-            )
+            pb.PtyRequest(start=pb.PtyStart(sandbox_id=sb, size=size, cmd="/bin/sh", args=["-c", YES_ON_GO]))
         )
         queues.append(q)
         calls.append(agent.stub.PtyStream(iter(q.get, None)))
         pid = next(iter(calls[0])).started
+        refused = 0
         for _ in range(100):
             cq: queue.Queue[pb.PtyRequest | None] = queue.Queue()
             cq.put(pb.PtyRequest(connect=pb.PtyConnect(sandbox_id=sb, pid=pid)))
             queues.append(cq)
-            calls.append(agent.stub.PtyStream(iter(cq.get, None)))  # never read
-        time.sleep(8)
-        peak = guest_charge(sb)
+            call = agent.stub.PtyStream(iter(cq.get, None))
+            calls.append(call)
+            try:
+                assert next(iter(call)).started == pid  # then never read
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                refused += 1
+        assert refused == 100 - (MAX_CLIENTS - 1)
+        agent.exec(sb, "touch", "/tmp/go", timeout_sec=60)
+        peak = 0
+        for _ in range(16):  # past the stall limit (10 s), when the clients still there are cut
+            time.sleep(1)
+            peak = max(peak, guest_charge(sb))
         assert agent.exec(sb, "sh", "-c", "echo ok", timeout_sec=60).stdout == b"ok\n"
         assert peak < cmds_cgroup.MEMORY_RESERVE, peak >> 20
     finally:

@@ -15,6 +15,7 @@ import time
 from _collections import deque
 
 from .conn import LOW_WATER, Op
+from .lag import cut_if_behind
 from .loop import EPOLLIN, EPOLLOUT, Loop
 from .protocol import (
     K_DATA,
@@ -36,16 +37,6 @@ if TYPE_CHECKING:
     from .conn import Conn
     from .server import Guest
     from .users import User
-
-
-# An attach subscriber to a process it does not own must not slow the process down: when it
-# lags this far behind, or all such subscribers together hold SUBSCRIBERS_TOTAL (checked once
-# one holds LOW_WATER), it is cut off: its connection closed and what it had not read dropped.
-# That is the guest's own memory, which no OOM kill of a command frees: 16 attach clients that
-# read nothing held 181 MiB of a 256 MiB sandbox's guest (each cut at 8 MiB but its buffer kept
-# for it; session 17, W2-D, test_attack_session17_guest_rings).
-SUBSCRIBER_CAP = 8 << 20
-SUBSCRIBERS_TOTAL = 8 << 20
 
 
 RING_BYTES = 1 << 20  # recent output kept per background process for late `attach`
@@ -258,7 +249,7 @@ class Proc(Streamed):
             c.send(kind, data)
             # Only a foreground command (or a background one asked to) waits for its own client
             # (below); whoever else lags too far behind it is cut off rather than buffered for.
-            self._cut_if_behind(c)
+            cut_if_behind(self, c)
         owner = self.owner
         if owner is not None and self.owner_waits and owner.congested() and not owner.closed:
             # Backpressure: stop reading the pipes; the process blocks on write like under any
@@ -269,17 +260,12 @@ class Proc(Streamed):
     def subscribe(self, c: "Conn", replay: bool) -> None:
         super().subscribe(c, replay)  # the replay of the ring counts as lag too
         if c in self.subs:
-            self._cut_if_behind(c)
+            cut_if_behind(self, c)
 
-    def _cut_if_behind(self, c: "Conn") -> None:
-        if c is self.owner and self.owner_waits:
-            return
-        n = len(c.out)
-        if n < LOW_WATER or (n <= SUBSCRIBER_CAP and _lagging(self.g) <= SUBSCRIBERS_TOTAL):
-            return
-        self.unsubscribe(c)
-        c.out.clear()  # not kept for a client that does not read (a frame may be cut: closed)
-        c.close()
+    def waits_for(self, c: "Conn") -> bool:
+        """An attach subscriber is cut off when it lags (lag.py); the owner of a foreground
+        command (or a background one asked to) is waited for instead."""
+        return c is self.owner and self.owner_waits
 
     def _keep(self, kind: int, data: bytes) -> None:
         """``data`` into the ring, within RING_BYTES and the guest's RINGS_TOTAL."""
@@ -440,13 +426,6 @@ class Proc(Streamed):
             self.in_fd = -1
         self.inbuf.clear()
         self._wake_input()
-
-
-def _lagging(guest: "Guest") -> int:
-    """What the guest holds for every subscriber that is not waited for."""
-    return sum(
-        len(c.out) for p in guest.procs.values() for c in p.subs if c is not p.owner or not p.owner_waits
-    )
 
 
 def parse_signal(payload: bytes) -> int:

@@ -25,6 +25,7 @@ import time
 from _collections import deque
 
 from .conn import LOW_WATER, Op
+from .lag import cut, cut_if_behind
 from .loop import EPOLLERRHUP, EPOLLIN, EPOLLOUT, Loop
 from .process import DEFAULT_ENV, SIGKILL, _identity, _working_dir, parse_signal, which
 from .protocol import K_DATA, K_END, K_SIGNAL, K_STDOUT, READ_CHUNK, GuestFail, jload, os_fail
@@ -44,6 +45,11 @@ K_RESIZE = 10  # client -> guest inside a PTY session: JSON {"cols", "rows"}
 
 
 MAX_PTYS = 32  # running terminals per sandbox
+
+
+# Connections to one terminal at a time (its start's and `pty_connect`s): each may hold up to
+# HIGH_WATER of the guest's own memory before the terminal pauses for it (session 17, W2-D).
+MAX_CLIENTS = 16
 
 
 KEEP_EXITED = 16  # exited terminals kept so a late `pty_connect` still sees the tail and exit
@@ -235,6 +241,7 @@ class Pty(Streamed):
                 self.ring_size -= excess
         for c in list(self.subs):
             c.send(K_STDOUT, data)
+            cut_if_behind(self, c)  # within what all lagging clients may hold together (lag.py)
         congested = [c for c in self.subs if c.congested() and not c.closed]
         if congested and not self.paused:
             self._set_paused(True)
@@ -247,11 +254,11 @@ class Pty(Streamed):
             self._set_paused(False)
 
     def _on_stall(self) -> None:
-        """A connection held the output back too long: it is detached, the child goes on."""
+        """A connection held the output back too long: it is cut off (closed, what it had not
+        read dropped rather than kept for it), the child goes on."""
         self.stall = None
         for c in [c for c in self.subs if c.congested()]:
-            self.unsubscribe(c)
-            c.fail(GuestFail("internal", "the terminal client fell too far behind; detached"))
+            cut(self, c)
         self._set_paused(False)
 
     def _set_paused(self, paused: bool) -> None:
@@ -367,6 +374,17 @@ class Pty(Streamed):
 
     def replay(self) -> "Iterable[tuple[int, bytes]]":
         return ((K_STDOUT, data) for data in self.ring)
+
+    def subscribe(self, c: "Conn", replay: bool) -> None:
+        if not self.finished and len(self.subs) >= MAX_CLIENTS:
+            raise GuestFail("too_large", f"at most {MAX_CLIENTS} connections to a terminal at a time")
+        super().subscribe(c, replay)  # the replay of the scrollback counts as lag too
+        if c in self.subs:
+            cut_if_behind(self, c)
+
+    def waits_for(self, c: "Conn") -> bool:
+        """A terminal waits for a congested client only up to STALL_LIMIT (``_on_stall``)."""
+        return False
 
     def unsubscribe(self, c: "Conn") -> None:
         if c in self.subs:
