@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -209,3 +210,48 @@ async def test_one_file_rewritten_while_the_client_is_slow(client: GuestClient, 
         await w.close()
     writes = [e for e in evs if e.path == str(f) and e.type == "write"]
     assert writes[-1].entry is not None and writes[-1].entry.size == len(str(3 * guest_watch.MAX_PENDING - 1))
+
+
+async def test_long_paths_overflow_by_bytes(client: GuestClient, tmp_path: Path) -> None:
+    # Fewer events than MAX_PENDING, but of ~3.9 KiB paths: what the guest holds for a client
+    # that does not read is bounded in bytes (PENDING_BYTES), so most are dropped (session 17:
+    # counted in events only, 5 000 of them held 55 MiB of a sandbox's guest).
+    n = 3000
+    assert n < guest_watch.MAX_PENDING
+    assert n * 3900 > 4 * guest_watch.PENDING_BYTES
+    deep = tmp_path
+    for i in range(15):
+        deep = deep / (f"d{i}" + "x" * 240)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in deep.relative_to(tmp_path).parts:  # relative: the whole path is near PATH_MAX
+            os.mkdir(part, dir_fd=fd)
+            fd, old = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(old)
+        w = await start(client, str(tmp_path))
+        try:
+            names = [f"{i:06d}" + "y" * 240 for i in range(n)]
+            for name in names:
+                os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+            time.sleep(1)  # nobody reads: the guest takes them all from inotify meanwhile
+            await w.until(lambda evs: w.overflowed, timeout=30)
+            # Events flow again once the client has caught up (see test_slow_client_gets_overflow).
+            prefix = str(tmp_path / "after")
+            reader = asyncio.create_task(
+                w.until(
+                    lambda evs: any(e.type == "create" and e.path.startswith(prefix) for e in evs), timeout=30
+                )
+            )
+            i = 0
+            while not reader.done():
+                (tmp_path / f"after{i}").touch()
+                i += 1
+                await asyncio.wait({reader}, timeout=0.1)
+            await reader
+        finally:
+            await w.close()
+    finally:
+        os.close(fd)
+    created = {e.path for e in w.events if e.type == "create" and e.path.startswith(str(deep))}
+    assert w.overflowed
+    assert 0 < len(created) < n // 2

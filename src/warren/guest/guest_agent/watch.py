@@ -7,11 +7,13 @@ in place, then EVENT frames ``{"events": [...], "overflow": bool}`` until the cl
 
 Bounds: at most ``MAX_WATCH_DIRS`` inotify watches per sandbox (below the kernel's per-user
 counts, which are the sandbox's own: agent/slot_userns.py), ``MAX_WATCH_OPS`` watch
-connections, ``MAX_PENDING`` events waiting for a slow client (past it events are dropped and
-the next frame says ``overflow``).
+connections, ``MAX_PENDING`` events waiting for a slow client, and in bytes ``PENDING_BYTES``
+per watch and ``PENDING_TOTAL`` for all of them (past any of these, events are dropped and the
+next frame says ``overflow``); a watch leaves at most ``SEND_AHEAD`` in its connection's buffer.
 """
 
 import os
+import sys
 import time
 
 from .conn import Op
@@ -34,7 +36,21 @@ MAX_WATCH_OPS = 32  # concurrent watch connections per sandbox (each holds an in
 MAX_PENDING = 4096  # events held for a client that reads slowly; past it: overflow
 
 
-BATCH = 64  # events per EVENT frame (paths ≤ 4 KiB, ~5 per event: a frame stays under 2 MiB)
+# What the guest holds for watch clients is its own memory (charged above `cmds`, within its
+# 24 MiB: agent/runtime/cmds_cgroup.py), so held events are counted in bytes too, each with its
+# Python objects: per watch PENDING_BYTES, all watches together PENDING_TOTAL (past either:
+# overflow). Counted in events only, 5 000 creates of ~3.9 KiB paths under one unread watch held
+# 55 MiB, and 32 such watches killed a 256 MiB sandbox's guest (session 17, W2-D,
+# test_attack_session17_guest_watch).
+PENDING_BYTES = 2 << 20
+PENDING_TOTAL = 8 << 20
+EVENT_COST = 280  # an event's dict, timestamp, slots in pending and last: measured 278
+SEND_AHEAD = 64 << 10  # a watch sends no more while its connection holds this much unsent
+_held = [0]  # what every watch's pending events cost together
+
+
+BATCH = 64  # events per EVENT frame, fewer once FRAME_BYTES of them are in one
+FRAME_BYTES = 32 << 10  # of events' cost per frame (the frame is ~2x: entry's path and name)
 
 
 COALESCE = 0.004  # seconds events wait to be merged with later ones (bursts → one event)
@@ -102,6 +118,7 @@ class WatchOp(Op):
         self.pending: list[dict[str, Any] | None] = []
         self.last: dict[str, int] = {}  # path → index in pending of its latest event
         self.live = 0  # events in pending (replaced ones are None)
+        self.held = 0  # what the live events in pending cost (sizeof their paths + EVENT_COST)
         self.moves: dict[int, tuple[str, bool]] = {}  # cookie → (old path, is a dir)
         self.overflow = False
         self.timer: list[Any] | None = None
@@ -270,8 +287,9 @@ class WatchOp(Op):
             prev = self.pending[i]
             if prev is not None and prev["type"] == kind and kind in ("write", "chmod", "create"):
                 self.pending[i] = None
-                self.live -= 1
-        if self.live >= MAX_PENDING:
+                self._unhold(prev)
+        cost = _cost(path, old)
+        if self.live >= MAX_PENDING or self.held + cost > PENDING_BYTES or _held[0] + cost > PENDING_TOTAL:
             self.overflow = True
             return
         ev: dict[str, Any] = {"type": kind, "path": path, "ts_ns": time.time_ns()}
@@ -281,8 +299,18 @@ class WatchOp(Op):
         self.last[path] = len(self.pending)
         self.pending.append(ev)
         self.live += 1
+        self.held += cost
+        _held[0] += cost
         if len(self.pending) >= 2 * MAX_PENDING:
             self._compact()  # replaced events leave holes: one file rewritten in a loop
+
+    def _unhold(self, ev: "dict[str, Any]") -> int:
+        """``ev`` leaves pending (replaced or sent); what it cost."""
+        cost = _cost(ev["path"], ev.get("old_path"))
+        self.live -= 1
+        self.held -= cost
+        _held[0] -= cost
+        return cost
 
     def _compact(self) -> None:
         live = [e for e in self.pending if e is not None]
@@ -300,29 +328,46 @@ class WatchOp(Op):
         conn = self.conn
         if conn.closed:
             return
-        if conn.congested():
-            conn.on_drain = self._flush  # the client is slow: hold (bounded) until it drains
-            return
-        events = [e for e in self.pending if e is not None]
-        self.pending.clear()
-        self.last.clear()
-        self.live = 0
-        for e in events:
-            if e["type"] != "remove":
-                try:
-                    from .files import entry_info
-
-                    e["entry"] = entry_info(e["path"])
-                except OSError:
-                    pass  # gone again already: the event says what happened, not what is
-        for i in range(0, max(len(events), 1), BATCH):
-            batch = events[i : i + BATCH]
+        # Frames go out while the connection's buffer is short of SEND_AHEAD; the rest stays in
+        # pending (counted, bounded) until it drains, rather than all of it in the buffer.
+        done = 0
+        while len(conn.out) < SEND_AHEAD:
+            batch, done = self._next_batch(done)
             if batch or self.overflow:
                 conn.send(K_EVENT, jdump({"events": batch, "overflow": self.overflow}))
                 self.overflow = False
+            if done >= len(self.pending):
+                break
+        del self.pending[:done]
+        self._compact()
+        if self.pending or self.overflow:
+            conn.on_drain = self._flush  # the client is slow: hold (bounded) until it drains
+            return
         if self.ended:
             conn.send(K_END)
             conn.finish()
+
+    def _next_batch(self, start: int) -> "tuple[list[dict[str, Any]], int]":
+        """The live events from ``start`` for one frame, out of pending's count and bytes, with
+        their entries as they are now; and where the next frame starts."""
+        from .files import entry_info
+
+        batch: list[dict[str, Any]] = []
+        size = 0
+        i = start
+        while i < len(self.pending) and len(batch) < BATCH and size < FRAME_BYTES:
+            e = self.pending[i]
+            i += 1
+            if e is None:
+                continue
+            size += self._unhold(e)
+            if e["type"] != "remove":
+                try:  # noqa: SIM105 (contextlib is not imported on the guest's paths)
+                    e["entry"] = entry_info(e["path"])
+                except OSError:
+                    pass  # gone again already: the event says what happened, not what is
+            batch.append(e)
+        return batch, i
 
     def on_close(self) -> None:
         Loop.cancel(self.timer)
@@ -338,6 +383,14 @@ class WatchOp(Op):
             _active[1] -= len(self.wds)
             self.wds.clear()
             self.paths.clear()
+        _held[0] -= self.held  # the events a closed watch held go with it
+        self.held = 0
+
+
+def _cost(path: str, old: "str | None") -> int:
+    """An event's share of the guest's memory: its strings as Python holds them (a path of
+    non-ASCII names takes 2-4 bytes a character) and its objects."""
+    return sys.getsizeof(path) + (sys.getsizeof(old) if old is not None else 0) + EVENT_COST
 
 
 def _check_readable(path: str, user: "Any") -> None:
