@@ -6,9 +6,11 @@ agent did not read the connection. The number of ``pty_connect`` clients of one 
 bounded. Measured before the fix (256 MiB sandbox, runc): 100 ``PtyStream`` connects to a
 terminal running ``yes``, none read: the guest's charge 52-58 MiB (reserve 24, ~0.5 MiB a client).
 
-Fixed (guest_agent/pty.py, lag.py): at most 16 connections to a terminal at a time (the rest
-refused, RESOURCE_EXHAUSTED), and a lagging client is cut off with its unread output dropped by
-the rule attach subscribers follow.
+Fixed (guest_agent/pty.py, lag.py): at most 16 connections to a terminal and 32 to all of a
+sandbox's terminals at a time (the rest refused, RESOURCE_EXHAUSTED; with the first bound alone,
+32 terminals of 16 unread clients held 64 MiB, half of it socket buffers), and a lagging client
+is cut off with its unread output dropped by the rule attach subscribers follow. Left: 32 unread
+clients (one per terminal, or 2 x 16) still hold 26-30 MiB of the guest (second test).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
 from warren.agent.runtime import cmds_cgroup
-from warren.guest.guest_agent.pty import MAX_CLIENTS
+from warren.guest.guest_agent.pty import MAX_CLIENTS, MAX_CLIENTS_ALL
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -78,6 +80,49 @@ def test_terminal_clients_that_read_nothing_stay_within_the_guests_reserve(agent
             peak = max(peak, guest_charge(sb))
         assert agent.exec(sb, "sh", "-c", "echo ok", timeout_sec=60).stdout == b"ok\n"
         assert peak < cmds_cgroup.MEMORY_RESERVE, peak >> 20
+    finally:
+        for q in queues:
+            q.put(None)
+        with contextlib.suppress(grpc.RpcError):
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=60)
+
+
+def test_a_sandboxs_terminals_take_at_most_32_clients_together(agent: AgentProcess) -> None:
+    sb = agent.create(memory_mb=256).sandbox_id
+    queues: list[queue.Queue[pb.PtyRequest | None]] = []
+    calls = []
+
+    def stream(first: pb.PtyRequest) -> int:
+        """The terminal's pid, or 0 when refused (RESOURCE_EXHAUSTED); the call held, not read."""
+        q: queue.Queue[pb.PtyRequest | None] = queue.Queue()
+        q.put(first)
+        queues.append(q)
+        call = agent.stub.PtyStream(iter(q.get, None))
+        calls.append(call)
+        try:
+            return int(next(iter(call)).started)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+            return 0
+
+    try:
+        size = pb.PtySize(cols=80, rows=24)
+        start = pb.PtyStart(sandbox_id=sb, size=size, cmd="/bin/sh", args=["-c", YES_ON_GO])
+        # 32 terminals of 16 clients held 64 MiB with the per-terminal bound alone: now the first
+        # two terminals' 32 clients are all a sandbox's terminals take.
+        pids = [stream(pb.PtyRequest(start=start)) for _ in range(2)]
+        assert all(pids)
+        accepted = 2
+        for pid in pids:
+            for _ in range(MAX_CLIENTS * 2):
+                accepted += stream(pb.PtyRequest(connect=pb.PtyConnect(sandbox_id=sb, pid=pid))) > 0
+        assert accepted == MAX_CLIENTS_ALL == 2 * MAX_CLIENTS
+        assert stream(pb.PtyRequest(start=start)) == 0  # nor a new terminal, until one goes
+        agent.exec(sb, "touch", "/tmp/go", timeout_sec=60)
+        time.sleep(16)
+        # Not yet within the reserve: 32 unread clients still held 26-30 MiB (socket buffers
+        # ~120-210 KiB each and what lag.py lets each keep below 64 KiB), against 64 MiB before.
+        assert agent.exec(sb, "sh", "-c", "echo ok", timeout_sec=60).stdout == b"ok\n"
     finally:
         for q in queues:
             q.put(None)

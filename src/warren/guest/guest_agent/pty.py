@@ -50,6 +50,10 @@ MAX_PTYS = 32  # running terminals per sandbox
 # Connections to one terminal at a time (its start's and `pty_connect`s): each may hold up to
 # HIGH_WATER of the guest's own memory before the terminal pauses for it (session 17, W2-D).
 MAX_CLIENTS = 16
+# ... and to all terminals together (one each for MAX_PTYS): each also holds ~120-210 KiB of
+# socket buffers charged to the guest; 32 terminals of 16 unread clients held 64 MiB with the
+# bound above alone, 32 unread clients still 26-30 MiB (reserve 24: not yet within it).
+MAX_CLIENTS_ALL = 32
 
 
 KEEP_EXITED = 16  # exited terminals kept so a late `pty_connect` still sees the tail and exit
@@ -120,6 +124,7 @@ class Pty(Streamed):
         cols, rows = parse_size(req)
         if sum(1 for p in guest.ptys.values() if p.running) >= MAX_PTYS:
             raise GuestFail("too_large", f"at most {MAX_PTYS} terminals may run in a sandbox")
+        _check_clients(guest)
         user = None
         if req.get("user"):
             from .users import resolve
@@ -378,6 +383,8 @@ class Pty(Streamed):
     def subscribe(self, c: "Conn", replay: bool) -> None:
         if not self.finished and len(self.subs) >= MAX_CLIENTS:
             raise GuestFail("too_large", f"at most {MAX_CLIENTS} connections to a terminal at a time")
+        if not self.finished:
+            _check_clients(self.g)
         super().subscribe(c, replay)  # the replay of the scrollback counts as lag too
         if c in self.subs:
             cut_if_behind(self, c)
@@ -402,6 +409,11 @@ def _set_size(fd: int, cols: int, rows: int) -> None:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     except OSError as e:
         raise os_fail(e, "resize") from e
+
+
+def _check_clients(guest: "Guest") -> None:
+    if sum(len(p.subs) for p in guest.ptys.values()) >= MAX_CLIENTS_ALL:
+        raise GuestFail("too_large", f"at most {MAX_CLIENTS_ALL} terminal connections in a sandbox at a time")
 
 
 def _retire(guest: "Guest") -> None:
