@@ -30,7 +30,7 @@ from warren.agent import dial_data, egress, telemetry
 from warren.agent.egress_usage import ENDED_FILE
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
-from warren.agent.runtime import gvisor
+from warren.agent.runtime import cmds_cgroup, gvisor
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.oci import OciRuntime
 from warren.agent.runtime.select import RuntimeSet
@@ -140,6 +140,9 @@ async def _grpc_server(
 async def runtimes(default: str, data_dir: Path, settings: AgentSettings) -> RuntimeSet:
     """The runtimes this host offers: the default OCI one, the other if installed, and gVisor
     where ``runsc`` is (its platform chosen now, and logged)."""
+    if settings.cgroup_favor_dynmods:
+        state, why = await asyncio.to_thread(cmds_cgroup.favor_dynamic_moves, data_dir / "cgroup2-scratch")
+        log.info("event=cgroup_favordynmods state=%s%s", state, f" reason={why!r}" if why else "")
     offered: dict[str, Runtime] = {default: OciRuntime(default, data_dir / default)}
     for other in ("runc", "crun"):
         if other not in offered and shutil.which(other):

@@ -75,6 +75,11 @@ class AgentSettings(BaseSettings):
     # Members wait frozen (no CPU) and are thawed at the claim; false keeps them running.
     warm_pool_freeze: bool = True
 
+    # Set the kernel's cgroup "favordynmods" at start (runtime/cmds_cgroup.py): every command
+    # moves into its sandbox's cmds cgroup, which without it waits an RCU grace period (~5-12 ms
+    # a command). Host-wide until reboot; false leaves the kernel as it is.
+    cgroup_favor_dynmods: bool = True
+
     # gVisor's platform (runtime/gvisor.py): "ptrace", "kvm", or "auto" (kvm when /dev/kvm runs
     # a sandbox, else ptrace); "off": no gVisor runtime even where runsc is installed.
     gvisor_platform: Literal["auto", "ptrace", "kvm", "off"] = "auto"

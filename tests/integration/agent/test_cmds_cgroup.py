@@ -5,6 +5,7 @@ restarts, and a destroy removes it."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -124,3 +125,29 @@ def test_a_snapshot_and_its_sandbox_keep_commands_in_cmds(pooled: AgentProcess) 
             pooled.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=60)
         pooled.stub.DeleteSnapshot(pb.DeleteSnapshotRequest(team_id=team, template_id=tpl))
     wait_for("its cgroups removed", lambda: gone(cid), 30)
+
+
+def _clear_favordynmods(scratch: Path) -> None:
+    """A cgroup2 mount without the option, in the host's cgroup namespace, clears the host's
+    flag (the kernel applies a mount's root flags to the one cgroup2 root)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "cgroup2", "none", str(scratch)], check=True)
+    subprocess.run(["umount", str(scratch)], check=True)
+    scratch.rmdir()
+
+
+def test_an_agent_starting_makes_cgroup_moves_cheap(agent_root: Path) -> None:
+    """Every command moves into cmds; without ``favordynmods`` each move waits an RCU grace
+    period (a claimed sandbox's first exec 7.6 -> 19.9 ms p50). The agent sets the host's flag at
+    start, says so in its log, and leaves it alone when it is already set."""
+    _clear_favordynmods(agent_root / "cg2-clear")
+    assert cmds_cgroup.favor_dynamic_moves(agent_root / "cg2-a") == ("on", "")
+    assert cmds_cgroup.favor_dynamic_moves(agent_root / "cg2-a") == ("already", "")
+    assert not (agent_root / "cg2-a").exists()
+    _clear_favordynmods(agent_root / "cg2-clear")
+    a = AgentProcess.standalone(agent_root / "favor").start()
+    try:
+        assert "event=cgroup_favordynmods state=on" in a.log_path.read_text(errors="replace"), a.log_tail()
+    finally:
+        a.finish()
+    assert "favordynmods" in Path("/proc/self/mountinfo").read_text()

@@ -38,7 +38,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from warren.agent.proc import write_file
+from warren.agent.proc import mount, umount, write_file
 from warren.agent.runtime.bundle import CGROUP_PARENT
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -118,3 +118,39 @@ def remove(sandbox_id: str, controller: str) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), 9)
         raise
+
+
+# Moving a process between cgroups takes the kernel's cgroup_threadgroup_rwsem for writing,
+# which in its default mode waits an RCU grace period when no move happened just before: a
+# command's move into ``cmds`` (two hierarchies) cost its first exec ~5-12 ms here (a claimed
+# warm sandbox's first exec 7.6 -> 19.9 ms p50, bench/warm_pool_agent.py). ``favordynmods``
+# keeps that lock in the mode that makes moves cheap, at a small cost to every fork and exit.
+# The flag is the host's (cgroup2's root, whatever hierarchy is in use; until reboot) and any
+# cgroup2 mount may set it: the agent sets it once at start.
+_FAVOR = "favordynmods"
+
+
+def favor_dynamic_moves(scratch: Path) -> tuple[str, str]:
+    """Set the kernel's ``favordynmods`` (above): ("on" | "already" | "unavailable", why not).
+    Unavailable, the moves stay correct, only slower."""
+    if _favored():
+        return "already", ""
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        mount("none", str(scratch), "cgroup2", _FAVOR)
+    except OSError as e:
+        return "unavailable", str(e)
+    umount(str(scratch))
+    with contextlib.suppress(OSError):
+        scratch.rmdir()
+    return ("on", "") if _favored() else ("unavailable", "the kernel ignored the option")
+
+
+def _favored() -> bool:
+    """Whether a cgroup2 mount shows the option (it is its root's, so every mount shows it)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            post = line.partition(" - ")[2]
+            if post.startswith("cgroup2 ") and _FAVOR in post.split()[-1].split(","):
+                return True
+    return False
