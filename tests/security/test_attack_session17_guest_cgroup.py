@@ -28,6 +28,7 @@ import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
+from tests.security.test_attack_session16_guest_oom import FILL as FILL_SMALL  # no hog: session 16's attack
 from warren.agent.runtime import cmds_cgroup
 from warren.rpc import hostagent_pb2 as pb
 
@@ -67,23 +68,6 @@ if os.fork() == 0:
     hog = []
     while True:
         hog.append(bytearray(1 << 20))
-while True:
-    try:
-        if os.fork() == 0:
-            os.execv("/bin/sleep", ["sleep", "300"])
-    except OSError:
-        time.sleep(0.05)
-"""
-# FILL without the hog: only processes smaller than the guest (session 16's attack).
-FILL_SMALL = r"""
-import os, time
-for score in (b"-1000", b"-1", b"0", b"999"):
-    try:
-        with open("/proc/self/oom_score_adj", "wb", buffering=0) as f:
-            f.write(score)
-        break
-    except OSError:
-        pass
 while True:
     try:
         if os.fork() == 0:
