@@ -6,7 +6,8 @@ Security layers, outermost first (docs/security.md explains each):
   templates.uid_base; MAPPED_BASE for gVisor) — root inside is nobody outside;
 * pid, mount, ipc, uts, cgroup and network namespaces (the netns is prepared by network.py);
 * a Docker-like minimal capability set without CAP_SYS_ADMIN / NET_ADMIN / SYS_MODULE …;
-* no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation,
+* no_new_privs and a seccomp deny-list (mount, module loading, kexec, namespace creation, socket
+  options whose kernel memory no cgroup is charged for (TCP MD5 keys, IPv6 multicast groups),
   bpf, perf, keyring, ptrace of other processes' memory …);
 * masked and read-only /proc and /sys paths;
 * cgroup limits on CPU, memory (no swap) and pids; RLIMIT_NOFILE;
@@ -43,6 +44,13 @@ CMDS_FDS = "3,4"
 # (guest_agent/process.py), so inside the sandbox's memory cgroup they are always chosen first.
 GUEST_OOM_SCORE_ADJ = 0
 IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")  # bound over /etc/<name>
+# The sandbox's network namespace, on the host's kernel (runc/crun: gVisor's TCP is its Sentry's,
+# in its own memory). A TIME_WAIT socket is made in softirq, charged to no memory cgroup; each
+# namespace starts with half the host's established table (131 072 here, 256 B each): one sandbox
+# held 32 MiB of the host's kernel while it kept closing connections (12 000 a second; session 18).
+# net.core.optmem_max bounds what each socket may hold of sock_kmalloc's uncharged memory
+# (options, IPv4 memberships, control messages): 20 KiB, the default before Linux 6.9, not 128.
+NET_NAMESPACE_SYSCTLS = {"net.ipv4.tcp_max_tw_buckets": "4096", "net.core.optmem_max": "20480"}
 # Terminals a sandbox may hold at once (its own devpts instance; the guest's API allows 32). The
 # host's count (kernel.pty.max, 4096 less 1024 kept for the host's own instance) is shared by
 # every instance: one sandbox as nobody opened /dev/ptmx 3071 times and no other sandbox could
@@ -120,6 +128,27 @@ CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x
 EPERM = 1
 ENOSYS = 38
 AF_VSOCK = 40
+# setsockopt(level, optname) pairs refused: each adds a kernel allocation per call made with
+# sock_kmalloc (GFP_KERNEL, charged to no memory cgroup), bounded only by the socket's
+# optmem_max (128 KiB on Linux >= 6.9). A socket costs its sandbox ~3 KiB; session 18 measured,
+# as nobody under a 64 MiB cgroup: 963 TCP MD5 keys a socket (180 KiB, 96 300 keys in 1.5 s on
+# 100 sockets, 18 MiB of kmalloc-192 with 0.5 MiB charged), and 2 340 IPv6 multicast groups a
+# socket on the sandbox's loopback (each also a per-device ifmcaddr6: ~320 B a join, none
+# charged). RFC 2385/5925 keys (BGP peers) and IPv6 multicast (nowhere to go past a /30 veth
+# without IPv6) have no use in a sandbox. IPv4 memberships stay: 20 a socket
+# (net.ipv4.igmp_max_memberships).
+IPPROTO_IP, IPPROTO_TCP, IPPROTO_IPV6 = 0, 6, 41
+TCP_MD5SIG, TCP_MD5SIG_EXT, TCP_AO_ADD_KEY = 14, 32, 38
+IPV6_ADD_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_JOIN_SOURCE_GROUP, MCAST_MSFILTER = 20, 42, 46, 48
+DENIED_SOCKOPTS = (
+    (IPPROTO_TCP, TCP_MD5SIG),
+    (IPPROTO_TCP, TCP_MD5SIG_EXT),
+    (IPPROTO_TCP, TCP_AO_ADD_KEY),
+    (IPPROTO_IPV6, IPV6_ADD_MEMBERSHIP),
+    (IPPROTO_IPV6, MCAST_JOIN_GROUP),
+    (IPPROTO_IPV6, MCAST_JOIN_SOURCE_GROUP),
+    (IPPROTO_IPV6, MCAST_MSFILTER),
+)
 
 
 def seccomp_profile() -> dict[str, Any]:
@@ -162,6 +191,21 @@ def seccomp_profile() -> dict[str, Any]:
                 "errnoRet": EPERM,
                 "args": [{"index": 0, "value": AF_VSOCK, "valueTwo": 0, "op": "SCMP_CMP_EQ"}],
             },
+            # Kernel memory no cgroup is charged for (DENIED_SOCKOPTS): both arguments must match
+            # (a rule's args AND together). Through i386 socketcall, whose arguments seccomp
+            # cannot read, libseccomp refuses setsockopt whole, as it does socket creation.
+            *(
+                {
+                    "names": ["setsockopt"],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": EPERM,
+                    "args": [
+                        {"index": 1, "value": level, "valueTwo": 0, "op": "SCMP_CMP_EQ"},
+                        {"index": 2, "value": name, "valueTwo": 0, "op": "SCMP_CMP_EQ"},
+                    ],
+                }
+                for level, name in DENIED_SOCKOPTS
+            ),
         ],
     }
 
@@ -188,6 +232,13 @@ class BundleSpec:
     # The guest moves each command into the cmds cgroup (runc/crun; not gVisor's, which has no
     # host cgroup inside and watches its memory itself).
     cmds_cgroup: bool = False
+
+
+def net_namespace_sysctls(spec: BundleSpec) -> dict[str, str]:
+    """Limits of the sandbox's network namespace (OCI ``linux.sysctl``): runc/crun only, and only
+    in a slot's own user namespace, the netns's owner (the runtime writes them as root inside; a
+    plain slot's netns belongs to the host's namespace, where that write would fail the start)."""
+    return dict(NET_NAMESPACE_SYSCTLS) if spec.cmds_cgroup and spec.userns_path is not None else {}
 
 
 def cgroups_path(sandbox_id: str) -> str:
@@ -323,6 +374,6 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
             # SysV IPC objects live on with no process, charged to the sandbox's memory where
             # the OOM killer cannot free them: shared memory goes with its last user, queues
             # and semaphores are bounded to a few MiB (kernel_limits.py).
-            "sysctl": ipc_namespace_sysctls(),
+            "sysctl": {**ipc_namespace_sysctls(), **net_namespace_sysctls(spec)},
         },
     }
