@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from warren.agent import dial_data, egress, telemetry
+from warren.agent import dial_data, egress, favor_watch, telemetry
 from warren.agent.egress_usage import ENDED_FILE
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
@@ -226,6 +226,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle.stop)
     tasks = [asyncio.create_task(t(handle), name=f"extra-{i}") for i, t in enumerate(extra_tasks)]
+    if settings.cgroup_favor_dynmods:  # set at start (runtimes()); kept set (favor_watch.py)
+        scratch, every = data_dir / "cgroup2-scratch", settings.heartbeat_interval_s
+        tasks.append(asyncio.create_task(favor_watch.watch(scratch, every), name="favordynmods"))
     limit = manager.create_concurrency or "unlimited"
     log.info(
         "event=agent_ready listen=%s data_dir=%s runtime=%s sandboxes=%d create_concurrency=%s",

@@ -136,6 +136,9 @@ def _clear_favordynmods(scratch: Path) -> None:
     scratch.rmdir()
 
 
+# Serial: the flag is the host's, and every other agent running (each re-sets it every
+# heartbeat, agent/favor_watch.py) would set it between this test's clear and its check.
+@pytest.mark.serial
 def test_an_agent_starting_makes_cgroup_moves_cheap(agent_root: Path) -> None:
     """Every command moves into cmds; without ``favordynmods`` each move waits an RCU grace
     period (a claimed sandbox's first exec 7.6 -> 19.9 ms p50). The agent sets the host's flag at
