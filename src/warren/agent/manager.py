@@ -48,7 +48,7 @@ from warren.agent.runtime.select import RuntimeSet
 from warren.agent.sandbox_runtime import SandboxRuntimes
 from warren.agent.settings import AgentSettings
 from warren.agent.shielded_ops import ShieldedOps
-from warren.agent.teardown import QUARANTINE_SWEEP_S, Teardown, set_subreaper
+from warren.agent.teardown import Teardown, set_subreaper
 from warren.agent.templates import TemplateStore
 from warren.agent.warm_pool import WarmPools
 from warren.egress_rules import EgressRules
@@ -152,7 +152,9 @@ class SandboxManager:
             asyncio.create_task(self._loop(REAPER_INTERVAL, self.reap_idle), name="ttl-reaper"),
             asyncio.create_task(self._loop(self.settings.metrics_interval, self._sample_all), name="metrics"),
             asyncio.create_task(self._loop(1.0, self._teardown.reap_zombies), name="zombies"),
-            asyncio.create_task(self._loop(QUARANTINE_SWEEP_S, self._teardown.sweep), name="quarantine"),
+            asyncio.create_task(
+                self._loop(self.settings.quarantine_sweep_s, self._teardown.sweep), name="quarantine"
+            ),
             # Build `minimal` now rather than inside the first CreateSandbox (debootstrap takes
             # 30-60 s); a create that comes earlier waits for this same build.
             asyncio.create_task(self._prepare_minimal(), name="template-minimal"),

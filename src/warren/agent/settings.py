@@ -35,6 +35,9 @@ class AgentSettings(BaseSettings):
     metrics_interval: float = Field(default=5.0, gt=0)
     # Network slots kept ready for the next creates.
     net_pool: int = Field(default=4, ge=0)
+    # Seconds between retries of the destroys that left something of a sandbox alive, whose slot
+    # is kept until nothing of it is left (teardown.py, the slot quarantine).
+    quarantine_sweep_s: float = Field(default=10.0, ge=1, le=600)
     max_open_files: int = Field(default=DEFAULT_MAX_OPEN_FILES, ge=64)
     max_exec_output: int = Field(default=MAX_EXEC_OUTPUT, gt=0)
     # Processes (and threads) per sandbox: the pids cgroup's limit.

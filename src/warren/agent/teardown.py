@@ -9,8 +9,15 @@ sandbox's host uid range (templates.uid_base) and its namespace owner's uid (slo
 freed while a process of the old container lives (the runtime's delete failed, or its cgroup
 would not empty: a process in D state), the next sandbox got the same host uids and address
 beside it. Such a slot is *quarantined*: kept claimed, the sandbox's directory (its record)
-kept, until :meth:`Teardown.sweep` (every :data:`QUARANTINE_SWEEP_S`) or a repeated destroy
-retries the runtime, kills by cgroup, and finds nothing of it left.
+kept, until :meth:`Teardown.sweep` (every ``WARREN_AGENT_QUARANTINE_SWEEP_S``, 10 s) or a
+repeated destroy retries the runtime, kills by cgroup, and finds nothing of it left.
+
+Such a destroy succeeds for its caller (session 18; it answered INTERNAL before). What the
+control plane accounts for a sandbox (its team's quotas, the host's vCPUs, memory and disk) is
+its record's, and the slot is the agent's alone: the sandbox has left the agent's list, so the
+CP's monitor marked the record ``stopped`` at its next pass anyway, and an INTERNAL only gave
+the owner a 502 and a record that lingered until then. The agent holds the slot back and says
+so (``event=slot_quarantined``, ``warren_agent_sandboxes{state="quarantined"}``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ from warren.errors import InternalError
 log = logging.getLogger("warren.agent")
 
 PR_SET_CHILD_SUBREAPER = 36
-QUARANTINE_SWEEP_S = 10.0  # how often a quarantined slot's sandbox is retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class Quarantined:
 
     slot: int
     pid: int
+    reason: str  # what its last teardown could not do
 
 
 def set_subreaper() -> None:
@@ -70,7 +77,8 @@ class Teardown:
 
     async def cleanup(self, sb_id: str, *, slot: int | None, pid: int) -> None:
         """Remove everything of one sandbox; try every step, then report what failed. When
-        something of its container may still live, its slot is quarantined instead of freed."""
+        something of its container may still live, its slot is quarantined instead of freed,
+        and that is not a failure (the module docstring): ``sb_id in self.quarantined``."""
         async with self._locks.setdefault(sb_id, asyncio.Lock()):
             try:
                 await self._cleanup(sb_id, slot, pid)
@@ -95,8 +103,8 @@ class Teardown:
         d = self.sandboxes_dir / sb_id
         errors += self._unmount_all(d)
         if slot is not None and errors and await self._left_alive(sb_id):
-            self._quarantine(sb_id, Quarantined(slot, pid), errors)
-            raise InternalError(f"destroy {sb_id}: " + "; ".join(errors))
+            self._quarantine(sb_id, Quarantined(slot, pid, "; ".join(errors)))
+            return
         if slot is not None:
             try:
                 await self.network.release(Slot(slot))
@@ -113,17 +121,16 @@ class Teardown:
         if errors:
             raise InternalError(f"destroy {sb_id}: " + "; ".join(errors))
 
-    def _quarantine(self, sb_id: str, q: Quarantined, errors: list[str]) -> None:
+    def _quarantine(self, sb_id: str, q: Quarantined) -> None:
         """Keep the slot (claim, index, namespaces) and the directory (the record names the
         slot for the next agent, should this one restart) until nothing of it lives."""
         if sb_id not in self.quarantined:
             log.error(
                 "event=slot_quarantined sandbox_id=%s slot=%d reason=%r consequence=slot_kept_until_"
-                "container_gone", sb_id, q.slot, "; ".join(errors),
+                "container_gone destroy=answered_ok", sb_id, q.slot, q.reason,
             )  # fmt: skip
         self.quarantined[sb_id] = q
         self.network.quarantine(q.slot)
-        errors.append(f"network slot {q.slot} kept until nothing of the container is left")
 
     @staticmethod
     async def _kill_by_cgroup(sb_id: str, errors: list[str]) -> None:
@@ -156,21 +163,22 @@ class Teardown:
     async def sweep(self) -> None:
         """Retry each quarantined sandbox's teardown; its slot is freed once nothing is left."""
         for sb_id, q in list(self.quarantined.items()):
+            error = ""
             try:
                 await self.cleanup(sb_id, slot=q.slot, pid=q.pid)
             except Exception as e:
-                if sb_id not in self.quarantined:  # released; something else failed
-                    self._sweeps.pop(sb_id, None)
-                    log.warning("event=quarantine_cleanup_partial sandbox_id=%s error=%s", sb_id, e)
-                    continue
-                n = self._sweeps[sb_id] = self._sweeps.get(sb_id, 0) + 1
-                if n & (n - 1) == 0:  # sweeps 1, 2, 4, 8, ...: said, not every 10 s
-                    log.warning(
-                        "event=slot_still_quarantined sandbox_id=%s slot=%d sweeps=%d error=%s",
-                        sb_id, q.slot, n, e,
-                    )  # fmt: skip
-            else:
+                error = str(e)
+            if (held := self.quarantined.get(sb_id)) is None:
                 self._sweeps.pop(sb_id, None)
+                if error:  # released; something else failed
+                    log.warning("event=quarantine_cleanup_partial sandbox_id=%s error=%s", sb_id, error)
+                continue
+            n = self._sweeps[sb_id] = self._sweeps.get(sb_id, 0) + 1
+            if n & (n - 1) == 0:  # sweeps 1, 2, 4, 8, ...: said, not at every one
+                log.warning(
+                    "event=slot_still_quarantined sandbox_id=%s slot=%d sweeps=%d error=%s",
+                    sb_id, held.slot, n, error or held.reason,
+                )  # fmt: skip
 
     @staticmethod
     def _unmount_all(d: Path) -> list[str]:
