@@ -8,8 +8,9 @@ Per request: the sandbox (read by id, cached ``proxy_cache_s``), the access rule
 running (or resumed), bounds on connections per sandbox, team and owning account
 (``bounds.py``), then the exchange over the agent's data port (or DialPort: ``data.py``). Every
 exchange is registered with ``services/stream_revocation.py`` and cut when what admitted it no
-longer holds (:meth:`Proxy._revocable`): the credential revoked, or for a public port's visitor,
-the port made private or the sandbox paused or gone.
+longer holds (:meth:`Proxy._revocable`): the credential revoked or, a signed URL's or its
+cookie's, expired; for a public port's visitor, the port made private; for both, the sandbox
+paused or gone.
 The proxy strips the traffic token, the signed URL's parameters and the platform's cookies
 (``cookies.py``) and credentials (``credentials.py``) before anything reaches the sandbox.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 import time
@@ -41,6 +43,7 @@ from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
 from warren.cp.proxy.stream import ByteStream, close_channels
 from warren.cp.services import preview, rate_limits, stream_revocation
+from warren.cp.services.traffic_tokens import token_hash
 from warren.errors import AgentError, WarrenError
 
 log = logging.getLogger("warren.proxy")
@@ -58,6 +61,7 @@ WS_HANDSHAKE_TIMEOUT_S = 30.0
 # server is anyone's to call, and 128 slow readers from one address kept every other visitor of
 # that sandbox at 429. A browser opens about 6 connections per host.
 CLIENT_SHARE, CLIENT_FLOOR = 4, 32
+_MAX_TOKEN = 128  # of a token, what preview.authorize hashes (its _MAX_TOKEN): the same here
 
 # The proxy's credentials, and forwarding headers a client could forge (the proxy sets them).
 _STRIP = frozenset({preview.TOKEN_HEADER.encode(), b"x-forwarded-for", b"x-forwarded-proto",
@@ -128,7 +132,7 @@ class Proxy:
     ) -> None:
         websocket = scope["type"] == "websocket"
         try:
-            target, signed, grant = await self._admit(r, scope, engine, pool)
+            target, signed, grant, expires = await self._admit(r, scope, engine, pool)
         except Exception as e:
             status, code, message = _upstream_error(e)
             await self._deny(scope, receive, send, status, code, message)
@@ -155,7 +159,7 @@ class Proxy:
         self._open[sid] = self._open.get(sid, 0) + 1
         self._by_client[key] = self._by_client.get(key, 0) + 1
         try:
-            await self._revocable(grant, r, scope, receive, send, target, pool)
+            await self._revocable(grant, r, scope, receive, send, target, pool, expires=expires)
         finally:
             counted.release()
             _drop_one(self._open, sid)
@@ -173,17 +177,23 @@ class Proxy:
 
     async def _admit(
         self, r: Route, scope: Scope, engine: AsyncEngine, pool: HostClientPool
-    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant]:
-        """The sandbox, whether a signed URL admitted the request, and what its admission rests
-        on (the token hash that was checked, not a resume's fresh read of it)."""
+    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant, float | None]:
+        """The sandbox, whether a signed URL admitted the request, what its admission rests on
+        (the token hash that was checked, not a resume's fresh read of it) and until when (a
+        signed URL's or its cookie's expiry; None: no end)."""
         target = await preview.lookup(engine, self.cache, r.sandbox_id)
-        signed = preview.authorize(target, r.port, _credentials(scope), secret=self.secret)
+        creds = _credentials(scope)
+        signed = preview.authorize(target, r.port, creds, secret=self.secret)
         grant = preview.grant_of(target, r.port, signed)
+        if grant.kind == "public" and creds.token is not None and _token_holds(target, creds.token):
+            # A public port visited with the sandbox's token: a credentialed connection (session
+            # 18), counted in the credentialed share and resting on the token, as on a private port.
+            grant = target.grant
         if signed and scope["type"] == "http":
-            return target, True, grant
+            return target, True, grant, None
         target = await preview.ensure_running(engine, pool, self.cache, target)
         target.client(pool)  # 503 host_unavailable now rather than mid-exchange
-        return target, signed, grant
+        return target, signed, grant, _expiry(creds, signed, grant)
 
     async def _exchange(
         self, r: Route, scope: Scope, receive: Receive, send: Send, target: preview.PreviewTarget,
@@ -196,15 +206,16 @@ class Proxy:
 
     async def _revocable(
         self, grant: stream_revocation.Grant, r: Route, scope: Scope, receive: Receive, send: Send,
-        target: preview.PreviewTarget, pool: HostClientPool,
+        target: preview.PreviewTarget, pool: HostClientPool, *, expires: float | None = None,
     ) -> None:  # fmt: skip
         """The exchange, ended when ``grant`` stops holding (session 17: a member removed, a key
-        revoked, the traffic token rotated; a public port made private, its sandbox paused).
-        Registering is in memory; the re-check is the process's one statement every
-        ``RECHECK_S`` (at once after a change made here). The revocation cancels this task,
-        and only that cancel is taken back here (as ``asyncio.timeout`` does): a WebSocket then
-        closes with 1008, a response under way is cut (the connection closed), one not started
-        yet is 401 ``access_revoked``."""
+        revoked, the traffic token rotated; a public port made private; session 18: the sandbox
+        paused) or at ``expires`` (a signed URL's, session 18). Registering is in memory; the
+        re-check is the process's one statement every ``RECHECK_S`` (at once after a change
+        made here). The revocation cancels this task, and only that cancel is taken back here
+        (as ``asyncio.timeout`` does): a WebSocket then closes with 1008, a response under way
+        is cut (the connection closed), one not started yet gets the reason's answer
+        (:func:`_ended_answer`)."""
         sent = False
 
         async def sending(msg: Any) -> None:
@@ -214,7 +225,7 @@ class Proxy:
 
         task = asyncio.current_task()
         assert task is not None
-        with stream_revocation.watching(grant, task.cancel) as w:
+        with stream_revocation.watching(grant, task.cancel, expires=expires) as w:
             try:
                 await self._exchange(r, scope, receive, sending, target, pool)
             except asyncio.CancelledError:
@@ -225,15 +236,13 @@ class Proxy:
                     task.uncancel()
         if not w.revoked:
             return
-        log.info("event=proxy_revoked sandbox_id=%s port=%s", r.sandbox_id, r.port)
+        log.info("event=proxy_revoked sandbox_id=%s port=%s why=%s", r.sandbox_id, r.port, w.why)
+        status, code, message = _ended_answer(w.why, grant, r.port)
         if scope["type"] == "websocket" and sent:
             with contextlib.suppress(Exception):  # the client may be gone
-                await send({"type": "websocket.close", "code": 1008, "reason": "401 access_revoked"})
+                await send({"type": "websocket.close", "code": 1008, "reason": f"{status} {code}"})
         elif not sent:
-            message = "the credential that opened this connection was revoked"
-            if grant.kind == "public":
-                message = f"port {r.port} is no longer public"
-            await self._deny(scope, receive, send, 401, "access_revoked", message, connected=True)
+            await self._deny(scope, receive, send, status, code, message, connected=True)
         # A response under way ends unfinished: the server closes its connection.
 
     async def _http(self, r: Route, scope: Scope, receive: Receive, send: Send, client: HostClient) -> None:
@@ -348,6 +357,40 @@ class Proxy:
             httponly=True, samesite="lax", secure=scope.get("scheme") in ("https", "wss"),
         )  # fmt: skip
         await resp(scope, receive, send)
+
+
+def _ended_answer(why: str, grant: stream_revocation.Grant, port: int) -> tuple[int, str, str]:
+    """(status, code, message) of a connection the re-check ended: what a new request would
+    get for the same reason (docs/networking.md §3, the proxy's answers)."""
+    if why == "expired":
+        return 403, "signed_url_expired", "the signed URL that opened this connection has expired"
+    if why == "paused":
+        return 409, "sandbox_paused", "the sandbox was paused"
+    if why in ("stopped", "error"):
+        return 404, "not_found", "sandbox not found"
+    if why != "revoked":  # another status than running: its host lost (missing), ...
+        return 409, "invalid_state", f"sandbox is {why}"
+    if grant.kind == "public":
+        return 401, "access_revoked", f"port {port} is no longer public"
+    return 401, "access_revoked", "the credential that opened this connection was revoked"
+
+
+def _token_holds(target: preview.PreviewTarget, token: str) -> bool:
+    """Whether ``token`` is the sandbox's traffic token (as ``preview.authorize`` checks it)."""
+    given = token_hash(token[:_MAX_TOKEN])
+    return bool(target.token_hash) and hmac.compare_digest(given, target.token_hash)
+
+
+def _expiry(creds: preview.Credentials, signed: bool, grant: stream_revocation.Grant) -> float | None:
+    """When the credential that admitted a connection expires: a signed URL's ``exp``, or the
+    cookie's (it carries the same ``exp``: a connection opened with the cookie ends when a
+    request with it would start being refused); None for the token and a public visit."""
+    if signed:
+        return float(creds.exp or 0)  # authorize checked it: digits, in the future
+    if grant.kind == "preview" and creds.token is None and creds.cookie is not None:
+        exp = creds.cookie.partition(".")[0]
+        return float(exp) if exp.isdigit() else None  # authorize checked it too
+    return None
 
 
 def _drop_one(counts: dict[Any, int], key: Any) -> None:

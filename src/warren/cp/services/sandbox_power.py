@@ -17,7 +17,7 @@ from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import sandbox_metric_points, sandboxes
 from warren.cp.hosts.agent_client import answered_ip
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import audit
+from warren.cp.services import audit, stream_revocation
 from warren.cp.services.context import AuthContext
 from warren.cp.services.sandboxes import SandboxView, find, sandbox_model, touch
 from warren.errors import InvalidState
@@ -90,6 +90,7 @@ async def pause_sandbox(
         await audit.record(
             conn, ctx, team_id=found.row["team_id"], action="pause", resource_type="sandbox", resource_id=sid
         )
+    stream_revocation.kick()  # committed: its preview connections end (a paused sandbox serves nothing)
     return sandbox_model(new)
 
 

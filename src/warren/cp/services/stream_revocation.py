@@ -22,6 +22,12 @@ start, less what cannot change: signatures, hashes):
 - a preview proxy connection to a public port, without a credential (session 17): the port
   still public (in ``public_ports``, or ``all_ports_public``), the sandbox running (paused in
   memory it is frozen with its connections open) and the team live.
+
+Since session 18 a preview connection (either kind) also rests on its sandbox running: a
+paused sandbox serves nothing, and its frozen connections held the proxy's slots until the
+resume (the pause kicks the re-check; the reason the re-check reads, ``paused``, picks the
+close). And one admitted by a signed URL or its cookie ends at the URL's expiry (``expires``:
+a timer per such connection, and the re-check as a backstop that reads :mod:`warren.clock`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warren import ids
+from warren import clock, ids
 from warren.cp.db.engine import driver
 from warren.cp.services import stream_slots
 from warren.cp.services.context import AuthContext
@@ -45,12 +51,15 @@ log = logging.getLogger("warren.streams")
 
 RECHECK_S = 5.0  # how long another replica's change may leave a stream open here
 
-# The grants that no longer hold, by index. One statement for every open stream of the process.
+# The grants that no longer hold, by index, with their sandbox's status for a preview grant
+# (the reason when it is not running; read only for a grant that failed). One statement for
+# every open stream of the process.
 # OFFSET 0 keeps each EXISTS a subplan of index lookups: without it PostgreSQL's custom plans
 # (the first five runs per connection) turned them into semi-joins hashing whole tables from
 # ~100 grants on (~1 750 buffers, 40-230 ms at 20 000 rows, growing with the tables).
 _FAILED = """
-    SELECT g.i
+    SELECT g.i, CASE WHEN g.kind IN ('preview', 'public') THEN
+        (SELECT s.status FROM sandboxes s WHERE s.id = g.a) END AS status
     FROM unnest($1::int[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])
         AS g(i, kind, a, b, epoch, h)
     WHERE NOT CASE g.kind
@@ -59,7 +68,8 @@ _FAILED = """
             WHERE s.id = g.a AND s.envd_token_epoch = g.epoch AND t.deleted_at IS NULL OFFSET 0)
         WHEN 'preview' THEN EXISTS (
             SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
-            WHERE s.id = g.a AND s.traffic_token_hash = g.h AND t.deleted_at IS NULL OFFSET 0)
+            WHERE s.id = g.a AND s.traffic_token_hash = g.h AND s.status = 'running'
+              AND t.deleted_at IS NULL OFFSET 0)
         WHEN 'public' THEN EXISTS (
             SELECT 1 FROM sandboxes s JOIN teams t ON t.id = s.team_id
             WHERE s.id = g.a AND s.status = 'running'
@@ -108,8 +118,14 @@ def grant_of(ctx: AuthContext) -> Grant | None:
 
 async def failed(engine: AsyncEngine, grants: list[Grant]) -> set[Grant]:
     """The ``grants`` that no longer hold (one statement)."""
+    return set(await failed_why(engine, grants))
+
+
+async def failed_why(engine: AsyncEngine, grants: list[Grant]) -> dict[Grant, str]:
+    """The ``grants`` that no longer hold, each with why: a preview grant's sandbox status
+    when it is not running (``paused``, ``stopped``, ``missing``, ...), else ``revoked``."""
     if not grants:
-        return set()
+        return {}
     async with driver(engine) as conn:
         rows = await conn.fetch(
             _FAILED,
@@ -120,7 +136,7 @@ async def failed(engine: AsyncEngine, grants: list[Grant]) -> set[Grant]:
             [g.epoch for g in grants],
             [g.h for g in grants],
         )
-    return {grants[r[0]] for r in rows}
+    return {grants[r[0]]: r[1] if r[1] not in (None, "running") else "revoked" for r in rows}
 
 
 async def still_valid(engine: AsyncEngine, ctx: AuthContext) -> bool:
@@ -133,25 +149,34 @@ async def still_valid(engine: AsyncEngine, ctx: AuthContext) -> bool:
 class Watched:
     """A connection that is not a stream slot (a preview proxy connection), registered while
     its ``with`` block runs (in memory: no statement): :meth:`revoke` calls ``on_revoke`` once,
-    in the event loop, if it is still registered. A class, not a generator context manager:
-    the proxy enters one per request."""
+    in the event loop, if it is still registered, and says why in :attr:`why` (``revoked``,
+    ``expired``, or the status of a sandbox no longer running: ``paused``, ...). ``expires``
+    (unix seconds on :mod:`warren.clock`, a signed URL's): a timer revokes it then. A class,
+    not a generator context manager: the proxy enters one per request."""
 
-    __slots__ = ("_on_revoke", "grant", "revoked")
+    __slots__ = ("_on_revoke", "_timer", "expires", "grant", "revoked", "why")
 
-    def __init__(self, grant: Grant, on_revoke: Callable[[], object]) -> None:
+    def __init__(self, grant: Grant, on_revoke: Callable[[], object], expires: float | None = None) -> None:
         self.grant, self.revoked, self._on_revoke = grant, False, on_revoke
+        self.expires, self.why = expires, ""
+        self._timer: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> Watched:
         _watched[self] = None
+        if self.expires is not None:  # only signed URLs and their cookies: the rest pay nothing
+            delay = max(0.0, self.expires - clock.time_s())
+            self._timer = asyncio.get_running_loop().call_later(delay, self.revoke, "expired")
         return self
 
     def __exit__(self, *exc: object) -> None:
         del _watched[self]
+        if self._timer is not None:
+            self._timer.cancel()
 
-    def revoke(self) -> None:
+    def revoke(self, why: str = "revoked") -> None:
         if self.revoked or self not in _watched:
             return  # ended while the re-check read the database
-        self.revoked = True
+        self.revoked, self.why = True, why
         self._on_revoke()
 
 
@@ -159,10 +184,10 @@ class Watched:
 _watched: dict[Watched, None] = {}
 
 
-def watching(grant: Grant, on_revoke: Callable[[], object]) -> Watched:
+def watching(grant: Grant, on_revoke: Callable[[], object], *, expires: float | None = None) -> Watched:
     """``with watching(grant, on_revoke):`` registers a connection for the re-check while the
-    block runs; ``on_revoke`` is called when ``grant`` stops holding."""
-    return Watched(grant, on_revoke)
+    block runs; ``on_revoke`` is called when ``grant`` stops holding, or at ``expires``."""
+    return Watched(grant, on_revoke, expires)
 
 
 async def recheck(engine: AsyncEngine) -> int:
@@ -173,22 +198,32 @@ async def recheck(engine: AsyncEngine) -> int:
         grant = grant_of(slot.ctx) if slot.ctx is not None and not slot.revoked else None
         if grant is not None:
             by_grant.setdefault(grant, []).append(slot)
+    now, ended = clock.time_s(), 0
     for w in list(_watched):
-        if not w.revoked:
-            by_grant.setdefault(w.grant, []).append(w)
-    if not by_grant:
-        return 0
-    ended = 0
-    for grant in await failed(engine, list(by_grant)):
+        if w.revoked:
+            continue
+        if w.expires is not None and w.expires <= now:  # its timer's backstop (and a moved clock)
+            ended += _end(w, "expired")
+            continue
+        by_grant.setdefault(w.grant, []).append(w)
+    failing = await failed_why(engine, list(by_grant)) if by_grant else {}
+    for grant, why in failing.items():
         for held in by_grant[grant]:
-            try:
-                held.revoke()
-            except Exception:  # one connection's hook must not spare the others
-                log.exception("ending a revoked connection failed")
-            ended += 1
+            ended += _end(held, why)
     if ended:
         log.info("ended %d open streams whose credentials are no longer valid", ended)
     return ended
+
+
+def _end(held: stream_slots.Slot | Watched, why: str) -> int:
+    try:
+        if isinstance(held, Watched):
+            held.revoke(why)
+        else:
+            held.revoke()
+    except Exception:  # one connection's hook must not spare the others
+        log.exception("ending a revoked connection failed")
+    return 1
 
 
 _wake: asyncio.Event | None = None
