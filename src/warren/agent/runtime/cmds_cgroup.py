@@ -39,6 +39,7 @@ import os
 from pathlib import Path
 
 from warren.agent.proc import mount, umount, write_file
+from warren.agent.runtime import socket_memory
 from warren.agent.runtime.bundle import CGROUP_PARENT
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -94,7 +95,8 @@ def set_memory(d: Path, limit: int, grow: bool) -> None:
 def resize_memory(sandbox_id: str, old_bytes: int, new_bytes: int) -> None:
     """A running sandbox's memory limit, ``cmds`` with it: growing, the sandbox first, then
     ``cmds``; shrinking, ``cmds`` first (its tenant never holds more than the new room).
-    A sandbox without ``cmds`` (made before it existed) has only its own limit changed."""
+    A sandbox without ``cmds`` (made before it existed) has only its own limit changed. The
+    socket memory bound follows the size (socket_memory.py)."""
     grow = new_bytes > old_bytes
     parent, child = sandbox_dir("memory", sandbox_id), cmds_dir("memory", sandbox_id)
     steps = [(parent, new_bytes), (child, memory_limit(new_bytes))]
@@ -102,6 +104,7 @@ def resize_memory(sandbox_id: str, old_bytes: int, new_bytes: int) -> None:
         if d is child and not d.is_dir():
             continue
         set_memory(d, limit, grow)
+    socket_memory.resize(sandbox_id, new_bytes)
 
 
 def remove(sandbox_id: str, controller: str) -> None:

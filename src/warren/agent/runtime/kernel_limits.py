@@ -106,6 +106,65 @@ def lift_shared_kernel_limits(paths: dict[str, str] | None = None) -> list[str]:
     return changed
 
 
+# Socket memory, in pages (min, pressure, max), for the whole host: past "pressure" every TCP
+# socket's buffers shrink, past "max" no socket gets more (only each one's minimum). Each
+# runc/crun sandbox's own is bounded (socket_memory.py) but on top of its memory limit, and the
+# kernel's defaults (tcp_init_mem, udp_init: 3/64, 1/16, 3/32 and 3/32, 1/8, 3/16 of the memory
+# free at boot; here 287889 383855 575778 and 575781 767710 1151562 pages, 24 GiB) were sized
+# for the host alone: sandboxes holding their bounds reach them. Sandboxes hold at most
+# socket_memory.MAX_SHARE (1/4: 64 MiB ones at the 16 MiB floor) of the memory they are given,
+# and the control plane gives a host at most its memory (overcommit_memory 1.0): 1/4 of the
+# host's memory, 5.9 GiB here. Each limit is lifted to the kernel's default share plus that, so
+# the host's own sockets (the agent's link, PostgreSQL) and each socket's minimum keep the
+# default room under "pressure" with every sandbox at its bound: (min, pressure, max) tcp 7.0,
+# 7.4, 8.1 GiB and udp 8.1, 8.8, 10.3 GiB here. Lifted only where the bounds are written (a
+# higher global limit without them lets one sandbox queue more: 2.2 GiB in 300 TCP pairs).
+# What each socket is charged past its sandbox's bound (socket_memory.py) is charged past
+# these limits too: they never bounded it. TCP and UDP are charged to one bound per sandbox, so
+# either sum is at most the sandboxes' share. gVisor sandboxes hold no host TCP/UDP sockets.
+TCP_MEM = "/proc/sys/net/ipv4/tcp_mem"
+UDP_MEM = "/proc/sys/net/ipv4/udp_mem"
+KERNEL_SHARES = {"tcp": (3 / 64, 1 / 16, 3 / 32), "udp": (3 / 32, 1 / 8, 3 / 16)}
+PAGE = 4096
+
+
+def socket_memory_wanted(host_bytes: int, share: float) -> dict[str, tuple[int, int, int]]:
+    """Pages (min, pressure, max) each of tcp_mem and udp_mem should be at least, sandboxes
+    holding at most ``share`` of the host's memory in sockets (socket_memory.MAX_SHARE)."""
+    sandboxes = host_bytes * share
+    out = {}
+    for name, shares in KERNEL_SHARES.items():
+        lo, mid, hi = (int((host_bytes * share + sandboxes) // PAGE) for share in shares)
+        out[name] = (lo, mid, hi)
+    return out
+
+
+def lift_socket_memory(share: float, paths: dict[str, str] | None = None) -> list[str]:
+    """Raise tcp_mem / udp_mem where lower than :func:`socket_memory_wanted` (each of the three
+    values on its own, never one lowered); the paths changed."""
+    p = {"tcp": TCP_MEM, "udp": UDP_MEM, **(paths or {})}
+    changed = []
+    for name, want in socket_memory_wanted(host_memory_bytes(), share).items():
+        try:
+            with open(p[name]) as f:
+                current = tuple(int(v) for v in f.read().split())
+        except (OSError, ValueError):
+            continue
+        if len(current) != 3 or all(c >= w for c, w in zip(current, want, strict=True)):
+            continue
+        value = " ".join(str(max(c, w)) for c, w in zip(current, want, strict=True))
+        try:
+            with open(p[name], "w") as f:
+                f.write(value)
+        except OSError as e:
+            log.warning("event=kernel_limit_unchanged path=%s error=%s", p[name], e)
+            continue
+        was = " ".join(map(str, current))
+        log.warning("event=kernel_limit_lifted path=%s was=%r now=%r", p[name], was, value)
+        changed.append(p[name])
+    return changed
+
+
 # Per sandbox, in its own IPC namespace (set by the runtime from the bundle's sysctls; /proc/sys
 # is read-only inside and no sandbox process may make a new IPC namespace). SysV message queues
 # and semaphore sets are kernel memory charged to the sandbox that no process holds: no OOM kill

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from warren.agent.proc import CommandError, Result, run, write_file
-from warren.agent.runtime import cmds_cgroup, guest_oom, oci_spawn
+from warren.agent.runtime import cmds_cgroup, guest_oom, oci_spawn, socket_memory
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, CMDS_FDS_ARG, NOFILE_ANNOTATION
-from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits
+from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits, lift_socket_memory
 
 log = logging.getLogger("warren.agent")
 
@@ -78,6 +78,8 @@ class OciRuntime:
         self._hide = str(HYBRID_CGROUP2) if name == "crun" and hybrid else None
         repair_dev_null()
         lift_shared_kernel_limits()  # host-wide, shared by every sandbox (kernel_limits.py)
+        if socket_memory.available():  # per-sandbox bounds first, then the host's room for them
+            lift_socket_memory(socket_memory.MAX_SHARE)
 
     def _argv(self, *args: str) -> list[str]:
         return [self.name, "--root", str(self.state_root), *args]
@@ -101,6 +103,7 @@ class OciRuntime:
         # A guest that moves each command into the cmds cgroup gets its cgroup.procs files
         # (cmds_cgroup.py), made before the container: the runtime takes the cgroup as it is.
         passed = _cmds_procs(sandbox_id, config)
+        _bound_sockets(sandbox_id, config)  # before any of its processes runs (socket_memory.py)
         keep = [f"--preserve-fds={len(passed)}"] if passed else []
         argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring", *keep,
                           "--bundle", str(bundle), "--pid-file", str(pid_file), sandbox_id)  # fmt: skip
@@ -255,6 +258,17 @@ def _cmds_procs(sandbox_id: str, config: dict[str, Any]) -> list[str]:
     except OSError as e:
         raise RuntimeError_(f"cmds cgroup of {sandbox_id}: {e}") from e
     return cmds_cgroup.procs_files(sandbox_id)
+
+
+def _bound_sockets(sandbox_id: str, config: dict[str, Any]) -> None:
+    """The sandbox's socket memory bound on its memory cgroup and ``cmds`` (socket_memory.py)."""
+    limit = ((config["linux"].get("resources") or {}).get("memory") or {}).get("limit")
+    if not limit:
+        return  # no memory limit (no bundle of this agent's): nothing to size a bound by
+    try:
+        socket_memory.limit_new(sandbox_id, int(limit))
+    except OSError as e:
+        raise RuntimeError_(f"socket memory bound of {sandbox_id}: {e}") from e
 
 
 async def remove_cgroups(sandbox_id: str) -> None:
