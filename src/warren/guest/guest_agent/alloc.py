@@ -20,6 +20,14 @@ memory that the disk's size does not bound), the allocator's ``fallocate`` has t
 killer take the allocator; the guest then wrote a 40 MiB upload itself, charged to its own
 cgroup, and the sandbox's OOM killer, with no command left, took the guest (session 17, W2-D,
 test_attack_session17_alloc_fallback). ``ENOMEM`` (the charge refused) is ``no_space`` too.
+
+The same child makes root's file metadata (:func:`call`: rootops.ROOT_OPS, a fixed table: mkdir,
+an upload's temp file and its rename, move, remove): the inodes and dentries they allocate are
+charged to ``cmds`` too. Done by the guest, a mkdir flood through the API took it to 32-38 MiB
+(reserve 24; session 17, W2-D). The child is a fork of the guest (its mount namespace, root,
+cwd and umask), running the very functions the guest ran, so paths resolve exactly as before.
+A child that ended is started again for a request it never got; one that got it and gave no
+answer fails the operation ``no_space`` (:class:`Ended`): the guest never does it itself.
 """
 
 # ruff: noqa: SIM105
@@ -31,10 +39,19 @@ import os
 import select
 import sys
 
-from .protocol import GuestFail, os_fail
+from .protocol import GuestFail, jdump, jload, os_fail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 TIMEOUT = 10.0
-_REQ = 16  # two 8-byte integers: offset, length
+OP_TIMEOUT = 60.0  # a file operation (a tree's removal) as long as users.CHILD_TIMEOUT allows
+_ALLOC = b"A"  # + two 8-byte integers: offset, length; the file's fd attached
+_OP = b"F"  # + JSON {"fn", "args"}; fds attached; answered b"R" + JSON or b"E" + a failure
+_REQ = 17
+_MAX_MSG = 64 << 10  # requests and answers are small (paths, a few fields): no mmap per call
+_MAX_FDS = 4
 
 _child: "tuple[int, _socket.socket] | None" = None
 
@@ -59,14 +76,9 @@ def allocate(fd: int, start: int, end: int) -> None:
 
 def _ask(fd: int, start: int, end: int) -> "bytes | None":
     """The allocator's 8-byte answer, or None (it is stopped and killed) when it gives none."""
-    global _child
-    if _child is None:
-        _child = _start()
-    sock = _child[1]
+    msg = _ALLOC + start.to_bytes(8, "little") + (end - start).to_bytes(8, "little")
     try:
-        msg = start.to_bytes(8, "little") + (end - start).to_bytes(8, "little")
-        anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
-        sock.sendmsg([msg], anc)
+        sock = _send(msg, (fd,))
         if not select.select([sock], [], [], TIMEOUT)[0]:
             raise TimeoutError
         reply = sock.recv(8)
@@ -76,6 +88,88 @@ def _ask(fd: int, start: int, end: int) -> "bytes | None":
         _stop()
         return None
     return reply
+
+
+def call(fn: str, args: "dict[str, Any]", fds: "tuple[int, ...]" = ()) -> "tuple[dict[str, Any], list[int]]":
+    """``rootops.ROOT_OPS[fn](args, fds)`` in the child, in ``cmds``: its JSON result and the fds
+    it returned (new fds of the guest, close-on-exec); its GuestFail raised here. A child that
+    never took the request (gone, or stopped: it is still unread after :data:`TIMEOUT`) is
+    replaced once and asked again; one that took it and gave no answer is :class:`Ended`: the
+    operation may be half done, and is not done again."""
+    msg = _OP + jdump({"fn": fn, "args": args})
+    for _attempt in (0, 1):
+        try:
+            sock = _send(msg, fds)
+        except OSError:
+            _stop()  # it ended before the request reached it: nothing was done
+            continue
+        state = _wait(sock)
+        if state == "unread":
+            _stop()
+            continue
+        data = b""
+        anc: list[tuple[int, int, bytes]] = []
+        if state == "answer":
+            try:
+                data, anc, _flags, _addr = sock.recvmsg(
+                    _MAX_MSG, _socket.CMSG_SPACE(4 * _MAX_FDS), _socket.MSG_CMSG_CLOEXEC
+                )
+            except OSError:
+                pass
+        got = _fds(anc)
+        if data[:1] == b"R":
+            return jload(data[1:]), got
+        for f in got:
+            os.close(f)
+        if data[:1] == b"E":
+            from .users import _guest_fail
+
+            raise _guest_fail(data[1:])
+        _stop()  # it took the request and gave no answer (killed, stopped mid-way)
+        break
+    raise Ended("no_space", f"{fn}: no room left in the commands' memory (the guest's helper ended)")
+
+
+def _wait(sock: "_socket.socket") -> str:
+    """``answer`` (or EOF) to read; ``unread``: the child has not taken the request in TIMEOUT
+    (what a socket's sender has queued and its peer not yet read is its SIOCOUTQ); ``silent``:
+    it took it and gave nothing in OP_TIMEOUT (a tree's removal may take long)."""
+    if select.select([sock], [], [], TIMEOUT)[0]:
+        return "answer"
+    import fcntl  # lazily: only a child that does not answer in time gets here
+    import termios
+
+    try:
+        queued = int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4), sys.byteorder)
+    except OSError:
+        queued = 0
+    if queued:
+        return "unread"
+    return "answer" if select.select([sock], [], [], OP_TIMEOUT - TIMEOUT)[0] else "silent"
+
+
+def _send(msg: bytes, fds: "tuple[int, ...]") -> "_socket.socket":
+    """``msg`` (with ``fds``) to the child, started first if there is none."""
+    global _child
+    if _child is None:
+        _child = _start()
+    sock = _child[1]
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _raw(fds))] if fds else []
+    sock.sendmsg([msg], anc)
+    return sock
+
+
+def _raw(fds: "tuple[int, ...] | list[int]") -> bytes:
+    return b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+
+
+def _fds(anc: "list[tuple[int, int, bytes]]") -> "list[int]":
+    return [
+        int.from_bytes(raw[i : i + 4], sys.byteorder)
+        for level, kind, raw in anc
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+        for i in range(0, len(raw) - 3, 4)
+    ]
 
 
 def _stop() -> None:
@@ -115,23 +209,47 @@ def _serve(sock: "_socket.socket") -> None:
     _child_signals({_signal.SIGTERM, _signal.SIGINT, _signal.SIGCHLD, _signal.SIGHUP})
     _close_except([sock.fileno()])
     while True:
-        data, anc, _flags, _addr = sock.recvmsg(_REQ, _socket.CMSG_SPACE(4), _socket.MSG_CMSG_CLOEXEC)
+        data, anc, _flags, _addr = sock.recvmsg(
+            _MAX_MSG, _socket.CMSG_SPACE(4 * _MAX_FDS), _socket.MSG_CMSG_CLOEXEC
+        )
         if not data:
             return  # the guest closed its end
-        fds = [
-            int.from_bytes(raw[:4], sys.byteorder)
-            for level, kind, raw in anc
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
-        ]
-        err = 22  # EINVAL: a malformed request
-        if len(data) == _REQ and len(fds) == 1:
-            try:
-                os.posix_fallocate(
-                    fds[0], int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
-                )
-                err = 0
-            except OSError as e:
-                err = e.errno or 5
-        for fd in fds:
+        fds = _fds(anc)
+        try:
+            if data[:1] == _OP:
+                _serve_op(sock, data[1:], fds)
+            else:
+                sock.send(_allocate(data, fds).to_bytes(8, "little"))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _allocate(data: bytes, fds: "list[int]") -> int:
+    if len(data) != _REQ or data[:1] != _ALLOC or len(fds) != 1:
+        return errno.EINVAL  # a malformed request
+    try:
+        os.posix_fallocate(fds[0], int.from_bytes(data[1:9], "little"), int.from_bytes(data[9:], "little"))
+    except OSError as e:
+        return e.errno or errno.EIO
+    return 0
+
+
+def _serve_op(sock: "_socket.socket", data: bytes, fds: "list[int]") -> None:
+    """One file operation of rootops.ROOT_OPS, answered R (+ fds) or E (a failure's payload)."""
+    from .rootops import ROOT_OPS
+    from .users import _fail_payload
+
+    out: list[int] = []
+    try:
+        req = jload(data)
+        fn = ROOT_OPS[req["fn"]]
+        result, out = fn(req["args"], fds)
+        reply = b"R" + jdump(result)
+    except BaseException as e:
+        reply = b"E" + _fail_payload(e)
+    try:
+        sock.sendmsg([reply], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _raw(out))] if out else [])
+    finally:
+        for fd in out:
             os.close(fd)
-        sock.send(err.to_bytes(8, "little"))

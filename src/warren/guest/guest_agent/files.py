@@ -10,7 +10,7 @@ import _stat
 import errno
 import os
 
-from . import xattrs
+from . import rootops, xattrs
 from .conn import Op
 from .protocol import K_DATA, K_END, K_RESULT, READ_CHUNK, UMASK, GuestFail, jdump, os_fail, req_path
 
@@ -90,6 +90,7 @@ class _Upload:
 
 
 _counter = [0]
+UPLOAD_FIELDS = ("target", "tmp", "mode", "uid", "gid")  # an _Upload's, beside its fd
 
 
 def _prepare_write(path: str, mode: "int | None", keep_owner: bool) -> "_Upload":
@@ -146,7 +147,9 @@ class WriteOp(Op):
             raise GuestFail("invalid_argument", "mode must be an integer in 0..0o7777")
         self.user = user
         self.metadata = xattrs.check(req)  # refused before the file is made
-        if user is None:
+        if user is None and rootops.in_cmds():
+            self.up = rootops.prepare_write(path, mode)
+        elif user is None:
             self.up = _prepare_write(path, mode, keep_owner=True)
         else:
             # Made by the user (so theirs, and only where they may write); the fd comes back.
@@ -217,9 +220,14 @@ class WriteOp(Op):
                     self._abort()
                     raise os_fail(e, self.target) from e
 
+            root_in_cmds = self.user is None and rootops.in_cmds()
+
             def finish() -> None:
                 xattrs.apply(up.fd, md, target)  # on the new file, before it replaces the old
-                _commit(up)
+                if root_in_cmds:
+                    rootops.commit(up)
+                else:
+                    _commit(up)
 
             try:
                 # As the user: the rename is theirs to make (a sticky /tmp, a dir they lost).
@@ -495,7 +503,12 @@ def start_op(conn: "Conn", op: object, req: "dict[str, Any]") -> "Op | None":
         return WriteOp(conn, req, user)
     assert unary is not None
     fn = unary
-    result = fn(req) if user is None else _run_as(user, lambda: (fn(req), []))[0]
+    if user is not None:
+        result = _run_as(user, lambda: (fn(req), []))[0]
+    elif op in rootops.MAKES and rootops.in_cmds():
+        result = rootops.call("unary", req)[0]
+    else:
+        result = fn(req)
     conn.send(K_RESULT, jdump(result))
     conn.finish()
     return None
