@@ -53,6 +53,13 @@ CHUNK_COST = 160  # a (kind, bytes) tuple in a deque, and malloc's share: measur
 _rings = [0]  # what the running processes' rings cost together
 
 
+# `attach` subscribers at a time, to one process and to all of a sandbox's, as for terminals
+# (pty.MAX_CLIENTS, MAX_CLIENTS_ALL): each holds socket buffers of the guest's own besides what
+# lag.py lets it queue; the rest are refused ``too_large`` (RESOURCE_EXHAUSTED, 413 at the CP).
+MAX_ATTACH = 16
+MAX_ATTACH_ALL = 32
+
+
 EXIT_GRACE = 0.1  # wait this long after exit for pipe EOF (a grandchild may hold the pipes)
 
 
@@ -258,9 +265,18 @@ class Proc(Streamed):
             owner.on_drain = lambda: self._set_paused(False)
 
     def subscribe(self, c: "Conn", replay: bool) -> None:
+        if c is not self.owner and not self.finished:
+            if self.attached() >= MAX_ATTACH:
+                raise GuestFail("too_large", f"at most {MAX_ATTACH} attach connections to a process")
+            if sum(p.attached() for p in self.g.procs.values()) >= MAX_ATTACH_ALL:
+                raise GuestFail("too_large", f"at most {MAX_ATTACH_ALL} attach connections in a sandbox")
         super().subscribe(c, replay)  # the replay of the ring counts as lag too
         if c in self.subs:
             cut_if_behind(self, c)
+
+    def attached(self) -> int:
+        """Its ``attach`` subscribers (the owner, exec's own client, is not one)."""
+        return len(self.subs) - (self.owner in self.subs)
 
     def waits_for(self, c: "Conn") -> bool:
         """An attach subscriber is cut off when it lags (lag.py); the owner of a foreground
