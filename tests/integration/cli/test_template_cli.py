@@ -129,7 +129,9 @@ def test_ctrl_c_stops_following_not_the_build(
 ) -> None:
     spec = tmp_path / "Warrenfile"
     # The SIGINT waits for the step's own first output: the build is running on the host.
-    spec.write_text("FROM minimal\nRUN echo started; sleep 30; echo slept\n")
+    # 10 s outlasts the CLI's exit on SIGINT (about a second) many times: a CLI that cancelled
+    # the build would cancel it before "slept". (It was 30 s, 20 of them proving nothing.)
+    spec.write_text("FROM minimal\nRUN echo started; sleep 10; echo slept\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "warren.cli.main", "template", "build", "-n", "cli-ctrl-c", "-f", str(spec)],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
