@@ -44,8 +44,11 @@ HOST_MB = _host_memory_mb()  # what the agent reports (agent/control_plane.py:ho
 BUILD_MB = HOST_MB // 2  # two build sandboxes fill the host
 PER_TEAM = 3
 PER_OWNER = 4
-CAPACITY_WAIT_S = 20
-SLEEP_S = 60
+# A step finding no room waits this long, then fails its build; the two builds holding the
+# host sleep SLEEP_S, long enough (20 s of margin) that the third's whole wait falls while they
+# hold it. (It was 20 s and 60 s: the same order of events, 30 s more of this test's time.)
+CAPACITY_WAIT_S = 10
+SLEEP_S = 30
 WAIT_S = 300
 
 
