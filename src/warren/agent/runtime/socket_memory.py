@@ -9,8 +9,8 @@ stopped a tenant: measured on this host (6.18, session 18), one process in a 256
 queued 1118 MiB in 300 loopback TCP pairs, filled and never read, and ~286 MiB in 1500 UDP
 sockets, its memory cgroup at ~10 MB; at the global limit every TCP socket of the host (other
 sandboxes, the agent's link to the control plane, PostgreSQL) is under pressure; with tcp_mem
-lifted (below) one sandbox queued 2.2 GiB in 300 pairs. Unix sockets
-are charged to memory already (their buffers are ordinary accounted allocations).
+lifted (below) one sandbox queued 2.2 GiB in 300 pairs. Unix sockets are charged to memory
+already (their buffers are ordinary accounted allocations).
 
 So the agent writes :func:`bound` to ``memory.kmem.tcp.limit_in_bytes`` of the sandbox's
 memory cgroup (the guest's own sockets) and of its ``cmds`` child (every tenant command's;
@@ -36,6 +36,9 @@ is on top of its memory limit (v1 keeps the two apart), so it is kept small:
   sockets filled in a 128 MiB cgroup at an 8 MiB bound held 195 MiB (207 MiB charged), ~66 KiB
   a socket, against ~3.8 KiB of its memory limit each socket costs (file, inode, socket). So a
   sandbox with very many sockets still holds more than its bound (docs/agent.md, "Limits").
+  A smaller MTU and GSO size on the slot's loopback (sandbox root has no CAP_NET_ADMIN to undo
+  it) would shrink that: 16 KiB, ~33 KiB a socket; 4 KiB, ~10 KiB; at a cost to loopback
+  throughput (one connection, 16 MiB bound: 1.4 GiB/s at 64 KiB, 0.5 at 16, 0.17 at 4). Not done.
 
 The worst host-wide share is :data:`MAX_SHARE` of the memory the sandboxes are given (1/4:
 64 MiB sandboxes at the floor); kernel_limits.lift_socket_memory keeps the global limits above
@@ -44,8 +47,9 @@ that.
 Where the kernel has no such file (cgroup v2, which charges socket memory to ``memory.max``
 already; a v1 kernel without kmem accounting) the agent logs ``event=socket_memory_unbounded``
 once and creates sandboxes as before. gVisor sandboxes are left alone: their sockets are
-netstack's, in the Sentry's memory (charged to the sandbox's memory limit); the host holds one
-packet socket per sandbox for its NIC, sized by runsc. A sandbox re-adopted by a restarted agent
+netstack's, in the Sentry's memory, charged to the sandbox's memory limit (checked: the attack
+test's 300 TCP pairs in a 256 MiB gVisor sandbox ended in that sandbox's OOM kill, not in
+socket memory of the host's). A sandbox re-adopted by a restarted agent
 keeps whatever its cgroups have (a bound when this agent made it; none when an older one did).
 """
 
