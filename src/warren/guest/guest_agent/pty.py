@@ -52,7 +52,7 @@ MAX_PTYS = 32  # running terminals per sandbox
 MAX_CLIENTS = 16
 # ... and to all terminals together (one each for MAX_PTYS): each also holds ~120-210 KiB of
 # socket buffers charged to the guest; 32 terminals of 16 unread clients held 64 MiB with the
-# bound above alone, 32 unread clients still 26-30 MiB (reserve 24: not yet within it).
+# bound above alone, 32 unread clients 22-30 MiB, 18-22 MiB with server.SNDBUF (session 18).
 MAX_CLIENTS_ALL = 32
 
 
