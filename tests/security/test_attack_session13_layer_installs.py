@@ -49,6 +49,15 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
         yield p
 
 
+# Each attacker layer: ~8.5 MiB of tar, over the agent's SMALL_LAYER (4 MiB,
+# agent/layer_cache.py), so it takes the big layers' CAP turns: that is all the bound sees of
+# a layer's size. The files make each install last (per-file work): with the agent's cap
+# lifted, this sampler saw 5-6 of the 6 installs at once (the bound is 3). The big file was
+# 12 MiB (16.5 MiB layers): twice the bytes, no more overlap. With 1000 files it saw only 3-4.
+BIG_FILE = 4 << 20
+SMALL_FILES = 3000
+
+
 def _random_layer(seed: int) -> bytes:
     """A layer that costs its install real work: thousands of small files and a large one,
     all random (nothing compresses, no two layers share a digest), plus the `usr/bin/python3`
@@ -56,16 +65,18 @@ def _random_layer(seed: int) -> bytes:
     rnd = os.urandom
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for name, data in [("usr/bin/python3", b"#!fake\n"), (f"big-{seed}", rnd(12 << 20))]:
+        for name, data in [("usr/bin/python3", b"#!fake\n"), (f"big-{seed}", rnd(BIG_FILE))]:
             ti = tarfile.TarInfo(name)
             ti.size, ti.mode = len(data), 0o755
             t.addfile(ti, io.BytesIO(data))
-        for i in range(3000):
+        for i in range(SMALL_FILES):
             data = rnd(1024)
             ti = tarfile.TarInfo(f"d{i % 50}/f{seed}-{i}")
             ti.size = len(data)
             t.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
+    layer = buf.getvalue()
+    assert len(layer) > 4 << 20, len(layer)  # a big layer's turn, not a small one's
+    return layer
 
 
 def _import(tenant: Tenant, name: str, tmp: Path, seed: int) -> None:
