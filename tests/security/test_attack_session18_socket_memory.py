@@ -37,7 +37,10 @@ MiB = 1 << 20
 # 3000 TCP sockets in a 128 MiB cgroup at an 8 MiB bound (207 MiB peak). A UDP socket takes
 # datagrams while it holds less than udp_rmem_min (4 KiB): at most two of these.
 SLACK = {"tcp": 96 << 10, "udp": 8 << 10}
-PAIRS = 300  # TCP: 600 sockets (RLIMIT_NOFILE is 4096); before the fix ~1.1 GiB queued
+# TCP: 180 sockets, ~28 MiB charged with the bound: under the ceiling past which the agent
+# kills the holder (runtime/socket_ceiling.py: twice the bound, 32 MiB here; 300 pairs, ~55 MiB,
+# were killed once filled). Before the fix 300 pairs queued ~1.1 GiB, these ~330 MiB.
+PAIRS = 90
 UDP_SOCKETS = 1500  # before the fix ~290 MiB queued (rmem_default per socket)
 
 # Fill loopback sockets and never read them; the result (JSON) to OUT, then hold them.

@@ -26,11 +26,11 @@ from typing import Any
 
 import grpc
 
-from warren.agent import dial_data, egress, favor_watch, telemetry
+from warren.agent import dial_data, egress, favor_watch, metrics, telemetry
 from warren.agent.egress_usage import ENDED_FILE
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
-from warren.agent.runtime import cmds_cgroup, gvisor
+from warren.agent.runtime import cmds_cgroup, gvisor, socket_ceiling
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.oci import OciRuntime
 from warren.agent.runtime.select import RuntimeSet
@@ -229,6 +229,8 @@ async def serve(
     if settings.cgroup_favor_dynmods:  # set at start (runtimes()); kept set (favor_watch.py)
         scratch, every = data_dir / "cgroup2-scratch", settings.heartbeat_interval_s
         tasks.append(asyncio.create_task(favor_watch.watch(scratch, every), name="favordynmods"))
+    watchdog = socket_ceiling.watch(manager.running, metrics.SOCKET_MEMORY_KILLS.inc)  # runc/crun
+    tasks.append(asyncio.create_task(watchdog, name="socket-ceiling"))
     limit = manager.create_concurrency or "unlimited"
     log.info(
         "event=agent_ready listen=%s data_dir=%s runtime=%s sandboxes=%d create_concurrency=%s",

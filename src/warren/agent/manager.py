@@ -300,6 +300,10 @@ class SandboxManager:
             counts["quarantined"] = len(self._teardown.quarantined)
         return counts
 
+    def running(self) -> list[str]:
+        """Running sandboxes, less those a pause or resume holds (socket_ceiling.py)."""
+        return [sb.id for sb in self._sandboxes.values() if sb.status == "running" and not sb.lock.locked()]
+
     def _chains(self) -> set[str]:
         """The layers the registered sandboxes run on (paused and re-adopted ones included)."""
         return {

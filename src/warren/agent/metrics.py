@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -19,6 +20,12 @@ from warren import clock
 from warren.agent.record import HostSandbox, MetricPoint
 from warren.agent.runtime.base import Runtime
 from warren.errors import InvalidRequest
+
+# Processes killed for holding a sandbox's socket memory past its ceiling (socket_ceiling.py).
+SOCKET_MEMORY_KILLS = Counter(
+    "warren_agent_socket_memory_kills",
+    "Processes of runc/crun sandboxes killed for socket memory past the sandbox's ceiling.",
+)
 
 # Range -> (seconds it covers, points it keeps).
 METRIC_RANGES = {"10m": (600, 120), "2h": (7200, 120), "24h": (86400, 144)}

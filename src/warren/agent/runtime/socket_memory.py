@@ -35,7 +35,8 @@ is on top of its memory limit (v1 keeps the two apart), so it is kept small:
   empty queue, a send that found its buffer full; on loopback up to 64 KiB each): 3000 TCP
   sockets filled in a 128 MiB cgroup at an 8 MiB bound held 195 MiB (207 MiB charged), ~66 KiB
   a socket, against ~3.8 KiB of its memory limit each socket costs (file, inode, socket). So a
-  sandbox with very many sockets still holds more than its bound (docs/agent.md, "Limits").
+  sandbox with very many sockets still holds more than its bound (docs/agent.md, "Limits"),
+  up to twice it: past that the agent kills the sandbox's socket holders (socket_ceiling.py).
   A smaller MTU and GSO size on the slot's loopback (sandbox root has no CAP_NET_ADMIN to undo
   it) would shrink that: 16 KiB, ~33 KiB a socket; 4 KiB, ~10 KiB; at a cost to loopback
   throughput (one connection, 16 MiB bound: 1.4 GiB/s at 64 KiB, 0.5 at 16, 0.17 at 4). Not done.
