@@ -3,6 +3,7 @@ tests/security/test_attack_session18_socket_ceiling.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -89,3 +90,72 @@ def test_own_socket_count() -> None:
     with socket.socket() as a, socket.socket() as b:
         assert a.fileno() != b.fileno()
         assert socket_ceiling._sockets(os.getpid()) >= 2
+
+
+def test_the_kill_counter_is_exported() -> None:
+    from prometheus_client import REGISTRY
+
+    from warren.agent import metrics
+
+    metrics.SOCKET_MEMORY_KILLS.inc(0)
+    assert REGISTRY.get_sample_value("warren_agent_socket_memory_kills_total") is not None
+
+
+# Joins the cgroup whose cgroup.procs is argv[1], then holds argv[2] loopback pairs, one 64 KiB
+# send each never read; says so on stdout.
+HOLDER = r"""
+import socket, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write("0")
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(1024)
+held = [ls]
+for _ in range(int(sys.argv[2])):
+    c = socket.create_connection(ls.getsockname())
+    s, _ = ls.accept()
+    c.setblocking(False)
+    try:
+        c.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    held += [c, s]
+print(1, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.root
+def test_the_holder_of_the_most_sockets_in_cmds_is_killed_and_no_other() -> None:
+    """A real memory cgroup (a 1 MiB bound): past 2 MiB the process of ``cmds`` with the most
+    sockets is killed; once the usage is under the bound the smaller one and the "guest" (in the
+    sandbox's cgroup, not in cmds) live on."""
+    sid = "sb-unit-socket-ceiling"
+    d = socket_ceiling.CGROUP_ROOT / "memory" / "warren" / sid
+    if not (socket_ceiling.CGROUP_ROOT / "memory" / socket_ceiling.LIMIT).exists():
+        pytest.skip("no cgroup v1 kmem.tcp accounting here")
+    (d / "cmds").mkdir(parents=True, exist_ok=True)
+    for cg in (d, d / "cmds"):
+        (cg / socket_ceiling.LIMIT).write_text(str(1 * MiB))
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, where, pairs in (("guest", d, 3), ("big", d / "cmds", 100), ("small", d / "cmds", 5)):
+            child = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, str(where / "cgroup.procs"), str(pairs)],
+                stdout=subprocess.PIPE,
+            )
+            children[name] = child
+            assert child.stdout is not None and child.stdout.readline()
+        usage = int((d / socket_ceiling.USAGE).read_text())
+        assert usage > ceiling(1 * MiB), usage
+        assert SocketCeiling().tick([sid]) == 1
+        assert children["big"].wait(10) == -9
+        assert children["small"].poll() is None and children["guest"].poll() is None
+        assert int((d / socket_ceiling.USAGE).read_text()) <= 1 * MiB
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+        for cg in (d / "cmds", d):
+            with contextlib.suppress(OSError):
+                cg.rmdir()
