@@ -37,8 +37,7 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 PRIVATE = 8000
 TTL_S = 30  # long enough to open every connection on a loaded machine (the API allows 1 s)
-# The connection ends at the expiry (a timer per connection, the 5 s re-check as a backstop);
-# generous for a loaded machine.
+# The connection ends within the 5 s re-check after the expiry; generous for a loaded machine.
 ENDS_WITHIN_S = 20.0
 
 

@@ -193,7 +193,9 @@ class Proxy:
             return target, True, grant, None
         target = await preview.ensure_running(engine, pool, self.cache, target)
         target.client(pool)  # 503 host_unavailable now rather than mid-exchange
-        return target, signed, grant, _expiry(creds, signed, grant)
+        # Only a signed URL or a cookie expires: the token and a public visit pay no call.
+        expires = _expiry(creds, signed, grant) if signed or creds.cookie is not None else None
+        return target, signed, grant, expires
 
     async def _exchange(
         self, r: Route, scope: Scope, receive: Receive, send: Send, target: preview.PreviewTarget,
@@ -210,12 +212,12 @@ class Proxy:
     ) -> None:  # fmt: skip
         """The exchange, ended when ``grant`` stops holding (session 17: a member removed, a key
         revoked, the traffic token rotated; a public port made private; session 18: the sandbox
-        paused) or at ``expires`` (a signed URL's, session 18). Registering is in memory; the
+        paused) or ``expires`` (a signed URL's, session 18) past. Registering is in memory; the
         re-check is the process's one statement every ``RECHECK_S`` (at once after a change
-        made here). The revocation cancels this task, and only that cancel is taken back here
-        (as ``asyncio.timeout`` does): a WebSocket then closes with 1008, a response under way
-        is cut (the connection closed), one not started yet gets the reason's answer
-        (:func:`_ended_answer`)."""
+        made here; an expiry it reads from memory). The revocation cancels this task, and only
+        that cancel is taken back here (as ``asyncio.timeout`` does): a WebSocket then closes
+        with 1008, a response under way is cut (the connection closed), one not started yet
+        gets the reason's answer (:func:`_ended_answer`)."""
         sent = False
 
         async def sending(msg: Any) -> None:
