@@ -123,7 +123,7 @@ class SandboxManager:
             builder=self._builder.moved(self.data_dir / "warm"), lower_layers=self.lower_layers,
             hold=self.layers.hold, missing_layers=self.layers.missing,
             creates_idle=self._admission.wait_quiet,
-            assign=self.runtimes.assign, resolve=self.runtimes.resolve,
+            assign=self.runtimes.assign, resolve=self.runtimes.resolve, sandboxes_teardown=self._teardown,
         )  # fmt: skip
         warm.configure(self.settings.warm_pool, freeze=self.settings.warm_pool_freeze)
         return warm
@@ -153,7 +153,7 @@ class SandboxManager:
             asyncio.create_task(self._loop(self.settings.metrics_interval, self._sample_all), name="metrics"),
             asyncio.create_task(self._loop(1.0, self._teardown.reap_zombies), name="zombies"),
             asyncio.create_task(
-                self._loop(self.settings.quarantine_sweep_s, self._teardown.sweep), name="quarantine"
+                self._loop(self.settings.quarantine_sweep_s, self.warm_pools.sweep_quarantines), name="sweep"
             ),
             # Build `minimal` now rather than inside the first CreateSandbox (debootstrap takes
             # 30-60 s); a create that comes earlier waits for this same build.

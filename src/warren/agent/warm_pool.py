@@ -176,10 +176,13 @@ class WarmPools:
         creates_idle: Callable[[], Awaitable[Any]],
         assign: Callable[[str, str], None] = lambda member_id, runtime: None,
         resolve: Callable[[str], str] = lambda runtime: runtime,
+        sandboxes_teardown: Teardown | None = None,
     ) -> None:
         """``resolve``: the runtime a pool's name says ("" the agent's default), refused
         (Conflict) when the host lacks it; ``assign``: a new member runs on it
-        (runtime/select.py)."""
+        (runtime/select.py). ``sandboxes_teardown``: the agent's own teardown of
+        ``sandboxes_dir``, whose quarantines the agent sweeps (a claim undone after the
+        member's rename)."""
         self.dir = data_dir / WARM_DIR
         self.sandboxes_dir = sandboxes_dir
         self.runtime = runtime
@@ -192,6 +195,7 @@ class WarmPools:
         self._assign = assign
         self._resolve = resolve
         self._teardown = Teardown(self.dir, runtime, network)
+        self._sandboxes_teardown = sandboxes_teardown or Teardown(sandboxes_dir, runtime, network)
         self.pools: dict[str, Pool] = {}
         self.claims = 0
         self.cold: dict[str, int] = {}  # creates that took the cold path, by reason
@@ -392,12 +396,18 @@ class WarmPools:
     async def _undo_claim(self, member: HostSandbox, sb_id: str) -> None:
         # Wherever the claim stopped: the member's dir (either name), container and slot go.
         renamed = (self.sandboxes_dir / sb_id).exists()
-        teardown = Teardown(self.sandboxes_dir, self.runtime, self.network) if renamed else self._teardown
+        teardown = self._sandboxes_teardown if renamed else self._teardown
         with contextlib.suppress(WarrenError):
             await teardown.cleanup(sb_id if renamed else member.id, slot=member.slot, pid=member.pid)
         with contextlib.suppress(WarrenError):
             await self.runtime.destroy(member.id)
         self.runtime.forget(sb_id)
+
+    async def sweep_quarantines(self) -> None:
+        """Retry the destroys that quarantined a slot (teardown.py): the members' own, and,
+        through the same loop, the agent's sandboxes' (``sandboxes_teardown``)."""
+        await self._teardown.sweep()
+        await self._sandboxes_teardown.sweep()
 
     # ------------------------------------------------------------------------------ refills
 
