@@ -87,3 +87,19 @@ def test_pausing_a_sandbox_ends_its_preview_connections(platform: Platform, wher
         wait_ended(every, time.time() + ENDS_WITHIN_S, f"the sandbox was paused (+{ENDS_WITHIN_S:.0f} s)")
         for tap in ws:
             assert tap.close == (1008, "409 sandbox_paused"), f"{tap.name}: {tap.close}"
+
+
+def test_a_snapshot_ends_its_preview_connections(platform: Platform) -> None:
+    """A snapshot marks the sandbox paused before its agent freezes it and leaves it paused: the
+    same end as a pause (kicked at the mark in this process)."""
+    bob = signup(platform.url, "bob-s18snap")
+    sid, token, signed = _sandbox(platform, bob, {"X-API-Key": bob.api_key})
+    with _stopping() as stop:
+        ws, every = _taps(platform.url, sid, token, signed, stop)
+        for tap in every:
+            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        r = bob.w("POST", "/v1/snapshots", {"sandbox_id": sid, "name": "s18-snap"}, timeout=600)
+        assert r.status_code == 201, r.text
+        wait_ended(every, time.time() + ENDS_WITHIN_S, "the sandbox was snapshotted")
+        for tap in ws:
+            assert tap.close == (1008, "409 sandbox_paused"), f"{tap.name}: {tap.close}"

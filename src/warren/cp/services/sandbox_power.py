@@ -44,7 +44,10 @@ async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: st
             .values(status=new, last_updated=clock.now(), paused_state=None)
             .returning(sandboxes.c.id)
         )
-        return moved.first() is not None
+        done = moved.first() is not None
+    if done and new == "paused":  # a snapshot's pre-mark: its preview connections end, as a pause's
+        stream_revocation.kick()
+    return done
 
 
 async def set_paused_state(engine: AsyncEngine, sb_uuid: uuid.UUID, state: str | None) -> None:
