@@ -21,10 +21,11 @@ from warren.agent.record import HostSandbox, MetricPoint
 from warren.agent.runtime.base import Runtime
 from warren.errors import InvalidRequest
 
-# Processes killed for holding a sandbox's socket memory past its ceiling (socket_ceiling.py).
+# Processes killed for holding a sandbox's socket memory, or its TCP sockets (accept queues
+# included), past its ceiling (socket_ceiling.py; the log's event tells which).
 SOCKET_MEMORY_KILLS = Counter(
     "warren_agent_socket_memory_kills",
-    "Processes of runc/crun sandboxes killed for socket memory past the sandbox's ceiling.",
+    "Processes of runc/crun sandboxes killed for socket memory or TCP sockets past the sandbox's ceiling.",
 )
 
 # Range -> (seconds it covers, points it keeps).

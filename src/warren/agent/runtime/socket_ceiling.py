@@ -22,6 +22,18 @@ is resolved. A pid from ``cgroup.procs`` is pinned by a pidfd before its ``/proc
 read and checked alive through it after (a pid is not reused before its process is reaped), and
 the kill goes through the same pidfd: exactly the process counted is killed.
 
+The sockets' number, too (:func:`count_ceiling`). A connection made to a listener of the
+sandbox completes in the kernel and waits in the listener's accept queue as a full socket
+(~4 KiB of slab and a page of the host's ``tcp_mem``) that no cgroup is charged for until it is
+accepted; the client may close at once. 16 listeners of 4096 held 65 536 (~256 MiB of slab, as
+much tcp_mem) outside a 256 MiB sandbox, ~140 reach the host's tcp_mem hard limit. Each tick
+also reads the sockets of the sandbox's network namespace (its guest's ``/proc/<pid>/net/
+sockstat``, kernel procfs: ``sockets: used``, +6.5 us a sandbox; past the ceiling ``TCP: inuse`` and
+sockstat6's ``TCP6: inuse``, the count compared; queued children are counted); past the ceiling
+the ``cmds`` process whose sockets weigh most is killed, a listener weighing 1 + its accept
+queue (``/proc/<pid>/net/tcp{,6}``, read only then), other sockets 1, until the count is back
+under it (the listener's close frees its queue).
+
 Skipped: sandboxes whose cgroup has no bound (gVisor: netstack memory is the Sentry's, charged
 to the sandbox's limit; a sandbox re-adopted from an agent before the bound; v2 hosts, where the
 file does not exist) and paused ones (the caller lists running sandboxes only).
@@ -39,11 +51,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.agent.runtime.socket_memory import LIMIT, USAGE
 
 log = logging.getLogger("warren.agent")
+_T = TypeVar("_T")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TICK = 0.5  # seconds between two reads of every sandbox's counter
@@ -54,6 +68,9 @@ KILL_WAIT = 1.0  # seconds to wait for a victim's exit before reading the counte
 ENFORCE_S = 5.0  # seconds one sandbox's kills may take in a tick (its victims' exits)
 LOG_BURST = 8  # kill lines per sandbox, then one per LOG_EVERY seconds (the rest counted)
 LOG_EVERY = 10.0
+COUNT_FLOOR = 4096  # TCP sockets any bounded sandbox may hold
+COUNT_UNIT = 16 << 10  # bytes of the sandbox's memory per TCP socket past the floor
+LISTEN = b"0A"  # a listener's state in /proc/net/tcp{,6}
 
 
 def ceiling(limit: int) -> int:
@@ -61,9 +78,32 @@ def ceiling(limit: int) -> int:
     return 2 * limit
 
 
+def count_ceiling(memory: int) -> int:
+    """The TCP sockets (both families) a sandbox's namespace may hold: one per 16 KiB of its
+    memory, at least 4096 (16 384 for 256 MiB). A queued child costs the host ~8 KiB no cgroup
+    is charged for (slab + a page of tcp_mem), so at the ceiling that is ~half the sandbox's
+    memory; a server with thousands of connections (both ends count when its clients are in
+    the sandbox too) stays under it."""
+    return max(COUNT_FLOOR, memory // COUNT_UNIT)
+
+
+def backlogs(tables: Iterable[bytes]) -> dict[int, int]:
+    """Listener inode -> its accept queue's length, from /proc/<pid>/net/tcp{,6} text: for a
+    listener (state 0A) rx_queue is the queue. The queued children's rows (inode 0) are not."""
+    out: dict[int, int] = {}
+    for text in tables:
+        for line in text.splitlines()[1:]:
+            if b" 0A " not in line:  # the only two-digit field between spaces is the state
+                continue
+            f = line.split(None, 10)
+            if len(f) > 9 and f[3] == LISTEN:
+                out[int(f[9])] = int(f[4].split(b":")[1], 16)
+    return out
+
+
 def choose(candidates: Iterable[tuple[int, int]]) -> int | None:
-    """The victim among ``(pid, socket descriptors)``: the most sockets, the newest pid on a
-    tie; None when no process holds a socket."""
+    """The victim among ``(pid, weight)`` (socket descriptors, listeners weighing 1 + their
+    queue): the heaviest, the newest pid on a tie; None when no process holds a socket."""
     best = max(((n, pid) for pid, n in candidates if n > 0), default=None)
     return None if best is None else best[1]
 
@@ -73,6 +113,8 @@ class _Watched:
     usage: str  # the path of the sandbox's counter
     limit: int = 0  # the bound; 0: not bounded (skipped)
     read_at: float = -LIMIT_REFRESH
+    count_top: int = 0  # count_ceiling of the sandbox's memory; 0: its guest not found
+    guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
     tokens: float = LOG_BURST
     filled_at: float = field(default_factory=time.monotonic)
     suppressed: int = 0  # kills not logged since the last line
@@ -86,14 +128,54 @@ def _read_int(path: Path | str) -> int:
         os.close(fd)
 
 
-def _sockets(pid: int) -> int:
-    """Socket descriptors of ``pid`` (link targets only: nothing is followed)."""
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 1024)
+    finally:
+        os.close(fd)
+
+
+def _field(text: bytes, key: bytes) -> int:
+    i = text.index(key) + len(key)
+    return int(text[i : i + 12].split(None, 1)[0])  # "TCP6: inuse N" ends its line
+
+
+def _used(pid: int) -> int:
+    """Sockets of every kind in ``pid``'s namespace (``sockets: used``, queued children in): at
+    least its TCP ones, from one file; the tick's cheap read."""
+    return _field(_read(f"/proc/{pid}/net/sockstat"), b"sockets: used ")
+
+
+def _inuse(pid: int) -> int:
+    """TCP sockets (v4, v6 and v4-mapped) of ``pid``'s network namespace, queued children in."""
+    base = f"/proc/{pid}/net/"
+    n = _field(_read(base + "sockstat"), b"TCP: inuse ")
+    try:
+        return n + _field(_read(base + "sockstat6"), b"TCP6: inuse ")
+    except FileNotFoundError:  # a kernel without IPv6
+        return n
+
+
+def _tables(pid: int) -> dict[int, int]:
+    """:func:`backlogs` of ``pid``'s namespace (tens of thousands of lines: read when over)."""
+    texts = []
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{name}", "rb") as f:
+            texts.append(f.read())
+    return backlogs(texts)
+
+
+def _sockets(pid: int, queued: dict[int, int] | None = None) -> int:
+    """Socket descriptors of ``pid``, a listener of ``queued`` weighing 1 + its queue (link
+    targets only: nothing is followed)."""
     n = 0
     base = f"/proc/{pid}/fd"
     for fd in os.listdir(base):
         with contextlib.suppress(OSError):
-            if os.readlink(f"{base}/{fd}").startswith("socket:["):
-                n += 1
+            link = os.readlink(f"{base}/{fd}")
+            if link.startswith("socket:["):
+                n += 1 + (queued.get(int(link[8:-1]), 0) if queued else 0)
     return n
 
 
@@ -103,7 +185,7 @@ def _in(line: str, cmds: str) -> bool:
     return path == cmds and "memory" in controllers.split(",")
 
 
-def _pinned(pid: int, cmds: str) -> tuple[int, int] | None:
+def _pinned(pid: int, cmds: str, queued: dict[int, int] | None = None) -> tuple[int, int] | None:
     """``(pidfd, sockets)`` of ``pid`` if it is (still) a process of ``cmds`` (its memory cgroup
     path, as /proc/<pid>/cgroup gives it); None if it is gone or elsewhere."""
     try:
@@ -114,7 +196,7 @@ def _pinned(pid: int, cmds: str) -> tuple[int, int] | None:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
         if not any(_in(x, cmds) for x in lines):
             raise ProcessLookupError(pid)
-        n = _sockets(pid)
+        n = _sockets(pid, queued)
         signal.pidfd_send_signal(pidfd, 0)  # alive: the pid was its all along
         return pidfd, n
     except OSError:
@@ -131,7 +213,8 @@ class SocketCeiling:
         self.available = (root / "memory" / LIMIT).exists()
 
     def tick(self, sandbox_ids: Iterable[str]) -> int:
-        """One look at each sandbox (one counter read); the number of processes killed."""
+        """One look at each sandbox (its counter, its namespace's TCP sockets); the number of
+        processes killed."""
         ids = set(sandbox_ids)
         for gone in self._watched.keys() - ids:
             del self._watched[gone]
@@ -152,6 +235,7 @@ class SocketCeiling:
                         kills += self._enforce(sid, w, usage)
             except (OSError, ValueError):
                 continue  # the sandbox is going: its cgroup with it
+            kills += self._count(sid, w)
         return kills
 
     def _refresh(self, sid: str, w: _Watched) -> None:
@@ -162,12 +246,54 @@ class SocketCeiling:
         except (OSError, ValueError):
             limit = 0
         w.limit = limit if limit < UNBOUNDED and (d / "cmds").is_dir() else 0
+        try:
+            w.guest = int((d / "cgroup.procs").read_text().split()[0])
+            w.count_top = count_ceiling(_read_int(d / "memory.limit_in_bytes"))
+        except (OSError, ValueError, IndexError):
+            w.guest = w.count_top = 0
+
+    def _count(self, sid: str, w: _Watched) -> int:
+        """The namespace's TCP sockets against :func:`count_ceiling`; the number killed. The
+        cheap read goes through the cached guest pid; past the ceiling it is read again with
+        the pid pinned and checked to be the sandbox's (a pid reused since is not trusted)."""
+        if not w.count_top:
+            return 0
+        try:
+            if _used(w.guest) <= w.count_top:  # then its TCP sockets are too
+                return 0
+        except (OSError, ValueError):
+            self._refresh(sid, w)  # the guest's pid went (a restart): find it again next tick
+            return 0
+        guest = f"/{CGROUP_PARENT}/{sid}"
+        queued = _through(w.guest, guest, _tables)
+        checked = _through(w.guest, guest, _inuse)
+        if queued is None or checked is None or checked <= w.count_top:
+            return 0
+
+        def again() -> int:
+            n = _through(w.guest, guest, _inuse)
+            if n is None:
+                raise ProcessLookupError(w.guest)
+            return n
+
+        return self._kill(sid, w, ("socket_count", "weight", "inuse"), checked, w.count_top, w.count_top,
+                          again, queued)  # fmt: skip
 
     def _enforce(self, sid: str, w: _Watched, usage: int) -> int:
-        """Kill ``cmds``' socket holders, most sockets first, until the usage is under the
-        bound, at most :data:`MAX_KILLS` or :data:`ENFORCE_S`; the number killed. A process
-        killed and not gone yet (the wait ran out) is not chosen again."""
-        top, deadline = ceiling(w.limit), time.monotonic() + ENFORCE_S
+        """Past the memory ceiling: kill until the usage is under the bound."""
+        return self._kill(sid, w, ("socket_memory", "sockets", "usage"), usage, ceiling(w.limit),
+                          w.limit, lambda: _read_int(w.usage))  # fmt: skip
+
+    def _kill(
+        self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
+        under: int, read: Callable[[], int], queued: dict[int, int] | None = None,
+    ) -> int:  # fmt: skip
+        """Kill ``cmds``' socket holders, the heaviest first (``queued``: listeners' queues),
+        re-reading the level (``read``) after each exit, until it is at most ``under``, at
+        most :data:`MAX_KILLS` or :data:`ENFORCE_S`; the number killed. A process killed and
+        not gone yet (the wait ran out) is not chosen again."""
+        event, unit, what = names
+        deadline = time.monotonic() + ENFORCE_S
         killed: list[int] = []
         cmds = f"/{CGROUP_PARENT}/{sid}/cmds"
         procs = self._root / sid / "cmds" / "cgroup.procs"
@@ -175,14 +301,14 @@ class SocketCeiling:
             pinned: dict[int, tuple[int, int]] = {}
             try:
                 for pid in map(int, procs.read_text().split()):
-                    if pid not in killed and (p := _pinned(pid, cmds)) is not None:
+                    if pid not in killed and (p := _pinned(pid, cmds, queued)) is not None:
                         pinned[pid] = p
                 victim = choose((pid, n) for pid, (_, n) in pinned.items())
                 if victim is None:
-                    msg = "event=socket_memory_no_victim sandbox=%s usage=%d ceiling=%d"
-                    self._say(w, msg, sid, usage, top)
+                    msg = f"event={event}_no_victim sandbox=%s {what}=%d ceiling=%d"
+                    self._say(w, msg, sid, level, top)
                     break
-                pidfd, sockets = pinned[victim]
+                pidfd, weight = pinned[victim]
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 killed.append(victim)
                 _wait_exit(pidfd)
@@ -191,14 +317,13 @@ class SocketCeiling:
             finally:
                 for fd, _ in pinned.values():
                     os.close(fd)
-            self._say(
-                w,
-                "event=socket_memory_kill sandbox=%s pid=%d sockets=%d usage=%d ceiling=%d",
-                sid, victim, sockets, usage, top,
-            )  # fmt: skip
-            with contextlib.suppress(OSError, ValueError):
-                usage = _read_int(w.usage)
-            if usage <= w.limit:
+            msg = f"event={event}_kill sandbox=%s pid=%d {unit}=%d {what}=%d ceiling=%d"
+            self._say(w, msg, sid, victim, weight, level, top)
+            try:
+                level = read()
+            except (OSError, ValueError):
+                break  # the sandbox (its cgroup, its guest) is going
+            if level <= under:
                 break
         return len(killed)
 
@@ -213,6 +338,25 @@ class SocketCeiling:
         w.tokens -= 1
         log.warning(fmt + " suppressed=%d", *args, w.suppressed)
         w.suppressed = 0
+
+
+def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
+    """``read(pid)`` if ``pid`` is (still) a process of the memory cgroup ``cgroup`` (the
+    sandbox's own: the guest), pinned by a pidfd around the read; None otherwise."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if not any(_in(x, cgroup) for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines()):
+            return None
+        got = read(pid)
+        signal.pidfd_send_signal(pidfd, 0)
+        return got
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(pidfd)
 
 
 def _wait_exit(pidfd: int) -> None:

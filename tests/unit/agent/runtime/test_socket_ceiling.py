@@ -159,3 +159,117 @@ def test_the_holder_of_the_most_sockets_in_cmds_is_killed_and_no_other() -> None
         for cg in (d / "cmds", d):
             with contextlib.suppress(OSError):
                 cg.rmdir()
+
+
+# -- the socket count (accept queues) -------------------------------------------------------------
+
+TCP = b"""\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:A1B2 00000000:0000 0A 00000000:00001000 00:00000000 00000000 65534        0 4711 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:C3D4 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4712 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:A1B2 0100007F:9C40 08 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 0 10 -1
+   3: 0100007F:A1B2 0100007F:9C41 03 00000000:00000000 01:00000066 00000000     0        0 0 1 0000000000000000
+12345: 0100007F:E0E0 0100007F:0A0A 01 00000000:0000000A 00:00000000 00000000  1000        0 4713 1 0000000000000000 20 4 0 10 -1
+"""  # noqa: E501
+TCP6 = b"""\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:CA99 00000000000000000000000000000000:0000 0A 00000000:00000064 00:00000000 00000000     0        0 25256033 1 00000000b45aac20 100 0 0 10 0
+"""  # noqa: E501
+
+
+def test_a_listener_weighs_its_accept_queue() -> None:
+    """State 0A rows give inode -> rx_queue (the queue); a connection's rx_queue (bytes
+    unread) and the queued children's rows (inode 0) are not listeners; sl past 9999 shifts
+    nothing."""
+    assert socket_ceiling.backlogs([TCP, TCP6]) == {4711: 4096, 4712: 0, 25256033: 100}
+
+
+def test_the_count_ceiling_scales_with_memory() -> None:
+    assert socket_ceiling.count_ceiling(256 * MiB) == 16384
+    assert socket_ceiling.count_ceiling(1024 * MiB) == 65536
+    assert socket_ceiling.count_ceiling(32 * MiB) == 4096  # the floor
+    assert socket_ceiling._field(b"TCP6: inuse 202\nUDP6: inuse 0\n", b"TCP6: inuse ") == 202
+
+
+def _queue(n: int, family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """A listener with ``n`` connections in its queue, their clients closed."""
+    ls = socket.socket(family)
+    ls.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    ls.listen(4096)
+    for _ in range(n):
+        with socket.socket(family) as c:
+            c.connect(ls.getsockname()[:2])
+    return ls
+
+
+def test_own_listeners_weigh_their_queues() -> None:
+    """Read from this process's namespace: the tables name our listeners' queues and the
+    count sees the queued children, IPv6 ones too."""
+    with _queue(300) as four, _queue(200, socket.AF_INET6) as six:
+        queued = socket_ceiling._tables(os.getpid())
+        assert queued[os.fstat(four.fileno()).st_ino] == 300
+        assert queued[os.fstat(six.fileno()).st_ino] == 200
+        assert socket_ceiling._sockets(os.getpid(), queued) >= 2 + 500
+        assert socket_ceiling._sockets(os.getpid()) < 500
+        assert socket_ceiling._inuse(os.getpid()) >= 500
+
+
+# Joins the cgroup whose cgroup.procs is argv[1]; holds listeners with argv[2] queued
+# connections in all (2048 a listener), or argv[3] bare sockets; says so on stdout.
+QUEUER = r"""
+import socket, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write("0")
+held = []
+left = int(sys.argv[2])
+while left > 0:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4096)
+    for _ in range(min(left, 2048)):
+        with socket.socket() as c:
+            c.connect(ls.getsockname())
+    left -= 2048
+    held.append(ls)
+held += [socket.socket() for _ in range(int(sys.argv[3]))]
+print(1, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.root
+def test_the_holder_of_the_longest_queues_is_killed_past_the_count() -> None:
+    """A real memory cgroup of 32 MiB (count ceiling 4096) in this namespace: "queues" holds 2
+    listeners with 4200 queued connections, "bare" 200 sockets (more descriptors). Past the
+    count "queues" goes and nothing else; the count is back under the ceiling."""
+    sid = "sb-unit-socket-count"
+    d = socket_ceiling.CGROUP_ROOT / "memory" / "warren" / sid
+    if not (socket_ceiling.CGROUP_ROOT / "memory" / socket_ceiling.LIMIT).exists():
+        pytest.skip("no cgroup v1 kmem.tcp accounting here")
+    (d / "cmds").mkdir(parents=True, exist_ok=True)
+    (d / "memory.limit_in_bytes").write_text(str(32 * MiB))
+    for cg in (d, d / "cmds"):
+        (cg / socket_ceiling.LIMIT).write_text(str(16 * MiB))
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, where, queued, bare in (
+            ("guest", d, 0, 3), ("queues", d / "cmds", 4200, 0), ("bare", d / "cmds", 0, 200)
+        ):  # fmt: skip
+            child = subprocess.Popen(
+                [sys.executable, "-c", QUEUER, str(where / "cgroup.procs"), str(queued), str(bare)],
+                stdout=subprocess.PIPE,
+            )
+            children[name] = child
+            assert child.stdout is not None and child.stdout.readline()
+        assert socket_ceiling._inuse(os.getpid()) > 4096
+        assert SocketCeiling().tick([sid]) == 1
+        assert children["queues"].wait(10) == -9
+        assert children["bare"].poll() is None and children["guest"].poll() is None
+        assert socket_ceiling._inuse(os.getpid()) <= 4096
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+        for cg in (d / "cmds", d):
+            with contextlib.suppress(OSError):
+                cg.rmdir()
