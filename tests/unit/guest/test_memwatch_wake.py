@@ -100,26 +100,34 @@ def test_the_host_count_kills_once_per_growth(monkeypatch: pytest.MonkeyPatch) -
     assert killed == []
     check(210)
     assert killed == [40]
-    # The Sentry keeps the freed buffers: high but not growing, nobody else goes.
-    for used_mib in (212, 205, 220, 236):
+    # The Sentry keeps the victim's freed heap, just under the margin: a shell started then
+    # (a few MiB) is no new hog, nor anything falling or level.
+    for used_mib in (205, 197, 204, 199, 204, 204):
         check(used_mib)
     assert killed == [40]
-    check(238)  # 33 MiB past the lowest since
+    check(211)  # half the way from the lowest since (197) to the limit: another hog
     assert killed == [40, 41]
-    check(100)  # back down: the next is a new episode
-    check(201)
+    check(222)  # now past the lowest since (211) by more than half of what is left
     assert killed == [40, 41, 42]
-    # High but falling (a victim's memory going back to the host), or a beat: nobody.
+    check(168)  # back down, a GROWTH under the margin: the next is a new episode
+    check(199)
+    check(201)
+    assert killed == [40, 41, 42, 43]
+    check(100)
     check(150)
     check(215)
-    check(212)
-    check(212)
-    assert killed == [40, 41, 42, 43]
+    assert killed == [40, 41, 42, 43, 44]
+    check(170)  # still in the episode (over 168): its low is 170 now, the next kill past 197
+    check(196)
+    assert killed == [40, 41, 42, 43, 44]
+    check(201)
+    check(203)
+    assert killed == [40, 41, 42, 43, 44, 45]
     # Rising while the guest's own count is over the limit: check() is the one killing.
     check(150)
     in_use[0] = 129 * MiB
     check(215)
-    assert killed == [40, 41, 42, 43]
+    assert killed == [40, 41, 42, 43, 44, 45]
 
 
 def test_wait_reads_the_newest_record_and_ignores_garbage() -> None:

@@ -41,6 +41,7 @@ import stat
 import struct
 import time
 
+from .kernfs import read_small
 from .protocol import log
 
 # bytes/s: above the fastest allocation of one vCPU under gVisor's ptrace platform, as the host
@@ -65,14 +66,6 @@ PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 HOST_MARGIN = 24 << 20
 VICTIM_WAIT = 10.0  # at most this long for a victim's memory to be counted free
 GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
-
-
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 _meminfo = -1  # /proc/meminfo, kept open by the watch thread (see _read_meminfo)
@@ -121,7 +114,7 @@ def disk_bytes() -> int:
 
 def read_limit(path: str) -> int:
     try:
-        return max(0, int(_read(path).strip() or b"0"))
+        return max(0, int(read_small(path).strip() or b"0"))
     except (OSError, ValueError):
         return 0
 
@@ -134,7 +127,7 @@ def largest() -> "tuple[int, int]":
         if not name.isdigit() or name == "1":
             continue
         try:
-            rss = int(_read(f"/proc/{name}/statm").split()[1]) * page
+            rss = int(read_small(f"/proc/{name}/statm").split()[1]) * page
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
         if rss > best_rss:
@@ -144,7 +137,7 @@ def largest() -> "tuple[int, int]":
 
 def _gone(pid: int) -> bool:
     try:
-        stat = _read(f"/proc/{pid}/stat")
+        stat = read_small(f"/proc/{pid}/stat")
     except OSError:
         return True
     return stat.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
@@ -250,23 +243,31 @@ _host_low = 0  # after a kill for the host's count: its lowest since (0: none pe
 _host_prev = 0  # the usage of the record before
 
 
+def host_next(low: int, host_limit: int) -> int:
+    """After a kill for the host's count, the usage that chooses another: half the way from
+    the lowest seen since to the limit (the other half is the next hog's, to be caught in)."""
+    return low + (host_limit - low) // 2
+
+
 def host_check(record: "tuple[int, int, int]", limit: int) -> None:
     """Kill the largest process when the host cgroup nears its limit while rising, once per
-    growth: memory of the Sentry's heap may not be given back to the host after its owner's
-    death, so after a kill only :data:`GROWTH` more past the lowest usage seen since chooses
-    another. Not while our own count is over ``limit`` (check() is killing), nor on a record
-    of a fall or a beat: memory of a victim the host has not got back yet is no new hog (the
-    shell between two of them was once taken for one)."""
+    growth. The Sentry keeps a victim's freed heap (its Go garbage) for minutes, often just
+    under the margin: so after a kill the episode lasts until the usage is a :data:`GROWTH`
+    below the margin, and meanwhile only :func:`host_next` chooses another (a shell started
+    then, a few MiB, was killed as a new hog every time: CI, session 19). Not while our own
+    count is over ``limit`` (check() is killing), nor on a record of a fall or a beat: memory
+    of a victim the host has not got back yet is no new hog."""
     global _host_low, _host_prev
     usage, host_limit, _ = record
     rising, _host_prev = usage > _host_prev, usage
-    if usage <= host_limit - HOST_MARGIN:
-        _host_low = 0
-        return
+    if _host_low and usage <= host_limit - HOST_MARGIN - GROWTH:
+        _host_low = 0  # the Sentry gave the memory back: a new episode
     if _host_low:
         _host_low = min(_host_low, usage)
-        if usage <= _host_low + GROWTH:
+        if usage <= host_next(_host_low, host_limit):
             return
+    elif usage <= host_limit - HOST_MARGIN:
+        return
     if not rising or in_use() > limit:
         return
     pid, rss = largest()
