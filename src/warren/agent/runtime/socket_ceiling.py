@@ -55,6 +55,7 @@ from typing import TypeVar
 
 from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.agent.runtime.socket_memory import LIMIT, USAGE
+from warren.guest.guest_agent.kernfs import read_small
 
 log = logging.getLogger("warren.agent")
 _T = TypeVar("_T")
@@ -121,19 +122,7 @@ class _Watched:
 
 
 def _read_int(path: Path | str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # os, not open(): a third of the cost
-    try:
-        return int(os.read(fd, 64))
-    finally:
-        os.close(fd)
-
-
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 1024)
-    finally:
-        os.close(fd)
+    return int(read_small(path, 64))
 
 
 def _field(text: bytes, key: bytes) -> int:
@@ -144,15 +133,15 @@ def _field(text: bytes, key: bytes) -> int:
 def _used(pid: int) -> int:
     """Sockets of every kind in ``pid``'s namespace (``sockets: used``, queued children in): at
     least its TCP ones, from one file; the tick's cheap read."""
-    return _field(_read(f"/proc/{pid}/net/sockstat"), b"sockets: used ")
+    return _field(read_small(f"/proc/{pid}/net/sockstat", 1024), b"sockets: used ")
 
 
 def _inuse(pid: int) -> int:
     """TCP sockets (v4, v6 and v4-mapped) of ``pid``'s network namespace, queued children in."""
     base = f"/proc/{pid}/net/"
-    n = _field(_read(base + "sockstat"), b"TCP: inuse ")
+    n = _field(read_small(base + "sockstat", 1024), b"TCP: inuse ")
     try:
-        return n + _field(_read(base + "sockstat6"), b"TCP6: inuse ")
+        return n + _field(read_small(base + "sockstat6", 1024), b"TCP6: inuse ")
     except FileNotFoundError:  # a kernel without IPv6
         return n
 
