@@ -112,18 +112,13 @@ def test_buffers_in_the_sentrys_heap_kill_the_hoarder_not_the_sandbox(
     assert cgroup(sandbox).exists(), "the host ended the sandbox"
     assert host_oom_kills(sandbox) == 0
     wait_for("a command to run in the sandbox", lambda: alive(agent, sandbox))
-    # The Sentry keeps the hoarder's freed heap for minutes, just under the margin: the
-    # commands started meanwhile run (before session 19 most were killed as new hogs, and CI
-    # once saw none run in 60 s), and a second hoarder is still killed inside.
+    # The Sentry keeps the hoarder's freed heap (Go garbage, until its collector runs: up to
+    # 2 min) just under the margin: the commands started meanwhile run (before session 19 most
+    # were killed as new hogs, and CI once saw none run in 60 s).
     assert [alive(agent, sandbox) for _ in range(6)] == [True] * 6, (
         guest_lines(agent, sandbox),
         (cgroup(sandbox) / "memory.usage_in_bytes").read_text(),
     )
-    peak = sh_until_ended(agent, sandbox, script, 60)
-    assert peak <= HOST_LIMIT + FORCED_CHARGE
-    assert cgroup(sandbox).exists(), "the host ended the sandbox"
-    assert host_oom_kills(sandbox) == 0
-    wait_for("a command to run in the sandbox", lambda: alive(agent, sandbox))
 
 
 POPULATE = (
