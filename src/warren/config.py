@@ -284,6 +284,9 @@ class Settings(BaseSettings):
     proxy_path_routing: bool = True
     proxy_listen: str = "127.0.0.1:8001"
     proxy_max_conns_per_sandbox: int = Field(default=128, ge=1)
+    # How long the preview proxy waits for a sandbox's server to answer a WebSocket upgrade
+    # before 504 upstream_timeout (the exchange holds one of the sandbox's slots meanwhile).
+    ws_handshake_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     # The same connections of all one team's sandboxes, and of all the teams one account owns
     # (session 16: the per-sandbox bound alone multiplied by a team's sandboxes and an account's
     # teams); per CP/proxy process, 429 too_many_connections past either (cp/proxy/bounds.py).

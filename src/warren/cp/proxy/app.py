@@ -55,7 +55,6 @@ PATH_ROUTED_CSP = (
     b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads",
 )
 
-WS_HANDSHAKE_TIMEOUT_S = 30.0
 # One client address holds at most 1/CLIENT_SHARE of a sandbox's proxied connections, and never
 # fewer than CLIENT_FLOOR (or the whole cap, when it is smaller): session 14, a public port's
 # server is anyone's to call, and 128 slow readers from one address kept every other visitor of
@@ -293,7 +292,7 @@ class Proxy:
                 stream = await open_stream(target.client(pool), target.sandbox_id, r.port)
                 # Bounded: a server that never answers the upgrade kept the exchange, its dial
                 # and the sandbox's slot long after the client had gone.
-                async with asyncio.timeout(WS_HANDSHAKE_TIMEOUT_S):
+                async with asyncio.timeout(self.settings.ws_handshake_timeout_s):
                     up = await ws.handshake(
                         stream, host=_header(scope, b"host") or "localhost",
                         target=_target(r, scope).decode("latin-1"),
@@ -301,7 +300,8 @@ class Proxy:
                         subprotocols=ws.subprotocols_of(scope), max_size=self.settings.ws_max_message,
                     )  # fmt: skip
             except TimeoutError:
-                message = f"the sandbox's server did not answer the upgrade in {WS_HANDSHAKE_TIMEOUT_S:.0f} s"
+                wait = self.settings.ws_handshake_timeout_s
+                message = f"the sandbox's server did not answer the upgrade in {wait:g} s"
                 await self._deny(scope, receive, send, 504, "upstream_timeout", message, connected=True)
                 return
             except ws.HandshakeFailed as e:
