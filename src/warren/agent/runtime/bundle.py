@@ -150,6 +150,17 @@ DENIED_SOCKOPTS = (
     (IPPROTO_IPV6, MCAST_MSFILTER),
 )
 
+# Huge-page memory (hugetlb) is charged to no memory cgroup (v1; v2 only with
+# memory_hugetlb_accounting) and this host mounts no hugetlb controller: where an operator
+# reserves pages (vm.nr_hugepages) any sandbox process took them all, as nobody (session 19: 8 of
+# 8 from a 64 MiB sandbox), and surplus pages (vm.nr_overcommit_hugepages) are host memory no
+# limit sees. (syscall, argument, flag) refused when the flag is set; transparent huge pages are
+# ordinary memory and stay. i386's ipc(2) multiplexer hides shmget's flags (SHM_HUGETLB needs
+# CAP_IPC_LOCK, which no sandbox has, there as here).
+MAP_HUGETLB, MFD_HUGETLB, SHM_HUGETLB = 0x40000, 0x0004, 0o4000
+HUGETLB_FLAGS = (("mmap", 3, MAP_HUGETLB), ("mmap2", 3, MAP_HUGETLB), ("memfd_create", 1, MFD_HUGETLB),
+                 ("shmget", 2, SHM_HUGETLB))  # fmt: skip
+
 
 def seccomp_profile() -> dict[str, Any]:
     names = list(DENIED_SYSCALLS)
@@ -205,6 +216,15 @@ def seccomp_profile() -> dict[str, Any]:
                     ],
                 }
                 for level, name in DENIED_SOCKOPTS
+            ),
+            *(
+                {
+                    "names": [name],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": EPERM,
+                    "args": [{"index": index, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+                }
+                for name, index, flag in HUGETLB_FLAGS
             ),
         ],
     }
