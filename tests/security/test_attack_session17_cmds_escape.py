@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -97,7 +98,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-cmds-escape-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.security.test_attack_session16_guest_oom import FILL as FILL_SMALL  # no hog: session 16's attack
 from warren.agent.runtime import cmds_cgroup
 from warren.rpc import hostagent_pb2 as pb
@@ -107,7 +108,7 @@ GROUPS = "grep -E ':(memory|pids):' /proc/self/cgroup | cut -d: -f2- | sort"
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-guest-cgroup-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

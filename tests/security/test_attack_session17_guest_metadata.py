@@ -20,7 +20,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.security.test_attack_session17_alloc_fallback import QUEUES
 from warren.agent.runtime import cmds_cgroup
 from warren.rpc import hostagent_pb2 as pb
@@ -34,8 +35,8 @@ FILLERS = {
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack17-guest-metadata", runtime="runc") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request, "runc") as a:
         yield a
 
 

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime import cmds_cgroup
 from warren.guest.guest_agent.pty import MAX_CLIENTS, MAX_CLIENTS_ALL
 from warren.rpc import hostagent_pb2 as pb
@@ -39,7 +40,7 @@ YES_ON_GO = "while [ ! -e /tmp/go ]; do sleep 0.1; done; exec yes"
 # commands reach cmds under each runtime is test_attack_session17_guest_cgroup's and _cmds_escape's.
 @pytest.fixture(scope="module", params=["runc"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-guest-pty-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime import cmds_cgroup
 from warren.guest.guest_agent.process import RINGS_TOTAL
 from warren.rpc import hostagent_pb2 as pb
@@ -50,7 +51,7 @@ open("/tmp/drip-%d" % os.getpid(), "w").close()
 # commands reach cmds under each runtime is test_attack_session17_guest_cgroup's and _cmds_escape's.
 @pytest.fixture(scope="module", params=["runc"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-rings-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime import cmds_cgroup
 from warren.guest.guest_agent import watch as watch_op
 from warren.rpc import hostagent_pb2 as pb
@@ -53,7 +54,7 @@ for i in range(5000):
 # commands reach cmds under each runtime is test_attack_session17_guest_cgroup's and _cmds_escape's.
 @pytest.fixture(scope="module", params=["runc"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-guest-watch-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

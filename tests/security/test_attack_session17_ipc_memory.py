@@ -23,7 +23,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.security.test_attack_session17_alloc_fallback import QUEUES
 from warren.rpc import hostagent_pb2 as pb
 
@@ -75,7 +76,7 @@ ALLOC_16M = "print(len(bytearray(16 << 20)))"
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-ipc-memory-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

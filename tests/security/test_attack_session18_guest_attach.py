@@ -22,7 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.guest.guest_agent.process import MAX_ATTACH, MAX_ATTACH_ALL
 from warren.rpc import hostagent_pb2 as pb
 
@@ -31,8 +32,8 @@ pytestmark = pytest.mark.root
 
 # One runtime: what is bounded is the guest's own code (the same under runc and crun).
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack18-guest-attach", runtime="runc") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request, "runc") as a:
         yield a
 
 

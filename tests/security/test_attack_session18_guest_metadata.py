@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime import cmds_cgroup
 from warren.rpc import hostagent_pb2 as pb
 
@@ -33,8 +34,8 @@ LONG = "z" * 220  # long names (more kernel memory an inode) that leave room for
 
 # One runtime: what is bounded is the guest's own code (the same under runc and crun).
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack18-guest-metadata", runtime="runc") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request, "runc") as a:
         yield a
 
 

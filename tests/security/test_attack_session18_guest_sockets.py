@@ -32,7 +32,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.security.test_attack_session17_guest_pty import YES_ON_GO, guest_charge
 from warren.agent.runtime import cmds_cgroup
 from warren.guest.guest_agent.pty import MAX_CLIENTS, MAX_CLIENTS_ALL
@@ -80,8 +81,8 @@ def sockets_hold(pid: int) -> int:
 
 # One runtime: what is bounded is the guest's own code (the same under runc and crun).
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack18-guest-sockets", runtime="runc") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request, "runc") as a:
         yield a
 
 
