@@ -95,33 +95,34 @@ def test_the_host_count_kills_once_per_growth(monkeypatch: pytest.MonkeyPatch) -
     in_use = [64 * MiB]  # the guest's own count: far under the limit (the Sentry's buffers)
     monkeypatch.setattr(memwatch, "in_use", lambda: in_use[0])
     check = lambda used_mib: memwatch.host_check((used_mib * MiB, host_limit, spacing), 128 * MiB)  # noqa: E731
-    for used_mib in (150, 190, 199):  # under limit - HOST_MARGIN (200 MiB)
+    assert memwatch.HOST_MARGIN == 40 * MiB  # the figures below: the margin's line at 184 MiB
+    for used_mib in (150, 170, 183):
         check(used_mib)
     assert killed == []
-    check(210)
+    check(190)
     assert killed == [40]
-    # The Sentry keeps the victim's freed heap, just under the margin: a shell started then
+    # The Sentry keeps the victim's freed heap, about the margin's line: a shell started then
     # (a few MiB) is no new hog, nor anything falling or level.
-    for used_mib in (205, 197, 204, 199, 204, 204):
+    for used_mib in (185, 181, 188, 183, 188, 188):
         check(used_mib)
     assert killed == [40]
-    check(211)  # half the way from the lowest since (197) to the limit: another hog
+    check(203)  # half the way from the lowest since (181) to the limit: another hog
     assert killed == [40, 41]
-    check(222)  # now past the lowest since (211) by more than half of what is left
+    check(214)  # now past the lowest since (203) by more than half of what is left
     assert killed == [40, 41, 42]
-    check(168)  # back down, a GROWTH under the margin: the next is a new episode
-    check(199)
-    check(201)
+    check(152)  # back down, a GROWTH under the line: the next is a new episode
+    check(183)
+    check(185)
     assert killed == [40, 41, 42, 43]
     check(100)
     check(150)
     check(215)
     assert killed == [40, 41, 42, 43, 44]
-    check(170)  # still in the episode (over 168): its low is 170 now, the next kill past 197
-    check(196)
+    check(160)  # still in the episode (over 152): its low is 160 now, the next kill past 192
+    check(191)
     assert killed == [40, 41, 42, 43, 44]
-    check(201)
-    check(203)
+    check(193)
+    check(195)
     assert killed == [40, 41, 42, 43, 44, 45]
     # Rising while the guest's own count is over the limit: check() is the one killing.
     check(150)

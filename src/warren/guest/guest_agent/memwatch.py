@@ -63,7 +63,10 @@ TRUST = 2.5  # seconds a record vouches for the wake (beats come every second)
 PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 # A record of the host cgroup this close to its limit kills too: memory only the host sees (the
 # Sentry's own heap: socket and pipe buffers) would else take it there, and end the sandbox.
-HOST_MARGIN = 24 << 20
+# The victim's buffers stay in the Sentry's heap (Go garbage) for up to 2 minutes: at 24 MiB a
+# hoarder killed late on a loaded host (at 216-219 of 224 MiB) left too little room for a shell,
+# and the host ended the sandbox (session 19); at 40 the kill comes at 184-203, 20+ MiB left.
+HOST_MARGIN = 40 << 20
 VICTIM_WAIT = 10.0  # at most this long for a victim's memory to be counted free
 GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
 
