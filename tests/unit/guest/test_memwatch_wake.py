@@ -95,7 +95,8 @@ def test_the_host_count_kills_once_per_growth(monkeypatch: pytest.MonkeyPatch) -
     in_use = [64 * MiB]  # the guest's own count: far under the limit (the Sentry's buffers)
     monkeypatch.setattr(memwatch, "in_use", lambda: in_use[0])
     check = lambda used_mib: memwatch.host_check((used_mib * MiB, host_limit, spacing), 128 * MiB)  # noqa: E731
-    assert memwatch.HOST_MARGIN == 40 * MiB  # the figures below: the margin's line at 184 MiB
+    margin = memwatch.HOST_MARGIN
+    assert margin == 40 * MiB  # the figures below: the margin's line at 184 MiB
     for used_mib in (150, 170, 183):
         check(used_mib)
     assert killed == []
