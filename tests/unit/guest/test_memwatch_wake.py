@@ -109,7 +109,9 @@ def test_the_host_count_kills_once_per_growth(monkeypatch: pytest.MonkeyPatch) -
     assert killed == [40]
     check(203)  # half the way from the lowest since (181) to the limit: another hog
     assert killed == [40, 41]
-    check(214)  # now past the lowest since (203) by more than half of what is left
+    check(214)  # half of what is left past the lowest since (203), not a shell's size
+    assert killed == [40, 41]
+    check(220)  # a shell's size past it
     assert killed == [40, 41, 42]
     check(152)  # back down, a GROWTH under the line: the next is a new episode
     check(183)

@@ -69,6 +69,7 @@ PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 HOST_MARGIN = 40 << 20
 VICTIM_WAIT = 10.0  # at most this long for a victim's memory to be counted free
 GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
+SHELL_ROOM = 16 << 20  # what a command's start may add to the Sentry's heap, with room to spare
 
 
 _meminfo = -1  # /proc/meminfo, kept open by the watch thread (see _read_meminfo)
@@ -248,8 +249,12 @@ _host_prev = 0  # the usage of the record before
 
 def host_next(low: int, host_limit: int) -> int:
     """After a kill for the host's count, the usage that chooses another: half the way from
-    the lowest seen since to the limit (the other half is the next hog's, to be caught in)."""
-    return low + (host_limit - low) // 2
+    the lowest seen since to the limit (the other half is the next hog's, to be caught in), and
+    at least a shell's size past it. A victim killed late leaves its garbage near the limit,
+    where killing every command started (5-9 MiB each here) frees nothing and leaves the tenant
+    no sandbox to use; a second hog in that little room may take the cgroup to its limit, and
+    the host ends that sandbox (its own only: the limit holds)."""
+    return low + max(SHELL_ROOM, (host_limit - low) // 2)
 
 
 def host_check(record: "tuple[int, int, int]", limit: int) -> None:
