@@ -16,9 +16,19 @@ import pytest
 from tests.harness import netns
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import slot_of, wait_no_leaks
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
+
+
+# The worker's shared agent (tests/harness/shared_agent.py): these tests only create and destroy
+# sandboxes of their own.
+@pytest.fixture(scope="module")
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
+        yield a
+
 
 # A "remote" server for the internet tests: our own netns behind its own veth, so no packet
 # ever leaves this machine. At a documentation address (TEST-NET-3), which is not private:

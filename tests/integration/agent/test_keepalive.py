@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import grpc.aio
 import pytest
 
 from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.security.ca import CertificateAuthority
 from warren.rpc import hostagent_pb2 as pb
@@ -22,6 +24,15 @@ from warren.rpc import hostagent_pb2_grpc as pb_grpc
 from warren.rpc import keepalive
 
 pytestmark = pytest.mark.root
+
+
+# The worker's shared agent (tests/harness/shared_agent.py): these tests only create and destroy
+# sandboxes of their own.
+@pytest.fixture(scope="module")
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
+        yield a
+
 
 # Pings a client makes in each check: more than the server's two strikes before its GOAWAY.
 PINGS = 4

@@ -13,9 +13,19 @@ import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
+
+
+# The worker's shared agent (tests/harness/shared_agent.py): these tests only create and destroy
+# sandboxes of their own.
+@pytest.fixture(scope="module")
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
+        yield a
+
 
 ADD_USER = """
 set -e

@@ -10,11 +10,21 @@ import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent import watch_rpc
 from warren.guest.guest_agent import watch as guest_watch
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
+
+
+# The worker's shared agent (tests/harness/shared_agent.py): these tests only create and destroy
+# sandboxes of their own.
+@pytest.fixture(scope="module")
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
+        yield a
+
 
 # A new subdirectory and a file in it, made faster than its watch can be added: the scan of
 # the new directory reports what was already there.
