@@ -2,11 +2,12 @@
 destroy sandboxes of their own (an agent's start and stop is ~3 s of a loaded machine's CPU,
 paid once per worker instead of once per module and runtime).
 
-A module keeps an agent of its own (``scratch_agent``) when its tests read the agent's log, change
-its settings (``env``), kill, restart or measure it, move its fake clock, or assert on what the
-whole agent holds. A borrower gets the agent with no sandbox left from the module before, and
-leaves none: every sandbox still there when its module ends is destroyed. An agent that died
-or cannot list its sandboxes is finished and the next module starts a fresh one.
+A module keeps an agent of its own (``scratch_agent``) when its tests read more of the agent's log
+than their own sandboxes' lines, change its settings (``env``), kill, restart or measure it, move
+its fake clock, or assert on what the whole agent holds. A borrower gets the agent with no
+sandbox left from the module before, and leaves none: every sandbox still there when its module
+ends is destroyed. An agent that died or cannot list its sandboxes is finished and the next
+module starts a fresh one.
 """
 
 from __future__ import annotations

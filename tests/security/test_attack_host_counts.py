@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -136,8 +137,8 @@ print(json.dumps(got))
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-host-counts") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 

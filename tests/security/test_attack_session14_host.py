@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.shared_agent import shared_agent
 from warren.agent.network import FLOWS_OUT_PER_SANDBOX
 from warren.rpc import hostagent_pb2 as pb
 
@@ -162,8 +163,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def crun_agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-session14-host", runtime="crun") as a:
+def crun_agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request, "crun") as a:
         yield a
 
 

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.network import CLAIMS_DIR
 from warren.agent.runtime.oci import CONTROLLERS, cgroup_dir
 from warren.rpc import hostagent_pb2 as pb
@@ -107,7 +108,7 @@ ATTACKS = {"churn": CHURN, "zombies": ZOMBIES, "blocked": BLOCKED, "vfork": VFOR
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack17-quarantine-dos-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime.socket_ceiling import count_ceiling
 from warren.rpc import hostagent_pb2 as pb
 
@@ -99,7 +100,7 @@ SOCKSTAT = "cat /proc/net/sockstat /proc/net/sockstat6"
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with scratch_agent(f"attack18-accept-queue-{request.param}", runtime=request.param) as a:
+    with shared_agent(request, request.param) as a:
         yield a
 
 
