@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,130 @@ def test_the_holder_of_the_longest_queues_is_killed_past_the_count() -> None:
         for cg in (d / "cmds", d):
             with contextlib.suppress(OSError):
                 cg.rmdir()
+
+
+# -- sockets in flight (session 19): every process of cmds when the heaviest-first kills run out ----
+
+# Joins the cgroup whose cgroup.procs is argv[1]; puts argv[2] loopback pairs (one 64 KiB send
+# each, never read) in flight in a unix socket and closes them; argv[3] "hidden": the unix
+# socket is kept by a thread whose leader then exits alone (a zombie: /proc/<pid>/fd empty,
+# /proc/<pid>/cgroup "/"), else by the process (weight 1); argv[4] socketpairs more (a
+# decoy's weight). Says so on stdout.
+INFLIGHT = r"""
+import array, ctypes, socket, sys, threading, time
+with open(sys.argv[1], "w") as f:
+    f.write("0")
+def build():
+    keep, send = socket.socketpair()
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1024)
+    for _ in range(int(sys.argv[2])):
+        c = socket.create_connection(ls.getsockname())
+        s, _ = ls.accept()
+        c.setblocking(False)
+        try:
+            c.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        fds = array.array("i", [c.fileno(), s.fileno()])
+        send.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        c.close()
+        s.close()
+    ls.close()
+    send.close()
+    return keep
+if sys.argv[3] == "hidden":
+    done = threading.Event()
+    def hide():
+        held = build()
+        done.set()
+        print(1, flush=True)
+        time.sleep(120)
+    threading.Thread(target=hide).start()
+    done.wait()
+    ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: the main thread alone
+elif int(sys.argv[2]):
+    held = build()
+decoy = [socket.socketpair() for _ in range(int(sys.argv[4]))]
+print(1, flush=True)
+time.sleep(120)
+"""
+
+
+def _cgroups(sid: str) -> Path:
+    d = socket_ceiling.CGROUP_ROOT / "memory" / "warren" / sid
+    if not (socket_ceiling.CGROUP_ROOT / "memory" / socket_ceiling.LIMIT).exists():
+        pytest.skip("no cgroup v1 kmem.tcp accounting here")
+    (d / "cmds").mkdir(parents=True, exist_ok=True)
+    for cg in (d, d / "cmds"):
+        (cg / socket_ceiling.LIMIT).write_text(str(1 * MiB))
+    return d
+
+
+def _spawn(where: Path, pairs: int, mode: str, pairs_more: int) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", INFLIGHT, str(where / "cgroup.procs"), str(pairs), mode, str(pairs_more)],
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stdout.readline()
+    return child
+
+
+def _end(d: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        child.kill()
+        child.wait()
+    for cg in (d / "cmds", d):
+        with contextlib.suppress(OSError):
+            cg.rmdir()
+
+
+@pytest.mark.root
+def test_sockets_in_flight_held_by_no_descriptor_kill_all_of_cmds(caplog: pytest.LogCaptureFixture) -> None:
+    """A real memory cgroup (1 MiB bound): 100 pairs in flight in a unix socket a thread keeps
+    behind its zombie leader, a bystander in cmds without sockets, a "guest" in the sandbox's
+    cgroup. No process of cmds shows a socket descriptor: both are killed, the memory goes, the
+    guest lives."""
+    sid = "sb-unit-socket-inflight"
+    d = _cgroups(sid)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        guest = _spawn(d, 0, "shown", 1)
+        children += [guest, _spawn(d / "cmds", 100, "hidden", 0), _spawn(d / "cmds", 0, "shown", 0)]
+        hidden = children[1].pid
+        while "Z" not in Path(f"/proc/{hidden}/stat").read_text().split(")")[1][:3]:
+            time.sleep(0.01)  # the leader has exited alone
+        assert socket_ceiling._sockets(hidden) == 0
+        assert int((d / socket_ceiling.USAGE).read_text()) > ceiling(1 * MiB)
+        assert SocketCeiling().tick([sid]) == 2
+        assert [c.wait(10) for c in children[1:]] == [-9, -9]
+        assert guest.poll() is None
+        assert int((d / socket_ceiling.USAGE).read_text()) <= 1 * MiB
+        assert f"event=socket_memory_kill_all sandbox={sid} killed=2" in caplog.text
+    finally:
+        _end(d, children)
+
+
+@pytest.mark.root
+def test_kills_spent_on_heavier_decoys_two_ticks_in_a_row_kill_all_of_cmds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The holder of 100 pairs in flight weighs 1, three decoys 4 each; one kill a tick
+    (MAX_KILLS 1): the first tick kills a decoy only, the second a decoy and then all of cmds."""
+    monkeypatch.setattr(socket_ceiling, "MAX_KILLS", 1)
+    sid = "sb-unit-socket-decoys"
+    d = _cgroups(sid)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        children.append(_spawn(d / "cmds", 100, "shown", 0))
+        children += [_spawn(d / "cmds", 0, "shown", 2) for _ in range(3)]
+        watch = SocketCeiling()
+        assert watch.tick([sid]) == 1
+        assert children[0].poll() is None
+        assert sum(c.poll() is None for c in children) == 3
+        assert watch.tick([sid]) == 1 + 2  # a decoy, then the holder and the last decoy
+        assert [c.wait(10) for c in children] == [-9] * 4
+        assert int((d / socket_ceiling.USAGE).read_text()) <= 1 * MiB
+    finally:
+        _end(d, children)
