@@ -36,7 +36,12 @@ from tests.security.test_attack_session17_preview_revocation import (
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 PRIVATE = 8000
-TTL_S = 30  # long enough to open every connection on a loaded machine (the API allows 1 s)
+# The signed URL's life (the API allows 1 s): the test waits it out, so it is short, with room to
+# open every connection first. A run where opening them left less than OPEN_MARGIN_S of it (a
+# loaded machine) starts over once with a URL of RETRY_TTL_S, which the assertions then hold to.
+TTL_S = 10
+RETRY_TTL_S = 30
+OPEN_MARGIN_S = 3.0
 # The connection ends within the 5 s re-check after the expiry; generous for a loaded machine.
 ENDS_WITHIN_S = 20.0
 
@@ -92,7 +97,19 @@ def wait_ended(cut: list[Tap], until: float, after: str) -> None:
 def test_a_signed_urls_connections_end_at_its_expiry(platform: Platform) -> None:
     bob = signup(platform.url, "bob-s18exp")
     sid, token = serving_sandbox(platform, bob)
-    r = bob.w("POST", f"/v1/sandboxes/{sid}/preview/signed-url", {"port": PRIVATE, "expires": TTL_S})
+    signed = _cut_at_expiry(platform, bob, sid, token, TTL_S, last=False)
+    if signed is None:  # the connections took most of the short URL's life to open
+        signed = _cut_at_expiry(platform, bob, sid, token, RETRY_TTL_S, last=True)
+    assert signed is not None
+    # And the URL is refused, as before.
+    r = httpx.get(signed, timeout=60, follow_redirects=False)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "signed_url_expired", r.text
+
+
+def _cut_at_expiry(platform: Platform, bob: Tenant, sid: str, token: str, ttl: int, last: bool) -> str | None:
+    """Connections by a URL of ``ttl`` s and its cookie end at its expiry, Bob's own go on: the
+    URL. None, when not ``last``, for a run that could not open them all in time."""
+    r = bob.w("POST", f"/v1/sandboxes/{sid}/preview/signed-url", {"port": PRIVATE, "expires": ttl})
     assert r.status_code == 200, r.text
     signed, exp = r.json()["url"], r.json()["expires_at"]
     base = f"{platform.url}/v1/sandboxes/{sid}/ports/{PRIVATE}"
@@ -112,13 +129,14 @@ def test_a_signed_urls_connections_end_at_its_expiry(platform: Platform) -> None
             WsTap("bob ws token", f"{base}/ws", by_token, stop),
             http_tap("bob http token", f"{base}/stream", by_token, stop),
         ]
-        for tap in cut + kept:
-            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        flowed = [(tap, tap.flowing()) for tap in cut + kept]
+        if not last and (not all(ok for _, ok in flowed) or exp - time.time() < OPEN_MARGIN_S):
+            return None
+        for tap, ok in flowed:
+            assert ok, f"{tap.name} never flowed: {tap.how}"
         wait_ended(cut, exp + ENDS_WITHIN_S, f"the signed URL expired (+{ENDS_WITHIN_S:.0f} s)")
         for ws in ws_cut:
             assert ws.close == (1008, "403 signed_url_expired"), f"{ws.name}: {ws.close}"
         for tap in kept:
             assert tap.flowing(), f"{tap.name} was cut though the token holds: {tap.how}"
-    # And the URL is refused, as before.
-    r = httpx.get(signed, timeout=60, follow_redirects=False)
-    assert r.status_code == 403 and r.json()["error"]["code"] == "signed_url_expired", r.text
+    return str(signed)
