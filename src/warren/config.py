@@ -287,6 +287,10 @@ class Settings(BaseSettings):
     # How long the preview proxy waits for a sandbox's server to answer a WebSocket upgrade
     # before 504 upstream_timeout (the exchange holds one of the sandbox's slots meanwhile).
     ws_handshake_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Every stream_recheck_s this process re-reads, in one statement, the credentials of its open
+    # streams and proxied connections, and ends those whose credential was revoked by another
+    # process (services/stream_revocation.py; its own changes end them at once).
+    stream_recheck_s: float = Field(default=5.0, gt=0, le=3600)
     # The same connections of all one team's sandboxes, and of all the teams one account owns
     # (session 16: the per-sandbox bound alone multiplied by a team's sandboxes and an account's
     # teams); per CP/proxy process, 429 too_many_connections past either (cp/proxy/bounds.py).

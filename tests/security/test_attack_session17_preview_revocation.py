@@ -267,6 +267,11 @@ def _assert_outcome(cut: list[Tap], kept: list[Tap], how: str) -> None:
         assert tap.flowing(), f"{tap.name} was cut though its access holds: {tap.how}"
 
 
+# Its periodic re-check (WARREN_STREAM_RECHECK_S, 5 s by default) is what the test waits for:
+# short here, the same re-check.
+RECHECK_ENV = {"WARREN_STREAM_RECHECK_S": "1"}
+
+
 @contextlib.contextmanager
 def _warren_proxy(platform: Platform) -> Iterator[str]:
     """``warren proxy`` as a process of its own on the platform's database: the URL it serves."""
@@ -275,7 +280,7 @@ def _warren_proxy(platform: Platform) -> Iterator[str]:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-            env=platform.cp.env(), stdout=log, stderr=log, start_new_session=True,
+            env={**platform.cp.env(), **RECHECK_ENV}, stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"

@@ -40,12 +40,18 @@ from tests.security.test_attack_session16_tenant import (
 pytestmark = [pytest.mark.root]
 
 
+# B's periodic re-check (WARREN_STREAM_RECHECK_S, 5 s by default) is what these tests wait for:
+# short here, the same re-check.
+RECHECK_ENV = {"WARREN_STREAM_RECHECK_S": "1"}
+
+
 @pytest.fixture(scope="module")
 async def replica_b(platform: Platform, platform_dir: Path) -> AsyncIterator[CPProcess]:
     """A second ``warren cp`` on A's database and CA (the agent trusts B's client certificate)."""
     ca = platform.cp.home / "ca"
     b = CPProcess(platform.cp.db_url, platform_dir / "cp-b")
-    with environ({"WARREN_CA_CERT": str(ca / "ca.pem"), "WARREN_CA_KEY": str(ca / "ca.key")}):
+    ca_env = {"WARREN_CA_CERT": str(ca / "ca.pem"), "WARREN_CA_KEY": str(ca / "ca.key")}
+    with environ({**ca_env, **RECHECK_ENV}):
         await asyncio.to_thread(b.start)
     try:
         yield b

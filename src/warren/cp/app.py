@@ -208,7 +208,7 @@ async def _hosts(state: AppState) -> AsyncIterator[None]:
     lifetimes = LifetimeSweeper(state.engine, state.pool, settings)
     state.retention = RetentionWorker(state.engine, settings)
     # Open streams end when their credentials are revoked; this replica's own streams, so always.
-    revocation = RevocationWorker(state.engine)
+    revocation = RevocationWorker(state.engine, settings.stream_recheck_s)
     revocation.start()
     if settings.run_workers:
         state.monitor.start()  # the first pass runs at once, then every monitor_interval_s

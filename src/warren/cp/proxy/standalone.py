@@ -49,7 +49,7 @@ def standalone_app(settings: Settings) -> Starlette:
         pool = HostClientPool(CertificateAuthority.from_settings(settings), check)
         deps.engine, deps.pool = engine, pool
         # Connections a revoked credential admitted end within its poll (no kick reaches here).
-        revocation = RevocationWorker(engine)
+        revocation = RevocationWorker(engine, settings.stream_recheck_s)
         revocation.start()
         try:
             yield

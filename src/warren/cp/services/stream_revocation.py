@@ -51,7 +51,7 @@ from warren.errors import InvalidRequest
 
 log = logging.getLogger("warren.streams")
 
-RECHECK_S = 5.0  # how long another replica's change may leave a stream open here
+RECHECK_S = 5.0  # how long another replica's change may leave a stream open here (WARREN_STREAM_RECHECK_S)
 
 # The grants that no longer hold, by index, with their sandbox's status for a preview grant
 # (the reason when it is not running; read only for a grant that failed). One statement for
