@@ -156,7 +156,8 @@ DENIED_SOCKOPTS = (
 # 8 from a 64 MiB sandbox), and surplus pages (vm.nr_overcommit_hugepages) are host memory no
 # limit sees. (syscall, argument, flag) refused when the flag is set; transparent huge pages are
 # ordinary memory and stay. i386's ipc(2) multiplexer hides shmget's flags (SHM_HUGETLB needs
-# CAP_IPC_LOCK, which no sandbox has, there as here).
+# CAP_IPC_LOCK, which no sandbox has, there as here); its old mmap(2) takes its arguments in
+# memory, so the rule reads a stray register there (glibc and musl call mmap2 on i386).
 MAP_HUGETLB, MFD_HUGETLB, SHM_HUGETLB = 0x40000, 0x0004, 0o4000
 HUGETLB_FLAGS = (("mmap", 3, MAP_HUGETLB), ("mmap2", 3, MAP_HUGETLB), ("memfd_create", 1, MFD_HUGETLB),
                  ("shmget", 2, SHM_HUGETLB))  # fmt: skip
