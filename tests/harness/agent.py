@@ -221,6 +221,18 @@ class AgentProcess:
             self.channel.close()
             self.channel = None
 
+    def disconnect(self) -> None:
+        """Close the test's channel to a running agent, which keeps running. An open gRPC
+        channel keeps gRPC's threads in the test process, and its fork handlers then break the
+        tests that fork it (the guest's ``run_as``, a confined converter's probe)."""
+        self._close()
+
+    def reconnect(self) -> None:
+        """A channel to the running standalone agent again, after :meth:`disconnect`."""
+        if self.channel is None and self.cp_url is None:
+            self.channel = grpc.insecure_channel(self.address)
+            self.stub = pb_grpc.HostAgentStub(self.channel)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, sig)

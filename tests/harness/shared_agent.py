@@ -41,6 +41,7 @@ def _agents(config: pytest.Config) -> dict[str, AgentProcess]:
 
 def _retire(agent: AgentProcess) -> None:
     try:
+        agent.reconnect()  # lent agents are left without a channel between modules
         agent.finish()
     finally:
         shutil.rmtree(agent.root.parent, ignore_errors=True)  # scratch_dir's run-* directory
@@ -62,6 +63,7 @@ def shared_agent(request: pytest.FixtureRequest, runtime: str = "runc") -> Itera
         root = scratch_dir(f"shared-agent-{runtime}")
         agent = AgentProcess.standalone(root / "agent", runtime=runtime).start()
         agents[runtime] = agent
+    agent.reconnect()
     try:
         yield agent
     finally:
@@ -70,3 +72,7 @@ def shared_agent(request: pytest.FixtureRequest, runtime: str = "runc") -> Itera
         except Exception:
             _retire(agents.pop(runtime))
             raise
+        # No channel between modules: gRPC's threads would stay in this worker, and a later
+        # module that forks it met their fork handlers (CI, session 19: a converter probe's
+        # child logged 2 GB of "pthread_create failed", the guest's run_as child failed).
+        agent.disconnect()
