@@ -149,22 +149,25 @@ def _attack(platform: Platform, t: Tenant, sid: str, mode: str, user: str) -> di
     _start(t, sid, INFLIGHT, [str(PAIRS), mode, str(uids)], user, f"inflight-{mode}")
     began, seen, after, over_after, comms = time.monotonic(), 0, 0.0, 0, list[str]()
     while True:
-        usage = _tcp(d, "usage_in_bytes")
+        usage = left = _tcp(d, "usage_in_bytes")
         seen = max(seen, usage)
         now = time.monotonic()
         if after:
             over_after = max(over_after, usage)
-            if now - after >= SETTLE_S:
+            # Until the usage is back under the ceiling (the watchdog may still be at work on a
+            # loaded machine: two ticks of kills before it kills all), SETTLE_S at least.
+            if now - after >= SETTLE_S and (usage <= top or now - after >= WAIT_S):
                 break
         elif now - began > 3 and "python3" not in (comms := _names(d)):
             after = now
-        assert now - began < WAIT_S, f"the holder never finished: {comms}"
+        assert after or now - began < WAIT_S, f"the holder never finished: {comms}"
         time.sleep(0.05)
     comms = _names(d)
     got = {
         "ceiling": top,
         "max_seen": seen,
         "max_after": over_after,
+        "left": left,  # at the end of the settle: the processes' sockets are freed after them
         "built": comms.count("built"),
         "decoys": comms.count("decoy"),
         "kills": len(_lines(platform, sid, "socket_memory_kill")),
@@ -173,7 +176,8 @@ def _attack(platform: Platform, t: Tenant, sid: str, mode: str, user: str) -> di
     }
     print(
         f"{mode} as {user} ({uids} uid): ceiling {top / MiB:.0f} MiB; max seen {seen / MiB:.1f} "
-        f"MiB, after the attack {over_after / MiB:.1f} MiB ({SETTLE_S:.0f} s); alive: holder "
+        f"MiB, after the attack {over_after / MiB:.1f} MiB at most, {left / MiB:.1f} MiB left "
+        f"({SETTLE_S:.0f} s); alive: holder "
         f"{got['built']}, decoys {got['decoys']}; lines: kill {got['kills']}, no_victim "
         f"{got['no_victim']}, kill_all {got['kill_all']}"
     )
@@ -197,7 +201,9 @@ def test_sockets_in_flight_are_freed_past_the_ceiling(
 ) -> None:
     got = _attack(platform, alice, sandbox, mode, user)
     assert got["max_seen"] > got["ceiling"], got  # the attack did pass it
-    assert got["max_after"] <= got["ceiling"], got  # it does not stay past it
+    # It does not stay past it (before the fix: 47 MiB for good). On a loaded machine the
+    # kills may come seconds after the holder is built (CI: 42 MiB 5 s after), hence "left".
+    assert got["left"] <= got["ceiling"], got
     assert got["kill_all"] >= 1, got
     assert not _cmds_comms(_memcg(platform, sandbox)), "cmds keeps processes"
     assert alice.sh(sandbox, "echo alive").strip() == "alive"  # the sandbox and its guest live on
