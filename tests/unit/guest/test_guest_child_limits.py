@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
+import sys
 
 import pytest
 
@@ -43,12 +45,18 @@ def test_no_cap_given_leaves_the_limit() -> None:
     assert child_limit(OomScore()) == resource.getrlimit(resource.RLIMIT_NPROC)
 
 
+SCORE = """
+from warren.guest.guest_agent import users
+def score():
+    with open("/proc/self/oom_score_adj") as f:
+        return {"score": f.read().strip()}, []
+print(users.run_as(users.lookup("root"), score))
+"""
+
+
 def test_a_file_operations_child_takes_the_commands_score() -> None:
-    # It never execs and may wait a minute: a copy of the guest at the guest's own score.
-    from warren.guest.guest_agent import users
-
-    def score() -> tuple[dict[str, str], list[int]]:
-        with open("/proc/self/oom_score_adj") as f:
-            return {"score": f.read().strip()}, []
-
-    assert users.run_as(users.lookup("root"), score) == ({"score": "1000"}, [])
+    # It never execs and may wait a minute: a copy of the guest at the guest's own score. In an
+    # interpreter of its own, as the guest is: run_as forks, and a pytest worker may hold gRPC's
+    # threads (another module's channel), whose fork handlers broke the child (CI, session 19).
+    res = subprocess.run([sys.executable, "-c", SCORE], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "({'score': '1000'}, [])", res
