@@ -56,7 +56,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -64,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from warren.agent.runtime import cmds_procs
 from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.agent.runtime.socket_memory import LIMIT, USAGE
 from warren.guest.guest_agent.kernfs import read_small
@@ -76,12 +76,9 @@ TICK = 0.5  # seconds between two reads of every sandbox's counter
 UNBOUNDED = 1 << 62  # a limit at or above this is the kernel's default (never written)
 LIMIT_REFRESH = 30.0  # seconds a sandbox's bound is trusted (a warm claim's resize moves it)
 MAX_KILLS = 32  # per sandbox and tick
-KILL_WAIT = 1.0  # seconds to wait for a victim's exit before reading the counter again
 ENFORCE_S = 5.0  # seconds one sandbox's kills may take in a tick (its victims' exits)
 SPENT_TICKS = 2  # ticks in a row whose kills ran out while still over: then all of cmds
 SETTLE_S = 0.05  # after kills, before "no victim" kills all: deferred fputs (delayed_fput)
-LOG_BURST = 8  # kill lines per sandbox, then one per LOG_EVERY seconds (the rest counted)
-LOG_EVERY = 10.0
 COUNT_FLOOR = 4096  # TCP sockets any bounded sandbox may hold
 COUNT_UNIT = 16 << 10  # bytes of the sandbox's memory per TCP socket past the floor
 LISTEN = b"0A"  # a listener's state in /proc/net/tcp{,6}
@@ -129,9 +126,7 @@ class _Watched:
     read_at: float = -LIMIT_REFRESH
     count_top: int = 0  # count_ceiling of the sandbox's memory; 0: its guest not found
     guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
-    tokens: float = LOG_BURST
-    filled_at: float = field(default_factory=time.monotonic)
-    suppressed: int = 0  # kills not logged since the last line
+    log: cmds_procs.LogBucket = field(default_factory=cmds_procs.LogBucket)
     spent: dict[str, tuple[int, int]] = field(default_factory=dict)  # event -> (tick, in a row)
 
 
@@ -182,49 +177,14 @@ def _sockets(pid: int, queued: dict[int, int] | None = None) -> int:
     return n
 
 
-def _in(line: str, cmds: str) -> bool:
-    """Whether a line of /proc/<pid>/cgroup puts the process in ``cmds`` of the memory tree."""
-    _, controllers, path = line.split(":", 2)
-    return path == cmds and "memory" in controllers.split(",")
-
-
-def _member(pid: int, cmds: str) -> bool:
-    """Whether ``pid``'s process is in ``cmds`` (its memory cgroup path, as /proc gives it): its
-    leader's, or, for a leader that exited alone (a zombie, shown in "/", its descriptors gone
-    from /proc/<pid>/fd, while its threads live on and stay in cgroup.procs), a thread's."""
-    if any(_in(x, cmds) for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines()):
-        return True
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            if any(_in(x, cmds) for x in Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines()):
-                return True
-    return False
-
-
-def _pin(pid: int, cmds: str) -> int | None:
-    """A pidfd of ``pid`` if it is a process of ``cmds`` (read after the pidfd: the pid is the
-    process's); None if it is gone or elsewhere."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    try:
-        if _member(pid, cmds):
-            return pidfd
-    except OSError:
-        pass
-    os.close(pidfd)
-    return None
-
-
 def _pinned(pid: int, cmds: str, queued: dict[int, int] | None = None) -> tuple[int, int] | None:
     """``(pidfd, sockets)`` of ``pid`` if it is (still) a process of ``cmds``; None if it is
     gone or elsewhere."""
-    if (pidfd := _pin(pid, cmds)) is None:
+    if (pidfd := cmds_procs.pin(pid, cmds)) is None:
         return None
     try:
         n = _sockets(pid, queued)
-        signal.pidfd_send_signal(pidfd, 0)  # alive: the pid was its all along
+        cmds_procs.alive(pidfd)  # the pid was its all along
         return pidfd, n
     except OSError:
         os.close(pidfd)
@@ -337,35 +297,13 @@ class SocketCeiling:
         return n
 
     def _kill_all(self, sid: str, event: str, what: str, level: int, top: int) -> int:
-        """SIGKILL to every process of ``cmds`` (pinned by pidfd, checked to be in it), again
-        for those started meanwhile (a forker's), until none is new or :data:`ENFORCE_S`; the
-        number killed. The guest is in the sandbox's cgroup, never in ``cmds``."""
-        deadline = time.monotonic() + ENFORCE_S
-        cmds = f"/{CGROUP_PARENT}/{sid}/cmds"
+        """SIGKILL to every process of ``cmds`` (cmds_procs.kill_all); the number killed."""
         procs = self._root / sid / "cmds" / "cgroup.procs"
-        killed: set[int] = set()
-        while time.monotonic() < deadline:
-            try:
-                pids = [int(p) for p in procs.read_text().split()]
-            except (OSError, ValueError):
-                break  # the sandbox is going
-            # one already signalled and still listed (exiting, a zombie) is not waited on again
-            pinned = {pid: fd for pid in pids if pid not in killed and (fd := _pin(pid, cmds)) is not None}
-            if not pinned:
-                break
-            try:
-                for pid, fd in pinned.items():
-                    with contextlib.suppress(OSError):  # exited meanwhile
-                        signal.pidfd_send_signal(fd, signal.SIGKILL)
-                        killed.add(pid)
-                _wait_all(list(pinned.values()), deadline)
-            finally:
-                for fd in pinned.values():
-                    os.close(fd)
+        killed = cmds_procs.kill_all(procs, f"/{CGROUP_PARENT}/{sid}/cmds", time.monotonic() + ENFORCE_S)
         if killed:  # rare (a tick in two at most), and the case the operator must see
             log.warning("event=%s_kill_all sandbox=%s killed=%d %s=%d ceiling=%d", event, sid,
-                        len(killed), what, level, top)  # fmt: skip
-        return len(killed)
+                        killed, what, level, top)  # fmt: skip
+        return killed
 
     def _kill(
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
@@ -392,13 +330,13 @@ class SocketCeiling:
                 victim = choose((pid, n) for pid, (_, n) in pinned.items())
                 if victim is None:
                     msg = f"event={event}_no_victim sandbox=%s {what}=%d ceiling=%d"
-                    self._say(w, msg, sid, level, top)
+                    w.log.warn(msg, sid, level, top)
                     end = "no_victim"
                     break
                 pidfd, weight = pinned[victim]
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 killed.append(victim)
-                _wait_exit(pidfd)
+                cmds_procs.wait_exit(pidfd)
             except (OSError, ValueError):
                 end = "gone"  # the cgroup is going, or the victim went by itself: next tick
                 break
@@ -406,7 +344,7 @@ class SocketCeiling:
                 for fd, _ in pinned.values():
                     os.close(fd)
             msg = f"event={event}_kill sandbox=%s pid=%d {unit}=%d {what}=%d ceiling=%d"
-            self._say(w, msg, sid, victim, weight, level, top)
+            w.log.warn(msg, sid, victim, weight, level, top)
             try:
                 level = read()
             except (OSError, ValueError):
@@ -417,18 +355,6 @@ class SocketCeiling:
                 break
         return len(killed), level, end
 
-    def _say(self, w: _Watched, fmt: str, *args: object) -> None:
-        """A warning from the sandbox's bucket; what it does not allow is counted, then told."""
-        now = time.monotonic()
-        w.tokens = min(LOG_BURST, w.tokens + (now - w.filled_at) / LOG_EVERY)
-        w.filled_at = now
-        if w.tokens < 1:
-            w.suppressed += 1
-            return
-        w.tokens -= 1
-        log.warning(fmt + " suppressed=%d", *args, w.suppressed)
-        w.suppressed = 0
-
 
 def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
     """``read(pid)`` if ``pid`` is (still) a process of the memory cgroup ``cgroup`` (the
@@ -438,7 +364,9 @@ def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
     except OSError:
         return None
     try:
-        if not any(_in(x, cgroup) for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines()):
+        if not any(
+            cmds_procs.in_cgroup(x, cgroup) for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        ):
             return None
         got = read(pid)
         signal.pidfd_send_signal(pidfd, 0)
@@ -447,28 +375,6 @@ def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
         return None
     finally:
         os.close(pidfd)
-
-
-def _wait_all(pidfds: list[int], deadline: float) -> None:
-    """Until every process has exited, KILL_WAIT or ``deadline``."""
-    p = select.poll()
-    for fd in pidfds:
-        p.register(fd, select.POLLIN)
-    left = set(pidfds)
-    until = min(deadline, time.monotonic() + KILL_WAIT)
-    while left and (wait := until - time.monotonic()) > 0:
-        with contextlib.suppress(InterruptedError):
-            for fd, _ in p.poll(wait * 1000):
-                p.unregister(fd)
-                left.discard(fd)
-
-
-def _wait_exit(pidfd: int) -> None:
-    """Until the process has exited (its descriptors, its sockets, closed) or KILL_WAIT."""
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    with contextlib.suppress(InterruptedError):
-        p.poll(KILL_WAIT * 1000)
 
 
 async def watch(running: Callable[[], list[str]], killed: Callable[[int], None]) -> None:

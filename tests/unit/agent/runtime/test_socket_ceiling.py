@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from warren.agent.runtime import socket_ceiling
+from warren.agent.runtime import cmds_procs, socket_ceiling
 from warren.agent.runtime.socket_ceiling import SocketCeiling, ceiling, choose
 
 MiB = 1 << 20
@@ -49,7 +49,7 @@ def test_the_ceiling_is_the_bound_twice_over() -> None:
     ],
 )
 def test_only_a_process_of_the_sandboxes_cmds_is_a_candidate(line: str, inside: bool) -> None:
-    assert socket_ceiling._in(line, "/warren/sb-1/cmds") is inside
+    assert cmds_procs.in_cgroup(line, "/warren/sb-1/cmds") is inside
 
 
 def _fake(tmp_path: Path, sid: str, limit: int, usage: int, procs: list[int]) -> Path:
