@@ -30,7 +30,7 @@ from warren.agent import dial_data, egress, favor_watch, metrics, telemetry
 from warren.agent.egress_usage import ENDED_FILE
 from warren.agent.manager import SandboxManager
 from warren.agent.network import NetworkSlots
-from warren.agent.runtime import cmds_cgroup, gvisor, socket_ceiling
+from warren.agent.runtime import cmds_cgroup, cmds_oom, gvisor, socket_ceiling
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.oci import OciRuntime
 from warren.agent.runtime.select import RuntimeSet
@@ -231,6 +231,7 @@ async def serve(
         tasks.append(asyncio.create_task(favor_watch.watch(scratch, every), name="favordynmods"))
     watchdog = socket_ceiling.watch(manager.running, metrics.SOCKET_MEMORY_KILLS.inc)  # runc/crun
     tasks.append(asyncio.create_task(watchdog, name="socket-ceiling"))
+    cmds_oom.WATCH.start(metrics.OOM_STORM_KILLS.inc)  # runc/crun: OOM storms (cmds_oom.py)
     limit = manager.create_concurrency or "unlimited"
     log.info(
         "event=agent_ready listen=%s data_dir=%s runtime=%s sandboxes=%d create_concurrency=%s",
@@ -241,6 +242,7 @@ async def serve(
     finally:
         log.info("event=agent_stopping destroy_sandboxes=%s", handle.destroy_on_stop)
         await cancel_and_wait(*tasks)
+        cmds_oom.WATCH.stop()  # sandboxes left running get the kernel's OOM killer back
         if handle.destroy_on_stop:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(GRACE_SECONDS):

@@ -43,6 +43,7 @@ from warren.agent.layer_cache import LayerCache
 from warren.agent.network import NetworkSlots
 from warren.agent.readopt import readopt
 from warren.agent.record import HostSandbox, MetricPoint
+from warren.agent.runtime import cmds_oom
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.select import RuntimeSet
 from warren.agent.sandbox_runtime import SandboxRuntimes
@@ -57,8 +58,7 @@ from warren.errors import InternalError, InvalidState, NotFound, WarrenError
 log = logging.getLogger("warren.agent")
 
 REAPER_INTERVAL = 2.0
-# How long stopping the agent waits for destroys under way.
-TEARDOWN_WAIT_S = 60.0
+TEARDOWN_WAIT_S = 60.0  # how long stopping the agent waits for destroys under way
 
 
 class SandboxManager:
@@ -104,8 +104,7 @@ class SandboxManager:
         self._builder.restore = self._runtimes.restore_fork
         self._admission = CreateAdmission(settings.create_limit())
         self.create_concurrency = self._admission.limit
-        # Bumped by every PauseAll: a create that sees it change pauses its new sandbox too.
-        self._pause_all_epoch = 0
+        self._pause_all_epoch = 0  # bumped by every PauseAll: a create seeing it move pauses too
         self._auto_paused: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
         # Destroys, pauses and resumes under way: they run to completion (shielded_ops.py).
@@ -209,6 +208,7 @@ class SandboxManager:
         if sb.status == "paused" and not sb.paused_state:
             # Paused by a crash's checkpoint (pid 0: no process) or frozen.
             sb.paused_state = self._runtimes.adopted_paused_state(sb)
+        cmds_oom.WATCH.arm(self.runtime.container_id(sb.id))  # a storm left by the last agent
         self._register(sb)
         self._save(sb)
 
@@ -301,8 +301,10 @@ class SandboxManager:
         return counts
 
     def running(self) -> list[str]:
-        """Running sandboxes, less those a pause or resume holds (socket_ceiling.py)."""
-        return [sb.id for sb in self._sandboxes.values() if sb.status == "running" and not sb.lock.locked()]
+        """Running sandboxes' container ids (a claimed pool member keeps its cgroups' name), less
+        those a pause or resume holds (socket_ceiling.py)."""
+        live = [sb.id for sb in self._sandboxes.values() if sb.status == "running" and not sb.lock.locked()]
+        return [self.runtime.container_id(sb_id) for sb_id in live]
 
     def _chains(self) -> set[str]:
         """The layers the registered sandboxes run on (paused and re-adopted ones included)."""

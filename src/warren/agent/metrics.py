@@ -21,6 +21,11 @@ from warren.agent.record import HostSandbox, MetricPoint
 from warren.agent.runtime.base import Runtime
 from warren.errors import InvalidRequest
 
+# Processes of sandboxes in an OOM storm killed by the agent instead of the kernel (cmds_oom.py).
+OOM_STORM_KILLS = Counter(
+    "warren_agent_oom_storm_kills",
+    "Processes of runc/crun sandboxes in an OOM storm killed by the agent at their memory limit.",
+)
 # Processes killed for holding a sandbox's socket memory, or its TCP sockets (accept queues
 # included), past its ceiling (socket_ceiling.py; the log's event tells which).
 SOCKET_MEMORY_KILLS = Counter(

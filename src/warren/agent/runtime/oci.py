@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.agent.proc import CommandError, Result, run, write_file
-from warren.agent.runtime import cmds_cgroup, guest_oom, oci_spawn, socket_memory
+from warren.agent.runtime import cmds_cgroup, cmds_oom, guest_oom, oci_spawn, socket_memory
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.bundle import CGROUP_PARENT, CMDS_FDS_ARG, NOFILE_ANNOTATION
 from warren.agent.runtime.kernel_limits import lift_shared_kernel_limits, lift_socket_memory
@@ -103,6 +103,7 @@ class OciRuntime:
         # A guest that moves each command into the cmds cgroup gets its cgroup.procs files
         # (cmds_cgroup.py), made before the container: the runtime takes the cgroup as it is.
         passed = _cmds_procs(sandbox_id, config)
+        cmds_oom.WATCH.arm(sandbox_id)  # its OOM events watched from the start (cmds_oom.py)
         _bound_sockets(sandbox_id, config)  # before any of its processes runs (socket_memory.py)
         keep = [f"--preserve-fds={len(passed)}"] if passed else []
         argv = self._argv("--log", str(log_file), "run", "--detach", "--no-new-keyring", *keep,
@@ -274,6 +275,7 @@ def _bound_sockets(sandbox_id: str, config: dict[str, Any]) -> None:
 async def remove_cgroups(sandbox_id: str) -> None:
     """Remove the sandbox's cgroup from every hierarchy (its ``cmds`` first), killing what is
     left in it."""
+    cmds_oom.WATCH.disarm(sandbox_id)
     for ctrl in _HIERARCHIES:
         d = cgroup_dir(ctrl, sandbox_id)
         if not d.exists():
