@@ -94,7 +94,7 @@ class SandboxManager:
         )  # fmt: skip
         # Build steps' sandboxes (build_step.py): made and destroyed here, never registered.
         self.transient: set[str] = set()
-        self._teardown = Teardown(self.sandboxes_dir, self.runtime, self.network)
+        self._teardown = Teardown(self.sandboxes_dir, self.runtime, self.network, self.runtime.container_id)
         self._builder = SandboxBuilder(
             sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
             guest_dir=self.guest_dir, guest_of=self._guest, reap=self._teardown.track,

@@ -26,6 +26,7 @@ import asyncio
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +62,16 @@ def set_subreaper() -> None:
 
 
 class Teardown:
-    def __init__(self, sandboxes_dir: Path, runtime: Runtime, network: NetworkSlots) -> None:
+    def __init__(
+        self, sandboxes_dir: Path, runtime: Runtime, network: NetworkSlots,
+        container_id: Callable[[str], str] = str,
+    ) -> None:  # fmt: skip
+        """``container_id``: the name a sandbox's cgroups carry (a claimed pool member keeps its
+        own, container_ids.py), read before the runtime's destroy forgets it."""
         self.sandboxes_dir = sandboxes_dir
         self.runtime = runtime
         self.network = network
+        self._container_id = container_id
         # Container inits the agent must reap (it is their subreaper; see SandboxManager.start).
         self.zombies: set[int] = set()
         # Sandboxes whose slot is kept because something of them may live (module docstring).
@@ -93,16 +100,17 @@ class Teardown:
             slot, pid = held.slot, held.pid or pid
         elif slot is not None and sb_id in self._reclaimed:
             slot = None  # a sweep freed it since the caller read it: maybe another's by now
+        cid = self._container_id(sb_id)
         try:
             await self.runtime.destroy(sb_id)
         except Exception as e:
             errors.append(f"runtime: {e}")
-            await self._kill_by_cgroup(sb_id, errors)
+            await self._kill_by_cgroup(cid, errors)
         if pid:
             self.track(pid)
         d = self.sandboxes_dir / sb_id
         errors += self._unmount_all(d)
-        if slot is not None and errors and await self._left_alive(sb_id):
+        if slot is not None and errors and await self._left_alive(sb_id, cid):
             self._quarantine(sb_id, Quarantined(slot, pid, "; ".join(errors)))
             return
         if slot is not None:
@@ -133,20 +141,21 @@ class Teardown:
         self.network.quarantine(q.slot)
 
     @staticmethod
-    async def _kill_by_cgroup(sb_id: str, errors: list[str]) -> None:
+    async def _kill_by_cgroup(container_id: str, errors: list[str]) -> None:
         """The runtime could not delete it: kill what is in its cgroups (runc, crun and runsc
         all place a sandbox there) and remove them."""
         try:
-            await remove_cgroups(sb_id)
+            await remove_cgroups(container_id)
         except Exception as e:
             errors.append(f"cgroup: {e}")
 
-    async def _left_alive(self, sb_id: str) -> bool:
-        """Whether any process of the sandbox may still live: one in any of its cgroups, or a
-        container the runtime still reports as not stopped (or cannot answer about)."""
+    async def _left_alive(self, sb_id: str, container_id: str) -> bool:
+        """Whether any process of the sandbox may still live: one in any of its cgroups (named
+        ``container_id``), or a container the runtime still reports as not stopped (or cannot
+        answer about)."""
         for ctrl in (*CONTROLLERS, "unified"):  # "unified": a hybrid host's cgroup v2 too
             # Child cgroups too (runtime/cmds_cgroup.py): cgroup.procs lists only its own.
-            for d, _, _ in os.walk(cgroup_dir(ctrl, sb_id)):
+            for d, _, _ in os.walk(cgroup_dir(ctrl, container_id)):
                 try:
                     if (Path(d) / "cgroup.procs").read_text().split():
                         return True
