@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     # MiB of unary exec output and buffered upload data one CP process holds at once; past it
     # requests wait (then 503 server_busy). See services/budget.py.
     unary_budget_mb: int = Field(default=128, ge=16)
+    # Seconds a request waits for room in that budget before its 503 (a test platform waits less).
+    unary_budget_wait_s: float = Field(default=30.0, gt=0, le=3600)
 
     # GitHub OAuth. Base URLs are settings so tests can point them at a local server.
     github_client_id: str = ""

@@ -61,6 +61,9 @@ SHARED_ENV = {
     # sandbox that died on its host) is seconds, not half a minute. The passes are race-safe
     # by design (cp/hosts/monitor.py: several replicas run them at once).
     "WARREN_MONITOR_INTERVAL_S": "5",
+    # Requests queued for the unary byte budget give up after 5 s (30 in production): the one
+    # module that fills it (test_attack_session14_listings) sees its 503s instead of 20 s of turns.
+    "WARREN_UNARY_BUDGET_WAIT_S": "5",
 }
 
 

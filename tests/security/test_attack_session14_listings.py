@@ -7,8 +7,9 @@ it as one JSON body. None of that was counted in the CP's unary budget
 by the team rate limit and the connection caps: 8 listings of 36 000 entries at once held
 +397 MiB of the CP (~50 MiB each), 512 from one address would hold tens of GiB. A listing of
 more than one page now holds LIST_HELD_BYTES (64 MiB) of the budget while it is gathered; the
-others wait for their turn, at most 30 s (then 503 ``server_busy``, as a unary exec past the
-budget): 12 at once grew the CP by 187 MiB (six answered, six 503), against 458 before.
+others wait for their turn, at most ``WARREN_UNARY_BUDGET_WAIT_S`` (30 s; 5 s on the shared test
+platform), then 503 ``server_busy``, as a unary exec past the budget: 12 at once grew the CP by
+187 MiB (six answered, six 503), against 458 before.
 
 The attacker is a tenant with its own sandbox and its envd token, as E2B's SDK has them.
 """

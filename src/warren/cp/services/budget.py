@@ -4,9 +4,10 @@ Streams never hold more than a chunk, but a unary exec answers its whole output 
 body, and a unary upload whose ``file`` part comes before its ``path`` must be kept until the
 path is known. Each such request reserves what it will hold (its estimate, taken before the
 bytes are copied) and gives it back once the response is out. A reservation that does not fit
-waits, first come first served, for up to ``WAIT_S``; then the answer is 503 ``server_busy``
-with ``Retry-After``. A single reservation larger than the whole budget waits until it is alone,
-so no legitimate request is refused for its size alone (sizes are bounded by the unary caps).
+waits, first come first served, for up to ``wait_s`` (``WARREN_UNARY_BUDGET_WAIT_S``, 30 s);
+then the answer is 503 ``server_busy`` with ``Retry-After``. A single reservation larger than
+the whole budget waits until it is alone, so no legitimate request is refused for its size alone
+(sizes are bounded by the unary caps).
 
 Waiting rather than failing at once: a burst of large results queues and completes instead of
 erroring, and since a request reserves all it needs in one step, waiters never hold part of the
@@ -28,15 +29,16 @@ WAIT_S = 30.0
 
 
 class ByteBudget:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, wait_s: float = WAIT_S) -> None:
         self.capacity = capacity
+        self.wait_s = wait_s
         self.used = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     def _fits(self, n: int) -> bool:
         return self.used + n <= self.capacity or self.used == 0
 
-    async def acquire(self, n: int, *, wait_s: float = WAIT_S) -> None:
+    async def acquire(self, n: int, *, wait_s: float | None = None) -> None:
         if not self._waiters and self._fits(n):
             self.used += n
             return
@@ -44,7 +46,7 @@ class ByteBudget:
         entry = (n, fut)
         self._waiters.append(entry)
         try:
-            async with asyncio.timeout(wait_s):
+            async with asyncio.timeout(self.wait_s if wait_s is None else wait_s):
                 await fut
         except BaseException as e:
             if fut.done() and not fut.cancelled():
@@ -95,10 +97,12 @@ _budget: ByteBudget | None = None
 
 
 def unary_budget() -> ByteBudget:
-    """This process's budget, ``WARREN_UNARY_BUDGET_MB`` (default 128 MiB)."""
+    """This process's budget, ``WARREN_UNARY_BUDGET_MB`` (default 128 MiB), waited for up to
+    ``WARREN_UNARY_BUDGET_WAIT_S`` (default 30 s)."""
     global _budget
     if _budget is None:
-        _budget = ByteBudget(get_settings().unary_budget_mb * MiB)
+        settings = get_settings()
+        _budget = ByteBudget(settings.unary_budget_mb * MiB, settings.unary_budget_wait_s)
     return _budget
 
 

@@ -42,6 +42,25 @@ async def test_an_oversized_reservation_runs_alone() -> None:
     assert b.used == 0
 
 
+async def test_the_process_budget_waits_as_long_as_its_setting_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WARREN_UNARY_BUDGET_WAIT_S`` (a test platform sets it short) is each waiter's limit."""
+    from warren.config import get_settings
+    from warren.cp.services import budget
+
+    monkeypatch.setenv("WARREN_UNARY_BUDGET_WAIT_S", "0.05")
+    monkeypatch.setattr(budget, "_budget", None)
+    get_settings.cache_clear()
+    try:
+        b = budget.unary_budget()
+        assert b.wait_s == 0.05
+        await b.acquire(b.capacity)
+        with pytest.raises(ServiceUnavailable):
+            await b.acquire(1)
+        assert b.used == b.capacity
+    finally:
+        get_settings.cache_clear()  # monkeypatch puts the process's budget back
+
+
 async def test_cancelled_waiter_leaves_nothing_behind() -> None:
     b = ByteBudget(10)
     await b.acquire(10)
