@@ -109,8 +109,8 @@ typecheck: $(STAMP)
 # --durations=30: each CI log names its slowest tests (setup and teardown count too: a module's
 # platform start is its first test's setup), where to look when the suite nears its budget.
 # The serial pass collects only the files that name the marker (a superset of those that use it;
-# collecting all ~3000 tests to select 7 took ~15 s), unless PYTEST_ARGS names what to run.
-SERIAL_FILES = $(if $(strip $(PYTEST_ARGS)),,$(shell grep -rlw --include='test_*.py' serial tests))
+# collecting all ~3000 tests to select 7 took ~15 s), unless PYTEST_ARGS names tests to run.
+SERIAL_FILES = $(if $(filter tests%,$(PYTEST_ARGS)),,$(shell grep -rlw --include='test_*.py' serial tests))
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" --durations=30 $(PYTEST_ARGS)
 	$(VENV)/bin/pytest -m serial $(PYTEST_ARGS) $(SERIAL_FILES) || [ $$? -eq 5 ]
