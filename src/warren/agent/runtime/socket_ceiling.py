@@ -9,12 +9,14 @@ those forced charges land in the counter (``memory.kmem.tcp.usage_in_bytes`` goe
 limit), so the agent sees them, and acts:
 
 * every :data:`TICK` seconds one read of that counter per bounded sandbox (its memory cgroup:
-  hierarchical, the guest's sockets and ``cmds``'); all sandboxes in one thread hop;
+  hierarchical, the guest's sockets and ``cmds``'); all sandboxes in one thread hop, which only
+  reads: a sandbox past a ceiling is handed to an enforcement worker (below) and skipped by the
+  ticks until its enforcement is over;
 * past :func:`ceiling` (twice the bound: the bound again as allowance, 16-256 MiB, ~250 sockets'
   forced packets at the 16 MiB floor; an ordinary workload at the bound stays within a few
   packets of it), the process of the sandbox's ``cmds`` that holds the most socket descriptors
   is killed, then the next, re-reading the counter after each exit, until the usage is back
-  under the bound (or :data:`MAX_KILLS` this tick). The guest is never a candidate: it is in
+  under the bound (or :data:`MAX_KILLS` this enforcement). The guest is never a candidate: it is in
   the sandbox's cgroup, not in ``cmds``.
 
 Only host cgroupfs files and ``/proc/<pid>/fd`` link targets (strings) are read; no tenant path
@@ -36,14 +38,25 @@ under it (the listener's close frees its queue).
 
 When the heaviest-first kills run out while still over (no process of ``cmds`` holds a socket
 descriptor, ``*_no_victim``; or :data:`MAX_KILLS` / :data:`ENFORCE_S` spent on
-:data:`SPENT_TICKS` ticks in a row) every process of ``cmds`` is killed
+:data:`SPENT_TICKS` enforcements in a row) every process of ``cmds`` is killed
 (``event=socket_memory_kill_all`` / ``socket_count_kill_all``, the same counter). Sockets sent
 over a unix socket (SCM_RIGHTS) and closed by the sender are held by its queue, by no process:
 its holder weighs 1, a leader that exited alone (``SYS_exit``, its threads live on) shows
-none in ``/proc/<pid>/fd``, and a forker keeping heavier decoys alive spends every tick's
+none in ``/proc/<pid>/fd``, and a forker keeping heavier decoys alive spends every enforcement's
 kills on them (session 19: 47 MiB held past a 32 MiB ceiling for good); the queue's
 sockets are freed with its last holder. Only the tenant's commands die (the guest is not in
 ``cmds``), and only past the ceiling, which an ordinary workload does not reach.
+
+Enforcement is off the tick (session 20): a pass of the kills pins every process of ``cmds``
+and reads its descriptors, a cost the tenant sets (800 processes of ~4000 descriptors: ~12 s a
+pass), and one tick doing all sandboxes' kills in turn let one sandbox hold the others' reads
+that long. Now at most :data:`WORKERS` threads enforce at once, one sandbox each; a sandbox past
+a ceiling while all are busy waits in a queue, the oldest first (``event=socket_watchdog_queued``,
+rate-bounded), and one enforced again joins the queue's end, so the others' turn comes first. A
+pass stops at :data:`ENFORCE_S` too ("spent"), so an enforcement holds its worker for at most
+about twice that (the kills, then all of ``cmds``). A queued sandbox no longer listed (gone,
+paused) is dropped. "Two in a row" counts enforcements: the second handed over by the first
+tick that looked after the first ended.
 
 Skipped: sandboxes whose cgroup has no bound (gVisor: netstack memory is the Sentry's, charged
 to the sandbox's limit; a sandbox re-adopted from an agent before the bound; v2 hosts, where the
@@ -54,11 +67,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -75,9 +91,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 TICK = 0.5  # seconds between two reads of every sandbox's counter
 UNBOUNDED = 1 << 62  # a limit at or above this is the kernel's default (never written)
 LIMIT_REFRESH = 30.0  # seconds a sandbox's bound is trusted (a warm claim's resize moves it)
-MAX_KILLS = 32  # per sandbox and tick
-ENFORCE_S = 5.0  # seconds one sandbox's kills may take in a tick (its victims' exits)
-SPENT_TICKS = 2  # ticks in a row whose kills ran out while still over: then all of cmds
+MAX_KILLS = 32  # per sandbox and enforcement
+ENFORCE_S = 5.0  # seconds one sandbox's kills may take in an enforcement (its victims' exits)
+SPENT_TICKS = 2  # enforcements in a row whose kills ran out while still over: then all of cmds
+WORKERS = 4  # enforcements at once (threads); more sandboxes past a ceiling wait, the oldest first
 SETTLE_S = 0.05  # after kills, before "no victim" kills all: deferred fputs (delayed_fput)
 COUNT_FLOOR = 4096  # TCP sockets any bounded sandbox may hold
 COUNT_UNIT = 16 << 10  # bytes of the sandbox's memory per TCP socket past the floor
@@ -127,7 +144,9 @@ class _Watched:
     count_top: int = 0  # count_ceiling of the sandbox's memory; 0: its guest not found
     guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
     log: cmds_procs.LogBucket = field(default_factory=cmds_procs.LogBucket)
-    spent: dict[str, tuple[int, int]] = field(default_factory=dict)  # event -> (tick, in a row)
+    # event -> (the tick when its last enforcement ended, spent ones in a row)
+    spent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    handed: int = 0  # the tick that handed its enforcement (in flight or last) to a worker
 
 
 def _read_int(path: Path | str) -> int:
@@ -191,41 +210,149 @@ def _pinned(pid: int, cmds: str, queued: dict[int, int] | None = None) -> tuple[
         return None
 
 
-class SocketCeiling:
-    """The watchdog's state across ticks; :meth:`tick` runs in a thread."""
+class Workers:
+    """At most ``size`` threads running jobs, one job per sandbox (queued or running); more wait
+    in a queue, the oldest first. Threads start on demand and end when the queue is empty."""
 
-    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+    def __init__(self, size: int = WORKERS) -> None:
+        self.size = size
+        self._cv = threading.Condition()
+        self._queue: deque[tuple[str, Callable[[], None]]] = deque()
+        self._in: set[str] = set()  # queued or running
+        self._threads = 0
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._in
+
+    def submit(self, sid: str, job: Callable[[], None]) -> int:
+        """Run ``job`` (``sid`` not in): now, or once a thread is free; how many wait for one
+        (0: it started)."""
+        with self._cv:
+            assert sid not in self._in, sid
+            self._in.add(sid)
+            self._queue.append((sid, job))
+            if self._threads >= self.size:
+                return len(self._queue)
+            self._threads += 1
+        try:
+            threading.Thread(target=self._run, name="socket-ceiling", daemon=True).start()
+        except RuntimeError:  # no thread to be had: undone, the next tick tries again
+            with self._cv:
+                self._threads -= 1
+                with contextlib.suppress(ValueError):  # else a running thread took it
+                    self._queue.remove((sid, job))
+                    self._in.discard(sid)
+            raise
+        return 0
+
+    def drop(self, keep: Container[str]) -> None:
+        """Queued jobs of sandboxes not in ``keep`` (gone, paused) are dropped."""
+        with self._cv:
+            for item in [x for x in self._queue if x[0] not in keep]:
+                self._queue.remove(item)
+                self._in.discard(item[0])
+            self._cv.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Until no job is queued or running; whether so."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._in, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                sid, job = self._queue.popleft()
+            try:
+                job()
+            except Exception:
+                log.exception("event=background_error task=socket_ceiling sandbox=%s", sid)
+            finally:
+                with self._cv:
+                    self._in.discard(sid)
+                    self._cv.notify_all()
+
+
+def _nothing(_: int) -> None:
+    pass
+
+
+class SocketCeiling:
+    """The watchdog's state across ticks; :meth:`tick` runs in a thread, each sandbox's
+    enforcement in one of :attr:`workers`' (``killed(n)``: its kills, from there)."""
+
+    def __init__(
+        self, root: Path = CGROUP_ROOT, killed: Callable[[int], None] = _nothing, workers: int = WORKERS
+    ) -> None:
         self._root = root / "memory" / CGROUP_PARENT
         self._watched: dict[str, _Watched] = {}
         self._ticks = 0
+        self._killed = killed
+        self.workers = Workers(workers)
+        self._queued = cmds_procs.LogBucket()  # all sandboxes': the workers are all busy
         self.available = (root / "memory" / LIMIT).exists()
 
     def tick(self, sandbox_ids: Iterable[str]) -> int:
-        """One look at each sandbox (its counter, its namespace's TCP sockets); the number of
-        processes killed."""
+        """One look at each sandbox not under enforcement (its counter, its namespace's socket
+        count: cheap reads only); one past a ceiling is handed to a worker (:meth:`_check`
+        there). The number handed."""
         ids = set(sandbox_ids)
         self._ticks += 1
         for gone in self._watched.keys() - ids:
             del self._watched[gone]
-        kills = 0
+        self.workers.drop(ids)
+        handed = 0
         for sid in ids:
+            if sid in self.workers:
+                continue  # its worker reads it, and hands it back when done
             w = self._watched.get(sid) or self._watched.setdefault(
                 sid, _Watched(str(self._root / sid / USAGE))
             )
             if time.monotonic() - w.read_at >= LIMIT_REFRESH:
                 self._refresh(sid, w)
-            if not w.limit:
+            if not self._over(sid, w):
                 continue
-            try:
-                usage = _read_int(w.usage)
-                if usage > ceiling(w.limit):
-                    self._refresh(sid, w)  # the bound may have moved since it was read
-                    if w.limit and usage > ceiling(w.limit):
-                        kills += self._enforce(sid, w, usage)
-            except (OSError, ValueError):
-                continue  # the sandbox is going: its cgroup with it
-            kills += self._count(sid, w)
-        return kills
+            w.handed = self._ticks
+            handed += 1
+            if waiting := self.workers.submit(sid, functools.partial(self._check, sid, w)):
+                msg = "event=socket_watchdog_queued sandbox=%s waiting=%d workers=%d"
+                self._queued.warn(msg, sid, waiting, self.workers.size)
+        return handed
+
+    def _over(self, sid: str, w: _Watched) -> bool:
+        """The tick's look: past the memory ceiling, or past the socket count's (cheap reads)."""
+        if not w.limit:
+            return False
+        try:
+            if _read_int(w.usage) > ceiling(w.limit):
+                return True
+        except (OSError, ValueError):
+            return False  # the sandbox is going: its cgroup with it
+        if not w.count_top:
+            return False
+        try:
+            return _used(w.guest) > w.count_top  # every kind: at least its TCP sockets
+        except (OSError, ValueError):
+            self._refresh(sid, w)  # the guest's pid went (a restart): find it again next tick
+            return False
+
+    def _check(self, sid: str, w: _Watched) -> None:
+        """A worker's: the counter read again and enforced, then the socket count; the kills
+        counted (``killed``)."""
+        try:
+            usage = _read_int(w.usage)
+        except (OSError, ValueError):
+            return  # the sandbox is going: its cgroup with it
+        kills = 0
+        if usage > ceiling(w.limit):
+            self._refresh(sid, w)  # the bound may have moved since it was read
+            if w.limit and usage > ceiling(w.limit):
+                kills = self._enforce(sid, w, usage)
+        kills += self._count(sid, w)
+        if kills:
+            self._killed(kills)
 
     def _refresh(self, sid: str, w: _Watched) -> None:
         d = self._root / sid
@@ -278,11 +405,13 @@ class SocketCeiling:
         under: int, read: Callable[[], int], queued: dict[int, int] | None = None,
     ) -> int:  # fmt: skip
         """:meth:`_kill`, then every process of ``cmds`` if it ran out of victims, or out of
-        kills or time on :data:`SPENT_TICKS` ticks in a row, still over; the number killed."""
+        kills or time on :data:`SPENT_TICKS` enforcements in a row, still over; the number
+        killed."""
         event = names[0]
         n, level, end = self._kill(sid, w, names, level, top, under, read, queued)
         last, row = w.spent.get(event, (0, 0))
-        row = (row if last == self._ticks - 1 else 0) + 1 if end == "spent" else 0
+        # in a row: handed over by the first tick that looked after the last one ended
+        row = (row if w.handed <= last + 1 else 0) + 1 if end == "spent" else 0
         w.spent[event] = (self._ticks, row)
         if end == "no_victim" and n:  # its victims' in-flight files are put a jiffy later
             time.sleep(SETTLE_S)
@@ -300,7 +429,7 @@ class SocketCeiling:
         """SIGKILL to every process of ``cmds`` (cmds_procs.kill_all); the number killed."""
         procs = self._root / sid / "cmds" / "cgroup.procs"
         killed = cmds_procs.kill_all(procs, f"/{CGROUP_PARENT}/{sid}/cmds", time.monotonic() + ENFORCE_S)
-        if killed:  # rare (a tick in two at most), and the case the operator must see
+        if killed:  # rare (an enforcement in two at most), and the case the operator must see
             log.warning("event=%s_kill_all sandbox=%s killed=%d %s=%d ceiling=%d", event, sid,
                         killed, what, level, top)  # fmt: skip
         return killed
@@ -311,10 +440,10 @@ class SocketCeiling:
     ) -> tuple[int, int, str]:  # fmt: skip
         """Kill ``cmds``' socket holders, the heaviest first (``queued``: listeners' queues),
         re-reading the level (``read``) after each exit, until it is at most ``under``, at
-        most :data:`MAX_KILLS` or :data:`ENFORCE_S`; the number killed, the level last read
-        and why it stopped: "under", "no_victim", "spent" (still over), "gone" (the cgroup or
-        a victim went: the next tick sees). A process killed and not gone yet (the wait ran
-        out) is not chosen again."""
+        most :data:`MAX_KILLS` or :data:`ENFORCE_S` (a pass's reads too); the number killed,
+        the level last read and why it stopped: "under", "no_victim", "spent" (still over),
+        "gone" (the cgroup or a victim went: the next tick sees). A process killed and not
+        gone yet (the wait ran out) is not chosen again."""
         event, unit, what = names
         deadline = time.monotonic() + ENFORCE_S
         killed: list[int] = []
@@ -324,9 +453,8 @@ class SocketCeiling:
         while len(killed) < MAX_KILLS and time.monotonic() < deadline:
             pinned: dict[int, tuple[int, int]] = {}
             try:
-                for pid in map(int, procs.read_text().split()):
-                    if pid not in killed and (p := _pinned(pid, cmds, queued)) is not None:
-                        pinned[pid] = p
+                if not _pin_all(procs, cmds, killed, queued, deadline, pinned):
+                    break  # "spent": the pass's reads took the time
                 victim = choose((pid, n) for pid, (_, n) in pinned.items())
                 if victim is None:
                     msg = f"event={event}_no_victim sandbox=%s {what}=%d ceiling=%d"
@@ -356,6 +484,21 @@ class SocketCeiling:
         return len(killed), level, end
 
 
+def _pin_all(
+    procs: Path, cmds: str, skip: list[int], queued: dict[int, int] | None, deadline: float,
+    into: dict[int, tuple[int, int]],
+) -> bool:  # fmt: skip
+    """:func:`_pinned` of every process of ``cmds`` but ``skip``, into ``into``; False if the
+    deadline came first (a pass reads every descriptor: processes times RLIMIT_NOFILE, the
+    tenant's to make long)."""
+    for pid in cmds_procs.pids(procs):
+        if time.monotonic() >= deadline:
+            return False
+        if pid not in skip and (p := _pinned(pid, cmds, queued)) is not None:
+            into[pid] = p
+    return True
+
+
 def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
     """``read(pid)`` if ``pid`` is (still) a process of the memory cgroup ``cgroup`` (the
     sandbox's own: the guest), pinned by a pidfd around the read; None otherwise."""
@@ -379,17 +522,18 @@ def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
 
 async def watch(running: Callable[[], list[str]], killed: Callable[[int], None]) -> None:
     """The agent's loop: every :data:`TICK`, the ``running()`` sandboxes in one thread hop;
-    ``killed(n)`` counts the kills (the metrics counter)."""
-    ceiling_ = SocketCeiling()
+    ``killed(n)`` counts the kills (the metrics counter; called from the workers' threads)."""
+    ceiling_ = SocketCeiling(killed=killed)
     if not ceiling_.available:
         return  # socket_memory logged why (v2, or no kmem accounting): nothing is bounded
-    while True:
-        await asyncio.sleep(TICK)
-        try:
-            ids = running()
-            if ids and (n := await asyncio.to_thread(ceiling_.tick, ids)):
-                killed(n)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("event=background_error task=socket_ceiling")
+    try:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                await asyncio.to_thread(ceiling_.tick, running())  # none: queued ones dropped
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=background_error task=socket_ceiling")
+    finally:
+        ceiling_.workers.drop(())  # the queued; one running ends within its ENFORCE_S

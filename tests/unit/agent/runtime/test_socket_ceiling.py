@@ -8,15 +8,34 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from warren.agent.runtime import cmds_procs, socket_ceiling
-from warren.agent.runtime.socket_ceiling import SocketCeiling, ceiling, choose
+from warren.agent.runtime.socket_ceiling import SocketCeiling, Workers, ceiling, choose
 
 MiB = 1 << 20
+
+
+class Watch(SocketCeiling):
+    """The watchdog, its kills counted; :meth:`enforced` runs one tick to its enforcements' end."""
+
+    def __init__(
+        self, root: Path = socket_ceiling.CGROUP_ROOT, workers: int = socket_ceiling.WORKERS
+    ) -> None:
+        self.kills: list[int] = []
+        super().__init__(root, self.kills.append, workers)
+
+    def enforced(self, sandbox_ids: list[str]) -> int:
+        """The kills of one tick's enforcements."""
+        before = sum(self.kills)
+        self.tick(sandbox_ids)
+        assert self.workers.join(60)
+        return sum(self.kills) - before
 
 
 def test_the_process_with_the_most_sockets_goes_first() -> None:
@@ -71,7 +90,7 @@ def test_a_listed_pid_that_is_not_in_cmds_is_never_killed(tmp_path: Path) -> Non
     try:
         assert child.stdout is not None and child.stdout.readline()
         _fake(tmp_path, "sb-1", 16 * MiB, 64 * MiB, [child.pid])
-        assert SocketCeiling(tmp_path).tick(["sb-1"]) == 0
+        assert Watch(tmp_path).enforced(["sb-1"]) == 0
         assert child.poll() is None
         assert socket_ceiling._sockets(child.pid) >= 8
     finally:
@@ -149,7 +168,7 @@ def test_the_holder_of_the_most_sockets_in_cmds_is_killed_and_no_other() -> None
             assert child.stdout is not None and child.stdout.readline()
         usage = int((d / socket_ceiling.USAGE).read_text())
         assert usage > ceiling(1 * MiB), usage
-        assert SocketCeiling().tick([sid]) == 1
+        assert Watch().enforced([sid]) == 1
         assert children["big"].wait(10) == -9
         assert children["small"].poll() is None and children["guest"].poll() is None
         assert int((d / socket_ceiling.USAGE).read_text()) <= 1 * MiB
@@ -263,7 +282,7 @@ def test_the_holder_of_the_longest_queues_is_killed_past_the_count() -> None:
             children[name] = child
             assert child.stdout is not None and child.stdout.readline()
         assert socket_ceiling._inuse(os.getpid()) > 4096
-        assert SocketCeiling().tick([sid]) == 1
+        assert Watch().enforced([sid]) == 1
         assert children["queues"].wait(10) == -9
         assert children["bare"].poll() is None and children["guest"].poll() is None
         assert socket_ceiling._inuse(os.getpid()) <= 4096
@@ -370,7 +389,7 @@ def test_sockets_in_flight_held_by_no_descriptor_kill_all_of_cmds(caplog: pytest
             time.sleep(0.01)  # the leader has exited alone
         assert socket_ceiling._sockets(hidden) == 0
         assert int((d / socket_ceiling.USAGE).read_text()) > ceiling(1 * MiB)
-        assert SocketCeiling().tick([sid]) == 2
+        assert Watch().enforced([sid]) == 2
         assert [c.wait(10) for c in children[1:]] == [-9, -9]
         assert guest.poll() is None
         assert int((d / socket_ceiling.USAGE).read_text()) <= 1 * MiB
@@ -392,12 +411,180 @@ def test_kills_spent_on_heavier_decoys_two_ticks_in_a_row_kill_all_of_cmds(
     try:
         children.append(_spawn(d / "cmds", 100, "shown", 0))
         children += [_spawn(d / "cmds", 0, "shown", 2) for _ in range(3)]
-        watch = SocketCeiling()
-        assert watch.tick([sid]) == 1
+        watch = Watch()
+        assert watch.enforced([sid]) == 1
         assert children[0].poll() is None
         assert sum(c.poll() is None for c in children) == 3
-        assert watch.tick([sid]) == 1 + 2  # a decoy, then the holder and the last decoy
+        assert watch.enforced([sid]) == 1 + 2  # a decoy, then the holder and the last decoy
         assert [c.wait(10) for c in children] == [-9] * 4
         assert int((d / socket_ceiling.USAGE).read_text()) <= 1 * MiB
+    finally:
+        _end(d, children)
+
+
+# -- enforcement off the tick (session 20): the attack is test_attack_session20_socket_watchdog.py --
+
+
+def _until(ok: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not ok():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def _workers_alive() -> int:
+    return sum(t.name == "socket-ceiling" for t in threading.enumerate())
+
+
+def test_workers_are_bounded_one_job_a_sandbox_and_the_oldest_waiting_goes_first() -> None:
+    pool = Workers(2)
+    release = {k: threading.Event() for k in "abcd"}
+    started: list[str] = []
+
+    def job(k: str) -> Callable[[], None]:
+        def run() -> None:
+            started.append(k)
+            release[k].wait(30)
+
+        return run
+
+    assert [pool.submit(k, job(k)) for k in "abcd"] == [0, 0, 1, 2]  # c and d wait
+    _until(lambda: len(started) == 2)
+    assert sorted(started) == ["a", "b"] and all(k in pool for k in "abcd")
+    assert _workers_alive() == 2
+    release["b"].set()
+    _until(lambda: len(started) == 3)
+    assert started[2] == "c" and "b" not in pool and "d" in pool  # the oldest waiting first
+    for e in release.values():
+        e.set()
+    assert pool.join(30)
+    assert started[3] == "d" and not any(k in pool for k in "abcd")
+    _until(lambda: _workers_alive() == 0)  # the threads end with the queue
+
+
+def test_a_failed_job_frees_its_sandbox(caplog: pytest.LogCaptureFixture) -> None:
+    pool = Workers(1)
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    assert pool.submit("sb-x", boom) == 0
+    assert pool.join(30) and "sb-x" not in pool
+    assert "event=background_error task=socket_ceiling sandbox=sb-x" in caplog.text
+
+
+def test_a_sandbox_under_enforcement_is_skipped_and_more_wait_for_a_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One worker, held by sb-1's enforcement: the tick leaves sb-1 alone (not even read: no
+    state), hands sb-2 over (past its ceiling: it waits, logged), and drops it once it is no
+    longer listed (paused, gone)."""
+    for sid in ("sb-1", "sb-2"):
+        _fake(tmp_path, sid, 16 * MiB, 64 * MiB, [])
+    watch = Watch(tmp_path, workers=1)
+    release = threading.Event()
+
+    def held() -> None:  # sb-1's enforcement, as long as the test says
+        release.wait(30)
+
+    watch.workers.submit("sb-1", held)
+    try:
+        assert watch.tick(["sb-1", "sb-2"]) == 1
+        assert "sb-1" not in watch._watched and "sb-2" in watch.workers
+        assert "event=socket_watchdog_queued sandbox=sb-2 waiting=1 workers=1" in caplog.text
+        assert watch.tick(["sb-1", "sb-2"]) == 0  # both under enforcement (one waiting)
+        assert watch.tick(["sb-1"]) == 0
+        assert "sb-2" not in watch.workers  # dropped before it ran
+    finally:
+        release.set()
+    assert watch.workers.join(30)
+    assert watch.tick(["sb-1", "sb-2"]) == 2  # both read again, both still past the ceiling
+    assert watch.workers.join(30)
+    assert watch.kills == []  # nothing in their cmds
+
+
+# Joins the cgroup whose cgroup.procs is argv[1]; argv[2] sleeps inherit every descriptor up to
+# RLIMIT_NOFILE (/dev/null: no socket), then argv[3] socketpairs are held. Says so on stdout.
+SPREAD = r"""
+import os, resource, socket, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write("0")
+null = os.open("/dev/null", os.O_RDONLY)
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+top = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+for fd in range(null + 1, top - 2 * int(sys.argv[3]) - 16):
+    os.dup2(null, fd, inheritable=True)
+for _ in range(int(sys.argv[2])):
+    if os.fork() == 0:
+        os.dup2(null, 1)  # not our stdout: the reader waits for its end
+        os.execv("/bin/sleep", ["sleep", "120"])
+held = [socket.socketpair() for _ in range(int(sys.argv[3]))]
+print(1, flush=True)
+time.sleep(120)
+"""
+
+
+def _members(d: Path) -> list[int]:
+    return [int(p) for p in (d / "cmds" / "cgroup.procs").read_text().split()]
+
+
+@pytest.mark.root
+def test_a_pass_stops_at_the_enforcements_time_and_the_next_kills_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """50 sleeps of ~4000 descriptors each (200 000 links to read a pass), their parent holding
+    300 socketpairs, a holder of 100 pairs in flight: with 0.1 s an enforcement the pass stops
+    before a victim (none killed, "spent"); the next enforcement, in a row, stops too and kills
+    all of cmds."""
+    monkeypatch.setattr(socket_ceiling, "ENFORCE_S", 0.1)
+    sid = "sb-unit-socket-spread"
+    d = _cgroups(sid)
+    procs = d / "cmds" / "cgroup.procs"
+    children = [
+        subprocess.Popen([sys.executable, "-c", SPREAD, str(procs), "50", "300"], stdout=subprocess.PIPE)
+    ]
+    try:
+        assert children[0].stdout is not None and children[0].stdout.readline()
+        children.append(_spawn(d / "cmds", 100, "shown", 0))
+        _until(lambda: len(_members(d)) == 52)
+        assert int((d / socket_ceiling.USAGE).read_text()) > ceiling(1 * MiB)
+        watch = Watch()
+        assert watch.enforced([sid]) == 0
+        assert len(_members(d)) == 52
+        assert watch.enforced([sid]) == 52
+        assert [c.wait(10) for c in children] == [-9, -9]
+    finally:
+        for pid in _members(d):  # the sleeps, if it failed before they were killed
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        _end(d, children)
+
+
+@pytest.mark.root
+def test_spent_enforcements_count_in_a_row_only_without_a_look_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real decoys in a real cmds, the counter a file of ours (past the ceiling or not as we
+    write it); one kill an enforcement. Spent, then a tick that finds it under, then spent
+    again: not in a row, a decoy each. Spent once more at the next tick: in a row, all of cmds."""
+    monkeypatch.setattr(socket_ceiling, "MAX_KILLS", 1)
+    sid = "sb-unit-socket-row"
+    d = _cgroups(sid)
+    fake = _fake(tmp_path, sid, 1 * MiB, 64 * MiB, [])
+    (fake / "cmds" / "cgroup.procs").unlink()
+    (fake / "cmds").rmdir()
+    (fake / "cmds").symlink_to(d / "cmds")  # its processes are the real cgroup's
+    children = [_spawn(d / "cmds", 0, "shown", 2) for _ in range(4)]
+    try:
+        watch = Watch(tmp_path)
+        assert watch.enforced([sid]) == 1
+        (fake / socket_ceiling.USAGE).write_text(f"{1 * MiB}\n")
+        assert watch.enforced([sid]) == 0  # under: not handed over
+        (fake / socket_ceiling.USAGE).write_text(f"{64 * MiB}\n")
+        assert watch.enforced([sid]) == 1  # not in a row: one decoy
+        assert sum(c.poll() is None for c in children) == 2
+        assert watch.enforced([sid]) == 1 + 1  # in a row: a decoy, then the last one
+        assert [c.wait(10) for c in children] == [-9] * 4
     finally:
         _end(d, children)
