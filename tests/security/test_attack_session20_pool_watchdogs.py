@@ -13,8 +13,10 @@ armed by container id from the start; its storm is checked here too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,22 +35,29 @@ from tests.security.test_attack_session20_oom_storm import (
 pytestmark = pytest.mark.root
 
 
+@contextlib.contextmanager
+def claimed(platform: Platform, t: Tenant, memory_mb: int) -> Iterator[str]:
+    """A sandbox of ``t`` claimed from the pool; it must still answer at the end."""
+    sid = _claim(platform, t, memory_mb=memory_mb)
+    try:
+        yield sid
+        assert t.sh(sid, "echo alive").strip() == "alive"  # the sandbox lives on
+    finally:
+        t.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
 def test_a_claimed_sandbox_is_under_the_socket_ceiling(
     platform: Platform,
     alice: Tenant,
     pool: str,  # noqa: F811
 ) -> None:
-    sid = _claim(platform, alice, memory_mb=256)
-    try:
+    with claimed(platform, alice, 256) as sid:
         got = _attack(platform, alice, sid, 1, PAIRS, "nobody")
         assert got["max_after"] <= got["ceiling"], got  # it does not stay past the ceiling
         # The watchdog names the container (the member's id) in its lines.
         claim = re.search(rf"event=warm_claimed sandbox_id={sid} member=(\S+) ", _agent_log(platform))
         assert claim is not None
         assert f"event=socket_memory_kill sandbox={claim[1]} " in _agent_log(platform)
-        assert alice.sh(sid, "echo alive").strip() == "alive"  # the sandbox lives on
-    finally:
-        alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
 def test_a_claimed_sandboxs_oom_storm_is_the_agents(
@@ -56,18 +65,13 @@ def test_a_claimed_sandboxs_oom_storm_is_the_agents(
     alice: Tenant,
     pool: str,  # noqa: F811
 ) -> None:
-    sid = _claim(platform, alice, memory_mb=128)
     tag = "s20poolstorm"
     body = {"cmd": "python3", "args": ["-c", STORM, "8", tag, str(512 << 20)], "user": "nobody",
             "timeout_sec": 120}  # fmt: skip
-    try:
-        with kernel_log() as kmsg:
-            r = alice.w("POST", f"/v1/sandboxes/{sid}/exec", body, timeout=240)
-            assert r.status_code == 200, r.text
-            assert r.json()["exit_code"] == 0, r.json()
-            out = json.loads(r.json()["stdout"])
-            assert out["sigkill"] >= 10, out
-            assert kill_lines(kmsg, tag) <= STORM_KILLS + KERNEL_SLACK, out
-        assert alice.sh(sid, "echo alive").strip() == "alive"
-    finally:
-        alice.w("DELETE", f"/v1/sandboxes/{sid}")
+    with claimed(platform, alice, 128) as sid, kernel_log() as kmsg:
+        r = alice.w("POST", f"/v1/sandboxes/{sid}/exec", body, timeout=240)
+        assert r.status_code == 200, r.text
+        assert r.json()["exit_code"] == 0, r.json()
+        out = json.loads(r.json()["stdout"])
+        assert out["sigkill"] >= 10, out
+        assert kill_lines(kmsg, tag) <= STORM_KILLS + KERNEL_SLACK, out

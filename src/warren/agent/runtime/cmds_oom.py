@@ -124,8 +124,7 @@ class OomWatch:
             except OSError as e:  # the sandbox is going, or v1 events are not there
                 log.warning("event=oom_watch_unavailable sandbox=%s error=%s", sid, e)
                 return
-            self._armed[sid] = self._by_fd[a.efd] = a
-        os.eventfd_write(self._wake, 1)  # looked at now: a storm left by a crashed agent
+            self._armed[sid] = self._by_fd[a.efd] = a  # in a storm: the next sweep kills
 
     def _register(self, sid: str, d: Path) -> _Armed:
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -207,15 +206,15 @@ class OomWatch:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(fd)
         if fd == self._wake:
-            self._sweep(all_=True)
-            return
+            return  # stop() asks the loop to look at _stopping
         with self._lock:
             if (a := self._by_fd.get(fd)) is not None:
                 self._handle(a, event=True)
 
-    def _sweep(self, all_: bool = False) -> None:
+    def _sweep(self) -> None:
+        """The sandboxes in a storm, event or not: what waits is killed, a quiet one let go."""
         with self._lock:
-            for a in [a for a in self._armed.values() if all_ or a.storm]:
+            for a in [a for a in self._armed.values() if a.storm]:
                 self._handle(a, event=False)
 
     # -- one sandbox ----------------------------------------------------------------------------
