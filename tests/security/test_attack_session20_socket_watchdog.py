@@ -12,10 +12,12 @@ goes past its own ceiling (one holder of 1000 pairs), and in the variant a secon
 of A's holds the watchdog too.
 
 Before session 20 B's holder was killed only once the watchdog was done with A (the agent's log:
-B's kill after A's first line; B held 60+ MiB past a 32 MiB ceiling meanwhile). Now the tick
+B's kill after A's first line; one pass over A took ~40 s on a loaded host, and B stayed past its
+32 MiB ceiling, at 40 MiB, for 43 s with one hostile sandbox and 33 s with two). Now the tick
 only reads; a sandbox past a ceiling is enforced by a worker of its own (at most 4 at once, one
-per sandbox), and a pass stops at the 5 s an enforcement may take: B is brought back under while
-A's enforcement is under way, and A is still contained (all of its ``cmds`` killed).
+per sandbox), and a pass stops at the 5 s an enforcement may take: B is back under within a
+second, while A's enforcement is under way (its first line ~9 s after B started), and A is still
+contained (all of its ``cmds`` killed once two enforcements in a row were spent).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _first(platform: Platform, sid: str, events: str = r"socket_(?:memory|count)
 
 
 def _until(what: str, ok: object) -> None:
-    """Sleep-poll helper's assertion: the attack's set-up did not come about in WAIT_S."""
+    """A polling loop's bound: ``what`` did not come about within WAIT_S."""
     assert ok, f"never: {what}"
 
 
