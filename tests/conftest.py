@@ -36,6 +36,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -307,13 +308,27 @@ def _default_agent_port_held() -> Iterator[None]:
     """``warren up``'s local agent prefers 127.0.0.1:50051 (and a restarted one reuses the
     address it registered with): two ``warren up``s on two workers (test_up_local_agent.py,
     tests/security/test_crashes.py) could take it in turn, and a restart then find it taken.
-    Each worker holds it (bound, not listening), so every test's local agent gets a free port."""
-    s = socket.socket()
-    with contextlib.suppress(OSError):  # another worker holds it: just as good
-        s.bind(("127.0.0.1", DEFAULT_AGENT_PORT))
+    Each worker holds it (bound, not listening), so every test's local agent gets a free port.
+    Whoever holds it already (another worker, another run on the machine) may let it go later:
+    a thread keeps trying, so it is not left free (a CI run started while another engineer's
+    run held it: both modules' agents took it in turn, and both failed)."""
+    s, stop = socket.socket(), threading.Event()
+
+    def hold() -> None:
+        while not stop.is_set():
+            try:
+                s.bind(("127.0.0.1", DEFAULT_AGENT_PORT))
+                return
+            except OSError:
+                stop.wait(0.5)
+
+    holder = threading.Thread(target=hold, name="hold-default-agent-port", daemon=True)
+    holder.start()
     try:
         yield
     finally:
+        stop.set()
+        holder.join()
         s.close()
 
 
