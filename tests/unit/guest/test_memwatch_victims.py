@@ -66,7 +66,7 @@ def sandbox(monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     box = Sandbox(procs={}, free_after=0.05)
     monkeypatch.setattr(memwatch, "in_use", box.in_use)
     monkeypatch.setattr(memwatch, "largest", box.largest)
-    monkeypatch.setattr(memwatch, "_gone", lambda pid: pid not in box.procs)
+    monkeypatch.setattr(memwatch, "gone", lambda pid: pid not in box.procs)
     monkeypatch.setattr(memwatch.os, "kill", box.kill)
     monkeypatch.setattr(memwatch.time, "monotonic", lambda: box.now)
     monkeypatch.setattr(memwatch.time, "sleep", box.sleep)

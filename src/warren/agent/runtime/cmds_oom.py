@@ -20,7 +20,8 @@ kernel's killer is back (``event=oom_storm_end``).
 
 During a storm a charge the kernel makes inside a system call (a fork's kernel stack, a pipe
 buffer, a tmpfs write) fails with ENOMEM where the kernel would have killed: the storming sandbox
-alone sees that. The guest is in the sandbox's own cgroup, never in ``cmds``, and that cgroup
+alone sees that. A command's start refused so has the guest kill the largest process and try
+again (guest_agent/room.py), as the kernel would. The guest is in the sandbox's own cgroup, never in ``cmds``, and that cgroup
 keeps the kernel's killer throughout.
 
 The agent arms a sandbox when it makes its ``cmds`` (runtime/oci.py) and when it re-adopts one

@@ -139,7 +139,7 @@ def largest() -> "tuple[int, int]":
     return best, best_rss
 
 
-def _gone(pid: int) -> bool:
+def gone(pid: int) -> bool:
     try:
         stat = read_small(f"/proc/{pid}/stat")
     except OSError:
@@ -187,7 +187,7 @@ def _wait_freed(pid: int, limit: int) -> None:
         used = in_use()
         if used <= limit:
             return
-        if _gone(pid):
+        if gone(pid):
             low = min(low, used) if low else used
             if used > low + GROWTH:
                 return

@@ -67,6 +67,11 @@ CHILD_TIMEOUT = 60.0  # a child as the user that neither answers nor exits is ki
 EXEC_TIMEOUT = 30.0
 
 
+# A start refused memory kills to make room (room.py) and tries again, this many times at most:
+# the guest waits meanwhile (room.VICTIM_WAIT a kill, at most).
+ROOM_TRIES = 4
+
+
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 
 
@@ -272,7 +277,9 @@ def _child_signals(sigdef: "set[int]") -> None:
 
 def _fail_payload(e: BaseException) -> bytes:
     if isinstance(e, GuestFail):
-        return jdump({"error": e.kind, "message": e.message})
+        cause = e.__cause__
+        err = cause.errno if isinstance(cause, OSError) and cause.errno else 0
+        return jdump({"error": e.kind, "message": e.message, "errno": err})
     if isinstance(e, OSError):
         f = os_fail(e, "as user")
         return jdump({"error": f.kind, "message": f.message})
@@ -318,7 +325,45 @@ def fork_exec(
     ``user`` (None: stay root), chdir and exec. Returns the pid once the exec succeeded; a
     failure before it (a cwd the user cannot enter, a command they cannot run) raises here and
     the child is reaped. The child gives itself the children's score first (``oom``, the guest's
-    ``OomScore``: the guest's own never moves)."""
+    ``OomScore``: the guest's own never moves). A start refused memory makes room and tries
+    again (room.py)."""
+    tries = 0
+    while True:
+        report = _fork_exec_once(user, exe, argv, env, cwd, sigdef, oom, setup)
+        if isinstance(report, int):
+            return report
+        if tries < ROOM_TRIES and _refused_memory(report, argv, env):
+            from .room import make_room  # loaded by the first start refused memory
+
+            tries += 1
+            if make_room(argv[0]):
+                continue
+        raise _guest_fail(report)
+
+
+def _refused_memory(report: bytes, argv: "list[str]", env: "dict[str, str]") -> bool:
+    try:
+        err = jload(report).get("errno")
+    except (GuestFail, AttributeError, UnicodeDecodeError):
+        return False
+    if not isinstance(err, int) or not err:
+        return False
+    from .room import for_memory
+
+    return for_memory(err, argv, env)
+
+
+def _fork_exec_once(
+    user: "User | None",
+    exe: str,
+    argv: "list[str]",
+    env: "dict[str, str]",
+    cwd: str,
+    sigdef: "set[int]",
+    oom: "OomScore",
+    setup: "Callable[[], None]",
+) -> "int | bytes":
+    """One try of :func:`fork_exec`: the pid, or the failure the child reported (reaped)."""
     err_r, err_w = os.pipe()  # close-on-exec: EOF without a byte means the exec happened
     try:
         pid = os.fork()
@@ -357,7 +402,7 @@ def fork_exec(
     if not report:
         return pid
     _reap(pid)
-    raise _guest_fail(report)
+    return report
 
 
 def await_exec(pid: int, fd: int, timeout: float, cap: int = 4096) -> bytes:

@@ -1,0 +1,59 @@
+"""A command whose start fails for memory makes room, as the kernel's OOM killer would, and
+starts.
+
+A new program's ``execve`` charges the sandbox's ``cmds`` memory cgroup inside the system call
+(its argument pages, its new address space). With the kernel's OOM killer such a charge at the
+limit kills the largest of the tenant's processes and goes on. A sandbox in an OOM storm has
+that killer off (``oom_kill_disable``: the agent kills instead, when something waits at the
+limit; agent/runtime/cmds_oom.py), and a charge inside a system call does not wait: it fails,
+ENOMEM, or E2BIG where the argument pages were refused. Held at its limit by small processes
+that fault nothing (a fork bomb of ``sleep``\\ s), such a sandbox refused every few commands
+(session 21: 4 in 100; one was a 502 in the project's CI).
+
+So the guest does what the kernel would have done: it kills the largest process (never itself,
+PID 1; every command runs at the same ``oom_score_adj``, so the kernel's choice too), waits for
+it to be gone, and tries again (users.ROOM_TRIES times at most).
+"""
+
+import errno
+import os
+import signal
+import time
+
+from .memwatch import gone, largest
+from .protocol import log
+
+VICTIM_WAIT = 0.5  # the longest to wait for a victim to be gone before the next try
+POLL = 0.005
+# The kernel's own E2BIG: a string over MAX_ARG_STRLEN (32 pages), or all of them over a quarter
+# of the stack limit (2 MiB of the default 8). Below these bounds an E2BIG is the memory's.
+MAX_ARG_STRLEN = 32 * 4096
+ARGS_ROOM = 1 << 20
+
+
+def for_memory(err: int, argv: "list[str]", env: "dict[str, str]") -> bool:
+    """Whether a start that failed with ``err`` was refused memory (not a real E2BIG)."""
+    if err == errno.ENOMEM:
+        return True
+    if err != errno.E2BIG:
+        return False
+    strings = [*argv, *(f"{k}={v}" for k, v in env.items())]
+    sizes = [len(s.encode(errors="surrogateescape")) + 1 for s in strings]
+    return max(sizes, default=0) < MAX_ARG_STRLEN and sum(sizes) < ARGS_ROOM
+
+
+def make_room(what: str) -> bool:
+    """Kill the largest process but the guest and wait (:data:`VICTIM_WAIT` at most) until it
+    is gone; False when there is none to kill."""
+    pid, rss = largest()
+    if not pid:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return True  # gone meanwhile: its room is there
+    log(f"out of memory starting {what}: killed pid {pid} ({rss >> 10} KiB resident)")
+    deadline = time.monotonic() + VICTIM_WAIT
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    return True
