@@ -139,6 +139,20 @@ def largest() -> "tuple[int, int]":
     return best, best_rss
 
 
+def kill_largest(why: str) -> int:
+    """SIGKILL the largest process but PID 1, logged with ``why``: its pid; 0 if there is none,
+    -1 if it was gone before the signal."""
+    pid, rss = largest()
+    if not pid:
+        return 0
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return -1
+    log(f"out of memory: killed pid {pid} ({rss >> 20} MiB resident, {why})")
+    return pid
+
+
 def gone(pid: int) -> bool:
     try:
         stat = read_small(f"/proc/{pid}/stat")
@@ -163,15 +177,11 @@ def check(limit: int, covered: int = 0) -> float:
         if covered and limit - used > covered:
             return LIMIT_REREAD
         return min(MAX_INTERVAL, max(MIN_INTERVAL, (limit - used) / MAX_RATE))
-    pid, rss = largest()
+    pid = kill_largest(f"{used >> 20} MiB in use")
     if not pid:
         return MAX_INTERVAL
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        return MIN_INTERVAL
-    log(f"out of memory: killed pid {pid} ({rss >> 20} MiB resident, {used >> 20} MiB in use)")
-    _wait_freed(pid, limit)
+    if pid > 0:
+        _wait_freed(pid, limit)
     return MIN_INTERVAL
 
 
@@ -278,15 +288,8 @@ def host_check(record: "tuple[int, int, int]", limit: int) -> None:
         return
     if not rising or in_use() > limit:
         return
-    pid, rss = largest()
-    if not pid:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        return
-    _host_low = usage
-    log(f"out of memory: killed pid {pid} ({rss >> 20} MiB resident, host cgroup at {usage >> 20} MiB)")
+    if kill_largest(f"host cgroup at {usage >> 20} MiB") > 0:
+        _host_low = usage
 
 
 def _run(limit_file: str) -> None:

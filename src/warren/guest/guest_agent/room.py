@@ -16,12 +16,9 @@ it to be gone, and tries again (users.ROOM_TRIES times at most).
 """
 
 import errno
-import os
-import signal
 import time
 
-from .memwatch import gone, largest
-from .protocol import log
+from .memwatch import gone, kill_largest
 
 VICTIM_WAIT = 0.5  # the longest to wait for a victim to be gone before the next try
 POLL = 0.005
@@ -45,15 +42,8 @@ def for_memory(err: int, argv: "list[str]", env: "dict[str, str]") -> bool:
 def make_room(what: str) -> bool:
     """Kill the largest process but the guest and wait (:data:`VICTIM_WAIT` at most) until it
     is gone; False when there is none to kill."""
-    pid, rss = largest()
-    if not pid:
-        return False
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        return True  # gone meanwhile: its room is there
-    log(f"out of memory starting {what}: killed pid {pid} ({rss >> 10} KiB resident)")
+    pid = kill_largest(f"starting {what}")
     deadline = time.monotonic() + VICTIM_WAIT
-    while not gone(pid) and time.monotonic() < deadline:
+    while pid > 0 and not gone(pid) and time.monotonic() < deadline:
         time.sleep(POLL)
-    return True
+    return pid != 0

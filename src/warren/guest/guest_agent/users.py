@@ -329,9 +329,44 @@ def fork_exec(
     again (room.py)."""
     tries = 0
     while True:
-        report = _fork_exec_once(user, exe, argv, env, cwd, sigdef, oom, setup)
-        if isinstance(report, int):
-            return report
+        err_r, err_w = os.pipe()  # close-on-exec: EOF without a byte means the exec happened
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(err_r)
+            os.close(err_w)
+            raise
+        if pid == 0:  # the child: never returns
+            try:
+                oom.in_child()
+                os.close(err_r)
+                _child_signals(sigdef)
+                setup()
+                if user is not None:
+                    drop_to(user)
+                try:
+                    os.chdir(cwd)
+                except OSError as e:
+                    raise os_fail(e, f"cwd {cwd}") from e
+                try:
+                    os.execve(exe, argv, env)  # noqa: S606 (no shell: the request's argv)
+                except OSError as e:
+                    raise os_fail(e, f"spawn {argv[0]}") from e
+            except BaseException as e:
+                try:
+                    os.write(err_w, _fail_payload(e)[:4096])
+                except BaseException:  # noqa: S110 (nowhere to report: the parent sees no reason)
+                    pass
+            finally:
+                os._exit(127)
+        os.close(err_w)
+        try:
+            report = await_exec(pid, err_r, EXEC_TIMEOUT)
+        finally:
+            os.close(err_r)
+        if not report:
+            return pid
+        _reap(pid)
         if tries < ROOM_TRIES and _refused_memory(report, argv, env):
             from .room import make_room  # loaded by the first start refused memory
 
@@ -351,58 +386,6 @@ def _refused_memory(report: bytes, argv: "list[str]", env: "dict[str, str]") -> 
     from .room import for_memory
 
     return for_memory(err, argv, env)
-
-
-def _fork_exec_once(
-    user: "User | None",
-    exe: str,
-    argv: "list[str]",
-    env: "dict[str, str]",
-    cwd: str,
-    sigdef: "set[int]",
-    oom: "OomScore",
-    setup: "Callable[[], None]",
-) -> "int | bytes":
-    """One try of :func:`fork_exec`: the pid, or the failure the child reported (reaped)."""
-    err_r, err_w = os.pipe()  # close-on-exec: EOF without a byte means the exec happened
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(err_r)
-        os.close(err_w)
-        raise
-    if pid == 0:  # the child: never returns
-        try:
-            oom.in_child()
-            os.close(err_r)
-            _child_signals(sigdef)
-            setup()
-            if user is not None:
-                drop_to(user)
-            try:
-                os.chdir(cwd)
-            except OSError as e:
-                raise os_fail(e, f"cwd {cwd}") from e
-            try:
-                os.execve(exe, argv, env)  # noqa: S606 (no shell: the request's argv)
-            except OSError as e:
-                raise os_fail(e, f"spawn {argv[0]}") from e
-        except BaseException as e:
-            try:
-                os.write(err_w, _fail_payload(e)[:4096])
-            except BaseException:  # noqa: S110 (nowhere to report: the parent sees no reason)
-                pass
-        finally:
-            os._exit(127)
-    os.close(err_w)
-    try:
-        report = await_exec(pid, err_r, EXEC_TIMEOUT)
-    finally:
-        os.close(err_r)
-    if not report:
-        return pid
-    _reap(pid)
-    return report
 
 
 def await_exec(pid: int, fd: int, timeout: float, cap: int = 4096) -> bytes:
