@@ -21,14 +21,14 @@ kernel's killer is back (``event=oom_storm_end``).
 During a storm a charge the kernel makes inside a system call (a fork's kernel stack, a pipe
 buffer, a tmpfs write) fails with ENOMEM where the kernel would have killed: the storming sandbox
 alone sees that. A command's start refused so has the guest kill the largest process and try
-again (guest_agent/room.py), as the kernel would. The guest is in the sandbox's own cgroup, never in ``cmds``, and that cgroup
-keeps the kernel's killer throughout.
+again (guest_agent/room.py), as the kernel would. The guest is in the sandbox's own cgroup,
+never in ``cmds``, and that cgroup keeps the kernel's killer throughout.
 
 The agent arms a sandbox when it makes its ``cmds`` (runtime/oci.py) and when it re-adopts one
-(manager.py). A stop gives the
-kernel its killer back; after a crash a sandbox left with ``oom_kill_disable`` is re-armed in a
-storm, and what waited meanwhile is killed then. One thread serves every sandbox; each event
-costs one read of ``memory.oom_control`` and, in a storm, one read of ``statm`` per process.
+(manager.py). A stop gives the kernel its killer back; after a crash a sandbox left with
+``oom_kill_disable`` is re-armed in a storm, and what waited meanwhile is killed then. One thread
+serves every sandbox; each event costs one read of ``memory.oom_control`` and, in a storm, one
+read of ``statm`` per process, made without the lock that arming and disarming take.
 """
 
 from __future__ import annotations
@@ -209,34 +209,42 @@ class OomWatch:
         if fd == self._wake:
             return  # stop() asks the loop to look at _stopping
         with self._lock:
-            if (a := self._by_fd.get(fd)) is not None:
-                self._handle(a, event=True)
+            a = self._by_fd.get(fd)
+            due = a is not None and self._handle(a, event=True)
+        if due and a is not None:
+            self._kill_one(a)
 
     def _sweep(self) -> None:
         """The sandboxes in a storm, event or not: what waits is killed, a quiet one let go."""
         with self._lock:
-            for a in [a for a in self._armed.values() if a.storm]:
-                self._handle(a, event=False)
+            storming = [a for a in self._armed.values() if a.storm]
+        for a in storming:
+            with self._lock:
+                due = self._armed.get(a.sid) is a and self._handle(a, event=False)
+            if due:
+                self._kill_one(a)
 
     # -- one sandbox ----------------------------------------------------------------------------
 
-    def _handle(self, a: _Armed, *, event: bool) -> None:
-        """One look at ``a`` (under the lock: a destroy's disarm waits for it)."""
+    def _handle(self, a: _Armed, *, event: bool) -> bool:
+        """One look at ``a`` (under the lock: a destroy's disarm waits for it); whether a kill
+        is due, which :meth:`_kill_one` makes without the lock."""
         now = time.monotonic()
         try:
             state = read_control(a.dir / "memory.oom_control")
         except (OSError, ValueError):
             self.disarm(a.sid)  # the cgroup went (the kernel signals its removal too)
-            return
+            return False
         if not a.storm:
             self._count_kernel_kills(a, state, now)
-            return
+            return False
         if event or state["under_oom"]:
             a.last_oom = now
         if state["under_oom"]:
-            self._kill_one(a, now)
-        elif now - a.last_oom >= QUIET_S:
+            return self._victim_gone(a, now)
+        if now - a.last_oom >= QUIET_S:
             self._end_storm(a)
+        return False
 
     def _count_kernel_kills(self, a: _Armed, state: dict[str, int], now: float) -> None:
         new, a.seen = state.get("oom_kill", 0) - a.seen, state.get("oom_kill", 0)
@@ -256,32 +264,41 @@ class OomWatch:
         self._forget_victim(a)
         log.info("event=oom_storm_end sandbox=%s quiet_s=%.0f", a.sid, QUIET_S)
 
-    def _kill_one(self, a: _Armed, now: float) -> None:
-        """Kill the largest process of ``cmds``, unless the one killed last is still exiting
-        (as the kernel waits for its victim): its exit frees memory and wakes the waiters."""
+    def _victim_gone(self, a: _Armed, now: float) -> bool:
+        """Whether the process killed last is gone (as the kernel waits for its victim: its exit
+        frees memory and wakes the waiters), or waited for long enough."""
         if a.victim >= 0:
             if not cmds_procs.wait_exit(a.victim, 0) and now - a.killed_at < VICTIM_WAIT_S:
-                return
+                return False
             self._forget_victim(a)
-        cmds = f"/{self._parent}/{a.sid}/{CMDS}"
+        return True
+
+    def _kill_one(self, a: _Armed) -> None:
+        """Kill the largest process of ``a``'s ``cmds``. Ranked without the lock (a ``statm``
+        read a process, ~15 ms at 1024: the event loop's arm and disarm do not wait for it); the
+        kill under it, if ``a`` is still armed and no other kill came first."""
         try:
             pids = cmds_procs.pids(a.dir / "cgroup.procs")
         except (OSError, ValueError):
             return
-        for pid in sorted(pids, key=lambda p: (resident(p), p), reverse=True):
-            if (pidfd := cmds_procs.pin(pid, cmds)) is None:
-                continue
-            try:
-                pages = resident(pid)
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except OSError:
-                os.close(pidfd)
-                continue  # exited meanwhile: the next largest
-            process_mrelease(pidfd)
-            a.victim, a.killed_at = pidfd, now
-            a.log.warn("event=oom_kill sandbox=%s pid=%d rss_kib=%d", a.sid, pid, pages * _PAGE_KIB)
-            self._killed(1)
-            return
+        ranked = sorted(((resident(p), p) for p in pids), reverse=True)
+        cmds = f"/{self._parent}/{a.sid}/{CMDS}"
+        with self._lock:
+            if self._armed.get(a.sid) is not a or a.victim >= 0:
+                return
+            for pages, pid in ranked:
+                if (pidfd := cmds_procs.pin(pid, cmds)) is None:
+                    continue
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except OSError:
+                    os.close(pidfd)
+                    continue  # exited meanwhile: the next largest
+                process_mrelease(pidfd)
+                a.victim, a.killed_at = pidfd, time.monotonic()
+                a.log.warn("event=oom_kill sandbox=%s pid=%d rss_kib=%d", a.sid, pid, pages * _PAGE_KIB)
+                self._killed(1)
+                return
 
     def _forget_victim(self, a: _Armed) -> None:
         if a.victim >= 0:
