@@ -23,6 +23,7 @@ from warren import clock, ids
 from warren.cp.db.engine import driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts, teams
+from warren.footprint import footprint_mb
 
 BURST = 12
 # The older signatures, as a replica on older code calls them.
@@ -77,12 +78,16 @@ async def test_a_burst_stops_at_the_vcpu_and_memory_quotas(
 
 
 async def test_two_teams_at_once_never_overfill_one_host(engine: AsyncEngine) -> None:
-    """A host with 1024 MiB (memory ratio 1.0) holds four 256 MiB sandboxes, whichever teams
-    race for it."""
+    """A host with room for four 256 MiB runc sandboxes at their footprints (4 x 288 MiB,
+    memory ratio 1.0; migration 0021) holds four, whichever teams race for it."""
     alice, host = await team_and_host(engine)
     mallory = ids.new_uuid()
     async with engine.begin() as conn:
         await conn.execute(teams.insert().values(id=mallory, name="m", slug=mallory.hex))
-        await conn.execute(sa.update(hosts).where(hosts.c.id == host).values(cpu_cores=64, memory_mb=1024))
+        await conn.execute(
+            sa.update(hosts)
+            .where(hosts.c.id == host)
+            .values(cpu_cores=64, memory_mb=4 * footprint_mb(256, "runc"))
+        )
     got = await burst(BURST, lambda i: reserve(engine, (alice, mallory)[i % 2], host, form=(18, 20)[i % 2]))
     assert got.count("ok") == 4 and got.count("no_capacity") == BURST - 4, got

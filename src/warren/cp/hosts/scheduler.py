@@ -6,12 +6,15 @@ Capacity: given the new sandbox's reservation, an eligible host is a candidate o
 active (not stopped or errored) sandboxes' vCPUs and memory, and its running template build
 steps' (``template_builds.reserved_*``; ``warren_host_usage``, migration 0020), plus the new one
 fit its reported ``cpu_cores`` and ``memory_mb`` times the operator's overcommit ratios (a host
-that reported 0 is not bounded on that resource). A build step asks for a host the same way
-(``services/template_build_host.py``). A sandbox's disk is a tmpfs charged to its memory limit, so
-it is counted inside ``memory_mb``, not again. This read only narrows the choice; the pending
-insert re-checks the fit under the host's row lock (``warren_reserve_sandbox``), and the
-create tries another host when it lost the race. Eligible hosts but none with room: 503
-``no_capacity``; no eligible host at all: 503 ``no_hosts_available``.
+that reported 0 is not bounded on that resource). Memory is counted at each sandbox's footprint
+(``warren.footprint``, migration 0021: its limit plus what its runtime lets it hold outside it),
+the new one's at the runtime it gets on that host (:func:`runtime_on`). A build step asks for a
+host the same way (``services/template_build_host.py``). A sandbox's disk is a tmpfs charged to
+its memory limit, so it is counted inside ``memory_mb``, not again. This read only narrows the
+choice; the pending insert re-checks the fit under the host's row lock
+(``warren_reserve_sandbox``), and the create tries another host when it lost the race.
+Eligible hosts but none with room: 503 ``no_capacity``; no eligible host at all: 503
+``no_hosts_available``.
 
 Disk: a host whose last heartbeat reported less free space in its data directory than
 ``WARREN_HOST_MIN_FREE_DISK_MB`` (or that it cannot write there: 0) is skipped, so a full disk
@@ -56,6 +59,7 @@ from warren.cp.db.engine import Conn, fetch
 from warren.cp.db.queries import hosts as q
 from warren.cp.telemetry import SCHEDULER_DECISIONS
 from warren.errors import ServiceUnavailable
+from warren.footprint import footprint_mb
 
 Host = Mapping[Any, Any]
 # The counter's child for every placed create, looked up once (``labels`` takes a lock and
@@ -77,8 +81,12 @@ class Reservation:
     """What a new sandbox takes from its host."""
 
     vcpus: int
-    memory_mb: int
+    memory_mb: int  # its limit (what team quotas count)
     overcommit: Overcommit
+
+    def footprint_mb(self, runtime: str) -> int:
+        """The host memory it takes on ``runtime`` (its limit and what it holds outside it)."""
+        return footprint_mb(self.memory_mb, runtime)
 
 
 @dataclass(frozen=True)
@@ -122,17 +130,18 @@ async def eligible_hosts(
     return await fetch(conn, q.ELIGIBLE, team_id, is_byoc, list(layers))
 
 
-def fits(h: Host, need: Reservation | None) -> bool:
-    """Whether the host has room for ``need`` (always, without one): its active sandboxes' and
-    build steps' vCPUs and memory plus the new one within what it reported times the overcommit
-    ratios (0 reported: not bounded). The same rule as warren_reserve_sandbox and
-    warren_reserve_build, which have the last word."""
+def fits(h: Host, need: Reservation | None, runtime: str = "") -> bool:
+    """Whether the host has room for ``need`` (always, without one) on ``runtime`` ("": the
+    host's default): its active sandboxes' and build steps' vCPUs and memory footprints
+    (``used_*``) plus the new one's within what it reported times the overcommit ratios (0
+    reported: not bounded). The same rule as warren_reserve_sandbox and warren_reserve_build,
+    which have the last word."""
     if need is None:
         return True
     oc = need.overcommit
     cores, memory = h["cpu_cores"], h["memory_mb"]
     return (cores <= 0 or h["used_vcpus"] + need.vcpus <= cores * oc.cpu) and (
-        memory <= 0 or h["used_memory_mb"] + need.memory_mb <= memory * oc.memory
+        memory <= 0 or h["used_memory_mb"] + need.footprint_mb(runtime_on(h, runtime)) <= memory * oc.memory
     )
 
 
@@ -167,7 +176,7 @@ class RoundRobinScheduler:
                 )
         candidates = _offering(candidates, want.runtime, is_byoc)
         candidates = with_free_disk(candidates, self.min_free_disk)
-        candidates = [h for h in candidates if fits(h, need)]
+        candidates = [h for h in candidates if fits(h, need, want.runtime)]
         if not candidates:
             raise no_capacity(need)
         warm = [h for h in candidates if template and self._warm_left(h, template, want.runtime) > 0]

@@ -1,6 +1,8 @@
 """Capacity-aware scheduling and the reserve statement against a real database: a host takes a
 sandbox only while its active reservations fit its capacity times the overcommit ratios, and
-the team's quotas and the host's last slot hold under concurrent reserves."""
+the team's quotas and the host's last slot hold under concurrent reserves. Memory is counted at
+each sandbox's footprint (warren/footprint.py, migration 0021; these hosts never reported a
+default runtime: runc's rule, a 256 MiB sandbox takes 288 MiB)."""
 
 from __future__ import annotations
 
@@ -16,10 +18,16 @@ from warren.cp.db.engine import driver
 from warren.cp.db.queries.sandboxes import RESERVE
 from warren.cp.hosts.scheduler import Overcommit, Placement, Reservation, RoundRobinScheduler
 from warren.errors import ServiceUnavailable
+from warren.footprint import footprint_mb
 
 from .conftest import Rows
 
 OC = Overcommit(cpu=2.0, memory=1.0)
+
+
+def fp(memory_mb: int) -> int:
+    """The footprint of a runc sandbox (these hosts' default, and _reserve's runtime)."""
+    return footprint_mb(memory_mb, "runc")
 
 
 async def _size(engine: AsyncEngine, host: uuid.UUID, cpu_cores: int, memory_mb: int) -> None:
@@ -42,8 +50,9 @@ async def test_a_host_without_room_is_skipped_and_none_with_room_is_no_capacity(
     admin = await rows.user(admin=True)
     team = await rows.team()
     full, free = await rows.host(admin, created_offset_s=0), await rows.host(admin, created_offset_s=1)
-    await _size(engine, full, 1, 1024)
-    await _size(engine, free, 1, 1024)
+    # Room for a 768 MiB and a 256 MiB sandbox at their footprints (864 + 288 MiB), no more.
+    await _size(engine, full, 1, fp(768) + fp(256))
+    await _size(engine, free, 1, fp(768) + fp(256))
     await rows.sandbox(team, full, status="paused", vcpus=1, memory_mb=768)  # paused keeps its memory
     await rows.sandbox(team, free, status="stopped", vcpus=1, memory_mb=1024)  # stopped holds nothing
     s = RoundRobinScheduler()
@@ -82,9 +91,9 @@ async def test_parallel_reserves_cannot_pass_the_quota_or_overfill_the_host(
     await _size(engine, host, 64, 100_000)
     outcomes = await asyncio.gather(*(_reserve(engine, team, host, quota=3) for _ in range(5)))
     assert sorted(outcomes) == ["ok"] * 3 + ["quota_sandboxes"] * 2
-    # The host has room for exactly two more 256 MiB sandboxes: of four racing teams' reserves,
-    # two get in.
-    await _size(engine, host, 64, 3 * 256 + 2 * 256)
+    # The host has room for exactly two more 256 MiB sandboxes (at their footprints): of four
+    # racing teams' reserves, two get in.
+    await _size(engine, host, 64, 3 * fp(256) + 2 * fp(256))
     outcomes = await asyncio.gather(*(_reserve(engine, other, host) for _ in range(4)))
     assert sorted(outcomes) == ["no_capacity"] * 2 + ["ok"] * 2
     async with engine.connect() as conn:

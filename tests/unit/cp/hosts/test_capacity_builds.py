@@ -20,7 +20,7 @@ from warren.cp.services.template_builds import mark_failed, sweep_stale
 from warren.errors import ServiceUnavailable
 
 from .conftest import Rows
-from .test_capacity import OC, _pick, _reserve, _size
+from .test_capacity import OC, _pick, _reserve, _size, fp
 
 
 async def _build(engine: AsyncEngine, team: uuid.UUID, *, heartbeat_age_s: float = 0) -> uuid.UUID:
@@ -54,7 +54,9 @@ async def test_a_build_step_takes_room_from_creates_until_released(engine: Async
     admin = await rows.user(admin=True)
     team = await rows.team()
     host = await rows.host(admin)
-    await _size(engine, host, 4, 1024)
+    # Room for the 768 MiB step and a 256 MiB sandbox at their footprints (the host never said
+    # its default runtime: runc's rule for the step), no more.
+    await _size(engine, host, 4, fp(768) + fp(256))
     build = await _build(engine, team)
     assert await _reserve_build(engine, build, host, 768) == "ok"
     s = RoundRobinScheduler()
@@ -74,7 +76,7 @@ async def test_concurrent_steps_cannot_overfill_the_host(engine: AsyncEngine, ro
     admin = await rows.user(admin=True)
     team = await rows.team()
     host = await rows.host(admin)
-    await _size(engine, host, 64, 1024)
+    await _size(engine, host, 64, 3 * fp(384) - 1)  # room for two steps' footprints, not three
     builds = [await _build(engine, team) for _ in range(6)]
     outcomes = await asyncio.gather(*(_reserve_build(engine, b, host, 384) for b in builds))
     assert sorted(outcomes) == ["no_capacity"] * 4 + ["ok"] * 2, outcomes
@@ -84,7 +86,7 @@ async def test_an_ended_or_stale_build_gives_its_room_back(engine: AsyncEngine, 
     admin = await rows.user(admin=True)
     team = await rows.team()
     host = await rows.host(admin)
-    await _size(engine, host, 4, 1024)
+    await _size(engine, host, 4, 2 * fp(512))  # two 512 MiB steps at their footprints
     failed, stale = await _build(engine, team), await _build(engine, team, heartbeat_age_s=3600)
     assert await _reserve_build(engine, failed, host, 512) == "ok"
     assert await _reserve_build(engine, stale, host, 512) == "ok"
