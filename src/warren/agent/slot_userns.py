@@ -28,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 from collections import deque
 from pathlib import Path
 
 from warren.agent.helper_process import HelperProcess, PerLoop, spawn_script
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE, uid_base
+
+log = logging.getLogger("warren.agent")
 
 USERNS_DIR = Path("/run/warren/userns")
 NETNS_DIR = Path("/run/netns")  # where ``ip netns`` keeps named network namespaces
@@ -160,6 +163,11 @@ async def ensure_idmap(from_base: int, to_base: int) -> Path:
     (idmap.py), made the first time it is asked for and kept (one per slot base)."""
     path = idmap_path(from_base, to_base)
     async with _idmap_locks.setdefault(path, asyncio.Lock()):
+        if path.exists() and not bound(path):
+            # Its mount went (an operator's umount of /run/warren): the empty file left would
+            # be taken for the namespace, and every id-mapped mount through it would fail.
+            log.warning("event=idmap_userns_stale path=%s detail=made anew", path)
+            path.unlink(missing_ok=True)
         if not path.exists():
             try:
                 await (await maker()).request(
@@ -169,6 +177,15 @@ async def ensure_idmap(from_base: int, to_base: int) -> Path:
                 if not path.exists():  # else another agent on this host made it first
                     raise
     return path
+
+
+def bound(target: Path) -> bool:
+    """Whether a namespace is bind-mounted on ``target`` (not only the file it was mounted on):
+    a mount's file lives on the namespace filesystem's device, not on its directory's."""
+    try:
+        return target.stat().st_dev != target.parent.stat().st_dev
+    except OSError:
+        return False
 
 
 def owner_uid(index: int) -> int:

@@ -6,6 +6,7 @@ the agent that started it."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import os
 import signal
@@ -181,3 +182,22 @@ def _state(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError):
         return ""
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _mounted(ns_file: Path) -> bool:
+    return ns_file.stat().st_dev != ns_file.parent.stat().st_dev  # nsfs, not the directory's
+
+
+async def test_an_id_map_namespace_whose_mount_went_is_made_anew() -> None:
+    """An umount of /run/warren (by hand, or a cleanup's) leaves the empty file the namespace
+    was mounted on; taken for the namespace, it failed every id-mapped mount of its slot base
+    ("Invalid argument") until someone removed it (session 20)."""
+    path = slot_userns.idmap_path(MAPPED_BASE, uid_base(INDEX))
+    await slot_userns.ensure_idmap(MAPPED_BASE, uid_base(INDEX))  # this test's own slot base
+    assert _mounted(path)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.umount2(str(path).encode(), 2) == 0  # MNT_DETACH: as it went
+    assert path.exists() and not _mounted(path)
+    made = await slot_userns.ensure_idmap(MAPPED_BASE, uid_base(INDEX))
+    assert made == path and _mounted(path)
+    assert _owner_uid(path) == slot_userns.IDMAP_OWNER_UID
