@@ -10,7 +10,8 @@ and a step finding no room waits ``WARREN_BUILD_CAPACITY_WAIT_S``, saying so in 
 fails the build with ``no_capacity``. An account's builds are bounded across the teams it owns
 (``WARREN_BUILD_MAX_PER_OWNER``, 429 ``too_many_builds``).
 
-The host here is this machine; each build sandbox asks for half its memory, so two fill it. The
+The host here is this machine; each build sandbox asks for about half its memory (its footprint,
+session 21), so two fill it. The
 attacker's view: the public API with a tenant's key; the host's own count of build sandboxes
 (their ``step-…`` directories) shows what really ran at once.
 """
@@ -29,6 +30,7 @@ import pytest
 
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
+from warren.footprint import footprint_mb
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -41,7 +43,9 @@ def _host_memory_mb() -> int:
 
 
 HOST_MB = _host_memory_mb()  # what the agent reports (agent/control_plane.py:host_specs)
-BUILD_MB = HOST_MB // 2  # two build sandboxes fill the host
+# Two build sandboxes fill the host: the largest whose two footprints fit (migration 0021: the
+# agent's default runtime here is runc or crun, one rule), so no 256 MiB create fits beside them.
+BUILD_MB = next(m for m in range(HOST_MB // 2, 0, -1) if 2 * footprint_mb(m, "runc") <= HOST_MB)
 PER_TEAM = 3
 PER_OWNER = 4
 # A step finding no room waits this long, then fails its build; the two builds holding the

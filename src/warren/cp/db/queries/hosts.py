@@ -7,7 +7,7 @@ def candidates(team: str, is_byoc: str, layers: str) -> str:
     ``warm_pools``, ``last_heartbeat_at``, ``created_at``), ordered by age (ties by id) so the
     rotation is stable as hosts come and go, each with what its active sandboxes and running
     build steps take (``used_vcpus``, ``used_memory_mb``: ``warren_host_usage``, migration 0020,
-    the one rule; the scheduler's room check, ``scheduler.fits``; warren_reserve_sandbox and
+    memory at footprints since 0021, the one rule; the scheduler's room check, ``scheduler.fits``; warren_reserve_sandbox and
     warren_reserve_build have the last word) and, for the template's store layers (bottom
     first), what it already holds of them (``host_layers``): ``held_bytes``, and ``missing``,
     the layers it lacks, in chain order. ``team``, ``is_byoc`` (its own hosts only; else the
