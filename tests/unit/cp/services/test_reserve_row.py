@@ -20,6 +20,7 @@ from warren import clock, ids
 from warren.cp.db.engine import driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts, sandboxes
+from warren.footprint import footprint_mb
 
 
 @pytest.fixture
@@ -65,9 +66,10 @@ async def test_resolve_reads_the_template_with_the_candidate_hosts(engine: Async
         unknown_team = await conn.fetch(q.RESOLVE, "minimal", ids.new_uuid(), "")
     assert unknown_team == []
     (row,) = rows
-    # The host's own columns and what its active sandboxes take, for the scheduler.
+    # The host's own columns and what its active sandboxes take, for the scheduler: memory at
+    # their footprints (migration 0021: a 256 MiB runc sandbox with its 32 MiB socket ceiling).
     assert row["id"] == host and row["cpu_cores"] == 8
-    assert (row["used_vcpus"], row["used_memory_mb"]) == (1, 256)
+    assert (row["used_vcpus"], row["used_memory_mb"]) == (1, footprint_mb(256, "runc")) == (1, 288)
     assert (row["held_bytes"], list(row["missing"])) == (0, [])
     assert row["is_byoc"] is False
     # No eligible host: still the team's row, its host columns NULL.
