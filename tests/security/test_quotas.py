@@ -21,10 +21,13 @@ import pytest
 
 from tests.harness.tenant import Tenant, signup
 from warren import ids
+from warren.footprint import footprint_mb
 
 pytestmark = pytest.mark.root
 
 ACTIVE = "('pending', 'starting', 'running', 'paused', 'missing')"
+# A 256 MiB sandbox on the host's default runtime (runc or crun here) in its host's capacity.
+SMALL_FOOTPRINT = footprint_mb(256, "runc")
 
 
 def team_uuid(t: Tenant) -> uuid.UUID:
@@ -245,10 +248,11 @@ async def test_a_snapshot_past_the_bytes_quota_is_refused_and_stores_nothing(pla
 
 
 async def _leave_room(platform: Any, host_id: str, memory_mb: int) -> None:
-    """Make the host report just ``memory_mb`` more than its sandboxes already reserve."""
+    """Make the host report just ``memory_mb`` more than its sandboxes already reserve (at their
+    footprints, migration 0021: ``warren_host_usage``, what the scheduler counts)."""
     await platform.sql(
-        f"UPDATE hosts SET memory_mb = {memory_mb} + (SELECT coalesce(sum(memory_mb), 0) FROM sandboxes "
-        f"WHERE host_id = hosts.id AND status IN {ACTIVE}) WHERE id = :h",
+        f"UPDATE hosts SET memory_mb = {memory_mb} + (SELECT u.memory_mb FROM warren_host_usage(hosts.id) u) "
+        "WHERE id = :h",
         h=host_id,
     )
 
@@ -257,7 +261,7 @@ async def test_a_full_host_gets_no_more_sandboxes(platform: Any) -> None:
     t = signup(platform.url, "filler")
     host = (await platform.sql("SELECT id, memory_mb FROM hosts WHERE status = 'online'"))[0]
     try:
-        await _leave_room(platform, host[0], 512)
+        await _leave_room(platform, host[0], 2 * SMALL_FOOTPRINT)  # two 256 MiB sandboxes
         t.create(memory_mb=256)
         t.create(memory_mb=256)
         r = t.w("POST", "/v1/sandboxes", {"template": "minimal", "memory_mb": 256})
@@ -265,7 +269,7 @@ async def test_a_full_host_gets_no_more_sandboxes(platform: Any) -> None:
         # A smaller one, or the same after a destroy, fits.
         destroy_all(t)
         # The race for the last slot: of four parallel creates exactly one gets it.
-        await _leave_room(platform, host[0], 256)
+        await _leave_room(platform, host[0], SMALL_FOOTPRINT)
         rs = await parallel_creates(t, 4, memory_mb=256)
         codes = sorted(r.status_code for r in rs)
         assert codes == [201, 503, 503, 503], [r.text for r in rs]
