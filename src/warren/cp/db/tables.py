@@ -412,8 +412,14 @@ sandboxes = Table(
     ),
     # The ended rows by age, for the retention pass (services/retention.py, migration 0012).
     Index("ix_sandboxes_ended", "last_updated", postgresql_where=text("status IN ('stopped', 'error')")),
-    # The active rows per host and per team with what they take: a create's usage sums (migration 0013).
-    Index("ix_sandboxes_active_host", "host_id", postgresql_where=_ACTIVE, postgresql_include=_SUMMED),
+    # The active rows per host and per team with what they take: a create's usage sums (migration 0013;
+    # the host's with the runtime its footprint needs, 0021).
+    Index(
+        "ix_sandboxes_active_host",
+        "host_id",
+        postgresql_where=_ACTIVE,
+        postgresql_include=[*_SUMMED, "runtime"],
+    ),
     Index("ix_sandboxes_active_team", "team_id", postgresql_where=_ACTIVE, postgresql_include=_SUMMED),
 )
 
