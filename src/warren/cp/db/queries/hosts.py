@@ -3,17 +3,16 @@
 
 def candidates(team: str, is_byoc: str, layers: str) -> str:
     """The hosts a team may use (``id``, ``address``, capacity, ``runtimes``, ``default_runtime``,
-    ``disk_free_bytes``,
-    ``warm_pools``, ``last_heartbeat_at``, ``created_at``), ordered by age (ties by id) so the
-    rotation is stable as hosts come and go, each with what its active sandboxes and running
-    build steps take (``used_vcpus``, ``used_memory_mb``: ``warren_host_usage``, migration 0020,
-    memory at footprints since 0021, the one rule; the scheduler's room check, ``scheduler.fits``; warren_reserve_sandbox and
-    warren_reserve_build have the last word) and, for the template's store layers (bottom
-    first), what it already holds of them (``host_layers``): ``held_bytes``, and ``missing``,
-    the layers it lacks, in chain order. ``team``, ``is_byoc`` (its own hosts only; else the
-    platform's) and ``layers`` are SQL expressions: parameters here, the resolved team's and
-    template's columns in ``queries.sandboxes.RESOLVE``, which reads the candidates in the same
-    statement."""
+    ``disk_free_bytes``, ``warm_pools``, ``last_heartbeat_at``, ``created_at``), ordered by age
+    (ties by id) so the rotation is stable as hosts come and go, each with what its active
+    sandboxes and running build steps take (``used_vcpus``, ``used_memory_mb``:
+    ``warren_host_usage``, migration 0020, memory at footprints since 0021, the one rule; the
+    scheduler's room check, ``scheduler.fits``; warren_reserve_sandbox and warren_reserve_build
+    have the last word) and, for the template's store layers (bottom first), what it already
+    holds of them (``host_layers``): ``held_bytes``, and ``missing``, the layers it lacks, in
+    chain order. ``team``, ``is_byoc`` (its own hosts only; else the platform's) and ``layers``
+    are SQL expressions: parameters here, the resolved team's and template's columns in
+    ``queries.sandboxes.RESOLVE``, which reads the candidates in the same statement."""
     # Only the columns the choice and the call read (``scheduler``, ``client_pool.get``): every
     # column more is decoded on every create, a JSONB one by Python's json.loads.
     return f"""
