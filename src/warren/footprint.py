@@ -15,10 +15,11 @@ takes a process of any tenant. What each runtime adds:
 * gVisor: the host cgroup's limit is the tenant's plus :data:`GVISOR_HEADROOM` for the Sentry
   and the gofer (agent/runtime/gvisor.py); its sockets are netstack's, inside that limit.
 
-One rule, here; the agent's numbers are checked against it (tests/unit/test_footprint.py), and
-the SQL copy (``warren_sandbox_footprint``, migration 0021) is checked against
-:func:`footprint_mb` for many sizes. This module imports nothing of Warren's: the agent and the
-control plane both may import it.
+One rule, here: the agent takes its numbers from this module (socket_memory, socket_ceiling,
+gvisor), and the SQL copy (``warren_sandbox_footprint``, migration 0021) is checked against
+:func:`footprint_mb` for many sizes (tests/unit/cp/hosts/test_footprint_sql.py). This module
+imports nothing of Warren's (an import-linter contract): the agent and the control plane both
+import it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ BREAKS = {
     "sdk-no-server": ("sdk/_config.py", "import warren.cp.app"),
     "guest-alone": ("guest/guest_agent/protocol.py", "import warren.errors"),
     "layers-alone": ("layers/stats.py", "import warren.agent.proc"),
+    "footprint-alone": ("footprint.py", "import warren.agent.proc"),
     "e2b-over-services": ("cp/e2b/control/models.py", "import warren.cp.api.deps"),
     "interpreter-alone": ("interpreter/outputs.py", "import warren.errors"),
 }

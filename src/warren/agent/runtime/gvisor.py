@@ -37,6 +37,7 @@ import signal
 import time
 from pathlib import Path
 
+from warren import footprint
 from warren.agent.proc import run
 from warren.agent.runtime.base import ContainerState, ContainerStats, ContainerStatus, RuntimeError_
 from warren.agent.runtime.gvisor_memwake import MemoryWake, wake_pipe
@@ -55,7 +56,7 @@ COMPLETE = "complete"  # written once an image is whole (runsc leaves a stub whe
 # Memory: the host cgroup holds the tenant's limit plus this, for the sentry and gofer themselves
 # and for the guest's watchdog to act in (guest_agent/memwatch.py), which kills inside at the
 # tenant's limit, read from this file in the sandbox's run dir (/run/warren inside).
-MEMORY_HEADROOM = 96 << 20
+MEMORY_HEADROOM = footprint.GVISOR_HEADROOM  # 96 MiB; a host's capacity counts it (warren/footprint.py)
 MEMORY_LIMIT_FILE = "memory-limit"
 _TENANT_LIMIT = "dev.warren.memory-limit"  # the bundle's annotation: the tenant's own limit
 # Where the platform chosen at the first agent start of this boot is kept (see choose_platform).

@@ -112,16 +112,17 @@ def lift_shared_kernel_limits(paths: dict[str, str] | None = None) -> list[str]:
 # kernel's defaults (tcp_init_mem, udp_init: 3/64, 1/16, 3/32 and 3/32, 1/8, 3/16 of the memory
 # free at boot; here 287889 383855 575778 and 575781 767710 1151562 pages, 24 GiB) were sized
 # for the host alone: sandboxes holding their bounds reach them. Sandboxes hold at most
-# socket_memory.MAX_SHARE (1/4: 64 MiB ones at the 16 MiB floor) of the memory they are given,
-# and the control plane gives a host at most its memory (overcommit_memory 1.0): 1/4 of the
-# host's memory, 5.9 GiB here. Each limit is lifted to the kernel's default share plus that, so
-# the host's own sockets (the agent's link, PostgreSQL) and each socket's minimum keep the
-# default room under "pressure" with every sandbox at its bound: (min, pressure, max) tcp 7.0,
-# 7.4, 8.1 GiB and udp 8.1, 8.8, 10.3 GiB here. Lifted only where the bounds are written (a
-# higher global limit without them lets one sandbox queue more: 2.2 GiB in 300 TCP pairs).
-# What each socket is charged past its sandbox's bound (socket_memory.py) is charged past
-# these limits too: they never bounded it. TCP and UDP are charged to one bound per sandbox, so
-# either sum is at most the sandboxes' share. gVisor sandboxes hold no host TCP/UDP sockets.
+# socket_memory.MAX_SHARE of the host's memory, each at its ceiling (twice its bound, where the
+# agent kills) on a host the control plane fills at footprints (limit + ceiling, warren/
+# footprint.py; overcommit_memory 1.0): a third, 64 MiB ones at the 16 MiB floor, 7.8 GiB here
+# (session 21; a quarter before, sized for the bounds alone). Each limit is lifted to the
+# kernel's default share plus that, so the host's own sockets (the agent's link, PostgreSQL) and
+# each socket's minimum keep the default room under "pressure" with every sandbox at its
+# ceiling: (min, pressure, max) tcp 8.9, 9.3, 10.0 GiB and udp 10.0, 10.8, 12.2 GiB here.
+# Lifted only where the bounds are written (a higher global limit without them lets one
+# sandbox queue more: 2.2 GiB in 300 TCP pairs). TCP and UDP are charged to one bound per
+# sandbox, so either sum is at most the sandboxes' share. gVisor sandboxes hold no host TCP/UDP
+# sockets.
 TCP_MEM = "/proc/sys/net/ipv4/tcp_mem"
 UDP_MEM = "/proc/sys/net/ipv4/udp_mem"
 KERNEL_SHARES = {"tcp": (3 / 64, 1 / 16, 3 / 32), "udp": (3 / 32, 1 / 8, 3 / 16)}

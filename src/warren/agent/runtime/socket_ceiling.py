@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from warren import footprint
 from warren.agent.runtime import cmds_procs
 from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.agent.runtime.socket_memory import LIMIT, USAGE
@@ -102,8 +103,9 @@ LISTEN = b"0A"  # a listener's state in /proc/net/tcp{,6}
 
 
 def ceiling(limit: int) -> int:
-    """The usage past which processes are killed: the bound twice over."""
-    return 2 * limit
+    """The usage past which processes are killed: the bound twice over (the scheduler counts
+    it in a host's capacity: warren/footprint.py)."""
+    return footprint.SOCKET_CEILING_FACTOR * limit
 
 
 def count_ceiling(memory: int) -> int:

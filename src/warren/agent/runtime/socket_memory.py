@@ -41,9 +41,9 @@ is on top of its memory limit (v1 keeps the two apart), so it is kept small:
   it) would shrink that: 16 KiB, ~33 KiB a socket; 4 KiB, ~10 KiB; at a cost to loopback
   throughput (one connection, 16 MiB bound: 1.4 GiB/s at 64 KiB, 0.5 at 16, 0.17 at 4). Not done.
 
-The worst host-wide share is :data:`MAX_SHARE` of the memory the sandboxes are given (1/4:
-64 MiB sandboxes at the floor); kernel_limits.lift_socket_memory keeps the global limits above
-that.
+The worst host-wide share is :data:`MAX_SHARE` of the host's memory (1/3: 64 MiB sandboxes at
+the floor, each at its ceiling, on a host filled at footprints); kernel_limits.lift_socket_memory
+keeps the global limits above that.
 
 Where the kernel has no such file (cgroup v2, which charges socket memory to ``memory.max``
 already; a v1 kernel without kmem accounting) the agent logs ``event=socket_memory_unbounded``
@@ -60,6 +60,7 @@ import errno
 import logging
 from pathlib import Path
 
+from warren import footprint
 from warren.agent.proc import write_file
 from warren.agent.runtime.bundle import CGROUP_PARENT
 
@@ -68,18 +69,19 @@ log = logging.getLogger("warren.agent")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LIMIT = "memory.kmem.tcp.limit_in_bytes"
 USAGE = "memory.kmem.tcp.usage_in_bytes"
-PAGE = 4096
-FRACTION = 16  # a sixteenth of the sandbox's memory ...
-FLOOR = 16 << 20  # ... at least this (64-256 MiB sandboxes) ...
-CEILING = 256 << 20  # ... at most this (from 4 GiB up)
+# The bound is the scheduler's too (a host's capacity counts it: warren/footprint.py): one rule.
+PAGE = footprint.PAGE
+FRACTION = footprint.SOCKET_FRACTION  # a sixteenth of the sandbox's memory ...
+FLOOR = footprint.SOCKET_FLOOR  # ... at least this (64-256 MiB sandboxes) ...
+CEILING = footprint.SOCKET_CEILING  # ... at most this (from 4 GiB up)
 MIN_SANDBOX = 64 << 20  # sandbox_fs.MIN_MEMORY_MB
-# The most socket memory per byte of sandbox memory any sandbox gets: the floor on the smallest.
-MAX_SHARE = max(FLOOR / MIN_SANDBOX, 1 / FRACTION)
-
-
-def bound(memory_bytes: int) -> int:
-    """The socket memory (bytes, whole pages) a sandbox of ``memory_bytes`` may hold."""
-    return min(CEILING, max(FLOOR, memory_bytes // FRACTION)) // PAGE * PAGE
+# The most socket memory per byte of host memory the sandboxes can hold together: each at its
+# ceiling (socket_ceiling.py, past which the agent kills), on a host the scheduler fills to its
+# memory at footprints (limit + ceiling); the smallest sandboxes, at the floor, hold the most:
+# 32 MiB of a 96 MiB footprint, a third.
+_CEILING_AT_FLOOR = footprint.SOCKET_CEILING_FACTOR * FLOOR
+MAX_SHARE = max(_CEILING_AT_FLOOR / (MIN_SANDBOX + _CEILING_AT_FLOOR), 2 / (FRACTION + 2))
+bound = footprint.socket_bound
 
 
 _unbounded_logged = False

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from warren import footprint
 from warren.agent import sandbox_fs
-from warren.agent.runtime import kernel_limits, socket_memory
+from warren.agent.runtime import kernel_limits, socket_ceiling, socket_memory
 from warren.agent.runtime.socket_memory import LIMIT, bound
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -33,18 +34,21 @@ def test_the_bound_is_a_sixteenth_between_floor_and_ceiling(memory: int, expecte
     assert bound(memory) % 4096 == 0
 
 
-def test_no_sandbox_gets_more_than_the_largest_share() -> None:
+def test_no_sandbox_holds_more_than_the_largest_share_of_its_footprint() -> None:
     assert sandbox_fs.MIN_MEMORY_MB * MiB == socket_memory.MIN_SANDBOX
-    assert socket_memory.MAX_SHARE == 1 / 4
+    assert socket_memory.MAX_SHARE == 1 / 3
     for mb in range(sandbox_fs.MIN_MEMORY_MB, 65536, 7):
-        assert bound(mb * MiB) <= mb * MiB * socket_memory.MAX_SHARE
+        held = socket_ceiling.ceiling(bound(mb * MiB))
+        assert held <= footprint.footprint_mb(mb, "runc") * MiB * socket_memory.MAX_SHARE
 
 
-def test_the_host_limits_hold_every_sandbox_at_its_bound_and_the_kernels_default() -> None:
+def test_the_host_limits_hold_every_sandbox_at_its_ceiling_and_the_kernels_default() -> None:
     host = 24105 * MiB  # this machine
     want = kernel_limits.socket_memory_wanted(host, socket_memory.MAX_SHARE)
-    # The host filled with the smallest sandboxes (the largest share), each at its bound.
-    sandboxes = host // (64 * MiB) * bound(64 * MiB) // 4096
+    # The host filled at footprints with the smallest sandboxes (the largest share), each at
+    # its ceiling.
+    each = socket_ceiling.ceiling(bound(64 * MiB))
+    sandboxes = host // (footprint.footprint_mb(64, "runc") * MiB) * each // 4096
     for name, shares in kernel_limits.KERNEL_SHARES.items():
         default = [int(host * s) // 4096 for s in shares]
         assert [w - d for w, d in zip(want[name], default, strict=True)] >= [sandboxes - 1] * 3
