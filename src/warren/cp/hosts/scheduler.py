@@ -178,7 +178,7 @@ class RoundRobinScheduler:
         candidates = with_free_disk(candidates, self.min_free_disk)
         candidates = [h for h in candidates if fits(h, need, want.runtime)]
         if not candidates:
-            raise no_capacity(need)
+            raise no_capacity(need, want.runtime)
         warm = [h for h in candidates if template and self._warm_left(h, template, want.runtime) > 0]
         if warm:
             candidates = warm  # they hold the template's layers too: their members run them
@@ -265,8 +265,12 @@ def _offering(candidates: list[Host], runtime: str, is_byoc: bool) -> list[Host]
     raise ServiceUnavailable(msg, code="no_hosts_available")
 
 
-def no_capacity(need: Reservation | None) -> ServiceUnavailable:
-    what = f" ({need.vcpus} vCPUs, {need.memory_mb} MiB)" if need else ""
+def no_capacity(need: Reservation | None, runtime: str = "") -> ServiceUnavailable:
+    what = ""
+    if need:
+        # "" (each host's default): runc's rule, the one every runtime but gVisor has.
+        held = need.footprint_mb(runtime or "runc")
+        what = f" ({need.vcpus} vCPUs, {need.memory_mb} MiB; {held} MiB of host memory in all)"
     SCHEDULER_DECISIONS.labels("refused_capacity").inc()  # every capacity refusal is built here
     return ServiceUnavailable(
         f"no host has room for this sandbox{what}; retry later or ask for a smaller one",

@@ -196,7 +196,7 @@ async def reserve(
         # it was chosen: choose again.
         log.info("sandbox create: host %s %s, rescheduling", ids.host_id(host["id"]), outcome)
     if outcome == "no_capacity":
-        raise no_capacity(need)
+        raise no_capacity(need, plan.runtime)
     raise ServiceUnavailable("no online host could take the sandbox; retry", code="no_hosts_available")
 
 
