@@ -30,19 +30,13 @@ import pytest
 
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
+from warren.agent.control_plane import host_specs
 from warren.footprint import footprint_mb
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 
 
-def _host_memory_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    raise AssertionError("no MemTotal in /proc/meminfo")
-
-
-HOST_MB = _host_memory_mb()  # what the agent reports (agent/control_plane.py:host_specs)
+HOST_MB = host_specs()["memory_mb"]  # what the agent reports
 # Two build sandboxes fill the host: the largest whose two footprints fit (migration 0021: the
 # agent's default runtime here is runc or crun, one rule), so no 256 MiB create fits beside them.
 BUILD_MB = next(m for m in range(HOST_MB // 2, 0, -1) if 2 * footprint_mb(m, "runc") <= HOST_MB)

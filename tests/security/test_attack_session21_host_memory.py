@@ -26,19 +26,13 @@ import pytest
 
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
+from warren.agent.control_plane import host_specs
 from warren.footprint import footprint_mb
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
 
-def _host_memory_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    raise AssertionError("no MemTotal in /proc/meminfo")
-
-
-HOST_MB = _host_memory_mb()  # what the agent reports (agent/control_plane.py:host_specs)
+HOST_MB = host_specs()["memory_mb"]  # what the agent reports
 SMALL_MB = 64
 # Four 64 MiB sandboxes at their limits (256), with a margin far from every edge below so the
 # float ratio's rounding cannot matter; two at their runc/crun footprints (192; three: 288),
