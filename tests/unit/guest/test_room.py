@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 
+import pytest
+
+from warren.guest.guest_agent import room
 from warren.guest.guest_agent.room import ARGS_ROOM, MAX_ARG_STRLEN, for_memory
 
 
@@ -28,3 +31,10 @@ def test_an_e2big_of_arguments_past_their_room_is_real() -> None:
 def test_other_failures_are_not_memory() -> None:
     for err in (errno.EACCES, errno.ENOENT, errno.EAGAIN, errno.ETXTBSY):
         assert not for_memory(err, ["true"], {})
+
+
+def test_an_e2big_past_a_lowered_stack_limits_bound_is_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stack limit of 256 KiB: execve takes at most 64 KiB of arguments.
+    monkeypatch.setattr(room.resource, "getrlimit", lambda _: (256 << 10, room.resource.RLIM_INFINITY))
+    assert not for_memory(errno.E2BIG, ["true", "y" * 60_000], {})
+    assert for_memory(errno.E2BIG, ["true", "y" * 20_000], {})

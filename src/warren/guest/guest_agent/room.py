@@ -16,14 +16,16 @@ it to be gone, and tries again (users.ROOM_TRIES times at most).
 """
 
 import errno
+import resource
 import time
 
 from .memwatch import gone, kill_largest
 
 VICTIM_WAIT = 0.5  # the longest to wait for a victim to be gone before the next try
 POLL = 0.005
-# The kernel's own E2BIG: a string over MAX_ARG_STRLEN (32 pages), or all of them over a quarter
-# of the stack limit (2 MiB of the default 8). Below these bounds an E2BIG is the memory's.
+# The kernel's own E2BIG: a string over MAX_ARG_STRLEN (32 pages), or all of them (with a
+# pointer each) over a quarter of the stack limit (2 MiB of the default 8). Within half of these
+# bounds, an E2BIG is the memory's.
 MAX_ARG_STRLEN = 32 * 4096
 ARGS_ROOM = 1 << 20
 
@@ -35,8 +37,14 @@ def for_memory(err: int, argv: "list[str]", env: "dict[str, str]") -> bool:
     if err != errno.E2BIG:
         return False
     strings = [*argv, *(f"{k}={v}" for k, v in env.items())]
-    sizes = [len(s.encode(errors="surrogateescape")) + 1 for s in strings]
-    return max(sizes, default=0) < MAX_ARG_STRLEN and sum(sizes) < ARGS_ROOM
+    sizes = [len(s.encode(errors="surrogateescape")) + 1 + 8 for s in strings]
+    return max(sizes, default=0) < MAX_ARG_STRLEN and sum(sizes) < min(ARGS_ROOM, _stack_limit() // 8)
+
+
+def _stack_limit() -> int:
+    """The stack limit a command inherits from the guest (its execve's bound is a quarter)."""
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    return ARGS_ROOM * 8 if soft == resource.RLIM_INFINITY else soft
 
 
 def make_room(what: str) -> bool:
