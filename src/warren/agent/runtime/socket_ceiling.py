@@ -36,6 +36,9 @@ the ``cmds`` process whose sockets weigh most is killed, a listener weighing 1 +
 queue (``/proc/<pid>/net/tcp{,6}``, read only then), other sockets 1, until the count is back
 under it (the listener's close frees its queue).
 
+And netlink sockets, whose memory no cgroup is charged for (netlink_ceiling.py): past that
+module's ceiling (read only when ``sockets: used`` is past it too) the holders of the most die.
+
 When the heaviest-first kills run out while still over (no process of ``cmds`` holds a socket
 descriptor, ``*_no_victim``; or :data:`MAX_KILLS` / :data:`ENFORCE_S` spent on
 :data:`SPENT_TICKS` enforcements in a row) every process of ``cmds`` is killed
@@ -80,7 +83,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from warren import footprint
-from warren.agent.runtime import cmds_procs
+from warren.agent.runtime import cmds_procs, netlink_ceiling
 from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.agent.runtime.socket_memory import LIMIT, USAGE
 from warren.guest.guest_agent.kernfs import read_small
@@ -145,6 +148,7 @@ class _Watched:
     read_at: float = -LIMIT_REFRESH
     count_top: int = 0  # count_ceiling of the sandbox's memory; 0: its guest not found
     guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
+    uncharged_top: int = 0  # netlink_ceiling.uncharged_ceiling of its memory (with count_top)
     log: cmds_procs.LogBucket = field(default_factory=cmds_procs.LogBucket)
     # event -> (the tick when its last enforcement ended, spent ones in a row)
     spent: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -198,13 +202,13 @@ def _sockets(pid: int, queued: dict[int, int] | None = None) -> int:
     return n
 
 
-def _pinned(pid: int, cmds: str, queued: dict[int, int] | None = None) -> tuple[int, int] | None:
-    """``(pidfd, sockets)`` of ``pid`` if it is (still) a process of ``cmds``; None if it is
+def _pinned(pid: int, cmds: str, weigh: Callable[[int], int] = _sockets) -> tuple[int, int] | None:
+    """``(pidfd, weigh(pid))`` if ``pid`` is (still) a process of ``cmds``; None if it is
     gone or elsewhere."""
     if (pidfd := cmds_procs.pin(pid, cmds)) is None:
         return None
     try:
-        n = _sockets(pid, queued)
+        n = weigh(pid)
         cmds_procs.alive(pidfd)  # the pid was its all along
         return pidfd, n
     except OSError:
@@ -335,7 +339,10 @@ class SocketCeiling:
         if not w.count_top:
             return False
         try:
-            return _used(w.guest) > w.count_top  # every kind: at least its TCP sockets
+            used = _used(w.guest)  # every kind: at least its TCP sockets, and its netlink ones
+            if used > w.count_top:
+                return True
+            return used > w.uncharged_top and netlink_ceiling.count(w.guest)[0] > w.uncharged_top
         except (OSError, ValueError):
             self._refresh(sid, w)  # the guest's pid went (a restart): find it again next tick
             return False
@@ -353,6 +360,7 @@ class SocketCeiling:
             if w.limit and usage > ceiling(w.limit):
                 kills = self._enforce(sid, w, usage)
         kills += self._count(sid, w)
+        kills += self._uncharged(sid, w)
         if kills:
             self._killed(kills)
 
@@ -366,9 +374,10 @@ class SocketCeiling:
         w.limit = limit if limit < UNBOUNDED and (d / "cmds").is_dir() else 0
         try:
             w.guest = int((d / "cgroup.procs").read_text().split()[0])
-            w.count_top = count_ceiling(_read_int(d / "memory.limit_in_bytes"))
+            memory = _read_int(d / "memory.limit_in_bytes")
+            w.count_top, w.uncharged_top = count_ceiling(memory), netlink_ceiling.uncharged_ceiling(memory)
         except (OSError, ValueError, IndexError):
-            w.guest = w.count_top = 0
+            w.guest = w.count_top = w.uncharged_top = 0
 
     def _count(self, sid: str, w: _Watched) -> int:
         """The namespace's TCP sockets against :func:`count_ceiling`; the number killed. The
@@ -394,8 +403,28 @@ class SocketCeiling:
                 raise ProcessLookupError(w.guest)
             return n
 
+        weigh = functools.partial(_sockets, queued=queued)
         return self._contain(sid, w, ("socket_count", "weight", "inuse"), checked, w.count_top,
-                             w.count_top, again, queued)  # fmt: skip
+                             w.count_top, again, weigh)  # fmt: skip
+
+    def _uncharged(self, sid: str, w: _Watched) -> int:
+        """The namespace's netlink (slab-less) sockets against their ceiling, read as
+        :meth:`_count` reads (the guest pinned); the holders of the most killed."""
+        if not w.uncharged_top:
+            return 0
+        guest = f"/{CGROUP_PARENT}/{sid}"
+        got = _through(w.guest, guest, netlink_ceiling.count)
+        if got is None or got[0] <= w.uncharged_top:
+            return 0
+
+        def again() -> int:
+            if (n := _through(w.guest, guest, netlink_ceiling.count)) is None:
+                raise ProcessLookupError(w.guest)
+            return n[0]
+
+        weigh = functools.partial(netlink_ceiling.weigh, names=got[1])
+        return self._contain(sid, w, ("socket_netlink", "netlink", "sockets"), got[0],
+                             w.uncharged_top, w.uncharged_top, again, weigh)  # fmt: skip
 
     def _enforce(self, sid: str, w: _Watched, usage: int) -> int:
         """Past the memory ceiling: kill until the usage is under the bound."""
@@ -404,13 +433,13 @@ class SocketCeiling:
 
     def _contain(
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
-        under: int, read: Callable[[], int], queued: dict[int, int] | None = None,
+        under: int, read: Callable[[], int], weigh: Callable[[int], int] = _sockets,
     ) -> int:  # fmt: skip
         """:meth:`_kill`, then every process of ``cmds`` if it ran out of victims, or out of
         kills or time on :data:`SPENT_TICKS` enforcements in a row, still over; the number
         killed."""
         event = names[0]
-        n, level, end = self._kill(sid, w, names, level, top, under, read, queued)
+        n, level, end = self._kill(sid, w, names, level, top, under, read, weigh)
         last, row = w.spent.get(event, (0, 0))
         # in a row: handed over by the first tick that looked after the last one ended
         row = (row if w.handed <= last + 1 else 0) + 1 if end == "spent" else 0
@@ -438,9 +467,9 @@ class SocketCeiling:
 
     def _kill(
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
-        under: int, read: Callable[[], int], queued: dict[int, int] | None = None,
+        under: int, read: Callable[[], int], weigh: Callable[[int], int] = _sockets,
     ) -> tuple[int, int, str]:  # fmt: skip
-        """Kill ``cmds``' socket holders, the heaviest first (``queued``: listeners' queues),
+        """Kill ``cmds``' socket holders, the heaviest first (``weigh``: a pid's weight),
         re-reading the level (``read``) after each exit, until it is at most ``under``, at
         most :data:`MAX_KILLS` or :data:`ENFORCE_S` (a pass's reads too); the number killed,
         the level last read and why it stopped: "under", "no_victim", "spent" (still over),
@@ -455,7 +484,7 @@ class SocketCeiling:
         while len(killed) < MAX_KILLS and time.monotonic() < deadline:
             pinned: dict[int, tuple[int, int]] = {}
             try:
-                if not _pin_all(procs, cmds, killed, queued, deadline, pinned):
+                if not _pin_all(procs, cmds, killed, weigh, deadline, pinned):
                     break  # "spent": the pass's reads took the time
                 victim = choose((pid, n) for pid, (_, n) in pinned.items())
                 if victim is None:
@@ -487,7 +516,7 @@ class SocketCeiling:
 
 
 def _pin_all(
-    procs: Path, cmds: str, skip: list[int], queued: dict[int, int] | None, deadline: float,
+    procs: Path, cmds: str, skip: list[int], weigh: Callable[[int], int], deadline: float,
     into: dict[int, tuple[int, int]],
 ) -> bool:  # fmt: skip
     """:func:`_pinned` of every process of ``cmds`` but ``skip``, into ``into``; False if the
@@ -496,7 +525,7 @@ def _pin_all(
     for pid in cmds_procs.pids(procs):
         if time.monotonic() >= deadline:
             return False
-        if pid not in skip and (p := _pinned(pid, cmds, queued)) is not None:
+        if pid not in skip and (p := _pinned(pid, cmds, weigh)) is not None:
             into[pid] = p
     return True
 

@@ -1,0 +1,127 @@
+"""The netlink socket ceiling's rules (runtime/netlink_ceiling.py, enforced by socket_ceiling.py);
+the attack is in tests/security/test_attack_session21_netlink.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.agent.runtime.test_socket_ceiling import Watch
+from warren.agent.runtime import netlink_ceiling, socket_ceiling
+from warren.agent.runtime.netlink_ceiling import parse, uncharged_ceiling, weigh
+
+MiB = 1 << 20
+
+# /proc/net/protocols of Linux 6.18 (a namespace holding 7 netlink sockets), columns cut short.
+PROTOCOLS = b"""\
+protocol  size sockets  memory press maxhdr  slab module     cl co di
+AF_VSOCK  1240      0      -1   NI       0   yes  kernel      y  n  n
+PACKET    1600      2      -1   NI       0   no   kernel      n  n  n
+PACKET    1600      1      -1   NI       0   no   kernel      n  n  n
+UNIX-STREAM 1152     59      -1   NI       0   yes  kernel      y  n  n
+UNIX      1152      6      -1   NI       0   yes  kernel      y  n  n
+NETLINK   1096      7      -1   NI       0   no   kernel      n  n  n
+TCP       2496   4000    1234   no     320   yes  kernel      y  y  y
+"""
+
+
+def test_the_slab_less_protocols_are_counted() -> None:
+    assert parse(PROTOCOLS) == (10, frozenset({"PACKET", "NETLINK"}))
+
+
+def test_a_table_without_its_columns_counts_nothing() -> None:
+    assert parse(b"") == (0, frozenset())
+    assert parse(b"protocol size\nNETLINK 1096\n") == (0, frozenset())
+
+
+def test_the_ceiling_is_one_socket_per_64_kib_at_least_1024() -> None:
+    assert uncharged_ceiling(64 * MiB) == 1024
+    assert uncharged_ceiling(256 * MiB) == 4096
+    assert uncharged_ceiling(1 << 30) == 16384
+
+
+def test_this_kernel_counts_unbound_netlink_sockets() -> None:
+    """The namespace's count sees every netlink socket, unbound ones too (which
+    /proc/net/netlink does not list); the descriptors' weight sees this process's."""
+    before, names = netlink_ceiling.count(os.getpid())
+    assert "NETLINK" in names and "TCP" not in names and "UNIX" not in names
+    base = weigh(os.getpid(), names)
+    held = [socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) for _ in range(5)]
+    held += [socket.socket(), socket.socket(socket.AF_UNIX)]
+    try:
+        assert weigh(os.getpid(), names) == base + 5
+        assert netlink_ceiling.count(os.getpid())[0] >= 5  # the host's namespace: others' too
+    finally:
+        for s in held:
+            s.close()
+    assert before >= 0
+
+
+# argv[1]: "guest" unshares a network namespace of its own and joins cgroup argv[2]; others
+# join the guest's (pid argv[3]) namespace, then cgroup argv[2]. Holds argv[4] netlink and
+# argv[5] TCP sockets; says so on stdout.
+HOLDER = r"""
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if sys.argv[1] == "guest":
+    assert libc.unshare(0x40000000) == 0  # CLONE_NEWNET
+else:
+    fd = os.open(f"/proc/{sys.argv[3]}/ns/net", os.O_RDONLY)
+    assert libc.setns(fd, 0x40000000) == 0
+with open(sys.argv[2], "w") as f:
+    f.write("0")
+n = int(sys.argv[4])
+held = [socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) for _ in range(n)]
+held += [socket.socket() for _ in range(int(sys.argv[5]))]
+print(os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.root
+def test_the_holder_of_the_most_netlink_sockets_is_killed_past_the_ceiling() -> None:
+    """A real memory cgroup of 64 MiB (netlink ceiling 1024) with a network namespace of its
+    own: "netlink" holds 1100 netlink sockets, "tcp" 1500 TCP ones (more descriptors), the
+    guest 3 netlink ones. Past the ceiling "netlink" goes and nothing else."""
+    sid = "sb-unit-netlink-ceiling"
+    d = socket_ceiling.CGROUP_ROOT / "memory" / "warren" / sid
+    if not (socket_ceiling.CGROUP_ROOT / "memory" / socket_ceiling.LIMIT).exists():
+        pytest.skip("no cgroup v1 kmem.tcp accounting here")
+    (d / "cmds").mkdir(parents=True, exist_ok=True)
+    (d / "memory.limit_in_bytes").write_text(str(64 * MiB))
+    for cg in (d, d / "cmds"):
+        (cg / socket_ceiling.LIMIT).write_text(str(16 * MiB))
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        guest = "0"
+        for name, where, netlink, tcp in (
+            ("guest", d, 3, 0), ("netlink", d / "cmds", 1100, 0), ("tcp", d / "cmds", 0, 1500)
+        ):  # fmt: skip
+            child = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, name, str(Path(where) / "cgroup.procs"), guest, str(netlink),
+                 str(tcp)],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            children[name] = child
+            assert child.stdout is not None
+            pid = child.stdout.readline().strip().decode()
+            guest = pid if name == "guest" else guest
+        assert netlink_ceiling.count(int(guest))[0] == 1103
+        assert Watch().enforced([sid]) == 1
+        assert children["netlink"].wait(10) == -9
+        assert children["tcp"].poll() is None and children["guest"].poll() is None
+        assert netlink_ceiling.count(int(guest))[0] == 3
+        assert Watch().enforced([sid]) == 0  # under: nothing more
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+        for cg in (d / "cmds", d):
+            with contextlib.suppress(OSError):
+                cg.rmdir()
