@@ -10,24 +10,39 @@ its cgroup was charged +40 MiB (session 21). Unbound sockets are not in ``/proc/
 ``sockets`` column. Every protocol of ``slab no`` is counted alike (``PACKET`` too, which needs
 CAP_NET_RAW in the sandbox's namespace): the same kmalloc, the same hole.
 
+Their receive queues too, a far larger hole: a reply the kernel sends a netlink socket (an
+``RTM_GETLINK`` of ``lo``, a few KiB, for a 32-byte request) is an skb no cgroup is charged for,
+kept until read, up to the socket's ``SO_RCVBUF`` (``net.core.rmem_max`` doubled: 8 MiB a
+socket on this host, 416 KiB at the kernel's default). 20 sockets of ``nobody`` held 160 MiB of
+unreclaimable slab outside a 64 MiB sandbox charged +3.8 MiB, for good (session 21). Only a
+bound socket is sent replies (one that sent or connected is), and every bound one is a line of
+``/proc/net/netlink`` with its ``Rmem``: their sum against :func:`queue_ceiling`.
+
 The socket watchdog (socket_ceiling.py) reads its namespace's ``sockets: used`` every tick
-anyway; this count can only be past :func:`uncharged_ceiling` when that is, so the protocols
-file (~2 KiB) is read only then (:func:`count`): no extra read for a sandbox under it. Past the
-ceiling the ``cmds`` processes holding the most such sockets are killed (:func:`weigh`: a
-socket descriptor's protocol is its ``system.sockprotoname`` xattr, sockfs's own), with the
-watchdog's pinned-pidfd kill steps, until the count is back under.
+anyway; the count can only be past :func:`uncharged_ceiling` when that is, so the protocols
+file (~2 KiB) is read only then (:func:`count`). The netlink table has no such gate (a few
+sockets hold GiBs): it is read every :data:`QUEUE_EVERY` ticks per sandbox (~30 us; the kernel
+walks every namespace's netlink sockets for it). Past a ceiling the ``cmds`` processes holding
+the most are killed (:func:`weigh`: a descriptor's protocol is sockfs' own
+``system.sockprotoname`` xattr; :func:`weigh_queued`: the bytes queued in its descriptors'
+sockets) with the watchdog's pinned-pidfd kill steps, until the level is back under.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from warren.guest.guest_agent.kernfs import read_small
 
 FLOOR = 1024  # such sockets any bounded sandbox may hold (~2 MiB uncharged)
 UNIT = 64 << 10  # bytes of the sandbox's memory per socket past the floor (~3% of it uncharged)
+QUEUE_FLOOR = 4 << 20  # bytes queued in a sandbox's netlink sockets it may hold
+QUEUE_SHARE = 32  # ... or its memory / 32, the more
+QUEUE_EVERY = 2  # ticks between two reads of a sandbox's netlink table (1 s)
+RMEM, INODE = 4, 9  # /proc/net/netlink columns: sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
 PROTOCOLS_MAX = 16 << 10  # /proc/net/protocols is ~2.4 KiB (28 rows on 6.18)
 XATTR = "system.sockprotoname"
 
@@ -38,6 +53,13 @@ def uncharged_ceiling(memory: int) -> int:
     route watch), so hundreds of processes stay under; at the ceiling ~2 KiB each no cgroup
     is charged for is ~3% of the sandbox's memory (2 MiB at the floor)."""
     return max(FLOOR, memory // UNIT)
+
+
+def queue_ceiling(memory: int) -> int:
+    """The bytes a sandbox's netlink sockets may hold queued: its memory / 32, at least 4 MiB
+    (8 MiB for 256 MiB). A reply or a dump's batch is a few KiB to 32 KiB, read at once; a
+    route listener that lags holds its queue's default (208 KiB) at most."""
+    return max(QUEUE_FLOOR, memory // QUEUE_SHARE)
 
 
 def parse(text: bytes) -> tuple[int, frozenset[str]]:
@@ -79,3 +101,61 @@ def weigh(pid: int, names: Container[str]) -> int:
 
 def _name(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def queues(text: bytes) -> dict[int, int]:
+    """Socket inode -> bytes in its receive queue (``Rmem``: the skbs' truesize), of the sockets
+    of /proc/net/netlink text with something queued."""
+    out: dict[int, int] = {}
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) > INODE and f[RMEM] != b"0":
+            out[int(f[INODE])] = int(f[RMEM])
+    return out
+
+
+def _table(pid: int) -> bytes:
+    """``pid``'s namespace's /proc/net/netlink: a line per bound socket (a socket that sent or
+    connected is bound: only those are sent replies), at most the count ceiling's."""
+    with open(f"/proc/{pid}/net/netlink", "rb") as f:
+        return f.read()
+
+
+def queued(pid: int) -> int:
+    """Bytes queued in the netlink sockets of ``pid``'s namespace (the tick's read)."""
+    return sum(queues(_table(pid)).values())
+
+
+def weigh_queued(pid: int, queued: dict[int, int]) -> int:
+    """Bytes of ``queued`` (inode -> bytes) in the socket descriptors of ``pid``."""
+    n = 0
+    base = f"/proc/{pid}/fd"
+    for fd in os.listdir(base):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"{base}/{fd}")
+            if link.startswith("socket:["):
+                n += queued.get(int(link[8:-1]), 0)
+    return n
+
+
+Measure = Callable[[int], tuple[int, Callable[[int], int]]]
+
+
+def sockets(pid: int) -> tuple[int, Callable[[int], int]]:
+    """The slab-less sockets of ``pid``'s namespace, and a process's weight: its such sockets."""
+    n, names = count(pid)
+    return n, functools.partial(weigh, names=names)
+
+
+def queued_bytes(pid: int) -> tuple[int, Callable[[int], int]]:
+    """The bytes queued in ``pid``'s namespace's netlink sockets, and a process's weight: the
+    bytes in its descriptors' queues (as they were read)."""
+    q = queues(_table(pid))
+    return sum(q.values()), functools.partial(weigh_queued, queued=q)
+
+
+# (event, unit, what, measure): the watchdog's two netlink levels, with their ceilings' order
+LEVELS: tuple[tuple[str, str, str, Measure], ...] = (
+    ("socket_netlink", "netlink", "sockets", sockets),
+    ("socket_netlink_queue", "queued", "bytes", queued_bytes),
+)

@@ -36,8 +36,9 @@ the ``cmds`` process whose sockets weigh most is killed, a listener weighing 1 +
 queue (``/proc/<pid>/net/tcp{,6}``, read only then), other sockets 1, until the count is back
 under it (the listener's close frees its queue).
 
-And netlink sockets, whose memory no cgroup is charged for (netlink_ceiling.py): past that
-module's ceiling (read only when ``sockets: used`` is past it too) the holders of the most die.
+And netlink sockets, whose memory no cgroup is charged for (netlink_ceiling.py): their number
+(read only when ``sockets: used`` is past its ceiling too) and the bytes queued in them (their
+table, read every tick: 20 sockets held 160 MiB); past either the heaviest holders die.
 
 When the heaviest-first kills run out while still over (no process of ``cmds`` holds a socket
 descriptor, ``*_no_victim``; or :data:`MAX_KILLS` / :data:`ENFORCE_S` spent on
@@ -149,6 +150,8 @@ class _Watched:
     count_top: int = 0  # count_ceiling of the sandbox's memory; 0: its guest not found
     guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
     uncharged_top: int = 0  # netlink_ceiling.uncharged_ceiling of its memory (with count_top)
+    queue_top: int = 0  # netlink_ceiling.queue_ceiling of its memory
+    phase: int = 0  # the ticks its netlink table is read at: (tick + phase) % QUEUE_EVERY == 0
     log: cmds_procs.LogBucket = field(default_factory=cmds_procs.LogBucket)
     # event -> (the tick when its last enforcement ended, spent ones in a row)
     spent: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -314,7 +317,7 @@ class SocketCeiling:
             if sid in self.workers:
                 continue  # its worker reads it, and hands it back when done
             w = self._watched.get(sid) or self._watched.setdefault(
-                sid, _Watched(str(self._root / sid / USAGE))
+                sid, _Watched(str(self._root / sid / USAGE), phase=len(self._watched) - self._ticks)
             )
             if time.monotonic() - w.read_at >= LIMIT_REFRESH:
                 self._refresh(sid, w)
@@ -342,7 +345,11 @@ class SocketCeiling:
             used = _used(w.guest)  # every kind: at least its TCP sockets, and its netlink ones
             if used > w.count_top:
                 return True
-            return used > w.uncharged_top and netlink_ceiling.count(w.guest)[0] > w.uncharged_top
+            if used > w.uncharged_top and netlink_ceiling.count(w.guest)[0] > w.uncharged_top:
+                return True
+            if (self._ticks + w.phase) % netlink_ceiling.QUEUE_EVERY:
+                return False  # its table every other tick (each sandbox's in turn): ~30 us a read
+            return netlink_ceiling.queued(w.guest) > w.queue_top  # a few sockets may hold GiBs
         except (OSError, ValueError):
             self._refresh(sid, w)  # the guest's pid went (a restart): find it again next tick
             return False
@@ -360,7 +367,7 @@ class SocketCeiling:
             if w.limit and usage > ceiling(w.limit):
                 kills = self._enforce(sid, w, usage)
         kills += self._count(sid, w)
-        kills += self._uncharged(sid, w)
+        kills += self._netlink(sid, w)
         if kills:
             self._killed(kills)
 
@@ -376,8 +383,9 @@ class SocketCeiling:
             w.guest = int((d / "cgroup.procs").read_text().split()[0])
             memory = _read_int(d / "memory.limit_in_bytes")
             w.count_top, w.uncharged_top = count_ceiling(memory), netlink_ceiling.uncharged_ceiling(memory)
+            w.queue_top = netlink_ceiling.queue_ceiling(memory)
         except (OSError, ValueError, IndexError):
-            w.guest = w.count_top = w.uncharged_top = 0
+            w.guest = w.count_top = w.uncharged_top = w.queue_top = 0
 
     def _count(self, sid: str, w: _Watched) -> int:
         """The namespace's TCP sockets against :func:`count_ceiling`; the number killed. The
@@ -407,24 +415,24 @@ class SocketCeiling:
         return self._contain(sid, w, ("socket_count", "weight", "inuse"), checked, w.count_top,
                              w.count_top, again, weigh)  # fmt: skip
 
-    def _uncharged(self, sid: str, w: _Watched) -> int:
-        """The namespace's netlink (slab-less) sockets against their ceiling, read as
-        :meth:`_count` reads (the guest pinned); the holders of the most killed."""
-        if not w.uncharged_top:
-            return 0
-        guest = f"/{CGROUP_PARENT}/{sid}"
-        got = _through(w.guest, guest, netlink_ceiling.count)
-        if got is None or got[0] <= w.uncharged_top:
-            return 0
+    def _netlink(self, sid: str, w: _Watched) -> int:
+        """The namespace's netlink sockets (their number, their queues' bytes) against their
+        ceilings (netlink_ceiling.LEVELS), read as :meth:`_count` reads (the guest pinned); the
+        heaviest holders killed."""
+        guest, kills = f"/{CGROUP_PARENT}/{sid}", 0
+        tops = (w.uncharged_top, w.queue_top)
+        for (event, unit, what, measure), top in zip(netlink_ceiling.LEVELS, tops, strict=True):
+            got = _through(w.guest, guest, measure) if top else None
+            if got is None or got[0] <= top:
+                continue
 
-        def again() -> int:
-            if (n := _through(w.guest, guest, netlink_ceiling.count)) is None:
-                raise ProcessLookupError(w.guest)
-            return n[0]
+            def again(measure: netlink_ceiling.Measure = measure) -> int:
+                if (n := _through(w.guest, guest, measure)) is None:
+                    raise ProcessLookupError(w.guest)
+                return n[0]
 
-        weigh = functools.partial(netlink_ceiling.weigh, names=got[1])
-        return self._contain(sid, w, ("socket_netlink", "netlink", "sockets"), got[0],
-                             w.uncharged_top, w.uncharged_top, again, weigh)  # fmt: skip
+            kills += self._contain(sid, w, (event, unit, what), got[0], top, top, again, got[1])
+        return kills
 
     def _enforce(self, sid: str, w: _Watched, usage: int) -> int:
         """Past the memory ceiling: kill until the usage is under the bound."""

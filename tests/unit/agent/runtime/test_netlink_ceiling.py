@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.agent.runtime.test_socket_ceiling import Watch
 from warren.agent.runtime import netlink_ceiling, socket_ceiling
-from warren.agent.runtime.netlink_ceiling import parse, uncharged_ceiling, weigh
+from warren.agent.runtime.netlink_ceiling import parse, queue_ceiling, queues, uncharged_ceiling, weigh
 
 MiB = 1 << 20
 
@@ -46,6 +46,25 @@ def test_the_ceiling_is_one_socket_per_64_kib_at_least_1024() -> None:
     assert uncharged_ceiling(1 << 30) == 16384
 
 
+# /proc/net/netlink of Linux 6.18: a socket with 8 MiB of unread replies, two with none.
+NETLINK = b"""\
+sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode
+00000000d4b1a7f2 0   0          00000000 0        0        0     2        0        11
+000000006f3c1e4a 0   -4185      00000001 8388608  0        0     2        17       1203344
+00000000b2e0c9d1 0   -4186      00000000 0        0        0     2        0        1203345
+"""
+
+
+def test_the_queued_bytes_are_read_by_inode() -> None:
+    assert queues(NETLINK) == {1203344: 8388608}
+    assert queues(NETLINK.splitlines()[0]) == {}
+
+
+def test_the_queue_ceiling_is_a_32nd_of_the_memory_at_least_4_mib() -> None:
+    assert queue_ceiling(64 * MiB) == 4 * MiB
+    assert queue_ceiling(256 * MiB) == 8 * MiB
+
+
 def test_this_kernel_counts_unbound_netlink_sockets() -> None:
     """The namespace's count sees every netlink socket, unbound ones too (which
     /proc/net/netlink does not list); the descriptors' weight sees this process's."""
@@ -65,9 +84,9 @@ def test_this_kernel_counts_unbound_netlink_sockets() -> None:
 
 # argv[1]: "guest" unshares a network namespace of its own and joins cgroup argv[2]; others
 # join the guest's (pid argv[3]) namespace, then cgroup argv[2]. Holds argv[4] netlink and
-# argv[5] TCP sockets; says so on stdout.
+# argv[5] TCP sockets (argv[6] "fill": its netlink ones' queues filled); says so on stdout.
 HOLDER = r"""
-import ctypes, os, socket, sys, time
+import ctypes, os, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 if sys.argv[1] == "guest":
     assert libc.unshare(0x40000000) == 0  # CLONE_NEWNET
@@ -79,6 +98,12 @@ with open(sys.argv[2], "w") as f:
 n = int(sys.argv[4])
 held = [socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) for _ in range(n)]
 held += [socket.socket() for _ in range(int(sys.argv[5]))]
+if sys.argv[6:] == ["fill"]:  # unread RTM_GETLINK replies of lo, as many as each queue takes
+    req = struct.pack("=IHHII", 32, 18, 5, 0, 0) + struct.pack("=BxHiII", 0, 0, 1, 0, 0)
+    for s in held:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        for _ in range(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 1024 + 64):
+            s.send(req)
 print(os.getpid(), flush=True)
 time.sleep(120)
 """
@@ -118,6 +143,20 @@ def test_the_holder_of_the_most_netlink_sockets_is_killed_past_the_ceiling() -> 
         assert children["tcp"].poll() is None and children["guest"].poll() is None
         assert netlink_ceiling.count(int(guest))[0] == 3
         assert Watch().enforced([sid]) == 0  # under: nothing more
+        # Unread replies: 12 sockets, each filled up to its SO_RCVBUF (in all past 4 MiB at the
+        # kernel's default rmem_max too): their holder is killed, "tcp" is not.
+        procs = str(d / "cmds" / "cgroup.procs")
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, "queue", procs, guest, "12", "0", "fill"],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        children["queue"] = child
+        assert child.stdout is not None and child.stdout.readline()
+        assert netlink_ceiling.queued(int(guest)) > 4 * MiB
+        assert Watch().enforced([sid]) == 1
+        assert children["queue"].wait(10) == -9
+        assert children["tcp"].poll() is None and children["guest"].poll() is None
+        assert netlink_ceiling.queued(int(guest)) == 0
     finally:
         for child in children.values():
             child.kill()
