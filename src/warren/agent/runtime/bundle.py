@@ -50,7 +50,14 @@ IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")  # bound over /etc/<name>
 # held 32 MiB of the host's kernel while it kept closing connections (12 000 a second; session 18).
 # net.core.optmem_max bounds what each socket may hold of sock_kmalloc's uncharged memory
 # (options, IPv4 memberships, control messages): 20 KiB, the default before Linux 6.9, not 128.
-NET_NAMESPACE_SYSCTLS = {"net.ipv4.tcp_max_tw_buckets": "4096", "net.core.optmem_max": "20480"}
+# An IPv4 membership is uncharged memory too (the socket's list entry, and the device's group
+# and IGMP timer): at the default 20 a socket, UDP sockets held ~57 MiB outside a 64 MiB sandbox
+# (session 21); one a socket, what mDNS or a discovery protocol joins, leaves ~0.2 KiB a socket.
+NET_NAMESPACE_SYSCTLS = {
+    "net.ipv4.tcp_max_tw_buckets": "4096",
+    "net.core.optmem_max": "20480",
+    "net.ipv4.igmp_max_memberships": "1",
+}
 # Terminals a sandbox may hold at once (its own devpts instance; the guest's API allows 32). The
 # host's count (kernel.pty.max, 4096 less 1024 kept for the host's own instance) is shared by
 # every instance: one sandbox as nobody opened /dev/ptmx 3071 times and no other sandbox could
@@ -135,8 +142,8 @@ AF_VSOCK = 40
 # 100 sockets, 18 MiB of kmalloc-192 with 0.5 MiB charged), and 2 340 IPv6 multicast groups a
 # socket on the sandbox's loopback (each also a per-device ifmcaddr6: ~320 B a join, none
 # charged). RFC 2385/5925 keys (BGP peers) and IPv6 multicast (nowhere to go past a /30 veth
-# without IPv6) have no use in a sandbox. IPv4 memberships stay: 20 a socket
-# (net.ipv4.igmp_max_memberships).
+# without IPv6) have no use in a sandbox. IPv4 memberships stay: 1 a socket
+# (net.ipv4.igmp_max_memberships, above).
 IPPROTO_IP, IPPROTO_TCP, IPPROTO_IPV6 = 0, 6, 41
 TCP_MD5SIG, TCP_MD5SIG_EXT, TCP_AO_ADD_KEY = 14, 32, 38
 IPV6_ADD_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_JOIN_SOURCE_GROUP, MCAST_MSFILTER = 20, 42, 46, 48
