@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,16 @@ log = logging.getLogger("warren.agent")
 KILL_WAIT = 1.0  # seconds to wait for a victim's exit before reading the level again
 LOG_BURST = 8  # kill lines per sandbox, then one per LOG_EVERY seconds (the rest counted)
 LOG_EVERY = 10.0
+
+
+def socket_inodes(pid: int) -> Iterator[int]:
+    """The socket inodes of ``pid``'s descriptors (link targets only: nothing is followed)."""
+    base = f"/proc/{pid}/fd"
+    for fd in os.listdir(base):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"{base}/{fd}")
+            if link.startswith("socket:["):
+                yield int(link[8:-1])
 
 
 def pids(procs: Path) -> list[int]:

@@ -35,6 +35,7 @@ import functools
 import os
 from collections.abc import Callable, Container
 
+from warren.agent.runtime import cmds_procs
 from warren.guest.guest_agent.kernfs import read_small
 
 FLOOR = 1024  # such sockets any bounded sandbox may hold (~2 MiB uncharged)
@@ -128,14 +129,7 @@ def queued(pid: int) -> int:
 
 def weigh_queued(pid: int, queued: dict[int, int]) -> int:
     """Bytes of ``queued`` (inode -> bytes) in the socket descriptors of ``pid``."""
-    n = 0
-    base = f"/proc/{pid}/fd"
-    for fd in os.listdir(base):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"{base}/{fd}")
-            if link.startswith("socket:["):
-                n += queued.get(int(link[8:-1]), 0)
-    return n
+    return sum(queued.get(inode, 0) for inode in cmds_procs.socket_inodes(pid))
 
 
 Measure = Callable[[int], tuple[int, Callable[[int], int]]]

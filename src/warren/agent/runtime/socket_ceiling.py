@@ -195,14 +195,7 @@ def _tables(pid: int) -> dict[int, int]:
 def _sockets(pid: int, queued: dict[int, int] | None = None) -> int:
     """Socket descriptors of ``pid``, a listener of ``queued`` weighing 1 + its queue (link
     targets only: nothing is followed)."""
-    n = 0
-    base = f"/proc/{pid}/fd"
-    for fd in os.listdir(base):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"{base}/{fd}")
-            if link.startswith("socket:["):
-                n += 1 + (queued.get(int(link[8:-1]), 0) if queued else 0)
-    return n
+    return sum(1 + (queued.get(inode, 0) if queued else 0) for inode in cmds_procs.socket_inodes(pid))
 
 
 def _pinned(pid: int, cmds: str, weigh: Callable[[int], int] = _sockets) -> tuple[int, int] | None:
