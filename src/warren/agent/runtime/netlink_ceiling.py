@@ -21,11 +21,15 @@ bound socket is sent replies (one that sent or connected is), and every bound on
 The socket watchdog (socket_ceiling.py) reads its namespace's ``sockets: used`` every tick
 anyway; the count can only be past :func:`uncharged_ceiling` when that is, so the protocols
 file (~2 KiB) is read only then (:func:`count`). The netlink table has no such gate (a few
-sockets hold GiBs): it is read every :data:`QUEUE_EVERY` ticks per sandbox (~30 us; the kernel
-walks every namespace's netlink sockets for it). Past a ceiling the ``cmds`` processes holding
-the most are killed (:func:`weigh`: a descriptor's protocol is sockfs' own
-``system.sockprotoname`` xattr; :func:`weigh_queued`: the bytes queued in its descriptors'
-sockets) with the watchdog's pinned-pidfd kill steps, until the level is back under.
+sockets hold GiBs): it is read every :data:`QUEUE_EVERY` ticks per sandbox (~30 us). The kernel
+walks every namespace's netlink sockets for that read, so its cost grows with the host's total,
+which tenants set (1024 bound sockets in each of 100 sandboxes: ~100 000 a read): the reads of
+one tick stop at :data:`QUEUE_BUDGET_S` (at least one), and the rest come in the next ticks,
+so the watchdog's CPU stays bounded and a sandbox's read comes later instead. Past a ceiling
+the ``cmds`` processes holding the most are killed (:func:`weigh`: a descriptor's protocol is
+sockfs' own ``system.sockprotoname`` xattr; :func:`weigh_queued`: the bytes queued in its
+descriptors' sockets) with the watchdog's pinned-pidfd kill steps, until the level is back
+under.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ FLOOR = 1024  # such sockets any bounded sandbox may hold (~2 MiB uncharged)
 UNIT = 64 << 10  # bytes of the sandbox's memory per socket past the floor (~3% of it uncharged)
 QUEUE_FLOOR = 4 << 20  # bytes queued in a sandbox's netlink sockets it may hold
 QUEUE_SHARE = 32  # ... or its memory / 32, the more
-QUEUE_EVERY = 2  # ticks between two reads of a sandbox's netlink table (1 s)
+QUEUE_EVERY = 2  # ticks between two reads of a sandbox's netlink table (1 s), at the least
+QUEUE_BUDGET_S = 0.025  # of one tick (0.5 s) for those reads, all sandboxes together
 RMEM, INODE = 4, 9  # /proc/net/netlink columns: sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
 PROTOCOLS_MAX = 16 << 10  # /proc/net/protocols is ~2.4 KiB (28 rows on 6.18)
 XATTR = "system.sockprotoname"

@@ -151,11 +151,14 @@ class _Watched:
     guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
     uncharged_top: int = 0  # netlink_ceiling.uncharged_ceiling of its memory (with count_top)
     queue_top: int = 0  # netlink_ceiling.queue_ceiling of its memory
-    phase: int = 0  # the ticks its netlink table is read at: (tick + phase) % QUEUE_EVERY == 0
+    queue_read: int = 0  # the tick its netlink table was last read at (staggered at first)
     log: cmds_procs.LogBucket = field(default_factory=cmds_procs.LogBucket)
     # event -> (the tick when its last enforcement ended, spent ones in a row)
     spent: dict[str, tuple[int, int]] = field(default_factory=dict)
     handed: int = 0  # the tick that handed its enforcement (in flight or last) to a worker
+
+
+_QUEUE_EVERY = netlink_ceiling.QUEUE_EVERY
 
 
 def _read_int(path: Path | str) -> int:
@@ -291,6 +294,7 @@ class SocketCeiling:
         self._root = root / "memory" / CGROUP_PARENT
         self._watched: dict[str, _Watched] = {}
         self._ticks = 0
+        self._queue_spent, self._queue_reads = 0.0, 0  # this tick's netlink table reads
         self._killed = killed
         self.workers = Workers(workers)
         self._queued = cmds_procs.LogBucket()  # all sandboxes': the workers are all busy
@@ -302,16 +306,15 @@ class SocketCeiling:
         there). The number handed."""
         ids = set(sandbox_ids)
         self._ticks += 1
+        self._queue_spent, self._queue_reads = 0.0, 0
         for gone in self._watched.keys() - ids:
             del self._watched[gone]
         self.workers.drop(ids)
         handed = 0
-        for sid in ids:
+        for sid in sorted(ids, key=self._queue_age):  # the longest unread netlink tables first
             if sid in self.workers:
                 continue  # its worker reads it, and hands it back when done
-            w = self._watched.get(sid) or self._watched.setdefault(
-                sid, _Watched(str(self._root / sid / USAGE), phase=len(self._watched) - self._ticks)
-            )
+            w = self._watched.get(sid) or self._watched.setdefault(sid, self._new_watched(sid))
             if time.monotonic() - w.read_at >= LIMIT_REFRESH:
                 self._refresh(sid, w)
             if not self._over(sid, w):
@@ -340,12 +343,34 @@ class SocketCeiling:
                 return True
             if used > w.uncharged_top and netlink_ceiling.count(w.guest)[0] > w.uncharged_top:
                 return True
-            if (self._ticks + w.phase) % netlink_ceiling.QUEUE_EVERY:
-                return False  # its table every other tick (each sandbox's in turn): ~30 us a read
-            return netlink_ceiling.queued(w.guest) > w.queue_top  # a few sockets may hold GiBs
+            return self._queue_over(w)
         except (OSError, ValueError):
             self._refresh(sid, w)  # the guest's pid went (a restart): find it again next tick
             return False
+
+    def _new_watched(self, sid: str) -> _Watched:
+        # Its first netlink table read: this tick or the next (new sandboxes in turn).
+        first = self._ticks - _QUEUE_EVERY + len(self._watched) % _QUEUE_EVERY
+        return _Watched(str(self._root / sid / USAGE), queue_read=first)
+
+    def _queue_age(self, sid: str) -> int:
+        w = self._watched.get(sid)
+        return w.queue_read if w is not None else -1
+
+    def _queue_over(self, w: _Watched) -> bool:
+        """Its netlink table, if due and the tick's budget for them allows (a few sockets may
+        hold GiBs; the read's cost is the host's, netlink_ceiling.QUEUE_BUDGET_S)."""
+        if self._ticks - w.queue_read < netlink_ceiling.QUEUE_EVERY:
+            return False
+        if self._queue_reads and self._queue_spent >= netlink_ceiling.QUEUE_BUDGET_S:
+            return False  # due still: early in the next tick's order
+        t0 = time.monotonic()
+        try:
+            return netlink_ceiling.queued(w.guest) > w.queue_top
+        finally:
+            self._queue_spent += time.monotonic() - t0
+            self._queue_reads += 1
+            w.queue_read = self._ticks
 
     def _check(self, sid: str, w: _Watched) -> None:
         """A worker's: the counter read again and enforced, then the socket count; the kills
