@@ -36,12 +36,14 @@ depends_on: str | Sequence[str] | None = None
 
 # footprint.footprint_mb: gVisor 96 MiB on top; any other runtime twice its socket bound, which
 # is memory/16 between 16 and 256 MiB (memory_mb * 64 KiB is whole pages: no rounding), i.e.
-# ceil(memory_mb / 8) between 32 and 512 MiB. Not STRICT (that would stop the inlining).
+# ceil(memory_mb / 8) between 32 and 512 MiB. Not STRICT (that would stop the inlining). In
+# bigint: a size near int32's top (an operator's WARREN_MAX_SANDBOX_MEMORY_MB is unbounded)
+# overflowed int ("integer out of range", a 500).
 _FOOTPRINT = """
-CREATE FUNCTION warren_sandbox_footprint(p_memory_mb int, p_runtime text) RETURNS int
+CREATE FUNCTION warren_sandbox_footprint(p_memory_mb int, p_runtime text) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT p_memory_mb + CASE WHEN p_runtime = 'gvisor' THEN 96
-                              ELSE least(512, greatest(32, (p_memory_mb + 7) / 8)) END
+    SELECT p_memory_mb::bigint + CASE WHEN p_runtime = 'gvisor' THEN 96
+                                      ELSE least(512, greatest(32, (p_memory_mb::bigint + 7) / 8)) END
 $$
 """
 
