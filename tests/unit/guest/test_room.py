@@ -38,3 +38,8 @@ def test_an_e2big_past_a_lowered_stack_limits_bound_is_real(monkeypatch: pytest.
     monkeypatch.setattr(room.resource, "getrlimit", lambda _: (256 << 10, room.resource.RLIM_INFINITY))
     assert not for_memory(errno.E2BIG, ["true", "y" * 60_000], {})
     assert for_memory(errno.E2BIG, ["true", "y" * 20_000], {})
+
+
+def test_a_lone_surrogate_in_the_arguments_is_weighed_not_raised() -> None:
+    # A request's JSON may carry "\ud800": the weighing must not fail where the kernel's did.
+    assert for_memory(errno.E2BIG, ["true", "\ud800"], {"X": "\udfff"})

@@ -37,7 +37,7 @@ def for_memory(err: int, argv: "list[str]", env: "dict[str, str]") -> bool:
     if err != errno.E2BIG:
         return False
     strings = [*argv, *(f"{k}={v}" for k, v in env.items())]
-    sizes = [len(s.encode(errors="surrogateescape")) + 1 + 8 for s in strings]
+    sizes = [len(s.encode("utf-8", "surrogatepass")) + 1 + 8 for s in strings]  # any lone surrogate
     return max(sizes, default=0) < MAX_ARG_STRLEN and sum(sizes) < min(ARGS_ROOM, _stack_limit() // 8)
 
 
