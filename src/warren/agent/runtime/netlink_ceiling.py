@@ -51,6 +51,9 @@ QUEUE_EVERY = 2  # ticks between two reads of a sandbox's netlink table (1 s), a
 QUEUE_BUDGET_S = 0.025  # of one tick (0.5 s) for those reads, all sandboxes together
 RMEM, INODE = 4, 9  # /proc/net/netlink columns: sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
 PROTOCOLS_MAX = 16 << 10  # /proc/net/protocols is ~2.4 KiB (28 rows on 6.18)
+# The table read at most: ~100 bytes a line, past 40 000 bound sockets (the count ceiling's kill
+# comes for those; what is cut off here is not summed).
+TABLE_MAX = 4 << 20
 XATTR = "system.sockprotoname"
 
 
@@ -125,7 +128,8 @@ def _table(pid: int) -> bytes:
     """``pid``'s namespace's /proc/net/netlink: a line per bound socket (a socket that sent or
     connected is bound: only those are sent replies), at most the count ceiling's."""
     with open(f"/proc/{pid}/net/netlink", "rb") as f:
-        return f.read()
+        text = f.read(TABLE_MAX)
+    return text if len(text) < TABLE_MAX else text[: text.rfind(b"\n") + 1]  # whole lines only
 
 
 def queued(pid: int) -> int:
