@@ -16,12 +16,11 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from warren.cp.db.migrations.earlier import revision_module
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -121,16 +120,6 @@ DROP FUNCTION IF EXISTS warren_reserve_sandbox(
 """
 
 
-def _revision(name: str) -> ModuleType:
-    """An earlier revision's module (their file names are not importable names)."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_warren_migration_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute(_RESERVE)
     op.execute(_WRAPPER_0010)
@@ -142,6 +131,6 @@ def downgrade() -> None:
     # then 0010's overload calling it) created again.
     op.execute(_DROP.replace("uuid, text, jsonb)", "uuid)"))
     op.execute(_DROP.replace(", uuid, text, jsonb)", ")"))
-    op.execute(_revision("0003_reserve_sandbox")._CREATE)
-    op.execute(_revision("0010_replica_leases")._RESERVE_OWNED)
+    op.execute(revision_module("0003_reserve_sandbox")._CREATE)
+    op.execute(revision_module("0010_replica_leases")._RESERVE_OWNED)
     op.execute(_DROP)

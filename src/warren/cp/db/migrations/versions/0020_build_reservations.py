@@ -19,13 +19,12 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
+
+from warren.cp.db.migrations.earlier import revision_module
 
 revision: str = "0020"
 down_revision: str | None = "0019"
@@ -81,18 +80,8 @@ _ACTIVE_BUILDS = sa.text("status = 'running'")
 _SUMMED = ["reserved_vcpus", "reserved_memory_mb"]
 
 
-def _revision(name: str) -> ModuleType:
-    """An earlier revision's module (their file names are not importable names)."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_warren_migration_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _reserve_0011() -> str:
-    return str(_revision("0011_reserve_in_one")._RESERVE).replace(
+    return str(revision_module("0011_reserve_in_one")._RESERVE).replace(
         "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
     )
 

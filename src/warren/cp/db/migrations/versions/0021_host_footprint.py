@@ -21,13 +21,12 @@ Create Date: 2026-12-05
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
+
+from warren.cp.db.migrations.earlier import revision_module
 
 revision: str = "0021"
 down_revision: str | None = "0020"
@@ -83,20 +82,10 @@ _INDEX = "ix_sandboxes_active_host"
 _ACTIVE = sa.text("status NOT IN ('stopped', 'error')")
 
 
-def _revision(name: str) -> ModuleType:
-    """An earlier revision's module (their file names are not importable names)."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_warren_migration_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bodies_0020() -> tuple[str, str, str]:
     """0020's warren_host_usage, warren_reserve_build and warren_reserve_sandbox, as
     CREATE OR REPLACE statements."""
-    m = _revision("0020_build_reservations")
+    m = revision_module("0020_build_reservations")
     reserve = m._reserve_0011()
     assert m._HOST_SUM_0011 in reserve, "0011's host sum moved: update 0020 and this migration"
     reserve = reserve.replace(m._HOST_SUM_0011, m._HOST_SUM)
