@@ -5,6 +5,12 @@ Both ride the guest's ``watch`` op (``guest/PROTOCOL.md``). A polling watcher is
 reads the guest's stream into a bounded buffer; a poll takes what it holds. Watchers are capped
 per sandbox, forgotten when their sandbox goes (or after ``IDLE_SECONDS`` without a poll), and
 their ids mean nothing outside their sandbox.
+
+What a watcher holds between polls is the agent's own memory, outside every sandbox's cgroup:
+bounded in events (``MAX_POLL_EVENTS``) and in bytes (``MAX_POLL_BYTES``), each event held
+serialized. Counted in events only, as protobuf objects, a tenant's 16 unpolled watchers of a
+tree of long names (symlinks with 4000-byte targets) held ~14 KiB an event, +230 MiB of the
+agent for one sandbox (+12 MiB now) (session 22, test_attack_session22_watchers).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from warren.rpc import hostagent_pb2 as pb
 
 MAX_WATCHERS = 16  # polling watchers per sandbox
 MAX_POLL_EVENTS = 1000  # events a polling watcher holds between polls; past it: overflowed
+MAX_POLL_BYTES = 512 << 10  # and their serialized bytes (+ EVENT_COST each); past it: overflowed
+EVENT_COST = 48  # a held event's bytes object and its slot in the deque, besides its bytes
 IDLE_SECONDS = 600.0  # a polling watcher nobody polls for this long is removed
 MAX_PATH = 4096
 
@@ -80,7 +88,8 @@ async def stream(it: AsyncGenerator[WatchBatch, None]) -> AsyncGenerator[pb.Watc
 @dataclass
 class Poller:
     id: str
-    events: deque[pb.WatchEvent] = field(default_factory=deque)
+    events: deque[bytes] = field(default_factory=deque)  # serialized: a pb object costs ~1.4 KiB more
+    held: int = 0  # what ``events`` cost (their bytes + EVENT_COST each)
     overflowed: bool = False
     done: bool = False
     last_poll: float = field(default_factory=clock.monotonic)
@@ -91,10 +100,13 @@ class Poller:
             async for batch in it:
                 self.overflowed |= batch.overflowed
                 for ev in batch.events:
-                    if len(self.events) >= MAX_POLL_EVENTS:
+                    data = to_pb(ev).SerializeToString()
+                    cost = len(data) + EVENT_COST
+                    if len(self.events) >= MAX_POLL_EVENTS or self.held + cost > MAX_POLL_BYTES:
                         self.overflowed = True  # the oldest are kept: events arrive in order
                         break
-                    self.events.append(to_pb(ev))
+                    self.events.append(data)
+                    self.held += cost
         except GuestError:
             pass  # the sandbox went (or its guest hung up): what was read stays to be polled
         finally:
@@ -131,8 +143,9 @@ class Watchers:
         self._sweep()
         p = self._get(sandbox_id, watcher_id)
         p.last_poll = clock.monotonic()
-        events, overflowed = list(p.events), p.overflowed
+        events, overflowed = [pb.WatchEvent.FromString(e) for e in p.events], p.overflowed
         p.events.clear()
+        p.held = 0
         p.overflowed = False
         return events, overflowed
 
