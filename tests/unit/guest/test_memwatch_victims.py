@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -100,3 +101,27 @@ def test_another_allocator_while_a_victim_is_freed_is_next(sandbox: Sandbox) -> 
     first, second = sandbox.killed_at
     assert second - first < 0.1  # ~32 MiB of growth at 1 GiB/s, not the whole wait
     assert 11 in sandbox.procs
+
+
+def test_a_child_the_guest_forked_and_not_yet_execd_is_never_the_victim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until its exec a command's child holds the guest's own pages (copy-on-write), often the
+    largest resident set of the sandbox: killing it frees nothing and ends the command before
+    it ran (users.fork_exec lists it in ``users.starting`` meanwhile)."""
+    from warren.guest.guest_agent import users
+
+    rss = {1: 300 * MiB, 40: 30 * MiB, 41: 2 * MiB}  # the guest, a starting child, a command
+    proc = SimpleNamespace(listdir=lambda _: [*map(str, rss), "self", "net"], sysconf=lambda _: 4096)
+    monkeypatch.setattr(memwatch, "os", proc)
+    monkeypatch.setattr(
+        memwatch, "read_small", lambda path: f"9 {rss[int(path.split('/')[2])] // 4096} 0".encode()
+    )
+    assert memwatch.largest() == (40, 30 * MiB)
+    try:
+        users.starting.add(40)
+        assert memwatch.largest() == (41, 2 * MiB)
+        users.starting.add(41)
+        assert memwatch.largest() == (0, 0)  # nothing to kill: the watch waits (check: no victim)
+    finally:
+        users.starting.difference_update({40, 41})

@@ -43,6 +43,7 @@ import time
 
 from .kernfs import read_small
 from .protocol import log
+from .users import starting
 
 # bytes/s: above the fastest allocation of one vCPU under gVisor's ptrace platform, as the host
 # cgroup is charged (measured on the 2-core reference machine, quiet: a Python loop of 8 MiB
@@ -124,11 +125,12 @@ def read_limit(path: str) -> int:
 
 
 def largest() -> "tuple[int, int]":
-    """The pid and resident bytes of the largest process but PID 1 (the guest) ((0, 0): none)."""
+    """The pid and resident bytes of the largest process but PID 1 (the guest) and the guest's
+    children not yet exec'd (users.starting: the guest's pages) ((0, 0): none)."""
     best, best_rss = 0, 0
     page = os.sysconf("SC_PAGE_SIZE")
     for name in os.listdir("/proc"):
-        if not name.isdigit() or name == "1":
+        if not name.isdigit() or name == "1" or int(name) in starting:
             continue
         try:
             rss = int(read_small(f"/proc/{name}/statm").split()[1]) * page

@@ -311,6 +311,13 @@ def spawn_as(
     return fork_exec(user, exe, argv, env, cwd, sigdef, oom, on_stdio)
 
 
+# Children forked here whose exec has not been seen yet. Until it, a child's resident set is the
+# guest's own pages (copy-on-write): gVisor's memwatch passes them over, as killing one frees
+# nothing and ends a command before it ran (a shell started while a killed hog's memory was
+# still counted, its fork the largest process of the sandbox: CI, session 22).
+starting: "set[int]" = set()
+
+
 def fork_exec(
     user: "User | None",
     exe: str,
@@ -359,10 +366,12 @@ def fork_exec(
                     pass
             finally:
                 os._exit(127)
+        starting.add(pid)
         os.close(err_w)
         try:
             report = await_exec(pid, err_r, EXEC_TIMEOUT)
         finally:
+            starting.discard(pid)
             os.close(err_r)
         if not report:
             return pid
