@@ -36,6 +36,11 @@ MAX_IDLE = 1024
 MAX_HEAD = 64 << 10  # response line and headers from the sandbox
 SMALL_BODY = 64 << 10  # a Content-Length body up to this is read whole and sent in one piece
 SEND_PIECE = 32 << 10  # the most one write to the client adds (an unread response: session 15)
+# Informational (1xx) responses before the final one: this many at once, then one a second
+# (a long request's 102 Processing). Each is an event parsed on the CP's loop with nothing sent
+# to the client: a sandbox's endless `100 Continue`s kept a CP core busy for as long as its
+# client waited (session 22, test_attack_session22_preview_cpu). Past the pace: 502.
+MAX_INFORMATIONAL = 16
 
 
 class UpstreamError(Exception):
@@ -217,12 +222,17 @@ async def _answer(conn: _Conn, send: Send) -> None:
 
 
 async def _head(conn: _Conn) -> h11.Response:
+    allowance, last = float(MAX_INFORMATIONAL), time.monotonic()
     while True:
         ev = await conn.next_event()
         if isinstance(ev, h11.Response):
             return ev
-        if isinstance(ev, h11.InformationalResponse):
-            continue  # 100 Continue and the like: the final answer follows
+        if isinstance(ev, h11.InformationalResponse):  # 100 Continue and the like: the final answer follows
+            now = time.monotonic()
+            allowance, last = min(float(MAX_INFORMATIONAL), allowance + now - last) - 1, now
+            if allowance < 0:
+                raise UpstreamError("the sandbox's server sent informational responses without end")
+            continue
         if isinstance(ev, h11.ConnectionClosed):
             raise UpstreamError("the sandbox's server closed the connection without answering")
         raise UpstreamError(f"unexpected {type(ev).__name__} from the sandbox's server")

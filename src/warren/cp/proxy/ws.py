@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.types import Receive, Scope, Send
 from websockets.client import ClientProtocol
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from warren.aio import cancel_and_wait
@@ -25,6 +27,16 @@ log = logging.getLogger("warren.proxy")
 # WARREN_WS_MAX_MESSAGE, the limit its uvicorn server puts on the client's side): one over it
 # closes both sides with 1009.
 MAX_MESSAGE = 1 << 20
+# Frames from the sandbox that complete no message and carry less than IDLE_FRAME_BYTES (pings,
+# pongs, small fragments): IDLE_FRAMES at once, then IDLE_FRAMES_PER_S; past that both sides are
+# closed with 1008. Each is parsed (a ping answered) on the CP's loop while its client reads
+# nothing: a sandbox's stream of empty pings kept a CP core busy (~0.5 MB/s saturates one), and
+# its client's message, held as a list of 1-2 byte fragments, cost ~20x its size (session 22,
+# test_attack_session22_preview_cpu). A message's fragments are now joined as they come.
+IDLE_FRAMES = 256
+IDLE_FRAMES_PER_S = 64.0
+IDLE_FRAME_BYTES = 1024
+IDLE_REASON = "too many frames without a message"
 # Set by the protocol itself for this hop (extensions are not negotiated end to end).
 _OWN_HEADERS = frozenset(
     {
@@ -133,24 +145,47 @@ async def _from_client(up: _Upstream, receive: Receive) -> None:
             return
 
 
+class _IdlePace:
+    """The budget of frames that complete no message (IDLE_FRAMES, then IDLE_FRAMES_PER_S)."""
+
+    def __init__(self) -> None:
+        self.left, self.at = float(IDLE_FRAMES), time.monotonic()
+
+    def take(self, frame: Frame) -> bool:
+        """False once ``frame`` (one that completes no message, small) is past the budget."""
+        if len(frame.data) >= IDLE_FRAME_BYTES or (frame.fin and frame.opcode in _DATA):
+            return True
+        now = time.monotonic()
+        self.left = min(float(IDLE_FRAMES), self.left + (now - self.at) * IDLE_FRAMES_PER_S) - 1
+        self.at = now
+        return self.left >= 0
+
+
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
 async def _from_upstream(up: _Upstream, send: Send) -> None:
-    parts: list[bytes] = []
+    message = bytearray()
     text = False
-    size = 0
+    pace = _IdlePace()
     events, data = up.early, b"early"
     while True:
         for frame in events:
             if not isinstance(frame, Frame):
                 continue
             op = frame.opcode
+            if not pace.take(frame):
+                if up.proto.state is State.OPEN:
+                    up.proto.send_close(1008, IDLE_REASON)
+                await up.flush()
+                await send({"type": "websocket.close", "code": 1008, "reason": IDLE_REASON})
+                return
             if op in (Opcode.TEXT, Opcode.BINARY):
-                parts, text, size = [], op is Opcode.TEXT, 0
-            if op in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-                parts.append(bytes(frame.data))
-                size += len(frame.data)
+                message, text = bytearray(), op is Opcode.TEXT
+            if op in _DATA:
+                message += frame.data
                 if frame.fin:
-                    payload = b"".join(parts)
-                    parts, size = [], 0
+                    payload, message = bytes(message), bytearray()
                     msg = {"type": "websocket.send", "text": payload.decode()} if text else {
                         "type": "websocket.send", "bytes": payload}  # fmt: skip
                     await send(msg)

@@ -1,0 +1,190 @@
+"""Session 22: a sandbox's server against the preview proxy's loop, with a client that reads
+nothing.
+
+The proxy parses what the sandbox's server sends on the CP's event loop (h11 for HTTP,
+``websockets``' protocol for WebSockets). Some of it reaches no client, so no client's reading
+paces it, and each piece is a parsed event of a few bytes:
+
+- **HTTP informational responses.** Before its final response a server may send any number of
+  1xx (``100 Continue``, 25 bytes each); the proxy read them until the final one came. Measured:
+  ~8.6 us of CPU an event, so ~3 MB/s of them keeps a CP core busy, for as long as the
+  client waits (for ever: nothing ends the wait while the client stays).
+- **WebSocket pings.** Each empty ping (2 bytes from a server) is parsed and answered on the
+  loop: ~4.4 us, ~0.5 MB/s saturates a core; pongs and empty fragments ~2.5 us.
+- **A message of tiny fragments.** A message's fragments were kept as a list of pieces until
+  its last: 1-2 byte fragments held ~20x their bytes (a list slot and a bytes object each),
+  ~22 MiB a connection before the 1 MiB message bound, charged to no one (a team holds 256
+  preview connections).
+
+As the attacker runs it: her own sandbox's public port answers ``/info`` with endless
+``100 Continue``, ``/ping`` with a WebSocket that sends empty pings without end (and reads the
+pongs), ``/frag`` with one endless message of 2-byte fragments; her client asks and waits.
+
+Fixed (cp/proxy/http.py, cp/proxy/ws.py): 16 informational responses at once, then one a
+second, else 502; frames that complete no message and carry < 1 KiB, 256 at once then 64 a
+second, else both sides are closed with 1008; a message's fragments are joined as they come.
+Measured before, one connection each: the request had no answer in 60 s while the CP spent
+60.1 s of CPU on it; the ping flood took 36.5 s of CP CPU before it ended (1011); 8 fragment
+floods ended with 1009 after holding +68 MiB of the CP. After: 502 at once (0.0 s of CPU),
+1008 (0.1 s), 1008 with +0 MiB.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import psutil
+import pytest
+
+from tests.harness.platform import Platform
+from tests.harness.tenant import Tenant
+from tests.security.test_what_held_api import PeakRss, open_handshake
+
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
+
+MIB = 1 << 20
+PORT = 8000
+WAIT_S = 60  # a generous deadline for the proxy to give up on the server (seconds after the fix)
+FRAG_CONNS = 8
+FRAG_BOUND_MIB = 24  # 8 connections; before the fix +68 MiB for the 8
+
+SERVER = r"""
+import base64, hashlib, socket, threading
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def drain(c):
+    try:
+        while c.recv(65536):
+            pass
+    except OSError:
+        pass
+def serve(c):
+    try:
+        f = c.makefile("rb")
+        path, key = f.readline().split()[1], b""
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            k, _, v = h.partition(b":")
+            if k.strip().lower() == b"sec-websocket-key":
+                key = v.strip()
+        if path.endswith(b"/info"):
+            chunk = b"HTTP/1.1 100 Continue\r\n\r\n" * 2000
+            while True:
+                c.sendall(chunk)
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        threading.Thread(target=drain, args=(c,), daemon=True).start()
+        if path.endswith(b"/ping"):
+            chunk = b"\x89\x00" * 16384
+        else:
+            c.sendall(b"\x01\x02ab")
+            chunk = b"\x00\x02ab" * 8192
+        while True:
+            c.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8000)); s.listen(512)
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+START = (
+    "cat > /tmp/s.py <<'EOF'\n" + SERVER + "EOF\n(setsid python3 /tmp/s.py >/dev/null 2>&1 &); "
+    "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+    "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
+)
+
+
+@pytest.fixture(scope="module")
+def prefix(alice: Tenant) -> Iterator[str]:
+    """The path of Alice's public port."""
+    sid = alice.create(memory_mb=256)
+    try:
+        r = alice.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [PORT]})
+        assert r.status_code == 200, r.text
+        alice.sh(sid, START)
+        yield f"/v1/sandboxes/{sid}/ports/{PORT}"
+    finally:
+        alice.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def _cpu_s(platform: Platform) -> float:
+    t = psutil.Process(platform.cp.pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def _status(s: socket.socket) -> int:
+    """The final response's status (0: none came within WAIT_S, or the connection closed)."""
+    head = b""
+    try:
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                return 0
+            head += chunk
+    except TimeoutError:
+        return 0
+    return int(head.split()[1])
+
+
+def _close_code(s: socket.socket) -> int:
+    """The code of the first close frame the CP sends (0: none within WAIT_S)."""
+    buf = b""
+    try:
+        while True:
+            while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return 0
+                buf += chunk
+            n = buf[1] & 0x7F
+            assert n < 126, "no data message was sent: only small frames are expected"
+            op, payload, buf = buf[0] & 0x0F, buf[2 : 2 + n], buf[2 + n :]
+            if op == 0x8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+    except TimeoutError:
+        return 0
+
+
+def test_endless_informational_responses_end_in_a_502(platform: Platform, prefix: str) -> None:
+    host, port = platform.url.removeprefix("http://").rsplit(":", 1)
+    cpu = _cpu_s(platform)
+    with socket.create_connection((host, int(port)), timeout=WAIT_S) as s:
+        s.sendall(f"GET {prefix}/info HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        status = _status(s)
+    print(f"informational flood: status {status}, CP CPU {_cpu_s(platform) - cpu:.1f} s")  # with -s
+    assert status == 502
+
+
+def test_a_flood_of_pings_closes_the_websocket(platform: Platform, prefix: str) -> None:
+    cpu = _cpu_s(platform)
+    s, answer = open_handshake(platform.url, f"{prefix}/ping", {})
+    with s:
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        s.settimeout(WAIT_S)
+        code = _close_code(s)
+    print(f"ping flood: close {code}, CP CPU {_cpu_s(platform) - cpu:.1f} s")
+    assert code == 1008
+
+
+def test_a_message_of_tiny_fragments_holds_nothing_and_is_closed(platform: Platform, prefix: str) -> None:
+    with ExitStack() as stack, PeakRss(platform) as rss:
+        socks = []
+        for _ in range(FRAG_CONNS):
+            s, answer = open_handshake(platform.url, f"{prefix}/frag", {})
+            stack.enter_context(s)
+            assert answer.startswith(b"HTTP/1.1 101 "), answer
+            s.settimeout(WAIT_S)
+            socks.append(s)
+        codes = [_close_code(s) for s in socks]
+        time.sleep(1)
+    print(f"{FRAG_CONNS} fragment floods: closes {codes}, CP +{rss.grown_mib[0]} MiB")
+    assert codes == [1008] * FRAG_CONNS
+    assert rss.grown_mib[0] <= FRAG_BOUND_MIB
