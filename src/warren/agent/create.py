@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class CreateRequest(SandboxSpec):
     guest_secret: str = ""
     restore_image: Path | None = None
     source_secret: str = ""
+    owner_team: str = ""  # the team that owns it ("": not said)
 
 
 def slot_uid_base(slot: Slot) -> int:
@@ -97,8 +99,10 @@ def check_request(
     chain: Chain | None = None,
     config: TemplateConfig | None = None,
     egress: EgressRules | None = None,
+    owner_team: str = "",
 ) -> CreateRequest:
-    """``env`` wins over the template's (``config.env``); the record keeps the merged env."""
+    """``env`` wins over the template's (``config.env``); the record keeps the merged env.
+    ``owner_team``: the team that owns the sandbox (``team_id`` is its template's)."""
     if not sandbox_id:
         _, sandbox_id = ids.new_id(ids.Kind.SANDBOX)
     ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox_id")
@@ -124,7 +128,18 @@ def check_request(
         template=template, vcpus=vcpus, memory_mb=memory_mb, disk_size_mb=disk_size_mb,
         timeout_sec=timeout_sec, internet=internet, env=env, sandbox_id=sandbox_id, ref=ref,
         allow=allow, chain=chain, config=config, egress=egress or EgressRules(),
+        owner_team=_owner_team(owner_team),
     )  # fmt: skip
+
+
+def _owner_team(team: str) -> str:
+    """A UUID string, or "" (not said); anything else is refused."""
+    if not team:
+        return ""
+    try:
+        return str(uuid.UUID(team))
+    except ValueError:
+        raise InvalidRequest("owner_team_id must be a UUID") from None
 
 
 @dataclass(frozen=True)
@@ -298,6 +313,7 @@ class SandboxBuilder:
             snapshot_layers=snapshot_layers, base_config=base_config,
             chain=None if req.chain is None else req.chain.to_record(),
             template_config=req.config.to_record(), uid_base=slot_uid_base(slot),
+            owner_team=req.owner_team,
         )  # fmt: skip
 
     async def _start(self, sb: HostSandbox, fs: SandboxFs, undo: Undo, image: Path | None = None) -> None:

@@ -300,11 +300,10 @@ class SandboxManager:
             counts["quarantined"] = len(self._teardown.quarantined)
         return counts
 
-    def running(self) -> list[str]:
-        """Running sandboxes' container ids (a claimed pool member keeps its cgroups' name), less
-        those a pause or resume holds (socket_ceiling.py)."""
-        live = [sb.id for sb in self._sandboxes.values() if sb.status == "running" and not sb.lock.locked()]
-        return [self.runtime.container_id(sb_id) for sb_id in live]
+    def running(self) -> dict[str, str]:
+        """Running sandboxes' container ids → tenants, but those a pause or resume holds."""
+        live = [sb for sb in self._sandboxes.values() if sb.status == "running" and not sb.lock.locked()]
+        return {self.runtime.container_id(sb.id): sb.tenant for sb in live}
 
     def _chains(self) -> set[str]:
         """The layers the registered sandboxes run on (paused and re-adopted ones included)."""
@@ -341,6 +340,7 @@ class SandboxManager:
         config: TemplateConfig | None = None,
         egress: EgressRules | None = None,
         runtime: str = "",
+        owner_team: str = "",
     ) -> HostSandbox:
         """``egress_allow``: CIDRs the sandbox may reach past the default egress deny. ``chain``:
         the rootfs is these layers (``config`` applies), not the template_id's. ``runtime``:
@@ -349,7 +349,7 @@ class SandboxManager:
             sandbox_id=sandbox_id, team_id=team_id, template_id=template_id, template=template,
             vcpus=vcpus, memory_mb=memory_mb, disk_size_mb=disk_size_mb, timeout_sec=timeout_sec,
             internet=internet, env=env, egress_allow=egress_allow, chain=chain, config=config,
-            egress=egress,
+            egress=egress, owner_team=owner_team,
         )  # fmt: skip
         self._runtimes.choose(req, runtime)
         sandbox_id = req.sandbox_id

@@ -150,6 +150,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             config=config,
             egress=_egress(request.egress),
             runtime=request.runtime,
+            owner_team=request.owner_team_id,
         )
         return pb.CreateSandboxResponse(
             sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip, disk_size_mb=sb.disk_size_mb
@@ -416,7 +417,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             await context.send_initial_metadata(windows.metadata())
             meta = await ec.upload_meta(request_iterator)
             write = self._file_write(meta)
-            grower = windows.grower(self.m.sandbox(meta.sandbox_id).team_id, meta)
+            grower = windows.grower(self.m.sandbox(meta.sandbox_id).tenant, meta)
         except Exception as e:
             await abort(context, e, "WriteFileCredit")
             return
@@ -456,7 +457,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             r = first.open
             guest, user = self.m.guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
             chunks = guest.read_file(_path(r.path), user=user, read_ahead=READ_AHEAD)
-            allowance = windows.allowance(self.m.sandbox(r.sandbox_id).team_id)
+            allowance = windows.allowance(self.m.sandbox(r.sandbox_id).tenant)
             events = ec.credited_read(chunks, request_iterator, allowance)
             started = await anext(events, None)
         except Exception as e:

@@ -55,8 +55,9 @@ Enforcement is off the tick (session 20): a pass of the kills pins every process
 and reads its descriptors, a cost the tenant sets (800 processes of ~4000 descriptors: ~12 s a
 pass), and one tick doing all sandboxes' kills in turn let one sandbox hold the others' reads
 that long. Now at most :data:`WORKERS` threads enforce at once, one sandbox each; a sandbox past
-a ceiling while all are busy waits in a queue, the oldest first (``event=socket_watchdog_queued``,
-rate-bounded), and one enforced again joins the queue's end, so the others' turn comes first. A
+a ceiling while they are busy waits (``event=socket_watchdog_queued``, rate-bounded), turns fair
+between teams (enforce_workers.py: a team holds at most all workers but one, and a free worker
+takes the sandbox whose team holds the fewest), and one enforced again waits its turn anew. A
 pass stops at :data:`ENFORCE_S` too ("spent"), so an enforcement holds its worker for at most
 about twice that (the kills, then all of ``cmds``). A queued sandbox no longer listed (gone,
 paused) is dropped. "Two in a row" counts enforcements: the second handed over by the first
@@ -75,10 +76,8 @@ import functools
 import logging
 import os
 import signal
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -86,6 +85,7 @@ from typing import TypeVar
 from warren import footprint
 from warren.agent.runtime import cmds_procs, netlink_ceiling
 from warren.agent.runtime.bundle import CGROUP_PARENT
+from warren.agent.runtime.enforce_workers import Workers
 from warren.agent.runtime.socket_memory import LIMIT, USAGE
 from warren.guest.guest_agent.kernfs import read_small
 
@@ -99,7 +99,7 @@ LIMIT_REFRESH = 30.0  # seconds a sandbox's bound is trusted (a warm claim's res
 MAX_KILLS = 32  # per sandbox and enforcement
 ENFORCE_S = 5.0  # seconds one sandbox's kills may take in an enforcement (its victims' exits)
 SPENT_TICKS = 2  # enforcements in a row whose kills ran out while still over: then all of cmds
-WORKERS = 4  # enforcements at once (threads); more sandboxes past a ceiling wait, the oldest first
+WORKERS = 4  # enforcements at once (threads); more sandboxes past a ceiling wait their team's turn
 SETTLE_S = 0.05  # after kills, before "no victim" kills all: deferred fputs (delayed_fput)
 COUNT_FLOOR = 4096  # TCP sockets any bounded sandbox may hold
 COUNT_UNIT = 16 << 10  # bytes of the sandbox's memory per TCP socket past the floor
@@ -215,71 +215,6 @@ def _pinned(pid: int, cmds: str, weigh: Callable[[int], int] = _sockets) -> tupl
         return None
 
 
-class Workers:
-    """At most ``size`` threads running jobs, one job per sandbox (queued or running); more wait
-    in a queue, the oldest first. Threads start on demand and end when the queue is empty."""
-
-    def __init__(self, size: int = WORKERS) -> None:
-        self.size = size
-        self._cv = threading.Condition()
-        self._queue: deque[tuple[str, Callable[[], None]]] = deque()
-        self._in: set[str] = set()  # queued or running
-        self._threads = 0
-
-    def __contains__(self, sid: object) -> bool:
-        return sid in self._in
-
-    def submit(self, sid: str, job: Callable[[], None]) -> int:
-        """Run ``job`` (``sid`` not in): now, or once a thread is free; how many wait for one
-        (0: it started)."""
-        with self._cv:
-            assert sid not in self._in, sid
-            self._in.add(sid)
-            self._queue.append((sid, job))
-            if self._threads >= self.size:
-                return len(self._queue)
-            self._threads += 1
-        try:
-            threading.Thread(target=self._run, name="socket-ceiling", daemon=True).start()
-        except RuntimeError:  # no thread to be had: undone, the next tick tries again
-            with self._cv:
-                self._threads -= 1
-                with contextlib.suppress(ValueError):  # else a running thread took it
-                    self._queue.remove((sid, job))
-                    self._in.discard(sid)
-            raise
-        return 0
-
-    def drop(self, keep: Container[str]) -> None:
-        """Queued jobs of sandboxes not in ``keep`` (gone, paused) are dropped."""
-        with self._cv:
-            for item in [x for x in self._queue if x[0] not in keep]:
-                self._queue.remove(item)
-                self._in.discard(item[0])
-            self._cv.notify_all()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Until no job is queued or running; whether so."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._in, timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                if not self._queue:
-                    self._threads -= 1
-                    return
-                sid, job = self._queue.popleft()
-            try:
-                job()
-            except Exception:
-                log.exception("event=background_error task=socket_ceiling sandbox=%s", sid)
-            finally:
-                with self._cv:
-                    self._in.discard(sid)
-                    self._cv.notify_all()
-
-
 def _nothing(_: int) -> None:
     pass
 
@@ -300,11 +235,13 @@ class SocketCeiling:
         self._queued = cmds_procs.LogBucket()  # all sandboxes': the workers are all busy
         self.available = (root / "memory" / LIMIT).exists()
 
-    def tick(self, sandbox_ids: Iterable[str]) -> int:
+    def tick(self, sandboxes: Mapping[str, str] | Iterable[str]) -> int:
         """One look at each sandbox not under enforcement (its counter, its namespace's socket
         count: cheap reads only); one past a ceiling is handed to a worker (:meth:`_check`
-        there). The number handed."""
-        ids = set(sandbox_ids)
+        there) for its team (``sandboxes``: container ids, or container id → team). The number
+        handed."""
+        ids = set(sandboxes)
+        teams = sandboxes if isinstance(sandboxes, Mapping) else {}
         self._ticks += 1
         self._queue_spent, self._queue_reads = 0.0, 0
         for gone in self._watched.keys() - ids:
@@ -321,7 +258,7 @@ class SocketCeiling:
                 continue
             w.handed = self._ticks
             handed += 1
-            if waiting := self.workers.submit(sid, functools.partial(self._check, sid, w)):
+            if waiting := self.workers.submit(sid, functools.partial(self._check, sid, w), teams.get(sid)):
                 msg = "event=socket_watchdog_queued sandbox=%s waiting=%d workers=%d"
                 self._queued.warn(msg, sid, waiting, self.workers.size)
         return handed
@@ -577,8 +514,9 @@ def _through(pid: int, cgroup: str, read: Callable[[int], _T]) -> _T | None:
         os.close(pidfd)
 
 
-async def watch(running: Callable[[], list[str]], killed: Callable[[int], None]) -> None:
-    """The agent's loop: every :data:`TICK`, the ``running()`` sandboxes in one thread hop;
+async def watch(running: Callable[[], Mapping[str, str]], killed: Callable[[int], None]) -> None:
+    """The agent's loop: every :data:`TICK`, the ``running()`` sandboxes (container id → team)
+    in one thread hop;
     ``killed(n)`` counts the kills (the metrics counter; called from the workers' threads)."""
     ceiling_ = SocketCeiling(killed=killed)
     if not ceiling_.available:

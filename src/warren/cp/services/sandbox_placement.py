@@ -116,7 +116,7 @@ async def place(
                     raise
                 raise unreached from None
         client = pool.get(host)
-        req = _create_request(settings, sb_uuid, plan, params, runtime_on(host, plan.runtime))
+        req = _create_request(settings, sb_uuid, team_uuid, plan, params, runtime_on(host, plan.runtime))
         wait = layers.create_wait(settings, turn_until)
         fetch = layers.HostFetch(
             engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid, wait=wait
@@ -201,7 +201,12 @@ async def reserve(
 
 
 def _create_request(
-    settings: Settings, sb_uuid: uuid.UUID, plan: Plan, params: CreateParams, runtime: str
+    settings: Settings,
+    sb_uuid: uuid.UUID,
+    team_uuid: uuid.UUID,
+    plan: Plan,
+    params: CreateParams,
+    runtime: str,
 ) -> pb.CreateSandboxRequest:
     r, shape = plan.resolved, plan.shape
     return pb.CreateSandboxRequest(
@@ -219,6 +224,7 @@ def _create_request(
         chain=plan.chain,
         runtime=runtime,
         egress=egress_rules.to_pb(params.network) if not params.network.empty else None,
+        owner_team_id=str(team_uuid),
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from warren.agent.runtime import cmds_procs, socket_ceiling
-from warren.agent.runtime.socket_ceiling import SocketCeiling, Workers, ceiling, choose
+from warren.agent.runtime.socket_ceiling import SocketCeiling, ceiling, choose
 
 MiB = 1 << 20
 
@@ -430,48 +430,6 @@ def _until(ok: Callable[[], bool]) -> None:
     while not ok():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-
-
-def _workers_alive() -> int:
-    return sum(t.name == "socket-ceiling" for t in threading.enumerate())
-
-
-def test_workers_are_bounded_one_job_a_sandbox_and_the_oldest_waiting_goes_first() -> None:
-    _until(lambda: _workers_alive() == 0)  # an earlier test's, ending
-    pool = Workers(2)
-    release = {k: threading.Event() for k in "abcd"}
-    started: list[str] = []
-
-    def job(k: str) -> Callable[[], None]:
-        def run() -> None:
-            started.append(k)
-            release[k].wait(30)
-
-        return run
-
-    assert [pool.submit(k, job(k)) for k in "abcd"] == [0, 0, 1, 2]  # c and d wait
-    _until(lambda: len(started) == 2)
-    assert sorted(started) == ["a", "b"] and all(k in pool for k in "abcd")
-    assert _workers_alive() == 2
-    release["b"].set()
-    _until(lambda: len(started) == 3)
-    assert started[2] == "c" and "b" not in pool and "d" in pool  # the oldest waiting first
-    for e in release.values():
-        e.set()
-    assert pool.join(30)
-    assert started[3] == "d" and not any(k in pool for k in "abcd")
-    _until(lambda: _workers_alive() == 0)  # the threads end with the queue
-
-
-def test_a_failed_job_frees_its_sandbox(caplog: pytest.LogCaptureFixture) -> None:
-    pool = Workers(1)
-
-    def boom() -> None:
-        raise RuntimeError("boom")
-
-    assert pool.submit("sb-x", boom) == 0
-    assert pool.join(30) and "sb-x" not in pool
-    assert "event=background_error task=socket_ceiling sandbox=sb-x" in caplog.text
 
 
 def test_a_sandbox_under_enforcement_is_skipped_and_more_wait_for_a_worker(

@@ -1,0 +1,68 @@
+"""Whose share of the agent's per-team limits a sandbox uses (record.HostSandbox.tenant): its
+owner (CreateSandboxRequest.owner_team_id), not its template's team, which every sandbox of the
+built-in template shares (session 22: the socket watchdog's workers and the file transfer
+windows were shared by that)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from warren.agent import record
+from warren.agent.create import check_request
+from warren.agent.record import HostSandbox
+from warren.errors import InvalidRequest
+
+ZERO = str(uuid.UUID(int=0))
+
+
+def _request(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = dict(
+        sandbox_id="", team_id=ZERO, template_id="", template="minimal", vcpus=1, memory_mb=256,
+        disk_size_mb=0, timeout_sec=0, internet=True, env={}, egress_allow=[],
+    )  # fmt: skip
+    return {**base, **over}
+
+
+def test_the_owner_is_kept_and_checked() -> None:
+    owner = uuid.uuid4()
+    assert check_request(**_request(owner_team=str(owner).upper())).owner_team == str(owner)
+    assert check_request(**_request()).owner_team == ""  # an older CP: not said
+    with pytest.raises(InvalidRequest, match="owner_team_id"):
+        check_request(**_request(owner_team="../other"))
+
+
+def _record(**over: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = dict(
+        id="sb-x", status="running", team_id=ZERO, template_id="", template="minimal", vcpus=1,
+        memory_mb=256, disk_size_mb=512, timeout_sec=0, internet=True, env={}, slot=3,
+        host_ip="10.11.0.14", created_at=0.0, last_active_at=0.0, lower_layers=[],
+        snapshot_layers=[], base_config={}, pid=0,
+    )  # fmt: skip
+    return {**rec, **over}
+
+
+def _load(tmp: Path, rec: dict[str, Any]) -> HostSandbox:
+    (tmp / record.RECORD_FILE).write_text(json.dumps(rec))
+    sb = record.load(tmp)
+    assert sb is not None
+    return sb
+
+
+def test_two_teams_on_the_built_in_template_are_two_tenants(tmp_path: Path) -> None:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    one = _load(tmp_path, _record(id="sb-a", owner_team=a))
+    two = _load(tmp_path, _record(id="sb-b", owner_team=b))
+    assert one.team_id == two.team_id == ZERO  # the template's team: the same
+    assert (one.tenant, two.tenant) == (a, b)
+
+
+def test_a_record_without_an_owner_is_a_tenant_of_its_own(tmp_path: Path) -> None:
+    old = _load(tmp_path, _record(id="sb-old"))  # written before the field
+    assert old.owner_team == "" and old.tenant == "sb-old"
+    record.save(tmp_path, old)
+    assert _load(tmp_path, json.loads((tmp_path / record.RECORD_FILE).read_text())).tenant == "sb-old"
