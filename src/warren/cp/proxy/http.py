@@ -41,6 +41,16 @@ SEND_PIECE = 32 << 10  # the most one write to the client adds (an unread respon
 # to the client: a sandbox's endless `100 Continue`s kept a CP core busy for as long as its
 # client waited (session 22, test_attack_session22_preview_cpu). Past the pace: 502.
 MAX_INFORMATIONAL = 16
+# Events parsed from a sandbox's server, per connection: EVENTS_BURST at once, then
+# EVENTS_PER_S (the parse then waits), and the loop is let go every EVENTS_PER_TURN. Each
+# chunk of a chunked body is an event (~5 us of h11): a server's 1-byte chunks, ~170 000 in one
+# 1 MiB read, held the CP's loop for most of a second at a time, and one such response to a
+# client reading as fast as it could made another team's API calls ~150x slower (session 22,
+# test_attack_session22_preview_chunks). A legitimate stream of small events (SSE) is paced at
+# worst, never cut; a body in large chunks is an event a read.
+EVENTS_BURST = 4096
+EVENTS_PER_S = 4096.0
+EVENTS_PER_TURN = 256
 
 
 class UpstreamError(Exception):
@@ -56,6 +66,8 @@ class _Conn:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.idle_since = 0.0
+        self.pending: h11.Event | None = None  # parsed by more_data, not yet taken
+        self.tokens, self.at, self.turn = float(EVENTS_BURST), time.monotonic(), 0
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -63,11 +75,54 @@ class _Conn:
             await self.stream.write(data)
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        if self.pending is not None:
+            taken, self.pending = self.pending, None
+            return taken
+        await self._pace()
         while True:
             ev = self.h11.next_event()
             if ev is not h11.NEED_DATA:
+                self._count()
                 return ev  # type: ignore[return-value]
             self.h11.receive_data(await self.stream.read(CHUNK))
+
+    def more_data(self, data: bytes, limit: int) -> bytes:
+        """``data`` (a Data event's) and the Data events parsed from what is already read, up
+        to ``limit`` bytes or the event budget; the first other event waits for next_event."""
+        parts = [data]
+        size = len(data)
+        while size < limit and self.tokens >= 1 and self.turn < EVENTS_PER_TURN:
+            ev = self.h11.next_event()
+            if ev is h11.NEED_DATA:
+                break
+            self._count()
+            if not isinstance(ev, h11.Data):
+                self.pending = ev  # type: ignore[assignment]
+                break
+            parts.append(bytes(ev.data))
+            size += len(ev.data)
+        return b"".join(parts)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(float(EVENTS_BURST), self.tokens + (now - self.at) * EVENTS_PER_S)
+        self.at = now
+
+    def _count(self) -> None:
+        self._refill()
+        self.tokens -= 1
+        self.turn += 1
+
+    async def _pace(self) -> None:
+        """Lets the loop go every EVENTS_PER_TURN events; a spent budget waits for a turn's
+        worth (its events then go to the client in one send, not one each)."""
+        self._refill()
+        if self.tokens < 1:
+            self.turn = 0
+            await asyncio.sleep((EVENTS_PER_TURN - self.tokens) / EVENTS_PER_S)
+        elif self.turn >= EVENTS_PER_TURN:
+            self.turn = 0
+            await asyncio.sleep(0)
 
     def reusable(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
@@ -306,8 +361,9 @@ async def _pump(conn: _Conn, send: Send) -> None:
         if isinstance(ev, h11.Data):
             # Each send waits until the client's transport is below its high-water mark
             # (uvicorn's flow control) before it writes: pieces keep what one write adds
-            # past that mark small, and nothing is read from the sandbox meanwhile.
-            data = ev.data
+            # past that mark small, and nothing is read from the sandbox meanwhile. Small
+            # chunks already read go in one send.
+            data = conn.more_data(bytes(ev.data), SEND_PIECE)
             for i in range(0, len(data), SEND_PIECE):
                 await send(
                     {"type": "http.response.body", "body": bytes(data[i : i + SEND_PIECE]), "more_body": True}
