@@ -61,7 +61,7 @@ async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes 
                 f"sandbox {sb_id} runs on a host-local snapshot: only CreateSnapshot copies it"
             )
         tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb_id).upper, 0, sb.uid_base)
-        team = sb.team_id  # its install takes the sandbox's team's turn (layer_slots)
+        team = sb.tenant  # its install takes its owner's turn (layer_slots), not its template's
     try:
         async for chunk in m.layers.stream_and_install(tar, meta, team=team):
             yield chunk

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -66,3 +68,29 @@ def test_a_record_without_an_owner_is_a_tenant_of_its_own(tmp_path: Path) -> Non
     assert old.owner_team == "" and old.tenant == "sb-old"
     record.save(tmp_path, old)
     assert _load(tmp_path, json.loads((tmp_path / record.RECORD_FILE).read_text())).tenant == "sb-old"
+
+
+async def test_a_snapshot_exports_install_takes_its_owners_turn(tmp_path: Path) -> None:
+    """layer_slots gives a team at most half the install slots and half the queue while another
+    team waits: keyed by the template's team, every team's exports from ``minimal`` sandboxes
+    queued as one team (found reading the code: one tenant's exports took the turns and the
+    queue share of every team on the built-in template)."""
+    from warren.agent import snapshot_export
+
+    owner = str(uuid.uuid4())
+    sb = _load(tmp_path, _record(id="sb-exp", status="paused", owner_team=owner))
+    turns: list[str] = []
+    tar = tmp_path / "layer.tar"
+
+    async def export(*_: object) -> tuple[Path, object]:
+        tar.write_bytes(b"")
+        return tar, SimpleNamespace(digest="d" * 64, size=0)
+
+    async def stream_and_install(_tar: Path, _meta: object, *, team: str) -> AsyncIterator[bytes]:
+        turns.append(team)
+        yield b"chunk"
+
+    layers = SimpleNamespace(export=export, stream_and_install=stream_and_install)
+    m = SimpleNamespace(sandbox=lambda _: sb, layers=layers, sandboxes_dir=tmp_path)
+    got = [x async for x in snapshot_export.export_snapshot(m, "sb-exp")]  # type: ignore[arg-type]
+    assert got[0] == b"chunk" and turns == [owner]
