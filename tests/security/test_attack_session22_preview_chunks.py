@@ -1,23 +1,25 @@
-"""Session 22: a chunked response of 1-byte chunks through the preview proxy, against every
-other tenant's API on the same CP.
+"""Session 22: a stream of 1-byte pieces through the preview proxy, against every other tenant's
+API on the same CP.
 
-The proxy parses a sandbox's response with h11 on the CP's event loop. A chunked body's every
-chunk is an event (~5 us of CPU each, with the proxy's send to the client a good deal more), and
-the proxy went on parsing what one read brought (up to 1 MiB: ~170 000 chunks of 1 byte) without
-letting the loop go while its client's transport took each byte. One such response, read as
-fast as the attacker's client could (a few hundred KB/s: nothing for her), made another team's
-``GET /v1/sandboxes`` take 755 ms at the median instead of ~5 ms, 2.6 s with four (the CP at a
-core); a large body relayed 3.4 GB in the same 10 s with the other team's median at 5 ms.
+The proxy parses a sandbox's response with h11, and its WebSocket frames with ``websockets``,
+on the CP's event loop. A chunked body's every chunk is an event (~5 us of h11 each, the send
+to the client a good deal more), and so is every WebSocket message; the proxy went on with what
+one read brought (up to 32 KiB: ~5 500 chunks or ~11 000 messages of 1 byte) without letting
+the loop go while its client's transport took each piece. The attacker's clients read a few
+hundred KB/s (nothing for her); the CP spends a core on them.
 
 As the attacker runs it: her own sandbox's public port answers ``/chunks`` with an endless body
-of ``1\\r\\nx\\r\\n``; ``CONNS`` clients read it as fast as they can for ``WINDOW_S`` seconds.
+of ``1\\r\\nx\\r\\n`` and ``/msgs`` with a WebSocket of endless 1-byte messages; ``CONNS``
+clients read as fast as they can for ``WINDOW_S`` seconds while another team lists its
+sandboxes.
 
-Fixed (cp/proxy/http.py): a connection's parsed events are paced (``EVENTS_BURST`` at once, then
-``EVENTS_PER_S``; the loop is let go every ``EVENTS_PER_TURN``), and small chunks already read
-go to the client in one send. Expected: each client gets at most the pace's bytes (one byte a
-chunk) in the window; what it costs the CP and the other team's median are printed.
-Measured with 2 clients, before: 339 and 422 KB in 10 s, the CP 8.6 s of CPU, the other team's
-median 1133 ms; after: 45 KB each, 0.9 s, 3 ms.
+Fixed (cp/proxy/http.py, cp/proxy/ws.py): a connection's parsed events (chunks, frames) are
+paced, a burst at once and then so many a second, the loop let go every turn, small chunks
+already read go to the client in one send, and a WebSocket reads 4 KiB at a time. Expected:
+each client gets at most the pace's pieces in the window; the CP's CPU and the other team's
+median are printed. Measured with 2 clients, before: chunks 244-422 KB in 10 s, 6.4-8.6 s of CP
+CPU, the other team's median 1.1-2.6 s; messages 339 000-367 000, 7.7 s, 3.1 s. After: ~45 000
+pieces each, 1.0-1.5 s, 4 ms.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import psutil
@@ -33,25 +35,39 @@ import pytest
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
+from tests.security.test_what_held_api import open_handshake
 from warren.cp.proxy import http as proxy_http
+from warren.cp.proxy import ws as proxy_ws
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 PORT = 8000
 CONNS = 2
 WINDOW_S = 10.0
-# One byte a chunk: the burst, the window at the pace, a turn's slack, and a margin.
-BOUND = int(1.5 * (proxy_http.EVENTS_BURST + WINDOW_S * proxy_http.EVENTS_PER_S + proxy_http.EVENTS_PER_TURN))
+Reader = Callable[[str, str, list[int], int, threading.Event], None]
 
 SERVER = r"""
-import socket, threading
+import base64, hashlib, socket, threading
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 def serve(c):
     try:
         f = c.makefile("rb")
-        while f.readline() not in (b"\r\n", b""):
-            pass
-        c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        chunk = b"1\r\nx\r\n" * 8192
+        path, key = f.readline().split()[1], b""
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            k, _, v = h.partition(b":")
+            if k.strip().lower() == b"sec-websocket-key":
+                key = v.strip()
+        if path.endswith(b"/msgs"):
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            chunk = b"\x81\x01x" * 10922
+        else:
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"1\r\nx\r\n" * 8192
         while True:
             c.sendall(chunk)
     except OSError:
@@ -71,31 +87,54 @@ START = (
 
 
 @pytest.fixture(scope="module")
-def url(platform: Platform, alice: Tenant) -> Iterator[str]:
-    """The URL of Alice's public port's endless response."""
+def prefix(platform: Platform, alice: Tenant) -> Iterator[str]:
+    """The path of Alice's public port: ``/chunks`` its endless response, ``/msgs`` its endless
+    WebSocket."""
     sid = alice.create(memory_mb=256)
     try:
         r = alice.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [PORT]})
         assert r.status_code == 200, r.text
         alice.sh(sid, START)
-        yield f"{platform.url}/v1/sandboxes/{sid}/ports/{PORT}/chunks"
+        yield f"/v1/sandboxes/{sid}/ports/{PORT}"
     finally:
         alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
-def _read(url: str, got: list[int], i: int, stop: threading.Event) -> None:
-    with httpx.Client(timeout=60) as c, c.stream("GET", url) as r:
+def _read_chunks(base: str, prefix: str, got: list[int], i: int, stop: threading.Event) -> None:
+    """The body's bytes (one a chunk), read as fast as they come."""
+    with httpx.Client(timeout=60) as c, c.stream("GET", f"{base}{prefix}/chunks") as r:
         for data in r.iter_bytes():
             got[i] += len(data)
             if stop.is_set():
                 return
 
 
-def test_a_response_of_one_byte_chunks_is_paced(platform: Platform, url: str, bob: Tenant) -> None:
+def _read_messages(base: str, prefix: str, got: list[int], i: int, stop: threading.Event) -> None:
+    """The messages' bytes (one a message), read as fast as they come: raw frames of 3 bytes."""
+    s, answer = open_handshake(base, f"{prefix}/msgs", {})
+    with s:
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        while not stop.is_set() and (data := s.recv(1 << 20)):
+            got[i] += len(data) // 3
+
+
+@pytest.mark.parametrize(
+    ("reader", "burst", "rate", "turn"),
+    [
+        (_read_chunks, proxy_http.EVENTS_BURST, proxy_http.EVENTS_PER_S, proxy_http.EVENTS_PER_TURN),
+        (_read_messages, proxy_ws.FRAMES_BURST, proxy_ws.FRAMES_PER_S, proxy_ws.FRAMES_PER_TURN),
+    ],
+    ids=["chunks", "messages"],
+)
+def test_a_stream_of_one_byte_pieces_is_paced(
+    platform: Platform, prefix: str, bob: Tenant, reader: Reader, burst: int, rate: float, turn: int
+) -> None:
+    bound = int(1.5 * (burst + WINDOW_S * rate + turn))  # one byte a piece, with a margin
     cp = psutil.Process(platform.cp.pid)
     cpu = sum(cp.cpu_times()[:2])
     got, stop = [0] * CONNS, threading.Event()
-    readers = [threading.Thread(target=_read, args=(url, got, i, stop), daemon=True) for i in range(CONNS)]
+    args = (platform.url, prefix, got)
+    readers = [threading.Thread(target=reader, args=(*args, i, stop), daemon=True) for i in range(CONNS)]
     for t in readers:
         t.start()
     waits: list[float] = []
@@ -112,7 +151,7 @@ def test_a_response_of_one_byte_chunks_is_paced(platform: Platform, url: str, bo
         t.join(30)
     median_ms = statistics.median(waits) * 1000
     print(
-        f"{CONNS} readers of 1-byte chunks: {taken} bytes in {WINDOW_S:.0f} s, CP CPU "
+        f"{CONNS} readers of 1-byte pieces: {taken} bytes in {WINDOW_S:.0f} s, CP CPU "
         f"{sum(cp.cpu_times()[:2]) - cpu:.1f} s, another team's GET median {median_ms:.0f} ms"
     )
-    assert all(0 < n <= BOUND for n in taken), (taken, BOUND)
+    assert all(0 < n <= bound for n in taken), (taken, bound)

@@ -19,7 +19,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from warren.aio import cancel_and_wait
-from warren.cp.proxy.stream import CHUNK, ByteStream
+from warren.cp.proxy.stream import ByteStream
 
 log = logging.getLogger("warren.proxy")
 
@@ -37,6 +37,16 @@ IDLE_FRAMES = 256
 IDLE_FRAMES_PER_S = 64.0
 IDLE_FRAME_BYTES = 1024
 IDLE_REASON = "too many frames without a message"
+# Every frame from the sandbox, per connection: FRAMES_BURST at once, then FRAMES_PER_S (the
+# relay then waits), and the loop is let go every FRAMES_PER_TURN. A client reading 1-byte
+# messages as fast as it could (3 bytes each from the server) kept a CP core busy and another
+# team's API calls at a 2 s median (session 22, test_attack_session22_preview_chunks).
+FRAMES_BURST = 4096
+FRAMES_PER_S = 4096.0
+FRAMES_PER_TURN = 256
+# What one read from the sandbox takes: its frames are parsed at once and wait for the pace
+# (4 KiB: at most ~1400 frames, ~0.25 MiB of them, per connection).
+FEED = 4 << 10
 # Set by the protocol itself for this hop (extensions are not negotiated end to end).
 _OWN_HEADERS = frozenset(
     {
@@ -98,7 +108,7 @@ async def handshake(
     up = _Upstream(stream, proto)
     await up.flush()
     while True:
-        data = await stream.read(CHUNK)
+        data = await stream.read(FEED)
         if data:
             proto.receive_data(data)
         else:
@@ -164,15 +174,36 @@ class _IdlePace:
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
+class _FramePace:
+    """Every frame's share of the loop (FRAMES_BURST, then FRAMES_PER_S)."""
+
+    def __init__(self) -> None:
+        self.left, self.at, self.turn = float(FRAMES_BURST), time.monotonic(), 0
+
+    def count(self) -> bool:
+        """One frame more; True when the relay should :meth:`wait` before the next."""
+        now = time.monotonic()
+        self.left = min(float(FRAMES_BURST), self.left + (now - self.at) * FRAMES_PER_S) - 1
+        self.at, self.turn = now, self.turn + 1
+        return self.turn >= FRAMES_PER_TURN or self.left < 1
+
+    async def wait(self) -> None:
+        """Lets the loop go; a spent budget waits for a turn's worth."""
+        self.turn = 0
+        await asyncio.sleep((FRAMES_PER_TURN - self.left) / FRAMES_PER_S if self.left < 1 else 0)
+
+
 async def _from_upstream(up: _Upstream, send: Send) -> None:
     message = bytearray()
     text = False
-    pace = _IdlePace()
+    pace, frames = _IdlePace(), _FramePace()
     events, data = up.early, b"early"
     while True:
         for frame in events:
             if not isinstance(frame, Frame):
                 continue
+            if frames.count():
+                await frames.wait()
             op = frame.opcode
             if not pace.take(frame):
                 if up.proto.state is State.OPEN:
@@ -203,7 +234,7 @@ async def _from_upstream(up: _Upstream, send: Send) -> None:
             # The sandbox's server went away without a closing handshake: 1006 cannot be sent.
             await send({"type": "websocket.close", "code": 1001 if up.proto.close_rcvd is None else 1000})
             return
-        data = await up.stream.read(CHUNK)
+        data = await up.stream.read(FEED)
         if data:
             up.proto.receive_data(data)
         else:
