@@ -2,22 +2,30 @@
 whether the agent takes any more.
 
 At most ``limit`` creates build at once (``WARREN_AGENT_CREATE_CONCURRENCY``; 0 is unlimited),
-the rest wait in the order they came. A create is *in flight* from the moment it is received
-(queued included) to the moment it ends either way; the control plane leaves the `pending`
-records of those alone, ``Terminate`` refuses new ones and waits for those under way, and
-background work (warm-pool and network-slot refills) waits until there are none *and* none was
-received or ended for ``QUIET_S``: a burst reaches an agent as a stream with gaps between its
-creates (each waits its turn on the control plane's CPU first), and a refill begun in such a gap
-would build a sandbox beside the burst's next creates.
+the rest wait. Turns are fair between tenants (``HostSandbox.tenant``: the owning team): a free
+turn goes to the waiting create whose tenant holds the fewest turns, then the tenant served
+longest ago, then first come first served. In the order they came, one team's burst of creates
+(up to its quota, or its owner's teams' quotas) held every other team's create behind all of it.
+
+A create is *in flight* from the moment it is received (queued included) to the moment it ends
+either way; the control plane leaves the `pending` records of those alone, ``Terminate``
+refuses new ones and waits for those under way, and background work (warm-pool and
+network-slot refills) waits until there are none *and* none was received or ended for
+``QUIET_S``: a burst reaches an agent as a stream with gaps between its creates (each waits its
+turn on the control plane's CPU first), and a refill begun in such a gap would build a sandbox
+beside the burst's next creates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 from warren.errors import InvalidState
 
@@ -29,11 +37,70 @@ log = logging.getLogger("warren.agent")
 QUIET_S = 0.5
 
 
+@dataclass(eq=False)
+class _Waiter:
+    tenant: str
+    seq: int
+    granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class FairTurns:
+    """At most ``limit`` turns at once; a free one goes to the waiter whose tenant holds the
+    fewest, then to the tenant served longest ago, then to the first come."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: Counter[str] = Counter()
+        self._waiting: list[_Waiter] = []
+        self._served: dict[str, int] = {}  # tenant → the grant counter at its last turn (held ones)
+        self._grants = itertools.count(1)
+        self._arrivals = itertools.count()
+
+    def busy(self) -> bool:
+        return bool(self._waiting) or self._held.total() >= self.limit
+
+    @contextlib.asynccontextmanager
+    async def turn(self, tenant: str) -> AsyncIterator[None]:
+        w = _Waiter(tenant, next(self._arrivals))
+        self._waiting.append(w)
+        self._dispatch()
+        try:
+            await w.granted
+        except BaseException:
+            if w in self._waiting:
+                self._waiting.remove(w)
+            elif w.granted.done() and not w.granted.cancelled():
+                self._release(tenant)  # granted as it was cancelled: give the turn back
+            self._dispatch()
+            raise
+        try:
+            yield
+        finally:
+            self._release(tenant)
+
+    def _release(self, tenant: str) -> None:
+        self._held[tenant] -= 1
+        if self._held[tenant] <= 0:
+            del self._held[tenant]
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._waiting and self._held.total() < self.limit:
+            w = min(self._waiting, key=lambda w: (self._held[w.tenant], self._served.get(w.tenant, 0), w.seq))
+            self._waiting.remove(w)
+            self._held[w.tenant] += 1
+            self._served[w.tenant] = next(self._grants)
+            w.granted.set_result(None)
+        # Only tenants holding or waiting for a turn are remembered (the order among those).
+        if len(self._served) > 2 * (len(self._held) + len(self._waiting)) + 64:
+            live = set(self._held) | {w.tenant for w in self._waiting}
+            self._served = {t: n for t, n in self._served.items() if t in live}
+
+
 class CreateAdmission:
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        # asyncio.Semaphore wakes its waiters first come, first served.
-        self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+        self._slots = FairTurns(limit) if limit > 0 else None
         self._in_flight: set[str] = set()
         # Cleared while any create (queued or under way) is in flight.
         self._none = asyncio.Event()
@@ -90,14 +157,14 @@ class CreateAdmission:
                 self._none.set()
 
     @contextlib.asynccontextmanager
-    async def turn(self, sb_id: str, times: list[float]) -> AsyncIterator[None]:
-        """A create's turn (at most ``limit`` at once, first come first served); appends the
+    async def turn(self, sb_id: str, tenant: str, times: list[float]) -> AsyncIterator[None]:
+        """A create's turn (at most ``limit`` at once, fair between tenants); appends the
         monotonic times it was queued and admitted to ``times``."""
         self.check_accepting()
         times.append(time.monotonic())
-        if self._slots is not None and self._slots.locked():
+        if self._slots is not None and self._slots.busy():
             log.info("event=create_queued sandbox_id=%s", sb_id)
-        async with self._slots or contextlib.nullcontext():
+        async with self._slots.turn(tenant) if self._slots is not None else contextlib.nullcontext():
             self.check_accepting()  # the agent may have begun terminating meanwhile
             times.append(time.monotonic())
             yield

@@ -93,6 +93,7 @@ async def run_build_step(m: SandboxManager, step: BuildStep) -> AsyncIterator[St
         env=None, egress_allow=step.egress_allow, chain=step.chain,
         # The template's start and ready commands are for its sandboxes, not for its build.
         config=dataclasses.replace(step.config, start_cmd="", ready_cmd=""),
+        owner_team=step.team,  # its create's turn is its team's (admission.py)
     )  # fmt: skip
     req = dataclasses.replace(req, sandbox_id=sb_id)
     timeout = step.timeout_sec or DEFAULT_STEP_TIMEOUT_S

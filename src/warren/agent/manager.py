@@ -386,9 +386,9 @@ class SandboxManager:
         lower = await self.layers.lower(req.chain, self.templates.ensure_minimal)
         return lower, {"kind": "chain", "name": req.chain.base}
 
-    def admission(self, sb_id: str, times: list[float]) -> AbstractAsyncContextManager[None]:
-        """A create's turn (admission.py); appends the times it was queued and admitted."""
-        return self._admission.turn(sb_id, times)
+    def admission(self, req: CreateRequest, times: list[float]) -> AbstractAsyncContextManager[None]:
+        """A create's turn (admission.py), its owner's; appends when it queued and was admitted."""
+        return self._admission.turn(req.sandbox_id, req.owner_team or req.sandbox_id, times)
 
     async def _claim_or_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
         """A warm-pool member when one matches (warm_pool.py), else a cold build."""
@@ -404,7 +404,7 @@ class SandboxManager:
         Returns it with the monotonic times it was queued and admitted."""
         lower, base_config = await self.lower_layers(req)
         times: list[float] = []
-        admission = self.admission(req.sandbox_id, times)
+        admission = self.admission(req, times)
         sb = await self._builder.build(req, lower, base_config, admission=admission)
         self._register(sb)
         return sb, times[0], times[1]
@@ -416,7 +416,7 @@ class SandboxManager:
         lower, base_config = await self.lower_layers(req)
         self.transient.add(req.sandbox_id)
         try:
-            admission = self.admission(req.sandbox_id, [])
+            admission = self.admission(req, [])
             return await self._builder.build(req, lower, base_config, admission=admission)
         except BaseException:
             self.transient.discard(req.sandbox_id)
