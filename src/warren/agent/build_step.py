@@ -166,7 +166,7 @@ async def _export(m: SandboxManager, sb: HostSandbox, step: BuildStep) -> AsyncI
     write on while the layer is read), then the tar streamed while it is installed here."""
     await m.runtime.destroy(sb.id)
     upper = SandboxFs(m.sandboxes_dir / sb.id).upper
-    tar, meta = await m.layers.export(upper, step.max_layer_bytes, sb.uid_base)
+    tar, meta = await m.layers.export(upper, step.max_layer_bytes, sb.uid_base, tenant=step.team or sb.id)
     try:
         async for chunk in m.layers.stream_and_install(tar, meta, team=step.team):
             yield StepEvent(layer_chunk=chunk)

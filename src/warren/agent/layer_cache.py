@@ -47,6 +47,7 @@ from typing import Any, BinaryIO, cast
 
 from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
+from warren.agent.fair_turns import FairTurns
 from warren.agent.layer_slots import InstallSlots, Ticket
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
@@ -103,8 +104,10 @@ class LayerCache:
         self._pins: Counter[str] = Counter()
         self._installing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         # Exports (snapshots, build steps) walking sandboxes' files at once: each may hold up to
-        # ~50 MiB of the tenant's names (layers/writer.py), so their number is the platform's.
-        self._exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
+        # ~50 MiB of the tenant's names (layers/writer.py), so their number is the platform's;
+        # their turns are fair between teams (one team's exports of many files held another
+        # team's snapshot behind all of them).
+        self._exports = FairTurns(EXPORTS_AT_ONCE)
         # Conversions and extractions at once (each may spend a core for minutes): the CPUs. A
         # small layer (a snapshot's few files, a config step's) takes turns of its own, half as
         # many: its work is bounded by its size, so it never waits for a large install's slot.
@@ -433,15 +436,17 @@ class LayerCache:
 
     # ----------------------------------------------------------------------- exports
 
-    async def export(self, upper: Path, limit: int, uid_base: int = MAPPED_BASE) -> tuple[Path, LayerMeta]:
+    async def export(
+        self, upper: Path, limit: int, uid_base: int = MAPPED_BASE, *, tenant: str = ""
+    ) -> tuple[Path, LayerMeta]:
         """A sandbox's writable layer as a layer tar (a temporary file here, for
         :meth:`stream_and_install`), owners shifted back by ``uid_base`` (the sandbox's range:
-        the tar is canonical). Past ``limit`` bytes (and this host's max):
+        the tar is canonical), in ``tenant``'s turn. Past ``limit`` bytes (and this host's max):
         ``RESOURCE_EXHAUSTED``, and nothing is left."""
         limit = min(limit, self.max_bytes) if limit > 0 else self.max_bytes
         tar = self._temp_path(".tar")
         try:
-            async with self._exports:
+            async with self._exports.turn(tenant):
                 meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit, uid_base))
         except LayerError as e:  # the tenant's files (a `.wh.` name, holes): the caller's to fix
             tar.unlink(missing_ok=True)

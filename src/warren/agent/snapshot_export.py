@@ -60,8 +60,9 @@ async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes 
             raise InvalidState(
                 f"sandbox {sb_id} runs on a host-local snapshot: only CreateSnapshot copies it"
             )
-        tar, meta = await m.layers.export(SandboxFs(m.sandboxes_dir / sb_id).upper, 0, sb.uid_base)
-        team = sb.tenant  # its install takes its owner's turn (layer_slots), not its template's
+        team = sb.tenant  # its export and install take its owner's turns, not its template's team's
+        upper = SandboxFs(m.sandboxes_dir / sb_id).upper
+        tar, meta = await m.layers.export(upper, 0, sb.uid_base, tenant=team)
     try:
         async for chunk in m.layers.stream_and_install(tar, meta, team=team):
             yield chunk

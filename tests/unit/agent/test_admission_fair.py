@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from warren.agent.admission import CreateAdmission, FairTurns
+from warren.agent.admission import CreateAdmission
+from warren.agent.fair_turns import FairTurns
 
 
 async def _order(turns: FairTurns, arrivals: list[str]) -> list[str]:

@@ -82,7 +82,8 @@ async def test_a_snapshot_exports_install_takes_its_owners_turn(tmp_path: Path) 
     turns: list[str] = []
     tar = tmp_path / "layer.tar"
 
-    async def export(*_: object) -> tuple[Path, object]:
+    async def export(*_: object, tenant: str) -> tuple[Path, object]:
+        turns.append(tenant)  # its export's turn (fair_turns) is its owner's too
         tar.write_bytes(b"")
         return tar, SimpleNamespace(digest="d" * 64, size=0)
 
@@ -93,4 +94,4 @@ async def test_a_snapshot_exports_install_takes_its_owners_turn(tmp_path: Path) 
     layers = SimpleNamespace(export=export, stream_and_install=stream_and_install)
     m = SimpleNamespace(sandbox=lambda _: sb, layers=layers, sandboxes_dir=tmp_path)
     got = [x async for x in snapshot_export.export_snapshot(m, "sb-exp")]  # type: ignore[arg-type]
-    assert got[0] == b"chunk" and turns == [owner]
+    assert got[0] == b"chunk" and turns == [owner, owner]
