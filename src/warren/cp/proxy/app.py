@@ -37,7 +37,7 @@ from warren import clock
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.http_errors import error_response, status_and_code
-from warren.cp.proxy import bounds, cookies, credentials, ws
+from warren.cp.proxy import bounds, cookies, credentials, pace, ws
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
@@ -158,7 +158,8 @@ class Proxy:
         self._open[sid] = self._open.get(sid, 0) + 1
         self._by_client[key] = self._by_client.get(key, 0) + 1
         try:
-            await self._revocable(grant, r, scope, receive, send, target, pool, expires=expires)
+            with pace.shared(counted.pace_key):
+                await self._revocable(grant, r, scope, receive, send, target, pool, expires=expires)
         finally:
             counted.release()
             _drop_one(self._open, sid)

@@ -50,6 +50,14 @@ class Claim:
         self._owner = owner
         self._anonymous = anonymous
 
+    @property
+    def pace_key(self) -> uuid.UUID:
+        """Whose share of the loop the connection's events take (pace.py): its owner's, else
+        its team's."""
+        key = self._owner or self._team
+        assert key is not None, "a released claim"
+        return key
+
     def release(self) -> None:
         if self._team is None:
             return

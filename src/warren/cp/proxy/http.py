@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from warren.aio import cancel_and_wait
 from warren.cp.hosts.client_pool import HostClient
+from warren.cp.proxy import pace
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.routing import hop_by_hop
 from warren.cp.proxy.stream import CHUNK, ByteStream
@@ -42,12 +43,12 @@ SEND_PIECE = 32 << 10  # the most one write to the client adds (an unread respon
 # client waited (session 22, test_attack_session22_preview_cpu). Past the pace: 502.
 MAX_INFORMATIONAL = 16
 # Events parsed from a sandbox's server, per connection: EVENTS_BURST at once, then
-# EVENTS_PER_S (the parse then waits), and the loop is let go every EVENTS_PER_TURN. Each
-# chunk of a chunked body is an event (~5 us of h11): a server's 1-byte chunks, ~170 000 in one
-# 1 MiB read, held the CP's loop for most of a second at a time, and one such response to a
-# client reading as fast as it could made another team's API calls ~150x slower (session 22,
-# test_attack_session22_preview_chunks). A legitimate stream of small events (SSE) is paced at
-# worst, never cut; a body in large chunks is an event a read.
+# EVENTS_PER_S (the parse then waits; the account's connections share a pace too: pace.py),
+# and the loop is let go every EVENTS_PER_TURN. Each chunk of a chunked body is an event (~5 us
+# of h11): a server's 1-byte chunks, ~5 500 a 32 KiB read, sent on one by one without letting
+# the loop go, to a client reading as fast as it could made another team's API calls ~150x
+# slower (session 22, test_attack_session22_preview_chunks). A legitimate stream of small
+# events (SSE) is paced at worst, never cut; a body in large chunks is an event a read.
 EVENTS_BURST = 4096
 EVENTS_PER_S = 4096.0
 EVENTS_PER_TURN = 256
@@ -67,7 +68,7 @@ class _Conn:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.idle_since = 0.0
         self.pending: h11.Event | None = None  # parsed by more_data, not yet taken
-        self.tokens, self.at, self.turn = float(EVENTS_BURST), time.monotonic(), 0
+        self.events, self.turn = pace.Bucket(EVENTS_BURST, EVENTS_PER_S), 0
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -91,7 +92,7 @@ class _Conn:
         to ``limit`` bytes or the event budget; the first other event waits for next_event."""
         parts = [data]
         size = len(data)
-        while size < limit and self.tokens >= 1 and self.turn < EVENTS_PER_TURN:
+        while size < limit and self.turn < EVENTS_PER_TURN and pace.left(self.events) >= 1:
             ev = self.h11.next_event()
             if ev is h11.NEED_DATA:
                 break
@@ -103,24 +104,18 @@ class _Conn:
             size += len(ev.data)
         return b"".join(parts)
 
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(float(EVENTS_BURST), self.tokens + (now - self.at) * EVENTS_PER_S)
-        self.at = now
-
     def _count(self) -> None:
-        self._refill()
-        self.tokens -= 1
+        pace.take(self.events)
         self.turn += 1
 
     async def _pace(self) -> None:
-        """Lets the loop go every EVENTS_PER_TURN events; a spent budget waits for a turn's
-        worth (its events then go to the client in one send, not one each)."""
-        self._refill()
-        if self.tokens < 1:
+        """Lets the loop go every EVENTS_PER_TURN events; a spent budget (the connection's, or
+        its account's: pace.py) waits for a turn's worth (its events then go to the client in
+        one send, not one each)."""
+        while (wait := pace.wait_s(self.events, EVENTS_PER_TURN)) > 0:
             self.turn = 0
-            await asyncio.sleep((EVENTS_PER_TURN - self.tokens) / EVENTS_PER_S)
-        elif self.turn >= EVENTS_PER_TURN:
+            await asyncio.sleep(wait)
+        if self.turn >= EVENTS_PER_TURN:
             self.turn = 0
             await asyncio.sleep(0)
 

@@ -19,6 +19,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from warren.aio import cancel_and_wait
+from warren.cp.proxy import pace
 from warren.cp.proxy.stream import ByteStream
 
 log = logging.getLogger("warren.proxy")
@@ -175,22 +176,24 @@ _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 class _FramePace:
-    """Every frame's share of the loop (FRAMES_BURST, then FRAMES_PER_S)."""
+    """Every frame's share of the loop: the connection's (FRAMES_BURST, then FRAMES_PER_S) and
+    its account's (pace.py)."""
 
     def __init__(self) -> None:
-        self.left, self.at, self.turn = float(FRAMES_BURST), time.monotonic(), 0
+        self.frames, self.turn = pace.Bucket(FRAMES_BURST, FRAMES_PER_S), 0
 
     def count(self) -> bool:
         """One frame more; True when the relay should :meth:`wait` before the next."""
-        now = time.monotonic()
-        self.left = min(float(FRAMES_BURST), self.left + (now - self.at) * FRAMES_PER_S) - 1
-        self.at, self.turn = now, self.turn + 1
-        return self.turn >= FRAMES_PER_TURN or self.left < 1
+        pace.take(self.frames)
+        self.turn += 1
+        return self.turn >= FRAMES_PER_TURN or pace.left(self.frames) < 1
 
     async def wait(self) -> None:
         """Lets the loop go; a spent budget waits for a turn's worth."""
         self.turn = 0
-        await asyncio.sleep((FRAMES_PER_TURN - self.left) / FRAMES_PER_S if self.left < 1 else 0)
+        await asyncio.sleep(0)
+        while (wait := pace.wait_s(self.frames, FRAMES_PER_TURN)) > 0:  # noqa: ASYNC110 (a pace, no event)
+            await asyncio.sleep(wait)
 
 
 async def _from_upstream(up: _Upstream, send: Send) -> None:
