@@ -11,6 +11,9 @@ paces it, and each piece is a parsed event of a few bytes:
   client waits (for ever: nothing ends the wait while the client stays).
 - **WebSocket pings.** Each empty ping (2 bytes from a server) is parsed and answered on the
   loop: ~4.4 us, ~0.5 MB/s saturates a core; pongs and empty fragments ~2.5 us.
+- **Response heads of many headers.** h11 parses a head's headers one by one: a 64 KiB head of
+  10 700 one-letter headers cost the CP ~25 ms a response in one stretch of its loop, and a
+  client asking again as soon as each head was in kept it at 42 % of a core (167 in 10 s).
 - **A message of tiny fragments.** A message's fragments were kept as a list of pieces until
   its last: 1-2 byte fragments held ~20x their bytes (a list slot and a bytes object each),
   ~22 MiB a connection before the 1 MiB message bound, charged to no one (a team holds 256
@@ -22,7 +25,9 @@ pongs), ``/frag`` with one endless message of 2-byte fragments; her client asks 
 
 Fixed (cp/proxy/http.py, cp/proxy/ws.py): 16 informational responses at once, then one a
 second, else 502; frames that complete no message and carry < 1 KiB, 256 at once then 64 a
-second, else both sides are closed with 1008; a message's fragments are joined as they come.
+second, else both sides are closed with 1008; a message's fragments are joined as they come;
+a head's headers past 64 count as parsed events in the connection's and the account's paces
+(pace.py): 6 such responses in 10 s, 0.3 s of CP CPU.
 Measured before, one connection each: the request had no answer in 60 s while the CP spent
 60.1 s of CPU on it; the ping flood took 36.5 s of CP CPU before it ended (1011); 8 fragment
 floods ended with 1009 after holding +68 MiB of the CP. After: 502 at once (0.0 s of CPU),
@@ -49,6 +54,10 @@ MIB = 1 << 20
 PORT = 8000
 WAIT_S = 60  # a generous deadline for the proxy to give up on the server (seconds after the fix)
 FRAG_CONNS = 8
+HEADS_WINDOW_S = 10.0
+# At most the account's pace of headers past the free 64 (pace.py: 16384 at once, then 16384 a
+# second) over 10 636 a response, with a margin: ~17; before the fix ~250 (the CP at a core).
+HEADS_BOUND = 30
 FRAG_BOUND_MIB = 24  # 8 connections; before the fix +68 MiB for the 8
 
 SERVER = r"""
@@ -71,6 +80,14 @@ def serve(c):
             k, _, v = h.partition(b":")
             if k.strip().lower() == b"sec-websocket-key":
                 key = v.strip()
+        if path.endswith(b"/heads"):
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"a: b\r\n" * 10700 + b"\r\n"
+            c.sendall(head)
+            while f.readline():
+                while f.readline() not in (b"\r\n", b""):
+                    pass
+                c.sendall(head)
+            return
         if path.endswith(b"/info"):
             chunk = b"HTTP/1.1 100 Continue\r\n\r\n" * 2000
             while True:
@@ -188,3 +205,24 @@ def test_a_message_of_tiny_fragments_holds_nothing_and_is_closed(platform: Platf
     print(f"{FRAG_CONNS} fragment floods: closes {codes}, CP +{rss.grown_mib[0]} MiB")
     assert codes == [1008] * FRAG_CONNS
     assert rss.grown_mib[0] <= FRAG_BOUND_MIB
+
+
+def test_responses_of_many_headers_are_paced(platform: Platform, prefix: str) -> None:
+    """Every response a 64 KiB head of 10 700 one-letter headers, asked for again as soon as its
+    head is in, for ``HEADS_WINDOW_S``: each cost the CP ~40 ms in one stretch of its loop."""
+    host, port = platform.url.removeprefix("http://").rsplit(":", 1)
+    request = f"GET {prefix}/heads HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    cpu, answered = _cpu_s(platform), 0
+    with socket.create_connection((host, int(port)), timeout=WAIT_S) as s:
+        end, buf = time.monotonic() + HEADS_WINDOW_S, b""
+        while time.monotonic() < end:
+            s.sendall(request)
+            while (at := buf.find(b"\r\n\r\n")) < 0:
+                chunk = s.recv(1 << 20)
+                assert chunk, "the CP closed the connection"
+                buf += chunk
+            assert buf.startswith(b"HTTP/1.1 200 "), buf[:80]
+            buf, answered = buf[at + 4 :], answered + 1
+    spent = _cpu_s(platform) - cpu
+    print(f"responses of 10 700 headers: {answered} in {HEADS_WINDOW_S:.0f} s, CP CPU {spent:.1f} s")
+    assert 0 < answered <= HEADS_BOUND

@@ -49,6 +49,10 @@ MAX_INFORMATIONAL = 16
 # the loop go, to a client reading as fast as it could made another team's API calls ~150x
 # slower (session 22, test_attack_session22_preview_chunks). A legitimate stream of small
 # events (SSE) is paced at worst, never cut; a body in large chunks is an event a read.
+# A response head's headers past FREE_HEADERS count as events too: h11 parses them one by one
+# (a 64 KiB head of 10 700 one-letter headers cost the CP ~25 ms a response, in one stretch:
+# one client asking again at once kept it at 42 % of a core; test_attack_session22_preview_cpu).
+FREE_HEADERS = 64
 EVENTS_BURST = 4096
 EVENTS_PER_S = 4096.0
 EVENTS_PER_TURN = 256
@@ -275,6 +279,8 @@ async def _head(conn: _Conn) -> h11.Response:
     allowance, last = float(MAX_INFORMATIONAL), time.monotonic()
     while True:
         ev = await conn.next_event()
+        if isinstance(ev, h11.Response | h11.InformationalResponse) and len(ev.headers) > FREE_HEADERS:
+            pace.take(conn.events, len(ev.headers) - FREE_HEADERS)
         if isinstance(ev, h11.Response):
             return ev
         if isinstance(ev, h11.InformationalResponse):  # 100 Continue and the like: the final answer follows

@@ -40,9 +40,9 @@ class Bucket:
         self.at = now
         return self.tokens
 
-    def take(self) -> None:
+    def take(self, n: int = 1) -> None:
         self.left()
-        self.tokens -= 1
+        self.tokens -= n
 
     def wait_s(self, want: int) -> float:
         """How long until ``want`` tokens are back, when fewer than one is left (else 0)."""
@@ -78,11 +78,11 @@ def wait_s(own: Bucket, want: int) -> float:
     return max(mine, other.wait_s(want)) if other is not None else mine
 
 
-def take(own: Bucket) -> None:
-    own.take()
+def take(own: Bucket, n: int = 1) -> None:
+    own.take(n)
     other = current.get()
     if other is not None:
-        other.take()
+        other.take(n)
 
 
 def left(own: Bucket) -> float:
