@@ -56,11 +56,12 @@ async def stat(tgt: Target, path: str, user: str) -> pb.EntryInfo:
     return (await tgt.client().stub.Stat(req, timeout=_RPC_TIMEOUT)).entry
 
 
-async def list_all(tgt: Target, path: str, depth: int, user: str) -> list[pb.EntryInfo]:
+async def list_all(tgt: Target, path: str, depth: int, user: str, key: str = "") -> list[pb.EntryInfo]:
     """Every entry down to ``depth`` (0 is 1), at most MAX_LIST_ENTRIES and MAX_LIST_BYTES
     (413 beyond). A listing of more than one page holds LIST_HELD_BYTES of the CP's unary
     budget while it is gathered (session 14: 8 listings of 36 000 entries at once held +397 MiB
-    of the CP, none of it counted): the rest wait their turn, then 503 ``server_busy``."""
+    of the CP, none of it counted), in ``key``'s share (budget.share_key): the rest wait their
+    turn, then 503 ``server_busy``."""
     if depth < 0 or depth > MAX_DEPTH:
         raise InvalidRequest(f"depth must be 1..{MAX_DEPTH}")
     entries: list[pb.EntryInfo] = []
@@ -82,12 +83,12 @@ async def list_all(tgt: Target, path: str, depth: int, user: str) -> list[pb.Ent
             if not page.entries or page.next_cursor in ("", cursor):
                 raise AgentError("the agent's listing did not progress", rpc_code="INTERNAL")
             if not held:  # in one step, holding none of it while waiting (budget.py)
-                await budget.acquire(LIST_HELD_BYTES)
+                await budget.acquire(LIST_HELD_BYTES, key=key)
                 held = LIST_HELD_BYTES
             cursor = page.next_cursor
         raise PayloadTooLarge(f"the listing takes more than {MAX_LIST_PAGES} pages; list less deep")
     finally:
-        budget.release(held)
+        budget.release(held, key)
 
 
 async def make_dir(tgt: Target, path: str, user: str) -> tuple[bool, pb.EntryInfo]:

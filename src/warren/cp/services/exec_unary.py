@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import sandbox_access, sandboxes
-from warren.cp.services.budget import ByteBudget, unary_budget
+from warren.cp.services.budget import ByteBudget, share_key, unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import (
     AGENT_DEFAULT_TIMEOUT_S,
@@ -83,7 +83,7 @@ async def exec_command(
     sid = tgt.sid
     messages = _messages(sid, body, limit)
     client = tgt.agent(pool)
-    held = _Held(unary_budget())
+    held = _Held(unary_budget(), share_key(ctx))
     t0 = clock.monotonic()
     try:
         started = asyncio.Event()
@@ -128,17 +128,17 @@ class _Held:
     """The output bytes kept so far, reserved in the replica's budget; ``release`` gives them
     back (once: on failure here, or when the answer has been written)."""
 
-    def __init__(self, budget: ByteBudget) -> None:
-        self.budget, self.bytes, self.released = budget, 0, False
+    def __init__(self, budget: ByteBudget, key: str = "") -> None:
+        self.budget, self.key, self.bytes, self.released = budget, key, 0, False
 
     async def take(self, n: int) -> None:
-        await self.budget.acquire(n)
+        await self.budget.acquire(n, key=self.key)
         self.bytes += n
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.budget.release(self.bytes)
+            self.budget.release(self.bytes, self.key)
 
 
 async def _collect(call: Any, held: _Held, limit: int, max_output: int, started: asyncio.Event) -> Output:

@@ -96,3 +96,32 @@ def test_strict_body_refuses_what_cannot_be_stored(fields: dict[str, object]) ->
 def test_strict_body_accepts_the_rest() -> None:
     b = _Body.model_validate({"text": "héllo €", "data": "a\x00b", "n": 2**63 - 1, "items": ["x"]})
     assert b.data == "a\x00b" and b.n == 2**63 - 1
+
+
+async def test_one_key_holds_at_most_its_share_and_holds_up_no_other() -> None:
+    """Session 22: a unary exec's output is held while its command runs; one tenant's held the
+    whole budget and every other team's waited and was refused (test_attack_session22_unary_share)."""
+    b = ByteBudget(100, wait_s=0.05)
+    assert b.share == 50
+    await b.acquire(30, key="a")
+    await b.acquire(20, key="a")
+    with pytest.raises(ServiceUnavailable):
+        await b.acquire(1, key="a")  # past its share: it waits, then 503
+    waiting_a = asyncio.create_task(b.acquire(10, key="a", wait_s=5))
+    await asyncio.sleep(0)
+    await b.acquire(40, key="b")  # not behind a's waiter: it is held back by a's own share only
+    assert b.held("a") == 50 and b.held("b") == 40 and b.used == 90
+    b.release(20, "a")
+    await waiting_a
+    assert b.held("a") == 40 and b.used == 80
+
+
+async def test_a_reservation_without_a_key_takes_no_share() -> None:
+    b = ByteBudget(100)
+    await b.acquire(80)
+    assert b.used == 80 and b.held("") == 0
+    b.release(80)
+    await b.acquire(60, key="a")  # a key holding nothing may take more than its share, alone
+    assert b.held("a") == 60
+    b.release(60, "a")
+    assert b.used == 0 and b.held("a") == 0

@@ -22,6 +22,7 @@ from warren.cp.e2b.envd.call import EnvdCall
 from warren.cp.e2b.envd.connect import ConnectError, Message, StreamHandler, UnaryHandler
 from warren.cp.e2b.envd.entry import entry_json, events_json
 from warren.cp.services import envd_fs, sandbox_access
+from warren.cp.services.budget import share_key
 from warren.cp.services.sandbox_access import Target
 from warren.rpc import hostagent_pb2 as pb
 
@@ -75,7 +76,8 @@ async def stat(call: EnvdCall, msg: Message) -> Message:
 
 
 async def list_dir(call: EnvdCall, msg: Message) -> Message:
-    entries = await envd_fs.list_all(await target(call), _str(msg, "path"), _uint(msg, "depth"), _user(call))
+    tgt, key = await target(call), share_key(call.ctx)  # its owner's share of the unary budget
+    entries = await envd_fs.list_all(tgt, _str(msg, "path"), _uint(msg, "depth"), _user(call), key)
     return {"entries": [entry_json(e) for e in entries]}
 
 
