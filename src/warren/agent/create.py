@@ -228,7 +228,8 @@ class SandboxBuilder:
         t_mounts = time.monotonic()
         slot: Slot = await net_task
         if req.internet:  # before the container starts: it never runs without its rules
-            await self.network.rules.apply(slot, req.egress, fs.identity / "resolv.conf")
+            tenant = req.owner_team or req.sandbox_id  # as HostSandbox.tenant
+            await self.network.rules.apply(slot, req.egress, fs.identity / "resolv.conf", tenant)
         t_net = time.monotonic()
         self._write_bundle(req, fs, slot)
         sb = self._new_record(req, slot, disk, lower, base_config)

@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from warren.egress_rules import Verdict
@@ -35,6 +36,10 @@ MAX_TCP = 4  # TCP connections per sandbox
 # Queries being forwarded at once by all the agent's resolvers (each holds a socket): a tenant
 # flooding its resolver cannot run the agent out of file descriptors. Past it: SERVFAIL.
 MAX_UPSTREAM_TOTAL = 256
+# Of those, one tenant's resolvers together (HostSandbox.tenant: the owning team) hold at most
+# half: a tenant's many sandboxes filling the count left every other team's resolvers only their
+# floor (below), 2 queries at once, the rest answered SERVFAIL.
+PER_TENANT_SHARE = MAX_UPSTREAM_TOTAL // 2
 # Queries each resolver may forward at once besides, whatever the others hold: a tenant whose
 # many sandboxes fill the shared count (queries the upstream never answers hold a place 2 s)
 # must not leave every other sandbox's resolver with none. File descriptors stay bounded:
@@ -153,20 +158,34 @@ def upstreams_from(text: str, resolv_conf: str = "/etc/resolv.conf") -> list[Ups
 
 
 class Budget:
-    """A count shared by every resolver of the agent (:data:`MAX_UPSTREAM_TOTAL`)."""
+    """A count shared by every resolver of the agent (:data:`MAX_UPSTREAM_TOTAL`), at most
+    ``per_tenant`` of it for one tenant's resolvers (:data:`PER_TENANT_SHARE`)."""
 
-    def __init__(self, limit: int = MAX_UPSTREAM_TOTAL) -> None:
+    def __init__(self, limit: int = MAX_UPSTREAM_TOTAL, per_tenant: int | None = None) -> None:
         self.limit = limit
+        self.per_tenant = limit // 2 if per_tenant is None else per_tenant
         self.used = 0
+        self._by_tenant: Counter[str] = Counter()
+
+    def held(self, tenant: str) -> int:
+        return self._by_tenant[tenant]
 
     @contextlib.contextmanager
-    def take(self) -> Iterator[bool]:
-        ok = self.used < self.limit
-        self.used += ok
+    def take(self, tenant: str = "") -> Iterator[bool]:
+        ok = self.used < self.limit and (not tenant or self._by_tenant[tenant] < self.per_tenant)
+        if ok:
+            self.used += 1
+            if tenant:
+                self._by_tenant[tenant] += 1
         try:
             yield ok
         finally:
-            self.used -= ok
+            if ok:
+                self.used -= 1
+                if tenant:
+                    self._by_tenant[tenant] -= 1
+                    if self._by_tenant[tenant] <= 0:
+                        del self._by_tenant[tenant]
 
 
 class DnsProxy:
@@ -181,9 +200,11 @@ class DnsProxy:
         learn: Learn,
         upstreams: Sequence[Upstream],
         budget: Budget | None = None,
+        tenant: str = "",
     ) -> None:
         self.listen_ip = listen_ip
         self.client_ip = client_ip
+        self.tenant = tenant or client_ip  # whose share of the budget it takes
         self.verdict = verdict
         self.learn = learn
         self.upstreams = list(upstreams)
@@ -252,7 +273,7 @@ class DnsProxy:
                 return await self._ask(query, tcp=tcp)
             finally:
                 self._own -= 1
-        with self.budget.take() as ok:
+        with self.budget.take(self.tenant) as ok:
             return await self._ask(query, tcp=tcp) if ok else None
 
     async def _ask(self, query: bytes, *, tcp: bool) -> bytes | None:

@@ -83,6 +83,7 @@ class _SlotState:
     proxy: DnsProxy | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     written: float = float("-inf")  # when the last rewrite of WARREN-L<n> started (monotonic)
+    tenant: str = ""  # whose share of the resolvers' upstream count its resolver takes
 
 
 def _raise_nofile() -> None:
@@ -199,9 +200,10 @@ class SandboxEgress:
 
     # ---------------------------------------------------------------------------- apply
 
-    async def apply(self, slot: Slot, rules: EgressRules, resolv: Path | None) -> None:
+    async def apply(self, slot: Slot, rules: EgressRules, resolv: Path | None, tenant: str = "") -> None:
         """Install, replace or (empty rules) remove a slot's rules, atomically; start or stop
-        its resolver and point its resolv.conf at it (or back at the host's resolvers)."""
+        its resolver and point its resolv.conf at it (or back at the host's resolvers).
+        ``tenant``: the sandbox's (``HostSandbox.tenant``), whose share its resolver takes."""
         state = self._slots.get(slot.index)
         if state is None:
             if rules.empty:
@@ -211,6 +213,7 @@ class SandboxEgress:
             first = True
         else:
             first = False
+        state.tenant = tenant or state.tenant
         async with state.lock:
             old = state.rules
             if rules.empty:
@@ -277,7 +280,7 @@ class SandboxEgress:
 
         proxy = DnsProxy(
             slot.gateway, slot.sandbox_ip, verdict=lambda name: state.rules.verdict(name),
-            learn=learn, upstreams=upstreams, budget=self._budget,
+            learn=learn, upstreams=upstreams, budget=self._budget, tenant=state.tenant,
         )  # fmt: skip
         _raise_nofile()
         await proxy.start()
@@ -354,7 +357,7 @@ class SandboxEgress:
 
     def _save(self, slot: Slot, rules: EgressRules, state: _SlotState) -> None:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = {"rules": rules.to_json(), "resolv": str(state.resolv or "")}
+        data = {"rules": rules.to_json(), "resolv": str(state.resolv or ""), "tenant": state.tenant}
         tmp = self.state_dir / f".{slot.index}.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self._state_file(slot.index))
@@ -409,7 +412,7 @@ class SandboxEgress:
             except (OSError, ValueError, KeyError) as e:
                 log.error("event=egress_state_unreadable slot=%d error=%s", index, e)
                 continue
-            state = _SlotState(slot=slot, rules=rules, resolv=resolv)
+            state = _SlotState(slot=slot, rules=rules, resolv=resolv, tenant=str(data.get("tenant") or ""))
             self._slots[index] = state
             if rules.has_names:
                 try:

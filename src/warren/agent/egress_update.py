@@ -23,4 +23,4 @@ async def update_network(m: SandboxManager, sandbox_id: str, rules: EgressRules)
         if m.sandbox(sandbox_id) is not sb:
             raise NotFound(f"sandbox {sandbox_id} not found")
         resolv = SandboxFs(m.sandboxes_dir / sb.id).identity / "resolv.conf"
-        await m.network.rules.apply(Slot(sb.slot), rules, resolv)
+        await m.network.rules.apply(Slot(sb.slot), rules, resolv, sb.tenant)
