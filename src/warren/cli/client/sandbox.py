@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from warren.cli.client import shell
 from warren.cli.client.connection import SandboxArg, UserOpt, connection_config, open_sandbox, rest
@@ -28,10 +29,11 @@ def _sandbox_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         status = r.get("status", "")
         # How a paused sandbox is paused: "paused (disk)" when its memory was written out.
-        shown = f"{status} ({r['paused_state']})" if status == "paused" and r.get("paused_state") else status
+        paused_state = r.get("paused_state") if status == "paused" else None
+        shown_status = f"{status} ({paused_state})" if paused_state else status
         t.add_row(
             r["id"],
-            f"[{colors.get(status, 'white')}]{shown}[/]",
+            Text(shown_status, style=colors.get(status, "white")),
             r.get("template", ""),
             r.get("runtime", ""),
             str(r.get("vcpus", "")),
@@ -155,7 +157,7 @@ def sandbox_exec(
                 on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
             )
             if r.error:
-                err.print(f"[yellow]{r.error}[/yellow]")
+                err.print(r.error, style="yellow")
     raise typer.Exit(r.exit_code if 0 <= r.exit_code < 256 else 1)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from warren.cli.client.connection import connection_config
 from warren.cli.client.output import (
@@ -26,6 +26,7 @@ from warren.cli.client.output import (
     out,
     print_json,
     print_rows,
+    shown,
     table,
     timestamp,
 )
@@ -107,7 +108,8 @@ def _finish(build: BuildInfo, name: str) -> NoReturn:
     it had none) after a line that says which step failed and why."""
     if build.status == "ready":
         version = f" v{build.version}" if build.version else ""
-        out.print(f"[green]ready[/green] {name}{version}", highlight=False, soft_wrap=True)
+        ready = Text.assemble(("ready", "green"), f" {shown(name)}{version}")
+        out.print(ready, highlight=False, soft_wrap=True)
         raise typer.Exit(0)
     step = f"step {build.failed_step}" if build.failed_step else "the build"
     code = f" exited with code {build.exit_code}" if build.exit_code is not None else " failed"
@@ -115,7 +117,8 @@ def _finish(build: BuildInfo, name: str) -> NoReturn:
     # just printed with the log.
     reason = (build.error.splitlines() or [""])[0].removeprefix(f"{step}: ")
     why = f": {reason}" if reason else ""
-    err.print(f"[red]Error:[/red] {escape(f'{name}: {step}{code}{why}')}", highlight=False, soft_wrap=True)
+    failed = Text.assemble(("Error:", "red"), f" {shown(f'{name}: {step}{code}{why}')}")
+    err.print(failed, highlight=False, soft_wrap=True)
     exit_code = build.exit_code if build.exit_code is not None and 0 < build.exit_code < 256 else 1
     raise typer.Exit(exit_code)
 
