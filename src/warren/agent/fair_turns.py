@@ -17,30 +17,36 @@ from dataclasses import dataclass, field
 
 
 @dataclass(eq=False)
-class _Waiter:
+class Waiter:
     tenant: str
     seq: int
     granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class FairTurns:
-    """At most ``limit`` turns at once; a free one goes to the waiter whose tenant holds the
-    fewest, then to the tenant served longest ago, then to the first come."""
+class FairQueue:
+    """At most ``limit`` turns held at once; free ones go to waiters in :meth:`_next`'s order (by
+    default: the tenant holding the fewest, then the one served longest ago, then first come)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._held: Counter[str] = Counter()
-        self._waiting: list[_Waiter] = []
-        self._served: dict[str, int] = {}  # tenant → the grant counter at its last turn (held ones)
+        self._waiting: list[Waiter] = []
+        self._served: dict[str, int] = {}  # tenant → the grant counter at its last turn
         self._grants = itertools.count(1)
         self._arrivals = itertools.count()
 
-    def busy(self) -> bool:
-        return bool(self._waiting) or self._held.total() >= self.limit
+    @property
+    def running(self) -> int:
+        return self._held.total()
 
-    @contextlib.asynccontextmanager
-    async def turn(self, tenant: str) -> AsyncIterator[None]:
-        w = _Waiter(tenant, next(self._arrivals))
+    def _take(self, tenant: str) -> None:
+        self._held[tenant] += 1
+        self._served[tenant] = next(self._grants)
+
+    async def _wait(self, tenant: str) -> None:
+        """Queue for a turn and wait for it (cancellable: a cancelled waiter leaves the queue, or
+        gives back a turn granted meanwhile)."""
+        w = Waiter(tenant, next(self._arrivals))
         self._waiting.append(w)
         self._dispatch()
         try:
@@ -52,10 +58,6 @@ class FairTurns:
                 self._release(tenant)  # granted as it was cancelled: give the turn back
             self._dispatch()
             raise
-        try:
-            yield
-        finally:
-            self._release(tenant)
 
     def _release(self, tenant: str) -> None:
         self._held[tenant] -= 1
@@ -63,14 +65,37 @@ class FairTurns:
             del self._held[tenant]
         self._dispatch()
 
+    def _order(self, w: Waiter) -> tuple[int, int, int]:
+        return self._held[w.tenant], self._served.get(w.tenant, 0), w.seq
+
+    def _next(self) -> Waiter | None:
+        return min(self._waiting, key=self._order, default=None)
+
     def _dispatch(self) -> None:
-        while self._waiting and self._held.total() < self.limit:
-            w = min(self._waiting, key=lambda w: (self._held[w.tenant], self._served.get(w.tenant, 0), w.seq))
+        while self._waiting and self.running < self.limit:
+            w = self._next()
+            if w is None:
+                break
             self._waiting.remove(w)
-            self._held[w.tenant] += 1
-            self._served[w.tenant] = next(self._grants)
+            self._take(w.tenant)
             w.granted.set_result(None)
         # Only tenants holding or waiting for a turn are remembered (the order among those).
         if len(self._served) > 2 * (len(self._held) + len(self._waiting)) + 64:
             live = set(self._held) | {w.tenant for w in self._waiting}
             self._served = {t: n for t, n in self._served.items() if t in live}
+
+
+class FairTurns(FairQueue):
+    """At most ``limit`` turns at once; a free one goes to the waiter whose tenant holds the
+    fewest, then to the tenant served longest ago, then to the first come."""
+
+    def busy(self) -> bool:
+        return bool(self._waiting) or self.running >= self.limit
+
+    @contextlib.asynccontextmanager
+    async def turn(self, tenant: str) -> AsyncIterator[None]:
+        await self._wait(tenant)
+        try:
+            yield
+        finally:
+            self._release(tenant)

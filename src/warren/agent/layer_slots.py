@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
+from warren.agent.fair_turns import FairQueue, Waiter
 from warren.errors import WarrenError
 
 log = logging.getLogger("warren.agent.layers")
@@ -41,13 +39,6 @@ class InstallsBusy(WarrenError):
     """The install queue is full for this team (gRPC ``RESOURCE_EXHAUSTED``; the CP retries)."""
 
     code = "install_queue_full"
-
-
-@dataclass(eq=False)
-class _Waiter:
-    team: str
-    seq: int
-    granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Ticket:
@@ -77,22 +68,17 @@ class Ticket:
         fut.add_done_callback(_finish)
 
 
-class InstallSlots:
+class InstallSlots(FairQueue):
     def __init__(self, capacity: int, queue: int) -> None:
-        self.capacity = max(1, capacity)
+        super().__init__(max(1, capacity))
         self.queue_max = max(1, queue)
         # A team's share while others wait, and its share of the queue.
         self.team_share = max(1, self.capacity // 2)
         self.team_queue = max(1, self.queue_max // 2)
-        self._held: Counter[str] = Counter()
-        self._waiting: list[_Waiter] = []
-        self._served: dict[str, int] = {}  # team → the grant counter when it last got a slot
-        self._grants = itertools.count(1)
-        self._arrivals = itertools.count()
 
     @property
-    def running(self) -> int:
-        return sum(self._held.values())
+    def capacity(self) -> int:
+        return self.limit
 
     @property
     def waiting(self) -> int:
@@ -110,60 +96,25 @@ class InstallSlots:
         """Wait for a slot (cancellable: a cancelled waiter leaves the queue, or gives back a
         slot granted in the meantime). ``InstallsBusy`` when the team's queue share is full."""
         if not self._waiting and self.running < self.capacity:
-            return self._grant(team)
+            self._take(team)
+            return Ticket(self, team)
         if len(self._waiting) >= self.queue_max or self._queued(team) >= self.team_queue:
             raise InstallsBusy(
                 f"{BUSY_PREFIX}: {self.running} layer installs running and {len(self._waiting)} "
                 "queued on this host; retry"
             )
-        w = _Waiter(team, next(self._arrivals))
-        self._waiting.append(w)
         log.info(
             "event=layer_install_queued team=%s running=%d waiting=%d",
-            team[:40] or "-", self.running, len(self._waiting),
+            team[:40] or "-", self.running, len(self._waiting) + 1,
         )  # fmt: skip
-        self._dispatch()
-        try:
-            await w.granted
-        except BaseException:
-            if w in self._waiting:
-                self._waiting.remove(w)
-            elif w.granted.done() and not w.granted.cancelled():
-                self._release(team)  # granted as it was cancelled: give the slot back
-            self._dispatch()
-            raise
+        await self._wait(team)
         return Ticket(self, team)
 
     def _queued(self, team: str) -> int:
-        return sum(1 for w in self._waiting if w.team == team)
+        return sum(1 for w in self._waiting if w.tenant == team)
 
-    def _grant(self, team: str) -> Ticket:
-        self._held[team] += 1
-        self._served[team] = next(self._grants)
-        return Ticket(self, team)
-
-    def _release(self, team: str) -> None:
-        self._held[team] -= 1
-        if self._held[team] <= 0:
-            del self._held[team]
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        while self._waiting and self.running < self.capacity:
-            w = self._next()
-            if w is None:
-                return
-            self._waiting.remove(w)
-            self._held[w.team] += 1
-            self._served[w.team] = next(self._grants)
-            w.granted.set_result(None)
-
-    def _next(self) -> _Waiter | None:
-        teams = {w.team for w in self._waiting}
-        eligible = [w for w in self._waiting if self._held[w.team] < self.team_share or teams == {w.team}]
+    def _next(self) -> Waiter | None:
+        teams = {w.tenant for w in self._waiting}
+        eligible = [w for w in self._waiting if self._held[w.tenant] < self.team_share or teams == {w.tenant}]
         # Every waiting team at its share (an odd capacity): a free slot is not left idle.
-        return min(
-            eligible or self._waiting,
-            key=lambda w: (self._held[w.team], self._served.get(w.team, 0), w.seq),
-            default=None,
-        )
+        return min(eligible or self._waiting, key=self._order, default=None)
