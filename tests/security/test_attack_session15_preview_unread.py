@@ -57,16 +57,26 @@ def serve(c):
         pass
     finally:
         c.close()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 8000)); s.listen(512)
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
-START = (
-    "cat > /tmp/s.py <<'EOF'\n" + SERVER + "EOF\n(setsid python3 /tmp/s.py >/dev/null 2>&1 &); "
-    "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
-    "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
-)
+
+
+def start_server(script: str) -> str:
+    """A shell command that starts ``script`` in the background on port 8000 of the sandbox (its
+    ``serve(c)`` gets each accepted connection, in a thread of its own) and waits until it listens."""
+    accept = (
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        's.bind(("127.0.0.1", 8000)); s.listen(512)\n'
+        "while True:\n"
+        "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
+    )
+    return (
+        "cat > /tmp/s.py <<'EOF'\n" + script + accept + "EOF\n(setsid python3 /tmp/s.py >/dev/null 2>&1 &); "
+        "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+        "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
+    )
+
+
+START = start_server(SERVER)
 
 
 @pytest.fixture(scope="module")

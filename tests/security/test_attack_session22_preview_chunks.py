@@ -37,6 +37,7 @@ import pytest
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
+from tests.security.test_attack_session15_preview_unread import start_server
 from tests.security.test_what_held_api import open_handshake
 from warren.cp.proxy import http as proxy_http
 from warren.cp.proxy import pace
@@ -50,24 +51,34 @@ MANY = 16  # one client address may hold 32 of a sandbox's connections
 WINDOW_S = 10.0
 Reader = Callable[[str, str, list[int], int, threading.Event], None]
 
-SERVER = r"""
+# What both session-22 preview servers need: the request's head, and a WebSocket's upgrade.
+SERVER_HEAD = r"""
 import base64, hashlib, socket, threading
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def read_head(c):
+    f = c.makefile("rb")
+    path, key = f.readline().split()[1], b""
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b""):
+            break
+        k, _, v = h.partition(b":")
+        if k.strip().lower() == b"sec-websocket-key":
+            key = v.strip()
+    return f, path, key
+def upgrade(c, key):
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+"""
+SERVER = (
+    SERVER_HEAD
+    + r"""
 def serve(c):
     try:
-        f = c.makefile("rb")
-        path, key = f.readline().split()[1], b""
-        while True:
-            h = f.readline()
-            if h in (b"\r\n", b""):
-                break
-            k, _, v = h.partition(b":")
-            if k.strip().lower() == b"sec-websocket-key":
-                key = v.strip()
+        f, path, key = read_head(c)
         if path.endswith(b"/msgs"):
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            upgrade(c, key)
             chunk = b"\x81\x01x" * 10922
         else:
             c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -78,16 +89,9 @@ def serve(c):
         pass
     finally:
         c.close()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 8000)); s.listen(512)
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
-START = (
-    "cat > /tmp/s.py <<'EOF'\n" + SERVER + "EOF\n(setsid python3 /tmp/s.py >/dev/null 2>&1 &); "
-    "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
-    "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
 )
+START = start_server(SERVER)
 
 
 @pytest.fixture(scope="module")

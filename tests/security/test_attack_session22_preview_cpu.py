@@ -46,6 +46,8 @@ import pytest
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
+from tests.security.test_attack_session15_preview_unread import start_server
+from tests.security.test_attack_session22_preview_chunks import SERVER_HEAD
 from tests.security.test_what_held_api import PeakRss, open_handshake
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
@@ -60,9 +62,9 @@ HEADS_WINDOW_S = 10.0
 HEADS_BOUND = 30
 FRAG_BOUND_MIB = 24  # 8 connections; before the fix +68 MiB for the 8
 
-SERVER = r"""
-import base64, hashlib, socket, threading
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SERVER = (
+    SERVER_HEAD
+    + r"""
 def drain(c):
     try:
         while c.recv(65536):
@@ -71,15 +73,7 @@ def drain(c):
         pass
 def serve(c):
     try:
-        f = c.makefile("rb")
-        path, key = f.readline().split()[1], b""
-        while True:
-            h = f.readline()
-            if h in (b"\r\n", b""):
-                break
-            k, _, v = h.partition(b":")
-            if k.strip().lower() == b"sec-websocket-key":
-                key = v.strip()
+        f, path, key = read_head(c)
         if path.endswith(b"/heads"):
             head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"a: b\r\n" * 10700 + b"\r\n"
             c.sendall(head)
@@ -92,9 +86,7 @@ def serve(c):
             chunk = b"HTTP/1.1 100 Continue\r\n\r\n" * 2000
             while True:
                 c.sendall(chunk)
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        upgrade(c, key)
         threading.Thread(target=drain, args=(c,), daemon=True).start()
         if path.endswith(b"/ping"):
             chunk = b"\x89\x00" * 16384
@@ -107,16 +99,9 @@ def serve(c):
         pass
     finally:
         c.close()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 8000)); s.listen(512)
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
-START = (
-    "cat > /tmp/s.py <<'EOF'\n" + SERVER + "EOF\n(setsid python3 /tmp/s.py >/dev/null 2>&1 &); "
-    "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
-    "2>/dev/null && exit 0; sleep 0.2; done; exit 1"
 )
+START = start_server(SERVER)
 
 
 @pytest.fixture(scope="module")
