@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import Timestamp, file_transfer, sandbox_access, stream_slots
-from warren.cp.services.budget import share_key, unary_budget
+from warren.cp.services.budget import unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, target_and_body
 from warren.cp.services.file_transfer import StreamAborted
@@ -194,11 +194,11 @@ async def write_unary_held(
     """Unary upload whose bytes come before its path (``path_after()`` names it once ``chunks``
     is exhausted): the file is held until then, bounded by ``cap`` and counted in the replica's
     unary budget."""
-    budget, key, held = unary_budget(), share_key(tgt.ctx), 0
+    budget, held = unary_budget(), 0
     try:
         data = bytearray()
         async for chunk in _capped_upload(chunks, cap):
-            await budget.acquire(len(chunk), key=key)  # the tenant's share (at most half)
+            await budget.acquire(len(chunk))
             held += len(chunk)
             data.extend(chunk)
         path = path_after()
@@ -206,7 +206,7 @@ async def write_unary_held(
             raise InvalidRequest("path is required")
         await _write(tgt, path, _slices(data))
     finally:
-        budget.release(held, key)
+        budget.release(held)
 
 
 async def _capped_upload(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]:

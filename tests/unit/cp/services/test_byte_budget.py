@@ -4,16 +4,12 @@ others wait in order, a waiter gives up with 503 server_busy, and nothing leaks 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from warren.cp.services import files
-from warren.cp.services.budget import ByteBudget, share_key
-from warren.cp.services.context import AuthContext
+from warren.cp.services.budget import ByteBudget
 from warren.cp.services.strict import StrictBody
-from warren.errors import InvalidRequest, ServiceUnavailable
+from warren.errors import ServiceUnavailable
 
 
 async def test_fits_waits_in_order_and_releases() -> None:
@@ -129,21 +125,3 @@ async def test_a_reservation_without_a_key_takes_no_share() -> None:
     assert b.held("a") == 60
     b.release(60, "a")
     assert b.used == 0 and b.held("a") == 0
-
-
-async def test_a_unary_upload_is_held_in_its_tenants_share(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The body of a unary upload is held while it arrives (a slow one for as long as it
-    trickles): in the uploader's share, as a unary exec's output is."""
-    budget = ByteBudget(1 << 20, wait_s=0.05)
-    monkeypatch.setattr(files, "unary_budget", lambda: budget)
-    ctx = AuthContext(kind="api_key", team_id=uuid.uuid4())
-    tgt = files.UploadTarget(sandbox=None, user="", ctx=ctx, max_streams=1)  # type: ignore[arg-type]
-    held: list[int] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        yield b"x" * 1000
-        held.append(budget.held(share_key(ctx)))
-
-    with pytest.raises(InvalidRequest):  # no path: refused once the body is in, before any write
-        await files.write_unary_held(tgt, body(), lambda: None)
-    assert held == [1000] and budget.used == 0 and budget.held(share_key(ctx)) == 0
