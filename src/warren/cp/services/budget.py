@@ -15,8 +15,14 @@ budget, so they cannot deadlock one another.
 
 A reservation may name whose share it takes (``key``, :func:`share_key`: the team's owning
 account, or the team when it has none; unary execs and E2B listings name one): one key holds at
-most ``share`` (half the budget), and a waiter held back by its own key's share waits without
-holding up anyone behind it. Without a share a unary exec's output was held for as long as its
+most ``share`` (three quarters of the budget: six unary execs' full outputs at the default
+sizes, so five at once of one tenant still fit whole, while a lone attacker leaves the others a
+quarter), and a waiter held back by its own key's share waits without holding up anyone behind
+it. (At half, five of one tenant's execs growing at once to their 16 MiB could each hold part
+and all wait for the share, until 503s: CI, session 22.) Unary uploads name no key: one may be
+100 MiB, more than a share, and a lone upload would wait on its own share.
+
+Without a share a unary exec's output was held for as long as its
 command ran (up to an hour): one tenant's eight commands that printed 16 MiB and slept held the
 whole budget, and every other team's unary execs waited ``wait_s`` and were refused 503 for
 that hour (tests/security/test_attack_session22_unary_share.py).
@@ -41,7 +47,7 @@ class ByteBudget:
     def __init__(self, capacity: int, wait_s: float = WAIT_S, share: int | None = None) -> None:
         self.capacity = capacity
         self.wait_s = wait_s
-        self.share = capacity // 2 if share is None else share
+        self.share = capacity * 3 // 4 if share is None else share
         self.used = 0
         self._by_key: dict[str, int] = {}
         self._waiters: collections.deque[tuple[int, str, asyncio.Future[None]]] = collections.deque()

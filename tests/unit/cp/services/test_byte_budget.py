@@ -101,8 +101,8 @@ def test_strict_body_accepts_the_rest() -> None:
 async def test_one_key_holds_at_most_its_share_and_holds_up_no_other() -> None:
     """Session 22: a unary exec's output is held while its command runs; one tenant's held the
     whole budget and every other team's waited and was refused (test_attack_session22_unary_share)."""
-    b = ByteBudget(100, wait_s=0.05)
-    assert b.share == 50
+    assert ByteBudget(100).share == 75  # the default: three quarters
+    b = ByteBudget(100, wait_s=0.05, share=50)
     await b.acquire(30, key="a")
     await b.acquire(20, key="a")
     with pytest.raises(ServiceUnavailable):
