@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import func, select, update
 
 from warren.cli.groups import command_group
 from warren.cli.home import HomeOpt, database_url, prepare_home
+from warren.cli.terminal import SafeConsole
 from warren.config import Settings, default_home
 from warren.cp.backup import BackupError, make_backup, restore_backup
 from warren.cp.db.embedded import EmbeddedPostgres
@@ -29,11 +29,13 @@ from warren.cp.db.engine import make_engine
 from warren.cp.db.tables import users
 from warren.cp.services import users as users_service
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# What the database holds (emails, paths) is shown, not obeyed: terminal.py. Markup is read only
+# where a call asks for it, and what such a call quotes is escaped.
+out = SafeConsole(highlight=False)
+err = SafeConsole(stderr=True, highlight=False)
 # Backup and restore lines name long paths: never wrapped, so logs and scripts can grep them.
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = SafeConsole(highlight=False, soft_wrap=True)
+_err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 
 app = command_group("admin", "Platform-admin rights, backups and restores.")
 
@@ -77,7 +79,7 @@ def _set(email: str, value: bool, home: HomeOpt) -> None:
     with database_url(home) as url:
         found = asyncio.run(set_admin(url, email, value))
     if not found:
-        err.print(f"[red]No account with email {email.strip().lower()!r}.[/red]")
+        err.print(f"[red]No account with email {escape(repr(email.strip().lower()))}.[/red]", markup=True)
         raise typer.Exit(1)
     out.print(f"{email.strip().lower()} is {'now' if value else 'no longer'} a platform admin")
 
@@ -122,9 +124,9 @@ def verify(email: EmailArg, home: HomeOpt = None) -> None:
     with database_url(home) as url:
         found = asyncio.run(_verify(url, email))
     if not found:
-        err.print(f"[red]No account with email {escape(email.strip().lower())!r}.[/red]")
+        err.print(f"[red]No account with email {escape(repr(email.strip().lower()))}.[/red]", markup=True)
         raise typer.Exit(1)
-    out.print(f"{escape(email.strip().lower())} is verified")
+    out.print(f"{email.strip().lower()} is verified")
 
 
 DirArg = Annotated[Path, typer.Argument(help="The backup directory.", show_default=False)]
@@ -144,7 +146,7 @@ def _settings(home: Path | None) -> Settings:
 
 
 def _say(message: str) -> None:
-    _out.print(f"  {message}", markup=False)
+    _out.print(f"  {message}")
 
 
 @app.command("backup")
@@ -163,7 +165,7 @@ def backup(
     """Back up the database (pg_dump), the template store's manifest and the home's secrets into
     DIR, a new or empty directory (docs/operations.md, "Backups")."""
     settings = _settings(home)
-    _out.print(f"backing up to {directory}", markup=False)
+    _out.print(f"backing up to {directory}")
     try:
         with database_url(home) as url:
             result = make_backup(
@@ -171,7 +173,7 @@ def backup(
                 pg_bin=pg_bin, say=_say,
             )  # fmt: skip
     except BackupError as e:
-        _err.print(f"[red]Backup failed:[/red] {escape(str(e))}")
+        _err.print(f"[red]Backup failed:[/red] {escape(str(e))}", markup=True)
         raise typer.Exit(1) from None
     m = result.manifest
     size = sum(f.size for f in m.files.values())
@@ -179,10 +181,12 @@ def backup(
         f"[green]backup complete[/green]: {escape(str(result.path))} "
         f"({len(m.files)} files, {size / 2**20:.1f} MiB), "
         f"revision {m.migration_head}, {len(result.layers)} referenced layers"
-        + (" copied" if with_layers else " listed")
+        + (" copied" if with_layers else " listed"),
+        markup=True,
     )
     for ref in result.missing_layers:
-        _err.print(f"[yellow]warning:[/yellow] layer {ref.digest} is referenced but not in the store")
+        warning = f"[yellow]warning:[/yellow] layer {escape(ref.digest)} is referenced but not in the store"
+        _err.print(warning, markup=True)
 
 
 @contextlib.contextmanager
@@ -213,17 +217,19 @@ def restore(
     """Restore the backup in DIR into an empty database (WARREN_DATABASE_URL, else the embedded
     one of --home, created when the home is new), then check the template store."""
     settings = _settings(home)
-    _out.print(f"restoring {directory}", markup=False)
+    _out.print(f"restoring {directory}")
     try:
         with _target_database(home) as url:
             result = restore_backup(url, settings, directory, force=force, pg_bin=pg_bin, say=_say)
     except BackupError as e:
-        _err.print(f"[red]Restore failed:[/red] {escape(str(e))}")
+        _err.print(f"[red]Restore failed:[/red] {escape(str(e))}", markup=True)
         raise typer.Exit(1) from None
     moved = f" (migrated from {result.migrated_from})" if result.migrated_from else ""
-    _out.print(f"[green]database restored[/green] at revision {result.revision}{moved}")
+    done = f"[green]database restored[/green] at revision {escape(str(result.revision))}{escape(moved)}"
+    _out.print(done, markup=True)
     if result.missing:
-        _err.print(f"[red]{len(result.missing)} referenced layers are missing from the template store[/red]:")
+        missing = f"[red]{len(result.missing)} referenced layers are missing from the template store[/red]:"
+        _err.print(missing, markup=True)
         for digest, size, by_template in result.missing:
             what = "template layer" if by_template else "build cache layer"
             _err.print(f"  {digest}  {size if size is not None else '?'} bytes  ({what})")

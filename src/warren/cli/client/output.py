@@ -3,12 +3,9 @@
 Tables for people, ``--json`` for scripts, and every API error as one line on stderr with exit
 code 1 (``api_errors``) instead of a traceback.
 
-What the CLI shows is often chosen by someone else: a file name or a symlink target by code in
-a sandbox, a team's name by whoever made it, an error by the server quoting either. A terminal
-obeys the control sequences in what it is sent (ESC starts those that set its title or
-clipboard, clear it, or make links), so the client's consoles write every control character as
-``\\xNN`` (:func:`shown`; newlines and tabs of messages stay) and read no Rich markup unless a
-call asks for it; table cells are plain text. A command's own output (``sandbox exec``, a
+What the CLI shows is often chosen by someone else, so the client's consoles and tables are
+the ones of ``warren.cli.terminal``: control characters written as ``\\xNN``, no Rich markup read
+unless a call asks for it. A command's own output (``sandbox exec``, a
 build's log, a shell) is the command's, written as it comes, as ``ssh`` or ``docker`` do.
 """
 
@@ -16,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, is_dataclass
@@ -24,10 +20,9 @@ from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from warren.cli.terminal import SafeConsole, SafeTable, shown
 from warren.sdk import WarrenError
 
 __all__ = [
@@ -35,39 +30,8 @@ __all__ = [
     "table", "timestamp",
 ]  # fmt: skip
 
-# C0 and C1 controls and DEL; messages keep their newlines and tabs, table cells do not.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _escaped(m: re.Match[str]) -> str:
-    return f"\\x{ord(m[0]):02x}"
-
-
-def shown(value: object, *, lines: bool = False) -> str:
-    """``value`` as text a terminal shows and does not obey: control characters written as
-    ``\\xNN`` (with ``lines``, newlines and tabs kept)."""
-    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escaped, str(value))
-
-
-class _Console(Console):
-    """A console whose text arguments are :func:`shown` (lines kept) and read as plain text
-    unless the call passes ``markup=True``."""
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        kwargs.setdefault("markup", False)
-        super().print(*(shown(o, lines=True) if isinstance(o, str) else o for o in objects), **kwargs)
-
-
-class _Table(Table):
-    """A table whose text cells are plain text, control characters :func:`shown`."""
-
-    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-        super().add_row(*(Text(shown(c)) if isinstance(c, str) else c for c in renderables), **kwargs)
-
-
-out = _Console()
-err = _Console(stderr=True)
+out = SafeConsole()
+err = SafeConsole(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -122,10 +86,10 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def table(*columns: str) -> Table:
+def table(*columns: str) -> SafeTable:
     """A borderless table whose ID / NAME columns are never cut, however narrow the terminal:
     people copy them into the next command."""
-    t = _Table(box=None, header_style="bold")
+    t = SafeTable(box=None, header_style="bold")
     for col in columns:
         if col in ("ID", "NAME", "PATH", "STATUS"):
             t.add_column(col, no_wrap=True, min_width=28 if col == "ID" else None)
