@@ -1,6 +1,7 @@
-"""What the CLI shows of text others chose (cli/client/output.py): a terminal obeys the control
-sequences it is sent, so none reaches it, and no Rich markup in such text is read. The attack,
-with a sandbox's file names and a CLI listing them: tests/security/test_attack_session22_cli_escapes.py."""
+"""What the CLI shows of text others chose (cli/terminal.py, the client's consoles): a terminal
+obeys the control sequences it is sent, so none reaches it, and no Rich markup in such text is
+read. The attack, with a sandbox's file names and a CLI listing them:
+tests/security/test_attack_session22_cli_escapes.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import typer
 
 from warren.cli.client import output
+from warren.cli.terminal import SafeConsole
 from warren.sdk import WarrenError
 
 # An OSC 52 clipboard write, a screen clear, a window title, a bell, a line overwritten (CR),
@@ -24,7 +26,7 @@ def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     """The client's consoles, writing to a buffer as to a colour terminal."""
     buf = io.StringIO()
     for name in ("out", "err"):
-        console = output._Console(file=buf, force_terminal=True, color_system="truecolor", width=300)
+        console = SafeConsole(file=buf, force_terminal=True, color_system="truecolor", width=300)
         monkeypatch.setattr(output, name, console)
     return buf
 
