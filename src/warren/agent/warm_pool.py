@@ -9,8 +9,9 @@ sandbox (``SandboxBuilder``) but under ``<data-dir>/warm/<wp-id>/`` and a ``wp-`
 default shape (1 vCPU, 512 MB, internet on), then frozen: running, guest answering, no CPU.
 
 A create whose template matches a pool claims a member (warm_claim.py: limits, identity and
-network policy applied, then renamed into a sandbox); anything else, or an empty pool, takes the
-cold path with the reason logged. Members belong to no team: they are in no list and no count,
+network policy applied, then renamed into a sandbox); anything else, an empty pool, or a team
+past its share of the pool while another team asks it (warm_share.py), takes the cold path with
+the reason logged. Members belong to no team: they are in no list and no count,
 Terminate, PauseAll and a stopping agent destroy them, and an agent that starts destroys any it
 finds (they are rebuilt, never adopted).
 
@@ -59,6 +60,7 @@ from warren.agent.record import HostSandbox
 from warren.agent.runtime.oci import cgroup_dir
 from warren.agent.teardown import Teardown
 from warren.agent.templates import TemplateRef
+from warren.agent.warm_share import PoolShare
 from warren.aio import cancel_and_wait
 from warren.egress_rules import EgressRules
 from warren.errors import InvalidRequest, InvalidState, WarrenError
@@ -101,6 +103,8 @@ class Pool:
     ready: list[HostSandbox] = field(default_factory=list)
     building: int = 0
     runtime: str = ""  # the runtime its members run on ("": not known yet, a unit test's pool)
+    # Each team's claims since it was last full (warm_share.py).
+    share: PoolShare = field(default_factory=PoolShare, compare=False, repr=False)
 
     def matches(self, req: CreateRequest) -> bool:
         if req.runtime != self.runtime:
@@ -249,6 +253,8 @@ class WarmPools:
             pool.target = size
             surplus += pool.ready[size:]
             del pool.ready[size:]
+            if len(pool.ready) >= size:
+                pool.share.full()
         self._suspended = False
         self._wake.set()
         await self._destroy_members(surplus, reason="pool_shrunk")
@@ -322,18 +328,28 @@ class WarmPools:
     def take(self, req: CreateRequest) -> HostSandbox | str:
         """A ready member for this request, or why there is none (logged, counted). Two names
         may hold one pool's sandboxes (``minimal`` and ``minimal@crun`` where crun is the
-        default): either serves."""
+        default): either serves. A team past its share of a pool while another team asks it
+        goes cold, leaving the member to them (warm_share.py)."""
         pools = [p for p in self.pools.values() if p.matches(req)]
         if not pools:
             return self._cold(req, "no_pool")
+        past_share = ""
         for pool in pools:
+            refusal = pool.share.ask(req.owner_team, pool.target)
+            if refusal is not None:
+                if pool.ready and not past_share:
+                    past_share = f"{pool.name} team_id={req.owner_team} {refusal.detail()}"
+                continue
             while pool.ready:
                 member = pool.ready.pop(0)
                 self._wake.set()
                 self._exits.forget(member.id)  # claimed: the manager watches it as a sandbox
                 if not process_gone(member.pid):
+                    pool.share.claimed(req.owner_team)
                     return member
                 self._member_died(pool, member)  # its death not told yet: never handed out
+        if past_share:
+            return self._cold(req, "team_share", past_share)
         return self._cold(req, "pool_empty", pools[0].name)
 
     async def claim_started(
@@ -454,6 +470,8 @@ class WarmPools:
             await self._destroy_members([member], reason="not_needed")  # changed meanwhile
             return
         pool.ready.append(member)
+        if len(pool.ready) >= pool.target:
+            pool.share.full()  # refilled: the teams' claims start again from none
         self._exits.watch(member.id, member.pid, frozen=self.freeze)
         log.info(
             "event=warm_pool_refilled template=%s member=%s ready=%d target=%d ms=%.1f",
