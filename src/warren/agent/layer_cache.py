@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -49,6 +50,7 @@ from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
 from warren.agent.fair_turns import FairTurns
 from warren.agent.layer_slots import InstallSlots, Ticket
+from warren.agent.stoppable import Stopped, run_stoppable
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
 from warren.layers import HashingWriter, LayerError, LayerMeta, extract_layer, write_layer
@@ -446,8 +448,8 @@ class LayerCache:
         limit = min(limit, self.max_bytes) if limit > 0 else self.max_bytes
         tar = self._temp_path(".tar")
         try:
-            async with self._exports.turn(tenant):
-                meta = await asyncio.shield(asyncio.to_thread(_write_bounded, upper, tar, limit, uid_base))
+            async with self._exports.turn(tenant):  # held until the writing thread ends
+                meta = await run_stoppable(functools.partial(_write_bounded, upper, tar, limit, uid_base))
         except LayerError as e:  # the tenant's files (a `.wh.` name, holes): the caller's to fix
             tar.unlink(missing_ok=True)
             raise InvalidRequest(f"the sandbox's files cannot be exported: {e}") from e
@@ -531,25 +533,28 @@ def _new_file(path: Path) -> BinaryIO:
 
 
 class _Bounded(io.RawIOBase):
-    """A file that refuses to grow past ``limit`` bytes (a layer's size limit)."""
+    """A file that refuses to grow past ``limit`` bytes (a layer's size limit), or at all once
+    ``stop`` is set (its writer's caller was cancelled: stoppable.py)."""
 
-    def __init__(self, out: BinaryIO, limit: int) -> None:
-        self.out, self.limit, self.size = out, limit, 0
+    def __init__(self, out: BinaryIO, limit: int, stop: threading.Event) -> None:
+        self.out, self.limit, self.size, self.stop = out, limit, 0, stop
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
         n = len(memoryview(data))
+        if self.stop.is_set():
+            raise Stopped("the export was cancelled")
         if self.size + n > self.limit:
             raise PayloadTooLarge(f"the layer is larger than {self.limit} bytes, its limit")
         self.size += n
         return self.out.write(data)
 
 
-def _write_bounded(upper: Path, tar: Path, limit: int, uid_base: int) -> LayerMeta:
+def _write_bounded(upper: Path, tar: Path, limit: int, uid_base: int, stop: threading.Event) -> LayerMeta:
     with _new_file(tar) as f:
-        return write_layer(upper, cast(BinaryIO, _Bounded(f, limit)), uid_base=uid_base)
+        return write_layer(upper, cast(BinaryIO, _Bounded(f, limit, stop)), uid_base=uid_base)
 
 
 def _log_install_failure(task: asyncio.Future[bool]) -> None:

@@ -1,0 +1,48 @@
+"""Blocking work in a thread that a cancelled caller stops, and waits for.
+
+``asyncio.to_thread`` cannot stop its thread: a cancelled caller returns at once while the
+thread runs on. For work a tenant's files size (a snapshot export walks and writes all of them),
+that let a caller give back what bounded the work (an export's turn, the sandbox's lock) while the
+work went on holding a thread of the default executor and an unlinked temporary file, and the next
+call started another. Here the work gets a :class:`threading.Event` to check between its steps;
+a cancelled caller sets it and waits for the thread to end before the cancellation goes on, so
+whatever the caller holds is held for exactly as long as the work runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """Raised inside the work once its caller was cancelled."""
+
+
+async def run_stoppable(work: Callable[[threading.Event], T]) -> T:
+    """``work(stop)`` in a thread; its result. ``stop`` is set when the caller is cancelled,
+    and the cancellation waits for ``work`` to return or raise (``Stopped``, typically)."""
+    stop = threading.Event()
+    done = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        stop.set()
+        await _until_done(done)
+        raise
+
+
+async def _until_done(done: asyncio.Future[T]) -> None:
+    """Wait for ``done`` whatever it ends with, through further cancellations too: the thread
+    stops at its next step, and the caller's hold must outlast it."""
+    while not done.done():
+        try:
+            await asyncio.wait({done})
+        except asyncio.CancelledError:
+            continue
+    if not done.cancelled():
+        done.exception()  # retrieved: its error is the cancelled caller's no longer
