@@ -93,7 +93,7 @@ def warm_pool_families(
     went_cold = CounterMetricFamily(
         "warren_agent_cold_creates",
         "Creates that took the cold path while this agent has warm pools, by reason "
-        "(no_pool: no pool of that template; pool_empty; claim_failed).",
+        "(no_pool: no pool of that template; pool_empty; claim_failed; team_share: past its team's share).",
         labels=["reason"],
     )
     for reason, n in sorted(cold.items()):
