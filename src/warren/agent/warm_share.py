@@ -20,9 +20,10 @@ a count over a refill's time, not concurrent holds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from warren import clock as warren_clock
 
 # How long a team's ask of a pool counts as "another team is asking": creates of one team reach
 # a host minutes apart, and holding a busy team to its share while they do costs it only cold
@@ -59,7 +60,7 @@ class Refusal:
 class PoolShare:
     """The asks and claims of one pool's teams (warm_pool.Pool.share)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = warren_clock.monotonic) -> None:
         self._clock = clock
         self._teams: dict[str, _Team] = {}  # in the order of their last ask, oldest first
 
