@@ -50,6 +50,10 @@ from warren.aio import cancel_and_wait
 # a command that prints more belongs on the streaming exec, which never buffers. The agent's
 # value is ``WARREN_AGENT_MAX_EXEC_OUTPUT`` (AgentSettings.max_exec_output).
 MAX_EXEC_OUTPUT = 16 << 20
+# A watch's read-ahead from the guest (asyncio reads the socket up to twice it): its frames are
+# ~64 KiB (guest_agent/watch.py FRAME_BYTES; a larger one is still read whole). At the default
+# 1 MiB, an unread stream held ~2 MiB of the agent each, 32 a sandbox (session 23).
+WATCH_READ_AHEAD = 64 << 10
 
 
 @dataclass
@@ -569,7 +573,7 @@ class GuestClient:
         ``too_large`` past the watch cap, ``permission``) are raised before the first batch;
         the first item is an empty batch once every watch is in place."""
         req = {"op": "watch", "path": path, "recursive": recursive, **_as(user)}
-        conn = await self._open_stream(req, f"start watching {path!r}")
+        conn = await self._open_stream(req, f"start watching {path!r}", WATCH_READ_AHEAD)
         try:
             yield WatchBatch([], False)
             while True:

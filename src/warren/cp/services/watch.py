@@ -5,6 +5,13 @@ watchers, both held by the sandbox's agent (``WatchDir``, ``CreateWatcher``/``Po
 A watcher id is the agent's and means something only with its sandbox: every call finds the
 sandbox in the caller's team first (another team's sandbox is 404), and the agent looks the
 watcher up in that sandbox only (another sandbox's watcher is 404 too).
+
+A streamed watch (Warren's WebSocket and E2B's ``WatchDir``) goes over the host's narrow-window
+channel (``cp/proxy/stream.py:dial_channel``: gRPC's bandwidth probes off, 64 KiB a stream), not
+its shared one, whose probes grow every stream's window to MiBs: what a client did not read
+waited there. Session 23: 16 unread WebSockets on a tree of long names (events of ~12 KiB: a
+3.9 KiB path, a symlink's 4000-byte target) held the CP +53 MiB and the agent +46 MiB, +116 MiB
+of the CP once a download had grown the probes' estimate (the team may hold 64 streams).
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import grpc.aio
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.hosts.agent_client import translate
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.proxy.stream import dial_channel
 from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, parse_body
@@ -29,6 +38,7 @@ from warren.rpc import hostagent_pb2 as pb
 WATCHER_PREFIX = "wch-"
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 _RPC_TIMEOUT = 60.0
+_WATCH_DIR = f"/{pb.DESCRIPTOR.services_by_name['HostAgent'].full_name}/WatchDir"
 
 
 class WatchBody(StrictBody):
@@ -94,21 +104,41 @@ async def watch_events(tgt: sandbox_access.Target, req: pb.WatchDirRequest) -> A
     """The agent's WatchDir for ``req``: waits for its ``started`` (so a refusal raises here,
     before any event), then its events; closing the generator ends the watch in the sandbox.
     Shared by Warren's watch and E2B's (services/envd_fs.py)."""
-    call = tgt.client().stub.WatchDir(req, timeout=None)
+    client = tgt.client()
+    await client.admit()  # the BYOC address check: the narrow channel has no interceptor
+    call = _watch_dir(client)(req, timeout=None)
     try:
-        first: Any = await call.read()
+        first: Any = await _read(call, client.host_id)
         if first is _EOF or first.type != "started":
             raise AgentError("the agent did not start the watch", rpc_code="INTERNAL")
     except BaseException:
         call.cancel()
         raise
-    return _events(call)
+    return _events(call, client.host_id)
 
 
-async def _events(call: Any) -> AsyncGenerator[pb.WatchEvent]:
+def _watch_dir(client: HostClient) -> Any:
+    """WatchDir on the host's narrow-window channel, without an interceptor (``_read`` maps
+    errors as the interceptor would)."""
+    mc = dial_channel(client).unary_stream(
+        _WATCH_DIR, request_serializer=pb.WatchDirRequest.SerializeToString,
+        response_deserializer=pb.WatchEvent.FromString,
+    )  # fmt: skip
+    mc._interceptors = None  # type: ignore[attr-defined]  # (grpc.aio has no public opt-out)
+    return mc
+
+
+async def _read(call: Any, host_id: str) -> Any:
+    try:
+        return await call.read()
+    except grpc.aio.AioRpcError as e:
+        raise translate(e, host_id, "WatchDir") from e
+
+
+async def _events(call: Any, host_id: str) -> AsyncGenerator[pb.WatchEvent]:
     try:
         while True:
-            msg = await call.read()
+            msg = await _read(call, host_id)
             if msg is _EOF:
                 return
             yield msg
