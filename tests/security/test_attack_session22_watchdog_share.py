@@ -29,6 +29,7 @@ import json
 import re
 import time
 
+import httpx
 import pytest
 
 from tests.harness.platform import Platform
@@ -87,9 +88,15 @@ def _done_with(platform: Platform, sid: str) -> bool:
     return re.search(rf"event=socket_(?:memory|count)_\w+ sandbox={sid} ", _agent_log(platform)) is not None
 
 
-def _owner(platform: Platform, sid: str) -> str:
+def _owner(platform: Platform, sid: str) -> tuple[str, str]:
+    """The owning team and account the agent recorded for ``sid``."""
     rec = json.loads((platform.agents[0].data_dir / "sandboxes" / sid / RECORD_FILE).read_text())
-    return str(rec["owner_team"])
+    return str(rec["owner_team"]), str(rec["owner_account"])
+
+
+def _account(tenant: Tenant) -> str:
+    me = httpx.get(f"{tenant.url}/v1/users/me", headers={"Authorization": f"Bearer {tenant.token}"})
+    return str(ids.parse_id(ids.Kind.USER, me.raise_for_status().json()["user_id"]))
 
 
 def _until(what: str, ok: object, began: float) -> None:
@@ -125,8 +132,8 @@ def test_another_teams_sandbox_past_its_ceiling_gets_a_worker_while_one_team_flo
     try:
         # The agent knows each sandbox's owner (not only its template's team, the same for all).
         owners = {sid: _owner(platform, sid) for sid in [*attackers, victim]}
-        a_team, b_team = (str(ids.parse_id(ids.Kind.TEAM, t.team_id)) for t in (alice, bob))
-        assert owners == {**dict.fromkeys(attackers, a_team), victim: b_team}, owners
+        a_owner, b_owner = ((str(ids.parse_id(ids.Kind.TEAM, t.team_id)), _account(t)) for t in (alice, bob))
+        assert owners == {**dict.fromkeys(attackers, a_owner), victim: b_owner}, owners
         b = _memcg(platform, victim)
         b_top = ceiling(_tcp(b, "limit_in_bytes"))
         _start(bob, victim, ARMED, [str(PAIRS)], "nobody", "armed")

@@ -74,6 +74,17 @@ class CreateRequest(SandboxSpec):
     restore_image: Path | None = None
     source_secret: str = ""
     owner_team: str = ""  # the team that owns it ("": not said)
+    owner_account: str = ""  # the account that owns that team ("": none, or not said)
+
+    @property
+    def owner(self) -> str:
+        """Its owning account, else its team ("": an older CP said neither)."""
+        return self.owner_account or self.owner_team
+
+    @property
+    def tenant(self) -> str:
+        """Whose share of the agent's per-tenant limits it takes (as ``HostSandbox.tenant``)."""
+        return self.owner or self.sandbox_id
 
 
 def slot_uid_base(slot: Slot) -> int:
@@ -100,9 +111,11 @@ def check_request(
     config: TemplateConfig | None = None,
     egress: EgressRules | None = None,
     owner_team: str = "",
+    owner_account: str = "",
 ) -> CreateRequest:
     """``env`` wins over the template's (``config.env``); the record keeps the merged env.
-    ``owner_team``: the team that owns the sandbox (``team_id`` is its template's)."""
+    ``owner_team``: the team that owns the sandbox (``team_id`` is its template's);
+    ``owner_account``: the account that owns that team."""
     if not sandbox_id:
         _, sandbox_id = ids.new_id(ids.Kind.SANDBOX)
     ids.parse_id(ids.Kind.SANDBOX, sandbox_id, what="sandbox_id")
@@ -128,18 +141,19 @@ def check_request(
         template=template, vcpus=vcpus, memory_mb=memory_mb, disk_size_mb=disk_size_mb,
         timeout_sec=timeout_sec, internet=internet, env=env, sandbox_id=sandbox_id, ref=ref,
         allow=allow, chain=chain, config=config, egress=egress or EgressRules(),
-        owner_team=_owner_team(owner_team),
+        owner_team=_owner(owner_team, "owner_team_id"),
+        owner_account=_owner(owner_account, "owner_account_id"),
     )  # fmt: skip
 
 
-def _owner_team(team: str) -> str:
+def _owner(value: str, name: str) -> str:
     """A UUID string, or "" (not said); anything else is refused."""
-    if not team:
+    if not value:
         return ""
     try:
-        return str(uuid.UUID(team))
+        return str(uuid.UUID(value))
     except ValueError:
-        raise InvalidRequest("owner_team_id must be a UUID") from None
+        raise InvalidRequest(f"{name} must be a UUID") from None
 
 
 @dataclass(frozen=True)
@@ -228,8 +242,7 @@ class SandboxBuilder:
         t_mounts = time.monotonic()
         slot: Slot = await net_task
         if req.internet:  # before the container starts: it never runs without its rules
-            tenant = req.owner_team or req.sandbox_id  # as HostSandbox.tenant
-            await self.network.rules.apply(slot, req.egress, fs.identity / "resolv.conf", tenant)
+            await self.network.rules.apply(slot, req.egress, fs.identity / "resolv.conf", req.tenant)
         t_net = time.monotonic()
         self._write_bundle(req, fs, slot)
         sb = self._new_record(req, slot, disk, lower, base_config)
@@ -314,7 +327,7 @@ class SandboxBuilder:
             snapshot_layers=snapshot_layers, base_config=base_config,
             chain=None if req.chain is None else req.chain.to_record(),
             template_config=req.config.to_record(), uid_base=slot_uid_base(slot),
-            owner_team=req.owner_team,
+            owner_team=req.owner_team, owner_account=req.owner_account,
         )  # fmt: skip
 
     async def _start(self, sb: HostSandbox, fs: SandboxFs, undo: Undo, image: Path | None = None) -> None:

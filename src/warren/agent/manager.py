@@ -13,11 +13,10 @@ A sandbox is running or paused (frozen; memory kept). The agent's state is rebui
 records plus the runtime's own view at startup, so a restarted agent — even after ``kill -9`` —
 keeps serving the sandboxes that survived it, and removes whatever a crash left half-made.
 
-The parts: create.py builds a sandbox (admission.py gives creates their turns), record.py keeps
-its record, metrics.py samples it, readopt.py takes survivors back at startup, teardown.py
-removes what one left behind, sandbox_runtime.py is what differs by runtime (the choice, gVisor's
-pause to disk, forks), warm_pool.py hands out ready members. Commands and files go straight to
-the running sandbox's guest (:meth:`SandboxManager.guest`).
+The parts: create.py builds a sandbox (admission.py: creates' turns), record.py keeps its
+record, metrics.py samples it, readopt.py takes survivors back at startup, teardown.py removes
+what one left, sandbox_runtime.py is what differs by runtime (the choice, gVisor's pause to disk,
+forks), warm_pool.py hands out ready members; commands and files go to the guest (:meth:`guest`).
 """
 
 from __future__ import annotations
@@ -341,6 +340,7 @@ class SandboxManager:
         egress: EgressRules | None = None,
         runtime: str = "",
         owner_team: str = "",
+        owner_account: str = "",
     ) -> HostSandbox:
         """``egress_allow``: CIDRs the sandbox may reach past the default egress deny. ``chain``:
         the rootfs is these layers (``config`` applies), not the template_id's. ``runtime``:
@@ -349,7 +349,7 @@ class SandboxManager:
             sandbox_id=sandbox_id, team_id=team_id, template_id=template_id, template=template,
             vcpus=vcpus, memory_mb=memory_mb, disk_size_mb=disk_size_mb, timeout_sec=timeout_sec,
             internet=internet, env=env, egress_allow=egress_allow, chain=chain, config=config,
-            egress=egress, owner_team=owner_team,
+            egress=egress, owner_team=owner_team, owner_account=owner_account,
         )  # fmt: skip
         self._runtimes.choose(req, runtime)
         sandbox_id = req.sandbox_id
@@ -388,7 +388,7 @@ class SandboxManager:
 
     def admission(self, req: CreateRequest, times: list[float]) -> AbstractAsyncContextManager[None]:
         """A create's turn (admission.py), its owner's; appends when it queued and was admitted."""
-        return self._admission.turn(req.sandbox_id, req.owner_team or req.sandbox_id, times)
+        return self._admission.turn(req.sandbox_id, req.tenant, times)
 
     async def _claim_or_build(self, req: CreateRequest) -> tuple[HostSandbox, float, float]:
         """A warm-pool member when one matches (warm_pool.py), else a cold build."""

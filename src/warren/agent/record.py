@@ -81,23 +81,35 @@ class HostSandbox(SandboxSpec):
     # The team that owns it (team_id is its template's); "" in records older than the field and
     # from a CP that did not say.
     owner_team: str = ""
+    # The account that owns that team ("": none, or not said).
+    owner_account: str = ""
 
     RECORD_FIELDS = (
         "id", "status", "team_id", "template_id", "template", "vcpus", "memory_mb", "disk_size_mb",
         "timeout_sec", "internet", "env", "slot", "host_ip", "created_at", "last_active_at",
         "lower_layers", "snapshot_layers", "base_config", "pid", "chain", "template_config",
-        "runtime", "paused_state", "guest_secret", "uid_base", "owner_team",
+        "runtime", "paused_state", "guest_secret", "uid_base", "owner_team", "owner_account",
     )  # fmt: skip
     # Fields that records written before them lack: such a record loads with their defaults.
     OPTIONAL_FIELDS = frozenset(
-        {"chain", "template_config", "runtime", "paused_state", "guest_secret", "uid_base", "owner_team"}
+        {
+            "chain",
+            "template_config",
+            "runtime",
+            "paused_state",
+            "guest_secret",
+            "uid_base",
+            "owner_team",
+            "owner_account",
+        }
     )
 
     @property
     def tenant(self) -> str:
-        """Whose share of the agent's per-team limits it uses (the socket watchdog's workers,
-        file transfer windows): its owner, or itself when that is not known."""
-        return self.owner_team or self.id
+        """Whose share of the agent's per-tenant limits it uses (the socket watchdog's workers,
+        file transfer windows, turns, the DNS upstream count): its owning account (all the teams
+        one account owns together), else its team, else itself when neither is known."""
+        return self.owner_account or self.owner_team or self.id
 
     def record(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every field, the lock (and the futures of any

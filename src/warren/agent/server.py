@@ -151,6 +151,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             egress=_egress(request.egress),
             runtime=request.runtime,
             owner_team=request.owner_team_id,
+            owner_account=request.owner_account_id,
         )
         return pb.CreateSandboxResponse(
             sandbox_id=sb.id, status=sb.status, host_ip=sb.host_ip, disk_size_mb=sb.disk_size_mb

@@ -178,8 +178,7 @@ async def claim(
     os.rename(fs.root, final.root)  # the pool record inside: destroyed at a restart, never adopted
     steps.mark("rename")
     if req.internet:
-        tenant = req.owner_team or req.sandbox_id  # as HostSandbox.tenant
-        await network.rules.apply(slot, req.egress, final.identity / "resolv.conf", tenant)
+        await network.rules.apply(slot, req.egress, final.identity / "resolv.conf", req.tenant)
     lower = [Path(p) for p in member.lower_layers]
     sb = builder._new_record(req, slot, disk, lower, member.base_config)
     sb.pid, sb.runtime = member.pid, req.runtime

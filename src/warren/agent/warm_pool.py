@@ -335,17 +335,17 @@ class WarmPools:
             return self._cold(req, "no_pool")
         past_share = ""
         for pool in pools:
-            refusal = pool.share.ask(req.owner_team, pool.target)
+            refusal = pool.share.ask(req.owner, pool.target)
             if refusal is not None:
                 if pool.ready and not past_share:
-                    past_share = f"{pool.name} team_id={req.owner_team} {refusal.detail()}"
+                    past_share = f"{pool.name} tenant={req.owner} {refusal.detail()}"
                 continue
             while pool.ready:
                 member = pool.ready.pop(0)
                 self._wake.set()
                 self._exits.forget(member.id)  # claimed: the manager watches it as a sandbox
                 if not process_gone(member.pid):
-                    pool.share.claimed(req.owner_team)
+                    pool.share.claimed(req.owner)
                     return member
                 self._member_died(pool, member)  # its death not told yet: never handed out
         if past_share:

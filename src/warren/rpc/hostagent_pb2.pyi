@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "template", "vcpus", "memory_mb", "timeout_sec", "disk_size_mb", "team_id", "template_id", "internet", "env", "egress_allow", "chain", "egress", "runtime", "owner_team_id")
+    __slots__ = ("sandbox_id", "template", "vcpus", "memory_mb", "timeout_sec", "disk_size_mb", "team_id", "template_id", "internet", "env", "egress_allow", "chain", "egress", "runtime", "owner_team_id", "owner_account_id")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class CreateSandboxRequest(_message.Message):
     EGRESS_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     OWNER_TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template: str
     vcpus: int
@@ -45,7 +46,8 @@ class CreateSandboxRequest(_message.Message):
     egress: EgressRules
     runtime: str
     owner_team_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., internet: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., egress_allow: _Optional[_Iterable[str]] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., egress: _Optional[_Union[EgressRules, _Mapping]] = ..., runtime: _Optional[str] = ..., owner_team_id: _Optional[str] = ...) -> None: ...
+    owner_account_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., timeout_sec: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., team_id: _Optional[str] = ..., template_id: _Optional[str] = ..., internet: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., egress_allow: _Optional[_Iterable[str]] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., egress: _Optional[_Union[EgressRules, _Mapping]] = ..., runtime: _Optional[str] = ..., owner_team_id: _Optional[str] = ..., owner_account_id: _Optional[str] = ...) -> None: ...
 
 class EgressRules(_message.Message):
     __slots__ = ("allow_out", "deny_out")

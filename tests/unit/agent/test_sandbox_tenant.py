@@ -1,7 +1,7 @@
-"""Whose share of the agent's per-team limits a sandbox uses (record.HostSandbox.tenant): its
-owner (CreateSandboxRequest.owner_team_id), not its template's team, which every sandbox of the
-built-in template shares (session 22: the socket watchdog's workers and the file transfer
-windows were shared by that)."""
+"""Whose share of the agent's per-tenant limits a sandbox uses (record.HostSandbox.tenant): its
+owner (CreateSandboxRequest.owner_account_id, else owner_team_id), not its template's team, which
+every sandbox of the built-in template shares (session 22: the socket watchdog's workers and the
+file transfer windows were shared by that), and not each of one account's teams (session 23)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ def test_the_owner_is_kept_and_checked() -> None:
         check_request(**_request(owner_team="../other"))
 
 
+def test_the_owning_account_is_kept_and_checked() -> None:
+    account = uuid.uuid4()
+    req = check_request(**_request(owner_team=str(uuid.uuid4()), owner_account=str(account).upper()))
+    assert req.owner_account == str(account) and req.tenant == str(account)
+    assert check_request(**_request(owner_account="")).owner_account == ""  # the platform team
+    with pytest.raises(InvalidRequest, match="owner_account_id"):
+        check_request(**_request(owner_account="x"))
+
+
 def _record(**over: Any) -> dict[str, Any]:
     rec: dict[str, Any] = dict(
         id="sb-x", status="running", team_id=ZERO, template_id="", template="minimal", vcpus=1,
@@ -61,6 +70,15 @@ def test_two_teams_on_the_built_in_template_are_two_tenants(tmp_path: Path) -> N
     two = _load(tmp_path, _record(id="sb-b", owner_team=b))
     assert one.team_id == two.team_id == ZERO  # the template's team: the same
     assert (one.tenant, two.tenant) == (a, b)
+
+
+def test_one_accounts_teams_are_one_tenant(tmp_path: Path) -> None:
+    # A user may own several teams (at most 10): each a share of its own, they multiplied every
+    # per-team limit of the agent (session 23).
+    account = str(uuid.uuid4())
+    one = _load(tmp_path, _record(id="sb-a", owner_team=str(uuid.uuid4()), owner_account=account))
+    two = _load(tmp_path, _record(id="sb-b", owner_team=str(uuid.uuid4()), owner_account=account))
+    assert one.owner_team != two.owner_team and one.tenant == two.tenant == account
 
 
 def test_a_record_without_an_owner_is_a_tenant_of_its_own(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def test_take_leaves_the_others_share_to_them(tmp_path: Path, caplog: pytest.Log
     assert sum(not isinstance(g, str) for g in got) == 2
     assert got[2:] == ["team_share"] * 4
     assert len(pool.ready) == 2 and warm.cold == {"team_share": 4}
-    assert f"reason=team_share pool=minimal team_id={a} claimed=2 share=2 teams_asking=1" in caplog.text
+    assert f"reason=team_share pool=minimal tenant={a} claimed=2 share=2 teams_asking=1" in caplog.text
     assert not isinstance(warm.take(_create(b)), str)  # B's create is warm
 
 

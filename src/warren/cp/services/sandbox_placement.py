@@ -92,12 +92,14 @@ async def place(
     store: LayerStore | None,
     timings: dict[str, float] | None,
     first: tuple[uuid.UUID, Host],
+    owner_account: uuid.UUID | None = None,
 ) -> Placed:
     """Have the agent of the ``first`` reservation (the pending row's id and its host) make the
     sandbox. A host that cannot be reached at all (no connection made), or that had no layer
     install turn within the create's wait (``layers.LayerInstallBusy``), is left for another
     eligible one, with a new pending row; up to ``_HOST_ATTEMPTS`` hosts. When no other host is
-    left, the client hears the first failure."""
+    left, the client hears the first failure. ``owner_account``: the team's owning account, whose
+    share of the agent's per-tenant limits the sandbox takes (none: the team's)."""
     avoid: list[uuid.UUID] = []
     unreached: WarrenError | None = None
     reserved: tuple[uuid.UUID, Host] | None = first
@@ -117,6 +119,7 @@ async def place(
                 raise unreached from None
         client = pool.get(host)
         req = _create_request(settings, sb_uuid, team_uuid, plan, params, runtime_on(host, plan.runtime))
+        req.owner_account_id = str(owner_account or "")
         wait = layers.create_wait(settings, turn_until)
         fetch = layers.HostFetch(
             engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid, wait=wait

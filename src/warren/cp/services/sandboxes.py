@@ -313,8 +313,9 @@ async def create(
         plan = dataclasses.replace(plan, replica=replica_lease.owner_of(engine))
         first = await reserve(conn, scheduler, settings, team_uuid, plan, sb_uuid, params)
     placed = await place(
-        engine, pool, scheduler, settings, team_uuid, plan, params, store, timings, (sb_uuid, first)
-    )
+        engine, pool, scheduler, settings, team_uuid, plan, params, store, timings, (sb_uuid, first),
+        owner_account=ctx.owner_id,
+    )  # fmt: skip
     host, client, sb_uuid, req, resp = placed
     token, token_digest = new_traffic_token()
     row = await _record_running(engine, client, ctx, team_uuid, sb_uuid, plan, resp, token_digest, params)
