@@ -50,10 +50,10 @@ from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
 from warren.agent.fair_turns import FairTurns
 from warren.agent.layer_slots import InstallSlots, Ticket
-from warren.agent.stoppable import Stopped, run_stoppable
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
 from warren.layers import HashingWriter, LayerError, LayerMeta, extract_layer, write_layer
+from warren.stoppable import Stopped, run_stoppable
 
 log = logging.getLogger("warren.agent.layers")
 
@@ -534,7 +534,7 @@ def _new_file(path: Path) -> BinaryIO:
 
 class _Bounded(io.RawIOBase):
     """A file that refuses to grow past ``limit`` bytes (a layer's size limit), or at all once
-    ``stop`` is set (its writer's caller was cancelled: stoppable.py)."""
+    ``stop`` is set (its writer's caller was cancelled: warren/stoppable.py)."""
 
     def __init__(self, out: BinaryIO, limit: int, stop: threading.Event) -> None:
         self.out, self.limit, self.size, self.stop = out, limit, 0, stop

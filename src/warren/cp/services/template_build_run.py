@@ -27,7 +27,7 @@ from warren import clock
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import build_cache, template_builds
 from warren.cp.services import layers as layer_svc
-from warren.cp.services import team_store
+from warren.cp.services import team_store, tenant_threads
 from warren.cp.services import template_context as tctx
 from warren.cp.services import templates as tpl
 from warren.cp.services.template_build_host import BuildHost, MiB, StepFailed
@@ -245,7 +245,9 @@ class _Build:
         )
         try:
             limit = self.runner.settings.build_max_layer_mb * MiB
-            meta, staged = await asyncio.to_thread(tctx.staging_layer, self.context, step, n, path, limit)
+            meta, staged = await tenant_threads.call(
+                self.team_id, tctx.staging_layer, self.context, step, n, path, limit
+            )  # a context's worth of files: the tenant executor, not the default one
         except BaseException:
             await asyncio.to_thread(path.unlink, missing_ok=True)
             raise
@@ -345,7 +347,7 @@ async def run_build(
                 .where(template_builds.c.id == build_id, template_builds.c.status == "queued")
                 .values(status="running", started_at=clock.now(), heartbeat_at=clock.now())
             )
-        build_ctx = await asyncio.to_thread(tctx.BuildContext, context)
+        build_ctx = await tenant_threads.call(team_id, tctx.BuildContext, context)
         try:
             build = _Build(
                 runner,

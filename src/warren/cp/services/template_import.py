@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.config import Settings
 from warren.cp.db.engine import transaction
-from warren.cp.services import audit, team_store
+from warren.cp.services import audit, team_store, tenant_threads
 from warren.cp.services import layers as layer_svc
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
@@ -95,8 +95,9 @@ async def import_image(
     workdir = Path(await asyncio.to_thread(_mkdtemp, spool))
     try:
         try:
-            image = await asyncio.to_thread(
-                read_image, image_path, workdir, max_bytes=settings.import_max_image_mb * MiB
+            # A whole image, as long as the tenant made it: the tenant executor, not the default one.
+            image = await tenant_threads.call(
+                team_id, read_image, image_path, workdir, max_bytes=settings.import_max_image_mb * MiB
             )
         except LayerError as e:
             raise InvalidRequest(f"the image cannot be imported: {e}") from e

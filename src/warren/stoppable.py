@@ -1,4 +1,5 @@
-"""Blocking work in a thread that a cancelled caller stops, and waits for.
+"""Blocking work in a thread that a cancelled caller stops, and waits for (the agent's exports,
+the control plane's tenant-sized thread work: cp/services/tenant_threads.py).
 
 ``asyncio.to_thread`` cannot stop its thread: a cancelled caller returns at once while the
 thread runs on. For work a tenant's files size (a snapshot export walks and writes all of them),
@@ -12,8 +13,10 @@ whatever the caller holds is held for exactly as long as the work runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -23,11 +26,13 @@ class Stopped(Exception):
     """Raised inside the work once its caller was cancelled."""
 
 
-async def run_stoppable(work: Callable[[threading.Event], T]) -> T:
-    """``work(stop)`` in a thread; its result. ``stop`` is set when the caller is cancelled,
-    and the cancellation waits for ``work`` to return or raise (``Stopped``, typically)."""
+async def run_stoppable(work: Callable[[threading.Event], T], *, executor: Executor | None = None) -> T:
+    """``work(stop)`` in a thread of ``executor`` (the loop's default one when None); its result.
+    ``stop`` is set when the caller is cancelled, and the cancellation waits for ``work`` to
+    return or raise (``Stopped``, typically)."""
     stop = threading.Event()
-    done = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    call = contextvars.copy_context().run  # as asyncio.to_thread: the caller's context variables
+    done = asyncio.get_running_loop().run_in_executor(executor, call, work, stop)
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:

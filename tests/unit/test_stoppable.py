@@ -1,4 +1,4 @@
-"""run_stoppable: a cancelled caller stops its thread and waits for it (agent/stoppable.py)."""
+"""run_stoppable: a cancelled caller stops its thread and waits for it (warren/stoppable.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from warren.agent.stoppable import Stopped, run_stoppable
+from warren.stoppable import Stopped, run_stoppable
 
 
 async def test_the_result_comes_back() -> None:
