@@ -1,0 +1,68 @@
+"""The CP's executor for tenant-sized thread work: bounded, fair between teams, and a cancelled
+caller holds its turn until its thread has ended (cp/services/tenant_threads.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+from warren.cp.services.tenant_threads import TenantThreads
+
+
+async def test_a_burst_queues_behind_itself() -> None:
+    threads = TenantThreads(2)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(team: str) -> str:
+        gate.wait(10)
+        order.append(team)
+        return team
+
+    burst = [asyncio.ensure_future(threads.run("a", lambda _s: work("a"))) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    other = asyncio.ensure_future(threads.run("b", lambda _s: work("b")))
+    await asyncio.sleep(0.05)
+    assert threads.turns.running == 2 and threads.turns.waiting == 3
+    gate.set()
+    assert await asyncio.gather(*burst, other) == ["a"] * 4 + ["b"]
+    # b's came third: after a's two running ones, before a's queued two.
+    assert order.index("b") == 2, order
+
+
+async def test_a_cancelled_caller_holds_its_turn_until_its_thread_ends() -> None:
+    threads = TenantThreads(1)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(stop: threading.Event) -> None:
+        started.set()
+        release.wait(10)
+
+    task = asyncio.ensure_future(threads.run("a", slow))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    assert not task.done() and threads.turns.running == 1  # the thread still runs: the turn is held
+    release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and threads.turns.running == 0
+
+
+async def test_stop_is_set_for_work_that_checks_it() -> None:
+    threads = TenantThreads(1)
+    started = threading.Event()
+    saw_stop = threading.Event()
+
+    def steps(stop: threading.Event) -> None:
+        started.set()
+        if stop.wait(10):
+            saw_stop.set()
+
+    task = asyncio.ensure_future(threads.run("a", steps))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert saw_stop.is_set()
