@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,17 @@ from botocore.exceptions import ClientError
 
 from warren.cp.store.base import CHUNK, is_digest, layer_key, layer_missing, spool
 from warren.layers import LayerMeta
+from warren.stoppable import run_stoppable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 # Multipart above 64 MiB, in 64 MiB parts, 4 at once: a 4 GiB layer is 64 parts (S3 allows
 # 10,000) and a small one a single PUT.
+# A whole layer's upload is one blocking call as long as the layer (a tenant's: up to
+# WARREN_BUILD_MAX_LAYER_MB): in threads of its own, so that uploads never hold the default
+# executor's, which the CP's short calls share (session 23: cp/services/tenant_threads.py).
+_UPLOADS = ThreadPoolExecutor(2, thread_name_prefix="warren-s3-upload")
 _TRANSFER = TransferConfig(
     multipart_threshold=64 * CHUNK, multipart_chunksize=64 * CHUNK, max_concurrency=4, use_threads=True
 )
@@ -70,7 +76,9 @@ class S3Store:
         try:
             meta = spooled.meta
             if not await self.exists(meta.digest):
-                await asyncio.to_thread(self._upload, spooled.path, self._key(meta.digest))
+                key = self._key(meta.digest)
+                # A cancelled caller waits for the upload to end before the spool file goes.
+                await run_stoppable(lambda _stop: self._upload(spooled.path, key), executor=_UPLOADS)
         finally:
             spooled.discard()
         return meta
