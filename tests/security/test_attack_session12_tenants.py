@@ -420,12 +420,16 @@ open("/tmp/churned", "w").write(str(i))
 """
 
 
-def _watchdir(platform: Platform, sid: str) -> socket.socket:
+def _watchdir(
+    platform: Platform, sid: str, path: str = "/tmp/churn", rcvbuf: int = 16384, **fields: object
+) -> socket.socket:
+    """An E2B ``WatchDir`` stream of ``path`` on a raw socket with a small receive buffer, its
+    answer's first bytes read; the caller reads no more (an unread stream)."""
     host, port = platform.cp.e2b_url.removeprefix("http://").rsplit(":", 1)
-    msg = json.dumps({"path": "/tmp/churn", "recursive": True}).encode()
+    msg = json.dumps({"path": path, "recursive": True, **fields}).encode()
     body = b"\x00" + len(msg).to_bytes(4, "big") + msg
     s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.settimeout(WAIT_S)
     s.connect((host, int(port)))
     s.sendall(

@@ -26,7 +26,6 @@ the guest 64 KiB ahead, not 1 MiB (agent/guest_client.py ``WATCH_READ_AHEAD``).
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -34,7 +33,8 @@ import pytest
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
-from tests.security.test_attack_session12_tenants import token_of
+from tests.security.test_attack_session12_tenants import _watchdir
+from tests.security.test_attack_session22_watchers import DEEP, LINKS, _as_nobody
 from tests.security.test_attack_websocket_memory import watching
 from tests.security.test_what_held_api import raw_websocket
 
@@ -46,50 +46,7 @@ E2B = 16
 # converted, and slack; before the fix each held MiBs (the probes' window, a 2 MiB read-ahead).
 BOUND_MIB = 40
 
-DEEP = r"""
-import os, time
-p = "/tmp/w"
-for i in range(15):
-    p = p + "/" + ("d%d" % i) + "x" * 240
-"""
 TREE = DEEP + "os.makedirs(p)\nprint(p)\n"
-LINKS = (
-    DEEP
-    + r"""
-os.chdir(p)
-target = "/" + "t" * 4000
-for b in range(22):
-    for i in range(b * 50, b * 50 + 50):
-        os.symlink(target, ("%06d" % i) + "y" * 240)
-    time.sleep(0.5)
-"""
-)
-
-
-def _as_nobody(code: str) -> dict[str, object]:
-    return {"cmd": "python3", "args": ["-c", code], "user": "nobody", "timeout_sec": 300}
-
-
-def _watchdir(platform: Platform, sid: str) -> socket.socket:
-    host, port = platform.cp.e2b_url.removeprefix("http://").rsplit(":", 1)
-    msg = json.dumps({"path": "/tmp/w", "recursive": True, "includeEntry": True}).encode()
-    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(60)
-    s.connect((host, int(port)))
-    s.sendall(
-        (
-            f"POST /filesystem.Filesystem/WatchDir HTTP/1.1\r\nHost: {host}\r\n"
-            "Content-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\n"
-            f"E2b-Sandbox-Id: {sid}\r\nE2b-Sandbox-Port: 49983\r\nX-Access-Token: {token_of(sid)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        + body
-    )
-    first = s.recv(1024)
-    assert first.startswith(b"HTTP/1.1 200"), first
-    return s
 
 
 def _download(t: Tenant, sid: str) -> None:
@@ -120,7 +77,7 @@ def test_unread_watch_streams_of_long_names_hold_a_bounded_share(platform: Platf
                     )
                 )
             for _ in range(E2B):
-                socks.append(_watchdir(platform, sid))
+                socks.append(_watchdir(platform, sid, "/tmp/w", 4096, includeEntry=True))
             r = alice.w("POST", f"/v1/sandboxes/{sid}/exec", _as_nobody(LINKS), timeout=360)
             assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
             peak, still_since, deadline = -1, time.monotonic(), time.monotonic() + 120
