@@ -8,14 +8,16 @@ a gzip layer of many empty files is a few MiB to upload and seconds of a thread 
 teams (two imports each, the per-team limit; one account may own ten teams) took all six threads
 and queued two more reads, and every other team's call behind them waited: here another team's
 warm-pool set, whose layer the CP pushes from the store to that team's host chunk by chunk, did
-not answer until the imports' reads had ended (measured: ~5 s alone → see the report).
+not answer until the imports' reads had ended: 0.10 s alone, 39.7 s during the imports, six of
+which answered meanwhile (8 imports of 4 MiB, 600,000 empty files each; 2 cores).
 
 Now tenant-sized thread work (imports, a build's context and COPY staging) runs in an executor of
 its own, bounded and taken in turns fair between teams (cp/services/tenant_threads.py), and the
-default executor stays free for short calls: the victim's push answers while every import is
-still being read. The assertion is on order (the victim answers before any attacker import does),
-not on speed. The control plane is the real app (in-process) on a real PostgreSQL; the victim's
-host is a gRPC server of the test's that lacks every layer.
+default executor stays free for short calls: the victim's push answers while the imports are
+being read (1.1 s during them, none answered meanwhile). The assertion is on order (how many
+imports answer while the victim's push runs), not on speed. The control plane is the real app
+(in-process) on a real PostgreSQL; the victim's host is a gRPC server of the test's that lacks
+every layer.
 """
 
 from __future__ import annotations
@@ -188,9 +190,11 @@ async def test_tenants_imports_leave_the_default_executor_to_other_teams(
             f" started; codes {codes}"
         )
         assert codes == [400] * IMPORTS, codes  # read, and refused for want of python3
-        # Before: the push's store reads queued behind the imports' reads, and it answered only
-        # once at least three of them had ended. Now it answers beside them.
-        assert meanwhile <= 1, (during, meanwhile)
+        # Before: the push's first store read queued behind two queued reads, so three imports'
+        # reads had ended first, and their answers' own executor calls came before the push's
+        # 32 further reads (six answered meanwhile). Now the push answers beside the reads, two
+        # at a time in the tenant executor: a pair of them may happen to end meanwhile.
+        assert meanwhile <= 2, (during, meanwhile)
     finally:
         await server.stop(0)
         await cp.sql(
