@@ -10,7 +10,7 @@ and the next export of the same tenant started another beside it.
 
 Written as the control plane calls the agent: a tenant's sandbox holds a 2 GiB file; its export
 is cancelled as soon as its tar is being written. Before: the agent kept writing the tar to its
-end (2 GiB). Now the thread stops at its next write (agent/stoppable.py), and the turn is held
+end (2 GiB). Now the thread stops at its next write (warren/stoppable.py), and the turn is held
 until it has: the tar stops growing right after the cancel, and a new export of the sandbox
 still works.
 """
