@@ -11,7 +11,7 @@ Written as the control plane calls the agent for two teams (``owner_team_id``, t
 ``PauseSandbox`` and ``ExportSnapshot`` as a snapshot does): tenant A's four exports of
 sandboxes with ~25 000 files each are running or waiting, then tenant B's export of a sandbox
 with one file. Before: B's export was done after three of A's. Now a free export turn goes to
-the waiting team holding the fewest (agent/fair_turns.py): B's is done after at most the two
+the waiting team holding the fewest (warren/fair_turns.py): B's is done after at most the two
 that were running when it asked.
 """
 

@@ -24,8 +24,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 
-from warren.agent.fair_turns import FairTurns
 from warren.errors import InvalidState
+from warren.fair_turns import FairTurns
 
 log = logging.getLogger("warren.agent")
 

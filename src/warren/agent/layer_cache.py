@@ -48,10 +48,10 @@ from typing import Any, BinaryIO, cast
 
 from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
-from warren.agent.fair_turns import FairTurns
 from warren.agent.layer_slots import InstallSlots, Ticket
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
+from warren.fair_turns import FairTurns
 from warren.layers import HashingWriter, LayerError, LayerMeta, extract_layer, write_layer
 from warren.stoppable import Stopped, run_stoppable
 

@@ -25,8 +25,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from warren.agent.fair_turns import FairQueue, Waiter
 from warren.errors import WarrenError
+from warren.fair_turns import FairQueue, Waiter
 
 log = logging.getLogger("warren.agent.layers")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from warren.agent.admission import CreateAdmission
-from warren.agent.fair_turns import FairTurns
+from warren.fair_turns import FairTurns
 
 
 async def _order(turns: FairTurns, arrivals: list[str]) -> list[str]:

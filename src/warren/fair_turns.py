@@ -1,9 +1,10 @@
-"""Turns at a bounded resource of the agent, fair between tenants (``HostSandbox.tenant``: the
-owning team). At most ``limit`` at once; a free turn goes to the waiter whose tenant holds the
+"""Turns at a bounded resource, fair between tenants (the agent's ``HostSandbox.tenant``, the
+CP's teams). At most ``limit`` at once; a free turn goes to the waiter whose tenant holds the
 fewest, then to the tenant served longest ago, then to the first come. Nobody is refused and
-no turn is left idle while anyone waits. Used by create admission (admission.py) and by
-exports of sandboxes' writable layers (layer_cache.py): first come, first served, one team's
-burst held every other team's work behind all of it.
+no turn is left idle while anyone waits. Used by the agent's create admission (agent/admission.py),
+exports of sandboxes' writable layers (agent/layer_cache.py) and layer install slots
+(agent/layer_slots.py), and by the CP's tenant threads (cp/services/tenant_threads.py): first
+come, first served, one team's burst held every other team's work behind all of it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class FairQueue:
     @property
     def running(self) -> int:
         return self._held.total()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     def _take(self, tenant: str) -> None:
         self._held[tenant] += 1
