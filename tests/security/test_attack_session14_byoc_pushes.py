@@ -63,10 +63,10 @@ class Greedy(pb_grpc.HostAgentServicer):
         return pb.ListSandboxesResponse(reports_creating=True)
 
 
-async def _template(cp: InProcessCP, owner: User, name: str) -> str:
-    """A template of the owner's team with one layer of random bytes in the store (as a build
-    of theirs leaves it)."""
-    data = os.urandom(LAYER_MB * MiB)
+async def _template(cp: InProcessCP, owner: User, name: str, mb: int = LAYER_MB) -> str:
+    """A template of the owner's team with one layer of ``mb`` random MiB in the store (as a
+    build of theirs leaves it); the layer's digest."""
+    data = os.urandom(mb * MiB)
 
     async def chunks() -> Any:
         yield data

@@ -37,10 +37,9 @@ import pytest
 
 from tests.harness.cp import InProcessCP, User, set_byoc
 from tests.harness.fake_agent import serve_fake_agent
+from tests.security.test_attack_session14_byoc_pushes import _template
 from warren import ids
 from warren.agent.control_plane import load_credentials
-from warren.cp.services import layers as layer_svc
-from warren.layers import LayerMeta
 from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 
@@ -104,25 +103,6 @@ class Lacking(pb_grpc.HostAgentServicer):
         return pb.ListSandboxesResponse(reports_creating=True)
 
 
-async def _template(cp: InProcessCP, owner: User, name: str) -> None:
-    """A template of ``owner``'s team: one layer of LAYER_MB random MiB in the store."""
-    data = os.urandom(LAYER_MB * MiB)
-
-    async def chunks() -> Any:
-        yield data
-
-    meta = await cp.app.state.store.put(
-        chunks(), expect=hashlib.sha256(data).hexdigest(), max_bytes=len(data)
-    )
-    await layer_svc.record_layer(cp.engine, LayerMeta(meta.digest, meta.size))
-    await cp.sql(
-        "INSERT INTO templates (id, name, type, team_id, version, base, layers, config, tags, source) "
-        "VALUES (gen_random_uuid(), :n, 'base', :t, 1, 'minimal', :l, CAST('{}' AS jsonb),"
-        " ARRAY['v1'], 'build')",
-        n=name, t=ids.parse_id(ids.Kind.TEAM, owner.team_id), l=[meta.digest],
-    )  # fmt: skip
-
-
 async def _host(cp: InProcessCP, owner: User, data_dir: Path) -> tuple[str, Any]:
     host_id, token = await owner.create_host("byoc", owner.team_id)
     server, _ = await serve_fake_agent(Lacking(), cp.url, token, data_dir)  # type: ignore[abstract]
@@ -158,7 +138,7 @@ async def test_tenants_imports_leave_the_default_executor_to_other_teams(
     admin, victim = await cp.signup(admin=True), await cp.signup()
     await set_byoc(admin, victim.team_id)
     attackers = [await cp.signup() for _ in range(TEAMS)]
-    await _template(cp, victim, "big")
+    await _template(cp, victim, "big", LAYER_MB)
     host_id, server = await _host(cp, victim, tmp_path / "h")
     image = await asyncio.to_thread(_image)
     answered: list[float] = []
