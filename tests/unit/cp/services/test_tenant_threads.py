@@ -27,8 +27,9 @@ async def test_a_burst_queues_behind_itself() -> None:
     assert threads.turns.running == 2 and threads.turns.waiting == 3
     gate.set()
     assert await asyncio.gather(*burst, other) == ["a"] * 4 + ["b"]
-    # b's came third: after a's two running ones, before a's queued two.
-    assert order.index("b") == 2, order
+    # b's got the first free turn, before a's queued two: it ends before them (and may end
+    # before the second of a's running ones, which it runs beside).
+    assert order.index("b") <= 2, order
 
 
 async def test_a_cancelled_caller_holds_its_turn_until_its_thread_ends() -> None:
