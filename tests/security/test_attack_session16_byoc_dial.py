@@ -2,7 +2,7 @@
 
 Every call on a host's shared channel passes the BYOC address check first (session 13,
 ``cp/hosts/byoc_addresses.DialCheck``), but previews through an agent without a data port go
-over a DialPort channel of their own (``cp/proxy/stream.dial_channel``), which carries no
+over a DialPort channel of their own (``cp/hosts/narrow_channel.dial_channel``), which carries no
 interceptor. Before this fix that channel dialled whatever address the host's row held: a BYOC
 row at 127.0.0.1 (a row from before the allow-list, or one the data path had already given up
 on) got a TLS ClientHello from the CP on the first preview. The stream now asks the pool's check

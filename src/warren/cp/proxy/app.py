@@ -36,12 +36,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from warren import clock
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.hosts.narrow_channel import close_channels
 from warren.cp.http_errors import error_response, status_and_code
 from warren.cp.proxy import bounds, cookies, credentials, pace, ws
 from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
-from warren.cp.proxy.stream import ByteStream, close_channels
+from warren.cp.proxy.stream import ByteStream
 from warren.cp.services import preview, rate_limits, stream_revocation
 from warren.cp.services.traffic_tokens import token_hash
 from warren.errors import AgentError, WarrenError

@@ -10,7 +10,7 @@ message once written to the sandbox, and at most ``CREDIT`` messages are on thei
 agent's gRPC window, which its own bandwidth probes grow, held MiBs of what a sandbox did not
 read (48 unread uploads: agent +196 MiB). An agent from before gets no credit kept.
 
-DialPort calls go over a channel of their own per host (:func:`dial_channel`), with gRPC's
+DialPort calls go over a channel of their own per host (``cp/hosts/narrow_channel.py``), with gRPC's
 bandwidth probes off: a stream's receive window stays at ``WINDOW``. On the host's shared
 channel the probes grow every stream's window to MiBs, and what a preview client did not read
 waited there (session 16: 48 unread previews held +245 MiB of the CP, ~5 MiB each, with the
@@ -31,13 +31,12 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # (the stubs lack it)
 from warren.aio import cancel_and_wait
 from warren.cp.hosts.agent_client import translate
 from warren.cp.hosts.client_pool import HostClient
+from warren.cp.hosts.narrow_channel import dial_channel, uninterposed
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
-from warren.rpc import keepalive
 
 CHUNK = 1 << 20  # the data port's frames (data.py)
 PIECE = 32 << 10  # what one DialPort message carries to the agent (its reads are as large)
-WINDOW = 64 << 10  # a DialPort stream's receive window in gRPC
 _QUEUE = 2
 # Messages written to the agent and not yet acknowledged as written to the sandbox, past which
 # a write waits (an agent that keeps to credit: agent/dial.py's CREDIT_KEY).
@@ -60,63 +59,6 @@ class ByteStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-# Per host id: (address, certificate generation, the event loop, the channel). A channel is
-# its loop's (the tests' in-process CPs each run on a loop of their own).
-_channels: dict[str, tuple[str, int, asyncio.AbstractEventLoop, grpc.aio.Channel]] = {}
-_OPTIONS = [
-    # The window stays what it starts at: no bandwidth probes (every stream's window grows
-    # with them), and that start is WINDOW (gRPC's default is 64 KiB; said, not assumed).
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", WINDOW),
-    ("grpc.max_receive_message_length", CHUNK + 1024),  # the contract's largest message
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-    *keepalive.CLIENT_OPTIONS,
-]
-
-
-def dial_channel(client: HostClient) -> grpc.aio.Channel:
-    """The host's DialPort channel: mutual TLS as its shared channel (the CP's client
-    certificate, the host's checked against its ``host-…`` name), its own HTTP/2 connection.
-    A client without the CA (tests' plain channels) keeps its own channel."""
-    ca = client.ca
-    if ca is None:
-        return client.channel
-    got, loop = _channels.get(client.host_id), asyncio.get_running_loop()
-    if got is not None and got[:3] == (client.address, client.generation, loop):
-        return got[3]
-    cert = ca.client_cert()
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=ca.cert_pem.encode(),
-        private_key=cert.key_pem.encode(),
-        certificate_chain=cert.cert_pem.encode(),
-    )
-    options = [("grpc.ssl_target_name_override", client.host_id), ("grpc.default_authority", client.host_id)]
-    channel = grpc.aio.secure_channel(client.address, creds, options=[*options, *_OPTIONS])
-    if got is not None and got[2] is loop:  # an address or a certificate renewed: its calls go on
-        _retire(got[3])
-    _channels[client.host_id] = (client.address, client.generation, loop, channel)
-    return channel
-
-
-_retiring: set[asyncio.Task[None]] = set()
-
-
-def _retire(channel: grpc.aio.Channel) -> None:
-    task = asyncio.get_running_loop().create_task(channel.close(grace=600))
-    _retiring.add(task)
-    task.add_done_callback(_retiring.discard)
-
-
-async def close_channels() -> None:
-    """Every DialPort channel of this process (its proxies are closing)."""
-    loop = asyncio.get_running_loop()
-    channels = [c for _, _, lp, c in _channels.values() if lp is loop]
-    _channels.clear()
-    for c in channels:
-        await c.close(None)
-
-
 def _dial_port(channel: grpc.aio.Channel) -> Any:
     """DialPort on ``channel`` without its interceptor (errors are mapped here instead).
 
@@ -124,13 +66,13 @@ def _dial_port(channel: grpc.aio.Channel) -> Any:
     ``asyncio.wait`` per message and every read through the interceptor's generators: most of
     the proxy's own time per small request (bench/proxy.py). The error mapping is the same
     ``translate`` the interceptor uses."""
-    mc = channel.stream_stream(
-        _DIAL_PORT,
-        request_serializer=pb.DialRequest.SerializeToString,
-        response_deserializer=pb.DialEvent.FromString,
+    return uninterposed(
+        channel.stream_stream(
+            _DIAL_PORT,
+            request_serializer=pb.DialRequest.SerializeToString,
+            response_deserializer=pb.DialEvent.FromString,
+        )
     )
-    mc._interceptors = None  # type: ignore[attr-defined]  # (grpc.aio has no public opt-out)
-    return mc
 
 
 class DialStream:

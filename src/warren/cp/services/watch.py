@@ -7,7 +7,7 @@ sandbox in the caller's team first (another team's sandbox is 404), and the agen
 watcher up in that sandbox only (another sandbox's watcher is 404 too).
 
 A streamed watch (Warren's WebSocket and E2B's ``WatchDir``) goes over the host's narrow-window
-channel (``cp/proxy/stream.py:dial_channel``: gRPC's bandwidth probes off, 64 KiB a stream), not
+channel (``cp/hosts/narrow_channel.py``: gRPC's bandwidth probes off, 64 KiB a stream), not
 its shared one, whose probes grow every stream's window to MiBs: what a client did not read
 waited there. Session 23: 16 unread WebSockets on a tree of long names (events of ~12 KiB: a
 3.9 KiB path, a symlink's 4000-byte target) held the CP +53 MiB and the agent +46 MiB, +116 MiB
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.agent_client import translate
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.proxy.stream import dial_channel
+from warren.cp.hosts.narrow_channel import dial_channel, uninterposed
 from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, parse_body
@@ -120,12 +120,13 @@ async def watch_events(tgt: sandbox_access.Target, req: pb.WatchDirRequest) -> A
 def _watch_dir(client: HostClient) -> Any:
     """WatchDir on the host's narrow-window channel, without an interceptor (``_read`` maps
     errors as the interceptor would)."""
-    mc = dial_channel(client).unary_stream(
-        _WATCH_DIR, request_serializer=pb.WatchDirRequest.SerializeToString,
-        response_deserializer=pb.WatchEvent.FromString,
-    )  # fmt: skip
-    mc._interceptors = None  # type: ignore[attr-defined]  # (grpc.aio has no public opt-out)
-    return mc
+    return uninterposed(
+        dial_channel(client).unary_stream(
+            _WATCH_DIR,
+            request_serializer=pb.WatchDirRequest.SerializeToString,
+            response_deserializer=pb.WatchEvent.FromString,
+        )
+    )
 
 
 async def _read(call: Any, host_id: str) -> Any:
