@@ -59,6 +59,11 @@ class BuildStep:
     disk_size_mb: int
     egress_allow: list[str]
     team: str = ""  # whose turn its layer's install takes (layer_slots)
+    owner_account: str = ""  # the account that owns that team: given, the turns are its
+
+    @property
+    def tenant(self) -> str:
+        return self.owner_account or self.team
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ async def run_build_step(m: SandboxManager, step: BuildStep) -> AsyncIterator[St
         env=None, egress_allow=step.egress_allow, chain=step.chain,
         # The template's start and ready commands are for its sandboxes, not for its build.
         config=dataclasses.replace(step.config, start_cmd="", ready_cmd=""),
-        owner_team=step.team,  # its create's turn is its team's (admission.py)
+        owner_team=step.team, owner_account=step.owner_account,  # its create's turn (admission.py)
     )  # fmt: skip
     req = dataclasses.replace(req, sandbox_id=sb_id)
     timeout = step.timeout_sec or DEFAULT_STEP_TIMEOUT_S
@@ -166,9 +171,9 @@ async def _export(m: SandboxManager, sb: HostSandbox, step: BuildStep) -> AsyncI
     write on while the layer is read), then the tar streamed while it is installed here."""
     await m.runtime.destroy(sb.id)
     upper = SandboxFs(m.sandboxes_dir / sb.id).upper
-    tar, meta = await m.layers.export(upper, step.max_layer_bytes, sb.uid_base, tenant=step.team or sb.id)
+    tar, meta = await m.layers.export(upper, step.max_layer_bytes, sb.uid_base, tenant=step.tenant or sb.id)
     try:
-        async for chunk in m.layers.stream_and_install(tar, meta, team=step.team):
+        async for chunk in m.layers.stream_and_install(tar, meta, team=step.tenant):
             yield StepEvent(layer_chunk=chunk)
     finally:
         tar.unlink(missing_ok=True)

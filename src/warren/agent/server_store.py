@@ -68,8 +68,9 @@ class TemplateStoreRpcs:
             # no bytes in gRPC's windows).
             await context.send_initial_metadata(((ADMITTED_KEY, "1"),))
 
+        tenant = first.meta.owner_account_id or first.meta.team_id  # whose install turn
         installed = await self.m.layers.receive(
-            first.meta.digest, first.meta.size, chunks(), team=first.meta.team_id, admitted=admitted
+            first.meta.digest, first.meta.size, chunks(), team=tenant, admitted=admitted
         )
         return pb.PutLayerResponse(installed=installed)
 
@@ -95,6 +96,7 @@ class TemplateStoreRpcs:
                 build_id=r.build_id, chain=chain, config=config, cmd=r.cmd, timeout_sec=r.timeout_sec,
                 max_layer_bytes=r.max_layer_bytes, vcpus=r.vcpus, memory_mb=r.memory_mb,
                 disk_size_mb=r.disk_size_mb, egress_allow=list(r.egress_allow), team=r.team_id,
+                owner_account=r.owner_account_id,
             )  # fmt: skip
             async for ev in build_step.run_build_step(self.m, step):
                 if ev.output is not None:

@@ -727,14 +727,16 @@ class GetSandboxMetricsResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
 
 class LayerMeta(_message.Message):
-    __slots__ = ("digest", "size", "team_id")
+    __slots__ = ("digest", "size", "team_id", "owner_account_id")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     digest: str
     size: int
     team_id: str
-    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., team_id: _Optional[str] = ...) -> None: ...
+    owner_account_id: str
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., team_id: _Optional[str] = ..., owner_account_id: _Optional[str] = ...) -> None: ...
 
 class HasLayersRequest(_message.Message):
     __slots__ = ("digests",)
@@ -799,7 +801,7 @@ class DeleteLayersResponse(_message.Message):
     def __init__(self, deleted: _Optional[_Iterable[str]] = ..., in_use: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunBuildStepRequest(_message.Message):
-    __slots__ = ("build_id", "chain", "cmd", "timeout_sec", "max_layer_bytes", "vcpus", "memory_mb", "disk_size_mb", "egress_allow", "team_id")
+    __slots__ = ("build_id", "chain", "cmd", "timeout_sec", "max_layer_bytes", "vcpus", "memory_mb", "disk_size_mb", "egress_allow", "team_id", "owner_account_id")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     CMD_FIELD_NUMBER: _ClassVar[int]
@@ -810,6 +812,7 @@ class RunBuildStepRequest(_message.Message):
     DISK_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
     EGRESS_ALLOW_FIELD_NUMBER: _ClassVar[int]
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     chain: TemplateChain
     cmd: str
@@ -820,7 +823,8 @@ class RunBuildStepRequest(_message.Message):
     disk_size_mb: int
     egress_allow: _containers.RepeatedScalarFieldContainer[str]
     team_id: str
-    def __init__(self, build_id: _Optional[str] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., cmd: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., max_layer_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., egress_allow: _Optional[_Iterable[str]] = ..., team_id: _Optional[str] = ...) -> None: ...
+    owner_account_id: str
+    def __init__(self, build_id: _Optional[str] = ..., chain: _Optional[_Union[TemplateChain, _Mapping]] = ..., cmd: _Optional[str] = ..., timeout_sec: _Optional[int] = ..., max_layer_bytes: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., egress_allow: _Optional[_Iterable[str]] = ..., team_id: _Optional[str] = ..., owner_account_id: _Optional[str] = ...) -> None: ...
 
 class BuildStepEvent(_message.Message):
     __slots__ = ("output", "exit_code", "layer_chunk", "layer")

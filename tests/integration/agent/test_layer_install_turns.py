@@ -39,12 +39,12 @@ def agent() -> Iterator[AgentProcess]:
 class Push:
     """A PutLayer whose chunks the test lets go: meta first, the rest once ``go`` is set."""
 
-    def __init__(self, a: AgentProcess, team: str, seed: str) -> None:
+    def __init__(self, a: AgentProcess, team: str, seed: str, account: str = "") -> None:
         self.data = layer_tar({f"f-{seed}": seed.encode() * 1000})
         self.digest = digest(self.data)
         self.go = threading.Event()
         self.sent = 0
-        meta = pb.LayerMeta(digest=self.digest, size=len(self.data), team_id=team)
+        meta = pb.LayerMeta(digest=self.digest, size=len(self.data), team_id=team, owner_account_id=account)
         self.call: Any = a.stub.PutLayer.future(self._requests(meta), timeout=120)
 
     def _requests(self, meta: pb.LayerMeta) -> Iterator[pb.PutLayerRequest]:
@@ -96,3 +96,27 @@ def test_turns_over_put_layer(agent: AgentProcess) -> None:
     assert not agent.stub.HasLayers(
         pb.HasLayersRequest(digests=[first.digest, a2.digest, b1.digest]), timeout=30
     ).missing
+
+
+def test_one_accounts_teams_take_one_share_of_the_queue(agent: AgentProcess) -> None:
+    """A user may own several teams: each took a share of the install queue of its own, so an
+    account's third team filled the queue and another tenant's install was refused (session 23).
+    Named by their owning account (``LayerMeta.owner_account_id``), they share one."""
+    before = agent.log_path.read_text(errors="replace").count("event=layer_install_queued")
+    held = Push(agent, "x-team-1", "x1", account="account-x")
+    assert held.admitted()  # the one slot
+    x2 = Push(agent, "x-team-2", "x2", account="account-x")
+    queued(agent, before + 1)  # account-x's share of the queue (1 of 2)
+    x3 = Push(agent, "x-team-3", "x3", account="account-x")
+    with pytest.raises(grpc.RpcError) as refused:
+        x3.call.result()  # before: its team held none, and it took the queue's last place
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    b = Push(agent, "b-team", "b", account="account-b")
+    queued(agent, before + 2)  # the other tenant's install waits for its turn, not refused
+    held.go.set()
+    assert held.call.result().installed
+    assert b.admitted()  # the freed slot: the tenant holding none
+    b.go.set()
+    assert b.call.result().installed
+    x2.go.set()
+    assert x2.call.result().installed

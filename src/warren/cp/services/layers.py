@@ -237,14 +237,15 @@ async def ensure_on_host(
     digests: Sequence[str],
     *,
     team: uuid.UUID | None = None,
+    account: uuid.UUID | None = None,
     wait: TurnWait = TurnWait(),
 ) -> list[str]:
     """Make sure the host holds every layer of ``digests``: ask it which it lacks
-    (``HasLayers``), push those from the store one by one (in ``team``'s turns on the host,
-    waiting for them ``wait.seconds`` in all), and record the host as holding them all. Returns
-    the digests pushed. 500 ``layer_corrupt`` when the store's bytes of a layer do not hash to
-    its name, 500 ``layer_missing`` when the store lacks it, 503 ``layer_install_busy`` past
-    the wait; the layers pushed before that one stay recorded."""
+    (``HasLayers``), push those from the store one by one (in ``team``'s turns on the host, its
+    owning ``account``'s when given, waiting for them ``wait.seconds`` in all), and record the
+    host as holding them all. Returns the digests pushed. 500 ``layer_corrupt`` when the store's
+    bytes of a layer do not hash to its name, 500 ``layer_missing`` when the store lacks it, 503
+    ``layer_install_busy`` past the wait; the layers pushed before that one stay recorded."""
     wanted = [check_digest(d) for d in dict.fromkeys(digests)]
     if not wanted:
         return []
@@ -259,7 +260,7 @@ async def ensure_on_host(
     for digest in missing:
         await push_layer(
             store, client, host_id, digest, known.get(digest),
-            team=team, admits=has.admits, until=until, per_team=wait.per_team,
+            team=team, account=account, admits=has.admits, until=until, per_team=wait.per_team,
         )  # fmt: skip
         await layer_repush.note_pushed(engine, host_id, digest)
     return missing
@@ -273,6 +274,7 @@ async def push_layer(
     size: int | None = None,
     *,
     team: uuid.UUID | None = None,
+    account: uuid.UUID | None = None,
     admits: bool = False,
     until: float | None = None,
     per_team: int = 0,
@@ -282,10 +284,11 @@ async def push_layer(
     the host's ``HasLayers`` said it takes installs in turns (wait for its word, retry a full
     queue). The wait for a turn (and for another push of the same layer to the same host) ends
     at ``until`` (the loop's time; default ``BACKGROUND_WAIT_S`` from now) with
-    ``LayerInstallBusy``; ``per_team``: see ``TurnWait``."""
+    ``LayerInstallBusy``; ``per_team``: see ``TurnWait`` (counted by ``account`` when given: all
+    the teams one account owns together, as the host's turns)."""
     loop = asyncio.get_running_loop()
     until = loop.time() + BACKGROUND_WAIT_S if until is None else until
-    who = str(team) if team else ""
+    who, owner = str(team) if team else "", str(account) if account else ""
     started = loop.time()
     lock = _pushing.get((host_id, digest))
     if lock is None:
@@ -303,8 +306,9 @@ async def push_layer(
             size = await _stored_size(store, digest)
         # Counted from here: creates of a layer another create is pushing to this host wait
         # for that push, uncounted (they hold no turn; the team's sandbox quota bounds them).
-        with _counted(who, per_team) as admitted:
-            push = _Push(store, client, digest, size, who, admits, admitted)
+        with _counted(owner or who, per_team) as admitted:
+            whose = pb.LayerMeta(team_id=who, owner_account_id=owner)
+            push = _Push(store, client, digest, size, whose, admits, admitted)
             installed = await _push_in_turn(push, host_id, started, until if admits else loop.time())
     finally:
         lock.release()
@@ -342,12 +346,12 @@ class _Push:
         client: HostClient,
         digest: str,
         size: int,
-        team: str,
+        owner: pb.LayerMeta,  # whose turn: its team_id and owner_account_id
         admits: bool,
         admitted: Callable[[], None],
     ) -> None:
         self.store, self.client, self.digest, self.size = store, client, digest, size
-        self.team, self.admits, self.admitted = team, admits, admitted
+        self.owner, self.admits, self.admitted = owner, admits, admitted
 
     async def once(self, queue_s: float) -> bool:
         transfer_s = _PUSH_BASE_S + self.size / _PUSH_MIN_RATE
@@ -363,7 +367,8 @@ class _Push:
         if not self.admits:
             self.admitted()
             go.set_result(True)
-        meta = pb.LayerMeta(digest=self.digest, size=self.size, team_id=self.team)
+        meta = pb.LayerMeta(digest=self.digest, size=self.size)
+        meta.MergeFrom(self.owner)
         try:
             call = self.client.stub.PutLayer(
                 _put_messages(meta, first, chunks, go), timeout=queue_s + transfer_s
@@ -416,9 +421,10 @@ class HostFetch:
         missing: Sequence[str] | None,
         team: uuid.UUID | None = None,
         wait: TurnWait = TurnWait(),
+        account: uuid.UUID | None = None,
     ) -> None:
         self.engine, self.store, self.client, self.host_id = engine, store, client, host_id
-        self.team, self.wait = team, wait
+        self.team, self.wait, self.account = team, wait, account
         self._until: float | None = None  # the end of its wait, set at its first push
         self.chain = chain
         self.missing: list[str] = list(missing or ()) if chain is not None else []
@@ -437,7 +443,14 @@ class HostFetch:
         # Both pushes of a create (before its RPC, and after a `missing layers`) share one wait.
         wait = TurnWait(max(self._until - now, 0.0), self.wait.per_team)
         await ensure_on_host(
-            self.engine, self.store, self.client, self.host_id, digests, team=self.team, wait=wait
+            self.engine,
+            self.store,
+            self.client,
+            self.host_id,
+            digests,
+            team=self.team,
+            account=self.account,
+            wait=wait,
         )
 
 

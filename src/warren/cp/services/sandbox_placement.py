@@ -122,8 +122,9 @@ async def place(
         req.owner_account_id = str(owner_account or "")
         wait = layers.create_wait(settings, turn_until)
         fetch = layers.HostFetch(
-            engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid, wait=wait
-        )
+            engine, store, client, host["id"], plan.chain, host.get("missing"), team=team_uuid, wait=wait,
+            account=owner_account,
+        )  # fmt: skip
         try:
             resp = await _call_agent(engine, client, req, sb_uuid, host, timings, fetch)
         except layers.LayerInstallBusy as e:

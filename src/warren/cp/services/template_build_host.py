@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock, ids
 from warren.config import Settings
 from warren.cp.db.engine import autocommit
-from warren.cp.db.tables import teams, template_builds
+from warren.cp.db.tables import teams, template_builds, users_teams
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.hosts.scheduler import Host, Overcommit, Placement, Reservation, Scheduler
 from warren.cp.services import egress
@@ -78,6 +78,8 @@ class BuildHost:
     build_id: uuid.UUID
     host: Host | None = None
     egress_allow: tuple[str, ...] = ()
+    # The team's owning account, read with the host's choice: the agent's turns are the account's.
+    owner_account: uuid.UUID | None = None
 
     @property
     def host_id(self) -> uuid.UUID | None:
@@ -92,7 +94,8 @@ class BuildHost:
         )
 
     async def _first_choice(self, conn: Any, need: Reservation) -> Host:
-        """A host with room for the step among the team's, its egress ranges read with it."""
+        """A host with room for the step among the team's, its egress ranges and the team's owner
+        read with it."""
         team = (
             await conn.execute(
                 teams.select()
@@ -103,6 +106,10 @@ class BuildHost:
         is_byoc = bool(team.is_byoc) if team is not None else False
         names = list(team.egress_allow) if team is not None else []
         self.egress_allow = tuple(egress.team_cidrs(egress.catalog_of(self.settings), names))
+        owner = sa.select(users_teams.c.user_id).where(
+            users_teams.c.team_id == self.team_id, users_teams.c.role == "owner"
+        )
+        self.owner_account = (await conn.execute(owner.limit(1))).scalar()
         return await self.scheduler.select_host(conn, self.team_id, is_byoc, Placement(need=need))
 
     async def _try_reserve(self, need: Reservation) -> tuple[Host | None, str]:
@@ -241,7 +248,9 @@ class BuildHost:
         cmd: str,
         timeout_s: float,
     ) -> AsyncIterator[Any]:
-        await layer_svc.ensure_on_host(self.engine, self.store, client, host["id"], layers, team=self.team_id)
+        await layer_svc.ensure_on_host(
+            self.engine, self.store, client, host["id"], layers, team=self.team_id, account=self.owner_account
+        )
         s = self.settings
         req = pb.RunBuildStepRequest(
             build_id=ids.format_id(ids.Kind.BUILD, self.build_id),
@@ -254,6 +263,7 @@ class BuildHost:
             disk_size_mb=s.build_disk_mb,
             egress_allow=list(self.egress_allow),
             team_id=str(self.team_id),
+            owner_account_id=str(self.owner_account or ""),
         )
         call = client.stub.RunBuildStep(req, timeout=timeout_s + 120)
         try:
