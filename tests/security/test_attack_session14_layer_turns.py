@@ -233,7 +233,7 @@ async def test_one_teams_waiting_creates_are_bounded_and_never_count_against_ano
         assert sum(1 for t in flood if not t.done()) == PER_TEAM
         # Another team's create is not refused by the attacker's count: it waits its turn, and
         # gets it once the turns are free.
-        team = str(ids.parse_id(ids.Kind.TEAM, cluster.user.team_id))
+        team = _tenant(cluster)
 
         async def victim_queued() -> bool:
             return sum(queued(a, team) for a in cluster.agents) > before
@@ -275,8 +275,14 @@ async def test_a_burst_of_one_templates_creates_shares_its_push_and_is_not_refus
     await cluster.destroy(*(r.json()["id"] for r in answers))
 
 
+def _tenant(cluster: Cluster) -> str:
+    """Whose install turns the cluster's user's pushes take on an agent (its log's ``team=``):
+    the team's owning account (session 23), the user who signed up."""
+    return str(ids.parse_id(ids.Kind.USER, cluster.user.id))
+
+
 def _pushes_queued(cluster: Cluster, n: int) -> Any:
-    team = str(ids.parse_id(ids.Kind.TEAM, cluster.user.team_id))
+    team = _tenant(cluster)
     before = sum(queued(a, team) for a in cluster.agents)
 
     async def pred() -> bool:
