@@ -268,9 +268,15 @@ class OomWatch:
         """Whether the process killed last is gone (as the kernel waits for its victim: its exit
         frees memory and wakes the waiters), or waited for long enough."""
         if a.victim >= 0:
-            if not cmds_procs.wait_exit(a.victim, 0) and now - a.killed_at < VICTIM_WAIT_S:
+            exited = cmds_procs.wait_exit(a.victim, 0)
+            if not exited and now - a.killed_at < VICTIM_WAIT_S:
                 return False
             self._forget_victim(a)
+            if exited:  # its exit freed memory: the state read before it may be stale, and the
+                # largest left can be an innocent one (a storm's own loop, between children)
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    return bool(read_control(a.dir / "memory.oom_control")["under_oom"])
+                return False
         return True
 
     def _kill_one(self, a: _Armed) -> None:
