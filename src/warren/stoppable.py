@@ -26,6 +26,13 @@ class Stopped(Exception):
     """Raised inside the work once its caller was cancelled."""
 
 
+def check(stop: threading.Event | None, what: str = "the work") -> None:
+    """Raise :class:`Stopped` when ``stop`` is set: the work's check between two of its steps
+    (a member, a file, a chunk). ``None`` is work run without a stop signal."""
+    if stop is not None and stop.is_set():
+        raise Stopped(f"{what} was cancelled")
+
+
 async def run_stoppable(work: Callable[[threading.Event], T], *, executor: Executor | None = None) -> T:
     """``work(stop)`` in a thread of ``executor`` (the loop's default one when None); its result.
     ``stop`` is set when the caller is cancelled, and the cancellation waits for ``work`` to

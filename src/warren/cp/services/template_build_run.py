@@ -244,10 +244,12 @@ class _Build:
             tctx.new_spool_file, self.runner.settings.home / "build-spool", ".staging-"
         )
         try:
-            limit = self.runner.settings.build_max_layer_mb * MiB
-            meta, staged = await tenant_threads.call(
-                self.team_id, tctx.staging_layer, self.context, step, n, path, limit
-            )  # a context's worth of files: the tenant executor, not the default one
+            limit, ctx = self.runner.settings.build_max_layer_mb * MiB, self.context
+            # A context's worth of files: the tenant executor, not the default one; a cancelled
+            # build (its time limit, the CP stopping) stops it at its next file or chunk.
+            meta, staged = await tenant_threads.run(
+                self.team_id, lambda stop: tctx.staging_layer(ctx, step, n, path, limit, stop)
+            )
         except BaseException:
             await asyncio.to_thread(path.unlink, missing_ok=True)
             raise
@@ -347,22 +349,16 @@ async def run_build(
                 .where(template_builds.c.id == build_id, template_builds.c.status == "queued")
                 .values(status="running", started_at=clock.now(), heartbeat_at=clock.now())
             )
-        build_ctx = await tenant_threads.call(team_id, tctx.BuildContext, context)
-        try:
-            build = _Build(
-                runner,
-                build_id,
-                team_id,
-                body,
-                build_ctx,
-                writer,
-                clock.monotonic() + settings.build_timeout_s,
-            )
-            async with asyncio.timeout(settings.build_timeout_s):
+        deadline = clock.monotonic() + settings.build_timeout_s
+        async with asyncio.timeout(settings.build_timeout_s):
+            # The context's index is the build's work too: in its time limit, stopped with it.
+            build_ctx = await tenant_threads.run(team_id, lambda stop: tctx.BuildContext(context, stop))
+            try:
+                build = _Build(runner, build_id, team_id, body, build_ctx, writer, deadline)
                 spec, size = await build.run()
-            await build.finish(spec, size)
-        finally:
-            build_ctx.close()
+            finally:
+                build_ctx.close()
+        await build.finish(spec, size)
         return
     except asyncio.CancelledError:
         failure = {"error": STOPPED}

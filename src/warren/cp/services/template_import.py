@@ -95,9 +95,11 @@ async def import_image(
     workdir = Path(await asyncio.to_thread(_mkdtemp, spool))
     try:
         try:
-            # A whole image, as long as the tenant made it: the tenant executor, not the default one.
-            image = await tenant_threads.call(
-                team_id, read_image, image_path, workdir, max_bytes=settings.import_max_image_mb * MiB
+            # A whole image, as long as the tenant made it: the tenant executor, not the default
+            # one; a cancelled import stops it at its next chunk (the finally removes the workdir).
+            max_bytes = settings.import_max_image_mb * MiB
+            image = await tenant_threads.run(
+                team_id, lambda stop: read_image(image_path, workdir, max_bytes=max_bytes, stop=stop)
             )
         except LayerError as e:
             raise InvalidRequest(f"the image cannot be imported: {e}") from e
