@@ -56,7 +56,7 @@ from warren.cp.db.embedded import EmbeddedPostgres
 T = TypeVar("T")
 
 # The harness's fixtures (``cp``, ``platform_dir``, ``platform``) for every suite.
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.cpu_report"]
 
 ENV_URL = "WARREN_TEST_DATABASE_URL"
 # Set by the xdist controller for its workers; not meant to be set by hand.

@@ -1,0 +1,59 @@
+"""What each test module costs in CPU, for trimming the suite (it is CPU-bound: three workers on
+two cores leave ~1 % idle, so a module's wall time says little about what it takes from the rest).
+
+Set ``WARREN_TEST_CPU_REPORT=<file>`` and each worker appends one line per module to ``<file>``:
+CPU seconds, wall seconds, the module. The CPU is the worker's own and that of its children
+reaped meanwhile: the module's CP processes and agents, and through each agent (the subreaper of
+its containers) its sandboxes' processes. A shared platform's agent is reaped at the worker's
+end, so its sandboxes count in no module. Sort the file with ``sort -rn``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+ENV = "WARREN_TEST_CPU_REPORT"
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class ModuleCPU:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.module: str | None = None
+        self.start = (0.0, 0.0)
+
+    def _close(self) -> None:
+        if self.module is None:
+            return
+        cpu, wall = _cpu() - self.start[0], time.monotonic() - self.start[1]
+        with self.out.open("a") as f:  # one short append a module: whole lines from every worker
+            f.write(f"{cpu:8.1f} {wall:8.1f} {self.module}\n")
+        self.module = None
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, None, None]:
+        module = item.nodeid.split("::")[0]
+        if module != self.module:
+            self._close()
+            self.module, self.start = module, (_cpu(), time.monotonic())
+        yield
+
+    def pytest_sessionfinish(self) -> None:
+        self._close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    out = os.environ.get(ENV)
+    if out:
+        config.pluginmanager.register(ModuleCPU(Path(out)), "warren-module-cpu")
