@@ -4,10 +4,8 @@ and out, and turn errors into HTTP answers and the stream's error frames."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response, WebSocket
@@ -17,6 +15,7 @@ from starlette.background import BackgroundTask
 
 from warren.cp import ws
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
+from warren.cp.api.disconnect import CLIENT_GONE, until_disconnected
 from warren.cp.http_errors import error_responses
 from warren.cp.security import credentials
 from warren.cp.services import exec as svc
@@ -48,32 +47,6 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run ``work`` unless the HTTP client goes away first: then it is cancelled (for an exec,
-    that cancels the RPC and the agent kills the command) and the answer is None. Once the body
-    has been read, the next ASGI message is the client's disconnect."""
-    task = asyncio.ensure_future(work)
-
-    async def client_gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(client_gone())
-    # The watcher's end (a disconnect) cancels the work; awaiting the work itself costs less
-    # than asyncio.wait's set, future and callbacks on both.
-    watcher.add_done_callback(lambda _: task.cancel())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            return None  # the client went away (or its receive failed)
-        raise  # this request itself was cancelled
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher  # ended before the answer's own receive() calls
-
-
 @router.post(
     "/{sandbox_id}/exec",
     response_model=svc.ExecResult,
@@ -95,7 +68,7 @@ async def exec_command(sandbox_id: str, request: Request, ctx: TeamContext) -> R
                               max_output=settings.max_exec_output)  # fmt: skip
     answer = await until_disconnected(request, work)
     if answer is None:
-        return Response(status_code=499)  # nobody is listening any more
+        return Response(status_code=CLIENT_GONE)  # nobody is listening any more
     release = BackgroundTask(_on_loop, answer.release)
     if answer.whole is not None:
         return Response(answer.whole, media_type="application/json", background=release)

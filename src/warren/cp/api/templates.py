@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from warren.cp.api.deps import AUTH_ERRORS, Db, SettingsDep, Store, TeamContext
+from warren.cp.api.disconnect import CLIENT_GONE, until_disconnected
 from warren.cp.http_errors import error_responses
 from warren.cp.multipart import Field_, FileData, FileStart, MultipartStream, PartEnd
 from warren.cp.services import template_builds as builds
@@ -192,11 +193,12 @@ async def build_template(
 )
 async def import_template(
     request: Request, ctx: TeamContext, db: Db, settings: SettingsDep, store: Store
-) -> svc.TemplateVersion:
+) -> svc.TemplateVersion | Response:
     """Import an OCI image layout tarball or a ``docker save`` tarball (multipart: ``name``,
     ``tags``, file ``image``) as the next version of a template. An image without
     ``/usr/bin/python3``: 400 ``python3_missing``; past ``WARREN_IMPORT_MAX_IMAGE_MB``: 413; the
-    team's imports in progress at ``WARREN_IMPORT_MAX_PER_TEAM``: 429 ``too_many_imports``."""
+    team's imports in progress at ``WARREN_IMPORT_MAX_PER_TEAM``: 429 ``too_many_imports``. A
+    client that disconnects stops the import."""
     if not _is_multipart(request):
         raise InvalidRequest("expected multipart/form-data with the fields name, tags and the file image")
     async with imports.admitted(ctx, settings):
@@ -205,7 +207,7 @@ async def import_template(
 
 async def _import(
     request: Request, ctx: TeamContext, db: Db, settings: SettingsDep, store: Store
-) -> svc.TemplateVersion:
+) -> svc.TemplateVersion | Response:
     spool = settings.home / "build-spool"
 
     async def check(fields: dict[str, str]) -> None:
@@ -218,7 +220,12 @@ async def _import(
             raise InvalidRequest("the file part image is required")
         _import_fields(fields)
         tags = builds.tags_field(fields.get("tags", ""))
-        return await imports.import_image(db, store, settings, ctx, fields.get("name", ""), tags, image[0])
+        work = imports.import_image(db, store, settings, ctx, fields.get("name", ""), tags, image[0])
+        # A client that leaves stops the read: an image is seconds of a tenant thread to read.
+        version = await until_disconnected(request, work)
+        if version is None:
+            return Response(status_code=CLIENT_GONE)  # nobody is listening any more
+        return version
     finally:
         if image is not None:
             image[0].unlink(missing_ok=True)
