@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
@@ -30,6 +31,8 @@ from warren.agent.per_manager import PerManager
 from warren.errors import InvalidRequest, NotFound, PayloadTooLarge
 from warren.ids import Kind, format_id
 from warren.rpc import hostagent_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 MAX_WATCHERS = 16  # polling watchers per sandbox
 MAX_POLL_EVENTS = 1000  # events a polling watcher holds between polls; past it: overflowed
@@ -68,12 +71,18 @@ async def start(m: SandboxManager, req: pb.WatchDirRequest, user: str) -> AsyncG
     except BaseException:
         await it.aclose()
         raise
+    # The path is the tenant's: its length, not its bytes, goes to the host's log.
+    log.info(
+        "event=watch_started sandbox_id=%s recursive=%s path_len=%d",
+        req.sandbox_id, req.recursive, len(req.path.encode()),
+    )  # fmt: skip
     return it
 
 
 async def stream(it: AsyncGenerator[WatchBatch, None]) -> AsyncGenerator[pb.WatchEvent, None]:
     """``WatchDir``'s messages: ``started`` first, then the events (an ``overflow`` message
     where the guest dropped some)."""
+    sent = 0
     try:
         yield pb.WatchEvent(type="started")
         async for batch in it:
@@ -81,8 +90,10 @@ async def stream(it: AsyncGenerator[WatchBatch, None]) -> AsyncGenerator[pb.Watc
                 yield pb.WatchEvent(type="overflow", overflowed=True)
             for ev in batch.events:
                 yield to_pb(ev)
+                sent += 1
     finally:
         await it.aclose()
+        log.info("event=watch_ended events=%d", sent)
 
 
 @dataclass

@@ -8,7 +8,8 @@ of their own per host instead, probes off: a stream's window stays at :data:`WIN
 is a connection's rate, at most ``WINDOW`` per round trip to the agent.
 
 Calls on it skip the client interceptor (:func:`uninterposed`): their callers map errors with
-the same ``agent_client.translate``, and ask ``HostClient.admit`` (the BYOC address check) first.
+the same ``agent_client.translate``, ask ``HostClient.admit`` (the BYOC address check) first,
+and send :func:`request_metadata` (the request id the interceptor would add, for the agent's log).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import grpc
 import grpc.aio
 
 from warren.cp.hosts.client_pool import HostClient
+from warren.request_context import GRPC_METADATA_KEY, request_id
 from warren.rpc import keepalive
 
 WINDOW = 64 << 10  # a stream's receive window in gRPC
@@ -87,3 +89,10 @@ def uninterposed(multicallable: Any) -> Any:
     grpc.aio relays every message of an intercepted stream through extra tasks and generators."""
     multicallable._interceptors = None  # (grpc.aio has no public opt-out)
     return multicallable
+
+
+def request_metadata(*pairs: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """``pairs`` plus the current request's id (when there is one): the metadata the client
+    interceptor adds to a call, for a call that skips it."""
+    rid = request_id.get()
+    return (*pairs, (GRPC_METADATA_KEY, rid)) if rid is not None else pairs

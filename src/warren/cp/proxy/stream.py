@@ -31,7 +31,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # (the stubs lack it)
 from warren.aio import cancel_and_wait
 from warren.cp.hosts.agent_client import translate
 from warren.cp.hosts.client_pool import HostClient
-from warren.cp.hosts.narrow_channel import dial_channel, uninterposed
+from warren.cp.hosts.narrow_channel import dial_channel, request_metadata, uninterposed
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -108,7 +108,7 @@ class DialStream:
         """Wait for ``connected`` (AgentError: port_not_open, paused, unknown sandbox…)."""
         try:
             await self._admit()  # before the call: a call connects the channel
-            self._call = self._start(metadata=_ASK_CREDIT)
+            self._call = self._start(metadata=request_metadata(*_ASK_CREDIT))
             await self._send(pb.DialRequest(open=pb.DialOpen(sandbox_id=self.sandbox_id, port=self.port)))
             try:
                 md = await self._call.initial_metadata()

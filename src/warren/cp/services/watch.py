@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.agent_client import translate
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.hosts.narrow_channel import dial_channel, uninterposed
+from warren.cp.hosts.narrow_channel import dial_channel, request_metadata, uninterposed
 from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, parse_body
@@ -106,7 +106,7 @@ async def watch_events(tgt: sandbox_access.Target, req: pb.WatchDirRequest) -> A
     Shared by Warren's watch and E2B's (services/envd_fs.py)."""
     client = tgt.client()
     await client.admit()  # the BYOC address check: the narrow channel has no interceptor
-    call = _watch_dir(client)(req, timeout=None)
+    call = _watch_dir(client)(req, timeout=None, metadata=request_metadata())
     try:
         first: Any = await _read(call, client.host_id)
         if first is _EOF or first.type != "started":

@@ -66,6 +66,22 @@ async def test_a_websocket_upgrade_returns_the_request_id(live: Platform) -> Non
         await http.delete(f"/v1/sandboxes/{sb}")
 
 
+async def test_a_streamed_watch_carries_the_request_id_to_the_agent(live: Platform) -> None:
+    """A watch goes over the host's narrow channel, which skips the client interceptor that adds
+    the id to every other call: the watch's call adds it itself (session 24)."""
+    async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=120) as http:
+        r = await http.post("/v1/sandboxes", json={})
+        assert r.status_code == 201, r.text
+        sb = r.json()["id"]
+        url = live.url.replace("http", "ws", 1) + f"/v1/sandboxes/{sb}/watch?path=/tmp"
+        headers = {"X-API-Key": live.api_key, "X-Request-Id": "watch-req-1"}
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            assert ws.response is not None and ws.response.headers["X-Request-Id"] == "watch-req-1"
+        await http.delete(f"/v1/sandboxes/{sb}")
+    started = [x for x in _agent_lines(live) if f"event=watch_started sandbox_id={sb}" in str(x["message"])]
+    assert started and {x.get("request_id") for x in started} == {"watch-req-1"}, started
+
+
 async def test_metrics_after_real_creates(live: Platform) -> None:
     async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=120) as http:
         r = await http.post("/v1/sandboxes", json={})
