@@ -36,6 +36,7 @@ from warren.sdk._template_build import (
     OnLog,
     OnStatus,
     TemplateInfo,
+    build_path,
     delete_template_op,
     follow_op,
     get_build_op,
@@ -49,7 +50,7 @@ from warren.sdk._template_build import (
     submit_op,
 )
 from warren.sdk._template_spec import TemplateSpec
-from warren.sdk._transport import AsyncTransport, Op, SyncTransport, awaiting, blocking
+from warren.sdk._transport import AsyncTransport, Http, Op, SyncTransport, awaiting, blocking
 
 __all__ = ["AsyncTemplate", "AsyncTemplateBuild", "Template", "TemplateBuild"]
 
@@ -95,6 +96,22 @@ class _BuildBase:
             print(build.refresh().status)   # queued | running | ready | failed
         """
         self._info = yield from get_build_op(self._name, self.id)
+        return self._info
+
+    def _cancel(self) -> Op[BuildInfo]:
+        """Cancel the build: it ends ``failed`` with the error "cancelled by the team", its
+        running step stopped within seconds (and :attr:`info` updated).
+
+        Raises:
+            ConflictError: the build has ended already (``code == "build_finished"``).
+
+        Example::
+
+            with Template.get_build("my-app", build_id) as build:
+                print(build.cancel().error)   # cancelled by the team
+        """
+        res = yield Http("POST", f"{build_path(self._name, self.id)}/cancel")
+        self._info = BuildInfo.from_json(res.json())
         return self._info
 
     def _read_log(self, offset: int = 0) -> Op[LogChunk]:
@@ -185,6 +202,7 @@ class TemplateBuild(_BuildBase):
         self.close()
 
     refresh = blocking(_BuildBase._refresh)
+    cancel = blocking(_BuildBase._cancel)
     read_log = blocking(_BuildBase._read_log)
     follow = blocking(_BuildBase._follow)
     wait = blocking(_BuildBase._wait)
@@ -208,6 +226,7 @@ class AsyncTemplateBuild(_BuildBase):
         await self.close()
 
     refresh = awaiting(_BuildBase._refresh)
+    cancel = awaiting(_BuildBase._cancel)
     read_log = awaiting(_BuildBase._read_log)
     follow = awaiting(_BuildBase._follow)
     wait = awaiting(_BuildBase._wait)

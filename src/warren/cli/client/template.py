@@ -1,5 +1,5 @@
 """``warren template``: build templates from a Warrenfile, import OCI images, list, show,
-follow build logs and delete.
+follow build logs, cancel builds and delete.
 
 Everything goes through the SDK's ``Template`` (the same calls a program makes). A build's log
 is printed as it is written, with a header per step; its exit code is 0 only when the template
@@ -228,6 +228,26 @@ def template_logs(
         if build.info.status in ("ready", "failed"):
             _finish(build.refresh(), name)
         err.print(f"build is {build.info.status}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("cancel")
+def template_cancel(
+    name: NameArg,
+    build_id: Annotated[str, typer.Argument(help="The build's id.", show_default=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """Cancel a queued or running build: it ends failed, its running step is stopped.
+
+    A build that has ended already: an error (build_finished).
+
+    Example: warren template cancel web bld-…
+    """
+    with api_errors(), Template.get_build(name, build_id, **_conn()) as build:
+        info = build.cancel()
+    if json_out:
+        print_json(info)
+    else:
+        out.print(f"cancelled build {info.id} of {name} ({info.status})", highlight=False, markup=False)
 
 
 @app.command("import")

@@ -35,6 +35,7 @@ DEFAULT_READ = 1024 * 1024
 STREAM_POLL_S = 0.2
 STREAM_KEEPALIVE_S = 15.0
 TERMINAL = ("ready", "failed")
+ACTIVE = ("queued", "running")  # as template_builds.ACTIVE (which imports this module)
 SLOW_FLUSH_S = 1.0  # a flush slower than this is logged: readers see the log that much late
 
 log = logging.getLogger("warren.builds")
@@ -54,6 +55,10 @@ class LogWriter:
         self._truncated = False
         self._lock = asyncio.Lock()
         self._last_flush = clock.monotonic()
+        # The build's row was seen ended (cancelled, or failed by the stale sweep) by a flush:
+        # ``on_ended`` (set while the build runs) is called once, to stop the build's work.
+        self.ended = False
+        self.on_ended: Callable[[], object] | None = None
 
     async def write(self, data: bytes) -> None:
         self._remember(data)
@@ -112,9 +117,9 @@ class LogWriter:
         """The log's last line, in the caller's transaction (inside :meth:`ending`): the one that
         ends the build, so a reader that sees the build ended also sees all of its log."""
         assert self._lock.locked()
-        await self._append(conn, text.encode() + b"\n")
+        await self._append(conn, text.encode() + b"\n", watch=False)
 
-    async def _append(self, conn: AsyncConnection, more: bytes) -> None:
+    async def _append(self, conn: AsyncConnection, more: bytes, *, watch: bool = True) -> None:
         taken = len(self._buf)  # writes go on meanwhile; the bytes leave the buffer once stored
         data = bytes(self._buf) + more
         self._last_flush = clock.monotonic()
@@ -124,13 +129,27 @@ class LogWriter:
                     build_id=self.build_id, start_offset=self.offset, data=data
                 )
             )
-        await conn.execute(
-            template_builds.update()
-            .where(template_builds.c.id == self.build_id)
-            .values(log_bytes=self.offset + len(data), heartbeat_at=clock.now())
-        )
+        # The heartbeat's own write says whether the build is still wanted: no extra query.
+        status = (
+            await conn.execute(
+                template_builds.update()
+                .where(template_builds.c.id == self.build_id)
+                .values(log_bytes=self.offset + len(data), heartbeat_at=clock.now())
+                .returning(template_builds.c.status)
+            )
+        ).scalar()
         del self._buf[:taken]
         self.offset += len(data)
+        if watch and status not in ACTIVE:
+            self._ended()
+
+    def _ended(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        log.info("event=build_ended_elsewhere build_id=%s", self.build_id)
+        if self.on_ended is not None:
+            self.on_ended()
 
     async def ticker(self, heartbeat_s: float) -> None:
         """While the build runs: output waits at most FLUSH_S, and a quiet build still beats

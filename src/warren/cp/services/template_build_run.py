@@ -32,7 +32,7 @@ from warren.cp.services import template_context as tctx
 from warren.cp.services import templates as tpl
 from warren.cp.services.template_build_host import BuildHost, MiB, StepFailed
 from warren.cp.services.template_build_log import LogWriter
-from warren.cp.services.template_builds import STOPPED, BuildRequest, BuildRunner, mark_failed
+from warren.cp.services.template_builds import CANCELLED, STOPPED, BuildRequest, BuildRunner, mark_failed
 from warren.cp.services.template_spec import (
     LAYER_STEPS,
     CopyStep,
@@ -336,30 +336,34 @@ class _Build:
 async def run_build(
     runner: BuildRunner, build_id: uuid.UUID, team_id: uuid.UUID, body: BuildRequest, context: Path | None
 ) -> None:
-    """The build's task: never raises (but re-raises its own cancellation)."""
+    """The build's task: never raises (but re-raises its own cancellation). A build cancelled
+    (or failed by the sweep) meanwhile: the next log flush or heartbeat sees its row ended and
+    cancels the build's work, which cancels the step's RPC (its host kills the step) and stops
+    its tenant thread work; a build cancelled while queued does not start."""
     engine, settings = runner.engine, runner.settings
     writer = LogWriter(engine, build_id, settings.build_max_log_mb * MiB)
     ticker = asyncio.create_task(writer.ticker(settings.build_heartbeat_s))
-    build: _Build | None = None
+    built: list[_Build] = []
     failure: dict[str, Any] = {}
     try:
         async with autocommit(engine) as conn:
-            await conn.execute(
+            started = await conn.execute(
                 template_builds.update()
                 .where(template_builds.c.id == build_id, template_builds.c.status == "queued")
                 .values(status="running", started_at=clock.now(), heartbeat_at=clock.now())
             )
-        deadline = clock.monotonic() + settings.build_timeout_s
-        async with asyncio.timeout(settings.build_timeout_s):
-            # The context's index is the build's work too: in its time limit, stopped with it.
-            build_ctx = await tenant_threads.run(team_id, lambda stop: tctx.BuildContext(context, stop))
-            try:
-                build = _Build(runner, build_id, team_id, body, build_ctx, writer, deadline)
-                spec, size = await build.run()
-            finally:
-                build_ctx.close()
-        await build.finish(spec, size)
-        return
+        if not started.rowcount:
+            log.info("build %s ended before it started (cancelled): not run", build_id)
+            return
+        work = asyncio.create_task(_work(runner, build_id, team_id, body, context, writer, built))
+        writer.on_ended = work.cancel
+        try:
+            await work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not writer.ended or (current is not None and current.cancelling()):
+                raise  # the CP stops: its builds end with it
+            failure = {"error": CANCELLED}  # the row has its error already: mark_failed leaves it
     except asyncio.CancelledError:
         failure = {"error": STOPPED}
         raise
@@ -373,11 +377,36 @@ async def run_build(
         log.exception("build %s failed", build_id)
         failure = {"error": f"internal error: {type(e).__name__}"}
     finally:
+        writer.on_ended = None
         ticker.cancel()
         if context is not None:
             await asyncio.to_thread(context.unlink, missing_ok=True)
         if failure:
-            await _fail(writer, build_id, build, failure)
+            await _fail(writer, build_id, built[0] if built else None, failure)
+
+
+async def _work(
+    runner: BuildRunner,
+    build_id: uuid.UUID,
+    team_id: uuid.UUID,
+    body: BuildRequest,
+    context: Path | None,
+    writer: LogWriter,
+    built: list[_Build],
+) -> None:
+    """The build's work, in its time limit, then its version (its own task: a cancel stops it)."""
+    settings = runner.settings
+    deadline = clock.monotonic() + settings.build_timeout_s
+    async with asyncio.timeout(settings.build_timeout_s):
+        # The context's index is the build's work too: in its time limit, stopped with it.
+        build_ctx = await tenant_threads.run(team_id, lambda stop: tctx.BuildContext(context, stop))
+        try:
+            build = _Build(runner, build_id, team_id, body, build_ctx, writer, deadline)
+            built.append(build)
+            spec, size = await build.run()
+        finally:
+            build_ctx.close()
+    await build.finish(spec, size)
 
 
 async def _fail(
@@ -390,8 +419,9 @@ async def _fail(
     # A step that failed on the host: its last output lines say why.
     error = f"{where}{message}" + (f"\n{tail}" if tail and failure.get("output") else "")
     try:
-        await writer.line(f"error: {where}{message}")
-        await writer.flush()
+        if not writer.ended:  # an ended build's log has ended too (its readers have left)
+            await writer.line(f"error: {where}{message}")
+            await writer.flush()
     except Exception:
         log.exception("build %s: could not write the end of its log", build_id)
     await mark_failed(

@@ -40,11 +40,11 @@ from warren.cp.services.strict import StrictBody
 from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_spec import parse
 from warren.cp.store import LayerStore
-from warren.errors import InvalidRequest, NotFound, TooManyRequests
+from warren.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 
 log = logging.getLogger("warren.builds")
 
-ACTIVE = ("queued", "running")
+ACTIVE = build_log.ACTIVE  # queued, running
 LIST_LIMIT = 50
 # Ended builds a team keeps (spec and log each, up to 256 KiB and WARREN_BUILD_MAX_LOG_MB), beside
 # those a template version names. A failing build needs no host: kept forever, one key filled
@@ -52,6 +52,7 @@ LIST_LIMIT = 50
 MAX_ENDED_BUILDS_KEPT = 100
 STOPPED = "control plane stopped"
 STALE = "the control plane running this build stopped"
+CANCELLED = "cancelled by the team"
 # An owner's build admissions, one at a time across replicas (transaction-scoped).
 OWNER_BUILDS_NS = 0x575242  # "WRB"
 
@@ -296,6 +297,27 @@ async def find(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str)
 async def get_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> BuildInfo:
     row = await find(engine, ctx, name, build_ref)
     return _build_model(row, row["version"])
+
+
+async def cancel_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> BuildInfo:
+    """Cancel the team's build (another team's: 404): failed with ``CANCELLED``, in one UPDATE
+    that only an active build passes (an ended one: 409 ``build_finished``). The replica running
+    it sees the row ended at its next log flush or heartbeat and stops the build's work
+    (``template_build_run.run_build``); a queued one never starts."""
+    row = await find(engine, ctx, name, build_ref)
+    async with autocommit(engine) as conn:
+        done = await conn.execute(
+            template_builds.update()
+            .where(template_builds.c.id == row["id"], template_builds.c.status.in_(ACTIVE))
+            .values(status="failed", error=CANCELLED, finished_at=clock.now())
+        )
+    if not done.rowcount:
+        raise Conflict(f"build {build_ref} of {name!r} has already ended", code="build_finished")
+    await audit.record(
+        engine, ctx, team_id=row["team_id"], action="build_cancel", resource_type="template",
+        resource_id=name, metadata={"build_id": build_ref},
+    )  # fmt: skip
+    return await get_build(engine, ctx, name, build_ref)
 
 
 async def _forget_old_builds(conn: AsyncConnection, team_id: uuid.UUID) -> None:

@@ -1,11 +1,16 @@
 """`warren template build`'s log printer: the server's step lines become `[n/N]` headers and
-cache hits `CACHED`, whatever the chunking; other output is written as it comes."""
+cache hits `CACHED`, whatever the chunking; other output is written as it comes. `warren template
+cancel` prints the cancelled build, or one error line."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from typer.testing import CliRunner, Result
 
 from warren.cli.client import template
+from warren.sdk import BuildInfo, ConflictError
 
 LONG = " y" * 100
 LOG = (
@@ -47,3 +52,47 @@ def test_output_that_cannot_be_a_step_line_is_written_at_once(capsys: pytest.Cap
     assert capsys.readouterr().out == "\n"  # "Ste" may start a step line
     progress.log("ve\n")
     assert capsys.readouterr().out == "Steve\n"
+
+
+class _FakeBuild:
+    def __init__(self, result: BuildInfo | Exception) -> None:
+        self.result = result
+
+    def __enter__(self) -> _FakeBuild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def cancel(self) -> BuildInfo:
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def _cancel(monkeypatch: pytest.MonkeyPatch, result: BuildInfo | Exception, *args: str) -> Result:
+    asked: list[tuple[str, str]] = []
+
+    def get_build(name: str, build_id: str, **opts: object) -> _FakeBuild:
+        asked.append((name, build_id))
+        return _FakeBuild(result)
+
+    monkeypatch.setattr(template.Template, "get_build", get_build)
+    monkeypatch.setattr(template, "_conn", dict)
+    r = CliRunner().invoke(template.app, ["cancel", "web", "bld-1", *args])
+    assert asked == [("web", "bld-1")]
+    return r
+
+
+def test_cancel_prints_the_cancelled_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    info = BuildInfo.from_json({"build_id": "bld-1", "status": "failed", "error": "cancelled by the team"})
+    r = _cancel(monkeypatch, info)
+    assert r.exit_code == 0 and r.stdout == "cancelled build bld-1 of web (failed)\n", r.stdout
+    r = _cancel(monkeypatch, info, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["error"] == "cancelled by the team", r.stdout
+
+
+def test_cancel_of_an_ended_build_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    ended = ConflictError("build bld-1 of 'web' has already ended", code="build_finished", status=409)
+    r = _cancel(monkeypatch, ended)
+    assert r.exit_code == 1 and "build_finished" in r.stderr and "Traceback" not in r.stderr, r.stderr
