@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.stop_after import StopAfter
 from tests.unit.layers.images import docker_save, oci_layout
 from tests.unit.layers.tarbuild import f, tar_bytes
 from warren.layers import read_image
@@ -15,20 +16,6 @@ from warren.stoppable import Stopped
 
 MiB = 1 << 20
 BIG = 8  # MiB of file data in the layer: eight 1 MiB chunks at least
-
-
-class StopAfter(threading.Event):
-    """A stop event that reads as set from its ``checks``-th look on (the caller's
-    cancellation arriving mid-way), counting the looks."""
-
-    def __init__(self, checks: int) -> None:
-        super().__init__()
-        self.left, self.looks = checks, 0
-
-    def is_set(self) -> bool:
-        self.looks += 1
-        self.left -= 1
-        return self.left < 0 or super().is_set()
 
 
 def _layers() -> list[bytes]:

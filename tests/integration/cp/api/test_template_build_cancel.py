@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import signup
+from tests.integration.cp.api.test_template_builds import _name
 from warren import ids
 from warren.cp.db.engine import to_async_url
 from warren.cp.services.template_build_run import run_build
@@ -29,16 +30,6 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 # A heartbeat (WARREN_BUILD_HEARTBEAT_S, 5 s) and the RPC's cancel: seconds. Slack for a loaded CI.
 ENDS_WITHIN_S = 60
-
-
-@pytest.fixture
-async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=platform.url, headers=platform.headers, timeout=120) as client:
-        yield client
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -54,6 +45,12 @@ def _processes_with(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+async def http(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.headers, timeout=120) as client:
+        yield client
 
 
 async def _get(http: httpx.AsyncClient, name: str, build_id: str) -> dict[str, Any]:

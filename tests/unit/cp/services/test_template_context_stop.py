@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.stop_after import StopAfter
 from warren.cp.services.template_context import BuildContext, staging_layer
 from warren.cp.services.template_spec import CopyStep, parse
 from warren.cp.services.tenant_threads import TenantThreads
@@ -20,19 +21,6 @@ from warren.stoppable import Stopped
 
 MiB = 1 << 20
 MAX = 1 << 30
-
-
-class StopAfter(threading.Event):
-    """A stop event that reads as set from its ``checks``-th look on, counting the looks."""
-
-    def __init__(self, checks: int) -> None:
-        super().__init__()
-        self.left, self.looks = checks, 0
-
-    def is_set(self) -> bool:
-        self.looks += 1
-        self.left -= 1
-        return self.left < 0 or super().is_set()
 
 
 def _context(tmp_path: Path, files: int, size: int, links: int = 0) -> Path:
