@@ -5,7 +5,9 @@ Set ``WARREN_TEST_CPU_REPORT=<file>`` and each worker appends one line per modul
 CPU seconds, wall seconds, the module. The CPU is the worker's own and its children's: the
 module's CP processes and agents once reaped, the shared platform's as they run, and through
 each agent (the subreaper of its containers) the sandboxes it has reaped. Left out: PostgreSQL
-(~40 CPU-s a whole run) and sandboxes still running. Sort the file with ``sort -rn``.
+(~40 CPU-s a whole run). A live child's own children count once it reaps them: each worker's
+last module also gets what the shared platform's had used over the run (~10-30 CPU-s, in a
+module of a second). Sort the file with ``sort -rn``.
 """
 
 from __future__ import annotations
