@@ -7,6 +7,7 @@ line: ``time``, ``level``, ``logger``, ``message``, plus ``request_id`` inside a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -69,29 +70,41 @@ def setup_logging(level: str | int = "INFO", fmt: LogFormat = "text") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def uvicorn_log_config(fmt: LogFormat, level: str = "INFO") -> dict[str, Any] | None:
-    """The ``log_config`` for uvicorn: None keeps uvicorn's own (text) set-up; ``json`` sends its
-    loggers (errors and the access log) through the JSON formatter, root included."""
-    if fmt != "json":
-        return None
-    handler = {
+def uvicorn_log_config(fmt: LogFormat, level: str = "INFO") -> dict[str, Any]:
+    """The ``log_config`` for uvicorn, which applies it in each worker process. The root logger
+    (the control plane's own lines) writes at ``level`` in ``fmt``. Uvicorn's loggers keep their
+    own lines in ``text``, and go through the one JSON handler in ``json``."""
+    if fmt == "json":
+        return {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"request_id": {"()": "warren.logs.RequestIdFilter"}},
+            "formatters": {"json": {"()": "warren.logs.JsonFormatter"}},
+            "handlers": {"default": _stderr_handler("json")},
+            "loggers": {
+                "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+                "uvicorn.error": {"level": level},
+                "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
+            },
+            "root": {"handlers": ["default"], "level": level},
+        }
+    from uvicorn.config import LOGGING_CONFIG
+
+    # Uvicorn's own set-up configures only its loggers: the CP's lines below WARNING went nowhere.
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": "warren.logs.RequestIdFilter"}}
+    config["formatters"]["warren"] = {"format": TEXT_FORMAT}
+    config["handlers"]["warren"] = _stderr_handler("warren")
+    config["root"] = {"handlers": ["warren"], "level": level}
+    return config
+
+
+def _stderr_handler(formatter: str) -> dict[str, Any]:
+    return {
         "class": "logging.StreamHandler",
-        "formatter": "json",
+        "formatter": formatter,
         "filters": ["request_id"],
         "stream": "ext://sys.stderr",
-    }
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "warren.logs.RequestIdFilter"}},
-        "formatters": {"json": {"()": "warren.logs.JsonFormatter"}},
-        "handlers": {"default": handler},
-        "loggers": {
-            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
-            "uvicorn.error": {"level": level},
-            "uvicorn.access": {"handlers": ["default"], "level": level, "propagate": False},
-        },
-        "root": {"handlers": ["default"], "level": level},
     }
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 
 from warren.logs import JsonFormatter, RequestIdFilter, uvicorn_log_config
 from warren.request_context import request_id
@@ -59,10 +61,32 @@ def test_newlines_and_control_characters_stay_inside_the_object() -> None:
     assert "ValueError: boom" in line["exc_info"]
 
 
-def test_uvicorn_keeps_its_own_text_config_unless_json() -> None:
-    assert uvicorn_log_config("text") is None
+def test_uvicorn_config_in_json_sends_every_logger_through_one_json_handler() -> None:
     config = uvicorn_log_config("json")
-    assert config is not None
     assert config["formatters"]["json"]["()"] == "warren.logs.JsonFormatter"
     # uvicorn's own loggers and the root (the CP's) all write through the one JSON handler.
     assert config["loggers"]["uvicorn.access"]["handlers"] == ["default"] == config["root"]["handlers"]
+
+
+_APPLY = """
+import logging, logging.config, sys
+from warren.logs import uvicorn_log_config
+logging.config.dictConfig(uvicorn_log_config(sys.argv[1]))
+logging.getLogger("warren.builds").info("event=build_cancelled_here build_id=b1")
+logging.getLogger("warren.builds").debug("not at INFO")
+logging.getLogger("uvicorn.error").info("Uvicorn running")
+"""
+
+
+def test_uvicorn_config_in_text_keeps_the_control_planes_info_lines() -> None:
+    """``warren cp`` in text: uvicorn's config once configured only uvicorn's loggers, so the
+    CP's own INFO lines (a build cancelled, a host gone) were dropped."""
+    done = subprocess.run(
+        [sys.executable, "-c", _APPLY, "text"], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    wanted = "INFO warren.builds event=build_cancelled_here build_id=b1"
+    assert any(line.endswith(wanted) for line in lines), lines
+    assert "not at INFO" not in done.stderr
+    # Uvicorn's own lines as uvicorn writes them, once each (its logger does not propagate).
+    assert [line for line in lines if "Uvicorn running" in line] == ["INFO:     Uvicorn running"], lines

@@ -4,7 +4,7 @@ its CA to reach agents; put it behind the wildcard DNS of WARREN_PREVIEW_DOMAIN.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -45,14 +45,12 @@ def proxy_command(
     if not host or not port.isdigit():
         err.print("[red]--listen must be host:port[/red]")
         raise typer.Exit(2)
-    extra: dict[str, Any] = {}
-    if (log_config := logs.uvicorn_log_config(log_format)) is not None:
-        logs.setup_logging("INFO", log_format)
-        extra["log_config"] = log_config
+    logs.setup_logging("INFO", log_format)
     # Request ids (X-Request-Id) and their log lines, as on the CP (cp/observe.py).
     app = ObserveMiddleware(standalone_app(settings))
     uvicorn.run(
         app, host=host.strip("[]"), port=int(port), proxy_headers=proxy_headers,
         timeout_graceful_shutdown=10, timeout_keep_alive=HTTP_KEEP_ALIVE_S, log_level="info",
-        **websocket_options(settings), **http_options(settings), **extra,
+        **websocket_options(settings), **http_options(settings),
+        log_config=logs.uvicorn_log_config(log_format),
     )  # fmt: skip

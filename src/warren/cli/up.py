@@ -336,18 +336,6 @@ def _forwarded_allow_ips(settings: Settings) -> str:
     return ",".join(str(ipaddress.ip_network(n, strict=False)) for n in nets if n)
 
 
-def _platform_template_log() -> None:
-    """The background build of the `base` template reports its progress (uvicorn configures
-    only its own loggers, so the control plane's INFO lines would go nowhere)."""
-    logger = logging.getLogger("warren.platform_templates")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def cp_command(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
@@ -385,10 +373,8 @@ def cp_command(
     os.environ["WARREN_E2B_PORT"] = str(e2b_port)  # the workers' settings read it too
     os.environ["WARREN_LOG_FORMAT"] = log_format
     settings = server_settings()
-    if log_format == "json":
-        logs.setup_logging(logging.INFO, "json")  # uvicorn's config below routes its loggers here too
-    else:
-        _platform_template_log()
+    # Uvicorn applies this again in each worker process (its log_config below).
+    logs.setup_logging(logging.INFO, log_format)
     if migrate_db:
         from warren.cp.db import migrate
 
@@ -404,8 +390,7 @@ def cp_command(
         **websocket_options(settings),
         **_connection_options(settings),
     }
-    if (log_config := logs.uvicorn_log_config(log_format)) is not None:
-        options["log_config"] = log_config
+    options["log_config"] = logs.uvicorn_log_config(log_format)
     _serve(settings, options, workers, e2b_port)
 
 
