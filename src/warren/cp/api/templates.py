@@ -279,11 +279,13 @@ async def get_build(name: str, build_id: str, ctx: TeamContext, db: Db) -> build
     response_model=builds.BuildInfo,
     responses=error_responses(400, *AUTH_ERRORS, 404, 409),
 )
-async def cancel_build(name: str, build_id: str, ctx: TeamContext, db: Db) -> builds.BuildInfo:
+async def cancel_build(
+    name: str, build_id: str, ctx: TeamContext, db: Db, runner: Runner
+) -> builds.BuildInfo:
     """Cancel a queued or running build: it ends ``failed`` with the error "cancelled by the
     team" (answered), its running step is stopped within seconds and its slot is free. A build
     that has ended already: 409 ``build_finished``."""
-    return await builds.cancel_build(db, ctx, name, build_id)
+    return await builds.cancel_build(db, runner, ctx, name, build_id)
 
 
 @router.get(

@@ -55,8 +55,9 @@ class LogWriter:
         self._truncated = False
         self._lock = asyncio.Lock()
         self._last_flush = clock.monotonic()
-        # The build's row was seen ended (cancelled, or failed by the stale sweep) by a flush:
-        # ``on_ended`` (set while the build runs) is called once, to stop the build's work.
+        # The build's row was seen ended (cancelled, or failed by the stale sweep) by a flush, or
+        # cancelled on this process (``end``): ``on_ended`` (set while the build runs) is called
+        # once, to stop the build's work.
         self.ended = False
         self.on_ended: Callable[[], object] | None = None
 
@@ -141,13 +142,15 @@ class LogWriter:
         del self._buf[:taken]
         self.offset += len(data)
         if watch and status not in ACTIVE:
-            self._ended()
+            self.end("event=build_ended_elsewhere")
 
-    def _ended(self) -> None:
+    def end(self, event: str) -> None:
+        """The build's row has ended (``event`` says how it was learnt): stop its work, once.
+        Its log ends with the row: output still buffered is not written."""
         if self.ended:
             return
         self.ended = True
-        log.info("event=build_ended_elsewhere build_id=%s", self.build_id)
+        log.info("%s build_id=%s", event, self.build_id)
         if self.on_ended is not None:
             self.on_ended()
 

@@ -337,9 +337,10 @@ async def run_build(
     runner: BuildRunner, build_id: uuid.UUID, team_id: uuid.UUID, body: BuildRequest, context: Path | None
 ) -> None:
     """The build's task: never raises (but re-raises its own cancellation). A build cancelled
-    (or failed by the sweep) meanwhile: the next log flush or heartbeat sees its row ended and
-    cancels the build's work, which cancels the step's RPC (its host kills the step) and stops
-    its tenant thread work; a build cancelled while queued does not start."""
+    (or failed by the sweep) meanwhile: a cancel on this replica (``BuildRunner.cancelled``), or
+    else the next log flush or heartbeat, sees its row ended and cancels the build's work. That
+    cancels the step's RPC (its host kills the step) and stops its tenant thread work. A build
+    cancelled while queued does not start."""
     engine, settings = runner.engine, runner.settings
     writer = LogWriter(engine, build_id, settings.build_max_log_mb * MiB)
     ticker = asyncio.create_task(writer.ticker(settings.build_heartbeat_s))
@@ -357,6 +358,7 @@ async def run_build(
             return
         work = asyncio.create_task(_work(runner, build_id, team_id, body, context, writer, built))
         writer.on_ended = work.cancel
+        runner.writers[build_id] = writer  # no await since the start: a cancel finds it or the row
         try:
             await work
         except asyncio.CancelledError:
@@ -377,6 +379,7 @@ async def run_build(
         log.exception("build %s failed", build_id)
         failure = {"error": f"internal error: {type(e).__name__}"}
     finally:
+        runner.writers.pop(build_id, None)
         writer.on_ended = None
         ticker.cancel()
         if context is not None:

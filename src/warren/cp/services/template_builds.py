@@ -299,11 +299,13 @@ async def get_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref:
     return _build_model(row, row["version"])
 
 
-async def cancel_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref: str) -> BuildInfo:
+async def cancel_build(
+    engine: AsyncEngine, runner: BuildRunner, ctx: AuthContext, name: str, build_ref: str
+) -> BuildInfo:
     """Cancel the team's build (another team's: 404): failed with ``CANCELLED``, in one UPDATE
-    that only an active build passes (an ended one: 409 ``build_finished``). The replica running
-    it sees the row ended at its next log flush or heartbeat and stops the build's work
-    (``template_build_run.run_build``); a queued one never starts."""
+    that only an active build passes (an ended one: 409 ``build_finished``). Running on this
+    replica, its work stops now; on another, at that replica's next log flush or heartbeat
+    (``template_build_run.run_build``). A queued one never starts."""
     row = await find(engine, ctx, name, build_ref)
     async with autocommit(engine) as conn:
         done = await conn.execute(
@@ -313,6 +315,7 @@ async def cancel_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_r
         )
     if not done.rowcount:
         raise Conflict(f"build {build_ref} of {name!r} has already ended", code="build_finished")
+    runner.cancelled(row["id"])
     await audit.record(
         engine, ctx, team_id=row["team_id"], action="build_cancel", resource_type="template",
         resource_id=name, metadata={"build_id": build_ref},
@@ -428,6 +431,8 @@ class BuildRunner:
         self.engine, self.pool, self.scheduler = engine, pool, scheduler
         self.store, self.settings = store, settings
         self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # The running builds' logs, whose ``end`` stops a build's work (a cancel made here).
+        self.writers: dict[uuid.UUID, build_log.LogWriter] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(
@@ -440,6 +445,13 @@ class BuildRunner:
         )
         self.tasks[build_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(build_id, None))
+
+    def cancelled(self, build_id: uuid.UUID) -> None:
+        """The build's row was cancelled by this replica: if it runs here, stop its work now
+        rather than at its next heartbeat (``WARREN_BUILD_HEARTBEAT_S``)."""
+        writer = self.writers.get(build_id)
+        if writer is not None:
+            writer.end("event=build_cancelled_here")
 
     def start_sweeper(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="build-sweeper")

@@ -105,6 +105,10 @@ async def test_a_running_build_is_cancelled_and_its_step_stops(
             return not _processes_with(marker)
 
         await _until("the step's process ends", step_gone)
+        # It was stopped by the cancel itself, on the process that runs it, not by a heartbeat.
+        build_uuid = ids.parse_id(ids.Kind.BUILD, build_id)
+        cp_log = platform.cp.log_path.read_text(errors="replace")
+        assert f"event=build_cancelled_here build_id={build_uuid}" in cp_log
         # The build's work ended too: its failure path kept the cancelled error.
         await asyncio.sleep(1)
         final = await _get(http, name, build_id)
@@ -147,7 +151,9 @@ async def test_a_build_cancelled_while_queued_never_runs(http: httpx.AsyncClient
     # The task that would have run it (on whichever replica admitted it): no host, no store.
     engine = create_async_engine(to_async_url(platform.cp.db_url))
     settings = types.SimpleNamespace(build_max_log_mb=1, build_heartbeat_s=5.0, build_timeout_s=30)
-    runner = types.SimpleNamespace(engine=engine, settings=settings, pool=None, scheduler=None, store=None)
+    runner = types.SimpleNamespace(
+        engine=engine, settings=settings, pool=None, scheduler=None, store=None, writers={}
+    )
     try:
         body = BuildRequest(name=name, spec=spec)
         await asyncio.wait_for(run_build(cast(Any, runner), build_id, team, body, None), 30)
