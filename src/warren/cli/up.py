@@ -36,7 +36,7 @@ from warren.cli.cp_settings import server_settings, websocket_options
 from warren.cli.home import HomeOpt, load_or_create_secret, prepare_home
 from warren.cli.supervisor import ChildFailed, ProcessChild, Stopped, Supervisor
 from warren.config import HTTP_KEEP_ALIVE_S, Settings, default_home
-from warren.cp.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from warren.cp.db.embedded import EmbeddedPostgres, EmbeddedPostgresError, port_is_free
 from warren.logs import LogFormat
 
 log = logging.getLogger("warren.up")
@@ -96,17 +96,6 @@ def _client_host(host: str) -> str:
 def _base_url(host: str, port: int) -> str:
     h = _client_host(host)
     return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _healthy(base_url: str) -> Callable[[], bool]:
@@ -257,7 +246,7 @@ def up_command(
 def _check_ports_free(host: str, port: int, e2b_port: int) -> None:
     """Exit 1, saying which option to change, when a port ``warren up`` serves is taken."""
     for p, flag in ((port, "--port"), (e2b_port, "--e2b-port")):
-        if p and not _port_free(host, p):
+        if p and not port_is_free(host, p):
             err.print(f"[red]Port {p} on {host} is already in use[/red]; choose another with {flag}.")
             raise typer.Exit(1)
 

@@ -70,8 +70,10 @@ def bin_dir() -> Path:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    # SO_REUSEADDR like postgres itself, so a port in TIME_WAIT still counts as free.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Whether a TCP listener could bind ``host:port`` (IPv4 or IPv6). SO_REUSEADDR, like
+    postgres and uvicorn themselves: a port in TIME_WAIT still counts as free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
