@@ -206,6 +206,9 @@ def test_sockets_in_flight_are_freed_past_the_ceiling(
     # It does not stay past it (before the fix: 47 MiB for good). On a loaded machine the
     # kills may come seconds after the holder is built (CI: 42 MiB 5 s after), hence "left".
     assert got["left"] <= got["ceiling"], got
-    assert got["kill_all"] >= 1, got
+    if mode == "hidden":  # no process shows a socket: only the kill of all of cmds frees them
+        assert got["kill_all"] >= 1, got
+    # (decoys: a machine loaded ~2x once slowed the forker enough for the per-descriptor kills
+    # to reach the holder, kill_all 0; the outcome, checked above and below, is the same.)
     assert not _cmds_comms(_memcg(platform, sandbox)), "cmds keeps processes"
     assert alice.sh(sandbox, "echo alive").strip() == "alive"  # the sandbox and its guest live on
