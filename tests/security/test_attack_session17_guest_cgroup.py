@@ -253,6 +253,26 @@ def test_root_stopping_the_allocator_does_not_stop_uploads(agent: AgentProcess, 
         assert run(agent, sb, f"python3 -c {shlex.quote(ALLOCATOR)} 0")[1].split() != out.split()
 
 
+def test_an_upload_sent_to_an_allocator_killed_before_it_read_it_is_not_lost(agent: AgentProcess) -> None:
+    """The tenant's root stops the guest's helper, an upload's request waits in its socket, and
+    root kills it (session 25). Its end closed with the request unread: it never took it, so the
+    guest asks a new one. Before, that EOF read as "took it and died doing it" and the upload
+    failed RESOURCE_EXHAUSTED (no_space); a kill racing an upload on a loaded machine did the
+    same."""
+    with sandbox(agent, 256) as sb:
+        agent.stub.WriteFile(pb.WriteFileRequest(sandbox_id=sb, path="/tmp/a", content=b"a"), timeout=60)
+        code, out = run(agent, sb, f"python3 -c {shlex.quote(ALLOCATOR)} 19")
+        assert code == 0 and len(out.split()) == 1, out  # stopped: the allocator
+        pid = out.split()[0]
+        # Killed 2 s on, while the upload below waits for it (the guest waits 10 s for a word).
+        assert run(agent, sb, f"(sleep 2; kill -9 {pid}) >/dev/null 2>&1 &")[0] == 0
+        content = b"b" * (1 << 20)
+        agent.stub.WriteFile(pb.WriteFileRequest(sandbox_id=sb, path="/tmp/b", content=content), timeout=60)
+        read = agent.stub.ReadFile(pb.ReadFileRequest(sandbox_id=sb, path="/tmp/b"), timeout=60)
+        assert read.content == content
+        assert run(agent, sb, f"python3 -c {shlex.quote(ALLOCATOR)} 0")[1].split() != [pid]
+
+
 def test_the_guests_cgroup_descriptors_give_root_nothing(agent: AgentProcess) -> None:
     with sandbox(agent, 256) as sb:
         code, out = run(agent, sb, f"python3 -c {shlex.quote(PROBE_FDS)}")

@@ -48,7 +48,10 @@ if TYPE_CHECKING:
 TIMEOUT = 10.0
 OP_TIMEOUT = 60.0  # a file operation (a tree's removal) as long as users.CHILD_TIMEOUT allows
 _ALLOC = b"A"  # + two 8-byte integers: offset, length; the file's fd attached
-_OP = b"F"  # + JSON {"fn", "args"}; fds attached; answered b"R" + JSON or b"E" + a failure
+_OP = b"F"  # + JSON {"fn", "args"}; fds attached; taken (_TAKEN), then b"R" + JSON or b"E" + a failure
+# Sent by the child as it reads an operation: a child killed before it read one (the tenant's
+# root kills it just before an upload) is then told from one that died doing it.
+_TAKEN = b"K"
 _REQ = 17
 _MAX_MSG = 64 << 10  # requests and answers are small (paths, a few fields): no mmap per call
 _MAX_FDS = 4
@@ -94,8 +97,8 @@ def call(fn: str, args: "dict[str, Any]", fds: "tuple[int, ...]" = ()) -> "tuple
     """``rootops.ROOT_OPS[fn](args, fds)`` in the child, in ``cmds``: its JSON result and the fds
     it returned (new fds of the guest, close-on-exec); its GuestFail raised here. A child that
     never took the request (gone, or stopped: it is still unread after :data:`TIMEOUT`) is
-    replaced once and asked again; one that took it and gave no answer is :class:`Ended`: the
-    operation may be half done, and is not done again."""
+    replaced once and asked again; one that took it and gave no answer in :data:`OP_TIMEOUT` is
+    :class:`Ended`: the operation may be half done, and is not done again."""
     msg = _OP + jdump({"fn": fn, "args": args})
     for _attempt in (0, 1):
         try:
@@ -103,13 +106,12 @@ def call(fn: str, args: "dict[str, Any]", fds: "tuple[int, ...]" = ()) -> "tuple
         except OSError:
             _stop()  # it ended before the request reached it: nothing was done
             continue
-        state = _wait(sock)
-        if state == "unread":
+        if not _taken(sock):
             _stop()
             continue
         data = b""
         anc: list[tuple[int, int, bytes]] = []
-        if state == "answer":
+        if select.select([sock], [], [], OP_TIMEOUT)[0]:  # the answer, or EOF
             try:
                 data, anc, _flags, _addr = sock.recvmsg(
                     _MAX_MSG, _socket.CMSG_SPACE(4 * _MAX_FDS), _socket.MSG_CMSG_CLOEXEC
@@ -130,22 +132,15 @@ def call(fn: str, args: "dict[str, Any]", fds: "tuple[int, ...]" = ()) -> "tuple
     raise Ended("no_space", f"{fn}: no room left in the commands' memory (the guest's helper ended)")
 
 
-def _wait(sock: "_socket.socket") -> str:
-    """``answer`` (or EOF) to read; ``unread``: the child has not taken the request in TIMEOUT
-    (what a socket's sender has queued and its peer not yet read is its SIOCOUTQ); ``silent``:
-    it took it and gave nothing in OP_TIMEOUT (a tree's removal may take long)."""
-    if select.select([sock], [], [], TIMEOUT)[0]:
-        return "answer"
-    import fcntl  # lazily: only a child that does not answer in time gets here
-    import termios
-
+def _taken(sock: "_socket.socket") -> bool:
+    """Whether the child read the request: it says so at once. No word in :data:`TIMEOUT` (it is
+    stopped), or its end closed first (it was killed before it read it): never taken."""
+    if not select.select([sock], [], [], TIMEOUT)[0]:
+        return False
     try:
-        queued = int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4), sys.byteorder)
+        return sock.recv(1) == _TAKEN
     except OSError:
-        queued = 0
-    if queued:
-        return "unread"
-    return "answer" if select.select([sock], [], [], OP_TIMEOUT - TIMEOUT)[0] else "silent"
+        return False
 
 
 def _send(msg: bytes, fds: "tuple[int, ...]") -> "_socket.socket":
@@ -217,6 +212,7 @@ def _serve(sock: "_socket.socket") -> None:
         fds = _fds(anc)
         try:
             if data[:1] == _OP:
+                sock.send(_TAKEN)
                 _serve_op(sock, data[1:], fds)
             else:
                 sock.send(_allocate(data, fds).to_bytes(8, "little"))
