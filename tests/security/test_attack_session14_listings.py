@@ -59,7 +59,9 @@ def test_many_big_listings_at_once_wait_for_the_budget(platform: Platform, alice
         )
         assert all(code in (200, 503) for code, _ in answers), answers
         assert all(n == FILES for code, n in answers if code == 200), answers
-        assert sum(code == 200 for code, _ in answers) >= 2, answers  # the budget's worth, at least
+        # One tenant's share of the budget (three quarters, session 22) holds one listing (64 MiB)
+        # at a time; how many more finish within the 5 s wait depends on the machine's load.
+        assert sum(code == 200 for code, _ in answers) >= 1, answers
         assert rss.grown_mib[0] <= BOUND_MIB, f"{AT_ONCE} listings grew the CP by {rss.grown_mib[0]} MiB"
     finally:
         alice.w("DELETE", f"/v1/sandboxes/{sid}")
