@@ -17,8 +17,11 @@ file by the route (``template_context.receive``), never held in memory.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,9 +39,11 @@ from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_context import file_chunks
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
 from warren.cp.store import LayerStore
-from warren.errors import InvalidRequest, PayloadTooLarge
-from warren.layers.hashing import LayerError
-from warren.layers.oci_image import Image, read_image
+from warren.errors import InternalError, InvalidRequest, PayloadTooLarge
+from warren.layers import image_child
+from warren.layers.oci_image import Image
+
+log = logging.getLogger("warren.templates")
 
 MiB = 1024 * 1024
 
@@ -78,6 +83,25 @@ def _config(image: Image) -> SpecConfig:
     )
 
 
+async def _read(team_id: object, image_path: Path, workdir: Path, max_bytes: int) -> Image:
+    """The image, read by a child process of its own (layers/image_child.py) in the team's turn;
+    a cancelled import kills it (the caller's finally removes the workdir)."""
+    argv = [sys.executable, "-m", "warren.layers.image_child", str(image_path), str(workdir), str(max_bytes)]
+    status, out = -1, b""
+    try:
+        status, out = await tenant_threads.run_child(team_id, argv, max_output=image_child.MAX_OUTPUT)
+        doc = json.loads(out) if status == 0 else None
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            raise InvalidRequest(f"the image cannot be imported: {doc['error'][:4096]}")
+        if isinstance(doc, dict) and "image" in doc:
+            return image_child.image_from_json(doc["image"], workdir)
+    except (ValueError, OSError) as e:
+        log.error("event=image_read_failed status=%s error=%s", status, str(e)[:500])
+    else:
+        log.error("event=image_read_failed status=%s output=%r", status, out[:500])
+    raise InternalError("the image could not be read")
+
+
 async def import_image(
     engine: AsyncEngine,
     store: LayerStore,
@@ -94,15 +118,7 @@ async def import_image(
     spool = settings.home / "build-spool"
     workdir = Path(await asyncio.to_thread(_mkdtemp, spool))
     try:
-        try:
-            # A whole image, as long as the tenant made it: the tenant executor, not the default
-            # one; a cancelled import stops it at its next chunk (the finally removes the workdir).
-            max_bytes = settings.import_max_image_mb * MiB
-            image = await tenant_threads.run(
-                team_id, lambda stop: read_image(image_path, workdir, max_bytes=max_bytes, stop=stop)
-            )
-        except LayerError as e:
-            raise InvalidRequest(f"the image cannot be imported: {e}") from e
+        image = await _read(team_id, image_path, workdir, settings.import_max_image_mb * MiB)
         if not image.has_python3:
             raise InvalidRequest(
                 "the image has no /usr/bin/python3: every sandbox runs Warren's guest agent, a "

@@ -14,12 +14,19 @@ free one goes to the team holding the fewest, then to the team served longest ag
 first come (warren/fair_turns.py), so one team's burst queues behind itself. A cancelled
 caller keeps its turn until its thread has ended (warren/stoppable.py: the work is given a stop
 event to check, where it can), so the threads never outnumber the turns.
+
+Work that would hold the GIL against the event loop for seconds (an image's read) runs in a
+child process instead (:meth:`TenantThreads.run_child`, session 25), in the same turns: a
+cancelled caller kills the child and keeps the turn until it is reaped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -44,6 +51,39 @@ class TenantThreads:
         async with self.turns.turn(team):
             return await run_stoppable(work, executor=self._executor)
 
+    async def run_child(self, team: str, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:
+        """``argv`` as a child process in ``team``'s turn: its exit status and its stdout."""
+        async with self.turns.turn(team):
+            return await child_output(argv, max_output)
+
+
+async def child_output(argv: Sequence[str], max_output: int) -> tuple[int, bytes]:
+    """Run ``argv`` (stdin and stderr closed, a bare environment: none of the CP's secrets); its
+    exit status and stdout. Past ``max_output`` bytes of it, ``ValueError``. The child is killed
+    when this ends otherwise (cancelled, or past its output), and reaped before it returns."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        chunks, size = [], 0
+        while chunk := await proc.stdout.read(1 << 16):
+            size += len(chunk)
+            if size > max_output:
+                raise ValueError(f"{argv[:3]}: output past {max_output} bytes")
+            chunks.append(chunk)
+        return await proc.wait(), b"".join(chunks)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        waiting = asyncio.ensure_future(proc.wait())
+        while not waiting.done():  # through further cancellations: the turn outlasts the child
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({waiting})
+        raise
+
 
 _THREADS = TenantThreads()
 
@@ -57,3 +97,8 @@ async def call(team: object, fn: Callable[..., T], *args: object, **kwargs: obje
     """``fn(*args, **kwargs)`` there: work that has no step to check a stop event at (its
     cancelled caller still holds the turn until it returns)."""
     return await _THREADS.run(str(team), lambda _stop: fn(*args, **kwargs))
+
+
+async def run_child(team: object, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:
+    """``argv`` as a child process in ``team``'s fair turn: its exit status and stdout."""
+    return await _THREADS.run_child(str(team), argv, max_output=max_output)

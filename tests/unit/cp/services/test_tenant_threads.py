@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
+from pathlib import Path
 
-from warren.cp.services.tenant_threads import TenantThreads
+import pytest
+
+from warren.cp.services.tenant_threads import TenantThreads, child_output
 
 
 async def test_a_burst_queues_behind_itself() -> None:
@@ -67,3 +71,45 @@ async def test_stop_is_set_for_work_that_checks_it() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert saw_stop.is_set()
+
+
+# ------------------------------------------------------------------ work in a child (session 25)
+
+_SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_cancelled_child_is_killed_and_reaped_before_the_turn_is_given_back(tmp_path: Path) -> None:
+    threads, pid_file = TenantThreads(1), tmp_path / "pid"
+    argv = [sys.executable, "-c", _SLEEPER, str(pid_file)]
+    run = asyncio.ensure_future(threads.run_child("a", argv, max_output=1 << 10))
+    for _ in range(1000):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        await asyncio.sleep(0.01)
+    pid = int(pid_file.read_text())
+    assert _alive(pid) and threads.turns.running == 1
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    assert threads.turns.running == 0
+    assert not _alive(pid)  # killed and reaped (not even a zombie) before the turn was free
+
+
+async def test_a_child_past_its_output_is_killed() -> None:
+    flood = "import sys\nwhile True: sys.stdout.write('x' * 65536)"
+    with pytest.raises(ValueError, match="output past"):
+        await child_output([sys.executable, "-c", flood], 1 << 20)
+
+
+async def test_a_child_gets_none_of_the_processs_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARREN_JWT_SECRET", "s3cret")
+    status, out = await child_output([sys.executable, "-c", "import os; print(sorted(os.environ))"], 1 << 16)
+    assert status == 0 and b"WARREN_JWT_SECRET" not in out
