@@ -14,6 +14,7 @@ happens (failure, timeout, the caller going away), the sandbox and the temporary
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -173,8 +174,11 @@ async def _export(m: SandboxManager, sb: HostSandbox, step: BuildStep) -> AsyncI
     upper = SandboxFs(m.sandboxes_dir / sb.id).upper
     tar, meta = await m.layers.export(upper, step.max_layer_bytes, sb.uid_base, tenant=step.tenant or sb.id)
     try:
-        async for chunk in m.layers.stream_and_install(tar, meta, team=step.tenant):
-            yield StepEvent(layer_chunk=chunk)
+        # Closed at once when the CP stops reading (a cancelled build): the layer it would not
+        # record is removed (layer_cache.stream_and_install).
+        async with contextlib.aclosing(m.layers.stream_and_install(tar, meta, team=step.tenant)) as chunks:
+            async for chunk in chunks:
+                yield StepEvent(layer_chunk=chunk)
     finally:
         tar.unlink(missing_ok=True)
     yield StepEvent(layer=meta)

@@ -41,7 +41,7 @@ import subprocess
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -458,16 +458,34 @@ class LayerCache:
             raise
         return tar, meta
 
-    async def stream_and_install(self, tar: Path, meta: LayerMeta, *, team: str = "") -> AsyncIterator[bytes]:
-        """``tar``'s bytes in 1 MiB chunks while it is installed here (so a sandbox on it needs
-        no fetch); the last chunk comes once it is installed. The caller removes ``tar``."""
+    async def stream_and_install(
+        self, tar: Path, meta: LayerMeta, *, team: str = ""
+    ) -> AsyncGenerator[bytes]:
+        """``tar``'s bytes in 1 MiB chunks while it is installed here (so a sandbox on it needs no
+        fetch); the last chunk comes once it is installed. The caller removes ``tar``, and closes
+        this (``aclosing``) when its reader leaves: the CP cancelled the build or snapshot and
+        records the layer nowhere, so the layer is removed once installed (session 25: kept, it
+        was host disk no store quota counted until the collector's grace ran out)."""
         install = asyncio.ensure_future(self.install_file(tar, meta.digest, meta.size, team=team))
-        # A caller that stops reading leaves the install to finish (or fail) on its own.
         install.add_done_callback(_log_install_failure)
-        with await asyncio.to_thread(open, tar, "rb") as f:
-            while chunk := await asyncio.to_thread(f.read, STREAM_CHUNK):
-                yield chunk
-        await asyncio.shield(install)
+        streamed = False
+        try:
+            with await asyncio.to_thread(open, tar, "rb") as f:
+                while chunk := await asyncio.to_thread(f.read, STREAM_CHUNK):
+                    yield chunk
+            await asyncio.shield(install)
+            streamed = True
+        finally:
+            if not streamed:
+                _dropping.add(task := asyncio.ensure_future(self._drop_when_installed(install, meta.digest)))
+                task.add_done_callback(_dropping.discard)
+
+    async def _drop_when_installed(self, install: asyncio.Future[bool], digest: str) -> None:
+        """The layer removed once ``install`` ends, if that install put it here (one that was
+        here already stays, as does one in use); a failed or cancelled install left nothing."""
+        if await asyncio.gather(install, return_exceptions=True) == [True]:
+            gone, _ = await self.delete([digest])
+            log.info("event=layer_abandoned digest=%s removed=%s", digest, bool(gone))
 
     @contextlib.asynccontextmanager
     async def _install_lock(self, digest: str) -> AsyncIterator[None]:
@@ -555,6 +573,10 @@ class _Bounded(io.RawIOBase):
 def _write_bounded(upper: Path, tar: Path, limit: int, uid_base: int, stop: threading.Event) -> LayerMeta:
     with _new_file(tar) as f:
         return write_layer(upper, cast(BinaryIO, _Bounded(f, limit, stop)), uid_base=uid_base)
+
+
+# Removals of abandoned layers waiting for their installs (each task kept alive here).
+_dropping: set[asyncio.Task[None]] = set()
 
 
 def _log_install_failure(task: asyncio.Future[bool]) -> None:

@@ -64,8 +64,9 @@ async def export_snapshot(m: SandboxManager, sb_id: str) -> AsyncIterator[bytes 
         upper = SandboxFs(m.sandboxes_dir / sb_id).upper
         tar, meta = await m.layers.export(upper, 0, sb.uid_base, tenant=team)
     try:
-        async for chunk in m.layers.stream_and_install(tar, meta, team=team):
-            yield chunk
+        async with contextlib.aclosing(m.layers.stream_and_install(tar, meta, team=team)) as chunks:
+            async for chunk in chunks:
+                yield chunk
     finally:
         tar.unlink(missing_ok=True)
     log.info("event=snapshot_exported sandbox_id=%s digest=%s bytes=%d", sb_id, meta.digest, meta.size)
