@@ -481,9 +481,10 @@ class LayerCache:
                 task.add_done_callback(_dropping.discard)
 
     async def _drop_when_installed(self, install: asyncio.Future[bool], digest: str) -> None:
-        """The layer removed once ``install`` ends, if that install put it here (one that was
-        here already stays, as does one in use); a failed or cancelled install left nothing."""
-        if await asyncio.gather(install, return_exceptions=True) == [True]:
+        """The layer removed once ``install`` ends (waited for, never cancelled from here), if
+        it put it here: one here already or in use stays; a failed install left nothing."""
+        await asyncio.wait({install})
+        if not install.cancelled() and install.exception() is None and install.result():
             gone, _ = await self.delete([digest])
             log.info("event=layer_abandoned digest=%s removed=%s", digest, bool(gone))
 
@@ -575,8 +576,7 @@ def _write_bounded(upper: Path, tar: Path, limit: int, uid_base: int, stop: thre
         return write_layer(upper, cast(BinaryIO, _Bounded(f, limit, stop)), uid_base=uid_base)
 
 
-# Removals of abandoned layers waiting for their installs (each task kept alive here).
-_dropping: set[asyncio.Task[None]] = set()
+_dropping: set[asyncio.Task[None]] = set()  # removals of abandoned layers (kept alive here)
 
 
 def _log_install_failure(task: asyncio.Future[bool]) -> None:
