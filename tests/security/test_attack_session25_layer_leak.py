@@ -13,9 +13,11 @@ it builds.
 
 As the attacker runs it: a build whose one step writes ``LAYER_MB`` of random bytes, cancelled
 while its layer streams (the test watches the agent's cache for the install starting, which the
-attacker reaches by trying delays). Fixed (agent/layer_cache.py ``stream_and_install``, closed
-by build_step.py and snapshot_export.py): a stream its reader left removes the layer once its
-install ends. A build that is not cancelled keeps its layer on the host.
+attacker reaches by trying delays). A snapshot past the team's snapshot quota did the same with
+no timing at all: the CP stops reading at the quota (429), the agent's install of the whole
+layer went on. Fixed (agent/layer_cache.py ``stream_and_install``, closed by build_step.py and
+snapshot_export.py): a stream its reader left removes the layer once its install ends. A build
+that is not cancelled keeps its layer on the host.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ def _installing(root: Path, before: set[str]) -> bool:
     return any(p.name.startswith(".tmp-") and p.is_dir() and p.name not in before for p in root.iterdir())
 
 
+def _settled_leftovers(platform: Platform, root: Path, before: set[str]) -> set[str]:
+    """The new layers on the host in no store, once installs have ended (or SETTLE_S passed)."""
+    left: set[str] = set()
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        left = (_layer_dirs(root) - before) - _stored(platform)
+        if not left and not _installing(root, before):
+            break
+        time.sleep(0.2)
+    return left
+
+
 def _stored(platform: Platform) -> set[str]:
     rows = asyncio.run(platform.sql("SELECT digest FROM layers"))
     return {r[0] for r in rows}
@@ -81,14 +95,24 @@ def test_a_build_cancelled_while_its_layer_streams_leaves_no_layer_on_the_host(p
         assert r.json()["status"] == "failed", r.text
 
     # Whatever the install made is removed once it ends; nothing recorded it anywhere.
-    left: set[str] = set()
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline:
-        left = (_layer_dirs(root) - before) - _stored(platform)
-        if not left and not _installing(root, before):
-            break
-        time.sleep(0.2)
+    left = _settled_leftovers(platform, root, before)
     assert not left, f"layers left on the host by the cancelled build, in no store: {sorted(left)}"
+
+
+def test_a_snapshot_past_the_quota_leaves_no_layer_on_the_host(platform: Platform) -> None:
+    """The CP stops reading the export at what the team's snapshot quota leaves (429)."""
+    mallory = signup(platform.url, "mallory-s25snap")
+    with httpx.Client(base_url=platform.url, headers=platform.user_headers, timeout=60) as admin:
+        r = admin.put(f"/v1/admin/teams/{mallory.team_id}/quotas", json={"snapshot_mb": 4})
+        assert r.status_code == 200, r.text
+    sid = mallory.create(memory_mb=256)
+    mallory.sh(sid, f"head -c {LAYER_MB // 4}M /dev/urandom > /big")
+    root = _layers_dir(platform)
+    before = _layer_dirs(root) | {p.name for p in root.iterdir()}
+    r = mallory.w("POST", "/v1/snapshots", json={"sandbox_id": sid, "name": "s25-over"})
+    assert r.status_code == 429, r.text
+    left = _settled_leftovers(platform, root, before)
+    assert not left, f"layers left on the host by the refused snapshot, in no store: {sorted(left)}"
 
 
 def test_a_build_that_ends_keeps_its_layer_on_the_host(platform: Platform) -> None:
