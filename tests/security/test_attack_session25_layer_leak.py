@@ -91,8 +91,9 @@ def test_a_build_cancelled_while_its_layer_streams_leaves_no_layer_on_the_host(p
             assert time.monotonic() < deadline, "the step's layer never started to install"
             time.sleep(0.005)
         r = c.post(f"/v1/templates/{name}/builds/{build_id}/cancel")
-        assert r.status_code == 200, r.text  # still streaming: the build had not ended
-        assert r.json()["status"] == "failed", r.text
+        # 200 while it streams; a 409 (it ended first, on a very slow machine) proves nothing
+        # but must not leave a layer either.
+        assert r.status_code in (200, 409), r.text
 
     # Whatever the install made is removed once it ends; nothing recorded it anywhere.
     left = _settled_leftovers(platform, root, before)
