@@ -283,7 +283,8 @@ async def cancel_build(
     name: str, build_id: str, ctx: TeamContext, db: Db, runner: Runner
 ) -> builds.BuildInfo:
     """Cancel a queued or running build: it ends ``failed`` with the error "cancelled by the
-    team" (answered), its running step is stopped within seconds and its slot is free. A build
+    team" once its running step has stopped, which frees its slot (a build running on another
+    replica is answered still ``running`` with that error: it stops within seconds). A build
     that has ended already: 409 ``build_finished``."""
     return await builds.cancel_build(db, runner, ctx, name, build_id)
 

@@ -36,6 +36,9 @@ STREAM_POLL_S = 0.2
 STREAM_KEEPALIVE_S = 15.0
 TERMINAL = ("ready", "failed")
 ACTIVE = ("queued", "running")  # as template_builds.ACTIVE (which imports this module)
+# A failed build's error once its team cancelled it; on a running row, the cancel asked of the
+# replica running it, which fails the row once its step has stopped (template_builds.py).
+CANCELLED = "cancelled by the team"
 SLOW_FLUSH_S = 1.0  # a flush slower than this is logged: readers see the log that much late
 
 log = logging.getLogger("warren.builds")
@@ -131,18 +134,20 @@ class LogWriter:
                 )
             )
         # The heartbeat's own write says whether the build is still wanted: no extra query.
-        status = (
+        status, error = (
             await conn.execute(
                 template_builds.update()
                 .where(template_builds.c.id == self.build_id)
                 .values(log_bytes=self.offset + len(data), heartbeat_at=clock.now())
-                .returning(template_builds.c.status)
+                .returning(template_builds.c.status, template_builds.c.error)
             )
-        ).scalar()
+        ).one()
         del self._buf[:taken]
         self.offset += len(data)
         if watch and status not in ACTIVE:
             self.end("event=build_ended_elsewhere")
+        elif watch and error == CANCELLED:  # asked of another replica: the row ends once it stops
+            self.end("event=build_cancel_seen")
 
     def end(self, event: str) -> None:
         """The build's row has ended (``event`` says how it was learnt): stop its work, once.

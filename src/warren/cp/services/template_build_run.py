@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warren import clock
 from warren.cp.db.engine import autocommit, transaction
@@ -296,16 +298,32 @@ class _Build:
         async with autocommit(self.runner.engine) as conn:
             await conn.execute(stmt)
 
+    async def _why_not_ready(self, conn: AsyncConnection) -> str:
+        status, error = (
+            await conn.execute(
+                sa.select(template_builds.c.status, template_builds.c.error).where(
+                    template_builds.c.id == self.build_id
+                )
+            )
+        ).one()
+        if status == "running" and error == CANCELLED:
+            return CANCELLED
+        return "the build was failed meanwhile (its heartbeat went stale)"
+
     async def finish(self, spec: Spec, size: int) -> int:
         """Write the template version and mark the build ready, together; the version."""
         async with self.log.ending(), transaction(self.runner.engine) as conn:
             done = await conn.execute(
                 template_builds.update()
-                .where(template_builds.c.id == self.build_id, template_builds.c.status == "running")
+                .where(
+                    template_builds.c.id == self.build_id,
+                    template_builds.c.status == "running",
+                    template_builds.c.error == "",  # a cancel asked meanwhile: not ready
+                )
                 .values(status="ready", finished_at=clock.now(), step=self.step, cached_steps=self.cached)
             )
             if not done.rowcount:
-                raise WarrenError("the build was failed meanwhile (its heartbeat went stale)")
+                raise WarrenError(await self._why_not_ready(conn))
             row = await tpl.insert_version(
                 conn,
                 team_id=self.team_id,
@@ -365,7 +383,7 @@ async def run_build(
             current = asyncio.current_task()
             if not writer.ended or (current is not None and current.cancelling()):
                 raise  # the CP stops: its builds end with it
-            failure = {"error": CANCELLED}  # the row has its error already: mark_failed leaves it
+            failure = {"error": CANCELLED}  # a running row is failed here (the sweep's: left)
     except asyncio.CancelledError:
         failure = {"error": STOPPED}
         raise
@@ -418,7 +436,7 @@ async def _fail(
     tail = writer.tail()
     step = build.step if build is not None and build.step else None
     message = failure["error"]
-    where = f"step {step}: " if step else ""
+    where = f"step {step}: " if step and message != CANCELLED else ""
     # A step that failed on the host: its last output lines say why.
     error = f"{where}{message}" + (f"\n{tail}" if tail and failure.get("output") else "")
     try:

@@ -52,7 +52,10 @@ LIST_LIMIT = 50
 MAX_ENDED_BUILDS_KEPT = 100
 STOPPED = "control plane stopped"
 STALE = "the control plane running this build stopped"
-CANCELLED = "cancelled by the team"
+CANCELLED = build_log.CANCELLED
+# How long a cancel waits for a build of this replica to stop (its step's RPC cancelled, its
+# host reservation given back) before it answers.
+CANCEL_WAIT_S = 10.0
 # An owner's build admissions, one at a time across replicas (transaction-scoped).
 OWNER_BUILDS_NS = 0x575242  # "WRB"
 
@@ -302,24 +305,36 @@ async def get_build(engine: AsyncEngine, ctx: AuthContext, name: str, build_ref:
 async def cancel_build(
     engine: AsyncEngine, runner: BuildRunner, ctx: AuthContext, name: str, build_ref: str
 ) -> BuildInfo:
-    """Cancel the team's build (another team's: 404): failed with ``CANCELLED``, in one UPDATE
-    that only an active build passes (an ended one: 409 ``build_finished``). Running on this
-    replica, its work stops now; on another, at that replica's next log flush or heartbeat
-    (``template_build_run.run_build``). A queued one never starts."""
+    """Cancel the team's build (another team's: 404; an ended one: 409 ``build_finished``).
+
+    A queued build is failed with ``CANCELLED`` at once: it holds nothing, and its task does not
+    start it. A running one is only marked (``error`` = ``CANCELLED``, still ``running``): it
+    holds its team's build slot and its step's room on a host until the replica running it has
+    stopped it, which then fails the row. Failing the row at once gave both back while the step
+    ran on until that replica's next heartbeat: a team cancelling through one replica builds
+    running on another started one step after another past both bounds (session 25). Running
+    here, the build stops at once and the answer waits for it (``CANCEL_WAIT_S``); on another
+    replica, at its next log flush or heartbeat (``WARREN_BUILD_HEARTBEAT_S``)."""
     row = await find(engine, ctx, name, build_ref)
+    b = template_builds.c
+    queued = b.status == "queued"
     async with autocommit(engine) as conn:
         done = await conn.execute(
             template_builds.update()
-            .where(template_builds.c.id == row["id"], template_builds.c.status.in_(ACTIVE))
-            .values(status="failed", error=CANCELLED, finished_at=clock.now())
+            .where(b.id == row["id"], b.status.in_(ACTIVE))
+            .values(
+                status=sa.case((queued, "failed"), else_=b.status),
+                finished_at=sa.case((queued, clock.now()), else_=b.finished_at),
+                error=CANCELLED,
+            )
         )
     if not done.rowcount:
         raise Conflict(f"build {build_ref} of {name!r} has already ended", code="build_finished")
-    runner.cancelled(row["id"])
     await audit.record(
         engine, ctx, team_id=row["team_id"], action="build_cancel", resource_type="template",
         resource_id=name, metadata={"build_id": build_ref},
     )  # fmt: skip
+    await runner.cancelled(row["id"])
     return await get_build(engine, ctx, name, build_ref)
 
 
@@ -446,12 +461,14 @@ class BuildRunner:
         self.tasks[build_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(build_id, None))
 
-    def cancelled(self, build_id: uuid.UUID) -> None:
-        """The build's row was cancelled by this replica: if it runs here, stop its work now
-        rather than at its next heartbeat (``WARREN_BUILD_HEARTBEAT_S``)."""
-        writer = self.writers.get(build_id)
-        if writer is not None:
-            writer.end("event=build_cancelled_here")
+    async def cancelled(self, build_id: uuid.UUID) -> None:
+        """The build was cancelled: if it runs here, stop its work now rather than at its next
+        heartbeat, and wait (at most ``CANCEL_WAIT_S``) for its task to fail the row."""
+        writer, task = self.writers.get(build_id), self.tasks.get(build_id)
+        if writer is None or task is None:
+            return
+        writer.end("event=build_cancelled_here")
+        await asyncio.wait({task}, timeout=CANCEL_WAIT_S)  # a cancelled caller leaves the task be
 
     def start_sweeper(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="build-sweeper")

@@ -19,7 +19,7 @@ from tests.harness.fixtures import emptied_engine
 from warren import ids
 from warren.cp.db.engine import transaction
 from warren.cp.db.tables import template_builds
-from warren.cp.services.template_build_log import LogWriter, read_log
+from warren.cp.services.template_build_log import CANCELLED, LogWriter, read_log
 
 
 @pytest.fixture
@@ -91,3 +91,22 @@ async def test_a_flush_cancelled_while_it_waits_for_the_database_keeps_its_bytes
         "error: step 2: the command exited with 7\n"
     )
     assert page.done and page.next_offset == len(page.data)
+
+
+async def test_a_cancel_asked_of_a_running_build_is_seen_at_its_next_flush(engine: AsyncEngine) -> None:
+    """Another replica's cancel marks the row (still ``running``: its step holds its room until
+    stopped); the running replica's next flush or heartbeat sees it and stops the build."""
+    build_id = await _build(engine)
+    writer = LogWriter(engine, build_id, max_bytes=1 << 20)
+    stopped: list[bool] = []
+    writer.on_ended = lambda: stopped.append(True)
+    await writer.line("Step 1/1: RUN sleep 300")
+    await writer.flush()
+    assert not writer.ended
+    async with transaction(engine) as conn:
+        await conn.execute(
+            template_builds.update().where(template_builds.c.id == build_id).values(error=CANCELLED)
+        )
+    await writer.flush()  # a heartbeat: nothing to write
+    await writer.flush()
+    assert writer.ended and stopped == [True]  # once

@@ -1,0 +1,112 @@
+"""Session 25: a build cancelled through one CP replica while it runs on another.
+
+``cancel_build`` set the row ``failed`` at once. A host's build usage counts a build's step
+reservation only while its row is ``running``, and the team's (and owner's) build bound counts
+``queued``/``running`` rows: both were given back at once, while the step ran on until the running
+replica's next heartbeat (``WARREN_BUILD_HEARTBEAT_S``, 5 s). As the attacker runs it (a
+tenant's key, two replicas behind one address as a load balancer would have them): submit a build
+through replica A, wait until its step runs, cancel it through replica B, submit the next. Each
+next build found its team under the bound and the host's room free and started a step beside the
+cancelled ones. Here the host's build room is ONE step and each step holds 200 MiB: before, 19
+steps were alive at once after 24 cycles (host MemAvailable -4104 MiB; at the default 2048 MiB a
+step, ~38 GiB on a 24 GiB host); 12 after 12 cycles.
+
+Now a running build's cancel only marks it (``error``); the replica running it stops the step and
+then fails the row, so the slot and the room are held until the step is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.cp import CPProcess
+from tests.harness.environ import environ
+from tests.harness.platform import Platform, running_platform
+from tests.harness.tenant import signup
+
+pytestmark = pytest.mark.root
+
+CORES = os.cpu_count() or 2
+ENV = {"WARREN_BUILD_VCPUS": str(CORES), "WARREN_OVERCOMMIT_CPU": "1", "WARREN_BUILD_MEMORY_MB": "256"}
+CYCLES = 6
+LIVE_BOUND = 2
+
+
+@pytest.fixture(scope="module")
+async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
+    async with running_platform(db_url, platform_dir, ENV) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+async def replica_b(platform: Platform, platform_dir: Path) -> AsyncIterator[CPProcess]:
+    ca = platform.cp.home / "ca"
+    b = CPProcess(platform.cp.db_url, platform_dir / "cp-b")
+    ca_env = {"WARREN_CA_CERT": str(ca / "ca.pem"), "WARREN_CA_KEY": str(ca / "ca.key")}
+    with environ({**ca_env, **ENV}):
+        await asyncio.to_thread(b.start)
+    try:
+        yield b
+    finally:
+        await asyncio.to_thread(b.stop)
+
+
+def _live(marker: str) -> int:
+    n = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            n += cmd.startswith(b"python3") and marker.encode() in cmd
+    return n
+
+
+def test_builds_cancelled_through_another_replica_stay_within_the_hosts_room(
+    platform: Platform, replica_b: CPProcess
+) -> None:
+    mallory = signup(platform.url, "mallory")
+    marker = f"mk{uuid.uuid4().hex[:10]}"
+    hold = 'python3 -c "b=bytearray(200<<20); import time; time.sleep(120)"'
+    spec = f"FROM minimal\nRUN echo started; {hold} {marker}\n"
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _live(marker))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with httpx.Client(headers={"X-API-Key": mallory.api_key}, timeout=60) as c:
+            for i in range(CYCLES):
+                name = f"s25c{i}-{uuid.uuid4().hex[:6]}"
+                r = c.post(f"{platform.url}/v1/templates", json={"name": name, "spec": spec})
+                assert r.status_code in (202, 429), r.text
+                if r.status_code == 429:
+                    time.sleep(0.5)
+                    continue
+                bid = r.json()["build_id"]
+                for _ in range(300):  # its step runs, or it waits for room: cancel it either way
+                    log = c.get(f"{platform.url}/v1/templates/{name}/builds/{bid}/log").json()["data"]
+                    if "started" in log or "Waiting for" in log:
+                        break
+                    time.sleep(0.1)
+                r = c.post(f"{replica_b.url}/v1/templates/{name}/builds/{bid}/cancel")
+                assert r.status_code in (200, 409), r.text
+    finally:
+        stop.set()
+        sampler.join()
+    assert peak[0] <= LIVE_BOUND, f"{peak[0]} build steps of one team live at once; the host has room for 1"
