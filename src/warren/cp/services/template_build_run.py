@@ -355,7 +355,7 @@ async def run_build(
     runner: BuildRunner, build_id: uuid.UUID, team_id: uuid.UUID, body: BuildRequest, context: Path | None
 ) -> None:
     """The build's task: never raises (but re-raises its own cancellation). A build cancelled
-    (or failed by the sweep) meanwhile: a cancel on this replica (``BuildRunner.cancelled``), or
+    (or failed by the sweep) meanwhile: a cancel on this replica (``BuildRunner.stop_here``), or
     else the next log flush or heartbeat, sees its row ended and cancels the build's work. That
     cancels the step's RPC (its host kills the step) and stops its tenant thread work. A build
     cancelled while queued does not start."""

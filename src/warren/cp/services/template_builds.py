@@ -330,11 +330,13 @@ async def cancel_build(
         )
     if not done.rowcount:
         raise Conflict(f"build {build_ref} of {name!r} has already ended", code="build_finished")
+    stopping = runner.stop_here(row["id"])  # before any await: not left to a heartbeat
     await audit.record(
         engine, ctx, team_id=row["team_id"], action="build_cancel", resource_type="template",
         resource_id=name, metadata={"build_id": build_ref},
     )  # fmt: skip
-    await runner.cancelled(row["id"])
+    if stopping is not None:  # a cancelled caller leaves the task be
+        await asyncio.wait({stopping}, timeout=CANCEL_WAIT_S)
     return await get_build(engine, ctx, name, build_ref)
 
 
@@ -461,14 +463,14 @@ class BuildRunner:
         self.tasks[build_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(build_id, None))
 
-    async def cancelled(self, build_id: uuid.UUID) -> None:
+    def stop_here(self, build_id: uuid.UUID) -> asyncio.Task[None] | None:
         """The build was cancelled: if it runs here, stop its work now rather than at its next
-        heartbeat, and wait (at most ``CANCEL_WAIT_S``) for its task to fail the row."""
+        heartbeat; its task (which fails the row once stopped), or None."""
         writer, task = self.writers.get(build_id), self.tasks.get(build_id)
         if writer is None or task is None:
-            return
+            return None
         writer.end("event=build_cancelled_here")
-        await asyncio.wait({task}, timeout=CANCEL_WAIT_S)  # a cancelled caller leaves the task be
+        return task
 
     def start_sweeper(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="build-sweeper")
