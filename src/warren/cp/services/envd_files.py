@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from warren.errors import InvalidRequest, PayloadTooLarge
 
@@ -111,10 +113,17 @@ async def gunzip(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]
 
 async def gzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """``chunks`` as a gzip stream, deflated as they come (each chunk flushed, so a slow file
-    is not held back in the compressor)."""
-    deflater = zlib.compressobj(6, zlib.DEFLATED, _GZIP)
+    is not held back in the compressor). Level 1: a tenant chooses how many bytes the CP
+    deflates, and level 6 cost ~3 times the CPU a byte for a ratio ~10 % better. Each chunk is
+    deflated in a thread: zlib lets go of the GIL while it works, so the process's event loop
+    serves other requests meanwhile."""
+    deflater = zlib.compressobj(1, zlib.DEFLATED, _GZIP)
     async for chunk in chunks:
-        out = deflater.compress(chunk) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        out = await asyncio.to_thread(_deflate, deflater, chunk)
         if out:
             yield out
     yield deflater.flush()
+
+
+def _deflate(deflater: Any, chunk: bytes) -> bytes:
+    return bytes(deflater.compress(chunk) + deflater.flush(zlib.Z_SYNC_FLUSH))
