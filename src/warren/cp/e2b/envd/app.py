@@ -94,7 +94,8 @@ async def rpc(request: Request) -> Response:
     slot = stream_slots.Slot()
     try:
         if name in UNARY:
-            return JSONResponse(await UNARY[name](call, await read_unary(request)))
+            answer = await UNARY[name](call, await read_unary(request))
+            return answer if isinstance(answer, Response) else JSONResponse(answer)
         if name in SERVER_STREAMS:
             slot.claim(call.ctx, call.state.settings.max_streams_per_team)
             msg = await read_one_envelope(request)

@@ -218,7 +218,9 @@ def end_stream(err: ConnectError | None = None) -> bytes:
     return envelope({"error": err.body()} if err is not None else {}, FLAG_END_STREAM)
 
 
-UnaryHandler = Callable[[Any, Message], Awaitable[Message]]
+# A unary handler answers a message (sent as one JSON body), or a response of its own: a big
+# answer streamed as it is encoded (filesystem.list_dir).
+UnaryHandler = Callable[[Any, Message], Awaitable[Message | Response]]
 StreamHandler = Callable[[Any, Message], AsyncIterator[Message]]
 
 
