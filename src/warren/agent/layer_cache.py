@@ -48,6 +48,7 @@ from typing import Any, BinaryIO, cast
 
 from warren.agent import layer_convert, layer_image
 from warren.agent.chain import DIGEST, MINIMAL_BASE, Chain, check_digest
+from warren.agent.layer_abandon import StreamedLayers
 from warren.agent.layer_slots import InstallSlots, Ticket
 from warren.agent.templates import MAPPED_BASE
 from warren.errors import InvalidRequest, InvalidState, PayloadTooLarge, WarrenError
@@ -105,6 +106,7 @@ class LayerCache:
         self._sandboxes_use = in_use or set
         self._pins: Counter[str] = Counter()
         self._installing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._streamed = StreamedLayers(self.delete)  # streams to the CP (stream_and_install)
         # Exports (snapshots, build steps) walking sandboxes' files at once: each may hold up to
         # ~50 MiB of the tenant's names (layers/writer.py), so their number is the platform's;
         # their turns are fair between teams (one team's exports of many files held another
@@ -468,6 +470,9 @@ class LayerCache:
         was host disk no store quota counted until the collector's grace ran out)."""
         install = asyncio.ensure_future(self.install_file(tar, meta.digest, meta.size, team=team))
         install.add_done_callback(_log_install_failure)
+        # Removed only once every stream of this digest has ended, none of them well: another
+        # tenant's stream of the same layer may have ended well on it (layer_abandon.py).
+        self._streamed.started(meta.digest)
         streamed = False
         try:
             with await asyncio.to_thread(open, tar, "rb") as f:
@@ -476,17 +481,7 @@ class LayerCache:
             await asyncio.shield(install)
             streamed = True
         finally:
-            if not streamed:
-                _dropping.add(task := asyncio.ensure_future(self._drop_when_installed(install, meta.digest)))
-                task.add_done_callback(_dropping.discard)
-
-    async def _drop_when_installed(self, install: asyncio.Future[bool], digest: str) -> None:
-        """The layer removed once ``install`` ends (waited for, never cancelled from here), if
-        it put it here: one here already or in use stays; a failed install left nothing."""
-        await asyncio.wait({install})
-        if not install.cancelled() and install.exception() is None and install.result():
-            gone, _ = await self.delete([digest])
-            log.info("event=layer_abandoned digest=%s removed=%s", digest, bool(gone))
+            self._streamed.ended(meta.digest, install, delivered=streamed)
 
     @contextlib.asynccontextmanager
     async def _install_lock(self, digest: str) -> AsyncIterator[None]:
@@ -574,9 +569,6 @@ class _Bounded(io.RawIOBase):
 def _write_bounded(upper: Path, tar: Path, limit: int, uid_base: int, stop: threading.Event) -> LayerMeta:
     with _new_file(tar) as f:
         return write_layer(upper, cast(BinaryIO, _Bounded(f, limit, stop)), uid_base=uid_base)
-
-
-_dropping: set[asyncio.Task[None]] = set()  # removals of abandoned layers (kept alive here)
 
 
 def _log_install_failure(task: asyncio.Future[bool]) -> None:
