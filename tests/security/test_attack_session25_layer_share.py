@@ -16,12 +16,15 @@ B's creates on it had the CP push it again (up to ``WARREN_BUILD_MAX_LAYER_MB``)
 Written as the control plane calls the agent. Fixed (agent/layer_abandon.py, used by
 layer_cache.py ``stream_and_install``): the decision is per digest, once the last of its streams
 has settled: removed only if one of their installs put it here and none ended well. Variant:
-one tenant's two abandoned streams of one layer still leave nothing (the leak fix holds).
+the layer found here by another tenant's ``HasLayers`` (its CP then records it on the host)
+stays too; one tenant's two abandoned streams of one layer still leave nothing (the leak fix
+holds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -33,11 +36,13 @@ import pytest
 
 from tests.harness.agent import AgentProcess
 from tests.harness.shared_agent import shared_agent
+from warren.agent.sandbox_fs import SandboxFs
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
 LAYER_MB = 32  # past the stream's flow-control window: a reader that stops holds the stream open
+SAME_TIME = 1_000_000_000
 SETTLE_S = 90  # slack for a loaded CI: outcomes are waited for, never timed
 
 
@@ -52,10 +57,17 @@ def _same_files(agent: AgentProcess, token: str) -> str:
     sid = agent.create(owner_team_id=str(uuid.uuid4()), memory_mb=256, disk_size_mb=256).sandbox_id
     write = (
         f"{{ echo {token}; head -c {LAYER_MB}M /dev/zero; }} > /home/same"
-        " && touch -d @1000000000 /home/same /home"
+        f" && touch -d @{SAME_TIME} /home/same /home"
     )
     assert agent.exec(sid, "/bin/sh", "-c", write).exit_code == 0
     agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sid), timeout=120)
+    # What the runtime put in the layer (``/etc/hosts``'s mount point) bears the second the
+    # sandbox was made: an attacker makes its sandbox in the victim's second. Here the two are
+    # given one time instead, so that a loaded machine's second boundary cannot part them.
+    upper = SandboxFs(agent.data_dir / "sandboxes" / sid).upper
+    for p in (upper / "etc" / "hosts", upper / "etc", upper):
+        if p.exists():
+            os.utime(p, (SAME_TIME, SAME_TIME), follow_symlinks=False)
     return sid
 
 
@@ -74,6 +86,12 @@ def _wait_log(agent: AgentProcess, offset: int, pattern: str) -> re.Match[str]:
 
 
 def _present(agent: AgentProcess, digest: str) -> bool:
+    """On the host's disk (looked at, not asked: a ``HasLayers`` is a CP that records it)."""
+    return (agent.data_dir / "layers" / digest).is_dir()
+
+
+def _asked(agent: AgentProcess, digest: str) -> bool:
+    """``HasLayers``, as a CP asks before it records the layer on the host."""
     has = agent.stub.HasLayers(pb.HasLayersRequest(digests=[digest]), timeout=30)
     return digest not in has.missing
 
@@ -108,6 +126,20 @@ def test_an_abandoned_stream_keeps_a_layer_another_tenants_stream_delivered(agen
         call.cancel()  # the attacker's build is cancelled
         _wait_log(agent, offset, rf"event=layer_abandoned digest={digest}")
         assert _present(agent, digest), "the attacker's cancel removed the layer the victim's export had"
+
+
+def test_an_abandoned_stream_keeps_a_layer_the_cp_found_here(agent: AgentProcess) -> None:
+    """The victim's layer (the same bytes, in its store) found here by its CP's ``HasLayers``
+    while the attacker's stream installed it: the CP records it on this host, pushes nothing."""
+    attacker = _same_files(agent, uuid.uuid4().hex)
+    with _destroyed(agent, attacker):
+        offset = agent.log_path.stat().st_size
+        call = _first_chunk(agent, attacker)
+        digest = _wait_log(agent, offset, r"event=layer_installed digest=([0-9a-f]{64})").group(1)
+        assert _asked(agent, digest)  # the victim's CP: here, recorded, nothing to push
+        call.cancel()
+        _wait_log(agent, offset, rf"event=layer_abandoned digest={digest}")
+        assert _present(agent, digest), "the attacker's cancel removed a layer the victim's CP found here"
 
 
 def test_two_abandoned_streams_of_one_layer_leave_nothing(agent: AgentProcess) -> None:

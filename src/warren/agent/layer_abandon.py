@@ -76,6 +76,14 @@ class StreamedLayers:
         del self._digests[digest]
         return d.created and not d.delivered
 
+    def seen(self, digests: Iterable[str]) -> None:
+        """``digests`` were found here by someone else (a push of the same layer, ``HasLayers``,
+        a create on it): whoever asked may record them, so a stream under way no longer
+        removes them."""
+        for digest in digests:
+            if (d := self._digests.get(digest)) is not None:
+                d.delivered = True
+
     def pending(self) -> int:
         """Digests with streams not yet settled (for tests)."""
         return len(self._digests)

@@ -204,7 +204,12 @@ class LayerCache:
         return (self.root / digest).is_dir()
 
     def missing(self, digests: Iterable[str]) -> list[str]:
-        return [d for d in digests if not self.has(check_digest(d))]
+        """Those not here (``HasLayers``, a create's chain); the others count as delivered to
+        whoever asked, should a stream that is installing one be abandoned (layer_abandon.py)."""
+        wanted = [check_digest(d) for d in digests]
+        lacking = [d for d in wanted if not self.has(d)]
+        self._streamed.seen(set(wanted) - set(lacking))
+        return lacking
 
     @contextlib.contextmanager
     def pin(self, digests: Iterable[str]) -> Iterator[None]:
@@ -272,10 +277,9 @@ class LayerCache:
             raise PayloadTooLarge(
                 f"layer size {size} is not within 0-{self.max_bytes} bytes (this host's max)"
             )
-        if self.has(digest):
-            return False
         async with self._install_lock(digest):
-            if self.has(digest):
+            if self.has(digest):  # (pushed while a stream installed it: delivered, layer_abandon)
+                self._streamed.seen([digest])
                 return False
             async with self._turns(size).slot(team) as ticket:
                 if admitted is not None:
