@@ -163,3 +163,20 @@ async def running_platform(
         yield p
     finally:
         await p.stop()
+
+
+@contextlib.asynccontextmanager
+async def second_replica(
+    platform: Platform, home: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[CPProcess]:
+    """A second ``warren cp`` on ``platform``'s database and CA (its agents trust the new
+    replica's client certificate), with ``env`` set while it starts; stopped afterwards."""
+    ca = platform.cp.home / "ca"
+    replica = CPProcess(platform.cp.db_url, home)
+    ca_env = {"WARREN_CA_CERT": str(ca / "ca.pem"), "WARREN_CA_KEY": str(ca / "ca.key")}
+    with environ({**ca_env, **(env or {})}):
+        await asyncio.to_thread(replica.start)
+    try:
+        yield replica
+    finally:
+        await asyncio.to_thread(replica.stop)

@@ -16,7 +16,6 @@ Two real CP processes on the module's PostgreSQL (B shares A's CA through
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,8 +23,7 @@ import httpx
 import pytest
 
 from tests.harness.cp import CPProcess
-from tests.harness.environ import environ
-from tests.harness.platform import Platform
+from tests.harness.platform import Platform, second_replica
 from tests.harness.tenant import signup
 from tests.security.test_attack_session15_envd_tokens import add_member, bearer, envd_token
 from tests.security.test_attack_session16_tenant import (
@@ -48,15 +46,8 @@ RECHECK_ENV = {"WARREN_STREAM_RECHECK_S": "1"}
 @pytest.fixture(scope="module")
 async def replica_b(platform: Platform, platform_dir: Path) -> AsyncIterator[CPProcess]:
     """A second ``warren cp`` on A's database and CA (the agent trusts B's client certificate)."""
-    ca = platform.cp.home / "ca"
-    b = CPProcess(platform.cp.db_url, platform_dir / "cp-b")
-    ca_env = {"WARREN_CA_CERT": str(ca / "ca.pem"), "WARREN_CA_KEY": str(ca / "ca.key")}
-    with environ({**ca_env, **RECHECK_ENV}):
-        await asyncio.to_thread(b.start)
-    try:
+    async with second_replica(platform, platform_dir / "cp-b", RECHECK_ENV) as b:
         yield b
-    finally:
-        await asyncio.to_thread(b.stop)
 
 
 def test_a_member_removed_through_a_loses_her_streams_on_b(platform: Platform, replica_b: CPProcess) -> None:

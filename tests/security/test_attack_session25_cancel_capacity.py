@@ -17,7 +17,6 @@ then fails the row, so the slot and the room are held until the step is gone.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -29,8 +28,7 @@ import httpx
 import pytest
 
 from tests.harness.cp import CPProcess
-from tests.harness.environ import environ
-from tests.harness.platform import Platform, running_platform
+from tests.harness.platform import Platform, running_platform, second_replica
 from tests.harness.tenant import signup
 
 pytestmark = pytest.mark.root
@@ -49,15 +47,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
 
 @pytest.fixture(scope="module")
 async def replica_b(platform: Platform, platform_dir: Path) -> AsyncIterator[CPProcess]:
-    ca = platform.cp.home / "ca"
-    b = CPProcess(platform.cp.db_url, platform_dir / "cp-b")
-    ca_env = {"WARREN_CA_CERT": str(ca / "ca.pem"), "WARREN_CA_KEY": str(ca / "ca.key")}
-    with environ({**ca_env, **ENV}):
-        await asyncio.to_thread(b.start)
-    try:
+    async with second_replica(platform, platform_dir / "cp-b", ENV) as b:
         yield b
-    finally:
-        await asyncio.to_thread(b.stop)
 
 
 def _live(marker: str) -> int:
