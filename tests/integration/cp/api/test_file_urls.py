@@ -67,11 +67,13 @@ def test_only_its_sandbox_path_and_operation(sbx: Sandbox, other: Sandbox) -> No
     other.files.write("/root/a.txt", "other")
     d = sbx.files.download_url("/root/a.txt")
     u = sbx.files.upload_url("/root/a.txt")
+    sig = d.url.rsplit("sig=", 1)[1]
+    tampered = ("B" if sig[0] == "A" else "A") + sig[1:]  # "A" + sig[1:] was sig itself 1 time in 64
     with httpx.Client(timeout=60) as http:
         refused = [
             http.get(_with(d.url, path="/root/b.txt")),  # another path
             http.get(d.url.replace(sbx.id, other.id)),  # another sandbox
-            http.get(_with(d.url, sig="A" + d.url.rsplit("sig=", 1)[1][1:])),  # tampered signature
+            http.get(_with(d.url, sig=tampered)),  # tampered signature
             http.get(_with(d.url, exp=str(int(d.expires_at) + 3600))),  # a later expiry
             http.get(_with(d.url, user="root")),  # another user
             http.put(d.url.replace("/signed/download", "/signed/upload"), content=b"x"),  # download → upload
