@@ -9,6 +9,7 @@ keeping layers in use."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -215,3 +216,50 @@ async def test_gc_keeps_layers_in_use_and_removes_dead_ones(env: Env) -> None:
     report = await collect(engine, store, pool, grace_s=0)
     assert report.store_deleted == [kept]
     assert kept not in await env.held(holder) and not await store.exists(kept)
+
+
+async def test_a_build_cancelled_while_its_layer_is_stored_keeps_it_counted(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 25: the host installs a step's layer as it sends it and, its last message out,
+    cannot tell a reader that left. A build cancelled after that but before the CP recorded the
+    layer (here: while the store still writes it) left it on the host in no store and no quota
+    until the collector's grace. Now the cancel waits for the step's layer to be stored,
+    recorded and counted to the team, as a step that ended just before it."""
+    store, put = env.store, env.store.put
+    written, release, got = asyncio.Event(), asyncio.Event(), list[str]()
+
+    async def slow_put(chunks: AsyncIterator[bytes], **kw: Any) -> Any:
+        meta = await put(chunks, **kw)  # the whole stream read: the host has sent it all
+        got.append(meta.digest)
+        written.set()
+        await release.wait()  # the store's last write, as a slow bucket makes it
+        return meta
+
+    monkeypatch.setattr(store, "put", slow_put)
+    name = f"late-{uuid.uuid4().hex[:6]}"
+    spec = "FROM minimal\nRUN head -c 2M /dev/urandom > /late\n"
+    r = await env.api("POST", "/v1/templates", json={"name": name, "spec": spec})
+    assert r.status_code == 202, r.text
+    build_id = r.json()["build_id"]
+    await asyncio.wait_for(written.wait(), 300)
+    cancel = asyncio.ensure_future(env.api("POST", f"/v1/templates/{name}/builds/{build_id}/cancel"))
+    writer = None
+    for _ in range(600):  # the cancel has reached the build's work (its log is ended)
+        writer = env.cp.app.state.builds.writers.get(ids.parse_id(ids.Kind.BUILD, build_id))
+        if writer is None or writer.ended:
+            break
+        await asyncio.sleep(0.05)
+    release.set()
+    r = await cancel
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["error"]) == ("failed", "cancelled by the team"), r.json()
+    digest, team = got[0], ids.parse_id(ids.Kind.TEAM, env.user.team_id)
+    assert await env.indexed(digest)
+    hosts_with = await env.cp.sql("SELECT host_id FROM host_layers WHERE digest = :d", d=digest)
+    assert len(hosts_with) == 1  # the build host's copy is known: its collector sees it
+    counted = await env.cp.sql(
+        "SELECT 1 FROM team_store_layers WHERE team_id = :t AND digest = :d", t=team, d=digest
+    )
+    cached = await env.cp.sql("SELECT 1 FROM build_cache WHERE team_id = :t AND layer = :d", t=team, d=digest)
+    assert counted and cached

@@ -219,12 +219,15 @@ class _Build:
             if staging is not None:
                 await self._store_staging(staging, staging_digest)
             remaining = self.deadline - clock.monotonic()
+
+            async def keep(meta: LayerMeta) -> None:  # a cancel waits for it: see BuildHost.run
+                await team_store.note(self.runner.engine, self.team_id, meta)
+                await self._remember(key, meta.digest)
+
             meta = await self.host.run(
-                self.base, chain, config, cmd, timeout_s=remaining, output=self.log.write
+                self.base, chain, config, cmd, timeout_s=remaining, output=self.log.write, keep=keep
             )
-            await team_store.note(self.runner.engine, self.team_id, meta)
             self.layers.append(meta.digest)
-            await self._remember(key, meta.digest)
             await self.log.line(f" ---> {meta.digest[:12]} ({meta.size} bytes)")
             return key
         finally:
