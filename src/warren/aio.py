@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "outlast"]
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
@@ -19,3 +19,21 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
     for t in tasks:
         with contextlib.suppress(BaseException):
             await t
+
+
+async def outlast(fut: asyncio.Future[Any], within_s: float | None = None) -> bool:
+    """Wait for ``fut`` to end, whatever it ends with, through cancellations of the caller: what
+    the caller holds (a turn, a lock, a record to make) must outlast the work. At most
+    ``within_s`` seconds (None: no bound); whether it ended. Its error is retrieved (the
+    caller's own cancellation is what goes on); the caller may still read it."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within_s is None else loop.time() + within_s
+    while not fut.done():
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            return False
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({fut}, timeout=left)
+    if not fut.cancelled():
+        fut.exception()
+    return True

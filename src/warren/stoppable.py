@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
+from warren.aio import outlast
+
 T = TypeVar("T")
 
 
@@ -44,17 +46,5 @@ async def run_stoppable(work: Callable[[threading.Event], T], *, executor: Execu
         return await asyncio.shield(done)
     except asyncio.CancelledError:
         stop.set()
-        await _until_done(done)
+        await outlast(done)  # the thread stops at its next step; the hold outlasts it
         raise
-
-
-async def _until_done(done: asyncio.Future[T]) -> None:
-    """Wait for ``done`` whatever it ends with, through further cancellations too: the thread
-    stops at its next step, and the caller's hold must outlast it."""
-    while not done.done():
-        try:
-            await asyncio.wait({done})
-        except asyncio.CancelledError:
-            continue
-    if not done.cancelled():
-        done.exception()  # retrieved: its error is the cancelled caller's no longer

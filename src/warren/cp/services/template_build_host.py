@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.aio import outlast
 from warren.config import Settings
 from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import teams, template_builds, users_teams
@@ -345,11 +346,7 @@ async def _finish_taking(taking: asyncio.Future[LayerMeta], build_id: uuid.UUID)
     """Wait for a cancelled build's layer to be taken, through further cancellations, at most
     ``TAKE_AFTER_CANCEL_S`` (a host that stalls mid-layer is given up on: the collector's grace
     then)."""
-    deadline = clock.monotonic() + TAKE_AFTER_CANCEL_S
-    while not taking.done() and (left := deadline - clock.monotonic()) > 0:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({taking}, timeout=left)
-    if not taking.done():
+    if not await outlast(taking, TAKE_AFTER_CANCEL_S):
         taking.cancel()
         log.warning("event=build_layer_given_up build_id=%s", build_id)
     elif not taking.cancelled() and (e := taking.exception()) is not None:

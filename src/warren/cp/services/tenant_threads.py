@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from warren.aio import outlast
 from warren.fair_turns import FairTurns
 from warren.stoppable import run_stoppable
 
@@ -78,10 +79,7 @@ async def child_output(argv: Sequence[str], max_output: int) -> tuple[int, bytes
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        waiting = asyncio.ensure_future(proc.wait())
-        while not waiting.done():  # through further cancellations: the turn outlasts the child
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({waiting})
+        await outlast(asyncio.ensure_future(proc.wait()))  # reaped: the turn outlasts the child
         raise
 
 
