@@ -3,10 +3,12 @@ it as gRPC metadata), and the CP's /metrics after real creates (issue 18 items 1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,33 +53,34 @@ async def test_the_agent_logs_the_client_s_request_id(live: Platform) -> None:
     assert destroyed and {x.get("request_id") for x in destroyed} == {"trace-destroy-1"}, destroyed
 
 
-async def test_a_websocket_upgrade_returns_the_request_id(live: Platform) -> None:
+@contextlib.asynccontextmanager
+async def _sandbox_socket(live: Platform, route: str, request_id: str) -> AsyncIterator[tuple[str, Any]]:
+    """A new sandbox and a WebSocket to its ``route`` opened with ``request_id`` (whose upgrade
+    answers it back); the sandbox is deleted afterwards."""
     async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=120) as http:
         r = await http.post("/v1/sandboxes", json={})
         assert r.status_code == 201, r.text
         sb = r.json()["id"]
-        url = live.url.replace("http", "ws", 1) + f"/v1/sandboxes/{sb}/exec/stream"
-        headers = {"X-API-Key": live.api_key, "X-Request-Id": "ws-req-1"}
+        url = live.url.replace("http", "ws", 1) + f"/v1/sandboxes/{sb}/{route}"
+        headers = {"X-API-Key": live.api_key, "X-Request-Id": request_id}
         async with websockets.connect(url, additional_headers=headers) as ws:
-            assert ws.response is not None and ws.response.headers["X-Request-Id"] == "ws-req-1"
-            await ws.send(json.dumps({"type": "start", "cmd": "true"}))
-            while json.loads(await ws.recv())["type"] != "exit":
-                pass
+            assert ws.response is not None and ws.response.headers["X-Request-Id"] == request_id
+            yield sb, ws
         await http.delete(f"/v1/sandboxes/{sb}")
+
+
+async def test_a_websocket_upgrade_returns_the_request_id(live: Platform) -> None:
+    async with _sandbox_socket(live, "exec/stream", "ws-req-1") as (_, ws):
+        await ws.send(json.dumps({"type": "start", "cmd": "true"}))
+        while json.loads(await ws.recv())["type"] != "exit":
+            pass
 
 
 async def test_a_streamed_watch_carries_the_request_id_to_the_agent(live: Platform) -> None:
     """A watch goes over the host's narrow channel, which skips the client interceptor that adds
     the id to every other call: the watch's call adds it itself (session 24)."""
-    async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=120) as http:
-        r = await http.post("/v1/sandboxes", json={})
-        assert r.status_code == 201, r.text
-        sb = r.json()["id"]
-        url = live.url.replace("http", "ws", 1) + f"/v1/sandboxes/{sb}/watch?path=/tmp"
-        headers = {"X-API-Key": live.api_key, "X-Request-Id": "watch-req-1"}
-        async with websockets.connect(url, additional_headers=headers) as ws:
-            assert ws.response is not None and ws.response.headers["X-Request-Id"] == "watch-req-1"
-        await http.delete(f"/v1/sandboxes/{sb}")
+    async with _sandbox_socket(live, "watch?path=/tmp", "watch-req-1") as (sb, _):
+        pass
     started = [x for x in _agent_lines(live) if f"event=watch_started sandbox_id={sb}" in str(x["message"])]
     assert started and {x.get("request_id") for x in started} == {"watch-req-1"}, started
 
