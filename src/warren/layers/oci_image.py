@@ -419,7 +419,7 @@ def _text(value: Any, what: str) -> str:
         return ""
     if not isinstance(value, str):
         raise LayerError(f"image config {what}: expected a string")
-    return value
+    return _storable(value, what)
 
 
 def _argv(value: Any, what: str) -> list[str]:
@@ -427,7 +427,20 @@ def _argv(value: Any, what: str) -> list[str]:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise LayerError(f"image config {what}: expected a list of strings")
-    return list(value)
+    return [_storable(v, what) for v in value]
+
+
+def _storable(value: str, what: str) -> str:
+    """``value`` as the template's config may keep it: JSON's ``\\ud800`` (a lone surrogate) is
+    no UTF-8 and ``\\u0000`` no PostgreSQL text; either one failed the import's last write with
+    a 500, its layers already stored and counted to the team (session 25)."""
+    if "\x00" in value:
+        raise LayerError(f"image config {what}: a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LayerError(f"image config {what}: not valid Unicode (a lone surrogate)") from None
+    return value
 
 
 def _env(value: Any) -> dict[str, str]:
