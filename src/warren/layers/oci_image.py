@@ -32,6 +32,7 @@ from warren.layers.hashing import CHUNK, HashingWriter, LayerError, LayerMeta
 from warren.layers.stats import LayerStats, python3_in_chain
 from warren.layers.tarfmt import LNK, REGULAR, SYM, Source, members
 from warren.stoppable import check
+from warren.text import text_problem
 
 MAX_JSON = 4 << 20
 MAX_LAYERS = 128
@@ -431,15 +432,11 @@ def _argv(value: Any, what: str) -> list[str]:
 
 
 def _storable(value: str, what: str) -> str:
-    """``value`` as the template's config may keep it: JSON's ``\\ud800`` (a lone surrogate) is
-    no UTF-8 and ``\\u0000`` no PostgreSQL text; either one failed the import's last write with
-    a 500, its layers already stored and counted to the team (session 25)."""
-    if "\x00" in value:
-        raise LayerError(f"image config {what}: a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise LayerError(f"image config {what}: not valid Unicode (a lone surrogate)") from None
+    """``value`` as the template's config may keep it (warren/text.py): with a lone surrogate or
+    a NUL the import's last write failed, its layers already stored and counted to the team
+    (session 25)."""
+    if (problem := text_problem(value)) is not None:
+        raise LayerError(f"image config {what}: {problem}")
     return value
 
 

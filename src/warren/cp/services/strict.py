@@ -24,21 +24,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from warren.errors import InvalidRequest
+from warren.text import text_problem
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
-
-
-def text_problem(value: str, *, nul_ok: bool = False) -> str | None:
-    """Why ``value`` cannot be accepted as request text, or None."""
-    if not nul_ok and "\x00" in value:
-        return "must not contain NUL characters"
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "must be valid Unicode (no lone surrogates)"
-    return None
 
 
 def check_text(value: str, what: str, *, nul_ok: bool = False) -> str:
