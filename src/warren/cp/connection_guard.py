@@ -15,9 +15,13 @@ response's head written with its body, ``warren.cp.http_writes``):
   ``WARREN_HTTP_HEAD_TIMEOUT_S`` of the connection's opening, or of its first byte on a
   kept-alive connection; else the connection closes (408 if part of a head came).
 - **Head size**: at most ``MAX_HEAD_BYTES`` before the head is whole (431 and closed).
-  Bytes that come after a response is complete and before the next head is whole count as
-  that head's, so the rest of a body the app answered without reading (an early 401 on an
-  upload) is drained for at most that long and that much: its answer has been sent.
+- **The rest of an answered body**: a body the app answered without reading whole (an early
+  401, or a 400 on an upload's first fields) is read and dropped, at most ``MAX_DRAIN_BYTES``
+  of it and within the head deadline, and the connection then serves its next request. Past
+  either bound it is closed without another answer. (Until session 26 those bytes counted as
+  the next head's, so a refused 1 MiB upload was closed 431 after 64 KiB, with the client's
+  unread answer reset by the close: an HTTP client that sends its whole body before it reads
+  got a reset instead of the 400.)
 - **Connections**: at most ``WARREN_HTTP_MAX_CONNECTIONS`` open in this process (HTTP and
   WebSocket, on every listening socket; bounded below the open-file limit so the process keeps
   fds for its database, agents and files) and ``WARREN_HTTP_MAX_CONNECTIONS_PER_ADDRESS`` per
@@ -50,6 +54,7 @@ from warren.cp.services.rate_limits import address_key, is_trusted_proxy
 log = logging.getLogger("warren.connections")
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_DRAIN_BYTES = 32 * 1024 * 1024
 # File descriptors kept for everything but client connections: the database pool, agent
 # channels, spool and log files, the listening sockets.
 FD_RESERVE = 512
@@ -113,6 +118,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._body_whole = True  # this cycle's request body has all come (or had none)
+        self._drained = 0  # bytes of an answered request's body read since its answer
         self._address: str | None = None  # counted under this key while open
         self._refused = False
         self._holder: HeadHolder | None = None  # each cycle's transport: head and body in one write
@@ -141,10 +148,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_headers_complete(self) -> None:
+        self._body_whole = False
+        self._drained = 0
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and self._holder is not None and cycle.transport is self.transport:
             cycle.transport = self._holder  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        self._body_whole = True
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         if self._holder is not None:
@@ -183,7 +196,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif not self._waiting_for_head():
             self._disarm()
             self._head_bytes = 0
-        elif not self.transport.is_closing():
+        elif self.transport.is_closing():
+            return
+        elif not self._body_whole:  # the rest of a body already answered: dropped by the parser
+            self._arm()
+            self._drained += len(data)
+            if self._drained > MAX_DRAIN_BYTES:
+                self.transport.close()
+        else:
             self._arm()  # bytes of a new head on a kept-alive connection (uvicorn's timer is off)
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
