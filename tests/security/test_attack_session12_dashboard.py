@@ -234,7 +234,7 @@ async def test_planted_text_runs_nowhere_in_the_owners_dashboard(browser: Browse
             resp = await v.page.goto(path)
             assert resp is not None
             await v.page.wait_for_load_state("load")
-            assert "script-src 'self'" in resp.headers.get("content-security-policy", ""), path
+            assert "script-src 'nonce-" in resp.headers.get("content-security-policy", ""), path
             assert resp.headers.get("x-frame-options") == "DENY", path
             await _clean(v)
         await v.page.goto(f"/dashboard/templates/s12-dash/builds/{planted.build_id}")
@@ -298,4 +298,68 @@ async def test_a_team_named_like_the_victims_own_is_told_apart(browser: Browser,
         assert len(texts) == 4, texts
         assert len(set(texts)) == len(texts), f"the victim cannot tell their own team apart: {texts}"
         assert sum("Owner" in t for t in texts) == 1, texts
+        await _clean(v)
+
+
+# Session 26: what Mallory's server in the team's sandbox serves on a public port, path-routed on
+# the control plane's own origin (/v1/sandboxes/{id}/ports/8000/...).
+EVIL_JS = f"{PWN};"
+EVIL_CSS = "body { outline: 7px solid rgb(1, 2, 3) }"
+INJECT = """([kind, url]) => new Promise((done) => {
+  if (kind === "import") { import(url).then(() => done("ran"), () => done("refused")); return; }
+  const el = document.createElement(kind === "script" ? "script" : "link");
+  if (kind === "script") { el.src = url; } else { el.rel = "stylesheet"; el.href = url; }
+  el.onload = () => done("ran");
+  el.onerror = () => done("refused");
+  document.head.appendChild(el);
+})"""
+
+
+def _serve_on_a_public_port(planted: Planted) -> str:
+    files = {"evil.js": EVIL_JS, "evil.mjs": EVIL_JS, "evil.css": EVIL_CSS}
+    writes = " && ".join(
+        f"echo {base64.b64encode(body.encode()).decode()} | base64 -d > /tmp/www/{name}"
+        for name, body in files.items()
+    )
+    serve = "(setsid python3 -m http.server 8000 --directory /tmp/www >/dev/null 2>&1 &)"
+    with planted.api() as m:
+        r = m.post(
+            f"/v1/sandboxes/{planted.sandbox_id}/exec",
+            json={"cmd": "/bin/sh", "args": ["-c", f"mkdir -p /tmp/www && {writes} && {serve}"]},
+        )
+        assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+        r = m.patch(f"/v1/sandboxes/{planted.sandbox_id}", json={"public_ports": [8000]})
+        assert r.status_code == 200, r.text
+    base = f"/v1/sandboxes/{planted.sandbox_id}/ports/8000"
+    for _ in range(300):  # anyone's to fetch, on the control plane's origin
+        r = httpx.get(f"{planted.url}{base}/evil.js", timeout=30)
+        if r.status_code == 200 and r.text == EVIL_JS:
+            return base
+        threading.Event().wait(0.1)
+    raise AssertionError(f"the sandbox's server did not answer: {r.status_code} {r.text[:200]}")
+
+
+async def test_injected_markup_cannot_run_a_sandboxs_script_or_style_as_the_viewer(
+    browser: Browser, planted: Planted
+) -> None:
+    """Were markup ever injected into a dashboard page (none is known: this is the second
+    wall), a ``<script src>`` or stylesheet from a path-routed preview was same-origin, so
+    ``script-src 'self'`` ran Mallory's script as the victim, with the victim's session.
+    Since session 26 a page runs only the tags carrying its response's nonce."""
+    base = _serve_on_a_public_port(planted)
+    async with victim_page(browser, planted) as v:
+        for path in ("/dashboard/sandboxes", f"/dashboard/sandboxes/{planted.sandbox_id}"):
+            await v.page.goto(path)
+            await v.page.wait_for_load_state("load")
+            await v.page.click("#team-button")  # the page's own script runs: the menu opens
+            await v.page.locator("#team-menu [data-switch-team]").first.wait_for(state="visible")
+            for kind, name in (("script", "evil.js"), ("import", "evil.mjs"), ("style", "evil.css")):
+                outcome = await v.page.evaluate(INJECT, [kind, f"{base}/{name}"])
+                assert outcome == "refused", (path, kind)
+            assert await v.page.evaluate("window.__pwned") is None, path
+            outline = await v.page.evaluate("getComputedStyle(document.body).outlineColor")
+            assert outline != "rgb(1, 2, 3)", path
+        first = (await v.page.goto("/dashboard/keys")).headers["content-security-policy"]  # type: ignore[union-attr]
+        again = (await v.page.goto("/dashboard/keys")).headers["content-security-policy"]  # type: ignore[union-attr]
+        assert first != again, "a nonce is per response"
         await _clean(v)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,13 +75,23 @@ def _asset_version() -> str:
 
 ASSET_VERSION = _asset_version()
 
-# Everything a page loads comes from the control plane itself; nothing inline runs.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+
+def content_security_policy(nonce: str | None) -> str:
+    """Everything a page loads comes from the control plane itself and nothing inline runs.
+    Scripts and stylesheets run only from the page's own tags, each carrying this response's
+    ``nonce`` (None: none at all): ``'self'`` also admits path-routed previews, a tenant's
+    server on the control plane's own origin (``/v1/sandboxes/{id}/ports/{port}/…``), so markup
+    injected into a page could have run a sandbox's script as the viewer (session 26)."""
+    own = f"'nonce-{nonce}'" if nonce else "'none'"
+    return (
+        f"default-src 'self'; script-src {own}; style-src {own}; img-src 'self' data:; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-        "frame-ancestors 'none'; form-action 'self'"
-    ),
+        "frame-ancestors 'none'; form-action 'self'; worker-src 'none'"
+    )
+
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": content_security_policy(None),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -181,14 +192,17 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     token = csrf_token or (viewer.session.csrf if viewer else "")
+    nonce = secrets.token_urlsafe(18)
     html = env.get_template(template).render(
         request=request,
         viewer=viewer,
         csrf=token,
         asset_version=ASSET_VERSION,
+        csp_nonce=nonce,
         **context,
     )
     resp = HTMLResponse(html, status_code=status_code)
+    resp.headers["Content-Security-Policy"] = content_security_policy(nonce)
     apply_security_headers(resp)
     return resp
 
