@@ -55,9 +55,16 @@ def test_a_sandbox_held_at_its_memory_limit_keeps_its_guest(alice: Tenant, held_
     # The fillers reach the limit within a second or two (measured on the agent: usage 128 MiB
     # and hundreds of OOM kills, all of them fillers, after 5 s); the guest must outlive this.
     time.sleep(5)
+    codes = []
     for i in range(COMMANDS):
         r = alice.x(sb, "true", timeout_sec=30)
         # 409 "its container exited": the guest was the OOM killer's victim.
         assert r.status_code == 200, (i, r.text)
-        assert r.json()["exit_code"] in (0, -9, 137), (i, r.json())  # a command may be a victim
+        codes.append(r.json()["exit_code"])
+    # A command may be a victim of its sandbox's storm: killed (-9, 137), or refused memory by
+    # the kernel while it starts (ENOMEM is answered to charges made in system calls, §16):
+    # an exec past its point of no return ends SIGSEGV (-11), the loader that cannot map its
+    # libraries exits 127 (its message refused by the same storm: CI, sessions 25 and 26).
+    assert set(codes) <= {0, -9, 137, -11, 127}, codes
+    assert codes.count(0) >= COMMANDS // 4, codes  # the guest still runs the tenant's commands
     assert alice.sh(sb, "echo alive") == "alive\n"
