@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from warren import clock
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import build_cache, template_builds
+from warren.cp.services import context_child, team_store
 from warren.cp.services import layers as layer_svc
-from warren.cp.services import team_store, tenant_threads
 from warren.cp.services import template_context as tctx
 from warren.cp.services import templates as tpl
 from warren.cp.services.template_build_host import BuildHost, MiB, StepFailed
@@ -92,7 +92,7 @@ class _Build:
     build_id: uuid.UUID
     team_id: uuid.UUID
     body: BuildRequest
-    context: tctx.BuildContext
+    context: Path | None  # the context's tar, read by child processes (services/context_child.py)
     log: LogWriter
     deadline: float
     host: BuildHost = field(init=False)
@@ -232,7 +232,7 @@ class _Build:
             return key
         finally:
             if staging is not None:
-                await asyncio.to_thread(staging.unlink, missing_ok=True)
+                await asyncio.to_thread(context_child.remove_workdir, staging.parent)
 
     def _plan(
         self, step: Step, staged: list[tctx.Staged], staging_digest: str
@@ -245,20 +245,19 @@ class _Build:
         return list(self.layers), _root(), tctx.workdir_command(step)
 
     async def _stage(self, step: CopyStep, n: int) -> tuple[Path, list[tctx.Staged], str]:
-        path = await asyncio.to_thread(
-            tctx.new_spool_file, self.runner.settings.home / "build-spool", ".staging-"
-        )
+        """The step's staging layer in a work directory of its own: its path, sources and digest.
+        A context's worth of files: a child process's work (services/context_child.py), in the
+        team's turn of the tenant threads; a cancelled build (its time limit, the CP stopping)
+        kills it."""
+        spool = self.runner.settings.home / "build-spool"
+        workdir = await asyncio.to_thread(context_child.new_workdir, spool)
         try:
-            limit, ctx = self.runner.settings.build_max_layer_mb * MiB, self.context
-            # A context's worth of files: the tenant executor, not the default one; a cancelled
-            # build (its time limit, the CP stopping) stops it at its next file or chunk.
-            meta, staged = await tenant_threads.run(
-                self.team_id, lambda stop: tctx.staging_layer(ctx, step, n, path, limit, stop)
-            )
+            limit = self.runner.settings.build_max_layer_mb * MiB
+            meta, staged = await context_child.stage(self.team_id, self.context, step, n, workdir, limit)
         except BaseException:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+            await asyncio.to_thread(context_child.remove_workdir, workdir)
             raise
-        return path, staged, meta.digest
+        return workdir / context_child.LAYER, staged, meta.digest
 
     async def _store_staging(self, path: Path, digest: str) -> None:
         meta = await self.runner.store.put(
@@ -423,13 +422,10 @@ async def _work(
     deadline = clock.monotonic() + settings.build_timeout_s
     async with asyncio.timeout(settings.build_timeout_s):
         # The context's index is the build's work too: in its time limit, stopped with it.
-        build_ctx = await tenant_threads.run(team_id, lambda stop: tctx.BuildContext(context, stop))
-        try:
-            build = _Build(runner, build_id, team_id, body, build_ctx, writer, deadline)
-            built.append(build)
-            spec, size = await build.run()
-        finally:
-            build_ctx.close()
+        await context_child.check_index(team_id, context)
+        build = _Build(runner, build_id, team_id, body, context, writer, deadline)
+        built.append(build)
+        spec, size = await build.run()
     await build.finish(spec, size)
 
 

@@ -10,11 +10,12 @@ keeps the destination's existing parent directories as they are (a ``/home/app``
 owner; ``/tmp`` keeps 1777): the control plane cannot see the chain below to write them itself.
 WORKDIR likewise is ``mkdir -p`` on the host. The staging layer is never part of a template.
 
-Everything here is synchronous file work: callers run it in a thread (the CP's tenant threads,
-services/tenant_threads.py), as long as the tenant's context makes it. The index and the staging
-layer take a ``stop`` event (warren/stoppable.py: set when the build is cancelled, by its time
-limit or the control plane stopping), checked at each member, file and chunk written: they raise
-``Stopped``, and the caller removes what was written.
+Everything here is synchronous file work, as long as the tenant's context makes it: the control
+plane runs the index and the staging layer in a child process of their own (session 26:
+services/context_child.py; in its tenant threads before, where they held its GIL), killed when
+the build is cancelled. Both also take a ``stop`` event (warren/stoppable.py), checked at each
+member, file and chunk written, for a caller that runs them in a thread: they raise ``Stopped``,
+and the caller removes what was written.
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ first come (warren/fair_turns.py), so one team's burst queues behind itself. A c
 caller keeps its turn until its thread has ended (warren/stoppable.py: the work is given a stop
 event to check, where it can), so the threads never outnumber the turns.
 
-Work that would hold the GIL against the event loop for seconds (an image's read) runs in a
-child process instead (:meth:`TenantThreads.run_child`, session 25), in the same turns: a
-cancelled caller kills the child and keeps the turn until it is reaped.
+Work that would hold the GIL against the event loop for seconds runs in a child process instead
+(:meth:`TenantThreads.run_child`), in the same turns: an image's read (session 25,
+layers/image_child.py), a build context's index and its COPY steps' staging (session 26,
+services/context_child.py). A cancelled caller kills the child and keeps the turn until it is
+reaped.
 """
 
 from __future__ import annotations

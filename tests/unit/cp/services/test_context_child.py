@@ -1,0 +1,144 @@
+"""A build context read in a child process (services/context_child.py, session 26): the child's
+answers are checked as if hostile, its refusals are the errors the CP raised itself before, and
+anything else is an internal error."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from warren.cp.services import context_child as cc
+from warren.cp.services import tenant_threads
+from warren.cp.services.template_spec import CopyStep, parse
+from warren.errors import InternalError, InvalidRequest, PayloadTooLarge
+
+DIGEST = "a" * 64
+
+
+def _layer(workdir: Path, size: int = 1024) -> None:
+    (workdir / cc.LAYER).write_bytes(bytes(size))
+
+
+def _ok(**fields: Any) -> dict[str, Any]:
+    return {"digest": DIGEST, "size": 1024, "sources": [["app", True], ["a.txt", False]], **fields}
+
+
+def test_a_good_answer_is_taken_with_the_cps_own_paths(tmp_path: Path) -> None:
+    _layer(tmp_path)
+    meta, staged = cc.staged_from_json(_ok(), tmp_path, 3, 1 << 20)
+    assert (meta.digest, meta.size) == (DIGEST, 1024)
+    assert [(s.path, s.name, s.is_dir) for s in staged] == [
+        ("/.warren-build/copy/3/0", "app", True),
+        ("/.warren-build/copy/3/1", "a.txt", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        [],
+        _ok(digest="A" * 64),
+        _ok(digest="a" * 63),
+        _ok(size=1023),  # not the file's size
+        _ok(size=True),
+        _ok(size=2 << 20),  # past the layer limit
+        _ok(sources=[]),
+        _ok(sources=[["../etc", False]]),
+        _ok(sources=[[".."], False]),
+        _ok(sources=[["a/b", False]]),
+        _ok(sources=[["", True]]),
+        _ok(sources=[["a\x00", True]]),
+        _ok(sources=[["a", 1]]),
+        _ok(sources=[["a", True, "x"]]),
+    ],
+)
+def test_a_hostile_answer_is_refused(tmp_path: Path, answer: Any) -> None:
+    _layer(tmp_path)
+    with pytest.raises(ValueError):
+        cc.staged_from_json(answer, tmp_path, 1, 2 << 20 if answer is None else 1 << 20)
+
+
+def test_a_layer_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").write_bytes(bytes(1024))
+    os.symlink(tmp_path / "elsewhere", tmp_path / cc.LAYER)
+    with pytest.raises(ValueError, match="staging file"):
+        cc.staged_from_json(_ok(), tmp_path, 1, 1 << 20)
+
+
+def test_refusals_are_the_errors_they_were() -> None:
+    assert isinstance(cc.refusal({"kind": "invalid", "message": "m"}), InvalidRequest)
+    assert isinstance(cc.refusal({"kind": "too_large", "message": "m"}), PayloadTooLarge)
+    for bad in (
+        {"kind": "internal", "message": "m"},
+        {"kind": "invalid", "message": "\ud800"},
+        {"kind": "invalid"},
+    ):
+        with pytest.raises(ValueError):
+            cc.refusal(bad)
+
+
+@pytest.mark.parametrize(
+    ("status", "out", "error"),
+    [
+        (0, {"error": {"kind": "invalid", "message": "line 2: COPY x: not found"}}, InvalidRequest),
+        (0, {"internal": "OSError: boom"}, InternalError),
+        (0, {"error": {"kind": "nope", "message": "m"}}, InternalError),
+        (0, {"ok": {"entries": -1}}, InternalError),
+        (-9, {}, InternalError),  # killed (its memory, a cancel)
+    ],
+)
+async def test_what_the_child_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: int, out: dict[str, Any], error: type[Exception]
+) -> None:
+    async def fake(team: object, argv: list[str], *, max_output: int) -> tuple[int, bytes]:
+        return status, json.dumps(out).encode()
+
+    monkeypatch.setattr(tenant_threads, "run_child", fake)
+    with pytest.raises(error):
+        await cc.check_index("team", tmp_path / "c.tar")
+
+
+def _run(*args: str) -> dict[str, Any]:
+    """The child as the CP runs it (its own process: it sets its rlimit and nice)."""
+    argv = [sys.executable, "-m", "warren.cp.services.context_child", *args]
+    got: dict[str, Any] = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
+    return got
+
+
+def test_the_child_indexes_and_stages(tmp_path: Path) -> None:
+    context = tmp_path / "c.tar"
+    with tarfile.open(context, "w") as t:
+        info = tarfile.TarInfo("app/main.py")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"hi\n"))
+    (tmp_path / "no.tar").write_bytes(b"no tar at all" * 100)
+    assert _run("index", str(context)) == {"ok": {"entries": 1}}
+    refused = _run("index", str(tmp_path / "no.tar"))["error"]
+    assert refused["kind"] == "invalid" and refused["message"].startswith(
+        "the build context is not a tar file"
+    )
+    step = parse("FROM minimal\nCOPY app /srv/\n").steps[1]
+    assert isinstance(step, CopyStep)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / cc.REQUEST).write_text(json.dumps({"line": step.line, "sources": list(step.sources)}))
+    _meta, staged = cc.staged_from_json(
+        _run("stage", str(context), str(work), "4", str(1 << 20))["ok"], work, 4, 1 << 20
+    )
+    assert [(s.path, s.name, s.is_dir) for s in staged] == [("/.warren-build/copy/4/0", "app", True)]
+    with tarfile.open(work / cc.LAYER) as t:
+        assert ".warren-build/copy/4/0/main.py" in t.getnames()
+    refused = _run("stage", str(context), str(work), "4", "100")["error"]
+    assert refused == {
+        "kind": "too_large",
+        "message": "the COPY step's files are past a layer's limit of 0 MiB",
+    }
