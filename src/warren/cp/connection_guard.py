@@ -190,6 +190,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         ws.connection_lost = connection_lost  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
+        # The rest of a body already answered (dropped by the parser) when this read began: the
+        # read may end it and start the next head, whose bytes then count from the next read.
+        draining = not self._body_whole and self._waiting_for_head()
         super().data_received(data)
         if self.transport.get_protocol() is not self:  # upgraded to a WebSocket
             self._disarm()
@@ -198,7 +201,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes = 0
         elif self.transport.is_closing():
             return
-        elif not self._body_whole:  # the rest of a body already answered: dropped by the parser
+        elif draining:
             self._arm()
             self._drained += len(data)
             if self._drained > MAX_DRAIN_BYTES:
