@@ -1,10 +1,10 @@
 """A build context read in a child process of its own (session 26), as image reads are
 (layers/image_child.py): ``python -m warren.cp.services.context_child index CONTEXT`` reads the
 context's index (the build's first work: a context that is no tar, has too many entries or a
-sparse member fails the build there); ``… stage CONTEXT WORKDIR INDEX MAX_BYTES`` writes a COPY
-step's staging layer to ``WORKDIR/staging.tar``, the step's line and sources read from
-``WORKDIR/request.json``. CONTEXT is ``""`` for a build without one. Each writes one JSON
-document to stdout.
+sparse member fails the build there); ``… stage CONTEXT REQUEST OUT INDEX MAX_BYTES`` writes a
+COPY step's staging layer to OUT (a file the CP made in its build spool), the step's line and
+sources read from the JSON file REQUEST. CONTEXT is ``""`` for a build without one. Each writes
+one JSON document to stdout.
 
 Both ran in the CP's tenant threads (cp/services/tenant_threads.py), as long as the tenant's
 context makes them: 100 000 entries are ~3 s of Python to index and ~3 s more to stage, and
@@ -22,8 +22,9 @@ process waited its turns at the GIL (another team's ``GET /v1/sandboxes``: 4 ms 
 
 The child indexes the context again for each COPY step (a step's staging is its own process):
 the tenant's CPU, niced, in its own turn and the build's time limit. What the child says is
-checked as if it were hostile (:func:`staged_from_json`): the staging layer must be a regular
-file directly in WORKDIR of the size it claims, no larger than the layer limit; each staged
+checked as if it were hostile (:func:`staged_from_json`): the staging layer must still be the
+regular file the CP made (not a link elsewhere), of the size the child claims, no larger than
+the layer limit; each staged
 source's name a base name; its place in the staging layer is the CP's own, not the child's. The
 store hashes the layer again as it takes it (``expect=`` its digest).
 """
@@ -36,7 +37,6 @@ import logging
 import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -58,8 +58,6 @@ NICE = 10
 MAX_ADDRESS_SPACE = 2 << 30  # 100 000 entries of deep names: ~140 MiB
 MAX_OUTPUT = 64 << 20  # the staged sources' names (one per source a COPY's patterns matched)
 MAX_MESSAGE = 16 << 10  # a refusal's message: a line, a source (≤ 4 KiB) and a member's name
-REQUEST = "request.json"
-LAYER = "staging.tar"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _REFUSALS: dict[str, type[WarrenError]] = {"invalid": InvalidRequest, "too_large": PayloadTooLarge}
 MEMORY = "the build context takes more memory to read than a build may use"
@@ -78,12 +76,12 @@ def _index(context: str) -> dict[str, Any]:
     return {"entries": len(ctx.members)}
 
 
-def _stage(context: str, workdir: str, index: str, max_bytes: str) -> dict[str, Any]:
-    request = json.loads((Path(workdir) / REQUEST).read_text())
+def _stage(context: str, request_path: str, out: str, index: str, max_bytes: str) -> dict[str, Any]:
+    request = json.loads(Path(request_path).read_text())
     step = CopyStep(int(request["line"]), tuple(str(s) for s in request["sources"]), "/", True)
     ctx = BuildContext(_context(context))
     try:
-        meta, staged = staging_layer(ctx, step, int(index), Path(workdir) / LAYER, int(max_bytes))
+        meta, staged = staging_layer(ctx, step, int(index), Path(out), int(max_bytes))
     finally:
         ctx.close()
     return {"digest": meta.digest, "size": meta.size, "sources": [[s.name, s.is_dir] for s in staged]}
@@ -113,35 +111,36 @@ def main(argv: list[str] | None = None) -> int:
 # --- the control plane's side ------------------------------------------------------------
 
 
-def new_workdir(spool: Path) -> Path:
-    """A new 0700 directory in ``spool`` (made if missing) for one step's staging."""
-    spool.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=spool, prefix=".staging-"))
-
-
-def remove_workdir(workdir: Path) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
 async def check_index(team_id: object, context: Path | None) -> None:
     """The context's index, read by a child in the team's turn: the build's refusal (a 400's
     message, as before) for a context that is no tar, too large an index or a sparse member."""
     if context is None:
         return  # nothing to read
-    await _answer(team_id, ["index", str(context or "")], "the build context", _entries)
+    await _answer(team_id, ["index", str(context)], "the build context", _entries)
 
 
 async def stage(
-    team_id: object, context: Path | None, step: CopyStep, index: int, workdir: Path, max_bytes: int
+    team_id: object, context: Path | None, step: CopyStep, index: int, out: Path, max_bytes: int
 ) -> tuple[LayerMeta, list[Staged]]:
-    """The step's staging layer, written by a child to ``workdir/staging.tar`` in the team's
-    turn (``workdir``: :func:`new_workdir`, the caller removes it); its meta and sources."""
+    """The step's staging layer, written by a child to ``out`` (the caller's spool file, which
+    it removes) in the team's turn; its meta and sources."""
     request = json.dumps({"line": step.line, "sources": list(step.sources)})
-    await asyncio.to_thread((workdir / REQUEST).write_text, request)
-    args = ["stage", str(context or ""), str(workdir), str(index), str(max_bytes)]
-    return await _answer(
-        team_id, args, "the COPY step's files", lambda ok: staged_from_json(ok, workdir, index, max_bytes)
-    )
+    request_path = await asyncio.to_thread(_request_file, out.parent, request)
+    try:
+        args = ["stage", str(context or ""), str(request_path), str(out), str(index), str(max_bytes)]
+        return await _answer(
+            team_id, args, "the COPY step's files", lambda ok: staged_from_json(ok, out, index, max_bytes)
+        )
+    finally:
+        await asyncio.to_thread(request_path.unlink, missing_ok=True)
+
+
+def _request_file(spool: Path, request: str) -> Path:
+    """The step's sources for the child (up to 1 MiB of them: more than one argument takes)."""
+    fd, name = tempfile.mkstemp(dir=spool, prefix=".copy-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(request)
+    return Path(name)
 
 
 async def _answer(team_id: object, args: Sequence[str], what: str, parse: Callable[[Any], T]) -> T:
@@ -182,7 +181,7 @@ def _entries(ok: Any) -> None:
         raise ValueError("index")
 
 
-def staged_from_json(ok: Any, workdir: Path, index: int, max_bytes: int) -> tuple[LayerMeta, list[Staged]]:
+def staged_from_json(ok: Any, out: Path, index: int, max_bytes: int) -> tuple[LayerMeta, list[Staged]]:
     """The child's staging layer and sources, each checked; ``ValueError`` for anything off."""
     if not isinstance(ok, dict) or not isinstance(ok.get("sources"), list) or not ok["sources"]:
         raise ValueError("not a staging")
@@ -191,7 +190,7 @@ def staged_from_json(ok: Any, workdir: Path, index: int, max_bytes: int) -> tupl
         raise ValueError("staging digest")
     if type(size) is not int or not 0 < size <= max_bytes:
         raise ValueError("staging size")
-    st = os.lstat(workdir / LAYER)  # a regular file in the workdir itself, not a link elsewhere
+    st = os.lstat(out)  # still a regular file, not a link to elsewhere
     if not (st.st_mode & 0o170000 == 0o100000 and st.st_size == size):
         raise ValueError("staging file")
     top = f"/{STAGING}/copy/{index}"

@@ -232,7 +232,7 @@ class _Build:
             return key
         finally:
             if staging is not None:
-                await asyncio.to_thread(context_child.remove_workdir, staging.parent)
+                await asyncio.to_thread(staging.unlink, missing_ok=True)
 
     def _plan(
         self, step: Step, staged: list[tctx.Staged], staging_digest: str
@@ -245,19 +245,19 @@ class _Build:
         return list(self.layers), _root(), tctx.workdir_command(step)
 
     async def _stage(self, step: CopyStep, n: int) -> tuple[Path, list[tctx.Staged], str]:
-        """The step's staging layer in a work directory of its own: its path, sources and digest.
-        A context's worth of files: a child process's work (services/context_child.py), in the
-        team's turn of the tenant threads; a cancelled build (its time limit, the CP stopping)
-        kills it."""
-        spool = self.runner.settings.home / "build-spool"
-        workdir = await asyncio.to_thread(context_child.new_workdir, spool)
+        path = await asyncio.to_thread(
+            tctx.new_spool_file, self.runner.settings.home / "build-spool", ".staging-"
+        )
         try:
             limit = self.runner.settings.build_max_layer_mb * MiB
-            meta, staged = await context_child.stage(self.team_id, self.context, step, n, workdir, limit)
+            # A context's worth of files: a child process's work (services/context_child.py),
+            # in the team's turn of the tenant threads; a cancelled build (its time limit, the
+            # CP stopping) kills it.
+            meta, staged = await context_child.stage(self.team_id, self.context, step, n, path, limit)
         except BaseException:
-            await asyncio.to_thread(context_child.remove_workdir, workdir)
+            await asyncio.to_thread(path.unlink, missing_ok=True)
             raise
-        return workdir / context_child.LAYER, staged, meta.digest
+        return path, staged, meta.digest
 
     async def _store_staging(self, path: Path, digest: str) -> None:
         meta = await self.runner.store.put(

@@ -23,8 +23,10 @@ from warren.errors import InternalError, InvalidRequest, PayloadTooLarge
 DIGEST = "a" * 64
 
 
-def _layer(workdir: Path, size: int = 1024) -> None:
-    (workdir / cc.LAYER).write_bytes(bytes(size))
+def _layer(tmp_path: Path, size: int = 1024) -> Path:
+    out = tmp_path / "staging.tar"
+    out.write_bytes(bytes(size))
+    return out
 
 
 def _ok(**fields: Any) -> dict[str, Any]:
@@ -32,8 +34,7 @@ def _ok(**fields: Any) -> dict[str, Any]:
 
 
 def test_a_good_answer_is_taken_with_the_cps_own_paths(tmp_path: Path) -> None:
-    _layer(tmp_path)
-    meta, staged = cc.staged_from_json(_ok(), tmp_path, 3, 1 << 20)
+    meta, staged = cc.staged_from_json(_ok(), _layer(tmp_path), 3, 1 << 20)
     assert (meta.digest, meta.size) == (DIGEST, 1024)
     assert [(s.path, s.name, s.is_dir) for s in staged] == [
         ("/.warren-build/copy/3/0", "app", True),
@@ -62,16 +63,16 @@ def test_a_good_answer_is_taken_with_the_cps_own_paths(tmp_path: Path) -> None:
     ],
 )
 def test_a_hostile_answer_is_refused(tmp_path: Path, answer: Any) -> None:
-    _layer(tmp_path)
+    out = _layer(tmp_path)
     with pytest.raises(ValueError):
-        cc.staged_from_json(answer, tmp_path, 1, 2 << 20 if answer is None else 1 << 20)
+        cc.staged_from_json(answer, out, 1, 2 << 20 if answer is None else 1 << 20)
 
 
 def test_a_layer_that_is_a_link_is_refused(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_bytes(bytes(1024))
-    os.symlink(tmp_path / "elsewhere", tmp_path / cc.LAYER)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "staging.tar")
     with pytest.raises(ValueError, match="staging file"):
-        cc.staged_from_json(_ok(), tmp_path, 1, 1 << 20)
+        cc.staged_from_json(_ok(), tmp_path / "staging.tar", 1, 1 << 20)
 
 
 def test_refusals_are_the_errors_they_were() -> None:
@@ -128,16 +129,14 @@ def test_the_child_indexes_and_stages(tmp_path: Path) -> None:
     )
     step = parse("FROM minimal\nCOPY app /srv/\n").steps[1]
     assert isinstance(step, CopyStep)
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / cc.REQUEST).write_text(json.dumps({"line": step.line, "sources": list(step.sources)}))
-    _meta, staged = cc.staged_from_json(
-        _run("stage", str(context), str(work), "4", str(1 << 20))["ok"], work, 4, 1 << 20
-    )
+    request, out = tmp_path / "request.json", tmp_path / "staging.tar"
+    request.write_text(json.dumps({"line": step.line, "sources": list(step.sources)}))
+    answer = _run("stage", str(context), str(request), str(out), "4", str(1 << 20))["ok"]
+    _meta, staged = cc.staged_from_json(answer, out, 4, 1 << 20)
     assert [(s.path, s.name, s.is_dir) for s in staged] == [("/.warren-build/copy/4/0", "app", True)]
-    with tarfile.open(work / cc.LAYER) as t:
+    with tarfile.open(out) as t:
         assert ".warren-build/copy/4/0/main.py" in t.getnames()
-    refused = _run("stage", str(context), str(work), "4", "100")["error"]
+    refused = _run("stage", str(context), str(request), str(out), "4", "100")["error"]
     assert refused == {
         "kind": "too_large",
         "message": "the COPY step's files are past a layer's limit of 0 MiB",
