@@ -31,6 +31,15 @@ the ``cmds`` processes holding the most are killed (:func:`weigh`: a descriptor'
 sockfs' own ``system.sockprotoname`` xattr; :func:`weigh_queued`: the bytes queued in its
 descriptors' sockets) with the watchdog's pinned-pidfd kill steps, until the level is back
 under.
+
+A process fills a socket's queue to its 8 MiB in ~30 ms (~300 MiB/s a core), so the watchdog
+kills on these two levels in batches (the weights are in the level's own unit): all the
+heaviest holders whose weights cover the excess at once, then one read. One holder a pass, each
+waited for and everything read again (~50-200 ms a kill), was slower than a forker replacing
+each holder killed: 60 children of 8 MiB held 330-480 MiB outside a 64 MiB sandbox, past
+64 MiB for 3-5 s an exec, until the second enforcement killed all of ``cmds`` (session 26). The
+table is now read every tick (the same budget), and the fourth enforcement in a row that
+kills (each finding the level past again right after the last) kills all of ``cmds``.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ FLOOR = 1024  # such sockets any bounded sandbox may hold (~2 MiB uncharged)
 UNIT = 64 << 10  # bytes of the sandbox's memory per socket past the floor (~3% of it uncharged)
 QUEUE_FLOOR = 4 << 20  # bytes queued in a sandbox's netlink sockets it may hold
 QUEUE_SHARE = 32  # ... or its memory / 32, the more
-QUEUE_EVERY = 2  # ticks between two reads of a sandbox's netlink table (1 s), at the least
+QUEUE_EVERY = 1  # ticks between two reads of a sandbox's netlink table (0.5 s), at the least
 QUEUE_BUDGET_S = 0.025  # of one tick (0.5 s) for those reads, all sandboxes together
 RMEM, INODE = 4, 9  # /proc/net/netlink columns: sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
 PROTOCOLS_MAX = 16 << 10  # /proc/net/protocols is ~2.4 KiB (28 rows on 6.18)

@@ -61,7 +61,9 @@ takes the sandbox whose team holds the fewest), and one enforced again waits its
 pass stops at :data:`ENFORCE_S` too ("spent"), so an enforcement holds its worker for at most
 about twice that (the kills, then all of ``cmds``). A queued sandbox no longer listed (gone,
 paused) is dropped. "Two in a row" counts enforcements: the second handed over by the first
-tick that looked after the first ended.
+tick that looked after the first ended. The netlink levels kill in batches and count an
+enforcement that killed, the level past again at the next look, as one in a row too: at
+:data:`REFILL_TICKS` of them (a forker refilling: netlink_ceiling.py, session 26).
 
 Skipped: sandboxes whose cgroup has no bound (gVisor: netstack memory is the Sentry's, charged
 to the sandbox's limit; a sandbox re-adopted from an agent before the bound; v2 hosts, where the
@@ -99,6 +101,7 @@ LIMIT_REFRESH = 30.0  # seconds a sandbox's bound is trusted (a warm claim's res
 MAX_KILLS = 32  # per sandbox and enforcement
 ENFORCE_S = 5.0  # seconds one sandbox's kills may take in an enforcement (its victims' exits)
 SPENT_TICKS = 2  # enforcements in a row whose kills ran out while still over: then all of cmds
+REFILL_TICKS = 4  # ... or (netlink levels) that killed, each finding the level past again
 WORKERS = 4  # enforcements at once (threads); more sandboxes past a ceiling wait their team's turn
 SETTLE_S = 0.05  # after kills, before "no victim" kills all: deferred fputs (delayed_fput)
 COUNT_FLOOR = 4096  # TCP sockets any bounded sandbox may hold
@@ -140,6 +143,19 @@ def choose(candidates: Iterable[tuple[int, int]]) -> int | None:
     queue): the heaviest, the newest pid on a tie; None when no process holds a socket."""
     best = max(((n, pid) for pid, n in candidates if n > 0), default=None)
     return None if best is None else best[1]
+
+
+def batch(candidates: Iterable[tuple[int, int]], excess: int) -> list[int]:
+    """The victims among ``(pid, weight)``, weights in the level's own unit: the heaviest first
+    (the newest pid on a tie), as many as it takes to cover ``excess``; none when no process
+    holds any."""
+    out, covered = [], 0
+    for n, pid in sorted(((n, pid) for pid, n in candidates if n > 0), reverse=True):
+        if covered >= excess:
+            break
+        out.append(pid)
+        covered += n
+    return out
 
 
 @dataclass
@@ -386,7 +402,7 @@ class SocketCeiling:
                     raise ProcessLookupError(w.guest)
                 return n[0]
 
-            kills += self._contain(sid, w, (event, unit, what), got[0], top, top, again, got[1])
+            kills += self._contain(sid, w, (event, unit, what), got[0], top, top, again, got[1], exact=True)
         return kills
 
     def _enforce(self, sid: str, w: _Watched, usage: int) -> int:
@@ -397,15 +413,18 @@ class SocketCeiling:
     def _contain(
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
         under: int, read: Callable[[], int], weigh: Callable[[int], int] = _sockets,
+        exact: bool = False,
     ) -> int:  # fmt: skip
         """:meth:`_kill`, then every process of ``cmds`` if it ran out of victims, or out of
-        kills or time on :data:`SPENT_TICKS` enforcements in a row, still over; the number
-        killed."""
+        kills or time on :data:`SPENT_TICKS` enforcements in a row, still over (``exact``: or
+        killed on :data:`REFILL_TICKS` in a row, a forker refilling what they freed; fewer can
+        be holders that were filling when the first came); the number killed."""
         event = names[0]
-        n, level, end = self._kill(sid, w, names, level, top, under, read, weigh)
+        n, level, end = self._kill(sid, w, names, level, top, under, read, weigh, exact)
         last, row = w.spent.get(event, (0, 0))
         # in a row: handed over by the first tick that looked after the last one ended
-        row = (row if w.handed <= last + 1 else 0) + 1 if end == "spent" else 0
+        again = end == "spent" or (exact and n > 0)
+        row = (row if w.handed <= last + 1 else 0) + 1 if again else 0
         w.spent[event] = (self._ticks, row)
         if end == "no_victim" and n:  # its victims' in-flight files are put a jiffy later
             time.sleep(SETTLE_S)
@@ -414,7 +433,7 @@ class SocketCeiling:
                     return n
             except (OSError, ValueError):
                 return n  # the sandbox is going
-        if end == "no_victim" or row >= SPENT_TICKS:
+        if end == "no_victim" or row >= (SPENT_TICKS if end == "spent" else REFILL_TICKS):
             w.spent[event] = (self._ticks, 0)
             n += self._kill_all(sid, event, names[2], level, top)
         return n
@@ -431,42 +450,52 @@ class SocketCeiling:
     def _kill(
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
         under: int, read: Callable[[], int], weigh: Callable[[int], int] = _sockets,
+        exact: bool = False,
     ) -> tuple[int, int, str]:  # fmt: skip
         """Kill ``cmds``' socket holders, the heaviest first (``weigh``: a pid's weight),
         re-reading the level (``read``) after each exit, until it is at most ``under``, at
         most :data:`MAX_KILLS` or :data:`ENFORCE_S` (a pass's reads too); the number killed,
         the level last read and why it stopped: "under", "no_victim", "spent" (still over),
         "gone" (the cgroup or a victim went: the next tick sees). A process killed and not
-        gone yet (the wait ran out) is not chosen again."""
+        gone yet (the wait ran out) is not chosen again. ``exact``: the weights are in the
+        level's own unit (netlink sockets, queued bytes), so a pass kills at once the heaviest
+        whose weights cover the excess (:func:`batch`) and :data:`MAX_KILLS` counts passes: one
+        victim a pass, each waited for and the level read again, was slower than a forker
+        refilling what the last one freed (session 26)."""
         event, unit, what = names
         deadline = time.monotonic() + ENFORCE_S
         killed: list[int] = []
         cmds = f"/{CGROUP_PARENT}/{sid}/cmds"
         procs = self._root / sid / "cmds" / "cgroup.procs"
-        end = "spent"
-        while len(killed) < MAX_KILLS and time.monotonic() < deadline:
+        end, passes = "spent", 0
+        while (passes if exact else len(killed)) < MAX_KILLS and time.monotonic() < deadline:
+            passes += 1
             pinned: dict[int, tuple[int, int]] = {}
             try:
                 if not _pin_all(procs, cmds, killed, weigh, deadline, pinned):
                     break  # "spent": the pass's reads took the time
-                victim = choose((pid, n) for pid, (_, n) in pinned.items())
-                if victim is None:
+                weights = [(pid, n) for pid, (_, n) in pinned.items()]
+                one = choose(weights)
+                victims = batch(weights, level - under) if exact else [] if one is None else [one]
+                if not victims:
                     msg = f"event={event}_no_victim sandbox=%s {what}=%d ceiling=%d"
                     w.log.warn(msg, sid, level, top)
                     end = "no_victim"
                     break
-                pidfd, weight = pinned[victim]
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                killed.append(victim)
-                cmds_procs.wait_exit(pidfd)
+                for victim in victims:
+                    with contextlib.suppress(ProcessLookupError):  # exited by itself: freed too
+                        signal.pidfd_send_signal(pinned[victim][0], signal.SIGKILL)
+                        killed.append(victim)
+                cmds_procs.wait_all([pinned[v][0] for v in victims], deadline)
             except (OSError, ValueError):
-                end = "gone"  # the cgroup is going, or the victim went by itself: next tick
+                end = "gone"  # the cgroup is going: the next tick sees
                 break
             finally:
                 for fd, _ in pinned.values():
                     os.close(fd)
             msg = f"event={event}_kill sandbox=%s pid=%d {unit}=%d {what}=%d ceiling=%d"
-            w.log.warn(msg, sid, victim, weight, level, top)
+            for victim in victims:
+                w.log.warn(msg, sid, victim, pinned[victim][1], level, top)
             try:
                 level = read()
             except (OSError, ValueError):
