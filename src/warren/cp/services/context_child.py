@@ -1,7 +1,7 @@
 """A build context read in a child process of its own (session 26), as image reads are
-(layers/image_child.py): ``python -m warren.cp.services.context_child index CONTEXT`` reads the
-context's index (the build's first work: a context that is no tar, has too many entries or a
-sparse member fails the build there); ``… stage CONTEXT REQUEST OUT INDEX MAX_BYTES`` writes a
+(layers/image_child.py): ``python -m warren.cp.services.context_child index CP_PID CONTEXT``
+reads the context's index (the build's first work: a context that is no tar, has too many entries or a
+sparse member fails the build there); ``… stage CP_PID CONTEXT REQUEST OUT INDEX MAX_BYTES`` writes a
 COPY step's staging layer to OUT (a file the CP made in its build spool), the step's line and
 sources read from the JSON file REQUEST. CONTEXT is ``""`` for a build without one. Each writes
 one JSON document to stdout.
@@ -17,7 +17,9 @@ process waited its turns at the GIL (another team's ``GET /v1/sandboxes``: 4 ms 
 - the hostile context is parsed outside the CP's memory, and the child's address space is
   bounded (:data:`MAX_ADDRESS_SPACE`): a context whose names balloon ends alone, with an error
   for its build;
-- a cancelled build (its cancel, its time limit, the CP stopping) kills the child;
+- a cancelled build (its cancel, its time limit, the CP stopping) kills the child, and so does
+  the CP's death (``PR_SET_PDEATHSIG``: a CP killed outright does not leave a staging writing
+  to its spool, up to the layer limit, for nobody, as its threads' work died with it before);
 - the child gets a bare environment: none of the CP's secrets.
 
 The child indexes the context again for each COPY step (a step's staging is its own process):
@@ -32,11 +34,13 @@ store hashes the layer again as it takes it (``expect=`` its digest).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import re
 import resource
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -61,6 +65,7 @@ MAX_MESSAGE = 16 << 10  # a refusal's message: a line, a source (≤ 4 KiB) and 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _REFUSALS: dict[str, type[WarrenError]] = {"invalid": InvalidRequest, "too_large": PayloadTooLarge}
 MEMORY = "the build context takes more memory to read than a build may use"
+PR_SET_PDEATHSIG = 1
 
 
 # --- the child ---------------------------------------------------------------------------
@@ -87,10 +92,20 @@ def _stage(context: str, request_path: str, out: str, index: str, max_bytes: str
     return {"digest": meta.digest, "size": meta.size, "sources": [[s.name, s.is_dir] for s in staged]}
 
 
+def _die_with(parent: int) -> None:
+    """SIGKILL when the CP dies; at once if it has died already (the child was reparented)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Index or stage; stdout: ``{"ok": …}``, ``{"error": {"kind", "message"}}`` (the
     context's or the spec's fault, as the build's error) or ``{"internal": …}`` (the reader's)."""
-    mode, *args = argv if argv is not None else sys.argv[1:]
+    mode, parent, *args = argv if argv is not None else sys.argv[1:]
+    _die_with(int(parent))
     resource.setrlimit(resource.RLIMIT_AS, (MAX_ADDRESS_SPACE, MAX_ADDRESS_SPACE))
     os.nice(NICE)
     out: dict[str, Any]
@@ -146,7 +161,7 @@ def _request_file(spool: Path, request: str) -> Path:
 async def _answer(team_id: object, args: Sequence[str], what: str, parse: Callable[[Any], T]) -> T:
     """The child's ``ok`` answer, checked by ``parse``; its refusal raised as the error the
     work raised in the CP before; anything else logged and an internal error."""
-    argv = [sys.executable, "-m", "warren.cp.services.context_child", *args]
+    argv = [sys.executable, "-m", "warren.cp.services.context_child", args[0], str(os.getpid()), *args[1:]]
     status, out = -1, b""
     try:
         status, out = await tenant_threads.run_child(team_id, argv, max_output=MAX_OUTPUT)

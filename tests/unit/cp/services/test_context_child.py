@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +112,7 @@ async def test_what_the_child_says(
 
 def _run(*args: str) -> dict[str, Any]:
     """The child as the CP runs it (its own process: it sets its rlimit and nice)."""
-    argv = [sys.executable, "-m", "warren.cp.services.context_child", *args]
+    argv = [sys.executable, "-m", "warren.cp.services.context_child", args[0], str(os.getpid()), *args[1:]]
     got: dict[str, Any] = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
     return got
 
@@ -141,3 +143,52 @@ def test_the_child_indexes_and_stages(tmp_path: Path) -> None:
         "kind": "too_large",
         "message": "the COPY step's files are past a layer's limit of 0 MiB",
     }
+
+
+LINKS = 8000  # a 1 MiB file and its links: 8 GiB of staging, many seconds to write
+
+
+def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
+    """A CP killed outright (here: a parent that exits while its child stages) takes its child
+    with it, which would otherwise go on writing for nobody."""
+    context = tmp_path / "c.tar"
+    with tarfile.open(context, "w") as t:
+        blob = tarfile.TarInfo("d/blob")
+        blob.size = 1 << 20
+        t.addfile(blob, io.BytesIO(bytes(blob.size)))
+        for i in range(LINKS):
+            link = tarfile.TarInfo(f"d/l{i}")
+            link.type, link.linkname = tarfile.LNKTYPE, "d/blob"
+            t.addfile(link)
+    request, out = tmp_path / "request.json", tmp_path / "staging.tar"
+    request.write_text(json.dumps({"line": 2, "sources": ["d"]}))
+    args = ["stage", "{pid}", str(context), str(request), str(out), "1", str(16 << 30)]
+    parent = (
+        "import os, subprocess, sys, time\n"
+        f"args = [a.replace('{{pid}}', str(os.getpid())) for a in {args!r}]\n"
+        "argv = [sys.executable, '-m', 'warren.cp.services.context_child', *args]\n"
+        "p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"while not os.path.exists({str(out)!r}) or os.path.getsize({str(out)!r}) < 8 << 20:\n"
+        "    time.sleep(0.01)\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    child = int(
+        subprocess.run([sys.executable, "-c", parent], capture_output=True, check=True, timeout=60).stdout
+    )
+    try:
+        deadline = time.monotonic() + 2  # its SIGKILL: at once (without it: 8 GiB to write)
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child went on staging after its parent died"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
