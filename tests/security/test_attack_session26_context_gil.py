@@ -4,10 +4,11 @@ As the attacker runs it (a tenant's key, ``POST /v1/templates`` with a context t
 indexed the context (every member's header parsed, every directory its names imply kept) and
 wrote each COPY step's staging tar in its tenant threads, holding its process's GIL for as long
 as the tenant's context made it: ~3 s of Python each for 100 000 entries, during which another
-team's ``GET /v1/sandboxes`` (4 ms alone) took 14-18 ms at the median, 49 ms at p90 and up to
-0.5 s (4 and 8 such builds). The index also kept every prefix of every name: a name of 1000
-components is 1000 directories, ~20 MiB of strings for a 40 KiB name, so a context of 5 MiB made
-the CP's own process take 2.5 GiB (and a larger one, its host's memory).
+team's ``GET /v1/sandboxes`` (4 ms alone) took 9-18 ms at the median, 27-53 ms at p90 and up to
+0.5 s during 4 and 8 such builds (now 7-8 ms, 13-16 ms, 0.1 s). The index also kept every prefix
+of every name: a name of 1000 components is 1000 directories, ~20 MiB of strings for a 40 KiB
+name, so a context of 5 MiB made the CP's own process take 2.4 GiB (and a larger one, its
+host's memory).
 
 Now both run in a child process (cp/services/context_child.py, as image reads do since session
 25): niced, its address space bounded, in the team's turn. Asserted on outcomes, not speed: the

@@ -1,34 +1,35 @@
 """A build context read in a child process of its own (session 26), as image reads are
-(layers/image_child.py): ``python -m warren.cp.services.context_child index CP_PID CONTEXT``
-reads the context's index (the build's first work: a context that is no tar, has too many entries or a
-sparse member fails the build there); ``… stage CP_PID CONTEXT REQUEST OUT INDEX MAX_BYTES`` writes a
-COPY step's staging layer to OUT (a file the CP made in its build spool), the step's line and
-sources read from the JSON file REQUEST. CONTEXT is ``""`` for a build without one. Each writes
-one JSON document to stdout.
+(layers/image_child.py). ``python -m warren.cp.services.context_child index CP_PID CONTEXT``
+reads the context's index (the build's first work: a context that is no tar, has too many
+entries or a sparse member fails the build there); ``… stage CP_PID CONTEXT REQUEST OUT INDEX
+MAX_BYTES`` writes a COPY step's staging layer to OUT (a file the CP made in its build spool),
+the step's line and sources read from the JSON file REQUEST. CONTEXT is ``""`` for a build
+without one. Each writes one JSON document to stdout.
 
 Both ran in the CP's tenant threads (cp/services/tenant_threads.py), as long as the tenant's
 context makes them: 100 000 entries are ~3 s of Python to index and ~3 s more to stage, and
 those threads held the GIL against the event loop, so every other team's request on that
 process waited its turns at the GIL (another team's ``GET /v1/sandboxes``: 4 ms alone, p90
-49 ms and up to 0.5 s during 4 to 8 such builds). Here:
+27-53 ms and up to 0.5 s during 4 to 8 such builds; 13-16 ms and 0.1 s now). The index keeps
+every directory a name implies, so a deep name costs its depth squared: a 5 MiB context of
+120 names of 1000 components took 2.4 GiB of the CP's own memory. Here:
 
 - the CP's event loop keeps its process's GIL, and the child runs at a lower priority
   (:data:`NICE`), in the team's fair turn (``tenant_threads.run_child``);
 - the hostile context is parsed outside the CP's memory, and the child's address space is
-  bounded (:data:`MAX_ADDRESS_SPACE`): a context whose names balloon ends alone, with an error
-  for its build;
+  bounded (:data:`MAX_ADDRESS_SPACE`): a context whose index balloons fails its build alone
+  (:data:`MEMORY`);
 - a cancelled build (its cancel, its time limit, the CP stopping) kills the child, and so does
-  the CP's death (``PR_SET_PDEATHSIG``: a CP killed outright does not leave a staging writing
-  to its spool, up to the layer limit, for nobody, as its threads' work died with it before);
+  the CP's death (``PR_SET_PDEATHSIG``: a CP killed outright leaves no staging writing to its
+  spool for nobody, up to the layer limit; its threads' work died with it before);
 - the child gets a bare environment: none of the CP's secrets.
 
 The child indexes the context again for each COPY step (a step's staging is its own process):
 the tenant's CPU, niced, in its own turn and the build's time limit. What the child says is
 checked as if it were hostile (:func:`staged_from_json`): the staging layer must still be the
-regular file the CP made (not a link elsewhere), of the size the child claims, no larger than
-the layer limit; each staged
-source's name a base name; its place in the staging layer is the CP's own, not the child's. The
-store hashes the layer again as it takes it (``expect=`` its digest).
+regular file the CP made (not a link to elsewhere), of the size the child claims, within the
+layer limit; each staged source's name a base name, and its place in the staging layer the
+CP's own, not the child's. The store hashes the layer again as it takes it (``expect=``).
 """
 
 from __future__ import annotations
