@@ -10,6 +10,7 @@ import _socket
 import os
 
 from .loop import EPOLLERRHUP, EPOLLIN, EPOLLOUT, Loop
+from .outq import OutQueue
 from .protocol import HDR, K_ERROR, K_REQ, K_RESULT, MAX_IN_FRAME, GuestFail, jdump, jload, log, os_fail
 
 TYPE_CHECKING = False
@@ -41,7 +42,7 @@ class Conn:
         self.draining = False
         self.linger: list[Any] | None = None
         self.inbuf = bytearray()
-        self.out = bytearray()
+        self.out = OutQueue()  # what the client has yet to take (outq.py: big pieces not copied)
         self.op: Op | None = None
         self.closed = False
         self.closing = False
@@ -155,8 +156,8 @@ class Conn:
             return
         hdr = len(payload).to_bytes(4, "big") + bytes((kind,))
         if self.out:
-            self.out += hdr
-            self.out += payload
+            self.out.append(hdr)
+            self.out.append(payload)
             return
         try:
             n = os.writev(self.fd, (hdr, payload))
@@ -168,22 +169,21 @@ class Conn:
         total = HDR + len(payload)
         if n < total:
             if n < HDR:
-                self.out += hdr[n:]
-                self.out += payload
+                self.out.append(hdr[n:])
+                self.out.append(payload)
             else:
-                self.out += memoryview(payload)[n - HDR :]
+                self.out.append(memoryview(payload)[n - HDR :])
             self._update_mask()
 
     def flush(self) -> None:
         if self.out:
             try:
-                n = os.write(self.fd, self.out)
+                self.out.write_to(self.fd)
             except BlockingIOError:
                 return
             except OSError:
                 self.close()
                 return
-            del self.out[:n]
         if not self.out:
             if self.closing:
                 self._half_close()
