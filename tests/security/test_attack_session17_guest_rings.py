@@ -129,8 +129,8 @@ def test_byte_sized_output_is_counted_with_its_overhead(agent: AgentProcess) -> 
 
 
 def test_attach_clients_that_read_nothing_do_not_take_the_guests_memory(agent: AgentProcess) -> None:
-    """16 attach streams to a background ``yes``, none read: before, each was cut at 8 MiB behind
-    but its buffer kept for it (181 MiB of the guest's in a 256 MiB sandbox)."""
+    """16 attach streams to a background ``yes``, none read: before session 18, each was cut at
+    8 MiB behind but its buffer kept for it (181 MiB of the guest's in a 256 MiB sandbox)."""
     with sandbox(agent, 256) as sb:
         start = pb.ExecStart(
             sandbox_id=sb, cmd="sh", args=["-c", "sleep 2; exec yes"], background=True, tag="y"
@@ -152,4 +152,7 @@ def test_attach_clients_that_read_nothing_do_not_take_the_guests_memory(agent: A
         for a in attached:
             a.cancel()
         alive(agent, sb)
-        assert peak < cmds_cgroup.MEMORY_RESERVE, peak >> 20
+        # Session 26: the output is held once for all 16 (guest_agent/outq.py), not copied into
+        # each client's buffer: 5.5-5.9 MiB here, against 21-26 MiB before (and up to 25.6 MiB
+        # kept after the cuts, the heap fragmented by 16 growing copies).
+        assert peak < cmds_cgroup.MEMORY_RESERVE // 2, peak >> 20
