@@ -12,9 +12,9 @@ filling one socket and holding it): 474 MiB queued at the peak, > 64 MiB (the sa
 memory limit) for 5.3 s until the second enforcement in a row killed all of ``cmds``; the tenant
 runs it again at once (two runs: 329 and 479 MiB at the peak, past 64 MiB for 3.3 and 4.1 s).
 Now a pass kills at once the heaviest holders whose bytes cover the excess, the table is read
-every tick (0.5 s), and the fourth enforcement in a row that kills (the level past again at each
-next look) kills all of ``cmds``: 53-76 MiB at the peak, past 64 MiB for 0.1 s at most (three
-runs; the exec killed within ~1.5 s).
+every tick (0.5 s), and the fourth pass that kills (the level past again each time, within 2 s)
+kills all of ``cmds``: 53-76 MiB at the peak, past 64 MiB for 0.1 s at most (three runs; the
+exec killed within ~1.5 s).
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ heaviest holders whose weights cover the excess at once, then one read. One hold
 waited for and everything read again (~50-200 ms a kill), was slower than a forker replacing
 each holder killed: 60 children of 8 MiB held 330-480 MiB outside a 64 MiB sandbox, past
 64 MiB for 3-5 s an exec, until the second enforcement killed all of ``cmds`` (session 26). The
-table is now read every tick (the same budget), and the fourth enforcement in a row that
-kills (each finding the level past again right after the last) kills all of ``cmds``.
+table is now read every tick (the same budget), and the fourth pass that kills, each finding
+the level past again (in one enforcement, or each within 2 s of the last), kills all of
+``cmds`` (socket_ceiling.REFILL_TICKS).
 """
 
 from __future__ import annotations

@@ -61,9 +61,19 @@ takes the sandbox whose team holds the fewest), and one enforced again waits its
 pass stops at :data:`ENFORCE_S` too ("spent"), so an enforcement holds its worker for at most
 about twice that (the kills, then all of ``cmds``). A queued sandbox no longer listed (gone,
 paused) is dropped. "Two in a row" counts enforcements: the second handed over by the first
-tick that looked after the first ended. The netlink levels kill in batches and count an
-enforcement that killed, the level past again at the next look, as one in a row too: at
-:data:`REFILL_TICKS` of them (a forker refilling: netlink_ceiling.py, session 26).
+tick that looked after the first ended.
+
+A forker refilling what the kills freed (session 26): 12 children each filling a listener's
+queue with 4096 closed clients, one replaced as soon as it was killed, kept a 64 MiB sandbox's
+namespace at up to 33-39k TCP sockets (ceiling 4096; ~8 KiB uncharged each), past 4x the
+ceiling for 3-7 s of an 8 s run, once for all of it (the forker lived): one holder killed a
+pass, each weighed by the queues read when the enforcement began (a listener made since weighed
+1). So the levels whose weights are in their own unit (the TCP count, the netlink levels) kill
+in batches (:func:`batch`: the heaviest covering the excess, at once), weigh with the queues
+read with the level each pass, and count each pass that killed as one in a row (a pass after a
+batch, or an enforcement within :data:`REFILL_GAP` ticks of the last, found the level past
+again): at :data:`COUNT_REFILLS` (the count) or :data:`REFILL_TICKS` (netlink) all of ``cmds``
+is killed. Measured: past 4x the ceiling for 0.0-0.3 s (before: 2.9-7.3 s).
 
 Skipped: sandboxes whose cgroup has no bound (gVisor: netstack memory is the Sentry's, charged
 to the sandbox's limit; a sandbox re-adopted from an agent before the bound; v2 hosts, where the
@@ -101,7 +111,9 @@ LIMIT_REFRESH = 30.0  # seconds a sandbox's bound is trusted (a warm claim's res
 MAX_KILLS = 32  # per sandbox and enforcement
 ENFORCE_S = 5.0  # seconds one sandbox's kills may take in an enforcement (its victims' exits)
 SPENT_TICKS = 2  # enforcements in a row whose kills ran out while still over: then all of cmds
-REFILL_TICKS = 4  # ... or (netlink levels) that killed, each finding the level past again
+REFILL_TICKS = 4  # ... or (netlink levels) passes that killed, each finding the level past again
+COUNT_REFILLS = 2  # ... the TCP count's (a single holder of queues is killed by the first)
+REFILL_GAP = 4  # ticks (2 s) within which a level past again counts as refilled
 WORKERS = 4  # enforcements at once (threads); more sandboxes past a ceiling wait their team's turn
 SETTLE_S = 0.05  # after kills, before "no victim" kills all: deferred fputs (delayed_fput)
 COUNT_FLOOR = 4096  # TCP sockets any bounded sandbox may hold
@@ -233,6 +245,16 @@ def _pinned(pid: int, cmds: str, weigh: Callable[[int], int] = _sockets) -> tupl
 
 def _nothing(_: int) -> None:
     pass
+
+
+class _Current:
+    """A level's weights as last read with it: each pass of an enforcement weighs with them."""
+
+    def __init__(self, weigh: Callable[[int], int]) -> None:
+        self.weigh = weigh
+
+    def __call__(self, pid: int) -> int:
+        return self.weigh(pid)
 
 
 class SocketCeiling:
@@ -375,16 +397,17 @@ class SocketCeiling:
         checked = _through(w.guest, guest, _inuse)
         if queued is None or checked is None or checked <= w.count_top:
             return 0
+        weights = _Current(functools.partial(_sockets, queued=queued))
 
-        def again() -> int:
-            n = _through(w.guest, guest, _inuse)
-            if n is None:
+        def again() -> int:  # the queues too: a listener made since weighed 1 (session 26)
+            q, n = _through(w.guest, guest, _tables), _through(w.guest, guest, _inuse)
+            if q is None or n is None:
                 raise ProcessLookupError(w.guest)
+            weights.weigh = functools.partial(_sockets, queued=q)
             return n
 
-        weigh = functools.partial(_sockets, queued=queued)
         return self._contain(sid, w, ("socket_count", "weight", "inuse"), checked, w.count_top,
-                             w.count_top, again, weigh)  # fmt: skip
+                             w.count_top, again, weights, COUNT_REFILLS)  # fmt: skip
 
     def _netlink(self, sid: str, w: _Watched) -> int:
         """The namespace's netlink sockets (their number, their queues' bytes) against their
@@ -397,12 +420,16 @@ class SocketCeiling:
             if got is None or got[0] <= top:
                 continue
 
-            def again(measure: netlink_ceiling.Measure = measure) -> int:
+            weights = _Current(got[1])
+
+            def again(measure: netlink_ceiling.Measure = measure, weights: _Current = weights) -> int:
                 if (n := _through(w.guest, guest, measure)) is None:
                     raise ProcessLookupError(w.guest)
+                weights.weigh = n[1]  # as read with the level: a holder made since weighs too
                 return n[0]
 
-            kills += self._contain(sid, w, (event, unit, what), got[0], top, top, again, got[1], exact=True)
+            names = (event, unit, what)
+            kills += self._contain(sid, w, names, got[0], top, top, again, weights, REFILL_TICKS)
         return kills
 
     def _enforce(self, sid: str, w: _Watched, usage: int) -> int:
@@ -413,18 +440,21 @@ class SocketCeiling:
     def _contain(
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
         under: int, read: Callable[[], int], weigh: Callable[[int], int] = _sockets,
-        exact: bool = False,
+        refill: int = 0,
     ) -> int:  # fmt: skip
         """:meth:`_kill`, then every process of ``cmds`` if it ran out of victims, or out of
-        kills or time on :data:`SPENT_TICKS` enforcements in a row, still over (``exact``: or
-        killed on :data:`REFILL_TICKS` in a row, a forker refilling what they freed; fewer can
-        be holders that were filling when the first came); the number killed."""
+        kills or time on :data:`SPENT_TICKS` enforcements in a row, still over (``refill``: a
+        level whose weights are in its own unit, killed in batches; or on ``refill`` in a row
+        that killed, a forker refilling what they freed: fewer can be holders that were still
+        filling when the first came); the number killed."""
         event = names[0]
-        n, level, end = self._kill(sid, w, names, level, top, under, read, weigh, exact)
+        n, level, end, passes = self._kill(sid, w, names, level, top, under, read, weigh, refill > 0)
         last, row = w.spent.get(event, (0, 0))
-        # in a row: handed over by the first tick that looked after the last one ended
-        again = end == "spent" or (exact and n > 0)
-        row = (row if w.handed <= last + 1 else 0) + 1 if again else 0
+        # in a row: handed over by the first tick that looked after the last one ended (refill:
+        # within REFILL_GAP of it, the time a refill takes to get past again); refill: each
+        # pass that killed counts (a pass after the first found the level past again)
+        step = passes if refill and n else int(end == "spent")
+        row = (row if w.handed <= last + (REFILL_GAP if refill else 1) else 0) + step if step else 0
         w.spent[event] = (self._ticks, row)
         if end == "no_victim" and n:  # its victims' in-flight files are put a jiffy later
             time.sleep(SETTLE_S)
@@ -433,7 +463,7 @@ class SocketCeiling:
                     return n
             except (OSError, ValueError):
                 return n  # the sandbox is going
-        if end == "no_victim" or row >= (SPENT_TICKS if end == "spent" else REFILL_TICKS):
+        if end == "no_victim" or (row >= refill if refill else end == "spent" and row >= SPENT_TICKS):
             w.spent[event] = (self._ticks, 0)
             n += self._kill_all(sid, event, names[2], level, top)
         return n
@@ -451,17 +481,17 @@ class SocketCeiling:
         self, sid: str, w: _Watched, names: tuple[str, str, str], level: int, top: int,
         under: int, read: Callable[[], int], weigh: Callable[[int], int] = _sockets,
         exact: bool = False,
-    ) -> tuple[int, int, str]:  # fmt: skip
+    ) -> tuple[int, int, str, int]:  # fmt: skip
         """Kill ``cmds``' socket holders, the heaviest first (``weigh``: a pid's weight),
         re-reading the level (``read``) after each exit, until it is at most ``under``, at
         most :data:`MAX_KILLS` or :data:`ENFORCE_S` (a pass's reads too); the number killed,
-        the level last read and why it stopped: "under", "no_victim", "spent" (still over),
-        "gone" (the cgroup or a victim went: the next tick sees). A process killed and not
-        gone yet (the wait ran out) is not chosen again. ``exact``: the weights are in the
-        level's own unit (netlink sockets, queued bytes), so a pass kills at once the heaviest
-        whose weights cover the excess (:func:`batch`) and :data:`MAX_KILLS` counts passes: one
-        victim a pass, each waited for and the level read again, was slower than a forker
-        refilling what the last one freed (session 26)."""
+        the level last read, why it stopped: "under", "no_victim", "spent" (still over), "gone"
+        (the cgroup or a victim went: the next tick sees), and the passes that killed. A
+        process killed and not gone yet (the wait ran out) is not chosen again. ``exact``: the
+        weights are in the level's own unit (TCP sockets, netlink ones, queued bytes), so a
+        pass kills at once the heaviest whose weights cover the excess (:func:`batch`) and
+        :data:`MAX_KILLS` counts passes: one victim a pass, each waited for and the level read
+        again, was slower than a forker refilling what the last one freed (session 26)."""
         event, unit, what = names
         deadline = time.monotonic() + ENFORCE_S
         killed: list[int] = []
@@ -469,7 +499,6 @@ class SocketCeiling:
         procs = self._root / sid / "cmds" / "cgroup.procs"
         end, passes = "spent", 0
         while (passes if exact else len(killed)) < MAX_KILLS and time.monotonic() < deadline:
-            passes += 1
             pinned: dict[int, tuple[int, int]] = {}
             try:
                 if not _pin_all(procs, cmds, killed, weigh, deadline, pinned):
@@ -482,6 +511,7 @@ class SocketCeiling:
                     w.log.warn(msg, sid, level, top)
                     end = "no_victim"
                     break
+                passes += 1
                 for victim in victims:
                     with contextlib.suppress(ProcessLookupError):  # exited by itself: freed too
                         signal.pidfd_send_signal(pinned[victim][0], signal.SIGKILL)
@@ -504,7 +534,7 @@ class SocketCeiling:
             if level <= under:
                 end = "under"
                 break
-        return len(killed), level, end
+        return len(killed), level, end, passes
 
 
 def _pin_all(
