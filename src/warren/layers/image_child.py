@@ -1,5 +1,5 @@
 """An image read in a child process of its own: ``python -m warren.layers.image_child IMAGE WORKDIR
-MAX_BYTES`` writes the layers into WORKDIR and one JSON document to stdout (session 25).
+MAX_BYTES [CP_PID]`` writes the layers into WORKDIR and one JSON document to stdout (session 25).
 
 The control plane's imports ran :func:`~warren.layers.oci_image.read_image` in threads of its own
 process (cp/services/tenant_threads.py). A tenant's image decides how long that is: a layer of
@@ -11,7 +11,9 @@ of 0.10 s took 1.1 s during eight such imports (session 23). Here the read runs 
   (:data:`NICE`), so the CP's requests go first on a busy machine;
 - the hostile image is parsed outside the CP's memory, and the child's address space is bounded
   (:data:`MAX_ADDRESS_SPACE`): a reader that balloons ends alone, with an error for its import;
-- a cancelled import kills the child (its caller's ``stop`` becomes a SIGKILL);
+- a cancelled import kills the child (its caller's ``stop`` becomes a SIGKILL), and so does the
+  CP's death (warren/parent_death.py: CP_PID, the CP's pid, which it always passes; a CP killed
+  outright left the read writing layers to its spool for nobody before, session 26);
 - the child gets a bare environment: none of the CP's secrets.
 
 What the child says is checked as if it were hostile too (:func:`image_from_json`): every layer
@@ -33,6 +35,7 @@ from typing import Any
 from warren.layers.hashing import LayerError, LayerMeta
 from warren.layers.oci_image import MAX_LAYERS, Image, read_image
 from warren.layers.stats import LayerStats
+from warren.parent_death import die_with_parent
 
 NICE = 10
 MAX_ADDRESS_SPACE = 2 << 30  # Python, zlib and the reader's buffers: ~100 MiB at the most
@@ -130,7 +133,8 @@ def _strings(value: Any) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Read the image; stdout: ``{"image": …}``, ``{"error": …}`` (the image's fault, a 400) or
     ``{"internal": …}`` (the reader's)."""
-    image_path, workdir, max_bytes = argv if argv is not None else sys.argv[1:]
+    image_path, workdir, max_bytes, *parent = argv if argv is not None else sys.argv[1:]
+    die_with_parent(int(parent[0]) if parent else None)
     resource.setrlimit(resource.RLIMIT_AS, (MAX_ADDRESS_SPACE, MAX_ADDRESS_SPACE))
     os.nice(NICE)
     out: dict[str, Any]

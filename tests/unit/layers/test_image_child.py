@@ -3,10 +3,14 @@ read_image made, and what the parent takes from it is checked as hostile."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +90,69 @@ def test_a_child_that_lies_is_refused(tmp_path: Path, how: str) -> None:
     _lie(doc, work, how)
     with pytest.raises((ValueError, OSError)):
         image_from_json(json.loads(json.dumps(doc)), work)
+
+
+FILES = 30_000  # a layer of empty files: ~0.5 s of the child's Python to read
+
+
+def _slow_image(tmp_path: Path) -> Path:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for i in range(FILES):
+            t.addfile(tarfile.TarInfo(f"f{i}"))
+    layer = buf.getvalue()
+    return docker_save(tmp_path / "img.tar", [layer], config=run_config([layer]))
+
+
+def _state(pid: int) -> str:
+    """The process's state letter ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
+    """A CP killed outright (here: a parent that exits while its child reads) takes its child
+    with it (warren/parent_death.py), which would otherwise go on reading for nobody. The parent
+    stops the child mid-read before it exits: without the death signal the child stays, stopped,
+    whatever the machine's load; with it the kernel's SIGKILL ends it."""
+    image, work = _slow_image(tmp_path), tmp_path / "work"
+    work.mkdir()
+    parent = (
+        "import os, signal, subprocess, sys, time\n"
+        f"argv = [sys.executable, '-m', 'warren.layers.image_child', {str(image)!r}, {str(work)!r},"
+        " str(1 << 30), str(os.getpid())]\n"
+        "p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"while not os.path.exists({str(work / '.layer-0.partial')!r}):\n"
+        "    time.sleep(0.001)\n"
+        "os.kill(p.pid, signal.SIGSTOP)\n"  # past its death signal's set-up: in the read
+        "while open(f'/proc/{p.pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'T':\n"
+        "    time.sleep(0.001)\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    child = int(
+        subprocess.run([sys.executable, "-c", parent], capture_output=True, check=True, timeout=60).stdout
+    )
+    try:
+        deadline = time.monotonic() + 20  # its SIGKILL: at once (without it: stopped for ever)
+        while _state(child) not in ("", "Z") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(child) in ("", "Z"), "the child outlived its parent"
+        assert not list(work.glob("*.tar"))  # it ended mid-read
+    finally:
+        if _state(child) not in ("", "Z"):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_whose_parent_died_already_ends_at_once(tmp_path: Path) -> None:
+    """Reparented before it could ask for its death signal: the pid it was given is not its
+    parent's any more, and it kills itself before reading."""
+    image = docker_save(tmp_path / "img.tar", [BASE_LAYER], config=run_config([BASE_LAYER], **DEFAULTS))
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [sys.executable, "-m", "warren.layers.image_child", str(image), str(work), str(1 << 30), "1"]
+    done = subprocess.run(argv, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL and not done.stdout
+    assert not list(work.iterdir())

@@ -20,7 +20,7 @@ every directory a name implies, so a deep name costs its depth squared: a 5 MiB 
   bounded (:data:`MAX_ADDRESS_SPACE`): a context whose index balloons fails its build alone
   (:data:`MEMORY`);
 - a cancelled build (its cancel, its time limit, the CP stopping) kills the child, and so does
-  the CP's death (``PR_SET_PDEATHSIG``: a CP killed outright leaves no staging writing to its
+  the CP's death (warren/parent_death.py: a CP killed outright leaves no staging writing to its
   spool for nobody, up to the layer limit; its threads' work died with it before);
 - the child gets a bare environment: none of the CP's secrets.
 
@@ -35,13 +35,11 @@ CP's own, not the child's. The store hashes the layer again as it takes it (``ex
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
 import re
 import resource
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -53,6 +51,7 @@ from warren.cp.services.template_context import MAX_ENTRIES, STAGING, BuildConte
 from warren.cp.services.template_spec import CopyStep
 from warren.errors import InternalError, InvalidRequest, PayloadTooLarge, WarrenError
 from warren.layers.hashing import LayerMeta
+from warren.parent_death import die_with_parent
 from warren.text import text_problem
 
 log = logging.getLogger("warren.builds")
@@ -66,7 +65,6 @@ MAX_MESSAGE = 16 << 10  # a refusal's message: a line, a source (≤ 4 KiB) and 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _REFUSALS: dict[str, type[WarrenError]] = {"invalid": InvalidRequest, "too_large": PayloadTooLarge}
 MEMORY = "the build context takes more memory to read than a build may use"
-PR_SET_PDEATHSIG = 1
 
 
 # --- the child ---------------------------------------------------------------------------
@@ -93,20 +91,11 @@ def _stage(context: str, request_path: str, out: str, index: str, max_bytes: str
     return {"digest": meta.digest, "size": meta.size, "sources": [[s.name, s.is_dir] for s in staged]}
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL when the CP dies; at once if it has died already (the child was reparented)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Index or stage; stdout: ``{"ok": …}``, ``{"error": {"kind", "message"}}`` (the
     context's or the spec's fault, as the build's error) or ``{"internal": …}`` (the reader's)."""
     mode, parent, *args = argv if argv is not None else sys.argv[1:]
-    _die_with(int(parent))
+    die_with_parent(int(parent))
     resource.setrlimit(resource.RLIMIT_AS, (MAX_ADDRESS_SPACE, MAX_ADDRESS_SPACE))
     os.nice(NICE)
     out: dict[str, Any]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -87,6 +88,7 @@ async def _read(team_id: object, image_path: Path, workdir: Path, max_bytes: int
     """The image, read by a child process of its own (layers/image_child.py) in the team's turn;
     a cancelled import kills it (the caller's finally removes the workdir)."""
     argv = [sys.executable, "-m", "warren.layers.image_child", str(image_path), str(workdir), str(max_bytes)]
+    argv.append(str(os.getpid()))  # the child dies with this process
     status, out = -1, b""
     try:
         status, out = await tenant_threads.run_child(team_id, argv, max_output=image_child.MAX_OUTPUT)
