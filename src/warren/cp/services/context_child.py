@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 from warren.cp.services import tenant_threads
 from warren.cp.services.template_context import MAX_ENTRIES, STAGING, BuildContext, Staged, staging_layer
 from warren.cp.services.template_spec import CopyStep
-from warren.errors import InternalError, InvalidRequest, PayloadTooLarge, WarrenError
+from warren.errors import InvalidRequest, PayloadTooLarge, WarrenError
 from warren.layers.hashing import LayerMeta
 from warren.parent_death import die_with_parent
 from warren.text import text_problem
@@ -152,19 +152,10 @@ async def _answer(team_id: object, args: Sequence[str], what: str, parse: Callab
     """The child's ``ok`` answer, checked by ``parse``; its refusal raised as the error the
     work raised in the CP before; anything else logged and an internal error."""
     argv = [sys.executable, "-m", "warren.cp.services.context_child", args[0], str(os.getpid()), *args[1:]]
-    status, out = -1, b""
-    try:
-        status, out = await tenant_threads.run_child(team_id, argv, max_output=MAX_OUTPUT)
-        doc = json.loads(out) if status == 0 else None
-        if isinstance(doc, dict) and "error" in doc:
-            raise refusal(doc["error"])
-        if isinstance(doc, dict) and "ok" in doc:
-            return parse(doc["ok"])
-    except (ValueError, OSError) as e:
-        log.error("event=context_read_failed status=%s error=%s", status, str(e)[:500])
-    else:
-        log.error("event=context_read_failed status=%s output=%r", status, out[:500])
-    raise InternalError(f"{what} could not be read")
+    return await tenant_threads.child_answer(
+        team_id, argv, max_output=MAX_OUTPUT, answer="ok", parse=parse, refusal=refusal,
+        log=log, event="context_read_failed", failure=f"{what} could not be read",
+    )  # fmt: skip
 
 
 def refusal(error: Any) -> WarrenError:

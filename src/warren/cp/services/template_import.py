@@ -17,7 +17,6 @@ file by the route (``template_context.receive``), never held in memory.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shlex
@@ -40,7 +39,7 @@ from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_context import file_chunks
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
 from warren.cp.store import LayerStore
-from warren.errors import InternalError, InvalidRequest, PayloadTooLarge
+from warren.errors import InvalidRequest, PayloadTooLarge
 from warren.layers import image_child
 from warren.layers.oci_image import Image
 
@@ -86,22 +85,21 @@ def _config(image: Image) -> SpecConfig:
 
 async def _read(team_id: object, image_path: Path, workdir: Path, max_bytes: int) -> Image:
     """The image, read by a child process of its own (layers/image_child.py) in the team's turn;
-    a cancelled import kills it (the caller's finally removes the workdir)."""
+    a cancelled import kills it (the caller's finally removes the workdir), and so does this
+    process's death (the child is given its pid)."""
     argv = [sys.executable, "-m", "warren.layers.image_child", str(image_path), str(workdir), str(max_bytes)]
-    argv.append(str(os.getpid()))  # the child dies with this process
-    status, out = -1, b""
-    try:
-        status, out = await tenant_threads.run_child(team_id, argv, max_output=image_child.MAX_OUTPUT)
-        doc = json.loads(out) if status == 0 else None
-        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            raise InvalidRequest(f"the image cannot be imported: {doc['error'][:4096]}")
-        if isinstance(doc, dict) and "image" in doc:
-            return image_child.image_from_json(doc["image"], workdir)
-    except (ValueError, OSError) as e:
-        log.error("event=image_read_failed status=%s error=%s", status, str(e)[:500])
-    else:
-        log.error("event=image_read_failed status=%s output=%r", status, out[:500])
-    raise InternalError("the image could not be read")
+    return await tenant_threads.child_answer(
+        team_id, [*argv, str(os.getpid())], max_output=image_child.MAX_OUTPUT, answer="image",
+        parse=lambda doc: image_child.image_from_json(doc, workdir), refusal=_refusal,
+        log=log, event="image_read_failed", failure="the image could not be read",
+    )  # fmt: skip
+
+
+def _refusal(error: object) -> InvalidRequest:
+    """The child's refusal (the image's fault) as the 400 it was; ``ValueError`` if not text."""
+    if not isinstance(error, str):
+        raise ValueError("refusal")
+    return InvalidRequest(f"the image cannot be imported: {error[:4096]}")
 
 
 async def import_image(

@@ -19,20 +19,24 @@ Work that would hold the GIL against the event loop for seconds runs in a child 
 (:meth:`TenantThreads.run_child`), in the same turns: an image's read (session 25,
 layers/image_child.py), a build context's index and its COPY steps' staging (session 26,
 services/context_child.py). A cancelled caller kills the child and keeps the turn until it is
-reaped.
+reaped. Both children answer with one JSON document, which :func:`child_answer` checks as
+hostile and maps to the errors the work raised in the CP before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from warren.aio import outlast
+from warren.errors import InternalError, WarrenError
 from warren.fair_turns import FairTurns
 from warren.stoppable import run_stoppable
 
@@ -102,3 +106,36 @@ async def call(team: object, fn: Callable[..., T], *args: object, **kwargs: obje
 async def run_child(team: object, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:
     """``argv`` as a child process in ``team``'s fair turn: its exit status and stdout."""
     return await _THREADS.run_child(str(team), argv, max_output=max_output)
+
+
+async def child_answer(
+    team: object,
+    argv: Sequence[str],
+    *,
+    max_output: int,
+    answer: str,
+    parse: Callable[[Any], T],
+    refusal: Callable[[Any], WarrenError],
+    log: logging.Logger,
+    event: str,
+    failure: str,
+) -> T:
+    """What a child that reads a tenant's input says (:func:`run_child`), checked as hostile. Its
+    stdout is one JSON document: ``{answer: …}``, taken through ``parse``; ``{"error": …}``, its
+    refusal, raised as ``refusal(error)`` (the error the work raised in the CP before). Anything
+    else (``parse`` or ``refusal`` raising ``ValueError``, an exit status not 0, output past
+    ``max_output``, ``{"internal": …}``) is logged to ``log`` as ``event`` and raised as
+    ``InternalError(failure)``."""
+    status, out = -1, b""
+    try:
+        status, out = await run_child(team, argv, max_output=max_output)
+        doc = json.loads(out) if status == 0 else None
+        if isinstance(doc, dict) and "error" in doc:
+            raise refusal(doc["error"])
+        if isinstance(doc, dict) and answer in doc:
+            return parse(doc[answer])
+    except (ValueError, OSError) as e:
+        log.error("event=%s status=%s error=%s", event, status, str(e)[:500])
+    else:
+        log.error("event=%s status=%s output=%r", event, status, out[:500])
+    raise InternalError(failure)

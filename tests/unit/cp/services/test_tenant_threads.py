@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from warren.cp.services import template_import, tenant_threads
 from warren.cp.services.tenant_threads import TenantThreads, child_output
+from warren.errors import InternalError, InvalidRequest, WarrenError
 
 
 async def test_a_burst_queues_behind_itself() -> None:
@@ -113,3 +116,40 @@ async def test_a_child_gets_none_of_the_processs_secrets(monkeypatch: pytest.Mon
     monkeypatch.setenv("WARREN_JWT_SECRET", "s3cret")
     status, out = await child_output([sys.executable, "-c", "import os; print(sorted(os.environ))"], 1 << 16)
     assert status == 0 and b"WARREN_JWT_SECRET" not in out
+
+
+# ------------------------------------------------ a child's answer, checked (child_answer)
+
+
+@pytest.mark.parametrize(
+    ("status", "out", "error", "message"),
+    [
+        (0, b'{"error": "not an OCI image layout"}', InvalidRequest, "the image cannot be imported: not an"),
+        (0, b'{"error": {"kind": "invalid"}}', InternalError, "the image could not be read"),
+        (0, b'{"internal": "OSError: boom"}', InternalError, "the image could not be read"),
+        (0, b'{"image": {"layers": "x"}}', InternalError, "the image could not be read"),
+        (0, b"not json", InternalError, "the image could not be read"),
+        (-9, b"", InternalError, "the image could not be read"),  # killed (its memory, a cancel)
+    ],
+)
+async def test_what_the_image_child_says(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    status: int,
+    out: bytes,
+    error: type[WarrenError],
+    message: str,
+) -> None:
+    """An import's read (services/template_import.py): the image's fault is the 400 it was,
+    anything else an internal error; the child is given the CP's pid."""
+    seen: list[str] = []
+
+    async def fake(team: object, argv: list[str], *, max_output: int) -> tuple[int, bytes]:
+        seen.extend(argv)
+        return status, out
+
+    monkeypatch.setattr(tenant_threads, "run_child", fake)
+    with pytest.raises(error) as raised:
+        await template_import._read("team", tmp_path / "img.tar", tmp_path, 1 << 20)
+    assert raised.value.message.startswith(message)
+    assert seen[-1] == str(os.getpid())
