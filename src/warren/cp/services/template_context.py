@@ -12,10 +12,9 @@ WORKDIR likewise is ``mkdir -p`` on the host. The staging layer is never part of
 
 Everything here is synchronous file work, as long as the tenant's context makes it: the control
 plane runs the index and the staging layer in a child process of their own (session 26:
-services/context_child.py; in its tenant threads before, where they held its GIL), killed when
-the build is cancelled. Both also take a ``stop`` event (warren/stoppable.py), checked at each
-member, file and chunk written, for a caller that runs them in a thread: they raise ``Stopped``,
-and the caller removes what was written.
+services/context_child.py; in its tenant threads before, where they held its GIL, checking a
+stop event at each member, file and chunk written), killed when the build is cancelled; the
+caller removes what was written.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import posixpath
 import shlex
 import tarfile
 import tempfile
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,6 @@ from typing import BinaryIO, cast
 from warren.cp.services.template_spec import CopyStep, WorkdirStep
 from warren.errors import InvalidRequest, PayloadTooLarge
 from warren.layers.hashing import HashingWriter, LayerMeta
-from warren.stoppable import check
 
 MAX_ENTRIES = 100_000
 STAGING = ".warren-build"
@@ -99,7 +96,7 @@ class BuildContext:
     """The members of a context tar by clean name; directories only implied by deeper names
     count as directories."""
 
-    def __init__(self, path: Path | None, stop: threading.Event | None = None) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.tar: tarfile.TarFile | None = None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.dirs: set[str] = {""}
@@ -109,7 +106,6 @@ class BuildContext:
         try:
             self.tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by close()
             for count, member in enumerate(self.tar, start=1):
-                check(stop, "the build context's index")
                 if count > MAX_ENTRIES:
                     raise InvalidRequest(f"the build context has more than {MAX_ENTRIES} entries")
                 name = _clean(member.name)
@@ -128,7 +124,7 @@ class BuildContext:
             self.close()
             raise InvalidRequest(f"the build context is not a tar file: {e}") from e
         except BaseException:
-            self.close()  # refused (too many entries, a sparse member) or stopped
+            self.close()  # refused (too many entries, a sparse member)
             raise
 
     def close(self) -> None:
@@ -214,12 +210,10 @@ class _Capped:
     """A file that refuses to grow past ``limit`` bytes: hard links and repeated sources stage
     their target's bytes again each time, so the layer can be far larger than the context."""
 
-    def __init__(self, out: BinaryIO, limit: int, stop: threading.Event | None = None) -> None:
+    def __init__(self, out: BinaryIO, limit: int) -> None:
         self.out, self.limit, self.size = out, limit, 0
-        self.stop = stop
 
     def write(self, data: bytes) -> int:
-        check(self.stop, "the COPY step's staging")  # each chunk: one file may be 4 GiB of links
         self.size += len(data)
         if self.size > self.limit:
             raise PayloadTooLarge(f"the COPY step's files are past a layer's limit of {self.limit >> 20} MiB")
@@ -232,16 +226,15 @@ def staging_layer(
     index: int,
     out_path: Path,
     max_bytes: int,
-    stop: threading.Event | None = None,
 ) -> tuple[LayerMeta, list[Staged]]:
     """Write the step's staging layer to ``out_path`` (deterministic: the same files give the
     same digest, which is the step's content in its cache key); 413 past ``max_bytes``, before
-    more than that is written; ``Stopped`` once ``stop`` is set (the caller removes the file)."""
+    more than that is written (the caller removes the file)."""
     sources = [name for source in step.sources for name in ctx.expand(step.line, source)]
     staged: list[Staged] = []
     top = f"{STAGING}/copy/{index}"
     with open(out_path, "wb") as raw:
-        w = HashingWriter(cast(BinaryIO, _Capped(raw, max_bytes, stop)))
+        w = HashingWriter(cast(BinaryIO, _Capped(raw, max_bytes)))
         with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as out:  # type: ignore[call-overload]
             out.addfile(_dir_info(STAGING, 0o700))
             out.addfile(_dir_info(f"{STAGING}/copy", 0o700))
@@ -253,12 +246,10 @@ def staging_layer(
                 if ctx.is_dir(name):
                     staged.append(Staged("/" + here, base, True))
                     for inner in ctx.below(name):
-                        check(stop, "the COPY step's staging")  # each file: most write no chunk
                         rel = inner[len(name) + 1 :] if name else inner
                         _add(ctx, out, inner, f"{here}/{rel}", step.line)
                 else:
                     staged.append(Staged("/" + here, base, False))
-                    check(stop, "the COPY step's staging")
                     _add(ctx, out, name, f"{here}/{base}", step.line)
         return w.meta(), staged
 

@@ -1,4 +1,5 @@
-"""Thread work a tenant sizes, in an executor of its own, in turns fair between teams.
+"""Work a tenant sizes, in child processes, in turns fair between teams (the name is its
+history: it was thread work).
 
 A CP worker's short blocking calls (the template store's chunk reads and writes, asyncio's own
 ``getaddrinfo`` when a connection is opened) run in asyncio's default executor: ``min(32,
@@ -7,20 +8,17 @@ one call each: an image import's ``read_image`` (every layer decompressed, parse
 out), a build's context index and its COPY steps' staging tars. Four teams' imports (two each,
 the per-team limit) held all six threads for as long as their images made them, and every other
 team's store read or connection waited behind them (session 23: a warm-pool set whose layer
-is pushed from the store, 0.16 s alone, took 32 s).
+is pushed from the store, 0.16 s alone, took 32 s). That work then got threads of its own, where
+it still held the GIL against the event loop for seconds.
 
-Here that work gets :data:`WORKERS` threads of its own per process. A turn is one thread; a
-free one goes to the team holding the fewest, then to the team served longest ago, then to the
-first come (warren/fair_turns.py), so one team's burst queues behind itself. A cancelled
-caller keeps its turn until its thread has ended (warren/stoppable.py: the work is given a stop
-event to check, where it can), so the threads never outnumber the turns.
-
-Work that would hold the GIL against the event loop for seconds runs in a child process instead
-(:meth:`TenantThreads.run_child`), in the same turns: an image's read (session 25,
+Now it runs in a child process (:meth:`TenantThreads.run_child`): an image's read (session 25,
 layers/image_child.py), a build context's index and its COPY steps' staging (session 26,
-services/context_child.py). A cancelled caller kills the child and keeps the turn until it is
-reaped. Both children answer with one JSON document, which :func:`child_answer` checks as
-hostile and maps to the errors the work raised in the CP before.
+services/context_child.py). :data:`WORKERS` children run at once per process; a turn is one
+child, and a free one goes to the team holding the fewest, then to the team served longest ago,
+then to the first come (warren/fair_turns.py), so one team's burst queues behind itself. A
+cancelled caller kills its child and keeps the turn until it is reaped, so the children never
+outnumber the turns. Both children answer with one JSON document, which :func:`child_answer`
+checks as hostile and maps to the errors the work raised in the CP before.
 """
 
 from __future__ import annotations
@@ -30,33 +28,23 @@ import contextlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from warren.aio import outlast
 from warren.errors import InternalError, WarrenError
 from warren.fair_turns import FairTurns
-from warren.stoppable import run_stoppable
 
 T = TypeVar("T")
 
-WORKERS = 2  # per CP process: a third of the default executor on a 2-core machine
+WORKERS = 2  # children at once per CP process, one a turn
 
 
 class TenantThreads:
-    """The process's executor for tenant-sized work, with its fair turns."""
+    """The process's fair turns for tenant-sized work."""
 
     def __init__(self, workers: int = WORKERS) -> None:
         self.turns = FairTurns(workers)
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="warren-tenant")
-
-    async def run(self, team: str, work: Callable[[threading.Event], T]) -> T:
-        """``work(stop)`` in one of the executor's threads, in ``team``'s turn; its result. A
-        cancelled caller sets ``stop`` and holds the turn until ``work`` has returned."""
-        async with self.turns.turn(team):
-            return await run_stoppable(work, executor=self._executor)
 
     async def run_child(self, team: str, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:
         """``argv`` as a child process in ``team``'s turn: its exit status and its stdout."""
@@ -90,17 +78,6 @@ async def child_output(argv: Sequence[str], max_output: int) -> tuple[int, bytes
 
 
 _THREADS = TenantThreads()
-
-
-async def run(team: object, work: Callable[[threading.Event], T]) -> T:
-    """``work(stop)`` in the process's tenant executor, in ``team``'s fair turn (a team id)."""
-    return await _THREADS.run(str(team), work)
-
-
-async def call(team: object, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """``fn(*args, **kwargs)`` there: work that has no step to check a stop event at (its
-    cancelled caller still holds the turn until it returns)."""
-    return await _THREADS.run(str(team), lambda _stop: fn(*args, **kwargs))
 
 
 async def run_child(team: object, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:

@@ -1,5 +1,5 @@
-"""The CP's executor for tenant-sized thread work: bounded, fair between teams, and a cancelled
-caller holds its turn until its thread has ended (cp/services/tenant_threads.py)."""
+"""The CP's turns for tenant-sized work in child processes: bounded, fair between teams, and a
+cancelled caller holds its turn until its child is reaped (cp/services/tenant_threads.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,64 +15,28 @@ from warren.cp.services import template_import, tenant_threads
 from warren.cp.services.tenant_threads import TenantThreads, child_output
 from warren.errors import InternalError, InvalidRequest, WarrenError
 
+_GATED = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.01)\nprint(sys.argv[2])"
 
-async def test_a_burst_queues_behind_itself() -> None:
-    threads = TenantThreads(2)
-    gate = threading.Event()
+
+async def test_a_burst_queues_behind_itself(tmp_path: Path) -> None:
+    """One turn: a's burst holds it and queues two more; b, come after them, is served next."""
+    threads, gate = TenantThreads(1), tmp_path / "gate"
     order: list[str] = []
 
-    def work(team: str) -> str:
-        gate.wait(10)
-        order.append(team)
+    async def work(team: str) -> str:
+        argv = [sys.executable, "-c", _GATED, str(gate), team]
+        _status, out = await threads.run_child(team, argv, max_output=64)
+        order.append(out.decode().strip())
         return team
 
-    burst = [asyncio.ensure_future(threads.run("a", lambda _s: work("a"))) for _ in range(4)]
+    burst = [asyncio.ensure_future(work("a")) for _ in range(3)]
     await asyncio.sleep(0.05)
-    other = asyncio.ensure_future(threads.run("b", lambda _s: work("b")))
+    other = asyncio.ensure_future(work("b"))
     await asyncio.sleep(0.05)
-    assert threads.turns.running == 2 and threads.turns.waiting == 3
-    gate.set()
-    assert await asyncio.gather(*burst, other) == ["a"] * 4 + ["b"]
-    # b's got the first free turn, before a's queued two: it ends before them (and may end
-    # before the second of a's running ones, which it runs beside).
-    assert order.index("b") <= 2, order
-
-
-async def test_a_cancelled_caller_holds_its_turn_until_its_thread_ends() -> None:
-    threads = TenantThreads(1)
-    started, release = threading.Event(), threading.Event()
-
-    def slow(stop: threading.Event) -> None:
-        started.set()
-        release.wait(10)
-
-    task = asyncio.ensure_future(threads.run("a", slow))
-    await asyncio.to_thread(started.wait, 10)
-    task.cancel()
-    await asyncio.sleep(0.1)
-    assert not task.done() and threads.turns.running == 1  # the thread still runs: the turn is held
-    release.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert task.cancelled() and threads.turns.running == 0
-
-
-async def test_stop_is_set_for_work_that_checks_it() -> None:
-    threads = TenantThreads(1)
-    started = threading.Event()
-    saw_stop = threading.Event()
-
-    def steps(stop: threading.Event) -> None:
-        started.set()
-        if stop.wait(10):
-            saw_stop.set()
-
-    task = asyncio.ensure_future(threads.run("a", steps))
-    await asyncio.to_thread(started.wait, 10)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert saw_stop.is_set()
+    assert threads.turns.running == 1 and threads.turns.waiting == 3
+    gate.touch()
+    assert await asyncio.gather(*burst, other) == ["a"] * 3 + ["b"]
+    assert order == ["a", "b", "a", "a"]  # the team served longest ago (never: b) goes first
 
 
 # ------------------------------------------------------------------ work in a child (session 25)
