@@ -6,7 +6,8 @@ and each owner of the team under theirs, across all the teams they own; it then 
 asyncio task on the replica that accepted it (``template_build_run.py``), moving its
 ``heartbeat_at``. The runner cancels its builds when the control plane stops (each is failed
 with "control plane stopped"), and its sweep fails builds whose heartbeat went stale: the
-replica running them died.
+replica running them died; it also removes the build spool's files that no build can still be
+using (services/build_spool.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from warren.cp.db.locks import key_of
 from warren.cp.db.tables import template_builds, templates, users_teams
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
-from warren.cp.services import Timestamp, audit, stream_slots
+from warren.cp.services import Timestamp, audit, build_spool, stream_slots
 from warren.cp.services import template_build_log as build_log
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
@@ -476,11 +477,18 @@ class BuildRunner:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="build-sweeper")
 
     async def _sweep_loop(self) -> None:
+        """Each pass (the first at once): other replicas' dead builds, then the build spool's
+        files that no build can still be using (a replica killed outright left them)."""
         while True:
             try:
                 await sweep_stale(self.engine, self.settings.build_stale_s)
             except Exception:
                 log.exception("build sweep failed")
+            try:
+                spool = build_spool.spool_dir(self.settings)
+                await asyncio.to_thread(build_spool.sweep, spool, build_spool.max_age_s(self.settings))
+            except Exception:
+                log.exception("build spool sweep failed")
             await asyncio.sleep(max(self.settings.build_stale_s / 2, 1.0))
 
     async def stop(self) -> None:
