@@ -146,11 +146,14 @@ def test_the_child_indexes_and_stages(tmp_path: Path) -> None:
 
 
 LINKS = 8000  # a 1 MiB file and its links: 8 GiB of staging, many seconds to write
+_STATE = "open(f'/proc/{p.pid}/stat').read().rsplit(')', 1)[1].split()[0]"
 
 
 def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
     """A CP killed outright (here: a parent that exits while its child stages) takes its child
-    with it, which would otherwise go on writing for nobody."""
+    with it, which would otherwise go on writing for nobody. The parent stops the child mid-
+    staging before it exits: without the death signal the child stays, stopped, whatever the
+    machine's load; with it the kernel's SIGKILL ends it."""
     context = tmp_path / "c.tar"
     with tarfile.open(context, "w") as t:
         blob = tarfile.TarInfo("d/blob")
@@ -164,12 +167,15 @@ def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
     request.write_text(json.dumps({"line": 2, "sources": ["d"]}))
     args = ["stage", "{pid}", str(context), str(request), str(out), "1", str(16 << 30)]
     parent = (
-        "import os, subprocess, sys, time\n"
+        "import os, signal, subprocess, sys, time\n"
         f"args = [a.replace('{{pid}}', str(os.getpid())) for a in {args!r}]\n"
         "argv = [sys.executable, '-m', 'warren.cp.services.context_child', *args]\n"
         "p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         f"while not os.path.exists({str(out)!r}) or os.path.getsize({str(out)!r}) < 8 << 20:\n"
         "    time.sleep(0.01)\n"
+        "os.kill(p.pid, signal.SIGSTOP)\n"
+        f"while {_STATE} != 'T':\n"
+        "    time.sleep(0.001)\n"
         "print(p.pid, flush=True)\n"
         "os._exit(0)\n"
     )
@@ -177,10 +183,10 @@ def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", parent], capture_output=True, check=True, timeout=60).stdout
     )
     try:
-        deadline = time.monotonic() + 2  # its SIGKILL: at once (without it: 8 GiB to write)
+        deadline = time.monotonic() + 20  # its SIGKILL: at once (without it: stopped for ever)
         while _alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child), "the child went on staging after its parent died"
+        assert not _alive(child), "the child outlived its parent (it would go on staging)"
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
