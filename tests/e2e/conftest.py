@@ -222,7 +222,14 @@ class Web:
         ctx.set_default_timeout(45_000)
         page = await ctx.new_page()
         page.on("pageerror", lambda err: self.page_errors.append(str(err)))
+        # The pages' own scripts and styles carry their response's nonce (session 26): anything
+        # of ours the policy refuses is an error too.
+        page.on("console", lambda m: self._refused(m.type, m.text))
         return page
+
+    def _refused(self, kind: str, text: str) -> None:
+        if kind == "error" and "Content Security Policy" in text:
+            self.page_errors.append(text)
 
     async def shot(self, page: Page, name: str, *, full_page: bool = True) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

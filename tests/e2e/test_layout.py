@@ -171,3 +171,12 @@ async def test_phone_width_layout(web: Web, live: LiveCP) -> None:
     # Nothing sticks out of the screen (wide tables scroll inside their own box).
     assert await page.evaluate(OVERFLOW_JS, PHONE["width"]) == []
     await web.shot(page, "phone-team")
+
+
+async def test_the_api_docs_render_under_the_dashboards_policy(web: Web) -> None:
+    """Swagger UI shares the dashboard's origin: it gets the same nonce policy, and runs."""
+    page = await web.new_page()
+    resp = await page.goto("/docs")
+    assert resp is not None and "script-src 'nonce-" in resp.headers["content-security-policy"]
+    await page.locator(".swagger-ui .info .title").filter(has_text="Warren").wait_for()
+    await page.locator(".opblock-summary-path", has_text="/v1/sandboxes").first.wait_for()

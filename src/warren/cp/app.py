@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from warren.config import Settings, get_settings
 from warren.cp import http_errors
 from warren.cp.body_cap import BodyCapMiddleware
+from warren.cp.dashboard.web import with_page_nonce
 from warren.cp.db.engine import autocommit, make_engine
 from warren.cp.hosts.byoc_addresses import DialCheck, policy_of
 from warren.cp.hosts.client_pool import HostClientPool
@@ -159,13 +160,14 @@ def _install_openapi(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/docs/openapi.json",
             title="Warren API",
             swagger_js_url="/docs/static/swagger-ui-bundle.js",
             swagger_css_url="/docs/static/swagger-ui.css",
             swagger_favicon_url="/docs/static/favicon-32x32.png",
         )
+        return with_page_nonce(bytes(page.body).decode())
 
 
 def _limit_malloc_arenas() -> None:
