@@ -191,7 +191,8 @@ def with_page_nonce(html: str) -> HTMLResponse:
     )
     resp = HTMLResponse(html)
     resp.headers["Content-Security-Policy"] = content_security_policy(nonce)
-    return apply_security_headers(resp)
+    apply_security_headers(resp)
+    return resp
 
 
 def render(
