@@ -16,20 +16,16 @@ that kills (in the same enforcement, or one within 2 s of the last) kills all of
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import threading
-import time
-from collections.abc import Iterator
-
-import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess
-from tests.harness.shared_agent import shared_agent
-from warren.agent.runtime.bundle import CGROUP_PARENT
+from tests.security.refill_attack import (
+    forker,
+    refill,
+    runc_agent,  # noqa: F401 (the fixture)
+    tcp_sockets,
+)
 from warren.agent.runtime.socket_ceiling import count_ceiling
-from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
@@ -39,11 +35,10 @@ HEAVY = 4 * CEILING
 CHILDREN = 12  # each one listener with a full queue (somaxconn 4096)
 RUN_S = 8
 HEAVY_S = 2.0  # the most time the namespace may spend past HEAVY (before: 2.9-7.3 s; now <= 0.3)
-SAMPLE_S = 0.02
 
 # argv[1] children alive at once, each filling a listener's accept queue with argv[2] closed
 # clients and holding it; one that dies is replaced, for argv[3] s.
-FORKER = r"""
+FORKER = forker(r"""
 import os, socket, sys, time
 n, queue, run = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 def child():
@@ -59,65 +54,13 @@ def child():
         c.close()
     time.sleep(run + 2)
     os._exit(0)
-kids, end = set(), time.monotonic() + run
-while time.monotonic() < end:
-    while len(kids) < n:
-        pid = os.fork()
-        if pid == 0:
-            child()
-        kids.add(pid)
-    kids.discard(os.waitpid(-1, 0)[0])
-for pid in kids:
-    os.kill(pid, 9)
-"""
+""")
 
 
-@pytest.fixture(scope="module")
-def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with shared_agent(request, "runc") as a:
-        yield a
-
-
-def _tcp(guest: int) -> int:
-    """TCP sockets of the guest's namespace (queued children in), as the host reads them."""
-    try:
-        with open(f"/proc/{guest}/net/sockstat") as f:
-            for line in f:
-                if line.startswith("TCP:"):
-                    fields = line.split()
-                    return int(fields[fields.index("inuse") + 1])
-    except OSError:
-        pass
-    return 0
-
-
-def test_a_forker_refilling_accept_queues_does_not_hold_them(agent: AgentProcess) -> None:
-    sb = agent.create(memory_mb=MEMORY_MB).sandbox_id
-    try:
-        with open(f"/sys/fs/cgroup/memory/{CGROUP_PARENT}/{sb}/cgroup.procs") as f:
-            guest = int(f.read().split()[0])
-        samples: list[tuple[float, int]] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                samples.append((time.monotonic(), _tcp(guest)))
-                time.sleep(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            args = ("-c", FORKER, str(CHILDREN), "4096", str(RUN_S))
-            res = agent.exec(sb, "python3", *args, user="nobody", timeout_sec=60)
-        finally:
-            done.set()
-            sampler.join()
-        peak = max((n for _, n in samples), default=0)
-        heavy_s = sum(t1 - t0 for (t0, n), (t1, _) in itertools.pairwise(samples) if n > HEAVY)
-        print(f"exit {res.exit_code} peak {peak} TCP sockets, past {HEAVY} for {heavy_s:.1f} s")
-        assert peak > CEILING, "the attack did not fill the queues"
-        assert heavy_s <= HEAVY_S, (peak, heavy_s)  # before: past 16384 for 2.9-7.3 s
-        assert agent.exec(sb, "true").exit_code == 0  # the guest lives
-    finally:
-        with contextlib.suppress(grpc.RpcError):
-            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=60)
+def test_a_forker_refilling_accept_queues_does_not_hold_them(runc_agent: AgentProcess) -> None:  # noqa: F811
+    args = (str(CHILDREN), "4096", str(RUN_S))
+    with refill(runc_agent, MEMORY_MB, tcp_sockets, FORKER, *args) as run:
+        heavy_s = run.seconds_past(HEAVY)
+        print(f"exit {run.exit_code} peak {run.peak} TCP sockets, past {HEAVY} for {heavy_s:.1f} s")
+        assert run.peak > CEILING, "the attack did not fill the queues"
+        assert heavy_s <= HEAVY_S, (run.peak, heavy_s)  # before: past 16384 for 2.9-7.3 s

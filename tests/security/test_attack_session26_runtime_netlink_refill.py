@@ -19,20 +19,16 @@ exec killed within ~1.5 s).
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import threading
-import time
-from collections.abc import Iterator
-
-import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess
-from tests.harness.shared_agent import shared_agent
-from warren.agent.runtime.bundle import CGROUP_PARENT
+from tests.security.refill_attack import (
+    forker,
+    netlink_queued,
+    refill,
+    runc_agent,  # noqa: F401 (the fixture)
+)
 from warren.agent.runtime.netlink_ceiling import queue_ceiling
-from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
@@ -42,11 +38,10 @@ HEAVY = MEMORY_MB << 20  # as much outside the sandbox as its whole memory limit
 CHILDREN = 60  # each holds one socket filled to SO_RCVBUF (8 MiB here): 480 MiB in all
 RUN_S = 8  # the forker's run (before: killed at ~5 s, by the second enforcement in a row)
 HEAVY_S = 2.5  # the most time the queues may spend past HEAVY (before: 3.3-5.3 s; now <= 0.1 s)
-SAMPLE_S = 0.02
 
 # argv[1] children alive at once, each filling one netlink socket with unread RTM_GETLINK replies
 # of lo (as large as SO_RCVBUF makes it) and holding it; one that dies is replaced, for argv[2] s.
-FORKER = r"""
+FORKER = forker(r"""
 import os, socket, struct, sys, time
 n, run = int(sys.argv[1]), float(sys.argv[2])
 GETLINK = struct.pack("=IHHII", 32, 18, 1, 0, 0) + struct.pack("=BxHiII", 0, 0, 1, 0, 0)
@@ -57,63 +52,13 @@ def child():
         s.send(GETLINK)  # the kernel drops the replies past the queue's size
     time.sleep(run + 30)
     os._exit(0)
-kids, end = set(), time.monotonic() + run
-while time.monotonic() < end:
-    while len(kids) < n:
-        pid = os.fork()
-        if pid == 0:
-            child()
-        kids.add(pid)
-    kids.discard(os.waitpid(-1, 0)[0])
-for pid in kids:
-    os.kill(pid, 9)
-"""
+""")
 
 
-@pytest.fixture(scope="module")
-def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    with shared_agent(request, "runc") as a:
-        yield a
-
-
-def _queued(guest: int) -> int:
-    """Bytes queued in the netlink sockets of the guest's namespace, as the host reads them."""
-    try:
-        with open(f"/proc/{guest}/net/netlink", "rb") as f:
-            return sum(int(line.split()[4]) for line in f.read().splitlines()[1:])
-    except OSError:
-        return 0
-
-
-def test_a_forker_refilling_netlink_queues_does_not_hold_them(agent: AgentProcess) -> None:
-    sb = agent.create(memory_mb=MEMORY_MB).sandbox_id
-    try:
-        with open(f"/sys/fs/cgroup/memory/{CGROUP_PARENT}/{sb}/cgroup.procs") as f:
-            guest = int(f.read().split()[0])
-        samples: list[tuple[float, int]] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                samples.append((time.monotonic(), _queued(guest)))
-                time.sleep(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            args = ("-c", FORKER, str(CHILDREN), str(RUN_S))
-            res = agent.exec(sb, "python3", *args, user="nobody", timeout_sec=60)
-        finally:
-            done.set()
-            sampler.join()
-        peak = max((q for _, q in samples), default=0)
-        pairs = itertools.pairwise(samples)
-        heavy_s = sum(t1 - t0 for (t0, q), (t1, _) in pairs if q > HEAVY)
-        print(f"exit {res.exit_code} peak {peak >> 20} MiB, past {HEAVY >> 20} MiB for {heavy_s:.1f} s")
-        assert peak > CEILING, "the attack did not fill the queues"
-        assert heavy_s <= HEAVY_S, (peak, heavy_s)  # before: up to 479 MiB, past 64 MiB for 3.3-5.3 s
-        assert _queued(guest) <= CEILING
-        assert agent.exec(sb, "true").exit_code == 0  # the guest lives
-    finally:
-        with contextlib.suppress(grpc.RpcError):
-            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=60)
+def test_a_forker_refilling_netlink_queues_does_not_hold_them(runc_agent: AgentProcess) -> None:  # noqa: F811
+    with refill(runc_agent, MEMORY_MB, netlink_queued, FORKER, str(CHILDREN), str(RUN_S)) as run:
+        heavy_s = run.seconds_past(HEAVY)
+        print(f"exit {run.exit_code} peak {run.peak >> 20} MiB, past {HEAVY >> 20} MiB for {heavy_s:.1f} s")
+        assert run.peak > CEILING, "the attack did not fill the queues"
+        assert heavy_s <= HEAVY_S, (run.peak, heavy_s)  # before: up to 479 MiB, past 64 MiB for 3.3-5.3 s
+        assert netlink_queued(run.guest) <= CEILING
