@@ -43,6 +43,21 @@ def pids(procs: Path) -> list[int]:
     return [int(p) for p in procs.read_text().split()]
 
 
+def init_of(procs: Path) -> int:
+    """The guest: the process of a sandbox's own cgroup (its ``cgroup.procs``) that is the
+    container's init (``NSpid`` of two levels, ours and the container's, the last 1). Not the
+    first pid listed: a command the guest forked is listed there too until it enters ``cmds``,
+    a lower pid once the host's pids wrapped (ValueError: no init listed; OSError: the cgroup is
+    going)."""
+    for pid in pids(procs):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+            i = status.find(b"\nNSpid:")
+            if i >= 0 and status[i + 7 :].split(b"\n", 1)[0].split()[1:] == [b"1"]:
+                return pid
+    raise ValueError(f"no init in {procs}")
+
+
 def in_cgroup(line: str, cgroup: str) -> bool:
     """Whether a line of /proc/<pid>/cgroup puts the process in ``cgroup`` of the memory tree."""
     _, controllers, path = line.split(":", 2)

@@ -176,7 +176,7 @@ class _Watched:
     limit: int = 0  # the bound; 0: not bounded (skipped)
     read_at: float = -LIMIT_REFRESH
     count_top: int = 0  # count_ceiling of the sandbox's memory; 0: its guest not found
-    guest: int = 0  # a pid of the sandbox's own cgroup (the guest): its network namespace
+    guest: int = 0  # the sandbox's init (cmds_procs.init_of): its network namespace
     uncharged_top: int = 0  # netlink_ceiling.uncharged_ceiling of its memory (with count_top)
     queue_top: int = 0  # netlink_ceiling.queue_ceiling of its memory
     queue_read: int = 0  # the tick its netlink table was last read at (staggered at first)
@@ -373,7 +373,7 @@ class SocketCeiling:
             limit = 0
         w.limit = limit if limit < UNBOUNDED and (d / "cmds").is_dir() else 0
         try:
-            w.guest = int((d / "cgroup.procs").read_text().split()[0])
+            w.guest = cmds_procs.init_of(d / "cgroup.procs")
             memory = _read_int(d / "memory.limit_in_bytes")
             w.count_top, w.uncharged_top = count_ceiling(memory), netlink_ceiling.uncharged_ceiling(memory)
             w.queue_top = netlink_ceiling.queue_ceiling(memory)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.agent.runtime.test_socket_ceiling import Watch
+from tests.unit.agent.runtime.test_socket_ceiling import AS_INIT, Watch
 from warren.agent.runtime import netlink_ceiling, socket_ceiling
 from warren.agent.runtime.netlink_ceiling import parse, queue_ceiling, queues, uncharged_ceiling, weigh
 
@@ -83,9 +83,10 @@ def test_this_kernel_counts_unbound_netlink_sockets() -> None:
     assert before >= 0
 
 
-# argv[1]: "guest" unshares a network namespace of its own and joins cgroup argv[2]; others
-# join the guest's (pid argv[3]) namespace, then cgroup argv[2]. Holds argv[4] netlink and
-# argv[5] TCP sockets (argv[6] "fill": its netlink ones' queues filled); says so on stdout.
+# argv[1]: "guest" (run as a pid namespace's init) unshares a network namespace of its own and
+# joins cgroup argv[2]; others join the guest's (pid argv[3]) namespace, then cgroup argv[2].
+# Holds argv[4] netlink and argv[5] TCP sockets (argv[6] "fill": its netlink ones' queues
+# filled); says its host pid on stdout.
 HOLDER = r"""
 import ctypes, os, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -105,7 +106,7 @@ if sys.argv[6:] == ["fill"]:  # unread RTM_GETLINK replies of lo, as many as eac
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
         for _ in range(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 1024 + 64):
             s.send(req)
-print(os.getpid(), flush=True)
+print(os.readlink("/proc/self"), flush=True)  # the host's pid (the guest is its namespace's 1)
 time.sleep(120)
 """
 
@@ -129,11 +130,9 @@ def test_the_holder_of_the_most_netlink_sockets_is_killed_past_the_ceiling() -> 
         for name, where, netlink, tcp in (
             ("guest", d, 3, 0), ("netlink", d / "cmds", 1100, 0), ("tcp", d / "cmds", 0, 1500)
         ):  # fmt: skip
-            child = subprocess.Popen(
-                [sys.executable, "-c", HOLDER, name, str(Path(where) / "cgroup.procs"), guest, str(netlink),
-                 str(tcp)],
-                stdout=subprocess.PIPE,
-            )  # fmt: skip
+            procs = str(Path(where) / "cgroup.procs")
+            argv = [sys.executable, "-c", HOLDER, name, procs, guest, str(netlink), str(tcp)]
+            child = subprocess.Popen([*AS_INIT, *argv] if name == "guest" else argv, stdout=subprocess.PIPE)
             children[name] = child
             assert child.stdout is not None
             pid = child.stdout.readline().strip().decode()

@@ -235,9 +235,10 @@ def test_own_listeners_weigh_their_queues() -> None:
 
 
 # Joins the cgroup whose cgroup.procs is argv[1]; holds listeners with argv[2] queued
-# connections in all (2048 a listener), or argv[3] bare sockets; says so on stdout.
+# connections in all (2048 a listener), or argv[3] bare sockets; says its pid (the host's) on
+# stdout.
 QUEUER = r"""
-import socket, sys, time
+import os, socket, sys, time
 with open(sys.argv[1], "w") as f:
     f.write("0")
 held = []
@@ -252,16 +253,33 @@ while left > 0:
     left -= 2048
     held.append(ls)
 held += [socket.socket() for _ in range(int(sys.argv[3]))]
-print(1, flush=True)
+print(os.readlink("/proc/self"), flush=True)
 time.sleep(120)
 """
+
+# Runs a command as the init of a pid namespace of its own, as a container's guest is (killed
+# with unshare).
+AS_INIT = ("unshare", "--pid", "--fork", "--kill-child")
+
+
+def _queuer(where: Path, queued: int, bare: int, init: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """A :data:`QUEUER` in ``where`` (``init``: a pid namespace's init), and its host pid."""
+    argv = [sys.executable, "-c", QUEUER, str(where / "cgroup.procs"), str(queued), str(bare)]
+    child = subprocess.Popen([*AS_INIT, *argv] if init else argv, stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
 
 
 @pytest.mark.root
 def test_the_holder_of_the_longest_queues_is_killed_past_the_count() -> None:
     """A real memory cgroup of 32 MiB (count ceiling 4096) in this namespace: "queues" holds 2
     listeners with 4200 queued connections, "bare" 200 sockets (more descriptors). Past the
-    count "queues" goes and nothing else; the count is back under the ceiling."""
+    count "queues" goes and nothing else; the count is back under the ceiling.
+
+    The guest is found as the sandbox's init, though a lower pid is listed in its cgroup first
+    (a command the guest forked, after the host's pids wrapped) and has entered ``cmds`` since,
+    elsewhere (before: that pid taken for the guest, its reads refused as not the sandbox's, no
+    kill until the guest was looked for again 30 s later)."""
     sid = "sb-unit-socket-count"
     d = socket_ceiling.CGROUP_ROOT / "memory" / "warren" / sid
     if not (socket_ceiling.CGROUP_ROOT / "memory" / socket_ceiling.LIMIT).exists():
@@ -272,19 +290,19 @@ def test_the_holder_of_the_longest_queues_is_killed_past_the_count() -> None:
         (cg / socket_ceiling.LIMIT).write_text(str(16 * MiB))
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, where, queued, bare in (
-            ("guest", d, 0, 3), ("queues", d / "cmds", 4200, 0), ("bare", d / "cmds", 0, 200)
-        ):  # fmt: skip
-            child = subprocess.Popen(
-                [sys.executable, "-c", QUEUER, str(where / "cgroup.procs"), str(queued), str(bare)],
-                stdout=subprocess.PIPE,
-            )
-            children[name] = child
-            assert child.stdout is not None and child.stdout.readline()
+        children["forked"], forked = _queuer(d, 0, 0)
+        children["guest"], guest = _queuer(d, 0, 3, init=True)
+        listed = cmds_procs.pids(d / "cgroup.procs")
+        assert listed == sorted([forked, guest]) and listed[0] == forked  # the pids did not wrap
+        watch = Watch()
+        assert watch.enforced([sid]) == 0  # the guest looked for
+        (d / "cmds" / "cgroup.procs").write_text(str(forked))  # the command enters cmds
+        children["queues"] = _queuer(d / "cmds", 4200, 0)[0]
+        children["bare"] = _queuer(d / "cmds", 0, 200)[0]
         assert socket_ceiling._inuse(os.getpid()) > 4096
-        assert Watch().enforced([sid]) == 1
+        assert watch.enforced([sid]) == 1
         assert children["queues"].wait(10) == -9
-        assert children["bare"].poll() is None and children["guest"].poll() is None
+        assert all(children[c].poll() is None for c in ("bare", "guest", "forked"))
         assert socket_ceiling._inuse(os.getpid()) <= 4096
     finally:
         for child in children.values():
