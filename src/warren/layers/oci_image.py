@@ -9,10 +9,10 @@ config named by its digest); each layer is scanned with `scan_layer`, so an imag
 the agent would refuse is refused here. Only the linux/amd64 (or first) image of an index, and
 the first image of a `docker save`, is read.
 
-Reading takes as long as the image makes it: a `stop` event (warren/stoppable.py: set when the
-caller is cancelled) is checked at each member of the tarball, each layer and each chunk read or
-written, and raises `Stopped`; the layer being written is removed then (the caller removes the
-work directory).
+Reading takes as long as the image makes it: the control plane runs it in a child process of
+its own (layers/image_child.py, session 25), killed when the import is cancelled; the caller
+removes the work directory. (It checked a stop event at each member, layer and chunk before,
+when it ran in the CP's threads.) A layer that fails a check is removed before the error rises.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import posixpath
-import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,6 @@ from warren.layers.extract import scan_layer
 from warren.layers.hashing import CHUNK, HashingWriter, LayerError, LayerMeta
 from warren.layers.stats import LayerStats, python3_in_chain
 from warren.layers.tarfmt import LNK, REGULAR, SYM, Source, members
-from warren.stoppable import check
 from warren.text import text_problem
 
 MAX_JSON = 4 << 20
@@ -56,12 +54,9 @@ class Image:
     has_python3: bool = False  # /usr/bin/python3 exists on top of all the layers
 
 
-def read_image(
-    path: Path, workdir: Path, *, max_bytes: int = 8 << 30, stop: threading.Event | None = None
-) -> Image:
-    """Read the image tarball at `path`, writing its layers (uncompressed) into `workdir`;
-    `Stopped` once `stop` is set."""
-    with _Outer(Path(path), stop) as outer:
+def read_image(path: Path, workdir: Path, *, max_bytes: int = 8 << 30) -> Image:
+    """Read the image tarball at `path`, writing its layers (uncompressed) into `workdir`."""
+    with _Outer(Path(path)) as outer:
         if outer.has("index.json") and outer.has("oci-layout"):
             config, layer_refs = _oci(outer)
         elif outer.has("manifest.json"):
@@ -70,7 +65,7 @@ def read_image(
             config, layer_refs = _docker_legacy(outer)
         else:
             raise LayerError("not an OCI image layout or a docker save tarball")
-        return _Reader(outer, workdir, max_bytes, stop).image(config, layer_refs)
+        return _Reader(outer, workdir, max_bytes).image(config, layer_refs)
 
 
 @dataclass
@@ -83,8 +78,7 @@ class _LayerRef:
 class _Outer:
     """The image tarball: an index of its files (symlinks and hard links followed within it)."""
 
-    def __init__(self, path: Path, stop: threading.Event | None = None) -> None:
-        self.stop = stop
+    def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._files: dict[str, tuple[int, int]] = {}  # name → (offset, size)
         self._links: dict[str, str] = {}
@@ -100,7 +94,6 @@ class _Outer:
             raise LayerError("the image tarball is gzip-compressed: upload the plain tar")
         with Source(path, None) as src:
             for i, m in enumerate(members(src)):
-                check(self.stop, "the image's read")
                 if i >= MAX_OUTER_MEMBERS:
                     raise LayerError(f"the image tarball has more than {MAX_OUTER_MEMBERS} files")
                 name = _clean(m.name.decode("utf-8", "replace"))
@@ -272,15 +265,11 @@ def _docker_legacy(outer: _Outer) -> tuple[dict[str, Any], list[_LayerRef]]:
 class _Blob:
     """A member of the image tarball as a stream, optionally hashed."""
 
-    def __init__(
-        self, fd: int, offset: int, size: int, *, hashed: bool, stop: threading.Event | None = None
-    ) -> None:
+    def __init__(self, fd: int, offset: int, size: int, *, hashed: bool) -> None:
         self._fd, self._pos, self._end = fd, offset, offset + size
         self._sha = hashlib.sha256() if hashed else None
-        self._stop = stop
 
     def read(self, n: int = -1) -> bytes:
-        check(self._stop, "the image's read")  # each chunk: a gzip stream may yield nothing for long
         n = self._end - self._pos if n < 0 else min(n, self._end - self._pos)
         data = os.pread(self._fd, n, self._pos) if n > 0 else b""
         self._pos += len(data)
@@ -330,14 +319,10 @@ class _Gunzip:
 class _Tee:
     """Reads pass through to the layer file (hashed) and count against the image's budget."""
 
-    def __init__(
-        self, src: _Blob | _Gunzip, out: HashingWriter, budget: int, what: str, stop: threading.Event | None
-    ) -> None:
+    def __init__(self, src: _Blob | _Gunzip, out: HashingWriter, budget: int, what: str) -> None:
         self._src, self._out, self._budget, self._what = src, out, budget, what
-        self._stop = stop
 
     def read(self, n: int = -1) -> bytes:
-        check(self._stop, "the image's read")  # each chunk written: a small gzip input expands far
         data = self._src.read(n)
         if self._out.size + len(data) > self._budget:
             raise LayerError(f"{self._what}: the image is over its limit of uncompressed bytes")
@@ -350,9 +335,8 @@ class _Tee:
 
 
 class _Reader:
-    def __init__(self, outer: _Outer, workdir: Path, max_bytes: int, stop: threading.Event | None) -> None:
+    def __init__(self, outer: _Outer, workdir: Path, max_bytes: int) -> None:
         self.outer, self.workdir, self.max_bytes = outer, Path(workdir), max_bytes
-        self.stop = stop
         self.total = 0
 
     def image(self, config: dict[str, Any], refs: list[_LayerRef]) -> Image:
@@ -361,7 +345,6 @@ class _Reader:
         run = _obj(config.get("config") or {}, "image config .config")
         layers, stats = [], []
         for i, ref in enumerate(refs):
-            check(self.stop, "the image's read")
             path, meta, st = self._layer(i, ref)
             layers.append((path, meta))
             stats.append(st)
@@ -383,16 +366,14 @@ class _Reader:
         if head == ZSTD_MAGIC:
             raise LayerError(f"{what}: zstd-compressed layers are not supported")
         gzipped = head[:2] == GZIP_MAGIC
-        blob = _Blob(
-            self.outer.fd, offset, size, hashed=gzipped and ref.blob_digest is not None, stop=self.stop
-        )
+        blob = _Blob(self.outer.fd, offset, size, hashed=gzipped and ref.blob_digest is not None)
         src: _Blob | _Gunzip = _Gunzip(blob, max(RATIO_FLOOR, MAX_RATIO * size), what) if gzipped else blob
         budget = self.max_bytes - self.total
         tmp = self.workdir / f".layer-{i}.partial"
         try:
             with open(tmp, "xb") as f:
                 out = HashingWriter(f)
-                tee = _Tee(src, out, budget, what, self.stop)
+                tee = _Tee(src, out, budget, what)
                 try:
                     st = scan_layer(tee, max_bytes=budget)
                 except LayerError as e:
