@@ -20,6 +20,7 @@ from warren.cp.api.deps import AUTH_ERRORS, Db, SettingsDep, Store, TeamContext
 from warren.cp.api.disconnect import CLIENT_GONE, until_disconnected
 from warren.cp.http_errors import error_responses
 from warren.cp.multipart import Field_, FileData, FileStart, MultipartStream, PartEnd
+from warren.cp.services import build_spool
 from warren.cp.services import template_builds as builds
 from warren.cp.services import template_import as imports
 from warren.cp.services import templates as svc
@@ -171,7 +172,7 @@ async def build_template(
         body = parse_body(BuildRequest, await _json_body(request, settings.max_json_body))
         return await builds.submit(db, runner, ctx, body, None)
     async with builds.upload_admitted(ctx, settings):
-        spool = settings.home / "build-spool"
+        spool = build_spool.spool_dir(settings)
         fields, context = await _form(
             request, "context", spool, settings.build_max_context_mb * MiB, _check_build_fields
         )
@@ -208,7 +209,7 @@ async def import_template(
 async def _import(
     request: Request, ctx: TeamContext, db: Db, settings: SettingsDep, store: Store
 ) -> svc.TemplateVersion | Response:
-    spool = settings.home / "build-spool"
+    spool = build_spool.spool_dir(settings)
 
     async def check(fields: dict[str, str]) -> None:
         _import_fields(fields)
