@@ -99,9 +99,18 @@ async def _form(
     saved: tuple[Path, str] | None = None
 
     async def events() -> AsyncIterator[Any]:
+        # The whole body is bounded (the file's cap and the form around it), and read no further
+        # than its last boundary: the upload's file is written, and kept, for no longer than
+        # that takes at the HTTP front's minimum pace (services/build_spool.py sweeps on that).
+        received = 0
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + build_spool.FORM_ENVELOPE:
+                raise PayloadTooLarge(f"the upload is larger than {max_bytes // MiB} MiB")
             for ev in parser.feed(chunk):
                 yield ev
+            if parser.finished:
+                return
 
     stream = events()
 

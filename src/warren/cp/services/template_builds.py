@@ -6,8 +6,8 @@ and each owner of the team under theirs, across all the teams they own; it then 
 asyncio task on the replica that accepted it (``template_build_run.py``), moving its
 ``heartbeat_at``. The runner cancels its builds when the control plane stops (each is failed
 with "control plane stopped"), and its sweep fails builds whose heartbeat went stale: the
-replica running them died; it also removes the build spool's files that no build can still be
-using (services/build_spool.py).
+replica running them died; it also removes the build spool's files that no build, upload or
+import can still be using (services/build_spool.py).
 """
 
 from __future__ import annotations
@@ -485,8 +485,7 @@ class BuildRunner:
             except Exception:
                 log.exception("build sweep failed")
             try:
-                spool = build_spool.spool_dir(self.settings)
-                await asyncio.to_thread(build_spool.sweep, spool, build_spool.max_age_s(self.settings))
+                await asyncio.to_thread(build_spool.sweep_spool, self.settings)
             except Exception:
                 log.exception("build spool sweep failed")
             await asyncio.sleep(max(self.settings.build_stale_s / 2, 1.0))

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.config import Settings
 from warren.cp.db.engine import transaction
-from warren.cp.services import audit, team_store, tenant_threads
+from warren.cp.services import audit, build_spool, team_store, tenant_threads
 from warren.cp.services import layers as layer_svc
 from warren.cp.services import templates as tpl
 from warren.cp.services.context import AuthContext, require_team
@@ -115,8 +115,7 @@ async def import_image(
     template version (source ``import``)."""
     team_id = require_team(ctx)
     tags = await check_target(engine, ctx, name, tags)
-    spool = settings.home / "build-spool"
-    workdir = Path(await asyncio.to_thread(_mkdtemp, spool))
+    workdir = Path(await asyncio.to_thread(_mkdtemp, build_spool.spool_dir(settings)))
     try:
         image = await _read(team_id, image_path, workdir, settings.import_max_image_mb * MiB)
         if not image.has_python3:
@@ -162,4 +161,4 @@ async def import_image(
 
 def _mkdtemp(spool: Path) -> str:
     spool.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(dir=spool, prefix=".import-")
+    return tempfile.mkdtemp(dir=spool, prefix=build_spool.IMPORT_PREFIX)  # swept by that name
