@@ -253,6 +253,9 @@ class Settings(BaseSettings):
     import_max_image_mb: int = Field(default=8192, ge=1)
     # Imports a team runs at once, upload included (429 past it); counted per CP replica.
     import_max_per_team: int = Field(default=2, ge=1)
+    # An import's wall time once its image is uploaded (its turn, the read, the store): past it
+    # the import fails 503 `import_timeout` (and the spool's sweep may take its files).
+    import_timeout_s: int = Field(default=3600, ge=1)
     build_max_per_team: int = Field(default=2, ge=1)
     # Builds running at once across all the teams one account owns (an account owns up to
     # max_teams_per_user teams: the per-team bound alone multiplied by them); 429 too_many_builds.

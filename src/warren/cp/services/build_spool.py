@@ -42,11 +42,6 @@ MiB = 1024 * 1024
 # plus this, 413): a form's text fields (8 names at most, a build's spec of up to 256 KiB), their
 # part headers (python-multipart: 10 of 8 KiB a part at most) and boundaries come to under 3 MiB.
 FORM_ENVELOPE = 4 * MiB
-# An import has no time limit of its own: after its upload, it waits for a turn (two children per
-# CP process), its child reads the image (≤ WARREN_IMPORT_MAX_IMAGE_MB written: minutes) and its
-# layers go to the store one by one. A day is far past that; an import still running then would
-# fail on its removed files (an error for that import, nothing else's).
-IMPORT_WORK_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -79,12 +74,13 @@ def upload_s(settings: Settings) -> float:
 def rules(settings: Settings) -> list[Rule]:
     """The spool's names and the age past which none is live. An upload is written while it is
     read, then kept unwritten by its build (``WARREN_BUILD_TIMEOUT_S``) or its import
-    (:data:`IMPORT_WORK_S`); an import's directory is made after its upload, for its work."""
-    after_upload = max(settings.build_timeout_s, IMPORT_WORK_S)
+    (``WARREN_IMPORT_TIMEOUT_S``: its turn, read and store, ``asyncio.timeout`` around them); an
+    import's directory is made after its upload, for that work."""
+    after_upload = max(settings.build_timeout_s, settings.import_timeout_s)
     return [
         Rule(STAGING_PREFIXES, max_age_s(settings), False),
         Rule((UPLOAD_PREFIX,), upload_s(settings) + after_upload + MARGIN_S, False),
-        Rule((IMPORT_PREFIX,), IMPORT_WORK_S + MARGIN_S, True),
+        Rule((IMPORT_PREFIX,), settings.import_timeout_s + MARGIN_S, True),
     ]
 
 

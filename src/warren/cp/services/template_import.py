@@ -23,6 +23,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ from warren.cp.services.team_counts import TeamCounts
 from warren.cp.services.template_context import file_chunks
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, SpecConfig
 from warren.cp.store import LayerStore
-from warren.errors import InvalidRequest, PayloadTooLarge
+from warren.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from warren.layers import image_child
 from warren.layers.oci_image import Image
 
@@ -115,6 +116,27 @@ async def import_image(
     template version (source ``import``)."""
     team_id = require_team(ctx)
     tags = await check_target(engine, ctx, name, tags)
+    try:
+        async with asyncio.timeout(settings.import_timeout_s):
+            return await _import(engine, store, settings, ctx, team_id, name, tags, image_path)
+    except TimeoutError:
+        raise ServiceUnavailable(
+            f"the image's import took longer than {settings.import_timeout_s} s "
+            "(WARREN_IMPORT_TIMEOUT_S): its turn, read or store was too slow; try again",
+            code="import_timeout",
+        ) from None
+
+
+async def _import(
+    engine: AsyncEngine,
+    store: LayerStore,
+    settings: Settings,
+    ctx: AuthContext,
+    team_id: uuid.UUID,
+    name: str,
+    tags: list[str],
+    image_path: Path,
+) -> tpl.TemplateVersion:
     workdir = Path(await asyncio.to_thread(_mkdtemp, build_spool.spool_dir(settings)))
     try:
         image = await _read(team_id, image_path, workdir, settings.import_max_image_mb * MiB)

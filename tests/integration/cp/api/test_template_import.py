@@ -29,6 +29,7 @@ import pytest
 from tests.harness.cp import InProcessCP
 from tests.harness.machine import MINIMAL_CACHE
 from tests.harness.platform import Platform
+from warren.cp.services import tenant_threads
 
 # On the worker's shared platform: its imports are its own team's templates (the bounds test's
 # replica of its own, on the same database, signs up a team of its own too).
@@ -400,5 +401,26 @@ async def test_imports_are_bounded_per_team_and_in_size(platform: Platform, tmp_
         r = await user.req("POST", "/v1/templates/import", data={"name": "too-big"}, files=files)
         assert r.status_code == 413, r.text
         assert not list((home / "build-spool").glob(".upload-*"))
+    finally:
+        await cp.stop()
+
+
+async def test_an_import_past_its_time_limit_is_503_and_leaves_nothing(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """WARREN_IMPORT_TIMEOUT_S=1 on a replica whose two turns for tenant work other teams hold:
+    the import waits past its limit and fails 503 ``import_timeout``, its upload and work
+    directory removed (the spool's sweep reckons with that limit)."""
+    home = tmp_path / "cp"
+    cp = await InProcessCP(platform.cp.db_url, home, run_workers=False, import_timeout_s=1).start()
+    held = tenant_threads._THREADS.turns  # this process's turns: the in-process replica's too
+    try:
+        user = await cp.signup()
+        async with held.turn("another-team"), held.turn("a-third-team"):
+            files = {"image": ("image.tar", b"\0" * 4096)}
+            r = await user.req("POST", "/v1/templates/import", data={"name": "slow"}, files=files)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "import_timeout", r.text
+        assert "WARREN_IMPORT_TIMEOUT_S" in r.json()["error"]["message"]
+        assert not [p.name for p in (home / "build-spool").iterdir()]
     finally:
         await cp.stop()

@@ -21,6 +21,7 @@ from warren.cp.services.template_builds import BuildRunner
 from warren.errors import PayloadTooLarge
 
 TIMEOUT_S = 1800
+IMPORT_S = 3600  # WARREN_IMPORT_TIMEOUT_S's default
 DAY = 24 * 3600
 
 
@@ -53,8 +54,8 @@ def _spool(home: Path, outside: Path) -> dict[str, Path]:
     spool.mkdir(parents=True)
     settings = _settings(home)
     past = TIMEOUT_S + build_spool.MARGIN_S + 60
-    upload_bound = build_spool.upload_s(settings) + DAY + build_spool.MARGIN_S
-    import_bound = DAY + build_spool.MARGIN_S
+    upload_bound = build_spool.upload_s(settings) + IMPORT_S + build_spool.MARGIN_S
+    import_bound = IMPORT_S + build_spool.MARGIN_S
     outside.mkdir()
     _file(outside, "keep", 10 * DAY)
     _age(outside, 10 * DAY)
@@ -102,11 +103,11 @@ def test_old_leftovers_are_removed_and_the_rest_kept(tmp_path: Path) -> None:
 
 
 def test_the_ages_from_the_limits() -> None:
-    """The defaults' numbers: an 8 GiB upload at 16 KiB/s is 6.1 days, then its import's day."""
+    """The defaults' numbers: an 8 GiB upload at 16 KiB/s is 6.1 days, then its import's hour."""
     settings = Settings(home=Path("/nonexistent"), jwt_secret="x" * 32)
     assert build_spool.upload_s(settings) == 30 + (8192 + 4) * 1024 / 16
     ages = {rule.prefixes[0]: rule.max_age_s for rule in build_spool.rules(settings)}
-    assert ages == {".staging-": 1800 + 600, ".upload-": 524_574 + DAY + 600, ".import-": DAY + 600}
+    assert ages == {".staging-": 1800 + 600, ".upload-": 524_574 + 3600 + 600, ".import-": 3600 + 600}
 
 
 def test_no_spool_yet() -> None:
