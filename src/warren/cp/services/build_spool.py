@@ -32,7 +32,9 @@ from warren.config import Settings
 
 log = logging.getLogger("warren.builds")
 
-STAGING_PREFIXES = (".staging-", ".copy-")
+STAGING_PREFIX = ".staging-"  # a COPY step's staging layer (services/template_build_run.py)
+COPY_PREFIX = ".copy-"  # its child's request (services/context_child.py)
+STAGING_PREFIXES = (STAGING_PREFIX, COPY_PREFIX)
 UPLOAD_PREFIX = ".upload-"
 IMPORT_PREFIX = ".import-"
 MARGIN_S = 600

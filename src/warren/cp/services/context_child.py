@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from warren.cp.services import tenant_threads
+from warren.cp.services import build_spool, tenant_threads
 from warren.cp.services.template_context import MAX_ENTRIES, STAGING, BuildContext, Staged, staging_layer
 from warren.cp.services.template_spec import CopyStep
 from warren.errors import InvalidRequest, PayloadTooLarge, WarrenError
@@ -142,7 +142,7 @@ async def stage(
 
 def _request_file(spool: Path, request: str) -> Path:
     """The step's sources for the child (up to 1 MiB of them: more than one argument takes)."""
-    fd, name = tempfile.mkstemp(dir=spool, prefix=".copy-", suffix=".json")
+    fd, name = tempfile.mkstemp(dir=spool, prefix=build_spool.COPY_PREFIX, suffix=".json")
     with os.fdopen(fd, "w") as f:
         f.write(request)
     return Path(name)

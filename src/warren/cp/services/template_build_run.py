@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from warren import clock
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import build_cache, template_builds
-from warren.cp.services import context_child, team_store
+from warren.cp.services import build_spool, context_child, team_store
 from warren.cp.services import layers as layer_svc
 from warren.cp.services import template_context as tctx
 from warren.cp.services import templates as tpl
@@ -246,7 +246,7 @@ class _Build:
 
     async def _stage(self, step: CopyStep, n: int) -> tuple[Path, list[tctx.Staged], str]:
         path = await asyncio.to_thread(
-            tctx.new_spool_file, self.runner.settings.home / "build-spool", ".staging-"
+            tctx.new_spool_file, build_spool.spool_dir(self.runner.settings), build_spool.STAGING_PREFIX
         )
         try:
             limit = self.runner.settings.build_max_layer_mb * MiB
