@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness import orphan
 from tests.unit.layers.images import docker_save, outer_tar, run_config, sha
 from tests.unit.layers.test_oci_image import BASE_LAYER, DEFAULTS, TOP_LAYER
 from warren.layers import read_image
@@ -104,14 +104,6 @@ def _slow_image(tmp_path: Path) -> Path:
     return docker_save(tmp_path / "img.tar", [layer], config=run_config([layer]))
 
 
-def _state(pid: int) -> str:
-    """The process's state letter ("" once it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return ""
-
-
 def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
     """A CP killed outright (here: a parent that exits while its child reads) takes its child
     with it (warren/parent_death.py), which would otherwise go on reading for nobody. The parent
@@ -119,31 +111,10 @@ def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
     whatever the machine's load; with it the kernel's SIGKILL ends it."""
     image, work = _slow_image(tmp_path), tmp_path / "work"
     work.mkdir()
-    parent = (
-        "import os, signal, subprocess, sys, time\n"
-        f"argv = [sys.executable, '-m', 'warren.layers.image_child', {str(image)!r}, {str(work)!r},"
-        " str(1 << 30), str(os.getpid())]\n"
-        "p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        f"while not os.path.exists({str(work / '.layer-0.partial')!r}):\n"
-        "    time.sleep(0.001)\n"
-        "os.kill(p.pid, signal.SIGSTOP)\n"  # past its death signal's set-up: in the read
-        "while open(f'/proc/{p.pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'T':\n"
-        "    time.sleep(0.001)\n"
-        "print(p.pid, flush=True)\n"
-        "os._exit(0)\n"
-    )
-    child = int(
-        subprocess.run([sys.executable, "-c", parent], capture_output=True, check=True, timeout=60).stdout
-    )
-    try:
-        deadline = time.monotonic() + 20  # its SIGKILL: at once (without it: stopped for ever)
-        while _state(child) not in ("", "Z") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _state(child) in ("", "Z"), "the child outlived its parent"
+    args = [str(image), str(work), str(1 << 30), "{pid}"]
+    with orphan.orphaned("warren.layers.image_child", args, work / ".layer-0.partial") as child:
+        assert orphan.ends(child), "the child outlived its parent"
         assert not list(work.glob("*.tar"))  # it ended mid-read
-    finally:
-        if _state(child) not in ("", "Z"):
-            os.kill(child, signal.SIGKILL)
 
 
 def test_a_child_whose_parent_died_already_ends_at_once(tmp_path: Path) -> None:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness import orphan
 from warren.cp.services import context_child as cc
 from warren.cp.services import tenant_threads
 from warren.cp.services.template_spec import CopyStep, parse
@@ -146,7 +145,6 @@ def test_the_child_indexes_and_stages(tmp_path: Path) -> None:
 
 
 LINKS = 8000  # a 1 MiB file and its links: 8 GiB of staging, many seconds to write
-_STATE = "open(f'/proc/{p.pid}/stat').read().rsplit(')', 1)[1].split()[0]"
 
 
 def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
@@ -166,35 +164,5 @@ def test_the_child_dies_with_the_control_plane(tmp_path: Path) -> None:
     request, out = tmp_path / "request.json", tmp_path / "staging.tar"
     request.write_text(json.dumps({"line": 2, "sources": ["d"]}))
     args = ["stage", "{pid}", str(context), str(request), str(out), "1", str(16 << 30)]
-    parent = (
-        "import os, signal, subprocess, sys, time\n"
-        f"args = [a.replace('{{pid}}', str(os.getpid())) for a in {args!r}]\n"
-        "argv = [sys.executable, '-m', 'warren.cp.services.context_child', *args]\n"
-        "p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-        f"while not os.path.exists({str(out)!r}) or os.path.getsize({str(out)!r}) < 8 << 20:\n"
-        "    time.sleep(0.01)\n"
-        "os.kill(p.pid, signal.SIGSTOP)\n"
-        f"while {_STATE} != 'T':\n"
-        "    time.sleep(0.001)\n"
-        "print(p.pid, flush=True)\n"
-        "os._exit(0)\n"
-    )
-    child = int(
-        subprocess.run([sys.executable, "-c", parent], capture_output=True, check=True, timeout=60).stdout
-    )
-    try:
-        deadline = time.monotonic() + 20  # its SIGKILL: at once (without it: stopped for ever)
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(child), "the child outlived its parent (it would go on staging)"
-    finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    with orphan.orphaned("warren.cp.services.context_child", args, out, min_size=8 << 20) as child:
+        assert orphan.ends(child), "the child outlived its parent (it would go on staging)"
