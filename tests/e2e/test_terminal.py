@@ -121,7 +121,7 @@ async def test_terminal_runs_a_command(web: Web, live: LiveCP, owned: Owned) -> 
     await page.keyboard.type("echo hello-$((6*7))")
     await page.keyboard.press("Enter")
     await expect(rows).to_contain_text("hello-42")
-    # xterm's own styles reach the page through the CSP bridge: its rows are laid out as cells.
+    # xterm's own <style> elements carry the page's nonce: its rows are laid out as cells.
     display = await rows.locator("span").first.evaluate("el => getComputedStyle(el).display")
     assert display == "inline-block"
     # 24-bit colour: xterm sets it as a style attribute, which reaches the page despite the CSP.

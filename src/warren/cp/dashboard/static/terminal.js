@@ -50,50 +50,24 @@
     if (window.location.hash === "#terminal") select("terminal", false);
   }
 
-  /* ------------------------------------------------------------------ CSP style bridge */
+  /* ----------------------------------------------------------------- CSP and xterm.js */
 
-  /* xterm.js writes its computed styles (cell sizes, theme colours) into <style> elements,
-   * which the dashboard's Content-Security-Policy (style-src 'self', nothing inline) refuses to
-   * apply. Their text is mirrored into constructable stylesheets instead, which the CSP allows:
-   * the policy stays strict and the text is xterm's own (no page or sandbox data). */
-  function bridgeStyles(roots) {
-    if (!("adoptedStyleSheets" in document) || typeof CSSStyleSheet === "undefined") return;
-    var mirrors = new Map();
+  /* xterm.js writes its computed styles (cell sizes, theme colours) into <style> elements of its
+   * own. The dashboard's Content-Security-Policy applies only the styles that carry the page's
+   * nonce (session 26; before it, no inline style at all, and this page mirrored xterm's text
+   * into constructable stylesheets), so the <style> elements made after this script loads are
+   * given the nonce its own tag carried. Only the page's own scripts run to make them, and
+   * xterm's text is its own (no page or sandbox data). */
+  var PAGE_NONCE = (document.currentScript && document.currentScript.nonce) || "";
 
-    function sync(el) {
-      var sheet = mirrors.get(el);
-      if (!sheet) {
-        sheet = new CSSStyleSheet();
-        mirrors.set(el, sheet);
-        new MutationObserver(function () { sync(el); }).observe(el, { childList: true, characterData: true, subtree: true });
-      }
-      try { sheet.replaceSync(el.textContent || ""); } catch (e) { /* not CSS: ignore */ }
-      publish();
-    }
-
-    function publish() {
-      var mine = new Set(mirrors.values());
-      var others = document.adoptedStyleSheets.filter(function (s) { return !mine.has(s); });
-      var live = [];
-      mirrors.forEach(function (sheet, el) { if (el.isConnected) live.push(sheet); else mirrors.delete(el); });
-      document.adoptedStyleSheets = others.concat(live);
-    }
-
-    function scan(node) {
-      if (node.nodeType !== 1) return;
-      if (node.tagName === "STYLE") sync(node);
-      else node.querySelectorAll("style").forEach(sync);
-    }
-
-    roots.forEach(function (root) {
-      root.querySelectorAll("style").forEach(sync);
-      new MutationObserver(function (records) {
-        records.forEach(function (r) {
-          r.addedNodes.forEach(scan);
-          if (r.removedNodes.length) publish();
-        });
-      }).observe(root, { childList: true, subtree: true });
-    });
+  function noncedStyleElements() {
+    if (!PAGE_NONCE) return;
+    var create = Document.prototype.createElement;
+    Document.prototype.createElement = function (name, options) {
+      var el = create.call(this, name, options);
+      if (String(name).toLowerCase() === "style") el.nonce = PAGE_NONCE;
+      return el;
+    };
   }
 
   /* A cell's 24-bit colour: xterm sets it with setAttribute("style", ...) on the cell's <span>,
@@ -130,7 +104,7 @@
     });
     var fit = new window.FitAddon.FitAddon();
     term.loadAddon(fit);
-    bridgeStyles([screen, document.head]);
+    noncedStyleElements();
     spanStylesThroughCssom();
     term.open(screen);
 
