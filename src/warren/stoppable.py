@@ -1,5 +1,5 @@
 """Blocking work in a thread that a cancelled caller stops, and waits for (the agent's exports,
-the control plane's tenant-sized thread work: cp/services/tenant_threads.py).
+the template store's S3 uploads, the agent's layer writes).
 
 ``asyncio.to_thread`` cannot stop its thread: a cancelled caller returns at once while the
 thread runs on. For work a tenant's files size (a snapshot export walks and writes all of them),
@@ -26,13 +26,6 @@ T = TypeVar("T")
 
 class Stopped(Exception):
     """Raised inside the work once its caller was cancelled."""
-
-
-def check(stop: threading.Event | None, what: str = "the work") -> None:
-    """Raise :class:`Stopped` when ``stop`` is set: the work's check between two of its steps
-    (a member, a file, a chunk). ``None`` is work run without a stop signal."""
-    if stop is not None and stop.is_set():
-        raise Stopped(f"{what} was cancelled")
 
 
 async def run_stoppable(work: Callable[[threading.Event], T], *, executor: Executor | None = None) -> T:

@@ -182,6 +182,14 @@ def apply_security_headers(response: Response) -> Response:
     return response
 
 
+def _page(html: str, nonce: str, status_code: int = 200) -> HTMLResponse:
+    """A page whose own scripts and stylesheets carry ``nonce``, with the dashboard's headers."""
+    resp = HTMLResponse(html, status_code=status_code)
+    resp.headers["Content-Security-Policy"] = content_security_policy(nonce)
+    apply_security_headers(resp)
+    return resp
+
+
 def with_page_nonce(html: str) -> HTMLResponse:
     """A page made elsewhere (the API's Swagger UI, on the dashboard's origin), its scripts and
     stylesheets given a nonce and the dashboard's policy and headers."""
@@ -189,10 +197,7 @@ def with_page_nonce(html: str) -> HTMLResponse:
     html = html.replace("<script", f'<script nonce="{nonce}"').replace(
         'rel="stylesheet"', f'rel="stylesheet" nonce="{nonce}"'
     )
-    resp = HTMLResponse(html)
-    resp.headers["Content-Security-Policy"] = content_security_policy(nonce)
-    apply_security_headers(resp)
-    return resp
+    return _page(html, nonce)
 
 
 def render(
@@ -214,10 +219,7 @@ def render(
         csp_nonce=nonce,
         **context,
     )
-    resp = HTMLResponse(html, status_code=status_code)
-    resp.headers["Content-Security-Policy"] = content_security_policy(nonce)
-    apply_security_headers(resp)
-    return resp
+    return _page(html, nonce, status_code)
 
 
 def to_login(request: Request) -> RedirectResponse:
