@@ -48,6 +48,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.harness.machine import prebuild_minimal_template
+from tests.harness.platform import Platform
 from warren import clock
 from warren.cli.local_agent import DEFAULT_AGENT_PORT
 from warren.cp.db import migrate
@@ -217,6 +218,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             # CI runs as root: a root test that cannot run there is a broken CI, not a skip.
             pytest.fail(f"CI=true but not root: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used a platform shows its CP's logged errors (the CP runs in its own
+    process: what it logged is otherwise lost with the run's directory, as in CI)."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, Platform) and (errors := value.cp.errors_tail()):
+            report.sections.append((f"control plane errors ({name})", errors))
 
 
 # ------------------------------------------------------------------------------------ fixtures

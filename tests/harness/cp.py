@@ -248,6 +248,15 @@ class CPProcess:
         except OSError:
             return ""
 
+    def errors_tail(self, n: int = 12) -> str:
+        """The last ``n`` ERROR and CRITICAL lines of its log (each cut at 600 characters)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line[:600] for line in lines if line.split(" ", 3)[2:3] in (["ERROR"], ["CRITICAL"])]
+        return "\n".join(errors[-n:])
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from warren.aio import outlast
 from warren.errors import InternalError, WarrenError
@@ -38,6 +38,7 @@ from warren.fair_turns import FairTurns
 T = TypeVar("T")
 
 WORKERS = 2  # children at once per CP process, one a turn
+STDERR_TAIL = 2048  # of a child's stderr, kept for the log (a traceback's last lines)
 
 
 class TenantThreads:
@@ -46,22 +47,29 @@ class TenantThreads:
     def __init__(self, workers: int = WORKERS) -> None:
         self.turns = FairTurns(workers)
 
-    async def run_child(self, team: str, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:
-        """``argv`` as a child process in ``team``'s turn: its exit status and its stdout."""
+    async def run_child(self, team: str, argv: Sequence[str], *, max_output: int) -> ChildExit:
+        """``argv`` as a child process in ``team``'s turn: how it ended."""
         async with self.turns.turn(team):
             return await child_output(argv, max_output)
 
 
-async def child_output(argv: Sequence[str], max_output: int) -> tuple[int, bytes]:
-    """Run ``argv`` (stdin and stderr closed, a bare environment: none of the CP's secrets); its
-    exit status and stdout. Past ``max_output`` bytes of it, ``ValueError``. The child is killed
-    when this ends otherwise (cancelled, or past its output), and reaped before it returns."""
+class ChildExit(NamedTuple):
+    status: int  # its exit status (-N: killed by signal N)
+    stdout: bytes  # all of it (at most the caller's max_output)
+    stderr: bytes  # its last STDERR_TAIL bytes: what the CP logs when the answer is not one
+
+
+async def child_output(argv: Sequence[str], max_output: int) -> ChildExit:
+    """Run ``argv`` (stdin closed, a bare environment: none of the CP's secrets); how it ended.
+    Past ``max_output`` bytes of stdout, ``ValueError``. The child is killed when this ends
+    otherwise (cancelled, or past its output), and reaped before it returns."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
     )  # fmt: skip
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = asyncio.ensure_future(_tail(proc.stderr, STDERR_TAIL))
     try:
         chunks, size = [], 0
         while chunk := await proc.stdout.read(1 << 16):
@@ -69,19 +77,29 @@ async def child_output(argv: Sequence[str], max_output: int) -> tuple[int, bytes
             if size > max_output:
                 raise ValueError(f"{argv[:3]}: output past {max_output} bytes")
             chunks.append(chunk)
-        return await proc.wait(), b"".join(chunks)
+        status = await proc.wait()
+        return ChildExit(status, b"".join(chunks), await stderr)
     except BaseException:
+        stderr.cancel()
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await outlast(asyncio.ensure_future(proc.wait()))  # reaped: the turn outlasts the child
         raise
 
 
+async def _tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    """The last ``keep`` bytes of ``stream`` (read to its end: a chatty child never blocks)."""
+    tail = b""
+    while chunk := await stream.read(1 << 16):
+        tail = (tail + chunk)[-keep:]
+    return tail
+
+
 _THREADS = TenantThreads()
 
 
-async def run_child(team: object, argv: Sequence[str], *, max_output: int) -> tuple[int, bytes]:
-    """``argv`` as a child process in ``team``'s fair turn: its exit status and stdout."""
+async def run_child(team: object, argv: Sequence[str], *, max_output: int) -> ChildExit:
+    """``argv`` as a child process in ``team``'s fair turn: how it ended."""
     return await _THREADS.run_child(str(team), argv, max_output=max_output)
 
 
@@ -103,16 +121,16 @@ async def child_answer(
     else (``parse`` or ``refusal`` raising ``ValueError``, an exit status not 0, output past
     ``max_output``, ``{"internal": …}``) is logged to ``log`` as ``event`` and raised as
     ``InternalError(failure)``."""
-    status, out = -1, b""
+    run = ChildExit(-1, b"", b"")
     try:
-        status, out = await run_child(team, argv, max_output=max_output)
-        doc = json.loads(out) if status == 0 else None
+        run = await run_child(team, argv, max_output=max_output)
+        doc = json.loads(run.stdout) if run.status == 0 else None
         if isinstance(doc, dict) and "error" in doc:
             raise refusal(doc["error"])
         if isinstance(doc, dict) and answer in doc:
             return parse(doc[answer])
     except (ValueError, OSError) as e:
-        log.error("event=%s status=%s error=%s", event, status, str(e)[:500])
+        log.error("event=%s status=%s error=%s stderr=%r", event, run.status, str(e)[:500], run.stderr)
     else:
-        log.error("event=%s status=%s output=%r", event, status, out[:500])
+        log.error("event=%s status=%s output=%r stderr=%r", event, run.status, run.stdout[:500], run.stderr)
     raise InternalError(failure)

@@ -19,6 +19,7 @@ from tests.harness import orphan
 from warren.cp.services import context_child as cc
 from warren.cp.services import tenant_threads
 from warren.cp.services.template_spec import CopyStep, parse
+from warren.cp.services.tenant_threads import ChildExit
 from warren.errors import InternalError, InvalidRequest, PayloadTooLarge
 
 DIGEST = "a" * 64
@@ -101,8 +102,8 @@ def test_refusals_are_the_errors_they_were() -> None:
 async def test_what_the_child_says(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: int, out: dict[str, Any], error: type[Exception]
 ) -> None:
-    async def fake(team: object, argv: list[str], *, max_output: int) -> tuple[int, bytes]:
-        return status, json.dumps(out).encode()
+    async def fake(team: object, argv: list[str], *, max_output: int) -> ChildExit:
+        return ChildExit(status, json.dumps(out).encode(), b"")
 
     monkeypatch.setattr(tenant_threads, "run_child", fake)
     with pytest.raises(error):

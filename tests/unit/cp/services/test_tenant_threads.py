@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from warren.cp.services import template_import, tenant_threads
-from warren.cp.services.tenant_threads import TenantThreads, child_output
+from warren.cp.services.tenant_threads import ChildExit, TenantThreads, child_output
 from warren.errors import InternalError, InvalidRequest, WarrenError
 
 _GATED = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.01)\nprint(sys.argv[2])"
@@ -25,7 +26,7 @@ async def test_a_burst_queues_behind_itself(tmp_path: Path) -> None:
 
     async def work(team: str) -> str:
         argv = [sys.executable, "-c", _GATED, str(gate), team]
-        _status, out = await threads.run_child(team, argv, max_output=64)
+        out = (await threads.run_child(team, argv, max_output=64)).stdout
         order.append(out.decode().strip())
         return team
 
@@ -77,8 +78,24 @@ async def test_a_child_past_its_output_is_killed() -> None:
 
 async def test_a_child_gets_none_of_the_processs_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WARREN_JWT_SECRET", "s3cret")
-    status, out = await child_output([sys.executable, "-c", "import os; print(sorted(os.environ))"], 1 << 16)
+    status, out, _ = await child_output(
+        [sys.executable, "-c", "import os; print(sorted(os.environ))"], 1 << 16
+    )
     assert status == 0 and b"WARREN_JWT_SECRET" not in out
+
+
+async def test_the_log_says_how_a_child_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """A child that dies (a traceback) is logged with its stderr's last lines, the rest dropped
+    (a chatty child never blocks on its full pipe)."""
+    crash = "import sys; sys.stderr.write('x' * 200000); raise SystemExit('the reason')"
+    with pytest.raises(InternalError):
+        await tenant_threads.child_answer(
+            "team", [sys.executable, "-c", crash], max_output=1 << 16, answer="ok", parse=str,
+            refusal=InternalError, log=logging.getLogger("test"), event="child_failed", failure="f",
+        )  # fmt: skip
+    [record] = [r for r in caplog.records if "event=child_failed" in r.getMessage()]
+    assert "status=1" in record.getMessage() and "the reason" in record.getMessage()
+    assert len(record.getMessage()) < 3 * tenant_threads.STDERR_TAIL
 
 
 # ------------------------------------------------ a child's answer, checked (child_answer)
@@ -107,9 +124,9 @@ async def test_what_the_image_child_says(
     anything else an internal error; the child is given the CP's pid."""
     seen: list[str] = []
 
-    async def fake(team: object, argv: list[str], *, max_output: int) -> tuple[int, bytes]:
+    async def fake(team: object, argv: list[str], *, max_output: int) -> ChildExit:
         seen.extend(argv)
-        return status, out
+        return ChildExit(status, out, b"")
 
     monkeypatch.setattr(tenant_threads, "run_child", fake)
     with pytest.raises(error) as raised:
