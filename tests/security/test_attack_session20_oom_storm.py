@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,13 +44,19 @@ STORM_S = 4
 KERNEL_SLACK = 2
 
 # Inside the sandbox: children that each allocate four times the sandbox's memory, one after the
-# other, for ``seconds``; each names itself ``tag`` (the kernel's kill line names the process).
+# other, for ``seconds`` (or END_S more once sent SIGUSR1, if sooner); each names itself ``tag``
+# (the kernel's kill line names the process).
+END_S = 3  # as STORM has it
 STORM = r"""
-import ctypes, json, os, sys, time
+import ctypes, json, os, signal, sys, time
 seconds, tag, size = float(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
 libc = ctypes.CDLL(None)
 out = {"children": 0, "sigkill": 0, "other": 0, "fork_failed": 0}
 end = time.monotonic() + seconds
+def soon(*_):
+    global end
+    end = min(end, time.monotonic() + 3)  # END_S
+signal.signal(signal.SIGUSR1, soon)
 while time.monotonic() < end:
     try:
         pid = os.fork()
@@ -181,7 +188,8 @@ def test_a_storm_outlives_an_agent_crash_and_a_stop_gives_the_kernel_its_killer_
     tag = "s20crash"
     size = str(4 * MEMORY_MB << 20)
     with sandbox(agent) as sb, kernel_log() as kmsg:
-        start = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {STORM!r}, '20', '{tag}', '{size}'], stdin=subprocess.DEVNULL, stdout=open('/tmp/storm.json', 'w'), stderr=subprocess.DEVNULL, start_new_session=True)"  # noqa: E501
+        # It runs until told to end (SIGUSR1, once the restarted agent is back), 120 s at most.
+        start = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {STORM!r}, '120', '{tag}', '{size}'], stdin=subprocess.DEVNULL, stdout=open('/tmp/storm.json', 'w'), stderr=subprocess.DEVNULL, start_new_session=True)"  # noqa: E501
         assert agent.py(sb, start, user="nobody").exit_code == 0
         until = time.monotonic() + 60
         while oom_control(sb)["oom_kill_disable"] != 1:  # the agent took the storm over
@@ -190,13 +198,20 @@ def test_a_storm_outlives_an_agent_crash_and_a_stop_gives_the_kernel_its_killer_
         agent.kill9()  # the storm goes on: what faults at the limit now waits, unkilled
         time.sleep(1.0)
         agent.start()  # re-adopts the sandbox, and its storm
+        # The storm is still on (it runs until told), and goes on END_S more under this agent:
+        # one that did not take it over would leave its children waiting at the limit for good.
+        storming = _commands(sb)
+        assert storming, (oom_control(sb), agent.log_tail())
+        for pid in storming:  # the loop and its child of the moment (which ignores it)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
         # Watched from the host until the storm is over: a command started mid-storm that is
         # refused memory has the guest kill the largest process (guest_agent/room.py), which
         # between two children is the storm's own loop, and then no result is ever written.
-        until = time.monotonic() + 120
+        until = time.monotonic() + 120 + END_S
         while _commands(sb):
             assert time.monotonic() < until, (_commands(sb), oom_control(sb), agent.log_tail())
-            time.sleep(0.5)
+            time.sleep(0.2)
         out = _read(agent, sb, "/tmp/storm.json")
         assert out, (oom_control(sb), agent.log_tail())
         result = json.loads(out)
