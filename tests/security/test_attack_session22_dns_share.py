@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import struct
 import threading
@@ -27,11 +29,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
+from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -41,9 +45,10 @@ PROBES = 10  # B's queries at once: within its resolver's 16
 RULES = pb.EgressRules(allow_out=["example.com"], deny_out=["0.0.0.0/0"])  # a name: a resolver
 
 # In an attacker's sandbox: its resolver kept at 16 queries the upstream never answers (they
-# announce an additional record they do not carry), for argv[1] seconds.
+# announce an additional record they do not carry), for argv[1] seconds or until sent SIGUSR1.
 FLOOD = r"""
-import socket, struct, sys, time
+import signal, socket, struct, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: globals().update(end=0))
 ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
 name = b'\x07example\x03com\x00\x00\x01\x00\x01'
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -118,12 +123,26 @@ def agent(upstream: int) -> Iterator[AgentProcess]:
         yield a
 
 
+def _end_flood(sid: str) -> None:
+    """SIGUSR1 to the processes of the sandbox's commands (its flood ends, exit 0)."""
+    procs = Path("/sys/fs/cgroup/memory") / CGROUP_PARENT / sid / "cmds" / "cgroup.procs"
+    for pid in map(int, procs.read_text().split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+
+
+def _destroy(agent: AgentProcess, sid: str) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sid), timeout=120)
+
+
 def test_one_teams_resolvers_leave_another_teams_resolver_its_queries(agent: AgentProcess) -> None:
     team_a, team_b = str(uuid.uuid4()), str(uuid.uuid4())
     made: list[str] = []
+    create = lambda team: agent.create(memory_mb=128, owner_team_id=team, egress=RULES).sandbox_id  # noqa: E731
     try:
-        for _ in range(ATTACKERS):
-            made.append(agent.create(memory_mb=128, owner_team_id=team_a, egress=RULES).sandbox_id)
+        with ThreadPoolExecutor(4) as pool:  # 4 at once (the scratch agent's finish mops up a failure's)
+            made.extend(pool.map(create, [team_a] * ATTACKERS))
         victim = agent.create(memory_mb=128, owner_team_id=team_b, egress=RULES).sandbox_id
         made.append(victim)
         quiet = json.loads(agent.py(victim, PROBE, str(PROBES)).stdout)
@@ -132,12 +151,13 @@ def test_one_teams_resolvers_leave_another_teams_resolver_its_queries(agent: Age
             floods = [pool.submit(agent.py, sid, FLOOD, "20") for sid in made[:ATTACKERS]]
             time.sleep(6)  # every attacker's resolver at its 16 (each query held 2 s)
             answers = json.loads(agent.py(victim, PROBE, str(PROBES)).stdout)
+            for sid in made[:ATTACKERS]:  # B has its answers: the floods end now, not at 20 s
+                _end_flood(sid)
             for f in floods:
                 assert f.result().exit_code == 0
     finally:
-        for sid in made:
-            with contextlib.suppress(grpc.RpcError):
-                agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sid), timeout=120)
+        with ThreadPoolExecutor(4) as pool:
+            pool.map(_destroy, [agent] * len(made), made)
     print(f"B's {PROBES} queries while A's {ATTACKERS} sandboxes flood: rcodes {answers}")
     servfail = answers.count(RCODE_SERVFAIL)
     assert servfail == 0, f"{servfail} of B's {PROBES} queries were SERVFAIL: A held the upstream count"
