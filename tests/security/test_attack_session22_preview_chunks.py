@@ -17,11 +17,16 @@ Fixed (cp/proxy/http.py, ws.py, pace.py): a connection's parsed events (chunks, 
 paced, a burst at once and then so many a second, the loop let go every turn, and all the
 connections to one account's sandboxes share a pace of their own; small chunks already read go
 to the client in one send, and a WebSocket reads 4 KiB at a time. Expected: each client, and
-``MANY`` clients together, get at most the paces' pieces in the window; the CP's CPU and the
-other team's median are printed. Measured with 2 clients, before: chunks 244-422 KB in 10 s,
+``MANY`` clients together, get at most the paces' pieces in the window (the time from the
+readers' start to the count, which a slow last GET may stretch past ``WINDOW_S``); the CP's CPU
+and the other team's median are printed. Measured with 2 clients, before: chunks 244-422 KB in 10 s,
 6.4-8.6 s of CP CPU, the other team's median 1.1-2.6 s; messages 339 000-367 000, 7.7 s, 3.1 s.
 After: ~45 000 pieces each, 1.0-1.7 s, 4-8 ms. 16 clients paced per connection only: 586 522
 pieces, 4.4 s, 296 ms (32: 6.1 s, 343 ms); with the account's pace 177 132, 2.3 s, 7 ms.
+
+The window was 10 s; 4 s since session 27 (the module waited 30 s), each case still failing on
+the tree before its fix: chunks 191 824 pieces for one client (bound 31 104), messages 277 289
+(31 104), 16 clients without the account's pace 222 015 (129 024).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 PORT = 8000
 CONNS = 2
 MANY = 16  # one client address may hold 32 of a sandbox's connections
-WINDOW_S = 10.0
+WINDOW_S = 4.0
 Reader = Callable[[str, str, list[int], int, threading.Event], None]
 
 # What both session-22 preview servers need: the request's head, and a WebSocket's upgrade.
@@ -137,22 +142,26 @@ def _read_messages(base: str, prefix: str, got: list[int], i: int, stop: threadi
 def test_a_stream_of_one_byte_pieces_is_paced(
     platform: Platform, prefix: str, bob: Tenant, reader: Reader, burst: int, rate: float, turn: int
 ) -> None:
-    taken = _attack(platform, prefix, bob, reader, CONNS)
-    bound = int(1.5 * (burst + WINDOW_S * rate + turn))  # one byte a piece, with a margin
+    taken, window = _attack(platform, prefix, bob, reader, CONNS)
+    bound = int(1.5 * (burst + window * rate + turn))  # one byte a piece, with a margin
     assert all(0 < n <= bound for n in taken), (taken, bound)
 
 
 def test_many_connections_share_their_accounts_pace(platform: Platform, prefix: str, bob: Tenant) -> None:
-    taken = _attack(platform, prefix, bob, _read_chunks, MANY)
-    bound = int(1.5 * (pace.OWNER_EVENTS_BURST + WINDOW_S * pace.OWNER_EVENTS_PER_S + MANY * 256))
+    taken, window = _attack(platform, prefix, bob, _read_chunks, MANY)
+    bound = int(1.5 * (pace.OWNER_EVENTS_BURST + window * pace.OWNER_EVENTS_PER_S + MANY * 256))
     assert 0 < sum(taken) <= bound, (sum(taken), bound)
 
 
-def _attack(platform: Platform, prefix: str, bob: Tenant, reader: Reader, conns: int) -> list[int]:
-    """What each of ``conns`` readers got in WINDOW_S while Bob lists his sandboxes."""
+def _attack(
+    platform: Platform, prefix: str, bob: Tenant, reader: Reader, conns: int
+) -> tuple[list[int], float]:
+    """What each of ``conns`` readers got in WINDOW_S while Bob lists his sandboxes, and the
+    seconds they had (WINDOW_S, or more when Bob's last GET ended late)."""
     cp = psutil.Process(platform.cp.pid)
     cpu = sum(cp.cpu_times()[:2])
     got, stop = [0] * conns, threading.Event()
+    started = time.monotonic()
     args = (platform.url, prefix, got)
     readers = [threading.Thread(target=reader, args=(*args, i, stop), daemon=True) for i in range(conns)]
     for t in readers:
@@ -165,13 +174,13 @@ def _attack(platform: Platform, prefix: str, bob: Tenant, reader: Reader, conns:
             assert c.get("/v1/sandboxes").status_code == 200
             waits.append(time.monotonic() - t0)
             time.sleep(0.1)
-    taken = list(got)
+    taken, window = list(got), max(time.monotonic() - started, WINDOW_S)
     stop.set()
     for t in readers:
         t.join(30)
     median_ms = statistics.median(waits) * 1000
     print(
-        f"{conns} readers of 1-byte pieces: {sum(taken)} in all in {WINDOW_S:.0f} s (at most {max(taken)} "
+        f"{conns} readers of 1-byte pieces: {sum(taken)} in all in {window:.1f} s (at most {max(taken)} "
         f"one), CP CPU {sum(cp.cpu_times()[:2]) - cpu:.1f} s, another team's GET median {median_ms:.0f} ms"
     )
-    return taken
+    return taken, window
