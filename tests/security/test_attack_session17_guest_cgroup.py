@@ -144,6 +144,23 @@ def wait_file(agent: AgentProcess, sb: str, path: str) -> None:
         time.sleep(0.2)
 
 
+def wait_full(sb: str) -> None:
+    """Until a fill has reached the commands' limit: the kernel's OOM killer has killed in
+    ``cmds`` and its process count has not changed for a second (its fork loops refused)."""
+    mem, pids = (cmds_cgroup.sandbox_dir(c, sb) / "cmds" for c in ("memory", "pids"))
+    deadline = time.monotonic() + 60
+    last, since = -1, time.monotonic()
+    while True:
+        control = dict(line.split() for line in (mem / "memory.oom_control").read_text().splitlines())
+        procs, now = int((pids / "pids.current").read_text()), time.monotonic()
+        if procs != last:
+            last, since = procs, now
+        elif int(control["oom_kill"]) and now - since >= 1:
+            return
+        assert now < deadline, f"the fill never reached the limit: {control}, {procs} processes"
+        time.sleep(0.1)
+
+
 def test_commands_run_in_cmds_and_the_guest_alone_above(agent: AgentProcess) -> None:
     with sandbox(agent, 256) as sb:
         for user in ("", "nobody", "1000"):
@@ -175,7 +192,7 @@ def test_a_memory_hog_at_the_guests_score_never_takes_the_guest(agent: AgentProc
     with sandbox(agent, 128) as sb:
         fill = f"(while :; do python3 -c {shlex.quote(FILL)}; done) >/dev/null 2>&1 &"
         assert run(agent, sb, fill, "nobody")[0] == 0
-        time.sleep(5)  # the hog reaches the limit within a second or two, again and again
+        wait_full(sb)  # the hog reaches the limit within a second or two (it was a 5 s sleep)
         alive = 0
         for i in range(20):
             code, out = run(agent, sb, "echo ok")
@@ -205,7 +222,7 @@ def test_an_upload_is_charged_to_the_commands_not_the_guest(agent: AgentProcess)
         assert guests < cmds_cgroup.MEMORY_RESERVE, guests >> 20
         fill = f"(while :; do python3 -c {shlex.quote(FILL_SMALL)}; done) >/dev/null 2>&1 &"
         assert run(agent, sb, fill, "nobody")[0] == 0
-        time.sleep(5)
+        wait_full(sb)  # (it was a 5 s sleep)
         for i in range(10):
             code, out = run(agent, sb, "echo ok")
             assert code != -1, (i, out)  # the guest killed: "its container exited"
