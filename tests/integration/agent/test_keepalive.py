@@ -69,7 +69,8 @@ async def test_the_pool_s_channels_carry_the_keepalive_options(
 async def _stays_ready(address: str, ping_s: float, seconds: float) -> bool:
     """Whether an idle channel pinging every ``ping_s`` s keeps its one connection for
     ``seconds`` (a GOAWAY closes it: the channel leaves READY)."""
-    options = keepalive.client_options(ping_s)
+    # A connection of its own (gRPC shares one between channels alike in options and address).
+    options = [*keepalive.client_options(ping_s), ("grpc.use_local_subchannel_pool", 1)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         stub = pb_grpc.HostAgentStub(channel)
         await stub.ListSandboxes(pb.ListSandboxesRequest(), timeout=30)
@@ -83,8 +84,11 @@ async def _stays_ready(address: str, ping_s: float, seconds: float) -> bool:
 
 
 async def test_a_real_agent_accepts_the_pings_and_refuses_faster_ones(agent: AgentProcess) -> None:
+    """Both channels at once (each its own connection, judged by the server alone): the slow one
+    waits out its pings while the fast one earns its GOAWAY."""
     # A little slower than the server's minimum interval (the CP pings at half that rate): kept.
     ping_s = keepalive.SERVER_MIN_PING_S + 1
-    assert await _stays_ready(agent.address, ping_s, PINGS * ping_s + ping_s / 2)
+    kept = _stays_ready(agent.address, ping_s, PINGS * ping_s + ping_s / 2)
     # Once a second (the fastest a gRPC client pings): GOAWAY too_many_pings within a few.
-    assert not await _stays_ready(agent.address, 1, 60)
+    refused = _stays_ready(agent.address, 1, 60)
+    assert await asyncio.gather(kept, refused) == [True, False]
