@@ -7,7 +7,8 @@ The agent's own view of the same (memory freed by a pause, re-adoption after ``k
 corrupt image) is tests/integration/agent/test_gvisor.py.
 
 One platform for the module; each test makes (and destroys, checking for leftovers) its own
-sandboxes.
+sandboxes, those it needs at once side by side (a gVisor create and a counter's start mostly
+wait).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ FETCH = (
     "import urllib.request, sys; "
     "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)"
 )
-MONITOR_S = 5  # WARREN_MONITOR_INTERVAL_S for this module's CP
+MONITOR_S = 2  # WARREN_MONITOR_INTERVAL_S for this module's CP
 # A "remote" server behind its own veth, at TEST-NET-3 addresses no other test uses: no packet
 # leaves the machine.
 INET_HOST, INET_PEER = "203.0.113.101", "203.0.113.102"
@@ -115,6 +116,14 @@ class Api:
 
         return int(await wait_for("the counter to pass 200", past_200))
 
+    async def create_two(self, first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
+        """Two sandboxes created side by side (``first`` and ``second`` their bodies)."""
+        return list(await asyncio.gather(self.create(**first), self.create(**second)))
+
+    async def destroy_all(self, *sbs: dict[str, Any]) -> None:
+        """:meth:`destroy_clean` of each, side by side."""
+        await asyncio.gather(*(self.destroy_clean(sb) for sb in sbs))
+
     async def destroy_clean(self, sb: dict[str, Any]) -> None:
         """Destroy (already gone is fine) and check the host keeps nothing of it."""
         r = await self.http.delete(f"/v1/sandboxes/{sb['id']}")
@@ -130,8 +139,8 @@ class Api:
 
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
-    """The module's platform, its host monitor passing every 5 s instead of every 30 s: the
-    inactivity-pause test waits for a pass to record what the agent did (up to 30 s of a
+    """The module's platform, its host monitor passing every MONITOR_S s instead of every 30 s:
+    the inactivity-pause test waits for a pass to record what the agent did (up to 30 s of a
     worker's time, every run, at the default)."""
     if os.geteuid() != 0:
         pytest.skip("real agents need root (namespaces, cgroups, overlayfs)")
@@ -154,8 +163,7 @@ def fake_internet() -> Iterator[str]:
 async def test_a_gvisor_sandbox_runs_on_gvisors_kernel(api: Api, platform: Platform) -> None:
     hosts = (await api.http.get("/v1/hosts", headers=platform.user_headers)).json()
     assert len(hosts) == 1 and "gvisor" in hosts[0]["runtimes"] and "runc" in hosts[0]["runtimes"]
-    sb = await api.create()
-    plain = await api.create(runtime="runc", memory_mb=128)
+    sb, plain = await api.create_two({}, {"runtime": "runc", "memory_mb": 128})
     try:
         assert sb["runtime"] == "gvisor" and "paused_state" not in sb
         assert (await api.get(sb["id"]))["runtime"] == "gvisor"
@@ -169,8 +177,7 @@ async def test_a_gvisor_sandbox_runs_on_gvisors_kernel(api: Api, platform: Platf
         r = await api.py(sb["id"], "import sys; sys.stdout.buffer.write(bytes(range(256)))")
         assert r.status_code == 200 and r.json()["encoding"] == "base64"
     finally:
-        await api.destroy_clean(sb)
-        await api.destroy_clean(plain)
+        await api.destroy_all(sb, plain)
 
 
 async def test_files_round_trip(api: Api) -> None:
@@ -193,8 +200,7 @@ async def test_a_memory_hog_is_killed_inside_and_its_neighbour_lives(api: Api) -
     """gVisor's kernel has no OOM killer: the guest enforces the limit inside
     (guest_agent/memwatch.py), so at the limit the hog gets SIGKILL, as on runc; its sandbox
     goes on answering and the neighbour is untouched."""
-    neighbour = await api.create()
-    hog = await api.create(memory_mb=128)
+    neighbour, hog = await api.create_two({}, {"memory_mb": 128})
     try:
         await api.sh(neighbour["id"], "echo kept > /tmp/mark")
         r = await api.py(hog["id"], f"x = bytearray({256 << 20})\nprint('all of it')", timeout=60)
@@ -205,13 +211,11 @@ async def test_a_memory_hog_is_killed_inside_and_its_neighbour_lives(api: Api) -
         assert (await api.sh(neighbour["id"], "cat /tmp/mark"))["stdout"] == "kept\n"
         assert (await api.get(neighbour["id"]))["status"] == "running"
     finally:
-        await api.destroy_clean(hog)
-        await api.destroy_clean(neighbour)
+        await api.destroy_all(hog, neighbour)
 
 
 async def test_internet_on_and_off(api: Api, fake_internet: str) -> None:
-    on = await api.create(memory_mb=128)
-    off = await api.create(memory_mb=128, internet=False)
+    on, off = await api.create_two({"memory_mb": 128}, {"memory_mb": 128, "internet": False})
     try:
         assert off["internet"] is False
         got = (await api.py(on["id"], FETCH, fake_internet, "30")).json()
@@ -219,8 +223,7 @@ async def test_internet_on_and_off(api: Api, fake_internet: str) -> None:
         refused = (await api.py(off["id"], FETCH, fake_internet, "3")).json()
         assert refused["exit_code"] != 0 and refused["stdout"] == ""
     finally:
-        await api.destroy_clean(on)
-        await api.destroy_clean(off)
+        await api.destroy_all(on, off)
 
 
 async def test_another_team_cannot_reach_a_gvisor_sandbox(api: Api, platform: Platform) -> None:
@@ -293,10 +296,13 @@ async def test_a_memory_snapshot_forks_into_independent_counters(api: Api) -> No
         # A memory snapshot starts on gVisor only: asking for another runtime is a 400.
         refused = await api.http.post("/v1/sandboxes", json={"template": name, "runtime": "runc"})
         assert refused.status_code == 400 and "memory snapshot" in refused.json()["error"]["message"]
-        for _ in range(2):
-            r = await api.http.post("/v1/sandboxes", json={"template": name})  # no runtime: gvisor
-            assert r.status_code == 201, r.text
-            forks.append(r.json())
+        made = await asyncio.gather(
+            *(api.http.post("/v1/sandboxes", json={"template": name}) for _ in range(2))
+        )  # no runtime: gvisor
+        for r in made:
+            if r.status_code == 201:
+                forks.append(r.json())
+        assert [r.status_code for r in made] == [201, 201], [r.text for r in made]
         assert [f["runtime"] for f in forks] == ["gvisor", "gvisor"]
         assert len({f["id"] for f in forks}) == 2 and len({f["host_ip"] for f in forks}) == 2
         for f in forks:
@@ -321,9 +327,7 @@ async def test_a_memory_snapshot_forks_into_independent_counters(api: Api) -> No
         gone = await api.http.post("/v1/sandboxes", json={"template": name})
         assert gone.status_code == 404, gone.text
     finally:
-        for f in forks:
-            await api.destroy_clean(f)
-        await api.destroy_clean(src)
+        await api.destroy_all(*forks, src)
 
 
 async def test_the_sdk_and_the_cli_ask_for_gvisor(api: Api, platform: Platform, tmp_path: Path) -> None:
@@ -345,7 +349,7 @@ async def test_the_sdk_and_the_cli_ask_for_gvisor(api: Api, platform: Platform, 
 async def test_the_inactivity_pause_is_to_disk_too(api: Api) -> None:
     """The agent's TTL reaper pauses an idle gVisor sandbox to disk; the CP's host monitor (a
     pass every MONITOR_S seconds here) records it paused, and how."""
-    sb = await api.create(memory_mb=128, timeout_sec=3)
+    sb = await api.create(memory_mb=128, timeout_sec=2)
     try:
 
         async def auto_paused() -> dict[str, Any] | None:
@@ -355,7 +359,7 @@ async def test_the_inactivity_pause_is_to_disk_too(api: Api) -> None:
         got = await wait_for("the monitor to see the auto-pause", auto_paused, timeout=120)
         assert got["paused_state"] == "disk"
         resumed = await api.post(f"/v1/sandboxes/{sb['id']}/resume")
-        # (It may be idle-paused again soon after: its timeout is 3 s.)
+        # (It may be idle-paused again soon after: its timeout is 2 s.)
         assert resumed["status"] == "running" and "paused_state" not in resumed
     finally:
         await api.destroy_clean(sb)
@@ -364,11 +368,9 @@ async def test_the_inactivity_pause_is_to_disk_too(api: Api) -> None:
 async def test_after_a_kill9_of_the_agent_its_gvisor_sandboxes_are_back(api: Api, platform: Platform) -> None:
     """Last in the module: it restarts the agent. A running and a disk-paused gVisor sandbox are
     re-adopted and usable through the API again; the paused one's counter goes on at resume."""
-    running = await api.create()
-    paused = await api.create()
+    running, paused = await api.create_two({}, {})
     try:
-        await api.start_counter(running["id"])
-        reached = await api.start_counter(paused["id"])
+        _, reached = await asyncio.gather(api.start_counter(running["id"]), api.start_counter(paused["id"]))
         assert (await api.post(f"/v1/sandboxes/{paused['id']}/pause"))["paused_state"] == "disk"
         agent = platform.agents[0]
         await asyncio.to_thread(agent.kill9)
@@ -390,5 +392,4 @@ async def test_after_a_kill9_of_the_agent_its_gvisor_sandboxes_are_back(api: Api
         await api.post(f"/v1/sandboxes/{paused['id']}/resume")
         assert await api.counter(paused["id"]) >= reached
     finally:
-        await api.destroy_clean(running)
-        await api.destroy_clean(paused)
+        await api.destroy_all(running, paused)
