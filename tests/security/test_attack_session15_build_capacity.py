@@ -43,10 +43,13 @@ BUILD_MB = next(m for m in range(HOST_MB // 2, 0, -1) if 2 * footprint_mb(m, "ru
 PER_TEAM = 3
 PER_OWNER = 4
 # A step finding no room waits this long, then fails its build; the two builds holding the
-# host sleep SLEEP_S, long enough (20 s of margin) that the third's whole wait falls while they
-# hold it. (It was 20 s and 60 s: the same order of events, 30 s more of this test's time.)
-CAPACITY_WAIT_S = 10
-SLEEP_S = 30
+# host sleep SLEEP_S, long enough (13 s of margin) that the third's whole wait falls while they
+# hold it. (It was 20 s and 60 s, then 10 s and 30 s: the same order of events, 12 s more of
+# this test's time. Both tests, with these figures and the second's builds sleeping 8 s, still
+# fail on the tree before the fix, 396b0d2^: a create lands on the full host, one owner runs 6.)
+CAPACITY_WAIT_S = 5
+SLEEP_S = 18
+OWN_SLEEP_S = 8  # the second test's builds: running while the owner's later ones are submitted
 WAIT_S = 300
 
 
@@ -158,7 +161,7 @@ def test_one_owner_cannot_multiply_the_build_bound_by_teams(platform: Platform) 
     for i, team in enumerate(teams):
         for j in range(PER_TEAM - 1):  # each team under its own bound
             name = f"own-{i}-{j}"
-            r = _submit(team, name, f"FROM minimal\nRUN sleep 20 # {secrets.token_hex(4)}\n")
+            r = _submit(team, name, f"FROM minimal\nRUN sleep {OWN_SLEEP_S} # {secrets.token_hex(4)}\n")
             if r.status_code == 202:
                 started.append((team, name, r.json()["build_id"]))
             else:
