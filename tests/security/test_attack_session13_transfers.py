@@ -200,7 +200,7 @@ def test_uploads_into_a_frozen_guest_hold_a_window_each(
         deadline = time.monotonic() + WAIT_S
         while (n := _temp_files(alice, sandbox)) < STREAM_CAP:  # every upload reached the guest
             assert time.monotonic() < deadline, f"{n} of {STREAM_CAP} uploads reached the guest"
-            time.sleep(0.5)
+            time.sleep(0.25)
         r = alice.w("POST", f"/v1/sandboxes/{sandbox}/pause")
         assert r.status_code == 200, r.text
         with rss:
@@ -216,7 +216,7 @@ def test_uploads_into_a_frozen_guest_hold_a_window_each(
     deadline = time.monotonic() + WAIT_S
     while (n := _temp_files(alice, sandbox)) > 0:  # the broken uploads leave nothing behind
         assert time.monotonic() < deadline, f"{n} partial uploads left in the guest"
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 # --------------------------------------------------------------- what the window holds back
@@ -230,7 +230,7 @@ def _sha256_in(alice: Tenant, sid: str, path: str) -> str:
 def test_a_slow_reader_gets_every_byte_in_order(
     platform: Platform, alice: Tenant, sandbox: str, route: str
 ) -> None:
-    """A reader that stops for a second now and then (the agent's window fills and drains each
+    """A reader that stops for half a second now and then (the agent's window fills and drains each
     time) still gets the whole file, in order."""
     if route == "warren":
         base, headers = platform.url, {"X-API-Key": alice.api_key}
@@ -255,7 +255,7 @@ def test_a_slow_reader_gets_every_byte_in_order(
             got += len(data)
             if got >= (stops + 1) * 8 * MIB and stops < 4:
                 stops += 1
-                time.sleep(1)  # the reader stops: the window fills behind it
+                time.sleep(0.5)  # the reader stops: the window (256 KiB) fills behind it in ms
     assert stops == 4 and got == BIG
     assert digest.hexdigest() == _sha256_in(alice, sandbox, "/tmp/big")
 
@@ -274,7 +274,7 @@ def test_an_upload_paused_midway_arrives_whole(platform: Platform, alice: Tenant
         try:
             s.setblocking(False)
             off, last, deadline = 4 * MIB, time.monotonic(), time.monotonic() + WAIT_S
-            while time.monotonic() - last < 2 and time.monotonic() < deadline:  # until it stalls
+            while time.monotonic() - last < 1 and time.monotonic() < deadline:  # until it stalls
                 _, writable, _ = select.select([], [s], [], 0.2)
                 if writable and off < size:
                     try:
