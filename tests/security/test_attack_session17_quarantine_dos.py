@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -104,6 +106,18 @@ while True:
     os.wait()
 """
 ATTACKS = {"churn": CHURN, "zombies": ZOMBIES, "blocked": BLOCKED, "vfork": VFORK, "hog": HOG}
+# When each is under way, from the host: its processes' states in ``cmds`` ("comm:state" ->
+# how many) and the OOM kills there. The churn forking (R), the stopped parents (T), root's
+# blockers forked before its last step (the two sleeps), the vfork parents (D), the hog at the
+# limit. (The tests slept 3 s instead: ~25 s of this module's time.)
+UNDER_WAY: dict[str, Callable[[Counter[str], int], bool]] = {
+    "churn": lambda states, _: states["python3:R"] >= 4,
+    "zombies": lambda states, _: states["python3:T"] >= 2,
+    "blocked": lambda states, _: states["sleep:S"] >= 2,
+    "vfork": lambda states, _: states["python3:D"] >= 2,
+    "hog": lambda _, kills: kills >= 1,
+}
+SETTLE_S = 0.5  # after that, for the last forked children to block
 
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
@@ -125,6 +139,28 @@ def start(agent: AgentProcess, sb: str, script: str, user: str, copies: int) -> 
     assert res.exit_code == 0, res.stderr
 
 
+def cmds_states(sb: str) -> tuple[Counter[str], int]:
+    """The sandbox's commands: "comm:state" -> how many, and the OOM kills in ``cmds``."""
+    states: Counter[str] = Counter()
+    for pid in (cgroup_dir("pids", sb) / "cmds" / "cgroup.procs").read_text().split():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        comm, _, rest = stat[stat.index("(") + 1 :].rpartition(")")
+        states[f"{comm}:{rest.split()[0]}"] += 1
+    control = (cgroup_dir("memory", sb) / "cmds" / "memory.oom_control").read_text()
+    return states, int(dict(line.split() for line in control.splitlines())["oom_kill"])
+
+
+def wait_under_way(sb: str, under_way: Callable[[Counter[str], int], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not under_way(*(got := cmds_states(sb))):
+        assert time.monotonic() < deadline, f"the attack never under way: {got}"
+        time.sleep(0.1)
+    time.sleep(SETTLE_S)
+
+
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_a_tenant_cannot_make_its_destroy_keep_the_slot(agent: AgentProcess, attack: str) -> None:
     sb = agent.create(memory_mb=256).sandbox_id
@@ -133,7 +169,7 @@ def test_a_tenant_cannot_make_its_destroy_keep_the_slot(agent: AgentProcess, att
     assert claim_holder(slot) == sb
     for user in ("", "nobody"):
         start(agent, sb, ATTACKS[attack], user, copies=2 if attack in ("churn", "hog") else 1)
-    time.sleep(3)  # the attacks under way (the churn at its fastest, the hog at the limit)
+    wait_under_way(sb, UNDER_WAY[attack])  # (the churn at its fastest, the hog at the limit)
     procs = (cgroup_dir("pids", sb) / "cmds" / "cgroup.procs").read_text().split()
     assert len(procs) >= 4, procs  # the attack's processes are there
     t0 = time.monotonic()
@@ -156,7 +192,8 @@ def test_a_paused_sandbox_full_of_churn_is_destroyed_and_its_slot_freed(agent: A
     slot = int(json.loads((agent.data_dir / "sandboxes" / sb / "record.json").read_text())["slot"])
     for script in (CHURN, VFORK):
         start(agent, sb, script, "", copies=1)
-    time.sleep(2)
+    # One churn forking, one vfork parent blocked (this was a 2 s sleep).
+    wait_under_way(sb, lambda states, _: states["python3:R"] >= 1 and states["python3:D"] >= 1)
     agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sb), timeout=60)
     agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=120)
     assert claim_holder(slot) != sb
