@@ -193,7 +193,11 @@ def warren_proxy(platform: Platform) -> Iterator[tuple[str, int]]:
         yield url, proc.pid
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:  # its graceful shutdown waits seconds for the relays it still holds: not tested here
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
         log.close()
 
 
