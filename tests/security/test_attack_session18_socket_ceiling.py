@@ -28,7 +28,7 @@ from tests.security.test_attack_pools_claim import _agent_log
 from tests.security.test_attack_session18_socket_memory import TRANSFER, _memcg, _tcp
 from warren.agent.runtime.socket_ceiling import ceiling
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MiB = 1 << 20
 PAIRS = 1900  # one process: 3800 sockets (RLIMIT_NOFILE 4096); ~120 MiB charged unwatched
