@@ -10,10 +10,11 @@ listeners reach tcp_mem's hard limit (every TCP socket of the host is then held 
 The per-sandbox ``memory.kmem.tcp`` bound does not see them.
 
 As the attacker runs it (a script in the sandbox, ``nobody`` over IPv4, root over IPv6 and
-v4-mapped): 16 listeners of 4096, every queue filled with closed clients, then held. Before the
-watchdog's socket count (runtime/socket_ceiling.py) the 65 536 children stayed (runc and crun);
-now the holder is killed once the namespace's TCP sockets pass the ceiling (16 384 for 256 MiB),
-the count ends under it, and the guest lives. A server with 2000 accepted idle connections in a
+v4-mapped), in a 128 MiB sandbox: 16 listeners of 4096, every queue filled with closed clients,
+then held. Before the watchdog's socket count (runtime/socket_ceiling.py) the 65 536 children
+stayed (runc and crun; 256 MiB, and 128 MiB too: "65536" printed); now the holder is killed once
+the namespace's TCP sockets pass the ceiling (8192 for 128 MiB), the count ends under it, and the
+guest lives. A server with 2000 accepted idle connections in a
 256 MiB sandbox (4001 TCP sockets with its clients) is not killed.
 """
 
@@ -34,8 +35,9 @@ from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
-MEMORY_MB = 256
-CEILING = count_ceiling(MEMORY_MB << 20)  # 16 384
+MEMORY_MB = 128  # the filler's sandbox: the smaller the sandbox, the sooner its ceiling
+CEILING = count_ceiling(MEMORY_MB << 20)  # 8192 (16 384 for 256 MiB)
+SERVER_MEMORY_MB = 256  # the ordinary server's
 LISTENERS = 16
 HOLD_S = 4  # the filler holds its queues this long (8 of the watchdog's ticks), then says so
 
@@ -105,8 +107,8 @@ def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
 
 
 @contextlib.contextmanager
-def sandbox(agent: AgentProcess) -> Iterator[str]:
-    sb = agent.create(memory_mb=MEMORY_MB).sandbox_id
+def sandbox(agent: AgentProcess, memory_mb: int = MEMORY_MB) -> Iterator[str]:
+    sb = agent.create(memory_mb=memory_mb).sandbox_id
     try:
         yield sb
     finally:
@@ -153,7 +155,7 @@ def test_accept_queues_past_the_ceiling_are_killed(agent: AgentProcess, user: st
 
 
 def test_a_server_with_2000_idle_connections_is_not_killed(agent: AgentProcess) -> None:
-    with sandbox(agent) as sb:
+    with sandbox(agent, SERVER_MEMORY_MB) as sb:
         res = agent.exec(sb, "python3", "-c", SERVER, "2000", str(HOLD_S), user="nobody", timeout_sec=110)
         assert res.exit_code == 0 and res.stdout.split() == [b"ok", b"2000"], res
         assert not _kills(agent, sb, wait_s=0)  # it exited 0 having held them: never killed
