@@ -122,7 +122,7 @@ def test_downloads_nobody_reads_hold_a_window_each(platform: Platform, alice: Te
     assert cp < BOUND_MIB and agent < BOUND_MIB, rss.grown_mib
 
 
-def _until_still(rss: PeakRss, still_s: float = 3.0) -> None:
+def _until_still(rss: PeakRss, still_s: float = 1.5) -> None:
     """Until the peaks the sampler records stop growing for ``still_s`` (what each stream buffers
     ahead of its reader has arrived), at most WAIT_S."""
     peak = rss.peak
@@ -156,7 +156,7 @@ def _upload(url: str, key: str, sid: str, path: str, size: int) -> socket.socket
     return s
 
 
-def _push_until_stalled(socks: list[socket.socket], data: bytes, stall_s: float = 3.0) -> int:
+def _push_until_stalled(socks: list[socket.socket], data: bytes, stall_s: float = 1.5) -> int:
     """Send ``data`` on every socket, again and again, until none has taken a byte for
     ``stall_s`` (the CP reads no more of them), at most WAIT_S; the bytes sent."""
     for s in socks:
