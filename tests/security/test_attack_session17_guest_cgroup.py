@@ -146,16 +146,18 @@ def wait_file(agent: AgentProcess, sb: str, path: str) -> None:
 
 def wait_full(sb: str) -> None:
     """Until a fill has reached the commands' limit: the kernel's OOM killer has killed in
-    ``cmds`` and its process count has not changed for a second (its fork loops refused)."""
+    ``cmds`` (or, should the pids limit come first, refused a fork) and its process count has
+    not changed for a second (its fork loops refused)."""
     mem, pids = (cmds_cgroup.sandbox_dir(c, sb) / "cmds" for c in ("memory", "pids"))
     deadline = time.monotonic() + 60
     last, since = -1, time.monotonic()
     while True:
         control = dict(line.split() for line in (mem / "memory.oom_control").read_text().splitlines())
+        refused = int((pids / "pids.events").read_text().split()[1])
         procs, now = int((pids / "pids.current").read_text()), time.monotonic()
         if procs != last:
             last, since = procs, now
-        elif int(control["oom_kill"]) and now - since >= 1:
+        elif (int(control["oom_kill"]) or refused) and now - since >= 1:
             return
         assert now < deadline, f"the fill never reached the limit: {control}, {procs} processes"
         time.sleep(0.1)
