@@ -10,6 +10,9 @@ Every page a test opens goes through :class:`Web`: it records every request the 
 and, when the test ends, asserts that each one went to the control plane's own origin (nothing
 from a CDN or anywhere else) and that no page raised a JavaScript error.
 ``web.shot(page, name)`` saves a screenshot under ``tests/output/screenshots/`` (gitignored).
+``web.signed_in_page(account)`` opens a page already signed in: the session cookie comes from the
+dashboard's own login route (posted without a browser) and is set on the page's context; the tests
+of the login form itself drive it with ``web.login(page, account)``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright, expect
 
@@ -34,6 +38,7 @@ from tests.harness.invitations import join_team_async, verification_path
 from tests.harness.machine import free_port, scratch_dir
 from warren import ids
 from warren.cli.admin import set_admin
+from warren.cp.dashboard import session as sessions
 from warren.cp.security.tokens import issue_user_jwt
 from warren.cp.services import auth as auth_svc
 from warren.cp.services import hosts as hosts_svc
@@ -51,6 +56,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 PASSWORD = "correct-horse-battery"
+HOME = "/dashboard/sandboxes"  # where a sign-in with a team lands
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 # Generous: CI runs these next to other suites on two shared cores (the page's server shares the
@@ -95,6 +101,7 @@ class LiveCP(InProcessCP):
         # The link a verification email would bring (only a verified email accepts invitations).
         r = await self.http.get(verification_path(JWT_SECRET, result.user_id, result.email))
         assert r.status_code == 200, r.text
+        assert result.team_id is not None  # a signup makes the account's first team
         return Account(
             email=email, name=name, user_id=result.user_id, team_id=result.team_id, password=password
         )
@@ -243,11 +250,40 @@ class Web:
         await page.fill("#email", account.email)
         await page.fill("#password", account.password)
         await page.click("#login-submit")
-        await page.wait_for_url("**/dashboard/sandboxes")
+        await page.wait_for_url(f"**{HOME}")
 
-    async def signed_in_page(self, account: Account, viewport: dict[str, int] | None = None) -> Page:
+    async def session_cookie(self, account: Account) -> str:
+        """The session cookie the dashboard's login form sets for ``account``, from its own routes
+        (``GET /login`` for the form's CSRF token, then ``POST /login``) without a browser."""
+        async with httpx.AsyncClient(base_url=self.live.url, timeout=60) as client:
+            form = await client.get("/login")
+            found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert form.status_code == 200 and found, form.text
+            fields = {"email": account.email, "password": account.password, "csrf_token": found[1]}
+            r = await client.post("/login", data=fields, headers={"Origin": self.live.url})
+            assert r.status_code == 303 and r.headers["location"] == HOME, (r.status_code, r.text)
+            return r.cookies[sessions.COOKIE_NAME]
+
+    async def signed_in_page(
+        self, account: Account, viewport: dict[str, int] | None = None, *, path: str = HOME
+    ) -> Page:
+        """A page signed in as ``account`` (the cookie the login form sets, on its context), at
+        ``path``: the sign-in's own landing page unless told."""
         page = await self.new_page(viewport)
-        await self.login(page, account)
+        cookie = await self.session_cookie(account)
+        await page.context.add_cookies(
+            [
+                {
+                    "name": sessions.COOKIE_NAME,
+                    "value": cookie,
+                    "url": self.live.url,
+                    "httpOnly": True,
+                    "sameSite": "Lax",
+                }
+            ]
+        )
+        await page.goto(path)
+        await page.wait_for_url(f"**{path}")  # not sent back to /login
         return page
 
     def foreign_requests(self) -> list[str]:
