@@ -13,9 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 async def _team_page(web: Web, account: Account) -> Page:
-    page = await web.signed_in_page(account)
-    await page.goto("/dashboard/team")
-    return page
+    return await web.signed_in_page(account, path="/dashboard/team")
 
 
 async def _switch(page: Page, team_name: str) -> None:
