@@ -26,6 +26,7 @@ from tests.security.test_attack_session17_preview_revocation import (
     SERVER,
     Tap,
     _stopping,
+    assert_flowing,
     http_tap,
     ws_tap,
 )
@@ -88,13 +89,11 @@ def test_making_a_port_private_ends_its_visitors(platform: Platform) -> None:
             ws_tap("bob ws token", f"{base}/ws", by_token, stop),
             http_tap("bob http token", f"{base}/stream", by_token, stop),
         ]
-        for tap in cut + kept:
-            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        assert_flowing(cut + kept, "never flowed")
         r = bob.w("PATCH", f"/v1/sandboxes/{sid}", {"public_ports": [KEPT]})
         assert r.status_code == 200, r.text
         _wait_ended(cut, f"port {CLOSED} was made private")
-        for tap in kept:
-            assert tap.flowing(), f"{tap.name} was cut though its access holds: {tap.how}"
+        assert_flowing(kept, "was cut though its access holds")
     # And a new visit is refused, as before.
     r = httpx.get(f"{platform.url}/v1/sandboxes/{sid}/ports/{CLOSED}/", timeout=60)
     assert r.status_code == 401, r.text
@@ -106,8 +105,7 @@ def test_a_sandbox_deleted_or_paused_ends_its_visitors(platform: Platform, how: 
     sid, _ = _bobs_sandbox(platform, bob)
     with _stopping() as stop:
         cut = _eve(platform, sid, CLOSED, stop)
-        for tap in cut:
-            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        assert_flowing(cut, "never flowed")
         if how == "deleted":
             r = bob.w("DELETE", f"/v1/sandboxes/{sid}")
         else:
