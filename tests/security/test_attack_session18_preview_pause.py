@@ -30,6 +30,7 @@ from tests.security.test_attack_session17_preview_revocation import (
     _stopping,
     _warren_proxy,
     _with_query,
+    assert_flowing,
     http_tap,
 )
 from tests.security.test_attack_session18_preview_expiry import WsTap, wait_ended
@@ -80,8 +81,7 @@ def test_pausing_a_sandbox_ends_its_preview_connections(platform: Platform, wher
     sid, token, signed = _sandbox(platform, bob, {"X-API-Key": bob.api_key})
     with _via(platform, where) as via, _stopping() as stop:
         ws, every = _taps(via, sid, token, signed, stop)
-        for tap in every:
-            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        assert_flowing(every, "never flowed")
         r = bob.w("POST", f"/v1/sandboxes/{sid}/pause")
         assert r.status_code == 200, r.text
         wait_ended(every, time.time() + ENDS_WITHIN_S, f"the sandbox was paused (+{ENDS_WITHIN_S:.0f} s)")
@@ -96,8 +96,7 @@ def test_a_snapshot_ends_its_preview_connections(platform: Platform) -> None:
     sid, token, signed = _sandbox(platform, bob, {"X-API-Key": bob.api_key})
     with _stopping() as stop:
         ws, every = _taps(platform.url, sid, token, signed, stop)
-        for tap in every:
-            assert tap.flowing(), f"{tap.name} never flowed: {tap.how}"
+        assert_flowing(every, "never flowed")
         r = bob.w("POST", "/v1/snapshots", {"sandbox_id": sid, "name": "s18-snap"}, timeout=600)
         assert r.status_code == 201, r.text
         wait_ended(every, time.time() + ENDS_WITHIN_S, "the sandbox was snapshotted")
