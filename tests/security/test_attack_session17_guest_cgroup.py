@@ -202,8 +202,14 @@ def test_a_memory_hog_at_the_guests_score_never_takes_the_guest(agent: AgentProc
             assert code != -1, (i, out)
             alive += out == "ok\n"
         assert alive > 0, "every command was killed"
-        # The guest is the sandbox's first process still, and the next command works.
-        assert run(agent, sb, "kill -9 -1; cat /proc/1/comm")[0] == 0
+        # The guest is the sandbox's first process still, and the next command works: the one
+        # that ends the fill may itself be a victim of the storm before its kill runs (-9, as
+        # above; CI, session 27), the next one then runs in a quiet sandbox.
+        for _ in range(3):
+            code, out = run(agent, sb, "kill -9 -1; cat /proc/1/comm")
+            if code != -9:
+                break
+        assert code == 0, (code, out)
 
 
 def test_an_upload_is_charged_to_the_commands_not_the_guest(agent: AgentProcess) -> None:

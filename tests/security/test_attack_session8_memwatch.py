@@ -131,6 +131,10 @@ def assert_held(a: AgentProcess, sb_id: str, res: pb.ExecResponse) -> None:
     assert peak <= (MEMORY_MB << 20) + MEMORY_HEADROOM
 
 
+# Alone (serial), as the late hog below: on top of a full disk the watchdog has only the headroom
+# to catch the hog in; beside the parallel pass on a loaded machine it was once outrun and the host
+# ended the sandbox (CI, session 27: the self-harm case of docs/security.md §1b).
+@pytest.mark.serial
 @pytest.mark.parametrize(("user", "where"), [("nobody", "/var/tmp"), ("root", "/dev/shm")])
 def test_a_full_disk_then_a_hog_is_killed_inside_and_the_sandbox_lives(
     agent: AgentProcess, sandbox: str, user: str, where: str
