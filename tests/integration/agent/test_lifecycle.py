@@ -300,6 +300,24 @@ def test_a_sandbox_whose_guest_died_is_cleaned_up(agent: AgentProcess) -> None:
     assert wait_no_leaks(agent, r.sandbox_id, r.host_ip) == []
 
 
+def destroy_given_up(agent: AgentProcess, sb_id: str) -> None:
+    """DestroySandbox with a 30 ms deadline, again until the agent has begun it (the sandbox has
+    left its list): on a loaded host the deadline can pass before the handler runs at all, and
+    then nothing was started (the sandbox still listed, whole; CI, session 27)."""
+    for _ in range(20):
+        with pytest.raises(grpc.RpcError) as ei:
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb_id), timeout=0.03)
+        assert code_of(ei.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if sb_id not in {
+                x.sandbox_id for x in agent.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes
+            }:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"{sb_id}: no destroy began")
+
+
 @pytest.mark.parametrize("status", ["running", "paused"])
 def test_destroy_finishes_even_when_the_caller_gives_up(agent: AgentProcess, status: str) -> None:
     """A client deadline cancels the RPC's handler; the teardown it started must still finish
@@ -310,9 +328,7 @@ def test_destroy_finishes_even_when_the_caller_gives_up(agent: AgentProcess, sta
         tpl = str(uuid.uuid4())
         s.CreateSnapshot(pb.CreateSnapshotRequest(sandbox_id=r.sandbox_id, team_id=TEAM, template_id=tpl))
         s.DeleteSnapshot(pb.DeleteSnapshotRequest(team_id=TEAM, template_id=tpl))
-    with pytest.raises(grpc.RpcError) as ei:
-        s.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=r.sandbox_id), timeout=0.03)
-    assert code_of(ei.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    destroy_given_up(agent, r.sandbox_id)
     assert wait_no_leaks(agent, r.sandbox_id, r.host_ip, timeout=60) == []
     assert r.sandbox_id not in {x.sandbox_id for x in s.ListSandboxes(pb.ListSandboxesRequest()).sandboxes}
     with pytest.raises(grpc.RpcError) as ei:
