@@ -47,7 +47,7 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def _token(
+def token_result(
     secret: str,
     *,
     user_id: uuid.UUID,
@@ -57,7 +57,7 @@ def _token(
     name: str,
     is_admin: bool,
 ) -> AuthResult:
-    """A JWT for ``team_id``, or a teamless one when it is None."""
+    """A JWT for ``team_id``, or a teamless one when it is None (password and OAuth sign-ins)."""
     token = issue_user_jwt(
         secret, user_id=user_id, team_id=team_id, role=role, email=email, name=name, is_admin=is_admin
     )
@@ -115,7 +115,7 @@ async def signup(
         raise Conflict("an account with this email already exists", code="email_taken") from e
     if settings is not None:
         await email_verification.after_signup(engine, settings, user_uuid, email)
-    return _token(
+    return token_result(
         jwt_secret, user_id=user_uuid, team_id=team_uuid, role="owner", email=email, name=name, is_admin=False
     )
 
@@ -154,7 +154,7 @@ async def login(
         found = await login_team(conn, user.id)
     # No live team: a teamless token, so the user can still answer an invitation or make a team.
     team_uuid, role = found if found is not None else (None, None)
-    return _token(
+    return token_result(
         jwt_secret,
         user_id=user.id,
         team_id=team_uuid,
@@ -196,7 +196,7 @@ async def switch_team(engine: AsyncEngine, jwt_secret: str, ctx: AuthContext, te
         raise Unauthorized("invalid or expired token")
     if row.role is None:
         raise Forbidden("not a member of this team")
-    return _token(
+    return token_result(
         jwt_secret,
         user_id=ctx.user_id,
         team_id=team_uuid,

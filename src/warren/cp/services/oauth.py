@@ -30,8 +30,9 @@ from warren import clock, ids
 from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import oauth_providers, users
-from warren.cp.security.tokens import constant_time_equals, issue_user_jwt
+from warren.cp.security.tokens import constant_time_equals
 from warren.cp.services import emails
+from warren.cp.services.auth import AuthResult, token_result
 from warren.cp.services.teams import email_registered, insert_account, login_team
 from warren.errors import InvalidRequest, NotFound
 
@@ -187,7 +188,7 @@ async def _github_emails(
     ]
 
 
-async def _login_existing(engine: AsyncEngine, secret: str, user_id: uuid.UUID) -> dict[str, str]:
+async def _login_existing(engine: AsyncEngine, secret: str, user_id: uuid.UUID) -> AuthResult:
     async with autocommit(engine) as conn:
         user = (
             await conn.execute(
@@ -199,28 +200,25 @@ async def _login_existing(engine: AsyncEngine, secret: str, user_id: uuid.UUID) 
         raise _Fail("db_error")
     # No live team: a teamless token, as password login issues (docs/spec.md §2.1).
     team_id, role = found if found is not None else (None, None)
-    return _result(secret, user_id, team_id, role, user.email, user.name, bool(user.is_admin))
-
-
-def _result(
-    secret: str,
-    user_id: uuid.UUID,
-    team_id: uuid.UUID | None,
-    role: str | None,
-    email: str,
-    name: str,
-    is_admin: bool,
-) -> dict[str, str]:
-    """The result cookies' values; ``team_id`` is "" for a teamless token."""
-    token = issue_user_jwt(
-        secret, user_id=user_id, team_id=team_id, role=role, email=email, name=name, is_admin=is_admin
+    return token_result(
+        secret,
+        user_id=user_id,
+        team_id=team_id,
+        role=role,
+        email=user.email,
+        name=user.name,
+        is_admin=bool(user.is_admin),
     )
+
+
+def _cookie_values(result: AuthResult) -> dict[str, str]:
+    """The result cookies' values; ``team_id`` is "" for a teamless token."""
     return {
-        "token": token,
-        "user_id": ids.user_id(user_id),
-        "team_id": ids.team_id(team_id) if team_id is not None else "",
-        "email": email,
-        "name": name,
+        "token": result.token,
+        "user_id": result.user_id,
+        "team_id": result.team_id or "",
+        "email": result.email,
+        "name": result.name,
     }
 
 
@@ -246,7 +244,7 @@ async def _find_identity(engine: AsyncEngine, provider: str, provider_id: str) -
     return uid
 
 
-async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Identity) -> dict[str, str]:
+async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Identity) -> AuthResult:
     existing = await _find_identity(engine, provider, ident.provider_id)
     if existing is not None:
         if ident.verified:
@@ -280,8 +278,15 @@ async def _sign_in(engine: AsyncEngine, secret: str, provider: str, ident: _Iden
         if existing is not None:
             return await _login_existing(engine, secret, existing)
         raise _Fail("email_taken") from None
-    return _result(
-        secret, user_id, ids.parse_id(ids.Kind.TEAM, team.id), "owner", ident.email, ident.name, False
+    team_id = ids.parse_id(ids.Kind.TEAM, team.id)
+    return token_result(
+        secret,
+        user_id=user_id,
+        team_id=team_id,
+        role="owner",
+        email=ident.email,
+        name=ident.name,
+        is_admin=False,
     )
 
 
@@ -328,12 +333,12 @@ async def complete(
             httponly=False,
             secure=secure,
         )
-        for key, value in result.items()
+        for key, value in _cookie_values(result).items()
     ]
     cookies.append(
         Cookie(
             name=bind_cookie_name(secure),
-            value=landing_cookie_value(secret, result["token"]),
+            value=landing_cookie_value(secret, result.token),
             path="/",
             max_age=RESULT_MAX_AGE,
             httponly=True,
