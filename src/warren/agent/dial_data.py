@@ -68,7 +68,23 @@ class _Held:
     timer: asyncio.TimerHandle
 
 
-class _SandboxSide(asyncio.Protocol):
+class _Relayed(asyncio.Protocol):
+    """Either end of a relay: while this end's writes are past their high-water mark, the other
+    end reads nothing."""
+
+    def _other_transport(self) -> asyncio.Transport | None:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        if (t := self._other_transport()) is not None:
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        if (t := self._other_transport()) is not None:
+            t.resume_reading()
+
+
+class _SandboxSide(_Relayed):
     """The socket dialled in the sandbox's netns. Reads nothing until a data connection links."""
 
     def __init__(self, touch: Callable[[], None], release: Callable[[], None]) -> None:
@@ -98,16 +114,11 @@ class _SandboxSide(asyncio.Protocol):
         if self.peer is not None:
             self.peer.sandbox_gone()
 
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.t is not None:
-            self.peer.t.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.t is not None:
-            self.peer.t.resume_reading()
+    def _other_transport(self) -> asyncio.Transport | None:
+        return self.peer.t if self.peer is not None else None
 
 
-class _DataSide(asyncio.Protocol):
+class _DataSide(_Relayed):
     """One connection to the data port: preamble, then frames to and from the sandbox side."""
 
     def __init__(self, port: DataPort) -> None:
@@ -264,13 +275,8 @@ class _DataSide(asyncio.Protocol):
         if self.sb is not None and self.sb.t is not None:
             self.sb.t.abort()
 
-    def pause_writing(self) -> None:
-        if self.sb is not None and self.sb.t is not None:
-            self.sb.t.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.sb is not None and self.sb.t is not None:
-            self.sb.t.resume_reading()
+    def _other_transport(self) -> asyncio.Transport | None:
+        return self.sb.t if self.sb is not None else None
 
 
 class DataPort:
