@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-__all__ = ["cancel_and_wait", "outlast"]
+__all__ = ["cancel_and_wait", "outlast", "until_first"]
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
@@ -19,6 +19,16 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
     for t in tasks:
         with contextlib.suppress(BaseException):
             await t
+
+
+async def until_first(*tasks: asyncio.Future[Any]) -> None:
+    """Wait until the first of ``tasks`` ends (two sides of a relay, a reply raced against an
+    exit), then cancel the others and wait for each to end (:func:`cancel_and_wait`), also when
+    the caller is cancelled meanwhile. Their outcomes stay on the tasks for the caller to read."""
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*tasks)
 
 
 async def outlast(fut: asyncio.Future[Any], within_s: float | None = None) -> bool:

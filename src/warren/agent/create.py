@@ -36,6 +36,7 @@ from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.bundle import GUEST_MOUNT, GUEST_SOCKET, BundleSpec, oci_config
 from warren.agent.sandbox_fs import DiskSize, SandboxFs
 from warren.agent.templates import MAPPED_BASE, TemplateRef, uid_base
+from warren.aio import until_first
 from warren.egress_rules import EgressRules
 from warren.errors import InternalError, InvalidRequest, WarrenError
 
@@ -349,12 +350,7 @@ class SandboxBuilder:
         :data:`GUEST_READY_TIMEOUT`."""
         ready = asyncio.create_task(self.guest_of(sb).wait_ready(GUEST_READY_TIMEOUT))
         exited = asyncio.create_task(until_exit(sb.pid))  # the one pidfd watch (container_exits)
-        try:
-            await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (ready, exited):
-                t.cancel()
-            await asyncio.gather(ready, exited, return_exceptions=True)
+        await until_first(ready, exited)
         if ready.done() and not ready.cancelled():
             return ready.result()  # an answer (or its error) wins over an exit right after it
         how = exited.result()

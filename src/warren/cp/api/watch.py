@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from warren.aio import until_first
 from warren.cp import ws
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.api.exec import json_body
@@ -80,12 +81,7 @@ async def _relay(websocket: WebSocket, frames: AsyncGenerator[dict[str, Any]]) -
 
     gone = asyncio.create_task(client_gone())
     relay = asyncio.create_task(pump())
-    try:
-        await asyncio.wait({gone, relay}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (gone, relay):
-            t.cancel()
-        await asyncio.gather(gone, relay, return_exceptions=True)
+    await until_first(gone, relay)
 
 
 @router.post("/{sandbox_id}/watchers", status_code=201, response_model=svc.WatcherCreated, responses=_ERR,

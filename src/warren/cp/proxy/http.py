@@ -22,7 +22,7 @@ from typing import Any
 import h11
 from starlette.types import Receive, Scope, Send
 
-from warren.aio import cancel_and_wait
+from warren.aio import until_first
 from warren.cp.hosts.client_pool import HostClient
 from warren.cp.proxy import pace
 from warren.cp.proxy.data import open_stream
@@ -242,10 +242,7 @@ async def _duplex(conn: _Conn, req: h11.Request, receive: Receive, send: Send) -
     await conn.send(req)
     up = asyncio.create_task(_send_body(conn, receive))
     down = asyncio.create_task(_answer(conn, send))
-    try:
-        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait(up, down)  # (outcomes kept: read below)
+    await until_first(up, down)  # (outcomes kept: read below)
     if down.done() and not down.cancelled() and down.exception() is None:
         return
     if up.done() and not up.cancelled() and (e := up.exception()) is not None:

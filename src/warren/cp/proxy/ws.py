@@ -18,7 +18,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from warren.aio import cancel_and_wait
+from warren.aio import until_first
 from warren.cp.proxy import pace
 from warren.cp.proxy.stream import ByteStream
 
@@ -130,13 +130,10 @@ async def handshake(
 async def relay(up: _Upstream, receive: Receive, send: Send) -> None:
     """Messages both ways until either side closes."""
     tasks = {asyncio.create_task(_from_client(up, receive)), asyncio.create_task(_from_upstream(up, send))}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if not t.cancelled() and (e := t.exception()) is not None:
-                log.info("event=proxy_ws_end error=%r", e)
-    finally:
-        await cancel_and_wait(*tasks)
+    await until_first(*tasks)
+    for t in tasks:
+        if not t.cancelled() and (e := t.exception()) is not None:
+            log.info("event=proxy_ws_end error=%r", e)
 
 
 async def _from_client(up: _Upstream, receive: Receive) -> None:
