@@ -72,9 +72,12 @@ TERMINAL_EVERY = 6  # of the streams opened, every sixth is a terminal
 WATCHES_PER_SANDBOX = 32  # the guest's limit
 FLOOD_S = 60  # the longest a flood runs, however the streams take it
 # The most one stream is sent: more than the CP and the agent may hold together (their bounds),
-# so what a stream takes past it they do not hold (or their RSS shows it). A stream the guest
-# takes input from and drops (one terminal of 32 running `yes` took 1.3-2.8 GiB a run) was
-# flooded until the rest stopped, its CPU and no more proof.
+# so what a stream takes past it they do not hold (or their RSS shows it). A stream that has
+# ended is still read for up to 10 s (uvicorn's close timeout: the CP sent its error or exit and
+# its close, and waits for the client's close; what arrives meanwhile is discarded). This client
+# reads nothing, so it never sees the end: in the terminals case the guest detaches one or more
+# of 32 unread terminals (what its lagging clients hold together is bounded, guest_agent/lag.py),
+# whose stream then took 0.6-6.8 GiB (a terminal alone that exited: 20 GiB) until the rest stopped.
 STREAM_MAX = sum(BOUNDS_MIB) * MIB
 
 
@@ -227,7 +230,11 @@ def test_many_streams_whose_client_never_reads_the_output(
     sends at most its credit window unacknowledged and reads little of the guest's ahead, the CP
     acknowledges only what its WebSocket took), and ``cat`` then stops reading its stdin, which
     holds back as above (``yes`` never reads it). A terminal's output is held back by the guest
-    (the agent reads little of it ahead); half the streams are terminals (a sandbox runs 32)."""
+    (the agent reads little of it ahead); half the streams are terminals (a sandbox runs 32).
+    With 32 unread, the guest detaches one or more within seconds (the output they hold together
+    passes lag.py's bound): that stream ends with an error frame, unread, and is flooded at most
+    STREAM_MAX. (Its terminals were all raw when looked at during the flood; waiting for each
+    one's ``stty`` before flooding changed nothing: the detached stream still took ~1 GiB.)"""
     mine, theirs = sandboxes
     with ExitStack() as stack, watching(platform) as rss:
         frames, _ = _open_many(stack, alice, mine, command, terminal_every, terminal=RAW_YES)
