@@ -154,6 +154,22 @@ async def test_input_op_and_many_terminals(guest: RunningGuest) -> None:
     assert await _exit(s) == -9
 
 
+async def test_input_to_an_exited_terminal_is_refused(guest: RunningGuest) -> None:
+    # As send_stdin to a process whose stdin is closed: invalid_argument, not `{}` with the
+    # input dropped (session 28).
+    s = await _open(guest, cmd="/bin/cat")
+    await s.signal(signal.SIGKILL)
+    assert await _exit(s) == -9
+    conn = await Conn.open(guest.socket)
+    conn.send(K_REQ, jdump({"op": "pty_input", "pid": s.pid}))
+    conn.send(K_DATA, b"too late\n")
+    conn.send(3)
+    with pytest.raises(GuestError) as e:
+        await conn.result()
+    conn.close()
+    assert e.value.kind == "invalid_argument" and "has exited" in e.value.message
+
+
 async def test_at_most_32_running_terminals(guest: RunningGuest) -> None:
     sessions = [await _open(guest, cmd="/bin/cat") for _ in range(32)]
     with pytest.raises(GuestError) as e:

@@ -463,6 +463,26 @@ class PtySessionOp(Op):
         self.p.unsubscribe(self.conn)
 
 
+class PtyInputOp(InputOp):
+    """``pty_input``: refused once the terminal has exited, as ``send_stdin`` is for a process
+    whose stdin is closed (before, the input was answered as taken and dropped)."""
+
+    def __init__(self, conn: "Conn", p: Pty) -> None:
+        _check_input(p)
+        super().__init__(conn, p)
+        self.p = p
+
+    def on_frame(self, kind: int, payload: bytes) -> None:
+        if kind == K_DATA:
+            _check_input(self.p)  # it exited while this op was open
+        super().on_frame(kind, payload)
+
+
+def _check_input(p: Pty) -> None:
+    if not p.running or p.master < 0:
+        raise GuestFail("invalid_argument", f"terminal {p.pid} has exited: it takes no input")
+
+
 def start_op(guest: "Guest", conn: "Conn", op: str, req: "dict[str, Any]") -> "Op | None":
     if op == "pty_start":
         if guest.stopping:
@@ -471,7 +491,7 @@ def start_op(guest: "Guest", conn: "Conn", op: str, req: "dict[str, Any]") -> "O
     if op == "pty_connect":
         return PtySessionOp(conn, _find(guest, req), replay=True)
     if op == "pty_input":
-        return InputOp(conn, _find(guest, req))
+        return PtyInputOp(conn, _find(guest, req))
     p = _find(guest, req)
     if op == "pty_resize":
         p.resize(*parse_size(req))
