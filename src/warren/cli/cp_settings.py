@@ -38,5 +38,8 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
     named rather than picked by uvicorn: it reads one message ahead of the app and then stops
     reading the socket until the app takes it (``ws_max_queue`` is the other implementation's
     read-ahead, 32 messages by default), and it refuses a message over ``ws_max_size`` from its
-    frame header, before holding it: close 1009 for that connection alone."""
-    return {"ws": "websockets-sansio", "ws_max_size": settings.ws_max_message, "ws_max_queue": 1}
+    frame header, before holding it: close 1009 for that connection alone. It is used as
+    ``connection_guard.GuardedWebSocketProtocol``, which bounds what a client sends past a close."""
+    from warren.cp.connection_guard import GuardedWebSocketProtocol  # the server's, not the CLI's
+
+    return {"ws": GuardedWebSocketProtocol, "ws_max_size": settings.ws_max_message, "ws_max_queue": 1}

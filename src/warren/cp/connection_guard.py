@@ -32,6 +32,12 @@ response's head written with its body, ``warren.cp.http_writes``):
   protocol that took it over loses it (until session 12 it left the count at its upgrade: one
   address held as many idle WebSockets as the process cap, preview WebSockets on public ports
   counted by no team, and every team of a user's each holding its own stream cap).
+
+``GuardedWebSocketProtocol`` is uvicorn's sans-I/O WebSocket protocol with one bound added:
+
+- **After a WebSocket's close**: a client may send at most ``MAX_AFTER_CLOSE`` once the app has
+  closed its WebSocket (the close reply it owes may come behind a message in flight); past it
+  the connection is dropped. uvicorn reads on after a close, discarding, until the reply or 10 s.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from warren.config import Settings, get_settings
 from warren.cp.http_writes import HeadHolder
@@ -55,6 +62,9 @@ log = logging.getLogger("warren.connections")
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 32 * 1024 * 1024
+# What a WebSocket's client may still send once the app has closed it: its close reply may come
+# behind what it sent before it saw the close (a message in flight, 1 MiB at most by default).
+MAX_AFTER_CLOSE = 1024 * 1024
 # File descriptors kept for everything but client connections: the database pool, agent
 # channels, spool and log files, the listening sockets.
 FD_RESERVE = 512
@@ -271,10 +281,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         transport.close()
 
 
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol (``ws=`` in uvicorn's config) that drops a
+    connection whose client sends more than ``MAX_AFTER_CLOSE`` after the app closed it. The
+    protocol (``close_sent``) then reads on, back-pressure or not, discarding every message until
+    the client's close reply or its 10 s ``close_timeout``: a client that never replied had the
+    process read and parse at line rate for those 10 s (session 28: ~20 GiB and 7 CPU-s over one
+    stream whose command exited)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_close = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self.close_sent:
+            self._after_close += len(data)
+            if self._after_close > MAX_AFTER_CLOSE:
+                if not self.transport.is_closing():
+                    log.info("event=websocket_dropped why=sent_past_close bytes=%d", self._after_close)
+                self.transport.abort()
+                return
+        super().data_received(data)
+
+
 def http_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options for a server with these bounds (and the open-file limit they need)."""
     raise_open_file_limit(settings)
     return {"http": GuardedHttpToolsProtocol}
 
 
-__all__ = ["ConnectionLimits", "GuardedHttpToolsProtocol", "http_options", "raise_open_file_limit"]
+__all__ = [
+    "ConnectionLimits",
+    "GuardedHttpToolsProtocol",
+    "GuardedWebSocketProtocol",
+    "http_options",
+    "raise_open_file_limit",
+]
