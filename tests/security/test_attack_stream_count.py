@@ -73,11 +73,12 @@ WATCHES_PER_SANDBOX = 32  # the guest's limit
 FLOOD_S = 60  # the longest a flood runs, however the streams take it
 # The most one stream is sent: more than the CP and the agent may hold together (their bounds),
 # so what a stream takes past it they do not hold (or their RSS shows it). A stream that has
-# ended is still read for up to 10 s (uvicorn's close timeout: the CP sent its error or exit and
-# its close, and waits for the client's close; what arrives meanwhile is discarded). This client
-# reads nothing, so it never sees the end: in the terminals case the guest detaches one or more
-# of 32 unread terminals (what its lagging clients hold together is bounded, guest_agent/lag.py),
-# whose stream then took 0.6-6.8 GiB (a terminal alone that exited: 20 GiB) until the rest stopped.
+# ended was still read for up to 10 s (uvicorn's close timeout: the CP sent its error or exit and
+# its close, and waited for the client's close, discarding what came): in the terminals case the
+# guest detaches one or more of 32 unread terminals (what its lagging clients hold together is
+# bounded, guest_agent/lag.py), whose stream then took 0.6-6.8 GiB until the rest stopped. Since
+# session 28 the CP drops such a connection 1 MiB past its close
+# (test_attack_session28_ws_close_flood.py); the cap stays, for the tree before that.
 STREAM_MAX = sum(BOUNDS_MIB) * MIB
 
 
