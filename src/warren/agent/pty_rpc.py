@@ -44,11 +44,17 @@ K_RESIZE = 10  # guest PTY session: JSON {"cols", "rows"} (guest/PROTOCOL.md)
 MAX_DIM = 1000  # columns and rows, as the guest checks them
 MAX_INPUT = 1 << 20  # one input message; the CP sends at most 64 KiB
 MAX_CMD_FIELD = 64 << 10  # cmd, each arg, cwd
+# What the client of a stream the guest detached is told (ABORTED: rpc_errors.GUEST_CODES).
+DETACHED = (
+    "this connection was detached: it did not read the terminal's output, which the sandbox "
+    "holds for lagging clients only up to a bound; the terminal keeps running: connect again "
+    "with its pid"
+)
 
 
 @dataclass
 class PtyEvent:
-    kind: str  # "output" | "exit" | "error"
+    kind: str  # "output" | "exit" | "error" | "detached"
     data: bytes = b""
     exit_code: int = 0
     error: str = ""
@@ -77,6 +83,11 @@ class PtySession(GuestStream):
 
     async def __anext__(self) -> PtyEvent:
         if isinstance(got := await self._next_frame(), GuestError):
+            if got.kind == "unavailable" and self._conn.lifeline is not None:
+                # The guest closed this connection while its container lives (the lifeline
+                # would have said NOT_RUNNING within its grace): it detached this client, which
+                # fell behind (guest lag.py, pty.STALL_LIMIT). Only this stream ends either way.
+                return PtyEvent("detached", error=got.message)
             return PtyEvent("error", error=got.message)
         kind, payload = got
         if kind == K_STDOUT:
@@ -146,7 +157,8 @@ def start_request(st: pb.PtyStart, user: str, cwd: str | None) -> dict[str, Any]
 
 async def control(guest: GuestClient, req: pb.PtyControlRequest) -> None:
     """``PtyControl``: one input, resize or signal to the terminal ``req.pid`` through the
-    guest's unary terminal ops (``not_found`` once it exited)."""
+    guest's unary terminal ops (``not_found`` once it is gone; input to one that exited is
+    ``invalid_argument``, as a process's closed stdin)."""
     if req.pid <= 0:
         raise InvalidRequest("a terminal is selected by a positive pid")
     which = req.WhichOneof("msg")
@@ -219,6 +231,8 @@ def _event(ev: PtyEvent, failed: list[str]) -> pb.PtyEvent:
     # The guest connection broke, or a bad input message ended it.
     if failed:
         raise InvalidRequest(failed[0])
+    if ev.kind == "detached":
+        raise GuestError("detached", DETACHED)
     raise GuestError("unavailable", ev.error)
 
 

@@ -43,11 +43,13 @@ GUEST_CODES = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     # The sandbox's container died (container_exits.py): as any call into a stopped sandbox.
     "not_running": grpc.StatusCode.FAILED_PRECONDITION,
+    # A terminal client the guest detached for not reading its output (agent/pty_rpc.py).
+    "detached": grpc.StatusCode.ABORTED,
 }
 # Kinds whose message is written for the API's client (it becomes the HTTP error message).
 _CLIENT_WORDED = frozenset(
     {"not_found", "invalid_argument", "permission", "no_space", "output_too_large", "too_large"}
-) | {"not_running"}
+) | {"not_running", "detached"}
 
 
 def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
