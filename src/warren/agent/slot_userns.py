@@ -218,7 +218,7 @@ async def make(index: int, netns: str) -> None:
 
 
 async def remove(index: int) -> None:
-    """Let go of slot ``index``'s user namespace (its netns goes with ``ip netns delete``); the
+    """Let go of slot ``index``'s user namespace (its netns goes with network.delete_netns); the
     namespace itself ends when the sandbox's last process does. Nothing there: nothing done."""
     target = path(index)
     if not target.exists():
