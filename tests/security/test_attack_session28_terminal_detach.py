@@ -112,7 +112,9 @@ def test_a_terminal_detached_for_not_reading_says_so_and_runs_on(alice: Tenant, 
     assert "not read" in frame["message"] and "keeps running" in frame["message"], frame
     # The terminal runs on: connect again, and it answers with its pid and its output.
     url = alice.url.replace("http", "ws", 1) + f"/v1/sandboxes/{sandbox}/pty"
-    with ws_connect(url, additional_headers={"X-API-Key": alice.api_key}, open_timeout=30) as c:
+    key = {"X-API-Key": alice.api_key}
+    # close_timeout: the close is not waited for behind the output this client leaves unread.
+    with ws_connect(url, additional_headers=key, open_timeout=30, close_timeout=1) as c:
         c.send(json.dumps({"type": "connect", "pid": pid}))
         assert json.loads(c.recv(timeout=30)) == {"type": "started", "pid": pid}
         out = c.recv(timeout=30)

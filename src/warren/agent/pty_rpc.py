@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from warren.agent.guest_wire import (
     open_started,
 )
 from warren.aio import cancel_and_wait
-from warren.errors import InvalidRequest
+from warren.errors import InvalidRequest, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
 if TYPE_CHECKING:
@@ -68,25 +68,36 @@ def check_size(cols: int, rows: int) -> tuple[int, int]:
 
 class PtySession(GuestStream):
     """One guest connection attached to a terminal: iterate for output/exit, send input,
-    resizes and signals. Closing it detaches; the terminal lives on."""
+    resizes and signals. Closing it detaches; the terminal lives on.
+
+    ``alive``: whether the guest still answers, asked when the connection broke: then the guest
+    closed it on purpose, detaching this client (event ``detached``), else it is an ``error``."""
+
+    alive: Callable[[], Awaitable[bool]] | None = None
 
     @classmethod
     async def open(
-        cls, socket_path: GuestAddress, req: dict[str, Any], lifeline: Lifeline | None = None
+        cls,
+        socket_path: GuestAddress,
+        req: dict[str, Any],
+        lifeline: Lifeline | None = None,
+        alive: Callable[[], Awaitable[bool]] | None = None,
     ) -> PtySession:
         # A credit exec's small reader buffer: the default (1 MiB) held 2 MiB of output a
         # terminal whose client is not reading (64 terminals: +200 MiB on the agent).
-        return cls(*await open_started(socket_path, req, limit=READ_AHEAD, lifeline=lifeline))
+        session = cls(*await open_started(socket_path, req, limit=READ_AHEAD, lifeline=lifeline))
+        session.alive = alive
+        return session
 
     def __aiter__(self) -> PtySession:
         return self
 
     async def __anext__(self) -> PtyEvent:
         if isinstance(got := await self._next_frame(), GuestError):
-            if got.kind == "unavailable" and self._conn.lifeline is not None:
-                # The guest closed this connection while its container lives (the lifeline
-                # would have said NOT_RUNNING within its grace): it detached this client, which
-                # fell behind (guest lag.py, pty.STALL_LIMIT). Only this stream ends either way.
+            if got.kind == "unavailable" and self.alive is not None and await self.alive():
+                # The guest closed this connection and still answers: it detached this client,
+                # which fell behind (guest lag.py, pty.STALL_LIMIT). A guest may say so at will:
+                # only this stream ends either way.
                 return PtyEvent("detached", error=got.message)
             return PtyEvent("error", error=got.message)
         kind, payload = got
@@ -203,7 +214,7 @@ async def pty_stream(
             raise InvalidRequest("connect needs a positive pid")
         req, opts = {"op": "pty_connect", "pid": first.connect.pid}, first.connect
     guest = m.guest(sid)
-    session = await PtySession.open(guest.socket_path, req, guest.lifeline)
+    session = await PtySession.open(guest.socket_path, req, guest.lifeline, lambda: _answers(m, sid))
     # Credit (exec_credit): input written to the guest is acknowledged, and the CP sends only a
     # window of it ahead, so what the guest is not taking is not buffered by gRPC here; with
     # output credit too, this side sends only a window of output past what the CP handed on.
@@ -220,6 +231,15 @@ async def pty_stream(
                     yield ev
     finally:
         await session.close()
+
+
+async def _answers(m: SandboxManager, sid: str) -> bool:
+    """Whether the sandbox still runs here and its guest answers (a new connection)."""
+    try:
+        await m.guest(sid).health()
+    except (WarrenError, GuestError, OSError):
+        return False
+    return True
 
 
 def _event(ev: PtyEvent, failed: list[str]) -> pb.PtyEvent:

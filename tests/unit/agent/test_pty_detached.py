@@ -33,19 +33,26 @@ async def _guest_that_detaches(path: Path) -> asyncio.Server:
     return await asyncio.start_unix_server(serve, path=str(path))
 
 
-@pytest.mark.parametrize("watched", [True, False])
-async def test_a_connection_the_live_guest_closed_is_a_detach(tmp_path: Path, watched: bool) -> None:
+@pytest.mark.parametrize("answers", [True, False])
+async def test_a_connection_closed_by_a_guest_that_answers_is_a_detach(tmp_path: Path, answers: bool) -> None:
     sock = tmp_path / "guest.sock"
     server = await _guest_that_detaches(sock)
+
+    async def alive() -> bool:
+        return answers
+
     try:
-        lifeline = Lifeline() if watched else None
-        s = await PtySession.open(str(sock), {"op": "pty_connect", "pid": 7}, lifeline)
+        s = await PtySession.open(str(sock), {"op": "pty_connect", "pid": 7}, None, alive)
         assert s.pid == 7
         ev = await anext(s)
-        # Without a lifeline the agent cannot tell a detach from a dead guest.
-        assert ev.kind == ("detached" if watched else "error"), ev
+        # A guest that no longer answers (a sandbox killed, stopping) broke it: an error.
+        assert ev.kind == ("detached" if answers else "error"), ev
     finally:
         server.close()
+
+
+async def _never_asked() -> bool:
+    raise AssertionError("a dead container's NOT_RUNNING needs no question")
 
 
 async def test_a_guest_that_died_is_not_a_detach(tmp_path: Path) -> None:
@@ -53,7 +60,7 @@ async def test_a_guest_that_died_is_not_a_detach(tmp_path: Path) -> None:
     server = await _guest_that_detaches(sock)
     try:
         lifeline = Lifeline()
-        s = await PtySession.open(str(sock), {"op": "pty_connect", "pid": 7}, lifeline)
+        s = await PtySession.open(str(sock), {"op": "pty_connect", "pid": 7}, lifeline, _never_asked)
         lifeline.end("sandbox sb-x is not running")
         with pytest.raises(GuestError) as e:
             await anext(s)
