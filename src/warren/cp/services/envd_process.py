@@ -288,7 +288,14 @@ async def send_input(
 
             async def send(piece: bytes) -> None:
                 ctl = pb.PtyControlRequest(sandbox_id=sbx.sid, pid=pid, input=piece)
-                await client.stub.PtyControl(ctl, timeout=DEFAULT_TIMEOUT_S)
+                try:
+                    await client.stub.PtyControl(ctl, timeout=DEFAULT_TIMEOUT_S)
+                except AgentError as e:
+                    # The guest keeps an exited terminal (for a late connect) and refuses its
+                    # input; envd has removed it by then: not found, as a kill of it answers.
+                    if e.rpc_code == "INVALID_ARGUMENT" and "has exited" in e.message:
+                        raise NotFound(f"process with pid {pid} not found") from None
+                    raise
 
         else:
 
