@@ -1,19 +1,18 @@
 """Session 28: a WebSocket the server had closed read the client's flood for 10 s, at line rate.
 
-Once the app closes a WebSocket (a stream's command ended, a terminal exited, a watch refused),
+Once the app closes a WebSocket (a stream's command ended, a terminal exited, a start refused),
 uvicorn's protocol sends the close frame and keeps reading until the client's close reply, for up
 to 10 s (its ``close_timeout``), discarding every message meanwhile: it reads the socket again
 even where it had paused for back-pressure. A client that never replies and sends as fast as it
 can had the CP read and parse all of it: 19.8-21.7 GiB in those 10 s over one stream whose
 command exited (7.3 CPU-s of the CP), 18 GiB over eight; another team's reads slowed from 25 ms
-to 188 ms median meanwhile (the flooding client on the same two cores). Nothing bounded it per connection, team or address, and each closed
-stream gave the attacker another 10 s.
+to 188 ms median meanwhile (the flooding client on the same two cores). Nothing bounded it per
+connection, team or address, and each closed stream gave the attacker another 10 s.
 
 Written as the attacker runs it: the public WebSocket routes with her team's key, a raw client
 that sends masked frames as fast as the socket takes them and never reads. Now past
-``connection_guard.MAX_AFTER_CLOSE`` (1 MiB) after the app's close, the server drops the
-connection: what the client gets into the server is that plus what the kernels' socket buffers
-hold.
+``ws_guard.MAX_AFTER_CLOSE`` (1 MiB) after the app's close, the server drops the connection:
+what the client gets into the server is that plus what the kernels' socket buffers hold.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
     reading the socket until the app takes it (``ws_max_queue`` is the other implementation's
     read-ahead, 32 messages by default), and it refuses a message over ``ws_max_size`` from its
     frame header, before holding it: close 1009 for that connection alone. It is used as
-    ``connection_guard.GuardedWebSocketProtocol``, which bounds what a client sends past a close."""
-    from warren.cp.connection_guard import GuardedWebSocketProtocol  # the server's, not the CLI's
+    ``ws_guard.GuardedWebSocketProtocol``, which bounds what else a client makes it read and hold."""
+    from warren.cp.ws_guard import GuardedWebSocketProtocol  # the server's, not the CLI's
 
     return {"ws": GuardedWebSocketProtocol, "ws_max_size": settings.ws_max_message, "ws_max_queue": 1}

@@ -33,17 +33,7 @@ response's head written with its body, ``warren.cp.http_writes``):
   address held as many idle WebSockets as the process cap, preview WebSockets on public ports
   counted by no team, and every team of a user's each holding its own stream cap).
 
-``GuardedWebSocketProtocol`` is uvicorn's sans-I/O WebSocket protocol with two bounds added:
-
-- **Answers the client does not read**: while the connection's writes are backed up (the
-  transport's high-water mark), the client is not read. uvicorn wrote each ping's pong at once
-  and read on while the app waited for a message: a client sending pings and reading nothing
-  had every pong kept (session 28: +65 MiB of the CP after 73-94 MiB of pings, unbounded).
-- **After a WebSocket's close**: a client may send at most ``MAX_AFTER_CLOSE`` once the app has
-  closed its WebSocket (the close reply it owes may come behind a message in flight); past it
-  the connection is dropped. uvicorn reads on after a close, discarding, until the reply or 10 s:
-  a client that never replied had the process read and parse at line rate for those 10 s
-  (session 28: ~20 GiB and 7 CPU-s over one stream whose command exited).
+What a WebSocket's client makes the process read and hold is bounded in ``ws_guard``.
 """
 
 from __future__ import annotations
@@ -58,7 +48,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from warren.config import Settings, get_settings
 from warren.cp.http_writes import HeadHolder
@@ -68,9 +57,6 @@ log = logging.getLogger("warren.connections")
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 32 * 1024 * 1024
-# What a WebSocket's client may still send once the app has closed it: its close reply may come
-# behind what it sent before it saw the close (a message in flight, 1 MiB at most by default).
-MAX_AFTER_CLOSE = 1024 * 1024
 # File descriptors kept for everything but client connections: the database pool, agent
 # channels, spool and log files, the listening sockets.
 FD_RESERVE = 512
@@ -287,53 +273,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         transport.close()
 
 
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol (``ws=`` in uvicorn's config) with two bounds on
-    what a client makes the process read (the module docstring)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._after_close = 0
-        self._held_for_writes = False  # reading paused while the client does not read
-
-    def data_received(self, data: bytes) -> None:
-        if self.close_sent:
-            self._after_close += len(data)
-            if self._after_close > MAX_AFTER_CLOSE:
-                if not self.transport.is_closing():
-                    log.info("event=websocket_dropped why=sent_past_close bytes=%d", self._after_close)
-                self.transport.abort()
-                return
-        super().data_received(data)
-        if not self.writable.is_set() and not self._held_for_writes and not self.transport.is_closing():
-            # The answers it owes (pongs) are backed up: read no more until they drain.
-            self._held_for_writes = True
-            self.transport.pause_reading()
-
-    async def receive(self) -> Any:
-        message = await super().receive()
-        if self._held_for_writes and not self.transport.is_closing():
-            self.transport.pause_reading()  # uvicorn resumed it for the app: still backed up
-        return message
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._held_for_writes:
-            self._held_for_writes = False
-            if not self.read_paused and not self.transport.is_closing():
-                self.transport.resume_reading()
-
-
 def http_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options for a server with these bounds (and the open-file limit they need)."""
     raise_open_file_limit(settings)
     return {"http": GuardedHttpToolsProtocol}
 
 
-__all__ = [
-    "ConnectionLimits",
-    "GuardedHttpToolsProtocol",
-    "GuardedWebSocketProtocol",
-    "http_options",
-    "raise_open_file_limit",
-]
+__all__ = ["ConnectionLimits", "GuardedHttpToolsProtocol", "http_options", "raise_open_file_limit"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from starlette.types import Receive, Scope, Send
 from websockets.client import ClientProtocol
@@ -21,6 +20,7 @@ from websockets.uri import parse_uri
 from warren.aio import until_first
 from warren.cp.proxy import pace
 from warren.cp.proxy.stream import ByteStream
+from warren.cp.ws_pace import IDLE_REASON, IdleFramePace
 
 log = logging.getLogger("warren.proxy")
 
@@ -28,16 +28,8 @@ log = logging.getLogger("warren.proxy")
 # WARREN_WS_MAX_MESSAGE, the limit its uvicorn server puts on the client's side): one over it
 # closes both sides with 1009.
 MAX_MESSAGE = 1 << 20
-# Frames from the sandbox that complete no message and carry less than IDLE_FRAME_BYTES (pings,
-# pongs, small fragments): IDLE_FRAMES at once, then IDLE_FRAMES_PER_S; past that both sides are
-# closed with 1008. Each is parsed (a ping answered) on the CP's loop while its client reads
-# nothing: a sandbox's stream of empty pings kept a CP core busy (~0.5 MB/s saturates one), and
-# its client's message, held as a list of 1-2 byte fragments, cost ~20x its size (session 22,
-# test_attack_session22_preview_cpu). A message's fragments are now joined as they come.
-IDLE_FRAMES = 256
-IDLE_FRAMES_PER_S = 64.0
-IDLE_FRAME_BYTES = 1024
-IDLE_REASON = "too many frames without a message"
+# Frames from the sandbox that complete no message (pings, pongs, small fragments): ws_pace.py's
+# budget; a message's fragments are joined as they come.
 # Every frame from the sandbox, per connection: FRAMES_BURST at once, then FRAMES_PER_S (the
 # relay then waits), and the loop is let go every FRAMES_PER_TURN. A client reading 1-byte
 # messages as fast as it could (3 bytes each from the server) kept a CP core busy and another
@@ -153,22 +145,6 @@ async def _from_client(up: _Upstream, receive: Receive) -> None:
             return
 
 
-class _IdlePace:
-    """The budget of frames that complete no message (IDLE_FRAMES, then IDLE_FRAMES_PER_S)."""
-
-    def __init__(self) -> None:
-        self.left, self.at = float(IDLE_FRAMES), time.monotonic()
-
-    def take(self, frame: Frame) -> bool:
-        """False once ``frame`` (one that completes no message, small) is past the budget."""
-        if len(frame.data) >= IDLE_FRAME_BYTES or (frame.fin and frame.opcode in _DATA):
-            return True
-        now = time.monotonic()
-        self.left = min(float(IDLE_FRAMES), self.left + (now - self.at) * IDLE_FRAMES_PER_S) - 1
-        self.at = now
-        return self.left >= 0
-
-
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
@@ -196,7 +172,7 @@ class _FramePace:
 async def _from_upstream(up: _Upstream, send: Send) -> None:
     message = bytearray()
     text = False
-    pace, frames = _IdlePace(), _FramePace()
+    pace, frames = IdleFramePace(), _FramePace()
     events, data = up.early, b"early"
     while True:
         for frame in events:
