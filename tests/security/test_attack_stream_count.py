@@ -78,7 +78,7 @@ FLOOD_S = 60  # the longest a flood runs, however the streams take it
 # guest detaches one or more of 32 unread terminals (what its lagging clients hold together is
 # bounded, guest_agent/lag.py), whose stream then took 0.6-6.8 GiB until the rest stopped. Since
 # session 28 the CP drops such a connection 1 MiB past its close
-# (test_attack_session28_ws_close_flood.py); the cap stays, for the tree before that.
+# (test_attack_session28_ws_protocol.py); the cap stays, for the tree before that.
 STREAM_MAX = sum(BOUNDS_MIB) * MIB
 
 

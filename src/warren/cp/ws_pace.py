@@ -9,7 +9,7 @@ message is whole for the app to take, so nothing pauses the reading): a sandbox'
 empty pings kept a CP core busy (~0.5 MB/s saturates one), and its client's message, held as a
 list of 1-2 byte fragments, cost ~20x its size (session 22, test_attack_session22_preview_cpu); a
 client's empty continuation frames grew the CP without bound, its unsolicited pongs were read
-at line rate (session 28, test_attack_session28_ws_frames). Keepalive pings (one every few
+at line rate (session 28, test_attack_session28_ws_protocol). Keepalive pings (one every few
 seconds) and fragments of 1 KiB or more are never counted against it.
 """
 
