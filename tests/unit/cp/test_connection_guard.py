@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from tests.harness.machine import free_port
+from tests.harness.uvicorn_thread import serving
 from warren.cp.connection_guard import ConnectionLimits, GuardedHttpToolsProtocol
 
 WAIT_S = 30
@@ -40,21 +38,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, http=Guarded, log_level="error", timeout_keep_alive=60
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(WAIT_S)
+    with serving(app, http=Guarded, timeout_keep_alive=60) as port:
+        yield port
 
 
 def connect(port: int, source: str = "127.0.0.1", data: bytes = b"") -> socket.socket:

@@ -8,15 +8,13 @@ import asyncio
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from tests.harness.machine import free_port
+from tests.harness.uvicorn_thread import serving
 from warren.cp.connection_guard import ConnectionLimits, GuardedHttpToolsProtocol
 
 WAIT_S = 30
@@ -52,18 +50,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=Guarded, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(WAIT_S)
+    with serving(app, http=Guarded) as port:
+        yield port
 
 
 def connect(port: int) -> socket.socket:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 from websockets.frames import Frame
 
-from tests.harness.machine import free_port
+from tests.harness.uvicorn_thread import serving
 from warren.cp.ws_guard import GuardedWebSocketProtocol
 from warren.cp.ws_pace import IdleFramePace
 
@@ -52,17 +50,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws=Unpaced, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(WAIT_S)
+    with serving(app, ws=Unpaced) as port:
+        yield port
 
 
 def test_a_client_that_reads_nothing_is_not_read_while_its_pongs_are_backed_up(port: int) -> None:
