@@ -15,8 +15,11 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from warren.errors import WarrenError
 
 # Frame kinds, see PROTOCOL.md. A frame is a 4-byte big-endian payload length, a kind byte,
 # and the payload.
@@ -67,7 +70,7 @@ class GuestError(Exception):
 
 @dataclass
 class ExecEvent:
-    kind: Literal["start", "stdout", "stderr", "exit", "error"]
+    kind: Literal["start", "stdout", "stderr", "exit", "error", "detached"]
     pid: int = 0
     data: bytes = b""
     exit_code: int = 0
@@ -305,14 +308,55 @@ async def open_started(
         raise
 
 
+# What the client of an attach the guest detached is told (ABORTED: rpc_errors.GUEST_CODES);
+# a terminal's is pty_rpc.DETACHED.
+DETACHED_ATTACH = (
+    "this connection was detached: it did not read the process's output, which the sandbox "
+    "holds for lagging clients only up to a bound; the process keeps running: attach again "
+    "with its pid"
+)
+
+
+class Healthy(Protocol):
+    async def health(self) -> None: ...
+
+
+def answers(guest_of: Callable[[], Healthy]) -> Callable[[], Awaitable[bool]]:
+    """A stream's ``alive``: whether the sandbox still runs here (``guest_of``, the manager's
+    ``guest(sid)``, raises otherwise) and its guest answers ``health`` on a new connection. The
+    container's lifeline alone said alive for a sandbox being killed (session 28)."""
+
+    async def check() -> bool:
+        try:
+            await guest_of().health()
+        except (WarrenError, GuestError, OSError):
+            return False
+        return True
+
+    return check
+
+
 class GuestStream:
     """What a command's and a terminal's event streams share: the guest connection, how the
-    next frame is read, and how the stream ends."""
+    next frame is read, how the stream ends, and whether the guest detached its client.
+
+    ``alive``: whether the sandbox still runs and its guest answers (:func:`answers`),
+    asked when the connection broke; ``None`` for a stream whose break is always an error."""
+
+    alive: Callable[[], Awaitable[bool]] | None = None
 
     def __init__(self, conn: Conn, pid: int) -> None:
         self._conn = conn
         self._done = False
         self.pid = pid
+
+    async def _detached(self, e: GuestError) -> bool:
+        """Whether the guest closed this connection on purpose, detaching a client that fell
+        behind (guest lag.py: an attach or terminal client that did not read): it broke
+        (``unavailable``) and the guest still answers on a new connection. One rule for
+        terminals (pty_rpc) and attached processes; a guest may say so at will, but only this
+        stream ends either way."""
+        return e.kind == "unavailable" and self.alive is not None and await self.alive()
 
     async def _next_frame(self) -> tuple[int, bytes] | GuestError:
         """The guest's next frame, or the error that broke the connection (the stream has then
@@ -337,7 +381,8 @@ class ExecSession(GuestStream):
     """A running command's event stream plus its stdin / signal controls.
 
     Iterate it for :class:`ExecEvent` s: ``start`` first, then ``stdout``/``stderr`` as they
-    arrive, then ``exit`` (or ``error`` if the guest connection broke). Closing the session of a
+    arrive, then ``exit`` (or ``error`` if the guest connection broke, ``detached`` if the guest
+    closed it on purpose: :meth:`GuestStream._detached`). Closing the session of a
     foreground command kills it; a background command keeps running.
     """
 
@@ -353,7 +398,7 @@ class ExecSession(GuestStream):
             ev, self._pending = self._pending, None
             return ev
         if isinstance(got := await self._next_frame(), GuestError):
-            return ExecEvent(kind="error", error=got.message)
+            return ExecEvent(kind="detached" if await self._detached(got) else "error", error=got.message)
         kind, payload = got
         if kind == K_STDOUT:
             return ExecEvent(kind="stdout", pid=self.pid, data=payload)

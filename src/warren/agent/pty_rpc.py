@@ -26,6 +26,7 @@ from warren.agent.guest_wire import (
     GuestError,
     GuestStream,
     Lifeline,
+    answers,
     error_from,
     exit_of,
     jdump,
@@ -33,7 +34,7 @@ from warren.agent.guest_wire import (
     open_started,
 )
 from warren.aio import cancel_and_wait
-from warren.errors import InvalidRequest, WarrenError
+from warren.errors import InvalidRequest
 from warren.rpc import hostagent_pb2 as pb
 
 if TYPE_CHECKING:
@@ -70,10 +71,9 @@ class PtySession(GuestStream):
     """One guest connection attached to a terminal: iterate for output/exit, send input,
     resizes and signals. Closing it detaches; the terminal lives on.
 
-    ``alive``: whether the guest still answers, asked when the connection broke: then the guest
-    closed it on purpose, detaching this client (event ``detached``), else it is an ``error``."""
-
-    alive: Callable[[], Awaitable[bool]] | None = None
+    ``alive`` (:func:`guest_wire.answers`), asked when the connection broke: if the guest still
+    answers, it closed it on purpose, detaching this client (event ``detached``), else it is an
+    ``error`` (``GuestStream._detached``, the rule attached processes share)."""
 
     @classmethod
     async def open(
@@ -94,10 +94,7 @@ class PtySession(GuestStream):
 
     async def __anext__(self) -> PtyEvent:
         if isinstance(got := await self._next_frame(), GuestError):
-            if got.kind == "unavailable" and self.alive is not None and await self.alive():
-                # The guest closed this connection and still answers: it detached this client,
-                # which fell behind (guest lag.py, pty.STALL_LIMIT). A guest may say so at will:
-                # only this stream ends either way.
+            if await self._detached(got):  # it fell behind (guest lag.py, pty.STALL_LIMIT)
                 return PtyEvent("detached", error=got.message)
             return PtyEvent("error", error=got.message)
         kind, payload = got
@@ -214,7 +211,7 @@ async def pty_stream(
             raise InvalidRequest("connect needs a positive pid")
         req, opts = {"op": "pty_connect", "pid": first.connect.pid}, first.connect
     guest = m.guest(sid)
-    session = await PtySession.open(guest.socket_path, req, guest.lifeline, lambda: _answers(m, sid))
+    session = await PtySession.open(guest.socket_path, req, guest.lifeline, answers(lambda: m.guest(sid)))
     # Credit (exec_credit): input written to the guest is acknowledged, and the CP sends only a
     # window of it ahead, so what the guest is not taking is not buffered by gRPC here; with
     # output credit too, this side sends only a window of output past what the CP handed on.
@@ -231,15 +228,6 @@ async def pty_stream(
                     yield ev
     finally:
         await session.close()
-
-
-async def _answers(m: SandboxManager, sid: str) -> bool:
-    """Whether the sandbox still runs here and its guest answers (a new connection)."""
-    try:
-        await m.guest(sid).health()
-    except (WarrenError, GuestError, OSError):
-        return False
-    return True
 
 
 def _event(ev: PtyEvent, failed: list[str]) -> pb.PtyEvent:

@@ -43,7 +43,8 @@ GUEST_CODES = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     # The sandbox's container died (container_exits.py): as any call into a stopped sandbox.
     "not_running": grpc.StatusCode.FAILED_PRECONDITION,
-    # A terminal client the guest detached for not reading its output (agent/pty_rpc.py).
+    # A terminal or attach client the guest detached for not reading its output
+    # (guest_wire.GuestStream._detached).
     "detached": grpc.StatusCode.ABORTED,
 }
 # Kinds whose message is written for the API's client (it becomes the HTTP error message).

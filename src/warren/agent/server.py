@@ -22,7 +22,7 @@ from warren.agent.egress_update import update_network
 from warren.agent.egress_usage import sandbox_egress
 from warren.agent.exec_credit import READ_AHEAD, CreditedExec
 from warren.agent.guest_client import EntryInfo
-from warren.agent.guest_wire import STREAM_LIMIT, ExecSession, GuestError
+from warren.agent.guest_wire import DETACHED_ATTACH, STREAM_LIMIT, ExecSession, GuestError, answers
 from warren.agent.manager import SandboxManager
 from warren.agent.record import HostSandbox
 from warren.agent.rpc_errors import ExecTimeout, abort, mapped_errors, relay
@@ -292,6 +292,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         """A session's events as RPC events, up to its exit; the sandbox is in use meanwhile."""
         with self.m.in_use(sandbox_id):
             async for ev in session:
+                if ev.kind == "detached":  # AttachProcess: the client did not read (lag.py)
+                    raise GuestError("detached", DETACHED_ATTACH)
                 out = _event(ev)
                 if out is not None:
                     yield out
@@ -365,15 +367,17 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     async def AttachProcess(
         self, request: pb.AttachProcessRequest, context: Any
     ) -> AsyncIterator[pb.ExecEvent]:
+        sid = request.sandbox_id
         try:
-            session = await self.m.guest(request.sandbox_id).attach(_selector(request.process))
+            session = await self.m.guest(sid).attach(_selector(request.process))
         except Exception as e:
             await abort(context, e, "AttachProcess")
             return
+        session.alive = answers(lambda: self.m.guest(sid))  # the guest may detach this client
         try:
-            async for out in self._relay(request.sandbox_id, session):
+            async for out in self._relay(sid, session):
                 yield out
-        except GuestError as e:  # its container died (guest_wire.NOT_RUNNING)
+        except GuestError as e:  # its container died (guest_wire.NOT_RUNNING), or it detached
             await abort(context, e, "AttachProcess")
         finally:
             await session.close()

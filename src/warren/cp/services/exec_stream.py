@@ -31,7 +31,7 @@ from warren.cp.services import sandbox_access
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import after_start, check_timeout, check_user, decode_b64, parse_signal
 from warren.cp.services.strict import check_text, optional_text
-from warren.errors import AgentError, InvalidRequest, WarrenError
+from warren.errors import AgentError, Conflict, InvalidRequest, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
 Frame = dict[str, Any]
@@ -354,7 +354,22 @@ async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> Non
             raise InvalidRequest(f"unknown frame type {kind!r}")
         return True
 
-    await _pump(call, peer, on_frame)
+    await _pump(call, peer, on_frame, report=_attach_reporter(peer))
+
+
+class Detached(Conflict):
+    """The guest detached this attach client for not reading the process's output (the agent's
+    ``ABORTED``, gRPC's 409): this connection ends, the process runs on (``attach`` again).
+    A terminal's is pty.Detached."""
+
+    code = "detached"
+
+
+def _attach_reporter(peer: Peer) -> Callable[[AgentError], Awaitable[None]]:
+    async def report(e: AgentError) -> None:
+        await peer.error_quietly(Detached(e.message) if e.rpc_code == "ABORTED" else e)
+
+    return report
 
 
 # ------------------------------------------------------------------------------------ relay
@@ -366,16 +381,16 @@ async def _pump(
     on_frame: OnFrame,
     started: asyncio.Event | None = None,
     flow: StdinQueue | None = None,
+    report: Callable[[AgentError], Awaitable[None]] | None = None,
 ) -> None:
     """Run the output side and the input side together until the process ends, the client says
     ``stop``, or either side fails. ``on_frame`` handles one client frame; False means stop.
     ``started`` is set once the agent's first event arrived; ``flow`` is told the agent's credit
-    events and the output handed on."""
+    events and the output handed on; ``report`` how the agent's error reaches the client."""
     stopped = asyncio.Event()
     in_task = asyncio.create_task(_inbound(call, peer, on_frame, stopped))
-    await duplex(
-        call, _forward_events(call, peer.send, started, flow), in_task, stopped.is_set, peer.error_quietly
-    )
+    outbound = _forward_events(call, peer.send, started, flow)
+    await duplex(call, outbound, in_task, stopped.is_set, report or peer.error_quietly)
 
 
 async def duplex(
