@@ -107,6 +107,8 @@ def test_send_stdin(sbx: Sandbox) -> None:
     h = sbx.commands.run("head -n 1", background=True, stdin=True)
     sbx.commands.send_stdin(h.pid, "line one\n")
     assert h.wait().stdout == "line one\n"
+    with pytest.raises(NotFoundException, match=f"process with pid {h.pid} not found"):
+        sbx.commands.send_stdin(h.pid, "late\n")  # exited: gone, as in envd
     # Without stdin the command reads EOF at once instead of waiting for input.
     assert sbx.commands.run("cat; echo eof").stdout == "eof\n"
 
@@ -234,6 +236,36 @@ def test_a_slow_reader_holds_its_command_back_instead_of_losing_output(envd: Env
                 end = ev.get("end", end)
     assert end is not None and end["exitCode"] == 0
     assert got == total + len("end")
+
+
+def test_a_connect_detached_for_not_reading_is_aborted_and_the_process_runs_on(
+    sbx: Sandbox, envd: Envd
+) -> None:
+    """A Connect read slower than its process writes: the guest cuts it at lag.py's 8 MiB, and
+    the stream ends ``aborted`` saying so (before: ``unavailable``, "the process's output stream
+    broke off"), the process running on (session 28)."""
+    h = sbx.commands.run("yes", background=True)
+    pid = h.pid
+    h.disconnect()
+    hdr = envd.headers() | {"Content-Type": "application/connect+json"}
+    body, buf, last = envelope({"process": {"pid": pid}}), bytearray(), None
+    deadline = time.monotonic() + 90  # seconds in practice; slack for load
+    with httpx.stream(
+        "POST", f"{envd.url}/process.Process/Connect", content=body, headers=hdr, timeout=60
+    ) as r:
+        for chunk in r.iter_raw(1 << 16):
+            buf += chunk
+            while len(buf) >= 5 and len(buf) >= 5 + (size := int.from_bytes(buf[1:5], "big")):
+                if buf[0] & 2:
+                    last = json.loads(buf[5 : 5 + size])
+                del buf[: 5 + size]
+            if last is not None or time.monotonic() > deadline:
+                break
+            time.sleep(len(chunk) / (4 << 20))  # 4 MiB/s: far slower than yes writes
+    assert last is not None and last.get("error", {}).get("code") == "aborted", last
+    assert "not read" in last["error"]["message"], last
+    assert any(p.pid == pid for p in sbx.commands.list())
+    assert sbx.commands.kill(pid) is True
 
 
 def test_raw_close_stdin_and_keepalive(envd: Envd) -> None:

@@ -112,7 +112,22 @@ async def test_background_process_lifecycle(client: GuestClient) -> None:
     assert ev.exit_code == 3
     with pytest.raises(GuestError) as ei:
         await client.send_stdin("bg", b"late")
-    assert ei.value.kind == "invalid_argument"
+    assert ei.value.kind == "invalid_argument" and "has exited" in ei.value.message
+
+
+async def test_stdin_to_an_exited_process_is_told_from_one_without_stdin(client: GuestClient) -> None:
+    """Both are refused (invalid_argument), but an exited one says so: E2B answers it not_found
+    (envd removed the process), a running one without stdin stays invalid (session 28)."""
+    s = await client.exec_stream("sleep", ["30"], tag="nostdin", background=True, stdin=False)
+    await s.close()
+    with pytest.raises(GuestError) as ei:
+        await client.send_stdin("nostdin", b"x")
+    assert ei.value.kind == "invalid_argument" and "has no open stdin" in ei.value.message
+    await client.signal("nostdin", signal.SIGKILL)
+    await rest(await client.attach("nostdin"))  # its exit
+    with pytest.raises(GuestError) as ei:
+        await client.send_stdin("nostdin", b"x")
+    assert ei.value.kind == "invalid_argument" and "has exited" in ei.value.message, ei.value
 
 
 async def test_signal_by_tag_and_pid(client: GuestClient) -> None:

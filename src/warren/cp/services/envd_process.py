@@ -288,23 +288,31 @@ async def send_input(
 
             async def send(piece: bytes) -> None:
                 ctl = pb.PtyControlRequest(sandbox_id=sbx.sid, pid=pid, input=piece)
-                try:
+                with _exited_not_found(sel):
                     await client.stub.PtyControl(ctl, timeout=DEFAULT_TIMEOUT_S)
-                except AgentError as e:
-                    # The guest keeps an exited terminal (for a late connect) and refuses its
-                    # input; envd has removed it by then: not found, as a kill of it answers.
-                    if e.rpc_code == "INVALID_ARGUMENT" and "has exited" in e.message:
-                        raise NotFound(f"process with pid {pid} not found") from None
-                    raise
 
         else:
 
             async def send(piece: bytes) -> None:
                 req = pb.SendStdinRequest(sandbox_id=sbx.sid, process=sel.pb(), data=piece)
-                await client.stub.SendStdin(req, timeout=DEFAULT_TIMEOUT_S)
+                with _exited_not_found(sel):
+                    await client.stub.SendStdin(req, timeout=DEFAULT_TIMEOUT_S)
 
         key = (sbx.sid, sel.pid or sel.tag)
         await envd_input.feed(key, team, data, send, max_streams=max_streams)
+
+
+@contextlib.contextmanager
+def _exited_not_found(sel: Selector) -> Iterator[None]:
+    """The guest keeps an exited process or terminal (for a late attach or connect) and refuses
+    its input ("has exited"); envd has removed it by then: not found, as a kill of it answers."""
+    try:
+        yield
+    except AgentError as e:
+        if e.rpc_code == "INVALID_ARGUMENT" and "has exited" in e.message:
+            which = f"pid {sel.pid}" if sel.pid else f"tag {sel.tag}"
+            raise NotFound(f"process with {which} not found") from None
+        raise
 
 
 async def close_stdin(sbx: EnvdSandbox, sel: Selector) -> None:

@@ -487,6 +487,8 @@ class SessionOp(Op):
 
 class SendStdinOp(InputOp):
     def __init__(self, conn: "Conn", proc: "Proc") -> None:
+        if not proc.running:  # told apart from a running process without stdin (E2B: not found)
+            raise GuestFail("invalid_argument", f"process {proc.pid} has exited: it takes no input")
         if proc.in_fd < 0 or proc.stdin_close_pending:
             raise GuestFail("invalid_argument", f"process {proc.pid} has no open stdin")
         super().__init__(conn, proc)
