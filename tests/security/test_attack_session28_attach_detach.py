@@ -48,17 +48,17 @@ def sandbox(alice: Tenant) -> Iterator[str]:
     alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
-def _attach(t: Tenant, sid: str, pid: int) -> socket.socket:
-    """An exec stream attached to ``pid``, read up to its ``start`` frame."""
+def _stream(t: Tenant, sid: str, first: dict) -> tuple[socket.socket, int]:
+    """An exec stream opened with ``first`` (attach or start), read up to its ``start`` frame."""
     got = try_websocket(t.url, f"/v1/sandboxes/{sid}/exec/stream", {"X-API-Key": t.api_key})
     assert not isinstance(got, tuple), got
-    got.sendall(text_frame(json.dumps({"type": "attach", "pid": pid})))
+    got.sendall(text_frame(json.dumps(first)))
     seen = b""
-    while not re.search(rb'"type": ?"start"[^}]*\}', seen):  # start comes before any output
+    while not (m := re.search(rb'"type": ?"start", ?"pid": ?(\d+)\}', seen)):  # before output
         chunk = got.recv(1)
-        assert chunk, f"the attach closed before it started: {seen!r}"
+        assert chunk and len(seen) < 256, f"no start frame: {seen!r}"
         seen += chunk
-    return got
+    return got, int(m.group(1))
 
 
 def _end_of(s: socket.socket) -> dict:
@@ -77,12 +77,28 @@ def _end_of(s: socket.socket) -> dict:
 
 def test_an_attach_detached_for_not_reading_says_so_and_runs_on(alice: Tenant, sandbox: str) -> None:
     started = time.monotonic()
-    r = alice.w("POST", f"/v1/sandboxes/{sandbox}/processes", {"cmd": "/usr/bin/yes", "tag": "yes"})
+    r = alice.w("POST", f"/v1/sandboxes/{sandbox}/processes", {"cmd": "/usr/bin/yes"})
     assert r.status_code == 201, r.text
     pid = r.json()["pid"]
-    with closing(_attach(alice, sandbox, pid)) as s:
+    s, _ = _stream(alice, sandbox, {"type": "attach", "pid": pid})
+    with closing(s):
         frame = _end_of(s)
     print(f"attach to {pid} ended after {time.monotonic() - started:.1f} s: {frame}")
+    _detached_and_running(alice, sandbox, pid, frame)
+
+
+def test_a_background_start_detached_for_not_reading_says_so_and_runs_on(alice: Tenant, sandbox: str) -> None:
+    """The stream that started a background process is not waited for either (unless it asked
+    for backpressure): the same cut, the same answer."""
+    started = time.monotonic()
+    s, pid = _stream(alice, sandbox, {"type": "start", "cmd": "/usr/bin/yes", "background": True})
+    with closing(s):
+        frame = _end_of(s)
+    print(f"background start of {pid} ended after {time.monotonic() - started:.1f} s: {frame}")
+    _detached_and_running(alice, sandbox, pid, frame)
+
+
+def _detached_and_running(alice: Tenant, sandbox: str, pid: int, frame: dict) -> None:
     # Before: {"type": "exit", "exit_code": -1, "error": "guest closed the connection ..."}.
     assert frame.get("code") == "detached" and frame.get("status") == 409, frame
     assert "not read" in frame["data"] and "keeps running" in frame["data"], frame

@@ -308,8 +308,9 @@ async def open_started(
         raise
 
 
-# What the client of an attach the guest detached is told (ABORTED: rpc_errors.GUEST_CODES);
-# a terminal's is pty_rpc.DETACHED.
+# What the client of a process's stream the guest detached is told (an attach, or the start of a
+# background process not waited for; ABORTED: rpc_errors.GUEST_CODES); a terminal's is
+# pty_rpc.DETACHED.
 DETACHED_ATTACH = (
     "this connection was detached: it did not read the process's output, which the sandbox "
     "holds for lagging clients only up to a bound; the process keeps running: attach again "

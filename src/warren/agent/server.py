@@ -110,6 +110,8 @@ def _cmd(cmd: str) -> str:
 
 
 def _event(ev: Any) -> pb.ExecEvent | None:
+    if ev.kind == "detached":  # a background process's client that did not read (lag.py)
+        raise GuestError("detached", DETACHED_ATTACH)
     if ev.kind == "start":
         return pb.ExecEvent(start=pb.ExecEvent.Start(pid=ev.pid))
     if ev.kind == "stdout":
@@ -255,6 +257,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             await abort(context, e, "ExecStream")
             return
         assert session is not None
+        if st.background and not st.backpressure:  # its client is not waited for: may be cut
+            session.alive = answers(lambda: self.m.guest(st.sandbox_id))
         if st.credit:  # both directions bounded per stream (exec_credit)
             sid = st.sandbox_id
             credited = CreditedExec(session, _event, lambda: self.m.touch(sid))
@@ -262,7 +266,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
                 with self.m.in_use(sid):
                     async for out in credited.events(request_iterator):
                         yield out
-            except GuestError as e:  # its container died (guest_wire.NOT_RUNNING)
+            except GuestError as e:  # its container died (guest_wire.NOT_RUNNING), or detached
                 await abort(context, e, "ExecStream")
             finally:
                 await session.close()
@@ -292,8 +296,6 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         """A session's events as RPC events, up to its exit; the sandbox is in use meanwhile."""
         with self.m.in_use(sandbox_id):
             async for ev in session:
-                if ev.kind == "detached":  # AttachProcess: the client did not read (lag.py)
-                    raise GuestError("detached", DETACHED_ATTACH)
                 out = _event(ev)
                 if out is not None:
                     yield out

@@ -354,18 +354,18 @@ async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> Non
             raise InvalidRequest(f"unknown frame type {kind!r}")
         return True
 
-    await _pump(call, peer, on_frame, report=_attach_reporter(peer))
+    await _pump(call, peer, on_frame)
 
 
 class Detached(Conflict):
-    """The guest detached this attach client for not reading the process's output (the agent's
-    ``ABORTED``, gRPC's 409): this connection ends, the process runs on (``attach`` again).
-    A terminal's is pty.Detached."""
+    """The guest detached this client (an attach, or the start of a background process) for not
+    reading the process's output (the agent's ``ABORTED``, gRPC's 409): this connection ends,
+    the process runs on (``attach`` again). A terminal's is pty.Detached."""
 
     code = "detached"
 
 
-def _attach_reporter(peer: Peer) -> Callable[[AgentError], Awaitable[None]]:
+def _detach_reporter(peer: Peer) -> Callable[[AgentError], Awaitable[None]]:
     async def report(e: AgentError) -> None:
         await peer.error_quietly(Detached(e.message) if e.rpc_code == "ABORTED" else e)
 
@@ -381,16 +381,16 @@ async def _pump(
     on_frame: OnFrame,
     started: asyncio.Event | None = None,
     flow: StdinQueue | None = None,
-    report: Callable[[AgentError], Awaitable[None]] | None = None,
 ) -> None:
     """Run the output side and the input side together until the process ends, the client says
     ``stop``, or either side fails. ``on_frame`` handles one client frame; False means stop.
     ``started`` is set once the agent's first event arrived; ``flow`` is told the agent's credit
-    events and the output handed on; ``report`` how the agent's error reaches the client."""
+    events and the output handed on. The agent's error goes to the client (``ABORTED``: the
+    guest detached it, :class:`Detached`)."""
     stopped = asyncio.Event()
     in_task = asyncio.create_task(_inbound(call, peer, on_frame, stopped))
     outbound = _forward_events(call, peer.send, started, flow)
-    await duplex(call, outbound, in_task, stopped.is_set, report or peer.error_quietly)
+    await duplex(call, outbound, in_task, stopped.is_set, _detach_reporter(peer))
 
 
 async def duplex(
