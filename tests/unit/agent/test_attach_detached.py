@@ -17,7 +17,7 @@ from tests.unit.agent.test_pty_detached import _guest_that_detaches
 from warren.agent.guest_wire import DETACHED_ATTACH, ExecEvent, ExecSession, GuestError, open_started
 from warren.agent.rpc_errors import status_for
 from warren.agent.server import HostAgentServicer
-from warren.cp.services.exec_stream import Peer, _detach_reporter
+from warren.cp.services.exec_stream import Peer, detach_reporter
 from warren.cp.ws import error_frame
 from warren.errors import AgentError
 
@@ -77,7 +77,7 @@ async def test_the_cp_reports_an_aborted_attach_as_detached_not_as_the_host() ->
     async def unused() -> Any:
         raise AssertionError("not used")
 
-    report = _detach_reporter(Peer(recv=unused, send=send, error_frame=error_frame))
+    report = detach_reporter(Peer(recv=unused, send=send, error_frame=error_frame).error_quietly)
     await report(AgentError(DETACHED_ATTACH, rpc_code="ABORTED"))
     await report(AgentError("host agent unreachable: x", rpc_code="UNAVAILABLE"))
     assert [(f["code"], f["status"]) for f in sent] == [("detached", 409), ("agent_error", 502)]

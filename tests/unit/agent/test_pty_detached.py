@@ -14,7 +14,8 @@ import pytest
 from warren.agent.guest_wire import HDR, K_EVENT, GuestError, Lifeline, jdump
 from warren.agent.pty_rpc import DETACHED, PtyEvent, PtySession, _event
 from warren.agent.rpc_errors import status_for
-from warren.cp.services.pty import PtyPeer, _reporter
+from warren.cp.services.exec_stream import detach_reporter
+from warren.cp.services.pty import PtyPeer
 from warren.cp.ws import error_frame
 from warren.errors import AgentError
 
@@ -88,7 +89,7 @@ async def test_the_cp_reports_aborted_as_detached_not_as_the_host() -> None:
         raise AssertionError("not used")
 
     peer = PtyPeer(recv=unused, send_bytes=unused, send_json=send_json, error_frame=error_frame)
-    report = _reporter(peer)
+    report = detach_reporter(peer.error)
     await report(AgentError(DETACHED, rpc_code="ABORTED"))
     await report(AgentError("host agent unreachable: x", rpc_code="UNAVAILABLE"))
     assert [(f["code"], f["status"]) for f in sent] == [("detached", 409), ("agent_error", 502)]

@@ -358,16 +358,21 @@ async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> Non
 
 
 class Detached(Conflict):
-    """The guest detached this client (an attach, or the start of a background process) for not
-    reading the process's output (the agent's ``ABORTED``, gRPC's 409): this connection ends,
-    the process runs on (``attach`` again). A terminal's is pty.Detached."""
+    """The guest detached this client (a terminal's, an attach, or the start of a background
+    process) for not reading the output (the agent's ``ABORTED``, gRPC's 409): this connection
+    ends, the terminal or process runs on (``connect``/``attach`` again with its pid)."""
 
     code = "detached"
 
 
-def _detach_reporter(peer: Peer) -> Callable[[AgentError], Awaitable[None]]:
+def detach_reporter(
+    error: Callable[[BaseException], Awaitable[None]],
+) -> Callable[[AgentError], Awaitable[None]]:
+    """How the agent's error reaches a stream's client (``error``: its peer's): ``ABORTED`` is
+    the guest detaching a client that did not read (agent/guest_wire.py), not a host failure."""
+
     async def report(e: AgentError) -> None:
-        await peer.error_quietly(Detached(e.message) if e.rpc_code == "ABORTED" else e)
+        await error(Detached(e.message) if e.rpc_code == "ABORTED" else e)
 
     return report
 
@@ -390,7 +395,7 @@ async def _pump(
     stopped = asyncio.Event()
     in_task = asyncio.create_task(_inbound(call, peer, on_frame, stopped))
     outbound = _forward_events(call, peer.send, started, flow)
-    await duplex(call, outbound, in_task, stopped.is_set, _detach_reporter(peer))
+    await duplex(call, outbound, in_task, stopped.is_set, detach_reporter(peer.error_quietly))
 
 
 async def duplex(

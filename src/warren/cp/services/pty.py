@@ -27,9 +27,9 @@ from warren.cp.services import sandbox_access
 from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
-from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, duplex
+from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, detach_reporter, duplex
 from warren.cp.services.strict import check_text, json_object, optional_text
-from warren.errors import AgentError, Conflict, InvalidRequest, PayloadTooLarge, WarrenError
+from warren.errors import InvalidRequest, PayloadTooLarge, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
 MAX_INPUT_FRAME = 64 << 10  # one binary input frame (a paste larger than this is split by clients)
@@ -42,13 +42,6 @@ _INPUT_QUEUE = 8  # client messages queued for the agent per session (then TCP p
 _INPUT_WINDOW = 128 << 10
 
 Frame = dict[str, Any]
-
-
-class Detached(Conflict):
-    """The guest detached this client for not reading the terminal's output (the agent's
-    ``ABORTED``, gRPC's 409): this connection ends, the terminal runs on (``connect`` again)."""
-
-    code = "detached"
 
 
 @dataclass
@@ -167,19 +160,11 @@ async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyP
     credit = InputCredit()
     inbound = asyncio.create_task(_inbound(peer, queue, call, credit))
     try:
-        await duplex(call, _outbound(call, peer, credit, queue), inbound, inbound.done, _reporter(peer))
+        await duplex(
+            call, _outbound(call, peer, credit, queue), inbound, inbound.done, detach_reporter(peer.error)
+        )
     finally:
         sandbox_access.touch_later(engine, target.uuid)
-
-
-def _reporter(peer: PtyPeer) -> Callable[[AgentError], Awaitable[None]]:
-    """How the agent's error reaches the client: ``ABORTED`` is the guest detaching this
-    client, which did not read (agent/pty_rpc.py), not a host failure."""
-
-    async def report(e: AgentError) -> None:
-        await peer.error(Detached(e.message) if e.rpc_code == "ABORTED" else e)
-
-    return report
 
 
 async def _drain(queue: asyncio.Queue[pb.PtyRequest | None]) -> AsyncIterator[pb.PtyRequest]:
