@@ -9,6 +9,8 @@ the same two moves the findings' reproductions use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.harness.platform import Platform
@@ -23,3 +25,12 @@ def alice(platform: Platform) -> Tenant:
 @pytest.fixture(scope="module")
 def bob(platform: Platform) -> Tenant:
     return signup(platform.url, "bob")
+
+
+@pytest.fixture(scope="module")
+def sandbox(alice: Tenant) -> Iterator[str]:
+    """Alice's ``minimal`` sandbox of 256 MiB for the module (a module that needs another size
+    or more than one defines its own ``sandbox``)."""
+    sid = alice.create(memory_mb=256)
+    yield sid
+    alice.w("DELETE", f"/v1/sandboxes/{sid}")

@@ -28,7 +28,7 @@ import select
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,6 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     }
     async with running_platform(db_url, platform_dir, env) as p:
         yield p
-
-
-@pytest.fixture(scope="module")
-def sandbox(alice: Tenant) -> Iterator[str]:
-    sid = alice.create(memory_mb=256)
-    yield sid
-    alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
 # ------------------------------------------------------------------------------ raw HTTP

@@ -21,7 +21,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
@@ -39,13 +38,6 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 READ_RATE = 4 << 20
 DEADLINE_S = 90  # for the detached stream's end to be read (seconds in practice; slack for load)
 LAST = re.compile(rb'\{"type": ?"(?:error|exit)"[^}]*\}')
-
-
-@pytest.fixture(scope="module")
-def sandbox(alice: Tenant) -> Iterator[str]:
-    sid = alice.create(memory_mb=256)
-    yield sid
-    alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
 def _stream(t: Tenant, sid: str, first: dict) -> tuple[socket.socket, int]:

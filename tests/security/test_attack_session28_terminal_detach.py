@@ -21,7 +21,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
@@ -43,13 +42,6 @@ YES = ["-c", "exec yes"]
 HELD, FREE = 1 << 20, 4 << 20
 DEADLINE_S = 90  # for a detached stream's end to be read (seconds in practice; slack for load)
 ERROR = re.compile(rb'\{"type": ?"error"[^}]*\}')
-
-
-@pytest.fixture(scope="module")
-def sandbox(alice: Tenant) -> Iterator[str]:
-    sid = alice.create(memory_mb=256)
-    yield sid
-    alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
 def _terminal(t: Tenant, sid: str) -> tuple[socket.socket, int]:

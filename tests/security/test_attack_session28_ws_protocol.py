@@ -34,7 +34,6 @@ import json
 import select
 import socket
 import time
-from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
@@ -54,6 +53,9 @@ PONG = bytes([0x8A, 0x80]) + b"\0\0\0\0"  # an empty pong nobody asked for
 OPEN = bytes([0x01, 0x80]) + b"\0\0\0\0"  # a text message begun, not finished (FIN clear), empty
 EMPTY = bytes([0x00, 0x80]) + b"\0\0\0\0"  # an empty continuation frame, not the last
 ONE_BYTE = bytes([0x00, 0x81]) + b"\0\0\0\0" + b"x"  # a 1-byte one: the size limit counts it
+# A 2 KiB one, past the frame budget's size: only the message size limit (1 MiB) ends these, now
+# that fragments are joined as they come.
+BIG_PIECE = bytes([0x00, 0x80 | 126]) + (2048).to_bytes(2, "big") + b"\0\0\0\0" + b"x" * 2048
 FLOOD_MAX = 256 * MIB  # before the fixes reached within 1-2 s, or RSS passed its bound first
 FLOOD_S = 20  # the longest a flood runs (uvicorn's close timeout is 10 s)
 STALL_S = 3  # a flood the socket takes nothing of for this long was held back
@@ -63,15 +65,6 @@ BOUND_MIB = 64  # RSS growth past this is buffering (the other WebSocket attacks
 # up to 14 MiB measured), and the bounds (1 MiB past a close; the frame budget's few KiB).
 SENT_BOUND = 48 * MIB
 EXEC_STREAM = "exec/stream"
-
-
-@pytest.fixture(scope="module")
-def sandbox(alice: Tenant) -> Iterator[str]:
-    r = alice.w("POST", "/v1/sandboxes", {"template": "minimal", "memory_mb": 128})
-    assert r.status_code == 201, r.text
-    sb = str(r.json()["id"])
-    yield sb
-    alice.w("DELETE", f"/v1/sandboxes/{sb}")
 
 
 def flood(c: socket.socket, frames: bytes, rss: PeakRss | None = None) -> tuple[int, bool]:
@@ -195,8 +188,9 @@ def test_a_client_that_reads_gets_every_pong(alice: Tenant, sandbox: str) -> Non
 
 @pytest.mark.parametrize(
     ("first", "piece"),
-    [(OPEN, EMPTY), (OPEN, ONE_BYTE), (b"", PONG)],
-    ids=["empty-fragments", "one-byte-fragments", "pongs"],  # one-byte: bounded by the size before
+    [(OPEN, EMPTY), (OPEN, ONE_BYTE), (OPEN, BIG_PIECE), (b"", PONG)],
+    # one-byte and big fragments: bounded by the message size before the fix too
+    ids=["empty-fragments", "one-byte-fragments", "big-fragments", "pongs"],
 )
 def test_frames_that_complete_no_message_are_bounded(
     platform: Platform, alice: Tenant, sandbox: str, first: bytes, piece: bytes

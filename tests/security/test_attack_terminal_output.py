@@ -15,7 +15,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 
@@ -48,13 +47,6 @@ COMMANDS = "for d in /proc/[0-9]*; do cat $d/comm; done 2>/dev/null; true"
 NUMBERS = 1_000_000
 SLOW_PAUSE_S = 0.05  # the slow reader's pause after each 128 KiB it takes
 LINE = re.compile(r"^\d+$")
-
-
-@pytest.fixture(scope="module")
-def sandbox(alice: Tenant) -> Iterator[str]:
-    sid = alice.create(memory_mb=256)
-    yield sid
-    alice.w("DELETE", f"/v1/sandboxes/{sid}")
 
 
 def _end_terminals(t: Tenant, sid: str) -> None:
