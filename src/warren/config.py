@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     # so the limit holds per CP replica.
     team_rate_limit_per_s: float = Field(default=200.0, ge=0)
     team_rate_burst: int = Field(default=400, ge=1)
+    # Refusals (401, 429) per client address (cp/refusal_hold.py): refusal_burst_per_address
+    # answered at once, refilled at refusal_rate_per_address_s; past it each is held
+    # refusal_hold_s before it is sent (0 turns the hold off). In-process, per replica.
+    refusal_rate_per_address_s: float = Field(default=2.0, gt=0)
+    refusal_burst_per_address: int = Field(default=120, ge=1)
+    refusal_hold_s: float = Field(default=3.0, ge=0, le=60)
     # Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For names the
     # client. Empty: the socket peer is the client (X-Forwarded-For is never believed).
     trusted_proxies: str = ""

@@ -44,6 +44,10 @@ START_TIMEOUT_S = 60.0
 # ones) listen on loopback addresses, which production refuses (docs/hosts.md). A test of the
 # refusal gives its CP the production value ("public") itself.
 TEST_BYOC_CIDRS = "127.0.0.0/8"
+# WARREN_REFUSAL_HOLD_S of the tests' control planes: every client of the suite is 127.0.0.1,
+# and many tests are refused on purpose, so the production hold (cp/refusal_hold.py) would
+# make unrelated tests wait for each other's 401s. The hold's own tests set it.
+REFUSAL_HOLD_S = 0.0
 
 
 async def run_sql(engine: AsyncEngine, statement: str, **params: Any) -> Any:
@@ -70,6 +74,7 @@ class InProcessCP:
             "monitor_interval_s": 3600,
             "retention_interval_s": 3600,  # tests that move the clock by days run the pass themselves
             "byoc_allowed_cidrs": TEST_BYOC_CIDRS,
+            "refusal_hold_s": REFUSAL_HOLD_S,
             **overrides,
         }
         self.settings = Settings(**values)
@@ -211,6 +216,7 @@ class CPProcess:
     def env(self) -> dict[str, str]:
         return {
             "WARREN_BYOC_ALLOWED_CIDRS": TEST_BYOC_CIDRS,  # unless the caller's environment says
+            "WARREN_REFUSAL_HOLD_S": str(REFUSAL_HOLD_S),  # likewise
             **os.environ,
             "WARREN_HOME": str(self.home),
             "WARREN_DATABASE_URL": self.db_url,

@@ -43,6 +43,7 @@ from warren.cp.hosts.scheduler import RoundRobinScheduler
 from warren.cp.http_errors import ErrorEnvelope
 from warren.cp.observe import ObserveMiddleware
 from warren.cp.proxy.app import PreviewMiddleware
+from warren.cp.refusal_hold import RefusalHoldMiddleware
 from warren.cp.security.ca import CertificateAuthority
 from warren.cp.services import audit
 from warren.cp.services.interpreter_template import interpreter_template
@@ -277,6 +278,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     http_errors.install_error_handlers(app, html_page=bare_error_page)
     app.add_middleware(BodyCapMiddleware, settings=settings, budget=state.body_budget)
+    # Inside the preview middleware: only the platform's own refusals (cp/refusal_hold.py).
+    app.add_middleware(RefusalHoldMiddleware, budget=state.refusal_budget)
     # Outermost: proxied sandbox ports (docs/networking.md §3) stream past the body cap.
     app.add_middleware(PreviewMiddleware, settings=settings, deps=lambda scope: (state.engine, state.pool))
     # Outermost of all: every request's id, client address and latency (cp/observe.py).

@@ -1,8 +1,9 @@
 """The control plane's runtime state: one typed object behind ``app.state``.
 
-``create_app`` (``cp/app.py``) makes it with the settings and the per-team rate limiter; its
-lifespan, the one composition root, adds the database engine, the CA, the host client pool,
-the scheduler, the host monitor, the template store and its garbage collector. The API
+``create_app`` (``cp/app.py``) makes it with the settings, the per-team rate limiter and the
+refusal budget; its lifespan, the one composition root, adds the database engine, the CA, the
+host client pool, the scheduler, the host monitor, the template store and its garbage
+collector. The API
 dependencies (``cp/api/deps.py``), the exec WebSocket and the dashboard all read it through
 :func:`state_of`.
 """
@@ -34,6 +35,7 @@ class AppState(State):
 
     settings: Settings
     team_limiter: rate_limits.TeamRateLimiter
+    refusal_budget: rate_limits.RefusalBudget  # 401s and 429s per client address
     engine: AsyncEngine
     ca: CertificateAuthority
     pool: HostClientPool
@@ -51,6 +53,7 @@ class AppState(State):
         self.team_limiter = rate_limits.TeamRateLimiter(
             settings.team_rate_limit_per_s, settings.team_rate_burst
         )
+        self.refusal_budget = rate_limits.RefusalBudget.from_settings(settings)
         # The request bodies this process is reading, on every listener (cp/body_cap.py).
         self.body_budget = BodyBudget.from_settings(settings)
         # Streams are counted per process, so is their per-owner bound (services/stream_slots.py).

@@ -31,6 +31,7 @@ from warren.cp.e2b.errors import e2b_error
 from warren.cp.e2b.ports import port_app
 from warren.cp.observe import ObserveMiddleware
 from warren.cp.proxy.routing import route
+from warren.cp.refusal_hold import RefusalHoldMiddleware
 from warren.cp.state import AppState
 
 # What one streamed envd upload holds in memory while it is read (see cp/body_cap.py).
@@ -53,10 +54,13 @@ def _answer(status: int, code: str, message: str) -> Response:
     return e2b_error(status, message)  # E2B's shape: {"code": <status>, "message"}
 
 
-def _capped(app: ASGIApp, state: AppState, rules: Rules, json_cap: int | None = None) -> ASGIApp:
-    return BodyCapMiddleware(
+def _answered_here(app: ASGIApp, state: AppState, rules: Rules, json_cap: int | None = None) -> ASGIApp:
+    """A plane the CP answers itself (not a sandbox's port): bodies capped, and its refusals
+    held past the client address's budget (``cp/refusal_hold.py``), as on the main port."""
+    capped = BodyCapMiddleware(
         app, settings=state.settings, budget=state.body_budget, rules=rules, json_cap=json_cap, answer=_answer
     )
+    return RefusalHoldMiddleware(capped, budget=state.refusal_budget)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -76,11 +80,12 @@ class E2BApp:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.control = _capped(control_app(state), state, _control_rules)
-        self.envd = _capped(
+        self.control = _answered_here(control_app(state), state, _control_rules)
+        self.envd = _answered_here(
             envd_app(state), state, _envd_rules, json_cap=max(MAX_MESSAGE, state.settings.max_json_body)
         )
         self.ports = port_app(state)
+        self.signed_files = RefusalHoldMiddleware(files_without_sandbox, budget=state.refusal_budget)
 
     def target(self, scope: Scope) -> tuple[str, int] | None:
         sandbox_id = _header(scope, b"e2b-sandbox-id")
@@ -102,7 +107,7 @@ class E2BApp:
             return
         target = self.target(scope)
         if target is None and scope["path"] == "/files":
-            await files_without_sandbox(scope, receive, send)  # a signed URL without its sandbox
+            await self.signed_files(scope, receive, send)  # a signed URL without its sandbox
             return
         if target is None:
             await self.control(scope, receive, send)

@@ -17,6 +17,10 @@ rows of other keys): that is the whole cost a login pays for it.
 
 **The per-team request limit** runs on every authenticated API request, so it is a token bucket in
 this process's memory (no database write per request): the effective limit is per replica.
+
+**The refusal budget** is the same kind of bucket per client address, over the answers that
+refuse a request (401, 429): past it they are held before they go out (``cp/refusal_hold.py``),
+so an anonymous flood or a team past its limit costs the CP a bounded rate per address.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import hashlib
 import ipaddress
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -182,39 +187,105 @@ def client_address(peer: str, forwarded_for: Sequence[str], trusted: str) -> str
     return hops[0] if hops else peer
 
 
-# ------------------------------------------------------------------- per-team request limit
+# ------------------------------------------------------------------------ token buckets
+
+K = TypeVar("K", bound=Hashable)
 
 
-class TeamRateLimiter:
-    """A token bucket per team (or per teamless user): ``rate`` requests/s, ``burst`` at once."""
+class TokenBuckets(Generic[K]):
+    """A token bucket per key, in this process's memory: ``rate`` tokens/s, ``burst`` at once.
 
-    MAX_TRACKED = 10_000
+    At most ``max_tracked`` keys are kept: a key whose bucket has refilled is the same as no
+    bucket, so those are forgotten first; :meth:`room_for` tells whether a new key still fits.
+    """
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: int, *, max_tracked: int = 10_000) -> None:
         self.rate = rate_per_s
         self.burst = float(burst)
-        self._buckets: dict[uuid.UUID, tuple[float, float]] = {}
+        self.max_tracked = max_tracked
+        self._buckets: dict[K, tuple[float, float]] = {}
 
-    def check(self, key: uuid.UUID) -> None:
-        """Take one token for ``key``, or raise 429 with the wait until the next one."""
+    def take(self, key: K) -> float:
+        """Take one token for ``key``: 0.0 when it had one, else the seconds until its next
+        (and nothing is taken). A rate of 0 never refuses."""
         if self.rate <= 0:
-            return
+            return 0.0
         now = clock.monotonic()
         tokens, last = self._buckets.get(key, (self.burst, now))
         # max(): a clock set back (tests move it) must not drain the bucket.
         tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
+            return (1.0 - tokens) / self.rate
+        if key not in self._buckets and len(self._buckets) >= self.max_tracked:
+            self._forget_idle(now)
+        self._buckets[key] = (tokens - 1.0, now)
+        return 0.0
+
+    def room_for(self, key: K) -> bool:
+        """Whether ``key`` is tracked or can be (after forgetting refilled buckets)."""
+        if self.rate <= 0 or key in self._buckets or len(self._buckets) < self.max_tracked:
+            return True
+        self._forget_idle(clock.monotonic())
+        return len(self._buckets) < self.max_tracked
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _forget_idle(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+
+
+# ------------------------------------------------------------------- per-team request limit
+
+
+class TeamRateLimiter:
+    """A token bucket per team (or per teamless user): ``rate`` requests/s, ``burst`` at once."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate = rate_per_s
+        self.buckets: TokenBuckets[uuid.UUID] = TokenBuckets(rate_per_s, burst)
+
+    def check(self, key: uuid.UUID) -> None:
+        """Take one token for ``key``, or raise 429 with the wait until the next one."""
+        wait = self.buckets.take(key)
+        if wait:
             raise TooManyRequests(
                 f"team request rate limit exceeded ({self.rate:g} requests/s); retry in {math.ceil(wait)} s",
                 retry_after=wait,
             )
-        if len(self._buckets) >= self.MAX_TRACKED and key not in self._buckets:
-            self._forget_idle(now)
-        self._buckets[key] = (tokens - 1.0, now)
 
-    def _forget_idle(self, now: float) -> None:
-        # A bucket that has refilled is the same as no bucket: forgetting it changes nothing.
-        full_after = self.burst / self.rate
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+
+# ------------------------------------------------------------- refusals per client address
+
+
+class RefusalBudget:
+    """How many refusals (401, 429) one client address gets answered at once: ``burst``,
+    refilled at ``rate`` a second (docs/security.md §24). Past it each refusal is held
+    ``hold_s`` before it goes out, so an address that keeps being refused gets at most its
+    connection cap's worth of answers per ``hold_s``, whatever it sends.
+
+    Addresses past ``max_tracked`` (a client spread over many IPv6 /64s) share one budget: the
+    table stays bounded, and a spread flood is held as one. Only refusals count; a request
+    that is served never waits here.
+    """
+
+    SHARED = "*"
+
+    def __init__(self, rate_per_s: float, burst: int, hold_s: float, *, max_tracked: int = 10_000) -> None:
+        self.hold_s = hold_s
+        self.buckets: TokenBuckets[str] = TokenBuckets(rate_per_s, burst, max_tracked=max_tracked)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RefusalBudget:
+        return cls(s.refusal_rate_per_address_s, s.refusal_burst_per_address, s.refusal_hold_s)
+
+    def hold_for(self, address: str) -> float:
+        """Count one refusal of ``address``: how long to hold its answer (0.0: send it now)."""
+        if self.hold_s <= 0 or not address:
+            return 0.0
+        key = address_key(address)
+        if not self.buckets.room_for(key):
+            key = self.SHARED
+        return self.hold_s if self.buckets.take(key) else 0.0

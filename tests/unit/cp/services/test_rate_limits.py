@@ -1,5 +1,6 @@
-"""The in-process parts of the abuse limits: the per-team token bucket (on the fake clock), the
-client address behind trusted proxies, and what a per-address limit counts."""
+"""The in-process parts of the abuse limits: the per-team token bucket and the per-address
+refusal budget (on the fake clock), the client address behind trusted proxies, and what a
+per-address limit counts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from warren.cp.services.rate_limits import TeamRateLimiter, address_key, client_address
+from warren.cp.services.rate_limits import (
+    RefusalBudget,
+    TeamRateLimiter,
+    TokenBuckets,
+    address_key,
+    client_address,
+)
 from warren.errors import TooManyRequests
 
 
@@ -46,13 +53,40 @@ def test_rate_zero_is_off() -> None:
 
 
 def test_idle_buckets_are_forgotten(fake_clock: Any) -> None:
-    bucket = TeamRateLimiter(rate_per_s=100, burst=10)
-    bucket.MAX_TRACKED = 50
+    buckets: TokenBuckets[uuid.UUID] = TokenBuckets(rate_per_s=100, burst=10, max_tracked=50)
     for _ in range(50):
-        bucket.check(uuid.uuid4())
+        assert buckets.take(uuid.uuid4()) == 0.0
     fake_clock.advance(1)  # every bucket has refilled
-    bucket.check(uuid.uuid4())
-    assert len(bucket._buckets) == 1
+    buckets.take(uuid.uuid4())
+    assert len(buckets) == 1
+
+
+def test_refusals_are_held_past_an_address_budget(fake_clock: Any) -> None:
+    budget = RefusalBudget(rate_per_s=2, burst=3, hold_s=3.0)
+    assert [budget.hold_for("198.51.100.7") for _ in range(4)] == [0.0, 0.0, 0.0, 3.0]
+    assert budget.hold_for("198.51.100.8") == 0.0  # another address has its own budget
+    assert budget.hold_for("2001:db8:1:2::1") == 0.0
+    fake_clock.advance(0.5)  # one refusal's worth refilled
+    assert [budget.hold_for("198.51.100.7") for _ in range(2)] == [0.0, 3.0]
+    assert budget.hold_for("") == 0.0  # no address known (not over HTTP): nothing to count
+
+
+def test_a_hold_of_zero_is_off() -> None:
+    budget = RefusalBudget(rate_per_s=2, burst=1, hold_s=0.0)
+    assert {budget.hold_for("198.51.100.7") for _ in range(100)} == {0.0}
+
+
+def test_addresses_past_the_table_share_one_budget(fake_clock: Any) -> None:
+    # A flood spread over many /64s: each past the table would otherwise get a fresh burst.
+    budget = RefusalBudget(rate_per_s=1, burst=2, hold_s=3.0, max_tracked=4)
+    for i in range(4):
+        budget.hold_for(f"2001:db8:{i}::1")  # the table is full, no bucket has refilled
+    assert len(budget.buckets) == 4
+    held = [budget.hold_for(f"2001:db8:{i}::1") for i in range(100, 104)]
+    assert held == [0.0, 0.0, 3.0, 3.0]  # four new addresses, one shared burst of 2
+    assert len(budget.buckets) == 5  # the four, and the shared one
+    fake_clock.advance(10)  # all refilled: a new address gets a bucket of its own again
+    assert budget.buckets.room_for(address_key("2001:db8:999::1"))
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:

@@ -1,0 +1,52 @@
+"""Refusals held past an address's budget (docs/security.md §24).
+
+A request the CP refuses costs it nearly what a served one does: the head is parsed, routed,
+its credentials looked at (a well-formed API key is a database query). An anonymous client
+looping on 401s, or a team looping on its own 429s, made ~1450 refusals a second per
+connection, ~0.5 of a core each, up to its address's connection cap (session 28).
+
+``RefusalHoldMiddleware`` counts every 401 and 429 the app answers (HTTP, and a WebSocket
+handshake refused with an HTTP answer) against the client's address
+(``services.rate_limits.RefusalBudget``). Within the budget the answer goes out at once; past
+it the answer is held ``WARREN_REFUSAL_HOLD_S`` first. HTTP/1.1 answers in order, so a held
+connection sends nothing more meanwhile: an address gets at most its connection cap's worth of
+refusals per hold, and a served request never waits.
+
+It sits inside the preview middleware: a sandbox's own server answering 401 to its visitors is
+the tenant's business, not a refusal of the platform's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from warren.cp.services.rate_limits import RefusalBudget
+from warren.request_context import client_ip
+
+REFUSALS = frozenset({401, 429})
+_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
+
+
+class RefusalHoldMiddleware:
+    """Hold a refusal past the client address's budget (see the module docstring). The address
+    is the one the observing middleware (outside this one) resolved."""
+
+    def __init__(self, app: ASGIApp, *, budget: RefusalBudget) -> None:
+        self.app = app
+        self.budget = budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_held(message: Message) -> None:
+            if message["type"] in _STARTS and message.get("status") in REFUSALS:
+                hold = self.budget.hold_for(client_ip.get() or "")
+                if hold:
+                    await asyncio.sleep(hold)
+            await send(message)
+
+        await self.app(scope, receive, send_held)
