@@ -35,7 +35,7 @@ BURST = 40
 RATE_PER_S = 2.0
 HOLD_S = 5.0
 CONNECTIONS = 8
-FLOOD_S = 3.0
+FLOOD_S = 2.0
 # What a flood of FLOOD_S may be answered at most: the burst, its refill, and each
 # connection's one answer per hold (plus the one in flight when its hold began), with slack.
 # Before the hold the same flood got thousands of answers.
