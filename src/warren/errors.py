@@ -75,13 +75,26 @@ class AgentError(WarrenError):
 
     Mapped per docs/spec.md §0.5: NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409,
     anything else (transport, INTERNAL, UNAVAILABLE, …) → 502 ``agent_error``.
+
+    ``guest_kind`` is the guest's error kind when the agent sent one (``warren/rpc/guest_kind.py``,
+    e.g. ``exited``), else None: what a caller asks to tell errors of one code apart, never the
+    message's words.
     """
 
     code = "agent_error"
 
-    def __init__(self, message: str, *, rpc_code: str = "UNKNOWN", code: str | None = None, **extra: Any):
+    def __init__(
+        self,
+        message: str,
+        *,
+        rpc_code: str = "UNKNOWN",
+        guest_kind: str | None = None,
+        code: str | None = None,
+        **extra: Any,
+    ):
         super().__init__(message, code=code, **extra)
         self.rpc_code = rpc_code
+        self.guest_kind = guest_kind
 
     @property
     def is_not_found(self) -> bool:

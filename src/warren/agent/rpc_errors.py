@@ -4,7 +4,9 @@ NotFound → NOT_FOUND, InvalidRequest → INVALID_ARGUMENT, InvalidState/Confli
 FAILED_PRECONDITION, an exec or build-step timeout → DEADLINE_EXCEEDED, a corrupt layer →
 DATA_LOSS, a payload past its bound or a dial past its limit → RESOURCE_EXHAUSTED, a port nothing
 listens on → UNAVAILABLE ``port_not_open``, the guest's error kinds by ``GUEST_CODES``, anything
-else → INTERNAL (logged).
+else → INTERNAL (logged). A guest error's kind also goes to the caller as data, the call's
+trailing metadata ``warren-guest-kind`` (``warren/rpc/guest_kind.py``), on unary and streaming
+calls alike (:func:`abort`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from warren.agent.guest_wire import GuestError
 from warren.agent.layer_cache import LayerCorrupt
 from warren.agent.layer_slots import InstallsBusy
 from warren.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, WarrenError
+from warren.rpc import guest_kind
 
 log = logging.getLogger("warren.agent.rpc")
 
@@ -32,6 +35,9 @@ class ExecTimeout(WarrenError):
 GUEST_CODES = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    # Input to a process or terminal that has exited. Warren's API answers it as any refused
+    # input (400); E2B's SendInput tells it apart by the kind (not found, as envd).
+    guest_kind.EXITED: grpc.StatusCode.INVALID_ARGUMENT,
     "is_a_directory": grpc.StatusCode.INVALID_ARGUMENT,
     "not_a_directory": grpc.StatusCode.INVALID_ARGUMENT,
     "exists": grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,7 +56,7 @@ GUEST_CODES = {
 # Kinds whose message is written for the API's client (it becomes the HTTP error message).
 _CLIENT_WORDED = frozenset(
     {"not_found", "invalid_argument", "permission", "no_space", "output_too_large", "too_large"}
-) | {"not_running", "detached"}
+) | {"not_running", "detached", guest_kind.EXITED}
 
 
 def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -84,7 +90,16 @@ async def abort(context: grpc.aio.ServicerContext, e: BaseException, method: str
     code, msg = status_for(e)
     if code == grpc.StatusCode.INTERNAL:
         log.error("event=rpc_error method=%s error=%s", method, msg, exc_info=not isinstance(e, WarrenError))
-    await context.abort(code, msg)
+    await context.abort(code, msg, trailing_metadata=kind_metadata(e))
+
+
+def kind_metadata(e: BaseException) -> tuple[tuple[str, str], ...]:
+    """A guest error's kind as the call's trailing metadata, for a caller that tells guest
+    errors of one code apart. Only the kinds of ``GUEST_CODES``: the guest is the sandbox's
+    (anything it names is hostile), and metadata must be printable ASCII."""
+    if isinstance(e, GuestError) and e.kind in GUEST_CODES:
+        return ((guest_kind.METADATA_KEY, e.kind),)
+    return ()
 
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])

@@ -117,6 +117,8 @@ def test_stream_input(sbx: Sandbox) -> None:
     h = sbx.commands.run("head -c 6", background=True, stdin=True)
     sbx.commands.stream_input(h.pid, ["ab", b"cd", "ef"])
     assert h.wait().stdout == "abcdef"
+    with pytest.raises(NotFoundException, match=f"process with pid {h.pid} not found"):
+        sbx.commands.stream_input(h.pid, ["late"])  # exited: gone, as in envd (the guest's kind)
     with pytest.raises(NotFoundException):
         sbx.commands.stream_input(2**31 - 1, ["x"])
 

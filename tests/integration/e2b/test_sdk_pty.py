@@ -68,7 +68,8 @@ def test_kill_and_connect(sbx: Sandbox) -> None:
         again.wait()
     assert (e.value.exit_code, e.value.error) == (-1, "signal: killed")
     assert sbx.pty.kill(h.pid) is False
-    with pytest.raises(NotFoundException):  # exited: gone, as in envd (not input taken and dropped)
+    # Exited: gone, as in envd (not input taken and dropped); the guest's kind `exited` says so.
+    with pytest.raises(NotFoundException, match=f"process with pid {h.pid} not found"):
         sbx.pty.send_stdin(h.pid, b"too late\n")
     with pytest.raises(NotFoundException):
         sbx.pty.connect(2**31 - 1)

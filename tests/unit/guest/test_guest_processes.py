@@ -9,6 +9,7 @@ import pytest
 
 from tests.unit.guest.guest_helpers import RunningGuest, pid_gone, wait_until
 from warren.agent.guest_client import ExecEvent, ExecSession, GuestClient, GuestError
+from warren.agent.guest_wire import K_DATA, K_END, K_REQ, Conn, jdump
 
 
 async def next_event(session: ExecSession, timeout: float = 5.0) -> ExecEvent:
@@ -112,12 +113,13 @@ async def test_background_process_lifecycle(client: GuestClient) -> None:
     assert ev.exit_code == 3
     with pytest.raises(GuestError) as ei:
         await client.send_stdin("bg", b"late")
-    assert ei.value.kind == "invalid_argument" and "has exited" in ei.value.message
+    assert ei.value.kind == "exited" and "has exited" in ei.value.message
 
 
 async def test_stdin_to_an_exited_process_is_told_from_one_without_stdin(client: GuestClient) -> None:
-    """Both are refused (invalid_argument), but an exited one says so: E2B answers it not_found
-    (envd removed the process), a running one without stdin stays invalid (session 28)."""
+    """Both are refused, an exited one by its own kind, ``exited``: E2B answers it not_found
+    (envd removed the process), a running one without stdin stays invalid_argument (sessions
+    28, 29: the kind, not the words, reaches the CP)."""
     s = await client.exec_stream("sleep", ["30"], tag="nostdin", background=True, stdin=False)
     await s.close()
     with pytest.raises(GuestError) as ei:
@@ -127,7 +129,7 @@ async def test_stdin_to_an_exited_process_is_told_from_one_without_stdin(client:
     await rest(await client.attach("nostdin"))  # its exit
     with pytest.raises(GuestError) as ei:
         await client.send_stdin("nostdin", b"x")
-    assert ei.value.kind == "invalid_argument" and "has exited" in ei.value.message, ei.value
+    assert ei.value.kind == "exited" and "has exited" in ei.value.message, ei.value
 
 
 async def test_signal_by_tag_and_pid(client: GuestClient) -> None:
@@ -211,3 +213,25 @@ async def test_background_never_waits_for_a_client_that_does_not_read(guest: Run
     kinds = [ev.kind async for ev in s]
     assert kinds[-1] == "error"  # the lagging client was detached, and told so
     await s.close()
+
+
+async def test_stdin_op_open_while_its_process_exits(guest: RunningGuest) -> None:
+    """Input sent on a send_stdin op opened while the process ran, after it exited: ``exited``
+    too (before: taken and dropped, or ``stdin is closed``)."""
+    client = guest.client
+    s = await client.exec_stream("cat", [], tag="midop", background=True)
+    await s.close()
+    conn = await Conn.open(guest.socket)
+    conn.send(K_REQ, jdump({"op": "send_stdin", "tag": "midop"}))
+    conn.send(K_DATA, b"taken\n")
+    a = await client.attach("midop")
+    assert (await next_event(a)).kind == "start"
+    assert b"taken\n" in await read_until(a, b"taken\n")  # the op is open and fed
+    await client.signal("midop", signal.SIGKILL)
+    assert (await rest(a))[1].exit_code == -9
+    conn.send(K_DATA, b"too late\n")
+    conn.send(K_END)
+    with pytest.raises(GuestError) as ei:
+        await conn.result()
+    conn.close()
+    assert ei.value.kind == "exited" and "has exited" in ei.value.message, ei.value

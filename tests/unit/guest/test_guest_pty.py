@@ -155,8 +155,8 @@ async def test_input_op_and_many_terminals(guest: RunningGuest) -> None:
 
 
 async def test_input_to_an_exited_terminal_is_refused(guest: RunningGuest) -> None:
-    # As send_stdin to a process whose stdin is closed: invalid_argument, not `{}` with the
-    # input dropped (session 28).
+    # As send_stdin to a process that has exited: its own kind, `exited` (which the agent sends
+    # on as data, E2B's not_found), not `{}` with the input dropped (sessions 28, 29).
     s = await _open(guest, cmd="/bin/cat")
     await s.signal(signal.SIGKILL)
     assert await _exit(s) == -9
@@ -167,7 +167,7 @@ async def test_input_to_an_exited_terminal_is_refused(guest: RunningGuest) -> No
     with pytest.raises(GuestError) as e:
         await conn.result()
     conn.close()
-    assert e.value.kind == "invalid_argument" and "has exited" in e.value.message
+    assert e.value.kind == "exited" and "has exited" in e.value.message
 
 
 async def test_at_most_32_running_terminals(guest: RunningGuest) -> None:

@@ -8,7 +8,9 @@ stub as it is, typed by ``hostagent_pb2_grpc.pyi``::
 
 and an RPC failure (unary or streaming, on await, on iteration or on ``read()``) comes out as an
 ``AgentError`` whose ``rpc_code`` is the gRPC status name; ``warren.cp.http_errors`` maps it to
-HTTP in one place (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, …).
+HTTP in one place (NOT_FOUND → 404, INVALID_ARGUMENT → 400, FAILED_PRECONDITION → 409, …). Its
+``guest_kind`` is the guest's error kind the agent sent as trailing metadata
+(``warren/rpc/guest_kind.py``), when it did.
 
 The same interceptor sends the current request's id (``warren.request_context``) as the
 ``x-request-id`` metadata of every call, so the agent's log lines carry it, and counts failed
@@ -29,6 +31,7 @@ import grpc.aio
 from warren.cp.telemetry import AGENT_RPC_ERRORS
 from warren.errors import AgentError
 from warren.request_context import GRPC_METADATA_KEY, request_id
+from warren.rpc import guest_kind
 
 log = logging.getLogger("warren.hosts")
 _MAX_IP_TEXT = 45  # the longest IPv6 text form (with an embedded IPv4 address)
@@ -65,7 +68,7 @@ def translate(e: grpc.aio.AioRpcError, host_id: str, method: str = "other") -> A
     # port_not_open is the agent's own answer (agent/rpc_errors.py): the host was reached.
     unreachable = name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not details.startswith(_AGENT_ANSWERS)
     message = f"host agent unreachable: {details}" if unreachable else details
-    err = AgentError(message, rpc_code=name)
+    err = AgentError(message, rpc_code=name, guest_kind=guest_kind.read(e.trailing_metadata()))
     err.host_id = host_id  # type: ignore[attr-defined]  # for logs
     return err
 

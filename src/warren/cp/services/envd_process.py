@@ -25,6 +25,7 @@ from warren.cp.services.exec import check_user
 from warren.cp.services.sandboxes import Found
 from warren.cp.services.strict import check_text, optional_text_value
 from warren.errors import AgentError, InvalidRequest, NotFound, ServiceUnavailable
+from warren.rpc import guest_kind
 from warren.rpc import hostagent_pb2 as pb
 
 # E2B's default account: a call without a user runs as it when the template has it, else as the
@@ -305,14 +306,27 @@ async def send_input(
 @contextlib.contextmanager
 def _exited_not_found(sel: Selector) -> Iterator[None]:
     """The guest keeps an exited process or terminal (for a late attach or connect) and refuses
-    its input ("has exited"); envd has removed it by then: not found, as a kill of it answers."""
+    its input (:func:`input_refused_as_exited`); envd has removed it by then: not found, as a
+    kill of it answers. Warren's own API keeps the agent's 400."""
     try:
         yield
     except AgentError as e:
-        if e.rpc_code == "INVALID_ARGUMENT" and "has exited" in e.message:
+        if input_refused_as_exited(e):
             which = f"pid {sel.pid}" if sel.pid else f"tag {sel.tag}"
             raise NotFound(f"process with {which} not found") from None
         raise
+
+
+def input_refused_as_exited(e: AgentError) -> bool:
+    """Input refused because its process or terminal has exited: the guest's kind ``exited``,
+    which the agent sends as data. Agents and guests before session 29 said so in words only,
+    INVALID_ARGUMENT "… has exited": an older agent sends no kind (the CP is upgraded first,
+    docs/operations.md), and a sandbox an upgraded agent re-adopted keeps its older guest (kind
+    ``invalid_argument``). Their words can no longer change, so for them alone they are read."""
+    if e.guest_kind == guest_kind.EXITED:
+        return True
+    older = e.guest_kind is None or e.guest_kind == "invalid_argument"
+    return older and e.rpc_code == "INVALID_ARGUMENT" and "has exited" in e.message
 
 
 async def close_stdin(sbx: EnvdSandbox, sel: Selector) -> None:

@@ -487,11 +487,23 @@ class SessionOp(Op):
 
 class SendStdinOp(InputOp):
     def __init__(self, conn: "Conn", proc: "Proc") -> None:
-        if not proc.running:  # told apart from a running process without stdin (E2B: not found)
-            raise GuestFail("invalid_argument", f"process {proc.pid} has exited: it takes no input")
+        _check_running(proc)
         if proc.in_fd < 0 or proc.stdin_close_pending:
             raise GuestFail("invalid_argument", f"process {proc.pid} has no open stdin")
         super().__init__(conn, proc)
+        self.proc = proc
+
+    def on_frame(self, kind: int, payload: bytes) -> None:
+        if kind == K_DATA:
+            _check_running(self.proc)  # it exited while this op was open
+        super().on_frame(kind, payload)
+
+
+def _check_running(proc: "Proc") -> None:
+    # Its own kind, told apart from a running process without stdin: E2B answers it not found
+    # (envd removed the process), and it says so as data (the agent's warren-guest-kind).
+    if not proc.running:
+        raise GuestFail("exited", f"process {proc.pid} has exited: it takes no input")
 
 
 # The agent's descriptors on the cmds cgroup's cgroup.procs (memory, pids; agent/runtime/

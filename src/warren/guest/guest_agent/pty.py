@@ -464,8 +464,8 @@ class PtySessionOp(Op):
 
 
 class PtyInputOp(InputOp):
-    """``pty_input``: refused once the terminal has exited, as ``send_stdin`` is for a process
-    whose stdin is closed (before, the input was answered as taken and dropped)."""
+    """``pty_input``: refused once the terminal has exited (``exited``), as ``send_stdin`` is
+    for a process that has (before, the input was answered as taken and dropped)."""
 
     def __init__(self, conn: "Conn", p: Pty) -> None:
         _check_input(p)
@@ -479,8 +479,8 @@ class PtyInputOp(InputOp):
 
 
 def _check_input(p: Pty) -> None:
-    if not p.running or p.master < 0:
-        raise GuestFail("invalid_argument", f"terminal {p.pid} has exited: it takes no input")
+    if not p.running or p.master < 0:  # its own kind, as a process's (process.SendStdinOp)
+        raise GuestFail("exited", f"terminal {p.pid} has exited: it takes no input")
 
 
 def start_op(guest: "Guest", conn: "Conn", op: str, req: "dict[str, Any]") -> "Op | None":

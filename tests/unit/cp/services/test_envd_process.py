@@ -1,5 +1,5 @@
 """The rules of E2B envd's processes that need no sandbox (docs/e2b.md §3.1): exit mapping,
-selectors, start requests, signals, keepalives."""
+selectors, start requests, signals, keepalives, input to an exited process."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from warren.cp.services.envd_process import Ended, Keepalive, ended, parse_signal, selector, spec
+from warren.cp.services.envd_process import (
+    Ended,
+    Keepalive,
+    ended,
+    input_refused_as_exited,
+    parse_signal,
+    selector,
+    spec,
+)
 from warren.cp.services.envd_process_stream import with_keepalive
-from warren.errors import InvalidRequest
+from warren.errors import AgentError, InvalidRequest
 
 
 def test_exit_mapping_is_envds() -> None:
@@ -82,3 +90,20 @@ async def test_keepalive_fills_idle_stretches_only() -> None:
 async def source_now() -> AsyncIterator[int]:
     yield 1
     yield 2
+
+
+def test_input_to_an_exited_process_is_told_by_the_guests_kind() -> None:
+    """SendInput's not_found: the kind the agent sends (any words); the words alone only from
+    agents and guests that send no ``exited`` kind (before session 29), whose words are fixed."""
+    words = "process 7 has exited: it takes no input"
+
+    def refused(message: str, kind: str | None, rpc_code: str = "INVALID_ARGUMENT") -> bool:
+        return input_refused_as_exited(AgentError(message, rpc_code=rpc_code, guest_kind=kind))
+
+    assert refused("reworded: gone", "exited")
+    assert refused(words, None)  # an older agent: no kind sent
+    assert refused(words, "invalid_argument")  # an older guest behind a newer agent
+    assert not refused(words, "not_found")  # a kind that says otherwise wins over words
+    assert not refused(words, None, rpc_code="INTERNAL")
+    assert not refused("process 7 has no open stdin", "invalid_argument")
+    assert not refused("process 7 has no open stdin", None)
