@@ -3,12 +3,12 @@
 One request per unix-socket connection; the framing is described in
 ``warren/guest/PROTOCOL.md`` and implemented in guest_wire.py (frames, connections, exec
 sessions). Every failure surfaces as :class:`GuestError` with a machine
-``kind``: the guest's own kinds (``not_found``, ``invalid_argument``, ``is_a_directory``,
-``not_a_directory``, ``exists``, ``permission``, ``no_space``, ``internal``) plus ``unavailable``
-(cannot connect, or the guest hung up), ``timeout`` (the client gave up waiting),
-``output_too_large`` (a unary exec printed more than the cap; the command was killed),
-``too_large`` (the guest sent a frame larger than any legitimate one) and ``not_running`` (the
-sandbox's container died: :meth:`GuestClient.container_gone`).
+``kind``: the guest's own kinds (``not_found``, ``invalid_argument``, ``exited``,
+``is_a_directory``, ``not_a_directory``, ``exists``, ``permission``, ``no_space``,
+``internal``) plus ``unavailable`` (cannot connect, or the guest hung up), ``timeout`` (the
+client gave up waiting), ``output_too_large`` (a unary exec printed more than the cap; the
+command was killed), ``too_large`` (the guest sent a frame larger than any legitimate one) and
+``not_running`` (the sandbox's container died: :meth:`GuestClient.container_gone`).
 
 The guest runs inside the sandbox, and sandbox root can rewrite its memory (``/proc/1/mem``) or
 replace its socket: every frame size and JSON field it sends is treated as hostile. Nothing it

@@ -165,8 +165,8 @@ def start_request(st: pb.PtyStart, user: str, cwd: str | None) -> dict[str, Any]
 
 async def control(guest: GuestClient, req: pb.PtyControlRequest) -> None:
     """``PtyControl``: one input, resize or signal to the terminal ``req.pid`` through the
-    guest's unary terminal ops (``not_found`` once it is gone; input to one that exited is
-    ``invalid_argument``, as a process's closed stdin)."""
+    guest's unary terminal ops (``not_found`` once it is gone; input to one that exited is the
+    guest's ``exited``: INVALID_ARGUMENT, its kind sent as data, ``rpc_errors.abort``)."""
     if req.pid <= 0:
         raise InvalidRequest("a terminal is selected by a positive pid")
     which = req.WhichOneof("msg")
