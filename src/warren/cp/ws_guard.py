@@ -16,6 +16,14 @@ in uvicorn's config, ``cli/cp_settings.websocket_options``) with these added.
   the connection is dropped. uvicorn reads on after a close, discarding, until the reply or 10 s:
   a client that never replied had the process read and parse at line rate for those 10 s
   (session 28: ~20 GiB and 7 CPU-s over one stream whose command exited).
+- **A close the client does not read**: once the server has closed a WebSocket (the app's close,
+  a 1008 here, uvicorn's 1011 keepalive or a protocol error's close, the reply to the client's
+  close), the connection is aborted if it is still open ``close_timeout`` (uvicorn's, 10 s)
+  later. uvicorn's ``transport.close()`` waits for the transport's buffered frames to drain: a
+  client that read nothing once the kernels' buffers were full (a pong backlog, an unread
+  stream) kept its connection (fd, protocol, its unsent frames, its count under its address)
+  until it went (session 29: 16 of 16 exec streams closed 1008 or 1011 behind their unread
+  output still held 90 s on, ~100-160 KiB unsent each; now gone 10 s after the close).
 
 The size of one message is uvicorn's (``ws_max_size``, close 1009), the read-ahead one message
 (``ws_max_queue``): see ``websocket_options``.
@@ -23,6 +31,7 @@ The size of one message is uvicorn's (``ws_max_size``, close 1009), the read-ahe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -49,6 +58,53 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._held_for_writes = False  # reading paused while the client does not read
         self._idle = IdleFramePace()
         self._message: bytearray | None = None  # a fragmented message's payload so far
+        self._deadline: asyncio.TimerHandle | None = None  # the abort of a close left unread
+
+    # -- the server's close -------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+    async def send(self, message: Any) -> None:
+        try:
+            await super().send(message)
+        finally:
+            self._closing()
+
+    async def run_asgi(self) -> None:
+        try:
+            await super().run_asgi()
+        finally:
+            self._closing()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._closing()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._closing()
+
+    def _closing(self) -> None:
+        """Once the server has closed (its close sent, or the transport closing), the abort
+        ``close_timeout`` later, if the connection is still open then. Called after each of
+        uvicorn's ways to close."""
+        if self._deadline is not None or self.disconnected or self.transport is None:
+            return
+        if self.close_sent or self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.close_timeout, self._close_unread)
+
+    def _close_unread(self) -> None:
+        self._deadline = None
+        if self.disconnected:
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if unsent or not self.transport.is_closing():  # (else its loss is already under way)
+            log.info("event=websocket_dropped why=close_unread unsent=%d", unsent)
+        self.transport.abort()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -61,6 +117,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.transport.abort()
                 return
         super().data_received(data)
+        self._closing()  # a 1008 or a protocol error's close, the reply to the client's close
         if not self.writable.is_set() and not self._held_for_writes and not self.transport.is_closing():
             # The answers it owes (pongs) are backed up: read no more until they drain.
             self._held_for_writes = True
