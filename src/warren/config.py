@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # ... and of all the teams one account owns together (session 16: an owner of 4 teams held
     # the whole budget); the platform team has no owner and takes its team share only.
     transfer_window_owner_mb: int = Field(default=32, ge=0)
+    # Messages one account's file transfers hand on at once on a CP's event loop (an upload's
+    # write to the agent, a download's send to its client; services/transfer_turns.py): the
+    # rest wait their turn, so its many transfers do not crowd other teams' requests. 0: off.
+    transfer_turns_per_owner: int = Field(default=2, ge=0, le=1024)
     # Live teams one user may own (their signup team and those they created); the next create is
     # 429 quota_exceeded, deleting one frees its place (services/teams.py). Every quota is per
     # team and each new team brings the whole default quota, so this bounds one account's share.

@@ -46,6 +46,7 @@ from warren.config import get_settings
 from warren.cp.hosts.client_pool import HostClient
 from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
 from warren.cp.services.pty import InputCredit
+from warren.cp.services.transfer_turns import TransferTurns, Turn
 from warren.cp.telemetry import REGISTRY
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
@@ -67,6 +68,7 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 _budget: Budget | None = None
+_turns: TransferTurns | None = None
 _T = TypeVar("_T")
 
 # What the windows do in this process (docs/operations.md, "Metrics"): the bytes grown windows
@@ -109,6 +111,15 @@ def _windows(agent_largest: int) -> tuple[Budget, int]:
             settings.transfer_window_owner_mb * mib,
         )
     return _budget, min(settings.transfer_window_max, agent_largest)
+
+
+def _turn_of(team: str, direction: str) -> Turn:
+    """The turn of ``team``'s account (its owner; the team's own for the platform team) for
+    one message (services/transfer_turns.py), in this process."""
+    global _turns
+    if _turns is None:
+        _turns = TransferTurns(get_settings().transfer_turns_per_owner)
+    return _turns.turn(_owner_of(team) or team, direction)
 
 
 def share_key(team_id: object, owner_id: object) -> str:
@@ -183,7 +194,7 @@ async def write(
             raise AgentError("the agent did not start the upload", rpc_code="INTERNAL")
         window = Allowance(budget, team, largest, _owner_of(team))
         try:
-            await _credited_upload(call, chunks, window)
+            await _credited_upload(call, chunks, window, team)
         finally:
             window.close()
             if largest > BASE:
@@ -196,8 +207,9 @@ async def write(
 class _UploadWindow:
     """An upload's credit, and the window the agent grants it as far as this side allows."""
 
-    def __init__(self, window: Allowance) -> None:
+    def __init__(self, window: Allowance, team: str) -> None:
         self.window = window
+        self.team = team  # whose turns its messages take (_turn_of)
         self.credit = InputCredit(UPLOAD_WINDOW)
         self.told = UPLOAD_WINDOW  # the window the agent was last told this side keeps to
         self.writing = False  # a message is on its way to the call
@@ -220,9 +232,9 @@ class _UploadWindow:
         return self.told
 
 
-async def _credited_upload(call: Any, chunks: AsyncIterator[bytes], window: Allowance) -> None:
+async def _credited_upload(call: Any, chunks: AsyncIterator[bytes], window: Allowance, team: str) -> None:
     """The upload's chunks, a window ahead of the agent's acknowledgements, to its ``done``."""
-    credit = _UploadWindow(window)
+    credit = _UploadWindow(window, team)
     writer = asyncio.create_task(_send_chunks(call, chunks, credit))
     reader = asyncio.create_task(_upload_events(call, credit))
     try:
@@ -264,7 +276,9 @@ async def _send_chunks(call: Any, chunks: AsyncIterator[bytes], credit: _UploadW
                 await credit.credit.take(len(piece))  # the client's next bytes wait meanwhile
                 if credit.refused:
                     return  # _refused half-closes
-                await _send_one(call, pb.WriteFileStreamRequest(chunk=piece, window=credit.news()), credit)
+                msg = pb.WriteFileStreamRequest(chunk=piece, window=credit.news())
+                async with _turn_of(credit.team, "upload"):
+                    await _send_one(call, msg, credit)
         if credit.refused:
             return
         # Only now is the upload whole: the agent discards a file that ends without this.
@@ -360,7 +374,7 @@ async def open_read(
         call.cancel()
         raise
     grower = Grower(budget, team, largest, group=_owner_of(team)) if largest > BASE else None
-    return _relay(call, first, sid, path, credit=True, grower=grower)
+    return _relay(call, first, sid, path, credit=True, grower=grower, team=team)
 
 
 async def _open_plain_read(client: HostClient, req: pb.ReadFileRequest) -> AsyncGenerator[bytes]:
@@ -375,18 +389,20 @@ async def _open_plain_read(client: HostClient, req: pb.ReadFileRequest) -> Async
 
 
 async def _relay(
-    call: Any, first: Any, sid: str, path: str, *, credit: bool, grower: Grower | None = None
+    call: Any, first: Any, sid: str, path: str, *, credit: bool, grower: Grower | None = None, team: str = ""
 ) -> AsyncGenerator[bytes]:
-    """The file's chunks as the client takes them; with ``credit``, acknowledged once handed
-    on, and with a ``grower`` the window granted with them (it grows while the client takes
-    what comes faster than it comes)."""
+    """The file's chunks as the client takes them, each handed on in a turn of ``team``'s
+    account (:func:`_turn_of`); with ``credit``, acknowledged once handed on, and with a
+    ``grower`` the window granted with them (it grows while the client takes what comes faster
+    than it comes)."""
     try:
         msg, taken = first, 0
         while msg is not _EOF:
             if chunk := msg.chunk:
                 if grower is not None and msg.window:
                     grower.sender_keeps(msg.window)
-                yield chunk
+                async with _turn_of(team, "download"):
+                    yield chunk
                 taken += len(chunk)  # handed on: the response's send returned
                 grown = _counted("download", grower, lambda: grower.consumed(len(chunk))) if grower else None
                 batch = grower.ack_batch(OUTPUT_ACK_BYTES) if grower is not None else OUTPUT_ACK_BYTES
