@@ -36,10 +36,11 @@ pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 PING = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # the largest a control frame may be
 FLOOD_S = 20  # the longest a flood runs
 STALL_S = 3  # a socket that takes nothing for this long: the server stopped reading it
-# How long the attacker holds her connections open after the server's closes: past uvicorn's
-# close timeout (10 s) for the 1008s, and past its keepalive (a ping 20 s in, given up 20 s
-# later: 1011) plus the close timeout for streams whose output she never reads.
-HOLD_S = 90
+# How long the attacker holds her connections open after the server's closes: well past
+# uvicorn's close timeout (10 s). (A stream whose command ended behind its unread output is
+# closed 1011 by uvicorn's keepalive ~40 s in, then let go the same way: the unit test
+# tests/unit/cp/test_ws_guard.py covers that close with its timings cut, not this module.)
+HOLD_S = 60
 EXEC_STREAM = "exec/stream"
 CLIENTS = 16
 # More than the kernels' buffers on loopback (autotuned up to 4 MiB a socket) and the CP
@@ -145,15 +146,3 @@ def test_streams_closed_1008_behind_their_unread_output_are_let_go(
         sent = _flood(clients, PING * 512)
         _held_after(platform, clients, "1008 behind output", sent)
     alice.sh(sandbox, "pkill -9 sleep; true")
-
-
-def test_streams_whose_command_ended_behind_unread_output_are_let_go(
-    platform: Platform, alice: Tenant, sandbox: str
-) -> None:
-    """Commands that write more than the kernels and the CP's transport take, then exit: the
-    CP's sends wait for a client that never reads until uvicorn's keepalive gives up on it
-    (1011), the close behind the output."""
-    with ExitStack() as stack:
-        clients = _open(stack, alice, sandbox, CLIENTS)
-        _start(clients, OUTPUT)
-        _held_after(platform, clients, "keepalive behind output", 0)
