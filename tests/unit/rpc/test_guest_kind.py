@@ -12,9 +12,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from tests.harness.agent_stub import served_stub
 from warren.agent.guest_wire import GuestError
 from warren.agent.rpc_errors import GUEST_CODES, abort, kind_metadata, mapped_errors, relay, status_for
-from warren.cp.hosts.agent_client import agent_errors
 from warren.cp.services.envd_process import input_refused_as_exited
 from warren.errors import AgentError, InvalidRequest
 from warren.rpc import guest_kind
@@ -62,14 +62,8 @@ class Agent(pb_grpc.HostAgentServicer):
 
 @pytest.fixture
 async def stub() -> AsyncIterator[Any]:
-    server = grpc.aio.server()
-    pb_grpc.add_HostAgentServicer_to_server(Agent(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=agent_errors("host-x"))
-    yield pb_grpc.HostAgentStub(channel)
-    await channel.close()
-    await server.stop(0)
+    async with served_stub(Agent()) as s:
+        yield s
 
 
 def test_the_agents_map() -> None:

@@ -10,6 +10,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from tests.harness.agent_stub import served_stub
 from warren.cp.hosts.agent_client import agent_errors
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
@@ -43,14 +44,8 @@ class Refusing(pb_grpc.HostAgentServicer):
 
 @pytest.fixture
 async def stub() -> AsyncIterator[Any]:
-    server = grpc.aio.server()
-    pb_grpc.add_HostAgentServicer_to_server(Refusing(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=agent_errors("host-x"))
-    yield pb_grpc.HostAgentStub(channel)
-    await channel.close()
-    await server.stop(0)
+    async with served_stub(Refusing()) as s:
+        yield s
 
 
 def _check(e: AgentError, rpc_code: str, message: str) -> None:
