@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.cp import REFUSAL_HOLD_S
 from tests.harness.invitations import join_team_async, verify_email_async
 from warren.config import Settings
 from warren.cp.api.deps import TeamContext
@@ -32,6 +33,9 @@ def make_settings(db_url: str, **overrides: object) -> Settings:
         # A module's one client signs up all its tests' users from one address (test_teams
         # passed the default 60); the limit itself is tested in tests/security/test_abuse.py.
         "signup_limit_per_address": 1000,
+        # Likewise its refusals (401, 429): past the production budget they would be held
+        # (cp/refusal_hold.py, tested in tests/security/test_attack_session29_refusal_flood.py).
+        "refusal_hold_s": REFUSAL_HOLD_S,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
