@@ -10,6 +10,9 @@
 Lifecycle calls are sync (``start``, ``stop``, ``kill9``); a test on the event loop of an
 in-process control plane uses ``astart``/``astop``, which wait in a thread so the CP it shares
 the loop with keeps answering the agent's registration.
+
+Every agent follows the test process that started it (:mod:`tests.harness.tether`): when that
+process ends without stopping it (a killed run), the agent destroys its sandboxes and stops.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from tests.harness import tether
 from tests.harness.machine import MINIMAL_CACHE, free_port, listening, minimal_cache_env, scratch_dir
 from warren import ids
 from warren.agent.control_plane import load_credentials
@@ -135,7 +139,7 @@ class AgentProcess:
         if self.cp_url is not None:
             return {
                 **os.environ, "WARREN_HEARTBEAT_INTERVAL_S": self.heartbeat_s, **minimal_cache_env(),
-                **NO_METRICS_PORT,
+                **NO_METRICS_PORT, **tether.agent_env(),
             }  # fmt: skip
         # A standalone agent's create concurrency is what the test asks for, not the caller's.
         inherited = {k: v for k, v in os.environ.items() if k != "WARREN_AGENT_CREATE_CONCURRENCY"}
@@ -146,6 +150,7 @@ class AgentProcess:
             "WARREN_AGENT_METRICS_INTERVAL": "1",
             **NO_METRICS_PORT,
             **self.extra_env,
+            **tether.agent_env(),
         }
 
     def start(self, register_token: str | None = None) -> AgentProcess:

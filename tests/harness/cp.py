@@ -4,7 +4,8 @@
   clock (``warren.clock``), drives its HostMonitor and calls services on its engine;
 * :class:`CPProcess`: ``uvicorn warren.cp.app:create_app --factory`` in its own process with
   settings from ``WARREN_*``, the way an operator runs it (blocking SDK calls from a test never
-  stall it, its RSS can be measured, and it can be killed outright).
+  stall it, its RSS can be measured, and it can be killed outright). It is killed when the test
+  process ends without stopping it (:mod:`tests.harness.tether`).
 
 :class:`User` is one signed-up account of an in-process CP, calling its API with a JWT.
 """
@@ -29,6 +30,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness import tether
 from tests.harness.invitations import join_team_async, verify_email_async
 from tests.harness.machine import free_port
 from warren import ids
@@ -229,7 +231,9 @@ class CPProcess:
         cmd = [sys.executable, "-m", "warren.cli.main", "cp", "--no-migrate", "--host", "127.0.0.1",
                "--port", str(self.port), "--e2b-port", str(self.e2b_port)]  # fmt: skip
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=log, start_new_session=True)
+            # SIGKILL: what it holds goes with its process (its children die with it:
+            # warren/parent_death.py), and a graceful stop could wait on a dead test's requests.
+            self.proc = tether.popen(cmd, env=self.env(), stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

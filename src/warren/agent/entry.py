@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +24,14 @@ from warren.logs import LogFormat
 
 if TYPE_CHECKING:
     import grpc
+
+    from warren.agent.main import AgentHandle, ExtraTask
+
+# Tests only, unset in production (tests/harness/agent.py sets it): the pid of the agent's
+# parent. When that process ends, however it ends (a test run killed, SIGKILL included), the
+# agent destroys every sandbox and stops, as on a Terminate RPC: a killed test run left agents,
+# their sandboxes, network slots and mounts behind for the next run (session 29).
+EXIT_WITH_PARENT_ENV = "WARREN_AGENT_EXIT_WITH_PARENT"
 
 
 def setup_logging(level: str, fmt: LogFormat = "text") -> None:
@@ -40,19 +50,22 @@ async def run_agent(
     cp_url: str | None = None,
     register_token: str | None = None,
     address: str | None = None,
+    exit_with_parent: int | None = None,
 ) -> None:
     """The agent, optionally linked to a control plane (registration, mTLS, heartbeats).
-    ``runtime``: runc, crun, or auto (runtime/select.py: choose_default)."""
-    import logging
-
-    from warren.agent.main import AgentHandle, serve
+    ``runtime``: runc, crun, or auto (runtime/select.py: choose_default). ``exit_with_parent``:
+    see :data:`EXIT_WITH_PARENT_ENV`."""
+    from warren.agent.main import serve
     from warren.agent.runtime.select import choose_default
 
     runtime, why = await choose_default(runtime)
     logging.getLogger("warren.agent").info("event=runtime_default runtime=%s why=%r", runtime, why)
     await asyncio.to_thread(compile_guest)
+    follow: list[ExtraTask] = []
+    if exit_with_parent is not None:
+        follow.append(functools.partial(follow_parent, exit_with_parent))
     if not cp_url:
-        await serve(listen, data_dir, settings, runtime=runtime)
+        await serve(listen, data_dir, settings, runtime=runtime, extra_tasks=follow)
         return
     from warren.agent.control_plane import AgentHooks, ControlPlaneLink
     from warren.agent.host_report import host_report
@@ -94,8 +107,36 @@ async def run_agent(
             await link.stop()
 
     await serve(
-        listen, data_dir, settings, runtime=runtime, link_up=link_up, extra_tasks=[cp_link], cp_url=cp_url,
+        listen, data_dir, settings, runtime=runtime, link_up=link_up, extra_tasks=[cp_link, *follow],
+        cp_url=cp_url,
     )  # fmt: skip
+
+
+async def follow_parent(parent: int, handle: AgentHandle) -> None:
+    """Wait for process ``parent`` to end, then terminate the agent (:data:`EXIT_WITH_PARENT_ENV`).
+    Its pidfd, not the parent-death signal: that one follows the parent *thread* that started
+    the agent (a test's worker thread ends long before the test process). A parent that ended
+    before this started (the agent was reparented: its pid may be another process's by now)
+    ends the agent at once."""
+    try:
+        fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        fd = -1
+    try:
+        if fd >= 0 and os.getppid() == parent:
+            loop, ended = asyncio.get_running_loop(), asyncio.Event()
+            loop.add_reader(fd, ended.set)
+            try:
+                await ended.wait()
+            finally:
+                loop.remove_reader(fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    logging.getLogger("warren.agent").warning(
+        "event=parent_gone parent=%d: destroying every sandbox and stopping", parent
+    )
+    handle.terminate()
 
 
 def compile_guest() -> None:
@@ -189,8 +230,19 @@ def agent_command(
     """Run the host agent: sandboxes on this machine, served over gRPC."""
     _check_host(runtime)
     os.environ.pop("WARREN_REGISTRATION_TOKEN", None)  # consumed: not for the agent's children
+    parent = os.environ.pop(EXIT_WITH_PARENT_ENV, "")  # likewise
     settings = load_settings(log_format=log_format, metrics_listen=metrics_listen, warm_pool=warm_pool)
     setup_logging(settings.log_level, settings.log_format)
+    follow = int(parent) if parent else None
     asyncio.run(
-        run_agent(listen, data_dir, runtime, settings, cp_url=cp, register_token=register, address=address)
+        run_agent(
+            listen,
+            data_dir,
+            runtime,
+            settings,
+            cp_url=cp,
+            register_token=register,
+            address=address,
+            exit_with_parent=follow,
+        )
     )
