@@ -23,6 +23,7 @@ from warren.cp.services import exec_stream as stream
 from warren.cp.services import exec_unary as unary
 from warren.cp.services import sandbox_access, stream_slots
 from warren.cp.services.authn import authenticate
+from warren.cp.services.transfer_turns import account_key
 from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["exec"])
@@ -107,8 +108,9 @@ async def exec_stream(websocket: WebSocket, sandbox_id: str) -> None:
         await websocket.accept()
         try:
             session = stream.stream_session(
-                engine, client, tgt.uuid, tgt.sid, _peer(websocket), max_timeout=_max_timeout(websocket)
-            )
+                engine, client, tgt.uuid, tgt.sid, _peer(websocket), max_timeout=_max_timeout(websocket),
+                account=account_key(ctx.team_id, ctx.owner_id),
+            )  # fmt: skip
             # Ends with an error frame if the credentials are revoked meanwhile (stream_revocation).
             await slot.guard_notify(session, lambda e: websocket.send_text(json.dumps(error_frame(e))))
         finally:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.aio import cancel_and_wait
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient
-from warren.cp.services import sandbox_access
+from warren.cp.services import sandbox_access, transfer_turns
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import after_start, check_timeout, check_user, decode_b64, parse_signal
 from warren.cp.services.strict import check_text, optional_text
@@ -141,10 +141,12 @@ async def stream_session(
     peer: Peer,
     *,
     max_timeout: int,
+    account: str = "",
 ) -> None:
     """Run one exec-stream session: the first client frame decides (``start`` or ``attach``),
     then events flow out and stdin/signals flow in until the process exits or the client stops.
-    ``last_active_at`` is updated at the end, detached from the request (5 s budget)."""
+    ``last_active_at`` is updated at the end, detached from the request (5 s budget). Stdin is
+    handed on in turns of ``account`` (``transfer_turns.account_key``; "": none)."""
     try:
         first = await peer.recv()
     except Exception:  # a client that went away before saying anything
@@ -154,9 +156,9 @@ async def stream_session(
             if not first["cmd"]:
                 await peer.error(InvalidRequest(FIRST_FRAME_ERROR))
                 return
-            await _run_start(client, sid, first, peer, max_timeout)
+            await _run_start(client, sid, first, peer, max_timeout, account)
         elif isinstance(first, dict) and first.get("type") == "attach" and _is_pid(first.get("pid")):
-            await _run_attach(client, sid, int(first["pid"]), peer)
+            await _run_attach(client, sid, int(first["pid"]), peer, account)
         else:
             await peer.error(InvalidRequest(FIRST_FRAME_ERROR))
             return
@@ -304,7 +306,9 @@ async def _drain(queue: StdinQueue, started: asyncio.Event) -> AsyncIterator[pb.
             await after_start(started)
 
 
-async def _run_start(client: HostClient, sid: str, first: Frame, peer: Peer, max_timeout: int) -> None:
+async def _run_start(
+    client: HostClient, sid: str, first: Frame, peer: Peer, max_timeout: int, account: str
+) -> None:
     try:
         queue = _start_queue(sid, first, max_timeout)
     except InvalidRequest as e:
@@ -319,7 +323,8 @@ async def _run_start(client: HostClient, sid: str, first: Frame, peer: Peer, max
         if kind == "stdin":
             data = memoryview(_stdin_bytes(f))
             for i in range(0, len(data), STDIN_PIECE):  # small messages: see STDIN_PIECE
-                await queue.put(pb.ExecStreamRequest(stdin=bytes(data[i : i + STDIN_PIECE])))
+                async with transfer_turns.turn(account, "input"):
+                    await queue.put(pb.ExecStreamRequest(stdin=bytes(data[i : i + STDIN_PIECE])))
         elif kind == "close_stdin":
             await queue.put(pb.ExecStreamRequest(close_stdin=True))
         elif kind == "signal":
@@ -334,7 +339,7 @@ async def _run_start(client: HostClient, sid: str, first: Frame, peer: Peer, max
         queue.end()
 
 
-async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> None:
+async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer, account: str) -> None:
     sel = pb.ProcessSelector(pid=pid)
     call = client.stub.AttachProcess(pb.AttachProcessRequest(sandbox_id=sid, process=sel))
 
@@ -342,7 +347,8 @@ async def _run_attach(client: HostClient, sid: str, pid: int, peer: Peer) -> Non
         kind = f.get("type")
         if kind == "stdin":
             req = pb.SendStdinRequest(sandbox_id=sid, process=sel, data=_stdin_bytes(f))
-            await client.stub.SendStdin(req, timeout=DEFAULT_TIMEOUT_S)
+            async with transfer_turns.turn(account, "input"):
+                await client.stub.SendStdin(req, timeout=DEFAULT_TIMEOUT_S)
         elif kind == "close_stdin":
             req_close = pb.CloseStdinRequest(sandbox_id=sid, process=sel)
             await client.stub.CloseStdin(req_close, timeout=DEFAULT_TIMEOUT_S)

@@ -44,9 +44,10 @@ from prometheus_client import Counter, Gauge
 from warren.aio import cancel_and_wait
 from warren.config import get_settings
 from warren.cp.hosts.client_pool import HostClient
+from warren.cp.services import transfer_turns
 from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES
 from warren.cp.services.pty import InputCredit
-from warren.cp.services.transfer_turns import TransferTurns, Turn
+from warren.cp.services.transfer_turns import Turn
 from warren.cp.telemetry import REGISTRY
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
@@ -68,7 +69,6 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 _budget: Budget | None = None
-_turns: TransferTurns | None = None
 _T = TypeVar("_T")
 
 # What the windows do in this process (docs/operations.md, "Metrics"): the bytes grown windows
@@ -116,10 +116,7 @@ def _windows(agent_largest: int) -> tuple[Budget, int]:
 def _turn_of(team: str, direction: str) -> Turn:
     """The turn of ``team``'s account (its owner; the team's own for the platform team) for
     one message (services/transfer_turns.py), in this process."""
-    global _turns
-    if _turns is None:
-        _turns = TransferTurns(get_settings().transfer_turns_per_owner)
-    return _turns.turn(_owner_of(team) or team, direction)
+    return transfer_turns.turn(_owner_of(team) or team, direction)
 
 
 def share_key(team_id: object, owner_id: object) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import sandbox_access
+from warren.cp.services import sandbox_access, transfer_turns
 from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
@@ -58,14 +59,20 @@ class PtyPeer:
             await self.send_json(self.error_frame(exc))
 
 
-async def prepare(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
-) -> sandbox_access.Target:
+@dataclass(frozen=True)
+class Terminal(sandbox_access.Target):
+    """The sandbox a terminal runs in, and whose turns its messages take (services/transfer_turns.py)."""
+
+    account: str = ""
+
+
+async def prepare(engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str) -> Terminal:
     """The caller's running sandbox with a reachable host (400/404/409/503 otherwise): called
     before the WebSocket is accepted, so these are plain HTTP answers."""
     tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
     tgt.client()  # the host's 503 now, not after the upgrade
-    return tgt
+    fields = {f.name: getattr(tgt, f.name) for f in dataclasses.fields(tgt)}
+    return Terminal(**fields, account=transfer_turns.account_key(ctx.team_id, ctx.owner_id))
 
 
 # ------------------------------------------------------------------------------ frames
@@ -141,8 +148,9 @@ def next_request(raw: str | bytes) -> pb.PtyRequest:
 # ----------------------------------------------------------------------------- session
 
 
-async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyPeer) -> None:
-    """One terminal session, from the client's first frame to the exit (or the first error)."""
+async def session(engine: AsyncEngine, target: Terminal, peer: PtyPeer) -> None:
+    """One terminal session, from the client's first frame to the exit (or the first error);
+    its input handed on in turns of its account (``target.account``)."""
     try:
         try:
             raw = await peer.recv()
@@ -158,11 +166,10 @@ async def session(engine: AsyncEngine, target: sandbox_access.Target, peer: PtyP
     queue.put_nowait(first)
     call = target.client().stub.PtyStream(_drain(queue))
     credit = InputCredit()
-    inbound = asyncio.create_task(_inbound(peer, queue, call, credit))
+    inbound = asyncio.create_task(_inbound(peer, queue, call, credit, target.account))
+    outbound = _outbound(call, peer, credit, queue)
     try:
-        await duplex(
-            call, _outbound(call, peer, credit, queue), inbound, inbound.done, detach_reporter(peer.error)
-        )
+        await duplex(call, outbound, inbound, inbound.done, detach_reporter(peer.error))
     finally:
         sandbox_access.touch_later(engine, target.uuid)
 
@@ -223,9 +230,10 @@ class InputCredit:
 
 
 async def _inbound(
-    peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], call: Any, credit: InputCredit
+    peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], call: Any, credit: InputCredit, account: str
 ) -> None:
-    """Client frames → the agent, until the client goes or sends a bad frame (reported)."""
+    """Client frames → the agent, until the client goes or sends a bad frame (reported), each
+    handed on in a turn of ``account`` (services/transfer_turns.py)."""
     try:
         while True:
             try:
@@ -240,7 +248,8 @@ async def _inbound(
                 await peer.error(e)
                 break
             await credit.take(len(req.input))
-            await queue.put(req)
+            async with transfer_turns.turn(account, "input"):
+                await queue.put(req)
     finally:
         call.cancel()
 

@@ -96,3 +96,26 @@ async def test_zero_turns_or_no_owner_is_off() -> None:
     turns = TransferTurns(1)
     async with turns.turn("", "upload"), turns.turn("", "upload"):
         assert turns.tracked() == 0
+
+
+async def test_streams_and_transfers_share_one_accounts_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exec streams' and terminals' input takes the same turns as file transfers (one instance a
+    process, ``turn``), keyed by the account (``account_key``: the owner, else the team)."""
+    monkeypatch.setattr(transfer_turns, "HOLD_S", 60.0)
+    monkeypatch.setattr(transfer_turns, "_shared", TransferTurns(2))
+    assert transfer_turns.account_key("team-1", "owner-1") == "owner-1"
+    assert transfer_turns.account_key("platform", None) == "platform"
+    waits = {d: TURN_WAITS.labels(d)._value.get() for d in ("upload", "input")}
+    release = asyncio.Event()
+
+    async def hold(direction: str) -> None:
+        async with transfer_turns.turn("owner-1", direction):
+            await release.wait()
+
+    held = [asyncio.create_task(hold(d)) for d in ("upload", "input", "input", "upload")]
+    await asyncio.sleep(0.01)
+    # The first upload and input hold the account's two turns; the others wait for one.
+    assert {d: TURN_WAITS.labels(d)._value.get() - waits[d] for d in waits} == {"upload": 1, "input": 1}
+    release.set()
+    await asyncio.gather(*held)
+    assert transfer_turns._shared is not None and transfer_turns._shared.tracked() == 0
