@@ -10,10 +10,11 @@ the rest wait their turn (p99 26-42 ms), which the CP counts
 output credit already paces it; turns made no difference there), but runs beside.
 
 The attack, as Mallory runs it: 8 streams pushing 4 MiB of stdin each and 4 streams writing
-4 MiB of output each, all at once in her sandbox. Expected: every stream's bytes arrive intact
-(counted), and her input took turns (before, no stream message ever waited: the counter had no
-such direction). That the loop then serves other teams sooner is the benchmark's to show, not a
-test's (no timing here).
+4 MiB of output each, all at once in her sandbox; then 8 terminals typed into, 1 MiB each.
+Expected: every stream's bytes arrive intact (counted), and her input took turns, the streams'
+and the terminals' (before, no stream message ever waited: the counter had no such direction).
+That the loop then serves other teams sooner is the benchmark's to show, not a test's (no
+timing here).
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ MIB = 1 << 20
 SIZE = 4 * MIB
 OUTPUTS, INPUTS = 4, 8
 PIECE = 64 << 10
+TERMINAL_SIZE = MIB
 
 
-def _stream(alice: Tenant, sid: str) -> Any:
-    url = alice.url.replace("http://", "ws://", 1) + f"/v1/sandboxes/{sid}/exec/stream"
+def _stream(alice: Tenant, sid: str, kind: str = "exec/stream") -> Any:
+    url = alice.url.replace("http://", "ws://", 1) + f"/v1/sandboxes/{sid}/{kind}"
     return ws_connect(url, additional_headers={"X-API-Key": alice.api_key}, max_size=None, open_timeout=30)
 
 
@@ -77,6 +79,30 @@ def _input(alice: Tenant, sid: str) -> tuple[str, int]:
     return text.strip(), code
 
 
+def _terminal(alice: Tenant, sid: str) -> tuple[str, int]:
+    """TERMINAL_SIZE bytes typed into a raw terminal's ``head -c | wc -c``: what it counted,
+    and its exit code."""
+    script = f"stty raw -echo; echo ready; head -c {TERMINAL_SIZE} | wc -c"
+    start = {"type": "start", "cols": 80, "rows": 24, "cmd": "/bin/sh", "args": ["-c", script]}
+    with _stream(alice, sid, "pty") as ws:
+        ws.send(json.dumps(start))
+        out = b""
+        while b"ready" not in out:  # raw from here: nothing typed is lost to the line discipline
+            if isinstance(m := ws.recv(timeout=60), bytes):
+                out += m
+        for _ in range(TERMINAL_SIZE // PIECE):
+            ws.send(b"b" * PIECE)
+        out = b""
+        while True:
+            m = ws.recv(timeout=120)
+            if isinstance(m, bytes):
+                out += m
+            elif (f := json.loads(m))["type"] == "exit":
+                return out.decode().split("ready")[-1].strip(), f["exit_code"]
+            elif f["type"] == "error":
+                raise AssertionError(f)
+
+
 def test_one_teams_many_streams_take_turns_and_arrive_whole(
     platform: Platform, alice: Tenant, sandbox: str
 ) -> None:
@@ -88,4 +114,11 @@ def test_one_teams_many_streams_take_turns_and_arrive_whole(
         assert [o.result() for o in outs] == [(SIZE, 0)] * OUTPUTS
         assert [i.result() for i in ins] == [(str(SIZE), 0)] * INPUTS
 
+    assert _waits(platform, "input") > before
+
+    # Terminals: their input takes the same turns.
+    before = _waits(platform, "input")
+    with ThreadPoolExecutor(INPUTS) as pool:
+        typed = [pool.submit(_terminal, alice, sandbox) for _ in range(INPUTS)]
+        assert [t.result() for t in typed] == [(str(TERMINAL_SIZE), 0)] * INPUTS
     assert _waits(platform, "input") > before

@@ -247,8 +247,8 @@ async def _inbound(
             except WarrenError as e:
                 await peer.error(e)
                 break
-            await credit.take(len(req.input))
-            async with transfer_turns.turn(account, "input"):
+            async with transfer_turns.turn(account, "input"):  # held while the agent has no room
+                await credit.take(len(req.input))
                 await queue.put(req)
     finally:
         call.cancel()
