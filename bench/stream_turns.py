@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._platform import require_root, running_platform
 from bench.api_auth import cpu_seconds
-from bench.transfer_turns import pct, read_loop
+from bench.transfer_turns import read_loop, row, table
 from tests.harness.tenant import signup
 from warren.sdk import Sandbox
 
@@ -101,9 +101,7 @@ async def one_run(turns: str, args: argparse.Namespace) -> str:
         elapsed = time.perf_counter() - t0
         cores = ((cpu_seconds(pid) or 0.0) - cpu0) / elapsed
         await asyncio.to_thread(sbx.kill)
-    by_itself = f"{pct(alone, 50):>9.2f} {pct(alone, 99):>9.2f}"
-    beside = f"{pct(lat, 50):>9.2f} {pct(lat, 99):>9.2f}"
-    return f"{turns:>5} {by_itself}   {beside} {sum(done) / MIB / elapsed:>10.1f} {cores:>9.2f}"
+    return row(turns, alone, lat, sum(done) / MIB / elapsed, cores)
 
 
 async def main() -> None:
@@ -118,10 +116,7 @@ async def main() -> None:
     args = ap.parse_args()
     require_root("bench/stream_turns.py")
     rows = [await one_run(turns, args) for _ in range(args.rounds) for turns in ("0", "2")]
-    print(f"\nturns: {args.streams} exec streams of {args.cmd!r} beside a reader, {os.cpu_count()} CPUs")
-    head = f"{'alone p50':>9} {'p99 ms':>9}   {'beside p50':>9} {'p99 ms':>9}"
-    print(f"{'turns':>5} {head} {'MiB/s':>10} {'CP cores':>9}")
-    print("\n".join(rows))
+    table(f"{args.streams} exec streams of {args.cmd!r} beside a reader", rows)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,21 @@ async def one_run(turns: str, args: argparse.Namespace) -> str:
         elapsed = time.perf_counter() - t0
         cores = ((cpu_seconds(pid) or 0.0) - cpu0) / elapsed
         await asyncio.to_thread(sbx.kill)
+    return row(turns, alone, lat, sum(done) / MIB / elapsed, cores)
+
+
+def row(turns: str, alone: list[float], beside: list[float], mib_s: float, cores: float) -> str:
+    """One run's line of :func:`table`: the reader's latencies alone and beside the load."""
     by_itself = f"{pct(alone, 50):>9.2f} {pct(alone, 99):>9.2f}"
-    beside = f"{pct(lat, 50):>9.2f} {pct(lat, 99):>9.2f}"
-    return f"{turns:>5} {by_itself}   {beside} {sum(done) / MIB / elapsed:>10.1f} {cores:>9.2f}"
+    crowded = f"{pct(beside, 50):>9.2f} {pct(beside, 99):>9.2f}"
+    return f"{turns:>5} {by_itself}   {crowded} {mib_s:>10.1f} {cores:>9.2f}"
+
+
+def table(title: str, rows: list[str]) -> None:
+    print(f"\nturns: {title}, {os.cpu_count()} CPUs")
+    head = f"{'alone p50':>9} {'p99 ms':>9}   {'beside p50':>9} {'p99 ms':>9}"
+    print(f"{'turns':>5} {head} {'MiB/s':>10} {'CP cores':>9}")
+    print("\n".join(rows))
 
 
 async def main() -> None:
@@ -113,10 +125,7 @@ async def main() -> None:
     args = ap.parse_args()
     require_root("bench/transfer_turns.py")
     rows = [await one_run(turns, args) for _ in range(args.rounds) for turns in ("0", "2")]
-    print(f"\nturns: {args.uploads} uploads of {args.mib} MiB beside a reader, {os.cpu_count()} CPUs")
-    head = f"{'alone p50':>9} {'p99 ms':>9}   {'beside p50':>9} {'p99 ms':>9}"
-    print(f"{'turns':>5} {head} {'MiB/s':>10} {'CP cores':>9}")
-    print("\n".join(rows))
+    table(f"{args.uploads} uploads of {args.mib} MiB beside a reader", rows)
 
 
 if __name__ == "__main__":
