@@ -25,11 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._platform import require_root, running_platform
+from bench._platform import require_root
 from bench.api_auth import cpu_seconds
-from bench.transfer_turns import read_loop, row, table
-from tests.harness.tenant import signup
-from warren.sdk import Sandbox
+from bench.transfer_turns import read_loop, row, table, two_teams
 
 MIB = 1 << 20
 STDIN_CMD = "cat >/dev/null"  # --cmd: the streams push stdin instead of reading output
@@ -82,25 +80,19 @@ async def readers(argv: list[str]) -> None:
 
 
 async def one_run(turns: str, args: argparse.Namespace) -> str:
-    os.environ["WARREN_TRANSFER_TURNS_PER_OWNER"] = turns  # the CP process reads it at start
-    async with running_platform("warren-bench-sturns-", ("127.0.0.42",)) as (platform, _):
-        host, port = "127.0.0.1", int(platform.url.rsplit(":", 1)[1])
-        a = await asyncio.to_thread(signup, platform.url, "streamer")
-        b = await asyncio.to_thread(signup, platform.url, "reader")
-        sbx = await asyncio.to_thread(Sandbox.create, url=platform.url, api_key=a.api_key, memory_mb=2048)
-        pid = platform.cp.proc.pid if platform.cp.proc else None
-        alone = await read_loop(host, port, b.api_key, time.perf_counter() + args.duration / 2)
+    async with two_teams(turns, "warren-bench-sturns-", "127.0.0.42") as t:
+        host, port, pid = t.host, t.port, t.cp_pid
+        alone = await read_loop(host, port, t.b_key, time.perf_counter() + args.duration / 2)
         stop = time.perf_counter() + args.duration
         cpu0, t0 = cpu_seconds(pid) or 0.0, time.perf_counter()
-        argv = [host, str(port), a.api_key, sbx.id, str(args.streams), args.cmd, str(args.duration)]
+        argv = [host, str(port), t.a_key, t.sid, str(args.streams), args.cmd, str(args.duration)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--readers", *argv, stdout=asyncio.subprocess.PIPE
         )
-        lat = await read_loop(host, port, b.api_key, stop)
+        lat = await read_loop(host, port, t.b_key, stop)
         done = [int((await proc.communicate())[0])]
         elapsed = time.perf_counter() - t0
         cores = ((cpu_seconds(pid) or 0.0) - cpu0) / elapsed
-        await asyncio.to_thread(sbx.kill)
     return row(turns, alone, lat, sum(done) / MIB / elapsed, cores)
 
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -80,25 +83,48 @@ def pct(values: list[float], p: int) -> float:
     return s[min(len(s) - 1, len(s) * p // 100)] * 1000
 
 
-async def one_run(turns: str, args: argparse.Namespace) -> str:
+@dataclass(frozen=True)
+class TwoTeams:
+    """A platform with team A (the load, its sandbox ``sid``) and team B (the reader)."""
+
+    host: str
+    port: int
+    a_key: str
+    b_key: str
+    sid: str
+    cp_pid: int | None
+
+
+@contextlib.asynccontextmanager
+async def two_teams(turns: str, prefix: str, agent_ip: str) -> AsyncIterator[TwoTeams]:
+    """A platform whose CP runs with ``turns`` (WARREN_TRANSFER_TURNS_PER_OWNER), two teams on
+    it and A's 2 GiB sandbox, killed on the way out."""
     os.environ["WARREN_TRANSFER_TURNS_PER_OWNER"] = turns  # the CP process reads it at start
-    async with running_platform("warren-bench-turns-", ("127.0.0.41",)) as (platform, _):
-        host, port = "127.0.0.1", int(platform.url.rsplit(":", 1)[1])
-        a = await asyncio.to_thread(signup, platform.url, "uploader")
+    async with running_platform(prefix, (agent_ip,)) as (platform, _):
+        a = await asyncio.to_thread(signup, platform.url, "load")
         b = await asyncio.to_thread(signup, platform.url, "reader")
         sbx = await asyncio.to_thread(Sandbox.create, url=platform.url, api_key=a.api_key, memory_mb=2048)
         pid = platform.cp.proc.pid if platform.cp.proc else None
-        alone = await read_loop(host, port, b.api_key, time.perf_counter() + args.duration / 2)
+        port = int(platform.url.rsplit(":", 1)[1])
+        try:
+            yield TwoTeams("127.0.0.1", port, a.api_key, b.api_key, sbx.id, pid)
+        finally:
+            await asyncio.to_thread(sbx.kill)
+
+
+async def one_run(turns: str, args: argparse.Namespace) -> str:
+    async with two_teams(turns, "warren-bench-turns-", "127.0.0.41") as t:
+        host, port, pid = t.host, t.port, t.cp_pid
+        alone = await read_loop(host, port, t.b_key, time.perf_counter() + args.duration / 2)
         stop = time.perf_counter() + args.duration
         cpu0, t0 = cpu_seconds(pid) or 0.0, time.perf_counter()
         size = args.mib * MIB
         lat, *done = await asyncio.gather(
-            read_loop(host, port, b.api_key, stop),
-            *(upload_loop(host, port, a.api_key, sbx.id, i, size, stop) for i in range(args.uploads)),
+            read_loop(host, port, t.b_key, stop),
+            *(upload_loop(host, port, t.a_key, t.sid, i, size, stop) for i in range(args.uploads)),
         )
         elapsed = time.perf_counter() - t0
         cores = ((cpu_seconds(pid) or 0.0) - cpu0) / elapsed
-        await asyncio.to_thread(sbx.kill)
     return row(turns, alone, lat, sum(done) / MIB / elapsed, cores)
 
 
