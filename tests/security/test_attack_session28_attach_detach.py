@@ -102,6 +102,12 @@ def _detached_and_running(alice: Tenant, sandbox: str, pid: int, frame: dict) ->
         c.send(json.dumps({"type": "attach", "pid": pid}))
         assert json.loads(c.recv(timeout=30)) == {"type": "start", "pid": pid}
         out = json.loads(c.recv(timeout=30))
-        assert out["type"] == "stdout" and "y\n" in out["data"], out
+        # Its output; or, when this client too falls 8 MiB behind `yes` before the agent has
+        # relayed a frame of it (a loaded machine, the agent starved: seen once in CI), the same
+        # detach. Either way the attach found the process (its start above), which runs on.
+        if out["type"] == "stdout":
+            assert "y\n" in out["data"], out
+        else:
+            assert out.get("code") == "detached", out
     assert alice.sh(sandbox, f"cat /proc/{pid}/comm").strip() == "yes"
     alice.w("POST", f"/v1/sandboxes/{sandbox}/processes/{pid}/signal", {"signal": "SIGKILL"})
