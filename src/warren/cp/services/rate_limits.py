@@ -197,13 +197,19 @@ class TokenBuckets(Generic[K]):
 
     At most ``max_tracked`` keys are kept: a key whose bucket has refilled is the same as no
     bucket, so those are forgotten first; :meth:`room_for` tells whether a new key still fits.
+    Looking for them costs a pass over the table, so a pass that leaves it full is not repeated
+    for :data:`SWEEP_GAP_S`: a flood of new keys (addresses spread over IPv6 /64s) would
+    otherwise pay a pass each, ~0.7 ms at 10,000 keys, more than the refusal itself.
     """
+
+    SWEEP_GAP_S = 1.0
 
     def __init__(self, rate_per_s: float, burst: int, *, max_tracked: int = 10_000) -> None:
         self.rate = rate_per_s
         self.burst = float(burst)
         self.max_tracked = max_tracked
         self._buckets: dict[K, tuple[float, float]] = {}
+        self._next_sweep = 0.0  # a full table is not swept again before this
 
     def take(self, key: K) -> float:
         """Take one token for ``key``: 0.0 when it had one, else the seconds until its next
@@ -233,8 +239,12 @@ class TokenBuckets(Generic[K]):
         return len(self._buckets)
 
     def _forget_idle(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
         full_after = self.burst / self.rate
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+        if len(self._buckets) >= self.max_tracked:
+            self._next_sweep = now + self.SWEEP_GAP_S
 
 
 # ------------------------------------------------------------------- per-team request limit
