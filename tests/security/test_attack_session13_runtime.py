@@ -74,9 +74,11 @@ def _zombies(agent: AgentProcess) -> dict[str, int]:
     """The agent's zombie children, counted by name (the oracle: the host's /proc)."""
     assert agent.proc is not None
     out: dict[str, int] = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+    # Listed, then read: a process that exits between the two is skipped (pathlib's glob
+    # stats each entry and raised ESRCH for one that had just gone: failed once in CI).
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
         try:
-            comm, _, rest = stat_file.read_text().partition("(")[2].rpartition(")")
+            comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition("(")[2].rpartition(")")
             state, ppid = rest.split()[:2]
         except (OSError, ValueError):
             continue
