@@ -81,11 +81,10 @@ class Faults:
 async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
     """The suite's control plane, with a free-disk threshold C's small data disk meets."""
     home = tmp_path_factory.mktemp("cp-home")
-    server = await InProcessCP(db_url, home, host_min_free_disk_mb=MIN_FREE_MB).start()
     try:
-        yield server
+        async with InProcessCP(db_url, home, host_min_free_disk_mb=MIN_FREE_MB) as server:
+            yield server
     finally:
-        await server.stop()
         clock.reset()
 
 

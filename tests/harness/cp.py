@@ -112,6 +112,12 @@ class InProcessCP:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 30)
 
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     @property
     def engine(self) -> AsyncEngine:
         engine: AsyncEngine = self.app.state.engine

@@ -30,11 +30,10 @@ async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
     from tests.harness.cp import InProcessCP
     from warren import clock
 
-    server = await InProcessCP(db_url, Path(tmp_path_factory.mktemp("cp-home"))).start()
     try:
-        yield server
+        async with InProcessCP(db_url, Path(tmp_path_factory.mktemp("cp-home"))) as server:
+            yield server
     finally:
-        await server.stop()
         clock.reset()
 
 

@@ -141,11 +141,8 @@ def hosts_entry(name: str) -> Iterator[Callable[[str], None]]:
 async def strict(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
     """A CP with production's allow-list (and one address for the rebinding test)."""
     home = Path(tmp_path_factory.mktemp("strict-cp"))
-    server = await InProcessCP(db_url, home, byoc_allowed_cidrs=STRICT_CIDRS).start()
-    try:
+    async with InProcessCP(db_url, home, byoc_allowed_cidrs=STRICT_CIDRS) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def _byoc_owner(cp: InProcessCP) -> User:

@@ -62,13 +62,10 @@ PLATFORM = str(ids.PLATFORM_TEAM_ID)
 @pytest.fixture(scope="module")
 async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
     home = tmp_path_factory.mktemp("cp-home")
-    server = await InProcessCP(
+    async with InProcessCP(
         db_url, home, layer_turn_wait_s=WAIT_S, layer_turn_waiters_per_team=PER_TEAM
-    ).start()
-    try:
+    ) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @dataclass

@@ -26,13 +26,10 @@ from warren.errors import AgentError
 @pytest.fixture(scope="module")
 async def strict(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
     """A CP with production's BYOC allow-list."""
-    server = await InProcessCP(
+    async with InProcessCP(
         db_url, Path(tmp_path_factory.mktemp("strict-cp")), byoc_allowed_cidrs=STRICT_CIDRS
-    ).start()
-    try:
+    ) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -44,11 +44,8 @@ BUILDS = 2  # WARREN_BUILD_MAX_PER_TEAM's default: both tenant threads
 @pytest.fixture(scope="module")
 async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
     home = tmp_path_factory.mktemp("cp-home")
-    server = await InProcessCP(db_url, home, build_timeout_s=TIME_LIMIT_S).start()
-    try:
+    async with InProcessCP(db_url, home, build_timeout_s=TIME_LIMIT_S) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def _context() -> bytes:

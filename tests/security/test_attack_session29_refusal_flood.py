@@ -44,8 +44,7 @@ BOUND = BURST + int(RATE_PER_S * FLOOD_S) + CONNECTIONS * (int(FLOOD_S / HOLD_S)
 
 @pytest.fixture(scope="module")
 async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
-
-    server = await InProcessCP(
+    async with InProcessCP(
         db_url,
         Path(tmp_path_factory.mktemp("cp")),
         refusal_hold_s=HOLD_S,
@@ -53,11 +52,8 @@ async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         refusal_rate_per_address_s=RATE_PER_S,
         team_rate_limit_per_s=1,
         team_rate_burst=3,
-    ).start()
-    try:
+    ) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture(scope="module")

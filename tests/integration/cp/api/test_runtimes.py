@@ -22,13 +22,12 @@ HOST_ADDRESS = "127.0.0.9:1"  # nothing listens: a create sent there never reach
 
 @pytest.fixture(scope="module")
 async def cp(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcessCP]:
-    server = await InProcessCP(
-        db_url, Path(tmp_path_factory.mktemp("cp-home")), default_runtime="gvisor"
-    ).start()
     try:
-        yield server
+        async with InProcessCP(
+            db_url, Path(tmp_path_factory.mktemp("cp-home")), default_runtime="gvisor"
+        ) as server:
+            yield server
     finally:
-        await server.stop()
         clock.reset()
 
 
