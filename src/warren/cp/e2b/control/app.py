@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from warren.cp.e2b.control import sandboxes, snapshots
+from warren.cp.e2b.control import forks, sandboxes, snapshots
 from warren.cp.e2b.control.models import Unsupported
 from warren.cp.e2b.errors import e2b_error, e2b_error_for, not_implemented
 from warren.cp.security.credentials import Credentials
@@ -134,6 +134,7 @@ ROUTES = [
     _r(SB + "/metrics", sandboxes.metrics, "GET"),
     _r(SB + "/network", sandboxes.update_network, "PUT"),
     _r(SB + "/snapshots", snapshots.create, "POST"),
+    _r(SB + "/fork", forks.fork, "POST"),
     _r("/snapshots", snapshots.list_, "GET"),
     _r("/templates/{template_id:path}", snapshots.delete, "DELETE"),
 ]
@@ -143,7 +144,7 @@ def control_app(state: AppState) -> Starlette:
     app = Starlette(
         routes=[
             *ROUTES,
-            # Template builds, volumes, secrets, logs, fork, ...: 501 after authentication.
+            # Template builds, volumes, secrets, logs, ...: 501 after authentication.
             Route("/{path:path}", _endpoint(_unsupported), methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ]
     )

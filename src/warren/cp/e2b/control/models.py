@@ -14,6 +14,7 @@ from warren import clock, ids
 from warren.config import Settings
 from warren.cp.e2b.envd import ENVD_VERSION
 from warren.cp.services import metrics
+from warren.cp.services.e2b_forks import DEFAULT_FORKS, DEFAULT_TIMEOUT_S, ForkRequest, check_count
 from warren.cp.services.e2b_sandboxes import E2BCreate
 from warren.cp.services.env import validate_env
 from warren.cp.services.envd_tokens import envd_access_token
@@ -93,6 +94,13 @@ def timeout_of(body: Mapping[str, Any], default: int | None = None) -> object:
             raise InvalidRequest("timeout is required")
         return default
     return body["timeout"]
+
+
+def fork_request(body: Mapping[str, Any]) -> ForkRequest:
+    """``SandboxForkRequest``: ``timeout`` (checked by ``services/lifetimes``) and ``count``
+    (1 to 20), each E2B's API default when left out."""
+    count = check_count(_get(body, "count", int, DEFAULT_FORKS))
+    return ForkRequest(timeout_s=timeout_of(body, DEFAULT_TIMEOUT_S), count=count)
 
 
 # ---------------------------------------------------------------------------------- responses
