@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from warren.agent import gvisor_ops, record
+from warren.agent.chain import TemplateConfig
 from warren.agent.container_ids import ContainerIds
 from warren.agent.create import CreateRequest
 from warren.agent.guest_client import GuestClient
@@ -45,11 +46,13 @@ class SandboxRuntimes:
 
     def choose(self, req: CreateRequest, runtime: str) -> None:
         """The request's runtime (FAILED_PRECONDITION when not offered), and for a sandbox from a
-        memory snapshot, gVisor and the image to restore (gvisor_ops.py)."""
+        host-local snapshot its source's defaults; from a memory snapshot, gVisor and the image
+        to restore (gvisor_ops.py)."""
         if req.chain is None and not req.ref.is_minimal:
             snap = self.templates.snapshot_dir(req.ref)
             with contextlib.suppress(OSError, ValueError):
                 cfg = json.loads((snap / "config.json").read_text())
+                take_snapshot_defaults(req, cfg.get("template_config"))
                 if cfg.get("kind") == "memory":
                     runtime, req.restore_image = gvisor.NAME, snap / gvisor_ops.IMAGE_DIR
                     req.source_secret = str(cfg.get("guest_secret", ""))
@@ -109,3 +112,12 @@ class SandboxRuntimes:
             await self.ids.resume(sb.id)
         except Exception as e:
             raise InternalError(f"resume {sb.id}: {e}") from e
+
+
+def take_snapshot_defaults(req: CreateRequest, recorded: object) -> None:
+    """A host-local snapshot's template defaults (snapshot_export.snapshot_defaults) as the
+    request's config; the create's own env wins over the template's, as with a chain."""
+    if not isinstance(recorded, dict):
+        return  # a snapshot from before its defaults were kept
+    req.config = TemplateConfig.from_record(recorded)
+    req.env = {**req.config.env, **req.env}

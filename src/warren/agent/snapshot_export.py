@@ -16,12 +16,14 @@ this host needs no fetch; its meta ends the stream. Past the host's layer limit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from warren import clock
+from warren.agent.chain import TemplateConfig
 from warren.agent.record import HostSandbox
 from warren.agent.sandbox_fs import SandboxFs
 from warren.agent.templates import TemplateRef
@@ -93,6 +95,7 @@ async def create_legacy(m: SandboxManager, sb_id: str, team_id: str, template_id
         image = rt.image_dir(sb_id) if rt is not None and sb.paused_state == "disk" else None
         if image is not None:
             config["guest_secret"] = sb.guest_secret  # what the forks' guests wake up with
+        config["template_config"] = snapshot_defaults(sb.template_config, memory=image is not None)
         try:
             size = await m.templates.create_snapshot(
                 ref,
@@ -123,3 +126,13 @@ async def delete_legacy(m: SandboxManager, team_id: str, template_id: str) -> No
     except Exception as e:
         raise InternalError(f"delete snapshot {ref.template_id}: {e}") from e
     log.info("event=snapshot_deleted template_id=%s existed=%s", ref.template_id, existed)
+
+
+def snapshot_defaults(template_config: dict[str, Any], *, memory: bool) -> dict[str, Any]:
+    """What a sandbox from this snapshot takes of its source's template (a host-local snapshot
+    has no chain to carry it): exec's default user and directory, and the env. A memory
+    snapshot's start command is running already in its image: not started again."""
+    kept = TemplateConfig.from_record(template_config)
+    if memory:
+        kept = dataclasses.replace(kept, start_cmd="", ready_cmd="", ready_timeout_sec=0)
+    return kept.to_record()

@@ -288,8 +288,7 @@ class TemplateStore:
         try:
             (tmp / "layers").mkdir(parents=True)
             for i, layer in enumerate(snapshot_layers):
-                # Layers are immutable once written: hard links share them at no cost.
-                await run("cp", "-al", str(layer), str(tmp / "layers" / str(i)))
+                await _keep_layer(layer, tmp / "layers" / str(i))
             # `cp -a` keeps owners, modes, xattrs (overlay opaque dirs) and whiteout devices.
             top = tmp / "layers" / str(len(snapshot_layers))
             await run("cp", "-a", str(upper), str(top))
@@ -325,3 +324,11 @@ class TemplateStore:
         os.rename(d, doomed)
         await asyncio.to_thread(remove_tree, doomed)
         return True
+
+
+async def _keep_layer(layer: Path, dest: Path) -> None:
+    """A snapshot's own copy of one of its sandbox's lower layers. Layers are immutable once
+    written, so hard links share them at no cost; a store layer mounted as an image (a squashfs
+    of the layer cache) is another filesystem, where a link is EXDEV: its tree is copied."""
+    same_fs = await asyncio.to_thread(lambda: layer.stat().st_dev == dest.parent.stat().st_dev)
+    await run("cp", "-al" if same_fs else "-a", str(layer), str(dest))
