@@ -1,6 +1,6 @@
 """Cold create → first exec on one agent, two agents side by side in alternating rounds.
 
-    sudo .venv/bin/python bench/cold_create_ab.py [--n 20] A B ...
+    sudo .venv/bin/python bench/cold_create_ab.py [--n 20] [A B ...]
 
 Each of A, B, ... is ``RUNTIME`` or ``RUNTIME@SRC`` (SRC: another tree's ``src`` dir, e.g. an old
 commit checked out with ``git worktree add /tmp/wt-old <commit>``: that agent runs with
@@ -9,7 +9,8 @@ create is cold; rounds alternate between the agents so load drifts on this share
 all alike. Prints create → `Exec true` p50 / p99 in ms, the CPU of the agent's process tree per
 create (rusage: steadier than wall time on a shared machine), the agent's own split of the create
 (`event=create_steps`), and the load average before and after. RUNTIME may be ``auto`` (the
-agent's default: no ``--runtime``), for a tree that has it.
+agent's default: no ``--runtime``), for a tree that has it. With none named (``make bench``):
+``runc crun``, this tree's two OCI runtimes side by side.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def start(root: Path, spec: str) -> AgentProcess:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("agents", nargs="+", help="RUNTIME or RUNTIME@SRC")
+    ap.add_argument("agents", nargs="*", help="RUNTIME or RUNTIME@SRC (default: runc crun)")
     args = ap.parse_args()
+    args.agents = args.agents or ["runc", "crun"]
     root = Path(tempfile.mkdtemp(prefix="warren-bench-cold-"))
     root.chmod(0o755)
     agents: dict[str, AgentProcess] = {}

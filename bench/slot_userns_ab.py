@@ -1,7 +1,7 @@
 """What making one network slot's user namespace + netns costs (agent/slot_userns.make), trees
 side by side in alternating rounds.
 
-    sudo .venv/bin/python bench/slot_userns_ab.py [--n 40] SRC_A SRC_B ...
+    sudo .venv/bin/python bench/slot_userns_ab.py [--n 40] [SRC_A SRC_B ...]
 
 Each SRC is a tree's ``src`` dir (e.g. ``git worktree add /tmp/wt-old <commit>``): a worker
 process per tree runs with ``PYTHONPATH=SRC``, makes the pair as the agent does on a create that
@@ -9,7 +9,7 @@ finds no prepared slot (the first make, which starts what the tree starts once, 
 and removes it outside the timing; ``--burst K`` makes K at once a round (``asyncio.gather``,
 as K creates at once would) and times the whole burst. Rounds alternate between the trees so
 load drifts on this shared machine hit all alike. Slots 16000+ are used: agents take the lowest
-free ones.
+free ones. With no tree named (``make bench``): this tree's own ``src``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 WORKER = r"""
 import asyncio, subprocess, sys, time
@@ -55,8 +56,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--burst", type=int, default=1, help="slots made at once a round (at most 100)")
-    ap.add_argument("trees", nargs="+", help="a tree's src dir")
+    ap.add_argument("trees", nargs="*", help="a tree's src dir (default: this tree's)")
     args = ap.parse_args()
+    args.trees = args.trees or [str(Path(__file__).resolve().parents[1] / "src")]
     workers = [_worker(16_000 + 100 * i, args.burst, src) for i, src in enumerate(args.trees)]
     times: list[list[float]] = [[] for _ in workers]
     load0 = os.getloadavg()
