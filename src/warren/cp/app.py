@@ -281,7 +281,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the preview middleware: only the platform's own refusals (cp/refusal_hold.py).
     app.add_middleware(RefusalHoldMiddleware, budget=state.refusal_budget)
     # Outermost: proxied sandbox ports (docs/networking.md §3) stream past the body cap.
-    app.add_middleware(PreviewMiddleware, settings=settings, deps=lambda scope: (state.engine, state.pool))
+    # Its own refusals (bad credentials, unknown sandboxes) join the same budget; a sandbox's don't.
+    app.add_middleware(
+        PreviewMiddleware, settings=settings, deps=lambda scope: (state.engine, state.pool),
+        budget=state.refusal_budget,
+    )  # fmt: skip
     # Outermost of all: every request's id, client address and latency (cp/observe.py).
     app.add_middleware(ObserveMiddleware)
 

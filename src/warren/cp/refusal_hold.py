@@ -13,7 +13,10 @@ connection sends nothing more meanwhile: an address gets at most its connection 
 refusals per hold, and a served request never waits.
 
 It sits inside the preview middleware: a sandbox's own server answering 401 to its visitors is
-the tenant's business, not a refusal of the platform's.
+the tenant's business, not a refusal of the platform's. The preview proxy's own refusals (a
+missing or wrong credential, an unknown sandbox: ``PREVIEW_REFUSALS``) go through
+:func:`hold_refusal` too, in the CP against the same budget, in ``warren proxy`` against its own
+(session 30: a flood of bad preview credentials got ~4500 answers a second, like the API's 401s).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from warren.cp.services.rate_limits import RefusalBudget
 from warren.request_context import client_ip
 
 REFUSALS = frozenset({401, 429})
+# The preview proxy's answers it holds (cp/proxy/app.py): a preview's credential is anonymous,
+# so its refusals are also 403 (a wrong token, a bad or expired signature) and 404 (a sandbox id
+# that names none: a database read each), as the API's 401s are.
+PREVIEW_REFUSALS = REFUSALS | {403, 404}
 _STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
 
 
@@ -44,9 +51,14 @@ class RefusalHoldMiddleware:
 
         async def send_held(message: Message) -> None:
             if message["type"] in _STARTS and message.get("status") in REFUSALS:
-                hold = self.budget.hold_for(client_ip.get() or "")
-                if hold:
-                    await asyncio.sleep(hold)
+                await hold_refusal(self.budget, client_ip.get() or "")
             await send(message)
 
         await self.app(scope, receive, send_held)
+
+
+async def hold_refusal(budget: RefusalBudget, address: str) -> None:
+    """Count one refusal of ``address``; past its budget, wait the hold before it is answered."""
+    hold = budget.hold_for(address)
+    if hold:
+        await asyncio.sleep(hold)

@@ -62,7 +62,7 @@ class PortApp:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.proxy = E2BProxy(state.settings)
+        self.proxy = E2BProxy(state.settings, budget=state.refusal_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sandbox_id, port = scope["e2b"]

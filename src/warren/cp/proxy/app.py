@@ -43,6 +43,7 @@ from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
 from warren.cp.proxy.stream import ByteStream
+from warren.cp.refusal_hold import PREVIEW_REFUSALS, hold_refusal
 from warren.cp.services import preview, rate_limits, stream_revocation
 from warren.cp.services.traffic_tokens import token_hash
 from warren.errors import AgentError, WarrenError
@@ -99,8 +100,10 @@ def _upstream_error(e: BaseException) -> tuple[int, str, str]:
 class Proxy:
     """One per process: the upstream pool, the sandbox cache and the per-sandbox counters."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, budget: rate_limits.RefusalBudget | None = None) -> None:
         self.settings = settings
+        # The refusals per client address (cp/refusal_hold.py): the CP's, or one of its own.
+        self.budget = budget or rate_limits.RefusalBudget.from_settings(settings)
         self.secret = settings.require_jwt_secret()
         self.cache = preview.make_cache(settings.proxy_cache_s)
         self.upstream = Upstream()
@@ -135,7 +138,7 @@ class Proxy:
             target, signed, grant, expires = await self._admit(r, scope, engine, pool)
         except Exception as e:
             status, code, message = _upstream_error(e)
-            await self._deny(scope, receive, send, status, code, message)
+            await self._refuse(scope, receive, send, status, code, message)
             return
         if signed and not websocket:
             await self._redirect(r, scope, target, receive, send)
@@ -143,7 +146,7 @@ class Proxy:
         sid = target.sandbox_id
         key = (sid, _client_address(scope, self.settings.trusted_proxies))
         if (refusal := self._full(sid, key)) is not None:
-            await self._deny(scope, receive, send, 429, "too_many_connections", refusal)
+            await self._refuse(scope, receive, send, 429, "too_many_connections", refusal)
             return
         s = self.settings
         counted = bounds.claim(
@@ -154,7 +157,7 @@ class Proxy:
             anonymous=grant.kind == "public",
         )
         if isinstance(counted, str):
-            await self._deny(scope, receive, send, 429, "too_many_connections", counted)
+            await self._refuse(scope, receive, send, 429, "too_many_connections", counted)
             return
         self._open[sid] = self._open.get(sid, 0) + 1
         self._by_client[key] = self._by_client.get(key, 0) + 1
@@ -318,6 +321,16 @@ class Proxy:
         finally:
             if stream is not None:
                 await stream.aclose()
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
+    ) -> None:
+        """A request refused before it was admitted (no slot held): :meth:`_deny`, held first
+        past the client address's refusal budget when it is one of ``PREVIEW_REFUSALS``.
+        Nothing the sandbox's server answers comes here."""
+        if status in PREVIEW_REFUSALS:
+            await hold_refusal(self.budget, _client_address(scope, self.settings.trusted_proxies))
+        await self._deny(scope, receive, send, status, code, message)
 
     async def _deny(
         self,
@@ -529,10 +542,15 @@ class PreviewMiddleware:
     router), everything else to the app. The engine and the host pool are the app's own."""
 
     def __init__(
-        self, app: ASGIApp, *, settings: Settings, deps: Callable[[Scope], tuple[AsyncEngine, HostClientPool]]
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        deps: Callable[[Scope], tuple[AsyncEngine, HostClientPool]],
+        budget: rate_limits.RefusalBudget,
     ):
         self.app = app
-        self.proxy = Proxy(settings)
+        self.proxy = Proxy(settings, budget=budget)
         self.deps = deps
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

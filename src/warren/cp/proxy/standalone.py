@@ -21,6 +21,7 @@ from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.http_errors import error_response
 from warren.cp.proxy.app import PreviewMiddleware
 from warren.cp.security.ca import CertificateAuthority
+from warren.cp.services.rate_limits import RefusalBudget
 from warren.cp.services.stream_revocation import RevocationWorker
 
 
@@ -66,7 +67,12 @@ def standalone_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[Route("/healthz", healthz)],
-        middleware=[Middleware(PreviewMiddleware, settings=settings, deps=deps)],
+        # Its refusals held past an address's budget, its own (cp/refusal_hold.py).
+        middleware=[
+            Middleware(
+                PreviewMiddleware, settings=settings, deps=deps, budget=RefusalBudget.from_settings(settings)
+            )
+        ],
         exception_handlers={404: not_found},
         lifespan=lifespan,
     )
