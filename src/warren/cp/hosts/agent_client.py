@@ -21,9 +21,10 @@ first: a BYOC host's agent is its tenant's, and writes whatever it likes (docs/s
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, cast
 
 import grpc.aio
@@ -109,6 +110,15 @@ class _AgentErrors:
             await self.gate()
         return await continuation(_with_request_id(details), request)
 
+    async def _start_streamed(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        """:meth:`_start` for a call with a request stream, which ends with the call."""
+        if not isinstance(request_iterator, AsyncIterable):  # a plain iterable never waits
+            return await self._start(continuation, details, request_iterator)
+        requests = _CallRequests(request_iterator)
+        call = await self._start(continuation, details, requests)
+        call.add_done_callback(requests.end)  # at once when it has already ended
+        return call
+
     async def _responses(self, call: Any, method: str) -> AsyncIterator[Any]:
         # Returned in place of the call: grpc.aio keeps the call for cancel() and serves both
         # ``async for`` and ``read()`` from this iterator.
@@ -117,6 +127,53 @@ class _AgentErrors:
                 yield response
         except grpc.aio.AioRpcError as e:
             raise translate(e, self.host_id, method) from e
+
+
+class _CallRequests:
+    """A call's request iterator, ended when the call ends. grpc.aio reads it in a task of its
+    own and does not stop that task when the call ends without the caller's cancel (the agent's
+    status came first): one waiting in the iterator for what only an answer releases (a start's
+    acceptance, input to a process that exited) was left pending, with its generator, until
+    the garbage collector destroyed both. Here the call's end cancels that wait, and the source
+    is closed in order (its ``finally`` runs) in the task that runs it."""
+
+    def __init__(self, source: AsyncIterable[Any]) -> None:
+        self._source = source
+        self._task: asyncio.Task[Any] | None = None
+        self._waiting = False  # in the source's ``anext`` (a wait the call's end cancels)
+        self._ended = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._relay()
+
+    async def _relay(self) -> AsyncIterator[Any]:
+        self._task = asyncio.current_task()
+        source = aiter(self._source)
+        try:
+            while not self._ended:
+                self._waiting = True
+                try:
+                    item = await anext(source)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if self._ended:  # the call's end: nothing more can be sent, no failure
+                        return
+                    raise
+                finally:
+                    self._waiting = False
+                yield item
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
+
+    def end(self, _call: Any = None) -> None:
+        """The call has ended (a done callback): the reading task stops at its next step, at
+        once if it waits in the source."""
+        self._ended = True
+        if self._waiting and self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
 
 def _method(details: Any) -> str:
@@ -157,7 +214,7 @@ class _StreamUnary(_AgentErrors, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        call = await self._start(continuation, client_call_details, request_iterator)
+        call = await self._start_streamed(continuation, client_call_details, request_iterator)
         return _MappedResponse(call, self.host_id, _method(client_call_details))
 
 
@@ -165,7 +222,7 @@ class _StreamStream(_AgentErrors, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        call = await self._start(continuation, client_call_details, request_iterator)
+        call = await self._start_streamed(continuation, client_call_details, request_iterator)
         return self._responses(call, _method(client_call_details))
 
 
