@@ -94,3 +94,12 @@ async def test_the_sandbox_pages_show_the_runtime_and_how_a_paused_one_is_paused
     await page.goto(f"/dashboard/sandboxes/{running}")
     await expect(page.get_by_test_id("sandbox-runtime")).to_have_text("gvisor")
     await expect(page.get_by_test_id("sandbox-paused-state")).to_have_count(0)
+    await expect(page.get_by_test_id("sandbox-end-reason")).to_have_count(0)  # active: no reason
+    # An ended one says why it ended.
+    ended = await sandbox_row(live, acct.team_id, host, status="stopped")
+    await live.sql(
+        "UPDATE sandboxes SET end_reason = 'lifetime_ended' WHERE id = :id",
+        id=ids.parse_id(ids.Kind.SANDBOX, ended),
+    )
+    await page.goto(f"/dashboard/sandboxes/{ended}")
+    await expect(page.get_by_test_id("sandbox-end-reason")).to_have_text("lifetime_ended")

@@ -32,8 +32,10 @@ class SandboxInfo:
     """A sandbox as the API describes it (``sbx.info``, ``Sandbox.list()``): ``status`` is
     ``running``, ``paused``, ``stopped`` or ``error``; ``runtime`` is ``runc``, ``crun`` or
     ``gvisor``; ``paused_state`` says how a paused one is paused, ``memory`` (frozen in place) or
-    ``disk`` (checkpointed, its memory freed), and is None otherwise; ``raw`` is the whole JSON
-    answer."""
+    ``disk`` (checkpointed, its memory freed), and is None otherwise; ``end_reason`` says why a
+    ``stopped`` or ``error`` one ended (``deleted``, ``lifetime_ended``, ``team_deleted``,
+    ``host_deleted``, ``host_lost``, ``gone_from_host``, ``create_failed``: docs/api.md §2), None
+    while it is active; ``raw`` is the whole JSON answer."""
 
     id: str
     status: str
@@ -47,6 +49,7 @@ class SandboxInfo:
     host_ip: str = ""
     runtime: str = ""
     paused_state: str | None = None
+    end_reason: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -64,6 +67,7 @@ class SandboxInfo:
             host_ip=d.get("host_ip", "") or "",
             runtime=d.get("runtime", "") or "",
             paused_state=d.get("paused_state") or None,
+            end_reason=d.get("end_reason") or None,
             raw=d,
         )
 

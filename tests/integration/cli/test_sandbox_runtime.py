@@ -48,3 +48,7 @@ async def test_runtime_option_and_what_the_table_shows(
     code, out, err = await _run(env, "sandbox", "get", ids.sandbox_id(sb))
     assert code == 0, err
     assert "RUNTIME" in out and "gvisor" in out and "paused (disk)" in out
+    # An ended one says why it ended (docs/api.md §2).
+    await cp.sql("UPDATE sandboxes SET status = 'stopped', end_reason = 'host_lost' WHERE id = :id", id=sb)
+    code, out, err = await _run(env, "sandbox", "get", ids.sandbox_id(sb))
+    assert code == 0 and "stopped (host_lost)" in out, err

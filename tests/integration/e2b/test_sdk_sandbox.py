@@ -44,6 +44,13 @@ def _state(sandbox_id: str) -> SandboxState:
     return Sandbox.get_info(sandbox_id).state
 
 
+def _end_reason(env: E2BEnv, sandbox_id: str) -> Any:
+    """Why it ended, as Warren's own API says (E2B's has no such field)."""
+    r = httpx.get(f"{env.platform.url}/v1/sandboxes/{sandbox_id}", headers=env.platform.headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json().get("end_reason")
+
+
 def _raw(env: E2BEnv, method: str, path: str, **kw: Any) -> httpx.Response:
     headers = {"X-API-KEY": env.api_key, **kw.pop("headers", {})}
     return httpx.request(method, env.url + path, headers=headers, timeout=60, **kw)
@@ -62,6 +69,7 @@ def test_create_get_info_kill(e2b_env: E2BEnv) -> None:
     assert sbx.kill() is True
     assert sbx.kill() is False
     assert not sbx.is_running()
+    assert _end_reason(e2b_env, sbx.sandbox_id) == "deleted"
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(sbx.sandbox_id)
 
@@ -134,7 +142,9 @@ def test_lifetime_kills_or_pauses(e2b_env: E2BEnv) -> None:
     killed = Sandbox.create(template=e2b_env.template, timeout=2)
     paused = Sandbox.create(template=e2b_env.template, timeout=2, lifecycle={"on_timeout": "pause"})
     poll("the lifetime kill", lambda: _gone(killed.sandbox_id))
+    assert _end_reason(e2b_env, killed.sandbox_id) == "lifetime_ended"
     poll("the lifetime pause", lambda: _state(paused.sandbox_id) == SandboxState.PAUSED)
+    assert _end_reason(e2b_env, paused.sandbox_id) is None  # paused, not ended
     assert not paused.is_running()
     resumed = Sandbox.connect(paused.sandbox_id, timeout=300)
     assert resumed.is_running()

@@ -38,4 +38,6 @@ def test_sandbox_info_carries_the_runtime_and_the_paused_state() -> None:
     info = SandboxInfo.from_json({**base, "runtime": "gvisor", "paused_state": "disk"})
     assert (info.runtime, info.paused_state) == ("gvisor", "disk")
     older = SandboxInfo.from_json(base)  # a server from before the runtime tiers
-    assert (older.runtime, older.paused_state) == ("", None)
+    assert (older.runtime, older.paused_state, older.end_reason) == ("", None, None)
+    ended = SandboxInfo.from_json({**base, "status": "stopped", "end_reason": "lifetime_ended"})
+    assert ended.end_reason == "lifetime_ended"

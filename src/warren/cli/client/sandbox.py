@@ -28,9 +28,10 @@ def _sandbox_table(rows: list[dict[str, Any]]) -> Table:
     colors = {"running": "green", "paused": "yellow", "stopped": "dim", "error": "red", "missing": "red"}
     for r in rows:
         status = r.get("status", "")
-        # How a paused sandbox is paused: "paused (disk)" when its memory was written out.
-        paused_state = r.get("paused_state") if status == "paused" else None
-        shown_status = f"{status} ({paused_state})" if paused_state else status
+        # How a paused sandbox is paused: "paused (disk)" when its memory was written out; why
+        # an ended one ended: "stopped (lifetime_ended)".
+        detail = r.get("paused_state") if status == "paused" else r.get("end_reason")
+        shown_status = f"{status} ({detail})" if detail else status
         t.add_row(
             r["id"],
             Text(shown_status, style=colors.get(status, "white")),

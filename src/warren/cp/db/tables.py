@@ -404,6 +404,8 @@ sandboxes = Table(
     # The envd access token's epoch (services/envd_tokens.py, migration 0018): bumping it voids
     # the sandbox's E2B access token and the URLs signed with it.
     Column("envd_token_epoch", BigInteger, nullable=False, server_default=text("0")),
+    # Why it ended (cp/db/end_reasons.py, migration 0022): set with `stopped`/`error`, else NULL.
+    Column("end_reason", Text, nullable=True),
     Index("ix_sandboxes_host_id_status", "host_id", "status"),
     Index(
         "ix_sandboxes_end_at",

@@ -64,7 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
 from warren.cp.background import Worker
-from warren.cp.db import locks
+from warren.cp.db import end_reasons, locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, replica_leases, sandboxes
 from warren.cp.hosts.agent_client import answered_ip
@@ -86,6 +86,10 @@ FINAL_DESTROY_CONCURRENCY = 8
 # one). A BYOC host's agent is its tenant's: a larger answer is refused whole, not taken apart
 # on the event loop (100 000 entries: ~0.2 s of the CP's CPU and ~35 MiB).
 MAX_LISTED = 16_384
+# Why a record the host's answer ends ended, by its status before (end_reasons): an abandoned
+# create the host never made; a sandbox of a host that went unreachable and came back without
+# it; else a sandbox its agent no longer has (its container ended: a crash, an OOM kill).
+_END_REASONS = {"pending": end_reasons.CREATE_FAILED, "missing": end_reasons.HOST_LOST}
 
 
 def _classify(
@@ -487,6 +491,8 @@ class HostMonitor(Worker):
                 batch = [r for r in items if r["status"] == old_status]
                 if not batch:
                     continue
+                ended = new_status in ("stopped", "error")
+                why = _END_REASONS.get(old_status, end_reasons.GONE_FROM_HOST) if ended else None
                 changed = (
                     (
                         await conn.execute(
@@ -496,7 +502,7 @@ class HostMonitor(Worker):
                                 sandboxes.c.status == old_status,
                                 sandboxes.c.last_updated < asked_at,
                             )
-                            .values(status=new_status, last_updated=now)
+                            .values(status=new_status, last_updated=now, end_reason=why)
                             .returning(sandboxes.c.id, sandboxes.c.team_id)
                         )
                     )

@@ -23,7 +23,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warren import clock, ids
-from warren.cp.db import locks
+from warren.cp.db import end_reasons, locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import (
     host_refresh_tokens,
@@ -538,7 +538,7 @@ async def _remove_host_rows(
         await conn.execute(
             sandboxes.update()
             .where(sandboxes.c.host_id == host_uuid, sandboxes.c.status.in_(FORCE_STOP_STATUSES))
-            .values(status="stopped", last_updated=now)
+            .values(status="stopped", last_updated=now, end_reason=end_reasons.HOST_DELETED)
         )
         await conn.execute(
             host_refresh_tokens.update()

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock, ids
 from warren.config import Settings
 from warren.cp.background import Worker, every
+from warren.cp.db import end_reasons
 from warren.cp.db.engine import autocommit
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import sandbox_power, sandboxes
@@ -91,7 +92,7 @@ async def end(engine: AsyncEngine, pool: HostClientPool, c: Claimed, report: Swe
             await sandbox_power.pause_sandbox(engine, pool, ctx, sid)
             report.paused.append(sid)
         else:
-            await sandboxes.destroy_sandbox(engine, pool, ctx, sid)
+            await sandboxes.destroy_sandbox(engine, pool, ctx, sid, reason=end_reasons.LIFETIME_ENDED)
             report.killed.append(sid)
         log.info("sandbox lifetime ended sandbox=%s action=%s", sid, c.on_end)
     except (NotFound, InvalidState):

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
 from warren.config import Settings
+from warren.cp.db import end_reasons
 from warren.cp.db.engine import driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient, HostClientPool
@@ -261,7 +262,7 @@ async def _call_agent(
             timings["agent"] = (time.perf_counter() - t_rpc) * 1000
     except WarrenError as e:
         async with driver(engine) as conn:
-            await conn.execute(q.MARK_FAILED, sb_uuid, clock.now())
+            await conn.execute(q.MARK_FAILED, sb_uuid, clock.now(), end_reasons.CREATE_FAILED)
         log.warning(
             "sandbox create failed sandbox=%s host=%s: %s", req.sandbox_id, ids.host_id(host["id"]), e
         )

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
 from warren.config import HOST_RUNTIME, Settings
+from warren.cp.db import end_reasons
 from warren.cp.db.engine import autocommit, driver
 from warren.cp.db.queries import sandboxes as q
 from warren.cp.db.tables import hosts
@@ -90,6 +91,9 @@ class SandboxView(BaseModel):
     traffic_token: str | None = None
     public_ports: list[int] | None = None
     auto_resume: bool | None = None
+    # Why a stopped or errored sandbox ended (docs/api.md §2, cp/db/end_reasons.py); null while
+    # it is active, and for one that ended before the platform recorded it.
+    end_reason: str | None = None
 
 
 def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> SandboxView:
@@ -112,6 +116,7 @@ def sandbox_model(row: RowMapping | asyncpg.Record | Mapping[str, Any]) -> Sandb
         last_updated=row["last_updated"],
         public_ports=row.get("public_ports"),
         auto_resume=row.get("auto_resume"),
+        end_reason=row.get("end_reason"),
     )
 
 
@@ -453,8 +458,15 @@ async def get_sandbox(engine: AsyncEngine, ctx: AuthContext, sandbox_id: str) ->
 
 
 async def destroy_sandbox(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, sandbox_id: str
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    ctx: AuthContext,
+    sandbox_id: str,
+    *,
+    reason: str = end_reasons.DELETED,
 ) -> None:
+    """Destroy it on its host and mark it ``stopped`` with ``reason`` (an end_reasons constant:
+    the team's DELETE unless a sweeper ends it for another reason)."""
     found = await find(engine, ctx, sandbox_id)
     if found.sandbox.status == "stopped":
         return
@@ -477,7 +489,7 @@ async def destroy_sandbox(
             q.MARK_DESTROYED,
             found.sb_uuid, clock.now(), found.sandbox.status == "paused", ids.new_uuid(),
             found.row["team_id"], actor_type, actor_id, actor_name, sid,
-            json.dumps(audit.request_metadata()),
+            json.dumps(audit.request_metadata()), reason,
         )  # fmt: skip
     log.info("sandbox destroyed sandbox=%s", sid)
 

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.cp.db import end_reasons
 from warren.cp.db.engine import Conn, autocommit, transaction
 from warren.cp.db.tables import sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClientPool
@@ -151,7 +152,7 @@ async def _stop_and_delete_rows(
             await conn.execute(
                 update(sandboxes)
                 .where(sandboxes.c.team_id == team_id, sandboxes.c.status.in_(_STOP_ON_DELETE))
-                .values(status="stopped", last_updated=now)
+                .values(status="stopped", last_updated=now, end_reason=end_reasons.TEAM_DELETED)
                 .returning(*_REF_COLUMNS)
             )
         )

@@ -63,6 +63,8 @@ def test_a_paused_sandbox_killed_on_the_host_is_stopped_and_its_resume_a_409(
     os.kill(_container_pid(platform, sb), signal.SIGKILL)  # frozen: it stays until thawed
 
     _wait("the monitor to record it stopped", lambda: _status(tenant, sb) in ("stopped", "error"))
+    # Why, as the API says: its agent no longer has it (docs/api.md §2).
+    assert tenant.w("GET", f"/v1/sandboxes/{sb}").json()["end_reason"] == "gone_from_host"
     r = tenant.w("POST", f"/v1/sandboxes/{sb}/resume", timeout=60)
     assert r.status_code == 409, r.text
     message = r.json()["error"]["message"]

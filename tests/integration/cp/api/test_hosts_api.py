@@ -249,6 +249,10 @@ async def test_delete_refuses_with_active_sandboxes_and_lists_exactly_them(cp: I
         await sql(cp, "SELECT status, count(*) FROM sandboxes WHERE host_id = :h GROUP BY status", h=hid)
     )
     assert statuses == {"stopped": 6, "error": 1}
+    # The five it stopped say why; the two that had ended before keep what they had (none).
+    q = "SELECT status, end_reason, count(*) FROM sandboxes WHERE host_id = :h GROUP BY 1, 2"
+    reasons = {(st, why): n for st, why, n in await sql(cp, q, h=hid)}
+    assert reasons == {("stopped", "host_deleted"): 5, ("stopped", None): 1, ("error", None): 1}
     assert (await owner.req("GET", f"/v1/hosts/{host_id}")).status_code == 404
     assert token
 

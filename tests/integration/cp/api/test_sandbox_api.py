@@ -130,8 +130,13 @@ async def test_create_failure_marks_error_and_maps_the_rpc_code(env: Env) -> Non
     finally:
         env.agent.create_error = None
     assert r.status_code == 502 and r.json()["error"]["code"] == "agent_error"
-    rows = await sql(env.cp, "SELECT status FROM sandboxes ORDER BY created_at DESC LIMIT 1")
+    rows = await sql(env.cp, "SELECT status, id FROM sandboxes ORDER BY created_at DESC LIMIT 1")
     assert rows[0][0] == "error"
+    failed = f"/v1/sandboxes/{ids.sandbox_id(rows[0][1])}"
+    assert (await env.api("GET", failed)).json()["end_reason"] == "create_failed"
+    # A later DELETE of the ended sandbox keeps the reason it ended with.
+    assert (await env.api("DELETE", failed)).status_code == 204
+    assert (await env.api("GET", failed)).json()["end_reason"] == "create_failed"
     listed = (await env.api("GET", "/v1/sandboxes")).json()
     assert all(s["status"] not in ("error", "stopped") for s in listed)
 
@@ -160,13 +165,15 @@ async def test_destroy_swallows_only_not_found(env: Env) -> None:
         env.agent.destroy_error = code
         r = await env.api("DELETE", f"/v1/sandboxes/{sb}")
         assert r.status_code in (502, 409), (code, r.text)
-        assert (await env.api("GET", f"/v1/sandboxes/{sb}")).json()["status"] == "running"
+        live = (await env.api("GET", f"/v1/sandboxes/{sb}")).json()
+        assert live["status"] == "running" and "end_reason" not in live  # null while active
     env.agent.destroy_error = grpc.StatusCode.NOT_FOUND
     try:
         assert (await env.api("DELETE", f"/v1/sandboxes/{sb}")).status_code == 204
     finally:
         env.agent.destroy_error = None
-    assert (await env.api("GET", f"/v1/sandboxes/{sb}")).json()["status"] == "stopped"
+    ended = (await env.api("GET", f"/v1/sandboxes/{sb}")).json()
+    assert (ended["status"], ended["end_reason"]) == ("stopped", "deleted")
     calls = len(env.agent.calls)
     assert (await env.api("DELETE", f"/v1/sandboxes/{sb}")).status_code == 204  # again: no RPC
     assert len(env.agent.calls) == calls
@@ -318,6 +325,8 @@ async def test_team_delete_destroys_its_sandboxes_on_their_host(env: Env) -> Non
     assert env.agent.calls.count("DestroySandbox") - before == len(made)
     team = ids.parse_id(ids.Kind.TEAM, owner.team_id)
     rows = await sql(
-        env.cp, "SELECT status, count(*) FROM sandboxes WHERE team_id = :t GROUP BY status", t=team
+        env.cp,
+        "SELECT status, end_reason, count(*) FROM sandboxes WHERE team_id = :t GROUP BY status, end_reason",
+        t=team,
     )
-    assert rows == [("stopped", len(made))]
+    assert rows == [("stopped", "team_deleted", len(made))]

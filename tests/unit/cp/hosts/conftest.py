@@ -92,6 +92,11 @@ class Rows:
                 (await conn.execute(sa.select(sandboxes.c.status).where(sandboxes.c.id == s))).scalar()
             )
 
+    async def end_reason(self, s: uuid.UUID) -> str | None:
+        async with self.engine.connect() as conn:
+            q = sa.select(sandboxes.c.end_reason).where(sandboxes.c.id == s)
+            return (await conn.execute(q)).scalar()
+
     async def host_status(self, h: uuid.UUID) -> str:
         async with self.engine.connect() as conn:
             return str((await conn.execute(sa.select(hosts.c.status).where(hosts.c.id == h))).scalar())

@@ -161,6 +161,9 @@ async def test_active_phase_reconciles_with_the_agent(
     assert await rows.status(listed_paused) == "paused"
     assert await rows.status(listed_auto) == "paused"
     assert await _audits(engine, "pause") == 4
+    # Why each ended (end_reasons): back from an unreachable host without it, or its agent lost it.
+    ended = [await rows.end_reason(s) for s in (gone, orphan, paused, alive, auto)]
+    assert ended == ["host_lost", "gone_from_host", "gone_from_host", None, None]
 
 
 async def test_failed_list_changes_nothing(engine: AsyncEngine, rows: Rows, fake_clock: Any) -> None:
@@ -231,6 +234,7 @@ async def test_two_replicas_never_double_transition(
             assert await rows.status(running[0]) == "running"
             assert await rows.status(running[1]) == "paused", f"round {round_}"
             assert await rows.status(running[2]) == "stopped"
+            assert await rows.end_reason(running[2]) == "gone_from_host"
             assert await _audits(engine, "pause") == round_ + 1
 
             # Then the host goes silent: exactly one replica marks it down.

@@ -73,6 +73,7 @@ async def test_abandoned_creates_settle_after_the_grace_and_in_flight_ones_wait(
     r = await m.run_once()
     assert r.to_running == [ids.sandbox_id(made)] and r.to_error == [ids.sandbox_id(lost)]
     assert [await rows.status(s) for s in (made, lost, busy)] == ["running", "error", "pending"]
+    assert await rows.end_reason(lost) == "create_failed"  # an abandoned create the host never made
     async with engine.connect() as conn:
         started = (
             await conn.execute(sa.select(sandboxes.c.started_at).where(sandboxes.c.id == made))

@@ -96,8 +96,11 @@ RESERVE = """
         $17::float8, $18::uuid, $19::text, $20::jsonb)
 """
 
-# The agent refused: $1 sandbox, $2 now; only while still pending.
-MARK_FAILED = "UPDATE sandboxes SET status = 'error', last_updated = $2 WHERE id = $1 AND status = 'pending'"
+# The agent refused: $1 sandbox, $2 now; only while still pending (end_reasons.CREATE_FAILED).
+MARK_FAILED = """
+    UPDATE sandboxes SET status = 'error', last_updated = $2, end_reason = $3
+    WHERE id = $1 AND status = 'pending'
+"""
 
 # The columns of a sandbox as the API shows it (``services.sandboxes.sandbox_model``): what the
 # create's last statement returns, rather than every column (each is decoded on every create).
@@ -135,11 +138,14 @@ TEAM_LIVE = "SELECT deleted_at IS NULL FROM teams WHERE id = $1"
 
 # ----------------------------------------------------------------------------------- destroy
 
-# Marks it stopped, drops the saved samples of a paused one ($3: they have no reader any more)
-# and writes the audit row, in one statement.
+# Marks it stopped with why ($11, end_reasons; an ended one keeps the reason it ended with),
+# drops the saved samples of a paused one ($3: they have no reader any more) and writes the
+# audit row, in one statement.
 MARK_DESTROYED = """
     WITH u AS (
-        UPDATE sandboxes SET status = 'stopped', last_updated = $2 WHERE id = $1 RETURNING id
+        UPDATE sandboxes SET status = 'stopped', last_updated = $2,
+            end_reason = CASE WHEN status IN ('stopped', 'error') THEN end_reason ELSE $11 END
+        WHERE id = $1 RETURNING id
     ), m AS (
         DELETE FROM sandbox_metric_points WHERE $3 AND sandbox_id IN (SELECT id FROM u)
     ), a AS (
