@@ -10,10 +10,7 @@ team's key, and the envd access token E2B's create answers her.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -22,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness.machine import free_port
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
+from tests.harness.warren_proxy import running_proxy
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
@@ -228,28 +225,8 @@ ID_SERVER = (
 @pytest.fixture(scope="module")
 def preview_proxy(platform: Platform) -> Iterator[str]:
     """``warren proxy`` with previews by host name, beside the shared platform's CP."""
-    port = free_port()
-    env = {**platform.cp.env(), "WARREN_PREVIEW_DOMAIN": DOMAIN}
-    log = open(platform.cp.home / "s14-proxy.log", "ab")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (platform.cp.home / "s14-proxy.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    with running_proxy(platform, env={"WARREN_PREVIEW_DOMAIN": DOMAIN}) as proxy:
+        yield proxy.url
 
 
 def test_preview_host_names_and_cookies_across_teams(preview_proxy: str, alice: Tenant, bob: Tenant) -> None:

@@ -18,8 +18,6 @@ re-check (``stream_revocation.RECHECK_S``) ends them.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +28,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.harness.machine import free_port
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
+from tests.harness.warren_proxy import running_proxy
 from tests.security.test_attack_session15_envd_tokens import Member, add_member, bearer
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
@@ -285,27 +283,8 @@ RECHECK_ENV = {"WARREN_STREAM_RECHECK_S": "1"}
 @contextlib.contextmanager
 def _warren_proxy(platform: Platform) -> Iterator[str]:
     """``warren proxy`` as a process of its own on the platform's database: the URL it serves."""
-    port = free_port()
-    log_path = platform.cp.home / f"proxy-s17-{port}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-            env={**platform.cp.env(), **RECHECK_ENV}, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "warren proxy did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with running_proxy(platform, env=RECHECK_ENV) as proxy:
+        yield proxy.url
 
 
 def test_another_process_ends_them_on_its_own_re_check(platform: Platform) -> None:

@@ -14,9 +14,8 @@ address of its own (``127.0.0.x``), so each starts with a full budget.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,7 @@ import uvicorn
 import websockets
 
 from tests.harness.cp import InProcessCP, User
+from tests.harness.flood import flood
 from tests.harness.machine import free_port
 from warren.cp.e2b.app import create_e2b_app
 from warren.cp.security.api_keys import generate_api_key
@@ -77,24 +77,6 @@ def _from(source: str, cp: InProcessCP, timeout: float = 30, *, base_url: str = 
     return httpx.AsyncClient(transport=transport, base_url=base_url or cp.url, timeout=timeout)
 
 
-async def _flood(request: Callable[[], Awaitable[int]], *, connections: int = CONNECTIONS) -> list[int]:
-    """Run ``request`` in a loop on ``connections`` tasks for FLOOD_S; the statuses answered."""
-    statuses: list[int] = []
-
-    async def loop() -> None:
-        while True:
-            statuses.append(await request())
-
-    tasks = [asyncio.create_task(loop()) for _ in range(connections)]
-    await asyncio.sleep(FLOOD_S)
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
-            await t
-    return statuses
-
-
 async def test_an_anonymous_flood_of_bad_keys_gets_a_bounded_number_of_answers(cp: InProcessCP) -> None:
     bad = {"X-API-Key": generate_api_key().plaintext}  # well formed: each one is a database lookup
     async with _from("127.0.0.11", cp) as attacker:
@@ -102,7 +84,7 @@ async def test_an_anonymous_flood_of_bad_keys_gets_a_bounded_number_of_answers(c
         async def guess() -> int:
             return (await attacker.get("/v1/sandboxes", headers=bad)).status_code
 
-        statuses = await _flood(guess)
+        statuses = await flood(guess, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(statuses) == {401}
     assert BURST <= len(statuses) <= BOUND, len(statuses)
 
@@ -116,7 +98,7 @@ async def test_forged_forwarded_for_does_not_make_a_new_address(cp: InProcessCP)
             forged = {"X-API-Key": "wk_nope", "X-Forwarded-For": f"203.0.113.{next(counter) % 250}"}
             return (await attacker.get("/v1/sandboxes", headers=forged)).status_code
 
-        statuses = await _flood(guess)
+        statuses = await flood(guess, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(statuses) == {401}
     assert len(statuses) <= BOUND, len(statuses)
 
@@ -129,7 +111,7 @@ async def test_a_team_looping_past_its_own_rate_limit_is_held_too(cp: InProcessC
         async def read() -> int:
             return (await team_client.get("/v1/sandboxes", headers=key)).status_code
 
-        statuses = await _flood(read)
+        statuses = await flood(read, connections=CONNECTIONS, seconds=FLOOD_S)
     assert statuses.count(429) > statuses.count(200) > 0
     assert len(statuses) <= BOUND, len(statuses)
 
@@ -146,7 +128,7 @@ async def test_refused_websocket_handshakes_count_too(cp: InProcessCP) -> None:
         except websockets.InvalidStatus as e:
             return e.response.status_code
 
-    statuses = await _flood(handshake)
+    statuses = await flood(handshake, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(statuses) == {401}
     assert len(statuses) <= BOUND, len(statuses)
 
@@ -157,7 +139,7 @@ async def test_the_e2b_listener_holds_its_refusals_too(cp: InProcessCP, e2b_url:
         async def guess() -> int:
             return (await attacker.get("/sandboxes", headers={"X-API-Key": "e2b_nope"})).status_code
 
-        statuses = await _flood(guess)
+        statuses = await flood(guess, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(statuses) == {401}
     assert len(statuses) <= BOUND, len(statuses)
 

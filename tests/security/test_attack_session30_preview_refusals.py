@@ -19,15 +19,11 @@ full budget.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import secrets
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,9 +31,10 @@ import httpx
 import pytest
 import websockets
 
-from tests.harness.machine import free_port
+from tests.harness.flood import flood
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
+from tests.harness.warren_proxy import running_proxy
 from warren import ids
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
@@ -79,27 +76,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
 @pytest.fixture(scope="module")
 def proxy_url(platform: Platform) -> Iterator[str]:
     """``warren proxy`` as a process of its own on the platform's database, with the same hold."""
-    port = free_port()
-    log_path = platform.cp.home / f"proxy-s30-{port}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-            env={**platform.cp.env(), **ENV}, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "warren proxy did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with running_proxy(platform, env=ENV) as proxy:
+        yield proxy.url
 
 
 @pytest.fixture(scope="module")
@@ -155,24 +133,6 @@ def _from(source: str, base_url: str, timeout: float = 30) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url=base_url, timeout=timeout)
 
 
-async def _flood(request: Callable[[], Awaitable[int]]) -> list[int]:
-    """Run ``request`` in a loop on CONNECTIONS tasks for FLOOD_S; the statuses answered."""
-    statuses: list[int] = []
-
-    async def loop() -> None:
-        while True:
-            statuses.append(await request())
-
-    tasks = [asyncio.create_task(loop()) for _ in range(CONNECTIONS)]
-    await asyncio.sleep(FLOOD_S)
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
-            await t
-    return statuses
-
-
 # Every kind in the CP; `warren proxy` runs the same refusal code, so two kinds show its own
 # budget is wired (the suite's time is short).
 FLOODS = [("cp", kind) for kind in KINDS] + [
@@ -194,7 +154,7 @@ async def test_a_flood_of_bad_preview_credentials_gets_a_bounded_number_of_answe
         async def guess() -> int:
             return (await attacker.get(path, headers=headers)).status_code
 
-        statuses = await _flood(guess)
+        statuses = await flood(guess, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(statuses) == {status}
     answered = 1 + len(statuses)  # the first one's too
     assert BURST <= answered <= BOUND, f"{kind} via {where}: {answered} answers in {FLOOD_S:g} s"
@@ -216,7 +176,7 @@ async def test_refused_preview_websocket_handshakes_count_too(
         except websockets.InvalidStatus as e:
             return e.response.status_code
 
-    statuses = await _flood(handshake)
+    statuses = await flood(handshake, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(statuses) == {403}
     assert len(statuses) <= BOUND, len(statuses)
 
@@ -260,7 +220,7 @@ async def test_the_sandboxs_own_401s_are_not_counted(
             return (await client.get(path + "mine", headers={"X-Warren-Traffic-Token": token})).status_code
 
         # The sandbox's server refuses every one: answered as fast as it answers, none held.
-        own = await _flood(mine)
+        own = await flood(mine, connections=CONNECTIONS, seconds=FLOOD_S)
         assert set(own) == {401}
         assert len(own) > BOUND, len(own)
 
@@ -269,6 +229,6 @@ async def test_the_sandboxs_own_401s_are_not_counted(
 
         # The address's budget is whole: its first BURST refusals go out at once (were the
         # sandbox's 401s counted, it would be spent and a flood get a few answers a connection).
-        refused = await _flood(bad)
+        refused = await flood(bad, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(refused) == {403}
     assert len(refused) >= BURST, len(refused)

@@ -17,20 +17,17 @@ import os
 import select
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 
-import httpx
 import psutil
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.harness.machine import free_port
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
+from tests.harness.warren_proxy import running_proxy
 from tests.security.test_what_held_api import PeakRss, raw_websocket, text_frame
 from warren.sdk import Sandbox
 
@@ -176,32 +173,10 @@ def mine(alice: Tenant) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def warren_proxy(platform: Platform) -> Iterator[tuple[str, int]]:
-    """A ``warren proxy`` process beside the CP: its URL and pid."""
-    port = free_port()
-    log = open(platform.cp.home / "proxy-ws.log", "ab")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-        env=platform.cp.env(), stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (platform.cp.home / "proxy-ws.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "warren proxy did not start"
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:  # its graceful shutdown waits seconds for the relays it still holds: not tested here
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        log.close()
+    """A ``warren proxy`` process beside the CP: its URL and pid. Its graceful stop waits
+    seconds for the relays it still holds: not tested here, so it is killed after 2 s."""
+    with running_proxy(platform, stop_wait_s=2) as proxy:
+        yield proxy.url, proxy.pid
 
 
 def _exec_streams(stack: ExitStack, t: Tenant, sb: str, n: int) -> list[socket.socket]:

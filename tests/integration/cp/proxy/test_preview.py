@@ -4,11 +4,8 @@ host name."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -18,8 +15,8 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.harness.cp import PASSWORD
 from tests.harness.fixtures import PREVIEW_DOMAIN
-from tests.harness.machine import free_port
 from tests.harness.platform import Platform
+from tests.harness.warren_proxy import running_proxy
 
 # The shared platform has a preview domain (host-name routing); this module's sandboxes are its team's.
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
@@ -347,33 +344,16 @@ def test_another_team_gets_404(sb: Sbx, platform: Platform, http: httpx.Client) 
 
 
 def test_warren_proxy_serves_the_same_routes_alone(sb: Sbx, platform: Platform) -> None:
-    port = free_port()
-    env = {**platform.cp.env(), "WARREN_PREVIEW_DOMAIN": DOMAIN}
-    log = open(platform.cp.home / "proxy.log", "ab")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, (platform.cp.home / "proxy.log").read_text()
-                with contextlib.suppress(httpx.HTTPError):
-                    if c.get("/healthz").status_code == 200:
-                        break
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            r = c.get(sb.url(8000, "/hello.txt"), headers=sb.tok())
-            assert (r.status_code, r.text) == (200, "hello-from-sandbox\n")
-            r = c.get("/hello.txt", headers={**sb.tok(), "Host": f"8000-{sb.id}.{DOMAIN}"})
-            assert r.status_code == 200
-            assert c.get(sb.url(8000, "/hello.txt")).status_code == 401
-            assert c.get("/v1/sandboxes").status_code == 404  # the API is not served here
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    with (
+        running_proxy(platform, env={"WARREN_PREVIEW_DOMAIN": DOMAIN}) as proxy,
+        httpx.Client(base_url=proxy.url, timeout=30) as c,
+    ):
+        r = c.get(sb.url(8000, "/hello.txt"), headers=sb.tok())
+        assert (r.status_code, r.text) == (200, "hello-from-sandbox\n")
+        r = c.get("/hello.txt", headers={**sb.tok(), "Host": f"8000-{sb.id}.{DOMAIN}"})
+        assert r.status_code == 200
+        assert c.get(sb.url(8000, "/hello.txt")).status_code == 401
+        assert c.get("/v1/sandboxes").status_code == 404  # the API is not served here
 
 
 def test_sdk_get_host_and_get_url(sb: Sbx, platform: Platform) -> None:
