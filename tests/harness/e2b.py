@@ -20,6 +20,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
+
 from tests.harness.environ import environ
 from tests.harness.platform import Platform
 
@@ -64,3 +66,14 @@ def e2b_environment(platform: Platform, *, template: str | None = None) -> Itera
     values = {"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_API_KEY": platform.api_key}
     with environ(values, unset=["E2B_DOMAIN"]):
         yield E2BEnv(platform, url, platform.api_key, name)
+
+
+def warren_sh(platform: Platform, sandbox_id: str, script: str) -> str:
+    """A shell command in the sandbox through Warren's own API (what E2B's SDK does is the
+    test's subject, so the test's own look inside goes around it); it must exit 0."""
+    body = {"cmd": "/bin/sh", "args": ["-c", script], "timeout_sec": 60}
+    url = f"{platform.url}/v1/sandboxes/{sandbox_id}/exec"
+    r = httpx.post(url, json=body, headers=platform.headers, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["exit_code"] == 0, r.json()
+    return str(r.json()["stdout"])

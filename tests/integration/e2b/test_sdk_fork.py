@@ -17,7 +17,7 @@ import pytest
 from e2b import AsyncSandbox, Sandbox
 from e2b.exceptions import NotFoundException, RateLimitException, SandboxException
 
-from tests.harness.e2b import E2BEnv
+from tests.harness.e2b import E2BEnv, warren_sh
 from tests.harness.platform import Platform
 from warren import ids
 
@@ -28,17 +28,6 @@ COUNTER = (
     "    open('/tmp/n.new', 'w').write(str(i)); os.replace('/tmp/n.new', '/tmp/n')\n"
     "    i += 1; time.sleep(0.01)\n"
 )
-
-
-def sh(platform: Platform, sandbox_id: str, script: str) -> str:
-    """A shell command in the sandbox through Warren's own API (envd is another part's)."""
-    body = {"cmd": "/bin/sh", "args": ["-c", script], "timeout_sec": 60}
-    r = httpx.post(
-        f"{platform.url}/v1/sandboxes/{sandbox_id}/exec", json=body, headers=platform.headers, timeout=120
-    )
-    assert r.status_code == 200, r.text
-    assert r.json()["exit_code"] == 0, r.json()
-    return str(r.json()["stdout"])
 
 
 def sql(platform: Platform, statement: str) -> Any:
@@ -81,7 +70,7 @@ def test_fork_copies_the_files_and_leaves_the_source_running(e2b_env: E2BEnv) ->
         a.files.write("/tmp/mark", "fork a")
         assert b.files.read("/tmp/mark") == "before the fork"
         assert src.files.read("/tmp/mark") == "before the fork"
-        assert sh(platform, a.sandbox_id, "cat /tmp/mark") == "fork a"
+        assert warren_sh(platform, a.sandbox_id, "cat /tmp/mark") == "fork a"
         # The source runs on, with its id and its end.
         assert src.is_running()
         info = src.get_info()
@@ -146,7 +135,7 @@ def test_a_gvisor_source_forks_with_its_processes(e2b_env: E2BEnv) -> None:
     src = r.json()["id"]
     forks: list[Any] = []
     try:
-        sh(platform, src, f"python3 -c {shlex.quote(COUNTER)} >/dev/null 2>&1 &")
+        warren_sh(platform, src, f"python3 -c {shlex.quote(COUNTER)} >/dev/null 2>&1 &")
         at_fork = wait_past(platform, src, 100)
         forks = Sandbox.fork(src, count=2, timeout=120)
         assert [type(f) for f in forks] == [Sandbox, Sandbox], forks
@@ -155,7 +144,7 @@ def test_a_gvisor_source_forks_with_its_processes(e2b_env: E2BEnv) -> None:
             assert got["runtime"] == "gvisor"
             # The counter went on where it was (a new one would start from 0), and counts on.
             wait_past(platform, f.sandbox_id, at_fork + 100)
-            assert sh(platform, f.sandbox_id, "id -un; pwd").split() == ["user", "/home/user"]
+            assert warren_sh(platform, f.sandbox_id, "id -un; pwd").split() == ["user", "/home/user"]
         source = httpx.get(f"{platform.url}/v1/sandboxes/{src}", headers=platform.headers).json()
         assert (source["status"], source.get("paused_state")) == ("running", None)
         wait_past(platform, src, at_fork + 100)
@@ -171,7 +160,7 @@ def wait_past(platform: Platform, sandbox_id: str, floor: int) -> int:
     """The sandbox's counter once it is past ``floor``."""
     end = time.monotonic() + 60
     while True:
-        got = sh(platform, sandbox_id, "cat /tmp/n 2>/dev/null || echo 0").strip()
+        got = warren_sh(platform, sandbox_id, "cat /tmp/n 2>/dev/null || echo 0").strip()
         if got.isdigit() and int(got) > floor:
             return int(got)
         assert time.monotonic() < end, f"the counter of {sandbox_id} stayed at {got}"

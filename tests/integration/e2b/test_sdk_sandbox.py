@@ -15,8 +15,7 @@ import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import AuthenticationException, SandboxNotFoundException
 
-from tests.harness.e2b import E2BEnv
-from tests.harness.platform import Platform
+from tests.harness.e2b import E2BEnv, warren_sh
 from tests.harness.tenant import signup
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
@@ -74,15 +73,6 @@ def test_create_get_info_kill(e2b_env: E2BEnv) -> None:
         Sandbox.get_info(sbx.sandbox_id)
 
 
-def sh(platform: Platform, sandbox_id: str, script: str) -> str:
-    """A shell command in the sandbox through Warren's own API (envd is another part's)."""
-    body = {"cmd": "/bin/sh", "args": ["-c", script], "timeout_sec": 60}
-    url = f"{platform.url}/v1/sandboxes/{sandbox_id}/exec"
-    r = httpx.post(url, json=body, headers=platform.headers, timeout=120)
-    assert r.status_code == 200, r.text
-    return str(r.json()["stdout"])
-
-
 def test_env_network_and_private_traffic(e2b_env: E2BEnv) -> None:
     sbx = Sandbox.create(
         template=e2b_env.template,
@@ -90,7 +80,7 @@ def test_env_network_and_private_traffic(e2b_env: E2BEnv) -> None:
         network={"allow_out": ["1.1.1.1"], "deny_out": ["0.0.0.0/0"], "allow_public_traffic": False},
     )
     try:
-        assert sh(e2b_env.platform, sbx.sandbox_id, 'printf %s "$GREETING"') == "hello e2b"
+        assert warren_sh(e2b_env.platform, sbx.sandbox_id, 'printf %s "$GREETING"') == "hello e2b"
         assert sbx.traffic_access_token  # allowPublicTraffic false: the token is returned
         net = sbx.get_info().network
         assert net is not None

@@ -4,26 +4,13 @@ a sandbox from one, delete (True, then False)."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxState
 from e2b.exceptions import SandboxNotFoundException
 
-from tests.harness.e2b import E2BEnv
-from tests.harness.platform import Platform
+from tests.harness.e2b import E2BEnv, warren_sh
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
-
-
-def sh(platform: Platform, sandbox_id: str, script: str) -> str:
-    """A shell command in the sandbox through Warren's own API (envd is another part's)."""
-    body = {"cmd": "/bin/sh", "args": ["-c", script], "timeout_sec": 60}
-    r = httpx.post(
-        f"{platform.url}/v1/sandboxes/{sandbox_id}/exec", json=body, headers=platform.headers, timeout=120
-    )
-    assert r.status_code == 200, r.text
-    assert r.json()["exit_code"] == 0, r.json()
-    return str(r.json()["stdout"])
 
 
 def test_snapshot_create_list_start_delete(e2b_env: E2BEnv) -> None:
@@ -31,7 +18,7 @@ def test_snapshot_create_list_start_delete(e2b_env: E2BEnv) -> None:
     src = Sandbox.create(template=e2b_env.template)
     started: list[Sandbox] = []
     try:
-        sh(platform, src.sandbox_id, "echo kept > /tmp/mark")
+        warren_sh(platform, src.sandbox_id, "echo kept > /tmp/mark")
         snap = src.create_snapshot()
         assert snap.snapshot_id and snap.names == [snap.snapshot_id]
         # E2B's snapshots leave the source running.
@@ -53,7 +40,7 @@ def test_snapshot_create_list_start_delete(e2b_env: E2BEnv) -> None:
         child = Sandbox.create(template=snap.snapshot_id)
         started.append(child)
         assert child.get_info().template_id == snap.snapshot_id
-        assert sh(platform, child.sandbox_id, "cat /tmp/mark") == "kept\n"
+        assert warren_sh(platform, child.sandbox_id, "cat /tmp/mark") == "kept\n"
 
         assert Sandbox.delete_snapshot(named.snapshot_id) is True
         assert Sandbox.delete_snapshot(named.snapshot_id) is False
