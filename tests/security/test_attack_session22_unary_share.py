@@ -49,7 +49,9 @@ def test_one_tenants_held_output_leaves_another_tenants_exec_room(
             holders = []
             for _ in range(HOLDERS + 4):
                 holders.append(pool.submit(alice.x, sid_a, HOLD, 400))
-                time.sleep(3)  # its 16 MiB in the CP
+                # Its 16 MiB in the CP (well under a second). Were it not yet, the probe fits, and
+                # one more command, past her share, waits and is refused as the probe is.
+                time.sleep(1)
                 if (probe := alice.x(sid_a, "echo x", 30)).status_code != 200:
                     break
             assert probe.status_code == 503, f"alice's output never filled what she may hold: {probe.text}"
