@@ -8,7 +8,7 @@ cgroup, and a tenant chooses how long the names are.
 
 As the attacker runs it: in her own sandbox, as ``nobody``, a tree of 15 directories with
 240-character names under ``/tmp/w``; 16 watchers on it (the per-sandbox cap), never polled;
-then 1100 symlinks with 247-character names and 4000-byte targets at the bottom, in batches so
+then 550 symlinks with 247-character names and 4000-byte targets at the bottom, in batches so
 the guest hands every event on. Measured on the tree before the fix: the agent +230-233 MiB for
 one sandbox (~14 KiB an event; a team's 20 sandboxes would hold ~4.5 GiB of the host); after,
 +12 MiB.
@@ -42,17 +42,27 @@ for i in range(15):
     p = p + "/" + ("d%d" % i) + "x" * 240
 """
 TREE = DEEP + "os.makedirs(p)\n"
-LINKS = (
-    DEEP
-    + r"""
+
+
+def _links(batches: int) -> str:
+    """``batches`` of 50 symlinks at the bottom of the tree, half a second apart."""
+    return (
+        DEEP
+        + f"""
 os.chdir(p)
 target = "/" + "t" * 4000
-for b in range(22):
+for b in range({batches}):
     for i in range(b * 50, b * 50 + 50):
         os.symlink(target, ("%06d" % i) + "y" * 240)
     time.sleep(0.5)
 """
-)
+    )
+
+
+LINKS = _links(22)  # session 23's streamed watches: 1100
+# 550 here: each of 16 watchers held ~14 KiB an event before the fix (+230 MiB with 1100, up to
+# its 1000 events), so ~+120 MiB against the bound's 48; after, 512 KiB is ~40 of these events.
+WATCHED_LINKS = _links(11)
 
 
 def _as_nobody(code: str) -> dict[str, object]:
@@ -74,7 +84,7 @@ def test_unpolled_watchers_of_long_names_hold_a_bounded_share_of_the_agent(
                 for _ in range(WATCHERS)
             ]
             assert [r.status_code for r in made] == [201] * WATCHERS, made[-1].text
-            r = alice.w("POST", f"/v1/sandboxes/{sid}/exec", _as_nobody(LINKS), timeout=360)
+            r = alice.w("POST", f"/v1/sandboxes/{sid}/exec", _as_nobody(WATCHED_LINKS), timeout=360)
             assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
             # Until the agent's growth stops for 5 s (the guest handed every event on).
             peak, still_since, deadline = -1, time.monotonic(), time.monotonic() + 120
