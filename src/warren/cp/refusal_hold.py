@@ -16,7 +16,9 @@ It sits inside the preview middleware: a sandbox's own server answering 401 to i
 the tenant's business, not a refusal of the platform's. The preview proxy's own refusals (a
 missing or wrong credential, an unknown sandbox: ``PREVIEW_REFUSALS``) go through
 :func:`hold_refusal` too, in the CP against the same budget, in ``warren proxy`` against its own
-(session 30: a flood of bad preview credentials got ~4500 answers a second, like the API's 401s).
+(session 30: a flood of bad preview credentials got ~4500 answers a second, like the API's 401s);
+so do its 502 ``port_not_open`` and 409 ``sandbox_paused`` to a public port's anonymous visitors
+(``ANONYMOUS_PREVIEW_REFUSALS``: each 502 was an RPC to the host's agent).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ REFUSALS = frozenset({401, 429})
 # so its refusals are also 403 (a wrong token, a bad or expired signature) and 404 (a sandbox id
 # that names none: a database read each), as the API's 401s are.
 PREVIEW_REFUSALS = REFUSALS | {403, 404}
+# And its answers to a public port's visitors (no credential: grant kind public) that cost the
+# host as much (session 30): nothing listens on the port (each one an RPC to the host's agent
+# and a connect in the sandbox's netns) or the sandbox is paused. A credentialed visitor (the
+# traffic token, a signed URL or its cookie: the owner's own tooling) is never counted for them.
+ANONYMOUS_PREVIEW_REFUSALS = frozenset({"port_not_open", "sandbox_paused"})
 _STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
 
 
@@ -55,6 +62,11 @@ class RefusalHoldMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_held)
+
+
+def counted_refusal(status: int, code: str, *, anonymous: bool) -> bool:
+    """Whether the preview proxy's own answer counts against the client address's budget."""
+    return status in PREVIEW_REFUSALS or (anonymous and code in ANONYMOUS_PREVIEW_REFUSALS)
 
 
 async def hold_refusal(budget: RefusalBudget, address: str) -> None:

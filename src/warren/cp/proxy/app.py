@@ -43,7 +43,7 @@ from warren.cp.proxy.data import open_stream
 from warren.cp.proxy.http import ClientGone, Upstream, UpstreamError
 from warren.cp.proxy.routing import Route, hop_by_hop, route
 from warren.cp.proxy.stream import ByteStream
-from warren.cp.refusal_hold import PREVIEW_REFUSALS, hold_refusal
+from warren.cp.refusal_hold import ANONYMOUS_PREVIEW_REFUSALS, counted_refusal, hold_refusal
 from warren.cp.services import preview, rate_limits, stream_revocation
 from warren.cp.services.traffic_tokens import token_hash
 from warren.errors import AgentError, WarrenError
@@ -73,6 +73,15 @@ _SIG_SPELLINGS = b"".join(b"(?:%s|%%%02x)" % (re.escape(bytes([c])), c) for c in
 _SIG_KEY = re.compile(b"(?:^|&)" + _SIG_SPELLINGS + b"=", re.IGNORECASE)
 # Headers whose value is looked at: the platform's cookies and credentials are taken out.
 _INSPECT = credentials.HEADERS | {b"cookie"}
+
+
+class _Later(Exception):
+    """One of ``ANONYMOUS_PREVIEW_REFUSALS``, answered once the request's connection slot is
+    released (:meth:`Proxy.__call__`): a held answer never keeps the sandbox's slot."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.answer = (status, code, message)
 
 
 def _upstream_error(e: BaseException) -> tuple[int, str, str]:
@@ -135,14 +144,22 @@ class Proxy:
     ) -> None:
         websocket = scope["type"] == "websocket"
         try:
-            target, signed, grant, expires = await self._admit(r, scope, engine, pool)
+            target, signed, grant, creds = await self._admit(r, scope, engine)
         except Exception as e:
-            status, code, message = _upstream_error(e)
-            await self._refuse(scope, receive, send, status, code, message)
+            await self._refuse(scope, receive, send, *_upstream_error(e))
             return
         if signed and not websocket:
             await self._redirect(r, scope, target, receive, send)
             return
+        anonymous = grant.kind == "public"
+        try:
+            target = await preview.ensure_running(engine, pool, self.cache, target)
+            target.client(pool)  # 503 host_unavailable now rather than mid-exchange
+        except Exception as e:
+            await self._refuse(scope, receive, send, *_upstream_error(e), anonymous=anonymous)
+            return
+        # Only a signed URL or a cookie expires: the token and a public visit pay no call.
+        expires = _expiry(creds, signed, grant) if signed or creds.cookie is not None else None
         sid = target.sandbox_id
         key = (sid, _client_address(scope, self.settings.trusted_proxies))
         if (refusal := self._full(sid, key)) is not None:
@@ -154,7 +171,7 @@ class Proxy:
             target.owner_id,
             per_team=s.proxy_max_conns_per_team,
             per_owner=s.proxy_max_conns_per_owner,
-            anonymous=grant.kind == "public",
+            anonymous=anonymous,
         )
         if isinstance(counted, str):
             await self._refuse(scope, receive, send, 429, "too_many_connections", counted)
@@ -164,10 +181,15 @@ class Proxy:
         try:
             with pace.shared(counted.pace_key):
                 await self._revocable(grant, r, scope, receive, send, target, pool, expires=expires)
+        except _Later as later:
+            answer = later.answer
+        else:
+            return
         finally:
             counted.release()
             _drop_one(self._open, sid)
             _drop_one(self._by_client, key)
+        await self._refuse(scope, receive, send, *answer, anonymous=anonymous, connected=websocket)
 
     def _full(self, sid: str, key: tuple[str, str]) -> str | None:
         """Why one more connection to sandbox ``sid`` from this client is refused, or None."""
@@ -180,11 +202,11 @@ class Proxy:
         return None
 
     async def _admit(
-        self, r: Route, scope: Scope, engine: AsyncEngine, pool: HostClientPool
-    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant, float | None]:
+        self, r: Route, scope: Scope, engine: AsyncEngine
+    ) -> tuple[preview.PreviewTarget, bool, stream_revocation.Grant, preview.Credentials]:
         """The sandbox, whether a signed URL admitted the request, what its admission rests on
-        (the token hash that was checked, not a resume's fresh read of it) and until when (a
-        signed URL's or its cookie's expiry; None: no end)."""
+        (the token hash that was checked, not a resume's fresh read of it) and the request's
+        credentials. Whether the sandbox runs is asked next (``__call__``)."""
         target = await preview.lookup(engine, self.cache, r.sandbox_id)
         creds = _credentials(scope)
         signed = preview.authorize(target, r.port, creds, secret=self.secret)
@@ -193,13 +215,7 @@ class Proxy:
             # A public port visited with the sandbox's token: a credentialed connection (session
             # 18), counted in the credentialed share and resting on the token, as on a private port.
             grant = target.grant
-        if signed and scope["type"] == "http":
-            return target, True, grant, None
-        target = await preview.ensure_running(engine, pool, self.cache, target)
-        target.client(pool)  # 503 host_unavailable now rather than mid-exchange
-        # Only a signed URL or a cookie expires: the token and a public visit pay no call.
-        expires = _expiry(creds, signed, grant) if signed or creds.cookie is not None else None
-        return target, signed, grant, expires
+        return target, signed, grant, creds
 
     async def _exchange(
         self, r: Route, scope: Scope, receive: Receive, send: Send, target: preview.PreviewTarget,
@@ -278,6 +294,8 @@ class Proxy:
                 log.info("event=proxy_cut sandbox_id=%s port=%s error=%s", r.sandbox_id, r.port, e)
                 return
             status, code, message = _upstream_error(e)
+            if code in ANONYMOUS_PREVIEW_REFUSALS:
+                raise _Later(status, code, message) from e
             await self.error_response(scope, status, code, message)(scope, receive, send)
 
     async def _websocket(
@@ -314,6 +332,8 @@ class Proxy:
                 return
             except Exception as e:
                 status, code, message = _upstream_error(e)
+                if code in ANONYMOUS_PREVIEW_REFUSALS:
+                    raise _Later(status, code, message) from e
                 await self._deny(scope, receive, send, status, code, message, connected=True)
                 return
             await send({"type": "websocket.accept", "subprotocol": up.proto.subprotocol})
@@ -323,14 +343,16 @@ class Proxy:
                 await stream.aclose()
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
-    ) -> None:
-        """A request refused before it was admitted (no slot held): :meth:`_deny`, held first
-        past the client address's refusal budget when it is one of ``PREVIEW_REFUSALS``.
-        Nothing the sandbox's server answers comes here."""
-        if status in PREVIEW_REFUSALS:
+        self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str,
+        *, anonymous: bool = False, connected: bool = False,
+    ) -> None:  # fmt: skip
+        """An answer of the proxy's own to a request that holds no slot (refused before it was
+        admitted, or :class:`_Later`): :meth:`_deny`, held first past the client address's
+        refusal budget when it counts (``refusal_hold.counted_refusal``). Nothing the sandbox's
+        server answers comes here."""
+        if counted_refusal(status, code, anonymous=anonymous):
             await hold_refusal(self.budget, _client_address(scope, self.settings.trusted_proxies))
-        await self._deny(scope, receive, send, status, code, message)
+        await self._deny(scope, receive, send, status, code, message, connected=connected)
 
     async def _deny(
         self,
