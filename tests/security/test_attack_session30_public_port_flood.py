@@ -20,19 +20,17 @@ each flood comes from a loopback address of its own (``127.0.0.x``): a full budg
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness.machine import free_port
+from tests.harness.flood import flood
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
+from tests.harness.warren_proxy import running_proxy
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -66,27 +64,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
 @pytest.fixture(scope="module")
 def proxy_url(platform: Platform) -> Iterator[str]:
     """``warren proxy`` as a process of its own on the platform's database, with the same hold."""
-    port = free_port()
-    log_path = platform.cp.home / f"proxy-s30-public-{port}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", "proxy", "--listen", f"127.0.0.1:{port}"],
-            env={**platform.cp.env(), **ENV}, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "warren proxy did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with running_proxy(platform, env=ENV) as proxy:
+        yield proxy.url
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +103,6 @@ def _from(source: str, base_url: str, timeout: float = 30) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url=base_url, timeout=timeout)
 
 
-async def _flood(request: Callable[[], Awaitable[tuple[int, str]]]) -> list[tuple[int, str]]:
-    """Run ``request`` in a loop on CONNECTIONS tasks for FLOOD_S; the (status, code)s answered."""
-    answers: list[tuple[int, str]] = []
-
-    async def loop() -> None:
-        while True:
-            answers.append(await request())
-
-    tasks = [asyncio.create_task(loop()) for _ in range(CONNECTIONS)]
-    await asyncio.sleep(FLOOD_S)
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
-            await t
-    return answers
-
-
 def _answer(r: httpx.Response) -> tuple[int, str]:
     return r.status_code, r.json()["error"]["code"]
 
@@ -165,7 +126,7 @@ async def test_an_anonymous_flood_of_a_public_port_gets_a_bounded_number_of_answ
         async def visit() -> tuple[int, str]:
             return _answer(await attacker.get(path))
 
-        answers = await _flood(visit)
+        answers = await flood(visit, connections=CONNECTIONS, seconds=FLOOD_S)
     assert set(answers) == {answer}
     assert BURST <= len(answers) <= BOUND, f"{state} via {where}: {len(answers)} answers in {FLOOD_S:g} s"
 
