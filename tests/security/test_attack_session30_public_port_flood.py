@@ -157,4 +157,9 @@ async def test_a_held_answer_keeps_no_slot_and_waits_for_no_one_else(
         # The same address with the sandbox's token (the owner's tooling) is not held.
         r = await attacker.get(path, headers={"X-Warren-Traffic-Token": token}, timeout=HOLD_S * 0.8)
         assert _answer(r) == (502, "port_not_open")
-        assert {_answer(r) for r in await asyncio.gather(*held)} == {(502, "port_not_open")}
+        # Each was a refusal the budget holds: its dial's 502, or, where more of them were
+        # dialling at once than the sandbox has slots (a loaded machine's slow dials), the 429
+        # of the slot cap (also held: refused before admission).
+        answers = {_answer(r) for r in await asyncio.gather(*held)}
+        assert (502, "port_not_open") in answers, answers
+        assert answers <= {(502, "port_not_open"), (429, "too_many_connections")}, answers
