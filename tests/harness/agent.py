@@ -40,10 +40,8 @@ from warren.rpc import hostagent_pb2 as pb
 from warren.rpc import hostagent_pb2_grpc as pb_grpc
 
 AGENT_PORT = 50561
-# Heartbeats every 2 s (production: 30) so tests see recovery soon; every other rule keeps its
-# real value. Not 1: an idle platform's heartbeats were about half of its CP's and agent's CPU
-# (docs/benchmarks.md, session 20), and several platforms live through a run.
-HEARTBEAT_S = "2"
+# Heartbeats every second so tests see recovery at once; every other rule keeps its real value.
+HEARTBEAT_S = "1"
 # The first create of a run may build the template.
 FIRST_CREATE_TIMEOUT = 900.0
 START_TIMEOUT_S = 60.0
