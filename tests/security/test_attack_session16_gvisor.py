@@ -12,10 +12,11 @@ sandbox as ``nobody``: memory only the host sees, and the guest's own log.
   line was ever seen. Since, the agent logs them (``event=guest_stderr``, bounded) and punches
   them out of the file.
 
-Open: a single ``mmap(MAP_POPULATE)`` larger than what is left of the limit and the headroom,
-and several populating at once: the Sentry charges it in one syscall that no kill inside
-interrupts, and the host ends the sandbox (its own only; the cgroup's limit holds, asserted
-below).
+A single ``mmap(MAP_POPULATE)`` larger than what is left of the limit and the headroom: the
+Sentry charges it in one go, faster than the watch polls. Until session 31 the host's OOM
+killer then ended the sandbox (its own only; the cgroup's limit holds, asserted below); now the
+host holds its killer back at the limit and the guest kills inside
+(test_attack_session31_gvisor_wall.py).
 """
 
 from __future__ import annotations
@@ -137,9 +138,7 @@ def test_one_populated_mapping_past_the_headroom_stays_within_the_host_limit(
 ) -> None:
     """A single ``mmap(MAP_POPULATE)`` of 400 MiB in a 128 MiB sandbox, as ``nobody``: what the
     platform promises holds, the sandbox's host cgroup never passes its limit (the host's memory
-    is safe). Open (session 16, docs/security.md §1b): the Sentry charges the mapping in one
-    syscall that no kill inside interrupts, so the host's OOM killer may end this sandbox (6/6
-    here); the tenant's own sandbox only."""
+    is safe), whether the guest kills inside (session 31) or the host ends the sandbox."""
     peak = sh_until_ended(agent, sandbox, f"python3 -c {shlex.quote(POPULATE)}; echo ran", 60)
     assert peak <= HOST_LIMIT + FORCED_CHARGE
 

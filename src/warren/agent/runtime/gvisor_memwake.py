@@ -25,6 +25,17 @@ that file too (``/proc/1/fd/2``): per beat alone, it kept ~17 KB a second of one
 agent's log for good (session 17), so the lines also come from a bucket (:data:`LOG_BURST`,
 refilled :data:`LOG_RATE` a second), each at most :data:`LINE_CHARS` characters, and the count
 of dropped bytes is logged at most every :data:`DROP_REPORT` seconds.
+
+At the cgroup's limit the host holds its OOM killer back (``oom_kill_disable``, session 31):
+what faults there waits instead of the kernel killing the largest process of the cgroup, which
+is the Sentry, that is the whole sandbox. Before, a guest whose watch was starved of CPU (a
+loaded host) or an allocation faster than its poll (one ``mmap(MAP_POPULATE)``) lost the
+whole sandbox; now the guest gets its turn to kill the tenant's process inside. The wait is
+bounded: a thread of the Sentry may itself fault at the limit and stop gVisor's kernel (its
+garbage collector waits for that thread), so a cgroup still at its limit :data:`WALL_WAIT`
+seconds after the kernel's OOM event is handed back to the kernel's killer, as before this hold,
+and held again once below. A charge made by a system call (a ``clone``) is refused at once
+instead (``ENOMEM``), never waits. The host's memory bound is unchanged: the cgroup's limit.
 """
 
 from __future__ import annotations
@@ -39,7 +50,9 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from warren.agent.runtime.cmds_oom import read_control
 from warren.agent.runtime.oci import cgroup_dir
 
 log = logging.getLogger("warren.agent")
@@ -56,6 +69,9 @@ LOG_BURST = 64
 LOG_RATE = 1.0  # lines a second
 LINE_CHARS = 256  # of a line as logged (escaped: a control byte is 4 characters)
 DROP_REPORT = 60.0  # seconds between two counts of dropped bytes
+# Seconds a cgroup may wait at its limit for the guest's kill before the kernel's OOM killer
+# acts (the guest polls every 5-250 ms; under load its turn comes late).
+WALL_WAIT = 2.0
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -86,6 +102,9 @@ class _Armed:
     limit: int
     step: int
     stderr: int  # the guest's stderr file (-1: none)
+    oom: int = -1  # the eventfd of the cgroup's OOM events (its tasks wait at the limit)
+    wall_since: float | None = None  # when its tasks started to wait at the limit
+    released: bool = False  # the kernel's OOM killer is back on (a wait that lasted)
     consumed: int = 0  # its bytes already logged
     tokens: float = LOG_BURST  # lines the bucket still allows
     filled_at: float = field(default_factory=time.monotonic)
@@ -107,32 +126,33 @@ class MemoryWake:
         descriptors are owned from here on."""
         self.disarm(sandbox_id)
         cg = cgroup_dir("memory", sandbox_id)
-        event = usage = -1
+        event = usage = oom = -1
         try:
             limit = int((cg / "memory.limit_in_bytes").read_text())
             event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            oom = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             usage = os.open(cg / "memory.usage_in_bytes", os.O_RDONLY | os.O_CLOEXEC)
             spacing = step(limit)
-            control = os.open(cg / "cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                for rung in range(spacing, limit + spacing, spacing):
-                    os.write(control, f"{event} {usage} {rung}".encode())
-            finally:
-                os.close(control)
+            _register(cg, event, usage, spacing, limit, oom)
+            # Last: held only once this thread is sure to hear of the wait, to end it.
+            _hold(cg, True)
         except (OSError, ValueError) as e:  # the guest polls as before
             log.warning("event=memwake_unarmed sandbox_id=%s error=%s", sandbox_id, e)
-            for fd in (event, usage, writer, stderr):
+            for fd in (event, usage, oom, writer, stderr):
                 if fd >= 0:
                     os.close(fd)
             return
-        armed = _Armed(sandbox_id, writer, event, usage, limit, spacing, stderr)
+        armed = _Armed(sandbox_id, writer, event, usage, limit, spacing, stderr, oom)
         with self._lock:
             if self._epoll is None:
                 self._epoll = select.epoll()
                 threading.Thread(target=self._run, name="gvisor-memwake", daemon=True).start()
             self._armed[sandbox_id] = armed
             self._by_event[event] = armed
+            self._by_event[oom] = armed
             self._epoll.register(event, select.EPOLLIN)
+            self._epoll.register(oom, select.EPOLLIN)
+            self._at_wall(armed)  # re-armed (an agent restart) while it waits there
         self._send(armed)
 
     def disarm(self, sandbox_id: str) -> None:
@@ -140,13 +160,14 @@ class MemoryWake:
             armed = self._armed.pop(sandbox_id, None)
             if armed is None:
                 return
-            self._by_event.pop(armed.event, None)
-            if self._epoll is not None:
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(armed.event)
-            # Closing the eventfd ends its thresholds (the kernel drops them with it).
+            for fd in (armed.event, armed.oom):
+                self._by_event.pop(fd, None)
+                if self._epoll is not None:
+                    with contextlib.suppress(OSError):
+                        self._epoll.unregister(fd)
+            # Closing the eventfds ends their registrations (the kernel drops them with them).
             drain(armed, final=True)
-            for fd in (armed.event, armed.usage, armed.writer, armed.stderr):
+            for fd in (armed.event, armed.usage, armed.oom, armed.writer, armed.stderr):
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
@@ -163,12 +184,28 @@ class MemoryWake:
         except (OSError, ValueError):
             pass  # full pipe (the guest is behind: it wakes anyway), or the cgroup is gone
 
+    def _at_wall(self, armed: _Armed) -> None:
+        """An OOM event (or a look at one): tasks waiting at the limit start the clock."""
+        try:
+            waiting = read_control(cgroup_dir("memory", armed.sandbox_id) / "memory.oom_control")["under_oom"]
+        except (OSError, ValueError, KeyError):
+            return  # the cgroup is going
+        if waiting and armed.wall_since is None:
+            armed.wall_since = time.monotonic()
+            log.info("event=gvisor_memory_wall sandbox_id=%s", armed.sandbox_id)
+
+    def _wall_deadline(self) -> float:
+        waits = [a.wall_since + WALL_WAIT for a in self._armed.values() if a.wall_since is not None]
+        return min(waits, default=float("inf"))
+
     def _run(self) -> None:
         assert self._epoll is not None
         next_beat = time.monotonic() + BEAT
         while True:
+            with self._lock:
+                wake_at = min(next_beat, self._wall_deadline())
             try:
-                events = self._epoll.poll(max(0.0, next_beat - time.monotonic()))
+                events = self._epoll.poll(max(0.0, wake_at - time.monotonic()))
             except InterruptedError:
                 continue
             with self._lock:
@@ -178,12 +215,67 @@ class MemoryWake:
                         continue
                     with contextlib.suppress(OSError):
                         os.eventfd_read(fd)
+                    if fd == armed.oom:
+                        self._at_wall(armed)
                     self._send(armed)
-                if time.monotonic() >= next_beat:
+                now = time.monotonic()
+                for armed in self._armed.values():
+                    if armed.wall_since is not None and now >= armed.wall_since + WALL_WAIT:
+                        _end_wait(armed)
+                if now >= next_beat:
                     for armed in self._armed.values():
                         self._send(armed)
                         drain(armed)
+                        if armed.released:
+                            _rehold(armed)
                     next_beat = time.monotonic() + BEAT
+
+
+def _register(cg: Path, event: int, usage: int, spacing: int, limit: int, oom: int) -> None:
+    """The usage thresholds on ``event`` and the cgroup's OOM events on ``oom``."""
+    control = os.open(cg / "cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        for rung in range(spacing, limit + spacing, spacing):
+            os.write(control, f"{event} {usage} {rung}".encode())
+        oom_control = os.open(cg / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:  # the registration keeps what it needs of the file
+            os.write(control, f"{oom} {oom_control}".encode())
+        finally:
+            os.close(oom_control)
+    finally:
+        os.close(control)
+
+
+def _hold(cg: Path, on: bool) -> None:
+    """The cgroup's OOM killer held back (``on``) or handed back (which wakes what waits)."""
+    (cg / "memory.oom_control").write_text("1" if on else "0")
+
+
+def _end_wait(armed: _Armed) -> None:
+    """:data:`WALL_WAIT` after tasks began to wait at the limit: if they still wait, the kernel's
+    OOM killer acts, as before the hold (the guest did not free enough in time)."""
+    armed.wall_since = None
+    cg = cgroup_dir("memory", armed.sandbox_id)
+    try:
+        if not read_control(cg / "memory.oom_control")["under_oom"]:
+            return
+        _hold(cg, False)
+    except (OSError, ValueError, KeyError):
+        return
+    armed.released = True
+    log.warning("event=gvisor_memory_wall_released sandbox_id=%s waited_s=%.1f", armed.sandbox_id, WALL_WAIT)
+
+
+def _rehold(armed: _Armed) -> None:
+    """At a beat after a release: the hold again, once nothing waits at the limit."""
+    cg = cgroup_dir("memory", armed.sandbox_id)
+    try:
+        if read_control(cg / "memory.oom_control")["under_oom"]:
+            return
+        _hold(cg, True)
+    except (OSError, ValueError, KeyError):
+        return
+    armed.released = False
 
 
 def drain(armed: _Armed, *, final: bool = False) -> None:

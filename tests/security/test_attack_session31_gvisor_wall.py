@@ -1,0 +1,143 @@
+"""Session 31's attack on the gVisor tier's memory limit, from inside a 128 MiB sandbox as
+``nobody``: reach the host cgroup's limit before the guest's watch can kill.
+
+Under gVisor the guest (PID 1 inside) enforces the tenant's limit by polling
+(guest_agent/memwatch.py); the host cgroup holds the limit plus a headroom. An allocation that
+crosses the headroom between two polls (one ``mmap(MAP_POPULATE)`` of 400 MiB: the Sentry
+charges it in one go), or any hog while the guest is starved of CPU on a loaded host (CI: twice
+in five runs of session 30), met the host's OOM killer, which took the Sentry: the whole sandbox
+ended, every time for the mapping. Since session 31 the agent holds the cgroup's OOM killer back
+(runtime/gvisor_memwake.py): at the limit the faulting task waits, the guest kills the tenant's
+process inside, and only a wait that outlasts ``WALL_WAIT`` goes back to the kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.harness.agent import AgentProcess, scratch_agent
+from tests.security.test_attack_session8_memwatch import (
+    FORCED_CHARGE,
+    alive,
+    cgroup,
+    sh_until_ended,
+    wait_for,
+)
+from warren.agent.runtime.cmds_oom import read_control
+from warren.agent.runtime.gvisor import MEMORY_HEADROOM
+from warren.agent.runtime.gvisor_memwake import MemoryWake, wake_pipe
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+MEMORY_MB = 128
+HOST_LIMIT = (MEMORY_MB << 20) + MEMORY_HEADROOM
+POPULATE = "python3 -c " + shlex.quote(
+    "import mmap; m = mmap.mmap(-1, 400 << 20, "
+    "flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE); print('survived')"
+)
+TRIES = 3
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    with scratch_agent("attack-s31-gvisor-wall") as a:
+        yield a
+
+
+def destroy(agent: AgentProcess, sandbox_id: str) -> None:
+    try:
+        agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sandbox_id), timeout=120)
+    except grpc.RpcError as e:  # the host ended it: the agent removed it
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e  # type: ignore[attr-defined]
+
+
+def oom_control(sandbox_id: str) -> dict[str, int]:
+    return read_control(cgroup(sandbox_id) / "memory.oom_control")
+
+
+def test_a_populated_mapping_past_the_headroom_is_killed_inside(agent: AgentProcess) -> None:
+    """Before: the sandbox ended at each try (9/9 here). After: the mapping's process is killed
+    inside and the sandbox runs on (15/16 here: a ``clone`` the Sentry makes while the
+    victim's memory is not yet freed is refused, and gVisor ends the sandbox on that), so at
+    least one of three tries must keep its sandbox; the host's limit holds in every one."""
+    kept = 0
+    for _ in range(TRIES):
+        sandbox = agent.create(memory_mb=MEMORY_MB, runtime="gvisor").sandbox_id
+        try:
+            peak = sh_until_ended(agent, sandbox, POPULATE, 60)
+            assert peak <= HOST_LIMIT + FORCED_CHARGE
+            if cgroup(sandbox).exists() and alive(agent, sandbox):
+                kept += 1
+                assert oom_control(sandbox)["oom_kill"] == 0  # the guest killed, not the host
+        finally:
+            destroy(agent, sandbox)
+    assert kept >= 1
+
+
+def test_the_hold_is_rearmed_by_a_restarted_agent(agent: AgentProcess) -> None:
+    """The hold is the agent's to end, so a restarted agent takes it back with the sandboxes it
+    re-adopts (here after a crash between a release and its rehold)."""
+    sandbox = agent.create(memory_mb=MEMORY_MB, runtime="gvisor").sandbox_id
+    try:
+        assert oom_control(sandbox)["oom_kill_disable"] == 1
+        (cgroup(sandbox) / "memory.oom_control").write_text("0")  # as a crash between release and rehold
+        agent.kill9()
+        agent.start()
+        wait_for("the hold re-armed", lambda: oom_control(sandbox)["oom_kill_disable"] == 1)
+        assert sh_until_ended(agent, sandbox, POPULATE, 60) <= HOST_LIMIT + FORCED_CHARGE
+    finally:
+        destroy(agent, sandbox)
+
+
+HOG = "import sys; sys.stdin.read(1); b = bytearray(100 << 20); print('survived')"
+
+
+def test_a_wait_nothing_inside_ends_goes_back_to_the_kernel(caplog: pytest.LogCaptureFixture) -> None:
+    """The agent's side alone, on a cgroup of its own with no guest to kill: a process that
+    faults at the limit waits there (held, not killed), and after ``WALL_WAIT`` the kernel's OOM
+    killer is handed the wait and kills it, so nothing stays stopped at its limit for good."""
+    name = f"test-wall-{os.getpid()}"
+    cg = cgroup(name)
+    cg.mkdir()
+    wake = MemoryWake()
+    proc = subprocess.Popen([sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        (cg / "memory.limit_in_bytes").write_text(str(64 << 20))
+        (cg / "cgroup.procs").write_text(str(proc.pid))
+        reader, writer = wake_pipe()
+        os.close(reader)
+        with caplog.at_level(logging.INFO, logger="warren.agent"):
+            wake.arm(name, writer)
+            assert proc.stdin is not None
+            proc.stdin.write(b"x")
+            proc.stdin.flush()
+            waiting = lambda: read_control(cg / "memory.oom_control")["under_oom"]  # noqa: E731
+            wait_for("the hog to wait at the limit", waiting)
+            assert proc.poll() is None  # held: waiting, not killed
+            assert proc.wait(timeout=60) == -signal.SIGKILL
+        assert read_control(cg / "memory.oom_control")["oom_kill"] == 1
+        assert f"event=gvisor_memory_wall_released sandbox_id={name}" in caplog.text
+    finally:
+        wake.disarm(name)
+        proc.kill()
+        proc.wait()
+        wait_for("the cgroup removed", lambda: _rmdir(cg))
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except OSError:
+        return False
+    return True
