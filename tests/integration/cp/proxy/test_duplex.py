@@ -1,21 +1,33 @@
-"""The preview proxy's HTTP relay is full duplex (cp/proxy/http.py): a sandbox server may answer
-before it has read the request body, as much as it likes, over either way to the port — the
-agent's data port and DialPort (an agent without a data port, its writes kept to credit).
+"""The preview proxy's ways to a sandbox port (cp/proxy/data.py), and its HTTP relay, full
+duplex over each (cp/proxy/http.py). One CP and three agents: one with the plain loopback data
+port, one with a data port over mutual TLS (``WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK``, as an
+agent on another machine has it) and one without a data port, reached by DialPort over gRPC (its
+writes kept to credit). One platform serves both concerns (they were two modules of a platform
+each).
 
-Before session 17 the proxy read the response only after it had sent the whole body: over
-DialPort an upload stalled once the server had answered ~160-200 KiB without reading; over the
-data port the same happened once the answer and the body outgrew the kernel's buffers.
+The ways: HTTP, a WebSocket and a download over the TLS data port and over DialPort. As an
+attacker: the TLS data port refuses plain text, a client without a certificate, with a host's
+certificate, or with another CA's, before the ticket is read (test_preview.py covers the plain
+loopback data port at length, tests/integration/agent/test_dial_data.py the tickets).
 
-The client is a plain socket that sends its body while it reads the answer (an HTTP/1.1 client
-may; a client that does not would deadlock with such a server without any proxy)."""
+Full duplex: a sandbox server may answer before it has read the request body, as much as it
+likes, over the data port and DialPort. Before session 17 the proxy read the response only after
+it had sent the whole body: over DialPort an upload stalled once the server had answered
+~160-200 KiB without reading; over the data port the same happened once the answer and the body
+outgrew the kernel's buffers. The client is a plain socket that sends its body while it reads the
+answer (an HTTP/1.1 client may; a client that does not would deadlock with such a server without
+any proxy)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import select
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,12 +38,17 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.harness.environ import environ
 from tests.harness.platform import Platform, running_platform
-from tests.integration.cp.proxy.test_preview import Sbx, _wait_port
+from tests.integration.cp.proxy.test_preview import Sbx, _wait_port, serve_apps
 from tests.security.test_what_held_api import PeakRss
 from warren import ids
+from warren.cp.hosts.client_pool import HostClientPool
+from warren.cp.proxy.data import client_context
+from warren.cp.security.ca import CertificateAuthority
+from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
@@ -84,11 +101,18 @@ while True:
 """
 
 
+# The agents, in the order the platform starts them (its host_ids and agents).
+PLAIN, TLS, DIALPORT = "data port", "TLS data port", "DialPort"
+AGENTS = [PLAIN, TLS, DIALPORT]
+
+
 @pytest.fixture(scope="module")
 async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
     async with running_platform(db_url, platform_dir) as p:
+        with environ({"WARREN_AGENT_DIAL_DATA_TLS_ON_LOOPBACK": "true"}):
+            await p.add_agent("127.0.0.22", platform_dir / "agent1")
         with environ({"WARREN_AGENT_DIAL_DATA_PORT": "-1"}):
-            await p.add_agent("127.0.0.24", platform_dir / "agent1")
+            await p.add_agent("127.0.0.24", platform_dir / "agent2")
         yield p
 
 
@@ -100,9 +124,10 @@ def http(platform: Platform) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 async def sbs(platform: Platform, http: httpx.Client) -> dict[str, Sbx]:
-    """A sandbox on each agent, serving SERVER: ``data port`` and ``DialPort``."""
+    """A sandbox on each agent, by its way (AGENTS), each serving SERVER and the apps of
+    test_preview.py (http.server, the app and the WebSocket echo)."""
     by_host: dict[str, Sbx] = {}
-    for _ in range(8):
+    for _ in range(12):
         r = http.post("/v1/sandboxes", json={"memory_mb": 256}, headers=platform.headers)
         assert r.status_code == 201, r.text
         s = Sbx(platform, http, r.json())
@@ -110,15 +135,115 @@ async def sbs(platform: Platform, http: httpx.Client) -> dict[str, Sbx]:
             "SELECT host_id FROM sandboxes WHERE id = :i", i=ids.parse_id(ids.Kind.SANDBOX, s.id)
         )
         by_host.setdefault(ids.host_id(rows[0][0]), s)
-        if len(by_host) == 2:
+        if len(by_host) == len(AGENTS):
             break
-    assert len(by_host) == 2, "the scheduler never used the second host"
+    assert len(by_host) == len(AGENTS), "the scheduler never used every host"
     for s in by_host.values():
         s.sh("cat > /tmp/duplex.py", stdin=SERVER)
         s.sh("(setsid python3 /tmp/duplex.py >/dev/null 2>&1 &)")
+        serve_apps(s, "hello-over-data")
         _wait_port(s, PORT)
-    data_port, dial_port = platform.host_ids
-    return {"data port": by_host[data_port], "DialPort": by_host[dial_port]}
+    return {way: by_host[host] for way, host in zip(AGENTS, platform.host_ids, strict=True)}
+
+
+def _host(platform: Platform, way: str) -> str:
+    return platform.host_ids[AGENTS.index(way)]
+
+
+# -- the ways to a port ---------------------------------------------------------------------------
+
+
+def test_http_websocket_and_a_download_over_tls_and_over_dialport(
+    platform: Platform, sbs: dict[str, Sbx]
+) -> None:
+    for s in (sbs[TLS], sbs[DIALPORT]):
+        for _ in range(3):  # a fresh connection, then kept ones
+            r = s.http.get(s.url(8000, "/hello.txt"), headers=s.tok())
+            assert r.status_code == 200 and r.text == "hello-over-data\n", r.text
+        url = platform.url.replace("http://", "ws://") + s.url(8002, "/echo")
+        with ws_connect(url, additional_headers=s.tok()) as ws:
+            blob = os.urandom(200_000)
+            ws.send(blob)
+            assert ws.recv(timeout=10) == blob
+        got = 0
+        with s.http.stream("GET", s.url(8001, "/big"), headers=s.tok()) as resp:
+            assert resp.status_code == 200
+            for chunk in resp.iter_raw(1 << 20):
+                got += len(chunk)
+        assert got == 200 << 20
+        assert s.http.get(s.url(8999, "/"), headers=s.tok()).json()["error"]["code"] == "port_not_open"
+    log = platform.cp.log_tail(2000)
+    # The TLS agent was reached over its data port, the one without a data port over DialPort.
+    assert f"event=proxy_dialport_fallback host_id={_host(platform, DIALPORT)}" in log
+    assert f"event=proxy_dialport_fallback host_id={_host(platform, TLS)}" not in log
+
+
+# -- the TLS data port, as an attacker ----------------------------------------------------------
+
+
+def _ca(platform_dir: Path) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(platform_dir / "cp" / "ca")
+
+
+async def _ticket(platform: Platform, platform_dir: Path, sb: Sbx) -> tuple[pb.DialTicket, str]:
+    agent = platform.agents[AGENTS.index(TLS)]
+    pool = HostClientPool(_ca(platform_dir))
+    try:
+        client = pool.get_for(agent.host_uuid, agent.address)
+        t = await client.stub.OpenDialTicket(pb.DialOpen(sandbox_id=sb.id, port=8000), timeout=30)
+        return t, client.host_id
+    finally:
+        await pool.close()
+
+
+def _context(cert_pem: str | None, key_pem: str | None, ca: CertificateAuthority) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=ca.cert_pem)
+    if cert_pem and key_pem:
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+            f.write(key_pem + "\n" + cert_pem)
+            f.flush()
+            ctx.load_cert_chain(f.name)
+    return ctx
+
+
+def _first_byte(ip: str, port: int, line: bytes, ctx: ssl.SSLContext | None, host_id: str) -> bytes:
+    """What the data port answers to ``line`` (b"" for a refusal of any kind)."""
+    with socket.create_connection((ip, port), timeout=15) as raw:
+        try:
+            if ctx is None:
+                raw.sendall(line)
+                return raw.recv(1)
+            with ctx.wrap_socket(raw, server_hostname=host_id) as s:
+                s.sendall(line)
+                return s.recv(1)
+        except (ssl.SSLError, ConnectionError, OSError):
+            return b""
+
+
+async def test_tls_data_port_refuses_every_other_client(
+    platform: Platform, platform_dir: Path, sbs: dict[str, Sbx]
+) -> None:
+    ca = _ca(platform_dir)
+    t, host_id = await _ticket(platform, platform_dir, sbs[TLS])
+    assert t.tls
+    agent = platform.agents[AGENTS.index(TLS)]
+    line = b"WDIAL1 %s %s 8000\n" % (t.ticket.hex().encode(), sbs[TLS].id.encode())
+    host = agent.credentials()
+    stranger = CertificateAuthority.generate("another CA").client_cert()
+    refused = {
+        "plain text": None,
+        "no client certificate": _context(None, None, ca),
+        "the host's own (serverAuth) certificate": _context(host["cert_pem"], host["key_pem"], ca),
+        "another CA's client certificate": _context(stranger.cert_pem, stranger.key_pem, ca),
+    }
+    for what, ctx in refused.items():
+        assert _first_byte(agent.ip, t.data_port, line, ctx, host_id) == b"", what
+    # The ticket was never read by those: the CP's own certificate still redeems it.
+    assert _first_byte(agent.ip, t.data_port, line, client_context(ca), host_id) == b"\x01"
+
+
+# -- full duplex ----------------------------------------------------------------------------------
 
 
 def _body(size: int) -> Iterator[bytes]:
@@ -197,8 +322,8 @@ def _wait_file(sb: Sbx, path: str) -> None:
 @pytest.mark.parametrize(
     ("way", "body", "answer"),
     [
-        ("DialPort", 4 * MIB, 4 * MIB),
-        ("data port", 64 * MIB, 64 * MIB),  # past the kernel's buffers both ways
+        (DIALPORT, 4 * MIB, 4 * MIB),
+        (PLAIN, 64 * MIB, 64 * MIB),  # past the kernel's buffers both ways
     ],
 )
 def test_a_server_that_answers_before_reading_the_body(
@@ -215,12 +340,12 @@ def test_the_paths_were_the_ones_named(platform: Platform, sbs: dict[str, Sbx]) 
         status, got, tail, digest = _exchange(platform.url, sb, body=1, answer=0)
         assert (status, got, tail.decode()) == (b"HTTP/1.1 200 OK", 64, digest)
     log = platform.cp.log_tail(2000)
-    data_port, dial_port = platform.host_ids
-    assert f"event=proxy_dialport_fallback host_id={dial_port}" in log
-    assert f"event=proxy_dialport_fallback host_id={data_port}" not in log
+    assert f"event=proxy_dialport_fallback host_id={_host(platform, DIALPORT)}" in log
+    for way in (PLAIN, TLS):
+        assert f"event=proxy_dialport_fallback host_id={_host(platform, way)}" not in log
 
 
-WAYS = ["DialPort", "data port"]
+WAYS = [DIALPORT, PLAIN]
 
 
 @pytest.mark.parametrize("way", WAYS)
