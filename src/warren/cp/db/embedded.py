@@ -21,7 +21,6 @@ Layout under ``<home>/postgres``: ``data/`` (the cluster), ``run/`` (socket), ``
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import importlib.util
@@ -49,7 +48,6 @@ DATABASE = "warren"
 DEFAULT_PORT = 5432
 _MAX_LOG_BYTES = 20 * 1024 * 1024
 _MAX_SOCKET_DIR = 80  # leaves room for "/.s.PGSQL.65535" within sun_path
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -332,13 +330,19 @@ class EmbeddedPostgres:
             f.write(pw + "\n")
         return pw
 
-    def _preexec(self) -> None:
-        # Runs in the child after Popen has switched uid/gid (a credential change clears the
-        # parent-death signal, so it must be set afterwards): if whoever started us dies
-        # without stopping the server, the postmaster does a fast shutdown instead of leaking.
+    def _launcher(self) -> list[str]:
+        """``setpriv`` (util-linux) before the server: the service user's uid and gid as root,
+        then the parent-death signal (after the credential change, which clears it): if whoever
+        started us dies without stopping the server, the postmaster does a fast shutdown instead
+        of leaking. Not a ``preexec_fn``: that forks this process and runs its fork handlers,
+        gRPC's among them, which aborted the child of a process with calls in flight (a test's
+        in-process CP, session 31)."""
+        argv = ["setpriv"]
+        if os.geteuid() == 0:
+            argv += [f"--reuid={self._uid}", f"--regid={self._gid}", "--clear-groups"]
         if self.die_with_parent:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+            argv += ["--pdeathsig", "INT"]
+        return [*argv, "--"] if len(argv) > 1 else []
 
     def _run_as_service(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         extra: dict[str, object] = {}
@@ -456,24 +460,19 @@ class EmbeddedPostgres:
         ]
         if self.fast:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        extra: dict[str, object] = {}
-        if os.geteuid() == 0:
-            extra = {"user": self._uid, "group": self._gid, "extra_groups": []}
         with contextlib.suppress(OSError):
             if self.log_file.stat().st_size > _MAX_LOG_BYTES:  # keep one previous log, not all
                 self.log_file.replace(self.log_file.with_suffix(".log.1"))
         logf: IO[bytes] = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         offset = logf.tell()
         try:
-            proc = subprocess.Popen(  # type: ignore[call-overload]
-                args,
+            proc = subprocess.Popen(
+                [*self._launcher(), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 start_new_session=True,  # our own group: a terminal's Ctrl-C goes to the supervisor
-                preexec_fn=self._preexec,
-                **extra,
             )
         finally:
             logf.close()
