@@ -108,7 +108,8 @@ HOG = "import sys; sys.stdin.read(1); b = bytearray(100 << 20); print('survived'
 def test_a_wait_nothing_inside_ends_goes_back_to_the_kernel(caplog: pytest.LogCaptureFixture) -> None:
     """The agent's side alone, on a cgroup of its own with no guest to kill: a process that
     faults at the limit waits there (held, not killed), and after ``WALL_WAIT`` the kernel's OOM
-    killer is handed the wait and kills it, so nothing stays stopped at its limit for good."""
+    killer is handed the wait and kills it, so nothing stays stopped at its limit for good; the
+    hold comes back once nothing waits."""
     name = f"test-wall-{os.getpid()}"
     cg = cgroup(name)
     cg.mkdir()
@@ -130,6 +131,8 @@ def test_a_wait_nothing_inside_ends_goes_back_to_the_kernel(caplog: pytest.LogCa
             assert proc.wait(timeout=60) == -signal.SIGKILL
         assert read_control(cg / "memory.oom_control")["oom_kill"] == 1
         assert f"event=gvisor_memory_wall_released sandbox_id={name}" in caplog.text
+        # Held again at a beat, now that nothing waits.
+        wait_for("the hold back", lambda: read_control(cg / "memory.oom_control")["oom_kill_disable"] == 1)
     finally:
         wake.disarm(name)
         proc.kill()
