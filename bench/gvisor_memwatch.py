@@ -1,6 +1,6 @@
 """The gVisor memory watch (guest_agent/memwatch.py) against real hogs, one real `warren agent`.
 
-    sudo .venv/bin/python bench/gvisor_memwatch.py [--rounds 30] [--rates 3] [--idle 3]
+    sudo .venv/bin/python bench/gvisor_memwatch.py [--rounds 30] [--rates 3] [--idle 3] [--walls 10]
 
 rounds  tests/security/test_attack_session8_memwatch.py's nobody case, N times: a 256 MiB
         sandbox, `kill -STOP/KILL/SEGV/TERM 1` as nobody (every other round: they change
@@ -13,6 +13,11 @@ rates   how fast one process charges the host cgroup, per way of allocating (the
 idle    the sandbox cgroup's CPU per 10 s, idle (the watch's cost), 256 MiB and 1 GiB; with
         --idle-procs also the CPU time of the sandbox's host processes (sentry, gofer, stubs)
         over 60 s, from /proc/<pid>/stat, another count of the same cost.
+walls   one mmap(MAP_POPULATE) of 400 MiB as nobody in a 128 MiB sandbox, N times (faster than
+        the watch polls: it reaches the host cgroup's limit, where session 31's hold has it wait
+        for the guest's kill; before, the host ended the sandbox every time): sandboxes kept,
+        the agent's wall events and hand-backs to the kernel (runtime/gvisor_memwake.py).
+        --busy K runs K busy loops on the host meanwhile (the guest starved of CPU).
 Compare trees with PYTHONPATH=<other tree>/src (the guest is bind-mounted from the imported
 warren.guest). The load average is printed at start and end.
 """
@@ -23,6 +28,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -138,6 +144,39 @@ def rounds(agent: AgentProcess, n: int) -> None:
     print(f"rounds: {ended}/{n} sandboxes ended by the host")
 
 
+POPULATE = "import mmap\nm=mmap.mmap(-1,400<<20,flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS|mmap.MAP_POPULATE)"
+
+
+def walls(agent: AgentProcess, n: int, busy: int) -> None:
+    loops = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(busy)]
+    kept = 0
+    try:
+        for i in range(n):
+            sb = agent.create(memory_mb=128, runtime="gvisor").sandbox_id
+            try:
+                try:
+                    res = agent.exec(sb, "python3", "-c", POPULATE, user="nobody", timeout_sec=60)
+                    how = f"exit {res.exit_code}"
+                except grpc.RpcError as e:  # FAILED_PRECONDITION: the sandbox ended
+                    how = e.code().name  # type: ignore[attr-defined]
+                alive = cgroup(sb).exists() and agent.exec(sb, "true", timeout_sec=30).exit_code == 0
+            except grpc.RpcError:
+                alive = False
+            finally:
+                with contextlib.suppress(grpc.RpcError):
+                    agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sb), timeout=120)
+            kept += alive
+            log = [ln for ln in agent.log_path.read_text(errors="replace").splitlines() if f"={sb}" in ln]
+            held = sum("event=gvisor_memory_wall sandbox_id" in ln for ln in log)
+            back = sum("event=gvisor_memory_wall_released " in ln for ln in log)
+            what = "kept " if alive else "ENDED"
+            print(f"  #{i:<3} {what} {how:20s} waits at the limit {held}, handed back {back}")
+    finally:
+        for p in loops:
+            p.kill()
+    print(f"walls: {kept}/{n} sandboxes kept ({busy} busy loops on the host)")
+
+
 def rates(agent: AgentProcess, reps: int) -> None:
     sb = agent.create(memory_mb=1024, runtime="gvisor").sandbox_id
     try:
@@ -188,6 +227,8 @@ def main() -> None:
     ap.add_argument("--rates", type=int, default=3)
     ap.add_argument("--idle", type=int, default=3)
     ap.add_argument("--idle-procs", action="store_true")
+    ap.add_argument("--walls", type=int, default=10)
+    ap.add_argument("--busy", type=int, default=0)
     args = ap.parse_args()
     print(f"load {os.getloadavg()[0]:.1f}; guest from {Path(warren.guest.__file__).parent}")
     with scratch_agent("bench-memwatch") as agent:
@@ -197,6 +238,8 @@ def main() -> None:
             idle(agent, args.idle, args.idle_procs)
         if args.rounds:
             rounds(agent, args.rounds)
+        if args.walls:
+            walls(agent, args.walls, args.busy)
     print(f"load {os.getloadavg()[0]:.1f}")
 
 
