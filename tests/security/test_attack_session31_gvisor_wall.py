@@ -33,19 +33,15 @@ from tests.security.test_attack_session8_memwatch import (
     sh_until_ended,
     wait_for,
 )
+from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
+from tests.security.test_attack_session16_gvisor import POPULATE as MAPPING
 from warren.agent.runtime.cmds_oom import read_control
-from warren.agent.runtime.gvisor import MEMORY_HEADROOM
 from warren.agent.runtime.gvisor_memwake import MemoryWake, wake_pipe
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
-MEMORY_MB = 128
-HOST_LIMIT = (MEMORY_MB << 20) + MEMORY_HEADROOM
-POPULATE = "python3 -c " + shlex.quote(
-    "import mmap; m = mmap.mmap(-1, 400 << 20, "
-    "flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE); print('survived')"
-)
+POPULATE = "python3 -c " + shlex.quote(MAPPING)
 TRIES = 3
 
 
