@@ -5,7 +5,7 @@ relays through an agent without a data port (gRPC ``DialPort``).
   default) and an account's teams (10) multiplied it. Mallory makes more teams through the
   public API and opens held preview connections to her private ports, with their traffic
   tokens, from every one (since session 17 connections without a credential hold at most half
-  of each share: ``test_attack_session17_bounds_public.py``). Expected:
+  of each share: "Public ports" below). Expected:
   past ``WARREN_PROXY_MAX_CONNS_PER_TEAM`` the team's next connection is 429
   ``too_many_connections``, past ``WARREN_PROXY_MAX_CONNS_PER_OWNER`` every team of the account
   is refused, another account's previews still open, and the account's slots come back.
@@ -20,6 +20,17 @@ relays through an agent without a data port (gRPC ``DialPort``).
   gets every byte in order. The other way, uploads into a sandbox server that reads none of
   them (after a fast upload, as gRPC's probes would grow the agent's window with it): the same
   bound (before: the agent's window held ~4 MiB each).
+
+- **Public ports (session 17).** The bounds count a connection against the team (and the owner)
+  of the sandbox it goes to, whoever opens it. A public port (``public_ports``, E2B's default
+  ``allowPublicTraffic``) takes connections from anyone who knows the sandbox's id, so since
+  session 16 the same connections filled the *team's* share (and the owner's): Eve held Bob's
+  public sandbox's connections and Bob's other sandboxes, private ports through his own traffic
+  token included, were 429 ``too_many_connections``. Fixed (session 17): connections without a
+  credential hold at most half of the team's and the owner's shares; the team's credentialed
+  ones keep the rest. With this module's bounds the attack needs one public sandbox and two
+  client addresses (with the defaults: two sandboxes, eight). It was a module of its own
+  (``test_attack_session17_bounds_public.py``), a platform with the same bounds started for it.
 
 The module runs a platform of its own: its agent has no data port
 (``WARREN_AGENT_DIAL_DATA_PORT=-1``: every preview goes over DialPort), and its proxy smaller
@@ -75,6 +86,7 @@ BOUND_MIB = CONNS * PER_CONN_KIB // 1024 + SLACK_MIB
 PORT = 8000
 # One client address holds at most a quarter of a sandbox's 128 connections: four addresses.
 ADDRESSES = [f"127.0.0.{i}" for i in (41, 42, 43, 44)]
+EVE = ["127.0.0.51", "127.0.0.52"]  # 32 + 16: a sandbox's share per address is 32
 
 # GET /hold answers a head and then nothing (the connection stays open until the client
 # leaves); POST /sink reads the body and answers; POST /stall reads nothing; GET /<n> answers
@@ -252,6 +264,45 @@ def test_one_accounts_teams_share_a_preview_bound(
             break
         assert time.monotonic() < deadline, got
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def bob_private(bob: tuple[Tenant, str]) -> Iterator[str]:
+    """Bob's other sandbox, its port private, serving as his public one does."""
+    t = bob[0]
+    sid = t.create(memory_mb=512)
+    t.sh(sid, START, timeout_sec=120)
+    yield sid
+    t.w("DELETE", f"/v1/sandboxes/{sid}")
+
+
+def test_anyone_holding_a_public_port_leaves_the_team_its_other_previews(
+    platform: Platform, bob: tuple[Tenant, str], bob_private: str
+) -> None:
+    (t, public), private = bob, bob_private
+    r = t.w("POST", f"/v1/sandboxes/{private}/traffic-token", {})
+    assert r.status_code in (200, 201), r.text
+    token = r.json()["traffic_token"]
+    url = platform.url
+    with ExitStack() as stack:
+        # Eve: no account, no credentials, two addresses, Bob's public sandbox.
+        eve = [_open(stack, url, public, "/hold", EVE[i % 2]) for i in range(PER_TEAM)]
+        got = [_answer(s) for s in eve]
+        print(f"Eve's connections to Bob's public port: {_count(got)}")
+        assert _count(got).get(200, 0) <= PER_TEAM // 2, _count(got)
+        # Bob, with his own traffic token, to his private sandbox.
+        s = stack.enter_context(socket.socket())
+        s.connect(_addr(url))
+        host, port = _addr(url)
+        s.sendall(
+            f"GET /v1/sandboxes/{private}/ports/{PORT}/hold HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"X-Warren-Traffic-Token: {token}\r\n\r\n".encode()
+        )
+        mine = _answer(s)
+        print(f"Bob's own preview of his private sandbox: {mine}")
+        assert mine[0] == 200, (
+            f"Eve's anonymous connections to one public port took Bob's team's share: {mine}"
+        )
 
 
 def _count(answers: list[tuple[int, str]]) -> dict[int, int]:
