@@ -2,6 +2,14 @@
 killing them or, with ``on_end = 'pause'``, pausing them. Rules of lifetimes:
 ``services/lifetimes.py``.
 
+A ``missing`` sandbox (its host stopped beating) whose lifetime has passed is ended too when
+``on_end = 'kill'``: the destroy service marks it ``stopped`` without its host (which the host
+monitor cleans up should the host come back). With ``on_end = 'pause'`` it is left as it is:
+a pause needs its host, its owner asked for its state to be kept (which only the host holds),
+and a paused sandbox counts against the quota as a missing one does. If the host comes back
+with it, the monitor makes it ``running`` again and the next pass pauses it; if it comes back
+without it, the monitor stops it (``host_lost``); its team may delete it meanwhile.
+
 Every replica runs it (about once a second) and they agree through the database: a pass
 *claims* its due rows in one statement, picking them ``FOR UPDATE SKIP LOCKED`` (a row another
 replica is claiming is skipped, not waited for) and moving their ``end_at`` a lease ahead, so
@@ -39,7 +47,9 @@ LEASE_S = 60.0  # a claimed row is not due again for this long (an end that fail
 BATCH = 64  # rows one pass claims
 CONCURRENCY = 8  # ends one pass runs at once
 
-# $1 now, $2 the lease's end, $3 the batch. The partial index ix_sandboxes_end_at serves it.
+# :now, the lease's end, the batch. Each branch is index-served: the running rows by the partial
+# index ix_sandboxes_end_at (in end_at order), the missing ones by ix_sandboxes_status (rows a
+# silent host left behind: few, and gone once it returns or is deleted).
 CLAIM = text("""
     WITH due AS (
         SELECT id FROM sandboxes
@@ -47,9 +57,15 @@ CLAIM = text("""
         ORDER BY end_at
         LIMIT :batch
         FOR UPDATE SKIP LOCKED
+    ), lost AS (
+        SELECT id FROM sandboxes
+        WHERE status = 'missing' AND on_end = 'kill' AND end_at <= :now
+        ORDER BY end_at
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
     )
     UPDATE sandboxes s SET end_at = :lease
-    FROM due WHERE s.id = due.id
+    FROM (SELECT id FROM due UNION ALL SELECT id FROM lost) d WHERE s.id = d.id
     RETURNING s.id, s.team_id, s.on_end
 """)
 
@@ -71,12 +87,19 @@ class SweepReport:
 
 
 async def claim(engine: AsyncEngine, *, now: datetime | None = None, batch: int = BATCH) -> list[Claimed]:
-    """Claim the running sandboxes whose lifetime has ended (see module doc)."""
+    """Claim the running sandboxes, and the missing ones to kill, whose lifetime has ended (see
+    module doc)."""
     now = now or clock.now()
     lease = now + timedelta(seconds=LEASE_S)
     async with autocommit(engine) as conn:
         rows = (await conn.execute(CLAIM, {"now": now, "lease": lease, "batch": batch})).all()
     return [Claimed(r.id, r.team_id, r.on_end, lease) for r in rows]
+
+
+def endable(status: str, on_end: str) -> bool:
+    """Whether a sandbox whose lifetime has passed is ended now: a running one, or a missing one
+    to kill (a pause waits for its host; module doc)."""
+    return status == "running" or (status == "missing" and on_end == "kill")
 
 
 async def end(engine: AsyncEngine, pool: HostClientPool, c: Claimed, report: SweepReport) -> None:
@@ -85,7 +108,7 @@ async def end(engine: AsyncEngine, pool: HostClientPool, c: Claimed, report: Swe
     ctx = AuthContext(kind="session", team_id=c.team_id)  # audited as the system
     try:
         found = await sandboxes.find(engine, ctx, sid)
-        if found.sandbox.status != "running" or found.row["end_at"] != c.lease:
+        if not endable(found.sandbox.status, c.on_end) or found.row["end_at"] != c.lease:
             report.skipped.append(sid)
             return
         if c.on_end == "pause":

@@ -466,23 +466,16 @@ async def destroy_sandbox(
     reason: str = end_reasons.DELETED,
 ) -> None:
     """Destroy it on its host and mark it ``stopped`` with ``reason`` (an end_reasons constant:
-    the team's DELETE unless a sweeper ends it for another reason)."""
+    the team's DELETE unless a sweeper ends it for another reason). A ``missing`` sandbox (its
+    host stopped beating) is only marked: its host is not asked, since it cannot answer, and
+    should it come back, the host monitor destroys there what has a final record (also one the
+    monitor made ``running`` again between this read and the mark)."""
     found = await find(engine, ctx, sandbox_id)
     if found.sandbox.status == "stopped":
         return
-    found.require_host()
-    if not found.host_address:
-        raise InternalError("sandbox host has no address")
     sid = found.sandbox.id
-    try:
-        await found.host_client(pool).stub.DestroySandbox(
-            pb.DestroySandboxRequest(sandbox_id=sid), timeout=60
-        )
-    except AgentError as e:
-        # docs/design.md §4: only NotFound (the agent knows nothing of it) is swallowed; anything else
-        # leaves the row as it is and surfaces as 502.
-        if not e.is_not_found:
-            raise
+    if found.sandbox.status != "missing":
+        await _destroy_on_host(found, pool)
     actor_type, actor_id, actor_name = audit.actor_of(ctx)
     async with driver(engine) as conn:
         await conn.fetchval(
@@ -491,7 +484,23 @@ async def destroy_sandbox(
             found.row["team_id"], actor_type, actor_id, actor_name, sid,
             json.dumps(audit.request_metadata()), reason,
         )  # fmt: skip
-    log.info("sandbox destroyed sandbox=%s", sid)
+    log.info("sandbox destroyed sandbox=%s was=%s", sid, found.sandbox.status)
+
+
+async def _destroy_on_host(found: Found, pool: HostClientPool) -> None:
+    """DestroySandbox on its host: 404 when the host's row is gone, 500 without an address."""
+    found.require_host()
+    if not found.host_address:
+        raise InternalError("sandbox host has no address")
+    try:
+        await found.host_client(pool).stub.DestroySandbox(
+            pb.DestroySandboxRequest(sandbox_id=found.sandbox.id), timeout=60
+        )
+    except AgentError as e:
+        # docs/design.md §4: only NotFound (the agent knows nothing of it) is swallowed; anything else
+        # leaves the row as it is and surfaces as 502.
+        if not e.is_not_found:
+            raise
 
 
 # --------------------------------------------------------------------------- team soft delete
