@@ -615,24 +615,23 @@ def test_downloads_nobody_reads_are_counted_per_team(
         f"GET /files?path=/tmp/big HTTP/1.1\r\nHost: cp\r\nE2b-Sandbox-Id: {sid}\r\n"
         f"E2b-Sandbox-Port: 49983\r\nX-Access-Token: {token_of(sid)}\r\n\r\n"
     ).encode()
-    rss = watching(platform)
     socks: list[socket.socket] = []
     statuses: list[int] = []
+    # What is proved is the count, decided as each download is admitted: the streams are let go
+    # at once (they were held 5 s while each filled its windows, for a memory figure that no
+    # assertion read).
     try:
-        with rss:
-            for i in range(DOWNLOADS):
-                s, status = _unread_download(
-                    *((platform.url, warren) if i % 2 else (platform.cp.e2b_url, e2b_get))
-                )
-                socks.append(s)
-                statuses.append(status)
-            time.sleep(5)  # what each admitted stream buffers ahead of its reader arrives meanwhile
+        for i in range(DOWNLOADS):
+            s, status = _unread_download(
+                *((platform.url, warren) if i % 2 else (platform.cp.e2b_url, e2b_get))
+            )
+            socks.append(s)
+            statuses.append(status)
     finally:
         for s in socks:
             s.close()
-    cp, agent = rss.grown_mib
     admitted, refused = statuses.count(200), statuses.count(429)
-    print(f"{admitted} unread 64 MiB downloads admitted, {refused} refused: CP +{cp} MiB, agent +{agent} MiB")
+    print(f"{admitted} unread 64 MiB downloads admitted, {refused} refused")
     assert admitted <= STREAM_CAP and admitted + refused == DOWNLOADS, statuses
     deadline = time.monotonic() + WAIT_S
     while True:  # the slots come back with the connections
