@@ -407,10 +407,11 @@ sandboxes = Table(
     # Why it ended (cp/db/end_reasons.py, migration 0022): set with `stopped`/`error`, else NULL.
     Column("end_reason", Text, nullable=True),
     Index("ix_sandboxes_host_id_status", "host_id", "status"),
+    # The lifetime sweeper's running rows by end (migration 0023: paused ones left out).
     Index(
         "ix_sandboxes_end_at",
         "end_at",
-        postgresql_where=text("end_at IS NOT NULL AND status IN ('running', 'paused')"),
+        postgresql_where=text("end_at IS NOT NULL AND status IN ('running')"),
     ),
     # The ended rows by age, for the retention pass (services/retention.py, migration 0012).
     Index("ix_sandboxes_ended", "last_updated", postgresql_where=text("status IN ('stopped', 'error')")),
