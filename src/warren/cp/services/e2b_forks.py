@@ -1,9 +1,11 @@
 """E2B's fork (``POST /sandboxes/{id}/fork``, docs/e2b.md §5.1) as one snapshot and N creates.
 
-- The source must be running (a paused one is a 409, as E2B checkpoints a running sandbox). It
+- The source must be running (a paused one is a 409, as E2B checkpoints a running sandbox; one
+  paused for another fork's or snapshot's is waited for: ``services/snapshot_hold.py``). It
   is snapshotted through ``services/e2b_snapshots.py``, which resumes it afterwards: it keeps
-  its id and its ``end_at``. A gVisor source gives a memory snapshot (its forks start with
-  every process where it was); a runc or crun source a filesystem one (the files only).
+  its id and its ``end_at``, and commands sent to it meanwhile wait for that resume. A gVisor
+  source gives a memory snapshot (its forks start with every process where it was); a runc or
+  crun source a filesystem one (the files only).
 - The snapshot is refused as any snapshot is (the team's snapshot quota: 429): then the whole
   call fails, and nothing was created.
 - Each fork is one ordinary create from the snapshot (the team's sandbox quota, the platform's
@@ -31,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren.config import Settings
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
-from warren.cp.services import e2b_snapshots, sandboxes, snapshots
+from warren.cp.services import e2b_snapshots, sandboxes, snapshot_hold, snapshots
 from warren.cp.services.authn import throttle
 from warren.cp.services.context import AuthContext
 from warren.cp.services.lifetimes import check_lifetime
@@ -98,6 +100,8 @@ async def fork(
     count = check_count(req.count)
     lifetime = check_lifetime(settings, req.timeout_s)
     found = await find(engine, ctx, sandbox_id)
+    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+        found = await find(engine, ctx, sandbox_id)  # another fork's or snapshot's pause ended
     if found.sandbox.status == "paused":
         raise InvalidState(f"sandbox {sandbox_id} is paused: only a running sandbox can be forked")
     if found.sandbox.status != "running":

@@ -2,6 +2,8 @@
 
 - Create leaves the source as it was: Warren's snapshot pauses a running sandbox (and leaves it
   paused), so one that was running is resumed afterwards, as E2B's snapshots keep it running.
+  Meanwhile it is marked paused for its snapshot: commands sent to it wait for the resume
+  instead of being refused (``services/snapshot_hold.py``).
   The snapshot's id is its name, which ``templateID`` at create resolves.
 - The list is the team's snapshots, newest first, optionally only those taken of one sandbox
   (its source is read from the snapshot's create audit record, the one place Warren keeps it),
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import audit_logs, templates
 from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import sandbox_power, snapshots
+from warren.cp.services import sandbox_power, snapshot_hold, snapshots
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.sandbox_list import MAX_LIMIT, decode_cursor, encode_cursor
 from warren.cp.services.sandboxes import find
@@ -47,15 +50,26 @@ async def create(
     if name is not None and not isinstance(name, str):
         raise InvalidRequest("name must be a string")
     try:
-        was = (await find(engine, ctx, sandbox_id, states=("running", "paused"))).sandbox.status
+        found = await find(engine, ctx, sandbox_id, states=("running", "paused"))
+        if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+            found = await find(engine, ctx, sandbox_id, states=("running", "paused"))  # another's ended
     except InvalidState as e:
         raise NotFound("sandbox not found") from e
+    was = found.sandbox.status
     body = json.dumps({"sandbox_id": sandbox_id, "name": name or ""}).encode()
+    paused_as: str | None = None  # how the snapshot left it paused: "disk" when checkpointed
     try:
-        made = await snapshots.create_snapshot(engine, pool, ctx, body, settings=settings, store=store)
+        made = await snapshots.create_snapshot(
+            engine, pool, ctx, body, settings=settings, store=store, transient=was == "running"
+        )
+        paused_as = "disk" if made.kind == "memory" else None
     finally:
         if was == "running":
-            await _resume_if_paused(engine, pool, ctx, sandbox_id)
+            try:
+                await _resume_if_paused(engine, pool, ctx, sandbox_id)
+            finally:
+                # Its resume failed: paused as its agent paused it, and no longer for its snapshot.
+                await asyncio.shield(snapshot_hold.settle(engine, found.sb_uuid, paused_as))
     return made.name
 
 

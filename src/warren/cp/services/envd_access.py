@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import ids
 from warren.cp.db.engine import driver
 from warren.cp.db.queries import sandboxes as q
+from warren.cp.services import snapshot_hold
 from warren.cp.services.context import AuthContext
 from warren.cp.services.envd_tokens import TOKEN_PREFIX, envd_access_token, token_matches
 from warren.cp.services.sandboxes import Found, sandbox_model
@@ -61,10 +62,13 @@ async def sandbox_access(
     """
     if not token or len(token) != _TOKEN_LEN or not token.startswith(TOKEN_PREFIX):
         raise Unauthorized("missing or invalid access token (X-Access-Token)")
-    row = await _row(engine, sandbox_id)
-    if not token_matches(secret, sandbox_id, token, _epoch(row)):
-        raise Unauthorized("missing or invalid access token (X-Access-Token)")
-    return _found(sandbox_id, row)
+    given = token
+
+    def check(epoch: int) -> None:
+        if not token_matches(secret, sandbox_id, given, epoch):
+            raise Unauthorized("missing or invalid access token (X-Access-Token)")
+
+    return await _checked(engine, sandbox_id, check)
 
 
 async def signed_access(
@@ -72,6 +76,20 @@ async def signed_access(
 ) -> tuple[AuthContext, Found]:
     """Like :func:`sandbox_access` for a signed URL: ``check(epoch)`` verifies the signature
     against the sandbox's current token (raising Unauthorized) before anything else is said."""
+    return await _checked(engine, sandbox_id, check)
+
+
+async def _checked(
+    engine: AsyncEngine, sandbox_id: str, check: Callable[[int], None]
+) -> tuple[AuthContext, Found]:
+    """The sandbox once ``check`` passed; one paused for its own snapshot is waited for
+    (``snapshot_hold``: only a caller with the sandbox's token waits) and read again, checked
+    again (its token may have been rotated meanwhile)."""
     row = await _row(engine, sandbox_id)
     check(_epoch(row))
-    return _found(sandbox_id, row)
+    ctx, found = _found(sandbox_id, row)
+    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+        row = await _row(engine, sandbox_id)
+        check(_epoch(row))
+        ctx, found = _found(sandbox_id, row)
+    return ctx, found

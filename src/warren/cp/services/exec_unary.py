@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
-from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import sandbox_access, sandboxes
+from warren.cp.hosts.client_pool import HostClient, HostClientPool
+from warren.cp.services import sandbox_access, sandboxes, snapshot_hold
 from warren.cp.services.budget import ByteBudget, share_key, unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import (
@@ -77,20 +77,32 @@ async def exec_command(
     """docs/spec.md §2.6 in its order: id (400), sandbox (404), running (409), body (400), agent (503),
     RPC (mapped), then ``last_active_at``."""
     # The lookup's few columns (find_brief): no view is built and no JSONB decoded per exec.
-    tgt = await sandboxes.find_brief(engine, ctx, sandbox_id, states=_RUNNING)
+    tgt = await sandboxes.find_brief(engine, ctx, sandbox_id)
+    # Paused for its own snapshot: wait for its resume (snapshot_hold), then judge it.
+    if tgt.row["status"] == "paused" and await snapshot_hold.wait_out(engine, ctx, tgt.sb_uuid):
+        tgt = await sandboxes.find_brief(engine, ctx, sandbox_id)
+    sandboxes.check_state(tgt.row["status"], _RUNNING)
     body = parse_command(ExecBody, raw_body, max_timeout)
     limit = body.timeout_sec if body.timeout_sec > 0 else AGENT_DEFAULT_TIMEOUT_S
     sid = tgt.sid
     messages = _messages(sid, body, limit)
     client = tgt.agent(pool)
     held = _Held(unary_budget(), share_key(ctx))
-    t0 = clock.monotonic()
+    t0, sent = clock.monotonic(), clock.now()
     try:
-        started = asyncio.Event()
-        call: Any = None
-        requests = _requests(messages, started, ended=lambda: call.done())
-        call = client.stub.ExecStream(requests, timeout=limit + _RPC_SLACK_S)
-        out = await _collect(call, held, limit, max_output, started)
+        out = await _run(client, messages, held, limit, max_output)
+        if isinstance(out, AgentError):
+            # Refused before it started: its lookup may have raced a snapshot's pause. Once
+            # that is over (snapshot_hold), it is judged and sent again, once.
+            if not await snapshot_hold.refused_for_snapshot(engine, ctx, tgt.sb_uuid, out, sent):
+                raise out
+            sandboxes.check_state(
+                (await sandboxes.find_brief(engine, ctx, sandbox_id)).row["status"], _RUNNING
+            )
+            t0 = clock.monotonic()
+            out = await _run(client, messages, held, limit, max_output)
+            if isinstance(out, AgentError):
+                raise out
     except BaseException:
         held.release()
         raise
@@ -106,6 +118,22 @@ async def exec_command(
         held.release()
         raise
     return UnaryAnswer(held.release, whole=whole)
+
+
+async def _run(
+    client: HostClient, messages: list[pb.ExecStreamRequest], held: _Held, limit: int, max_output: int
+) -> Output | AgentError:
+    """The command's output; the agent's refusal before the command started is returned."""
+    started = asyncio.Event()
+    call: Any = None
+    requests = _requests(messages, started, ended=lambda: call.done())
+    call = client.stub.ExecStream(requests, timeout=limit + _RPC_SLACK_S)
+    try:
+        return await _collect(call, held, limit, max_output, started)
+    except AgentError as e:
+        if started.is_set():
+            raise
+        return e
 
 
 def _messages(sid: str, body: ExecBody, limit: int) -> list[pb.ExecStreamRequest]:

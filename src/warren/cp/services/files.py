@@ -18,12 +18,14 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from warren import clock
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, file_transfer, sandbox_access, stream_slots
+from warren.cp.services import Timestamp, file_transfer, sandbox_access, snapshot_hold, stream_slots
 from warren.cp.services.budget import unary_budget
 from warren.cp.services.context import AuthContext
 from warren.cp.services.exec import UserName, check_user, target_and_body
@@ -33,6 +35,7 @@ from warren.errors import AgentError, InvalidRequest, PayloadTooLarge
 from warren.rpc import hostagent_pb2 as pb
 
 log = logging.getLogger("warren.files")
+T = TypeVar("T")
 
 CHUNK = 64 * 1024
 MAX_UNARY_BYTES = 100 * 1024 * 1024
@@ -235,11 +238,28 @@ async def open_read(
     agent error before data flows) raises now and becomes a proper error response. It holds one
     of the team's ``max_streams`` stream slots until it ends (429 ``too_many_streams``)."""
     tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
-    return await _counted(
-        ctx,
-        max_streams,
-        lambda: file_transfer.open_read(tgt.client(), tgt.sid, _path(body), body.user, team=_team(ctx)),
-    )
+
+    def start() -> Awaitable[AsyncIterator[bytes]]:
+        return file_transfer.open_read(tgt.client(), tgt.sid, _path(body), body.user, team=_team(ctx))
+
+    return await _again_after_snapshot(engine, pool, ctx, tgt, lambda: _counted(ctx, max_streams, start))
+
+
+async def _again_after_snapshot(
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, tgt: sandbox_access.Target,
+    work: Callable[[], Awaitable[T]],
+) -> T:  # fmt: skip
+    """``work`` (a read: nothing done yet when the agent refuses it), once more when the agent
+    refused it as not running because its lookup raced a snapshot's pause (snapshot_hold):
+    once the snapshot is over, if the sandbox runs again."""
+    sent = clock.now()
+    try:
+        return await work()
+    except AgentError as e:
+        if not await snapshot_hold.refused_for_snapshot(engine, ctx, tgt.uuid, e, sent):
+            raise
+    await sandbox_access.target(engine, pool, ctx, tgt.sid)  # 409 unless it runs again
+    return await work()
 
 
 async def _counted(
@@ -278,18 +298,21 @@ async def read_unary(
     silently short file)."""
     tgt, body = await target_and_body(engine, pool, ctx, sandbox_id, PathBody, raw_body)
     path, user, client = _path(body), body.user, tgt.client()
-    st = await client.stub.Stat(
-        pb.StatRequest(sandbox_id=tgt.sid, path=path, follow_symlinks=True, user=user), timeout=30
-    )
-    if st.entry.type == "dir":
-        raise InvalidRequest(f"{path} is a directory")
-    if st.entry.size > cap:
-        raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
 
     async def start() -> AsyncIterator[bytes]:
         return _capped(await file_transfer.open_read(client, tgt.sid, path, user, team=_team(ctx)), cap)
 
-    return await _counted(ctx, max_streams, start)
+    async def read() -> AsyncIterator[bytes]:
+        st = await client.stub.Stat(
+            pb.StatRequest(sandbox_id=tgt.sid, path=path, follow_symlinks=True, user=user), timeout=30
+        )
+        if st.entry.type == "dir":
+            raise InvalidRequest(f"{path} is a directory")
+        if st.entry.size > cap:
+            raise PayloadTooLarge(f"file is larger than {cap} bytes; use the stream download")
+        return await _counted(ctx, max_streams, start)
+
+    return await _again_after_snapshot(engine, pool, ctx, tgt, read)
 
 
 async def _capped(chunks: AsyncGenerator[bytes], cap: int) -> AsyncIterator[bytes]:

@@ -11,7 +11,8 @@ running sandboxes end (a paused one has no clock running).
 - ``set_timeout`` sets ``end_at = now + t``: shorter or longer, E2B's semantics.
 - Connect to a running sandbox extends it to ``now + t`` and never shortens it (200); to a
   paused one, sets ``end_at = now + t`` *before* resuming it (so the sweeper cannot judge it by
-  an old end between the two), then resumes it (201).
+  an old end between the two), then resumes it (201). One paused for its own snapshot (E2B's
+  snapshot or fork, which resume it) is waited for first (``services/snapshot_hold.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import sandboxes
 from warren.cp.hosts.client_pool import HostClientPool
-from warren.cp.services import sandbox_power
+from warren.cp.services import sandbox_power, snapshot_hold
 from warren.cp.services.context import AuthContext
 from warren.cp.services.sandboxes import Found, find
 from warren.errors import Conflict, InvalidRequest, InvalidState, NotFound
@@ -112,6 +113,8 @@ async def connect(
     to live (see module doc)."""
     t = check_lifetime(settings, seconds)
     found = await live(engine, ctx, sandbox_id)
+    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+        found = await live(engine, ctx, sandbox_id)  # its snapshot's resume, not this connect's
     now = clock.now()
     resumed = False
     if found.sandbox.status == "paused":

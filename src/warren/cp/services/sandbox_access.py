@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock, ids
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import sandboxes as sandbox_svc
+from warren.cp.services import snapshot_hold
 from warren.cp.services.context import AuthContext
 from warren.errors import ServiceUnavailable
 
@@ -56,8 +57,15 @@ async def target(
     *,
     states: Iterable[str] = ("running",),
 ) -> Target:
-    """The team's sandbox (400 bad id, 404) in one of ``states`` (else 409 ``invalid_state``)."""
-    return target_of(await sandbox_svc.find(engine, ctx, sandbox_id, states=states), pool)
+    """The team's sandbox (400 bad id, 404) in one of ``states`` (else 409 ``invalid_state``).
+    A verb that needs it running waits while it is paused for its own snapshot (snapshot_hold)."""
+    if not snapshot_hold.waits(states):
+        return target_of(await sandbox_svc.find(engine, ctx, sandbox_id, states=states), pool)
+    found = await sandbox_svc.find(engine, ctx, sandbox_id)
+    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+        found = await sandbox_svc.find(engine, ctx, sandbox_id)
+    sandbox_svc.check_state(found.sandbox.status, states)
+    return target_of(found, pool)
 
 
 def target_of(found: sandbox_svc.Found, pool: HostClientPool) -> Target:

@@ -17,7 +17,7 @@ from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import sandbox_metric_points, sandboxes
 from warren.cp.hosts.agent_client import answered_ip
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import audit, stream_revocation
+from warren.cp.services import audit, snapshot_hold, stream_revocation
 from warren.cp.services.context import AuthContext
 from warren.cp.services.sandboxes import SandboxView, find, sandbox_model, touch
 from warren.errors import InvalidState
@@ -33,15 +33,18 @@ _POINTS_PER_RANGE = 120
 _SKEW_S = 60
 
 
-async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: str) -> bool:
+async def move_status(
+    engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: str, *, paused_state: str | None = None
+) -> bool:
     """``old`` → ``new`` if the sandbox still is ``old`` (a pause's or a snapshot's pre-mark, and
-    its undo); whether it was."""
+    its undo); whether it was. ``paused_state``: an E2B snapshot's pre-mark says it is paused
+    for its snapshot (``services/snapshot_hold.py``)."""
     async with autocommit(engine) as conn:
         moved = await conn.execute(
             sa.update(sandboxes)
             .where(sandboxes.c.id == sb_uuid, sandboxes.c.status == old)
             # A pre-mark leaves how it is paused unknown until its agent answers; an undo clears it.
-            .values(status=new, last_updated=clock.now(), paused_state=None)
+            .values(status=new, last_updated=clock.now(), paused_state=paused_state)
             .returning(sandboxes.c.id)
         )
         done = moved.first() is not None
@@ -52,9 +55,12 @@ async def move_status(engine: AsyncEngine, sb_uuid: uuid.UUID, old: str, new: st
 
 async def set_paused_state(engine: AsyncEngine, sb_uuid: uuid.UUID, state: str | None) -> None:
     """How a paused sandbox is paused, as its agent said: "disk" (checkpointed), "memory" or None
-    (frozen)."""
+    (frozen). One paused for its own snapshot keeps that mark until its resume (snapshot_hold)."""
+    held = sandboxes.c.paused_state.is_not_distinct_from(snapshot_hold.TRANSIENT)
     async with autocommit(engine) as conn:
-        await conn.execute(sa.update(sandboxes).where(sandboxes.c.id == sb_uuid).values(paused_state=state))
+        await conn.execute(
+            sa.update(sandboxes).where(sandboxes.c.id == sb_uuid, ~held).values(paused_state=state)
+        )
 
 
 async def _status_conflict(conn: AsyncConnection, sb_uuid: uuid.UUID, want: str) -> InvalidState:

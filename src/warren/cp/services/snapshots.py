@@ -7,7 +7,8 @@ and docs/templates.md.
   (the host that took it, which keeps the layer installed, is only preferred).
 - Create works on a running or paused sandbox; the sandbox ends up (and stays) ``paused``. It is
   pre-marked ``paused`` so the monitor does not take a freezing sandbox for gone, and a running
-  one is resumed when the snapshot fails or is refused at any step. The export runs as a
+  one is resumed when the snapshot fails or is refused at any step (E2B's, resumed after, is
+  marked paused for its snapshot: commands wait, services/snapshot_hold.py). The export runs as a
   detached task: a client that disconnects does not cut a snapshot in half.
 - Overwrite never loses the old snapshot: the new layer is stored first, then one transaction
   swaps the rows. A replaced snapshot taken before the template store (files on its host
@@ -53,6 +54,7 @@ from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox
 from warren.cp.services import layers as layer_svc
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
+from warren.cp.services.snapshot_hold import DRAIN_S, TRANSIENT, settle
 from warren.cp.services.template_spec import TEMPLATE_NAME_RE
 from warren.cp.store import LayerStore
 from warren.errors import (
@@ -189,11 +191,13 @@ async def create_snapshot(
     settings: Settings,
     store: LayerStore,
     overwrite: bool = False,
+    transient: bool = False,
 ) -> Template:
     """Check the name and the quotas, then the source sandbox, its template and its host's disk
     room; pause the sandbox, have its agent export its writable layer into the store, and record
     the template (replacing the old one of that name, whose host-local files, if it had any, go
-    then). The snapshot is complete, and starts on any host, when this returns."""
+    then). The snapshot is complete, and starts on any host, when this returns. ``transient``:
+    the caller resumes the sandbox afterwards (E2B's), so commands wait meanwhile (snapshot_hold)."""
     team_uuid = require_team(ctx)
     body = parse_body(CreateSnapshotBody, raw_body)
     if not body.sandbox_id:
@@ -215,7 +219,7 @@ async def create_snapshot(
             await limits.check_host_disk(conn, settings, tgt.host_id, tgt.sandbox.disk_size_mb)
     client = tgt.client()
     sb_uuid = tgt.uuid
-    tgt, was_running = await _pre_mark_paused(engine, pool, ctx, tgt, body.sandbox_id)
+    tgt, was_running = await _pre_mark_paused(engine, pool, ctx, tgt, body.sandbox_id, transient)
     try:
         if parent is None:
             row = await _take_on_host(engine, pool, ctx, team_uuid, name, tgt, old, lim)
@@ -446,14 +450,17 @@ async def _export(
 
 
 async def _pre_mark_paused(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, tgt: sandbox_access.Target, sandbox_id: str
-) -> tuple[sandbox_access.Target, bool]:
+    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, tgt: sandbox_access.Target, sandbox_id: str,
+    transient: bool,
+) -> tuple[sandbox_access.Target, bool]:  # fmt: skip
     """Mark a running sandbox ``paused`` before the agent freezes it, so the monitor does not
-    take it for gone; returns the sandbox as it now is and whether it was marked (and must be
-    reverted on failure)."""
+    take it for gone (and ``transient``: paused for its snapshot); returns the sandbox as it now
+    is and whether it was marked (and must be reverted on failure)."""
     if tgt.sandbox.status != "running":
         return tgt, False
-    if await sandbox_power.move_status(engine, tgt.uuid, "running", "paused"):
+    mark = TRANSIENT if transient else None
+    if await sandbox_power.move_status(engine, tgt.uuid, "running", "paused", paused_state=mark):
+        await asyncio.sleep(DRAIN_S if transient else 0)  # commands past their lookup reach the agent
         return tgt, True
     # Changed under us (paused or stopped meanwhile): judge it afresh.
     return await sandbox_access.target(engine, pool, ctx, sandbox_id, states=("running", "paused")), False
@@ -479,6 +486,7 @@ async def _revert_running(engine: AsyncEngine, client: HostClient, sid: str, sb_
     except AgentError as e:
         if e.rpc_code != "FAILED_PRECONDITION":  # FAILED_PRECONDITION: it was never paused
             log.warning("snapshot failed and the sandbox could not be resumed sandbox=%s: %s", sid, e)
+            await settle(engine, sb_uuid, None)  # paused: no longer for its snapshot
             return
     await sandbox_power.move_status(engine, sb_uuid, "paused", "running")
 
@@ -540,15 +548,8 @@ async def _insert(
                 await conn.execute(sa.delete(templates).where(templates.c.id.in_([r["id"] for r in old])))
             insert = templates.insert().values(**values).returning(*templates.c)
             row = (await conn.execute(insert)).mappings().one()
-            await audit.record(
-                conn,
-                ctx,
-                team_id=team_uuid,
-                action="create",
-                resource_type="snapshot",
-                resource_id=name,
-                metadata=audit_meta,
-            )
+            await audit.record(conn, ctx, team_id=team_uuid, action="create", resource_type="snapshot",
+                               resource_id=name, metadata=audit_meta)  # fmt: skip
     except WarrenError:
         raise
     except IntegrityError as e:
