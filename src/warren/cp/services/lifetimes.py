@@ -4,7 +4,8 @@ and ``connect``.
 A sandbox with a lifetime has ``end_at`` (NULL: none, the Warren API's default, where the
 inactivity ``timeout_sec`` applies instead) and ``on_end`` (``kill`` | ``pause``). At
 ``end_at`` the lifetime sweeper (``services/lifetime_sweeper.py``) kills it or pauses it; only
-running sandboxes end (a paused one has no clock running).
+running sandboxes end (a paused one has no clock running), and missing ones to kill (their host
+stopped beating; the sweeper's module doc).
 
 - A create, ``set_timeout`` or connect asks for a lifetime of 0 < t <= ``e2b_max_lifetime_s``
   seconds from now (400 otherwise).
