@@ -36,6 +36,7 @@ garbage collector waits for that thread), so a cgroup still at its limit :data:`
 seconds after the kernel's OOM event is handed back to the kernel's killer, as before this hold,
 and held again once below. A charge made by a system call (a ``clone``) is refused at once
 instead (``ENOMEM``), never waits. The host's memory bound is unchanged: the cgroup's limit.
+The hold lasts only while this thread watches: :meth:`MemoryWake.disarm` hands it back.
 """
 
 from __future__ import annotations
@@ -156,10 +157,16 @@ class MemoryWake:
         self._send(armed)
 
     def disarm(self, sandbox_id: str) -> None:
+        """The sandbox no longer watched, so its cgroup no longer holds: the kernel's OOM killer is
+        handed back first. A checkpoint or delete disarms before it runs, and either one meeting
+        the limit with the hold on waited for good (its Sentry stopped, runsc at its 60 s timeout,
+        the sandbox left stuck; session 31's attack): now the kernel ends the Sentry instead."""
         with self._lock:
             armed = self._armed.pop(sandbox_id, None)
             if armed is None:
                 return
+            with contextlib.suppress(OSError):  # the cgroup is gone: nothing waits
+                _hold(cgroup_dir("memory", sandbox_id), False)
             for fd in (armed.event, armed.oom):
                 self._by_event.pop(fd, None)
                 if self._epoll is not None:

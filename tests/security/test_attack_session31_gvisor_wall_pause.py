@@ -1,0 +1,92 @@
+"""Session 31's attack on the gVisor memory wall's hold, from inside a 128 MiB sandbox as
+``nobody``: be at the host cgroup's limit when the sandbox is paused.
+
+Since session 31 the agent holds the kernel's OOM killer back at the host cgroup's limit
+(``oom_kill_disable``, runtime/gvisor_memwake.py) and hands a wait back to the kernel after
+``WALL_WAIT``, but only while it watches the sandbox: a checkpoint (the pause of a gVisor
+sandbox to disk) and a delete stop watching first. The tenant fills its ``/tmp`` (gVisor's own
+tmpfs: its pages are the Sentry's memory, charged to the host cgroup, and the guest's kills free
+none of them) to just under the limit; the checkpoint's own allocation then met the limit, a
+thread of the Sentry waited there with nothing to end the wait, and ``runsc checkpoint`` took
+the agent's whole 60 s bound on a runsc command (the pause then failed, the sandbox lost) and
+the destroy after it 60 s more, failing too (INTERNAL). The agent pauses idle sandboxes, and all
+of a host's on a lost CP, one after another, so each such sandbox held every other tenant's
+pauses on the host for two minutes. Now a sandbox no longer watched is no longer held: the
+kernel ends the Sentry, as it did before the hold, and the pause answers at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from tests.harness.agent import AgentProcess, scratch_agent
+from tests.security.test_attack_session8_memwatch import FORCED_CHARGE, cgroup, sh
+from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
+from warren.agent.runtime.cmds_oom import read_control
+from warren.rpc import hostagent_pb2 as pb
+
+pytestmark = pytest.mark.root
+
+MIB = 1 << 20
+MARGIN = 4 * MIB  # left under the limit by the fill (a write at the limit would wait there)
+NEAR = 16 * MIB  # the fill must come this close for the attack to be the one described
+WRITERS = 16  # at once: the guest kills a writer past the tenant's limit, not the file it wrote
+# Below the agent's 60 s bound on a runsc command, which the pause took in full before.
+RPC_DEADLINE = 45
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    with scratch_agent("attack-s31-gvisor-wall-pause") as a:
+        yield a
+
+
+def usage(sandbox_id: str) -> int:
+    return int((cgroup(sandbox_id) / "memory.usage_in_bytes").read_text())
+
+
+def fill_tmp_near_the_limit(agent: AgentProcess, sandbox_id: str) -> int:
+    """``/tmp`` filled by ``nobody`` to near the host cgroup's limit; the usage reached. First
+    by :data:`WRITERS` at once (the guest kills some on the way, past the tenant's limit), then
+    one writer tops it up, leaving :data:`MARGIN` for its own process."""
+    each = (HOST_LIMIT - MARGIN - usage(sandbox_id)) // MIB // WRITERS
+    writers = " ".join(
+        f"(dd if=/dev/zero of=/tmp/fill{i} bs=1M count={each} 2>/dev/null) &" for i in range(WRITERS)
+    )
+    sh(agent, sandbox_id, f"{writers} wait; true", timeout=60)
+    rest = (HOST_LIMIT - 2 * MARGIN - usage(sandbox_id)) // MIB
+    if rest > 0:
+        sh(
+            agent,
+            sandbox_id,
+            f"dd if=/dev/zero of=/tmp/rest bs=1M count={rest} 2>/dev/null; true",
+            timeout=60,
+        )
+    return usage(sandbox_id)
+
+
+def test_a_pause_at_the_wall_answers_and_leaves_nothing_waiting(agent: AgentProcess) -> None:
+    sandbox = agent.create(memory_mb=MEMORY_MB, runtime="gvisor").sandbox_id
+    cg = cgroup(sandbox)
+    try:
+        reached = fill_tmp_near_the_limit(agent, sandbox)
+        assert HOST_LIMIT - NEAR <= reached <= HOST_LIMIT + FORCED_CHARGE, reached
+        try:
+            agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sandbox), timeout=RPC_DEADLINE)
+        except grpc.RpcError as e:
+            # The checkpoint met the limit and the kernel ended the Sentry: the sandbox is lost,
+            # its own. Before: DEADLINE_EXCEEDED (the pause waited out the runsc bound).
+            assert e.code() == grpc.StatusCode.INTERNAL, e  # type: ignore[attr-defined]
+            assert "the sandbox is lost" in (e.details() or "")  # type: ignore[attr-defined]
+        # Nothing of it still waits at the limit with no one to end the wait.
+        if cg.exists():
+            assert read_control(cg / "memory.oom_control")["under_oom"] == 0
+    finally:
+        try:
+            agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sandbox), timeout=RPC_DEADLINE)
+        except grpc.RpcError as e:  # the agent removed the lost sandbox itself
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e  # type: ignore[attr-defined]
+    assert not cg.exists()
