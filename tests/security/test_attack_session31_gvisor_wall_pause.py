@@ -31,9 +31,9 @@ from warren.rpc import hostagent_pb2 as pb
 pytestmark = pytest.mark.root
 
 MIB = 1 << 20
-MARGIN = 4 * MIB  # left under the limit by the fill (a write at the limit would wait there)
+MARGIN = 6 * MIB  # left under the limit by the fill (a write at the limit would wait there)
 NEAR = 16 * MIB  # the fill must come this close for the attack to be the one described
-WRITERS = 16  # at once: the guest kills a writer past the tenant's limit, not the file it wrote
+WRITERS = 8  # at once: the guest kills a writer past the tenant's limit, not the file it wrote
 # Below the agent's 60 s bound on a runsc command, which the pause took in full before.
 RPC_DEADLINE = 45
 
@@ -52,12 +52,12 @@ def fill_tmp_near_the_limit(agent: AgentProcess, sandbox_id: str) -> int:
     """``/tmp`` filled by ``nobody`` to near the host cgroup's limit; the usage reached. First
     by :data:`WRITERS` at once (the guest kills some on the way, past the tenant's limit), then
     one writer tops it up, leaving :data:`MARGIN` for its own process."""
-    each = (HOST_LIMIT - MARGIN - usage(sandbox_id)) // MIB // WRITERS
+    each = (HOST_LIMIT - 2 * MARGIN - usage(sandbox_id)) // MIB // WRITERS
     writers = " ".join(
         f"(dd if=/dev/zero of=/tmp/fill{i} bs=1M count={each} 2>/dev/null) &" for i in range(WRITERS)
     )
     sh(agent, sandbox_id, f"{writers} wait; true", timeout=60)
-    rest = (HOST_LIMIT - 2 * MARGIN - usage(sandbox_id)) // MIB
+    rest = (HOST_LIMIT - MARGIN - usage(sandbox_id)) // MIB
     if rest > 0:
         sh(
             agent,
