@@ -50,6 +50,17 @@ _MAX_LOG_BYTES = 20 * 1024 * 1024
 _MAX_SOCKET_DIR = 80  # leaves room for "/.s.PGSQL.65535" within sun_path
 
 
+# What of the caller's environment the server and its tools get: where programs are, the locale
+# (a new cluster's), the time zone and the temporary directory. Not the rest: the CP's settings
+# and secrets (WARREN_*, S3 keys) would be the postmaster's, readable by its user and by any
+# superuser session (``COPY ... FROM PROGRAM 'env'``).
+_SERVER_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+
+
+def server_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith("LC_")}
+
+
 class EmbeddedPostgresError(RuntimeError):
     pass
 
@@ -349,7 +360,7 @@ class EmbeddedPostgres:
         if os.geteuid() == 0:
             extra = {"user": self._uid, "group": self._gid, "extra_groups": []}
         return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            args, check=False, capture_output=True, text=True, cwd=self.root, **extra, **kw
+            args, check=False, capture_output=True, text=True, cwd=self.root, env=server_env(), **extra, **kw
         )
 
     def _initdb(self) -> None:
@@ -473,6 +484,7 @@ class EmbeddedPostgres:
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 start_new_session=True,  # our own group: a terminal's Ctrl-C goes to the supervisor
+                env=server_env(),
             )
         finally:
             logf.close()
