@@ -4,12 +4,13 @@ live metrics on a real agent are in ``test_journey.py``."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Route, expect
 
 from warren.cp.services import team_deletion
 
@@ -101,8 +102,6 @@ async def test_an_older_refresh_answer_never_overwrites_a_newer_one(web: Web, li
     """The journey's flake: the 30 s auto-refresh read the list just before a destroy committed
     and answered after the destroy's own refresh, drawing the destroyed row back."""
     import asyncio
-
-    from playwright.async_api import Route
 
     from warren import ids
 
@@ -233,3 +232,29 @@ async def test_templates_filter_size_launch_prefill_and_delete(web: Web, live: L
     await page.get_by_role("link", name="Snapshots").click()
     await expect(page.get_by_role("heading", name="No snapshots yet")).to_be_visible()
     await web.shot(page, "templates-empty")
+
+
+async def test_a_refused_refresh_shows_the_servers_reason(web: Web, live: LiveCP) -> None:
+    """The list's refresh shows the reason a refusal's envelope gives (503 database_busy under
+    load), as the page's other requests do; only an answer without one is "Something went
+    wrong" (it said that for every refusal)."""
+    acct = await live.signup("Refused Rhea")
+    page = await web.signed_in_page(acct)
+    busy = "the control plane's database connections are all busy; retry shortly"
+    answers = [
+        (503, json.dumps({"error": {"code": "database_busy", "message": busy}}), "application/json"),
+        (502, "Bad Gateway", "text/plain"),  # e.g. a proxy in front: no envelope
+    ]
+
+    async def refuse(route: Route) -> None:
+        status, body, kind = answers.pop(0)
+        await route.fulfill(status=status, body=body, content_type=kind)
+
+    await page.get_by_label("Auto-refresh").uncheck()  # only the two clicks ask
+    await page.route("**/dashboard/sandboxes/rows", refuse)
+    errors = page.locator(".toast.error")
+    await page.click("#refresh-button")
+    await expect(errors).to_have_text([busy])
+    await page.click("#refresh-button")  # enabled again once the first refresh ended
+    await expect(errors.last).to_have_text("Something went wrong")
+    assert answers == []

@@ -14,6 +14,10 @@
   function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
 
   // ------------------------------------------------------------------ API
+  function envelopeMessage(text) {
+    try { var data = JSON.parse(text); } catch (e) { return GENERIC_ERROR; }
+    return data && data.error && data.error.message ? data.error.message : GENERIC_ERROR;
+  }
   function api(url, options) {
     options = options || {};
     var method = options.method || (options.body !== undefined ? "POST" : "GET");
@@ -476,7 +480,9 @@
       return fetch("/dashboard/sandboxes/rows", { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (r) {
           if (r.status === 401) { window.location.href = "/login"; throw new Error("signed out"); }
-          if (!r.ok) throw new Error(GENERIC_ERROR);
+          // A refusal says why in the API's envelope (e.g. 503 database_busy: "retry shortly"),
+          // as api() shows it; only an answer without one is "Something went wrong".
+          if (!r.ok) return r.text().then(function (text) { throw new Error(envelopeMessage(text)); });
           return r.text();
         })
         .then(function (html) {
