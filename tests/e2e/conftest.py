@@ -10,6 +10,9 @@ Every page a test opens goes through :class:`Web`: it records every request the 
 and, when the test ends, asserts that each one went to the control plane's own origin (nothing
 from a CDN or anywhere else) and that no page raised a JavaScript error.
 ``web.shot(page, name)`` saves a screenshot under ``tests/output/screenshots/`` (gitignored).
+A failed test's report also shows what its pages saw (requests that failed, answers of 400 and
+above, console errors, navigations: ``Web.seen``), and each open page is saved as a screenshot:
+a failure under CI's load otherwise leaves only the assertion's text to explain it.
 ``web.signed_in_page(account)`` opens a page already signed in: the session cookie comes from the
 dashboard's own login route (posted without a browser) and is set on the page's context; the tests
 of the login form itself drive it with ``web.login(page, account)``.
@@ -21,8 +24,9 @@ import asyncio
 import contextlib
 import re
 import shutil
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,18 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Frame,
+    Page,
+    Playwright,
+    Request,
+    Response,
+    async_playwright,
+    expect,
+)
 
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import JWT_SECRET, InProcessCP
@@ -212,6 +227,10 @@ class Web:
         self.page_errors: list[str] = []
         self.contexts: list[BrowserContext] = []
         self._shots = 0
+        # What the pages saw, for a failed test's report: seconds since the test began, then
+        # the event.
+        self.seen: list[str] = []
+        self._t0 = time.monotonic()
 
     @property
     def origin(self) -> str:
@@ -232,7 +251,40 @@ class Web:
         # The pages' own scripts and styles carry their response's nonce (session 26): anything
         # of ours the policy refuses is an error too.
         page.on("console", lambda m: self._refused(m.type, m.text))
+        self._watch(page)
         return page
+
+    def _note(self, event: str) -> None:
+        self.seen.append(f"{time.monotonic() - self._t0:8.3f}  {event}")
+
+    def _watch(self, page: Page) -> None:
+        def on_response(r: Response) -> None:
+            if r.status >= 400:
+                self._note(f"{r.status} {r.request.method} {r.url}")
+
+        def on_failed(r: Request) -> None:
+            self._note(f"request failed ({r.failure}): {r.method} {r.url}")
+
+        def on_console(m: ConsoleMessage) -> None:
+            if m.type in ("error", "warning"):
+                self._note(f"console {m.type}: {m.text}")
+
+        def on_navigated(f: Frame) -> None:
+            if f.parent_frame is None:
+                self._note(f"page {id(page):x} at {f.url}")
+
+        page.on("response", on_response)
+        page.on("requestfailed", on_failed)
+        page.on("console", on_console)
+        page.on("framenavigated", on_navigated)
+        page.on("pageerror", lambda err: self._note(f"page error: {err}"))
+
+    async def shoot_open_pages(self) -> None:
+        """A screenshot of every page still open (a failed test's last state)."""
+        for ctx in self.contexts:
+            for page in ctx.pages:
+                with contextlib.suppress(Exception):
+                    await self.shot(page, "failed", full_page=False)
 
     def _refused(self, kind: str, text: str) -> None:
         if kind == "error" and "Content Security Policy" in text:
@@ -303,11 +355,27 @@ class Web:
                 await ctx.close()
 
 
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed browser test's report shows what its pages saw (``Web.seen``)."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    w = getattr(item, "funcargs", {}).get("web")
+    if report.failed and isinstance(w, Web):
+        item.stash[FAILED] = True
+        report.sections.append(("browser: failed requests, errors, navigations", "\n".join(w.seen)))
+
+
 @pytest.fixture
 async def web(live: LiveCP, browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Web]:
     w = Web(browser, live, request.node.name)
     try:
         yield w
+        if request.node.stash.get(FAILED, False):
+            await w.shoot_open_pages()
         # Every page of every test loads only from the control plane's own origin.
         assert w.foreign_requests() == [], f"requests outside the control plane: {w.foreign_requests()}"
         assert w.page_errors == [], f"JavaScript errors: {w.page_errors}"

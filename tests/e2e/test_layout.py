@@ -57,7 +57,12 @@ async def test_team_switcher_lists_switches_and_creates_teams(web: Web, live: Li
     await dialog.get_by_label("Team name").fill("O'Brien-Lab @ HQ")
     await dialog.get_by_role("button", name="Create team").click()
     await expect(page.get_by_test_id("current-team")).to_have_text("O'Brien-Lab @ HQ")
+    # The reloaded page shows its team while it is still parsing: its deferred script (the
+    # menu's handler) runs by its load event, which the click must not beat, or the menu stays
+    # closed (the count below counts the menu's items open or not).
+    await page.wait_for_load_state()
     await page.click("#team-button")
+    await expect(page.locator("#team-menu")).to_be_visible()
     await expect(page.locator("#team-menu [data-switch-team]")).to_have_count(3)
 
 
