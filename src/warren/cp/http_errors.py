@@ -120,8 +120,11 @@ def _is_bad_input_data(exc: BaseException) -> bool:
 
 
 # The database went away (restarted, failed over, shut down): its connections refused, reset or
-# closed under the statement. Like an exhausted pool, a passing condition: 503 database_busy.
+# closed under the statement; or it is out of a resource (SQLSTATE class 53: no connection slot
+# left, max_connections or the role's limit; its memory or disk). Like an exhausted pool, a
+# passing condition: 503 database_busy (a new connection refused for want of slots was a 500).
 _DB_GONE = (
+    asyncpg.InsufficientResourcesError,
     ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,

@@ -106,7 +106,14 @@ async def driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     A server-reported error, or an error the caller raises between statements, leaves the
     connection in sync; a cancelled request or a lost socket may have cut a statement short, so
     then the connection is closed rather than handed to the next request."""
-    raw = await engine.raw_connection()
+    try:
+        raw = await engine.raw_connection()
+    except Exception as e:
+        # SQLAlchemy's asyncpg adapter raises its own error class here, unwrapped (no DBAPIError):
+        # the driver's error is its cause, which the HTTP layer maps (no slot left: 503).
+        if isinstance(e.__cause__, asyncpg.PostgresError):
+            raise e.__cause__ from e
+        raise
     try:
         yield raw.driver_connection
     except _CUT_SHORT:

@@ -236,6 +236,46 @@ async def test_exhausted_connection_pool_is_503_then_recovers(db_url: str) -> No
             assert r.status_code == 200, r.text
 
 
+async def test_a_server_out_of_connections_is_503(db_url: str) -> None:
+    """PostgreSQL refusing a new connection for want of slots (``max_connections`` or the role's
+    limit reached: SQLSTATE 53300) is a passing condition like an exhausted pool: 503
+    ``database_busy``, not a 500 (it was ``internal_error``)."""
+    import uuid
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from warren.cp.app import create_app
+
+    from .conftest import PUBLIC_URL, make_settings
+
+    url = make_url(db_url)
+    admin = f"postgresql://{url.username}:{url.password}@{url.host}:{url.port}/{url.database}"
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT {url.username} TO {role}")
+        limited = url.set(username=role, password="pw").render_as_string(hide_password=False)
+        application = create_app(make_settings(limited, monitor_concurrency=1))
+        async with application.router.lifespan_context(application):
+            engine: AsyncEngine = application.state.engine
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
+                user = await signup(c)
+                auth = {"Authorization": f"Bearer {user.token}"}
+                await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
+                await engine.dispose()  # the next request must open a connection
+                r = await c.get("/v1/sandboxes", headers=auth)
+                assert_error(r, 503, "database_busy")
+                await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+                r = await c.get("/v1/sandboxes", headers=auth)
+                assert r.status_code == 200, r.text
+    finally:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
+
+
 def test_monitor_concurrency_must_leave_connections_for_requests(db_url: str) -> None:
     from pydantic import ValidationError
 
