@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import errors
+from warren.config import Settings
 from warren.cp.http_errors import status_and_code
 
 from .conftest import assert_error, signup
@@ -194,46 +198,52 @@ async def test_browsers_get_error_pages_outside_the_api(client: httpx.AsyncClien
     assert_error(await client.get("/v1/no-such-route", headers=html), 404, "not_found")
 
 
+@asynccontextmanager
+async def signed_in_app(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, httpx.AsyncClient, Any]]:
+    """An app of its own with ``settings`` (lifespan run), its engine, a client and a signed-up
+    user. Errors the app re-raised would surface in the client: a 503 must be an answer."""
+    from warren.cp.app import create_app
+
+    from .conftest import PUBLIC_URL
+
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
+            yield application.state.engine, c, await signup(c)
+
+
 async def test_exhausted_connection_pool_is_503_then_recovers(db_url: str) -> None:
     """A burst past the pool waits for a connection (no overflow connections are opened); one
     that waits longer than the pool timeout gets 503 ``database_busy``, not a 500."""
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from warren.cp.app import create_app
     from warren.cp.dashboard import session as sessions
 
-    from .conftest import PUBLIC_URL, make_settings
+    from .conftest import make_settings
 
     settings = make_settings(
         db_url, db_pool_size=2, db_max_overflow=0, db_pool_timeout_s=0.3, monitor_concurrency=1
     )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        engine: AsyncEngine = application.state.engine
-        # Errors the app re-raised would surface here: a 503 must be an answer, not a crash.
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
-            user = await signup(c)
-            auth = {"Authorization": f"Bearer {user.token}"}
-            async with engine.connect(), engine.connect():  # every pooled connection busy
-                r = await c.get("/v1/sandboxes", headers=auth)
-                assert_error(r, 503, "database_busy")
-                assert engine.pool.checkedout() == 2  # nothing opened past the pool
-                # A signed-in browser on a dashboard page gets a page saying so, not the JSON
-                # envelope; the API stays JSON whatever the client accepts.
-                signed_in = sessions.Session(csrf="c" * 43, token=user.token)
-                cookie, _ = sessions.encode(settings.jwt_secret, signed_in)
-                page = await c.get(
-                    "/dashboard/sandboxes",
-                    headers={"Accept": "text/html,*/*;q=0.8", "Cookie": f"{sessions.COOKIE_NAME}={cookie}"},
-                )
-                assert page.status_code == 503
-                assert page.headers["content-type"].startswith("text/html")
-                assert "database connections are all busy" in page.text
-                r = await c.get("/v1/sandboxes", headers={**auth, "Accept": "text/html"})
-                assert_error(r, 503, "database_busy")
+    async with signed_in_app(settings) as (engine, c, user):
+        auth = {"Authorization": f"Bearer {user.token}"}
+        async with engine.connect(), engine.connect():  # every pooled connection busy
             r = await c.get("/v1/sandboxes", headers=auth)
-            assert r.status_code == 200, r.text
+            assert_error(r, 503, "database_busy")
+            assert engine.pool.checkedout() == 2  # nothing opened past the pool
+            # A signed-in browser on a dashboard page gets a page saying so, not the JSON
+            # envelope; the API stays JSON whatever the client accepts.
+            signed_in = sessions.Session(csrf="c" * 43, token=user.token)
+            cookie, _ = sessions.encode(settings.jwt_secret, signed_in)
+            page = await c.get(
+                "/dashboard/sandboxes",
+                headers={"Accept": "text/html,*/*;q=0.8", "Cookie": f"{sessions.COOKIE_NAME}={cookie}"},
+            )
+            assert page.status_code == 503
+            assert page.headers["content-type"].startswith("text/html")
+            assert "database connections are all busy" in page.text
+            r = await c.get("/v1/sandboxes", headers={**auth, "Accept": "text/html"})
+            assert_error(r, 503, "database_busy")
+        r = await c.get("/v1/sandboxes", headers=auth)
+        assert r.status_code == 200, r.text
 
 
 async def test_a_server_out_of_connections_is_503(db_url: str) -> None:
@@ -244,11 +254,8 @@ async def test_a_server_out_of_connections_is_503(db_url: str) -> None:
 
     import asyncpg
     from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from warren.cp.app import create_app
-
-    from .conftest import PUBLIC_URL, make_settings
+    from .conftest import make_settings
 
     url = make_url(db_url)
     admin = f"postgresql://{url.username}:{url.password}@{url.host}:{url.port}/{url.database}"
@@ -257,20 +264,15 @@ async def test_a_server_out_of_connections_is_503(db_url: str) -> None:
     try:
         await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT {url.username} TO {role}")
         limited = url.set(username=role, password="pw").render_as_string(hide_password=False)
-        application = create_app(make_settings(limited, monitor_concurrency=1))
-        async with application.router.lifespan_context(application):
-            engine: AsyncEngine = application.state.engine
-            transport = httpx.ASGITransport(app=application)
-            async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
-                user = await signup(c)
-                auth = {"Authorization": f"Bearer {user.token}"}
-                await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
-                await engine.dispose()  # the next request must open a connection
-                r = await c.get("/v1/sandboxes", headers=auth)
-                assert_error(r, 503, "database_busy")
-                await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
-                r = await c.get("/v1/sandboxes", headers=auth)
-                assert r.status_code == 200, r.text
+        async with signed_in_app(make_settings(limited, monitor_concurrency=1)) as (engine, c, user):
+            auth = {"Authorization": f"Bearer {user.token}"}
+            await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
+            await engine.dispose()  # the next request must open a connection
+            r = await c.get("/v1/sandboxes", headers=auth)
+            assert_error(r, 503, "database_busy")
+            await conn.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+            r = await c.get("/v1/sandboxes", headers=auth)
+            assert r.status_code == 200, r.text
     finally:
         await conn.execute(f"DROP ROLE IF EXISTS {role}")
         await conn.close()
