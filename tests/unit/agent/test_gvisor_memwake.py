@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from warren.agent.runtime import gvisor_memwake as mw
+from warren.agent.runtime.gvisor import CHILDREN_FILE, GvisorRuntime
 
 MiB = 1 << 20
 
@@ -68,3 +69,32 @@ def test_the_guests_stderr_goes_to_the_log_and_out_of_its_file(
         assert caplog.records == []
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("children", [None, "", "not-a-pid", "999999999"])
+def test_a_sandbox_an_agent_cannot_rearm_gets_the_kernels_killer_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, children: str | None
+) -> None:
+    """An earlier agent held the cgroup's OOM killer back; this one finds no wake pipe to watch
+    the sandbox by (its bundle's pid file gone or wrong): the hold goes, or whatever faults at
+    the limit would wait with nothing to end the wait."""
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.oom_control").write_text("1")  # what the earlier agent left
+    monkeypatch.setattr(mw, "cgroup_dir", lambda controller, sandbox_id: cgroup)
+    runtime = GvisorRuntime(tmp_path / "state", tmp_path / "sandboxes")
+    if children is not None:
+        (tmp_path / "sandboxes" / "sb-test").mkdir(parents=True)
+        (tmp_path / "sandboxes" / "sb-test" / CHILDREN_FILE).write_text(children)
+    runtime._rearm("sb-test")
+    assert (cgroup / "memory.oom_control").read_text() == "0"
+    assert runtime.memwake.armed() == []
+
+
+def test_an_arm_that_fails_leaves_no_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "memory.oom_control").write_text("1")  # no memory.limit_in_bytes: the arm fails
+    monkeypatch.setattr(mw, "cgroup_dir", lambda controller, sandbox_id: tmp_path)
+    stdin, writer = mw.wake_pipe()
+    os.close(stdin)
+    assert mw.MemoryWake().arm("sb-test", writer) is False
+    assert (tmp_path / "memory.oom_control").read_text() == "0"

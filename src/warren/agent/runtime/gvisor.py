@@ -300,18 +300,20 @@ class GvisorRuntime:
 
     def _rearm(self, sandbox_id: str) -> None:
         """A sandbox an earlier agent started (readopt asks its state): its wake pipe and stdio
-        file again, from the sandbox process's descriptors. Once per sandbox and agent."""
+        file again, from the sandbox process's descriptors. Once per sandbox and agent. Not
+        found: the earlier agent's hold at the limit is handed back (no one watches it now)."""
         if sandbox_id in self._rearm_tried or sandbox_id in self.memwake.armed():
             return
         self._rearm_tried.add(sandbox_id)
         bundle = self.sandboxes_dir / sandbox_id
-        try:
-            pid = int((bundle / CHILDREN_FILE).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        found = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            found = _held_stdio(int((bundle / CHILDREN_FILE).read_text().split()[0]), bundle / "run")
+        if found is None:
+            log.warning("event=memwake_unarmed sandbox_id=%s error=its wake pipe was not found", sandbox_id)
+            self.memwake.release(sandbox_id)
             return
-        found = _held_stdio(pid, bundle / "run")
-        if found is not None:
-            self.memwake.arm(sandbox_id, *found)
+        if self.memwake.arm(sandbox_id, *found):
             log.info("event=memwake_rearmed sandbox_id=%s", sandbox_id)
 
     async def list(self) -> list[ContainerState]:

@@ -122,9 +122,9 @@ class MemoryWake:
         self._by_event: dict[int, _Armed] = {}
         self._epoll: select.epoll | None = None
 
-    def arm(self, sandbox_id: str, writer: int, stderr: int = -1) -> None:
+    def arm(self, sandbox_id: str, writer: int, stderr: int = -1) -> bool:
         """Thresholds on the sandbox's cgroup and records to ``writer``; ``stderr`` drained. Both
-        descriptors are owned from here on."""
+        descriptors are owned from here on. False: not armed (logged), and nothing held."""
         self.disarm(sandbox_id)
         cg = cgroup_dir("memory", sandbox_id)
         event = usage = oom = -1
@@ -142,7 +142,8 @@ class MemoryWake:
             for fd in (event, usage, oom, writer, stderr):
                 if fd >= 0:
                     os.close(fd)
-            return
+            self.release(sandbox_id)  # a hold an earlier agent left: nothing here would end it
+            return False
         armed = _Armed(sandbox_id, writer, event, usage, limit, spacing, stderr, oom)
         with self._lock:
             if self._epoll is None:
@@ -155,6 +156,7 @@ class MemoryWake:
             self._epoll.register(oom, select.EPOLLIN)
             self._at_wall(armed)  # re-armed (an agent restart) while it waits there
         self._send(armed)
+        return True
 
     def disarm(self, sandbox_id: str) -> None:
         """The sandbox no longer watched, so its cgroup no longer holds: the kernel's OOM killer is
@@ -178,6 +180,14 @@ class MemoryWake:
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+
+    @staticmethod
+    def release(sandbox_id: str) -> None:
+        """The kernel's OOM killer back for a sandbox this thread does not watch: one an earlier
+        agent held whose re-arm failed here (its watch is gone with that agent), so that nothing
+        at the limit waits for good, as a hold with no watch would."""
+        with contextlib.suppress(OSError):  # no cgroup: nothing held
+            _hold(cgroup_dir("memory", sandbox_id), False)
 
     def armed(self) -> list[str]:
         with self._lock:
