@@ -13,10 +13,16 @@ the destroy after it 60 s more, failing too (INTERNAL). The agent pauses idle sa
 of a host's on a lost CP, one after another, so each such sandbox held every other tenant's
 pauses on the host for two minutes. Now a sandbox no longer watched is no longer held: the
 kernel ends the Sentry, as it did before the hold, and the pause answers at once.
+
+The memory: SysV shared memory segments nothing is attached to (the Sentry's, charged to the
+host cgroup, and gVisor has no ``shm_rmid_forced``: they outlive their maker). Session 31 used
+files in ``/tmp``, gVisor's own tmpfs; since session 32 that has a size
+(test_attack_session32_gvisor_tmp.py) and no longer reaches the limit.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 
 import grpc
@@ -31,9 +37,26 @@ from warren.rpc import hostagent_pb2 as pb
 pytestmark = pytest.mark.root
 
 MIB = 1 << 20
-MARGIN = 6 * MIB  # left under the limit by the fill (a write at the limit would wait there)
+# Left under the limit by the fill: a maker's own memory (~10 MiB, gone with it) at the limit
+# would wait there.
+MARGIN = 10 * MIB
 NEAR = 16 * MIB  # the fill must come this close for the attack to be the one described
-WRITERS = 8  # at once: the guest kills a writer past the tenant's limit, not the file it wrote
+MAKERS = 4  # at once: the guest kills a maker past the tenant's limit, not the segments it made
+TOP_UPS = 10
+# Makes argv[1] MiB of segments, 4 MiB each, touched and detached: nothing stays attached.
+SHM = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+left = int(sys.argv[1])
+while left > 0:
+    size = min(left, 4) << 20
+    at = libc.shmat(libc.shmget(0, size, 0o1600), None, 0)
+    ctypes.memset(at, 1, size)
+    libc.shmdt(ctypes.c_void_p(at))
+    left -= 4
+"""
+MAKE = "python3 -c " + shlex.quote(SHM)
 # Below the agent's 60 s bound on a runsc command, which the pause took in full before.
 RPC_DEADLINE = 45
 
@@ -48,23 +71,17 @@ def usage(sandbox_id: str) -> int:
     return int((cgroup(sandbox_id) / "memory.usage_in_bytes").read_text())
 
 
-def fill_tmp_near_the_limit(agent: AgentProcess, sandbox_id: str) -> int:
-    """``/tmp`` filled by ``nobody`` to near the host cgroup's limit; the usage reached. First
-    by :data:`WRITERS` at once (the guest kills some on the way, past the tenant's limit), then
-    one writer tops it up, leaving :data:`MARGIN` for its own process."""
-    each = (HOST_LIMIT - 2 * MARGIN - usage(sandbox_id)) // MIB // WRITERS
-    writers = " ".join(
-        f"(dd if=/dev/zero of=/tmp/fill{i} bs=1M count={each} 2>/dev/null) &" for i in range(WRITERS)
-    )
-    sh(agent, sandbox_id, f"{writers} wait; true", timeout=60)
-    rest = (HOST_LIMIT - MARGIN - usage(sandbox_id)) // MIB
-    if rest > 0:
-        sh(
-            agent,
-            sandbox_id,
-            f"dd if=/dev/zero of=/tmp/rest bs=1M count={rest} 2>/dev/null; true",
-            timeout=60,
-        )
+def fill_near_the_limit(agent: AgentProcess, sandbox_id: str) -> int:
+    """Shared memory made by ``nobody`` to near the host cgroup's limit; the usage reached.
+    First by :data:`MAKERS` at once (the guest kills some on the way, past the tenant's limit),
+    then one maker at a time tops it up, leaving :data:`MARGIN` for its own process."""
+    each = (HOST_LIMIT - 80 * MIB - usage(sandbox_id)) // MIB // MAKERS
+    sh(agent, sandbox_id, " ".join(f"({MAKE} {each}) &" for _ in range(MAKERS)) + " wait; true", timeout=60)
+    for _ in range(TOP_UPS):
+        rest = (HOST_LIMIT - MARGIN - usage(sandbox_id)) // MIB
+        if rest <= 0:
+            break
+        sh(agent, sandbox_id, f"{MAKE} {min(rest, 16)}; true", timeout=60)
     return usage(sandbox_id)
 
 
@@ -72,7 +89,7 @@ def test_a_pause_at_the_wall_answers_and_leaves_nothing_waiting(agent: AgentProc
     sandbox = agent.create(memory_mb=MEMORY_MB, runtime="gvisor").sandbox_id
     cg = cgroup(sandbox)
     try:
-        reached = fill_tmp_near_the_limit(agent, sandbox)
+        reached = fill_near_the_limit(agent, sandbox)
         assert HOST_LIMIT - NEAR <= reached <= HOST_LIMIT + FORCED_CHARGE, reached
         try:
             agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sandbox), timeout=RPC_DEADLINE)

@@ -13,10 +13,12 @@ from unittest import mock
 import grpc
 import pytest
 
+from warren.agent.create import GVISOR_TMP_MIN_MB, gvisor_tmp_mb
 from warren.agent.guest_client import GuestError
 from warren.agent.network import MAX_SLOTS, Slot
 from warren.agent.rpc_errors import ExecTimeout, status_for
 from warren.agent.runtime.bundle import CAPABILITIES, BundleSpec, cgroups_path, oci_config, seccomp_profile
+from warren.agent.sandbox_fs import INODE_COST_BYTES, PROCESS_HEADROOM_MB, disk_size
 from warren.agent.templates import MAPPED_BASE, TemplateRef, shift_ownership
 from warren.errors import InternalError, InvalidRequest, InvalidState, NotFound
 
@@ -48,6 +50,27 @@ def test_oci_config_limits_namespaces_and_user_mapping() -> None:
     assert "ro" in mounts["/.warren/guest"]["options"] and mounts["/.warren/guest"]["source"] == "/g"
     assert mounts["/run/warren"]["source"] == "/run/x"
     assert cfg["hostname"] == "sb-x"
+
+
+def test_tmp_is_a_sized_tmpfs_only_when_asked() -> None:
+    """gVisor's own /tmp has no size: the bundle names one (runc/crun: /tmp is on the disk)."""
+    assert "/tmp" not in {m["destination"] for m in oci_config(spec())["mounts"]}
+    mounts = {m["destination"]: m for m in oci_config(spec(tmp_mb=40))["mounts"]}
+    assert mounts["/tmp"]["type"] == "tmpfs"
+    assert mounts["/tmp"]["options"] == ["nosuid", "nodev", "mode=1777", "size=40m"]
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "disk_mb", "tmp_mb"),
+    [(128, 5120, 16), (128, 16, 64), (1024, 5120, 16), (1024, 100, 512), (1024, 600, 242)],
+)
+def test_gvisor_tmp_shares_the_disks_budget(memory_mb: int, disk_mb: int, tmp_mb: int) -> None:
+    """/tmp and the disk, both full, fit the memory less the processes' headroom (or /tmp is
+    at its floor), and /tmp is never more than half the memory."""
+    disk = disk_size(memory_mb, disk_mb)
+    assert gvisor_tmp_mb(memory_mb, disk) == tmp_mb
+    disk_cost = disk.mb + (disk.inodes * INODE_COST_BYTES >> 20)
+    assert tmp_mb == GVISOR_TMP_MIN_MB or disk_cost + tmp_mb <= memory_mb - PROCESS_HEADROOM_MB
 
 
 def test_capabilities_are_a_minimal_set() -> None:

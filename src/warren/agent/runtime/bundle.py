@@ -260,6 +260,9 @@ class BundleSpec:
     # The guest moves each command into the cmds cgroup (runc/crun; not gVisor's, which has no
     # host cgroup inside and watches its memory itself).
     cmds_cgroup: bool = False
+    # A tmpfs of this size at /tmp (gVisor: see create.gvisor_tmp_mb); None: no mount, /tmp is
+    # the root's own directory, on the sandbox's capped disk (runc, crun).
+    tmp_mb: int | None = None
 
 
 def net_namespace_sysctls(spec: BundleSpec) -> dict[str, str]:
@@ -286,6 +289,11 @@ def _sandbox_mounts(spec: BundleSpec) -> list[dict[str, Any]]:
     else:
         shm_opts = ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
         out.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": shm_opts})
+    if spec.tmp_mb is not None:
+        # runsc mounts a tmpfs of its own, with no size, at an empty /tmp that no mount names:
+        # its pages are the Sentry's, charged to the host cgroup, and no kill frees them.
+        tmp_opts = ["nosuid", "nodev", "mode=1777", f"size={spec.tmp_mb}m"]
+        out.append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": tmp_opts})
     if spec.identity_dir is not None:
         for name in IDENTITY_FILES:
             out.append({
