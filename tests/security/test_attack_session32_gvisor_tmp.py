@@ -6,9 +6,9 @@ the Sentry's memory, charged to the host cgroup (the tenant's limit plus a headr
 guest's memory watch cannot free them by killing processes. A tenant's writers went on to the
 host cgroup's limit, where the sandbox was lost: ended by the kernel, or at its next checkpoint
 (the pause of a gVisor sandbox to disk, test_attack_session31_gvisor_wall_pause.py). Now the
-bundle names a sized tmpfs at ``/tmp`` (agent/create.py, ``gvisor_tmp_mb``): it shares the
-budget the disk has of the memory limit, so both full leave the host cgroup its headroom, the
-sandbox pauses and resumes with its files, and its tenant can still run a command.
+bundle names a sized tmpfs at ``/tmp`` (agent/sandbox_fs.py, ``gvisor_tmp_mb``): it takes a
+share of the budget the disk has of the memory limit, so both full leave the host cgroup its
+headroom, the sandbox pauses and resumes with its files, and its tenant can still run a command.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from tests.harness.agent import AgentProcess, scratch_agent
 from tests.security.test_attack_session8_memwatch import cgroup, sh
 from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
+from warren.agent.sandbox_fs import gvisor_tmp_mb
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -27,10 +28,9 @@ pytestmark = pytest.mark.root
 MIB = 1 << 20
 WRITERS = 8  # at once, each asking for half the tenant's limit: 4 times the limit in all
 EACH_MB = MEMORY_MB // 2
-# /tmp's size here (create.gvisor_tmp_mb): the default disk leaves it its floor.
-TMP_MB = 16
+TMP_MB = gvisor_tmp_mb(MEMORY_MB)  # 16 MiB here
 # The host cgroup with the disk and /tmp full: well under its limit, with room for a checkpoint
-# (measured 124 MiB of 224: the Sentry ~25, the disk 78, /tmp 17).
+# (session 32, /tmp then 16 MiB: 124 MiB of 224: the Sentry ~25, the disk 78, /tmp 17).
 ROOM = 64 * MIB
 ENOSPC = "No space left on device"
 FILL = (

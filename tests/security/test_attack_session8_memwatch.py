@@ -230,17 +230,15 @@ def test_a_file_read_back_is_not_held_twice_and_a_hog_under_the_limit_lives(
     assert host_oom_kills(sandbox) == 0
 
 
-def test_a_full_gvisor_tmpfs_kills_the_writer_not_the_sandbox(agent: AgentProcess, sandbox: str) -> None:
-    """/tmp under gVisor is its own tmpfs (no size cap, unlike the disk): memory that no kill
-    frees. Writing past the limit kills the writer inside (its shell may go next: as Linux's
-    OOM killer would, the watchdog goes on to the next largest while the memory stays); the host
-    never kills, and the tenant frees it again with an rm."""
+def test_a_full_gvisor_tmpfs_ends_in_enospc_not_at_the_host(agent: AgentProcess, sandbox: str) -> None:
+    """/tmp under gVisor is its own tmpfs: memory that no kill frees. Since session 32 it has a
+    size (agent/create.py, gvisor_tmp_mb): writing twice the limit there ends in ENOSPC, the
+    host never kills, and the tenant frees it again with an rm."""
     res = sh(agent, sandbox, f"head -c {MEMORY_MB * 2}M /dev/zero > /tmp/fill; echo wrote", timeout=60)
-    assert res.exit_code in (-9, 137) or res.stderr == b"Killed\n", res
+    assert b"No space left on device" in res.stderr, res
     assert host_oom_kills(sandbox) == 0
-    removed = lambda: sh(agent, sandbox, "rm -f /tmp/fill && echo ok").stdout == b"ok\n"  # noqa: E731
-    wait_for("the file to be removable", removed)
-    wait_for("commands to run again", lambda: alive(agent, sandbox))
+    assert sh(agent, sandbox, "rm -f /tmp/fill && echo ok").stdout == b"ok\n"
+    assert alive(agent, sandbox)
 
 
 SOCKET_HOARD = r"""

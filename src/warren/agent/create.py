@@ -50,21 +50,12 @@ DEFAULT_DISK_MB = 5120
 GUEST_READY_TIMEOUT = float(os.environ.get("WARREN_AGENT_GUEST_READY_TIMEOUT", "30"))
 # No sandbox may be larger than the host itself (the CP sets the platform's own maxima).
 MAX_VCPUS, MAX_MEMORY_MB = sandbox_fs.host_capacity()
-# gVisor's /tmp is a tmpfs of the Sentry (bundle.BundleSpec.tmp_mb): memory charged to the host
-# cgroup that no kill frees, so it shares the budget the disk (charged there too, through the
-# Gofer) has of the memory limit: with both full the guest's watch, which counts both, can still
-# kill its way back under the tenant's limit, and the host cgroup keeps its headroom (a
-# checkpoint needs it). At least this much, at most half the memory.
-GVISOR_TMP_MIN_MB = 16
 
 
-def gvisor_tmp_mb(memory_mb: int, disk: DiskSize) -> int:
-    """The size of a gVisor sandbox's /tmp: what its disk (data and inodes) leaves of the memory
-    less the processes' headroom (sandbox_fs.disk_size), between the bounds above. A full disk
-    (the default) leaves the least; a smaller ``disk_size_mb`` makes room for a larger /tmp."""
-    disk_cost = disk.mb + (disk.inodes * sandbox_fs.INODE_COST_BYTES >> 20)
-    left = memory_mb - sandbox_fs.PROCESS_HEADROOM_MB - disk_cost
-    return max(GVISOR_TMP_MIN_MB, min(memory_mb // 2, left))
+def _disk(req: CreateRequest) -> DiskSize:
+    """The sandbox's disk: on gVisor beside its /tmp, which shares the budget (sandbox_fs)."""
+    tmp_mb = sandbox_fs.gvisor_tmp_mb(req.memory_mb) if req.runtime == "gvisor" else 0
+    return sandbox_fs.disk_size(req.memory_mb, req.disk_size_mb, beside_mb=tmp_mb)
 
 
 # PID 1 of every sandbox: the stdlib-only guest agent, from the read-only guest mount. -B: a
@@ -227,7 +218,7 @@ class SandboxBuilder:
         while its template gets ready (mostly waiting, and bounded only by the template)."""
         sb_id = req.sandbox_id
         fs = SandboxFs(self.sandboxes_dir / sb_id)
-        disk = sandbox_fs.disk_size(req.memory_mb, req.disk_size_mb)
+        disk = _disk(req)
         undo: Undo = []
         try:
             async with admission or contextlib.nullcontext():
@@ -302,7 +293,6 @@ class SandboxBuilder:
 
     def _write_bundle(self, req: CreateRequest, fs: SandboxFs, slot: Slot) -> None:
         gvisor = req.runtime == "gvisor"
-        disk = sandbox_fs.disk_size(req.memory_mb, req.disk_size_mb)  # as build() made it
         spec = BundleSpec(
             sandbox_id=req.sandbox_id,
             rootfs=fs.rootfs,
@@ -321,7 +311,7 @@ class SandboxBuilder:
             env=req.env,
             guest_argv=list(GUEST_ARGV),
             cmds_cgroup=not gvisor,  # runtime/cmds_cgroup.py
-            tmp_mb=gvisor_tmp_mb(req.memory_mb, disk) if gvisor else None,
+            tmp_mb=sandbox_fs.gvisor_tmp_mb(req.memory_mb) if gvisor else None,
         )
         if gvisor:  # the guest also listens on TCP (gvisor_ops, guest_agent/tcp.py)
             spec.guest_argv += gvisor_ops.GUEST_SECRET_ARGS

@@ -65,6 +65,14 @@ INODE_COST_BYTES = 2048
 BYTES_PER_INODE = 8192
 MIN_MEMORY_MB = 64  # PROCESS_HEADROOM_MB plus a usable disk
 MIN_DISK_MB = 16
+# gVisor's /tmp is a tmpfs of the Sentry (bundle.BundleSpec.tmp_mb): memory charged to the host
+# cgroup that no kill frees, as the disk's pages are. So it takes its share of the same budget:
+# with both full the guest's watch, which counts both, can still kill its way under the tenant's
+# limit, and the host cgroup keeps its headroom for a checkpoint (session 32). A quarter of the
+# memory past twice the processes' headroom (so a small sandbox keeps most of its disk), and at
+# least this much; the disk gets the rest.
+GVISOR_TMP_SHARE = 4
+GVISOR_TMP_MIN_MB = 16
 # /run/warren holds one socket; the rest is the tenant's to waste, so it is tiny.
 RUN_TMPFS_OPTS = "size=64k,nr_inodes=64,mode=0700"
 
@@ -75,11 +83,17 @@ class DiskSize:
     inodes: int
 
 
-def disk_size(memory_mb: int, requested_mb: int) -> DiskSize:
+def gvisor_tmp_mb(memory_mb: int) -> int:
+    """The size of a gVisor sandbox's /tmp (see GVISOR_TMP_SHARE)."""
+    return max(GVISOR_TMP_MIN_MB, (memory_mb - 2 * PROCESS_HEADROOM_MB) // GVISOR_TMP_SHARE)
+
+
+def disk_size(memory_mb: int, requested_mb: int, *, beside_mb: int = 0) -> DiskSize:
     """The writable layer a sandbox of ``memory_mb`` really gets: at most what was asked, and
-    small enough that the full layer, its inodes' kernel memory and PROCESS_HEADROOM_MB fit in
-    the memory limit (data + data * INODE_COST / BYTES_PER_INODE <= memory - headroom)."""
-    budget = (memory_mb - PROCESS_HEADROOM_MB) << 20
+    small enough that the full layer, its inodes' kernel memory, ``beside_mb`` (gVisor's /tmp)
+    and PROCESS_HEADROOM_MB fit in the memory limit
+    (data + data * INODE_COST / BYTES_PER_INODE + beside <= memory - headroom)."""
+    budget = max(0, memory_mb - PROCESS_HEADROOM_MB - beside_mb) << 20
     fits = budget * BYTES_PER_INODE // (BYTES_PER_INODE + INODE_COST_BYTES) >> 20
     mb = max(1, min(requested_mb, fits))
     return DiskSize(mb=mb, inodes=max(256, (mb << 20) // BYTES_PER_INODE))

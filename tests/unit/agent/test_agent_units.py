@@ -13,12 +13,17 @@ from unittest import mock
 import grpc
 import pytest
 
-from warren.agent.create import GVISOR_TMP_MIN_MB, gvisor_tmp_mb
 from warren.agent.guest_client import GuestError
 from warren.agent.network import MAX_SLOTS, Slot
 from warren.agent.rpc_errors import ExecTimeout, status_for
 from warren.agent.runtime.bundle import CAPABILITIES, BundleSpec, cgroups_path, oci_config, seccomp_profile
-from warren.agent.sandbox_fs import INODE_COST_BYTES, PROCESS_HEADROOM_MB, disk_size
+from warren.agent.sandbox_fs import (
+    GVISOR_TMP_MIN_MB,
+    INODE_COST_BYTES,
+    PROCESS_HEADROOM_MB,
+    disk_size,
+    gvisor_tmp_mb,
+)
 from warren.agent.templates import MAPPED_BASE, TemplateRef, shift_ownership
 from warren.errors import InternalError, InvalidRequest, InvalidState, NotFound
 
@@ -61,16 +66,19 @@ def test_tmp_is_a_sized_tmpfs_only_when_asked() -> None:
 
 
 @pytest.mark.parametrize(
-    ("memory_mb", "disk_mb", "tmp_mb"),
-    [(128, 5120, 16), (128, 16, 64), (1024, 5120, 16), (1024, 100, 512), (1024, 600, 242)],
+    ("memory_mb", "disk_mb"), [(64, 5120), (128, 5120), (512, 5120), (1024, 100), (4096, 5120)]
 )
-def test_gvisor_tmp_shares_the_disks_budget(memory_mb: int, disk_mb: int, tmp_mb: int) -> None:
-    """/tmp and the disk, both full, fit the memory less the processes' headroom (or /tmp is
-    at its floor), and /tmp is never more than half the memory."""
-    disk = disk_size(memory_mb, disk_mb)
-    assert gvisor_tmp_mb(memory_mb, disk) == tmp_mb
+def test_gvisor_tmp_and_the_disk_share_the_memorys_budget(memory_mb: int, disk_mb: int) -> None:
+    """gVisor's /tmp and the disk, both full (every inode used), fit the memory less the
+    processes' headroom: /tmp gets a quarter of the memory past twice that headroom, at least
+    its floor."""
+    tmp_mb = gvisor_tmp_mb(memory_mb)
+    disk = disk_size(memory_mb, disk_mb, beside_mb=tmp_mb)
     disk_cost = disk.mb + (disk.inodes * INODE_COST_BYTES >> 20)
-    assert tmp_mb == GVISOR_TMP_MIN_MB or disk_cost + tmp_mb <= memory_mb - PROCESS_HEADROOM_MB
+    assert disk_cost + tmp_mb <= memory_mb - PROCESS_HEADROOM_MB
+    assert tmp_mb == max(GVISOR_TMP_MIN_MB, (memory_mb - 2 * PROCESS_HEADROOM_MB) // 4)
+    assert disk.mb <= disk_mb
+    assert disk_size(memory_mb, disk_mb).mb >= disk.mb  # runc and crun: no /tmp of its own
 
 
 def test_capabilities_are_a_minimal_set() -> None:
