@@ -58,18 +58,19 @@ async def create(
     was = found.sandbox.status
     body = json.dumps({"sandbox_id": sandbox_id, "name": name or ""}).encode()
     paused_as: str | None = None  # how the snapshot left it paused: "disk" when checkpointed
-    try:
-        made = await snapshots.create_snapshot(
-            engine, pool, ctx, body, settings=settings, store=store, transient=was == "running"
-        )
-        paused_as = "disk" if made.kind == "memory" else None
-    finally:
-        if was == "running":
-            try:
-                await _resume_if_paused(engine, pool, ctx, sandbox_id)
-            finally:
-                # Its resume failed: paused as its agent paused it, and no longer for its snapshot.
-                await asyncio.shield(snapshot_hold.settle(engine, found.sb_uuid, paused_as))
+    async with snapshot_hold.kept_fresh(engine, found.sb_uuid):
+        try:
+            made = await snapshots.create_snapshot(
+                engine, pool, ctx, body, settings=settings, store=store, transient=was == "running"
+            )
+            paused_as = "disk" if made.kind == "memory" else None
+        finally:
+            if was == "running":
+                try:
+                    await _resume_if_paused(engine, pool, ctx, sandbox_id)
+                finally:
+                    # Its resume failed: paused as its agent paused it, no longer for its snapshot.
+                    await asyncio.shield(snapshot_hold.settle(engine, found.sb_uuid, paused_as))
     return made.name
 
 

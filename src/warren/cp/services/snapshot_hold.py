@@ -16,10 +16,12 @@ refused as before if the snapshot left it paused after all (its resume failed).
 - **Only that pause waits.** A user's pause (the API, E2B's, an auto-pause, a lifetime's) and
   Warren's own ``POST /v1/snapshots``, which leaves the sandbox paused (docs/api.md §5), set no
   mark: a command is refused at once, as before.
-- **Bounded.** A mark older than :data:`HOLD_S` (the E2B snapshot's own budget: the export's
-  ``snapshots.CREATE_BUDGET_S``, the resume's 120 s, their DB steps) is a plain pause (its CP
-  died mid-snapshot), and no waiter waits longer than that either. A waiter that gives up, or
-  is not admitted, is answered what it would have been without waiting.
+- **Bounded.** The snapshot's CP refreshes its mark every :data:`BEAT_S` while it runs
+  (:func:`kept_fresh`); a mark not refreshed for :data:`STALE_S` is a plain pause (its CP died
+  mid-snapshot: session 32; before, such a mark held commands for the snapshot's whole budget).
+  No waiter waits longer than :data:`HOLD_S` (the E2B snapshot's own budget: the export's
+  ``snapshots.CREATE_BUDGET_S``, the resume's 120 s, their DB steps) either. A waiter that gives
+  up, or is not admitted, is answered what it would have been without waiting.
 - **Admission.** A waiter holds a stream slot while it waits (``services/stream_slots.py``): it
   counts in its team's open streams and in its owner's ``max_streams_per_owner``, the bound it
   is refused by (then it does not wait: today's answer). So one account's waiters in a process
@@ -43,9 +45,10 @@ the row says the sandbox is paused for its snapshot (:func:`refused_for_snapshot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +65,8 @@ log = logging.getLogger("warren.snapshot_hold")
 
 TRANSIENT = "snapshot"  # sandboxes.paused_state while the sandbox is paused for its own snapshot
 HOLD_S = 450.0  # export 300 s + resume 120 s + the snapshot's DB steps
+BEAT_S = 5.0  # how often a running snapshot refreshes its mark
+STALE_S = 30.0  # a mark not refreshed for this long was left by a CP that died mid-snapshot
 DRAIN_S = 0.1  # from the mark to the agent's pause: for the commands that read the row before it
 _FIRST_STEP_S = 0.01
 _MAX_STEP_S = 0.1
@@ -71,6 +76,7 @@ _TEAM_SLOTS = 1 << 30
 
 _STATE = "SELECT status, paused_state, last_updated FROM sandboxes WHERE id = $1"
 _SETTLE = "UPDATE sandboxes SET paused_state = $2 WHERE id = $1 AND paused_state = $3"
+_REFRESH = "UPDATE sandboxes SET last_updated = $2 WHERE id = $1 AND paused_state = $3"
 
 
 def held(row: Mapping[str, Any] | None, now: datetime | None = None) -> bool:
@@ -78,7 +84,31 @@ def held(row: Mapping[str, Any] | None, now: datetime | None = None) -> bool:
     if row is None or row["status"] != "paused" or row["paused_state"] != TRANSIENT:
         return False
     since: datetime = row["last_updated"]
-    return ((now or clock.now()) - since).total_seconds() < HOLD_S
+    return ((now or clock.now()) - since).total_seconds() < STALE_S
+
+
+@contextlib.asynccontextmanager
+async def kept_fresh(engine: AsyncEngine, sb_uuid: uuid.UUID) -> AsyncIterator[None]:
+    """While the body (a snapshot and its resume) runs, the sandbox's mark, once set, is
+    refreshed every :data:`BEAT_S`: waiters see a live snapshot, not a dead CP's mark. A refresh
+    that fails is tried at the next beat (a mark let go stale meanwhile is a plain pause)."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(BEAT_S)
+            try:
+                async with driver(engine) as conn:
+                    await conn.execute(_REFRESH, sb_uuid, clock.now(), TRANSIENT)
+            except Exception as e:
+                log.warning("sandbox %s: its snapshot's mark was not refreshed: %s", sandbox_id(sb_uuid), e)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def waits(states: Iterable[str] | None) -> bool:

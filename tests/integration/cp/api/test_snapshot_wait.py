@@ -21,10 +21,14 @@ from typing import Any
 import httpx
 import pytest
 from e2b import Sandbox
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.harness.cp import run_sql
 from tests.harness.e2b import e2b_environment
 from tests.harness.platform import Platform
 from warren import ids
+from warren.cp.db.engine import to_async_url
+from warren.cp.services import snapshot_hold
 
 pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
@@ -223,11 +227,12 @@ def test_the_mark_in_the_row_holds_commands_until_it_clears(platform: Platform, 
 
 
 def test_a_stale_mark_is_a_plain_pause(platform: Platform, runc_sandbox: str) -> None:
-    """A mark older than the snapshot's own bound (its CP died mid-snapshot) holds nothing."""
+    """A mark its snapshot stopped refreshing (its CP died mid-snapshot) holds nothing once
+    STALE_S have passed; before session 32 it held commands for the snapshot's whole 450 s."""
     url = f"{platform.url}/v1/sandboxes/{runc_sandbox}"
     stale = (
         "UPDATE sandboxes SET status = 'paused', paused_state = 'snapshot', "
-        "last_updated = now() - interval '1 hour' WHERE id = :s"
+        f"last_updated = now() - interval '{snapshot_hold.STALE_S + 1} seconds' WHERE id = :s"
     )
     _sql(platform, stale, runc_sandbox)
     try:
@@ -239,3 +244,32 @@ def test_a_stale_mark_is_a_plain_pause(platform: Platform, runc_sandbox: str) ->
             "UPDATE sandboxes SET status = 'running', paused_state = NULL WHERE id = :s",
             runc_sandbox,
         )
+
+
+def test_a_running_snapshot_keeps_its_mark_fresh(
+    platform: Platform, runc_sandbox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark's refresh (``snapshot_hold.kept_fresh``, on a fast beat here) against the real
+    database: the marked row's time moves on while the snapshot runs; an unmarked row's does not."""
+    monkeypatch.setattr(snapshot_hold, "BEAT_S", 0.05)
+    sb_uuid = ids.parse_id(ids.Kind.SANDBOX, runc_sandbox)
+    age = "SELECT extract(epoch FROM now() - last_updated) FROM sandboxes WHERE id = :s"
+
+    async def refreshed_age(mark: str | None) -> float:
+        engine = create_async_engine(to_async_url(platform.cp.db_url))
+        try:
+            await run_sql(
+                engine,
+                "UPDATE sandboxes SET paused_state = :m, last_updated = now() - interval '20 seconds' "
+                "WHERE id = :s",
+                s=sb_uuid, m=mark,
+            )  # fmt: skip
+            async with snapshot_hold.kept_fresh(engine, sb_uuid):
+                await asyncio.sleep(0.5)
+            return float((await run_sql(engine, age, s=sb_uuid))[0][0])
+        finally:
+            await run_sql(engine, "UPDATE sandboxes SET paused_state = NULL WHERE id = :s", s=sb_uuid)
+            await engine.dispose()
+
+    assert asyncio.run(refreshed_age(snapshot_hold.TRANSIENT)) < 5
+    assert asyncio.run(refreshed_age(None)) >= 20
