@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from tests.harness.agent import AgentProcess
 from warren import ids
@@ -45,6 +45,32 @@ async def _wait_for_points(page: Page, sid: str, range_: str, tries: int = 90) -
             return
         await page.wait_for_timeout(1000)
     raise AssertionError("no metric points arrived")
+
+
+async def _a_failed_metrics_read_clears_once_one_succeeds(signed_in: Page, sid: str) -> None:
+    """The charts' refresh (every 10 s, run here on a page's fake clock): a read refused shows
+    the server's reason, and the next read that succeeds takes it away again."""
+    page = await signed_in.context.new_page()
+    refused: list[str] = []
+
+    async def refuse_once(route: Route) -> None:
+        if refused:
+            await route.continue_()
+            return
+        refused.append(route.request.url)
+        body = '{"error": {"code": "host_unreachable", "message": "The sandbox\'s host is unreachable"}}'
+        await route.fulfill(status=503, content_type="application/json", body=body)
+
+    await page.clock.install()
+    await page.route(f"**/dashboard/sandboxes/{sid}/metrics?*", refuse_once)
+    await page.goto(f"/dashboard/sandboxes/{sid}?range=5m")
+    error = page.locator("#metrics-error")
+    await expect(error).to_have_text("The sandbox's host is unreachable")
+    await page.clock.run_for(11_000)
+    await expect(page.locator("#metrics")).to_have_attribute("data-loaded", re.compile(r"^[1-9]\d*$"))
+    await expect(error).to_be_hidden()
+    assert len(refused) == 1
+    await page.close()
 
 
 async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
@@ -117,6 +143,7 @@ async def test_full_journey(web: Web, live: LiveCP, agent: object) -> None:
     await page.wait_for_url(re.compile(r"range=1h"))
     await expect(page.locator("#metrics")).to_have_attribute("data-range", "1h")
     await expect(page.locator("#metrics")).to_have_attribute("data-loaded", re.compile(r"^[1-9]\d*$"))
+    await _a_failed_metrics_read_clears_once_one_succeeds(page, first)
 
     # Pause and resume from the detail page.
     await page.get_by_role("button", name="Pause").click()

@@ -616,10 +616,13 @@
       memNow.textContent = latest ? Math.round(latest.mem_mb) + " MB" + (memLimit ? " of " + memLimit + " MB" : "") : "—";
       root.setAttribute("data-loaded", String(pts.length));
     }
+    var msg = $("#metrics-error");
     function load() {
-      api(url + "?range=" + encodeURIComponent(range)).then(draw, function (e) {
+      api(url + "?range=" + encodeURIComponent(range)).then(function (data) {
+        msg.hidden = true;  // a failed read's reason goes once a later one succeeds
+        draw(data);
+      }, function (e) {
         root.setAttribute("data-loaded", "error");
-        var msg = $("#metrics-error");
         msg.textContent = e.message || GENERIC_ERROR;
         msg.hidden = false;
       });
