@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness import tether
 from tests.harness.agent import AgentProcess
 from tests.harness.cp import PASSWORD, CPProcess
 from tests.harness.machine import minimal_cache_env, scratch_dir
@@ -106,10 +107,11 @@ class Up:
         env.update(minimal_cache_env())
         env["WARREN_MONITOR_INTERVAL_S"] = "1"  # so the test sees the monitor's work at once
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = tether.popen(  # a killed test run leaves no `warren up` behind
                 [sys.executable, "-m", "warren.cli.main", "up", "--home", str(home),
                  "--port", str(self.port), "--e2b-port", str(free_port())],
                 env=env, stdout=out, stderr=out, start_new_session=True,
+                death_signal=signal.SIGTERM,
             )  # fmt: skip
 
     def text(self) -> str:

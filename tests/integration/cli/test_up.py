@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
+from tests.harness import tether
 from tests.harness.machine import free_port
 from warren.cli.main import app as cli_app
 
@@ -88,7 +89,7 @@ class Up:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self._logf = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.proc = tether.popen(  # a killed test run leaves no `warren up` behind
             # --no-agent: this file is about the database + control plane tree and its timings;
             # the local host agent has its own tests.
             [
@@ -107,6 +108,7 @@ class Up:
             env={**_env(), **(env or {})},
             stdout=self._logf,
             stderr=subprocess.STDOUT,
+            death_signal=signal.SIGTERM,
         )
 
     def wait_ready(self, timeout: float) -> float:
@@ -238,10 +240,10 @@ def test_cp_with_several_workers_serves_and_stops_cleanly(tmp_path: Path, db_url
            "WARREN_HOME": str(tmp_path / "home")}  # fmt: skip
     log = tmp_path / "cp.log"
     with open(log, "ab") as logf:
-        proc = subprocess.Popen(
+        proc = tether.popen(
             [sys.executable, "-m", "warren.cli.main", "cp", "--port", str(port), "--workers", "2",
              "--e2b-port", str(free_port())],
-            env=env, stdout=logf, stderr=subprocess.STDOUT,
+            env=env, stdout=logf, stderr=subprocess.STDOUT, death_signal=signal.SIGTERM,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     workers: list[int] = []

@@ -16,6 +16,7 @@ import e2b
 import httpx
 import pytest
 
+from tests.harness import tether
 from tests.harness.cp import PASSWORD
 from tests.harness.machine import free_port, minimal_cache_env, scratch_dir
 
@@ -36,10 +37,11 @@ def _start(
     if build_base:  # the test harness turns it off everywhere else
         env["WARREN_BUILD_BASE_TEMPLATE"] = "1"
     with open(log, "ab") as out:
-        return subprocess.Popen(
+        return tether.popen(  # a killed test run leaves no `warren up` behind
             [sys.executable, "-m", "warren.cli.main", "up", "--home", str(home), "--port", str(port),
              "--e2b-port", str(e2b_port or free_port())],
             env=env, stdout=out, stderr=out, start_new_session=True,
+            death_signal=signal.SIGTERM,
         )  # fmt: skip
 
 
