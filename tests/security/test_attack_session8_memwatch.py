@@ -26,11 +26,15 @@ import pytest
 from tests.harness.agent import AgentProcess, scratch_agent
 from tests.harness.leaks import runsc_leftovers, wait_no_leaks
 from warren.agent.runtime.gvisor import MEMORY_HEADROOM
+from warren.agent.sandbox_fs import disk_size, gvisor_tmp_mb
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
 
-MEMORY_MB = 256  # its disk: (256 - 32) * 4/5 = 179 MiB of host tmpfs
+MEMORY_MB = 256
+# Its disk: (256 - 32 - 48) * 4/5 = 140 MiB of host tmpfs, beside gVisor's 48 MiB /tmp (session
+# 32). "Full": 9 MiB short of it (the layer's own files take some).
+DISK_FILL_MB = disk_size(MEMORY_MB, 5120, beside_mb=gvisor_tmp_mb(MEMORY_MB)).mb - 9
 # Where the host cgroup's limit is reached (the host ends that sandbox: an outcome some tests
 # allow), the kernel may charge a few pages past it (charges it must not fail are forced; CI saw
 # max_usage_in_bytes at limit + 4096). The limit still held.
@@ -142,11 +146,14 @@ def test_a_full_disk_then_a_hog_is_killed_inside_and_the_sandbox_lives(
     """The disk (and /dev/shm on it) is a host tmpfs the Gofer writes: in the host cgroup, not
     in gVisor's meminfo. Before session 9 the watchdog let the hog reach the limit on top of a
     full disk, and the host's OOM killer ended the whole sandbox."""
-    filled = sh(agent, sandbox, f"head -c 170M /dev/zero > {where}/fill && echo ok", user=user)
+    filled = sh(agent, sandbox, f"head -c {DISK_FILL_MB}M /dev/zero > {where}/fill && echo ok", user=user)
     assert filled.stdout == b"ok\n", filled
     assert_held(agent, sandbox, sh(agent, sandbox, hog(MEMORY_MB * 2), user=user, timeout=60))
     # The tenant's files are still there (the sandbox was not ended), and it can go on.
-    assert sh(agent, sandbox, f"wc -c < {where}/fill", user=user).stdout == str(170 << 20).encode() + b"\n"
+    assert (
+        sh(agent, sandbox, f"wc -c < {where}/fill", user=user).stdout
+        == str(DISK_FILL_MB << 20).encode() + b"\n"
+    )
 
 
 def test_many_processes_at_once_cannot_take_the_host_past_the_cgroup_nor_harm_a_neighbour(
