@@ -42,7 +42,9 @@ from warren import ids
 from warren.agent.record import RECORD_FILE
 from warren.agent.runtime.socket_ceiling import WORKERS, ceiling
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
+# On the worker's shared platform (no platform start of its own, ~5 CPU-s): it only reads the
+# agent's log and records, and changes nothing beyond its own tenants' sandboxes.
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform, pytest.mark.timeout(900)]
 
 SPREAD = 300  # sleep processes in each of A's sandboxes, ~4000 descriptors each
 A_MB = 256  # room for them (~270 KiB a process) and the holder
