@@ -172,7 +172,8 @@ async def live(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
 @contextlib.asynccontextmanager
 async def online_agent(live: LiveCP, ip: str, scratch: str) -> AsyncIterator[AgentProcess]:
     """A real agent on ``ip``, registered as a platform host (one-time token, by a platform
-    admin) and online before it is yielded; stopped and its directory removed afterwards."""
+    admin) and online before it is yielded; afterwards its sandboxes destroyed, the agent
+    stopped and its directory removed."""
     operator = await live.signup("Platform Operator")
     await live.make_admin(operator)
     admin = AuthContext(kind="jwt", team_id=None, user_id=operator.user_uuid, is_admin=True)
@@ -191,6 +192,9 @@ async def online_agent(live: LiveCP, ip: str, scratch: str) -> AsyncIterator[Age
             raise RuntimeError(f"agent did not come online:\n{proc.log_tail()}")
         yield proc
     finally:
+        # A plain stop keeps its sandboxes (a production restart's rule): a failed test's
+        # sandboxes would outlive the run.
+        await proc.destroy_all_over(live.app.state.pool)
         await proc.astop()
         shutil.rmtree(run_dir, ignore_errors=True)
 
