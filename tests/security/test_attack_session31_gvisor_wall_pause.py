@@ -17,7 +17,10 @@ kernel ends the Sentry, as it did before the hold, and the pause answers at once
 The memory: SysV shared memory segments nothing is attached to (the Sentry's, charged to the
 host cgroup, and gVisor has no ``shm_rmid_forced``: they outlive their maker). Session 31 used
 files in ``/tmp``, gVisor's own tmpfs; since session 32 that has a size
-(test_attack_session32_gvisor_tmp.py) and no longer reaches the limit.
+(test_attack_session32_gvisor_tmp.py) and no longer reaches the limit. How close the segments
+come to the limit depends on the race between their makers and the guest's kills (146-209 MiB
+of 224 seen, 146 in CI under load): so the test then brings the host cgroup's limit down to
+just above what they reached (:data:`WALL_ROOM`), the state the attack is after, and pauses.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ MIB = 1 << 20
 # Left under the limit by the fill: a maker's own memory (~10 MiB, gone with it) at the limit
 # would wait there.
 MARGIN = 10 * MIB
-NEAR = 16 * MIB  # the fill must come this close for the attack to be the one described
 MAKERS = 4  # at once: the guest kills a maker past the tenant's limit, not the segments it made
 TOP_UPS = 10
 # Makes argv[1] MiB of segments, 4 MiB each, touched and detached: nothing stays attached.
@@ -57,6 +59,8 @@ while left > 0:
     left -= 4
 """
 MAKE = "python3 -c " + shlex.quote(SHM)
+# The host cgroup's limit, brought down to this much above the fill: less than a checkpoint needs.
+WALL_ROOM = 4 * MIB
 # Below the agent's 60 s bound on a runsc command, which the pause took in full before.
 RPC_DEADLINE = 45
 
@@ -89,8 +93,10 @@ def test_a_pause_at_the_wall_answers_and_leaves_nothing_waiting(agent: AgentProc
     sandbox = agent.create(memory_mb=MEMORY_MB, runtime="gvisor").sandbox_id
     cg = cgroup(sandbox)
     try:
+        start = usage(sandbox)
         reached = fill_near_the_limit(agent, sandbox)
-        assert HOST_LIMIT - NEAR <= reached <= HOST_LIMIT + FORCED_CHARGE, reached
+        assert start + 64 * MIB <= reached <= HOST_LIMIT + FORCED_CHARGE, (start, reached)
+        (cg / "memory.limit_in_bytes").write_text(str(usage(sandbox) + WALL_ROOM))
         try:
             agent.stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id=sandbox), timeout=RPC_DEADLINE)
         except grpc.RpcError as e:
