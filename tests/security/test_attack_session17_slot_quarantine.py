@@ -180,13 +180,13 @@ def test_a_slot_is_not_reused_while_a_process_of_its_sandbox_lives(
             stuck.kill()  # pending until the thaw (frozen_fs's exit) lets it die
             raise
     stuck.wait(60)
+    # The claim goes first, the log line just after it: wait for both.
+    released = f"event=slot_quarantine_released sandbox_id={sid} slot={slot}"
     _until(
-        lambda: _claim_holder(slot) != sid,
+        lambda: _claim_holder(slot) != sid and released in agent_log.read_text(errors="replace"),
         RECLAIMED_WITHIN_S,
         f"slot {slot} freed once nothing of {sid} lives",
     )
-    log = agent_log.read_text(errors="replace")
-    assert f"event=slot_quarantine_released sandbox_id={sid} slot={slot}" in log
     # The slot is usable again: a create may get it, and the sandbox works.
     again = owner.create(memory_mb=128)
     assert owner.sh(again, "echo ok").strip() == "ok"
