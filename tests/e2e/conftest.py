@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -46,8 +47,10 @@ from playwright.async_api import (
     async_playwright,
     expect,
 )
+from starlette.types import ASGIApp
 
 from tests.harness.agent import AgentProcess
+from tests.harness.browser_net import BrowserNet
 from tests.harness.cp import JWT_SECRET, InProcessCP
 from tests.harness.invitations import join_team_async, verification_path
 from tests.harness.machine import free_port, scratch_dir
@@ -208,12 +211,44 @@ async def playwright_instance() -> AsyncIterator[Playwright]:
 
 
 @pytest.fixture(scope="session")
-async def browser(playwright_instance: Playwright) -> AsyncIterator[Browser]:
-    b = await playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+async def browser_net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BrowserNet]:
+    """The browser's own network namespace (tests/harness/browser_net.py: the host's veths,
+    changing all the time under CI, made Chromium drop requests in flight)."""
+    net = BrowserNet(CHROMIUM, Path(tmp_path_factory.mktemp("browser-net")))
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="session")
+async def browser(playwright_instance: Playwright, browser_net: BrowserNet) -> AsyncIterator[Browser]:
+    b = await playwright_instance.chromium.launch(
+        executable_path=str(browser_net.executable), args=CHROMIUM_ARGS
+    )
+    browser_net.attach()
     try:
         yield b
     finally:
         await b.close()
+
+
+@contextlib.asynccontextmanager
+async def other_site(app: ASGIApp, net: BrowserNet) -> AsyncIterator[str]:
+    """``app`` served on another loopback port (another origin of the same site, as an
+    attacker's page would be), reachable from the browser; its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    net.expose(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
 
 
 LAPTOP = {"width": 1280, "height": 800}
@@ -223,8 +258,9 @@ PHONE = {"width": 390, "height": 844}
 class Web:
     """Opens browser contexts for one test, records every request and takes screenshots."""
 
-    def __init__(self, browser: Browser, live: LiveCP, test_name: str) -> None:
+    def __init__(self, browser: Browser, net: BrowserNet, live: LiveCP, test_name: str) -> None:
         self.browser = browser
+        self.net = net
         self.live = live
         self.test_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
         self.requests: list[str] = []
@@ -244,6 +280,7 @@ class Web:
         """A page in a fresh browser context. With ``record`` (the default) every request it makes
         must go to the control plane; only the CSRF test, which visits an attacker's origin on
         purpose, turns that off."""
+        self.net.expose(urlsplit(self.live.url).port or 80)
         ctx = await self.browser.new_context(viewport=viewport or LAPTOP, base_url=self.live.url)  # type: ignore[arg-type]
         if record:
             ctx.on("request", lambda req: self.requests.append(req.url))
@@ -374,8 +411,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-async def web(live: LiveCP, browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Web]:
-    w = Web(browser, live, request.node.name)
+async def web(
+    live: LiveCP, browser: Browser, browser_net: BrowserNet, request: pytest.FixtureRequest
+) -> AsyncIterator[Web]:
+    w = Web(browser, browser_net, live, request.node.name)
     try:
         yield w
         if request.node.stash.get(FAILED, False):

@@ -8,22 +8,17 @@ are what refuse them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import Page, expect
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from tests.harness.machine import free_port
-
-from .conftest import LiveCP, Web
+from .conftest import LiveCP, Web, other_site
 
 pytestmark = pytest.mark.e2e
 
@@ -53,20 +48,9 @@ def _attacker_app(cp_url: str) -> Starlette:
 
 
 @pytest.fixture
-async def attacker(live: LiveCP) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(_attacker_app(live.url), host="127.0.0.1", port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
+async def attacker(live: LiveCP, web: Web) -> AsyncIterator[str]:
+    async with other_site(_attacker_app(live.url), web.net) as url:
+        yield url
 
 
 async def _post_from(page: Page, attacker_url: str, path: str, cp_path: str) -> tuple[int, str]:

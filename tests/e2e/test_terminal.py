@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import Page, WebSocketRoute, expect
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,11 +32,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.harness.agent import AgentProcess
-from tests.harness.machine import free_port
 from warren import ids
 from warren.cp.services.pty import MAX_INPUT_FRAME
 
-from .conftest import Account, LiveCP, Web, online_agent
+from .conftest import Account, LiveCP, Web, online_agent, other_site
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -199,19 +197,9 @@ def _attacker_app(ws_url: str) -> Starlette:
 
 
 @pytest.fixture
-async def attacker(live: LiveCP, owned: Owned) -> AsyncIterator[str]:
-    port = free_port()
-    app = _attacker_app(_ws_url(live, owned.sandbox_id))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
+async def attacker(live: LiveCP, owned: Owned, web: Web) -> AsyncIterator[str]:
+    async with other_site(_attacker_app(_ws_url(live, owned.sandbox_id)), web.net) as url:
+        yield url
 
 
 async def test_cross_site_websocket_is_refused(web: Web, live: LiveCP, owned: Owned, attacker: str) -> None:
