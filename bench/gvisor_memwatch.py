@@ -18,6 +18,10 @@ walls   one mmap(MAP_POPULATE) of 400 MiB as nobody in a 128 MiB sandbox, N time
         for the guest's kill; before, the host ended the sandbox every time): sandboxes kept,
         the agent's wall events and hand-backs to the kernel (runtime/gvisor_memwake.py).
         --busy K runs K busy loops on the host meanwhile (the guest starved of CPU).
+        --wall-with hog: an ordinary hog instead (512 MiB of 8 MiB bytearrays), which reaches
+        the limit only when the guest is starved; "waited on" counts the looks that found the
+        guest running and waited past 2 s (session 33). --throttle-ms M gives the sandbox M ms
+        of CPU per 100 ms during the hog (its cpu cgroup's quota): a guest starved of CPU.
 Compare trees with PYTHONPATH=<other tree>/src (the guest is bind-mounted from the imported
 warren.guest). The load average is printed at start and end.
 """
@@ -145,20 +149,26 @@ def rounds(agent: AgentProcess, n: int) -> None:
 
 
 POPULATE = "import mmap\nm=mmap.mmap(-1,400<<20,flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS|mmap.MAP_POPULATE)"
+HOG = "b = []\nfor _ in range(64): b.append(bytearray(8 << 20))"
+WALL_CODE = {"populate": POPULATE, "hog": HOG}
 
 
-def walls(agent: AgentProcess, n: int, busy: int) -> None:
+def walls(agent: AgentProcess, n: int, busy: int, code: str = POPULATE, throttle_ms: int = 0) -> None:
     loops = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(busy)]
     kept = 0
     try:
         for i in range(n):
             sb = agent.create(memory_mb=128, runtime="gvisor").sandbox_id
             try:
+                if throttle_ms:  # the sandbox's CPU per 100 ms period: a guest starved
+                    (cgroup(sb, "cpu") / "cpu.cfs_quota_us").write_text(str(throttle_ms * 1000))
                 try:
-                    res = agent.exec(sb, "python3", "-c", POPULATE, user="nobody", timeout_sec=60)
+                    res = agent.exec(sb, "python3", "-c", code, user="nobody", timeout_sec=60)
                     how = f"exit {res.exit_code}"
                 except grpc.RpcError as e:  # FAILED_PRECONDITION: the sandbox ended
                     how = e.code().name  # type: ignore[attr-defined]
+                if throttle_ms and cgroup(sb, "cpu").exists():
+                    (cgroup(sb, "cpu") / "cpu.cfs_quota_us").write_text("-1")
                 alive = cgroup(sb).exists() and agent.exec(sb, "true", timeout_sec=30).exit_code == 0
             except grpc.RpcError:
                 alive = False
@@ -169,8 +179,9 @@ def walls(agent: AgentProcess, n: int, busy: int) -> None:
             log = [ln for ln in agent.log_path.read_text(errors="replace").splitlines() if f"={sb}" in ln]
             held = sum("event=gvisor_memory_wall sandbox_id" in ln for ln in log)
             back = sum("event=gvisor_memory_wall_released " in ln for ln in log)
+            waited = sum("event=gvisor_memory_wall_waited " in ln for ln in log)
             what = "kept " if alive else "ENDED"
-            print(f"  #{i:<3} {what} {how:20s} waits at the limit {held}, handed back {back}")
+            print(f"  #{i:<3} {what} {how:20s} waits at the limit {held}, waited on {waited}, back {back}")
     finally:
         for p in loops:
             p.kill()
@@ -229,6 +240,8 @@ def main() -> None:
     ap.add_argument("--idle-procs", action="store_true")
     ap.add_argument("--walls", type=int, default=10)
     ap.add_argument("--busy", type=int, default=0)
+    ap.add_argument("--wall-with", choices=sorted(WALL_CODE), default="populate")
+    ap.add_argument("--throttle-ms", type=int, default=0, help="the sandbox's CPU per 100 ms in walls")
     args = ap.parse_args()
     print(f"load {os.getloadavg()[0]:.1f}; guest from {Path(warren.guest.__file__).parent}")
     with scratch_agent("bench-memwatch") as agent:
@@ -239,7 +252,7 @@ def main() -> None:
         if args.rounds:
             rounds(agent, args.rounds)
         if args.walls:
-            walls(agent, args.walls, args.busy)
+            walls(agent, args.walls, args.busy, WALL_CODE[args.wall_with], args.throttle_ms)
     print(f"load {os.getloadavg()[0]:.1f}")
 
 

@@ -13,13 +13,19 @@ process inside, and only a wait that outlasts ``WALL_WAIT`` goes back to the ker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import select
 import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,7 +42,7 @@ from tests.security.test_attack_session8_memwatch import (
 from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
 from tests.security.test_attack_session16_gvisor import POPULATE as MAPPING
 from warren.agent.runtime.cmds_oom import read_control
-from warren.agent.runtime.gvisor_memwake import MemoryWake, wake_pipe
+from warren.agent.runtime.gvisor_memwake import WALL_WAIT, WALL_WAIT_MAX, MemoryWake, wake_pipe
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -101,39 +107,106 @@ def test_the_hold_is_rearmed_by_a_restarted_agent(agent: AgentProcess) -> None:
 HOG = "import sys; sys.stdin.read(1); b = bytearray(100 << 20); print('survived')"
 
 
-def test_a_wait_nothing_inside_ends_goes_back_to_the_kernel(caplog: pytest.LogCaptureFixture) -> None:
-    """The agent's side alone, on a cgroup of its own with no guest to kill: a process that
-    faults at the limit waits there (held, not killed), and after ``WALL_WAIT`` the kernel's OOM
-    killer is handed the wait and kills it, so nothing stays stopped at its limit for good; the
-    hold comes back once nothing waits."""
+@dataclass
+class HeldHog:
+    """A process past its cgroup's 64 MiB, waiting there under the agent's hold; the wake pipe's
+    guest end (``stdin``: a test reads it as a guest would, or not)."""
+
+    cg: Path
+    proc: subprocess.Popen[bytes]
+    stdin: int
+
+    def waiting(self) -> bool:
+        return bool(read_control(self.cg / "memory.oom_control")["under_oom"])
+
+
+@contextlib.contextmanager
+def held_hog() -> Iterator[HeldHog]:
+    """The agent's side alone, on a cgroup of its own with no guest (session 31): what a guest
+    does, the test does."""
     name = f"test-wall-{os.getpid()}"
     cg = cgroup(name)
     cg.mkdir()
     wake = MemoryWake()
     proc = subprocess.Popen([sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    stdin, writer = wake_pipe()
     try:
         (cg / "memory.limit_in_bytes").write_text(str(64 << 20))
         (cg / "cgroup.procs").write_text(str(proc.pid))
-        reader, writer = wake_pipe()
-        os.close(reader)
-        with caplog.at_level(logging.INFO, logger="warren.agent"):
-            wake.arm(name, writer)
-            assert proc.stdin is not None
-            proc.stdin.write(b"x")
-            proc.stdin.flush()
-            waiting = lambda: read_control(cg / "memory.oom_control")["under_oom"]  # noqa: E731
-            wait_for("the hog to wait at the limit", waiting)
-            assert proc.poll() is None  # held: waiting, not killed
-            assert proc.wait(timeout=60) == -signal.SIGKILL
-        assert read_control(cg / "memory.oom_control")["oom_kill"] == 1
-        assert f"event=gvisor_memory_wall_released sandbox_id={name}" in caplog.text
-        # Held again at a beat, now that nothing waits.
-        wait_for("the hold back", lambda: read_control(cg / "memory.oom_control")["oom_kill_disable"] == 1)
+        wake.arm(name, writer)
+        assert proc.stdin is not None
+        proc.stdin.write(b"x")
+        proc.stdin.flush()
+        hog = HeldHog(cg, proc, stdin)
+        wait_for("the hog to wait at the limit", hog.waiting)
+        assert proc.poll() is None  # held: waiting, not killed
+        yield hog
     finally:
         wake.disarm(name)
+        os.close(stdin)
         proc.kill()
         proc.wait()
         wait_for("the cgroup removed", lambda: _rmdir(cg))
+
+
+def test_a_wait_nothing_inside_ends_goes_back_to_the_kernel(caplog: pytest.LogCaptureFixture) -> None:
+    """A process that faults at the limit waits there (held, not killed); with no guest to run
+    (nothing reads the wake pipe), after ``WALL_WAIT`` the kernel's OOM killer is handed the
+    wait and kills it, so nothing stays stopped at its limit for good; the hold comes back once
+    nothing waits."""
+    with caplog.at_level(logging.INFO, logger="warren.agent"), held_hog() as hog:
+        assert hog.proc.wait(timeout=60) == -signal.SIGKILL
+        assert read_control(hog.cg / "memory.oom_control")["oom_kill"] == 1
+        assert "event=gvisor_memory_wall_released sandbox_id=test-wall-" in caplog.text
+        assert "event=gvisor_memory_wall_waited" not in caplog.text  # nothing ran: no longer wait
+        # Held again at a beat, now that nothing waits.
+        held = lambda: read_control(hog.cg / "memory.oom_control")["oom_kill_disable"] == 1  # noqa: E731
+        wait_for("the hold back", held)
+
+
+def _read_records(fd: int, stop: threading.Event) -> None:
+    """A guest that runs, starved: it reads its wake records, and kills nothing."""
+    while not stop.is_set():
+        if select.select([fd], [], [], 0.2)[0]:
+            os.read(fd, 4096)
+
+
+def test_a_guest_that_runs_is_waited_for_past_the_first_look(caplog: pytest.LogCaptureFixture) -> None:
+    """Session 33: a guest starved of CPU on a loaded host runs, slowly: it reads its records.
+    Its kill, later than ``WALL_WAIT`` (here twice that), is waited for: the process is the
+    guest's to kill, not the kernel's. Before, the kernel killed it at ``WALL_WAIT``, which in a
+    gVisor sandbox ends the whole sandbox (CI lost one to a hog so, right after an agent
+    restart). A guest that only runs, and never frees, has the kernel's killer at
+    ``WALL_WAIT_MAX``."""
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="warren.agent"), held_hog() as hog:
+        reader = threading.Thread(target=_read_records, args=(hog.stdin, stop))
+        reader.start()
+        try:
+            time.sleep(2 * WALL_WAIT)  # the guest's kill, late
+            assert hog.proc.poll() is None, "the kernel killed it: the guest's run not seen"
+            hog.proc.kill()
+            assert hog.proc.wait(timeout=60) == -signal.SIGKILL
+            assert read_control(hog.cg / "memory.oom_control")["oom_kill"] == 0  # the guest's kill
+            assert "event=gvisor_memory_wall_waited" in caplog.text
+            assert "event=gvisor_memory_wall_released" not in caplog.text
+        finally:
+            stop.set()
+            reader.join()
+    # A guest that runs and never frees: the kernel's killer at WALL_WAIT_MAX.
+    caplog.clear()
+    stop.clear()
+    with caplog.at_level(logging.INFO, logger="warren.agent"), held_hog() as hog:
+        reader = threading.Thread(target=_read_records, args=(hog.stdin, stop))
+        reader.start()
+        try:
+            assert hog.proc.wait(timeout=60) == -signal.SIGKILL
+            assert read_control(hog.cg / "memory.oom_control")["oom_kill"] == 1
+            released = re.search(r"event=gvisor_memory_wall_released \S+ waited_s=([\d.]+)", caplog.text)
+            assert released is not None and float(released[1]) >= WALL_WAIT_MAX, caplog.text
+        finally:
+            stop.set()
+            reader.join()
 
 
 def _rmdir(path: Path) -> bool:

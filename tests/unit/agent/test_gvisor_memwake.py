@@ -98,3 +98,50 @@ def test_an_arm_that_fails_leaves_no_hold(tmp_path: Path, monkeypatch: pytest.Mo
     os.close(stdin)
     assert mw.MemoryWake().arm("sb-test", writer) is False
     assert (tmp_path / "memory.oom_control").read_text() == "0"
+
+
+def test_a_guest_that_reads_its_records_or_logs_is_seen_to_run(tmp_path: Path) -> None:
+    """The wall's look (session 33): the guest ran if it read every record written by the last
+    look, or wrote to its stderr since; a stopped gVisor kernel does neither. Real pipe, real
+    file: the pipe's unread bytes are the kernel's count (FIONREAD on the write end)."""
+    stdin, writer = mw.wake_pipe()
+    err = os.open(tmp_path / "stderr", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        a = mw._Armed("sb-test", writer=writer, event=-1, usage=-1, limit=0, step=0, stderr=err)
+        a.written += os.write(writer, b"r" * mw.RECORD.size)  # the record when the wait began
+        mark = mw._mark(a)
+        assert not mw.guest_ran(mark, mw._progress(a))  # unread, nothing logged: stopped
+        os.read(stdin, 10)
+        assert not mw.guest_ran(mark, mw._progress(a))  # part of it: no proof
+        os.read(stdin, mw.RECORD.size)
+        assert mw.guest_ran(mark, mw._progress(a))  # all of it: it ran
+        a.written += os.write(writer, b"r" * mw.RECORD.size)  # the next look's record
+        mark = mw._mark(a)
+        assert not mw.guest_ran(mark, mw._progress(a))
+        os.write(err, b"warren-guest[1]: out of memory: killed pid 7\n")  # busy killing, unread
+        assert mw.guest_ran(mark, mw._progress(a))
+    finally:
+        for fd in (stdin, writer, err):
+            os.close(fd)
+
+
+def test_bytes_an_agent_before_left_unread_are_no_proof() -> None:
+    """A restarted agent's count starts at 0 while an earlier agent's records still wait: the
+    guest must read those too before a wait is lengthened."""
+    stdin, writer = mw.wake_pipe()
+    try:
+        os.write(writer, b"o" * 4 * mw.RECORD.size)  # the earlier agent's
+        a = mw._Armed("sb-test", writer=writer, event=-1, usage=-1, limit=0, step=0, stderr=-1)
+        a.written += os.write(writer, b"r" * mw.RECORD.size)
+        mark = mw._mark(a)
+        os.read(stdin, mw.RECORD.size)  # the oldest record only
+        assert not mw.guest_ran(mark, mw._progress(a))
+        os.read(stdin, 4 * mw.RECORD.size)
+        assert mw.guest_ran(mark, mw._progress(a))
+    finally:
+        os.close(stdin)
+        os.close(writer)
+
+
+def test_nothing_written_proves_nothing() -> None:
+    assert not mw.guest_ran((0, 0), (0, 0))

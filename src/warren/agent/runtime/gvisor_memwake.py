@@ -34,9 +34,14 @@ whole sandbox; now the guest gets its turn to kill the tenant's process inside. 
 bounded: a thread of the Sentry may itself fault at the limit and stop gVisor's kernel (its
 garbage collector waits for that thread), so a cgroup still at its limit :data:`WALL_WAIT`
 seconds after the kernel's OOM event is handed back to the kernel's killer, as before this hold,
-and held again once below. A charge made by a system call (a ``clone``) is refused at once
-instead (``ENOMEM``), never waits. The host's memory bound is unchanged: the cgroup's limit.
-The hold lasts only while this thread watches: :meth:`MemoryWake.disarm` hands it back.
+and held again once below. Unless the guest is seen to run meanwhile (:func:`guest_ran`: it
+read the record written when the wait began, or wrote to its stderr, its kill lines): a guest
+that runs is no stopped kernel, only one starved of CPU on a loaded host, and it is waited for
+:data:`WALL_WAIT` more at a time, :data:`WALL_WAIT_MAX` in all (session 33: CI lost a sandbox
+to a hog at the wall right after an agent restart, the guest's kill late). A charge made by
+a system call (a ``clone``) is refused at once instead (``ENOMEM``), never waits. The host's
+memory bound is unchanged: the cgroup's limit. The hold lasts only while this thread watches:
+:meth:`MemoryWake.disarm` hands it back.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import select
 import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,6 +80,9 @@ DROP_REPORT = 60.0  # seconds between two counts of dropped bytes
 # Seconds a cgroup may wait at its limit for the guest's kill before the kernel's OOM killer
 # acts (the guest polls every 5-250 ms; under load its turn comes late).
 WALL_WAIT = 2.0
+# The whole wait, while the guest runs (it reads its records or logs): its kill waits for the
+# victim's memory to be counted free, seconds on a loaded host.
+WALL_WAIT_MAX = 10.0
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -105,6 +115,9 @@ class _Armed:
     stderr: int  # the guest's stderr file (-1: none)
     oom: int = -1  # the eventfd of the cgroup's OOM events (its tasks wait at the limit)
     wall_since: float | None = None  # when its tasks started to wait at the limit
+    wall_check: float = 0.0  # when that wait is looked at next (WALL_WAIT after its last look)
+    written: int = 0  # bytes of records written to the pipe (the guest's reads are the rest)
+    mark: tuple[int, int] = (0, 0)  # (written, its stderr's size) at the wait's last look (_mark)
     released: bool = False  # the kernel's OOM killer is back on (a wait that lasted)
     consumed: int = 0  # its bytes already logged
     tokens: float = LOG_BURST  # lines the bucket still allows
@@ -197,7 +210,7 @@ class MemoryWake:
         """One record; called with or without the lock, the fds are only closed under it."""
         try:
             used = int(os.pread(armed.usage, 32, 0))
-            os.write(armed.writer, RECORD.pack(used, armed.limit, armed.step))
+            armed.written += os.write(armed.writer, RECORD.pack(used, armed.limit, armed.step))
         except (OSError, ValueError):
             pass  # full pipe (the guest is behind: it wakes anyway), or the cgroup is gone
 
@@ -209,11 +222,26 @@ class MemoryWake:
             return  # the cgroup is going
         if waiting and armed.wall_since is None:
             armed.wall_since = time.monotonic()
+            self._send(armed)  # the guest's read of it is its proof that it runs
+            armed.wall_check, armed.mark = armed.wall_since + WALL_WAIT, _mark(armed)
             log.info("event=gvisor_memory_wall sandbox_id=%s", armed.sandbox_id)
 
     def _wall_deadline(self) -> float:
-        waits = [a.wall_since + WALL_WAIT for a in self._armed.values() if a.wall_since is not None]
+        waits = [a.wall_check for a in self._armed.values() if a.wall_since is not None]
         return min(waits, default=float("inf"))
+
+    def _look_at_wall(self, armed: _Armed, now: float) -> None:
+        """The wait's look, every :data:`WALL_WAIT`: over once nothing waits; waited on while
+        the guest runs (up to :data:`WALL_WAIT_MAX`); else handed to the kernel's killer."""
+        assert armed.wall_since is not None
+        ran = guest_ran(armed.mark, _progress(armed))
+        if ran and now - armed.wall_since < WALL_WAIT_MAX and _waiting(armed):
+            self._send(armed)
+            armed.wall_check, armed.mark = now + WALL_WAIT, _mark(armed)
+            log.info("event=gvisor_memory_wall_waited sandbox_id=%s waited_s=%.1f",
+                     armed.sandbox_id, now - armed.wall_since)  # fmt: skip
+            return
+        _end_wait(armed, now - armed.wall_since)
 
     def _run(self) -> None:
         assert self._epoll is not None
@@ -237,8 +265,8 @@ class MemoryWake:
                     self._send(armed)
                 now = time.monotonic()
                 for armed in self._armed.values():
-                    if armed.wall_since is not None and now >= armed.wall_since + WALL_WAIT:
-                        _end_wait(armed)
+                    if armed.wall_since is not None and now >= armed.wall_check:
+                        self._look_at_wall(armed, now)
                 if now >= next_beat:
                     for armed in self._armed.values():
                         self._send(armed)
@@ -268,9 +296,48 @@ def _hold(cg: Path, on: bool) -> None:
     (cg / "memory.oom_control").write_text("1" if on else "0")
 
 
-def _end_wait(armed: _Armed) -> None:
-    """:data:`WALL_WAIT` after tasks began to wait at the limit: if they still wait, the kernel's
-    OOM killer acts, as before the hold (the guest did not free enough in time)."""
+def _waiting(armed: _Armed) -> bool:
+    """Tasks of the sandbox wait at its limit (False: the cgroup is gone)."""
+    try:
+        return bool(read_control(cgroup_dir("memory", armed.sandbox_id) / "memory.oom_control")["under_oom"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _progress(armed: _Armed) -> tuple[int, int]:
+    """(bytes of records the guest has read, its stderr's size): what grows while it runs. The
+    pipe's unread bytes are those of this agent's records, or of an agent before it (then the
+    first count is low: no wait is lengthened until the guest reads them)."""
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(armed.writer, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        queued = armed.written
+    logged = 0
+    if armed.stderr >= 0:
+        with contextlib.suppress(OSError):
+            logged = os.fstat(armed.stderr).st_size  # kept by the punches (FALLOC_FL_KEEP_SIZE)
+    return armed.written - queued, logged
+
+
+def _mark(armed: _Armed) -> tuple[int, int]:
+    """(bytes of records written, the guest's stderr's size): a look's mark, to which the next
+    look's :func:`_progress` is compared."""
+    return armed.written, _progress(armed)[1]
+
+
+def guest_ran(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Whether the guest ran since a look's :func:`_mark` (``before``), from the
+    :func:`_progress` now (``after``): it read every record written by then, or wrote to its
+    stderr since. A stopped gVisor kernel does neither."""
+    written_before, logged_before = before
+    read_now, logged_now = after
+    return read_now >= written_before > 0 or logged_now > logged_before
+
+
+def _end_wait(armed: _Armed, waited: float) -> None:
+    """After the wait at the limit (:data:`WALL_WAIT`, or longer while the guest ran): if tasks
+    still wait, the kernel's OOM killer acts, as before the hold (the guest did not free
+    enough in time)."""
     armed.wall_since = None
     cg = cgroup_dir("memory", armed.sandbox_id)
     try:
@@ -280,7 +347,7 @@ def _end_wait(armed: _Armed) -> None:
     except (OSError, ValueError, KeyError):
         return
     armed.released = True
-    log.warning("event=gvisor_memory_wall_released sandbox_id=%s waited_s=%.1f", armed.sandbox_id, WALL_WAIT)
+    log.warning("event=gvisor_memory_wall_released sandbox_id=%s waited_s=%.1f", armed.sandbox_id, waited)
 
 
 def _rehold(armed: _Armed) -> None:
