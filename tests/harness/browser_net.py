@@ -25,6 +25,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
@@ -109,26 +110,17 @@ def _listener(port: int) -> socket.socket:
 
 def _inside(ns_fd: int, make: Callable[[], socket.socket]) -> socket.socket:
     """``make()`` run by a thread that entered the namespace and ends with it (setns(2) moves
-    only the calling thread)."""
-    made: list[socket.socket] = []
-    failed: list[BaseException] = []
+    only the calling thread; the pool's one thread is joined at the ``with``'s end)."""
 
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(ns_fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns: {os.strerror(err)}")
-            made.append(make())
-        except BaseException as e:  # handed to the caller's thread
-            failed.append(e)
+    def run() -> socket.socket:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(ns_fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+        return make()
 
-    t = threading.Thread(target=run, name="browser-net-setns")
-    t.start()
-    t.join()
-    if failed:
-        raise failed[0]
-    return made[0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="browser-net-setns") as one:
+        return one.submit(run).result()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
