@@ -43,7 +43,6 @@ import time
 
 from .kernfs import read_small
 from .protocol import log
-from .shm_orphans import Sweeper
 from .users import starting
 
 # bytes/s: above the fastest allocation of one vCPU under gVisor's ptrace platform, as the host
@@ -69,7 +68,6 @@ PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 # hoarder killed late on a loaded host (at 216-219 of 224 MiB) left too little room for a shell,
 # and the host ended the sandbox (session 19); at 40 the kill comes at 184-203, 20+ MiB left.
 HOST_MARGIN = 40 << 20
-SWEPT_WAIT = 2.0  # at most this long for removed SysV segments' memory to be counted free
 VICTIM_WAIT = 10.0  # at most this long for a victim's memory to be counted free
 GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
 SHELL_ROOM = 16 << 20  # what a command's start may add to the Sentry's heap, with room to spare
@@ -181,23 +179,12 @@ def check(limit: int, covered: int = 0) -> float:
         if covered and limit - used > covered:
             return LIMIT_REREAD
         return min(MAX_INTERVAL, max(MIN_INTERVAL, (limit - used) / MAX_RATE))
-    if _sweeper is not None and _sweeper.sweep():
-        _wait_swept(limit)  # segments nothing held are gone (shm_orphans.py): look again first
-        return MIN_INTERVAL
     pid = kill_largest(f"{used >> 20} MiB in use")
     if not pid:
         return MAX_INTERVAL
     if pid > 0:
         _wait_freed(pid, limit)
     return MIN_INTERVAL
-
-
-def _wait_swept(limit: int) -> None:
-    """Until the removed segments' memory is counted free (gVisor counts it some tens of ms
-    later, as a victim's), :data:`SWEPT_WAIT` at most: then a process is killed as before."""
-    deadline = time.monotonic() + SWEPT_WAIT
-    while in_use() > limit and time.monotonic() < deadline:
-        time.sleep(MIN_INTERVAL)
 
 
 def _wait_freed(pid: int, limit: int) -> None:
@@ -307,24 +294,13 @@ def host_check(record: "tuple[int, int, int]", limit: int) -> None:
         _host_low = usage
 
 
-_sweeper: "Sweeper | None" = None  # the watch's (shm_orphans.py), set in a sandbox only
-
-
 def _run(limit_file: str) -> None:
-    global _sweeper
-    _sweeper = Sweeper()
     limit, reread = 0, 0.0
     fd, record, trusted_until = wake_fd(), None, 0.0
     while True:
         now = time.monotonic()
         if now >= reread:
-            started = reread == 0.0  # the first pass: not the sweep's (its ctypes load), in the start
             limit, reread = read_limit(limit_file), now + LIMIT_REREAD
-            try:
-                if not started:
-                    _sweeper.sweep()  # SysV segments as shm_rmid_forced would leave them
-            except Exception as e:
-                log(f"memory watch: shared memory: {e!r}")
         if now >= trusted_until:
             record = None  # no beat lately: the agent restarted, say; poll until one comes
         try:
