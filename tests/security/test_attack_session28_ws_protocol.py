@@ -67,13 +67,15 @@ SENT_BOUND = 48 * MIB
 EXEC_STREAM = "exec/stream"
 
 
-def flood(c: socket.socket, frames: bytes, rss: PeakRss | None = None) -> tuple[int, bool]:
+def flood(
+    c: socket.socket, frames: bytes, rss: PeakRss | None = None, seconds: float = FLOOD_S
+) -> tuple[int, bool]:
     """``frames`` over and over, never reading, until the server drops the connection or takes
-    nothing for STALL_S (both: it ended the flood), FLOOD_MAX or FLOOD_S pass, or RSS passes its
-    bound: the bytes sent and whether the server ended the flood."""
+    nothing for STALL_S (both: it ended the flood), FLOOD_MAX or ``seconds`` pass, or RSS passes
+    its bound: the bytes sent and whether the server ended the flood."""
     c.setblocking(False)
     sent, pending, last = 0, b"", time.monotonic()
-    deadline = last + FLOOD_S
+    deadline = last + seconds
     while (
         sent < FLOOD_MAX and time.monotonic() < deadline and (rss is None or max(rss.grown_mib) < BOUND_MIB)
     ):

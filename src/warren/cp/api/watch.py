@@ -24,6 +24,7 @@ from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["watch"])
 
+NO_MESSAGES = "the watch takes no messages"
 _ERR = error_responses(400, *AUTH_ERRORS, 403, 404, 409, 413, 502, 503)
 
 
@@ -38,9 +39,10 @@ async def watch_stream(
     """A directory's changes as JSON text frames: ``{"type": "started"}`` once the watch is in
     place, then one frame per event (``create``, ``write``, ``remove``, ``rename`` with
     ``old_path``, ``chmod``; ``entry`` as the files API's) and ``{"type": "overflow"}`` where
-    events were dropped. Auth as the exec WebSocket. Refusals before the upgrade are plain JSON
-    answers (400, 401, 403, 404 missing path, 409, 413 too many directories, 429
-    ``too_many_streams`` past the team's open streams, 503)."""
+    events were dropped; a message from the client ends the watch (1008). Auth as the exec
+    WebSocket. Refusals before the upgrade are plain JSON answers (400, 401, 403, 404 missing
+    path, 409, 413 too many directories, 429 ``too_many_streams`` past the team's open streams,
+    503)."""
     state = state_of(websocket)
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
     with stream_slots.Slot() as slot:
@@ -64,12 +66,14 @@ async def watch_stream(
 
 
 async def _relay(websocket: WebSocket, frames: AsyncGenerator[dict[str, Any]]) -> None:
-    """Events out until the watch ends or the client goes (its close ends the watch)."""
+    """Events out until the watch ends or the client goes (its close ends the watch). The
+    watch takes no messages: one ends it, closed 1008. Until session 34 they were read and
+    dropped for as long as the watch lived, at line rate (a CP core for small frames)."""
 
     async def client_gone() -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            while (await websocket.receive())["type"] != "websocket.disconnect":
-                pass
+            if (await websocket.receive())["type"] != "websocket.disconnect":
+                await websocket.close(code=1008, reason=NO_MESSAGES)
 
     async def pump() -> None:
         try:

@@ -30,8 +30,9 @@ from warren.cp.hosts.client_pool import DEFAULT_TIMEOUT_S, HostClient
 from warren.cp.services import sandbox_access, transfer_turns
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import after_start, check_timeout, check_user, decode_b64, parse_signal
+from warren.cp.services.stream_pace import REFUSED_COST, FramePace
 from warren.cp.services.strict import check_text, optional_text
-from warren.errors import AgentError, Conflict, InvalidRequest, WarrenError
+from warren.errors import AgentError, Conflict, InvalidRequest, TooManyRequests, WarrenError
 from warren.rpc import hostagent_pb2 as pb
 
 Frame = dict[str, Any]
@@ -50,6 +51,9 @@ OUTPUT_ACK_BYTES = 32 << 10
 # whole message whatever its flow-control window, so large messages would be held by the agent
 # (and in flight from the CP) for a command that does not read them.
 STDIN_PIECE = 64 << 10
+# Requests queued for the agent at most (stdin pieces, signals, close_stdin), whatever their
+# bytes: past it the stream stops reading its WebSocket until gRPC has sent some.
+QUEUED_REQUESTS = 64
 FIRST_FRAME_ERROR = "first message must be type 'start' with a 'cmd' field"
 # Handles one client frame after the first; False ends the session.
 OnFrame = Callable[[Frame], Awaitable[bool]]
@@ -211,8 +215,9 @@ def _stdin_bytes(f: Frame) -> bytes:
 class StdinQueue:
     """The requests for the agent of one stream (one producer, one consumer), bounded in stdin
     bytes: :meth:`put` waits while stdin is held (queued, or sent and not acknowledged by the
-    agent) and the new request's would take it past ``limit``. ``None`` (:meth:`end`) ends the
-    requests and never waits. Output acknowledgements go first, never behind held stdin.
+    agent) and the new request's would take it past ``limit``, or while :data:`QUEUED_REQUESTS`
+    wait. ``None`` (:meth:`end`) ends the requests and never waits. Output acknowledgements go
+    first, never behind held stdin.
 
     Until the agent's start event says whether it keeps credit, stdin sent counts as held; an
     agent without it (``credit`` false) never acknowledges, so sent stdin then stops counting."""
@@ -234,7 +239,9 @@ class StdinQueue:
 
     async def put(self, req: pb.ExecStreamRequest) -> None:
         size = len(req.stdin)
-        while (held := self.queued + self.in_flight) and held + size > self.limit:
+        while len(self._items) >= QUEUED_REQUESTS or (
+            (held := self.queued + self.in_flight) and held + size > self.limit
+        ):
             self._room.clear()
             await self._room.wait()
         self.put_nowait(req)
@@ -431,7 +438,10 @@ async def duplex(
 
 
 async def _inbound(call: Any, peer: Peer, on_frame: OnFrame, stopped: asyncio.Event) -> None:
-    """Client frames until ``stop`` (or the client goes): then the agent call is cancelled."""
+    """Client frames until ``stop`` (or the client goes): then the agent call is cancelled.
+    Frames that are not stdin, and refused ones, have a budget (services/stream_pace.py): past
+    it the stream ends with that error."""
+    pace = FramePace()
     while True:
         try:
             f = await peer.recv()
@@ -440,11 +450,18 @@ async def _inbound(call: Any, peer: Peer, on_frame: OnFrame, stopped: asyncio.Ev
         if f is None or f.get("type") == "stop":
             break
         try:
-            if not await on_frame(f):
-                break
-        except WarrenError as e:
-            # A bad client frame is reported but does not end the process.
-            await peer.error(e, fatal=False)
+            if f.get("type") != "stdin":
+                pace.take()
+            try:
+                if not await on_frame(f):
+                    break
+            except WarrenError as e:
+                # A bad client frame is reported but does not end the process.
+                await peer.error(e, fatal=False)
+                pace.take(REFUSED_COST)
+        except TooManyRequests as e:
+            await peer.error_quietly(e)
+            break
     stopped.set()
     call.cancel()
 

@@ -29,6 +29,7 @@ from warren.cp.services.context import AuthContext
 from warren.cp.services.env import validate_env
 from warren.cp.services.exec import check_user, parse_signal
 from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, detach_reporter, duplex
+from warren.cp.services.stream_pace import FramePace
 from warren.cp.services.strict import check_text, json_object, optional_text
 from warren.errors import InvalidRequest, PayloadTooLarge, WarrenError
 from warren.rpc import hostagent_pb2 as pb
@@ -233,7 +234,10 @@ async def _inbound(
     peer: PtyPeer, queue: asyncio.Queue[pb.PtyRequest | None], call: Any, credit: InputCredit, account: str
 ) -> None:
     """Client frames → the agent, until the client goes or sends a bad frame (reported), each
-    handed on in a turn of ``account`` (services/transfer_turns.py)."""
+    handed on in a turn of ``account`` (services/transfer_turns.py). Control frames (resizes,
+    signals) have a budget (services/stream_pace.py): a flood of resizes kept the CP and the
+    agent a core each busy for as long as the terminal lived."""
+    pace = FramePace()
     try:
         while True:
             try:
@@ -244,6 +248,8 @@ async def _inbound(
                 break
             try:
                 req = next_request(raw)
+                if not req.input:
+                    pace.take()
             except WarrenError as e:
                 await peer.error(e)
                 break

@@ -40,6 +40,20 @@ EXAMPLES_PER_MODE = 20
 HOSTS_EXAMPLES_PER_MODE = 12
 
 
+# Negative generation adds random headers, now and then one that frames the request itself
+# (`Content-Length: cTGG`). uvicorn's parser refuses those with its own text/plain 400 before the
+# app sees them: HTTP framing, not the API's contract, so they are taken off the generated case.
+FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "host", "connection", "expect", "upgrade"}
+)
+
+
+def drop_framing_headers(case: Any) -> None:
+    for name in list(case.headers or {}):
+        if name.lower() in FRAMING_HEADERS:
+            del case.headers[name]
+
+
 @pytest.fixture(scope="module")
 def live(db_url: str) -> Iterator[str]:
     sock = socket.socket()
@@ -161,6 +175,7 @@ def test_schemathesis_no_server_errors_and_schema_conformance(live: str, token: 
             )
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
+                drop_framing_headers(case)
                 case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=60)
 
             try:
@@ -238,6 +253,7 @@ def test_schemathesis_hosts_and_sandboxes(live: str, db_url: str) -> None:
             )
             @given(case=op.as_strategy(generation_mode=mode))
             def run(case: Any) -> None:
+                drop_framing_headers(case)
                 case.call_and_validate(base_url=live, headers=headers, checks=checks, timeout=60)
 
             try:

@@ -10,7 +10,7 @@ import pytest
 
 from warren.cp.services import stream_slots
 from warren.cp.services.context import AuthContext
-from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, StdinQueue
+from warren.cp.services.exec_stream import OUTPUT_ACK_BYTES, QUEUED_REQUESTS, StdinQueue
 from warren.errors import TooManyRequests
 from warren.rpc import hostagent_pb2 as pb
 
@@ -103,3 +103,16 @@ async def test_output_acknowledgements_go_in_batches_and_before_held_stdin() -> 
     q.output_taken(10 * OUTPUT_ACK_BYTES)
     q.end()
     assert await q.get() is None
+
+
+async def test_the_stdin_queue_holds_at_most_its_count_of_requests_whatever_their_bytes() -> None:
+    q = StdinQueue()
+    for _ in range(QUEUED_REQUESTS):
+        await q.put(pb.ExecStreamRequest(signal=28))  # no stdin bytes: only the count holds it
+    blocked = asyncio.create_task(q.put(pb.ExecStreamRequest(close_stdin=True)))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    assert (await q.get()) == pb.ExecStreamRequest(signal=28)
+    await asyncio.wait_for(blocked, 5)
+    q.end()  # the end never waits, even at the count
+    assert len([await q.get() for _ in range(QUEUED_REQUESTS + 1)]) == QUEUED_REQUESTS + 1

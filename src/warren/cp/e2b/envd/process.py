@@ -13,6 +13,7 @@ from warren.cp.e2b.envd.connect import ConnectError, Message, StreamHandler, Una
 from warren.cp.services import envd_process as svc
 from warren.cp.services import envd_process_stream as streams
 from warren.cp.services.envd_process import Ended, EnvdSandbox, Keepalive, Output, ProcessEvent, Started
+from warren.cp.services.stream_pace import FramePace
 
 MAX_KEEPALIVE_S = 3600  # a Keepalive-Ping-Interval above this is taken as this
 
@@ -155,8 +156,10 @@ async def update(call: EnvdCall, msg: Message) -> Message:
 
 async def stream_input(call: EnvdCall, messages: AsyncIterator[Message]) -> Message:
     """``StreamInput``: ``start{process}`` first, then ``data{input}`` and ``keepalive`` messages,
-    each input sent before the next message is read."""
-    sbx, sel = _sandbox(call), None
+    each input sent before the next message is read. Messages that carry no input (keepalives,
+    empty data) have a budget (services/stream_pace.py; past it ``resource_exhausted``): a
+    flood of keepalives had a CP core parse them for as long as the call lived."""
+    sbx, sel, pace = _sandbox(call), None, FramePace()
     async for msg in messages:
         if sel is None:
             if "start" not in msg:
@@ -166,8 +169,13 @@ async def stream_input(call: EnvdCall, messages: AsyncIterator[Message]) -> Mess
         if "data" in msg:
             data, pty = _input(_obj(_obj(msg, "data"), "input"))
             del msg
+            if not data:
+                pace.take()
+                continue
             await _send(call, sbx, sel, data, pty)
-        elif "keepalive" not in msg:
+        elif "keepalive" in msg:
+            pace.take()
+        else:
             raise ConnectError("invalid_argument", "a StreamInput message is data or keepalive")
     return {}
 
