@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from warren.cp.services.authn import throttle
 from warren.cp.services.context import AuthContext
 from warren.cp.services.envd_access import sandbox_access
 from warren.cp.services.sandboxes import Found
@@ -57,12 +58,13 @@ def _timeout_ms(request: Request) -> int | None:
 
 async def envd_call(request: Request) -> EnvdCall:
     """Authenticate an envd request (``scope["e2b"]`` set by the listener's routing) and read
-    its context. Raises Unauthorized, NotFound (the sandbox is gone: E2B's 502) or
-    InvalidRequest."""
+    its context. Raises Unauthorized, NotFound (the sandbox is gone: E2B's 502),
+    InvalidRequest or TooManyRequests (the team's request rate)."""
     state = state_of(request)
     sandbox_id, _port = request.scope["e2b"]
     ctx, found = await sandbox_access(
         state.engine, state.settings.jwt_secret, sandbox_id, request.headers.get("x-access-token")
     )
+    throttle(state.team_limiter, ctx)  # the team's request rate, as its REST calls
     user = request.query_params.get("username") or _basic_user(request)
     return EnvdCall(state, request, sandbox_id, ctx, found, user, _timeout_ms(request))
