@@ -2,16 +2,18 @@
 
 A team's REST requests share one token bucket (``WARREN_TEAM_RATE_LIMIT_PER_S``, burst
 ``WARREN_TEAM_RATE_BURST``; 429 ``rate_limited`` past it), so one tenant cannot take the CP from
-the others. Two doors did not count:
+the others. Three doors did not count:
 
 - **E2B's envd calls** (``process.Process/*``, ``filesystem.Filesystem/*``, ``/files``), with the
   sandbox's access token: every command and file operation of an E2B client, unmetered.
 - **WebSocket opens** (exec stream, terminal, watch): each authenticates, looks the sandbox up
   and reaches its agent, unmetered; only the open streams were capped, not the rate of opening.
+- **The dashboard**, with a signed-in session: its pages and actions reach the same services.
 
-Now both take a token from the team's bucket as a REST call does (envd answers Connect's
-``resource_exhausted``, a WebSocket open is refused 429 before the upgrade). Signed URLs and
-previews stay outside it (their callers hold no team credential). Written as the attacker runs
+Now each takes a token from the team's bucket as a REST call does (envd answers Connect's
+``resource_exhausted``, a WebSocket open is refused 429 before the upgrade, a dashboard request
+gets the error page or answer with 429). Signed URLs and previews stay outside it (their callers
+hold no team credential). Written as the attacker runs
 it: her team's key or her sandbox's envd token, calls in a loop.
 
 This module's CP allows 1 request a second, 5 at once, so each probe passes it within a second.
@@ -20,13 +22,17 @@ This module's CP allows 1 request a second, 5 at once, so each probe passes it w
 from __future__ import annotations
 
 import os
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.harness.cp import PASSWORD
+from tests.harness.invitations import verify_email
 from tests.harness.platform import Platform, running_platform
 from tests.harness.tenant import Tenant, signup
 from tests.security.test_attack_session12_streams import envd_headers
@@ -110,3 +116,27 @@ def test_websocket_opens_count_against_the_teams_rate(alice: Tenant, sandbox: st
     elapsed = time.monotonic() - began
     print(f"{route}: {CALLS} opens in {elapsed:.1f} s: {opened} opened, {refused} refused")
     assert _within_the_rate(opened, elapsed), f"{opened} WebSockets opened in {elapsed:.1f} s"
+
+
+def test_dashboard_requests_count_against_the_teams_rate(platform: Platform) -> None:
+    """A script with a signed-in session (the tenant's own account) reading a dashboard page in
+    a loop; navigations that pass the rate get the error page with 429."""
+    email = f"dash-{uuid.uuid4().hex[:10]}@example.com"
+    with httpx.Client(base_url=platform.url, headers={"Origin": platform.url}, timeout=60) as c:
+        r = c.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "dash"})
+        assert r.status_code == 201, r.text
+        verify_email(c, r.json()["token"])
+        token = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/login").text)
+        assert token is not None
+        form = {"csrf_token": token[1], "email": email, "password": PASSWORD}
+        assert c.post("/login", data=form).status_code in (200, 303)
+        _full_bucket()
+        began = time.monotonic()
+        answers = [c.get("/dashboard/sandboxes", headers={"Accept": "text/html"}) for _ in range(CALLS)]
+        elapsed = time.monotonic() - began
+    ok = sum(a.status_code == 200 for a in answers)
+    refused = [a for a in answers if a.status_code == 429]
+    print(f"dashboard: {CALLS} pages in {elapsed:.1f} s: {ok} answered, {len(refused)} refused")
+    assert ok + len(refused) == CALLS, [a.status_code for a in answers]
+    assert _within_the_rate(ok, elapsed), f"{ok} dashboard pages answered in {elapsed:.1f} s"
+    assert "text/html" in refused[0].headers["content-type"] and "Retry-After" in refused[0].headers

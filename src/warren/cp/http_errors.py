@@ -248,7 +248,10 @@ def install_error_handlers(app: FastAPI, *, html_page: HtmlErrorPage | None = No
                 return resp
             # The envelope is the one mapping; the page shows its status and message.
             message = json.loads(bytes(resp.body))["error"]["message"]
-            return html_page(request, resp.status_code, message)
+            page = html_page(request, resp.status_code, message)
+            if "retry-after" in resp.headers:  # a rate limit's: the page says when, too
+                page.headers["Retry-After"] = resp.headers["retry-after"]
+            return page
 
         return handle
 

@@ -31,7 +31,7 @@ from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.session import Session
 from warren.cp.security.credentials import Credentials
 from warren.cp.services import teams as teams_svc
-from warren.cp.services.authn import authenticate
+from warren.cp.services.authn import authenticate, throttle
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import TeamWithRole
 from warren.cp.state import AppState, state_of
@@ -149,14 +149,17 @@ class Viewer:
 
 
 async def session_auth(request: HTTPConnection) -> tuple[Session, AuthContext] | None:
-    """The session and a DB-verified auth context, or None when nobody is signed in."""
-    settings = state_of(request).settings
+    """The session and a DB-verified auth context, or None when nobody is signed in. Each call
+    takes a token from the team's request rate, as a REST call does (TooManyRequests past it:
+    the error page, or the terminal's refused handshake)."""
+    state = state_of(request)
+    settings = state.settings
     sess = sessions.read(request, settings.jwt_secret)
     if sess is None or sess.token is None:
         return None
     try:
         ctx = await authenticate(
-            state_of(request).engine,
+            state.engine,
             Credentials(bearer=sess.token),
             require_user=True,
             jwt_secret=settings.jwt_secret,
@@ -164,6 +167,7 @@ async def session_auth(request: HTTPConnection) -> tuple[Session, AuthContext] |
         )
     except (Unauthorized, Forbidden):
         return None
+    throttle(state.team_limiter, ctx)
     return sess, replace(ctx, kind="session")
 
 
