@@ -19,12 +19,17 @@ import errno
 import fcntl
 import os
 import socket
+import sys
 from pathlib import Path
 
 from warren.agent import sandbox_fs
 
 # Written and removed again by the write check.
 _PROBE = ".startup-check"
+# The exit status when the listen address is taken (EX_TEMPFAIL), after the message: a
+# supervisor that picked the port (`warren up`) picks another and starts the agent again, its
+# token unspent. Any other failed check exits 1.
+EXIT_LISTEN_IN_USE = 75
 
 
 class StartupCheckFailed(SystemExit):
@@ -33,9 +38,14 @@ class StartupCheckFailed(SystemExit):
 
 def check_before_register(data_dir: Path, listen: str) -> None:
     """Every check, in order; raises :class:`StartupCheckFailed` at the first failure."""
-    for problem in (_data_dir(data_dir), listen_problem(listen)):
-        if problem:
-            raise StartupCheckFailed(f"warren agent cannot start: {problem}")
+    if problem := _data_dir(data_dir):
+        raise StartupCheckFailed(f"warren agent cannot start: {problem}")
+    if error := _bind_error(listen):
+        message = f"warren agent cannot start: {_listen_message(listen, error)}"
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            print(message, file=sys.stderr, flush=True)
+            raise StartupCheckFailed(EXIT_LISTEN_IN_USE)
+        raise StartupCheckFailed(message)
 
 
 def _data_dir(data_dir: Path) -> str:
@@ -85,8 +95,17 @@ def lock_problem(data_dir: Path) -> str:
 
 def listen_problem(listen: str) -> str:
     """What keeps the agent from listening on ``listen`` ("" when it is free)."""
+    error = _bind_error(listen)
+    return _listen_message(listen, error) if error else ""
+
+
+def _listen_message(listen: str, e: Exception) -> str:
+    return f"cannot listen on {listen}: {getattr(e, 'strerror', None) or e}"
+
+
+def _bind_error(listen: str) -> OSError | ValueError | None:
     if listen.startswith("unix:"):
-        return ""
+        return None
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,5 +114,5 @@ def listen_problem(listen: str) -> str:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, int(port)))
     except (OSError, ValueError) as e:
-        return f"cannot listen on {listen}: {getattr(e, 'strerror', None) or e}"
-    return ""
+        return e
+    return None

@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 
 from warren.agent.control_plane import credentials_path
+from warren.agent.startup_checks import EXIT_LISTEN_IN_USE
 from warren.cli.supervisor import ChildFailed, RestartPolicy, Stopped, Supervisor, set_pdeathsig, stop_process
 
 log = logging.getLogger("warren.up")
 
 DEFAULT_AGENT_PORT = 50051
+PORT_TRIES = 3  # ports picked for a first start whose agent finds its port taken
 # `warren agent` reads its one-time registration token from here (cli/agent.py).
 TOKEN_ENV = "WARREN_REGISTRATION_TOKEN"  # noqa: S105 - a variable name, not a secret
 
@@ -49,15 +51,18 @@ def local_agent_unavailable() -> str | None:
     return None
 
 
+class _ListenTaken(ChildFailed):
+    """A first start's agent found its port taken before registering (its token unspent)."""
+
+
 def _pick_port(preferred: int) -> int:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
+            s.bind(("127.0.0.1", preferred))  # 0: any free port
         except OSError:
             s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return int(s.getsockname()[1])
 
 
 def _register_local_host(database_url: str) -> str:
@@ -117,15 +122,27 @@ class LocalAgentChild:
         # Searchable, not listable: sandbox root (an unprivileged host uid) must reach sandboxes/;
         # the credentials file itself is 0600.
         self.data_dir.chmod(0o711)
-        creds = credentials_path(self.data_dir)
-        token = None
         listen_file = self.data_dir / "listen-address"
-        if creds.exists() and listen_file.exists():
-            listen = listen_file.read_text().strip()  # the address the CP knows this host by
-        else:
-            listen = f"127.0.0.1:{_pick_port(self.port)}"
-            token = _register_local_host(self.database_url)
+        if credentials_path(self.data_dir).exists() and listen_file.exists():
+            # The address the CP knows this host by: taken, it is the operator's to free.
+            self._run(supervisor, listen_file.read_text().strip(), None)
+            return
+        token = _register_local_host(self.database_url)
+        for attempt in range(PORT_TRIES):
+            # The first try's port may be taken between the pick and the agent's bind (another
+            # process on the machine): the agent says so before it spends the token.
+            listen = f"127.0.0.1:{_pick_port(self.port if attempt == 0 else 0)}"
             listen_file.write_text(listen + "\n")
+            try:
+                self._run(supervisor, listen, token)
+                return
+            except _ListenTaken:
+                log.warning("the local agent's port %s was taken before it listened; picking another", listen)
+        raise ChildFailed(f"the local agent found its port taken {PORT_TRIES} times")
+
+    def _run(self, supervisor: Supervisor, listen: str, token: str | None) -> None:
+        """The agent started on ``listen`` (registering with ``token``), once it answers there."""
+        creds = credentials_path(self.data_dir)
         env = {k: v for k, v in self.env.items() if k != TOKEN_ENV}
         if token:
             env[TOKEN_ENV] = token
@@ -137,6 +154,8 @@ class LocalAgentChild:
         host, port = listen.rsplit(":", 1)
         while True:
             if (code := self.process.poll()) is not None:
+                if code == EXIT_LISTEN_IN_USE and token is not None:
+                    raise _ListenTaken
                 raise ChildFailed(f"the local agent exited with code {code} while starting")
             if supervisor.stopping.is_set():
                 raise Stopped
