@@ -14,25 +14,26 @@ of a host's on a lost CP, one after another, so each such sandbox held every oth
 pauses on the host for two minutes. Now a sandbox no longer watched is no longer held: the
 kernel ends the Sentry, as it did before the hold, and the pause answers at once.
 
-The memory: SysV shared memory segments nothing is attached to (the Sentry's, charged to the
-host cgroup, and gVisor has no ``shm_rmid_forced``: they outlive their maker). Session 31 used
-files in ``/tmp``, gVisor's own tmpfs; since session 32 that has a size
-(test_attack_session32_gvisor_tmp.py) and no longer reaches the limit. How close the segments
-come to the limit depends on the race between their makers and the guest's kills (146-209 MiB
-of 224 seen, 146 in CI under load): so the test then brings the host cgroup's limit down to
-just above what they reached (:data:`WALL_ROOM`), the state the attack is after, and pauses.
+The memory: SysV shared memory segments, kept attached by a process that sleeps (the Sentry's
+memory, charged to the host cgroup; under the tenant's limit, so the guest kills nothing).
+Session 31 used files in ``/tmp``, gVisor's own tmpfs; since session 32 that has a size
+(test_attack_session32_gvisor_tmp.py). Session 32 used segments nothing was attached to; since
+session 33 the guest removes those (test_attack_session33_gvisor_shm.py). So the test brings the
+host cgroup's limit down to just above what the segments reached (:data:`WALL_ROOM`), the
+state the attack is after, and pauses.
 """
 
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
-from tests.security.test_attack_session8_memwatch import FORCED_CHARGE, cgroup, sh
+from tests.security.test_attack_session8_memwatch import FORCED_CHARGE, cgroup
 from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
 from warren.agent.runtime.cmds_oom import read_control
 from warren.rpc import hostagent_pb2 as pb
@@ -40,14 +41,10 @@ from warren.rpc import hostagent_pb2 as pb
 pytestmark = pytest.mark.root
 
 MIB = 1 << 20
-# Left under the limit by the fill: a maker's own memory (~10 MiB, gone with it) at the limit
-# would wait there.
-MARGIN = 10 * MIB
-MAKERS = 4  # at once: the guest kills a maker past the tenant's limit, not the segments it made
-TOP_UPS = 10
-# Makes argv[1] MiB of segments, 4 MiB each, touched and detached: nothing stays attached.
+HELD_MB = 80  # of segments, attached: under the tenant's 128 MiB with the holder's own memory
+# Makes argv[1] MiB of segments, 4 MiB each, touched and kept attached; prints "held", sleeps.
 SHM = r"""
-import ctypes, sys
+import ctypes, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
 left = int(sys.argv[1])
@@ -55,10 +52,11 @@ while left > 0:
     size = min(left, 4) << 20
     at = libc.shmat(libc.shmget(0, size, 0o1600), None, 0)
     ctypes.memset(at, 1, size)
-    libc.shmdt(ctypes.c_void_p(at))
     left -= 4
+print("held", flush=True)
+time.sleep(120)
 """
-MAKE = "python3 -c " + shlex.quote(SHM)
+HOLD = "python3 -c " + shlex.quote(SHM) + f" {HELD_MB}"
 # The host cgroup's limit, brought down to this much above the fill: less than a checkpoint needs.
 WALL_ROOM = 4 * MIB
 # Below the agent's 60 s bound on a runsc command, which the pause took in full before.
@@ -75,18 +73,19 @@ def usage(sandbox_id: str) -> int:
     return int((cgroup(sandbox_id) / "memory.usage_in_bytes").read_text())
 
 
-def fill_near_the_limit(agent: AgentProcess, sandbox_id: str) -> int:
-    """Shared memory made by ``nobody`` to near the host cgroup's limit; the usage reached.
-    First by :data:`MAKERS` at once (the guest kills some on the way, past the tenant's limit),
-    then one maker at a time tops it up, leaving :data:`MARGIN` for its own process."""
-    each = (HOST_LIMIT - 80 * MIB - usage(sandbox_id)) // MIB // MAKERS
-    sh(agent, sandbox_id, " ".join(f"({MAKE} {each}) &" for _ in range(MAKERS)) + " wait; true", timeout=60)
-    for _ in range(TOP_UPS):
-        rest = (HOST_LIMIT - MARGIN - usage(sandbox_id)) // MIB
-        if rest <= 0:
-            break
-        sh(agent, sandbox_id, f"{MAKE} {min(rest, 16)}; true", timeout=60)
-    return usage(sandbox_id)
+def hold_segments(agent: AgentProcess, sandbox_id: str) -> tuple[grpc.Future, int]:
+    """:data:`HELD_MB` of segments made and kept attached by ``nobody``'s process (its exec
+    runs on); that exec's call and the usage once they are all made."""
+    target = usage(sandbox_id) + (HELD_MB - 8) * MIB
+    req = pb.ExecRequest(
+        sandbox_id=sandbox_id, cmd="/bin/sh", args=["-c", HOLD], user="nobody", timeout_sec=120
+    )
+    call = agent.stub.Exec.future(req, timeout=180)
+    deadline = time.monotonic() + 60
+    while usage(sandbox_id) < target and time.monotonic() < deadline and not call.done():
+        time.sleep(0.1)
+    time.sleep(0.5)  # the last segment's pages
+    return call, usage(sandbox_id)
 
 
 def test_a_pause_at_the_wall_answers_and_leaves_nothing_waiting(agent: AgentProcess) -> None:
@@ -94,7 +93,8 @@ def test_a_pause_at_the_wall_answers_and_leaves_nothing_waiting(agent: AgentProc
     cg = cgroup(sandbox)
     try:
         start = usage(sandbox)
-        reached = fill_near_the_limit(agent, sandbox)
+        holder, reached = hold_segments(agent, sandbox)
+        assert not holder.done(), holder.result()  # the holder lives: nothing was killed
         assert start + 64 * MIB <= reached <= HOST_LIMIT + FORCED_CHARGE, (start, reached)
         (cg / "memory.limit_in_bytes").write_text(str(usage(sandbox) + WALL_ROOM))
         try:
@@ -107,6 +107,7 @@ def test_a_pause_at_the_wall_answers_and_leaves_nothing_waiting(agent: AgentProc
         # Nothing of it still waits at the limit with no one to end the wait.
         if cg.exists():
             assert read_control(cg / "memory.oom_control")["under_oom"] == 0
+        holder.cancel()
     finally:
         try:
             agent.stub.DestroySandbox(pb.DestroySandboxRequest(sandbox_id=sandbox), timeout=RPC_DEADLINE)

@@ -312,6 +312,7 @@ class SandboxBuilder:
             guest_argv=list(GUEST_ARGV),
             cmds_cgroup=not gvisor,  # runtime/cmds_cgroup.py
             tmp_mb=sandbox_fs.gvisor_tmp_mb(req.memory_mb) if gvisor else None,
+            ipc_owner=gvisor,
         )
         if gvisor:  # the guest also listens on TCP (gvisor_ops, guest_agent/tcp.py)
             spec.guest_argv += gvisor_ops.GUEST_SECRET_ARGS

@@ -263,6 +263,10 @@ class BundleSpec:
     # A tmpfs of this size at /tmp (gVisor: see create.gvisor_tmp_mb); None: no mount, /tmp is
     # the root's own directory, on the sandbox's capped disk (runc, crun).
     tmp_mb: int | None = None
+    # CAP_IPC_OWNER for root inside (gVisor): the guest reads every SysV segment's attach count
+    # to remove those nothing holds (guest_agent/shm_orphans.py: runsc ignores shm_rmid_forced).
+    # Its IPC is the Sentry's, in the sandbox's own namespace; runc/crun keep it off (kernel_limits).
+    ipc_owner: bool = False
 
 
 def net_namespace_sysctls(spec: BundleSpec) -> dict[str, str]:
@@ -309,7 +313,7 @@ def oci_config(spec: BundleSpec) -> dict[str, Any]:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **spec.env, "HOSTNAME": spec.hostname}
     mem = spec.memory_mb * 1024 * 1024
     period = 100_000
-    caps = list(CAPABILITIES)
+    caps = [*CAPABILITIES, "CAP_IPC_OWNER"] if spec.ipc_owner else list(CAPABILITIES)
     nofile = spec.max_open_files
     # runc 1.1 sets rlimits from outside (prlimit on the init process), which needs
     # CAP_SYS_RESOURCE over a user namespace root does not own: for a slot's own namespace the

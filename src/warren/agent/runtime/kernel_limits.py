@@ -178,7 +178,8 @@ def lift_socket_memory(share: float, paths: dict[str, str] | None = None) -> lis
 # PostgreSQL built with SysV semaphores (17 per 16 backends: ~3800 connections). SysV shared
 # memory is left at the defaults: with shm_rmid_forced a segment goes with its last attached
 # process (or its creator, if never attached), so its pages are process memory the OOM killer
-# frees, as for an anonymous shared mapping.
+# frees, as for an anonymous shared mapping. runsc ignores these sysctls: in a gVisor sandbox the
+# guest removes the segments nothing holds itself (guest_agent/shm_orphans.py).
 MSGMNI = 8  # queues
 MSGMNB = 8192  # bytes, and messages, a queue may hold
 MSGMAX = 8192  # bytes a message (the kernel's default)

@@ -41,6 +41,7 @@ import stat
 import struct
 import time
 
+from . import shm_orphans
 from .kernfs import read_small
 from .protocol import log
 from .users import starting
@@ -68,6 +69,7 @@ PIPE_MAX = 1 << 16  # a pipe's default size: all a backlog can hold
 # hoarder killed late on a loaded host (at 216-219 of 224 MiB) left too little room for a shell,
 # and the host ended the sandbox (session 19); at 40 the kill comes at 184-203, 20+ MiB left.
 HOST_MARGIN = 40 << 20
+SWEPT_WAIT = 2.0  # at most this long for removed SysV segments' memory to be counted free
 VICTIM_WAIT = 10.0  # at most this long for a victim's memory to be counted free
 GROWTH = 32 << 20  # meanwhile, usage this far above its lowest: another process is allocating
 SHELL_ROOM = 16 << 20  # what a command's start may add to the Sentry's heap, with room to spare
@@ -179,12 +181,23 @@ def check(limit: int, covered: int = 0) -> float:
         if covered and limit - used > covered:
             return LIMIT_REREAD
         return min(MAX_INTERVAL, max(MIN_INTERVAL, (limit - used) / MAX_RATE))
+    if shm_orphans.sweeper.sweep():
+        _wait_swept(limit)  # segments nothing held are gone (shm_orphans.py): look again first
+        return MIN_INTERVAL
     pid = kill_largest(f"{used >> 20} MiB in use")
     if not pid:
         return MAX_INTERVAL
     if pid > 0:
         _wait_freed(pid, limit)
     return MIN_INTERVAL
+
+
+def _wait_swept(limit: int) -> None:
+    """Until the removed segments' memory is counted free (gVisor counts it some tens of ms
+    later, as a victim's), :data:`SWEPT_WAIT` at most: then a process is killed as before."""
+    deadline = time.monotonic() + SWEPT_WAIT
+    while in_use() > limit and time.monotonic() < deadline:
+        time.sleep(MIN_INTERVAL)
 
 
 def _wait_freed(pid: int, limit: int) -> None:
@@ -322,5 +335,7 @@ def _run(limit_file: str) -> None:
 
 
 def start(limit_file: str) -> None:
-    """Watch in a thread of the guest (a thread blocked in sleep does not stop a checkpoint)."""
+    """Watch in a thread of the guest (a thread blocked in sleep does not stop a checkpoint),
+    and sweep SysV segments nothing holds in another (shm_orphans.py)."""
     _thread.start_new_thread(_run, (limit_file,))
+    shm_orphans.start()
