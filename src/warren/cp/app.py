@@ -46,6 +46,7 @@ from warren.cp.proxy.app import PreviewMiddleware
 from warren.cp.refusal_hold import RefusalHoldMiddleware
 from warren.cp.security.ca import CertificateAuthority
 from warren.cp.services import audit
+from warren.cp.services.authn import Gate
 from warren.cp.services.interpreter_template import interpreter_template
 from warren.cp.services.layer_gc import LayerGC
 from warren.cp.services.lifetime_sweeper import LifetimeSweeper
@@ -258,6 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_s,
         )
+        state.gate = Gate(state.engine, settings.jwt_secret, state.team_limiter)
         try:
             async with _hosts(state):
                 yield

@@ -1,7 +1,8 @@
 """The control plane's runtime state: one typed object behind ``app.state``.
 
 ``create_app`` (``cp/app.py``) makes it with the settings, the per-team rate limiter and the
-refusal budget; its lifespan, the one composition root, adds the database engine, the CA, the
+refusal budget; its lifespan, the one composition root, adds the database engine and the gate
+every credential goes through, the CA, the
 host client pool, the scheduler, the host monitor, the template store and its garbage
 collector. The API
 dependencies (``cp/api/deps.py``), the exec WebSocket and the dashboard all read it through
@@ -23,6 +24,7 @@ from warren.cp.hosts.monitor import HostMonitor
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.security.ca import CertificateAuthority
 from warren.cp.services import rate_limits, stream_slots
+from warren.cp.services.authn import Gate
 from warren.cp.services.layer_gc import LayerGC
 from warren.cp.services.replica_lease import ReplicaLease
 from warren.cp.services.retention import RetentionWorker
@@ -37,6 +39,7 @@ class AppState(State):
     team_limiter: rate_limits.TeamRateLimiter
     refusal_budget: rate_limits.RefusalBudget  # 401s and 429s per client address
     engine: AsyncEngine
+    gate: Gate  # authentication, then the team's request rate (services/authn.py)
     ca: CertificateAuthority
     pool: HostClientPool
     scheduler: Scheduler

@@ -37,7 +37,6 @@ from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.hosts.scheduler import Scheduler
 from warren.cp.security import credentials
 from warren.cp.security.ca import CertificateAuthority
-from warren.cp.services.authn import authenticate, authenticate_session, throttle
 from warren.cp.services.context import AuthContext
 from warren.cp.state import AppState, state_of
 from warren.cp.state import sign_in_attempt as sign_in_attempt  # for cp/api/auth.py and oauth.py
@@ -110,15 +109,13 @@ async def _credentials(request: Request) -> credentials.Credentials:
 async def current_user(request: Request) -> AuthContext:
     state = state_of(request)
     creds = await _credentials(request)
-    ctx = await authenticate(state.engine, creds, require_user=True, jwt_secret=state.settings.jwt_secret)
-    return throttle(state.team_limiter, ctx)
+    return await state.gate.admit(creds, require_user=True)
 
 
 async def team_context(request: Request) -> AuthContext:
     state = state_of(request)
     creds = await _credentials(request)
-    ctx = await authenticate(state.engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret)
-    return throttle(state.team_limiter, ctx)
+    return await state.gate.admit(creds, require_user=False)
 
 
 async def admin_user(ctx: Annotated[AuthContext, Depends(current_user)]) -> AuthContext:
@@ -140,8 +137,7 @@ class JwtSession:
 async def user_session(request: Request) -> JwtSession:
     state = state_of(request)
     creds = await _credentials(request)
-    ctx, token_team_id = await authenticate_session(state.engine, creds, jwt_secret=state.settings.jwt_secret)
-    throttle(state.team_limiter, ctx)
+    ctx, token_team_id = await state.gate.admit_session(creds)
     return JwtSession(ctx=ctx, token_team_id=token_team_id)
 
 

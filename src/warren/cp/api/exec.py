@@ -22,7 +22,6 @@ from warren.cp.services import exec as svc
 from warren.cp.services import exec_stream as stream
 from warren.cp.services import exec_unary as unary
 from warren.cp.services import sandbox_access, stream_slots
-from warren.cp.services.authn import authenticate, throttle
 from warren.cp.services.transfer_turns import account_key
 from warren.cp.state import state_of
 
@@ -98,8 +97,7 @@ async def exec_stream(websocket: WebSocket, sandbox_id: str) -> None:
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
     with stream_slots.Slot() as slot:
         try:
-            ctx = await authenticate(engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret)
-            throttle(state.team_limiter, ctx)
+            ctx = await state.gate.admit(creds, require_user=False)
             slot.claim(ctx, state.settings.max_streams_per_team)
             tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
             client = tgt.client()

@@ -9,7 +9,6 @@ from warren.cp import ws
 from warren.cp.security import credentials
 from warren.cp.services import pty as svc
 from warren.cp.services import stream_slots
-from warren.cp.services.authn import authenticate, throttle
 from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["pty"])
@@ -24,10 +23,7 @@ async def pty_stream(websocket: WebSocket, sandbox_id: str) -> None:
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
     with stream_slots.Slot() as slot:
         try:
-            ctx = await authenticate(
-                state.engine, creds, require_user=False, jwt_secret=state.settings.jwt_secret
-            )
-            throttle(state.team_limiter, ctx)
+            ctx = await state.gate.admit(creds, require_user=False)
             slot.claim(ctx, state.settings.max_streams_per_team)
             tgt = await svc.prepare(state.engine, state.pool, ctx, sandbox_id)
         except Exception as e:

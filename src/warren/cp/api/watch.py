@@ -19,7 +19,6 @@ from warren.cp.http_errors import error_responses
 from warren.cp.security import credentials
 from warren.cp.services import stream_slots
 from warren.cp.services import watch as svc
-from warren.cp.services.authn import authenticate, throttle
 from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["watch"])
@@ -47,9 +46,7 @@ async def watch_stream(
     creds = credentials.from_websocket(websocket.headers, websocket.query_params)
     with stream_slots.Slot() as slot:
         try:
-            secret = state.settings.jwt_secret
-            ctx = await authenticate(state.engine, creds, require_user=False, jwt_secret=secret)
-            throttle(state.team_limiter, ctx)
+            ctx = await state.gate.admit(creds, require_user=False)
             slot.claim(ctx, state.settings.max_streams_per_team)
             frames = await svc.open_stream(state.engine, state.pool, ctx, sandbox_id, path, recursive, user)
         except Exception as e:

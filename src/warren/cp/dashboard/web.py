@@ -31,7 +31,6 @@ from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.session import Session
 from warren.cp.security.credentials import Credentials
 from warren.cp.services import teams as teams_svc
-from warren.cp.services.authn import authenticate, throttle
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import TeamWithRole
 from warren.cp.state import AppState, state_of
@@ -158,16 +157,9 @@ async def session_auth(request: HTTPConnection) -> tuple[Session, AuthContext] |
     if sess is None or sess.token is None:
         return None
     try:
-        ctx = await authenticate(
-            state.engine,
-            Credentials(bearer=sess.token),
-            require_user=True,
-            jwt_secret=settings.jwt_secret,
-            allow_teamless=True,
-        )
+        ctx = await state.gate.admit(Credentials(bearer=sess.token), require_user=True, allow_teamless=True)
     except (Unauthorized, Forbidden):
         return None
-    throttle(state.team_limiter, ctx)
     return sess, replace(ctx, kind="session")
 
 

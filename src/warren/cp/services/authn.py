@@ -1,6 +1,7 @@
 """Request authentication (docs/spec.md §2.0, docs/design.md §4): the one check behind the REST API, the exec
 WebSocket and the dashboard. Each door reads its credentials (``warren.cp.security.credentials``)
-and calls :func:`authenticate`.
+and hands them to its app's :class:`Gate`: :func:`authenticate`, then the team's request rate
+(:func:`throttle`), so no door can take one without the other.
 
 A JWT's team and role are hints. Every authenticated request re-reads, in ONE query, the user,
 their membership in the token's team (and its role), the team's ``deleted_at`` and the user's
@@ -22,6 +23,7 @@ proceeds only with ``allow_teamless``; every other route answers 403 ``no_team``
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -157,3 +159,32 @@ def throttle(limiter: TeamRateLimiter, ctx: AuthContext) -> AuthContext:
     if key is not None:
         limiter.check(key)
     return ctx
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The door of every entry that takes a team's credentials: the REST dependencies, the
+    WebSocket routes, E2B's control API and the dashboard. It authenticates, then takes one token
+    from the team's request rate. Built once per app, with its engine (cp/app.py's lifespan)."""
+
+    engine: AsyncEngine
+    jwt_secret: str
+    limiter: TeamRateLimiter
+
+    async def admit(
+        self, creds: Credentials, *, require_user: bool, allow_teamless: bool = False
+    ) -> AuthContext:
+        """:func:`authenticate`, then :func:`throttle` (TooManyRequests past the team's rate)."""
+        ctx = await authenticate(
+            self.engine,
+            creds,
+            require_user=require_user,
+            jwt_secret=self.jwt_secret,
+            allow_teamless=allow_teamless,
+        )
+        return throttle(self.limiter, ctx)
+
+    async def admit_session(self, creds: Credentials) -> tuple[AuthContext, uuid.UUID | None]:
+        """:func:`authenticate_session`, then :func:`throttle`."""
+        ctx, token_team_id = await authenticate_session(self.engine, creds, jwt_secret=self.jwt_secret)
+        return throttle(self.limiter, ctx), token_team_id

@@ -22,7 +22,7 @@ the plain HTTP answer 429 ``too_many_streams``::
 
     with stream_slots.Slot() as slot:
         try:
-            ctx = await authenticate(...)
+            ctx = await state.gate.admit(creds, require_user=False)
             slot.claim(ctx, settings.max_streams_per_team)
             ...
         except Exception as e:

@@ -21,7 +21,6 @@ from warren.cp.e2b.control import forks, sandboxes, snapshots
 from warren.cp.e2b.control.models import Unsupported
 from warren.cp.e2b.errors import e2b_error, e2b_error_for, not_implemented
 from warren.cp.security.credentials import Credentials
-from warren.cp.services.authn import authenticate, throttle
 from warren.cp.services.context import AuthContext
 from warren.cp.services.strict import INT64_MAX, json_object, text_problem
 from warren.cp.state import AppState, state_of
@@ -82,10 +81,7 @@ async def _authenticate(request: Request, state: AppState) -> AuthContext:
     key = request.headers.get("x-api-key")
     if not key:
         raise Unauthorized("missing X-API-KEY header")
-    ctx = await authenticate(
-        state.engine, Credentials(api_key=key), require_user=False, jwt_secret=state.settings.jwt_secret
-    )
-    return throttle(state.team_limiter, ctx)
+    return await state.gate.admit(Credentials(api_key=key), require_user=False)
 
 
 def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
