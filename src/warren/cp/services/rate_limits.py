@@ -192,6 +192,29 @@ def client_address(peer: str, forwarded_for: Sequence[str], trusted: str) -> str
 K = TypeVar("K", bound=Hashable)
 
 
+def _refilled(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
+    """A bucket's tokens at ``now``. max(): a clock set back (tests move it) must not drain it."""
+    return min(burst, tokens + max(0.0, now - last) * rate)
+
+
+class TokenBucket:
+    """One token bucket: ``rate`` tokens/s, ``burst`` at once; a take may cost more than one
+    (``services/stream_pace.py``: a refused frame costs more than a signal)."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate, self.burst = rate_per_s, float(burst)
+        self.tokens, self.last = self.burst, clock.monotonic()
+
+    def take(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens; False when there were fewer (and nothing is taken)."""
+        now = clock.monotonic()
+        self.tokens, self.last = _refilled(self.tokens, self.last, now, self.rate, self.burst), now
+        if self.tokens < cost:
+            return False
+        self.tokens -= cost
+        return True
+
+
 class TokenBuckets(Generic[K]):
     """A token bucket per key, in this process's memory: ``rate`` tokens/s, ``burst`` at once.
 
@@ -218,8 +241,7 @@ class TokenBuckets(Generic[K]):
             return 0.0
         now = clock.monotonic()
         tokens, last = self._buckets.get(key, (self.burst, now))
-        # max(): a clock set back (tests move it) must not drain the bucket.
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        tokens = _refilled(tokens, last, now, self.rate, self.burst)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate

@@ -17,7 +17,7 @@ interactive client (Ctrl-C, a keepalive every 50 s) never comes near it.
 
 from __future__ import annotations
 
-from warren import clock
+from warren.cp.services.rate_limits import TokenBucket
 from warren.errors import TooManyRequests
 
 __all__ = ["BURST", "PER_S", "REFUSED_COST", "FramePace"]
@@ -30,24 +30,17 @@ REFUSED_COST = 32
 
 
 class FramePace:
-    """One stream's token bucket."""
+    """One stream's budget: a token bucket that ends the stream when it runs dry."""
 
     def __init__(self, burst: int = BURST, per_s: float = PER_S) -> None:
-        self.burst, self.per_s = float(burst), per_s
-        self.left, self.at = self.burst, clock.monotonic()
+        self.bucket = TokenBucket(per_s, burst)
 
     def take(self, cost: int = 1) -> None:
         """Take ``cost`` tokens, or raise ``TooManyRequests`` (``too_many_messages``) past the
         budget."""
-        now = clock.monotonic()
-        # max: a test's clock moved back gives nothing back, and takes nothing either
-        left = min(self.burst, self.left + max(0.0, now - self.at) * self.per_s) - cost
-        self.at = now
-        if left < 0:
-            self.left = max(left + cost, 0.0)
+        if not self.bucket.take(cost):
             raise TooManyRequests(
-                f"more than {self.burst:g} messages without input at once, or {self.per_s:g} a second "
-                f"after (a refused one counts as {REFUSED_COST}): the stream is ended",
+                f"more than {self.bucket.burst:g} messages without input at once, or {self.bucket.rate:g} "
+                f"a second after (a refused one counts as {REFUSED_COST}): the stream is ended",
                 code="too_many_messages",
             )
-        self.left = left

@@ -12,6 +12,7 @@ import pytest
 from warren.cp.services.rate_limits import (
     RefusalBudget,
     TeamRateLimiter,
+    TokenBucket,
     TokenBuckets,
     address_key,
     client_address,
@@ -44,6 +45,16 @@ def test_a_clock_set_back_does_not_drain_the_bucket(fake_clock: Any) -> None:
     fake_clock.reset()
     bucket.check(team)
     bucket.check(team)
+
+
+def test_one_bucket_takes_a_cost_or_nothing(fake_clock: Any) -> None:
+    bucket = TokenBucket(rate_per_s=2, burst=10)
+    assert bucket.take(8) and not bucket.take(3)  # 2 left: a take of 3 is refused whole
+    assert bucket.take(2) and not bucket.take()
+    fake_clock.advance(1)  # 2 back
+    assert bucket.take(2) and not bucket.take()
+    fake_clock.reset()  # set back: nothing drained, nothing given
+    assert not bucket.take()
 
 
 def test_rate_zero_is_off() -> None:
