@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "outlast", "until_first"]
+__all__ = ["cancel_and_wait", "every", "outlast", "until_first"]
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
@@ -47,3 +49,18 @@ async def outlast(fut: asyncio.Future[Any], within_s: float | None = None) -> bo
     if not fut.cancelled():
         fut.exception()
     return True
+
+
+async def every(
+    interval_s: float, one_pass: Callable[[], Awaitable[object]], log: logging.Logger, what: str
+) -> None:
+    """``one_pass()`` every ``interval_s`` (the first a full interval from now), forever; a pass
+    that fails is logged as "<what> failed" and the next one runs on time."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await one_pass()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed", what)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from warren.agent.layer_cache import LayerCache
 from warren.agent.network import NetworkSlots
 from warren.agent.readopt import readopt
 from warren.agent.record import HostSandbox, MetricPoint
+from warren.agent.resume_holds import ResumeHolds
 from warren.agent.runtime import cmds_oom
 from warren.agent.runtime.base import Runtime
 from warren.agent.runtime.select import RuntimeSet
@@ -51,6 +52,7 @@ from warren.agent.shielded_ops import ShieldedOps
 from warren.agent.teardown import Teardown, set_subreaper
 from warren.agent.templates import TemplateStore
 from warren.agent.warm_pool import WarmPools
+from warren.aio import every
 from warren.egress_rules import EgressRules
 from warren.errors import InternalError, InvalidState, NotFound, WarrenError
 
@@ -111,6 +113,7 @@ class SandboxManager:
         self._stopping = False
         # Containers that die on their own, noticed at once (a pidfd each; container_exits.py).
         self._exits = ContainerExits(lambda sb_id, pid: self._ops.detach(self._exited(sb_id, pid)))
+        self.holds = ResumeHolds()  # paused for a snapshot the CP resumes: calls wait (resume_holds.py)
         self.warm_pools = self._warm_pools()
         # Prepared network slots are refilled after creates, as warm pools are.
         self.network.wait_idle = self._admission.wait_quiet
@@ -146,15 +149,13 @@ class SandboxManager:
             log.info("event=layer_leftover_removed path=%s", p)
         await self.network.start_pool()
         self.warm_pools.start()
+        s, sweep = self.settings, self.warm_pools.sweep_quarantines
         self._tasks = [
-            asyncio.create_task(self._loop(REAPER_INTERVAL, self.reap_idle), name="ttl-reaper"),
-            asyncio.create_task(self._loop(self.settings.metrics_interval, self._sample_all), name="metrics"),
-            asyncio.create_task(self._loop(1.0, self._teardown.reap_zombies), name="zombies"),
-            asyncio.create_task(
-                self._loop(self.settings.quarantine_sweep_s, self.warm_pools.sweep_quarantines), name="sweep"
-            ),
-            # Build `minimal` now rather than inside the first CreateSandbox (debootstrap takes
-            # 30-60 s); a create that comes earlier waits for this same build.
+            asyncio.create_task(every(REAPER_INTERVAL, self.reap_idle, log, "ttl reaper"), name="ttl-reaper"),
+            asyncio.create_task(every(s.metrics_interval, self._sample_all, log, "metrics"), name="metrics"),
+            asyncio.create_task(every(1.0, self._teardown.reap_zombies, log, "zombies"), name="zombies"),
+            asyncio.create_task(every(s.quarantine_sweep_s, sweep, log, "quarantine sweep"), name="sweep"),
+            # `minimal` now, not in the first create (debootstrap: 30-60 s); an earlier one waits for it.
             asyncio.create_task(self._prepare_minimal(), name="template-minimal"),
         ]
 
@@ -211,16 +212,6 @@ class SandboxManager:
         self._register(sb)
         self._save(sb)
 
-    async def _loop(self, interval: float, fn: Callable[[], Awaitable[Any]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("event=background_error task=%s", getattr(fn, "__name__", fn))
-
     # ======================================================================== registry
 
     def _dir(self, sb_id: str) -> Path:
@@ -241,8 +232,13 @@ class SandboxManager:
             raise InvalidState(f"sandbox {sb_id} is not running (status {sb.status})")
         return sb
 
+    async def ready_guest(self, sb_id: str) -> GuestClient:
+        """:meth:`guest` once a pause the CP ends is over: every command's way in (resume_holds.py)."""
+        await self.holds.wait(sb_id)
+        return self.guest(sb_id)
+
     def guest(self, sb_id: str) -> GuestClient:
-        """The guest client of a running sandbox: commands and files go straight to it."""
+        """The guest client of a running sandbox, now (a stream's check that it still runs)."""
         self._exits.check(sb_id)  # its container died: not running, even once it is removed
         sb = self._running(sb_id)
         if sb.checkpointing:
@@ -463,6 +459,7 @@ class SandboxManager:
             if self._sandboxes.get(sb_id) is not sb:
                 raise NotFound(f"sandbox {sb_id} not found")
             del self._sandboxes[sb_id]
+            self.holds.release(sb_id)
             self._exits.forget(sb_id)
             await self._teardown.cleanup(sb_id, slot=sb.slot, pid=sb.pid)
             self.runtimes.forget(sb_id)
@@ -470,14 +467,16 @@ class SandboxManager:
 
     # ===================================================================== pause/resume
 
-    async def pause(self, sb_id: str, *, reason: str = "request", only_if_idle: bool = False) -> bool:
+    async def pause(
+        self, sb_id: str, *, reason: str = "request", only_if_idle: bool = False, resume_after: bool = False
+    ) -> bool:
         """Freeze it. Shielded: a caller that gives up (deadline, cancel) must not leave the
         cgroup frozen while the record says running. ``only_if_idle`` (the TTL reaper) decides
         under the lock, so a command that started meanwhile keeps it running; returns whether
-        it paused."""
-        return await self._ops.run(self._pause(sb_id, reason, only_if_idle))
+        it paused. ``resume_after``: calls wait for the CP's resume (resume_holds.py)."""
+        return await self._ops.run(self._pause(sb_id, reason, only_if_idle, resume_after))
 
-    async def _pause(self, sb_id: str, reason: str, only_if_idle: bool) -> bool:
+    async def _pause(self, sb_id: str, reason: str, only_if_idle: bool, resume_after: bool = False) -> bool:
         sb = self._get(sb_id)
         async with sb.lock:
             self._still_there(sb)
@@ -485,7 +484,8 @@ class SandboxManager:
                 return False
             if sb.status != "running":
                 raise InvalidState(f"sandbox {sb_id} is not running (status {sb.status})")
-            await self._runtimes.pause(sb)  # gVisor to disk when it can be (gvisor_ops.py)
+            with self.holds.during_pause(sb_id, resume_after):
+                await self._runtimes.pause(sb)  # gVisor to disk when it can be (gvisor_ops.py)
             sb.status = "paused"
             sb.last_cpu = None
             self._save(sb)
@@ -499,8 +499,8 @@ class SandboxManager:
             raise NotFound(f"sandbox {sb.id} not found")
 
     async def resume(self, sb_id: str, timeout_sec: int | None = None) -> HostSandbox:
-        """Thaw it; shielded like :meth:`pause`."""
-        return await self._ops.run(self._resume(sb_id, timeout_sec))
+        """Thaw it; shielded like :meth:`pause`. Calls held for it then go on (resume_holds.py)."""
+        return await self._ops.run(self.holds.released_after(sb_id, self._resume(sb_id, timeout_sec)))
 
     async def _resume(self, sb_id: str, timeout_sec: int | None) -> HostSandbox:
         self._exits.check(sb_id)  # it died while paused: not running, even once removed

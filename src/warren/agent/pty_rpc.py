@@ -210,7 +210,7 @@ async def pty_stream(
         if first.connect.pid <= 0:
             raise InvalidRequest("connect needs a positive pid")
         req, opts = {"op": "pty_connect", "pid": first.connect.pid}, first.connect
-    guest = m.guest(sid)
+    guest = await m.ready_guest(sid)
     session = await PtySession.open(guest.socket_path, req, guest.lifeline, answers(lambda: m.guest(sid)))
     # Credit (exec_credit): input written to the guest is acknowledged, and the CP sends only a
     # window of it ahead, so what the guest is not taking is not buffered by gRPC here; with

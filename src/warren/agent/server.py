@@ -184,7 +184,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
 
     @mapped_errors
     async def PauseSandbox(self, request: pb.PauseSandboxRequest, context: Any) -> pb.PauseSandboxResponse:
-        await self.m.pause(request.sandbox_id)
+        await self.m.pause(request.sandbox_id, resume_after=request.resume_after)
         return pb.PauseSandboxResponse(paused_state=self.m.sandbox(request.sandbox_id).paused_state)
 
     @mapped_errors
@@ -226,7 +226,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     @mapped_errors
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         r = request
-        cmd, guest = _cmd(r.cmd), self.m.guest(r.sandbox_id)
+        cmd, guest = _cmd(r.cmd), await self.m.ready_guest(r.sandbox_id)
         timeout = r.timeout_sec if r.timeout_sec > 0 else DEFAULT_EXEC_TIMEOUT
         user, cwd = self._exec_as(r.sandbox_id, r.user, r.cwd)
         with self.m.in_use(r.sandbox_id):
@@ -245,7 +245,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             if first is None or first.WhichOneof("msg") != "start":
                 raise InvalidRequest("the first ExecStream message must be `start`")
             st = first.start
-            cmd, guest = _cmd(st.cmd), self.m.guest(st.sandbox_id)
+            cmd, guest = _cmd(st.cmd), await self.m.ready_guest(st.sandbox_id)
             self.m.touch(st.sandbox_id)
             user, cwd = self._exec_as(st.sandbox_id, st.user, st.cwd)
             session = await guest.exec_stream(
@@ -338,12 +338,13 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
 
     @mapped_errors
     async def PtyControl(self, request: pb.PtyControlRequest, context: Any) -> pb.PtyControlResponse:
-        await pty_rpc.control(self.m.guest(request.sandbox_id), request)
+        await pty_rpc.control(await self.m.ready_guest(request.sandbox_id), request)
         return pb.PtyControlResponse()
 
     @mapped_errors
     async def ListProcesses(self, request: pb.ListProcessesRequest, context: Any) -> pb.ListProcessesResponse:
-        procs = await self.m.guest(request.sandbox_id).list_processes()
+        guest = await self.m.ready_guest(request.sandbox_id)
+        procs = await guest.list_processes()
         return pb.ListProcessesResponse(
             processes=[
                 pb.ProcessInfo(pid=p.pid, tag=p.tag or "", cmd=p.cmd, args=p.args, running=p.running)
@@ -353,17 +354,20 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
 
     @mapped_errors
     async def SignalProcess(self, request: pb.SignalProcessRequest, context: Any) -> pb.SignalProcessResponse:
-        await self.m.guest(request.sandbox_id).signal(_selector(request.process), request.signal or 15)
+        guest = await self.m.ready_guest(request.sandbox_id)
+        await guest.signal(_selector(request.process), request.signal or 15)
         return pb.SignalProcessResponse()
 
     @mapped_errors
     async def SendStdin(self, request: pb.SendStdinRequest, context: Any) -> pb.SendStdinResponse:
-        await self.m.guest(request.sandbox_id).send_stdin(_selector(request.process), request.data)
+        guest = await self.m.ready_guest(request.sandbox_id)
+        await guest.send_stdin(_selector(request.process), request.data)
         return pb.SendStdinResponse()
 
     @mapped_errors
     async def CloseStdin(self, request: pb.CloseStdinRequest, context: Any) -> pb.CloseStdinResponse:
-        await self.m.guest(request.sandbox_id).close_stdin(_selector(request.process))
+        guest = await self.m.ready_guest(request.sandbox_id)
+        await guest.close_stdin(_selector(request.process))
         return pb.CloseStdinResponse()
 
     async def AttachProcess(
@@ -371,7 +375,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     ) -> AsyncIterator[pb.ExecEvent]:
         sid = request.sandbox_id
         try:
-            session = await self.m.guest(sid).attach(_selector(request.process))
+            guest = await self.m.ready_guest(sid)
+            session = await guest.attach(_selector(request.process))
         except Exception as e:
             await abort(context, e, "AttachProcess")
             return
@@ -391,7 +396,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         async def one() -> AsyncIterator[bytes]:
             yield request.content
 
-        guest, user = self.m.guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
+        guest, user = await self.m.ready_guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
         n = await guest.write_file(_path(request.path), one(), request.mode or None, user=user)
         return pb.WriteFileResponse(bytes_written=n)
 
@@ -399,7 +404,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     async def ReadFile(self, request: pb.ReadFileRequest, context: Any) -> pb.ReadFileResponse:
         content = bytearray()
         user = self._as(request.sandbox_id, request.user)
-        async for chunk in self.m.guest(request.sandbox_id).read_file(_path(request.path), user=user):
+        guest = await self.m.ready_guest(request.sandbox_id)
+        async for chunk in guest.read_file(_path(request.path), user=user):
             content += chunk
             if len(content) > _MAX_UNARY_READ:
                 raise GuestError(
@@ -412,7 +418,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         self, request_iterator: AsyncIterator[pb.WriteFileStreamRequest], context: Any
     ) -> pb.WriteFileResponse:
         meta = await ec.upload_meta(request_iterator)
-        n = await self._file_write(meta)(ec.upload_chunks(meta, request_iterator, context))
+        write = await self._file_write(meta)
+        n = await write(ec.upload_chunks(meta, request_iterator, context))
         return pb.WriteFileResponse(bytes_written=n)
 
     async def WriteFileCredit(
@@ -423,7 +430,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         try:
             await context.send_initial_metadata(windows.metadata())
             meta = await ec.upload_meta(request_iterator)
-            write = self._file_write(meta)
+            write = await self._file_write(meta)
             grower = windows.grower(self.m.sandbox(meta.sandbox_id).tenant, meta)
         except Exception as e:
             await abort(context, e, "WriteFileCredit")
@@ -434,9 +441,9 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             async for msg in msgs:
                 yield msg
 
-    def _file_write(self, meta: pb.WriteFileMeta) -> Callable[[AsyncIterator[bytes]], Awaitable[int]]:
+    async def _file_write(self, meta: pb.WriteFileMeta) -> Callable[[AsyncIterator[bytes]], Awaitable[int]]:
         """The guest's write of the upload ``meta`` names, over the chunks it is given."""
-        guest, user = self.m.guest(meta.sandbox_id), self._as(meta.sandbox_id, meta.user)
+        guest, user = await self.m.ready_guest(meta.sandbox_id), self._as(meta.sandbox_id, meta.user)
         path, metadata = _path(meta.path), dict(meta.metadata)
         return functools.partial(guest.write_file, path, mode=meta.mode or None, user=user, metadata=metadata)
 
@@ -444,7 +451,8 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
         self, request: pb.ReadFileRequest, context: Any
     ) -> AsyncIterator[pb.ReadFileStreamResponse]:
         try:
-            guest, user = self.m.guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
+            guest = await self.m.ready_guest(request.sandbox_id)
+            user = self._as(request.sandbox_id, request.user)
             async for chunk in guest.read_file(_path(request.path), user=user):
                 yield pb.ReadFileStreamResponse(chunk=chunk)
         except Exception as e:
@@ -462,7 +470,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
             if first is None or first.WhichOneof("msg") != "open":
                 raise InvalidRequest("the first ReadFileCredit message must be `open`")
             r = first.open
-            guest, user = self.m.guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
+            guest, user = await self.m.ready_guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
             chunks = guest.read_file(_path(r.path), user=user, read_ahead=READ_AHEAD)
             allowance = windows.allowance(self.m.sandbox(r.sandbox_id).tenant)
             events = ec.credited_read(chunks, request_iterator, allowance)
@@ -479,7 +487,7 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
     @mapped_errors
     async def ListDir(self, request: pb.ListDirRequest, context: Any) -> pb.ListDirResponse:
         r = request
-        guest, user = self.m.guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
+        guest, user = await self.m.ready_guest(r.sandbox_id), self._as(r.sandbox_id, r.user)
         page = await guest.list_dir(_path(r.path), max(1, r.depth), limit=r.limit, cursor=r.cursor, user=user)
         return pb.ListDirResponse(
             entries=[_entry(e) for e in page.entries], next_cursor=page.next_cursor, has_more=page.has_more
@@ -487,27 +495,30 @@ class HostAgentServicer(TemplateStoreRpcs, pb_grpc.HostAgentServicer):
 
     @mapped_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
-        guest, user = self.m.guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
+        guest, user = await self.m.ready_guest(request.sandbox_id), self._as(request.sandbox_id, request.user)
         entry = await guest.stat(_path(request.path), follow=request.follow_symlinks, user=user)
         return pb.StatResponse(entry=_entry(entry))
 
     @mapped_errors
     async def MakeDir(self, request: pb.MakeDirRequest, context: Any) -> pb.MakeDirResponse:
         user = self._as(request.sandbox_id, request.user)
-        await self.m.guest(request.sandbox_id).make_dir(_path(request.path), user=user)
+        guest = await self.m.ready_guest(request.sandbox_id)
+        await guest.make_dir(_path(request.path), user=user)
         return pb.MakeDirResponse(created=True)
 
     @mapped_errors
     async def Remove(self, request: pb.RemoveRequest, context: Any) -> pb.RemoveResponse:
         user = self._as(request.sandbox_id, request.user)
-        await self.m.guest(request.sandbox_id).remove(_path(request.path), user=user)
+        guest = await self.m.ready_guest(request.sandbox_id)
+        await guest.remove(_path(request.path), user=user)
         return pb.RemoveResponse()
 
     @mapped_errors
     async def Move(self, request: pb.MoveRequest, context: Any) -> pb.MoveResponse:
         user = self._as(request.sandbox_id, request.user)
         src, dst = _path(request.source), _path(request.destination)
-        await self.m.guest(request.sandbox_id).move(src, dst, user=user)
+        guest = await self.m.ready_guest(request.sandbox_id)
+        await guest.move(src, dst, user=user)
         return pb.MoveResponse()
 
     # ------------------------------------------------------------------------------ watch

@@ -65,7 +65,7 @@ def checked(req: pb.WatchDirRequest) -> pb.WatchDirRequest:
 
 async def start(m: SandboxManager, req: pb.WatchDirRequest, user: str) -> AsyncGenerator[WatchBatch, None]:
     """The guest's watch, once it is in place (its refusal raises here)."""
-    it = m.guest(req.sandbox_id).watch(checked(req).path, recursive=req.recursive, user=user)
+    it = (await m.ready_guest(req.sandbox_id)).watch(checked(req).path, recursive=req.recursive, user=user)
     try:
         await anext(it)
     except BaseException:

@@ -113,10 +113,12 @@ class DestroySandboxResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PauseSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "resume_after")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    resume_after: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., resume_after: _Optional[bool] = ...) -> None: ...
 
 class PauseSandboxResponse(_message.Message):
     __slots__ = ("paused_state",)

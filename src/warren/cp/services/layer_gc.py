@@ -35,8 +35,9 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.aio import every
 from warren.config import Settings
-from warren.cp.background import Worker, every
+from warren.cp.background import Worker
 from warren.cp.db import locks
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import (

@@ -32,8 +32,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.aio import every
 from warren.config import Settings
-from warren.cp.background import Worker, every
+from warren.cp.background import Worker
 from warren.cp.db import end_reasons
 from warren.cp.db.engine import autocommit
 from warren.cp.hosts.client_pool import HostClientPool

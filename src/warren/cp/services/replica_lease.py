@@ -26,8 +26,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock, ids
+from warren.aio import every
 from warren.config import Settings
-from warren.cp.background import Worker, every
+from warren.cp.background import Worker
 from warren.cp.db.engine import autocommit
 from warren.cp.db.tables import replica_leases
 

@@ -32,8 +32,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warren import clock
+from warren.aio import every
 from warren.config import Settings
-from warren.cp.background import Worker, every
+from warren.cp.background import Worker
 from warren.cp.db.engine import autocommit
 from warren.cp.telemetry import REGISTRY
 

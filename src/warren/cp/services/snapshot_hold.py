@@ -35,11 +35,14 @@ The check is made only where a lookup found the sandbox ``paused`` and the verb 
 ``running`` (:func:`wait_out`): a running sandbox's commands cost nothing more.
 
 A command that read the row just before the mark may reach the agent once it has paused the
-sandbox, and be refused there (FAILED_PRECONDITION, "not running" or "being paused"). So the
-snapshot lets :data:`DRAIN_S` pass between its mark and its agent's pause (the sandbox still
-runs meanwhile: those commands start, and the freeze holds them until the resume), and the
-unary exec and file reads, the calls clients loop on, try once more after such a refusal when
-the row says the sandbox is paused for its snapshot (:func:`refused_for_snapshot`).
+sandbox. The snapshot lets :data:`DRAIN_S` pass between its mark and its agent's pause (the
+sandbox still runs meanwhile: those commands start, and the freeze holds them until the
+resume); then it has the agent pause it with ``resume_after`` (``services/snapshot_source.py``),
+and a call that reaches the agent later waits there for the resume (``agent/resume_holds.py``,
+session 35: exec streams, terminals, envd ``Start``, writes and listings were refused before).
+An agent older than that refuses it (FAILED_PRECONDITION, "not running" or "being paused"):
+the unary exec and file reads, the calls clients loop on, then try once more when the row says
+the sandbox is paused for its snapshot (:func:`refused_for_snapshot`).
 """
 
 from __future__ import annotations

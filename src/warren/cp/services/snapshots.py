@@ -50,11 +50,18 @@ from warren.config import Settings
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.tables import hosts, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
-from warren.cp.services import Timestamp, audit, limits, sandbox_access, sandbox_power, team_store
+from warren.cp.services import (
+    Timestamp,
+    audit,
+    limits,
+    sandbox_access,
+    sandbox_power,
+    snapshot_source,
+    team_store,
+)
 from warren.cp.services import layers as layer_svc
 from warren.cp.services.context import AuthContext, no_team, require_team
 from warren.cp.services.exec import parse_body
-from warren.cp.services.snapshot_hold import DRAIN_S, TRANSIENT, settle
 from warren.cp.services.template_spec import TEMPLATE_NAME_RE
 from warren.cp.store import LayerStore
 from warren.errors import (
@@ -219,7 +226,9 @@ async def create_snapshot(
             await limits.check_host_disk(conn, settings, tgt.host_id, tgt.sandbox.disk_size_mb)
     client = tgt.client()
     sb_uuid = tgt.uuid
-    tgt, was_running = await _pre_mark_paused(engine, pool, ctx, tgt, body.sandbox_id, transient)
+    tgt, was_running = await snapshot_source.pre_mark_paused(
+        engine, pool, ctx, tgt, body.sandbox_id, transient
+    )
     try:
         if parent is None:
             row = await _take_on_host(engine, pool, ctx, team_uuid, name, tgt, old, lim)
@@ -229,7 +238,7 @@ async def create_snapshot(
         # Refused or failed, whatever the step: the sandbox runs again as it did (its layer, if
         # stored, is unreferenced and goes to GC).
         if was_running:
-            await asyncio.shield(_revert_running(engine, client, tgt.sid, sb_uuid))
+            await asyncio.shield(snapshot_source.revert_running(engine, client, tgt.sid, sb_uuid))
         raise
     for replaced in old:
         if is_legacy(replaced):
@@ -449,23 +458,6 @@ async def _export(
     return meta
 
 
-async def _pre_mark_paused(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, tgt: sandbox_access.Target, sandbox_id: str,
-    transient: bool,
-) -> tuple[sandbox_access.Target, bool]:  # fmt: skip
-    """Mark a running sandbox ``paused`` before the agent freezes it, so the monitor does not
-    take it for gone (and ``transient``: paused for its snapshot); returns the sandbox as it now
-    is and whether it was marked (and must be reverted on failure)."""
-    if tgt.sandbox.status != "running":
-        return tgt, False
-    mark = TRANSIENT if transient else None
-    if await sandbox_power.move_status(engine, tgt.uuid, "running", "paused", paused_state=mark):
-        await asyncio.sleep(DRAIN_S if transient else 0)  # commands past their lookup reach the agent
-        return tgt, True
-    # Changed under us (paused or stopped meanwhile): judge it afresh.
-    return await sandbox_access.target(engine, pool, ctx, sandbox_id, states=("running", "paused")), False
-
-
 async def _delete_replaced(
     engine: AsyncEngine, pool: HostClientPool, team_uuid: uuid.UUID, old: RowMapping
 ) -> None:
@@ -475,20 +467,6 @@ async def _delete_replaced(
         await delete_files(engine, pool, team_uuid, old["id"], old["host_id"])
     except WarrenError as e:
         log.warning("overwritten snapshot %s: its files stay on the host: %s", old["id"], e.message)
-
-
-async def _revert_running(engine: AsyncEngine, client: HostClient, sid: str, sb_uuid: uuid.UUID) -> None:
-    """Undo the pre-mark after a failed snapshot. The agent pauses a sandbox before it copies
-    anything, so it may be paused there now: resume it, and only then say ``running`` — if it
-    cannot be resumed, the row stays ``paused``, which is the truth."""
-    try:
-        await client.stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id=sid, timeout_sec=-1), timeout=60)
-    except AgentError as e:
-        if e.rpc_code != "FAILED_PRECONDITION":  # FAILED_PRECONDITION: it was never paused
-            log.warning("snapshot failed and the sandbox could not be resumed sandbox=%s: %s", sid, e)
-            await settle(engine, sb_uuid, None)  # paused: no longer for its snapshot
-            return
-    await sandbox_power.move_status(engine, sb_uuid, "paused", "running")
 
 
 async def _record(
