@@ -35,14 +35,13 @@ The check is made only where a lookup found the sandbox ``paused`` and the verb 
 ``running`` (:func:`wait_out`): a running sandbox's commands cost nothing more.
 
 A command that read the row just before the mark may reach the agent once it has paused the
-sandbox. The snapshot lets :data:`DRAIN_S` pass between its mark and its agent's pause (the
-sandbox still runs meanwhile: those commands start, and the freeze holds them until the
-resume); then it has the agent pause it with ``resume_after`` (``services/snapshot_source.py``),
-and a call that reaches the agent later waits there for the resume (``agent/resume_holds.py``,
-session 35: exec streams, terminals, envd ``Start``, writes and listings were refused before).
-An agent older than that refuses it (FAILED_PRECONDITION, "not running" or "being paused"):
-the unary exec and file reads, the calls clients loop on, then try once more when the row says
-the sandbox is paused for its snapshot (:func:`refused_for_snapshot`).
+sandbox. So the snapshot has the agent pause it with ``resume_after``
+(``services/snapshot_source.py``), and such a call waits there for the resume
+(``agent/resume_holds.py``, session 35; sessions 31-34 left 100 ms between the mark and the
+pause instead, and exec streams, terminals, envd ``Start``, writes and listings that came
+later were refused). An agent older than that refuses it (FAILED_PRECONDITION, "not running"
+or "being paused"): the unary exec and file reads, the calls clients loop on, then try once
+more when the row says the sandbox is paused for its snapshot (:func:`refused_for_snapshot`).
 """
 
 from __future__ import annotations
@@ -70,7 +69,6 @@ TRANSIENT = "snapshot"  # sandboxes.paused_state while the sandbox is paused for
 HOLD_S = 450.0  # export 300 s + resume 120 s + the snapshot's DB steps
 BEAT_S = 5.0  # how often a running snapshot refreshes its mark
 STALE_S = 30.0  # a mark not refreshed for this long was left by a CP that died mid-snapshot
-DRAIN_S = 0.1  # from the mark to the agent's pause: for the commands that read the row before it
 _FIRST_STEP_S = 0.01
 _MAX_STEP_S = 0.1
 # The team count is not what bounds a waiter (its owner's is); the platform team, which has no

@@ -4,10 +4,11 @@ running again when the snapshot fails (``services/snapshots.py`` takes the snaps
 A snapshot the caller resumes afterwards (E2B's snapshot and fork: ``transient``) is marked
 paused for its snapshot, so commands looked up after the mark wait in the CP
 (``services/snapshot_hold.py``). Those looked up just before it may still be on their way to
-the agent: after :data:`~warren.cp.services.snapshot_hold.DRAIN_S` the CP has the agent pause
-the sandbox itself with ``resume_after``, so that they wait there for the resume too instead
-of being refused (``agent/resume_holds.py``; session 35). A snapshot that is not resumed
-(Warren's own, docs/api.md §5) has its agent pause the sandbox as part of the export.
+the agent: the CP has the agent pause the sandbox itself with ``resume_after``, so that they
+wait there for the resume too instead of being refused (``agent/resume_holds.py``; session
+35). Until then the CP waited 100 ms between the mark and the pause for them, which every E2B
+snapshot and fork paid. A snapshot that is not resumed (Warren's own, docs/api.md §5) has its
+agent pause the sandbox as part of the export.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren.cp.hosts.client_pool import HostClient, HostClientPool
 from warren.cp.services import sandbox_access, sandbox_power
 from warren.cp.services.context import AuthContext
-from warren.cp.services.snapshot_hold import DRAIN_S, TRANSIENT, settle
+from warren.cp.services.snapshot_hold import TRANSIENT, settle
 from warren.errors import AgentError
 from warren.rpc import hostagent_pb2 as pb
 
@@ -50,7 +51,6 @@ async def pre_mark_paused(
 
 
 async def _pause_holding_calls(engine: AsyncEngine, tgt: sandbox_access.Target) -> None:
-    await asyncio.sleep(DRAIN_S)  # commands past their lookup reach the agent while it runs
     client = tgt.client()
     req = pb.PauseSandboxRequest(sandbox_id=tgt.sid, resume_after=True)
     try:
