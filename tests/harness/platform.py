@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,20 @@ class Platform:
             with contextlib.suppress(Exception):
                 await agent.astop()
         self.cp.stop()
+
+
+@contextlib.contextmanager
+def api_sandbox(platform: Platform, **body: Any) -> Iterator[str]:
+    """A sandbox of ``minimal`` made through the REST API (``body`` adds to or overrides the
+    create's fields; no idle timeout), deleted afterwards."""
+    body = {"template": "minimal", "timeout_sec": 0, **body}
+    r = httpx.post(f"{platform.url}/v1/sandboxes", json=body, headers=platform.headers, timeout=120)
+    assert r.status_code == 201, r.text
+    sid = str(r.json()["id"])
+    try:
+        yield sid
+    finally:
+        httpx.delete(f"{platform.url}/v1/sandboxes/{sid}", headers=platform.headers, timeout=120)
 
 
 async def start_platform(

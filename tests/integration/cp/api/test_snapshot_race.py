@@ -26,7 +26,7 @@ from e2b import Sandbox
 from websockets.sync.client import connect
 
 from tests.harness.e2b import e2b_environment
-from tests.harness.platform import Platform
+from tests.harness.platform import Platform, api_sandbox
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.security.ca import CertificateAuthority
 from warren.rpc import hostagent_pb2 as pb
@@ -38,14 +38,8 @@ HELD_S = 1.5  # how long the test keeps the sandbox paused with calls on their w
 
 @pytest.fixture
 def sandbox(platform: Platform) -> Iterator[str]:
-    body = {"template": "minimal", "runtime": "runc", "timeout_sec": 0}
-    r = httpx.post(f"{platform.url}/v1/sandboxes", json=body, headers=platform.headers, timeout=120)
-    assert r.status_code == 201, r.text
-    sid = str(r.json()["id"])
-    try:
+    with api_sandbox(platform, runtime="runc") as sid:
         yield sid
-    finally:
-        httpx.delete(f"{platform.url}/v1/sandboxes/{sid}", headers=platform.headers, timeout=120)
 
 
 def _agent(platform: Platform, method: str, request: Any) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.platform import Platform
+from tests.harness.platform import Platform, api_sandbox
 from warren import ids
 
 pytestmark = [pytest.mark.root]
@@ -39,14 +39,8 @@ async def platform(db_url: str, platform_dir: Path) -> AsyncIterator[Platform]:
 
 @pytest.fixture
 def sandbox(platform: Platform) -> Iterator[str]:
-    body = {"template": "minimal", "timeout_sec": 0}
-    r = httpx.post(f"{platform.url}/v1/sandboxes", json=body, headers=platform.headers, timeout=120)
-    assert r.status_code == 201, r.text
-    sid = str(r.json()["id"])
-    try:
+    with api_sandbox(platform) as sid:
         yield sid
-    finally:
-        httpx.delete(f"{platform.url}/v1/sandboxes/{sid}", headers=platform.headers, timeout=120)
 
 
 def _sql(platform: Platform, statement: str, sid: str) -> None:
