@@ -52,10 +52,11 @@ async def outlast(fut: asyncio.Future[Any], within_s: float | None = None) -> bo
 
 
 async def every(
-    interval_s: float, one_pass: Callable[[], Awaitable[object]], log: logging.Logger, what: str
+    interval_s: float, one_pass: Callable[[], Awaitable[object]], log: logging.Logger, task: str
 ) -> None:
     """``one_pass()`` every ``interval_s`` (the first a full interval from now), forever; a pass
-    that fails is logged as "<what> failed" and the next one runs on time."""
+    that fails is logged as ``event=background_error task=<task>`` with its traceback, and the
+    next one runs on time."""
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -63,4 +64,4 @@ async def every(
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s failed", what)
+            log.exception("event=background_error task=%s", task)

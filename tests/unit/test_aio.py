@@ -1,14 +1,17 @@
 """``warren.aio``: ``outlast``, a caller cancelled while it waits for work still waits for it (what
 it holds must outlast the work), within a bound when it gives one; ``until_first``, the first of
 two tasks to end ends the other, which has ended when it returns, also when its caller is
-cancelled."""
+cancelled; ``every``, a pass that fails is logged and the next one runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
-from warren.aio import outlast, until_first
+import pytest
+
+from warren.aio import cancel_and_wait, every, outlast, until_first
 
 
 async def test_a_cancelled_caller_still_waits_for_the_work() -> None:
@@ -73,3 +76,20 @@ async def test_a_cancelled_caller_leaves_no_task_running() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
     assert waiting.cancelled() and a.cancelled() and b.cancelled()
+
+
+async def test_every_logs_a_failed_pass_and_runs_the_next(caplog: pytest.LogCaptureFixture) -> None:
+    passes: list[int] = []
+
+    async def one_pass() -> None:
+        passes.append(len(passes))
+        if len(passes) == 1:
+            raise RuntimeError("the first pass fails")
+
+    log = logging.getLogger("warren.test_every")
+    with caplog.at_level(logging.ERROR, logger="warren.test_every"):
+        task = asyncio.create_task(every(0.01, one_pass, log, "probe"))
+        while len(passes) < 3:
+            await asyncio.sleep(0.01)
+        await cancel_and_wait(task)
+    assert "event=background_error task=probe" in caplog.text and "the first pass fails" in caplog.text

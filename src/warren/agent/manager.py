@@ -151,10 +151,10 @@ class SandboxManager:
         self.warm_pools.start()
         s, sweep = self.settings, self.warm_pools.sweep_quarantines
         self._tasks = [
-            asyncio.create_task(every(REAPER_INTERVAL, self.reap_idle, log, "ttl reaper"), name="ttl-reaper"),
+            asyncio.create_task(every(REAPER_INTERVAL, self.reap_idle, log, "ttl-reaper"), name="ttl-reaper"),
             asyncio.create_task(every(s.metrics_interval, self._sample_all, log, "metrics"), name="metrics"),
             asyncio.create_task(every(1.0, self._teardown.reap_zombies, log, "zombies"), name="zombies"),
-            asyncio.create_task(every(s.quarantine_sweep_s, sweep, log, "quarantine sweep"), name="sweep"),
+            asyncio.create_task(every(s.quarantine_sweep_s, sweep, log, "sweep"), name="sweep"),
             # `minimal` now, not in the first create (debootstrap: 30-60 s); an earlier one waits for it.
             asyncio.create_task(self._prepare_minimal(), name="template-minimal"),
         ]

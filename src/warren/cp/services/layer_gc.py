@@ -349,4 +349,4 @@ class LayerGC(Worker):
         )
 
     async def _loop(self) -> None:
-        await every(self.interval_s, self.run_once, log, "layer gc pass")
+        await every(self.interval_s, self.run_once, log, "layer-gc")

@@ -152,4 +152,4 @@ class LifetimeSweeper(Worker):
         self.interval_s = settings.lifetime_sweep_interval_s
 
     async def _loop(self) -> None:
-        await every(self.interval_s, lambda: sweep_once(self.engine, self.pool), log, "lifetime sweep")
+        await every(self.interval_s, lambda: sweep_once(self.engine, self.pool), log, "lifetime-sweep")

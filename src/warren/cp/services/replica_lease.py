@@ -108,7 +108,7 @@ class ReplicaLease(Worker):
             log.info("replica lease taken replica=%s ttl=%.0fs", self.id, self.ttl_s)
 
     async def _loop(self) -> None:
-        await every(self.interval_s, self.renew, log, "replica lease renewal")
+        await every(self.interval_s, self.renew, log, "replica-lease")
 
     async def release(self) -> None:
         """Delete the lease (clean shutdown): this replica's pending rows left by cancelled

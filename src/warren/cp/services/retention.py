@@ -200,5 +200,5 @@ class RetentionWorker(Worker):
             self.settings.retention_interval_s,
             lambda: retention_pass(self.engine, self.settings),
             log,
-            "retention pass",
+            "retention",
         )
