@@ -100,7 +100,7 @@ async def fork(
     count = check_count(req.count)
     lifetime = check_lifetime(settings, req.timeout_s)
     found = await find(engine, ctx, sandbox_id)
-    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+    while found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
         found = await find(engine, ctx, sandbox_id)  # another fork's or snapshot's pause ended
     if found.sandbox.status == "paused":
         raise InvalidState(f"sandbox {sandbox_id} is paused: only a running sandbox can be forked")

@@ -51,7 +51,7 @@ async def create(
         raise InvalidRequest("name must be a string")
     try:
         found = await find(engine, ctx, sandbox_id, states=("running", "paused"))
-        if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+        while found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
             found = await find(engine, ctx, sandbox_id, states=("running", "paused"))  # another's ended
     except InvalidState as e:
         raise NotFound("sandbox not found") from e

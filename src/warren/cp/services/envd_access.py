@@ -88,7 +88,7 @@ async def _checked(
     row = await _row(engine, sandbox_id)
     check(_epoch(row))
     ctx, found = _found(sandbox_id, row)
-    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+    while found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
         row = await _row(engine, sandbox_id)
         check(_epoch(row))
         ctx, found = _found(sandbox_id, row)

@@ -79,7 +79,7 @@ async def exec_command(
     # The lookup's few columns (find_brief): no view is built and no JSONB decoded per exec.
     tgt = await sandboxes.find_brief(engine, ctx, sandbox_id)
     # Paused for its own snapshot: wait for its resume (snapshot_hold), then judge it.
-    if tgt.row["status"] == "paused" and await snapshot_hold.wait_out(engine, ctx, tgt.sb_uuid):
+    while tgt.row["status"] == "paused" and await snapshot_hold.wait_out(engine, ctx, tgt.sb_uuid):
         tgt = await sandboxes.find_brief(engine, ctx, sandbox_id)
     sandboxes.check_state(tgt.row["status"], _RUNNING)
     body = parse_command(ExecBody, raw_body, max_timeout)

@@ -114,7 +114,7 @@ async def connect(
     to live (see module doc)."""
     t = check_lifetime(settings, seconds)
     found = await live(engine, ctx, sandbox_id)
-    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+    while found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
         found = await live(engine, ctx, sandbox_id)  # its snapshot's resume, not this connect's
     now = clock.now()
     resumed = False

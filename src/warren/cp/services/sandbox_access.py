@@ -62,7 +62,7 @@ async def target(
     if not snapshot_hold.waits(states):
         return target_of(await sandbox_svc.find(engine, ctx, sandbox_id, states=states), pool)
     found = await sandbox_svc.find(engine, ctx, sandbox_id)
-    if found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
+    while found.sandbox.status == "paused" and await snapshot_hold.wait_out(engine, ctx, found.sb_uuid):
         found = await sandbox_svc.find(engine, ctx, sandbox_id)
     sandbox_svc.check_state(found.sandbox.status, states)
     return target_of(found, pool)

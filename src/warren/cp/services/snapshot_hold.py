@@ -32,7 +32,10 @@ refused as before if the snapshot left it paused after all (its resume failed).
   first and then less often up to every :data:`_MAX_STEP_S`.
 
 The check is made only where a lookup found the sandbox ``paused`` and the verb needs it
-``running`` (:func:`wait_out`): a running sandbox's commands cost nothing more.
+``running`` (:func:`wait_out`): a running sandbox's commands cost nothing more. Each caller
+looks again after a wait, and waits again while it finds the next snapshot's mark: a snapshot
+right after another (E2B snapshots in a loop) had a command that waited out the first refused
+409 by the second (session 35, test_snapshot_wait in a clean-clone run).
 
 A command that read the row just before the mark may reach the agent once it has paused the
 sandbox. So the snapshot has the agent pause it with ``resume_after``
