@@ -204,8 +204,10 @@ def test_a_memory_hog_at_the_guests_score_never_takes_the_guest(agent: AgentProc
         assert alive > 0, "every command was killed"
         # The guest is the sandbox's first process still, and the next command works: the one
         # that ends the fill may itself be a victim of the storm before its kill runs (-9, as
-        # above; CI, session 27), the next one then runs in a quiet sandbox.
-        for _ in range(3):
+        # above; CI, session 27), the next one then runs in a quiet sandbox. Under CI's load all
+        # three tries were victims once (session 35): a victim is the storm working as it
+        # should (the tenant's own process, never the guest), so it gets ten.
+        for _ in range(10):
             code, out = run(agent, sb, "kill -9 -1; cat /proc/1/comm")
             if code != -9:
                 break

@@ -27,7 +27,7 @@ from warren.agent.chain import MAX_CMD, Chain, TemplateConfig
 from warren.agent.create import check_request
 from warren.agent.record import STEP_ID_PREFIX, HostSandbox
 from warren.agent.sandbox_fs import SandboxFs
-from warren.errors import InvalidRequest, WarrenError
+from warren.errors import InvalidRequest, ServiceUnavailable, WarrenError
 from warren.layers import LayerMeta
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ async def run_build_step(m: SandboxManager, step: BuildStep) -> AsyncIterator[St
                 yield ev
         finally:
             if sb is not None:
-                await m.destroy_transient(sb)
+                await m.steps.end(sb)
             log.info(
                 "event=build_step_done build_id=%s sandbox_id=%s seconds=%.1f",
                 step.build_id[:64], sb_id, time.monotonic() - started,
@@ -151,6 +151,8 @@ async def _run(
                     ev = await anext(session, None)
             except TimeoutError:
                 raise StepTimeout(f"the build step ran past its {limit} s limit") from None
+            if sb.id not in m.steps:  # Terminate ended its sandbox (step_sandboxes.py)
+                raise ServiceUnavailable("the build host was taken out of service during the step")
             if ev is None:
                 raise WarrenError(f"build step {sb.id}: the command's stream ended without an exit")
             if ev.kind == "exit" and ev.timed_out:

@@ -49,6 +49,7 @@ from warren.agent.runtime.select import RuntimeSet
 from warren.agent.sandbox_runtime import SandboxRuntimes
 from warren.agent.settings import AgentSettings
 from warren.agent.shielded_ops import ShieldedOps
+from warren.agent.step_sandboxes import StepSandboxes
 from warren.agent.teardown import Teardown, set_subreaper
 from warren.agent.templates import TemplateStore
 from warren.agent.warm_pool import WarmPools
@@ -93,8 +94,6 @@ class SandboxManager:
             images=settings.layer_images, installs_at_once=settings.layer_installs_at_once,
             install_queue=settings.layer_install_queue,
         )  # fmt: skip
-        # Build steps' sandboxes (build_step.py): made and destroyed here, never registered.
-        self.transient: set[str] = set()
         self._teardown = Teardown(self.sandboxes_dir, self.runtime, self.network, self.runtime.container_id)
         self._builder = SandboxBuilder(
             sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, network=self.network,
@@ -110,6 +109,7 @@ class SandboxManager:
         self._tasks: list[asyncio.Task[None]] = []
         # Destroys, pauses and resumes under way: they run to completion (shielded_ops.py).
         self._ops = ShieldedOps()
+        self.steps = StepSandboxes(self._ops, self._teardown)  # build steps': never registered
         self._stopping = False
         # Containers that die on their own, noticed at once (a pidfd each; container_exits.py).
         self._exits = ContainerExits(lambda sb_id, pid: self._ops.detach(self._exited(sb_id, pid)))
@@ -181,7 +181,8 @@ class SandboxManager:
         await asyncio.to_thread(self.layers.unmount_idle)
 
     async def destroy_all(self) -> None:
-        """`Terminate`: the host is being taken out of service, so every sandbox goes. Creates
+        """`Terminate`: the host is being taken out of service, so every sandbox goes (build
+        steps' too, their steps then failing). Creates
         stop first: queued ones are refused, and those under way are destroyed once they finish,
         so that no sandbox comes up after the rest were destroyed and runs on unrecorded. The
         caller bounds the wait; creates still running then are cancelled with the server and
@@ -198,7 +199,8 @@ class SandboxManager:
         while True:
             # The sandboxes there are first, all at once: a slow create, or one sandbox held by
             # a long snapshot, must not hold up the rest.
-            await asyncio.gather(*(destroy(sb_id) for sb_id in list(self._sandboxes)))
+            # Build steps' sandboxes too: no agent will start on this data dir again to remove them.
+            await asyncio.gather(*(destroy(sb_id) for sb_id in list(self._sandboxes)), self.steps.end_all())
             if self._admission.idle():
                 return
             await self._admission.wait_idle()
@@ -407,23 +409,17 @@ class SandboxManager:
 
     async def build_transient(self, req: CreateRequest) -> HostSandbox:
         """A build step's sandbox: made like any other (admission included) but not registered,
-        so never listed, reaped or re-adopted; :meth:`destroy_transient` removes it. The caller
-        holds its chain (``layers.hold``)."""
+        so never listed, reaped or re-adopted; ``steps.end`` removes it (step_sandboxes.py). The
+        caller holds its chain (``layers.hold``)."""
         lower, base_config = await self.lower_layers(req)
-        self.transient.add(req.sandbox_id)
+        self.steps.making(req.sandbox_id)
         try:
-            admission = self.admission(req, [])
-            return await self._builder.build(req, lower, base_config, admission=admission)
+            sb = await self._builder.build(req, lower, base_config, admission=self.admission(req, []))
         except BaseException:
-            self.transient.discard(req.sandbox_id)
+            self.steps.not_made(req.sandbox_id)
             raise
-
-    async def destroy_transient(self, sb: HostSandbox) -> None:
-        """Shielded: a cancelled build step still leaves nothing behind."""
-        try:
-            await self._discard(sb)
-        finally:
-            self.transient.discard(sb.id)
+        self.steps.made(sb)
+        return sb
 
     async def _discard(self, sb: HostSandbox) -> None:
         """An unregistered sandbox's teardown, shielded (shielded_ops.py)."""
@@ -446,7 +442,7 @@ class SandboxManager:
     async def _destroy(self, sb_id: str) -> None:
         sb = self._sandboxes.get(sb_id)
         if sb is None:
-            if sb_id in self.transient:
+            if sb_id in self.steps:
                 raise NotFound(f"sandbox {sb_id} not found")  # a build step's: its own
             if sb_id in self._admission:
                 raise InvalidState(f"sandbox {sb_id} is being created")

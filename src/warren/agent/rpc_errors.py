@@ -3,7 +3,8 @@
 NotFound → NOT_FOUND, InvalidRequest → INVALID_ARGUMENT, InvalidState/Conflict →
 FAILED_PRECONDITION, an exec or build-step timeout → DEADLINE_EXCEEDED, a corrupt layer →
 DATA_LOSS, a payload past its bound or a dial past its limit → RESOURCE_EXHAUSTED, a port nothing
-listens on → UNAVAILABLE ``port_not_open``, the guest's error kinds by ``GUEST_CODES``, anything
+listens on → UNAVAILABLE ``port_not_open``, work the host's ``Terminate`` ended (ServiceUnavailable) →
+UNAVAILABLE, the guest's error kinds by ``GUEST_CODES``, anything
 else → INTERNAL (logged). A guest error's kind also goes to the caller as data, the call's
 trailing metadata ``warren-guest-kind`` (``warren/rpc/guest_kind.py``), on unary and streaming
 calls alike (:func:`abort`).
@@ -22,7 +23,7 @@ from warren.agent import build_step, dial
 from warren.agent.guest_wire import GuestError
 from warren.agent.layer_cache import LayerCorrupt
 from warren.agent.layer_slots import InstallsBusy
-from warren.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, WarrenError
+from warren.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable, WarrenError
 from warren.rpc import guest_kind
 
 log = logging.getLogger("warren.agent.rpc")
@@ -76,6 +77,8 @@ def status_for(e: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, e.message
     if isinstance(e, dial.PortNotOpen):
         return grpc.StatusCode.UNAVAILABLE, f"port_not_open: {e.message}"
+    if isinstance(e, ServiceUnavailable):  # the host is being taken out of service
+        return grpc.StatusCode.UNAVAILABLE, e.message
     if isinstance(e, GuestError):
         code = GUEST_CODES.get(e.kind, grpc.StatusCode.INTERNAL)
         # The guest's own words say what is missing (a file, a command, a process), or which

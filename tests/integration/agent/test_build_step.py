@@ -224,3 +224,21 @@ def test_a_step_cut_short_by_an_agent_crash_is_removed_at_restart(agent: AgentPr
     agent.start()
     assert no_leftovers(agent) == []
     assert not agent.stub.ListSandboxes(pb.ListSandboxesRequest()).sandboxes
+
+
+def test_a_terminate_ends_a_running_step_and_leaves_nothing(agent: AgentProcess) -> None:
+    """``Terminate`` (the host taken out of service: no agent will start on this data dir again)
+    ends the steps under way too, not only the registered sandboxes. Before, a step's sandbox
+    ran on past its agent, mounted and holding its network slot (session 35)."""
+    events = step(agent, "echo started; sleep 600")
+    assert next(iter(events)).output == b"started\n"
+    agent.stub.Terminate(pb.TerminateRequest(), timeout=10)
+    assert agent.proc is not None
+    agent.proc.wait(90)
+    assert leftovers(agent) == []  # at once: nothing is left for a next agent to remove
+    with pytest.raises(grpc.RpcError) as ei:
+        collect(events)  # the step was ended, and says why (before: gRPC's "Cancelled")
+    assert code_of(ei.value) == grpc.StatusCode.UNAVAILABLE, ei.value
+    assert "taken out of service" in ei.value.details(), ei.value  # type: ignore[attr-defined]
+    assert "event=build_step_ended" in agent.log_tail(400)
+    agent.start()
