@@ -64,4 +64,12 @@ def test_a_sandbox_held_at_its_memory_limit_keeps_its_guest(alice: Tenant, held_
         codes.append(r.json()["exit_code"])
     assert set(codes) <= STORM_EXIT_CODES, codes  # a command may be a victim of the storm
     assert codes.count(0) >= COMMANDS // 4, codes  # the guest still runs the tenant's commands
-    assert alice.sh(sb, "echo alive") == "alive\n"
+    # A command's output comes back whole. The storm goes on meanwhile, so a try may be one of
+    # its victims (-9) like any command above (it was, in a CI run of session 36).
+    for _ in range(10):
+        r = alice.x(sb, "echo alive", timeout_sec=30)
+        assert r.status_code == 200, r.text
+        if r.json()["exit_code"] == 0:
+            break
+        assert r.json()["exit_code"] in STORM_EXIT_CODES, r.text
+    assert (r.json()["exit_code"], r.json()["stdout"]) == (0, "alive\n"), r.text

@@ -123,6 +123,10 @@ async def run_build_step(m: SandboxManager, step: BuildStep) -> AsyncIterator[St
                 return
             async for ev in _export(m, sb, step):
                 yield ev
+        except Exception:
+            if sb is not None and sb.id not in m.steps:  # Terminate ended it (step_sandboxes.py)
+                raise ServiceUnavailable("the build host was taken out of service during the step") from None
+            raise
         finally:
             if sb is not None:
                 await m.steps.end(sb)
@@ -151,8 +155,6 @@ async def _run(
                     ev = await anext(session, None)
             except TimeoutError:
                 raise StepTimeout(f"the build step ran past its {limit} s limit") from None
-            if sb.id not in m.steps:  # Terminate ended its sandbox (step_sandboxes.py)
-                raise ServiceUnavailable("the build host was taken out of service during the step")
             if ev is None:
                 raise WarrenError(f"build step {sb.id}: the command's stream ended without an exit")
             if ev.kind == "exit" and ev.timed_out:

@@ -1,5 +1,6 @@
 """What the control plane's WebSocket routes share, the API's (exec, pty, watch) and the
-dashboard's (the terminal): refusing a handshake with the HTTP answer the REST API would give,
+dashboard's (the terminal): admitting a stream before the upgrade (:func:`open_or_deny`),
+refusing a handshake with the HTTP answer the REST API would give,
 an error as a stream's ``error`` frame (both through the one map in ``http_errors``), reading
 one message and closing without caring whether the client is still there.
 """
@@ -7,13 +8,45 @@ one message and closing without caring whether the client is still there.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from warren.cp.http_errors import response_for, status_and_code
+from warren.cp.security import credentials
+from warren.cp.services.context import AuthContext
+from warren.cp.services.stream_slots import Slot
+from warren.cp.state import state_of
 from warren.errors import WarrenError
+
+T = TypeVar("T")
+
+
+async def open_or_deny(
+    websocket: WebSocket,
+    slot: Slot,
+    open_: Callable[[AuthContext], Awaitable[T]],
+    *,
+    admit: Callable[[], Awaitable[AuthContext]] | None = None,
+) -> T | None:
+    """Before the upgrade: the caller admitted (the API's credentials, from headers or query
+    parameters, through the one gate; or ``admit``, the dashboard's session), the stream
+    counted for its team in ``slot`` (429 past the team's open streams), then ``open_(ctx)``.
+    None once a refusal is answered, as the REST API answers it (plain JSON)."""
+    state = state_of(websocket)
+    try:
+        if admit is None:
+            creds = credentials.from_websocket(websocket.headers, websocket.query_params)
+            ctx = await state.gate.admit(creds, require_user=False)
+        else:
+            ctx = await admit()
+        slot.claim(ctx, state.settings.max_streams_per_team)
+        return await open_(ctx)
+    except Exception as e:
+        await deny(websocket, e)
+        return None
 
 
 async def deny(websocket: WebSocket, exc: BaseException) -> None:

@@ -16,12 +16,13 @@ from starlette.background import BackgroundTask
 from warren.cp import ws
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.api.disconnect import CLIENT_GONE, until_disconnected
+from warren.cp.hosts.client_pool import HostClient
 from warren.cp.http_errors import error_responses
-from warren.cp.security import credentials
 from warren.cp.services import exec as svc
 from warren.cp.services import exec_stream as stream
 from warren.cp.services import exec_unary as unary
 from warren.cp.services import sandbox_access, stream_slots
+from warren.cp.services.context import AuthContext
 from warren.cp.services.transfer_turns import account_key
 from warren.cp.state import state_of
 
@@ -94,16 +95,16 @@ async def exec_stream(websocket: WebSocket, sandbox_id: str) -> None:
     past the team's open streams)."""
     state = state_of(websocket)
     engine, pool = state.engine, state.pool
-    creds = credentials.from_websocket(websocket.headers, websocket.query_params)
+
+    async def open_(ctx: AuthContext) -> tuple[AuthContext, sandbox_access.Target, HostClient]:
+        tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
+        return ctx, tgt, tgt.client()
+
     with stream_slots.Slot() as slot:
-        try:
-            ctx = await state.gate.admit(creds, require_user=False)
-            slot.claim(ctx, state.settings.max_streams_per_team)
-            tgt = await sandbox_access.target(engine, pool, ctx, sandbox_id)
-            client = tgt.client()
-        except Exception as e:
-            await ws.deny(websocket, e)
+        opened = await ws.open_or_deny(websocket, slot, open_)
+        if opened is None:
             return
+        ctx, tgt, client = opened
         await websocket.accept()
         try:
             session = stream.stream_session(

@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, WebSocket
 
 from warren.cp import ws
-from warren.cp.security import credentials
 from warren.cp.services import pty as svc
 from warren.cp.services import stream_slots
+from warren.cp.services.context import AuthContext
 from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["pty"])
@@ -20,14 +20,13 @@ async def pty_stream(websocket: WebSocket, sandbox_id: str) -> None:
     / ``token`` query parameters. Errors before the upgrade are plain JSON answers
     (400/401/404/409/503; 429 ``too_many_streams`` past the team's open streams)."""
     state = state_of(websocket)
-    creds = credentials.from_websocket(websocket.headers, websocket.query_params)
+
+    async def open_(ctx: AuthContext) -> svc.Terminal:
+        return await svc.prepare(state.engine, state.pool, ctx, sandbox_id)
+
     with stream_slots.Slot() as slot:
-        try:
-            ctx = await state.gate.admit(creds, require_user=False)
-            slot.claim(ctx, state.settings.max_streams_per_team)
-            tgt = await svc.prepare(state.engine, state.pool, ctx, sandbox_id)
-        except Exception as e:
-            await ws.deny(websocket, e)
+        tgt = await ws.open_or_deny(websocket, slot, open_)
+        if tgt is None:
             return
         await websocket.accept()
         try:

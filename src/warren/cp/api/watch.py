@@ -16,9 +16,9 @@ from warren.cp import ws
 from warren.cp.api.deps import AUTH_ERRORS, Db, Pool, TeamContext
 from warren.cp.api.exec import json_body
 from warren.cp.http_errors import error_responses
-from warren.cp.security import credentials
 from warren.cp.services import stream_slots
 from warren.cp.services import watch as svc
+from warren.cp.services.context import AuthContext
 from warren.cp.state import state_of
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["watch"])
@@ -43,14 +43,13 @@ async def watch_stream(
     path, 409, 413 too many directories, 429 ``too_many_streams`` past the team's open streams,
     503)."""
     state = state_of(websocket)
-    creds = credentials.from_websocket(websocket.headers, websocket.query_params)
+
+    async def open_(ctx: AuthContext) -> AsyncGenerator[dict[str, Any]]:
+        return await svc.open_stream(state.engine, state.pool, ctx, sandbox_id, path, recursive, user)
+
     with stream_slots.Slot() as slot:
-        try:
-            ctx = await state.gate.admit(creds, require_user=False)
-            slot.claim(ctx, state.settings.max_streams_per_team)
-            frames = await svc.open_stream(state.engine, state.pool, ctx, sandbox_id, path, recursive, user)
-        except Exception as e:
-            await ws.deny(websocket, e)
+        frames = await ws.open_or_deny(websocket, slot, open_)
+        if frames is None:
             return
         await websocket.accept()
         try:

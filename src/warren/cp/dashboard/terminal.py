@@ -31,6 +31,7 @@ from warren.cp.dashboard import session as sessions
 from warren.cp.dashboard.web import session_auth
 from warren.cp.services import pty as pty_svc
 from warren.cp.services import stream_slots
+from warren.cp.services.context import AuthContext
 from warren.cp.state import state_of
 from warren.errors import Forbidden, NotFound, Unauthorized
 
@@ -74,20 +75,23 @@ def browser_peer(websocket: WebSocket) -> pty_svc.PtyPeer:
 @router.websocket("/dashboard/sandboxes/{sandbox_id}/terminal")
 async def terminal(websocket: WebSocket, sandbox_id: str) -> None:
     state = state_of(websocket)
+
+    async def admit() -> AuthContext:
+        sess = sessions.read(websocket, state.settings.jwt_secret)
+        _check_handshake(websocket, state.settings.public_url, sess.csrf if sess else None)
+        found = await session_auth(websocket)
+        if found is None:
+            raise Unauthorized("your session has ended; sign in again")
+        if found[1].team_id is None:
+            raise NotFound("sandbox not found")
+        return found[1]
+
+    async def open_(ctx: AuthContext) -> pty_svc.Terminal:
+        return await pty_svc.prepare(state.engine, state.pool, ctx, sandbox_id)
+
     with stream_slots.Slot() as slot:
-        try:
-            sess = sessions.read(websocket, state.settings.jwt_secret)
-            _check_handshake(websocket, state.settings.public_url, sess.csrf if sess else None)
-            found = await session_auth(websocket)
-            if found is None:
-                raise Unauthorized("your session has ended; sign in again")
-            ctx = found[1]
-            if ctx.team_id is None:
-                raise NotFound("sandbox not found")
-            slot.claim(ctx, state.settings.max_streams_per_team)
-            tgt = await pty_svc.prepare(state.engine, state.pool, ctx, sandbox_id)
-        except Exception as e:
-            await ws.deny(websocket, e)
+        tgt = await ws.open_or_deny(websocket, slot, open_, admit=admit)
+        if tgt is None:
             return
         await websocket.accept(subprotocol=SUBPROTOCOL)
         try:
