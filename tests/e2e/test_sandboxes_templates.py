@@ -247,6 +247,9 @@ async def test_a_refused_refresh_shows_the_servers_reason(web: Web, live: LiveCP
     ]
 
     async def refuse(route: Route) -> None:
+        # Marked as the script's: the server then answers a refusal with its envelope
+        # (tests/security/test_attack_session34_team_rate.py), not the error page.
+        assert route.request.headers.get("x-requested-with") == "fetch", route.request.headers
         status, body, kind = answers.pop(0)
         await route.fulfill(status=status, body=body, content_type=kind)
 

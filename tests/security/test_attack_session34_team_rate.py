@@ -118,18 +118,23 @@ def test_websocket_opens_count_against_the_teams_rate(alice: Tenant, sandbox: st
     assert _within_the_rate(opened, elapsed), f"{opened} WebSockets opened in {elapsed:.1f} s"
 
 
+def _signed_in(c: httpx.Client) -> None:
+    """``c`` holds a new account's dashboard session."""
+    email = f"dash-{uuid.uuid4().hex[:10]}@example.com"
+    r = c.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "dash"})
+    assert r.status_code == 201, r.text
+    verify_email(c, r.json()["token"])
+    token = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/login").text)
+    assert token is not None
+    form = {"csrf_token": token[1], "email": email, "password": PASSWORD}
+    assert c.post("/login", data=form).status_code in (200, 303)
+
+
 def test_dashboard_requests_count_against_the_teams_rate(platform: Platform) -> None:
     """A script with a signed-in session (the tenant's own account) reading a dashboard page in
     a loop; navigations that pass the rate get the error page with 429."""
-    email = f"dash-{uuid.uuid4().hex[:10]}@example.com"
     with httpx.Client(base_url=platform.url, headers={"Origin": platform.url}, timeout=60) as c:
-        r = c.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "dash"})
-        assert r.status_code == 201, r.text
-        verify_email(c, r.json()["token"])
-        token = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/login").text)
-        assert token is not None
-        form = {"csrf_token": token[1], "email": email, "password": PASSWORD}
-        assert c.post("/login", data=form).status_code in (200, 303)
+        _signed_in(c)
         _full_bucket()
         began = time.monotonic()
         answers = [c.get("/dashboard/sandboxes", headers={"Accept": "text/html"}) for _ in range(CALLS)]
@@ -140,3 +145,21 @@ def test_dashboard_requests_count_against_the_teams_rate(platform: Platform) -> 
     assert ok + len(refused) == CALLS, [a.status_code for a in answers]
     assert _within_the_rate(ok, elapsed), f"{ok} dashboard pages answered in {elapsed:.1f} s"
     assert "text/html" in refused[0].headers["content-type"] and "Retry-After" in refused[0].headers
+
+
+def test_the_lists_refresh_past_the_rate_is_told_why(platform: Platform) -> None:
+    """The sandbox list's refresh (the page's script asks for the HTML fragment, as app.js
+    does) past the team's rate gets the rate limit's envelope, which the page shows in a toast.
+    Before, it got the error page meant for a navigation, and the page said "Something went
+    wrong" (session 35)."""
+    refresh = {"Accept": "text/html", "X-Requested-With": "fetch"}
+    with httpx.Client(base_url=platform.url, headers={"Origin": platform.url}, timeout=60) as c:
+        _signed_in(c)
+        _full_bucket()
+        answers = [c.get("/dashboard/sandboxes/rows", headers=refresh) for _ in range(BURST + 5)]
+    assert answers[0].status_code == 200 and 'id="sandbox-list"' in answers[0].text, answers[0].text
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, [a.status_code for a in answers]
+    assert refused[0].headers["content-type"] == "application/json", refused[0].headers
+    assert refused[0].json()["error"]["code"] == "rate_limited", refused[0].text
+    assert "Retry-After" in refused[0].headers

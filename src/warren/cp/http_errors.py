@@ -5,7 +5,9 @@ Every JSON error is ``{"error": {"code": ..., "message": ..., **extra}}``. Servi
 wrong method) are reshaped into the same envelope. Anything unexpected is a 500
 ``internal_error`` whose details go to the log, never to the client. A browser navigating to a
 page outside the API (``Accept: text/html``) gets the same status and message as an HTML page
-instead, when the app was given one (the dashboard's).
+instead, when the app was given one (the dashboard's). A page's own script that asks for HTML
+(the sandbox list's refresh, a fragment) says so with ``X-Requested-With`` and gets the
+envelope: it shows the message in a toast, and an error page gave it nothing to show.
 """
 
 from __future__ import annotations
@@ -232,6 +234,7 @@ def _wants_html(request: Request) -> bool:
     return (
         request.method in ("GET", "HEAD")
         and "text/html" in request.headers.get("accept", "")
+        and "x-requested-with" not in request.headers  # a script's request, not a navigation
         and not request.url.path.startswith(_API_PATHS)
     )
 

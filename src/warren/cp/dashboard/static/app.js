@@ -477,7 +477,9 @@
     function refresh() {
       var seq = ++latest;
       if (refreshBtn) refreshBtn.disabled = true;
-      return fetch("/dashboard/sandboxes/rows", { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      // X-Requested-With: a refusal comes as the API's envelope, not as an error page.
+      var asks = { "Accept": "text/html", "X-Requested-With": "fetch" };
+      return fetch("/dashboard/sandboxes/rows", { credentials: "same-origin", headers: asks })
         .then(function (r) {
           if (r.status === 401) { window.location.href = "/login"; throw new Error("signed out"); }
           // A refusal says why in the API's envelope (e.g. 503 database_busy: "retry shortly"),
