@@ -47,6 +47,7 @@ import hypothesis
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.harness.agent import AgentProcess
 from tests.harness.machine import prebuild_minimal_template
 from tests.harness.platform import Platform
 from warren import clock
@@ -222,15 +223,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A failed test that used a platform shows its CP's logged errors (the CP runs in its own
-    process: what it logged is otherwise lost with the run's directory, as in CI)."""
+    """A failed test that used a platform or an agent shows its CP's logged errors and its
+    agents' warnings (each runs in its own process: what it logged is otherwise lost with the
+    run's directory, as in CI)."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
     if not report.failed:
         return
     for name, value in getattr(item, "funcargs", {}).items():
-        if isinstance(value, Platform) and (errors := value.cp.errors_tail()):
-            report.sections.append((f"control plane errors ({name})", errors))
+        agents = [value] if isinstance(value, AgentProcess) else []
+        if isinstance(value, Platform):
+            agents = value.agents
+            if errors := value.cp.errors_tail():
+                report.sections.append((f"control plane errors ({name})", errors))
+        for i, agent in enumerate(agents):
+            if warnings := agent.warnings_tail():
+                report.sections.append((f"host agent warnings ({name}, agent {i})", warnings))
 
 
 # ------------------------------------------------------------------------------------ fixtures

@@ -33,7 +33,14 @@ from typing import Any
 import grpc
 
 from tests.harness import tether
-from tests.harness.machine import MINIMAL_CACHE, free_port, listening, minimal_cache_env, scratch_dir
+from tests.harness.machine import (
+    MINIMAL_CACHE,
+    free_port,
+    listening,
+    log_lines_at,
+    minimal_cache_env,
+    scratch_dir,
+)
 from warren import ids
 from warren.agent.control_plane import load_credentials
 from warren.rpc import hostagent_pb2 as pb
@@ -249,6 +256,11 @@ class AgentProcess:
                 return self.proc.returncode
             await asyncio.sleep(0.1)
         raise TimeoutError(f"agent {self.address} did not exit:\n{self.log_tail()}")
+
+    def warnings_tail(self, n: int = 12) -> str:
+        """The last ``n`` WARNING, ERROR and CRITICAL lines of its log: what a failed test's
+        report shows (a sandbox's memory wall handed back, a teardown that failed)."""
+        return log_lines_at(self.log_path, ("WARNING", "ERROR", "CRITICAL"), n)
 
     def log_tail(self, n: int = 40) -> str:
         try:

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.harness import tether
 from tests.harness.invitations import join_team_async, verify_email_async
-from tests.harness.machine import free_port
+from tests.harness.machine import free_port, log_lines_at
 from warren import ids
 from warren.config import HTTP_KEEP_ALIVE_S, Settings
 from warren.cp.app import create_app
@@ -266,12 +266,7 @@ class CPProcess:
 
     def errors_tail(self, n: int = 12) -> str:
         """The last ``n`` ERROR and CRITICAL lines of its log (each cut at 600 characters)."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        errors = [line[:600] for line in lines if line.split(" ", 3)[2:3] in (["ERROR"], ["CRITICAL"])]
-        return "\n".join(errors[-n:])
+        return log_lines_at(self.log_path, ("ERROR", "CRITICAL"), n)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

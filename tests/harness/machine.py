@@ -61,3 +61,14 @@ def prebuild_minimal_template() -> None:
     with tempfile.TemporaryDirectory(prefix="warren-tpl-") as scratch:
         asyncio.run(TemplateStore(Path(scratch), minimal_dir=MINIMAL_CACHE).ensure_minimal())
     print(f"minimal template ready in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def log_lines_at(path: Path, levels: tuple[str, ...], n: int = 12) -> str:
+    """The last ``n`` lines of a Warren process's text log (warren/logs.py's format: date, time,
+    level) at one of ``levels``, each cut at 600 characters; "" when the log cannot be read."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    kept = [line[:600] for line in lines if line.split(" ", 3)[2:3] in [[level] for level in levels]]
+    return "\n".join(kept[-n:])
