@@ -27,7 +27,8 @@ from warren.agent.chain import MAX_CMD, Chain, TemplateConfig
 from warren.agent.create import check_request
 from warren.agent.record import STEP_ID_PREFIX, HostSandbox
 from warren.agent.sandbox_fs import SandboxFs
-from warren.errors import InvalidRequest, ServiceUnavailable, WarrenError
+from warren.agent.step_sandboxes import out_of_service
+from warren.errors import InvalidRequest, WarrenError
 from warren.layers import LayerMeta
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ async def run_build_step(m: SandboxManager, step: BuildStep) -> AsyncIterator[St
                 yield ev
         except Exception:
             if sb is not None and sb.id not in m.steps:  # Terminate ended it (step_sandboxes.py)
-                raise ServiceUnavailable("the build host was taken out of service during the step") from None
+                raise out_of_service() from None
             raise
         finally:
             if sb is not None:

@@ -49,7 +49,7 @@ from warren.agent.runtime.select import RuntimeSet
 from warren.agent.sandbox_runtime import SandboxRuntimes
 from warren.agent.settings import AgentSettings
 from warren.agent.shielded_ops import ShieldedOps
-from warren.agent.step_sandboxes import StepSandboxes
+from warren.agent.step_sandboxes import StepSandboxes, out_of_service
 from warren.agent.teardown import Teardown, set_subreaper
 from warren.agent.templates import TemplateStore
 from warren.agent.warm_pool import WarmPools
@@ -418,7 +418,9 @@ class SandboxManager:
         except BaseException:
             self.steps.not_made(req.sandbox_id)
             raise
-        self.steps.made(sb)
+        if not self.steps.made(sb):  # Terminate began while it was made
+            await self.steps.end(sb)
+            raise out_of_service()
         return sb
 
     async def _discard(self, sb: HostSandbox) -> None:

@@ -18,6 +18,10 @@ import logging
 from warren.agent.record import HostSandbox
 from warren.agent.shielded_ops import ShieldedOps
 from warren.agent.teardown import Teardown
+from warren.errors import ServiceUnavailable
+
+# What a step ended by Terminate fails with (gRPC UNAVAILABLE, agent/rpc_errors.py).
+OUT_OF_SERVICE = "the build host was taken out of service during the step"
 
 log = logging.getLogger("warren.agent.build")
 
@@ -27,6 +31,7 @@ class StepSandboxes:
         self._ops, self._teardown = ops, teardown
         self._ids: set[str] = set()  # being made or made, until ended
         self._made: dict[str, HostSandbox] = {}  # made and not yet ended
+        self._closed = False  # Terminate began: a sandbox made from now on is ended at once
 
     def __contains__(self, sb_id: str) -> bool:
         """Being made, or made and not being ended."""
@@ -35,8 +40,11 @@ class StepSandboxes:
     def making(self, sb_id: str) -> None:
         self._ids.add(sb_id)
 
-    def made(self, sb: HostSandbox) -> None:
+    def made(self, sb: HostSandbox) -> bool:
+        """Recorded; False once ``Terminate`` began (:meth:`end_all`): its maker ends it and
+        fails the step, as no sandbox may come up after the rest were destroyed."""
         self._made[sb.id] = sb
+        return not self._closed
 
     def not_made(self, sb_id: str) -> None:
         """Its create failed or was cancelled (the builder rolled it back)."""
@@ -47,7 +55,9 @@ class StepSandboxes:
         await self._ops.run_once(sb.id, lambda: self._end(sb), _log_failure)
 
     async def end_all(self) -> None:
-        """Every step's sandbox made so far (``Terminate``); their steps then fail."""
+        """Every step's sandbox made so far, and from now on every one as it is made
+        (``Terminate``); their steps then fail."""
+        self._closed = True
         for sb_id in self._made:
             log.info("event=build_step_ended sandbox_id=%s reason=terminate", sb_id)
         await asyncio.gather(*(self.end(sb) for sb in list(self._made.values())))
@@ -56,6 +66,10 @@ class StepSandboxes:
         self._ids.discard(sb.id)  # first: its step, seeing its command's stream break, asks
         if self._made.pop(sb.id, None) is sb:
             await self._teardown.cleanup(sb.id, slot=sb.slot, pid=sb.pid)
+
+
+def out_of_service() -> ServiceUnavailable:
+    return ServiceUnavailable(OUT_OF_SERVICE)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
