@@ -242,14 +242,20 @@ class OomWatch:
                 time.sleep(SWEEP_S)
 
     def _on_event(self, fd: int) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(fd)
         if fd == self._wake:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
             return  # stop() asks the loop to look at _stopping
         with self._lock:
             a = self._by_fd.get(fd)
-            due = a is not None and self._handle(a, event=True)
-        if due and a is not None:
+            if a is None:
+                # Disarmed since the poll: its eventfd is closed, and its number may be another
+                # file's by now (a socket's bytes must not be read here).
+                return
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
+            due = self._handle(a, event=True)
+        if due:
             self._kill_one(a)
 
     def _sweep(self) -> None:

@@ -134,3 +134,19 @@ def test_arming_a_sandbox_without_cmds_does_nothing(parent: str, watch: OomWatch
     (MEMORY / parent / "sb-gvisor").mkdir(parents=True)
     watch.arm("sb-gvisor")
     assert watch.armed() == []
+
+
+def test_an_event_for_a_sandbox_disarmed_since_the_poll_reads_nothing(parent: str) -> None:
+    """The poll named a sandbox's eventfd, then its destroy disarmed it (closing the fd) before
+    the event was handled; the number may be another file's by then. Before, the watch read
+    8 bytes from whatever it was."""
+    w = OomWatch(parent=parent)
+    r, wr = os.pipe()
+    os.set_blocking(r, False)  # before the fix, the read below found nothing (not a hang)
+    try:
+        os.write(wr, b"12345678")
+        w._on_event(r)  # an fd the watch does not hold (any more)
+        assert os.read(r, 8) == b"12345678"
+    finally:
+        os.close(r)
+        os.close(wr)
