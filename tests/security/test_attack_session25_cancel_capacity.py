@@ -17,6 +17,7 @@ then fails the row, so the slot and the room are held until the step is gone.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -101,3 +102,51 @@ def test_builds_cancelled_through_another_replica_stay_within_the_hosts_room(
         stop.set()
         sampler.join()
     assert peak[0] <= LIVE_BOUND, f"{peak[0]} build steps of one team live at once; the host has room for 1"
+
+
+def test_a_team_deleted_through_another_replica_stops_its_build_there(
+    platform: Platform, replica_b: CPProcess
+) -> None:
+    """Session 37: the team's delete cancels its builds as a cancel does. Its build runs on
+    replica A, the delete goes through replica B: A sees the mark at its next heartbeat, stops
+    the step (its host room given back) and fails the build; no template version is written."""
+    from warren import ids
+    from warren.cp.services.template_builds import TEAM_DELETED
+
+    mallory = signup(platform.url, "doomed")
+    marker = f"mk{uuid.uuid4().hex[:10]}"
+    spec = f'FROM minimal\nRUN echo started; python3 -c "import time; time.sleep(120)" {marker}\n'
+    name = f"s37d-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(headers={"X-API-Key": mallory.api_key}, timeout=60) as c:
+        r = c.post(f"{platform.url}/v1/templates", json={"name": name, "spec": spec})
+        assert r.status_code == 202, r.text
+        bid = r.json()["build_id"]
+        for _ in range(600):
+            log = c.get(f"{platform.url}/v1/templates/{name}/builds/{bid}/log").json()["data"]
+            if "started" in log and _live(marker):
+                break
+            time.sleep(0.1)
+        assert _live(marker), f"the step's command is not running: {log[-500:]}"
+    r = httpx.delete(
+        f"{replica_b.url}/v1/teams/{mallory.team_id}",
+        headers={"Authorization": f"Bearer {mallory.token}"},
+        timeout=60,
+    )
+    assert r.status_code == 204, r.text
+    deleted = time.monotonic()
+    while _live(marker) and time.monotonic() - deleted < 60:
+        time.sleep(0.2)
+    lived = time.monotonic() - deleted
+    assert not _live(marker) and lived < 20, f"the step ran on {lived:.1f} s after the delete"
+    build = ids.parse_id(ids.Kind.BUILD, bid, what="build_id")
+    team = ids.parse_id(ids.Kind.TEAM, mallory.team_id, what="team_id")
+    while time.monotonic() - deleted < 60:
+        [(status, error)] = asyncio.run(
+            platform.sql("SELECT status, error FROM template_builds WHERE id = :i", i=build)
+        )
+        if status != "running":
+            break
+        time.sleep(0.2)
+    assert (status, error) == ("failed", TEAM_DELETED)
+    assert not asyncio.run(platform.sql("SELECT id FROM templates WHERE team_id = :t", t=team))
+    assert f"event=build_cancel_seen build_id={build}" in platform.cp.log_path.read_text(errors="replace")

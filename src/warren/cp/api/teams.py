@@ -8,7 +8,7 @@ import uuid
 
 from fastapi import APIRouter, Response
 
-from warren.cp.api.deps import Db, JwtSession, Pool, SettingsDep, UserSession
+from warren.cp.api.deps import Db, JwtSession, SettingsDep, State, UserSession
 from warren.cp.api.models import (
     AddMemberRequest,
     Invitation,
@@ -75,10 +75,11 @@ async def rename_team(team_id: str, body: TeamNameRequest, session: UserSession,
 @router.delete(
     "/{team_id}", status_code=204, response_class=Response, responses=error_responses(400, *_AUTH, 404)
 )
-async def delete_team(team_id: str, session: UserSession, engine: Db, pool: Pool) -> Response:
-    """Soft delete (owner only): stops the team's sandboxes, removes its templates; its API keys
-    and JWTs stop working."""
-    await team_deletion.delete_team(engine, pool, session.ctx, _jwt_team(session, team_id))
+async def delete_team(team_id: str, session: UserSession, engine: Db, state: State) -> Response:
+    """Soft delete (owner only): stops the team's sandboxes and builds, removes its templates;
+    its API keys and JWTs stop working."""
+    tid = _jwt_team(session, team_id)
+    await team_deletion.delete_team(engine, state.pool, session.ctx, tid, runner=state.builds)
     return Response(status_code=204)
 
 

@@ -183,7 +183,8 @@ async def _after_departure(act: Act, response: Response, what: str) -> dict[str,
 
 @router.post("/team/delete")
 async def delete_team(act: Act, response: Response) -> dict[str, Any]:
-    await team_deletion.delete_team(act.engine, act.state.pool, act.ctx, require_team(act.ctx))
+    team_id, state = require_team(act.ctx), act.state
+    await team_deletion.delete_team(act.engine, state.pool, act.ctx, team_id, runner=state.builds)
     return await _after_departure(act, response, "Team deleted")
 
 

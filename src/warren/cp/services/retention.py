@@ -11,6 +11,10 @@ deleted once old enough, so their growth is bounded by a rate times a window.
 - **Audit records** older than ``WARREN_AUDIT_RETENTION_DAYS``, except the create record of a
   snapshot that still exists: E2B's ``list_snapshots(sandbox_id=…)`` finds a snapshot's source
   there (``e2b_snapshots.py``), and those are bounded by the snapshot quota.
+- **A deleted team's builds**: its ended ``template_builds`` rows and their logs (up to
+  ``WARREN_BUILD_MAX_LOG_MB`` each), once ended :data:`DELETED_TEAM_BUILDS_AFTER` ago (its
+  delete cancelled those still running; they end within seconds). No one can read them any
+  more; a live team's are bounded by ``template_builds.MAX_ENDED_BUILDS_KEPT``. Always on.
 
 0 days keeps a kind for ever. Every replica runs the pass; each batch is one short statement
 that picks its rows ``FOR UPDATE SKIP LOCKED`` (rows another replica is deleting are skipped,
@@ -42,16 +46,18 @@ log = logging.getLogger("warren.retention")
 
 SANDBOX_BATCH = 200  # rows of up to ~140 KiB each (TOASTed egress rules and metadata)
 AUDIT_BATCH = 2000
+BUILD_BATCH = 20  # rows with their logs, up to WARREN_BUILD_MAX_LOG_MB each
+DELETED_TEAM_BUILDS_AFTER = timedelta(minutes=10)
 PASS_BUDGET_S = 20.0  # real seconds of batches in one pass (a backlog is worked off pass by pass)
 
 DELETED = Counter(
     "warren_retention_deleted",
     "Rows this replica's retention passes deleted: sandbox (ended sandboxes), metric_point "
-    "(their saved samples), audit (audit records).",
+    "(their saved samples), audit (audit records), build (a deleted team's builds).",
     ["kind"],
     registry=REGISTRY,
 )
-for _kind in ("sandbox", "metric_point", "audit"):
+for _kind in ("sandbox", "metric_point", "audit", "build"):
     DELETED.labels(_kind)
 
 # One batch of ended sandboxes: :cutoff, :batch, :now. The partial index ix_sandboxes_ended
@@ -112,6 +118,21 @@ _AUDIT = text("""
            (SELECT created_at FROM last) AS last_at, (SELECT id FROM last) AS last_id
 """)
 
+# One batch of a deleted team's ended builds (their logs go with them, ON DELETE CASCADE):
+# :cutoff, :batch.
+_DELETED_TEAMS_BUILDS = text("""
+    WITH doomed AS (
+        SELECT b.id FROM template_builds b JOIN teams t ON t.id = b.team_id
+        WHERE t.deleted_at IS NOT NULL AND b.status NOT IN ('queued', 'running')
+          AND coalesce(b.finished_at, b.created_at) < :cutoff
+        LIMIT :batch
+        FOR UPDATE OF b SKIP LOCKED
+    ), gone AS (
+        DELETE FROM template_builds b USING doomed d WHERE b.id = d.id RETURNING 1
+    )
+    SELECT count(*) FROM gone
+""")
+
 _FIRST = (datetime(1970, 1, 1, tzinfo=UTC), uuid.UUID(int=0))  # before every record
 
 
@@ -120,6 +141,7 @@ class RetentionReport:
     sandboxes: int = 0
     metric_points: int = 0
     audit: int = 0
+    builds: int = 0
 
 
 def _cutoff(days: int) -> datetime | None:
@@ -163,8 +185,25 @@ async def delete_old_audit(
         await asyncio.sleep(0)
 
 
+async def delete_deleted_teams_builds(
+    engine: AsyncEngine, cutoff: datetime, *, batch: int = BUILD_BATCH, deadline: float | None = None
+) -> int:
+    """Delete deleted teams' builds that ended before ``cutoff`` (with their logs), batch by
+    batch, until none is left or ``deadline`` passes; how many."""
+    deleted = 0
+    while True:
+        async with autocommit(engine) as conn:
+            params = {"cutoff": cutoff, "batch": batch}
+            got = int((await conn.execute(_DELETED_TEAMS_BUILDS, params)).scalar_one())
+        deleted += got
+        DELETED.labels("build").inc(got)
+        if got < batch or (deadline is not None and time.monotonic() >= deadline):
+            return deleted
+        await asyncio.sleep(0)
+
+
 async def retention_pass(engine: AsyncEngine, settings: Settings) -> RetentionReport:
-    """One pass over both kinds (callable directly, e.g. by tests); logs what it deleted."""
+    """One pass over every kind (callable directly, e.g. by tests); logs what it deleted."""
     report = RetentionReport()
     deadline = time.monotonic() + PASS_BUDGET_S
     sandbox_cutoff = _cutoff(settings.sandbox_retention_days)
@@ -178,11 +217,15 @@ async def retention_pass(engine: AsyncEngine, settings: Settings) -> RetentionRe
         report.audit = await delete_old_audit(
             engine, audit_cutoff, deadline=max(deadline, time.monotonic() + PASS_BUDGET_S / 2)
         )
-    if report.sandboxes or report.audit:
+    report.builds = await delete_deleted_teams_builds(
+        engine, clock.now() - DELETED_TEAM_BUILDS_AFTER, deadline=time.monotonic() + PASS_BUDGET_S / 4
+    )
+    if report.sandboxes or report.audit or report.builds:
         log.info(
-            "retention pass deleted %d ended sandboxes (before %s, with %d metric points) and %d audit"
-            " records (before %s)",
+            "retention pass deleted %d ended sandboxes (before %s, with %d metric points), %d audit"
+            " records (before %s) and %d builds of deleted teams",
             report.sandboxes, sandbox_cutoff, report.metric_points, report.audit, audit_cutoff,
+            report.builds,
         )  # fmt: skip
     return report
 

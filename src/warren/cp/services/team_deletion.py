@@ -3,7 +3,11 @@
 It destroys the team's sandboxes on their hosts and deletes the files of its snapshots taken
 before the template store there, through the sandbox and snapshot services. Every other template
 (builds, imports, store snapshots) is rows and store layers: deleting the rows is all, the
-layer GC does the rest. The caller's role is read from the database (teams.lock_team_and_role).
+layer GC does the rest. The team's queued and running builds are cancelled as a cancel does
+(``template_builds.cancel_team_builds``: those running on this replica stop at once, those of
+another at its next heartbeat), its build cache goes with its templates, and its ended builds
+and their logs go with the retention pass (services/retention.py). The caller's role is read
+from the database (teams.lock_team_and_role).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from warren import clock, ids
 from warren.cp.db import end_reasons
 from warren.cp.db.engine import Conn, autocommit, transaction
-from warren.cp.db.tables import sandboxes, teams, templates
+from warren.cp.db.tables import build_cache, sandboxes, teams, templates
 from warren.cp.hosts.client_pool import HostClientPool
 from warren.cp.services import audit
 from warren.cp.services import sandboxes as sandbox_service
 from warren.cp.services import snapshots as snapshot_service
+from warren.cp.services import template_builds as builds
 from warren.cp.services.context import AuthContext
 from warren.cp.services.teams import lock_team_and_role, user_of
 from warren.errors import Forbidden, WarrenError
@@ -93,7 +98,12 @@ async def _require_owner(conn: Conn, team_id: uuid.UUID, user_id: uuid.UUID, *, 
 
 
 async def delete_team(
-    engine: AsyncEngine, pool: HostClientPool, ctx: AuthContext, team_id: uuid.UUID
+    engine: AsyncEngine,
+    pool: HostClientPool,
+    ctx: AuthContext,
+    team_id: uuid.UUID,
+    *,
+    runner: builds.BuildRunner | None = None,
 ) -> None:
     """Soft delete (owner only), docs/spec.md §7.3. Sandbox rows, API keys, memberships and audit rows
     stay; the slug stays reserved; API keys and JWTs of the team stop working at once.
@@ -101,7 +111,9 @@ async def delete_team(
     The team's sandboxes are destroyed on their hosts BEFORE the rows are marked stopped (docs/spec.md §7.3
     step 2), and again after for those whose create finished in between; the files of its
     pre-store snapshots go AFTER the template rows were deleted (step 4); store layers go to the
-    layer GC. Host-side failures are logged, never fatal."""
+    layer GC. Its running builds are cancelled: those ``runner`` (this replica's) runs are
+    stopped and waited for before the answer, the others stop at their replica's next
+    heartbeat. Host-side failures are logged, never fatal."""
     user_id = user_of(ctx)
     async with autocommit(engine) as conn:
         await _require_owner(conn, team_id, user_id, lock=False)
@@ -123,7 +135,9 @@ async def delete_team(
     if live:
         await best_effort("destroying sandboxes on hosts", _destroy_sandboxes(engine, pool, team_id, live))
 
-    stopped, removed = await _stop_and_delete_rows(engine, ctx, team_id, user_id)
+    stopped, removed, building = await _stop_and_delete_rows(engine, ctx, team_id, user_id)
+    if building and runner is not None:  # their steps' room on a host is given back as they stop
+        await best_effort("stopping builds", runner.stop_builds(building, builds.TEAM_DELETED))
 
     # Sandboxes whose create finished between the first list and the stop above were not
     # destroyed yet: those inserted since, and those listed while still `pending` (the agent
@@ -139,15 +153,17 @@ async def delete_team(
 
 async def _stop_and_delete_rows(
     engine: AsyncEngine, ctx: AuthContext, team_id: uuid.UUID, user_id: uuid.UUID
-) -> tuple[list[SandboxRef], list[TemplateRef]]:
+) -> tuple[list[SandboxRef], list[TemplateRef], list[uuid.UUID]]:
     """The delete's one transaction (docs/spec.md §7.3 step 3: if stopping the rows fails, the
-    team is not deleted): its live sandboxes marked stopped, its templates deleted, the team
-    marked deleted and audited. Returns what was stopped and removed."""
+    team is not deleted): its live sandboxes marked stopped, its builds cancelled, its templates
+    and build cache deleted, the team marked deleted and audited. Returns what was stopped and
+    removed, and the builds that were running."""
     now = clock.now()
     async with transaction(engine) as conn:
         await _require_owner(conn, team_id, user_id, lock=True)
         # The team row is locked: no create can insert a sandbox for it until this commits, and
-        # none can after (creates insert only for a live team).
+        # none can after (creates insert only for a live team); no build can be submitted or
+        # write its version either (templates.lock_live_team).
         stopped = _refs(
             await conn.execute(
                 update(sandboxes)
@@ -173,10 +189,12 @@ async def _stop_and_delete_rows(
                 )
             )
         ]
+        building = await builds.cancel_team_builds(conn, team_id)
+        await conn.execute(delete(build_cache).where(build_cache.c.team_id == team_id))
         await conn.execute(update(teams).where(teams.c.id == team_id).values(deleted_at=now))
         await audit.record(
             conn, ctx, team_id=team_id, action="delete", resource_type="team",
             resource_id=ids.team_id(team_id),
             metadata={"sandboxes_stopped": len(stopped), "templates_deleted": len(removed)},
         )  # fmt: skip
-    return stopped, removed
+    return stopped, removed, building

@@ -39,6 +39,9 @@ ACTIVE = ("queued", "running")  # as template_builds.ACTIVE (which imports this 
 # A failed build's error once its team cancelled it; on a running row, the cancel asked of the
 # replica running it, which fails the row once its step has stopped (template_builds.py).
 CANCELLED = "cancelled by the team"
+# The same, asked by the team's delete (services/team_deletion.py); the team can no longer read it.
+TEAM_DELETED = "cancelled: the team was deleted"
+CANCELS = (CANCELLED, TEAM_DELETED)  # the marks a cancel leaves on a running row
 SLOW_FLUSH_S = 1.0  # a flush slower than this is logged: readers see the log that much late
 
 log = logging.getLogger("warren.builds")
@@ -63,6 +66,7 @@ class LogWriter:
         # once, to stop the build's work.
         self.ended = False
         self.on_ended: Callable[[], object] | None = None
+        self.reason = CANCELLED  # the cancel's mark (``CANCELS``), once ended by one
 
     async def write(self, data: bytes) -> None:
         self._remember(data)
@@ -146,15 +150,17 @@ class LogWriter:
         self.offset += len(data)
         if watch and status not in ACTIVE:
             self.end("event=build_ended_elsewhere")
-        elif watch and error == CANCELLED:  # asked of another replica: the row ends once it stops
-            self.end("event=build_cancel_seen")
+        elif watch and error in CANCELS:  # asked of another replica: the row ends once it stops
+            self.end("event=build_cancel_seen", error)
 
-    def end(self, event: str) -> None:
-        """The build's row has ended (``event`` says how it was learnt): stop its work, once.
-        Its log ends with the row: output still buffered is not written."""
+    def end(self, event: str, reason: str = CANCELLED) -> None:
+        """The build's row has ended or was cancelled (``event`` says how it was learnt,
+        ``reason`` is the cancel's mark): stop its work, once. Its log ends with the row: output
+        still buffered is not written."""
         if self.ended:
             return
         self.ended = True
+        self.reason = reason
         log.info("%s build_id=%s", event, self.build_id)
         if self.on_ended is not None:
             self.on_ended()

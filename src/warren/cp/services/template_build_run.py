@@ -33,8 +33,14 @@ from warren.cp.services import layers as layer_svc
 from warren.cp.services import template_context as tctx
 from warren.cp.services import templates as tpl
 from warren.cp.services.template_build_host import BuildHost, MiB, StepFailed
-from warren.cp.services.template_build_log import LogWriter
-from warren.cp.services.template_builds import CANCELLED, STOPPED, BuildRequest, BuildRunner, mark_failed
+from warren.cp.services.template_build_log import CANCELS, LogWriter
+from warren.cp.services.template_builds import (
+    STOPPED,
+    TEAM_DELETED,
+    BuildRequest,
+    BuildRunner,
+    mark_failed,
+)
 from warren.cp.services.template_spec import (
     LAYER_STEPS,
     CopyStep,
@@ -308,13 +314,18 @@ class _Build:
                 )
             )
         ).one()
-        if status == "running" and error == CANCELLED:
-            return CANCELLED
+        if status == "running" and error in CANCELS:
+            return str(error)
         return "the build was failed meanwhile (its heartbeat went stale)"
 
     async def finish(self, spec: Spec, size: int) -> int:
-        """Write the template version and mark the build ready, together; the version."""
+        """Write the template version and mark the build ready, together; the version. The
+        team's locks come first (its delete takes its row, then its builds' rows): a team
+        deleted meanwhile fails the build, and nothing is written."""
         async with self.log.ending(), transaction(self.runner.engine) as conn:
+            await tpl.lock_team(conn, self.team_id)
+            if not await tpl.lock_live_team(conn, self.team_id):
+                raise WarrenError(TEAM_DELETED)
             done = await conn.execute(
                 template_builds.update()
                 .where(
@@ -385,7 +396,7 @@ async def run_build(
             current = asyncio.current_task()
             if not writer.ended or (current is not None and current.cancelling()):
                 raise  # the CP stops: its builds end with it
-            failure = {"error": CANCELLED}  # a running row is failed here (the sweep's: left)
+            failure = {"error": writer.reason}  # a running row is failed here (the sweep's: left)
     except asyncio.CancelledError:
         failure = {"error": STOPPED}
         raise
@@ -435,7 +446,7 @@ async def _fail(
     tail = writer.tail()
     step = build.step if build is not None and build.step else None
     message = failure["error"]
-    where = f"step {step}: " if step and message != CANCELLED else ""
+    where = f"step {step}: " if step and message not in CANCELS else ""
     # A step that failed on the host: its last output lines say why.
     error = f"{where}{message}" + (f"\n{tail}" if tail and failure.get("output") else "")
     try:

@@ -54,6 +54,7 @@ MAX_ENDED_BUILDS_KEPT = 100
 STOPPED = "control plane stopped"
 STALE = "the control plane running this build stopped"
 CANCELLED = build_log.CANCELLED
+TEAM_DELETED = build_log.TEAM_DELETED
 # How long a cancel waits for a build of this replica to stop (its step's RPC cancelled, its
 # host reservation given back) before it answers.
 CANCEL_WAIT_S = 10.0
@@ -199,6 +200,10 @@ async def start_build(
         build_id = ids.new_uuid()
         async with transaction(engine) as conn:
             await tpl.lock_team(conn, team_id)
+            # A team delete marks the team's builds under its row's lock: one submitted
+            # meanwhile is either marked with them or refused here, never run for a deleted team.
+            if not await tpl.lock_live_team(conn, team_id):
+                raise NotFound("team not found")
             await tpl.check_name_free(conn, team_id, body.name)
             await tpl.check_room_for_version(conn, team_id, body.name)
             await _forget_old_builds(conn, team_id)
@@ -318,20 +323,15 @@ async def cancel_build(
     replica, at its next log flush or heartbeat (``WARREN_BUILD_HEARTBEAT_S``)."""
     row = await find(engine, ctx, name, build_ref)
     b = template_builds.c
-    queued = b.status == "queued"
     async with autocommit(engine) as conn:
         done = await conn.execute(
             template_builds.update()
             .where(b.id == row["id"], b.status.in_(ACTIVE))
-            .values(
-                status=sa.case((queued, "failed"), else_=b.status),
-                finished_at=sa.case((queued, clock.now()), else_=b.finished_at),
-                error=CANCELLED,
-            )
+            .values(**_cancelled(CANCELLED))
         )
     if not done.rowcount:
         raise Conflict(f"build {build_ref} of {name!r} has already ended", code="build_finished")
-    stopping = runner.stop_here(row["id"])  # before any await: not left to a heartbeat
+    stopping = runner.stop_here(row["id"], CANCELLED)  # before any await: not left to a heartbeat
     await audit.record(
         engine, ctx, team_id=row["team_id"], action="build_cancel", resource_type="template",
         resource_id=name, metadata={"build_id": build_ref},
@@ -339,6 +339,34 @@ async def cancel_build(
     if stopping is not None:  # a cancelled caller leaves the task be
         await asyncio.wait({stopping}, timeout=CANCEL_WAIT_S)
     return await get_build(engine, ctx, name, build_ref)
+
+
+def _cancelled(reason: str) -> dict[str, Any]:
+    """A cancel's update of an active build row: a queued one failed at once, a running one
+    marked (``error`` = ``reason``, one of ``build_log.CANCELS``) for the replica running it,
+    which fails it once its work has stopped."""
+    b = template_builds.c
+    queued = b.status == "queued"
+    return {
+        "status": sa.case((queued, "failed"), else_=b.status),
+        "finished_at": sa.case((queued, clock.now()), else_=b.finished_at),
+        "error": reason,
+    }
+
+
+async def cancel_team_builds(conn: AsyncConnection, team_id: uuid.UUID) -> list[uuid.UUID]:
+    """The team's delete, in its transaction (the team row locked): every queued or running
+    build of the team cancelled as :func:`cancel_build` does, with ``TEAM_DELETED``. Returns
+    the running ones, for :meth:`BuildRunner.stop_builds` once the transaction has committed
+    (a build another replica runs sees the mark at its next log flush or heartbeat)."""
+    b = template_builds.c
+    rows = await conn.execute(
+        template_builds.update()
+        .where(b.team_id == team_id, b.status.in_(ACTIVE))
+        .values(**_cancelled(TEAM_DELETED))
+        .returning(b.id, b.status)
+    )
+    return [r.id for r in rows if r.status == "running"]
 
 
 async def _forget_old_builds(conn: AsyncConnection, team_id: uuid.UUID) -> None:
@@ -464,14 +492,22 @@ class BuildRunner:
         self.tasks[build_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(build_id, None))
 
-    def stop_here(self, build_id: uuid.UUID) -> asyncio.Task[None] | None:
-        """The build was cancelled: if it runs here, stop its work now rather than at its next
-        heartbeat; its task (which fails the row once stopped), or None."""
+    def stop_here(self, build_id: uuid.UUID, reason: str) -> asyncio.Task[None] | None:
+        """The build was cancelled (``reason``, its row's mark): if it runs here, stop its work
+        now rather than at its next heartbeat; its task (which fails the row once stopped), or
+        None."""
         writer, task = self.writers.get(build_id), self.tasks.get(build_id)
         if writer is None or task is None:
             return None
-        writer.end("event=build_cancelled_here")
+        writer.end("event=build_cancelled_here", reason)
         return task
+
+    async def stop_builds(self, build_ids: list[uuid.UUID], reason: str) -> None:
+        """Builds marked cancelled (``reason``): those running here are stopped now, and waited
+        for (at most ``CANCEL_WAIT_S``); the others stop at their replica's next heartbeat."""
+        stopping = [t for bid in build_ids if (t := self.stop_here(bid, reason)) is not None]
+        if stopping:
+            await asyncio.wait(stopping, timeout=CANCEL_WAIT_S)
 
     def start_sweeper(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="build-sweeper")

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warren import ids
 from warren.cp.db.engine import autocommit, transaction
 from warren.cp.db.locks import key_of
-from warren.cp.db.tables import templates
+from warren.cp.db.tables import teams, templates
 from warren.cp.services import Timestamp, audit
 from warren.cp.services.context import AuthContext, require_team
 from warren.cp.services.template_spec import DEFAULT_READY_TIMEOUT_S, TEMPLATE_NAME_RE, SpecConfig
@@ -247,6 +247,21 @@ async def lock_team(conn: AsyncConnection, team_id: uuid.UUID) -> None:
     await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(TEMPLATE_NS, key_of(team_id))))
 
 
+async def lock_live_team(conn: AsyncConnection, team_id: uuid.UUID) -> bool:
+    """Whether the team is live (not deleted), its row held (``FOR SHARE``) until the caller's
+    transaction ends. A team delete locks that row (``FOR UPDATE``) to cancel the team's builds
+    and delete its templates: a write checked here commits before the delete (which then
+    removes it) or sees the team deleted. The platform's team has no row: always live."""
+    if team_id == PLATFORM:
+        return True
+    deleted = (
+        await conn.execute(
+            sa.select(teams.c.deleted_at).where(teams.c.id == team_id).with_for_update(read=True)
+        )
+    ).first()
+    return deleted is not None and deleted.deleted_at is None
+
+
 async def check_name_free(conn: AsyncConnection, team_id: uuid.UUID, name: str) -> None:
     """A build or an import may add versions to the team's own build/import templates only:
     a platform template's name and a snapshot's are refused (409)."""
@@ -301,8 +316,11 @@ async def insert_version(
     memory_mb: int = 512,
 ) -> RowMapping:
     """Write the next version of ``name`` in the caller's transaction (the team's lock taken
-    here): tags it claims are taken off older versions."""
+    here): tags it claims are taken off older versions. A deleted team's: 404 (a build or an
+    import that ends after its team's delete writes nothing)."""
     await lock_team(conn, team_id)
+    if not await lock_live_team(conn, team_id):
+        raise NotFound("team not found")
     await check_name_free(conn, team_id, name)
     await check_room_for_version(conn, team_id, name)
     latest = (

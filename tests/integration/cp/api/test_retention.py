@@ -22,7 +22,17 @@ import sqlalchemy as sa
 from tests.harness.cp import InProcessCP, User
 from warren import clock, ids
 from warren.config import Settings
-from warren.cp.db.tables import audit_logs, hosts, sandbox_metric_points, sandboxes, templates, users
+from warren.cp.db.tables import (
+    audit_logs,
+    hosts,
+    sandbox_metric_points,
+    sandboxes,
+    teams,
+    template_build_logs,
+    template_builds,
+    templates,
+    users,
+)
 from warren.cp.services import e2b_snapshots, platform_metrics, retention
 from warren.cp.services.context import AuthContext
 
@@ -241,6 +251,53 @@ async def test_two_replicas_passing_at_once_share_the_work(cp: InProcessCP) -> N
         assert (await conn.execute(left)).scalar() == 0
     # And whole passes at once, with nothing left to do, agree too.
     await asyncio.gather(*(retention.retention_pass(cp.engine, cp.settings) for _ in range(3)))
+
+
+async def _build(cp: InProcessCP, team: uuid.UUID, status: str, ended_ago: timedelta | None) -> uuid.UUID:
+    """A build row of ``team`` with a log chunk, ended ``ended_ago`` (None: still active)."""
+    b = ids.new_uuid()
+    now = clock.now()
+    async with cp.engine.begin() as conn:
+        await conn.execute(
+            template_builds.insert().values(
+                id=b, team_id=team, name="t", spec="FROM minimal\n", status=status, log_bytes=4,
+                created_at=now - timedelta(hours=1),
+                finished_at=None if ended_ago is None else now - ended_ago,
+            )
+        )  # fmt: skip
+        await conn.execute(template_build_logs.insert().values(build_id=b, start_offset=0, data=b"log\n"))
+    return b
+
+
+async def test_a_deleted_teams_ended_builds_go_with_their_logs(cp: InProcessCP) -> None:
+    """Session 37: a team's delete cancels its builds; their rows and logs (nobody can read them
+    any more) go with the next pass once ended 10 minutes. A live team's builds stay."""
+    live = ids.parse_id(ids.Kind.TEAM, (await cp.signup()).team_id)
+    gone = ids.parse_id(ids.Kind.TEAM, (await cp.signup()).team_id)
+    old = timedelta(minutes=11)
+    doomed = [await _build(cp, gone, "failed", old), await _build(cp, gone, "ready", timedelta(days=3))]
+    kept = [
+        await _build(cp, gone, "running", None),  # its replica fails it once stopped
+        await _build(cp, gone, "failed", timedelta(minutes=1)),  # just ended: not yet
+        await _build(cp, live, "failed", old),
+    ]
+    async with cp.engine.begin() as conn:
+        await conn.execute(teams.update().where(teams.c.id == gone).values(deleted_at=clock.now()))
+    report = await retention.retention_pass(cp.engine, cp.settings)
+    assert report.builds >= len(doomed)
+    async with cp.engine.connect() as conn:
+        left = set(
+            (
+                await conn.execute(
+                    sa.select(template_builds.c.id).where(template_builds.c.id.in_(doomed + kept))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        logs = set((await conn.execute(sa.select(template_build_logs.c.build_id))).scalars().all())
+    assert left == set(kept)
+    assert not set(doomed) & logs and set(kept) <= logs
 
 
 def test_settings_are_checked() -> None:

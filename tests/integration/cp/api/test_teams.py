@@ -387,6 +387,70 @@ async def test_demoted_admin_loses_admin_rights_on_next_request(
     del member
 
 
+async def test_soft_delete_cancels_the_teams_builds_and_writes_no_more_versions(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Session 37: the delete cancels the team's builds as a cancel does (a queued one failed,
+    a running one marked for the replica running it) and drops its build cache; afterwards no
+    build can be submitted for it nor write a version (a build ending after the delete)."""
+    import types
+    from typing import Any, cast
+
+    from warren.cp.db.engine import transaction
+    from warren.cp.services import template_builds as builds
+    from warren.cp.services import templates as tpl
+    from warren.cp.services.template_spec import parse
+    from warren.errors import NotFound
+
+    owner = await signup(client, name="Builder")
+    extra = (await client.post("/v1/teams", json={"name": "Building"}, headers=owner.h)).json()
+    owner_d = await switch(client, owner, extra["id"])
+    tid = ids.parse_id(ids.Kind.TEAM, extra["id"])
+    rows = {st: uuid.uuid4() for st in ("queued", "running", "ready")}
+    async with engine.begin() as conn:
+        for st, b in rows.items():
+            await conn.execute(
+                text(
+                    "INSERT INTO template_builds (id, team_id, name, spec, status) "
+                    "VALUES (:i, :t, 'x', '', :s)"
+                ),
+                {"i": b, "t": tid, "s": st},
+            )
+        await conn.execute(
+            text("INSERT INTO build_cache (team_id, key, layer) VALUES (:t, 'k', 'l')"), {"t": tid}
+        )
+    assert (await client.delete(f"/v1/teams/{extra['id']}", headers=owner_d.h)).status_code == 204
+
+    async with engine.connect() as conn:
+        got = {
+            r.id: (r.status, r.error, r.finished_at is not None)
+            for r in await conn.execute(
+                text("SELECT id, status, error, finished_at FROM template_builds WHERE team_id = :t"),
+                {"t": tid},
+            )
+        }
+        cache = (
+            await conn.execute(text("SELECT count(*) FROM build_cache WHERE team_id = :t"), {"t": tid})
+        ).scalar()
+    assert got == {
+        rows["queued"]: ("failed", builds.TEAM_DELETED, True),
+        rows["running"]: ("running", builds.TEAM_DELETED, False),  # its replica fails it once stopped
+        rows["ready"]: ("ready", "", False),
+    }
+    assert cache == 0
+    with pytest.raises(NotFound):
+        async with transaction(engine) as conn:
+            await tpl.insert_version(
+                conn, team_id=tid, name="x", base="minimal", layers=[], config=parse("FROM minimal\n").config,
+                tags=[], source="build", size_bytes=0,
+            )  # fmt: skip
+    runner = cast(Any, types.SimpleNamespace(settings=None))  # refused before it is asked anything
+    with pytest.raises(NotFound):
+        await builds.start_build(
+            engine, runner, tid, builds.BuildRequest(name="y", spec="FROM minimal\n"), None
+        )
+
+
 async def test_soft_delete_effects(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     owner = await signup(client, name="Deleter")
     extra = (await client.post("/v1/teams", json={"name": "Doomed"}, headers=owner.h)).json()
