@@ -13,7 +13,8 @@
 sync form; with ``AsyncSandbox``, ``await`` the same call). Every duration is in seconds.
 
 Besides the sandbox API, the helpers the ``warren`` CLI shares with the SDK are public here:
-:func:`error_from_response` (an API error answer as a typed exception), :func:`config_path`
+:func:`error_from_response` (an API error answer as a typed exception), :func:`error_body`
+(what of its body is read), :func:`config_path`
 and :func:`load_config_file` (the file ``warren login`` writes) and :data:`DEFAULT_URL`.
 """
 
@@ -39,6 +40,7 @@ from warren.sdk._exceptions import (
     StreamError,
     WarrenError,
     WarrenTimeoutError,
+    error_body,
     error_from_response,
 )
 from warren.sdk._files import AsyncFiles, Files
@@ -100,6 +102,7 @@ __all__ = [
     "WatchHandle",
     "Watcher",
     "config_path",
+    "error_body",
     "error_from_response",
     "load_config_file",
 ]

@@ -7,9 +7,8 @@ processes and runs without a time limit use the exec WebSocket.
 
 from __future__ import annotations
 
-import base64
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast, overload
 
 from warren.sdk._exceptions import (
@@ -18,10 +17,18 @@ from warren.sdk._exceptions import (
     StreamError,
     WarrenError,
     WarrenTimeoutError,
-    error_from_response,
+)
+from warren.sdk._exec_frames import (
+    STDIN_CHUNK,
+    decode_exec_response,
+    frame_bytes,
+    raise_frame_error,
+    stdin_frame,
+    stdin_frames,
 )
 from warren.sdk._models import CommandResult, ProcessInfo
 from warren.sdk._transport import DEFAULT, Call, Http, Op, WsClose, WsOpen, WsRecv, WsSend, awaiting, blocking
+from warren.url_path import segment
 
 if TYPE_CHECKING:
     from warren.sdk._transport import AsyncTransport, SyncTransport
@@ -51,6 +58,9 @@ class RunOptions(TypedDict, total=False):
     check: bool
     # Seconds for the HTTP request itself (stretched to cover `timeout`).
     request_timeout: float | None
+    # False: output reaches only the callbacks, and the result's stdout/stderr stay empty (a
+    # command that prints without end holds no memory here; `warren sandbox exec` runs so).
+    keep_output: bool
 
 
 def argv(cmd: str | Sequence[str]) -> tuple[str, list[str]]:
@@ -61,58 +71,6 @@ def argv(cmd: str | Sequence[str]) -> tuple[str, list[str]]:
     if not parts:
         raise ValueError("cmd must not be empty")
     return parts[0], parts[1:]
-
-
-def frame_bytes(frame: dict[str, Any]) -> bytes:
-    """Output bytes of a stdout/stderr frame (text in ``data`` or base64 in ``data_b64``)."""
-    if "data_b64" in frame:
-        return base64.b64decode(frame["data_b64"])
-    return str(frame.get("data", "")).encode()
-
-
-# Bytes of stdin per exec-stream frame: JSON-escaped (at most 6 bytes a byte) a frame stays
-# well under the server's WebSocket message limit (WARREN_WS_MAX_MESSAGE, at least 256 KiB).
-STDIN_CHUNK = 32 << 10
-
-
-def stdin_frames(data: str | bytes) -> Iterator[dict[str, Any]]:
-    """``data`` as stdin frames of at most STDIN_CHUNK bytes each."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    if len(raw) <= STDIN_CHUNK:
-        yield stdin_frame(data)
-        return
-    for i in range(0, len(raw), STDIN_CHUNK):
-        yield stdin_frame(raw[i : i + STDIN_CHUNK])  # a character cut in two goes as base64
-
-
-def stdin_frame(data: str | bytes) -> dict[str, Any]:
-    if isinstance(data, str):
-        return {"type": "stdin", "data": data}
-    try:
-        return {"type": "stdin", "data": data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"type": "stdin", "data_b64": base64.b64encode(data).decode()}
-
-
-def decode_exec_response(body: dict[str, Any]) -> tuple[bytes, bytes]:
-    out, err = body.get("stdout", ""), body.get("stderr", "")
-    if body.get("encoding") == "base64":
-        return base64.b64decode(out), base64.b64decode(err)
-    return str(out).encode(), str(err).encode()
-
-
-def raise_frame_error(frame: dict[str, Any]) -> None:
-    """An ``error`` frame from the server becomes the matching typed error."""
-    status = frame.get("status")
-    code = str(frame.get("code") or "stream_error")
-    message = str(frame.get("data") or frame.get("message") or "exec stream failed")
-    if code == "timeout":
-        raise WarrenTimeoutError(message, code=code)
-    if isinstance(status, int):
-        import json
-
-        raise error_from_response(status, json.dumps({"error": {"code": code, "message": message}}).encode())
-    raise StreamError(message, code=code)
 
 
 class _HandleBase:
@@ -128,6 +86,7 @@ class _HandleBase:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         check: bool = False,
+        keep_output: bool = True,
     ) -> None:
         self._transport = transport
         self._sandbox_id = sandbox_id
@@ -136,6 +95,7 @@ class _HandleBase:
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
         self._check = check
+        self._keep = keep_output
         self._out = bytearray()
         self._err = bytearray()
         self._result: CommandResult | None = None
@@ -183,7 +143,8 @@ class _HandleBase:
                 kind = frame.get("type")
                 if kind in ("stdout", "stderr"):
                     data = frame_bytes(frame)
-                    (self._out if kind == "stdout" else self._err).extend(data)
+                    if self._keep:
+                        (self._out if kind == "stdout" else self._err).extend(data)
                     cb = self._on_stdout if kind == "stdout" else self._on_stderr
                     if cb is not None:
                         yield Call(cb, (data.decode("utf-8", "replace"),))
@@ -276,12 +237,13 @@ def _send_then_close_stdin(conn: Any, data: str | bytes) -> Op[None]:
 def _send_stdin_rest(sandbox_id: str, pid: int | str, data: str | bytes) -> Op[None]:
     frame = stdin_frame(data)
     frame.pop("type")
-    yield Http("POST", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/stdin", json=frame)
+    yield Http("POST", f"/v1/sandboxes/{sandbox_id}/processes/{segment(pid, 'process')}/stdin", json=frame)
 
 
 def _signal(sandbox_id: str, pid: int | str, signal: int) -> Op[bool]:
     try:
-        yield Http("POST", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/signal", json={"signal": signal})
+        path = f"/v1/sandboxes/{sandbox_id}/processes/{segment(pid, 'process')}/signal"
+        yield Http("POST", path, json={"signal": signal})
     except NotFoundError:
         return False
     return True
@@ -412,6 +374,7 @@ class _CommandsBase:
             on_stdout=opts.get("on_stdout"),
             on_stderr=opts.get("on_stderr"),
             check=bool(opts.get("check")),
+            keep_output=opts.get("keep_output", True),
         )
         return handle
 
@@ -521,6 +484,7 @@ class Commands(_CommandsBase):
             check: raise CommandExitError when the exit code is not 0.
             request_timeout: seconds for the HTTP request itself (stretched to cover
                 ``timeout``).
+            keep_output: False keeps no output for the result (only the callbacks see it).
 
         Example::
 

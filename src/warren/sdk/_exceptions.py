@@ -25,6 +25,7 @@ turns it into one of these, keeping ``code``, ``message`` and ``status``::
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 __all__ = [
@@ -136,6 +137,30 @@ _BY_STATUS: dict[int, type[WarrenError]] = {
     413: PayloadTooLargeError,
     429: RateLimitedError,
 }
+
+
+# Of an error answer, what is read: its JSON envelope is ~200 bytes, and a server's body that never
+# ends is not the client's to hold (session 37: a 512 MiB one grew the CLI by 1 GiB).
+ERROR_BODY_MAX = 64 << 10
+
+
+def error_body(chunks: Iterator[bytes]) -> bytes:
+    """The first :data:`ERROR_BODY_MAX` bytes of an error answer's body (the rest is not read)."""
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) >= ERROR_BODY_MAX:
+            break
+    return bytes(body[:ERROR_BODY_MAX])
+
+
+async def aerror_body(chunks: AsyncIterator[bytes]) -> bytes:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) >= ERROR_BODY_MAX:
+            break
+    return bytes(body[:ERROR_BODY_MAX])
 
 
 def error_from_response(status: int, body: bytes) -> WarrenError:

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from warren.sdk._commands import raise_frame_error
 from warren.sdk._exceptions import StreamError, WarrenError
+from warren.sdk._exec_frames import raise_frame_error
 from warren.sdk._transport import Call, Op, WsClose, WsOpen, awaiting, blocking
 
 __all__ = ["AsyncPty", "AsyncPtyHandle", "Pty", "PtyHandle"]

@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar, Unpack
 
+from warren import url_path
 from warren.sdk import _preview
 from warren.sdk._commands import AsyncCommands, Commands
 from warren.sdk._config import ConnectionConfig
-from warren.sdk._exceptions import NotFoundError
+from warren.sdk._exceptions import NotFoundError, WarrenError
 from warren.sdk._files import AsyncFiles, Files
 from warren.sdk._models import MetricPoint, SandboxInfo, SnapshotInfo
 from warren.sdk._pty import AsyncPty, Pty
@@ -121,8 +122,12 @@ def _create_op(template: str, opts: CreateOptions) -> Op[SandboxInfo]:
 
 
 def _connect_op(sandbox_id: str, resume: bool) -> Op[SandboxInfo]:
+    url_path.sandbox_id(sandbox_id)  # a shape a path cannot leave (warren/url_path.py)
     res = yield Http("GET", f"/v1/sandboxes/{sandbox_id}")
     info = SandboxInfo.from_json(res.json())
+    if info.id != sandbox_id:
+        message = f"asked for {sandbox_id}, the server answered for {info.id!r}"
+        raise WarrenError(message, code="wrong_sandbox")
     if resume and info.status == "paused":
         # Like E2B: connecting to a paused sandbox resumes it.
         res = yield Http("POST", f"/v1/sandboxes/{sandbox_id}/resume")
@@ -141,13 +146,17 @@ def _list_snapshots_op(type: str | None) -> Op[list[SnapshotInfo]]:
 
 
 def _delete_snapshot_op(name: str) -> Op[None]:
-    yield Http("DELETE", f"/v1/snapshots/{name}")
+    yield Http("DELETE", f"/v1/snapshots/{url_path.segment(name, 'snapshot name')}")
 
 
 class _SandboxBase:
     _transport: Any
 
     def __init__(self, transport: Any, info: SandboxInfo) -> None:
+        try:  # every path below is built on it
+            url_path.sandbox_id(info.id)
+        except url_path.PathSegmentError as e:
+            raise WarrenError(f"the server answered with {e}", code="bad_response") from None
         self._transport = transport
         self._info = info
 

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
-from urllib.parse import quote
 
 from warren.sdk._exceptions import (
     InvalidArgumentError,
@@ -26,6 +25,7 @@ from warren.sdk._exceptions import (
 from warren.sdk._models import _ts
 from warren.sdk._template_spec import TemplateSpec
 from warren.sdk._transport import Call, Http, Op, Sleep, StreamClose, StreamRead, Upload
+from warren.url_path import segment
 
 __all__ = [
     "BuildInfo",
@@ -52,11 +52,11 @@ OnStatus = Callable[["BuildInfo"], Any]
 
 
 def template_path(name: str) -> str:
-    return "/v1/templates/" + quote(name, safe="")
+    return "/v1/templates/" + segment(name, "template name")
 
 
 def build_path(name: str, build_id: str) -> str:
-    return f"{template_path(name)}/builds/{quote(build_id, safe='')}"
+    return f"{template_path(name)}/builds/{segment(build_id, 'build ID')}"
 
 
 # ------------------------------------------------------------------------------------ models

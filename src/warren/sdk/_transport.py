@@ -23,13 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
-import websockets
-import websockets.asyncio.client
-import websockets.sync.client
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from warren.sdk._config import ConnectionConfig
-from warren.sdk._exceptions import StreamError, WarrenError, WarrenTimeoutError, error_from_response
+from warren.sdk._exceptions import (
+    InvalidArgumentError,
+    StreamError,
+    WarrenError,
+    WarrenTimeoutError,
+    aerror_body,
+    error_body,
+    error_from_response,
+)
+from warren.sdk._ws_open import open_async, open_sync
+from warren.url_path import PathSegmentError
 
 __all__ = [
     "AsyncTransport",
@@ -318,17 +325,6 @@ def _http_result(resp: httpx.Response, content: bytes) -> HttpResult:
     return HttpResult(resp.status_code, content, dict(resp.headers))
 
 
-def _ws_options(cfg: ConnectionConfig) -> dict[str, Any]:
-    """The websockets ``connect`` options both clients (sync and asyncio) open a stream with."""
-    return {
-        "additional_headers": _headers(cfg),
-        "open_timeout": _timeout(cfg, DEFAULT),
-        "max_size": None,
-        "compression": None,
-        "proxy": None,
-    }
-
-
 def _stream_closed() -> StreamError:
     return StreamError("the exec stream closed", code="stream_closed")
 
@@ -352,6 +348,8 @@ def _step(op: Op[Any], value: Any, error: BaseException | None) -> tuple[bool, A
         return False, op.throw(error) if error is not None else op.send(value)
     except StopIteration as stop:
         return True, stop.value
+    except PathSegmentError as e:  # a caller's ID or name that would leave its path segment
+        raise InvalidArgumentError(str(e), code="invalid_argument") from None
 
 
 class SyncTransport:
@@ -401,7 +399,7 @@ class SyncTransport:
             if e.stream and resp.status_code < 400:
                 return _BodyStream(resp, resp.iter_raw())
             try:
-                content = resp.read()
+                content = resp.read() if resp.status_code < 400 else error_body(resp.iter_bytes())
             except httpx.HTTPError as exc:
                 raise _http_error(exc, cfg) from exc
             finally:
@@ -419,12 +417,8 @@ class SyncTransport:
             return None
         if isinstance(e, WsOpen):
             try:
-                return websockets.sync.client.connect(
-                    _ws_uri(cfg, e),
-                    **_ws_options(cfg),
-                    legacy=True,  # a plain connection whose lifetime the op manages (no `with`)
-                )
-            except (InvalidHandshake, OSError, TimeoutError) as exc:
+                return open_sync(_ws_uri(cfg, e), _headers(cfg), _timeout(cfg, DEFAULT))
+            except (InvalidHandshake, OSError, TimeoutError, ValueError) as exc:
                 raise _ws_error(exc) from exc
         if isinstance(e, WsSend):
             try:
@@ -497,7 +491,10 @@ class AsyncTransport:
             if e.stream and resp.status_code < 400:
                 return _BodyStream(resp, resp.aiter_raw())
             try:
-                content = await resp.aread()
+                if resp.status_code < 400:
+                    content = await resp.aread()
+                else:
+                    content = await aerror_body(resp.aiter_bytes())
             except httpx.HTTPError as exc:
                 raise _http_error(exc, cfg) from exc
             finally:
@@ -515,11 +512,8 @@ class AsyncTransport:
             return None
         if isinstance(e, WsOpen):
             try:
-                return await websockets.asyncio.client.connect(
-                    _ws_uri(cfg, e),
-                    **_ws_options(cfg),
-                )
-            except (InvalidHandshake, OSError, TimeoutError) as exc:
+                return await open_async(_ws_uri(cfg, e), _headers(cfg), _timeout(cfg, DEFAULT))
+            except (InvalidHandshake, OSError, TimeoutError, ValueError) as exc:
                 raise _ws_error(exc) from exc
         if isinstance(e, WsSend):
             try:

@@ -18,6 +18,7 @@ from typing import Any
 from warren.sdk._exceptions import StreamError
 from warren.sdk._models import EntryInfo
 from warren.sdk._transport import Call, Http, Op, WsClose, WsOpen, WsRecv, awaiting, blocking
+from warren.url_path import segment
 
 __all__ = [
     "AsyncWatchHandle",
@@ -151,7 +152,7 @@ class _WatcherBase:
 
     def __init__(self, transport: Any, sandbox_id: str, watcher_id: str) -> None:
         self._transport = transport
-        self._base = f"/v1/sandboxes/{sandbox_id}/watchers/{watcher_id}"
+        self._base = f"/v1/sandboxes/{sandbox_id}/watchers/{segment(watcher_id, 'watcher ID')}"
         self.id = watcher_id
         self.overflowed = False
 

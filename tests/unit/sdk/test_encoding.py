@@ -25,8 +25,9 @@ from warren.sdk import (
     ServerError,
     WarrenError,
 )
-from warren.sdk._commands import argv, decode_exec_response, frame_bytes, stdin_frame
+from warren.sdk._commands import argv
 from warren.sdk._exceptions import error_from_response
+from warren.sdk._exec_frames import decode_exec_response, frame_bytes, stdin_frame
 from warren.sdk._files import multipart_upload
 from warren.sdk._transport import _iter_upload
 

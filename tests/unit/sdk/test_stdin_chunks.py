@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from warren.sdk._commands import STDIN_CHUNK, stdin_frames
+from warren.sdk._exec_frames import STDIN_CHUNK, stdin_frames
 
 SMALLEST_LIMIT = 256 << 10
 

@@ -9,6 +9,7 @@ through the SDK (``open_sandbox``); listings and account-level calls are plain R
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -16,12 +17,23 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from warren import url_path
 from warren.cli.client.output import fail
-from warren.sdk import ConnectionConfig, Sandbox, error_from_response, load_config_file
+from warren.sdk import ConnectionConfig, Sandbox, error_body, error_from_response, load_config_file
 
 __all__ = ["SandboxArg", "UserOpt", "connection_config", "open_sandbox", "rest"]
 
-SandboxArg = Annotated[str, typer.Argument(help="Sandbox ID (sb-…).", show_default=False)]
+
+def _sandbox_id(value: str) -> str:
+    try:
+        return url_path.sandbox_id(value)
+    except url_path.PathSegmentError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+SandboxArg = Annotated[
+    str, typer.Argument(help="Sandbox ID (sb-…).", show_default=False, callback=_sandbox_id)
+]
 UserOpt = Annotated[
     str | None,
     typer.Option("--user", "-u", help="As this user of the sandbox (default: the template's)."),
@@ -48,15 +60,17 @@ def _user_token() -> str:
 def rest(method: str, path: str, *, user: bool = False, **kwargs: Any) -> Any:
     """One REST call; errors become the SDK's typed exceptions."""
     cfg = connection_config(user=user)
+    headers = cfg.auth_headers()
     try:
-        r = httpx.request(
-            method, cfg.url + path, headers=cfg.auth_headers(), timeout=cfg.request_timeout, **kwargs
-        )
+        with httpx.stream(
+            method, cfg.url + path, headers=headers, timeout=cfg.request_timeout, **kwargs
+        ) as r:
+            if r.status_code >= 400:  # of an error, its envelope: not a body without end
+                raise error_from_response(r.status_code, error_body(r.iter_bytes()))
+            content = r.read()
     except httpx.HTTPError as e:
         fail(f"cannot reach Warren at {cfg.url}: {e}")
-    if r.status_code >= 400:
-        raise error_from_response(r.status_code, r.content)
-    return r.json() if r.content else None
+    return json.loads(content) if content else None
 
 
 @contextlib.contextmanager

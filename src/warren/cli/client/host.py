@@ -10,6 +10,7 @@ import typer
 from warren.cli.client.connection import connection_config, rest
 from warren.cli.client.output import JsonOpt, api_errors, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
+from warren.url_path import segment
 
 __all__ = ["app"]
 
@@ -82,5 +83,10 @@ def host_delete(
 ) -> None:
     """Delete a host (refused while it has active sandboxes, unless --force)."""
     with api_errors():
-        rest("DELETE", f"/v1/hosts/{host_id}", user=True, params={"force": "true"} if force else None)
+        rest(
+            "DELETE",
+            f"/v1/hosts/{segment(host_id, 'host ID')}",
+            user=True,
+            params={"force": "true"} if force else None,
+        )
     out.print(f"deleted {host_id}")

@@ -14,6 +14,7 @@ from warren.cli.client.login import adopt_team
 from warren.cli.client.output import JsonOpt, api_errors, fail, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
 from warren.sdk import error_from_response, load_config_file
+from warren.url_path import segment
 
 __all__ = ["app"]
 
@@ -70,7 +71,7 @@ def _page(cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
 def invitations_accept(invitation_id: InvitationArg, json_out: JsonOpt = False) -> None:
     """Join the team. Logged in without a team, the CLI then acts in it (a new API key)."""
     with api_errors():
-        joined = rest("POST", f"/v1/invitations/{invitation_id}/accept", user=True)
+        joined = rest("POST", f"/v1/invitations/{segment(invitation_id, 'invitation ID')}/accept", user=True)
     switched = not load_config_file().get("team_id")
     if switched:
         adopt_team(joined["token"], joined["id"])
@@ -86,5 +87,5 @@ def invitations_accept(invitation_id: InvitationArg, json_out: JsonOpt = False) 
 def invitations_decline(invitation_id: InvitationArg) -> None:
     """Refuse the invitation (it is deleted)."""
     with api_errors():
-        rest("POST", f"/v1/invitations/{invitation_id}/decline", user=True)
+        rest("POST", f"/v1/invitations/{segment(invitation_id, 'invitation ID')}/decline", user=True)
     out.print(f"Declined {invitation_id}.")

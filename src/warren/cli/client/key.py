@@ -10,6 +10,7 @@ import typer
 from warren.cli.client.connection import rest
 from warren.cli.client.output import JsonOpt, api_errors, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
+from warren.url_path import segment
 
 __all__ = ["app"]
 
@@ -58,5 +59,5 @@ def key_list(json_out: JsonOpt = False) -> None:
 def key_revoke(key_id: Annotated[str, typer.Argument(show_default=False)]) -> None:
     """Revoke an API key."""
     with api_errors():
-        rest("DELETE", f"/v1/api-keys/{key_id}", user=True)
+        rest("DELETE", f"/v1/api-keys/{segment(key_id, 'API key ID')}", user=True)
     out.print(f"revoked {key_id}")

@@ -156,6 +156,7 @@ def sandbox_exec(
                 user=user,
                 on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
                 on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
+                keep_output=False,  # written as it comes: kept, a command printing on holds memory
             )
             if r.error:
                 err.print(r.error, style="yellow")

@@ -9,6 +9,7 @@ import typer
 from warren.cli.client.connection import SandboxArg, rest
 from warren.cli.client.output import JsonOpt, api_errors, human_size, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
+from warren.url_path import segment
 
 __all__ = ["app"]
 
@@ -69,5 +70,5 @@ def snapshot_list(
 def snapshot_delete(name: Annotated[str, typer.Argument(show_default=False)]) -> None:
     """Delete a snapshot (its files on every host, then its record)."""
     with api_errors():
-        rest("DELETE", f"/v1/snapshots/{name}")
+        rest("DELETE", f"/v1/snapshots/{segment(name, 'snapshot name')}")
     out.print(f"deleted {name}")

@@ -13,6 +13,7 @@ from warren.cli.client.login import adopt_team
 from warren.cli.client.output import JsonOpt, api_errors, fail, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
 from warren.sdk import load_config_file
+from warren.url_path import segment
 
 __all__ = ["app"]
 
@@ -66,7 +67,7 @@ def _team_path() -> str:
     team_id = load_config_file().get("team_id")
     if not team_id:
         fail("the CLI acts in no team: `warren team create` or `warren invitations accept` first")
-    return f"/v1/teams/{team_id}"
+    return f"/v1/teams/{segment(team_id, 'team ID')}"
 
 
 @member_app.command("list")

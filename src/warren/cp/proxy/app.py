@@ -135,9 +135,14 @@ class Proxy:
                 if k == b"host":
                     host = v.decode("latin-1")
                     break
-        return route(
-            scope["path"], host, self.settings.preview_domain, by_path=self.settings.proxy_path_routing
-        )
+        r = route(scope["path"], host, self.settings.preview_domain, by_path=self.settings.proxy_path_routing)
+        raw: bytes | None = scope.get("raw_path")
+        if r is not None and not r.by_host and raw is not None and not raw.startswith(r.prefix.encode()):
+            # The sandbox and port were spelled with %2F and the like, which the server decodes
+            # before routing: a client's quoted ID ("sb-…%2Fports%2F8000") is not a port's path
+            # (session 37: it carried another team's request into a stranger's public port).
+            return None
+        return r
 
     async def __call__(
         self, r: Route, scope: Scope, receive: Receive, send: Send, engine: AsyncEngine, pool: HostClientPool
