@@ -5,8 +5,12 @@ code 1 (``api_errors``) instead of a traceback.
 
 What the CLI shows is often chosen by someone else, so the client's consoles and tables are
 the ones of ``warren.cli.terminal``: control characters written as ``\\xNN``, no Rich markup read
-unless a call asks for it. A command's own output (``sandbox exec``, a
-build's log, a shell) is the command's, written as it comes, as ``ssh`` or ``docker`` do.
+unless a call asks for it; ``--json`` writes the ones JSON leaves raw (C1, bidirectional
+controls) as ``\\uNNNN``, the same JSON. The user's own command's output (``sandbox exec``, a
+shell) is written as it comes, as ``ssh`` does. A build's log is not: a teammate's or a template
+author's RUN steps wrote it and another member reads it, replayed or followed live, so
+``write_log`` keeps its newlines, tabs and colours and shows every other control (an OSC 52
+would write the reader's clipboard).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.text import Text
 
-from warren.cli.terminal import SafeConsole, SafeTable, shown
+from warren.cli.terminal import SafeConsole, SafeTable, json_shown, log_shown, shown
 from warren.sdk import WarrenError
+from warren.url_path import PathSegmentError
 
 __all__ = [
     "JsonOpt", "api_errors", "err", "fail", "human_size", "out", "print_json", "print_rows", "shown",
-    "table", "timestamp",
+    "table", "timestamp", "write_log",
 ]  # fmt: skip
 
 out = SafeConsole()
@@ -46,7 +51,7 @@ def api_errors() -> Iterator[None]:
     """One readable line for every API error instead of a traceback."""
     try:
         yield
-    except WarrenError as e:
+    except (WarrenError, PathSegmentError) as e:
         fail(str(e))
 
 
@@ -66,7 +71,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+    # Names stay readable (no \uNNNN for every accent); what a terminal may obey does not.
+    sys.stdout.write(json_shown(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False)) + "\n")
+
+
+def write_log(text: str) -> None:
+    """A build's log text as it comes: its colours and lines kept, any other control shown."""
+    sys.stdout.write(log_shown(text))
+    sys.stdout.flush()
 
 
 def timestamp(value: datetime | str | None) -> str:

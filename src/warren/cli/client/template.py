@@ -29,6 +29,7 @@ from warren.cli.client.output import (
     shown,
     table,
     timestamp,
+    write_log,
 )
 from warren.cli.groups import command_group
 from warren.sdk import BuildInfo, Template, TemplateBuild, TemplateInfo
@@ -50,27 +51,27 @@ def _conn() -> dict[str, Any]:
     return {"url": cfg.url, "api_key": cfg.api_key, "access_token": cfg.access_token}
 
 
-def _status(status: str) -> str:
-    return f"[{STATUS_COLORS.get(status, 'white')}]{status}[/]"
-
-
-def _write(text: str) -> None:
-    # Log text is the build's own output: written as it is, never read as console markup.
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def _status(status: str) -> Text:
+    # A table's cell: a Text, coloured (a markup string would be shown as it is) and shown.
+    return Text(status, style=STATUS_COLORS.get(status, "white"))
 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+): (.*)$")
 _HEADS = ("Step ", " ---> ")
+# The start of a colour sequence a chunk of the log ends in: held for the next chunk.
+_SGR_START = re.compile(r"\x1b(\[[0-9;]{0,32})?\Z")
 
 
 class _Progress:
     """Prints the build's log as it comes, its step lines as headers: ``Step 3/9: RUN …`` (the
     server's) as ``[3/9] RUN …`` and a cache hit as ``CACHED``. Output that cannot be a step
-    line is written at once, so a progress bar without newlines still shows live."""
+    line is written at once, so a progress bar without newlines still shows live. The log is
+    the build's RUN steps' (someone else's): its colours are kept, any other control shown
+    (``write_log``), and the colours are reset at its end."""
 
     def __init__(self) -> None:
         self.pending = ""
+        self.coloured = False
 
     def log(self, text: str) -> None:
         lines = (self.pending + text).split("\n")
@@ -81,7 +82,10 @@ class _Progress:
         if any(h.startswith(last) or last.startswith(h) for h in _HEADS):
             self.pending = last  # maybe a step line: wait for its end
         elif last:
-            self._line(last)
+            cut = m.start() if (m := _SGR_START.search(last)) else len(last)
+            self.pending = last[cut:]  # a colour's start, shown whole once its end comes
+            if cut:
+                self._line(last[:cut])
 
     def _line(self, line: str) -> None:
         text = line.rstrip("\n")
@@ -95,12 +99,17 @@ class _Progress:
         elif text.startswith(" ---> "):
             out.print(f"  {text.strip()}", style="dim", highlight=False, markup=False, soft_wrap=True)
         else:
-            _write(line)
+            self.coloured = self.coloured or "\x1b[" in line
+            write_log(line)
 
     def flush(self) -> None:
         if self.pending:
             self._line(self.pending)
             self.pending = ""
+        if self.coloured:  # a colour (or concealed text) the log left on ends with it
+            sys.stdout.write("\x1b[0m")
+            sys.stdout.flush()
+            self.coloured = False
 
 
 def _finish(build: BuildInfo, name: str) -> NoReturn:
@@ -128,6 +137,7 @@ def _follow(build: TemplateBuild, progress: _Progress, offset: int = 0) -> NoRet
         final = build.follow(on_log=progress.log, offset=offset)
         progress.flush()
     except KeyboardInterrupt:
+        progress.flush()
         err.print(
             f"\nStopped following. The build goes on in the control plane; follow it again with:\n"
             f"  warren template logs {build.name} {build.id} --follow",

@@ -1,6 +1,7 @@
 """`warren template build`'s log printer: the server's step lines become `[n/N]` headers and
-cache hits `CACHED`, whatever the chunking; other output is written as it comes. `warren template
-cancel` prints the cancelled build, or one error line."""
+cache hits `CACHED`, whatever the chunking; other output is written as it comes, its colours kept
+and any other control shown (the log is someone else's RUN steps'). `warren template cancel`
+prints the cancelled build, or one error line."""
 
 from __future__ import annotations
 
@@ -47,11 +48,30 @@ def test_output_that_cannot_be_a_step_line_is_written_at_once(capsys: pytest.Cap
     progress.log("downloading 42%")
     assert capsys.readouterr().out == "downloading 42%"
     progress.log("\rdownloading 99%")
-    assert capsys.readouterr().out == "\rdownloading 99%"
+    assert capsys.readouterr().out == "\\x0ddownloading 99%"  # a CR could overwrite a line: shown
     progress.log("\nSte")
     assert capsys.readouterr().out == "\n"  # "Ste" may start a step line
     progress.log("ve\n")
     assert capsys.readouterr().out == "Steve\n"
+
+
+OSC52 = "\x1b]52;c;cm0gLXJmIH4=\x07"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 1000])
+def test_a_logs_colours_stay_and_its_other_controls_are_shown(
+    size: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = f"\x1b[1;31merror\x1b[0m: {OSC52}x\x9b2J\u202eabc\ttab\nStep 2/2: RUN \x1b]0;t\x07\n\x1b[32mok"
+    progress = template._Progress()
+    for i in range(0, len(log), size):
+        progress.log(log[i : i + size])
+    progress.flush()
+    assert capsys.readouterr().out == (
+        "\x1b[1;31merror\x1b[0m: \\x1b]52;c;cm0gLXJmIH4=\\x07x\\x9b2J\\u202eabc\ttab\n"
+        "[2/2] RUN \\x1b]0;t\\x07\n"  # a step's header: shown too
+        "\x1b[32mok\x1b[0m"  # the colour the log left on, reset at its end
+    )
 
 
 class _FakeBuild:
