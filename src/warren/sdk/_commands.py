@@ -7,6 +7,7 @@ processes and runs without a time limit use the exec WebSocket.
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast, overload
@@ -96,6 +97,8 @@ class _HandleBase:
         self._on_stderr = on_stderr
         self._check = check
         self._keep = keep_output
+        # Per stream: a character cut between two frames reaches the callback whole.
+        self._text = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in ("stdout", "stderr")}
         self._out = bytearray()
         self._err = bytearray()
         self._result: CommandResult | None = None
@@ -145,10 +148,10 @@ class _HandleBase:
                     data = frame_bytes(frame)
                     if self._keep:
                         (self._out if kind == "stdout" else self._err).extend(data)
-                    cb = self._on_stdout if kind == "stdout" else self._on_stderr
-                    if cb is not None:
-                        yield Call(cb, (data.decode("utf-8", "replace"),))
+                    yield from self._deliver(kind, data)
                 elif kind == "exit":
+                    for stream in ("stdout", "stderr"):
+                        yield from self._deliver(stream, b"", final=True)
                     error = frame.get("error") or None
                     self._result = CommandResult.from_bytes(
                         bytes(self._out), bytes(self._err), int(frame.get("exit_code", -1)), error=error
@@ -165,6 +168,12 @@ class _HandleBase:
         if self._check and self._result.exit_code != 0:
             raise CommandExitError(self._result)
         return self._result
+
+    def _deliver(self, kind: str, data: bytes, *, final: bool = False) -> Op[None]:
+        """The text of ``data`` to the stream's callback (what completes a character now)."""
+        cb = self._on_stdout if kind == "stdout" else self._on_stderr
+        if cb is not None and (text := self._text[kind].decode(data, final)):
+            yield Call(cb, (text,))
 
     def _send_stdin(self, data: str | bytes) -> Op[None]:
         """Write ``data`` (text or bytes) to the command's stdin; it must have been started
