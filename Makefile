@@ -40,12 +40,13 @@ ARGS ?=
 # took 16 CPU-s instead of 9 (session 20, measured on a clean clone).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help setup apt-packages up test lint typecheck pytest bench clean
+.PHONY: help setup apt-packages up test lint typecheck pytest bench floors clean
 
 help:
 	@echo "make up      set up, then run Warren on this machine (warren up $(ARGS))"
 	@echo "make test    set up, then ruff (lint, format), import-linter, mypy and the whole pytest suite (what CI runs)"
 	@echo "make bench   run every benchmark in bench/ and print their tables"
+	@echo "make floors  the lowest dependency versions pyproject.toml allows, in .venv-floors: unit and SDK tests"
 	@echo "make setup   apt packages (as root, when missing) and the .venv"
 
 setup: apt-packages $(STAMP) $(CONVERTER) $(WRITER)
@@ -132,5 +133,26 @@ bench: setup
 	  echo; \
 	done
 
+# The dependency floors (docs/operations.md, "Dependency floors"): the lowest versions of Warren's
+# own dependencies that pyproject.toml allows (uv's lowest-direct), the dev tools on top without
+# moving them, then every module's import and the unit and SDK tests. Not part of `make test`
+# (a second venv, ~90 s here): run it when a floor or an import of a dependency changes.
+FLOORS := .venv-floors
+floors: setup
+	rm -rf $(FLOORS) && $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q 'uv==0.13.9'
+	$(FLOORS)/bin/uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct -e .
+	$(FLOORS)/bin/uv pip freeze --python $(FLOORS)/bin/python --exclude-editable \
+	  | grep -v '^\(pip\|setuptools\)==' > $(FLOORS)/floors.txt
+	@# The dev tools these tests need: the runner, moto (S3) and import-linter. The others want newer versions
+	@# of Warren's own dependencies than their floors (E2B's SDKs rich>=14, schemathesis
+	@# starlette<1 or rich>=13.9.4): the tests of E2B's wire are not in this run.
+	$(FLOORS)/bin/python -c "import tomllib; dev = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['dev']; print('\n'.join(d for d in dev if d.startswith(('pytest', 'hypothesis', 'moto', 'import-linter'))))" > $(FLOORS)/dev.txt
+	$(FLOORS)/bin/uv pip install -q --python $(FLOORS)/bin/python -c $(FLOORS)/floors.txt -r $(FLOORS)/dev.txt
+	cp -p $(CONVERTER) $(WRITER) $(FLOORS)/bin/
+	$(FLOORS)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -q tests/unit tests/integration/sdk \
+	  --ignore tests/unit/cp/services/test_envd_signatures.py --ignore tests/unit/cp/services/test_envd_tokens.py \
+	  --ignore tests/unit/interpreter
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS) .pytest_cache .mypy_cache .ruff_cache

@@ -284,7 +284,7 @@ def test_sandbox_exec_streams_output_without_holding_it(hostile: HostileServer, 
     code, out, err, base_rss = cli(hostile.url, "sandbox", "exec", SID, "--", "yes", home=tmp_path)
     assert code == 0 and len(out) == 1 * MiB, err[-400:]
 
-    total = 256 * MiB
+    total = 128 * MiB
     hostile.ws[f"/v1/sandboxes/{SID}/exec/stream"] = _exec_stream(total)
     code, out, err, rss = cli(hostile.url, "sandbox", "exec", SID, "--", "yes", home=tmp_path)
     assert code == 0 and len(out) == total, err[-400:]
@@ -298,8 +298,8 @@ def test_sandbox_exec_streams_output_without_holding_it(hostile: HostileServer, 
 def test_one_exec_stream_message_is_bounded(hostile: HostileServer) -> None:
     """The SDK opens its WebSockets with ``max_size=None``: one message of any size is buffered
     whole (and parsed as JSON) before the client sees any of it. The control plane sends
-    output in chunks of kilobytes; a 64 MiB message is a hostile server's."""
-    hostile.ws[f"/v1/sandboxes/{SID}/exec/stream"] = _exec_stream(64 * MiB, frame=64 * MiB)
+    output in chunks of kilobytes; a 24 MiB message is a hostile server's."""
+    hostile.ws[f"/v1/sandboxes/{SID}/exec/stream"] = _exec_stream(24 * MiB, frame=24 * MiB)
     sbx = Sandbox.connect(SID, resume=False, url=hostile.url, api_key=API_KEY)
     seen: list[int] = []
     try:
@@ -346,7 +346,7 @@ def test_a_huge_error_body_is_not_read_whole(tmp_path: Path) -> None:
     """A 500 whose body never ends: the SDK (and the CLI's REST calls) read an error answer
     whole before turning it into a WarrenError that keeps at most its first 200 bytes (or
     its JSON message). A hostile server makes the client hold as much as it sends."""
-    total = 512 * MiB
+    total = 256 * MiB
     head = (
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
         % total
@@ -553,7 +553,7 @@ def test_a_real_sandbox_reaches_the_cli_users_terminal_and_memory(
 
         code, _, err_b, base = cli("", "sandbox", "exec", sid, "--", "true", home=tmp_path, env_over=over)
         assert code == 0, err_b[-400:]
-        total = 128 * MiB
+        total = 64 * MiB
         cmd = f"head -c {total} /dev/zero | tr '\\0' A"
         started = time.monotonic()
         code, out_b, err_b, rss = cli(
