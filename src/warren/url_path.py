@@ -5,13 +5,16 @@ An ID or a name placed in a URL path as it is can leave its route: ``/`` adds se
 reached a stranger's public port through the control plane's preview route, with the caller's
 command and its environment (session 37). Percent-quoting alone is not enough there: the server
 decodes ``%2F`` before it routes. So a sandbox ID must have the platform's shape, and any other
-value is quoted whole, with the two names a URL resolves away (``.`` and ``..``) refused.
+value is quoted whole, with the two names a URL resolves away (``.`` and ``..``) refused, and
+what is no text the platform keeps (a NUL, a lone surrogate: ``warren/text.py``).
 """
 
 from __future__ import annotations
 
 import re
 from urllib.parse import quote
+
+from warren.text import text_problem
 
 __all__ = ["PathSegmentError", "sandbox_id", "segment"]
 
@@ -34,6 +37,6 @@ def sandbox_id(value: object) -> str:
 def segment(value: object, what: str) -> str:
     """``value`` (a ``str`` or ``int``) as one path segment, every reserved character quoted."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or text in ("", ".", ".."):
+    if not isinstance(text, str) or text in ("", ".", "..") or text_problem(text):
         raise PathSegmentError(f"not a valid {what}: {value!r}")
     return quote(text, safe="")

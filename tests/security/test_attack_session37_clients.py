@@ -57,7 +57,7 @@ from websockets.sync.server import ServerConnection, serve
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
 from tests.integration.cli.test_cli import cli_env, js, run
-from warren.sdk import AsyncSandbox, Sandbox, Template, WarrenError
+from warren.sdk import AsyncSandbox, InvalidArgumentError, Sandbox, Template, WarrenError
 
 __all__ = ["cli_env"]  # the fixture, from the CLI's own tests
 
@@ -451,6 +451,20 @@ def test_ids_and_names_stay_inside_their_path_segment(tmp_path: Path) -> None:
             x for x in lines if x.startswith(("DELETE /v1/sandboxes/sb-bob ", "DELETE /v1/snapshots/prod "))
         ]
         assert strayed == [], f"the requests left their route: {lines}"
+    finally:
+        server.close()
+
+
+def test_a_name_that_is_no_text_is_refused_before_any_request() -> None:
+    """A lone surrogate (JSON can spell one) or a NUL as a snapshot name: the SDK refused it
+    with a UnicodeEncodeError out of ``quote`` (or sent ``%00``); now it is the SDK's
+    InvalidArgumentError, and no request leaves."""
+    server = _Catcher("127.0.0.1")
+    try:
+        for name in ("\udfff", "x\ud800y", "a\x00b"):
+            with pytest.raises(InvalidArgumentError):
+                Sandbox.delete_snapshot(name, url=f"http://127.0.0.1:{server.port}", api_key=API_KEY)
+        assert server.heads == []
     finally:
         server.close()
 

@@ -43,7 +43,7 @@ def test_a_value_stays_one_segment(value: object, quoted: str) -> None:
     assert url_path.segment(value, "name") == quoted
 
 
-@pytest.mark.parametrize("value", ["", ".", "..", None, True, 1.5, b"x"])
+@pytest.mark.parametrize("value", ["", ".", "..", None, True, 1.5, b"x", "a\x00b", "\udfff", "x\ud800y"])
 def test_what_a_url_resolves_away_or_is_no_text_is_refused(value: object) -> None:
     with pytest.raises(url_path.PathSegmentError, match="not a valid name"):
         url_path.segment(value, "name")
