@@ -118,16 +118,9 @@ def build_id_of(value: uuid.UUID | None) -> str | None:
 
 
 def config_of(row: Mapping[Any, Any]) -> SpecConfig:
-    raw = row["config"] or {}
-    model = TemplateConfig.model_validate(raw)
-    return SpecConfig(
-        env=dict(model.env),
-        workdir=model.workdir,
-        user=model.user,
-        start_cmd=model.start_cmd,
-        ready_cmd=model.ready_cmd,
-        ready_timeout_sec=model.ready_timeout_sec,
-    )
+    """A row's ``config`` (defaults filled in) as the spec's: both classes have the same fields,
+    so neither direction lists them (:func:`config_json` is the other)."""
+    return SpecConfig(**TemplateConfig.model_validate(row["config"] or {}).model_dump())
 
 
 def _source(row: Mapping[Any, Any]) -> str:
