@@ -18,10 +18,11 @@ Found (failing until fixed):
   rows only; ``template_build_run.finish`` does not look at the team).
 Fixed: the delete cancels the team's builds (on whichever replica runs them) and a finish
 checks, under the team row's lock, that its team is still live.
-Found and left open (docs/security.md §31): builds waiting for a host's room are not queued
-(``BuildHost._reserve`` polls with a backoff up to 5 s), so a team that resubmits the moment its
-build ends takes the room each time it is freed, and another team's waiting build can fail
-``no_capacity`` after its whole wait while the room was freed and retaken 3-4 times.
+Found here, fixed in session 38 (migration 0024): builds waiting for a host's room were not
+queued (``BuildHost._reserve`` polled with a backoff up to 5 s), so a team that resubmits the
+moment its build ends took the room each time it was freed, and another team's waiting build
+could fail ``no_capacity`` after its whole wait while the room was freed and retaken 3-4 times
+(``test_a_team_resubmitting_at_once_does_not_take_every_freed_room``).
 Held (regression tests kept): cancels at every phase (a SIGTERM-ignoring fork tree, a big
 layer's export and stream, the final start check), steps that fill their disk or memory or leave
 orphans. Held and not kept (each ran 11-15 s; sessions 24-25 keep cancel tests): a cancel
@@ -33,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import itertools
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -56,7 +59,9 @@ ENV = {
     "WARREN_OVERCOMMIT_CPU": "1",
     "WARREN_BUILD_MEMORY_MB": "256",
     "WARREN_BUILD_HEARTBEAT_S": "1",
-    "WARREN_BUILD_CAPACITY_WAIT_S": "8",
+    # Long enough for a fair queue's wait (two steps ahead); a starved build's wait without one
+    # outlasted it (the hog's steps started one after another while it waited).
+    "WARREN_BUILD_CAPACITY_WAIT_S": "30",
     "WARREN_BUILD_DISK_MB": "400",
     "WARREN_BUILD_MAX_LAYER_MB": "100",
 }
@@ -356,3 +361,61 @@ def test_steps_that_fill_their_disk_or_memory_leave_nothing(platform: Platform) 
         assert not found, (report, found)
     print("\n".join(report))
     assert [r.split(":")[1].split()[0] for r in report] == ["failed", "failed", "ready"], report
+
+
+def _step_starts(p: Platform, since: int) -> list[str]:
+    """The build ids of the step starts in the agent's log after byte ``since``, in order."""
+    with p.agents[0].log_path.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return list(dict.fromkeys(re.findall(r"event=build_step_start build_id=(\S+)", text)))
+
+
+def test_a_team_resubmitting_at_once_does_not_take_every_freed_room(platform: Platform) -> None:
+    """The host's build room is one step. The hog keeps two builds going, each resubmitted the
+    moment the last one ended, so one of its builds waits for the room while the other's step
+    runs, and a new one asks for it the moment it is freed. The victim's one build comes while a
+    hog build waits. It must get the room in its turn, after that hog build (at most two hog
+    steps start while it waits), not after every room the hog's builds grab, and not fail
+    ``no_capacity``."""
+    hog, victim = signup(platform.url, "hog"), signup(platform.url, "victim")
+    stop, counter, errors = threading.Event(), itertools.count(), list[str]()
+    inflight: dict[str, str] = {}
+
+    def resubmit() -> None:
+        while not stop.is_set():
+            n = next(counter)  # a new command each time: no build cache hit, a real step
+            name = f"hog{n}"
+            try:
+                inflight[name] = _submit(hog, name, f"FROM minimal\nRUN sleep 3; echo {n}\n")
+                _wait_ended(hog, name, inflight[name])
+            except AssertionError as e:
+                errors.append(str(e))
+            inflight.pop(name, None)
+
+    def a_hog_build_waits() -> bool:
+        return any("Waiting for room" in _log(hog, name, bid) for name, bid in list(inflight.items()))
+
+    loops = [threading.Thread(target=resubmit, daemon=True) for _ in range(2)]
+    for t in loops:
+        t.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not a_hog_build_waits():
+            assert time.monotonic() < deadline and not errors, f"no hog build waits: {errors}"
+            time.sleep(0.1)
+        offset = platform.agents[0].log_path.stat().st_size
+        bid = _submit(victim, "victim", "FROM minimal\nRUN echo victim\n")
+        b = _wait_ended(victim, "victim", bid)
+        log = _log(victim, "victim", bid)
+    finally:
+        stop.set()
+        for t in loops:
+            t.join(timeout=120)
+    assert not errors, errors
+    assert b["status"] == "ready", f"the victim's build did not get the room: {b}\n{log[-1500:]}"
+    starts = _step_starts(platform, offset)
+    hog_first = starts[: starts.index(bid)] if bid in starts else starts
+    assert len(hog_first) <= 2, (
+        f"{len(hog_first)} hog steps took the room while the victim waited: {log[-800:]}"
+    )

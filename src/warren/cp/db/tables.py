@@ -318,6 +318,14 @@ template_builds = Table(
     Column("reserved_host_id", UUID(as_uuid=True), nullable=True),
     Column("reserved_vcpus", Integer, nullable=False, server_default=text("0")),
     Column("reserved_memory_mb", Integer, nullable=False, server_default=text("0")),
+    # When the build last took a host's room (migration 0024; kept after it ends): its team's
+    # latest is where the team's waiting builds queue again (warren_builds_ahead).
+    Column("reserved_at", TS, nullable=True),
+    # The running step's wait for room (migration 0024, warren_builds_ahead): since when, its last
+    # try (a wait not renewed is dropped), and the host it waits for (NULL: any of its pool).
+    Column("wait_since", TS, nullable=True),
+    Column("wait_seen_at", TS, nullable=True),
+    Column("wait_host_id", UUID(as_uuid=True), nullable=True),
     Index("ix_template_builds_team_id", "team_id", text("created_at DESC")),
     Index(
         "ix_template_builds_reserved",
@@ -325,6 +333,12 @@ template_builds = Table(
         postgresql_where=text("status = 'running'"),
         postgresql_include=["reserved_vcpus", "reserved_memory_mb"],
     ),
+    Index(
+        "ix_template_builds_waiting",
+        "wait_since",
+        postgresql_where=text("status = 'running' AND wait_since IS NOT NULL"),
+    ),
+    Index("ix_template_builds_team_reserved_at", "team_id", "reserved_at"),
 )
 
 # A build's log in appended chunks; a reader asks for the bytes from an offset.

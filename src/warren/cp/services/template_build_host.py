@@ -12,6 +12,14 @@ the same fit check as a create's, and creates count it (``warren_host_usage``). 
 room waits up to ``WARREN_BUILD_CAPACITY_WAIT_S``, saying so in the log, then fails the build with
 503 ``no_capacity``. The reservation ends with the step, or with the build's running status (a
 build failed by the stale-heartbeat sweep, its replica dead mid-step, releases it with it).
+
+Waiting steps take the room in turn (session 38, migration 0024): each try that finds none
+renews the build's wait (``wait_since``, ``wait_seen_at``, ``wait_host_id``), and
+``warren_reserve_build`` fits a step only beside what the builds ahead of it need
+(``warren_builds_ahead``: the oldest wait first, a team that just took a room behind every build
+waiting then). A team that
+resubmits the moment its builds end therefore queues behind another team's waiting build
+instead of taking every room that is freed.
 """
 
 from __future__ import annotations
@@ -53,6 +61,10 @@ Keep = Callable[[LayerMeta], Awaitable[None]]
 TAKE_AFTER_CANCEL_S = 120.0
 # Choices of a first build host when the chosen one filled up or left after it was chosen.
 _PICK_ATTEMPTS = 3
+# How often a waiting step tries again, renewing its wait: well inside the 15 s after which
+# warren_builds_ahead (migration 0024) drops a wait not renewed, and soon enough that a room
+# freed for the build at the head of the queue is not left empty for long.
+WAIT_POLL_S = 0.5
 
 
 class StepFailed(WarrenError):
@@ -98,7 +110,7 @@ class BuildHost:
             Overcommit(s.overcommit_cpu, s.overcommit_memory, s.overcommit_disk),
         )
 
-    async def _first_choice(self, conn: Any, need: Reservation) -> Host:
+    async def _first_choice(self, conn: Any, need: Reservation, tried: set[uuid.UUID]) -> Host:
         """A host with room for the step among the team's, its egress ranges and the team's owner
         read with it."""
         team = (
@@ -115,20 +127,22 @@ class BuildHost:
             users_teams.c.team_id == self.team_id, users_teams.c.role == "owner"
         )
         self.owner_account = (await conn.execute(owner.limit(1))).scalar()
-        return await self.scheduler.select_host(conn, self.team_id, is_byoc, Placement(need=need))
+        return await self.scheduler.select_host(
+            conn, self.team_id, is_byoc, Placement(need=need, avoid=tried)
+        )
 
     async def _try_reserve(self, need: Reservation) -> tuple[Host | None, str]:
         """The step's room reserved on the build's host (chosen now at its first step), or None
         and why not now: ``no_capacity``, or ``host_gone`` (the build's host is not online: a
         late heartbeat under load marks it unreachable for a while). 503 ``no_hosts_available``
         when the team has no eligible host at all."""
-        outcome = "no_capacity"
+        outcome, tried = "no_capacity", set[uuid.UUID]()
         for _ in range(_PICK_ATTEMPTS):
             async with autocommit(self.engine) as conn:
                 try:
-                    host = self.host if self.host is not None else await self._first_choice(conn, need)
+                    host = self.host if self.host is not None else await self._first_choice(conn, need, tried)
                 except ServiceUnavailable as e:
-                    if e.code != "no_capacity":
+                    if e.code != "no_capacity" and not tried:  # every host tried: none left
                         raise
                     return None, "no_capacity"
                 oc = need.overcommit
@@ -143,7 +157,10 @@ class BuildHost:
                 raise WarrenError("the build was failed meanwhile (its heartbeat went stale)")
             if self.host is not None:  # later steps must run where the earlier layers are
                 return None, outcome
-            log.info("build %s: host %s %s, choosing again", self.build_id, ids.host_id(host["id"]), outcome)
+            # Filled meanwhile, left, or its room is for builds waiting longer: another host may
+            # have room (the scheduler's read does not see the queue).
+            tried.add(host["id"])
+            log.debug("build %s: host %s %s, choosing again", self.build_id, ids.host_id(host["id"]), outcome)
         return None, outcome
 
     async def _reserve(self, output: Output) -> tuple[Host, HostClient]:
@@ -152,9 +169,9 @@ class BuildHost:
         (or ``build_host_unavailable``: the build's host stayed out of ``online``)."""
         need, wait_s = self._need(), self.settings.build_capacity_wait_s
         give_up = clock.monotonic() + wait_s
-        delay, told = 0.5, False
+        told = False
         while True:
-            host, why = await self._try_reserve(need)
+            host, why = await self.take_turn(need)
             if host is not None:
                 return host, self.pool.get(host)
             left = give_up - clock.monotonic()
@@ -174,8 +191,33 @@ class BuildHost:
                 what = "the build host to be online" if why == "host_gone" else "room on a build host"
                 size = f"{need.vcpus} vCPUs, {need.memory_mb} MiB"
                 await output(f"Waiting for {what} ({size}), up to {wait_s:g} s\n".encode())
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(min(WAIT_POLL_S, left))
+
+    async def take_turn(self, need: Reservation) -> tuple[Host | None, str]:
+        """One try for the step's room (:meth:`_try_reserve`); without it, the build's place in
+        the queue for room is kept (:meth:`_note_wait`) for its next try."""
+        host, why = await self._try_reserve(need)
+        if host is None:
+            await self._note_wait(need)
+        return host, why
+
+    async def _note_wait(self, need: Reservation) -> None:
+        """The step's place in the queue for room (migration 0024): when it began waiting (kept
+        across tries), that it still waits, for which host (its build host once chosen; before,
+        any), and what it needs."""
+        b = template_builds.c
+        async with autocommit(self.engine) as conn:
+            await conn.execute(
+                template_builds.update()
+                .where(b.id == self.build_id, b.status == "running", b.reserved_host_id.is_(None))
+                .values(
+                    wait_since=sa.func.coalesce(b.wait_since, sa.func.now()),
+                    wait_seen_at=sa.func.now(),
+                    wait_host_id=self.host_id,
+                    reserved_vcpus=need.vcpus,
+                    reserved_memory_mb=need.memory_mb,
+                )
+            )
 
     async def _release(self) -> None:
         """The step's room given back; a failure here is logged (the build's end releases it:
