@@ -213,3 +213,30 @@ async def test_a_wait_keeps_its_start_and_ends_with_the_room(engine: AsyncEngine
     await q.release(holder)
     assert await q.take(waiting) == host
     assert tuple(await _wait_columns(engine, waiting)) == (None, None, None)
+
+
+async def test_a_first_step_finding_a_hosts_room_queued_takes_another_hosts(
+    engine: AsyncEngine, rows: Rows
+) -> None:
+    admin = await rows.user(admin=True)
+    one, two = await rows.host(admin, created_offset_s=0), await rows.host(admin, created_offset_s=1)
+    for h in (one, two):
+        await _size(engine, h, 1, 0)
+    team, other = await rows.team(), await rows.team()
+    q = Builds(engine)
+    pinned, holder = await q.new(other), await q.new(team)
+    first = await q.take(pinned)
+    free = await q.take(holder)
+    assert {first, free} == {one, two}
+    await q.set(pinned, reserved_host_id=None)  # between its steps: its wait for `first` is noted
+    await q.release(holder)
+    await q.set(holder, reserved_host_id=first)  # `first` is full again, and `pinned` waits for it
+    assert await q.take(pinned) is None
+    await q.set(holder, reserved_host_id=None)
+    # Both hosts have room; the scheduler's rotation may offer `first`, whose room is the pinned
+    # build's: the newcomers each take `free` in turn, whichever host the rotation offers first.
+    for _ in range(2):
+        newcomer = await q.new(team)
+        assert await q.take(newcomer) == free
+        await q.release(newcomer)
+    assert await q.take(pinned) == first
