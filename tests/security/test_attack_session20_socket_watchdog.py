@@ -18,6 +18,10 @@ only reads; a sandbox past a ceiling is enforced by a worker of its own (at most
 per sandbox), and a pass stops at the 5 s an enforcement may take: B is back under within a
 second, while A's enforcement is under way (its first line ~9 s after B started), and A is still
 contained (all of its ``cmds`` killed once two enforcements in a row were spent).
+
+On the worker's shared platform (``shared_platform``): the module sets nothing and adds or kills
+no agent; the sandboxes, cgroups and log lines it reads are its own sandboxes' (the log from
+where it stood when the test began: a shared agent's log is long).
 """
 
 from __future__ import annotations
@@ -29,12 +33,11 @@ import pytest
 
 from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant
-from tests.security.test_attack_pools_claim import _agent_log
 from tests.security.test_attack_session18_socket_ceiling import HOLD, _cmds_comms, _start
 from tests.security.test_attack_session18_socket_memory import _memcg, _tcp
 from warren.agent.runtime.socket_ceiling import ceiling
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 MiB = 1 << 20
 SPREAD = 800  # sleep processes a hostile sandbox holds, ~4000 descriptors each
@@ -57,11 +60,22 @@ time.sleep(3600)
 """
 
 
-def _first(platform: Platform, sid: str, events: str = r"socket_(?:memory|count)_\w+") -> int | None:
-    """Where the agent's log first has one of ``events`` for ``sid`` (A's first: the watchdog is
-    done with a pass of A's, or with A)."""
-    m = re.search(rf"event={events} sandbox={sid} ", _agent_log(platform))
-    return m.start() if m else None
+class AgentLog:
+    """The agent's log from where it stood when made (the shared agent's is long, and the race
+    below reads it 20 times a second)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.path = platform.agents[0].log_path
+        self.start = self.path.stat().st_size
+
+    def first(self, sid: str, events: str = r"socket_(?:memory|count)_\w+") -> int | None:
+        """Where the log first has one of ``events`` for ``sid`` since (A's first: the watchdog
+        is done with a pass of A's, or with A)."""
+        with self.path.open("rb") as f:
+            f.seek(self.start)
+            text = f.read().decode(errors="replace")
+        m = re.search(rf"event={events} sandbox={sid} ", text)
+        return m.start() if m else None
 
 
 def _until(what: str, ok: object) -> None:
@@ -90,12 +104,12 @@ def _hold_the_watchdog(platform: Platform, alice: Tenant, attackers: list[str]) 
 
 
 def _race(
-    platform: Platform, alice: Tenant, bob: Tenant, attackers: list[str], victim: str
+    platform: Platform, log: AgentLog, alice: Tenant, bob: Tenant, attackers: list[str], victim: str
 ) -> dict[str, float]:
     """Hold the watchdog with A's sandboxes, then take B's past its ceiling; sample until B is
     back under and every A has a line, then until every A is back under. The facts, printed."""
     _hold_the_watchdog(platform, alice, attackers)
-    held = [_first(platform, sid) for sid in attackers]
+    held = [log.first(sid) for sid in attackers]
     assert held == [None] * len(attackers), f"the watchdog was done with A before B began: {held}"
     b = _memcg(platform, victim)
     b_top = ceiling(_tcp(b, "limit_in_bytes"))
@@ -105,8 +119,8 @@ def _race(
     while True:
         usage = _tcp(b, "usage_in_bytes")
         b_max = max(b_max, usage)
-        b_killed = _first(platform, victim, "socket_memory_kill") is not None
-        a_lines = [_first(platform, sid) for sid in attackers]
+        b_killed = log.first(victim, "socket_memory_kill") is not None
+        a_lines = [log.first(sid) for sid in attackers]
         now = time.monotonic() - began
         if b_killed and usage <= b_top and not b_back:
             b_back = now
@@ -122,8 +136,8 @@ def _race(
         while _tcp(d, "usage_in_bytes") > ceiling(_tcp(d, "limit_in_bytes")):
             _until(f"{sid} back under its ceiling", time.monotonic() - began < WAIT_S)
             time.sleep(0.1)
-    b_line = _first(platform, victim, "socket_memory_kill")
-    a_first = [_first(platform, sid) for sid in attackers]
+    b_line = log.first(victim, "socket_memory_kill")
+    a_first = [log.first(sid) for sid in attackers]
     got = {
         "b_ceiling": b_top,
         "b_max": b_max,
@@ -145,10 +159,11 @@ def _race(
 def test_a_sandbox_past_its_ceiling_is_brought_under_while_another_holds_the_watchdog(
     platform: Platform, alice: Tenant, bob: Tenant
 ) -> None:
+    log = AgentLog(platform)
     attackers = [alice.create(memory_mb=HOSTILE_MB, runtime=rt) for rt in ("runc", "crun")]
     victim = bob.create(memory_mb=256, runtime="runc")
     try:
-        got = _race(platform, alice, bob, attackers, victim)
+        got = _race(platform, log, alice, bob, attackers, victim)
         assert got["b_max"] > got["b_ceiling"], got  # B did go past its ceiling
         assert got["b_killed_first"], got  # before the watchdog was done with any A
         assert got["b_under_while_held"], got

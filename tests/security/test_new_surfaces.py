@@ -2,7 +2,10 @@
 egress admin API, create's ``disk_size_mb``, paged listings, uploads and the sign-in address.
 Each probe sends what an attacker would (ints past int32/int64, negatives, floats, booleans,
 lone surrogates, NUL, huge strings, another team's id, garbage cursors) and asserts the exact
-answer: a 400/403/404, never a 500, never the other team's data."""
+answer: a 400/403/404, never a 500, never the other team's data.
+
+On the worker's shared platform (``shared_platform``): the platform-wide limits are only ever
+refused here (each probe asserts them unchanged), and what it does set is its own teams'."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from tests.harness.platform import Platform
 from tests.harness.tenant import Tenant, signup
 from warren.cp.services import rate_limits
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.shared_platform]
 
 # -1 is refused by the limits (a quota or a maximum is never negative); create reads <= 0 as
 # "the default", as documented, so create is probed with the rest.
