@@ -24,7 +24,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -83,9 +84,11 @@ print(json.dumps(out))
 THP = "import mmap; m = mmap.mmap(-1, 4 << 20); m.madvise(mmap.MADV_HUGEPAGE); m[:] = b'1' * (4 << 20); print('ok')"  # noqa: E501
 
 
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and reads only their cgroups and answers.
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-s19-hugepages") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime.bundle import CGROUP_PARENT
 from warren.rpc import hostagent_pb2 as pb
 
@@ -69,9 +70,11 @@ os.kill(os.getpid(), signal.SIGSTOP)
 """
 
 
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and reads only their cgroups and answers.
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-s21-storm-exec") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 

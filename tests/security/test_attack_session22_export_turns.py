@@ -26,7 +26,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
@@ -41,9 +42,11 @@ MANY_FILES = (
 )
 
 
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and reads only their cgroups and answers.
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-s22-export-turns") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 

@@ -32,7 +32,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.security.test_attack_session8_memwatch import FORCED_CHARGE, cgroup
 from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
 from warren.agent.runtime.cmds_oom import read_control
@@ -63,9 +64,11 @@ WALL_ROOM = 4 * MIB
 RPC_DEADLINE = 45
 
 
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and reads only their cgroups and answers.
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-s31-gvisor-wall-pause") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 

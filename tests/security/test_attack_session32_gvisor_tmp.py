@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.security.test_attack_session8_memwatch import cgroup, sh
 from tests.security.test_attack_session16_gvisor import HOST_LIMIT, MEMORY_MB
 from warren.agent.sandbox_fs import gvisor_tmp_mb
@@ -41,9 +42,11 @@ FILL = (
 TOTAL = "cat /tmp/w* | wc -c; test -s /var/tmp/disk && echo disk-kept"
 
 
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and reads only their cgroups and answers.
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-s32-gvisor-tmp") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 
