@@ -34,6 +34,7 @@ import pytest
 
 from tests.harness.agent import AgentProcess, scratch_agent
 from tests.harness.machine import MINIMAL_CACHE
+from tests.harness.shared_agent import shared_agent
 from warren.agent import slot_userns
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 from warren.rpc import hostagent_pb2 as pb
@@ -58,9 +59,11 @@ touch top && chown 65535:65535 top && chmod 4755 top
 """
 
 
+# The worker's shared agent (tests/harness/shared_agent.py) for the tests that only create and
+# destroy sandboxes of their own and read what those see; ``unpooled`` is an agent of its own.
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack16-host") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from tests.harness.agent import AgentProcess, scratch_agent
+from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
+from tests.harness.shared_agent import shared_agent
 from warren.agent.runtime import gvisor_memwake as mw
 from warren.rpc import hostagent_pb2 as pb
 
@@ -36,9 +37,11 @@ pytestmark = pytest.mark.root
 SPAM_S = 10  # before its fix ~15 lines a second were logged: ~190 against a bound of ~78
 
 
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and reads only their lines of the agent's log (since its test began).
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    with scratch_agent("attack-s17-gvisor-wake") as a:
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
         yield a
 
 
