@@ -24,9 +24,19 @@ import pytest
 
 from tests.harness.agent import AgentProcess
 from tests.harness.leaks import wait_no_leaks
+from tests.harness.shared_agent import shared_agent
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
+
+
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes of its own, and kills their containers, not the agent.
+@pytest.fixture(scope="module")
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
+        yield a
+
 
 # The runtime's own binary and state directory under the agent's data dir (agent/main.py).
 RUNTIMES = {"runc": ("runc", "runc"), "gvisor": ("runsc", "runsc")}

@@ -8,16 +8,27 @@ import io
 import os
 import tarfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness.agent import AgentProcess
+from tests.harness.shared_agent import shared_agent
 from tests.integration.agent.layer_tars import layer_tar, put_layer
 from warren.agent.templates import MAPPED_BASE, MAPPED_SIZE
 from warren.rpc import hostagent_pb2 as pb
 
 pytestmark = pytest.mark.root
+
+
+# The worker's shared agent (tests/harness/shared_agent.py): the module only creates and
+# destroys sandboxes (and a snapshot) of its own, and reads what those hold.
+@pytest.fixture(scope="module")
+def agent(request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    with shared_agent(request) as a:
+        yield a
+
 
 TEAM = str(uuid.UUID(int=0x15A))
 INSIDE = "cat /proc/self/uid_map; touch /tmp/made-by-root; stat -c %u:%g /etc/passwd"
