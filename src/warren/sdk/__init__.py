@@ -14,7 +14,8 @@ sync form; with ``AsyncSandbox``, ``await`` the same call). Every duration is in
 
 Besides the sandbox API, the helpers the ``warren`` CLI shares with the SDK are public here:
 :func:`error_from_response` (an API error answer as a typed exception), :func:`error_body`
-(what of its body is read), :func:`config_path`
+(what of its body is read), :class:`PageCursors` (how far a listing follows a server's pages),
+:func:`config_path`
 and :func:`load_config_file` (the file ``warren login`` writes) and :data:`DEFAULT_URL`.
 """
 
@@ -45,6 +46,7 @@ from warren.sdk._exceptions import (
 )
 from warren.sdk._files import AsyncFiles, Files
 from warren.sdk._models import CommandResult, EntryInfo, MetricPoint, ProcessInfo, SandboxInfo, SnapshotInfo
+from warren.sdk._pages import PageCursors
 from warren.sdk._pty import AsyncPty, AsyncPtyHandle, Pty, PtyHandle
 from warren.sdk._sandbox import AsyncSandbox, Sandbox
 from warren.sdk._template import AsyncTemplate, AsyncTemplateBuild, Template, TemplateBuild
@@ -79,6 +81,7 @@ __all__ = [
     "LogChunk",
     "MetricPoint",
     "NotFoundError",
+    "PageCursors",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "ProcessInfo",

@@ -39,6 +39,7 @@ __all__ = ["AsyncCommandHandle", "AsyncCommands", "CommandHandle", "Commands", "
 # Used when `timeout` is not given, like E2B's default.
 DEFAULT_COMMAND_TIMEOUT = 60.0
 OutputCallback = Callable[[str], Any]
+BytesCallback = Callable[[bytes], Any]
 Stdin = bool | str | bytes | None
 
 
@@ -49,6 +50,9 @@ class RunOptions(TypedDict, total=False):
     timeout: float | None
     on_stdout: OutputCallback | None
     on_stderr: OutputCallback | None
+    # The output's bytes as they arrive, not decoded (binary output stays whole).
+    on_stdout_bytes: BytesCallback | None
+    on_stderr_bytes: BytesCallback | None
     # True keeps stdin open for send_stdin(); str/bytes are written then stdin is closed.
     stdin: Stdin
     tag: str | None
@@ -88,6 +92,8 @@ class _HandleBase:
         on_stderr: OutputCallback | None = None,
         check: bool = False,
         keep_output: bool = True,
+        on_stdout_bytes: BytesCallback | None = None,
+        on_stderr_bytes: BytesCallback | None = None,
     ) -> None:
         self._transport = transport
         self._sandbox_id = sandbox_id
@@ -95,6 +101,7 @@ class _HandleBase:
         self.pid = pid
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
+        self._on_bytes = {"stdout": on_stdout_bytes, "stderr": on_stderr_bytes}
         self._check = check
         self._keep = keep_output
         # Per stream: a character cut between two frames reaches the callback whole.
@@ -170,7 +177,10 @@ class _HandleBase:
         return self._result
 
     def _deliver(self, kind: str, data: bytes, *, final: bool = False) -> Op[None]:
-        """The text of ``data`` to the stream's callback (what completes a character now)."""
+        """``data`` to the stream's callbacks: its bytes as they came, and its text (what
+        completes a character now)."""
+        if data and (raw := self._on_bytes[kind]) is not None:
+            yield Call(raw, (data,))
         cb = self._on_stdout if kind == "stdout" else self._on_stderr
         if cb is not None and (text := self._text[kind].decode(data, final)):
             yield Call(cb, (text,))
@@ -297,6 +307,8 @@ class _CommandsBase:
             background
             or opts.get("on_stdout") is not None
             or opts.get("on_stderr") is not None
+            or opts.get("on_stdout_bytes") is not None
+            or opts.get("on_stderr_bytes") is not None
             or stdin is True
             or timeout is None
             or opts.get("tag") is not None
@@ -384,6 +396,8 @@ class _CommandsBase:
             on_stderr=opts.get("on_stderr"),
             check=bool(opts.get("check")),
             keep_output=opts.get("keep_output", True),
+            on_stdout_bytes=opts.get("on_stdout_bytes"),
+            on_stderr_bytes=opts.get("on_stderr_bytes"),
         )
         return handle
 
@@ -487,6 +501,7 @@ class Commands(_CommandsBase):
             user: run as this user of the sandbox (``"user"`` on the ``base`` template); its
                 uid, groups, ``HOME``, ``USER`` and ``LOGNAME``. Default: the template's user.
             on_stdout, on_stderr: called with text as it arrives.
+            on_stdout_bytes, on_stderr_bytes: called with the bytes as they arrive, undecoded.
             stdin: str/bytes are written then stdin is closed; True keeps it open for
                 ``send_stdin``.
             tag: a name for the process (``commands.kill(tag)``).

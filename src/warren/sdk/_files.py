@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from warren.sdk._exceptions import NotFoundError
 from warren.sdk._models import EntryInfo
+from warren.sdk._pages import PageCursors
 from warren.sdk._transport import Http, Op, StreamClose, StreamRead, Upload, awaiting, blocking
 from warren.sdk._watch import (
     AsyncWatcher,
@@ -53,6 +54,10 @@ def multipart_upload(path: str, source: Any, progress: Progress | None = None) -
 
 
 LIST_MAX = 10000  # the server's largest page
+# The pages ``list`` follows: 10 million entries at the server's fullest pages (a page also stops
+# at ~1 MiB). A server that names more (or a cursor again) is a bad response: ``list_page`` reads
+# on past it, page by page.
+LIST_MAX_PAGES = 1000
 
 
 def _as(body: dict[str, Any], user: str | None) -> dict[str, Any]:
@@ -154,7 +159,9 @@ class _FilesBase:
 
     def _list(self, path: str, depth: int = 1, *, user: str | None = None) -> Op[list[EntryInfo]]:
         """Every entry under ``path`` (down to ``depth`` levels), sorted by path: the server's
-        pages fetched one after another. For a huge directory use :meth:`list_page`.
+        pages fetched one after another, at most 1000 of them (WarrenError ``bad_response``
+        past them, or for a cursor the server sent before). For a huge directory use
+        :meth:`list_page`.
 
         Example::
 
@@ -162,12 +169,13 @@ class _FilesBase:
         """
         entries: list[EntryInfo] = []
         cursor = ""
+        cursors = PageCursors(f"the entries under {path!r}", LIST_MAX_PAGES, first=cursor)
         while True:
             page = yield from self._list_page(path, depth, limit=LIST_MAX, cursor=cursor, user=user)
             entries += page.entries
             if not page.has_more:
                 return entries
-            cursor = page.next_cursor
+            cursor = cursors.follow(page.next_cursor)
 
     def _list_page(
         self,

@@ -58,3 +58,19 @@ def test_output_not_kept_still_reaches_the_callbacks() -> None:
     result = _drive(handle, [{"type": "stdout", "data": "a" * 1000}, {"type": "exit", "exit_code": 3}])
     assert got == ["a" * 1000]
     assert (result.stdout, result.stdout_bytes, result.exit_code) == ("", b"", 3)
+
+
+def test_bytes_callbacks_get_the_output_as_it_came() -> None:
+    """``on_stdout_bytes``/``on_stderr_bytes``: each frame's bytes, undecoded (no UTF-8 needed),
+    beside the text callback; the text callback still gets whole characters."""
+    raw = b"\xff\xfe\x00\x80 caf\xc3"
+    got: dict[str, list[Any]] = {"bytes": [], "err": [], "text": []}
+    handle = CommandHandle(
+        None, "sb-x", object(), 7, on_stdout=got["text"].append,
+        on_stdout_bytes=got["bytes"].append, on_stderr_bytes=got["err"].append,
+    )  # fmt: skip
+    frames = [_b64(raw), _b64(b"\xa9!"), {"type": "stderr", "data_b64": base64.b64encode(b"\x81").decode()}]
+    result = _drive(handle, [*frames, {"type": "exit", "exit_code": 0}])
+    assert got["bytes"] == [raw, b"\xa9!"] and got["err"] == [b"\x81"]
+    assert "".join(got["text"]) == "\ufffd\ufffd\x00\ufffd café!"
+    assert result.stdout_bytes == raw + b"\xa9!" and result.stderr_bytes == b"\x81"

@@ -21,7 +21,7 @@ from warren import url_path
 from warren.cli.client.output import fail
 from warren.sdk import ConnectionConfig, Sandbox, error_body, error_from_response, load_config_file
 
-__all__ = ["SandboxArg", "UserOpt", "connection_config", "open_sandbox", "rest"]
+__all__ = ["SandboxArg", "UserOpt", "connection_config", "open_sandbox", "rest", "rest_answer"]
 
 
 def _sandbox_id(value: str) -> str:
@@ -59,6 +59,11 @@ def _user_token() -> str:
 
 def rest(method: str, path: str, *, user: bool = False, **kwargs: Any) -> Any:
     """One REST call; errors become the SDK's typed exceptions."""
+    return rest_answer(method, path, user=user, **kwargs)[0]
+
+
+def rest_answer(method: str, path: str, *, user: bool = False, **kwargs: Any) -> tuple[Any, httpx.Headers]:
+    """One REST call's JSON and its headers (a page's ``X-Next-Cursor``); as :func:`rest`."""
     cfg = connection_config(user=user)
     headers = cfg.auth_headers()
     try:
@@ -70,7 +75,7 @@ def rest(method: str, path: str, *, user: bool = False, **kwargs: Any) -> Any:
             content = r.read()
     except httpx.HTTPError as e:
         fail(f"cannot reach Warren at {cfg.url}: {e}")
-    return json.loads(content) if content else None
+    return (json.loads(content) if content else None), r.headers
 
 
 @contextlib.contextmanager

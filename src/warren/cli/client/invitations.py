@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import httpx
 import typer
 
-from warren.cli.client.connection import connection_config, rest
+from warren.cli.client.connection import rest, rest_answer
 from warren.cli.client.login import adopt_team
-from warren.cli.client.output import JsonOpt, api_errors, fail, out, print_json, print_rows, timestamp
+from warren.cli.client.output import JsonOpt, api_errors, out, print_json, print_rows, timestamp
 from warren.cli.groups import command_group
-from warren.sdk import error_from_response, load_config_file
+from warren.sdk import PageCursors, WarrenError, load_config_file
 from warren.url_path import segment
 
 __all__ = ["app"]
@@ -38,33 +37,35 @@ def _cells(r: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+# The pages `list` follows, of the server's 100 each (team_invitations.MAX_LISTED): 10 000
+# invitations, far past any one person's. A server that names more, or a page again, is refused.
+MAX_PAGES = 100
+
+
 @app.command("list")
 def invitations_list(json_out: JsonOpt = False) -> None:
     """Your pending invitations, newest first (every page of them)."""
     rows: list[dict[str, Any]] = []
-    cursor: str | None = None
+    cursor = ""
+    cursors = PageCursors("your invitations", MAX_PAGES, first=cursor)
     with api_errors():
         while True:
-            page, cursor = _page(cursor)
+            page, next_cursor = _page(cursor)
             rows += page
-            if cursor is None:
+            if next_cursor is None:
                 break
+            cursor = cursors.follow(next_cursor)
     print_rows(rows, json_out, _COLUMNS, _cells)
 
 
-def _page(cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def _page(cursor: str) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the list and the next page's cursor (the ``X-Next-Cursor`` header)."""
-    cfg = connection_config(user=True)
-    try:
-        r = httpx.get(
-            cfg.url + "/v1/invitations", params={"cursor": cursor} if cursor else {},
-            headers=cfg.auth_headers(), timeout=cfg.request_timeout,
-        )  # fmt: skip
-    except httpx.HTTPError as e:
-        fail(f"cannot reach Warren at {cfg.url}: {e}")
-    if r.status_code >= 400:
-        raise error_from_response(r.status_code, r.content)
-    return r.json(), r.headers.get("X-Next-Cursor")
+    page, headers = rest_answer(
+        "GET", "/v1/invitations", user=True, params={"cursor": cursor} if cursor else None
+    )
+    if not isinstance(page, list):
+        raise WarrenError("the server's page of invitations is no list", code="bad_response")
+    return page, headers.get("X-Next-Cursor")
 
 
 @app.command("accept")

@@ -4,7 +4,8 @@ E2B access token, and an interactive shell (a terminal on a PTY in the sandbox, 
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.table import Table
@@ -154,13 +155,25 @@ def sandbox_exec(
                 cwd=cwd,
                 envs=envs,
                 user=user,
-                on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
-                on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
-                keep_output=False,  # written as it comes: kept, a command printing on holds memory
+                # The command's bytes as they come (`cat /bin/ls > out` is /bin/ls); not kept: a
+                # command printing on would hold memory.
+                on_stdout_bytes=_write_to(sys.stdout),
+                on_stderr_bytes=_write_to(sys.stderr),
+                keep_output=False,
             )
             if r.error:
                 err.print(r.error, style="yellow")
     raise typer.Exit(r.exit_code if 0 <= r.exit_code < 256 else 1)
+
+
+def _write_to(stream: TextIO) -> Callable[[bytes], None]:
+    """A callback that writes bytes to ``stream``'s binary buffer at once, as they are."""
+
+    def write(data: bytes) -> None:
+        stream.buffer.write(data)
+        stream.buffer.flush()
+
+    return write
 
 
 def _lifecycle(verb: str, sandbox_id: str, json_out: bool) -> None:

@@ -32,7 +32,7 @@ from warren.cli.client.output import (
     write_log,
 )
 from warren.cli.groups import command_group
-from warren.sdk import BuildInfo, Template, TemplateBuild, TemplateInfo
+from warren.sdk import BuildInfo, PageCursors, Template, TemplateBuild, TemplateInfo
 
 __all__ = ["app"]
 
@@ -60,6 +60,9 @@ _STEP = re.compile(r"^Step (\d+)/(\d+): (.*)$")
 _HEADS = ("Step ", " ---> ")
 # The start of a colour sequence a chunk of the log ends in: held for the next chunk.
 _SGR_START = re.compile(r"\x1b(\[[0-9;]{0,32})?\Z")
+# The reads `template logs` replays a log in: 1 GiB at the server's 1 MiB a read, where a log is
+# at most WARREN_BUILD_MAX_LOG_MB (16 by default). A server that names more is refused.
+MAX_LOG_READS = 1024
 
 
 class _Progress:
@@ -228,12 +231,13 @@ def template_logs(
         if follow:
             _follow(build, _Progress())
         offset, progress = 0, _Progress()
+        offsets = PageCursors(f"build {build_id}'s log", MAX_LOG_READS, first=offset)
         while True:
             chunk = build.read_log(offset)
             progress.log(chunk.data)
             if not chunk.data or chunk.next_offset <= offset:
                 break
-            offset = chunk.next_offset
+            offset = offsets.follow(chunk.next_offset)
         progress.flush()
         if build.info.status in ("ready", "failed"):
             _finish(build.refresh(), name)
