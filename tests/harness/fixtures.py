@@ -103,11 +103,13 @@ async def worker_platform(session_db_url: str) -> AsyncIterator[WorkerPlatform]:
 
 @pytest.fixture(scope="module")
 async def platform(
-    request: pytest.FixtureRequest, db_url: str, platform_dir: Path, worker_platform: WorkerPlatform
+    request: pytest.FixtureRequest, worker_platform: WorkerPlatform
 ) -> AsyncIterator[Platform]:
-    """A live platform: a CP process and one real agent registered to it. A module marked
-    ``shared_platform`` (it changes nothing beyond its own teams: no agents, hosts or settings)
-    gets a team of its own on the worker's shared platform instead."""
+    """A live platform: a CP process and one real agent registered to it, on the module's
+    database (``db_url``) and in its ``platform_dir``. A module marked ``shared_platform`` (it
+    changes nothing beyond its own teams: no agents, hosts or settings) gets a team of its own on
+    the worker's shared platform instead, and no database or directory of its own (a database
+    copied and dropped for nothing was ~0.1 s of PostgreSQL a module)."""
     from tests.harness.platform import module_view, running_platform
 
     if os.geteuid() != 0:
@@ -116,6 +118,8 @@ async def platform(
         async with module_view(await worker_platform.get()) as p:
             yield p
         return
+    db_url: str = request.getfixturevalue("db_url")
+    platform_dir: Path = request.getfixturevalue("platform_dir")
     async with running_platform(db_url, platform_dir) as p:
         yield p
 
