@@ -57,7 +57,8 @@ def test_newlines_and_control_characters_stay_inside_the_object() -> None:
     out = _emit("a\nb\r\x1b[31m\u2028 %s", '"quoted"\n{"level": "ERROR"}', exc=True)
     assert out.count("\n") == 1  # the traceback and the newlines are escaped
     line = json.loads(out)
-    assert line["level"] == "ERROR" and line["message"].startswith("a\nb\r\x1b[31m")
+    # Controls are written as escapes inside the message too (warren/log_safe.py, docs/security.md §33).
+    assert line["level"] == "ERROR" and line["message"].startswith("a\\x0ab\\x0d\\x1b[31m\\u2028")
     assert "ValueError: boom" in line["exc_info"]
 
 

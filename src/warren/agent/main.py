@@ -142,7 +142,10 @@ async def runtimes(default: str, data_dir: Path, settings: AgentSettings) -> Run
     where ``runsc`` is (its platform chosen now, and logged)."""
     if settings.cgroup_favor_dynmods:
         state, why = await asyncio.to_thread(cmds_cgroup.favor_dynamic_moves, data_dir / "cgroup2-scratch")
-        log.info("event=cgroup_favordynmods state=%s%s", state, f" reason={why!r}" if why else "")
+        if why:
+            log.info("event=cgroup_favordynmods state=%s reason=%r", state, why)
+        else:
+            log.info("event=cgroup_favordynmods state=%s", state)
     offered: dict[str, Runtime] = {default: OciRuntime(default, data_dir / default)}
     for other in ("runc", "crun"):
         if other not in offered and shutil.which(other):
