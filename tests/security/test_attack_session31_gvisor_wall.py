@@ -72,21 +72,29 @@ def test_a_populated_mapping_past_the_headroom_is_killed_inside(agent: AgentProc
     """Before: the sandbox ended at each try (9/9 here). After: the mapping's process is killed
     inside and the sandbox runs on (15/16 here: a ``clone`` the Sentry makes while the
     victim's memory is not yet freed is refused, and gVisor ends the sandbox on that), so at
-    least one of three tries must keep its sandbox; the host's limit holds in every one."""
-    kept = 0
+    least one of three tries must keep its sandbox with the guest's kill; the host's limit holds
+    in every one. A try whose guest showed no sign of running within the wall's first look (a
+    starved guest under CI's load: its wall released at 2 s, ``gvisor_memory_wall_released``)
+    is the kernel's to kill, as designed (docs/security.md §28): it does not count, either way."""
+    outcomes: list[str] = []
     for _ in range(TRIES):
-        if kept:
+        if "kept, killed inside" in outcomes:
             break
         sandbox = agent.create(memory_mb=MEMORY_MB, runtime="gvisor").sandbox_id
         try:
             peak = sh_until_ended(agent, sandbox, POPULATE, 60)
             assert peak <= HOST_LIMIT + FORCED_CHARGE
-            if cgroup(sandbox).exists() and alive(agent, sandbox):
-                kept += 1
-                assert oom_control(sandbox)["oom_kill"] == 0  # the guest killed, not the host
+            if not (cgroup(sandbox).exists() and alive(agent, sandbox)):
+                outcomes.append("ended")
+            elif oom_control(sandbox)["oom_kill"] == 0:
+                outcomes.append("kept, killed inside")
+            else:  # the kernel's kill only ever after the agent handed it back
+                released = f"event=gvisor_memory_wall_released sandbox_id={sandbox} "
+                assert released in agent.log_path.read_text(errors="replace"), "the host killed while held"
+                outcomes.append("kept, the host's kill after the wall's release")
         finally:
             destroy(agent, sandbox)
-    assert kept >= 1
+    assert "kept, killed inside" in outcomes, outcomes
 
 
 def test_the_hold_is_rearmed_by_a_restarted_agent(agent: AgentProcess) -> None:
