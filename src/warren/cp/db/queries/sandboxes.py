@@ -2,6 +2,7 @@
 calls included), the list, and the create and destroy (two statements before the create's RPC
 and one after; two and one for a destroy)."""
 
+from warren.cp.db import end_reasons
 from warren.cp.db.queries import hosts
 
 # The team's sandbox and its host in one round trip: $1 sandbox, $2 team (another team's
@@ -140,11 +141,15 @@ TEAM_LIVE = "SELECT deleted_at IS NULL FROM teams WHERE id = $1"
 
 # Marks it stopped with why ($11, end_reasons; an ended one keeps the reason it ended with),
 # drops the saved samples of a paused one ($3: they have no reader any more) and writes the
-# audit row, in one statement.
-MARK_DESTROYED = """
+# audit row, in one statement. The destroy read the sandbox as not ended: one the host monitor
+# found gone since (``gone_from_host``) most likely went with the destroy's own RPC (a pass
+# between the RPC and this mark), so the destroy's reason replaces that one.
+MARK_DESTROYED = f"""
     WITH u AS (
         UPDATE sandboxes SET status = 'stopped', last_updated = $2,
-            end_reason = CASE WHEN status IN ('stopped', 'error') THEN end_reason ELSE $11 END
+            end_reason = CASE WHEN status IN ('stopped', 'error')
+                              AND end_reason IS DISTINCT FROM '{end_reasons.GONE_FROM_HOST}'
+                              THEN end_reason ELSE $11 END
         WHERE id = $1 RETURNING id
     ), m AS (
         DELETE FROM sandbox_metric_points WHERE $3 AND sandbox_id IN (SELECT id FROM u)
@@ -154,4 +159,4 @@ MARK_DESTROYED = """
         VALUES ($4, $5, $6, $7, $8, 'sandbox', $9, 'destroy', 'team', 'success', $10::jsonb, $2)
     )
     SELECT count(*) FROM u
-"""
+"""  # noqa: S608 - an end_reasons constant, no input
