@@ -307,7 +307,10 @@ def _bind(config: Any, e2b_port: int) -> list[socket.socket]:
 
     sockets = [config.bind_socket()]
     if e2b_port:
-        sockets.append(uvicorn.Config(config.app, host=config.host, port=e2b_port).bind_socket())
+        # log_config=None: a Config configures logging as it is made, and its default would put
+        # uvicorn's loggers back to text under --log-format json.
+        e2b = uvicorn.Config(config.app, host=config.host, port=e2b_port, log_config=None)
+        sockets.append(e2b.bind_socket())
     return sockets
 
 

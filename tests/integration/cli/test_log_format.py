@@ -1,5 +1,7 @@
 """``warren cp --log-format json``: every line the process writes is one JSON object, and a
-request's lines carry its X-Request-Id (issue 18 item 2)."""
+request's lines carry its X-Request-Id (issue 18 item 2). With the E2B port on too: binding its
+socket through a second ``uvicorn.Config`` reset uvicorn's logging to its text format, so its
+lines (startup, access) were not JSON (session 38)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.harness.machine import free_port
 
@@ -20,8 +23,9 @@ def _json_lines(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-def test_cp_logs_json_lines_with_the_request_id(tmp_path: Path, db_url: str) -> None:
-    port = free_port()
+@pytest.mark.parametrize("e2b", [False, True], ids=["no-e2b-port", "e2b-port"])
+def test_cp_logs_json_lines_with_the_request_id(tmp_path: Path, db_url: str, e2b: bool) -> None:
+    port, e2b_port = free_port(), free_port() if e2b else 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARREN_")}
     env |= {
         "WARREN_DATABASE_URL": db_url,
@@ -31,7 +35,7 @@ def test_cp_logs_json_lines_with_the_request_id(tmp_path: Path, db_url: str) -> 
     log = tmp_path / "cp.log"
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", "cp", "--port", str(port), "--e2b-port", "0",
+            [sys.executable, "-m", "warren.cli.main", "cp", "--port", str(port), "--e2b-port", str(e2b_port),
              "--log-format", "json"],
             env=env, stdout=logf, stderr=subprocess.STDOUT,
         )  # fmt: skip
