@@ -25,13 +25,11 @@ APT_PACKAGES := runc crun runsc debootstrap iptables iproute2 chromium uidmap sq
 	libsquashfs-dev
 
 # Parallel where safe: test files are spread over workers (a file's tests stay together, as
-# they share module-scoped fixtures). Tests marked `serial` run afterwards, alone. Four workers
+# they share module-scoped fixtures). Tests marked `serial` run afterwards, alone. Three workers
 # on two cores: the suite waits more than it computes (25 CPU-minutes in 22 minutes with two:
-# 1.2 cores busy); with three the same clean-clone CI took 17.4 min instead of 21.9, all passing;
-# by session 38 the suite had grown to 20.8 min with three and took 19.1 with four (parallel
-# pass 1168 -> 1062 s, same commit, all passing; the cores were 70-100 % busy with four).
-# PYTEST_WORKERS=3 or 2 if a slower machine makes timing-sensitive tests suffer.
-PYTEST_WORKERS ?= 4
+# 1.2 cores busy); with three the same clean-clone CI took 17.4 min instead of 21.9, all passing.
+# PYTEST_WORKERS=2 if a slower machine makes timing-sensitive tests suffer.
+PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 ARGS ?=
 
